@@ -1,0 +1,31 @@
+// Lint the boundaries: promises must be handled, and the pure layers (model, scheduler)
+// must not reach for I/O, drivers or the store.
+import js from '@eslint/js';
+import tseslint from 'typescript-eslint';
+
+export default tseslint.config(
+  { ignores: ['dist/**', 'node_modules/**', 'ui/**', '**/*.mjs', 'eslint.config.js'] },
+  js.configs.recommended,
+  ...tseslint.configs.recommended,
+  {
+    languageOptions: {
+      parserOptions: { project: './tsconfig.eslint.json', tsconfigRootDir: import.meta.dirname },
+    },
+    rules: {
+      '@typescript-eslint/no-floating-promises': 'error',
+      '@typescript-eslint/no-misused-promises': 'error',
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
+    },
+  },
+  {
+    files: ['src/model/**/*.ts', 'src/scheduler/**/*.ts'],
+    rules: {
+      'no-restricted-imports': ['error', {
+        patterns: [
+          { group: ['node:*', 'fs', 'child_process', 'net', 'http', 'os', 'path'], message: 'model/ and scheduler/ are pure: no I/O.' },
+          { group: ['**/store/**', '**/runtime/**', '**/agent/**', '**/api/**', '**/image/**', '**/control/**'], message: 'model/ and scheduler/ may not depend on effectful layers.' },
+        ],
+      }],
+    },
+  },
+);

@@ -1,0 +1,79 @@
+/**
+ * The error catalogue. Every error Carapace reports to a user has a stable code
+ * (`CARAPACE_E_*`, never reused for another meaning), an HTTP status, and a one-line
+ * message. Field-level problems carry the path of the offending field
+ * (e.g. `spec.replicas`). Pure: no I/O, used by the API, the CLI and the core alike.
+ */
+
+/** One problem with one field of an input, e.g. `{path: "spec.cpu", message: "must be > 0"}`. */
+export interface FieldIssue {
+  path: string;
+  message: string;
+}
+
+interface CatalogueEntry {
+  status: number;
+  /** What the code means; this text is the docs row. */
+  description: string;
+}
+
+/** The catalogue itself; `docs/errors.md` is generated from and tested against it. */
+export const ERROR_CATALOGUE = {
+  CARAPACE_E_VALIDATION: { status: 400, description: 'The input does not match the schema; `details` lists each field path and problem.' },
+  CARAPACE_E_MALFORMED_BODY: { status: 400, description: 'The request body is not valid JSON (or YAML for manifests).' },
+  CARAPACE_E_UNKNOWN_KIND: { status: 400, description: 'The manifest names a kind Carapace does not know.' },
+  CARAPACE_E_UNSUPPORTED_API_VERSION: { status: 400, description: 'The manifest names an apiVersion this server does not serve.' },
+  CARAPACE_E_NAME_MISMATCH: { status: 400, description: 'The name or tenant in the URL differs from the one in the body.' },
+  CARAPACE_E_BAD_QUERY: { status: 400, description: 'A query parameter has an invalid value.' },
+  CARAPACE_E_NOT_FOUND: { status: 404, description: 'The object does not exist.' },
+  CARAPACE_E_ROUTE_NOT_FOUND: { status: 404, description: 'No such endpoint.' },
+  CARAPACE_E_TENANT_NOT_FOUND: { status: 404, description: 'The tenant named in metadata.tenant does not exist; apply the tenant first.' },
+  CARAPACE_E_METHOD_NOT_ALLOWED: { status: 405, description: 'The endpoint exists but not for this HTTP method.' },
+  CARAPACE_E_CONFLICT: { status: 409, description: 'The resourceVersion given does not match the stored one (optimistic concurrency); re-read and retry.' },
+  CARAPACE_E_ALREADY_EXISTS: { status: 409, description: 'Create-only request for an object that already exists.' },
+  CARAPACE_E_TENANT_NOT_EMPTY: { status: 409, description: 'A tenant cannot be deleted while it still owns services or jobs.' },
+  CARAPACE_E_IMMUTABLE_FIELD: { status: 422, description: 'The update changes a field that cannot change after creation.' },
+  CARAPACE_E_ISOLATION_UNAVAILABLE: { status: 422, description: 'The requested isolation tier is not available on this control plane yet.' },
+  CARAPACE_E_UNSUPPORTED_MEDIA_TYPE: { status: 415, description: 'The request body has a content type other than JSON.' },
+  CARAPACE_E_BODY_TOO_LARGE: { status: 413, description: 'The request body exceeds the size limit.' },
+  CARAPACE_E_UNAVAILABLE: { status: 503, description: 'The store or a dependency is not available right now; retry later.' },
+  CARAPACE_E_INTERNAL: { status: 500, description: 'A bug: an unexpected error. The server logs it with a request id.' },
+  CARAPACE_E_SERVER_UNREACHABLE: { status: 0, description: 'CLI only: the API server could not be reached at the configured address.' },
+  CARAPACE_E_MANIFEST_FILE: { status: 0, description: 'CLI only: the manifest file cannot be read.' },
+} as const satisfies Record<string, CatalogueEntry>;
+
+export type ErrorCode = keyof typeof ERROR_CATALOGUE;
+
+/**
+ * The one error type the core throws for anything a user caused or must know about.
+ * The API maps it to `{error: {code, message, details}}` with `status`; anything else
+ * thrown becomes CARAPACE_E_INTERNAL.
+ */
+export class CarapaceError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  readonly details: FieldIssue[];
+
+  constructor(code: ErrorCode, message: string, details: FieldIssue[] = []) {
+    super(message);
+    this.name = 'CarapaceError';
+    this.code = code;
+    this.status = ERROR_CATALOGUE[code].status;
+    this.details = details;
+  }
+
+  /** The wire shape used by the API and understood by the CLI. */
+  toJSON(): ErrorBody {
+    return { error: { code: this.code, message: this.message, details: this.details } };
+  }
+}
+
+/** The body of every error response. */
+export interface ErrorBody {
+  error: { code: string; message: string; details: FieldIssue[] };
+}
+
+/** True when `e` is a CarapaceError with the given code (or any code when omitted). */
+export function isCarapaceError(e: unknown, code?: ErrorCode): e is CarapaceError {
+  return e instanceof CarapaceError && (code === undefined || e.code === code);
+}

@@ -1,0 +1,189 @@
+/**
+ * Stored objects: a manifest's spec plus the metadata and status the control plane keeps.
+ * Every object has `metadata.resourceVersion` (the store revision of its last write) and a
+ * `generation` that grows when its spec changes. Ids and timestamps are always passed in by
+ * the caller (deterministic writes). Pure types and helpers.
+ */
+import type { ContainerSpec, JobSpec, ServiceSpec, TenantSpec } from './schemas.js';
+
+/** Kinds stored by the control plane, with their URL/collection names. */
+export const KINDS = {
+  Tenant: { plural: 'tenants', scoped: false },
+  Service: { plural: 'services', scoped: true },
+  Job: { plural: 'jobs', scoped: true },
+  Instance: { plural: 'instances', scoped: true },
+  Host: { plural: 'hosts', scoped: false },
+} as const;
+export type Kind = keyof typeof KINDS;
+export type Plural = (typeof KINDS)[Kind]['plural'];
+
+/** Maps a plural or singular, any case ("services", "service", "Service") to a Kind. */
+export function kindFromWord(word: string): Kind | undefined {
+  const w = word.toLowerCase();
+  for (const [kind, info] of Object.entries(KINDS) as [Kind, (typeof KINDS)[Kind]][]) {
+    if (w === kind.toLowerCase() || w === info.plural) return kind;
+  }
+  return undefined;
+}
+
+export interface Metadata {
+  name: string;
+  /** The owning tenant; absent for cluster-scoped kinds (Tenant, Host). */
+  tenant?: string;
+  uid: string;
+  labels: Record<string, string>;
+  /** Store revision of the last write; 0 before the first write. */
+  resourceVersion: number;
+  /** Grows by one whenever the spec changes (not on status writes). */
+  generation: number;
+  createdAt: string;
+  updatedAt: string;
+  /** Set when deletion was requested and cleanup (stopping containers) is under way. */
+  deletionRequestedAt?: string;
+}
+
+export interface Tenant {
+  kind: 'Tenant';
+  metadata: Metadata;
+  spec: TenantSpec;
+}
+
+export interface ServiceStatus {
+  /** Instances Running right now. */
+  ready: number;
+  /** The generation the controller last acted on. */
+  observedGeneration: number;
+}
+
+export interface Service {
+  kind: 'Service';
+  metadata: Metadata;
+  spec: ServiceSpec;
+  status: ServiceStatus;
+}
+
+export type JobPhase = 'Pending' | 'Running' | 'Succeeded' | 'Failed';
+
+export interface JobStatus {
+  phase: JobPhase;
+  succeeded: number;
+  failed: number;
+  /** Why the job failed, when it did. */
+  reason?: string;
+  startedAt?: string;
+  finishedAt?: string;
+  observedGeneration: number;
+}
+
+export interface Job {
+  kind: 'Job';
+  metadata: Metadata;
+  spec: JobSpec;
+  status: JobStatus;
+}
+
+/**
+ * Where an instance is in its life. `Pending`: not yet placed or not yet picked up;
+ * `Pulling`: its image is being fetched; `Starting`: the runtime is creating it;
+ * `Running`; `Backoff`: it exited and waits to be restarted; `Succeeded`/`Failed`: it exited
+ * and will not be restarted; `Stopping`: being stopped because it was deleted or replaced.
+ */
+export type InstancePhase = 'Pending' | 'Pulling' | 'Starting' | 'Running' | 'Backoff' | 'Succeeded' | 'Failed' | 'Stopping';
+
+/** Phases after which nothing more happens to an instance unless its spec changes. */
+export const TERMINAL_PHASES: readonly InstancePhase[] = ['Succeeded', 'Failed'];
+
+export interface InstanceOwner {
+  kind: 'Service' | 'Job';
+  name: string;
+  uid: string;
+}
+
+/** What the controller asks of an instance (written only by the controller). */
+export interface InstanceSpec {
+  owner: InstanceOwner;
+  /** Replica ordinal for services, completion index for jobs. */
+  index: number;
+  container: ContainerSpec;
+  /** Restart policy the agent applies locally. Jobs use OnFailure with the job's backoffLimit. */
+  restartPolicy: 'Always' | 'OnFailure' | 'Never';
+  /** For jobs: retries allowed before the instance is Failed; services: unlimited (-1). */
+  maxRestarts: number;
+  /** The host chosen by the scheduler; empty while unplaced. */
+  host: string;
+  /** The generation of the owner's spec this instance was made from. */
+  ownerGeneration: number;
+}
+
+/** What the agent reports (written only by the agent, or by the controller for placement). */
+export interface InstanceStatus {
+  phase: InstancePhase;
+  /** Stable, machine-readable reason for the phase (e.g. `ImagePullFailed`, `Exited`). */
+  reason?: string;
+  /** Human-readable detail. */
+  message?: string;
+  /** The image digest actually run. */
+  imageDigest?: string;
+  exitCode?: number;
+  /** Number of times the agent restarted the container. */
+  restarts: number;
+  /** Runtime container id of the current attempt. */
+  containerId?: string;
+  pid?: number;
+  startedAt?: string;
+  finishedAt?: string;
+  /** When a Backoff instance will be restarted. */
+  nextRestartAt?: string;
+  /** Ports published on the host. */
+  hostPorts?: { containerPort: number; hostPort: number; protocol: 'tcp' | 'udp' }[];
+}
+
+export interface Instance {
+  kind: 'Instance';
+  metadata: Metadata;
+  spec: InstanceSpec;
+  status: InstanceStatus;
+}
+
+export interface HostStatus {
+  state: 'Ready' | 'NotReady';
+  lastHeartbeatAt: string;
+  /** Isolation tiers this host can run, found by probing its runtimes at start. */
+  isolation: string[];
+  capacity: { cpu: number; memoryMiB: number };
+  agentVersion: string;
+  /** Why the host is not ready or lacks a tier. */
+  message?: string;
+}
+
+export interface Host {
+  kind: 'Host';
+  metadata: Metadata;
+  spec: { labels: Record<string, string>; unschedulable: boolean };
+  status: HostStatus;
+}
+
+export type AnyObject = Tenant | Service | Job | Instance | Host;
+export type ObjectOfKind<K extends Kind> = Extract<AnyObject, { kind: K }>;
+
+/** The store key of an object: `services/acme/web`, `tenants/acme`. */
+export function objectKey(kind: Kind, name: string, tenant?: string): string {
+  const info = KINDS[kind];
+  return info.scoped ? `${info.plural}/${tenant ?? ''}/${name}` : `${info.plural}/${name}`;
+}
+
+/** The key prefix of a kind, optionally narrowed to one tenant. */
+export function kindPrefix(kind: Kind, tenant?: string): string {
+  const info = KINDS[kind];
+  return info.scoped && tenant !== undefined ? `${info.plural}/${tenant}/` : `${info.plural}/`;
+}
+
+/** The key of an object. */
+export function keyOf(o: AnyObject): string {
+  return objectKey(o.kind, o.metadata.name, o.metadata.tenant);
+}
+
+/** Deterministic instance name for a service replica or a job completion index. */
+export function instanceName(owner: string, index: number): string {
+  return `${owner}-${index}`;
+}

@@ -1,0 +1,179 @@
+/**
+ * Manifest schemas: what users may write, Kubernetes-style (`apiVersion`, `kind`,
+ * `metadata`, `spec`). Unknown fields are rejected everywhere (strict objects) so a typo
+ * is an error, not a silently ignored setting. Parsing normalises quantities (cpu in cores,
+ * memory in MiB) and fills defaults, so stored specs are canonical. Pure.
+ */
+import { z } from 'zod';
+import { parseCpu, parseMemoryMiB } from './quantity.js';
+
+export const API_VERSION = 'carapace/v1';
+
+/** A DNS-label name: lower-case letters, digits and '-', at most 63 characters. */
+export const NameSchema = z
+  .string()
+  .min(1, 'must not be empty')
+  .max(63, 'must be at most 63 characters')
+  .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, "must be lower-case letters, digits and '-', starting and ending with a letter or digit");
+
+const LabelsSchema = z.record(
+  z.string().regex(/^[a-zA-Z0-9][-a-zA-Z0-9_./]{0,62}$/, 'label keys are at most 63 of [-a-zA-Z0-9_./]'),
+  z.string().max(63, 'label values are at most 63 characters'),
+);
+
+export const CpuSchema = z
+  .union([z.number(), z.string()])
+  .transform((v, ctx) => {
+    const cores = parseCpu(v);
+    if (cores === undefined) {
+      ctx.addIssue({ code: 'custom', message: 'must be a number of cores (0.5) or millicores ("500m")' });
+      return z.NEVER;
+    }
+    if (cores < 0.001) {
+      ctx.addIssue({ code: 'custom', message: 'must be at least 0.001 cores (1m)' });
+      return z.NEVER;
+    }
+    if (cores > 1024) {
+      ctx.addIssue({ code: 'custom', message: 'must be at most 1024 cores' });
+      return z.NEVER;
+    }
+    return cores;
+  });
+
+export const MemorySchema = z
+  .union([z.number(), z.string()])
+  .transform((v, ctx) => {
+    const mib = parseMemoryMiB(v);
+    if (mib === undefined) {
+      ctx.addIssue({ code: 'custom', message: 'must be MiB (128) or a quantity ("128Mi", "1Gi")' });
+      return z.NEVER;
+    }
+    if (mib < 4) {
+      ctx.addIssue({ code: 'custom', message: 'must be at least 4Mi' });
+      return z.NEVER;
+    }
+    if (mib > 16 * 1024 * 1024) {
+      ctx.addIssue({ code: 'custom', message: 'must be at most 16Ti' });
+      return z.NEVER;
+    }
+    return mib;
+  });
+
+/**
+ * Where a container runs. `host`: runc on the host; `sandbox`: gVisor (runsc) on the host;
+ * `cell`: inside a VM shared by the tenant's trust group (the default); `dedicated`: a VM of
+ * its own.
+ */
+export const IsolationSchema = z.enum(['host', 'sandbox', 'cell', 'dedicated']);
+export type Isolation = z.infer<typeof IsolationSchema>;
+
+/** Tiers this control plane can run today; the others are refused at apply time. */
+export const AVAILABLE_ISOLATION: readonly Isolation[] = ['host', 'sandbox'];
+
+const EnvNameSchema = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'environment variable names are [A-Za-z_][A-Za-z0-9_]*');
+
+export const PortSchema = z.strictObject({
+  containerPort: z.number().int().min(1).max(65535),
+  /** Published on the host's loopback-or-any address; omitted means not published. */
+  hostPort: z.number().int().min(1).max(65535).optional(),
+  protocol: z.enum(['tcp', 'udp']).default('tcp'),
+});
+
+/** Fields shared by every container-running kind (services and jobs). */
+const containerFields = {
+  /** An OCI image reference: `registry/repo:tag` or `registry/repo@sha256:…`. */
+  image: z
+    .string()
+    .min(1, 'must not be empty')
+    .max(512)
+    .regex(/^[a-zA-Z0-9][a-zA-Z0-9._\-/:@]*$/, 'must be an image reference such as registry.example:5000/app:1.0'),
+  /** Replaces the image's entrypoint. */
+  command: z.array(z.string().max(4096)).max(256).optional(),
+  /** Replaces the image's cmd. */
+  args: z.array(z.string().max(4096)).max(256).optional(),
+  env: z.record(EnvNameSchema, z.string().max(32768)).default({}),
+  workingDir: z.string().startsWith('/', 'must be an absolute path').optional(),
+  cpu: CpuSchema.default(0.1),
+  memory: MemorySchema.default(64),
+  /** Most processes the container may have (cgroup pids limit). */
+  pids: z.number().int().min(8).max(65536).default(1024),
+  readOnlyRootfs: z.boolean().default(false),
+  isolation: IsolationSchema.default('cell'),
+  /** The trust group: services that may share a cell. */
+  group: NameSchema.default('default'),
+  ports: z.array(PortSchema).max(64).default([]),
+};
+
+export const ServiceSpecSchema = z.strictObject({
+  ...containerFields,
+  replicas: z.number().int().min(0).max(10_000).default(1),
+  /** `Always`: restart on any exit; `OnFailure`: only on a non-zero exit; `Never`. */
+  restartPolicy: z.enum(['Always', 'OnFailure', 'Never']).default('Always'),
+});
+export type ServiceSpec = z.infer<typeof ServiceSpecSchema>;
+
+export const JobSpecSchema = z.strictObject({
+  ...containerFields,
+  /** How many successful runs complete the job. */
+  completions: z.number().int().min(1).max(10_000).default(1),
+  /** How many runs at once. */
+  parallelism: z.number().int().min(1).max(1_000).default(1),
+  /** Failed runs retried (with exponential backoff) before the job is Failed. */
+  backoffLimit: z.number().int().min(0).max(100).default(3),
+});
+export type JobSpec = z.infer<typeof JobSpecSchema>;
+
+/** The container part of a service or job: what an instance runs. */
+export type ContainerSpec = Omit<ServiceSpec, 'replicas' | 'restartPolicy'>;
+
+export const TenantSpecSchema = z.strictObject({
+  displayName: z.string().max(200).optional(),
+  /** Free-form contact for the operators. */
+  contact: z.string().max(200).optional(),
+});
+export type TenantSpec = z.infer<typeof TenantSpecSchema>;
+
+const ClusterMetadataSchema = z.strictObject({
+  name: NameSchema,
+  labels: LabelsSchema.default({}),
+  /** Optimistic concurrency: when present, the write succeeds only at this version. */
+  resourceVersion: z.number().int().min(0).optional(),
+});
+
+const TenantScopedMetadataSchema = ClusterMetadataSchema.extend({
+  tenant: NameSchema,
+});
+
+export const TenantManifestSchema = z.strictObject({
+  apiVersion: z.literal(API_VERSION),
+  kind: z.literal('Tenant'),
+  metadata: ClusterMetadataSchema,
+  spec: TenantSpecSchema.default({}),
+});
+
+export const ServiceManifestSchema = z.strictObject({
+  apiVersion: z.literal(API_VERSION),
+  kind: z.literal('Service'),
+  metadata: TenantScopedMetadataSchema,
+  spec: ServiceSpecSchema,
+});
+
+export const JobManifestSchema = z.strictObject({
+  apiVersion: z.literal(API_VERSION),
+  kind: z.literal('Job'),
+  metadata: TenantScopedMetadataSchema,
+  spec: JobSpecSchema,
+});
+
+export type TenantManifest = z.infer<typeof TenantManifestSchema>;
+export type ServiceManifest = z.infer<typeof ServiceManifestSchema>;
+export type JobManifest = z.infer<typeof JobManifestSchema>;
+export type Manifest = TenantManifest | ServiceManifest | JobManifest;
+
+/** Kinds a user may apply, with their schemas. */
+export const MANIFEST_SCHEMAS = {
+  Tenant: TenantManifestSchema,
+  Service: ServiceManifestSchema,
+  Job: JobManifestSchema,
+} as const;
+export type ApplyKind = keyof typeof MANIFEST_SCHEMAS;

@@ -1,0 +1,89 @@
+/**
+ * The runtime driver contract (after Nomad's driver plugins): everything the host agent
+ * needs from a container runtime, and nothing about the control plane. Drivers: `runc`
+ * (isolation `host`) and `runsc` (gVisor, isolation `sandbox`); later `qemu` for cells.
+ * A driver must tolerate the agent dying at any point: containers outlive the agent
+ * (they are supervised by conmon, not by the agent process) and `recover` finds them again.
+ */
+import type { ContainerSpec, Isolation } from '../model/schemas.js';
+
+/** The parts of an OCI image config a container start needs. */
+export interface ImageConfig {
+  entrypoint: string[];
+  cmd: string[];
+  env: string[];
+  workingDir: string;
+  /** `uid[:gid]` or a name; empty means root. */
+  user: string;
+}
+
+export interface StartRequest {
+  /**
+   * Runtime container id, unique per start attempt, `[a-z0-9][a-z0-9_.-]*`, at most 64.
+   * The agent derives it; drivers use it for every path they create.
+   */
+  id: string;
+  /** The unpacked image root filesystem; shared by instances and never modified. */
+  rootfs: string;
+  image: ImageConfig;
+  container: ContainerSpec;
+  /** Network namespace to join (a path such as /var/run/netns/NAME); none means a private loopback-only one. */
+  netnsPath?: string;
+  /** Hostname inside the container. */
+  hostname: string;
+  /** Opaque labels kept with the container (tenant, instance, attempt) and returned by recover/inspect. */
+  labels: Record<string, string>;
+}
+
+export type ContainerState =
+  | { status: 'running'; pid: number; startedAt: string }
+  | { status: 'exited'; exitCode: number; startedAt?: string; finishedAt: string }
+  /** Created by the runtime but never started (agent died between create and start). */
+  | { status: 'created' };
+
+export interface ContainerInfo {
+  id: string;
+  labels: Record<string, string>;
+  state: ContainerState;
+}
+
+export interface LogLine {
+  /** RFC 3339 time the line was written. */
+  time: string;
+  stream: 'stdout' | 'stderr';
+  text: string;
+}
+
+export interface LogOptions {
+  follow: boolean;
+  /** Only the last N lines (before following). */
+  tail?: number;
+  signal?: AbortSignal;
+}
+
+/** CPU and memory use of one container, from its cgroup. */
+export interface ContainerUsage {
+  cpuSeconds: number;
+  memoryBytes: number;
+}
+
+export interface RuntimeDriver {
+  readonly name: string;
+  readonly isolation: Isolation;
+  /** Whether this host can run the driver (binary present, a trivial container works); a reason if not. */
+  probe(): Promise<{ ok: true } | { ok: false; message: string }>;
+  /** Creates and starts the container; resolves once its process runs (or rejects with a clear message). */
+  start(req: StartRequest): Promise<ContainerInfo>;
+  /** Sends SIGTERM, then SIGKILL after `graceMs`; resolves when it has exited. Idempotent. */
+  stop(id: string, graceMs: number): Promise<void>;
+  /** Removes the container and everything the driver made for it (bundle, writable layer, logs). Idempotent. */
+  destroy(id: string): Promise<void>;
+  /** Current state; undefined when the driver knows no such container. */
+  inspect(id: string): Promise<ContainerInfo | undefined>;
+  /** Resolves with the final state once the container has exited (immediately if it already has). */
+  wait(id: string, signal?: AbortSignal): Promise<Extract<ContainerState, { status: 'exited' }>>;
+  logs(id: string, opts: LogOptions): AsyncIterable<LogLine>;
+  /** Every container this driver manages on this host, so a restarted agent can adopt or clean them. */
+  recover(): Promise<ContainerInfo[]>;
+  usage(id: string): Promise<ContainerUsage | undefined>;
+}
