@@ -25,13 +25,35 @@ export class ImagePullError extends Error {
   }
 }
 
+/**
+ * A step of a pull, for "Pulling…" status and logs. Only emitted for work that actually
+ * happens: a fully cached `ensure` emits nothing. Additive to the original contract.
+ */
+export interface PullProgress {
+  phase: 'resolving' | 'downloading' | 'unpacking';
+  reference: string;
+  /** Known from 'downloading' on. */
+  digest?: string;
+}
+
+/** Options of {@link ImageStore.ensure}. */
+export interface EnsureOptions {
+  /**
+   * Gives up waiting (the promise rejects with the signal's reason). A pull shared with other
+   * callers keeps running until every caller has given up.
+   */
+  signal?: AbortSignal;
+  /** Called synchronously for each step of the pull this call waits on (must not throw). */
+  onProgress?: (event: PullProgress) => void;
+}
+
 export interface ImageStore {
   /**
    * Makes the image available locally and returns it. Concurrent calls for the same
    * reference share one pull. A reference already cached by digest needs no network;
    * a tag is re-resolved at most once per `tagTtlMs` (default: cached tags are trusted).
    */
-  ensure(reference: string, opts?: { signal?: AbortSignal }): Promise<PulledImage>;
+  ensure(reference: string, opts?: EnsureOptions): Promise<PulledImage>;
   /** Cached images, for `carapace get images` and garbage collection. */
   list(): Promise<PulledImage[]>;
 }

@@ -1,0 +1,377 @@
+/**
+ * The host agent: registers its host, watches the instances placed on it, and makes the
+ * runtime match them: pull the image, set up the network, start the container through the
+ * driver for its isolation tier, report status, apply the restart policy when it exits, and
+ * remove everything when the instance is deleted. Containers are supervised by conmon, not
+ * by this process: the agent can be killed at any point, and on restart `recover` adopts
+ * what still matches an instance and destroys what does not (no orphans, no duplicates).
+ */
+import os from 'node:os';
+import type { Logger } from 'pino';
+import type { Env } from '../core/actions.js';
+import type { Resources } from '../core/resources.js';
+import { ImagePullError, type ImageStore, type PulledImage } from '../image/image-store.js';
+import { TERMINAL_PHASES, kindPrefix, type Host, type Instance, type InstanceStatus } from '../model/objects.js';
+import type { Isolation } from '../model/schemas.js';
+import type { ContainerInfo, LogLine, LogOptions, RuntimeDriver } from '../runtime/driver.js';
+import { WorkQueue, type ReconcileResult } from '../control/workqueue.js';
+import { watchForever } from '../control/watch.js';
+import { decideAfterExit } from './restart-policy.js';
+import { containerIdFor, LABELS } from './container-id.js';
+
+/** What the agent needs from host networking (implemented by network/). */
+export interface InstanceNetwork {
+  setup(
+    id: string,
+    opts: { ports: { containerPort: number; hostPort?: number; protocol: 'tcp' | 'udp' }[]; isolationKey: string },
+  ): Promise<{ netnsPath: string; ip: string; hostPorts: { containerPort: number; hostPort: number; protocol: 'tcp' | 'udp' }[] }>;
+  teardown(id: string): Promise<void>;
+  /** Ids of every network this manager holds, so stale ones can be removed. */
+  recover(): Promise<string[]>;
+}
+
+export interface AgentOptions {
+  hostName: string;
+  resources: Resources;
+  env: Env;
+  logger: Logger;
+  drivers: Partial<Record<Isolation, RuntimeDriver>>;
+  images: ImageStore;
+  network?: InstanceNetwork;
+  labels?: Record<string, string>;
+  /** Seconds between SIGTERM and SIGKILL when stopping a container. */
+  stopGraceMs?: number;
+  capacity?: { cpu: number; memoryMiB: number };
+}
+
+/** What the agent knows about the container currently serving an instance. */
+interface LocalContainer {
+  id: string;
+  driver: RuntimeDriver;
+  generation: number;
+  startedAtMs: number;
+  exited: boolean;
+}
+
+const VERSION = '0.1.0';
+
+function instanceKey(tenant: string, name: string): string {
+  return `${tenant}/${name}`;
+}
+
+export class HostAgent {
+  private readonly log: Logger;
+  private readonly local = new Map<string, LocalContainer>();
+  private readonly queue: WorkQueue;
+  /** Consecutive image pull failures per instance key, for pull backoff. */
+  private readonly pullFailures = new Map<string, number>();
+
+  constructor(private readonly o: AgentOptions) {
+    this.log = o.logger.child({ component: 'agent', host: o.hostName });
+    this.queue = new WorkQueue((key) => this.reconcile(key), {
+      onError: (key, err, attempt) => this.log.warn({ instance: key, attempt, err }, 'instance reconcile failed; retrying'),
+    });
+  }
+
+  /** Runs until `signal` aborts. Containers keep running after the agent stops. */
+  async start(signal: AbortSignal): Promise<void> {
+    await this.register();
+    await this.recover();
+    const heartbeat = setInterval(() => {
+      this.register().catch((err: unknown) => this.log.warn({ err }, 'heartbeat failed'));
+    }, 30_000);
+    heartbeat.unref();
+    signal.addEventListener('abort', () => clearInterval(heartbeat), { once: true });
+    const all = await this.o.resources.list('Instance');
+    for (const i of all.items) if (i.spec.host === this.o.hostName) this.queue.add(instanceKey(i.metadata.tenant ?? '', i.metadata.name));
+    await Promise.all([
+      this.queue.start(signal, 8),
+      watchForever<Instance>(this.o.resources.store, kindPrefix('Instance'), signal, this.log, (e) => {
+        const i = e.value;
+        if (i.spec.host === this.o.hostName || this.local.has(instanceKey(i.metadata.tenant ?? '', i.metadata.name))) {
+          this.queue.add(instanceKey(i.metadata.tenant ?? '', i.metadata.name));
+        }
+      }),
+    ]);
+  }
+
+  /** Probes the drivers and writes this host's record (capacity, tiers, heartbeat). */
+  async register(): Promise<Host> {
+    const tiers: string[] = [];
+    const problems: string[] = [];
+    for (const [tier, d] of Object.entries(this.o.drivers)) {
+      const p = await d.probe();
+      if (p.ok) tiers.push(tier);
+      else problems.push(`${tier}: ${p.message}`);
+    }
+    const now = this.o.env.now();
+    const capacity = this.o.capacity ?? { cpu: os.cpus().length, memoryMiB: Math.floor(os.totalmem() / 1024 / 1024) };
+    const status: Host['status'] = { state: 'Ready', lastHeartbeatAt: now, isolation: tiers.sort(), capacity, agentVersion: VERSION };
+    if (problems.length > 0) status.message = problems.join('; ');
+    const r = this.o.resources;
+    const existing = await r.mutate('Host', this.o.hostName, undefined, (h) => {
+      h.status = status;
+      return h;
+    });
+    if (existing) return existing;
+    const host: Host = {
+      kind: 'Host',
+      metadata: { name: this.o.hostName, uid: this.o.env.newId(), labels: this.o.labels ?? {}, resourceVersion: 0, generation: 1, createdAt: now, updatedAt: now },
+      spec: { labels: this.o.labels ?? {}, unschedulable: false },
+      status,
+    };
+    try {
+      return await r.write(host, 0);
+    } catch {
+      return this.register(); // raced with ourselves (a previous run's write landed): update instead
+    }
+  }
+
+  /**
+   * Adopts containers that still match an instance on this host and destroys the rest
+   * (deleted instances, replaced attempts, another host's leftovers). Runs before the watch.
+   */
+  async recover(): Promise<void> {
+    const instances = (await this.o.resources.list('Instance')).items;
+    const byUid = new Map(instances.map((i) => [i.metadata.uid, i]));
+    const keep = new Set<string>();
+    for (const driver of new Set(Object.values(this.o.drivers))) {
+      let found: ContainerInfo[];
+      try {
+        found = await driver.recover();
+      } catch (err) {
+        this.log.warn({ driver: driver.name, err }, 'recover failed');
+        continue;
+      }
+      for (const c of found) {
+        const inst = byUid.get(c.labels[LABELS.uid] ?? '');
+        const wanted =
+          inst !== undefined &&
+          inst.spec.host === this.o.hostName &&
+          !inst.metadata.deletionRequestedAt &&
+          containerIdFor(inst) === c.id &&
+          Number(c.labels[LABELS.generation]) === inst.metadata.generation;
+        if (!wanted || !inst) {
+          this.log.info({ container: c.id }, 'removing container that no instance wants');
+          await driver.stop(c.id, 0).catch(() => undefined);
+          await driver.destroy(c.id);
+          continue;
+        }
+        keep.add(c.id);
+        const key = instanceKey(inst.metadata.tenant ?? '', inst.metadata.name);
+        const startedAtMs = c.state.status === 'running' ? Date.parse(c.state.startedAt) : Date.now();
+        this.local.set(key, { id: c.id, driver, generation: inst.metadata.generation, startedAtMs, exited: c.state.status === 'exited' });
+        this.log.info({ instance: key, container: c.id, state: c.state.status }, 'adopted container');
+        if (c.state.status === 'running') this.watchExit(key, c.id, driver);
+        else if (c.state.status === 'exited' && inst.status.phase === 'Running' && inst.status.containerId === c.id) {
+          await this.recordExit(key, c.id, c.state.exitCode, c.state.finishedAt);
+        } else if (c.state.status === 'created') {
+          // Died between create and start: start it over cleanly.
+          await driver.destroy(c.id);
+          keep.delete(c.id);
+          this.local.delete(key);
+        }
+      }
+    }
+    if (this.o.network) {
+      for (const id of await this.o.network.recover()) {
+        if (!keep.has(id)) await this.o.network.teardown(id).catch((err: unknown) => this.log.warn({ id, err }, 'network teardown failed'));
+      }
+    }
+  }
+
+  /** Streams an instance's container logs (for the API's logs endpoint). */
+  async *logs(tenant: string, name: string, opts: LogOptions): AsyncIterable<LogLine> {
+    const inst = await this.o.resources.mustGet('Instance', name, tenant);
+    const id = inst.status.containerId;
+    const driver = this.o.drivers[inst.spec.container.isolation];
+    if (!id || !driver) return;
+    yield* driver.logs(id, opts);
+  }
+
+  private driverFor(inst: Instance): RuntimeDriver | undefined {
+    return this.o.drivers[inst.spec.container.isolation];
+  }
+
+  private async setStatus(inst: Instance, patch: Partial<InstanceStatus>, clear: (keyof InstanceStatus)[] = []): Promise<Instance | undefined> {
+    return this.o.resources.mutate('Instance', inst.metadata.name, inst.metadata.tenant, (i) => {
+      if (i.metadata.uid !== inst.metadata.uid) return undefined;
+      const next = { ...i.status, ...patch };
+      for (const k of clear) delete next[k];
+      i.status = next;
+      return i;
+    });
+  }
+
+  /** Stops and removes the instance's container and network; idempotent. */
+  private async teardown(key: string, graceMs: number): Promise<void> {
+    const cur = this.local.get(key);
+    if (!cur) return;
+    await cur.driver.stop(cur.id, graceMs).catch((err: unknown) => this.log.warn({ container: cur.id, err }, 'stop failed'));
+    await cur.driver.destroy(cur.id);
+    await this.o.network?.teardown(cur.id);
+    this.local.delete(key);
+  }
+
+  /** One level-based pass over one instance. */
+  private async reconcile(key: string): Promise<ReconcileResult> {
+    const [tenant, name] = key.split('/') as [string, string]; // keys are built by instanceKey
+    const inst = await this.o.resources.get('Instance', name, tenant);
+    const cur = this.local.get(key);
+    if (!inst || inst.spec.host !== this.o.hostName) {
+      await this.teardown(key, this.o.stopGraceMs ?? 10_000);
+      return;
+    }
+    if (inst.metadata.deletionRequestedAt) {
+      if (inst.status.phase !== 'Stopping' && cur && !cur.exited) await this.setStatus(inst, { phase: 'Stopping', reason: 'Deleted', message: 'stopping: instance deleted' });
+      await this.teardown(key, this.o.stopGraceMs ?? 10_000);
+      await this.o.resources.remove('Instance', name, tenant, undefined);
+      this.pullFailures.delete(key);
+      this.log.info({ instance: key }, 'instance removed');
+      return;
+    }
+    if (cur && cur.generation !== inst.metadata.generation) {
+      // The spec changed: replace the container (a destructive update).
+      await this.teardown(key, this.o.stopGraceMs ?? 10_000);
+      const fresh = await this.setStatus(inst, { phase: 'Pending', reason: 'Updated', message: 'spec changed; replacing container', restarts: 0 }, ['exitCode', 'finishedAt', 'nextRestartAt']);
+      if (fresh) return this.startAttempt(key, fresh);
+      return;
+    }
+    if (cur && !cur.exited) {
+      if (inst.status.phase !== 'Running' || inst.status.containerId !== cur.id) {
+        await this.setStatus(inst, { phase: 'Running', reason: 'Started', containerId: cur.id }, ['message']);
+      }
+      return;
+    }
+    if (TERMINAL_PHASES.includes(inst.status.phase)) return;
+    if (inst.status.phase === 'Backoff' && inst.status.nextRestartAt) {
+      const wait = Date.parse(inst.status.nextRestartAt) - Date.now();
+      if (wait > 0) return { requeueAfterMs: wait };
+    }
+    if (cur) await this.teardown(key, 0); // the exited previous attempt
+    return this.startAttempt(key, inst);
+  }
+
+  private async startAttempt(key: string, inst: Instance): Promise<ReconcileResult> {
+    const driver = this.driverFor(inst);
+    const c = inst.spec.container;
+    if (!driver) {
+      await this.setStatus(inst, { phase: 'Failed', reason: 'IsolationUnavailable', message: `host ${this.o.hostName} has no driver for isolation "${c.isolation}"` });
+      return;
+    }
+    const id = containerIdFor(inst);
+    // Report Pulling only if the image is not at hand quickly: the common cached case
+    // should not pay for an extra durable write.
+    let pullingShown = false;
+    const showPulling = setTimeout(() => {
+      pullingShown = true;
+      this.setStatus(inst, { phase: 'Pulling', reason: 'PullingImage', message: `pulling ${c.image}` }).catch(() => undefined);
+    }, 50);
+    let image: PulledImage;
+    try {
+      image = await this.o.images.ensure(c.image);
+    } catch (err) {
+      clearTimeout(showPulling);
+      const n = (this.pullFailures.get(key) ?? 0) + 1;
+      this.pullFailures.set(key, n);
+      const delay = Math.min(60_000, 1_000 * 2 ** Math.min(n - 1, 6));
+      const reason = err instanceof ImagePullError ? err.reason : 'ImagePullFailed';
+      const message = err instanceof Error ? err.message : String(err);
+      await this.setStatus(inst, { phase: 'Backoff', reason, message: `${message} (retrying in ${Math.round(delay / 1000)}s)`, nextRestartAt: new Date(Date.now() + delay).toISOString() });
+      return { requeueAfterMs: delay };
+    }
+    clearTimeout(showPulling);
+    this.pullFailures.delete(key);
+    void pullingShown;
+    try {
+      const net = this.o.network
+        ? await this.o.network.setup(id, { ports: c.ports, isolationKey: inst.metadata.tenant ?? '' })
+        : undefined;
+      const labels = {
+        [LABELS.uid]: inst.metadata.uid,
+        [LABELS.tenant]: inst.metadata.tenant ?? '',
+        [LABELS.instance]: inst.metadata.name,
+        [LABELS.generation]: String(inst.metadata.generation),
+      };
+      const info = await driver.start({ id, rootfs: image.rootfs, image: image.config, container: c, hostname: inst.metadata.name, labels, ...(net ? { netnsPath: net.netnsPath } : {}) });
+      const startedAtMs = Date.now();
+      this.local.set(key, { id, driver, generation: inst.metadata.generation, startedAtMs, exited: false });
+      const status: Partial<InstanceStatus> = {
+        phase: 'Running',
+        reason: 'Started',
+        containerId: id,
+        imageDigest: image.digest,
+        startedAt: new Date(startedAtMs).toISOString(),
+      };
+      if (info.state.status === 'running') status.pid = info.state.pid;
+      if (net && net.hostPorts.length > 0) status.hostPorts = net.hostPorts;
+      await this.setStatus(inst, status, ['message', 'exitCode', 'finishedAt', 'nextRestartAt']);
+      this.log.info({ instance: key, container: id }, 'container running');
+      this.watchExit(key, id, driver);
+    } catch (err) {
+      // A start failure (e.g. the command does not exist) counts as an exit with an error.
+      const message = err instanceof Error ? err.message : String(err);
+      this.log.warn({ instance: key, container: id, err: message }, 'container start failed');
+      await driver.destroy(id).catch(() => undefined);
+      await this.o.network?.teardown(id).catch(() => undefined);
+      this.local.delete(key);
+      return this.afterExit(key, inst, 128, Date.now(), message);
+    }
+    return;
+  }
+
+  private watchExit(key: string, id: string, driver: RuntimeDriver): void {
+    driver
+      .wait(id)
+      .then((exit) => this.recordExit(key, id, exit.exitCode, exit.finishedAt))
+      .catch((err: unknown) => {
+        this.log.warn({ instance: key, container: id, err }, 'wait failed');
+        this.queue.addAfter(key, 1_000);
+      });
+  }
+
+  private async recordExit(key: string, id: string, exitCode: number, finishedAt: string): Promise<void> {
+    const cur = this.local.get(key);
+    if (!cur || cur.id !== id) return; // a replaced attempt
+    cur.exited = true;
+    const [tenant, name] = key.split('/') as [string, string]; // keys are built by instanceKey
+    const inst = await this.o.resources.get('Instance', name, tenant);
+    if (!inst || inst.status.containerId !== id) {
+      this.queue.add(key);
+      return;
+    }
+    const r = await this.afterExit(key, inst, exitCode, Date.parse(finishedAt) || Date.now(), undefined, Date.parse(finishedAt) - cur.startedAtMs);
+    if (r) this.queue.addAfter(key, r.requeueAfterMs);
+    else this.queue.add(key);
+  }
+
+  private async afterExit(key: string, inst: Instance, exitCode: number, finishedAtMs: number, startError?: string, ranMs = 0): Promise<ReconcileResult> {
+    if (inst.metadata.deletionRequestedAt) {
+      this.queue.add(key);
+      return;
+    }
+    const d = decideAfterExit(inst.spec, exitCode, inst.status.restarts, ranMs);
+    const finishedAt = new Date(finishedAtMs).toISOString();
+    const what = startError ?? `exited with code ${exitCode}`;
+    if (d.action === 'stop') {
+      await this.setStatus(inst, { phase: d.phase, reason: startError ? 'StartFailed' : d.reason, message: what, exitCode, finishedAt }, ['pid', 'nextRestartAt']);
+      this.log.info({ instance: key, exitCode, phase: d.phase }, 'container finished');
+      return;
+    }
+    const next = new Date(Date.now() + d.delayMs).toISOString();
+    await this.setStatus(
+      inst,
+      {
+        phase: 'Backoff',
+        reason: startError ? 'StartFailed' : d.reason,
+        message: `${what}; restarting in ${(d.delayMs / 1000).toFixed(0)}s`,
+        exitCode,
+        finishedAt,
+        nextRestartAt: next,
+        restarts: inst.status.restarts + 1,
+      },
+      ['pid'],
+    );
+    return { requeueAfterMs: d.delayMs };
+  }
+}

@@ -1,0 +1,127 @@
+/**
+ * The all-in-one Carapace: API server, workload controller and a local host agent in one
+ * process over the embedded SQLite store in a state directory. `carapace up` runs it in the
+ * foreground; tests and benchmarks start it with `startAllInOne` and stop it with the
+ * returned handle. Containers are supervised by conmon and outlive this process: stopping
+ * (or killing) it leaves them running, and the next start adopts them.
+ */
+import { randomUUID } from 'node:crypto';
+import { mkdir } from 'node:fs/promises';
+import os from 'node:os';
+import { join } from 'node:path';
+import { pino, type Logger } from 'pino';
+import { HostAgent } from '../agent/agent.js';
+import { buildApi } from '../api/server.js';
+import type { Env } from '../core/actions.js';
+import { ControlPlane } from '../core/control-plane.js';
+import { Resources } from '../core/resources.js';
+import { WorkloadController } from '../control/controller.js';
+import { createImageStore } from '../image/local-store.js';
+import { createNetworkManager } from '../network/network-manager.js';
+import { createRuncDriver, createRunscDriver } from '../runtime/index.js';
+import { openSqliteStore } from '../store/sqlite.js';
+import { readManifests } from '../cli/apply.js';
+import { CarapaceError } from '../model/errors.js';
+
+export interface AllInOneOptions {
+  stateDir: string;
+  port: number;
+  listen?: string;
+  hostName?: string;
+  /** Manifest files applied once everything is up. */
+  applyFiles?: string[];
+  logger?: Logger;
+  /** Registries reached without TLS besides loopback ones. */
+  insecureRegistries?: string[];
+  /** Give containers a bridge network (default true). */
+  network?: boolean;
+}
+
+export interface RunningAllInOne {
+  /** `http://127.0.0.1:PORT` */
+  url: string;
+  port: number;
+  agent: HostAgent;
+  /** Stops the server, controller and agent (not the containers) and closes the store. */
+  stop(): Promise<void>;
+  /** Resolves when everything has stopped. */
+  done: Promise<void>;
+}
+
+/** The real clock and random ids: the only place the running system makes them. */
+export const systemEnv: Env = {
+  now: () => new Date().toISOString(),
+  newId: () => randomUUID(),
+};
+
+/** Starts everything and returns once the API is listening and the host is registered. */
+export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne> {
+  const logger = o.logger ?? pino({ level: process.env['CARAPACE_LOG_LEVEL'] ?? 'info' });
+  await mkdir(o.stateDir, { recursive: true, mode: 0o700 });
+  const store = await openSqliteStore({ path: join(o.stateDir, 'store.db'), logger });
+  const resources = new Resources(store);
+  const env = systemEnv;
+  const controlPlane = new ControlPlane(resources, env);
+  const runtimeDir = join(o.stateDir, 'runtime');
+  const runc = createRuncDriver({ stateDir: join(runtimeDir, 'runc'), logger });
+  const runsc = createRunscDriver({ stateDir: join(runtimeDir, 'runsc'), logger });
+  const images = createImageStore({ cacheDir: join(o.stateDir, 'images'), logger, ...(o.insecureRegistries ? { insecureRegistries: o.insecureRegistries } : {}) });
+  const network = o.network === false ? undefined : createNetworkManager({ stateDir: join(o.stateDir, 'network'), logger });
+  const hostName = o.hostName ?? os.hostname().toLowerCase().replace(/[^a-z0-9-]/g, '-').replace(/^-+|-+$/g, '') ?? 'local';
+  const agent = new HostAgent({ hostName: hostName || 'local', resources, env, logger, drivers: { host: runc, sandbox: runsc }, images, ...(network ? { network } : {}) });
+  const controller = new WorkloadController({ resources, env, logger });
+  const api = buildApi({ controlPlane, store, logs: agent, logger });
+
+  const ac = new AbortController();
+  await agent.register();
+  const loops = Promise.all([controller.start(ac.signal), agent.start(ac.signal)]);
+  loops.catch((err: unknown) => {
+    logger.fatal({ err }, 'control loop crashed');
+    ac.abort();
+  });
+  const address = await api.listen({ port: o.port, host: o.listen ?? '127.0.0.1' });
+  const port = Number(new URL(address).port);
+  const url = `http://127.0.0.1:${port}`;
+  logger.info({ url, stateDir: o.stateDir, host: hostName }, 'carapace all-in-one is up');
+
+  if (o.applyFiles && o.applyFiles.length > 0) {
+    const manifests = await readManifests(o.applyFiles);
+    for (const m of [...manifests].sort((a, b) => (a.kind === 'Tenant' ? 0 : 1) - (b.kind === 'Tenant' ? 0 : 1))) {
+      try {
+        await controlPlane.handle({ type: 'apply', manifest: m });
+      } catch (e) {
+        if (e instanceof CarapaceError) logger.error({ code: e.code, details: e.details }, e.message);
+        else throw e;
+      }
+    }
+  }
+
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> => {
+    stopping ??= (async () => {
+      ac.abort();
+      await api.close();
+      await loops.catch(() => undefined);
+      await store.close();
+      logger.info('carapace all-in-one stopped (containers keep running)');
+    })();
+    return stopping;
+  };
+  const done = new Promise<void>((resolve) => {
+    ac.signal.addEventListener('abort', () => {
+      void stop().then(resolve);
+    });
+  });
+  return { url, port, agent, stop, done };
+}
+
+/** `carapace up`: runs until SIGTERM or SIGINT, then shuts down gracefully. */
+export async function runAllInOne(o: AllInOneOptions): Promise<void> {
+  const running = await startAllInOne(o);
+  const onSignal = (): void => {
+    void running.stop();
+  };
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
+  await running.done;
+}

@@ -1,0 +1,64 @@
+/**
+ * The OpenAPI 3.1 document, generated from the route table and the manifest schemas, so
+ * it cannot drift from what the server does.
+ */
+import { z } from 'zod';
+import { ERROR_CATALOGUE } from '../model/errors.js';
+import { JobManifestSchema, ServiceManifestSchema, TenantManifestSchema } from '../model/schemas.js';
+import { ROUTES } from './routes.js';
+
+let cached: unknown;
+
+function schemaOf(s: z.ZodType): unknown {
+  const { $schema: _drop, ...rest } = z.toJSONSchema(s, { io: 'input', unrepresentable: 'any' }) as Record<string, unknown>;
+  return rest;
+}
+
+/** The document served at /openapi.json. */
+export function openApiDocument(): unknown {
+  if (cached) return cached;
+  const paths: Record<string, Record<string, unknown>> = {};
+  for (const r of ROUTES) {
+    const path = r.url.replace(/:(\w+)/g, '{$1}');
+    const params = [...r.url.matchAll(/:(\w+)/g)].map((m) => ({ name: m[1], in: 'path', required: true, schema: { type: 'string' } }));
+    const op: Record<string, unknown> = {
+      summary: r.summary,
+      operationId: `${r.method.toLowerCase()}${path.replace(/[{}]/g, '').replace(/\/(\w)/g, (_m, c: string) => c.toUpperCase()).replace(/[^a-zA-Z0-9]/g, '')}`,
+      parameters: params,
+      responses: {
+        '200': { description: 'OK' },
+        default: { description: 'Error', content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } },
+      },
+    };
+    if (r.action === 'apply' || r.action === 'create') {
+      op['requestBody'] = { required: true, content: { 'application/json': { schema: { $ref: `#/components/schemas/${r.objectKind}Manifest` } } } };
+    }
+    paths[path] = { ...(paths[path] ?? {}), [r.method.toLowerCase()]: op };
+  }
+  cached = {
+    openapi: '3.1.0',
+    info: { title: 'Carapace API', version: '1', description: 'Containers and VMs under one control plane.' },
+    paths,
+    components: {
+      schemas: {
+        TenantManifest: schemaOf(TenantManifestSchema),
+        ServiceManifest: schemaOf(ServiceManifestSchema),
+        JobManifest: schemaOf(JobManifestSchema),
+        Error: {
+          type: 'object',
+          properties: {
+            error: {
+              type: 'object',
+              properties: {
+                code: { type: 'string', enum: Object.keys(ERROR_CATALOGUE) },
+                message: { type: 'string' },
+                details: { type: 'array', items: { type: 'object', properties: { path: { type: 'string' }, message: { type: 'string' } } } },
+              },
+            },
+          },
+        },
+      },
+    },
+  };
+  return cached;
+}

@@ -1,0 +1,57 @@
+/**
+ * The route table: every endpoint as data (method, URL, what it does, which action it
+ * becomes). The server registers exactly these; the OpenAPI document and (later) the
+ * authorisation matrix are generated from the same table, so no endpoint can be missed.
+ */
+import { KINDS, type Kind } from '../model/objects.js';
+
+export type RouteKind = 'action' | 'logs' | 'watch' | 'meta';
+
+export interface RouteDef {
+  method: 'GET' | 'PUT' | 'POST' | 'DELETE';
+  url: string;
+  summary: string;
+  kind: RouteKind;
+  /** The object kind the route is about, when it is about one. */
+  objectKind?: Kind;
+  /** For action routes: which action the request becomes. */
+  action?: 'apply' | 'create' | 'get' | 'list' | 'listAll' | 'delete';
+}
+
+const APPLYABLE: readonly Kind[] = ['Tenant', 'Service', 'Job'];
+
+function objectRoutes(): RouteDef[] {
+  const out: RouteDef[] = [];
+  for (const kind of Object.keys(KINDS) as Kind[]) {
+    const { plural, scoped } = KINDS[kind];
+    const lower = kind.toLowerCase();
+    const collection = scoped ? `/v1/tenants/:tenant/${plural}` : `/v1/${plural}`;
+    const item = `${collection}/:name`;
+    if (scoped) out.push({ method: 'GET', url: `/v1/${plural}`, summary: `List ${plural} of every tenant`, kind: 'action', objectKind: kind, action: 'listAll' });
+    out.push({ method: 'GET', url: collection, summary: `List ${plural}`, kind: 'action', objectKind: kind, action: 'list' });
+    out.push({ method: 'GET', url: item, summary: `Read one ${lower}`, kind: 'action', objectKind: kind, action: 'get' });
+    if (APPLYABLE.includes(kind)) {
+      out.push({ method: 'PUT', url: item, summary: `Create or update a ${lower} from its manifest (apply)`, kind: 'action', objectKind: kind, action: 'apply' });
+      out.push({ method: 'POST', url: collection, summary: `Create a ${lower}; fails if it exists`, kind: 'action', objectKind: kind, action: 'create' });
+    }
+    if (kind !== 'Host') {
+      out.push({
+        method: 'DELETE',
+        url: item,
+        summary: kind === 'Instance' ? 'Stop and remove an instance (its owner replaces it)' : `Delete a ${lower}`,
+        kind: 'action',
+        objectKind: kind,
+        action: 'delete',
+      });
+    }
+    out.push({ method: 'GET', url: `/v1/watch/${plural}`, summary: `Follow changes to ${plural} (Server-Sent Events)`, kind: 'watch', objectKind: kind });
+  }
+  out.push({ method: 'GET', url: '/v1/tenants/:tenant/instances/:name/logs', summary: "Read or follow an instance's container output (NDJSON)", kind: 'logs', objectKind: 'Instance' });
+  return out;
+}
+
+export const ROUTES: readonly RouteDef[] = [
+  { method: 'GET', url: '/healthz', summary: 'Liveness: the server answers', kind: 'meta' },
+  { method: 'GET', url: '/openapi.json', summary: 'This API as an OpenAPI 3.1 document', kind: 'meta' },
+  ...objectRoutes(),
+];

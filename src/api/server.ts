@@ -1,0 +1,231 @@
+/**
+ * The HTTP edge (fastify). Parses requests strictly into Actions, runs them through the
+ * ControlPlane, and renders results and errors. Every error leaves as
+ * `{error: {code, message, details}}` with the catalogue's status; nothing a client sends can
+ * produce a 500 unless there is a bug (and then the code is CARAPACE_E_INTERNAL).
+ */
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { Logger } from 'pino';
+import YAML from 'yaml';
+import { CarapaceError } from '../model/errors.js';
+import { parseManifest } from '../model/manifest.js';
+import { KINDS, kindPrefix, type Kind } from '../model/objects.js';
+import type { ControlPlane, ActionResult } from '../core/control-plane.js';
+import type { Store } from '../store/store.js';
+import { CompactedError } from '../store/store.js';
+import type { LogLine, LogOptions } from '../runtime/driver.js';
+import { ROUTES, type RouteDef } from './routes.js';
+import { openApiDocument } from './openapi.js';
+
+/** Where instance logs come from (the local agent in the all-in-one; agents over the network later). */
+export interface LogSource {
+  logs(tenant: string, name: string, opts: LogOptions): AsyncIterable<LogLine>;
+}
+
+export interface ApiOptions {
+  controlPlane: ControlPlane;
+  store: Store;
+  logs: LogSource;
+  logger: Logger;
+  /** Largest request body accepted. */
+  bodyLimit?: number;
+}
+
+type Params = { tenant?: string; name?: string };
+type Query = Record<string, string | undefined>;
+
+function intParam(q: Query, name: string): number | undefined {
+  const v = q[name];
+  if (v === undefined || v === '') return undefined;
+  if (!/^\d{1,15}$/.test(v)) throw new CarapaceError('CARAPACE_E_BAD_QUERY', `query parameter ${name} must be a non-negative integer`, [{ path: `query.${name}`, message: 'must be a non-negative integer' }]);
+  return Number(v);
+}
+
+function boolParam(q: Query, name: string): boolean {
+  const v = q[name];
+  if (v === undefined || v === '' || v === 'false' || v === '0') return false;
+  if (v === 'true' || v === '1') return true;
+  throw new CarapaceError('CARAPACE_E_BAD_QUERY', `query parameter ${name} must be true or false`, [{ path: `query.${name}`, message: 'must be true or false' }]);
+}
+
+function render(result: ActionResult): unknown {
+  switch (result.type) {
+    case 'object':
+      return result.object;
+    case 'list':
+      return { items: result.items, resourceVersion: result.revision };
+    case 'deleted':
+      return { deleted: { kind: result.kind, name: result.name, ...(result.tenant ? { tenant: result.tenant } : {}) } };
+  }
+}
+
+/** Maps fastify's own errors (bad JSON, wrong content type, too large) to catalogue codes. */
+function toCarapaceError(err: unknown): CarapaceError {
+  if (err instanceof CarapaceError) return err;
+  const e = err as { code?: string; statusCode?: number; message?: string }; // fastify errors carry code/statusCode
+  switch (e.code) {
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      return new CarapaceError('CARAPACE_E_MALFORMED_BODY', `request body is not valid JSON: ${e.message ?? ''}`.trim());
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return new CarapaceError('CARAPACE_E_UNSUPPORTED_MEDIA_TYPE', 'request body must be application/json (or application/yaml)');
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return new CarapaceError('CARAPACE_E_BODY_TOO_LARGE', 'request body is too large');
+  }
+  if (e.statusCode !== undefined && e.statusCode >= 400 && e.statusCode < 500) {
+    return new CarapaceError('CARAPACE_E_MALFORMED_BODY', e.message ?? 'bad request');
+  }
+  return new CarapaceError('CARAPACE_E_INTERNAL', 'internal error; see the server log');
+}
+
+/** Builds the fastify app (not listening); `listen` is the caller's. */
+export function buildApi(o: ApiOptions): FastifyInstance {
+  // pino's Logger is what FastifyBaseLogger describes (fastify is built on pino).
+  const app = Fastify({ loggerInstance: o.logger.child({ component: 'api' }) as FastifyBaseLogger, bodyLimit: o.bodyLimit ?? 1024 * 1024, disableRequestLogging: true });
+
+  app.addContentTypeParser(['application/yaml', 'application/x-yaml', 'text/yaml'], { parseAs: 'string' }, (_req, body, done) => {
+    try {
+      done(null, YAML.parse(body as string)); // parseAs: 'string' hands a string
+    } catch (e) {
+      done(new CarapaceError('CARAPACE_E_MALFORMED_BODY', `request body is not valid YAML: ${(e as Error).message.split('\n')[0] ?? ''}`), undefined);
+    }
+  });
+
+  app.setErrorHandler((err, req, reply) => {
+    const ce = toCarapaceError(err);
+    if (ce.code === 'CARAPACE_E_INTERNAL') req.log.error({ err, url: req.url, method: req.method }, 'internal error');
+    void reply.status(ce.status).send(ce.toJSON());
+  });
+  app.setNotFoundHandler((req, reply) => {
+    const path = req.url.split('?')[0] ?? '';
+    const known = ROUTES.some((r) => matches(r.url, path));
+    const ce = known
+      ? new CarapaceError('CARAPACE_E_METHOD_NOT_ALLOWED', `${req.method} is not allowed on ${path}`)
+      : new CarapaceError('CARAPACE_E_ROUTE_NOT_FOUND', `no endpoint ${req.method} ${path}`);
+    void reply.status(ce.status).send(ce.toJSON());
+  });
+
+  for (const route of ROUTES) {
+    app.route({
+      method: route.method,
+      url: route.url,
+      handler: async (req: FastifyRequest, reply: FastifyReply) => handle(o, route, req, reply),
+    });
+  }
+  return app;
+}
+
+function matches(pattern: string, path: string): boolean {
+  const a = pattern.split('/');
+  const b = path.split('/');
+  return a.length === b.length && a.every((seg, i) => seg.startsWith(':') || seg === b[i]);
+}
+
+async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply: FastifyReply): Promise<unknown> {
+  const p = req.params as Params; // fastify fills params from the route's :tenant/:name
+  const q = req.query as Query; // querystring parsed to strings
+  if (route.kind === 'meta') {
+    if (route.url === '/healthz') return { ok: true };
+    return openApiDocument();
+  }
+  const kind = route.objectKind as Kind; // every non-meta route names its kind
+  if (route.kind === 'logs') return streamLogs(o, p, q, reply);
+  if (route.kind === 'watch') return streamWatch(o, kind, q, req, reply);
+  const cp = o.controlPlane;
+  switch (route.action) {
+    case 'list':
+      return render(await cp.handle({ type: 'list', kind, ...(p.tenant !== undefined ? { tenant: p.tenant } : {}) }));
+    case 'listAll':
+      return render(await cp.handle({ type: 'list', kind }));
+    case 'get':
+      return render(await cp.handle({ type: 'get', kind, name: p.name ?? '', ...(p.tenant !== undefined ? { tenant: p.tenant } : {}) }));
+    case 'delete': {
+      const rv = intParam(q, 'resourceVersion');
+      return render(
+        await cp.handle({ type: 'delete', kind, name: p.name ?? '', ...(p.tenant !== undefined ? { tenant: p.tenant } : {}), ...(rv !== undefined ? { resourceVersion: rv } : {}) }),
+      );
+    }
+    case 'apply':
+    case 'create': {
+      const manifest = parseManifest(req.body ?? null, 'request body');
+      if (manifest.kind !== kind) {
+        throw new CarapaceError('CARAPACE_E_NAME_MISMATCH', `this endpoint takes a ${kind} manifest, got ${manifest.kind}`, [{ path: 'kind', message: `must be ${kind}` }]);
+      }
+      if (p.name !== undefined && manifest.metadata.name !== p.name) {
+        throw new CarapaceError('CARAPACE_E_NAME_MISMATCH', `metadata.name "${manifest.metadata.name}" differs from the name in the URL "${p.name}"`, [
+          { path: 'metadata.name', message: `must be "${p.name}"` },
+        ]);
+      }
+      if (p.tenant !== undefined && 'tenant' in manifest.metadata && manifest.metadata.tenant !== p.tenant) {
+        throw new CarapaceError('CARAPACE_E_NAME_MISMATCH', `metadata.tenant "${manifest.metadata.tenant}" differs from the tenant in the URL "${p.tenant}"`, [
+          { path: 'metadata.tenant', message: `must be "${p.tenant}"` },
+        ]);
+      }
+      const result = await cp.handle({ type: 'apply', manifest, createOnly: route.action === 'create' });
+      if (result.type === 'object' && result.created) void reply.status(201);
+      return render(result);
+    }
+    default:
+      throw new CarapaceError('CARAPACE_E_INTERNAL', 'route without an action');
+  }
+}
+
+async function streamLogs(o: ApiOptions, p: Params, q: Query, reply: FastifyReply): Promise<void> {
+  const follow = boolParam(q, 'follow');
+  const tail = intParam(q, 'tail');
+  const tenant = p.tenant ?? '';
+  const name = p.name ?? '';
+  // Resolve before streaming, so "not found" is a proper error response, not a cut stream.
+  await o.controlPlane.handle({ type: 'get', kind: 'Instance', tenant, name });
+  const ac = new AbortController();
+  reply.raw.on('close', () => ac.abort());
+  reply.hijack();
+  reply.raw.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-cache' });
+  try {
+    for await (const line of o.logs.logs(tenant, name, { follow, signal: ac.signal, ...(tail !== undefined ? { tail } : {}) })) {
+      if (!reply.raw.write(`${JSON.stringify(line)}\n`)) await new Promise((r) => reply.raw.once('drain', r));
+    }
+  } catch (err) {
+    if (!ac.signal.aborted) reply.raw.write(`${JSON.stringify({ error: { code: 'CARAPACE_E_UNAVAILABLE', message: (err as Error).message } })}\n`);
+  }
+  reply.raw.end();
+}
+
+async function streamWatch(o: ApiOptions, kind: Kind, q: Query, req: FastifyRequest, reply: FastifyReply): Promise<void> {
+  const tenant = q['tenant'];
+  if (tenant !== undefined && !KINDS[kind].scoped) throw new CarapaceError('CARAPACE_E_BAD_QUERY', `${kind} is not tenant-scoped`, [{ path: 'query.tenant', message: 'not allowed for this kind' }]);
+  const lastId = req.headers['last-event-id'];
+  const from = intParam(q, 'resourceVersion') ?? (typeof lastId === 'string' && /^\d+$/.test(lastId) ? Number(lastId) : await o.store.revision());
+  const ac = new AbortController();
+  const iter = o.store.watch<unknown>(kindPrefix(kind, tenant), from, ac.signal)[Symbol.asyncIterator]();
+  // Pull the first event eagerly so a compacted revision is a clean 410-style error, not a cut stream.
+  let first: Promise<IteratorResult<unknown>> | undefined = iter.next();
+  try {
+    await Promise.race([first, new Promise((r) => setTimeout(r, 20))]);
+  } catch (e) {
+    if (e instanceof CompactedError) {
+      throw new CarapaceError('CARAPACE_E_BAD_QUERY', `${e.message}; list again and watch from the list's resourceVersion`, [{ path: 'query.resourceVersion', message: 'compacted' }]);
+    }
+    throw e;
+  }
+  reply.raw.on('close', () => ac.abort());
+  reply.hijack();
+  reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+  reply.raw.write(`: watching ${KINDS[kind].plural} from revision ${from}\n\n`);
+  const ping = setInterval(() => reply.raw.write(': ping\n\n'), 15_000);
+  try {
+    for (;;) {
+      const r = await (first ?? iter.next());
+      first = undefined;
+      if (r.done) break;
+      const e = r.value as { type: string; revision: number; value: unknown };
+      reply.raw.write(`id: ${e.revision}\nevent: ${e.type}\ndata: ${JSON.stringify(e.value)}\n\n`);
+    }
+  } catch (err) {
+    if (!ac.signal.aborted) reply.raw.write(`event: error\ndata: ${JSON.stringify({ code: 'CARAPACE_E_UNAVAILABLE', message: (err as Error).message })}\n\n`);
+  } finally {
+    clearInterval(ping);
+    reply.raw.end();
+  }
+}

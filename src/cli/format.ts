@@ -1,0 +1,173 @@
+/**
+ * How objects look in a terminal: one table layout per kind for `get`, and a readable
+ * multi-line `describe`. Pure (returns strings), so it is unit-tested.
+ */
+import YAML from 'yaml';
+import { formatMemory } from '../model/quantity.js';
+import type { AnyObject, Host, Instance, Job, Kind, Service, Tenant } from '../model/objects.js';
+
+/** `5s`, `3m`, `2h`, `4d` since an RFC 3339 time. */
+export function age(since: string | undefined, now = Date.now()): string {
+  if (!since) return '-';
+  const s = Math.max(0, Math.floor((now - Date.parse(since)) / 1000));
+  if (s < 120) return `${s}s`;
+  if (s < 7200) return `${Math.floor(s / 60)}m`;
+  if (s < 172800) return `${Math.floor(s / 3600)}h`;
+  return `${Math.floor(s / 86400)}d`;
+}
+
+/** Left-aligned columns separated by three spaces, like kubectl. */
+export function table(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]): string => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('   ').trimEnd();
+  return [line(header), ...rows.map(line)].join('\n');
+}
+
+type Columns<T> = { header: string[]; row: (o: T) => string[] };
+
+const COLUMNS: { [K in Kind]: Columns<Extract<AnyObject, { kind: K }>> } = {
+  Tenant: {
+    header: ['NAME', 'DISPLAY NAME', 'AGE'],
+    row: (t: Tenant) => [t.metadata.name, t.spec.displayName ?? '', age(t.metadata.createdAt)],
+  },
+  Service: {
+    header: ['TENANT', 'NAME', 'READY', 'ISOLATION', 'IMAGE', 'AGE'],
+    row: (s: Service) => [s.metadata.tenant ?? '', s.metadata.name, `${s.status.ready}/${s.spec.replicas}`, s.spec.isolation, s.spec.image, age(s.metadata.createdAt)],
+  },
+  Job: {
+    header: ['TENANT', 'NAME', 'PHASE', 'COMPLETIONS', 'ISOLATION', 'AGE'],
+    row: (j: Job) => [j.metadata.tenant ?? '', j.metadata.name, j.status.phase, `${j.status.succeeded}/${j.spec.completions}`, j.spec.isolation, age(j.metadata.createdAt)],
+  },
+  Instance: {
+    header: ['TENANT', 'NAME', 'OWNER', 'HOST', 'ISOLATION', 'PHASE', 'RESTARTS', 'AGE', 'REASON'],
+    row: (i: Instance) => [
+      i.metadata.tenant ?? '',
+      i.metadata.name,
+      `${i.spec.owner.kind.toLowerCase()}/${i.spec.owner.name}`,
+      i.spec.host || '-',
+      i.spec.container.isolation,
+      i.metadata.deletionRequestedAt ? 'Terminating' : i.status.phase,
+      String(i.status.restarts),
+      age(i.status.startedAt ?? i.metadata.createdAt),
+      i.status.phase === 'Running' ? '' : (i.status.reason ?? ''),
+    ],
+  },
+  Host: {
+    header: ['NAME', 'STATE', 'ISOLATION', 'CPU', 'MEMORY', 'AGE'],
+    row: (h: Host) => [
+      h.metadata.name,
+      h.spec.unschedulable ? `${h.status.state},Cordoned` : h.status.state,
+      h.status.isolation.join(',') || '-',
+      String(h.status.capacity.cpu),
+      formatMemory(h.status.capacity.memoryMiB),
+      age(h.metadata.createdAt),
+    ],
+  },
+};
+
+/** The `get` table for a list of objects of one kind. */
+export function formatTable(kind: Kind, items: AnyObject[]): string {
+  if (items.length === 0) return `No ${kind.toLowerCase()}s found.`;
+  const cols = COLUMNS[kind] as Columns<AnyObject>; // items are all of `kind`
+  return table(cols.header, items.map((o) => cols.row(o)));
+}
+
+export function formatOutput(kind: Kind, items: AnyObject[], output: string, single: boolean): string {
+  if (output === 'json') return JSON.stringify(single ? items[0] : { items }, null, 2);
+  if (output === 'yaml') return YAML.stringify(single ? items[0] : { items }).trimEnd();
+  return formatTable(kind, items);
+}
+
+function kv(pairs: [string, string | number | undefined][], indent = ''): string {
+  const present = pairs.filter((p): p is [string, string | number] => p[1] !== undefined && p[1] !== '');
+  const w = Math.max(...present.map(([k]) => k.length)) + 2;
+  return present.map(([k, v]) => `${indent}${`${k}:`.padEnd(w)}${v}`).join('\n');
+}
+
+function containerLines(c: Service['spec'] | Job['spec'] | Instance['spec']['container']): [string, string | number | undefined][] {
+  return [
+    ['Image', c.image],
+    ['Command', c.command ? JSON.stringify(c.command) : undefined],
+    ['Args', c.args ? JSON.stringify(c.args) : undefined],
+    ['Isolation', c.isolation],
+    ['Group', c.group],
+    ['Resources', `cpu ${c.cpu}, memory ${formatMemory(c.memory)}, pids ${c.pids}${c.readOnlyRootfs ? ', read-only rootfs' : ''}`],
+    ['Ports', c.ports.length ? c.ports.map((p) => `${p.hostPort ?? '-'}->${p.containerPort}/${p.protocol}`).join(', ') : undefined],
+    ['Env', Object.keys(c.env).length ? Object.entries(c.env).map(([k, v]) => `${k}=${v}`).join(' ') : undefined],
+  ];
+}
+
+/** The `describe` view of one object, with its instances when it owns some. */
+export function formatDescribe(o: AnyObject, instances: Instance[] = []): string {
+  const md = o.metadata;
+  const head: [string, string | number | undefined][] = [
+    ['Kind', o.kind],
+    ['Name', md.name],
+    ['Tenant', md.tenant],
+    ['UID', md.uid],
+    ['Created', `${md.createdAt} (${age(md.createdAt)} ago)`],
+    ['Resource version', md.resourceVersion],
+    ['Generation', md.generation],
+    ['Labels', Object.keys(md.labels).length ? Object.entries(md.labels).map(([k, v]) => `${k}=${v}`).join(', ') : undefined],
+    ['Deletion', md.deletionRequestedAt ? `requested at ${md.deletionRequestedAt}` : undefined],
+  ];
+  const parts = [kv(head)];
+  switch (o.kind) {
+    case 'Tenant':
+      parts.push(kv([['Display name', o.spec.displayName], ['Contact', o.spec.contact]]));
+      break;
+    case 'Service':
+      parts.push(kv([...containerLines(o.spec), ['Replicas', `${o.spec.replicas} desired, ${o.status.ready} running`], ['Restart policy', o.spec.restartPolicy]]));
+      break;
+    case 'Job':
+      parts.push(
+        kv([
+          ...containerLines(o.spec),
+          ['Phase', o.status.phase],
+          ['Completions', `${o.status.succeeded}/${o.spec.completions} (parallelism ${o.spec.parallelism})`],
+          ['Failures', `${o.status.failed} (backoffLimit ${o.spec.backoffLimit} per index)`],
+          ['Reason', o.status.reason],
+        ]),
+      );
+      break;
+    case 'Instance': {
+      const s = o.status;
+      parts.push(
+        kv([
+          ['Owner', `${o.spec.owner.kind.toLowerCase()}/${o.spec.owner.name}`],
+          ['Host', o.spec.host || '(not placed)'],
+          ['Phase', s.phase],
+          ['Reason', s.reason],
+          ['Message', s.message],
+          ['Container', s.containerId],
+          ['PID', s.pid],
+          ['Image digest', s.imageDigest],
+          ['Started', s.startedAt],
+          ['Finished', s.finishedAt],
+          ['Exit code', s.exitCode],
+          ['Restarts', s.restarts],
+          ['Next restart', s.nextRestartAt],
+          ['Published', s.hostPorts?.map((p) => `${p.hostPort}->${p.containerPort}/${p.protocol}`).join(', ')],
+          ...containerLines(o.spec.container),
+          ['Restart policy', o.spec.restartPolicy],
+        ]),
+      );
+      break;
+    }
+    case 'Host':
+      parts.push(
+        kv([
+          ['State', o.status.state],
+          ['Schedulable', o.spec.unschedulable ? 'no (cordoned)' : 'yes'],
+          ['Isolation', o.status.isolation.join(', ') || 'none'],
+          ['Capacity', `cpu ${o.status.capacity.cpu}, memory ${formatMemory(o.status.capacity.memoryMiB)}`],
+          ['Heartbeat', `${o.status.lastHeartbeatAt} (${age(o.status.lastHeartbeatAt)} ago)`],
+          ['Agent', o.status.agentVersion],
+          ['Message', o.status.message],
+        ]),
+      );
+      break;
+  }
+  if (instances.length > 0) parts.push(`Instances:\n${formatTable('Instance', instances).replace(/^/gm, '  ')}`);
+  return parts.join('\n\n');
+}

@@ -1,0 +1,196 @@
+#!/usr/bin/env node
+/**
+ * `carapace`: the command-line front end. Every command talks to the API server (from
+ * --server or CARAPACE_SERVER), except `up`, which runs the all-in-one server itself.
+ * Errors are one line on stderr (`error CODE: message`, plus field paths) and exit 1.
+ */
+import { Command, Option } from 'commander';
+import { kindFromWord, KINDS, type AnyObject, type Instance, type Kind } from '../model/objects.js';
+import { applyAll, readManifests, waitFor, manifestPath } from './apply.js';
+import { ApiClient, CliError } from './client.js';
+import { formatDescribe, formatOutput } from './format.js';
+import type { LogLine } from '../runtime/driver.js';
+
+const program = new Command();
+program
+  .name('carapace')
+  .description('Containers and VMs under one control plane.')
+  .option('-s, --server <url>', 'API server address (default: $CARAPACE_SERVER or http://127.0.0.1:7070)')
+  .showHelpAfterError();
+
+function client(): ApiClient {
+  return new ApiClient(program.opts<{ server?: string }>().server);
+}
+
+function parseKind(word: string): Kind {
+  const k = kindFromWord(word);
+  if (!k) throw new CliError('CARAPACE_E_UNKNOWN_KIND', `unknown kind "${word}" (known: ${Object.values(KINDS).map((k) => k.plural).join(', ')})`);
+  return k;
+}
+
+/** Splits `tenant/name` or uses --tenant for tenant-scoped kinds. */
+function resolveName(kind: Kind, name: string, tenant: string | undefined): { tenant?: string; name: string } {
+  if (!KINDS[kind].scoped) return { name };
+  const slash = name.indexOf('/');
+  if (slash > 0) return { tenant: name.slice(0, slash), name: name.slice(slash + 1) };
+  if (!tenant) throw new CliError('CARAPACE_E_BAD_QUERY', `${kind.toLowerCase()} names are per tenant: write TENANT/${name} or pass --tenant`);
+  return { tenant, name };
+}
+
+function itemPath(kind: Kind, n: { tenant?: string; name: string }): string {
+  const plural = KINDS[kind].plural;
+  return n.tenant !== undefined ? `/v1/tenants/${n.tenant}/${plural}/${n.name}` : `/v1/${plural}/${n.name}`;
+}
+
+program
+  .command('up')
+  .description('Run an all-in-one Carapace (API server, host agent, embedded SQLite store) in the foreground')
+  .option('--state-dir <dir>', 'where state, images and containers live', '/var/lib/carapace')
+  .option('--port <n>', 'API port', '7070')
+  .option('--listen <addr>', 'API listen address', '127.0.0.1')
+  .option('--host-name <name>', 'name of this host (default: the machine hostname)')
+  .option('-f, --apply <file...>', 'apply these manifest files once the server is up')
+  .action(async (o: { stateDir: string; port: string; listen: string; hostName?: string; apply?: string[] }) => {
+    const { runAllInOne } = await import('../allinone/allinone.js');
+    const port = Number(o.port);
+    if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CliError('CARAPACE_E_BAD_QUERY', `--port must be a port number, got "${o.port}"`);
+    await runAllInOne({ stateDir: o.stateDir, port, listen: o.listen, ...(o.hostName ? { hostName: o.hostName } : {}), applyFiles: o.apply ?? [] });
+  });
+
+program
+  .command('apply')
+  .description('Create or update objects from manifest files (multi-document YAML)')
+  .requiredOption('-f, --filename <file...>', 'manifest files ("-" for stdin)')
+  .option('-w, --wait', 'wait until everything applied is running or has failed, showing progress')
+  .option('--timeout <seconds>', 'how long --wait waits', '300')
+  .action(async (o: { filename: string[]; wait?: boolean; timeout: string }) => {
+    const manifests = await readManifests(o.filename);
+    const c = client();
+    const applied = await applyAll(c, manifests, (s) => console.log(s));
+    if (o.wait) {
+      const ok = await waitFor(c, applied, Number(o.timeout) * 1000, process.stdout);
+      if (!ok) process.exitCode = 1;
+    }
+  });
+
+program
+  .command('get')
+  .description('List objects: tenants, services, jobs, instances, hosts')
+  .argument('<kind>', 'kind to list')
+  .argument('[name]', 'one object (TENANT/NAME for per-tenant kinds)')
+  .option('-t, --tenant <tenant>', 'only this tenant')
+  .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'json', 'yaml']).default('table'))
+  .action(async (word: string, name: string | undefined, o: { tenant?: string; output: string }) => {
+    const kind = parseKind(word);
+    const c = client();
+    if (name) {
+      const obj = await c.call<AnyObject>('GET', itemPath(kind, resolveName(kind, name, o.tenant)));
+      console.log(formatOutput(kind, [obj], o.output, true));
+      return;
+    }
+    const plural = KINDS[kind].plural;
+    const path = KINDS[kind].scoped && o.tenant ? `/v1/tenants/${o.tenant}/${plural}` : `/v1/${plural}`;
+    const list = await c.call<{ items: AnyObject[] }>('GET', path);
+    console.log(formatOutput(kind, list.items, o.output, false));
+  });
+
+program
+  .command('describe')
+  .description('Show one object in detail, with its instances and their status')
+  .argument('<kind>')
+  .argument('<name>', 'NAME, or TENANT/NAME for per-tenant kinds')
+  .option('-t, --tenant <tenant>')
+  .action(async (word: string, name: string, o: { tenant?: string }) => {
+    const kind = parseKind(word);
+    const n = resolveName(kind, name, o.tenant);
+    const c = client();
+    const obj = await c.call<AnyObject>('GET', itemPath(kind, n));
+    let instances: Instance[] = [];
+    if (kind === 'Service' || kind === 'Job') {
+      const list = await c.call<{ items: Instance[] }>('GET', `/v1/tenants/${n.tenant ?? ''}/instances`);
+      instances = list.items.filter((i) => i.spec.owner.kind === kind && i.spec.owner.name === n.name);
+    } else if (kind === 'Host') {
+      const list = await c.call<{ items: Instance[] }>('GET', '/v1/instances');
+      instances = list.items.filter((i) => i.spec.host === n.name);
+    }
+    console.log(formatDescribe(obj, instances));
+  });
+
+program
+  .command('delete')
+  .description('Delete an object (KIND NAME), or everything in manifest files (-f)')
+  .argument('[kind]')
+  .argument('[name]', 'NAME, or TENANT/NAME for per-tenant kinds')
+  .option('-t, --tenant <tenant>')
+  .option('-f, --filename <file...>', 'delete the objects these manifests describe')
+  .action(async (word: string | undefined, name: string | undefined, o: { tenant?: string; filename?: string[] }) => {
+    const c = client();
+    if (o.filename) {
+      const manifests = (await readManifests(o.filename)).sort((a, b) => (a.kind === 'Tenant' ? 1 : 0) - (b.kind === 'Tenant' ? 1 : 0));
+      for (const m of manifests) {
+        try {
+          await c.call('DELETE', manifestPath(m));
+          console.log(`${m.kind.toLowerCase()}/${'tenant' in m.metadata ? `${m.metadata.tenant}/` : ''}${m.metadata.name} deleted`);
+        } catch (e) {
+          if (e instanceof CliError && e.code === 'CARAPACE_E_NOT_FOUND') console.log(`${m.kind.toLowerCase()}/${m.metadata.name} not found`);
+          else throw e;
+        }
+      }
+      return;
+    }
+    if (!word || !name) throw new CliError('CARAPACE_E_BAD_QUERY', 'delete needs KIND NAME, or -f FILE');
+    const kind = parseKind(word);
+    const n = resolveName(kind, name, o.tenant);
+    await c.call('DELETE', itemPath(kind, n));
+    console.log(`${kind.toLowerCase()}/${n.tenant ? `${n.tenant}/` : ''}${n.name} deleted`);
+  });
+
+program
+  .command('logs')
+  .description("Show an instance's container output (stdout and stderr)")
+  .argument('<instance>', 'TENANT/INSTANCE, or INSTANCE with --tenant')
+  .option('-t, --tenant <tenant>')
+  .option('-f, --follow', 'keep streaming new output')
+  .option('--tail <n>', 'only the last N lines')
+  .option('--timestamps', 'prefix each line with its time')
+  .action(async (name: string, o: { tenant?: string; follow?: boolean; tail?: string; timestamps?: boolean }) => {
+    const n = resolveName('Instance', name.replace(/^instances?\//, ''), o.tenant);
+    const c = client();
+    const q = new URLSearchParams();
+    if (o.follow) q.set('follow', 'true');
+    if (o.tail) q.set('tail', o.tail);
+    const res = await c.raw('GET', `${itemPath('Instance', n)}/logs?${q.toString()}`);
+    if (res.statusCode >= 400) {
+      const body = (await res.body.json()) as { error?: { code: string; message: string } };
+      throw new CliError(body.error?.code ?? 'CARAPACE_E_INTERNAL', body.error?.message ?? `server answered ${res.statusCode}`);
+    }
+    let buf = '';
+    for await (const chunk of res.body) {
+      buf += (chunk as Buffer).toString('utf8');
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        if (line === '') continue;
+        const l = JSON.parse(line) as LogLine | { error: { code: string; message: string } };
+        if ('error' in l) throw new CliError(l.error.code, l.error.message);
+        const text = o.timestamps ? `${l.time} ${l.text}` : l.text;
+        if (l.stream === 'stderr') process.stderr.write(`${text}\n`);
+        else process.stdout.write(`${text}\n`);
+      }
+    }
+  });
+
+function printError(e: unknown): void {
+  if (e instanceof CliError) {
+    console.error(`error ${e.code}: ${e.message}`);
+    for (const d of e.details.slice(0, 20)) console.error(`  ${d.path}: ${d.message}`);
+  } else {
+    console.error(`error: ${e instanceof Error ? e.message : String(e)}`);
+  }
+}
+
+program.parseAsync(process.argv).catch((e: unknown) => {
+  printError(e);
+  process.exit(1);
+});

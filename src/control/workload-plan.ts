@@ -1,0 +1,200 @@
+/**
+ * Pure planning for services and jobs: from the owner, its instances and the hosts, the
+ * changes that bring actual instances to the desired set. Returns data; the controller
+ * writes it. Deterministic instance names (`web-0`, `web-1`…) make every step idempotent:
+ * running the plan twice creates nothing twice.
+ */
+import { instanceName, TERMINAL_PHASES, type Host, type Instance, type InstanceSpec, type Job, type JobStatus, type Service } from '../model/objects.js';
+import type { ContainerSpec, JobSpec, ServiceSpec } from '../model/schemas.js';
+import { placeOnHost, type Placement } from './placement.js';
+
+export type Change =
+  | { op: 'create'; instance: Instance }
+  /** Replace the instance's spec (the owner changed); the agent restarts the container. */
+  | { op: 'updateSpec'; name: string; spec: InstanceSpec }
+  | { op: 'place'; name: string; host: string }
+  | { op: 'unschedulable'; name: string; message: string }
+  | { op: 'requestDeletion'; name: string }
+  /** Drop an instance record that no agent holds (never placed). */
+  | { op: 'forget'; name: string }
+  | { op: 'serviceStatus'; ready: number; observedGeneration: number }
+  | { op: 'jobStatus'; status: JobStatus };
+
+export interface PlanContext {
+  now: string;
+  newId: () => string;
+  hosts: Host[];
+  /** Every instance in the cluster, for capacity accounting. */
+  allInstances: Instance[];
+}
+
+function containerOf(spec: ServiceSpec | JobSpec): ContainerSpec {
+  const { image, command, args, env, workingDir, cpu, memory, pids, readOnlyRootfs, isolation, group, ports } = spec;
+  const c: ContainerSpec = { image, env, cpu, memory, pids, readOnlyRootfs, isolation, group, ports };
+  if (command !== undefined) c.command = command;
+  if (args !== undefined) c.args = args;
+  if (workingDir !== undefined) c.workingDir = workingDir;
+  return c;
+}
+
+function newInstance(owner: Service | Job, index: number, ctx: PlanContext, placement: Placement, restart: Pick<InstanceSpec, 'restartPolicy' | 'maxRestarts'>): Instance {
+  const tenant = owner.metadata.tenant ?? '';
+  const spec: InstanceSpec = {
+    owner: { kind: owner.kind, name: owner.metadata.name, uid: owner.metadata.uid },
+    index,
+    container: containerOf(owner.spec),
+    ...restart,
+    host: placement.ok ? placement.host : '',
+    ownerGeneration: owner.metadata.generation,
+  };
+  return {
+    kind: 'Instance',
+    metadata: {
+      name: instanceName(owner.metadata.name, index),
+      tenant,
+      uid: ctx.newId(),
+      labels: { [`carapace/${owner.kind.toLowerCase()}`]: owner.metadata.name },
+      resourceVersion: 0,
+      generation: 1,
+      createdAt: ctx.now,
+      updatedAt: ctx.now,
+    },
+    spec,
+    status: placement.ok
+      ? { phase: 'Pending', reason: 'Scheduled', message: `placed on host ${placement.host}`, restarts: 0 }
+      : { phase: 'Pending', reason: 'Unschedulable', message: placement.reason, restarts: 0 },
+  };
+}
+
+function ownedBy(owner: { metadata: { name: string } }, kind: 'Service' | 'Job', instances: Instance[]): Instance[] {
+  return instances.filter((i) => i.spec.owner.kind === kind && i.spec.owner.name === owner.metadata.name);
+}
+
+/** Requests removal of instances that no longer belong (wrong owner uid or index out of range). */
+function removals(stale: Instance[]): Change[] {
+  const out: Change[] = [];
+  for (const i of stale) {
+    if (i.metadata.deletionRequestedAt) {
+      if (i.spec.host === '') out.push({ op: 'forget', name: i.metadata.name });
+      continue;
+    }
+    out.push(i.spec.host === '' ? { op: 'forget', name: i.metadata.name } : { op: 'requestDeletion', name: i.metadata.name });
+  }
+  return out;
+}
+
+/** Retries placement of instances that could not be placed before. */
+function placements(pending: Instance[], ctx: PlanContext, planned: Instance[]): Change[] {
+  const out: Change[] = [];
+  for (const i of pending) {
+    if (i.spec.host !== '' || i.metadata.deletionRequestedAt) continue;
+    const p = placeOnHost(i.spec.container, ctx.hosts, [...ctx.allInstances, ...planned]);
+    if (p.ok) {
+      out.push({ op: 'place', name: i.metadata.name, host: p.host });
+      planned.push({ ...i, spec: { ...i.spec, host: p.host } });
+    } else if (i.status.message !== p.reason) {
+      out.push({ op: 'unschedulable', name: i.metadata.name, message: p.reason });
+    }
+  }
+  return out;
+}
+
+/**
+ * A service keeps `replicas` instances, one per ordinal. `tenant`'s instances are passed in;
+ * `service` undefined means it was deleted: all its instances go.
+ */
+export function planService(serviceName: string, service: Service | undefined, instances: Instance[], ctx: PlanContext): Change[] {
+  const mine = instances.filter((i) => i.spec.owner.kind === 'Service' && i.spec.owner.name === serviceName);
+  if (!service) return removals(mine);
+  const changes: Change[] = [];
+  const current = mine.filter((i) => i.spec.owner.uid === service.metadata.uid);
+  changes.push(...removals(mine.filter((i) => i.spec.owner.uid !== service.metadata.uid || i.spec.index >= service.spec.replicas)));
+  const planned: Instance[] = [];
+  const byIndex = new Map(current.map((i) => [i.spec.index, i]));
+  const container = containerOf(service.spec);
+  const restart = { restartPolicy: service.spec.restartPolicy, maxRestarts: -1 };
+  for (let index = 0; index < service.spec.replicas; index++) {
+    const existing = byIndex.get(index);
+    if (!existing) {
+      const inst = newInstance(service, index, ctx, placeOnHost(container, ctx.hosts, [...ctx.allInstances, ...planned]), restart);
+      planned.push(inst);
+      changes.push({ op: 'create', instance: inst });
+      continue;
+    }
+    if (existing.metadata.deletionRequestedAt) continue; // its agent is removing it; recreated once gone
+    if (existing.spec.ownerGeneration !== service.metadata.generation) {
+      changes.push({
+        op: 'updateSpec',
+        name: existing.metadata.name,
+        spec: { ...existing.spec, container, ...restart, ownerGeneration: service.metadata.generation },
+      });
+    }
+  }
+  changes.push(...placements(current.filter((i) => i.spec.index < service.spec.replicas), ctx, planned));
+  const ready = current.filter((i) => i.status.phase === 'Running' && !i.metadata.deletionRequestedAt).length;
+  if (ready !== service.status.ready || service.status.observedGeneration !== service.metadata.generation) {
+    changes.push({ op: 'serviceStatus', ready, observedGeneration: service.metadata.generation });
+  }
+  return changes;
+}
+
+/**
+ * A job runs `completions` successful instances, at most `parallelism` at once; an instance
+ * that fails after `backoffLimit` retries fails the job (and stops its other instances).
+ */
+export function planJob(jobName: string, job: Job | undefined, instances: Instance[], ctx: PlanContext): Change[] {
+  const mine = ownedBy({ metadata: { name: jobName } }, 'Job', instances);
+  if (!job) return removals(mine);
+  const changes: Change[] = [];
+  const current = mine.filter((i) => i.spec.owner.uid === job.metadata.uid);
+  changes.push(...removals(mine.filter((i) => i.spec.owner.uid !== job.metadata.uid)));
+  const succeeded = current.filter((i) => i.status.phase === 'Succeeded').length;
+  const failedInstances = current.filter((i) => i.status.phase === 'Failed');
+  const failed = current.reduce((n, i) => n + i.status.restarts + (i.status.phase === 'Failed' ? 1 : 0), 0);
+  const active = current.filter((i) => !TERMINAL_PHASES.includes(i.status.phase) && !i.metadata.deletionRequestedAt);
+  const status: JobStatus = { ...job.status, succeeded, failed, observedGeneration: job.metadata.generation };
+  const planned: Instance[] = [];
+
+  if (job.status.phase === 'Succeeded' || job.status.phase === 'Failed') {
+    // Terminal: nothing more runs. Completed instances are kept for their logs.
+    changes.push(...removals(active));
+  } else if (failedInstances.length > 0) {
+    const first = failedInstances[0];
+    status.phase = 'Failed';
+    status.reason = `instance ${first?.metadata.name ?? '?'} failed ${job.spec.backoffLimit + 1} time(s) (backoffLimit ${job.spec.backoffLimit}): ${first?.status.message ?? first?.status.reason ?? 'exited'}`;
+    status.finishedAt = ctx.now;
+    changes.push(...removals(active));
+  } else if (succeeded >= job.spec.completions) {
+    status.phase = 'Succeeded';
+    status.finishedAt = ctx.now;
+  } else {
+    const used = new Set(current.map((i) => i.spec.index));
+    let running = active.length;
+    const container = containerOf(job.spec);
+    const restart = { restartPolicy: 'OnFailure' as const, maxRestarts: job.spec.backoffLimit };
+    for (let index = 0; index < job.spec.completions && running < job.spec.parallelism; index++) {
+      if (used.has(index)) continue;
+      const inst = newInstance(job, index, ctx, placeOnHost(container, ctx.hosts, [...ctx.allInstances, ...planned]), restart);
+      planned.push(inst);
+      changes.push({ op: 'create', instance: inst });
+      running++;
+    }
+    changes.push(...placements(active, ctx, planned));
+    if (status.phase === 'Pending' && (running > 0 || succeeded > 0)) {
+      status.phase = 'Running';
+      status.startedAt = ctx.now;
+    }
+  }
+  if (!sameJobStatus(status, job.status)) changes.push({ op: 'jobStatus', status });
+  return changes;
+}
+
+function sameJobStatus(a: JobStatus, b: JobStatus): boolean {
+  return (
+    a.phase === b.phase &&
+    a.succeeded === b.succeeded &&
+    a.failed === b.failed &&
+    a.reason === b.reason &&
+    a.observedGeneration === b.observedGeneration
+  );
+}

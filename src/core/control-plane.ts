@@ -1,0 +1,181 @@
+/**
+ * The control plane's front door: executes Actions against the desired state in the store.
+ * Validation that needs no state lives in model/; what needs state (the tenant exists, the
+ * isolation tier is available, a job's spec is immutable) lives here. Reconcilers then
+ * turn the desired state into instances; nothing here touches a runtime.
+ */
+import { isDeepStrictEqual } from 'node:util';
+import { CarapaceError } from '../model/errors.js';
+import { KINDS, type AnyObject, type Job, type Metadata, type Service, type Tenant } from '../model/objects.js';
+import { AVAILABLE_ISOLATION, type JobManifest, type Manifest, type ServiceManifest, type TenantManifest } from '../model/schemas.js';
+import type { Action, Env } from './actions.js';
+import type { Resources } from './resources.js';
+
+/** The result of an action: one object, a list, or the outcome of a delete. */
+export type ActionResult =
+  | { type: 'object'; object: AnyObject; created?: boolean; changed?: boolean }
+  | { type: 'list'; items: AnyObject[]; revision: number }
+  | { type: 'deleted'; kind: string; name: string; tenant?: string };
+
+export class ControlPlane {
+  constructor(
+    private readonly resources: Resources,
+    private readonly env: Env,
+  ) {}
+
+  /** Executes one action; throws CarapaceError for anything the caller got wrong. */
+  async handle(action: Action): Promise<ActionResult> {
+    switch (action.type) {
+      case 'apply':
+        return this.apply(action.manifest, action.createOnly ?? false);
+      case 'get':
+        return { type: 'object', object: await this.resources.mustGet(action.kind, action.name, this.tenantOf(action.kind, action.tenant)) };
+      case 'list': {
+        const r = await this.resources.list(action.kind, KINDS[action.kind].scoped ? action.tenant : undefined);
+        return { type: 'list', items: r.items, revision: r.revision };
+      }
+      case 'delete':
+        return this.delete(action);
+    }
+  }
+
+  private tenantOf(kind: keyof typeof KINDS, tenant: string | undefined): string | undefined {
+    if (!KINDS[kind].scoped) return undefined;
+    if (tenant === undefined) throw new CarapaceError('CARAPACE_E_BAD_QUERY', `${kind.toLowerCase()} is tenant-scoped: name the tenant`);
+    return tenant;
+  }
+
+  private async apply(m: Manifest, createOnly: boolean): Promise<ActionResult> {
+    switch (m.kind) {
+      case 'Tenant':
+        return this.applyTenant(m, createOnly);
+      case 'Service':
+        return this.applyWorkload(m, createOnly);
+      case 'Job':
+        return this.applyWorkload(m, createOnly);
+    }
+  }
+
+  private newMetadata(name: string, labels: Record<string, string>, tenant?: string): Metadata {
+    const now = this.env.now();
+    const md: Metadata = { name, uid: this.env.newId(), labels, resourceVersion: 0, generation: 1, createdAt: now, updatedAt: now };
+    if (tenant !== undefined) md.tenant = tenant;
+    return md;
+  }
+
+  /** Applies the expected version: the manifest's resourceVersion if given, else the one just read. */
+  private expected(m: Manifest, current: AnyObject | undefined, createOnly: boolean): number {
+    if (createOnly) return 0;
+    if (m.metadata.resourceVersion !== undefined) return m.metadata.resourceVersion;
+    return current?.metadata.resourceVersion ?? 0;
+  }
+
+  private async applyTenant(m: TenantManifest, createOnly: boolean): Promise<ActionResult> {
+    const cur = await this.resources.get('Tenant', m.metadata.name);
+    if (cur && createOnly) throw new CarapaceError('CARAPACE_E_ALREADY_EXISTS', `tenant "${m.metadata.name}" already exists`);
+    if (cur && isDeepStrictEqual(cur.spec, m.spec) && isDeepStrictEqual(cur.metadata.labels, m.metadata.labels)) {
+      this.checkVersion(m, cur);
+      return { type: 'object', object: cur, changed: false };
+    }
+    const obj: Tenant = cur
+      ? { ...cur, spec: m.spec, metadata: { ...cur.metadata, labels: m.metadata.labels, generation: cur.metadata.generation + 1, updatedAt: this.env.now() } }
+      : { kind: 'Tenant', metadata: this.newMetadata(m.metadata.name, m.metadata.labels), spec: m.spec };
+    const written = await this.resources.write(obj, this.expected(m, cur, createOnly));
+    return { type: 'object', object: written, created: !cur, changed: true };
+  }
+
+  private checkVersion(m: Manifest, cur: AnyObject): void {
+    const rv = m.metadata.resourceVersion;
+    if (rv !== undefined && rv !== cur.metadata.resourceVersion) {
+      throw new CarapaceError(
+        'CARAPACE_E_CONFLICT',
+        `${cur.kind.toLowerCase()} "${cur.metadata.name}" is at resourceVersion ${cur.metadata.resourceVersion}, not ${rv}; re-read and retry`,
+      );
+    }
+  }
+
+  private async applyWorkload(m: ServiceManifest | JobManifest, createOnly: boolean): Promise<ActionResult> {
+    const { name, tenant } = m.metadata;
+    if (!(await this.resources.get('Tenant', tenant))) {
+      throw new CarapaceError('CARAPACE_E_TENANT_NOT_FOUND', `tenant "${tenant}" does not exist; apply a Tenant named "${tenant}" first`, [
+        { path: 'metadata.tenant', message: `tenant "${tenant}" does not exist` },
+      ]);
+    }
+    if (!AVAILABLE_ISOLATION.includes(m.spec.isolation)) {
+      throw new CarapaceError(
+        'CARAPACE_E_ISOLATION_UNAVAILABLE',
+        `${m.kind} "${name}": isolation "${m.spec.isolation}" is not available yet on this control plane (available: ${AVAILABLE_ISOLATION.join(', ')}); set spec.isolation`,
+        [{ path: 'spec.isolation', message: `"${m.spec.isolation}" is not available yet (available: ${AVAILABLE_ISOLATION.join(', ')})` }],
+      );
+    }
+    const cur = m.kind === 'Service' ? await this.resources.get('Service', name, tenant) : await this.resources.get('Job', name, tenant);
+    if (cur && createOnly) throw new CarapaceError('CARAPACE_E_ALREADY_EXISTS', `${m.kind.toLowerCase()} "${name}" already exists in tenant "${tenant}"`);
+    if (cur && isDeepStrictEqual(cur.spec, m.spec) && isDeepStrictEqual(cur.metadata.labels, m.metadata.labels)) {
+      this.checkVersion(m, cur);
+      return { type: 'object', object: cur, changed: false };
+    }
+    if (cur && m.kind === 'Job' && !isDeepStrictEqual(cur.spec, m.spec)) {
+      throw new CarapaceError('CARAPACE_E_IMMUTABLE_FIELD', `job "${name}": a job's spec cannot change once created; delete it and apply again`, [
+        { path: 'spec', message: 'immutable after creation' },
+      ]);
+    }
+    let obj: Service | Job;
+    if (m.kind === 'Service') {
+      const prev = cur as Service | undefined; // cur was read with kind Service above
+      obj = prev
+        ? {
+            ...prev,
+            spec: m.spec,
+            metadata: {
+              ...prev.metadata,
+              labels: m.metadata.labels,
+              generation: isDeepStrictEqual(prev.spec, m.spec) ? prev.metadata.generation : prev.metadata.generation + 1,
+              updatedAt: this.env.now(),
+            },
+          }
+        : { kind: 'Service', metadata: this.newMetadata(name, m.metadata.labels, tenant), spec: m.spec, status: { ready: 0, observedGeneration: 0 } };
+    } else {
+      const prev = cur as Job | undefined; // cur was read with kind Job above
+      obj = prev
+        ? { ...prev, metadata: { ...prev.metadata, labels: m.metadata.labels, updatedAt: this.env.now() } }
+        : {
+            kind: 'Job',
+            metadata: this.newMetadata(name, m.metadata.labels, tenant),
+            spec: m.spec,
+            status: { phase: 'Pending', succeeded: 0, failed: 0, observedGeneration: 0 },
+          };
+    }
+    const written = await this.resources.write(obj, this.expected(m, cur, createOnly));
+    return { type: 'object', object: written, created: !cur, changed: true };
+  }
+
+  private async delete(a: Extract<Action, { type: 'delete' }>): Promise<ActionResult> {
+    const tenant = this.tenantOf(a.kind, a.tenant);
+    const what = `${a.kind.toLowerCase()} "${a.name}"${tenant !== undefined ? ` in tenant "${tenant}"` : ''}`;
+    if (a.kind === 'Host') throw new CarapaceError('CARAPACE_E_METHOD_NOT_ALLOWED', 'hosts are registered by their agents and cannot be deleted through the API yet');
+    if (a.kind === 'Tenant') {
+      const [svcs, jobs] = await Promise.all([this.resources.list('Service', a.name), this.resources.list('Job', a.name)]);
+      const owned = svcs.items.length + jobs.items.length;
+      if (owned > 0) {
+        throw new CarapaceError('CARAPACE_E_TENANT_NOT_EMPTY', `tenant "${a.name}" still owns ${svcs.items.length} service(s) and ${jobs.items.length} job(s); delete them first`);
+      }
+    }
+    if (a.kind === 'Instance') {
+      // Deleting an instance asks its agent to stop and remove it; its owner's controller
+      // then replaces it. The object goes away once the container is gone.
+      const updated = await this.resources.mutate('Instance', a.name, tenant, (i) => {
+        if (a.resourceVersion !== undefined && i.metadata.resourceVersion !== a.resourceVersion) {
+          throw new CarapaceError('CARAPACE_E_CONFLICT', `${what} is at resourceVersion ${i.metadata.resourceVersion}, not ${a.resourceVersion}`);
+        }
+        if (i.metadata.deletionRequestedAt) return undefined;
+        i.metadata.deletionRequestedAt = this.env.now();
+        return i;
+      });
+      if (!updated) throw new CarapaceError('CARAPACE_E_NOT_FOUND', `${what} not found`);
+      return { type: 'deleted', kind: a.kind, name: a.name, tenant: a.tenant };
+    }
+    const removed = await this.resources.remove(a.kind, a.name, tenant, a.resourceVersion);
+    if (!removed) throw new CarapaceError('CARAPACE_E_NOT_FOUND', `${what} not found`);
+    return { type: 'deleted', kind: a.kind, name: a.name, tenant: a.tenant };
+  }
+}

@@ -1,0 +1,111 @@
+/**
+ * Typed access to stored objects over the versioned Store. This is the only place that knows
+ * how objects map to keys; everything above it works with Tenant, Service, Instance… values.
+ * `metadata.resourceVersion` is always the store version of the entry read (never trusted
+ * from the stored JSON).
+ */
+import { CarapaceError } from '../model/errors.js';
+import { kindPrefix, objectKey, keyOf, type AnyObject, type Kind, type ObjectOfKind } from '../model/objects.js';
+import { ConflictError, type Entry, type Store } from '../store/store.js';
+
+function withVersion<T extends AnyObject>(entry: Entry<T>): T {
+  const obj = entry.value;
+  obj.metadata.resourceVersion = entry.version;
+  return obj;
+}
+
+/** Typed object repository; safe to share across the control plane and the agent in one process. */
+export class Resources {
+  constructor(readonly store: Store) {}
+
+  /** The object, or undefined when absent. */
+  async get<K extends Kind>(kind: K, name: string, tenant?: string): Promise<ObjectOfKind<K> | undefined> {
+    const e = await this.store.get<ObjectOfKind<K>>(objectKey(kind, name, tenant));
+    return e ? withVersion(e) : undefined;
+  }
+
+  /** The object, or CARAPACE_E_NOT_FOUND. */
+  async mustGet<K extends Kind>(kind: K, name: string, tenant?: string): Promise<ObjectOfKind<K>> {
+    const o = await this.get(kind, name, tenant);
+    if (!o) {
+      const where = tenant !== undefined ? ` in tenant "${tenant}"` : '';
+      throw new CarapaceError('CARAPACE_E_NOT_FOUND', `${kind.toLowerCase()} "${name}"${where} not found`);
+    }
+    return o;
+  }
+
+  /** Every object of a kind, optionally of one tenant, with the revision the list is consistent with. */
+  async list<K extends Kind>(kind: K, tenant?: string): Promise<{ items: ObjectOfKind<K>[]; revision: number }> {
+    const r = await this.store.list<ObjectOfKind<K>>(kindPrefix(kind, tenant));
+    return { items: r.items.map(withVersion), revision: r.revision };
+  }
+
+  /**
+   * Writes an object with compare-and-set: `expectVersion` 0 means "must not exist",
+   * a number means "must be at this version", undefined writes unconditionally.
+   * Returns the object with its new resourceVersion. Conflicts become CARAPACE_E_CONFLICT
+   * (or CARAPACE_E_ALREADY_EXISTS for create-only writes).
+   */
+  async write<T extends AnyObject>(obj: T, expectVersion?: number): Promise<T> {
+    const key = keyOf(obj);
+    const expect = expectVersion === undefined ? undefined : expectVersion === 0 ? { absent: true as const } : { version: expectVersion };
+    try {
+      const version = await this.store.put(key, obj, expect);
+      return { ...obj, metadata: { ...obj.metadata, resourceVersion: version } };
+    } catch (e) {
+      if (e instanceof ConflictError) {
+        if (expectVersion === 0) {
+          throw new CarapaceError('CARAPACE_E_ALREADY_EXISTS', `${obj.kind.toLowerCase()} "${obj.metadata.name}" already exists`);
+        }
+        throw new CarapaceError(
+          'CARAPACE_E_CONFLICT',
+          `${obj.kind.toLowerCase()} "${obj.metadata.name}" was changed by someone else (resourceVersion ${expectVersion ?? '?'} given, ${e.actualVersion} stored); re-read and retry`,
+        );
+      }
+      throw e;
+    }
+  }
+
+  /**
+   * Read-modify-write with retry on conflict: `fn` gets a fresh copy and returns the new
+   * object, or undefined to leave it unchanged. Returns the stored result (undefined when
+   * the object is absent). Use for fields one writer owns (e.g. the agent's status).
+   */
+  async mutate<K extends Kind>(
+    kind: K,
+    name: string,
+    tenant: string | undefined,
+    fn: (o: ObjectOfKind<K>) => ObjectOfKind<K> | undefined,
+  ): Promise<ObjectOfKind<K> | undefined> {
+    for (let attempt = 0; ; attempt++) {
+      const cur = await this.get(kind, name, tenant);
+      if (!cur) return undefined;
+      const next = fn(structuredClone(cur));
+      if (!next) return cur;
+      try {
+        return await this.write(next, cur.metadata.resourceVersion);
+      } catch (e) {
+        if (e instanceof CarapaceError && e.code === 'CARAPACE_E_CONFLICT' && attempt < 50) continue;
+        throw e;
+      }
+    }
+  }
+
+  /** Deletes an object (with an optional version precondition); false when it was absent. */
+  async remove(kind: Kind, name: string, tenant?: string, expectVersion?: number): Promise<boolean> {
+    const key = objectKey(kind, name, tenant);
+    try {
+      const rev = await this.store.delete(key, expectVersion === undefined ? undefined : { version: expectVersion });
+      return rev !== undefined;
+    } catch (e) {
+      if (e instanceof ConflictError) {
+        if (e.actualVersion === 0) return false;
+        throw new CarapaceError(
+          'CARAPACE_E_CONFLICT',
+          `${kind.toLowerCase()} "${name}" was changed by someone else (resourceVersion ${expectVersion ?? '?'} given, ${e.actualVersion} stored)`,
+        );
+      }
+      throw e;
+    }
+  }
+}

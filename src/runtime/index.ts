@@ -1,0 +1,67 @@
+/**
+ * The container runtime drivers: `runc` (isolation `host`) and `runsc` (gVisor, isolation
+ * `sandbox`), both implementing `RuntimeDriver` through the shared conmon-supervised
+ * `OciDriver`. Create one driver per runtime per agent; several instances on the same
+ * `stateDir` (an agent restart) see the same containers.
+ */
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { RuntimeDriver } from './driver.js';
+import { OciDriver, type OciDriverOptions, type RuntimeFlavor } from './oci-driver.js';
+import { run } from './proc.js';
+
+export type { RuntimeDriver } from './driver.js';
+export { OciDriver, CONTAINER_ID_PATTERN, UNKNOWN_EXIT_CODE, WaitAbortedError, type OciDriverOptions } from './oci-driver.js';
+
+/** runc on the host: containers share the host kernel (isolation `host`). */
+const RUNC: RuntimeFlavor = {
+  name: 'runc',
+  isolation: 'host',
+  defaultPath: '/usr/sbin/runc',
+  globalArgs: (root) => ['--root', root],
+  async probe(driver) {
+    const bins = await driver.probeBinaries();
+    if (!bins.ok) return bins;
+    const r = await driver.runtime(['list']);
+    return r.code === 0 ? { ok: true } : { ok: false, message: `runc list failed: ${r.stderr.trim()}` };
+  },
+};
+
+/**
+ * gVisor's runsc: the container runs on gVisor's user-space kernel (isolation `sandbox`).
+ * The ptrace platform works without KVM (nested virtualisation is unusable on many hosts).
+ * With a netns path the sandbox uses gVisor's netstack on that namespace's interfaces
+ * (`--network=sandbox`); without one, `--network=none` gives a loopback-only stack.
+ * The flags are derived from the stored metadata so every call on a container agrees.
+ */
+const RUNSC: RuntimeFlavor = {
+  name: 'runsc',
+  isolation: 'sandbox',
+  defaultPath: '/usr/bin/runsc',
+  globalArgs: (root, meta) => ['--root', root, '--platform=ptrace', meta?.netnsPath !== undefined ? '--network=sandbox' : '--network=none'],
+  async probe(driver) {
+    const bins = await driver.probeBinaries();
+    if (!bins.ok) return bins;
+    // A real (tiny) sandbox: `runsc do` runs a host binary inside gVisor. It fails where
+    // ptrace is forbidden (seccomp'd agents, Yama scope 3) or the kernel lacks what gVisor needs.
+    const root = join(driver.runtimeRoot, '..', 'probe');
+    await mkdir(root, { recursive: true });
+    try {
+      const r = await run(driver.runtimePath, ['--root', root, '--platform=ptrace', '--network=none', 'do', '/bin/true'], 30_000);
+      if (r.code !== 0) return { ok: false, message: `runsc cannot start a sandbox here (ptrace platform): ${r.stderr.trim().split('\n').pop() ?? ''}` };
+      return { ok: true };
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  },
+};
+
+/** Creates the runc driver (isolation `host`) keeping its state under `opts.stateDir`. */
+export function createRuncDriver(opts: OciDriverOptions): RuntimeDriver & OciDriver {
+  return new OciDriver(RUNC, opts);
+}
+
+/** Creates the gVisor runsc driver (isolation `sandbox`) keeping its state under `opts.stateDir`. */
+export function createRunscDriver(opts: OciDriverOptions): RuntimeDriver & OciDriver {
+  return new OciDriver(RUNSC, opts);
+}
