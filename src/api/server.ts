@@ -82,7 +82,19 @@ function toCarapaceError(err: unknown): CarapaceError {
 /** Builds the fastify app (not listening); `listen` is the caller's. */
 export function buildApi(o: ApiOptions): FastifyInstance {
   // pino's Logger is what FastifyBaseLogger describes (fastify is built on pino).
-  const app = Fastify({ loggerInstance: o.logger.child({ component: 'api' }) as FastifyBaseLogger, bodyLimit: o.bodyLimit ?? 1024 * 1024, disableRequestLogging: true });
+  const app = Fastify({
+    loggerInstance: o.logger.child({ component: 'api' }) as FastifyBaseLogger,
+    bodyLimit: o.bodyLimit ?? 1024 * 1024,
+    disableRequestLogging: true,
+    // Errors fastify raises before routing (e.g. a malformed %-escape in the URL).
+    frameworkErrors: (err, _req, reply) => {
+      const ce = err.code === 'FST_ERR_BAD_URL' ? new CarapaceError('CARAPACE_E_ROUTE_NOT_FOUND', 'the URL is not valid (bad %-escape)') : toCarapaceError(err);
+      // The reply here is typed for route schemas we do not declare; the body is our error JSON.
+      void (reply as unknown as FastifyReply).status(ce.status).send(ce.toJSON());
+    },
+  });
+  // Only JSON and YAML bodies are understood; plain text is refused with 415, not parsed.
+  app.removeContentTypeParser('text/plain');
 
   app.addContentTypeParser(['application/yaml', 'application/x-yaml', 'text/yaml'], { parseAs: 'string' }, (_req, body, done) => {
     try {

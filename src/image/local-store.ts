@@ -101,6 +101,11 @@ export function parseImageConfig(json: unknown): ImageConfig {
   };
 }
 
+/** Maps our stored ImageConfig (camelCase) back to the OCI field names parseImageConfig reads. */
+function recordConfigToOci(c: Record<string, unknown>): Record<string, unknown> {
+  return { Entrypoint: c['entrypoint'], Cmd: c['cmd'], Env: c['env'], WorkingDir: c['workingDir'], User: c['user'] };
+}
+
 /** Writes a file so readers see the old or the new content, never a torn one, even after a crash. */
 async function writeFileAtomic(path: string, data: string): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
@@ -326,7 +331,8 @@ class LocalImageStore implements ImageStore {
 
   private async readJsonBlob(ref: ImageReference, digest: string): Promise<unknown> {
     try {
-      return JSON.parse(await readFile(this.blobPath(digest), 'utf8')) as unknown;
+      const parsed: unknown = JSON.parse(await readFile(this.blobPath(digest), 'utf8'));
+      return parsed;
     } catch (e) {
       throw new ImagePullError('ImageInvalid', pullErrorMessage('ImageInvalid', ref.original, ref.registry, `unreadable blob ${digest}: ${(e as Error).message}`)); // safe: fs/JSON errors are Errors
     }
@@ -337,7 +343,7 @@ class LocalImageStore implements ImageStore {
     const invalid = (why: string): ImagePullError => new ImagePullError('ImageInvalid', pullErrorMessage('ImageInvalid', ref.original, ref.registry, why));
     let index: unknown;
     try {
-      index = JSON.parse(await readFile(join(layout, 'index.json'), 'utf8')) as unknown;
+      index = JSON.parse(await readFile(join(layout, 'index.json'), 'utf8'));
     } catch (e) {
       throw invalid(`no index after copy: ${(e as Error).message}`); // safe: fs/JSON errors are Errors
     }
@@ -371,7 +377,7 @@ class LocalImageStore implements ImageStore {
 
   private async readOciIndex(): Promise<OciDescriptor[]> {
     try {
-      const j = JSON.parse(await readFile(join(this.dirs.oci, 'index.json'), 'utf8')) as unknown;
+      const j: unknown = JSON.parse(await readFile(join(this.dirs.oci, 'index.json'), 'utf8'));
       // safe: entries are only ever written by addToOciIndex with this shape
       return isRecord(j) && Array.isArray(j['manifests']) ? (j['manifests'] as OciDescriptor[]) : [];
     } catch {
@@ -389,14 +395,22 @@ class LocalImageStore implements ImageStore {
   private async readRecord(digest: string): Promise<ImageRecord | undefined> {
     const known = this.records.get(digest);
     if (known !== undefined) return known;
-    let rec: ImageRecord;
+    let raw: unknown;
     try {
-      // safe: records are only written by writeRecord from an ImageRecord
-      rec = JSON.parse(await readFile(this.recordPath(digest), 'utf8')) as ImageRecord;
+      raw = JSON.parse(await readFile(this.recordPath(digest), 'utf8'));
     } catch {
       return undefined;
     }
-    if (rec.digest !== digest || !(await exists(join(this.dirs.rootfs, digestKey(digest))))) return undefined;
+    // A record we cannot read (corrupt, foreign) means "not cached": the image is pulled again.
+    if (!isRecord(raw) || raw['digest'] !== digest || typeof raw['localManifest'] !== 'string' || typeof raw['pulledAt'] !== 'string') return undefined;
+    const rec: ImageRecord = {
+      digest,
+      localManifest: raw['localManifest'],
+      references: stringArray(raw['references']),
+      config: parseImageConfig({ config: isRecord(raw['config']) ? recordConfigToOci(raw['config']) : {} }),
+      pulledAt: raw['pulledAt'],
+    };
+    if (!(await exists(join(this.dirs.rootfs, digestKey(digest))))) return undefined;
     this.records.set(digest, rec);
     return rec;
   }
@@ -463,8 +477,14 @@ class LocalImageStore implements ImageStore {
         await rm(join(this.dirs.tmp, name), { recursive: true, force: true });
       }
     }
+    for (const dir of [this.opts.cacheDir, this.dirs.images, this.dirs.oci]) {
+      for (const name of await readdir(dir)) {
+        const m = /\.tmp-(\d+)-[0-9a-f]+$/.exec(name);
+        if (m !== null && Number(m[1]) !== process.pid && !pidAlive(Number(m[1]))) await rm(join(dir, name), { force: true });
+      }
+    }
     try {
-      const raw = JSON.parse(await readFile(join(this.opts.cacheDir, 'tags.json'), 'utf8')) as unknown;
+      const raw: unknown = JSON.parse(await readFile(join(this.opts.cacheDir, 'tags.json'), 'utf8'));
       if (isRecord(raw)) {
         for (const [k, v] of Object.entries(raw)) {
           if (isRecord(v) && typeof v['digest'] === 'string' && typeof v['resolvedAt'] === 'number') {

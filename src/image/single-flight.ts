@@ -49,7 +49,9 @@ export class SingleFlight<T, E> {
           }
         }
       };
-      const promise = (async () => work(controller.signal, emit))().finally(() => {
+      // Started on the next microtask, so the creating caller's listener (added below) sees
+      // even events the work emits before its first await.
+      const promise = Promise.resolve().then(() => work(controller.signal, emit)).finally(() => {
         if (this.flights.get(key) === created) this.flights.delete(key);
       });
       // Callers observe the promise through their own wrappers; this keeps an abandoned

@@ -149,6 +149,17 @@ interface StateFile {
 const BRIDGE_PATTERN = /^[a-z][a-z0-9]{0,14}$/;
 
 /**
+ * Packet-mark bit set on connections to a published port (DNATed) as they enter from our
+ * bridge. With br_netfilter active, a container reaching another container's published
+ * port through the gateway is DNATed inside the bridge path and then *bridged* straight
+ * to the target port, so the tenant filter in the bridge forward chain sees it; this bit
+ * (conntrack is not readable from the bridge family on this kernel) lets such flows pass,
+ * as published ports are meant to be reachable by anyone. Other tools using this bit on
+ * our bridge's traffic would open the same door, hence a high, rarely used bit.
+ */
+const PUBLISHED_MARK = '0x01000000';
+
+/**
  * Makes a network manager for one bridge. Cheap: nothing touches the kernel until the first
  * call. Only one manager per bridge should be active at a time on a host; a lock file in
  * stateDir serialises the operations of managers that do overlap (e.g. an old agent still
@@ -430,15 +441,20 @@ table ip ${t} {
   }
   chain publish {
   }
+  chain published {
+    type filter hook prerouting priority filter; policy accept;
+  }
 }
 flush chain ip ${t} prerouting
 flush chain ip ${t} output
 flush chain ip ${t} postrouting
 flush chain ip ${t} publish
+flush chain ip ${t} published
 add rule ip ${t} prerouting fib daddr type local jump publish
 add rule ip ${t} output fib daddr type local jump publish
 add rule ip ${t} publish dnat ip to tcp dport map @tcp_ports
 add rule ip ${t} publish dnat ip to udp dport map @udp_ports
+add rule ip ${t} published iifname ${br} ct status dnat meta mark set meta mark or ${PUBLISHED_MARK}
 add rule ip ${t} postrouting ip saddr ${net} ip daddr != ${net} oifname != ${br} masquerade
 add rule ip ${t} postrouting oifname ${br} ip saddr 127.0.0.0/8 masquerade
 add rule ip ${t} postrouting oifname ${br} ip saddr ${net} ct status dnat masquerade
@@ -458,6 +474,7 @@ table bridge ${t} {
 }
 flush chain bridge ${t} forward
 add rule bridge ${t} forward iifname != @ifaces accept
+add rule bridge ${t} forward meta mark and ${PUBLISHED_MARK} == ${PUBLISHED_MARK} accept
 add rule bridge ${t} forward meta mark set iifname map @ifkey
 add rule bridge ${t} forward oifname . meta mark @members accept
 add rule bridge ${t} forward drop
@@ -485,7 +502,7 @@ add rule bridge ${t} forward drop
    * there; if even that fails (an element changed under us) each is deleted on its own.
    */
   private async deleteElements(a: Allocation): Promise<void> {
-    if (!(await this.tablesExist())) return;
+    if (!this.baseReady && !(await this.tablesExist())) return;
     try {
       await run('nft', ['-f', '-'], this.elementsScript('add', a) + this.elementsScript('delete', a));
     } catch {

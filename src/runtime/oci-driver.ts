@@ -292,9 +292,10 @@ export class OciDriver implements RuntimeDriver {
       if (m.code !== 0) throw new Error(`mounting the writable layer failed: ${firstLine(m.stderr)}`);
 
       const pid = await this.conmonCreate(id, meta);
-      const s = await this.runtime(['start', id], meta);
-      if (s.code !== 0) throw new Error(`${this.name} start failed: ${firstLine(s.stderr) || `exit ${s.code}`}`);
+      // Taken before `start`: a short-lived process may exit before `start` returns.
       const startedAt = new Date().toISOString();
+      const s = await this.runtime(['start', id], meta);
+      if (s.code !== 0) throw new Error(`${this.name} start failed: ${cleanRuntimeMessage(firstLine(s.stderr)) || `exit ${s.code}`}`);
       await this.writeMeta({ ...meta, startedAt });
       log.info({ pid }, 'container started');
       return { id, labels: req.labels, state: { status: 'running', pid, startedAt } };
@@ -416,11 +417,16 @@ export class OciDriver implements RuntimeDriver {
     if (del.code !== 0 && !/does not exist|not exist|no such/i.test(del.stderr)) {
       this.log.warn({ containerId: id, err: firstLine(del.stderr) }, 'runtime delete failed');
     }
-    // conmon exits by itself once the container is gone; give it a moment, then make sure.
+    // conmon exits by itself once the container is gone, but lingers for a second or two
+    // after writing the exit file; once the exit file exists it has nothing left to do.
     const conmonPid = Number((await readOptional(join(dir, 'conmon.pid')))?.trim());
+    for (let i = 0; i < 200 && pidAlive(conmonPid) && !(await exists(this.exitFile(id))); i++) await sleep(10);
     if (pidAlive(conmonPid)) {
-      for (let i = 0; i < 100 && pidAlive(conmonPid); i++) await sleep(20);
-      if (pidAlive(conmonPid)) process.kill(conmonPid, 'SIGKILL');
+      try {
+        process.kill(conmonPid, 'SIGKILL');
+      } catch {
+        // exited between the check and the kill
+      }
     }
     if (await this.isMounted(this.merged(id))) {
       const u = await run('umount', [this.merged(id)]);
@@ -499,6 +505,9 @@ export class OciDriver implements RuntimeDriver {
       const e = await this.readExit(id);
       if (e) return { id, labels, state: e };
     }
+    // conmon may have finished writing the exit file while we asked the runtime.
+    const late = bundleExists ? await this.readExit(id) : undefined;
+    if (late) return { id, labels, state: late };
     // conmon is gone (killed, or the host rebooted) and nothing recorded the exit code: the
     // process is gone, so report it exited with UNKNOWN_EXIT_CODE (as if SIGKILLed).
     return {
@@ -644,7 +653,7 @@ export class OciDriver implements RuntimeDriver {
           return;
         }
         await new Promise<void>((resolve) => {
-          const t = setTimeout(done, 1000);
+          const t = setTimeout(done, 250); // cheap re-check; the exit file does not wake the log watcher
           function done(): void {
             clearTimeout(t);
             signal?.removeEventListener('abort', done);

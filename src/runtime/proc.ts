@@ -3,6 +3,7 @@
  * output, and check whether a pid is alive. Kept apart so the drivers read as lifecycle logic.
  */
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 
 /** Result of a finished command. */
 export interface RunResult {
@@ -38,15 +39,21 @@ export function run(bin: string, args: readonly string[], timeoutMs = 30_000): P
   });
 }
 
-/** True when a process with this pid exists (signal 0 probe; EPERM still means it exists). */
+/**
+ * True when a process with this pid exists and is not a zombie. Zombies count as dead: a
+ * daemonized conmon is reparented to pid 1 (or a subreaper), which may reap it late.
+ */
 export function pidAlive(pid: number): boolean {
   if (!Number.isInteger(pid) || pid <= 0) return false;
+  let stat: string;
   try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM'; // `as`: process.kill throws ErrnoException
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return false;
   }
+  // Format: `pid (comm) S ...`; comm may contain spaces or ')', so split at the last ')'.
+  const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+  return state !== 'Z' && state !== 'X';
 }
 
 /** Resolves after `ms`, or early (without rejecting) when `signal` aborts. */

@@ -23,7 +23,6 @@ import type {
   ScheduleOptions,
   Snapshot,
   Spread,
-  Unplaced,
   UnplacedCode,
 } from './types.js';
 

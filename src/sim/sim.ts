@@ -31,6 +31,10 @@ export interface SimOptions {
   tightQuotaFraction?: number;
   /** Fraction of hosts not ready (default 0). */
   notReadyFraction?: number;
+  /** `small` hosts (2-6 cores, 4-12 GiB) put tiny clusters under pressure for property tests. */
+  hostSize?: 'large' | 'small';
+  /** Fraction of services that are not `cell` (default 0.04); property tests raise it. */
+  nonCellFraction?: number;
 }
 
 /** A generated service: `replicas` identical instances. */
@@ -90,7 +94,8 @@ export function generateCluster(o: SimOptions): SimCluster {
   const width = String(Math.max(1, o.hosts - 1)).length;
   for (let i = 0; i < o.hosts; i++) {
     const x = r();
-    const [cpu, mem] = x < 0.5 ? [32, 131072] : x < 0.85 ? [64, 262144] : [96, 393216];
+    const small = o.hostSize === 'small';
+    const [cpu, mem] = x < 0.5 ? (small ? [2, 4096] : [32, 131072]) : x < 0.85 ? (small ? [4, 8192] : [64, 262144]) : small ? [6, 12288] : [96, 393216];
     const labels: Record<string, string> = { zone: zones[i % zones.length] ?? 'zone-a', rack: `r${Math.floor(i / 40)}` };
     if (r() < 0.3) labels['ssd'] = 'true';
     const isolation: Isolation[] = r() < 0.05 ? ['cell', 'dedicated', 'host'] : ['cell', 'dedicated', 'host', 'sandbox'];
@@ -142,8 +147,10 @@ export function generateCluster(o: SimOptions): SimCluster {
     const tenant = tenantNames[lo] ?? 't0';
     const group = `g${Math.floor(r() * (groupsOf[lo] ?? 1))}`;
     const size = pickWeighted(SIZES, r());
+    // Non-cell services split 3:3:2 between dedicated, sandbox and host.
+    const nonCell = o.nonCellFraction ?? 0.04;
     const iso = r();
-    const isolation: Isolation = iso < 0.96 ? 'cell' : iso < 0.975 ? 'dedicated' : iso < 0.99 ? 'sandbox' : 'host';
+    const isolation: Isolation = iso >= nonCell ? 'cell' : iso < nonCell * 0.375 ? 'dedicated' : iso < nonCell * 0.75 ? 'sandbox' : 'host';
     let replicas = Math.min(replicaCount(r), o.instances - total);
     const sp = r();
     const spread: Spread = sp < 0.2 && replicas <= 50 ? 'required' : sp < 0.5 ? 'preferred' : 'none';

@@ -500,7 +500,6 @@ class SqliteStoreImpl implements SqliteStore {
         if (cursor < compacted) throw new CompactedError(cursor, compacted + 1);
         const current = this.meta('revision');
         if (cursor >= current) {
-          await new Promise((r) => setTimeout(r, 1));
           queue = new WatchQueue(prefix, cursor, this.watchBufferLimit, this.logger);
           this.watchers.add(queue);
           break;

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs everything Carapace needs on a Debian machine (run as root), then builds it.
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES=(
+  runc runsc conmon                      # container runtimes and the conmon supervisor
+  golang-github-containers-common        # the default seccomp profile (seccomp.json)
+  skopeo umoci docker-registry           # OCI images: copy, unpack, a local registry
+  busybox-static                         # userland for example images and guests
+  iproute2 nftables iptables             # container networking
+  qemu-system-x86 qemu-utils linux-image-amd64   # VMs (cells, machines)
+  etcd-server                            # the HA store
+  curl ca-certificates
+)
+
+missing=()
+for p in "${DEBIAN_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "==> installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian's docker-registry package may start a system registry on :5000; Carapace runs its
+# own on loopback, so keep the packaged one out of the way when systemd is present.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet docker-registry 2>/dev/null; then
+  systemctl stop docker-registry || true
+  systemctl disable docker-registry >/dev/null 2>&1 || true
+fi
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "==> installing npm packages"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+echo "==> building"
+npm run --silent build

@@ -1,0 +1,143 @@
+import { describe, expect, it } from 'vitest';
+import { parseManifest } from '../model/manifest.js';
+import type { Host, Instance, Job, Service } from '../model/objects.js';
+import { planJob, planService, type Change, type PlanContext } from './workload-plan.js';
+
+const NOW = '2026-01-01T00:00:00.000Z';
+
+function host(name: string, cpu = 2, memoryMiB = 2048, isolation = ['host', 'sandbox']): Host {
+  return {
+    kind: 'Host',
+    metadata: { name, uid: `h-${name}`, labels: {}, resourceVersion: 1, generation: 1, createdAt: NOW, updatedAt: NOW },
+    spec: { labels: {}, unschedulable: false },
+    status: { state: 'Ready', lastHeartbeatAt: NOW, isolation, capacity: { cpu, memoryMiB }, agentVersion: 't' },
+  };
+}
+
+function service(spec: Record<string, unknown>, generation = 1): Service {
+  const m = parseManifest({ apiVersion: 'carapace/v1', kind: 'Service', metadata: { name: 'web', tenant: 'acme' }, spec: { image: 'r/web:1', isolation: 'host', ...spec } });
+  if (m.kind !== 'Service') throw new Error('not a service');
+  return {
+    kind: 'Service',
+    metadata: { name: 'web', tenant: 'acme', uid: 'svc-uid', labels: {}, resourceVersion: 5, generation, createdAt: NOW, updatedAt: NOW },
+    spec: m.spec,
+    status: { ready: 0, observedGeneration: 0 },
+  };
+}
+
+function job(spec: Record<string, unknown>, phase: Job['status']['phase'] = 'Pending'): Job {
+  const m = parseManifest({ apiVersion: 'carapace/v1', kind: 'Job', metadata: { name: 'batch', tenant: 'acme' }, spec: { image: 'r/b:1', isolation: 'host', ...spec } });
+  if (m.kind !== 'Job') throw new Error('not a job');
+  return {
+    kind: 'Job',
+    metadata: { name: 'batch', tenant: 'acme', uid: 'job-uid', labels: {}, resourceVersion: 5, generation: 1, createdAt: NOW, updatedAt: NOW },
+    spec: m.spec,
+    status: { phase, succeeded: 0, failed: 0, observedGeneration: 1 },
+  };
+}
+
+let ids = 0;
+function ctx(hosts: Host[], all: Instance[] = []): PlanContext {
+  return { now: NOW, newId: () => `id-${++ids}`, hosts, allInstances: all };
+}
+
+function created(changes: Change[]): Instance[] {
+  return changes.flatMap((c) => (c.op === 'create' ? [c.instance] : []));
+}
+
+function materialise(changes: Change[]): Instance[] {
+  return created(changes);
+}
+
+describe('planService', () => {
+  it('creates one deterministically named instance per replica, placed on a host', () => {
+    const s = service({ replicas: 3 });
+    const out = created(planService('web', s, [], ctx([host('h1')])));
+    expect(out.map((i) => i.metadata.name)).toEqual(['web-0', 'web-1', 'web-2']);
+    expect(out.every((i) => i.spec.host === 'h1' && i.status.phase === 'Pending')).toBe(true);
+  });
+
+  it('is idempotent: planning again over its own result creates nothing', () => {
+    const s = service({ replicas: 2 });
+    const first = materialise(planService('web', s, [], ctx([host('h1')])));
+    const again = planService('web', s, first, ctx([host('h1')], first));
+    expect(created(again)).toEqual([]);
+    expect(again.filter((c) => c.op === 'requestDeletion')).toEqual([]);
+  });
+
+  it('scales down by removing the highest ordinals', () => {
+    const insts = materialise(planService('web', service({ replicas: 3 }), [], ctx([host('h1')])));
+    const down = planService('web', service({ replicas: 1 }), insts, ctx([host('h1')], insts));
+    expect(down.filter((c) => c.op === 'requestDeletion').map((c) => (c.op === 'requestDeletion' ? c.name : ''))).toEqual(['web-1', 'web-2']);
+  });
+
+  it('updates instance specs when the service generation changes', () => {
+    const insts = materialise(planService('web', service({ replicas: 1 }), [], ctx([host('h1')])));
+    const changes = planService('web', service({ replicas: 1, image: 'r/web:2' }, 2), insts, ctx([host('h1')], insts));
+    const upd = changes.find((c) => c.op === 'updateSpec');
+    expect(upd && upd.op === 'updateSpec' && upd.spec.container.image).toBe('r/web:2');
+  });
+
+  it('removes every instance when the service is gone', () => {
+    const insts = materialise(planService('web', service({ replicas: 2 }), [], ctx([host('h1')])));
+    expect(planService('web', undefined, insts, ctx([host('h1')])).map((c) => c.op)).toEqual(['requestDeletion', 'requestDeletion']);
+  });
+
+  it('replaces instances of an older service with the same name (different uid)', () => {
+    const insts = materialise(planService('web', service({ replicas: 1 }), [], ctx([host('h1')])));
+    const recreated = { ...service({ replicas: 1 }), metadata: { ...service({}).metadata, uid: 'new-uid' } };
+    const ops = planService('web', recreated, insts, ctx([host('h1')], insts)).map((c) => c.op);
+    expect(ops).toContain('requestDeletion');
+  });
+
+  it('explains why an instance cannot be placed', () => {
+    const out = created(planService('web', service({ cpu: 4 }), [], ctx([host('h1', 2)])));
+    expect(out[0]?.spec.host).toBe('');
+    expect(out[0]?.status.reason).toBe('Unschedulable');
+    expect(out[0]?.status.message).toMatch(/h1: needs 4 cpu, 2 free/);
+    const none = created(planService('web', service({ isolation: 'sandbox' }), [], ctx([host('h1', 2, 2048, ['host'])])));
+    expect(none[0]?.status.message).toMatch(/cannot run isolation "sandbox"/);
+  });
+
+  it('accounts capacity across the instances it plans in one pass', () => {
+    const out = created(planService('web', service({ replicas: 3, cpu: 1 }), [], ctx([host('h1', 2)])));
+    expect(out.map((i) => i.spec.host)).toEqual(['h1', 'h1', '']);
+  });
+
+  it('spreads across hosts by free capacity', () => {
+    const out = created(planService('web', service({ replicas: 2, cpu: 1 }), [], ctx([host('a', 2), host('b', 2)])));
+    expect(new Set(out.map((i) => i.spec.host))).toEqual(new Set(['a', 'b']));
+  });
+});
+
+describe('planJob', () => {
+  it('starts at most `parallelism` instances', () => {
+    const out = created(planJob('batch', job({ completions: 5, parallelism: 2 }), [], ctx([host('h1')])));
+    expect(out.map((i) => i.metadata.name)).toEqual(['batch-0', 'batch-1']);
+    expect(out[0]?.spec.restartPolicy).toBe('OnFailure');
+  });
+
+  it('continues with the next indexes as instances succeed, then succeeds', () => {
+    const j = job({ completions: 3, parallelism: 2 });
+    let insts = materialise(planJob('batch', j, [], ctx([host('h1')])));
+    insts = insts.map((i) => ({ ...i, status: { ...i.status, phase: 'Succeeded' as const } }));
+    const next = created(planJob('batch', j, insts, ctx([host('h1')], insts)));
+    expect(next.map((i) => i.metadata.name)).toEqual(['batch-2']);
+    const all = [...insts, ...next.map((i) => ({ ...i, status: { ...i.status, phase: 'Succeeded' as const } }))];
+    const done = planJob('batch', j, all, ctx([host('h1')], all)).find((c) => c.op === 'jobStatus');
+    expect(done && done.op === 'jobStatus' && done.status.phase).toBe('Succeeded');
+  });
+
+  it('fails the job when an instance exhausts its retries, and stops the rest', () => {
+    const j = job({ completions: 2, parallelism: 2, backoffLimit: 1 });
+    const insts = materialise(planJob('batch', j, [], ctx([host('h1')])));
+    const [a, b] = insts;
+    if (!a || !b) throw new Error('expected two');
+    const failed = [{ ...a, status: { ...a.status, phase: 'Failed' as const, restarts: 1, message: 'exited with code 3' } }, { ...b, status: { ...b.status, phase: 'Running' as const } }];
+    const changes = planJob('batch', j, failed, ctx([host('h1')], failed));
+    const st = changes.find((c) => c.op === 'jobStatus');
+    expect(st && st.op === 'jobStatus' && st.status.phase).toBe('Failed');
+    expect(st && st.op === 'jobStatus' && st.status.reason).toMatch(/exited with code 3/);
+    expect(changes.some((c) => c.op === 'requestDeletion' && c.name === 'batch-1')).toBe(true);
+  });
+});

@@ -1,0 +1,186 @@
+/**
+ * The API over a real SQLite store: apply/get/list/delete per kind, optimistic concurrency,
+ * strict validation with stable codes and field paths, the watch stream, the OpenAPI
+ * document, and a fuzz run proving no input yields a 5xx.
+ */
+import fc from 'fast-check';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { FastifyInstance } from 'fastify';
+import { buildApi } from '../../src/api/server.js';
+import { ROUTES } from '../../src/api/routes.js';
+import { ControlPlane } from '../../src/core/control-plane.js';
+import { Resources } from '../../src/core/resources.js';
+import { openSqliteStore } from '../../src/store/sqlite.js';
+import type { Store } from '../../src/store/store.js';
+
+let dir: string;
+let store: Store;
+let app: FastifyInstance;
+let n = 0;
+const env = { now: () => '2026-01-01T00:00:00.000Z', newId: () => `uid-${++n}` };
+
+const tenant = (name: string, spec: Record<string, unknown> = {}): Record<string, unknown> => ({ apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name }, spec });
+const service = (name: string, t: string, spec: Record<string, unknown> = {}): Record<string, unknown> => ({
+  apiVersion: 'carapace/v1',
+  kind: 'Service',
+  metadata: { name, tenant: t },
+  spec: { image: '127.0.0.1:5000/x/web:1', isolation: 'host', ...spec },
+});
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'carapace-api-'));
+  store = await openSqliteStore({ path: join(dir, 'store.db') });
+  const logger = pino({ level: 'silent' });
+  app = buildApi({ controlPlane: new ControlPlane(new Resources(store), env), store, logs: { logs: async function* () {} }, logger });
+  await app.ready();
+});
+
+afterAll(async () => {
+  await app.close();
+  await store.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function put(url: string, body: unknown): Promise<{ status: number; json: Record<string, any> }> {
+  const r = await app.inject({ method: 'PUT', url, payload: body as object });
+  return { status: r.statusCode, json: r.json() };
+}
+
+describe('API', () => {
+  it('applies, reads, lists and deletes per kind', async () => {
+    expect((await put('/v1/tenants/acme', tenant('acme', { displayName: 'Acme' }))).status).toBe(201);
+    const created = await put('/v1/tenants/acme/services/web', service('web', 'acme', { replicas: 2 }));
+    expect(created.status).toBe(201);
+    expect(created.json.metadata.resourceVersion).toBeGreaterThan(0);
+    expect(created.json.spec.replicas).toBe(2);
+    const again = await put('/v1/tenants/acme/services/web', service('web', 'acme', { replicas: 2 }));
+    expect(again.status).toBe(200);
+    expect(again.json.metadata.resourceVersion).toBe(created.json.metadata.resourceVersion); // unchanged: no write
+    const changed = await put('/v1/tenants/acme/services/web', service('web', 'acme', { replicas: 3 }));
+    expect(changed.json.metadata.generation).toBe(2);
+    const list = await app.inject({ method: 'GET', url: '/v1/tenants/acme/services' });
+    expect(list.json().items.map((s: { metadata: { name: string } }) => s.metadata.name)).toEqual(['web']);
+    const all = await app.inject({ method: 'GET', url: '/v1/services' });
+    expect(all.json().items).toHaveLength(1);
+    const del = await app.inject({ method: 'DELETE', url: '/v1/tenants/acme/services/web' });
+    expect(del.statusCode).toBe(200);
+    expect((await app.inject({ method: 'GET', url: '/v1/tenants/acme/services/web' })).json().error.code).toBe('CARAPACE_E_NOT_FOUND');
+  });
+
+  it('enforces optimistic concurrency with resourceVersion', async () => {
+    await put('/v1/tenants/occ', tenant('occ'));
+    const a = await put('/v1/tenants/occ/services/s', service('s', 'occ'));
+    const rv = a.json.metadata.resourceVersion as number;
+    const ok = await put('/v1/tenants/occ/services/s', { ...service('s', 'occ', { replicas: 2 }), metadata: { name: 's', tenant: 'occ', resourceVersion: rv } });
+    expect(ok.status).toBe(200);
+    const stale = await put('/v1/tenants/occ/services/s', { ...service('s', 'occ', { replicas: 5 }), metadata: { name: 's', tenant: 'occ', resourceVersion: rv } });
+    expect(stale.status).toBe(409);
+    expect(stale.json.error.code).toBe('CARAPACE_E_CONFLICT');
+    const create = await app.inject({ method: 'POST', url: '/v1/tenants/occ/services', payload: service('s', 'occ') });
+    expect(create.json().error.code).toBe('CARAPACE_E_ALREADY_EXISTS');
+    const staleDelete = await app.inject({ method: 'DELETE', url: `/v1/tenants/occ/services/s?resourceVersion=${rv}` });
+    expect(staleDelete.json().error.code).toBe('CARAPACE_E_CONFLICT');
+  });
+
+  it('refuses bad input with stable codes and field paths', async () => {
+    await put('/v1/tenants/bad', tenant('bad'));
+    const cases: [string, unknown, number, string, string?][] = [
+      ['/v1/tenants/bad/services/s', service('s', 'bad', { replicas: -1 }), 400, 'CARAPACE_E_VALIDATION', 'spec.replicas'],
+      ['/v1/tenants/bad/services/s', service('s', 'bad', { memory: '-5Mi' }), 400, 'CARAPACE_E_VALIDATION', 'spec.memory'],
+      ['/v1/tenants/bad/services/s', service('s', 'bad', { replicsa: 1 }), 400, 'CARAPACE_E_VALIDATION', 'spec.replicsa'],
+      ['/v1/tenants/bad/services/s', service('s', 'bad', { isolation: 'cell' }), 422, 'CARAPACE_E_ISOLATION_UNAVAILABLE', 'spec.isolation'],
+      ['/v1/tenants/bad/services/s', service('s', 'bad', { isolation: 'dedicated' }), 422, 'CARAPACE_E_ISOLATION_UNAVAILABLE', 'spec.isolation'],
+      ['/v1/tenants/bad/services/s', { ...service('s', 'bad'), kind: 'Pod' }, 400, 'CARAPACE_E_UNKNOWN_KIND', 'kind'],
+      ['/v1/tenants/bad/services/other', service('s', 'bad'), 400, 'CARAPACE_E_NAME_MISMATCH', 'metadata.name'],
+      ['/v1/tenants/nobody/services/s', service('s', 'nobody'), 404, 'CARAPACE_E_TENANT_NOT_FOUND', 'metadata.tenant'],
+      ['/v1/tenants/bad/jobs/s', service('s', 'bad'), 400, 'CARAPACE_E_NAME_MISMATCH', 'kind'],
+    ];
+    for (const [url, body, status, code, path] of cases) {
+      const r = await put(url, body);
+      expect({ url, status: r.status, code: r.json.error?.code }).toEqual({ url, status, code });
+      if (path) expect(r.json.error.details.map((d: { path: string }) => d.path)).toContain(path);
+    }
+    const malformed = await app.inject({ method: 'PUT', url: '/v1/tenants/bad', payload: '{"apiVersion": ', headers: { 'content-type': 'application/json' } });
+    expect([malformed.statusCode, malformed.json().error.code]).toEqual([400, 'CARAPACE_E_MALFORMED_BODY']);
+    const yamlBad = await app.inject({ method: 'PUT', url: '/v1/tenants/bad', payload: 'a: [', headers: { 'content-type': 'application/yaml' } });
+    expect(yamlBad.json().error.code).toBe('CARAPACE_E_MALFORMED_BODY');
+    const yamlOk = await app.inject({ method: 'PUT', url: '/v1/tenants/yt', payload: 'apiVersion: carapace/v1\nkind: Tenant\nmetadata: {name: yt}\n', headers: { 'content-type': 'application/yaml' } });
+    expect(yamlOk.statusCode).toBe(201);
+    const media = await app.inject({ method: 'PUT', url: '/v1/tenants/bad', payload: 'x', headers: { 'content-type': 'text/plain' } });
+    expect([media.statusCode, media.json().error.code]).toEqual([415, 'CARAPACE_E_UNSUPPORTED_MEDIA_TYPE']);
+    expect((await app.inject({ method: 'GET', url: '/v1/nothing' })).json().error.code).toBe('CARAPACE_E_ROUTE_NOT_FOUND');
+    expect((await app.inject({ method: 'PATCH', url: '/v1/tenants/bad' })).json().error.code).toBe('CARAPACE_E_METHOD_NOT_ALLOWED');
+    expect((await app.inject({ method: 'DELETE', url: '/v1/tenants/bad/services/s?resourceVersion=abc' })).json().error.code).toBe('CARAPACE_E_BAD_QUERY');
+  });
+
+  it('refuses to delete a tenant that still owns workloads', async () => {
+    await put('/v1/tenants/busy', tenant('busy'));
+    await put('/v1/tenants/busy/services/s', service('s', 'busy'));
+    const r = await app.inject({ method: 'DELETE', url: '/v1/tenants/busy' });
+    expect([r.statusCode, r.json().error.code]).toEqual([409, 'CARAPACE_E_TENANT_NOT_EMPTY']);
+  });
+
+  it('keeps a job spec immutable', async () => {
+    await put('/v1/tenants/jt', tenant('jt'));
+    const job = { apiVersion: 'carapace/v1', kind: 'Job', metadata: { name: 'j', tenant: 'jt' }, spec: { image: 'r/x:1', isolation: 'host', completions: 2 } };
+    expect((await put('/v1/tenants/jt/jobs/j', job)).status).toBe(201);
+    const r = await put('/v1/tenants/jt/jobs/j', { ...job, spec: { ...job.spec, completions: 3 } });
+    expect([r.status, r.json.error.code]).toEqual([422, 'CARAPACE_E_IMMUTABLE_FIELD']);
+  });
+
+  it('streams changes over Server-Sent Events from a revision', async () => {
+    await app.listen({ port: 0, host: '127.0.0.1' });
+    const addr = app.server.address();
+    const port = typeof addr === 'object' && addr ? addr.port : 0;
+    const rev = (await store.revision()) as number;
+    await put('/v1/tenants/w1', tenant('w1'));
+    await put('/v1/tenants/w2', tenant('w2'));
+    const ac = new AbortController();
+    const res = await fetch(`http://127.0.0.1:${port}/v1/watch/tenants?resourceVersion=${rev}`, { signal: ac.signal });
+    expect(res.headers.get('content-type')).toMatch(/text\/event-stream/);
+    const reader = res.body!.getReader(); // a streaming response always has a body
+    let text = '';
+    while (!(text.includes('"w1"') && text.includes('"w2"'))) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += new TextDecoder().decode(value);
+    }
+    ac.abort();
+    expect(text).toMatch(/event: put/);
+    expect(text.indexOf('"w1"')).toBeLessThan(text.indexOf('"w2"'));
+  });
+
+  it('serves an OpenAPI document covering every route', async () => {
+    const doc = (await app.inject({ method: 'GET', url: '/openapi.json' })).json();
+    expect(doc.openapi).toBe('3.1.0');
+    for (const r of ROUTES) expect(doc.paths[r.url.replace(/:(\w+)/g, '{$1}')][r.method.toLowerCase()]).toBeDefined();
+    expect(doc.components.schemas.ServiceManifest.properties.spec).toBeDefined();
+  });
+
+  it('never answers 5xx to generated bodies and paths (fuzz)', async () => {
+    await put('/v1/tenants/fz', tenant('fz'));
+    const body = fc.oneof(
+      fc.jsonValue({ maxDepth: 3 }),
+      fc.record({
+        apiVersion: fc.constantFrom('carapace/v1', 'x'),
+        kind: fc.constantFrom('Tenant', 'Service', 'Job', 'Machine'),
+        metadata: fc.record({ name: fc.constantFrom('s', 'S!', ''), tenant: fc.constantFrom('fz', 'nope') }, { requiredKeys: [] }),
+        spec: fc.dictionary(fc.constantFrom('image', 'cpu', 'memory', 'replicas', 'isolation', 'ports', 'env', 'junk'), fc.jsonValue({ maxDepth: 2 })),
+      }),
+    );
+    const url = fc.constantFrom('/v1/tenants/fz/services/s', '/v1/tenants/fz/jobs/s', '/v1/tenants/fz', '/v1/tenants/%ZZ/services/x', '/v1/tenants/fz/instances/s/logs?tail=-1');
+    const method = fc.constantFrom('PUT', 'POST', 'GET', 'DELETE');
+    await fc.assert(
+      fc.asyncProperty(body, url, method, async (b, u, m) => {
+        const r = await app.inject({ method: m as 'PUT', url: u, payload: JSON.stringify(b), headers: { 'content-type': 'application/json' } });
+        expect(r.statusCode).toBeLessThan(500);
+        if (r.statusCode >= 400) expect(r.json().error.code).toMatch(/^CARAPACE_E_/);
+      }),
+      { numRuns: 1500 },
+    );
+  });
+});

@@ -1,0 +1,150 @@
+/**
+ * End-to-end harness: a real registry, a real `carapace up` child process (so it can be
+ * SIGKILLed), and the real CLI. Requires `npm run build` (scripts/test.sh does it).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { pino } from 'pino';
+import { freePort } from '../../src/image/testing/registry.js';
+import { createRuncDriver, createRunscDriver } from '../../src/runtime/index.js';
+import { createNetworkManager } from '../../src/network/network-manager.js';
+import type { ContainerInfo } from '../../src/runtime/driver.js';
+
+export const ROOT = join(import.meta.dirname, '..', '..');
+export const CLI = join(ROOT, 'dist', 'src', 'cli', 'main.js');
+
+if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run npm run build first`);
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the real CLI against `server`. */
+export function cli(server: string, args: string[], input?: string, timeoutMs = 120_000): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, CARAPACE_SERVER: server }, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const t = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
+    p.on('error', reject);
+    p.on('close', (code) => {
+      clearTimeout(t);
+      resolve({ code: code ?? -1, stdout, stderr });
+    });
+    p.stdin.end(input ?? '');
+  });
+}
+
+export class Server {
+  proc: ChildProcess | undefined;
+  log = '';
+  constructor(
+    readonly stateDir: string,
+    readonly port: number,
+  ) {}
+
+  get url(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  async start(): Promise<void> {
+    this.proc = spawn(process.execPath, [CLI, 'up', '--state-dir', this.stateDir, '--port', String(this.port), '--host-name', 'e2e'], {
+      env: { ...process.env, CARAPACE_LOG_LEVEL: process.env['CARAPACE_LOG_LEVEL'] ?? 'info' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    this.proc.stdout?.on('data', (d: Buffer) => (this.log += d.toString()));
+    this.proc.stderr?.on('data', (d: Buffer) => (this.log += d.toString()));
+    for (let i = 0; i < 200; i++) {
+      try {
+        const r = await fetch(`${this.url}/healthz`);
+        if (r.ok) return;
+      } catch {
+        // not up yet
+      }
+      if (this.proc.exitCode !== null) throw new Error(`server exited early:\n${this.log}`);
+      await sleep(100);
+    }
+    throw new Error(`server did not come up:\n${this.log}`);
+  }
+
+  /** SIGKILL: no chance to flush or clean anything. */
+  async kill9(): Promise<void> {
+    const p = this.proc;
+    if (!p || p.exitCode !== null) return;
+    const gone = new Promise((r) => p.once('exit', r));
+    p.kill('SIGKILL');
+    await gone;
+  }
+
+  async stop(): Promise<void> {
+    const p = this.proc;
+    if (!p || p.exitCode !== null) return;
+    const gone = new Promise((r) => p.once('exit', r));
+    p.kill('SIGTERM');
+    await Promise.race([gone, sleep(15_000).then(() => p.kill('SIGKILL'))]);
+  }
+}
+
+/** Every container the all-in-one's drivers manage (what is really there). */
+export async function containers(stateDir: string): Promise<(ContainerInfo & { runtime: string })[]> {
+  const logger = pino({ level: 'silent' });
+  const out: (ContainerInfo & { runtime: string })[] = [];
+  for (const [runtime, make] of [
+    ['runc', createRuncDriver],
+    ['runsc', createRunscDriver],
+  ] as const) {
+    const d = make({ stateDir: join(stateDir, 'runtime', runtime), logger });
+    for (const c of await d.recover()) out.push({ ...c, runtime });
+  }
+  return out;
+}
+
+/** Removes every container and network the all-in-one left behind (test cleanup). */
+export async function destroyAll(stateDir: string): Promise<void> {
+  const logger = pino({ level: 'silent' });
+  for (const [runtime, make] of [
+    ['runc', createRuncDriver],
+    ['runsc', createRunscDriver],
+  ] as const) {
+    const d = make({ stateDir: join(stateDir, 'runtime', runtime), logger });
+    for (const c of await d.recover().catch(() => [])) {
+      await d.stop(c.id, 0).catch(() => undefined);
+      await d.destroy(c.id).catch(() => undefined);
+    }
+  }
+  if (existsSync(join(stateDir, 'network'))) {
+    const net = createNetworkManager({ stateDir: join(stateDir, 'network'), logger });
+    await net.gc(new Set()).catch(() => undefined);
+  }
+}
+
+export async function tempDir(prefix: string): Promise<{ dir: string; cleanup: () => Promise<void> }> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
+}
+
+/** Polls `fn` until it returns a truthy value or the time runs out. */
+export async function eventually<T>(fn: () => Promise<T | undefined | false>, timeoutMs = 30_000, what = 'condition'): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+    await sleep(200);
+  }
+}
+
+export { freePort };

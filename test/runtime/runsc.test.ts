@@ -1,0 +1,143 @@
+/**
+ * Integration tests of the gVisor (runsc) driver with real conmon, runsc (ptrace platform),
+ * overlayfs and cgroups. Capabilities and seccomp are enforced differently inside gVisor, so
+ * this suite checks what is meaningful there: the gVisor kernel, logs, exit codes, limits,
+ * the private writable layer, cleanup and recovery.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createRunscDriver, type OciDriver } from '../../src/runtime/index.js';
+import { pidAlive } from '../../src/runtime/proc.js';
+import { IMAGE, allLogs, logger, makeRootfs, mountsContaining, newId, shSpec, stdoutOf } from './helpers.js';
+
+let work: { dir: string; rootfs: string };
+let stateDir: string;
+let driver: OciDriver;
+const started: string[] = [];
+
+function req(id: string, script: string, over: Parameters<typeof shSpec>[1] = {}, labels: Record<string, string> = {}) {
+  started.push(id);
+  return { id, rootfs: work.rootfs, image: IMAGE, container: shSpec(script, { isolation: 'sandbox', ...over }), hostname: id.slice(0, 60), labels };
+}
+
+beforeAll(async () => {
+  work = await makeRootfs();
+  stateDir = await mkdtemp(join(tmpdir(), 'carapace-runsc-state-'));
+  driver = createRunscDriver({ stateDir, logger });
+});
+
+afterAll(async () => {
+  for (const id of started) await driver.destroy(id).catch(() => undefined);
+  await rm(stateDir, { recursive: true, force: true });
+  await rm(work.dir, { recursive: true, force: true });
+});
+
+describe('runsc driver', () => {
+  it('probes ok (a real sandbox runs)', async () => {
+    expect(await driver.probe()).toEqual({ ok: true });
+  });
+
+  it('runs on the gVisor kernel; logs and exit codes work', async () => {
+    const id = newId('gv');
+    const info = await driver.start(req(id, 'dmesg | head -1; echo to-stderr >&2; exit 5', {}, { tenant: 't2' }));
+    expect(info.state.status).toBe('running');
+    expect((await driver.wait(id)).exitCode).toBe(5);
+    const lines = await allLogs(driver, id);
+    expect(lines.find((l) => l.stream === 'stdout')?.text).toMatch(/Starting gVisor/);
+    expect(lines.find((l) => l.stream === 'stderr')?.text).toBe('to-stderr');
+    expect((await driver.inspect(id))?.labels).toEqual({ tenant: 't2' });
+  });
+
+  it('has loopback only without a netns path', async () => {
+    const id = newId('net');
+    await driver.start(req(id, 'ls /sys/class/net 2>/dev/null || cat /proc/net/dev'));
+    await driver.wait(id);
+    const out = await stdoutOf(driver, id);
+    expect(out).toMatch(/lo/);
+    expect(out).not.toMatch(/eth0/);
+  });
+
+  it('enforces the memory limit through the sandbox cgroup', async () => {
+    const id = newId('mem');
+    await driver.start(req(id, 'sleep 30', { memory: 96 }));
+    expect(await readFile(`/sys/fs/cgroup/memory/carapace/${id}/memory.limit_in_bytes`, 'utf8')).toBe(`${96 * 1024 * 1024}\n`);
+    const u = await driver.usage(id);
+    expect(u?.memoryBytes).toBeGreaterThan(0);
+    await driver.stop(id, 0);
+  });
+
+  it('a process allocating beyond the limit is killed', async () => {
+    const id = newId('oom');
+    // 200 MiB into a tmpfs-backed /dev/shm in a 64 MiB container: must not complete.
+    await driver.start(req(id, 'dd if=/dev/zero of=/dev/shm/big bs=1M count=200 2>&1; echo done-rc=$?', { memory: 64 }));
+    const exited = await driver.wait(id);
+    const out = await stdoutOf(driver, id);
+    expect(exited.exitCode !== 0 || !out.includes('done-rc=0')).toBe(true);
+  });
+
+  it('private writable layer; readOnlyRootfs refuses writes', async () => {
+    const a = newId('wa');
+    await driver.start(req(a, 'echo secret > /data/file && cat /data/file'));
+    expect((await driver.wait(a)).exitCode).toBe(0);
+    expect(await stdoutOf(driver, a)).toBe('secret');
+    expect(existsSync(join(work.rootfs, 'data/file'))).toBe(false);
+    const ro = newId('ro');
+    await driver.start(req(ro, 'touch /data/x; echo rc=$?', { readOnlyRootfs: true }));
+    await driver.wait(ro);
+    expect(await stdoutOf(driver, ro)).toContain('rc=1');
+  });
+
+  it('stop with grace and kill; destroy leaves nothing behind', async () => {
+    const id = newId('stop');
+    await driver.start(req(id, "trap 'exit 42' TERM; while true; do sleep 0.1; done"));
+    await new Promise((r) => setTimeout(r, 500));
+    await driver.stop(id, 5000);
+    expect((await driver.inspect(id))?.state).toMatchObject({ status: 'exited', exitCode: 42 });
+
+    const id2 = newId('kill');
+    await driver.start(req(id2, "trap '' TERM; while true; do sleep 0.1; done"));
+    await new Promise((r) => setTimeout(r, 500));
+    await driver.stop(id2, 300);
+    expect((await driver.inspect(id2))?.state).toMatchObject({ status: 'exited', exitCode: 137 });
+
+    const conmonPid = Number((await readFile(join(stateDir, 'containers', id2, 'conmon.pid'), 'utf8')).trim());
+    await driver.destroy(id2);
+    expect(await mountsContaining(id2)).toEqual([]);
+    for (const ctl of ['memory', 'cpu', 'cpuacct', 'pids']) expect(existsSync(`/sys/fs/cgroup/${ctl}/carapace/${id2}`)).toBe(false);
+    expect(() => execFileSync('runsc', ['--root', join(stateDir, 'runtime'), 'state', id2], { stdio: 'pipe' })).toThrow();
+    expect(pidAlive(conmonPid)).toBe(false);
+    expect(await driver.inspect(id2)).toBeUndefined();
+  });
+
+  it('destroy of a running sandbox kills it and cleans up', async () => {
+    const id = newId('live');
+    const info = await driver.start(req(id, 'sleep 30'));
+    expect(info.state.status).toBe('running');
+    await driver.destroy(id);
+    expect(await mountsContaining(id)).toEqual([]);
+    expect(existsSync(`/sys/fs/cgroup/memory/carapace/${id}`)).toBe(false);
+    const state = info.state.status === 'running' ? info.state.pid : 0;
+    expect(pidAlive(state)).toBe(false);
+  });
+
+  it('survives an agent restart', async () => {
+    const id = newId('recover');
+    await driver.start(req(id, 'sleep 1.5; exit 9', {}, { tenant: 'acme' }));
+    const restarted = createRunscDriver({ stateDir, logger });
+    const found = (await restarted.recover()).find((c) => c.id === id);
+    expect(found).toMatchObject({ labels: { tenant: 'acme' }, state: { status: 'running' } });
+    expect((await restarted.wait(id)).exitCode).toBe(9);
+  });
+
+  it('a command that does not exist gives a clear start error', async () => {
+    const id = newId('nocmd');
+    const r = req(id, '');
+    await expect(driver.start({ ...r, container: { ...r.container, command: ['/bin/does-not-exist'] } })).rejects.toThrow(/does-not-exist/);
+    expect(await driver.inspect(id)).toBeUndefined();
+    expect(await mountsContaining(id)).toEqual([]);
+  });
+});
