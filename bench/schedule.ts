@@ -119,6 +119,7 @@ const allInstances = function* (): Generator<InstanceRequest> {
   for (const s of sim.services) yield* instancesOf(s);
 };
 const lower = cellsLowerBound(sim.snapshot, allInstances());
+const lowerCount = cellsLowerBound(sim.snapshot, allInstances(), { countLimit: true });
 
 // 3. Plain first-fit baseline on the same workload.
 const ts = performance.now();
@@ -138,6 +139,10 @@ const result = {
   rss_peak_mib: Math.round(rssPeak / 2 ** 20),
   incremental_p99_ms: Number(incremental.p99.toFixed(3)),
   firstfit_cells_ratio: Number((ff.cells / lower).toFixed(4)),
+  firstfit_cells: ff.cells,
+  firstfit_hosts_used: ff.hostsUsed,
+  cells_lower_bound_count_limit: lowerCount,
+  cells_ratio_count_limit: Number((cells / lowerCount).toFixed(4)),
   unplaced: unplacedTotal,
   unplaced_codes: unplacedCodes,
   batch,

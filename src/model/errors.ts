@@ -38,6 +38,10 @@ export const ERROR_CATALOGUE = {
   CARAPACE_E_BODY_TOO_LARGE: { status: 413, description: 'The request body exceeds the size limit.' },
   CARAPACE_E_UNAVAILABLE: { status: 503, description: 'The store or a dependency is not available right now; retry later.' },
   CARAPACE_E_INTERNAL: { status: 500, description: 'A bug: an unexpected error. The server logs it with a request id.' },
+  CARAPACE_E_PORT_IN_USE: { status: 409, description: 'A published hostPort is already used by another container or a host socket; reported in the instance status.' },
+  CARAPACE_E_ADDRESS_POOL_EXHAUSTED: { status: 503, description: "The host's container subnet has no free address; reported in the instance status." },
+  CARAPACE_E_NETWORK_CONFLICT: { status: 409, description: 'Network state for a container exists with different settings; reported in the instance status.' },
+  CARAPACE_E_NETWORK_FAILED: { status: 503, description: 'Setting up a container network failed on the host; reported in the instance status.' },
   CARAPACE_E_SERVER_UNREACHABLE: { status: 0, description: 'CLI only: the API server could not be reached at the configured address.' },
   CARAPACE_E_MANIFEST_FILE: { status: 0, description: 'CLI only: the manifest file cannot be read.' },
 } as const satisfies Record<string, CatalogueEntry>;

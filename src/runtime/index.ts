@@ -30,15 +30,22 @@ const RUNC: RuntimeFlavor = {
 /**
  * gVisor's runsc: the container runs on gVisor's user-space kernel (isolation `sandbox`).
  * The ptrace platform works without KVM (nested virtualisation is unusable on many hosts).
- * With a netns path the sandbox uses gVisor's netstack on that namespace's interfaces
- * (`--network=sandbox`); without one, `--network=none` gives a loopback-only stack.
+ * Without a netns path, `--network=none` gives a loopback-only stack. With one, runsc is
+ * launched inside that namespace (`nsenter --net=PATH runsc --network=host create`): Debian's
+ * runsc 2022-12 refuses `--network=sandbox` on current kernels ("cannot run with network
+ * enabled in root network namespace": it mistakes every namespace for the root one because
+ * /proc/sys/net/core/rmem_default is visible in all of them on kernels >= 6.x). The cost:
+ * networking goes through the host kernel's stack inside the container's own namespace
+ * (still separated per tenant by the bridge rules) instead of gVisor's netstack. `ip netns
+ * exec` is not used because it remounts /sys, where runsc looks for cgroups.
  * The flags are derived from the stored metadata so every call on a container agrees.
  */
 const RUNSC: RuntimeFlavor = {
   name: 'runsc',
   isolation: 'sandbox',
   defaultPath: '/usr/bin/runsc',
-  globalArgs: (root, meta) => ['--root', root, '--platform=ptrace', meta?.netnsPath !== undefined ? '--network=sandbox' : '--network=none'],
+  globalArgs: (root, meta) => ['--root', root, '--platform=ptrace', meta?.netnsPath !== undefined ? '--network=host' : '--network=none'],
+  createLauncher: (runtimePath, netnsPath) => ['/usr/bin/nsenter', `--net=${netnsPath}`, runtimePath],
   async probe(driver) {
     const bins = await driver.probeBinaries();
     if (!bins.ok) return bins;

@@ -55,6 +55,13 @@ export interface RuntimeFlavor {
   defaultPath: string;
   /** Global flags (before the subcommand) for a container; must be identical for every call on it. */
   globalArgs(root: string, meta: Pick<ContainerMeta, 'netnsPath'> | undefined): string[];
+  /**
+   * How the runtime is launched (conmon's `create` and every later call) when the container
+   * joins a network namespace: a wrapper
+   * command (e.g. nsenter) placed before the runtime. Undefined: the runtime itself, with the
+   * namespace path in the OCI spec.
+   */
+  createLauncher?(runtimePath: string, netnsPath: string): string[];
   /** A trivial real check that the runtime works here; a reason when it does not. */
   probe(driver: OciDriver): Promise<{ ok: true } | { ok: false; message: string }>;
 }
@@ -175,7 +182,11 @@ export class OciDriver implements RuntimeDriver {
 
   /** Runs the runtime with the container's global flags. */
   runtime(args: string[], meta?: Pick<ContainerMeta, 'netnsPath'>, timeoutMs?: number): ReturnType<typeof run> {
-    return run(this.runtimePath, [...this.flavor.globalArgs(this.runtimeRoot, meta), ...args], timeoutMs);
+    // A launcher-wrapped runtime (runsc in a netns) must be called inside the namespace every
+    // time: its control socket is an abstract unix socket, which is per network namespace.
+    const netns = meta?.netnsPath;
+    const [bin, ...pre] = netns !== undefined && this.flavor.createLauncher ? this.flavor.createLauncher(this.runtimePath, netns) : [this.runtimePath];
+    return run(bin ?? this.runtimePath, [...pre, ...this.flavor.globalArgs(this.runtimeRoot, meta), ...args], timeoutMs);
   }
 
   private loadSeccomp(): Promise<OciSeccomp | undefined> {
@@ -269,7 +280,8 @@ export class OciDriver implements RuntimeDriver {
         image: req.image,
         container: req.container,
         hostname: req.hostname,
-        ...(req.netnsPath !== undefined ? { netnsPath: req.netnsPath } : {}),
+        // A launcher-wrapped runtime is already inside the namespace: the spec must not name it.
+        ...(req.netnsPath !== undefined && !this.flavor.createLauncher ? { netnsPath: req.netnsPath } : {}),
         user,
         labels: req.labels,
         etcFiles,
@@ -313,11 +325,14 @@ export class OciDriver implements RuntimeDriver {
    */
   private conmonCreate(id: string, meta: ContainerMeta): Promise<number> {
     const dir = this.bundle(id);
+    const launcher = meta.netnsPath !== undefined && this.flavor.createLauncher ? this.flavor.createLauncher(this.runtimePath, meta.netnsPath) : [this.runtimePath];
+    const [launchPath, ...launchArgs] = launcher;
     const args = [
       '--api-version', '1',
       '-c', id,
       '-u', id,
-      '-r', this.runtimePath,
+      '-r', launchPath ?? this.runtimePath,
+      ...launchArgs.flatMap((a) => ['--runtime-arg', a]),
       '-b', dir,
       '-p', join(dir, 'pidfile'),
       '-n', id,

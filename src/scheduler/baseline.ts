@@ -6,7 +6,7 @@
  * no preferences. Pure; for measurement only, never for real placement.
  */
 import { DEFAULT_CELL_POLICY, milli } from './state.js';
-import type { CellPolicy, HostInfo, InstanceRequest, Snapshot } from './types.js';
+import type { CellPolicy, HostInfo, InstanceRequest, Isolation, Snapshot } from './types.js';
 
 /** What first-fit produced. */
 export interface FirstFitResult {
@@ -42,14 +42,14 @@ export function firstFit(snapshot: Pick<Snapshot, 'hosts' | 'groupPolicies' | 'd
   let cells = 0;
   let placed = 0;
   let unplaced = 0;
-  const ok = (i: number, cpu: number, mem: number, tier: string, sel: Record<string, string> | undefined): boolean => {
+  const ok = (i: number, cpu: number, mem: number, tier: Isolation, sel: Record<string, string> | undefined): boolean => {
     const h = hosts[i];
-    if (h === undefined || !h.ready || !h.schedulable || !h.isolation.includes(tier as HostInfo['isolation'][number])) return false;
+    if (h === undefined || !h.ready || !h.schedulable || !h.isolation.includes(tier)) return false;
     if ((freeCpu[i] ?? 0) < cpu || (freeMem[i] ?? 0) < mem) return false;
     if (sel !== undefined) for (const [k, v] of Object.entries(sel)) if (h.labels[k] !== v) return false;
     return true;
   };
-  const takeHost = (cpu: number, mem: number, tier: string, sel: Record<string, string> | undefined, minCpu: number, minMem: number): number => {
+  const takeHost = (cpu: number, mem: number, tier: Isolation, sel: Record<string, string> | undefined, minCpu: number, minMem: number): number => {
     while (first < hosts.length && ((freeCpu[first] ?? 0) < minCpu || (freeMem[first] ?? 0) < minMem)) first++;
     for (let i = first; i < hosts.length; i++) {
       if (ok(i, cpu, mem, tier, sel)) {

@@ -132,6 +132,20 @@ describe('cells', () => {
   });
 });
 
+describe('packing under maxInstancesPerCell', () => {
+  it('mixes small instances with large ones instead of leaving them to fill cells by count', () => {
+    // 6 x 1024, 12 x 512, 25 x 256, 55 x 128 MiB, at most 8 per cell, 1792 MiB of room:
+    // 25728 MiB needs at least 15 cells (14.4 by memory), and 15 is reachable (e.g. 1024 + 6 x 128).
+    const mix: [number, number, number][] = [[6, 1, 1024], [12, 0.5, 512], [25, 0.25, 256], [55, 0.1, 128]];
+    const place: InstanceRequest[] = [];
+    for (const [n, cpu, memoryMiB] of mix) for (let i = 0; i < n; i++) place.push(inst(`i${memoryMiB}-${i}`, { service: `s${i % 7}`, cpu, memoryMiB }));
+    const s = snap([host('h1', { cpu: 64 })], { groupPolicies: [{ tenant: 'acme', group: 'default', maxInstancesPerCell: 8 }] });
+    const { plan } = run(s, place);
+    expect(plan.unplaced).toEqual([]);
+    expect(plan.createCells).toHaveLength(15);
+  });
+});
+
 describe('host choice', () => {
   it('spreads a group\'s cells across hosts and zones', () => {
     const hosts = [host('h1', { labels: { zone: 'a' } }), host('h2', { labels: { zone: 'a' } }), host('h3', { labels: { zone: 'b' } })];
@@ -204,7 +218,7 @@ describe('quota and bad input', () => {
   });
 
   it('rejects malformed and duplicate requests without throwing', () => {
-    const { plan } = run(snap([host('h1')]), [inst('a', { cpu: -1 }), inst('b'), inst('b'), inst('c', { isolation: 'vm' as never })]);
+    const { plan } = run(snap([host('h1')]), [inst('a', { cpu: -1 }), inst('b'), inst('b'), inst('c', { isolation: 'vm' as never })]); // `as never`: a caller bypassing the types, on purpose
     expect(plan.unplaced.map((u) => u.code).sort()).toEqual(['DuplicateInstance', 'InvalidRequest', 'InvalidRequest']);
     expect(plan.placements).toHaveLength(1);
   });
@@ -227,6 +241,19 @@ describe('changes over time', () => {
     const { plan } = run(first.next, [], { remove: ['a', 'nope'] });
     expect(plan.removed).toEqual(['a']);
     expect(plan.retireCells).toEqual([{ id: cellOf(first.plan, 'a'), host: 'h1', reason: 'Empty' }]);
+  });
+
+  it('moves an instance found in a cell of another tenant out of it (invariant 1 holds even on a bad snapshot)', () => {
+    const cells: CellInfo[] = [{ id: 'acme-cell', tenant: 'acme', group: 'default', host: 'h1', cpu: 2, memoryMiB: 2048, state: 'running' }];
+    const placements: Placement[] = [
+      { instance: inst('mine'), host: 'h1', cell: 'acme-cell' },
+      { instance: inst('intruder', { tenant: 'beta' }), host: 'h1', cell: 'acme-cell' },
+    ];
+    const plan = schedule(snap([host('h1')], { cells, placements }), { place: [] }, { now: 1, newId: ids() });
+    const re = plan.placements.find((p) => p.instance.id === 'intruder');
+    expect(re?.previous).toEqual({ host: 'h1', cell: 'acme-cell' });
+    expect(re?.cell).not.toBe('acme-cell');
+    expect(plan.createCells).toEqual([expect.objectContaining({ tenant: 'beta' })]);
   });
 
   it('leaves placed instances alone when asked again', () => {

@@ -44,6 +44,8 @@ const NB = 64;
 const HEAP_TRIES = 16;
 /** Recent tenant hosts looked at for tenant affinity. */
 const AFFINITY_TRIES = 8;
+/** Candidates looked at when filling a cell from a batch (slot-aware packing). */
+const PROBES = 32;
 
 const TIER_BIT: Record<Isolation, number> = { host: 1, sandbox: 2, cell: 4, dedicated: 8 };
 const ISOLATIONS = new Set<string>(['cell', 'dedicated', 'host', 'sandbox']);
@@ -775,44 +777,186 @@ export class ClusterState {
       return byString(items[a]?.req.id ?? '', items[b]?.req.id ?? '');
     });
     const failures = new Map<string, { code: UnplacedCode; reason: string }>();
-    for (let k = 0; k < n; k++) {
-      const it = items[order[k] ?? 0];
-      if (it !== undefined) this.placeOne(it, plan, opts, failures);
+    let start = 0;
+    while (start < n) {
+      const rank = gr[order[start] ?? 0] ?? 0;
+      let end = start + 1;
+      while (end < n && (gr[order[end] ?? 0] ?? 0) === rank) end++;
+      const first = items[order[start] ?? 0];
+      const g = first === undefined ? undefined : this.group(first.req.tenant, first.req.group);
+      if (g !== undefined && g.maxPer !== Infinity && end - start > 1) {
+        this.placeSlotAware(order.subarray(start, end), items, size, g, plan, opts, failures);
+      } else {
+        for (let k = start; k < end; k++) {
+          const it = items[order[k] ?? 0];
+          if (it !== undefined) this.placeOne(it, plan, opts, failures);
+        }
+      }
+      start = end;
     }
   }
 
-  private placeOne(it: Pending, plan: Plan, opts: ScheduleOptions, failures: Map<string, { code: UnplacedCode; reason: string }>): void {
+  /**
+   * Cell-centric packing for a group with `maxInstancesPerCell` (its instances in `seg`, largest
+   * first). Plain best-fit decreasing would leave the small instances for last, where they fill
+   * cells by count long before by size. Here the largest remaining instance is placed as usual,
+   * then its cell is filled from the rest: each time with the largest instance that still leaves
+   * room for enough of the smallest ones to reach the group's target count per cell (remaining
+   * instances / cells their size needs), or else the largest that fits.
+   */
+  private placeSlotAware(seg: Uint32Array, items: Pending[], size: Float64Array, g: GroupRec, plan: Plan, opts: ScheduleOptions, failures: Map<string, { code: UnplacedCode; reason: string }>): void {
+    const m = seg.length;
+    const nextFree = new Int32Array(m + 1);
+    for (let i = 0; i <= m; i++) nextFree[i] = i;
+    const find = (i: number): number => {
+      let r = i;
+      while ((nextFree[r] ?? m) !== r) r = nextFree[r] ?? m;
+      while ((nextFree[i] ?? m) !== r) {
+        const nx = nextFree[i] ?? m;
+        nextFree[i] = r;
+        i = nx;
+      }
+      return r;
+    };
+    let remaining = 0;
+    let remainingSize = 0;
+    const take = (i: number): void => {
+      nextFree[i] = i + 1;
+      remaining--;
+      remainingSize -= size[seg[i] ?? 0] ?? 0;
+    };
+    const itemAt = (i: number): Pending => {
+      const it = items[seg[i] ?? 0];
+      if (it === undefined) throw new Error('scheduler: segment index out of range');
+      return it;
+    };
+    // Non-cell instances of the group go first, as they come; the rest is packed below.
+    for (let i = 0; i < m; i++) {
+      const it = itemAt(i);
+      if (it.req.isolation === 'cell') {
+        remaining++;
+        remainingSize += size[seg[i] ?? 0] ?? 0;
+        continue;
+      }
+      nextFree[i] = i + 1;
+      this.placeOne(it, plan, opts, failures);
+    }
+    let last = m - 1;
+    for (let i = find(0); i < m; i = find(i)) {
+      const it = itemAt(i);
+      take(i);
+      const ci = this.placeOne(it, plan, opts, failures);
+      if (ci < 0) continue;
+      const c = this.cellAt(ci);
+      for (;;) {
+        while (last >= 0 && find(last) !== last) last--;
+        if (last < 0 || !this.isOpen(c)) break;
+        const small = itemAt(last).req;
+        const freeCpu = c.usableCpu - c.usedCpu;
+        const freeMem = c.usableMem - c.usedMem;
+        const cellsNeeded = Math.max(1, Math.ceil(remainingSize - 1e-9));
+        const target = Math.min(g.maxPer, Math.max(1, Math.ceil(remaining / cellsNeeded)));
+        const want = Math.max(1, Math.min(g.maxPer - c.count, target - c.count));
+        let pick = this.probe(c, seg, items, size, find, freeCpu - (want - 1) * milli(small.cpu), freeMem - (want - 1) * Math.ceil(small.memoryMiB));
+        if (pick < 0) pick = this.probe(c, seg, items, size, find, freeCpu, freeMem);
+        if (pick < 0) break;
+        const p = itemAt(pick);
+        take(pick);
+        this.emit(p, c.host, c.idx, plan);
+      }
+    }
+  }
+
+  /**
+   * The first (largest) free segment item that fits `cell` within the given bounds and every
+   * rule (spread, selector, quota), or -1. Items are sorted by dominant size, so one that is too
+   * large lets the search jump past every item of its size.
+   */
+  private probe(c: CellRec, seg: Uint32Array, items: Pending[], size: Float64Array, find: (i: number) => number, boundCpu: number, boundMem: number): number {
+    if (boundCpu <= 0 || boundMem <= 0) return -1;
+    const g = c.g;
+    const m = seg.length;
+    const host = this.hostAt(c.host);
+    // First segment position whose size is below `bound` (strict) or at most it (sizes descend).
+    const firstPos = (bound: number, strict: boolean): number => {
+      let lo = 0;
+      let hi = m;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        const v = size[seg[mid] ?? 0] ?? 0;
+        if (strict ? v < bound : v <= bound) hi = mid;
+        else lo = mid + 1;
+      }
+      return lo;
+    };
+    let j = find(firstPos(Math.max(boundCpu / g.usableCpu, boundMem / g.usableMem) + 1e-12, false));
+    for (let probes = 0; j < m && probes < PROBES; probes++) {
+      const r = items[seg[j] ?? 0]?.req;
+      if (r === undefined) break;
+      const cpu = milli(r.cpu);
+      const mem = Math.ceil(r.memoryMiB);
+      if (cpu > boundCpu || mem > boundMem) {
+        j = find(firstPos(size[seg[j] ?? 0] ?? 0, true));
+        continue;
+      }
+      const t = g.tenant;
+      const blocked =
+        ((r.spread ?? 'none') !== 'none' && this.service(r.tenant, r.service).cells.has(c.idx)) ||
+        (r.nodeSelector !== undefined && !this.matches(host, this.selector(r.nodeSelector))) ||
+        t.usedCpu + cpu > t.qCpu ||
+        t.usedMem + mem > t.qMem ||
+        t.count + 1 > t.qCount;
+      if (!blocked) return j;
+      j = find(j + 1);
+    }
+    return -1;
+  }
+
+  /** Commits `it` to `cell` on `host` (cell -1 for host/sandbox) and records the placement. */
+  private emit(it: Pending, host: number, cell: number, plan: Plan): void {
+    const r = it.req;
+    this.commit(r, cell, host);
+    const p: PlannedPlacement = cell >= 0 ? { instance: r, host: this.hostAt(host).name, cell: this.cellAt(cell).id } : { instance: r, host: this.hostAt(host).name };
+    if (it.previous !== undefined) p.previous = it.previous;
+    plan.placements.push(p);
+  }
+
+  /** Places one instance (quota, then cell or host); returns the cell used, or -1. */
+  private placeOne(it: Pending, plan: Plan, opts: ScheduleOptions, failures: Map<string, { code: UnplacedCode; reason: string }>): number {
     const r = it.req;
     const t = this.tenant(r.tenant);
     const cpu = milli(r.cpu);
     const mem = Math.ceil(r.memoryMiB);
     if (t.usedCpu + cpu > t.qCpu || t.usedMem + mem > t.qMem || t.count + 1 > t.qCount) {
       plan.unplaced.push({ instance: r, code: 'QuotaExceeded', reason: this.quotaReason(t, cpu, mem) });
-      return;
+      return -1;
     }
     const g = this.group(r.tenant, r.group);
     const svc = this.service(r.tenant, r.service);
     const sel = this.selector(r.nodeSelector);
     const spread: Spread = r.spread ?? 'none';
-    const out = (host: number, cell: number): void => {
-      this.commit(r, cell, host);
-      const p: PlannedPlacement = cell >= 0 ? { instance: r, host: this.hostAt(host).name, cell: this.cellAt(cell).id } : { instance: r, host: this.hostAt(host).name };
-      if (it.previous !== undefined) p.previous = it.previous;
-      plan.placements.push(p);
+    const out = (host: number, cell: number): number => {
+      this.emit(it, host, cell, plan);
+      return cell;
     };
-    const fail = (needCpu: number, needMem: number, tier: Isolation, what: string, spreadNote: boolean): void => {
-      const key = `${tier}|${sel.key}|${needCpu}|${needMem}|${spreadNote ? r.tenant + '\0' + r.service : ''}`;
+    // Within one plan hosts only fill up, so a (tier, selector, size[, service]) that found no
+    // host once finds none later either: remembered failures skip the search.
+    const failKey = (needCpu: number, needMem: number, tier: Isolation, spreadNote: boolean): string => `${tier}|${sel.key}|${needCpu}|${needMem}|${spreadNote ? r.tenant + '\0' + r.service : ''}`;
+    const fail = (needCpu: number, needMem: number, tier: Isolation, what: string, spreadNote: boolean): number => {
+      const key = failKey(needCpu, needMem, tier, spreadNote);
       let f = failures.get(key);
       if (f === undefined) {
         f = this.diagnose(needCpu, needMem, tier, sel, what, spreadNote ? svc : null);
         failures.set(key, f);
       }
       plan.unplaced.push({ instance: r, code: f.code, reason: f.reason });
+      return -1;
     };
 
     if (r.isolation === 'host' || r.isolation === 'sandbox') {
       const bit = TIER_BIT[r.isolation];
-      const h = this.pickHost(cpu, mem, bit, sel, spread === 'none' ? null : svc.zones, spread === 'none' ? null : svc.hosts, spread === 'required', null);
+      const known = failures.has(failKey(cpu, mem, r.isolation, spread === 'required'));
+      const h = known ? -1 : this.pickHost(cpu, mem, bit, sel, spread === 'none' ? null : svc.zones, spread === 'none' ? null : svc.hosts, spread === 'required', null);
       if (h < 0) return fail(cpu, mem, r.isolation, `${r.isolation} instance of ${cores(cpu)} cpu / ${mem} MiB`, spread === 'required');
       return out(h, -1);
     }
@@ -825,13 +969,14 @@ export class ClusterState {
     const sizeCpu = dedicated ? cpu + g.ovCpu : Math.max(g.sizeCpu, roundUp(cpu + g.ovCpu, CPU_STEP));
     const sizeMem = dedicated ? mem + g.ovMem : Math.max(g.sizeMem, roundUp(mem + g.ovMem, MEM_STEP));
     const bit = TIER_BIT[r.isolation];
-    const h = this.pickHost(sizeCpu, sizeMem, bit, sel, g.zoneCells, g.hostCells, false, g.tenant);
+    const known = failures.has(failKey(sizeCpu, sizeMem, r.isolation, false));
+    const h = known ? -1 : this.pickHost(sizeCpu, sizeMem, bit, sel, g.zoneCells, g.hostCells, false, g.tenant);
     if (h < 0) return fail(sizeCpu, sizeMem, r.isolation, `${dedicated ? 'dedicated ' : ''}cell of ${cores(sizeCpu)} cpu / ${sizeMem} MiB`, false);
     const id = opts.newId();
     if (this.cellById.has(id)) throw new Error(`scheduler: newId returned ${id}, which is already a cell id`);
     const c = this.newCellRec(id, g, h, sizeCpu, sizeMem, dedicated);
     plan.createCells.push({ id, tenant: r.tenant, group: r.group, host: this.hostAt(h).name, cpu: cores(sizeCpu), memoryMiB: sizeMem, dedicated });
-    out(h, c.idx);
+    return out(h, c.idx);
   }
 
   private quotaReason(t: TenantRec, cpu: number, mem: number): string {

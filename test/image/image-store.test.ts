@@ -1,12 +1,14 @@
 // Integration tests of the image store against a real registry (docker-registry), real skopeo
 // and real umoci. Every test gets its own cache dir; registries and temp dirs are removed in
 // afterAll/finally even when a test fails.
+import { createHash } from 'node:crypto';
 import { chmod, lstat, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { execOrThrow } from '../../src/image/exec.js';
 import { ImagePullError, type PullProgress } from '../../src/image/image-store.js';
 import { createImageStore, type ImageStoreOptions } from '../../src/image/local-store.js';
 import { buildBusyboxImage, buildExampleImages, freePort, startRegistry, type RunningRegistry } from '../../src/image/testing/index.js';
@@ -198,10 +200,43 @@ describe('ImageStore (skopeo + umoci)', () => {
     // A dead process's half-done pull: pid 2^22+1 is above pid_max's default and never alive.
     const junk = join(cache, 'tmp', `4194305-${img.digest.replace(':', '-')}-dead`);
     await mkdir(join(junk, 'rootfs', 'bin'), { recursive: true });
+    await mkdir(join(cache, 'images'), { recursive: true });
+    const tornRecord = join(cache, 'images', `${img.digest.replace(':', '-')}.json.tmp-4194305-abcd`);
+    await writeFile(tornRecord, '{"dig');
     const pulled = await store(cache).ensure(img.reference);
     await expect(lstat(junk)).rejects.toThrow();
+    await expect(lstat(tornRecord)).rejects.toThrow();
     expect((await lstat(join(pulled.rootfs, 'bin', 'busybox'))).isFile()).toBe(true);
     expect(await readdir(join(cache, 'tmp'))).toEqual([]);
+    // Crash after publishing the rootfs but before writing the record: the image is fetched
+    // again (the record is the completion marker) and the published rootfs is kept as is.
+    const before = await snapshot(pulled.rootfs);
+    await rm(join(cache, 'images', `${img.digest.replace(':', '-')}.json`));
+    const events: string[] = [];
+    const again = await store(cache).ensure(img.reference, { onProgress: (e) => events.push(e.phase) });
+    expect(again.rootfs).toBe(pulled.rootfs);
+    expect(events).toEqual(['resolving', 'downloading']); // no 'unpacking': the rootfs is reused
+    expect(await snapshot(pulled.rootfs)).toEqual(before);
+  });
+
+  test('a Docker v2s2 image (converted to OCI locally) is keyed by its registry digest', async () => {
+    const img = await buildBusyboxImage({ registry: registry.address, repository: 'test/oci-src', tag: '1', cmd: ['echo', 'v2s2'], env: ['K=V'] });
+    const v2ref = `${registry.address}/test/docker-v2s2:1`;
+    await execOrThrow('skopeo', ['copy', '--quiet', '--insecure-policy', '--src-tls-verify=false', '--dest-tls-verify=false', '--format', 'v2s2',
+      `docker://${img.reference}`, `docker://${v2ref}`], { timeoutMs: 30_000 });
+    const raw = await execOrThrow('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${v2ref}`], { timeoutMs: 30_000 });
+    expect(JSON.parse(raw.toString('utf8'))).toMatchObject({ mediaType: 'application/vnd.docker.distribution.manifest.v2+json' });
+    const registryDigest = `sha256:${createHash('sha256').update(raw).digest('hex')}`;
+    const cache = await newCacheDir();
+    const pulled = await store(cache).ensure(v2ref);
+    expect(pulled.digest).toBe(registryDigest);
+    expect(pulled.config).toMatchObject({ cmd: ['echo', 'v2s2'], env: ['PATH=/usr/sbin:/usr/bin:/sbin:/bin', 'K=V'] });
+    expect((await lstat(join(pulled.rootfs, 'bin', 'busybox'))).isFile()).toBe(true);
+    // Pinned by the registry digest, it is served from the cache with no network.
+    const offline = await countingSkopeo(cache, { fail: true });
+    const again = await store(cache, { skopeoPath: offline.path }).ensure(`${registry.address}/test/docker-v2s2@${registryDigest}`);
+    expect(again.rootfs).toBe(pulled.rootfs);
+    expect(await offline.calls()).toEqual([]);
   });
 
   test('a missing repository, tag or digest is ImageNotFound', async () => {

@@ -1,0 +1,83 @@
+/**
+ * Glue from the control-plane model (src/model) to the scheduler's own types, for the path
+ * the control plane runs today: `host` and `sandbox` instances on one or a few hosts. Pure.
+ * Cells are not in the model yet; when they are, their snapshot rows are added here.
+ */
+import { TERMINAL_PHASES, type Host, type Instance } from '../model/objects.js';
+import { schedule } from './index.js';
+import type { HostInfo, InstanceRequest, Isolation, Plan, Snapshot } from './types.js';
+
+const TIERS = new Set<string>(['cell', 'dedicated', 'host', 'sandbox']);
+
+/** The scheduler's view of a registered host. */
+export function hostInfoFromModel(h: Host): HostInfo {
+  return {
+    name: h.metadata.name,
+    cpu: h.status.capacity.cpu,
+    memoryMiB: h.status.capacity.memoryMiB,
+    labels: { ...h.metadata.labels, ...h.spec.labels },
+    ready: h.status.state === 'Ready',
+    schedulable: !h.spec.unschedulable,
+    // The narrowing filter keeps only the four tier names, so the cast cannot admit others.
+    isolation: h.status.isolation.filter((t) => TIERS.has(t)) as Isolation[],
+  };
+}
+
+/** The scheduler's id of an instance object: `tenant/name` (instance names are unique per tenant). */
+export function schedulerId(i: Instance): string {
+  return `${i.metadata.tenant ?? ''}/${i.metadata.name}`;
+}
+
+/**
+ * The request for one instance object. Service replicas are spread across hosts when they can
+ * be (`preferred`); job runs are packed (`none`).
+ */
+export function instanceRequestFromModel(i: Instance): InstanceRequest {
+  const c = i.spec.container;
+  return {
+    id: schedulerId(i),
+    tenant: i.metadata.tenant ?? '',
+    group: c.group,
+    service: `${i.spec.owner.kind.toLowerCase()}/${i.spec.owner.name}`,
+    isolation: c.isolation,
+    cpu: c.cpu,
+    memoryMiB: c.memory,
+    spread: i.spec.owner.kind === 'Service' ? 'preferred' : 'none',
+  };
+}
+
+/**
+ * A snapshot of `hosts` with the placed, not yet finished `instances` as placements (those with
+ * a host and a non-terminal phase). Cells are not in the model yet, so none are listed.
+ */
+export function snapshotFromModel(hosts: Host[], instances: Instance[]): Snapshot {
+  const placements = instances
+    .filter((i) => i.spec.host !== '' && !TERMINAL_PHASES.includes(i.status.phase))
+    .map((i) => ({ instance: instanceRequestFromModel(i), host: i.spec.host }));
+  return { hosts: hosts.map(hostInfoFromModel), cells: [], placements };
+}
+
+/**
+ * Places the `pending` instance objects (those with an empty `spec.host`) among `hosts`, given
+ * everything else already placed in `instances`. Returns host names by instance name, and a
+ * reason for each one that could not go anywhere (for `status.message` and `carapace
+ * describe`). For `cell`/`dedicated` instances the plan also asks for cells, which only a
+ * caller that runs cells may act on; this helper is for the host-run tiers.
+ */
+export function placePending(hosts: Host[], instances: Instance[], pending: Instance[], now: number): { hosts: Map<string, string>; reasons: Map<string, string>; plan: Plan } {
+  const snapshot = snapshotFromModel(hosts, instances);
+  let n = 0;
+  const plan = schedule(snapshot, { place: pending.map(instanceRequestFromModel) }, { now, newId: () => `cell-${now.toString(36)}-${n++}` });
+  const byId = new Map(pending.map((i) => [schedulerId(i), i.metadata.name]));
+  const placed = new Map<string, string>();
+  for (const p of plan.placements) {
+    const name = byId.get(p.instance.id);
+    if (name !== undefined) placed.set(name, p.host);
+  }
+  const reasons = new Map<string, string>();
+  for (const u of plan.unplaced) {
+    const name = byId.get(u.instance.id);
+    if (name !== undefined) reasons.set(name, u.reason);
+  }
+  return { hosts: placed, reasons, plan };
+}
