@@ -94,9 +94,13 @@ describe('planService', () => {
     const out = created(planService('web', service({ cpu: 4 }), [], ctx([host('h1', 2)])));
     expect(out[0]?.spec.host).toBe('');
     expect(out[0]?.status.reason).toBe('Unschedulable');
-    expect(out[0]?.status.message).toMatch(/h1: needs 4 cpu, 2 free/);
+    expect(out[0]?.status.message).toMatch(/4 cpu .* larger than any matching host/);
     const none = created(planService('web', service({ isolation: 'sandbox' }), [], ctx([host('h1', 2, 2048, ['host'])])));
-    expect(none[0]?.status.message).toMatch(/cannot run isolation "sandbox"/);
+    expect(none[0]?.status.reason).toBe('Unschedulable');
+    expect(none[0]?.status.message).toMatch(/sandbox/);
+    const full = [...created(planService('web', service({ replicas: 2, cpu: 1 }), [], ctx([host('h1', 2)])))];
+    const more = created(planService('web2', { ...service({ cpu: 1 }), metadata: { ...service({}).metadata, name: 'web2', uid: 'u2' } }, [], ctx([host('h1', 2)], full)));
+    expect(more[0]?.status.message).toMatch(/room|capacity|cpu/);
   });
 
   it('accounts capacity across the instances it plans in one pass', () => {

@@ -6,7 +6,7 @@
  */
 import { instanceName, TERMINAL_PHASES, type Host, type Instance, type InstanceSpec, type Job, type JobStatus, type Service } from '../model/objects.js';
 import type { ContainerSpec, JobSpec, ServiceSpec } from '../model/schemas.js';
-import { placeOnHost, type Placement } from './placement.js';
+import { placePending } from '../scheduler/model-adapter.js';
 
 export type Change =
   | { op: 'create'; instance: Instance }
@@ -37,14 +37,15 @@ function containerOf(spec: ServiceSpec | JobSpec): ContainerSpec {
   return c;
 }
 
-function newInstance(owner: Service | Job, index: number, ctx: PlanContext, placement: Placement, restart: Pick<InstanceSpec, 'restartPolicy' | 'maxRestarts'>): Instance {
+/** A new, not yet placed instance; `placeAll` then gives it a host or a reason. */
+function newInstance(owner: Service | Job, index: number, ctx: PlanContext, restart: Pick<InstanceSpec, 'restartPolicy' | 'maxRestarts'>): Instance {
   const tenant = owner.metadata.tenant ?? '';
   const spec: InstanceSpec = {
     owner: { kind: owner.kind, name: owner.metadata.name, uid: owner.metadata.uid },
     index,
     container: containerOf(owner.spec),
     ...restart,
-    host: placement.ok ? placement.host : '',
+    host: '',
     ownerGeneration: owner.metadata.generation,
   };
   return {
@@ -60,10 +61,39 @@ function newInstance(owner: Service | Job, index: number, ctx: PlanContext, plac
       updatedAt: ctx.now,
     },
     spec,
-    status: placement.ok
-      ? { phase: 'Pending', reason: 'Scheduled', message: `placed on host ${placement.host}`, restarts: 0 }
-      : { phase: 'Pending', reason: 'Unschedulable', message: placement.reason, restarts: 0 },
+    status: { phase: 'Pending', reason: 'Scheduling', restarts: 0 },
   };
+}
+
+/**
+ * Places new and still-unplaced instances in one scheduler call (so replicas spread and
+ * capacity is shared fairly): new instances get their host (or an Unschedulable reason)
+ * before they are written; existing ones get `place`/`unschedulable` changes.
+ */
+function placeAll(created: Instance[], waiting: Instance[], ctx: PlanContext): Change[] {
+  const pending = [...created, ...waiting.filter((i) => i.spec.host === '' && !i.metadata.deletionRequestedAt)];
+  if (pending.length === 0) return [];
+  const r = placePending(ctx.hosts, ctx.allInstances, pending, Date.parse(ctx.now));
+  const out: Change[] = [];
+  const isNew = new Set(created.map((i) => i.metadata.name));
+  for (const i of pending) {
+    const host = r.hosts.get(i.metadata.name);
+    const reason = r.reasons.get(i.metadata.name) ?? 'not placed';
+    if (isNew.has(i.metadata.name)) {
+      if (host !== undefined) {
+        i.spec.host = host;
+        i.status = { ...i.status, reason: 'Scheduled', message: `placed on host ${host}` };
+      } else {
+        i.status = { ...i.status, reason: 'Unschedulable', message: reason };
+      }
+      out.push({ op: 'create', instance: i });
+    } else if (host !== undefined) {
+      out.push({ op: 'place', name: i.metadata.name, host });
+    } else if (i.status.message !== reason) {
+      out.push({ op: 'unschedulable', name: i.metadata.name, message: reason });
+    }
+  }
+  return out;
 }
 
 function ownedBy(owner: { metadata: { name: string } }, kind: 'Service' | 'Job', instances: Instance[]): Instance[] {
@@ -79,22 +109,6 @@ function removals(stale: Instance[]): Change[] {
       continue;
     }
     out.push(i.spec.host === '' ? { op: 'forget', name: i.metadata.name } : { op: 'requestDeletion', name: i.metadata.name });
-  }
-  return out;
-}
-
-/** Retries placement of instances that could not be placed before. */
-function placements(pending: Instance[], ctx: PlanContext, planned: Instance[]): Change[] {
-  const out: Change[] = [];
-  for (const i of pending) {
-    if (i.spec.host !== '' || i.metadata.deletionRequestedAt) continue;
-    const p = placeOnHost(i.spec.container, ctx.hosts, [...ctx.allInstances, ...planned]);
-    if (p.ok) {
-      out.push({ op: 'place', name: i.metadata.name, host: p.host });
-      planned.push({ ...i, spec: { ...i.spec, host: p.host } });
-    } else if (i.status.message !== p.reason) {
-      out.push({ op: 'unschedulable', name: i.metadata.name, message: p.reason });
-    }
   }
   return out;
 }
@@ -116,9 +130,7 @@ export function planService(serviceName: string, service: Service | undefined, i
   for (let index = 0; index < service.spec.replicas; index++) {
     const existing = byIndex.get(index);
     if (!existing) {
-      const inst = newInstance(service, index, ctx, placeOnHost(container, ctx.hosts, [...ctx.allInstances, ...planned]), restart);
-      planned.push(inst);
-      changes.push({ op: 'create', instance: inst });
+      planned.push(newInstance(service, index, ctx, restart));
       continue;
     }
     if (existing.metadata.deletionRequestedAt) continue; // its agent is removing it; recreated once gone
@@ -130,7 +142,7 @@ export function planService(serviceName: string, service: Service | undefined, i
       });
     }
   }
-  changes.push(...placements(current.filter((i) => i.spec.index < service.spec.replicas), ctx, planned));
+  changes.push(...placeAll(planned, current.filter((i) => i.spec.index < service.spec.replicas), ctx));
   const ready = current.filter((i) => i.status.phase === 'Running' && !i.metadata.deletionRequestedAt).length;
   if (ready !== service.status.ready || service.status.observedGeneration !== service.metadata.generation) {
     changes.push({ op: 'serviceStatus', ready, observedGeneration: service.metadata.generation });
@@ -170,16 +182,13 @@ export function planJob(jobName: string, job: Job | undefined, instances: Instan
   } else {
     const used = new Set(current.map((i) => i.spec.index));
     let running = active.length;
-    const container = containerOf(job.spec);
     const restart = { restartPolicy: 'OnFailure' as const, maxRestarts: job.spec.backoffLimit };
     for (let index = 0; index < job.spec.completions && running < job.spec.parallelism; index++) {
       if (used.has(index)) continue;
-      const inst = newInstance(job, index, ctx, placeOnHost(container, ctx.hosts, [...ctx.allInstances, ...planned]), restart);
-      planned.push(inst);
-      changes.push({ op: 'create', instance: inst });
+      planned.push(newInstance(job, index, ctx, restart));
       running++;
     }
-    changes.push(...placements(active, ctx, planned));
+    changes.push(...placeAll(planned, active, ctx));
     if (status.phase === 'Pending' && (running > 0 || succeeded > 0)) {
       status.phase = 'Running';
       status.startedAt = ctx.now;
