@@ -176,6 +176,8 @@ async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply
       }
       const result = await cp.handle({ type: 'apply', manifest, createOnly: route.action === 'create' });
       if (result.type === 'object' && result.created) void reply.status(201);
+      // RFC 7234-style warnings, as Kubernetes sends them: the CLI prints them.
+      if (result.type === 'object' && result.warnings?.length) void reply.header('warning', result.warnings.map((w) => `299 - ${JSON.stringify(w)}`).join(', '));
       return render(result);
     }
     default:

@@ -30,6 +30,8 @@ export class ApiClient {
   /** Sends a request and returns the parsed JSON body; throws CliError on any failure. */
   async call<T>(method: 'GET' | 'PUT' | 'POST' | 'DELETE', path: string, body?: unknown): Promise<T> {
     const res = await this.raw(method, path, body);
+    const warning = res.headers['warning'];
+    if (typeof warning === 'string') for (const m of warning.matchAll(/299 - ("(?:[^"\\]|\\.)*")/g)) process.stderr.write(`warning: ${JSON.parse(m[1] ?? '""') as string}\n`);
     const text = await res.body.text();
     let parsed: unknown;
     try {

@@ -7,13 +7,14 @@
 import { isDeepStrictEqual } from 'node:util';
 import { CarapaceError } from '../model/errors.js';
 import { KINDS, type AnyObject, type Job, type Metadata, type Service, type Tenant } from '../model/objects.js';
-import { AVAILABLE_ISOLATION, type JobManifest, type Manifest, type ServiceManifest, type TenantManifest } from '../model/schemas.js';
+import { AVAILABLE_ISOLATION, ISOLATION_ORDER, isolationAtLeast, type JobManifest, type Manifest, type ServiceManifest, type TenantManifest } from '../model/schemas.js';
 import type { Action, Env } from './actions.js';
 import type { Resources } from './resources.js';
 
 /** The result of an action: one object, a list, or the outcome of a delete. */
 export type ActionResult =
-  | { type: 'object'; object: AnyObject; created?: boolean; changed?: boolean }
+  /** `warnings`: things the caller should know that did not stop the action (e.g. existing work now breaks a tightened policy). */
+  | { type: 'object'; object: AnyObject; created?: boolean; changed?: boolean; warnings?: string[] }
   | { type: 'list'; items: AnyObject[]; revision: number }
   | { type: 'deleted'; kind: string; name: string; tenant?: string };
 
@@ -81,7 +82,21 @@ export class ControlPlane {
       ? { ...cur, spec: m.spec, metadata: { ...cur.metadata, labels: m.metadata.labels, generation: cur.metadata.generation + 1, updatedAt: this.env.now() } }
       : { kind: 'Tenant', metadata: this.newMetadata(m.metadata.name, m.metadata.labels), spec: m.spec };
     const written = await this.resources.write(obj, this.expected(m, cur, createOnly));
-    return { type: 'object', object: written, created: !cur, changed: true };
+    const warnings = await this.policyWarnings(written);
+    return { type: 'object', object: written, created: !cur, changed: true, ...(warnings.length ? { warnings } : {}) };
+  }
+
+  /**
+   * A tightened policy is not applied to running work (nothing is stopped behind the
+   * operator's back): the workloads that now break it are reported instead.
+   */
+  private async policyWarnings(t: Tenant): Promise<string[]> {
+    const min = t.spec.minIsolation;
+    if (min === undefined) return [];
+    const [svcs, jobs] = await Promise.all([this.resources.list('Service', t.metadata.name), this.resources.list('Job', t.metadata.name)]);
+    return [...svcs.items, ...jobs.items]
+      .filter((w) => !isolationAtLeast(w.spec.isolation, min))
+      .map((w) => `${w.kind.toLowerCase()} ${t.metadata.name}/${w.metadata.name} runs with isolation "${w.spec.isolation}", weaker than the new minIsolation "${min}"; it keeps running until it is changed or deleted`);
   }
 
   private checkVersion(m: Manifest, cur: AnyObject): void {
@@ -96,10 +111,19 @@ export class ControlPlane {
 
   private async applyWorkload(m: ServiceManifest | JobManifest, createOnly: boolean): Promise<ActionResult> {
     const { name, tenant } = m.metadata;
-    if (!(await this.resources.get('Tenant', tenant))) {
+    const owner = await this.resources.get('Tenant', tenant);
+    if (!owner) {
       throw new CarapaceError('CARAPACE_E_TENANT_NOT_FOUND', `tenant "${tenant}" does not exist; apply a Tenant named "${tenant}" first`, [
         { path: 'metadata.tenant', message: `tenant "${tenant}" does not exist` },
       ]);
+    }
+    const min = owner.spec.minIsolation;
+    if (min !== undefined && !isolationAtLeast(m.spec.isolation, min)) {
+      throw new CarapaceError(
+        'CARAPACE_E_POLICY_VIOLATION',
+        `${m.kind} "${name}": isolation "${m.spec.isolation}" is weaker than tenant "${tenant}"'s minIsolation "${min}" (allowed: ${ISOLATION_ORDER.filter((t) => isolationAtLeast(t, min)).join(', ')})`,
+        [{ path: 'spec.isolation', message: `must be at least "${min}" for tenant "${tenant}"` }],
+      );
     }
     if (!AVAILABLE_ISOLATION.includes(m.spec.isolation)) {
       throw new CarapaceError(

@@ -126,10 +126,23 @@ export type JobSpec = z.infer<typeof JobSpecSchema>;
 /** The container part of a service or job: what an instance runs. */
 export type ContainerSpec = Omit<ServiceSpec, 'replicas' | 'restartPolicy'>;
 
+/** Isolation tiers from weakest to strongest; a tenant's `minIsolation` refuses weaker ones. */
+export const ISOLATION_ORDER: readonly Isolation[] = ['host', 'sandbox', 'cell', 'dedicated'];
+
+/** True when `tier` is at least as strong as `min`. */
+export function isolationAtLeast(tier: Isolation, min: Isolation): boolean {
+  return ISOLATION_ORDER.indexOf(tier) >= ISOLATION_ORDER.indexOf(min);
+}
+
 export const TenantSpecSchema = z.strictObject({
   displayName: z.string().max(200).optional(),
   /** Free-form contact for the operators. */
   contact: z.string().max(200).optional(),
+  /**
+   * The weakest isolation this tenant's workloads may use: e.g. `sandbox` forbids `host`
+   * (runc straight on the host). Enforced when services and jobs are applied.
+   */
+  minIsolation: IsolationSchema.optional(),
 });
 export type TenantSpec = z.infer<typeof TenantSpecSchema>;
 

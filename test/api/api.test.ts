@@ -124,6 +124,22 @@ describe('API', () => {
     expect([r.statusCode, r.json().error.code]).toEqual([409, 'CARAPACE_E_TENANT_NOT_EMPTY']);
   });
 
+  it("enforces a tenant's minIsolation at apply time and reports, not applies, a tightened one", async () => {
+    await put('/v1/tenants/strict', tenant('strict', { minIsolation: 'sandbox' }));
+    const refused = await put('/v1/tenants/strict/services/s', service('s', 'strict', { isolation: 'host' }));
+    expect([refused.status, refused.json.error.code]).toEqual([403, 'CARAPACE_E_POLICY_VIOLATION']);
+    expect(refused.json.error.details[0].path).toBe('spec.isolation');
+    expect(refused.json.error.message).toMatch(/weaker than tenant "strict"'s minIsolation "sandbox"/);
+    expect((await put('/v1/tenants/strict/services/s', service('s', 'strict', { isolation: 'sandbox' }))).status).toBe(201);
+    await put('/v1/tenants/loose', tenant('loose'));
+    expect((await put('/v1/tenants/loose/services/h', service('h', 'loose', { isolation: 'host' }))).status).toBe(201);
+    const tightened = await app.inject({ method: 'PUT', url: '/v1/tenants/loose', payload: tenant('loose', { minIsolation: 'sandbox' }) });
+    expect(tightened.statusCode).toBe(200);
+    const warning = JSON.parse(String(tightened.headers['warning']).replace(/^299 - /, '')) as string;
+    expect(warning).toMatch(/service loose\/h runs with isolation "host", weaker than the new minIsolation "sandbox"/);
+    expect((await app.inject({ method: 'GET', url: '/v1/tenants/loose/services/h' })).statusCode).toBe(200);
+  });
+
   it('keeps a job spec immutable', async () => {
     await put('/v1/tenants/jt', tenant('jt'));
     const job = { apiVersion: 'carapace/v1', kind: 'Job', metadata: { name: 'j', tenant: 'jt' }, spec: { image: 'r/x:1', isolation: 'host', completions: 2 } };
