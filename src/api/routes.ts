@@ -34,7 +34,7 @@ function objectRoutes(): RouteDef[] {
       out.push({ method: 'PUT', url: item, summary: `Create or update a ${lower} from its manifest (apply)`, kind: 'action', objectKind: kind, action: 'apply' });
       out.push({ method: 'POST', url: collection, summary: `Create a ${lower}; fails if it exists`, kind: 'action', objectKind: kind, action: 'create' });
     }
-    if (kind !== 'Host') {
+    if (kind !== 'Host' && kind !== 'Cell') {
       out.push({
         method: 'DELETE',
         url: item,

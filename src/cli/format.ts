@@ -4,7 +4,7 @@
  */
 import YAML from 'yaml';
 import { formatMemory } from '../model/quantity.js';
-import type { AnyObject, Host, Instance, Job, Kind, Service, Tenant } from '../model/objects.js';
+import type { AnyObject, Cell, Host, Instance, Job, Kind, Service, Tenant } from '../model/objects.js';
 
 /** `5s`, `3m`, `2h`, `4d` since an RFC 3339 time. */
 export function age(since: string | undefined, now = Date.now()): string {
@@ -61,6 +61,19 @@ const COLUMNS: { [K in Kind]: Columns<Extract<AnyObject, { kind: K }>> } = {
       String(h.status.capacity.cpu),
       formatMemory(h.status.capacity.memoryMiB),
       age(h.metadata.createdAt),
+    ],
+  },
+  Cell: {
+    header: ['NAME', 'TENANT', 'GROUP', 'HOST', 'SIZE', 'PHASE', 'BOOT', 'AGE'],
+    row: (c: Cell) => [
+      c.metadata.name,
+      c.spec.tenant || '(warm)',
+      c.spec.tenant ? c.spec.group : '-',
+      c.spec.host,
+      `${c.spec.cpu}cpu/${formatMemory(c.spec.memoryMiB)}${c.spec.dedicated ? ' dedicated' : ''}`,
+      c.metadata.deletionRequestedAt ? 'Retiring' : c.status.phase,
+      c.status.bootMs !== undefined ? `${(c.status.bootMs / 1000).toFixed(1)}s` : '-',
+      age(c.metadata.createdAt),
     ],
   },
 };
@@ -136,6 +149,7 @@ export function formatDescribe(o: AnyObject, instances: Instance[] = []): string
         kv([
           ['Owner', `${o.spec.owner.kind.toLowerCase()}/${o.spec.owner.name}`],
           ['Host', o.spec.host || '(not placed)'],
+          ['Cell', o.spec.cell || undefined],
           ['Phase', s.phase],
           ['Reason', s.reason],
           ['Message', s.message],
@@ -154,6 +168,25 @@ export function formatDescribe(o: AnyObject, instances: Instance[] = []): string
       );
       break;
     }
+    case 'Cell':
+      parts.push(
+        kv([
+          ['Tenant', o.spec.tenant || '(warm, unassigned)'],
+          ['Group', o.spec.tenant ? o.spec.group : undefined],
+          ['Host', o.spec.host],
+          ['Size', `cpu ${o.spec.cpu}, memory ${formatMemory(o.spec.memoryMiB)}${o.spec.dedicated ? ' (dedicated: one instance)' : ''}`],
+          ['Phase', o.status.phase],
+          ['Message', o.status.message],
+          ['Acceleration', o.status.accel],
+          ['QEMU pid', o.status.pid],
+          ['Boot started', o.status.bootStartedAt],
+          ['Ready at', o.status.readyAt],
+          ['Boot time', o.status.bootMs !== undefined ? `${o.status.bootMs} ms` : undefined],
+          ['Assigned at', o.status.assignedAt],
+          ['Empty since', o.status.emptySince],
+        ]),
+      );
+      break;
     case 'Host':
       parts.push(
         kv([

@@ -109,6 +109,9 @@ program
     if (kind === 'Service' || kind === 'Job') {
       const list = await c.call<{ items: Instance[] }>('GET', `/v1/tenants/${n.tenant ?? ''}/instances`);
       instances = list.items.filter((i) => i.spec.owner.kind === kind && i.spec.owner.name === n.name);
+    } else if (kind === 'Cell') {
+      const list = await c.call<{ items: Instance[] }>('GET', '/v1/instances');
+      instances = list.items.filter((i) => i.spec.cell === n.name);
     } else if (kind === 'Host') {
       const list = await c.call<{ items: Instance[] }>('GET', '/v1/instances');
       instances = list.items.filter((i) => i.spec.host === n.name);

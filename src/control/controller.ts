@@ -9,9 +9,10 @@ import type { Logger } from 'pino';
 import type { Env } from '../core/actions.js';
 import type { Resources } from '../core/resources.js';
 import { isCarapaceError } from '../model/errors.js';
-import { kindPrefix, type Host, type Instance, type Job, type Service } from '../model/objects.js';
+import { kindPrefix, TERMINAL_PHASES, type Cell, type Host, type Instance, type Job, type Service } from '../model/objects.js';
+import type { PlannedCell } from '../scheduler/types.js';
 import { planJob, planService, type Change, type PlanContext } from './workload-plan.js';
-import { WorkQueue } from './workqueue.js';
+import { WorkQueue, type ReconcileResult } from './workqueue.js';
 import { watchForever } from './watch.js';
 
 export interface ControllerOptions {
@@ -20,7 +21,12 @@ export interface ControllerOptions {
   logger: Logger;
   /** Full resync period: every owner is reconciled at least this often. */
   resyncMs?: number;
+  /** How long an assigned cell may stay empty before it is retired (default 60 s). */
+  cellGraceMs?: number;
 }
+
+/** The key of the pass that retires cells left empty past their grace period. */
+const CELLS_KEY = 'Cells';
 
 type OwnerKey = `Service/${string}/${string}` | `Job/${string}/${string}`;
 
@@ -35,7 +41,9 @@ export class WorkloadController {
 
   constructor(private readonly o: ControllerOptions) {
     this.log = o.logger.child({ component: 'controller' });
-    this.queue = new WorkQueue((key) => this.reconcile(key), {
+    // One worker: placement reads the whole cluster and writes cells and instances; two
+    // reconciles at once could each fill the same cell from the same stale snapshot.
+    this.queue = new WorkQueue((key) => (key === CELLS_KEY ? this.reconcileCells() : this.reconcile(key)), {
       onError: (key, error, attempt) => this.log.warn({ key, attempt, err: error }, 'reconcile failed; retrying'),
     });
   }
@@ -51,6 +59,7 @@ export class WorkloadController {
       for (const s of svcs.items) this.queue.add(`Service/${s.metadata.tenant}/${s.metadata.name}`);
       for (const j of jobs.items) this.queue.add(`Job/${j.metadata.tenant}/${j.metadata.name}`);
       for (const i of insts.items) this.queue.add(this.ownerKey(i));
+      this.queue.add(CELLS_KEY);
     };
     const timer = setInterval(() => {
       resync().catch((err: unknown) => this.log.warn({ err }, 'resync failed'));
@@ -59,7 +68,8 @@ export class WorkloadController {
     signal.addEventListener('abort', () => clearInterval(timer), { once: true });
     await resync();
     await Promise.all([
-      this.queue.start(signal),
+      this.queue.start(signal, 1),
+      watchForever<Cell>(this.o.resources.store, kindPrefix('Cell'), signal, this.log, () => this.queue.add(CELLS_KEY)),
       watchForever<Service>(this.o.resources.store, kindPrefix('Service'), signal, this.log, (e) => {
         this.queue.add(`Service/${e.value.metadata.tenant}/${e.value.metadata.name}`);
       }),
@@ -68,6 +78,7 @@ export class WorkloadController {
       }),
       watchForever<Instance>(this.o.resources.store, kindPrefix('Instance'), signal, this.log, (e) => {
         this.queue.add(this.ownerKey(e.value));
+        if (e.value.spec.cell) this.queue.add(CELLS_KEY);
       }),
       watchForever<Host>(this.o.resources.store, kindPrefix('Host'), signal, this.log, () => {
         // Capacity or readiness changed: unplaced instances may fit now.
@@ -84,27 +95,120 @@ export class WorkloadController {
   async reconcile(key: string): Promise<void> {
     const { kind, tenant, name } = parseKey(key);
     const r = this.o.resources;
-    const [owner, tenantInstances, hosts, allInstances] = await Promise.all([
+    const [owner, tenantInstances, hosts, allInstances, cells] = await Promise.all([
       kind === 'Service' ? r.get('Service', name, tenant) : r.get('Job', name, tenant),
       r.list('Instance', tenant),
       r.list('Host'),
       r.list('Instance'),
+      r.list('Cell'),
     ]);
-    const ctx: PlanContext = { now: this.o.env.now(), newId: () => this.o.env.newId(), hosts: hosts.items, allInstances: allInstances.items };
+    const ctx: PlanContext = {
+      now: this.o.env.now(),
+      newId: () => this.o.env.newId(),
+      hosts: hosts.items,
+      allInstances: allInstances.items,
+      cells: cells.items,
+      newCellId: () => `cell-${this.o.env.newId().replace(/[^a-z0-9]/g, '').slice(0, 12)}`,
+    };
     const changes =
       kind === 'Service'
         ? planService(name, owner as Service | undefined, tenantInstances.items, ctx) // fetched by kind above
         : planJob(name, owner as Job | undefined, tenantInstances.items, ctx); // fetched by kind above
     if (changes.length > 0) this.log.debug({ key, changes: changes.map((c) => c.op) }, 'applying changes');
-    for (const c of changes) await this.apply(kind, tenant, name, c);
+    const alias = new Map<string, string>();
+    for (const c of changes) await this.apply(kind, tenant, name, c, alias, cells.items);
   }
 
-  private async apply(kind: 'Service' | 'Job', tenant: string, ownerName: string, c: Change): Promise<void> {
+  /**
+   * Makes a planned cell real: claims a Ready warm cell of the host that is big enough (once:
+   * compare-and-set from tenant '' to this tenant, never back), else creates a new Cell for the
+   * host's agent to boot. `alias` maps the planned id to the cell actually used.
+   */
+  private async createCell(p: PlannedCell, alias: Map<string, string>, cells: Cell[]): Promise<void> {
+    const r = this.o.resources;
+    const now = this.o.env.now();
+    const warm = cells.filter(
+      (c) => c.spec.tenant === '' && c.spec.host === p.host && c.status.phase === 'Ready' && !c.metadata.deletionRequestedAt && c.spec.cpu >= p.cpu && c.spec.memoryMiB >= p.memoryMiB,
+    );
+    for (const w of warm.sort((a, b) => a.spec.cpu - b.spec.cpu || a.spec.memoryMiB - b.spec.memoryMiB || a.metadata.name.localeCompare(b.metadata.name))) {
+      try {
+        const claimed = await r.write(
+          { ...w, spec: { ...w.spec, tenant: p.tenant, group: p.group, dedicated: p.dedicated }, status: { ...w.status, assignedAt: now }, metadata: { ...w.metadata, updatedAt: now } },
+          w.metadata.resourceVersion,
+        );
+        alias.set(p.id, claimed.metadata.name);
+        w.spec.tenant = p.tenant; // this pass must not offer it again
+        this.log.info({ cell: claimed.metadata.name, tenant: p.tenant, group: p.group, host: p.host }, 'warm cell assigned');
+        return;
+      } catch (e) {
+        if (!isCarapaceError(e, 'CARAPACE_E_CONFLICT')) throw e; // someone else claimed it: try the next
+      }
+    }
+    const cell: Cell = {
+      kind: 'Cell',
+      metadata: { name: p.id, uid: this.o.env.newId(), labels: {}, resourceVersion: 0, generation: 1, createdAt: now, updatedAt: now },
+      spec: { tenant: p.tenant, group: p.group, host: p.host, cpu: p.cpu, memoryMiB: p.memoryMiB, dedicated: p.dedicated, warm: false },
+      status: { phase: 'Pending' },
+    };
+    await r.write(cell, 0);
+    alias.set(p.id, p.id);
+    this.log.info({ cell: p.id, tenant: p.tenant, group: p.group, host: p.host, cpu: p.cpu, memoryMiB: p.memoryMiB }, 'cell created');
+  }
+
+  /**
+   * Retires assigned cells that held no live instance for the grace period: marks them for
+   * deletion (their agent stops the VM and removes the object). Never hands a cell back.
+   */
+  async reconcileCells(): Promise<ReconcileResult> {
+    const r = this.o.resources;
+    const [cells, instances] = await Promise.all([r.list('Cell'), r.list('Instance')]);
+    const used = new Set(instances.items.filter((i) => i.spec.cell && !TERMINAL_PHASES.includes(i.status.phase)).map((i) => i.spec.cell));
+    const grace = this.o.cellGraceMs ?? 60_000;
+    const nowIso = this.o.env.now();
+    const now = Date.parse(nowIso);
+    let next = Infinity;
+    for (const c of cells.items) {
+      if (c.spec.tenant === '' || c.metadata.deletionRequestedAt) continue;
+      const name = c.metadata.name;
+      if (used.has(name)) {
+        if (c.status.emptySince) await r.mutate('Cell', name, undefined, (x) => (delete x.status.emptySince, x));
+        continue;
+      }
+      if (!c.status.emptySince) {
+        await r.mutate('Cell', name, undefined, (x) => ((x.status.emptySince = nowIso), x));
+        next = Math.min(next, grace);
+        continue;
+      }
+      const left = Date.parse(c.status.emptySince) + grace - now;
+      if (left > 0) {
+        next = Math.min(next, left);
+        continue;
+      }
+      await r.mutate('Cell', name, undefined, (x) => {
+        x.metadata.deletionRequestedAt = nowIso;
+        x.status = { ...x.status, phase: 'Retiring', message: `empty for ${Math.round(grace / 1000)}s` };
+        return x;
+      });
+      this.log.info({ cell: name, tenant: c.spec.tenant }, 'retiring empty cell');
+    }
+    return Number.isFinite(next) ? { requeueAfterMs: next } : undefined;
+  }
+
+  private async apply(kind: 'Service' | 'Job', tenant: string, ownerName: string, c: Change, alias: Map<string, string>, cells: Cell[]): Promise<void> {
     const r = this.o.resources;
     const now = this.o.env.now();
     switch (c.op) {
+      case 'createCell':
+        await this.createCell(c.cell, alias, cells);
+        return;
       case 'create':
         try {
+          const planned = c.instance.spec.cell;
+          if (planned) {
+            const actual = alias.get(planned) ?? planned;
+            c.instance.spec.cell = actual;
+            c.instance.status.message = c.instance.status.message?.replace(planned, actual);
+          }
           await r.write(c.instance, 0);
           this.log.info({ tenant, instance: c.instance.metadata.name, host: c.instance.spec.host }, 'instance created');
         } catch (e) {
@@ -123,7 +227,9 @@ export class WorkloadController {
         await r.mutate('Instance', c.name, tenant, (i) => {
           if (i.spec.host !== '') return undefined;
           i.spec.host = c.host;
-          i.status = { ...i.status, phase: 'Pending', reason: 'Scheduled', message: `placed on host ${c.host}` };
+          const cell = c.cell !== undefined ? (alias.get(c.cell) ?? c.cell) : undefined;
+          if (cell !== undefined) i.spec.cell = cell;
+          i.status = { ...i.status, phase: 'Pending', reason: 'Scheduled', message: cell ? `placed in cell ${cell} on host ${c.host}` : `placed on host ${c.host}` };
           return i;
         });
         return;

@@ -145,3 +145,32 @@ describe('planJob', () => {
     expect(changes.some((c) => c.op === 'requestDeletion' && c.name === 'batch-1')).toBe(true);
   });
 });
+
+describe('planService with cells', () => {
+  const vmHost = (name: string): Host => host(name, 8, 16384, ['host', 'sandbox', 'cell', 'dedicated']);
+  let cellN = 0;
+  const cellCtx = (hosts: Host[], all: Instance[] = []): PlanContext => ({ ...ctx(hosts, all), cells: [], newCellId: () => `cell-${++cellN}` });
+
+  it("packs a group's replicas into one new cell", () => {
+    const changes = planService('web', service({ isolation: 'cell', replicas: 2, cpu: 0.25, memory: '128Mi' }), [], cellCtx([vmHost('h1')]));
+    const cells = changes.filter((c) => c.op === 'createCell');
+    expect(cells).toHaveLength(1);
+    const inst = created(changes);
+    expect(new Set(inst.map((i) => i.spec.cell))).toEqual(new Set([cells[0]?.op === 'createCell' ? cells[0].cell.id : '?']));
+    expect(cells[0]?.op === 'createCell' && cells[0].cell.tenant).toBe('acme');
+  });
+
+  it('gives each dedicated instance a VM of its own', () => {
+    const changes = planService('web', service({ isolation: 'dedicated', replicas: 2 }), [], cellCtx([vmHost('h1')]));
+    const cells = changes.flatMap((c) => (c.op === 'createCell' ? [c.cell] : []));
+    expect(cells).toHaveLength(2);
+    expect(cells.every((c) => c.dedicated)).toBe(true);
+    expect(new Set(created(changes).map((i) => i.spec.cell)).size).toBe(2);
+  });
+
+  it('does not place a cell instance on a host without the cell tier', () => {
+    const out = created(planService('web', service({ isolation: 'cell' }), [], cellCtx([host('h1')])));
+    expect(out[0]?.spec.host).toBe('');
+    expect(out[0]?.status.reason).toBe('Unschedulable');
+  });
+});

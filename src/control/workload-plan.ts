@@ -4,15 +4,18 @@
  * writes it. Deterministic instance names (`web-0`, `web-1`…) make every step idempotent:
  * running the plan twice creates nothing twice.
  */
-import { instanceName, TERMINAL_PHASES, type Host, type Instance, type InstanceSpec, type Job, type JobStatus, type Service } from '../model/objects.js';
+import { instanceName, TERMINAL_PHASES, type Cell, type Host, type Instance, type InstanceSpec, type Job, type JobStatus, type Service } from '../model/objects.js';
+import type { PlannedCell } from '../scheduler/types.js';
 import type { ContainerSpec, JobSpec, ServiceSpec } from '../model/schemas.js';
 import { placePending } from '../scheduler/model-adapter.js';
 
 export type Change =
+  /** A new cell (VM) for a (tenant, group); the controller may claim a warm cell instead. */
+  | { op: 'createCell'; cell: PlannedCell }
   | { op: 'create'; instance: Instance }
   /** Replace the instance's spec (the owner changed); the agent restarts the container. */
   | { op: 'updateSpec'; name: string; spec: InstanceSpec }
-  | { op: 'place'; name: string; host: string }
+  | { op: 'place'; name: string; host: string; cell?: string }
   | { op: 'unschedulable'; name: string; message: string }
   | { op: 'requestDeletion'; name: string }
   /** Drop an instance record that no agent holds (never placed). */
@@ -26,6 +29,10 @@ export interface PlanContext {
   hosts: Host[];
   /** Every instance in the cluster, for capacity accounting. */
   allInstances: Instance[];
+  /** Every cell in the cluster. */
+  cells?: Cell[];
+  /** Fresh cell names. */
+  newCellId?: () => string;
 }
 
 function containerOf(spec: ServiceSpec | JobSpec): ContainerSpec {
@@ -73,22 +80,25 @@ function newInstance(owner: Service | Job, index: number, ctx: PlanContext, rest
 function placeAll(created: Instance[], waiting: Instance[], ctx: PlanContext): Change[] {
   const pending = [...created, ...waiting.filter((i) => i.spec.host === '' && !i.metadata.deletionRequestedAt)];
   if (pending.length === 0) return [];
-  const r = placePending(ctx.hosts, ctx.allInstances, pending, Date.parse(ctx.now));
-  const out: Change[] = [];
+  const r = placePending(ctx.hosts, ctx.allInstances, pending, Date.parse(ctx.now), ctx.cells ?? [], ctx.newCellId);
+  const out: Change[] = r.plan.createCells.map((cell) => ({ op: 'createCell' as const, cell }));
   const isNew = new Set(created.map((i) => i.metadata.name));
   for (const i of pending) {
     const host = r.hosts.get(i.metadata.name);
+    const cell = r.cells.get(i.metadata.name);
     const reason = r.reasons.get(i.metadata.name) ?? 'not placed';
+    const where = cell !== undefined ? `cell ${cell} on host ${host ?? '?'}` : `host ${host ?? '?'}`;
     if (isNew.has(i.metadata.name)) {
       if (host !== undefined) {
         i.spec.host = host;
-        i.status = { ...i.status, reason: 'Scheduled', message: `placed on host ${host}` };
+        if (cell !== undefined) i.spec.cell = cell;
+        i.status = { ...i.status, reason: 'Scheduled', message: `placed in ${where}` };
       } else {
         i.status = { ...i.status, reason: 'Unschedulable', message: reason };
       }
       out.push({ op: 'create', instance: i });
     } else if (host !== undefined) {
-      out.push({ op: 'place', name: i.metadata.name, host });
+      out.push({ op: 'place', name: i.metadata.name, host, ...(cell !== undefined ? { cell } : {}) });
     } else if (i.status.message !== reason) {
       out.push({ op: 'unschedulable', name: i.metadata.name, message: reason });
     }

@@ -177,6 +177,7 @@ export class ControlPlane {
     const tenant = this.tenantOf(a.kind, a.tenant);
     const what = `${a.kind.toLowerCase()} "${a.name}"${tenant !== undefined ? ` in tenant "${tenant}"` : ''}`;
     if (a.kind === 'Host') throw new CarapaceError('CARAPACE_E_METHOD_NOT_ALLOWED', 'hosts are registered by their agents and cannot be deleted through the API yet');
+    if (a.kind === 'Cell') throw new CarapaceError('CARAPACE_E_METHOD_NOT_ALLOWED', 'cells are created and retired by the scheduler; delete or scale the workloads instead');
     if (a.kind === 'Tenant') {
       const [svcs, jobs] = await Promise.all([this.resources.list('Service', a.name), this.resources.list('Job', a.name)]);
       const owned = svcs.items.length + jobs.items.length;

@@ -13,6 +13,7 @@ export const KINDS = {
   Job: { plural: 'jobs', scoped: true },
   Instance: { plural: 'instances', scoped: true },
   Host: { plural: 'hosts', scoped: false },
+  Cell: { plural: 'cells', scoped: false },
 } as const;
 export type Kind = keyof typeof KINDS;
 export type Plural = (typeof KINDS)[Kind]['plural'];
@@ -111,6 +112,8 @@ export interface InstanceSpec {
   maxRestarts: number;
   /** The host chosen by the scheduler; empty while unplaced. */
   host: string;
+  /** For `cell` and `dedicated` isolation: the cell (VM) the instance runs in; empty otherwise or while unplaced. */
+  cell?: string;
   /** The generation of the owner's spec this instance was made from. */
   ownerGeneration: number;
 }
@@ -163,7 +166,52 @@ export interface Host {
   status: HostStatus;
 }
 
-export type AnyObject = Tenant | Service | Job | Instance | Host;
+/**
+ * A cell's life: `Pending` (decided, no VM yet), `Booting` (QEMU started, waiting for the guest
+ * agent), `Ready` (the guest agent answered: instances can run), `Failed` (the VM could not
+ * boot or died), `Retiring` (being stopped and removed).
+ */
+export type CellPhase = 'Pending' | 'Booting' | 'Ready' | 'Failed' | 'Retiring';
+
+/**
+ * A VM that holds the instances of exactly one (tenant, group) for its whole life. A warm
+ * cell (tenant '') is pre-booted and unassigned; it is assigned once, on first use, and is
+ * destroyed, never returned, when retired. Cluster-scoped: operators see all cells; the tenant
+ * is a field, not part of the key, so assignment never moves the object.
+ */
+export interface Cell {
+  kind: 'Cell';
+  metadata: Metadata;
+  spec: {
+    /** The owning tenant; '' while the cell is an unassigned warm cell. Set once, never changed after. */
+    tenant: string;
+    group: string;
+    host: string;
+    cpu: number;
+    memoryMiB: number;
+    /** Holds exactly one instance (isolation `dedicated`). */
+    dedicated: boolean;
+    /** Created by the host's warm pool rather than for a placement. */
+    warm: boolean;
+  };
+  status: {
+    phase: CellPhase;
+    message?: string;
+    /** QEMU process id on the host. */
+    pid?: number;
+    accel?: string;
+    bootStartedAt?: string;
+    readyAt?: string;
+    /** Launch to the guest agent's ready line. */
+    bootMs?: number;
+    /** When the cell last became empty (for the retirement grace period). */
+    emptySince?: string;
+    /** When it was assigned to its tenant (warm cells). */
+    assignedAt?: string;
+  };
+}
+
+export type AnyObject = Tenant | Service | Job | Instance | Host | Cell;
 export type ObjectOfKind<K extends Kind> = Extract<AnyObject, { kind: K }>;
 
 /** The store key of an object: `services/acme/web`, `tenants/acme`. */

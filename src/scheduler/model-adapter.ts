@@ -3,9 +3,9 @@
  * the control plane runs today: `host` and `sandbox` instances on one or a few hosts. Pure.
  * Cells are not in the model yet; when they are, their snapshot rows are added here.
  */
-import { TERMINAL_PHASES, type Host, type Instance } from '../model/objects.js';
+import { TERMINAL_PHASES, type Cell, type Host, type Instance } from '../model/objects.js';
 import { schedule } from './index.js';
-import type { HostInfo, InstanceRequest, Isolation, Plan, Snapshot } from './types.js';
+import type { CellInfo, HostInfo, InstanceRequest, Isolation, Plan, Snapshot } from './types.js';
 
 const TIERS = new Set<string>(['cell', 'dedicated', 'host', 'sandbox']);
 
@@ -47,14 +47,27 @@ export function instanceRequestFromModel(i: Instance): InstanceRequest {
 }
 
 /**
- * A snapshot of `hosts` with the placed, not yet finished `instances` as placements (those with
- * a host and a non-terminal phase). Cells are not in the model yet, so none are listed.
+ * The scheduler's view of a cell object. Warm (unassigned) cells are not offered: the
+ * scheduler plans a new cell and the controller then claims a matching warm one instead of
+ * booting, so a warm cell can never be handed to two groups by one plan.
  */
-export function snapshotFromModel(hosts: Host[], instances: Instance[]): Snapshot {
+export function cellInfoFromModel(c: Cell): CellInfo | undefined {
+  if (c.spec.tenant === '') return undefined;
+  const state = c.metadata.deletionRequestedAt || c.status.phase === 'Retiring' || c.status.phase === 'Failed' ? 'draining' : c.status.phase === 'Ready' ? 'running' : 'creating';
+  return { id: c.metadata.name, tenant: c.spec.tenant, group: c.spec.group, host: c.spec.host, cpu: c.spec.cpu, memoryMiB: c.spec.memoryMiB, state, dedicated: c.spec.dedicated };
+}
+
+/**
+ * A snapshot of `hosts` and assigned `cells` with the placed, not yet finished `instances` as
+ * placements (those with a host and a non-terminal phase).
+ */
+export function snapshotFromModel(hosts: Host[], instances: Instance[], cells: Cell[] = []): Snapshot {
+  const cellInfos = cells.map(cellInfoFromModel).filter((c): c is CellInfo => c !== undefined);
+  const known = new Set(cellInfos.map((c) => c.id));
   const placements = instances
     .filter((i) => i.spec.host !== '' && !TERMINAL_PHASES.includes(i.status.phase))
-    .map((i) => ({ instance: instanceRequestFromModel(i), host: i.spec.host }));
-  return { hosts: hosts.map(hostInfoFromModel), cells: [], placements };
+    .map((i) => ({ instance: instanceRequestFromModel(i), host: i.spec.host, ...(i.spec.cell && known.has(i.spec.cell) ? { cell: i.spec.cell } : {}) }));
+  return { hosts: hosts.map(hostInfoFromModel), cells: cellInfos, placements };
 }
 
 /**
@@ -64,20 +77,29 @@ export function snapshotFromModel(hosts: Host[], instances: Instance[]): Snapsho
  * describe`). For `cell`/`dedicated` instances the plan also asks for cells, which only a
  * caller that runs cells may act on; this helper is for the host-run tiers.
  */
-export function placePending(hosts: Host[], instances: Instance[], pending: Instance[], now: number): { hosts: Map<string, string>; reasons: Map<string, string>; plan: Plan } {
-  const snapshot = snapshotFromModel(hosts, instances);
+export function placePending(
+  hosts: Host[],
+  instances: Instance[],
+  pending: Instance[],
+  now: number,
+  cells: Cell[] = [],
+  newId?: () => string,
+): { hosts: Map<string, string>; cells: Map<string, string>; reasons: Map<string, string>; plan: Plan } {
+  const snapshot = snapshotFromModel(hosts, instances, cells);
   let n = 0;
-  const plan = schedule(snapshot, { place: pending.map(instanceRequestFromModel) }, { now, newId: () => `cell-${now.toString(36)}-${n++}` });
+  const plan = schedule(snapshot, { place: pending.map(instanceRequestFromModel) }, { now, newId: newId ?? (() => `cell-${now.toString(36)}-${n++}`) });
   const byId = new Map(pending.map((i) => [schedulerId(i), i.metadata.name]));
   const placed = new Map<string, string>();
+  const inCell = new Map<string, string>();
   for (const p of plan.placements) {
     const name = byId.get(p.instance.id);
     if (name !== undefined) placed.set(name, p.host);
+    if (name !== undefined && p.cell !== undefined) inCell.set(name, p.cell);
   }
   const reasons = new Map<string, string>();
   for (const u of plan.unplaced) {
     const name = byId.get(u.instance.id);
     if (name !== undefined) reasons.set(name, u.reason);
   }
-  return { hosts: placed, reasons, plan };
+  return { hosts: placed, cells: inCell, reasons, plan };
 }
