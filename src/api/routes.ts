@@ -18,7 +18,7 @@ export interface RouteDef {
   action?: 'apply' | 'create' | 'get' | 'list' | 'listAll' | 'delete';
 }
 
-const APPLYABLE: readonly Kind[] = ['Tenant', 'Service', 'Job'];
+const APPLYABLE: readonly Kind[] = ['Tenant', 'Service', 'Job', 'Machine'];
 
 function objectRoutes(): RouteDef[] {
   const out: RouteDef[] = [];
@@ -47,6 +47,7 @@ function objectRoutes(): RouteDef[] {
     out.push({ method: 'GET', url: `/v1/watch/${plural}`, summary: `Follow changes to ${plural} (Server-Sent Events)`, kind: 'watch', objectKind: kind });
   }
   out.push({ method: 'GET', url: '/v1/tenants/:tenant/instances/:name/logs', summary: "Read or follow an instance's container output (NDJSON)", kind: 'logs', objectKind: 'Instance' });
+  out.push({ method: 'GET', url: '/v1/tenants/:tenant/machines/:name/logs', summary: "Read or follow a machine's serial console (NDJSON)", kind: 'logs', objectKind: 'Machine' });
   return out;
 }
 

@@ -20,6 +20,8 @@ import { openApiDocument } from './openapi.js';
 /** Where instance logs come from (the local agent in the all-in-one; agents over the network later). */
 export interface LogSource {
   logs(tenant: string, name: string, opts: LogOptions): AsyncIterable<LogLine>;
+  /** A machine's serial console, one line per LogLine (stream `stdout`). */
+  machineLogs?(tenant: string, name: string, opts: LogOptions): AsyncIterable<LogLine>;
 }
 
 export interface ApiOptions {
@@ -142,7 +144,7 @@ async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply
     return openApiDocument();
   }
   const kind = route.objectKind as Kind; // every non-meta route names its kind
-  if (route.kind === 'logs') return streamLogs(o, p, q, reply);
+  if (route.kind === 'logs') return streamLogs(o, kind === 'Machine' ? 'Machine' : 'Instance', p, q, reply);
   if (route.kind === 'watch') return streamWatch(o, kind, q, req, reply);
   const cp = o.controlPlane;
   switch (route.action) {
@@ -185,19 +187,21 @@ async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply
   }
 }
 
-async function streamLogs(o: ApiOptions, p: Params, q: Query, reply: FastifyReply): Promise<void> {
+async function streamLogs(o: ApiOptions, kind: 'Instance' | 'Machine', p: Params, q: Query, reply: FastifyReply): Promise<void> {
   const follow = boolParam(q, 'follow');
   const tail = intParam(q, 'tail');
   const tenant = p.tenant ?? '';
   const name = p.name ?? '';
   // Resolve before streaming, so "not found" is a proper error response, not a cut stream.
-  await o.controlPlane.handle({ type: 'get', kind: 'Instance', tenant, name });
+  await o.controlPlane.handle({ type: 'get', kind, tenant, name });
+  const source = kind === 'Machine' ? o.logs.machineLogs?.bind(o.logs) : o.logs.logs.bind(o.logs);
+  if (!source) throw new CarapaceError('CARAPACE_E_UNAVAILABLE', 'this server cannot read machine consoles');
   const ac = new AbortController();
   reply.raw.on('close', () => ac.abort());
   reply.hijack();
   reply.raw.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-cache' });
   try {
-    for await (const line of o.logs.logs(tenant, name, { follow, signal: ac.signal, ...(tail !== undefined ? { tail } : {}) })) {
+    for await (const line of source(tenant, name, { follow, signal: ac.signal, ...(tail !== undefined ? { tail } : {}) })) {
       if (!reply.raw.write(`${JSON.stringify(line)}\n`)) await new Promise((r) => reply.raw.once('drain', r));
     }
   } catch (err) {

@@ -7,7 +7,7 @@ import { readFile } from 'node:fs/promises';
 import YAML from 'yaml';
 import { CarapaceError } from '../model/errors.js';
 import { parseManifest } from '../model/manifest.js';
-import { KINDS, type Instance, type Job, type Service } from '../model/objects.js';
+import { KINDS, type Instance, type Job, type Machine, type Service } from '../model/objects.js';
 import type { Manifest } from '../model/schemas.js';
 import { ApiClient, CliError } from './client.js';
 
@@ -66,11 +66,11 @@ function label(m: Manifest): string {
   return m.kind === 'Tenant' ? `tenant/${m.metadata.name}` : `${m.kind.toLowerCase()}/${m.metadata.tenant}/${m.metadata.name}`;
 }
 
-const ORDER = { Tenant: 0, Service: 1, Job: 2 } as const;
+const ORDER = { Tenant: 0, Service: 1, Job: 2, Machine: 3 } as const;
 
 export interface Applied {
   manifest: Manifest;
-  object: Service | Job | { kind: 'Tenant'; metadata: { uid: string; generation: number } };
+  object: Service | Job | Machine | { kind: 'Tenant'; metadata: { uid: string; generation: number } };
 }
 
 /** Applies manifests in dependency order; prints one line per object. */
@@ -126,7 +126,7 @@ export function instanceProgress(i: Instance, wantsCompletion: boolean): Progres
  * Returns true when everything is running/complete.
  */
 export async function waitFor(client: ApiClient, applied: Applied[], timeoutMs: number, out: NodeJS.WriteStream): Promise<boolean> {
-  const workloads = applied.filter((a) => a.manifest.kind !== 'Tenant');
+  const workloads = applied.filter((a) => a.manifest.kind === 'Service' || a.manifest.kind === 'Job' || a.manifest.kind === 'Machine');
   if (workloads.length === 0) return true;
   const tty = out.isTTY === true;
   const deadline = Date.now() + timeoutMs;
@@ -140,6 +140,23 @@ export async function waitFor(client: ApiClient, applied: Applied[], timeoutMs: 
       const m = a.manifest;
       if (m.kind === 'Tenant') continue;
       const tenant = m.metadata.tenant;
+      if (m.kind === 'Machine') {
+        const mach = await client.call<Machine>('GET', manifestPath(m));
+        const st = mach.status;
+        const want = mach.spec.running;
+        const p: Progress =
+          st.phase === 'Running' && want
+            ? { state: 'done', text: `running on ${st.host}` }
+            : st.phase === 'Stopped' && !want
+              ? { state: 'done', text: 'stopped' }
+              : st.phase === 'Failed' || st.phase === 'Backoff'
+                ? { state: 'failed', text: `${st.phase.toLowerCase()}: ${[st.reason, st.message].filter(Boolean).join(': ')}` }
+                : { state: 'waiting', text: `${st.phase.toLowerCase()}${st.message ? `: ${st.message}` : ''}` };
+        rows.push({ key: `machine/${tenant}/${mach.metadata.name}`, p });
+        if (p.state !== 'done') allDone = false;
+        if (p.state === 'failed') anyFailed = true;
+        continue;
+      }
       const owner = await client.call<Service | Job>('GET', manifestPath(m));
       const list = await client.call<{ items: Instance[] }>('GET', `/v1/tenants/${tenant}/instances`);
       const mine = list.items

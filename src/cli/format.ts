@@ -4,7 +4,7 @@
  */
 import YAML from 'yaml';
 import { formatMemory } from '../model/quantity.js';
-import type { AnyObject, Cell, Host, Instance, Job, Kind, Service, Tenant } from '../model/objects.js';
+import type { AnyObject, Cell, Host, Instance, Job, Kind, Machine, Service, Tenant } from '../model/objects.js';
 
 /** `5s`, `3m`, `2h`, `4d` since an RFC 3339 time. */
 export function age(since: string | undefined, now = Date.now()): string {
@@ -61,6 +61,20 @@ const COLUMNS: { [K in Kind]: Columns<Extract<AnyObject, { kind: K }>> } = {
       String(h.status.capacity.cpu),
       formatMemory(h.status.capacity.memoryMiB),
       age(h.metadata.createdAt),
+    ],
+  },
+  Machine: {
+    header: ['TENANT', 'NAME', 'HOST', 'PHASE', 'CPU', 'MEMORY', 'RESTARTS', 'AGE', 'REASON'],
+    row: (m: Machine) => [
+      m.metadata.tenant ?? '',
+      m.metadata.name,
+      m.status.host || '-',
+      m.status.phase,
+      String(m.spec.cpu),
+      formatMemory(m.spec.memory),
+      String(m.status.restarts),
+      age(m.status.startedAt ?? m.metadata.createdAt),
+      m.status.phase === 'Running' ? '' : (m.status.reason ?? ''),
     ],
   },
   Cell: {
@@ -168,6 +182,28 @@ export function formatDescribe(o: AnyObject, instances: Instance[] = []): string
       );
       break;
     }
+    case 'Machine':
+      parts.push(
+        kv([
+          ['Host', o.status.host || '(not placed)'],
+          ['Phase', o.status.phase],
+          ['Reason', o.status.reason],
+          ['Message', o.status.message],
+          ['Desired', o.spec.running ? 'running' : 'stopped'],
+          ['Boot', o.spec.kernel ? `kernel ${o.spec.kernel}${o.spec.initrd ? ` + initrd ${o.spec.initrd}` : ''}${o.spec.cmdline ? ` (${o.spec.cmdline})` : ''}` : undefined],
+          ['Disk', o.spec.disk ? `${o.spec.disk.image} (${o.spec.disk.format}, copy-on-write)` : undefined],
+          ['Resources', `cpu ${o.spec.cpu}, memory ${formatMemory(o.spec.memory)}`],
+          ['Ports', o.spec.ports.length ? o.spec.ports.map((p) => `${p.hostPort}->${p.guestPort}/${p.protocol}`).join(', ') : undefined],
+          ['QEMU pid', o.status.pid],
+          ['Acceleration', o.status.accel],
+          ['Started', o.status.startedAt],
+          ['Finished', o.status.finishedAt],
+          ['Exit code', o.status.exitCode],
+          ['Restarts', o.status.restarts],
+          ['Restart policy', o.spec.restartPolicy],
+        ]),
+      );
+      break;
     case 'Cell':
       parts.push(
         kv([

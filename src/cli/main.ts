@@ -151,18 +151,20 @@ program
 program
   .command('logs')
   .description("Show an instance's container output (stdout and stderr)")
-  .argument('<instance>', 'TENANT/INSTANCE, or INSTANCE with --tenant')
+  .argument('<instance>', 'TENANT/INSTANCE (or machine/TENANT/NAME for a machine console), or INSTANCE with --tenant')
   .option('-t, --tenant <tenant>')
   .option('-f, --follow', 'keep streaming new output')
   .option('--tail <n>', 'only the last N lines')
   .option('--timestamps', 'prefix each line with its time')
   .action(async (name: string, o: { tenant?: string; follow?: boolean; tail?: string; timestamps?: boolean }) => {
-    const n = resolveName('Instance', name.replace(/^instances?\//, ''), o.tenant);
+    const machine = /^machines?\//.test(name);
+    const kind = machine ? 'Machine' : 'Instance';
+    const n = resolveName(kind, name.replace(/^(instances?|machines?)\//, ''), o.tenant);
     const c = client();
     const q = new URLSearchParams();
     if (o.follow) q.set('follow', 'true');
     if (o.tail) q.set('tail', o.tail);
-    const res = await c.raw('GET', `${itemPath('Instance', n)}/logs?${q.toString()}`);
+    const res = await c.raw('GET', `${itemPath(kind, n)}/logs?${q.toString()}`);
     if (res.statusCode >= 400) {
       const body = (await res.body.json()) as { error?: { code: string; message: string } };
       throw new CliError(body.error?.code ?? 'CARAPACE_E_INTERNAL', body.error?.message ?? `server answered ${res.statusCode}`);
@@ -183,6 +185,29 @@ program
       }
     }
   });
+
+const machineCmd = program.command('machine').description('Power a machine on or off, or restart it');
+for (const [verb, what] of [
+  ['start', 'power a stopped machine on'],
+  ['stop', 'shut a machine down (ACPI power button, then power off)'],
+  ['restart', 'restart a machine'],
+] as const) {
+  machineCmd
+    .command(verb)
+    .description(what)
+    .argument('<name>', 'TENANT/NAME, or NAME with --tenant')
+    .option('-t, --tenant <tenant>')
+    .action(async (name: string, o: { tenant?: string }) => {
+      const n = resolveName('Machine', name.replace(/^machines?\//, ''), o.tenant);
+      const c = client();
+      const path = itemPath('Machine', n);
+      // Level-based: change the desired state with compare-and-set; the agent does the rest.
+      const m = await c.call<{ apiVersion?: string; kind: 'Machine'; metadata: { name: string; tenant: string; labels: Record<string, string>; resourceVersion: number }; spec: Record<string, unknown> }>('GET', path);
+      const spec = { ...m.spec, running: verb !== 'stop', ...(verb === 'restart' ? { restartedAt: new Date().toISOString() } : {}) };
+      await c.call('PUT', path, { apiVersion: 'carapace/v1', kind: 'Machine', metadata: { name: m.metadata.name, tenant: m.metadata.tenant, labels: m.metadata.labels, resourceVersion: m.metadata.resourceVersion }, spec });
+      console.log(`machine/${n.tenant ?? ''}/${n.name} ${verb === 'stop' ? 'stopping' : verb === 'start' ? 'starting' : 'restarting'}`);
+    });
+}
 
 function printError(e: unknown): void {
   if (e instanceof CliError) {

@@ -9,7 +9,8 @@ import type { Logger } from 'pino';
 import type { Env } from '../core/actions.js';
 import type { Resources } from '../core/resources.js';
 import { isCarapaceError } from '../model/errors.js';
-import { kindPrefix, TERMINAL_PHASES, type Cell, type Host, type Instance, type Job, type Service } from '../model/objects.js';
+import { kindPrefix, TERMINAL_PHASES, type Cell, type Host, type Instance, type Job, type Machine, type Service } from '../model/objects.js';
+import { placeMachine } from './machine-placement.js';
 import type { PlannedCell } from '../scheduler/types.js';
 import { planJob, planService, type Change, type PlanContext } from './workload-plan.js';
 import { WorkQueue, type ReconcileResult } from './workqueue.js';
@@ -43,7 +44,7 @@ export class WorkloadController {
     this.log = o.logger.child({ component: 'controller' });
     // One worker: placement reads the whole cluster and writes cells and instances; two
     // reconciles at once could each fill the same cell from the same stale snapshot.
-    this.queue = new WorkQueue((key) => (key === CELLS_KEY ? this.reconcileCells() : this.reconcile(key)), {
+    this.queue = new WorkQueue((key) => (key === CELLS_KEY ? this.reconcileCells() : key.startsWith('Machine/') ? this.reconcileMachine(key) : this.reconcile(key)), {
       onError: (key, error, attempt) => this.log.warn({ key, attempt, err: error }, 'reconcile failed; retrying'),
     });
   }
@@ -58,6 +59,7 @@ export class WorkloadController {
       ]);
       for (const s of svcs.items) this.queue.add(`Service/${s.metadata.tenant}/${s.metadata.name}`);
       for (const j of jobs.items) this.queue.add(`Job/${j.metadata.tenant}/${j.metadata.name}`);
+      for (const m of (await this.o.resources.list('Machine')).items) if (m.status.host === '') this.queue.add(`Machine/${m.metadata.tenant}/${m.metadata.name}`);
       for (const i of insts.items) this.queue.add(this.ownerKey(i));
       this.queue.add(CELLS_KEY);
     };
@@ -70,6 +72,9 @@ export class WorkloadController {
     await Promise.all([
       this.queue.start(signal, 1),
       watchForever<Cell>(this.o.resources.store, kindPrefix('Cell'), signal, this.log, () => this.queue.add(CELLS_KEY)),
+      watchForever<Machine>(this.o.resources.store, kindPrefix('Machine'), signal, this.log, (e) => {
+        this.queue.add(`Machine/${e.value.metadata.tenant}/${e.value.metadata.name}`);
+      }),
       watchForever<Service>(this.o.resources.store, kindPrefix('Service'), signal, this.log, (e) => {
         this.queue.add(`Service/${e.value.metadata.tenant}/${e.value.metadata.name}`);
       }),
@@ -153,6 +158,24 @@ export class WorkloadController {
     await r.write(cell, 0);
     alias.set(p.id, p.id);
     this.log.info({ cell: p.id, tenant: p.tenant, group: p.group, host: p.host, cpu: p.cpu, memoryMiB: p.memoryMiB }, 'cell created');
+  }
+
+  /** Places a machine that has no host yet (or records why it cannot be placed). */
+  async reconcileMachine(key: string): Promise<void> {
+    const [, tenant = '', name = ''] = key.split('/');
+    const r = this.o.resources;
+    const m = await r.get('Machine', name, tenant);
+    if (!m || m.status.host !== '' || m.metadata.deletionRequestedAt) return;
+    const [hosts, instances, cells, machines] = await Promise.all([r.list('Host'), r.list('Instance'), r.list('Cell'), r.list('Machine')]);
+    const p = placeMachine(m, hosts.items, instances.items, cells.items, machines.items);
+    await r.mutate('Machine', name, tenant, (x) => {
+      if (x.status.host !== '') return undefined;
+      if (p.ok) x.status = { ...x.status, host: p.host, reason: 'Scheduled', message: `placed on host ${p.host}` };
+      else if (x.status.message === p.reason) return undefined;
+      else x.status = { ...x.status, reason: 'Unschedulable', message: p.reason };
+      return x;
+    });
+    if (p.ok) this.log.info({ tenant, machine: name, host: p.host }, 'machine placed');
   }
 
   /**

@@ -6,8 +6,8 @@
  */
 import { isDeepStrictEqual } from 'node:util';
 import { CarapaceError } from '../model/errors.js';
-import { KINDS, type AnyObject, type Job, type Metadata, type Service, type Tenant } from '../model/objects.js';
-import { AVAILABLE_ISOLATION, ISOLATION_ORDER, isolationAtLeast, type JobManifest, type Manifest, type ServiceManifest, type TenantManifest } from '../model/schemas.js';
+import { KINDS, type AnyObject, type Job, type Machine, type Metadata, type Service, type Tenant } from '../model/objects.js';
+import { AVAILABLE_ISOLATION, ISOLATION_ORDER, isolationAtLeast, type JobManifest, type MachineManifest, type Manifest, type ServiceManifest, type TenantManifest } from '../model/schemas.js';
 import type { Action, Env } from './actions.js';
 import type { Resources } from './resources.js';
 
@@ -54,7 +54,39 @@ export class ControlPlane {
         return this.applyWorkload(m, createOnly);
       case 'Job':
         return this.applyWorkload(m, createOnly);
+      case 'Machine':
+        return this.applyMachine(m, createOnly);
     }
+  }
+
+  private async applyMachine(m: MachineManifest, createOnly: boolean): Promise<ActionResult> {
+    const { name, tenant } = m.metadata;
+    const owner = await this.resources.get('Tenant', tenant);
+    if (!owner) {
+      throw new CarapaceError('CARAPACE_E_TENANT_NOT_FOUND', `tenant "${tenant}" does not exist; apply a Tenant named "${tenant}" first`, [
+        { path: 'metadata.tenant', message: `tenant "${tenant}" does not exist` },
+      ]);
+    }
+    const cur = await this.resources.get('Machine', name, tenant);
+    if (cur && createOnly) throw new CarapaceError('CARAPACE_E_ALREADY_EXISTS', `machine "${name}" already exists in tenant "${tenant}"`);
+    if (cur && isDeepStrictEqual(cur.spec, m.spec) && isDeepStrictEqual(cur.metadata.labels, m.metadata.labels)) {
+      this.checkVersion(m, cur);
+      return { type: 'object', object: cur, changed: false };
+    }
+    const obj: Machine = cur
+      ? {
+          ...cur,
+          spec: m.spec,
+          metadata: {
+            ...cur.metadata,
+            labels: m.metadata.labels,
+            generation: isDeepStrictEqual(cur.spec, m.spec) ? cur.metadata.generation : cur.metadata.generation + 1,
+            updatedAt: this.env.now(),
+          },
+        }
+      : { kind: 'Machine', metadata: this.newMetadata(name, m.metadata.labels, tenant), spec: m.spec, status: { phase: 'Pending', host: '', restarts: 0 } };
+    const written = await this.resources.write(obj, this.expected(m, cur, createOnly));
+    return { type: 'object', object: written, created: !cur, changed: true };
   }
 
   private newMetadata(name: string, labels: Record<string, string>, tenant?: string): Metadata {
@@ -179,11 +211,34 @@ export class ControlPlane {
     if (a.kind === 'Host') throw new CarapaceError('CARAPACE_E_METHOD_NOT_ALLOWED', 'hosts are registered by their agents and cannot be deleted through the API yet');
     if (a.kind === 'Cell') throw new CarapaceError('CARAPACE_E_METHOD_NOT_ALLOWED', 'cells are created and retired by the scheduler; delete or scale the workloads instead');
     if (a.kind === 'Tenant') {
-      const [svcs, jobs] = await Promise.all([this.resources.list('Service', a.name), this.resources.list('Job', a.name)]);
-      const owned = svcs.items.length + jobs.items.length;
+      const [svcs, jobs, machines] = await Promise.all([this.resources.list('Service', a.name), this.resources.list('Job', a.name), this.resources.list('Machine', a.name)]);
+      const owned = svcs.items.length + jobs.items.length + machines.items.length;
       if (owned > 0) {
-        throw new CarapaceError('CARAPACE_E_TENANT_NOT_EMPTY', `tenant "${a.name}" still owns ${svcs.items.length} service(s) and ${jobs.items.length} job(s); delete them first`);
+        throw new CarapaceError(
+          'CARAPACE_E_TENANT_NOT_EMPTY',
+          `tenant "${a.name}" still owns ${svcs.items.length} service(s), ${jobs.items.length} job(s) and ${machines.items.length} machine(s); delete them first`,
+        );
       }
+    }
+    if (a.kind === 'Machine') {
+      // A placed machine is removed by its agent once the VM is stopped and its disk overlay
+      // deleted; an unplaced one can go at once.
+      let gone = false;
+      const updated = await this.resources.mutate('Machine', a.name, tenant, (m) => {
+        if (a.resourceVersion !== undefined && m.metadata.resourceVersion !== a.resourceVersion) {
+          throw new CarapaceError('CARAPACE_E_CONFLICT', `${what} is at resourceVersion ${m.metadata.resourceVersion}, not ${a.resourceVersion}`);
+        }
+        if (m.status.host === '') {
+          gone = true;
+          return undefined;
+        }
+        if (m.metadata.deletionRequestedAt) return undefined;
+        m.metadata.deletionRequestedAt = this.env.now();
+        return m;
+      });
+      if (!updated) throw new CarapaceError('CARAPACE_E_NOT_FOUND', `${what} not found`);
+      if (gone) await this.resources.remove('Machine', a.name, tenant, updated.metadata.resourceVersion);
+      return { type: 'deleted', kind: a.kind, name: a.name, tenant: a.tenant };
     }
     if (a.kind === 'Instance') {
       // Deleting an instance asks its agent to stop and remove it; its owner's controller

@@ -4,7 +4,7 @@
  * `generation` that grows when its spec changes. Ids and timestamps are always passed in by
  * the caller (deterministic writes). Pure types and helpers.
  */
-import type { ContainerSpec, JobSpec, ServiceSpec, TenantSpec } from './schemas.js';
+import type { ContainerSpec, JobSpec, MachineSpec, ServiceSpec, TenantSpec } from './schemas.js';
 
 /** Kinds stored by the control plane, with their URL/collection names. */
 export const KINDS = {
@@ -14,6 +14,7 @@ export const KINDS = {
   Instance: { plural: 'instances', scoped: true },
   Host: { plural: 'hosts', scoped: false },
   Cell: { plural: 'cells', scoped: false },
+  Machine: { plural: 'machines', scoped: true },
 } as const;
 export type Kind = keyof typeof KINDS;
 export type Plural = (typeof KINDS)[Kind]['plural'];
@@ -211,7 +212,38 @@ export interface Cell {
   };
 }
 
-export type AnyObject = Tenant | Service | Job | Instance | Host | Cell;
+/**
+ * A machine's life: `Pending` (not placed or not picked up), `Starting` (QEMU launched),
+ * `Running`, `Backoff` (exited; restarting after a delay), `Stopped` (stopped on request or
+ * finished under its restart policy), `Failed` (could not start, or exited with an error and
+ * will not be restarted).
+ */
+export type MachinePhase = 'Pending' | 'Starting' | 'Running' | 'Backoff' | 'Stopped' | 'Failed';
+
+/** A plain VM with its own kernel or disk, for software that wants a whole machine. */
+export interface Machine {
+  kind: 'Machine';
+  metadata: Metadata;
+  spec: MachineSpec;
+  status: {
+    phase: MachinePhase;
+    /** The host chosen at first placement; a machine stays there (its disk overlay lives there). */
+    host: string;
+    reason?: string;
+    message?: string;
+    pid?: number;
+    accel?: string;
+    startedAt?: string;
+    finishedAt?: string;
+    exitCode?: number;
+    restarts: number;
+    nextRestartAt?: string;
+    /** The spec generation the running VM was started from. */
+    runningGeneration?: number;
+  };
+}
+
+export type AnyObject = Tenant | Service | Job | Instance | Host | Cell | Machine;
 export type ObjectOfKind<K extends Kind> = Extract<AnyObject, { kind: K }>;
 
 /** The store key of an object: `services/acme/web`, `tenants/acme`. */

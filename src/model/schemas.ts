@@ -178,15 +178,61 @@ export const JobManifestSchema = z.strictObject({
   spec: JobSpecSchema,
 });
 
+/**
+ * A file in the host's machine image directory, by name only: a manifest can never name an
+ * arbitrary host path (a tenant must not boot /etc/shadow as a disk).
+ */
+const MachineFileSchema = z
+  .string()
+  .max(255)
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'must be a file name in the machine image directory (letters, digits, ".", "_", "-"; no "/")');
+
+export const MachineSpecSchema = z
+  .strictObject({
+    /** Direct kernel boot: a kernel from the image directory, or `host` for the host's own Debian kernel. */
+    kernel: MachineFileSchema.optional(),
+    initrd: MachineFileSchema.optional(),
+    /** Kernel command line for direct kernel boot. */
+    cmdline: z.string().max(4096).optional(),
+    /** A disk image from the image directory; the machine writes to its own copy-on-write overlay, never to the base. */
+    disk: z.strictObject({ image: MachineFileSchema, format: z.enum(['qcow2', 'raw']).default('qcow2') }).optional(),
+    cpu: z.number().int().min(1).max(64).default(1),
+    memory: MemorySchema.default(256),
+    ports: z
+      .array(z.strictObject({ guestPort: z.number().int().min(1).max(65535), hostPort: z.number().int().min(1).max(65535), protocol: z.enum(['tcp', 'udp']).default('tcp') }))
+      .max(32)
+      .default([]),
+    restartPolicy: z.enum(['Always', 'OnFailure', 'Never']).default('Always'),
+    /** Desired power state: `carapace machine stop|start` flips it. */
+    running: z.boolean().default(true),
+    /** Changing it restarts the machine (`carapace machine restart` sets it to the current time). */
+    restartedAt: z.string().max(64).optional(),
+  })
+  .superRefine((spec, ctx) => {
+    if (!spec.kernel && !spec.disk) ctx.addIssue({ code: 'custom', path: ['kernel'], message: 'a machine needs a kernel (direct boot) or a disk' });
+    if (spec.initrd && !spec.kernel) ctx.addIssue({ code: 'custom', path: ['initrd'], message: 'an initrd needs a kernel' });
+    if (spec.cmdline && !spec.kernel) ctx.addIssue({ code: 'custom', path: ['cmdline'], message: 'a kernel command line needs a kernel' });
+  });
+export type MachineSpec = z.infer<typeof MachineSpecSchema>;
+
+export const MachineManifestSchema = z.strictObject({
+  apiVersion: z.literal(API_VERSION),
+  kind: z.literal('Machine'),
+  metadata: TenantScopedMetadataSchema,
+  spec: MachineSpecSchema,
+});
+export type MachineManifest = z.infer<typeof MachineManifestSchema>;
+
 export type TenantManifest = z.infer<typeof TenantManifestSchema>;
 export type ServiceManifest = z.infer<typeof ServiceManifestSchema>;
 export type JobManifest = z.infer<typeof JobManifestSchema>;
-export type Manifest = TenantManifest | ServiceManifest | JobManifest;
+export type Manifest = TenantManifest | ServiceManifest | JobManifest | MachineManifest;
 
 /** Kinds a user may apply, with their schemas. */
 export const MANIFEST_SCHEMAS = {
   Tenant: TenantManifestSchema,
   Service: ServiceManifestSchema,
   Job: JobManifestSchema,
+  Machine: MachineManifestSchema,
 } as const;
 export type ApplyKind = keyof typeof MANIFEST_SCHEMAS;
