@@ -18,6 +18,7 @@ import { WorkQueue, type ReconcileResult } from '../control/workqueue.js';
 import { watchForever } from '../control/watch.js';
 import { decideAfterExit } from './restart-policy.js';
 import { containerIdFor, LABELS } from './container-id.js';
+import type { CellManager } from './cells.js';
 
 /** What the agent needs from host networking (implemented by network/). */
 export interface InstanceNetwork {
@@ -42,6 +43,10 @@ export interface AgentOptions {
   /** Seconds between SIGTERM and SIGKILL when stopping a container. */
   stopGraceMs?: number;
   capacity?: { cpu: number; memoryMiB: number };
+  /** Cells (VMs) on this host; absent when the host cannot run VMs. */
+  cells?: CellManager;
+  /** Checks that this host can run VMs (QEMU and a kernel present); a reason if not. */
+  vmProbe?: () => Promise<{ ok: true } | { ok: false; message: string }>;
 }
 
 /** What the agent knows about the container currently serving an instance. */
@@ -86,6 +91,7 @@ export class HostAgent {
     for (const i of all.items) if (i.spec.host === this.o.hostName) this.queue.add(instanceKey(i.metadata.tenant ?? '', i.metadata.name));
     await Promise.all([
       this.queue.start(signal, 8),
+      ...(this.o.cells ? [this.o.cells.start(signal)] : []),
       watchForever<Instance>(this.o.resources.store, kindPrefix('Instance'), signal, this.log, (e) => {
         const i = e.value;
         if (i.spec.host === this.o.hostName || this.local.has(instanceKey(i.metadata.tenant ?? '', i.metadata.name))) {
@@ -103,6 +109,11 @@ export class HostAgent {
       const p = await d.probe();
       if (p.ok) tiers.push(tier);
       else problems.push(`${tier}: ${p.message}`);
+    }
+    if (this.o.cells && this.o.vmProbe) {
+      const p = await this.o.vmProbe();
+      if (p.ok) tiers.push('cell', 'dedicated', 'machine');
+      else problems.push(`cell, dedicated, machine: ${p.message}`);
     }
     const now = this.o.env.now();
     const capacity = this.o.capacity ?? { cpu: os.cpus().length, memoryMiB: Math.floor(os.totalmem() / 1024 / 1024) };
@@ -184,12 +195,23 @@ export class HostAgent {
   async *logs(tenant: string, name: string, opts: LogOptions): AsyncIterable<LogLine> {
     const inst = await this.o.resources.mustGet('Instance', name, tenant);
     const id = inst.status.containerId;
-    const driver = this.o.drivers[inst.spec.container.isolation];
+    const driver = this.driverFor(inst);
     if (!id || !driver) return;
     yield* driver.logs(id, opts);
   }
 
+  /** Looks again at every instance placed in `cell` (it became ready, or was lost). */
+  cellChanged(cell: string): void {
+    this.o.resources
+      .list('Instance')
+      .then((l) => {
+        for (const i of l.items) if (i.spec.cell === cell) this.queue.add(instanceKey(i.metadata.tenant ?? '', i.metadata.name));
+      })
+      .catch((err: unknown) => this.log.warn({ cell, err }, 'cannot list instances of a cell'));
+  }
+
   private driverFor(inst: Instance): RuntimeDriver | undefined {
+    if (inst.spec.cell) return this.o.cells?.runtimeFor(inst.spec.cell);
     return this.o.drivers[inst.spec.container.isolation];
   }
 
@@ -209,7 +231,7 @@ export class HostAgent {
     if (!cur) return;
     await cur.driver.stop(cur.id, graceMs).catch((err: unknown) => this.log.warn({ container: cur.id, err }, 'stop failed'));
     await cur.driver.destroy(cur.id);
-    await this.o.network?.teardown(cur.id);
+    if (!cur.driver.name.startsWith('cell:')) await this.o.network?.teardown(cur.id);
     this.local.delete(key);
   }
 
@@ -244,6 +266,24 @@ export class HostAgent {
       return;
     }
     if (TERMINAL_PHASES.includes(inst.status.phase)) return;
+    if (!cur && inst.spec.cell && inst.status.phase === 'Running' && inst.status.containerId === containerIdFor(inst)) {
+      // After an agent restart: the container may still run inside its cell; adopt it.
+      const driver = this.driverFor(inst);
+      if (!driver) return; // the cell is not connected yet; cellChanged() brings us back
+      const found = await driver.inspect(containerIdFor(inst)).catch(() => undefined);
+      if (found && found.state.status !== 'exited') {
+        const startedAtMs = found.state.status === 'running' ? Date.parse(found.state.startedAt) : Date.now();
+        this.local.set(key, { id: found.id, driver, generation: inst.metadata.generation, startedAtMs, exited: false });
+        this.watchExit(key, found.id, driver);
+        this.log.info({ instance: key, container: found.id, cell: inst.spec.cell }, 'adopted container in cell');
+        return;
+      }
+      if (found?.state.status === 'exited') {
+        this.local.set(key, { id: found.id, driver, generation: inst.metadata.generation, startedAtMs: Date.now(), exited: true });
+        await this.recordExit(key, found.id, found.state.exitCode, found.state.finishedAt);
+        return;
+      }
+    }
     if (inst.status.phase === 'Backoff' && inst.status.nextRestartAt) {
       const wait = Date.parse(inst.status.nextRestartAt) - Date.now();
       if (wait > 0) return { requeueAfterMs: wait };
@@ -255,6 +295,12 @@ export class HostAgent {
   private async startAttempt(key: string, inst: Instance): Promise<ReconcileResult> {
     const driver = this.driverFor(inst);
     const c = inst.spec.container;
+    if (!driver && inst.spec.cell) {
+      const cell = await this.o.resources.get('Cell', inst.spec.cell);
+      const msg = cell ? `waiting for cell ${inst.spec.cell} (${cell.status.phase}${cell.status.message ? `: ${cell.status.message}` : ''})` : `cell ${inst.spec.cell} is gone`;
+      if (inst.status.message !== msg) await this.setStatus(inst, { phase: 'Pending', reason: 'WaitingForCell', message: msg });
+      return { requeueAfterMs: 5_000 };
+    }
     if (!driver) {
       await this.setStatus(inst, { phase: 'Failed', reason: 'IsolationUnavailable', message: `host ${this.o.hostName} has no driver for isolation "${c.isolation}"` });
       return;
@@ -284,9 +330,8 @@ export class HostAgent {
     this.pullFailures.delete(key);
     void pullingShown;
     try {
-      const net = this.o.network
-        ? await this.o.network.setup(id, { ports: c.ports, isolationKey: inst.metadata.tenant ?? '' })
-        : undefined;
+      // Instances in cells use the cell VM's network; host-run ones get their own namespace.
+      const net = this.o.network && !inst.spec.cell ? await this.o.network.setup(id, { ports: c.ports, isolationKey: inst.metadata.tenant ?? '' }) : undefined;
       const labels = {
         [LABELS.uid]: inst.metadata.uid,
         [LABELS.tenant]: inst.metadata.tenant ?? '',
@@ -305,6 +350,10 @@ export class HostAgent {
       };
       if (info.state.status === 'running') status.pid = info.state.pid;
       if (net && net.hostPorts.length > 0) status.hostPorts = net.hostPorts;
+      if (inst.spec.cell) {
+        const published = c.ports.flatMap((p) => (p.hostPort !== undefined ? [{ containerPort: p.containerPort, hostPort: p.hostPort, protocol: p.protocol }] : []));
+        if (published.length > 0) status.hostPorts = published;
+      }
       await this.setStatus(inst, status, ['message', 'exitCode', 'finishedAt', 'nextRestartAt']);
       this.log.info({ instance: key, container: id }, 'container running');
       this.watchExit(key, id, driver);
@@ -313,7 +362,7 @@ export class HostAgent {
       const message = err instanceof Error ? err.message : String(err);
       this.log.warn({ instance: key, container: id, err: message }, 'container start failed');
       await driver.destroy(id).catch(() => undefined);
-      await this.o.network?.teardown(id).catch(() => undefined);
+      if (!inst.spec.cell) await this.o.network?.teardown(id).catch(() => undefined);
       this.local.delete(key);
       return this.afterExit(key, inst, 128, Date.now(), message);
     }

@@ -20,6 +20,11 @@ import { createImageStore } from '../image/local-store.js';
 import { createNetworkManager } from '../network/network-manager.js';
 import { createRuncDriver, createRunscDriver } from '../runtime/index.js';
 import { openSqliteStore } from '../store/sqlite.js';
+import { CellManager } from '../agent/cells.js';
+import { createVmManager } from '../vm/qemu.js';
+import { findKernel } from '../vm/initramfs.js';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { readManifests } from '../cli/apply.js';
 import { CarapaceError } from '../model/errors.js';
 
@@ -35,6 +40,10 @@ export interface AllInOneOptions {
   insecureRegistries?: string[];
   /** Give containers a bridge network (default true). */
   network?: boolean;
+  /** Pre-booted unassigned cells kept on this host (default 0). */
+  warmCells?: number;
+  /** VM acceleration: `auto` (a timed probe decides), `kvm` or `tcg`. */
+  accel?: 'auto' | 'kvm' | 'tcg';
 }
 
 export interface RunningAllInOne {
@@ -68,7 +77,34 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
   const images = createImageStore({ cacheDir: join(o.stateDir, 'images'), logger, ...(o.insecureRegistries ? { insecureRegistries: o.insecureRegistries } : {}) });
   const network = o.network === false ? undefined : createNetworkManager({ stateDir: join(o.stateDir, 'network'), logger });
   const hostName = o.hostName ?? os.hostname().toLowerCase().replace(/[^a-z0-9-]/g, '-').replace(/^-+|-+$/g, '') ?? 'local';
-  const agent = new HostAgent({ hostName: hostName || 'local', resources, env, logger, drivers: { host: runc, sandbox: runsc }, images, ...(network ? { network } : {}) });
+  const vms = createVmManager({ stateDir: join(o.stateDir, 'vms'), logger, accel: o.accel ?? 'auto' });
+  // The Carapace install (dist/ and node_modules/) is shared read-only into cells: the guest agent runs from it.
+  const installDir = fileURLToPath(new URL('../../..', import.meta.url));
+  // The agent is made after the cell manager that calls back into it.
+  const agentRef: { current?: HostAgent } = {};
+  const cells = new CellManager({
+    hostName: hostName || 'local',
+    resources,
+    env,
+    logger,
+    vms,
+    hostImagesRoot: join(o.stateDir, 'images', 'rootfs'),
+    installDir,
+    warmCells: o.warmCells ?? 0,
+    warmSize: { cpu: 2, memoryMiB: 2048 },
+    onCellChange: (cell) => agentRef.current?.cellChanged(cell),
+  });
+  const vmProbe = async (): Promise<{ ok: true } | { ok: false; message: string }> => {
+    if (!existsSync('/usr/bin/qemu-system-x86_64')) return { ok: false, message: 'qemu-system-x86_64 is not installed' };
+    try {
+      findKernel();
+    } catch (e) {
+      return { ok: false, message: (e as Error).message }; // findKernel throws Error with the reason
+    }
+    return { ok: true };
+  };
+  const agent = new HostAgent({ hostName: hostName || 'local', resources, env, logger, drivers: { host: runc, sandbox: runsc }, images, cells, vmProbe, ...(network ? { network } : {}) });
+  agentRef.current = agent;
   const controller = new WorkloadController({ resources, env, logger });
   const api = buildApi({ controlPlane, store, logs: agent, logger });
 

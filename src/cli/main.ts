@@ -50,11 +50,15 @@ program
   .option('--listen <addr>', 'API listen address', '127.0.0.1')
   .option('--host-name <name>', 'name of this host (default: the machine hostname)')
   .option('-f, --apply <file...>', 'apply these manifest files once the server is up')
-  .action(async (o: { stateDir: string; port: string; listen: string; hostName?: string; apply?: string[] }) => {
+  .option('--warm-cells <n>', 'pre-booted, unassigned cells to keep on this host', '0')
+  .addOption(new Option('--accel <mode>', 'VM acceleration (auto: a timed probe boot decides)').choices(['auto', 'kvm', 'tcg']).default('auto'))
+  .action(async (o: { stateDir: string; port: string; listen: string; hostName?: string; apply?: string[]; warmCells: string; accel: 'auto' | 'kvm' | 'tcg' }) => {
     const { runAllInOne } = await import('../allinone/allinone.js');
     const port = Number(o.port);
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CliError('CARAPACE_E_BAD_QUERY', `--port must be a port number, got "${o.port}"`);
-    await runAllInOne({ stateDir: o.stateDir, port, listen: o.listen, ...(o.hostName ? { hostName: o.hostName } : {}), applyFiles: o.apply ?? [] });
+    const warmCells = Number(o.warmCells);
+    if (!Number.isInteger(warmCells) || warmCells < 0 || warmCells > 64) throw new CliError('CARAPACE_E_BAD_QUERY', `--warm-cells must be a whole number from 0 to 64, got "${o.warmCells}"`);
+    await runAllInOne({ stateDir: o.stateDir, port, listen: o.listen, ...(o.hostName ? { hostName: o.hostName } : {}), applyFiles: o.apply ?? [], warmCells, accel: o.accel });
   });
 
 program

@@ -67,8 +67,12 @@ export const MemorySchema = z
 export const IsolationSchema = z.enum(['host', 'sandbox', 'cell', 'dedicated']);
 export type Isolation = z.infer<typeof IsolationSchema>;
 
-/** Tiers this control plane can run today; the others are refused at apply time. */
-export const AVAILABLE_ISOLATION: readonly Isolation[] = ['host', 'sandbox'];
+/**
+ * Tiers this control plane can run; others would be refused at apply time. All four are
+ * implemented; whether a host can run a tier is decided by placement (hosts advertise the
+ * tiers their runtimes passed probes for), with a reason when none can.
+ */
+export const AVAILABLE_ISOLATION: readonly Isolation[] = ['host', 'sandbox', 'cell', 'dedicated'];
 
 const EnvNameSchema = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'environment variable names are [A-Za-z_][A-Za-z0-9_]*');
 

@@ -154,8 +154,9 @@ describe('all-in-one through the CLI', () => {
     expect(invalid.stderr).toMatch(/error CARAPACE_E_VALIDATION/);
     expect(invalid.stderr).toMatch(/spec\.replicas/);
     expect(invalid.stderr).toMatch(/spec\.cpu/);
-    const cell = await applyText(manifest([{ apiVersion: 'carapace/v1', kind: 'Service', metadata: { name: 'c', tenant: 'acme' }, spec: { image: images.busybox } }]));
-    expect(cell.stderr).toMatch(/CARAPACE_E_ISOLATION_UNAVAILABLE: .*isolation "cell" is not available yet/);
+    const machine = await applyText(manifest([{ apiVersion: 'carapace/v1', kind: 'Machine', metadata: { name: 'm', tenant: 'acme' }, spec: { disk: { image: '../../etc/shadow' } } }]));
+    expect(machine.stderr).toMatch(/CARAPACE_E_VALIDATION/);
+    expect(machine.stderr).toMatch(/spec\.disk\.image: must be a file name in the machine image directory/);
     const unreachable = await cli(`http://127.0.0.1:${await freePort()}`, ['get', 'tenants']);
     expect(unreachable.code).toBe(1);
     expect(unreachable.stderr.trim().split('\n')).toHaveLength(1);

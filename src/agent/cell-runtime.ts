@@ -1,0 +1,158 @@
+/**
+ * The RuntimeDriver of one cell: runs containers inside the cell's VM by asking its guest
+ * agent over the virtio-serial channel. The host agent uses it exactly like the runc driver,
+ * so restart policy, status and logs work the same for every tier. Everything the guest says
+ * reaches here through HostChannel, which validates and rate-limits it; the only host
+ * resources derived from a container here are QEMU port forwards, and those come from the
+ * instance spec (host side), never from guest messages.
+ */
+import { relative, isAbsolute } from 'node:path';
+import type { Logger } from 'pino';
+import type { HostChannel, StateEvent } from '../guest/host-channel.js';
+import type { Isolation } from '../model/schemas.js';
+import type { ContainerInfo, ContainerState, ContainerUsage, LogLine, LogOptions, RuntimeDriver, StartRequest } from '../runtime/driver.js';
+import type { VmManager } from '../vm/qemu.js';
+
+export interface CellRuntimeOptions {
+  cellId: string;
+  isolation: Isolation;
+  channel: HostChannel;
+  vms: VmManager;
+  /** Host directory of unpacked image roots, shared read-only into the guest at `guestImagesRoot`. */
+  hostImagesRoot: string;
+  guestImagesRoot: string;
+  logger: Logger;
+}
+
+type Exited = Extract<ContainerState, { status: 'exited' }>;
+
+export class CellRuntime implements RuntimeDriver {
+  readonly name: string;
+  readonly isolation: Isolation;
+  private readonly states = new Map<string, ContainerState>();
+  private readonly labels = new Map<string, Record<string, string>>();
+  private readonly waiters = new Map<string, ((s: Exited) => void)[]>();
+  private readonly ports = new Map<string, { hostPort: number; guestPort: number; protocol: 'tcp' | 'udp'; hostAddress: string }[]>();
+  private readonly usageById = new Map<string, ContainerUsage>();
+  /** Set when the cell is detached (retired or lost): its containers went with the VM. */
+  private closed = false;
+
+  constructor(private readonly o: CellRuntimeOptions) {
+    this.name = `cell:${o.cellId}`;
+    this.isolation = o.isolation;
+    o.channel.on('state', (e: StateEvent) => this.onState(e.containerId, e.state));
+    o.channel.on('usage', (u) => {
+      for (const c of u.containers) this.usageById.set(c.containerId, { cpuSeconds: c.cpuSeconds, memoryBytes: c.memoryBytes });
+    });
+  }
+
+  private onState(id: string, state: ContainerState): void {
+    this.states.set(id, state);
+    if (state.status === 'exited') {
+      for (const w of this.waiters.get(id) ?? []) w(state);
+      this.waiters.delete(id);
+    }
+  }
+
+  async probe(): Promise<{ ok: true } | { ok: false; message: string }> {
+    return this.o.channel.connected ? { ok: true } : { ok: false, message: `cell ${this.o.cellId}: guest agent not connected` };
+  }
+
+  /** Maps a host image root to its path inside the guest; refuses anything outside the share. */
+  private guestRootfs(hostPath: string): string {
+    const rel = relative(this.o.hostImagesRoot, hostPath);
+    if (rel === '' || rel.startsWith('..') || isAbsolute(rel)) throw new Error(`image root ${hostPath} is not under the cell's image share ${this.o.hostImagesRoot}`);
+    return `${this.o.guestImagesRoot}/${rel}`;
+  }
+
+  async start(req: StartRequest): Promise<ContainerInfo> {
+    this.labels.set(req.id, req.labels);
+    const startedAt = new Date().toISOString();
+    await this.o.channel.run({ containerId: req.id, rootfs: this.guestRootfs(req.rootfs), image: req.image, container: req.container, hostname: req.hostname, labels: req.labels });
+    // Containers of a cell share the VM's network: a published port is a QEMU forward to the guest.
+    const fwd = req.container.ports.filter((p) => p.hostPort !== undefined).map((p) => ({ hostPort: p.hostPort as number, guestPort: p.containerPort, protocol: p.protocol, hostAddress: '0.0.0.0' })); // filtered to defined hostPort
+    for (const p of fwd) await this.o.vms.hostfwdAdd(this.o.cellId, p);
+    this.ports.set(req.id, fwd);
+    const state = this.states.get(req.id);
+    if (state && state.status !== 'created') return { id: req.id, labels: req.labels, state };
+    const running: ContainerState = { status: 'running', pid: 1, startedAt };
+    if (!state) this.states.set(req.id, running);
+    return { id: req.id, labels: req.labels, state: running };
+  }
+
+  /** The VM is gone or detached: stop/destroy become no-ops, waiters are released. */
+  close(): void {
+    this.closed = true;
+    this.lost(new Date().toISOString());
+  }
+
+  async stop(id: string, graceMs: number): Promise<void> {
+    if (this.closed) return;
+    this.o.channel.expectContainer(id);
+    await this.o.channel.stop(id, graceMs).catch((e: unknown) => {
+      if ((e as { code?: string }).code !== 'GUEST_E_NOT_FOUND') throw e; // already gone: stopping is idempotent
+    });
+  }
+
+  async destroy(id: string): Promise<void> {
+    if (this.closed) return;
+    for (const p of this.ports.get(id) ?? []) await this.o.vms.hostfwdRemove(this.o.cellId, p).catch(() => undefined);
+    this.ports.delete(id);
+    await this.o.channel.destroy(id).catch((e: unknown) => {
+      if ((e as { code?: string }).code !== 'GUEST_E_NOT_FOUND') throw e; // GuestError carries a code; gone is fine
+    });
+    this.states.delete(id);
+    this.labels.delete(id);
+  }
+
+  async inspect(id: string): Promise<ContainerInfo | undefined> {
+    this.o.channel.expectContainer(id);
+    const known = this.states.get(id);
+    if (known) return { id, labels: this.labels.get(id) ?? {}, state: known };
+    const listed = (await this.o.channel.list()).find((c) => c.containerId === id);
+    if (!listed) {
+      this.o.channel.forgetContainer(id);
+      return undefined;
+    }
+    this.states.set(id, listed.state);
+    this.labels.set(id, listed.labels);
+    return { id, labels: listed.labels, state: listed.state };
+  }
+
+  wait(id: string, signal?: AbortSignal): Promise<Exited> {
+    const s = this.states.get(id);
+    if (s?.status === 'exited') return Promise.resolve(s);
+    return new Promise((resolve, reject) => {
+      const list = this.waiters.get(id) ?? [];
+      list.push(resolve);
+      this.waiters.set(id, list);
+      signal?.addEventListener('abort', () => reject(new Error(`wait for ${id} aborted`)), { once: true });
+    });
+  }
+
+  async *logs(id: string, opts: LogOptions): AsyncIterable<LogLine> {
+    this.o.channel.expectContainer(id);
+    for await (const l of this.o.channel.logs(id, { follow: opts.follow, ...(opts.tail !== undefined ? { tail: opts.tail } : {}), ...(opts.signal ? { signal: opts.signal } : {}) })) {
+      yield { time: l.time, stream: l.stream, text: l.text };
+    }
+  }
+
+  async recover(): Promise<ContainerInfo[]> {
+    const list = await this.o.channel.list();
+    return list.map((c) => ({ id: c.containerId, labels: c.labels, state: c.state }));
+  }
+
+  async usage(id: string): Promise<ContainerUsage | undefined> {
+    return this.usageById.get(id);
+  }
+
+  /** Fails every waiter: the VM is gone, so are its containers. */
+  lost(finishedAt: string): void {
+    for (const [id, ws] of this.waiters) {
+      const exited: Exited = { status: 'exited', exitCode: 137, finishedAt };
+      this.states.set(id, exited);
+      for (const w of ws) w(exited);
+    }
+    this.waiters.clear();
+  }
+}

@@ -1,0 +1,233 @@
+/**
+ * The host agent's cells: boots a VM for every Cell placed on this host, connects to its
+ * guest agent, reports the cell Ready when the guest answers, keeps a warm pool of
+ * pre-booted unassigned cells, and destroys retired cells (a cell is never reused for another
+ * tenant: retiring always destroys the VM). VMs are QEMU processes that outlive this agent; on
+ * restart the manager re-attaches to the ones that still run.
+ */
+import { isAbsolute } from 'node:path';
+import type { Logger } from 'pino';
+import type { Env } from '../core/actions.js';
+import type { Resources } from '../core/resources.js';
+import { HostChannel } from '../guest/host-channel.js';
+import { kindPrefix, type Cell } from '../model/objects.js';
+import { WorkQueue, type ReconcileResult } from '../control/workqueue.js';
+import { watchForever } from '../control/watch.js';
+import type { VmInfo, VmManager } from '../vm/qemu.js';
+import { CellRuntime } from './cell-runtime.js';
+
+export interface CellManagerOptions {
+  hostName: string;
+  resources: Resources;
+  env: Env;
+  logger: Logger;
+  vms: VmManager;
+  /** Host directory holding unpacked image roots (shared read-only into every cell). */
+  hostImagesRoot: string;
+  /** The Carapace install directory (its dist/ and node_modules/ are shared read-only: the guest agent runs from them). */
+  installDir: string;
+  /** Pre-booted unassigned cells kept on this host. */
+  warmCells: number;
+  warmSize: { cpu: number; memoryMiB: number };
+  /** Called when a cell becomes Ready or is lost, so the instances placed in it are looked at again. */
+  onCellChange: (cell: string) => void;
+}
+
+const GUEST_IMAGES = '/carapace/images';
+const GUEST_APP = '/opt/carapace';
+const WARM_KEY = '#warm';
+
+interface Attached {
+  channel: HostChannel;
+  runtime: CellRuntime;
+  ac: AbortController;
+}
+
+export class CellManager {
+  private readonly log: Logger;
+  private readonly attached = new Map<string, Attached>();
+  private readonly queue: WorkQueue;
+
+  constructor(private readonly o: CellManagerOptions) {
+    this.log = o.logger.child({ component: 'cells', host: o.hostName });
+    this.queue = new WorkQueue((key) => (key === WARM_KEY ? this.reconcileWarm() : this.reconcile(key)), {
+      onError: (key, err, attempt) => this.log.warn({ cell: key, attempt, err }, 'cell reconcile failed; retrying'),
+    });
+  }
+
+  /** The runtime of a Ready cell on this host, or undefined while it is not ready. */
+  runtimeFor(cell: string): CellRuntime | undefined {
+    const a = this.attached.get(cell);
+    return a?.channel.connected ? a.runtime : undefined;
+  }
+
+  /** Runs until `signal` aborts; VMs keep running after it. */
+  async start(signal: AbortSignal): Promise<void> {
+    signal.addEventListener('abort', () => {
+      for (const a of this.attached.values()) a.ac.abort();
+    }, { once: true });
+    const cells = await this.o.resources.list('Cell');
+    for (const c of cells.items) if (c.spec.host === this.o.hostName) this.queue.add(c.metadata.name);
+    // VMs this host runs that no Cell object explains (deleted while the agent was down).
+    const known = new Set(cells.items.map((c) => c.metadata.name));
+    for (const vm of this.o.vms.recover()) {
+      if (vm.labels['carapace.cell'] !== undefined && !known.has(vm.id)) {
+        this.log.info({ cell: vm.id }, 'destroying VM of a cell that no longer exists');
+        await this.o.vms.destroy(vm.id, 2_000);
+      }
+    }
+    this.queue.add(WARM_KEY);
+    await Promise.all([
+      this.queue.start(signal, 4),
+      watchForever<Cell>(this.o.resources.store, kindPrefix('Cell'), signal, this.log, (e) => {
+        if (e.value.spec.host === this.o.hostName || this.attached.has(e.value.metadata.name)) this.queue.add(e.value.metadata.name);
+        if (e.value.spec.host === this.o.hostName) this.queue.add(WARM_KEY);
+      }),
+    ]);
+  }
+
+  private vm(name: string): VmInfo | undefined {
+    try {
+      return this.o.vms.inspect(name);
+    } catch {
+      return undefined; // unknown id
+    }
+  }
+
+  private async reconcile(name: string): Promise<ReconcileResult> {
+    const r = this.o.resources;
+    const cell = await r.get('Cell', name);
+    if (!cell || cell.spec.host !== this.o.hostName || cell.metadata.deletionRequestedAt) {
+      this.detach(name);
+      if (this.vm(name)) {
+        await this.o.vms.destroy(name, 5_000);
+        this.log.info({ cell: name }, 'cell VM destroyed');
+      }
+      if (cell?.metadata.deletionRequestedAt && cell.spec.host === this.o.hostName) await r.remove('Cell', name);
+      this.o.onCellChange(name);
+      return;
+    }
+    if (cell.status.phase === 'Failed') return;
+    const vm = this.vm(name);
+    if (vm?.state === 'running') {
+      this.attach(cell, vm);
+      return;
+    }
+    if (vm?.state === 'exited') {
+      await this.fail(cell, 'the VM exited');
+      return;
+    }
+    await this.boot(cell);
+    return;
+  }
+
+  private async boot(cell: Cell): Promise<void> {
+    const name = cell.metadata.name;
+    if (!isAbsolute(this.o.installDir)) throw new Error('installDir must be absolute');
+    const bootStartedAt = this.o.env.now();
+    let vm: VmInfo;
+    try {
+      vm = await this.o.vms.launch({
+        id: name,
+        cpus: Math.max(1, Math.ceil(cell.spec.cpu)),
+        memoryMiB: cell.spec.memoryMiB,
+        // The guest agent runs on the host's node and runc, shared read-only (Debian is merged-usr).
+        shares: [
+          { tag: 'usr', path: '/usr', readonly: true, mountPoint: '/usr' },
+          { tag: 'carapace', path: this.o.installDir, readonly: true, mountPoint: GUEST_APP },
+          { tag: 'images', path: this.o.hostImagesRoot, readonly: true, mountPoint: GUEST_IMAGES },
+        ],
+        exec: `/usr/bin/node ${GUEST_APP}/dist/src/guest/main.js --images ${GUEST_IMAGES}`,
+        ports: [],
+        channel: true,
+        labels: { 'carapace.cell': name, 'carapace.tenant': cell.spec.tenant },
+      });
+    } catch (e) {
+      await this.fail(cell, `QEMU did not start: ${(e as Error).message}`); // launch rejects with Error
+      return;
+    }
+    await this.o.resources.mutate('Cell', name, undefined, (c) => {
+      c.status = { ...c.status, phase: 'Booting', pid: vm.pid, accel: vm.accel, bootStartedAt, message: 'booting' };
+      return c;
+    });
+    this.log.info({ cell: name, pid: vm.pid, accel: vm.accel, tenant: cell.spec.tenant || '(warm)' }, 'cell VM launched');
+    this.attach(cell, vm);
+  }
+
+  private async fail(cell: Cell, message: string): Promise<void> {
+    this.detach(cell.metadata.name);
+    await this.o.resources.mutate('Cell', cell.metadata.name, undefined, (c) => {
+      c.status = { ...c.status, phase: 'Failed', message };
+      return c;
+    });
+    this.log.warn({ cell: cell.metadata.name, message }, 'cell failed');
+    this.o.onCellChange(cell.metadata.name);
+  }
+
+  private attach(cell: Cell, vm: VmInfo): void {
+    const name = cell.metadata.name;
+    if (this.attached.has(name) || !vm.channelSocket) return;
+    const ac = new AbortController();
+    const channel = new HostChannel({ socketPath: vm.channelSocket, cellId: name, logger: this.log });
+    const runtime = new CellRuntime({
+      cellId: name,
+      isolation: cell.spec.dedicated ? 'dedicated' : 'cell',
+      channel,
+      vms: this.o.vms,
+      hostImagesRoot: this.o.hostImagesRoot,
+      guestImagesRoot: GUEST_IMAGES,
+      logger: this.log,
+    });
+    this.attached.set(name, { channel, runtime, ac });
+    channel.on('connected', () => {
+      const now = this.o.env.now();
+      this.o.resources
+        .mutate('Cell', name, undefined, (c) => {
+          if (c.status.phase === 'Ready') return undefined;
+          const started = Date.parse(c.status.bootStartedAt ?? now);
+          c.status = { ...c.status, phase: 'Ready', readyAt: now, bootMs: Math.max(0, Date.parse(now) - started), message: 'guest agent ready' };
+          return c;
+        })
+        .then(() => this.o.onCellChange(name))
+        .catch((err: unknown) => this.log.warn({ cell: name, err }, 'cannot record cell ready'));
+    });
+    channel.on('versionMismatch', (v) => this.log.error({ cell: name, ...v }, 'guest agent protocol mismatch'));
+    channel.start(ac.signal).catch((err: unknown) => this.log.warn({ cell: name, err }, 'channel ended'));
+    this.o.vms
+      .wait(name, ac.signal)
+      .then(async () => {
+        if (ac.signal.aborted) return;
+        runtime.lost(new Date().toISOString());
+        const cur = await this.o.resources.get('Cell', name);
+        if (cur && !cur.metadata.deletionRequestedAt) await this.fail(cur, 'the VM exited');
+      })
+      .catch(() => undefined); // aborted: detached on purpose
+  }
+
+  private detach(name: string): void {
+    const a = this.attached.get(name);
+    if (!a) return;
+    a.ac.abort();
+    a.runtime.close();
+    this.attached.delete(name);
+  }
+
+  /** Keeps `warmCells` unassigned, not retiring cells on this host. */
+  private async reconcileWarm(): Promise<void> {
+    if (this.o.warmCells <= 0) return;
+    const cells = (await this.o.resources.list('Cell')).items;
+    const warm = cells.filter((c) => c.spec.host === this.o.hostName && c.spec.tenant === '' && !c.metadata.deletionRequestedAt && c.status.phase !== 'Failed');
+    for (let i = warm.length; i < this.o.warmCells; i++) {
+      const now = this.o.env.now();
+      const name = `warm-${this.o.env.newId().replace(/[^a-z0-9]/g, '').slice(0, 12)}`;
+      const cell: Cell = {
+        kind: 'Cell',
+        metadata: { name, uid: this.o.env.newId(), labels: {}, resourceVersion: 0, generation: 1, createdAt: now, updatedAt: now },
+        spec: { tenant: '', group: '', host: this.o.hostName, cpu: this.o.warmSize.cpu, memoryMiB: this.o.warmSize.memoryMiB, dedicated: false, warm: true },
+        status: { phase: 'Pending' },
+      };
+      await this.o.resources.write(cell, 0);
+      this.log.info({ cell: name }, 'warm cell created');
+    }
+  }
+}

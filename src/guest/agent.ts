@@ -1,0 +1,281 @@
+/**
+ * The guest agent: serves the cell protocol on a link to the host and runs the cell's
+ * containers through the Supervisor. It outlives host disconnects: while the host is away
+ * outgoing messages wait in a bounded outbox (oldest dropped first, log drops counted and
+ * reported as `dropped`), and every hello is answered with ready, the queued messages, and
+ * the current state of every container. Log lines are rate-limited per container.
+ */
+import type { Logger } from 'pino';
+import type { Link } from './link.js';
+import {
+  encodeLine,
+  LineSplitter,
+  MAX_GUEST_LINE_BYTES,
+  MAX_HOST_LINE_BYTES,
+  parseHostLine,
+  PROTOCOL_VERSION,
+  TokenBucket,
+  type GuestMessage,
+  type HostMessage,
+} from './protocol.js';
+import { cellUsage, Supervisor, SupervisorError, type SupervisorOptions } from './supervisor.js';
+
+/** Options of the guest agent. */
+export interface GuestAgentOptions extends Omit<SupervisorOptions, 'logger'> {
+  link: Link;
+  logger: Logger;
+  /** Usage report period. Default 5 s. */
+  usageIntervalMs?: number;
+  /** Log lines per container per second before the guest drops (and counts) them. Default 1000/s, burst 1000. */
+  logRatePerSec?: number;
+  logBurst?: number;
+  /** Outbox bounds while the host is away. Defaults 10 000 messages, 4 MiB. */
+  outboxMaxMessages?: number;
+  outboxMaxBytes?: number;
+  /** performance.now() at which agentStartMs starts counting. Default 0: the process's start (performance.timeOrigin). */
+  processStartMs?: number;
+}
+
+/** Counters of the agent. */
+export interface GuestAgentStats {
+  hellos: number;
+  invalidHostLines: number;
+  outboxDropped: number;
+  rateDropped: number;
+}
+
+async function bootMs(): Promise<number> {
+  const { readFile } = await import('node:fs/promises');
+  const up = await readFile('/proc/uptime', 'utf8').catch(() => '0');
+  return Math.round(Number(up.split(' ')[0]) * 1000) || 0;
+}
+
+/** The in-VM agent. Create, then `start(signal)`; resolves after `shutdown` or the signal. */
+export class GuestAgent {
+  readonly supervisor: Supervisor;
+  private readonly log: Logger;
+  private splitter = new LineSplitter(MAX_HOST_LINE_BYTES);
+  private hostReady = false;
+  private versionOk = false;
+  private cellId: string | undefined;
+  private outbox: Buffer[] = [];
+  private outboxBytes = 0;
+  private pumping = false;
+  private readonly buckets = new Map<string, TokenBucket>();
+  private readonly drops = new Map<string, number>();
+  private readyAtMs = 0;
+  private bootMs = 0;
+  private shutdownRequested: (() => void) | undefined;
+  private readonly counters: GuestAgentStats = { hellos: 0, invalidHostLines: 0, outboxDropped: 0, rateDropped: 0 };
+
+  constructor(private readonly opts: GuestAgentOptions) {
+    this.log = opts.logger.child({ component: 'guest-agent' });
+    this.supervisor = new Supervisor({ ...opts, logger: opts.logger }, {
+      state: (containerId, state) => this.send({ type: 'state', containerId, state }),
+      log: (containerId, line) => {
+        let b = this.buckets.get(containerId);
+        if (!b) {
+          b = new TokenBucket(this.opts.logRatePerSec ?? 1000, this.opts.logBurst ?? 1000, Date.now());
+          this.buckets.set(containerId, b);
+        }
+        if (!b.take(Date.now())) {
+          this.counters.rateDropped += 1;
+          this.drops.set(containerId, (this.drops.get(containerId) ?? 0) + 1);
+          return;
+        }
+        this.send({ type: 'log', containerId, stream: line.stream, time: line.time, text: line.text, seq: line.seq });
+      },
+    });
+  }
+
+  /** Counters since start. */
+  stats(): GuestAgentStats {
+    return { ...this.counters };
+  }
+
+  /** Serves until `signal` aborts or the host asks for shutdown; stops every container before resolving. */
+  async start(signal: AbortSignal): Promise<void> {
+    this.bootMs = await bootMs();
+    const inner = new AbortController();
+    const stopAll = (): void => inner.abort();
+    signal.addEventListener('abort', stopAll, { once: true });
+    this.shutdownRequested = stopAll;
+    const usageTimer = setInterval(() => void this.reportUsage(), this.opts.usageIntervalMs ?? 5000);
+    const dropTimer = setInterval(() => this.reportDrops(), 1000);
+    this.readyAtMs = performance.now() - (this.opts.processStartMs ?? 0);
+    try {
+      await this.opts.link.start(inner.signal, {
+        up: () => {
+          this.splitter = new LineSplitter(MAX_HOST_LINE_BYTES);
+          this.hostReady = false;
+        },
+        down: () => {
+          this.hostReady = false;
+          this.log.info('host disconnected; buffering');
+        },
+        data: (chunk) => {
+          for (const line of this.splitter.push(chunk)) this.onLine(line);
+        },
+      });
+    } finally {
+      clearInterval(usageTimer);
+      clearInterval(dropTimer);
+      signal.removeEventListener('abort', stopAll);
+      await this.supervisor.destroyAll(2000);
+    }
+  }
+
+  private onLine(line: string): void {
+    const r = parseHostLine(line);
+    if (!r.ok) {
+      this.counters.invalidHostLines += 1;
+      // Answer with the requestId when one can be read, so the host's request fails fast.
+      let requestId: unknown;
+      try {
+        requestId = (JSON.parse(line) as { requestId?: unknown }).requestId; // `as`: only probed for a string below
+      } catch {
+        requestId = undefined;
+      }
+      if (typeof requestId === 'string' && requestId.length > 0 && requestId.length <= 64) {
+        this.send({ type: 'err', requestId, code: 'GUEST_E_BAD_REQUEST', message: `invalid request: ${r.detail}`.slice(0, 4000) });
+      }
+      return;
+    }
+    const msg = r.msg;
+    if (msg.type === 'hello') {
+      this.onHello(msg);
+      return;
+    }
+    if (!this.hostReady) return; // the host speaks first; anything before hello is stale
+    if (!this.versionOk && msg.type !== 'ping') {
+      if ('requestId' in msg) this.send({ type: 'err', requestId: msg.requestId, code: 'GUEST_E_VERSION', message: `guest agent speaks protocol version ${PROTOCOL_VERSION}` });
+      return;
+    }
+    void this.serve(msg);
+  }
+
+  private onHello(msg: Extract<HostMessage, { type: 'hello' }>): void {
+    this.counters.hellos += 1;
+    this.cellId = msg.cellId;
+    this.versionOk = msg.version === PROTOCOL_VERSION;
+    if (!this.versionOk) this.log.error({ hostVersion: msg.version, guestVersion: PROTOCOL_VERSION }, 'host speaks another protocol version');
+    const ready = encodeLine({ type: 'ready', version: PROTOCOL_VERSION, bootMs: this.bootMs, agentStartMs: Math.round(this.readyAtMs), cellId: this.cellId }, MAX_GUEST_LINE_BYTES);
+    // ready first, then what waited while the host was away, then the current truth.
+    this.outbox.unshift(ready);
+    this.outboxBytes += ready.length;
+    this.hostReady = true;
+    for (const c of this.supervisor.list()) this.send({ type: 'state', containerId: c.containerId, state: c.state });
+    this.reportDrops();
+    this.pump();
+  }
+
+  private async serve(msg: Exclude<HostMessage, { type: 'hello' }>): Promise<void> {
+    if (msg.type === 'ping') {
+      this.send({ type: 'pong', seq: msg.seq });
+      return;
+    }
+    const requestId = msg.requestId;
+    try {
+      switch (msg.type) {
+        case 'run':
+          await this.supervisor.run(msg);
+          break;
+        case 'stop':
+          await this.supervisor.stop(msg.containerId, msg.graceMs);
+          break;
+        case 'destroy':
+          await this.supervisor.destroy(msg.containerId);
+          this.buckets.delete(msg.containerId);
+          this.drops.delete(msg.containerId);
+          break;
+        case 'list':
+          this.send({ type: 'containers', requestId, containers: this.supervisor.list().slice(0, 512) });
+          return;
+        case 'logs':
+          for (const l of this.supervisor.tail(msg.containerId, msg.tail)) {
+            this.send({ type: 'log', containerId: msg.containerId, stream: l.stream, time: l.time, text: l.text, seq: l.seq, requestId });
+          }
+          break;
+        case 'shutdown':
+          this.send({ type: 'ack', requestId });
+          await this.supervisor.destroyAll(msg.graceMs ?? 10_000);
+          this.shutdownRequested?.();
+          return;
+      }
+      this.send({ type: 'ack', requestId });
+    } catch (e) {
+      const code = e instanceof SupervisorError ? e.code : 'GUEST_E_INTERNAL';
+      this.send({ type: 'err', requestId, code, message: (e as Error).message.slice(0, 4000) }); // `as`: supervisor throws Errors
+    }
+  }
+
+  /** Queues a message for the host; the outbox is bounded, oldest dropped first. */
+  private send(msg: GuestMessage): void {
+    let buf: Buffer;
+    try {
+      buf = encodeLine(msg, MAX_GUEST_LINE_BYTES);
+    } catch (e) {
+      this.log.error({ err: (e as Error).message, type: msg.type }, 'message too large; not sent'); // `as`: encodeLine throws Error
+      return;
+    }
+    this.outbox.push(buf);
+    this.outboxBytes += buf.length;
+    const maxN = this.opts.outboxMaxMessages ?? 10_000;
+    const maxB = this.opts.outboxMaxBytes ?? 4 * 1024 * 1024;
+    while (this.outbox.length > maxN || this.outboxBytes > maxB) {
+      const old = this.outbox.shift();
+      if (!old) break;
+      this.outboxBytes -= old.length;
+      this.counters.outboxDropped += 1;
+      // A dropped log line is reported per container; other messages are re-derived on hello.
+      const head = old.subarray(0, 200).toString('utf8');
+      const m = /^\{"type":"log","containerId":"([a-z0-9][a-z0-9_.-]{0,63})"/.exec(head);
+      if (m?.[1] !== undefined) this.drops.set(m[1], (this.drops.get(m[1]) ?? 0) + 1);
+    }
+    this.pump();
+  }
+
+  private reportDrops(): void {
+    for (const [containerId, count] of this.drops) {
+      if (count === 0) continue;
+      this.drops.delete(containerId);
+      this.send({ type: 'dropped', containerId, count });
+    }
+  }
+
+  private async reportUsage(): Promise<void> {
+    try {
+      const [cell, containers] = await Promise.all([cellUsage(), this.supervisor.usageAll()]);
+      this.send({ type: 'usage', cell, containers: containers.slice(0, 512) });
+    } catch (err) {
+      this.log.warn({ err }, 'usage report failed');
+    }
+  }
+
+  /** Writes the outbox to the host, one batch at a time, while the host is there. */
+  private pump(): void {
+    if (this.pumping || !this.hostReady || this.outbox.length === 0) return;
+    this.pumping = true;
+    void (async () => {
+      try {
+        while (this.hostReady && this.outbox.length > 0) {
+          const batch: Buffer[] = [];
+          let bytes = 0;
+          while (this.outbox.length > 0 && bytes < 256 * 1024) {
+            const b = this.outbox.shift();
+            if (!b) break;
+            batch.push(b);
+            bytes += b.length;
+          }
+          this.outboxBytes -= bytes;
+          await this.opts.link.write(Buffer.concat(batch, bytes));
+        }
+      } catch (err) {
+        this.log.warn({ err }, 'write to host failed');
+      } finally {
+        this.pumping = false;
+      }
+      if (this.hostReady && this.outbox.length > 0) this.pump();
+    })();
+  }
+}

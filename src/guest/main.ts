@@ -1,0 +1,74 @@
+/**
+ * Entry point of the guest agent inside a cell VM: `node <carapace>/dist/src/guest/main.js`,
+ * started by the initramfs /init with CARAPACE_PORT=/dev/vportNpM. Flags for tests and
+ * development:
+ *   --port PATH           the virtio-serial port device (default $CARAPACE_PORT)
+ *   --socket PATH         connect to a unix socket instead (reconnecting)
+ *   --listen PATH         listen on a unix socket in place of QEMU's chardev server
+ *   --state-dir DIR       tmpfs dir for bundles and runc state (default /run/carapace)
+ *   --images DIR          where the images share is mounted (default $CARAPACE_IMAGES or /carapace/images)
+ *   --cgroup-parent P     cgroup parent of the containers (default /carapace)
+ *   --runc PATH           runc binary (default /usr/sbin/runc, from the shared /usr)
+ *   --seccomp PATH|none   seccomp profile (default /usr/share/containers/seccomp.json)
+ *   --no-pivot auto|yes|no  runc --no-pivot (default auto: yes when / is the initramfs)
+ * Exits 0 after a `shutdown` request or SIGTERM, having stopped every container.
+ */
+import { parseArgs } from 'node:util';
+import pino from 'pino';
+import { GuestAgent } from './agent.js';
+import { PortLink, SocketConnectLink, SocketListenLink, type Link } from './link.js';
+
+/** Parses argv and env into the link and flag values; throws a usage error. */
+function linkFromArgs(argv: string[], env: NodeJS.ProcessEnv): { link: Link; values: Record<string, string | undefined> } {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      port: { type: 'string' },
+      socket: { type: 'string' },
+      listen: { type: 'string' },
+      'state-dir': { type: 'string' },
+      images: { type: 'string' },
+      'cgroup-parent': { type: 'string' },
+      runc: { type: 'string' },
+      seccomp: { type: 'string' },
+      'no-pivot': { type: 'string' },
+    },
+    strict: true,
+  });
+  let link: Link;
+  if (values.listen !== undefined) link = new SocketListenLink(values.listen);
+  else if (values.socket !== undefined) link = new SocketConnectLink(values.socket);
+  else {
+    const port = values.port ?? env.CARAPACE_PORT;
+    if (port === undefined || port === '') throw new Error('no channel: set CARAPACE_PORT or pass --port, --socket or --listen');
+    link = new PortLink(port);
+  }
+  return { link, values };
+}
+
+async function main(): Promise<void> {
+  const logger = pino({ level: process.env.CARAPACE_LOG_LEVEL ?? 'info' }, pino.destination(2));
+  const { link, values } = linkFromArgs(process.argv.slice(2), process.env);
+  const np = values['no-pivot'] ?? 'auto';
+  const agent = new GuestAgent({
+    link,
+    logger,
+    stateDir: values['state-dir'] ?? '/run/carapace',
+    imagesRoot: values.images ?? process.env.CARAPACE_IMAGES ?? '/carapace/images',
+    cgroupParent: values['cgroup-parent'] ?? '/carapace',
+    runcPath: values.runc ?? '/usr/sbin/runc',
+    seccompProfilePath: values.seccomp === 'none' ? false : (values.seccomp ?? '/usr/share/containers/seccomp.json'),
+    noPivot: np === 'auto' ? 'auto' : np === 'yes',
+    logTailLines: 1000,
+  });
+  const ac = new AbortController();
+  process.once('SIGTERM', () => ac.abort());
+  process.once('SIGINT', () => ac.abort());
+  await agent.start(ac.signal);
+  logger.info('guest agent stopped');
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`carapace guest agent: ${(err as Error).message}\n`); // `as`: anything thrown here is an Error
+  process.exit(1);
+});

@@ -1,0 +1,303 @@
+/**
+ * The cell channel protocol between the host agent and the guest agent inside a cell VM,
+ * carried over one virtio-serial port (a unix socket on the host). Pure: schemas, encoding
+ * and a bounded line splitter; no I/O.
+ *
+ * Framing: JSON lines, one object per line, `\n`-terminated. Every message has a `type`.
+ * The host speaks first: `hello {version, cellId}`; the guest answers every hello with
+ * `ready {version, ...}` and then re-reports the state of every container it runs, so a
+ * host agent that restarted learns the cell again. Each side checks the other's version;
+ * a mismatch is an error (`GUEST_E_VERSION`), never a silent guess.
+ *
+ * Requests carry a `requestId` chosen by the host; the guest answers each with exactly one
+ * `ack`, `err` or (for `list`) `containers`. `ping` is answered by `pong` with the same seq.
+ * Events (`state`, `log`, `usage`, `dropped`) are unsolicited.
+ *
+ * Trust: the host trusts nothing from the guest (the guest runs tenant code as root in the
+ * VM). Guest-to-host lines are limited to `MAX_GUEST_LINE_BYTES` and every field is bounded
+ * here, so a validated message is small. Host-to-guest lines may be larger (a run request
+ * carries the container env) but are still bounded by `MAX_HOST_LINE_BYTES`.
+ */
+import { z } from 'zod';
+import { ServiceSpecSchema } from '../model/schemas.js';
+
+/** The protocol version both sides state in hello/ready. Bump on any incompatible change. */
+export const PROTOCOL_VERSION = 1;
+
+/** Longest guest-to-host line (bytes, newline excluded); longer lines are discarded by the host. */
+export const MAX_GUEST_LINE_BYTES = 64 * 1024;
+
+/** Longest host-to-guest line (bytes, newline excluded); a run request with a large env fits. */
+export const MAX_HOST_LINE_BYTES = 1024 * 1024;
+
+/** Longest log line text the guest sends; longer container output lines are split. */
+export const MAX_LOG_TEXT_CHARS = 8 * 1024;
+
+/** Container ids on the wire: the same rule as the runtime drivers (paths are derived from them). */
+export const GUEST_CONTAINER_ID_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,63}$/;
+
+/** Error codes the guest returns in `err`; stable, never reused. */
+export const GUEST_ERROR_CODES = [
+  'GUEST_E_VERSION',
+  'GUEST_E_BAD_REQUEST',
+  'GUEST_E_NOT_FOUND',
+  'GUEST_E_EXISTS',
+  'GUEST_E_START_FAILED',
+  'GUEST_E_STOP_FAILED',
+  'GUEST_E_INTERNAL',
+  'GUEST_E_SHUTTING_DOWN',
+] as const;
+/** One guest error code. */
+export type GuestErrorCode = (typeof GUEST_ERROR_CODES)[number];
+
+const ContainerId = z.string().regex(GUEST_CONTAINER_ID_PATTERN);
+const RequestId = z.string().min(1).max(64);
+const Time = z.string().max(40);
+const Count = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+const NonNegative = z.number().min(0).max(Number.MAX_SAFE_INTEGER);
+
+/** The image config a run needs (mirrors runtime `ImageConfig`). */
+export const WireImageConfigSchema = z.strictObject({
+  entrypoint: z.array(z.string().max(4096)).max(256),
+  cmd: z.array(z.string().max(4096)).max(256),
+  env: z.array(z.string().max(32768)).max(1024),
+  workingDir: z.string().max(4096),
+  user: z.string().max(256),
+});
+
+/** The ContainerSpec of a run (services' container fields, already normalised by the host). */
+export const WireContainerSpecSchema = ServiceSpecSchema.omit({ replicas: true, restartPolicy: true });
+
+const LabelsSchema = z.record(z.string().max(128), z.string().max(256));
+
+// ---------------------------------------------------------------- host -> guest
+
+/** First message on every connection. */
+export const HelloSchema = z.strictObject({ type: z.literal('hello'), version: z.number().int(), cellId: z.string().min(1).max(128) });
+/** Start a container. `rootfs` is a path inside the guest, under the images share. */
+export const RunSchema = z.strictObject({
+  type: z.literal('run'),
+  requestId: RequestId,
+  containerId: ContainerId,
+  rootfs: z.string().min(1).max(4096),
+  image: WireImageConfigSchema,
+  container: WireContainerSpecSchema,
+  hostname: z.string().min(1).max(63),
+  labels: LabelsSchema,
+});
+/** SIGTERM, then SIGKILL after graceMs; acked once the container has exited. */
+export const StopSchema = z.strictObject({ type: z.literal('stop'), requestId: RequestId, containerId: ContainerId, graceMs: z.number().int().min(0).max(3_600_000) });
+/** Remove a container and everything made for it (kills it first). Idempotent. */
+export const DestroySchema = z.strictObject({ type: z.literal('destroy'), requestId: RequestId, containerId: ContainerId });
+/** Every container the guest knows; answered by `containers`. */
+export const ListSchema = z.strictObject({ type: z.literal('list'), requestId: RequestId });
+/**
+ * The last `tail` lines (default all kept) as `log` messages carrying this requestId, then
+ * an ack. Live lines are streamed to the host for every container anyway, so `follow` is
+ * served host-side by HostChannel.
+ */
+export const LogsSchema = z.strictObject({
+  type: z.literal('logs'),
+  requestId: RequestId,
+  containerId: ContainerId,
+  tail: z.number().int().min(0).max(100_000).optional(),
+  follow: z.boolean().optional(),
+});
+/** Liveness probe. */
+export const PingSchema = z.strictObject({ type: z.literal('ping'), seq: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER) });
+/** Stop every container and end the agent (the VM then powers off). */
+export const ShutdownSchema = z.strictObject({ type: z.literal('shutdown'), requestId: RequestId, graceMs: z.number().int().min(0).max(3_600_000).optional() });
+
+/** Any message the host sends. */
+export const HostMessageSchema = z.discriminatedUnion('type', [HelloSchema, RunSchema, StopSchema, DestroySchema, ListSchema, LogsSchema, PingSchema, ShutdownSchema]);
+/** Any message the host sends. */
+export type HostMessage = z.infer<typeof HostMessageSchema>;
+/** A host request that is answered by ack/err (or `containers`). */
+export type HostRequest = Extract<HostMessage, { requestId: string }>;
+
+// ---------------------------------------------------------------- guest -> host
+
+/** A container's state, same shape as the runtime drivers' `ContainerState`. */
+export const WireContainerStateSchema = z.discriminatedUnion('status', [
+  z.strictObject({ status: z.literal('running'), pid: z.number().int().min(1).max(4_194_304), startedAt: Time }),
+  z.strictObject({ status: z.literal('exited'), exitCode: z.number().int().min(0).max(255), startedAt: Time.optional(), finishedAt: Time }),
+  z.strictObject({ status: z.literal('created') }),
+]);
+/** A container's state. */
+export type WireContainerState = z.infer<typeof WireContainerStateSchema>;
+
+/** Sent in answer to every hello. */
+export const ReadySchema = z.strictObject({
+  type: z.literal('ready'),
+  version: z.number().int(),
+  /** Milliseconds from kernel boot to the agent's start (from /proc/uptime). */
+  bootMs: NonNegative,
+  /** Milliseconds from the agent's process start to being able to serve. */
+  agentStartMs: NonNegative,
+  cellId: z.string().max(128).optional(),
+});
+/** A request succeeded. */
+export const AckSchema = z.strictObject({ type: z.literal('ack'), requestId: RequestId });
+/** A request failed. */
+export const ErrSchema = z.strictObject({ type: z.literal('err'), requestId: RequestId, code: z.enum(GUEST_ERROR_CODES), message: z.string().max(4096) });
+/** Current state of one container (after every change, and for all containers after hello). */
+export const StateSchema = z.strictObject({ type: z.literal('state'), containerId: ContainerId, state: WireContainerStateSchema });
+/** One line of container output; `requestId` set when it answers a `logs` request. */
+export const LogSchema = z.strictObject({
+  type: z.literal('log'),
+  containerId: ContainerId,
+  stream: z.enum(['stdout', 'stderr']),
+  time: Time,
+  text: z.string().max(MAX_LOG_TEXT_CHARS),
+  /** Per-container line number (from 1), so a follower can skip lines it already replayed. */
+  seq: Count,
+  requestId: RequestId.optional(),
+});
+/** Periodic resource use of the whole cell and of each container. */
+export const UsageSchema = z.strictObject({
+  type: z.literal('usage'),
+  cell: z.strictObject({ cpuSeconds: NonNegative, memoryBytes: NonNegative, memoryTotalBytes: NonNegative }),
+  containers: z.array(z.strictObject({ containerId: ContainerId, cpuSeconds: NonNegative, memoryBytes: NonNegative })).max(512),
+});
+/** Answer to ping. */
+export const PongSchema = z.strictObject({ type: z.literal('pong'), seq: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER) });
+/** Log lines the guest dropped (its rate limit or its outgoing buffer while the host was away). */
+export const DroppedSchema = z.strictObject({ type: z.literal('dropped'), containerId: ContainerId, count: Count });
+/** Answer to list. */
+export const ContainersSchema = z.strictObject({
+  type: z.literal('containers'),
+  requestId: RequestId,
+  containers: z.array(z.strictObject({ containerId: ContainerId, labels: LabelsSchema, state: WireContainerStateSchema })).max(512),
+});
+
+/** Any message the guest sends. */
+export const GuestMessageSchema = z.discriminatedUnion('type', [ReadySchema, AckSchema, ErrSchema, StateSchema, LogSchema, UsageSchema, PongSchema, DroppedSchema, ContainersSchema]);
+/** Any message the guest sends. */
+export type GuestMessage = z.infer<typeof GuestMessageSchema>;
+
+// ---------------------------------------------------------------- encoding
+
+/** Thrown by `encodeLine` when a message would exceed the line limit. */
+export class LineTooLongError extends Error {
+  constructor(
+    readonly bytes: number,
+    readonly max: number,
+  ) {
+    super(`message of ${bytes} bytes exceeds the ${max}-byte line limit`);
+    this.name = 'LineTooLongError';
+  }
+}
+
+/** Serialises one message as a line (with its newline); throws LineTooLongError when too big. */
+export function encodeLine(msg: HostMessage | GuestMessage, maxBytes: number): Buffer {
+  const buf = Buffer.from(`${JSON.stringify(msg)}\n`, 'utf8');
+  if (buf.length - 1 > maxBytes) throw new LineTooLongError(buf.length - 1, maxBytes);
+  return buf;
+}
+
+/** Outcome of parsing one line. */
+export type ParseResult<T> = { ok: true; msg: T } | { ok: false; reason: 'json' | 'schema'; detail: string };
+
+function parseWith<T>(schema: z.ZodType<T>, line: string): ParseResult<T> {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(line);
+  } catch (e) {
+    return { ok: false, reason: 'json', detail: (e as Error).message.slice(0, 200) }; // `as`: JSON.parse throws SyntaxError
+  }
+  const r = schema.safeParse(raw);
+  if (!r.success) return { ok: false, reason: 'schema', detail: r.error.issues.slice(0, 3).map((i) => `${i.path.join('.')}: ${i.message}`).join('; ').slice(0, 500) };
+  return { ok: true, msg: r.data };
+}
+
+/** Parses and validates a line the guest sent. Never throws. */
+export function parseGuestLine(line: string): ParseResult<GuestMessage> {
+  return parseWith(GuestMessageSchema, line);
+}
+
+/** Parses and validates a line the host sent. Never throws. */
+export function parseHostLine(line: string): ParseResult<HostMessage> {
+  return parseWith(HostMessageSchema, line);
+}
+
+/**
+ * Splits a byte stream into lines with a hard bound on what it holds: a line longer than
+ * `maxBytes` is discarded up to its newline (counted in `oversized`) and never buffered
+ * whole. Empty lines are skipped. Pure; feed chunks with `push`.
+ */
+export class LineSplitter {
+  private parts: Buffer[] = [];
+  private held = 0;
+  private discarding = false;
+  /** Lines longer than the limit that were discarded. */
+  oversized = 0;
+
+  constructor(private readonly maxBytes: number) {}
+
+  /** Bytes currently buffered (always at most maxBytes). */
+  get bufferedBytes(): number {
+    return this.held;
+  }
+
+  /** Feeds a chunk; returns the complete lines it finished (as UTF-8 strings, without newline). */
+  push(chunk: Buffer): string[] {
+    const out: string[] = [];
+    let start = 0;
+    while (start < chunk.length) {
+      const nl = chunk.indexOf(10, start);
+      const end = nl === -1 ? chunk.length : nl;
+      if (!this.discarding) {
+        const piece = chunk.subarray(start, end);
+        if (this.held + piece.length > this.maxBytes) {
+          this.discarding = true;
+          this.parts = [];
+          this.held = 0;
+        } else if (piece.length > 0) {
+          // Copy: the caller may reuse the chunk's memory, and a subarray would pin it.
+          this.parts.push(Buffer.from(piece));
+          this.held += piece.length;
+        }
+      }
+      if (nl === -1) break;
+      if (this.discarding) {
+        this.oversized += 1;
+        this.discarding = false;
+      } else if (this.held > 0) {
+        out.push(Buffer.concat(this.parts, this.held).toString('utf8'));
+      }
+      this.parts = [];
+      this.held = 0;
+      start = nl + 1;
+    }
+    return out;
+  }
+}
+
+/**
+ * A token bucket: `take()` is true while tokens last; refills at `perSec`, up to `burst`.
+ * The clock is passed in (ms) so it is deterministic under test.
+ */
+export class TokenBucket {
+  private tokens: number;
+  private last: number;
+
+  constructor(
+    private readonly perSec: number,
+    private readonly burst: number,
+    now: number,
+  ) {
+    this.tokens = burst;
+    this.last = now;
+  }
+
+  /** Takes one token at time `now`; false when the bucket is empty. */
+  take(now: number): boolean {
+    if (now > this.last) {
+      this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) * this.perSec) / 1000);
+      this.last = now;
+    }
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
+}

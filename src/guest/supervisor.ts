@@ -1,0 +1,420 @@
+/**
+ * The guest agent's container supervisor: runs each container with `runc run` in the
+ * foreground as the agent's own child, so exit codes come straight from the process and
+ * stdout/stderr stream line by line. Each container gets a bundle on tmpfs under
+ * `stateDir/containers/ID` with an overlay writable layer over the read-only rootfs of the
+ * images share (falling back to a copy into tmpfs when overlay refuses the lower fs), and
+ * the hardened spec of `buildOciSpec` without a network namespace: the cell's containers
+ * share the VM's network, the VM is the isolation boundary.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdir, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
+import { join, resolve as resolvePath } from 'node:path';
+import { StringDecoder } from 'node:string_decoder';
+import type { Logger } from 'pino';
+import { buildOciSpec, DEFAULT_CAPABILITIES, hostsFile, resolvConfFile, resolveUser } from '../runtime/oci-spec.js';
+import { run as runCmd } from '../runtime/proc.js';
+import { convertSeccompProfile, goArchOf, type DockerSeccompProfile, type OciSeccomp } from '../runtime/seccomp.js';
+import { MAX_LOG_TEXT_CHARS, type GuestErrorCode, type HostMessage, type WireContainerState } from './protocol.js';
+
+/** Options of the supervisor; the defaults are the in-VM layout, tests override them. */
+export interface SupervisorOptions {
+  /** tmpfs directory for bundles and runc's state root. */
+  stateDir: string;
+  /** Where the images share is mounted; every rootfs must be under it. */
+  imagesRoot: string;
+  runcPath: string;
+  /** cgroup parent of the containers (`PARENT/ID`), relative to the cgroup root(s). */
+  cgroupParent: string;
+  /** containers-common seccomp profile, or false for none. */
+  seccompProfilePath: string | false;
+  /** runc `--no-pivot` (needed when `/` is the initramfs); 'auto' detects it. */
+  noPivot: boolean | 'auto';
+  /** Lines kept per container for `logs`. */
+  logTailLines: number;
+  logger: Logger;
+}
+
+/** A supervisor failure with the protocol error code to report. */
+export class SupervisorError extends Error {
+  constructor(
+    readonly code: GuestErrorCode,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'SupervisorError';
+  }
+}
+
+/** A kept log line. */
+export interface KeptLine {
+  seq: number;
+  stream: 'stdout' | 'stderr';
+  time: string;
+  text: string;
+}
+
+/** Callbacks from the supervisor to the agent. */
+export interface SupervisorEvents {
+  state(containerId: string, state: WireContainerState): void;
+  log(containerId: string, line: KeptLine): void;
+}
+
+interface Ctr {
+  id: string;
+  labels: Record<string, string>;
+  state: WireContainerState;
+  bundle: string;
+  child?: ChildProcess;
+  exited: Promise<void>;
+  ring: KeptLine[];
+  seq: number;
+  overlay: boolean;
+  stderrTail: string[];
+}
+
+type RunRequest = Extract<HostMessage, { type: 'run' }>;
+
+async function readOptional(path: string): Promise<string | undefined> {
+  try {
+    return await readFile(path, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** min(1048576, the agent's hard RLIMIT_NOFILE): the most a container can be given (same rule as the host drivers). */
+async function nofileLimit(): Promise<number> {
+  const limits = (await readOptional('/proc/self/limits')) ?? '';
+  const hard = /^Max open files\s+\S+\s+(\S+)/m.exec(limits)?.[1];
+  const n = hard === undefined || hard === 'unlimited' ? 1048576 : Number(hard);
+  return Number.isFinite(n) && n > 0 ? Math.min(1048576, n) : 1024;
+}
+
+/** True when `/` is the initramfs (rootfs), where pivot_root fails and runc needs --no-pivot. */
+export async function rootIsInitramfs(): Promise<boolean> {
+  const mounts = (await readOptional('/proc/self/mounts')) ?? '';
+  const roots = mounts.split('\n').filter((l) => l.split(' ')[1] === '/');
+  const last = roots[roots.length - 1];
+  return last !== undefined && last.split(' ')[2] === 'rootfs';
+}
+
+/** Supervises the containers of one cell. Create one per agent. */
+export class Supervisor {
+  private readonly ctrs = new Map<string, Ctr>();
+  private readonly log: Logger;
+  private seccomp: Promise<OciSeccomp | undefined> | undefined;
+  private noPivot: Promise<boolean> | undefined;
+  private readonly cgroupV2: Promise<boolean>;
+
+  constructor(
+    private readonly opts: SupervisorOptions,
+    private readonly events: SupervisorEvents,
+  ) {
+    this.log = opts.logger.child({ component: 'supervisor' });
+    this.cgroupV2 = readOptional('/sys/fs/cgroup/cgroup.controllers').then((t) => t !== undefined);
+  }
+
+  private get runcRoot(): string {
+    return join(this.opts.stateDir, 'runc');
+  }
+
+  private runc(args: string[], timeoutMs = 30_000): ReturnType<typeof runCmd> {
+    return runCmd(this.opts.runcPath, ['--root', this.runcRoot, ...args], timeoutMs);
+  }
+
+  private loadSeccomp(): Promise<OciSeccomp | undefined> {
+    const path = this.opts.seccompProfilePath;
+    this.seccomp ??= (async () => {
+      if (path === false) return undefined;
+      const text = await readOptional(path);
+      if (text === undefined) {
+        this.log.warn({ path }, 'no seccomp profile in the shared /usr; containers run without seccomp');
+        return undefined;
+      }
+      const profile = JSON.parse(text) as DockerSeccompProfile; // `as`: the containers-common profile; the converter tolerates missing fields
+      const kernel = (await readOptional('/proc/sys/kernel/osrelease'))?.trim();
+      return convertSeccompProfile(profile, { goArch: goArchOf(process.arch), capabilities: DEFAULT_CAPABILITIES, ...(kernel ? { kernelVersion: kernel } : {}) });
+    })();
+    return this.seccomp;
+  }
+
+  private usePivot(): Promise<boolean> {
+    const o = this.opts.noPivot;
+    this.noPivot ??= o === 'auto' ? rootIsInitramfs() : Promise.resolve(o);
+    return this.noPivot;
+  }
+
+  /** The containers' cgroups path (relative to each hierarchy root). */
+  cgroupPath(id: string): string {
+    return `${this.opts.cgroupParent}/${id}`;
+  }
+
+  /** Every container with its state and labels. */
+  list(): { containerId: string; labels: Record<string, string>; state: WireContainerState }[] {
+    return [...this.ctrs.values()].map((c) => ({ containerId: c.id, labels: c.labels, state: c.state }));
+  }
+
+  /** The last `tail` kept lines (all kept when undefined). */
+  tail(id: string, tail: number | undefined): KeptLine[] {
+    const c = this.ctrs.get(id);
+    if (!c) throw new SupervisorError('GUEST_E_NOT_FOUND', `no container ${id} in this cell`);
+    return tail === undefined ? [...c.ring] : tail === 0 ? [] : c.ring.slice(-tail);
+  }
+
+  /** Starts a container; resolves once runc has started its process. */
+  async run(req: RunRequest): Promise<void> {
+    const id = req.containerId;
+    if (this.ctrs.has(id)) throw new SupervisorError('GUEST_E_EXISTS', `container ${id} already exists in this cell`);
+    const rootfs = req.rootfs;
+    const images = resolvePath(this.opts.imagesRoot);
+    if (resolvePath(rootfs) !== rootfs || !rootfs.startsWith(`${images}/`) || /[,:\n]/.test(rootfs)) {
+      throw new SupervisorError('GUEST_E_BAD_REQUEST', `rootfs ${JSON.stringify(rootfs)} must be a normalised absolute path under ${images} without ',' or ':'`);
+    }
+    const bundle = join(this.opts.stateDir, 'containers', id);
+    let exitedResolve!: () => void; // `!`: assigned synchronously by the Promise executor below
+    const ctr: Ctr = {
+      id,
+      labels: req.labels,
+      state: { status: 'created' },
+      bundle,
+      exited: new Promise<void>((r) => (exitedResolve = r)),
+      ring: [],
+      seq: 0,
+      overlay: false,
+      stderrTail: [],
+    };
+    this.ctrs.set(id, ctr);
+    const log = this.log.child({ containerId: id });
+    try {
+      await mkdir(this.runcRoot, { recursive: true, mode: 0o700 });
+      await mkdir(bundle, { recursive: true, mode: 0o700 });
+      const user = resolveUser(req.image.user, await readOptional(join(rootfs, 'etc/passwd')), await readOptional(join(rootfs, 'etc/group')));
+      const [seccomp, resolv, noPivot] = await Promise.all([this.loadSeccomp(), readOptional('/etc/resolv.conf'), this.usePivot()]);
+      const etcFiles = { hosts: join(bundle, 'hosts'), hostname: join(bundle, 'hostname'), resolvConf: join(bundle, 'resolv.conf') };
+      const spec = buildOciSpec({
+        id,
+        rootfsPath: join(bundle, 'merged'),
+        image: req.image,
+        container: req.container,
+        hostname: req.hostname,
+        user,
+        labels: req.labels,
+        etcFiles,
+        ...(seccomp ? { seccomp } : {}),
+        cgroupsPath: this.cgroupPath(id),
+        nofileLimit: await nofileLimit(),
+      });
+      // The cell is the isolation boundary: its containers share the VM's network namespace.
+      spec.linux.namespaces = spec.linux.namespaces.filter((n) => n.type !== 'network');
+      // /etc/hosts already names the container; within a shared netns localhost is the cell.
+      await Promise.all([
+        mkdir(join(bundle, 'upper')),
+        mkdir(join(bundle, 'work')),
+        mkdir(join(bundle, 'merged')),
+        writeFile(join(bundle, 'config.json'), JSON.stringify(spec)),
+        writeFile(etcFiles.hosts, hostsFile(req.hostname)),
+        writeFile(etcFiles.hostname, `${req.hostname}\n`),
+        // Loopback nameservers are kept reachable (shared netns), but resolvConfFile drops them; the VM's resolver is QEMU's 10.0.2.3.
+        writeFile(etcFiles.resolvConf, resolvConfFile(resolv ?? '')),
+      ]);
+      const m = await runCmd('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${rootfs},upperdir=${join(bundle, 'upper')},workdir=${join(bundle, 'work')}`, join(bundle, 'merged')]);
+      if (m.code === 0) ctr.overlay = true;
+      else {
+        log.warn({ err: m.stderr.trim() }, 'overlay over the images share refused; copying the rootfs into tmpfs instead');
+        const cp = await runCmd('cp', ['-a', `${rootfs}/.`, join(bundle, 'merged')], 300_000);
+        if (cp.code !== 0) throw new Error(`copying the rootfs failed: ${cp.stderr.trim()}`);
+      }
+      await this.spawnRunc(ctr, noPivot, exitedResolve);
+      log.info({ pid: ctr.state.status === 'running' ? ctr.state.pid : undefined }, 'container started');
+    } catch (e) {
+      const message = (e as Error).message; // `as`: everything thrown above is an Error
+      log.warn({ err: message }, 'container start failed; cleaning up');
+      await this.destroy(id).catch((err: unknown) => log.error({ err }, 'cleanup after failed start failed'));
+      if (e instanceof SupervisorError) throw e;
+      throw new SupervisorError('GUEST_E_START_FAILED', `starting container ${id} failed: ${message}`);
+    }
+  }
+
+  /** Spawns `runc run` and resolves once the container process runs (or rejects if it never did). */
+  private spawnRunc(ctr: Ctr, noPivot: boolean, exitedResolve: () => void): Promise<void> {
+    const pidFile = join(ctr.bundle, 'pid');
+    const args = ['--root', this.runcRoot, 'run', '--bundle', ctr.bundle, '--pid-file', pidFile, ...(noPivot ? ['--no-pivot'] : []), ctr.id];
+    const child = spawn(this.opts.runcPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    ctr.child = child;
+    const startedAt = new Date().toISOString();
+    this.pipeLines(ctr, child.stdout, 'stdout');
+    this.pipeLines(ctr, child.stderr, 'stderr');
+    let exitCode: number | undefined;
+    let spawnError: Error | undefined;
+    child.on('error', (e) => {
+      spawnError = e;
+    });
+    const closed = new Promise<void>((resolve) => {
+      child.on('close', (code, signal) => {
+        exitCode = code ?? (signal ? 128 + (signalNumber(signal) ?? 9) : 255);
+        resolve();
+      });
+    });
+    return (async () => {
+      let pid: number | undefined;
+      for (;;) {
+        const text = await readOptional(pidFile);
+        const n = text === undefined ? NaN : Number(text.trim());
+        if (Number.isInteger(n) && n > 0) {
+          pid = n;
+          break;
+        }
+        if (exitCode !== undefined || spawnError) break;
+        await Promise.race([sleep(10), closed]);
+      }
+      if (pid === undefined) {
+        await closed;
+        ctr.child = undefined;
+        exitedResolve();
+        const why = spawnError ? spawnError.message : ctr.stderrTail.slice(-3).join(' | ') || `runc exited with ${exitCode}`;
+        throw new Error(why);
+      }
+      this.setState(ctr, { status: 'running', pid, startedAt });
+      void closed.then(() => {
+        ctr.child = undefined;
+        this.setState(ctr, { status: 'exited', exitCode: Math.min(255, Math.max(0, exitCode ?? 255)), startedAt, finishedAt: new Date().toISOString() });
+        exitedResolve();
+      });
+    })();
+  }
+
+  private setState(ctr: Ctr, state: WireContainerState): void {
+    ctr.state = state;
+    if (this.ctrs.get(ctr.id) === ctr) this.events.state(ctr.id, state);
+  }
+
+  /** Splits a stream into lines (long ones into MAX_LOG_TEXT_CHARS pieces), keeps and reports them. */
+  private pipeLines(ctr: Ctr, stream: NodeJS.ReadableStream, name: 'stdout' | 'stderr'): void {
+    const decoder = new StringDecoder('utf8');
+    let partial = '';
+    const emit = (text: string): void => {
+      ctr.seq += 1;
+      const line: KeptLine = { seq: ctr.seq, stream: name, time: new Date().toISOString(), text };
+      ctr.ring.push(line);
+      if (ctr.ring.length > this.opts.logTailLines) ctr.ring.shift();
+      if (name === 'stderr') {
+        ctr.stderrTail.push(text);
+        if (ctr.stderrTail.length > 5) ctr.stderrTail.shift();
+      }
+      this.events.log(ctr.id, line);
+    };
+    const feed = (s: string): void => {
+      partial += s;
+      let nl: number;
+      while ((nl = partial.indexOf('\n')) !== -1) {
+        let line = partial.slice(0, nl);
+        partial = partial.slice(nl + 1);
+        while (line.length > MAX_LOG_TEXT_CHARS) {
+          emit(line.slice(0, MAX_LOG_TEXT_CHARS));
+          line = line.slice(MAX_LOG_TEXT_CHARS);
+        }
+        emit(line);
+      }
+      while (partial.length > MAX_LOG_TEXT_CHARS) {
+        emit(partial.slice(0, MAX_LOG_TEXT_CHARS));
+        partial = partial.slice(MAX_LOG_TEXT_CHARS);
+      }
+    };
+    stream.on('data', (b: Buffer) => feed(decoder.write(b)));
+    stream.on('end', () => {
+      feed(decoder.end());
+      if (partial !== '') emit(partial);
+      partial = '';
+    });
+  }
+
+  /** SIGTERM, then SIGKILL after graceMs; resolves once it exited. No-op when not running. */
+  async stop(id: string, graceMs: number): Promise<void> {
+    const c = this.ctrs.get(id);
+    if (!c) throw new SupervisorError('GUEST_E_NOT_FOUND', `no container ${id} in this cell`);
+    if (!c.child) return;
+    if (graceMs > 0) {
+      await this.runc(['kill', id, 'TERM']);
+      if (await Promise.race([c.exited.then(() => true), sleep(graceMs).then(() => false)])) return;
+    }
+    await this.runc(['kill', '--all', id, 'KILL']);
+    const done = await Promise.race([c.exited.then(() => true), sleep(15_000).then(() => false)]);
+    if (!done) {
+      // runc itself is stuck: kill our child; the container's init dies with its pid namespace only if runc's kill worked.
+      c.child?.kill('SIGKILL');
+      throw new SupervisorError('GUEST_E_STOP_FAILED', `container ${id} did not exit within 15 s of SIGKILL`);
+    }
+  }
+
+  /** Kills and removes a container and everything made for it. Idempotent. */
+  async destroy(id: string): Promise<void> {
+    const c = this.ctrs.get(id);
+    if (c?.child) await this.stop(id, 0);
+    await this.runc(['delete', '--force', id]).catch(() => undefined);
+    const bundle = c?.bundle ?? join(this.opts.stateDir, 'containers', id);
+    const merged = join(bundle, 'merged');
+    // Unmount whatever is there (overlay, or nothing after a copy fallback).
+    if ((await readOptional('/proc/self/mounts'))?.split('\n').some((l) => l.split(' ')[1] === merged)) {
+      const u = await runCmd('umount', [merged]);
+      if (u.code !== 0) await runCmd('umount', ['-l', merged]);
+    }
+    await rm(bundle, { recursive: true, force: true });
+    this.ctrs.delete(id);
+  }
+
+  /** CPU and memory of one container from its cgroup; undefined when it has none (not running). */
+  async usage(id: string): Promise<{ cpuSeconds: number; memoryBytes: number } | undefined> {
+    const cg = this.cgroupPath(id);
+    if (await this.cgroupV2) {
+      const stat = await readOptional(join('/sys/fs/cgroup', cg, 'cpu.stat'));
+      const mem = await readOptional(join('/sys/fs/cgroup', cg, 'memory.current'));
+      if (stat === undefined || mem === undefined) return undefined;
+      return { cpuSeconds: Number(/usage_usec (\d+)/.exec(stat)?.[1] ?? 0) / 1e6, memoryBytes: Number(mem.trim()) || 0 };
+    }
+    const cpu = await readOptional(join('/sys/fs/cgroup/cpuacct', cg, 'cpuacct.usage'));
+    const mem = await readOptional(join('/sys/fs/cgroup/memory', cg, 'memory.usage_in_bytes'));
+    if (cpu === undefined || mem === undefined) return undefined;
+    return { cpuSeconds: Number(cpu.trim()) / 1e9 || 0, memoryBytes: Number(mem.trim()) || 0 };
+  }
+
+  /** Usage of every running container. */
+  async usageAll(): Promise<{ containerId: string; cpuSeconds: number; memoryBytes: number }[]> {
+    const out: { containerId: string; cpuSeconds: number; memoryBytes: number }[] = [];
+    for (const c of this.ctrs.values()) {
+      if (c.state.status !== 'running') continue;
+      const u = await this.usage(c.id);
+      if (u) out.push({ containerId: c.id, ...u });
+    }
+    return out;
+  }
+
+  /** Stops and destroys every container, then removes the (empty) cgroup parent. */
+  async destroyAll(graceMs: number): Promise<void> {
+    await Promise.all([...this.ctrs.keys()].map((id) => this.stop(id, graceMs).catch(() => undefined)));
+    for (const id of [...this.ctrs.keys()]) await this.destroy(id).catch((err: unknown) => this.log.error({ err, containerId: id }, 'destroy failed'));
+    const roots = (await this.cgroupV2) ? ['/sys/fs/cgroup'] : ['cpu', 'cpuacct', 'cpuset', 'memory', 'pids', 'devices', 'freezer', 'blkio', 'net_cls', 'net_prio', 'perf_event', 'hugetlb', 'rdma', 'misc', 'systemd', 'unified'].map((c) => `/sys/fs/cgroup/${c}`);
+    for (const r of roots) await rmdir(join(r, this.opts.cgroupParent)).catch(() => undefined);
+  }
+}
+
+const SIGNALS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGABRT: 6, SIGKILL: 9, SIGSEGV: 11, SIGPIPE: 13, SIGALRM: 14, SIGTERM: 15 };
+function signalNumber(sig: string): number | undefined {
+  return SIGNALS[sig];
+}
+
+/** CPU seconds and memory of the whole guest, from /proc/stat and /proc/meminfo. */
+export async function cellUsage(): Promise<{ cpuSeconds: number; memoryBytes: number; memoryTotalBytes: number }> {
+  const stat = (await readOptional('/proc/stat')) ?? '';
+  const f = (/^cpu\s+(.*)$/m.exec(stat)?.[1] ?? '').trim().split(/\s+/).map(Number);
+  // user nice system idle iowait irq softirq steal: busy = all but idle and iowait; USER_HZ is 100 on Linux.
+  const busy = [0, 1, 2, 5, 6, 7].reduce((s, i) => s + (Number.isFinite(f[i]) ? (f[i] ?? 0) : 0), 0);
+  const mem = (await readOptional('/proc/meminfo')) ?? '';
+  const kb = (k: string): number => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(mem)?.[1] ?? 0) * 1024;
+  const total = kb('MemTotal');
+  return { cpuSeconds: busy / 100, memoryBytes: Math.max(0, total - kb('MemAvailable')), memoryTotalBytes: total };
+}

@@ -1,0 +1,463 @@
+/**
+ * Launching and controlling QEMU microvm guests: cells and dedicated VMs (our initramfs plus a
+ * guest agent reached over virtio-serial) and machines (own kernel/initrd or a disk). QEMU runs
+ * daemonized (`-daemonize -pidfile`), so it outlives the agent; everything needed to find it
+ * again sits in one directory per VM (`meta.json`, pidfile, QMP and channel sockets, console
+ * log, disk overlay), which `recover()` reads back after an agent restart.
+ */
+import { spawn } from 'node:child_process';
+import { constants, accessSync, existsSync, mkdirSync, openSync, closeSync, readFileSync, readdirSync, rmSync, writeFileSync, renameSync } from 'node:fs';
+import { join, resolve as resolvePath } from 'node:path';
+import type { Logger } from 'pino';
+import { buildInitramfs, findKernel } from './initramfs.js';
+import { QmpClient } from './qmp.js';
+import { pidAlive, run, sleep } from '../runtime/proc.js';
+
+/** How guest CPUs are run: hardware virtualization or QEMU's software emulation. */
+export type Accel = 'kvm' | 'tcg';
+
+/** A host directory shared into the guest over virtio-9p. */
+export interface VmShare {
+  /** 9p mount tag (letters, digits, `_-`). */
+  tag: string;
+  /** Host directory. */
+  path: string;
+  readonly: boolean;
+  /** Where our initramfs mounts it (added to `carapace.shares`); omit to leave mounting to the guest. */
+  mountPoint?: string;
+}
+
+/** A port published from the guest (user-mode networking forward). */
+export interface VmPort {
+  hostPort: number;
+  guestPort: number;
+  protocol: 'tcp' | 'udp';
+  /** Host address to bind; default 127.0.0.1. */
+  hostAddress?: string;
+}
+
+/** What to run. Cells and dedicated VMs set `exec`/`channel`; machines set `kernel`/`initrd` or `disk`. */
+export interface VmSpec {
+  /** Unique per manager; `[a-z0-9][a-z0-9_.-]*`, at most 63 characters. */
+  id: string;
+  cpus: number;
+  memoryMiB: number;
+  /** Kernel image; default the manager's (newest /boot/vmlinuz-*). */
+  kernel?: string;
+  /** Initrd; default the Carapace initramfs (built and cached in the state dir). */
+  initrd?: string;
+  /** Extra kernel command line, appended after the generated `carapace.*` parameters. */
+  append?: string;
+  /** Command the Carapace init runs (sh syntax; passed base64-encoded as `carapace.exec64`). */
+  exec?: string;
+  /** Boot disk: a copy-on-write qcow2 overlay over `base` is attached as /dev/vda; base is never written. */
+  disk?: { base: string; format: 'qcow2' | 'raw' };
+  shares: VmShare[];
+  ports: VmPort[];
+  /** Attach the virtio-serial port `carapace.0` backed by a unix socket (the guest agent channel). */
+  channel: boolean;
+  labels: Record<string, string>;
+}
+
+/** A VM as the manager sees it. */
+export interface VmInfo {
+  id: string;
+  pid: number;
+  state: 'running' | 'exited';
+  /** Unix socket of the guest channel (virtio-serial `carapace.0`), when `spec.channel`. */
+  channelSocket?: string;
+  qmpSocket: string;
+  consoleLog: string;
+  /** ISO time QEMU was started. */
+  bootedAt: string;
+  labels: Record<string, string>;
+  accel: Accel;
+  /** The VM's own directory under the state dir. */
+  dir: string;
+  /** Ports currently published (launch-time plus run-time `hostfwdAdd`). */
+  ports: VmPort[];
+}
+
+/** How a VM ended, as far as the host can tell. */
+export interface VmExit {
+  id: string;
+  /** Exit status of the `carapace.exec` process as logged by our init, when it logged one. */
+  guestExitCode?: number;
+}
+
+/** Options of `createVmManager`. */
+export interface VmManagerOptions {
+  /** Root of all VM state (one subdirectory per VM, the accel decision, the initramfs cache). */
+  stateDir: string;
+  logger: Logger;
+  /** `auto` probes once (timed boots) and remembers the result in `<stateDir>/accel.json`. */
+  accel?: 'auto' | Accel;
+  qemuPath?: string;
+  qemuImgPath?: string;
+  kernelPath?: string;
+}
+
+/** Result of the timed acceleration probe, cached in `<stateDir>/accel.json`. */
+export interface AccelDecision {
+  accel: Accel;
+  tcgMs: number;
+  /** Wall time of the KVM probe boot; absent when KVM was unavailable or timed out. */
+  kvmMs?: number;
+  reason: string;
+  decidedAt: string;
+}
+
+interface Meta {
+  spec: VmSpec;
+  pid: number;
+  /** Field 22 of /proc/pid/stat at launch: guards against pid reuse on recover. */
+  startTicks: string;
+  accel: Accel;
+  bootedAt: string;
+  ports: VmPort[];
+}
+
+/** The VM layer's public surface; see README.md for the lifecycle. */
+export interface VmManager {
+  /** Starts a VM; resolves once QEMU runs (sockets listening), not when the guest has booted. */
+  launch(spec: VmSpec): Promise<VmInfo>;
+  /** Graceful stop: ACPI power button, after `graceMs` QMP quit, then SIGKILL. Idempotent. */
+  stop(id: string, graceMs?: number): Promise<void>;
+  /** Stops (if needed) and removes the VM's directory, disk overlay included. Idempotent. */
+  destroy(id: string, graceMs?: number): Promise<void>;
+  /** Current view of one VM; throws when the id is unknown. */
+  inspect(id: string): VmInfo;
+  /** All VMs found in the state dir (running or exited), e.g. after an agent restart. */
+  recover(): VmInfo[];
+  /** Resolves when the VM's QEMU process has gone (or `signal` aborts: then rejects). */
+  wait(id: string, signal?: AbortSignal): Promise<VmExit>;
+  /** Publishes a port at run time (QMP `hostfwd_add`). */
+  hostfwdAdd(id: string, port: VmPort): Promise<void>;
+  /** Withdraws a published port (QMP `hostfwd_remove`). */
+  hostfwdRemove(id: string, port: VmPort): Promise<void>;
+  /** Runs `fn` with a QMP connection to the VM, closed afterwards. */
+  withQmp<T>(id: string, fn: (qmp: QmpClient) => Promise<T>): Promise<T>;
+  /** The acceleration in use (probing once when `auto`). */
+  accel(): Promise<Accel>;
+}
+
+const ID_RE = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
+const NETDEV = 'n0';
+/** sockaddr_un path limit on Linux, including the terminating NUL. */
+const SUN_PATH_MAX = 107;
+
+/** Creates a manager over `stateDir`. Cheap; no I/O until a method is called (apart from mkdir). */
+export function createVmManager(opts: VmManagerOptions): VmManager {
+  const log = opts.logger;
+  const qemu = opts.qemuPath ?? 'qemu-system-x86_64';
+  const qemuImg = opts.qemuImgPath ?? 'qemu-img';
+  const stateDir = resolvePath(opts.stateDir);
+  const vmsDir = join(stateDir, 'vms');
+  mkdirSync(vmsDir, { recursive: true });
+  let accelP: Promise<Accel> | undefined;
+  let initrdP: Promise<string> | undefined;
+  const kernel = (): string => opts.kernelPath ?? findKernel().path;
+  const defaultInitrd = (): Promise<string> =>
+    (initrdP ??= buildInitramfs({ out: join(stateDir, 'cache') }).then((r) => r.path));
+
+  const dirOf = (id: string): string => {
+    if (!ID_RE.test(id)) throw new Error(`invalid VM id ${JSON.stringify(id)}`);
+    return join(vmsDir, id);
+  };
+
+  function readMeta(id: string): Meta {
+    const p = join(dirOf(id), 'meta.json');
+    if (!existsSync(p)) throw new Error(`unknown VM ${id}`);
+    return JSON.parse(readFileSync(p, 'utf8')) as Meta; // written by writeMeta below
+  }
+  function writeMeta(id: string, meta: Meta): void {
+    const p = join(dirOf(id), 'meta.json');
+    writeFileSync(`${p}.tmp`, JSON.stringify(meta, null, 2));
+    renameSync(`${p}.tmp`, p);
+  }
+  function isRunning(meta: Meta): boolean {
+    return pidAlive(meta.pid) && startTicks(meta.pid) === meta.startTicks;
+  }
+  function info(id: string, meta: Meta): VmInfo {
+    const dir = dirOf(id);
+    return {
+      id,
+      pid: meta.pid,
+      state: isRunning(meta) ? 'running' : 'exited',
+      channelSocket: meta.spec.channel ? join(dir, 'channel.sock') : undefined,
+      qmpSocket: join(dir, 'qmp.sock'),
+      consoleLog: join(dir, 'console.log'),
+      bootedAt: meta.bootedAt,
+      labels: meta.spec.labels,
+      accel: meta.accel,
+      dir,
+      ports: meta.ports,
+    };
+  }
+
+  async function accel(): Promise<Accel> {
+    const mode = opts.accel ?? 'auto';
+    if (mode !== 'auto') return mode;
+    accelP ??= (async () => {
+      const d = await probeAccel({ stateDir, logger: log, qemuPath: qemu, kernelPath: kernel(), initrd: await defaultInitrd() });
+      return d.accel;
+    })();
+    return accelP;
+  }
+
+  async function withQmp<T>(id: string, fn: (qmp: QmpClient) => Promise<T>): Promise<T> {
+    const meta = readMeta(id);
+    if (!isRunning(meta)) throw new Error(`VM ${id} is not running`);
+    const qmp = await QmpClient.connect(join(dirOf(id), 'qmp.sock'));
+    try {
+      return await fn(qmp);
+    } finally {
+      qmp.close();
+    }
+  }
+
+  async function waitGone(meta: Meta, ms: number): Promise<boolean> {
+    const end = Date.now() + ms;
+    while (isRunning(meta)) {
+      if (Date.now() >= end) return false;
+      await sleep(100);
+    }
+    return true;
+  }
+
+  const manager: VmManager = {
+    accel,
+    withQmp,
+
+    async launch(spec) {
+      const dir = dirOf(spec.id);
+      if (existsSync(join(dir, 'meta.json'))) throw new Error(`VM ${spec.id} already exists`);
+      for (const s of spec.shares) {
+        if (!/^[A-Za-z0-9_-]{1,31}$/.test(s.tag)) throw new Error(`invalid share tag ${JSON.stringify(s.tag)}`);
+        if (s.mountPoint !== undefined && !/^\/[^\s,:"]*$/.test(s.mountPoint)) throw new Error(`invalid mount point ${JSON.stringify(s.mountPoint)}`);
+      }
+      if (join(dir, 'channel.sock').length > SUN_PATH_MAX) throw new Error(`state dir path too long for unix sockets: ${dir}`);
+      mkdirSync(dir, { recursive: true });
+      try {
+        const acc = await accel();
+        const args = await qemuArgs(spec, dir, acc);
+        const errFile = join(dir, 'qemu.stderr');
+        const fd = openSync(errFile, 'w');
+        const code = await new Promise<number>((res, rej) => {
+          // -daemonize: this parent exits once QEMU is initialised (sockets listening) and its
+          // daemon child runs in its own session, so it survives the agent.
+          const child = spawn(qemu, args, { stdio: ['ignore', fd, fd], detached: true });
+          child.on('error', rej);
+          child.on('exit', (c, s) => res(c ?? (s ? 128 : 1)));
+        }).finally(() => closeSync(fd));
+        if (code !== 0) throw new Error(`qemu exited ${code}: ${readFileSync(errFile, 'utf8').trim().slice(0, 2000)}`);
+        const pid = Number(readFileSync(join(dir, 'qemu.pid'), 'utf8').trim());
+        const meta: Meta = { spec, pid, startTicks: startTicks(pid), accel: acc, bootedAt: new Date().toISOString(), ports: [...spec.ports] };
+        writeMeta(spec.id, meta);
+        log.info({ vm: spec.id, pid, accel: acc }, 'vm launched');
+        return info(spec.id, meta);
+      } catch (e) {
+        rmSync(dir, { recursive: true, force: true });
+        throw e;
+      }
+    },
+
+    async stop(id, graceMs = 10_000) {
+      const meta = readMeta(id);
+      if (!isRunning(meta)) return;
+      try {
+        await withQmp(id, (q) => q.execute('system_powerdown'));
+        if (await waitGone(meta, graceMs)) return log.info({ vm: id }, 'vm powered off');
+        await withQmp(id, (q) => q.execute('quit')).catch(() => undefined);
+        if (await waitGone(meta, 3_000)) return log.info({ vm: id }, 'vm quit');
+      } catch (e) {
+        log.warn({ vm: id, err: String(e) }, 'vm graceful stop failed');
+      }
+      if (isRunning(meta)) process.kill(meta.pid, 'SIGKILL');
+      await waitGone(meta, 5_000);
+      log.warn({ vm: id }, 'vm killed');
+    },
+
+    async destroy(id, graceMs = 10_000) {
+      const dir = dirOf(id);
+      if (existsSync(join(dir, 'meta.json'))) await manager.stop(id, graceMs);
+      rmSync(dir, { recursive: true, force: true });
+      log.info({ vm: id }, 'vm destroyed');
+    },
+
+    inspect(id) {
+      return info(id, readMeta(id));
+    },
+
+    recover() {
+      const out: VmInfo[] = [];
+      for (const id of readdirSync(vmsDir).sort()) {
+        if (!ID_RE.test(id) || !existsSync(join(vmsDir, id, 'meta.json'))) continue;
+        out.push(info(id, readMeta(id)));
+      }
+      return out;
+    },
+
+    async wait(id, signal) {
+      const meta = readMeta(id);
+      while (isRunning(meta)) {
+        if (signal?.aborted) throw new Error(`wait for VM ${id} aborted`);
+        await sleep(100, signal);
+      }
+      return { id, guestExitCode: guestExitCode(join(dirOf(id), 'console.log')) };
+    },
+
+    async hostfwdAdd(id, port) {
+      const out = await withQmp(id, (q) => q.hmp(`hostfwd_add ${NETDEV} ${hostfwdRule(port)}`));
+      if (out.trim() !== '') throw new Error(`hostfwd_add ${hostfwdRule(port)}: ${out.trim()}`);
+      const meta = readMeta(id);
+      writeMeta(id, { ...meta, ports: [...meta.ports, port] });
+    },
+
+    async hostfwdRemove(id, port) {
+      const rule = `${port.protocol}:${port.hostAddress ?? '127.0.0.1'}:${port.hostPort}`;
+      const out = await withQmp(id, (q) => q.hmp(`hostfwd_remove ${NETDEV} ${rule}`));
+      if (!/removed/i.test(out) && out.trim() !== '') throw new Error(`hostfwd_remove ${rule}: ${out.trim()}`);
+      const meta = readMeta(id);
+      writeMeta(id, { ...meta, ports: meta.ports.filter((p) => !(p.hostPort === port.hostPort && p.protocol === port.protocol)) });
+    },
+  };
+
+  async function qemuArgs(spec: VmSpec, dir: string, acc: Accel): Promise<string[]> {
+    const args = [
+      '-M', 'microvm,pit=on,pic=on,rtc=on',
+      '-accel', acc,
+      ...(acc === 'kvm' ? ['-cpu', 'host'] : []),
+      '-smp', String(spec.cpus),
+      '-m', `${spec.memoryMiB}M`,
+      '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
+      '-daemonize', '-pidfile', join(dir, 'qemu.pid'),
+      '-serial', `file:${join(dir, 'console.log')}`,
+      '-qmp', `unix:${join(dir, 'qmp.sock')},server=on,wait=off`,
+      '-kernel', spec.kernel ?? kernel(),
+      '-initrd', spec.initrd ?? (await defaultInitrd()),
+      '-append', kernelCmdline(spec),
+    ];
+    if (spec.channel) {
+      args.push(
+        '-chardev', `socket,id=ch0,path=${join(dir, 'channel.sock')},server=on,wait=off`,
+        '-device', 'virtio-serial-device',
+        '-device', 'virtserialport,chardev=ch0,name=carapace.0',
+      );
+    }
+    spec.shares.forEach((s, i) => {
+      args.push(
+        '-fsdev', `local,id=fs${i},path=${qemuOpt(resolvePath(s.path))},security_model=none${s.readonly ? ',readonly=on' : ''}`,
+        '-device', `virtio-9p-device,fsdev=fs${i},mount_tag=${s.tag}`,
+      );
+    });
+    const fwd = spec.ports.map((p) => `,hostfwd=${hostfwdRule(p)}`).join('');
+    args.push('-netdev', `user,id=${NETDEV}${fwd}`, '-device', `virtio-net-device,netdev=${NETDEV}`);
+    if (spec.disk) {
+      const overlay = join(dir, 'disk.qcow2');
+      const r = await run(qemuImg, ['create', '-q', '-f', 'qcow2', '-b', resolvePath(spec.disk.base), '-F', spec.disk.format, overlay]);
+      if (r.code !== 0) throw new Error(`qemu-img create: ${r.stderr.trim()}`);
+      args.push('-drive', `id=d0,file=${qemuOpt(overlay)},format=qcow2,if=none`, '-device', 'virtio-blk-device,drive=d0');
+    }
+    return args;
+  }
+
+  return manager;
+}
+
+/**
+ * The kernel command line for `spec`: serial console, reboot-on-panic (QEMU then exits because
+ * of -no-reboot), and the `carapace.*` parameters our init reads. Exported for tests and docs.
+ */
+export function kernelCmdline(spec: Pick<VmSpec, 'shares' | 'channel' | 'exec' | 'append'>): string {
+  const parts = ['console=ttyS0', 'panic=-1', 'quiet'];
+  const mounted = spec.shares.filter((s) => s.mountPoint !== undefined);
+  if (mounted.length > 0) {
+    parts.push(`carapace.shares=${mounted.map((s) => `${s.tag}:${s.mountPoint ?? ''}:${s.readonly ? 'ro' : 'rw'}`).join(',')}`);
+  }
+  if (spec.channel) parts.push('carapace.port=carapace.0');
+  if (spec.exec !== undefined) parts.push(`carapace.exec64=${Buffer.from(spec.exec).toString('base64')}`);
+  if (spec.append) parts.push(spec.append);
+  return parts.join(' ');
+}
+
+function hostfwdRule(p: VmPort): string {
+  return `${p.protocol}:${p.hostAddress ?? '127.0.0.1'}:${p.hostPort}-:${p.guestPort}`;
+}
+
+/** Escapes a value for a QEMU option list (a comma is written as two). */
+function qemuOpt(v: string): string {
+  return v.replace(/,/g, ',,');
+}
+
+function startTicks(pid: number): string {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? '';
+  } catch {
+    return '';
+  }
+}
+
+/** Exit status of the guest workload as logged by our init (`carapace-init: exit=N`), if any. */
+export function guestExitCode(consoleLog: string): number | undefined {
+  let text: string;
+  try {
+    text = readFileSync(consoleLog, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const all = [...text.matchAll(/carapace-init: exit=(\d+)/g)];
+  const last = all[all.length - 1];
+  return last ? Number(last[1]) : undefined;
+}
+
+/**
+ * Decides between KVM and TCG by timing one boot under each (our initramfs with
+ * `carapace.exec=true`: boot, load modules, power off). KVM wins only when it is available and
+ * clearly faster (nested KVM can be far slower than TCG). The decision is cached in
+ * `<stateDir>/accel.json`; delete that file to probe again.
+ */
+export async function probeAccel(o: {
+  stateDir: string; logger: Logger; qemuPath?: string; kernelPath: string; initrd: string;
+}): Promise<AccelDecision> {
+  const file = join(o.stateDir, 'accel.json');
+  if (existsSync(file)) return JSON.parse(readFileSync(file, 'utf8')) as AccelDecision; // written below
+  const qemu = o.qemuPath ?? 'qemu-system-x86_64';
+  const boot = async (acc: Accel, timeoutMs: number): Promise<number | undefined> => {
+    const args = [
+      '-M', 'microvm,pit=on,pic=on,rtc=on', '-accel', acc, ...(acc === 'kvm' ? ['-cpu', 'host'] : []),
+      '-m', '256M', '-smp', '1', '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
+      '-serial', 'null', '-kernel', o.kernelPath, '-initrd', o.initrd,
+      '-append', `console=ttyS0 panic=-1 quiet carapace.net=none carapace.exec=true`,
+    ];
+    const t0 = Date.now();
+    try {
+      const r = await run(qemu, args, timeoutMs);
+      return r.code === 0 ? Date.now() - t0 : undefined;
+    } catch {
+      return undefined; // timed out (run killed it) or could not start
+    }
+  };
+  const tcgMs = await boot('tcg', 60_000);
+  if (tcgMs === undefined) throw new Error('accel probe: a TCG boot of the Carapace initramfs did not complete within 60 s');
+  let decision: AccelDecision;
+  let kvmUsable = true;
+  try {
+    accessSync('/dev/kvm', constants.R_OK | constants.W_OK);
+  } catch {
+    kvmUsable = false;
+  }
+  if (!kvmUsable) {
+    decision = { accel: 'tcg', tcgMs, reason: '/dev/kvm not accessible', decidedAt: new Date().toISOString() };
+  } else {
+    const kvmMs = await boot('kvm', tcgMs);
+    decision = kvmMs !== undefined && kvmMs < tcgMs * 0.8
+      ? { accel: 'kvm', tcgMs, kvmMs, reason: 'KVM boot faster', decidedAt: new Date().toISOString() }
+      : { accel: 'tcg', tcgMs, ...(kvmMs !== undefined ? { kvmMs } : {}), reason: kvmMs === undefined ? 'KVM boot failed or slower than TCG' : 'KVM boot not faster than TCG', decidedAt: new Date().toISOString() };
+  }
+  mkdirSync(o.stateDir, { recursive: true });
+  writeFileSync(file, JSON.stringify(decision, null, 2));
+  o.logger.info(decision, 'vm acceleration decided');
+  return decision;
+}

@@ -1,0 +1,224 @@
+/**
+ * The real guest agent (in-process) with real runc on this host, reached through a real
+ * HostChannel over a unix socket: the agent listens in place of QEMU's chardev server. The
+ * host is cgroup v1, so the cgroup parent is a per-run one; the "cell" network namespace is
+ * the host's, so the httpd test uses a free port.
+ */
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ContainerSpec } from '../../src/model/schemas.js';
+import type { ImageConfig } from '../../src/runtime/driver.js';
+import { GuestAgent } from '../../src/guest/agent.js';
+import { HostChannel, GuestError, type LogEvent, type StateEvent } from '../../src/guest/host-channel.js';
+import { SocketListenLink } from '../../src/guest/link.js';
+
+const logger = pino({ level: 'silent' });
+const APPLETS = ['sh', 'echo', 'sleep', 'cat', 'seq', 'true', 'false', 'httpd', 'wget', 'kill', 'hostname', 'ls'];
+const IMAGE: ImageConfig = { entrypoint: [], cmd: ['sh'], env: ['PATH=/bin'], workingDir: '/', user: '' };
+const CG_PARENT = `/carapace-gtest-${process.pid}`;
+
+function shSpec(script: string): ContainerSpec {
+  return { image: 'test/busybox:1', command: ['sh', '-c', script], env: {}, cpu: 0.5, memory: 64, pids: 128, readOnlyRootfs: false, isolation: 'cell', group: 'default', ports: [] };
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const addr = s.address();
+      const port = typeof addr === 'object' && addr ? addr.port : 0;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+let dir: string;
+let images: string;
+let rootfs: string;
+let stateDir: string;
+let sock: string;
+let agent: GuestAgent;
+let agentAc: AbortController;
+let agentDone: Promise<void>;
+let chan: HostChannel;
+let chanAc: AbortController;
+let chanDone: Promise<void>;
+const states: StateEvent[] = [];
+const logs: LogEvent[] = [];
+let seq = 0;
+const newId = (p: string): string => `${p}-${process.pid}-${++seq}`;
+
+async function waitFor<T>(what: string, f: () => T | undefined, ms = 20_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = f();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function startChannel(): void {
+  chanAc = new AbortController();
+  chan = new HostChannel({ socketPath: sock, cellId: 'cell-test', logger, requestTimeoutMs: 30_000, reconnectMinMs: 50 });
+  chan.on('state', (s) => states.push(s));
+  chan.on('log', (l) => logs.push(l));
+  chanDone = chan.start(chanAc.signal);
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'carapace-guest-'));
+  images = join(dir, 'images');
+  rootfs = join(images, 'busybox', 'rootfs');
+  stateDir = join(dir, 'state');
+  sock = join(dir, 'chan.sock');
+  for (const d of ['bin', 'etc', 'proc', 'sys', 'dev', 'tmp', 'www']) await mkdir(join(rootfs, d), { recursive: true });
+  await copyFile('/bin/busybox', join(rootfs, 'bin/busybox'));
+  for (const a of APPLETS) await symlink('busybox', join(rootfs, 'bin', a));
+  await writeFile(join(rootfs, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
+  await writeFile(join(rootfs, 'etc/group'), 'root:x:0:\n');
+  await writeFile(join(rootfs, 'www/index.html'), 'hello from the cell\n');
+  // The bundles live on a tmpfs, as in the VM.
+  await mkdir(stateDir);
+  const { run } = await import('../../src/runtime/proc.js');
+  const m = await run('mount', ['-t', 'tmpfs', '-o', 'size=256m', 'tmpfs', stateDir]);
+  expect(m.code).toBe(0);
+  agentAc = new AbortController();
+  agent = new GuestAgent({
+    link: new SocketListenLink(sock),
+    logger,
+    stateDir,
+    imagesRoot: images,
+    cgroupParent: CG_PARENT,
+    runcPath: '/usr/sbin/runc',
+    seccompProfilePath: '/usr/share/containers/seccomp.json',
+    noPivot: 'auto',
+    logTailLines: 100,
+    usageIntervalMs: 500,
+  });
+  agentDone = agent.start(agentAc.signal);
+  await waitFor('agent socket', () => undefined as undefined | true, 0).catch(() => undefined);
+  for (let i = 0; i < 100; i++) {
+    try {
+      await readdir(dir).then((e) => {
+        if (!e.includes('chan.sock')) throw new Error('not yet');
+      });
+      break;
+    } catch {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+  startChannel();
+  await chan.waitReady(10_000);
+});
+
+afterAll(async () => {
+  chanAc?.abort();
+  await chanDone?.catch(() => undefined);
+  agentAc?.abort();
+  await agentDone?.catch(() => undefined);
+  const { run } = await import('../../src/runtime/proc.js');
+  await run('umount', ['-l', stateDir]).catch(() => undefined);
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('guest agent with real runc', () => {
+  it('runs a container: state running, logs, exit code; logs replay with tail', async () => {
+    const id = newId('hello');
+    await chan.run({ containerId: id, rootfs, image: IMAGE, container: shSpec('echo out-line; echo err-line >&2; hostname; exit 7'), hostname: 'h1', labels: { app: 'x' } });
+    const running = await waitFor('running', () => states.find((s) => s.containerId === id && s.state.status === 'running'));
+    expect(running.state.status === 'running' && running.state.pid > 0).toBe(true);
+    const exited = await waitFor('exited', () => states.find((s) => s.containerId === id && s.state.status === 'exited'));
+    expect(exited.state.status === 'exited' && exited.state.exitCode).toBe(7);
+    await waitFor('logs', () => (logs.filter((l) => l.containerId === id).length >= 3 ? true : undefined));
+    const mine = logs.filter((l) => l.containerId === id);
+    expect(mine.find((l) => l.text === 'out-line')?.stream).toBe('stdout');
+    expect(mine.find((l) => l.text === 'err-line')?.stream).toBe('stderr');
+    expect(mine.some((l) => l.text === 'h1')).toBe(true);
+    const tail: string[] = [];
+    for await (const l of chan.logs(id, { tail: 2 })) tail.push(l.text);
+    expect(tail).toHaveLength(2);
+    expect(tail[1]).toBe('h1');
+    const listed = await chan.list();
+    expect(listed.find((c) => c.containerId === id)?.labels).toEqual({ app: 'x' });
+    await chan.destroy(id);
+  });
+
+  it('stop sends SIGTERM then SIGKILL; destroy leaves nothing', async () => {
+    const id = newId('stop');
+    await chan.run({ containerId: id, rootfs, image: IMAGE, container: shSpec('trap "" TERM; echo started; while true; do sleep 1; done'), hostname: 'h2', labels: {} });
+    await waitFor('started line', () => logs.find((l) => l.containerId === id && l.text === 'started'));
+    const t0 = Date.now();
+    await chan.stop(id, 300);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(250);
+    const exited = await waitFor('exited', () => states.find((s) => s.containerId === id && s.state.status === 'exited'));
+    expect(exited.state.status === 'exited' && exited.state.exitCode).toBe(137);
+    await chan.destroy(id);
+    expect(await readdir(join(stateDir, 'containers'))).not.toContain(id);
+    const mounts = await readFile('/proc/self/mounts', 'utf8');
+    expect(mounts).not.toContain(id);
+    expect(await readdir(join(stateDir, 'runc'))).not.toContain(id);
+    await expect(readdir(join('/sys/fs/cgroup/memory', CG_PARENT, id))).rejects.toThrow();
+    await expect(chan.stop(id, 0)).rejects.toBeInstanceOf(GuestError);
+    // Destroy is idempotent.
+    await chan.destroy(id);
+  });
+
+  it('two containers of the cell reach each other over localhost', async () => {
+    const port = await freePort();
+    const srv = newId('httpd');
+    const cli = newId('wget');
+    await chan.run({ containerId: srv, rootfs, image: IMAGE, container: shSpec(`httpd -f -p 127.0.0.1:${port} -h /www`), hostname: 'srv', labels: {} });
+    await chan.run({
+      containerId: cli,
+      rootfs,
+      image: IMAGE,
+      container: shSpec(`for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -O - http://127.0.0.1:${port}/index.html && exit 0; sleep 0.2; done; exit 1`),
+      hostname: 'cli',
+      labels: {},
+    });
+    const exited = await waitFor('client exited', () => states.find((s) => s.containerId === cli && s.state.status === 'exited'));
+    expect(exited.state.status === 'exited' && exited.state.exitCode).toBe(0);
+    await waitFor('page in logs', () => logs.find((l) => l.containerId === cli && l.text === 'hello from the cell'));
+    const usage = await new Promise<Parameters<Parameters<typeof chan.on<'usage'>>[1]>[0]>((resolve) => chan.once('usage', resolve));
+    expect(usage.cell.memoryTotalBytes).toBeGreaterThan(0);
+    const u = usage.containers.find((c) => c.containerId === srv);
+    expect(u?.memoryBytes).toBeGreaterThan(0);
+    await chan.destroy(srv);
+    await chan.destroy(cli);
+  });
+
+  it('survives the host side disconnecting: the container keeps running and state is re-reported', async () => {
+    const id = newId('survive');
+    await chan.run({ containerId: id, rootfs, image: IMAGE, container: shSpec('i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done'), hostname: 'h3', labels: {} });
+    const running = await waitFor('running', () => states.find((s) => s.containerId === id && s.state.status === 'running'));
+    chanAc.abort();
+    await chanDone;
+    await new Promise((r) => setTimeout(r, 500)); // lines produced now wait in the agent's outbox
+    states.length = 0;
+    logs.length = 0;
+    startChannel();
+    chan.expectContainer(id); // a restarted host agent knows its ids from its store
+    await chan.waitReady(10_000);
+    const again = await waitFor('state re-reported', () => states.find((s) => s.containerId === id));
+    expect(again.state).toEqual(running.state);
+    await waitFor('buffered lines delivered', () => (logs.filter((l) => l.containerId === id).length >= 3 ? true : undefined));
+    expect((await chan.list()).find((c) => c.containerId === id)?.state.status).toBe('running');
+    await chan.destroy(id);
+  });
+
+  it('refuses a rootfs outside the images share and a duplicate id, with stable codes', async () => {
+    await expect(chan.run({ containerId: newId('bad'), rootfs: '/etc', image: IMAGE, container: shSpec('true'), hostname: 'b', labels: {} })).rejects.toMatchObject({ code: 'GUEST_E_BAD_REQUEST' });
+    const id = newId('dup');
+    await chan.run({ containerId: id, rootfs, image: IMAGE, container: shSpec('sleep 30'), hostname: 'd', labels: {} });
+    await expect(chan.run({ containerId: id, rootfs, image: IMAGE, container: shSpec('true'), hostname: 'd', labels: {} })).rejects.toMatchObject({ code: 'GUEST_E_EXISTS' });
+    await expect(chan.run({ containerId: newId('nocmd'), rootfs, image: IMAGE, container: { ...shSpec('x'), command: ['/bin/does-not-exist'] }, hostname: 'n', labels: {} })).rejects.toMatchObject({ code: 'GUEST_E_START_FAILED' });
+    await chan.destroy(id);
+    expect(await readdir(join(stateDir, 'containers'))).toEqual([]);
+  });
+});
