@@ -5,6 +5,7 @@
  * tenant: retiring always destroys the VM). VMs are QEMU processes that outlive this agent; on
  * restart the manager re-attaches to the ones that still run.
  */
+import { mkdir } from 'node:fs/promises';
 import { isAbsolute } from 'node:path';
 import type { Logger } from 'pino';
 import type { Env } from '../core/actions.js';
@@ -127,6 +128,8 @@ export class CellManager {
     const bootStartedAt = this.o.env.now();
     let vm: VmInfo;
     try {
+      // The image cache may not have unpacked anything yet; the share must exist to be mounted.
+      await mkdir(this.o.hostImagesRoot, { recursive: true });
       vm = await this.o.vms.launch({
         id: name,
         cpus: Math.max(1, Math.ceil(cell.spec.cpu)),

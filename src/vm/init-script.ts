@@ -108,7 +108,7 @@ fi
 STATUS=0
 if [ -n "$EXEC" ]; then
   log "exec $EXEC"
-  /bin/sh -c "exec $EXEC" </dev/null &
+  /bin/sh -c "$EXEC" </dev/null &
   echo $! > /run/carapace.pid
   log "ready at $(cut -d' ' -f1 /proc/uptime)s"
   wait $!

@@ -336,7 +336,7 @@ export function createVmManager(opts: VmManagerOptions): VmManager {
       '-qmp', `unix:${join(dir, 'qmp.sock')},server=on,wait=off`,
       '-kernel', spec.kernel ?? kernel(),
       '-initrd', spec.initrd ?? (await defaultInitrd()),
-      '-append', kernelCmdline(spec),
+      '-append', kernelCmdline(spec, acc),
     ];
     if (spec.channel) {
       args.push(
@@ -369,8 +369,8 @@ export function createVmManager(opts: VmManagerOptions): VmManager {
  * The kernel command line for `spec`: serial console, reboot-on-panic (QEMU then exits because
  * of -no-reboot), and the `carapace.*` parameters our init reads. Exported for tests and docs.
  */
-export function kernelCmdline(spec: Pick<VmSpec, 'shares' | 'channel' | 'exec' | 'append'>): string {
-  const parts = ['console=ttyS0', 'panic=-1', 'quiet'];
+export function kernelCmdline(spec: Pick<VmSpec, 'shares' | 'channel' | 'exec' | 'append'>, acc: Accel): string {
+  const parts = ['console=ttyS0', 'panic=-1', 'quiet', ...timerParams(acc)];
   const mounted = spec.shares.filter((s) => s.mountPoint !== undefined);
   if (mounted.length > 0) {
     parts.push(`carapace.shares=${mounted.map((s) => `${s.tag}:${s.mountPoint ?? ''}:${s.readonly ? 'ro' : 'rw'}`).join(',')}`);
@@ -379,6 +379,23 @@ export function kernelCmdline(spec: Pick<VmSpec, 'shares' | 'channel' | 'exec' |
   if (spec.exec !== undefined) parts.push(`carapace.exec64=${Buffer.from(spec.exec).toString('base64')}`);
   if (spec.append) parts.push(spec.append);
   return parts.join(' ');
+}
+
+/**
+ * Under TCG on a busy host the guest's PIT-based TSC calibration can fail, after which the
+ * kernel hangs before printing anything (seen here under load). TCG's guest TSC ticks at the
+ * host's rate, so hand the kernel that rate (`tsc_early_khz`) and skip the IO-APIC timer check.
+ */
+function timerParams(acc: Accel): string[] {
+  if (acc !== 'tcg') return [];
+  const params = ['no_timer_check'];
+  try {
+    const mhz = /^cpu MHz\s*:\s*([\d.]+)/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1];
+    if (mhz !== undefined) params.push(`tsc_early_khz=${Math.round(Number(mhz) * 1000)}`);
+  } catch {
+    // No /proc/cpuinfo: keep the kernel's own calibration.
+  }
+  return params;
 }
 
 function hostfwdRule(p: VmPort): string {
@@ -429,7 +446,7 @@ export async function probeAccel(o: {
       '-M', 'microvm,pit=on,pic=on,rtc=on', '-accel', acc, ...(acc === 'kvm' ? ['-cpu', 'host'] : []),
       '-m', '256M', '-smp', '1', '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
       '-serial', 'null', '-kernel', o.kernelPath, '-initrd', o.initrd,
-      '-append', `console=ttyS0 panic=-1 quiet carapace.net=none carapace.exec=true`,
+      '-append', `console=ttyS0 panic=-1 quiet ${timerParams(acc).join(' ')} carapace.net=none carapace.exec=true`,
     ];
     const t0 = Date.now();
     try {
