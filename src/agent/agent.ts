@@ -19,6 +19,7 @@ import { watchForever } from '../control/watch.js';
 import { decideAfterExit } from './restart-policy.js';
 import { containerIdFor, LABELS } from './container-id.js';
 import type { CellManager } from './cells.js';
+import type { MachineRunner } from './machines.js';
 
 /** What the agent needs from host networking (implemented by network/). */
 export interface InstanceNetwork {
@@ -45,6 +46,10 @@ export interface AgentOptions {
   capacity?: { cpu: number; memoryMiB: number };
   /** Cells (VMs) on this host; absent when the host cannot run VMs. */
   cells?: CellManager;
+  /** Plain VMs (kind Machine) on this host. */
+  machines?: MachineRunner;
+  /** Host overcommit ratios written when the host first registers (default cpu 4, memory 1). */
+  overcommit?: { cpu: number; memory: number };
   /** Checks that this host can run VMs (QEMU and a kernel present); a reason if not. */
   vmProbe?: () => Promise<{ ok: true } | { ok: false; message: string }>;
 }
@@ -92,6 +97,7 @@ export class HostAgent {
     await Promise.all([
       this.queue.start(signal, 8),
       ...(this.o.cells ? [this.o.cells.start(signal)] : []),
+      ...(this.o.machines ? [this.o.machines.start(signal)] : []),
       watchForever<Instance>(this.o.resources.store, kindPrefix('Instance'), signal, this.log, (e) => {
         const i = e.value;
         if (i.spec.host === this.o.hostName || this.local.has(instanceKey(i.metadata.tenant ?? '', i.metadata.name))) {
@@ -120,15 +126,17 @@ export class HostAgent {
     const status: Host['status'] = { state: 'Ready', lastHeartbeatAt: now, isolation: tiers.sort(), capacity, agentVersion: VERSION };
     if (problems.length > 0) status.message = problems.join('; ');
     const r = this.o.resources;
+    const overcommit = this.o.overcommit ?? { cpu: 4, memory: 1 };
     const existing = await r.mutate('Host', this.o.hostName, undefined, (h) => {
       h.status = status;
+      h.spec.overcommit ??= overcommit; // an operator's later change is kept
       return h;
     });
     if (existing) return existing;
     const host: Host = {
       kind: 'Host',
       metadata: { name: this.o.hostName, uid: this.o.env.newId(), labels: this.o.labels ?? {}, resourceVersion: 0, generation: 1, createdAt: now, updatedAt: now },
-      spec: { labels: this.o.labels ?? {}, unschedulable: false },
+      spec: { labels: this.o.labels ?? {}, unschedulable: false, overcommit },
       status,
     };
     try {
@@ -198,6 +206,12 @@ export class HostAgent {
     const driver = this.driverFor(inst);
     if (!id || !driver) return;
     yield* driver.logs(id, opts);
+  }
+
+  /** A machine's serial console (for the API's machine logs endpoint). */
+  async *machineLogs(tenant: string, name: string, opts: LogOptions): AsyncIterable<LogLine> {
+    if (!this.o.machines) return;
+    yield* this.o.machines.console(tenant, name, opts);
   }
 
   /** Looks again at every instance placed in `cell` (it became ready, or was lost). */

@@ -21,6 +21,7 @@ import { createNetworkManager } from '../network/network-manager.js';
 import { createRuncDriver, createRunscDriver } from '../runtime/index.js';
 import { openSqliteStore } from '../store/sqlite.js';
 import { CellManager } from '../agent/cells.js';
+import { MachineRunner } from '../agent/machines.js';
 import { createVmManager } from '../vm/qemu.js';
 import { findKernel } from '../vm/initramfs.js';
 import { existsSync } from 'node:fs';
@@ -44,6 +45,12 @@ export interface AllInOneOptions {
   warmCells?: number;
   /** VM acceleration: `auto` (a timed probe decides), `kvm` or `tcg`. */
   accel?: 'auto' | 'kvm' | 'tcg';
+  /** Where machine kernels, initrds and disks are looked up (default STATE_DIR/machine-images). */
+  machineImagesDir?: string;
+  /** How long an empty cell lives before it is retired (default 60 s; env CARAPACE_CELL_GRACE_MS). */
+  cellGraceMs?: number;
+  /** CPU overcommit ratio of this host when it first registers (default 4: vCPUs and cpu quotas are time-shared). */
+  cpuOvercommit?: number;
 }
 
 export interface RunningAllInOne {
@@ -103,9 +110,13 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
     }
     return { ok: true };
   };
-  const agent = new HostAgent({ hostName: hostName || 'local', resources, env, logger, drivers: { host: runc, sandbox: runsc }, images, cells, vmProbe, ...(network ? { network } : {}) });
+  const machineImagesDir = o.machineImagesDir ?? join(o.stateDir, 'machine-images');
+  await mkdir(machineImagesDir, { recursive: true });
+  const machines = new MachineRunner({ hostName: hostName || 'local', resources, env, logger, vms, imagesDir: machineImagesDir, stateDir: join(o.stateDir, 'machines') });
+  const agent = new HostAgent({ hostName: hostName || 'local', resources, env, logger, drivers: { host: runc, sandbox: runsc }, images, cells, machines, vmProbe, overcommit: { cpu: o.cpuOvercommit ?? 4, memory: 1 }, ...(network ? { network } : {}) });
   agentRef.current = agent;
-  const controller = new WorkloadController({ resources, env, logger });
+  const graceEnv = Number(process.env['CARAPACE_CELL_GRACE_MS']);
+  const controller = new WorkloadController({ resources, env, logger, ...(o.cellGraceMs !== undefined ? { cellGraceMs: o.cellGraceMs } : Number.isFinite(graceEnv) && graceEnv >= 0 ? { cellGraceMs: graceEnv } : {}) });
   const api = buildApi({ controlPlane, store, logs: agent, logger });
 
   const ac = new AbortController();

@@ -230,6 +230,7 @@ export function formatDescribe(o: AnyObject, instances: Instance[] = []): string
           ['Schedulable', o.spec.unschedulable ? 'no (cordoned)' : 'yes'],
           ['Isolation', o.status.isolation.join(', ') || 'none'],
           ['Capacity', `cpu ${o.status.capacity.cpu}, memory ${formatMemory(o.status.capacity.memoryMiB)}`],
+          ['Overcommit', o.spec.overcommit ? `cpu x${o.spec.overcommit.cpu}, memory x${o.spec.overcommit.memory}` : undefined],
           ['Heartbeat', `${o.status.lastHeartbeatAt} (${age(o.status.lastHeartbeatAt)} ago)`],
           ['Agent', o.status.agentVersion],
           ['Message', o.status.message],

@@ -163,7 +163,15 @@ export interface HostStatus {
 export interface Host {
   kind: 'Host';
   metadata: Metadata;
-  spec: { labels: Record<string, string>; unschedulable: boolean };
+  spec: {
+    labels: Record<string, string>;
+    unschedulable: boolean;
+    /**
+     * Allocatable = capacity x ratio. CPU is time-shared (containers' cpu is a quota, cells'
+     * vCPUs are threads), so hosts default to 4 for cpu; memory is not overcommitted (1).
+     */
+    overcommit?: { cpu: number; memory: number };
+  };
   status: HostStatus;
 }
 

@@ -16,6 +16,7 @@ export function hostInfoFromModel(h: Host): HostInfo {
     cpu: h.status.capacity.cpu,
     memoryMiB: h.status.capacity.memoryMiB,
     labels: { ...h.metadata.labels, ...h.spec.labels },
+    ...(h.spec.overcommit ? { overcommit: { cpu: h.spec.overcommit.cpu, memory: h.spec.overcommit.memory } } : {}),
     ready: h.status.state === 'Ready',
     schedulable: !h.spec.unschedulable,
     // The narrowing filter keeps only the four tier names, so the cast cannot admit others.
@@ -47,12 +48,14 @@ export function instanceRequestFromModel(i: Instance): InstanceRequest {
 }
 
 /**
- * The scheduler's view of a cell object. Warm (unassigned) cells are not offered: the
- * scheduler plans a new cell and the controller then claims a matching warm one instead of
- * booting, so a warm cell can never be handed to two groups by one plan.
+ * The scheduler's view of a cell object. Warm (unassigned) cells are never offered to
+ * instances: the scheduler plans a new cell and the controller then claims a matching warm
+ * one instead of booting (compare-and-set), so a warm cell is never handed to two groups.
  */
-export function cellInfoFromModel(c: Cell): CellInfo | undefined {
-  if (c.spec.tenant === '') return undefined;
+export function cellInfoFromModel(c: Cell): CellInfo {
+  // Warm (unassigned) cells are listed as draining: their size is charged to the host, but
+  // no instance is ever placed into them by a plan (the controller claims them instead).
+  if (c.spec.tenant === '') return { id: c.metadata.name, tenant: '', group: '', host: c.spec.host, cpu: c.spec.cpu, memoryMiB: c.spec.memoryMiB, state: 'draining' };
   const state = c.metadata.deletionRequestedAt || c.status.phase === 'Retiring' || c.status.phase === 'Failed' ? 'draining' : c.status.phase === 'Ready' ? 'running' : 'creating';
   return { id: c.metadata.name, tenant: c.spec.tenant, group: c.spec.group, host: c.spec.host, cpu: c.spec.cpu, memoryMiB: c.spec.memoryMiB, state, dedicated: c.spec.dedicated };
 }
@@ -62,7 +65,7 @@ export function cellInfoFromModel(c: Cell): CellInfo | undefined {
  * placements (those with a host and a non-terminal phase).
  */
 export function snapshotFromModel(hosts: Host[], instances: Instance[], cells: Cell[] = []): Snapshot {
-  const cellInfos = cells.map(cellInfoFromModel).filter((c): c is CellInfo => c !== undefined);
+  const cellInfos = cells.map(cellInfoFromModel);
   const known = new Set(cellInfos.map((c) => c.id));
   const placements = instances
     .filter((i) => i.spec.host !== '' && !TERMINAL_PHASES.includes(i.status.phase))

@@ -50,8 +50,12 @@ export interface VmSpec {
   append?: string;
   /** Command the Carapace init runs (sh syntax; passed base64-encoded as `carapace.exec64`). */
   exec?: string;
-  /** Boot disk: a copy-on-write qcow2 overlay over `base` is attached as /dev/vda; base is never written. */
-  disk?: { base: string; format: 'qcow2' | 'raw' };
+  /**
+   * Boot disk: a copy-on-write qcow2 overlay over `base` in the VM's own directory is attached
+   * as /dev/vda; base is never written. `overlay: false` attaches `base` itself (the caller
+   * owns a persistent overlay, e.g. a machine's disk that must survive restarts).
+   */
+  disk?: { base: string; format: 'qcow2' | 'raw'; overlay?: boolean };
   shares: VmShare[];
   ports: VmPort[];
   /** Attach the virtio-serial port `carapace.0` backed by a unix socket (the guest agent channel). */
@@ -353,7 +357,9 @@ export function createVmManager(opts: VmManagerOptions): VmManager {
     });
     const fwd = spec.ports.map((p) => `,hostfwd=${hostfwdRule(p)}`).join('');
     args.push('-netdev', `user,id=${NETDEV}${fwd}`, '-device', `virtio-net-device,netdev=${NETDEV}`);
-    if (spec.disk) {
+    if (spec.disk?.overlay === false) {
+      args.push('-drive', `id=d0,file=${qemuOpt(resolvePath(spec.disk.base))},format=${spec.disk.format},if=none`, '-device', 'virtio-blk-device,drive=d0');
+    } else if (spec.disk) {
       const overlay = join(dir, 'disk.qcow2');
       const r = await run(qemuImg, ['create', '-q', '-f', 'qcow2', '-b', resolvePath(spec.disk.base), '-F', spec.disk.format, overlay]);
       if (r.code !== 0) throw new Error(`qemu-img create: ${r.stderr.trim()}`);

@@ -12,6 +12,7 @@ import { pino } from 'pino';
 import { freePort } from '../../src/image/testing/registry.js';
 import { createRuncDriver, createRunscDriver } from '../../src/runtime/index.js';
 import { createNetworkManager } from '../../src/network/network-manager.js';
+import { createVmManager } from '../../src/vm/qemu.js';
 import type { ContainerInfo } from '../../src/runtime/driver.js';
 
 export const ROOT = join(import.meta.dirname, '..', '..');
@@ -49,6 +50,8 @@ export class Server {
   constructor(
     readonly stateDir: string,
     readonly port: number,
+    readonly extraArgs: string[] = [],
+    readonly extraEnv: Record<string, string> = {},
   ) {}
 
   get url(): string {
@@ -56,8 +59,8 @@ export class Server {
   }
 
   async start(): Promise<void> {
-    this.proc = spawn(process.execPath, [CLI, 'up', '--state-dir', this.stateDir, '--port', String(this.port), '--host-name', 'e2e'], {
-      env: { ...process.env, CARAPACE_LOG_LEVEL: process.env['CARAPACE_LOG_LEVEL'] ?? 'info' },
+    this.proc = spawn(process.execPath, [CLI, 'up', '--state-dir', this.stateDir, '--port', String(this.port), '--host-name', 'e2e', ...this.extraArgs], {
+      env: { ...process.env, CARAPACE_LOG_LEVEL: process.env['CARAPACE_LOG_LEVEL'] ?? 'info', ...this.extraEnv },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     this.proc.stdout?.on('data', (d: Buffer) => (this.log += d.toString()));
@@ -119,6 +122,10 @@ export async function destroyAll(stateDir: string): Promise<void> {
       await d.stop(c.id, 0).catch(() => undefined);
       await d.destroy(c.id).catch(() => undefined);
     }
+  }
+  if (existsSync(join(stateDir, 'vms'))) {
+    const vms = createVmManager({ stateDir: join(stateDir, 'vms'), logger, accel: 'tcg' });
+    for (const vm of vms.recover()) await vms.destroy(vm.id, 0).catch(() => undefined);
   }
   if (existsSync(join(stateDir, 'network'))) {
     const net = createNetworkManager({ stateDir: join(stateDir, 'network'), logger });

@@ -1,0 +1,249 @@
+/**
+ * The host agent's machines: plain VMs with their own kernel (+ initrd) or disk, for software
+ * that wants a whole machine. Each machine gets a persistent copy-on-write overlay over its
+ * base disk (created once, kept across restarts, removed when the machine is deleted; the
+ * base is never written), a serial console log, published ports, the desired power state
+ * (`spec.running`) and a restart policy. Level-based like everything else: a change to the
+ * Machine object or the VM exiting queues the machine, and one pass makes them agree.
+ */
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { Env } from '../core/actions.js';
+import type { Resources } from '../core/resources.js';
+import { kindPrefix, type Machine } from '../model/objects.js';
+import type { LogLine, LogOptions } from '../runtime/driver.js';
+import { WorkQueue, type ReconcileResult } from '../control/workqueue.js';
+import { watchForever } from '../control/watch.js';
+import { findKernel } from '../vm/initramfs.js';
+import type { VmInfo, VmManager, VmSpec } from '../vm/qemu.js';
+import { decideAfterExit } from './restart-policy.js';
+
+export interface MachineRunnerOptions {
+  hostName: string;
+  resources: Resources;
+  env: Env;
+  logger: Logger;
+  vms: VmManager;
+  /** Where operators put machine kernels, initrds and base disks; manifests name files in it. */
+  imagesDir: string;
+  /** Per-machine persistent state (disk overlays, console logs of earlier boots). */
+  stateDir: string;
+}
+
+function key(m: Machine): string {
+  return `${m.metadata.tenant ?? ''}/${m.metadata.name}`;
+}
+
+export class MachineRunner {
+  private readonly log: Logger;
+  private readonly queue: WorkQueue;
+  private readonly watching = new Set<string>();
+
+  constructor(private readonly o: MachineRunnerOptions) {
+    this.log = o.logger.child({ component: 'machines', host: o.hostName });
+    this.queue = new WorkQueue((k) => this.reconcile(k), {
+      onError: (k, err, attempt) => this.log.warn({ machine: k, attempt, err }, 'machine reconcile failed; retrying'),
+    });
+  }
+
+  /** The VM id of a machine: stable for its whole life, derived from its uid. */
+  static vmId(m: Machine): string {
+    return `m-${m.metadata.uid.replace(/[^a-z0-9]/gi, '').toLowerCase().slice(0, 16)}`;
+  }
+
+  async start(signal: AbortSignal): Promise<void> {
+    for (const m of (await this.o.resources.list('Machine')).items) if (m.status.host === this.o.hostName) this.queue.add(key(m));
+    await Promise.all([
+      this.queue.start(signal, 2),
+      watchForever<Machine>(this.o.resources.store, kindPrefix('Machine'), signal, this.log, (e) => {
+        if (e.value.status.host === this.o.hostName) this.queue.add(key(e.value));
+      }),
+    ]);
+  }
+
+  private vm(id: string): VmInfo | undefined {
+    try {
+      return this.o.vms.inspect(id);
+    } catch {
+      return undefined; // unknown id
+    }
+  }
+
+  private file(name: string): string {
+    // Names are validated by the schema (no '/'); joining keeps them inside the image directory.
+    return join(this.o.imagesDir, name);
+  }
+
+  private async setStatus(m: Machine, patch: Partial<Machine['status']>, clear: (keyof Machine['status'])[] = []): Promise<void> {
+    await this.o.resources.mutate('Machine', m.metadata.name, m.metadata.tenant, (x) => {
+      if (x.metadata.uid !== m.metadata.uid) return undefined;
+      const next = { ...x.status, ...patch };
+      for (const k of clear) delete next[k];
+      x.status = next;
+      return x;
+    });
+  }
+
+  private async reconcile(k: string): Promise<ReconcileResult> {
+    const [tenant = '', name = ''] = k.split('/');
+    const m = await this.o.resources.get('Machine', name, tenant);
+    if (!m || m.status.host !== this.o.hostName) return;
+    const id = MachineRunner.vmId(m);
+    const vm = this.vm(id);
+    const machineDir = join(this.o.stateDir, id);
+    if (m.metadata.deletionRequestedAt) {
+      if (vm) await this.o.vms.destroy(id, 20_000);
+      await rm(machineDir, { recursive: true, force: true });
+      await this.o.resources.remove('Machine', name, tenant);
+      this.log.info({ machine: k }, 'machine removed');
+      return;
+    }
+    const running = vm?.state === 'running';
+    if (!m.spec.running) {
+      if (vm) {
+        await this.o.vms.destroy(id, 30_000);
+        this.log.info({ machine: k }, 'machine stopped');
+      }
+      if (m.status.phase !== 'Stopped') await this.setStatus(m, { phase: 'Stopped', reason: 'StoppedByUser', message: 'stopped on request', finishedAt: this.o.env.now() }, ['pid', 'nextRestartAt']);
+      return;
+    }
+    if (running && m.status.runningGeneration !== m.metadata.generation) {
+      // The spec changed (or a restart was asked for): boot again with the new spec; the disk overlay stays.
+      await this.o.vms.destroy(id, 30_000);
+      return this.boot(m, machineDir, 'Restarted');
+    }
+    if (running) {
+      this.watchExit(m, id);
+      if (m.status.phase !== 'Running') await this.setStatus(m, { phase: 'Running', reason: 'Started' });
+      return;
+    }
+    if (vm?.state === 'exited') {
+      // It powered off or crashed: the restart policy decides.
+      const log = await readFile(vm.consoleLog, 'utf8').catch(() => '');
+      await this.archiveConsole(machineDir, vm.consoleLog);
+      await this.o.vms.destroy(id, 0);
+      const ranMs = Date.now() - Date.parse(m.status.startedAt ?? new Date().toISOString());
+      const exitCode = /Kernel panic/.test(log) ? 1 : 0;
+      const d = decideAfterExit({ restartPolicy: m.spec.restartPolicy, maxRestarts: -1 }, exitCode, m.status.restarts, ranMs);
+      const finishedAt = this.o.env.now();
+      if (d.action === 'stop') {
+        await this.setStatus(m, { phase: d.phase === 'Succeeded' ? 'Stopped' : 'Failed', reason: exitCode ? 'Crashed' : 'PoweredOff', message: exitCode ? 'the kernel panicked' : 'the machine powered off', finishedAt, exitCode }, ['pid']);
+        return;
+      }
+      const next = new Date(Date.now() + d.delayMs).toISOString();
+      await this.setStatus(m, { phase: 'Backoff', reason: exitCode ? 'Crashed' : 'PoweredOff', message: `the machine ${exitCode ? 'crashed' : 'powered off'}; restarting in ${Math.round(d.delayMs / 1000)}s`, finishedAt, exitCode, nextRestartAt: next, restarts: m.status.restarts + 1 }, ['pid']);
+      return { requeueAfterMs: d.delayMs };
+    }
+    if (m.status.phase === 'Backoff' && m.status.nextRestartAt) {
+      const wait = Date.parse(m.status.nextRestartAt) - Date.now();
+      if (wait > 0) return { requeueAfterMs: wait };
+    }
+    if (m.status.phase === 'Failed' && m.status.runningGeneration === m.metadata.generation) return;
+    return this.boot(m, machineDir, 'Started');
+  }
+
+  private async archiveConsole(machineDir: string, consoleLog: string): Promise<void> {
+    await mkdir(machineDir, { recursive: true });
+    const prev = await readFile(consoleLog).catch(() => undefined);
+    if (prev) await import('node:fs/promises').then((fs) => fs.appendFile(join(machineDir, 'console.log'), prev));
+  }
+
+  private async boot(m: Machine, machineDir: string, reason: string): Promise<ReconcileResult> {
+    const id = MachineRunner.vmId(m);
+    const k = key(m);
+    const missing = [m.spec.kernel && m.spec.kernel !== 'host' ? m.spec.kernel : undefined, m.spec.initrd, m.spec.disk?.image].filter((f): f is string => !!f).filter((f) => !existsSync(this.file(f)));
+    if (missing.length > 0) {
+      await this.setStatus(m, { phase: 'Failed', reason: 'ImageMissing', message: `not in the machine image directory ${this.o.imagesDir}: ${missing.join(', ')}`, runningGeneration: m.metadata.generation });
+      return;
+    }
+    await mkdir(machineDir, { recursive: true });
+    const spec: VmSpec = {
+      id,
+      cpus: m.spec.cpu,
+      memoryMiB: m.spec.memory,
+      shares: [],
+      ports: m.spec.ports.map((p) => ({ hostPort: p.hostPort, guestPort: p.guestPort, protocol: p.protocol, hostAddress: '0.0.0.0' })),
+      channel: false,
+      labels: { 'carapace.machine': k },
+    };
+    if (m.spec.kernel) spec.kernel = m.spec.kernel === 'host' ? findKernel().path : this.file(m.spec.kernel);
+    if (m.spec.initrd) spec.initrd = this.file(m.spec.initrd);
+    if (m.spec.cmdline) spec.append = m.spec.cmdline;
+    if (m.spec.disk) {
+      // The machine's own copy-on-write layer: made once, kept across restarts.
+      const overlay = join(machineDir, 'disk.qcow2');
+      if (!existsSync(overlay)) await qemuImgCreate(this.file(m.spec.disk.image), m.spec.disk.format, overlay);
+      spec.disk = { base: overlay, format: 'qcow2', overlay: false };
+    }
+    await this.setStatus(m, { phase: 'Starting', reason, message: 'launching QEMU' });
+    let vm: VmInfo;
+    try {
+      vm = await this.o.vms.launch(spec);
+    } catch (e) {
+      await this.setStatus(m, { phase: 'Failed', reason: 'StartFailed', message: (e as Error).message, runningGeneration: m.metadata.generation }); // launch rejects with Error
+      return;
+    }
+    await this.setStatus(m, { phase: 'Running', reason, message: `QEMU pid ${vm.pid} (${vm.accel})`, pid: vm.pid, accel: vm.accel, startedAt: vm.bootedAt, runningGeneration: m.metadata.generation }, ['exitCode', 'finishedAt', 'nextRestartAt']);
+    this.log.info({ machine: k, pid: vm.pid }, 'machine started');
+    this.watchExit(m, id);
+    return;
+  }
+
+  private watchExit(m: Machine, id: string): void {
+    if (this.watching.has(id)) return;
+    this.watching.add(id);
+    this.o.vms
+      .wait(id)
+      .catch(() => undefined)
+      .finally(() => {
+        this.watching.delete(id);
+        this.queue.add(key(m));
+      });
+  }
+
+  /** The serial console of a machine: earlier boots, then the current one; follows while it runs. */
+  async *console(tenant: string, name: string, opts: LogOptions): AsyncIterable<LogLine> {
+    const m = await this.o.resources.mustGet('Machine', name, tenant);
+    const id = MachineRunner.vmId(m);
+    const files = [join(this.o.stateDir, id, 'console.log')];
+    const vm = this.vm(id);
+    if (vm) files.push(vm.consoleLog);
+    let lines: string[] = [];
+    for (const f of files) lines.push(...(await readFile(f, 'utf8').catch(() => '')).split(/\r?\n/));
+    lines = lines.filter((l) => l !== '');
+    if (opts.tail !== undefined) lines = lines.slice(-opts.tail);
+    const now = new Date().toISOString();
+    for (const text of lines) yield { time: now, stream: 'stdout', text };
+    if (!opts.follow || !vm) return;
+    let offset = (await stat(vm.consoleLog).catch(() => ({ size: 0 }))).size;
+    let partial = '';
+    while (!opts.signal?.aborted) {
+      await new Promise((r) => setTimeout(r, 250));
+      const size = (await stat(vm.consoleLog).catch(() => ({ size: offset }))).size;
+      if (size > offset) {
+        const fh = await import('node:fs/promises').then((fs) => fs.open(vm.consoleLog, 'r'));
+        const buf = Buffer.alloc(size - offset);
+        await fh.read(buf, 0, buf.length, offset);
+        await fh.close();
+        offset = size;
+        const parts = (partial + buf.toString('utf8')).split(/\r?\n/);
+        partial = parts.pop() ?? '';
+        for (const text of parts) if (text !== '') yield { time: new Date().toISOString(), stream: 'stdout', text };
+      }
+      if (this.vm(id)?.state !== 'running') return;
+    }
+  }
+}
+
+function qemuImgCreate(base: string, format: string, overlay: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const p = spawn('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base, '-F', format, overlay], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    p.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    p.on('error', reject);
+    p.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`qemu-img create failed: ${err.trim()}`))));
+  });
+}

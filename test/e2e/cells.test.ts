@@ -1,0 +1,171 @@
+/**
+ * Cells, dedicated VMs and machines for real: QEMU (software emulation here), the guest agent
+ * inside each VM running runc, images from a real registry, all through `carapace up` and the
+ * CLI. VM boots are slow under TCG, so this file boots few VMs and checks much with each.
+ */
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildBusyboxImage, startRegistry, type RunningRegistry } from '../../src/image/testing/index.js';
+import type { Cell, Instance, Machine } from '../../src/model/objects.js';
+import { buildHelloMachine } from '../../src/vm/testing/hello-machine.js';
+import { cli, destroyAll, eventually, freePort, Server, tempDir } from './helpers.js';
+
+let tmp: { dir: string; cleanup: () => Promise<void> };
+let registry: RunningRegistry;
+let server: Server;
+let images: { busybox: string; web: string };
+const webPort = 0;
+
+const manifest = (docs: object[]): string => docs.map((d) => JSON.stringify(d)).join('\n---\n');
+const tenant = (name: string, spec: object = {}): object => ({ apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name }, spec });
+const service = (name: string, t: string, spec: object): object => ({ apiVersion: 'carapace/v1', kind: 'Service', metadata: { name, tenant: t }, spec: { cpu: 0.25, memory: '64Mi', ...spec } });
+
+async function apply(docs: object[], extra: string[] = []): Promise<Awaited<ReturnType<typeof cli>>> {
+  const file = join(tmp.dir, `m-${Math.random().toString(36).slice(2)}.yaml`);
+  await writeFile(file, manifest(docs));
+  return cli(server.url, ['apply', '-f', file, ...extra], undefined, 300_000);
+}
+
+async function list<T>(kind: string): Promise<T[]> {
+  const r = await cli(server.url, ['get', kind, '-o', 'json']);
+  expect(r.code, r.stderr).toBe(0);
+  return (JSON.parse(r.stdout) as { items: T[] }).items;
+}
+
+beforeAll(async () => {
+  tmp = await tempDir('carapace-cells-');
+  registry = await startRegistry({ dir: join(tmp.dir, 'registry') });
+  const busybox = await buildBusyboxImage({ registry: registry.address, repository: 'cells/busybox', tag: '1' });
+  const web = await buildBusyboxImage({ registry: registry.address, repository: 'cells/web', tag: '1', cmd: ['httpd', '-f', '-p', '8080', '-h', '/www'], files: { '/www/index.html': 'served from inside a cell\n' } });
+  images = { busybox: busybox.reference, web: web.reference };
+  const stateDir = join(tmp.dir, 'state');
+  await buildHelloMachine(join(stateDir, 'machine-images'));
+  // One warm cell: the first tenant's cell is taken from the pool instead of booting.
+  server = new Server(stateDir, await freePort(), ['--warm-cells', '1', '--accel', 'tcg'], { CARAPACE_CELL_GRACE_MS: '3000' });
+  await server.start();
+  await eventually(async () => (await list<Cell>('cells')).some((c) => c.spec.tenant === '' && c.status.phase === 'Ready'), 150_000, 'a warm cell');
+  expect((await apply([tenant('acme'), tenant('globex', { minIsolation: 'cell' })])).code).toBe(0);
+}, 240_000);
+
+afterAll(async () => {
+  await server?.stop();
+  await destroyAll(join(tmp.dir, 'state'));
+  await registry?.stop();
+  await tmp?.cleanup();
+}, 120_000);
+
+describe('cells', () => {
+  let hostPort = webPort;
+
+  it("packs a trust group's two services into one cell (a warm one) where they reach each other", async () => {
+    hostPort = await freePort();
+    const r = await apply(
+      [
+        service('web', 'acme', { image: images.web, isolation: 'cell', ports: [{ containerPort: 8080, hostPort }] }),
+        service('client', 'acme', { image: images.busybox, isolation: 'cell', command: ['sh', '-c', 'while true; do wget -q -O - http://127.0.0.1:8080/; sleep 2; done'] }),
+      ],
+      ['--wait', '--timeout', '240'],
+    );
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    const insts = (await list<Instance>('instances')).filter((i) => i.metadata.tenant === 'acme');
+    const cellsUsed = new Set(insts.map((i) => i.spec.cell));
+    expect(cellsUsed.size).toBe(1);
+    const [cellName] = [...cellsUsed];
+    const cell = (await list<Cell>('cells')).find((c) => c.metadata.name === cellName);
+    expect(cell?.spec.tenant).toBe('acme');
+    expect(cell?.spec.warm).toBe(true); // assigned from the warm pool, never to be returned
+    // The client reached the web service over the cell's shared network.
+    await eventually(async () => (await cli(server.url, ['logs', 'acme/client-0'])).stdout.includes('served from inside a cell'), 30_000, 'client log');
+    // The published port reaches the web service inside the VM.
+    const body = await eventually(async () => (await fetch(`http://127.0.0.1:${hostPort}/`)).text(), 30_000, 'published port');
+    expect(body).toBe('served from inside a cell\n');
+    // The pool is refilled with a new unassigned cell.
+    await eventually(async () => (await list<Cell>('cells')).some((c) => c.spec.tenant === '' && !c.metadata.deletionRequestedAt), 10_000, 'pool refill');
+  }, 300_000);
+
+  it('never puts two tenants in one cell, and gives a dedicated instance its own VM', async () => {
+    const refused = await apply([service('h', 'globex', { image: images.busybox, isolation: 'host', command: ['sleep', '3600'] })]);
+    expect(refused.stderr).toMatch(/CARAPACE_E_POLICY_VIOLATION: .*minIsolation "cell"/);
+    const r = await apply(
+      [
+        service('worker', 'globex', { image: images.busybox, isolation: 'cell', command: ['sh', '-c', 'echo globex worker up; sleep 3600'] }),
+        service('solo', 'acme', { image: images.busybox, isolation: 'dedicated', command: ['sh', '-c', 'echo alone; sleep 3600'] }),
+      ],
+      ['--wait', '--timeout', '280'],
+    );
+    expect(r.code, `${r.stdout}${r.stderr}\n--- server log ---\n${server.log.split('\n').filter((l) => /"level":(40|50)|cell/.test(l)).slice(-40).join('\n')}`).toBe(0);
+    const cells = await list<Cell>('cells');
+    const insts = await list<Instance>('instances');
+    for (const i of insts) {
+      const c = cells.find((x) => x.metadata.name === i.spec.cell);
+      expect(c?.spec.tenant, `${i.metadata.tenant}/${i.metadata.name}`).toBe(i.metadata.tenant);
+    }
+    const worker = insts.find((i) => i.metadata.name === 'worker-0');
+    const web = insts.find((i) => i.metadata.name === 'web-0');
+    const solo = insts.find((i) => i.metadata.name === 'solo-0');
+    expect(worker?.spec.cell).not.toBe(web?.spec.cell);
+    expect(solo?.spec.cell).not.toBe(web?.spec.cell);
+    const soloCell = cells.find((c) => c.metadata.name === solo?.spec.cell);
+    expect(soloCell?.spec.dedicated).toBe(true);
+    expect(insts.filter((i) => i.spec.cell === solo?.spec.cell)).toHaveLength(1);
+    expect((await cli(server.url, ['logs', 'globex/worker-0'])).stdout).toContain('globex worker up');
+  }, 300_000);
+
+  it('restarts a container that dies inside its cell', async () => {
+    // It runs out of its 64 MiB: the guest's cgroup OOM killer kills it (SIGKILL, 137), like a crash.
+    const r = await apply([service('flaky', 'acme', { image: images.busybox, isolation: 'cell', command: ['sh', '-c', 'echo started; sleep 2; x=$(head -c 200000000 /dev/zero | tr "\\0" a); echo survived'] })]);
+    expect(r.code).toBe(0);
+    const flaky = await eventually(async () => (await list<Instance>('instances')).find((i) => i.metadata.name === 'flaky-0' && i.status.restarts >= 2), 90_000, 'restarts');
+    expect(flaky.status.exitCode).toBe(137);
+    const web = (await list<Instance>('instances')).find((i) => i.metadata.name === 'web-0');
+    expect(flaky.spec.cell).toBe(web?.spec.cell); // same group, same cell: the fault stayed inside it
+    expect(web?.status.phase).toBe('Running');
+    await cli(server.url, ['delete', 'service', 'acme/flaky']);
+  }, 120_000);
+
+  it('keeps cell containers running across a kill -9 of the server and adopts them', async () => {
+    const before = (await list<Instance>('instances')).filter((i) => i.spec.cell && !i.metadata.name.startsWith('flaky-'));
+    await server.kill9();
+    await server.start();
+    const after = await eventually(async () => {
+      const l = (await list<Instance>('instances')).filter((i) => i.spec.cell && !i.metadata.name.startsWith('flaky-'));
+      return l.length === before.length && l.every((i) => i.status.phase === 'Running') ? l : undefined;
+    }, 90_000, 'cells re-attached');
+    for (const b of before) {
+      const a = after.find((i) => i.metadata.uid === b.metadata.uid);
+      expect([a?.status.containerId, a?.status.restarts]).toEqual([b.status.containerId, b.status.restarts]);
+    }
+    const body = await eventually(async () => (await fetch(`http://127.0.0.1:${hostPort}/`)).text(), 30_000, 'published port after restart');
+    expect(body).toBe('served from inside a cell\n');
+  }, 150_000);
+
+  it('retires an empty cell after its grace period and never hands it back', async () => {
+    const worker = (await list<Instance>('instances')).find((i) => i.metadata.name === 'worker-0');
+    const cellName = worker?.spec.cell ?? '';
+    expect(cellName).not.toBe('');
+    expect((await cli(server.url, ['delete', 'service', 'globex/worker'])).code).toBe(0);
+    await eventually(async () => !(await list<Cell>('cells')).some((c) => c.metadata.name === cellName), 90_000, 'cell retired');
+  }, 120_000);
+});
+
+describe('machines', () => {
+  it('boots a plain VM whose console log shows it, and stops it', async () => {
+    const m = { apiVersion: 'carapace/v1', kind: 'Machine', metadata: { name: 'legacy', tenant: 'acme' }, spec: { kernel: 'host', initrd: 'hello-machine.cpio.gz', memory: '128Mi' } };
+    const r = await apply([m], ['--wait', '--timeout', '120']);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    const log = await eventually(async () => {
+      const l = await cli(server.url, ['logs', 'machine/acme/legacy']);
+      return l.stdout.includes('machine heartbeat 1') ? l.stdout : undefined;
+    }, 90_000, 'machine console');
+    expect(log).toMatch(/hello from a Carapace machine: Linux/);
+    const missing = await apply([{ ...m, metadata: { name: 'broken', tenant: 'acme' }, spec: { kernel: 'host', initrd: 'nope.img' } }], ['--wait', '--timeout', '60']);
+    expect(missing.code).toBe(1);
+    expect(missing.stdout).toMatch(/ImageMissing: not in the machine image directory .*nope\.img/);
+    expect((await cli(server.url, ['machine', 'stop', 'acme/legacy'])).code).toBe(0);
+    await eventually(async () => (await list<Machine>('machines')).find((x) => x.metadata.name === 'legacy')?.status.phase === 'Stopped', 60_000, 'machine stopped');
+    await cli(server.url, ['delete', 'machine', 'acme/legacy']);
+    await cli(server.url, ['delete', 'machine', 'acme/broken']);
+    await eventually(async () => (await list<Machine>('machines')).length === 0, 60_000, 'machines removed');
+  }, 300_000);
+});
