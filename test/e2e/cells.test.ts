@@ -114,7 +114,7 @@ describe('cells', () => {
 
   it('restarts a container that dies inside its cell', async () => {
     // It runs out of its 64 MiB: the guest's cgroup OOM killer kills it (SIGKILL, 137), like a crash.
-    const r = await apply([service('flaky', 'acme', { image: images.busybox, isolation: 'cell', command: ['sh', '-c', 'echo started; sleep 2; x=$(head -c 200000000 /dev/zero | tr "\\0" a); echo survived'] })]);
+    const r = await apply([service('flaky', 'acme', { image: images.busybox, isolation: 'cell', command: ['sh', '-c', 'echo started; sleep 2; x=$(head -c 100000000 /dev/zero | tr "\\0" a); echo survived'] })]);
     expect(r.code).toBe(0);
     const flaky = await eventually(async () => (await list<Instance>('instances')).find((i) => i.metadata.name === 'flaky-0' && i.status.restarts >= 2), 90_000, 'restarts');
     expect(flaky.status.exitCode).toBe(137);
