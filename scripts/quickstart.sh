@@ -32,6 +32,8 @@ YAML
 fi
 echo "==> building example images into ${REGISTRY}"
 node dist/src/image/testing/example-images.js "$REGISTRY"
+echo "==> building the example machine image into ${STATE_DIR}/machine-images"
+node dist/src/vm/testing/hello-machine.js "$STATE_DIR/machine-images"
 
 # 2. The all-in-one Carapace, in the background, logging to the state directory.
 if ! curl -fsS "${CARAPACE_SERVER}/healthz" >/dev/null 2>&1; then
@@ -42,9 +44,11 @@ if ! curl -fsS "${CARAPACE_SERVER}/healthz" >/dev/null 2>&1; then
   curl -fsS "${CARAPACE_SERVER}/healthz" >/dev/null || { echo "carapace did not start; see $STATE_DIR/carapace.log"; tail -20 "$STATE_DIR/carapace.log"; exit 1; }
 fi
 
-# 3. The example tenants and their services.
-echo "==> carapace apply -f examples/acme.yaml -f examples/globex.yaml --wait"
-carapace apply -f examples/acme.yaml -f examples/globex.yaml --wait --timeout 180
+# 3. The example tenants, their services (host, gVisor sandbox, cells) and a machine.
+#    Cells and the machine are VMs: under software emulation (no usable KVM) they take
+#    15-30 s to boot.
+echo "==> carapace apply -f examples/acme.yaml -f examples/globex.yaml -f examples/machine.yaml --wait"
+carapace apply -f examples/acme.yaml -f examples/globex.yaml -f examples/machine.yaml --wait --timeout 600
 
 echo
 echo "==> carapace get hosts";     carapace get hosts
@@ -55,11 +59,24 @@ echo "==> carapace get services";  carapace get services
 echo
 echo "==> carapace get instances"; carapace get instances
 echo
+echo "==> carapace get cells";     carapace get cells
+echo
+echo "==> carapace get machines";  carapace get machines
+echo
 echo "==> curl http://127.0.0.1:8080/  (acme/web, published port)"
 curl -fsS --max-time 5 http://127.0.0.1:8080/ | sed -n 's:.*<h1>\(.*\)</h1>.*:\1:p' || echo "(not reachable)"
 echo
+echo "==> curl http://127.0.0.1:8081/  (acme/api inside acme's cell, published port)"
+curl -fsS --max-time 5 http://127.0.0.1:8081/ | sed -n 's:.*<h1>\(.*\)</h1>.*:\1:p' || echo "(not reachable)"
+echo
 echo "==> carapace logs globex/worker-0 --tail 3"
 sleep 2; carapace logs globex/worker-0 --tail 3
+echo
+echo "==> carapace logs acme/poller-0 --tail 2   (the poller reaches the api inside their cell)"
+sleep 3; carapace logs acme/poller-0 --tail 2
+echo
+echo "==> carapace logs machine/acme/legacy --tail 3"
+carapace logs machine/acme/legacy --tail 3
 cat <<MSG
 
 Carapace is running (pid $(cat "$STATE_DIR/carapace.pid" 2>/dev/null || echo '?'), API ${CARAPACE_SERVER}, log ${STATE_DIR}/carapace.log).
@@ -67,6 +84,8 @@ Try:
   alias carapace="node $(pwd)/dist/src/cli/main.js"
   carapace apply -f examples/job.yaml --wait
   carapace describe service acme/web
+  carapace describe cell CELL-NAME          # from carapace get cells
+  carapace machine restart acme/legacy
   carapace logs globex/worker-1 --follow
 Stop it with: kill \$(cat ${STATE_DIR}/carapace.pid)   (containers keep running; the next start adopts them)
 MSG

@@ -34,6 +34,8 @@ export class CellRuntime implements RuntimeDriver {
   private readonly waiters = new Map<string, ((s: Exited) => void)[]>();
   private readonly ports = new Map<string, { hostPort: number; guestPort: number; protocol: 'tcp' | 'udp'; hostAddress: string }[]>();
   private readonly usageById = new Map<string, ContainerUsage>();
+  /** How long `runc run` inside the guest took per container (what the cell benchmark compares with). */
+  readonly guestStartMs = new Map<string, number>();
   /** Set when the cell is detached (retired or lost): its containers went with the VM. */
   private closed = false;
 
@@ -68,7 +70,8 @@ export class CellRuntime implements RuntimeDriver {
   async start(req: StartRequest): Promise<ContainerInfo> {
     this.labels.set(req.id, req.labels);
     const startedAt = new Date().toISOString();
-    await this.o.channel.run({ containerId: req.id, rootfs: this.guestRootfs(req.rootfs), image: req.image, container: req.container, hostname: req.hostname, labels: req.labels });
+    const guestStartMs = await this.o.channel.run({ containerId: req.id, rootfs: this.guestRootfs(req.rootfs), image: req.image, container: req.container, hostname: req.hostname, labels: req.labels });
+    if (guestStartMs !== undefined) this.guestStartMs.set(req.id, guestStartMs);
     // Containers of a cell share the VM's network: a published port is a QEMU forward to the guest.
     const fwd = req.container.ports.filter((p) => p.hostPort !== undefined).map((p) => ({ hostPort: p.hostPort as number, guestPort: p.containerPort, protocol: p.protocol, hostAddress: '0.0.0.0' })); // filtered to defined hostPort
     for (const p of fwd) await this.o.vms.hostfwdAdd(this.o.cellId, p);

@@ -22,7 +22,7 @@ import { createRuncDriver, createRunscDriver } from '../runtime/index.js';
 import { openSqliteStore } from '../store/sqlite.js';
 import { CellManager } from '../agent/cells.js';
 import { MachineRunner } from '../agent/machines.js';
-import { createVmManager } from '../vm/qemu.js';
+import { createVmManager, type VmManager } from '../vm/qemu.js';
 import { findKernel } from '../vm/initramfs.js';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -58,6 +58,8 @@ export interface RunningAllInOne {
   url: string;
   port: number;
   agent: HostAgent;
+  cells: CellManager;
+  vms: VmManager;
   /** Stops the server, controller and agent (not the containers) and closes the store. */
   stop(): Promise<void>;
   /** Resolves when everything has stopped. */
@@ -159,7 +161,7 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
       void stop().then(resolve);
     });
   });
-  return { url, port, agent, stop, done };
+  return { url, port, agent, cells, vms, stop, done };
 }
 
 /** `carapace up`: runs until SIGTERM or SIGINT, then shuts down gracefully. */

@@ -177,9 +177,12 @@ export class GuestAgent {
     const requestId = msg.requestId;
     try {
       switch (msg.type) {
-        case 'run':
+        case 'run': {
+          const t0 = performance.now();
           await this.supervisor.run(msg);
-          break;
+          this.send({ type: 'ack', requestId, startMs: Math.round((performance.now() - t0) * 10) / 10 });
+          return;
+        }
         case 'stop':
           await this.supervisor.stop(msg.containerId, msg.graceMs);
           break;

@@ -408,7 +408,7 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
         if (msg.type === 'err') p.reject(new GuestError(msg.code, msg.message));
         else if (msg.type === 'containers') {
           p.resolve(msg.containers.filter((c) => this.knownId(c.containerId)));
-        } else p.resolve(p.replay?.lines);
+        } else p.resolve(p.replay?.lines ?? (msg.type === 'ack' ? msg.startMs : undefined));
         return;
       }
       case 'state':
@@ -529,9 +529,10 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
   }
 
   /** Starts a container in the cell; resolves once it runs (the guest acks after runc started it). */
-  async run(req: GuestRunRequest): Promise<void> {
+  /** Resolves with how long the guest's `runc run` took to start the process (ms), when it says. */
+  async run(req: GuestRunRequest): Promise<number | undefined> {
     this.expectContainer(req.containerId);
-    await this.request((requestId) => ({ type: 'run', requestId, ...req }));
+    return this.request<number | undefined>((requestId) => ({ type: 'run', requestId, ...req }));
   }
 
   /** SIGTERM, SIGKILL after graceMs; resolves once the container exited. */

@@ -137,7 +137,8 @@ export const ReadySchema = z.strictObject({
   cellId: z.string().max(128).optional(),
 });
 /** A request succeeded. */
-export const AckSchema = z.strictObject({ type: z.literal('ack'), requestId: RequestId });
+/** `startMs` (answers to `run` only): how long `runc run` took inside the guest to start the process. */
+export const AckSchema = z.strictObject({ type: z.literal('ack'), requestId: RequestId, startMs: z.number().min(0).max(3_600_000).optional() });
 /** A request failed. */
 export const ErrSchema = z.strictObject({ type: z.literal('err'), requestId: RequestId, code: z.enum(GUEST_ERROR_CODES), message: z.string().max(4096) });
 /** Current state of one container (after every change, and for all containers after hello). */

@@ -113,16 +113,17 @@ describe('cells', () => {
   }, 300_000);
 
   it('restarts a container that dies inside its cell', async () => {
-    // It runs out of its 64 MiB: the guest's cgroup OOM killer kills it (SIGKILL, 137), like a crash.
-    const r = await apply([service('flaky', 'acme', { image: images.busybox, isolation: 'cell', command: ['sh', '-c', 'echo started; sleep 2; x=$(head -c 100000000 /dev/zero | tr "\\0" a); echo survived'] })]);
+    // It runs out of its 16 MiB: the guest's cgroup OOM killer kills it (SIGKILL, 137), like a
+    // crash. (A container cannot SIGKILL its own PID 1 from inside its PID namespace.)
+    const r = await apply([service('flaky', 'acme', { image: images.busybox, isolation: 'cell', memory: '16Mi', command: ['sh', '-c', 'echo started; x=$(head -c 40000000 /dev/zero | tr "\\0" a); echo survived'] })]);
     expect(r.code).toBe(0);
-    const flaky = await eventually(async () => (await list<Instance>('instances')).find((i) => i.metadata.name === 'flaky-0' && i.status.restarts >= 2), 90_000, 'restarts');
+    const flaky = await eventually(async () => (await list<Instance>('instances')).find((i) => i.metadata.name === 'flaky-0' && i.status.restarts >= 2), 150_000, 'restarts');
     expect(flaky.status.exitCode).toBe(137);
     const web = (await list<Instance>('instances')).find((i) => i.metadata.name === 'web-0');
     expect(flaky.spec.cell).toBe(web?.spec.cell); // same group, same cell: the fault stayed inside it
     expect(web?.status.phase).toBe('Running');
     await cli(server.url, ['delete', 'service', 'acme/flaky']);
-  }, 120_000);
+  }, 180_000);
 
   it('keeps cell containers running across a kill -9 of the server and adopts them', async () => {
     const before = (await list<Instance>('instances')).filter((i) => i.spec.cell && !i.metadata.name.startsWith('flaky-'));
