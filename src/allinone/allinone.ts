@@ -25,6 +25,7 @@ import { MachineRunner } from '../agent/machines.js';
 import { createVmManager, type VmManager } from '../vm/qemu.js';
 import { findKernel } from '../vm/initramfs.js';
 import { existsSync } from 'node:fs';
+import { setMaxListeners } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { readManifests } from '../cli/apply.js';
 import { CarapaceError } from '../model/errors.js';
@@ -122,6 +123,8 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
   const api = buildApi({ controlPlane, store, logs: agent, logger });
 
   const ac = new AbortController();
+  // Every loop and watch of the process listens on this one shutdown signal.
+  setMaxListeners(100, ac.signal);
   await agent.register();
   const loops = Promise.all([controller.start(ac.signal), agent.start(ac.signal)]);
   loops.catch((err: unknown) => {
