@@ -17,6 +17,7 @@ import type { ContainerInfo, LogLine, LogOptions, RuntimeDriver } from '../runti
 import { WorkQueue, type ReconcileResult } from '../control/workqueue.js';
 import { watchForever } from '../control/watch.js';
 import { decideAfterExit } from './restart-policy.js';
+import { metrics, timed } from '../metrics/metrics.js';
 import { containerIdFor, LABELS } from './container-id.js';
 import type { CellManager } from './cells.js';
 import type { MachineRunner } from './machines.js';
@@ -78,7 +79,7 @@ export class HostAgent {
 
   constructor(private readonly o: AgentOptions) {
     this.log = o.logger.child({ component: 'agent', host: o.hostName });
-    this.queue = new WorkQueue((key) => this.reconcile(key), {
+    this.queue = new WorkQueue((key) => timed(metrics.reconcileSeconds, 'agent-instance', () => this.reconcile(key)), {
       onError: (key, err, attempt) => this.log.warn({ instance: key, attempt, err }, 'instance reconcile failed; retrying'),
     });
   }

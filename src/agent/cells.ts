@@ -16,6 +16,7 @@ import { WorkQueue, type ReconcileResult } from '../control/workqueue.js';
 import { watchForever } from '../control/watch.js';
 import type { VmInfo, VmManager } from '../vm/qemu.js';
 import { CellRuntime } from './cell-runtime.js';
+import { metrics } from '../metrics/metrics.js';
 
 export interface CellManagerOptions {
   hostName: string;
@@ -189,6 +190,7 @@ export class CellManager {
           if (c.status.phase === 'Ready') return undefined;
           const started = Date.parse(c.status.bootStartedAt ?? now);
           c.status = { ...c.status, phase: 'Ready', readyAt: now, bootMs: Math.max(0, Date.parse(now) - started), message: 'guest agent ready' };
+          metrics.cellBootSeconds.observe({ tenant: c.spec.tenant, group: c.spec.group }, (c.status.bootMs ?? 0) / 1000);
           return c;
         })
         .then(() => this.o.onCellChange(name))

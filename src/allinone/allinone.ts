@@ -21,6 +21,7 @@ import { createNetworkManager } from '../network/network-manager.js';
 import { createRuncDriver, createRunscDriver } from '../runtime/index.js';
 import { openSqliteStore } from '../store/sqlite.js';
 import { CellManager } from '../agent/cells.js';
+import { registerStateGauges } from '../metrics/metrics.js';
 import { MachineRunner } from '../agent/machines.js';
 import { createVmManager, type VmManager } from '../vm/qemu.js';
 import { findKernel } from '../vm/initramfs.js';
@@ -120,6 +121,7 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
   agentRef.current = agent;
   const graceEnv = Number(process.env['CARAPACE_CELL_GRACE_MS']);
   const controller = new WorkloadController({ resources, env, logger, ...(o.cellGraceMs !== undefined ? { cellGraceMs: o.cellGraceMs } : Number.isFinite(graceEnv) && graceEnv >= 0 ? { cellGraceMs: graceEnv } : {}) });
+  registerStateGauges(resources);
   const api = buildApi({ controlPlane, store, logs: agent, logger });
 
   const ac = new AbortController();

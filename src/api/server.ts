@@ -4,7 +4,7 @@
  * `{error: {code, message, details}}` with the catalogue's status; nothing a client sends can
  * produce a 500 unless there is a bug (and then the code is CARAPACE_E_INTERNAL).
  */
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import YAML from 'yaml';
 import { CarapaceError } from '../model/errors.js';
@@ -16,6 +16,7 @@ import { CompactedError } from '../store/store.js';
 import type { LogLine, LogOptions } from '../runtime/driver.js';
 import { ROUTES, type RouteDef } from './routes.js';
 import { openApiDocument } from './openapi.js';
+import { metrics } from '../metrics/metrics.js';
 
 /** Where instance logs come from (the local agent in the all-in-one; agents over the network later). */
 export interface LogSource {
@@ -87,7 +88,8 @@ export function buildApi(o: ApiOptions): FastifyInstance {
   const app = Fastify({
     loggerInstance: o.logger.child({ component: 'api' }) as FastifyBaseLogger,
     bodyLimit: o.bodyLimit ?? 1024 * 1024,
-    disableRequestLogging: true,
+    // No per-request lines: the API logs what it does (and errors), not every GET.
+    logController: new LogController({ disableRequestLogging: true }),
     // Errors fastify raises before routing (e.g. a malformed %-escape in the URL).
     frameworkErrors: (err, _req, reply) => {
       const ce = err.code === 'FST_ERR_BAD_URL' ? new CarapaceError('CARAPACE_E_ROUTE_NOT_FOUND', 'the URL is not valid (bad %-escape)') : toCarapaceError(err);
@@ -120,6 +122,9 @@ export function buildApi(o: ApiOptions): FastifyInstance {
     void reply.status(ce.status).send(ce.toJSON());
   });
 
+  app.addHook('onResponse', async (req, reply) => {
+    metrics.apiRequests.inc({ method: req.method, route: req.routeOptions.url ?? 'unmatched', status: String(reply.statusCode) });
+  });
   for (const route of ROUTES) {
     app.route({
       method: route.method,
@@ -141,6 +146,10 @@ async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply
   const q = req.query as Query; // querystring parsed to strings
   if (route.kind === 'meta') {
     if (route.url === '/healthz') return { ok: true };
+    if (route.url === '/metrics') {
+      void reply.header('content-type', metrics.registry.contentType);
+      return metrics.registry.metrics();
+    }
     return openApiDocument();
   }
   const kind = route.objectKind as Kind; // every non-meta route names its kind

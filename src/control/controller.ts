@@ -11,6 +11,7 @@ import type { Resources } from '../core/resources.js';
 import { isCarapaceError } from '../model/errors.js';
 import { kindPrefix, TERMINAL_PHASES, type Cell, type Host, type Instance, type Job, type Machine, type Service } from '../model/objects.js';
 import { placeMachine } from './machine-placement.js';
+import { metrics, timed } from '../metrics/metrics.js';
 import type { PlannedCell } from '../scheduler/types.js';
 import { planJob, planService, type Change, type PlanContext } from './workload-plan.js';
 import { WorkQueue, type ReconcileResult } from './workqueue.js';
@@ -44,7 +45,14 @@ export class WorkloadController {
     this.log = o.logger.child({ component: 'controller' });
     // One worker: placement reads the whole cluster and writes cells and instances; two
     // reconciles at once could each fill the same cell from the same stale snapshot.
-    this.queue = new WorkQueue((key) => (key === CELLS_KEY ? this.reconcileCells() : key.startsWith('Machine/') ? this.reconcileMachine(key) : this.reconcile(key)), {
+    this.queue = new WorkQueue(
+      (key) =>
+        key === CELLS_KEY
+          ? timed(metrics.reconcileSeconds, 'cells', () => this.reconcileCells())
+          : key.startsWith('Machine/')
+            ? timed(metrics.reconcileSeconds, 'machine-placement', () => this.reconcileMachine(key))
+            : timed(metrics.reconcileSeconds, key.startsWith('Job/') ? 'job' : 'service', () => this.reconcile(key)),
+      {
       onError: (key, error, attempt) => this.log.warn({ key, attempt, err: error }, 'reconcile failed; retrying'),
     });
   }
@@ -115,10 +123,14 @@ export class WorkloadController {
       cells: cells.items,
       newCellId: () => `cell-${this.o.env.newId().replace(/[^a-z0-9]/g, '').slice(0, 12)}`,
     };
+    const endPlan = metrics.scheduleSeconds.startTimer({ tenant });
     const changes =
       kind === 'Service'
         ? planService(name, owner as Service | undefined, tenantInstances.items, ctx) // fetched by kind above
         : planJob(name, owner as Job | undefined, tenantInstances.items, ctx); // fetched by kind above
+    endPlan();
+    const unplaced = changes.filter((c) => (c.op === 'create' && c.instance.spec.host === '') || c.op === 'unschedulable').length;
+    if (unplaced > 0) metrics.unplaced.inc({ tenant }, unplaced);
     if (changes.length > 0) this.log.debug({ key, changes: changes.map((c) => c.op) }, 'applying changes');
     const alias = new Map<string, string>();
     for (const c of changes) await this.apply(kind, tenant, name, c, alias, cells.items);

@@ -15,6 +15,7 @@ import { ROUTES } from '../../src/api/routes.js';
 import { ControlPlane } from '../../src/core/control-plane.js';
 import { Resources } from '../../src/core/resources.js';
 import { openSqliteStore } from '../../src/store/sqlite.js';
+import { registerStateGauges } from '../../src/metrics/metrics.js';
 import type { Store } from '../../src/store/store.js';
 
 let dir: string;
@@ -35,7 +36,9 @@ beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'carapace-api-'));
   store = await openSqliteStore({ path: join(dir, 'store.db') });
   const logger = pino({ level: 'silent' });
-  app = buildApi({ controlPlane: new ControlPlane(new Resources(store), env), store, logs: { logs: async function* () {} }, logger });
+  const resources = new Resources(store);
+  registerStateGauges(resources);
+  app = buildApi({ controlPlane: new ControlPlane(resources, env), store, logs: { logs: async function* () {} }, logger });
   await app.ready();
 });
 
@@ -174,6 +177,17 @@ describe('API', () => {
     expect(doc.openapi).toBe('3.1.0');
     for (const r of ROUTES) expect(doc.paths[r.url.replace(/:(\w+)/g, '{$1}')][r.method.toLowerCase()]).toBeDefined();
     expect(doc.components.schemas.ServiceManifest.properties.spec).toBeDefined();
+  });
+
+  it('serves Prometheus metrics with tenant labels, computed from the store', async () => {
+    await put('/v1/tenants/mt', tenant('mt'));
+    const r = await app.inject({ method: 'GET', url: '/metrics' });
+    expect(r.statusCode).toBe(200);
+    expect(r.headers['content-type']).toMatch(/text\/plain/);
+    expect(r.body).toMatch(/^# TYPE carapace_instances gauge$/m);
+    expect(r.body).toMatch(/^# TYPE carapace_reconcile_duration_seconds histogram$/m);
+    expect(r.body).toMatch(/carapace_api_requests_total\{method="PUT",route="\/v1\/tenants\/:name",status="201"\} \d+/);
+    expect(r.body).toMatch(/carapace_hosts/);
   });
 
   it('never answers 5xx to generated bodies and paths (fuzz)', async () => {

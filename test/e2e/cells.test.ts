@@ -80,6 +80,10 @@ describe('cells', () => {
     // The published port reaches the web service inside the VM.
     const body = await eventually(async () => (await fetch(`http://127.0.0.1:${hostPort}/`)).text(), 30_000, 'published port');
     expect(body).toBe('served from inside a cell\n');
+    // Metrics for the tools above: per tenant, group and cell.
+    const prom = await (await fetch(`${server.url}/metrics`)).text();
+    expect(prom).toContain(`carapace_instances{tenant="acme",group="default",isolation="cell",cell="${cellName}",phase="Running"} 2`);
+    expect(prom).toMatch(new RegExp(`carapace_cell_reserved_cpu_cores\\{tenant="acme",group="default",cell="${cellName}",host="e2e"\\} 2`));
     // The pool is refilled with a new unassigned cell.
     await eventually(async () => (await list<Cell>('cells')).some((c) => c.spec.tenant === '' && !c.metadata.deletionRequestedAt), 10_000, 'pool refill');
   }, 300_000);
