@@ -25,6 +25,14 @@ export const ERROR_CATALOGUE = {
   CARAPACE_E_UNSUPPORTED_API_VERSION: { status: 400, description: 'The manifest names an apiVersion this server does not serve.' },
   CARAPACE_E_NAME_MISMATCH: { status: 400, description: 'The name or tenant in the URL differs from the one in the body.' },
   CARAPACE_E_BAD_QUERY: { status: 400, description: 'A query parameter has an invalid value.' },
+  CARAPACE_E_UNAUTHENTICATED: {
+    status: 401,
+    description: 'The request carries no bearer token, or the token is unknown, malformed or revoked. Send `Authorization: Bearer <token>`.',
+  },
+  CARAPACE_E_FORBIDDEN: {
+    status: 403,
+    description: "The token is valid but its role does not allow this request (another tenant's objects, infrastructure, a write with a viewer token, or granting more than the role has).",
+  },
   CARAPACE_E_NOT_FOUND: { status: 404, description: 'The object does not exist.' },
   CARAPACE_E_ROUTE_NOT_FOUND: { status: 404, description: 'No such endpoint.' },
   CARAPACE_E_TENANT_NOT_FOUND: { status: 404, description: 'The tenant named in metadata.tenant does not exist; apply the tenant first.' },

@@ -1,0 +1,241 @@
+/**
+ * Bearer tokens: minting, storing (hash only), authenticating and revoking.
+ *
+ * A token looks like `cpt_<id>.<secret>`: `id` names its record (`tokens/<id>` in the Store,
+ * so authentication is one `get`, not a scan) and `secret` is 32 random bytes, base64url. The
+ * full token is shown once, when it is minted; the Store keeps only its SHA-256.
+ *
+ * Why a plain SHA-256 and not bcrypt/scrypt/argon2: those slow hashes exist to protect
+ * low-entropy secrets (passwords) against offline guessing. Our secrets are 256 random bits;
+ * nobody can enumerate 2^256 candidates however fast the hash is, so a slow KDF would only
+ * add milliseconds to every API request. A stolen store therefore does not yield usable
+ * tokens. (The hash covers the whole token, id included, so a record's hash cannot be
+ * replayed under another id.)
+ */
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { CarapaceError } from '../model/errors.js';
+import { ConflictError, type Store } from '../store/store.js';
+import { AuthError } from './errors.js';
+import { canCreateToken, canRevokeToken, isTenantRole, ROLES, type Grant, type Principal, type Role } from './rbac.js';
+
+/** What every token starts with, so secret scanners (and people) recognise it. */
+export const TOKEN_PREFIX = 'cpt_';
+/** The Store prefix holding token records. */
+export const TOKENS_KEY_PREFIX = 'tokens/';
+/** The Store key marking that the first cluster-admin token was minted. */
+export const BOOTSTRAP_KEY = 'auth/bootstrap';
+
+const ID_RE = /^[a-z0-9][a-z0-9-]{0,62}$/;
+const SECRET_BYTES = 32;
+/** 32 bytes in unpadded base64url are 43 characters. */
+const TOKEN_RE = /^cpt_([a-z0-9][a-z0-9-]{0,62})\.([A-Za-z0-9_-]{43})$/;
+
+/** A token as stored: everything but the secret. */
+export interface TokenRecord {
+  id: string;
+  /** A human label ("ci-deploy", "alice laptop"). */
+  name: string;
+  role: Role;
+  /** Set exactly for tenant roles. */
+  tenant?: string;
+  createdAt: string;
+  /** The token id (or "bootstrap") that minted this one. */
+  createdBy: string;
+  revokedAt?: string;
+  revokedBy?: string;
+  /** Hex SHA-256 of the full token string. */
+  hash: string;
+}
+
+/** A token record without its hash, for listing to users. */
+export type TokenInfo = Omit<TokenRecord, 'hash'>;
+
+/** Input of {@link createToken}: the caller passes ids and timestamps (deterministic writes). */
+export interface NewToken {
+  role: Role;
+  tenant?: string;
+  name: string;
+  /** ISO timestamp or Date of creation. */
+  now: string | Date;
+  /** Lowercase letters, digits and '-', at most 63 characters; unique among tokens ever minted. */
+  id: string;
+  /** Who mints it: the issuer's token id, or "bootstrap". */
+  createdBy: string;
+}
+
+/** The store key of a token record. */
+export function tokenKey(id: string): string {
+  return `${TOKENS_KEY_PREFIX}${id}`;
+}
+
+function sha256(s: string): Buffer {
+  return createHash('sha256').update(s, 'utf8').digest();
+}
+
+function iso(now: string | Date): string {
+  return typeof now === 'string' ? now : now.toISOString();
+}
+
+/**
+ * Mints a token (pure apart from the random secret; nothing is stored). Returns the token,
+ * to show the user once, and the record to store. Throws CARAPACE_E_VALIDATION on a bad id,
+ * name or role/tenant combination. Most callers want {@link issueToken}.
+ */
+export function createToken(input: NewToken): { token: string; record: TokenRecord } {
+  if (!ID_RE.test(input.id)) throw new CarapaceError('CARAPACE_E_VALIDATION', 'token id must be 1-63 lowercase letters, digits or "-"', [{ path: 'id', message: 'invalid' }]);
+  if (input.name.trim() === '' || input.name.length > 200) throw new CarapaceError('CARAPACE_E_VALIDATION', 'token name must be 1-200 characters', [{ path: 'name', message: 'invalid' }]);
+  if (!(ROLES as readonly string[]).includes(input.role)) throw new CarapaceError('CARAPACE_E_VALIDATION', `unknown role "${input.role}"`, [{ path: 'role', message: 'invalid' }]);
+  if (isTenantRole(input.role) ? !input.tenant : input.tenant !== undefined) {
+    throw new CarapaceError('CARAPACE_E_VALIDATION', `a ${input.role} token ${isTenantRole(input.role) ? 'needs' : 'cannot have'} a tenant`, [{ path: 'tenant', message: 'invalid' }]);
+  }
+  const token = `${TOKEN_PREFIX}${input.id}.${randomBytes(SECRET_BYTES).toString('base64url')}`;
+  const record: TokenRecord = {
+    id: input.id,
+    name: input.name,
+    role: input.role,
+    ...(input.tenant !== undefined ? { tenant: input.tenant } : {}),
+    createdAt: iso(input.now),
+    createdBy: input.createdBy,
+    hash: sha256(token).toString('hex'),
+  };
+  return { token, record };
+}
+
+/** Stores a new record; fails with CARAPACE_E_ALREADY_EXISTS when the id was ever used (ids are never reused). */
+export async function saveToken(store: Store, record: TokenRecord): Promise<number> {
+  try {
+    return await store.put(tokenKey(record.id), record, { absent: true });
+  } catch (e) {
+    if (e instanceof ConflictError) throw new CarapaceError('CARAPACE_E_ALREADY_EXISTS', `token id "${record.id}" is already used`);
+    throw e;
+  }
+}
+
+/**
+ * Mints and stores a token on behalf of `issuer`, refusing (AuthError FORBIDDEN /
+ * UNAUTHENTICATED) a grant the issuer's role does not allow. The returned token is the only
+ * copy of the secret.
+ */
+export async function issueToken(store: Store, issuer: Principal | undefined, input: Omit<NewToken, 'createdBy'>): Promise<{ token: string; record: TokenRecord }> {
+  const grant: Grant = { role: input.role, ...(input.tenant !== undefined ? { tenant: input.tenant } : {}) };
+  const d = canCreateToken(issuer, grant);
+  if (!d.allowed) throw new AuthError(d.code, d.message);
+  const minted = createToken({ ...input, createdBy: issuer?.tokenId ?? '' }); // canCreateToken refused an undefined issuer
+  await saveToken(store, minted.record);
+  return minted;
+}
+
+/**
+ * Mints the first cluster-admin token, once per store: returns undefined when a bootstrap
+ * already happened (even if that token was revoked since). The all-in-one calls it at first
+ * start and prints the token. Atomic: two racing callers cannot both succeed.
+ */
+export async function bootstrapToken(store: Store, input: { id: string; name: string; now: string | Date }): Promise<{ token: string; record: TokenRecord } | undefined> {
+  const minted = createToken({ ...input, role: 'cluster-admin', createdBy: 'bootstrap' });
+  try {
+    await store.txn([
+      { op: 'put', key: BOOTSTRAP_KEY, value: { tokenId: input.id, at: minted.record.createdAt }, expect: { absent: true } },
+      { op: 'put', key: tokenKey(input.id), value: minted.record, expect: { absent: true } },
+    ]);
+  } catch (e) {
+    if (e instanceof ConflictError && e.key === BOOTSTRAP_KEY) return undefined;
+    if (e instanceof ConflictError) throw new CarapaceError('CARAPACE_E_ALREADY_EXISTS', `token id "${input.id}" is already used`);
+    throw e;
+  }
+  return minted;
+}
+
+/** Extracts the token from an `Authorization: Bearer <token>` header; undefined when absent or not a bearer header. */
+export function bearerFromHeader(header: string | undefined): string | undefined {
+  if (header === undefined || header.length > 512) return undefined;
+  const m = /^Bearer +(\S+) *$/i.exec(header);
+  return m?.[1];
+}
+
+/** A hash compared against when the id is unknown, so unknown and wrong tokens take the same time. */
+const DUMMY_HASH = sha256('carapace-no-such-token');
+
+/** True when `token` hashes to `record.hash`, compared in constant time. */
+export function tokenMatches(token: string, record: Pick<TokenRecord, 'hash'>): boolean {
+  const got = sha256(token);
+  const want = typeof record.hash === 'string' && /^[0-9a-f]{64}$/.test(record.hash) ? Buffer.from(record.hash, 'hex') : DUMMY_HASH;
+  // Both buffers are 32 bytes (SHA-256), as timingSafeEqual requires.
+  return timingSafeEqual(got, want) && want !== DUMMY_HASH;
+}
+
+/** The principal a live, well-formed record stands for; undefined for revoked or malformed records. */
+export function principalOf(record: TokenRecord): Principal | undefined {
+  if (record.revokedAt !== undefined) return undefined;
+  if (!(ROLES as readonly string[]).includes(record.role)) return undefined;
+  if (isTenantRole(record.role) ? typeof record.tenant !== 'string' || record.tenant === '' : record.tenant !== undefined) return undefined;
+  return { tokenId: record.id, name: record.name, role: record.role, ...(record.tenant !== undefined ? { tenant: record.tenant } : {}) };
+}
+
+/** Splits a token into its id; undefined when it does not have the token shape. */
+export function tokenId(token: string): string | undefined {
+  return TOKEN_RE.exec(token)?.[1];
+}
+
+/**
+ * Who `bearer` (the token string, not the header) is, or undefined when it is malformed,
+ * unknown, wrong or revoked. One store read; see TokenCache for a cached variant.
+ */
+export async function authenticate(store: Store, bearer: string | undefined): Promise<Principal | undefined> {
+  if (bearer === undefined) return undefined;
+  const id = tokenId(bearer);
+  if (id === undefined) return undefined;
+  const entry = await store.get<TokenRecord>(tokenKey(id));
+  return checkToken(bearer, entry?.value);
+}
+
+/** Checks a token against its (possibly missing) record; shared by authenticate and the cache. */
+export function checkToken(bearer: string, record: TokenRecord | undefined): Principal | undefined {
+  if (record === undefined) {
+    tokenMatches(bearer, { hash: '' }); // same work as a real comparison
+    return undefined;
+  }
+  if (!tokenMatches(bearer, record)) return undefined;
+  return principalOf(record);
+}
+
+/** The record without its hash. */
+export function tokenInfo(record: TokenRecord): TokenInfo {
+  const { hash: _hash, ...info } = record;
+  return info;
+}
+
+/**
+ * Revokes token `id` on behalf of `principal` (who must be allowed by canRevokeToken).
+ * Idempotent: revoking a revoked token returns it unchanged. Throws CARAPACE_E_NOT_FOUND for
+ * an unknown id and AuthError when not allowed. The record stays (for audit); only
+ * `revokedAt`/`revokedBy` are set.
+ */
+export async function revokeToken(store: Store, principal: Principal | undefined, id: string, now: string | Date): Promise<TokenInfo> {
+  for (let attempt = 0; ; attempt++) {
+    const entry = await store.get<TokenRecord>(tokenKey(id));
+    if (entry === undefined) throw new CarapaceError('CARAPACE_E_NOT_FOUND', `token "${id}" does not exist`);
+    const rec = entry.value;
+    const d = canRevokeToken(principal, { id: rec.id, role: rec.role, ...(rec.tenant !== undefined ? { tenant: rec.tenant } : {}) });
+    if (!d.allowed) throw new AuthError(d.code, d.message);
+    if (rec.revokedAt !== undefined) return tokenInfo(rec);
+    const next: TokenRecord = { ...rec, revokedAt: iso(now), revokedBy: principal?.tokenId ?? '' }; // canRevokeToken refused an undefined principal
+    try {
+      await store.put(tokenKey(id), next, { version: entry.version });
+      return tokenInfo(next);
+    } catch (e) {
+      // Someone else wrote the record in between (e.g. revoked it too): read again.
+      if (e instanceof ConflictError && attempt < 3) continue;
+      if (e instanceof ConflictError) throw new CarapaceError('CARAPACE_E_CONFLICT', `token "${id}" keeps changing; retry`);
+      throw e;
+    }
+  }
+}
+
+/** The tokens `principal` could revoke (cluster-admin: all; tenant-admin: its tenant's; viewers: only their own), without hashes. */
+export async function listTokens(store: Store, principal: Principal | undefined): Promise<TokenInfo[]> {
+  const { items } = await store.list<TokenRecord>(TOKENS_KEY_PREFIX);
+  return items
+    .map((e) => e.value)
+    .filter((r) => canRevokeToken(principal, { id: r.id, role: r.role, ...(r.tenant !== undefined ? { tenant: r.tenant } : {}) }).allowed)
+    .map(tokenInfo);
+}
