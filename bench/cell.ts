@@ -81,7 +81,7 @@ async function main(): Promise<void> {
   const aio = await startAllInOne({ stateDir, port: await freePort(), logger: pino({ level: 'warn' }), cellGraceMs: 0 });
   const accel = await aio.vms.accel();
   const api = async <T>(method: string, path: string, body?: unknown): Promise<T> => {
-    const r = await fetch(`${aio.url}${path}`, { method, headers: body ? { 'content-type': 'application/json' } : {}, body: body ? JSON.stringify(body) : null });
+    const r = await fetch(`${aio.url}${path}`, { method, headers: { authorization: `Bearer ${aio.adminToken}`, ...(body ? { 'content-type': 'application/json' } : {}) }, body: body ? JSON.stringify(body) : null });
     const j = (await r.json()) as T;
     if (r.status >= 400) throw new Error(`${method} ${path}: ${JSON.stringify(j)}`);
     return j;

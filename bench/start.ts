@@ -38,8 +38,8 @@ class RunningWatcher {
   private readonly waiters = new Map<string, (t: number) => void>();
   private readonly ac = new AbortController();
 
-  async start(url: string): Promise<void> {
-    const res = await fetch(`${url}/v1/watch/instances?tenant=bench`, { signal: this.ac.signal });
+  async start(url: string, token: string): Promise<void> {
+    const res = await fetch(`${url}/v1/watch/instances?tenant=bench`, { signal: this.ac.signal, headers: { authorization: `Bearer ${token}` } });
     const reader = res.body!.getReader(); // a streaming response always has a body
     const dec = new TextDecoder();
     let buf = '';
@@ -86,7 +86,7 @@ async function main(): Promise<void> {
   const stateDir = join(dir, 'state');
   const aio = await startAllInOne({ stateDir, port: await freePort(), logger: pino({ level: 'warn' }) });
   const api = async (method: string, path: string, body?: unknown): Promise<unknown> => {
-    const r = await fetch(`${aio.url}${path}`, { method, headers: body ? { 'content-type': 'application/json' } : {}, body: body ? JSON.stringify(body) : null });
+    const r = await fetch(`${aio.url}${path}`, { method, headers: { authorization: `Bearer ${aio.adminToken}`, ...(body ? { 'content-type': 'application/json' } : {}) }, body: body ? JSON.stringify(body) : null });
     const j = (await r.json()) as unknown;
     if (r.status >= 400) throw new Error(`${method} ${path}: ${JSON.stringify(j)}`);
     return j;
@@ -96,7 +96,7 @@ async function main(): Promise<void> {
   const runcRoot = join(dir, 'raw-runc-root');
   try {
     await api('PUT', '/v1/tenants/bench', { apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name: 'bench' } });
-    await watcher.start(aio.url);
+    await watcher.start(aio.url, aio.adminToken);
     const svc = (name: string): unknown => ({
       apiVersion: 'carapace/v1',
       kind: 'Service',

@@ -80,6 +80,8 @@ carapace logs machine/acme/legacy --tail 3
 cat <<MSG
 
 Carapace is running (pid $(cat "$STATE_DIR/carapace.pid" 2>/dev/null || echo '?'), API ${CARAPACE_SERVER}, log ${STATE_DIR}/carapace.log).
+Every API call needs a token: the first cluster-admin token is in ${STATE_DIR}/admin-token and in
+\${CARAPACE_CONFIG:-~/.config/carapace/config.json} (0600), where the CLI finds it.
 Try:
   alias carapace="node $(pwd)/dist/src/cli/main.js"
   carapace apply -f examples/job.yaml --wait
@@ -87,5 +89,6 @@ Try:
   carapace describe cell CELL-NAME          # from carapace get cells
   carapace machine restart acme/legacy
   carapace logs globex/worker-1 --follow
+  carapace token create --name acme-ops --role tenant-admin --tenant acme   # then CARAPACE_TOKEN=... sees only acme
 Stop it with: kill \$(cat ${STATE_DIR}/carapace.pid)   (containers keep running; the next start adopts them)
 MSG

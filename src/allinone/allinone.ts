@@ -6,9 +6,9 @@
  * (or killing) it leaves them running, and the next start adopts them.
  */
 import { randomUUID } from 'node:crypto';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { HostAgent } from '../agent/agent.js';
 import { buildApi } from '../api/server.js';
@@ -22,6 +22,9 @@ import { createRuncDriver, createRunscDriver } from '../runtime/index.js';
 import { openSqliteStore } from '../store/sqlite.js';
 import { CellManager } from '../agent/cells.js';
 import { registerStateGauges } from '../metrics/metrics.js';
+import { TokenCache } from '../auth/cache.js';
+import { bootstrapToken } from '../auth/tokens.js';
+import type { Store } from '../store/store.js';
 import { MachineRunner } from '../agent/machines.js';
 import { createVmManager, type VmManager } from '../vm/qemu.js';
 import { findKernel } from '../vm/initramfs.js';
@@ -62,6 +65,8 @@ export interface RunningAllInOne {
   agent: HostAgent;
   cells: CellManager;
   vms: VmManager;
+  /** The first cluster-admin token (from this start, or the one saved in the state dir). */
+  adminToken: string;
   /** Stops the server, controller and agent (not the containers) and closes the store. */
   stop(): Promise<void>;
   /** Resolves when everything has stopped. */
@@ -122,13 +127,15 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
   const graceEnv = Number(process.env['CARAPACE_CELL_GRACE_MS']);
   const controller = new WorkloadController({ resources, env, logger, ...(o.cellGraceMs !== undefined ? { cellGraceMs: o.cellGraceMs } : Number.isFinite(graceEnv) && graceEnv >= 0 ? { cellGraceMs: graceEnv } : {}) });
   registerStateGauges(resources);
-  const api = buildApi({ controlPlane, store, logs: agent, logger });
+  const tokens = new TokenCache(store, logger);
+  const api = buildApi({ controlPlane, store, logs: agent, logger, auth: tokens, env });
+  const adminToken = await firstAdminToken(store, env, o.stateDir);
 
   const ac = new AbortController();
   // Every loop and watch of the process listens on this one shutdown signal.
   setMaxListeners(100, ac.signal);
   await agent.register();
-  const loops = Promise.all([controller.start(ac.signal), agent.start(ac.signal)]);
+  const loops = Promise.all([controller.start(ac.signal), agent.start(ac.signal), tokens.start(ac.signal)]);
   loops.catch((err: unknown) => {
     logger.fatal({ err }, 'control loop crashed');
     ac.abort();
@@ -137,6 +144,11 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
   const port = Number(new URL(address).port);
   const url = `http://127.0.0.1:${port}`;
   logger.info({ url, stateDir: o.stateDir, host: hostName }, 'carapace all-in-one is up');
+  if (adminToken.created) {
+    // Shown once, like every token secret; also saved 0600 for the CLI on this machine.
+    const saved = await saveCliConfig(url, adminToken.token).catch((e: unknown) => `not saved: ${(e as Error).message}`); // fs errors are Errors
+    process.stderr.write(`\nFirst cluster-admin token (shown once; saved to ${saved} and ${join(o.stateDir, 'admin-token')}):\n  ${adminToken.token}\n\n`);
+  }
 
   if (o.applyFiles && o.applyFiles.length > 0) {
     const manifests = await readManifests(o.applyFiles);
@@ -166,7 +178,33 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
       void stop().then(resolve);
     });
   });
-  return { url, port, agent, cells, vms, stop, done };
+  return { url, port, agent, cells, vms, adminToken: adminToken.token, stop, done };
+}
+
+/**
+ * Mints the first cluster-admin token once per store and keeps it in STATE_DIR/admin-token
+ * (0600) so the operator and scripts on this machine can find it again; later starts read it.
+ */
+async function firstAdminToken(store: Store, env: Env, stateDir: string): Promise<{ token: string; created: boolean }> {
+  const file = join(stateDir, 'admin-token');
+  const minted = await bootstrapToken(store, { id: env.newId().replace(/[^a-z0-9]/gi, '').slice(0, 16), name: 'bootstrap admin', now: env.now() });
+  if (minted) {
+    await writeFile(file, `${minted.token}\n`, { mode: 0o600 });
+    return { token: minted.token, created: true };
+  }
+  return { token: (await readFile(file, 'utf8').catch(() => '')).trim(), created: false };
+}
+
+/** The CLI's config file: $CARAPACE_CONFIG or ~/.config/carapace/config.json. */
+export function cliConfigPath(): string {
+  return process.env['CARAPACE_CONFIG'] ?? join(os.homedir(), '.config', 'carapace', 'config.json');
+}
+
+async function saveCliConfig(server: string, token: string): Promise<string> {
+  const path = cliConfigPath();
+  await mkdir(dirname(path), { recursive: true, mode: 0o700 });
+  await writeFile(path, `${JSON.stringify({ server, token }, null, 2)}\n`, { mode: 0o600 });
+  return path;
 }
 
 /** `carapace up`: runs until SIGTERM or SIGINT, then shuts down gracefully. */

@@ -5,7 +5,7 @@
  */
 import { KINDS, type Kind } from '../model/objects.js';
 
-export type RouteKind = 'action' | 'logs' | 'watch' | 'meta';
+export type RouteKind = 'action' | 'logs' | 'watch' | 'meta' | 'tokens';
 
 export interface RouteDef {
   method: 'GET' | 'PUT' | 'POST' | 'DELETE';
@@ -47,6 +47,11 @@ function objectRoutes(): RouteDef[] {
     out.push({ method: 'GET', url: `/v1/watch/${plural}`, summary: `Follow changes to ${plural} (Server-Sent Events)`, kind: 'watch', objectKind: kind });
   }
   out.push({ method: 'GET', url: '/v1/tenants/:tenant/instances/:name/logs', summary: "Read or follow an instance's container output (NDJSON)", kind: 'logs', objectKind: 'Instance' });
+  // Tokens: any authenticated caller reaches these; the handlers decide (a role can only
+  // grant or revoke what it could create, and only sees the tokens it could manage).
+  out.push({ method: 'GET', url: '/v1/tokens', summary: 'List the API tokens the caller may manage (never their secrets)', kind: 'tokens' });
+  out.push({ method: 'POST', url: '/v1/tokens', summary: 'Create an API token; its secret is shown once in the response', kind: 'tokens' });
+  out.push({ method: 'DELETE', url: '/v1/tokens/:name', summary: 'Revoke an API token', kind: 'tokens' });
   out.push({ method: 'GET', url: '/v1/tenants/:tenant/machines/:name/logs', summary: "Read or follow a machine's serial console (NDJSON)", kind: 'logs', objectKind: 'Machine' });
   return out;
 }

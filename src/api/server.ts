@@ -17,6 +17,13 @@ import type { LogLine, LogOptions } from '../runtime/driver.js';
 import { ROUTES, type RouteDef } from './routes.js';
 import { openApiDocument } from './openapi.js';
 import { metrics } from '../metrics/metrics.js';
+import { admit, type Authenticator } from '../auth/admit.js';
+import { canSee, filterList, type Principal } from '../auth/rbac.js';
+import { issueToken, listTokens, revokeToken, tokenInfo } from '../auth/tokens.js';
+import { ROLES } from '../auth/rbac.js';
+import type { Env } from '../core/actions.js';
+import { z } from 'zod';
+import { zodIssues } from '../model/manifest.js';
 
 /** Where instance logs come from (the local agent in the all-in-one; agents over the network later). */
 export interface LogSource {
@@ -30,11 +37,22 @@ export interface ApiOptions {
   store: Store;
   logs: LogSource;
   logger: Logger;
+  /** Turns bearer tokens into principals (a TokenCache in the server). */
+  auth: Authenticator;
+  /** Ids and times for new tokens. */
+  env: Env;
   /** Largest request body accepted. */
   bodyLimit?: number;
 }
 
 type Params = { tenant?: string; name?: string };
+
+/** Who is calling and what the response must be narrowed to, per request. */
+interface Admitted {
+  principal?: Principal;
+  postFilter?: 'items' | 'object' | 'events';
+}
+const admissions = new WeakMap<FastifyRequest, Admitted>();
 type Query = Record<string, string | undefined>;
 
 function intParam(q: Query, name: string): number | undefined {
@@ -65,6 +83,9 @@ function render(result: ActionResult): unknown {
 /** Maps fastify's own errors (bad JSON, wrong content type, too large) to catalogue codes. */
 function toCarapaceError(err: unknown): CarapaceError {
   if (err instanceof CarapaceError) return err;
+  // AuthError (src/auth) carries a catalogue code of its own.
+  const coded = err as { name?: string; code?: string; message?: string };
+  if (coded.name === 'AuthError' && (coded.code === 'CARAPACE_E_UNAUTHENTICATED' || coded.code === 'CARAPACE_E_FORBIDDEN')) return new CarapaceError(coded.code, coded.message ?? 'not allowed');
   const e = err as { code?: string; statusCode?: number; message?: string }; // fastify errors carry code/statusCode
   switch (e.code) {
     case 'FST_ERR_CTP_INVALID_JSON_BODY':
@@ -129,6 +150,12 @@ export function buildApi(o: ApiOptions): FastifyInstance {
     app.route({
       method: route.method,
       url: route.url,
+      // Before the body is parsed: an unauthenticated caller learns nothing from validation.
+      onRequest: async (req: FastifyRequest) => {
+        const a = await admit(o.auth, route, req.headers.authorization, req.params as Params, req.query as Query); // fastify fills params/query
+        if (!a.decision.allowed) throw new CarapaceError(a.decision.code, a.decision.message);
+        admissions.set(req, { ...(a.principal ? { principal: a.principal } : {}), ...(a.decision.postFilter ? { postFilter: a.decision.postFilter } : {}) });
+      },
       handler: async (req: FastifyRequest, reply: FastifyReply) => handle(o, route, req, reply),
     });
   }
@@ -152,17 +179,27 @@ async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply
     }
     return openApiDocument();
   }
+  const who = admissions.get(req) ?? {};
+  if (route.kind === 'tokens') return handleTokens(o, route, req, reply, who.principal);
   const kind = route.objectKind as Kind; // every non-meta route names its kind
   if (route.kind === 'logs') return streamLogs(o, kind === 'Machine' ? 'Machine' : 'Instance', p, q, reply);
-  if (route.kind === 'watch') return streamWatch(o, kind, q, req, reply);
+  if (route.kind === 'watch') return streamWatch(o, kind, q, req, reply, who);
   const cp = o.controlPlane;
+  const narrow = (r: ActionResult): ActionResult => {
+    if (r.type === 'list' && who.postFilter === 'items' && who.principal) return { ...r, items: filterList(who.principal, kind, r.items) };
+    if (r.type === 'object' && who.postFilter === 'object' && who.principal && !canSee(who.principal, r.object)) {
+      // Not "forbidden": another tenant's object must not even be confirmed to exist.
+      throw new CarapaceError('CARAPACE_E_NOT_FOUND', `${kind.toLowerCase()} "${p.name ?? ''}" not found`);
+    }
+    return r;
+  };
   switch (route.action) {
     case 'list':
-      return render(await cp.handle({ type: 'list', kind, ...(p.tenant !== undefined ? { tenant: p.tenant } : {}) }));
+      return render(narrow(await cp.handle({ type: 'list', kind, ...(p.tenant !== undefined ? { tenant: p.tenant } : {}) })));
     case 'listAll':
-      return render(await cp.handle({ type: 'list', kind }));
+      return render(narrow(await cp.handle({ type: 'list', kind })));
     case 'get':
-      return render(await cp.handle({ type: 'get', kind, name: p.name ?? '', ...(p.tenant !== undefined ? { tenant: p.tenant } : {}) }));
+      return render(narrow(await cp.handle({ type: 'get', kind, name: p.name ?? '', ...(p.tenant !== undefined ? { tenant: p.tenant } : {}) })));
     case 'delete': {
       const rv = intParam(q, 'resourceVersion');
       return render(
@@ -219,7 +256,31 @@ async function streamLogs(o: ApiOptions, kind: 'Instance' | 'Machine', p: Params
   reply.raw.end();
 }
 
-async function streamWatch(o: ApiOptions, kind: Kind, q: Query, req: FastifyRequest, reply: FastifyReply): Promise<void> {
+const NewTokenSchema = z.strictObject({
+  name: z.string().min(1).max(100),
+  role: z.enum(ROLES),
+  tenant: z.string().min(1).max(63).optional(),
+});
+
+/** Token management: the token functions themselves refuse grants above the caller's role. */
+async function handleTokens(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply: FastifyReply, principal: Principal | undefined): Promise<unknown> {
+  if (route.method === 'GET') return { items: await listTokens(o.store, principal) };
+  if (route.method === 'DELETE') return { revoked: await revokeToken(o.store, principal, (req.params as Params).name ?? '', o.env.now()) }; // :name is the token id
+  const parsed = NewTokenSchema.safeParse(req.body ?? null);
+  if (!parsed.success) throw new CarapaceError('CARAPACE_E_VALIDATION', 'invalid token request', zodIssues(parsed.error));
+  const b = parsed.data;
+  const minted = await issueToken(o.store, principal, {
+    id: o.env.newId().replace(/[^a-z0-9]/gi, '').slice(0, 16),
+    name: b.name,
+    role: b.role,
+    ...(b.tenant !== undefined ? { tenant: b.tenant } : {}),
+    now: o.env.now(),
+  });
+  void reply.status(201);
+  return { token: minted.token, ...tokenInfo(minted.record) };
+}
+
+async function streamWatch(o: ApiOptions, kind: Kind, q: Query, req: FastifyRequest, reply: FastifyReply, who: Admitted = {}): Promise<void> {
   const tenant = q['tenant'];
   if (tenant !== undefined && !KINDS[kind].scoped) throw new CarapaceError('CARAPACE_E_BAD_QUERY', `${kind} is not tenant-scoped`, [{ path: 'query.tenant', message: 'not allowed for this kind' }]);
   const lastId = req.headers['last-event-id'];
@@ -247,6 +308,7 @@ async function streamWatch(o: ApiOptions, kind: Kind, q: Query, req: FastifyRequ
       first = undefined;
       if (r.done) break;
       const e = r.value as { type: string; revision: number; value: unknown };
+      if (who.postFilter === 'events' && who.principal && !canSee(who.principal, e.value)) continue;
       reply.raw.write(`id: ${e.revision}\nevent: ${e.type}\ndata: ${JSON.stringify(e.value)}\n\n`);
     }
   } catch (err) {

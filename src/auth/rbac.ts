@@ -91,6 +91,8 @@ export const ADMIN_ONLY_ROUTES: readonly string[] = ['GET /metrics'];
 export type RouteClass =
   | { type: 'public' }
   | { type: 'admin' }
+  /** Any valid token; the handler itself checks what the principal may do (token management). */
+  | { type: 'self' }
   | {
       type: 'object';
       verb: 'read' | 'write';
@@ -119,6 +121,7 @@ function hasParam(url: string, name: string): boolean {
  * authorize denies it to everyone). Pure; safe to call at startup to check a route table.
  */
 export function classifyRoute(route: AuthzRequest['route']): RouteClass | undefined {
+  if (route.kind === 'tokens') return route.url === '/v1/tokens' || route.url === '/v1/tokens/:name' ? { type: 'self' } : undefined;
   if (route.kind === 'meta') {
     const id = `${route.method} ${route.url}`;
     if (PUBLIC_ROUTES.includes(id)) return { type: 'public' };
@@ -197,6 +200,7 @@ export function authorize(principal: Principal | undefined, request: AuthzReques
   if (!validPrincipal(principal)) return deny('the token has an invalid role');
   if (principal.role === 'cluster-admin') return { allowed: true };
   if (cls.type === 'admin') return deny(`${request.route.method} ${request.route.url} is for cluster-admins only`);
+  if (cls.type === 'self') return { allowed: true };
 
   const own = principal.tenant ?? ''; // validPrincipal guarantees a tenant for tenant roles
   const kind = cls.objectKind;

@@ -2,6 +2,9 @@
  * The CLI's HTTP client: one place that knows the server address, turns transport failures
  * into one clear line (CARAPACE_E_SERVER_UNREACHABLE), and error bodies into CliError.
  */
+import { readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
 import { request } from 'undici';
 import { CarapaceError, type ErrorBody } from '../model/errors.js';
 
@@ -19,12 +22,35 @@ export class CliError extends Error {
   }
 }
 
+/** What `carapace up` saved for the CLI on this machine (0600): server address and token. */
+export interface CliConfig {
+  server?: string;
+  token?: string;
+}
+
+/** $CARAPACE_CONFIG or ~/.config/carapace/config.json; missing or unreadable means empty. */
+export function readCliConfig(): CliConfig {
+  const path = process.env['CARAPACE_CONFIG'] ?? join(homedir(), '.config', 'carapace', 'config.json');
+  try {
+    const v = JSON.parse(readFileSync(path, 'utf8')) as unknown;
+    if (typeof v !== 'object' || v === null) return {};
+    const o = v as Record<string, unknown>; // checked to be an object
+    return { ...(typeof o['server'] === 'string' ? { server: o['server'] } : {}), ...(typeof o['token'] === 'string' ? { token: o['token'] } : {}) };
+  } catch {
+    return {};
+  }
+}
+
 export class ApiClient {
   readonly base: string;
+  private readonly token: string | undefined;
 
-  constructor(server: string | undefined) {
-    const s = (server ?? process.env['CARAPACE_SERVER'] ?? DEFAULT_SERVER).replace(/\/+$/, '');
+  /** Flags win over the environment, which wins over the config file. */
+  constructor(server: string | undefined, token?: string) {
+    const cfg = readCliConfig();
+    const s = (server ?? process.env['CARAPACE_SERVER'] ?? cfg.server ?? DEFAULT_SERVER).replace(/\/+$/, '');
     this.base = /^https?:\/\//.test(s) ? s : `http://${s}`;
+    this.token = token ?? process.env['CARAPACE_TOKEN'] ?? cfg.token;
   }
 
   /** Sends a request and returns the parsed JSON body; throws CliError on any failure. */
@@ -51,7 +77,10 @@ export class ApiClient {
     try {
       return await request(`${this.base}${path}`, {
         method: method as 'GET', // one of the HTTP methods this client sends
-        headers: body === undefined ? {} : { 'content-type': 'application/json' },
+        headers: {
+          ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+          ...(this.token ? { authorization: `Bearer ${this.token}` } : {}),
+        },
         body: body === undefined ? null : JSON.stringify(body),
         headersTimeout: 30_000,
         bodyTimeout: 0,

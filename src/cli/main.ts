@@ -8,18 +8,20 @@ import { Command, Option } from 'commander';
 import { kindFromWord, KINDS, type AnyObject, type Instance, type Kind } from '../model/objects.js';
 import { applyAll, readManifests, waitFor, manifestPath } from './apply.js';
 import { ApiClient, CliError } from './client.js';
-import { formatDescribe, formatOutput } from './format.js';
+import { formatDescribe, formatOutput, table } from './format.js';
 import type { LogLine } from '../runtime/driver.js';
 
 const program = new Command();
 program
   .name('carapace')
   .description('Containers and VMs under one control plane.')
-  .option('-s, --server <url>', 'API server address (default: $CARAPACE_SERVER or http://127.0.0.1:7070)')
+  .option('-s, --server <url>', 'API server address (default: $CARAPACE_SERVER, the config file, or http://127.0.0.1:7070)')
+  .option('--token <token>', 'API token (default: $CARAPACE_TOKEN, or the config file written by `carapace up`)')
   .showHelpAfterError();
 
 function client(): ApiClient {
-  return new ApiClient(program.opts<{ server?: string }>().server);
+  const o = program.opts<{ server?: string; token?: string }>();
+  return new ApiClient(o.server, o.token);
 }
 
 function parseKind(word: string): Kind {
@@ -193,6 +195,36 @@ program
         else process.stdout.write(`${text}\n`);
       }
     }
+  });
+
+const tokenCmd = program.command('token').description('Manage API tokens (a role can only grant what it has)');
+tokenCmd
+  .command('create')
+  .description('Create a token; its secret is printed once')
+  .requiredOption('--name <name>', 'what the token is for')
+  .addOption(new Option('--role <role>', 'role').choices(['cluster-admin', 'tenant-admin', 'tenant-viewer']).makeOptionMandatory())
+  .option('-t, --tenant <tenant>', 'the tenant of a tenant-admin or tenant-viewer token')
+  .action(async (o: { name: string; role: string; tenant?: string }) => {
+    const r = await client().call<{ token: string; id: string; role: string; tenant?: string }>('POST', '/v1/tokens', { name: o.name, role: o.role, ...(o.tenant ? { tenant: o.tenant } : {}) });
+    console.log(`token ${r.id} (${r.role}${r.tenant ? ` of tenant ${r.tenant}` : ''}) created; its secret is shown only now:`);
+    console.log(r.token);
+  });
+tokenCmd
+  .command('list')
+  .description('List the tokens you may manage')
+  .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'json']).default('table'))
+  .action(async (o: { output: string }) => {
+    const r = await client().call<{ items: { id: string; name: string; role: string; tenant?: string; createdAt: string; revokedAt?: string }[] }>('GET', '/v1/tokens');
+    if (o.output === 'json') console.log(JSON.stringify(r, null, 2));
+    else console.log(table(['ID', 'NAME', 'ROLE', 'TENANT', 'CREATED', 'REVOKED'], r.items.map((t) => [t.id, t.name, t.role, t.tenant ?? '-', t.createdAt, t.revokedAt ?? '-'])));
+  });
+tokenCmd
+  .command('revoke')
+  .description('Revoke a token (it stops working at once)')
+  .argument('<id>')
+  .action(async (id: string) => {
+    await client().call('DELETE', `/v1/tokens/${encodeURIComponent(id)}`);
+    console.log(`token ${id} revoked`);
   });
 
 const machineCmd = program.command('machine').description('Power a machine on or off, or restart it');

@@ -16,12 +16,14 @@ import { ControlPlane } from '../../src/core/control-plane.js';
 import { Resources } from '../../src/core/resources.js';
 import { openSqliteStore } from '../../src/store/sqlite.js';
 import { registerStateGauges } from '../../src/metrics/metrics.js';
+import { authenticate, bootstrapToken } from '../../src/auth/tokens.js';
 import type { Store } from '../../src/store/store.js';
 
 let dir: string;
 let store: Store;
 let app: FastifyInstance;
 let n = 0;
+let admin = '';
 const env = { now: () => '2026-01-01T00:00:00.000Z', newId: () => `uid-${++n}` };
 
 const tenant = (name: string, spec: Record<string, unknown> = {}): Record<string, unknown> => ({ apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name }, spec });
@@ -38,8 +40,20 @@ beforeAll(async () => {
   const logger = pino({ level: 'silent' });
   const resources = new Resources(store);
   registerStateGauges(resources);
-  app = buildApi({ controlPlane: new ControlPlane(resources, env), store, logs: { logs: async function* () {} }, logger });
+  const auth = { authenticate: (t: string | undefined) => authenticate(store, t) };
+  app = buildApi({ controlPlane: new ControlPlane(resources, env), store, logs: { logs: async function* () {} }, logger, auth, env });
   await app.ready();
+  admin = (await bootstrapToken(store, { id: 'admin1', name: 'admin', now: env.now() }))!.token; // a fresh store bootstraps once
+  // Every request below carries the admin token unless a test says otherwise.
+  const inject = app.inject.bind(app);
+  (app as unknown as { inject: typeof app.inject }).inject = ((opts: Parameters<typeof app.inject>[0]) => {
+    const o = typeof opts === 'object' && opts !== null ? (opts as { headers?: Record<string, string> }) : {};
+    if (o.headers?.['authorization'] === 'none') {
+      delete o.headers['authorization'];
+      return inject(opts as never);
+    }
+    return inject({ ...(opts as object), headers: { authorization: `Bearer ${admin}`, ...(o.headers ?? {}) } } as never);
+  }) as typeof app.inject;
 });
 
 afterAll(async () => {
@@ -158,7 +172,7 @@ describe('API', () => {
     await put('/v1/tenants/w1', tenant('w1'));
     await put('/v1/tenants/w2', tenant('w2'));
     const ac = new AbortController();
-    const res = await fetch(`http://127.0.0.1:${port}/v1/watch/tenants?resourceVersion=${rev}`, { signal: ac.signal });
+    const res = await fetch(`http://127.0.0.1:${port}/v1/watch/tenants?resourceVersion=${rev}`, { signal: ac.signal, headers: { authorization: `Bearer ${admin}` } });
     expect(res.headers.get('content-type')).toMatch(/text\/event-stream/);
     const reader = res.body!.getReader(); // a streaming response always has a body
     let text = '';
@@ -177,6 +191,49 @@ describe('API', () => {
     expect(doc.openapi).toBe('3.1.0');
     for (const r of ROUTES) expect(doc.paths[r.url.replace(/:(\w+)/g, '{$1}')][r.method.toLowerCase()]).toBeDefined();
     expect(doc.components.schemas.ServiceManifest.properties.spec).toBeDefined();
+  });
+
+  it('authenticates every request and narrows what tenant tokens see', async () => {
+    const noToken = await app.inject({ method: 'GET', url: '/v1/services', headers: { authorization: 'none' } });
+    expect([noToken.statusCode, noToken.json().error.code]).toEqual([401, 'CARAPACE_E_UNAUTHENTICATED']);
+    const bad = await app.inject({ method: 'GET', url: '/v1/services', headers: { authorization: 'Bearer cpt_nope.nope' } });
+    expect(bad.statusCode).toBe(401);
+    expect((await app.inject({ method: 'GET', url: '/healthz', headers: { authorization: 'none' } })).statusCode).toBe(200);
+    await put('/v1/tenants/ta', tenant('ta'));
+    await put('/v1/tenants/tb', tenant('tb'));
+    await put('/v1/tenants/ta/services/a1', service('a1', 'ta'));
+    await put('/v1/tenants/tb/services/b1', service('b1', 'tb'));
+    const mk = async (role: string, t?: string): Promise<string> => {
+      const r = await app.inject({ method: 'POST', url: '/v1/tokens', payload: { name: role, role, ...(t ? { tenant: t } : {}) } });
+      expect(r.statusCode, r.body).toBe(201);
+      return r.json().token as string;
+    };
+    const taAdmin = await mk('tenant-admin', 'ta');
+    const taViewer = await mk('tenant-viewer', 'ta');
+    const as = (tok: string) => ({ authorization: `Bearer ${tok}` });
+    // Lists across tenants show only the caller's tenant.
+    const list = await app.inject({ method: 'GET', url: '/v1/services', headers: as(taViewer) });
+    expect(list.json().items.map((x: { metadata: { tenant: string } }) => x.metadata.tenant)).toEqual(['ta']);
+    const tenants = await app.inject({ method: 'GET', url: '/v1/tenants', headers: as(taAdmin) });
+    expect(tenants.json().items.map((x: { metadata: { name: string } }) => x.metadata.name)).toEqual(['ta']);
+    // Another tenant's objects, hosts, writes by a viewer, escalation: all refused.
+    expect((await app.inject({ method: 'GET', url: '/v1/tenants/tb/services/b1', headers: as(taAdmin) })).json().error.code).toBe('CARAPACE_E_FORBIDDEN');
+    expect((await app.inject({ method: 'PUT', url: '/v1/tenants/tb/services/x', payload: service('x', 'tb'), headers: as(taAdmin) })).statusCode).toBe(403);
+    expect((await app.inject({ method: 'GET', url: '/v1/hosts', headers: as(taAdmin) })).statusCode).toBe(403);
+    expect((await app.inject({ method: 'GET', url: '/metrics', headers: as(taAdmin) })).statusCode).toBe(403);
+    expect((await app.inject({ method: 'PUT', url: '/v1/tenants/ta/services/a2', payload: service('a2', 'ta'), headers: as(taViewer) })).statusCode).toBe(403);
+    expect((await app.inject({ method: 'PUT', url: '/v1/tenants/ta/services/a2', payload: service('a2', 'ta'), headers: as(taAdmin) })).statusCode).toBe(201);
+    const escalate = await app.inject({ method: 'POST', url: '/v1/tokens', payload: { name: 'x', role: 'cluster-admin' }, headers: as(taAdmin) });
+    expect([escalate.statusCode, escalate.json().error.code]).toEqual([403, 'CARAPACE_E_FORBIDDEN']);
+    const other = await app.inject({ method: 'POST', url: '/v1/tokens', payload: { name: 'x', role: 'tenant-viewer', tenant: 'tb' }, headers: as(taAdmin) });
+    expect(other.statusCode).toBe(403);
+    // Revocation takes effect at once.
+    const id = taViewer.slice(4).split('.')[0];
+    expect((await app.inject({ method: 'DELETE', url: `/v1/tokens/${id}`, headers: as(taAdmin) })).statusCode).toBe(200);
+    expect((await app.inject({ method: 'GET', url: '/v1/tenants/ta/services', headers: as(taViewer) })).statusCode).toBe(401);
+    // The store never holds a token secret.
+    const stored = await store.list('tokens/');
+    expect(JSON.stringify(stored.items)).not.toContain(taAdmin.split('.')[1]);
   });
 
   it('serves Prometheus metrics with tenant labels, computed from the store', async () => {

@@ -157,6 +157,9 @@ describe('all-in-one through the CLI', () => {
     const machine = await applyText(manifest([{ apiVersion: 'carapace/v1', kind: 'Machine', metadata: { name: 'm', tenant: 'acme' }, spec: { disk: { image: '../../etc/shadow' } } }]));
     expect(machine.stderr).toMatch(/CARAPACE_E_VALIDATION/);
     expect(machine.stderr).toMatch(/spec\.disk\.image: must be a file name in the machine image directory/);
+    const noToken = await cli(server.url, ['get', 'services', '--token', 'cpt_forged.secret']);
+    expect(noToken.code).toBe(1);
+    expect(noToken.stderr).toMatch(/^error CARAPACE_E_UNAUTHENTICATED: /);
     const unreachable = await cli(`http://127.0.0.1:${await freePort()}`, ['get', 'tenants']);
     expect(unreachable.code).toBe(1);
     expect(unreachable.stderr.trim().split('\n')).toHaveLength(1);

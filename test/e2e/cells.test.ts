@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildBusyboxImage, startRegistry, type RunningRegistry } from '../../src/image/testing/index.js';
 import type { Cell, Instance, Machine } from '../../src/model/objects.js';
 import { buildHelloMachine } from '../../src/vm/testing/hello-machine.js';
-import { cli, destroyAll, eventually, freePort, Server, tempDir } from './helpers.js';
+import { authed, cli, destroyAll, eventually, freePort, Server, tempDir } from './helpers.js';
 
 let tmp: { dir: string; cleanup: () => Promise<void> };
 let registry: RunningRegistry;
@@ -81,7 +81,7 @@ describe('cells', () => {
     const body = await eventually(async () => (await fetch(`http://127.0.0.1:${hostPort}/`)).text(), 30_000, 'published port');
     expect(body).toBe('served from inside a cell\n');
     // Metrics for the tools above: per tenant, group and cell.
-    const prom = await (await fetch(`${server.url}/metrics`)).text();
+    const prom = await (await authed(server.url, '/metrics')).text();
     expect(prom).toContain(`carapace_instances{tenant="acme",group="default",isolation="cell",cell="${cellName}",phase="Running"} 2`);
     expect(prom).toMatch(new RegExp(`carapace_cell_reserved_cpu_cores\\{tenant="acme",group="default",cell="${cellName}",host="e2e"\\} 2`));
     // The pool is refilled with a new unassigned cell.

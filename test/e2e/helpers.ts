@@ -3,7 +3,7 @@
  * SIGKILLed), and the real CLI. Requires `npm run build` (scripts/test.sh does it).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,10 +26,16 @@ export interface CliResult {
   stderr: string;
 }
 
-/** Runs the real CLI against `server`. */
+/** Admin tokens of the servers started by this process, by URL (read from STATE_DIR/admin-token). */
+export const tokens = new Map<string, string>();
+
+/** Runs the real CLI against `server`, with that server's admin token. */
 export function cli(server: string, args: string[], input?: string, timeoutMs = 120_000): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, CARAPACE_SERVER: server }, stdio: ['pipe', 'pipe', 'pipe'] });
+    const env: NodeJS.ProcessEnv = { ...process.env, CARAPACE_SERVER: server, CARAPACE_CONFIG: '/nonexistent/carapace-config.json' };
+    const token = tokens.get(server);
+    if (token) env['CARAPACE_TOKEN'] = token;
+    const p = spawn(process.execPath, [CLI, ...args], { env, stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -60,7 +66,7 @@ export class Server {
 
   async start(): Promise<void> {
     this.proc = spawn(process.execPath, [CLI, 'up', '--state-dir', this.stateDir, '--port', String(this.port), '--host-name', 'e2e', ...this.extraArgs], {
-      env: { ...process.env, CARAPACE_LOG_LEVEL: process.env['CARAPACE_LOG_LEVEL'] ?? 'info', ...this.extraEnv },
+      env: { ...process.env, CARAPACE_LOG_LEVEL: process.env['CARAPACE_LOG_LEVEL'] ?? 'info', CARAPACE_CONFIG: join(this.stateDir, 'cli-config.json'), ...this.extraEnv },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     this.proc.stdout?.on('data', (d: Buffer) => (this.log += d.toString()));
@@ -68,7 +74,10 @@ export class Server {
     for (let i = 0; i < 200; i++) {
       try {
         const r = await fetch(`${this.url}/healthz`);
-        if (r.ok) return;
+        if (r.ok) {
+          tokens.set(this.url, (await readFile(join(this.stateDir, 'admin-token'), 'utf8')).trim());
+          return;
+        }
       } catch {
         // not up yet
       }
@@ -155,3 +164,8 @@ export async function eventually<T>(fn: () => Promise<T | undefined | false>, ti
 }
 
 export { freePort };
+
+/** fetch with the server's admin token. */
+export function authed(server: string, path: string): Promise<Response> {
+  return fetch(`${server}${path}`, { headers: { authorization: `Bearer ${tokens.get(server) ?? ''}` } });
+}
