@@ -35,7 +35,10 @@ fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "==> installing npm packages"
-  npm ci --no-audit --no-fund --loglevel=error
+  # `npm install` rather than `npm ci`: npm 11 refuses `ci` when the lock file lacks entries
+  # for other platforms' optional packages (rollup's), which some registries leave out. The
+  # versions still come from package-lock.json.
+  npm install --no-audit --no-fund --loglevel=error
 fi
 echo "==> building"
 npm run --silent build

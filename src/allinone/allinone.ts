@@ -23,6 +23,7 @@ import { openSqliteStore } from '../store/sqlite.js';
 import { CellManager } from '../agent/cells.js';
 import { registerStateGauges } from '../metrics/metrics.js';
 import { TokenCache } from '../auth/cache.js';
+import { AuditLog } from '../audit/log.js';
 import { bootstrapToken } from '../auth/tokens.js';
 import type { Store } from '../store/store.js';
 import { MachineRunner } from '../agent/machines.js';
@@ -84,7 +85,10 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
   const logger = o.logger ?? pino({ level: process.env['CARAPACE_LOG_LEVEL'] ?? 'info' });
   await mkdir(o.stateDir, { recursive: true, mode: 0o700 });
   const store = await openSqliteStore({ path: join(o.stateDir, 'store.db'), logger });
-  const resources = new Resources(store);
+  // Mutations and the control plane's own actions are recorded in a hash-chained log whose
+  // checkpoints are signed with a key generated at first start.
+  const audit = await AuditLog.open({ store, keyDir: join(o.stateDir, 'audit-keys'), logger });
+  const resources = new Resources(store, audit);
   const env = systemEnv;
   const controlPlane = new ControlPlane(resources, env);
   const runtimeDir = join(o.stateDir, 'runtime');
@@ -128,7 +132,7 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
   const controller = new WorkloadController({ resources, env, logger, ...(o.cellGraceMs !== undefined ? { cellGraceMs: o.cellGraceMs } : Number.isFinite(graceEnv) && graceEnv >= 0 ? { cellGraceMs: graceEnv } : {}) });
   registerStateGauges(resources);
   const tokens = new TokenCache(store, logger);
-  const api = buildApi({ controlPlane, store, logs: agent, logger, auth: tokens, env });
+  const api = buildApi({ controlPlane, store, logs: agent, logger, auth: tokens, env, audit });
   const adminToken = await firstAdminToken(store, env, o.stateDir);
 
   const ac = new AbortController();

@@ -5,7 +5,7 @@
  */
 import { KINDS, type Kind } from '../model/objects.js';
 
-export type RouteKind = 'action' | 'logs' | 'watch' | 'meta' | 'tokens';
+export type RouteKind = 'action' | 'logs' | 'watch' | 'meta' | 'tokens' | 'audit';
 
 export interface RouteDef {
   method: 'GET' | 'PUT' | 'POST' | 'DELETE';
@@ -52,6 +52,8 @@ function objectRoutes(): RouteDef[] {
   out.push({ method: 'GET', url: '/v1/tokens', summary: 'List the API tokens the caller may manage (never their secrets)', kind: 'tokens' });
   out.push({ method: 'POST', url: '/v1/tokens', summary: 'Create an API token; its secret is shown once in the response', kind: 'tokens' });
   out.push({ method: 'DELETE', url: '/v1/tokens/:name', summary: 'Revoke an API token', kind: 'tokens' });
+  out.push({ method: 'GET', url: '/v1/audit/records', summary: 'Export audit records (?since, ?until, ?format=jsonl|csv); a tenant token gets only its tenant\'s records', kind: 'audit' });
+  out.push({ method: 'GET', url: '/v1/audit/verify', summary: 'Verify the audit hash chain and signed checkpoints (cluster-admin)', kind: 'audit' });
   out.push({ method: 'GET', url: '/v1/tenants/:tenant/machines/:name/logs', summary: "Read or follow a machine's serial console (NDJSON)", kind: 'logs', objectKind: 'Machine' });
   return out;
 }

@@ -24,6 +24,8 @@ import { ROLES } from '../auth/rbac.js';
 import type { Env } from '../core/actions.js';
 import { z } from 'zod';
 import { zodIssues } from '../model/manifest.js';
+import type { AuditLog } from '../audit/log.js';
+import type { AuditContext } from '../core/control-plane.js';
 
 /** Where instance logs come from (the local agent in the all-in-one; agents over the network later). */
 export interface LogSource {
@@ -41,6 +43,8 @@ export interface ApiOptions {
   auth: Authenticator;
   /** Ids and times for new tokens. */
   env: Env;
+  /** The audit log: successful mutations are recorded by the core; refused ones here. */
+  audit?: AuditLog;
   /** Largest request body accepted. */
   bodyLimit?: number;
 }
@@ -53,6 +57,15 @@ interface Admitted {
   postFilter?: 'items' | 'object' | 'events';
 }
 const admissions = new WeakMap<FastifyRequest, Admitted>();
+
+/** The audit actor and source of a request. */
+function auditContext(req: FastifyRequest): AuditContext {
+  const p = admissions.get(req)?.principal;
+  return {
+    actor: p ? { kind: 'user', id: `token:${p.tokenId}`, ...(p.tenant ? { tenant: p.tenant } : {}) } : { kind: 'user', id: 'anonymous' },
+    source: req.ip,
+  };
+}
 type Query = Record<string, string | undefined>;
 
 function intParam(q: Query, name: string): number | undefined {
@@ -129,10 +142,27 @@ export function buildApi(o: ApiOptions): FastifyInstance {
     }
   });
 
-  app.setErrorHandler((err, req, reply) => {
+  app.setErrorHandler(async (err, req, reply) => {
     const ce = toCarapaceError(err);
     if (ce.code === 'CARAPACE_E_INTERNAL') req.log.error({ err, url: req.url, method: req.method }, 'internal error');
-    void reply.status(ce.status).send(ce.toJSON());
+    if (o.audit && req.method !== 'GET') {
+      // Refused mutations are audited too (who tried what, and why it failed); best effort:
+      // nothing was changed, so a failing audit write must not turn the refusal into a 500.
+      const ctx = auditContext(req);
+      const p = req.params as Params; // filled by routing (may be empty for unmatched routes)
+      await o.audit
+        .append({
+          time: o.env.now(),
+          actor: ctx.actor,
+          ...(ctx.source ? { source: ctx.source } : {}),
+          action: req.method === 'DELETE' ? 'delete' : 'apply',
+          target: { kind: req.routeOptions.url ?? req.url.split('?')[0] ?? '', name: p?.name ?? '', ...(p?.tenant ? { tenant: p.tenant } : {}) },
+          outcome: 'failure',
+          detail: { code: ce.code, message: ce.message.slice(0, 500) },
+        })
+        .catch((e: unknown) => req.log.warn({ err: e }, 'could not audit a refused request'));
+    }
+    return reply.status(ce.status).send(ce.toJSON());
   });
   app.setNotFoundHandler((req, reply) => {
     const path = req.url.split('?')[0] ?? '';
@@ -181,6 +211,7 @@ async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply
   }
   const who = admissions.get(req) ?? {};
   if (route.kind === 'tokens') return handleTokens(o, route, req, reply, who.principal);
+  if (route.kind === 'audit') return handleAudit(o, route, q, reply, who.principal);
   const kind = route.objectKind as Kind; // every non-meta route names its kind
   if (route.kind === 'logs') return streamLogs(o, kind === 'Machine' ? 'Machine' : 'Instance', p, q, reply);
   if (route.kind === 'watch') return streamWatch(o, kind, q, req, reply, who);
@@ -203,7 +234,7 @@ async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply
     case 'delete': {
       const rv = intParam(q, 'resourceVersion');
       return render(
-        await cp.handle({ type: 'delete', kind, name: p.name ?? '', ...(p.tenant !== undefined ? { tenant: p.tenant } : {}), ...(rv !== undefined ? { resourceVersion: rv } : {}) }),
+        await cp.handle({ type: 'delete', kind, name: p.name ?? '', ...(p.tenant !== undefined ? { tenant: p.tenant } : {}), ...(rv !== undefined ? { resourceVersion: rv } : {}) }, auditContext(req)),
       );
     }
     case 'apply':
@@ -222,7 +253,7 @@ async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply
           { path: 'metadata.tenant', message: `must be "${p.tenant}"` },
         ]);
       }
-      const result = await cp.handle({ type: 'apply', manifest, createOnly: route.action === 'create' });
+      const result = await cp.handle({ type: 'apply', manifest, createOnly: route.action === 'create' }, auditContext(req));
       if (result.type === 'object' && result.created) void reply.status(201);
       // RFC 7234-style warnings, as Kubernetes sends them: the CLI prints them.
       if (result.type === 'object' && result.warnings?.length) void reply.header('warning', result.warnings.map((w) => `299 - ${JSON.stringify(w)}`).join(', '));
@@ -261,6 +292,23 @@ const NewTokenSchema = z.strictObject({
   role: z.enum(ROLES),
   tenant: z.string().min(1).max(63).optional(),
 });
+
+/** Audit export (narrowed to the caller's tenant for tenant tokens) and verification. */
+async function handleAudit(o: ApiOptions, route: RouteDef, q: Query, reply: FastifyReply, principal: Principal | undefined): Promise<unknown> {
+  if (!o.audit) throw new CarapaceError('CARAPACE_E_UNAVAILABLE', 'this server keeps no audit log');
+  if (route.url === '/v1/audit/verify') return o.audit.verify();
+  const format = q['format'] ?? 'jsonl';
+  if (format !== 'jsonl' && format !== 'csv') throw new CarapaceError('CARAPACE_E_BAD_QUERY', 'format must be jsonl or csv', [{ path: 'query.format', message: 'must be jsonl or csv' }]);
+  for (const t of ['since', 'until'] as const) {
+    const v = q[t];
+    if (v !== undefined && Number.isNaN(Date.parse(v))) throw new CarapaceError('CARAPACE_E_BAD_QUERY', `${t} must be an ISO 8601 time`, [{ path: `query.${t}`, message: 'must be an ISO 8601 time' }]);
+  }
+  // A tenant token sees only its tenant's records, whatever it asks for.
+  const tenant = principal?.role === 'cluster-admin' ? q['tenant'] : principal?.tenant;
+  const text = await o.audit.export({ format, ...(q['since'] ? { since: q['since'] } : {}), ...(q['until'] ? { until: q['until'] } : {}), ...(tenant ? { tenant } : {}) });
+  void reply.header('content-type', format === 'csv' ? 'text/csv; charset=utf-8' : 'application/x-ndjson');
+  return text;
+}
 
 /** Token management: the token functions themselves refuse grants above the caller's role. */
 async function handleTokens(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply: FastifyReply, principal: Principal | undefined): Promise<unknown> {

@@ -140,6 +140,11 @@ export class AuditLog {
     if (entries.length === 0) throw new TypeError('prepareBatch needs at least one entry');
     const headEntry = await this.store.get<AuditHead>(HEAD_KEY);
     let prev = headEntry?.value;
+    if (headEntry && !validHead(prev)) {
+      // Extending a corrupt head would fork or break the chain: refuse every mutation until
+      // an operator repairs the log (verify says what is wrong).
+      throw new CarapaceError('CARAPACE_E_UNAVAILABLE', 'the audit log head is corrupt; mutations are refused until it is repaired (carapace audit verify)');
+    }
     const ops: TxnOp[] = [];
     const records: AuditRecord[] = [];
     const checkpoints: AuditCheckpoint[] = [];
@@ -292,4 +297,11 @@ function backoff(attempt: number): Promise<void> {
   // Jitter spreads competing writers apart; capped so a retry never waits long.
   const ms = Math.random() * Math.min(20, 2 ** attempt);
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** A head is `{seq: positive integer, hash: 64 hex digits}`. */
+function validHead(h: unknown): h is AuditHead {
+  if (typeof h !== 'object' || h === null) return false;
+  const o = h as Record<string, unknown>; // checked to be an object
+  return Number.isSafeInteger(o['seq']) && (o['seq'] as number) > 0 && typeof o['hash'] === 'string' && /^[0-9a-f]{64}$/.test(o['hash']);
 }

@@ -121,6 +121,12 @@ function hasParam(url: string, name: string): boolean {
  * authorize denies it to everyone). Pure; safe to call at startup to check a route table.
  */
 export function classifyRoute(route: AuthzRequest['route']): RouteClass | undefined {
+  if (route.kind === 'audit') {
+    if (route.method !== 'GET') return undefined;
+    if (route.url === '/v1/audit/verify') return { type: 'admin' };
+    // Records: the handler forces a tenant token's export to its own tenant.
+    return route.url === '/v1/audit/records' ? { type: 'self' } : undefined;
+  }
   if (route.kind === 'tokens') return route.url === '/v1/tokens' || route.url === '/v1/tokens/:name' ? { type: 'self' } : undefined;
   if (route.kind === 'meta') {
     const id = `${route.method} ${route.url}`;

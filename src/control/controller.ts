@@ -13,6 +13,7 @@ import { kindPrefix, TERMINAL_PHASES, type Cell, type Host, type Instance, type 
 import { placeMachine } from './machine-placement.js';
 import { metrics, timed } from '../metrics/metrics.js';
 import type { PlannedCell } from '../scheduler/types.js';
+import type { AuditEntry } from '../audit/record.js';
 import { planJob, planService, type Change, type PlanContext } from './workload-plan.js';
 import { WorkQueue, type ReconcileResult } from './workqueue.js';
 import { watchForever } from './watch.js';
@@ -25,6 +26,11 @@ export interface ControllerOptions {
   resyncMs?: number;
   /** How long an assigned cell may stay empty before it is retired (default 60 s). */
   cellGraceMs?: number;
+}
+
+/** An audit entry for an action the control plane takes on its own. */
+function systemEntry(time: string, action: string, kind: string, name: string, tenant: string, detail: Record<string, unknown>): AuditEntry {
+  return { time, actor: { kind: 'system', id: 'controller' }, action, target: { kind, name, ...(tenant ? { tenant } : {}) }, outcome: 'success', detail };
 }
 
 /** The key of the pass that retires cells left empty past their grace period. */
@@ -152,6 +158,7 @@ export class WorkloadController {
         const claimed = await r.write(
           { ...w, spec: { ...w.spec, tenant: p.tenant, group: p.group, dedicated: p.dedicated }, status: { ...w.status, assignedAt: now }, metadata: { ...w.metadata, updatedAt: now } },
           w.metadata.resourceVersion,
+          systemEntry(now, 'cell.assigned', 'Cell', w.metadata.name, p.tenant, { group: p.group, host: p.host, fromWarmPool: true }),
         );
         alias.set(p.id, claimed.metadata.name);
         w.spec.tenant = p.tenant; // this pass must not offer it again
@@ -167,7 +174,7 @@ export class WorkloadController {
       spec: { tenant: p.tenant, group: p.group, host: p.host, cpu: p.cpu, memoryMiB: p.memoryMiB, dedicated: p.dedicated, warm: false },
       status: { phase: 'Pending' },
     };
-    await r.write(cell, 0);
+    await r.write(cell, 0, systemEntry(now, 'cell.created', 'Cell', p.id, p.tenant, { group: p.group, host: p.host, cpu: p.cpu, memoryMiB: p.memoryMiB, dedicated: p.dedicated }));
     alias.set(p.id, p.id);
     this.log.info({ cell: p.id, tenant: p.tenant, group: p.group, host: p.host, cpu: p.cpu, memoryMiB: p.memoryMiB }, 'cell created');
   }
@@ -219,11 +226,17 @@ export class WorkloadController {
         next = Math.min(next, left);
         continue;
       }
-      await r.mutate('Cell', name, undefined, (x) => {
-        x.metadata.deletionRequestedAt = nowIso;
-        x.status = { ...x.status, phase: 'Retiring', message: `empty for ${Math.round(grace / 1000)}s` };
-        return x;
-      });
+      await r.mutate(
+        'Cell',
+        name,
+        undefined,
+        (x) => {
+          x.metadata.deletionRequestedAt = nowIso;
+          x.status = { ...x.status, phase: 'Retiring', message: `empty for ${Math.round(grace / 1000)}s` };
+          return x;
+        },
+        systemEntry(nowIso, 'cell.retired', 'Cell', name, c.spec.tenant, { reason: 'Empty', graceMs: grace }),
+      );
       this.log.info({ cell: name, tenant: c.spec.tenant }, 'retiring empty cell');
     }
     return Number.isFinite(next) ? { requeueAfterMs: next } : undefined;
@@ -244,7 +257,14 @@ export class WorkloadController {
             c.instance.spec.cell = actual;
             c.instance.status.message = c.instance.status.message?.replace(planned, actual);
           }
-          await r.write(c.instance, 0);
+          const placed = c.instance.spec.host !== '';
+          await r.write(
+            c.instance,
+            0,
+            placed
+              ? systemEntry(now, 'instance.placed', 'Instance', c.instance.metadata.name, tenant, { host: c.instance.spec.host, ...(c.instance.spec.cell ? { cell: c.instance.spec.cell } : {}) })
+              : undefined,
+          );
           this.log.info({ tenant, instance: c.instance.metadata.name, host: c.instance.spec.host }, 'instance created');
         } catch (e) {
           if (!isCarapaceError(e, 'CARAPACE_E_ALREADY_EXISTS')) throw e; // someone else made it: level-based, fine
@@ -259,14 +279,22 @@ export class WorkloadController {
         });
         return;
       case 'place':
-        await r.mutate('Instance', c.name, tenant, (i) => {
-          if (i.spec.host !== '') return undefined;
-          i.spec.host = c.host;
+        {
           const cell = c.cell !== undefined ? (alias.get(c.cell) ?? c.cell) : undefined;
-          if (cell !== undefined) i.spec.cell = cell;
-          i.status = { ...i.status, phase: 'Pending', reason: 'Scheduled', message: cell ? `placed in cell ${cell} on host ${c.host}` : `placed on host ${c.host}` };
-          return i;
-        });
+          await r.mutate(
+            'Instance',
+            c.name,
+            tenant,
+            (i) => {
+              if (i.spec.host !== '') return undefined;
+              i.spec.host = c.host;
+              if (cell !== undefined) i.spec.cell = cell;
+              i.status = { ...i.status, phase: 'Pending', reason: 'Scheduled', message: cell ? `placed in cell ${cell} on host ${c.host}` : `placed on host ${c.host}` };
+              return i;
+            },
+            systemEntry(now, 'instance.placed', 'Instance', c.name, tenant, { host: c.host, ...(cell ? { cell } : {}) }),
+          );
+        }
         return;
       case 'unschedulable':
         await r.mutate('Instance', c.name, tenant, (i) => {

@@ -10,6 +10,7 @@ import { KINDS, type AnyObject, type Job, type Machine, type Metadata, type Serv
 import { AVAILABLE_ISOLATION, ISOLATION_ORDER, isolationAtLeast, type JobManifest, type MachineManifest, type Manifest, type ServiceManifest, type TenantManifest } from '../model/schemas.js';
 import type { Action, Env } from './actions.js';
 import type { Resources } from './resources.js';
+import type { AuditActor, AuditEntry } from '../audit/record.js';
 
 /** The result of an action: one object, a list, or the outcome of a delete. */
 export type ActionResult =
@@ -18,14 +19,51 @@ export type ActionResult =
   | { type: 'list'; items: AnyObject[]; revision: number }
   | { type: 'deleted'; kind: string; name: string; tenant?: string };
 
+/** Who a mutation is for, and from where: the audit log's actor and source. */
+export interface AuditContext {
+  actor: AuditActor;
+  source?: string;
+}
+
+/** Mutations the control plane makes on its own behalf. */
+export const SYSTEM: AuditContext = { actor: { kind: 'system', id: 'carapace' } };
+
 export class ControlPlane {
   constructor(
     private readonly resources: Resources,
     private readonly env: Env,
   ) {}
 
-  /** Executes one action; throws CarapaceError for anything the caller got wrong. */
-  async handle(action: Action): Promise<ActionResult> {
+  /** A view of this control plane that records `ctx` as the actor of its mutations. */
+  private withContext(ctx: AuditContext): ControlPlane {
+    const view = Object.create(this) as ControlPlane; // shares everything but ctx
+    view.ctx = ctx;
+    return view;
+  }
+
+  /** Who the current action is for; set per call by handle(). */
+  private ctx: AuditContext = SYSTEM;
+
+  /** The audit entry of a successful mutation (written in the mutation's own transaction). */
+  private entry(action: string, kind: string, name: string, tenant: string | undefined, detail?: Record<string, unknown>): AuditEntry {
+    return {
+      time: this.env.now(),
+      actor: this.ctx.actor,
+      ...(this.ctx.source ? { source: this.ctx.source } : {}),
+      action,
+      target: { kind, name, ...(tenant !== undefined ? { tenant } : {}) },
+      outcome: 'success',
+      ...(detail ? { detail } : {}),
+    };
+  }
+
+  /**
+   * Executes one action; throws CarapaceError for anything the caller got wrong. `ctx` names
+   * who asks and from where, for the audit log (default: the system itself).
+   */
+  async handle(action: Action, ctx: AuditContext = SYSTEM): Promise<ActionResult> {
+    // Requests run concurrently: each gets a view carrying its own context, never shared state.
+    if (ctx !== SYSTEM && ctx !== this.ctx) return this.withContext(ctx).handle(action);
     switch (action.type) {
       case 'apply':
         return this.apply(action.manifest, action.createOnly ?? false);
@@ -85,7 +123,7 @@ export class ControlPlane {
           },
         }
       : { kind: 'Machine', metadata: this.newMetadata(name, m.metadata.labels, tenant), spec: m.spec, status: { phase: 'Pending', host: '', restarts: 0 } };
-    const written = await this.resources.write(obj, this.expected(m, cur, createOnly));
+    const written = await this.resources.write(obj, this.expected(m, cur, createOnly), this.entry(cur ? 'update' : 'create', obj.kind, name, tenant, { generation: obj.metadata.generation }));
     return { type: 'object', object: written, created: !cur, changed: true };
   }
 
@@ -113,7 +151,7 @@ export class ControlPlane {
     const obj: Tenant = cur
       ? { ...cur, spec: m.spec, metadata: { ...cur.metadata, labels: m.metadata.labels, generation: cur.metadata.generation + 1, updatedAt: this.env.now() } }
       : { kind: 'Tenant', metadata: this.newMetadata(m.metadata.name, m.metadata.labels), spec: m.spec };
-    const written = await this.resources.write(obj, this.expected(m, cur, createOnly));
+    const written = await this.resources.write(obj, this.expected(m, cur, createOnly), this.entry(cur ? 'update' : 'create', 'Tenant', m.metadata.name, m.metadata.name, { generation: obj.metadata.generation }));
     const warnings = await this.policyWarnings(written);
     return { type: 'object', object: written, created: !cur, changed: true, ...(warnings.length ? { warnings } : {}) };
   }
@@ -201,7 +239,7 @@ export class ControlPlane {
             status: { phase: 'Pending', succeeded: 0, failed: 0, observedGeneration: 0 },
           };
     }
-    const written = await this.resources.write(obj, this.expected(m, cur, createOnly));
+    const written = await this.resources.write(obj, this.expected(m, cur, createOnly), this.entry(cur ? 'update' : 'create', obj.kind, name, tenant, { generation: obj.metadata.generation }));
     return { type: 'object', object: written, created: !cur, changed: true };
   }
 
@@ -235,9 +273,9 @@ export class ControlPlane {
         if (m.metadata.deletionRequestedAt) return undefined;
         m.metadata.deletionRequestedAt = this.env.now();
         return m;
-      });
+      }, this.entry('delete', 'Machine', a.name, tenant));
       if (!updated) throw new CarapaceError('CARAPACE_E_NOT_FOUND', `${what} not found`);
-      if (gone) await this.resources.remove('Machine', a.name, tenant, updated.metadata.resourceVersion);
+      if (gone) await this.resources.remove('Machine', a.name, tenant, updated.metadata.resourceVersion, this.entry('delete', 'Machine', a.name, tenant));
       return { type: 'deleted', kind: a.kind, name: a.name, tenant: a.tenant };
     }
     if (a.kind === 'Instance') {
@@ -250,11 +288,11 @@ export class ControlPlane {
         if (i.metadata.deletionRequestedAt) return undefined;
         i.metadata.deletionRequestedAt = this.env.now();
         return i;
-      });
+      }, this.entry('delete', 'Instance', a.name, tenant));
       if (!updated) throw new CarapaceError('CARAPACE_E_NOT_FOUND', `${what} not found`);
       return { type: 'deleted', kind: a.kind, name: a.name, tenant: a.tenant };
     }
-    const removed = await this.resources.remove(a.kind, a.name, tenant, a.resourceVersion);
+    const removed = await this.resources.remove(a.kind, a.name, tenant, a.resourceVersion, this.entry('delete', a.kind, a.name, a.kind === 'Tenant' ? a.name : tenant));
     if (!removed) throw new CarapaceError('CARAPACE_E_NOT_FOUND', `${what} not found`);
     return { type: 'deleted', kind: a.kind, name: a.name, tenant: a.tenant };
   }

@@ -6,7 +6,9 @@
  */
 import { CarapaceError } from '../model/errors.js';
 import { kindPrefix, objectKey, keyOf, type AnyObject, type Kind, type ObjectOfKind } from '../model/objects.js';
-import { ConflictError, type Entry, type Store } from '../store/store.js';
+import { ConflictError, type Entry, type Store, type TxnOp } from '../store/store.js';
+import type { AuditLog } from '../audit/log.js';
+import type { AuditEntry } from '../audit/record.js';
 
 function withVersion<T extends AnyObject>(entry: Entry<T>): T {
   const obj = entry.value;
@@ -14,9 +16,25 @@ function withVersion<T extends AnyObject>(entry: Entry<T>): T {
   return obj;
 }
 
-/** Typed object repository; safe to share across the control plane and the agent in one process. */
+/**
+ * Typed object repository; safe to share across the control plane and the agent in one process.
+ * Writes given an audit entry go through the audit log's commit: the record and the write land
+ * in one store transaction, so an acknowledged mutation is always in the log, and a mutation
+ * whose record cannot be written fails.
+ */
 export class Resources {
-  constructor(readonly store: Store) {}
+  constructor(
+    readonly store: Store,
+    readonly audit?: AuditLog,
+  ) {}
+
+  /** Applies one op, with its audit record in the same transaction when an entry is given. */
+  private async commitOp(op: TxnOp, entry: AuditEntry | undefined): Promise<number> {
+    if (entry && this.audit) return (await this.audit.commit(entry, [op])).revision;
+    if (op.op === 'put') return this.store.put(op.key, op.value, op.expect);
+    const rev = await this.store.delete(op.key, op.expect);
+    return rev ?? 0;
+  }
 
   /** The object, or undefined when absent. */
   async get<K extends Kind>(kind: K, name: string, tenant?: string): Promise<ObjectOfKind<K> | undefined> {
@@ -46,11 +64,11 @@ export class Resources {
    * Returns the object with its new resourceVersion. Conflicts become CARAPACE_E_CONFLICT
    * (or CARAPACE_E_ALREADY_EXISTS for create-only writes).
    */
-  async write<T extends AnyObject>(obj: T, expectVersion?: number): Promise<T> {
+  async write<T extends AnyObject>(obj: T, expectVersion?: number, audit?: AuditEntry): Promise<T> {
     const key = keyOf(obj);
     const expect = expectVersion === undefined ? undefined : expectVersion === 0 ? { absent: true as const } : { version: expectVersion };
     try {
-      const version = await this.store.put(key, obj, expect);
+      const version = await this.commitOp({ op: 'put', key, value: obj, ...(expect ? { expect } : {}) }, audit);
       return { ...obj, metadata: { ...obj.metadata, resourceVersion: version } };
     } catch (e) {
       if (e instanceof ConflictError) {
@@ -76,6 +94,7 @@ export class Resources {
     name: string,
     tenant: string | undefined,
     fn: (o: ObjectOfKind<K>) => ObjectOfKind<K> | undefined,
+    audit?: AuditEntry,
   ): Promise<ObjectOfKind<K> | undefined> {
     for (let attempt = 0; ; attempt++) {
       const cur = await this.get(kind, name, tenant);
@@ -83,7 +102,7 @@ export class Resources {
       const next = fn(structuredClone(cur));
       if (!next) return cur;
       try {
-        return await this.write(next, cur.metadata.resourceVersion);
+        return await this.write(next, cur.metadata.resourceVersion, audit);
       } catch (e) {
         if (e instanceof CarapaceError && e.code === 'CARAPACE_E_CONFLICT' && attempt < 50) continue;
         throw e;
@@ -92,9 +111,16 @@ export class Resources {
   }
 
   /** Deletes an object (with an optional version precondition); false when it was absent. */
-  async remove(kind: Kind, name: string, tenant?: string, expectVersion?: number): Promise<boolean> {
+  async remove(kind: Kind, name: string, tenant?: string, expectVersion?: number, audit?: AuditEntry): Promise<boolean> {
     const key = objectKey(kind, name, tenant);
     try {
+      if (audit && this.audit) {
+        // The audit record must only be written when the object really goes: require it to exist.
+        const cur = expectVersion === undefined ? await this.store.get(key) : undefined;
+        if (expectVersion === undefined && !cur) return false;
+        await this.commitOp({ op: 'delete', key, expect: { version: expectVersion ?? cur?.version ?? 0 } }, audit);
+        return true;
+      }
       const rev = await this.store.delete(key, expectVersion === undefined ? undefined : { version: expectVersion });
       return rev !== undefined;
     } catch (e) {

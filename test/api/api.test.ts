@@ -17,6 +17,7 @@ import { Resources } from '../../src/core/resources.js';
 import { openSqliteStore } from '../../src/store/sqlite.js';
 import { registerStateGauges } from '../../src/metrics/metrics.js';
 import { authenticate, bootstrapToken } from '../../src/auth/tokens.js';
+import { AuditLog } from '../../src/audit/log.js';
 import type { Store } from '../../src/store/store.js';
 
 let dir: string;
@@ -24,6 +25,7 @@ let store: Store;
 let app: FastifyInstance;
 let n = 0;
 let admin = '';
+let audit: AuditLog;
 const env = { now: () => '2026-01-01T00:00:00.000Z', newId: () => `uid-${++n}` };
 
 const tenant = (name: string, spec: Record<string, unknown> = {}): Record<string, unknown> => ({ apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name }, spec });
@@ -41,7 +43,9 @@ beforeAll(async () => {
   const resources = new Resources(store);
   registerStateGauges(resources);
   const auth = { authenticate: (t: string | undefined) => authenticate(store, t) };
-  app = buildApi({ controlPlane: new ControlPlane(resources, env), store, logs: { logs: async function* () {} }, logger, auth, env });
+  audit = await AuditLog.open({ store, keyDir: join(dir, 'audit-keys'), checkpointEvery: 10 });
+  const audited = new Resources(store, audit);
+  app = buildApi({ controlPlane: new ControlPlane(audited, env), store, logs: { logs: async function* () {} }, logger, auth, env, audit });
   await app.ready();
   admin = (await bootstrapToken(store, { id: 'admin1', name: 'admin', now: env.now() }))!.token; // a fresh store bootstraps once
   // Every request below carries the admin token unless a test says otherwise.
@@ -234,6 +238,47 @@ describe('API', () => {
     // The store never holds a token secret.
     const stored = await store.list('tokens/');
     expect(JSON.stringify(stored.items)).not.toContain(taAdmin.split('.')[1]);
+  });
+
+  it('audits every mutation with who, what, from where and the outcome, and verifies', async () => {
+    await put('/v1/tenants/au', tenant('au'));
+    await put('/v1/tenants/au/services/s1', service('s1', 'au'));
+    await put('/v1/tenants/au/services/s1', service('s1', 'au', { replicas: -1 })); // refused
+    await app.inject({ method: 'DELETE', url: '/v1/tenants/au/services/s1' });
+    const lines = (await app.inject({ method: 'GET', url: '/v1/audit/records?format=jsonl' })).body.trim().split('\n').map((l) => JSON.parse(l));
+    const mine = lines.filter((r: { target: { tenant?: string } }) => r.target.tenant === 'au');
+    expect(mine.map((r: { action: string; outcome: string; target: { kind: string } }) => `${r.action}:${r.outcome}:${r.target.kind}`)).toEqual([
+      'create:success:Tenant',
+      'create:success:Service',
+      'apply:failure:/v1/tenants/:tenant/services/:name',
+      'delete:success:Service',
+    ]);
+    expect(mine[1].actor).toEqual({ kind: 'user', id: 'token:admin1' });
+    expect(mine[2].detail.code).toBe('CARAPACE_E_VALIDATION');
+    expect(mine[1].source).toBe('127.0.0.1');
+    const v = (await app.inject({ method: 'GET', url: '/v1/audit/verify' })).json();
+    expect(v).toMatchObject({ ok: true, problems: [] });
+    expect(v.checkpointedSeq).toBeGreaterThan(0);
+    // A tenant token exports only its tenant's records, and cannot verify (operators only).
+    const tok = (await app.inject({ method: 'POST', url: '/v1/tokens', payload: { name: 'v', role: 'tenant-viewer', tenant: 'au' } })).json().token as string;
+    const theirs = (await app.inject({ method: 'GET', url: '/v1/audit/records?tenant=occ', headers: { authorization: `Bearer ${tok}` } })).body.trim().split('\n').map((l) => JSON.parse(l));
+    expect(theirs.length).toBeGreaterThan(0);
+    expect(theirs.every((r: { target: { tenant?: string }; actor: { tenant?: string } }) => r.target.tenant === 'au' || r.actor.tenant === 'au')).toBe(true);
+    expect((await app.inject({ method: 'GET', url: '/v1/audit/verify', headers: { authorization: `Bearer ${tok}` } })).statusCode).toBe(403);
+  });
+
+  it('fails a mutation whose audit record cannot be written, and writes nothing', async () => {
+    const before = await store.get('tenants/nolog');
+    expect(before).toBeUndefined();
+    // A corrupt audit head (a real fault in the store) makes every audited commit fail.
+    const head = await store.get<unknown>('audit/head');
+    await store.put('audit/head', { seq: 'garbage' });
+    const r = await put('/v1/tenants/nolog', tenant('nolog'));
+    expect(r.status).toBeGreaterThanOrEqual(500);
+    expect(r.json.error.code).toMatch(/^CARAPACE_E_/);
+    expect(await store.get('tenants/nolog')).toBeUndefined();
+    await store.put('audit/head', head?.value);
+    expect((await put('/v1/tenants/nolog', tenant('nolog'))).status).toBe(201);
   });
 
   it('serves Prometheus metrics with tenant labels, computed from the store', async () => {
