@@ -11,6 +11,7 @@ import type { Resources } from '../core/resources.js';
 import { isCarapaceError } from '../model/errors.js';
 import { kindPrefix, TERMINAL_PHASES, type Cell, type Host, type Instance, type Job, type Machine, type Service } from '../model/objects.js';
 import { placeMachine } from './machine-placement.js';
+import { tenantQuotaFromModel } from '../scheduler/model-adapter.js';
 import { metrics, timed } from '../metrics/metrics.js';
 import type { PlannedCell } from '../scheduler/types.js';
 import type { AuditEntry } from '../audit/record.js';
@@ -114,13 +115,15 @@ export class WorkloadController {
   async reconcile(key: string): Promise<void> {
     const { kind, tenant, name } = parseKey(key);
     const r = this.o.resources;
-    const [owner, tenantInstances, hosts, allInstances, cells] = await Promise.all([
+    const [owner, tenantInstances, hosts, allInstances, cells, tenantObj] = await Promise.all([
       kind === 'Service' ? r.get('Service', name, tenant) : r.get('Job', name, tenant),
       r.list('Instance', tenant),
       r.list('Host'),
       r.list('Instance'),
       r.list('Cell'),
+      r.get('Tenant', tenant),
     ]);
+    const quota = tenantObj ? tenantQuotaFromModel(tenantObj) : undefined;
     const ctx: PlanContext = {
       now: this.o.env.now(),
       newId: () => this.o.env.newId(),
@@ -128,6 +131,7 @@ export class WorkloadController {
       allInstances: allInstances.items,
       cells: cells.items,
       newCellId: () => `cell-${this.o.env.newId().replace(/[^a-z0-9]/g, '').slice(0, 12)}`,
+      ...(quota ? { quotas: [quota] } : {}),
     };
     const endPlan = metrics.scheduleSeconds.startTimer({ tenant });
     const changes =

@@ -5,7 +5,7 @@
  * running the plan twice creates nothing twice.
  */
 import { instanceName, TERMINAL_PHASES, type Cell, type Host, type Instance, type InstanceSpec, type Job, type JobStatus, type Service } from '../model/objects.js';
-import type { PlannedCell } from '../scheduler/types.js';
+import type { PlannedCell, TenantQuota } from '../scheduler/types.js';
 import type { ContainerSpec, JobSpec, ServiceSpec } from '../model/schemas.js';
 import { placePending } from '../scheduler/model-adapter.js';
 
@@ -33,6 +33,8 @@ export interface PlanContext {
   cells?: Cell[];
   /** Fresh cell names. */
   newCellId?: () => string;
+  /** Tenant quotas the scheduler must not exceed. */
+  quotas?: TenantQuota[];
 }
 
 function containerOf(spec: ServiceSpec | JobSpec): ContainerSpec {
@@ -80,7 +82,7 @@ function newInstance(owner: Service | Job, index: number, ctx: PlanContext, rest
 function placeAll(created: Instance[], waiting: Instance[], ctx: PlanContext): Change[] {
   const pending = [...created, ...waiting.filter((i) => i.spec.host === '' && !i.metadata.deletionRequestedAt)];
   if (pending.length === 0) return [];
-  const r = placePending(ctx.hosts, ctx.allInstances, pending, Date.parse(ctx.now), ctx.cells ?? [], ctx.newCellId);
+  const r = placePending(ctx.hosts, ctx.allInstances, pending, Date.parse(ctx.now), ctx.cells ?? [], ctx.newCellId, ctx.quotas ?? []);
   const out: Change[] = r.plan.createCells.map((cell) => ({ op: 'createCell' as const, cell }));
   const isNew = new Set(created.map((i) => i.metadata.name));
   for (const i of pending) {

@@ -10,6 +10,7 @@ import { KINDS, type AnyObject, type Job, type Machine, type Metadata, type Serv
 import { AVAILABLE_ISOLATION, ISOLATION_ORDER, isolationAtLeast, type JobManifest, type MachineManifest, type Manifest, type ServiceManifest, type TenantManifest } from '../model/schemas.js';
 import type { Action, Env } from './actions.js';
 import type { Resources } from './resources.js';
+import { overQuota, quotaProblems, registryOf, requestedBy, type TenantUsage } from './quota.js';
 import type { AuditActor, AuditEntry } from '../audit/record.js';
 
 /** The result of an action: one object, a list, or the outcome of a delete. */
@@ -107,6 +108,7 @@ export class ControlPlane {
     }
     const cur = await this.resources.get('Machine', name, tenant);
     if (cur && createOnly) throw new CarapaceError('CARAPACE_E_ALREADY_EXISTS', `machine "${name}" already exists in tenant "${tenant}"`);
+    await this.checkQuota(owner, 'Machine', name, m.spec);
     if (cur && isDeepStrictEqual(cur.spec, m.spec) && isDeepStrictEqual(cur.metadata.labels, m.metadata.labels)) {
       this.checkVersion(m, cur);
       return { type: 'object', object: cur, changed: false };
@@ -156,17 +158,46 @@ export class ControlPlane {
     return { type: 'object', object: written, created: !cur, changed: true, ...(warnings.length ? { warnings } : {}) };
   }
 
+  /** The tenant's current requests (services, unfinished jobs, machines). */
+  private async usageOf(tenant: string): Promise<{ usage: TenantUsage; services: Service[]; jobs: Job[]; machines: Machine[] }> {
+    const [svcs, jobs, machines] = await Promise.all([this.resources.list('Service', tenant), this.resources.list('Job', tenant), this.resources.list('Machine', tenant)]);
+    return { usage: requestedBy(svcs.items, jobs.items, machines.items), services: svcs.items, jobs: jobs.items, machines: machines.items };
+  }
+
+  /** Refuses a workload that would take its tenant over quota (CARAPACE_E_QUOTA_EXCEEDED). */
+  private async checkQuota(owner: Tenant, kind: 'Service' | 'Job' | 'Machine', name: string, spec: ServiceManifest['spec'] | JobManifest['spec'] | MachineManifest['spec']): Promise<void> {
+    const quota = owner.spec.quota;
+    if (!quota) return;
+    const t = owner.metadata.name;
+    const cur = await this.usageOf(t);
+    const services = cur.services.filter((x) => !(kind === 'Service' && x.metadata.name === name));
+    const jobs = cur.jobs.filter((x) => !(kind === 'Job' && x.metadata.name === name));
+    const machines = cur.machines.filter((x) => !(kind === 'Machine' && x.metadata.name === name));
+    const md = { name, tenant: t, uid: '', labels: {}, resourceVersion: 0, generation: 1, createdAt: '', updatedAt: '' };
+    // The object as it would be after this apply (specs are already validated and normalised).
+    if (kind === 'Service') services.push({ kind, metadata: md, spec: spec as Service['spec'], status: { ready: 0, observedGeneration: 0 } });
+    if (kind === 'Job') jobs.push({ kind, metadata: md, spec: spec as Job['spec'], status: { phase: 'Pending', succeeded: 0, failed: 0, observedGeneration: 0 } });
+    if (kind === 'Machine') machines.push({ kind, metadata: md, spec: spec as Machine['spec'], status: { phase: 'Pending', host: '', restarts: 0 } });
+    const problems = quotaProblems(quota, cur.usage, requestedBy(services, jobs, machines), 'spec');
+    if (problems.length > 0) {
+      throw new CarapaceError('CARAPACE_E_QUOTA_EXCEEDED', `${kind} "${name}": ${problems.map((p) => p.message).join('; ')}`, problems);
+    }
+  }
+
   /**
    * A tightened policy is not applied to running work (nothing is stopped behind the
    * operator's back): the workloads that now break it are reported instead.
    */
   private async policyWarnings(t: Tenant): Promise<string[]> {
+    const over = overQuota(t.spec.quota, (await this.usageOf(t.metadata.name)).usage).map(
+      (o) => `tenant ${t.metadata.name} is over its new quota (${o}); running work is not stopped, new requests are refused`,
+    );
     const min = t.spec.minIsolation;
-    if (min === undefined) return [];
+    if (min === undefined) return over;
     const [svcs, jobs] = await Promise.all([this.resources.list('Service', t.metadata.name), this.resources.list('Job', t.metadata.name)]);
-    return [...svcs.items, ...jobs.items]
+    return [...over, ...[...svcs.items, ...jobs.items]
       .filter((w) => !isolationAtLeast(w.spec.isolation, min))
-      .map((w) => `${w.kind.toLowerCase()} ${t.metadata.name}/${w.metadata.name} runs with isolation "${w.spec.isolation}", weaker than the new minIsolation "${min}"; it keeps running until it is changed or deleted`);
+      .map((w) => `${w.kind.toLowerCase()} ${t.metadata.name}/${w.metadata.name} runs with isolation "${w.spec.isolation}", weaker than the new minIsolation "${min}"; it keeps running until it is changed or deleted`)];
   }
 
   private checkVersion(m: Manifest, cur: AnyObject): void {
@@ -202,7 +233,14 @@ export class ControlPlane {
         [{ path: 'spec.isolation', message: `"${m.spec.isolation}" is not available yet (available: ${AVAILABLE_ISOLATION.join(', ')})` }],
       );
     }
+    const allowed = owner.spec.allowedRegistries;
+    if (allowed && !allowed.includes(registryOf(m.spec.image))) {
+      throw new CarapaceError('CARAPACE_E_POLICY_VIOLATION', `${m.kind} "${name}": registry "${registryOf(m.spec.image)}" is not allowed for tenant "${tenant}" (allowed: ${allowed.join(', ') || 'none'})`, [
+        { path: 'spec.image', message: `registry "${registryOf(m.spec.image)}" is not in the tenant's allowedRegistries` },
+      ]);
+    }
     const cur = m.kind === 'Service' ? await this.resources.get('Service', name, tenant) : await this.resources.get('Job', name, tenant);
+    await this.checkQuota(owner, m.kind, name, m.spec);
     if (cur && createOnly) throw new CarapaceError('CARAPACE_E_ALREADY_EXISTS', `${m.kind.toLowerCase()} "${name}" already exists in tenant "${tenant}"`);
     if (cur && isDeepStrictEqual(cur.spec, m.spec) && isDeepStrictEqual(cur.metadata.labels, m.metadata.labels)) {
       this.checkVersion(m, cur);

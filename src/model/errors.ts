@@ -42,6 +42,7 @@ export const ERROR_CATALOGUE = {
   CARAPACE_E_TENANT_NOT_EMPTY: { status: 409, description: 'A tenant cannot be deleted while it still owns services or jobs.' },
   CARAPACE_E_IMMUTABLE_FIELD: { status: 422, description: 'The update changes a field that cannot change after creation.' },
   CARAPACE_E_ISOLATION_UNAVAILABLE: { status: 422, description: 'The requested isolation tier is not available on this control plane yet.' },
+  CARAPACE_E_QUOTA_EXCEEDED: { status: 403, description: "Applying this would take the tenant over its quota (cpu, memory, instances or machines); `details` names the limit." },
   CARAPACE_E_POLICY_VIOLATION: { status: 403, description: "The object breaks its tenant's policy (e.g. an isolation weaker than the tenant's minIsolation)." },
   CARAPACE_E_UNSUPPORTED_MEDIA_TYPE: { status: 415, description: 'The request body has a content type other than JSON.' },
   CARAPACE_E_BODY_TOO_LARGE: { status: 413, description: 'The request body exceeds the size limit.' },

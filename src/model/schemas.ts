@@ -147,6 +147,24 @@ export const TenantSpecSchema = z.strictObject({
    * (runc straight on the host). Enforced when services and jobs are applied.
    */
   minIsolation: IsolationSchema.optional(),
+  /**
+   * Most the tenant's workloads may request in total: cpu and memory summed over service
+   * replicas, job parallelism and machines; instances = replicas + parallelism; machines.
+   * Enforced at apply time and by the scheduler; omitted limits are unlimited.
+   */
+  quota: z
+    .strictObject({
+      cpu: CpuSchema.optional(),
+      memory: MemorySchema.optional(),
+      instances: z.number().int().min(0).max(1_000_000).optional(),
+      machines: z.number().int().min(0).max(10_000).optional(),
+    })
+    .optional(),
+  /**
+   * Registries the tenant's images may come from (`host[:port]`, e.g. `registry.example:5000`);
+   * omitted means any.
+   */
+  allowedRegistries: z.array(z.string().min(1).max(255).regex(/^[a-zA-Z0-9.-]+(:\d{1,5})?$/, 'must be a registry host[:port]')).max(64).optional(),
 });
 export type TenantSpec = z.infer<typeof TenantSpecSchema>;
 

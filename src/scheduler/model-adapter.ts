@@ -3,9 +3,9 @@
  * the control plane runs today: `host` and `sandbox` instances on one or a few hosts. Pure.
  * Cells are not in the model yet; when they are, their snapshot rows are added here.
  */
-import { TERMINAL_PHASES, type Cell, type Host, type Instance } from '../model/objects.js';
+import { TERMINAL_PHASES, type Cell, type Host, type Instance, type Tenant } from '../model/objects.js';
 import { schedule } from './index.js';
-import type { CellInfo, HostInfo, InstanceRequest, Isolation, Plan, Snapshot } from './types.js';
+import type { CellInfo, HostInfo, InstanceRequest, Isolation, Plan, Snapshot, TenantQuota } from './types.js';
 
 const TIERS = new Set<string>(['cell', 'dedicated', 'host', 'sandbox']);
 
@@ -22,6 +22,13 @@ export function hostInfoFromModel(h: Host): HostInfo {
     // The narrowing filter keeps only the four tier names, so the cast cannot admit others.
     isolation: h.status.isolation.filter((t) => TIERS.has(t)) as Isolation[],
   };
+}
+
+/** The scheduler's view of a tenant's quota (instances' cpu, memory and count). */
+export function tenantQuotaFromModel(t: Tenant): TenantQuota | undefined {
+  const q = t.spec.quota;
+  if (!q || (q.cpu === undefined && q.memory === undefined && q.instances === undefined)) return undefined;
+  return { tenant: t.metadata.name, ...(q.cpu !== undefined ? { cpu: q.cpu } : {}), ...(q.memory !== undefined ? { memoryMiB: q.memory } : {}), ...(q.instances !== undefined ? { instances: q.instances } : {}) };
 }
 
 /** The scheduler's id of an instance object: `tenant/name` (instance names are unique per tenant). */
@@ -64,13 +71,13 @@ export function cellInfoFromModel(c: Cell): CellInfo {
  * A snapshot of `hosts` and assigned `cells` with the placed, not yet finished `instances` as
  * placements (those with a host and a non-terminal phase).
  */
-export function snapshotFromModel(hosts: Host[], instances: Instance[], cells: Cell[] = []): Snapshot {
+export function snapshotFromModel(hosts: Host[], instances: Instance[], cells: Cell[] = [], quotas: TenantQuota[] = []): Snapshot {
   const cellInfos = cells.map(cellInfoFromModel);
   const known = new Set(cellInfos.map((c) => c.id));
   const placements = instances
     .filter((i) => i.spec.host !== '' && !TERMINAL_PHASES.includes(i.status.phase))
     .map((i) => ({ instance: instanceRequestFromModel(i), host: i.spec.host, ...(i.spec.cell && known.has(i.spec.cell) ? { cell: i.spec.cell } : {}) }));
-  return { hosts: hosts.map(hostInfoFromModel), cells: cellInfos, placements };
+  return { hosts: hosts.map(hostInfoFromModel), cells: cellInfos, placements, ...(quotas.length ? { quotas } : {}) };
 }
 
 /**
@@ -87,8 +94,9 @@ export function placePending(
   now: number,
   cells: Cell[] = [],
   newId?: () => string,
+  quotas: TenantQuota[] = [],
 ): { hosts: Map<string, string>; cells: Map<string, string>; reasons: Map<string, string>; plan: Plan } {
-  const snapshot = snapshotFromModel(hosts, instances, cells);
+  const snapshot = snapshotFromModel(hosts, instances, cells, quotas);
   let n = 0;
   const plan = schedule(snapshot, { place: pending.map(instanceRequestFromModel) }, { now, newId: newId ?? (() => `cell-${now.toString(36)}-${n++}`) });
   const byId = new Map(pending.map((i) => [schedulerId(i), i.metadata.name]));

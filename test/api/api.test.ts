@@ -160,6 +160,28 @@ describe('API', () => {
     expect((await app.inject({ method: 'GET', url: '/v1/tenants/loose/services/h' })).statusCode).toBe(200);
   });
 
+  it('enforces quotas and allowed registries at apply time, and reports a tightened quota', async () => {
+    await put('/v1/tenants/qt', tenant('qt', { quota: { cpu: 1, instances: 3, machines: 0 }, allowedRegistries: ['127.0.0.1:5000'] }));
+    expect((await put('/v1/tenants/qt/services/a', service('a', 'qt', { replicas: 2, cpu: 0.25 }))).status).toBe(201);
+    const over = await put('/v1/tenants/qt/services/b', service('b', 'qt', { replicas: 2, cpu: 0.25 }));
+    expect([over.status, over.json.error.code]).toEqual([403, 'CARAPACE_E_QUOTA_EXCEEDED']);
+    expect(over.json.error.message).toMatch(/quota for instances is 3; this would bring the total to 4/);
+    expect(over.json.error.details[0].path).toBe('spec');
+    const cpu = await put('/v1/tenants/qt/services/a', service('a', 'qt', { replicas: 3, cpu: 0.5 }));
+    expect(cpu.json.error.message).toMatch(/quota for cpu is 1; this would bring the total to 1.5/);
+    const reg = await put('/v1/tenants/qt/services/c', { ...service('c', 'qt'), spec: { image: 'evil.example/x:1', isolation: 'host' } });
+    expect([reg.status, reg.json.error.code, reg.json.error.details[0].path]).toEqual([403, 'CARAPACE_E_POLICY_VIOLATION', 'spec.image']);
+    const machine = await put('/v1/tenants/qt/machines/m', { apiVersion: 'carapace/v1', kind: 'Machine', metadata: { name: 'm', tenant: 'qt' }, spec: { kernel: 'host' } });
+    expect(machine.json.error.code).toBe('CARAPACE_E_QUOTA_EXCEEDED');
+    // Tightening below use is reported, not applied to running work.
+    const t = await app.inject({ method: 'PUT', url: '/v1/tenants/qt', payload: tenant('qt', { quota: { cpu: 0.25 }, allowedRegistries: ['127.0.0.1:5000'] }) });
+    expect(t.statusCode).toBe(200);
+    expect(String(t.headers['warning'])).toMatch(/over its new quota \(cpu: 0.5 in use, quota 0.25\)/);
+    expect((await app.inject({ method: 'GET', url: '/v1/tenants/qt/services/a' })).json().spec.replicas).toBe(2);
+    // A change that does not grow use still goes through.
+    expect((await put('/v1/tenants/qt/services/a', service('a', 'qt', { replicas: 1, cpu: 0.25 }))).status).toBe(200);
+  });
+
   it('keeps a job spec immutable', async () => {
     await put('/v1/tenants/jt', tenant('jt'));
     const job = { apiVersion: 'carapace/v1', kind: 'Job', metadata: { name: 'j', tenant: 'jt' }, spec: { image: 'r/x:1', isolation: 'host', completions: 2 } };
