@@ -44,6 +44,10 @@ if ! curl -fsS "${CARAPACE_SERVER}/healthz" >/dev/null 2>&1; then
   curl -fsS "${CARAPACE_SERVER}/healthz" >/dev/null || { echo "carapace did not start; see $STATE_DIR/carapace.log"; tail -20 "$STATE_DIR/carapace.log"; exit 1; }
 fi
 
+# The first cluster-admin token, minted at the server's first start (also in the CLI config file).
+CARAPACE_TOKEN="$(cat "$STATE_DIR/admin-token")"
+export CARAPACE_TOKEN
+
 # 3. The example tenants, their services (host, gVisor sandbox, cells) and a machine.
 #    Cells and the machine are VMs: under software emulation (no usable KVM) they take
 #    15-30 s to boot.
