@@ -85,7 +85,7 @@ cat <<MSG
 
 Carapace is running (pid $(cat "$STATE_DIR/carapace.pid" 2>/dev/null || echo '?'), API ${CARAPACE_SERVER}, log ${STATE_DIR}/carapace.log).
 Every API call needs a token: the first cluster-admin token is in ${STATE_DIR}/admin-token and in
-\${CARAPACE_CONFIG:-~/.config/carapace/config.json} (0600), where the CLI finds it.
+${CARAPACE_CONFIG:-$HOME/.config/carapace/config.json} (0600), where the CLI finds it.
 Try:
   alias carapace="node $(pwd)/dist/src/cli/main.js"
   carapace apply -f examples/job.yaml --wait

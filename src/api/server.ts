@@ -183,8 +183,9 @@ export function buildApi(o: ApiOptions): FastifyInstance {
       // Before the body is parsed: an unauthenticated caller learns nothing from validation.
       onRequest: async (req: FastifyRequest) => {
         const a = await admit(o.auth, route, req.headers.authorization, req.params as Params, req.query as Query); // fastify fills params/query
+        // Recorded before the decision so a refused request is audited with who tried it.
+        admissions.set(req, { ...(a.principal ? { principal: a.principal } : {}), ...(a.decision.allowed && a.decision.postFilter ? { postFilter: a.decision.postFilter } : {}) });
         if (!a.decision.allowed) throw new CarapaceError(a.decision.code, a.decision.message);
-        admissions.set(req, { ...(a.principal ? { principal: a.principal } : {}), ...(a.decision.postFilter ? { postFilter: a.decision.postFilter } : {}) });
       },
       handler: async (req: FastifyRequest, reply: FastifyReply) => handle(o, route, req, reply),
     });
