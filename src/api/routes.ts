@@ -53,6 +53,7 @@ function objectRoutes(): RouteDef[] {
   out.push({ method: 'POST', url: '/v1/tokens', summary: 'Create an API token; its secret is shown once in the response', kind: 'tokens' });
   out.push({ method: 'DELETE', url: '/v1/tokens/:name', summary: 'Revoke an API token', kind: 'tokens' });
   out.push({ method: 'GET', url: '/v1/audit/records', summary: 'Export audit records (?since, ?until, ?format=jsonl|csv); a tenant token gets only its tenant\'s records', kind: 'audit' });
+  out.push({ method: 'GET', url: '/v1/events', summary: 'Follow audit and lifecycle events (Server-Sent Events); a tenant token sees only its tenant\'s', kind: 'audit' });
   out.push({ method: 'GET', url: '/v1/audit/verify', summary: 'Verify the audit hash chain and signed checkpoints (cluster-admin)', kind: 'audit' });
   out.push({ method: 'GET', url: '/v1/tenants/:tenant/machines/:name/logs', summary: "Read or follow a machine's serial console (NDJSON)", kind: 'logs', objectKind: 'Machine' });
   return out;

@@ -212,6 +212,7 @@ async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply
   }
   const who = admissions.get(req) ?? {};
   if (route.kind === 'tokens') return handleTokens(o, route, req, reply, who.principal);
+  if (route.kind === 'audit' && route.url === '/v1/events') return streamEvents(o, q, req, reply, who.principal);
   if (route.kind === 'audit') return handleAudit(o, route, q, reply, who.principal);
   const kind = route.objectKind as Kind; // every non-meta route names its kind
   if (route.kind === 'logs') return streamLogs(o, kind === 'Machine' ? 'Machine' : 'Instance', p, q, reply);
@@ -293,6 +294,37 @@ const NewTokenSchema = z.strictObject({
   role: z.enum(ROLES),
   tenant: z.string().min(1).max(63).optional(),
 });
+
+/**
+ * The event stream for management tools: every audit record (API mutations, refusals, and the
+ * control plane's own actions such as cell.created or instance.placed) as it is committed,
+ * as SSE; resumable by revision. A tenant token sees only records naming its tenant.
+ */
+async function streamEvents(o: ApiOptions, q: Query, req: FastifyRequest, reply: FastifyReply, principal: Principal | undefined): Promise<void> {
+  const lastId = req.headers['last-event-id'];
+  const from = intParam(q, 'resourceVersion') ?? (typeof lastId === 'string' && /^\d+$/.test(lastId) ? Number(lastId) : await o.store.revision());
+  const tenant = principal?.role === 'cluster-admin' ? q['tenant'] : principal?.tenant;
+  const ac = new AbortController();
+  reply.raw.on('close', () => ac.abort());
+  reply.hijack();
+  reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+  reply.raw.write(`: events from revision ${from}\n\n`);
+  const ping = setInterval(() => reply.raw.write(': ping\n\n'), 15_000);
+  try {
+    for await (const e of o.store.watch<{ seq?: number; actor?: { tenant?: string }; target?: { tenant?: string } }>('audit/', from, ac.signal)) {
+      // Only records (audit/<seq>), not the head or checkpoints.
+      if (e.type !== 'put' || !/^audit\/\d+$/.test(e.key)) continue;
+      const r = e.value;
+      if (tenant !== undefined && r.actor?.tenant !== tenant && r.target?.tenant !== tenant) continue;
+      reply.raw.write(`id: ${e.revision}\nevent: audit\ndata: ${JSON.stringify(r)}\n\n`);
+    }
+  } catch (err) {
+    if (!ac.signal.aborted) reply.raw.write(`event: error\ndata: ${JSON.stringify({ code: 'CARAPACE_E_UNAVAILABLE', message: (err as Error).message })}\n\n`);
+  } finally {
+    clearInterval(ping);
+    reply.raw.end();
+  }
+}
 
 /** Audit export (narrowed to the caller's tenant for tenant tokens) and verification. */
 async function handleAudit(o: ApiOptions, route: RouteDef, q: Query, reply: FastifyReply, principal: Principal | undefined): Promise<unknown> {

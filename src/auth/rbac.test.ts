@@ -77,7 +77,7 @@ function expected(c: Cell): 'allow' | 'unauthenticated' | 'forbidden' {
   if (c.who === 'none') return 'unauthenticated';
   if (c.who === 'cluster-admin') return 'allow';
   if (c.route.url === '/metrics' || c.route.url === '/v1/audit/verify') return 'forbidden'; // every tenant's data: operators only
-  if (c.route.url === '/v1/audit/records') return 'allow'; // the handler narrows to the caller's tenant
+  if (c.route.url === '/v1/audit/records' || c.route.url === '/v1/events') return 'allow'; // the handler narrows to the caller's tenant
   if (c.route.kind === 'tokens') return 'allow'; // the token handlers check grants themselves (tokens.test.ts)
   const kind = c.route.objectKind;
   if (kind === 'Host') return 'forbidden';

@@ -125,7 +125,7 @@ export function classifyRoute(route: AuthzRequest['route']): RouteClass | undefi
     if (route.method !== 'GET') return undefined;
     if (route.url === '/v1/audit/verify') return { type: 'admin' };
     // Records: the handler forces a tenant token's export to its own tenant.
-    return route.url === '/v1/audit/records' ? { type: 'self' } : undefined;
+    return route.url === '/v1/audit/records' || route.url === '/v1/events' ? { type: 'self' } : undefined;
   }
   if (route.kind === 'tokens') return route.url === '/v1/tokens' || route.url === '/v1/tokens/:name' ? { type: 'self' } : undefined;
   if (route.kind === 'meta') {

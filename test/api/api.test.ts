@@ -289,6 +289,34 @@ describe('API', () => {
     expect((await app.inject({ method: 'GET', url: '/v1/audit/verify', headers: { authorization: `Bearer ${tok}` } })).statusCode).toBe(403);
   });
 
+  it('streams audit events to management tools, narrowed to a tenant token', async () => {
+    const addr = app.server.address();
+    const port = typeof addr === 'object' && addr ? addr.port : 0;
+    const rev = await store.revision();
+    const tok = (await app.inject({ method: 'POST', url: '/v1/tokens', payload: { name: 'ev', role: 'tenant-viewer', tenant: 'ev1' } })).json().token as string;
+    await put('/v1/tenants/ev1', tenant('ev1'));
+    await put('/v1/tenants/ev2', tenant('ev2'));
+    await put('/v1/tenants/ev1/services/s', service('s', 'ev1'));
+    const read = async (token: string, until: (t: string) => boolean): Promise<string> => {
+      const ac = new AbortController();
+      const res = await fetch(`http://127.0.0.1:${port}/v1/events?resourceVersion=${rev}`, { signal: ac.signal, headers: { authorization: `Bearer ${token}` } });
+      const reader = res.body!.getReader(); // a streaming response always has a body
+      let text = '';
+      while (!until(text)) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        text += new TextDecoder().decode(value);
+      }
+      ac.abort();
+      return text;
+    };
+    const all = await read(admin, (t) => t.includes('"ev2"') && t.includes('"Service"'));
+    expect(all).toMatch(/event: audit/);
+    const theirs = await read(tok, (t) => t.includes('"Service"'));
+    expect(theirs).toContain('"ev1"');
+    expect(theirs).not.toContain('"ev2"');
+  });
+
   it('fails a mutation whose audit record cannot be written, and writes nothing', async () => {
     const before = await store.get('tenants/nolog');
     expect(before).toBeUndefined();
