@@ -323,9 +323,7 @@ export class HostAgent {
     const id = containerIdFor(inst);
     // Report Pulling only if the image is not at hand quickly: the common cached case
     // should not pay for an extra durable write.
-    let pullingShown = false;
     const showPulling = setTimeout(() => {
-      pullingShown = true;
       this.setStatus(inst, { phase: 'Pulling', reason: 'PullingImage', message: `pulling ${c.image}` }).catch(() => undefined);
     }, 50);
     let image: PulledImage;
@@ -343,7 +341,6 @@ export class HostAgent {
     }
     clearTimeout(showPulling);
     this.pullFailures.delete(key);
-    void pullingShown;
     try {
       // Instances in cells use the cell VM's network; host-run ones get their own namespace.
       const net = this.o.network && !inst.spec.cell ? await this.o.network.setup(id, { ports: c.ports, isolationKey: inst.metadata.tenant ?? '' }) : undefined;

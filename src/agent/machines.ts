@@ -8,7 +8,7 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rm, stat } from 'node:fs/promises';
+import { appendFile, mkdir, open, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Env } from '../core/actions.js';
@@ -148,7 +148,7 @@ export class MachineRunner {
   private async archiveConsole(machineDir: string, consoleLog: string): Promise<void> {
     await mkdir(machineDir, { recursive: true });
     const prev = await readFile(consoleLog).catch(() => undefined);
-    if (prev) await import('node:fs/promises').then((fs) => fs.appendFile(join(machineDir, 'console.log'), prev));
+    if (prev) await appendFile(join(machineDir, 'console.log'), prev);
   }
 
   private async boot(m: Machine, machineDir: string, reason: string): Promise<ReconcileResult> {
@@ -224,7 +224,7 @@ export class MachineRunner {
       await new Promise((r) => setTimeout(r, 250));
       const size = (await stat(vm.consoleLog).catch(() => ({ size: offset }))).size;
       if (size > offset) {
-        const fh = await import('node:fs/promises').then((fs) => fs.open(vm.consoleLog, 'r'));
+        const fh = await open(vm.consoleLog, 'r');
         const buf = Buffer.alloc(size - offset);
         await fh.read(buf, 0, buf.length, offset);
         await fh.close();

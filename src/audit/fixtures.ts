@@ -7,17 +7,8 @@ import type { AuditEntry, AuditHead, AuditRecord } from './record.js';
 import { buildRecord } from './record.js';
 import { type AuditCheckpoint, signCheckpoint } from './verify.js';
 
-/** A small deterministic PRNG (mulberry32) so fixtures and samples are reproducible. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The project's seeded PRNG (mulberry32, from sim/) so fixtures and samples are reproducible. */
+export { rng as prng } from '../sim/sim.js';
 
 const ACTIONS = ['apply', 'delete', 'cell.created', 'instance.placed', 'quota.refused', 'failover'];
 const TENANTS = ['acme', 'globex', 'initech'];

@@ -115,14 +115,14 @@ export class WorkloadController {
   async reconcile(key: string): Promise<void> {
     const { kind, tenant, name } = parseKey(key);
     const r = this.o.resources;
-    const [owner, tenantInstances, hosts, allInstances, cells, tenantObj] = await Promise.all([
+    const [owner, hosts, allInstances, cells, tenantObj] = await Promise.all([
       kind === 'Service' ? r.get('Service', name, tenant) : r.get('Job', name, tenant),
-      r.list('Instance', tenant),
       r.list('Host'),
       r.list('Instance'),
       r.list('Cell'),
       r.get('Tenant', tenant),
     ]);
+    const tenantInstances = allInstances.items.filter((i) => i.metadata.tenant === tenant);
     const quota = tenantObj ? tenantQuotaFromModel(tenantObj) : undefined;
     const ctx: PlanContext = {
       now: this.o.env.now(),
@@ -136,8 +136,8 @@ export class WorkloadController {
     const endPlan = metrics.scheduleSeconds.startTimer({ tenant });
     const changes =
       kind === 'Service'
-        ? planService(name, owner as Service | undefined, tenantInstances.items, ctx) // fetched by kind above
-        : planJob(name, owner as Job | undefined, tenantInstances.items, ctx); // fetched by kind above
+        ? planService(name, owner as Service | undefined, tenantInstances, ctx) // fetched by kind above
+        : planJob(name, owner as Job | undefined, tenantInstances, ctx); // fetched by kind above
     endPlan();
     const unplaced = changes.filter((c) => (c.op === 'create' && c.instance.spec.host === '') || c.op === 'unschedulable').length;
     if (unplaced > 0) metrics.unplaced.inc({ tenant }, unplaced);

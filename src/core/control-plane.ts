@@ -100,12 +100,7 @@ export class ControlPlane {
 
   private async applyMachine(m: MachineManifest, createOnly: boolean): Promise<ActionResult> {
     const { name, tenant } = m.metadata;
-    const owner = await this.resources.get('Tenant', tenant);
-    if (!owner) {
-      throw new CarapaceError('CARAPACE_E_TENANT_NOT_FOUND', `tenant "${tenant}" does not exist; apply a Tenant named "${tenant}" first`, [
-        { path: 'metadata.tenant', message: `tenant "${tenant}" does not exist` },
-      ]);
-    }
+    const owner = await this.ownerTenant(tenant);
     const cur = await this.resources.get('Machine', name, tenant);
     if (cur && createOnly) throw new CarapaceError('CARAPACE_E_ALREADY_EXISTS', `machine "${name}" already exists in tenant "${tenant}"`);
     await this.checkQuota(owner, 'Machine', name, m.spec);
@@ -156,6 +151,17 @@ export class ControlPlane {
     const written = await this.resources.write(obj, this.expected(m, cur, createOnly), this.entry(cur ? 'update' : 'create', 'Tenant', m.metadata.name, m.metadata.name, { generation: obj.metadata.generation }));
     const warnings = await this.policyWarnings(written);
     return { type: 'object', object: written, created: !cur, changed: true, ...(warnings.length ? { warnings } : {}) };
+  }
+
+  /** The tenant a workload names, or CARAPACE_E_TENANT_NOT_FOUND at metadata.tenant. */
+  private async ownerTenant(tenant: string): Promise<Tenant> {
+    const owner = await this.resources.get('Tenant', tenant);
+    if (!owner) {
+      throw new CarapaceError('CARAPACE_E_TENANT_NOT_FOUND', `tenant "${tenant}" does not exist; apply a Tenant named "${tenant}" first`, [
+        { path: 'metadata.tenant', message: `tenant "${tenant}" does not exist` },
+      ]);
+    }
+    return owner;
   }
 
   /** The tenant's current requests (services, unfinished jobs, machines). */
@@ -212,12 +218,7 @@ export class ControlPlane {
 
   private async applyWorkload(m: ServiceManifest | JobManifest, createOnly: boolean): Promise<ActionResult> {
     const { name, tenant } = m.metadata;
-    const owner = await this.resources.get('Tenant', tenant);
-    if (!owner) {
-      throw new CarapaceError('CARAPACE_E_TENANT_NOT_FOUND', `tenant "${tenant}" does not exist; apply a Tenant named "${tenant}" first`, [
-        { path: 'metadata.tenant', message: `tenant "${tenant}" does not exist` },
-      ]);
-    }
+    const owner = await this.ownerTenant(tenant);
     const min = owner.spec.minIsolation;
     if (min !== undefined && !isolationAtLeast(m.spec.isolation, min)) {
       throw new CarapaceError(
