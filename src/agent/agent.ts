@@ -108,6 +108,14 @@ export class HostAgent {
     ]);
   }
 
+  /** The containers this agent runs now (for the usage sampler). */
+  localContainers(): { tenant: string; name: string; id: string; driver: RuntimeDriver }[] {
+    return [...this.local].filter(([, c]) => !c.exited).map(([key, c]) => {
+      const slash = key.indexOf('/');
+      return { tenant: key.slice(0, slash), name: key.slice(slash + 1), id: c.id, driver: c.driver };
+    });
+  }
+
   /** Probes the drivers and writes this host's record (capacity, tiers, heartbeat). */
   async register(): Promise<Host> {
     const tiers: string[] = [];

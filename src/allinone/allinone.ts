@@ -26,6 +26,7 @@ import { TokenCache } from '../auth/cache.js';
 import { AuditLog } from '../audit/log.js';
 import { bootstrapToken } from '../auth/tokens.js';
 import type { Store } from '../store/store.js';
+import { UsageSampler } from '../agent/usage-sampler.js';
 import { MachineRunner } from '../agent/machines.js';
 import { createVmManager, type VmManager } from '../vm/qemu.js';
 import { findKernel } from '../vm/initramfs.js';
@@ -88,8 +89,9 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
   // Mutations and the control plane's own actions are recorded in a hash-chained log whose
   // checkpoints are signed with a key generated at first start.
   const audit = await AuditLog.open({ store, keyDir: join(o.stateDir, 'audit-keys'), logger });
-  const resources = new Resources(store, audit);
   const env = systemEnv;
+  // With env: every instance, cell and machine write carries its usage allocation records.
+  const resources = new Resources(store, audit, env);
   const controlPlane = new ControlPlane(resources, env);
   const runtimeDir = join(o.stateDir, 'runtime');
   const runc = createRuncDriver({ stateDir: join(runtimeDir, 'runc'), logger });
@@ -128,6 +130,8 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
   const machines = new MachineRunner({ hostName: hostName || 'local', resources, env, logger, vms, imagesDir: machineImagesDir, stateDir: join(o.stateDir, 'machines') });
   const agent = new HostAgent({ hostName: hostName || 'local', resources, env, logger, drivers: { host: runc, sandbox: runsc }, images, cells, machines, vmProbe, overcommit: { cpu: o.cpuOvercommit ?? 4, memory: 1 }, ...(network ? { network } : {}) });
   agentRef.current = agent;
+  const sampleEnv = Number(process.env['CARAPACE_USAGE_SAMPLE_MS']);
+  const sampler = new UsageSampler({ hostName: hostName || 'local', resources, env, logger, agent, ...(Number.isFinite(sampleEnv) && sampleEnv > 0 ? { intervalMs: sampleEnv } : {}) });
   const graceEnv = Number(process.env['CARAPACE_CELL_GRACE_MS']);
   const controller = new WorkloadController({ resources, env, logger, ...(o.cellGraceMs !== undefined ? { cellGraceMs: o.cellGraceMs } : Number.isFinite(graceEnv) && graceEnv >= 0 ? { cellGraceMs: graceEnv } : {}) });
   registerStateGauges(resources);
@@ -139,7 +143,7 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
   // Every loop and watch of the process listens on this one shutdown signal.
   setMaxListeners(100, ac.signal);
   await agent.register();
-  const loops = Promise.all([controller.start(ac.signal), agent.start(ac.signal), tokens.start(ac.signal)]);
+  const loops = Promise.all([controller.start(ac.signal), agent.start(ac.signal), tokens.start(ac.signal), sampler.start(ac.signal)]);
   loops.catch((err: unknown) => {
     logger.fatal({ err }, 'control loop crashed');
     ac.abort();

@@ -25,6 +25,8 @@ import { z } from 'zod';
 import { zodIssues } from '../model/manifest.js';
 import type { AuditLog } from '../audit/log.js';
 import type { AuditContext } from '../core/control-plane.js';
+import { usageReport } from '../core/usage-report.js';
+import { formatReport } from '../usage/format.js';
 
 /** Where instance logs come from (the local agent in the all-in-one; agents over the network later). */
 export interface LogSource {
@@ -213,6 +215,7 @@ async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply
   if (route.kind === 'tokens') return handleTokens(o, route, req, reply, who.principal);
   if (route.kind === 'audit' && route.url === '/v1/events') return streamEvents(o, q, req, reply, who.principal);
   if (route.kind === 'audit') return handleAudit(o, route, q, reply, who.principal);
+  if (route.kind === 'usage') return handleUsage(o, q, reply, who.principal);
   const kind = route.objectKind as Kind; // every non-meta route names its kind
   if (route.kind === 'logs') return streamLogs(o, kind === 'Machine' ? 'Machine' : 'Instance', p, q, reply);
   if (route.kind === 'watch') return streamWatch(o, kind, q, req, reply, who);
@@ -339,6 +342,32 @@ async function handleAudit(o: ApiOptions, route: RouteDef, q: Query, reply: Fast
   const tenant = principal?.role === 'cluster-admin' ? q['tenant'] : principal?.tenant;
   const text = await o.audit.export({ format, ...(q['since'] ? { since: q['since'] } : {}), ...(q['until'] ? { until: q['until'] } : {}), ...(tenant ? { tenant } : {}) });
   void reply.header('content-type', format === 'csv' ? 'text/csv; charset=utf-8' : 'application/x-ndjson');
+  return text;
+}
+
+/** A time query parameter: ISO 8601, or undefined when absent. */
+function timeParam(q: Query, name: string): number | undefined {
+  const v = q[name];
+  if (v === undefined || v === '') return undefined;
+  const t = Date.parse(v);
+  if (Number.isNaN(t)) throw new CarapaceError('CARAPACE_E_BAD_QUERY', `${name} must be an ISO 8601 time`, [{ path: `query.${name}`, message: 'must be an ISO 8601 time' }]);
+  return t;
+}
+
+/** The usage report (default: the last 24 hours by tenant, as JSON), narrowed for tenant tokens. */
+async function handleUsage(o: ApiOptions, q: Query, reply: FastifyReply, principal: Principal | undefined): Promise<unknown> {
+  const by = q['by'] ?? 'tenant';
+  if (by !== 'tenant' && by !== 'group' && by !== 'cell') throw new CarapaceError('CARAPACE_E_BAD_QUERY', 'by must be tenant, group or cell', [{ path: 'query.by', message: 'must be tenant, group or cell' }]);
+  const format = q['format'] ?? 'json';
+  if (format !== 'json' && format !== 'csv' && format !== 'table') throw new CarapaceError('CARAPACE_E_BAD_QUERY', 'format must be json, csv or table', [{ path: 'query.format', message: 'must be json, csv or table' }]);
+  const now = Date.parse(o.env.now());
+  const until = timeParam(q, 'until') ?? now;
+  const since = timeParam(q, 'since') ?? until - 86_400_000;
+  // A tenant token sees only its tenant's usage, whatever it asks for.
+  const tenant = principal?.role === 'cluster-admin' ? q['tenant'] : principal?.tenant;
+  const rows = await usageReport(o.store, { since, until, now, by, ...(tenant ? { tenant } : {}) });
+  const text = formatReport(rows, format);
+  void reply.header('content-type', format === 'json' ? 'application/json; charset=utf-8' : format === 'csv' ? 'text/csv; charset=utf-8' : 'text/plain; charset=utf-8');
   return text;
 }
 

@@ -261,6 +261,39 @@ auditCmd
     process.stdout.write(text);
   });
 
+/**
+ * A time for --since/--until: ISO 8601, or a duration ago (`90s`, `30m`, `24h`, `7d`), or
+ * `now`. Turned into ISO here so the API takes one form only.
+ */
+function timeArg(v: string, flag: string): string {
+  const m = /^(\d+)(s|m|h|d)$/.exec(v);
+  if (m) return new Date(Date.now() - Number(m[1]) * { s: 1e3, m: 60e3, h: 3600e3, d: 86400e3 }[m[2] as 's' | 'm' | 'h' | 'd']).toISOString(); // the regex admits only these units
+  if (v === 'now') return new Date().toISOString();
+  if (Number.isNaN(Date.parse(v))) throw new CliError('CARAPACE_E_BAD_QUERY', `${flag} must be an ISO 8601 time, a duration ago like 24h or 7d, or now`, [{ path: flag, message: `"${v}" is not a time` }]);
+  return new Date(Date.parse(v)).toISOString();
+}
+
+const reportCmd = program.command('report').description('Reports for the tools above Carapace');
+reportCmd
+  .command('usage')
+  .description('Reserved and measured usage per tenant, group or cell (exact sums; a tenant token gets only its tenant)')
+  .option('--since <time>', 'window start: ISO 8601 or a duration ago (24h, 7d)', '24h')
+  .option('--until <time>', 'window end (exclusive): ISO 8601, a duration ago, or now', 'now')
+  .addOption(new Option('--by <grouping>', 'one row per').choices(['tenant', 'group', 'cell']).default('tenant'))
+  .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'csv', 'json']).default('table'))
+  .option('-t, --tenant <tenant>', 'only this tenant (cluster-admin)')
+  .action(async (o: { since: string; until: string; by: string; output: string; tenant?: string }) => {
+    const q = new URLSearchParams({ since: timeArg(o.since, '--since'), until: timeArg(o.until, '--until'), by: o.by, format: o.output });
+    if (o.tenant) q.set('tenant', o.tenant);
+    const res = await client().raw('GET', `/v1/usage?${q.toString()}`);
+    const text = await res.body.text();
+    if (res.statusCode >= 400) {
+      const e = (JSON.parse(text) as { error?: { code: string; message: string; details?: { path: string; message: string }[] } }).error;
+      throw new CliError(e?.code ?? 'CARAPACE_E_INTERNAL', e?.message ?? `server answered ${res.statusCode}`, e?.details);
+    }
+    process.stdout.write(text);
+  });
+
 const machineCmd = program.command('machine').description('Power a machine on or off, or restart it');
 for (const [verb, what] of [
   ['start', 'power a stopped machine on'],

@@ -9,6 +9,8 @@ import { kindPrefix, objectKey, keyOf, type AnyObject, type Kind, type ObjectOfK
 import { ConflictError, type Entry, type Store, type TxnOp } from '../store/store.js';
 import type { AuditLog } from '../audit/log.js';
 import type { AuditEntry } from '../audit/record.js';
+import type { Env } from './actions.js';
+import { allocationOps } from './allocations.js';
 
 function withVersion<T extends AnyObject>(entry: Entry<T>): T {
   const obj = entry.value;
@@ -23,14 +25,28 @@ function withVersion<T extends AnyObject>(entry: Entry<T>): T {
  * whose record cannot be written fails.
  */
 export class Resources {
+  /**
+   * `env`, when given, turns on usage accounting: writes of instances, cells and machines
+   * carry their allocation records (core/allocations.ts) in the same transaction, stamped
+   * with `env.now()`. Omitted in tests that do not look at usage.
+   */
   constructor(
     readonly store: Store,
     readonly audit?: AuditLog,
+    private readonly env?: Env,
   ) {}
 
-  /** Applies one op, with its audit record in the same transaction when an entry is given. */
-  private async commitOp(op: TxnOp, entry: AuditEntry | undefined): Promise<number> {
-    if (entry && this.audit) return (await this.audit.commit(entry, [op])).revision;
+  /**
+   * Applies one op, with its audit record and allocation records in the same transaction.
+   * `after` is the object as the op leaves it (undefined for a delete).
+   */
+  private async commitOp(op: TxnOp, entry: AuditEntry | undefined, after: AnyObject | undefined): Promise<number> {
+    const env = this.env;
+    // Recomputed on every attempt of the audit commit: the open record may have moved.
+    const withAllocations = async (): Promise<TxnOp[]> => (env ? [op, ...(await allocationOps(this.store, op.key, after, env.now(), () => env.newId()))] : [op]);
+    if (entry && this.audit) return (await this.audit.commit(entry, withAllocations)).revision;
+    const ops = await withAllocations();
+    if (ops.length > 1) return (await this.store.txn(ops)).revision;
     if (op.op === 'put') return this.store.put(op.key, op.value, op.expect);
     const rev = await this.store.delete(op.key, op.expect);
     return rev ?? 0;
@@ -68,11 +84,11 @@ export class Resources {
     const key = keyOf(obj);
     const expect = expectVersion === undefined ? undefined : expectVersion === 0 ? { absent: true as const } : { version: expectVersion };
     try {
-      const version = await this.commitOp({ op: 'put', key, value: obj, ...(expect ? { expect } : {}) }, audit);
+      const version = await this.commitOp({ op: 'put', key, value: obj, ...(expect ? { expect } : {}) }, audit, obj);
       return { ...obj, metadata: { ...obj.metadata, resourceVersion: version } };
     } catch (e) {
       if (e instanceof ConflictError) {
-        if (expectVersion === 0) {
+        if (expectVersion === 0 && e.key === key) {
           throw new CarapaceError('CARAPACE_E_ALREADY_EXISTS', `${obj.kind.toLowerCase()} "${obj.metadata.name}" already exists`);
         }
         throw new CarapaceError(
@@ -118,7 +134,15 @@ export class Resources {
         // The audit record must only be written when the object really goes: require it to exist.
         const cur = expectVersion === undefined ? await this.store.get(key) : undefined;
         if (expectVersion === undefined && !cur) return false;
-        await this.commitOp({ op: 'delete', key, expect: { version: expectVersion ?? cur?.version ?? 0 } }, audit);
+        await this.commitOp({ op: 'delete', key, expect: { version: expectVersion ?? cur?.version ?? 0 } }, audit, undefined);
+        return true;
+      }
+      if (this.env) {
+        // With accounting on, the deletion closes the allocation in the same txn: the key
+        // must exist (a txn delete of an absent key would still commit the accounting).
+        const cur = expectVersion === undefined ? await this.store.get(key) : undefined;
+        if (expectVersion === undefined && !cur) return false;
+        await this.commitOp({ op: 'delete', key, expect: { version: expectVersion ?? cur?.version ?? 0 } }, undefined, undefined);
         return true;
       }
       const rev = await this.store.delete(key, expectVersion === undefined ? undefined : { version: expectVersion });

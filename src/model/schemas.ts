@@ -149,7 +149,8 @@ export const TenantSpecSchema = z.strictObject({
   minIsolation: IsolationSchema.optional(),
   /**
    * Most the tenant's workloads may request in total: cpu and memory summed over service
-   * replicas, job parallelism and machines; instances = replicas + parallelism; machines.
+   * replicas, job parallelism and machines; instances = replicas + parallelism; machines;
+   * cells (at apply time the fewest cells the workloads can pack into; the scheduler counts real ones).
    * Enforced at apply time and by the scheduler; omitted limits are unlimited.
    */
   quota: z
@@ -158,6 +159,8 @@ export const TenantSpecSchema = z.strictObject({
       memory: MemorySchema.optional(),
       instances: z.number().int().min(0).max(1_000_000).optional(),
       machines: z.number().int().min(0).max(10_000).optional(),
+      /** Cells (VMs) the tenant's cell and dedicated instances may occupy. */
+      cells: z.number().int().min(0).max(100_000).optional(),
     })
     .optional(),
   /**

@@ -109,5 +109,9 @@ export function checkSnapshot(s: Snapshot): string[] {
     if (q.memoryMiB !== undefined && u.mem > q.memoryMiB) out.push(`tenant ${q.tenant} uses ${u.mem} MiB over quota ${q.memoryMiB}`);
     if (q.instances !== undefined && u.n > q.instances) out.push(`tenant ${q.tenant} runs ${u.n} instances over quota ${q.instances}`);
   }
+  for (const q of s.quotas ?? []) {
+    const n = s.cells.filter((c) => c.tenant === q.tenant).length;
+    if (q.cells !== undefined && n > q.cells) out.push(`tenant ${q.tenant} holds ${n} cells over quota ${q.cells}`);
+  }
   return out;
 }

@@ -24,11 +24,17 @@ export function hostInfoFromModel(h: Host): HostInfo {
   };
 }
 
-/** The scheduler's view of a tenant's quota (instances' cpu, memory and count). */
+/** The scheduler's view of a tenant's quota (instances' cpu, memory and count; cells). */
 export function tenantQuotaFromModel(t: Tenant): TenantQuota | undefined {
   const q = t.spec.quota;
-  if (!q || (q.cpu === undefined && q.memory === undefined && q.instances === undefined)) return undefined;
-  return { tenant: t.metadata.name, ...(q.cpu !== undefined ? { cpu: q.cpu } : {}), ...(q.memory !== undefined ? { memoryMiB: q.memory } : {}), ...(q.instances !== undefined ? { instances: q.instances } : {}) };
+  if (!q || (q.cpu === undefined && q.memory === undefined && q.instances === undefined && q.cells === undefined)) return undefined;
+  return {
+    tenant: t.metadata.name,
+    ...(q.cpu !== undefined ? { cpu: q.cpu } : {}),
+    ...(q.memory !== undefined ? { memoryMiB: q.memory } : {}),
+    ...(q.instances !== undefined ? { instances: q.instances } : {}),
+    ...(q.cells !== undefined ? { cells: q.cells } : {}),
+  };
 }
 
 /** The scheduler's id of an instance object: `tenant/name` (instance names are unique per tenant). */

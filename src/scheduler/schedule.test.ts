@@ -217,6 +217,22 @@ describe('quota and bad input', () => {
     expect(plan.unplaced[0]?.reason).toBe('tenant acme cpu quota exceeded: 0.2 of 0.25 cores in use, this instance needs 0.1');
   });
 
+  it('creates no cell past the tenant cells quota, but still fills the cells it has', () => {
+    // Two groups want a cell each and three dedicated instances want one each; the quota is 2.
+    const reqs = [inst('a'), inst('b'), inst('c', { group: 'other' }), ...range(3, (i) => inst(`d${i}`, { isolation: 'dedicated', service: 'db' }))];
+    const { plan, next } = run(snap([host('h1'), host('h2')], { quotas: [{ tenant: 'acme', cells: 2 }] }), reqs);
+    expect(plan.createCells).toHaveLength(2);
+    // Larger requests are placed first, so which of c and the dedicated ones wins is the scheduler's order.
+    expect(plan.placements).toHaveLength(3);
+    expect(plan.placements.map((p) => p.instance.id)).toEqual(expect.arrayContaining(['a', 'b']));
+    expect(plan.unplaced.map((u) => u.code)).toEqual(['QuotaExceeded', 'QuotaExceeded', 'QuotaExceeded']);
+    expect(plan.unplaced[0]?.reason).toMatch(/^tenant acme cell quota exceeded: 2 of 2 cells in use/);
+    expect(checkSnapshot(next)).toEqual([]);
+    // Another tenant is not held back by acme's quota.
+    const other = schedule(next, { place: [inst('x', { tenant: 'globex' })] }, { now: 1000, newId: ids('g') });
+    expect(other.createCells).toHaveLength(1);
+  });
+
   it('rejects malformed and duplicate requests without throwing', () => {
     const { plan } = run(snap([host('h1')]), [inst('a', { cpu: -1 }), inst('b'), inst('b'), inst('c', { isolation: 'vm' as never })]); // `as never`: a caller bypassing the types, on purpose
     expect(plan.unplaced.map((u) => u.code).sort()).toEqual(['DuplicateInstance', 'InvalidRequest', 'InvalidRequest']);

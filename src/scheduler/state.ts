@@ -84,6 +84,10 @@ interface TenantRec {
   qCpu: number;
   qMem: number;
   qCount: number;
+  /** Most cells the tenant may hold (Infinity: no limit). */
+  qCells: number;
+  /** Cells the tenant holds (existing and planned, minus retired). */
+  cellCount: number;
   usedCpu: number;
   usedMem: number;
   count: number;
@@ -240,6 +244,7 @@ export class ClusterState {
       t.qCpu = q.cpu === undefined ? Infinity : milli(q.cpu);
       t.qMem = q.memoryMiB ?? Infinity;
       t.qCount = q.instances ?? Infinity;
+      t.qCells = q.cells ?? Infinity;
     }
     for (const p of snapshot.groupPolicies ?? []) s.policies.set(`${p.tenant}\0${p.group}`, p);
     const cells = [...snapshot.cells].sort((a, b) => byString(a.id, b.id));
@@ -409,7 +414,7 @@ export class ClusterState {
   private tenant(name: string): TenantRec {
     let t = this.tenants.get(name);
     if (t === undefined) {
-      t = { name, qCpu: Infinity, qMem: Infinity, qCount: Infinity, usedCpu: 0, usedMem: 0, count: 0, hostCells: new Map(), hostsByZone: new Map() };
+      t = { name, qCpu: Infinity, qMem: Infinity, qCount: Infinity, qCells: Infinity, cellCount: 0, usedCpu: 0, usedMem: 0, count: 0, hostCells: new Map(), hostsByZone: new Map() };
       this.tenants.set(name, t);
     }
     return t;
@@ -498,6 +503,7 @@ export class ClusterState {
       next: -1,
     };
     this.cells.push(rec);
+    g.tenant.cellCount++;
     this.cellById.set(id, idx);
     g.cells.push(idx);
     const h = this.hostAt(host);
@@ -966,6 +972,10 @@ export class ClusterState {
       if (ci >= 0) return out(this.cellAt(ci).host, ci);
     }
     const dedicated = r.isolation === 'dedicated';
+    if (g.tenant.cellCount + 1 > g.tenant.qCells) {
+      plan.unplaced.push({ instance: r, code: 'QuotaExceeded', reason: `tenant ${r.tenant} cell quota exceeded: ${g.tenant.cellCount} of ${g.tenant.qCells} cells in use and none of them has room for this ${dedicated ? 'dedicated ' : ''}instance` });
+      return -1;
+    }
     const sizeCpu = dedicated ? cpu + g.ovCpu : Math.max(g.sizeCpu, roundUp(cpu + g.ovCpu, CPU_STEP));
     const sizeMem = dedicated ? mem + g.ovMem : Math.max(g.sizeMem, roundUp(mem + g.ovMem, MEM_STEP));
     const bit = TIER_BIT[r.isolation];
@@ -1028,6 +1038,7 @@ export class ClusterState {
     inc(c.g.hostCells, c.host, -1);
     inc(c.g.zoneCells, h.zone, -1);
     inc(c.g.tenant.hostCells, c.host, -1);
+    c.g.tenant.cellCount--;
     this.cellById.delete(c.id);
     plan.retireCells.push({ id: c.id, host: h.name, reason });
   }

@@ -83,6 +83,8 @@ export interface TenantQuota {
   cpu?: number;
   memoryMiB?: number;
   instances?: number;
+  /** Most cells (VMs) the tenant may hold; the scheduler creates no cell past it. */
+  cells?: number;
 }
 
 /** How cells of a group are sized and filled. Every field defaults to `CellPolicyDefaults`. */

@@ -184,7 +184,9 @@ export function generateCluster(o: SimOptions): SimCluster {
     if (u === undefined) continue;
     const tight = r() < (o.tightQuotaFraction ?? 0);
     const f = tight ? 0.8 : 1.5;
-    quotas.push({ tenant: t, cpu: Math.ceil(u.cpu * f), memoryMiB: Math.ceil(u.mem * f), instances: Math.ceil(u.n * f) });
+    // Tight tenants also get a cells quota (about six instances per cell), so the property tests
+    // see the scheduler refuse new cells; generous ones get none (the benchmark is unchanged).
+    quotas.push({ tenant: t, cpu: Math.ceil(u.cpu * f), memoryMiB: Math.ceil(u.mem * f), instances: Math.ceil(u.n * f), ...(tight ? { cells: Math.max(1, Math.ceil(u.n / 6)) } : {}) });
   }
   return { snapshot: { hosts, cells: [], placements: [], quotas, groupPolicies }, services, instances: total };
 }

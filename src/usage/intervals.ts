@@ -69,22 +69,34 @@ export interface Allocation {
  */
 export function allocationOf(o: Instance | Cell | Machine): Allocation | undefined {
   switch (o.kind) {
-    case 'Instance': {
+    case 'Instance':
       if (o.spec.host === '' || TERMINAL_PHASES.includes(o.status.phase)) return undefined;
-      const c = o.spec.container;
-      const subject: UsageSubject = { kind: 'instance', tenant: o.metadata.tenant ?? '', group: c.group, name: o.metadata.name, uid: o.metadata.uid };
-      if (o.spec.cell) subject.cell = o.spec.cell;
-      return { subject, cpu: c.cpu, memoryMiB: c.memory };
-    }
-    case 'Cell': {
+      return { subject: subjectOf(o), cpu: o.spec.container.cpu, memoryMiB: o.spec.container.memory };
+    case 'Cell':
       if (o.spec.host === '') return undefined;
-      // A warm cell has no group yet either; keep the key shape stable with ''.
-      return { subject: { kind: 'cell', tenant: o.spec.tenant, group: o.spec.group, name: o.metadata.name, uid: o.metadata.uid }, cpu: o.spec.cpu, memoryMiB: o.spec.memoryMiB };
-    }
-    case 'Machine': {
+      return { subject: subjectOf(o), cpu: o.spec.cpu, memoryMiB: o.spec.memoryMiB };
+    case 'Machine':
       if (o.status.host === '' || o.status.phase === 'Stopped' || o.status.phase === 'Failed') return undefined;
-      return { subject: { kind: 'machine', tenant: o.metadata.tenant ?? '', name: o.metadata.name, uid: o.metadata.uid }, cpu: o.spec.cpu, memoryMiB: o.spec.memory };
+      return { subject: subjectOf(o), cpu: o.spec.cpu, memoryMiB: o.spec.memory };
+  }
+}
+
+/**
+ * The usage subject of an instance, cell or machine, with the keys reports group by. The
+ * same for reserved and measured usage, so both land in the same report rows.
+ */
+export function subjectOf(o: Instance | Cell | Machine): UsageSubject {
+  switch (o.kind) {
+    case 'Instance': {
+      const subject: UsageSubject = { kind: 'instance', tenant: o.metadata.tenant ?? '', group: o.spec.container.group, name: o.metadata.name, uid: o.metadata.uid };
+      if (o.spec.cell) subject.cell = o.spec.cell;
+      return subject;
     }
+    case 'Cell':
+      // A warm cell has no group yet either; keep the key shape stable with ''.
+      return { kind: 'cell', tenant: o.spec.tenant, group: o.spec.group, name: o.metadata.name, uid: o.metadata.uid };
+    case 'Machine':
+      return { kind: 'machine', tenant: o.metadata.tenant ?? '', name: o.metadata.name, uid: o.metadata.uid };
   }
 }
 
