@@ -18,7 +18,7 @@ import { ROUTES, type RouteDef } from './routes.js';
 import { openApiDocument } from './openapi.js';
 import { metrics } from '../metrics/metrics.js';
 import { admit, type Authenticator } from '../auth/admit.js';
-import { canSee, filterList, ROLES, type Principal } from '../auth/rbac.js';
+import { canSee, filterList, owningTenant, ROLES, type Principal } from '../auth/rbac.js';
 import { issueToken, listTokens, revokeToken, tokenInfo } from '../auth/tokens.js';
 import type { Env } from '../core/actions.js';
 import { z } from 'zod';
@@ -297,10 +297,37 @@ const NewTokenSchema = z.strictObject({
   tenant: z.string().min(1).max(63).optional(),
 });
 
+/** Object kinds whose phase changes are lifecycle events, by store key prefix. */
+const LIFECYCLE_PREFIXES: readonly [string, Kind][] = [
+  ['instances/', 'Instance'],
+  ['cells/', 'Cell'],
+  ['machines/', 'Machine'],
+  ['hosts/', 'Host'],
+];
+
+/** The lifecycle fields of an object: its phase (hosts: state) and why. */
+function lifecycleOf(kind: Kind, value: unknown): { phase: string; reason?: string; message?: string; host?: string; cell?: string } | undefined {
+  const v = value as { status?: { phase?: string; state?: string; reason?: string; message?: string; host?: string }; spec?: { host?: string; cell?: string } } | null; // stored objects; every field read is checked
+  const phase = kind === 'Host' ? v?.status?.state : v?.status?.phase;
+  if (typeof phase !== 'string') return undefined;
+  const host = v?.spec?.host ?? v?.status?.host;
+  return {
+    phase,
+    ...(typeof v?.status?.reason === 'string' ? { reason: v.status.reason } : {}),
+    ...(typeof v?.status?.message === 'string' ? { message: v.status.message.slice(0, 300) } : {}),
+    ...(typeof host === 'string' && host !== '' ? { host } : {}),
+    ...(typeof v?.spec?.cell === 'string' && v.spec.cell !== '' ? { cell: v.spec.cell } : {}),
+  };
+}
+
 /**
- * The event stream for management tools: every audit record (API mutations, refusals, and the
- * control plane's own actions such as cell.created or instance.placed) as it is committed,
- * as SSE; resumable by revision. A tenant token sees only records naming its tenant.
+ * The event stream for management tools, as SSE, resumable by revision (`id:`):
+ * - `audit`: every audit record as it is committed (API mutations, refusals, and the control
+ *   plane's own actions such as cell.created, instance.placed, failover);
+ * - `lifecycle`: phase changes of instances, cells, machines and hosts (`Pending` ->
+ *   `Running` -> `Failed`...), and their deletion, with the reason.
+ * A tenant token sees only its tenant's records and objects (never hosts); a cluster-admin
+ * may narrow with ?tenant=.
  */
 async function streamEvents(o: ApiOptions, q: Query, req: FastifyRequest, reply: FastifyReply, principal: Principal | undefined): Promise<void> {
   const lastId = req.headers['last-event-id'];
@@ -312,13 +339,32 @@ async function streamEvents(o: ApiOptions, q: Query, req: FastifyRequest, reply:
   reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
   reply.raw.write(`: events from revision ${from}\n\n`);
   const ping = setInterval(() => reply.raw.write(': ping\n\n'), 15_000);
+  // Last phase sent per object key, so a status write that changes no phase sends nothing.
+  const lastPhase = new Map<string, string>();
   try {
-    for await (const e of o.store.watch<{ seq?: number; actor?: { tenant?: string }; target?: { tenant?: string } }>('audit/', from, ac.signal)) {
-      // Only records (audit/<seq>), not the head or checkpoints.
-      if (e.type !== 'put' || !/^audit\/\d+$/.test(e.key)) continue;
-      const r = e.value;
-      if (tenant !== undefined && r.actor?.tenant !== tenant && r.target?.tenant !== tenant) continue;
-      reply.raw.write(`id: ${e.revision}\nevent: audit\ndata: ${JSON.stringify(r)}\n\n`);
+    for await (const e of o.store.watch<unknown>('', from, ac.signal)) {
+      if (/^audit\/\d+$/.test(e.key)) {
+        if (e.type !== 'put') continue;
+        // Only records (audit/<seq>), not the head or checkpoints.
+        const r = e.value as { actor?: { tenant?: string }; target?: { tenant?: string } }; // an audit record
+        if (tenant !== undefined && r.actor?.tenant !== tenant && r.target?.tenant !== tenant) continue;
+        reply.raw.write(`id: ${e.revision}\nevent: audit\ndata: ${JSON.stringify(e.value)}\n\n`);
+        continue;
+      }
+      const kind = LIFECYCLE_PREFIXES.find(([p]) => e.key.startsWith(p))?.[1];
+      if (kind === undefined) continue;
+      const owner = owningTenant(e.value);
+      if (tenant !== undefined && (kind === 'Host' || owner !== tenant)) continue;
+      if (principal?.role !== 'cluster-admin' && !canSee(principal, e.value)) continue;
+      const lc = lifecycleOf(kind, e.value);
+      if (!lc) continue;
+      const phase = e.type === 'delete' ? 'Deleted' : lc.phase;
+      if (lastPhase.get(e.key) === phase) continue;
+      if (e.type === 'delete') lastPhase.delete(e.key);
+      else lastPhase.set(e.key, phase);
+      const md = (e.value as { metadata?: { name?: string } }).metadata; // stored objects carry metadata
+      const ev = { kind, name: md?.name ?? '', ...(owner ? { tenant: owner } : {}), ...lc, phase, revision: e.revision };
+      reply.raw.write(`id: ${e.revision}\nevent: lifecycle\ndata: ${JSON.stringify(ev)}\n\n`);
     }
   } catch (err) {
     if (!ac.signal.aborted) reply.raw.write(`event: error\ndata: ${JSON.stringify({ code: 'CARAPACE_E_UNAVAILABLE', message: (err as Error).message })}\n\n`);

@@ -42,3 +42,17 @@ describe('canonicalJson', () => {
     );
   });
 });
+
+describe('CSV export fields', () => {
+  it('quotes per RFC 4180 and defuses spreadsheet formulas', async () => {
+    const { csvField } = await import('./export.js');
+    expect(csvField('web')).toBe('web');
+    expect(csvField('a,b')).toBe('"a,b"');
+    expect(csvField('say "hi"')).toBe('"say ""hi"""');
+    for (const evil of ['=HYPERLINK("http://x")', '+1', '-2+3', '@SUM(A1)', '\tx', '\rx']) {
+      const out = csvField(evil);
+      expect(out.replace(/^"/, '').startsWith("'"), evil).toBe(true);
+    }
+    expect(csvField('=1,2')).toBe(`"'=1,2"`);
+  });
+});

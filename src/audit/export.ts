@@ -53,10 +53,14 @@ export const CSV_COLUMNS = [
 
 /**
  * Quote one CSV field per RFC 4180: fields holding a comma, quote, CR or LF are wrapped in
- * double quotes with inner quotes doubled; others are written as is.
+ * double quotes with inner quotes doubled; others are written as is. A field that a
+ * spreadsheet would run as a formula (starting with = + - @, tab or CR; e.g. a name a caller
+ * put in a refused request's URL) gets a leading `'` (OWASP's CSV-injection advice): CSV is
+ * for people and spreadsheets; JSONL is the exact, verifiable form.
  */
 export function csvField(v: string): string {
-  return /[",\r\n]/.test(v) ? `"${v.replace(/"/g, '""')}"` : v;
+  const safe = /^[=+\-@\t\r]/.test(v) ? `'${v}` : v;
+  return /[",\r\n]/.test(safe) ? `"${safe.replace(/"/g, '""')}"` : safe;
 }
 
 /** The CSV header line (no line ending). */

@@ -19,6 +19,7 @@ import { registerStateGauges } from '../../src/metrics/metrics.js';
 import { authenticate, bootstrapToken } from '../../src/auth/tokens.js';
 import { AuditLog } from '../../src/audit/log.js';
 import type { Store } from '../../src/store/store.js';
+import { WorkloadController } from '../../src/control/controller.js';
 
 let dir: string;
 let store: Store;
@@ -315,6 +316,24 @@ describe('API', () => {
     const theirs = await read(tok, (t) => t.includes('"Service"'));
     expect(theirs).toContain('"ev1"');
     expect(theirs).not.toContain('"ev2"');
+
+    // Lifecycle: a host registers, the controller places s-0, its agent reports Running (twice:
+    // one event), then removes it. The tenant sees its instance's phases, never the host.
+    const resources = new Resources(store, audit, env);
+    await resources.write({
+      kind: 'Host',
+      metadata: { name: 'evhost', uid: 'evhost', labels: {}, resourceVersion: 0, generation: 1, createdAt: env.now(), updatedAt: env.now() },
+      spec: { labels: {}, unschedulable: false },
+      status: { state: 'Ready', lastHeartbeatAt: env.now(), isolation: ['host'], capacity: { cpu: 4, memoryMiB: 4096 }, agentVersion: 't' },
+    }, 0);
+    await new WorkloadController({ resources, env, logger: pino({ level: 'silent' }) }).reconcile('Service/ev1/s');
+    for (let i = 0; i < 2; i++) await resources.mutate('Instance', 's-0', 'ev1', (x) => ((x.status = { ...x.status, phase: 'Running' }), x));
+    await resources.remove('Instance', 's-0', 'ev1');
+    const phases = (t: string): string[] => [...t.matchAll(/event: lifecycle\ndata: (.*)\n/g)].map((m) => JSON.parse(m[1]!) as { kind: string; name: string; phase: string }).map((e) => `${e.kind}/${e.name}:${e.phase}`);
+    const adminView = phases(await read(admin, (t) => t.includes('"phase":"Deleted"')));
+    expect(adminView).toEqual(['Host/evhost:Ready', 'Instance/s-0:Pending', 'Instance/s-0:Running', 'Instance/s-0:Deleted']);
+    const tenantView = phases(await read(tok, (t) => t.includes('"phase":"Deleted"')));
+    expect(tenantView).toEqual(['Instance/s-0:Pending', 'Instance/s-0:Running', 'Instance/s-0:Deleted']);
   });
 
   it('fails a mutation whose audit record cannot be written, and writes nothing', async () => {
