@@ -81,6 +81,9 @@ sleep 3; carapace logs acme/poller-0 --tail 2
 echo
 echo "==> carapace logs machine/acme/legacy --tail 3"
 carapace logs machine/acme/legacy --tail 3
+echo
+echo "==> carapace report usage --since 1h --by cell   (reserved and measured, per tenant, group and cell)"
+carapace report usage --since 1h --by cell
 cat <<MSG
 
 Carapace is running (pid $(cat "$STATE_DIR/carapace.pid" 2>/dev/null || echo '?'), API ${CARAPACE_SERVER}, log ${STATE_DIR}/carapace.log).
@@ -93,6 +96,8 @@ Try:
   carapace describe cell CELL-NAME          # from carapace get cells
   carapace machine restart acme/legacy
   carapace logs globex/worker-1 --follow
+  carapace report usage --since 7d -o csv
+  carapace audit verify
   carapace token create --name acme-ops --role tenant-admin --tenant acme   # then CARAPACE_TOKEN=... sees only acme
 Stop it with: kill \$(cat ${STATE_DIR}/carapace.pid)   (containers keep running; the next start adopts them)
 MSG

@@ -42,7 +42,8 @@ beforeAll(async () => {
     files: { '/www/index.html': 'hello from e2e\n' },
   });
   images = { busybox: busybox.reference, web: web.reference };
-  server = new Server(join(tmp.dir, 'state'), await freePort());
+  // Sample usage every second so the usage report has measured figures within the test.
+  server = new Server(join(tmp.dir, 'state'), await freePort(), [], { CARAPACE_USAGE_SAMPLE_MS: '1000' });
   await server.start();
   const t = await applyText(manifest([tenant('acme'), tenant('globex')]));
   expect(t.code, t.stderr).toBe(0);
@@ -82,6 +83,30 @@ describe('all-in-one through the CLI', () => {
     expect(logs.code).toBe(0);
     const real = (await containers(server.stateDir)).filter((c) => c.labels['carapace.instance']?.startsWith('hello-'));
     expect(real.filter((c) => c.state.status === 'running')).toHaveLength(2);
+  });
+
+  it('reports reserved and measured usage of a busy container, exact and per tenant', async () => {
+    const r = await applyText(manifest([service('burn', 'acme', { image: images.busybox, cpu: 0.25, command: ['sh', '-c', 'while :; do :; done'] })]), ['--wait', '--timeout', '90']);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    type Row = { tenant: string; charged: { cpuUs: string }; used: { cpuUs: string }; measured: Record<string, { cpuUs: string; memByteMs: string }> };
+    // The cgroup counter of a container spinning at its 0.25-core quota grows by about 250 ms a second.
+    const rows = await eventually(async () => {
+      const u = await cli(server.url, ['report', 'usage', '--since', '10m', '-o', 'json', '-t', 'acme']);
+      expect(u.code, u.stderr).toBe(0);
+      const parsed = (JSON.parse(u.stdout) as { rows: Row[] }).rows;
+      return BigInt(parsed[0]?.measured['hostInstances']?.cpuUs ?? '0') > 1_000_000n ? parsed : undefined;
+    }, 30_000, 'measured cpu');
+    expect(rows.map((x) => x.tenant)).toEqual(['acme']);
+    expect(BigInt(rows[0]!.charged.cpuUs)).toBeGreaterThan(0n); // rows[0] exists: checked above
+    expect(BigInt(rows[0]!.measured['hostInstances']!.memByteMs)).toBeGreaterThan(0n);
+    const table = await cli(server.url, ['report', 'usage', '--since', '1h', '--by', 'group']);
+    expect(table.code, table.stderr).toBe(0);
+    expect(table.stdout).toMatch(/^TENANT\s+GROUP\s+CHARGED CPU-S/);
+    expect(table.stdout).toMatch(/\nacme\s+default\s/);
+    const bad = await cli(server.url, ['report', 'usage', '--since', 'last tuesday']);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/^error CARAPACE_E_BAD_QUERY: /);
+    await cli(server.url, ['delete', 'service', 'acme/burn']);
   });
 
   it('publishes a port: the web page answers on the host', async () => {

@@ -42,7 +42,7 @@ beforeAll(async () => {
   const stateDir = join(tmp.dir, 'state');
   await buildHelloMachine(join(stateDir, 'machine-images'));
   // One warm cell: the first tenant's cell is taken from the pool instead of booting.
-  server = new Server(stateDir, await freePort(), ['--warm-cells', '1', '--accel', 'tcg'], { CARAPACE_CELL_GRACE_MS: '3000' });
+  server = new Server(stateDir, await freePort(), ['--warm-cells', '1', '--accel', 'tcg'], { CARAPACE_CELL_GRACE_MS: '3000', CARAPACE_USAGE_SAMPLE_MS: '2000' });
   await server.start();
   await eventually(async () => (await list<Cell>('cells')).some((c) => c.spec.tenant === '' && c.status.phase === 'Ready'), 150_000, 'a warm cell');
   expect((await apply([tenant('acme'), tenant('globex', { minIsolation: 'cell' })])).code).toBe(0);
@@ -86,6 +86,22 @@ describe('cells', () => {
     expect(prom).toMatch(new RegExp(`carapace_cell_reserved_cpu_cores\\{tenant="acme",group="default",cell="${cellName}",host="e2e"\\} 2`));
     // The pool is refilled with a new unassigned cell.
     await eventually(async () => (await list<Cell>('cells')).some((c) => c.spec.tenant === '' && !c.metadata.deletionRequestedAt), 10_000, 'pool refill');
+    // Usage per cell: the VM's reservation, the QEMU process's measured CPU, and the
+    // instances inside it; the cell rows add up to the tenant row exactly.
+    type Row = { tenant: string; cell?: string; charged: { cpuUs: string }; used: { cpuUs: string }; reserved: Record<string, { cpuUs: string }>; measured: Record<string, { cpuUs: string }> };
+    const report = async (by: string): Promise<Row[]> => {
+      const u = await cli(server.url, ['report', 'usage', '--since', '1h', '--until', 'now', '--by', by, '-o', 'json', '-t', 'acme']);
+      expect(u.code, u.stderr).toBe(0);
+      return (JSON.parse(u.stdout) as { rows: Row[] }).rows;
+    };
+    const byCell = await eventually(async () => {
+      const rows = await report('cell');
+      const row = rows.find((x) => x.cell === cellName);
+      return row && BigInt(row.measured['cells']?.cpuUs ?? '0') > 0n && BigInt(row.reserved['cellInstances']?.cpuUs ?? '0') > 0n ? rows : undefined;
+    }, 30_000, 'cell usage');
+    const cellRow = byCell.find((x) => x.cell === cellName)!; // found above
+    expect(BigInt(cellRow.reserved['cells']!.cpuUs)).toBeGreaterThan(BigInt(cellRow.reserved['cellInstances']!.cpuUs));
+    expect(byCell.every((x) => x.tenant === 'acme')).toBe(true);
   }, 300_000);
 
   it('never puts two tenants in one cell, and gives a dedicated instance its own VM', async () => {
