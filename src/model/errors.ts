@@ -54,6 +54,7 @@ export const ERROR_CATALOGUE = {
   CARAPACE_E_NETWORK_FAILED: { status: 503, description: 'Setting up a container network failed on the host; reported in the instance status.' },
   CARAPACE_E_SERVER_UNREACHABLE: { status: 0, description: 'CLI only: the API server could not be reached at the configured address.' },
   CARAPACE_E_MANIFEST_FILE: { status: 0, description: 'CLI only: the manifest file cannot be read.' },
+  CARAPACE_E_BAD_STORE_URL: { status: 0, description: 'CLI only: the store URL is not `sqlite:PATH` or `etcd://HOST:PORT[,HOST:PORT...]`.' },
 } as const satisfies Record<string, CatalogueEntry>;
 
 export type ErrorCode = keyof typeof ERROR_CATALOGUE;

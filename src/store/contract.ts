@@ -1,5 +1,5 @@
 /**
- * The Store contract suite: every Store implementation (SQLite now, etcd later) runs these
+ * The Store contract suite: every Store implementation (SQLite and etcd) runs these
  * same tests, so callers can rely on the semantics documented in `store.ts` whichever
  * backend is configured. Call `describeStoreContract` from the implementation's test file.
  *

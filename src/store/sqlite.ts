@@ -12,8 +12,12 @@
 import Database from 'better-sqlite3';
 import type { Logger } from 'pino';
 import {
+  checkKey,
+  checkPrefix,
+  checkTxnOps,
   CompactedError,
   ConflictError,
+  StoreClosedError,
   type Entry,
   type Expectation,
   type ListResult,
@@ -62,13 +66,8 @@ export class WatchOverflowError extends Error {
   }
 }
 
-/** Thrown by every call made after `close()`, and by watches still running at close. */
-export class StoreClosedError extends Error {
-  constructor() {
-    super('the store is closed');
-    this.name = 'StoreClosedError';
-  }
-}
+/** Defined with the contract now (every backend throws it); re-exported for existing importers. */
+export { StoreClosedError } from './store.js';
 
 /** Thrown when the file was written by a newer Carapace whose schema this build does not know. */
 export class SchemaTooNewError extends Error {
@@ -277,24 +276,6 @@ class WatchQueue {
   }
 }
 
-const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
-
-function checkKey(key: unknown): asserts key is string {
-  if (typeof key !== 'string' || key.length === 0) throw new TypeError('store key must be a non-empty string');
-  if (LONE_SURROGATE.test(key)) throw new TypeError('store key must be well-formed Unicode');
-}
-
-function checkPrefix(prefix: unknown): asserts prefix is string {
-  if (typeof prefix !== 'string') throw new TypeError('store prefix must be a string');
-  if (LONE_SURROGATE.test(prefix)) throw new TypeError('store prefix must be well-formed Unicode');
-}
-
-function encode(value: unknown): string {
-  const s = JSON.stringify(value);
-  if (s === undefined) throw new TypeError('store value must be JSON-serializable (got undefined or a function)');
-  return s;
-}
-
 /**
  * The smallest string greater than every string starting with `prefix`, in SQLite's BINARY
  * (UTF-8 byte = code point) order, or undefined when there is none. Makes prefix scans a
@@ -410,16 +391,7 @@ class SqliteStoreImpl implements SqliteStore {
   /** Check every precondition, then write all ops at one new revision, or throw and write nothing. */
   private commit(ops: TxnOp[]): { revision: number; changed: boolean } {
     this.assertOpen();
-    if (!Array.isArray(ops)) throw new TypeError('txn ops must be an array');
-    const seen = new Set<string>();
-    const encoded: (string | undefined)[] = [];
-    for (const op of ops) {
-      checkKey(op.key);
-      if (seen.has(op.key)) throw new TypeError(`txn names key ${op.key} more than once`);
-      seen.add(op.key);
-      if (op.op !== 'put' && op.op !== 'delete') throw new TypeError(`txn op must be put or delete`);
-      encoded.push(op.op === 'put' ? encode(op.value) : undefined);
-    }
+    const encoded = checkTxnOps(ops);
     const changes: Change[] = [];
     const revision = this.db
       .transaction((): number => {

@@ -1,6 +1,6 @@
 /**
  * The Store contract: a versioned key-value store of JSON documents, shaped like etcd so the
- * embedded SQLite implementation and a later etcd one pass the same contract suite
+ * embedded SQLite implementation and the etcd one pass the same contract suite
  * (`contract.ts`).
  *
  * - Every successful write bumps a single global revision; the written key's `version`
@@ -69,6 +69,59 @@ export class CompactedError extends Error {
     super(`revision ${requested} was compacted (oldest kept is ${compactedTo})`);
     this.name = 'CompactedError';
   }
+}
+
+/** Thrown by every call made after `close()`, and by watches still running at close. */
+export class StoreClosedError extends Error {
+  constructor() {
+    super('the store is closed');
+    this.name = 'StoreClosedError';
+  }
+}
+
+// Input checks shared by the implementations, so every backend rejects the same inputs
+// (with a TypeError, before touching storage).
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+/** Keys are non-empty, well-formed Unicode (a lone surrogate has no UTF-8 form, so no byte order). */
+export function checkKey(key: unknown): asserts key is string {
+  if (typeof key !== 'string' || key.length === 0) throw new TypeError('store key must be a non-empty string');
+  if (LONE_SURROGATE.test(key)) throw new TypeError('store key must be well-formed Unicode');
+}
+
+/** Prefixes are like keys but may be empty (everything). */
+export function checkPrefix(prefix: unknown): asserts prefix is string {
+  if (typeof prefix !== 'string') throw new TypeError('store prefix must be a string');
+  if (LONE_SURROGATE.test(prefix)) throw new TypeError('store prefix must be well-formed Unicode');
+}
+
+/** The stored form of a value: its JSON text. */
+export function encodeValue(value: unknown): string {
+  const s = JSON.stringify(value);
+  if (s === undefined) throw new TypeError('store value must be JSON-serializable (got undefined or a function)');
+  return s;
+}
+
+/**
+ * Check a txn before running it: an array of put/delete ops on valid, distinct keys with
+ * well-formed expectations. Returns each op's JSON text (undefined for deletes).
+ */
+export function checkTxnOps(ops: unknown): (string | undefined)[] {
+  if (!Array.isArray(ops)) throw new TypeError('txn ops must be an array');
+  const seen = new Set<string>();
+  return ops.map((op: TxnOp) => {
+    checkKey(op.key);
+    if (seen.has(op.key)) throw new TypeError(`txn names key ${op.key} more than once`);
+    seen.add(op.key);
+    if (op.op !== 'put' && op.op !== 'delete') throw new TypeError(`txn op must be put or delete`);
+    const ex: unknown = op.expect;
+    const wellFormed =
+      ex === undefined ||
+      (typeof ex === 'object' && ex !== null && ('absent' in ex ? ex.absent === true : 'version' in ex && Number.isSafeInteger(ex.version) && (ex.version as number) >= 0));
+    if (!wellFormed) throw new TypeError(`expectation for ${op.key} must be {version: N} (an integer >= 0), {absent: true} or undefined`);
+    return op.op === 'put' ? encodeValue(op.value) : undefined;
+  });
 }
 
 export interface Store {

@@ -1,0 +1,259 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describeStoreContract } from './contract.js';
+import { openEtcdStore, type EtcdStore } from './etcd.js';
+import { CompactedError, StoreClosedError, type WatchEvent } from './store.js';
+import { EtcdNotInstalledError, startEtcd, type EtcdProcess } from './testing/etcd.js';
+
+// One real etcd for the file; every store gets its own namespace, as clusters sharing an etcd would.
+let etcd: EtcdProcess;
+beforeAll(async () => {
+  etcd = await startEtcd();
+});
+afterAll(async () => {
+  await etcd?.stop();
+});
+
+let nsCounter = 0;
+function namespace(): string {
+  return `carapace-test-${process.pid}-${++nsCounter}/`;
+}
+
+describeStoreContract('etcd', async () => {
+  const store = await openEtcdStore({ endpoints: [etcd.endpoint], prefix: namespace() });
+  return { store, compact: (revision) => store.compact(revision), cleanup: () => store.close() };
+});
+
+/** Read `n` events from a watch, then stop it; fails after 10 s. */
+async function take<T>(store: EtcdStore, prefix: string, after: number, n: number): Promise<WatchEvent<T>[]> {
+  const ac = new AbortController();
+  const timer = setTimeout(() => ac.abort(), 10_000);
+  const out: WatchEvent<T>[] = [];
+  try {
+    for await (const ev of store.watch<T>(prefix, after, ac.signal)) {
+      out.push(ev);
+      if (out.length === n) break;
+    }
+  } finally {
+    clearTimeout(timer);
+  }
+  expect(out).toHaveLength(n);
+  return out;
+}
+
+describe('etcd store specifics', () => {
+  const open: EtcdStore[] = [];
+  afterEach(async () => {
+    await Promise.all(open.splice(0).map((s) => s.close()));
+  });
+  async function fresh(prefix = namespace()): Promise<EtcdStore> {
+    const store = await openEtcdStore({ endpoints: [etcd.endpoint], prefix });
+    open.push(store);
+    return store;
+  }
+
+  it('keeps namespaces apart: same keys, separate lists and watches, one shared revision', async () => {
+    const [a, b] = [await fresh(), await fresh()];
+    const va = await a.put('k', 'a');
+    const vb = await b.put('k', 'b');
+    expect(vb).toBe(va + 1); // etcd's revision is cluster-wide
+    expect(await a.get('k')).toMatchObject({ key: 'k', value: 'a', version: va });
+    expect((await b.list('')).items).toEqual([{ key: 'k', value: 'b', version: vb, createRevision: vb }]);
+    expect(await a.revision()).toBe(vb);
+    expect(await take(a, '', va - 1, 1)).toEqual([{ type: 'put', key: 'k', value: 'a', revision: va }]);
+    // b's watch from before a's write sees only b's own key.
+    const seen = await take(b, '', va - 1, 1);
+    expect(seen.map((e) => e.value)).toEqual(['b']);
+  });
+
+  it('an empty namespace works over the whole keyspace (the other tests write under their own)', async () => {
+    const whole = await fresh('');
+    const scoped = await fresh();
+    await scoped.put('x', 1);
+    const listed = await whole.list<unknown>('');
+    expect(listed.items.some((e) => e.key.endsWith('/x'))).toBe(true);
+    expect(listed.items.every((e, i) => i === 0 || Buffer.compare(Buffer.from(listed.items[i - 1]!.key), Buffer.from(e.key)) < 0)).toBe(true);
+  });
+
+  it('rejects bad keys, values and expectations without writing', async () => {
+    const store = await fresh();
+    const r = await store.revision();
+    await expect(store.put('', 1)).rejects.toBeInstanceOf(TypeError);
+    await expect(store.put('a\uD800b', 1)).rejects.toThrow(/well-formed/);
+    await expect(store.put('k', undefined)).rejects.toThrow(/JSON/);
+    await expect(store.put('k', 1, { version: -1 })).rejects.toThrow(/expectation/);
+    await expect(store.txn([{ op: 'put', key: 'ok', value: 1 }, { op: 'put', key: 'k', value: () => 1 }])).rejects.toThrow(/JSON/);
+    expect(await store.revision()).toBe(r);
+    expect(await store.get('ok')).toBeUndefined();
+  });
+
+  it('compaction clamps to the current revision and is idempotent', async () => {
+    const store = await fresh();
+    const v = await store.put('k', 1);
+    await store.compact(v + 1000); // clamped to v
+    await store.compact(v); // already there
+    await store.compact(1); // below the compaction point
+    await expect(take(store, '', v - 1, 1)).rejects.toBeInstanceOf(CompactedError);
+    const v2 = await store.put('k', 2);
+    expect(await take(store, '', v, 1)).toEqual([{ type: 'put', key: 'k', value: 2, revision: v2 }]);
+  });
+
+  it('rejects calls after close and fails running watches', async () => {
+    const store = await openEtcdStore({ endpoints: [etcd.endpoint], prefix: namespace() });
+    const v = await store.put('k', 1);
+    const ac = new AbortController();
+    const it = store.watch('', v, ac.signal)[Symbol.asyncIterator]();
+    const pending = it.next();
+    await new Promise((r) => setTimeout(r, 50)); // let the watch stream open
+    await store.close();
+    await expect(pending).rejects.toBeInstanceOf(StoreClosedError);
+    await expect(store.get('k')).rejects.toBeInstanceOf(StoreClosedError);
+    await expect(store.put('k', 2)).rejects.toBeInstanceOf(StoreClosedError);
+    await expect(store.list('')).rejects.toBeInstanceOf(StoreClosedError);
+    await expect(store.revision()).rejects.toBeInstanceOf(StoreClosedError);
+    await expect(store.watch('', 0, ac.signal)[Symbol.asyncIterator]().next()).rejects.toBeInstanceOf(StoreClosedError);
+    await store.close(); // idempotent
+  });
+
+  it('the test helper says how to install etcd when the binary is missing', async () => {
+    const p = startEtcd({ binary: '/nonexistent/etcd' });
+    await expect(p).rejects.toBeInstanceOf(EtcdNotInstalledError);
+    await expect(p).rejects.toThrow(/apt-get install -y etcd-server/);
+  });
+
+  it('fails to open, clearly, when no endpoint answers', async () => {
+    const dead = `http://127.0.0.1:1`; // nothing listens on port 1
+    await expect(openEtcdStore({ endpoints: [dead], prefix: namespace(), callTimeoutMs: 2000 })).rejects.toThrow(/cannot reach etcd at http:\/\/127\.0\.0\.1:1/);
+  });
+
+  it('aborting many watches at once does not disturb other calls', async () => {
+    const store = await fresh();
+    const r = await store.revision();
+    const ac = new AbortController();
+    const pending = Array.from({ length: 6 }, () => store.watch('', r, ac.signal)[Symbol.asyncIterator]().next());
+    await new Promise((res) => setTimeout(res, 100)); // let the streams open
+    ac.abort();
+    for (const p of pending) expect(await p).toMatchObject({ done: true });
+    expect(await store.put('k', 1)).toBeGreaterThan(r);
+  });
+
+  it('a watch that is not read holds no other call up, and later delivers everything in order', async () => {
+    const store = await fresh();
+    const r0 = await store.revision();
+    const ac = new AbortController();
+    const it = store.watch<{ i: number }>('', r0, ac.signal)[Symbol.asyncIterator]();
+    const first = it.next();
+    const pad = 'x'.repeat(50_000);
+    // 8 MB of events (over gRPC's default 4 MiB message limit) while nobody reads the watch.
+    for (let j = 0; j < 16; j++) await store.txn(Array.from({ length: 10 }, (_, i) => ({ op: 'put' as const, key: `k/${j}/${i}`, value: { i: j * 10 + i, pad } })));
+    expect((await store.list('k/')).items).toHaveLength(160);
+    const got = [(await first).value!.value.i];
+    while (got.length < 160) got.push((await it.next()).value!.value.i);
+    expect(got).toEqual(Array.from({ length: 160 }, (_, i) => i));
+    ac.abort();
+  });
+
+  it('measures put throughput (single puts and txns of 100)', async () => {
+    const store = await fresh();
+    const singles = 300;
+    let t = performance.now();
+    for (let i = 0; i < singles; i++) await store.put(`single/${i}`, { i, pad: 'x'.repeat(200) });
+    const singleRate = singles / ((performance.now() - t) / 1000);
+    const txns = 30;
+    t = performance.now();
+    for (let j = 0; j < txns; j++) {
+      await store.txn(Array.from({ length: 100 }, (_, i) => ({ op: 'put' as const, key: `batch/${j}/${i}`, value: { i, pad: 'x'.repeat(200) } })));
+    }
+    const batchRate = (txns * 100) / ((performance.now() - t) / 1000);
+    console.log(`etcd store throughput: ${singleRate.toFixed(0)} single puts/s, ${batchRate.toFixed(0)} puts/s in txns of 100`);
+    expect((await store.list('single/')).items).toHaveLength(singles);
+    expect((await store.list('batch/')).items).toHaveLength(txns * 100);
+  });
+});
+
+describe('etcd store durability under kill -9 of etcd', () => {
+  const open: EtcdStore[] = [];
+  afterEach(async () => {
+    await Promise.all(open.splice(0).map((s) => s.close()));
+  });
+
+  /** Retry `fn` until it succeeds (the client's circuit breaker may hold calls for a few seconds after a restart). */
+  async function eventually<R>(fn: () => Promise<R>, ms = 20_000): Promise<R> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      try {
+        return await fn();
+      } catch (e) {
+        if (Date.now() > deadline) throw e;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+  }
+
+  it('every acknowledged write survives SIGKILL at a random point; clients and watches carry on after the restart', async () => {
+    const prefix = namespace();
+    const writer = await openEtcdStore({ endpoints: [etcd.endpoint], prefix });
+    open.push(writer);
+    const r0 = await writer.revision();
+    // A watch that lives through every crash: it must see exactly the history, no gap, no duplicate.
+    const ac = new AbortController();
+    const live: WatchEvent[] = [];
+    const watching = (async () => {
+      for await (const ev of writer.watch('', r0, ac.signal)) live.push(ev);
+    })();
+    const acked: { kind: 'put' | 'txn' | 'del'; i: number; v: number }[] = [];
+    let i = 0;
+    for (let round = 0; round < 3; round++) {
+      const target = acked.length + 20 + Math.floor(Math.random() * 150);
+      // Write until `target` acks, then kill etcd a random few ms into the writes that follow
+      // (usually while one is in flight); stop at the first failed write.
+      let killed: Promise<void> | undefined;
+      for (; ; i++) {
+        if (acked.length >= target && !killed) killed = new Promise((r) => setTimeout(r, Math.random() * 5)).then(() => etcd.kill('SIGKILL'));
+        try {
+          if (i % 7 === 6) {
+            await writer.put(`d/${i}`, { i });
+            const d = await writer.delete(`d/${i}`);
+            acked.push({ kind: 'del', i, v: d! }); // d/i exists, so delete returns its revision
+          } else if (i % 5 === 4) {
+            const { revision } = await writer.txn([{ op: 'put', key: `k/${i}`, value: { i } }, { op: 'put', key: `t/${i}`, value: { i } }]);
+            acked.push({ kind: 'txn', i, v: revision });
+          } else {
+            acked.push({ kind: 'put', i, v: await writer.put(`k/${i}`, { i }) });
+          }
+        } catch {
+          if (!killed) throw new Error(`write ${i} failed before etcd was killed`);
+          break;
+        }
+      }
+      await killed;
+      i++;
+      await etcd.restart();
+      // A new client reads back every acknowledged write.
+      const reader = await openEtcdStore({ endpoints: [etcd.endpoint], prefix });
+      open.push(reader);
+      const maxAck = Math.max(...acked.map((a) => a.v));
+      expect(await reader.revision()).toBeGreaterThanOrEqual(maxAck);
+      const state = new Map((await reader.list('')).items.map((e) => [e.key, e]));
+      for (const a of acked) {
+        if (a.kind === 'del') {
+          expect(state.has(`d/${a.i}`)).toBe(false);
+        } else {
+          expect(state.get(`k/${a.i}`)).toMatchObject({ value: { i: a.i }, version: a.v });
+          if (a.kind === 'txn') expect(state.get(`t/${a.i}`)).toMatchObject({ value: { i: a.i }, version: a.v });
+        }
+      }
+      // The writer's client reconnects by itself.
+      await eventually(() => writer.revision());
+    }
+    // The watch reconnected after each crash and has delivered exactly the recorded history.
+    const final = await writer.revision();
+    const deadline = Date.now() + 20_000;
+    while ((live.at(-1)?.revision ?? r0) < final && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    ac.abort();
+    await watching;
+    const replayed = await take(writer, '', r0, live.length);
+    expect(live).toEqual(replayed);
+    expect(live.at(-1)?.revision).toBe(final);
+    for (const a of acked) expect(live.some((e) => e.revision === a.v)).toBe(true);
+  });
+});
