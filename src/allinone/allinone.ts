@@ -143,7 +143,8 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
   // Every loop and watch of the process listens on this one shutdown signal.
   setMaxListeners(100, ac.signal);
   await agent.register();
-  const loops = Promise.all([controller.start(ac.signal), agent.start(ac.signal), tokens.start(ac.signal), sampler.start(ac.signal)]);
+  const checkpointMs = Number(process.env['CARAPACE_AUDIT_CHECKPOINT_MS']) || 60_000;
+  const loops = Promise.all([controller.start(ac.signal), agent.start(ac.signal), tokens.start(ac.signal), sampler.start(ac.signal), audit.runCheckpoints(ac.signal, checkpointMs, env.now)]);
   loops.catch((err: unknown) => {
     logger.fatal({ err }, 'control loop crashed');
     ac.abort();

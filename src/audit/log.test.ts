@@ -51,6 +51,22 @@ describe('AuditLog on a SQLite store', () => {
     }
   });
 
+  it('seals a quiet log on a timer', async () => {
+    const { store, log } = await fresh({ checkpointEvery: 1000 });
+    const ac = new AbortController();
+    try {
+      const run = log.runCheckpoints(ac.signal, 20, () => '2025-04-01T00:00:00Z');
+      for (let i = 1; i <= 3; i++) await log.append(entry(i));
+      for (let i = 0; i < 100 && (await log.verify()).checkpointedSeq < 3; i++) await new Promise((r) => setTimeout(r, 20));
+      expect((await log.verify()).checkpointedSeq).toBe(3);
+      ac.abort();
+      await run; // resolves at shutdown
+    } finally {
+      ac.abort();
+      await store.close();
+    }
+  });
+
   it('appends chained records with automatic and on-demand checkpoints', async () => {
     const { store, log } = await fresh({ checkpointEvery: 5 });
     try {

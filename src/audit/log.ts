@@ -218,6 +218,22 @@ export class AuditLog {
   }
 
   /**
+   * Signs a checkpoint of the head every `everyMs` until `signal` aborts (besides the one
+   * every `checkpointEvery` records), so a quiet log is still sealed within that time: a
+   * truncation of its tail is then caught even when few records were written since.
+   */
+  async runCheckpoints(signal: AbortSignal, everyMs: number, now: () => string): Promise<void> {
+    while (!signal.aborted) {
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, everyMs);
+        signal.addEventListener('abort', () => (clearTimeout(t), resolve()), { once: true });
+      });
+      if (signal.aborted) return;
+      await this.checkpoint(now()).catch((err: unknown) => this.logger?.warn({ err }, 'timed audit checkpoint failed'));
+    }
+  }
+
+  /**
    * Sign a checkpoint for the current head now (e.g. on a timer, or before a backup), at the
    * caller's `time`. Returns the existing checkpoint when the head already has one, undefined
    * for an empty log. Records never change once written, so a checkpoint of a head that has

@@ -34,6 +34,11 @@ function systemEntry(time: string, action: string, kind: string, name: string, t
   return { time, actor: { kind: 'system', id: 'controller' }, action, target: { kind, name, ...(tenant ? { tenant } : {}) }, outcome: 'success', detail };
 }
 
+/** The audit record of the scheduler refusing to place an instance past its tenant's quota. */
+function quotaRefusal(time: string, name: string, tenant: string, message: string): AuditEntry {
+  return { ...systemEntry(time, 'quota.refused', 'Instance', name, tenant, { code: 'QuotaExceeded', message: message.slice(0, 500) }), outcome: 'failure' };
+}
+
 /** The key of the pass that retires cells left empty past their grace period. */
 const CELLS_KEY = 'Cells';
 
@@ -267,7 +272,9 @@ export class WorkloadController {
             0,
             placed
               ? systemEntry(now, 'instance.placed', 'Instance', c.instance.metadata.name, tenant, { host: c.instance.spec.host, ...(c.instance.spec.cell ? { cell: c.instance.spec.cell } : {}) })
-              : undefined,
+              : c.unplaced === 'QuotaExceeded'
+                ? quotaRefusal(now, c.instance.metadata.name, tenant, c.instance.status.message ?? '')
+                : undefined,
           );
           this.log.info({ tenant, instance: c.instance.metadata.name, host: c.instance.spec.host }, 'instance created');
         } catch (e) {
@@ -301,11 +308,17 @@ export class WorkloadController {
         }
         return;
       case 'unschedulable':
-        await r.mutate('Instance', c.name, tenant, (i) => {
-          if (i.spec.host !== '') return undefined;
-          i.status = { ...i.status, phase: 'Pending', reason: 'Unschedulable', message: c.message };
-          return i;
-        });
+        await r.mutate(
+          'Instance',
+          c.name,
+          tenant,
+          (i) => {
+            if (i.spec.host !== '') return undefined;
+            i.status = { ...i.status, phase: 'Pending', reason: 'Unschedulable', message: c.message };
+            return i;
+          },
+          c.code === 'QuotaExceeded' ? quotaRefusal(now, c.name, tenant, c.message) : undefined,
+        );
         return;
       case 'requestDeletion':
         await r.mutate('Instance', c.name, tenant, (i) => {

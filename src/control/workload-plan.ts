@@ -5,18 +5,19 @@
  * running the plan twice creates nothing twice.
  */
 import { instanceName, TERMINAL_PHASES, type Cell, type Host, type Instance, type InstanceSpec, type Job, type JobStatus, type Service } from '../model/objects.js';
-import type { PlannedCell, TenantQuota } from '../scheduler/types.js';
+import type { PlannedCell, TenantQuota, UnplacedCode } from '../scheduler/types.js';
 import type { ContainerSpec, JobSpec, ServiceSpec } from '../model/schemas.js';
 import { placePending } from '../scheduler/model-adapter.js';
 
 export type Change =
   /** A new cell (VM) for a (tenant, group); the controller may claim a warm cell instead. */
   | { op: 'createCell'; cell: PlannedCell }
-  | { op: 'create'; instance: Instance }
+  /** `unplaced`: why the scheduler could not place it (the instance is created waiting). */
+  | { op: 'create'; instance: Instance; unplaced?: UnplacedCode }
   /** Replace the instance's spec (the owner changed); the agent restarts the container. */
   | { op: 'updateSpec'; name: string; spec: InstanceSpec }
   | { op: 'place'; name: string; host: string; cell?: string }
-  | { op: 'unschedulable'; name: string; message: string }
+  | { op: 'unschedulable'; name: string; message: string; code?: UnplacedCode }
   | { op: 'requestDeletion'; name: string }
   /** Drop an instance record that no agent holds (never placed). */
   | { op: 'forget'; name: string }
@@ -95,14 +96,17 @@ function placeAll(created: Instance[], waiting: Instance[], ctx: PlanContext): C
         i.spec.host = host;
         if (cell !== undefined) i.spec.cell = cell;
         i.status = { ...i.status, reason: 'Scheduled', message: `placed in ${where}` };
+        out.push({ op: 'create', instance: i });
       } else {
         i.status = { ...i.status, reason: 'Unschedulable', message: reason };
+        const code = r.codes.get(i.metadata.name);
+        out.push({ op: 'create', instance: i, ...(code ? { unplaced: code } : {}) });
       }
-      out.push({ op: 'create', instance: i });
     } else if (host !== undefined) {
       out.push({ op: 'place', name: i.metadata.name, host, ...(cell !== undefined ? { cell } : {}) });
     } else if (i.status.message !== reason) {
-      out.push({ op: 'unschedulable', name: i.metadata.name, message: reason });
+      const code = r.codes.get(i.metadata.name);
+      out.push({ op: 'unschedulable', name: i.metadata.name, message: reason, ...(code ? { code } : {}) });
     }
   }
   return out;

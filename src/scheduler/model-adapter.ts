@@ -5,7 +5,7 @@
  */
 import { TERMINAL_PHASES, type Cell, type Host, type Instance, type Tenant } from '../model/objects.js';
 import { schedule } from './index.js';
-import type { CellInfo, HostInfo, InstanceRequest, Isolation, Plan, Snapshot, TenantQuota } from './types.js';
+import type { CellInfo, HostInfo, InstanceRequest, Isolation, Plan, Snapshot, TenantQuota, UnplacedCode } from './types.js';
 
 const TIERS = new Set<string>(['cell', 'dedicated', 'host', 'sandbox']);
 
@@ -101,7 +101,7 @@ export function placePending(
   cells: Cell[] = [],
   newId?: () => string,
   quotas: TenantQuota[] = [],
-): { hosts: Map<string, string>; cells: Map<string, string>; reasons: Map<string, string>; plan: Plan } {
+): { hosts: Map<string, string>; cells: Map<string, string>; reasons: Map<string, string>; codes: Map<string, UnplacedCode>; plan: Plan } {
   const snapshot = snapshotFromModel(hosts, instances, cells, quotas);
   let n = 0;
   const plan = schedule(snapshot, { place: pending.map(instanceRequestFromModel) }, { now, newId: newId ?? (() => `cell-${now.toString(36)}-${n++}`) });
@@ -114,9 +114,13 @@ export function placePending(
     if (name !== undefined && p.cell !== undefined) inCell.set(name, p.cell);
   }
   const reasons = new Map<string, string>();
+  const codes = new Map<string, UnplacedCode>();
   for (const u of plan.unplaced) {
     const name = byId.get(u.instance.id);
-    if (name !== undefined) reasons.set(name, u.reason);
+    if (name !== undefined) {
+      reasons.set(name, u.reason);
+      codes.set(name, u.code);
+    }
   }
-  return { hosts: placed, cells: inCell, reasons, plan };
+  return { hosts: placed, cells: inCell, reasons, codes, plan };
 }

@@ -336,6 +336,27 @@ describe('API', () => {
     expect(tenantView).toEqual(['Instance/s-0:Pending', 'Instance/s-0:Running', 'Instance/s-0:Deleted']);
   });
 
+  it('audits the scheduler refusing an instance past a tightened quota', async () => {
+    // Runs after the event test above, which registered host evhost.
+    const resources = new Resources(store, audit, env);
+    const controller = new WorkloadController({ resources, env, logger: pino({ level: 'silent' }) });
+    await put('/v1/tenants/qr', tenant('qr'));
+    await put('/v1/tenants/qr/services/s', service('s', 'qr', { replicas: 2 }));
+    await controller.reconcile('Service/qr/s');
+    expect((await resources.list('Instance', 'qr')).items.map((i) => i.spec.host)).toEqual(['evhost', 'evhost']);
+    // Tightened below use: reported, not applied to running work...
+    const tightened = await app.inject({ method: 'PUT', url: '/v1/tenants/qr', payload: tenant('qr', { quota: { instances: 1 } }) });
+    expect(tightened.headers['warning']).toMatch(/over its new quota/);
+    // ...but a lost instance is not re-placed past it, and the refusal is in the audit log.
+    await resources.remove('Instance', 's-1', 'qr');
+    await controller.reconcile('Service/qr/s');
+    const s1 = await resources.get('Instance', 's-1', 'qr');
+    expect([s1?.spec.host, s1?.status.reason]).toEqual(['', 'Unschedulable']);
+    const records = (await app.inject({ method: 'GET', url: '/v1/audit/records?tenant=qr' })).body.trim().split('\n').map((l) => JSON.parse(l) as { action: string; outcome: string; target: { name: string }; detail?: { code?: string } });
+    const refusal = records.find((r) => r.action === 'quota.refused');
+    expect(refusal).toMatchObject({ outcome: 'failure', target: { name: 's-1' }, detail: { code: 'QuotaExceeded' } });
+  });
+
   it('fails a mutation whose audit record cannot be written, and writes nothing', async () => {
     const before = await store.get('tenants/nolog');
     expect(before).toBeUndefined();
