@@ -21,6 +21,7 @@ import { metrics, timed } from '../metrics/metrics.js';
 import { containerIdFor, LABELS } from './container-id.js';
 import type { CellManager } from './cells.js';
 import type { MachineRunner } from './machines.js';
+import { HOST_LEASE_PREFIX, type HostLease } from '../control/host-monitor.js';
 
 /** What the agent needs from host networking (implemented by network/). */
 export interface InstanceNetwork {
@@ -53,10 +54,14 @@ export interface AgentOptions {
   overcommit?: { cpu: number; memory: number };
   /** Checks that this host can run VMs (QEMU and a kernel present); a reason if not. */
   vmProbe?: () => Promise<{ ok: true } | { ok: false; message: string }>;
+  /** How often the host lease is renewed (default 1 s); the control plane's TTL is a few times this. */
+  leaseRenewMs?: number;
 }
 
 /** What the agent knows about the container currently serving an instance. */
 interface LocalContainer {
+  /** The instance this container serves: a re-created instance of the same name is another one. */
+  uid: string;
   id: string;
   driver: RuntimeDriver;
   generation: number;
@@ -93,6 +98,16 @@ export class HostAgent {
     }, 30_000);
     heartbeat.unref();
     signal.addEventListener('abort', () => clearInterval(heartbeat), { once: true });
+    // The lease: the control plane declares this host lost when it stops moving.
+    const holder = `${process.pid}:${Date.now()}`;
+    const renew = (): void => {
+      const lease: HostLease = { host: this.o.hostName, renewedAt: this.o.env.now(), holder };
+      this.o.resources.store.put(`${HOST_LEASE_PREFIX}${this.o.hostName}`, lease).catch((err: unknown) => this.log.warn({ err }, 'lease renewal failed'));
+    };
+    renew();
+    const leaseTimer = setInterval(renew, this.o.leaseRenewMs ?? 1_000);
+    leaseTimer.unref();
+    signal.addEventListener('abort', () => clearInterval(leaseTimer), { once: true });
     const all = await this.o.resources.list('Instance');
     for (const i of all.items) if (i.spec.host === this.o.hostName) this.queue.add(instanceKey(i.metadata.tenant ?? '', i.metadata.name));
     await Promise.all([
@@ -188,7 +203,7 @@ export class HostAgent {
         keep.add(c.id);
         const key = instanceKey(inst.metadata.tenant ?? '', inst.metadata.name);
         const startedAtMs = c.state.status === 'running' ? Date.parse(c.state.startedAt) : Date.now();
-        this.local.set(key, { id: c.id, driver, generation: inst.metadata.generation, startedAtMs, exited: c.state.status === 'exited' });
+        this.local.set(key, { uid: inst.metadata.uid, id: c.id, driver, generation: inst.metadata.generation, startedAtMs, exited: c.state.status === 'exited' });
         this.log.info({ instance: key, container: c.id, state: c.state.status }, 'adopted container');
         if (c.state.status === 'running') this.watchExit(key, c.id, driver);
         else if (c.state.status === 'exited' && inst.status.phase === 'Running' && inst.status.containerId === c.id) {
@@ -275,6 +290,12 @@ export class HostAgent {
       this.log.info({ instance: key }, 'instance removed');
       return;
     }
+    if (cur && cur.uid !== inst.metadata.uid) {
+      // The instance was replaced under the same name (e.g. failover moved it here or away):
+      // whatever ran for the old one must not serve the new one.
+      await this.teardown(key, this.o.stopGraceMs ?? 10_000);
+      return { requeueAfterMs: 0 };
+    }
     if (cur && cur.generation !== inst.metadata.generation) {
       // The spec changed: replace the container (a destructive update).
       await this.teardown(key, this.o.stopGraceMs ?? 10_000);
@@ -296,13 +317,13 @@ export class HostAgent {
       const found = await driver.inspect(containerIdFor(inst)).catch(() => undefined);
       if (found && found.state.status !== 'exited') {
         const startedAtMs = found.state.status === 'running' ? Date.parse(found.state.startedAt) : Date.now();
-        this.local.set(key, { id: found.id, driver, generation: inst.metadata.generation, startedAtMs, exited: false });
+        this.local.set(key, { uid: inst.metadata.uid, id: found.id, driver, generation: inst.metadata.generation, startedAtMs, exited: false });
         this.watchExit(key, found.id, driver);
         this.log.info({ instance: key, container: found.id, cell: inst.spec.cell }, 'adopted container in cell');
         return;
       }
       if (found?.state.status === 'exited') {
-        this.local.set(key, { id: found.id, driver, generation: inst.metadata.generation, startedAtMs: Date.now(), exited: true });
+        this.local.set(key, { uid: inst.metadata.uid, id: found.id, driver, generation: inst.metadata.generation, startedAtMs: Date.now(), exited: true });
         await this.recordExit(key, found.id, found.state.exitCode, found.state.finishedAt);
         return;
       }
@@ -360,7 +381,7 @@ export class HostAgent {
       };
       const info = await driver.start({ id, rootfs: image.rootfs, image: image.config, container: c, hostname: inst.metadata.name, labels, ...(net ? { netnsPath: net.netnsPath } : {}) });
       const startedAtMs = Date.now();
-      this.local.set(key, { id, driver, generation: inst.metadata.generation, startedAtMs, exited: false });
+      this.local.set(key, { uid: inst.metadata.uid, id, driver, generation: inst.metadata.generation, startedAtMs, exited: false });
       const status: Partial<InstanceStatus> = {
         phase: 'Running',
         reason: 'Started',

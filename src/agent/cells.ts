@@ -33,6 +33,14 @@ export interface CellManagerOptions {
   warmSize: { cpu: number; memoryMiB: number };
   /** Called when a cell becomes Ready or is lost, so the instances placed in it are looked at again. */
   onCellChange: (cell: string) => void;
+  /** How often a Ready cell's guest agent is pinged (default 1 s). */
+  heartbeatMs?: number;
+  /**
+   * How long a Ready cell's guest agent may go without answering before the cell is declared
+   * Lost and its VM is killed (fenced). Default 5 s: generous because under software emulation
+   * a busy guest can stall for seconds; a QEMU that dies is noticed within 100 ms regardless.
+   */
+  heartbeatTimeoutMs?: number;
 }
 
 const GUEST_IMAGES = '/carapace/images';
@@ -109,7 +117,15 @@ export class CellManager {
       this.o.onCellChange(name);
       return;
     }
-    if (cell.status.phase === 'Failed') return;
+    if (cell.status.phase === 'Failed' || cell.status.phase === 'Lost') {
+      // Nothing of a dead cell may run again (fencing): its instances are being re-placed.
+      this.detach(name);
+      if (this.vm(name)?.state === 'running') {
+        await this.o.vms.destroy(name, 0);
+        this.log.warn({ cell: name }, 'fenced a lost cell: its VM was still running');
+      }
+      return;
+    }
     const vm = this.vm(name);
     if (vm?.state === 'running') {
       this.attach(cell, vm);
@@ -158,14 +174,57 @@ export class CellManager {
     this.attach(cell, vm);
   }
 
-  private async fail(cell: Cell, message: string): Promise<void> {
+  /**
+   * Marks a cell dead: `Failed` when it never became Ready (a boot failure), `Lost` when it
+   * was Ready (its instances ran there and must be re-placed by the controller).
+   */
+  private async fail(cell: Cell, message: string, at = this.o.env.now()): Promise<void> {
     this.detach(cell.metadata.name);
+    let phase = 'Failed';
     await this.o.resources.mutate('Cell', cell.metadata.name, undefined, (c) => {
-      c.status = { ...c.status, phase: 'Failed', message };
+      if (c.status.phase === 'Failed' || c.status.phase === 'Lost') return undefined;
+      const lost = c.status.phase === 'Ready';
+      phase = lost ? 'Lost' : 'Failed';
+      c.status = { ...c.status, phase: lost ? 'Lost' : 'Failed', message, ...(lost ? { lostAt: at } : {}) };
       return c;
     });
-    this.log.warn({ cell: cell.metadata.name, message }, 'cell failed');
+    this.log.warn({ cell: cell.metadata.name, phase, message }, phase === 'Lost' ? 'cell lost' : 'cell failed');
     this.o.onCellChange(cell.metadata.name);
+  }
+
+  /**
+   * Pings a Ready cell's guest agent; when it has not answered for the timeout while QEMU
+   * still runs, kills the VM first (so nothing in it can run on: fencing) and then declares
+   * the cell Lost. Ends when the cell is detached.
+   */
+  private heartbeat(name: string, channel: HostChannel, signal: AbortSignal): void {
+    const every = this.o.heartbeatMs ?? 1_000;
+    const timeout = this.o.heartbeatTimeoutMs ?? 5_000;
+    let lastAnswer = Date.now();
+    let inFlight = false;
+    const timer = setInterval(() => {
+      if (signal.aborted) return;
+      if (Date.now() - lastAnswer > timeout) {
+        clearInterval(timer);
+        const silentMs = Date.now() - lastAnswer;
+        void (async () => {
+          const cur = await this.o.resources.get('Cell', name);
+          if (!cur || signal.aborted) return;
+          await this.o.vms.destroy(name, 0).catch((err: unknown) => this.log.warn({ cell: name, err }, 'could not kill an unresponsive cell'));
+          await this.fail(cur, `the guest agent did not answer for ${(silentMs / 1000).toFixed(1)} s; the VM was killed (fenced)`);
+        })().catch((err: unknown) => this.log.warn({ cell: name, err }, 'cannot record a lost cell'));
+        return;
+      }
+      if (inFlight || !channel.connected) return;
+      inFlight = true;
+      channel
+        .ping()
+        .then(() => (lastAnswer = Date.now()))
+        .catch(() => undefined) // a missed answer: the timeout above decides
+        .finally(() => (inFlight = false));
+    }, every);
+    timer.unref();
+    signal.addEventListener('abort', () => clearInterval(timer), { once: true });
   }
 
   private attach(cell: Cell, vm: VmInfo): void {
@@ -196,15 +255,17 @@ export class CellManager {
         .then(() => this.o.onCellChange(name))
         .catch((err: unknown) => this.log.warn({ cell: name, err }, 'cannot record cell ready'));
     });
+    this.heartbeat(name, channel, ac.signal);
     channel.on('versionMismatch', (v) => this.log.error({ cell: name, ...v }, 'guest agent protocol mismatch'));
     channel.start(ac.signal).catch((err: unknown) => this.log.warn({ cell: name, err }, 'channel ended'));
     this.o.vms
       .wait(name, ac.signal)
       .then(async () => {
         if (ac.signal.aborted) return;
-        runtime.lost(new Date().toISOString());
+        const at = this.o.env.now();
+        runtime.lost(at);
         const cur = await this.o.resources.get('Cell', name);
-        if (cur && !cur.metadata.deletionRequestedAt) await this.fail(cur, 'the VM exited');
+        if (cur && !cur.metadata.deletionRequestedAt) await this.fail(cur, `the VM exited (QEMU pid ${vm.pid})`, at);
       })
       .catch(() => undefined); // aborted: detached on purpose
   }
@@ -221,7 +282,7 @@ export class CellManager {
   private async reconcileWarm(): Promise<void> {
     if (this.o.warmCells <= 0) return;
     const cells = (await this.o.resources.list('Cell')).items;
-    const warm = cells.filter((c) => c.spec.host === this.o.hostName && c.spec.tenant === '' && !c.metadata.deletionRequestedAt && c.status.phase !== 'Failed');
+    const warm = cells.filter((c) => c.spec.host === this.o.hostName && c.spec.tenant === '' && !c.metadata.deletionRequestedAt && c.status.phase !== 'Failed' && c.status.phase !== 'Lost');
     for (let i = warm.length; i < this.o.warmCells; i++) {
       const now = this.o.env.now();
       const name = `warm-${this.o.env.newId().replace(/[^a-z0-9]/g, '').slice(0, 12)}`;

@@ -4,6 +4,7 @@
  * --server or CARAPACE_SERVER), except `up`, which runs the all-in-one server itself.
  * Errors are one line on stderr (`error CODE: message`, plus field paths) and exit 1.
  */
+import { CarapaceError } from '../model/errors.js';
 import { Command, Option } from 'commander';
 import { kindFromWord, KINDS, type AnyObject, type Instance, type Kind } from '../model/objects.js';
 import { applyAll, readManifests, waitFor, manifestPath } from './apply.js';
@@ -66,6 +67,57 @@ program
     if (!Number.isFinite(cpuOvercommit) || cpuOvercommit < 1 || cpuOvercommit > 64) throw new CliError('CARAPACE_E_BAD_QUERY', `--cpu-overcommit must be a number from 1 to 64, got "${o.cpuOvercommit}"`);
     await runAllInOne({
       cpuOvercommit, stateDir: o.stateDir, port, listen: o.listen, ...(o.hostName ? { hostName: o.hostName } : {}), applyFiles: o.apply ?? [], warmCells, accel: o.accel, ...(o.machineImages ? { machineImagesDir: o.machineImages } : {}) });
+  });
+
+program
+  .command('server')
+  .description('Run the control plane (API, controller, host monitor) without a host agent; agents join through the store')
+  .option('--store <url>', 'sqlite:PATH (default STATE_DIR/store.db) or etcd://HOST:PORT[,HOST:PORT...]')
+  .option('--state-dir <dir>', 'audit keys and the admin token live here', '/var/lib/carapace-server')
+  .option('--port <n>', 'API port', '7070')
+  .option('--listen <addr>', 'API listen address', '127.0.0.1')
+  .action(async (o: { store?: string; stateDir: string; port: string; listen: string }) => {
+    const { runServer } = await import('../server/run.js');
+    const port = Number(o.port);
+    if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CliError('CARAPACE_E_BAD_QUERY', `--port must be a port number, got "${o.port}"`);
+    await runServer({ stateDir: o.stateDir, port, listen: o.listen, ...(o.store ? { store: o.store } : {}) });
+  });
+
+program
+  .command('agent')
+  .description("Run this host's agent (containers, cells, machines) against the cluster's store")
+  .requiredOption('--store <url>', 'etcd://HOST:PORT[,HOST:PORT...] (or sqlite:PATH when nothing else opens it)')
+  .option('--state-dir <dir>', 'where containers, images and VMs of this host live', '/var/lib/carapace')
+  .option('--host-name <name>', 'name of this host (default: the machine hostname)')
+  .option('--label <key=value...>', 'host labels, e.g. zone=a')
+  .option('--bridge <name>', 'container bridge device (default carapace0; two agents on one machine need two)')
+  .option('--subnet <cidr>', 'container subnet (default 10.88.0.0/16)')
+  .option('--warm-cells <n>', 'pre-booted, unassigned cells to keep on this host', '0')
+  .option('--cpu-overcommit <ratio>', 'cpu requests this host accepts per core', '4')
+  .addOption(new Option('--accel <mode>', 'VM acceleration').choices(['auto', 'kvm', 'tcg']).default('auto'))
+  .action(async (o: { store: string; stateDir: string; hostName?: string; label?: string[]; bridge?: string; subnet?: string; warmCells: string; cpuOvercommit: string; accel: 'auto' | 'kvm' | 'tcg' }) => {
+    const { runAgent } = await import('../server/run.js');
+    const warmCells = Number(o.warmCells);
+    if (!Number.isInteger(warmCells) || warmCells < 0 || warmCells > 64) throw new CliError('CARAPACE_E_BAD_QUERY', `--warm-cells must be a whole number from 0 to 64, got "${o.warmCells}"`);
+    const cpuOvercommit = Number(o.cpuOvercommit);
+    if (!Number.isFinite(cpuOvercommit) || cpuOvercommit < 1 || cpuOvercommit > 64) throw new CliError('CARAPACE_E_BAD_QUERY', `--cpu-overcommit must be a number from 1 to 64, got "${o.cpuOvercommit}"`);
+    const labels: Record<string, string> = {};
+    for (const l of o.label ?? []) {
+      const m = /^([a-z0-9][a-z0-9._/-]{0,62})=([A-Za-z0-9._-]{0,63})$/.exec(l);
+      if (!m) throw new CliError('CARAPACE_E_BAD_QUERY', `--label must be key=value, got "${l}"`, [{ path: '--label', message: `"${l}" is not key=value` }]);
+      labels[m[1] as string] = m[2] as string; // both groups always match
+    }
+    await runAgent({
+      store: o.store,
+      stateDir: o.stateDir,
+      warmCells,
+      cpuOvercommit,
+      accel: o.accel,
+      labels,
+      ...(o.hostName ? { hostName: o.hostName } : {}),
+      ...(o.bridge ? { bridge: o.bridge } : {}),
+      ...(o.subnet ? { subnet: o.subnet } : {}),
+    });
   });
 
 program
@@ -318,7 +370,7 @@ for (const [verb, what] of [
 }
 
 function printError(e: unknown): void {
-  if (e instanceof CliError) {
+  if (e instanceof CliError || e instanceof CarapaceError) {
     console.error(`error ${e.code}: ${e.message}`);
     for (const d of e.details.slice(0, 20)) console.error(`  ${d.path}: ${d.message}`);
   } else {

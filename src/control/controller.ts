@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import type { Env } from '../core/actions.js';
 import type { Resources } from '../core/resources.js';
 import { isCarapaceError } from '../model/errors.js';
-import { kindPrefix, TERMINAL_PHASES, type Cell, type Host, type Instance, type Job, type Machine, type Service } from '../model/objects.js';
+import { DEAD_CELL_PHASES, kindPrefix, TERMINAL_PHASES, type Cell, type Host, type Instance, type Job, type Machine, type Service } from '../model/objects.js';
 import { placeMachine } from './machine-placement.js';
 import { tenantQuotaFromModel } from '../scheduler/model-adapter.js';
 import { metrics, timed } from '../metrics/metrics.js';
@@ -52,6 +52,12 @@ function parseKey(key: string): { kind: 'Service' | 'Job'; tenant: string; name:
 export class WorkloadController {
   private readonly queue: WorkQueue;
   private readonly log: Logger;
+  /**
+   * Instances evicted from a lost cell or host, by `tenant/name`, until their replacement is
+   * created: the replacement carries `status.failover` so its recovery time can be audited.
+   * In memory only: after a controller restart a replacement simply goes unmeasured.
+   */
+  private readonly evicted = new Map<string, { from: string; reason: string; lostAt: string }>();
 
   constructor(private readonly o: ControllerOptions) {
     this.log = o.logger.child({ component: 'controller' });
@@ -127,13 +133,16 @@ export class WorkloadController {
       r.list('Cell'),
       r.get('Tenant', tenant),
     ]);
-    const tenantInstances = allInstances.items.filter((i) => i.metadata.tenant === tenant);
+    const evicted = await this.evictLost(tenant, allInstances.items.filter((i) => i.metadata.tenant === tenant && i.spec.owner.kind === kind && i.spec.owner.name === name), hosts.items, cells.items);
+    const liveInstances = evicted.size > 0 ? allInstances.items.filter((i) => !(i.metadata.tenant === tenant && evicted.has(i.metadata.name))) : allInstances.items;
+    const tenantInstances = liveInstances.filter((i) => i.metadata.tenant === tenant);
+    await this.auditRecoveries(tenant, tenantInstances);
     const quota = tenantObj ? tenantQuotaFromModel(tenantObj) : undefined;
     const ctx: PlanContext = {
       now: this.o.env.now(),
       newId: () => this.o.env.newId(),
       hosts: hosts.items,
-      allInstances: allInstances.items,
+      allInstances: liveInstances,
       cells: cells.items,
       newCellId: () => `cell-${this.o.env.newId().replace(/[^a-z0-9]/g, '').slice(0, 12)}`,
       ...(quota ? { quotas: [quota] } : {}),
@@ -149,6 +158,71 @@ export class WorkloadController {
     if (changes.length > 0) this.log.debug({ key, changes: changes.map((c) => c.op) }, 'applying changes');
     const alias = new Map<string, string>();
     for (const c of changes) await this.apply(kind, tenant, name, c, alias, cells.items);
+  }
+
+  /**
+   * Failover: removes the records of `owned` instances whose cell is dead (Failed, Lost) or
+   * whose host is NotReady or gone. Nothing runs them any more (a dead cell's VM is killed by
+   * its agent; a lost host's agent destroys, when it returns, every container no instance
+   * wants), so the plan that follows creates replacements at once, under the same names.
+   * Each eviction is audited. Returns the names evicted.
+   */
+  private async evictLost(tenant: string, owned: Instance[], hosts: Host[], cells: Cell[]): Promise<Set<string>> {
+    const out = new Set<string>();
+    const hostBy = new Map(hosts.map((h) => [h.metadata.name, h]));
+    const cellBy = new Map(cells.map((c) => [c.metadata.name, c]));
+    for (const i of owned) {
+      if (i.spec.host === '' || TERMINAL_PHASES.includes(i.status.phase)) continue;
+      const host = hostBy.get(i.spec.host);
+      const cell = i.spec.cell ? cellBy.get(i.spec.cell) : undefined;
+      let why: { from: string; reason: string; lostAt: string } | undefined;
+      if (!host || host.status.state !== 'Ready') {
+        why = { from: `host ${i.spec.host}`, reason: host ? `host ${i.spec.host} is NotReady${host.status.message ? `: ${host.status.message}` : ''}` : `host ${i.spec.host} is gone`, lostAt: host?.status.lostAt ?? this.o.env.now() };
+      } else if (i.spec.cell && (!cell || DEAD_CELL_PHASES.includes(cell.status.phase))) {
+        why = { from: `cell ${i.spec.cell}`, reason: cell ? `cell ${i.spec.cell} is ${cell.status.phase}${cell.status.message ? `: ${cell.status.message}` : ''}` : `cell ${i.spec.cell} is gone`, lostAt: cell?.status.lostAt ?? this.o.env.now() };
+      }
+      if (!why) continue;
+      const now = this.o.env.now();
+      const removed = await this.o.resources.remove('Instance', i.metadata.name, tenant, i.metadata.resourceVersion, {
+        ...systemEntry(now, 'instance.failover', 'Instance', i.metadata.name, tenant, { from: why.from, reason: why.reason, lostAt: why.lostAt, evictedAt: now, detectMs: Math.max(0, Date.parse(now) - Date.parse(why.lostAt)) }),
+      }).catch((e: unknown) => {
+        if (isCarapaceError(e, 'CARAPACE_E_CONFLICT')) return false; // changed under us: the next pass looks again
+        throw e;
+      });
+      if (!removed) continue;
+      out.add(i.metadata.name);
+      this.evicted.set(`${tenant}/${i.metadata.name}`, why);
+      this.log.warn({ tenant, instance: i.metadata.name, from: why.from, reason: why.reason }, 'instance lost; replacing it');
+    }
+    return out;
+  }
+
+  /** Audits replacements that run again (with the time from loss to running) and clears their marker. */
+  private async auditRecoveries(tenant: string, instances: Instance[]): Promise<void> {
+    for (const i of instances) {
+      const f = i.status.failover;
+      if (!f || i.status.phase !== 'Running') continue;
+      const runningAt = i.status.startedAt ?? this.o.env.now();
+      await this.o.resources.mutate(
+        'Instance',
+        i.metadata.name,
+        tenant,
+        (x) => {
+          if (!x.status.failover || x.metadata.uid !== i.metadata.uid) return undefined;
+          delete x.status.failover;
+          return x;
+        },
+        systemEntry(this.o.env.now(), 'instance.recovered', 'Instance', i.metadata.name, tenant, {
+          from: f.from,
+          reason: f.reason,
+          lostAt: f.lostAt,
+          runningAt,
+          host: i.spec.host,
+          ...(i.spec.cell ? { cell: i.spec.cell } : {}),
+          recoveryMs: Math.max(0, Date.parse(runningAt) - Date.parse(f.lostAt)),
+        }),
+      );
+    }
   }
 
   /**
@@ -188,6 +262,56 @@ export class WorkloadController {
     this.log.info({ cell: p.id, tenant: p.tenant, group: p.group, host: p.host, cpu: p.cpu, memoryMiB: p.memoryMiB }, 'cell created');
   }
 
+  /**
+   * Dead cells (Failed, Lost) and cells of hosts that are NotReady or gone: the owners of
+   * their instances are reconciled (which evicts and replaces the instances), and the cell is
+   * retired, never reused. A cell whose host is gone or NotReady is marked Lost and its record
+   * removed here (no agent is there to do it); if that host comes back, its agent destroys
+   * every VM no Cell record explains (fencing). Each loss is audited once, with its timings.
+   */
+  private async retireDeadCells(cells: Cell[], instances: Instance[], hosts: Host[]): Promise<void> {
+    const r = this.o.resources;
+    const hostBy = new Map(hosts.map((h) => [h.metadata.name, h]));
+    for (const c of cells) {
+      const name = c.metadata.name;
+      const host = hostBy.get(c.spec.host);
+      const hostLost = !host || host.status.state !== 'Ready';
+      const dead = DEAD_CELL_PHASES.includes(c.status.phase);
+      if (!dead && !hostLost) continue;
+      for (const i of instances) if (i.spec.cell === name) this.queue.add(this.ownerKey(i));
+      const nowIso = this.o.env.now();
+      if (hostLost) {
+        const lostAt = c.status.lostAt ?? host?.status.lostAt ?? nowIso;
+        await r.remove('Cell', name, undefined, undefined, systemEntry(nowIso, 'cell.lost', 'Cell', name, c.spec.tenant, {
+          host: c.spec.host,
+          reason: host ? `host ${c.spec.host} is NotReady` : `host ${c.spec.host} is gone`,
+          lostAt,
+          detectMs: Math.max(0, Date.parse(nowIso) - Date.parse(lostAt)),
+        }));
+        this.log.warn({ cell: name, host: c.spec.host }, 'cell lost with its host; record removed');
+        continue;
+      }
+      if (c.metadata.deletionRequestedAt) continue;
+      const lostAt = c.status.lostAt ?? nowIso;
+      await r.mutate(
+        'Cell',
+        name,
+        undefined,
+        (x) => {
+          if (x.metadata.deletionRequestedAt) return undefined;
+          x.metadata.deletionRequestedAt = nowIso;
+          return x;
+        },
+        systemEntry(nowIso, c.status.phase === 'Lost' ? 'cell.lost' : 'cell.failed', 'Cell', name, c.spec.tenant, {
+          host: c.spec.host,
+          reason: c.status.message ?? c.status.phase,
+          ...(c.status.phase === 'Lost' ? { lostAt, detectMs: Math.max(0, Date.parse(nowIso) - Date.parse(lostAt)) } : {}),
+        }),
+      );
+      this.log.warn({ cell: name, phase: c.status.phase, message: c.status.message }, 'retiring a dead cell');
+    }
+  }
+
   /** Places a machine that has no host yet (or records why it cannot be placed). */
   async reconcileMachine(key: string): Promise<void> {
     const [, tenant = '', name = ''] = key.split('/');
@@ -212,14 +336,15 @@ export class WorkloadController {
    */
   async reconcileCells(): Promise<ReconcileResult> {
     const r = this.o.resources;
-    const [cells, instances] = await Promise.all([r.list('Cell'), r.list('Instance')]);
+    const [cells, instances, hosts] = await Promise.all([r.list('Cell'), r.list('Instance'), r.list('Host')]);
+    await this.retireDeadCells(cells.items, instances.items, hosts.items);
     const used = new Set(instances.items.filter((i) => i.spec.cell && !TERMINAL_PHASES.includes(i.status.phase)).map((i) => i.spec.cell));
     const grace = this.o.cellGraceMs ?? 60_000;
     const nowIso = this.o.env.now();
     const now = Date.parse(nowIso);
     let next = Infinity;
     for (const c of cells.items) {
-      if (c.spec.tenant === '' || c.metadata.deletionRequestedAt) continue;
+      if (c.spec.tenant === '' || c.metadata.deletionRequestedAt || DEAD_CELL_PHASES.includes(c.status.phase)) continue;
       const name = c.metadata.name;
       if (used.has(name)) {
         if (c.status.emptySince) await r.mutate('Cell', name, undefined, (x) => (delete x.status.emptySince, x));
@@ -266,6 +391,8 @@ export class WorkloadController {
             c.instance.spec.cell = actual;
             c.instance.status.message = c.instance.status.message?.replace(planned, actual);
           }
+          const lost = this.evicted.get(`${tenant}/${c.instance.metadata.name}`);
+          if (lost) c.instance.status.failover = lost;
           const placed = c.instance.spec.host !== '';
           await r.write(
             c.instance,
@@ -276,6 +403,7 @@ export class WorkloadController {
                 ? quotaRefusal(now, c.instance.metadata.name, tenant, c.instance.status.message ?? '')
                 : undefined,
           );
+          this.evicted.delete(`${tenant}/${c.instance.metadata.name}`);
           this.log.info({ tenant, instance: c.instance.metadata.name, host: c.instance.spec.host }, 'instance created');
         } catch (e) {
           if (!isCarapaceError(e, 'CARAPACE_E_ALREADY_EXISTS')) throw e; // someone else made it: level-based, fine

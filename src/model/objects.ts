@@ -140,6 +140,11 @@ export interface InstanceStatus {
   nextRestartAt?: string;
   /** Ports published on the host. */
   hostPorts?: { containerPort: number; hostPort: number; protocol: 'tcp' | 'udp' }[];
+  /**
+   * Set on an instance created to replace one lost with its cell or host: where it ran, why
+   * it was lost and when; cleared (and audited with the recovery time) once it runs again.
+   */
+  failover?: { from: string; reason: string; lostAt: string };
 }
 
 export interface Instance {
@@ -158,6 +163,10 @@ export interface HostStatus {
   agentVersion: string;
   /** Why the host is not ready or lacks a tier. */
   message?: string;
+  /** Why it is NotReady (`LeaseExpired`), set by the control plane. */
+  reason?: string;
+  /** When the control plane declared it NotReady. */
+  lostAt?: string;
 }
 
 export interface Host {
@@ -178,9 +187,13 @@ export interface Host {
 /**
  * A cell's life: `Pending` (decided, no VM yet), `Booting` (QEMU started, waiting for the guest
  * agent), `Ready` (the guest agent answered: instances can run), `Failed` (the VM could not
- * boot or died), `Retiring` (being stopped and removed).
+ * boot), `Lost` (the VM died, its guest agent stopped answering, or its host was lost: its
+ * instances are re-placed and the VM is fenced), `Retiring` (being stopped and removed).
  */
-export type CellPhase = 'Pending' | 'Booting' | 'Ready' | 'Failed' | 'Retiring';
+export type CellPhase = 'Pending' | 'Booting' | 'Ready' | 'Failed' | 'Lost' | 'Retiring';
+
+/** Cell phases after which a cell never runs anything again. */
+export const DEAD_CELL_PHASES: readonly CellPhase[] = ['Failed', 'Lost'];
 
 /**
  * A VM that holds the instances of exactly one (tenant, group) for its whole life. A warm
@@ -217,6 +230,8 @@ export interface Cell {
     emptySince?: string;
     /** When it was assigned to its tenant (warm cells). */
     assignedAt?: string;
+    /** When the host agent noticed the cell was lost (Lost). */
+    lostAt?: string;
   };
 }
 

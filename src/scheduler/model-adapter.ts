@@ -69,7 +69,7 @@ export function cellInfoFromModel(c: Cell): CellInfo {
   // Warm (unassigned) cells are listed as draining: their size is charged to the host, but
   // no instance is ever placed into them by a plan (the controller claims them instead).
   if (c.spec.tenant === '') return { id: c.metadata.name, tenant: '', group: '', host: c.spec.host, cpu: c.spec.cpu, memoryMiB: c.spec.memoryMiB, state: 'draining' };
-  const state = c.metadata.deletionRequestedAt || c.status.phase === 'Retiring' || c.status.phase === 'Failed' ? 'draining' : c.status.phase === 'Ready' ? 'running' : 'creating';
+  const state = c.metadata.deletionRequestedAt || c.status.phase === 'Retiring' || c.status.phase === 'Failed' || c.status.phase === 'Lost' ? 'draining' : c.status.phase === 'Ready' ? 'running' : 'creating';
   return { id: c.metadata.name, tenant: c.spec.tenant, group: c.spec.group, host: c.spec.host, cpu: c.spec.cpu, memoryMiB: c.spec.memoryMiB, state, dedicated: c.spec.dedicated };
 }
 

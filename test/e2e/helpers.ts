@@ -50,27 +50,60 @@ export function cli(server: string, args: string[], input?: string, timeoutMs = 
   });
 }
 
-export class Server {
+/** A Carapace child process (so it can be SIGKILLed), with its output kept for diagnosis. */
+class Child {
   proc: ChildProcess | undefined;
   log = '';
+
+  protected spawnCli(args: string[], env: Record<string, string>): ChildProcess {
+    this.log = '';
+    const p = spawn(process.execPath, [CLI, ...args], {
+      env: { ...process.env, CARAPACE_LOG_LEVEL: process.env['CARAPACE_LOG_LEVEL'] ?? 'info', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    p.stdout?.on('data', (d: Buffer) => (this.log += d.toString()));
+    p.stderr?.on('data', (d: Buffer) => (this.log += d.toString()));
+    this.proc = p;
+    return p;
+  }
+
+  /** SIGKILL: no chance to flush or clean anything. */
+  async kill9(): Promise<void> {
+    const p = this.proc;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    const gone = new Promise((r) => p.once('exit', r));
+    p.kill('SIGKILL');
+    await gone;
+  }
+
+  async stop(): Promise<void> {
+    const p = this.proc;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    const gone = new Promise((r) => p.once('exit', r));
+    p.kill('SIGTERM');
+    await Promise.race([gone, sleep(15_000).then(() => p.kill('SIGKILL'))]);
+  }
+}
+
+/** `carapace up` (all-in-one) or `carapace server` (control plane only, `mode: 'server'`). */
+export class Server extends Child {
   constructor(
     readonly stateDir: string,
     readonly port: number,
     readonly extraArgs: string[] = [],
     readonly extraEnv: Record<string, string> = {},
-  ) {}
+    readonly mode: 'up' | 'server' = 'up',
+  ) {
+    super();
+  }
 
   get url(): string {
     return `http://127.0.0.1:${this.port}`;
   }
 
   async start(): Promise<void> {
-    this.proc = spawn(process.execPath, [CLI, 'up', '--state-dir', this.stateDir, '--port', String(this.port), '--host-name', 'e2e', ...this.extraArgs], {
-      env: { ...process.env, CARAPACE_LOG_LEVEL: process.env['CARAPACE_LOG_LEVEL'] ?? 'info', CARAPACE_CONFIG: join(this.stateDir, 'cli-config.json'), ...this.extraEnv },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    this.proc.stdout?.on('data', (d: Buffer) => (this.log += d.toString()));
-    this.proc.stderr?.on('data', (d: Buffer) => (this.log += d.toString()));
+    const base = this.mode === 'up' ? ['up', '--state-dir', this.stateDir, '--port', String(this.port), '--host-name', 'e2e'] : ['server', '--state-dir', this.stateDir, '--port', String(this.port)];
+    const proc = this.spawnCli([...base, ...this.extraArgs], { CARAPACE_CONFIG: join(this.stateDir, 'cli-config.json'), ...this.extraEnv });
     for (let i = 0; i < 200; i++) {
       try {
         const r = await fetch(`${this.url}/healthz`);
@@ -81,27 +114,31 @@ export class Server {
       } catch {
         // not up yet
       }
-      if (this.proc.exitCode !== null) throw new Error(`server exited early:\n${this.log}`);
+      if (proc.exitCode !== null) throw new Error(`server exited early:\n${this.log}`);
       await sleep(100);
     }
     throw new Error(`server did not come up:\n${this.log}`);
   }
+}
 
-  /** SIGKILL: no chance to flush or clean anything. */
-  async kill9(): Promise<void> {
-    const p = this.proc;
-    if (!p || p.exitCode !== null) return;
-    const gone = new Promise((r) => p.once('exit', r));
-    p.kill('SIGKILL');
-    await gone;
+/** `carapace agent`: one host of a cluster, with its own state directory. */
+export class Agent extends Child {
+  constructor(
+    readonly stateDir: string,
+    readonly args: string[],
+    readonly extraEnv: Record<string, string> = {},
+  ) {
+    super();
   }
 
-  async stop(): Promise<void> {
-    const p = this.proc;
-    if (!p || p.exitCode !== null) return;
-    const gone = new Promise((r) => p.once('exit', r));
-    p.kill('SIGTERM');
-    await Promise.race([gone, sleep(15_000).then(() => p.kill('SIGKILL'))]);
+  async start(): Promise<void> {
+    const proc = this.spawnCli(['agent', '--state-dir', this.stateDir, ...this.args], this.extraEnv);
+    for (let i = 0; i < 300; i++) {
+      if (this.log.includes('carapace agent is up')) return;
+      if (proc.exitCode !== null) throw new Error(`agent exited early:\n${this.log}`);
+      await sleep(100);
+    }
+    throw new Error(`agent did not come up:\n${this.log}`);
   }
 }
 
@@ -120,7 +157,7 @@ export async function containers(stateDir: string): Promise<(ContainerInfo & { r
 }
 
 /** Removes every container and network the all-in-one left behind (test cleanup). */
-export async function destroyAll(stateDir: string): Promise<void> {
+export async function destroyAll(stateDir: string, bridge?: string): Promise<void> {
   const logger = pino({ level: 'silent' });
   for (const [runtime, make] of [
     ['runc', createRuncDriver],
@@ -137,7 +174,7 @@ export async function destroyAll(stateDir: string): Promise<void> {
     for (const vm of vms.recover()) await vms.destroy(vm.id, 0).catch(() => undefined);
   }
   if (existsSync(join(stateDir, 'network'))) {
-    const net = createNetworkManager({ stateDir: join(stateDir, 'network'), logger });
+    const net = createNetworkManager({ stateDir: join(stateDir, 'network'), logger, ...(bridge ? { bridge } : {}) });
     await net.gc(new Set()).catch(() => undefined);
   }
 }

@@ -1,0 +1,138 @@
+/**
+ * Everything one host runs, assembled: the host agent (containers through runc and runsc),
+ * its cells (QEMU microVMs with a guest agent), machines, networking and the usage sampler,
+ * over a Store shared with the control plane. `carapace up` runs one beside the server in
+ * the same process; `carapace agent` runs one on its own (several per machine in tests, each
+ * with its own state directory, bridge and subnet). Its workloads outlive it: containers are
+ * supervised by conmon and VMs are daemonised QEMU processes, adopted again on the next start.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import os from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Logger } from 'pino';
+import type { Env } from '../core/actions.js';
+import type { Resources } from '../core/resources.js';
+import { createImageStore } from '../image/local-store.js';
+import { createNetworkManager } from '../network/network-manager.js';
+import { createRuncDriver, createRunscDriver } from '../runtime/index.js';
+import { createVmManager, type VmManager } from '../vm/qemu.js';
+import { findKernel } from '../vm/initramfs.js';
+import { HostAgent } from './agent.js';
+import { CellManager } from './cells.js';
+import { MachineRunner } from './machines.js';
+import { UsageSampler } from './usage-sampler.js';
+
+export interface HostNodeOptions {
+  resources: Resources;
+  env: Env;
+  logger: Logger;
+  /** Containers, images, VMs and network state of this host live here. */
+  stateDir: string;
+  hostName?: string;
+  labels?: Record<string, string>;
+  insecureRegistries?: string[];
+  /** Give containers a bridge network (default true). */
+  network?: boolean;
+  /** Bridge device and subnet (default carapace0, 10.88.0.0/16): two agents on one machine need their own. */
+  bridge?: string;
+  subnet?: string;
+  warmCells?: number;
+  accel?: 'auto' | 'kvm' | 'tcg';
+  machineImagesDir?: string;
+  cpuOvercommit?: number;
+}
+
+export interface RunningHostNode {
+  hostName: string;
+  agent: HostAgent;
+  cells: CellManager;
+  vms: VmManager;
+  /** Registers the host, then runs every loop until `signal` aborts. */
+  start(signal: AbortSignal): Promise<void>;
+}
+
+/** The host's name as Carapace spells it: lower case, [a-z0-9-]. */
+export function defaultHostName(): string {
+  return os.hostname().toLowerCase().replace(/[^a-z0-9-]/g, '-').replace(/^-+|-+$/g, '') || 'local';
+}
+
+function envNumber(name: string): number | undefined {
+  const v = Number(process.env[name]);
+  return Number.isFinite(v) && v > 0 ? v : undefined;
+}
+
+/** Builds a host node (no I/O beyond creating directories; `start` runs it). */
+export async function createHostNode(o: HostNodeOptions): Promise<RunningHostNode> {
+  const { resources, env, logger } = o;
+  const hostName = o.hostName ?? defaultHostName();
+  const runtimeDir = join(o.stateDir, 'runtime');
+  const runc = createRuncDriver({ stateDir: join(runtimeDir, 'runc'), logger });
+  const runsc = createRunscDriver({ stateDir: join(runtimeDir, 'runsc'), logger });
+  const images = createImageStore({ cacheDir: join(o.stateDir, 'images'), logger, ...(o.insecureRegistries ? { insecureRegistries: o.insecureRegistries } : {}) });
+  const network =
+    o.network === false
+      ? undefined
+      : createNetworkManager({ stateDir: join(o.stateDir, 'network'), logger, ...(o.bridge ? { bridge: o.bridge } : {}), ...(o.subnet ? { subnet: o.subnet } : {}) });
+  const vms = createVmManager({ stateDir: join(o.stateDir, 'vms'), logger, accel: o.accel ?? 'auto' });
+  // The Carapace install (dist/ and node_modules/) is shared read-only into cells: the guest agent runs from it.
+  const installDir = fileURLToPath(new URL('../../..', import.meta.url));
+  // The agent is made after the cell manager that calls back into it.
+  const agentRef: { current?: HostAgent } = {};
+  const heartbeatTimeoutMs = envNumber('CARAPACE_CELL_HEARTBEAT_TIMEOUT_MS');
+  const cells = new CellManager({
+    hostName,
+    resources,
+    env,
+    logger,
+    vms,
+    hostImagesRoot: join(o.stateDir, 'images', 'rootfs'),
+    installDir,
+    warmCells: o.warmCells ?? 0,
+    warmSize: { cpu: 2, memoryMiB: 2048 },
+    onCellChange: (cell) => agentRef.current?.cellChanged(cell),
+    ...(heartbeatTimeoutMs ? { heartbeatTimeoutMs } : {}),
+  });
+  const vmProbe = async (): Promise<{ ok: true } | { ok: false; message: string }> => {
+    if (!existsSync('/usr/bin/qemu-system-x86_64')) return { ok: false, message: 'qemu-system-x86_64 is not installed' };
+    try {
+      findKernel();
+    } catch (e) {
+      return { ok: false, message: (e as Error).message }; // findKernel throws Error with the reason
+    }
+    return { ok: true };
+  };
+  const machineImagesDir = o.machineImagesDir ?? join(o.stateDir, 'machine-images');
+  await mkdir(machineImagesDir, { recursive: true });
+  const machines = new MachineRunner({ hostName, resources, env, logger, vms, imagesDir: machineImagesDir, stateDir: join(o.stateDir, 'machines') });
+  const leaseRenewMs = envNumber('CARAPACE_LEASE_RENEW_MS');
+  const agent = new HostAgent({
+    hostName,
+    resources,
+    env,
+    logger,
+    drivers: { host: runc, sandbox: runsc },
+    images,
+    cells,
+    machines,
+    vmProbe,
+    overcommit: { cpu: o.cpuOvercommit ?? 4, memory: 1 },
+    ...(o.labels ? { labels: o.labels } : {}),
+    ...(network ? { network } : {}),
+    ...(leaseRenewMs ? { leaseRenewMs } : {}),
+  });
+  agentRef.current = agent;
+  const sampleMs = envNumber('CARAPACE_USAGE_SAMPLE_MS');
+  const sampler = new UsageSampler({ hostName, resources, env, logger, agent, ...(sampleMs ? { intervalMs: sampleMs } : {}) });
+  return {
+    hostName,
+    agent,
+    cells,
+    vms,
+    async start(signal) {
+      await agent.register();
+      await Promise.all([agent.start(signal), sampler.start(signal)]);
+    },
+  };
+}

@@ -1,0 +1,112 @@
+/**
+ * Host failure detection. Every agent renews a lease (`leases/hosts/<host>`) about once a
+ * second; this monitor, run by the control plane, declares a host NotReady when its lease has
+ * not changed for `ttlMs`, and Ready again when it moves. "Changed" is judged by the lease's
+ * store version as observed on this process's own clock, never by the time the agent wrote
+ * into it: clocks of different machines may disagree (Kubernetes' node lease works the same).
+ * A freshly started monitor gives every host a full TTL before judging it.
+ *
+ * Declaring a host NotReady is what triggers failover: the controller evicts and replaces its
+ * instances and cells. The decision is audited (`host.lost`, `host.recovered`).
+ */
+import type { Logger } from 'pino';
+import type { Env } from '../core/actions.js';
+import type { Resources } from '../core/resources.js';
+import type { AuditEntry } from '../audit/record.js';
+
+/** Where host leases live. */
+export const HOST_LEASE_PREFIX = 'leases/hosts/';
+
+/** What an agent writes into its lease. `renewedAt` is informative only (the agent's clock). */
+export interface HostLease {
+  host: string;
+  renewedAt: string;
+  /** The agent's process id and start time, to tell a restarted agent from a renewing one. */
+  holder: string;
+}
+
+export interface HostMonitorOptions {
+  resources: Resources;
+  env: Env;
+  logger: Logger;
+  /** A lease unchanged for this long means the host is lost (default 3 s). */
+  ttlMs?: number;
+  /** How often leases are checked (default 250 ms). */
+  checkMs?: number;
+}
+
+function entry(time: string, action: string, host: string, detail: Record<string, unknown>): AuditEntry {
+  return { time, actor: { kind: 'system', id: 'host-monitor' }, action, target: { kind: 'Host', name: host }, outcome: 'success', detail };
+}
+
+export class HostMonitor {
+  private readonly log: Logger;
+  /** Per host: the lease version last seen and when (this process's clock, ms). */
+  private readonly seen = new Map<string, { version: number; at: number }>();
+  private readonly startedAt = Date.now();
+
+  constructor(private readonly o: HostMonitorOptions) {
+    this.log = o.logger.child({ component: 'host-monitor' });
+  }
+
+  /** Checks leases until `signal` aborts. */
+  async start(signal: AbortSignal): Promise<void> {
+    const every = this.o.checkMs ?? 250;
+    while (!signal.aborted) {
+      await this.check().catch((err: unknown) => this.log.warn({ err }, 'host lease check failed'));
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, every);
+        signal.addEventListener('abort', () => (clearTimeout(t), resolve()), { once: true });
+      });
+    }
+  }
+
+  /** One pass: marks hosts whose lease stood still past the TTL NotReady, and moving ones Ready. */
+  async check(): Promise<void> {
+    const ttl = this.o.ttlMs ?? 3_000;
+    const r = this.o.resources;
+    const [hosts, leases] = await Promise.all([r.list('Host'), r.store.list<HostLease>(HOST_LEASE_PREFIX)]);
+    const leaseOf = new Map(leases.items.map((e) => [e.key.slice(HOST_LEASE_PREFIX.length), e]));
+    const now = Date.now();
+    for (const h of hosts.items) {
+      const name = h.metadata.name;
+      const lease = leaseOf.get(name);
+      const version = lease?.version ?? 0;
+      const prev = this.seen.get(name);
+      if (!prev || prev.version !== version) this.seen.set(name, { version, at: prev ? now : Math.max(now, this.startedAt) });
+      const silentMs = now - (this.seen.get(name)?.at ?? now);
+      const expired = silentMs > ttl || (version === 0 && now - this.startedAt > ttl);
+      if (expired && h.status.state === 'Ready') {
+        const at = this.o.env.now();
+        // The host was last seen alive when its lease last moved, not when we noticed.
+        const lostAt = new Date(Date.parse(at) - silentMs).toISOString();
+        await r.mutate(
+          'Host',
+          name,
+          undefined,
+          (x) => {
+            if (x.status.state !== 'Ready') return undefined;
+            x.status = { ...x.status, state: 'NotReady', reason: 'LeaseExpired', lostAt, message: `no heartbeat for ${(silentMs / 1000).toFixed(1)} s (lease TTL ${(ttl / 1000).toFixed(1)} s)` };
+            return x;
+          },
+          entry(at, 'host.lost', name, { reason: 'LeaseExpired', silentMs, ttlMs: ttl, lastRenewedAt: lease?.value.renewedAt ?? null, lostAt }),
+        );
+        this.log.warn({ host: name, silentMs }, 'host lost: lease expired');
+      } else if (!expired && h.status.state === 'NotReady' && h.status.reason === 'LeaseExpired' && lease && prev && prev.version !== version) {
+        await r.mutate(
+          'Host',
+          name,
+          undefined,
+          (x) => {
+            if (x.status.state === 'Ready') return undefined;
+            const { reason: _r, lostAt: _l, ...rest } = x.status;
+            x.status = { ...rest, state: 'Ready', message: 'lease renewed' };
+            return x;
+          },
+          entry(this.o.env.now(), 'host.recovered', name, { downSince: h.status.lostAt ?? null }),
+        );
+        this.log.info({ host: name }, 'host back: lease renewed');
+      }
+    }
+  }
+}

@@ -1,0 +1,104 @@
+/**
+ * `carapace server` and `carapace agent`: the control plane and a host node as separate
+ * processes over one store named by URL (`sqlite:PATH` for one process, `etcd://H:P,...` for
+ * several). Both run until SIGTERM or SIGINT and then stop gracefully; workloads keep running.
+ */
+import { setMaxListeners } from 'node:events';
+import { join } from 'node:path';
+import { pino, type Logger } from 'pino';
+import { createHostNode, type HostNodeOptions } from '../agent/node.js';
+import { Resources } from '../core/resources.js';
+import { openEtcdStore, type EtcdStore } from '../store/etcd.js';
+import { openSqliteStore } from '../store/sqlite.js';
+import type { Store } from '../store/store.js';
+import { parseStoreUrl } from '../store/url.js';
+import { startControlServer, systemEnv } from './server.js';
+
+/** Opens the store a URL names. */
+export async function openStoreUrl(url: string, logger: Logger): Promise<Store> {
+  const u = parseStoreUrl(url);
+  if (u.kind === 'sqlite') return openSqliteStore({ path: u.path, logger });
+  return openEtcdStore({ endpoints: u.endpoints, logger });
+}
+
+/** Revisions of history kept for watchers to resume from (etcd keeps all until compacted). */
+const HISTORY = 10_000;
+
+/** Compacts an etcd store's history every few minutes, like the SQLite store does on its own. */
+async function compactLoop(store: EtcdStore, signal: AbortSignal, logger: Logger): Promise<void> {
+  while (!signal.aborted) {
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, 5 * 60_000);
+      signal.addEventListener('abort', () => (clearTimeout(t), resolve()), { once: true });
+    });
+    if (signal.aborted) return;
+    const rev = await store.revision().catch(() => 0);
+    if (rev > HISTORY) await store.compact(rev - HISTORY).catch((err: unknown) => logger.warn({ err }, 'store compaction failed'));
+  }
+}
+
+/** Runs until a signal; resolves after a graceful stop. */
+function untilSignal(ac: AbortController): Promise<void> {
+  return new Promise((resolve) => {
+    const stop = (): void => {
+      ac.abort();
+      resolve();
+    };
+    process.once('SIGTERM', stop);
+    process.once('SIGINT', stop);
+  });
+}
+
+export interface ServerCommandOptions {
+  store?: string;
+  stateDir: string;
+  port: number;
+  listen: string;
+}
+
+/** `carapace server`: the API, controller and host monitor; no containers on this host. */
+export async function runServer(o: ServerCommandOptions): Promise<void> {
+  const logger = pino({ level: process.env['CARAPACE_LOG_LEVEL'] ?? 'info' });
+  const url = o.store ?? `sqlite:${join(o.stateDir, 'store.db')}`;
+  const store = await openStoreUrl(url, logger);
+  const server = await startControlServer({ store, stateDir: o.stateDir, port: o.port, listen: o.listen, logger });
+  const ac = new AbortController();
+  setMaxListeners(100, ac.signal);
+  logger.info({ url: server.url, store: url.replace(/\/\/.*@/, '//'), stateDir: o.stateDir }, 'carapace server is up');
+  const loops = Promise.all([server.run(ac.signal), 'compact' in store ? compactLoop(store as EtcdStore, ac.signal, logger) : Promise.resolve()]); // only the etcd store lacks automatic compaction
+  loops.catch((err: unknown) => {
+    logger.fatal({ err }, 'control loop crashed');
+    ac.abort();
+  });
+  await Promise.race([untilSignal(ac), loops.then(() => undefined)]);
+  ac.abort();
+  await server.close();
+  await loops.catch(() => undefined);
+  await store.close();
+  logger.info('carapace server stopped');
+}
+
+export interface AgentCommandOptions extends Omit<HostNodeOptions, 'resources' | 'env' | 'logger'> {
+  store: string;
+}
+
+/** `carapace agent`: this host's agent, cells and machines, over the cluster's store. */
+export async function runAgent(o: AgentCommandOptions): Promise<void> {
+  const logger = pino({ level: process.env['CARAPACE_LOG_LEVEL'] ?? 'info' });
+  const store = await openStoreUrl(o.store, logger);
+  const { store: _url, ...nodeOptions } = o;
+  const node = await createHostNode({ ...nodeOptions, resources: new Resources(store, undefined, systemEnv), env: systemEnv, logger });
+  const ac = new AbortController();
+  setMaxListeners(100, ac.signal);
+  const loops = node.start(ac.signal);
+  loops.catch((err: unknown) => {
+    logger.fatal({ err }, 'agent loop crashed');
+    ac.abort();
+  });
+  logger.info({ host: node.hostName, stateDir: o.stateDir }, 'carapace agent is up');
+  await Promise.race([untilSignal(ac), loops]);
+  ac.abort();
+  await loops.catch(() => undefined);
+  await store.close();
+  logger.info('carapace agent stopped (its workloads keep running)');
+}

@@ -1,0 +1,145 @@
+/**
+ * The control plane as one process: the API (fastify), the workload controller, the host
+ * monitor (host leases -> failover), token cache and timed audit checkpoints, over a Store.
+ * `carapace up` runs it beside a host node over the embedded SQLite store; `carapace server`
+ * runs it alone (agents elsewhere reach the same store). It mints the first cluster-admin
+ * token once per store.
+ */
+import { randomUUID } from 'node:crypto';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import { dirname, join } from 'node:path';
+import type { Logger } from 'pino';
+import { buildApi, type LogSource } from '../api/server.js';
+import { AuditLog } from '../audit/log.js';
+import { TokenCache } from '../auth/cache.js';
+import { bootstrapToken } from '../auth/tokens.js';
+import type { Env } from '../core/actions.js';
+import { ControlPlane } from '../core/control-plane.js';
+import { Resources } from '../core/resources.js';
+import { WorkloadController } from '../control/controller.js';
+import { HostMonitor } from '../control/host-monitor.js';
+import { registerStateGauges } from '../metrics/metrics.js';
+import { CarapaceError } from '../model/errors.js';
+import type { Store } from '../store/store.js';
+
+/** The real clock and random ids: the only place the running system makes them. */
+export const systemEnv: Env = {
+  now: () => new Date().toISOString(),
+  newId: () => randomUUID(),
+};
+
+export interface ControlServerOptions {
+  store: Store;
+  /** Audit signing keys and the admin token file live here. */
+  stateDir: string;
+  port: number;
+  listen?: string;
+  logger: Logger;
+  env?: Env;
+  /** Where instance logs and machine consoles come from (the local agent in the all-in-one). */
+  logs?: LogSource;
+  /** How long an empty cell lives before it is retired (default 60 s; env CARAPACE_CELL_GRACE_MS). */
+  cellGraceMs?: number;
+  /** Host lease TTL: a host whose lease stands still this long is lost (default 3 s; env CARAPACE_HOST_LEASE_TTL_MS). */
+  hostLeaseTtlMs?: number;
+  /** Write the admin token to the CLI config of this machine when it is minted (default true). */
+  saveCliConfig?: boolean;
+}
+
+export interface RunningControlServer {
+  url: string;
+  port: number;
+  resources: Resources;
+  controlPlane: ControlPlane;
+  audit: AuditLog;
+  /** The first cluster-admin token (from this start, or the one saved in the state dir). */
+  adminToken: string;
+  adminTokenCreated: boolean;
+  /** Runs the loops (controller, host monitor, token cache, checkpoints) until `signal` aborts. */
+  run(signal: AbortSignal): Promise<void>;
+  /** Stops listening. */
+  close(): Promise<void>;
+}
+
+function envNumber(name: string): number | undefined {
+  const v = Number(process.env[name]);
+  return Number.isFinite(v) && v >= 0 && process.env[name] !== undefined && process.env[name] !== '' ? v : undefined;
+}
+
+/** Logs cannot be read from a host this process does not run. */
+const NO_LOGS: LogSource = {
+  // eslint-disable-next-line require-yield -- an empty source that only refuses
+  logs: async function* () {
+    throw new CarapaceError('CARAPACE_E_UNAVAILABLE', 'this server runs no host agent: logs of instances on other hosts are not served yet');
+  },
+};
+
+/** Starts the API listening and returns the handle; `run` starts the loops. */
+export async function startControlServer(o: ControlServerOptions): Promise<RunningControlServer> {
+  const env = o.env ?? systemEnv;
+  const { store, logger } = o;
+  await mkdir(o.stateDir, { recursive: true, mode: 0o700 });
+  // Mutations and the control plane's own actions are recorded in a hash-chained log whose
+  // checkpoints are signed with a key generated at first start.
+  const audit = await AuditLog.open({ store, keyDir: join(o.stateDir, 'audit-keys'), logger });
+  // With env: every instance, cell and machine write carries its usage allocation records.
+  const resources = new Resources(store, audit, env);
+  const controlPlane = new ControlPlane(resources, env);
+  const cellGraceMs = o.cellGraceMs ?? envNumber('CARAPACE_CELL_GRACE_MS');
+  const controller = new WorkloadController({ resources, env, logger, ...(cellGraceMs !== undefined ? { cellGraceMs } : {}) });
+  const ttlMs = o.hostLeaseTtlMs ?? envNumber('CARAPACE_HOST_LEASE_TTL_MS');
+  const monitor = new HostMonitor({ resources, env, logger, ...(ttlMs !== undefined ? { ttlMs } : {}) });
+  registerStateGauges(resources);
+  const tokens = new TokenCache(store, logger);
+  const api = buildApi({ controlPlane, store, logs: o.logs ?? NO_LOGS, logger, auth: tokens, env, audit });
+  const adminToken = await firstAdminToken(store, env, o.stateDir);
+  const address = await api.listen({ port: o.port, host: o.listen ?? '127.0.0.1' });
+  const port = Number(new URL(address).port);
+  const url = `http://127.0.0.1:${port}`;
+  if (adminToken.created) {
+    // Shown once, like every token secret; also saved 0600 for the CLI on this machine.
+    const saved = o.saveCliConfig === false ? 'nowhere else' : await saveCliConfig(url, adminToken.token).catch((e: unknown) => `not saved: ${(e as Error).message}`); // fs errors are Errors
+    process.stderr.write(`\nFirst cluster-admin token (shown once; saved to ${saved} and ${join(o.stateDir, 'admin-token')}):\n  ${adminToken.token}\n\n`);
+  }
+  const checkpointMs = envNumber('CARAPACE_AUDIT_CHECKPOINT_MS') || 60_000;
+  return {
+    url,
+    port,
+    resources,
+    controlPlane,
+    audit,
+    adminToken: adminToken.token,
+    adminTokenCreated: adminToken.created,
+    async run(signal) {
+      await Promise.all([controller.start(signal), monitor.start(signal), tokens.start(signal), audit.runCheckpoints(signal, checkpointMs, env.now)]);
+    },
+    close: () => api.close(),
+  };
+}
+
+/**
+ * Mints the first cluster-admin token once per store and keeps it in STATE_DIR/admin-token
+ * (0600) so the operator and scripts on this machine can find it again; later starts read it.
+ */
+async function firstAdminToken(store: Store, env: Env, stateDir: string): Promise<{ token: string; created: boolean }> {
+  const file = join(stateDir, 'admin-token');
+  const minted = await bootstrapToken(store, { id: env.newId().replace(/[^a-z0-9]/gi, '').slice(0, 16), name: 'bootstrap admin', now: env.now() });
+  if (minted) {
+    await writeFile(file, `${minted.token}\n`, { mode: 0o600 });
+    return { token: minted.token, created: true };
+  }
+  return { token: (await readFile(file, 'utf8').catch(() => '')).trim(), created: false };
+}
+
+/** The CLI's config file: $CARAPACE_CONFIG or ~/.config/carapace/config.json. */
+export function cliConfigPath(): string {
+  return process.env['CARAPACE_CONFIG'] ?? join(os.homedir(), '.config', 'carapace', 'config.json');
+}
+
+async function saveCliConfig(server: string, token: string): Promise<string> {
+  const path = cliConfigPath();
+  await mkdir(dirname(path), { recursive: true, mode: 0o700 });
+  await writeFile(path, `${JSON.stringify({ server, token }, null, 2)}\n`, { mode: 0o600 });
+  return path;
+}
