@@ -238,14 +238,31 @@ export class HostAgent {
     yield* this.o.machines.console(tenant, name, opts);
   }
 
-  /** Looks again at every instance placed in `cell` (it became ready, or was lost). */
+  /**
+   * Looks again at every instance placed in `cell` (it became ready, or was lost), and removes
+   * containers the cell still runs that no instance there wants (left by instances deleted or
+   * replaced while this agent was down): inside a cell as on the host, nothing runs twice.
+   */
   cellChanged(cell: string): void {
-    this.o.resources
-      .list('Instance')
-      .then((l) => {
-        for (const i of l.items) if (i.spec.cell === cell) this.queue.add(instanceKey(i.metadata.tenant ?? '', i.metadata.name));
-      })
-      .catch((err: unknown) => this.log.warn({ cell, err }, 'cannot list instances of a cell'));
+    const check = async (): Promise<void> => {
+      const here = (await this.o.resources.list('Instance')).items.filter((i) => i.spec.cell === cell);
+      for (const i of here) this.queue.add(instanceKey(i.metadata.tenant ?? '', i.metadata.name));
+      const runtime = this.o.cells?.runtimeFor(cell);
+      if (!runtime) return;
+      // Ids first, instances after: a container exists only for an instance that existed
+      // before it, so one started meanwhile is always explained by the fresh list.
+      const ids = await runtime.listAllIds();
+      const fresh = (await this.o.resources.list('Instance')).items.filter((i) => i.spec.cell === cell && !i.metadata.deletionRequestedAt);
+      const wanted = new Set(fresh.map((i) => containerIdFor(i)));
+      const known = new Set([...this.local.values()].map((c) => c.id));
+      for (const id of ids) {
+        if (wanted.has(id) || known.has(id)) continue;
+        this.log.info({ cell, container: id }, 'removing a container in a cell that no instance wants');
+        await runtime.stop(id, 0).catch(() => undefined);
+        await runtime.destroy(id).catch((err: unknown) => this.log.warn({ cell, container: id, err }, 'cannot remove an unwanted container'));
+      }
+    };
+    check().catch((err: unknown) => this.log.warn({ cell, err }, 'cannot look at the instances of a cell'));
   }
 
   private driverFor(inst: Instance): RuntimeDriver | undefined {

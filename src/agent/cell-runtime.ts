@@ -145,6 +145,12 @@ export class CellRuntime implements RuntimeDriver {
     return list.map((c) => ({ id: c.containerId, labels: c.labels, state: c.state }));
   }
 
+  /** Ids of every container the guest runs or holds, including ones this host did not start (see HostChannel.listAll). */
+  async listAllIds(): Promise<string[]> {
+    if (this.closed) return [];
+    return (await this.o.channel.listAll()).map((c) => c.containerId);
+  }
+
   async usage(id: string): Promise<ContainerUsage | undefined> {
     return this.usageById.get(id);
   }

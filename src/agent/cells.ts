@@ -37,8 +37,9 @@ export interface CellManagerOptions {
   heartbeatMs?: number;
   /**
    * How long a Ready cell's guest agent may go without answering before the cell is declared
-   * Lost and its VM is killed (fenced). Default 5 s: generous because under software emulation
-   * a busy guest can stall for seconds; a QEMU that dies is noticed within 100 ms regardless.
+   * Lost and its VM is killed (fenced). Default 5 s with KVM, 30 s under software emulation,
+   * where a guest busy starting a container (runc compiling its seccomp filter) can starve
+   * its own agent for many seconds. A QEMU that dies is noticed within 100 ms regardless.
    */
   heartbeatTimeoutMs?: number;
 }
@@ -197,13 +198,15 @@ export class CellManager {
    * still runs, kills the VM first (so nothing in it can run on: fencing) and then declares
    * the cell Lost. Ends when the cell is detached.
    */
-  private heartbeat(name: string, channel: HostChannel, signal: AbortSignal): void {
+  private heartbeat(name: string, channel: HostChannel, signal: AbortSignal, accel: string): void {
     const every = this.o.heartbeatMs ?? 1_000;
-    const timeout = this.o.heartbeatTimeoutMs ?? 5_000;
-    let lastAnswer = Date.now();
+    const timeout = this.o.heartbeatTimeoutMs ?? (accel === 'kvm' ? 5_000 : 30_000);
+    // Judged only once the guest agent has answered: booting is not silence.
+    let lastAnswer: number | undefined;
+    channel.on('connected', () => (lastAnswer = Date.now()));
     let inFlight = false;
     const timer = setInterval(() => {
-      if (signal.aborted) return;
+      if (signal.aborted || lastAnswer === undefined) return;
       if (Date.now() - lastAnswer > timeout) {
         clearInterval(timer);
         const silentMs = Date.now() - lastAnswer;
@@ -255,7 +258,23 @@ export class CellManager {
         .then(() => this.o.onCellChange(name))
         .catch((err: unknown) => this.log.warn({ cell: name, err }, 'cannot record cell ready'));
     });
-    this.heartbeat(name, channel, ac.signal);
+    this.heartbeat(name, channel, ac.signal, vm.accel);
+    // What the guest says it runs, kept on the cell so operators and tests can compare it with
+    // the instances placed there (written only when it changes).
+    let reported = '';
+    channel.on('usage', (u) => {
+      const ids = [...u.running].sort();
+      const key = ids.join(',');
+      if (key === reported) return;
+      reported = key;
+      this.o.resources
+        .mutate('Cell', name, undefined, (c) => {
+          if ((c.status.containers ?? []).join(',') === key || c.status.phase !== 'Ready') return undefined;
+          c.status = { ...c.status, containers: ids };
+          return c;
+        })
+        .catch((err: unknown) => this.log.warn({ cell: name, err }, 'cannot record the containers of a cell'));
+    });
     channel.on('versionMismatch', (v) => this.log.error({ cell: name, ...v }, 'guest agent protocol mismatch'));
     channel.start(ac.signal).catch((err: unknown) => this.log.warn({ cell: name, err }, 'channel ended'));
     this.o.vms

@@ -12,6 +12,7 @@
  * are deleted by the host that wrote them. Counters are cumulative, so a lost batch (agent
  * down, store unreachable) loses no CPU, it only blurs when it was used (see usage/measured.ts).
  */
+import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { Resources } from '../core/resources.js';
 import type { Env } from '../core/actions.js';
@@ -51,10 +52,7 @@ export class UsageSampler {
     const every = this.o.intervalMs ?? 10_000;
     while (!signal.aborted) {
       await this.sampleOnce().catch((err: unknown) => this.log.warn({ err }, 'usage sampling failed'));
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, every);
-        signal.addEventListener('abort', () => (clearTimeout(t), resolve()), { once: true });
-      });
+      await delay(every, undefined, { signal }).catch(() => undefined); // aborted: the loop ends
     }
   }
 

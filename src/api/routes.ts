@@ -5,7 +5,7 @@
  */
 import { KINDS, type Kind } from '../model/objects.js';
 
-export type RouteKind = 'action' | 'logs' | 'watch' | 'meta' | 'tokens' | 'audit' | 'usage';
+export type RouteKind = 'action' | 'logs' | 'watch' | 'meta' | 'tokens' | 'audit' | 'usage' | 'hostOp';
 
 export interface RouteDef {
   method: 'GET' | 'PUT' | 'POST' | 'DELETE';
@@ -55,6 +55,13 @@ function objectRoutes(): RouteDef[] {
   out.push({ method: 'GET', url: '/v1/audit/records', summary: 'Export audit records (?since, ?until, ?format=jsonl|csv); a tenant token gets only its tenant\'s records', kind: 'audit' });
   out.push({ method: 'GET', url: '/v1/events', summary: 'Follow audit and lifecycle events (Server-Sent Events); a tenant token sees only its tenant\'s', kind: 'audit' });
   out.push({ method: 'GET', url: '/v1/audit/verify', summary: 'Verify the audit hash chain and signed checkpoints (cluster-admin)', kind: 'audit' });
+  for (const [op, what] of [
+    ['cordon', 'Cordon a host: nothing new is placed on it (cluster-admin)'],
+    ['uncordon', 'Undo cordon and drain (cluster-admin)'],
+    ['drain', "Drain a host: cordon it and move its instances elsewhere within each service's maxUnavailable (cluster-admin)"],
+  ] as const) {
+    out.push({ method: 'POST', url: `/v1/hosts/:name/${op}`, summary: what, kind: 'hostOp', objectKind: 'Host' });
+  }
   out.push({ method: 'GET', url: '/v1/usage', summary: 'Usage report (?since, ?until, ?by=tenant|group|cell, ?format=json|csv|table, ?tenant); reserved and measured, exact; a tenant token gets only its tenant', kind: 'usage' });
   out.push({ method: 'GET', url: '/v1/tenants/:tenant/machines/:name/logs', summary: "Read or follow a machine's serial console (NDJSON)", kind: 'logs', objectKind: 'Machine' });
   return out;

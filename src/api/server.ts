@@ -216,6 +216,10 @@ async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply
   if (route.kind === 'audit' && route.url === '/v1/events') return streamEvents(o, q, req, reply, who.principal);
   if (route.kind === 'audit') return handleAudit(o, route, q, reply, who.principal);
   if (route.kind === 'usage') return handleUsage(o, q, reply, who.principal);
+  if (route.kind === 'hostOp') {
+    const op = route.url.slice(route.url.lastIndexOf('/') + 1) as 'cordon' | 'uncordon' | 'drain'; // the route table lists exactly these three
+    return render(await o.controlPlane.handle({ type: 'hostOp', op, name: p.name ?? '' }, auditContext(req)));
+  }
   const kind = route.objectKind as Kind; // every non-meta route names its kind
   if (route.kind === 'logs') return streamLogs(o, kind === 'Machine' ? 'Machine' : 'Instance', p, q, reply);
   if (route.kind === 'watch') return streamWatch(o, kind, q, req, reply, who);

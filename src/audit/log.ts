@@ -7,6 +7,7 @@
  * a caller that adds them to its own mutation's txn, so the mutation and its audit record
  * commit together or not at all.
  */
+import { setTimeout as delay } from 'node:timers/promises';
 import type { KeyObject } from 'node:crypto';
 import type { Logger } from 'pino';
 import { CarapaceError } from '../model/errors.js';
@@ -224,10 +225,7 @@ export class AuditLog {
    */
   async runCheckpoints(signal: AbortSignal, everyMs: number, now: () => string): Promise<void> {
     while (!signal.aborted) {
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, everyMs);
-        signal.addEventListener('abort', () => (clearTimeout(t), resolve()), { once: true });
-      });
+      await delay(everyMs, undefined, { signal }).catch(() => undefined); // aborted: the loop ends
       if (signal.aborted) return;
       await this.checkpoint(now()).catch((err: unknown) => this.logger?.warn({ err }, 'timed audit checkpoint failed'));
     }

@@ -127,6 +127,8 @@ export function classifyRoute(route: AuthzRequest['route']): RouteClass | undefi
     // Records: the handler forces a tenant token's export to its own tenant.
     return route.url === '/v1/audit/records' || route.url === '/v1/events' ? { type: 'self' } : undefined;
   }
+  // Operator actions on hosts (cordon, drain): infrastructure, cluster-admins only.
+  if (route.kind === 'hostOp') return route.method === 'POST' && /^\/v1\/hosts\/:name\/(cordon|uncordon|drain)$/.test(route.url) ? { type: 'admin' } : undefined;
   // The usage report: the handler forces a tenant token's report to its own tenant.
   if (route.kind === 'usage') return route.method === 'GET' && route.url === '/v1/usage' ? { type: 'self' } : undefined;
   if (route.kind === 'tokens') return route.url === '/v1/tokens' || route.url === '/v1/tokens/:name' ? { type: 'self' } : undefined;

@@ -346,6 +346,36 @@ reportCmd
     process.stdout.write(text);
   });
 
+for (const [op, what] of [
+  ['cordon', 'stop placing new work on a host (running work stays)'],
+  ['uncordon', 'undo cordon and drain'],
+  ['drain', "cordon a host and move its instances elsewhere, within each service's maxUnavailable"],
+] as const) {
+  const cmd = program
+    .command(op)
+    .description(what)
+    .argument('<host>', 'host/NAME or NAME');
+  if (op === 'drain') cmd.option('--wait', 'wait until no instance is left on the host').option('--timeout <s>', 'give up waiting after this many seconds', '600');
+  cmd.action(async (host: string, o: { wait?: boolean; timeout?: string }) => {
+    const name = host.replace(/^hosts?\//, '');
+    const c = client();
+    await c.call('POST', `/v1/hosts/${encodeURIComponent(name)}/${op}`);
+    console.log(`host/${name} ${op === 'drain' ? 'draining' : op === 'cordon' ? 'cordoned' : 'uncordoned'}`);
+    if (!o.wait) return;
+    const deadline = Date.now() + Number(o.timeout ?? 600) * 1000;
+    let last = '';
+    for (;;) {
+      const h = await c.call<{ status: { message?: string } }>('GET', `/v1/hosts/${encodeURIComponent(name)}`);
+      const msg = h.status.message ?? '';
+      if (msg !== last) console.log(`host/${name}: ${msg}`);
+      last = msg;
+      if (msg.startsWith('drained')) return;
+      if (Date.now() > deadline) throw new CliError('CARAPACE_E_TIMEOUT', `host ${name} is not drained after ${o.timeout ?? 600} s: ${msg}`);
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  });
+}
+
 const machineCmd = program.command('machine').description('Power a machine on or off, or restart it');
 for (const [verb, what] of [
   ['start', 'power a stopped machine on'],

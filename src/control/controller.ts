@@ -41,6 +41,8 @@ function quotaRefusal(time: string, name: string, tenant: string, message: strin
 
 /** The key of the pass that retires cells left empty past their grace period. */
 const CELLS_KEY = 'Cells';
+/** The key of the pass that moves instances off draining hosts. */
+const DRAIN_KEY = 'Drain';
 
 type OwnerKey = `Service/${string}/${string}` | `Job/${string}/${string}`;
 
@@ -67,6 +69,8 @@ export class WorkloadController {
       (key) =>
         key === CELLS_KEY
           ? timed(metrics.reconcileSeconds, 'cells', () => this.reconcileCells())
+          : key === DRAIN_KEY
+            ? timed(metrics.reconcileSeconds, 'drain', () => this.reconcileDrain())
           : key.startsWith('Machine/')
             ? timed(metrics.reconcileSeconds, 'machine-placement', () => this.reconcileMachine(key))
             : timed(metrics.reconcileSeconds, key.startsWith('Job/') ? 'job' : 'service', () => this.reconcile(key)),
@@ -88,6 +92,7 @@ export class WorkloadController {
       for (const m of (await this.o.resources.list('Machine')).items) if (m.status.host === '') this.queue.add(`Machine/${m.metadata.tenant}/${m.metadata.name}`);
       for (const i of insts.items) this.queue.add(this.ownerKey(i));
       this.queue.add(CELLS_KEY);
+      this.queue.add(DRAIN_KEY);
     };
     const timer = setInterval(() => {
       resync().catch((err: unknown) => this.log.warn({ err }, 'resync failed'));
@@ -310,6 +315,71 @@ export class WorkloadController {
       );
       this.log.warn({ cell: name, phase: c.status.phase, message: c.status.message }, 'retiring a dead cell');
     }
+  }
+
+  /**
+   * Drains: moves instances off hosts whose spec says `draining`, one graceful deletion at a
+   * time per service while its unavailable replicas (not Running, or being deleted) stay
+   * below its `maxUnavailable` (default 1); the owner then re-creates each elsewhere (the
+   * host is cordoned). Job runs are moved without a budget. Machines stay (their disks live
+   * on the host). The host's status message says what is left and what waits for a budget.
+   */
+  async reconcileDrain(): Promise<ReconcileResult> {
+    const r = this.o.resources;
+    const hosts = (await r.list('Host')).items.filter((h) => h.spec.draining);
+    if (hosts.length === 0) return;
+    const [instances, services, machines] = await Promise.all([r.list('Instance'), r.list('Service'), r.list('Machine')]);
+    const svcOf = new Map(services.items.map((s) => [`${s.metadata.tenant ?? ''}/${s.metadata.name}`, s]));
+    const unavailable = new Map<string, number>();
+    for (const i of instances.items) {
+      if (i.spec.owner.kind !== 'Service') continue;
+      const k = `${i.metadata.tenant ?? ''}/${i.spec.owner.name}`;
+      if (i.status.phase !== 'Running' || i.metadata.deletionRequestedAt) unavailable.set(k, (unavailable.get(k) ?? 0) + 1);
+    }
+    let left = 0;
+    for (const h of hosts) {
+      const name = h.metadata.name;
+      const on = instances.items.filter((i) => i.spec.host === name && !TERMINAL_PHASES.includes(i.status.phase)).sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
+      let waiting = 0;
+      for (const i of on) {
+        if (i.metadata.deletionRequestedAt) continue;
+        const tenant = i.metadata.tenant ?? '';
+        const k = `${tenant}/${i.spec.owner.name}`;
+        if (i.spec.owner.kind === 'Service') {
+          const budget = svcOf.get(k)?.spec.maxUnavailable ?? 1;
+          if ((unavailable.get(k) ?? 0) >= budget) {
+            waiting++;
+            continue;
+          }
+          unavailable.set(k, (unavailable.get(k) ?? 0) + 1);
+        }
+        const now = this.o.env.now();
+        await r.mutate(
+          'Instance',
+          i.metadata.name,
+          tenant,
+          (x) => {
+            if (x.metadata.deletionRequestedAt || x.metadata.uid !== i.metadata.uid) return undefined;
+            x.metadata.deletionRequestedAt = now;
+            x.status = { ...x.status, reason: 'Evicted', message: `evicted: host ${name} is draining` };
+            return x;
+          },
+          systemEntry(now, 'instance.evicted', 'Instance', i.metadata.name, tenant, { host: name, reason: 'HostDraining' }),
+        );
+        this.log.info({ host: name, tenant, instance: i.metadata.name }, 'evicted for drain');
+      }
+      const stay = machines.items.filter((m) => m.status.host === name).length;
+      const message = on.length === 0 ? `drained${stay ? ` (${stay} machine(s) stay: their disks live here)` : ''}` : `draining: ${on.length} instance(s) left${waiting ? `, ${waiting} waiting for their service's disruption budget` : ''}`;
+      left += on.length;
+      if (h.status.message !== message) {
+        await r.mutate('Host', name, undefined, (x) => {
+          if (!x.spec.draining || x.status.message === message) return undefined;
+          x.status = { ...x.status, message };
+          return x;
+        });
+      }
+    }
+    return left > 0 ? { requeueAfterMs: 1_000 } : undefined;
   }
 
   /** Places a machine that has no host yet (or records why it cannot be placed). */

@@ -9,6 +9,7 @@
  * Declaring a host NotReady is what triggers failover: the controller evicts and replaces its
  * instances and cells. The decision is audited (`host.lost`, `host.recovered`).
  */
+import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { Env } from '../core/actions.js';
 import type { Resources } from '../core/resources.js';
@@ -44,6 +45,8 @@ export class HostMonitor {
   /** Per host: the lease version last seen and when (this process's clock, ms). */
   private readonly seen = new Map<string, { version: number; at: number }>();
   private readonly startedAt = Date.now();
+  /** Hosts this monitor declared lost, until it sees them back (for the host.recovered record). */
+  private readonly lost = new Set<string>();
 
   constructor(private readonly o: HostMonitorOptions) {
     this.log = o.logger.child({ component: 'host-monitor' });
@@ -54,10 +57,7 @@ export class HostMonitor {
     const every = this.o.checkMs ?? 250;
     while (!signal.aborted) {
       await this.check().catch((err: unknown) => this.log.warn({ err }, 'host lease check failed'));
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, every);
-        signal.addEventListener('abort', () => (clearTimeout(t), resolve()), { once: true });
-      });
+      await delay(every, undefined, { signal }).catch(() => undefined); // aborted: the loop ends
     }
   }
 
@@ -91,7 +91,13 @@ export class HostMonitor {
           },
           entry(at, 'host.lost', name, { reason: 'LeaseExpired', silentMs, ttlMs: ttl, lastRenewedAt: lease?.value.renewedAt ?? null, lostAt }),
         );
+        this.lost.add(name);
         this.log.warn({ host: name, silentMs }, 'host lost: lease expired');
+      } else if (!expired && h.status.state === 'Ready' && this.lost.has(name)) {
+        // Its agent re-registered it: record the return once.
+        this.lost.delete(name);
+        await r.audit?.append(entry(this.o.env.now(), 'host.recovered', name, { by: 'agent' }));
+        this.log.info({ host: name }, 'host back: its agent registered again');
       } else if (!expired && h.status.state === 'NotReady' && h.status.reason === 'LeaseExpired' && lease && prev && prev.version !== version) {
         await r.mutate(
           'Host',
@@ -105,6 +111,7 @@ export class HostMonitor {
           },
           entry(this.o.env.now(), 'host.recovered', name, { downSince: h.status.lostAt ?? null }),
         );
+        this.lost.delete(name);
         this.log.info({ host: name }, 'host back: lease renewed');
       }
     }

@@ -12,7 +12,9 @@ export type Action =
   /** All objects of a kind; `tenant` narrows tenant-scoped kinds. */
   | { type: 'list'; kind: Kind; tenant?: string }
   /** Delete (or, for instances, stop and replace); `resourceVersion` makes it conditional. */
-  | { type: 'delete'; kind: Kind; name: string; tenant?: string; resourceVersion?: number };
+  | { type: 'delete'; kind: Kind; name: string; tenant?: string; resourceVersion?: number }
+  /** Operator actions on a host: stop placing there, move its work away, or undo both. */
+  | { type: 'hostOp'; op: 'cordon' | 'uncordon' | 'drain'; name: string };
 
 /** Source of time and identity for deterministic writes (tests pass fixed ones). */
 export interface Env {

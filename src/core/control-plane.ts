@@ -76,7 +76,33 @@ export class ControlPlane {
       }
       case 'delete':
         return this.delete(action);
+      case 'hostOp':
+        return this.hostOp(action.op, action.name);
     }
+  }
+
+  /**
+   * Cordon (no new placements), drain (cordon, and the controller moves the host's instances
+   * away within each service's maxUnavailable) and uncordon (both undone). Level-based: the
+   * host's spec says what is wanted; the controller does the moving.
+   */
+  private async hostOp(op: 'cordon' | 'uncordon' | 'drain', name: string): Promise<ActionResult> {
+    const updated = await this.resources.mutate(
+      'Host',
+      name,
+      undefined,
+      (h) => {
+        const want = { unschedulable: op !== 'uncordon', draining: op === 'drain' };
+        if (h.spec.unschedulable === want.unschedulable && (h.spec.draining ?? false) === want.draining) return undefined;
+        h.spec = { ...h.spec, ...want };
+        h.metadata.generation += 1;
+        h.metadata.updatedAt = this.env.now();
+        return h;
+      },
+      this.entry(`host.${op}`, 'Host', name, undefined),
+    );
+    if (!updated) throw new CarapaceError('CARAPACE_E_NOT_FOUND', `host "${name}" not found`);
+    return { type: 'object', object: updated, changed: true };
   }
 
   private tenantOf(kind: keyof typeof KINDS, tenant: string | undefined): string | undefined {

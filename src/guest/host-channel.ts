@@ -77,6 +77,12 @@ export interface LogEvent extends LogLine {
 export interface UsageEvent {
   cell: { cpuSeconds: number; memoryBytes: number; memoryTotalBytes: number };
   containers: { containerId: string; cpuSeconds: number; memoryBytes: number }[];
+  /**
+   * Every container id the guest says runs, including ones this host did not create (after a
+   * host agent restart, or left by a misbehaving guest). Untrusted: shown and compared, never
+   * used to find host resources.
+   */
+  running: string[];
 }
 
 /** One container as listed by the guest. */
@@ -407,7 +413,8 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
         clearTimeout(p.timer);
         if (msg.type === 'err') p.reject(new GuestError(msg.code, msg.message));
         else if (msg.type === 'containers') {
-          p.resolve(msg.containers.filter((c) => this.knownId(c.containerId)));
+          // `all:` requests (listAll) want the unfiltered list, to find containers to remove.
+          p.resolve(msg.requestId.startsWith('all:') ? msg.containers : msg.containers.filter((c) => this.knownId(c.containerId)));
         } else p.resolve(p.replay?.lines ?? (msg.type === 'ack' ? msg.startMs : undefined));
         return;
       }
@@ -447,7 +454,7 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
       case 'usage': {
         this.counters.accepted += 1;
         const containers = msg.containers.filter((c) => this.knownId(c.containerId));
-        this.safeEmit('usage', { cell: msg.cell, containers });
+        this.safeEmit('usage', { cell: msg.cell, containers, running: msg.containers.map((c) => c.containerId) });
         return;
       }
       case 'dropped':
@@ -549,6 +556,16 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
   /** The guest's containers that this host created (others are dropped and counted). */
   list(): Promise<GuestContainer[]> {
     return this.request<GuestContainer[]>((requestId) => ({ type: 'list', requestId }));
+  }
+
+  /**
+   * Every container the guest lists, including ids this host did not create: for removing
+   * strays (e.g. after a host agent restart, containers of instances deleted meanwhile).
+   * Untrusted input: callers may only ask the same guest to stop and destroy them.
+   */
+  listAll(): Promise<GuestContainer[]> {
+    this.nextId += 1;
+    return this.request<GuestContainer[]>((requestId) => ({ type: 'list', requestId }), `all:${this.nextId}`);
   }
 
   /** Round trip time of a ping, ms. */

@@ -174,7 +174,10 @@ export interface Host {
   metadata: Metadata;
   spec: {
     labels: Record<string, string>;
+    /** Cordoned: nothing new is placed here (running work stays). */
     unschedulable: boolean;
+    /** Draining: cordoned, and its instances are moved elsewhere within their services' disruption budgets. */
+    draining?: boolean;
     /**
      * Allocatable = capacity x ratio. CPU is time-shared (containers' cpu is a quota, cells'
      * vCPUs are threads), so hosts default to 4 for cpu; memory is not overcommitted (1).
@@ -232,6 +235,8 @@ export interface Cell {
     assignedAt?: string;
     /** When the host agent noticed the cell was lost (Lost). */
     lostAt?: string;
+    /** Container ids the guest agent reports running (from its usage reports; written when they change). */
+    containers?: string[];
   };
 }
 

@@ -113,6 +113,11 @@ export const ServiceSpecSchema = z.strictObject({
   replicas: z.number().int().min(0).max(10_000).default(1),
   /** `Always`: restart on any exit; `OnFailure`: only on a non-zero exit; `Never`. */
   restartPolicy: z.enum(['Always', 'OnFailure', 'Never']).default('Always'),
+  /**
+   * Disruption budget: most replicas that operator actions (drain) may take down at once,
+   * counting those already not running (absent: 1). Failures are not held back by it.
+   */
+  maxUnavailable: z.number().int().min(0).max(10_000).optional(),
 });
 export type ServiceSpec = z.infer<typeof ServiceSpecSchema>;
 
@@ -128,7 +133,7 @@ export const JobSpecSchema = z.strictObject({
 export type JobSpec = z.infer<typeof JobSpecSchema>;
 
 /** The container part of a service or job: what an instance runs. */
-export type ContainerSpec = Omit<ServiceSpec, 'replicas' | 'restartPolicy'>;
+export type ContainerSpec = Omit<ServiceSpec, 'replicas' | 'restartPolicy' | 'maxUnavailable'>;
 
 /** Isolation tiers from weakest to strongest; a tenant's `minIsolation` refuses weaker ones. */
 export const ISOLATION_ORDER: readonly Isolation[] = ['host', 'sandbox', 'cell', 'dedicated'];

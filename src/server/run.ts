@@ -3,6 +3,7 @@
  * processes over one store named by URL (`sqlite:PATH` for one process, `etcd://H:P,...` for
  * several). Both run until SIGTERM or SIGINT and then stop gracefully; workloads keep running.
  */
+import { setTimeout as delay } from 'node:timers/promises';
 import { setMaxListeners } from 'node:events';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
@@ -27,10 +28,7 @@ const HISTORY = 10_000;
 /** Compacts an etcd store's history every few minutes, like the SQLite store does on its own. */
 async function compactLoop(store: EtcdStore, signal: AbortSignal, logger: Logger): Promise<void> {
   while (!signal.aborted) {
-    await new Promise<void>((resolve) => {
-      const t = setTimeout(resolve, 5 * 60_000);
-      signal.addEventListener('abort', () => (clearTimeout(t), resolve()), { once: true });
-    });
+    await delay(5 * 60_000, undefined, { signal }).catch(() => undefined); // aborted: the loop ends
     if (signal.aborted) return;
     const rev = await store.revision().catch(() => 0);
     if (rev > HISTORY) await store.compact(rev - HISTORY).catch((err: unknown) => logger.warn({ err }, 'store compaction failed'));

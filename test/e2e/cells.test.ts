@@ -161,6 +161,34 @@ describe('cells', () => {
     expect(body).toBe('served from inside a cell\n');
   }, 150_000);
 
+  it("replaces a lost cell's instances in a warm cell when its QEMU is killed", async () => {
+    const insts = (await list<Instance>('instances')).filter((i) => i.metadata.tenant === 'acme' && (i.metadata.name === 'web-0' || i.metadata.name === 'client-0'));
+    const cellName = insts[0]?.spec.cell ?? '';
+    expect(insts.map((i) => i.spec.cell)).toEqual([cellName, cellName]);
+    const cell = (await list<Cell>('cells')).find((c) => c.metadata.name === cellName)!; // web-0's cell exists
+    await eventually(async () => (await list<Cell>('cells')).some((c) => c.spec.tenant === '' && c.status.phase === 'Ready'), 150_000, 'a warm cell to fail over into');
+    process.kill(cell.status.pid!, 'SIGKILL'); // a Ready cell has a QEMU pid
+    const after = await eventually(async () => {
+      const now = (await list<Instance>('instances')).filter((i) => i.metadata.tenant === 'acme' && (i.metadata.name === 'web-0' || i.metadata.name === 'client-0'));
+      return now.length === 2 && now.every((i) => i.spec.cell !== cellName && i.status.phase === 'Running') ? now : undefined;
+    }, 120_000, 'instances running in another cell');
+    expect(new Set(after.map((i) => i.spec.cell)).size).toBe(1); // still together: same (tenant, group)
+    const newCell = (await list<Cell>('cells')).find((c) => c.metadata.name === after[0]?.spec.cell);
+    expect(newCell?.spec).toMatchObject({ tenant: 'acme', group: 'default', warm: true });
+    // The published port answers again, from the new cell.
+    expect(await eventually(async () => (await fetch(`http://127.0.0.1:${hostPort}/`)).text(), 30_000, 'published port after failover')).toBe('served from inside a cell\n');
+    // The lost cell is gone and every step is audited with its timings.
+    await eventually(async () => !(await list<Cell>('cells')).some((c) => c.metadata.name === cellName), 30_000, 'lost cell removed');
+    const records = (await cli(server.url, ['audit', 'export', '-t', 'acme'])).stdout.trim().split('\n').map((l) => JSON.parse(l) as { action: string; target: { name: string }; detail?: Record<string, unknown> });
+    const lost = records.find((r) => r.action === 'cell.lost' && r.target.name === cellName);
+    expect(String(lost?.detail?.['reason'])).toMatch(/the VM exited/);
+    expect(Number(lost?.detail?.['detectMs'])).toBeLessThan(5_000);
+    for (const n of ['web-0', 'client-0']) {
+      expect(records.some((r) => r.action === 'instance.failover' && r.target.name === n)).toBe(true);
+      expect(Number(records.find((r) => r.action === 'instance.recovered' && r.target.name === n)?.detail?.['recoveryMs'])).toBeGreaterThan(0);
+    }
+  }, 240_000);
+
   it('retires an empty cell after its grace period and never hands it back', async () => {
     const worker = (await list<Instance>('instances')).find((i) => i.metadata.name === 'worker-0');
     const cellName = worker?.spec.cell ?? '';

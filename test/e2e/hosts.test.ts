@@ -125,4 +125,39 @@ describe('host failure', () => {
     expect(Number(recovered?.detail?.['recoveryMs'])).toBeGreaterThan(0);
     expect(records.some((r) => r.action === 'host.recovered' && r.target.name === 'h1')).toBe(true);
   }, 240_000);
+
+  it('drains a host one replica at a time within maxUnavailable, then uncordons it', async () => {
+    const before = await list<Instance>('instances');
+    const busy = before.filter((i) => i.spec.host === 'h2').length;
+    expect(busy).toBeGreaterThan(0);
+    // Watch availability while the drain runs: never fewer than replicas - maxUnavailable running.
+    let minRunning = Infinity;
+    let watching = true;
+    const watcher = (async () => {
+      while (watching) {
+        const l = await list<Instance>('instances');
+        minRunning = Math.min(minRunning, l.filter((i) => i.status.phase === 'Running' && !i.metadata.deletionRequestedAt).length);
+        await new Promise((r) => setTimeout(r, 150));
+      }
+    })();
+    const drained = await cli(server.url, ['drain', 'host/h2', '--wait', '--timeout', '120']);
+    watching = false;
+    await watcher;
+    expect(drained.code, drained.stdout + drained.stderr).toBe(0);
+    expect(drained.stdout).toMatch(/host\/h2: drained/);
+    expect(minRunning).toBeGreaterThanOrEqual(1); // 2 replicas, maxUnavailable 1
+    const after = await eventually(async () => {
+      const l = await list<Instance>('instances');
+      return l.length === 2 && l.every((i) => i.status.phase === 'Running') ? l : undefined;
+    }, 60_000, 'both replicas running again');
+    expect(after.map((i) => i.spec.host)).toEqual(['h1', 'h1']);
+    const h2 = (await list<Host>('hosts')).find((h) => h.metadata.name === 'h2');
+    expect(h2?.spec).toMatchObject({ unschedulable: true, draining: true });
+    expect((await cli(server.url, ['uncordon', 'host/h2'])).code).toBe(0);
+    expect((await list<Host>('hosts')).find((h) => h.metadata.name === 'h2')?.spec).toMatchObject({ unschedulable: false, draining: false });
+    // Evictions are audited; a tenant cannot drain a host.
+    const records = (await cli(server.url, ['audit', 'export'])).stdout;
+    expect(records).toContain('"action":"instance.evicted"');
+    expect(records).toContain('"action":"host.drain"');
+  }, 180_000);
 });
