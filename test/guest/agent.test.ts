@@ -63,6 +63,16 @@ async function waitFor<T>(what: string, f: () => T | undefined, ms = 20_000): Pr
   }
 }
 
+async function waitForAsync<T>(what: string, f: () => Promise<T | undefined>, ms = 20_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 function startChannel(): void {
   chanAc = new AbortController();
   chan = new HostChannel({ socketPath: sock, cellId: 'cell-test', logger, requestTimeoutMs: 30_000, reconnectMinMs: 50 });
@@ -210,6 +220,34 @@ describe('guest agent with real runc', () => {
     expect(again.state).toEqual(running.state);
     await waitFor('buffered lines delivered', () => (logs.filter((l) => l.containerId === id).length >= 3 ? true : undefined));
     expect((await chan.list()).find((c) => c.containerId === id)?.state.status).toBe('running');
+    await chan.destroy(id);
+  });
+
+  it('runs health checks inside the cell: http and tcp to loopback, exec through runc exec, a slow exec killed', async () => {
+    const port = await freePort();
+    const id = newId('probe');
+    await chan.run({ containerId: id, rootfs, image: IMAGE, container: shSpec(`httpd -f -p 127.0.0.1:${port} -h /www`), hostname: 'p', labels: {} });
+    const page = await waitForAsync('httpd up', async () => {
+      const r = await chan.check(id, { httpGet: { path: '/index.html', port } }, 1_000);
+      return r.ok ? r : undefined;
+    });
+    expect(page).toEqual({ ok: true, message: `HTTP GET http://127.0.0.1:${port}/index.html: 200 OK` });
+    expect(await chan.check(id, { httpGet: { path: '/missing', port } }, 1_000)).toEqual({ ok: false, message: `HTTP GET http://127.0.0.1:${port}/missing: 404 Not Found` });
+    expect(await chan.check(id, { tcpSocket: { port } }, 1_000)).toEqual({ ok: true, message: `TCP connect 127.0.0.1:${port}: connected` });
+    const closed = await freePort();
+    expect(await chan.check(id, { tcpSocket: { port: closed } }, 1_000)).toEqual({ ok: false, message: `TCP connect 127.0.0.1:${closed}: connection refused` });
+    expect(await chan.check(id, { exec: { command: ['cat', '/www/index.html'] } }, 5_000)).toEqual({ ok: true, message: 'exec ["cat","/www/index.html"]: exit 0: hello from the cell' });
+    expect(await chan.check(id, { exec: { command: ['cat', '/www/gone'] } }, 5_000)).toEqual({ ok: false, message: "exec [\"cat\",\"/www/gone\"]: exit 1: cat: can't open '/www/gone': No such file or directory" });
+    const t0 = Date.now();
+    expect(await chan.check(id, { exec: { command: ['sh', '-c', 'sleep 30 & sleep 31'] } }, 500)).toEqual({ ok: false, message: 'exec ["sh","-c","sleep 30 & sleep 31"]: timed out after 0.5s' });
+    expect(Date.now() - t0).toBeLessThan(2_500);
+    // Only the container's own process is left in its cgroup: the exec'd shell and its child were killed.
+    const procs = async (): Promise<string[]> => (await readFile(join('/sys/fs/cgroup/pids', CG_PARENT, id, 'cgroup.procs'), 'utf8')).split('\n').filter(Boolean);
+    await expect.poll(procs, { timeout: 3_000 }).toHaveLength(1);
+    // Unknown containers are refused with a stable code; a stopped one fails its checks.
+    await expect(chan.check(newId('nobody'), { tcpSocket: { port } }, 1_000)).rejects.toMatchObject({ code: 'GUEST_E_NOT_FOUND' });
+    await chan.stop(id, 0);
+    expect(await chan.check(id, { exec: { command: ['true'] } }, 1_000)).toEqual({ ok: false, message: `container ${id} is not running` });
     await chan.destroy(id);
   });
 

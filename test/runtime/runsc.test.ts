@@ -124,6 +124,23 @@ describe('runsc driver', () => {
     expect(pidAlive(state)).toBe(false);
   });
 
+  it('check: exec runs inside the sandbox; failures carry the output; a slow exec is killed at its timeout', async () => {
+    const id = newId('check');
+    await driver.start(req(id, 'sleep 60', { env: { GREETING: 'hi' } }));
+    const ok = await driver.check(id, { exec: { command: ['sh', '-c', 'echo $GREETING; dmesg | head -1'] } }, 10_000);
+    expect(ok.ok).toBe(true);
+    expect(ok.message).toMatch(/^exec \["sh","-c","echo \$GREETING; dmesg \| head -1"\]: exit 0: hi \| .*gVisor/);
+    expect(await driver.check(id, { exec: { command: ['sh', '-c', 'echo sick; exit 4'] } }, 10_000)).toEqual({ ok: false, message: 'exec ["sh","-c","echo sick; exit 4"]: exit 4: sick' });
+    const t0 = Date.now();
+    const slow = await driver.check(id, { exec: { command: ['sleep', '30'] } }, 1_000);
+    expect(slow).toEqual({ ok: false, message: 'exec ["sleep","30"]: timed out after 1s' });
+    expect(Date.now() - t0).toBeLessThan(4_000);
+    // The sandbox's pids (`runsc ps --format json`) are the container's init only: the exec'd sleep was killed.
+    const pids = async (): Promise<number[]> => JSON.parse((await driver.runtime(['ps', '--format', 'json', id])).stdout) as number[];
+    await expect.poll(pids, { timeout: 5_000 }).toEqual([1]);
+    await driver.stop(id, 0);
+  });
+
   it('survives an agent restart', async () => {
     const id = newId('recover');
     await driver.start(req(id, 'sleep 1.5; exit 9', {}, { tenant: 'acme' }));
