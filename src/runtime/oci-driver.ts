@@ -302,6 +302,9 @@ export class OciDriver implements RuntimeDriver {
         cgroupsPath: this.cgroupPath(id),
         nofileLimit,
       });
+      // …nor ask for a new network namespace: the sandbox must use the one it was launched in
+      // (runsc --network=host inside it). With a new one it would get loopback only.
+      if (req.netnsPath !== undefined && this.flavor.createLauncher) spec.linux.namespaces = spec.linux.namespaces.filter((n) => n.type !== 'network');
       const meta: ContainerMeta = { id, labels: req.labels, createdAt: new Date().toISOString(), ...(req.netnsPath !== undefined ? { netnsPath: req.netnsPath } : {}) };
       await Promise.all([
         mkdir(join(dir, 'upper')),
