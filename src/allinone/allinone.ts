@@ -48,6 +48,8 @@ export interface AllInOneOptions {
   insecureRegistries?: string[];
   /** Give containers a bridge network (default true). */
   network?: boolean;
+  /** The bridge and its subnet (default `carapace0`, 10.88.0.0/16); tests use their own. */
+  bridge?: { name: string; subnet: string };
   /** Pre-booted unassigned cells kept on this host (default 0). */
   warmCells?: number;
   /** VM acceleration: `auto` (a timed probe decides), `kvm` or `tcg`. */
@@ -58,6 +60,10 @@ export interface AllInOneOptions {
   cellGraceMs?: number;
   /** CPU overcommit ratio of this host when it first registers (default 4: vCPUs and cpu quotas are time-shared). */
   cpuOvercommit?: number;
+  /** Multiplies probes' initialDelaySeconds and periodSeconds (default 1; env CARAPACE_PROBE_TIME_SCALE). For tests. */
+  probeTimeScale?: number;
+  /** Grace between SIGTERM and SIGKILL when the agent stops a container (default 10 s). */
+  stopGraceMs?: number;
 }
 
 export interface RunningAllInOne {
@@ -97,7 +103,7 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
   const runc = createRuncDriver({ stateDir: join(runtimeDir, 'runc'), logger });
   const runsc = createRunscDriver({ stateDir: join(runtimeDir, 'runsc'), logger });
   const images = createImageStore({ cacheDir: join(o.stateDir, 'images'), logger, ...(o.insecureRegistries ? { insecureRegistries: o.insecureRegistries } : {}) });
-  const network = o.network === false ? undefined : createNetworkManager({ stateDir: join(o.stateDir, 'network'), logger });
+  const network = o.network === false ? undefined : createNetworkManager({ stateDir: join(o.stateDir, 'network'), logger, ...(o.bridge ? { bridge: o.bridge.name, subnet: o.bridge.subnet } : {}) });
   const hostName = o.hostName ?? os.hostname().toLowerCase().replace(/[^a-z0-9-]/g, '-').replace(/^-+|-+$/g, '') ?? 'local';
   const vms = createVmManager({ stateDir: join(o.stateDir, 'vms'), logger, accel: o.accel ?? 'auto' });
   // The Carapace install (dist/ and node_modules/) is shared read-only into cells: the guest agent runs from it.
@@ -128,7 +134,23 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
   const machineImagesDir = o.machineImagesDir ?? join(o.stateDir, 'machine-images');
   await mkdir(machineImagesDir, { recursive: true });
   const machines = new MachineRunner({ hostName: hostName || 'local', resources, env, logger, vms, imagesDir: machineImagesDir, stateDir: join(o.stateDir, 'machines') });
-  const agent = new HostAgent({ hostName: hostName || 'local', resources, env, logger, drivers: { host: runc, sandbox: runsc }, images, cells, machines, vmProbe, overcommit: { cpu: o.cpuOvercommit ?? 4, memory: 1 }, ...(network ? { network } : {}) });
+  // Tests run probes faster: CARAPACE_PROBE_TIME_SCALE=0.1 makes a 10 s period 1 s.
+  const probeScale = Number(process.env['CARAPACE_PROBE_TIME_SCALE']);
+  const agent = new HostAgent({
+    hostName: hostName || 'local',
+    resources,
+    env,
+    logger,
+    drivers: { host: runc, sandbox: runsc },
+    images,
+    cells,
+    machines,
+    vmProbe,
+    overcommit: { cpu: o.cpuOvercommit ?? 4, memory: 1 },
+    ...(network ? { network } : {}),
+    ...(o.probeTimeScale !== undefined ? { probeTimeScale: o.probeTimeScale } : Number.isFinite(probeScale) && probeScale > 0 ? { probeTimeScale: probeScale } : {}),
+    ...(o.stopGraceMs !== undefined ? { stopGraceMs: o.stopGraceMs } : {}),
+  });
   agentRef.current = agent;
   const sampleEnv = Number(process.env['CARAPACE_USAGE_SAMPLE_MS']);
   const sampler = new UsageSampler({ hostName: hostName || 'local', resources, env, logger, agent, ...(Number.isFinite(sampleEnv) && sampleEnv > 0 ? { intervalMs: sampleEnv } : {}) });

@@ -74,7 +74,7 @@ describe('all-in-one through the CLI', () => {
     const table = await cli(server.url, ['get', 'services', '-t', 'acme']);
     expect(table.stdout).toMatch(/hello\s+2\/2\s+host/);
     const desc = await cli(server.url, ['describe', 'service', 'acme/hello']);
-    expect(desc.stdout).toMatch(/Replicas:\s+2 desired, 2 running/);
+    expect(desc.stdout).toMatch(/Replicas:\s+2 desired, 2 ready/);
     expect(desc.stdout).toMatch(/hello-1/);
     const logs = await eventually(async () => {
       const l = await cli(server.url, ['logs', 'acme/hello-0']);

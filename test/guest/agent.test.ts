@@ -15,9 +15,16 @@ import type { ImageConfig } from '../../src/runtime/driver.js';
 import { GuestAgent } from '../../src/guest/agent.js';
 import { HostChannel, GuestError, type LogEvent, type StateEvent } from '../../src/guest/host-channel.js';
 import { SocketListenLink } from '../../src/guest/link.js';
+import { CellRuntime } from '../../src/agent/cell-runtime.js';
+import { Prober } from '../../src/agent/prober.js';
+import { Resources } from '../../src/core/resources.js';
+import type { Instance } from '../../src/model/objects.js';
+import { ServiceSpecSchema } from '../../src/model/schemas.js';
+import { openSqliteStore } from '../../src/store/sqlite.js';
+import { createVmManager } from '../../src/vm/qemu.js';
 
 const logger = pino({ level: 'silent' });
-const APPLETS = ['sh', 'echo', 'sleep', 'cat', 'seq', 'true', 'false', 'httpd', 'wget', 'kill', 'hostname', 'ls'];
+const APPLETS = ['sh', 'echo', 'sleep', 'cat', 'seq', 'true', 'false', 'httpd', 'wget', 'kill', 'hostname', 'ls', 'rm'];
 const IMAGE: ImageConfig = { entrypoint: [], cmd: ['sh'], env: ['PATH=/bin'], workingDir: '/', user: '' };
 const CG_PARENT = `/carapace-gtest-${process.pid}`;
 
@@ -249,6 +256,74 @@ describe('guest agent with real runc', () => {
     await chan.stop(id, 0);
     expect(await chan.check(id, { exec: { command: ['true'] } }, 1_000)).toEqual({ ok: false, message: `container ${id} is not running` });
     await chan.destroy(id);
+  });
+
+  it('the prober drives a cell container through CellRuntime: readiness recorded on change, a failing liveness probe stops it', async () => {
+    const store = await openSqliteStore({ path: join(dir, 'store.db'), logger });
+    try {
+      const resources = new Resources(store);
+      const rt = new CellRuntime({ cellId: 'cell-test', isolation: 'cell', channel: chan, vms: createVmManager({ stateDir: join(dir, 'vms'), logger, accel: 'tcg' }), hostImagesRoot: images, guestImagesRoot: images, logger });
+      const port = await freePort();
+      const id = newId('prober');
+      const parsed = ServiceSpecSchema.parse({
+        image: 'test/busybox:1',
+        isolation: 'cell',
+        command: ['sh', '-c', `trap 'exit 0' TERM; echo alive > /tmp/alive; httpd -p 127.0.0.1:${port} -h /www; while true; do sleep 0.1; done`],
+        readinessProbe: { httpGet: { path: '/ready.html', port }, periodSeconds: 1, failureThreshold: 2 },
+        livenessProbe: { exec: { command: ['cat', '/tmp/alive'] }, periodSeconds: 1, failureThreshold: 2 },
+      });
+      const { replicas: _r, restartPolicy: _p, ...container } = parsed;
+      const now = new Date().toISOString();
+      const inst: Instance = await resources.write(
+        {
+          kind: 'Instance',
+          metadata: { name: 'web-0', tenant: 'acme', uid: 'uid-web-0', labels: {}, resourceVersion: 0, generation: 1, createdAt: now, updatedAt: now },
+          spec: { owner: { kind: 'Service', name: 'web', uid: 'svc' }, index: 0, container, restartPolicy: 'Always', maxRestarts: -1, host: 'h1', cell: 'cell-test', ownerGeneration: 1 },
+          status: { phase: 'Running', reason: 'Started', restarts: 0, containerId: id, ready: false },
+        },
+        0,
+      );
+      await rt.start({ id, rootfs, image: IMAGE, container, hostname: 'web-0', labels: {} });
+      const prober = new Prober({ resources, logger, stopGraceMs: 2_000, timeScale: 0.2 });
+      const startedAtMs = Date.now();
+      prober.watch({ key: 'acme/web-0', inst, containerId: id, driver: rt, startedAtMs, initialReady: false });
+      const get = async (): Promise<Instance['status']> => (await resources.mustGet('Instance', 'web-0', 'acme')).status;
+      // Readiness fails twice in a row (404): recorded once with the reason.
+      const notReady = await waitForAsync('NotReady', async () => ((await get()).reason === 'NotReady' ? get() : undefined));
+      expect(notReady).toMatchObject({ ready: false, message: `readiness probe failed 2 times: HTTP GET http://127.0.0.1:${port}/ready.html: 404 Not Found` });
+      const rv = (await resources.mustGet('Instance', 'web-0', 'acme')).metadata.resourceVersion;
+      await new Promise((r) => setTimeout(r, 800)); // four more failing checks: nothing new to write
+      expect((await resources.mustGet('Instance', 'web-0', 'acme')).metadata.resourceVersion).toBe(rv);
+      // The page appears: ready, and the failure message is gone.
+      expect((await rt.check(id, { exec: { command: ['sh', '-c', 'echo yes > /www/ready.html'] } }, 5_000)).ok).toBe(true);
+      const ready = await waitForAsync('ready', async () => ((await get()).ready ? get() : undefined));
+      expect(ready.reason).toBe('Ready');
+      expect(ready.message).toBeUndefined();
+      // Liveness starts failing: after two failures the prober stops the container in the cell.
+      expect((await rt.check(id, { exec: { command: ['rm', '/tmp/alive'] } }, 5_000)).ok).toBe(true);
+      const exited = await rt.wait(id);
+      expect(exited.exitCode).toBe(0); // it trapped SIGTERM and exited cleanly
+      expect(prober.watching().size).toBe(0);
+      expect(prober.takeUnhealthy(id)).toBe(`liveness probe failed 2 times: exec ["cat","/tmp/alive"]: exit 1: cat: can't open '/tmp/alive': No such file or directory`);
+      expect(prober.takeUnhealthy(id)).toBeUndefined();
+      // Measured here: one check through the channel, the guest agent and runc (no VM).
+      const id2 = newId('latency');
+      const timeIt = async (action: Parameters<typeof rt.check>[1], n: number): Promise<number> => {
+        const t0 = performance.now();
+        for (let i = 0; i < n; i++) expect(await rt.check(id2, action, 5_000)).toMatchObject({ ok: true });
+        return (performance.now() - t0) / n;
+      };
+      await chan.destroy(id);
+      await rt.start({ id: id2, rootfs, image: IMAGE, container: shSpec(`httpd -f -p 127.0.0.1:${port} -h /www`), hostname: 'lat', labels: {} });
+      await waitForAsync('httpd', async () => ((await rt.check(id2, { tcpSocket: { port } }, 1_000)).ok ? true : undefined));
+      const http = await timeIt({ httpGet: { path: '/index.html', port } }, 20);
+      const tcp = await timeIt({ tcpSocket: { port } }, 20);
+      const exec = await timeIt({ exec: { command: ['true'] } }, 10);
+      console.log(`cell check latency (channel + guest agent + runc, no VM): httpGet ${http.toFixed(1)} ms, tcpSocket ${tcp.toFixed(1)} ms, exec ${exec.toFixed(1)} ms`);
+      await chan.destroy(id2);
+    } finally {
+      await store.close();
+    }
   });
 
   it('refuses a rootfs outside the images share and a duplicate id, with stable codes', async () => {
