@@ -67,6 +67,8 @@ interface LocalContainer {
   generation: number;
   startedAtMs: number;
   exited: boolean;
+  /** Being stopped on purpose (deleted, replaced, moved): its exit is not a crash to restart. */
+  tearingDown?: boolean;
 }
 
 const VERSION = '0.1.0';
@@ -265,6 +267,7 @@ export class HostAgent {
     this.probes.forget(key);
     const cur = this.local.get(key);
     if (!cur) return;
+    cur.tearingDown = true;
     await cur.driver.stop(cur.id, graceMs).catch((err: unknown) => this.log.warn({ container: cur.id, err }, 'stop failed'));
     await cur.driver.destroy(cur.id);
     if (!cur.driver.name.startsWith('cell:')) await this.o.network?.teardown(cur.id);
@@ -418,7 +421,7 @@ export class HostAgent {
 
   private async recordExit(key: string, id: string, exitCode: number, finishedAt: string): Promise<void> {
     const cur = this.local.get(key);
-    if (!cur || cur.id !== id) return; // a replaced attempt
+    if (!cur || cur.id !== id || cur.tearingDown) return; // a replaced attempt, or one being removed
     cur.exited = true;
     this.probes.stop(key);
     const [tenant, name] = key.split('/') as [string, string]; // keys are built by instanceKey
