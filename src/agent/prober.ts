@@ -8,6 +8,7 @@
  *                                                     cells: the guest agent, inside the VM)
  *     observe(state, ok) (probes.ts, pure)
  *     readiness passed/failed -> write status.ready (+ reason/message), only on change
+ *                                (readinessToWrite: flipped, or the failing check says something new)
  *     liveness failed         -> remember why, stop all loops, driver.stop(container)
  *                                -> the agent's exit path restarts it under its restart
  *                                   policy with backoff (reason `Unhealthy`, see takeUnhealthy)
@@ -32,7 +33,9 @@ import {
   observe,
   probeFailureMessage,
   probeTiming,
+  readinessToWrite,
   type ProbeKind,
+  type ReadinessRecord,
 } from './probes.js';
 
 export interface ProberOptions {
@@ -138,8 +141,8 @@ export class Prober {
     const handler = handlerOf(probe);
     const log = this.log.child({ instance: t.key, container: t.containerId, probe: kind, handler });
     let state = initialProbeState(kind, kind === 'readiness' ? t.initialReady : undefined);
-    // A readiness change whose write failed is written again after the next check.
-    let unwritten: { ready: boolean; message?: string } | undefined;
+    // What the status says now; a write that failed leaves it as is, so the next check retries.
+    let reported: ReadinessRecord = { ready: t.initialReady };
     await sleep(firstCheckDelay(timing, t.startedAtMs, Date.now()), signal);
     while (!signal.aborted) {
       const started = Date.now();
@@ -159,10 +162,10 @@ export class Prober {
         await this.restartUnhealthy(t, message, log);
         return;
       }
-      if (kind === 'readiness' && (seen.event !== 'none' || unwritten)) {
-        const want = seen.event === 'none' && unwritten ? unwritten : { ready: seen.event === 'passed', ...(message !== undefined ? { message } : {}) };
-        log.info({ ready: want.ready, message: want.message }, 'readiness changed');
-        unwritten = (await this.writeReadiness(t, want.ready, want.message, log)) ? undefined : want;
+      const write = kind === 'readiness' ? readinessToWrite(reported, state, probe, r.message) : undefined;
+      if (write) {
+        log.info({ ready: write.ready, message }, 'readiness changed');
+        if (await this.writeReadiness(t, write.ready, write.ready ? undefined : message, log)) reported = write;
       }
       await sleep(nextCheckDelay(timing, started, Date.now()), signal);
     }

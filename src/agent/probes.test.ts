@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { checkActionOf, firstCheckDelay, initialProbeState, nextCheckDelay, observe, probeFailureMessage, probeTiming, type ProbeEvent, type ProbeKind, type ProbeState } from './probes.js';
+import { checkActionOf, firstCheckDelay, initialProbeState, nextCheckDelay, observe, probeFailureMessage, probeTiming, readinessToWrite, type ProbeEvent, type ProbeKind, type ProbeState, type ReadinessRecord } from './probes.js';
 
 const T = (failureThreshold: number, successThreshold = 1) => ({ failureThreshold, successThreshold });
 
@@ -81,6 +81,52 @@ describe('probe thresholds', () => {
       }),
       { numRuns: 2000 },
     );
+  });
+});
+
+describe('readiness writes', () => {
+  /** Feeds (ok, detail) checks to a readiness probe and returns what would be written, applying each write. */
+  function writes(checks: [boolean, string][], thresholds: { failureThreshold: number; successThreshold: number }, initialReady = false): (ReadinessRecord | undefined)[] {
+    let state = initialProbeState('readiness', initialReady);
+    let reported: ReadinessRecord = { ready: initialReady };
+    return checks.map(([ok, detail]) => {
+      state = observe(state, ok, thresholds).state;
+      const w = readinessToWrite(reported, state, thresholds, detail);
+      if (w) reported = w;
+      return w;
+    });
+  }
+
+  it('writes only on change: ready, then the failure once the run reaches the threshold, then its new detail', () => {
+    expect(
+      writes(
+        [
+          [false, 'connection refused'],
+          [true, 'ok'],
+          [true, 'ok'],
+          [false, '503'],
+          [false, '503'],
+          [false, '503'],
+          [false, '503'],
+          [false, '404'],
+          [false, '404'],
+          [true, 'ok'],
+        ],
+        T(3),
+      ),
+    ).toEqual([undefined, { ready: true }, undefined, undefined, undefined, { ready: false, detail: '503' }, undefined, { ready: false, detail: '404' }, undefined, { ready: true }]);
+  });
+
+  it('a new container that never passes gets its reason written once the threshold is reached', () => {
+    expect(writes([[false, 'refused'], [false, 'refused'], [false, 'refused']], T(2))).toEqual([undefined, { ready: false, detail: 'refused' }, undefined]);
+  });
+
+  it('an adopted ready container writes nothing while it stays ready', () => {
+    expect(writes([[true, 'ok'], [false, 'x'], [true, 'ok']], T(3), true)).toEqual([undefined, undefined, undefined]);
+  });
+
+  it('recovering below successThreshold keeps the failure recorded', () => {
+    expect(writes([[false, 'a'], [true, 'ok'], [false, 'a'], [true, 'ok'], [true, 'ok']], T(1, 2))).toEqual([{ ready: false, detail: 'a' }, undefined, undefined, undefined, { ready: true }]);
   });
 });
 

@@ -52,6 +52,27 @@ export function observe(state: ProbeState, ok: boolean, probe: Pick<Probe, 'fail
   return { state: next, event: 'none' };
 }
 
+/** What the instance's status says about readiness: `detail` is the failing check's own message. */
+export interface ReadinessRecord {
+  ready: boolean;
+  detail?: string;
+}
+
+/**
+ * What readiness to write after a check, or undefined when the status already says it (writes
+ * happen only on change). Ready once the probe passes; not ready, with the check's message,
+ * once a failure run reached `failureThreshold` — written again only when that message
+ * changes (e.g. `connection refused` became `404 Not Found`), not on every failed check.
+ * Runs shorter than their threshold change nothing.
+ */
+export function readinessToWrite(reported: ReadinessRecord, state: ProbeState, probe: Pick<Probe, 'failureThreshold'>, detail: string): ReadinessRecord | undefined {
+  let want: ReadinessRecord | undefined;
+  if (state.passing) want = { ready: true };
+  else if (state.lastOk === false && state.run >= probe.failureThreshold) want = { ready: false, detail };
+  if (!want || (want.ready === reported.ready && want.detail === reported.detail)) return undefined;
+  return want;
+}
+
 /** A probe's timings in milliseconds. */
 export interface ProbeTiming {
   initialDelayMs: number;

@@ -288,11 +288,15 @@ describe('guest agent with real runc', () => {
       const startedAtMs = Date.now();
       prober.watch({ key: 'acme/web-0', inst, containerId: id, driver: rt, startedAtMs, initialReady: false });
       const get = async (): Promise<Instance['status']> => (await resources.mustGet('Instance', 'web-0', 'acme')).status;
-      // Readiness fails twice in a row (404): recorded once with the reason.
-      const notReady = await waitForAsync('NotReady', async () => ((await get()).reason === 'NotReady' ? get() : undefined));
-      expect(notReady).toMatchObject({ ready: false, message: `readiness probe failed 2 times: HTTP GET http://127.0.0.1:${port}/ready.html: 404 Not Found` });
+      // Readiness fails twice in a row: recorded with the reason (`connection refused` while httpd starts, then 404).
+      const notReady = await waitForAsync('NotReady 404', async () => {
+        const st = await get();
+        return st.reason === 'NotReady' && st.message?.endsWith('404 Not Found') ? st : undefined;
+      });
+      expect(notReady.ready).toBe(false);
+      expect(notReady.message).toMatch(new RegExp(`^readiness probe failed \\d+ times: HTTP GET http://127\\.0\\.0\\.1:${port}/ready\\.html: 404 Not Found$`));
       const rv = (await resources.mustGet('Instance', 'web-0', 'acme')).metadata.resourceVersion;
-      await new Promise((r) => setTimeout(r, 800)); // four more failing checks: nothing new to write
+      await new Promise((r) => setTimeout(r, 800)); // four more checks failing the same way: nothing new to write
       expect((await resources.mustGet('Instance', 'web-0', 'acme')).metadata.resourceVersion).toBe(rv);
       // The page appears: ready, and the failure message is gone.
       expect((await rt.check(id, { exec: { command: ['sh', '-c', 'echo yes > /www/ready.html'] } }, 5_000)).ok).toBe(true);
