@@ -22,6 +22,7 @@ import { containerIdFor, LABELS } from './container-id.js';
 import type { CellManager } from './cells.js';
 import type { MachineRunner } from './machines.js';
 import { HOST_LEASE_PREFIX, type HostLease } from '../control/host-monitor.js';
+import { Prober } from './prober.js';
 
 /** What the agent needs from host networking (implemented by network/). */
 export interface InstanceNetwork {
@@ -32,6 +33,8 @@ export interface InstanceNetwork {
   teardown(id: string): Promise<void>;
   /** Ids of every network this manager holds, so stale ones can be removed. */
   recover(): Promise<string[]>;
+  /** The recorded setup of one container (its address, for probes of adopted containers). */
+  inspect(id: string): Promise<{ ip: string } | undefined>;
 }
 
 export interface AgentOptions {
@@ -56,6 +59,8 @@ export interface AgentOptions {
   vmProbe?: () => Promise<{ ok: true } | { ok: false; message: string }>;
   /** How often the host lease is renewed (default 1 s); the control plane's TTL is a few times this. */
   leaseRenewMs?: number;
+  /** Multiplies probes' initialDelaySeconds and periodSeconds (tests; env CARAPACE_PROBE_TIME_SCALE). Default 1. */
+  probeTimeScale?: number;
 }
 
 /** What the agent knows about the container currently serving an instance. */
@@ -67,6 +72,8 @@ interface LocalContainer {
   generation: number;
   startedAtMs: number;
   exited: boolean;
+  /** Being stopped on purpose (deleted, replaced, moved): its exit is not a crash to restart. */
+  tearingDown?: boolean;
 }
 
 const VERSION = '0.1.0';
@@ -81,9 +88,12 @@ export class HostAgent {
   private readonly queue: WorkQueue;
   /** Consecutive image pull failures per instance key, for pull backoff. */
   private readonly pullFailures = new Map<string, number>();
+  /** Liveness and readiness probes of the running containers (prober.ts). */
+  private readonly probes: Prober;
 
   constructor(private readonly o: AgentOptions) {
     this.log = o.logger.child({ component: 'agent', host: o.hostName });
+    this.probes = new Prober({ resources: o.resources, logger: this.log, stopGraceMs: o.stopGraceMs ?? 10_000, ...(o.probeTimeScale !== undefined ? { timeScale: o.probeTimeScale } : {}) });
     this.queue = new WorkQueue((key) => timed(metrics.reconcileSeconds, 'agent-instance', () => this.reconcile(key)), {
       onError: (key, err, attempt) => this.log.warn({ instance: key, attempt, err }, 'instance reconcile failed; retrying'),
     });
@@ -108,6 +118,7 @@ export class HostAgent {
     const leaseTimer = setInterval(renew, this.o.leaseRenewMs ?? 1_000);
     leaseTimer.unref();
     signal.addEventListener('abort', () => clearInterval(leaseTimer), { once: true });
+    signal.addEventListener('abort', () => this.probes.stopAll(), { once: true });
     const all = await this.o.resources.list('Instance');
     for (const i of all.items) if (i.spec.host === this.o.hostName) this.queue.add(instanceKey(i.metadata.tenant ?? '', i.metadata.name));
     await Promise.all([
@@ -205,8 +216,11 @@ export class HostAgent {
         const startedAtMs = c.state.status === 'running' ? Date.parse(c.state.startedAt) : Date.now();
         this.local.set(key, { uid: inst.metadata.uid, id: c.id, driver, generation: inst.metadata.generation, startedAtMs, exited: c.state.status === 'exited' });
         this.log.info({ instance: key, container: c.id, state: c.state.status }, 'adopted container');
-        if (c.state.status === 'running') this.watchExit(key, c.id, driver);
-        else if (c.state.status === 'exited' && inst.status.phase === 'Running' && inst.status.containerId === c.id) {
+        if (c.state.status === 'running') {
+          this.watchExit(key, c.id, driver);
+          const ip = this.o.network ? (await this.o.network.inspect(c.id).catch(() => undefined))?.ip : undefined;
+          this.probes.watch({ key, inst, containerId: c.id, driver, startedAtMs, initialReady: inst.status.ready, ...(ip !== undefined ? { address: ip } : {}) });
+        } else if (c.state.status === 'exited' && inst.status.phase === 'Running' && inst.status.containerId === c.id) {
           await this.recordExit(key, c.id, c.state.exitCode, c.state.finishedAt);
         } else if (c.state.status === 'created') {
           // Died between create and start: start it over cleanly.
@@ -282,8 +296,10 @@ export class HostAgent {
 
   /** Stops and removes the instance's container and network; idempotent. */
   private async teardown(key: string, graceMs: number): Promise<void> {
+    this.probes.forget(key);
     const cur = this.local.get(key);
     if (!cur) return;
+    cur.tearingDown = true;
     await cur.driver.stop(cur.id, graceMs).catch((err: unknown) => this.log.warn({ container: cur.id, err }, 'stop failed'));
     await cur.driver.destroy(cur.id);
     if (!cur.driver.name.startsWith('cell:')) await this.o.network?.teardown(cur.id);
@@ -316,7 +332,7 @@ export class HostAgent {
     if (cur && cur.generation !== inst.metadata.generation) {
       // The spec changed: replace the container (a destructive update).
       await this.teardown(key, this.o.stopGraceMs ?? 10_000);
-      const fresh = await this.setStatus(inst, { phase: 'Pending', reason: 'Updated', message: 'spec changed; replacing container', restarts: 0 }, ['exitCode', 'finishedAt', 'nextRestartAt']);
+      const fresh = await this.setStatus(inst, { phase: 'Pending', reason: 'Updated', message: 'spec changed; replacing container', restarts: 0, ready: false }, ['exitCode', 'finishedAt', 'nextRestartAt']);
       if (fresh) return this.startAttempt(key, fresh);
       return;
     }
@@ -336,6 +352,7 @@ export class HostAgent {
         const startedAtMs = found.state.status === 'running' ? Date.parse(found.state.startedAt) : Date.now();
         this.local.set(key, { uid: inst.metadata.uid, id: found.id, driver, generation: inst.metadata.generation, startedAtMs, exited: false });
         this.watchExit(key, found.id, driver);
+        this.probes.watch({ key, inst, containerId: found.id, driver, startedAtMs, initialReady: inst.status.ready });
         this.log.info({ instance: key, container: found.id, cell: inst.spec.cell }, 'adopted container in cell');
         return;
       }
@@ -405,6 +422,8 @@ export class HostAgent {
         containerId: id,
         imageDigest: image.digest,
         startedAt: new Date(startedAtMs).toISOString(),
+        // Not ready until the readiness probe passed once (prober.ts writes it).
+        ready: c.readinessProbe === undefined,
       };
       if (info.state.status === 'running') status.pid = info.state.pid;
       if (net && net.hostPorts.length > 0) status.hostPorts = net.hostPorts;
@@ -415,6 +434,7 @@ export class HostAgent {
       await this.setStatus(inst, status, ['message', 'exitCode', 'finishedAt', 'nextRestartAt']);
       this.log.info({ instance: key, container: id }, 'container running');
       this.watchExit(key, id, driver);
+      this.probes.watch({ key, inst, containerId: id, driver, startedAtMs, initialReady: false, ...(net ? { address: net.ip } : {}) });
     } catch (err) {
       // A start failure (e.g. the command does not exist) counts as an exit with an error.
       const message = err instanceof Error ? err.message : String(err);
@@ -439,8 +459,9 @@ export class HostAgent {
 
   private async recordExit(key: string, id: string, exitCode: number, finishedAt: string): Promise<void> {
     const cur = this.local.get(key);
-    if (!cur || cur.id !== id) return; // a replaced attempt
+    if (!cur || cur.id !== id || cur.tearingDown) return; // a replaced attempt, or one being removed
     cur.exited = true;
+    this.probes.stop(key);
     const [tenant, name] = key.split('/') as [string, string]; // keys are built by instanceKey
     const inst = await this.o.resources.get('Instance', name, tenant);
     if (!inst || inst.status.containerId !== id) {
@@ -457,11 +478,13 @@ export class HostAgent {
       this.queue.add(key);
       return;
     }
-    const d = decideAfterExit(inst.spec, exitCode, inst.status.restarts, ranMs);
+    // Stopped by the prober because its liveness probe failed: that is the reason users see.
+    const unhealthy = !startError && inst.status.containerId ? this.probes.takeUnhealthy(inst.status.containerId) : undefined;
+    const d = decideAfterExit(inst.spec, exitCode, inst.status.restarts, ranMs, unhealthy !== undefined);
     const finishedAt = new Date(finishedAtMs).toISOString();
-    const what = startError ?? `exited with code ${exitCode}`;
+    const what = startError ?? unhealthy ?? `exited with code ${exitCode}`;
     if (d.action === 'stop') {
-      await this.setStatus(inst, { phase: d.phase, reason: startError ? 'StartFailed' : d.reason, message: what, exitCode, finishedAt }, ['pid', 'nextRestartAt']);
+      await this.setStatus(inst, { phase: d.phase, reason: startError ? 'StartFailed' : d.reason, message: what, exitCode, finishedAt, ready: false }, ['pid', 'nextRestartAt']);
       this.log.info({ instance: key, exitCode, phase: d.phase }, 'container finished');
       return;
     }
@@ -476,6 +499,7 @@ export class HostAgent {
         finishedAt,
         nextRestartAt: next,
         restarts: inst.status.restarts + 1,
+        ready: false,
       },
       ['pid'],
     );

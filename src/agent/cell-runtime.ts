@@ -8,9 +8,9 @@
  */
 import { relative, isAbsolute } from 'node:path';
 import type { Logger } from 'pino';
-import type { HostChannel, StateEvent } from '../guest/host-channel.js';
+import { GuestError, type HostChannel, type StateEvent } from '../guest/host-channel.js';
 import type { Isolation } from '../model/schemas.js';
-import type { ContainerInfo, ContainerState, ContainerUsage, LogLine, LogOptions, RuntimeDriver, StartRequest } from '../runtime/driver.js';
+import type { CheckAction, CheckResult, ContainerInfo, ContainerState, ContainerUsage, LogLine, LogOptions, RuntimeDriver, StartRequest } from '../runtime/driver.js';
 import type { VmManager } from '../vm/qemu.js';
 
 export interface CellRuntimeOptions {
@@ -25,6 +25,16 @@ export interface CellRuntimeOptions {
 }
 
 type Exited = Extract<ContainerState, { status: 'exited' }>;
+
+/** Guest text with C0/C1 control characters (newlines, terminal escapes) turned into spaces. */
+function withoutControlChars(text: string): string {
+  let out = '';
+  for (const ch of text) {
+    const c = ch.codePointAt(0) ?? 0;
+    out += c < 0x20 || (c >= 0x7f && c < 0xa0) ? ' ' : ch;
+  }
+  return out;
+}
 
 export class CellRuntime implements RuntimeDriver {
   readonly name: string;
@@ -153,6 +163,26 @@ export class CellRuntime implements RuntimeDriver {
 
   async usage(id: string): Promise<ContainerUsage | undefined> {
     return this.usageById.get(id);
+  }
+
+  /**
+   * @inheritdoc
+   * The guest agent runs the check inside the VM (`runc exec`; http/tcp to the VM's
+   * 127.0.0.1, since a cell's containers share its network: `host` is ignored). Its verdict is
+   * guest data: schema-checked by the channel, and control characters are removed before the
+   * message can reach a status. No answer in time, a refusal or a lost channel fail the check.
+   */
+  async check(id: string, action: CheckAction, timeoutMs: number): Promise<CheckResult> {
+    if (this.closed) return { ok: false, message: `cell ${this.o.cellId} is gone` };
+    this.o.channel.expectContainer(id);
+    const wire = 'exec' in action ? { exec: { command: action.exec.command } } : 'httpGet' in action ? { httpGet: { path: action.httpGet.path, port: action.httpGet.port } } : { tcpSocket: { port: action.tcpSocket.port } };
+    try {
+      const r = await this.o.channel.check(id, wire, timeoutMs);
+      return { ok: r.ok, message: withoutControlChars(r.message) };
+    } catch (e) {
+      const why = e instanceof GuestError && e.code === 'GUEST_E_BAD_REQUEST' ? `the cell's guest agent cannot run checks (${e.message})` : (e as Error).message; // `as`: the channel rejects with Errors
+      return { ok: false, message: `check in cell ${this.o.cellId} failed: ${why}` };
+    }
   }
 
   /** Fails every waiter: the VM is gone, so are its containers. */

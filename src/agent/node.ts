@@ -42,6 +42,10 @@ export interface HostNodeOptions {
   accel?: 'auto' | 'kvm' | 'tcg';
   machineImagesDir?: string;
   cpuOvercommit?: number;
+  /** Multiplies probes' initialDelaySeconds and periodSeconds (tests; env CARAPACE_PROBE_TIME_SCALE). */
+  probeTimeScale?: number;
+  /** Grace between SIGTERM and SIGKILL when the agent stops a container (default 10 s). */
+  stopGraceMs?: number;
 }
 
 export interface RunningHostNode {
@@ -107,6 +111,7 @@ export async function createHostNode(o: HostNodeOptions): Promise<RunningHostNod
   await mkdir(machineImagesDir, { recursive: true });
   const machines = new MachineRunner({ hostName, resources, env, logger, vms, imagesDir: machineImagesDir, stateDir: join(o.stateDir, 'machines') });
   const leaseRenewMs = envNumber('CARAPACE_LEASE_RENEW_MS');
+  const probeScale = o.probeTimeScale ?? envNumber('CARAPACE_PROBE_TIME_SCALE');
   const agent = new HostAgent({
     hostName,
     resources,
@@ -121,6 +126,8 @@ export async function createHostNode(o: HostNodeOptions): Promise<RunningHostNod
     ...(o.labels ? { labels: o.labels } : {}),
     ...(network ? { network } : {}),
     ...(leaseRenewMs ? { leaseRenewMs } : {}),
+    ...(probeScale ? { probeTimeScale: probeScale } : {}),
+    ...(o.stopGraceMs !== undefined ? { stopGraceMs: o.stopGraceMs } : {}),
   });
   agentRef.current = agent;
   const sampleMs = envNumber('CARAPACE_USAGE_SAMPLE_MS');

@@ -23,10 +23,12 @@ export function backoffDelay(restarts: number, ranMs: number): number {
 /**
  * Decides what to do after an exit. `restarts` counts the restarts already done;
  * `spec.maxRestarts` < 0 means unlimited (services), otherwise the retry budget (jobs).
+ * `unhealthy`: the agent stopped the container because its liveness probe failed; that is a
+ * failure (reason `Unhealthy`) whatever the exit code, as in Kubernetes: `OnFailure` restarts it.
  */
-export function decideAfterExit(spec: Pick<InstanceSpec, 'restartPolicy' | 'maxRestarts'>, exitCode: number, restarts: number, ranMs: number): ExitDecision {
-  const failed = exitCode !== 0;
-  const reason = failed ? 'Error' : 'Completed';
+export function decideAfterExit(spec: Pick<InstanceSpec, 'restartPolicy' | 'maxRestarts'>, exitCode: number, restarts: number, ranMs: number, unhealthy = false): ExitDecision {
+  const failed = exitCode !== 0 || unhealthy;
+  const reason = unhealthy ? 'Unhealthy' : failed ? 'Error' : 'Completed';
   const wants = spec.restartPolicy === 'Always' || (spec.restartPolicy === 'OnFailure' && failed);
   if (!wants) return { action: 'stop', phase: failed ? 'Failed' : 'Succeeded', reason };
   if (spec.maxRestarts >= 0 && restarts >= spec.maxRestarts) {

@@ -7,7 +7,7 @@ import { readFile } from 'node:fs/promises';
 import YAML from 'yaml';
 import { CarapaceError } from '../model/errors.js';
 import { parseManifest } from '../model/manifest.js';
-import { KINDS, type Instance, type Job, type Machine, type Service } from '../model/objects.js';
+import { instanceReady, KINDS, type Instance, type Job, type Machine, type Service } from '../model/objects.js';
 import type { Manifest } from '../model/schemas.js';
 import { ApiClient, CliError } from './client.js';
 
@@ -98,7 +98,9 @@ export function instanceProgress(i: Instance, wantsCompletion: boolean): Progres
   const why = [s.reason, s.message].filter(Boolean).join(': ');
   switch (s.phase) {
     case 'Running':
-      return wantsCompletion ? { state: 'waiting', text: 'running' } : { state: 'done', text: `running on ${i.spec.host}` };
+      if (wantsCompletion) return { state: 'waiting', text: 'running' };
+      // A service replica counts once its readiness probe passes (at once without one).
+      return instanceReady(i) ? { state: 'done', text: `running on ${i.spec.host}` } : { state: 'waiting', text: `running on ${i.spec.host}, not ready${s.message ? `: ${s.message}` : ''}` };
     case 'Succeeded':
       return { state: 'done', text: 'completed' };
     case 'Failed':

@@ -4,7 +4,8 @@
  */
 import YAML from 'yaml';
 import { formatMemory } from '../model/quantity.js';
-import type { AnyObject, Cell, Host, Instance, Job, Kind, Machine, Service, Tenant } from '../model/objects.js';
+import { instanceReady, type AnyObject, type Cell, type Host, type Instance, type Job, type Kind, type Machine, type Service, type Tenant } from '../model/objects.js';
+import type { Probe } from '../model/schemas.js';
 
 /** `5s`, `3m`, `2h`, `4d` since an RFC 3339 time. */
 export function age(since: string | undefined, now = Date.now()): string {
@@ -39,7 +40,7 @@ const COLUMNS: { [K in Kind]: Columns<Extract<AnyObject, { kind: K }>> } = {
     row: (j: Job) => [j.metadata.tenant ?? '', j.metadata.name, j.status.phase, `${j.status.succeeded}/${j.spec.completions}`, j.spec.isolation, age(j.metadata.createdAt)],
   },
   Instance: {
-    header: ['TENANT', 'NAME', 'OWNER', 'HOST', 'ISOLATION', 'PHASE', 'RESTARTS', 'AGE', 'REASON'],
+    header: ['TENANT', 'NAME', 'OWNER', 'HOST', 'ISOLATION', 'PHASE', 'READY', 'RESTARTS', 'AGE', 'REASON'],
     row: (i: Instance) => [
       i.metadata.tenant ?? '',
       i.metadata.name,
@@ -47,9 +48,11 @@ const COLUMNS: { [K in Kind]: Columns<Extract<AnyObject, { kind: K }>> } = {
       i.spec.host || '-',
       i.spec.container.isolation,
       i.metadata.deletionRequestedAt ? 'Terminating' : i.status.phase,
+      instanceReady(i) ? 'yes' : 'no',
       String(i.status.restarts),
       age(i.status.startedAt ?? i.metadata.createdAt),
-      i.status.phase === 'Running' ? '' : (i.status.reason ?? ''),
+      // A running instance shows a reason only while it is not ready (e.g. NotReady); else the last one.
+      i.status.phase === 'Running' && instanceReady(i) ? '' : (i.status.reason ?? ''),
     ],
   },
   Host: {
@@ -121,7 +124,15 @@ function containerLines(c: Service['spec'] | Job['spec'] | Instance['spec']['con
     ['Resources', `cpu ${c.cpu}, memory ${formatMemory(c.memory)}, pids ${c.pids}${c.readOnlyRootfs ? ', read-only rootfs' : ''}`],
     ['Ports', c.ports.length ? c.ports.map((p) => `${p.hostPort ?? '-'}->${p.containerPort}/${p.protocol}`).join(', ') : undefined],
     ['Env', Object.keys(c.env).length ? Object.entries(c.env).map(([k, v]) => `${k}=${v}`).join(' ') : undefined],
+    ['Liveness', c.livenessProbe ? describeProbe(c.livenessProbe) : undefined],
+    ['Readiness', c.readinessProbe ? describeProbe(c.readinessProbe) : undefined],
   ];
+}
+
+/** A probe on one line, as kubectl describes it: `http-get :8080/healthz delay=0s timeout=1s period=10s #success=1 #failure=3`. */
+export function describeProbe(p: Probe): string {
+  const what = p.exec ? `exec ${JSON.stringify(p.exec.command)}` : p.httpGet ? `http-get :${p.httpGet.port}${p.httpGet.path}` : p.tcpSocket ? `tcp-socket :${p.tcpSocket.port}` : '(no handler)';
+  return `${what} delay=${p.initialDelaySeconds}s timeout=${p.timeoutSeconds}s period=${p.periodSeconds}s #success=${p.successThreshold} #failure=${p.failureThreshold}`;
 }
 
 /** The `describe` view of one object, with its instances when it owns some. */
@@ -144,7 +155,7 @@ export function formatDescribe(o: AnyObject, instances: Instance[] = []): string
       parts.push(kv([['Display name', o.spec.displayName], ['Contact', o.spec.contact]]));
       break;
     case 'Service':
-      parts.push(kv([...containerLines(o.spec), ['Replicas', `${o.spec.replicas} desired, ${o.status.ready} running`], ['Restart policy', o.spec.restartPolicy]]));
+      parts.push(kv([...containerLines(o.spec), ['Replicas', `${o.spec.replicas} desired, ${o.status.ready} ready`], ['Restart policy', o.spec.restartPolicy]]));
       break;
     case 'Job':
       parts.push(
@@ -165,6 +176,7 @@ export function formatDescribe(o: AnyObject, instances: Instance[] = []): string
           ['Host', o.spec.host || '(not placed)'],
           ['Cell', o.spec.cell || undefined],
           ['Phase', s.phase],
+          ['Ready', instanceReady(o) ? 'true' : 'false'],
           ['Reason', s.reason],
           ['Message', s.message],
           ['Container', s.containerId],

@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import type { Env } from '../core/actions.js';
 import type { Resources } from '../core/resources.js';
 import { isCarapaceError } from '../model/errors.js';
-import { DEAD_CELL_PHASES, kindPrefix, TERMINAL_PHASES, type Cell, type Host, type Instance, type Job, type Machine, type Service } from '../model/objects.js';
+import { DEAD_CELL_PHASES, instanceReady, kindPrefix, TERMINAL_PHASES, type Cell, type Host, type Instance, type Job, type Machine, type Service } from '../model/objects.js';
 import { placeMachine } from './machine-placement.js';
 import { tenantQuotaFromModel } from '../scheduler/model-adapter.js';
 import { metrics, timed } from '../metrics/metrics.js';
@@ -319,7 +319,7 @@ export class WorkloadController {
 
   /**
    * Drains: moves instances off hosts whose spec says `draining`, one graceful deletion at a
-   * time per service while its unavailable replicas (not Running, or being deleted) stay
+   * time per service while its unavailable replicas (not ready, or being deleted) stay
    * below its `maxUnavailable` (default 1); the owner then re-creates each elsewhere (the
    * host is cordoned). Job runs are moved without a budget. Machines stay (their disks live
    * on the host). The host's status message says what is left and what waits for a budget.
@@ -334,7 +334,7 @@ export class WorkloadController {
     for (const i of instances.items) {
       if (i.spec.owner.kind !== 'Service') continue;
       const k = `${i.metadata.tenant ?? ''}/${i.spec.owner.name}`;
-      if (i.status.phase !== 'Running' || i.metadata.deletionRequestedAt) unavailable.set(k, (unavailable.get(k) ?? 0) + 1);
+      if (!instanceReady(i)) unavailable.set(k, (unavailable.get(k) ?? 0) + 1);
     }
     let left = 0;
     for (const h of hosts) {

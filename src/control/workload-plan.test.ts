@@ -108,6 +108,40 @@ describe('planService', () => {
     expect(out.map((i) => i.spec.host)).toEqual(['h1', 'h1', '']);
   });
 
+  it("copies the service's probes into each instance's container spec, and a probe change updates the instances", () => {
+    const probes = { livenessProbe: { httpGet: { path: '/healthz', port: 8080 } }, readinessProbe: { tcpSocket: { port: 8080 }, periodSeconds: 2 } };
+    const [inst] = created(planService('web', service({ ...probes }), [], ctx([host('h1')])));
+    expect(inst?.spec.container.livenessProbe).toEqual({ httpGet: { path: '/healthz', port: 8080 }, initialDelaySeconds: 0, periodSeconds: 10, timeoutSeconds: 1, failureThreshold: 3, successThreshold: 1 });
+    expect(inst?.spec.container.readinessProbe?.periodSeconds).toBe(2);
+    expect(inst?.status.ready).toBe(false);
+    const changes = planService('web', service({ ...probes, readinessProbe: { tcpSocket: { port: 9090 } } }, 2), inst ? [inst] : [], ctx([host('h1')]));
+    const upd = changes.find((c) => c.op === 'updateSpec');
+    expect(upd?.op === 'updateSpec' && upd.spec.container.readinessProbe?.tcpSocket).toEqual({ port: 9090 });
+  });
+
+  it('counts as ready only Running instances whose readiness probe passes (or that have none)', () => {
+    const run = (i: Instance, ready: boolean, phase: Instance['status']['phase'] = 'Running'): Instance => ({ ...i, status: { ...i.status, phase, ready } });
+    const withProbe = service({ replicas: 4, readinessProbe: { httpGet: { port: 8080 } } });
+    const insts = materialise(planService('web', withProbe, [], ctx([host('h1')])));
+    const [a, b, c, d] = insts;
+    if (!a || !b || !c || !d) throw new Error('expected four');
+    const mixed = [run(a, true), run(b, false), run(c, true, 'Backoff'), { ...run(d, true), metadata: { ...d.metadata, deletionRequestedAt: NOW } }];
+    const st = planService('web', withProbe, mixed, ctx([host('h1')], mixed)).find((ch) => ch.op === 'serviceStatus');
+    expect(st?.op === 'serviceStatus' && st.ready).toBe(1);
+    // Records written before `status.ready` existed: Running without a readiness probe is ready, with one it is not.
+    const legacy = (i: Instance): Instance => {
+      const { ready: _ready, ...status } = { ...i.status, phase: 'Running' as const };
+      return { ...i, status: status as Instance['status'] }; // `as`: deliberately an old record without `ready`
+    };
+    const plain = service({ replicas: 1 });
+    const old = materialise(planService('web', plain, [], ctx([host('h1')]))).map(legacy);
+    const st2 = planService('web', plain, old, ctx([host('h1')], old)).find((ch) => ch.op === 'serviceStatus');
+    expect(st2?.op === 'serviceStatus' && st2.ready).toBe(1);
+    const oldProbed = [legacy(a)];
+    const st3 = planService('web', withProbe, oldProbed, ctx([host('h1')], oldProbed)).find((ch) => ch.op === 'serviceStatus');
+    expect(st3?.op === 'serviceStatus' && st3.ready).toBe(0);
+  });
+
   it('spreads across hosts by free capacity', () => {
     const out = created(planService('web', service({ replicas: 2, cpu: 1 }), [], ctx([host('a', 2), host('b', 2)])));
     expect(new Set(out.map((i) => i.spec.host))).toEqual(new Set(['a', 'b']));

@@ -4,7 +4,7 @@
  * writes it. Deterministic instance names (`web-0`, `web-1`…) make every step idempotent:
  * running the plan twice creates nothing twice.
  */
-import { instanceName, TERMINAL_PHASES, type Cell, type Host, type Instance, type InstanceSpec, type Job, type JobStatus, type Service } from '../model/objects.js';
+import { instanceName, instanceReady, TERMINAL_PHASES, type Cell, type Host, type Instance, type InstanceSpec, type Job, type JobStatus, type Service } from '../model/objects.js';
 import type { PlannedCell, TenantQuota, UnplacedCode } from '../scheduler/types.js';
 import type { ContainerSpec, JobSpec, ServiceSpec } from '../model/schemas.js';
 import { placePending } from '../scheduler/model-adapter.js';
@@ -39,11 +39,14 @@ export interface PlanContext {
 }
 
 function containerOf(spec: ServiceSpec | JobSpec): ContainerSpec {
-  const { image, command, args, env, workingDir, cpu, memory, pids, readOnlyRootfs, isolation, group, ports } = spec;
+  const { image, command, args, env, workingDir, cpu, memory, pids, readOnlyRootfs, isolation, group, ports, livenessProbe, readinessProbe } = spec;
   const c: ContainerSpec = { image, env, cpu, memory, pids, readOnlyRootfs, isolation, group, ports };
   if (command !== undefined) c.command = command;
   if (args !== undefined) c.args = args;
   if (workingDir !== undefined) c.workingDir = workingDir;
+  // The agent runs the probes from the instance's own spec: a probe change is a spec change.
+  if (livenessProbe !== undefined) c.livenessProbe = livenessProbe;
+  if (readinessProbe !== undefined) c.readinessProbe = readinessProbe;
   return c;
 }
 
@@ -71,7 +74,7 @@ function newInstance(owner: Service | Job, index: number, ctx: PlanContext, rest
       updatedAt: ctx.now,
     },
     spec,
-    status: { phase: 'Pending', reason: 'Scheduling', restarts: 0 },
+    status: { phase: 'Pending', reason: 'Scheduling', restarts: 0, ready: false },
   };
 }
 
@@ -159,7 +162,7 @@ export function planService(serviceName: string, service: Service | undefined, i
     }
   }
   changes.push(...placeAll(planned, current.filter((i) => i.spec.index < service.spec.replicas), ctx));
-  const ready = current.filter((i) => i.status.phase === 'Running' && !i.metadata.deletionRequestedAt).length;
+  const ready = current.filter(instanceReady).length;
   if (ready !== service.status.ready || service.status.observedGeneration !== service.metadata.generation) {
     changes.push({ op: 'serviceStatus', ready, observedGeneration: service.metadata.generation });
   }

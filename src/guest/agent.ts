@@ -10,6 +10,7 @@ import type { Link } from './link.js';
 import {
   encodeLine,
   LineSplitter,
+  MAX_CHECK_MESSAGE_CHARS,
   MAX_GUEST_LINE_BYTES,
   MAX_HOST_LINE_BYTES,
   parseHostLine,
@@ -194,6 +195,11 @@ export class GuestAgent {
         case 'list':
           this.send({ type: 'containers', requestId, containers: this.supervisor.list().slice(0, 512) });
           return;
+        case 'check': {
+          const r = await this.supervisor.check(msg.containerId, msg.action, msg.timeoutMs);
+          this.send({ type: 'checkResult', requestId, ok: r.ok, message: r.message.slice(0, MAX_CHECK_MESSAGE_CHARS) });
+          return;
+        }
         case 'logs':
           for (const l of this.supervisor.tail(msg.containerId, msg.tail)) {
             this.send({ type: 'log', containerId: msg.containerId, stream: l.stream, time: l.time, text: l.text, seq: l.seq, requestId });

@@ -24,6 +24,8 @@ let ac: AbortController;
 let done: Promise<void>;
 const states: StateEvent[] = [];
 const logs: LogEvent[] = [];
+/** Requests the host sent (other than hello and ping), for tests that script the guest's answers. */
+const hostRequests: { type: string; requestId?: string }[] = [];
 
 /** Answers the next host ping with a pong via the real request path. */
 function send(s: string | Buffer): void {
@@ -44,6 +46,7 @@ beforeAll(async () => {
         guestIn = guestIn.slice(nl + 1);
         if (m.type === 'hello') sock.write(`${JSON.stringify({ type: 'ready', version: PROTOCOL_VERSION, bootMs: 1, agentStartMs: 2 })}\n`);
         if (m.type === 'ping') sock.write(`${JSON.stringify({ type: 'pong', seq: m.seq })}\n`);
+        if (m.type !== 'hello' && m.type !== 'ping') hostRequests.push(m);
       }
     });
     sock.on('error', () => undefined);
@@ -91,7 +94,7 @@ describe('HostChannel against a hostile guest', () => {
     const garbage = fc.oneof(
       fc.uint8Array({ maxLength: 300 }).map((a) => Buffer.from(a)),
       fc.json().map((j) => Buffer.from(j)),
-      fc.record({ type: fc.constantFrom('state', 'log', 'ack', 'usage', 'run', 'x'), containerId: fc.string(), seq: fc.anything() }).map((o) => Buffer.from(JSON.stringify(o))),
+      fc.record({ type: fc.constantFrom('state', 'log', 'ack', 'usage', 'run', 'checkResult', 'x'), containerId: fc.string(), seq: fc.anything() }).map((o) => Buffer.from(JSON.stringify(o))),
       fc.integer({ min: MAX + 1, max: 5000 }).map((n) => Buffer.alloc(n, 0x61)),
     );
     await fc.assert(
@@ -154,6 +157,33 @@ describe('HostChannel against a hostile guest', () => {
     expect(delivered + (after.droppedLogs - before.droppedLogs)).toBe(n);
     expect(delivered).toBeLessThanOrEqual(1000 + Math.ceil(1000 * secs) + 1);
     expect(delivered).toBeGreaterThanOrEqual(1000);
+  });
+
+  it('takes a check verdict only in answer to its own check request, of the expected type and size', async () => {
+    const before = chan.stats();
+    hostRequests.length = 0;
+    const verdict = chan.check('known', { httpGet: { path: '/healthz', port: 8080 } }, 1_000);
+    for (let i = 0; i < 100 && hostRequests.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    const req = hostRequests[0] as { type: string; requestId: string; containerId: string; action: unknown; timeoutMs: number };
+    expect(req).toMatchObject({ type: 'check', containerId: 'known', action: { httpGet: { path: '/healthz', port: 8080 } }, timeoutMs: 1_000 });
+    send(`${JSON.stringify({ type: 'checkResult', requestId: 'r-never-sent', ok: true, message: 'forged' })}\n`);
+    send(`${JSON.stringify({ type: 'ack', requestId: req.requestId })}\n`); // right id, wrong reply type
+    send(`${JSON.stringify({ type: 'containers', requestId: req.requestId, containers: [] })}\n`);
+    send(`${JSON.stringify({ type: 'checkResult', requestId: req.requestId, ok: true, message: 42 })}\n`); // schema: invalid
+    send(`${JSON.stringify({ type: 'checkResult', requestId: req.requestId, ok: true, message: 'x'.repeat(1025) })}\n`); // over this channel's 1 KiB line limit
+    send(`${JSON.stringify({ type: 'checkResult', requestId: req.requestId, ok: false, message: 'HTTP GET http://127.0.0.1:8080/healthz: 503 Service Unavailable' })}\n`);
+    expect(await verdict).toEqual({ ok: false, message: 'HTTP GET http://127.0.0.1:8080/healthz: 503 Service Unavailable' });
+    // A second verdict for the same request is no longer matched.
+    send(`${JSON.stringify({ type: 'checkResult', requestId: req.requestId, ok: true, message: 'late' })}\n`);
+    await chan.ping();
+    const after = chan.stats();
+    expect(after.unmatched - before.unmatched).toBe(4);
+    expect(after.invalid - before.invalid).toBe(1);
+    expect(after.oversized - before.oversized).toBe(1);
+    // A check the guest never answers fails after its timeout plus the channel margin.
+    const t0 = Date.now();
+    await expect(chan.check('known', { tcpSocket: { port: 1 } }, 100, 100)).rejects.toThrow('cell guest did not answer check within 200 ms');
+    expect(Date.now() - t0).toBeLessThan(1_000);
   });
 
   it('a version mismatch is a clear error, not a silent guess', async () => {

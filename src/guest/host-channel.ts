@@ -26,6 +26,7 @@ import {
   type GuestErrorCode,
   type GuestMessage,
   type HostMessage,
+  type WireCheckAction,
   type WireContainerState,
 } from './protocol.js';
 
@@ -166,10 +167,15 @@ export interface GuestRunRequest {
   labels: Record<string, string>;
 }
 
+/** Reply types that complete a request (besides `err`, which any request may get). */
+type ReplyType = 'ack' | 'containers' | 'checkResult' | 'pong';
+
 interface Pending {
   resolve: (v: unknown) => void;
   reject: (e: Error) => void;
   timer: NodeJS.Timeout;
+  /** The one reply type this request accepts: a reply of another type is dropped as unmatched. */
+  expects: ReplyType;
   /** For logs requests: where replayed lines go and how many more are accepted. */
   replay?: { containerId: string; remaining: number; lines: LogEvent[] };
 }
@@ -402,9 +408,11 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
         return;
       case 'ack':
       case 'err':
-      case 'containers': {
+      case 'containers':
+      case 'checkResult': {
         const p = this.pending.get(msg.requestId);
-        if (!p) {
+        // Only an answer to a request this host made, of the type that request expects.
+        if (!p || (msg.type !== 'err' && msg.type !== p.expects)) {
           this.counters.unmatched += 1;
           return;
         }
@@ -415,7 +423,9 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
         else if (msg.type === 'containers') {
           // `all:` requests (listAll) want the unfiltered list, to find containers to remove.
           p.resolve(msg.requestId.startsWith('all:') ? msg.containers : msg.containers.filter((c) => this.knownId(c.containerId)));
-        } else p.resolve(p.replay?.lines ?? (msg.type === 'ack' ? msg.startMs : undefined));
+        } else if (msg.type === 'checkResult') {
+          p.resolve({ ok: msg.ok, message: msg.message });
+        } else p.resolve(p.replay?.lines ?? msg.startMs);
         return;
       }
       case 'state':
@@ -511,20 +521,24 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
     });
   }
 
-  private async request<T>(build: (requestId: string) => HostMessage, key?: string, replay?: Pending['replay']): Promise<T> {
+  private async request<T>(
+    build: (requestId: string) => HostMessage,
+    o: { expects?: ReplyType; key?: string; replay?: Pending['replay']; timeoutMs?: number } = {},
+  ): Promise<T> {
     const started = Date.now();
-    await this.waitReady(this.opts.requestTimeoutMs);
+    const timeoutMs = o.timeoutMs ?? this.opts.requestTimeoutMs;
+    await this.waitReady(timeoutMs);
     this.nextId += 1;
-    const requestId = key ?? `r${this.nextId}`;
+    const requestId = o.key ?? `r${this.nextId}`;
     const msg = build(requestId);
     return new Promise<T>((resolve, reject) => {
-      const left = Math.max(1, this.opts.requestTimeoutMs - (Date.now() - started));
+      const left = Math.max(1, timeoutMs - (Date.now() - started));
       const timer = setTimeout(() => {
         this.pending.delete(requestId);
-        reject(new Error(`cell guest did not answer ${msg.type} within ${this.opts.requestTimeoutMs} ms`));
+        reject(new Error(`cell guest did not answer ${msg.type} within ${timeoutMs} ms`));
       }, left);
       // `as`: each caller knows the reply type of the message it built.
-      this.pending.set(requestId, { resolve: resolve as (v: unknown) => void, reject, timer, ...(replay ? { replay } : {}) });
+      this.pending.set(requestId, { resolve: resolve as (v: unknown) => void, reject, timer, expects: o.expects ?? 'ack', ...(o.replay ? { replay: o.replay } : {}) });
       try {
         this.writeMsg(msg);
       } catch (e) {
@@ -555,7 +569,20 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
 
   /** The guest's containers that this host created (others are dropped and counted). */
   list(): Promise<GuestContainer[]> {
-    return this.request<GuestContainer[]>((requestId) => ({ type: 'list', requestId }));
+    return this.request<GuestContainer[]>((requestId) => ({ type: 'list', requestId }), { expects: 'containers' });
+  }
+
+  /**
+   * Runs a health check of a container inside the cell (exec through runc in the guest,
+   * http/tcp to the VM's 127.0.0.1). Resolves with the guest's verdict; rejects when the guest
+   * does not answer within `timeoutMs` plus `marginMs` (the channel's own latency), refuses
+   * the request (GuestError), or the channel is down.
+   */
+  check(containerId: string, action: WireCheckAction, timeoutMs: number, marginMs = 2_000): Promise<{ ok: boolean; message: string }> {
+    return this.request<{ ok: boolean; message: string }>((requestId) => ({ type: 'check', requestId, containerId, action, timeoutMs }), {
+      expects: 'checkResult',
+      timeoutMs: timeoutMs + marginMs,
+    });
   }
 
   /**
@@ -565,7 +592,7 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
    */
   listAll(): Promise<GuestContainer[]> {
     this.nextId += 1;
-    return this.request<GuestContainer[]>((requestId) => ({ type: 'list', requestId }), `all:${this.nextId}`);
+    return this.request<GuestContainer[]>((requestId) => ({ type: 'list', requestId }), { key: `all:${this.nextId}`, expects: 'containers' });
   }
 
   /** Round trip time of a ping, ms. */
@@ -573,7 +600,7 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
     const t0 = performance.now();
     this.nextId += 1;
     const seq = this.nextId;
-    await this.request((_rid) => ({ type: 'ping', seq }), `ping:${seq}`);
+    await this.request((_rid) => ({ type: 'ping', seq }), { key: `ping:${seq}`, expects: 'pong' });
     return performance.now() - t0;
   }
 
@@ -603,7 +630,7 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
     };
     if (opts.follow) this.on('log', onLog);
     try {
-      const lines = await this.request<LogEvent[]>((requestId) => ({ type: 'logs', requestId, containerId, tail: max }), undefined, { containerId, remaining: max, lines: [] });
+      const lines = await this.request<LogEvent[]>((requestId) => ({ type: 'logs', requestId, containerId, tail: max }), { replay: { containerId, remaining: max, lines: [] } });
       let lastSeq = 0;
       for (const l of lines) {
         lastSeq = Math.max(lastSeq, l.seq);

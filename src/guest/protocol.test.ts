@@ -10,6 +10,7 @@ const guestMsg: fc.Arbitrary<GuestMessage> = fc.oneof(
   fc.record({ type: fc.constant('log' as const), containerId: id, stream: fc.constantFrom('stdout' as const, 'stderr' as const), time: fc.constant('2024-01-01T00:00:00Z'), text: fc.string({ maxLength: 200, unit: 'binary' }), seq: fc.nat() }),
   fc.record({ type: fc.constant('pong' as const), seq: fc.nat() }),
   fc.record({ type: fc.constant('dropped' as const), containerId: id, count: fc.nat() }),
+  fc.record({ type: fc.constant('checkResult' as const), requestId: fc.string({ minLength: 1, maxLength: 64 }), ok: fc.boolean(), message: fc.string({ maxLength: 1024 }) }),
 );
 
 describe('protocol', () => {
@@ -45,6 +46,24 @@ describe('protocol', () => {
     expect(parseGuestLine('{"type":"pong","seq":1}').ok).toBe(true);
     const r = parseGuestLine('not json');
     expect(!r.ok && r.reason).toBe('json');
+  });
+
+  it('check requests and results: one handler, bounded fields, nothing else', () => {
+    const check = (action: unknown, timeoutMs: unknown = 1000): boolean => parseHostLine(JSON.stringify({ type: 'check', requestId: 'r1', containerId: 'c1', action, timeoutMs })).ok;
+    expect(check({ exec: { command: ['cat', '/ok'] } })).toBe(true);
+    expect(check({ httpGet: { path: '/healthz', port: 8080 } })).toBe(true);
+    expect(check({ tcpSocket: { port: 5432 } })).toBe(true);
+    expect(check({ exec: { command: [] } })).toBe(false);
+    expect(check({ httpGet: { path: '/a\r\nX: y', port: 80 } })).toBe(false);
+    expect(check({ httpGet: { path: '/', port: 80, host: '10.0.0.1' } })).toBe(false); // the guest only probes its own loopback
+    expect(check({ tcpSocket: { port: 80 }, exec: { command: ['true'] } })).toBe(false);
+    expect(check({ tcpSocket: { port: 0 } })).toBe(false);
+    expect(check({ tcpSocket: { port: 80 } }, 0)).toBe(false);
+    expect(check({ tcpSocket: { port: 80 } }, 600_001)).toBe(false);
+    expect(parseGuestLine(JSON.stringify({ type: 'checkResult', requestId: 'r1', ok: true, message: 'x'.repeat(1024) })).ok).toBe(true);
+    expect(parseGuestLine(JSON.stringify({ type: 'checkResult', requestId: 'r1', ok: true, message: 'x'.repeat(1025) })).ok).toBe(false);
+    expect(parseGuestLine(JSON.stringify({ type: 'checkResult', requestId: 'r1', ok: 'yes', message: '' })).ok).toBe(false);
+    expect(parseGuestLine(JSON.stringify({ type: 'checkResult', requestId: 'r1', ok: true, message: '', extra: 1 })).ok).toBe(false);
   });
 
   it('encodeLine refuses lines over the limit', () => {

@@ -10,7 +10,7 @@
  * a mismatch is an error (`GUEST_E_VERSION`), never a silent guess.
  *
  * Requests carry a `requestId` chosen by the host; the guest answers each with exactly one
- * `ack`, `err` or (for `list`) `containers`. `ping` is answered by `pong` with the same seq.
+ * `ack`, `err`, (for `list`) `containers` or (for `check`) `checkResult`. `ping` is answered by `pong` with the same seq.
  * Events (`state`, `log`, `usage`, `dropped`) are unsolicited.
  *
  * Trust: the host trusts nothing from the guest (the guest runs tenant code as root in the
@@ -103,13 +103,37 @@ export const LogsSchema = z.strictObject({
   tail: z.number().int().min(0).max(100_000).optional(),
   follow: z.boolean().optional(),
 });
+/** Longest check a host may ask for (ms); the prober's timeouts are at most an hour, checks are short. */
+export const MAX_CHECK_TIMEOUT_MS = 600_000;
+
+/**
+ * A health check the host asks the guest to run against one of its containers, from inside
+ * the VM: `exec` through `runc exec`, `httpGet`/`tcpSocket` to 127.0.0.1:port (a cell's
+ * containers share the VM's network). Answered by `checkResult` (or `err` when the container
+ * is unknown). Added to protocol version 1 without a bump: a guest that predates it answers
+ * `err GUEST_E_BAD_REQUEST`, which the host reports as a failed check.
+ */
+export const CheckSchema = z.strictObject({
+  type: z.literal('check'),
+  requestId: RequestId,
+  containerId: ContainerId,
+  action: z.union([
+    z.strictObject({ exec: z.strictObject({ command: z.array(z.string().max(4096)).min(1).max(256) }) }),
+    z.strictObject({ httpGet: z.strictObject({ path: z.string().max(2048).regex(/^\/[\x21-\x7e]*$/), port: z.number().int().min(1).max(65535) }) }),
+    z.strictObject({ tcpSocket: z.strictObject({ port: z.number().int().min(1).max(65535) }) }),
+  ]),
+  timeoutMs: z.number().int().min(1).max(MAX_CHECK_TIMEOUT_MS),
+});
+/** A check request's action (what the guest runs). */
+export type WireCheckAction = z.infer<typeof CheckSchema>['action'];
+
 /** Liveness probe. */
 export const PingSchema = z.strictObject({ type: z.literal('ping'), seq: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER) });
 /** Stop every container and end the agent (the VM then powers off). */
 export const ShutdownSchema = z.strictObject({ type: z.literal('shutdown'), requestId: RequestId, graceMs: z.number().int().min(0).max(3_600_000).optional() });
 
 /** Any message the host sends. */
-export const HostMessageSchema = z.discriminatedUnion('type', [HelloSchema, RunSchema, StopSchema, DestroySchema, ListSchema, LogsSchema, PingSchema, ShutdownSchema]);
+export const HostMessageSchema = z.discriminatedUnion('type', [HelloSchema, RunSchema, StopSchema, DestroySchema, ListSchema, LogsSchema, CheckSchema, PingSchema, ShutdownSchema]);
 /** Any message the host sends. */
 export type HostMessage = z.infer<typeof HostMessageSchema>;
 /** A host request that is answered by ack/err (or `containers`). */
@@ -171,8 +195,19 @@ export const ContainersSchema = z.strictObject({
   containers: z.array(z.strictObject({ containerId: ContainerId, labels: LabelsSchema, state: WireContainerStateSchema })).max(512),
 });
 
+/** Longest check message the guest sends (chars); the host shows it in the instance status. */
+export const MAX_CHECK_MESSAGE_CHARS = 1024;
+
+/** Answer to check: whether it passed, and what happened in one line. */
+export const CheckResultSchema = z.strictObject({
+  type: z.literal('checkResult'),
+  requestId: RequestId,
+  ok: z.boolean(),
+  message: z.string().max(MAX_CHECK_MESSAGE_CHARS),
+});
+
 /** Any message the guest sends. */
-export const GuestMessageSchema = z.discriminatedUnion('type', [ReadySchema, AckSchema, ErrSchema, StateSchema, LogSchema, UsageSchema, PongSchema, DroppedSchema, ContainersSchema]);
+export const GuestMessageSchema = z.discriminatedUnion('type', [ReadySchema, AckSchema, ErrSchema, StateSchema, LogSchema, UsageSchema, PongSchema, DroppedSchema, ContainersSchema, CheckResultSchema]);
 /** Any message the guest sends. */
 export type GuestMessage = z.infer<typeof GuestMessageSchema>;
 

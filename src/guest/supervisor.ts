@@ -13,9 +13,11 @@ import { join, resolve as resolvePath } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import type { Logger } from 'pino';
 import { buildOciSpec, DEFAULT_CAPABILITIES, hostsFile, resolvConfFile, resolveUser } from '../runtime/oci-spec.js';
-import { run as runCmd } from '../runtime/proc.js';
+import type { CheckResult } from '../runtime/driver.js';
+import { execCheck, httpGetCheck, tcpSocketCheck } from '../runtime/probe-check.js';
+import { killTree, pidInCgroup, run as runCmd } from '../runtime/proc.js';
 import { convertSeccompProfile, goArchOf, type DockerSeccompProfile, type OciSeccomp } from '../runtime/seccomp.js';
-import { MAX_LOG_TEXT_CHARS, type GuestErrorCode, type HostMessage, type WireContainerState } from './protocol.js';
+import { MAX_LOG_TEXT_CHARS, type GuestErrorCode, type HostMessage, type WireCheckAction, type WireContainerState } from './protocol.js';
 
 /** Options of the supervisor; the defaults are the in-VM layout, tests override them. */
 export interface SupervisorOptions {
@@ -109,6 +111,8 @@ export class Supervisor {
   private readonly log: Logger;
   private seccomp: Promise<OciSeccomp | undefined> | undefined;
   private noPivot: Promise<boolean> | undefined;
+  /** Numbers the pid files of exec checks. */
+  private execSeq = 0;
   private readonly cgroupV2: Promise<boolean>;
 
   constructor(
@@ -365,6 +369,36 @@ export class Supervisor {
     }
     await rm(bundle, { recursive: true, force: true });
     this.ctrs.delete(id);
+  }
+
+  /**
+   * Runs one health check against a running container from inside the VM: `exec` through
+   * `runc exec` (the container's own process settings; on timeout the exec'd process and
+   * its children are killed if still in the container's cgroup), `httpGet`/`tcpSocket` to
+   * 127.0.0.1 (the cell's containers share the VM's network). A container that is not
+   * running fails the check; an unknown one is GUEST_E_NOT_FOUND.
+   */
+  async check(id: string, action: WireCheckAction, timeoutMs: number): Promise<CheckResult> {
+    const c = this.ctrs.get(id);
+    if (!c) throw new SupervisorError('GUEST_E_NOT_FOUND', `no container ${id} in this cell`);
+    if (c.state.status !== 'running') return { ok: false, message: `container ${id} is not running` };
+    if ('httpGet' in action) return httpGetCheck('127.0.0.1', action.httpGet.port, action.httpGet.path, timeoutMs);
+    if ('tcpSocket' in action) return tcpSocketCheck('127.0.0.1', action.tcpSocket.port, timeoutMs);
+    this.execSeq += 1;
+    const pidFile = join(c.bundle, `probe-${this.execSeq}.pid`);
+    try {
+      return await execCheck({
+        argv: [this.opts.runcPath, '--root', this.runcRoot, 'exec', '--pid-file', pidFile, id, ...action.exec.command],
+        command: action.exec.command,
+        timeoutMs,
+        onTimeout: async () => {
+          const pid = Number((await readOptional(pidFile))?.trim());
+          if (pidInCgroup(pid, this.cgroupPath(id))) killTree(pid);
+        },
+      });
+    } finally {
+      await rm(pidFile, { force: true });
+    }
   }
 
   /** CPU and memory of one container from its cgroup; undefined when it has none (not running). */

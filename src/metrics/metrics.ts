@@ -43,6 +43,13 @@ export const metrics = {
     buckets: [0.5, 1, 2, 5, 10, 20, 30, 60, 120],
     registers: [registry],
   }),
+  probeSeconds: new Histogram({
+    name: 'carapace_probe_duration_seconds',
+    help: 'Duration of one liveness or readiness check, by handler, isolation and result',
+    labelNames: ['probe', 'handler', 'isolation', 'result'] as const,
+    buckets: seconds,
+    registers: [registry],
+  }),
   apiRequests: new Counter({
     name: 'carapace_api_requests_total',
     help: 'API requests by route and status code',
@@ -51,11 +58,17 @@ export const metrics = {
   }),
 };
 
+/** Names of the scrape-time state gauges. */
+const STATE_GAUGES = ['carapace_instances', 'carapace_instance_restarts', 'carapace_cells', 'carapace_cell_reserved_cpu_cores', 'carapace_cell_reserved_memory_bytes', 'carapace_machines', 'carapace_hosts'] as const;
+
 /**
  * Registers the scrape-time state gauges over `resources`. Call once per process that
  * serves /metrics.
  */
 export function registerStateGauges(resources: Resources): void {
+  // A process may start the control plane more than once (tests restart it in-process): the
+  // gauges then read the newest store instead of failing on a duplicate name.
+  for (const name of STATE_GAUGES) registry.removeSingleMetric(name);
   new Gauge({
     name: 'carapace_instances',
     help: 'Instances by tenant, group, isolation, cell and phase',

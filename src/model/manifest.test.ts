@@ -78,7 +78,7 @@ describe('parseManifest', () => {
       apiVersion: fc.oneof(fc.constant('carapace/v1'), fc.string()),
       kind: fc.constantFrom('Tenant', 'Service', 'Job', 'Nope'),
       metadata: fc.oneof(fc.record({ name: fc.string(), tenant: fc.string() }), anyJson),
-      spec: fc.oneof(fc.dictionary(fc.constantFrom('image', 'cpu', 'memory', 'replicas', 'ports', 'env', 'isolation', 'junk'), anyJson), anyJson),
+      spec: fc.oneof(fc.dictionary(fc.constantFrom('image', 'cpu', 'memory', 'replicas', 'ports', 'env', 'isolation', 'livenessProbe', 'readinessProbe', 'junk'), anyJson), anyJson),
     });
     fc.assert(
       fc.property(fc.oneof(anyJson, mutated), (doc) => {
@@ -94,5 +94,72 @@ describe('parseManifest', () => {
       }),
       { numRuns: 3000 },
     );
+  });
+});
+
+describe('liveness and readiness probes', () => {
+  const details = (doc: unknown): { path: string; message: string }[] => {
+    try {
+      parseManifest(doc);
+    } catch (e) {
+      if (e instanceof CarapaceError) return e.details;
+      throw e;
+    }
+    return [];
+  };
+
+  it('fills the Kubernetes defaults', () => {
+    const m = parseManifest(svc({ livenessProbe: { httpGet: { port: 8080 } }, readinessProbe: { exec: { command: ['cat', '/tmp/ready'] }, periodSeconds: 2 } }));
+    if (m.kind !== 'Service') throw new Error('not a service');
+    expect(m.spec.livenessProbe).toEqual({ httpGet: { path: '/', port: 8080 }, initialDelaySeconds: 0, periodSeconds: 10, timeoutSeconds: 1, failureThreshold: 3, successThreshold: 1 });
+    expect(m.spec.readinessProbe).toEqual({ exec: { command: ['cat', '/tmp/ready'] }, initialDelaySeconds: 0, periodSeconds: 2, timeoutSeconds: 1, failureThreshold: 3, successThreshold: 1 });
+  });
+
+  it('jobs take probes too', () => {
+    const m = parseManifest({ apiVersion: 'carapace/v1', kind: 'Job', metadata: { name: 'j', tenant: 'acme' }, spec: { image: 'r/j:1', livenessProbe: { tcpSocket: { port: 9000 } } } });
+    expect(m.kind === 'Job' && m.spec.livenessProbe?.tcpSocket).toEqual({ port: 9000 });
+  });
+
+  it('wants exactly one handler, naming the probe or the extra handler', () => {
+    expect(details(svc({ livenessProbe: {} }))).toEqual([{ path: 'spec.livenessProbe', message: 'must set exactly one of exec, httpGet, tcpSocket' }]);
+    expect(details(svc({ readinessProbe: { periodSeconds: 5 } }))).toEqual([{ path: 'spec.readinessProbe', message: 'must set exactly one of exec, httpGet, tcpSocket' }]);
+    expect(details(svc({ readinessProbe: { httpGet: { port: 80 }, tcpSocket: { port: 80 }, exec: { command: ['true'] } } }))).toEqual([
+      { path: 'spec.readinessProbe.httpGet', message: 'set only one of exec, httpGet, tcpSocket (also set: exec)' },
+      { path: 'spec.readinessProbe.tcpSocket', message: 'set only one of exec, httpGet, tcpSocket (also set: exec)' },
+    ]);
+  });
+
+  it('rejects unknown fields, bad values and sub-second or fractional times, with field paths', () => {
+    expect(issues(svc({ livenessProbe: { httpGet: { port: 80, host: 'evil.example' } } })).paths).toEqual(['spec.livenessProbe.httpGet.host']);
+    expect(issues(svc({ livenessProbe: { tcpSocket: { port: 80 }, periodSecond: 3 } })).paths).toEqual(['spec.livenessProbe.periodSecond']);
+    expect(issues(svc({ livenessProbe: { tcpSocket: { port: 80 }, periodSeconds: 0.5 } })).paths).toEqual(['spec.livenessProbe.periodSeconds']);
+    expect(issues(svc({ livenessProbe: { tcpSocket: { port: 80 }, periodSeconds: 0 } })).paths).toEqual(['spec.livenessProbe.periodSeconds']);
+    expect(issues(svc({ livenessProbe: { tcpSocket: { port: 80 }, timeoutSeconds: 0, failureThreshold: 0, initialDelaySeconds: -1 } })).paths.sort()).toEqual([
+      'spec.livenessProbe.failureThreshold',
+      'spec.livenessProbe.initialDelaySeconds',
+      'spec.livenessProbe.timeoutSeconds',
+    ]);
+    expect(issues(svc({ readinessProbe: { tcpSocket: { port: 70000 } } })).paths).toEqual(['spec.readinessProbe.tcpSocket.port']);
+    expect(issues(svc({ readinessProbe: { httpGet: {} } })).paths).toEqual(['spec.readinessProbe.httpGet.port']);
+    expect(issues(svc({ readinessProbe: { exec: { command: [] } } })).paths).toEqual(['spec.readinessProbe.exec.command']);
+    expect(issues(svc({ readinessProbe: { exec: {} } })).paths).toEqual(['spec.readinessProbe.exec.command']);
+  });
+
+  it('refuses HTTP paths that are not a plain absolute path (no header injection)', () => {
+    for (const path of ['healthz', '/a b', '/x\r\nHost: evil', '']) {
+      expect(details(svc({ livenessProbe: { httpGet: { port: 80, path } } }))[0]?.path).toBe('spec.livenessProbe.httpGet.path');
+    }
+    const m = parseManifest(svc({ livenessProbe: { httpGet: { port: 80, path: '/healthz?full=1' } } }));
+    expect(m.kind === 'Service' && m.spec.livenessProbe?.httpGet?.path).toBe('/healthz?full=1');
+  });
+
+  it('liveness needs successThreshold 1; readiness may ask for more', () => {
+    expect(details(svc({ livenessProbe: { tcpSocket: { port: 80 }, successThreshold: 2 } }))).toEqual([{ path: 'spec.livenessProbe.successThreshold', message: 'must be 1 for a liveness probe' }]);
+    const m = parseManifest(svc({ readinessProbe: { tcpSocket: { port: 80 }, successThreshold: 2 } }));
+    expect(m.kind === 'Service' && m.spec.readinessProbe?.successThreshold).toBe(2);
+  });
+
+  it('the message names the first problem with its path', () => {
+    expect(() => parseManifest(svc({ livenessProbe: {} }))).toThrow('manifest: Service "web" is invalid: spec.livenessProbe: must set exactly one of exec, httpGet, tcpSocket');
   });
 });

@@ -51,7 +51,7 @@ export interface Tenant {
 }
 
 export interface ServiceStatus {
-  /** Instances Running right now. */
+  /** Instances Running and ready right now (readiness probe passing, or none). */
   ready: number;
   /** The generation the controller last acted on. */
   observedGeneration: number;
@@ -145,6 +145,12 @@ export interface InstanceStatus {
    * it was lost and when; cleared (and audited with the recovery time) once it runs again.
    */
   failover?: { from: string; reason: string; lostAt: string };
+  /**
+   * Whether the instance serves: its container runs and its readiness probe passes (true
+   * while Running when it has no readiness probe). Written by the agent; use
+   * `instanceReady`, which also reads records written before this field existed.
+   */
+  ready: boolean;
 }
 
 export interface Instance {
@@ -152,6 +158,18 @@ export interface Instance {
   metadata: Metadata;
   spec: InstanceSpec;
   status: InstanceStatus;
+}
+
+/**
+ * True when the instance counts as ready (in `Service.status.ready`, `apply --wait`): it is
+ * Running, not being deleted, and its readiness probe passes. A record written before
+ * `status.ready` existed (absent at runtime) is ready when Running without a readiness probe.
+ */
+export function instanceReady(i: Instance): boolean {
+  if (i.status.phase !== 'Running' || i.metadata.deletionRequestedAt) return false;
+  // `as`: stored records older than the field lack it; the type describes new writes.
+  const ready = i.status.ready as boolean | undefined;
+  return ready ?? i.spec.container.readinessProbe === undefined;
 }
 
 export interface HostStatus {

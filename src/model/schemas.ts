@@ -83,6 +83,62 @@ export const PortSchema = z.strictObject({
   protocol: z.enum(['tcp', 'udp']).default('tcp'),
 });
 
+const ProbePortSchema = z.number().int().min(1).max(65535);
+
+/** The handlers a probe may use; exactly one is set. */
+export const PROBE_HANDLERS = ['exec', 'httpGet', 'tcpSocket'] as const;
+
+/**
+ * A Kubernetes-style health check of a container, run by the agent on the container's host
+ * (or by the guest agent inside its cell). Exactly one handler: `exec` (a command run inside
+ * the container; exit 0 is success), `httpGet` (a GET of `path` on `port` at the container's
+ * address; 200-399 is success, redirects are not followed), `tcpSocket` (a TCP connect to
+ * `port`). Times are whole seconds like Kubernetes; an agent started with
+ * `CARAPACE_PROBE_TIME_SCALE` (tests) multiplies `initialDelaySeconds` and `periodSeconds` by it.
+ */
+function probeSchema(kind: 'liveness' | 'readiness') {
+  return z
+    .strictObject({
+      exec: z.strictObject({ command: z.array(z.string().max(4096)).min(1, 'must name a command').max(256) }).optional(),
+      httpGet: z
+        .strictObject({
+          path: z
+            .string()
+            .max(2048)
+            .regex(/^\/[\x21-\x7e]*$/, 'must be an absolute URL path such as "/healthz" (printable ASCII, no spaces)')
+            .default('/'),
+          port: ProbePortSchema,
+        })
+        .optional(),
+      tcpSocket: z.strictObject({ port: ProbePortSchema }).optional(),
+      /** Seconds after the container started before the first check. */
+      initialDelaySeconds: z.number().int().min(0).max(3600).default(0),
+      /** Seconds between the starts of two checks. */
+      periodSeconds: z.number().int().min(1).max(3600).default(10),
+      /** Seconds one check may take; a check that takes longer fails (and an exec is killed). */
+      timeoutSeconds: z.number().int().min(1).max(3600).default(1),
+      /** Consecutive failures after which the probe fails (liveness: the container is restarted). */
+      failureThreshold: z.number().int().min(1).max(1000).default(3),
+      /** Consecutive successes after which a failed probe passes again (must be 1 for liveness). */
+      successThreshold: z.number().int().min(1).max(1000).default(1),
+    })
+    .superRefine((p, ctx) => {
+      const set = PROBE_HANDLERS.filter((h) => p[h] !== undefined);
+      if (set.length === 0) ctx.addIssue({ code: 'custom', path: [], message: 'must set exactly one of exec, httpGet, tcpSocket' });
+      for (const extra of set.slice(1)) {
+        ctx.addIssue({ code: 'custom', path: [extra], message: `set only one of exec, httpGet, tcpSocket (also set: ${set[0] ?? ''})` });
+      }
+      if (kind === 'liveness' && p.successThreshold !== 1) ctx.addIssue({ code: 'custom', path: ['successThreshold'], message: 'must be 1 for a liveness probe' });
+    });
+}
+
+/** A liveness probe: failing `failureThreshold` times in a row restarts the container. */
+export const LivenessProbeSchema = probeSchema('liveness');
+/** A readiness probe: while it fails the instance is not ready (not counted in `status.ready`). */
+export const ReadinessProbeSchema = probeSchema('readiness');
+/** A validated, defaulted probe (liveness or readiness). */
+export type Probe = z.infer<typeof ReadinessProbeSchema>;
+
 /** Fields shared by every container-running kind (services and jobs). */
 const containerFields = {
   /** An OCI image reference: `registry/repo:tag` or `registry/repo@sha256:…`. */
@@ -106,6 +162,10 @@ const containerFields = {
   /** The trust group: services that may share a cell. */
   group: NameSchema.default('default'),
   ports: z.array(PortSchema).max(64).default([]),
+  /** Restart the container when this check keeps failing. */
+  livenessProbe: LivenessProbeSchema.optional(),
+  /** Count the instance as ready only while this check passes. */
+  readinessProbe: ReadinessProbeSchema.optional(),
 };
 
 export const ServiceSpecSchema = z.strictObject({

@@ -67,6 +67,23 @@ export interface ContainerUsage {
   memoryBytes: number;
 }
 
+/**
+ * One health check to run against a running container (a probe handler, resolved by the
+ * agent). `host` of httpGet/tcpSocket is the address to connect to (the container's address
+ * on its bridge); drivers whose containers have no address of their own (cells: the VM's
+ * loopback) ignore it.
+ */
+export type CheckAction =
+  | { exec: { command: string[] } }
+  | { httpGet: { path: string; port: number; host?: string } }
+  | { tcpSocket: { port: number; host?: string } };
+
+/** The outcome of one check: `ok`, or why not, in one line (`HTTP GET http://…: 503`). */
+export interface CheckResult {
+  ok: boolean;
+  message: string;
+}
+
 export interface RuntimeDriver {
   readonly name: string;
   readonly isolation: Isolation;
@@ -86,4 +103,11 @@ export interface RuntimeDriver {
   /** Every container this driver manages on this host, so a restarted agent can adopt or clean them. */
   recover(): Promise<ContainerInfo[]>;
   usage(id: string): Promise<ContainerUsage | undefined>;
+  /**
+   * Runs one health check against a running container and reports the outcome. Never waits
+   * much longer than `timeoutMs`: a check that takes longer fails, and an `exec` still
+   * running then is killed. Resolves (never rejects) for a failing check; rejects only
+   * when it could not be attempted at all (e.g. an invalid id).
+   */
+  check(id: string, action: CheckAction, timeoutMs: number): Promise<CheckResult>;
 }

@@ -8,7 +8,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { RuntimeDriver } from './driver.js';
 import { OciDriver, type OciDriverOptions, type RuntimeFlavor } from './oci-driver.js';
-import { run } from './proc.js';
+import { killTree, pidInCgroup, run } from './proc.js';
 
 export type { RuntimeDriver } from './driver.js';
 export { OciDriver, CONTAINER_ID_PATTERN, UNKNOWN_EXIT_CODE, WaitAbortedError, type OciDriverOptions } from './oci-driver.js';
@@ -24,6 +24,11 @@ const RUNC: RuntimeFlavor = {
     if (!bins.ok) return bins;
     const r = await driver.runtime(['list']);
     return r.code === 0 ? { ok: true } : { ok: false, message: `runc list failed: ${r.stderr.trim()}` };
+  },
+  // runc writes the host pid; the process and anything it forked die, if still in the container's cgroup.
+  execPidFileFlag: '--pid-file',
+  async killExec(driver, id, _meta, pid) {
+    if (pidInCgroup(pid, driver.cgroupPath(id))) killTree(pid);
   },
 };
 
@@ -60,6 +65,11 @@ const RUNSC: RuntimeFlavor = {
     } finally {
       await rm(root, { recursive: true, force: true });
     }
+  },
+  // runsc's host pids are the sandbox's; the exec'd process is named by its pid inside the sandbox.
+  execPidFileFlag: '--internal-pid-file',
+  async killExec(driver, id, meta, pid) {
+    await driver.runtime(['kill', '--pid', String(pid), id, 'KILL'], meta, 10_000).catch(() => undefined);
   },
 };
 

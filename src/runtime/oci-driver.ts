@@ -20,10 +20,11 @@ import { access, mkdir, open, readFile, readdir, rename, rm, rmdir, stat, writeF
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Isolation } from '../model/schemas.js';
-import type { ContainerInfo, ContainerState, ContainerUsage, LogLine, LogOptions, RuntimeDriver, StartRequest } from './driver.js';
+import type { CheckAction, CheckResult, ContainerInfo, ContainerState, ContainerUsage, LogLine, LogOptions, RuntimeDriver, StartRequest } from './driver.js';
 import { K8sLogParser } from './k8s-log.js';
 import { buildOciSpec, DEFAULT_CAPABILITIES, hostsFile, labelsFromAnnotations, resolvConfFile, resolveUser } from './oci-spec.js';
-import { pidAlive, run, sleep } from './proc.js';
+import { cleanRuntimeMessage, pidAlive, run, sleep } from './proc.js';
+import { execCheck, httpGetCheck, tcpSocketCheck } from './probe-check.js';
 import { convertSeccompProfile, goArchOf, type DockerSeccompProfile, type OciSeccomp } from './seccomp.js';
 
 /** Container ids the drivers accept; every path is derived from one. */
@@ -64,6 +65,10 @@ export interface RuntimeFlavor {
   createLauncher?(runtimePath: string, netnsPath: string): string[];
   /** A trivial real check that the runtime works here; a reason when it does not. */
   probe(driver: OciDriver): Promise<{ ok: true } | { ok: false; message: string }>;
+  /** The `exec` flag that writes the exec'd process's pid to a file (the pid `killExec` gets). */
+  execPidFileFlag: string;
+  /** Kills a process started by `exec` in the container (a health check that timed out). */
+  killExec(driver: OciDriver, id: string, meta: Pick<ContainerMeta, 'netnsPath'>, pid: number): Promise<void>;
 }
 
 /** What the driver stores next to the bundle (meta.json). */
@@ -131,6 +136,8 @@ export class OciDriver implements RuntimeDriver {
   private seccomp: Promise<OciSeccomp | undefined> | undefined;
   private dirsReady: Promise<void> | undefined;
   private nofile: Promise<number> | undefined;
+  /** Numbers the pid files of exec checks. */
+  private execSeq = 0;
 
   constructor(
     private readonly flavor: RuntimeFlavor,
@@ -180,13 +187,19 @@ export class OciDriver implements RuntimeDriver {
     return this.dirsReady;
   }
 
-  /** Runs the runtime with the container's global flags. */
-  runtime(args: string[], meta?: Pick<ContainerMeta, 'netnsPath'>, timeoutMs?: number): ReturnType<typeof run> {
+  /** The full command line (binary first) of a runtime call on a container: launcher, global flags, `args`. */
+  runtimeArgv(args: string[], meta?: Pick<ContainerMeta, 'netnsPath'>): string[] {
     // A launcher-wrapped runtime (runsc in a netns) must be called inside the namespace every
     // time: its control socket is an abstract unix socket, which is per network namespace.
     const netns = meta?.netnsPath;
-    const [bin, ...pre] = netns !== undefined && this.flavor.createLauncher ? this.flavor.createLauncher(this.runtimePath, netns) : [this.runtimePath];
-    return run(bin ?? this.runtimePath, [...pre, ...this.flavor.globalArgs(this.runtimeRoot, meta), ...args], timeoutMs);
+    const launch = netns !== undefined && this.flavor.createLauncher ? this.flavor.createLauncher(this.runtimePath, netns) : [this.runtimePath];
+    return [...launch, ...this.flavor.globalArgs(this.runtimeRoot, meta), ...args];
+  }
+
+  /** Runs the runtime with the container's global flags. */
+  runtime(args: string[], meta?: Pick<ContainerMeta, 'netnsPath'>, timeoutMs?: number): ReturnType<typeof run> {
+    const [bin, ...rest] = this.runtimeArgv(args, meta);
+    return run(bin ?? this.runtimePath, rest, timeoutMs);
   }
 
   private loadSeccomp(): Promise<OciSeccomp | undefined> {
@@ -289,6 +302,9 @@ export class OciDriver implements RuntimeDriver {
         cgroupsPath: this.cgroupPath(id),
         nofileLimit,
       });
+      // …nor ask for a new network namespace: the sandbox must use the one it was launched in
+      // (runsc --network=host inside it). With a new one it would get loopback only.
+      if (req.netnsPath !== undefined && this.flavor.createLauncher) spec.linux.namespaces = spec.linux.namespaces.filter((n) => n.type !== 'network');
       const meta: ContainerMeta = { id, labels: req.labels, createdAt: new Date().toISOString(), ...(req.netnsPath !== undefined ? { netnsPath: req.netnsPath } : {}) };
       await Promise.all([
         mkdir(join(dir, 'upper')),
@@ -705,6 +721,45 @@ export class OciDriver implements RuntimeDriver {
     return out;
   }
 
+  /**
+   * @inheritdoc
+   * `exec` runs `runtime exec` with the container's own process settings (user, env,
+   * capabilities, seccomp come from its bundle); on timeout the exec'd process is killed
+   * through the flavor (its pid is written to a file in the bundle). httpGet/tcpSocket
+   * connect from the host to `action.*.host`, the container's bridge address; without one
+   * (a container started without a network) they fail with a message saying so.
+   */
+  async check(id: string, action: CheckAction, timeoutMs: number): Promise<CheckResult> {
+    validateId(id);
+    if ('httpGet' in action) {
+      const { host, port, path } = action.httpGet;
+      if (host === undefined) return { ok: false, message: `HTTP GET :${port}${path}: container ${id} has no network address to probe (started without a network)` };
+      return httpGetCheck(host, port, path, timeoutMs);
+    }
+    if ('tcpSocket' in action) {
+      const { host, port } = action.tcpSocket;
+      if (host === undefined) return { ok: false, message: `TCP connect :${port}: container ${id} has no network address to probe (started without a network)` };
+      return tcpSocketCheck(host, port, timeoutMs);
+    }
+    const meta = await this.readMeta(id);
+    if (!meta) return { ok: false, message: `exec ${JSON.stringify(action.exec.command)}: no such container ${id}` };
+    this.execSeq += 1;
+    const pidFile = join(this.bundle(id), `probe-${process.pid}-${this.execSeq}.pid`);
+    try {
+      return await execCheck({
+        argv: this.runtimeArgv(['exec', this.flavor.execPidFileFlag, pidFile, id, ...action.exec.command], meta),
+        command: action.exec.command,
+        timeoutMs,
+        onTimeout: async () => {
+          const pid = Number((await readOptional(pidFile))?.trim());
+          if (Number.isInteger(pid) && pid > 0) await this.flavor.killExec(this, id, meta, pid);
+        },
+      });
+    } finally {
+      await rm(pidFile, { force: true });
+    }
+  }
+
   /** @inheritdoc */
   async usage(id: string): Promise<ContainerUsage | undefined> {
     validateId(id);
@@ -721,9 +776,4 @@ export class OciDriver implements RuntimeDriver {
   }
 }
 
-/** Strips runc's `time=... level=error msg=` wrapping so the user sees the reason. */
-export function cleanRuntimeMessage(message: string): string {
-  const m = /msg="((?:[^"\\]|\\.)*)"/.exec(message);
-  const text = m?.[1] !== undefined ? m[1].replace(/\\"/g, '"') : message;
-  return text.trim();
-}
+export { cleanRuntimeMessage };

@@ -19,7 +19,7 @@ function instance(name: string, hostName: string, c: Partial<ContainerSpec> = {}
     kind: 'Instance',
     metadata: meta(name, 'acme'),
     spec: { owner: { kind: 'Service', name: 'web', uid: 'u' }, index: 0, container, restartPolicy: 'Always', maxRestarts: -1, host: hostName, ownerGeneration: 1 },
-    status: { phase: hostName === '' ? 'Pending' : 'Running', restarts: 0 },
+    status: { phase: hostName === '' ? 'Pending' : 'Running', restarts: 0, ready: hostName !== '' },
   };
 }
 

@@ -17,7 +17,7 @@ function instance(host: string, phase: Instance['status']['phase'], cell?: strin
     metadata: meta('web-0', 'acme'),
     // Only the fields allocationOf reads matter; the cast fills a full ContainerSpec's other fields.
     spec: { owner: { kind: 'Service', name: 'web', uid: 'u' }, index: 0, container: { cpu, memory: 256, group: 'front', isolation: 'cell' } as Instance['spec']['container'], restartPolicy: 'Always', maxRestarts: -1, host, ...(cell ? { cell } : {}), ownerGeneration: 1 },
-    status: { phase, restarts: 0 },
+    status: { phase, restarts: 0, ready: false },
   };
 }
 const cell = (tenant: string, phase: Cell['status']['phase'] = 'Ready'): Cell => ({

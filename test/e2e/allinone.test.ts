@@ -74,7 +74,7 @@ describe('all-in-one through the CLI', () => {
     const table = await cli(server.url, ['get', 'services', '-t', 'acme']);
     expect(table.stdout).toMatch(/hello\s+2\/2\s+host/);
     const desc = await cli(server.url, ['describe', 'service', 'acme/hello']);
-    expect(desc.stdout).toMatch(/Replicas:\s+2 desired, 2 running/);
+    expect(desc.stdout).toMatch(/Replicas:\s+2 desired, 2 ready/);
     expect(desc.stdout).toMatch(/hello-1/);
     const logs = await eventually(async () => {
       const l = await cli(server.url, ['logs', 'acme/hello-0']);
@@ -115,6 +115,28 @@ describe('all-in-one through the CLI', () => {
     expect(r.code, r.stdout + r.stderr).toBe(0);
     const body = await eventually(async () => (await fetch(`http://127.0.0.1:${port}/`)).text(), 15_000, 'web page');
     expect(body).toBe('hello from e2e\n');
+  });
+
+  it('waits for readiness: apply --wait says why a replica is not ready; get and describe show it', async () => {
+    const probe = { httpGet: { path: '/ready', port: 8080 }, periodSeconds: 1, failureThreshold: 1 };
+    // httpd in the background under a shell that exits on SIGTERM: the update below replaces the container quickly.
+    const command = ['sh', '-c', "trap 'exit 0' TERM; httpd -p 8080 -h /www; while true; do sleep 0.2; done"];
+    const r = await applyText(manifest([service('unready', 'acme', { image: images.web, command, readinessProbe: probe })]), ['--wait', '--timeout', '8']);
+    expect(r.code, r.stdout + r.stderr).not.toBe(0);
+    // The reason follows the check: `connection refused` while httpd starts, then `404 Not Found`.
+    expect(r.stdout).toMatch(/instance\/acme\/unready-0: running on e2e, not ready: readiness probe failed \d+ times?: HTTP GET http:\/\/10\.88\.\d+\.\d+:8080\/ready: 404 Not Found\n/);
+    const table = await cli(server.url, ['get', 'instances', '-t', 'acme']);
+    expect(table.stdout).toMatch(/acme\s+unready-0\s+service\/unready\s+e2e\s+host\s+Running\s+no\s+0\s+\S+\s+NotReady\n/);
+    const desc = await cli(server.url, ['describe', 'instance', 'acme/unready-0']);
+    expect(desc.stdout).toMatch(/Phase:\s+Running\nReady:\s+false\nReason:\s+NotReady\nMessage:\s+readiness probe failed \d+ times?: HTTP GET http:\/\/10\.88\.\d+\.\d+:8080\/ready: 404 Not Found\n/);
+    expect(desc.stdout).toMatch(/Readiness:\s+http-get :8080\/ready delay=0s timeout=1s period=1s #success=1 #failure=1\n/);
+    expect((await cli(server.url, ['get', 'services', '-t', 'acme'])).stdout).toMatch(/unready\s+0\/1\s+host/);
+    // The same probe on a page that exists: --wait succeeds once the replica is ready.
+    const ok = await applyText(manifest([service('unready', 'acme', { image: images.web, command, readinessProbe: { ...probe, httpGet: { path: '/index.html', port: 8080 } } })]), ['--wait', '--timeout', '30']);
+    expect(ok.code, ok.stdout + ok.stderr).toBe(0);
+    expect(ok.stdout).toMatch(/instance\/acme\/unready-0: running on e2e\n/);
+    expect((await cli(server.url, ['get', 'services', '-t', 'acme'])).stdout).toMatch(/unready\s+1\/1\s+host/);
+    await cli(server.url, ['delete', 'service', 'acme/unready']);
   });
 
   it('runs a sandboxed (gVisor) service', async () => {

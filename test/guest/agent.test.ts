@@ -15,9 +15,16 @@ import type { ImageConfig } from '../../src/runtime/driver.js';
 import { GuestAgent } from '../../src/guest/agent.js';
 import { HostChannel, GuestError, type LogEvent, type StateEvent } from '../../src/guest/host-channel.js';
 import { SocketListenLink } from '../../src/guest/link.js';
+import { CellRuntime } from '../../src/agent/cell-runtime.js';
+import { Prober } from '../../src/agent/prober.js';
+import { Resources } from '../../src/core/resources.js';
+import type { Instance } from '../../src/model/objects.js';
+import { ServiceSpecSchema } from '../../src/model/schemas.js';
+import { openSqliteStore } from '../../src/store/sqlite.js';
+import { createVmManager } from '../../src/vm/qemu.js';
 
 const logger = pino({ level: 'silent' });
-const APPLETS = ['sh', 'echo', 'sleep', 'cat', 'seq', 'true', 'false', 'httpd', 'wget', 'kill', 'hostname', 'ls'];
+const APPLETS = ['sh', 'echo', 'sleep', 'cat', 'seq', 'true', 'false', 'httpd', 'wget', 'kill', 'hostname', 'ls', 'rm'];
 const IMAGE: ImageConfig = { entrypoint: [], cmd: ['sh'], env: ['PATH=/bin'], workingDir: '/', user: '' };
 const CG_PARENT = `/carapace-gtest-${process.pid}`;
 
@@ -60,6 +67,16 @@ async function waitFor<T>(what: string, f: () => T | undefined, ms = 20_000): Pr
     if (v !== undefined) return v;
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+async function waitForAsync<T>(what: string, f: () => Promise<T | undefined>, ms = 20_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
   }
 }
 
@@ -211,6 +228,106 @@ describe('guest agent with real runc', () => {
     await waitFor('buffered lines delivered', () => (logs.filter((l) => l.containerId === id).length >= 3 ? true : undefined));
     expect((await chan.list()).find((c) => c.containerId === id)?.state.status).toBe('running');
     await chan.destroy(id);
+  });
+
+  it('runs health checks inside the cell: http and tcp to loopback, exec through runc exec, a slow exec killed', async () => {
+    const port = await freePort();
+    const id = newId('probe');
+    await chan.run({ containerId: id, rootfs, image: IMAGE, container: shSpec(`httpd -f -p 127.0.0.1:${port} -h /www`), hostname: 'p', labels: {} });
+    const page = await waitForAsync('httpd up', async () => {
+      const r = await chan.check(id, { httpGet: { path: '/index.html', port } }, 1_000);
+      return r.ok ? r : undefined;
+    });
+    expect(page).toEqual({ ok: true, message: `HTTP GET http://127.0.0.1:${port}/index.html: 200 OK` });
+    expect(await chan.check(id, { httpGet: { path: '/missing', port } }, 1_000)).toEqual({ ok: false, message: `HTTP GET http://127.0.0.1:${port}/missing: 404 Not Found` });
+    expect(await chan.check(id, { tcpSocket: { port } }, 1_000)).toEqual({ ok: true, message: `TCP connect 127.0.0.1:${port}: connected` });
+    const closed = await freePort();
+    expect(await chan.check(id, { tcpSocket: { port: closed } }, 1_000)).toEqual({ ok: false, message: `TCP connect 127.0.0.1:${closed}: connection refused` });
+    expect(await chan.check(id, { exec: { command: ['cat', '/www/index.html'] } }, 5_000)).toEqual({ ok: true, message: 'exec ["cat","/www/index.html"]: exit 0: hello from the cell' });
+    expect(await chan.check(id, { exec: { command: ['cat', '/www/gone'] } }, 5_000)).toEqual({ ok: false, message: "exec [\"cat\",\"/www/gone\"]: exit 1: cat: can't open '/www/gone': No such file or directory" });
+    const t0 = Date.now();
+    expect(await chan.check(id, { exec: { command: ['sh', '-c', 'sleep 30 & sleep 31'] } }, 500)).toEqual({ ok: false, message: 'exec ["sh","-c","sleep 30 & sleep 31"]: timed out after 0.5s' });
+    expect(Date.now() - t0).toBeLessThan(2_500);
+    // Only the container's own process is left in its cgroup: the exec'd shell and its child were killed.
+    const procs = async (): Promise<string[]> => (await readFile(join('/sys/fs/cgroup/pids', CG_PARENT, id, 'cgroup.procs'), 'utf8')).split('\n').filter(Boolean);
+    await expect.poll(procs, { timeout: 3_000 }).toHaveLength(1);
+    // Unknown containers are refused with a stable code; a stopped one fails its checks.
+    await expect(chan.check(newId('nobody'), { tcpSocket: { port } }, 1_000)).rejects.toMatchObject({ code: 'GUEST_E_NOT_FOUND' });
+    await chan.stop(id, 0);
+    expect(await chan.check(id, { exec: { command: ['true'] } }, 1_000)).toEqual({ ok: false, message: `container ${id} is not running` });
+    await chan.destroy(id);
+  });
+
+  it('the prober drives a cell container through CellRuntime: readiness recorded on change, a failing liveness probe stops it', async () => {
+    const store = await openSqliteStore({ path: join(dir, 'store.db'), logger });
+    try {
+      const resources = new Resources(store);
+      const rt = new CellRuntime({ cellId: 'cell-test', isolation: 'cell', channel: chan, vms: createVmManager({ stateDir: join(dir, 'vms'), logger, accel: 'tcg' }), hostImagesRoot: images, guestImagesRoot: images, logger });
+      const port = await freePort();
+      const id = newId('prober');
+      const parsed = ServiceSpecSchema.parse({
+        image: 'test/busybox:1',
+        isolation: 'cell',
+        command: ['sh', '-c', `trap 'exit 0' TERM; echo alive > /tmp/alive; httpd -p 127.0.0.1:${port} -h /www; while true; do sleep 0.1; done`],
+        readinessProbe: { httpGet: { path: '/ready.html', port }, periodSeconds: 1, failureThreshold: 2 },
+        livenessProbe: { exec: { command: ['cat', '/tmp/alive'] }, periodSeconds: 1, failureThreshold: 2 },
+      });
+      const { replicas: _r, restartPolicy: _p, ...container } = parsed;
+      const now = new Date().toISOString();
+      const inst: Instance = await resources.write(
+        {
+          kind: 'Instance',
+          metadata: { name: 'web-0', tenant: 'acme', uid: 'uid-web-0', labels: {}, resourceVersion: 0, generation: 1, createdAt: now, updatedAt: now },
+          spec: { owner: { kind: 'Service', name: 'web', uid: 'svc' }, index: 0, container, restartPolicy: 'Always', maxRestarts: -1, host: 'h1', cell: 'cell-test', ownerGeneration: 1 },
+          status: { phase: 'Running', reason: 'Started', restarts: 0, containerId: id, ready: false },
+        },
+        0,
+      );
+      await rt.start({ id, rootfs, image: IMAGE, container, hostname: 'web-0', labels: {} });
+      const prober = new Prober({ resources, logger, stopGraceMs: 2_000, timeScale: 0.2 });
+      const startedAtMs = Date.now();
+      prober.watch({ key: 'acme/web-0', inst, containerId: id, driver: rt, startedAtMs, initialReady: false });
+      const get = async (): Promise<Instance['status']> => (await resources.mustGet('Instance', 'web-0', 'acme')).status;
+      // Readiness fails twice in a row: recorded with the reason (`connection refused` while httpd starts, then 404).
+      const notReady = await waitForAsync('NotReady 404', async () => {
+        const st = await get();
+        return st.reason === 'NotReady' && st.message?.endsWith('404 Not Found') ? st : undefined;
+      });
+      expect(notReady.ready).toBe(false);
+      expect(notReady.message).toMatch(new RegExp(`^readiness probe failed \\d+ times: HTTP GET http://127\\.0\\.0\\.1:${port}/ready\\.html: 404 Not Found$`));
+      const rv = (await resources.mustGet('Instance', 'web-0', 'acme')).metadata.resourceVersion;
+      await new Promise((r) => setTimeout(r, 800)); // four more checks failing the same way: nothing new to write
+      expect((await resources.mustGet('Instance', 'web-0', 'acme')).metadata.resourceVersion).toBe(rv);
+      // The page appears: ready, and the failure message is gone.
+      expect((await rt.check(id, { exec: { command: ['sh', '-c', 'echo yes > /www/ready.html'] } }, 5_000)).ok).toBe(true);
+      const ready = await waitForAsync('ready', async () => ((await get()).ready ? get() : undefined));
+      expect(ready.reason).toBe('Ready');
+      expect(ready.message).toBeUndefined();
+      // Liveness starts failing: after two failures the prober stops the container in the cell.
+      expect((await rt.check(id, { exec: { command: ['rm', '/tmp/alive'] } }, 5_000)).ok).toBe(true);
+      const exited = await rt.wait(id);
+      expect(exited.exitCode).toBe(0); // it trapped SIGTERM and exited cleanly
+      expect(prober.watching().size).toBe(0);
+      expect(prober.takeUnhealthy(id)).toBe(`liveness probe failed 2 times: exec ["cat","/tmp/alive"]: exit 1: cat: can't open '/tmp/alive': No such file or directory`);
+      expect(prober.takeUnhealthy(id)).toBeUndefined();
+      // Measured here: one check through the channel, the guest agent and runc (no VM).
+      const id2 = newId('latency');
+      const timeIt = async (action: Parameters<typeof rt.check>[1], n: number): Promise<number> => {
+        const t0 = performance.now();
+        for (let i = 0; i < n; i++) expect(await rt.check(id2, action, 5_000)).toMatchObject({ ok: true });
+        return (performance.now() - t0) / n;
+      };
+      await chan.destroy(id);
+      await rt.start({ id: id2, rootfs, image: IMAGE, container: shSpec(`httpd -f -p 127.0.0.1:${port} -h /www`), hostname: 'lat', labels: {} });
+      await waitForAsync('httpd', async () => ((await rt.check(id2, { tcpSocket: { port } }, 1_000)).ok ? true : undefined));
+      const http = await timeIt({ httpGet: { path: '/index.html', port } }, 20);
+      const tcp = await timeIt({ tcpSocket: { port } }, 20);
+      const exec = await timeIt({ exec: { command: ['true'] } }, 10);
+      console.log(`cell check latency (channel + guest agent + runc, no VM): httpGet ${http.toFixed(1)} ms, tcpSocket ${tcp.toFixed(1)} ms, exec ${exec.toFixed(1)} ms`);
+      await chan.destroy(id2);
+    } finally {
+      await store.close();
+    }
   });
 
   it('refuses a rootfs outside the images share and a duplicate id, with stable codes', async () => {

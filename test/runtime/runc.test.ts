@@ -3,7 +3,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -22,6 +22,15 @@ const started: string[] = [];
 function req(id: string, script: string, over: Parameters<typeof shSpec>[1] = {}, labels: Record<string, string> = {}) {
   started.push(id);
   return { id, rootfs: work.rootfs, image: IMAGE, container: shSpec(script, over), hostname: id.slice(0, 60), labels };
+}
+
+/** Pids in the container's cgroup (pids controller of cgroup v1, or the unified hierarchy). */
+async function cgroupProcs(id: string): Promise<number[]> {
+  for (const base of ['/sys/fs/cgroup/pids', '/sys/fs/cgroup']) {
+    const text = await readFile(join(base, driver.cgroupPath(id), 'cgroup.procs'), 'utf8').catch(() => undefined);
+    if (text !== undefined) return text.split('\n').filter((l) => l.trim() !== '').map(Number);
+  }
+  throw new Error(`no cgroup for ${id}`);
 }
 
 beforeAll(async () => {
@@ -229,6 +238,45 @@ describe('runc driver', () => {
     expect(found?.labels).toEqual({ tenant: 'acme', instance: 'web-0' });
     expect(found?.state.status).toBe('running');
     expect((await restarted.wait(id)).exitCode).toBe(7);
+  });
+
+  it('check: exec runs in the container with its user and env; exit code and output decide; no address is a clear failure', async () => {
+    const id = newId('check');
+    await driver.start({ ...req(id, 'sleep 60', { env: { GREETING: 'hi' } }), image: { ...IMAGE, user: 'app' } });
+    const ok = await driver.check(id, { exec: { command: ['sh', '-c', 'echo $(id -u) $GREETING'] } }, 5_000);
+    expect(ok).toEqual({ ok: true, message: 'exec ["sh","-c","echo $(id -u) $GREETING"]: exit 0: 1000 hi' });
+    const bad = await driver.check(id, { exec: { command: ['sh', '-c', 'echo not healthy >&2; exit 3'] } }, 5_000);
+    expect(bad).toEqual({ ok: false, message: 'exec ["sh","-c","echo not healthy >&2; exit 3"]: exit 3: not healthy' });
+    const missing = await driver.check(id, { exec: { command: ['/no/such/binary'] } }, 5_000);
+    expect(missing.ok).toBe(false);
+    expect(missing.message).toMatch(/^exec \["\/no\/such\/binary"\]: exit \d+: .*no such file or directory/);
+    expect(await driver.check(id, { httpGet: { path: '/healthz', port: 8080 } }, 1_000)).toEqual({
+      ok: false,
+      message: `HTTP GET :8080/healthz: container ${id} has no network address to probe (started without a network)`,
+    });
+    expect((await driver.check(id, { tcpSocket: { port: 8080 } }, 1_000)).message).toMatch(/^TCP connect :8080: .*no network address/);
+    // Nothing of the checks is left: no pid files in the bundle, only the container's own process in its cgroup.
+    expect((await readdir(join(stateDir, 'containers', id))).filter((f) => f.startsWith('probe-'))).toEqual([]);
+    expect(await cgroupProcs(id)).toHaveLength(1);
+    const t0 = performance.now();
+    for (let i = 0; i < 10; i++) expect((await driver.check(id, { exec: { command: ['true'] } }, 5_000)).ok).toBe(true);
+    console.log(`runc exec check: ${((performance.now() - t0) / 10).toFixed(1)} ms mean`);
+    await driver.stop(id, 0);
+  });
+
+  it('check: an exec that outlives its timeout fails in time and is killed with its children', async () => {
+    const id = newId('checkslow');
+    await driver.start(req(id, 'sleep 60'));
+    const t0 = Date.now();
+    const slow = await driver.check(id, { exec: { command: ['sh', '-c', 'sleep 30 & sleep 31'] } }, 500);
+    const took = Date.now() - t0;
+    expect(slow).toEqual({ ok: false, message: 'exec ["sh","-c","sleep 30 & sleep 31"]: timed out after 0.5s' });
+    expect(took).toBeGreaterThanOrEqual(500);
+    expect(took).toBeLessThan(2_500);
+    // The exec'd shell and its background child died with it: only the container's init is left.
+    await expect.poll(() => cgroupProcs(id), { timeout: 3_000 }).toHaveLength(1);
+    expect((await driver.check(id, { exec: { command: ['true'] } }, 5_000)).ok).toBe(true);
+    await driver.stop(id, 0);
   });
 
   it('conmon killed -9: the container keeps running; once it is gone the exit is reported as unknown (137)', async () => {

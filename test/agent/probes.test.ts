@@ -1,0 +1,269 @@
+/**
+ * Liveness and readiness probes end to end on real containers: the all-in-one in this
+ * process (API, controller, host agent, SQLite), a real registry with a busybox httpd image,
+ * real runc and runsc containers on a bridge of the test's own, driven through the REST API.
+ * Probe periods run 10x faster (probeTimeScale 0.1): a `periodSeconds: 1` checks every 100 ms.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startAllInOne, type RunningAllInOne } from '../../src/allinone/allinone.js';
+import { formatDescribe, formatTable } from '../../src/cli/format.js';
+import { buildBusyboxImage, freePort, startRegistry, type RunningRegistry } from '../../src/image/testing/index.js';
+import type { Instance, Service } from '../../src/model/objects.js';
+import { createNetworkManager } from '../../src/network/network-manager.js';
+import { createRuncDriver, createRunscDriver } from '../../src/runtime/index.js';
+import { freeSubnet, uniqueTag } from '../network/helpers.js';
+
+const logger = pino({ level: process.env['CARAPACE_TEST_LOG'] ?? 'silent' });
+const bridge = { name: `cpb${uniqueTag()}`, subnet: freeSubnet() };
+let dir: string;
+let stateDir: string;
+let registry: RunningRegistry;
+let image: string;
+let aio: RunningAllInOne;
+const savedConfigEnv = process.env['CARAPACE_CONFIG'];
+
+async function api<T>(method: string, path: string, body?: unknown): Promise<T> {
+  const r = await fetch(`${aio.url}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${aio.adminToken}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+  });
+  const text = await r.text();
+  if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${text}`);
+  return (text ? JSON.parse(text) : undefined) as T; // `as`: the API's documented response shapes
+}
+
+const applyService = (name: string, spec: object): Promise<Service> =>
+  api('PUT', `/v1/tenants/acme/services/${name}`, { apiVersion: 'carapace/v1', kind: 'Service', metadata: { name, tenant: 'acme' }, spec: { image, isolation: 'host', cpu: 0.1, memory: 32, ...spec } });
+const instance = (name: string): Promise<Instance> => api('GET', `/v1/tenants/acme/instances/${name}`);
+const service = (name: string): Promise<Service> => api('GET', `/v1/tenants/acme/services/${name}`);
+
+/** Polls `f` every 50 ms until it returns something other than undefined. */
+async function until<T>(what: string, f: () => Promise<T | undefined>, ms = 30_000): Promise<T> {
+  const end = Date.now() + ms;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await f();
+      if (v !== undefined) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function deleteService(name: string): Promise<void> {
+  await api('DELETE', `/v1/tenants/acme/services/${name}`);
+  await until(`${name} gone`, async () => ((await api<{ items: Instance[] }>('GET', '/v1/tenants/acme/instances')).items.some((i) => i.spec.owner.name === name) ? undefined : true));
+}
+
+async function startAio(): Promise<RunningAllInOne> {
+  return startAllInOne({ stateDir, port: await freePort(), logger, hostName: 'probes', bridge, probeTimeScale: 0.1, stopGraceMs: 2_000 });
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'carapace-probes-'));
+  stateDir = join(dir, 'state');
+  process.env['CARAPACE_CONFIG'] = join(dir, 'cli-config.json'); // the first start saves the admin token there
+  registry = await startRegistry({ dir: join(dir, 'registry') });
+  image = (
+    await buildBusyboxImage({
+      registry: registry.address,
+      repository: 'probes/web',
+      tag: '1',
+      cmd: ['sh', '-c', "trap 'exit 0' TERM; httpd -p 8080 -h /www; while true; do sleep 0.1; done"],
+      files: { '/www/index.html': 'hello\n', '/www/healthz': 'ok\n' },
+    })
+  ).reference;
+  aio = await startAio();
+  await api('PUT', '/v1/tenants/acme', { apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name: 'acme' } });
+}, 120_000);
+
+afterAll(async () => {
+  await aio?.stop();
+  for (const [runtime, make] of [
+    ['runc', createRuncDriver],
+    ['runsc', createRunscDriver],
+  ] as const) {
+    const d = make({ stateDir: join(stateDir, 'runtime', runtime), logger });
+    for (const c of await d.recover().catch(() => [])) {
+      await d.stop(c.id, 0).catch(() => undefined);
+      await d.destroy(c.id).catch(() => undefined);
+    }
+  }
+  const net = createNetworkManager({ stateDir: join(stateDir, 'network'), logger, bridge: bridge.name, subnet: bridge.subnet });
+  await net.gc(new Set()).catch(() => undefined);
+  await net.removeBridge().catch(() => undefined);
+  await registry?.stop();
+  await rm(dir, { recursive: true, force: true });
+  if (savedConfigEnv === undefined) delete process.env['CARAPACE_CONFIG'];
+  else process.env['CARAPACE_CONFIG'] = savedConfigEnv;
+}, 120_000);
+
+describe('probes on real containers', () => {
+  it('a failing httpGet liveness probe restarts a runc container, with the reason in its status', async () => {
+    // The container breaks its own health endpoint after 1.5 s (every run: each starts from the image).
+    await applyService('live', {
+      command: ['sh', '-c', "trap 'exit 0' TERM; httpd -p 8080 -h /www; sleep 1.5; rm /www/healthz; while true; do sleep 0.1; done"],
+      livenessProbe: { httpGet: { path: '/healthz', port: 8080 }, periodSeconds: 1, failureThreshold: 2 },
+    });
+    const first = await until('live-0 running', async () => {
+      const i = await instance('live-0');
+      return i.status.phase === 'Running' ? i : undefined;
+    });
+    expect(first.status.ready).toBe(true); // no readiness probe: ready once running
+    await until('service ready 1/1', async () => ((await service('live')).status.ready === 1 ? true : undefined));
+    const unhealthy = await until('Unhealthy backoff', async () => {
+      const i = await instance('live-0');
+      return i.status.reason === 'Unhealthy' ? i : undefined;
+    });
+    expect(unhealthy.status.phase).toBe('Backoff');
+    expect(unhealthy.status.ready).toBe(false);
+    expect(unhealthy.status.restarts).toBe(1);
+    expect(unhealthy.status.exitCode).toBe(0); // it exited cleanly on SIGTERM: still a failure
+    expect(unhealthy.status.message).toMatch(/^liveness probe failed 2 times: HTTP GET http:\/\/10\.213\.\d+\.\d+:8080\/healthz: 404 Not Found; restarting in 1s$/);
+    // What a user sees: the table's REASON column and describe's Reason and Message.
+    expect(formatTable('Instance', [unhealthy])).toMatch(/live-0\s+service\/live\s+probes\s+host\s+Backoff\s+no\s+1\s+\S+\s+Unhealthy/);
+    expect(formatDescribe(unhealthy)).toMatch(/Reason:\s+Unhealthy\nMessage:\s+liveness probe failed 2 times: HTTP GET/);
+    expect(formatDescribe(unhealthy)).toMatch(/Liveness:\s+http-get :8080\/healthz delay=0s timeout=1s period=1s #success=1 #failure=2\n/);
+    // Restarted after the backoff as a new container; the counter keeps growing while it stays unhealthy.
+    const second = await until('restarted', async () => {
+      const i = await instance('live-0');
+      return i.status.phase === 'Running' && i.status.restarts === 1 ? i : undefined;
+    });
+    expect(second.status.containerId).toMatch(/-r1$/);
+    expect(second.status.containerId).not.toBe(first.status.containerId);
+    await until('second restart', async () => ((await instance('live-0')).status.restarts >= 2 ? true : undefined));
+    await deleteService('live');
+  });
+
+  it('a failing readiness probe keeps an instance not ready and out of the service ready count; it never restarts it', async () => {
+    // ready-0 serves /ready at once; ready-1 only after 3 s.
+    await applyService('ready', {
+      replicas: 2,
+      command: [
+        'sh',
+        '-c',
+        `trap 'exit 0' TERM; httpd -p 8080 -h /www; if [ "$(hostname)" = ready-0 ]; then echo ok > /www/ready; else (sleep 3; echo ok > /www/ready) & fi; while true; do sleep 0.1; done`,
+      ],
+      readinessProbe: { httpGet: { path: '/ready', port: 8080 }, periodSeconds: 1, failureThreshold: 2 },
+    });
+    const notReady = await until('ready-1 NotReady (404)', async () => {
+      const i = await instance('ready-1');
+      return i.status.reason === 'NotReady' && i.status.message?.endsWith('404 Not Found') ? i : undefined;
+    });
+    expect(notReady.status).toMatchObject({ phase: 'Running', ready: false, restarts: 0 });
+    expect(notReady.status.message).toMatch(/^readiness probe failed \d+ times: HTTP GET http:\/\/10\.213\.\d+\.\d+:8080\/ready: 404 Not Found$/);
+    expect(formatTable('Instance', [notReady])).toMatch(/ready-1\s+service\/ready\s+probes\s+host\s+Running\s+no\s+0\s+\S+\s+NotReady/);
+    expect((await instance('ready-0')).status).toMatchObject({ phase: 'Running', ready: true, reason: 'Ready' });
+    const svc = await until('service ready 1', async () => {
+      const s = await service('ready');
+      return s.status.ready === 1 ? s : undefined;
+    });
+    expect(formatTable('Service', [svc])).toMatch(/ready\s+1\/2\s+host/);
+    // The page appears in ready-1: it becomes ready, the failure message goes, the service counts 2.
+    const ready = await until('ready-1 ready', async () => {
+      const i = await instance('ready-1');
+      return i.status.ready ? i : undefined;
+    });
+    expect(ready.status.reason).toBe('Ready');
+    expect(ready.status.message).toBeUndefined();
+    expect(ready.status.restarts).toBe(0);
+    await until('service ready 2', async () => ((await service('ready')).status.ready === 2 ? true : undefined));
+  });
+
+  it('after an agent restart, adopted containers keep their readiness and are probed again', async () => {
+    await deleteService('ready');
+    // Ready at once; the page goes away 8 s after the container started.
+    await applyService('adopt', {
+      command: ['sh', '-c', "trap 'exit 0' TERM; httpd -p 8080 -h /www; echo ok > /www/ready; sleep 8; rm /www/ready; while true; do sleep 0.1; done"],
+      readinessProbe: { httpGet: { path: '/ready', port: 8080 }, periodSeconds: 1, failureThreshold: 2 },
+    });
+    const before = await until('adopt-0 ready', async () => {
+      const i = await instance('adopt-0');
+      return i.status.ready ? i : undefined;
+    });
+    await aio.stop(); // the containers keep running
+    aio = await startAio();
+    const after = await instance('adopt-0');
+    expect(after.status).toMatchObject({ phase: 'Running', ready: true, containerId: before.status.containerId });
+    const t0 = Date.now();
+    await new Promise((r) => setTimeout(r, 1_000));
+    // Readiness was carried over, not reset to false by the new agent.
+    expect((await instance('adopt-0')).status.ready).toBe(true);
+    expect((await service('adopt')).status.ready).toBe(1);
+    // The new agent's prober probes the adopted container: it notices the page going away.
+    const gone = await until('adopt-0 NotReady', async () => {
+      const i = await instance('adopt-0');
+      return i.status.reason === 'NotReady' ? i : undefined;
+    });
+    expect(Date.now() - t0).toBeGreaterThan(1_000);
+    expect(gone.status).toMatchObject({ phase: 'Running', ready: false, restarts: 0, containerId: before.status.containerId });
+    expect(gone.status.message).toMatch(/^readiness probe failed 2 times: HTTP GET http:\/\/10\.213\.\d+\.\d+:8080\/ready: 404 Not Found$/);
+    await until('service ready 0', async () => ((await service('adopt')).status.ready === 0 ? true : undefined));
+    await deleteService('adopt');
+  });
+
+  it('exec liveness and tcpSocket readiness probes on a gVisor (runsc) sandbox', async () => {
+    await applyService('sand', {
+      isolation: 'sandbox',
+      command: ['sh', '-c', "trap 'exit 0' TERM; echo yes > /tmp/alive; httpd -p 8080 -h /www; sleep 2; rm /tmp/alive; while true; do sleep 0.1; done"],
+      livenessProbe: { exec: { command: ['cat', '/tmp/alive'] }, periodSeconds: 1, failureThreshold: 2, timeoutSeconds: 5 },
+      readinessProbe: { tcpSocket: { port: 8080 }, periodSeconds: 1 },
+    });
+    await until('sand-0 ready', async () => ((await instance('sand-0')).status.ready ? true : undefined));
+    expect((await instance('sand-0')).status).toMatchObject({ phase: 'Running', reason: 'Ready' });
+    const unhealthy = await until('sand-0 Unhealthy', async () => {
+      const i = await instance('sand-0');
+      return i.status.reason === 'Unhealthy' ? i : undefined;
+    }, 60_000);
+    expect(unhealthy.status.message).toBe(`liveness probe failed 2 times: exec ["cat","/tmp/alive"]: exit 1: cat: can't open '/tmp/alive': No such file or directory; restarting in 1s`);
+    expect(unhealthy.status.restarts).toBe(1);
+    await until('sand-0 back and ready', async () => {
+      const i = await instance('sand-0');
+      return i.status.phase === 'Running' && i.status.ready && i.status.restarts === 1 ? true : undefined;
+    }, 60_000);
+    await deleteService('sand');
+  });
+
+  it('measures check latency per handler and isolation (Prometheus histogram)', async () => {
+    await applyService('lat', {
+      command: ['sh', '-c', "trap 'exit 0' TERM; httpd -p 8080 -h /www; while true; do sleep 0.1; done"],
+      livenessProbe: { exec: { command: ['true'] }, periodSeconds: 1 },
+      readinessProbe: { httpGet: { path: '/index.html', port: 8080 }, periodSeconds: 1 },
+    });
+    await applyService('lat-tcp', {
+      command: ['sh', '-c', "trap 'exit 0' TERM; httpd -p 8080 -h /www; while true; do sleep 0.1; done"],
+      readinessProbe: { tcpSocket: { port: 8080 }, periodSeconds: 1 },
+    });
+    await until('lat ready', async () => ((await instance('lat-0')).status.ready && (await instance('lat-tcp-0')).status.ready ? true : undefined));
+    await new Promise((r) => setTimeout(r, 3_000)); // ~30 checks of each
+    const text = await (await fetch(`${aio.url}/metrics`, { headers: { authorization: `Bearer ${aio.adminToken}` } })).text();
+    const series = (name: 'sum' | 'count', labels: string): number =>
+      [...text.matchAll(new RegExp(`^carapace_probe_duration_seconds_${name}\\{([^}]*)\\} (\\S+)$`, 'gm'))]
+        .filter((m) => labels.split(',').every((l) => (m[1] ?? '').includes(l)))
+        .reduce((s, m) => s + Number(m[2]), 0);
+    const rows: string[] = [];
+    for (const [handler, isolation] of [
+      ['exec', 'host'],
+      ['httpGet', 'host'],
+      ['tcpSocket', 'host'],
+      ['exec', 'sandbox'],
+      ['tcpSocket', 'sandbox'],
+    ] as const) {
+      const labels = `handler="${handler}",isolation="${isolation}",result="success"`;
+      const n = series('count', labels);
+      if (isolation === 'host') expect(n).toBeGreaterThan(10);
+      if (n > 0) rows.push(`${handler}/${isolation}: ${((series('sum', labels) / n) * 1000).toFixed(1)} ms mean over ${n}`);
+    }
+    console.log(`probe check latency: ${rows.join('; ')}`);
+    await deleteService('lat');
+    await deleteService('lat-tcp');
+  });
+});
