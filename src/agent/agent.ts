@@ -119,8 +119,18 @@ export class HostAgent {
     leaseTimer.unref();
     signal.addEventListener('abort', () => clearInterval(leaseTimer), { once: true });
     signal.addEventListener('abort', () => this.probes.stopAll(), { once: true });
-    const all = await this.o.resources.list('Instance');
-    for (const i of all.items) if (i.spec.host === this.o.hostName) this.queue.add(instanceKey(i.metadata.tenant ?? '', i.metadata.name));
+    // Level-based resync: every container this agent runs and every instance placed here is
+    // looked at again now and then. A watch that resumed by re-listing (after the control
+    // plane was unreachable) says nothing about instances deleted meanwhile; this catches them.
+    const resync = async (): Promise<void> => {
+      for (const k of this.local.keys()) this.queue.add(k);
+      const all = await this.o.resources.list('Instance');
+      for (const i of all.items) if (i.spec.host === this.o.hostName) this.queue.add(instanceKey(i.metadata.tenant ?? '', i.metadata.name));
+    };
+    const resyncTimer = setInterval(() => void resync().catch((err: unknown) => this.log.warn({ err }, 'resync failed')), 15_000);
+    resyncTimer.unref();
+    signal.addEventListener('abort', () => clearInterval(resyncTimer), { once: true });
+    await resync().catch((err: unknown) => this.log.warn({ err }, 'first resync failed; the watch and the timer retry'));
     await Promise.all([
       this.queue.start(signal, 8),
       ...(this.o.cells ? [this.o.cells.start(signal)] : []),

@@ -88,6 +88,20 @@ export class CellManager {
       }
     }
     this.queue.add(WARM_KEY);
+    // Level-based resync: every VM on this host and every cell placed here is looked at again
+    // now and then. After the control plane was unreachable the watch resumes by re-listing,
+    // which says nothing about cells deleted meanwhile (their VMs must be destroyed: fencing).
+    const resync = setInterval(() => {
+      for (const vm of this.o.vms.recover()) if (vm.labels['carapace.cell'] !== undefined) this.queue.add(vm.id);
+      this.o.resources
+        .list('Cell')
+        .then((l) => {
+          for (const c of l.items) if (c.spec.host === this.o.hostName) this.queue.add(c.metadata.name);
+        })
+        .catch((err: unknown) => this.log.warn({ err }, 'cell resync failed'));
+    }, 15_000);
+    resync.unref();
+    signal.addEventListener('abort', () => clearInterval(resync), { once: true });
     await Promise.all([
       this.queue.start(signal, 4),
       watchForever<Cell>(this.o.resources.store, kindPrefix('Cell'), signal, this.log, (e) => {

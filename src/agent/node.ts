@@ -7,6 +7,7 @@
  * supervised by conmon and VMs are daemonised QEMU processes, adopted again on the next start.
  */
 import { existsSync } from 'node:fs';
+import { setTimeout as delay } from 'node:timers/promises';
 import { mkdir } from 'node:fs/promises';
 import os from 'node:os';
 import { join } from 'node:path';
@@ -138,7 +139,18 @@ export async function createHostNode(o: HostNodeOptions): Promise<RunningHostNod
     cells,
     vms,
     async start(signal) {
-      await agent.register();
+      // The control plane may be unreachable when the agent starts (after a reboot during an
+      // outage): keep trying; the workloads already on this host run on meanwhile.
+      for (let pause = 500; !signal.aborted; pause = Math.min(pause * 2, 10_000)) {
+        try {
+          await agent.register();
+          break;
+        } catch (err) {
+          logger.warn({ err, retryInMs: pause }, 'cannot register this host yet');
+          await delay(pause, undefined, { signal }).catch(() => undefined);
+        }
+      }
+      if (signal.aborted) return;
       await Promise.all([agent.start(signal), sampler.start(signal)]);
     },
   };

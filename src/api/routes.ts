@@ -5,7 +5,7 @@
  */
 import { KINDS, type Kind } from '../model/objects.js';
 
-export type RouteKind = 'action' | 'logs' | 'watch' | 'meta' | 'tokens' | 'audit' | 'usage' | 'hostOp';
+export type RouteKind = 'action' | 'logs' | 'watch' | 'meta' | 'tokens' | 'audit' | 'usage' | 'hostOp' | 'pki';
 
 export interface RouteDef {
   method: 'GET' | 'PUT' | 'POST' | 'DELETE';
@@ -62,6 +62,11 @@ function objectRoutes(): RouteDef[] {
   ] as const) {
     out.push({ method: 'POST', url: `/v1/hosts/:name/${op}`, summary: what, kind: 'hostOp', objectKind: 'Host' });
   }
+  out.push({ method: 'POST', url: '/v1/join-tokens', summary: 'Create a join token for agents (?ttlSeconds, default 86400); shown once (cluster-admin)', kind: 'pki' });
+  out.push({ method: 'GET', url: '/v1/join-tokens', summary: 'List join tokens, never their secrets (cluster-admin)', kind: 'pki' });
+  out.push({ method: 'GET', url: '/v1/agent-certs', summary: "List hosts' agent certificates (cluster-admin)", kind: 'pki' });
+  out.push({ method: 'POST', url: '/v1/agent-certs/:name/revoke', summary: "Revoke a host's agent certificate: it is refused at once (cluster-admin)", kind: 'pki' });
+  out.push({ method: 'DELETE', url: '/v1/agent-certs/:name', summary: "Forget a host's certificate record so the host may join again (cluster-admin)", kind: 'pki' });
   out.push({ method: 'GET', url: '/v1/usage', summary: 'Usage report (?since, ?until, ?by=tenant|group|cell, ?format=json|csv|table, ?tenant); reserved and measured, exact; a tenant token gets only its tenant', kind: 'usage' });
   out.push({ method: 'GET', url: '/v1/tenants/:tenant/machines/:name/logs', summary: "Read or follow a machine's serial console (NDJSON)", kind: 'logs', objectKind: 'Machine' });
   return out;

@@ -12,7 +12,7 @@ import { parseManifest } from '../model/manifest.js';
 import { KINDS, kindPrefix, type Kind } from '../model/objects.js';
 import type { ControlPlane, ActionResult } from '../core/control-plane.js';
 import type { Store } from '../store/store.js';
-import { CompactedError } from '../store/store.js';
+import { CompactedError, type TxnOp } from '../store/store.js';
 import type { LogLine, LogOptions } from '../runtime/driver.js';
 import { ROUTES, type RouteDef } from './routes.js';
 import { openApiDocument } from './openapi.js';
@@ -26,6 +26,8 @@ import { zodIssues } from '../model/manifest.js';
 import type { AuditLog } from '../audit/log.js';
 import type { AuditContext } from '../core/control-plane.js';
 import { usageReport } from '../core/usage-report.js';
+import { AGENT_CERT_PREFIX, JOIN_TOKEN_PREFIX, newJoinToken, type AgentCertRecord, type JoinTokenRecord } from '../pki/agents.js';
+import { ensureClusterCa } from '../pki/x509.js';
 import { formatReport } from '../usage/format.js';
 
 /** Where instance logs come from (the local agent in the all-in-one; agents over the network later). */
@@ -216,6 +218,7 @@ async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply
   if (route.kind === 'audit' && route.url === '/v1/events') return streamEvents(o, q, req, reply, who.principal);
   if (route.kind === 'audit') return handleAudit(o, route, q, reply, who.principal);
   if (route.kind === 'usage') return handleUsage(o, q, reply, who.principal);
+  if (route.kind === 'pki') return handlePki(o, route, req, reply, q);
   if (route.kind === 'hostOp') {
     const op = route.url.slice(route.url.lastIndexOf('/') + 1) as 'cordon' | 'uncordon' | 'drain'; // the route table lists exactly these three
     return render(await o.controlPlane.handle({ type: 'hostOp', op, name: p.name ?? '' }, auditContext(req)));
@@ -393,6 +396,41 @@ async function handleAudit(o: ApiOptions, route: RouteDef, q: Query, reply: Fast
   const text = await o.audit.export({ format, ...(q['since'] ? { since: q['since'] } : {}), ...(q['until'] ? { until: q['until'] } : {}), ...(tenant ? { tenant } : {}) });
   void reply.header('content-type', format === 'csv' ? 'text/csv; charset=utf-8' : 'application/x-ndjson');
   return text;
+}
+
+/** Join tokens and agent certificates (cluster-admin; the route table says which). */
+async function handlePki(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply: FastifyReply, q: Query): Promise<unknown> {
+  const name = (req.params as Params).name ?? '';
+  const now = new Date(o.env.now());
+  const ctx = auditContext(req);
+  // Each change commits with its audit record in one transaction (invariant 3).
+  const commit = async (action: string, target: string, ops: TxnOp[], detail: Record<string, unknown> = {}): Promise<void> => {
+    const entry = { time: o.env.now(), actor: ctx.actor, ...(ctx.source ? { source: ctx.source } : {}), action, target: { kind: 'AgentCert', name: target }, outcome: 'success' as const, detail };
+    if (o.audit) await o.audit.commit(entry, ops);
+    else await o.store.txn(ops);
+  };
+  if (route.url === '/v1/join-tokens' && route.method === 'POST') {
+    const ttl = intParam(q, 'ttlSeconds') ?? 86_400;
+    if (ttl < 60 || ttl > 30 * 86_400) throw new CarapaceError('CARAPACE_E_BAD_QUERY', 'ttlSeconds must be from 60 to 2592000 (30 days)', [{ path: 'query.ttlSeconds', message: 'out of range' }]);
+    const ca = await ensureClusterCa(o.store);
+    const { token, record, key } = newJoinToken({ caFingerprint: ca.fingerprint, now, ttlMs: ttl * 1000, description: typeof q['description'] === 'string' ? q['description'].slice(0, 200) : '' });
+    await commit('join-token.created', record.id, [{ op: 'put', key, value: record, expect: { absent: true } }], { expiresAt: record.expiresAt });
+    void reply.status(201);
+    return { token, id: record.id, expiresAt: record.expiresAt };
+  }
+  if (route.url === '/v1/join-tokens') return { items: (await o.store.list<JoinTokenRecord>(JOIN_TOKEN_PREFIX)).items.map((e) => ({ id: e.value.id, createdAt: e.value.createdAt, expiresAt: e.value.expiresAt, description: e.value.description })) };
+  if (route.url === '/v1/agent-certs') return { items: (await o.store.list<AgentCertRecord>(AGENT_CERT_PREFIX)).items.map((e) => e.value) };
+  const key = `${AGENT_CERT_PREFIX}${name}`;
+  const cur = await o.store.get<AgentCertRecord>(key);
+  if (!cur) throw new CarapaceError('CARAPACE_E_NOT_FOUND', `host "${name}" has no agent certificate on record`);
+  if (route.method === 'DELETE') {
+    await commit('agent-cert.forgotten', name, [{ op: 'delete', key, expect: { version: cur.version } }]);
+    return { forgotten: name };
+  }
+  if (cur.value.revokedAt) return cur.value;
+  const rec: AgentCertRecord = { ...cur.value, revokedAt: now.toISOString() };
+  await commit('agent-cert.revoked', name, [{ op: 'put', key, value: rec, expect: { version: cur.version } }], { serial: rec.serial });
+  return rec;
 }
 
 /** A time query parameter: ISO 8601, or undefined when absent. */

@@ -127,6 +127,8 @@ export function classifyRoute(route: AuthzRequest['route']): RouteClass | undefi
     // Records: the handler forces a tenant token's export to its own tenant.
     return route.url === '/v1/audit/records' || route.url === '/v1/events' ? { type: 'self' } : undefined;
   }
+  // Join tokens and agent certificates: the cluster's trust, cluster-admins only.
+  if (route.kind === 'pki') return /^\/v1\/(join-tokens|agent-certs)(\/:name(\/revoke)?)?$/.test(route.url) ? { type: 'admin' } : undefined;
   // Operator actions on hosts (cordon, drain): infrastructure, cluster-admins only.
   if (route.kind === 'hostOp') return route.method === 'POST' && /^\/v1\/hosts\/:name\/(cordon|uncordon|drain)$/.test(route.url) ? { type: 'admin' } : undefined;
   // The usage report: the handler forces a tenant token's report to its own tenant.

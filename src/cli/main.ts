@@ -76,17 +76,31 @@ program
   .option('--state-dir <dir>', 'audit keys and the admin token live here', '/var/lib/carapace-server')
   .option('--port <n>', 'API port', '7070')
   .option('--listen <addr>', 'API listen address', '127.0.0.1')
-  .action(async (o: { store?: string; stateDir: string; port: string; listen: string }) => {
+  .option('--agent-port <n>', 'agent API port (HTTPS with client certificates; 0 picks one; off with --no-agent-api)', '7443')
+  .option('--no-agent-api', 'do not serve the agent API')
+  .option('--agent-listen <addr>', 'agent API listen address', '0.0.0.0')
+  .option('--advertise <addr...>', 'addresses agents use to reach this server (added to its certificate)')
+  .action(async (o: { store?: string; stateDir: string; port: string; listen: string; agentPort: string; agentApi: boolean; agentListen: string; advertise?: string[] }) => {
     const { runServer } = await import('../server/run.js');
     const port = Number(o.port);
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CliError('CARAPACE_E_BAD_QUERY', `--port must be a port number, got "${o.port}"`);
-    await runServer({ stateDir: o.stateDir, port, listen: o.listen, ...(o.store ? { store: o.store } : {}) });
+    const agentPort = Number(o.agentPort);
+    if (!Number.isInteger(agentPort) || agentPort < 0 || agentPort > 65535) throw new CliError('CARAPACE_E_BAD_QUERY', `--agent-port must be a port number, got "${o.agentPort}"`);
+    await runServer({
+      stateDir: o.stateDir,
+      port,
+      listen: o.listen,
+      ...(o.store ? { store: o.store } : {}),
+      ...(o.agentApi ? { agentApi: { port: agentPort, listen: o.agentListen, ...(o.advertise ? { advertise: o.advertise } : {}) } } : {}),
+    });
   });
 
 program
   .command('agent')
   .description("Run this host's agent (containers, cells, machines) against the cluster's store")
-  .requiredOption('--store <url>', 'etcd://HOST:PORT[,HOST:PORT...] (or sqlite:PATH when nothing else opens it)')
+  .option('--join <url>', "a server's agent API, https://HOST:PORT (mutual TLS; the normal way)")
+  .option('--token <token>', 'join token (carapace join-token create); needed only the first time')
+  .option('--store <url>', 'or reach the store directly: etcd://HOST:PORT[,HOST:PORT...] (trusted networks, tests)')
   .option('--state-dir <dir>', 'where containers, images and VMs of this host live', '/var/lib/carapace')
   .option('--host-name <name>', 'name of this host (default: the machine hostname)')
   .option('--label <key=value...>', 'host labels, e.g. zone=a')
@@ -95,7 +109,7 @@ program
   .option('--warm-cells <n>', 'pre-booted, unassigned cells to keep on this host', '0')
   .option('--cpu-overcommit <ratio>', 'cpu requests this host accepts per core', '4')
   .addOption(new Option('--accel <mode>', 'VM acceleration').choices(['auto', 'kvm', 'tcg']).default('auto'))
-  .action(async (o: { store: string; stateDir: string; hostName?: string; label?: string[]; bridge?: string; subnet?: string; warmCells: string; cpuOvercommit: string; accel: 'auto' | 'kvm' | 'tcg' }) => {
+  .action(async (o: { store?: string; join?: string; token?: string; stateDir: string; hostName?: string; label?: string[]; bridge?: string; subnet?: string; warmCells: string; cpuOvercommit: string; accel: 'auto' | 'kvm' | 'tcg' }) => {
     const { runAgent } = await import('../server/run.js');
     const warmCells = Number(o.warmCells);
     if (!Number.isInteger(warmCells) || warmCells < 0 || warmCells > 64) throw new CliError('CARAPACE_E_BAD_QUERY', `--warm-cells must be a whole number from 0 to 64, got "${o.warmCells}"`);
@@ -108,7 +122,9 @@ program
       labels[m[1] as string] = m[2] as string; // both groups always match
     }
     await runAgent({
-      store: o.store,
+      ...(o.store ? { store: o.store } : {}),
+      ...(o.join ? { join: o.join } : {}),
+      ...(o.token ? { token: o.token } : {}),
       stateDir: o.stateDir,
       warmCells,
       cpuOvercommit,
@@ -375,6 +391,53 @@ for (const [op, what] of [
     }
   });
 }
+
+const joinCmd = program.command('join-token').description('Tokens that let new hosts join (cluster-admin)');
+joinCmd
+  .command('create')
+  .description('Create a join token (shown once): carapace agent --join https://SERVER:7443 --token TOKEN')
+  .option('--ttl <duration>', 'how long it is valid: 30m, 24h, 7d', '24h')
+  .option('--description <text>', 'what it is for')
+  .action(async (o: { ttl: string; description?: string }) => {
+    const m = /^(\d+)(m|h|d)$/.exec(o.ttl);
+    if (!m) throw new CliError('CARAPACE_E_BAD_QUERY', `--ttl must look like 30m, 24h or 7d, got "${o.ttl}"`, [{ path: '--ttl', message: 'not a duration' }]);
+    const seconds = Number(m[1]) * { m: 60, h: 3600, d: 86400 }[m[2] as 'm' | 'h' | 'd']; // the regex admits only these units
+    const q = new URLSearchParams({ ttlSeconds: String(seconds), ...(o.description ? { description: o.description } : {}) });
+    const r = await client().call<{ token: string; id: string; expiresAt: string }>('POST', `/v1/join-tokens?${q.toString()}`);
+    console.log(r.token);
+    console.error(`join token ${r.id}, valid until ${r.expiresAt}; on the new host: carapace agent --join https://SERVER:7443 --token <token>`);
+  });
+joinCmd
+  .command('list')
+  .description('List join tokens (never their secrets)')
+  .action(async () => {
+    const r = await client().call<{ items: { id: string; createdAt: string; expiresAt: string; description: string }[] }>('GET', '/v1/join-tokens');
+    process.stdout.write(table(['ID', 'EXPIRES', 'DESCRIPTION'], r.items.map((t) => [t.id, t.expiresAt, t.description || '-'])));
+  });
+
+const certCmd = program.command('agent-cert').description("Hosts' agent certificates (cluster-admin)");
+certCmd
+  .command('list')
+  .action(async () => {
+    const r = await client().call<{ items: { host: string; serial: string; notAfter: string; issuedAt: string; revokedAt?: string }[] }>('GET', '/v1/agent-certs');
+    process.stdout.write(table(['HOST', 'SERIAL', 'ISSUED', 'EXPIRES', 'REVOKED'], r.items.map((c) => [c.host, c.serial.slice(0, 16), c.issuedAt, c.notAfter, c.revokedAt ?? '-'])));
+  });
+certCmd
+  .command('revoke')
+  .argument('<host>')
+  .description("Revoke a host's certificate: its agent is refused at once")
+  .action(async (host: string) => {
+    await client().call('POST', `/v1/agent-certs/${encodeURIComponent(host.replace(/^hosts?\//, ''))}/revoke`);
+    console.log(`agent certificate of host/${host.replace(/^hosts?\//, '')} revoked`);
+  });
+certCmd
+  .command('forget')
+  .argument('<host>')
+  .description('Forget a revoked host so it may join again with a new token')
+  .action(async (host: string) => {
+    await client().call('DELETE', `/v1/agent-certs/${encodeURIComponent(host.replace(/^hosts?\//, ''))}`);
+    console.log(`agent certificate of host/${host.replace(/^hosts?\//, '')} forgotten`);
+  });
 
 const machineCmd = program.command('machine').description('Power a machine on or off, or restart it');
 for (const [verb, what] of [

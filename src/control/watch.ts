@@ -15,17 +15,36 @@ export async function watchForever<T>(
   onEvent: (e: WatchEvent<T>) => void,
   onRelist?: (items: { key: string; value: T }[]) => void,
 ): Promise<void> {
-  let from = await store.revision();
+  // The store may be unreachable (an agent whose control plane is down): keep trying, with a
+  // growing pause, for as long as the caller runs. Its workloads do not depend on this.
+  let pauseMs = 200;
+  const pause = async (): Promise<void> => {
+    await new Promise((r) => setTimeout(r, pauseMs));
+    pauseMs = Math.min(pauseMs * 2, 5_000);
+  };
+  let from: number | undefined;
+  while (!signal.aborted && from === undefined) {
+    try {
+      from = await store.revision();
+    } catch (err) {
+      if (signal.aborted) return;
+      log.warn({ prefix, err }, 'store unreachable; retrying');
+      await pause();
+    }
+  }
   while (!signal.aborted) {
     try {
-      for await (const e of store.watch<T>(prefix, from, signal)) {
+      for await (const e of store.watch<T>(prefix, from ?? 0, signal)) {
         from = e.revision;
+        pauseMs = 200;
         onEvent(e);
       }
+      // A stream that ended without an error (a remote store's connection closed): resume.
+      if (!signal.aborted) await pause();
     } catch (err) {
       if (signal.aborted) return;
       log.warn({ prefix, err }, 'watch broke; re-listing');
-      await new Promise((r) => setTimeout(r, 200));
+      await pause();
       try {
         const l = await store.list<T>(prefix);
         from = l.revision;

@@ -7,7 +7,11 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { setMaxListeners } from 'node:events';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
-import { createHostNode, type HostNodeOptions } from '../agent/node.js';
+import { createHostNode, defaultHostName, type HostNodeOptions } from '../agent/node.js';
+import { joinCluster, keepCertificateFresh, loadCredentials, type AgentCredentials } from '../agentapi/enroll.js';
+import { RemoteStore } from '../agentapi/remote-store.js';
+import { certIdentity } from '../pki/x509.js';
+import { CarapaceError } from '../model/errors.js';
 import { Resources } from '../core/resources.js';
 import { openEtcdStore, type EtcdStore } from '../store/etcd.js';
 import { openSqliteStore } from '../store/sqlite.js';
@@ -52,6 +56,8 @@ export interface ServerCommandOptions {
   stateDir: string;
   port: number;
   listen: string;
+  /** The agent API (mutual TLS); absent: off. */
+  agentApi?: { port: number; listen?: string; advertise?: string[] };
 }
 
 /** `carapace server`: the API, controller and host monitor; no containers on this host. */
@@ -59,7 +65,7 @@ export async function runServer(o: ServerCommandOptions): Promise<void> {
   const logger = pino({ level: process.env['CARAPACE_LOG_LEVEL'] ?? 'info' });
   const url = o.store ?? `sqlite:${join(o.stateDir, 'store.db')}`;
   const store = await openStoreUrl(url, logger);
-  const server = await startControlServer({ store, stateDir: o.stateDir, port: o.port, listen: o.listen, logger });
+  const server = await startControlServer({ store, stateDir: o.stateDir, port: o.port, listen: o.listen, logger, ...(o.agentApi ? { agentApi: o.agentApi } : {}) });
   const ac = new AbortController();
   setMaxListeners(100, ac.signal);
   logger.info({ url: server.url, store: url.replace(/\/\/.*@/, '//'), stateDir: o.stateDir }, 'carapace server is up');
@@ -77,18 +83,39 @@ export async function runServer(o: ServerCommandOptions): Promise<void> {
 }
 
 export interface AgentCommandOptions extends Omit<HostNodeOptions, 'resources' | 'env' | 'logger'> {
-  store: string;
+  /** Reach the store directly (`etcd://…`; trusted networks and tests)… */
+  store?: string;
+  /** …or join a server's agent API (`https://HOST:PORT`) with a join token (the normal way). */
+  join?: string;
+  token?: string;
 }
 
-/** `carapace agent`: this host's agent, cells and machines, over the cluster's store. */
+/** `carapace agent`: this host's agent, cells and machines, over the cluster's store or agent API. */
 export async function runAgent(o: AgentCommandOptions): Promise<void> {
   const logger = pino({ level: process.env['CARAPACE_LOG_LEVEL'] ?? 'info' });
-  const store = await openStoreUrl(o.store, logger);
-  const { store: _url, ...nodeOptions } = o;
-  const node = await createHostNode({ ...nodeOptions, resources: new Resources(store, undefined, systemEnv), env: systemEnv, logger });
+  const { store: url, join: joinUrl, token, ...nodeOptions } = o;
+  const hostName = o.hostName ?? defaultHostName();
+  let store: Store;
+  let remote: { store: RemoteStore; creds: AgentCredentials } | undefined;
+  if (joinUrl !== undefined) {
+    // Credentials from an earlier join are reused; a token is only needed the first time.
+    const saved = await loadCredentials(o.stateDir);
+    const creds = saved && saved.server === joinUrl.replace(/\/+$/, '') && certIdentity(saved.cert).commonName === `host:${hostName}` ? saved : undefined;
+    if (!creds && !token) throw new CarapaceError('CARAPACE_E_BAD_JOIN_TOKEN', `this host has not joined ${joinUrl} yet: give --token (from carapace join-token create)`);
+    const c = creds ?? (await joinCluster({ server: joinUrl, token: token ?? '', host: hostName, stateDir: o.stateDir }));
+    if (!creds) logger.info({ server: c.server, host: hostName }, 'joined the cluster');
+    const rs = new RemoteStore({ server: c.server, ca: c.ca, cert: c.cert, key: c.key });
+    remote = { store: rs, creds: c };
+    store = rs;
+  } else if (url !== undefined) {
+    store = await openStoreUrl(url, logger);
+  } else {
+    throw new CarapaceError('CARAPACE_E_BAD_QUERY', 'carapace agent needs --join https://SERVER:PORT (with --token the first time) or --store URL');
+  }
+  const node = await createHostNode({ ...nodeOptions, hostName, resources: new Resources(store, undefined, systemEnv), env: systemEnv, logger });
   const ac = new AbortController();
   setMaxListeners(100, ac.signal);
-  const loops = node.start(ac.signal);
+  const loops = Promise.all([node.start(ac.signal), ...(remote ? [keepCertificateFresh({ stateDir: o.stateDir, store: remote.store, creds: remote.creds, logger, signal: ac.signal })] : [])]).then(() => undefined);
   loops.catch((err: unknown) => {
     logger.fatal({ err }, 'agent loop crashed');
     ac.abort();

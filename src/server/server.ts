@@ -22,6 +22,9 @@ import { HostMonitor } from '../control/host-monitor.js';
 import { registerStateGauges } from '../metrics/metrics.js';
 import { CarapaceError } from '../model/errors.js';
 import type { Store } from '../store/store.js';
+import { buildAgentApi } from '../agentapi/server.js';
+import { createJoinToken, JOIN_TOKEN_PREFIX } from '../pki/agents.js';
+import { ensureClusterCa, issueServerCertificate, type ClusterCa } from '../pki/x509.js';
 
 /** The real clock and random ids: the only place the running system makes them. */
 export const systemEnv: Env = {
@@ -45,6 +48,12 @@ export interface ControlServerOptions {
   hostLeaseTtlMs?: number;
   /** Write the admin token to the CLI config of this machine when it is minted (default true). */
   saveCliConfig?: boolean;
+  /**
+   * The agent API (HTTPS, client certificates from the cluster CA): where agents on other hosts
+   * join and reach the control plane. Off when absent. `advertise`: extra addresses (IPs or
+   * DNS names) agents use to reach this server, added to its certificate.
+   */
+  agentApi?: { port: number; listen?: string; advertise?: string[] };
 }
 
 export interface RunningControlServer {
@@ -56,6 +65,10 @@ export interface RunningControlServer {
   /** The first cluster-admin token (from this start, or the one saved in the state dir). */
   adminToken: string;
   adminTokenCreated: boolean;
+  /** `https://127.0.0.1:PORT` of the agent API, when it runs. */
+  agentApiUrl?: string;
+  /** sha256 of the cluster CA certificate (what join tokens pin). */
+  caFingerprint: string;
   /** Runs the loops (controller, host monitor, token cache, checkpoints) until `signal` aborts. */
   run(signal: AbortSignal): Promise<void>;
   /** Stops listening. */
@@ -103,6 +116,10 @@ export async function startControlServer(o: ControlServerOptions): Promise<Runni
     process.stderr.write(`\nFirst cluster-admin token (shown once; saved to ${saved} and ${join(o.stateDir, 'admin-token')}):\n  ${adminToken.token}\n\n`);
   }
   const checkpointMs = envNumber('CARAPACE_AUDIT_CHECKPOINT_MS') || 60_000;
+  // The cluster CA (made once per store) and, when asked for, the agent API.
+  const ca = await ensureClusterCa(store);
+  let agentApi: Awaited<ReturnType<typeof startAgentApi>> | undefined;
+  if (o.agentApi) agentApi = await startAgentApi(store, ca, o.agentApi, o.stateDir, logger);
   return {
     url,
     port,
@@ -111,11 +128,46 @@ export async function startControlServer(o: ControlServerOptions): Promise<Runni
     audit,
     adminToken: adminToken.token,
     adminTokenCreated: adminToken.created,
+    caFingerprint: ca.fingerprint,
+    ...(agentApi ? { agentApiUrl: agentApi.url } : {}),
     async run(signal) {
       await Promise.all([controller.start(signal), monitor.start(signal), tokens.start(signal), audit.runCheckpoints(signal, checkpointMs, env.now)]);
     },
-    close: () => api.close(),
+    close: async () => {
+      await api.close();
+      await agentApi?.app.close();
+    },
   };
+}
+
+/** Every address of this machine agents might use, for the server certificate. */
+function localAddresses(): string[] {
+  const out = new Set<string>(['127.0.0.1']);
+  for (const list of Object.values(os.networkInterfaces())) for (const a of list ?? []) if (a.family === 'IPv4') out.add(a.address);
+  return [...out];
+}
+
+/**
+ * Starts the agent API with a fresh server certificate for this machine's addresses, and
+ * makes a first join token when the cluster has none (printed once, saved 0600 to
+ * STATE_DIR/join-token).
+ */
+async function startAgentApi(store: Store, ca: ClusterCa, o: { port: number; listen?: string; advertise?: string[] }, stateDir: string, logger: Logger): Promise<{ app: ReturnType<typeof buildAgentApi>; url: string }> {
+  const advertise = o.advertise ?? [];
+  const ips = [...localAddresses(), ...advertise.filter((a) => /^\d{1,3}(\.\d{1,3}){3}$/.test(a))];
+  const names = ['localhost', os.hostname(), ...advertise.filter((a) => !/^\d{1,3}(\.\d{1,3}){3}$/.test(a))];
+  const tls = await issueServerCertificate(ca, { commonName: 'carapace-server', dnsNames: names, ipAddresses: ips });
+  const app = buildAgentApi({ store, ca, tls, logger });
+  const address = await app.listen({ port: o.port, host: o.listen ?? '0.0.0.0' });
+  const port = Number(new URL(address.replace('https://', 'http://')).port);
+  const url = `https://127.0.0.1:${port}`;
+  if ((await store.list(JOIN_TOKEN_PREFIX)).items.length === 0) {
+    const { token } = await createJoinToken(store, { caFingerprint: ca.fingerprint, now: new Date(), ttlMs: 24 * 3_600_000, description: 'first join token' });
+    await writeFile(join(stateDir, 'join-token'), `${token}\n`, { mode: 0o600 });
+    process.stderr.write(`\nJoin token for agents (valid 24 h; saved to ${join(stateDir, 'join-token')}):\n  carapace agent --join https://<this-server>:${port} --token ${token}\n\n`);
+  }
+  logger.info({ url, fingerprint: ca.fingerprint }, 'agent API listening (mutual TLS)');
+  return { app, url };
 }
 
 /**

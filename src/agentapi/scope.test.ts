@@ -1,0 +1,39 @@
+import { describe, expect, it } from 'vitest';
+import { mayListPrefix, mayRead, writeProblem } from './scope.js';
+
+const inst = (host: string, extra: Record<string, unknown> = {}): Record<string, unknown> => ({ kind: 'Instance', metadata: { name: 'web-0', uid: 'u1', ...extra }, spec: { host, container: { cpu: 0.1 } }, status: { phase: 'Pending' } });
+
+describe('agent scope', () => {
+  it('reads only its own host, lease, placed objects, their open allocations and its samples', () => {
+    expect(mayRead('h1', 'hosts/h1', {})).toBe(true);
+    expect(mayRead('h1', 'hosts/h2', {})).toBe(false);
+    expect(mayRead('h1', 'instances/acme/web-0', inst('h1'))).toBe(true);
+    expect(mayRead('h1', 'instances/acme/web-0', inst('h2'))).toBe(false);
+    expect(mayRead('h1', 'machines/acme/m', { status: { host: 'h1' } })).toBe(true);
+    expect(mayRead('h1', 'usage/open/instances/acme/web-0', {}, inst('h1'))).toBe(true);
+    expect(mayRead('h1', 'usage/open/instances/acme/web-0', {}, inst('h2'))).toBe(false);
+    expect(mayRead('h1', 'usage/samples/2026-01-01/0000000000001-h1', {})).toBe(true);
+    expect(mayRead('h1', 'usage/samples/2026-01-01/0000000000001-h2', {})).toBe(false);
+    for (const k of ['tokens/x', 'audit/head', 'pki/ca', 'tenants/acme', 'services/acme/web']) expect(mayRead('h1', k, {})).toBe(false);
+    expect(mayListPrefix('h1', 'instances/')).toBe(true);
+    expect(mayListPrefix('h1', '')).toBe(false);
+    expect(mayListPrefix('h1', 'hosts/')).toBe(false);
+  });
+
+  it('writes status but never spec, placement, identity or undeletion', () => {
+    const cur = inst('h1');
+    expect(writeProblem('h1', { op: 'put', key: 'instances/acme/web-0', value: { ...cur, status: { phase: 'Running' } }, current: cur })).toBeUndefined();
+    expect(writeProblem('h1', { op: 'put', key: 'instances/acme/web-0', value: inst('h2'), current: cur })).toMatch(/spec/);
+    expect(writeProblem('h1', { op: 'put', key: 'instances/acme/web-0', value: { ...cur, metadata: { name: 'web-0', uid: 'u2' } }, current: cur })).toMatch(/replace/);
+    expect(writeProblem('h1', { op: 'put', key: 'instances/acme/web-0', value: cur, current: inst('h1', { deletionRequestedAt: 't' }) })).toMatch(/undo a deletion/);
+    expect(writeProblem('h1', { op: 'put', key: 'instances/acme/new', value: inst('h1'), current: undefined })).toMatch(/only create warm cells/);
+    expect(writeProblem('h1', { op: 'delete', key: 'instances/acme/web-0', current: inst('h1', { deletionRequestedAt: 't' }) })).toBeUndefined();
+    expect(writeProblem('h1', { op: 'delete', key: 'instances/acme/web-0', current: inst('h2', { deletionRequestedAt: 't' }) })).toMatch(/not placed/);
+    const warm = { kind: 'Cell', metadata: { name: 'warm-1', uid: 'c' }, spec: { host: 'h1', tenant: '', warm: true } };
+    expect(writeProblem('h1', { op: 'put', key: 'cells/warm-1', value: warm, current: undefined })).toBeUndefined();
+    expect(writeProblem('h1', { op: 'put', key: 'cells/warm-1', value: { ...warm, spec: { host: 'h1', tenant: 'acme', warm: true } }, current: undefined })).toMatch(/warm cells/);
+    expect(writeProblem('h1', { op: 'put', key: 'usage/intervals/x', value: {}, current: {} })).toMatch(/once/);
+    expect(writeProblem('h1', { op: 'delete', key: 'leases/hosts/h1', current: {} })).toMatch(/lease/);
+    expect(writeProblem('h1', { op: 'put', key: 'usage/samples/d/1-h2', value: {}, current: undefined })).toMatch(/own usage samples/);
+  });
+});

@@ -1,0 +1,114 @@
+/**
+ * What an agent may read and write through the agent API: its own host's objects and
+ * nothing else (Kubernetes' NodeRestriction, for Carapace). Pure functions over keys and
+ * stored values; the server calls them on every operation and on every watch event.
+ *
+ * Reads: its Host and lease; instances and cells placed on it; machines placed on it; the
+ * open allocation records of those objects.
+ * Writes: its Host (status only, once it exists) and lease; the status of its instances,
+ * cells and machines (their spec and placement never change through an agent); deletion of
+ * its instances, cells and machines once the control plane asked for it; new warm cells on
+ * itself; allocation records of its own objects (open ones) and new closed ones; its own
+ * usage sample batches. Never the audit log, tokens, tenants, services, other hosts' anything.
+ */
+import { isDeepStrictEqual } from 'node:util';
+
+/** Store key prefixes of the objects an agent works on. */
+const INSTANCES = 'instances/';
+const CELLS = 'cells/';
+const MACHINES = 'machines/';
+const OPEN = 'usage/open/';
+const INTERVALS = 'usage/intervals/';
+const SAMPLES = 'usage/samples/';
+const LEASES = 'leases/hosts/';
+const HOSTS = 'hosts/';
+
+type Obj = { kind?: unknown; metadata?: { name?: unknown; uid?: unknown; deletionRequestedAt?: unknown }; spec?: Record<string, unknown>; status?: Record<string, unknown> };
+
+function asObj(v: unknown): Obj | undefined {
+  return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Obj) : undefined; // shape checked field by field below
+}
+
+/** The host an instance, cell or machine value is placed on ('' when none or malformed). */
+export function placedOn(key: string, value: unknown): string {
+  const o = asObj(value);
+  if (!o) return '';
+  if (key.startsWith(INSTANCES) || key.startsWith(CELLS)) return typeof o.spec?.['host'] === 'string' ? o.spec['host'] : '';
+  if (key.startsWith(MACHINES)) return typeof o.status?.['host'] === 'string' ? o.status['host'] : '';
+  return '';
+}
+
+/** True for keys of the objects an agent works on (instances, cells, machines). */
+export function isWorkloadKey(key: string): boolean {
+  return key.startsWith(INSTANCES) || key.startsWith(CELLS) || key.startsWith(MACHINES);
+}
+
+/**
+ * May `host` read the entry at `key` holding `value`? `ownerOf` answers for `usage/open/`
+ * keys: the value of the object the record belongs to (the key after the prefix).
+ */
+export function mayRead(host: string, key: string, value: unknown, ownerOf?: unknown): boolean {
+  if (key === `${HOSTS}${host}` || key === `${LEASES}${host}`) return true;
+  if (isWorkloadKey(key)) return placedOn(key, value) === host;
+  if (key.startsWith(OPEN)) return ownerOf !== undefined && placedOn(key.slice(OPEN.length), ownerOf) === host;
+  if (key.startsWith(SAMPLES)) return key.endsWith(`-${host}`);
+  return false;
+}
+
+/** The prefixes an agent may list or watch (results are then filtered per entry with mayRead). */
+export function mayListPrefix(host: string, prefix: string): boolean {
+  if ([INSTANCES, CELLS, MACHINES, SAMPLES].some((p) => prefix.startsWith(p))) return true;
+  return prefix === `${HOSTS}${host}` || prefix === `${LEASES}${host}`;
+}
+
+/** One write as the server sees it: the op, and the value stored now (undefined when absent). */
+export interface ScopedWrite {
+  op: 'put' | 'delete';
+  key: string;
+  value?: unknown;
+  current: unknown;
+  /** For `usage/open/` keys: the current value of the object the record belongs to. */
+  owner?: unknown;
+}
+
+/** Why `host` may not make this write, or undefined when it may. */
+export function writeProblem(host: string, w: ScopedWrite): string | undefined {
+  const { key } = w;
+  if (key === `${LEASES}${host}`) return w.op === 'put' ? undefined : 'an agent cannot delete its lease';
+  if (key === `${HOSTS}${host}`) {
+    if (w.op === 'delete') return 'an agent cannot delete its host';
+    const next = asObj(w.value);
+    const cur = asObj(w.current);
+    if (!next || next.kind !== 'Host' || next.metadata?.name !== host) return 'a host record must be the Host named after the agent';
+    // The operator owns the spec (cordon, drain, overcommit) once the host exists.
+    if (cur && !isDeepStrictEqual(cur.spec, next.spec)) return "an agent cannot change its host's spec (cordon, drain, overcommit are the operator's)";
+    if (!cur && (next.spec?.['unschedulable'] !== false || next.spec?.['draining'])) return 'a new host starts schedulable';
+    return undefined;
+  }
+  if (isWorkloadKey(key)) {
+    const cur = asObj(w.current);
+    if (w.op === 'delete') {
+      if (!cur || placedOn(key, cur) !== host) return 'not placed on this host';
+      return cur.metadata?.deletionRequestedAt ? undefined : 'the control plane has not asked to delete it';
+    }
+    const next = asObj(w.value);
+    if (!next) return 'not an object';
+    if (!cur) {
+      // The only object an agent creates: a warm cell of its own pool.
+      const spec = next.spec ?? {};
+      if (key.startsWith(CELLS) && next.kind === 'Cell' && spec['host'] === host && spec['tenant'] === '' && spec['warm'] === true) return undefined;
+      return 'an agent can only create warm cells on itself';
+    }
+    if (placedOn(key, cur) !== host) return 'not placed on this host';
+    if (next.kind !== cur.kind || next.metadata?.uid !== cur.metadata?.uid || next.metadata?.name !== cur.metadata?.name) return 'an agent cannot replace an object with another';
+    if (!isDeepStrictEqual(next.spec, cur.spec)) return 'an agent cannot change the spec (placement, tenant, size) of what it runs';
+    if (placedOn(key, next) !== host) return 'an agent cannot move what it runs to another host';
+    if (cur.metadata?.deletionRequestedAt && !next.metadata?.deletionRequestedAt) return 'an agent cannot undo a deletion';
+    return undefined;
+  }
+  // Open allocation records follow the object they account for (as stored before this write).
+  if (key.startsWith(OPEN)) return placedOn(key.slice(OPEN.length), w.owner) === host ? undefined : 'the allocation belongs to no object on this host';
+  if (key.startsWith(INTERVALS)) return w.op === 'put' && w.current === undefined ? undefined : 'closed allocation records are written once';
+  if (key.startsWith(SAMPLES)) return key.endsWith(`-${host}`) ? undefined : 'an agent writes only its own usage samples';
+  return `agents cannot write ${key.split('/')[0] ?? key}`;
+}
