@@ -99,17 +99,18 @@ program
   .command('agent')
   .description("Run this host's agent (containers, cells, machines) against the cluster's store")
   .option('--join <url>', "a server's agent API, https://HOST:PORT (mutual TLS; the normal way)")
-  .option('--token <token>', 'join token (carapace join-token create); needed only the first time')
+  .option('--join-token <token>', 'join token (carapace join-token create); needed only the first time')
   .option('--store <url>', 'or reach the store directly: etcd://HOST:PORT[,HOST:PORT...] (trusted networks, tests)')
   .option('--state-dir <dir>', 'where containers, images and VMs of this host live', '/var/lib/carapace')
   .option('--host-name <name>', 'name of this host (default: the machine hostname)')
   .option('--label <key=value...>', 'host labels, e.g. zone=a')
   .option('--bridge <name>', 'container bridge device (default carapace0; two agents on one machine need two)')
   .option('--subnet <cidr>', 'container subnet (default 10.88.0.0/16)')
+  .option('--insecure-registry <host:port...>', 'registries reached over plain HTTP besides loopback ones')
   .option('--warm-cells <n>', 'pre-booted, unassigned cells to keep on this host', '0')
   .option('--cpu-overcommit <ratio>', 'cpu requests this host accepts per core', '4')
   .addOption(new Option('--accel <mode>', 'VM acceleration').choices(['auto', 'kvm', 'tcg']).default('auto'))
-  .action(async (o: { store?: string; join?: string; token?: string; stateDir: string; hostName?: string; label?: string[]; bridge?: string; subnet?: string; warmCells: string; cpuOvercommit: string; accel: 'auto' | 'kvm' | 'tcg' }) => {
+  .action(async (o: { insecureRegistry?: string[]; store?: string; join?: string; joinToken?: string; stateDir: string; hostName?: string; label?: string[]; bridge?: string; subnet?: string; warmCells: string; cpuOvercommit: string; accel: 'auto' | 'kvm' | 'tcg' }) => {
     const { runAgent } = await import('../server/run.js');
     const warmCells = Number(o.warmCells);
     if (!Number.isInteger(warmCells) || warmCells < 0 || warmCells > 64) throw new CliError('CARAPACE_E_BAD_QUERY', `--warm-cells must be a whole number from 0 to 64, got "${o.warmCells}"`);
@@ -124,7 +125,7 @@ program
     await runAgent({
       ...(o.store ? { store: o.store } : {}),
       ...(o.join ? { join: o.join } : {}),
-      ...(o.token ? { token: o.token } : {}),
+      ...(o.joinToken ? { token: o.joinToken } : {}),
       stateDir: o.stateDir,
       warmCells,
       cpuOvercommit,
@@ -133,6 +134,7 @@ program
       ...(o.hostName ? { hostName: o.hostName } : {}),
       ...(o.bridge ? { bridge: o.bridge } : {}),
       ...(o.subnet ? { subnet: o.subnet } : {}),
+      ...(o.insecureRegistry ? { insecureRegistries: o.insecureRegistry } : {}),
     });
   });
 
@@ -395,7 +397,7 @@ for (const [op, what] of [
 const joinCmd = program.command('join-token').description('Tokens that let new hosts join (cluster-admin)');
 joinCmd
   .command('create')
-  .description('Create a join token (shown once): carapace agent --join https://SERVER:7443 --token TOKEN')
+  .description('Create a join token (shown once): carapace agent --join https://SERVER:7443 --join-token TOKEN')
   .option('--ttl <duration>', 'how long it is valid: 30m, 24h, 7d', '24h')
   .option('--description <text>', 'what it is for')
   .action(async (o: { ttl: string; description?: string }) => {
@@ -405,7 +407,7 @@ joinCmd
     const q = new URLSearchParams({ ttlSeconds: String(seconds), ...(o.description ? { description: o.description } : {}) });
     const r = await client().call<{ token: string; id: string; expiresAt: string }>('POST', `/v1/join-tokens?${q.toString()}`);
     console.log(r.token);
-    console.error(`join token ${r.id}, valid until ${r.expiresAt}; on the new host: carapace agent --join https://SERVER:7443 --token <token>`);
+    console.error(`join token ${r.id}, valid until ${r.expiresAt}; on the new host: carapace agent --join https://SERVER:7443 --join-token <token>`);
   });
 joinCmd
   .command('list')

@@ -44,6 +44,20 @@ export interface NetworkManagerOptions {
   mtu?: number;
 }
 
+/**
+ * Whether a network device exists in this process's network namespace. Asked of `ip`, not
+ * /sys: an agent that joined a host's namespace with `nsenter --net` still sees the /sys
+ * mounted for the namespace it came from.
+ */
+async function linkExists(name: string): Promise<boolean> {
+  try {
+    await run('ip', ['link', 'show', 'dev', name]);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** What a container asks of the network. */
 export interface SetupOptions {
   ports: PortRequest[];
@@ -259,7 +273,7 @@ class BridgeNetworkManager implements NetworkManager {
       const state = await this.load();
       const ids = Object.keys(state.containers);
       if (ids.length > 0) throw new NetworkError('CARAPACE_E_NETWORK_CONFLICT', `bridge ${this.bridge} still has containers: ${ids.join(', ')}`);
-      if (existsSync(path.join('/sys/class/net', this.bridge))) await run('ip', ['link', 'del', this.bridge]).catch(ignoreMissing);
+      if (await linkExists(this.bridge)) await run('ip', ['link', 'del', this.bridge]).catch(ignoreMissing);
       for (const family of ['ip', 'bridge']) {
         await run('nft', ['delete', 'table', family, this.table]).catch(ignoreMissing);
       }
@@ -337,9 +351,7 @@ class BridgeNetworkManager implements NetworkManager {
     const started = performance.now();
     // Deleting the host end removes the pair even while a process still holds the namespace
     // (a container that has not exited yet keeps the namespace itself alive).
-    if (existsSync(path.join('/sys/class/net', a.hostIf))) {
-      await run('ip', ['link', 'del', a.hostIf]).catch(ignoreMissing);
-    }
+    if (await linkExists(a.hostIf)) await run('ip', ['link', 'del', a.hostIf]).catch(ignoreMissing);
     const ns = netnsName(id);
     if (existsSync(path.join(NETNS_DIR, ns))) await run('ip', ['netns', 'del', ns]).catch(ignoreMissing);
     await this.deleteElements(a);
@@ -350,7 +362,7 @@ class BridgeNetworkManager implements NetworkManager {
 
   /** Whether the kernel still has every piece of a recorded setup. */
   private async isComplete(id: string, a: Allocation): Promise<boolean> {
-    if (!existsSync(path.join(NETNS_DIR, netnsName(id))) || !existsSync(path.join('/sys/class/net', a.hostIf))) return false;
+    if (!existsSync(path.join(NETNS_DIR, netnsName(id))) || !(await linkExists(a.hostIf))) return false;
     try {
       const out = await run('ip', ['-n', netnsName(id), '-j', '-4', 'addr', 'show', 'dev', 'eth0']);
       return out.includes(`"${a.ip}"`);
@@ -397,11 +409,11 @@ class BridgeNetworkManager implements NetworkManager {
   private async ensureBase(): Promise<void> {
     if (this.baseReady) return;
     const gw = `${intToIp(gatewayOf(this.sub))}/${this.sub.prefixLength}`;
-    if (!existsSync(path.join('/sys/class/net', this.bridge))) {
-      await run('ip', ['link', 'add', this.bridge, 'type', 'bridge']).catch((e: unknown) => {
-        if (!(e instanceof CommandError && /File exists/.test(e.stderr))) throw e;
-      });
-    }
+    // Asked of `ip`, not /sys: an agent that joined another network namespace (nsenter --net)
+    // still sees the /sys of the namespace it was mounted in.
+    await run('ip', ['link', 'add', this.bridge, 'type', 'bridge']).catch((e: unknown) => {
+      if (!(e instanceof CommandError && /File exists/.test(e.stderr))) throw e;
+    });
     const addrs = await run('ip', ['-j', '-4', 'addr', 'show', 'dev', this.bridge]);
     if (!addrs.includes(`"${intToIp(gatewayOf(this.sub))}"`)) {
       await run('ip', ['addr', 'add', gw, 'dev', this.bridge]).catch((e: unknown) => {
@@ -525,7 +537,7 @@ add rule bridge ${t} forward drop
   /** Removes links on our bridge and rule elements that no record explains. */
   private async removeStrays(state: StateFile): Promise<void> {
     const known = new Map(Object.values(state.containers).map((a) => [a.hostIf, a]));
-    if (existsSync(path.join('/sys/class/net', this.bridge))) {
+    if (await linkExists(this.bridge)) {
       const links = JSON.parse(await run('ip', ['-j', 'link', 'show', 'master', this.bridge])) as { ifname: string }[]; // safe: `ip -j` prints a JSON array of link objects
       for (const l of links) {
         if (!known.has(l.ifname)) {
@@ -587,7 +599,8 @@ add rule bridge ${t} forward drop
     try {
       const routes = JSON.parse(await run('ip', ['-j', '-4', 'route', 'show', 'default'])) as { dev?: string }[]; // safe: `ip -j route` prints an array of route objects
       const dev = routes[0]?.dev;
-      if (dev) mtu = Number((await fs.readFile(`/sys/class/net/${dev}/mtu`, 'utf8')).trim()) || 1500;
+      const link = dev ? (JSON.parse(await run('ip', ['-j', 'link', 'show', 'dev', dev])) as { mtu?: number }[]) : []; // safe: `ip -j link` prints an array of link objects
+      mtu = link[0]?.mtu ?? 1500;
     } catch {
       // No default route (an isolated host): keep the Ethernet default.
     }

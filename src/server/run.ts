@@ -101,7 +101,7 @@ export async function runAgent(o: AgentCommandOptions): Promise<void> {
     // Credentials from an earlier join are reused; a token is only needed the first time.
     const saved = await loadCredentials(o.stateDir);
     const creds = saved && saved.server === joinUrl.replace(/\/+$/, '') && certIdentity(saved.cert).commonName === `host:${hostName}` ? saved : undefined;
-    if (!creds && !token) throw new CarapaceError('CARAPACE_E_BAD_JOIN_TOKEN', `this host has not joined ${joinUrl} yet: give --token (from carapace join-token create)`);
+    if (!creds && !token) throw new CarapaceError('CARAPACE_E_BAD_JOIN_TOKEN', `this host has not joined ${joinUrl} yet: give --join-token (from carapace join-token create)`);
     const c = creds ?? (await joinCluster({ server: joinUrl, token: token ?? '', host: hostName, stateDir: o.stateDir }));
     if (!creds) logger.info({ server: c.server, host: hostName }, 'joined the cluster');
     const rs = new RemoteStore({ server: c.server, ca: c.ca, cert: c.cert, key: c.key });
@@ -110,7 +110,7 @@ export async function runAgent(o: AgentCommandOptions): Promise<void> {
   } else if (url !== undefined) {
     store = await openStoreUrl(url, logger);
   } else {
-    throw new CarapaceError('CARAPACE_E_BAD_QUERY', 'carapace agent needs --join https://SERVER:PORT (with --token the first time) or --store URL');
+    throw new CarapaceError('CARAPACE_E_BAD_QUERY', 'carapace agent needs --join https://SERVER:PORT (with --join-token the first time) or --store URL');
   }
   const node = await createHostNode({ ...nodeOptions, hostName, resources: new Resources(store, undefined, systemEnv), env: systemEnv, logger });
   const ac = new AbortController();

@@ -107,6 +107,11 @@ export async function startControlServer(o: ControlServerOptions): Promise<Runni
   const tokens = new TokenCache(store, logger);
   const api = buildApi({ controlPlane, store, logs: o.logs ?? NO_LOGS, logger, auth: tokens, env, audit });
   const adminToken = await firstAdminToken(store, env, o.stateDir);
+  // The cluster CA (made once per store) and, when asked for, the agent API: up before the
+  // API answers, so whoever waits for /healthz finds the join token written.
+  const ca = await ensureClusterCa(store);
+  let agentApi: Awaited<ReturnType<typeof startAgentApi>> | undefined;
+  if (o.agentApi) agentApi = await startAgentApi(store, ca, o.agentApi, o.stateDir, logger);
   const address = await api.listen({ port: o.port, host: o.listen ?? '127.0.0.1' });
   const port = Number(new URL(address).port);
   const url = `http://127.0.0.1:${port}`;
@@ -116,10 +121,6 @@ export async function startControlServer(o: ControlServerOptions): Promise<Runni
     process.stderr.write(`\nFirst cluster-admin token (shown once; saved to ${saved} and ${join(o.stateDir, 'admin-token')}):\n  ${adminToken.token}\n\n`);
   }
   const checkpointMs = envNumber('CARAPACE_AUDIT_CHECKPOINT_MS') || 60_000;
-  // The cluster CA (made once per store) and, when asked for, the agent API.
-  const ca = await ensureClusterCa(store);
-  let agentApi: Awaited<ReturnType<typeof startAgentApi>> | undefined;
-  if (o.agentApi) agentApi = await startAgentApi(store, ca, o.agentApi, o.stateDir, logger);
   return {
     url,
     port,
@@ -164,7 +165,7 @@ async function startAgentApi(store: Store, ca: ClusterCa, o: { port: number; lis
   if ((await store.list(JOIN_TOKEN_PREFIX)).items.length === 0) {
     const { token } = await createJoinToken(store, { caFingerprint: ca.fingerprint, now: new Date(), ttlMs: 24 * 3_600_000, description: 'first join token' });
     await writeFile(join(stateDir, 'join-token'), `${token}\n`, { mode: 0o600 });
-    process.stderr.write(`\nJoin token for agents (valid 24 h; saved to ${join(stateDir, 'join-token')}):\n  carapace agent --join https://<this-server>:${port} --token ${token}\n\n`);
+    process.stderr.write(`\nJoin token for agents (valid 24 h; saved to ${join(stateDir, 'join-token')}):\n  carapace agent --join https://<this-server>:${port} --join-token ${token}\n\n`);
   }
   logger.info({ url, fingerprint: ca.fingerprint }, 'agent API listening (mutual TLS)');
   return { app, url };

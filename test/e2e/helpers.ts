@@ -55,9 +55,11 @@ class Child {
   proc: ChildProcess | undefined;
   log = '';
 
-  protected spawnCli(args: string[], env: Record<string, string>): ChildProcess {
+  /** `wrap`: a command the CLI runs under (e.g. `ip netns exec NS`, which execs it in place). */
+  protected spawnCli(args: string[], env: Record<string, string>, wrap: string[] = []): ChildProcess {
     this.log = '';
-    const p = spawn(process.execPath, [CLI, ...args], {
+    const [cmd, ...pre] = wrap.length > 0 ? [...wrap, process.execPath] : [process.execPath];
+    const p = spawn(cmd as string, [...pre, CLI, ...args], {
       env: { ...process.env, CARAPACE_LOG_LEVEL: process.env['CARAPACE_LOG_LEVEL'] ?? 'info', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -127,12 +129,13 @@ export class Agent extends Child {
     readonly stateDir: string,
     readonly args: string[],
     readonly extraEnv: Record<string, string> = {},
+    readonly wrap: string[] = [],
   ) {
     super();
   }
 
   async start(): Promise<void> {
-    const proc = this.spawnCli(['agent', '--state-dir', this.stateDir, ...this.args], this.extraEnv);
+    const proc = this.spawnCli(['agent', '--state-dir', this.stateDir, ...this.args], this.extraEnv, this.wrap);
     for (let i = 0; i < 300; i++) {
       if (this.log.includes('carapace agent is up')) return;
       if (proc.exitCode !== null) throw new Error(`agent exited early:\n${this.log}`);

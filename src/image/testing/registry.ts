@@ -17,8 +17,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 export interface StartRegistryOptions {
   /** Directory for the registry's storage and its generated config; created if missing. */
   dir: string;
-  /** Port to listen on (127.0.0.1); default: a free one. */
+  /** Port to listen on; default: a free one. */
   port?: number;
+  /** Address to listen on; default 127.0.0.1 (tests with network-namespace hosts use a bridge address). */
+  host?: string;
   /** Registry binary; default `/usr/bin/docker-registry`. */
   binary?: string;
   /** How long to wait for `/v2/` to answer; default 10 s. */
@@ -86,7 +88,7 @@ async function startOnce(opts: StartRegistryOptions, port: number): Promise<Runn
     version: 0.1,
     log: { level: 'error', accesslog: { disabled: true } },
     storage: { filesystem: { rootdirectory: storage }, delete: { enabled: true } },
-    http: { addr: `127.0.0.1:${port}`, secret: 'carapace-test-registry' },
+    http: { addr: `${opts.host ?? '127.0.0.1'}:${port}`, secret: 'carapace-test-registry' },
   };
   await writeFile(configPath, JSON.stringify(config, null, 2));
   const binary = opts.binary ?? '/usr/bin/docker-registry';
@@ -124,7 +126,7 @@ async function startOnce(opts: StartRegistryOptions, port: number): Promise<Runn
     clearTimeout(timer);
   };
 
-  const address = `127.0.0.1:${port}`;
+  const address = `${opts.host ?? '127.0.0.1'}:${port}`;
   const deadline = Date.now() + (opts.readyTimeoutMs ?? 10_000);
   while (Date.now() < deadline) {
     if (exited) throw new Error(`docker-registry exited during startup on ${address}: ${stderr.trim().split('\n').pop() ?? ''}`);

@@ -1,0 +1,171 @@
+/**
+ * Many hosts for real: each host is a network namespace made here (a veth pair on a bridge,
+ * an address the test assigns) running its own `carapace agent`, which joins the server over
+ * mutual TLS with a join token. The server runs on etcd. A service's cells spread across
+ * zones; cutting a host off (its link down) moves its work to the other host; healing the
+ * link makes the returning agent destroy its stale copies, so nothing runs twice.
+ */
+import { execFile } from 'node:child_process';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildBusyboxImage, startRegistry, type RunningRegistry } from '../../src/image/testing/index.js';
+import { startEtcd, type EtcdProcess } from '../../src/store/testing/etcd.js';
+import type { Cell, Host, Instance } from '../../src/model/objects.js';
+import { LABELS } from '../../src/agent/container-id.js';
+import { createVmManager } from '../../src/vm/qemu.js';
+import { Agent, cli, containers, destroyAll, eventually, freePort, Server, tempDir } from './helpers.js';
+
+const run = promisify(execFile);
+const BRIDGE = 'cmh0';
+const GW = '10.70.0.1';
+const HOSTS = [
+  { name: 'h1', ns: 'cmh-h1', veth: 'cmhv1', ip: '10.70.0.11', zone: 'a', bridge: 'cbr1', subnet: '10.96.0.0/16' },
+  { name: 'h2', ns: 'cmh-h2', veth: 'cmhv2', ip: '10.70.0.12', zone: 'b', bridge: 'cbr2', subnet: '10.97.0.0/16' },
+];
+
+let tmp: { dir: string; cleanup: () => Promise<void> };
+let registry: RunningRegistry;
+let etcd: EtcdProcess;
+let server: Server;
+let agentPort = 0;
+const agents: Record<string, Agent> = {};
+
+async function ip(...args: string[]): Promise<void> {
+  await run('ip', args);
+}
+
+async function list<T>(what: string): Promise<T[]> {
+  const r = await cli(server.url, ['get', what, '-o', 'json']);
+  if (r.code !== 0) throw new Error(r.stderr);
+  return (JSON.parse(r.stdout) as { items: T[] }).items;
+}
+
+function agentFor(h: (typeof HOSTS)[number], token?: string): Agent {
+  // nsenter joins only the host's network namespace and execs the agent (the process handle
+  // is the agent's). `ip netns exec` would also remount /sys, hiding the cgroup hierarchy
+  // runc needs.
+  return new Agent(join(tmp.dir, h.name), [
+    '--join', `https://${GW}:${agentPort}`,
+    ...(token ? ['--join-token', token] : []),
+    '--host-name', h.name,
+    '--label', `zone=${h.zone}`,
+    '--bridge', h.bridge,
+    '--subnet', h.subnet,
+    '--insecure-registry', registry.address,
+    '--accel', 'tcg',
+  ], {}, ['nsenter', `--net=/run/netns/${h.ns}`, '--']);
+}
+
+/** What really runs: instance uid -> hosts running it (containers), and live VMs per host. */
+async function reality(): Promise<{ containers: Map<string, string[]>; vms: Map<string, string[]> }> {
+  const out = { containers: new Map<string, string[]>(), vms: new Map<string, string[]>() };
+  for (const h of HOSTS) {
+    for (const c of await containers(join(tmp.dir, h.name))) {
+      if (c.state.status !== 'running') continue;
+      const uid = c.labels[LABELS.uid] ?? '?';
+      out.containers.set(uid, [...(out.containers.get(uid) ?? []), h.name]);
+    }
+    const vms = createVmManager({ stateDir: join(tmp.dir, h.name, 'vms'), logger: pino({ level: 'silent' }), accel: 'tcg' });
+    for (const vm of vms.recover()) if (vm.state === 'running') out.vms.set(vm.id, [...(out.vms.get(vm.id) ?? []), h.name]);
+  }
+  return out;
+}
+
+beforeAll(async () => {
+  tmp = await tempDir('carapace-multihost-');
+  await ip('link', 'add', BRIDGE, 'type', 'bridge').catch(() => undefined);
+  await ip('addr', 'replace', `${GW}/24`, 'dev', BRIDGE);
+  await ip('link', 'set', BRIDGE, 'up');
+  for (const h of HOSTS) {
+    await ip('netns', 'del', h.ns).catch(() => undefined);
+    await ip('netns', 'add', h.ns);
+    await ip('link', 'add', h.veth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', h.ns);
+    await ip('link', 'set', h.veth, 'master', BRIDGE);
+    await ip('link', 'set', h.veth, 'up');
+    await ip('-n', h.ns, 'addr', 'add', `${h.ip}/24`, 'dev', 'eth0');
+    await ip('-n', h.ns, 'link', 'set', 'eth0', 'up');
+    await ip('-n', h.ns, 'link', 'set', 'lo', 'up');
+    await ip('-n', h.ns, 'route', 'add', 'default', 'via', GW);
+  }
+  registry = await startRegistry({ dir: join(tmp.dir, 'registry'), host: GW });
+  etcd = await startEtcd();
+  agentPort = await freePort();
+  server = new Server(join(tmp.dir, 'server'), await freePort(), ['--store', `etcd://${etcd.endpoint.replace(/^http:\/\//, '')}`, '--agent-port', String(agentPort), '--agent-listen', GW, '--advertise', GW], {}, 'server');
+  await server.start();
+  const token = (await readFile(join(tmp.dir, 'server', 'join-token'), 'utf8')).trim();
+  for (const h of HOSTS) {
+    agents[h.name] = agentFor(h, token);
+    await agents[h.name]!.start(); // just made
+  }
+  await eventually(async () => (await list<Host>('hosts')).filter((x) => x.status.state === 'Ready').length === 2, 60_000, 'two hosts ready').catch(async (e: unknown) => {
+    throw new Error(`${(e as Error).message}\nhosts: ${JSON.stringify((await list<Host>('hosts')).map((h) => [h.metadata.name, h.status.state, h.status.message]))}\n${Object.values(agents).map((a) => a.log.split('\n').filter((l) => !/"level":30/.test(l)).slice(-15).join('\n')).join('\n---\n')}`, { cause: e });
+  });
+}, 180_000);
+
+afterAll(async () => {
+  await cli(server.url, ['delete', 'service', 'acme/web']).catch(() => undefined);
+  await cli(server.url, ['delete', 'service', 'acme/db']).catch(() => undefined);
+  await eventually(async () => (await list<Instance>('instances')).length === 0, 60_000, 'instances removed').catch(() => undefined);
+  for (const a of Object.values(agents)) await a.stop();
+  await server?.stop();
+  for (const h of HOSTS) await destroyAll(join(tmp.dir, h.name), h.bridge).catch(() => undefined);
+  for (const h of HOSTS) await ip('netns', 'del', h.ns).catch(() => undefined);
+  await ip('link', 'del', BRIDGE).catch(() => undefined);
+  await etcd?.stop();
+  await registry?.stop();
+  await tmp?.cleanup();
+}, 180_000);
+
+describe('many hosts in network namespaces', () => {
+  it('spreads cells across zones, moves a cut-off host\'s work, and fences it when it returns', async () => {
+    const image = (await buildBusyboxImage({ registry: registry.address, repository: 'mh/busybox', tag: '1' })).reference;
+    const file = join(tmp.dir, 'acme.yaml');
+    await writeFile(
+      file,
+      [
+        { apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name: 'acme' } },
+        { apiVersion: 'carapace/v1', kind: 'Service', metadata: { name: 'web', tenant: 'acme' }, spec: { image, isolation: 'host', replicas: 2, command: ['sleep', '3600'] } },
+        { apiVersion: 'carapace/v1', kind: 'Service', metadata: { name: 'db', tenant: 'acme' }, spec: { image, isolation: 'dedicated', replicas: 2, cpu: 0.25, memory: '64Mi', command: ['sleep', '3600'] } },
+      ]
+        .map((d) => JSON.stringify(d))
+        .join('\n---\n'),
+    );
+    const applied = await cli(server.url, ['apply', '-f', file, '--wait', '--timeout', '400'], undefined, 420_000);
+    expect(applied.code, applied.stdout + applied.stderr + Object.values(agents).map((a) => a.log.slice(-2000)).join('\n')).toBe(0);
+    const before = await list<Instance>('instances');
+    const cells = await list<Cell>('cells');
+    // Replicas and the cells of the dedicated service spread across the two zones' hosts.
+    expect(before.filter((i) => i.spec.owner.name === 'web').map((i) => i.spec.host).sort()).toEqual(['h1', 'h2']);
+    expect(cells.filter((c) => c.spec.tenant === 'acme').map((c) => c.spec.host).sort()).toEqual(['h1', 'h2']);
+
+    // Cut h1 off the network: its agent can reach neither the server nor anything else.
+    await ip('link', 'set', 'cmhv1', 'down');
+    await eventually(async () => (await list<Host>('hosts')).find((x) => x.metadata.name === 'h1' && x.status.state === 'NotReady'), 30_000, 'h1 NotReady');
+    const moved = await eventually(async () => {
+      const l = await list<Instance>('instances');
+      return l.length === 4 && l.every((i) => i.spec.host === 'h2' && i.status.phase === 'Running') ? l : undefined;
+    }, 300_000, 'all work running on h2');
+    expect(moved).toHaveLength(4);
+    // h1 still runs its stale copies: it cannot hear that they moved.
+    const during = await reality();
+    const stale = before.filter((i) => i.spec.host === 'h1');
+    for (const i of stale.filter((x) => !x.spec.cell)) expect(during.containers.get(i.metadata.uid)).toEqual(['h1']);
+    const staleCell = cells.find((c) => c.spec.host === 'h1' && c.spec.tenant === 'acme')!; // one cell per host, checked above
+    expect(during.vms.get(staleCell.metadata.name)).toEqual(['h1']);
+
+    // Heal the link: the returning agent destroys what no object explains; nothing runs twice.
+    await ip('link', 'set', 'cmhv1', 'up');
+    await eventually(async () => (await list<Host>('hosts')).find((x) => x.metadata.name === 'h1' && x.status.state === 'Ready'), 60_000, 'h1 Ready again');
+    const healed = await eventually(async () => {
+      const r = await reality();
+      return stale.every((i) => !r.containers.has(i.metadata.uid)) && !r.vms.has(staleCell.metadata.name) ? r : undefined;
+    }, 90_000, 'stale copies fenced');
+    const now = await list<Instance>('instances');
+    for (const i of now.filter((x) => !x.spec.cell)) expect(healed.containers.get(i.metadata.uid), i.metadata.name).toEqual(['h2']);
+    const liveCells = (await list<Cell>('cells')).filter((c) => c.spec.tenant === 'acme');
+    expect([...healed.vms.keys()].filter((id) => id.startsWith('cell-')).sort()).toEqual(liveCells.map((c) => c.metadata.name).sort());
+  }, 900_000);
+});
