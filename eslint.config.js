@@ -1,10 +1,12 @@
 // Lint the boundaries: promises must be handled, and the pure layers (model, scheduler)
-// must not reach for I/O, drivers or the store.
+// must not reach for I/O, drivers or the store. The dashboard (ui/src) is linted with its own
+// tsconfig (DOM, bundler resolution) and React's hook rules.
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
+import reactHooks from 'eslint-plugin-react-hooks';
 
 export default tseslint.config(
-  { ignores: ['dist/**', 'node_modules/**', 'ui/**', '**/*.mjs', 'eslint.config.js'] },
+  { ignores: ['dist/**', 'node_modules/**', '**/*.mjs', 'eslint.config.js'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
@@ -33,5 +35,14 @@ export default tseslint.config(
         ],
       }],
     },
+  },
+  {
+    // The dashboard: a browser app type-checked against ui/tsconfig.json.
+    files: ['ui/src/**/*.ts', 'ui/src/**/*.tsx'],
+    languageOptions: {
+      parserOptions: { project: './ui/tsconfig.json', tsconfigRootDir: import.meta.dirname },
+    },
+    plugins: { 'react-hooks': reactHooks },
+    rules: { ...reactHooks.configs.flat['recommended-latest'].rules, 'react-hooks/exhaustive-deps': 'error' },
   },
 );

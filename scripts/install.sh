@@ -12,6 +12,7 @@ DEBIAN_PACKAGES=(
   iproute2 nftables iptables             # container networking
   qemu-system-x86 qemu-utils linux-image-amd64   # VMs (cells, machines)
   etcd-server                            # the HA store
+  chromium                               # the dashboard's end-to-end tests (headless, via playwright-core)
   curl ca-certificates
 )
 

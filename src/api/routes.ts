@@ -5,7 +5,7 @@
  */
 import { KINDS, type Kind } from '../model/objects.js';
 
-export type RouteKind = 'action' | 'logs' | 'watch' | 'meta' | 'tokens' | 'audit' | 'usage' | 'hostOp' | 'pki';
+export type RouteKind = 'action' | 'logs' | 'watch' | 'meta' | 'tokens' | 'audit' | 'usage' | 'hostOp' | 'pki' | 'whoami';
 
 export interface RouteDef {
   method: 'GET' | 'PUT' | 'POST' | 'DELETE';
@@ -69,6 +69,7 @@ function objectRoutes(): RouteDef[] {
   out.push({ method: 'DELETE', url: '/v1/agent-certs/:name', summary: "Forget a host's certificate record so the host may join again (cluster-admin)", kind: 'pki' });
   out.push({ method: 'GET', url: '/v1/usage', summary: 'Usage report (?since, ?until, ?by=tenant|group|cell, ?format=json|csv|table, ?tenant); reserved and measured, exact; a tenant token gets only its tenant', kind: 'usage' });
   out.push({ method: 'GET', url: '/v1/tenants/:tenant/machines/:name/logs', summary: "Read or follow a machine's serial console (NDJSON)", kind: 'logs', objectKind: 'Machine' });
+  out.push({ method: 'GET', url: '/v1/whoami', summary: "The caller's token: its id, name, role and tenant (what the dashboard shows and offers)", kind: 'whoami' });
   return out;
 }
 

@@ -29,6 +29,7 @@ import { usageReport } from '../core/usage-report.js';
 import { AGENT_CERT_PREFIX, JOIN_TOKEN_PREFIX, newJoinToken, type AgentCertRecord, type JoinTokenRecord } from '../pki/agents.js';
 import { ensureClusterCa } from '../pki/x509.js';
 import { formatReport } from '../usage/format.js';
+import { registerUi } from './ui.js';
 
 /** Where instance logs come from (the local agent in the all-in-one; agents over the network later). */
 export interface LogSource {
@@ -50,6 +51,8 @@ export interface ApiOptions {
   audit?: AuditLog;
   /** Largest request body accepted. */
   bodyLimit?: number;
+  /** The built dashboard served at /ui (default: dist/ui of this install). */
+  uiDir?: string;
 }
 
 type Params = { tenant?: string; name?: string };
@@ -60,6 +63,20 @@ interface Admitted {
   postFilter?: 'items' | 'object' | 'events';
 }
 const admissions = new WeakMap<FastifyRequest, Admitted>();
+
+/**
+ * Streams (SSE, followed logs) open per app. Closing the app ends them first: otherwise one
+ * connected watcher (a dashboard, `get --watch`) would hold a graceful shutdown forever.
+ */
+const openStreams = new WeakMap<ApiOptions, Set<AbortController>>();
+
+/** An abort signal for one stream: aborted when the client goes away or the server closes. */
+function streamController(o: ApiOptions, reply: FastifyReply, ac = new AbortController()): { ac: AbortController; release: () => void } {
+  const open = openStreams.get(o);
+  open?.add(ac);
+  reply.raw.on('close', () => ac.abort());
+  return { ac, release: () => open?.delete(ac) };
+}
 
 /** The audit actor and source of a request. */
 function auditContext(req: FastifyRequest): AuditContext {
@@ -134,6 +151,11 @@ export function buildApi(o: ApiOptions): FastifyInstance {
       void (reply as unknown as FastifyReply).status(ce.status).send(ce.toJSON());
     },
   });
+  const streams = new Set<AbortController>();
+  openStreams.set(o, streams);
+  app.addHook('preClose', async () => {
+    for (const ac of streams) ac.abort();
+  });
   // Only JSON and YAML bodies are understood; plain text is refused with 415, not parsed.
   app.removeContentTypeParser('text/plain');
 
@@ -193,6 +215,8 @@ export function buildApi(o: ApiOptions): FastifyInstance {
       handler: async (req: FastifyRequest, reply: FastifyReply) => handle(o, route, req, reply),
     });
   }
+  // The dashboard's static files: public, outside the route table (they carry no data).
+  registerUi(app, o.uiDir);
   return app;
 }
 
@@ -215,6 +239,7 @@ async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply
   }
   const who = admissions.get(req) ?? {};
   if (route.kind === 'tokens') return handleTokens(o, route, req, reply, who.principal);
+  if (route.kind === 'whoami') return whoami(who.principal);
   if (route.kind === 'audit' && route.url === '/v1/events') return streamEvents(o, q, req, reply, who.principal);
   if (route.kind === 'audit') return handleAudit(o, route, q, reply, who.principal);
   if (route.kind === 'usage') return handleUsage(o, q, reply, who.principal);
@@ -284,8 +309,7 @@ async function streamLogs(o: ApiOptions, kind: 'Instance' | 'Machine', p: Params
   await o.controlPlane.handle({ type: 'get', kind, tenant, name });
   const source = kind === 'Machine' ? o.logs.machineLogs?.bind(o.logs) : o.logs.logs.bind(o.logs);
   if (!source) throw new CarapaceError('CARAPACE_E_UNAVAILABLE', 'this server cannot read machine consoles');
-  const ac = new AbortController();
-  reply.raw.on('close', () => ac.abort());
+  const { ac, release } = streamController(o, reply);
   reply.hijack();
   reply.raw.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-cache' });
   try {
@@ -295,6 +319,7 @@ async function streamLogs(o: ApiOptions, kind: 'Instance' | 'Machine', p: Params
   } catch (err) {
     if (!ac.signal.aborted) reply.raw.write(`${JSON.stringify({ error: { code: 'CARAPACE_E_UNAVAILABLE', message: (err as Error).message } })}\n`);
   }
+  release();
   reply.raw.end();
 }
 
@@ -340,8 +365,7 @@ async function streamEvents(o: ApiOptions, q: Query, req: FastifyRequest, reply:
   const lastId = req.headers['last-event-id'];
   const from = intParam(q, 'resourceVersion') ?? (typeof lastId === 'string' && /^\d+$/.test(lastId) ? Number(lastId) : await o.store.revision());
   const tenant = principal?.role === 'cluster-admin' ? q['tenant'] : principal?.tenant;
-  const ac = new AbortController();
-  reply.raw.on('close', () => ac.abort());
+  const { ac, release } = streamController(o, reply);
   reply.hijack();
   reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
   reply.raw.write(`: events from revision ${from}\n\n`);
@@ -377,6 +401,7 @@ async function streamEvents(o: ApiOptions, q: Query, req: FastifyRequest, reply:
     if (!ac.signal.aborted) reply.raw.write(`event: error\ndata: ${JSON.stringify({ code: 'CARAPACE_E_UNAVAILABLE', message: (err as Error).message })}\n\n`);
   } finally {
     clearInterval(ping);
+    release();
     reply.raw.end();
   }
 }
@@ -459,6 +484,12 @@ async function handleUsage(o: ApiOptions, q: Query, reply: FastifyReply, princip
   return text;
 }
 
+/** The caller's own principal (never a secret): what the dashboard shows and which actions it offers. */
+function whoami(p: Principal | undefined): unknown {
+  if (!p) throw new CarapaceError('CARAPACE_E_UNAUTHENTICATED', 'a valid bearer token is required');
+  return { tokenId: p.tokenId, name: p.name, role: p.role, ...(p.tenant !== undefined ? { tenant: p.tenant } : {}) };
+}
+
 /** Token management: the token functions themselves refuse grants above the caller's role. */
 async function handleTokens(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply: FastifyReply, principal: Principal | undefined): Promise<unknown> {
   if (route.method === 'GET') return { items: await listTokens(o.store, principal) };
@@ -494,7 +525,7 @@ async function streamWatch(o: ApiOptions, kind: Kind, q: Query, req: FastifyRequ
     }
     throw e;
   }
-  reply.raw.on('close', () => ac.abort());
+  const { release } = streamController(o, reply, ac);
   reply.hijack();
   reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
   reply.raw.write(`: watching ${KINDS[kind].plural} from revision ${from}\n\n`);
@@ -512,6 +543,7 @@ async function streamWatch(o: ApiOptions, kind: Kind, q: Query, req: FastifyRequ
     if (!ac.signal.aborted) reply.raw.write(`event: error\ndata: ${JSON.stringify({ code: 'CARAPACE_E_UNAVAILABLE', message: (err as Error).message })}\n\n`);
   } finally {
     clearInterval(ping);
+    release();
     reply.raw.end();
   }
 }

@@ -77,6 +77,7 @@ function expected(c: Cell): 'allow' | 'unauthenticated' | 'forbidden' {
   if (c.who === 'none') return 'unauthenticated';
   if (c.who === 'cluster-admin') return 'allow';
   if (c.route.url === '/metrics' || c.route.url === '/v1/audit/verify') return 'forbidden'; // every tenant's data: operators only
+  if (c.route.url.startsWith('/v1/join-tokens') || c.route.url.startsWith('/v1/agent-certs')) return 'forbidden'; // the cluster's trust: operators only
   if (c.route.url === '/v1/audit/records' || c.route.url === '/v1/events' || c.route.url === '/v1/usage') return 'allow'; // the handler narrows to the caller's tenant
   if (c.route.kind === 'tokens') return 'allow'; // the token handlers check grants themselves (tokens.test.ts)
   const kind = c.route.objectKind;
@@ -123,7 +124,7 @@ describe('RBAC matrix generated from ROUTES', () => {
       if (c.who !== 'tenant-admin' && c.who !== 'tenant-viewer') continue;
       if (isPublic(c.route)) continue;
       const d = authorize(principals[c.who], requestFor(c.route, c.params, c.queryTenant !== undefined ? { tenant: c.queryTenant } : {}));
-      if (!d.allowed || c.route.kind === 'tokens' || c.route.kind === 'audit' || c.route.kind === 'usage') continue; // these handlers narrow to the caller themselves
+      if (!d.allowed || c.route.kind === 'tokens' || c.route.kind === 'audit' || c.route.kind === 'usage' || c.route.kind === 'whoami') continue; // these handlers narrow to the caller themselves
       const named = namedTenant(c.route, c.params, c.queryTenant);
       if (named === undefined) expect(d.postFilter, `${c.route.method} ${c.route.url}`).toBeDefined();
       if (c.route.kind === 'watch') expect(d.postFilter).toBe('events');
@@ -173,7 +174,7 @@ describe('RBAC matrix generated from ROUTES', () => {
       fc.property(principal, route, fc.option(name, { nil: undefined }), fc.option(name, { nil: undefined }), fc.option(name, { nil: undefined }), (p, r, t, n, q) => {
         const d = authorize(p, requestFor(r, { ...(t !== undefined ? { tenant: t } : {}), ...(n !== undefined ? { name: n } : {}) }, q !== undefined ? { tenant: q } : {}));
         if (!d.allowed) return;
-        if (isPublic(r) || r.kind === 'tokens' || r.kind === 'audit' || r.kind === 'usage') return; // these handlers check the caller themselves
+        if (isPublic(r) || r.kind === 'tokens' || r.kind === 'audit' || r.kind === 'usage' || r.kind === 'whoami') return; // these handlers check the caller themselves
         // Allowed and not public: the route is known, the principal is valid.
         expect(classifyRoute(r)).toBeDefined();
         expect(p).toBeDefined();

@@ -134,6 +134,8 @@ export function classifyRoute(route: AuthzRequest['route']): RouteClass | undefi
   // The usage report: the handler forces a tenant token's report to its own tenant.
   if (route.kind === 'usage') return route.method === 'GET' && route.url === '/v1/usage' ? { type: 'self' } : undefined;
   if (route.kind === 'tokens') return route.url === '/v1/tokens' || route.url === '/v1/tokens/:name' ? { type: 'self' } : undefined;
+  // Who am I: any valid token reads its own principal, nothing else.
+  if (route.kind === 'whoami') return route.method === 'GET' && route.url === '/v1/whoami' ? { type: 'self' } : undefined;
   if (route.kind === 'meta') {
     const id = `${route.method} ${route.url}`;
     if (PUBLIC_ROUTES.includes(id)) return { type: 'public' };

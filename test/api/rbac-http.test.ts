@@ -146,6 +146,7 @@ function oracle(r: RouteDef, who: Who, target: string | undefined): Verdict {
   if (who === 'none') return 'unauthenticated';
   if (who === 'cluster-admin') return 'allow';
   if (r.url === '/metrics' || r.url === '/v1/audit/verify' || r.objectKind === 'Host') return 'forbidden';
+  if (r.url.startsWith('/v1/join-tokens') || r.url.startsWith('/v1/agent-certs')) return 'forbidden'; // the cluster's trust
   if (r.kind === 'tokens') {
     if (r.method === 'GET') return 'allow';
     if (who === 'tenant-viewer') return 'forbidden'; // cannot mint, nor revoke others' tokens
