@@ -18,11 +18,11 @@
  *
  * Final JSON line: {"bench":"ha","leader_failover_ms","leader_failover_max_ms",
  * "leader_elected_ms","write_p50_ms","write_p99_ms","write_max_ms","writes","write_errors",
- * "writes_per_s","rounds"}. Targets (issue 7): failover within 5 s, write p99 within 100 ms.
+ * "writes_per_s","rounds","load_1m"}. Targets (issue 7): failover within 5 s, write p99 within 100 ms.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freePort } from '../src/image/testing/index.js';
@@ -117,7 +117,8 @@ async function main(): Promise<void> {
     for (let i = 0; i < SERVICES; i++) await call(servers[i % 2]!.url, 'PUT', `/v1/tenants/bench/services/w${i}`, service(`w${i}`, 0));
 
     // (a) write latency at a fixed rate across both servers.
-    log(`ha: ${RATE} writes/s for ${SECONDS} s across two servers`);
+    const loadBefore = loadavg()[0]!; // loadavg() always has three entries
+    log(`ha: ${RATE} writes/s for ${SECONDS} s across two servers (load average ${loadBefore.toFixed(2)} on ${availableParallelism()} cores)`);
     const total = RATE * SECONDS;
     const latencies: number[] = [];
     let errors = 0;
@@ -196,6 +197,8 @@ async function main(): Promise<void> {
       write_errors: errors,
       writes_per_s: Number((total / elapsed).toFixed(1)),
       rounds: ROUNDS,
+      /** The machine's 1-minute load average when the write phase began: other work on shared cores shows in the tail. */
+      load_1m: Number(loadBefore.toFixed(2)),
     };
     process.stdout.write(`${JSON.stringify(result)}\n`);
   } finally {

@@ -7,15 +7,21 @@
  *
  * Each term gets fresh loops, started with the term's signal and stopped when it aborts
  * (leadership lost, or shutdown); the next term starts only after they have all returned,
- * so one process never runs two sets at once. Leadership shows in the `carapace_leader`
+ * so one process never runs two sets at once. A loop that fails (e.g. its first store read
+ * at the start of a term hit an etcd hiccup) ends the term: the other loops are stopped, the
+ * server steps down after a pause (another may take over) and campaigns again. Leadership shows in the `carapace_leader`
  * gauge, in `/healthz` (`leader: true|false`) and in the log lines `became leader` and
  * `stopped leading`.
  */
 import { setMaxListeners } from 'node:events';
+import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { metrics } from '../metrics/metrics.js';
 import { soleLeader, type ElectionEvent, type LeaderElector } from '../store/election.js';
 import type { Store } from '../store/store.js';
+
+/** How long a leader whose loop failed waits before giving leadership up and campaigning again. */
+const STEP_DOWN_PAUSE_MS = 1_000;
 
 /** The name of the control plane's leadership in the store (`election/control-plane/…`). */
 export const CONTROL_PLANE_ELECTION = 'control-plane';
@@ -25,8 +31,8 @@ export interface LeadershipOptions {
   /** This server's name among its peers (default host:port); the `server` label of `carapace_leader`. */
   serverId: string;
   logger: Logger;
-  /** The loops only the leader runs; started once per term with the term's signal, and must return when it aborts. */
-  loops: (signal: AbortSignal) => Promise<unknown>;
+  /** The loops only the leader runs; each is started once per term with the term's signal and must return when it aborts. */
+  loops: ((signal: AbortSignal) => Promise<unknown>)[];
   /** Lease TTL in whole seconds (default 2; env CARAPACE_LEADER_TTL_S). */
   ttlSeconds?: number;
 }
@@ -60,18 +66,38 @@ export class Leadership {
     return this.current;
   }
 
-  /** Campaigns and leads until `signal` aborts; rejects when the leader loops fail. */
+  /** Campaigns and leads until `signal` aborts (the one lifecycle shape); never rejects for a failed loop (see above). */
   async start(signal: AbortSignal): Promise<void> {
     await this.elector.run(signal, async (term) => {
-      // Every loop and watch of the term listens on its signal.
-      setMaxListeners(100, term.signal);
+      // The loops' own signal: the term's, or earlier when one of them fails.
+      const ac = new AbortController();
+      // Every loop and watch of the term listens on it.
+      setMaxListeners(100, ac.signal);
+      const stop = (): void => ac.abort();
+      term.signal.addEventListener('abort', stop, { once: true });
+      if (term.signal.aborted) stop();
+      let failure: { err: unknown } | undefined;
       this.current = term.term;
       metrics.leader.set({ server: this.o.serverId }, 1);
       try {
-        await this.o.loops(term.signal);
+        await Promise.all(
+          this.o.loops.map((loop) =>
+            loop(ac.signal).catch((err: unknown) => {
+              // After a stop, errors are the loops ending (e.g. a store call cut short): not failures.
+              if (ac.signal.aborted) return;
+              failure = { err };
+              stop();
+            }),
+          ),
+        );
       } finally {
+        term.signal.removeEventListener('abort', stop);
         this.current = undefined;
         metrics.leader.set({ server: this.o.serverId }, 0);
+      }
+      if (failure && !term.signal.aborted) {
+        this.log.error({ err: failure.err, term: term.term }, 'a leader loop failed; stepping down');
+        await delay(STEP_DOWN_PAUSE_MS, undefined, { signal: term.signal }).catch(() => undefined); // aborted: shutting down anyway
       }
     });
   }

@@ -105,13 +105,12 @@ export async function startControlServer(o: ControlServerOptions): Promise<Runni
   const ttlMs = o.hostLeaseTtlMs ?? envNumber('CARAPACE_HOST_LEASE_TTL_MS');
   const checkpointMs = envNumber('CARAPACE_AUDIT_CHECKPOINT_MS') || 60_000;
   /** What the leader runs, fresh for each term (a stopped controller's work queue stays stopped). */
-  const leaderLoops = (signal: AbortSignal): Promise<unknown> =>
-    Promise.all([
-      new WorkloadController({ resources, env, logger, ...(cellGraceMs !== undefined ? { cellGraceMs } : {}) }).start(signal),
-      new HostMonitor({ resources, env, logger, ...(ttlMs !== undefined ? { ttlMs } : {}) }).start(signal),
-      audit.runCheckpoints(signal, checkpointMs, env.now),
-      ...(o.leaderLoops ?? []).map((loop) => loop(signal)),
-    ]);
+  const leaderLoops = [
+    (signal: AbortSignal) => new WorkloadController({ resources, env, logger, ...(cellGraceMs !== undefined ? { cellGraceMs } : {}) }).start(signal),
+    (signal: AbortSignal) => new HostMonitor({ resources, env, logger, ...(ttlMs !== undefined ? { ttlMs } : {}) }).start(signal),
+    (signal: AbortSignal) => audit.runCheckpoints(signal, checkpointMs, env.now),
+    ...(o.leaderLoops ?? []),
+  ];
   registerStateGauges(resources);
   const tokens = new TokenCache(store, logger);
   // Not leading until the leadership exists, once the port is known (it names this server).

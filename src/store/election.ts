@@ -55,19 +55,39 @@ export type ElectionEvent =
   | { type: 'resigned'; term: number }
   | { type: 'error'; error: unknown };
 
+/** How long the sole leader waits before leading again when `lead` returned on its own. */
+const SOLE_RELEAD_MS = 1_000;
+
 /**
  * The elector of a store that one process owns (SQLite): there is no rival, so it leads at
- * once and for as long as `signal` lives.
+ * once and for as long as `signal` lives. If `lead` returns while `signal` lives, it leads
+ * again (a new term) after a second.
  */
 export function soleLeader(opts: Pick<ElectorOptions, 'onEvent'> = {}): LeaderElector {
   return {
     async run(signal, lead) {
-      if (signal.aborted) return;
-      opts.onEvent?.({ type: 'elected', term: 1 });
-      try {
-        await lead({ signal, term: 1 });
-      } finally {
-        opts.onEvent?.({ type: 'resigned', term: 1 });
+      for (let term = 1; !signal.aborted; term++) {
+        opts.onEvent?.({ type: 'elected', term });
+        try {
+          await lead({ signal, term });
+        } catch (e) {
+          opts.onEvent?.({ type: 'lost', term, reason: 'the leader loops failed' });
+          throw e;
+        }
+        if (signal.aborted) {
+          opts.onEvent?.({ type: 'resigned', term });
+          return;
+        }
+        opts.onEvent?.({ type: 'lost', term, reason: 'the leader loops ended' });
+        await new Promise<void>((resolve) => {
+          const done = (): void => {
+            clearTimeout(timer);
+            signal.removeEventListener('abort', done);
+            resolve();
+          };
+          const timer = setTimeout(done, SOLE_RELEAD_MS);
+          signal.addEventListener('abort', done);
+        });
       }
     },
   };

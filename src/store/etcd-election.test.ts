@@ -246,8 +246,16 @@ describe('etcd leader election', () => {
   it('gives leadership up and rejects when the leader loops fail', async () => {
     fresh();
     const boom = new Error('loop crashed');
-    const a = candidate(await store(), 'a', () => Promise.reject(boom));
+    let crash: () => void = () => undefined;
+    const crashed = new Promise<void>((resolve) => (crash = resolve));
+    const a = candidate(await store(), 'a', async () => {
+      await crashed;
+      throw boom;
+    });
+    await until('a leads', () => a.leading);
     const b = candidate(await store(), 'b');
+    await new Promise((r) => setTimeout(r, 300)); // b waits behind a
+    crash();
     await expect(a.done).rejects.toBe(boom);
     const failedAt = performance.now();
     await until('b leads', () => b.leading, 2_000);
@@ -262,9 +270,10 @@ describe('etcd leader election', () => {
     await until('a leads', () => a.leading);
     const [key] = (await s.list('election/control/')).items;
     await s.delete(key!.key);
-    await until('a stops leading', () => !a.leading, 2_000);
+    // The first term ends (a campaigns again at once, so poll the term, not `leading`).
+    await until('the first term ends', () => a.terms[0]!.end !== undefined, 2_000);
     expect(a.events.find((e) => e.type === 'lost')).toMatchObject({ reason: 'the election key was deleted' });
-    await until('a leads again (fresh key)', () => a.leading, 5_000);
+    await until('a leads again (fresh key)', () => a.terms.length === 2 && a.leading, 5_000);
     expect(a.terms[1]!.term).toBeGreaterThan(a.terms[0]!.term);
   });
 });
@@ -283,5 +292,17 @@ describe('sole leader (a store one process owns)', () => {
     ac.abort();
     await done;
     expect(events).toEqual(['elected', 'resigned']);
+  });
+
+  it('leads again (a new term) when its loops end on their own, and rejects when they fail', async () => {
+    const ac = new AbortController();
+    const terms: number[] = [];
+    const boom = new Error('crashed');
+    const done = soleLeader().run(ac.signal, async (t) => {
+      terms.push(t.term);
+      if (t.term === 2) throw boom;
+    });
+    await expect(done).rejects.toBe(boom);
+    expect(terms).toEqual([1, 2]);
   });
 });

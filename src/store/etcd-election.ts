@@ -96,7 +96,8 @@ class KeptLease {
   /** Grants a lease and starts renewing it. */
   static async grant(client: Etcd3, ttlSeconds: number): Promise<KeptLease> {
     const sentAt = performance.now();
-    const res = await client.leaseClient.leaseGrant({ TTL: ttlSeconds });
+    // A grant slower than the TTL is useless anyway; fail it and campaign again.
+    const res = await client.leaseClient.leaseGrant({ TTL: ttlSeconds }, { deadline: Date.now() + ttlSeconds * 1000 });
     const ttlMs = Number(res.TTL) * 1000; // etcd may raise a TTL below its minimum
     const lease = new KeptLease(client, res.ID, ttlMs);
     lease.renewed(sentAt, ttlMs);
