@@ -1,8 +1,8 @@
 /**
- * Leader election on a real etcd. Candidates that must lose their connection reach etcd
- * through a TCP proxy the test can black-hole (packets vanish: calls hang until their
- * deadlines, as on a partition) or reset; from etcd's side that is a dead process: no more
- * renewals, no revoke.
+ * Leader election on a real etcd. A candidate that must lose its connection reaches etcd
+ * through a TCP proxy the test can black-hole (nothing passes: calls hang until their
+ * deadlines, as in a partition) and heal; from etcd's side a black-holed candidate is a dead
+ * process: no more renewals, no revoke.
  */
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
@@ -21,7 +21,7 @@ afterAll(async () => {
 });
 
 /** A TCP proxy in front of etcd that can drop every packet (`blackhole`) and be healed. */
-class Proxy {
+class TcpProxy {
   private server: Server | undefined;
   private readonly pairs = new Set<[Socket, Socket]>();
   private blocked = false;
@@ -146,7 +146,7 @@ function expectNoOverlap(cands: Candidate[]): void {
 let nsCounter = 0;
 describe('etcd leader election', () => {
   const stores: EtcdStore[] = [];
-  const proxies: Proxy[] = [];
+  const proxies: TcpProxy[] = [];
   const candidates: Candidate[] = [];
   let ns = '';
   afterEach(async () => {
@@ -159,8 +159,8 @@ describe('etcd leader election', () => {
     stores.push(s);
     return s;
   }
-  async function viaProxy(): Promise<{ store: EtcdStore; proxy: Proxy }> {
-    const proxy = new Proxy(new URL(etcd.endpoint));
+  async function viaProxy(): Promise<{ store: EtcdStore; proxy: TcpProxy }> {
+    const proxy = new TcpProxy(new URL(etcd.endpoint));
     proxies.push(proxy);
     return { store: await store(await proxy.start()), proxy };
   }
