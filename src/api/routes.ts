@@ -74,7 +74,7 @@ function objectRoutes(): RouteDef[] {
 }
 
 export const ROUTES: readonly RouteDef[] = [
-  { method: 'GET', url: '/healthz', summary: 'Liveness: the server answers', kind: 'meta' },
+  { method: 'GET', url: '/healthz', summary: 'Liveness: the server answers; `leader` says whether it runs the scheduler and reconcilers', kind: 'meta' },
   { method: 'GET', url: '/openapi.json', summary: 'This API as an OpenAPI 3.1 document', kind: 'meta' },
   { method: 'GET', url: '/metrics', summary: 'Prometheus metrics (tenant, group and cell labels; scheduler and reconciler timings)', kind: 'meta' },
   ...objectRoutes(),

@@ -53,6 +53,8 @@ export interface ApiOptions {
   bodyLimit?: number;
   /** The built dashboard served at /ui (default: dist/ui of this install). */
   uiDir?: string;
+  /** Extra fields of `/healthz` (e.g. `{leader: true}` on the control-plane leader); called per request. */
+  health?: () => Record<string, unknown>;
 }
 
 type Params = { tenant?: string; name?: string };
@@ -230,7 +232,7 @@ async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply
   const p = req.params as Params; // fastify fills params from the route's :tenant/:name
   const q = req.query as Query; // querystring parsed to strings
   if (route.kind === 'meta') {
-    if (route.url === '/healthz') return { ok: true };
+    if (route.url === '/healthz') return { ok: true, ...o.health?.() };
     if (route.url === '/metrics') {
       void reply.header('content-type', metrics.registry.contentType);
       return metrics.registry.metrics();

@@ -5,8 +5,8 @@
 export { canonicalJson } from './canonical.js';
 export {
   type AuditActor, type AuditEntry, type AuditHead, type AuditRecord, type AuditTarget,
-  AUDIT_PREFIX, CHECKPOINT_PREFIX, GENESIS_HASH, HEAD_KEY,
-  buildRecord, checkpointKey, computeRecordHash, normalizeEntry, recordKey, seqOfRecordKey,
+  AUDIT_PREFIX, CHECKPOINT_PREFIX, GENESIS_HASH, HEAD_KEY, SIGNING_KEYS_PREFIX,
+  buildRecord, checkpointKey, computeRecordHash, normalizeEntry, recordKey, seqOfRecordKey, signingKeyKey,
 } from './record.js';
 export { type AuditKeyPair, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, keyIdOf, loadOrCreateKeyPair, toPublicKey } from './keys.js';
 export {
@@ -17,6 +17,6 @@ export {
 } from './verify.js';
 export { type ExportFilter, type ExportOptions, CSV_COLUMNS, csvField, exportLines, formatExport, recordFilter, toCsvLine, toJsonLine } from './export.js';
 export {
-  type AuditLogOptions, type AuditSnapshot, type MutationOps, type PreparedAudit, type PreparedAuditBatch,
+  type AuditLogOptions, type AuditSnapshot, type RegisteredKey, type MutationOps, type PreparedAudit, type PreparedAuditBatch,
   AuditLog, isAuditConflict,
 } from './log.js';

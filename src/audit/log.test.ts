@@ -1,3 +1,4 @@
+import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -8,10 +9,10 @@ import { openSqliteStore, type SqliteStore } from '../store/sqlite.js';
 import { ConflictError } from '../store/store.js';
 import { canonicalJson } from './canonical.js';
 import { entry } from './fixtures.js';
-import { PRIVATE_KEY_FILE, PUBLIC_KEY_FILE } from './keys.js';
+import { PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, keyIdOf } from './keys.js';
 import { AuditLog, isAuditConflict } from './log.js';
-import { type AuditHead, type AuditRecord, HEAD_KEY, checkpointKey, computeRecordHash, recordKey } from './record.js';
-import { type AuditCheckpoint, verifyLog } from './verify.js';
+import { type AuditHead, type AuditRecord, HEAD_KEY, checkpointKey, computeRecordHash, recordKey, signingKeyKey } from './record.js';
+import { type AuditCheckpoint, signCheckpoint, verifyLog } from './verify.js';
 
 const dirs: string[] = [];
 function tempDir(): string {
@@ -258,6 +259,50 @@ describe('AuditLog on a SQLite store', () => {
       expect(new Set(targets).size).toBe(240);
       expect(snap.head).toEqual({ seq: 240, hash: recs[239]!.hash });
       expect(await log.verify()).toMatchObject({ ok: true, records: 240, checkpointedSeq: 240 });
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('a log written by several servers, each signing with its own key, verifies on every one of them', async () => {
+    const { store, log: first, dir } = await fresh({ checkpointEvery: 10 });
+    try {
+      // Three servers: three state directories, three signing keys, one store.
+      const logs = [first, ...(await Promise.all([2, 3].map((s) => AuditLog.open({ store, keyDir: join(dir, `server-${s}`, 'keys'), checkpointEvery: 10 }))))];
+      expect(new Set(logs.map((l) => l.keyId)).size).toBe(3);
+      let n = 0;
+      await Promise.all(
+        logs.flatMap((l) =>
+          [1, 2].map(async () => {
+            for (let i = 0; i < 25; i++) {
+              const mine = ++n;
+              await l.commit(entry(mine), [{ op: 'put', key: `objects/${mine}`, value: mine, expect: { absent: true } }]);
+            }
+          }),
+        ),
+      );
+      await logs[1]!.checkpoint('2025-04-01T00:00:00Z');
+      const snap = await first.read();
+      expect(snap.keys).toHaveLength(3);
+      const signers = new Set((snap.checkpoints as AuditCheckpoint[]).map((c) => c.keyId)); // written through the library
+      expect(signers.size).toBeGreaterThan(1);
+      for (const l of logs) expect(await l.verify()).toMatchObject({ ok: true, records: 150, checkpointedSeq: 150, problems: [] });
+      // Verifying against one server's key alone flags the others' checkpoints.
+      const alone = await first.verify({ publicKey: first.publicKey });
+      expect(alone.ok).toBe(false);
+      expect(alone.problems.every((p) => p.kind === 'signature' && /names key/.test(p.message))).toBe(true);
+
+      // A key registered under another key's id is not trusted: what it signs fails.
+      const stranger = generateKeyPairSync('ed25519');
+      const pem = stranger.publicKey.export({ type: 'spki', format: 'pem' }).toString();
+      await store.put(signingKeyKey('0000000000000000'), { keyId: '0000000000000000', publicKey: pem });
+      const forged = signCheckpoint(snap.head as AuditHead, '2025-04-02T00:00:00Z', stranger.privateKey, stranger.publicKey); // the head was written by the library
+      const r = await first.verify({ extraCheckpoints: [forged] });
+      expect(r.ok).toBe(false);
+      expect(r.problems).toEqual([expect.objectContaining({ kind: 'signature', seq: 150, message: expect.stringMatching(/names key .* not one of the verifying keys/) })]);
+      // Registered under its own id, it is trusted (registration is what a server does at open).
+      await store.put(signingKeyKey(keyIdOf(stranger.publicKey)), { keyId: keyIdOf(stranger.publicKey), publicKey: pem });
+      expect((await first.verify({ extraCheckpoints: [forged] })).ok).toBe(true);
     } finally {
       await store.close();
     }

@@ -13,7 +13,7 @@ import type { Logger } from 'pino';
 import { CarapaceError } from '../model/errors.js';
 import { ConflictError, type Store, type TxnOp } from '../store/store.js';
 import { type ExportOptions, exportLines as formatLines, formatExport } from './export.js';
-import { type AuditKeyPair, loadOrCreateKeyPair } from './keys.js';
+import { type AuditKeyPair, keyIdOf, loadOrCreateKeyPair, toPublicKey } from './keys.js';
 import {
   AUDIT_PREFIX,
   type AuditEntry,
@@ -21,10 +21,12 @@ import {
   type AuditRecord,
   CHECKPOINT_PREFIX,
   HEAD_KEY,
+  SIGNING_KEYS_PREFIX,
   buildRecord,
   checkpointKey,
   recordKey,
   seqOfRecordKey,
+  signingKeyKey,
 } from './record.js';
 import { type AuditCheckpoint, type VerifyResult, isAuditRecord, signCheckpoint, verifyLog } from './verify.js';
 
@@ -63,7 +65,16 @@ export interface AuditSnapshot {
   recordKeys: string[];
   checkpoints: unknown[];
   head: unknown;
+  /** The signing keys registered in the store (`audit/keys/<keyId>`), as stored. */
+  keys: unknown[];
   revision: number;
+}
+
+/** A server's checkpoint-signing public key as registered in the store. */
+export interface RegisteredKey {
+  keyId: string;
+  /** SPKI PEM. */
+  publicKey: string;
 }
 
 /** The mutation half of `commit`: fixed ops, or a function rebuilding them for each attempt (re-read your state there). */
@@ -99,9 +110,14 @@ export class AuditLog {
     this.logger = opts.logger;
   }
 
-  /** Load (or create on first use) the signing key and bind the log to `store`. Call at startup. */
+  /**
+   * Load (or create on first use) the signing key, register its public key in the store
+   * (`audit/keys/<keyId>`, so that `verify` on any server trusts checkpoints this one signs)
+   * and bind the log to `store`. Call at startup.
+   */
   static async open(opts: AuditLogOptions): Promise<AuditLog> {
     const keys = await loadOrCreateKeyPair(opts.keyDir, opts.logger);
+    await registerKey(opts.store, keys, opts.logger);
     return new AuditLog(opts, keys);
   }
 
@@ -258,10 +274,11 @@ export class AuditLog {
   /** Read the whole log in one consistent list (records, checkpoints, head). */
   async read(): Promise<AuditSnapshot> {
     const { items, revision } = await this.store.list<unknown>(AUDIT_PREFIX);
-    const snap: AuditSnapshot = { records: [], recordKeys: [], checkpoints: [], head: undefined, revision };
+    const snap: AuditSnapshot = { records: [], recordKeys: [], checkpoints: [], head: undefined, keys: [], revision };
     for (const it of items) {
       if (it.key === HEAD_KEY) snap.head = it.value;
       else if (it.key.startsWith(CHECKPOINT_PREFIX)) snap.checkpoints.push(it.value);
+      else if (it.key.startsWith(SIGNING_KEYS_PREFIX)) snap.keys.push(it.value);
       else if (seqOfRecordKey(it.key) !== undefined) {
         snap.records.push(it.value);
         snap.recordKeys.push(it.key);
@@ -271,18 +288,21 @@ export class AuditLog {
   }
 
   /**
-   * Verify the log as stored, with this log's public key unless another is given.
-   * `extraCheckpoints` are checkpoints kept outside the store (they catch a tail cut together
-   * with its head and checkpoints). Never throws for tampering; reports problems.
+   * Verify the log as stored. Checkpoints are checked against this log's own key and every
+   * key registered in the store (the servers that append to it), unless `publicKey` names the
+   * trusted key(s). A registered key whose id does not match its key is not trusted (its
+   * checkpoints then fail). `extraCheckpoints` are checkpoints kept outside the store (they
+   * catch a tail cut together with its head and checkpoints). Never throws for tampering;
+   * reports problems.
    */
-  async verify(opts: { publicKey?: KeyObject | string; extraCheckpoints?: readonly unknown[] } = {}): Promise<VerifyResult> {
+  async verify(opts: { publicKey?: KeyObject | string | readonly (KeyObject | string)[]; extraCheckpoints?: readonly unknown[] } = {}): Promise<VerifyResult> {
     const snap = await this.read();
     const result = verifyLog({
       records: snap.records,
       recordKeys: snap.recordKeys,
       checkpoints: [...snap.checkpoints, ...(opts.extraCheckpoints ?? [])],
       head: snap.head,
-      publicKey: opts.publicKey ?? this.keys.publicKey,
+      publicKey: opts.publicKey ?? [this.keys.publicKey, ...registeredKeys(snap.keys).filter((k) => keyIdOf(k) !== this.keys.keyId)],
     });
     if (!result.ok) this.logger?.error({ problems: result.problems.length, first: result.problems[0] }, 'audit log verification failed');
     return result;
@@ -305,6 +325,44 @@ export class AuditLog {
     this.tail = run.catch(() => undefined); // the chain must go on after a failure; the caller sees it via `run`
     return run;
   }
+}
+
+/**
+ * Publishes this server's public key at `audit/keys/<keyId>` (once; rewritten if what is
+ * stored there differs, which only tampering or a corrupted write can cause).
+ */
+async function registerKey(store: Store, keys: AuditKeyPair, logger: Logger | undefined): Promise<void> {
+  const key = signingKeyKey(keys.keyId);
+  const value: RegisteredKey = { keyId: keys.keyId, publicKey: keys.publicKeyPem };
+  for (;;) {
+    const existing = await store.get<RegisteredKey>(key);
+    if (existing && existing.value?.keyId === value.keyId && existing.value.publicKey === value.publicKey) return;
+    if (existing) logger?.warn({ keyId: keys.keyId }, 'the registered audit signing key differs from this server\'s key; registering it again');
+    try {
+      await store.put(key, value, existing ? { version: existing.version } : { absent: true });
+      logger?.info({ keyId: keys.keyId }, 'audit signing key registered');
+      return;
+    } catch (e) {
+      if (!(e instanceof ConflictError)) throw e; // another start of this server raced us: look again
+    }
+  }
+}
+
+/** The usable keys among registered ones: well-formed Ed25519 keys stored under their own id. */
+function registeredKeys(stored: readonly unknown[]): KeyObject[] {
+  const out: KeyObject[] = [];
+  for (const v of stored) {
+    if (typeof v !== 'object' || v === null) continue;
+    const r = v as Partial<RegisteredKey>; // checked field by field below
+    if (typeof r.publicKey !== 'string' || typeof r.keyId !== 'string') continue;
+    try {
+      const k = toPublicKey(r.publicKey);
+      if (keyIdOf(k) === r.keyId) out.push(k);
+    } catch {
+      // not an Ed25519 key: not trusted
+    }
+  }
+  return out;
 }
 
 function backoff(attempt: number): Promise<void> {

@@ -62,6 +62,16 @@ export const AUDIT_PREFIX = 'audit/';
 export const HEAD_KEY = 'audit/head';
 /** Prefix of the signed checkpoints. */
 export const CHECKPOINT_PREFIX = 'audit/checkpoints/';
+/**
+ * Prefix of the checkpoint-signing public keys: every control-plane server registers its own
+ * at `audit/keys/<keyId>` when it opens the log, so a log written by several servers verifies.
+ */
+export const SIGNING_KEYS_PREFIX = 'audit/keys/';
+
+/** The store key of the signing key `keyId`. */
+export function signingKeyKey(keyId: string): string {
+  return SIGNING_KEYS_PREFIX + keyId;
+}
 
 const SEQ_DIGITS = 12;
 const RECORD_KEY = /^audit\/(\d{12})$/;

@@ -55,8 +55,11 @@ export interface VerifyInput {
   checkpoints: readonly unknown[];
   /** The head as stored; undefined when it is missing. */
   head: unknown;
-  /** The Ed25519 public key (KeyObject or SPKI PEM). */
-  publicKey: KeyObject | string;
+  /**
+   * The Ed25519 public key (KeyObject or SPKI PEM), or every key trusted to sign checkpoints
+   * when several control-plane servers append to one log (each signs with its own key).
+   */
+  publicKey: KeyObject | string | readonly (KeyObject | string)[];
   /**
    * A trusted starting point (e.g. a checkpoint verified earlier): `records` begin right after
    * `from.seq` and the first must link to `from.hash`. Checkpoints at or below it are skipped.
@@ -92,7 +95,8 @@ function isSeq(v: unknown): v is number {
  * a record that does not link to its predecessor ('chain'), missing records ('gap'), records
  * out of order or under the wrong key ('order'), a removed tail — records the head or a
  * signed checkpoint names are missing, or a head that does not match the last record
- * ('truncated'), and checkpoints that are not validly signed by `publicKey` ('signature').
+ * ('truncated'), and checkpoints that are not validly signed by `publicKey` (or one of the
+ * keys, when several are trusted) ('signature').
  * A tail removed together with its head and every checkpoint after the cut is only caught
  * by a checkpoint kept outside the store: pass copies in `checkpoints`.
  */
@@ -168,24 +172,28 @@ export function verifyLog(input: VerifyInput): VerifyResult {
     add(head.seq, 'chain', `the head's hash does not match record ${head.seq}`);
   }
 
-  let publicKey: KeyObject | undefined;
-  let keyId = '';
-  try {
-    publicKey = toPublicKey(input.publicKey);
-    keyId = keyIdOf(publicKey);
-  } catch (e) {
-    add(0, 'signature', `the public key is unusable: ${(e as Error).message}`); // node:crypto throws Error instances
+  /** Trusted keys by key id. */
+  const keys = new Map<string, KeyObject>();
+  for (const k of Array.isArray(input.publicKey) ? (input.publicKey as readonly (KeyObject | string)[]) : [input.publicKey as KeyObject | string]) {
+    try {
+      const publicKey = toPublicKey(k);
+      keys.set(keyIdOf(publicKey), publicKey);
+    } catch (e) {
+      add(0, 'signature', `the public key is unusable: ${(e as Error).message}`); // node:crypto throws Error instances
+    }
   }
+  const trusted = [...keys.keys()].join(', ');
   let checkpointedSeq = 0;
   for (const cp of input.checkpoints) {
     if (!isObj(cp) || !isSeq(cp.seq) || typeof cp.hash !== 'string' || typeof cp.time !== 'string' || typeof cp.keyId !== 'string' || typeof cp.signature !== 'string') {
       add(isObj(cp) && isSeq(cp.seq) ? cp.seq : 0, 'signature', 'a checkpoint is malformed');
       continue;
     }
-    if (!publicKey) continue;
+    if (keys.size === 0) continue;
     if (from && cp.seq <= from.seq) continue; // before the trusted start: not part of this verification
-    if (cp.keyId !== keyId) {
-      add(cp.seq, 'signature', `checkpoint ${cp.seq} names key ${cp.keyId}, not the verifying key ${keyId}`);
+    const publicKey = keys.get(cp.keyId);
+    if (!publicKey) {
+      add(cp.seq, 'signature', `checkpoint ${cp.seq} names key ${cp.keyId}, not ${keys.size === 1 ? 'the verifying key' : 'one of the verifying keys'} ${trusted}`);
       continue;
     }
     let valid: boolean;

@@ -50,6 +50,12 @@ export const metrics = {
     buckets: seconds,
     registers: [registry],
   }),
+  leader: new Gauge({
+    name: 'carapace_leader',
+    help: '1 while this server is the control-plane leader (runs the scheduler, reconcilers and host monitor), else 0',
+    labelNames: ['server'] as const,
+    registers: [registry],
+  }),
   apiRequests: new Counter({
     name: 'carapace_api_requests_total',
     help: 'API requests by route and status code',

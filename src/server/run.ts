@@ -65,11 +65,13 @@ export async function runServer(o: ServerCommandOptions): Promise<void> {
   const logger = pino({ level: process.env['CARAPACE_LOG_LEVEL'] ?? 'info' });
   const url = o.store ?? `sqlite:${join(o.stateDir, 'store.db')}`;
   const store = await openStoreUrl(url, logger);
-  const server = await startControlServer({ store, stateDir: o.stateDir, port: o.port, listen: o.listen, logger, ...(o.agentApi ? { agentApi: o.agentApi } : {}) });
+  // Compaction is cluster-wide: only the leader runs it (etcd; SQLite compacts by itself).
+  const leaderLoops = 'compact' in store ? [(signal: AbortSignal) => compactLoop(store as EtcdStore, signal, logger)] : []; // only the etcd store has compact()
+  const server = await startControlServer({ store, stateDir: o.stateDir, port: o.port, listen: o.listen, logger, leaderLoops, ...(o.agentApi ? { agentApi: o.agentApi } : {}) });
   const ac = new AbortController();
   setMaxListeners(100, ac.signal);
   logger.info({ url: server.url, store: url.replace(/\/\/.*@/, '//'), stateDir: o.stateDir }, 'carapace server is up');
-  const loops = Promise.all([server.run(ac.signal), 'compact' in store ? compactLoop(store as EtcdStore, ac.signal, logger) : Promise.resolve()]); // only the etcd store lacks automatic compaction
+  const loops = server.run(ac.signal);
   loops.catch((err: unknown) => {
     logger.fatal({ err }, 'control loop crashed');
     ac.abort();

@@ -2,8 +2,9 @@
  * The control plane as one process: the API (fastify), the workload controller, the host
  * monitor (host leases -> failover), token cache and timed audit checkpoints, over a Store.
  * `carapace up` runs it beside a host node over the embedded SQLite store; `carapace server`
- * runs it alone (agents elsewhere reach the same store). It mints the first cluster-admin
- * token once per store.
+ * runs it alone (agents elsewhere reach the same store), and several of them may share one
+ * etcd: all serve the API, the elected leader alone runs the loops (leader.ts). It mints the
+ * first cluster-admin token once per store.
  */
 import { randomUUID } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
@@ -25,6 +26,7 @@ import type { Store } from '../store/store.js';
 import { buildAgentApi } from '../agentapi/server.js';
 import { createJoinToken, JOIN_TOKEN_PREFIX } from '../pki/agents.js';
 import { ensureClusterCa, issueServerCertificate, type ClusterCa } from '../pki/x509.js';
+import { Leadership } from './leader.js';
 
 /** The real clock and random ids: the only place the running system makes them. */
 export const systemEnv: Env = {
@@ -54,6 +56,10 @@ export interface ControlServerOptions {
    * DNS names) agents use to reach this server, added to its certificate.
    */
   agentApi?: { port: number; listen?: string; advertise?: string[] };
+  /** This server's name among the servers sharing the store (default `hostname:port`). */
+  serverId?: string;
+  /** More loops only the leader runs, besides the controller, host monitor and audit checkpoints (e.g. etcd compaction). */
+  leaderLoops?: ((signal: AbortSignal) => Promise<void>)[];
 }
 
 export interface RunningControlServer {
@@ -62,14 +68,23 @@ export interface RunningControlServer {
   resources: Resources;
   controlPlane: ControlPlane;
   audit: AuditLog;
-  /** The first cluster-admin token (from this start, or the one saved in the state dir). */
+  /**
+   * The first cluster-admin token (from this start, or the one saved in the state dir);
+   * empty on a server that did not mint it and has no saved copy (another server of the
+   * same store did).
+   */
   adminToken: string;
   adminTokenCreated: boolean;
   /** `https://127.0.0.1:PORT` of the agent API, when it runs. */
   agentApiUrl?: string;
   /** sha256 of the cluster CA certificate (what join tokens pin). */
   caFingerprint: string;
-  /** Runs the loops (controller, host monitor, token cache, checkpoints) until `signal` aborts. */
+  /** Leadership among the servers of this store: whether this one runs the loops now. */
+  leadership: Leadership;
+  /**
+   * Runs until `signal` aborts: the token cache always; the controller, host monitor and
+   * timed checkpoints (and `leaderLoops`) while this server is the leader.
+   */
   run(signal: AbortSignal): Promise<void>;
   /** Stops listening. */
   close(): Promise<void>;
@@ -100,12 +115,20 @@ export async function startControlServer(o: ControlServerOptions): Promise<Runni
   const resources = new Resources(store, audit, env);
   const controlPlane = new ControlPlane(resources, env);
   const cellGraceMs = o.cellGraceMs ?? envNumber('CARAPACE_CELL_GRACE_MS');
-  const controller = new WorkloadController({ resources, env, logger, ...(cellGraceMs !== undefined ? { cellGraceMs } : {}) });
   const ttlMs = o.hostLeaseTtlMs ?? envNumber('CARAPACE_HOST_LEASE_TTL_MS');
-  const monitor = new HostMonitor({ resources, env, logger, ...(ttlMs !== undefined ? { ttlMs } : {}) });
+  const checkpointMs = envNumber('CARAPACE_AUDIT_CHECKPOINT_MS') || 60_000;
+  /** What the leader runs, fresh for each term (a stopped controller's work queue stays stopped). */
+  const leaderLoops = [
+    (signal: AbortSignal) => new WorkloadController({ resources, env, logger, ...(cellGraceMs !== undefined ? { cellGraceMs } : {}) }).start(signal),
+    (signal: AbortSignal) => new HostMonitor({ resources, env, logger, ...(ttlMs !== undefined ? { ttlMs } : {}) }).start(signal),
+    (signal: AbortSignal) => audit.runCheckpoints(signal, checkpointMs, env.now),
+    ...(o.leaderLoops ?? []),
+  ];
   registerStateGauges(resources);
   const tokens = new TokenCache(store, logger);
-  const api = buildApi({ controlPlane, store, logs: o.logs ?? NO_LOGS, logger, auth: tokens, env, audit });
+  // Not leading until the leadership exists, once the port is known (it names this server).
+  let leading = (): boolean => false;
+  const api = buildApi({ controlPlane, store, logs: o.logs ?? NO_LOGS, logger, auth: tokens, env, audit, health: () => ({ leader: leading() }) });
   const adminToken = await firstAdminToken(store, env, o.stateDir);
   // The cluster CA (made once per store) and, when asked for, the agent API: up before the
   // API answers, so whoever waits for /healthz finds the join token written.
@@ -115,12 +138,13 @@ export async function startControlServer(o: ControlServerOptions): Promise<Runni
   const address = await api.listen({ port: o.port, host: o.listen ?? '127.0.0.1' });
   const port = Number(new URL(address).port);
   const url = `http://127.0.0.1:${port}`;
+  const leadership = new Leadership({ store, serverId: o.serverId ?? `${os.hostname()}:${port}`, logger, loops: leaderLoops });
+  leading = () => leadership.leading;
   if (adminToken.created) {
     // Shown once, like every token secret; also saved 0600 for the CLI on this machine.
     const saved = o.saveCliConfig === false ? 'nowhere else' : await saveCliConfig(url, adminToken.token).catch((e: unknown) => `not saved: ${(e as Error).message}`); // fs errors are Errors
     process.stderr.write(`\nFirst cluster-admin token (shown once; saved to ${saved} and ${join(o.stateDir, 'admin-token')}):\n  ${adminToken.token}\n\n`);
   }
-  const checkpointMs = envNumber('CARAPACE_AUDIT_CHECKPOINT_MS') || 60_000;
   return {
     url,
     port,
@@ -131,8 +155,9 @@ export async function startControlServer(o: ControlServerOptions): Promise<Runni
     adminTokenCreated: adminToken.created,
     caFingerprint: ca.fingerprint,
     ...(agentApi ? { agentApiUrl: agentApi.url } : {}),
+    leadership,
     async run(signal) {
-      await Promise.all([controller.start(signal), monitor.start(signal), tokens.start(signal), audit.runCheckpoints(signal, checkpointMs, env.now)]);
+      await Promise.all([tokens.start(signal), leadership.start(signal)]);
     },
     close: async () => {
       await api.close();
@@ -174,6 +199,8 @@ async function startAgentApi(store: Store, ca: ClusterCa, o: { port: number; lis
 /**
  * Mints the first cluster-admin token once per store and keeps it in STATE_DIR/admin-token
  * (0600) so the operator and scripts on this machine can find it again; later starts read it.
+ * A server whose store already has it (another server minted it) and which has no saved copy
+ * gets an empty token: it prints nothing and starts normally.
  */
 async function firstAdminToken(store: Store, env: Env, stateDir: string): Promise<{ token: string; created: boolean }> {
   const file = join(stateDir, 'admin-token');

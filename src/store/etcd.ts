@@ -15,6 +15,8 @@
 import { noop, isBrokenCircuitError } from 'cockatiel';
 import { castGrpcError, Etcd3, isRecoverableError, type ICompare, type IKeyValue, type IRequestOp, type IWatchResponse } from 'etcd3';
 import type { Logger } from 'pino';
+import type { ElectorOptions, LeaderElector } from './election.js';
+import { EtcdElector } from './etcd-election.js';
 import {
   checkKey,
   checkPrefix,
@@ -239,6 +241,11 @@ class EtcdStoreImpl implements EtcdStore {
     }
     const changed = ops.some((op, i) => op.op === 'put' || Number(res.responses[i]?.response_delete_range?.deleted ?? 0) > 0);
     return { revision: Number(res.header.revision), changed };
+  }
+
+  elector(name: string, candidate: string, opts?: ElectorOptions): LeaderElector {
+    this.assertOpen();
+    return new EtcdElector({ client: this.client, store: this, etcdKey: (k) => this.etcdKey(k) }, name, candidate, opts);
   }
 
   async compact(revision: number): Promise<void> {

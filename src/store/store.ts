@@ -14,6 +14,7 @@
  * - The store never makes ids or timestamps: callers pass them in inside the values.
  * - An acknowledged write is durable (SQLite: WAL + synchronous=FULL; etcd: raft quorum).
  */
+import type { ElectorOptions, LeaderElector } from './election.js';
 
 /** A stored value with its revision metadata. */
 export interface Entry<T = unknown> {
@@ -141,5 +142,12 @@ export interface Store {
   watch<T>(prefix: string, afterRevision: number, signal: AbortSignal): AsyncIterable<WatchEvent<T>>;
   /** The current revision. */
   revision(): Promise<number>;
+  /**
+   * An elector for the leadership `name` (lowercase letters, digits, dashes) with this
+   * process as `candidate`, for stores several processes share (etcd). Absent on a store
+   * that one process owns (SQLite): that process is the only candidate, so it always leads
+   * (use `soleLeader()` from election.ts).
+   */
+  elector?(name: string, candidate: string, opts?: ElectorOptions): LeaderElector;
   close(): Promise<void>;
 }
