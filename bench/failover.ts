@@ -125,7 +125,7 @@ async function hostPart(dir: string, image: string): Promise<{ detect: number; r
   const etcd = await startEtcd();
   const store = `etcd://${etcd.endpoint.replace(/^http:\/\//, '')}`;
   const port = await freePort();
-  const server = start(['server', '--store', store, '--state-dir', join(dir, 'server'), '--port', String(port)]);
+  const server = start(['server', '--store', store, '--state-dir', join(dir, 'server'), '--port', String(port), '--agent-port', '0']);
   const hosts = { b1: ['fob1', '10.93.0.0/16'], b2: ['fob2', '10.94.0.0/16'] } as const;
   const agents = new Map<string, ChildProcess>();
   const url = `http://127.0.0.1:${port}`;

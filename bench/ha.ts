@@ -50,7 +50,7 @@ class ServerProc {
   }
 
   async start(): Promise<void> {
-    this.proc = spawn(process.execPath, [CLI, 'server', '--store', this.store, '--state-dir', this.stateDir, '--port', String(this.port)], {
+    this.proc = spawn(process.execPath, [CLI, 'server', '--store', this.store, '--state-dir', this.stateDir, '--port', String(this.port), '--agent-port', '0'], {
       env: { ...process.env, CARAPACE_LOG_LEVEL: 'warn', CARAPACE_CONFIG: join(this.stateDir, 'cli-config.json') },
       stdio: ['ignore', 'ignore', 'inherit'],
     });

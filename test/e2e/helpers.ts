@@ -104,7 +104,9 @@ export class Server extends Child {
   }
 
   async start(): Promise<void> {
-    const base = this.mode === 'up' ? ['up', '--state-dir', this.stateDir, '--port', String(this.port), '--host-name', 'e2e'] : ['server', '--state-dir', this.stateDir, '--port', String(this.port)];
+    // Servers of a test pick a free agent API port unless told one (several may run at once).
+    const agentPort = this.extraArgs.includes('--agent-port') ? [] : ['--agent-port', '0'];
+    const base = this.mode === 'up' ? ['up', '--state-dir', this.stateDir, '--port', String(this.port), '--host-name', 'e2e'] : ['server', '--state-dir', this.stateDir, '--port', String(this.port), ...agentPort];
     const proc = this.spawnCli([...base, ...this.extraArgs], { CARAPACE_CONFIG: join(this.stateDir, 'cli-config.json'), ...this.extraEnv });
     for (let i = 0; i < 200; i++) {
       try {
