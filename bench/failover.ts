@@ -35,7 +35,7 @@ function apiFor(url: string, token: string): Api {
     const r = await fetch(`${url}${path}`, { method, headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) }, body: body ? JSON.stringify(body) : null });
     const text = await r.text();
     if (r.status >= 400) throw new Error(`${method} ${path}: ${text}`);
-    return (text.startsWith('{') ? JSON.parse(text) : text) as T;
+    return ((r.headers.get('content-type') ?? '').startsWith('application/json') ? JSON.parse(text) : text) as T;
   };
 }
 

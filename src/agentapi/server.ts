@@ -20,9 +20,14 @@ import { CompactedError, ConflictError, type Entry, type Store, type TxnOp } fro
 import { agentCertProblem, AGENT_CERT_DAYS, AGENT_CERT_PREFIX, checkJoinToken, recordAgentCert, type AgentCertRecord } from '../pki/agents.js';
 import { certIdentity, issueCertificate, type ClusterCa } from '../pki/x509.js';
 import { isWorkloadKey, mayListPrefix, mayRead, writeProblem } from './scope.js';
+import { finished } from 'node:stream/promises';
+import type { Readable } from 'node:stream';
+import type { LogHub } from './logs.js';
 
 export interface AgentApiOptions {
   store: Store;
+  /** Where log requests for this server's API readers go out and agents' uploads come in. */
+  logs?: LogHub;
   ca: ClusterCa;
   /** This server's TLS certificate (issued by the CA). */
   tls: { certPem: string; keyPem: string };
@@ -193,6 +198,31 @@ export function buildAgentApi(o: AgentApiOptions): FastifyInstance<HttpsServer> 
     const pinned: TxnOp[] = [];
     for (const op of ops) pinned.push(await checked(host, op, ops));
     return o.store.txn(pinned);
+  });
+
+  // Logs: agents keep a request stream open and upload what is asked for (see logs.ts).
+  app.addContentTypeParser('application/x-ndjson', (_req, payload, done) => done(null, payload));
+  app.get('/agent/v1/log-requests', async (req: FastifyRequest, reply: FastifyReply) => {
+    const hub = o.logs;
+    if (!hub) throw new CarapaceError('CARAPACE_E_UNAVAILABLE', 'this server does not relay logs');
+    reply.hijack();
+    reply.raw.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-cache' });
+    reply.raw.write('{"ready":true}\n');
+    const detach = hub.attach(hostOf(req), (r) => reply.raw.write(`${JSON.stringify(r)}\n`));
+    const beat = setInterval(() => reply.raw.write('{"ping":true}\n'), 10_000);
+    await new Promise<void>((resolve) => reply.raw.on('close', resolve));
+    clearInterval(beat);
+    detach();
+  });
+  app.post('/agent/v1/log-streams/:id', async (req: FastifyRequest, reply: FastifyReply) => {
+    const id = (req.params as { id?: string }).id ?? ''; // fastify fills :id
+    const body = req.body as Readable; // the ndjson parser above passes the raw stream through
+    if (!o.logs?.deliver(hostOf(req), id, body)) {
+      body.resume();
+      return reply.status(404).send(new CarapaceError('CARAPACE_E_NOT_FOUND', 'nobody is waiting for these logs').toJSON());
+    }
+    await finished(body).catch(() => undefined); // ends when the lines end or the reader went away
+    return reply.status(204).send();
   });
 
   app.get('/agent/v1/store/watch', async (req: FastifyRequest, reply: FastifyReply) => {

@@ -99,6 +99,7 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
     logger,
     env,
     logs: node.agent,
+    localHost: node.hostName,
     ...(o.cellGraceMs !== undefined ? { cellGraceMs: o.cellGraceMs } : {}),
   });
 

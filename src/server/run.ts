@@ -10,6 +10,8 @@ import { pino, type Logger } from 'pino';
 import { createHostNode, defaultHostName, type HostNodeOptions } from '../agent/node.js';
 import { joinCluster, keepCertificateFresh, loadCredentials, type AgentCredentials } from '../agentapi/enroll.js';
 import { RemoteStore } from '../agentapi/remote-store.js';
+import { serveLogRequests } from '../agentapi/log-uploader.js';
+import { readFileSync } from 'node:fs';
 import { certIdentity } from '../pki/x509.js';
 import { CarapaceError } from '../model/errors.js';
 import { Resources } from '../core/resources.js';
@@ -117,7 +119,17 @@ export async function runAgent(o: AgentCommandOptions): Promise<void> {
   const node = await createHostNode({ ...nodeOptions, hostName, resources: new Resources(store, undefined, systemEnv), env: systemEnv, logger });
   const ac = new AbortController();
   setMaxListeners(100, ac.signal);
-  const loops = Promise.all([node.start(ac.signal), ...(remote ? [keepCertificateFresh({ stateDir: o.stateDir, store: remote.store, creds: remote.creds, logger, signal: ac.signal })] : [])]).then(() => undefined);
+  const pki = join(o.stateDir, 'pki');
+  const loops = Promise.all([
+    node.start(ac.signal),
+    ...(remote
+      ? [
+          keepCertificateFresh({ stateDir: o.stateDir, store: remote.store, creds: remote.creds, logger, signal: ac.signal }),
+          // Read from disk at each reconnect: a renewed certificate is picked up.
+          serveLogRequests({ server: remote.creds.server, tls: () => ({ ca: readFileSync(join(pki, 'ca.crt'), 'utf8'), cert: readFileSync(join(pki, 'agent.crt'), 'utf8'), key: readFileSync(join(pki, 'agent.key'), 'utf8') }), local: node.agent, logger }, ac.signal),
+        ]
+      : []),
+  ]).then(() => undefined);
   loops.catch((err: unknown) => {
     logger.fatal({ err }, 'agent loop crashed');
     ac.abort();

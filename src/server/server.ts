@@ -21,9 +21,10 @@ import { Resources } from '../core/resources.js';
 import { WorkloadController } from '../control/controller.js';
 import { HostMonitor } from '../control/host-monitor.js';
 import { registerStateGauges } from '../metrics/metrics.js';
-import { CarapaceError } from '../model/errors.js';
 import type { Store } from '../store/store.js';
 import { buildAgentApi } from '../agentapi/server.js';
+import { LogHub } from '../agentapi/logs.js';
+import type { LogLine, LogOptions } from '../runtime/driver.js';
 import { createJoinToken, JOIN_TOKEN_PREFIX } from '../pki/agents.js';
 import { ensureClusterCa, issueServerCertificate, type ClusterCa } from '../pki/x509.js';
 import { Leadership } from './leader.js';
@@ -42,8 +43,9 @@ export interface ControlServerOptions {
   listen?: string;
   logger: Logger;
   env?: Env;
-  /** Where instance logs and machine consoles come from (the local agent in the all-in-one). */
+  /** Where instance logs and machine consoles of `localHost` come from (the local agent in the all-in-one); other hosts' come through the agent API. */
   logs?: LogSource;
+  localHost?: string;
   /** How long an empty cell lives before it is retired (default 60 s; env CARAPACE_CELL_GRACE_MS). */
   cellGraceMs?: number;
   /** Host lease TTL: a host whose lease stands still this long is lost (default 3 s; env CARAPACE_HOST_LEASE_TTL_MS). */
@@ -95,13 +97,26 @@ function envNumber(name: string): number | undefined {
   return Number.isFinite(v) && v >= 0 && process.env[name] !== undefined && process.env[name] !== '' ? v : undefined;
 }
 
-/** Logs cannot be read from a host this process does not run. */
-const NO_LOGS: LogSource = {
-  // eslint-disable-next-line require-yield -- an empty source that only refuses
-  logs: async function* () {
-    throw new CarapaceError('CARAPACE_E_UNAVAILABLE', 'this server runs no host agent: logs of instances on other hosts are not served yet');
-  },
-};
+/**
+ * Logs and consoles: from the local agent for its own host (the all-in-one), from other hosts'
+ * agents through the agent API's log hub.
+ */
+function logSource(resources: Resources, hub: LogHub, local: LogSource | undefined, localHost: string | undefined): LogSource {
+  const remote = (host: string, kind: 'instance' | 'machine', tenant: string, name: string, opts: LogOptions): AsyncIterable<LogLine> =>
+    hub.stream(host, { kind, tenant, name, follow: opts.follow, ...(opts.tail !== undefined ? { tail: opts.tail } : {}) }, opts);
+  return {
+    async *logs(tenant, name, opts) {
+      const inst = await resources.mustGet('Instance', name, tenant);
+      if (local && (localHost === undefined || inst.spec.host === localHost)) yield* local.logs(tenant, name, opts);
+      else if (inst.spec.host !== '') yield* remote(inst.spec.host, 'instance', tenant, name, opts);
+    },
+    async *machineLogs(tenant, name, opts) {
+      const m = await resources.mustGet('Machine', name, tenant);
+      if (local?.machineLogs && (localHost === undefined || m.status.host === localHost)) yield* local.machineLogs(tenant, name, opts);
+      else if (m.status.host !== '') yield* remote(m.status.host, 'machine', tenant, name, opts);
+    },
+  };
+}
 
 /** Starts the API listening and returns the handle; `run` starts the loops. */
 export async function startControlServer(o: ControlServerOptions): Promise<RunningControlServer> {
@@ -128,13 +143,14 @@ export async function startControlServer(o: ControlServerOptions): Promise<Runni
   const tokens = new TokenCache(store, logger);
   // Not leading until the leadership exists, once the port is known (it names this server).
   let leading = (): boolean => false;
-  const api = buildApi({ controlPlane, store, logs: o.logs ?? NO_LOGS, logger, auth: tokens, env, audit, health: () => ({ leader: leading() }) });
+  const hub = new LogHub();
+  const api = buildApi({ controlPlane, store, logs: logSource(resources, hub, o.logs, o.localHost), logger, auth: tokens, env, audit, health: () => ({ leader: leading() }) });
   const adminToken = await firstAdminToken(store, env, o.stateDir);
   // The cluster CA (made once per store) and, when asked for, the agent API: up before the
   // API answers, so whoever waits for /healthz finds the join token written.
   const ca = await ensureClusterCa(store);
   let agentApi: Awaited<ReturnType<typeof startAgentApi>> | undefined;
-  if (o.agentApi) agentApi = await startAgentApi(store, ca, o.agentApi, o.stateDir, logger);
+  if (o.agentApi) agentApi = await startAgentApi(store, ca, o.agentApi, o.stateDir, logger, hub);
   const address = await api.listen({ port: o.port, host: o.listen ?? '127.0.0.1' });
   const port = Number(new URL(address).port);
   const url = `http://127.0.0.1:${port}`;
@@ -178,12 +194,12 @@ function localAddresses(): string[] {
  * makes a first join token when the cluster has none (printed once, saved 0600 to
  * STATE_DIR/join-token).
  */
-async function startAgentApi(store: Store, ca: ClusterCa, o: { port: number; listen?: string; advertise?: string[] }, stateDir: string, logger: Logger): Promise<{ app: ReturnType<typeof buildAgentApi>; url: string }> {
+async function startAgentApi(store: Store, ca: ClusterCa, o: { port: number; listen?: string; advertise?: string[] }, stateDir: string, logger: Logger, logs: LogHub): Promise<{ app: ReturnType<typeof buildAgentApi>; url: string }> {
   const advertise = o.advertise ?? [];
   const ips = [...localAddresses(), ...advertise.filter((a) => /^\d{1,3}(\.\d{1,3}){3}$/.test(a))];
   const names = ['localhost', os.hostname(), ...advertise.filter((a) => !/^\d{1,3}(\.\d{1,3}){3}$/.test(a))];
   const tls = await issueServerCertificate(ca, { commonName: 'carapace-server', dnsNames: names, ipAddresses: ips });
-  const app = buildAgentApi({ store, ca, tls, logger });
+  const app = buildAgentApi({ store, ca, tls, logger, logs });
   const address = await app.listen({ port: o.port, host: o.listen ?? '0.0.0.0' });
   const port = Number(new URL(address.replace('https://', 'http://')).port);
   const url = `https://127.0.0.1:${port}`;

@@ -127,7 +127,7 @@ describe('many hosts in network namespaces', () => {
       file,
       [
         { apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name: 'acme' } },
-        { apiVersion: 'carapace/v1', kind: 'Service', metadata: { name: 'web', tenant: 'acme' }, spec: { image, isolation: 'host', replicas: 2, command: ['sleep', '3600'] } },
+        { apiVersion: 'carapace/v1', kind: 'Service', metadata: { name: 'web', tenant: 'acme' }, spec: { image, isolation: 'host', replicas: 2, command: ['sh', '-c', 'echo hello from $(hostname); sleep 3600'] } },
         { apiVersion: 'carapace/v1', kind: 'Service', metadata: { name: 'db', tenant: 'acme' }, spec: { image, isolation: 'dedicated', replicas: 2, cpu: 0.25, memory: '64Mi', command: ['sleep', '3600'] } },
       ]
         .map((d) => JSON.stringify(d))
@@ -140,6 +140,15 @@ describe('many hosts in network namespaces', () => {
     // Replicas and the cells of the dedicated service spread across the two zones' hosts.
     expect(before.filter((i) => i.spec.owner.name === 'web').map((i) => i.spec.host).sort()).toEqual(['h1', 'h2']);
     expect(cells.filter((c) => c.spec.tenant === 'acme').map((c) => c.spec.host).sort()).toEqual(['h1', 'h2']);
+
+    // Logs of instances on the joined hosts come through the agent API.
+    for (const i of before.filter((x) => x.spec.owner.name === 'web')) {
+      const logs = await eventually(async () => {
+        const l = await cli(server.url, ['logs', `acme/${i.metadata.name}`]);
+        return l.stdout.includes(`hello from ${i.metadata.name}`) ? l : undefined;
+      }, 20_000, `logs of ${i.metadata.name} on ${i.spec.host}`);
+      expect(logs.code).toBe(0);
+    }
 
     // Cut h1 off the network: its agent can reach neither the server nor anything else.
     await ip('link', 'set', 'cmhv1', 'down');

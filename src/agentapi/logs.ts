@@ -1,0 +1,91 @@
+/**
+ * Logs of instances and machines on other hosts, through the agent API. The server cannot
+ * dial agents (they may sit behind NAT, and only they hold client certificates), so agents
+ * keep one request stream open (`GET /agent/v1/log-requests`, NDJSON); when the API is asked
+ * for the logs of something on host H, the hub sends H a request and H answers by uploading
+ * the lines (`POST /agent/v1/log-streams/<id>`, a streaming NDJSON body), which the hub hands
+ * to the API's reader. Closing either end ends the other: a client that stops reading cancels
+ * the upload, an agent that dies ends the client's stream.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Readable } from 'node:stream';
+import type { LogLine, LogOptions } from '../runtime/driver.js';
+import { CarapaceError } from '../model/errors.js';
+
+/** What a host is asked to stream. */
+export interface LogRequest {
+  id: string;
+  kind: 'instance' | 'machine';
+  tenant: string;
+  name: string;
+  follow: boolean;
+  tail?: number;
+}
+
+interface Waiting {
+  host: string;
+  resolve: (body: Readable) => void;
+  reject: (e: Error) => void;
+}
+
+/** Server side: connects API readers with agents' uploads. */
+export class LogHub {
+  /** Per host, the open request streams of its agent (usually one). */
+  private readonly agents = new Map<string, Set<(r: LogRequest) => void>>();
+  private readonly waiting = new Map<string, Waiting>();
+
+  /** An agent's request stream opened; returns the function that closes it. */
+  attach(host: string, send: (r: LogRequest) => void): () => void {
+    const set = this.agents.get(host) ?? new Set();
+    set.add(send);
+    this.agents.set(host, set);
+    return () => {
+      set.delete(send);
+      if (set.size === 0) this.agents.delete(host);
+    };
+  }
+
+  /** An agent's upload for request `id` arrived; false when nobody waits for it (or another host sent it). */
+  deliver(host: string, id: string, body: Readable): boolean {
+    const w = this.waiting.get(id);
+    if (!w || w.host !== host) return false;
+    this.waiting.delete(id);
+    w.resolve(body);
+    return true;
+  }
+
+  /** The lines of `kind tenant/name` on `host`, streamed by its agent. */
+  async *stream(host: string, req: Omit<LogRequest, 'id'>, opts: LogOptions): AsyncIterable<LogLine> {
+    const senders = this.agents.get(host);
+    const send = senders ? [...senders].pop() : undefined;
+    if (!send) throw new CarapaceError('CARAPACE_E_UNAVAILABLE', `host ${host} is not connected to this server: its logs cannot be read now`);
+    const id = randomBytes(12).toString('hex');
+    const body = await new Promise<Readable>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiting.delete(id);
+        reject(new CarapaceError('CARAPACE_E_UNAVAILABLE', `host ${host} did not answer a log request within 10 s`));
+      }, 10_000);
+      this.waiting.set(id, { host, resolve: (b) => (clearTimeout(timer), resolve(b)), reject });
+      send({ ...req, id });
+    });
+    const onAbort = (): void => void body.destroy();
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      let buf = '';
+      for await (const chunk of body) {
+        buf += String(chunk);
+        let nl: number;
+        while ((nl = buf.indexOf('\n')) >= 0) {
+          const line = buf.slice(0, nl);
+          buf = buf.slice(nl + 1);
+          if (!line) continue;
+          const l = JSON.parse(line) as LogLine;
+          if (typeof l.text === 'string' && typeof l.time === 'string' && (l.stream === 'stdout' || l.stream === 'stderr')) yield { time: l.time, stream: l.stream, text: l.text };
+        }
+      }
+    } finally {
+      opts.signal?.removeEventListener('abort', onAbort);
+      body.destroy();
+    }
+  }
+}
