@@ -16,7 +16,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRepl
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { CarapaceError } from '../model/errors.js';
-import { CompactedError, ConflictError, type Entry, type Store, type TxnOp } from '../store/store.js';
+import { CompactedError, ConflictError, StoreClosedError, StoreUnavailableError, type Entry, type Store, type TxnOp } from '../store/store.js';
 import { agentCertProblem, AGENT_CERT_DAYS, AGENT_CERT_PREFIX, checkJoinToken, recordAgentCert, type AgentCertRecord } from '../pki/agents.js';
 import { certIdentity, issueCertificate, type ClusterCa } from '../pki/x509.js';
 import { isWorkloadKey, mayListPrefix, mayRead, writeProblem } from './scope.js';
@@ -82,6 +82,7 @@ export function buildAgentApi(o: AgentApiOptions): FastifyInstance<HttpsServer> 
     if (err instanceof ConflictError) return reply.status(409).send({ conflict: { key: err.key, actualVersion: err.actualVersion } });
     if (err instanceof CompactedError) return reply.status(410).send({ compacted: { requested: err.requested, compactedTo: err.compactedTo } });
     if (err instanceof CarapaceError) return reply.status(err.status).send(err.toJSON());
+    if (err instanceof StoreUnavailableError || err instanceof StoreClosedError) return reply.status(503).send(new CarapaceError('CARAPACE_E_UNAVAILABLE', `the store is unavailable; retry later (${err.message})`).toJSON());
     const e = err as { statusCode?: number; message?: string }; // fastify's own errors
     if (e.statusCode !== undefined && e.statusCode < 500) return reply.status(400).send(new CarapaceError('CARAPACE_E_MALFORMED_BODY', e.message ?? 'bad request').toJSON());
     req.log.error({ err }, 'agent api error');

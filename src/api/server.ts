@@ -12,7 +12,7 @@ import { parseManifest } from '../model/manifest.js';
 import { KINDS, kindPrefix, type Kind } from '../model/objects.js';
 import type { ControlPlane, ActionResult } from '../core/control-plane.js';
 import type { Store } from '../store/store.js';
-import { CompactedError, type TxnOp } from '../store/store.js';
+import { CompactedError, StoreClosedError, StoreUnavailableError, type TxnOp } from '../store/store.js';
 import type { LogLine, LogOptions } from '../runtime/driver.js';
 import { ROUTES, type RouteDef } from './routes.js';
 import { openApiDocument } from './openapi.js';
@@ -118,6 +118,8 @@ function render(result: ActionResult): unknown {
 /** Maps fastify's own errors (bad JSON, wrong content type, too large) to catalogue codes. */
 function toCarapaceError(err: unknown): CarapaceError {
   if (err instanceof CarapaceError) return err;
+  // The store is down or shutting down: the client may retry (a write's outcome is unknown).
+  if (err instanceof StoreUnavailableError || err instanceof StoreClosedError) return new CarapaceError('CARAPACE_E_UNAVAILABLE', `the store is unavailable; retry later (${err.message})`);
   // AuthError (src/auth) carries a catalogue code of its own.
   const coded = err as { name?: string; code?: string; message?: string };
   if (coded.name === 'AuthError' && (coded.code === 'CARAPACE_E_UNAUTHENTICATED' || coded.code === 'CARAPACE_E_FORBIDDEN')) return new CarapaceError(coded.code, coded.message ?? 'not allowed');

@@ -72,6 +72,19 @@ export class CompactedError extends Error {
   }
 }
 
+/**
+ * The store cannot be reached right now (etcd down or without a leader, a deadline passed,
+ * every endpoint's circuit open). A read can simply be tried again later; a write that
+ * fails with it may or may not have been applied: re-read before deciding. The API answers
+ * it with 503 CARAPACE_E_UNAVAILABLE.
+ */
+export class StoreUnavailableError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'StoreUnavailableError';
+  }
+}
+
 /** Thrown by every call made after `close()`, and by watches still running at close. */
 export class StoreClosedError extends Error {
   constructor() {
