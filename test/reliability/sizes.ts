@@ -4,8 +4,10 @@
  */
 export const CI = {
   history: { clients: 6, keys: 4, ops: 500, faults: 3 },
+  crash: { rounds: 4, opsPerRound: 60, services: 6, workers: 3, rate: 30 },
 };
 
 export const SOAK = {
   history: { clients: 8, keys: 6, ops: 1500, faults: 8 },
+  crash: { rounds: 20, opsPerRound: 500, services: 10, workers: 5, rate: 60 },
 };
