@@ -150,7 +150,12 @@ export function buildApi(o: ApiOptions): FastifyInstance {
     logController: new LogController({ disableRequestLogging: true }),
     // Errors fastify raises before routing (e.g. a malformed %-escape in the URL).
     frameworkErrors: (err, _req, reply) => {
-      const ce = err.code === 'FST_ERR_BAD_URL' ? new CarapaceError('CARAPACE_E_ROUTE_NOT_FOUND', 'the URL is not valid (bad %-escape)') : toCarapaceError(err);
+      const ce =
+        err.code === 'FST_ERR_BAD_URL'
+          ? new CarapaceError('CARAPACE_E_ROUTE_NOT_FOUND', 'the URL is not valid (bad %-escape)')
+          : err.code === 'FST_ERR_MAX_PARAM_LENGTH'
+            ? new CarapaceError('CARAPACE_E_ROUTE_NOT_FOUND', 'a name in the URL is too long (names are at most 63 characters): no endpoint or object matches')
+            : toCarapaceError(err);
       // The reply here is typed for route schemas we do not declare; the body is our error JSON.
       void (reply as unknown as FastifyReply).status(ce.status).send(ce.toJSON());
     },
