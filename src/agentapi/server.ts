@@ -89,6 +89,11 @@ export function buildAgentApi(o: AgentApiOptions): FastifyInstance<HttpsServer> 
     return reply.status(500).send(new CarapaceError('CARAPACE_E_INTERNAL', 'internal error').toJSON());
   });
 
+  // Unknown endpoints answer like the public API: a catalogue code, not fastify's default body.
+  app.setNotFoundHandler((req, reply) => {
+    void reply.status(404).send(new CarapaceError('CARAPACE_E_ROUTE_NOT_FOUND', `no endpoint ${req.method} ${req.url.split('?')[0] ?? ''}`).toJSON());
+  });
+
   const parse = <T>(schema: z.ZodType<T>, body: unknown): T => {
     const r = schema.safeParse(body);
     if (!r.success) throw new CarapaceError('CARAPACE_E_VALIDATION', 'invalid agent request', r.error.issues.map((i) => ({ path: i.path.join('.') || '(body)', message: i.message })));

@@ -90,6 +90,14 @@ describe('a joined agent', () => {
     await expect(remote.get('audit/head')).resolves.toBeUndefined();
   });
 
+  it('answers an unknown endpoint with a coded 404', async () => {
+    const d = new Agent({ connect: { ca: h1.ca, cert: h1.cert, key: h1.key } });
+    const r = await request(`${server.agentApiUrl ?? ''}/agent/v1/nothing`, { method: 'POST', dispatcher: d, body: '{}', headers: { 'content-type': 'application/json' } });
+    expect(r.statusCode).toBe(404);
+    expect(((await r.body.json()) as { error: { code: string } }).error.code).toBe('CARAPACE_E_ROUTE_NOT_FOUND');
+    await d.close();
+  });
+
   it('writes its own status, and nothing else', async () => {
     const r = new Resources(remote);
     const updated = await r.mutate('Instance', 'mine', 'acme', (i) => ((i.status = { ...i.status, phase: 'Running' }), i));
