@@ -16,7 +16,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRepl
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { CarapaceError } from '../model/errors.js';
-import { CompactedError, ConflictError, StoreClosedError, StoreUnavailableError, type Entry, type Store, type TxnOp } from '../store/store.js';
+import { CompactedError, ConflictError, isWellFormed, StoreClosedError, StoreUnavailableError, type Entry, type Store, type TxnOp } from '../store/store.js';
 import { agentCertProblem, AGENT_CERT_DAYS, AGENT_CERT_PREFIX, checkJoinToken, recordAgentCert, type AgentCertRecord } from '../pki/agents.js';
 import { certIdentity, issueCertificate, type ClusterCa } from '../pki/x509.js';
 import { isWorkloadKey, mayListPrefix, mayRead, writeProblem } from './scope.js';
@@ -34,7 +34,8 @@ const HostName = z.string().regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, 'a hos
 const JoinBody = z.strictObject({ tokenId: z.string().regex(/^[0-9a-f]{8}$/), secret: z.string().min(16).max(64), host: HostName, csr: z.string().min(50).max(8192) });
 const RenewBody = z.strictObject({ csr: z.string().min(50).max(8192) });
 const Expect = z.union([z.strictObject({ version: z.number().int().min(0) }), z.strictObject({ absent: z.literal(true) })]).optional();
-const Key = z.string().min(1).max(1024);
+// Checked here as the store checks it, so a bad key is a 400 rather than the store's TypeError.
+const Key = z.string().min(1).max(1024).refine(isWellFormed, 'must be well-formed Unicode (no lone surrogates)');
 const OpSchema = z.union([
   z.strictObject({ op: z.literal('put'), key: Key, value: z.unknown(), expect: Expect }),
   z.strictObject({ op: z.literal('delete'), key: Key, expect: Expect }),
@@ -206,6 +207,7 @@ export function buildAgentApi(o: AgentApiOptions): FastifyInstance<HttpsServer> 
     const host = hostOf(req);
     const prefix = q.prefix ?? '';
     const after = Number(q.after ?? '0');
+    if (!isWellFormed(prefix)) throw new CarapaceError('CARAPACE_E_BAD_QUERY', 'prefix must be well-formed Unicode', [{ path: 'query.prefix', message: 'no lone surrogates' }]);
     if (!mayListPrefix(host, prefix)) throw new CarapaceError('CARAPACE_E_FORBIDDEN', `an agent cannot watch ${prefix}`);
     if (!Number.isInteger(after) || after < 0) throw new CarapaceError('CARAPACE_E_BAD_QUERY', 'after must be a revision', [{ path: 'query.after', message: 'must be a non-negative integer' }]);
     const ac = new AbortController();

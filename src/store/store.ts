@@ -98,6 +98,11 @@ export class StoreClosedError extends Error {
 
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 
+/** True when `s` is well-formed Unicode (no lone surrogate), as every key and prefix must be. */
+export function isWellFormed(s: string): boolean {
+  return !LONE_SURROGATE.test(s);
+}
+
 /** Keys are non-empty, well-formed Unicode (a lone surrogate has no UTF-8 form, so no byte order). */
 export function checkKey(key: unknown): asserts key is string {
   if (typeof key !== 'string' || key.length === 0) throw new TypeError('store key must be a non-empty string');

@@ -88,6 +88,10 @@ describe('a joined agent', () => {
     await expect(remote.list('tokens/')).rejects.toBeInstanceOf(RemoteStoreError);
     await expect(remote.get('pki/ca')).resolves.toBeUndefined();
     await expect(remote.get('audit/head')).resolves.toBeUndefined();
+    // A key that is not well-formed Unicode (the store refuses it) is a bad request, not a crash.
+    for (const call of [() => remote.get('instances/\ud800'), () => remote.delete('instances/acme/\udfff'), () => remote.list('instances/\ud800')]) {
+      await expect(call()).rejects.toMatchObject({ status: 400, code: 'CARAPACE_E_VALIDATION' });
+    }
   });
 
   it('answers an unknown endpoint with a coded 404', async () => {
