@@ -33,11 +33,30 @@ export interface AgentApiOptions {
 const HostName = z.string().regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, 'a host name: lower-case letters, digits and dashes');
 const JoinBody = z.strictObject({ tokenId: z.string().regex(/^[0-9a-f]{8}$/), secret: z.string().min(16).max(64), host: HostName, csr: z.string().min(50).max(8192) });
 const RenewBody = z.strictObject({ csr: z.string().min(50).max(8192) });
+/**
+ * Values an agent writes (statuses, records, samples) are a few levels deep. JSON.parse takes
+ * any depth but the store's JSON.stringify overflows the stack on deep ones, so they are
+ * refused here with a field path instead of failing inside the store.
+ */
+const MAX_VALUE_DEPTH = 64;
+
+/** True when `v` is nested at most `max` levels (checked without recursion). */
+function depthWithin(v: unknown, max: number): boolean {
+  const stack: [unknown, number][] = [[v, 0]];
+  while (stack.length > 0) {
+    const [x, d] = stack.pop() as [unknown, number]; // non-empty
+    if (x === null || typeof x !== 'object') continue;
+    if (d >= max) return false;
+    for (const child of Object.values(x)) stack.push([child, d + 1]);
+  }
+  return true;
+}
+const Value = z.unknown().refine((v) => depthWithin(v, MAX_VALUE_DEPTH), `must be nested at most ${MAX_VALUE_DEPTH} levels deep`);
 const Expect = z.union([z.strictObject({ version: z.number().int().min(0) }), z.strictObject({ absent: z.literal(true) })]).optional();
 // Checked here as the store checks it, so a bad key is a 400 rather than the store's TypeError.
 const Key = z.string().min(1).max(1024).refine(isWellFormed, 'must be well-formed Unicode (no lone surrogates)');
 const OpSchema = z.union([
-  z.strictObject({ op: z.literal('put'), key: Key, value: z.unknown(), expect: Expect }),
+  z.strictObject({ op: z.literal('put'), key: Key, value: Value, expect: Expect }),
   z.strictObject({ op: z.literal('delete'), key: Key, expect: Expect }),
 ]);
 
@@ -182,7 +201,7 @@ export function buildAgentApi(o: AgentApiOptions): FastifyInstance<HttpsServer> 
   };
 
   app.post('/agent/v1/store/put', async (req) => {
-    const b = parse(z.strictObject({ key: Key, value: z.unknown(), expect: Expect }), req.body);
+    const b = parse(z.strictObject({ key: Key, value: Value, expect: Expect }), req.body);
     const op = await checked(hostOf(req), { op: 'put', key: b.key, value: b.value, ...(b.expect ? { expect: b.expect } : {}) }, []);
     return { version: await o.store.put(op.key, op.op === 'put' ? op.value : undefined, op.expect) };
   });

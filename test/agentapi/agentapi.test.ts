@@ -102,6 +102,19 @@ describe('a joined agent', () => {
     await d.close();
   });
 
+  it('refuses a value nested too deeply to store (JSON parses it, the store could not encode it)', async () => {
+    const d = new Agent({ connect: { ca: h1.ca, cert: h1.cert, key: h1.key } });
+    const deep = `${'['.repeat(20_000)}${']'.repeat(20_000)}`;
+    for (const [path, body] of [
+      ['put', `{"key":"leases/hosts/h1","value":${deep}}`],
+      ['txn', `{"ops":[{"op":"put","key":"leases/hosts/h1","value":${deep}}]}`],
+    ] as const) {
+      const r = await request(`${server.agentApiUrl ?? ''}/agent/v1/store/${path}`, { method: 'POST', dispatcher: d, body, headers: { 'content-type': 'application/json' } });
+      expect([path, r.statusCode, ((await r.body.json()) as { error: { code: string } }).error.code]).toEqual([path, 400, 'CARAPACE_E_VALIDATION']);
+    }
+    await d.close();
+  });
+
   it('writes its own status, and nothing else', async () => {
     const r = new Resources(remote);
     const updated = await r.mutate('Instance', 'mine', 'acme', (i) => ((i.status = { ...i.status, phase: 'Running' }), i));
