@@ -46,6 +46,19 @@ export interface WatchEvent<T = unknown> {
   revision: number;
 }
 
+/**
+ * The stored JSON text of a watch event's value, attached (not enumerable) by stores that
+ * have it at hand (SQLite). A server forwarding values as JSON can send it as is instead of
+ * parsing and serialising each event once per client. It is the value as stored: changes a
+ * consumer makes to `value` are not in it.
+ */
+export const RAW_JSON: unique symbol = Symbol('carapace.store.rawJson');
+
+/** The stored JSON text of an event's value, when the store attached it. */
+export function rawJsonOf(e: WatchEvent<unknown>): string | undefined {
+  return (e as WatchEvent<unknown> & { [RAW_JSON]?: string })[RAW_JSON];
+}
+
 export interface ListResult<T = unknown> {
   items: Entry<T>[];
   /** The store revision the list is consistent with; watch from here to follow changes. */
