@@ -16,7 +16,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRepl
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { CarapaceError } from '../model/errors.js';
-import { CompactedError, ConflictError, type Entry, type Store, type TxnOp } from '../store/store.js';
+import { CompactedError, ConflictError, isWellFormed, StoreClosedError, StoreUnavailableError, type Entry, type Store, type TxnOp } from '../store/store.js';
 import { agentCertProblem, AGENT_CERT_DAYS, AGENT_CERT_PREFIX, checkJoinToken, recordAgentCert, type AgentCertRecord } from '../pki/agents.js';
 import { certIdentity, issueCertificate, type ClusterCa } from '../pki/x509.js';
 import { isWorkloadKey, mayListPrefix, mayRead, writeProblem } from './scope.js';
@@ -38,10 +38,30 @@ export interface AgentApiOptions {
 const HostName = z.string().regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, 'a host name: lower-case letters, digits and dashes');
 const JoinBody = z.strictObject({ tokenId: z.string().regex(/^[0-9a-f]{8}$/), secret: z.string().min(16).max(64), host: HostName, csr: z.string().min(50).max(8192) });
 const RenewBody = z.strictObject({ csr: z.string().min(50).max(8192) });
+/**
+ * Values an agent writes (statuses, records, samples) are a few levels deep. JSON.parse takes
+ * any depth but the store's JSON.stringify overflows the stack on deep ones, so they are
+ * refused here with a field path instead of failing inside the store.
+ */
+const MAX_VALUE_DEPTH = 64;
+
+/** True when `v` is nested at most `max` levels (checked without recursion). */
+function depthWithin(v: unknown, max: number): boolean {
+  const stack: [unknown, number][] = [[v, 0]];
+  while (stack.length > 0) {
+    const [x, d] = stack.pop() as [unknown, number]; // non-empty
+    if (x === null || typeof x !== 'object') continue;
+    if (d >= max) return false;
+    for (const child of Object.values(x)) stack.push([child, d + 1]);
+  }
+  return true;
+}
+const Value = z.unknown().refine((v) => depthWithin(v, MAX_VALUE_DEPTH), `must be nested at most ${MAX_VALUE_DEPTH} levels deep`);
 const Expect = z.union([z.strictObject({ version: z.number().int().min(0) }), z.strictObject({ absent: z.literal(true) })]).optional();
-const Key = z.string().min(1).max(1024);
+// Checked here as the store checks it, so a bad key is a 400 rather than the store's TypeError.
+const Key = z.string().min(1).max(1024).refine(isWellFormed, 'must be well-formed Unicode (no lone surrogates)');
 const OpSchema = z.union([
-  z.strictObject({ op: z.literal('put'), key: Key, value: z.unknown(), expect: Expect }),
+  z.strictObject({ op: z.literal('put'), key: Key, value: Value, expect: Expect }),
   z.strictObject({ op: z.literal('delete'), key: Key, expect: Expect }),
 ]);
 
@@ -87,10 +107,16 @@ export function buildAgentApi(o: AgentApiOptions): FastifyInstance<HttpsServer> 
     if (err instanceof ConflictError) return reply.status(409).send({ conflict: { key: err.key, actualVersion: err.actualVersion } });
     if (err instanceof CompactedError) return reply.status(410).send({ compacted: { requested: err.requested, compactedTo: err.compactedTo } });
     if (err instanceof CarapaceError) return reply.status(err.status).send(err.toJSON());
+    if (err instanceof StoreUnavailableError || err instanceof StoreClosedError) return reply.status(503).send(new CarapaceError('CARAPACE_E_UNAVAILABLE', `the store is unavailable; retry later (${err.message})`).toJSON());
     const e = err as { statusCode?: number; message?: string }; // fastify's own errors
     if (e.statusCode !== undefined && e.statusCode < 500) return reply.status(400).send(new CarapaceError('CARAPACE_E_MALFORMED_BODY', e.message ?? 'bad request').toJSON());
     req.log.error({ err }, 'agent api error');
     return reply.status(500).send(new CarapaceError('CARAPACE_E_INTERNAL', 'internal error').toJSON());
+  });
+
+  // Unknown endpoints answer like the public API: a catalogue code, not fastify's default body.
+  app.setNotFoundHandler((req, reply) => {
+    void reply.status(404).send(new CarapaceError('CARAPACE_E_ROUTE_NOT_FOUND', `no endpoint ${req.method} ${req.url.split('?')[0] ?? ''}`).toJSON());
   });
 
   const parse = <T>(schema: z.ZodType<T>, body: unknown): T => {
@@ -180,7 +206,7 @@ export function buildAgentApi(o: AgentApiOptions): FastifyInstance<HttpsServer> 
   };
 
   app.post('/agent/v1/store/put', async (req) => {
-    const b = parse(z.strictObject({ key: Key, value: z.unknown(), expect: Expect }), req.body);
+    const b = parse(z.strictObject({ key: Key, value: Value, expect: Expect }), req.body);
     const op = await checked(hostOf(req), { op: 'put', key: b.key, value: b.value, ...(b.expect ? { expect: b.expect } : {}) }, []);
     return { version: await o.store.put(op.key, op.op === 'put' ? op.value : undefined, op.expect) };
   });
@@ -230,6 +256,7 @@ export function buildAgentApi(o: AgentApiOptions): FastifyInstance<HttpsServer> 
     const host = hostOf(req);
     const prefix = q.prefix ?? '';
     const after = Number(q.after ?? '0');
+    if (!isWellFormed(prefix)) throw new CarapaceError('CARAPACE_E_BAD_QUERY', 'prefix must be well-formed Unicode', [{ path: 'query.prefix', message: 'no lone surrogates' }]);
     if (!mayListPrefix(host, prefix)) throw new CarapaceError('CARAPACE_E_FORBIDDEN', `an agent cannot watch ${prefix}`);
     if (!Number.isInteger(after) || after < 0) throw new CarapaceError('CARAPACE_E_BAD_QUERY', 'after must be a revision', [{ path: 'query.after', message: 'must be a non-negative integer' }]);
     const ac = new AbortController();

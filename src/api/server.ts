@@ -12,7 +12,9 @@ import { parseManifest } from '../model/manifest.js';
 import { KINDS, kindPrefix, type Kind } from '../model/objects.js';
 import type { ControlPlane, ActionResult } from '../core/control-plane.js';
 import type { Store } from '../store/store.js';
-import { CompactedError, type TxnOp } from '../store/store.js';
+import { CompactedError, rawJsonOf, StoreClosedError, StoreUnavailableError, type TxnOp, type WatchEvent } from '../store/store.js';
+import { StreamWriter } from './stream-writer.js';
+import { FrameCache, WatchHubs } from './watch-hub.js';
 import type { LogLine, LogOptions } from '../runtime/driver.js';
 import { ROUTES, type RouteDef } from './routes.js';
 import { openApiDocument } from './openapi.js';
@@ -72,6 +74,56 @@ const admissions = new WeakMap<FastifyRequest, Admitted>();
  */
 const openStreams = new WeakMap<ApiOptions, Set<AbortController>>();
 
+/** Shared watches of one app, for stream clients that follow "from now" (watch-hub.ts). */
+const watchHubs = new WeakMap<ApiOptions, WatchHubs>();
+
+function hubsOf(o: ApiOptions): WatchHubs {
+  let h = watchHubs.get(o);
+  if (!h) watchHubs.set(o, (h = new WatchHubs(o.store, o.logger)));
+  return h;
+}
+
+/** A resume point the client gave (`?resourceVersion=` or `Last-Event-ID`), or undefined to follow from now. */
+function resumeFrom(q: Query, req: FastifyRequest): number | undefined {
+  const lastId = req.headers['last-event-id'];
+  return intParam(q, 'resourceVersion') ?? (typeof lastId === 'string' && /^\d+$/.test(lastId) ? Number(lastId) : undefined);
+}
+
+/**
+ * Feeds `handle` every change under `prefix`: from the shared hub when following from now,
+ * else from a watch of its own starting after `resume`. Resolves when `ac` aborts or the
+ * watch ends; rejects with the watch's error. `started(from)` says where it starts.
+ */
+async function follow(o: ApiOptions, prefix: string, resume: number | undefined, ac: AbortController, handle: (e: WatchEvent<unknown>) => void, started: (from: number) => void): Promise<void> {
+  if (resume !== undefined) {
+    started(resume);
+    for await (const e of o.store.watch<unknown>(prefix, resume, ac.signal)) handle(e);
+    return;
+  }
+  let failed: Error | undefined;
+  const { leave } = await hubsOf(o).for(prefix).join({
+    deliver: handle,
+    fail: (err) => {
+      failed = err;
+      ac.abort();
+    },
+    joined: started,
+  });
+  try {
+    await new Promise<void>((resolve) => {
+      if (ac.signal.aborted) resolve();
+      else ac.signal.addEventListener('abort', () => resolve(), { once: true });
+    });
+  } finally {
+    leave();
+  }
+  if (failed) throw failed;
+}
+
+/** SSE frames of watch events, formatted once per shared event. */
+const watchFrames = new FrameCache((e) => `id: ${e.revision}\nevent: ${e.type}\ndata: ${rawJsonOf(e) ?? JSON.stringify(e.value)}\n\n`);
+const auditFrames = new FrameCache((e) => `id: ${e.revision}\nevent: audit\ndata: ${rawJsonOf(e) ?? JSON.stringify(e.value)}\n\n`);
+
 /** An abort signal for one stream: aborted when the client goes away or the server closes. */
 function streamController(o: ApiOptions, reply: FastifyReply, ac = new AbortController()): { ac: AbortController; release: () => void } {
   const open = openStreams.get(o);
@@ -118,6 +170,8 @@ function render(result: ActionResult): unknown {
 /** Maps fastify's own errors (bad JSON, wrong content type, too large) to catalogue codes. */
 function toCarapaceError(err: unknown): CarapaceError {
   if (err instanceof CarapaceError) return err;
+  // The store is down or shutting down: the client may retry (a write's outcome is unknown).
+  if (err instanceof StoreUnavailableError || err instanceof StoreClosedError) return new CarapaceError('CARAPACE_E_UNAVAILABLE', `the store is unavailable; retry later (${err.message})`);
   // AuthError (src/auth) carries a catalogue code of its own.
   const coded = err as { name?: string; code?: string; message?: string };
   if (coded.name === 'AuthError' && (coded.code === 'CARAPACE_E_UNAUTHENTICATED' || coded.code === 'CARAPACE_E_FORBIDDEN')) return new CarapaceError(coded.code, coded.message ?? 'not allowed');
@@ -148,7 +202,12 @@ export function buildApi(o: ApiOptions): FastifyInstance {
     logController: new LogController({ disableRequestLogging: true }),
     // Errors fastify raises before routing (e.g. a malformed %-escape in the URL).
     frameworkErrors: (err, _req, reply) => {
-      const ce = err.code === 'FST_ERR_BAD_URL' ? new CarapaceError('CARAPACE_E_ROUTE_NOT_FOUND', 'the URL is not valid (bad %-escape)') : toCarapaceError(err);
+      const ce =
+        err.code === 'FST_ERR_BAD_URL'
+          ? new CarapaceError('CARAPACE_E_ROUTE_NOT_FOUND', 'the URL is not valid (bad %-escape)')
+          : err.code === 'FST_ERR_MAX_PARAM_LENGTH'
+            ? new CarapaceError('CARAPACE_E_ROUTE_NOT_FOUND', 'a name in the URL is too long (names are at most 63 characters): no endpoint or object matches')
+            : toCarapaceError(err);
       // The reply here is typed for route schemas we do not declare; the body is our error JSON.
       void (reply as unknown as FastifyReply).status(ce.status).send(ce.toJSON());
     },
@@ -364,48 +423,85 @@ function lifecycleOf(kind: Kind, value: unknown): { phase: string; reason?: stri
  * may narrow with ?tenant=.
  */
 async function streamEvents(o: ApiOptions, q: Query, req: FastifyRequest, reply: FastifyReply, principal: Principal | undefined): Promise<void> {
-  const lastId = req.headers['last-event-id'];
-  const from = intParam(q, 'resourceVersion') ?? (typeof lastId === 'string' && /^\d+$/.test(lastId) ? Number(lastId) : await o.store.revision());
+  const resume = resumeFrom(q, req);
   const tenant = principal?.role === 'cluster-admin' ? q['tenant'] : principal?.tenant;
   const { ac, release } = streamController(o, reply);
   reply.hijack();
   reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
-  reply.raw.write(`: events from revision ${from}\n\n`);
-  const ping = setInterval(() => reply.raw.write(': ping\n\n'), 15_000);
+  const out = new StreamWriter(reply.raw, () => {
+    o.logger.warn({ stream: '/v1/events', backlogBytes: reply.raw.writableLength }, 'event stream client fell too far behind; stream cut');
+    ac.abort();
+  });
+  const ping = setInterval(() => out.write(': ping\n\n'), 15_000);
   // Last phase sent per object key, so a status write that changes no phase sends nothing.
   const lastPhase = new Map<string, string>();
-  try {
-    for await (const e of o.store.watch<unknown>('', from, ac.signal)) {
-      if (/^audit\/\d+$/.test(e.key)) {
-        if (e.type !== 'put') continue;
-        // Only records (audit/<seq>), not the head or checkpoints.
+  const handle = (e: WatchEvent<unknown>): void => {
+    if (/^audit\/\d+$/.test(e.key)) {
+      if (e.type !== 'put') return;
+      // Only records (audit/<seq>), not the head or checkpoints.
+      if (tenant !== undefined) {
         const r = e.value as { actor?: { tenant?: string }; target?: { tenant?: string } }; // an audit record
-        if (tenant !== undefined && r.actor?.tenant !== tenant && r.target?.tenant !== tenant) continue;
-        reply.raw.write(`id: ${e.revision}\nevent: audit\ndata: ${JSON.stringify(e.value)}\n\n`);
-        continue;
+        if (r.actor?.tenant !== tenant && r.target?.tenant !== tenant) return;
       }
-      const kind = LIFECYCLE_PREFIXES.find(([p]) => e.key.startsWith(p))?.[1];
-      if (kind === undefined) continue;
-      const owner = owningTenant(e.value);
-      if (tenant !== undefined && (kind === 'Host' || owner !== tenant)) continue;
-      if (principal?.role !== 'cluster-admin' && !canSee(principal, e.value)) continue;
-      const lc = lifecycleOf(kind, e.value);
-      if (!lc) continue;
-      const phase = e.type === 'delete' ? 'Deleted' : lc.phase;
-      if (lastPhase.get(e.key) === phase) continue;
-      if (e.type === 'delete') lastPhase.delete(e.key);
-      else lastPhase.set(e.key, phase);
-      const md = (e.value as { metadata?: { name?: string } }).metadata; // stored objects carry metadata
-      const ev = { kind, name: md?.name ?? '', ...(owner ? { tenant: owner } : {}), ...lc, phase, revision: e.revision };
-      reply.raw.write(`id: ${e.revision}\nevent: lifecycle\ndata: ${JSON.stringify(ev)}\n\n`);
+      out.write(auditFrames.frameOf(e));
+      return;
     }
+    const kind = LIFECYCLE_PREFIXES.find(([p]) => e.key.startsWith(p))?.[1];
+    if (kind === undefined) return;
+    const change = lifecycleChange(o.store, kind, e);
+    if (tenant !== undefined && (kind === 'Host' || change.owner !== tenant)) return;
+    if (principal?.role !== 'cluster-admin' && !canSee(principal, e.value)) return;
+    const lc = change.lifecycle;
+    if (!lc) return;
+    const phase = e.type === 'delete' ? 'Deleted' : lc.phase;
+    if (lastPhase.get(e.key) === phase) return;
+    if (e.type === 'delete') lastPhase.delete(e.key);
+    else lastPhase.set(e.key, phase);
+    const ev = { kind, name: change.name, ...(change.owner ? { tenant: change.owner } : {}), ...lc, phase, revision: e.revision };
+    out.write(`id: ${e.revision}\nevent: lifecycle\ndata: ${JSON.stringify(ev)}\n\n`);
+  };
+  try {
+    await follow(o, '', resume, ac, handle, (from) => out.write(`: events from revision ${from}\n\n`));
   } catch (err) {
-    if (!ac.signal.aborted) reply.raw.write(`event: error\ndata: ${JSON.stringify({ code: 'CARAPACE_E_UNAVAILABLE', message: (err as Error).message })}\n\n`);
+    // A watch ends quietly when the client goes; what gets here is a real failure.
+    out.write(`event: error\ndata: ${JSON.stringify({ code: 'CARAPACE_E_UNAVAILABLE', message: (err as Error).message })}\n\n`);
   } finally {
     clearInterval(ping);
     release();
+    out.flush();
     reply.raw.end();
   }
+}
+
+/** What the event stream needs of one stored change: computed once, shared by every client. */
+interface LifecycleChange {
+  owner: string | undefined;
+  name: string;
+  lifecycle: ReturnType<typeof lifecycleOf>;
+}
+
+/**
+ * Every event-stream client sees the same changes; parsing and reading each one per client
+ * made a thousand clients cost a thousand parses per write. The last few thousand changes'
+ * readings are kept by revision and key (a change is immutable once committed).
+ */
+const lifecycleCaches = new WeakMap<Store, Map<string, LifecycleChange>>();
+const LIFECYCLE_CACHE_SIZE = 4096;
+
+function lifecycleChange(store: Store, kind: Kind, e: { key: string; revision: number; value: unknown }): LifecycleChange {
+  let lifecycleCache = lifecycleCaches.get(store);
+  if (!lifecycleCache) lifecycleCaches.set(store, (lifecycleCache = new Map()));
+  const id = `${e.revision}\u0000${e.key}`;
+  const hit = lifecycleCache.get(id);
+  if (hit) return hit;
+  const md = (e.value as { metadata?: { name?: string } } | null)?.metadata; // stored objects carry metadata
+  const c: LifecycleChange = { owner: owningTenant(e.value), name: md?.name ?? '', lifecycle: lifecycleOf(kind, e.value) };
+  lifecycleCache.set(id, c);
+  if (lifecycleCache.size > LIFECYCLE_CACHE_SIZE) {
+    const oldest = lifecycleCache.keys().next().value;
+    if (oldest !== undefined) lifecycleCache.delete(oldest);
+  }
+  return c;
 }
 
 /** Audit export (narrowed to the caller's tenant for tenant tokens) and verification. */
@@ -513,39 +609,47 @@ async function handleTokens(o: ApiOptions, route: RouteDef, req: FastifyRequest,
 async function streamWatch(o: ApiOptions, kind: Kind, q: Query, req: FastifyRequest, reply: FastifyReply, who: Admitted = {}): Promise<void> {
   const tenant = q['tenant'];
   if (tenant !== undefined && !KINDS[kind].scoped) throw new CarapaceError('CARAPACE_E_BAD_QUERY', `${kind} is not tenant-scoped`, [{ path: 'query.tenant', message: 'not allowed for this kind' }]);
-  const lastId = req.headers['last-event-id'];
-  const from = intParam(q, 'resourceVersion') ?? (typeof lastId === 'string' && /^\d+$/.test(lastId) ? Number(lastId) : await o.store.revision());
-  const ac = new AbortController();
-  const iter = o.store.watch<unknown>(kindPrefix(kind, tenant), from, ac.signal)[Symbol.asyncIterator]();
-  // Pull the first event eagerly so a compacted revision is a clean 410-style error, not a cut stream.
-  let first: Promise<IteratorResult<unknown>> | undefined = iter.next();
-  try {
-    await Promise.race([first, new Promise((r) => setTimeout(r, 20))]);
-  } catch (e) {
-    if (e instanceof CompactedError) {
-      throw new CarapaceError('CARAPACE_E_BAD_QUERY', `${e.message}; list again and watch from the list's resourceVersion`, [{ path: 'query.resourceVersion', message: 'compacted' }]);
+  const resume = resumeFrom(q, req);
+  const prefix = kindPrefix(kind, tenant);
+  if (resume !== undefined) {
+    // A resume point may be compacted: find out before answering 200, so it is a clean error.
+    const probe = new AbortController();
+    const iter = o.store.watch<unknown>(prefix, resume, probe.signal)[Symbol.asyncIterator]();
+    const first = iter.next();
+    try {
+      await Promise.race([first, new Promise((r) => setTimeout(r, 20))]);
+    } catch (e) {
+      if (e instanceof CompactedError) {
+        throw new CarapaceError('CARAPACE_E_BAD_QUERY', `${e.message}; list again and watch from the list's resourceVersion`, [{ path: 'query.resourceVersion', message: 'compacted' }]);
+      }
+      throw e;
+    } finally {
+      probe.abort();
+      first.catch(() => undefined); // ended by the abort
     }
-    throw e;
   }
+  const ac = new AbortController();
   const { release } = streamController(o, reply, ac);
   reply.hijack();
   reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
-  reply.raw.write(`: watching ${KINDS[kind].plural} from revision ${from}\n\n`);
-  const ping = setInterval(() => reply.raw.write(': ping\n\n'), 15_000);
+  const out = new StreamWriter(reply.raw, () => {
+    o.logger.warn({ stream: `/v1/watch/${KINDS[kind].plural}`, backlogBytes: reply.raw.writableLength }, 'watch client fell too far behind; stream cut');
+    ac.abort();
+  });
+  const ping = setInterval(() => out.write(': ping\n\n'), 15_000);
+  const handle = (e: WatchEvent<unknown>): void => {
+    if (who.postFilter === 'events' && who.principal && !canSee(who.principal, e.value)) return;
+    out.write(watchFrames.frameOf(e));
+  };
   try {
-    for (;;) {
-      const r = await (first ?? iter.next());
-      first = undefined;
-      if (r.done) break;
-      const e = r.value as { type: string; revision: number; value: unknown };
-      if (who.postFilter === 'events' && who.principal && !canSee(who.principal, e.value)) continue;
-      reply.raw.write(`id: ${e.revision}\nevent: ${e.type}\ndata: ${JSON.stringify(e.value)}\n\n`);
-    }
+    await follow(o, prefix, resume, ac, handle, (from) => out.write(`: watching ${KINDS[kind].plural} from revision ${from}\n\n`));
   } catch (err) {
-    if (!ac.signal.aborted) reply.raw.write(`event: error\ndata: ${JSON.stringify({ code: 'CARAPACE_E_UNAVAILABLE', message: (err as Error).message })}\n\n`);
+    // A watch ends quietly when the client goes; what gets here is a real failure.
+    out.write(`event: error\ndata: ${JSON.stringify({ code: 'CARAPACE_E_UNAVAILABLE', message: (err as Error).message })}\n\n`);
   } finally {
     clearInterval(ping);
     release();
+    out.flush();
     reply.raw.end();
   }
 }

@@ -23,7 +23,13 @@ export function parseManifestText(text: string, file: string): Manifest[] {
       const where = e?.linePos?.[0] ? ` at line ${e.linePos[0].line}, column ${e.linePos[0].col}` : '';
       throw new CliError('CARAPACE_E_MALFORMED_BODY', `${file}: document ${n} is not valid YAML${where}: ${(e?.message ?? '').split('\n')[0]}`);
     }
-    const value: unknown = doc.toJS();
+    let value: unknown;
+    try {
+      value = doc.toJS();
+    } catch (e) {
+      // Aliases are resolved here: one to a missing anchor, or an alias bomb, is bad input too.
+      throw new CliError('CARAPACE_E_MALFORMED_BODY', `${file}: document ${n} is not valid YAML: ${(e as Error).message.split('\n')[0] ?? ''}`); // toJS throws Errors
+    }
     if (value === null || value === undefined) continue; // empty document (e.g. a trailing ---)
     try {
       out.push(parseManifest(value, `${file}: document ${n}`));

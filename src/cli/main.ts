@@ -56,8 +56,10 @@ program
   .option('--warm-cells <n>', 'pre-booted, unassigned cells to keep on this host', '0')
   .option('--cpu-overcommit <ratio>', 'cpu requests this host accepts per core (vCPUs are time-shared)', '4')
   .option('--machine-images <dir>', 'where machine kernels, initrds and disks are looked up (default STATE_DIR/machine-images)')
+  .option('--bridge <name>', 'container bridge device (default carapace0; two all-in-ones on one machine need two; with --subnet)')
+  .option('--subnet <cidr>', 'container subnet of that bridge (default 10.88.0.0/16)')
   .addOption(new Option('--accel <mode>', 'VM acceleration (auto: a timed probe boot decides)').choices(['auto', 'kvm', 'tcg']).default('auto'))
-  .action(async (o: { stateDir: string; port: string; listen: string; hostName?: string; apply?: string[]; warmCells: string; accel: 'auto' | 'kvm' | 'tcg'; machineImages?: string; cpuOvercommit: string }) => {
+  .action(async (o: { stateDir: string; port: string; listen: string; hostName?: string; apply?: string[]; warmCells: string; accel: 'auto' | 'kvm' | 'tcg'; machineImages?: string; cpuOvercommit: string; bridge?: string; subnet?: string }) => {
     const { runAllInOne } = await import('../allinone/allinone.js');
     const port = Number(o.port);
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CliError('CARAPACE_E_BAD_QUERY', `--port must be a port number, got "${o.port}"`);
@@ -65,8 +67,10 @@ program
     if (!Number.isInteger(warmCells) || warmCells < 0 || warmCells > 64) throw new CliError('CARAPACE_E_BAD_QUERY', `--warm-cells must be a whole number from 0 to 64, got "${o.warmCells}"`);
     const cpuOvercommit = Number(o.cpuOvercommit);
     if (!Number.isFinite(cpuOvercommit) || cpuOvercommit < 1 || cpuOvercommit > 64) throw new CliError('CARAPACE_E_BAD_QUERY', `--cpu-overcommit must be a number from 1 to 64, got "${o.cpuOvercommit}"`);
+    if ((o.bridge === undefined) !== (o.subnet === undefined)) throw new CliError('CARAPACE_E_BAD_QUERY', '--bridge and --subnet go together (another bridge needs its own subnet)', [{ path: o.bridge ? '--subnet' : '--bridge', message: 'give both or neither' }]);
     await runAllInOne({
-      cpuOvercommit, stateDir: o.stateDir, port, listen: o.listen, ...(o.hostName ? { hostName: o.hostName } : {}), applyFiles: o.apply ?? [], warmCells, accel: o.accel, ...(o.machineImages ? { machineImagesDir: o.machineImages } : {}) });
+      cpuOvercommit, stateDir: o.stateDir, port, listen: o.listen, ...(o.hostName ? { hostName: o.hostName } : {}), applyFiles: o.apply ?? [], warmCells, accel: o.accel, ...(o.machineImages ? { machineImagesDir: o.machineImages } : {}),
+      ...(o.bridge && o.subnet ? { bridge: { name: o.bridge, subnet: o.subnet } } : {}) });
   });
 
 program

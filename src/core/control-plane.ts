@@ -5,7 +5,7 @@
  * turn the desired state into instances; nothing here touches a runtime.
  */
 import { isDeepStrictEqual } from 'node:util';
-import { CarapaceError } from '../model/errors.js';
+import { CarapaceError, isCarapaceError } from '../model/errors.js';
 import { KINDS, type AnyObject, type Job, type Machine, type Metadata, type Service, type Tenant } from '../model/objects.js';
 import { AVAILABLE_ISOLATION, ISOLATION_ORDER, isolationAtLeast, type JobManifest, type MachineManifest, type Manifest, type ServiceManifest, type TenantManifest } from '../model/schemas.js';
 import type { Action, Env } from './actions.js';
@@ -25,6 +25,12 @@ export interface AuditContext {
   actor: AuditActor;
   source?: string;
 }
+
+/**
+ * How often a write that names no resourceVersion is re-run on fresh state after losing a
+ * race (each attempt re-reads; a status write by the controller takes a few ms).
+ */
+const UNCONDITIONAL_ATTEMPTS = 20;
 
 /** Mutations the control plane makes on its own behalf. */
 export const SYSTEM: AuditContext = { actor: { kind: 'system', id: 'carapace' } };
@@ -66,8 +72,10 @@ export class ControlPlane {
     // Requests run concurrently: each gets a view carrying its own context, never shared state.
     if (ctx !== SYSTEM && ctx !== this.ctx) return this.withContext(ctx).handle(action);
     switch (action.type) {
-      case 'apply':
-        return this.apply(action.manifest, action.createOnly ?? false);
+      case 'apply': {
+        const createOnly = action.createOnly ?? false;
+        return this.unconditional(!createOnly && action.manifest.metadata.resourceVersion === undefined, () => this.apply(action.manifest, createOnly));
+      }
       case 'get':
         return { type: 'object', object: await this.resources.mustGet(action.kind, action.name, this.tenantOf(action.kind, action.tenant)) };
       case 'list': {
@@ -75,9 +83,26 @@ export class ControlPlane {
         return { type: 'list', items: r.items, revision: r.revision };
       }
       case 'delete':
-        return this.delete(action);
+        return this.unconditional(action.resourceVersion === undefined, () => this.delete(action));
       case 'hostOp':
         return this.hostOp(action.op, action.name);
+    }
+  }
+
+  /**
+   * Runs a write. When the caller named no resourceVersion (`unconditional`), it asked for
+   * "last writer wins": a conflict only means another write (the controller's status update,
+   * a concurrent create) landed between our read and our compare-and-set, so the whole write
+   * is run again on fresh state. A caller that named a version gets the conflict.
+   */
+  private async unconditional(unconditional: boolean, write: () => Promise<ActionResult>): Promise<ActionResult> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await write();
+      } catch (e) {
+        const raced = isCarapaceError(e, 'CARAPACE_E_CONFLICT') || isCarapaceError(e, 'CARAPACE_E_ALREADY_EXISTS');
+        if (!unconditional || !raced || attempt >= UNCONDITIONAL_ATTEMPTS) throw e;
+      }
     }
   }
 

@@ -68,6 +68,10 @@ const RUNSC: RuntimeFlavor = {
   },
   // runsc's host pids are the sandbox's; the exec'd process is named by its pid inside the sandbox.
   execPidFileFlag: '--internal-pid-file',
+  // The sandbox's own host tasks share its cgroup: about 30 idle here (sentry and gofer
+  // threads), more under load. Without this headroom a service with `pids: 64` could not run
+  // a shell pipeline, and one with fewer than ~30 could not start at all.
+  ownPids: 128,
   async killExec(driver, id, meta, pid) {
     await driver.runtime(['kill', '--pid', String(pid), id, 'KILL'], meta, 10_000).catch(() => undefined);
   },

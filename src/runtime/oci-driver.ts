@@ -69,6 +69,11 @@ export interface RuntimeFlavor {
   execPidFileFlag: string;
   /** Kills a process started by `exec` in the container (a health check that timed out). */
   killExec(driver: OciDriver, id: string, meta: Pick<ContainerMeta, 'netnsPath'>, pid: number): Promise<void>;
+  /**
+   * Host tasks the runtime itself keeps in the container's cgroup, added to the pids limit
+   * so the limit counts the container's own processes (gVisor: sentry, gofer, ptrace stubs).
+   */
+  ownPids?: number;
 }
 
 /** What the driver stores next to the bundle (meta.json). */
@@ -302,6 +307,7 @@ export class OciDriver implements RuntimeDriver {
         cgroupsPath: this.cgroupPath(id),
         nofileLimit,
       });
+      if (this.flavor.ownPids) spec.linux.resources.pids.limit += this.flavor.ownPids;
       // …nor ask for a new network namespace: the sandbox must use the one it was launched in
       // (runsc --network=host inside it). With a new one it would get loopback only.
       if (req.netnsPath !== undefined && this.flavor.createLauncher) spec.linux.namespaces = spec.linux.namespaces.filter((n) => n.type !== 'network');

@@ -1,7 +1,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { describeStoreContract } from './contract.js';
 import { openEtcdStore, type EtcdStore } from './etcd.js';
-import { CompactedError, StoreClosedError, type WatchEvent } from './store.js';
+import { CompactedError, StoreClosedError, StoreUnavailableError, type WatchEvent } from './store.js';
 import { EtcdNotInstalledError, startEtcd, type EtcdProcess } from './testing/etcd.js';
 
 // One real etcd for the file; every store gets its own namespace, as clusters sharing an etcd would.
@@ -188,6 +188,24 @@ describe('etcd store durability under kill -9 of etcd', () => {
       }
     }
   }
+
+  it('while etcd is down, calls fail with StoreUnavailableError (not a transport error of the client library); they work again after the restart', async () => {
+    const store = await openEtcdStore({ endpoints: [etcd.endpoint], prefix: namespace(), callTimeoutMs: 2_000 });
+    open.push(store);
+    await store.put('k', 1);
+    await etcd.kill('SIGKILL');
+    try {
+      for (const attempt of [() => store.get('k'), () => store.list(''), () => store.revision(), () => store.put('k', 2), () => store.txn([{ op: 'delete', key: 'k' }])]) {
+        const e = await attempt().then(() => undefined, (err: unknown) => err);
+        expect(e).toBeInstanceOf(StoreUnavailableError);
+        expect((e as Error).message).toMatch(/etcd/);
+      }
+    } finally {
+      await etcd.restart();
+    }
+    await eventually(() => store.put('k', 3));
+    expect((await store.get('k'))?.value).toBe(3);
+  }, 60_000);
 
   it('every acknowledged write survives SIGKILL at a random point; clients and watches carry on after the restart', async () => {
     const prefix = namespace();

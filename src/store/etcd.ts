@@ -24,6 +24,7 @@ import {
   CompactedError,
   ConflictError,
   StoreClosedError,
+  StoreUnavailableError,
   type Entry,
   type Expectation,
   type ListResult,
@@ -121,6 +122,11 @@ function transient(e: unknown): boolean {
   return e instanceof Error && (isBrokenCircuitError(e) || isRecoverableError(castGrpcError(e)));
 }
 
+/** A transport failure as the contract's StoreUnavailableError (the library's error is its cause). */
+function unavailable(e: unknown): StoreUnavailableError {
+  return new StoreUnavailableError(`etcd is unavailable: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+}
+
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     const done = (): void => {
@@ -173,7 +179,8 @@ class EtcdStoreImpl implements EtcdStore {
         return await fn();
       } catch (e) {
         if (this.closed) throw new StoreClosedError();
-        if (attempt >= READ_ATTEMPTS || !transient(e)) throw e;
+        if (!transient(e)) throw e;
+        if (attempt >= READ_ATTEMPTS) throw unavailable(e);
         await sleep(50 * attempt);
       }
     }
@@ -231,7 +238,11 @@ class EtcdStoreImpl implements EtcdStore {
         : { request_delete_range: { key: keys[i]! } },
     );
     const failure: IRequestOp[] = guarded.map((g) => ({ request_range: { key: g.key, keys_only: true } }));
-    const res = await this.client.kv.txn({ compare, success, failure });
+    const res = await this.client.kv.txn({ compare, success, failure }).catch((e: unknown) => {
+      if (this.closed) throw new StoreClosedError();
+      // Never retried here: the write may have been applied (see the module comment).
+      throw transient(e) ? unavailable(e) : e;
+    });
     if (!res.succeeded) {
       guarded.forEach((g, j) => {
         const actual = Number(res.responses[j]?.response_range?.kvs[0]?.mod_revision ?? 0);

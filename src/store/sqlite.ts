@@ -18,6 +18,7 @@ import {
   CompactedError,
   ConflictError,
   StoreClosedError,
+  RAW_JSON,
   type Entry,
   type Expectation,
   type ListResult,
@@ -192,7 +193,20 @@ interface Change {
 
 function toEvent<T>(c: Change): WatchEvent<T> {
   // The value was produced by JSON.stringify of the caller's T; parsing gives a fresh copy.
-  return { type: c.type, key: c.key, value: JSON.parse(c.value) as T, revision: c.revision };
+  // It is parsed on first read: a consumer that filters by key (the event stream of a server
+  // with many clients), or forwards the stored text (RAW_JSON), never pays for it.
+  let parsed: { v: T } | undefined;
+  const ev = { type: c.type, key: c.key, revision: c.revision } as WatchEvent<T>;
+  Object.defineProperty(ev, 'value', {
+    enumerable: true,
+    configurable: true,
+    get: () => (parsed ??= { v: JSON.parse(c.value) as T }).v,
+    set: (v: T) => {
+      parsed = { v };
+    },
+  });
+  Object.defineProperty(ev, RAW_JSON, { value: c.value, enumerable: false });
+  return ev;
 }
 
 /** The in-memory queue of one live watcher. */

@@ -46,6 +46,19 @@ export interface WatchEvent<T = unknown> {
   revision: number;
 }
 
+/**
+ * The stored JSON text of a watch event's value, attached (not enumerable) by stores that
+ * have it at hand (SQLite). A server forwarding values as JSON can send it as is instead of
+ * parsing and serialising each event once per client. It is the value as stored: changes a
+ * consumer makes to `value` are not in it.
+ */
+export const RAW_JSON: unique symbol = Symbol('carapace.store.rawJson');
+
+/** The stored JSON text of an event's value, when the store attached it. */
+export function rawJsonOf(e: WatchEvent<unknown>): string | undefined {
+  return (e as WatchEvent<unknown> & { [RAW_JSON]?: string })[RAW_JSON];
+}
+
 export interface ListResult<T = unknown> {
   items: Entry<T>[];
   /** The store revision the list is consistent with; watch from here to follow changes. */
@@ -72,6 +85,19 @@ export class CompactedError extends Error {
   }
 }
 
+/**
+ * The store cannot be reached right now (etcd down or without a leader, a deadline passed,
+ * every endpoint's circuit open). A read can simply be tried again later; a write that
+ * fails with it may or may not have been applied: re-read before deciding. The API answers
+ * it with 503 CARAPACE_E_UNAVAILABLE.
+ */
+export class StoreUnavailableError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'StoreUnavailableError';
+  }
+}
+
 /** Thrown by every call made after `close()`, and by watches still running at close. */
 export class StoreClosedError extends Error {
   constructor() {
@@ -84,6 +110,11 @@ export class StoreClosedError extends Error {
 // (with a TypeError, before touching storage).
 
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+/** True when `s` is well-formed Unicode (no lone surrogate), as every key and prefix must be. */
+export function isWellFormed(s: string): boolean {
+  return !LONE_SURROGATE.test(s);
+}
 
 /** Keys are non-empty, well-formed Unicode (a lone surrogate has no UTF-8 form, so no byte order). */
 export function checkKey(key: unknown): asserts key is string {

@@ -356,7 +356,12 @@ export function createVmManager(opts: VmManagerOptions): VmManager {
       );
     });
     const fwd = spec.ports.map((p) => `,hostfwd=${hostfwdRule(p)}`).join('');
-    args.push('-netdev', `user,id=${NETDEV}${fwd}`, '-device', `virtio-net-device,netdev=${NETDEV}`);
+    // restrict=on: the guest cannot open connections to the host or, through the host, anywhere
+    // else. Without it QEMU's user networking turns a guest's connection into one made by the
+    // host: a tenant's VM reached the host's loopback-only services (10.0.2.2 is the host's
+    // 127.0.0.1: the API, a local registry, an etcd) and other tenants' bridge containers past
+    // their isolation rules. Published ports (hostfwd) still come in.
+    args.push('-netdev', `user,id=${NETDEV},restrict=on${fwd}`, '-device', `virtio-net-device,netdev=${NETDEV}`);
     if (spec.disk?.overlay === false) {
       args.push('-drive', `id=d0,file=${qemuOpt(resolvePath(spec.disk.base))},format=${spec.disk.format},if=none`, '-device', 'virtio-blk-device,drive=d0');
     } else if (spec.disk) {

@@ -88,6 +88,31 @@ describe('a joined agent', () => {
     await expect(remote.list('tokens/')).rejects.toBeInstanceOf(RemoteStoreError);
     await expect(remote.get('pki/ca')).resolves.toBeUndefined();
     await expect(remote.get('audit/head')).resolves.toBeUndefined();
+    // A key that is not well-formed Unicode (the store refuses it) is a bad request, not a crash.
+    for (const call of [() => remote.get('instances/\ud800'), () => remote.delete('instances/acme/\udfff'), () => remote.list('instances/\ud800')]) {
+      await expect(call()).rejects.toMatchObject({ status: 400, code: 'CARAPACE_E_VALIDATION' });
+    }
+  });
+
+  it('answers an unknown endpoint with a coded 404', async () => {
+    const d = new Agent({ connect: { ca: h1.ca, cert: h1.cert, key: h1.key } });
+    const r = await request(`${server.agentApiUrl ?? ''}/agent/v1/nothing`, { method: 'POST', dispatcher: d, body: '{}', headers: { 'content-type': 'application/json' } });
+    expect(r.statusCode).toBe(404);
+    expect(((await r.body.json()) as { error: { code: string } }).error.code).toBe('CARAPACE_E_ROUTE_NOT_FOUND');
+    await d.close();
+  });
+
+  it('refuses a value nested too deeply to store (JSON parses it, the store could not encode it)', async () => {
+    const d = new Agent({ connect: { ca: h1.ca, cert: h1.cert, key: h1.key } });
+    const deep = `${'['.repeat(20_000)}${']'.repeat(20_000)}`;
+    for (const [path, body] of [
+      ['put', `{"key":"leases/hosts/h1","value":${deep}}`],
+      ['txn', `{"ops":[{"op":"put","key":"leases/hosts/h1","value":${deep}}]}`],
+    ] as const) {
+      const r = await request(`${server.agentApiUrl ?? ''}/agent/v1/store/${path}`, { method: 'POST', dispatcher: d, body, headers: { 'content-type': 'application/json' } });
+      expect([path, r.statusCode, ((await r.body.json()) as { error: { code: string } }).error.code]).toEqual([path, 400, 'CARAPACE_E_VALIDATION']);
+    }
+    await d.close();
   });
 
   it('writes its own status, and nothing else', async () => {

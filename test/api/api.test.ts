@@ -134,6 +134,9 @@ describe('API', () => {
     const media = await app.inject({ method: 'PUT', url: '/v1/tenants/bad', payload: 'x', headers: { 'content-type': 'text/plain' } });
     expect([media.statusCode, media.json().error.code]).toEqual([415, 'CARAPACE_E_UNSUPPORTED_MEDIA_TYPE']);
     expect((await app.inject({ method: 'GET', url: '/v1/nothing' })).json().error.code).toBe('CARAPACE_E_ROUTE_NOT_FOUND');
+    // A name longer than the router takes is no endpoint, not a malformed body.
+    const long = await app.inject({ method: 'PUT', url: `/v1/tenants/${'x'.repeat(200)}`, payload: tenant('x') });
+    expect([long.statusCode, long.json().error.code]).toEqual([404, 'CARAPACE_E_ROUTE_NOT_FOUND']);
     expect((await app.inject({ method: 'PATCH', url: '/v1/tenants/bad' })).json().error.code).toBe('CARAPACE_E_METHOD_NOT_ALLOWED');
     expect((await app.inject({ method: 'DELETE', url: '/v1/tenants/bad/services/s?resourceVersion=abc' })).json().error.code).toBe('CARAPACE_E_BAD_QUERY');
   });

@@ -15,7 +15,12 @@ import { createNetworkManager } from '../../src/network/network-manager.js';
 import { createVmManager } from '../../src/vm/qemu.js';
 import type { ContainerInfo } from '../../src/runtime/driver.js';
 
-export const ROOT = join(import.meta.dirname, '..', '..');
+/**
+ * The repository root: two levels up when this file runs as test/e2e/helpers.ts (vitest),
+ * three when it runs compiled as dist/test/e2e/helpers.js (bench/soak.ts imports the
+ * reliability suite, which uses this harness).
+ */
+export const ROOT = existsSync(join(import.meta.dirname, '..', '..', 'package.json')) ? join(import.meta.dirname, '..', '..') : join(import.meta.dirname, '..', '..', '..');
 export const CLI = join(ROOT, 'dist', 'src', 'cli', 'main.js');
 
 if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run npm run build first`);

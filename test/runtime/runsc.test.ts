@@ -72,6 +72,23 @@ describe('runsc driver', () => {
     await driver.stop(id, 0);
   });
 
+  it("a small pids limit counts the container's processes, not the sandbox's own tasks", async () => {
+    // The sentry, gofer and ptrace stubs live in the sandbox's cgroup (about 30 tasks idle):
+    // with the limit applied as is, a container asking for 16 processes could not even start.
+    const id = newId('pids');
+    await driver.start(req(id, 'echo abc | cat | wc -c; echo abc | cat | cat | wc -c', { pids: 16 }));
+    const exited = await driver.wait(id);
+    expect(exited.exitCode, JSON.stringify(await allLogs(driver, id))).toBe(0);
+    expect(await stdoutOf(driver, id)).toBe('4\n4');
+    expect(Number((await readFile(`/sys/fs/cgroup/pids/carapace/${id}/pids.max`, 'utf8').catch(() => '0')).trim())).toBeGreaterThan(16);
+    // The limit still holds: 400 background processes never all start (the fork is refused,
+    // or the sandbox, which cannot grow past it, ends).
+    const bomb = newId('pidsbomb');
+    await driver.start(req(bomb, '(for i in $(seq 1 400); do sleep 2 & done; echo started-all) 2>/dev/null; echo done', { pids: 16 }));
+    await driver.wait(bomb);
+    expect(await stdoutOf(driver, bomb)).not.toContain('started-all');
+  }, 120_000);
+
   it('a process allocating beyond the limit is killed', async () => {
     const id = newId('oom');
     // 200 MiB into a tmpfs-backed /dev/shm in a 64 MiB container: must not complete.
