@@ -163,13 +163,14 @@ async function hostPart(dir: string, image: string): Promise<{ detect: number; r
     for (const a of agents.values()) a.kill('SIGTERM');
     server.proc.kill('SIGTERM');
     await sleep(1000);
-    for (const [h, [bridge]] of Object.entries(hosts)) {
+    for (const [h, [bridge, subnet]] of Object.entries(hosts)) {
       const runc = createRuncDriver({ stateDir: join(dir, h, 'runtime', 'runc'), logger: pino({ level: 'silent' }) });
       for (const c of await runc.recover().catch(() => [])) {
         await runc.stop(c.id, 0).catch(() => undefined);
         await runc.destroy(c.id).catch(() => undefined);
       }
-      await createNetworkManager({ stateDir: join(dir, h, 'network'), logger: pino({ level: 'silent' }), bridge }).gc(new Set()).catch(() => undefined);
+      const net = createNetworkManager({ stateDir: join(dir, h, 'network'), logger: pino({ level: 'silent' }), bridge, subnet });
+      await net.gc(new Set()).catch((e: unknown) => log(`cleanup of ${bridge} failed: ${String(e)}`));
     }
     await etcd.stop();
   }

@@ -187,6 +187,23 @@ export function createNetworkManager(opts: NetworkManagerOptions): NetworkManage
   return new BridgeNetworkManager(opts, bridge, subnetText, subnet);
 }
 
+/**
+ * A manager for the bridge and subnet recorded in `stateDir` (undefined when nothing was ever
+ * recorded there): for cleaning up after an agent whose flags are not at hand. A manager
+ * configured differently refuses state with live containers, so guessing would leak them.
+ */
+export async function recordedNetworkManager(stateDir: string, logger: Logger): Promise<NetworkManager | undefined> {
+  let text: string;
+  try {
+    text = await fs.readFile(path.join(stateDir, 'network.json'), 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined; // safe: fs errors are ErrnoExceptions
+    throw e;
+  }
+  const s = JSON.parse(text) as Pick<StateFile, 'bridge' | 'subnet'>; // safe: only this module writes the file
+  return createNetworkManager({ stateDir, logger, bridge: s.bridge, subnet: s.subnet });
+}
+
 class BridgeNetworkManager implements NetworkManager {
   readonly bridge: string;
   readonly subnet: string;
@@ -246,6 +263,11 @@ class BridgeNetworkManager implements NetworkManager {
       // e.g. an `nft flush ruleset` without disturbing the ones in place.
       const script = live.map((id) => this.elementsScript('add', state.containers[id] as Allocation)).join('');
       if (script) await run('nft', ['-f', '-'], script);
+      // The bridge is ours alone: links and rule elements no record explains were left by an
+      // owner that died with its state (a crash, a state dir removed). Left in place, a veth of
+      // a leaked namespace keeps answering for an address we hand out again, and a stale
+      // published port keeps pointing at it: a new container would be unreachable.
+      await this.removeStrays(state);
       const missing = ids.filter((id) => !live.includes(id));
       this.log.info({ recorded: ids.length, missingNetns: missing }, 'network recovered');
       return ids;

@@ -11,7 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { pino } from 'pino';
 import { freePort } from '../../src/image/testing/registry.js';
 import { createRuncDriver, createRunscDriver } from '../../src/runtime/index.js';
-import { createNetworkManager } from '../../src/network/network-manager.js';
+import { recordedNetworkManager } from '../../src/network/network-manager.js';
 import { createVmManager } from '../../src/vm/qemu.js';
 import type { ContainerInfo } from '../../src/runtime/driver.js';
 
@@ -186,9 +186,14 @@ export async function destroyAll(stateDir: string, bridge?: string): Promise<voi
     const vms = createVmManager({ stateDir: join(stateDir, 'vms'), logger, accel: 'tcg' });
     for (const vm of vms.recover()) await vms.destroy(vm.id, 0).catch(() => undefined);
   }
-  if (existsSync(join(stateDir, 'network'))) {
-    const net = createNetworkManager({ stateDir: join(stateDir, 'network'), logger, ...(bridge ? { bridge } : {}) });
-    await net.gc(new Set()).catch(() => undefined);
+  // The manager must be configured as the agent was (bridge and subnet): one configured
+  // otherwise refuses the recorded state, which used to leave every container's namespace
+  // and veth behind (and a later run on that bridge met their addresses).
+  const net = await recordedNetworkManager(join(stateDir, 'network'), logger);
+  if (net) {
+    if (bridge && net.bridge !== bridge) throw new Error(`${stateDir}: network state is for bridge ${net.bridge}, not ${bridge}`);
+    await net.gc(new Set());
+    if (bridge) await net.removeBridge(); // a bridge of the test's own (the default one may serve a local carapace up)
   }
 }
 

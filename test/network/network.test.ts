@@ -229,6 +229,31 @@ describe('bridge network', () => {
     await timedTeardown(mgr2, a.id);
   });
 
+  it('recovering on a bridge whose previous owner died with its state removes what it left, so a reused address is reached', async () => {
+    const lostState = await fs.mkdtemp(path.join(os.tmpdir(), 'carapace-net-lost-'));
+    const lost = createNetworkManager({ stateDir: lostState, logger: testLogger, bridge, subnet });
+    const oldPort = await freeHostPort();
+    const old = await timedSetup(lost, id('old'), { ports: [{ containerPort: 8080, hostPort: oldPort, protocol: 'tcp' }] });
+    // The owner dies and its state is gone; its namespace (and so its veth) stays behind.
+    await fs.rm(lostState, { recursive: true, force: true });
+    const fresh = createNetworkManager({ stateDir: lostState, logger: testLogger, bridge, subnet });
+    try {
+      expect(await fresh.recover()).toEqual([]);
+      const k = await kernelState();
+      expect(k.links).not.toContain(old.hostInterface);
+      const newPort = await freeHostPort();
+      const c = await timedSetup(fresh, id('reused'), { ports: [{ containerPort: 8080, hostPort: newPort, protocol: 'tcp' }] });
+      expect(c.ip).toBe(old.ip); // the fresh state hands the same first address out again
+      serve(c.id);
+      expect(await httpGetEventually('127.0.0.1', newPort)).toBe(`hello from ${tag}\n`);
+      expect(await httpGet('127.0.0.1', oldPort).catch(() => 'refused')).toBe('refused');
+      await timedTeardown(fresh, c.id);
+    } finally {
+      await execFileP('ip', ['netns', 'del', ns(old.id)]).catch(() => undefined);
+      await fs.rm(lostState, { recursive: true, force: true });
+    }
+  });
+
   it('rebuilds a setup cut short by a crash', async () => {
     const c = await timedSetup(mgr, id('crash'), { ports: [] });
     // Simulate a crash between reserving and building: the link is gone, the record stays.
