@@ -42,6 +42,11 @@ export interface CellManagerOptions {
    * its own agent for many seconds. A QEMU that dies is noticed within 100 ms regardless.
    */
   heartbeatTimeoutMs?: number;
+  /**
+   * How long a booting cell's guest agent may take to answer for the first time before the
+   * VM is killed and the cell Failed (default 60 s with KVM, 300 s under software emulation).
+   */
+  bootTimeoutMs?: number;
 }
 
 const GUEST_IMAGES = '/carapace/images';
@@ -212,24 +217,34 @@ export class CellManager {
    * still runs, kills the VM first (so nothing in it can run on: fencing) and then declares
    * the cell Lost. Ends when the cell is detached.
    */
-  private heartbeat(name: string, channel: HostChannel, signal: AbortSignal, accel: string): void {
+  private heartbeat(name: string, channel: HostChannel, signal: AbortSignal, accel: string, wasReady: boolean): void {
     const every = this.o.heartbeatMs ?? 1_000;
     const timeout = this.o.heartbeatTimeoutMs ?? (accel === 'kvm' ? 5_000 : 30_000);
-    // Judged only once the guest agent has answered: booting is not silence.
-    let lastAnswer: number | undefined;
+    const bootTimeout = this.o.bootTimeoutMs ?? (accel === 'kvm' ? 60_000 : 300_000);
+    const attachedAt = Date.now();
+    // Silence is judged once the guest agent has answered (booting is not silence), or at once
+    // for a cell adopted Ready after an agent restart: its guest answered before, and one that
+    // hangs before we reconnect would otherwise stay Ready forever. A boot has its own limit.
+    let lastAnswer: number | undefined = wasReady ? attachedAt : undefined;
     channel.on('connected', () => (lastAnswer = Date.now()));
     let inFlight = false;
+    const fence = (message: string): void => {
+      clearInterval(timer);
+      void (async () => {
+        const cur = await this.o.resources.get('Cell', name);
+        if (!cur || signal.aborted) return;
+        await this.o.vms.destroy(name, 0).catch((err: unknown) => this.log.warn({ cell: name, err }, 'could not kill an unresponsive cell'));
+        await this.fail(cur, message);
+      })().catch((err: unknown) => this.log.warn({ cell: name, err }, 'cannot record a lost cell'));
+    };
     const timer = setInterval(() => {
-      if (signal.aborted || lastAnswer === undefined) return;
+      if (signal.aborted) return;
+      if (lastAnswer === undefined) {
+        if (Date.now() - attachedAt > bootTimeout) fence(`the guest agent did not answer within ${Math.round(bootTimeout / 1000)} s of booting; the VM was killed`);
+        return;
+      }
       if (Date.now() - lastAnswer > timeout) {
-        clearInterval(timer);
-        const silentMs = Date.now() - lastAnswer;
-        void (async () => {
-          const cur = await this.o.resources.get('Cell', name);
-          if (!cur || signal.aborted) return;
-          await this.o.vms.destroy(name, 0).catch((err: unknown) => this.log.warn({ cell: name, err }, 'could not kill an unresponsive cell'));
-          await this.fail(cur, `the guest agent did not answer for ${(silentMs / 1000).toFixed(1)} s; the VM was killed (fenced)`);
-        })().catch((err: unknown) => this.log.warn({ cell: name, err }, 'cannot record a lost cell'));
+        fence(`the guest agent did not answer for ${((Date.now() - lastAnswer) / 1000).toFixed(1)} s; the VM was killed (fenced)`);
         return;
       }
       if (inFlight || !channel.connected) return;
@@ -272,7 +287,7 @@ export class CellManager {
         .then(() => this.o.onCellChange(name))
         .catch((err: unknown) => this.log.warn({ cell: name, err }, 'cannot record cell ready'));
     });
-    this.heartbeat(name, channel, ac.signal, vm.accel);
+    this.heartbeat(name, channel, ac.signal, vm.accel, cell.status.phase === 'Ready');
     // What the guest says it runs, kept on the cell so operators and tests can compare it with
     // the instances placed there (written only when it changes).
     let reported = '';

@@ -86,6 +86,7 @@ export async function createHostNode(o: HostNodeOptions): Promise<RunningHostNod
   // The agent is made after the cell manager that calls back into it.
   const agentRef: { current?: HostAgent } = {};
   const heartbeatTimeoutMs = envNumber('CARAPACE_CELL_HEARTBEAT_TIMEOUT_MS');
+  const bootTimeoutMs = envNumber('CARAPACE_CELL_BOOT_TIMEOUT_MS');
   const cells = new CellManager({
     hostName,
     resources,
@@ -98,6 +99,7 @@ export async function createHostNode(o: HostNodeOptions): Promise<RunningHostNod
     warmSize: { cpu: 2, memoryMiB: 2048 },
     onCellChange: (cell) => agentRef.current?.cellChanged(cell),
     ...(heartbeatTimeoutMs ? { heartbeatTimeoutMs } : {}),
+    ...(bootTimeoutMs ? { bootTimeoutMs } : {}),
   });
   const vmProbe = async (): Promise<{ ok: true } | { ok: false; message: string }> => {
     if (!existsSync('/usr/bin/qemu-system-x86_64')) return { ok: false, message: 'qemu-system-x86_64 is not installed' };

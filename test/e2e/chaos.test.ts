@@ -1,7 +1,7 @@
 /**
  * Chaos with real processes, bounded in count and time: a seeded sequence of SIGKILLs and a
  * hang against a running all-in-one (QEMU of a cell, a container process on the host, the
- * host agent itself, a guest that stops answering). After each fault Carapace must restore
+ * host agent itself, a guest that stops answering, one that froze while the agent was down). After each fault Carapace must restore
  * the desired state, with no instance running twice (checked on the host's runtime and in
  * every cell, from what the guests report) and no cell holding two tenants.
  */
@@ -115,7 +115,7 @@ describe('chaos', () => {
   it('restores the desired state after each fault, never running anything twice', async () => {
     const random = rng(20261130);
     const pick = <T>(xs: T[]): T => xs[Math.floor(random() * xs.length)]!; // xs is never empty where used
-    const faults = ['qemu', 'container', 'agent', 'guest-hang', 'qemu'] as const;
+    const faults = ['qemu', 'container', 'agent', 'guest-hang', 'hang-while-agent-down', 'qemu'] as const;
     const log: string[] = [];
     for (const fault of faults) {
       const cells = (await list<Cell>('cells')).filter((c) => c.spec.tenant !== '' && c.status.phase === 'Ready' && c.status.pid);
@@ -144,13 +144,24 @@ describe('chaos', () => {
           await server.start();
           log.push('kill -9 the host agent (the all-in-one server) and start it again');
           break;
+        case 'hang-while-agent-down': {
+          // The agent adopts a Ready cell whose guest froze while it was down: the guest never
+          // answers the new agent, and that silence must count as much as any other.
+          const c = pick(cells);
+          await server.kill9();
+          process.kill(c.status.pid!, 'SIGSTOP'); // Ready cells have a pid (filtered above)
+          await server.start();
+          log.push(`kill -9 the host agent, SIGSTOP QEMU of ${c.spec.tenant}'s cell ${c.metadata.name}, start the agent again`);
+          await eventually(async () => !(await list<Cell>('cells')).some((x) => x.metadata.name === c.metadata.name && x.status.phase === 'Ready'), 60_000, `cell ${c.metadata.name} noticed lost after adoption`);
+          break;
+        }
       }
       await converged(`recovery from: ${log[log.length - 1] ?? fault}`);
     }
     expect(log).toHaveLength(faults.length);
     // The losses are in the audit log.
     const audit = (await cli(server.url, ['audit', 'export'])).stdout;
-    expect(audit.split('"action":"cell.lost"').length - 1).toBeGreaterThanOrEqual(3);
+    expect(audit.split('"action":"cell.lost"').length - 1).toBeGreaterThanOrEqual(4);
     expect(audit).toContain('"action":"instance.recovered"');
   }, 1_500_000);
 });
