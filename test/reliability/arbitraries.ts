@@ -168,7 +168,7 @@ export function mutate(doc: unknown): fc.Arbitrary<Mutated> {
     path.map((p) => ({ doc: setAt(doc, p, undefined, true), what: `dropped ${p.join('.')}` })),
     path.chain((p) => retype(getAt(doc, p)).map((v) => ({ doc: setAt(doc, p, v), what: `retyped ${p.join('.')}` }))),
     path.chain((p) => HOSTILE_STRING.map((v) => ({ doc: setAt(doc, p, v), what: `hostile string at ${p.join('.')}` }))),
-    path.chain((p) => EDGE_NUMBER.map((v) => ({ doc: setAt(doc, p, v), what: `edge number ${v} at ${p.join('.')}` }))),
+    path.chain((p) => EDGE_NUMBER.map((v) => ({ doc: setAt(doc, p, v), what: `edge number ${Object.is(v, -0) ? '-0' : String(v)} at ${p.join('.')}` }))),
     path.chain((p) => fc.constantFrom(1_000, 70_000, 600_000).map((n) => ({ doc: setAt(doc, p, 'x'.repeat(n)), what: `${n}-character string at ${p.join('.')}` }))),
     path.chain((p) => fc.constantFrom(50, 5_000, 100_000).map((n) => ({ raw: JSON.stringify(setAt(doc, p, '__DEEP__')).replace('"__DEEP__"', deepJson(n, n % 2 ? 'object' : 'array')), what: `${n}-deep nesting at ${p.join('.')}` }) as Mutated)),
     fc.record({ p: path, key: fc.oneof(fc.string({ maxLength: 10 }), fc.constantFrom('__proto__', 'constructor', 'prototype', 'apiversion', 'Kind', 'spec ')) }).map(({ p, key }) => {

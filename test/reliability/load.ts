@@ -8,10 +8,15 @@
  * instance and every watcher has events to read.
  *
  * Reported: write latency p50/p99/max over the measured phase (after a warm-up), write
- * errors, watchers that failed or ended early, events delivered, and the server's resident
- * memory (VmRSS) averaged over the first and the last seconds of the measured phase.
+ * errors, watchers that failed or ended early, events delivered, and the server's memory.
+ * Memory growth is what the server retains: RSS and heap right after a full garbage
+ * collection at the start and at the end of the measured phase (a preload in the server
+ * process runs `gc()` when sent SIGUSR2 and writes `process.memoryUsage()`). Sampled RSS
+ * between collections is a sawtooth of tens of MiB at this rate (V8 collects when it
+ * pleases), so comparing two samples would measure the collector's timing, not a leak; the
+ * samples still give the peak.
  */
-import { readFile } from 'node:fs/promises';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
@@ -43,10 +48,20 @@ export interface LoadResult {
   writeMaxMs: number;
   /** SSE events delivered to all watchers during the measured phase. */
   events: number;
+  /** RSS right after a full collection, at the start and the end of the measured phase. */
   rssStartMiB: number;
   rssEndMiB: number;
+  /** The V8 heap in use right after those collections. */
+  heapStartMiB: number;
+  heapEndMiB: number;
+  /** Highest sampled RSS (every 500 ms) over the measured phase. */
   rssPeakMiB: number;
+  /** Growth of the RSS retained after a full collection, start to end of the measured phase. */
   memGrowthPct: number;
+  /** The same from halfway to the end. */
+  memGrowthSecondHalfPct: number;
+  /** Growth of the V8 heap in use after a full collection, start to end. */
+  heapGrowthPct: number;
   /** The machine's 1-minute load average when measuring began (other work shows in the tail). */
   load1m: number;
   seconds: number;
@@ -63,7 +78,10 @@ const service = (i: number, seq: number): unknown => ({
 export async function runLoad(o: LoadOptions): Promise<LoadResult> {
   const log = o.log ?? quiet;
   const tmp = await tempDir('carapace-load-');
-  const server = new Server(join(tmp.dir, 'server'), await freePort(), ['--store', `sqlite:${join(tmp.dir, 'store.db')}`, '--no-agent-api'], { CARAPACE_LOG_LEVEL: 'warn' }, 'server');
+  const preload = join(tmp.dir, 'gc-on-sigusr2.cjs');
+  const report = join(tmp.dir, 'memory.json');
+  await writeFile(preload, GC_PRELOAD);
+  const server = new Server(join(tmp.dir, 'server'), await freePort(), ['--store', `sqlite:${join(tmp.dir, 'store.db')}`, '--no-agent-api'], { CARAPACE_LOG_LEVEL: 'warn', NODE_OPTIONS: `--require ${preload}`, CARAPACE_TEST_MEMORY_REPORT: report }, 'server');
   const writePool = new Agent({ connections: 64, pipelining: 1 });
   const ac = new AbortController();
   try {
@@ -149,16 +167,36 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
       await Promise.all(inflight);
       clearInterval(sampler);
     };
+    // What the server holds right after a full collection (the preload answers SIGUSR2).
+    type Collected = { rss: number; heapUsed: number; external: number; RssAnon: number; RssFile: number; RssShmem: number };
+    const collected = async (): Promise<Collected> => {
+      await rm(report, { force: true });
+      process.kill(pid, 'SIGUSR2');
+      for (let i = 0; i < 100; i++) {
+        const text = await readFile(report, 'utf8').catch(() => '');
+        if (text.endsWith('\n')) return JSON.parse(text) as Collected; // safe: written whole by GC_PRELOAD
+        await sleep(100);
+      }
+      throw new Error('the server did not report its memory after a collection');
+    };
     await phase(o.warmupSeconds, false);
+    const before = await collected();
     rss.length = 0;
     const load1m = loadavg()[0] ?? 0;
     counting = true;
+    // A collection halfway too: growth that goes on in the second half is a leak, growth that
+    // stops is caches and allocator arenas settling (the store's page cache is 16 MiB).
+    let middle: Collected | undefined;
+    const halfway = setTimeout(() => void collected().then((m) => (middle = m), () => undefined), (o.seconds * 1000) / 2);
     await phase(o.seconds, true);
+    clearTimeout(halfway);
     counting = false;
-    const window = Math.min(10_000, (o.seconds * 1000) / 4);
-    const avg = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
-    const start = avg(rss.filter((s) => s.at <= window).map((s) => s.kib)) / 1024;
-    const end = avg(rss.filter((s) => s.at >= o.seconds * 1000 - window).map((s) => s.kib)) / 1024;
+    const after = await collected();
+    const mib = (x: number): string => (x / 1024 / 1024).toFixed(1);
+    log(`load: after a full GC, start -> end (MiB): anonymous ${mib(before.RssAnon)} -> ${mib(after.RssAnon)}, file-backed ${mib(before.RssFile)} -> ${mib(after.RssFile)}, shared ${mib(before.RssShmem)} -> ${mib(after.RssShmem)}, external ${mib(before.external)} -> ${mib(after.external)}`);
+    const MiB = 1024 * 1024;
+    const start = before.rss / MiB;
+    const end = after.rss / MiB;
     const peak = Math.max(...rss.map((s) => s.kib)) / 1024;
     const step = Math.max(1, Math.floor(rss.length / 10));
     log(`load: server RSS over the measured phase (MiB): ${rss.filter((_, i) => i % step === 0).map((x) => (x.kib / 1024).toFixed(0)).join(' ')}`);
@@ -175,12 +213,16 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
       events,
       rssStartMiB: round(start),
       rssEndMiB: round(end),
+      heapStartMiB: round(before.heapUsed / MiB),
+      heapEndMiB: round(after.heapUsed / MiB),
       rssPeakMiB: round(peak),
       memGrowthPct: round(((end - start) / start) * 100),
+      memGrowthSecondHalfPct: middle ? round(((after.rss - middle.rss) / middle.rss) * 100) : NaN,
+      heapGrowthPct: round(((after.heapUsed - before.heapUsed) / before.heapUsed) * 100),
       load1m: round(load1m),
       seconds: o.seconds,
     };
-    log(`load: ${result.writes} writes at ${o.writesPerSec}/s with ${alive} watchers: p50 ${result.writeP50Ms} ms, p99 ${result.writeP99Ms} ms, max ${result.writeMaxMs} ms, ${writeErrors} errors; ${events} events delivered; server RSS ${result.rssStartMiB} -> ${result.rssEndMiB} MiB (${result.memGrowthPct}%, peak ${result.rssPeakMiB}); load ${result.load1m}`);
+    log(`load: ${result.writes} writes at ${o.writesPerSec}/s with ${alive} watchers: p50 ${result.writeP50Ms} ms, p99 ${result.writeP99Ms} ms, max ${result.writeMaxMs} ms, ${writeErrors} errors; ${events} events delivered; server after a full GC: RSS ${result.rssStartMiB} -> ${result.rssEndMiB} MiB (${result.memGrowthPct}%; second half ${result.memGrowthSecondHalfPct}%), heap ${result.heapStartMiB} -> ${result.heapEndMiB} MiB; sampled RSS peak ${result.rssPeakMiB} MiB; load ${result.load1m}`);
     ac.abort();
     return result;
   } finally {
@@ -190,6 +232,33 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
     await tmp.cleanup();
   }
 }
+
+/**
+ * Preloaded into the server (NODE_OPTIONS=--require): on SIGUSR2, a full collection, then
+ * process.memoryUsage() written to CARAPACE_TEST_MEMORY_REPORT. `gc` is reached through a
+ * V8 flag set at run time, so the server runs with its usual flags otherwise.
+ */
+const GC_PRELOAD = `'use strict';
+const v8 = require('node:v8');
+const vm = require('node:vm');
+const fs = require('node:fs');
+v8.setFlagsFromString('--expose-gc');
+const gc = vm.runInNewContext('gc');
+process.on('SIGUSR2', () => {
+  gc();
+  gc();
+  const m = process.memoryUsage();
+  const out = process.env.CARAPACE_TEST_MEMORY_REPORT;
+  // Resident memory by kind (kB): anonymous (heaps, malloc), file-backed, shared.
+  const kinds = {};
+  for (const l of fs.readFileSync('/proc/self/status', 'utf8').split('\\n')) {
+    const f = /^(RssAnon|RssFile|RssShmem):\\s+(\\d+)/.exec(l);
+    if (f) kinds[f[1]] = Number(f[2]) * 1024;
+  }
+  fs.writeFileSync(out + '.tmp', JSON.stringify({ rss: m.rss, heapUsed: m.heapUsed, external: m.external, ...kinds }) + '\\n');
+  fs.renameSync(out + '.tmp', out);
+});
+`;
 
 function round(x: number): number {
   return Math.round(x * 10) / 10;
