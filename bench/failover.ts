@@ -115,7 +115,10 @@ async function cellPart(dir: string, image: string): Promise<{ detect: number; w
 
 function start(args: string[]): { proc: ChildProcess; log: () => string } {
   let out = '';
-  const proc = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, CARAPACE_LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  // The server's first start saves the admin token for the CLI: into a file of the bench's own,
+  // not the user's ~/.config/carapace/config.json (which would then point at a dead bench server).
+  const config = join(tmpdir(), `carapace-bench-failover-${process.pid}-cli.json`);
+  const proc = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, CARAPACE_LOG_LEVEL: 'warn', CARAPACE_CONFIG: config }, stdio: ['ignore', 'pipe', 'pipe'] });
   proc.stdout?.on('data', (d: Buffer) => (out += d.toString()));
   proc.stderr?.on('data', (d: Buffer) => (out += d.toString()));
   return { proc, log: () => out };
