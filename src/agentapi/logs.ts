@@ -11,6 +11,7 @@ import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import type { LogLine, LogOptions } from '../runtime/driver.js';
 import { CarapaceError } from '../model/errors.js';
+import { ndjsonLines } from './ndjson.js';
 
 /** What a host is asked to stream. */
 export interface LogRequest {
@@ -71,17 +72,9 @@ export class LogHub {
     const onAbort = (): void => void body.destroy();
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      let buf = '';
-      for await (const chunk of body) {
-        buf += String(chunk);
-        let nl: number;
-        while ((nl = buf.indexOf('\n')) >= 0) {
-          const line = buf.slice(0, nl);
-          buf = buf.slice(nl + 1);
-          if (!line) continue;
-          const l = JSON.parse(line) as LogLine;
-          if (typeof l.text === 'string' && typeof l.time === 'string' && (l.stream === 'stdout' || l.stream === 'stderr')) yield { time: l.time, stream: l.stream, text: l.text };
-        }
+      for await (const value of ndjsonLines(body)) {
+        const l = value as LogLine; // checked field by field below
+        if (typeof l.text === 'string' && typeof l.time === 'string' && (l.stream === 'stdout' || l.stream === 'stderr')) yield { time: l.time, stream: l.stream, text: l.text };
       }
     } finally {
       opts.signal?.removeEventListener('abort', onAbort);

@@ -8,6 +8,7 @@
  */
 import { Agent, request, type Dispatcher } from 'undici';
 import { CompactedError, ConflictError, type Entry, type Expectation, type ListResult, type Store, type TxnOp, type TxnResult, type WatchEvent } from '../store/store.js';
+import { ndjsonLines } from './ndjson.js';
 
 export interface RemoteStoreOptions {
   /** `https://HOST:PORT` of a server's agent API. */
@@ -111,21 +112,12 @@ export class RemoteStore implements Store {
         if (json.compacted) throw new CompactedError(json.compacted.requested, json.compacted.compactedTo);
         throw new RemoteStoreError(res.statusCode, json.error?.code ?? 'CARAPACE_E_INTERNAL', json.error?.message ?? `watch answered ${res.statusCode}`);
       }
-      let buf = '';
-      for await (const chunk of res.body) {
-        touch();
-        buf += String(chunk);
-        let nl: number;
-        while ((nl = buf.indexOf('\n')) >= 0) {
-          const line = buf.slice(0, nl);
-          buf = buf.slice(nl + 1);
-          if (!line) continue;
-          const m = JSON.parse(line) as WatchEvent<T> & { start?: number; ping?: boolean; compacted?: { requested: number; compactedTo: number }; error?: { message: string } };
-          if (m.compacted) throw new CompactedError(m.compacted.requested, m.compacted.compactedTo);
-          if (m.error) throw new Error(`watch ended by the server: ${m.error.message}`);
-          if (m.start !== undefined || m.ping) continue;
-          yield { type: m.type, key: m.key, value: m.value, revision: m.revision };
-        }
+      for await (const value of ndjsonLines(res.body, touch)) {
+        const m = value as WatchEvent<T> & { start?: number; ping?: boolean; compacted?: { requested: number; compactedTo: number }; error?: { message: string } }; // safe: the agent API's watch frames
+        if (m.compacted) throw new CompactedError(m.compacted.requested, m.compacted.compactedTo);
+        if (m.error) throw new Error(`watch ended by the server: ${m.error.message}`);
+        if (m.start !== undefined || m.ping) continue;
+        yield { type: m.type, key: m.key, value: m.value, revision: m.revision };
       }
       if (!signal.aborted) throw new Error('the agent API closed the watch');
     } catch (e) {
