@@ -21,13 +21,13 @@
  * make every "cannot reach" pass for the wrong reason.
  */
 import { randomBytes } from 'node:crypto';
-import { connect } from 'node:net';
 import { readFileSync, readdirSync } from 'node:fs';
 import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { buildBusyboxImage, startRegistry, type RunningRegistry } from '../../src/image/testing/index.js';
 import type { Instance } from '../../src/model/objects.js';
 import { containerIdFor } from '../../src/agent/container-id.js';
+import { tcpSocketCheck } from '../../src/runtime/probe-check.js';
 import { destroyAll, freePort, Server, tempDir } from '../e2e/helpers.js';
 import { call, quiet, sleep, type Log } from './harness.js';
 
@@ -166,7 +166,7 @@ export async function runProbes(o: ProbeOptions = {}): Promise<ProbeResult> {
     log(`probes: beta serves on ${targets.join(', ')}`);
     // The published port is the control that the probes' network works at all: wait until the
     // agent has programmed it (it answers from the host) so a "no" can only mean the probe's side.
-    await waitFor(`beta's published port ${published}`, () => tcpConnects('127.0.0.1', published), 60_000);
+    await waitFor(`beta's published port ${published}`, async () => ((await tcpSocketCheck('127.0.0.1', published, 2_000)).ok ? true : undefined), 60_000);
     const apiPort = new URL(srv.url).port;
 
     const reports: TierReport[] = [];
@@ -297,18 +297,4 @@ function checkSandboxHost(report: TierReport, containerId: string): void {
     expect(`sentry ${s.pid} runs under a seccomp filter`, field('Seccomp') === '2', field('Seccomp'));
     expect(`sentry ${s.pid} has no_new_privs`, field('NoNewPrivs') === '1', field('NoNewPrivs'));
   }
-}
-
-/** Resolves true once a TCP connection to host:port is accepted, undefined otherwise (for waitFor). */
-function tcpConnects(host: string, port: number): Promise<true | undefined> {
-  return new Promise((resolve) => {
-    const socket = connect({ host, port, timeout: 2_000 });
-    const done = (ok: boolean): void => {
-      socket.destroy();
-      resolve(ok ? true : undefined);
-    };
-    socket.once('connect', () => done(true));
-    socket.once('error', () => done(false));
-    socket.once('timeout', () => done(false));
-  });
 }
