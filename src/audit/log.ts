@@ -190,17 +190,27 @@ export class AuditLog {
    * `mutation` must not write audit keys, nor call this log (this instance serializes commits).
    */
   async commit(entry: AuditEntry, mutation: MutationOps = []): Promise<{ record: AuditRecord; revision: number }> {
+    const r = await this.commitBatch([entry], mutation);
+    return { record: r.records[0]!, revision: r.revision }; // one entry in, one record out
+  }
+
+  /**
+   * Like commit, for a mutation that several records describe (a plan that creates a cell and
+   * places instances into it): the records get consecutive seqs and land in the mutation's own
+   * txn, all or nothing.
+   */
+  async commitBatch(entries: readonly AuditEntry[], mutation: MutationOps = []): Promise<{ records: AuditRecord[]; revision: number }> {
     return this.serial(async () => {
       for (let attempt = 1; ; attempt++) {
         const ops = typeof mutation === 'function' ? await mutation() : mutation;
         for (const op of ops) {
           if (op.key.startsWith(AUDIT_PREFIX)) throw new TypeError(`a mutation may not write the audit key ${op.key}`);
         }
-        const p = await this.prepare(entry);
+        const p = await this.prepareBatch(entries);
         try {
           const { revision } = await this.store.txn([...ops, ...p.ops]);
-          if (p.checkpoint) this.logger?.debug({ seq: p.checkpoint.seq }, 'audit checkpoint written');
-          return { record: p.record, revision };
+          for (const cp of p.checkpoints) this.logger?.debug({ seq: cp.seq }, 'audit checkpoint written');
+          return { records: p.records, revision };
         } catch (e) {
           if (!isAuditConflict(e)) throw e;
           if (attempt >= this.maxAttempts) {

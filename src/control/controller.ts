@@ -9,13 +9,12 @@ import type { Logger } from 'pino';
 import type { Env } from '../core/actions.js';
 import type { Resources } from '../core/resources.js';
 import { isCarapaceError } from '../model/errors.js';
-import { DEAD_CELL_PHASES, instanceReady, kindPrefix, TERMINAL_PHASES, type Cell, type Host, type Instance, type Job, type Machine, type Service } from '../model/objects.js';
-import { placeMachine } from './machine-placement.js';
-import { tenantQuotaFromModel } from '../scheduler/model-adapter.js';
+import { DEAD_CELL_PHASES, instanceReady, kindPrefix, TERMINAL_PHASES, type Cell, type Host, type Instance, type Job, type Machine, type Service, type Tenant } from '../model/objects.js';
 import { metrics, timed } from '../metrics/metrics.js';
-import type { PlannedCell } from '../scheduler/types.js';
-import type { AuditEntry } from '../audit/record.js';
-import { planJob, planService, type Change, type PlanContext } from './workload-plan.js';
+import type { ModelView } from '../scheduler/model-adapter.js';
+import { planJob, planService, type Change } from './workload-plan.js';
+import { Placement } from './placement.js';
+import { systemEntry } from './plan-applier.js';
 import { WorkQueue, type ReconcileResult } from './workqueue.js';
 import { watchForever } from './watch.js';
 
@@ -29,20 +28,12 @@ export interface ControllerOptions {
   cellGraceMs?: number;
 }
 
-/** An audit entry for an action the control plane takes on its own. */
-function systemEntry(time: string, action: string, kind: string, name: string, tenant: string, detail: Record<string, unknown>): AuditEntry {
-  return { time, actor: { kind: 'system', id: 'controller' }, action, target: { kind, name, ...(tenant ? { tenant } : {}) }, outcome: 'success', detail };
-}
-
-/** The audit record of the scheduler refusing to place an instance past its tenant's quota. */
-function quotaRefusal(time: string, name: string, tenant: string, message: string): AuditEntry {
-  return { ...systemEntry(time, 'quota.refused', 'Instance', name, tenant, { code: 'QuotaExceeded', message: message.slice(0, 500) }), outcome: 'failure' };
-}
-
 /** The key of the pass that retires cells left empty past their grace period. */
 const CELLS_KEY = 'Cells';
 /** The key of the pass that moves instances off draining hosts. */
 const DRAIN_KEY = 'Drain';
+/** The key of the pass that places whatever waits for a host (instances, machines). */
+const PLACEMENT_KEY = 'Placement';
 
 type OwnerKey = `Service/${string}/${string}` | `Job/${string}/${string}`;
 
@@ -60,9 +51,12 @@ export class WorkloadController {
    * In memory only: after a controller restart a replacement simply goes unmeasured.
    */
   private readonly evicted = new Map<string, { from: string; reason: string; lostAt: string }>();
+  /** The one placement pipeline (keeps the scheduler's state between passes). */
+  private readonly placement: Placement;
 
   constructor(private readonly o: ControllerOptions) {
     this.log = o.logger.child({ component: 'controller' });
+    this.placement = new Placement({ resources: o.resources, env: o.env, logger: o.logger });
     // One worker: placement reads the whole cluster and writes cells and instances; two
     // reconciles at once could each fill the same cell from the same stale snapshot.
     this.queue = new WorkQueue(
@@ -71,8 +65,8 @@ export class WorkloadController {
           ? timed(metrics.reconcileSeconds, 'cells', () => this.reconcileCells())
           : key === DRAIN_KEY
             ? timed(metrics.reconcileSeconds, 'drain', () => this.reconcileDrain())
-          : key.startsWith('Machine/')
-            ? timed(metrics.reconcileSeconds, 'machine-placement', () => this.reconcileMachine(key))
+          : key === PLACEMENT_KEY
+            ? timed(metrics.reconcileSeconds, 'placement', () => this.reconcilePlacement())
             : timed(metrics.reconcileSeconds, key.startsWith('Job/') ? 'job' : 'service', () => this.reconcile(key)),
       {
       onError: (key, error, attempt) => this.log.warn({ key, attempt, err: error }, 'reconcile failed; retrying'),
@@ -89,10 +83,10 @@ export class WorkloadController {
       ]);
       for (const s of svcs.items) this.queue.add(`Service/${s.metadata.tenant}/${s.metadata.name}`);
       for (const j of jobs.items) this.queue.add(`Job/${j.metadata.tenant}/${j.metadata.name}`);
-      for (const m of (await this.o.resources.list('Machine')).items) if (m.status.host === '') this.queue.add(`Machine/${m.metadata.tenant}/${m.metadata.name}`);
       for (const i of insts.items) this.queue.add(this.ownerKey(i));
       this.queue.add(CELLS_KEY);
       this.queue.add(DRAIN_KEY);
+      this.queue.add(PLACEMENT_KEY);
     };
     const timer = setInterval(() => {
       resync().catch((err: unknown) => this.log.warn({ err }, 'resync failed'));
@@ -102,10 +96,14 @@ export class WorkloadController {
     await resync();
     await Promise.all([
       this.queue.start(signal, 1),
-      watchForever<Cell>(this.o.resources.store, kindPrefix('Cell'), signal, this.log, () => this.queue.add(CELLS_KEY)),
-      watchForever<Machine>(this.o.resources.store, kindPrefix('Machine'), signal, this.log, (e) => {
-        this.queue.add(`Machine/${e.value.metadata.tenant}/${e.value.metadata.name}`);
+      watchForever<Cell>(this.o.resources.store, kindPrefix('Cell'), signal, this.log, () => {
+        this.queue.add(CELLS_KEY);
+        this.queue.add(PLACEMENT_KEY); // a cell retired or claimed changes what fits
       }),
+      // A machine applied, or one that went away and left room.
+      watchForever<Machine>(this.o.resources.store, kindPrefix('Machine'), signal, this.log, () => this.queue.add(PLACEMENT_KEY)),
+      // A quota raised may let waiting work in.
+      watchForever<Tenant>(this.o.resources.store, kindPrefix('Tenant'), signal, this.log, () => this.queue.add(PLACEMENT_KEY)),
       watchForever<Service>(this.o.resources.store, kindPrefix('Service'), signal, this.log, (e) => {
         this.queue.add(`Service/${e.value.metadata.tenant}/${e.value.metadata.name}`);
       }),
@@ -115,6 +113,8 @@ export class WorkloadController {
       watchForever<Instance>(this.o.resources.store, kindPrefix('Instance'), signal, this.log, (e) => {
         this.queue.add(this.ownerKey(e.value));
         if (e.value.spec.cell) this.queue.add(CELLS_KEY);
+        // Capacity freed (an instance gone or finished): waiting work may fit now.
+        if (e.type === 'delete' || TERMINAL_PHASES.includes(e.value.status.phase)) this.queue.add(PLACEMENT_KEY);
       }),
       watchForever<Host>(this.o.resources.store, kindPrefix('Host'), signal, this.log, () => {
         // Capacity or readiness changed: unplaced instances may fit now.
@@ -127,42 +127,46 @@ export class WorkloadController {
     return `${i.spec.owner.kind}/${i.metadata.tenant ?? ''}/${i.spec.owner.name}`;
   }
 
-  /** One reconcile pass for one owner. */
+  /**
+   * One reconcile pass for one owner: fail over its lost instances, plan what it needs
+   * (pure), write the removals and spec updates, hand the instances it creates to the
+   * placement pipeline (which writes each with its host or its reason), then its status.
+   */
   async reconcile(key: string): Promise<void> {
     const { kind, tenant, name } = parseKey(key);
     const r = this.o.resources;
-    const [owner, hosts, allInstances, cells, tenantObj] = await Promise.all([
-      kind === 'Service' ? r.get('Service', name, tenant) : r.get('Job', name, tenant),
-      r.list('Host'),
-      r.list('Instance'),
-      r.list('Cell'),
-      r.get('Tenant', tenant),
-    ]);
-    const evicted = await this.evictLost(tenant, allInstances.items.filter((i) => i.metadata.tenant === tenant && i.spec.owner.kind === kind && i.spec.owner.name === name), hosts.items, cells.items);
-    const liveInstances = evicted.size > 0 ? allInstances.items.filter((i) => !(i.metadata.tenant === tenant && evicted.has(i.metadata.name))) : allInstances.items;
-    const tenantInstances = liveInstances.filter((i) => i.metadata.tenant === tenant);
+    const [owner, view] = await Promise.all([kind === 'Service' ? r.get('Service', name, tenant) : r.get('Job', name, tenant), this.placement.view()]);
+    const owned = (i: Instance): boolean => i.metadata.tenant === tenant && i.spec.owner.kind === kind && i.spec.owner.name === name;
+    const evicted = await this.evictLost(tenant, view.instances.filter(owned), view.hosts, view.cells);
+    if (evicted.size > 0) view.instances = view.instances.filter((i) => !(i.metadata.tenant === tenant && evicted.has(i.metadata.name)));
+    const tenantInstances = view.instances.filter((i) => i.metadata.tenant === tenant);
     await this.auditRecoveries(tenant, tenantInstances);
-    const quota = tenantObj ? tenantQuotaFromModel(tenantObj) : undefined;
-    const ctx: PlanContext = {
-      now: this.o.env.now(),
-      newId: () => this.o.env.newId(),
-      hosts: hosts.items,
-      allInstances: liveInstances,
-      cells: cells.items,
-      newCellId: () => `cell-${this.o.env.newId().replace(/[^a-z0-9]/g, '').slice(0, 12)}`,
-      ...(quota ? { quotas: [quota] } : {}),
-    };
-    const endPlan = metrics.scheduleSeconds.startTimer({ tenant });
+    const ctx = { now: this.o.env.now(), newId: () => this.o.env.newId() };
     const changes =
       kind === 'Service'
         ? planService(name, owner as Service | undefined, tenantInstances, ctx) // fetched by kind above
         : planJob(name, owner as Job | undefined, tenantInstances, ctx); // fetched by kind above
-    endPlan();
-    const unplaced = changes.filter((c) => (c.op === 'create' && c.instance.spec.host === '') || c.op === 'unschedulable').length;
-    if (unplaced > 0) metrics.unplaced.inc({ tenant }, unplaced);
     if (changes.length > 0) this.log.debug({ key, changes: changes.map((c) => c.op) }, 'applying changes');
-    const alias = new Map<string, string>();
-    for (const c of changes) await this.apply(kind, tenant, name, c, alias, cells.items);
+    const created: Instance[] = [];
+    for (const c of changes) {
+      if (c.op === 'create') created.push(c.instance);
+      else if (c.op !== 'serviceStatus' && c.op !== 'jobStatus') await this.apply(kind, tenant, name, c, view);
+    }
+    for (const i of created) {
+      const lost = this.evicted.get(`${tenant}/${i.metadata.name}`);
+      if (lost) i.status.failover = lost;
+    }
+    const waits = view.instances.some((i) => owned(i) && i.spec.host === '' && !i.metadata.deletionRequestedAt && !TERMINAL_PHASES.includes(i.status.phase));
+    if (created.length > 0 || waits) {
+      await this.placement.place(view, created, tenant);
+      for (const i of created) this.evicted.delete(`${tenant}/${i.metadata.name}`);
+    }
+    for (const c of changes) if (c.op === 'serviceStatus' || c.op === 'jobStatus') await this.apply(kind, tenant, name, c, view);
+  }
+
+  /** Places whatever waits for a host (instances of every owner, machines). */
+  async reconcilePlacement(): Promise<void> {
+    await this.placement.place(await this.placement.view());
   }
 
   /**
@@ -228,43 +232,6 @@ export class WorkloadController {
         }),
       );
     }
-  }
-
-  /**
-   * Makes a planned cell real: claims a Ready warm cell of the host that is big enough (once:
-   * compare-and-set from tenant '' to this tenant, never back), else creates a new Cell for the
-   * host's agent to boot. `alias` maps the planned id to the cell actually used.
-   */
-  private async createCell(p: PlannedCell, alias: Map<string, string>, cells: Cell[]): Promise<void> {
-    const r = this.o.resources;
-    const now = this.o.env.now();
-    const warm = cells.filter(
-      (c) => c.spec.tenant === '' && c.spec.host === p.host && c.status.phase === 'Ready' && !c.metadata.deletionRequestedAt && c.spec.cpu >= p.cpu && c.spec.memoryMiB >= p.memoryMiB,
-    );
-    for (const w of warm.sort((a, b) => a.spec.cpu - b.spec.cpu || a.spec.memoryMiB - b.spec.memoryMiB || a.metadata.name.localeCompare(b.metadata.name))) {
-      try {
-        const claimed = await r.write(
-          { ...w, spec: { ...w.spec, tenant: p.tenant, group: p.group, dedicated: p.dedicated }, status: { ...w.status, assignedAt: now }, metadata: { ...w.metadata, updatedAt: now } },
-          w.metadata.resourceVersion,
-          systemEntry(now, 'cell.assigned', 'Cell', w.metadata.name, p.tenant, { group: p.group, host: p.host, fromWarmPool: true }),
-        );
-        alias.set(p.id, claimed.metadata.name);
-        w.spec.tenant = p.tenant; // this pass must not offer it again
-        this.log.info({ cell: claimed.metadata.name, tenant: p.tenant, group: p.group, host: p.host }, 'warm cell assigned');
-        return;
-      } catch (e) {
-        if (!isCarapaceError(e, 'CARAPACE_E_CONFLICT')) throw e; // someone else claimed it: try the next
-      }
-    }
-    const cell: Cell = {
-      kind: 'Cell',
-      metadata: { name: p.id, uid: this.o.env.newId(), labels: {}, resourceVersion: 0, generation: 1, createdAt: now, updatedAt: now },
-      spec: { tenant: p.tenant, group: p.group, host: p.host, cpu: p.cpu, memoryMiB: p.memoryMiB, dedicated: p.dedicated, warm: false },
-      status: { phase: 'Pending' },
-    };
-    await r.write(cell, 0, systemEntry(now, 'cell.created', 'Cell', p.id, p.tenant, { group: p.group, host: p.host, cpu: p.cpu, memoryMiB: p.memoryMiB, dedicated: p.dedicated }));
-    alias.set(p.id, p.id);
-    this.log.info({ cell: p.id, tenant: p.tenant, group: p.group, host: p.host, cpu: p.cpu, memoryMiB: p.memoryMiB }, 'cell created');
   }
 
   /**
@@ -382,24 +349,6 @@ export class WorkloadController {
     return left > 0 ? { requeueAfterMs: 1_000 } : undefined;
   }
 
-  /** Places a machine that has no host yet (or records why it cannot be placed). */
-  async reconcileMachine(key: string): Promise<void> {
-    const [, tenant = '', name = ''] = key.split('/');
-    const r = this.o.resources;
-    const m = await r.get('Machine', name, tenant);
-    if (!m || m.status.host !== '' || m.metadata.deletionRequestedAt) return;
-    const [hosts, instances, cells, machines] = await Promise.all([r.list('Host'), r.list('Instance'), r.list('Cell'), r.list('Machine')]);
-    const p = placeMachine(m, hosts.items, instances.items, cells.items, machines.items);
-    await r.mutate('Machine', name, tenant, (x) => {
-      if (x.status.host !== '') return undefined;
-      if (p.ok) x.status = { ...x.status, host: p.host, reason: 'Scheduled', message: `placed on host ${p.host}` };
-      else if (x.status.message === p.reason) return undefined;
-      else x.status = { ...x.status, reason: 'Unschedulable', message: p.reason };
-      return x;
-    });
-    if (p.ok) this.log.info({ tenant, machine: name, host: p.host }, 'machine placed');
-  }
-
   /**
    * Retires assigned cells that held no live instance for the grace period: marks them for
    * deletion (their agent stops the VM and removes the object). Never hands a cell back.
@@ -446,87 +395,42 @@ export class WorkloadController {
     return Number.isFinite(next) ? { requeueAfterMs: next } : undefined;
   }
 
-  private async apply(kind: 'Service' | 'Job', tenant: string, ownerName: string, c: Change, alias: Map<string, string>, cells: Cell[]): Promise<void> {
+  /**
+   * Writes one change of an owner's plan (creations go to the placement pipeline instead).
+   * `view` is kept in step with what is written, so the placement pass that follows sees the
+   * instances as they now are.
+   */
+  private async apply(kind: 'Service' | 'Job', tenant: string, ownerName: string, c: Exclude<Change, { op: 'create' }>, view: ModelView): Promise<void> {
     const r = this.o.resources;
     const now = this.o.env.now();
+    const track = (name: string, updated: Instance | undefined): void => {
+      view.instances = view.instances.flatMap((i) => (i.metadata.tenant === tenant && i.metadata.name === name ? (updated ? [updated] : []) : [i]));
+    };
     switch (c.op) {
-      case 'createCell':
-        await this.createCell(c.cell, alias, cells);
-        return;
-      case 'create':
-        try {
-          const planned = c.instance.spec.cell;
-          if (planned) {
-            const actual = alias.get(planned) ?? planned;
-            c.instance.spec.cell = actual;
-            c.instance.status.message = c.instance.status.message?.replace(planned, actual);
-          }
-          const lost = this.evicted.get(`${tenant}/${c.instance.metadata.name}`);
-          if (lost) c.instance.status.failover = lost;
-          const placed = c.instance.spec.host !== '';
-          await r.write(
-            c.instance,
-            0,
-            placed
-              ? systemEntry(now, 'instance.placed', 'Instance', c.instance.metadata.name, tenant, { host: c.instance.spec.host, ...(c.instance.spec.cell ? { cell: c.instance.spec.cell } : {}) })
-              : c.unplaced === 'QuotaExceeded'
-                ? quotaRefusal(now, c.instance.metadata.name, tenant, c.instance.status.message ?? '')
-                : undefined,
-          );
-          this.evicted.delete(`${tenant}/${c.instance.metadata.name}`);
-          this.log.info({ tenant, instance: c.instance.metadata.name, host: c.instance.spec.host }, 'instance created');
-        } catch (e) {
-          if (!isCarapaceError(e, 'CARAPACE_E_ALREADY_EXISTS')) throw e; // someone else made it: level-based, fine
-        }
-        return;
       case 'updateSpec':
-        await r.mutate('Instance', c.name, tenant, (i) => {
-          i.spec = c.spec;
-          i.metadata.generation += 1;
-          i.metadata.updatedAt = now;
-          return i;
-        });
-        return;
-      case 'place':
-        {
-          const cell = c.cell !== undefined ? (alias.get(c.cell) ?? c.cell) : undefined;
-          await r.mutate(
-            'Instance',
-            c.name,
-            tenant,
-            (i) => {
-              if (i.spec.host !== '') return undefined;
-              i.spec.host = c.host;
-              if (cell !== undefined) i.spec.cell = cell;
-              i.status = { ...i.status, phase: 'Pending', reason: 'Scheduled', message: cell ? `placed in cell ${cell} on host ${c.host}` : `placed on host ${c.host}` };
-              return i;
-            },
-            systemEntry(now, 'instance.placed', 'Instance', c.name, tenant, { host: c.host, ...(cell ? { cell } : {}) }),
-          );
-        }
-        return;
-      case 'unschedulable':
-        await r.mutate(
-          'Instance',
+        track(
           c.name,
-          tenant,
-          (i) => {
-            if (i.spec.host !== '') return undefined;
-            i.status = { ...i.status, phase: 'Pending', reason: 'Unschedulable', message: c.message };
+          await r.mutate('Instance', c.name, tenant, (i) => {
+            i.spec = c.spec;
+            i.metadata.generation += 1;
+            i.metadata.updatedAt = now;
             return i;
-          },
-          c.code === 'QuotaExceeded' ? quotaRefusal(now, c.name, tenant, c.message) : undefined,
+          }),
         );
         return;
       case 'requestDeletion':
-        await r.mutate('Instance', c.name, tenant, (i) => {
-          if (i.metadata.deletionRequestedAt) return undefined;
-          i.metadata.deletionRequestedAt = now;
-          return i;
-        });
+        track(
+          c.name,
+          await r.mutate('Instance', c.name, tenant, (i) => {
+            if (i.metadata.deletionRequestedAt) return undefined;
+            i.metadata.deletionRequestedAt = now;
+            return i;
+          }),
+        );
         return;
       case 'forget':
         await r.remove('Instance', c.name, tenant);
+        track(c.name, undefined);
         return;
       case 'serviceStatus':
         await r.mutate('Service', ownerName, tenant, (s) => {

@@ -1,18 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { parseManifest } from '../model/manifest.js';
-import type { Host, Instance, Job, Service } from '../model/objects.js';
+import type { Instance, Job, Service } from '../model/objects.js';
 import { planJob, planService, type Change, type PlanContext } from './workload-plan.js';
 
 const NOW = '2026-01-01T00:00:00.000Z';
-
-function host(name: string, cpu = 2, memoryMiB = 2048, isolation = ['host', 'sandbox']): Host {
-  return {
-    kind: 'Host',
-    metadata: { name, uid: `h-${name}`, labels: {}, resourceVersion: 1, generation: 1, createdAt: NOW, updatedAt: NOW },
-    spec: { labels: {}, unschedulable: false },
-    status: { state: 'Ready', lastHeartbeatAt: NOW, isolation, capacity: { cpu, memoryMiB }, agentVersion: 't' },
-  };
-}
 
 function service(spec: Record<string, unknown>, generation = 1): Service {
   const m = parseManifest({ apiVersion: 'carapace/v1', kind: 'Service', metadata: { name: 'web', tenant: 'acme' }, spec: { image: 'r/web:1', isolation: 'host', ...spec } });
@@ -37,84 +28,69 @@ function job(spec: Record<string, unknown>, phase: Job['status']['phase'] = 'Pen
 }
 
 let ids = 0;
-function ctx(hosts: Host[], all: Instance[] = []): PlanContext {
-  return { now: NOW, newId: () => `id-${++ids}`, hosts, allInstances: all };
+function ctx(): PlanContext {
+  return { now: NOW, newId: () => `id-${++ids}` };
 }
 
 function created(changes: Change[]): Instance[] {
   return changes.flatMap((c) => (c.op === 'create' ? [c.instance] : []));
 }
 
+/** The created instances as they are once the placement pipeline put them on host h1. */
 function materialise(changes: Change[]): Instance[] {
-  return created(changes);
+  return created(changes).map((i) => ({ ...i, spec: { ...i.spec, host: 'h1' } }));
 }
 
 describe('planService', () => {
-  it('creates one deterministically named instance per replica, placed on a host', () => {
+  it('creates one deterministically named instance per replica, waiting for the placement pipeline', () => {
     const s = service({ replicas: 3 });
-    const out = created(planService('web', s, [], ctx([host('h1')])));
+    const out = created(planService('web', s, [], ctx()));
     expect(out.map((i) => i.metadata.name)).toEqual(['web-0', 'web-1', 'web-2']);
-    expect(out.every((i) => i.spec.host === 'h1' && i.status.phase === 'Pending')).toBe(true);
+    expect(out.every((i) => i.spec.host === '' && i.status.phase === 'Pending' && i.status.reason === 'Scheduling')).toBe(true);
   });
 
   it('is idempotent: planning again over its own result creates nothing', () => {
     const s = service({ replicas: 2 });
-    const first = materialise(planService('web', s, [], ctx([host('h1')])));
-    const again = planService('web', s, first, ctx([host('h1')], first));
+    const first = materialise(planService('web', s, [], ctx()));
+    const again = planService('web', s, first, ctx());
     expect(created(again)).toEqual([]);
     expect(again.filter((c) => c.op === 'requestDeletion')).toEqual([]);
   });
 
   it('scales down by removing the highest ordinals', () => {
-    const insts = materialise(planService('web', service({ replicas: 3 }), [], ctx([host('h1')])));
-    const down = planService('web', service({ replicas: 1 }), insts, ctx([host('h1')], insts));
+    const insts = materialise(planService('web', service({ replicas: 3 }), [], ctx()));
+    const down = planService('web', service({ replicas: 1 }), insts, ctx());
     expect(down.filter((c) => c.op === 'requestDeletion').map((c) => (c.op === 'requestDeletion' ? c.name : ''))).toEqual(['web-1', 'web-2']);
   });
 
   it('updates instance specs when the service generation changes', () => {
-    const insts = materialise(planService('web', service({ replicas: 1 }), [], ctx([host('h1')])));
-    const changes = planService('web', service({ replicas: 1, image: 'r/web:2' }, 2), insts, ctx([host('h1')], insts));
+    const insts = materialise(planService('web', service({ replicas: 1 }), [], ctx()));
+    const changes = planService('web', service({ replicas: 1, image: 'r/web:2' }, 2), insts, ctx());
     const upd = changes.find((c) => c.op === 'updateSpec');
     expect(upd && upd.op === 'updateSpec' && upd.spec.container.image).toBe('r/web:2');
   });
 
   it('removes every instance when the service is gone', () => {
-    const insts = materialise(planService('web', service({ replicas: 2 }), [], ctx([host('h1')])));
-    expect(planService('web', undefined, insts, ctx([host('h1')])).map((c) => c.op)).toEqual(['requestDeletion', 'requestDeletion']);
+    const insts = materialise(planService('web', service({ replicas: 2 }), [], ctx()));
+    expect(planService('web', undefined, insts, ctx()).map((c) => c.op)).toEqual(['requestDeletion', 'requestDeletion']);
   });
 
   it('replaces instances of an older service with the same name (different uid)', () => {
-    const insts = materialise(planService('web', service({ replicas: 1 }), [], ctx([host('h1')])));
+    const insts = materialise(planService('web', service({ replicas: 1 }), [], ctx()));
     const recreated = { ...service({ replicas: 1 }), metadata: { ...service({}).metadata, uid: 'new-uid' } };
-    const ops = planService('web', recreated, insts, ctx([host('h1')], insts)).map((c) => c.op);
+    const ops = planService('web', recreated, insts, ctx()).map((c) => c.op);
     expect(ops).toContain('requestDeletion');
   });
 
-  it('explains why an instance cannot be placed', () => {
-    const out = created(planService('web', service({ cpu: 4 }), [], ctx([host('h1', 2)])));
-    expect(out[0]?.spec.host).toBe('');
-    expect(out[0]?.status.reason).toBe('Unschedulable');
-    expect(out[0]?.status.message).toMatch(/4 cpu .* larger than any matching host/);
-    const none = created(planService('web', service({ isolation: 'sandbox' }), [], ctx([host('h1', 2, 2048, ['host'])])));
-    expect(none[0]?.status.reason).toBe('Unschedulable');
-    expect(none[0]?.status.message).toMatch(/sandbox/);
-    const full = [...created(planService('web', service({ replicas: 2, cpu: 1 }), [], ctx([host('h1', 2)])))];
-    const more = created(planService('web2', { ...service({ cpu: 1 }), metadata: { ...service({}).metadata, name: 'web2', uid: 'u2' } }, [], ctx([host('h1', 2)], full)));
-    expect(more[0]?.status.message).toMatch(/room|capacity|cpu/);
-  });
 
-  it('accounts capacity across the instances it plans in one pass', () => {
-    const out = created(planService('web', service({ replicas: 3, cpu: 1 }), [], ctx([host('h1', 2)])));
-    expect(out.map((i) => i.spec.host)).toEqual(['h1', 'h1', '']);
-  });
 
   it("copies the service's probes into each instance's container spec, and a probe change updates the instances", () => {
     const probes = { livenessProbe: { httpGet: { path: '/healthz', port: 8080 } }, readinessProbe: { tcpSocket: { port: 8080 }, periodSeconds: 2 } };
-    const [inst] = created(planService('web', service({ ...probes }), [], ctx([host('h1')])));
+    const [inst] = created(planService('web', service({ ...probes }), [], ctx()));
     expect(inst?.spec.container.livenessProbe).toEqual({ httpGet: { path: '/healthz', port: 8080 }, initialDelaySeconds: 0, periodSeconds: 10, timeoutSeconds: 1, failureThreshold: 3, successThreshold: 1 });
     expect(inst?.spec.container.readinessProbe?.periodSeconds).toBe(2);
     expect(inst?.status.ready).toBe(false);
-    const changes = planService('web', service({ ...probes, readinessProbe: { tcpSocket: { port: 9090 } } }, 2), inst ? [inst] : [], ctx([host('h1')]));
+    const changes = planService('web', service({ ...probes, readinessProbe: { tcpSocket: { port: 9090 } } }, 2), inst ? [inst] : [], ctx());
     const upd = changes.find((c) => c.op === 'updateSpec');
     expect(upd?.op === 'updateSpec' && upd.spec.container.readinessProbe?.tcpSocket).toEqual({ port: 9090 });
   });
@@ -122,11 +98,11 @@ describe('planService', () => {
   it('counts as ready only Running instances whose readiness probe passes (or that have none)', () => {
     const run = (i: Instance, ready: boolean, phase: Instance['status']['phase'] = 'Running'): Instance => ({ ...i, status: { ...i.status, phase, ready } });
     const withProbe = service({ replicas: 4, readinessProbe: { httpGet: { port: 8080 } } });
-    const insts = materialise(planService('web', withProbe, [], ctx([host('h1')])));
+    const insts = materialise(planService('web', withProbe, [], ctx()));
     const [a, b, c, d] = insts;
     if (!a || !b || !c || !d) throw new Error('expected four');
     const mixed = [run(a, true), run(b, false), run(c, true, 'Backoff'), { ...run(d, true), metadata: { ...d.metadata, deletionRequestedAt: NOW } }];
-    const st = planService('web', withProbe, mixed, ctx([host('h1')], mixed)).find((ch) => ch.op === 'serviceStatus');
+    const st = planService('web', withProbe, mixed, ctx()).find((ch) => ch.op === 'serviceStatus');
     expect(st?.op === 'serviceStatus' && st.ready).toBe(1);
     // Records written before `status.ready` existed: Running without a readiness probe is ready, with one it is not.
     const legacy = (i: Instance): Instance => {
@@ -134,77 +110,44 @@ describe('planService', () => {
       return { ...i, status: status as Instance['status'] }; // `as`: deliberately an old record without `ready`
     };
     const plain = service({ replicas: 1 });
-    const old = materialise(planService('web', plain, [], ctx([host('h1')]))).map(legacy);
-    const st2 = planService('web', plain, old, ctx([host('h1')], old)).find((ch) => ch.op === 'serviceStatus');
+    const old = materialise(planService('web', plain, [], ctx())).map(legacy);
+    const st2 = planService('web', plain, old, ctx()).find((ch) => ch.op === 'serviceStatus');
     expect(st2?.op === 'serviceStatus' && st2.ready).toBe(1);
     const oldProbed = [legacy(a)];
-    const st3 = planService('web', withProbe, oldProbed, ctx([host('h1')], oldProbed)).find((ch) => ch.op === 'serviceStatus');
+    const st3 = planService('web', withProbe, oldProbed, ctx()).find((ch) => ch.op === 'serviceStatus');
     expect(st3?.op === 'serviceStatus' && st3.ready).toBe(0);
   });
 
-  it('spreads across hosts by free capacity', () => {
-    const out = created(planService('web', service({ replicas: 2, cpu: 1 }), [], ctx([host('a', 2), host('b', 2)])));
-    expect(new Set(out.map((i) => i.spec.host))).toEqual(new Set(['a', 'b']));
-  });
 });
 
 describe('planJob', () => {
   it('starts at most `parallelism` instances', () => {
-    const out = created(planJob('batch', job({ completions: 5, parallelism: 2 }), [], ctx([host('h1')])));
+    const out = created(planJob('batch', job({ completions: 5, parallelism: 2 }), [], ctx()));
     expect(out.map((i) => i.metadata.name)).toEqual(['batch-0', 'batch-1']);
     expect(out[0]?.spec.restartPolicy).toBe('OnFailure');
   });
 
   it('continues with the next indexes as instances succeed, then succeeds', () => {
     const j = job({ completions: 3, parallelism: 2 });
-    let insts = materialise(planJob('batch', j, [], ctx([host('h1')])));
+    let insts = materialise(planJob('batch', j, [], ctx()));
     insts = insts.map((i) => ({ ...i, status: { ...i.status, phase: 'Succeeded' as const } }));
-    const next = created(planJob('batch', j, insts, ctx([host('h1')], insts)));
+    const next = created(planJob('batch', j, insts, ctx()));
     expect(next.map((i) => i.metadata.name)).toEqual(['batch-2']);
     const all = [...insts, ...next.map((i) => ({ ...i, status: { ...i.status, phase: 'Succeeded' as const } }))];
-    const done = planJob('batch', j, all, ctx([host('h1')], all)).find((c) => c.op === 'jobStatus');
+    const done = planJob('batch', j, all, ctx()).find((c) => c.op === 'jobStatus');
     expect(done && done.op === 'jobStatus' && done.status.phase).toBe('Succeeded');
   });
 
   it('fails the job when an instance exhausts its retries, and stops the rest', () => {
     const j = job({ completions: 2, parallelism: 2, backoffLimit: 1 });
-    const insts = materialise(planJob('batch', j, [], ctx([host('h1')])));
+    const insts = materialise(planJob('batch', j, [], ctx()));
     const [a, b] = insts;
     if (!a || !b) throw new Error('expected two');
     const failed = [{ ...a, status: { ...a.status, phase: 'Failed' as const, restarts: 1, message: 'exited with code 3' } }, { ...b, status: { ...b.status, phase: 'Running' as const } }];
-    const changes = planJob('batch', j, failed, ctx([host('h1')], failed));
+    const changes = planJob('batch', j, failed, ctx());
     const st = changes.find((c) => c.op === 'jobStatus');
     expect(st && st.op === 'jobStatus' && st.status.phase).toBe('Failed');
     expect(st && st.op === 'jobStatus' && st.status.reason).toMatch(/exited with code 3/);
     expect(changes.some((c) => c.op === 'requestDeletion' && c.name === 'batch-1')).toBe(true);
-  });
-});
-
-describe('planService with cells', () => {
-  const vmHost = (name: string): Host => host(name, 8, 16384, ['host', 'sandbox', 'cell', 'dedicated']);
-  let cellN = 0;
-  const cellCtx = (hosts: Host[], all: Instance[] = []): PlanContext => ({ ...ctx(hosts, all), cells: [], newCellId: () => `cell-${++cellN}` });
-
-  it("packs a group's replicas into one new cell", () => {
-    const changes = planService('web', service({ isolation: 'cell', replicas: 2, cpu: 0.25, memory: '128Mi' }), [], cellCtx([vmHost('h1')]));
-    const cells = changes.filter((c) => c.op === 'createCell');
-    expect(cells).toHaveLength(1);
-    const inst = created(changes);
-    expect(new Set(inst.map((i) => i.spec.cell))).toEqual(new Set([cells[0]?.op === 'createCell' ? cells[0].cell.id : '?']));
-    expect(cells[0]?.op === 'createCell' && cells[0].cell.tenant).toBe('acme');
-  });
-
-  it('gives each dedicated instance a VM of its own', () => {
-    const changes = planService('web', service({ isolation: 'dedicated', replicas: 2 }), [], cellCtx([vmHost('h1')]));
-    const cells = changes.flatMap((c) => (c.op === 'createCell' ? [c.cell] : []));
-    expect(cells).toHaveLength(2);
-    expect(cells.every((c) => c.dedicated)).toBe(true);
-    expect(new Set(created(changes).map((i) => i.spec.cell)).size).toBe(2);
-  });
-
-  it('does not place a cell instance on a host without the cell tier', () => {
-    const out = created(planService('web', service({ isolation: 'cell' }), [], cellCtx([host('h1')])));
-    expect(out[0]?.spec.host).toBe('');
-    expect(out[0]?.status.reason).toBe('Unschedulable');
   });
 });

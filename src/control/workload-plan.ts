@@ -4,20 +4,14 @@
  * writes it. Deterministic instance names (`web-0`, `web-1`…) make every step idempotent:
  * running the plan twice creates nothing twice.
  */
-import { instanceName, instanceReady, TERMINAL_PHASES, type Cell, type Host, type Instance, type InstanceSpec, type Job, type JobStatus, type Service } from '../model/objects.js';
-import type { PlannedCell, TenantQuota, UnplacedCode } from '../scheduler/types.js';
+import { instanceName, instanceReady, TERMINAL_PHASES, type Instance, type InstanceSpec, type Job, type JobStatus, type Service } from '../model/objects.js';
 import type { ContainerSpec, JobSpec, ServiceSpec } from '../model/schemas.js';
-import { placePending } from '../scheduler/model-adapter.js';
 
 export type Change =
-  /** A new cell (VM) for a (tenant, group); the controller may claim a warm cell instead. */
-  | { op: 'createCell'; cell: PlannedCell }
-  /** `unplaced`: why the scheduler could not place it (the instance is created waiting). */
-  | { op: 'create'; instance: Instance; unplaced?: UnplacedCode }
+  /** A new instance, not placed yet: the placement pipeline writes it with its host or why it waits. */
+  | { op: 'create'; instance: Instance }
   /** Replace the instance's spec (the owner changed); the agent restarts the container. */
   | { op: 'updateSpec'; name: string; spec: InstanceSpec }
-  | { op: 'place'; name: string; host: string; cell?: string }
-  | { op: 'unschedulable'; name: string; message: string; code?: UnplacedCode }
   | { op: 'requestDeletion'; name: string }
   /** Drop an instance record that no agent holds (never placed). */
   | { op: 'forget'; name: string }
@@ -27,15 +21,6 @@ export type Change =
 export interface PlanContext {
   now: string;
   newId: () => string;
-  hosts: Host[];
-  /** Every instance in the cluster, for capacity accounting. */
-  allInstances: Instance[];
-  /** Every cell in the cluster. */
-  cells?: Cell[];
-  /** Fresh cell names. */
-  newCellId?: () => string;
-  /** Tenant quotas the scheduler must not exceed. */
-  quotas?: TenantQuota[];
 }
 
 function containerOf(spec: ServiceSpec | JobSpec): ContainerSpec {
@@ -50,7 +35,7 @@ function containerOf(spec: ServiceSpec | JobSpec): ContainerSpec {
   return c;
 }
 
-/** A new, not yet placed instance; `placeAll` then gives it a host or a reason. */
+/** A new, not yet placed instance; the placement pipeline then gives it a host or a reason. */
 function newInstance(owner: Service | Job, index: number, ctx: PlanContext, restart: Pick<InstanceSpec, 'restartPolicy' | 'maxRestarts'>): Instance {
   const tenant = owner.metadata.tenant ?? '';
   const spec: InstanceSpec = {
@@ -76,43 +61,6 @@ function newInstance(owner: Service | Job, index: number, ctx: PlanContext, rest
     spec,
     status: { phase: 'Pending', reason: 'Scheduling', restarts: 0, ready: false },
   };
-}
-
-/**
- * Places new and still-unplaced instances in one scheduler call (so replicas spread and
- * capacity is shared fairly): new instances get their host (or an Unschedulable reason)
- * before they are written; existing ones get `place`/`unschedulable` changes.
- */
-function placeAll(created: Instance[], waiting: Instance[], ctx: PlanContext): Change[] {
-  const pending = [...created, ...waiting.filter((i) => i.spec.host === '' && !i.metadata.deletionRequestedAt)];
-  if (pending.length === 0) return [];
-  const r = placePending(ctx.hosts, ctx.allInstances, pending, Date.parse(ctx.now), ctx.cells ?? [], ctx.newCellId, ctx.quotas ?? []);
-  const out: Change[] = r.plan.createCells.map((cell) => ({ op: 'createCell' as const, cell }));
-  const isNew = new Set(created.map((i) => i.metadata.name));
-  for (const i of pending) {
-    const host = r.hosts.get(i.metadata.name);
-    const cell = r.cells.get(i.metadata.name);
-    const reason = r.reasons.get(i.metadata.name) ?? 'not placed';
-    const where = cell !== undefined ? `cell ${cell} on host ${host ?? '?'}` : `host ${host ?? '?'}`;
-    if (isNew.has(i.metadata.name)) {
-      if (host !== undefined) {
-        i.spec.host = host;
-        if (cell !== undefined) i.spec.cell = cell;
-        i.status = { ...i.status, reason: 'Scheduled', message: `placed in ${where}` };
-        out.push({ op: 'create', instance: i });
-      } else {
-        i.status = { ...i.status, reason: 'Unschedulable', message: reason };
-        const code = r.codes.get(i.metadata.name);
-        out.push({ op: 'create', instance: i, ...(code ? { unplaced: code } : {}) });
-      }
-    } else if (host !== undefined) {
-      out.push({ op: 'place', name: i.metadata.name, host, ...(cell !== undefined ? { cell } : {}) });
-    } else if (i.status.message !== reason) {
-      const code = r.codes.get(i.metadata.name);
-      out.push({ op: 'unschedulable', name: i.metadata.name, message: reason, ...(code ? { code } : {}) });
-    }
-  }
-  return out;
 }
 
 function ownedBy(owner: { metadata: { name: string } }, kind: 'Service' | 'Job', instances: Instance[]): Instance[] {
@@ -161,7 +109,7 @@ export function planService(serviceName: string, service: Service | undefined, i
       });
     }
   }
-  changes.push(...placeAll(planned, current.filter((i) => i.spec.index < service.spec.replicas), ctx));
+  changes.push(...planned.map((instance) => ({ op: 'create' as const, instance })));
   const ready = current.filter(instanceReady).length;
   if (ready !== service.status.ready || service.status.observedGeneration !== service.metadata.generation) {
     changes.push({ op: 'serviceStatus', ready, observedGeneration: service.metadata.generation });
@@ -207,7 +155,7 @@ export function planJob(jobName: string, job: Job | undefined, instances: Instan
       planned.push(newInstance(job, index, ctx, restart));
       running++;
     }
-    changes.push(...placeAll(planned, active, ctx));
+    changes.push(...planned.map((instance) => ({ op: 'create' as const, instance })));
     if (status.phase === 'Pending' && (running > 0 || succeeded > 0)) {
       status.phase = 'Running';
       status.startedAt = ctx.now;

@@ -101,6 +101,45 @@ export class Resources {
   }
 
   /**
+   * Writes several objects in ONE store transaction with their audit records (consecutive,
+   * in the same transaction) and allocation records: all land or none does. `expectVersion`
+   * per object as in `write` (0: must not exist). Returns the objects with their new
+   * resourceVersion. A failed precondition is CARAPACE_E_CONFLICT naming the object (or
+   * CARAPACE_E_ALREADY_EXISTS for a create-only write); nothing was written then. Keep a call
+   * well under the store's transaction limit (etcd: 128 operations, counting these records).
+   */
+  async writeAll(writes: readonly { obj: AnyObject; expectVersion?: number }[], audits: readonly AuditEntry[] = []): Promise<AnyObject[]> {
+    if (writes.length === 0) return [];
+    const env = this.env;
+    const puts: TxnOp[] = writes.map(({ obj, expectVersion }) => ({
+      op: 'put',
+      key: keyOf(obj),
+      value: obj,
+      ...(expectVersion === undefined ? {} : { expect: expectVersion === 0 ? { absent: true as const } : { version: expectVersion } }),
+    }));
+    // Recomputed on every attempt of the audit commit: open allocation records may have moved.
+    const ops = async (): Promise<TxnOp[]> => {
+      if (!env) return puts;
+      const extra = await Promise.all(writes.map(({ obj }) => allocationOps(this.store, keyOf(obj), obj, env.now(), () => env.newId())));
+      return [...puts, ...extra.flat()];
+    };
+    let revision: number;
+    try {
+      if (audits.length > 0 && this.audit) revision = (await this.audit.commitBatch(audits, ops)).revision;
+      else revision = (await this.store.txn(await ops())).revision;
+    } catch (e) {
+      if (e instanceof ConflictError) {
+        const w = writes.find(({ obj }) => keyOf(obj) === e.key);
+        if (w?.expectVersion === 0) throw new CarapaceError('CARAPACE_E_ALREADY_EXISTS', `${w.obj.kind.toLowerCase()} "${w.obj.metadata.name}" already exists`);
+        const what = w ? `${w.obj.kind.toLowerCase()} "${w.obj.metadata.name}"` : e.key;
+        throw new CarapaceError('CARAPACE_E_CONFLICT', `${what} was changed by someone else (resourceVersion ${w?.expectVersion ?? '?'} given, ${e.actualVersion} stored); re-read and retry`);
+      }
+      throw e;
+    }
+    return writes.map(({ obj }) => ({ ...obj, metadata: { ...obj.metadata, resourceVersion: revision } }));
+  }
+
+  /**
    * Read-modify-write with retry on conflict: `fn` gets a fresh copy and returns the new
    * object, or undefined to leave it unchanged. Returns the stored result (undefined when
    * the object is absent). Use for fields one writer owns (e.g. the agent's status).

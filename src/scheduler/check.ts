@@ -9,9 +9,10 @@ import type { CellPolicy, Snapshot } from './types.js';
 
 /**
  * Returns one sentence per violated rule (empty when the snapshot is sound): host capacity with
- * overcommit, cell room and `maxInstancesPerCell`, one (tenant, group) per cell, `spread:
- * required`, tiers, node selectors, tenant quotas, and no cell or instance on a host that is
- * missing or not ready.
+ * overcommit (instances, cells, warm cells and machines all charged), cell room and
+ * `maxInstancesPerCell`, one (tenant, group) per cell and nothing placed in a warm cell, `spread:
+ * required`, tiers, node selectors, host constraints, tenant quotas (machines count cpu and
+ * memory, not instances), and no cell, instance or machine on a host that is missing or not ready.
  */
 export function checkSnapshot(s: Snapshot): string[] {
   const out: string[] = [];
@@ -30,8 +31,10 @@ export function checkSnapshot(s: Snapshot): string[] {
   if (cells.size !== s.cells.length) out.push('two cells share an id');
   for (const c of s.cells) {
     const h = hosts.get(c.host);
+    const warm = c.warm === true || c.tenant === '';
     if (h === undefined || !h.ready) out.push(`cell ${c.id} is on host ${c.host}, which is missing or not ready`);
-    else if (!h.isolation.includes(c.dedicated === true ? 'dedicated' : 'cell')) out.push(`cell ${c.id} is on host ${c.host}, which cannot run it`);
+    else if (!warm && !h.isolation.includes(c.dedicated === true ? 'dedicated' : 'cell')) out.push(`cell ${c.id} is on host ${c.host}, which cannot run it`);
+    if (warm && (c.tenant !== '' || c.group !== '')) out.push(`warm cell ${c.id} names tenant ${c.tenant} / group ${c.group}`);
     use(c.host, milli(c.cpu), Math.ceil(c.memoryMiB));
   }
   const cellUse = new Map<string, { cpu: number; mem: number; n: number }>();
@@ -45,15 +48,18 @@ export function checkSnapshot(s: Snapshot): string[] {
     const t = tenantUse.get(r.tenant) ?? { cpu: 0, mem: 0, n: 0 };
     t.cpu += milli(r.cpu);
     t.mem += Math.ceil(r.memoryMiB);
-    t.n++;
+    if (r.isolation !== 'machine') t.n++;
     tenantUse.set(r.tenant, t);
     const h = hosts.get(p.host);
     if (h === undefined || !h.ready) out.push(`instance ${r.id} is on host ${p.host}, which is missing or not ready`);
     for (const [k, v] of Object.entries(r.nodeSelector ?? {})) {
       if (h !== undefined && h.labels[k] !== v) out.push(`instance ${r.id} is on host ${p.host}, which does not match ${k}=${v}`);
     }
+    for (const c of r.constraints ?? []) {
+      if (!c.hosts.includes(p.host)) out.push(`instance ${r.id} is on host ${p.host}, which ${c.name} does not allow`);
+    }
     if (p.cell === undefined) {
-      if (r.isolation !== 'host' && r.isolation !== 'sandbox') out.push(`instance ${r.id} (isolation ${r.isolation}) has no cell`);
+      if (r.isolation !== 'host' && r.isolation !== 'sandbox' && r.isolation !== 'machine') out.push(`instance ${r.id} (isolation ${r.isolation}) has no cell`);
       else if (h !== undefined && !h.isolation.includes(r.isolation)) out.push(`instance ${r.id} is on host ${p.host}, which lacks ${r.isolation}`);
       use(p.host, milli(r.cpu), Math.ceil(r.memoryMiB));
       if (r.spread === 'required') {

@@ -21,15 +21,18 @@ export function schedule(snapshot: Snapshot, demand: Demand, opts: ScheduleOptio
 
 /**
  * Returns the snapshot that results from carrying out `plan` (a new object; `snapshot` is not
- * modified): created cells added as `creating`, retired cells and removed instances dropped,
+ * modified): created cells added as `creating` (claimed warm cells become the group's, still
+ * `running`), retired cells and removed instances dropped,
  * placements and moves recorded. Used by callers that keep state in memory and by the tests.
  */
 export function applyPlan(snapshot: Snapshot, plan: Plan): Snapshot {
   const retired = new Set(plan.retireCells.map((c) => c.id));
+  const claimed = new Set(plan.createCells.filter((c) => c.fromWarmPool === true).map((c) => c.id));
   const removed = new Set(plan.removed);
-  const cells = snapshot.cells.filter((c) => !retired.has(c.id));
+  const cells = snapshot.cells.filter((c) => !retired.has(c.id) && !claimed.has(c.id));
   for (const c of plan.createCells) {
-    cells.push({ id: c.id, tenant: c.tenant, group: c.group, host: c.host, cpu: c.cpu, memoryMiB: c.memoryMiB, state: 'creating', dedicated: c.dedicated });
+    // A claimed warm cell is already booted: it keeps running, now as the group's.
+    cells.push({ id: c.id, tenant: c.tenant, group: c.group, host: c.host, cpu: c.cpu, memoryMiB: c.memoryMiB, state: c.fromWarmPool === true ? 'running' : 'creating', dedicated: c.dedicated });
   }
   const byId = new Map<string, Placement>();
   for (const p of snapshot.placements) if (!removed.has(p.instance.id)) byId.set(p.instance.id, p);

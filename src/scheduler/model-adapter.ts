@@ -1,13 +1,13 @@
 /**
- * Glue from the control-plane model (src/model) to the scheduler's own types, for the path
- * the control plane runs today: `host` and `sandbox` instances on one or a few hosts. Pure.
- * Cells are not in the model yet; when they are, their snapshot rows are added here.
+ * Glue from the control-plane model (src/model) to the scheduler's own types. Pure. Every
+ * reservation on a host becomes a snapshot row: host-run instances and machines as
+ * placements, cells (warm ones too) as cells; what is on a host that is not ready is left out
+ * (the controller fails it over; nothing new goes there).
  */
-import { TERMINAL_PHASES, type Cell, type Host, type Instance, type Tenant } from '../model/objects.js';
-import { schedule } from './index.js';
-import type { CellInfo, HostInfo, InstanceRequest, Isolation, Plan, Snapshot, TenantQuota, UnplacedCode } from './types.js';
+import { TERMINAL_PHASES, type Cell, type Host, type Instance, type Machine, type Tenant } from '../model/objects.js';
+import type { CellInfo, HostInfo, InstanceRequest, Isolation, Placement, Snapshot, TenantQuota } from './types.js';
 
-const TIERS = new Set<string>(['cell', 'dedicated', 'host', 'sandbox']);
+const TIERS = new Set<string>(['cell', 'dedicated', 'host', 'sandbox', 'machine']);
 
 /** The scheduler's view of a registered host. */
 export function hostInfoFromModel(h: Host): HostInfo {
@@ -19,12 +19,12 @@ export function hostInfoFromModel(h: Host): HostInfo {
     ...(h.spec.overcommit ? { overcommit: { cpu: h.spec.overcommit.cpu, memory: h.spec.overcommit.memory } } : {}),
     ready: h.status.state === 'Ready',
     schedulable: !h.spec.unschedulable,
-    // The narrowing filter keeps only the four tier names, so the cast cannot admit others.
+    // The narrowing filter keeps only the scheduler's tier names, so the cast cannot admit others.
     isolation: h.status.isolation.filter((t) => TIERS.has(t)) as Isolation[],
   };
 }
 
-/** The scheduler's view of a tenant's quota (instances' cpu, memory and count; cells). */
+/** The scheduler's view of a tenant's quota (instances' and machines' cpu and memory, instance count, cells). */
 export function tenantQuotaFromModel(t: Tenant): TenantQuota | undefined {
   const q = t.spec.quota;
   if (!q || (q.cpu === undefined && q.memory === undefined && q.instances === undefined && q.cells === undefined)) return undefined;
@@ -40,6 +40,11 @@ export function tenantQuotaFromModel(t: Tenant): TenantQuota | undefined {
 /** The scheduler's id of an instance object: `tenant/name` (instance names are unique per tenant). */
 export function schedulerId(i: Instance): string {
   return `${i.metadata.tenant ?? ''}/${i.metadata.name}`;
+}
+
+/** The scheduler's id of a machine: `m:tenant/name` (`:` is in no object name, so never an instance's id). */
+export function machineSchedulerId(m: Machine): string {
+  return `m:${m.metadata.tenant ?? ''}/${m.metadata.name}`;
 }
 
 /**
@@ -60,67 +65,61 @@ export function instanceRequestFromModel(i: Instance): InstanceRequest {
   };
 }
 
+/** The request for one machine: its vCPUs and memory on a host that runs VMs (tier `machine`). */
+export function machineRequestFromModel(m: Machine): InstanceRequest {
+  return {
+    id: machineSchedulerId(m),
+    tenant: m.metadata.tenant ?? '',
+    group: '',
+    service: `machine/${m.metadata.name}`,
+    isolation: 'machine',
+    cpu: m.spec.cpu,
+    memoryMiB: m.spec.memory,
+  };
+}
+
 /**
- * The scheduler's view of a cell object. Warm (unassigned) cells are never offered to
- * instances: the scheduler plans a new cell and the controller then claims a matching warm
- * one instead of booting (compare-and-set), so a warm cell is never handed to two groups.
+ * The scheduler's view of a cell object. A warm (unassigned) cell is offered for claiming
+ * once Ready; a cell being deleted, retiring, failed or lost takes nothing new (`draining`)
+ * but is charged to its host until its record is gone.
  */
 export function cellInfoFromModel(c: Cell): CellInfo {
-  // Warm (unassigned) cells are listed as draining: their size is charged to the host, but
-  // no instance is ever placed into them by a plan (the controller claims them instead).
-  if (c.spec.tenant === '') return { id: c.metadata.name, tenant: '', group: '', host: c.spec.host, cpu: c.spec.cpu, memoryMiB: c.spec.memoryMiB, state: 'draining' };
-  const state = c.metadata.deletionRequestedAt || c.status.phase === 'Retiring' || c.status.phase === 'Failed' || c.status.phase === 'Lost' ? 'draining' : c.status.phase === 'Ready' ? 'running' : 'creating';
+  const gone = c.metadata.deletionRequestedAt !== undefined || c.status.phase === 'Retiring' || c.status.phase === 'Failed' || c.status.phase === 'Lost';
+  const state = gone ? 'draining' : c.status.phase === 'Ready' ? 'running' : 'creating';
+  if (c.spec.tenant === '') return { id: c.metadata.name, tenant: '', group: '', host: c.spec.host, cpu: c.spec.cpu, memoryMiB: c.spec.memoryMiB, state, warm: true };
   return { id: c.metadata.name, tenant: c.spec.tenant, group: c.spec.group, host: c.spec.host, cpu: c.spec.cpu, memoryMiB: c.spec.memoryMiB, state, dedicated: c.spec.dedicated };
 }
 
-/**
- * A snapshot of `hosts` and assigned `cells` with the placed, not yet finished `instances` as
- * placements (those with a host and a non-terminal phase).
- */
-export function snapshotFromModel(hosts: Host[], instances: Instance[], cells: Cell[] = [], quotas: TenantQuota[] = []): Snapshot {
-  const cellInfos = cells.map(cellInfoFromModel);
-  const known = new Set(cellInfos.map((c) => c.id));
-  const placements = instances
-    .filter((i) => i.spec.host !== '' && !TERMINAL_PHASES.includes(i.status.phase))
-    .map((i) => ({ instance: instanceRequestFromModel(i), host: i.spec.host, ...(i.spec.cell && known.has(i.spec.cell) ? { cell: i.spec.cell } : {}) }));
-  return { hosts: hosts.map(hostInfoFromModel), cells: cellInfos, placements, ...(quotas.length ? { quotas } : {}) };
+/** The control-plane objects a snapshot is built from. */
+export interface ModelView {
+  hosts: Host[];
+  instances: Instance[];
+  cells: Cell[];
+  machines: Machine[];
+  tenants: Tenant[];
 }
 
 /**
- * Places the `pending` instance objects (those with an empty `spec.host`) among `hosts`, given
- * everything else already placed in `instances`. Returns host names by instance name, and a
- * reason for each one that could not go anywhere (for `status.message` and `carapace
- * describe`). For `cell`/`dedicated` instances the plan also asks for cells, which only a
- * caller that runs cells may act on; this helper is for the host-run tiers.
+ * The scheduler's snapshot of the cluster: every host; on the ready ones, every cell (warm
+ * ones too), every placed instance not in a terminal phase (with its cell when it has one)
+ * and every placed machine; every tenant's quota. Instances, cells and machines of hosts that
+ * are not ready are left out: the controller fails the instances over and retires the cells,
+ * machines stay with their disks, and no plan puts anything there meanwhile.
  */
-export function placePending(
-  hosts: Host[],
-  instances: Instance[],
-  pending: Instance[],
-  now: number,
-  cells: Cell[] = [],
-  newId?: () => string,
-  quotas: TenantQuota[] = [],
-): { hosts: Map<string, string>; cells: Map<string, string>; reasons: Map<string, string>; codes: Map<string, UnplacedCode>; plan: Plan } {
-  const snapshot = snapshotFromModel(hosts, instances, cells, quotas);
-  let n = 0;
-  const plan = schedule(snapshot, { place: pending.map(instanceRequestFromModel) }, { now, newId: newId ?? (() => `cell-${now.toString(36)}-${n++}`) });
-  const byId = new Map(pending.map((i) => [schedulerId(i), i.metadata.name]));
-  const placed = new Map<string, string>();
-  const inCell = new Map<string, string>();
-  for (const p of plan.placements) {
-    const name = byId.get(p.instance.id);
-    if (name !== undefined) placed.set(name, p.host);
-    if (name !== undefined && p.cell !== undefined) inCell.set(name, p.cell);
+export function snapshotFromModel(v: ModelView): Snapshot {
+  const ready = new Set(v.hosts.filter((h) => h.status.state === 'Ready').map((h) => h.metadata.name));
+  const cells = v.cells.filter((c) => ready.has(c.spec.host)).map(cellInfoFromModel);
+  const known = new Set(cells.map((c) => c.id));
+  const placements: Placement[] = [];
+  for (const i of v.instances) {
+    if (i.spec.host === '' || !ready.has(i.spec.host) || TERMINAL_PHASES.includes(i.status.phase)) continue;
+    if (i.spec.cell && !known.has(i.spec.cell)) continue; // its cell is gone: the controller replaces it
+    placements.push({ instance: instanceRequestFromModel(i), host: i.spec.host, ...(i.spec.cell ? { cell: i.spec.cell } : {}) });
   }
-  const reasons = new Map<string, string>();
-  const codes = new Map<string, UnplacedCode>();
-  for (const u of plan.unplaced) {
-    const name = byId.get(u.instance.id);
-    if (name !== undefined) {
-      reasons.set(name, u.reason);
-      codes.set(name, u.code);
-    }
+  for (const m of v.machines) {
+    if (m.status.host === '' || !ready.has(m.status.host)) continue;
+    placements.push({ instance: machineRequestFromModel(m), host: m.status.host });
   }
-  return { hosts: placed, cells: inCell, reasons, codes, plan };
+  const quotas = v.tenants.map(tenantQuotaFromModel).filter((q): q is TenantQuota => q !== undefined);
+  return { hosts: v.hosts.map(hostInfoFromModel), cells, placements, ...(quotas.length ? { quotas } : {}) };
 }

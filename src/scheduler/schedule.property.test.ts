@@ -2,9 +2,11 @@
  * Property tests: random small clusters from `sim` and random sequences of apply, delete, scale,
  * host failure/recovery, cordon and consolidation, driven the way a level-based reconciler
  * drives the scheduler (desired instances not running are asked for again every step).
+ * Clusters hold machines (placed like everything else) and warm cells (claimed by plans).
  * After every step: the resulting snapshot passes the independent checker (capacity, one
  * tenant/group per cell, spread, quota, tiers, selectors), every asked-for instance is either
- * placed or has a reason, and the same input gives the same plan. numRuns total >= 10,000.
+ * placed or has a reason, a claimed warm cell was warm, running and claimed once, and the same
+ * input gives the same plan. numRuns total >= 10,000.
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
@@ -25,16 +27,18 @@ const clusterArb = fc.record({
   tenants: fc.integer({ min: 1, max: 3 }),
   instances: fc.integer({ min: 1, max: 40 }),
   tight: fc.boolean(),
+  machines: fc.integer({ min: 0, max: 4 }),
+  warm: fc.integer({ min: 0, max: 4 }),
 });
 
-type ClusterArgs = { seed: number; hosts: number; tenants: number; instances: number; tight: boolean };
+type ClusterArgs = { seed: number; hosts: number; tenants: number; instances: number; tight: boolean; machines: number; warm: number };
 
-function cluster(a: ClusterArgs): { snapshot: Snapshot; services: SimService[] } {
-  const sim = generateCluster({ seed: a.seed, hosts: a.hosts, tenants: a.tenants, instances: a.instances, zones: 2, hostSize: 'small', sizeMix: 'varied', nonCellFraction: 0.3, tightQuotaFraction: a.tight ? 0.5 : 0 });
+function cluster(a: ClusterArgs): { snapshot: Snapshot; services: SimService[]; machines: InstanceRequest[] } {
+  const sim = generateCluster({ seed: a.seed, hosts: a.hosts, tenants: a.tenants, instances: a.instances, zones: 2, hostSize: 'small', sizeMix: 'varied', nonCellFraction: 0.3, tightQuotaFraction: a.tight ? 0.5 : 0, machines: a.machines, warmCells: a.warm });
   // Odd seeds: no per-cell limit, so both packing paths (best-fit decreasing and the
   // slot-aware fill used under maxInstancesPerCell) are exercised.
   const snapshot = a.seed % 2 === 1 ? { ...sim.snapshot, groupPolicies: (sim.snapshot.groupPolicies ?? []).map((p) => ({ ...p, maxInstancesPerCell: 0 })) } : sim.snapshot;
-  return { snapshot, services: sim.services };
+  return { snapshot, services: sim.services, machines: sim.machines };
 }
 
 /** Plans twice (determinism), checks the plan against the demand and the result against the rules. */
@@ -53,6 +57,14 @@ function step(s: Snapshot, demand: Demand, now: number): { plan: Plan; next: Sna
   for (const r of demand.place) {
     if (placedBefore.has(r.id) || removed.has(r.id)) continue;
     expect(placed.has(r.id) || unplaced.has(r.id)).toBe(true);
+  }
+  // A warm cell is claimed only while warm and running, by one group, once.
+  const created = plan.createCells.map((c) => c.id);
+  expect(new Set(created).size).toBe(created.length);
+  for (const c of plan.createCells) {
+    const before = s.cells.find((x) => x.id === c.id);
+    if (c.fromWarmPool === true) expect(before).toMatchObject({ warm: true, tenant: '', state: 'running' });
+    else expect(before).toBeUndefined();
   }
   const next = applyPlan(s, plan);
   expect(checkSnapshot(next)).toEqual([]);
@@ -73,7 +85,7 @@ describe('scheduler properties', () => {
   it('keeps every hard rule through random apply/delete/scale/host-failure sequences', () => {
     fc.assert(
       fc.property(clusterArb, fc.array(opArb, { minLength: 1, maxLength: 8 }), (args, ops) => {
-        const { snapshot, services } = cluster(args);
+        const { snapshot, services, machines } = cluster(args);
         let s = snapshot;
         const queue = [...services];
         const desired: SimService[] = [];
@@ -97,6 +109,7 @@ describe('scheduler properties', () => {
           // Level-based: ask for every desired instance, remove every placed one no longer desired.
           const want = new Map<string, InstanceRequest>();
           for (const svc of desired) for (const r of instancesOf(svc)) want.set(r.id, r);
+          for (const m of machines.slice(0, desired.length)) want.set(m.id, m);
           const remove = s.placements.map((p) => p.instance.id).filter((id) => !want.has(id));
           const demand: Demand = { place: [...want.values()], remove };
           if (consolidate !== undefined) demand.consolidate = consolidate;
@@ -113,15 +126,17 @@ describe('scheduler properties', () => {
   it('places whole random workloads within the rules, whatever the input order', () => {
     fc.assert(
       fc.property(clusterArb, fc.boolean(), (args, reverse) => {
-        const { snapshot, services } = cluster(args);
-        const place = services.flatMap(instancesOf);
+        const { snapshot, services, machines } = cluster(args);
+        const place = [...services.flatMap(instancesOf), ...machines];
         const { plan } = step(snapshot, { place }, 0);
         const other = schedule({ ...snapshot, hosts: reverse ? [...snapshot.hosts].reverse() : snapshot.hosts }, { place: [...place].reverse() }, { now: 0, newId: ids(0) });
         expect(other).toEqual(plan);
         // The benchmark's lower bound counts an instance larger than a default cell's room as
         // several cells' worth, so it only bounds plans without such instances.
-        const fitsDefault = place.every((r) => r.cpu <= 1.75 && r.memoryMiB <= 1792);
-        if (plan.unplaced.length === 0 && fitsDefault) expect(plan.createCells.length).toBeGreaterThanOrEqual(cellsLowerBound(snapshot, place, { countLimit: true }));
+        const cellRequests = place.filter((r) => r.isolation !== 'machine');
+        const fitsDefault = cellRequests.every((r) => r.cpu <= 1.75 && r.memoryMiB <= 1792);
+        // Claimed warm cells may be larger than a default cell, so the bound holds without them.
+        if (plan.unplaced.length === 0 && fitsDefault && snapshot.cells.length === 0) expect(plan.createCells.length).toBeGreaterThanOrEqual(cellsLowerBound(snapshot, cellRequests, { countLimit: true }));
       }),
       { numRuns: 4000 },
     );

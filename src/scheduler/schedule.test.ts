@@ -339,3 +339,93 @@ describe('determinism', () => {
     expect(a.placements).toHaveLength(40);
   });
 });
+
+describe('machines', () => {
+  const vm = (id: string, o: Partial<InstanceRequest> = {}): InstanceRequest => inst(id, { group: '', service: `machine/${id}`, isolation: 'machine', cpu: 2, memoryMiB: 4096, ...o });
+
+  it('go only to hosts with the machine tier, charge their host, and count towards cpu and memory quota but not instances', () => {
+    const hosts = [host('nomachine', { cpu: 64, isolation: ['host', 'sandbox'] }), host('vmhost', { cpu: 4, memoryMiB: 8192, isolation: ['cell', 'machine'] })];
+    const { plan, next } = run(snap(hosts, { quotas: [{ tenant: 'acme', instances: 1, cpu: 5 }] }), [vm('m1'), vm('m2')]);
+    expect(plan.placements.map((p) => [p.instance.id, p.host])).toEqual([
+      ['m1', 'vmhost'],
+      ['m2', 'vmhost'],
+    ]);
+    // The host's memory is now held by the machines: no cell fits; the instance quota is untouched.
+    const after = run(next, [inst('c1')]).plan;
+    expect(after.unplaced[0]?.code).toBe('NoCapacity');
+    expect(after.unplaced[0]?.reason).toBe('no host has room for a cell of 2 cpu / 2048 MiB: 1 hosts considered; 1 short of cpu, 0 short of memory');
+    const quota = run(next, [vm('m3', { memoryMiB: 1 })]).plan;
+    expect(quota.unplaced[0]?.code).toBe('QuotaExceeded');
+  });
+});
+
+describe('warm cells', () => {
+  const warm = (id: string, hostName: string, o: Partial<CellInfo> = {}): CellInfo => ({ id, tenant: '', group: '', host: hostName, cpu: 2, memoryMiB: 2048, state: 'running', warm: true, ...o });
+
+  it('are claimed by a plan (the group spread first, then the smallest) instead of creating cells, once each', () => {
+    const hosts = [host('h1', { labels: { zone: 'a' } }), host('h2', { labels: { zone: 'b' } })];
+    const s = snap(hosts, { cells: [warm('w-big', 'h1', { cpu: 4, memoryMiB: 4096 }), warm('w-small', 'h1'), warm('w-b', 'h2')] });
+    const { plan, next } = run(s, [inst('a0', { spread: 'required' }), inst('a1', { spread: 'required' }), inst('g0', { tenant: 'globex' })]);
+    const claimed = plan.createCells.filter((c) => c.fromWarmPool === true).map((c) => [c.id, c.tenant]);
+    // acme's two replicas spread over two zones, each taking the smallest warm cell there; globex gets the last one.
+    expect(claimed).toEqual([
+      ['w-b', 'acme'],
+      ['w-small', 'acme'],
+      ['w-big', 'globex'],
+    ]);
+    expect(plan.createCells.every((c) => c.fromWarmPool === true)).toBe(true);
+    expect(next.cells.filter((c) => c.warm === true)).toEqual([]);
+  });
+
+  it('are charged to their host but never claimed while booting, or on a cordoned host', () => {
+    const s = snap([host('h1', { cpu: 4 }), host('h2', { cpu: 4, schedulable: false })], { cells: [warm('booting', 'h1', { state: 'creating' }), warm('cordoned', 'h2')] });
+    const { plan } = run(s, [inst('a0')]);
+    expect(plan.createCells).toEqual([expect.objectContaining({ id: 'c0', host: 'h1' })]);
+    expect(plan.createCells[0]?.fromWarmPool).toBeUndefined();
+    // h1 (4 cpu) now holds the booting warm cell and the new one: a third cell has no room.
+    const full = run(applyPlan(s, plan), [inst('b0', { tenant: 'globex' })]).plan;
+    expect(full.unplaced[0]?.reason).toContain('1 short of cpu');
+  });
+});
+
+describe('host constraints (extension point)', () => {
+  const pin = (hosts: string[], name = 'volume acme/db-0'): NonNullable<InstanceRequest['constraints']>[number] => ({ name, hosts, code: 'VolumeHostNotReady', reason: `${name} lives on host ${hosts.join(',')}, which is not ready` });
+
+  it('keep an instance to the hosts they allow, in every tier', () => {
+    const hosts = [host('h1'), host('h2'), host('h3')];
+    const { plan } = run(snap(hosts), [inst('web', { isolation: 'host', constraints: [pin(['h3'])] }), inst('api', { constraints: [pin(['h2'])] }), inst('both', { isolation: 'sandbox', constraints: [pin(['h1', 'h2']), pin(['h2', 'h3'], 'network acme')] })]);
+    expect(hostOf(plan, 'web')).toBe('h3');
+    expect(hostOf(plan, 'api')).toBe('h2');
+    expect(hostOf(plan, 'both')).toBe('h2');
+  });
+
+  it("refuse with the constraint's own code and reason when none of its hosts is usable, and name it when they are full", () => {
+    const hosts = [host('h1'), host('h2', { ready: false }), host('h3', { cpu: 1 })];
+    const { plan } = run(snap(hosts), [inst('db', { constraints: [pin(['h2'])] }), inst('nowhere', { constraints: [pin(['h1']), pin(['h3'], 'network acme')] }), inst('full', { isolation: 'host', cpu: 2, constraints: [pin(['h3'])] })]);
+    const why = new Map(plan.unplaced.map((u) => [u.instance.id, u]));
+    expect(why.get('db')).toMatchObject({ code: 'VolumeHostNotReady', reason: 'volume acme/db-0 lives on host h2, which is not ready' });
+    expect(why.get('nowhere')?.code).toBe('VolumeHostNotReady');
+    expect(why.get('full')).toMatchObject({ code: 'TooLarge', reason: 'a host instance of 2 cpu / 128 MiB is larger than any matching host can allocate (1 hosts considered (as allowed by volume acme/db-0))' });
+  });
+
+  it('also bind an instance to the existing cells on allowed hosts', () => {
+    const hosts = [host('h1'), host('h2')];
+    const first = run(snap(hosts), [inst('a', { constraints: [pin(['h1'])] })]);
+    const plan = schedule(first.next, { place: [inst('b', { constraints: [pin(['h2'])] }), inst('c', { constraints: [pin(['h1'])] })] }, { now: 1, newId: ids('d') });
+    expect(checkSnapshot(applyPlan(first.next, plan))).toEqual([]);
+    const second = { plan };
+    expect(cellOf(second.plan, 'c')).toBe(cellOf(first.plan, 'a'));
+    expect(hostOf(second.plan, 'b')).toBe('h2');
+    expect(cellOf(second.plan, 'b')).not.toBe(cellOf(first.plan, 'a'));
+  });
+});
+
+describe('keepEmptyCells', () => {
+  it('keeps cells left empty (their room is not freed) when the caller retires them itself', () => {
+    const first = run(snap([host('h1', { cpu: 2 })]), [inst('a')]);
+    const kept = schedule(first.next, { place: [], remove: ['a'], keepEmptyCells: true }, { now: 1, newId: ids() });
+    expect(kept.retireCells).toEqual([]);
+    const retired = schedule(first.next, { place: [], remove: ['a'] }, { now: 1, newId: ids() });
+    expect(retired.retireCells).toEqual([expect.objectContaining({ reason: 'Empty' })]);
+  });
+});

@@ -13,6 +13,7 @@ import type {
   CellState,
   ConsolidateRequest,
   Demand,
+  HostConstraint,
   HostInfo,
   InstanceRequest,
   Isolation,
@@ -23,8 +24,11 @@ import type {
   ScheduleOptions,
   Snapshot,
   Spread,
-  UnplacedCode,
+  Unplaced,
 } from './types.js';
+
+/** An unplaced code: built-in, or a HostConstraint's own. */
+type FailCode = Unplaced['code'];
 
 /** The built-in cell policy: a 2 vCPU / 2 GiB cell of which the guest takes 0.25 / 256. */
 export const DEFAULT_CELL_POLICY: CellPolicy = {
@@ -47,8 +51,8 @@ const AFFINITY_TRIES = 8;
 /** Candidates looked at when filling a cell from a batch (slot-aware packing). */
 const PROBES = 32;
 
-const TIER_BIT: Record<Isolation, number> = { host: 1, sandbox: 2, cell: 4, dedicated: 8 };
-const ISOLATIONS = new Set<string>(['cell', 'dedicated', 'host', 'sandbox']);
+const TIER_BIT: Record<Isolation, number> = { host: 1, sandbox: 2, cell: 4, dedicated: 8, machine: 16 };
+const ISOLATIONS = new Set<string>(['cell', 'dedicated', 'host', 'sandbox', 'machine']);
 const SPREADS = new Set<string>(['required', 'preferred', 'none']);
 
 /** Cores to integer millicores. */
@@ -137,6 +141,18 @@ interface CellRec {
   next: number;
 }
 
+/** A warm (pre-booted, unassigned) cell: charged to its host, claimable by one group once running. */
+interface WarmRec {
+  id: string;
+  host: number;
+  sizeCpu: number;
+  sizeMem: number;
+  /** Running (booted): only such cells are claimed. */
+  running: boolean;
+  /** Claimed by a plan of this state: it left the pool. */
+  taken: boolean;
+}
+
 interface SvcRec {
   cells: Map<number, number>;
   hosts: Map<number, number>;
@@ -150,20 +166,26 @@ interface InstRec {
   tenant: TenantRec;
   g: GroupRec;
   svc: SvcRec;
-  /** Cell index, -1 for `host`/`sandbox` instances. */
+  /** Cell index, -1 for `host`/`sandbox` instances and machines. */
   cell: number;
   host: number;
+  /** Counts towards the tenant's instance quota (machines do not). */
+  counted: boolean;
 }
 
+/** Which hosts a request may use: its node selector plus its HostConstraints. */
 interface Selector {
   key: string;
   pairs: [string, string][];
-  /** Set when the selector names only a zone (or nothing): the fast heap path applies. */
+  /** Set when the selector names only a zone (or nothing) and no constraint: the fast heap path applies. */
   zoneOnly: boolean;
   zone: string | undefined;
+  /** Host indexes every constraint admits; null without constraints. */
+  hosts: Set<number> | null;
+  constraints: HostConstraint[];
 }
 
-const NO_SELECTOR: Selector = { key: '', pairs: [], zoneOnly: true, zone: undefined };
+const NO_SELECTOR: Selector = { key: '', pairs: [], zoneOnly: true, zone: undefined, hosts: null, constraints: [] };
 
 interface Pending {
   req: InstanceRequest;
@@ -185,12 +207,15 @@ function inc<K>(m: Map<K, number>, k: K, d: number): number {
 function invalidReason(r: InstanceRequest): string | undefined {
   if (typeof r.id !== 'string' || r.id === '') return 'instance id must be a non-empty string';
   if (typeof r.tenant !== 'string' || r.tenant === '') return 'tenant must be a non-empty string';
-  if (typeof r.group !== 'string' || r.group === '') return 'group must be a non-empty string';
+  if (typeof r.group !== 'string' || (r.group === '' && r.isolation !== 'machine')) return 'group must be a non-empty string';
   if (typeof r.service !== 'string') return 'service must be a string';
-  if (!ISOLATIONS.has(r.isolation)) return `isolation must be one of cell, dedicated, host, sandbox (got ${String(r.isolation)})`;
+  if (!ISOLATIONS.has(r.isolation)) return `isolation must be one of cell, dedicated, host, sandbox, machine (got ${String(r.isolation)})`;
   if (!Number.isFinite(r.cpu) || milli(r.cpu) < 1) return `cpu must be at least 0.001 cores (got ${String(r.cpu)})`;
   if (!Number.isFinite(r.memoryMiB) || r.memoryMiB < 1) return `memory must be at least 1 MiB (got ${String(r.memoryMiB)})`;
   if (r.spread !== undefined && !SPREADS.has(r.spread)) return `spread must be required, preferred or none (got ${String(r.spread)})`;
+  for (const c of r.constraints ?? []) {
+    if (typeof c.name !== 'string' || c.name === '' || typeof c.code !== 'string' || c.code === '' || typeof c.reason !== 'string' || !Array.isArray(c.hosts)) return 'every constraint needs a name, a code, a reason and a list of hosts';
+  }
   return undefined;
 }
 
@@ -213,6 +238,8 @@ export class ClusterState {
   private readonly defaults: CellPolicy;
   private readonly cells: CellRec[] = [];
   private readonly cellById = new Map<string, number>();
+  /** Warm cells by id order; claimed ones stay, marked taken. */
+  private readonly warm: WarmRec[] = [];
   private readonly services = new Map<string, SvcRec>();
   private readonly instances = new Map<string, InstRec>();
   private readonly selectors = new Map<string, Selector>();
@@ -249,10 +276,22 @@ export class ClusterState {
     for (const p of snapshot.groupPolicies ?? []) s.policies.set(`${p.tenant}\0${p.group}`, p);
     const cells = [...snapshot.cells].sort((a, b) => byString(a.id, b.id));
     const lostCellIds = new Set<string>();
+    const warmIds = new Set<string>();
     for (const c of cells) {
-      if (s.cellById.has(c.id) || lostCellIds.has(c.id)) continue;
+      if (s.cellById.has(c.id) || lostCellIds.has(c.id) || warmIds.has(c.id)) continue;
       const h = s.hostByName.get(c.host);
       const host = h === undefined ? undefined : s.hosts[h];
+      if (c.warm === true || c.tenant === '') {
+        warmIds.add(c.id);
+        if (host === undefined || !host.ready) {
+          s.lost.push({ id: c.id, host: c.host, reason: host === undefined ? 'HostMissing' : 'HostNotReady' });
+          continue;
+        }
+        const w: WarmRec = { id: c.id, host: host.idx, sizeCpu: milli(c.cpu), sizeMem: Math.ceil(c.memoryMiB), running: c.state === 'running', taken: false };
+        s.warm.push(w);
+        s.charge(host, w.sizeCpu, w.sizeMem);
+        continue;
+      }
       if (host === undefined || !host.ready) {
         lostCellIds.add(c.id);
         s.lost.push({ id: c.id, host: c.host, reason: host === undefined ? 'HostMissing' : 'HostNotReady' });
@@ -350,7 +389,8 @@ export class ClusterState {
 
     this.placeAll([...pending.values()], plan, opts);
     if (demand.consolidate !== undefined) this.consolidate(demand.consolidate, plan, opts.now);
-    this.retireEmpty(plan);
+    if (demand.keepEmptyCells === true) this.maybeEmpty.clear();
+    else this.retireEmpty(plan);
     return plan;
   }
 
@@ -460,15 +500,26 @@ export class ClusterState {
     return s;
   }
 
-  private selector(sel: Record<string, string> | undefined): Selector {
-    if (sel === undefined) return NO_SELECTOR;
-    const pairs = Object.entries(sel).sort((a, b) => byString(a[0], b[0]));
-    if (pairs.length === 0) return NO_SELECTOR;
-    const key = pairs.map(([k, v]) => `${k}=${v}`).join(',');
+  /** The hosts `r` may use: its node selector and its constraints, interned by key. */
+  private selector(r: Pick<InstanceRequest, 'nodeSelector' | 'constraints'>): Selector {
+    const pairs = Object.entries(r.nodeSelector ?? {}).sort((a, b) => byString(a[0], b[0]));
+    const constraints = r.constraints ?? [];
+    if (pairs.length === 0 && constraints.length === 0) return NO_SELECTOR;
+    const labelKey = pairs.map(([k, v]) => `${k}=${v}`).join(',');
+    const key = constraints.length === 0 ? labelKey : `${labelKey}|${constraints.map((c) => `${c.name}:${[...c.hosts].sort(byString).join(',')}`).join(';')}`;
     let s = this.selectors.get(key);
     if (s === undefined) {
-      const zoneOnly = pairs.length === 1 && pairs[0]?.[0] === 'zone';
-      s = { key, pairs, zoneOnly, zone: zoneOnly ? pairs[0]?.[1] : undefined };
+      let hosts: Set<number> | null = null;
+      for (const c of constraints) {
+        const allowed = new Set<number>();
+        for (const name of c.hosts) {
+          const i = this.hostByName.get(name);
+          if (i !== undefined && (hosts === null || hosts.has(i))) allowed.add(i);
+        }
+        hosts = allowed;
+      }
+      const zoneOnly = hosts === null && pairs.length === 1 && pairs[0]?.[0] === 'zone';
+      s = { key, pairs, zoneOnly, zone: zoneOnly ? pairs[0]?.[1] : undefined, hosts, constraints };
       this.selectors.set(key, s);
     }
     return s;
@@ -480,7 +531,8 @@ export class ClusterState {
     rec.state = c.state;
   }
 
-  private newCellRec(id: string, g: GroupRec, host: number, sizeCpu: number, sizeMem: number, dedicated: boolean): CellRec {
+  /** A cell of group `g`; `charged` when its size already weighs on the host (a claimed warm cell). */
+  private newCellRec(id: string, g: GroupRec, host: number, sizeCpu: number, sizeMem: number, dedicated: boolean, charged = false): CellRec {
     const idx = this.cells.length;
     const rec: CellRec = {
       idx,
@@ -507,7 +559,7 @@ export class ClusterState {
     this.cellById.set(id, idx);
     g.cells.push(idx);
     const h = this.hostAt(host);
-    this.charge(h, sizeCpu, sizeMem);
+    if (!charged) this.charge(h, sizeCpu, sizeMem);
     inc(g.hostCells, host, 1);
     inc(g.zoneCells, h.zone, 1);
     const t = g.tenant;
@@ -550,11 +602,12 @@ export class ClusterState {
     const svc = this.service(r.tenant, r.service);
     const cpu = milli(r.cpu);
     const mem = Math.ceil(r.memoryMiB);
-    const rec: InstRec = { req: r, cpu, mem, tenant: t, g, svc, cell, host };
+    const counted = r.isolation !== 'machine';
+    const rec: InstRec = { req: r, cpu, mem, tenant: t, g, svc, cell, host, counted };
     this.instances.set(r.id, rec);
     t.usedCpu += cpu;
     t.usedMem += mem;
-    t.count++;
+    if (counted) t.count++;
     const h = this.hostAt(host);
     if (cell >= 0) {
       this.enterCell(rec, cell);
@@ -572,7 +625,7 @@ export class ClusterState {
     const t = rec.tenant;
     t.usedCpu -= rec.cpu;
     t.usedMem -= rec.mem;
-    t.count--;
+    if (rec.counted) t.count--;
     if (rec.cell >= 0) {
       this.leaveCell(rec);
     } else {
@@ -641,6 +694,7 @@ export class ClusterState {
   }
 
   private matches(h: HostRec, sel: Selector): boolean {
+    if (sel.hosts !== null && !sel.hosts.has(h.idx)) return false;
     for (const [k, v] of sel.pairs) if (h.labels[k] !== v) return false;
     return true;
   }
@@ -720,6 +774,10 @@ export class ClusterState {
 
   private hostsMatching(sel: Selector): number[] {
     const out: number[] = [];
+    if (sel.hosts !== null) {
+      for (const hi of [...sel.hosts].sort((a, b) => a - b)) if (this.matches(this.hostAt(hi), sel)) out.push(hi);
+      return out;
+    }
     for (const h of this.hosts) if (this.matches(h, sel)) out.push(h.idx);
     return out;
   }
@@ -782,7 +840,7 @@ export class ClusterState {
       if (s !== 0) return s;
       return byString(items[a]?.req.id ?? '', items[b]?.req.id ?? '');
     });
-    const failures = new Map<string, { code: UnplacedCode; reason: string }>();
+    const failures = new Map<string, { code: FailCode; reason: string }>();
     let start = 0;
     while (start < n) {
       const rank = gr[order[start] ?? 0] ?? 0;
@@ -810,7 +868,7 @@ export class ClusterState {
    * room for enough of the smallest ones to reach the group's target count per cell (remaining
    * instances / cells their size needs), or else the largest that fits.
    */
-  private placeSlotAware(seg: Uint32Array, items: Pending[], size: Float64Array, g: GroupRec, plan: Plan, opts: ScheduleOptions, failures: Map<string, { code: UnplacedCode; reason: string }>): void {
+  private placeSlotAware(seg: Uint32Array, items: Pending[], size: Float64Array, g: GroupRec, plan: Plan, opts: ScheduleOptions, failures: Map<string, { code: FailCode; reason: string }>): void {
     const m = seg.length;
     const nextFree = new Int32Array(m + 1);
     for (let i = 0; i <= m; i++) nextFree[i] = i;
@@ -908,7 +966,7 @@ export class ClusterState {
       const t = g.tenant;
       const blocked =
         ((r.spread ?? 'none') !== 'none' && this.service(r.tenant, r.service).cells.has(c.idx)) ||
-        (r.nodeSelector !== undefined && !this.matches(host, this.selector(r.nodeSelector))) ||
+        ((r.nodeSelector !== undefined || r.constraints !== undefined) && !this.matches(host, this.selector(r))) ||
         t.usedCpu + cpu > t.qCpu ||
         t.usedMem + mem > t.qMem ||
         t.count + 1 > t.qCount;
@@ -927,19 +985,20 @@ export class ClusterState {
     plan.placements.push(p);
   }
 
-  /** Places one instance (quota, then cell or host); returns the cell used, or -1. */
-  private placeOne(it: Pending, plan: Plan, opts: ScheduleOptions, failures: Map<string, { code: UnplacedCode; reason: string }>): number {
+  /** Places one instance or machine (quota, then cell or host); returns the cell used, or -1. */
+  private placeOne(it: Pending, plan: Plan, opts: ScheduleOptions, failures: Map<string, { code: FailCode; reason: string }>): number {
     const r = it.req;
     const t = this.tenant(r.tenant);
     const cpu = milli(r.cpu);
     const mem = Math.ceil(r.memoryMiB);
-    if (t.usedCpu + cpu > t.qCpu || t.usedMem + mem > t.qMem || t.count + 1 > t.qCount) {
+    const counted = r.isolation !== 'machine';
+    if (t.usedCpu + cpu > t.qCpu || t.usedMem + mem > t.qMem || (counted && t.count + 1 > t.qCount)) {
       plan.unplaced.push({ instance: r, code: 'QuotaExceeded', reason: this.quotaReason(t, cpu, mem) });
       return -1;
     }
     const g = this.group(r.tenant, r.group);
     const svc = this.service(r.tenant, r.service);
-    const sel = this.selector(r.nodeSelector);
+    const sel = this.selector(r);
     const spread: Spread = r.spread ?? 'none';
     const out = (host: number, cell: number): number => {
       this.emit(it, host, cell, plan);
@@ -959,11 +1018,13 @@ export class ClusterState {
       return -1;
     };
 
-    if (r.isolation === 'host' || r.isolation === 'sandbox') {
+    if (r.isolation === 'host' || r.isolation === 'sandbox' || r.isolation === 'machine') {
+      // A machine is placed like a host-run instance: its vCPUs are time-shared under the
+      // host's cpu overcommit like every other cpu request, its memory must fit.
       const bit = TIER_BIT[r.isolation];
       const known = failures.has(failKey(cpu, mem, r.isolation, spread === 'required'));
       const h = known ? -1 : this.pickHost(cpu, mem, bit, sel, spread === 'none' ? null : svc.zones, spread === 'none' ? null : svc.hosts, spread === 'required', null);
-      if (h < 0) return fail(cpu, mem, r.isolation, `${r.isolation} instance of ${cores(cpu)} cpu / ${mem} MiB`, spread === 'required');
+      if (h < 0) return fail(cpu, mem, r.isolation, `${r.isolation} ${r.isolation === 'machine' ? '' : 'instance '}of ${cores(cpu)} cpu / ${mem} MiB`, spread === 'required');
       return out(h, -1);
     }
 
@@ -979,14 +1040,44 @@ export class ClusterState {
     const sizeCpu = dedicated ? cpu + g.ovCpu : Math.max(g.sizeCpu, roundUp(cpu + g.ovCpu, CPU_STEP));
     const sizeMem = dedicated ? mem + g.ovMem : Math.max(g.sizeMem, roundUp(mem + g.ovMem, MEM_STEP));
     const bit = TIER_BIT[r.isolation];
+    const warm = this.pickWarm(sizeCpu, sizeMem, bit, sel, g);
+    if (warm !== undefined) {
+      // A booted cell of no tenant yet is faster than a new one: it becomes this group's for good.
+      warm.taken = true;
+      const c = this.newCellRec(warm.id, g, warm.host, warm.sizeCpu, warm.sizeMem, dedicated, true);
+      plan.createCells.push({ id: warm.id, tenant: r.tenant, group: r.group, host: this.hostAt(warm.host).name, cpu: cores(warm.sizeCpu), memoryMiB: warm.sizeMem, dedicated, fromWarmPool: true });
+      return out(warm.host, c.idx);
+    }
     const known = failures.has(failKey(sizeCpu, sizeMem, r.isolation, false));
     const h = known ? -1 : this.pickHost(sizeCpu, sizeMem, bit, sel, g.zoneCells, g.hostCells, false, g.tenant);
     if (h < 0) return fail(sizeCpu, sizeMem, r.isolation, `${dedicated ? 'dedicated ' : ''}cell of ${cores(sizeCpu)} cpu / ${sizeMem} MiB`, false);
     const id = opts.newId();
-    if (this.cellById.has(id)) throw new Error(`scheduler: newId returned ${id}, which is already a cell id`);
+    if (this.cellById.has(id) || this.warm.some((w) => w.id === id)) throw new Error(`scheduler: newId returned ${id}, which is already a cell id`);
     const c = this.newCellRec(id, g, h, sizeCpu, sizeMem, dedicated);
     plan.createCells.push({ id, tenant: r.tenant, group: r.group, host: this.hostAt(h).name, cpu: cores(sizeCpu), memoryMiB: sizeMem, dedicated });
     return out(h, c.idx);
+  }
+
+  /**
+   * The warm cell to claim for a new cell of group `g` needing `cpu`/`mem`, or undefined: a
+   * running, unclaimed one at least that large on a ready, schedulable host that runs the tier
+   * and matches the selector. Preferred: the zone, then the host, with the fewest cells of the
+   * group (the group's spread), then the smallest cell, then the id.
+   */
+  private pickWarm(cpu: number, mem: number, tier: number, sel: Selector, g: GroupRec): WarmRec | undefined {
+    let best: WarmRec | undefined;
+    let rank: [number, number, number, number] = [Infinity, Infinity, Infinity, Infinity];
+    for (const w of this.warm) {
+      if (w.taken || !w.running || w.sizeCpu < cpu || w.sizeMem < mem) continue;
+      const h = this.hostAt(w.host);
+      if (!h.ready || !h.schedulable || (h.tiers & tier) === 0 || !this.matches(h, sel)) continue;
+      const r: [number, number, number, number] = [g.zoneCells.get(h.zone) ?? 0, g.hostCells.get(w.host) ?? 0, w.sizeCpu, w.sizeMem];
+      if (best === undefined || r[0] < rank[0] || (r[0] === rank[0] && (r[1] < rank[1] || (r[1] === rank[1] && (r[2] < rank[2] || (r[2] === rank[2] && (r[3] < rank[3] || (r[3] === rank[3] && w.id < best.id)))))))) {
+        best = w;
+        rank = r;
+      }
+    }
+    return best;
   }
 
   private quotaReason(t: TenantRec, cpu: number, mem: number): string {
@@ -996,7 +1087,7 @@ export class ClusterState {
   }
 
   /** Explains, by counting every host once, why nothing could take `what`. */
-  private diagnose(cpu: number, mem: number, tier: Isolation, sel: Selector, what: string, svc: SvcRec | null): { code: UnplacedCode; reason: string } {
+  private diagnose(cpu: number, mem: number, tier: Isolation, sel: Selector, what: string, svc: SvcRec | null): { code: FailCode; reason: string } {
     const bit = TIER_BIT[tier];
     let usable = 0;
     let withTier = 0;
@@ -1021,11 +1112,26 @@ export class ClusterState {
     const total = this.hosts.length;
     if (usable === 0) return { code: 'NoReadyHost', reason: `no host is ready and schedulable (${total} known) for a ${what}` };
     if (withTier === 0) return { code: 'IsolationUnavailable', reason: `no ready host supports isolation ${tier} (${usable} ready hosts)` };
-    if (matching === 0) return { code: 'NoMatchingHost', reason: `no ready host with isolation ${tier} matches node selector ${sel.key} (${withTier} considered)` };
-    if (bigEnough === 0) return { code: 'TooLarge', reason: `a ${what} is larger than any matching host can allocate (${matching} hosts considered)` };
+    if (matching === 0 && sel.constraints.length > 0) return this.constraintFailure(bit, sel);
+    const labels = sel.pairs.map(([k, v]) => `${k}=${v}`).join(',');
+    if (matching === 0) return { code: 'NoMatchingHost', reason: `no ready host with isolation ${tier} matches node selector ${labels} (${withTier} considered)` };
+    const limited = sel.constraints.length > 0 ? ` (as allowed by ${sel.constraints.map((c) => c.name).join(', ')})` : '';
+    if (bigEnough === 0) return { code: 'TooLarge', reason: `a ${what} is larger than any matching host can allocate (${matching} hosts considered${limited})` };
     const parts = [`${shortCpu} short of cpu`, `${shortMem} short of memory`];
     if (svc !== null) parts.push(`${spreadBlocked} already run a replica (spread: required)`);
-    return { code: 'NoCapacity', reason: `no host has room for a ${what}: ${bigEnough} hosts considered; ${parts.join(', ')}` };
+    return { code: 'NoCapacity', reason: `no host has room for a ${what}: ${bigEnough} hosts considered${limited}; ${parts.join(', ')}` };
+  }
+
+  /**
+   * The constraint to blame when no usable host (ready, schedulable, with the tier, matching
+   * the labels) is left by the constraints: the first one that admits none of them on its
+   * own, else (each admits some, but no host is admitted by all) the first one.
+   */
+  private constraintFailure(tier: number, sel: Selector): { code: FailCode; reason: string } {
+    const usable = this.hosts.filter((h) => h.ready && h.schedulable && (h.tiers & tier) !== 0 && sel.pairs.every(([k, v]) => h.labels[k] === v)).map((h) => h.name);
+    const blame = sel.constraints.find((c) => !c.hosts.some((name) => usable.includes(name))) ?? sel.constraints[0];
+    // Only called with at least one constraint, so `blame` is set.
+    return { code: blame!.code, reason: blame!.reason };
   }
 
   // ---- retiring and consolidation ----------------------------------------------------------
@@ -1085,7 +1191,7 @@ export class ClusterState {
       let ok = true;
       for (const rec of list) {
         const r = rec.req;
-        const to = this.findCell(rec.g, rec.cpu, rec.mem, rec.svc, r.spread ?? 'none', this.selector(r.nodeSelector), c.idx);
+        const to = this.findCell(rec.g, rec.cpu, rec.mem, rec.svc, r.spread ?? 'none', this.selector(r), c.idx);
         if (to < 0) {
           ok = false;
           break;

@@ -3,12 +3,16 @@
  *
  * Units: cpu in cores (numbers such as 0.25; the scheduler works in integer millicores inside
  * and rounds to the nearest millicore), memory in MiB (integers). Ids and names are strings.
- * The control-plane model (src/model) has no cells yet; callers translate their objects into
- * these types (see README.md in this folder).
+ * Callers translate their objects into these types (`model-adapter.ts` does it for the
+ * control plane's; see README.md in this folder).
  */
 
-/** Where an instance runs: `cell` (shared VM of its trust group), `dedicated` (a VM of its own), `host` (runc), `sandbox` (runsc). */
-export type Isolation = 'cell' | 'dedicated' | 'host' | 'sandbox';
+/**
+ * Where a request runs: `cell` (shared VM of its trust group), `dedicated` (a VM of its own),
+ * `host` (runc), `sandbox` (runsc), or `machine` (a plain VM of its own: a Machine object, not
+ * a container; placed on a host like a host-run instance, its vCPUs and memory charged there).
+ */
+export type Isolation = 'cell' | 'dedicated' | 'host' | 'sandbox' | 'machine';
 
 /**
  * How a service's replicas are spread. `required`: at most one replica per cell (per host for
@@ -31,17 +35,24 @@ export interface HostInfo {
   ready: boolean;
   /** False when cordoned: what runs there stays, nothing new goes there (not even into its cells). */
   schedulable: boolean;
-  /** Tiers the host can run (its probed runtimes): `cell`/`dedicated` need QEMU, `sandbox` runsc. */
+  /** Tiers the host can run (its probed runtimes): `cell`/`dedicated`/`machine` need QEMU, `sandbox` runsc. */
   isolation: Isolation[];
 }
 
 /** State of an existing cell. `draining` cells keep their instances but take no new ones. */
 export type CellState = 'creating' | 'running' | 'draining';
 
-/** An existing cell (VM) of one (tenant, group). */
+/**
+ * An existing cell (VM) of one (tenant, group), or a warm one: pre-booted, of no tenant yet
+ * (`warm: true`, tenant and group empty). A warm cell's size is charged to its host; a plan may
+ * claim a `running` warm cell for a group instead of creating a cell (`PlannedCell.fromWarmPool`),
+ * after which it belongs to that group for the rest of its life.
+ */
 export interface CellInfo {
   id: string;
+  /** Empty for a warm cell. */
   tenant: string;
+  /** Empty for a warm cell. */
   group: string;
   host: string;
   /** Size of the VM charged to the host (the guest overhead is inside it). */
@@ -50,9 +61,32 @@ export interface CellInfo {
   state: CellState;
   /** A `dedicated` cell holds exactly one instance and is never shared. */
   dedicated?: boolean;
+  /** A pre-booted cell of no tenant yet; claimable once `running`. */
+  warm?: boolean;
 }
 
-/** One instance the scheduler is asked to place (or that is placed already). */
+/**
+ * A rule that limits the hosts one request may go to, given by the caller as data: the
+ * extension point for constraints the scheduler does not know about (an instance that must go
+ * to the host holding its volume, one that needs its tenant's network on the host). The
+ * request may only go to hosts in `hosts`; every other rule still applies. When no ready,
+ * schedulable host of the set is left, the request is unplaced with this constraint's `code`
+ * and `reason` (e.g. `VolumeHostNotReady`, "volume acme/db-0 lives on host h2, which is
+ * NotReady"); when hosts of the set are usable but full, the usual capacity sentence names
+ * the constraint.
+ */
+export interface HostConstraint {
+  /** Short name for sentences and failure caching, e.g. `volume acme/db-0`. */
+  name: string;
+  /** Hosts the request may go to. */
+  hosts: string[];
+  /** Stable code of the unplaced reason when no host of the set is usable. */
+  code: string;
+  /** The sentence for `carapace describe` when no host of the set is usable. */
+  reason: string;
+}
+
+/** One instance (or machine) the scheduler is asked to place (or that is placed already). */
 export interface InstanceRequest {
   /** Unique across the cluster (e.g. `tenant/service-3`). */
   id: string;
@@ -67,21 +101,27 @@ export interface InstanceRequest {
   spread?: Spread;
   /** Host labels the host must have, e.g. `{ zone: 'eu-1' }`. */
   nodeSelector?: Record<string, string>;
+  /** Further host rules from the caller (see HostConstraint); all must admit a host. */
+  constraints?: HostConstraint[];
 }
 
 /** Where an instance runs: on `host`, inside `cell` when it has one. */
 export interface Placement {
   instance: InstanceRequest;
   host: string;
-  /** Absent for `host`/`sandbox` instances. */
+  /** Absent for `host`/`sandbox` instances and machines. */
   cell?: string;
 }
 
-/** Limits on what a tenant's instances may request in total (instance sizes, not cell sizes). */
+/**
+ * Limits on what a tenant's instances and machines may request in total (their own sizes, not
+ * cell sizes). Machines count towards cpu and memory, not towards `instances`.
+ */
 export interface TenantQuota {
   tenant: string;
   cpu?: number;
   memoryMiB?: number;
+  /** Most container instances (machines are not counted here). */
   instances?: number;
   /** Most cells (VMs) the tenant may hold; the scheduler creates no cell past it. */
   cells?: number;
@@ -136,6 +176,12 @@ export interface Demand {
   remove?: string[];
   /** Present only when the operator enabled consolidation: it never runs otherwise. */
   consolidate?: ConsolidateRequest;
+  /**
+   * Keep cells that end up empty instead of retiring them in this plan (default false). A
+   * caller that retires empty cells by a policy of its own (the control plane waits a grace
+   * period) sets it, so the plan never counts a still-running empty cell's room as free.
+   */
+  keepEmptyCells?: boolean;
 }
 
 /** Inputs that would otherwise be effects: the caller's clock and id source. */
@@ -146,7 +192,7 @@ export interface ScheduleOptions {
   newId: () => string;
 }
 
-/** Stable codes for why an instance could not be placed. */
+/** Stable codes for why an instance could not be placed (besides a HostConstraint's own `code`). */
 export type UnplacedCode =
   | 'InvalidRequest'
   | 'DuplicateInstance'
@@ -160,7 +206,8 @@ export type UnplacedCode =
 /** An instance the plan could not place, with a sentence for `carapace describe`. */
 export interface Unplaced {
   instance: InstanceRequest;
-  code: UnplacedCode;
+  /** A built-in code, or the `code` of the HostConstraint that ruled out every host. */
+  code: UnplacedCode | HostConstraint['code'];
   reason: string;
 }
 
@@ -169,7 +216,10 @@ export interface PlannedPlacement extends Placement {
   previous?: { host: string; cell?: string };
 }
 
-/** A cell the plan creates. */
+/**
+ * A cell the plan creates, or (`fromWarmPool`) the warm cell `id` it claims for the group:
+ * then size and host are the warm cell's, and the caller assigns it instead of booting a VM.
+ */
 export interface PlannedCell {
   id: string;
   tenant: string;
@@ -178,6 +228,8 @@ export interface PlannedCell {
   cpu: number;
   memoryMiB: number;
   dedicated: boolean;
+  /** Set when this is an existing warm cell, claimed (never a second time: it leaves the pool). */
+  fromWarmPool?: boolean;
 }
 
 /** Why a cell is retired. */

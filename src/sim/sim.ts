@@ -37,6 +37,10 @@ export interface SimOptions {
   nonCellFraction?: number;
   /** `varied` adds cpu-heavy and memory-heavy instance shapes (default: the benchmark's mix). */
   sizeMix?: 'default' | 'varied';
+  /** Machines (plain VMs) to generate, as requests of isolation `machine` (default 0). */
+  machines?: number;
+  /** Warm (pre-booted, unassigned) cells already on the hosts (default 0). */
+  warmCells?: number;
 }
 
 /** A generated service: `replicas` identical instances. */
@@ -52,11 +56,15 @@ export interface SimService {
   replicas: number;
 }
 
-/** A generated cluster: an empty snapshot (hosts, quotas, policies) and services in arrival order. */
+/**
+ * A generated cluster: a snapshot with no placements (hosts, quotas, policies, warm cells), the
+ * services in arrival order and the machines to place.
+ */
 export interface SimCluster {
   snapshot: Snapshot;
   services: SimService[];
   instances: number;
+  machines: InstanceRequest[];
 }
 
 /** Instance sizes, many small and few large; the last one is larger than a default cell's room. */
@@ -108,7 +116,7 @@ export function generateCluster(o: SimOptions): SimCluster {
     const [cpu, mem] = x < 0.5 ? (small ? [2, 4096] : [32, 131072]) : x < 0.85 ? (small ? [4, 8192] : [64, 262144]) : small ? [6, 12288] : [96, 393216];
     const labels: Record<string, string> = { zone: zones[i % zones.length] ?? 'zone-a', rack: `r${Math.floor(i / 40)}` };
     if (r() < 0.3) labels['ssd'] = 'true';
-    const isolation: Isolation[] = r() < 0.05 ? ['cell', 'dedicated', 'host'] : ['cell', 'dedicated', 'host', 'sandbox'];
+    const isolation: Isolation[] = r() < 0.05 ? ['cell', 'dedicated', 'host', 'machine'] : ['cell', 'dedicated', 'host', 'machine', 'sandbox'];
     hosts.push({
       name: `host-${String(i).padStart(width, '0')}`,
       cpu,
@@ -188,7 +196,39 @@ export function generateCluster(o: SimOptions): SimCluster {
     // see the scheduler refuse new cells; generous ones get none (the benchmark is unchanged).
     quotas.push({ tenant: t, cpu: Math.ceil(u.cpu * f), memoryMiB: Math.ceil(u.mem * f), instances: Math.ceil(u.n * f), ...(tight ? { cells: Math.max(1, Math.ceil(u.n / 6)) } : {}) });
   }
-  return { snapshot: { hosts, cells: [], placements: [], quotas, groupPolicies }, services, instances: total };
+  // Machines and warm cells draw from a generator of their own, so the clusters the
+  // benchmark generates (without them) stay the same.
+  const r2 = rng(o.seed ^ 0x5bd1e995);
+  const machines: InstanceRequest[] = [];
+  for (let i = 0; i < (o.machines ?? 0); i++) {
+    const tenant = tenantNames[Math.floor(r2() * tenantNames.length)] ?? 't0';
+    const [cpu, mem] = r2() < 0.5 ? [1, 1024] : r2() < 0.5 ? [2, 2048] : [4, 6144];
+    const m: InstanceRequest = { id: `m:${tenant}/vm${i}`, tenant, group: '', service: `machine/vm${i}`, isolation: 'machine', cpu, memoryMiB: mem };
+    if (r2() < 0.1) m.nodeSelector = { zone: zones[Math.floor(r2() * zones.length)] ?? 'zone-a' };
+    machines.push(m);
+    const u = perTenant.get(tenant);
+    const q = quotas.find((x) => x.tenant === tenant);
+    // Generous quotas leave room for the tenant's machines too.
+    if (q !== undefined && u !== undefined && q.cells === undefined) {
+      q.cpu = (q.cpu ?? 0) + cpu;
+      q.memoryMiB = (q.memoryMiB ?? 0) + mem;
+    }
+  }
+  const cells: Snapshot['cells'] = [];
+  const warmUse = new Map<string, { cpu: number; mem: number }>();
+  for (let i = 0; i < (o.warmCells ?? 0) && hosts.length > 0; i++) {
+    const h = hosts[Math.floor(r2() * hosts.length)];
+    if (h === undefined) continue;
+    const big = r2() < 0.3;
+    const [cpu, mem] = big ? [4, 4096] : [2, 2048];
+    const running = r2() < 0.8;
+    // Only where it fits: the snapshot must start sound.
+    const u = warmUse.get(h.name) ?? { cpu: 0, mem: 0 };
+    if (u.cpu + cpu > h.cpu * (h.overcommit?.cpu ?? 1) || u.mem + mem > h.memoryMiB * (h.overcommit?.memory ?? 1)) continue;
+    warmUse.set(h.name, { cpu: u.cpu + cpu, mem: u.mem + mem });
+    cells.push({ id: `warm-${i}`, tenant: '', group: '', host: h.name, cpu, memoryMiB: mem, state: running ? 'running' : 'creating', warm: true });
+  }
+  return { snapshot: { hosts, cells, placements: [], quotas, groupPolicies }, services, instances: total, machines };
 }
 
 /** The instances of one service, ids `tenant/service-i`. */

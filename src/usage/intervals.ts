@@ -57,7 +57,7 @@ export interface Allocation {
 
 /**
  * What an instance, cell or machine holds right now, or undefined when it holds nothing.
- * The rule follows the scheduler (`snapshotFromModel`, `placeMachine`), so "reserved" means
+ * The rule follows the scheduler (`snapshotFromModel`), so "reserved" means
  * "capacity kept off the market for you":
  * - instance: placed (`spec.host` set) and not in a terminal phase;
  * - cell: placed on a host, in any phase until the object is deleted (a Failed or Retiring
