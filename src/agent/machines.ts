@@ -15,8 +15,8 @@ import type { Env } from '../core/actions.js';
 import type { Resources } from '../core/resources.js';
 import { kindPrefix, type Machine } from '../model/objects.js';
 import type { LogLine, LogOptions } from '../runtime/driver.js';
-import { WorkQueue, type ReconcileResult } from '../control/workqueue.js';
-import { watchForever } from '../control/watch.js';
+import type { ReconcileResult } from '../control/workqueue.js';
+import { Reconciler, watchOf } from '../control/reconciler.js';
 import { findKernel } from '../vm/initramfs.js';
 import type { VmInfo, VmManager, VmSpec } from '../vm/qemu.js';
 import { decideAfterExit } from './restart-policy.js';
@@ -39,13 +39,19 @@ function key(m: Machine): string {
 
 export class MachineRunner {
   private readonly log: Logger;
-  private readonly queue: WorkQueue;
+  private readonly loop: Reconciler;
   private readonly watching = new Set<string>();
 
   constructor(private readonly o: MachineRunnerOptions) {
     this.log = o.logger.child({ component: 'machines', host: o.hostName });
-    this.queue = new WorkQueue((k) => this.reconcile(k), {
-      onError: (k, err, attempt) => this.log.warn({ machine: k, attempt, err }, 'machine reconcile failed; retrying'),
+    this.loop = new Reconciler({
+      name: 'machines',
+      store: o.resources.store,
+      logger: this.log,
+      reconcile: (k) => this.reconcile(k),
+      concurrency: 2,
+      resync: { everyMs: 15_000, keys: async () => (await o.resources.list('Machine')).items.filter((m) => m.status.host === o.hostName).map(key) },
+      watches: [watchOf<Machine>(kindPrefix('Machine'), (e) => (e.value.status.host === o.hostName ? [key(e.value)] : []))],
     });
   }
 
@@ -54,14 +60,9 @@ export class MachineRunner {
     return `m-${m.metadata.uid.replace(/[^a-z0-9]/gi, '').toLowerCase().slice(0, 16)}`;
   }
 
+  /** Runs until `signal` aborts; VMs keep running after it. */
   async start(signal: AbortSignal): Promise<void> {
-    for (const m of (await this.o.resources.list('Machine')).items) if (m.status.host === this.o.hostName) this.queue.add(key(m));
-    await Promise.all([
-      this.queue.start(signal, 2),
-      watchForever<Machine>(this.o.resources.store, kindPrefix('Machine'), signal, this.log, (e) => {
-        if (e.value.status.host === this.o.hostName) this.queue.add(key(e.value));
-      }),
-    ]);
+    await this.loop.start(signal);
   }
 
   private vm(id: string): VmInfo | undefined {
@@ -200,7 +201,7 @@ export class MachineRunner {
       .catch(() => undefined)
       .finally(() => {
         this.watching.delete(id);
-        this.queue.add(key(m));
+        this.loop.add(key(m));
       });
   }
 

@@ -10,13 +10,12 @@ import type { Env } from '../core/actions.js';
 import type { Resources } from '../core/resources.js';
 import { isCarapaceError } from '../model/errors.js';
 import { DEAD_CELL_PHASES, instanceReady, kindPrefix, TERMINAL_PHASES, type Cell, type Host, type Instance, type Job, type Machine, type Service, type Tenant } from '../model/objects.js';
-import { metrics, timed } from '../metrics/metrics.js';
 import type { ModelView } from '../scheduler/model-adapter.js';
 import { planJob, planService, type Change } from './workload-plan.js';
 import { Placement } from './placement.js';
 import { systemEntry } from './plan-applier.js';
-import { WorkQueue, type ReconcileResult } from './workqueue.js';
-import { watchForever } from './watch.js';
+import { Reconciler, watchOf } from './reconciler.js';
+import type { ReconcileResult } from './workqueue.js';
 
 export interface ControllerOptions {
   resources: Resources;
@@ -43,7 +42,7 @@ function parseKey(key: string): { kind: 'Service' | 'Job'; tenant: string; name:
 }
 
 export class WorkloadController {
-  private readonly queue: WorkQueue;
+  private readonly loop: Reconciler;
   private readonly log: Logger;
   /**
    * Instances evicted from a lost cell or host, by `tenant/name`, until their replacement is
@@ -57,70 +56,59 @@ export class WorkloadController {
   constructor(private readonly o: ControllerOptions) {
     this.log = o.logger.child({ component: 'controller' });
     this.placement = new Placement({ resources: o.resources, env: o.env, logger: o.logger });
-    // One worker: placement reads the whole cluster and writes cells and instances; two
-    // reconciles at once could each fill the same cell from the same stale snapshot.
-    this.queue = new WorkQueue(
-      (key) =>
-        key === CELLS_KEY
-          ? timed(metrics.reconcileSeconds, 'cells', () => this.reconcileCells())
-          : key === DRAIN_KEY
-            ? timed(metrics.reconcileSeconds, 'drain', () => this.reconcileDrain())
-          : key === PLACEMENT_KEY
-            ? timed(metrics.reconcileSeconds, 'placement', () => this.reconcilePlacement())
-            : timed(metrics.reconcileSeconds, key.startsWith('Job/') ? 'job' : 'service', () => this.reconcile(key)),
-      {
-      onError: (key, error, attempt) => this.log.warn({ key, attempt, err: error }, 'reconcile failed; retrying'),
+    const r = o.resources;
+    this.loop = new Reconciler({
+      name: 'controller',
+      store: r.store,
+      logger: this.log,
+      // One worker: placement reads the whole cluster and writes cells and instances; two
+      // reconciles at once could each fill the same cell from the same stale snapshot.
+      concurrency: 1,
+      reconcile: (key) =>
+        key === CELLS_KEY ? this.reconcileCells() : key === DRAIN_KEY ? this.reconcileDrain() : key === PLACEMENT_KEY ? this.reconcilePlacement() : this.reconcile(key),
+      loopOf: (key) => (key === CELLS_KEY ? 'cells' : key === DRAIN_KEY ? 'drain' : key === PLACEMENT_KEY ? 'placement' : key.startsWith('Job/') ? 'job' : 'service'),
+      resync: {
+        everyMs: o.resyncMs ?? 30_000,
+        keys: async () => {
+          const [svcs, jobs, insts] = await Promise.all([r.list('Service'), r.list('Job'), r.list('Instance')]);
+          return [
+            ...svcs.items.map((s) => `Service/${s.metadata.tenant}/${s.metadata.name}`),
+            ...jobs.items.map((j) => `Job/${j.metadata.tenant}/${j.metadata.name}`),
+            ...insts.items.map((i) => this.ownerKey(i)),
+            CELLS_KEY,
+            DRAIN_KEY,
+            PLACEMENT_KEY,
+          ];
+        },
+      },
+      watches: [
+        // A cell retired or claimed changes what fits.
+        watchOf<Cell>(kindPrefix('Cell'), () => [CELLS_KEY, PLACEMENT_KEY]),
+        // A machine applied, or one that went away and left room.
+        watchOf<Machine>(kindPrefix('Machine'), () => [PLACEMENT_KEY]),
+        // A quota raised may let waiting work in.
+        watchOf<Tenant>(kindPrefix('Tenant'), () => [PLACEMENT_KEY]),
+        watchOf<Service>(kindPrefix('Service'), (e) => [`Service/${e.value.metadata.tenant}/${e.value.metadata.name}`]),
+        watchOf<Job>(kindPrefix('Job'), (e) => [`Job/${e.value.metadata.tenant}/${e.value.metadata.name}`]),
+        watchOf<Instance>(kindPrefix('Instance'), (e) => [
+          this.ownerKey(e.value),
+          ...(e.value.spec.cell ? [CELLS_KEY] : []),
+          // Capacity freed (an instance gone or finished): waiting work may fit now.
+          ...(e.type === 'delete' || TERMINAL_PHASES.includes(e.value.status.phase) ? [PLACEMENT_KEY] : []),
+        ]),
+        // Capacity or readiness changed: every owner looks again (failover of a lost host's
+        // instances happens in its owner's pass), and waiting work may fit now.
+        watchOf<Host>(kindPrefix('Host'), () => {
+          this.loop.resync().catch((err: unknown) => this.log.warn({ err }, 'resync failed'));
+          return [];
+        }),
+      ],
     });
   }
 
   /** Runs until `signal` aborts: watches desired and actual state and reconciles owners. */
   async start(signal: AbortSignal): Promise<void> {
-    const resync = async (): Promise<void> => {
-      const [svcs, jobs, insts] = await Promise.all([
-        this.o.resources.list('Service'),
-        this.o.resources.list('Job'),
-        this.o.resources.list('Instance'),
-      ]);
-      for (const s of svcs.items) this.queue.add(`Service/${s.metadata.tenant}/${s.metadata.name}`);
-      for (const j of jobs.items) this.queue.add(`Job/${j.metadata.tenant}/${j.metadata.name}`);
-      for (const i of insts.items) this.queue.add(this.ownerKey(i));
-      this.queue.add(CELLS_KEY);
-      this.queue.add(DRAIN_KEY);
-      this.queue.add(PLACEMENT_KEY);
-    };
-    const timer = setInterval(() => {
-      resync().catch((err: unknown) => this.log.warn({ err }, 'resync failed'));
-    }, this.o.resyncMs ?? 30_000);
-    timer.unref();
-    signal.addEventListener('abort', () => clearInterval(timer), { once: true });
-    await resync();
-    await Promise.all([
-      this.queue.start(signal, 1),
-      watchForever<Cell>(this.o.resources.store, kindPrefix('Cell'), signal, this.log, () => {
-        this.queue.add(CELLS_KEY);
-        this.queue.add(PLACEMENT_KEY); // a cell retired or claimed changes what fits
-      }),
-      // A machine applied, or one that went away and left room.
-      watchForever<Machine>(this.o.resources.store, kindPrefix('Machine'), signal, this.log, () => this.queue.add(PLACEMENT_KEY)),
-      // A quota raised may let waiting work in.
-      watchForever<Tenant>(this.o.resources.store, kindPrefix('Tenant'), signal, this.log, () => this.queue.add(PLACEMENT_KEY)),
-      watchForever<Service>(this.o.resources.store, kindPrefix('Service'), signal, this.log, (e) => {
-        this.queue.add(`Service/${e.value.metadata.tenant}/${e.value.metadata.name}`);
-      }),
-      watchForever<Job>(this.o.resources.store, kindPrefix('Job'), signal, this.log, (e) => {
-        this.queue.add(`Job/${e.value.metadata.tenant}/${e.value.metadata.name}`);
-      }),
-      watchForever<Instance>(this.o.resources.store, kindPrefix('Instance'), signal, this.log, (e) => {
-        this.queue.add(this.ownerKey(e.value));
-        if (e.value.spec.cell) this.queue.add(CELLS_KEY);
-        // Capacity freed (an instance gone or finished): waiting work may fit now.
-        if (e.type === 'delete' || TERMINAL_PHASES.includes(e.value.status.phase)) this.queue.add(PLACEMENT_KEY);
-      }),
-      watchForever<Host>(this.o.resources.store, kindPrefix('Host'), signal, this.log, () => {
-        // Capacity or readiness changed: unplaced instances may fit now.
-        resync().catch((err: unknown) => this.log.warn({ err }, 'resync failed'));
-      }),
-    ]);
+    await this.loop.start(signal);
   }
 
   private ownerKey(i: Instance): OwnerKey {
@@ -250,7 +238,7 @@ export class WorkloadController {
       const hostLost = !host || host.status.state !== 'Ready';
       const dead = DEAD_CELL_PHASES.includes(c.status.phase);
       if (!dead && !hostLost) continue;
-      for (const i of instances) if (i.spec.cell === name) this.queue.add(this.ownerKey(i));
+      for (const i of instances) if (i.spec.cell === name) this.loop.add(this.ownerKey(i));
       const nowIso = this.o.env.now();
       if (hostLost) {
         const lostAt = c.status.lostAt ?? host?.status.lostAt ?? nowIso;
