@@ -16,7 +16,7 @@ import { CompactedError, rawJsonOf, StoreClosedError, StoreUnavailableError, typ
 import { StreamWriter } from './stream-writer.js';
 import { FrameCache, WatchHubs } from './watch-hub.js';
 import type { LogLine, LogOptions } from '../runtime/driver.js';
-import { ROUTES, type RouteDef } from './routes.js';
+import { ROUTES, type RouteDef } from '../model/routes.js';
 import { openApiDocument } from './openapi.js';
 import { metrics } from '../metrics/metrics.js';
 import { admit, type Authenticator } from '../auth/admit.js';

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { ROUTES } from '../api/routes.js';
+import { ROUTES } from '../model/routes.js';
 import { isCarapaceError } from '../model/errors.js';
 import { openSqliteStore, type SqliteStore } from '../store/sqlite.js';
 import { admit } from './admit.js';

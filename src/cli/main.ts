@@ -68,8 +68,10 @@ program
     const cpuOvercommit = Number(o.cpuOvercommit);
     if (!Number.isFinite(cpuOvercommit) || cpuOvercommit < 1 || cpuOvercommit > 64) throw new CliError('CARAPACE_E_BAD_QUERY', `--cpu-overcommit must be a number from 1 to 64, got "${o.cpuOvercommit}"`);
     if ((o.bridge === undefined) !== (o.subnet === undefined)) throw new CliError('CARAPACE_E_BAD_QUERY', '--bridge and --subnet go together (another bridge needs its own subnet)', [{ path: o.bridge ? '--subnet' : '--bridge', message: 'give both or neither' }]);
+    // Read and validated before anything starts: a bad file is refused, not found after boot.
+    const apply = o.apply ? await readManifests(o.apply) : [];
     await runAllInOne({
-      cpuOvercommit, stateDir: o.stateDir, port, listen: o.listen, ...(o.hostName ? { hostName: o.hostName } : {}), applyFiles: o.apply ?? [], warmCells, accel: o.accel, ...(o.machineImages ? { machineImagesDir: o.machineImages } : {}),
+      cpuOvercommit, stateDir: o.stateDir, port, listen: o.listen, ...(o.hostName ? { hostName: o.hostName } : {}), apply, warmCells, accel: o.accel, ...(o.machineImages ? { machineImagesDir: o.machineImages } : {}),
       ...(o.bridge && o.subnet ? { bridge: { name: o.bridge, subnet: o.subnet } } : {}) });
   });
 

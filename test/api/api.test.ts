@@ -11,7 +11,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FastifyInstance } from 'fastify';
 import { buildApi } from '../../src/api/server.js';
-import { ROUTES } from '../../src/api/routes.js';
+import { ROUTES } from '../../src/model/routes.js';
 import { ControlPlane } from '../../src/core/control-plane.js';
 import { Resources } from '../../src/core/resources.js';
 import { openSqliteStore } from '../../src/store/sqlite.js';

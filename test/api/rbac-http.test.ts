@@ -15,7 +15,7 @@ import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FastifyInstance } from 'fastify';
 import { buildApi } from '../../src/api/server.js';
-import { ROUTES, type RouteDef } from '../../src/api/routes.js';
+import { ROUTES, type RouteDef } from '../../src/model/routes.js';
 import { ControlPlane } from '../../src/core/control-plane.js';
 import { Resources } from '../../src/core/resources.js';
 import { WorkloadController } from '../../src/control/controller.js';

@@ -25,7 +25,7 @@ import { pino } from 'pino';
 import YAML from 'yaml';
 import type { FastifyInstance } from 'fastify';
 import { buildApi } from '../../src/api/server.js';
-import { ROUTES } from '../../src/api/routes.js';
+import { ROUTES } from '../../src/model/routes.js';
 import { AuditLog } from '../../src/audit/log.js';
 import { authenticate, bootstrapToken } from '../../src/auth/tokens.js';
 import { ControlPlane } from '../../src/core/control-plane.js';
