@@ -298,11 +298,11 @@ tokenCmd
   });
 tokenCmd
   .command('revoke')
-  .description('Revoke a token (it stops working at once)')
-  .argument('<id>')
-  .action(async (id: string) => {
-    await client().call('DELETE', `/v1/tokens/${encodeURIComponent(id)}`);
-    console.log(`token ${id} revoked`);
+  .description('Revoke a token (it stops working at once); several live tokens with that name are refused: use the id')
+  .argument('<token>', 'the token id, or the name it was given')
+  .action(async (ref: string) => {
+    const r = await client().call<{ revoked: { id: string; name: string; revokedAt?: string } }>('DELETE', `/v1/tokens/${encodeURIComponent(ref)}`);
+    console.log(`token ${r.revoked.id} (${r.revoked.name}) revoked${r.revoked.revokedAt ? ` at ${r.revoked.revokedAt}` : ''}`);
   });
 
 const auditCmd = program.command('audit').description('The tamper-evident audit log');

@@ -20,7 +20,9 @@ import { ControlPlane } from '../../src/core/control-plane.js';
 import { Resources } from '../../src/core/resources.js';
 import { WorkloadController } from '../../src/control/controller.js';
 import { openSqliteStore } from '../../src/store/sqlite.js';
-import { authenticate, bootstrapToken, issueToken } from '../../src/auth/tokens.js';
+import { authenticate } from '../../src/auth/tokens.js';
+import { bootstrapToken, issueToken } from '../../src/core/api-tokens.js';
+import { contextFor } from '../../src/core/audit-context.js';
 import { AuditLog } from '../../src/audit/log.js';
 import type { Store } from '../../src/store/store.js';
 import type { Host } from '../../src/model/objects.js';
@@ -67,13 +69,13 @@ beforeAll(async () => {
   };
   app = buildApi({ controlPlane: new ControlPlane(resources, env), store, logs, logger, auth: { authenticate: (t) => authenticate(store, t) }, env, audit });
   base = await app.listen({ port: 0, host: '127.0.0.1' });
-  tokens['cluster-admin'] = (await bootstrapToken(store, { id: 'root', name: 'root', now: env.now() }))!.token; // fresh store
+  tokens['cluster-admin'] = (await bootstrapToken(resources, { id: 'root', name: 'root', now: env.now() }))!.token; // fresh store
   const root = { tokenId: 'root', name: 'root', role: 'cluster-admin' as const };
-  tokens['tenant-admin'] = (await issueToken(store, root, { id: 'acmeadmin', name: 'acme admin', role: 'tenant-admin', tenant: OWN, now: env.now() })).token;
-  tokens['tenant-viewer'] = (await issueToken(store, root, { id: 'acmeview', name: 'acme viewer', role: 'tenant-viewer', tenant: OWN, now: env.now() })).token;
-  await issueToken(store, root, { id: 'globexadmin', name: 'globex admin', role: 'tenant-admin', tenant: OTHER, now: env.now() });
+  tokens['tenant-admin'] = (await issueToken(resources, contextFor(root), { id: 'acmeadmin', name: 'acme admin', role: 'tenant-admin', tenant: OWN, now: env.now() })).token;
+  tokens['tenant-viewer'] = (await issueToken(resources, contextFor(root), { id: 'acmeview', name: 'acme viewer', role: 'tenant-viewer', tenant: OWN, now: env.now() })).token;
+  await issueToken(resources, contextFor(root), { id: 'globexadmin', name: 'globex admin', role: 'tenant-admin', tenant: OTHER, now: env.now() });
   // A third acme token to revoke: revoking the tokens the matrix uses would end the run early.
-  await issueToken(store, root, { id: 'acmeci', name: 'acme ci', role: 'tenant-viewer', tenant: OWN, now: env.now() });
+  await issueToken(resources, contextFor(root), { id: 'acmeci', name: 'acme ci', role: 'tenant-viewer', tenant: OWN, now: env.now() });
   tokenIdOf[OWN] = 'acmeci';
   tokenIdOf[OTHER] = 'globexadmin';
   const host: Host = {
