@@ -199,6 +199,18 @@ function toCarapaceError(err: unknown): CarapaceError {
   return new CarapaceError('CARAPACE_E_INTERNAL', 'internal error; see the server log');
 }
 
+/**
+ * What a refused request was about, for its audit record (which needs a name): the name in
+ * the URL, else the one in a manifest body (a create), else "-" (a collection route refused
+ * before or without a body naming anything). Records of refused creates were lost when the
+ * name was left empty.
+ */
+function refusedName(p: Params | undefined, body: unknown): string {
+  if (p?.name) return p.name;
+  const named = (body as { metadata?: { name?: unknown } } | null | undefined)?.metadata?.name; // any parsed body; only a string is used
+  return typeof named === 'string' && named !== '' ? named.slice(0, 253) : '-';
+}
+
 /** Builds the fastify app (not listening); `listen` is the caller's. */
 export function buildApi(o: ApiOptions): FastifyInstance {
   // pino's Logger is what FastifyBaseLogger describes (fastify is built on pino).
@@ -242,7 +254,7 @@ export function buildApi(o: ApiOptions): FastifyInstance {
       // Refused mutations are audited too (who tried what, and why it failed); best effort:
       // nothing was changed, so a failing audit write must not turn the refusal into a 500.
       const p = req.params as Params; // filled by routing (may be empty for unmatched routes)
-      const target = { kind: req.routeOptions.url ?? req.url.split('?')[0] ?? '', name: p?.name ?? '', ...(p?.tenant ? { tenant: p.tenant } : {}) };
+      const target = { kind: req.routeOptions.url ?? req.url.split('?')[0] ?? '', name: refusedName(p, req.body), ...(p?.tenant ? { tenant: p.tenant } : {}) };
       await o.controlPlane
         .recordRefusal(auditContext(req), req.method === 'DELETE' ? 'delete' : 'apply', target, ce)
         .catch((e: unknown) => req.log.warn({ err: e }, 'could not audit a refused request'));
