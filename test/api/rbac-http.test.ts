@@ -261,4 +261,22 @@ describe('RBAC over HTTP, generated from the route table', () => {
     // Every route x principal x tenant variant was exercised.
     expect(requests).toBeGreaterThan(ROUTES.length * WHO.length);
   }, 240_000);
+  it("revokes by name only among the tokens the caller may revoke: another tenant's token of that name is neither matched nor confirmed", async () => {
+    const live = async (): Promise<{ id: string; tenant?: string }[]> =>
+      (JSON.parse((await send('GET', `${base}/v1/tokens`, tokens['cluster-admin'])).text) as { items: { id: string; name: string; tenant?: string; revokedAt?: string }[] }).items.filter((t) => t.name === 'shared name' && !t.revokedAt);
+    const other = await send('POST', `${base}/v1/tokens`, tokens['cluster-admin'], { name: 'shared name', role: 'tenant-viewer', tenant: OTHER });
+    expect(other.status).toBe(201);
+    const byName = `${base}/v1/tokens/${encodeURIComponent('shared name')}`;
+    const hidden = await send('DELETE', byName, tokens['tenant-admin']);
+    expect([hidden.status, JSON.parse(hidden.text).error.code]).toEqual([404, 'CARAPACE_E_NOT_FOUND']);
+    expect(hidden.text).not.toContain(OTHER);
+    expect(await live()).toHaveLength(1);
+    // With an acme token of the same name, the name is unambiguous for acme's admin: two live
+    // tokens share it, but acme's admin may revoke only its own.
+    expect((await send('POST', `${base}/v1/tokens`, tokens['cluster-admin'], { name: 'shared name', role: 'tenant-viewer', tenant: OWN })).status).toBe(201);
+    const mine = await send('DELETE', byName, tokens['tenant-admin']);
+    expect(mine.status, mine.text).toBe(200);
+    expect(JSON.parse(mine.text).revoked.tenant).toBe(OWN);
+    expect((await live()).map((t) => t.tenant)).toEqual([OTHER]);
+  });
 });
