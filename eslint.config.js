@@ -1,9 +1,62 @@
-// Lint the boundaries: promises must be handled, and the pure layers (model, scheduler)
-// must not reach for I/O, drivers or the store. The dashboard (ui/src) is linted with its own
-// tsconfig (DOM, bundler resolution) and React's hook rules.
+// Lint the boundaries: promises must be handled, the pure layers (model, scheduler) must not
+// reach for I/O, drivers or the store, and every folder of src/ imports only the folders the
+// layer map below allows (so folders never form an import cycle). The dashboard (ui/src) is
+// linted with its own tsconfig (DOM, bundler resolution) and React's hook rules.
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 import reactHooks from 'eslint-plugin-react-hooks';
+import importX from 'eslint-plugin-import-x';
+import { createTypeScriptImportResolver } from 'eslint-import-resolver-typescript';
+
+/**
+ * The layer map: which other folders of src/ each folder may import (its own files and model/
+ * always). Lower layers first; a folder names only folders above it in this list, which is
+ * checked below, so the map itself cannot hold a cycle. Adding an import across folders means
+ * adding it here, where a reviewer sees the architecture change.
+ */
+const LAYERS = {
+  model: [],
+  scheduler: [],
+  store: [],
+  runtime: [],
+  network: [],
+  usage: ['store'],
+  image: ['runtime'],
+  vm: ['runtime'],
+  guest: ['runtime'],
+  // Only audit's test fixtures use sim's seeded PRNG.
+  sim: ['scheduler'],
+  audit: ['store', 'sim'],
+  auth: ['store'],
+  pki: ['store'],
+  core: ['store', 'scheduler', 'usage', 'audit', 'auth', 'pki'],
+  metrics: ['core'],
+  control: ['store', 'scheduler', 'audit', 'core', 'metrics'],
+  agentapi: ['store', 'runtime', 'pki', 'core'],
+  agent: ['store', 'runtime', 'network', 'usage', 'image', 'vm', 'guest', 'core', 'metrics', 'control'],
+  api: ['store', 'runtime', 'usage', 'audit', 'auth', 'pki', 'core', 'metrics'],
+  server: ['store', 'runtime', 'audit', 'auth', 'pki', 'core', 'metrics', 'control', 'agentapi', 'agent', 'api'],
+  allinone: ['store', 'vm', 'core', 'agent', 'server'],
+  cli: ['runtime', 'server', 'allinone'],
+};
+
+// Each folder may only depend on folders listed before it: the map is a layering, not a graph
+// with cycles. Checked when the config loads, so a bad edit fails every lint run.
+const order = Object.keys(LAYERS);
+for (const [folder, deps] of Object.entries(LAYERS)) {
+  for (const d of deps) {
+    if (!(d in LAYERS)) throw new Error(`eslint layer map: ${folder} names unknown folder ${d}`);
+    if (order.indexOf(d) >= order.indexOf(folder)) throw new Error(`eslint layer map: ${folder} may not depend on ${d}, which is not below it`);
+  }
+}
+
+/** One no-restricted-paths zone per folder: everything under src/ except itself, model/ and its allowed folders. */
+const layerZones = Object.entries(LAYERS).map(([folder, deps]) => ({
+  target: `./src/${folder}`,
+  from: './src',
+  except: [...new Set([folder, 'model', ...deps])].map((d) => `./${d}`),
+  message: `the layer map (eslint.config.js) lets src/${folder} import only ${['model', ...deps].join(', ')}.`,
+}));
 
 export default tseslint.config(
   { ignores: ['dist/**', 'node_modules/**', '**/*.mjs', 'eslint.config.js'] },
@@ -18,6 +71,15 @@ export default tseslint.config(
       '@typescript-eslint/no-misused-promises': 'error',
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
     },
+  },
+  {
+    // The layer map, for product code. Tests are left out: nothing imports a test, so a test
+    // importing a higher layer (a scheduler test drawing inputs from sim/) closes no cycle.
+    files: ['src/**/*.ts'],
+    ignores: ['**/*.test.ts'],
+    plugins: { 'import-x': importX },
+    settings: { 'import-x/resolver-next': [createTypeScriptImportResolver({ project: './tsconfig.eslint.json' })] },
+    rules: { 'import-x/no-restricted-paths': ['error', { basePath: import.meta.dirname, zones: layerZones }] },
   },
   {
     // Tests poke at untyped JSON responses; `any` there is a convenience, not a hole in the product.

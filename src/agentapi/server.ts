@@ -8,7 +8,10 @@
  * delete and txn, each checked against scope.ts (an agent reads and changes only what is
  * placed on its own host). Writes to its objects are compare-and-set against the version the
  * check saw, so nothing can slip between the check and the write. The agent code is the same
- * whether it talks to a local store or to this API.
+ * whether it talks to a local store or to this API, and so are those writes: an agent's
+ * statuses and usage records are not audited on either path. Joining and renewing change the
+ * cluster's trust in a host: their certificate records are the core's actions (recordAgentCert),
+ * each with its audit record.
  */
 import type { TLSSocket } from 'node:tls';
 import type { Server as HttpsServer } from 'node:https';
@@ -17,7 +20,8 @@ import type { Logger } from 'pino';
 import { z } from 'zod';
 import { CarapaceError } from '../model/errors.js';
 import { CompactedError, ConflictError, isWellFormed, StoreClosedError, StoreUnavailableError, type Entry, type Store, type TxnOp } from '../store/store.js';
-import { agentCertProblem, AGENT_CERT_DAYS, AGENT_CERT_PREFIX, checkJoinToken, recordAgentCert, type AgentCertRecord } from '../pki/agents.js';
+import { agentCertProblem, AGENT_CERT_DAYS, AGENT_CERT_PREFIX, checkJoinToken, type AgentCertRecord } from '../pki/agents.js';
+import type { ControlPlane } from '../core/control-plane.js';
 import { certIdentity, issueCertificate, type ClusterCa } from '../pki/x509.js';
 import { isWorkloadKey, mayListPrefix, mayRead, writeProblem } from './scope.js';
 import { finished } from 'node:stream/promises';
@@ -26,6 +30,8 @@ import type { LogHub } from './logs.js';
 
 export interface AgentApiOptions {
   store: Store;
+  /** Where the writes a request causes beyond an agent's own objects go (certificate records, with their audit records). */
+  controlPlane: ControlPlane;
   /** Where log requests for this server's API readers go out and agents' uploads come in. */
   logs?: LogHub;
   ca: ClusterCa;
@@ -134,7 +140,8 @@ export function buildAgentApi(o: AgentApiOptions): FastifyInstance<HttpsServer> 
     const issued = await issueCertificate(o.ca, { csrPem: b.csr, commonName: `host:${b.host}`, usage: 'client', validityDays: AGENT_CERT_DAYS, now: now() }).catch((e: unknown) => {
       throw new CarapaceError('CARAPACE_E_VALIDATION', `the certificate request is not valid: ${(e as Error).message}`, [{ path: 'csr', message: 'not a valid, self-signed PKCS#10 request' }]);
     });
-    await recordAgentCert(o.store, b.host, issued.serial, issued.notAfter, now());
+    // Audited as the holder of the join token: whoever ran `carapace agent --join` with it.
+    await o.controlPlane.handle({ type: 'recordAgentCert', host: b.host, serial: issued.serial, notAfter: issued.notAfter, via: 'join' }, { actor: { kind: 'user', id: `join-token:${b.tokenId}` }, source: req.ip });
     recCache.delete(b.host);
     log.info({ host: b.host, serial: issued.serial, notAfter: issued.notAfter }, 'agent joined');
     return { certificate: issued.certPem, ca: o.ca.certPem, notAfter: issued.notAfter };
@@ -157,7 +164,7 @@ export function buildAgentApi(o: AgentApiOptions): FastifyInstance<HttpsServer> 
     const host = hostOf(req);
     const b = parse(RenewBody, req.body);
     const issued = await issueCertificate(o.ca, { csrPem: b.csr, commonName: `host:${host}`, usage: 'client', validityDays: AGENT_CERT_DAYS, now: now() });
-    await recordAgentCert(o.store, host, issued.serial, issued.notAfter, now());
+    await o.controlPlane.handle({ type: 'recordAgentCert', host, serial: issued.serial, notAfter: issued.notAfter, via: 'renew' }, { actor: { kind: 'system', id: `host:${host}` }, source: req.ip });
     recCache.delete(host);
     log.info({ host, serial: issued.serial }, 'agent certificate renewed');
     return { certificate: issued.certPem, ca: o.ca.certPem, notAfter: issued.notAfter };

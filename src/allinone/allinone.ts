@@ -16,16 +16,16 @@ import { Resources } from '../core/resources.js';
 import { openSqliteStore } from '../store/sqlite.js';
 import { startControlServer, systemEnv } from '../server/server.js';
 import type { VmManager } from '../vm/qemu.js';
-import { readManifests } from '../cli/apply.js';
 import { CarapaceError } from '../model/errors.js';
+import type { Manifest } from '../model/schemas.js';
 
 export interface AllInOneOptions {
   stateDir: string;
   port: number;
   listen?: string;
   hostName?: string;
-  /** Manifest files applied once everything is up. */
-  applyFiles?: string[];
+  /** Manifests applied once everything is up (the CLI reads and validates the files before starting). */
+  apply?: Manifest[];
   logger?: Logger;
   /** Registries reached without TLS besides loopback ones. */
   insecureRegistries?: string[];
@@ -114,9 +114,8 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
   });
   logger.info({ url: server.url, stateDir: o.stateDir, host: node.hostName }, 'carapace all-in-one is up');
 
-  if (o.applyFiles && o.applyFiles.length > 0) {
-    const manifests = await readManifests(o.applyFiles);
-    for (const m of [...manifests].sort((a, b) => (a.kind === 'Tenant' ? 0 : 1) - (b.kind === 'Tenant' ? 0 : 1))) {
+  if (o.apply && o.apply.length > 0) {
+    for (const m of [...o.apply].sort((a, b) => (a.kind === 'Tenant' ? 0 : 1) - (b.kind === 'Tenant' ? 0 : 1))) {
       try {
         await server.controlPlane.handle({ type: 'apply', manifest: m });
       } catch (e) {

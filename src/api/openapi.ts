@@ -5,7 +5,7 @@
 import { z } from 'zod';
 import { ERROR_CATALOGUE } from '../model/errors.js';
 import { JobManifestSchema, ServiceManifestSchema, TenantManifestSchema } from '../model/schemas.js';
-import { ROUTES } from './routes.js';
+import { ROUTES } from '../model/routes.js';
 
 let cached: unknown;
 

@@ -12,24 +12,23 @@ import { parseManifest } from '../model/manifest.js';
 import { KINDS, kindPrefix, type Kind } from '../model/objects.js';
 import type { ControlPlane, ActionResult } from '../core/control-plane.js';
 import type { Store } from '../store/store.js';
-import { CompactedError, rawJsonOf, StoreClosedError, StoreUnavailableError, type TxnOp, type WatchEvent } from '../store/store.js';
+import { CompactedError, rawJsonOf, StoreClosedError, StoreUnavailableError, type WatchEvent } from '../store/store.js';
 import { StreamWriter } from './stream-writer.js';
 import { FrameCache, WatchHubs } from './watch-hub.js';
 import type { LogLine, LogOptions } from '../runtime/driver.js';
-import { ROUTES, type RouteDef } from './routes.js';
+import { ROUTES, type RouteDef } from '../model/routes.js';
 import { openApiDocument } from './openapi.js';
 import { metrics } from '../metrics/metrics.js';
 import { admit, type Authenticator } from '../auth/admit.js';
 import { canSee, filterList, owningTenant, ROLES, type Principal } from '../auth/rbac.js';
-import { issueToken, listTokens, revokeToken, tokenInfo } from '../auth/tokens.js';
+import { listTokens } from '../auth/tokens.js';
 import type { Env } from '../core/actions.js';
 import { z } from 'zod';
 import { zodIssues } from '../model/manifest.js';
 import type { AuditLog } from '../audit/log.js';
-import type { AuditContext } from '../core/control-plane.js';
+import { contextFor, type AuditContext } from '../core/audit-context.js';
 import { usageReport } from '../core/usage-report.js';
-import { AGENT_CERT_PREFIX, JOIN_TOKEN_PREFIX, newJoinToken, type AgentCertRecord, type JoinTokenRecord } from '../pki/agents.js';
-import { ensureClusterCa } from '../pki/x509.js';
+import { AGENT_CERT_PREFIX, JOIN_TOKEN_PREFIX, type AgentCertRecord, type JoinTokenRecord } from '../pki/agents.js';
 import { formatReport } from '../usage/format.js';
 import { registerUi } from './ui.js';
 
@@ -47,9 +46,9 @@ export interface ApiOptions {
   logger: Logger;
   /** Turns bearer tokens into principals (a TokenCache in the server). */
   auth: Authenticator;
-  /** Ids and times for new tokens. */
+  /** The clock of reports' default window. */
   env: Env;
-  /** The audit log: successful mutations are recorded by the core; refused ones here. */
+  /** The audit log, for export, verification and the event stream (the core writes it: successes with their mutation, refusals through ControlPlane.recordRefusal). */
   audit?: AuditLog;
   /** Largest request body accepted. */
   bodyLimit?: number;
@@ -132,13 +131,15 @@ function streamController(o: ApiOptions, reply: FastifyReply, ac = new AbortCont
   return { ac, release: () => open?.delete(ac) };
 }
 
-/** The audit actor and source of a request. */
+/** Who a request is for (its principal, audit actor and source), for the core's actions. */
 function auditContext(req: FastifyRequest): AuditContext {
-  const p = admissions.get(req)?.principal;
-  return {
-    actor: p ? { kind: 'user', id: `token:${p.tokenId}`, ...(p.tenant ? { tenant: p.tenant } : {}) } : { kind: 'user', id: 'anonymous' },
-    source: req.ip,
-  };
+  return contextFor(admissions.get(req)?.principal, req.ip);
+}
+
+/** The result of an action, which must be of `type` (the action decides it: anything else is a bug). */
+function resultOf<T extends ActionResult['type']>(r: ActionResult, type: T): Extract<ActionResult, { type: T }> {
+  if (r.type !== type) throw new CarapaceError('CARAPACE_E_INTERNAL', `an action answered ${r.type}, not ${type}`);
+  return r as Extract<ActionResult, { type: T }>; // checked just above
 }
 type Query = Record<string, string | undefined>;
 
@@ -164,6 +165,12 @@ function render(result: ActionResult): unknown {
       return { items: result.items, resourceVersion: result.revision };
     case 'deleted':
       return { deleted: { kind: result.kind, name: result.name, ...(result.tenant ? { tenant: result.tenant } : {}) } };
+    case 'token':
+      return { ...(result.secret !== undefined ? { token: result.secret } : {}), ...result.info };
+    case 'joinToken':
+      return { token: result.token, id: result.id, expiresAt: result.expiresAt };
+    case 'agentCert':
+      return result.record;
   }
 }
 
@@ -190,6 +197,18 @@ function toCarapaceError(err: unknown): CarapaceError {
     return new CarapaceError('CARAPACE_E_MALFORMED_BODY', e.message ?? 'bad request');
   }
   return new CarapaceError('CARAPACE_E_INTERNAL', 'internal error; see the server log');
+}
+
+/**
+ * What a refused request was about, for its audit record (which needs a name): the name in
+ * the URL, else the one in a manifest body (a create), else "-" (a collection route refused
+ * before or without a body naming anything). Records of refused creates were lost when the
+ * name was left empty.
+ */
+function refusedName(p: Params | undefined, body: unknown): string {
+  if (p?.name) return p.name;
+  const named = (body as { metadata?: { name?: unknown } } | null | undefined)?.metadata?.name; // any parsed body; only a string is used
+  return typeof named === 'string' && named !== '' ? named.slice(0, 253) : '-';
 }
 
 /** Builds the fastify app (not listening); `listen` is the caller's. */
@@ -231,21 +250,13 @@ export function buildApi(o: ApiOptions): FastifyInstance {
   app.setErrorHandler(async (err, req, reply) => {
     const ce = toCarapaceError(err);
     if (ce.code === 'CARAPACE_E_INTERNAL') req.log.error({ err, url: req.url, method: req.method }, 'internal error');
-    if (o.audit && req.method !== 'GET') {
+    if (req.method !== 'GET') {
       // Refused mutations are audited too (who tried what, and why it failed); best effort:
       // nothing was changed, so a failing audit write must not turn the refusal into a 500.
-      const ctx = auditContext(req);
       const p = req.params as Params; // filled by routing (may be empty for unmatched routes)
-      await o.audit
-        .append({
-          time: o.env.now(),
-          actor: ctx.actor,
-          ...(ctx.source ? { source: ctx.source } : {}),
-          action: req.method === 'DELETE' ? 'delete' : 'apply',
-          target: { kind: req.routeOptions.url ?? req.url.split('?')[0] ?? '', name: p?.name ?? '', ...(p?.tenant ? { tenant: p.tenant } : {}) },
-          outcome: 'failure',
-          detail: { code: ce.code, message: ce.message.slice(0, 500) },
-        })
+      const target = { kind: req.routeOptions.url ?? req.url.split('?')[0] ?? '', name: refusedName(p, req.body), ...(p?.tenant ? { tenant: p.tenant } : {}) };
+      await o.controlPlane
+        .recordRefusal(auditContext(req), req.method === 'DELETE' ? 'delete' : 'apply', target, ce)
         .catch((e: unknown) => req.log.warn({ err: e }, 'could not audit a refused request'));
     }
     return reply.status(ce.status).send(ce.toJSON());
@@ -299,7 +310,7 @@ async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply
     return openApiDocument();
   }
   const who = admissions.get(req) ?? {};
-  if (route.kind === 'tokens') return handleTokens(o, route, req, reply, who.principal);
+  if (route.kind === 'tokens') return handleTokens(o, route, req, reply);
   if (route.kind === 'whoami') return whoami(who.principal);
   if (route.kind === 'audit' && route.url === '/v1/events') return streamEvents(o, q, req, reply, who.principal);
   if (route.kind === 'audit') return handleAudit(o, route, q, reply, who.principal);
@@ -521,39 +532,25 @@ async function handleAudit(o: ApiOptions, route: RouteDef, q: Query, reply: Fast
   return text;
 }
 
-/** Join tokens and agent certificates (cluster-admin; the route table says which). */
+/** Join tokens and agent certificates (cluster-admin; the route table says which). Writes are the core's actions. */
 async function handlePki(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply: FastifyReply, q: Query): Promise<unknown> {
   const name = (req.params as Params).name ?? '';
-  const now = new Date(o.env.now());
-  const ctx = auditContext(req);
-  // Each change commits with its audit record in one transaction (invariant 3).
-  const commit = async (action: string, target: string, ops: TxnOp[], detail: Record<string, unknown> = {}): Promise<void> => {
-    const entry = { time: o.env.now(), actor: ctx.actor, ...(ctx.source ? { source: ctx.source } : {}), action, target: { kind: 'AgentCert', name: target }, outcome: 'success' as const, detail };
-    if (o.audit) await o.audit.commit(entry, ops);
-    else await o.store.txn(ops);
-  };
+  const cp = o.controlPlane;
   if (route.url === '/v1/join-tokens' && route.method === 'POST') {
     const ttl = intParam(q, 'ttlSeconds') ?? 86_400;
     if (ttl < 60 || ttl > 30 * 86_400) throw new CarapaceError('CARAPACE_E_BAD_QUERY', 'ttlSeconds must be from 60 to 2592000 (30 days)', [{ path: 'query.ttlSeconds', message: 'out of range' }]);
-    const ca = await ensureClusterCa(o.store);
-    const { token, record, key } = newJoinToken({ caFingerprint: ca.fingerprint, now, ttlMs: ttl * 1000, description: typeof q['description'] === 'string' ? q['description'].slice(0, 200) : '' });
-    await commit('join-token.created', record.id, [{ op: 'put', key, value: record, expect: { absent: true } }], { expiresAt: record.expiresAt });
+    const description = typeof q['description'] === 'string' ? q['description'].slice(0, 200) : '';
+    const created = resultOf(await cp.handle({ type: 'createJoinToken', ttlSeconds: ttl, description }, auditContext(req)), 'joinToken');
     void reply.status(201);
-    return { token, id: record.id, expiresAt: record.expiresAt };
+    return render(created);
   }
   if (route.url === '/v1/join-tokens') return { items: (await o.store.list<JoinTokenRecord>(JOIN_TOKEN_PREFIX)).items.map((e) => ({ id: e.value.id, createdAt: e.value.createdAt, expiresAt: e.value.expiresAt, description: e.value.description })) };
   if (route.url === '/v1/agent-certs') return { items: (await o.store.list<AgentCertRecord>(AGENT_CERT_PREFIX)).items.map((e) => e.value) };
-  const key = `${AGENT_CERT_PREFIX}${name}`;
-  const cur = await o.store.get<AgentCertRecord>(key);
-  if (!cur) throw new CarapaceError('CARAPACE_E_NOT_FOUND', `host "${name}" has no agent certificate on record`);
   if (route.method === 'DELETE') {
-    await commit('agent-cert.forgotten', name, [{ op: 'delete', key, expect: { version: cur.version } }]);
+    resultOf(await cp.handle({ type: 'forgetAgentCert', host: name }, auditContext(req)), 'deleted');
     return { forgotten: name };
   }
-  if (cur.value.revokedAt) return cur.value;
-  const rec: AgentCertRecord = { ...cur.value, revokedAt: now.toISOString() };
-  await commit('agent-cert.revoked', name, [{ op: 'put', key, value: rec, expect: { version: cur.version } }], { serial: rec.serial });
-  return rec;
+  return render(resultOf(await cp.handle({ type: 'revokeAgentCert', host: name }, auditContext(req)), 'agentCert'));
 }
 
 /** A time query parameter: ISO 8601, or undefined when absent. */
@@ -588,22 +585,18 @@ function whoami(p: Principal | undefined): unknown {
   return { tokenId: p.tokenId, name: p.name, role: p.role, ...(p.tenant !== undefined ? { tenant: p.tenant } : {}) };
 }
 
-/** Token management: the token functions themselves refuse grants above the caller's role. */
-async function handleTokens(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply: FastifyReply, principal: Principal | undefined): Promise<unknown> {
-  if (route.method === 'GET') return { items: await listTokens(o.store, principal) };
-  if (route.method === 'DELETE') return { revoked: await revokeToken(o.store, principal, (req.params as Params).name ?? '', o.env.now()) }; // :name is the token id
+/** Token management: the core's token actions refuse grants above the caller's role. */
+async function handleTokens(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply: FastifyReply): Promise<unknown> {
+  const ctx = auditContext(req);
+  if (route.method === 'GET') return { items: await listTokens(o.store, ctx.principal) };
+  // :name is the token's id, or its name.
+  if (route.method === 'DELETE') return { revoked: resultOf(await o.controlPlane.handle({ type: 'revokeToken', token: (req.params as Params).name ?? '' }, ctx), 'token').info };
   const parsed = NewTokenSchema.safeParse(req.body ?? null);
   if (!parsed.success) throw new CarapaceError('CARAPACE_E_VALIDATION', 'invalid token request', zodIssues(parsed.error));
   const b = parsed.data;
-  const minted = await issueToken(o.store, principal, {
-    id: o.env.newId().replace(/[^a-z0-9]/gi, '').slice(0, 16),
-    name: b.name,
-    role: b.role,
-    ...(b.tenant !== undefined ? { tenant: b.tenant } : {}),
-    now: o.env.now(),
-  });
+  const minted = resultOf(await o.controlPlane.handle({ type: 'createToken', name: b.name, role: b.role, ...(b.tenant !== undefined ? { tenant: b.tenant } : {}) }, ctx), 'token');
   void reply.status(201);
-  return { token: minted.token, ...tokenInfo(minted.record) };
+  return render(minted);
 }
 
 async function streamWatch(o: ApiOptions, kind: Kind, q: Query, req: FastifyRequest, reply: FastifyReply, who: Admitted = {}): Promise<void> {

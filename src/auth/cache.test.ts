@@ -4,7 +4,10 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, expect, it } from 'vitest';
 import { openSqliteStore, type SqliteStore } from '../store/sqlite.js';
 import { TokenCache } from './cache.js';
-import { authenticate, bootstrapToken, issueToken, revokeToken } from './tokens.js';
+import { authenticate } from './tokens.js';
+import { bootstrapToken, issueToken, revokeToken } from '../core/api-tokens.js';
+import { contextFor } from '../core/audit-context.js';
+import { Resources } from '../core/resources.js';
 
 const NOW = '2025-01-01T00:00:00.000Z';
 let dir: string;
@@ -28,7 +31,7 @@ async function until(cond: () => Promise<boolean>, ms = 2000): Promise<number> {
 }
 
 it('answers from the watched view and sees new tokens and revocations', async () => {
-  const root = (await bootstrapToken(store, { id: 'root', name: 'root', now: NOW }))!;
+  const root = (await bootstrapToken(new Resources(store), { id: 'root', name: 'root', now: NOW }))!;
   const admin = (await authenticate(store, root.token))!;
   const cache = new TokenCache(store);
   expect(await cache.authenticate(root.token)).toEqual(admin); // not started: falls back to the store
@@ -41,9 +44,9 @@ it('answers from the watched view and sees new tokens and revocations', async ()
     expect(await cache.authenticate(root.token.slice(0, -1) + (root.token.endsWith('A') ? 'B' : 'A'))).toBeUndefined();
     expect(await cache.authenticate('nonsense')).toBeUndefined();
 
-    const dev = await issueToken(store, admin, { id: 'dev', name: 'dev', role: 'tenant-viewer', tenant: 'acme', now: NOW });
+    const dev = await issueToken(new Resources(store), contextFor(admin), { id: 'dev', name: 'dev', role: 'tenant-viewer', tenant: 'acme', now: NOW });
     await until(async () => (await cache.authenticate(dev.token)) !== undefined);
-    await revokeToken(store, admin, 'dev', NOW);
+    await revokeToken(new Resources(store), contextFor(admin), 'dev', NOW);
     const ms = await until(async () => (await cache.authenticate(dev.token)) === undefined);
     expect(ms).toBeLessThan(500);
     // The store itself changed under the view: a direct delete is seen too.

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { ROUTES, type RouteDef } from '../api/routes.js';
+import { ROUTES, type RouteDef } from '../model/routes.js';
 import { KINDS, type Kind } from '../model/objects.js';
 import {
   authorize,

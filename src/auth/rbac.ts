@@ -15,7 +15,7 @@
  * - Anything not classified here is denied, to everyone (default deny): a new route must be
  *   taught to {@link classifyRoute} before anyone can call it.
  */
-import type { RouteDef } from '../api/routes.js';
+import type { RouteDef } from '../model/routes.js';
 import { KINDS, type Kind } from '../model/objects.js';
 
 /** The roles a token can carry, most powerful first. */

@@ -1,5 +1,6 @@
 /**
- * Bearer tokens: minting, storing (hash only), authenticating and revoking.
+ * Bearer tokens: their shape, minting (pure apart from the random secret), authenticating
+ * and listing. Storing and revoking them are writes with an audit record: core/api-tokens.ts.
  *
  * A token looks like `cpt_<id>.<secret>`: `id` names its record (`tokens/<id>` in the Store,
  * so authentication is one `get`, not a scan) and `secret` is 32 random bytes, base64url. The
@@ -14,9 +15,8 @@
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { CarapaceError } from '../model/errors.js';
-import { ConflictError, type Store } from '../store/store.js';
-import { AuthError } from './errors.js';
-import { canCreateToken, canRevokeToken, isTenantRole, ROLES, type Grant, type Principal, type Role } from './rbac.js';
+import type { Store } from '../store/store.js';
+import { canRevokeToken, isTenantRole, ROLES, type Principal, type Role } from './rbac.js';
 
 /** What every token starts with, so secret scanners (and people) recognise it. */
 export const TOKEN_PREFIX = 'cpt_';
@@ -63,6 +63,11 @@ export interface NewToken {
   createdBy: string;
 }
 
+/** True when `s` has the shape of a token id (so it can name a record). */
+export function isTokenId(s: string): boolean {
+  return ID_RE.test(s);
+}
+
 /** The store key of a token record. */
 export function tokenKey(id: string): string {
   return `${TOKENS_KEY_PREFIX}${id}`;
@@ -79,7 +84,7 @@ function iso(now: string | Date): string {
 /**
  * Mints a token (pure apart from the random secret; nothing is stored). Returns the token,
  * to show the user once, and the record to store. Throws CARAPACE_E_VALIDATION on a bad id,
- * name or role/tenant combination. Most callers want {@link issueToken}.
+ * name or role/tenant combination. To store one, see core/api-tokens.ts (issueToken).
  */
 export function createToken(input: NewToken): { token: string; record: TokenRecord } {
   if (!ID_RE.test(input.id)) throw new CarapaceError('CARAPACE_E_VALIDATION', 'token id must be 1-63 lowercase letters, digits or "-"', [{ path: 'id', message: 'invalid' }]);
@@ -99,50 +104,6 @@ export function createToken(input: NewToken): { token: string; record: TokenReco
     hash: sha256(token).toString('hex'),
   };
   return { token, record };
-}
-
-/** Stores a new record; fails with CARAPACE_E_ALREADY_EXISTS when the id was ever used (ids are never reused). */
-export async function saveToken(store: Store, record: TokenRecord): Promise<number> {
-  try {
-    return await store.put(tokenKey(record.id), record, { absent: true });
-  } catch (e) {
-    if (e instanceof ConflictError) throw new CarapaceError('CARAPACE_E_ALREADY_EXISTS', `token id "${record.id}" is already used`);
-    throw e;
-  }
-}
-
-/**
- * Mints and stores a token on behalf of `issuer`, refusing (AuthError FORBIDDEN /
- * UNAUTHENTICATED) a grant the issuer's role does not allow. The returned token is the only
- * copy of the secret.
- */
-export async function issueToken(store: Store, issuer: Principal | undefined, input: Omit<NewToken, 'createdBy'>): Promise<{ token: string; record: TokenRecord }> {
-  const grant: Grant = { role: input.role, ...(input.tenant !== undefined ? { tenant: input.tenant } : {}) };
-  const d = canCreateToken(issuer, grant);
-  if (!d.allowed) throw new AuthError(d.code, d.message);
-  const minted = createToken({ ...input, createdBy: issuer?.tokenId ?? '' }); // canCreateToken refused an undefined issuer
-  await saveToken(store, minted.record);
-  return minted;
-}
-
-/**
- * Mints the first cluster-admin token, once per store: returns undefined when a bootstrap
- * already happened (even if that token was revoked since). The all-in-one calls it at first
- * start and prints the token. Atomic: two racing callers cannot both succeed.
- */
-export async function bootstrapToken(store: Store, input: { id: string; name: string; now: string | Date }): Promise<{ token: string; record: TokenRecord } | undefined> {
-  const minted = createToken({ ...input, role: 'cluster-admin', createdBy: 'bootstrap' });
-  try {
-    await store.txn([
-      { op: 'put', key: BOOTSTRAP_KEY, value: { tokenId: input.id, at: minted.record.createdAt }, expect: { absent: true } },
-      { op: 'put', key: tokenKey(input.id), value: minted.record, expect: { absent: true } },
-    ]);
-  } catch (e) {
-    if (e instanceof ConflictError && e.key === BOOTSTRAP_KEY) return undefined;
-    if (e instanceof ConflictError) throw new CarapaceError('CARAPACE_E_ALREADY_EXISTS', `token id "${input.id}" is already used`);
-    throw e;
-  }
-  return minted;
 }
 
 /** Extracts the token from an `Authorization: Bearer <token>` header; undefined when absent or not a bearer header. */
@@ -202,33 +163,6 @@ export function checkToken(bearer: string, record: TokenRecord | undefined): Pri
 export function tokenInfo(record: TokenRecord): TokenInfo {
   const { hash: _hash, ...info } = record;
   return info;
-}
-
-/**
- * Revokes token `id` on behalf of `principal` (who must be allowed by canRevokeToken).
- * Idempotent: revoking a revoked token returns it unchanged. Throws CARAPACE_E_NOT_FOUND for
- * an unknown id and AuthError when not allowed. The record stays (for audit); only
- * `revokedAt`/`revokedBy` are set.
- */
-export async function revokeToken(store: Store, principal: Principal | undefined, id: string, now: string | Date): Promise<TokenInfo> {
-  for (let attempt = 0; ; attempt++) {
-    const entry = await store.get<TokenRecord>(tokenKey(id));
-    if (entry === undefined) throw new CarapaceError('CARAPACE_E_NOT_FOUND', `token "${id}" does not exist`);
-    const rec = entry.value;
-    const d = canRevokeToken(principal, { id: rec.id, role: rec.role, ...(rec.tenant !== undefined ? { tenant: rec.tenant } : {}) });
-    if (!d.allowed) throw new AuthError(d.code, d.message);
-    if (rec.revokedAt !== undefined) return tokenInfo(rec);
-    const next: TokenRecord = { ...rec, revokedAt: iso(now), revokedBy: principal?.tokenId ?? '' }; // canRevokeToken refused an undefined principal
-    try {
-      await store.put(tokenKey(id), next, { version: entry.version });
-      return tokenInfo(next);
-    } catch (e) {
-      // Someone else wrote the record in between (e.g. revoked it too): read again.
-      if (e instanceof ConflictError && attempt < 3) continue;
-      if (e instanceof ConflictError) throw new CarapaceError('CARAPACE_E_CONFLICT', `token "${id}" keeps changing; retry`);
-      throw e;
-    }
-  }
 }
 
 /** The tokens `principal` could revoke (cluster-admin: all; tenant-admin: its tenant's; viewers: only their own), without hashes. */

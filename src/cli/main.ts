@@ -10,6 +10,7 @@ import { kindFromWord, KINDS, type AnyObject, type Instance, type Kind } from '.
 import { applyAll, readManifests, waitFor, manifestPath } from './apply.js';
 import { ApiClient, CliError } from './client.js';
 import { formatDescribe, formatOutput, table } from './format.js';
+import { DURATION_EXAMPLES, DURATION_FORMS, durationMs, timeArg } from './time.js';
 import type { LogLine } from '../runtime/driver.js';
 
 const program = new Command();
@@ -68,8 +69,10 @@ program
     const cpuOvercommit = Number(o.cpuOvercommit);
     if (!Number.isFinite(cpuOvercommit) || cpuOvercommit < 1 || cpuOvercommit > 64) throw new CliError('CARAPACE_E_BAD_QUERY', `--cpu-overcommit must be a number from 1 to 64, got "${o.cpuOvercommit}"`);
     if ((o.bridge === undefined) !== (o.subnet === undefined)) throw new CliError('CARAPACE_E_BAD_QUERY', '--bridge and --subnet go together (another bridge needs its own subnet)', [{ path: o.bridge ? '--subnet' : '--bridge', message: 'give both or neither' }]);
+    // Read and validated before anything starts: a bad file is refused, not found after boot.
+    const apply = o.apply ? await readManifests(o.apply) : [];
     await runAllInOne({
-      cpuOvercommit, stateDir: o.stateDir, port, listen: o.listen, ...(o.hostName ? { hostName: o.hostName } : {}), applyFiles: o.apply ?? [], warmCells, accel: o.accel, ...(o.machineImages ? { machineImagesDir: o.machineImages } : {}),
+      cpuOvercommit, stateDir: o.stateDir, port, listen: o.listen, ...(o.hostName ? { hostName: o.hostName } : {}), apply, warmCells, accel: o.accel, ...(o.machineImages ? { machineImagesDir: o.machineImages } : {}),
       ...(o.bridge && o.subnet ? { bridge: { name: o.bridge, subnet: o.subnet } } : {}) });
   });
 
@@ -147,13 +150,14 @@ program
   .description('Create or update objects from manifest files (multi-document YAML)')
   .requiredOption('-f, --filename <file...>', 'manifest files ("-" for stdin)')
   .option('-w, --wait', 'wait until everything applied is running or has failed, showing progress')
-  .option('--timeout <seconds>', 'how long --wait waits', '300')
+  .option('--timeout <duration>', `how long --wait waits (${DURATION_FORMS})`, '300')
   .action(async (o: { filename: string[]; wait?: boolean; timeout: string }) => {
+    const timeoutMs = durationMs(o.timeout, '--timeout');
     const manifests = await readManifests(o.filename);
     const c = client();
     const applied = await applyAll(c, manifests, (s) => console.log(s));
     if (o.wait) {
-      const ok = await waitFor(c, applied, Number(o.timeout) * 1000, process.stdout);
+      const ok = await waitFor(c, applied, timeoutMs, process.stdout);
       if (!ok) process.exitCode = 1;
     }
   });
@@ -294,11 +298,11 @@ tokenCmd
   });
 tokenCmd
   .command('revoke')
-  .description('Revoke a token (it stops working at once)')
-  .argument('<id>')
-  .action(async (id: string) => {
-    await client().call('DELETE', `/v1/tokens/${encodeURIComponent(id)}`);
-    console.log(`token ${id} revoked`);
+  .description('Revoke a token (it stops working at once); several live tokens with that name are refused: use the id')
+  .argument('<token>', 'the token id, or the name it was given')
+  .action(async (ref: string) => {
+    const r = await client().call<{ revoked: { id: string; name: string; revokedAt?: string } }>('DELETE', `/v1/tokens/${encodeURIComponent(ref)}`);
+    console.log(`token ${r.revoked.id} (${r.revoked.name}) revoked${r.revoked.revokedAt ? ` at ${r.revoked.revokedAt}` : ''}`);
   });
 
 const auditCmd = program.command('audit').description('The tamper-evident audit log');
@@ -317,14 +321,14 @@ auditCmd
 auditCmd
   .command('export')
   .description("Print audit records (a tenant token gets only its tenant's records)")
-  .option('--since <time>', 'ISO 8601 time (inclusive)')
-  .option('--until <time>', 'ISO 8601 time (exclusive)')
+  .option('--since <time>', `from (inclusive): ISO 8601, a duration ago (${DURATION_EXAMPLES}), or now`)
+  .option('--until <time>', 'to (exclusive): ISO 8601, a duration ago, or now')
   .option('-t, --tenant <tenant>', 'only this tenant (cluster-admin)')
   .addOption(new Option('--format <format>', 'output format').choices(['jsonl', 'csv']).default('jsonl'))
   .action(async (o: { since?: string; until?: string; tenant?: string; format: string }) => {
     const q = new URLSearchParams({ format: o.format });
-    if (o.since) q.set('since', o.since);
-    if (o.until) q.set('until', o.until);
+    if (o.since) q.set('since', timeArg(o.since, '--since'));
+    if (o.until) q.set('until', timeArg(o.until, '--until'));
     if (o.tenant) q.set('tenant', o.tenant);
     const res = await client().raw('GET', `/v1/audit/records?${q.toString()}`);
     const text = await res.body.text();
@@ -335,23 +339,11 @@ auditCmd
     process.stdout.write(text);
   });
 
-/**
- * A time for --since/--until: ISO 8601, or a duration ago (`90s`, `30m`, `24h`, `7d`), or
- * `now`. Turned into ISO here so the API takes one form only.
- */
-function timeArg(v: string, flag: string): string {
-  const m = /^(\d+)(s|m|h|d)$/.exec(v);
-  if (m) return new Date(Date.now() - Number(m[1]) * { s: 1e3, m: 60e3, h: 3600e3, d: 86400e3 }[m[2] as 's' | 'm' | 'h' | 'd']).toISOString(); // the regex admits only these units
-  if (v === 'now') return new Date().toISOString();
-  if (Number.isNaN(Date.parse(v))) throw new CliError('CARAPACE_E_BAD_QUERY', `${flag} must be an ISO 8601 time, a duration ago like 24h or 7d, or now`, [{ path: flag, message: `"${v}" is not a time` }]);
-  return new Date(Date.parse(v)).toISOString();
-}
-
 const reportCmd = program.command('report').description('Reports for the tools above Carapace');
 reportCmd
   .command('usage')
   .description('Reserved and measured usage per tenant, group or cell (exact sums; a tenant token gets only its tenant)')
-  .option('--since <time>', 'window start: ISO 8601 or a duration ago (24h, 7d)', '24h')
+  .option('--since <time>', `window start: ISO 8601, a duration ago (${DURATION_EXAMPLES}), or now`, '24h')
   .option('--until <time>', 'window end (exclusive): ISO 8601, a duration ago, or now', 'now')
   .addOption(new Option('--by <grouping>', 'one row per').choices(['tenant', 'group', 'cell']).default('tenant'))
   .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'csv', 'json']).default('table'))
@@ -377,14 +369,15 @@ for (const [op, what] of [
     .command(op)
     .description(what)
     .argument('<host>', 'host/NAME or NAME');
-  if (op === 'drain') cmd.option('--wait', 'wait until no instance is left on the host').option('--timeout <s>', 'give up waiting after this many seconds', '600');
+  if (op === 'drain') cmd.option('--wait', 'wait until no instance is left on the host').option('--timeout <duration>', `give up waiting after this long (${DURATION_FORMS})`, '600');
   cmd.action(async (host: string, o: { wait?: boolean; timeout?: string }) => {
+    const timeoutMs = durationMs(o.timeout ?? '600', '--timeout');
     const name = host.replace(/^hosts?\//, '');
     const c = client();
     await c.call('POST', `/v1/hosts/${encodeURIComponent(name)}/${op}`);
     console.log(`host/${name} ${op === 'drain' ? 'draining' : op === 'cordon' ? 'cordoned' : 'uncordoned'}`);
     if (!o.wait) return;
-    const deadline = Date.now() + Number(o.timeout ?? 600) * 1000;
+    const deadline = Date.now() + timeoutMs;
     let last = '';
     for (;;) {
       const h = await c.call<{ status: { message?: string } }>('GET', `/v1/hosts/${encodeURIComponent(name)}`);
@@ -392,7 +385,7 @@ for (const [op, what] of [
       if (msg !== last) console.log(`host/${name}: ${msg}`);
       last = msg;
       if (msg.startsWith('drained')) return;
-      if (Date.now() > deadline) throw new CliError('CARAPACE_E_TIMEOUT', `host ${name} is not drained after ${o.timeout ?? 600} s: ${msg}`);
+      if (Date.now() > deadline) throw new CliError('CARAPACE_E_TIMEOUT', `host ${name} is not drained after ${timeoutMs / 1000} s: ${msg}`);
       await new Promise((r) => setTimeout(r, 1000));
     }
   });
@@ -402,12 +395,10 @@ const joinCmd = program.command('join-token').description('Tokens that let new h
 joinCmd
   .command('create')
   .description('Create a join token (shown once): carapace agent --join https://SERVER:7443 --join-token TOKEN')
-  .option('--ttl <duration>', 'how long it is valid: 30m, 24h, 7d', '24h')
+  .option('--ttl <duration>', `how long it is valid (${DURATION_FORMS}; 1m to 30d)`, '24h')
   .option('--description <text>', 'what it is for')
   .action(async (o: { ttl: string; description?: string }) => {
-    const m = /^(\d+)(m|h|d)$/.exec(o.ttl);
-    if (!m) throw new CliError('CARAPACE_E_BAD_QUERY', `--ttl must look like 30m, 24h or 7d, got "${o.ttl}"`, [{ path: '--ttl', message: 'not a duration' }]);
-    const seconds = Number(m[1]) * { m: 60, h: 3600, d: 86400 }[m[2] as 'm' | 'h' | 'd']; // the regex admits only these units
+    const seconds = durationMs(o.ttl, '--ttl') / 1000;
     const q = new URLSearchParams({ ttlSeconds: String(seconds), ...(o.description ? { description: o.description } : {}) });
     const r = await client().call<{ token: string; id: string; expiresAt: string }>('POST', `/v1/join-tokens?${q.toString()}`);
     console.log(r.token);

@@ -4,6 +4,7 @@
  */
 import type { Kind } from '../model/objects.js';
 import type { Manifest } from '../model/schemas.js';
+import type { Role } from '../auth/rbac.js';
 
 export type Action =
   /** Create or update from a manifest; `createOnly` refuses to overwrite. */
@@ -14,7 +15,17 @@ export type Action =
   /** Delete (or, for instances, stop and replace); `resourceVersion` makes it conditional. */
   | { type: 'delete'; kind: Kind; name: string; tenant?: string; resourceVersion?: number }
   /** Operator actions on a host: stop placing there, move its work away, or undo both. */
-  | { type: 'hostOp'; op: 'cordon' | 'uncordon' | 'drain'; name: string };
+  | { type: 'hostOp'; op: 'cordon' | 'uncordon' | 'drain'; name: string }
+  /** Mint an API token for the caller to hand out (a role grants only what it has); the secret is in the result, once. */
+  | { type: 'createToken'; name: string; role: Role; tenant?: string }
+  /** Revoke an API token named by its id, or by its name when that names one live token. */
+  | { type: 'revokeToken'; token: string }
+  /** Create a join token for agents, valid for `ttlSeconds`; the token is in the result, once. */
+  | { type: 'createJoinToken'; ttlSeconds: number; description: string }
+  /** Record the certificate just issued to a host's agent, which joined with a join token or renewed. */
+  | { type: 'recordAgentCert'; host: string; serial: string; notAfter: string; via: 'join' | 'renew' }
+  /** Revoke a host's agent certificate (refused at once), or forget it (the host may join again). */
+  | { type: 'revokeAgentCert' | 'forgetAgentCert'; host: string };
 
 /** Source of time and identity for deterministic writes (tests pass fixed ones). */
 export interface Env {

@@ -11,29 +11,31 @@ import { AVAILABLE_ISOLATION, ISOLATION_ORDER, isolationAtLeast, type JobManifes
 import type { Action, Env } from './actions.js';
 import type { Resources } from './resources.js';
 import { overQuota, quotaProblems, registryOf, requestedBy, type TenantUsage } from './quota.js';
-import type { AuditActor, AuditEntry } from '../audit/record.js';
+import type { AuditEntry, AuditTarget } from '../audit/record.js';
+import { tokenInfo, type TokenInfo } from '../auth/tokens.js';
+import type { AgentCertRecord } from '../pki/agents.js';
+import { ensureClusterCa } from '../pki/x509.js';
+import { auditEntry, SYSTEM, type AuditContext } from './audit-context.js';
+import { issueToken, newTokenId, revokeToken } from './api-tokens.js';
+import { createJoinToken, forgetAgentCert, recordAgentCert, revokeAgentCert } from './agent-trust.js';
 
-/** The result of an action: one object, a list, or the outcome of a delete. */
+/** The result of an action: one object, a list, the outcome of a delete, or a credential. */
 export type ActionResult =
   /** `warnings`: things the caller should know that did not stop the action (e.g. existing work now breaks a tightened policy). */
   | { type: 'object'; object: AnyObject; created?: boolean; changed?: boolean; warnings?: string[] }
   | { type: 'list'; items: AnyObject[]; revision: number }
-  | { type: 'deleted'; kind: string; name: string; tenant?: string };
-
-/** Who a mutation is for, and from where: the audit log's actor and source. */
-export interface AuditContext {
-  actor: AuditActor;
-  source?: string;
-}
+  | { type: 'deleted'; kind: string; name: string; tenant?: string }
+  /** An API token as listed (never its hash); `secret` is the whole token, present only when it was just created. */
+  | { type: 'token'; info: TokenInfo; secret?: string }
+  /** A join token just created: the token (shown once), its id and expiry. */
+  | { type: 'joinToken'; token: string; id: string; expiresAt: string }
+  | { type: 'agentCert'; record: AgentCertRecord };
 
 /**
  * How often a write that names no resourceVersion is re-run on fresh state after losing a
  * race (each attempt re-reads; a status write by the controller takes a few ms).
  */
 const UNCONDITIONAL_ATTEMPTS = 20;
-
-/** Mutations the control plane makes on its own behalf. */
-export const SYSTEM: AuditContext = { actor: { kind: 'system', id: 'carapace' } };
 
 export class ControlPlane {
   constructor(
@@ -53,15 +55,16 @@ export class ControlPlane {
 
   /** The audit entry of a successful mutation (written in the mutation's own transaction). */
   private entry(action: string, kind: string, name: string, tenant: string | undefined, detail?: Record<string, unknown>): AuditEntry {
-    return {
-      time: this.env.now(),
-      actor: this.ctx.actor,
-      ...(this.ctx.source ? { source: this.ctx.source } : {}),
-      action,
-      target: { kind, name, ...(tenant !== undefined ? { tenant } : {}) },
-      outcome: 'success',
-      ...(detail ? { detail } : {}),
-    };
+    return auditEntry(this.ctx, this.env.now(), action, { kind, name, ...(tenant !== undefined ? { tenant } : {}) }, 'success', detail);
+  }
+
+  /**
+   * Records a refused request in the audit log (outcome `failure`, with the error's code and
+   * message): who tried what, and why it was refused. Nothing else is written. Rejects when
+   * the record cannot be written; a refusal changed nothing, so the caller may go on.
+   */
+  async recordRefusal(ctx: AuditContext, action: string, target: AuditTarget, error: { code: string; message: string }): Promise<void> {
+    await this.resources.recordRefusal(auditEntry(ctx, this.env.now(), action, target, 'failure', { code: error.code, message: error.message.slice(0, 500) }));
   }
 
   /**
@@ -86,6 +89,31 @@ export class ControlPlane {
         return this.unconditional(action.resourceVersion === undefined, () => this.delete(action));
       case 'hostOp':
         return this.hostOp(action.op, action.name);
+      case 'createToken': {
+        const minted = await issueToken(this.resources, this.ctx, {
+          id: newTokenId(this.env),
+          name: action.name,
+          role: action.role,
+          ...(action.tenant !== undefined ? { tenant: action.tenant } : {}),
+          now: this.env.now(),
+        });
+        return { type: 'token', info: tokenInfo(minted.record), secret: minted.token };
+      }
+      case 'revokeToken':
+        return { type: 'token', info: await revokeToken(this.resources, this.ctx, action.token, this.env.now()) };
+      case 'createJoinToken': {
+        // The CA is made at server start; made here only on a store that has none yet.
+        const ca = await ensureClusterCa(this.resources.store);
+        const { token, record } = await createJoinToken(this.resources, this.ctx, { caFingerprint: ca.fingerprint, now: new Date(this.env.now()), ttlMs: action.ttlSeconds * 1000, description: action.description });
+        return { type: 'joinToken', token, id: record.id, expiresAt: record.expiresAt };
+      }
+      case 'recordAgentCert':
+        return { type: 'agentCert', record: await recordAgentCert(this.resources, this.ctx, { host: action.host, serial: action.serial, notAfter: action.notAfter, via: action.via, now: new Date(this.env.now()) }) };
+      case 'revokeAgentCert':
+        return { type: 'agentCert', record: await revokeAgentCert(this.resources, this.ctx, action.host, new Date(this.env.now())) };
+      case 'forgetAgentCert':
+        await forgetAgentCert(this.resources, this.ctx, action.host, new Date(this.env.now()));
+        return { type: 'deleted', kind: 'AgentCert', name: action.host };
     }
   }
 

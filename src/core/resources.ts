@@ -7,7 +7,7 @@
 import { CarapaceError } from '../model/errors.js';
 import { kindPrefix, objectKey, keyOf, type AnyObject, type Kind, type ObjectOfKind } from '../model/objects.js';
 import { ConflictError, type Entry, type Store, type TxnOp } from '../store/store.js';
-import type { AuditLog } from '../audit/log.js';
+import type { AuditLog, MutationOps } from '../audit/log.js';
 import type { AuditEntry } from '../audit/record.js';
 import type { Env } from './actions.js';
 import { allocationOps } from './allocations.js';
@@ -50,6 +50,26 @@ export class Resources {
     if (op.op === 'put') return this.store.put(op.key, op.value, op.expect);
     const rev = await this.store.delete(op.key, op.expect);
     return rev ?? 0;
+  }
+
+  /**
+   * Writes records that are not objects (API tokens, join tokens, agent certificates) with
+   * their audit record in one transaction, as write() does for objects. `ops` may be a
+   * function: it is run again for each attempt of the audit commit. A conflict on the
+   * records' own keys is thrown as the store's ConflictError (the caller re-reads and decides).
+   * Returns the revision of the transaction.
+   */
+  async commitRecords(ops: MutationOps, audit: AuditEntry): Promise<number> {
+    if (this.audit) return (await this.audit.commit(audit, ops)).revision;
+    return (await this.store.txn([...(typeof ops === 'function' ? await ops() : ops)])).revision;
+  }
+
+  /**
+   * Records a refused request (outcome `failure`): who tried what, and why it was refused.
+   * Nothing else is written. A no-op without an audit log.
+   */
+  async recordRefusal(audit: AuditEntry): Promise<void> {
+    await this.audit?.append(audit);
   }
 
   /** The object, or undefined when absent. */

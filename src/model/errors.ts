@@ -39,6 +39,7 @@ export const ERROR_CATALOGUE = {
   CARAPACE_E_METHOD_NOT_ALLOWED: { status: 405, description: 'The endpoint exists but not for this HTTP method.' },
   CARAPACE_E_CONFLICT: { status: 409, description: 'The resourceVersion given does not match the stored one (optimistic concurrency); re-read and retry.' },
   CARAPACE_E_ALREADY_EXISTS: { status: 409, description: 'Create-only request for an object that already exists.' },
+  CARAPACE_E_AMBIGUOUS_NAME: { status: 409, description: 'The name matches several objects (e.g. live API tokens given the same name); `details` lists them: name one by its id.' },
   CARAPACE_E_TENANT_NOT_EMPTY: { status: 409, description: 'A tenant cannot be deleted while it still owns services or jobs.' },
   CARAPACE_E_IMMUTABLE_FIELD: { status: 422, description: 'The update changes a field that cannot change after creation.' },
   CARAPACE_E_ISOLATION_UNAVAILABLE: { status: 422, description: 'The requested isolation tier is not available on this control plane yet.' },

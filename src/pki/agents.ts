@@ -8,10 +8,13 @@
  * for `host:<name>`, issued by the cluster CA; the registry (`pki/agents/<host>`) keeps the
  * one serial that is valid for each host, so re-joining or renewing replaces the old
  * certificate and revoking refuses it at once, without a CRL.
+ *
+ * This module holds the shapes, parsing and checks; writing join tokens and certificate
+ * records (with their audit records) is core/agent-trust.ts's.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { CarapaceError } from '../model/errors.js';
-import { ConflictError, type Store } from '../store/store.js';
+import type { Store } from '../store/store.js';
 import { normalSerial } from './x509.js';
 
 export const JOIN_TOKEN_PREFIX = 'pki/join-tokens/';
@@ -48,13 +51,6 @@ export function newJoinToken(o: { caFingerprint: string; now: Date; ttlMs: numbe
   return { token: `K1${o.caFingerprint}::${id}.${secret}`, record, key: `${JOIN_TOKEN_PREFIX}${id}` };
 }
 
-/** Creates a join token; the full token string is returned once and never stored. */
-export async function createJoinToken(store: Store, o: { caFingerprint: string; now: Date; ttlMs: number; description?: string }): Promise<{ token: string; record: JoinTokenRecord }> {
-  const t = newJoinToken(o);
-  await store.put(t.key, t.record, { absent: true });
-  return { token: t.token, record: t.record };
-}
-
 /** The parts of a join token, or a clear error. */
 export function parseJoinToken(token: string): { caFingerprint: string; id: string; secret: string } {
   const m = /^K1([0-9a-f]{64})::([0-9a-f]{8})\.([A-Za-z0-9_-]{16,64})$/.exec(token.trim());
@@ -69,27 +65,6 @@ export async function checkJoinToken(store: Store, id: string, secret: string, n
   if (!ok) throw new CarapaceError('CARAPACE_E_BAD_JOIN_TOKEN', 'the join token is not known to this cluster');
   if (Date.parse(rec.expiresAt) <= now.getTime()) throw new CarapaceError('CARAPACE_E_BAD_JOIN_TOKEN', `the join token expired at ${rec.expiresAt}; create a new one with carapace join-token create`);
   return rec;
-}
-
-/**
- * Records `serial` as the one valid certificate of `host` (replacing any earlier one).
- * Refuses a host whose certificate was revoked: an operator must `carapace agent-cert forget`
- * it first, so a leaked join token cannot resurrect a host taken out on purpose.
- */
-export async function recordAgentCert(store: Store, host: string, serial: string, notAfter: string, now: Date): Promise<void> {
-  const key = `${AGENT_CERT_PREFIX}${host}`;
-  for (let attempt = 0; attempt < 5; attempt++) {
-    const cur = await store.get<AgentCertRecord>(key);
-    if (cur?.value.revokedAt) throw new CarapaceError('CARAPACE_E_FORBIDDEN', `host ${host}'s certificate was revoked at ${cur.value.revokedAt}; forget it (carapace agent-cert forget ${host}) before it joins again`);
-    const rec: AgentCertRecord = { host, serial: normalSerial(serial), notAfter, issuedAt: now.toISOString() };
-    try {
-      await store.put(key, rec, cur ? { version: cur.version } : { absent: true });
-      return;
-    } catch (e) {
-      if (!(e instanceof ConflictError)) throw e;
-    }
-  }
-  throw new CarapaceError('CARAPACE_E_CONFLICT', `host ${host}'s certificate record keeps changing; retry`);
 }
 
 /** Why a presented agent certificate is not acceptable, or undefined when it is. */

@@ -14,9 +14,11 @@ import type { Logger } from 'pino';
 import { buildApi, type LogSource } from '../api/server.js';
 import { AuditLog } from '../audit/log.js';
 import { TokenCache } from '../auth/cache.js';
-import { bootstrapToken } from '../auth/tokens.js';
 import type { Env } from '../core/actions.js';
 import { ControlPlane } from '../core/control-plane.js';
+import { bootstrapToken, newTokenId } from '../core/api-tokens.js';
+import { createJoinToken } from '../core/agent-trust.js';
+import { SYSTEM } from '../core/audit-context.js';
 import { Resources } from '../core/resources.js';
 import { WorkloadController } from '../control/controller.js';
 import { HostMonitor } from '../control/host-monitor.js';
@@ -25,7 +27,7 @@ import type { Store } from '../store/store.js';
 import { buildAgentApi } from '../agentapi/server.js';
 import { LogHub } from '../agentapi/logs.js';
 import type { LogLine, LogOptions } from '../runtime/driver.js';
-import { createJoinToken, JOIN_TOKEN_PREFIX } from '../pki/agents.js';
+import { JOIN_TOKEN_PREFIX } from '../pki/agents.js';
 import { ensureClusterCa, issueServerCertificate, type ClusterCa } from '../pki/x509.js';
 import { Leadership } from './leader.js';
 
@@ -145,12 +147,12 @@ export async function startControlServer(o: ControlServerOptions): Promise<Runni
   let leading = (): boolean => false;
   const hub = new LogHub();
   const api = buildApi({ controlPlane, store, logs: logSource(resources, hub, o.logs, o.localHost), logger, auth: tokens, env, audit, health: () => ({ leader: leading() }) });
-  const adminToken = await firstAdminToken(store, env, o.stateDir);
+  const adminToken = await firstAdminToken(resources, env, o.stateDir);
   // The cluster CA (made once per store) and, when asked for, the agent API: up before the
   // API answers, so whoever waits for /healthz finds the join token written.
   const ca = await ensureClusterCa(store);
   let agentApi: Awaited<ReturnType<typeof startAgentApi>> | undefined;
-  if (o.agentApi) agentApi = await startAgentApi(store, ca, o.agentApi, o.stateDir, logger, hub);
+  if (o.agentApi) agentApi = await startAgentApi(resources, controlPlane, env, ca, o.agentApi, o.stateDir, logger, hub);
   const address = await api.listen({ port: o.port, host: o.listen ?? '127.0.0.1' });
   const port = Number(new URL(address).port);
   const url = `http://127.0.0.1:${port}`;
@@ -194,17 +196,27 @@ function localAddresses(): string[] {
  * makes a first join token when the cluster has none (printed once, saved 0600 to
  * STATE_DIR/join-token).
  */
-async function startAgentApi(store: Store, ca: ClusterCa, o: { port: number; listen?: string; advertise?: string[] }, stateDir: string, logger: Logger, logs: LogHub): Promise<{ app: ReturnType<typeof buildAgentApi>; url: string }> {
+async function startAgentApi(
+  resources: Resources,
+  controlPlane: ControlPlane,
+  env: Env,
+  ca: ClusterCa,
+  o: { port: number; listen?: string; advertise?: string[] },
+  stateDir: string,
+  logger: Logger,
+  logs: LogHub,
+): Promise<{ app: ReturnType<typeof buildAgentApi>; url: string }> {
+  const store = resources.store;
   const advertise = o.advertise ?? [];
   const ips = [...localAddresses(), ...advertise.filter((a) => /^\d{1,3}(\.\d{1,3}){3}$/.test(a))];
   const names = ['localhost', os.hostname(), ...advertise.filter((a) => !/^\d{1,3}(\.\d{1,3}){3}$/.test(a))];
   const tls = await issueServerCertificate(ca, { commonName: 'carapace-server', dnsNames: names, ipAddresses: ips });
-  const app = buildAgentApi({ store, ca, tls, logger, logs });
+  const app = buildAgentApi({ store, controlPlane, ca, tls, logger, logs });
   const address = await app.listen({ port: o.port, host: o.listen ?? '0.0.0.0' });
   const port = Number(new URL(address.replace('https://', 'http://')).port);
   const url = `https://127.0.0.1:${port}`;
   if ((await store.list(JOIN_TOKEN_PREFIX)).items.length === 0) {
-    const { token } = await createJoinToken(store, { caFingerprint: ca.fingerprint, now: new Date(), ttlMs: 24 * 3_600_000, description: 'first join token' });
+    const { token } = await createJoinToken(resources, SYSTEM, { caFingerprint: ca.fingerprint, now: new Date(env.now()), ttlMs: 24 * 3_600_000, description: 'first join token' });
     await writeFile(join(stateDir, 'join-token'), `${token}\n`, { mode: 0o600 });
     process.stderr.write(`\nJoin token for agents (valid 24 h; saved to ${join(stateDir, 'join-token')}):\n  carapace agent --join https://<this-server>:${port} --join-token ${token}\n\n`);
   }
@@ -218,9 +230,9 @@ async function startAgentApi(store: Store, ca: ClusterCa, o: { port: number; lis
  * A server whose store already has it (another server minted it) and which has no saved copy
  * gets an empty token: it prints nothing and starts normally.
  */
-async function firstAdminToken(store: Store, env: Env, stateDir: string): Promise<{ token: string; created: boolean }> {
+async function firstAdminToken(resources: Resources, env: Env, stateDir: string): Promise<{ token: string; created: boolean }> {
   const file = join(stateDir, 'admin-token');
-  const minted = await bootstrapToken(store, { id: env.newId().replace(/[^a-z0-9]/gi, '').slice(0, 16), name: 'bootstrap admin', now: env.now() });
+  const minted = await bootstrapToken(resources, { id: newTokenId(env), name: 'bootstrap admin', now: env.now() });
   if (minted) {
     await writeFile(file, `${minted.token}\n`, { mode: 0o600 });
     return { token: minted.token, created: true };

@@ -18,7 +18,9 @@ import type { Store } from '../../src/store/store.js';
 import { joinCluster, renew, type AgentCredentials } from '../../src/agentapi/enroll.js';
 import { RemoteStore, RemoteStoreError } from '../../src/agentapi/remote-store.js';
 import { ConflictError } from '../../src/store/store.js';
-import { createJoinToken } from '../../src/pki/agents.js';
+import { createJoinToken } from '../../src/core/agent-trust.js';
+import { SYSTEM } from '../../src/core/audit-context.js';
+import { parseJoinToken } from '../../src/pki/agents.js';
 import { ensureClusterCa, newCsr, issueCertificate } from '../../src/pki/x509.js';
 import { Resources } from '../../src/core/resources.js';
 import type { Host, Instance } from '../../src/model/objects.js';
@@ -68,13 +70,13 @@ describe('joining', () => {
     // A token of another cluster (another CA fingerprint): the agent refuses before sending the secret.
     const other = await openSqliteStore({ path: ':memory:' });
     const otherCa = await ensureClusterCa(other);
-    const foreign = await createJoinToken(other, { caFingerprint: otherCa.fingerprint, now: new Date(), ttlMs: 60_000 });
+    const foreign = await createJoinToken(new Resources(other), SYSTEM, { caFingerprint: otherCa.fingerprint, now: new Date(), ttlMs: 60_000 });
     await expect(joinCluster({ server: server.agentApiUrl ?? '', token: foreign.token, host: 'x1', stateDir: join(dir, 'x1') })).rejects.toThrow(/does not present this cluster's CA/);
     await other.close();
     await expect(joinCluster({ server: (server.agentApiUrl ?? '').replace('https', 'http'), token, host: 'x1', stateDir: join(dir, 'x1') })).rejects.toThrow(/https/);
     // An expired token.
     const ca = await ensureClusterCa(store);
-    const old = await createJoinToken(store, { caFingerprint: ca.fingerprint, now: new Date(Date.now() - 3_600_000), ttlMs: 60_000 });
+    const old = await createJoinToken(new Resources(store), SYSTEM, { caFingerprint: ca.fingerprint, now: new Date(Date.now() - 3_600_000), ttlMs: 60_000 });
     await expect(joinCluster({ server: server.agentApiUrl ?? '', token: old.token, host: 'x1', stateDir: join(dir, 'x1') })).rejects.toThrow(/expired/);
   });
 });
@@ -188,9 +190,19 @@ describe('a joined agent', () => {
     await expect(joinCluster({ server: server.agentApiUrl ?? '', token, host: 'h1', stateDir: join(dir, 'h1b') })).rejects.toThrow(/revoked/);
     expect((await fetch(`${adminUrl}/v1/agent-certs/h1`, { method: 'DELETE', headers: { authorization: `Bearer ${server.adminToken}` } })).status).toBe(200);
     await joinCluster({ server: server.agentApiUrl ?? '', token, host: 'h1', stateDir: join(dir, 'h1c') });
-    // Every trust change is in the audit log.
+    // Every trust change is in the audit log, with who made it; no join token secret is.
     const audit = await (await fetch(`${adminUrl}/v1/audit/records`, { headers: { authorization: `Bearer ${server.adminToken}` } })).text();
-    expect(audit).toContain('"action":"agent-cert.revoked"');
-    expect(audit).toContain('"action":"agent-cert.forgotten"');
+    const records = audit.trim().split('\n').map((l) => JSON.parse(l) as { action: string; actor: { kind: string; id: string }; target: { kind: string; name: string }; detail?: { via?: string } });
+    const joinTokenId = parseJoinToken(token).id;
+    expect(records.find((r) => r.action === 'join-token.created' && r.target.name === joinTokenId)?.actor).toEqual({ kind: 'system', id: 'carapace' });
+    const h1Trust = records.filter((r) => r.target.kind === 'AgentCert' && r.target.name === 'h1').map((r) => `${r.action}${r.detail?.via ? `(${r.detail.via})` : ''} by ${r.actor.id}`);
+    expect(h1Trust).toEqual([
+      `agent-cert.issued(join) by join-token:${joinTokenId}`,
+      'agent-cert.issued(renew) by host:h1',
+      `agent-cert.revoked by token:${server.adminToken.slice(4).split('.')[0]}`,
+      `agent-cert.forgotten by token:${server.adminToken.slice(4).split('.')[0]}`,
+      `agent-cert.issued(join) by join-token:${joinTokenId}`,
+    ]);
+    expect(audit).not.toContain(parseJoinToken(token).secret);
   }, 60_000);
 });

@@ -11,12 +11,13 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FastifyInstance } from 'fastify';
 import { buildApi } from '../../src/api/server.js';
-import { ROUTES } from '../../src/api/routes.js';
+import { ROUTES } from '../../src/model/routes.js';
 import { ControlPlane } from '../../src/core/control-plane.js';
 import { Resources } from '../../src/core/resources.js';
 import { openSqliteStore } from '../../src/store/sqlite.js';
 import { registerStateGauges } from '../../src/metrics/metrics.js';
-import { authenticate, bootstrapToken } from '../../src/auth/tokens.js';
+import { authenticate } from '../../src/auth/tokens.js';
+import { bootstrapToken } from '../../src/core/api-tokens.js';
 import { AuditLog } from '../../src/audit/log.js';
 import type { Store } from '../../src/store/store.js';
 import { WorkloadController } from '../../src/control/controller.js';
@@ -48,7 +49,7 @@ beforeAll(async () => {
   const audited = new Resources(store, audit);
   app = buildApi({ controlPlane: new ControlPlane(audited, env), store, logs: { logs: async function* () {} }, logger, auth, env, audit });
   await app.ready();
-  admin = (await bootstrapToken(store, { id: 'admin1', name: 'admin', now: env.now() }))!.token; // a fresh store bootstraps once
+  admin = (await bootstrapToken(audited, { id: 'admin1', name: 'admin', now: env.now() }))!.token; // a fresh store bootstraps once
   // Every request below carries the admin token unless a test says otherwise.
   const inject = app.inject.bind(app);
   (app as unknown as { inject: typeof app.inject }).inject = ((opts: Parameters<typeof app.inject>[0]) => {

@@ -15,12 +15,14 @@ import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FastifyInstance } from 'fastify';
 import { buildApi } from '../../src/api/server.js';
-import { ROUTES, type RouteDef } from '../../src/api/routes.js';
+import { ROUTES, type RouteDef } from '../../src/model/routes.js';
 import { ControlPlane } from '../../src/core/control-plane.js';
 import { Resources } from '../../src/core/resources.js';
 import { WorkloadController } from '../../src/control/controller.js';
 import { openSqliteStore } from '../../src/store/sqlite.js';
-import { authenticate, bootstrapToken, issueToken } from '../../src/auth/tokens.js';
+import { authenticate } from '../../src/auth/tokens.js';
+import { bootstrapToken, issueToken } from '../../src/core/api-tokens.js';
+import { contextFor } from '../../src/core/audit-context.js';
 import { AuditLog } from '../../src/audit/log.js';
 import type { Store } from '../../src/store/store.js';
 import type { Host } from '../../src/model/objects.js';
@@ -67,13 +69,13 @@ beforeAll(async () => {
   };
   app = buildApi({ controlPlane: new ControlPlane(resources, env), store, logs, logger, auth: { authenticate: (t) => authenticate(store, t) }, env, audit });
   base = await app.listen({ port: 0, host: '127.0.0.1' });
-  tokens['cluster-admin'] = (await bootstrapToken(store, { id: 'root', name: 'root', now: env.now() }))!.token; // fresh store
+  tokens['cluster-admin'] = (await bootstrapToken(resources, { id: 'root', name: 'root', now: env.now() }))!.token; // fresh store
   const root = { tokenId: 'root', name: 'root', role: 'cluster-admin' as const };
-  tokens['tenant-admin'] = (await issueToken(store, root, { id: 'acmeadmin', name: 'acme admin', role: 'tenant-admin', tenant: OWN, now: env.now() })).token;
-  tokens['tenant-viewer'] = (await issueToken(store, root, { id: 'acmeview', name: 'acme viewer', role: 'tenant-viewer', tenant: OWN, now: env.now() })).token;
-  await issueToken(store, root, { id: 'globexadmin', name: 'globex admin', role: 'tenant-admin', tenant: OTHER, now: env.now() });
+  tokens['tenant-admin'] = (await issueToken(resources, contextFor(root), { id: 'acmeadmin', name: 'acme admin', role: 'tenant-admin', tenant: OWN, now: env.now() })).token;
+  tokens['tenant-viewer'] = (await issueToken(resources, contextFor(root), { id: 'acmeview', name: 'acme viewer', role: 'tenant-viewer', tenant: OWN, now: env.now() })).token;
+  await issueToken(resources, contextFor(root), { id: 'globexadmin', name: 'globex admin', role: 'tenant-admin', tenant: OTHER, now: env.now() });
   // A third acme token to revoke: revoking the tokens the matrix uses would end the run early.
-  await issueToken(store, root, { id: 'acmeci', name: 'acme ci', role: 'tenant-viewer', tenant: OWN, now: env.now() });
+  await issueToken(resources, contextFor(root), { id: 'acmeci', name: 'acme ci', role: 'tenant-viewer', tenant: OWN, now: env.now() });
   tokenIdOf[OWN] = 'acmeci';
   tokenIdOf[OTHER] = 'globexadmin';
   const host: Host = {
@@ -259,4 +261,22 @@ describe('RBAC over HTTP, generated from the route table', () => {
     // Every route x principal x tenant variant was exercised.
     expect(requests).toBeGreaterThan(ROUTES.length * WHO.length);
   }, 240_000);
+  it("revokes by name only among the tokens the caller may revoke: another tenant's token of that name is neither matched nor confirmed", async () => {
+    const live = async (): Promise<{ id: string; tenant?: string }[]> =>
+      (JSON.parse((await send('GET', `${base}/v1/tokens`, tokens['cluster-admin'])).text) as { items: { id: string; name: string; tenant?: string; revokedAt?: string }[] }).items.filter((t) => t.name === 'shared name' && !t.revokedAt);
+    const other = await send('POST', `${base}/v1/tokens`, tokens['cluster-admin'], { name: 'shared name', role: 'tenant-viewer', tenant: OTHER });
+    expect(other.status).toBe(201);
+    const byName = `${base}/v1/tokens/${encodeURIComponent('shared name')}`;
+    const hidden = await send('DELETE', byName, tokens['tenant-admin']);
+    expect([hidden.status, JSON.parse(hidden.text).error.code]).toEqual([404, 'CARAPACE_E_NOT_FOUND']);
+    expect(hidden.text).not.toContain(OTHER);
+    expect(await live()).toHaveLength(1);
+    // With an acme token of the same name, the name is unambiguous for acme's admin: two live
+    // tokens share it, but acme's admin may revoke only its own.
+    expect((await send('POST', `${base}/v1/tokens`, tokens['cluster-admin'], { name: 'shared name', role: 'tenant-viewer', tenant: OWN })).status).toBe(201);
+    const mine = await send('DELETE', byName, tokens['tenant-admin']);
+    expect(mine.status, mine.text).toBe(200);
+    expect(JSON.parse(mine.text).revoked.tenant).toBe(OWN);
+    expect((await live()).map((t) => t.tenant)).toEqual([OTHER]);
+  });
 });

@@ -17,7 +17,9 @@ import { ControlPlane } from '../../src/core/control-plane.js';
 import { Resources } from '../../src/core/resources.js';
 import { openSqliteStore } from '../../src/store/sqlite.js';
 import { AuditLog } from '../../src/audit/log.js';
-import { authenticate, bootstrapToken, issueToken } from '../../src/auth/tokens.js';
+import { authenticate } from '../../src/auth/tokens.js';
+import { bootstrapToken, issueToken } from '../../src/core/api-tokens.js';
+import { contextFor } from '../../src/core/audit-context.js';
 import type { Store } from '../../src/store/store.js';
 
 let dir: string;
@@ -42,8 +44,8 @@ beforeAll(async () => {
   opts = { controlPlane: new ControlPlane(resources, env), store, logs: { logs: async function* () {} }, logger: pino({ level: 'silent' }), auth: { authenticate: (t) => authenticate(store, t) }, env, audit, uiDir: ui };
   app = buildApi(opts);
   await app.ready();
-  admin = (await bootstrapToken(store, { id: 'root', name: 'root', now: env.now() }))!.token; // a fresh store
-  viewer = (await issueToken(store, { tokenId: 'root', name: 'root', role: 'cluster-admin' }, { id: 'tv', name: 'acme viewer', role: 'tenant-viewer', tenant: 'acme', now: env.now() })).token;
+  admin = (await bootstrapToken(resources, { id: 'root', name: 'root', now: env.now() }))!.token; // a fresh store
+  viewer = (await issueToken(resources, contextFor({ tokenId: 'root', name: 'root', role: 'cluster-admin' }), { id: 'tv', name: 'acme viewer', role: 'tenant-viewer', tenant: 'acme', now: env.now() })).token;
 });
 
 afterAll(async () => {

@@ -15,7 +15,9 @@ import { ControlPlane } from '../../src/core/control-plane.js';
 import { Resources } from '../../src/core/resources.js';
 import { WorkloadController } from '../../src/control/controller.js';
 import { openSqliteStore } from '../../src/store/sqlite.js';
-import { authenticate, bootstrapToken, issueToken } from '../../src/auth/tokens.js';
+import { authenticate } from '../../src/auth/tokens.js';
+import { bootstrapToken, issueToken } from '../../src/core/api-tokens.js';
+import { contextFor } from '../../src/core/audit-context.js';
 import { AuditLog } from '../../src/audit/log.js';
 import { sampleBatchKey, type SampleBatch } from '../../src/usage/samples.js';
 import type { Store } from '../../src/store/store.js';
@@ -67,9 +69,9 @@ beforeAll(async () => {
   app = buildApi({ controlPlane: new ControlPlane(resources, env), store, logs: { logs: async function* () {} }, logger, auth: { authenticate: (t) => authenticate(store, t) }, env, audit });
   await app.ready();
   controller = new WorkloadController({ resources, env, logger });
-  admin = (await bootstrapToken(store, { id: 'admin', name: 'admin', now: env.now() }))!.token; // fresh store: bootstraps
+  admin = (await bootstrapToken(resources, { id: 'admin', name: 'admin', now: env.now() }))!.token; // fresh store: bootstraps
   const adminPrincipal = { tokenId: 'admin', name: 'admin', role: 'cluster-admin' as const };
-  acmeViewer = (await issueToken(store, adminPrincipal, { id: 'acmeview', name: 'acme viewer', role: 'tenant-viewer', tenant: 'acme', now: env.now() })).token;
+  acmeViewer = (await issueToken(resources, contextFor(adminPrincipal), { id: 'acmeview', name: 'acme viewer', role: 'tenant-viewer', tenant: 'acme', now: env.now() })).token;
   const host: Host = {
     kind: 'Host',
     metadata: { name: 'h1', uid: 'h1', labels: {}, resourceVersion: 0, generation: 1, createdAt: env.now(), updatedAt: env.now() },

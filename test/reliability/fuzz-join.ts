@@ -15,13 +15,19 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { randomUUID } from 'node:crypto';
 import { isDeepStrictEqual } from 'node:util';
 import fc from 'fast-check';
 import { pino } from 'pino';
 import { Agent, request } from 'undici';
 import { buildAgentApi } from '../../src/agentapi/server.js';
-import { bootstrapToken } from '../../src/auth/tokens.js';
-import { createJoinToken, parseJoinToken } from '../../src/pki/agents.js';
+import { AuditLog } from '../../src/audit/log.js';
+import { createJoinToken } from '../../src/core/agent-trust.js';
+import { bootstrapToken } from '../../src/core/api-tokens.js';
+import { SYSTEM } from '../../src/core/audit-context.js';
+import { ControlPlane } from '../../src/core/control-plane.js';
+import { Resources } from '../../src/core/resources.js';
+import { parseJoinToken } from '../../src/pki/agents.js';
 import { certIdentity, ensureClusterCa, issueCertificate, issueServerCertificate, newCsr } from '../../src/pki/x509.js';
 import { openSqliteStore } from '../../src/store/sqlite.js';
 import type { Entry } from '../../src/store/store.js';
@@ -122,18 +128,21 @@ export async function fuzzJoinPath(n: JoinFuzzSizes, seed: number, log: Log = qu
   const store = await openSqliteStore({ path: join(dir, 'store.db') });
   const ca = await ensureClusterCa(store);
   const tls = await issueServerCertificate(ca, { commonName: 'carapace-server', dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'] });
-  const app = buildAgentApi({ store, ca, tls, logger: pino({ level: 'silent' }) });
+  // Certificate records are written with their audit records, as the server does.
+  const resources = new Resources(store, await AuditLog.open({ store, keyDir: join(dir, 'audit-keys') }));
+  const controlPlane = new ControlPlane(resources, { now, newId: randomUUID });
+  const app = buildAgentApi({ store, controlPlane, ca, tls, logger: pino({ level: 'silent' }) });
   await app.listen({ port: 0, host: '127.0.0.1' });
   const addr = app.server.address();
   const base = `https://127.0.0.1:${typeof addr === 'object' && addr ? addr.port : 0}`;
   const anonymous = new Agent({ connect: { ca: ca.certPem } });
   const dispatchers: Agent[] = [anonymous];
   try {
-    await bootstrapToken(store, { id: 'fzadmin', name: 'admin', now: now() });
+    await bootstrapToken(resources, { id: 'fzadmin', name: 'admin', now: now() });
     const objects = seedObjects();
     for (const [k, v] of Object.entries(objects)) await store.put(k, v);
-    const token = parseJoinToken((await createJoinToken(store, { caFingerprint: ca.fingerprint, now: new Date(), ttlMs: 3_600_000 })).token);
-    const expired = parseJoinToken((await createJoinToken(store, { caFingerprint: ca.fingerprint, now: new Date(Date.now() - 7_200_000), ttlMs: 60_000 })).token);
+    const token = parseJoinToken((await createJoinToken(resources, SYSTEM, { caFingerprint: ca.fingerprint, now: new Date(), ttlMs: 3_600_000 })).token);
+    const expired = parseJoinToken((await createJoinToken(resources, SYSTEM, { caFingerprint: ca.fingerprint, now: new Date(Date.now() - 7_200_000), ttlMs: 60_000 })).token);
     const csrs = await Promise.all(['host:j1', 'host:h2', 'tenant:acme', 'x'].map((cn) => newCsr(cn)));
 
     // 1. Joins.

@@ -25,9 +25,10 @@ import { pino } from 'pino';
 import YAML from 'yaml';
 import type { FastifyInstance } from 'fastify';
 import { buildApi } from '../../src/api/server.js';
-import { ROUTES } from '../../src/api/routes.js';
+import { ROUTES } from '../../src/model/routes.js';
 import { AuditLog } from '../../src/audit/log.js';
-import { authenticate, bootstrapToken } from '../../src/auth/tokens.js';
+import { authenticate } from '../../src/auth/tokens.js';
+import { bootstrapToken } from '../../src/core/api-tokens.js';
 import { ControlPlane } from '../../src/core/control-plane.js';
 import { Resources } from '../../src/core/resources.js';
 import { parseManifestText } from '../../src/cli/apply.js';
@@ -229,7 +230,7 @@ export async function fuzzableApi(): Promise<{ app: FastifyInstance; store: Stor
     audit,
   });
   await app.ready();
-  const admin = (await bootstrapToken(store, { id: 'fuzzadmin', name: 'fuzz admin', now: env.now() }))?.token ?? '';
+  const admin = (await bootstrapToken(resources, { id: 'fuzzadmin', name: 'fuzz admin', now: env.now() }))?.token ?? '';
   return {
     app,
     store,

@@ -31,7 +31,8 @@ import { ControlPlane } from '../../src/core/control-plane.js';
 import { Resources } from '../../src/core/resources.js';
 import { openSqliteStore } from '../../src/store/sqlite.js';
 import { AuditLog } from '../../src/audit/log.js';
-import { authenticate, bootstrapToken } from '../../src/auth/tokens.js';
+import { authenticate } from '../../src/auth/tokens.js';
+import { bootstrapToken } from '../../src/core/api-tokens.js';
 import type { Store } from '../../src/store/store.js';
 import { freeSubnet, uniqueTag } from '../network/helpers.js';
 import { seedEstate } from './estate.js';
@@ -346,7 +347,7 @@ describe('dashboard at 1,000 instances', () => {
     resources = new Resources(store, audit, env);
     app = buildApi({ controlPlane: new ControlPlane(resources, env), store, logs: { logs: async function* () {} }, logger, auth: { authenticate: (t) => authenticate(store, t) }, env, audit });
     base = (await app.listen({ port: 0, host: '127.0.0.1' })).replace('localhost', '127.0.0.1');
-    token = (await bootstrapToken(store, { id: 'scaleadmin', name: 'operator', now: env.now() }))!.token; // a fresh store
+    token = (await bootstrapToken(resources, { id: 'scaleadmin', name: 'operator', now: env.now() }))!.token; // a fresh store
     const estate = await seedEstate(new Resources(store), { now: new Date(Date.now() - 3_600_000).toISOString() });
     expect(estate.instances).toBe(1000);
   }, 120_000);

@@ -1,9 +1,11 @@
 /**
  * The route table: every endpoint as data (method, URL, what it does, which action it
- * becomes). The server registers exactly these; the OpenAPI document and (later) the
- * authorisation matrix are generated from the same table, so no endpoint can be missed.
+ * becomes). The server (api/) registers exactly these; the OpenAPI document, the
+ * authorisation rules (auth/rbac.ts) and the tests that cover every route read the same
+ * table, so no endpoint can be missed. It lives in model/, below both the HTTP edge and the
+ * authoriser, because both depend on it (it imports nothing but model/).
  */
-import { KINDS, type Kind } from '../model/objects.js';
+import { KINDS, type Kind } from './objects.js';
 
 export type RouteKind = 'action' | 'logs' | 'watch' | 'meta' | 'tokens' | 'audit' | 'usage' | 'hostOp' | 'pki' | 'whoami';
 
