@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+npm run --silent typecheck   # sources, tests and benches
 npm run --silent lint
 rc=0
 npx vitest run --reporter=default --reporter=json --outputFile=.test-results.json "$@" || rc=$?

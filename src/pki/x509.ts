@@ -10,7 +10,7 @@ import { createHash, randomBytes, webcrypto, X509Certificate } from 'node:crypto
 import * as x509 from '@peculiar/x509';
 import { ConflictError, type Store } from '../store/store.js';
 
-x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]); // Node's webcrypto is the standard Crypto the library expects
+x509.cryptoProvider.set(x509.CryptoProvider.DEFAULT, webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[1]); // Node's webcrypto is the standard Crypto the library expects (the two-argument overload names the type in every lib setting)
 
 const ALG = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
 const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';

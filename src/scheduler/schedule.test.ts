@@ -35,7 +35,7 @@ function hostOf(plan: Plan, id: string): string | undefined {
   return plan.placements.find((p) => p.instance.id === id)?.host;
 }
 
-function range(n: number, f: (i: number) => InstanceRequest): InstanceRequest[] {
+function range<T>(n: number, f: (i: number) => T): T[] {
   return Array.from({ length: n }, (_, i) => f(i));
 }
 

@@ -102,6 +102,7 @@ class Candidate {
   ) {}
 
   run(name: string): this {
+    if (!this.store.elector) throw new Error('an etcd store elects leaders');
     const elector = this.store.elector(name, this.id, { ttlSeconds: 2, onEvent: (e) => this.events.push({ ...e, at: performance.now() }) });
     this.done = elector.run(this.ac.signal, async ({ signal, term }) => {
       const t: Term = { term, start: performance.now() };

@@ -52,13 +52,14 @@ beforeAll(async () => {
   admin = (await bootstrapToken(audited, { id: 'admin1', name: 'admin', now: env.now() }))!.token; // a fresh store bootstraps once
   // Every request below carries the admin token unless a test says otherwise.
   const inject = app.inject.bind(app);
-  (app as unknown as { inject: typeof app.inject }).inject = ((opts: Parameters<typeof app.inject>[0]) => {
+  // `unknown`: inject's overloads take an options object or a URL string; only objects carry headers.
+  (app as unknown as { inject: typeof app.inject }).inject = ((opts: unknown) => {
     const o = typeof opts === 'object' && opts !== null ? (opts as { headers?: Record<string, string> }) : {};
     if (o.headers?.['authorization'] === 'none') {
       delete o.headers['authorization'];
       return inject(opts as never);
     }
-    return inject({ ...(opts as object), headers: { authorization: `Bearer ${admin}`, ...(o.headers ?? {}) } } as never);
+    return inject({ ...(typeof opts === 'object' && opts !== null ? opts : { url: opts }), headers: { authorization: `Bearer ${admin}`, ...(o.headers ?? {}) } } as never);
   }) as typeof app.inject;
 });
 

@@ -61,10 +61,10 @@ beforeAll(async () => {
   // Logs name the tenant they belong to, so a leak would show.
   const logs = {
     logs: async function* (tenant: string, name: string): AsyncIterable<LogLine> {
-      yield { time: env.now(), stream: 'stdout', line: `log of ${tenant}/${name}` } as LogLine;
+      yield { time: env.now(), stream: 'stdout', text: `log of ${tenant}/${name}` };
     },
     machineLogs: async function* (tenant: string, name: string): AsyncIterable<LogLine> {
-      yield { time: env.now(), stream: 'stdout', line: `console of ${tenant}/${name}` } as LogLine;
+      yield { time: env.now(), stream: 'stdout', text: `console of ${tenant}/${name}` };
     },
   };
   app = buildApi({ controlPlane: new ControlPlane(resources, env), store, logs, logger, auth: { authenticate: (t) => authenticate(store, t) }, env, audit });
