@@ -19,7 +19,7 @@
  * carries the container env) but are still bounded by `MAX_HOST_LINE_BYTES`.
  */
 import { z } from 'zod';
-import { ServiceSpecSchema } from '../model/schemas.js';
+import { ContainerSpecSchema } from '../model/schemas.js';
 
 /** The protocol version both sides state in hello/ready. Bump on any incompatible change. */
 export const PROTOCOL_VERSION = 1;
@@ -65,9 +65,6 @@ export const WireImageConfigSchema = z.strictObject({
   user: z.string().max(256),
 });
 
-/** The ContainerSpec of a run (services' container fields, already normalised by the host). */
-export const WireContainerSpecSchema = ServiceSpecSchema.omit({ replicas: true, restartPolicy: true });
-
 const LabelsSchema = z.record(z.string().max(128), z.string().max(256));
 
 // ---------------------------------------------------------------- host -> guest
@@ -81,7 +78,8 @@ export const RunSchema = z.strictObject({
   containerId: ContainerId,
   rootfs: z.string().min(1).max(4096),
   image: WireImageConfigSchema,
-  container: WireContainerSpecSchema,
+  /** The instance's container spec, the model's own schema (already normalised by the host). */
+  container: ContainerSpecSchema,
   hostname: z.string().min(1).max(63),
   labels: LabelsSchema,
 });

@@ -19,7 +19,7 @@ import { CellRuntime } from '../../src/agent/cell-runtime.js';
 import { Prober } from '../../src/agent/prober.js';
 import { Resources } from '../../src/core/resources.js';
 import type { Instance } from '../../src/model/objects.js';
-import { ServiceSpecSchema } from '../../src/model/schemas.js';
+import { ContainerSpecSchema } from '../../src/model/schemas.js';
 import { openSqliteStore } from '../../src/store/sqlite.js';
 import { createVmManager } from '../../src/vm/qemu.js';
 
@@ -265,14 +265,13 @@ describe('guest agent with real runc', () => {
       const rt = new CellRuntime({ cellId: 'cell-test', isolation: 'cell', channel: chan, vms: createVmManager({ stateDir: join(dir, 'vms'), logger, accel: 'tcg' }), hostImagesRoot: images, guestImagesRoot: images, logger });
       const port = await freePort();
       const id = newId('prober');
-      const parsed = ServiceSpecSchema.parse({
+      const container = ContainerSpecSchema.parse({
         image: 'test/busybox:1',
         isolation: 'cell',
         command: ['sh', '-c', `trap 'exit 0' TERM; echo alive > /tmp/alive; httpd -p 127.0.0.1:${port} -h /www; while true; do sleep 0.1; done`],
         readinessProbe: { httpGet: { path: '/ready.html', port }, periodSeconds: 1, failureThreshold: 2 },
         livenessProbe: { exec: { command: ['cat', '/tmp/alive'] }, periodSeconds: 1, failureThreshold: 2 },
       });
-      const { replicas: _r, restartPolicy: _p, ...container } = parsed;
       const now = new Date().toISOString();
       const inst: Instance = await resources.write(
         {
