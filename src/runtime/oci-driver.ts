@@ -22,10 +22,11 @@ import type { Logger } from 'pino';
 import type { Isolation } from '../model/schemas.js';
 import type { CheckAction, CheckResult, ContainerInfo, ContainerState, ContainerUsage, LogLine, LogOptions, RuntimeDriver, StartRequest } from './driver.js';
 import { K8sLogParser } from './k8s-log.js';
-import { buildOciSpec, DEFAULT_CAPABILITIES, hostsFile, labelsFromAnnotations, resolvConfFile, resolveUser } from './oci-spec.js';
+import { containerNofileLimit, loadSeccompProfile, prepareBundle } from './bundle.js';
+import { labelsFromAnnotations } from './oci-spec.js';
 import { cleanRuntimeMessage, pidAlive, run, sleep } from './proc.js';
 import { execCheck, httpGetCheck, tcpSocketCheck } from './probe-check.js';
-import { convertSeccompProfile, goArchOf, type DockerSeccompProfile, type OciSeccomp } from './seccomp.js';
+import type { OciSeccomp } from './seccomp.js';
 
 /** Container ids the drivers accept; every path is derived from one. */
 export const CONTAINER_ID_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,63}$/;
@@ -207,25 +208,15 @@ export class OciDriver implements RuntimeDriver {
     return run(bin ?? this.runtimePath, rest, timeoutMs);
   }
 
+  /** The seccomp filter of every container, loaded once. */
   private loadSeccomp(): Promise<OciSeccomp | undefined> {
-    const path = this.seccompPath;
-    this.seccomp ??= (async () => {
-      if (path === false) return undefined;
-      const profile = JSON.parse(await readFile(path, 'utf8')) as DockerSeccompProfile; // `as`: the file is the containers-common profile; the converter tolerates missing fields
-      const kernel = (await readOptional('/proc/sys/kernel/osrelease'))?.trim();
-      return convertSeccompProfile(profile, { goArch: goArchOf(process.arch), capabilities: DEFAULT_CAPABILITIES, ...(kernel ? { kernelVersion: kernel } : {}) });
-    })();
+    this.seccomp ??= loadSeccompProfile(this.seccompPath, 'fail', this.log);
     return this.seccomp;
   }
 
-  /** min(1048576, the agent's hard RLIMIT_NOFILE): the most the container can be given. */
+  /** The open files limit of every container, read once. */
   private nofileLimit(): Promise<number> {
-    this.nofile ??= (async () => {
-      const limits = (await readOptional('/proc/self/limits')) ?? '';
-      const hard = /^Max open files\s+\S+\s+(\S+)/m.exec(limits)?.[1];
-      const n = hard === undefined || hard === 'unlimited' ? 1048576 : Number(hard);
-      return Number.isFinite(n) && n > 0 ? Math.min(1048576, n) : 1024;
-    })();
+    this.nofile ??= containerNofileLimit();
     return this.nofile;
   }
 
@@ -284,46 +275,26 @@ export class OciDriver implements RuntimeDriver {
     }
     const log = this.log.child({ containerId: id });
     try {
-      // Resolve what can fail on bad input before touching the kernel.
-      const user = resolveUser(
-        req.image.user,
-        await readOptional(join(req.rootfs, 'etc/passwd')),
-        await readOptional(join(req.rootfs, 'etc/group')),
-      );
-      const [seccomp, hostResolv, nofileLimit] = await Promise.all([this.loadSeccomp(), readOptional('/etc/resolv.conf'), this.nofileLimit()]);
-      const etcFiles = { hosts: join(dir, 'hosts'), hostname: join(dir, 'hostname'), resolvConf: join(dir, 'resolv.conf') };
-      const spec = buildOciSpec({
+      const meta: ContainerMeta = { id, labels: req.labels, createdAt: new Date().toISOString(), ...(req.netnsPath !== undefined ? { netnsPath: req.netnsPath } : {}) };
+      const [seccomp, nofileLimit] = await Promise.all([this.loadSeccomp(), this.nofileLimit(), this.writeMeta(meta)]);
+      await prepareBundle({
+        dir,
         id,
-        rootfsPath: this.merged(id),
+        rootfs: req.rootfs,
         image: req.image,
         container: req.container,
         hostname: req.hostname,
-        // A launcher-wrapped runtime is already inside the namespace: the spec must not name it.
-        ...(req.netnsPath !== undefined && !this.flavor.createLauncher ? { netnsPath: req.netnsPath } : {}),
-        user,
         labels: req.labels,
-        etcFiles,
-        ...(seccomp ? { seccomp } : {}),
+        // A launcher-wrapped runtime (runsc) is already inside the namespace: the spec must
+        // neither name it nor ask for a new one (with a new one it would get loopback only).
+        network: req.netnsPath === undefined ? { kind: 'private' } : this.flavor.createLauncher ? { kind: 'shared' } : { kind: 'join', path: req.netnsPath },
         cgroupsPath: this.cgroupPath(id),
+        ...(this.flavor.ownPids ? { runtimeOwnPids: this.flavor.ownPids } : {}),
+        seccomp,
         nofileLimit,
+        ifOverlayRefused: 'fail',
+        log,
       });
-      if (this.flavor.ownPids) spec.linux.resources.pids.limit += this.flavor.ownPids;
-      // …nor ask for a new network namespace: the sandbox must use the one it was launched in
-      // (runsc --network=host inside it). With a new one it would get loopback only.
-      if (req.netnsPath !== undefined && this.flavor.createLauncher) spec.linux.namespaces = spec.linux.namespaces.filter((n) => n.type !== 'network');
-      const meta: ContainerMeta = { id, labels: req.labels, createdAt: new Date().toISOString(), ...(req.netnsPath !== undefined ? { netnsPath: req.netnsPath } : {}) };
-      await Promise.all([
-        mkdir(join(dir, 'upper')),
-        mkdir(join(dir, 'work')),
-        mkdir(join(dir, 'merged')),
-        writeFile(join(dir, 'config.json'), JSON.stringify(spec)),
-        writeFile(etcFiles.hosts, hostsFile(req.hostname)),
-        writeFile(etcFiles.hostname, `${req.hostname}\n`),
-        writeFile(etcFiles.resolvConf, resolvConfFile(hostResolv ?? '')),
-        this.writeMeta(meta),
-      ]);
-      const m = await run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${req.rootfs},upperdir=${join(dir, 'upper')},workdir=${join(dir, 'work')}`, this.merged(id)]);
-      if (m.code !== 0) throw new Error(`mounting the writable layer failed: ${firstLine(m.stderr)}`);
 
       const pid = await this.conmonCreate(id, meta);
       // Taken before `start`: a short-lived process may exit before `start` returns.
