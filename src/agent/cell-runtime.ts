@@ -10,7 +10,7 @@ import { relative, isAbsolute } from 'node:path';
 import type { Logger } from 'pino';
 import { GuestError, type HostChannel, type StateEvent } from '../guest/host-channel.js';
 import type { Isolation } from '../model/schemas.js';
-import type { CheckAction, CheckResult, ContainerInfo, ContainerState, ContainerUsage, LogLine, LogOptions, RuntimeDriver, StartRequest } from '../runtime/driver.js';
+import type { CheckAction, CheckResult, ContainerInfo, DriverCapabilities, ContainerState, ContainerUsage, LogLine, LogOptions, RuntimeDriver, StartRequest } from '../runtime/driver.js';
 import type { VmManager } from '../vm/qemu.js';
 
 export interface CellRuntimeOptions {
@@ -39,6 +39,8 @@ function withoutControlChars(text: string): string {
 export class CellRuntime implements RuntimeDriver {
   readonly name: string;
   readonly isolation: Isolation;
+  /** Containers share the VM's network (ports forwarded by QEMU); images come over the VM's read-only share. */
+  readonly capabilities: DriverCapabilities = { network: 'vm', images: 'shared-into-vm' };
   private readonly states = new Map<string, ContainerState>();
   private readonly labels = new Map<string, Record<string, string>>();
   private readonly waiters = new Map<string, ((s: Exited) => void)[]>();

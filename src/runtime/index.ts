@@ -10,13 +10,14 @@ import type { RuntimeDriver } from './driver.js';
 import { OciDriver, type OciDriverOptions, type RuntimeFlavor } from './oci-driver.js';
 import { killTree, pidInCgroup, run } from './proc.js';
 
-export type { RuntimeDriver } from './driver.js';
+export type { DriverCapabilities, RuntimeDriver } from './driver.js';
 export { OciDriver, CONTAINER_ID_PATTERN, UNKNOWN_EXIT_CODE, WaitAbortedError, type OciDriverOptions } from './oci-driver.js';
 
 /** runc on the host: containers share the host kernel (isolation `host`). */
 const RUNC: RuntimeFlavor = {
   name: 'runc',
   isolation: 'host',
+  capabilities: { network: 'namespace', images: 'host-path' },
   defaultPath: '/usr/sbin/runc',
   globalArgs: (root) => ['--root', root],
   async probe(driver) {
@@ -48,6 +49,7 @@ const RUNC: RuntimeFlavor = {
 const RUNSC: RuntimeFlavor = {
   name: 'runsc',
   isolation: 'sandbox',
+  capabilities: { network: 'namespace', images: 'host-path' },
   defaultPath: '/usr/bin/runsc',
   globalArgs: (root, meta) => ['--root', root, '--platform=ptrace', meta?.netnsPath !== undefined ? '--network=host' : '--network=none'],
   createLauncher: (runtimePath, netnsPath) => ['/usr/bin/nsenter', `--net=${netnsPath}`, runtimePath],

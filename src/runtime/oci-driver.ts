@@ -20,7 +20,7 @@ import { access, mkdir, open, readFile, readdir, rename, rm, rmdir, stat, writeF
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Isolation } from '../model/schemas.js';
-import type { CheckAction, CheckResult, ContainerInfo, ContainerState, ContainerUsage, LogLine, LogOptions, RuntimeDriver, StartRequest } from './driver.js';
+import type { CheckAction, CheckResult, ContainerInfo, DriverCapabilities, ContainerState, ContainerUsage, LogLine, LogOptions, RuntimeDriver, StartRequest } from './driver.js';
 import { K8sLogParser } from './k8s-log.js';
 import { containerNofileLimit, loadSeccompProfile, prepareBundle } from './bundle.js';
 import { labelsFromAnnotations } from './oci-spec.js';
@@ -54,6 +54,7 @@ export interface OciDriverOptions {
 export interface RuntimeFlavor {
   name: string;
   isolation: Isolation;
+  capabilities: DriverCapabilities;
   defaultPath: string;
   /** Global flags (before the subcommand) for a container; must be identical for every call on it. */
   globalArgs(root: string, meta: Pick<ContainerMeta, 'netnsPath'> | undefined): string[];
@@ -132,6 +133,7 @@ function firstLine(text: string): string {
 export class OciDriver implements RuntimeDriver {
   readonly name: string;
   readonly isolation: Isolation;
+  readonly capabilities: DriverCapabilities;
   /** The runtime binary in use. */
   readonly runtimePath: string;
   /** conmon binary in use. */
@@ -151,6 +153,7 @@ export class OciDriver implements RuntimeDriver {
   ) {
     this.name = flavor.name;
     this.isolation = flavor.isolation;
+    this.capabilities = flavor.capabilities;
     this.runtimePath = opts.runtimePath ?? flavor.defaultPath;
     this.conmonPath = opts.conmonPath ?? '/usr/bin/conmon';
     this.stateDir = opts.stateDir;
