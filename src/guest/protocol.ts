@@ -20,6 +20,7 @@
  */
 import { z } from 'zod';
 import { ContainerSpecSchema } from '../model/schemas.js';
+import { CONTAINER_ID_PATTERN } from '../runtime/driver.js';
 
 /** The protocol version both sides state in hello/ready. Bump on any incompatible change. */
 export const PROTOCOL_VERSION = 1;
@@ -33,8 +34,8 @@ export const MAX_HOST_LINE_BYTES = 1024 * 1024;
 /** Longest log line text the guest sends; longer container output lines are split. */
 export const MAX_LOG_TEXT_CHARS = 8 * 1024;
 
-/** Container ids on the wire: the same rule as the runtime drivers (paths are derived from them). */
-export const GUEST_CONTAINER_ID_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,63}$/;
+/** Container ids on the wire: the runtime drivers' own rule (paths are derived from them). */
+export const GUEST_CONTAINER_ID_PATTERN = CONTAINER_ID_PATTERN;
 
 /** Error codes the guest returns in `err`; stable, never reused. */
 export const GUEST_ERROR_CODES = [

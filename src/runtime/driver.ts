@@ -11,6 +11,14 @@
  */
 import type { ContainerSpec, Isolation } from '../model/schemas.js';
 
+/** Container ids every driver accepts (`StartRequest.id`); drivers derive paths from them. */
+export const CONTAINER_ID_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,63}$/;
+
+/** Throws a clear error for an id outside CONTAINER_ID_PATTERN (before any path is derived from it). */
+export function validateContainerId(id: string): void {
+  if (!CONTAINER_ID_PATTERN.test(id)) throw new Error(`invalid container id ${JSON.stringify(id)}: must match ${CONTAINER_ID_PATTERN.source}`);
+}
+
 /** The parts of an OCI image config a container start needs. */
 export interface ImageConfig {
   entrypoint: string[];

@@ -11,7 +11,8 @@ import { OciDriver, type OciDriverOptions, type RuntimeFlavor } from './oci-driv
 import { killTree, pidInCgroup, run } from './proc.js';
 
 export type { DriverCapabilities, RuntimeDriver } from './driver.js';
-export { OciDriver, CONTAINER_ID_PATTERN, UNKNOWN_EXIT_CODE, WaitAbortedError, type OciDriverOptions } from './oci-driver.js';
+export { CONTAINER_ID_PATTERN } from './driver.js';
+export { OciDriver, UNKNOWN_EXIT_CODE, WaitAbortedError, type OciDriverOptions } from './oci-driver.js';
 
 /** runc on the host: containers share the host kernel (isolation `host`). */
 const RUNC: RuntimeFlavor = {
@@ -70,10 +71,13 @@ const RUNSC: RuntimeFlavor = {
   },
   // runsc's host pids are the sandbox's; the exec'd process is named by its pid inside the sandbox.
   execPidFileFlag: '--internal-pid-file',
+  execAsUserFlags: true,
   // The sandbox's own host tasks share its cgroup: about 30 idle here (sentry and gofer
   // threads), more under load. Without this headroom a service with `pids: 64` could not run
   // a shell pipeline, and one with fewer than ~30 could not start at all.
   ownPids: 128,
+  // Only the exec'd process itself: this runsc's `kill --pid` does nothing to a process exec
+  // did not start (returns 0), so anything it forked runs on, reparented, until it ends.
   async killExec(driver, id, meta, pid) {
     await driver.runtime(['kill', '--pid', String(pid), id, 'KILL'], meta, 10_000).catch(() => undefined);
   },

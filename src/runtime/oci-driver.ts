@@ -20,16 +20,13 @@ import { access, mkdir, open, readFile, readdir, rename, rm, rmdir, stat, writeF
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Isolation } from '../model/schemas.js';
-import type { CheckAction, CheckResult, ContainerInfo, DriverCapabilities, ContainerState, ContainerUsage, LogLine, LogOptions, RuntimeDriver, StartRequest } from './driver.js';
+import { CONTAINER_ID_PATTERN, validateContainerId, type CheckAction, type CheckResult, type ContainerInfo, type DriverCapabilities, type ContainerState, type ContainerUsage, type LogLine, type LogOptions, type RuntimeDriver, type StartRequest } from './driver.js';
 import { K8sLogParser } from './k8s-log.js';
 import { containerNofileLimit, loadSeccompProfile, prepareBundle } from './bundle.js';
-import { labelsFromAnnotations } from './oci-spec.js';
+import { labelsFromAnnotations, type OciSpec } from './oci-spec.js';
 import { cleanRuntimeMessage, pidAlive, run, sleep } from './proc.js';
 import { execCheck, httpGetCheck, tcpSocketCheck } from './probe-check.js';
 import type { OciSeccomp } from './seccomp.js';
-
-/** Container ids the drivers accept; every path is derived from one. */
-export const CONTAINER_ID_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,63}$/;
 
 /** Exit code reported when a container is gone and nothing recorded its real exit code. */
 export const UNKNOWN_EXIT_CODE = 137;
@@ -69,7 +66,13 @@ export interface RuntimeFlavor {
   probe(driver: OciDriver): Promise<{ ok: true } | { ok: false; message: string }>;
   /** The `exec` flag that writes the exec'd process's pid to a file (the pid `killExec` gets). */
   execPidFileFlag: string;
-  /** Kills a process started by `exec` in the container (a health check that timed out). */
+  /**
+   * Whether `exec` must be told the container's user and groups (`--user`, `--additional-gids`):
+   * runsc's exec otherwise runs as root, not as the container's user (runc's takes them from
+   * the bundle).
+   */
+  execAsUserFlags?: boolean;
+  /** Kills a process started by `exec` in the container (a health check that timed out); runc: with its children, runsc: itself only. */
   killExec(driver: OciDriver, id: string, meta: Pick<ContainerMeta, 'netnsPath'>, pid: number): Promise<void>;
   /**
    * Host tasks the runtime itself keeps in the container's cgroup, added to the pids limit
@@ -101,10 +104,6 @@ export class WaitAbortedError extends Error {
     super(`wait for container ${id} aborted`);
     this.name = 'AbortError';
   }
-}
-
-function validateId(id: string): void {
-  if (!CONTAINER_ID_PATTERN.test(id)) throw new Error(`invalid container id ${JSON.stringify(id)}: must match ${CONTAINER_ID_PATTERN.source}`);
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -263,7 +262,7 @@ export class OciDriver implements RuntimeDriver {
 
   /** @inheritdoc */
   async start(req: StartRequest): Promise<ContainerInfo> {
-    validateId(req.id);
+    validateContainerId(req.id);
     const id = req.id;
     if (!req.rootfs.startsWith('/') || /[,:\n]/.test(req.rootfs)) {
       throw new Error(`rootfs ${JSON.stringify(req.rootfs)} must be an absolute path without ',' or ':' (overlayfs option syntax)`);
@@ -390,7 +389,7 @@ export class OciDriver implements RuntimeDriver {
 
   /** @inheritdoc */
   async stop(id: string, graceMs: number): Promise<void> {
-    validateId(id);
+    validateContainerId(id);
     const info = await this.inspect(id);
     if (!info || info.state.status === 'exited') return;
     const meta = await this.readMeta(id);
@@ -421,7 +420,7 @@ export class OciDriver implements RuntimeDriver {
 
   /** @inheritdoc */
   async destroy(id: string): Promise<void> {
-    validateId(id);
+    validateContainerId(id);
     const dir = this.bundle(id);
     const meta = await this.readMeta(id);
     const del = await this.runtime(['delete', '--force', id], meta);
@@ -493,7 +492,7 @@ export class OciDriver implements RuntimeDriver {
 
   /** @inheritdoc */
   async inspect(id: string): Promise<ContainerInfo | undefined> {
-    validateId(id);
+    validateContainerId(id);
     const meta = await this.readMeta(id);
     const bundleExists = meta !== undefined || (await exists(this.bundle(id)));
     const exited = bundleExists ? await this.readExit(id) : undefined;
@@ -530,7 +529,7 @@ export class OciDriver implements RuntimeDriver {
 
   /** @inheritdoc */
   wait(id: string, signal?: AbortSignal): Promise<Extract<ContainerState, { status: 'exited' }>> {
-    validateId(id);
+    validateContainerId(id);
     return new Promise((resolve, reject) => {
       let watcher: FSWatcher | undefined;
       let done = false;
@@ -605,7 +604,7 @@ export class OciDriver implements RuntimeDriver {
 
   /** @inheritdoc */
   async *logs(id: string, opts: LogOptions): AsyncIterable<LogLine> {
-    validateId(id);
+    validateContainerId(id);
     if (!(await exists(this.bundle(id)))) throw new Error(`no such container ${id}`);
     const path = this.logFile(id);
     const parser = new K8sLogParser();
@@ -710,7 +709,7 @@ export class OciDriver implements RuntimeDriver {
    * (a container started without a network) they fail with a message saying so.
    */
   async check(id: string, action: CheckAction, timeoutMs: number): Promise<CheckResult> {
-    validateId(id);
+    validateContainerId(id);
     if ('httpGet' in action) {
       const { host, port, path } = action.httpGet;
       if (host === undefined) return { ok: false, message: `HTTP GET :${port}${path}: container ${id} has no network address to probe (started without a network)` };
@@ -726,8 +725,13 @@ export class OciDriver implements RuntimeDriver {
     this.execSeq += 1;
     const pidFile = join(this.bundle(id), `probe-${process.pid}-${this.execSeq}.pid`);
     try {
+      const userArgs: string[] = [];
+      if (this.flavor.execAsUserFlags) {
+        const { user } = (JSON.parse(await readFile(join(this.bundle(id), 'config.json'), 'utf8')) as OciSpec).process; // `as`: written by prepareBundle
+        userArgs.push('--user', `${user.uid}:${user.gid}`, ...(user.additionalGids ?? []).flatMap((g) => ['--additional-gids', String(g)]));
+      }
       return await execCheck({
-        argv: this.runtimeArgv(['exec', this.flavor.execPidFileFlag, pidFile, id, ...action.exec.command], meta),
+        argv: this.runtimeArgv(['exec', this.flavor.execPidFileFlag, pidFile, ...userArgs, id, ...action.exec.command], meta),
         command: action.exec.command,
         timeoutMs,
         onTimeout: async () => {
@@ -742,7 +746,7 @@ export class OciDriver implements RuntimeDriver {
 
   /** @inheritdoc */
   async usage(id: string): Promise<ContainerUsage | undefined> {
-    validateId(id);
+    validateContainerId(id);
     const cg = this.cgroupPath(id);
     const cpu = await readOptional(join('/sys/fs/cgroup/cpuacct', cg, 'cpuacct.usage'));
     const mem = await readOptional(join('/sys/fs/cgroup/memory', cg, 'memory.usage_in_bytes'));
