@@ -282,7 +282,7 @@ export class HostAgent {
       if (!runtime) return;
       // Ids first, instances after: a container exists only for an instance that existed
       // before it, so one started meanwhile is always explained by the fresh list.
-      const ids = await runtime.listAllIds();
+      const ids = (await runtime.recover()).map((c) => c.id);
       const fresh = (await this.o.resources.list('Instance')).items.filter((i) => i.spec.cell === cell && !i.metadata.deletionRequestedAt);
       const wanted = new Set(fresh.map((i) => containerIdFor(i)));
       const known = new Set([...this.local.values()].map((c) => c.id));

@@ -331,7 +331,7 @@ export function describeDriverContract(name: string, o: DriverContractOptions): 
         const hostPort = await net.freeHostPort();
         const n = await net.setup(id, [{ containerPort: 8080, hostPort, protocol: 'tcp' }]);
         try {
-          await h.driver.start({ ...req(id, `echo served by ${name} > /www/index.html; exec httpd -f -p 8080 -h /www`), netnsPath: n.netnsPath });
+          await h.driver.start({ ...req(id, `echo 'served by ${name}' > /www/index.html; exec httpd -f -p 8080 -h /www`), netnsPath: n.netnsPath });
           // Retried: busybox httpd under gVisor's hostinet resets some connections (runc does not).
           expect(await httpGetEventually('127.0.0.1', hostPort, 10_000)).toBe(`served by ${name}\n`);
           expect(await httpGetEventually(n.ip, 8080, 5_000)).toBe(`served by ${name}\n`);
@@ -366,7 +366,7 @@ export function describeDriverContract(name: string, o: DriverContractOptions): 
       it("vm network: the container serves on the VM's network; checks run inside it, whatever host they name", async () => {
         const id = newId('vmnet');
         const port = await h.freePort();
-        await h.driver.start(req(id, `echo served by ${name} > /www/index.html; exec httpd -f -p 127.0.0.1:${port} -h /www`));
+        await h.driver.start(req(id, `echo 'served by ${name}' > /www/index.html; exec httpd -f -p 127.0.0.1:${port} -h /www`));
         // The agent passes no address for a vm driver; one given anyway is ignored.
         const ok = `HTTP GET http://127.0.0.1:${port}/index.html: 200 OK`;
         await until('httpGet check', async () => ((await h.driver.check(id, { httpGet: { path: '/index.html', port } }, 1_000)).message === ok ? true : undefined), 10_000);
