@@ -78,6 +78,12 @@ interface LocalContainer {
 
 const VERSION = '0.1.0';
 
+/**
+ * Where an instance's driver is: found; in a cell whose guest agent is not connected (yet, or
+ * any more): wait for it; or nowhere on this host.
+ */
+type DriverLookup = { driver: RuntimeDriver } | { waitingForCell: string } | { none: true };
+
 function instanceKey(tenant: string, name: string): string {
   return `${tenant}/${name}`;
 }
@@ -97,6 +103,7 @@ export class HostAgent {
     this.queue = new WorkQueue((key) => timed(metrics.reconcileSeconds, 'agent-instance', () => this.reconcile(key)), {
       onError: (key, err, attempt) => this.log.warn({ instance: key, attempt, err }, 'instance reconcile failed; retrying'),
     });
+    o.cells?.on('cellChanged', (cell) => this.cellChanged(cell));
   }
 
   /** Runs until `signal` aborts. Containers keep running after the agent stops. */
@@ -228,7 +235,7 @@ export class HostAgent {
         this.log.info({ instance: key, container: c.id, state: c.state.status }, 'adopted container');
         if (c.state.status === 'running') {
           this.watchExit(key, c.id, driver);
-          const ip = this.o.network ? (await this.o.network.inspect(c.id).catch(() => undefined))?.ip : undefined;
+          const ip = await this.addressOf(c.id, driver);
           this.probes.watch({ key, inst, containerId: c.id, driver, startedAtMs, initialReady: inst.status.ready, ...(ip !== undefined ? { address: ip } : {}) });
         } else if (c.state.status === 'exited' && inst.status.phase === 'Running' && inst.status.containerId === c.id) {
           await this.recordExit(key, c.id, c.state.exitCode, c.state.finishedAt);
@@ -251,9 +258,9 @@ export class HostAgent {
   async *logs(tenant: string, name: string, opts: LogOptions): AsyncIterable<LogLine> {
     const inst = await this.o.resources.mustGet('Instance', name, tenant);
     const id = inst.status.containerId;
-    const driver = this.driverFor(inst);
-    if (!id || !driver) return;
-    yield* driver.logs(id, opts);
+    const found = this.driverFor(inst);
+    if (!id || !('driver' in found)) return;
+    yield* found.driver.logs(id, opts);
   }
 
   /** A machine's serial console (for the API's machine logs endpoint). */
@@ -267,7 +274,7 @@ export class HostAgent {
    * containers the cell still runs that no instance there wants (left by instances deleted or
    * replaced while this agent was down): inside a cell as on the host, nothing runs twice.
    */
-  cellChanged(cell: string): void {
+  private cellChanged(cell: string): void {
     const check = async (): Promise<void> => {
       const here = (await this.o.resources.list('Instance')).items.filter((i) => i.spec.cell === cell);
       for (const i of here) this.queue.add(instanceKey(i.metadata.tenant ?? '', i.metadata.name));
@@ -275,7 +282,7 @@ export class HostAgent {
       if (!runtime) return;
       // Ids first, instances after: a container exists only for an instance that existed
       // before it, so one started meanwhile is always explained by the fresh list.
-      const ids = await runtime.listAllIds();
+      const ids = (await runtime.recover()).map((c) => c.id);
       const fresh = (await this.o.resources.list('Instance')).items.filter((i) => i.spec.cell === cell && !i.metadata.deletionRequestedAt);
       const wanted = new Set(fresh.map((i) => containerIdFor(i)));
       const known = new Set([...this.local.values()].map((c) => c.id));
@@ -289,9 +296,24 @@ export class HostAgent {
     check().catch((err: unknown) => this.log.warn({ cell, err }, 'cannot look at the instances of a cell'));
   }
 
-  private driverFor(inst: Instance): RuntimeDriver | undefined {
-    if (inst.spec.cell) return this.o.cells?.runtimeFor(inst.spec.cell);
-    return this.o.drivers[inst.spec.container.isolation];
+  /**
+   * The driver of an instance, from its placement: the runtime of the cell it was placed in,
+   * or this host's driver for its isolation. The one place the agent looks at `spec.cell`;
+   * everything else asks the driver (`capabilities`).
+   */
+  private driverFor(inst: Instance): DriverLookup {
+    if (inst.spec.cell) {
+      const runtime = this.o.cells?.runtimeFor(inst.spec.cell);
+      return runtime ? { driver: runtime } : { waitingForCell: inst.spec.cell };
+    }
+    const driver = this.o.drivers[inst.spec.container.isolation];
+    return driver ? { driver } : { none: true };
+  }
+
+  /** The address network checks of a container use: its namespace's address on the bridge, when the agent made one. */
+  private async addressOf(id: string, driver: RuntimeDriver): Promise<string | undefined> {
+    if (driver.capabilities.network !== 'namespace' || !this.o.network) return undefined;
+    return (await this.o.network.inspect(id).catch(() => undefined))?.ip;
   }
 
   private async setStatus(inst: Instance, patch: Partial<InstanceStatus>, clear: (keyof InstanceStatus)[] = []): Promise<Instance | undefined> {
@@ -312,7 +334,7 @@ export class HostAgent {
     cur.tearingDown = true;
     await cur.driver.stop(cur.id, graceMs).catch((err: unknown) => this.log.warn({ container: cur.id, err }, 'stop failed'));
     await cur.driver.destroy(cur.id);
-    if (!cur.driver.name.startsWith('cell:')) await this.o.network?.teardown(cur.id);
+    if (cur.driver.capabilities.network === 'namespace') await this.o.network?.teardown(cur.id);
     this.local.delete(key);
   }
 
@@ -353,20 +375,24 @@ export class HostAgent {
       return;
     }
     if (TERMINAL_PHASES.includes(inst.status.phase)) return;
-    if (!cur && inst.spec.cell && inst.status.phase === 'Running' && inst.status.containerId === containerIdFor(inst)) {
-      // After an agent restart: the container may still run inside its cell; adopt it.
-      const driver = this.driverFor(inst);
-      if (!driver) return; // the cell is not connected yet; cellChanged() brings us back
-      const found = await driver.inspect(containerIdFor(inst)).catch(() => undefined);
-      if (found && found.state.status !== 'exited') {
+    if (!cur && inst.status.phase === 'Running' && inst.status.containerId === containerIdFor(inst)) {
+      // After an agent restart the container may still run: one on the host was adopted by
+      // recover() already (so its driver knows none here), one in a cell is found once the
+      // cell is connected again. Adopt it rather than start a second one.
+      const lookup = this.driverFor(inst);
+      if ('waitingForCell' in lookup) return; // the cell is not connected yet; its change event brings us back
+      const driver = 'driver' in lookup ? lookup.driver : undefined;
+      const found = driver ? await driver.inspect(containerIdFor(inst)).catch(() => undefined) : undefined;
+      if (driver && found && found.state.status !== 'exited') {
         const startedAtMs = found.state.status === 'running' ? Date.parse(found.state.startedAt) : Date.now();
         this.local.set(key, { uid: inst.metadata.uid, id: found.id, driver, generation: inst.metadata.generation, startedAtMs, exited: false });
         this.watchExit(key, found.id, driver);
-        this.probes.watch({ key, inst, containerId: found.id, driver, startedAtMs, initialReady: inst.status.ready });
-        this.log.info({ instance: key, container: found.id, cell: inst.spec.cell }, 'adopted container in cell');
+        const ip = await this.addressOf(found.id, driver);
+        this.probes.watch({ key, inst, containerId: found.id, driver, startedAtMs, initialReady: inst.status.ready, ...(ip !== undefined ? { address: ip } : {}) });
+        this.log.info({ instance: key, container: found.id, driver: driver.name }, 'adopted container');
         return;
       }
-      if (found?.state.status === 'exited') {
+      if (driver && found?.state.status === 'exited') {
         this.local.set(key, { uid: inst.metadata.uid, id: found.id, driver, generation: inst.metadata.generation, startedAtMs: Date.now(), exited: true });
         await this.recordExit(key, found.id, found.state.exitCode, found.state.finishedAt);
         return;
@@ -381,18 +407,22 @@ export class HostAgent {
   }
 
   private async startAttempt(key: string, inst: Instance): Promise<ReconcileResult> {
-    const driver = this.driverFor(inst);
+    const lookup = this.driverFor(inst);
     const c = inst.spec.container;
-    if (!driver && inst.spec.cell) {
-      const cell = await this.o.resources.get('Cell', inst.spec.cell);
-      const msg = cell ? `waiting for cell ${inst.spec.cell} (${cell.status.phase}${cell.status.message ? `: ${cell.status.message}` : ''})` : `cell ${inst.spec.cell} is gone`;
+    if ('waitingForCell' in lookup) {
+      const name = lookup.waitingForCell;
+      const cell = await this.o.resources.get('Cell', name);
+      const msg = cell ? `waiting for cell ${name} (${cell.status.phase}${cell.status.message ? `: ${cell.status.message}` : ''})` : `cell ${name} is gone`;
       if (inst.status.message !== msg) await this.setStatus(inst, { phase: 'Pending', reason: 'WaitingForCell', message: msg });
       return { requeueAfterMs: 5_000 };
     }
-    if (!driver) {
+    if ('none' in lookup) {
       await this.setStatus(inst, { phase: 'Failed', reason: 'IsolationUnavailable', message: `host ${this.o.hostName} has no driver for isolation "${c.isolation}"` });
       return;
     }
+    const { driver } = lookup;
+    // `namespace` drivers get a network namespace from the agent; `vm` drivers share their VM's network.
+    const hostNetwork = driver.capabilities.network === 'namespace' ? this.o.network : undefined;
     const id = containerIdFor(inst);
     // Report Pulling only if the image is not at hand quickly: the common cached case
     // should not pay for an extra durable write.
@@ -415,8 +445,7 @@ export class HostAgent {
     clearTimeout(showPulling);
     this.pullFailures.delete(key);
     try {
-      // Instances in cells use the cell VM's network; host-run ones get their own namespace.
-      const net = this.o.network && !inst.spec.cell ? await this.o.network.setup(id, { ports: c.ports, isolationKey: inst.metadata.tenant ?? '' }) : undefined;
+      const net = hostNetwork ? await hostNetwork.setup(id, { ports: c.ports, isolationKey: inst.metadata.tenant ?? '' }) : undefined;
       const labels = {
         [LABELS.uid]: inst.metadata.uid,
         [LABELS.tenant]: inst.metadata.tenant ?? '',
@@ -436,11 +465,13 @@ export class HostAgent {
         ready: c.readinessProbe === undefined,
       };
       if (info.state.status === 'running') status.pid = info.state.pid;
-      if (net && net.hostPorts.length > 0) status.hostPorts = net.hostPorts;
-      if (inst.spec.cell) {
-        const published = c.ports.flatMap((p) => (p.hostPort !== undefined ? [{ containerPort: p.containerPort, hostPort: p.hostPort, protocol: p.protocol }] : []));
-        if (published.length > 0) status.hostPorts = published;
-      }
+      // Published by the agent's network, or (`vm` drivers) by the driver: every port with a host port.
+      const published = net
+        ? net.hostPorts
+        : driver.capabilities.network === 'vm'
+          ? c.ports.flatMap((p) => (p.hostPort !== undefined ? [{ containerPort: p.containerPort, hostPort: p.hostPort, protocol: p.protocol }] : []))
+          : [];
+      if (published.length > 0) status.hostPorts = published;
       await this.setStatus(inst, status, ['message', 'exitCode', 'finishedAt', 'nextRestartAt']);
       this.log.info({ instance: key, container: id }, 'container running');
       this.watchExit(key, id, driver);
@@ -450,7 +481,7 @@ export class HostAgent {
       const message = err instanceof Error ? err.message : String(err);
       this.log.warn({ instance: key, container: id, err: message }, 'container start failed');
       await driver.destroy(id).catch(() => undefined);
-      if (!inst.spec.cell) await this.o.network?.teardown(id).catch(() => undefined);
+      await hostNetwork?.teardown(id).catch(() => undefined);
       this.local.delete(key);
       return this.afterExit(key, inst, 128, Date.now(), message);
     }

@@ -10,7 +10,7 @@ import { relative, isAbsolute } from 'node:path';
 import type { Logger } from 'pino';
 import { GuestError, type HostChannel, type StateEvent } from '../guest/host-channel.js';
 import type { Isolation } from '../model/schemas.js';
-import type { CheckAction, CheckResult, ContainerInfo, ContainerState, ContainerUsage, LogLine, LogOptions, RuntimeDriver, StartRequest } from '../runtime/driver.js';
+import { validateContainerId, type CheckAction, type CheckResult, type ContainerInfo, type DriverCapabilities, ContainerState, ContainerUsage, LogLine, LogOptions, RuntimeDriver, StartRequest } from '../runtime/driver.js';
 import type { VmManager } from '../vm/qemu.js';
 
 export interface CellRuntimeOptions {
@@ -39,7 +39,11 @@ function withoutControlChars(text: string): string {
 export class CellRuntime implements RuntimeDriver {
   readonly name: string;
   readonly isolation: Isolation;
+  /** Containers share the VM's network (ports forwarded by QEMU); images come over the VM's read-only share. */
+  readonly capabilities: DriverCapabilities = { network: 'vm', images: 'shared-into-vm' };
   private readonly states = new Map<string, ContainerState>();
+  /** The running state each container reported first (what `start` answers, even if it has exited since). */
+  private readonly runningStates = new Map<string, Extract<ContainerState, { status: 'running' }>>();
   private readonly labels = new Map<string, Record<string, string>>();
   private readonly waiters = new Map<string, ((s: Exited) => void)[]>();
   private readonly ports = new Map<string, { hostPort: number; guestPort: number; protocol: 'tcp' | 'udp'; hostAddress: string }[]>();
@@ -60,6 +64,7 @@ export class CellRuntime implements RuntimeDriver {
 
   private onState(id: string, state: ContainerState): void {
     this.states.set(id, state);
+    if (state.status === 'running' && !this.runningStates.has(id)) this.runningStates.set(id, state);
     if (state.status === 'exited') {
       for (const w of this.waiters.get(id) ?? []) w(state);
       this.waiters.delete(id);
@@ -78,18 +83,20 @@ export class CellRuntime implements RuntimeDriver {
   }
 
   async start(req: StartRequest): Promise<ContainerInfo> {
-    this.labels.set(req.id, req.labels);
+    validateContainerId(req.id); // refused here: the guest cannot answer a request it cannot parse
+    const rootfs = this.guestRootfs(req.rootfs);
     const startedAt = new Date().toISOString();
-    const guestStartMs = await this.o.channel.run({ containerId: req.id, rootfs: this.guestRootfs(req.rootfs), image: req.image, container: req.container, hostname: req.hostname, labels: req.labels });
+    const guestStartMs = await this.o.channel.run({ containerId: req.id, rootfs, image: req.image, container: req.container, hostname: req.hostname, labels: req.labels });
+    this.labels.set(req.id, req.labels); // only now: a refused start (a duplicate id) must not touch the running one's
     if (guestStartMs !== undefined) this.guestStartMs.set(req.id, guestStartMs);
     // Containers of a cell share the VM's network: a published port is a QEMU forward to the guest.
     const fwd = req.container.ports.filter((p) => p.hostPort !== undefined).map((p) => ({ hostPort: p.hostPort as number, guestPort: p.containerPort, protocol: p.protocol, hostAddress: '0.0.0.0' })); // filtered to defined hostPort
     for (const p of fwd) await this.o.vms.hostfwdAdd(this.o.cellId, p);
     this.ports.set(req.id, fwd);
-    const state = this.states.get(req.id);
-    if (state && state.status !== 'created') return { id: req.id, labels: req.labels, state };
-    const running: ContainerState = { status: 'running', pid: 1, startedAt };
-    if (!state) this.states.set(req.id, running);
+    // The guest reports the container running before it acks the run; one that has exited
+    // since still started (its exit is `wait`'s to report, as with the host drivers).
+    const running = this.runningStates.get(req.id) ?? { status: 'running', pid: 1, startedAt };
+    if (!this.states.has(req.id)) this.states.set(req.id, running);
     return { id: req.id, labels: req.labels, state: running };
   }
 
@@ -115,7 +122,9 @@ export class CellRuntime implements RuntimeDriver {
       if ((e as { code?: string }).code !== 'GUEST_E_NOT_FOUND') throw e; // GuestError carries a code; gone is fine
     });
     this.states.delete(id);
+    this.runningStates.delete(id);
     this.labels.delete(id);
+    this.usageById.delete(id);
   }
 
   async inspect(id: string): Promise<ContainerInfo | undefined> {
@@ -132,6 +141,11 @@ export class CellRuntime implements RuntimeDriver {
     return { id, labels: listed.labels, state: listed.state };
   }
 
+  /**
+   * @inheritdoc
+   * Exits arrive as `state` events; for a container this runtime has not heard of yet (a
+   * restarted agent's) it asks the guest first, which also registers the id with the channel.
+   */
   wait(id: string, signal?: AbortSignal): Promise<Exited> {
     const s = this.states.get(id);
     if (s?.status === 'exited') return Promise.resolve(s);
@@ -139,26 +153,51 @@ export class CellRuntime implements RuntimeDriver {
       const list = this.waiters.get(id) ?? [];
       list.push(resolve);
       this.waiters.set(id, list);
-      signal?.addEventListener('abort', () => reject(new Error(`wait for ${id} aborted`)), { once: true });
+      const fail = (e: Error): void => {
+        const rest = (this.waiters.get(id) ?? []).filter((w) => w !== resolve);
+        if (rest.length > 0) this.waiters.set(id, rest);
+        else this.waiters.delete(id);
+        reject(e);
+      };
+      signal?.addEventListener('abort', () => fail(new Error(`wait for ${id} aborted`)), { once: true });
+      if (s) return;
+      this.inspect(id).then(
+        (info) => {
+          if (!info) fail(new Error(`no such container ${id} in cell ${this.o.cellId}`));
+          else if (info.state.status === 'exited') this.onState(id, info.state);
+        },
+        (e: unknown) => fail(e instanceof Error ? e : new Error(String(e))),
+      );
     });
   }
 
+  /**
+   * @inheritdoc
+   * Following ends once the container has exited, after its last line (the guest sends a
+   * container's output before its exit).
+   */
   async *logs(id: string, opts: LogOptions): AsyncIterable<LogLine> {
     this.o.channel.expectContainer(id);
-    for await (const l of this.o.channel.logs(id, { follow: opts.follow, ...(opts.tail !== undefined ? { tail: opts.tail } : {}), ...(opts.signal ? { signal: opts.signal } : {}) })) {
-      yield { time: l.time, stream: l.stream, text: l.text };
+    const ac = new AbortController();
+    const exited = opts.follow ? this.wait(id, ac.signal).catch(() => undefined) : undefined;
+    try {
+      for await (const l of this.o.channel.logs(id, { follow: opts.follow, ...(opts.tail !== undefined ? { tail: opts.tail } : {}), ...(opts.signal ? { signal: opts.signal } : {}), ...(exited ? { until: exited } : {}) })) {
+        yield { time: l.time, stream: l.stream, text: l.text };
+      }
+    } finally {
+      ac.abort(); // no waiter left behind by a log reader that stopped first
     }
   }
 
+  /**
+   * @inheritdoc
+   * Every container the guest runs or holds, including ones this host did not start (see
+   * HostChannel.listAll), so strays can be removed. Their labels are the guest's word: use
+   * them only to act on this same cell, never to pick an instance elsewhere.
+   */
   async recover(): Promise<ContainerInfo[]> {
-    const list = await this.o.channel.list();
-    return list.map((c) => ({ id: c.containerId, labels: c.labels, state: c.state }));
-  }
-
-  /** Ids of every container the guest runs or holds, including ones this host did not start (see HostChannel.listAll). */
-  async listAllIds(): Promise<string[]> {
     if (this.closed) return [];
-    return (await this.o.channel.listAll()).map((c) => c.containerId);
+    return (await this.o.channel.listAll()).map((c) => ({ id: c.containerId, labels: c.labels, state: c.state }));
   }
 
   async usage(id: string): Promise<ContainerUsage | undefined> {

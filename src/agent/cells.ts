@@ -3,8 +3,11 @@
  * guest agent, reports the cell Ready when the guest answers, keeps a warm pool of
  * pre-booted unassigned cells, and destroys retired cells (a cell is never reused for another
  * tenant: retiring always destroys the VM). VMs are QEMU processes that outlive this agent; on
- * restart the manager re-attaches to the ones that still run.
+ * restart the manager re-attaches to the ones that still run. Each attached cell's runtime
+ * (`runtimeFor`) is a RuntimeDriver; a `cellChanged` event tells the host agent to look again
+ * at the instances placed in a cell.
  */
+import { EventEmitter } from 'node:events';
 import { mkdir } from 'node:fs/promises';
 import { isAbsolute } from 'node:path';
 import type { Logger } from 'pino';
@@ -31,8 +34,6 @@ export interface CellManagerOptions {
   /** Pre-booted unassigned cells kept on this host. */
   warmCells: number;
   warmSize: { cpu: number; memoryMiB: number };
-  /** Called when a cell becomes Ready or is lost, so the instances placed in it are looked at again. */
-  onCellChange: (cell: string) => void;
   /** How often a Ready cell's guest agent is pinged (default 1 s). */
   heartbeatMs?: number;
   /**
@@ -53,18 +54,25 @@ const GUEST_IMAGES = '/carapace/images';
 const GUEST_APP = '/opt/carapace';
 const WARM_KEY = '#warm';
 
+/** What the cell manager tells others (the host agent listens). */
+export interface CellManagerEvents {
+  /** A cell became Ready, was lost, failed or was removed: the instances placed in it must be looked at again. */
+  cellChanged: [cell: string];
+}
+
 interface Attached {
   channel: HostChannel;
   runtime: CellRuntime;
   ac: AbortController;
 }
 
-export class CellManager {
+export class CellManager extends EventEmitter<CellManagerEvents> {
   private readonly log: Logger;
   private readonly attached = new Map<string, Attached>();
   private readonly queue: WorkQueue;
 
   constructor(private readonly o: CellManagerOptions) {
+    super();
     this.log = o.logger.child({ component: 'cells', host: o.hostName });
     this.queue = new WorkQueue((key) => (key === WARM_KEY ? this.reconcileWarm() : this.reconcile(key)), {
       onError: (key, err, attempt) => this.log.warn({ cell: key, attempt, err }, 'cell reconcile failed; retrying'),
@@ -134,7 +142,7 @@ export class CellManager {
         this.log.info({ cell: name }, 'cell VM destroyed');
       }
       if (cell?.metadata.deletionRequestedAt && cell.spec.host === this.o.hostName) await r.remove('Cell', name);
-      this.o.onCellChange(name);
+      this.emit('cellChanged', name);
       return;
     }
     if (cell.status.phase === 'Failed' || cell.status.phase === 'Lost') {
@@ -209,7 +217,7 @@ export class CellManager {
       return c;
     });
     this.log.warn({ cell: cell.metadata.name, phase, message }, phase === 'Lost' ? 'cell lost' : 'cell failed');
-    this.o.onCellChange(cell.metadata.name);
+    this.emit('cellChanged', cell.metadata.name);
   }
 
   /**
@@ -284,7 +292,7 @@ export class CellManager {
           metrics.cellBootSeconds.observe({ tenant: c.spec.tenant, group: c.spec.group }, (c.status.bootMs ?? 0) / 1000);
           return c;
         })
-        .then(() => this.o.onCellChange(name))
+        .then(() => this.emit('cellChanged', name))
         .catch((err: unknown) => this.log.warn({ cell: name, err }, 'cannot record cell ready'));
     });
     this.heartbeat(name, channel, ac.signal, vm.accel, cell.status.phase === 'Ready');

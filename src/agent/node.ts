@@ -83,8 +83,6 @@ export async function createHostNode(o: HostNodeOptions): Promise<RunningHostNod
   const vms = createVmManager({ stateDir: join(o.stateDir, 'vms'), logger, accel: o.accel ?? 'auto' });
   // The Carapace install (dist/ and node_modules/) is shared read-only into cells: the guest agent runs from it.
   const installDir = fileURLToPath(new URL('../../..', import.meta.url));
-  // The agent is made after the cell manager that calls back into it.
-  const agentRef: { current?: HostAgent } = {};
   const heartbeatTimeoutMs = envNumber('CARAPACE_CELL_HEARTBEAT_TIMEOUT_MS');
   const bootTimeoutMs = envNumber('CARAPACE_CELL_BOOT_TIMEOUT_MS');
   const cells = new CellManager({
@@ -97,7 +95,6 @@ export async function createHostNode(o: HostNodeOptions): Promise<RunningHostNod
     installDir,
     warmCells: o.warmCells ?? 0,
     warmSize: { cpu: 2, memoryMiB: 2048 },
-    onCellChange: (cell) => agentRef.current?.cellChanged(cell),
     ...(heartbeatTimeoutMs ? { heartbeatTimeoutMs } : {}),
     ...(bootTimeoutMs ? { bootTimeoutMs } : {}),
   });
@@ -132,7 +129,6 @@ export async function createHostNode(o: HostNodeOptions): Promise<RunningHostNod
     ...(probeScale ? { probeTimeScale: probeScale } : {}),
     ...(o.stopGraceMs !== undefined ? { stopGraceMs: o.stopGraceMs } : {}),
   });
-  agentRef.current = agent;
   const sampleMs = envNumber('CARAPACE_USAGE_SAMPLE_MS');
   const sampler = new UsageSampler({ hostName, resources, env, logger, agent, ...(sampleMs ? { intervalMs: sampleMs } : {}) });
   return {

@@ -5,7 +5,7 @@
  * running the plan twice creates nothing twice.
  */
 import { instanceName, instanceReady, TERMINAL_PHASES, type Instance, type InstanceSpec, type Job, type JobStatus, type Service } from '../model/objects.js';
-import type { ContainerSpec, JobSpec, ServiceSpec } from '../model/schemas.js';
+import { containerSpecOf } from '../model/schemas.js';
 
 export type Change =
   /** A new instance, not placed yet: the placement pipeline writes it with its host or why it waits. */
@@ -23,25 +23,14 @@ export interface PlanContext {
   newId: () => string;
 }
 
-function containerOf(spec: ServiceSpec | JobSpec): ContainerSpec {
-  const { image, command, args, env, workingDir, cpu, memory, pids, readOnlyRootfs, isolation, group, ports, livenessProbe, readinessProbe } = spec;
-  const c: ContainerSpec = { image, env, cpu, memory, pids, readOnlyRootfs, isolation, group, ports };
-  if (command !== undefined) c.command = command;
-  if (args !== undefined) c.args = args;
-  if (workingDir !== undefined) c.workingDir = workingDir;
-  // The agent runs the probes from the instance's own spec: a probe change is a spec change.
-  if (livenessProbe !== undefined) c.livenessProbe = livenessProbe;
-  if (readinessProbe !== undefined) c.readinessProbe = readinessProbe;
-  return c;
-}
-
 /** A new, not yet placed instance; the placement pipeline then gives it a host or a reason. */
 function newInstance(owner: Service | Job, index: number, ctx: PlanContext, restart: Pick<InstanceSpec, 'restartPolicy' | 'maxRestarts'>): Instance {
   const tenant = owner.metadata.tenant ?? '';
   const spec: InstanceSpec = {
     owner: { kind: owner.kind, name: owner.metadata.name, uid: owner.metadata.uid },
     index,
-    container: containerOf(owner.spec),
+    // The agent runs the probes from the instance's own spec: a probe change is a spec change.
+    container: containerSpecOf(owner.spec),
     ...restart,
     host: '',
     ownerGeneration: owner.metadata.generation,
@@ -92,7 +81,7 @@ export function planService(serviceName: string, service: Service | undefined, i
   changes.push(...removals(mine.filter((i) => i.spec.owner.uid !== service.metadata.uid || i.spec.index >= service.spec.replicas)));
   const planned: Instance[] = [];
   const byIndex = new Map(current.map((i) => [i.spec.index, i]));
-  const container = containerOf(service.spec);
+  const container = containerSpecOf(service.spec);
   const restart = { restartPolicy: service.spec.restartPolicy, maxRestarts: -1 };
   for (let index = 0; index < service.spec.replicas; index++) {
     const existing = byIndex.get(index);

@@ -611,10 +611,12 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
 
   /**
    * A container's log: the last `tail` lines kept by the guest (all kept if omitted, at most
-   * maxReplayLines), then, with `follow`, live lines until `signal` aborts. Live lines are
-   * subject to the host's rate limit like every log event.
+   * maxReplayLines), then, with `follow`, live lines until `signal` aborts or `until` settles
+   * (lines that arrived before it settled are still delivered: the guest sends a container's
+   * last lines before its exit, so `until` = "it exited" ends the log after its last line).
+   * Live lines are subject to the host's rate limit like every log event.
    */
-  async *logs(containerId: string, opts: { tail?: number; follow?: boolean; signal?: AbortSignal } = {}): AsyncGenerator<LogEvent> {
+  async *logs(containerId: string, opts: { tail?: number; follow?: boolean; signal?: AbortSignal; until?: Promise<unknown> } = {}): AsyncGenerator<LogEvent> {
     const max = Math.min(opts.tail ?? this.opts.maxReplayLines, this.opts.maxReplayLines);
     // Subscribe before asking for the replay so no line falls between the two.
     const queue: LogEvent[] = [];
@@ -643,6 +645,11 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
         if (signal.aborted) resolve();
         signal.addEventListener('abort', () => resolve(), { once: true });
       });
+      let ended = false;
+      const end = opts.until?.then(
+        () => void (ended = true),
+        () => void (ended = true),
+      );
       while (!signal?.aborted) {
         const ev = queue.shift();
         if (ev) {
@@ -652,7 +659,8 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
           }
           continue;
         }
-        await Promise.race([new Promise<void>((r) => (wake = r)), aborted]);
+        if (ended) return;
+        await Promise.race([new Promise<void>((r) => (wake = r)), aborted, ...(end ? [end] : [])]);
         wake = undefined;
       }
     } finally {

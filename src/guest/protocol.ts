@@ -19,7 +19,8 @@
  * carries the container env) but are still bounded by `MAX_HOST_LINE_BYTES`.
  */
 import { z } from 'zod';
-import { ServiceSpecSchema } from '../model/schemas.js';
+import { ContainerSpecSchema } from '../model/schemas.js';
+import { CONTAINER_ID_PATTERN } from '../runtime/driver.js';
 
 /** The protocol version both sides state in hello/ready. Bump on any incompatible change. */
 export const PROTOCOL_VERSION = 1;
@@ -33,8 +34,8 @@ export const MAX_HOST_LINE_BYTES = 1024 * 1024;
 /** Longest log line text the guest sends; longer container output lines are split. */
 export const MAX_LOG_TEXT_CHARS = 8 * 1024;
 
-/** Container ids on the wire: the same rule as the runtime drivers (paths are derived from them). */
-export const GUEST_CONTAINER_ID_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,63}$/;
+/** Container ids on the wire: the runtime drivers' own rule (paths are derived from them). */
+export const GUEST_CONTAINER_ID_PATTERN = CONTAINER_ID_PATTERN;
 
 /** Error codes the guest returns in `err`; stable, never reused. */
 export const GUEST_ERROR_CODES = [
@@ -65,9 +66,6 @@ export const WireImageConfigSchema = z.strictObject({
   user: z.string().max(256),
 });
 
-/** The ContainerSpec of a run (services' container fields, already normalised by the host). */
-export const WireContainerSpecSchema = ServiceSpecSchema.omit({ replicas: true, restartPolicy: true });
-
 const LabelsSchema = z.record(z.string().max(128), z.string().max(256));
 
 // ---------------------------------------------------------------- host -> guest
@@ -81,7 +79,8 @@ export const RunSchema = z.strictObject({
   containerId: ContainerId,
   rootfs: z.string().min(1).max(4096),
   image: WireImageConfigSchema,
-  container: WireContainerSpecSchema,
+  /** The instance's container spec, the model's own schema (already normalised by the host). */
+  container: ContainerSpecSchema,
   hostname: z.string().min(1).max(63),
   labels: LabelsSchema,
 });

@@ -4,19 +4,20 @@
  * stdout/stderr stream line by line. Each container gets a bundle on tmpfs under
  * `stateDir/containers/ID` with an overlay writable layer over the read-only rootfs of the
  * images share (falling back to a copy into tmpfs when overlay refuses the lower fs), and
- * the hardened spec of `buildOciSpec` without a network namespace: the cell's containers
- * share the VM's network, the VM is the isolation boundary.
+ * the hardened spec, both made by the hosts' own bundle builder (`runtime/bundle.ts`), without
+ * a network namespace: the cell's containers share the VM's network, the VM is the isolation
+ * boundary.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, rmdir } from 'node:fs/promises';
 import { join, resolve as resolvePath } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import type { Logger } from 'pino';
-import { buildOciSpec, DEFAULT_CAPABILITIES, hostsFile, resolvConfFile, resolveUser } from '../runtime/oci-spec.js';
+import { containerNofileLimit, loadSeccompProfile, prepareBundle } from '../runtime/bundle.js';
 import type { CheckResult } from '../runtime/driver.js';
 import { execCheck, httpGetCheck, tcpSocketCheck } from '../runtime/probe-check.js';
 import { killTree, pidInCgroup, run as runCmd } from '../runtime/proc.js';
-import { convertSeccompProfile, goArchOf, type DockerSeccompProfile, type OciSeccomp } from '../runtime/seccomp.js';
+import type { OciSeccomp } from '../runtime/seccomp.js';
 import { MAX_LOG_TEXT_CHARS, type GuestErrorCode, type HostMessage, type WireCheckAction, type WireContainerState } from './protocol.js';
 
 /** Options of the supervisor; the defaults are the in-VM layout, tests override them. */
@@ -89,14 +90,6 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-/** min(1048576, the agent's hard RLIMIT_NOFILE): the most a container can be given (same rule as the host drivers). */
-async function nofileLimit(): Promise<number> {
-  const limits = (await readOptional('/proc/self/limits')) ?? '';
-  const hard = /^Max open files\s+\S+\s+(\S+)/m.exec(limits)?.[1];
-  const n = hard === undefined || hard === 'unlimited' ? 1048576 : Number(hard);
-  return Number.isFinite(n) && n > 0 ? Math.min(1048576, n) : 1024;
-}
-
 /** True when `/` is the initramfs (rootfs), where pivot_root fails and runc needs --no-pivot. */
 export async function rootIsInitramfs(): Promise<boolean> {
   const mounts = (await readOptional('/proc/self/mounts')) ?? '';
@@ -110,6 +103,7 @@ export class Supervisor {
   private readonly ctrs = new Map<string, Ctr>();
   private readonly log: Logger;
   private seccomp: Promise<OciSeccomp | undefined> | undefined;
+  private nofile: Promise<number> | undefined;
   private noPivot: Promise<boolean> | undefined;
   /** Numbers the pid files of exec checks. */
   private execSeq = 0;
@@ -131,20 +125,16 @@ export class Supervisor {
     return runCmd(this.opts.runcPath, ['--root', this.runcRoot, ...args], timeoutMs);
   }
 
+  /** The seccomp filter of every container, loaded once (none, logged, if the shared /usr lacks the profile). */
   private loadSeccomp(): Promise<OciSeccomp | undefined> {
-    const path = this.opts.seccompProfilePath;
-    this.seccomp ??= (async () => {
-      if (path === false) return undefined;
-      const text = await readOptional(path);
-      if (text === undefined) {
-        this.log.warn({ path }, 'no seccomp profile in the shared /usr; containers run without seccomp');
-        return undefined;
-      }
-      const profile = JSON.parse(text) as DockerSeccompProfile; // `as`: the containers-common profile; the converter tolerates missing fields
-      const kernel = (await readOptional('/proc/sys/kernel/osrelease'))?.trim();
-      return convertSeccompProfile(profile, { goArch: goArchOf(process.arch), capabilities: DEFAULT_CAPABILITIES, ...(kernel ? { kernelVersion: kernel } : {}) });
-    })();
+    this.seccomp ??= loadSeccompProfile(this.opts.seccompProfilePath, 'none', this.log);
     return this.seccomp;
+  }
+
+  /** The open files limit of every container, read once. */
+  private nofileLimit(): Promise<number> {
+    this.nofile ??= containerNofileLimit();
+    return this.nofile;
   }
 
   private usePivot(): Promise<boolean> {
@@ -197,42 +187,24 @@ export class Supervisor {
     try {
       await mkdir(this.runcRoot, { recursive: true, mode: 0o700 });
       await mkdir(bundle, { recursive: true, mode: 0o700 });
-      const user = resolveUser(req.image.user, await readOptional(join(rootfs, 'etc/passwd')), await readOptional(join(rootfs, 'etc/group')));
-      const [seccomp, resolv, noPivot] = await Promise.all([this.loadSeccomp(), readOptional('/etc/resolv.conf'), this.usePivot()]);
-      const etcFiles = { hosts: join(bundle, 'hosts'), hostname: join(bundle, 'hostname'), resolvConf: join(bundle, 'resolv.conf') };
-      const spec = buildOciSpec({
+      const [seccomp, nofileLimit, noPivot] = await Promise.all([this.loadSeccomp(), this.nofileLimit(), this.usePivot()]);
+      const made = await prepareBundle({
+        dir: bundle,
         id,
-        rootfsPath: join(bundle, 'merged'),
+        rootfs,
         image: req.image,
         container: req.container,
         hostname: req.hostname,
-        user,
         labels: req.labels,
-        etcFiles,
-        ...(seccomp ? { seccomp } : {}),
+        // The cell is the isolation boundary: its containers share the VM's network namespace.
+        network: { kind: 'shared' },
         cgroupsPath: this.cgroupPath(id),
-        nofileLimit: await nofileLimit(),
+        seccomp,
+        nofileLimit,
+        ifOverlayRefused: 'copy',
+        log,
       });
-      // The cell is the isolation boundary: its containers share the VM's network namespace.
-      spec.linux.namespaces = spec.linux.namespaces.filter((n) => n.type !== 'network');
-      // /etc/hosts already names the container; within a shared netns localhost is the cell.
-      await Promise.all([
-        mkdir(join(bundle, 'upper')),
-        mkdir(join(bundle, 'work')),
-        mkdir(join(bundle, 'merged')),
-        writeFile(join(bundle, 'config.json'), JSON.stringify(spec)),
-        writeFile(etcFiles.hosts, hostsFile(req.hostname)),
-        writeFile(etcFiles.hostname, `${req.hostname}\n`),
-        // Loopback nameservers are kept reachable (shared netns), but resolvConfFile drops them; the VM's resolver is QEMU's 10.0.2.3.
-        writeFile(etcFiles.resolvConf, resolvConfFile(resolv ?? '')),
-      ]);
-      const m = await runCmd('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${rootfs},upperdir=${join(bundle, 'upper')},workdir=${join(bundle, 'work')}`, join(bundle, 'merged')]);
-      if (m.code === 0) ctr.overlay = true;
-      else {
-        log.warn({ err: m.stderr.trim() }, 'overlay over the images share refused; copying the rootfs into tmpfs instead');
-        const cp = await runCmd('cp', ['-a', `${rootfs}/.`, join(bundle, 'merged')], 300_000);
-        if (cp.code !== 0) throw new Error(`copying the rootfs failed: ${cp.stderr.trim()}`);
-      }
+      ctr.overlay = made.overlay;
       await this.spawnRunc(ctr, noPivot, exitedResolve);
       log.info({ pid: ctr.state.status === 'running' ? ctr.state.pid : undefined }, 'container started');
     } catch (e) {

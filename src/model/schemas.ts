@@ -139,8 +139,12 @@ export const ReadinessProbeSchema = probeSchema('readiness');
 /** A validated, defaulted probe (liveness or readiness). */
 export type Probe = z.infer<typeof ReadinessProbeSchema>;
 
-/** Fields shared by every container-running kind (services and jobs). */
-const containerFields = {
+/**
+ * The container part of a service or job: what one instance runs. The one definition from
+ * the manifest to the guest: services and jobs extend it, `containerSpecOf` takes it back out
+ * of them for an instance, and the cell protocol carries it as is (guest/protocol.ts).
+ */
+export const ContainerSpecSchema = z.strictObject({
   /** An OCI image reference: `registry/repo:tag` or `registry/repo@sha256:…`. */
   image: z
     .string()
@@ -166,10 +170,11 @@ const containerFields = {
   livenessProbe: LivenessProbeSchema.optional(),
   /** Count the instance as ready only while this check passes. */
   readinessProbe: ReadinessProbeSchema.optional(),
-};
+});
+/** A validated, defaulted container spec (see ContainerSpecSchema). */
+export type ContainerSpec = z.infer<typeof ContainerSpecSchema>;
 
-export const ServiceSpecSchema = z.strictObject({
-  ...containerFields,
+export const ServiceSpecSchema = ContainerSpecSchema.extend({
   replicas: z.number().int().min(0).max(10_000).default(1),
   /** `Always`: restart on any exit; `OnFailure`: only on a non-zero exit; `Never`. */
   restartPolicy: z.enum(['Always', 'OnFailure', 'Never']).default('Always'),
@@ -181,8 +186,7 @@ export const ServiceSpecSchema = z.strictObject({
 });
 export type ServiceSpec = z.infer<typeof ServiceSpecSchema>;
 
-export const JobSpecSchema = z.strictObject({
-  ...containerFields,
+export const JobSpecSchema = ContainerSpecSchema.extend({
   /** How many successful runs complete the job. */
   completions: z.number().int().min(1).max(10_000).default(1),
   /** How many runs at once. */
@@ -192,8 +196,18 @@ export const JobSpecSchema = z.strictObject({
 });
 export type JobSpec = z.infer<typeof JobSpecSchema>;
 
-/** The container part of a service or job: what an instance runs. */
-export type ContainerSpec = Omit<ServiceSpec, 'replicas' | 'restartPolicy' | 'maxUnavailable'>;
+/** The keys of a container spec, in schema order. */
+const CONTAINER_SPEC_KEYS = Object.keys(ContainerSpecSchema.shape) as (keyof ContainerSpec)[]; // `as`: the keys of the shape are the spec's keys
+
+/**
+ * The container part of a service or job spec, for its instances: every container field
+ * that is set, nothing of the owner's own fields (replicas, restart policy, completions…).
+ */
+export function containerSpecOf(spec: ServiceSpec | JobSpec): ContainerSpec {
+  const out: Partial<Record<keyof ContainerSpec, unknown>> = {};
+  for (const k of CONTAINER_SPEC_KEYS) if (spec[k] !== undefined) out[k] = spec[k];
+  return out as ContainerSpec; // `as`: copied field by field from a spec that extends ContainerSpec, optional ones only when set
+}
 
 /** Isolation tiers from weakest to strongest; a tenant's `minIsolation` refuses weaker ones. */
 export const ISOLATION_ORDER: readonly Isolation[] = ['host', 'sandbox', 'cell', 'dedicated'];

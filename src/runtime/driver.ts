@@ -1,11 +1,23 @@
 /**
  * The runtime driver contract (after Nomad's driver plugins): everything the host agent
  * needs from a container runtime, and nothing about the control plane. Drivers: `runc`
- * (isolation `host`) and `runsc` (gVisor, isolation `sandbox`); later `qemu` for cells.
- * A driver must tolerate the agent dying at any point: containers outlive the agent
- * (they are supervised by conmon, not by the agent process) and `recover` finds them again.
+ * (isolation `host`) and `runsc` (gVisor, isolation `sandbox`) on the host, and one
+ * `CellRuntime` per cell VM (isolation `cell` or `dedicated`: runc inside the VM, driven
+ * through its guest agent). The agent asks a driver what it does (`capabilities`) instead of
+ * testing which tier it is. A driver must tolerate the agent dying at any point: containers
+ * outlive the agent (supervised by conmon on the host, by the guest agent in a cell) and
+ * `recover`/`inspect` find them again. One contract suite (test/runtime/contract.ts) runs
+ * against every driver.
  */
 import type { ContainerSpec, Isolation } from '../model/schemas.js';
+
+/** Container ids every driver accepts (`StartRequest.id`); drivers derive paths from them. */
+export const CONTAINER_ID_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,63}$/;
+
+/** Throws a clear error for an id outside CONTAINER_ID_PATTERN (before any path is derived from it). */
+export function validateContainerId(id: string): void {
+  if (!CONTAINER_ID_PATTERN.test(id)) throw new Error(`invalid container id ${JSON.stringify(id)}: must match ${CONTAINER_ID_PATTERN.source}`);
+}
 
 /** The parts of an OCI image config a container start needs. */
 export interface ImageConfig {
@@ -84,9 +96,36 @@ export interface CheckResult {
   message: string;
 }
 
+/**
+ * What a driver does for its containers and what it needs from the agent, as data (Nomad's
+ * driver `Capabilities`). The agent branches on these, never on a tier's or driver's name.
+ */
+export interface DriverCapabilities {
+  /**
+   * How a container gets its network.
+   * - `namespace`: the agent makes a network namespace per container on the host (an
+   *   address on the tenant's bridge, its published ports, the tenant's rules) and passes it
+   *   as `StartRequest.netnsPath`; network checks connect to that address.
+   * - `vm`: the container shares its VM's network. The agent makes nothing; the driver
+   *   publishes the spec's host ports itself (forwards into the VM) and runs network checks
+   *   from inside the VM (`CheckAction` hosts are ignored).
+   */
+  readonly network: 'namespace' | 'vm';
+  /**
+   * How the unpacked image root (`StartRequest.rootfs`, a host path) reaches the container.
+   * - `host-path`: the driver uses it where it is on the host.
+   * - `shared-into-vm`: the host's image directory is shared read-only into the VM; the
+   *   driver maps the path into the VM and refuses a rootfs outside that directory.
+   * (Volumes will be declared the same way.)
+   */
+  readonly images: 'host-path' | 'shared-into-vm';
+}
+
 export interface RuntimeDriver {
+  /** Names the driver in logs and metrics (`runc`, `runsc`, `cell:NAME`); never branched on. */
   readonly name: string;
   readonly isolation: Isolation;
+  readonly capabilities: DriverCapabilities;
   /** Whether this host can run the driver (binary present, a trivial container works); a reason if not. */
   probe(): Promise<{ ok: true } | { ok: false; message: string }>;
   /** Creates and starts the container; resolves once its process runs (or rejects with a clear message). */

@@ -10,13 +10,15 @@ import type { RuntimeDriver } from './driver.js';
 import { OciDriver, type OciDriverOptions, type RuntimeFlavor } from './oci-driver.js';
 import { killTree, pidInCgroup, run } from './proc.js';
 
-export type { RuntimeDriver } from './driver.js';
-export { OciDriver, CONTAINER_ID_PATTERN, UNKNOWN_EXIT_CODE, WaitAbortedError, type OciDriverOptions } from './oci-driver.js';
+export type { DriverCapabilities, RuntimeDriver } from './driver.js';
+export { CONTAINER_ID_PATTERN } from './driver.js';
+export { OciDriver, UNKNOWN_EXIT_CODE, WaitAbortedError, type OciDriverOptions } from './oci-driver.js';
 
 /** runc on the host: containers share the host kernel (isolation `host`). */
 const RUNC: RuntimeFlavor = {
   name: 'runc',
   isolation: 'host',
+  capabilities: { network: 'namespace', images: 'host-path' },
   defaultPath: '/usr/sbin/runc',
   globalArgs: (root) => ['--root', root],
   async probe(driver) {
@@ -48,6 +50,7 @@ const RUNC: RuntimeFlavor = {
 const RUNSC: RuntimeFlavor = {
   name: 'runsc',
   isolation: 'sandbox',
+  capabilities: { network: 'namespace', images: 'host-path' },
   defaultPath: '/usr/bin/runsc',
   globalArgs: (root, meta) => ['--root', root, '--platform=ptrace', meta?.netnsPath !== undefined ? '--network=host' : '--network=none'],
   createLauncher: (runtimePath, netnsPath) => ['/usr/bin/nsenter', `--net=${netnsPath}`, runtimePath],
@@ -68,10 +71,13 @@ const RUNSC: RuntimeFlavor = {
   },
   // runsc's host pids are the sandbox's; the exec'd process is named by its pid inside the sandbox.
   execPidFileFlag: '--internal-pid-file',
+  execAsUserFlags: true,
   // The sandbox's own host tasks share its cgroup: about 30 idle here (sentry and gofer
   // threads), more under load. Without this headroom a service with `pids: 64` could not run
   // a shell pipeline, and one with fewer than ~30 could not start at all.
   ownPids: 128,
+  // Only the exec'd process itself: this runsc's `kill --pid` does nothing to a process exec
+  // did not start (returns 0), so anything it forked runs on, reparented, until it ends.
   async killExec(driver, id, meta, pid) {
     await driver.runtime(['kill', '--pid', String(pid), id, 'KILL'], meta, 10_000).catch(() => undefined);
   },

@@ -20,15 +20,13 @@ import { access, mkdir, open, readFile, readdir, rename, rm, rmdir, stat, writeF
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Isolation } from '../model/schemas.js';
-import type { CheckAction, CheckResult, ContainerInfo, ContainerState, ContainerUsage, LogLine, LogOptions, RuntimeDriver, StartRequest } from './driver.js';
+import { CONTAINER_ID_PATTERN, validateContainerId, type CheckAction, type CheckResult, type ContainerInfo, type DriverCapabilities, type ContainerState, type ContainerUsage, type LogLine, type LogOptions, type RuntimeDriver, type StartRequest } from './driver.js';
 import { K8sLogParser } from './k8s-log.js';
-import { buildOciSpec, DEFAULT_CAPABILITIES, hostsFile, labelsFromAnnotations, resolvConfFile, resolveUser } from './oci-spec.js';
+import { containerNofileLimit, loadSeccompProfile, prepareBundle } from './bundle.js';
+import { labelsFromAnnotations, type OciSpec } from './oci-spec.js';
 import { cleanRuntimeMessage, pidAlive, run, sleep } from './proc.js';
 import { execCheck, httpGetCheck, tcpSocketCheck } from './probe-check.js';
-import { convertSeccompProfile, goArchOf, type DockerSeccompProfile, type OciSeccomp } from './seccomp.js';
-
-/** Container ids the drivers accept; every path is derived from one. */
-export const CONTAINER_ID_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,63}$/;
+import type { OciSeccomp } from './seccomp.js';
 
 /** Exit code reported when a container is gone and nothing recorded its real exit code. */
 export const UNKNOWN_EXIT_CODE = 137;
@@ -53,6 +51,7 @@ export interface OciDriverOptions {
 export interface RuntimeFlavor {
   name: string;
   isolation: Isolation;
+  capabilities: DriverCapabilities;
   defaultPath: string;
   /** Global flags (before the subcommand) for a container; must be identical for every call on it. */
   globalArgs(root: string, meta: Pick<ContainerMeta, 'netnsPath'> | undefined): string[];
@@ -67,7 +66,13 @@ export interface RuntimeFlavor {
   probe(driver: OciDriver): Promise<{ ok: true } | { ok: false; message: string }>;
   /** The `exec` flag that writes the exec'd process's pid to a file (the pid `killExec` gets). */
   execPidFileFlag: string;
-  /** Kills a process started by `exec` in the container (a health check that timed out). */
+  /**
+   * Whether `exec` must be told the container's user and groups (`--user`, `--additional-gids`):
+   * runsc's exec otherwise runs as root, not as the container's user (runc's takes them from
+   * the bundle).
+   */
+  execAsUserFlags?: boolean;
+  /** Kills a process started by `exec` in the container (a health check that timed out); runc: with its children, runsc: itself only. */
   killExec(driver: OciDriver, id: string, meta: Pick<ContainerMeta, 'netnsPath'>, pid: number): Promise<void>;
   /**
    * Host tasks the runtime itself keeps in the container's cgroup, added to the pids limit
@@ -101,10 +106,6 @@ export class WaitAbortedError extends Error {
   }
 }
 
-function validateId(id: string): void {
-  if (!CONTAINER_ID_PATTERN.test(id)) throw new Error(`invalid container id ${JSON.stringify(id)}: must match ${CONTAINER_ID_PATTERN.source}`);
-}
-
 async function exists(path: string): Promise<boolean> {
   try {
     await access(path);
@@ -131,6 +132,7 @@ function firstLine(text: string): string {
 export class OciDriver implements RuntimeDriver {
   readonly name: string;
   readonly isolation: Isolation;
+  readonly capabilities: DriverCapabilities;
   /** The runtime binary in use. */
   readonly runtimePath: string;
   /** conmon binary in use. */
@@ -150,6 +152,7 @@ export class OciDriver implements RuntimeDriver {
   ) {
     this.name = flavor.name;
     this.isolation = flavor.isolation;
+    this.capabilities = flavor.capabilities;
     this.runtimePath = opts.runtimePath ?? flavor.defaultPath;
     this.conmonPath = opts.conmonPath ?? '/usr/bin/conmon';
     this.stateDir = opts.stateDir;
@@ -207,25 +210,15 @@ export class OciDriver implements RuntimeDriver {
     return run(bin ?? this.runtimePath, rest, timeoutMs);
   }
 
+  /** The seccomp filter of every container, loaded once. */
   private loadSeccomp(): Promise<OciSeccomp | undefined> {
-    const path = this.seccompPath;
-    this.seccomp ??= (async () => {
-      if (path === false) return undefined;
-      const profile = JSON.parse(await readFile(path, 'utf8')) as DockerSeccompProfile; // `as`: the file is the containers-common profile; the converter tolerates missing fields
-      const kernel = (await readOptional('/proc/sys/kernel/osrelease'))?.trim();
-      return convertSeccompProfile(profile, { goArch: goArchOf(process.arch), capabilities: DEFAULT_CAPABILITIES, ...(kernel ? { kernelVersion: kernel } : {}) });
-    })();
+    this.seccomp ??= loadSeccompProfile(this.seccompPath, 'fail', this.log);
     return this.seccomp;
   }
 
-  /** min(1048576, the agent's hard RLIMIT_NOFILE): the most the container can be given. */
+  /** The open files limit of every container, read once. */
   private nofileLimit(): Promise<number> {
-    this.nofile ??= (async () => {
-      const limits = (await readOptional('/proc/self/limits')) ?? '';
-      const hard = /^Max open files\s+\S+\s+(\S+)/m.exec(limits)?.[1];
-      const n = hard === undefined || hard === 'unlimited' ? 1048576 : Number(hard);
-      return Number.isFinite(n) && n > 0 ? Math.min(1048576, n) : 1024;
-    })();
+    this.nofile ??= containerNofileLimit();
     return this.nofile;
   }
 
@@ -269,7 +262,7 @@ export class OciDriver implements RuntimeDriver {
 
   /** @inheritdoc */
   async start(req: StartRequest): Promise<ContainerInfo> {
-    validateId(req.id);
+    validateContainerId(req.id);
     const id = req.id;
     if (!req.rootfs.startsWith('/') || /[,:\n]/.test(req.rootfs)) {
       throw new Error(`rootfs ${JSON.stringify(req.rootfs)} must be an absolute path without ',' or ':' (overlayfs option syntax)`);
@@ -284,46 +277,26 @@ export class OciDriver implements RuntimeDriver {
     }
     const log = this.log.child({ containerId: id });
     try {
-      // Resolve what can fail on bad input before touching the kernel.
-      const user = resolveUser(
-        req.image.user,
-        await readOptional(join(req.rootfs, 'etc/passwd')),
-        await readOptional(join(req.rootfs, 'etc/group')),
-      );
-      const [seccomp, hostResolv, nofileLimit] = await Promise.all([this.loadSeccomp(), readOptional('/etc/resolv.conf'), this.nofileLimit()]);
-      const etcFiles = { hosts: join(dir, 'hosts'), hostname: join(dir, 'hostname'), resolvConf: join(dir, 'resolv.conf') };
-      const spec = buildOciSpec({
+      const meta: ContainerMeta = { id, labels: req.labels, createdAt: new Date().toISOString(), ...(req.netnsPath !== undefined ? { netnsPath: req.netnsPath } : {}) };
+      const [seccomp, nofileLimit] = await Promise.all([this.loadSeccomp(), this.nofileLimit(), this.writeMeta(meta)]);
+      await prepareBundle({
+        dir,
         id,
-        rootfsPath: this.merged(id),
+        rootfs: req.rootfs,
         image: req.image,
         container: req.container,
         hostname: req.hostname,
-        // A launcher-wrapped runtime is already inside the namespace: the spec must not name it.
-        ...(req.netnsPath !== undefined && !this.flavor.createLauncher ? { netnsPath: req.netnsPath } : {}),
-        user,
         labels: req.labels,
-        etcFiles,
-        ...(seccomp ? { seccomp } : {}),
+        // A launcher-wrapped runtime (runsc) is already inside the namespace: the spec must
+        // neither name it nor ask for a new one (with a new one it would get loopback only).
+        network: req.netnsPath === undefined ? { kind: 'private' } : this.flavor.createLauncher ? { kind: 'shared' } : { kind: 'join', path: req.netnsPath },
         cgroupsPath: this.cgroupPath(id),
+        ...(this.flavor.ownPids ? { runtimeOwnPids: this.flavor.ownPids } : {}),
+        seccomp,
         nofileLimit,
+        ifOverlayRefused: 'fail',
+        log,
       });
-      if (this.flavor.ownPids) spec.linux.resources.pids.limit += this.flavor.ownPids;
-      // …nor ask for a new network namespace: the sandbox must use the one it was launched in
-      // (runsc --network=host inside it). With a new one it would get loopback only.
-      if (req.netnsPath !== undefined && this.flavor.createLauncher) spec.linux.namespaces = spec.linux.namespaces.filter((n) => n.type !== 'network');
-      const meta: ContainerMeta = { id, labels: req.labels, createdAt: new Date().toISOString(), ...(req.netnsPath !== undefined ? { netnsPath: req.netnsPath } : {}) };
-      await Promise.all([
-        mkdir(join(dir, 'upper')),
-        mkdir(join(dir, 'work')),
-        mkdir(join(dir, 'merged')),
-        writeFile(join(dir, 'config.json'), JSON.stringify(spec)),
-        writeFile(etcFiles.hosts, hostsFile(req.hostname)),
-        writeFile(etcFiles.hostname, `${req.hostname}\n`),
-        writeFile(etcFiles.resolvConf, resolvConfFile(hostResolv ?? '')),
-        this.writeMeta(meta),
-      ]);
-      const m = await run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${req.rootfs},upperdir=${join(dir, 'upper')},workdir=${join(dir, 'work')}`, this.merged(id)]);
-      if (m.code !== 0) throw new Error(`mounting the writable layer failed: ${firstLine(m.stderr)}`);
 
       const pid = await this.conmonCreate(id, meta);
       // Taken before `start`: a short-lived process may exit before `start` returns.
@@ -416,7 +389,7 @@ export class OciDriver implements RuntimeDriver {
 
   /** @inheritdoc */
   async stop(id: string, graceMs: number): Promise<void> {
-    validateId(id);
+    validateContainerId(id);
     const info = await this.inspect(id);
     if (!info || info.state.status === 'exited') return;
     const meta = await this.readMeta(id);
@@ -447,7 +420,7 @@ export class OciDriver implements RuntimeDriver {
 
   /** @inheritdoc */
   async destroy(id: string): Promise<void> {
-    validateId(id);
+    validateContainerId(id);
     const dir = this.bundle(id);
     const meta = await this.readMeta(id);
     const del = await this.runtime(['delete', '--force', id], meta);
@@ -519,7 +492,7 @@ export class OciDriver implements RuntimeDriver {
 
   /** @inheritdoc */
   async inspect(id: string): Promise<ContainerInfo | undefined> {
-    validateId(id);
+    validateContainerId(id);
     const meta = await this.readMeta(id);
     const bundleExists = meta !== undefined || (await exists(this.bundle(id)));
     const exited = bundleExists ? await this.readExit(id) : undefined;
@@ -556,7 +529,7 @@ export class OciDriver implements RuntimeDriver {
 
   /** @inheritdoc */
   wait(id: string, signal?: AbortSignal): Promise<Extract<ContainerState, { status: 'exited' }>> {
-    validateId(id);
+    validateContainerId(id);
     return new Promise((resolve, reject) => {
       let watcher: FSWatcher | undefined;
       let done = false;
@@ -631,7 +604,7 @@ export class OciDriver implements RuntimeDriver {
 
   /** @inheritdoc */
   async *logs(id: string, opts: LogOptions): AsyncIterable<LogLine> {
-    validateId(id);
+    validateContainerId(id);
     if (!(await exists(this.bundle(id)))) throw new Error(`no such container ${id}`);
     const path = this.logFile(id);
     const parser = new K8sLogParser();
@@ -736,7 +709,7 @@ export class OciDriver implements RuntimeDriver {
    * (a container started without a network) they fail with a message saying so.
    */
   async check(id: string, action: CheckAction, timeoutMs: number): Promise<CheckResult> {
-    validateId(id);
+    validateContainerId(id);
     if ('httpGet' in action) {
       const { host, port, path } = action.httpGet;
       if (host === undefined) return { ok: false, message: `HTTP GET :${port}${path}: container ${id} has no network address to probe (started without a network)` };
@@ -752,8 +725,13 @@ export class OciDriver implements RuntimeDriver {
     this.execSeq += 1;
     const pidFile = join(this.bundle(id), `probe-${process.pid}-${this.execSeq}.pid`);
     try {
+      const userArgs: string[] = [];
+      if (this.flavor.execAsUserFlags) {
+        const { user } = (JSON.parse(await readFile(join(this.bundle(id), 'config.json'), 'utf8')) as OciSpec).process; // `as`: written by prepareBundle
+        userArgs.push('--user', `${user.uid}:${user.gid}`, ...(user.additionalGids ?? []).flatMap((g) => ['--additional-gids', String(g)]));
+      }
       return await execCheck({
-        argv: this.runtimeArgv(['exec', this.flavor.execPidFileFlag, pidFile, id, ...action.exec.command], meta),
+        argv: this.runtimeArgv(['exec', this.flavor.execPidFileFlag, pidFile, ...userArgs, id, ...action.exec.command], meta),
         command: action.exec.command,
         timeoutMs,
         onTimeout: async () => {
@@ -768,7 +746,7 @@ export class OciDriver implements RuntimeDriver {
 
   /** @inheritdoc */
   async usage(id: string): Promise<ContainerUsage | undefined> {
-    validateId(id);
+    validateContainerId(id);
     const cg = this.cgroupPath(id);
     const cpu = await readOptional(join('/sys/fs/cgroup/cpuacct', cg, 'cpuacct.usage'));
     const mem = await readOptional(join('/sys/fs/cgroup/memory', cg, 'memory.usage_in_bytes'));

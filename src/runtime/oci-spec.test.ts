@@ -9,7 +9,7 @@ const container: ContainerSpec = {
 };
 function input(over: Partial<OciSpecInput> = {}): OciSpecInput {
   return {
-    id: 'c1', rootfsPath: '/s/c1/merged', image, container, hostname: 'web-0', user: { uid: 0, gid: 0, additionalGids: [] }, labels: { tenant: 'acme' },
+    id: 'c1', rootfsPath: '/s/c1/merged', image, container, hostname: 'web-0', network: { kind: 'private' }, user: { uid: 0, gid: 0, additionalGids: [] }, labels: { tenant: 'acme' },
     etcFiles: { hosts: '/s/c1/hosts', hostname: '/s/c1/hostname', resolvConf: '/s/c1/resolv.conf' }, cgroupsPath: '/carapace/c1', nofileLimit: 4096, ...over,
   };
 }
@@ -73,12 +73,17 @@ describe('buildOciSpec', () => {
     expect(labelsFromAnnotations(s.annotations)).toEqual({ tenant: 'acme' });
   });
   it('joins a given netns and keeps caps in the bounding set only for non-root users', () => {
-    const s = buildOciSpec(input({ netnsPath: '/var/run/netns/x', user: { uid: 1000, gid: 1000, additionalGids: [5] } }));
+    const s = buildOciSpec(input({ network: { kind: 'join', path: '/var/run/netns/x' }, user: { uid: 1000, gid: 1000, additionalGids: [5] } }));
     expect(s.linux.namespaces).toContainEqual({ type: 'network', path: '/var/run/netns/x' });
     expect(s.process.capabilities.effective).toEqual([]);
     expect(s.process.capabilities.permitted).toEqual([]);
     expect(s.process.capabilities.bounding).toHaveLength(11);
     expect(s.process.user).toEqual({ uid: 1000, gid: 1000, additionalGids: [5] });
+  });
+  it('shares the runtime\'s network namespace when told to, and adds the runtime\'s own tasks to the pids limit', () => {
+    const s = buildOciSpec(input({ network: { kind: 'shared' }, runtimeOwnPids: 128 }));
+    expect(s.linux.namespaces.map((n) => n.type)).toEqual(['pid', 'ipc', 'uts', 'mount', 'cgroup']);
+    expect(s.linux.resources.pids).toEqual({ limit: 228 });
   });
   it('gives a tiny cpu request at least the kernel minimum quota', () => {
     expect(buildOciSpec(input({ container: { ...container, cpu: 0.001 } })).linux.resources.cpu.quota).toBe(1000);

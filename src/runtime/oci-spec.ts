@@ -91,6 +91,14 @@ export interface ResolvedUser {
   additionalGids: number[];
 }
 
+/**
+ * The container's network namespace: `private`, a new one of its own (loopback only unless
+ * something is added to it); `join`, an existing one by path (the one the agent made for the
+ * instance); `shared`, none of its own: it stays in the namespace its runtime runs in (runsc
+ * launched inside the instance's namespace, or a cell's containers sharing the VM's network).
+ */
+export type SpecNetwork = { kind: 'private' } | { kind: 'join'; path: string } | { kind: 'shared' };
+
 /** Everything `buildOciSpec` needs; all paths are already derived by the driver. */
 export interface OciSpecInput {
   id: string;
@@ -99,7 +107,7 @@ export interface OciSpecInput {
   image: ImageConfig;
   container: ContainerSpec;
   hostname: string;
-  netnsPath?: string;
+  network: SpecNetwork;
   user: ResolvedUser;
   labels: Record<string, string>;
   /** Host files bind-mounted read-only over /etc/hosts, /etc/hostname and /etc/resolv.conf. */
@@ -107,6 +115,11 @@ export interface OciSpecInput {
   /** Already converted for this container's capabilities; omitted means no seccomp filter. */
   seccomp?: OciSeccomp;
   cgroupsPath: string;
+  /**
+   * Host tasks the runtime itself keeps in the container's cgroup (gVisor's sentry, gofer and
+   * ptrace stubs), added to the pids limit so the limit counts the container's own processes.
+   */
+  runtimeOwnPids?: number;
   /**
    * RLIMIT_NOFILE for the process (soft = hard). Podman uses 1048576 but falls back to the
    * agent's own hard limit, since an unprivileged-by-limits host refuses a higher one.
@@ -251,7 +264,7 @@ export function buildOciSpec(input: OciSpecInput): OciSpec {
     { type: 'ipc' },
     { type: 'uts' },
     { type: 'mount' },
-    input.netnsPath !== undefined ? { type: 'network', path: input.netnsPath } : { type: 'network' },
+    ...(input.network.kind === 'join' ? [{ type: 'network', path: input.network.path }] : input.network.kind === 'private' ? [{ type: 'network' }] : []),
     { type: 'cgroup' },
   ];
   const memBytes = Math.round(container.memory * 1024 * 1024);
@@ -289,7 +302,7 @@ export function buildOciSpec(input: OciSpecInput): OciSpec {
         memory: { limit: memBytes, swap: memBytes },
         // At least 1 ms per period: the kernel refuses smaller quotas.
         cpu: { quota: Math.max(1000, Math.round(container.cpu * CPU_PERIOD_US)), period: CPU_PERIOD_US },
-        pids: { limit: container.pids },
+        pids: { limit: container.pids + (input.runtimeOwnPids ?? 0) },
       },
       namespaces,
       maskedPaths: [...MASKED_PATHS],

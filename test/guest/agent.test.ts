@@ -1,6 +1,8 @@
 /**
  * The real guest agent (in-process) with real runc on this host, reached through a real
  * HostChannel over a unix socket: the agent listens in place of QEMU's chardev server. The
+ * protocol's own behaviour; what a cell's containers do as a RuntimeDriver (logs, exits,
+ * stop, destroy, checks…) is the driver contract's (test/runtime/cell.test.ts). The
  * host is cgroup v1, so the cgroup parent is a per-run one; the "cell" network namespace is
  * the host's, so the httpd test uses a free port.
  */
@@ -13,13 +15,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ContainerSpec } from '../../src/model/schemas.js';
 import type { ImageConfig } from '../../src/runtime/driver.js';
 import { GuestAgent } from '../../src/guest/agent.js';
-import { HostChannel, GuestError, type LogEvent, type StateEvent } from '../../src/guest/host-channel.js';
+import { HostChannel, type LogEvent, type StateEvent } from '../../src/guest/host-channel.js';
 import { SocketListenLink } from '../../src/guest/link.js';
 import { CellRuntime } from '../../src/agent/cell-runtime.js';
 import { Prober } from '../../src/agent/prober.js';
 import { Resources } from '../../src/core/resources.js';
 import type { Instance } from '../../src/model/objects.js';
-import { ServiceSpecSchema } from '../../src/model/schemas.js';
+import { ContainerSpecSchema } from '../../src/model/schemas.js';
 import { openSqliteStore } from '../../src/store/sqlite.js';
 import { createVmManager } from '../../src/vm/qemu.js';
 
@@ -145,48 +147,6 @@ afterAll(async () => {
 });
 
 describe('guest agent with real runc', () => {
-  it('runs a container: state running, logs, exit code; logs replay with tail', async () => {
-    const id = newId('hello');
-    await chan.run({ containerId: id, rootfs, image: IMAGE, container: shSpec('echo out-line; echo err-line >&2; hostname; exit 7'), hostname: 'h1', labels: { app: 'x' } });
-    const running = await waitFor('running', () => states.find((s) => s.containerId === id && s.state.status === 'running'));
-    expect(running.state.status === 'running' && running.state.pid > 0).toBe(true);
-    const exited = await waitFor('exited', () => states.find((s) => s.containerId === id && s.state.status === 'exited'));
-    expect(exited.state.status === 'exited' && exited.state.exitCode).toBe(7);
-    await waitFor('logs', () => (logs.filter((l) => l.containerId === id).length >= 3 ? true : undefined));
-    const mine = logs.filter((l) => l.containerId === id);
-    expect(mine.find((l) => l.text === 'out-line')?.stream).toBe('stdout');
-    expect(mine.find((l) => l.text === 'err-line')?.stream).toBe('stderr');
-    expect(mine.some((l) => l.text === 'h1')).toBe(true);
-    const tail: string[] = [];
-    for await (const l of chan.logs(id, { tail: 2 })) tail.push(l.text);
-    // The replay is the last two lines in the order the guest received them (stdout and
-    // stderr are separate pipes, so their relative order is whatever the live stream saw).
-    expect(tail).toEqual(mine.slice(-2).map((l) => l.text));
-    const listed = await chan.list();
-    expect(listed.find((c) => c.containerId === id)?.labels).toEqual({ app: 'x' });
-    await chan.destroy(id);
-  });
-
-  it('stop sends SIGTERM then SIGKILL; destroy leaves nothing', async () => {
-    const id = newId('stop');
-    await chan.run({ containerId: id, rootfs, image: IMAGE, container: shSpec('trap "" TERM; echo started; while true; do sleep 1; done'), hostname: 'h2', labels: {} });
-    await waitFor('started line', () => logs.find((l) => l.containerId === id && l.text === 'started'));
-    const t0 = Date.now();
-    await chan.stop(id, 300);
-    expect(Date.now() - t0).toBeGreaterThanOrEqual(250);
-    const exited = await waitFor('exited', () => states.find((s) => s.containerId === id && s.state.status === 'exited'));
-    expect(exited.state.status === 'exited' && exited.state.exitCode).toBe(137);
-    await chan.destroy(id);
-    expect(await readdir(join(stateDir, 'containers'))).not.toContain(id);
-    const mounts = await readFile('/proc/self/mounts', 'utf8');
-    expect(mounts).not.toContain(id);
-    expect(await readdir(join(stateDir, 'runc'))).not.toContain(id);
-    await expect(readdir(join('/sys/fs/cgroup/memory', CG_PARENT, id))).rejects.toThrow();
-    await expect(chan.stop(id, 0)).rejects.toBeInstanceOf(GuestError);
-    // Destroy is idempotent.
-    await chan.destroy(id);
-  });
-
   it('two containers of the cell reach each other over localhost', async () => {
     const port = await freePort();
     const srv = newId('httpd');
@@ -265,14 +225,13 @@ describe('guest agent with real runc', () => {
       const rt = new CellRuntime({ cellId: 'cell-test', isolation: 'cell', channel: chan, vms: createVmManager({ stateDir: join(dir, 'vms'), logger, accel: 'tcg' }), hostImagesRoot: images, guestImagesRoot: images, logger });
       const port = await freePort();
       const id = newId('prober');
-      const parsed = ServiceSpecSchema.parse({
+      const container = ContainerSpecSchema.parse({
         image: 'test/busybox:1',
         isolation: 'cell',
         command: ['sh', '-c', `trap 'exit 0' TERM; echo alive > /tmp/alive; httpd -p 127.0.0.1:${port} -h /www; while true; do sleep 0.1; done`],
         readinessProbe: { httpGet: { path: '/ready.html', port }, periodSeconds: 1, failureThreshold: 2 },
         livenessProbe: { exec: { command: ['cat', '/tmp/alive'] }, periodSeconds: 1, failureThreshold: 2 },
       });
-      const { replicas: _r, restartPolicy: _p, ...container } = parsed;
       const now = new Date().toISOString();
       const inst: Instance = await resources.write(
         {
@@ -336,6 +295,7 @@ describe('guest agent with real runc', () => {
     await chan.run({ containerId: id, rootfs, image: IMAGE, container: shSpec('sleep 30'), hostname: 'd', labels: {} });
     await expect(chan.run({ containerId: id, rootfs, image: IMAGE, container: shSpec('true'), hostname: 'd', labels: {} })).rejects.toMatchObject({ code: 'GUEST_E_EXISTS' });
     await expect(chan.run({ containerId: newId('nocmd'), rootfs, image: IMAGE, container: { ...shSpec('x'), command: ['/bin/does-not-exist'] }, hostname: 'n', labels: {} })).rejects.toMatchObject({ code: 'GUEST_E_START_FAILED' });
+    await expect(chan.stop(newId('nobody'), 0)).rejects.toMatchObject({ code: 'GUEST_E_NOT_FOUND' });
     await chan.destroy(id);
     expect(await readdir(join(stateDir, 'containers'))).toEqual([]);
   });

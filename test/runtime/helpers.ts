@@ -11,17 +11,22 @@ import type { ContainerSpec } from '../../src/model/schemas.js';
 import type { ImageConfig, LogLine, RuntimeDriver } from '../../src/runtime/driver.js';
 
 /** Applets linked in the test rootfs. */
-const APPLETS = ['sh', 'echo', 'sleep', 'cat', 'id', 'ls', 'touch', 'grep', 'head', 'dmesg', 'wc', 'mkdir', 'seq', 'true', 'false', 'dd', 'rm', 'kill', 'hostname'];
+const APPLETS = ['sh', 'echo', 'sleep', 'cat', 'id', 'ls', 'touch', 'grep', 'head', 'dmesg', 'wc', 'mkdir', 'seq', 'true', 'false', 'dd', 'rm', 'kill', 'hostname', 'httpd', 'wget', 'printf'];
+
+/** Builds a busybox root filesystem at `rootfs` (users root, app (1000, also in group extra 2000), nobody). */
+export async function buildRootfs(rootfs: string): Promise<void> {
+  for (const d of ['bin', 'etc', 'proc', 'sys', 'dev', 'tmp', 'data', 'www']) await mkdir(join(rootfs, d), { recursive: true });
+  await copyFile('/bin/busybox', join(rootfs, 'bin/busybox'));
+  for (const a of APPLETS) await symlink('busybox', join(rootfs, 'bin', a));
+  await writeFile(join(rootfs, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n');
+  await writeFile(join(rootfs, 'etc/group'), 'root:x:0:\napp:x:1000:\nextra:x:2000:app\nnogroup:x:65534:\n');
+}
 
 /** Builds a busybox rootfs in a new temp dir; returns the temp dir (rootfs at `<dir>/rootfs`). */
 export async function makeRootfs(): Promise<{ dir: string; rootfs: string }> {
   const dir = await mkdtemp(join(tmpdir(), 'carapace-rt-'));
   const rootfs = join(dir, 'rootfs');
-  for (const d of ['bin', 'etc', 'proc', 'sys', 'dev', 'tmp', 'data']) await mkdir(join(rootfs, d), { recursive: true });
-  await copyFile('/bin/busybox', join(rootfs, 'bin/busybox'));
-  for (const a of APPLETS) await symlink('busybox', join(rootfs, 'bin', a));
-  await writeFile(join(rootfs, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n');
-  await writeFile(join(rootfs, 'etc/group'), 'root:x:0:\napp:x:1000:\nextra:x:2000:app\nnogroup:x:65534:\n');
+  await buildRootfs(rootfs);
   return { dir, rootfs };
 }
 
