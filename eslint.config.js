@@ -31,9 +31,11 @@ const LAYERS = {
   pki: ['store'],
   core: ['store', 'scheduler', 'usage', 'audit', 'auth', 'pki'],
   metrics: ['core'],
-  control: ['store', 'scheduler', 'audit', 'core', 'metrics'],
+  // The one reconcile-loop runtime, shared by the control plane and the host agent.
+  reconcile: ['store', 'metrics'],
+  control: ['store', 'scheduler', 'audit', 'core', 'metrics', 'reconcile'],
   agentapi: ['store', 'runtime', 'pki', 'core'],
-  agent: ['store', 'runtime', 'network', 'usage', 'image', 'vm', 'guest', 'core', 'metrics', 'control'],
+  agent: ['store', 'runtime', 'network', 'usage', 'image', 'vm', 'guest', 'core', 'metrics', 'reconcile', 'control'],
   api: ['store', 'runtime', 'usage', 'audit', 'auth', 'pki', 'core', 'metrics'],
   server: ['store', 'runtime', 'audit', 'auth', 'pki', 'core', 'metrics', 'control', 'agentapi', 'agent', 'api'],
   allinone: ['store', 'vm', 'core', 'agent', 'server'],

@@ -14,10 +14,9 @@ import { ImagePullError, type ImageStore, type PulledImage } from '../image/imag
 import { TERMINAL_PHASES, kindPrefix, type Host, type Instance, type InstanceStatus } from '../model/objects.js';
 import type { Isolation } from '../model/schemas.js';
 import type { ContainerInfo, LogLine, LogOptions, RuntimeDriver } from '../runtime/driver.js';
-import { WorkQueue, type ReconcileResult } from '../control/workqueue.js';
-import { watchForever } from '../control/watch.js';
+import type { ReconcileResult } from '../reconcile/workqueue.js';
+import { Reconciler, watchOf } from '../reconcile/reconciler.js';
 import { decideAfterExit } from './restart-policy.js';
-import { metrics, timed } from '../metrics/metrics.js';
 import { containerIdFor, LABELS } from './container-id.js';
 import type { CellManager } from './cells.js';
 import type { MachineRunner } from './machines.js';
@@ -91,7 +90,7 @@ function instanceKey(tenant: string, name: string): string {
 export class HostAgent {
   private readonly log: Logger;
   private readonly local = new Map<string, LocalContainer>();
-  private readonly queue: WorkQueue;
+  private readonly queue: Reconciler;
   /** Consecutive image pull failures per instance key, for pull backoff. */
   private readonly pullFailures = new Map<string, number>();
   /** Liveness and readiness probes of the running containers (prober.ts). */
@@ -100,8 +99,28 @@ export class HostAgent {
   constructor(private readonly o: AgentOptions) {
     this.log = o.logger.child({ component: 'agent', host: o.hostName });
     this.probes = new Prober({ resources: o.resources, logger: this.log, stopGraceMs: o.stopGraceMs ?? 10_000, ...(o.probeTimeScale !== undefined ? { timeScale: o.probeTimeScale } : {}) });
-    this.queue = new WorkQueue((key) => timed(metrics.reconcileSeconds, 'agent-instance', () => this.reconcile(key)), {
-      onError: (key, err, attempt) => this.log.warn({ instance: key, attempt, err }, 'instance reconcile failed; retrying'),
+    this.queue = new Reconciler({
+      name: 'agent-instance',
+      store: o.resources.store,
+      logger: this.log,
+      reconcile: (key) => this.reconcile(key),
+      concurrency: 8,
+      // Level-based resync: every container this agent runs and every instance placed here is
+      // looked at again now and then. A watch that resumed by re-listing (after the control
+      // plane was unreachable) says nothing about instances deleted meanwhile; this catches them.
+      resync: {
+        everyMs: 15_000,
+        keys: async () => {
+          const all = await o.resources.list('Instance');
+          return [...this.local.keys(), ...all.items.filter((i) => i.spec.host === o.hostName).map((i) => instanceKey(i.metadata.tenant ?? '', i.metadata.name))];
+        },
+      },
+      watches: [
+        watchOf<Instance>(kindPrefix('Instance'), (e) => {
+          const key = instanceKey(e.value.metadata.tenant ?? '', e.value.metadata.name);
+          return e.value.spec.host === o.hostName || this.local.has(key) ? [key] : [];
+        }),
+      ],
     });
     o.cells?.on('cellChanged', (cell) => this.cellChanged(cell));
   }
@@ -126,29 +145,7 @@ export class HostAgent {
     leaseTimer.unref();
     signal.addEventListener('abort', () => clearInterval(leaseTimer), { once: true });
     signal.addEventListener('abort', () => this.probes.stopAll(), { once: true });
-    // Level-based resync: every container this agent runs and every instance placed here is
-    // looked at again now and then. A watch that resumed by re-listing (after the control
-    // plane was unreachable) says nothing about instances deleted meanwhile; this catches them.
-    const resync = async (): Promise<void> => {
-      for (const k of this.local.keys()) this.queue.add(k);
-      const all = await this.o.resources.list('Instance');
-      for (const i of all.items) if (i.spec.host === this.o.hostName) this.queue.add(instanceKey(i.metadata.tenant ?? '', i.metadata.name));
-    };
-    const resyncTimer = setInterval(() => void resync().catch((err: unknown) => this.log.warn({ err }, 'resync failed')), 15_000);
-    resyncTimer.unref();
-    signal.addEventListener('abort', () => clearInterval(resyncTimer), { once: true });
-    await resync().catch((err: unknown) => this.log.warn({ err }, 'first resync failed; the watch and the timer retry'));
-    await Promise.all([
-      this.queue.start(signal, 8),
-      ...(this.o.cells ? [this.o.cells.start(signal)] : []),
-      ...(this.o.machines ? [this.o.machines.start(signal)] : []),
-      watchForever<Instance>(this.o.resources.store, kindPrefix('Instance'), signal, this.log, (e) => {
-        const i = e.value;
-        if (i.spec.host === this.o.hostName || this.local.has(instanceKey(i.metadata.tenant ?? '', i.metadata.name))) {
-          this.queue.add(instanceKey(i.metadata.tenant ?? '', i.metadata.name));
-        }
-      }),
-    ]);
+    await Promise.all([this.queue.start(signal), ...(this.o.cells ? [this.o.cells.start(signal)] : []), ...(this.o.machines ? [this.o.machines.start(signal)] : [])]);
   }
 
   /** The containers this agent runs now (for the usage sampler). */

@@ -15,8 +15,8 @@ import type { Env } from '../core/actions.js';
 import type { Resources } from '../core/resources.js';
 import { HostChannel } from '../guest/host-channel.js';
 import { kindPrefix, type Cell } from '../model/objects.js';
-import { WorkQueue, type ReconcileResult } from '../control/workqueue.js';
-import { watchForever } from '../control/watch.js';
+import type { ReconcileResult } from '../reconcile/workqueue.js';
+import { Reconciler, watchOf } from '../reconcile/reconciler.js';
 import type { VmInfo, VmManager } from '../vm/qemu.js';
 import { CellRuntime } from './cell-runtime.js';
 import { metrics } from '../metrics/metrics.js';
@@ -69,13 +69,35 @@ interface Attached {
 export class CellManager extends EventEmitter<CellManagerEvents> {
   private readonly log: Logger;
   private readonly attached = new Map<string, Attached>();
-  private readonly queue: WorkQueue;
+  private readonly queue: Reconciler;
 
   constructor(private readonly o: CellManagerOptions) {
     super();
     this.log = o.logger.child({ component: 'cells', host: o.hostName });
-    this.queue = new WorkQueue((key) => (key === WARM_KEY ? this.reconcileWarm() : this.reconcile(key)), {
-      onError: (key, err, attempt) => this.log.warn({ cell: key, attempt, err }, 'cell reconcile failed; retrying'),
+    this.queue = new Reconciler({
+      name: 'cells',
+      store: o.resources.store,
+      logger: this.log,
+      reconcile: (key) => (key === WARM_KEY ? this.reconcileWarm() : this.reconcile(key)),
+      loopOf: (key) => (key === WARM_KEY ? 'cells-warm' : 'cells'),
+      concurrency: 4,
+      // Level-based resync: every VM on this host and every cell placed here is looked at again
+      // now and then. After the control plane was unreachable the watch resumes by re-listing,
+      // which says nothing about cells deleted meanwhile (their VMs must be destroyed: fencing).
+      resync: {
+        everyMs: 15_000,
+        keys: async () => [
+          ...this.o.vms.recover().flatMap((vm) => (vm.labels['carapace.cell'] !== undefined ? [vm.id] : [])),
+          ...(await o.resources.list('Cell')).items.filter((c) => c.spec.host === o.hostName).map((c) => c.metadata.name),
+          WARM_KEY,
+        ],
+      },
+      watches: [
+        watchOf<Cell>(kindPrefix('Cell'), (e) => [
+          ...(e.value.spec.host === o.hostName || this.attached.has(e.value.metadata.name) ? [e.value.metadata.name] : []),
+          ...(e.value.spec.host === o.hostName ? [WARM_KEY] : []),
+        ]),
+      ],
     });
   }
 
@@ -90,38 +112,15 @@ export class CellManager extends EventEmitter<CellManagerEvents> {
     signal.addEventListener('abort', () => {
       for (const a of this.attached.values()) a.ac.abort();
     }, { once: true });
-    const cells = await this.o.resources.list('Cell');
-    for (const c of cells.items) if (c.spec.host === this.o.hostName) this.queue.add(c.metadata.name);
-    // VMs this host runs that no Cell object explains (deleted while the agent was down).
-    const known = new Set(cells.items.map((c) => c.metadata.name));
+    // VMs this host runs that no Cell object explains (deleted while the agent was down), before anything else.
+    const known = new Set((await this.o.resources.list('Cell')).items.map((c) => c.metadata.name));
     for (const vm of this.o.vms.recover()) {
       if (vm.labels['carapace.cell'] !== undefined && !known.has(vm.id)) {
         this.log.info({ cell: vm.id }, 'destroying VM of a cell that no longer exists');
         await this.o.vms.destroy(vm.id, 2_000);
       }
     }
-    this.queue.add(WARM_KEY);
-    // Level-based resync: every VM on this host and every cell placed here is looked at again
-    // now and then. After the control plane was unreachable the watch resumes by re-listing,
-    // which says nothing about cells deleted meanwhile (their VMs must be destroyed: fencing).
-    const resync = setInterval(() => {
-      for (const vm of this.o.vms.recover()) if (vm.labels['carapace.cell'] !== undefined) this.queue.add(vm.id);
-      this.o.resources
-        .list('Cell')
-        .then((l) => {
-          for (const c of l.items) if (c.spec.host === this.o.hostName) this.queue.add(c.metadata.name);
-        })
-        .catch((err: unknown) => this.log.warn({ err }, 'cell resync failed'));
-    }, 15_000);
-    resync.unref();
-    signal.addEventListener('abort', () => clearInterval(resync), { once: true });
-    await Promise.all([
-      this.queue.start(signal, 4),
-      watchForever<Cell>(this.o.resources.store, kindPrefix('Cell'), signal, this.log, (e) => {
-        if (e.value.spec.host === this.o.hostName || this.attached.has(e.value.metadata.name)) this.queue.add(e.value.metadata.name);
-        if (e.value.spec.host === this.o.hostName) this.queue.add(WARM_KEY);
-      }),
-    ]);
+    await this.queue.start(signal);
   }
 
   private vm(name: string): VmInfo | undefined {

@@ -14,8 +14,8 @@ import type { ModelView } from '../scheduler/model-adapter.js';
 import { planJob, planService, type Change } from './workload-plan.js';
 import { Placement } from './placement.js';
 import { systemEntry } from './plan-applier.js';
-import { Reconciler, watchOf } from './reconciler.js';
-import type { ReconcileResult } from './workqueue.js';
+import { Reconciler, watchOf } from '../reconcile/reconciler.js';
+import type { ReconcileResult } from '../reconcile/workqueue.js';
 
 export interface ControllerOptions {
   resources: Resources;
