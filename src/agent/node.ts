@@ -1,7 +1,8 @@
 /**
  * Everything one host runs, assembled: the host agent (containers through runc and runsc),
  * its cells (QEMU microVMs with a guest agent), machines, networking and the usage sampler,
- * over a Store shared with the control plane. `carapace up` runs one beside the server in
+ * over the cluster's Store: the control plane's own (the all-in-one, `carapace agent --store`) or
+ * the agent API's RemoteStore (`carapace agent --join`). `carapace up` runs one beside the server in
  * the same process; `carapace agent` runs one on its own (several per machine in tests, each
  * with its own state directory, bridge and subnet). Its workloads outlive it: containers are
  * supervised by conmon and VMs are daemonised QEMU processes, adopted again on the next start.

@@ -87,7 +87,7 @@ export async function joinCluster(o: { server: string; token: string; host: stri
   }
 }
 
-/** Renews the certificate when a third of its life is left; checks daily until `signal` aborts. */
+/** Renews the certificate when a third of its life is left; checks hourly (`checkMs`) until `signal` aborts. */
 export async function keepCertificateFresh(o: { stateDir: string; store: RemoteStore; creds: AgentCredentials; logger: Logger; signal: AbortSignal; checkMs?: number }): Promise<void> {
   let creds = o.creds;
   while (!o.signal.aborted) {

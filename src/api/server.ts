@@ -32,7 +32,7 @@ import { AGENT_CERT_PREFIX, JOIN_TOKEN_PREFIX, type AgentCertRecord, type JoinTo
 import { formatReport } from '../usage/format.js';
 import { registerUi } from './ui.js';
 
-/** Where instance logs come from (the local agent in the all-in-one; agents over the network later). */
+/** Where instance logs come from (server/server.ts: the local agent for its own host, other hosts' agents through the agent API). */
 export interface LogSource {
   logs(tenant: string, name: string, opts: LogOptions): AsyncIterable<LogLine>;
   /** A machine's serial console, one line per LogLine (stream `stdout`). */

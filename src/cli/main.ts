@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 /**
  * `carapace`: the command-line front end. Every command talks to the API server (from
- * --server or CARAPACE_SERVER), except `up`, which runs the all-in-one server itself.
+ * --server, CARAPACE_SERVER or the config file), except `up`, `server` and `agent`, which run
+ * Carapace itself (the all-in-one, the control plane, a host's agent).
  * Errors are one line on stderr (`error CODE: message`, plus field paths) and exit 1.
  */
 import { CarapaceError } from '../model/errors.js';
@@ -78,7 +79,7 @@ program
 
 program
   .command('server')
-  .description('Run the control plane (API, controller, host monitor) without a host agent; agents join through the store')
+  .description('Run the control plane (API, controller, host monitor) without a host agent; agents join through its agent API')
   .option('--store <url>', 'sqlite:PATH (default STATE_DIR/store.db) or etcd://HOST:PORT[,HOST:PORT...]')
   .option('--state-dir <dir>', 'audit keys and the admin token live here', '/var/lib/carapace-server')
   .option('--port <n>', 'API port', '7070')

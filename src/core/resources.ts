@@ -1,6 +1,6 @@
 /**
- * Typed access to stored objects over the versioned Store. This is the only place that knows
- * how objects map to keys; everything above it works with Tenant, Service, Instance… values.
+ * Typed access to stored objects over the versioned Store: everything above it works with
+ * Tenant, Service, Instance… values, not keys (the key layout is model/'s).
  * `metadata.resourceVersion` is always the store version of the entry read (never trusted
  * from the stored JSON).
  */

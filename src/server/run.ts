@@ -1,7 +1,9 @@
 /**
  * `carapace server` and `carapace agent`: the control plane and a host node as separate
- * processes over one store named by URL (`sqlite:PATH` for one process, `etcd://H:P,...` for
- * several). Both run until SIGTERM or SIGINT and then stop gracefully; workloads keep running.
+ * processes. The server opens the store named by URL (`sqlite:PATH` for one process,
+ * `etcd://H:P,...` for several); the agent joins a server's agent API (`--join`, mutual TLS)
+ * or opens the same store (`--store`). Both run until SIGTERM or SIGINT and then stop
+ * gracefully; workloads keep running.
  */
 import { setTimeout as delay } from 'node:timers/promises';
 import { setMaxListeners } from 'node:events';

@@ -2,9 +2,10 @@
  * The control plane as one process: the API (fastify), the workload controller, the host
  * monitor (host leases -> failover), token cache and timed audit checkpoints, over a Store.
  * `carapace up` runs it beside a host node over the embedded SQLite store; `carapace server`
- * runs it alone (agents elsewhere reach the same store), and several of them may share one
- * etcd: all serve the API, the elected leader alone runs the loops (leader.ts). It mints the
- * first cluster-admin token once per store.
+ * runs it alone, with the agent API (agentapi/) through which agents on other hosts join and
+ * reach the store, and several of them may share one etcd: all serve the API, the elected
+ * leader alone runs the loops (leader.ts). It mints the first cluster-admin token once per
+ * store.
  */
 import { randomUUID } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
