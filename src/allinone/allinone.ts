@@ -64,8 +64,6 @@ export interface RunningAllInOne {
   done: Promise<void>;
 }
 
-export { systemEnv };
-
 /** Starts everything and returns once the API is listening and the host is registered. */
 export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne> {
   const logger = o.logger ?? pino({ level: process.env['CARAPACE_LOG_LEVEL'] ?? 'info' });

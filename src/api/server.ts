@@ -179,9 +179,6 @@ function toCarapaceError(err: unknown): CarapaceError {
   if (err instanceof CarapaceError) return err;
   // The store is down or shutting down: the client may retry (a write's outcome is unknown).
   if (err instanceof StoreUnavailableError || err instanceof StoreClosedError) return new CarapaceError('CARAPACE_E_UNAVAILABLE', `the store is unavailable; retry later (${err.message})`);
-  // AuthError (src/auth) carries a catalogue code of its own.
-  const coded = err as { name?: string; code?: string; message?: string };
-  if (coded.name === 'AuthError' && (coded.code === 'CARAPACE_E_UNAUTHENTICATED' || coded.code === 'CARAPACE_E_FORBIDDEN')) return new CarapaceError(coded.code, coded.message ?? 'not allowed');
   const e = err as { code?: string; statusCode?: number; message?: string }; // fastify errors carry code/statusCode
   switch (e.code) {
     case 'FST_ERR_CTP_INVALID_JSON_BODY':

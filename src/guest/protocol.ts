@@ -135,8 +135,6 @@ export const ShutdownSchema = z.strictObject({ type: z.literal('shutdown'), requ
 export const HostMessageSchema = z.discriminatedUnion('type', [HelloSchema, RunSchema, StopSchema, DestroySchema, ListSchema, LogsSchema, CheckSchema, PingSchema, ShutdownSchema]);
 /** Any message the host sends. */
 export type HostMessage = z.infer<typeof HostMessageSchema>;
-/** A host request that is answered by ack/err (or `containers`). */
-export type HostRequest = Extract<HostMessage, { requestId: string }>;
 
 // ---------------------------------------------------------------- guest -> host
 

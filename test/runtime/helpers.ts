@@ -3,8 +3,7 @@
  * from the host's busybox-static, container specs, and checks that a destroyed container
  * left nothing behind.
  */
-import { copyFile, mkdir, mkdtemp, readFile, symlink, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { copyFile, mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import pino from 'pino';
 import type { ContainerSpec } from '../../src/model/schemas.js';
@@ -20,14 +19,6 @@ export async function buildRootfs(rootfs: string): Promise<void> {
   for (const a of APPLETS) await symlink('busybox', join(rootfs, 'bin', a));
   await writeFile(join(rootfs, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n');
   await writeFile(join(rootfs, 'etc/group'), 'root:x:0:\napp:x:1000:\nextra:x:2000:app\nnogroup:x:65534:\n');
-}
-
-/** Builds a busybox rootfs in a new temp dir; returns the temp dir (rootfs at `<dir>/rootfs`). */
-export async function makeRootfs(): Promise<{ dir: string; rootfs: string }> {
-  const dir = await mkdtemp(join(tmpdir(), 'carapace-rt-'));
-  const rootfs = join(dir, 'rootfs');
-  await buildRootfs(rootfs);
-  return { dir, rootfs };
 }
 
 /** The image config of the busybox rootfs. */
