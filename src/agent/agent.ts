@@ -11,7 +11,8 @@ import type { Logger } from 'pino';
 import type { Env } from '../core/actions.js';
 import type { Resources } from '../core/resources.js';
 import { ImagePullError, type ImageStore, type PulledImage } from '../image/image-store.js';
-import { TERMINAL_PHASES, kindPrefix, type Host, type Instance, type InstanceStatus } from '../model/objects.js';
+import { TERMINAL_PHASES, type Host, type Instance, type InstanceStatus } from '../model/objects.js';
+import { hostLeaseKey, kindPrefix } from '../model/keys.js';
 import type { Isolation } from '../model/schemas.js';
 import type { ContainerInfo, LogLine, LogOptions, RuntimeDriver } from '../runtime/driver.js';
 import type { ReconcileResult } from '../reconcile/workqueue.js';
@@ -20,7 +21,7 @@ import { decideAfterExit } from './restart-policy.js';
 import { containerIdFor, LABELS } from './container-id.js';
 import type { CellManager } from './cells.js';
 import type { MachineRunner } from './machines.js';
-import { HOST_LEASE_PREFIX, type HostLease } from '../control/host-monitor.js';
+import type { HostLease } from '../control/host-monitor.js';
 import { Prober } from './prober.js';
 
 /** What the agent needs from host networking (implemented by network/). */
@@ -138,7 +139,7 @@ export class HostAgent {
     const holder = `${process.pid}:${Date.now()}`;
     const renew = (): void => {
       const lease: HostLease = { host: this.o.hostName, renewedAt: this.o.env.now(), holder };
-      this.o.resources.store.put(`${HOST_LEASE_PREFIX}${this.o.hostName}`, lease).catch((err: unknown) => this.log.warn({ err }, 'lease renewal failed'));
+      this.o.resources.store.put(hostLeaseKey(this.o.hostName), lease).catch((err: unknown) => this.log.warn({ err }, 'lease renewal failed'));
     };
     renew();
     const leaseTimer = setInterval(renew, this.o.leaseRenewMs ?? 1_000);

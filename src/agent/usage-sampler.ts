@@ -19,7 +19,8 @@ import type { Env } from '../core/actions.js';
 import { sampleProcess } from '../usage/proc-sampler.js';
 import { subjectOf } from '../usage/intervals.js';
 import type { UsageSample } from '../usage/types.js';
-import { sampleBatchKey, sampleDayPrefixes, type SampleBatch } from '../usage/samples.js';
+import type { SampleBatch } from '../usage/samples.js';
+import { sampleBatchKey, sampleDayPrefixes } from '../model/keys.js';
 import type { RuntimeDriver } from '../runtime/driver.js';
 
 /** What the sampler needs from the agent: the containers it runs now. */

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { hostLeaseKey, intervalKey, objectKey, openAllocationKey, sampleBatchKey, sampleDayPrefixes } from '../model/keys.js';
 import { mayListPrefix, mayRead, writeProblem } from './scope.js';
 
 const inst = (host: string, extra: Record<string, unknown> = {}): Record<string, unknown> => ({ kind: 'Instance', metadata: { name: 'web-0', uid: 'u1', ...extra }, spec: { host, container: { cpu: 0.1 } }, status: { phase: 'Pending' } });
@@ -35,5 +36,19 @@ describe('agent scope', () => {
     expect(writeProblem('h1', { op: 'put', key: 'usage/intervals/x', value: {}, current: {} })).toMatch(/once/);
     expect(writeProblem('h1', { op: 'delete', key: 'leases/hosts/h1', current: {} })).toMatch(/lease/);
     expect(writeProblem('h1', { op: 'put', key: 'usage/samples/d/1-h2', value: {}, current: undefined })).toMatch(/own usage samples/);
+  });
+
+  it('lets an agent use the keys its own writers build (one key layout, model/keys.ts)', () => {
+    const t = Date.UTC(2026, 0, 2, 3, 4, 5);
+    const machine = { kind: 'Machine', metadata: { name: 'm', uid: 'u' }, spec: {}, status: { host: 'h1' } };
+    expect(writeProblem('h1', { op: 'put', key: hostLeaseKey('h1'), value: {}, current: undefined })).toBeUndefined();
+    expect(writeProblem('h1', { op: 'put', key: sampleBatchKey(t, 'h1'), value: {}, current: undefined })).toBeUndefined();
+    expect(writeProblem('h1', { op: 'put', key: intervalKey('i1'), value: {}, current: undefined })).toBeUndefined();
+    expect(writeProblem('h1', { op: 'put', key: openAllocationKey(objectKey('Machine', 'm', 'acme')), value: {}, current: undefined, owner: machine })).toBeUndefined();
+    expect(writeProblem('h2', { op: 'put', key: openAllocationKey(objectKey('Machine', 'm', 'acme')), value: {}, current: undefined, owner: machine })).toMatch(/no object on this host/);
+    expect(mayRead('h1', objectKey('Host', 'h1'), {})).toBe(true);
+    expect(mayRead('h1', objectKey('Instance', 'web-0', 'acme'), inst('h1'))).toBe(true);
+    expect(mayRead('h1', objectKey('Service', 'web', 'acme'), {})).toBe(false);
+    for (const prefix of sampleDayPrefixes(t, t)) expect(mayListPrefix('h1', prefix)).toBe(true);
   });
 });

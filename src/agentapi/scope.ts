@@ -12,16 +12,14 @@
  * usage sample batches. Never the audit log, tokens, tenants, services, other hosts' anything.
  */
 import { isDeepStrictEqual } from 'node:util';
+import {
+  hostLeaseKey, INTERVALS_PREFIX, isPlacedKey, isSampleBatchOf, kindPrefix, objectKey, OPEN_PREFIX, ownerOfOpenAllocation, PLACED_PREFIXES, SAMPLES_PREFIX,
+} from '../model/keys.js';
 
-/** Store key prefixes of the objects an agent works on. */
-const INSTANCES = 'instances/';
-const CELLS = 'cells/';
-const MACHINES = 'machines/';
-const OPEN = 'usage/open/';
-const INTERVALS = 'usage/intervals/';
-const SAMPLES = 'usage/samples/';
-const LEASES = 'leases/hosts/';
-const HOSTS = 'hosts/';
+// Key prefixes of the kinds whose placement is read differently (see placedOn).
+const INSTANCES = kindPrefix('Instance');
+const CELLS = kindPrefix('Cell');
+const MACHINES = kindPrefix('Machine');
 
 type Obj = { kind?: unknown; metadata?: { name?: unknown; uid?: unknown; deletionRequestedAt?: unknown }; spec?: Record<string, unknown>; status?: Record<string, unknown> };
 
@@ -40,7 +38,7 @@ export function placedOn(key: string, value: unknown): string {
 
 /** True for keys of the objects an agent works on (instances, cells, machines). */
 export function isWorkloadKey(key: string): boolean {
-  return key.startsWith(INSTANCES) || key.startsWith(CELLS) || key.startsWith(MACHINES);
+  return isPlacedKey(key);
 }
 
 /**
@@ -48,17 +46,17 @@ export function isWorkloadKey(key: string): boolean {
  * keys: the value of the object the record belongs to (the key after the prefix).
  */
 export function mayRead(host: string, key: string, value: unknown, ownerOf?: unknown): boolean {
-  if (key === `${HOSTS}${host}` || key === `${LEASES}${host}`) return true;
+  if (key === objectKey('Host', host) || key === hostLeaseKey(host)) return true;
   if (isWorkloadKey(key)) return placedOn(key, value) === host;
-  if (key.startsWith(OPEN)) return ownerOf !== undefined && placedOn(key.slice(OPEN.length), ownerOf) === host;
-  if (key.startsWith(SAMPLES)) return key.endsWith(`-${host}`);
+  if (key.startsWith(OPEN_PREFIX)) return ownerOf !== undefined && placedOn(ownerOfOpenAllocation(key), ownerOf) === host;
+  if (key.startsWith(SAMPLES_PREFIX)) return isSampleBatchOf(key, host);
   return false;
 }
 
 /** The prefixes an agent may list or watch (results are then filtered per entry with mayRead). */
 export function mayListPrefix(host: string, prefix: string): boolean {
-  if ([INSTANCES, CELLS, MACHINES, SAMPLES].some((p) => prefix.startsWith(p))) return true;
-  return prefix === `${HOSTS}${host}` || prefix === `${LEASES}${host}`;
+  if ([...PLACED_PREFIXES, SAMPLES_PREFIX].some((p) => prefix.startsWith(p))) return true;
+  return prefix === objectKey('Host', host) || prefix === hostLeaseKey(host);
 }
 
 /** One write as the server sees it: the op, and the value stored now (undefined when absent). */
@@ -74,8 +72,8 @@ export interface ScopedWrite {
 /** Why `host` may not make this write, or undefined when it may. */
 export function writeProblem(host: string, w: ScopedWrite): string | undefined {
   const { key } = w;
-  if (key === `${LEASES}${host}`) return w.op === 'put' ? undefined : 'an agent cannot delete its lease';
-  if (key === `${HOSTS}${host}`) {
+  if (key === hostLeaseKey(host)) return w.op === 'put' ? undefined : 'an agent cannot delete its lease';
+  if (key === objectKey('Host', host)) {
     if (w.op === 'delete') return 'an agent cannot delete its host';
     const next = asObj(w.value);
     const cur = asObj(w.current);
@@ -107,8 +105,8 @@ export function writeProblem(host: string, w: ScopedWrite): string | undefined {
     return undefined;
   }
   // Open allocation records follow the object they account for (as stored before this write).
-  if (key.startsWith(OPEN)) return placedOn(key.slice(OPEN.length), w.owner) === host ? undefined : 'the allocation belongs to no object on this host';
-  if (key.startsWith(INTERVALS)) return w.op === 'put' && w.current === undefined ? undefined : 'closed allocation records are written once';
-  if (key.startsWith(SAMPLES)) return key.endsWith(`-${host}`) ? undefined : 'an agent writes only its own usage samples';
+  if (key.startsWith(OPEN_PREFIX)) return placedOn(ownerOfOpenAllocation(key), w.owner) === host ? undefined : 'the allocation belongs to no object on this host';
+  if (key.startsWith(INTERVALS_PREFIX)) return w.op === 'put' && w.current === undefined ? undefined : 'closed allocation records are written once';
+  if (key.startsWith(SAMPLES_PREFIX)) return isSampleBatchOf(key, host) ? undefined : 'an agent writes only its own usage samples';
   return `agents cannot write ${key.split('/')[0] ?? key}`;
 }

@@ -20,10 +20,11 @@ import type { Logger } from 'pino';
 import { z } from 'zod';
 import { CarapaceError } from '../model/errors.js';
 import { CompactedError, ConflictError, isWellFormed, StoreClosedError, StoreUnavailableError, type Entry, type Store, type TxnOp } from '../store/store.js';
-import { agentCertProblem, AGENT_CERT_DAYS, AGENT_CERT_PREFIX, checkJoinToken, type AgentCertRecord } from '../pki/agents.js';
+import { agentCertProblem, AGENT_CERT_DAYS, checkJoinToken, type AgentCertRecord } from '../pki/agents.js';
 import type { ControlPlane } from '../core/control-plane.js';
 import { certIdentity, issueCertificate, type ClusterCa } from '../pki/x509.js';
 import { isWorkloadKey, mayListPrefix, mayRead, writeProblem } from './scope.js';
+import { agentCertKey, INTERVALS_PREFIX, OPEN_PREFIX, ownerOfOpenAllocation } from '../model/keys.js';
 import { finished } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
 import type { LogHub } from './logs.js';
@@ -74,9 +75,6 @@ const OpSchema = z.union([
 /** Who is calling: the host of a valid client certificate. */
 const callers = new WeakMap<FastifyRequest, string>();
 
-const OPEN = 'usage/open/';
-const INTERVALS = 'usage/intervals/';
-
 /** Builds the agent API (not listening). */
 export function buildAgentApi(o: AgentApiOptions): FastifyInstance<HttpsServer> {
   const now = o.now ?? (() => new Date());
@@ -92,7 +90,7 @@ export function buildAgentApi(o: AgentApiOptions): FastifyInstance<HttpsServer> 
   const record = async (host: string): Promise<AgentCertRecord | undefined> => {
     const hit = recCache.get(host);
     if (hit && Date.now() - hit.at < 2_000) return hit.rec;
-    const rec = (await o.store.get<AgentCertRecord>(`${AGENT_CERT_PREFIX}${host}`))?.value;
+    const rec = (await o.store.get<AgentCertRecord>(agentCertKey(host)))?.value;
     recCache.set(host, { rec, at: Date.now() });
     return rec;
   };
@@ -171,7 +169,7 @@ export function buildAgentApi(o: AgentApiOptions): FastifyInstance<HttpsServer> 
   });
 
   /** The object a `usage/open/` record accounts for. */
-  const ownerOf = async (key: string): Promise<unknown> => (key.startsWith(OPEN) ? (await o.store.get(key.slice(OPEN.length)))?.value : undefined);
+  const ownerOf = async (key: string): Promise<unknown> => (key.startsWith(OPEN_PREFIX) ? (await o.store.get(ownerOfOpenAllocation(key)))?.value : undefined);
   const visible = async (host: string, e: { key: string; value: unknown }): Promise<boolean> => mayRead(host, e.key, e.value, await ownerOf(e.key));
 
   app.post('/agent/v1/store/get', async (req) => {
@@ -197,12 +195,12 @@ export function buildAgentApi(o: AgentApiOptions): FastifyInstance<HttpsServer> 
     const cur = await o.store.get(op.key);
     const problem = writeProblem(host, { op: op.op, key: op.key, ...(op.op === 'put' ? { value: op.value } : {}), current: cur?.value, owner: await ownerOf(op.key) });
     if (problem) throw new CarapaceError('CARAPACE_E_FORBIDDEN', `${op.op} ${op.key}: ${problem}`);
-    if (op.key.startsWith(INTERVALS)) {
+    if (op.key.startsWith(INTERVALS_PREFIX)) {
       // A closed allocation record only as the close of one of this host's open records, in the same txn.
       const id = (op.op === 'put' ? (op.value as { id?: unknown } | null)?.id : undefined) ?? null; // a record carries its id
       let matched = false;
       for (const other of all) {
-        if (!other.key.startsWith(OPEN)) continue;
+        if (!other.key.startsWith(OPEN_PREFIX)) continue;
         const open = await o.store.get<{ id?: unknown }>(other.key);
         if (open?.value.id === id && writeProblem(host, { op: other.op, key: other.key, current: open.value, owner: await ownerOf(other.key) }) === undefined) matched = true;
       }

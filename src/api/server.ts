@@ -9,7 +9,8 @@ import type { Logger } from 'pino';
 import YAML from 'yaml';
 import { CarapaceError } from '../model/errors.js';
 import { parseManifest } from '../model/manifest.js';
-import { KINDS, kindPrefix, type Kind } from '../model/objects.js';
+import { KINDS, type Kind } from '../model/objects.js';
+import { AGENT_CERT_PREFIX, JOIN_TOKEN_PREFIX, kindPrefix, seqOfRecordKey } from '../model/keys.js';
 import type { ControlPlane, ActionResult } from '../core/control-plane.js';
 import type { Store } from '../store/store.js';
 import { CompactedError, rawJsonOf, StoreClosedError, StoreUnavailableError, type WatchEvent } from '../store/store.js';
@@ -28,7 +29,7 @@ import { zodIssues } from '../model/manifest.js';
 import type { AuditLog } from '../audit/log.js';
 import { contextFor, type AuditContext } from '../core/audit-context.js';
 import { usageReport } from '../core/usage-report.js';
-import { AGENT_CERT_PREFIX, JOIN_TOKEN_PREFIX, type AgentCertRecord, type JoinTokenRecord } from '../pki/agents.js';
+import type { AgentCertRecord, JoinTokenRecord } from '../pki/agents.js';
 import { formatReport } from '../usage/format.js';
 import { registerUi } from './ui.js';
 
@@ -399,12 +400,7 @@ const NewTokenSchema = z.strictObject({
 });
 
 /** Object kinds whose phase changes are lifecycle events, by store key prefix. */
-const LIFECYCLE_PREFIXES: readonly [string, Kind][] = [
-  ['instances/', 'Instance'],
-  ['cells/', 'Cell'],
-  ['machines/', 'Machine'],
-  ['hosts/', 'Host'],
-];
+const LIFECYCLE_PREFIXES: readonly [string, Kind][] = (['Instance', 'Cell', 'Machine', 'Host'] as const).map((k) => [kindPrefix(k), k]);
 
 /** The lifecycle fields of an object: its phase (hosts: state) and why. */
 function lifecycleOf(kind: Kind, value: unknown): { phase: string; reason?: string; message?: string; host?: string; cell?: string } | undefined {
@@ -444,7 +440,7 @@ async function streamEvents(o: ApiOptions, q: Query, req: FastifyRequest, reply:
   // Last phase sent per object key, so a status write that changes no phase sends nothing.
   const lastPhase = new Map<string, string>();
   const handle = (e: WatchEvent<unknown>): void => {
-    if (/^audit\/\d+$/.test(e.key)) {
+    if (seqOfRecordKey(e.key) !== undefined) {
       if (e.type !== 'put') return;
       // Only records (audit/<seq>), not the head or checkpoints.
       if (tenant !== undefined) {

@@ -11,7 +11,8 @@ import { canonicalJson } from './canonical.js';
 import { entry } from './fixtures.js';
 import { PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, keyIdOf } from './keys.js';
 import { AuditLog, isAuditConflict } from './log.js';
-import { type AuditHead, type AuditRecord, HEAD_KEY, checkpointKey, computeRecordHash, recordKey, signingKeyKey } from './record.js';
+import { type AuditHead, type AuditRecord, computeRecordHash } from './record.js';
+import { HEAD_KEY, checkpointKey, recordKey, signingKeyKey } from '../model/keys.js';
 import { type AuditCheckpoint, signCheckpoint, verifyLog } from './verify.js';
 
 const dirs: string[] = [];

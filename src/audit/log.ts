@@ -14,20 +14,8 @@ import { CarapaceError } from '../model/errors.js';
 import { ConflictError, type Store, type TxnOp } from '../store/store.js';
 import { type ExportOptions, exportLines as formatLines, formatExport } from './export.js';
 import { type AuditKeyPair, keyIdOf, loadOrCreateKeyPair, toPublicKey } from './keys.js';
-import {
-  AUDIT_PREFIX,
-  type AuditEntry,
-  type AuditHead,
-  type AuditRecord,
-  CHECKPOINT_PREFIX,
-  HEAD_KEY,
-  SIGNING_KEYS_PREFIX,
-  buildRecord,
-  checkpointKey,
-  recordKey,
-  seqOfRecordKey,
-  signingKeyKey,
-} from './record.js';
+import { type AuditEntry, type AuditHead, type AuditRecord, buildRecord } from './record.js';
+import { AUDIT_PREFIX, CHECKPOINT_PREFIX, HEAD_KEY, SIGNING_KEYS_PREFIX, checkpointKey, recordKey, seqOfRecordKey, signingKeyKey } from '../model/keys.js';
 import { type AuditCheckpoint, type VerifyResult, isAuditRecord, signCheckpoint, verifyLog } from './verify.js';
 
 /** Options for AuditLog.open. */

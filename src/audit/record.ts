@@ -56,42 +56,6 @@ export interface AuditHead {
 /** The prevHash of the first record. */
 export const GENESIS_HASH = '0'.repeat(64);
 
-/** Every audit key lives under this prefix; mutations must not write here. */
-export const AUDIT_PREFIX = 'audit/';
-/** The head key: `{seq, hash}` of the last record, CAS-updated by every append. */
-export const HEAD_KEY = 'audit/head';
-/** Prefix of the signed checkpoints. */
-export const CHECKPOINT_PREFIX = 'audit/checkpoints/';
-/**
- * Prefix of the checkpoint-signing public keys: every control-plane server registers its own
- * at `audit/keys/<keyId>` when it opens the log, so a log written by several servers verifies.
- */
-export const SIGNING_KEYS_PREFIX = 'audit/keys/';
-
-/** The store key of the signing key `keyId`. */
-export function signingKeyKey(keyId: string): string {
-  return SIGNING_KEYS_PREFIX + keyId;
-}
-
-const SEQ_DIGITS = 12;
-const RECORD_KEY = /^audit\/(\d{12})$/;
-
-/** The store key of record `seq`: `audit/` + seq zero-padded to 12 digits (so key order is seq order). */
-export function recordKey(seq: number): string {
-  return AUDIT_PREFIX + String(seq).padStart(SEQ_DIGITS, '0');
-}
-
-/** The store key of the checkpoint at `seq`. */
-export function checkpointKey(seq: number): string {
-  return CHECKPOINT_PREFIX + String(seq).padStart(SEQ_DIGITS, '0');
-}
-
-/** The seq a record key names, or undefined when `key` is not a record key. */
-export function seqOfRecordKey(key: string): number | undefined {
-  const m = RECORD_KEY.exec(key);
-  return m ? Number(m[1]) : undefined;
-}
-
 /** sha256 hex of a string's UTF-8 bytes. */
 export function sha256Hex(text: string): string {
   return createHash('sha256').update(text, 'utf8').digest('hex');

@@ -3,7 +3,8 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { canonicalJson } from './canonical.js';
 import { buildLog, entry, prng } from './fixtures.js';
-import { type AuditHead, type AuditRecord, GENESIS_HASH, buildRecord, computeRecordHash, recordKey } from './record.js';
+import { type AuditHead, type AuditRecord, GENESIS_HASH, buildRecord, computeRecordHash } from './record.js';
+import { recordKey } from '../model/keys.js';
 import { type AuditCheckpoint, type ProblemKind, type VerifyInput, signCheckpoint, verifyLog } from './verify.js';
 
 const N = 6000;

@@ -6,7 +6,8 @@
 import { sign as edSign, verify as edVerify, type KeyObject } from 'node:crypto';
 import { canonicalJson } from './canonical.js';
 import { keyIdOf, toPublicKey } from './keys.js';
-import { type AuditHead, type AuditRecord, GENESIS_HASH, computeRecordHash, recordKey } from './record.js';
+import { type AuditHead, type AuditRecord, GENESIS_HASH, computeRecordHash } from './record.js';
+import { recordKey } from '../model/keys.js';
 
 /** A signed statement "the record at `seq` has hash `hash`", stored under `audit/checkpoints/<seq>`. */
 export interface AuditCheckpoint {

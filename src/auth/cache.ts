@@ -8,7 +8,8 @@
 import type { Logger } from 'pino';
 import type { Store } from '../store/store.js';
 import type { Principal } from './rbac.js';
-import { authenticate, checkToken, tokenId, TOKENS_KEY_PREFIX, type TokenRecord } from './tokens.js';
+import { authenticate, checkToken, tokenId, type TokenRecord } from './tokens.js';
+import { TOKENS_KEY_PREFIX } from '../model/keys.js';
 
 /** Cached authentication; one per API server process. */
 export class TokenCache {

@@ -13,7 +13,8 @@ import { bootstrapToken, issueToken, revokeToken } from '../core/api-tokens.js';
 import { contextFor } from '../core/audit-context.js';
 import { Resources } from '../core/resources.js';
 import { authorize, requestFor, type Principal } from './rbac.js';
-import { authenticate, bearerFromHeader, createToken, listTokens, tokenKey, type TokenRecord } from './tokens.js';
+import { authenticate, bearerFromHeader, createToken, listTokens, type TokenRecord } from './tokens.js';
+import { tokenKey } from '../model/keys.js';
 
 const NOW = '2025-01-01T00:00:00.000Z';
 let dir: string;

@@ -15,15 +15,12 @@
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { CarapaceError } from '../model/errors.js';
+import { tokenKey, TOKENS_KEY_PREFIX } from '../model/keys.js';
 import type { Store } from '../store/store.js';
 import { canRevokeToken, isTenantRole, ROLES, type Principal, type Role } from './rbac.js';
 
 /** What every token starts with, so secret scanners (and people) recognise it. */
 export const TOKEN_PREFIX = 'cpt_';
-/** The Store prefix holding token records. */
-export const TOKENS_KEY_PREFIX = 'tokens/';
-/** The Store key marking that the first cluster-admin token was minted. */
-export const BOOTSTRAP_KEY = 'auth/bootstrap';
 
 const ID_RE = /^[a-z0-9][a-z0-9-]{0,62}$/;
 const SECRET_BYTES = 32;
@@ -66,11 +63,6 @@ export interface NewToken {
 /** True when `s` has the shape of a token id (so it can name a record). */
 export function isTokenId(s: string): boolean {
   return ID_RE.test(s);
-}
-
-/** The store key of a token record. */
-export function tokenKey(id: string): string {
-  return `${TOKENS_KEY_PREFIX}${id}`;
 }
 
 function sha256(s: string): Buffer {

@@ -14,9 +14,8 @@ import type { Logger } from 'pino';
 import type { Env } from '../core/actions.js';
 import type { Resources } from '../core/resources.js';
 import type { AuditEntry } from '../audit/record.js';
+import { HOST_LEASE_PREFIX } from '../model/keys.js';
 
-/** Where host leases live. */
-export const HOST_LEASE_PREFIX = 'leases/hosts/';
 
 /** What an agent writes into its lease. `renewedAt` is informative only (the agent's clock). */
 export interface HostLease {

@@ -9,7 +9,8 @@
  * secret (or its hash) never goes into one.
  */
 import { CarapaceError } from '../model/errors.js';
-import { AGENT_CERT_PREFIX, newJoinToken, type AgentCertRecord, type JoinTokenRecord } from '../pki/agents.js';
+import { newJoinToken, type AgentCertRecord, type JoinTokenRecord } from '../pki/agents.js';
+import { agentCertKey } from '../model/keys.js';
 import { normalSerial } from '../pki/x509.js';
 import type { AuditEntry } from '../audit/record.js';
 import { ConflictError, type TxnOp } from '../store/store.js';
@@ -22,7 +23,6 @@ export interface CreatedJoinToken {
   record: JoinTokenRecord;
 }
 
-const certKey = (host: string): string => `${AGENT_CERT_PREFIX}${host}`;
 
 /** Creates a join token valid for `ttlMs`; the full token string is returned once and never stored. */
 export async function createJoinToken(resources: Resources, ctx: AuditContext, o: { caFingerprint: string; now: Date; ttlMs: number; description?: string }): Promise<CreatedJoinToken> {
@@ -39,7 +39,7 @@ export async function createJoinToken(resources: Resources, ctx: AuditContext, o
  * leaked join token cannot resurrect a host taken out on purpose.
  */
 export async function recordAgentCert(resources: Resources, ctx: AuditContext, o: { host: string; serial: string; notAfter: string; now: Date; via: 'join' | 'renew' }): Promise<AgentCertRecord> {
-  const key = certKey(o.host);
+  const key = agentCertKey(o.host);
   for (let attempt = 0; attempt < 5; attempt++) {
     const cur = await resources.store.get<AgentCertRecord>(key);
     if (cur?.value.revokedAt) throw new CarapaceError('CARAPACE_E_FORBIDDEN', `host ${o.host}'s certificate was revoked at ${cur.value.revokedAt}; forget it (carapace agent-cert forget ${o.host}) before it joins again`);
@@ -59,7 +59,7 @@ export async function recordAgentCert(resources: Resources, ctx: AuditContext, o
 
 /** The certificate record of `host`, or CARAPACE_E_NOT_FOUND. */
 async function certOf(resources: Resources, host: string): Promise<{ value: AgentCertRecord; version: number }> {
-  const cur = await resources.store.get<AgentCertRecord>(certKey(host));
+  const cur = await resources.store.get<AgentCertRecord>(agentCertKey(host));
   if (!cur) throw new CarapaceError('CARAPACE_E_NOT_FOUND', `host "${host}" has no agent certificate on record`);
   return cur;
 }
@@ -74,14 +74,14 @@ export async function revokeAgentCert(resources: Resources, ctx: AuditContext, h
   if (cur.value.revokedAt) return cur.value;
   const at = now.toISOString();
   const rec: AgentCertRecord = { ...cur.value, revokedAt: at };
-  await commitCert(resources, host, [{ op: 'put', key: certKey(host), value: rec, expect: { version: cur.version } }], auditEntry(ctx, at, 'agent-cert.revoked', { kind: 'AgentCert', name: host }, 'success', { serial: rec.serial }));
+  await commitCert(resources, host, [{ op: 'put', key: agentCertKey(host), value: rec, expect: { version: cur.version } }], auditEntry(ctx, at, 'agent-cert.revoked', { kind: 'AgentCert', name: host }, 'success', { serial: rec.serial }));
   return rec;
 }
 
 /** Forgets `host`'s certificate record, so the host may join again with a new join token. */
 export async function forgetAgentCert(resources: Resources, ctx: AuditContext, host: string, now: Date): Promise<void> {
   const cur = await certOf(resources, host);
-  await commitCert(resources, host, [{ op: 'delete', key: certKey(host), expect: { version: cur.version } }], auditEntry(ctx, now.toISOString(), 'agent-cert.forgotten', { kind: 'AgentCert', name: host }, 'success', { serial: cur.value.serial }));
+  await commitCert(resources, host, [{ op: 'delete', key: agentCertKey(host), expect: { version: cur.version } }], auditEntry(ctx, now.toISOString(), 'agent-cert.forgotten', { kind: 'AgentCert', name: host }, 'success', { serial: cur.value.serial }));
 }
 
 /** Commits a change of one certificate record; a concurrent change of it is CARAPACE_E_CONFLICT. */
@@ -89,7 +89,7 @@ async function commitCert(resources: Resources, host: string, ops: TxnOp[], entr
   try {
     await resources.commitRecords(ops, entry);
   } catch (e) {
-    if (e instanceof ConflictError && e.key === certKey(host)) throw new CarapaceError('CARAPACE_E_CONFLICT', `host ${host}'s certificate record changed meanwhile (it renewed or was changed by someone else); retry`);
+    if (e instanceof ConflictError && e.key === agentCertKey(host)) throw new CarapaceError('CARAPACE_E_CONFLICT', `host ${host}'s certificate record changed meanwhile (it renewed or was changed by someone else); retry`);
     throw e;
   }
 }

@@ -12,18 +12,13 @@
  */
 import type { AnyObject } from '../model/objects.js';
 import type { Entry, Store, TxnOp } from '../store/store.js';
-import { allocationOf, closeInterval, intervalKey, openInterval, type Allocation } from '../usage/intervals.js';
+import { allocationOf, closeInterval, openInterval, type Allocation } from '../usage/intervals.js';
 import type { AllocationInterval } from '../usage/types.js';
+import { intervalKey, isPlacedKey, openAllocationKey } from '../model/keys.js';
 
-/** Where open allocation records live, keyed by the object's store key. */
-export const OPEN_PREFIX = 'usage/open/';
-
-/** The kinds whose objects hold capacity (store key prefixes, see model/objects.ts). */
-const HOLDING_PREFIXES = ['instances/', 'cells/', 'machines/'];
-
-/** True when writes to `key` must carry allocation records. */
+/** True when writes to `key` must carry allocation records (instances, cells and machines hold capacity). */
 export function holdsResources(key: string): boolean {
-  return HOLDING_PREFIXES.some((p) => key.startsWith(p));
+  return isPlacedKey(key);
 }
 
 function same(r: AllocationInterval, a: Allocation): boolean {
@@ -42,7 +37,7 @@ function same(r: AllocationInterval, a: Allocation): boolean {
 export async function allocationOps(store: Store, key: string, after: AnyObject | undefined, now: string, newId: () => string): Promise<TxnOp[]> {
   if (!holdsResources(key)) return [];
   const want = after && (after.kind === 'Instance' || after.kind === 'Cell' || after.kind === 'Machine') ? allocationOf(after) : undefined;
-  const openKey = `${OPEN_PREFIX}${key}`;
+  const openKey = openAllocationKey(key);
   const open: Entry<AllocationInterval> | undefined = await store.get<AllocationInterval>(openKey);
   if (open && want && same(open.value, want)) return [];
   if (!open && !want) return [];

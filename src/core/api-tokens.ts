@@ -10,7 +10,8 @@
 import { CarapaceError } from '../model/errors.js';
 import type { AuditTarget } from '../audit/record.js';
 import { canCreateToken, canRevokeToken, type Grant, type Role } from '../auth/rbac.js';
-import { BOOTSTRAP_KEY, createToken, isTokenId, tokenInfo, tokenKey, TOKENS_KEY_PREFIX, type TokenInfo, type TokenRecord } from '../auth/tokens.js';
+import { createToken, isTokenId, tokenInfo, type TokenInfo, type TokenRecord } from '../auth/tokens.js';
+import { BOOTSTRAP_KEY, tokenKey, TOKENS_KEY_PREFIX } from '../model/keys.js';
 import { ConflictError, type Entry, type Store } from '../store/store.js';
 import { auditEntry, SYSTEM, type AuditContext } from './audit-context.js';
 import type { Env } from './actions.js';

@@ -5,7 +5,8 @@
  * from the stored JSON).
  */
 import { CarapaceError } from '../model/errors.js';
-import { kindPrefix, objectKey, keyOf, type AnyObject, type Kind, type ObjectOfKind } from '../model/objects.js';
+import type { AnyObject, Kind, ObjectOfKind } from '../model/objects.js';
+import { kindPrefix, objectKey, keyOf } from '../model/keys.js';
 import { ConflictError, type Entry, type Store, type TxnOp } from '../store/store.js';
 import type { AuditLog, MutationOps } from '../audit/log.js';
 import type { AuditEntry } from '../audit/record.js';

@@ -6,11 +6,11 @@
  */
 import { CarapaceError } from '../model/errors.js';
 import type { Store } from '../store/store.js';
-import { INTERVALS_PREFIX, parseInterval } from '../usage/intervals.js';
+import { parseInterval } from '../usage/intervals.js';
 import { DEFAULT_MAX_GAP_MS, report, type ReportBy, type ReportRow } from '../usage/index.js';
 import type { AllocationInterval, UsageSample } from '../usage/types.js';
-import { OPEN_PREFIX } from './allocations.js';
-import { sampleDayPrefixes, type SampleBatch } from '../usage/samples.js';
+import type { SampleBatch } from '../usage/samples.js';
+import { INTERVALS_PREFIX, OPEN_PREFIX, sampleDayPrefixes } from '../model/keys.js';
 
 export interface UsageQuery {
   /** Window [since, until) in epoch ms. */

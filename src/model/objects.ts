@@ -292,23 +292,6 @@ export interface Machine {
 export type AnyObject = Tenant | Service | Job | Instance | Host | Cell | Machine;
 export type ObjectOfKind<K extends Kind> = Extract<AnyObject, { kind: K }>;
 
-/** The store key of an object: `services/acme/web`, `tenants/acme`. */
-export function objectKey(kind: Kind, name: string, tenant?: string): string {
-  const info = KINDS[kind];
-  return info.scoped ? `${info.plural}/${tenant ?? ''}/${name}` : `${info.plural}/${name}`;
-}
-
-/** The key prefix of a kind, optionally narrowed to one tenant. */
-export function kindPrefix(kind: Kind, tenant?: string): string {
-  const info = KINDS[kind];
-  return info.scoped && tenant !== undefined ? `${info.plural}/${tenant}/` : `${info.plural}/`;
-}
-
-/** The key of an object. */
-export function keyOf(o: AnyObject): string {
-  return objectKey(o.kind, o.metadata.name, o.metadata.tenant);
-}
-
 /** Deterministic instance name for a service replica or a job completion index. */
 export function instanceName(owner: string, index: number): string {
   return `${owner}-${index}`;

@@ -14,11 +14,9 @@
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { CarapaceError } from '../model/errors.js';
+import { joinTokenKey } from '../model/keys.js';
 import type { Store } from '../store/store.js';
 import { normalSerial } from './x509.js';
-
-export const JOIN_TOKEN_PREFIX = 'pki/join-tokens/';
-export const AGENT_CERT_PREFIX = 'pki/agents/';
 
 /** How long agent certificates are valid; agents renew when a third of it is left. */
 export const AGENT_CERT_DAYS = 30;
@@ -48,7 +46,7 @@ export function newJoinToken(o: { caFingerprint: string; now: Date; ttlMs: numbe
   const id = randomBytes(4).toString('hex');
   const secret = randomBytes(24).toString('base64url');
   const record: JoinTokenRecord = { id, hash: hashOf(secret), createdAt: o.now.toISOString(), expiresAt: new Date(o.now.getTime() + o.ttlMs).toISOString(), description: o.description ?? '' };
-  return { token: `K1${o.caFingerprint}::${id}.${secret}`, record, key: `${JOIN_TOKEN_PREFIX}${id}` };
+  return { token: `K1${o.caFingerprint}::${id}.${secret}`, record, key: joinTokenKey(id) };
 }
 
 /** The parts of a join token, or a clear error. */
@@ -60,7 +58,7 @@ export function parseJoinToken(token: string): { caFingerprint: string; id: stri
 
 /** Checks a join token's id and secret against the store; throws CARAPACE_E_BAD_JOIN_TOKEN. */
 export async function checkJoinToken(store: Store, id: string, secret: string, now: Date): Promise<JoinTokenRecord> {
-  const rec = (await store.get<JoinTokenRecord>(`${JOIN_TOKEN_PREFIX}${id}`))?.value;
+  const rec = (await store.get<JoinTokenRecord>(joinTokenKey(id)))?.value;
   const ok = rec !== undefined && timingSafeEqual(Buffer.from(rec.hash, 'hex'), Buffer.from(hashOf(secret), 'hex'));
   if (!ok) throw new CarapaceError('CARAPACE_E_BAD_JOIN_TOKEN', 'the join token is not known to this cluster');
   if (Date.parse(rec.expiresAt) <= now.getTime()) throw new CarapaceError('CARAPACE_E_BAD_JOIN_TOKEN', `the join token expired at ${rec.expiresAt}; create a new one with carapace join-token create`);

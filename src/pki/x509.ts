@@ -9,14 +9,13 @@ import 'reflect-metadata'; // @peculiar/x509's dependency injection needs the Re
 import { createHash, randomBytes, webcrypto, X509Certificate } from 'node:crypto';
 import * as x509 from '@peculiar/x509';
 import { ConflictError, type Store } from '../store/store.js';
+import { CA_KEY } from '../model/keys.js';
 
 x509.cryptoProvider.set(x509.CryptoProvider.DEFAULT, webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[1]); // Node's webcrypto is the standard Crypto the library expects (the two-argument overload names the type in every lib setting)
 
 const ALG = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
 const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
 const SERVER_AUTH = '1.3.6.1.5.5.7.3.1';
-/** Where the CA lives in the store. */
-export const CA_KEY = 'pki/ca';
 
 /** A certificate with its private key, both PEM. */
 export interface KeyedCert {

@@ -28,7 +28,7 @@ import type { Store } from '../store/store.js';
 import { buildAgentApi } from '../agentapi/server.js';
 import { LogHub } from '../agentapi/logs.js';
 import type { LogLine, LogOptions } from '../runtime/driver.js';
-import { JOIN_TOKEN_PREFIX } from '../pki/agents.js';
+import { JOIN_TOKEN_PREFIX } from '../model/keys.js';
 import { ensureClusterCa, issueServerCertificate, type ClusterCa } from '../pki/x509.js';
 import { Leadership } from './leader.js';
 

@@ -30,9 +30,8 @@ import { performance } from 'node:perf_hooks';
 import type { Etcd3, IDuplexStream, ILeaseKeepAliveRequest, ILeaseKeepAliveResponse } from 'etcd3';
 import type { ElectorOptions, LeaderElector, LeaderTerm } from './election.js';
 import type { Store } from './store.js';
+import { ELECTION_PREFIX } from '../model/keys.js';
 
-/** Where candidates' keys live, under the store's namespace. */
-export const ELECTION_PREFIX = 'election/';
 /** How long before the earliest possible lease expiry the leader ends its term. */
 export const FENCE_MARGIN_MS = 300;
 /** Smallest TTL accepted: etcd's floor with default timing is 1.5 s, rounded up. */

@@ -10,4 +10,4 @@ export { measuredUsage, DEFAULT_MAX_GAP_MS, type MeasuredOptions } from './measu
 export { report, totalRow, categoryOf, CATEGORIES, type Category, type ReportBy, type ReportInput, type ReportRow } from './report.js';
 export { formatReport, type ReportFormat } from './format.js';
 export { sampleProcess, parseProc, USER_HZ, type ProcessSample } from './proc-sampler.js';
-export { SAMPLES_PREFIX, sampleBatchKey, sampleDayPrefixes, type SampleBatch } from './samples.js';
+export type { SampleBatch } from './samples.js';

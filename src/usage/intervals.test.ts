@@ -7,7 +7,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { openSqliteStore, type SqliteStore } from '../store/sqlite.js';
 import { ConflictError, type Entry } from '../store/store.js';
 import type { Cell, Instance, Machine } from '../model/objects.js';
-import { INTERVALS_PREFIX, allocationOf, closeInterval, intervalKey, openInterval, parseInterval, planIntervalChange, reservedUsage, type AllocationInterval } from './index.js';
+import { INTERVALS_PREFIX, intervalKey } from '../model/keys.js';
+import { allocationOf, closeInterval, openInterval, parseInterval, planIntervalChange, reservedUsage, type AllocationInterval } from './index.js';
 
 const meta = (name: string, tenant?: string) => ({ name, ...(tenant ? { tenant } : {}), uid: `uid-${name}`, labels: {}, resourceVersion: 1, generation: 1, createdAt: '', updatedAt: '' });
 

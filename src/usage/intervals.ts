@@ -8,16 +8,9 @@
  */
 import { z } from 'zod';
 import { TERMINAL_PHASES, type Cell, type Instance, type Machine } from '../model/objects.js';
+import { intervalKey } from '../model/keys.js';
 import type { Entry, TxnOp } from '../store/store.js';
 import type { AllocationInterval, UsageSubject } from './types.js';
-
-/** Key prefix of interval records in the store. */
-export const INTERVALS_PREFIX = 'usage/intervals/';
-
-/** The store key of an interval record. */
-export function intervalKey(id: string): string {
-  return `${INTERVALS_PREFIX}${id}`;
-}
 
 const IsoTime = z.string().refine((s) => Number.isFinite(Date.parse(s)), 'must be an ISO-8601 time');
 

@@ -20,7 +20,8 @@ import type { FastifyInstance } from 'fastify';
 import { buildApi } from '../../src/api/server.js';
 import { AuditLog } from '../../src/audit/log.js';
 import type { AuditRecord } from '../../src/audit/record.js';
-import { authenticate, TOKENS_KEY_PREFIX, type TokenRecord } from '../../src/auth/tokens.js';
+import { authenticate, type TokenRecord } from '../../src/auth/tokens.js';
+import { JOIN_TOKEN_PREFIX, TOKENS_KEY_PREFIX } from '../../src/model/keys.js';
 import { recordAgentCert } from '../../src/core/agent-trust.js';
 import { bootstrapToken } from '../../src/core/api-tokens.js';
 import { SYSTEM } from '../../src/core/audit-context.js';
@@ -28,7 +29,7 @@ import { ControlPlane } from '../../src/core/control-plane.js';
 import { Resources } from '../../src/core/resources.js';
 import type { Host, Instance } from '../../src/model/objects.js';
 import { ROUTES, type RouteDef } from '../../src/model/routes.js';
-import { JOIN_TOKEN_PREFIX, parseJoinToken, type JoinTokenRecord } from '../../src/pki/agents.js';
+import { parseJoinToken, type JoinTokenRecord } from '../../src/pki/agents.js';
 import { openSqliteStore } from '../../src/store/sqlite.js';
 import type { Store } from '../../src/store/store.js';
 

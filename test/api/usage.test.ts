@@ -19,7 +19,8 @@ import { authenticate } from '../../src/auth/tokens.js';
 import { bootstrapToken, issueToken } from '../../src/core/api-tokens.js';
 import { contextFor } from '../../src/core/audit-context.js';
 import { AuditLog } from '../../src/audit/log.js';
-import { sampleBatchKey, type SampleBatch } from '../../src/usage/samples.js';
+import type { SampleBatch } from '../../src/usage/samples.js';
+import { sampleBatchKey } from '../../src/model/keys.js';
 import type { Store } from '../../src/store/store.js';
 import type { Host, Instance } from '../../src/model/objects.js';
 

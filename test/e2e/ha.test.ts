@@ -13,7 +13,7 @@
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Instance, Service } from '../../src/model/objects.js';
-import { kindPrefix } from '../../src/model/objects.js';
+import { kindPrefix } from '../../src/model/keys.js';
 import { openEtcdStore, type EtcdStore } from '../../src/store/etcd.js';
 import { startEtcd, type EtcdProcess } from '../../src/store/testing/etcd.js';
 import { cli, eventually, freePort, Server, tempDir, tokens } from './helpers.js';
