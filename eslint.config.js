@@ -16,14 +16,16 @@ import { createTypeScriptImportResolver } from 'eslint-import-resolver-typescrip
  */
 const LAYERS = {
   model: [],
+  // Child processes, pids, the file lock: the one runner every effectful layer uses.
+  proc: [],
   scheduler: [],
   store: [],
-  runtime: [],
-  network: [],
+  runtime: ['proc'],
+  network: ['proc'],
   usage: ['store'],
-  image: ['runtime'],
-  vm: ['runtime'],
-  guest: ['runtime'],
+  image: ['runtime', 'proc'],
+  vm: ['runtime', 'proc'],
+  guest: ['runtime', 'proc'],
   // Only audit's test fixtures use sim's seeded PRNG.
   sim: ['scheduler'],
   audit: ['store', 'sim'],
@@ -35,7 +37,7 @@ const LAYERS = {
   reconcile: ['store', 'metrics'],
   control: ['store', 'scheduler', 'audit', 'core', 'metrics', 'reconcile'],
   agentapi: ['store', 'runtime', 'pki', 'core'],
-  agent: ['store', 'runtime', 'network', 'usage', 'image', 'vm', 'guest', 'core', 'metrics', 'reconcile', 'control'],
+  agent: ['store', 'runtime', 'network', 'usage', 'image', 'vm', 'guest', 'core', 'metrics', 'reconcile', 'control', 'proc'],
   api: ['store', 'runtime', 'usage', 'audit', 'auth', 'pki', 'core', 'metrics'],
   server: ['store', 'runtime', 'audit', 'auth', 'pki', 'core', 'metrics', 'control', 'agentapi', 'agent', 'api'],
   allinone: ['store', 'vm', 'core', 'agent', 'server'],

@@ -6,7 +6,6 @@
  * (`spec.running`) and a restart policy. Level-based like everything else: a change to the
  * Machine object or the VM exiting queues the machine, and one pass makes them agree.
  */
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { appendFile, mkdir, open, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -20,6 +19,7 @@ import type { ReconcileResult } from '../reconcile/workqueue.js';
 import { Reconciler, watchOf } from '../reconcile/reconciler.js';
 import { findKernel } from '../vm/initramfs.js';
 import type { VmInfo, VmManager, VmSpec } from '../vm/qemu.js';
+import { run } from '../proc/run.js';
 import { decideAfterExit } from './restart-policy.js';
 
 export interface MachineRunnerOptions {
@@ -240,12 +240,7 @@ export class MachineRunner {
   }
 }
 
-function qemuImgCreate(base: string, format: string, overlay: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const p = spawn('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base, '-F', format, overlay], { stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    p.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    p.on('error', reject);
-    p.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`qemu-img create failed: ${err.trim()}`))));
-  });
+async function qemuImgCreate(base: string, format: string, overlay: string): Promise<void> {
+  const r = await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base, '-F', format, overlay]);
+  if (r.code !== 0) throw new Error(`qemu-img create failed: ${r.stderr.trim()}`);
 }

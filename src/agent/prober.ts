@@ -23,7 +23,7 @@ import { metrics } from '../metrics/metrics.js';
 import type { Instance, InstanceStatus } from '../model/objects.js';
 import type { Probe } from '../model/schemas.js';
 import type { CheckResult, RuntimeDriver } from '../runtime/driver.js';
-import { sleep } from '../runtime/proc.js';
+import { sleep } from '../proc/sleep.js';
 import {
   checkActionOf,
   firstCheckDelay,

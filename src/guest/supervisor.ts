@@ -16,7 +16,8 @@ import type { Logger } from 'pino';
 import { containerNofileLimit, loadSeccompProfile, prepareBundle } from '../runtime/bundle.js';
 import type { CheckResult } from '../runtime/driver.js';
 import { execCheck, httpGetCheck, tcpSocketCheck } from '../runtime/probe-check.js';
-import { killTree, pidInCgroup, run as runCmd } from '../runtime/proc.js';
+import { killTree, pidInCgroup } from '../proc/pids.js';
+import { run as runCmd } from '../proc/run.js';
 import type { OciSeccomp } from '../runtime/seccomp.js';
 import { MAX_LOG_TEXT_CHARS, type GuestErrorCode, type HostMessage, type WireCheckAction, type WireContainerState } from './protocol.js';
 
@@ -122,7 +123,7 @@ export class Supervisor {
   }
 
   private runc(args: string[], timeoutMs = 30_000): ReturnType<typeof runCmd> {
-    return runCmd(this.opts.runcPath, ['--root', this.runcRoot, ...args], timeoutMs);
+    return runCmd(this.opts.runcPath, ['--root', this.runcRoot, ...args], { timeoutMs });
   }
 
   /** The seccomp filter of every container, loaded once (none, logged, if the shared /usr lacks the profile). */

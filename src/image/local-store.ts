@@ -14,7 +14,8 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { ImageConfig } from '../runtime/driver.js';
 import { skopeoFailure, pullErrorMessage } from './classify.js';
-import { execTool, lastLine } from './exec.js';
+import { CommandError, lastLine, run, type RunResult } from '../proc/run.js';
+import { pidAlive } from '../proc/pids.js';
 import { ImagePullError, type EnsureOptions, type ImageStore, type PulledImage, type PullProgress } from './image-store.js';
 import { InvalidReferenceError, isLoopbackRegistry, parseReference, type ImageReference } from './reference.js';
 import { SingleFlight } from './single-flight.js';
@@ -125,16 +126,6 @@ async function exists(path: string): Promise<boolean> {
     return true;
   } catch {
     return false;
-  }
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    // EPERM means it exists but belongs to someone else.
-    return (e as NodeJS.ErrnoException).code === 'EPERM'; // safe: process.kill only throws ErrnoException
   }
 }
 
@@ -271,11 +262,14 @@ class LocalImageStore implements ImageStore {
       if (!(await exists(finalRootfs))) {
         emit({ phase: 'unpacking', reference: ref.original, digest });
         const tmpRootfs = join(work, 'rootfs');
-        const r = await execTool(this.umoci, ['raw', 'unpack', '--image', `${this.dirs.oci}:${digestKey(digest)}`, tmpRootfs], { timeoutMs: this.pullTimeoutMs, signal });
-        if (r.code !== 0) {
-          const detail = r.timedOut ? 'unpack timed out' : `unpack failed: ${lastLine(r.stderr)}`;
-          throw new ImagePullError('ImageInvalid', pullErrorMessage('ImageInvalid', ref.original, ref.registry, detail));
-        }
+        const failure = await run(this.umoci, ['raw', 'unpack', '--image', `${this.dirs.oci}:${digestKey(digest)}`, tmpRootfs], { timeoutMs: this.pullTimeoutMs, signal }).then(
+          (r) => (r.code === 0 ? undefined : `unpack failed: ${lastLine(r.stderr)}`),
+          (e: unknown) => {
+            if (e instanceof CommandError && e.timedOut) return 'unpack timed out';
+            throw e;
+          },
+        );
+        if (failure !== undefined) throw new ImagePullError('ImageInvalid', pullErrorMessage('ImageInvalid', ref.original, ref.registry, failure));
         try {
           await rename(tmpRootfs, finalRootfs);
         } catch (e) {
@@ -308,18 +302,24 @@ class LocalImageStore implements ImageStore {
   private async skopeoRun(ref: ImageReference, args: string[], timeoutMs: number, signal: AbortSignal): Promise<Buffer> {
     const seconds = Math.max(1, Math.ceil(timeoutMs / 1000));
     const full = ['--command-timeout', `${seconds}s`, '--policy', this.policyPath, ...args];
-    let r;
+    let r: RunResult;
     try {
       // Our own deadline is a backstop a little after skopeo's, in case skopeo itself wedges.
-      r = await execTool(this.skopeo, full, { timeoutMs: timeoutMs + 5_000, signal });
+      r = await run(this.skopeo, full, { timeoutMs: timeoutMs + 5_000, signal });
     } catch (e) {
       if (signal.aborted) throw e;
-      throw new ImagePullError('ImagePullFailed', pullErrorMessage('ImagePullFailed', ref.original, ref.registry, `cannot run skopeo: ${(e as Error).message}`)); // safe: spawn errors are Errors
+      if (e instanceof CommandError && e.timedOut) throw this.skopeoFailed(ref, e.stderr, true);
+      throw new ImagePullError('ImagePullFailed', pullErrorMessage('ImagePullFailed', ref.original, ref.registry, (e as Error).message)); // `as`: run rejects with CommandErrors (cannot start skopeo) once the abort case is out
     }
-    if (r.code === 0) return r.stdout;
-    const err = skopeoFailure(ref.original, ref.registry, r.stderr, r.timedOut);
-    this.log.warn({ reference: ref.original, reason: err.reason, stderr: lastLine(r.stderr) }, 'skopeo failed');
-    throw err;
+    if (r.code === 0) return r.stdoutBytes;
+    throw this.skopeoFailed(ref, r.stderr, false);
+  }
+
+  /** The classified error for a skopeo run that failed or missed our deadline, logged once. */
+  private skopeoFailed(ref: ImageReference, stderr: string, timedOut: boolean): ImagePullError {
+    const err = skopeoFailure(ref.original, ref.registry, stderr, timedOut);
+    this.log.warn({ reference: ref.original, reason: err.reason, stderr: lastLine(stderr) }, 'skopeo failed');
+    return err;
   }
 
   // ---- OCI layout -------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { CarapaceError } from '../model/errors.js';
-import { CommandError, run } from './exec.js';
+import { pidAlive } from '../proc/pids.js';
+import { CommandError, runOrThrow } from '../proc/run.js';
 import {
   allocateIp,
   allocateMark,
@@ -51,7 +52,7 @@ export interface NetworkManagerOptions {
  */
 async function linkExists(name: string): Promise<boolean> {
   try {
-    await run('ip', ['link', 'show', 'dev', name]);
+    await tool('ip', ['link', 'show', 'dev', name]);
     return true;
   } catch {
     return false;
@@ -262,7 +263,7 @@ class BridgeNetworkManager implements NetworkManager {
       // Adding an element that exists is a no-op in nftables, so this repairs rules lost to
       // e.g. an `nft flush ruleset` without disturbing the ones in place.
       const script = live.map((id) => this.elementsScript('add', state.containers[id] as Allocation)).join('');
-      if (script) await run('nft', ['-f', '-'], script);
+      if (script) await tool('nft', ['-f', '-'], script);
       // The bridge is ours alone: links and rule elements no record explains were left by an
       // owner that died with its state (a crash, a state dir removed). Left in place, a veth of
       // a leaked namespace keeps answering for an address we hand out again, and a stale
@@ -295,9 +296,9 @@ class BridgeNetworkManager implements NetworkManager {
       const state = await this.load();
       const ids = Object.keys(state.containers);
       if (ids.length > 0) throw new NetworkError('CARAPACE_E_NETWORK_CONFLICT', `bridge ${this.bridge} still has containers: ${ids.join(', ')}`);
-      if (await linkExists(this.bridge)) await run('ip', ['link', 'del', this.bridge]).catch(ignoreMissing);
+      if (await linkExists(this.bridge)) await tool('ip', ['link', 'del', this.bridge]).catch(ignoreMissing);
       for (const family of ['ip', 'bridge']) {
-        await run('nft', ['delete', 'table', family, this.table]).catch(ignoreMissing);
+        await tool('nft', ['delete', 'table', family, this.table]).catch(ignoreMissing);
       }
       this.baseReady = false;
     });
@@ -343,15 +344,15 @@ class BridgeNetworkManager implements NetworkManager {
       await this.ensureBase();
       // Isolation entries go in before the link exists, so a container's port is never on
       // the bridge without its filter (the bridge chain drops frames of unknown ports of ours).
-      await run('nft', ['-f', '-'], this.elementsScript('add', alloc));
+      await tool('nft', ['-f', '-'], this.elementsScript('add', alloc));
       const mtu = await this.linkMtu();
-      await run('ip', ['-batch', '-'], [
+      await tool('ip', ['-batch', '-'], [
         `netns add ${ns}`,
         `link add ${hostIf} mtu ${mtu} type veth peer name eth0 mtu ${mtu} netns ${ns}`,
         `link set ${hostIf} master ${this.bridge} up`,
         '',
       ].join('\n'));
-      await run('ip', ['-n', ns, '-batch', '-'], [
+      await tool('ip', ['-n', ns, '-batch', '-'], [
         'link set lo up',
         `addr add ${ip}/${this.sub.prefixLength} dev eth0`,
         'link set eth0 up',
@@ -373,9 +374,9 @@ class BridgeNetworkManager implements NetworkManager {
     const started = performance.now();
     // Deleting the host end removes the pair even while a process still holds the namespace
     // (a container that has not exited yet keeps the namespace itself alive).
-    if (await linkExists(a.hostIf)) await run('ip', ['link', 'del', a.hostIf]).catch(ignoreMissing);
+    if (await linkExists(a.hostIf)) await tool('ip', ['link', 'del', a.hostIf]).catch(ignoreMissing);
     const ns = netnsName(id);
-    if (existsSync(path.join(NETNS_DIR, ns))) await run('ip', ['netns', 'del', ns]).catch(ignoreMissing);
+    if (existsSync(path.join(NETNS_DIR, ns))) await tool('ip', ['netns', 'del', ns]).catch(ignoreMissing);
     await this.deleteElements(a);
     delete state.containers[id];
     await this.save(state);
@@ -386,7 +387,7 @@ class BridgeNetworkManager implements NetworkManager {
   private async isComplete(id: string, a: Allocation): Promise<boolean> {
     if (!existsSync(path.join(NETNS_DIR, netnsName(id))) || !(await linkExists(a.hostIf))) return false;
     try {
-      const out = await run('ip', ['-n', netnsName(id), '-j', '-4', 'addr', 'show', 'dev', 'eth0']);
+      const out = await tool('ip', ['-n', netnsName(id), '-j', '-4', 'addr', 'show', 'dev', 'eth0']);
       return out.includes(`"${a.ip}"`);
     } catch {
       return false;
@@ -433,22 +434,22 @@ class BridgeNetworkManager implements NetworkManager {
     const gw = `${intToIp(gatewayOf(this.sub))}/${this.sub.prefixLength}`;
     // Asked of `ip`, not /sys: an agent that joined another network namespace (nsenter --net)
     // still sees the /sys of the namespace it was mounted in.
-    await run('ip', ['link', 'add', this.bridge, 'type', 'bridge']).catch((e: unknown) => {
+    await tool('ip', ['link', 'add', this.bridge, 'type', 'bridge']).catch((e: unknown) => {
       if (!(e instanceof CommandError && /File exists/.test(e.stderr))) throw e;
     });
-    const addrs = await run('ip', ['-j', '-4', 'addr', 'show', 'dev', this.bridge]);
+    const addrs = await tool('ip', ['-j', '-4', 'addr', 'show', 'dev', this.bridge]);
     if (!addrs.includes(`"${intToIp(gatewayOf(this.sub))}"`)) {
-      await run('ip', ['addr', 'add', gw, 'dev', this.bridge]).catch((e: unknown) => {
+      await tool('ip', ['addr', 'add', gw, 'dev', this.bridge]).catch((e: unknown) => {
         if (!(e instanceof CommandError && /File exists/.test(e.stderr))) throw e;
       });
     }
-    await run('ip', ['link', 'set', this.bridge, 'up']);
+    await tool('ip', ['link', 'set', this.bridge, 'up']);
     // Routing between the bridge and the uplink (egress NAT, published ports).
     await fs.writeFile('/proc/sys/net/ipv4/ip_forward', '1');
     // Lets OUTPUT-DNATed packets from 127.0.0.1 leave through the bridge; the postrouting
     // masquerade below then gives them the gateway address, so the container can answer.
     await fs.writeFile(`/proc/sys/net/ipv4/conf/${this.bridge}/route_localnet`, '1');
-    await run('nft', ['-f', '-'], this.baseScript());
+    await tool('nft', ['-f', '-'], this.baseScript());
     this.baseReady = true;
   }
 
@@ -538,18 +539,18 @@ add rule bridge ${t} forward drop
   private async deleteElements(a: Allocation): Promise<void> {
     if (!this.baseReady && !(await this.tablesExist())) return;
     try {
-      await run('nft', ['-f', '-'], this.elementsScript('add', a) + this.elementsScript('delete', a));
+      await tool('nft', ['-f', '-'], this.elementsScript('add', a) + this.elementsScript('delete', a));
     } catch {
       for (const line of this.elementsScript('delete', a).split('\n').filter(Boolean)) {
-        await run('nft', ['-f', '-'], line + '\n').catch(() => undefined);
+        await tool('nft', ['-f', '-'], line + '\n').catch(() => undefined);
       }
     }
   }
 
   private async tablesExist(): Promise<boolean> {
     try {
-      await run('nft', ['list', 'table', 'ip', this.table]);
-      await run('nft', ['list', 'table', 'bridge', this.table]);
+      await tool('nft', ['list', 'table', 'ip', this.table]);
+      await tool('nft', ['list', 'table', 'bridge', this.table]);
       return true;
     } catch {
       return false;
@@ -560,11 +561,11 @@ add rule bridge ${t} forward drop
   private async removeStrays(state: StateFile): Promise<void> {
     const known = new Map(Object.values(state.containers).map((a) => [a.hostIf, a]));
     if (await linkExists(this.bridge)) {
-      const links = JSON.parse(await run('ip', ['-j', 'link', 'show', 'master', this.bridge])) as { ifname: string }[]; // safe: `ip -j` prints a JSON array of link objects
+      const links = JSON.parse(await tool('ip', ['-j', 'link', 'show', 'master', this.bridge])) as { ifname: string }[]; // safe: `ip -j` prints a JSON array of link objects
       for (const l of links) {
         if (!known.has(l.ifname)) {
           this.log.warn({ ifname: l.ifname }, 'removing stray link on bridge');
-          await run('ip', ['link', 'del', l.ifname]).catch(ignoreMissing);
+          await tool('ip', ['link', 'del', l.ifname]).catch(ignoreMissing);
         }
       }
     }
@@ -591,7 +592,7 @@ add rule bridge ${t} forward drop
     }
     if (deletions.length > 0) {
       this.log.warn({ deletions }, 'removing stray nftables elements');
-      await run('nft', ['-f', '-'], deletions.join('\n') + '\n');
+      await tool('nft', ['-f', '-'], deletions.join('\n') + '\n');
     }
   }
 
@@ -601,7 +602,7 @@ add rule bridge ${t} forward drop
    */
   private async mapKeys(family: 'ip' | 'bridge', name: string): Promise<string[]> {
     const kind = name.endsWith('_ports') || name === 'ifkey' ? 'map' : 'set';
-    const json = JSON.parse(await run('nft', ['-j', 'list', kind, family, this.table, name])) as { nftables: Record<string, { elem?: unknown[] }>[] }; // safe: nft -j output shape
+    const json = JSON.parse(await tool('nft', ['-j', 'list', kind, family, this.table, name])) as { nftables: Record<string, { elem?: unknown[] }>[] }; // safe: nft -j output shape
     const obj = json.nftables.find((o) => o[kind] !== undefined)?.[kind];
     const keyText = (k: unknown): string => {
       if (typeof k === 'string' || typeof k === 'number') return String(k);
@@ -619,9 +620,9 @@ add rule bridge ${t} forward drop
     if (this.mtu !== undefined) return this.mtu;
     let mtu = 1500;
     try {
-      const routes = JSON.parse(await run('ip', ['-j', '-4', 'route', 'show', 'default'])) as { dev?: string }[]; // safe: `ip -j route` prints an array of route objects
+      const routes = JSON.parse(await tool('ip', ['-j', '-4', 'route', 'show', 'default'])) as { dev?: string }[]; // safe: `ip -j route` prints an array of route objects
       const dev = routes[0]?.dev;
-      const link = dev ? (JSON.parse(await run('ip', ['-j', 'link', 'show', 'dev', dev])) as { mtu?: number }[]) : []; // safe: `ip -j link` prints an array of link objects
+      const link = dev ? (JSON.parse(await tool('ip', ['-j', 'link', 'show', 'dev', dev])) as { mtu?: number }[]) : []; // safe: `ip -j link` prints an array of link objects
       mtu = link[0]?.mtu ?? 1500;
     } catch {
       // No default route (an isolated host): keep the Ethernet default.
@@ -717,7 +718,7 @@ add rule bridge ${t} forward drop
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e; // safe: fs errors are ErrnoExceptions
       }
       const owner = Number((await fs.readFile(this.lockFile, 'utf8').catch(() => '')).trim());
-      if (owner > 0 && owner !== process.pid && !processAlive(owner)) {
+      if (owner > 0 && owner !== process.pid && !pidAlive(owner)) {
         this.log.warn({ owner }, 'taking over network lock of a dead process');
         await fs.rm(this.lockFile, { force: true });
         continue;
@@ -728,13 +729,12 @@ add rule bridge ${t} forward drop
   }
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM'; // safe: process.kill throws ErrnoExceptions
-  }
+/**
+ * Runs `ip` or `nft` with `input` on its stdin (scripts for `-f -` and `-batch -`) and resolves
+ * with its stdout; rejects with a CommandError carrying the tool's stderr unless it exits 0.
+ */
+async function tool(cmd: 'ip' | 'nft', args: readonly string[], input?: string): Promise<string> {
+  return (await runOrThrow(cmd, args, input === undefined ? {} : { input })).stdout;
 }
 
 function ignoreMissing(e: unknown): void {

@@ -17,7 +17,7 @@ import type { Logger } from 'pino';
 import type { ContainerSpec } from '../model/schemas.js';
 import type { ImageConfig } from './driver.js';
 import { buildOciSpec, DEFAULT_CAPABILITIES, hostsFile, resolvConfFile, resolveUser, type OciSpec, type SpecNetwork } from './oci-spec.js';
-import { run } from './proc.js';
+import { run } from '../proc/run.js';
 import { convertSeccompProfile, goArchOf, type DockerSeccompProfile, type OciSeccomp } from './seccomp.js';
 
 /** A file's text, or undefined when it does not exist. */
@@ -139,7 +139,7 @@ export async function prepareBundle(req: BundleRequest): Promise<PreparedBundle>
   if (req.ifOverlayRefused === 'fail') throw new Error(`mounting the writable layer failed: ${why}`);
   req.log.warn({ err: why }, 'overlay over the image root refused; copying the rootfs into the bundle instead');
   // `cp -a`: owners, modes, device nodes and links as in the image.
-  const c = await run('cp', ['-a', `${req.rootfs}/.`, merged], 300_000);
+  const c = await run('cp', ['-a', `${req.rootfs}/.`, merged], { timeoutMs: 300_000 });
   if (c.code !== 0) throw new Error(`copying the rootfs failed: ${c.stderr.trim()}`);
   return { spec, merged, overlay: false };
 }

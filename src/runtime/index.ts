@@ -8,7 +8,8 @@ import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { RuntimeDriver } from './driver.js';
 import { OciDriver, type OciDriverOptions, type RuntimeFlavor } from './oci-driver.js';
-import { killTree, pidInCgroup, run } from './proc.js';
+import { killTree, pidInCgroup } from '../proc/pids.js';
+import { run } from '../proc/run.js';
 
 export type { DriverCapabilities, RuntimeDriver } from './driver.js';
 export { CONTAINER_ID_PATTERN } from './driver.js';
@@ -62,7 +63,7 @@ const RUNSC: RuntimeFlavor = {
     const root = join(driver.runtimeRoot, '..', 'probe');
     await mkdir(root, { recursive: true });
     try {
-      const r = await run(driver.runtimePath, ['--root', root, '--platform=ptrace', '--network=none', 'do', '/bin/true'], 30_000);
+      const r = await run(driver.runtimePath, ['--root', root, '--platform=ptrace', '--network=none', 'do', '/bin/true'], { timeoutMs: 30_000 });
       if (r.code !== 0) return { ok: false, message: `runsc cannot start a sandbox here (ptrace platform): ${r.stderr.trim().split('\n').pop() ?? ''}` };
       return { ok: true };
     } finally {

@@ -24,7 +24,9 @@ import { CONTAINER_ID_PATTERN, validateContainerId, type CheckAction, type Check
 import { K8sLogParser } from './k8s-log.js';
 import { containerNofileLimit, loadSeccompProfile, prepareBundle } from './bundle.js';
 import { labelsFromAnnotations, type OciSpec } from './oci-spec.js';
-import { cleanRuntimeMessage, pidAlive, run, sleep } from './proc.js';
+import { pidAlive } from '../proc/pids.js';
+import { run } from '../proc/run.js';
+import { sleep } from '../proc/sleep.js';
 import { execCheck, httpGetCheck, tcpSocketCheck } from './probe-check.js';
 import type { OciSeccomp } from './seccomp.js';
 
@@ -207,7 +209,7 @@ export class OciDriver implements RuntimeDriver {
   /** Runs the runtime with the container's global flags. */
   runtime(args: string[], meta?: Pick<ContainerMeta, 'netnsPath'>, timeoutMs?: number): ReturnType<typeof run> {
     const [bin, ...rest] = this.runtimeArgv(args, meta);
-    return run(bin ?? this.runtimePath, rest, timeoutMs);
+    return run(bin ?? this.runtimePath, rest, { timeoutMs });
   }
 
   /** The seccomp filter of every container, loaded once. */
@@ -247,7 +249,7 @@ export class OciDriver implements RuntimeDriver {
   async probeBinaries(): Promise<{ ok: true } | { ok: false; message: string }> {
     for (const bin of [this.runtimePath, this.conmonPath]) {
       try {
-        const r = await run(bin, ['--version'], 10_000);
+        const r = await run(bin, ['--version'], { timeoutMs: 10_000 });
         if (r.code !== 0) return { ok: false, message: `${bin} --version failed: ${firstLine(r.stderr)}` };
       } catch (e) {
         return { ok: false, message: `${bin} is not usable: ${(e as Error).message}` }; // `as`: run rejects with Error
@@ -760,4 +762,9 @@ export class OciDriver implements RuntimeDriver {
   }
 }
 
-export { cleanRuntimeMessage };
+/** Strips runc's `time=... level=error msg=` wrapping so the user sees the reason. */
+export function cleanRuntimeMessage(message: string): string {
+  const m = /msg="((?:[^"\\]|\\.)*)"/.exec(message);
+  const text = m?.[1] !== undefined ? m[1].replace(/\\"/g, '"') : message;
+  return text.trim();
+}

@@ -5,17 +5,15 @@
  * never rejects, so a prober loop cannot be wedged by a check. Messages are one line and
  * name what was tried (`HTTP GET http://10.88.0.5:8080/healthz: connection refused`).
  */
-import { spawn } from 'node:child_process';
 import { request } from 'node:http';
 import { connect } from 'node:net';
+import { CommandError, run, type RunResult } from '../proc/run.js';
 import type { CheckResult } from './driver.js';
 
 /** Most bytes of exec output kept (Kubernetes keeps 10 KiB too); the message shows the start of it. */
 export const MAX_CHECK_OUTPUT_BYTES = 10 * 1024;
 /** Longest message a check returns. */
 export const MAX_CHECK_MESSAGE_CHARS = 1024;
-/** How long a killed exec client may take to go away before the check resolves anyway. */
-const KILL_GRACE_MS = 2_000;
 
 function seconds(ms: number): string {
   return ms % 1000 === 0 ? `${ms / 1000}s` : `${(ms / 1000).toFixed(2).replace(/0+$/, '')}s`;
@@ -137,55 +135,20 @@ function cleanOutput(text: string): string {
  * most MAX_CHECK_OUTPUT_BYTES) goes into the message. On timeout the process in the
  * container is killed (`onTimeout`), then the client; the check fails.
  */
-export function execCheck(req: ExecCheckRequest): Promise<CheckResult> {
+export async function execCheck(req: ExecCheckRequest): Promise<CheckResult> {
   const what = `exec ${JSON.stringify(req.command)}`;
-  return new Promise((resolve) => {
-    const [bin, ...args] = req.argv;
-    if (bin === undefined) {
-      resolve({ ok: false, message: `${what}: no runtime to run it with` });
-      return;
-    }
-    let settled = false;
-    let timedOut = false;
-    const chunks: Buffer[] = [];
-    let kept = 0;
-    const finish = (ok: boolean, detail: string): void => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      clearTimeout(giveUp);
-      resolve({ ok, message: clip(`${what}: ${detail}`) });
-    };
-    const keep = (b: Buffer): void => {
-      if (kept >= MAX_CHECK_OUTPUT_BYTES) return;
-      const piece = b.subarray(0, MAX_CHECK_OUTPUT_BYTES - kept);
-      chunks.push(piece);
-      kept += piece.length;
-    };
-    const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    child.stdout.on('data', keep);
-    child.stderr.on('data', keep);
-    let giveUp: NodeJS.Timeout | undefined;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      void req
-        .onTimeout()
-        .catch(() => undefined)
-        .finally(() => {
-          child.kill('SIGKILL');
-          // A client stuck in uninterruptible sleep may not close: do not wait for it forever.
-          giveUp = setTimeout(() => finish(false, `timed out after ${seconds(req.timeoutMs)}`), KILL_GRACE_MS);
-        });
-    }, req.timeoutMs);
-    child.on('error', (e) => finish(false, `cannot run ${bin}: ${e.message}`));
-    child.on('close', (code, signal) => {
-      if (timedOut) {
-        finish(false, `timed out after ${seconds(req.timeoutMs)}`);
-        return;
-      }
-      const out = cleanOutput(Buffer.concat(chunks).toString('utf8'));
-      if (code === 0) finish(true, out === '' ? 'exit 0' : `exit 0: ${out}`);
-      else finish(false, `${code !== null ? `exit ${code}` : `killed by ${signal ?? 'a signal'}`}${out === '' ? '' : `: ${out}`}`);
-    });
-  });
+  const [bin, ...args] = req.argv;
+  if (bin === undefined) return { ok: false, message: `${what}: no runtime to run it with` };
+  const result = (ok: boolean, detail: string): CheckResult => ({ ok, message: clip(`${what}: ${detail}`) });
+  let r: RunResult;
+  try {
+    r = await run(bin, args, { timeoutMs: req.timeoutMs, onTimeout: req.onTimeout, mergeStderr: true, maxOutputBytes: MAX_CHECK_OUTPUT_BYTES });
+  } catch (e) {
+    // run rejects only with CommandErrors here (no abort signal): a timeout or a runtime that cannot start.
+    if (e instanceof CommandError && e.timedOut) return result(false, `timed out after ${seconds(req.timeoutMs)}`);
+    return result(false, (e as Error).message); // `as`: see above
+  }
+  const out = cleanOutput(r.stdout);
+  if (r.code === 0) return result(true, out === '' ? 'exit 0' : `exit 0: ${out}`);
+  return result(false, `${r.code !== null ? `exit ${r.code}` : `killed by ${r.signal ?? 'a signal'}`}${out === '' ? '' : `: ${out}`}`);
 }

@@ -11,7 +11,9 @@ import { join, resolve as resolvePath } from 'node:path';
 import type { Logger } from 'pino';
 import { buildInitramfs, findKernel } from './initramfs.js';
 import { QmpClient } from './qmp.js';
-import { pidAlive, run, sleep } from '../runtime/proc.js';
+import { pidAlive, startTicks } from '../proc/pids.js';
+import { run } from '../proc/run.js';
+import { sleep } from '../proc/sleep.js';
 
 /** How guest CPUs are run: hardware virtualization or QEMU's software emulation. */
 export type Accel = 'kvm' | 'tcg';
@@ -418,15 +420,6 @@ function qemuOpt(v: string): string {
   return v.replace(/,/g, ',,');
 }
 
-function startTicks(pid: number): string {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? '';
-  } catch {
-    return '';
-  }
-}
-
 /** Exit status of the guest workload as logged by our init (`carapace-init: exit=N`), if any. */
 export function guestExitCode(consoleLog: string): number | undefined {
   let text: string;
@@ -461,7 +454,7 @@ export async function probeAccel(o: {
     ];
     const t0 = Date.now();
     try {
-      const r = await run(qemu, args, timeoutMs);
+      const r = await run(qemu, args, { timeoutMs });
       return r.code === 0 ? Date.now() - t0 : undefined;
     } catch {
       return undefined; // timed out (run killed it) or could not start

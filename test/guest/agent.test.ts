@@ -104,7 +104,7 @@ beforeAll(async () => {
   await writeFile(join(rootfs, 'www/index.html'), 'hello from the cell\n');
   // The bundles live on a tmpfs, as in the VM.
   await mkdir(stateDir);
-  const { run } = await import('../../src/runtime/proc.js');
+  const { run } = await import('../../src/proc/run.js');
   const m = await run('mount', ['-t', 'tmpfs', '-o', 'size=256m', 'tmpfs', stateDir]);
   expect(m.code).toBe(0);
   agentAc = new AbortController();
@@ -141,7 +141,7 @@ afterAll(async () => {
   await chanDone?.catch(() => undefined);
   agentAc?.abort();
   await agentDone?.catch(() => undefined);
-  const { run } = await import('../../src/runtime/proc.js');
+  const { run } = await import('../../src/proc/run.js');
   await run('umount', ['-l', stateDir]).catch(() => undefined);
   await rm(dir, { recursive: true, force: true });
 });

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { execOrThrow } from '../../src/image/exec.js';
+import { runOrThrow } from '../../src/proc/run.js';
 import { ImagePullError, type PullProgress } from '../../src/image/image-store.js';
 import { createImageStore, type ImageStoreOptions } from '../../src/image/local-store.js';
 import { buildBusyboxImage, buildExampleImages, freePort, startRegistry, type RunningRegistry } from '../../src/image/testing/index.js';
@@ -222,9 +222,9 @@ describe('ImageStore (skopeo + umoci)', () => {
   test('a Docker v2s2 image (converted to OCI locally) is keyed by its registry digest', async () => {
     const img = await buildBusyboxImage({ registry: registry.address, repository: 'test/oci-src', tag: '1', cmd: ['echo', 'v2s2'], env: ['K=V'] });
     const v2ref = `${registry.address}/test/docker-v2s2:1`;
-    await execOrThrow('skopeo', ['copy', '--quiet', '--insecure-policy', '--src-tls-verify=false', '--dest-tls-verify=false', '--format', 'v2s2',
+    await runOrThrow('skopeo', ['copy', '--quiet', '--insecure-policy', '--src-tls-verify=false', '--dest-tls-verify=false', '--format', 'v2s2',
       `docker://${img.reference}`, `docker://${v2ref}`], { timeoutMs: 30_000 });
-    const raw = await execOrThrow('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${v2ref}`], { timeoutMs: 30_000 });
+    const raw = (await runOrThrow('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${v2ref}`], { timeoutMs: 30_000 })).stdoutBytes;
     expect(JSON.parse(raw.toString('utf8'))).toMatchObject({ mediaType: 'application/vnd.docker.distribution.manifest.v2+json' });
     const registryDigest = `sha256:${createHash('sha256').update(raw).digest('hex')}`;
     const cache = await newCacheDir();

@@ -15,7 +15,7 @@ import { CellRuntime } from '../../src/agent/cell-runtime.js';
 import { GuestAgent } from '../../src/guest/agent.js';
 import { HostChannel } from '../../src/guest/host-channel.js';
 import { SocketListenLink } from '../../src/guest/link.js';
-import { run } from '../../src/runtime/proc.js';
+import { run } from '../../src/proc/run.js';
 import { createVmManager } from '../../src/vm/qemu.js';
 import { freeHostPort } from '../network/helpers.js';
 import { describeDriverContract, type DriverHarness } from './contract.js';

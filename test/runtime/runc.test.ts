@@ -7,7 +7,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRuncDriver, type OciDriver } from '../../src/runtime/index.js';
-import { pidAlive } from '../../src/runtime/proc.js';
+import { pidAlive } from '../../src/proc/pids.js';
 import { describeDriverContract } from './contract.js';
 import { IMAGE, mountsContaining, newId, shSpec } from './helpers.js';
 import { ociHarness } from './oci-harness.js';

@@ -11,7 +11,7 @@ import pino from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
 import { buildInitramfs } from '../../src/vm/initramfs.js';
 import { createVmManager, type VmManager } from '../../src/vm/qemu.js';
-import { pidAlive } from '../../src/runtime/proc.js';
+import { pidAlive } from '../../src/proc/pids.js';
 
 const logger = pino({ level: 'silent' });
 const root = mkdtempSync('/tmp/cvm-');

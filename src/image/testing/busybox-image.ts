@@ -12,7 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { chmod, lstat, lutimes, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile, copyFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, posix } from 'node:path';
-import { execOrThrow } from '../exec.js';
+import { runOrThrow, type RunResult } from '../../proc/run.js';
 
 /** A file to put into the image: text content (mode 0644) or content with an explicit mode. */
 export type ImageFile = string | { content: string | Buffer; mode?: number };
@@ -60,7 +60,7 @@ const DEFAULT_PATH = 'PATH=/usr/sbin:/usr/bin:/sbin:/bin';
 const TOOL_TIMEOUT_MS = 60_000;
 
 async function applets(busybox: string): Promise<string[]> {
-  const out = (await execOrThrow(busybox, ['--list-full'], { timeoutMs: TOOL_TIMEOUT_MS })).toString('utf8');
+  const out = (await runOrThrow(busybox, ['--list-full'], { timeoutMs: TOOL_TIMEOUT_MS })).stdout;
   const listed = out.split('\n').map((l) => l.trim()).filter((l) => /^[a-z0-9_/.[\]-]+$/.test(l) && !l.startsWith('/'));
   return [...new Set([...CORE_APPLETS, ...listed])].filter((p) => p !== 'bin/busybox').sort();
 }
@@ -119,7 +119,7 @@ async function populateBase(rootfs: string, busybox: string): Promise<void> {
 export async function buildBusyboxImage(opts: BusyboxImageOptions): Promise<BuiltImage> {
   const busybox = opts.busybox ?? '/bin/busybox';
   const work = await mkdtemp(join(tmpdir(), 'carapace-img-'));
-  const umoci = (args: string[]): Promise<Buffer> => execOrThrow('umoci', args, { timeoutMs: TOOL_TIMEOUT_MS });
+  const umoci = (args: string[]): Promise<RunResult> => runOrThrow('umoci', args, { timeoutMs: TOOL_TIMEOUT_MS });
   try {
     const layout = join(work, 'layout');
     const image = `${layout}:img`;
@@ -157,7 +157,7 @@ export async function buildBusyboxImage(opts: BusyboxImageOptions): Promise<Buil
 
     const reference = `${opts.registry}/${opts.repository}:${opts.tag}`;
     const digestFile = join(work, `digest-${randomBytes(4).toString('hex')}`);
-    await execOrThrow('skopeo', ['--command-timeout', '60s', 'copy', '--quiet', '--insecure-policy', '--dest-tls-verify=false',
+    await runOrThrow('skopeo', ['--command-timeout', '60s', 'copy', '--quiet', '--insecure-policy', '--dest-tls-verify=false',
       '--digestfile', digestFile, `oci:${image}`, `docker://${reference}`], { timeoutMs: TOOL_TIMEOUT_MS });
     const digest = (await readFile(digestFile, 'utf8')).trim();
     return { reference, digest };

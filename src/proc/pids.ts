@@ -1,43 +1,9 @@
 /**
- * Small process helpers for the runtime drivers: run a binary to completion and capture its
- * output, and check whether a pid is alive. Kept apart so the drivers read as lifecycle logic.
+ * Looking at and ending processes by pid, from /proc: is a pid alive, is it in a cgroup, its
+ * descendants, kill a whole tree. The one place that answers these questions (drivers, the VM
+ * manager, the image cache's leftover sweep and the guest agent use it).
  */
-import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
-
-/** Result of a finished command. */
-export interface RunResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/**
- * Runs `bin args` to completion and returns its exit code and output; never throws for a
- * non-zero exit (callers decide what failure means), only when the binary cannot be spawned
- * or `timeoutMs` passes (the process is then killed).
- */
-export function run(bin: string, args: readonly string[], timeoutMs = 30_000): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (b: Buffer) => out.push(b));
-    child.stderr.on('data', (b: Buffer) => err.push(b));
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`${bin} ${args.join(' ')}: timed out after ${timeoutMs} ms`));
-    }, timeoutMs);
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(new Error(`cannot run ${bin}: ${e.message}`));
-    });
-    child.on('close', (code, sig) => {
-      clearTimeout(timer);
-      resolve({ code: code ?? (sig ? 128 : 1), stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') });
-    });
-  });
-}
 
 /**
  * True when a process with this pid exists and is not a zombie. Zombies count as dead: a
@@ -56,17 +22,17 @@ export function pidAlive(pid: number): boolean {
   return state !== 'Z' && state !== 'X';
 }
 
-/** Resolves after `ms`, or early (without rejecting) when `signal` aborts. */
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const t = setTimeout(done, ms);
-    function done(): void {
-      clearTimeout(t);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    }
-    signal?.addEventListener('abort', done, { once: true });
-  });
+/**
+ * The start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat), or '' when
+ * it is gone. With the pid it names one process for good: a recycled pid has another start time.
+ */
+export function startTicks(pid: number): string {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? '';
+  } catch {
+    return '';
+  }
 }
 
 /**
@@ -134,11 +100,4 @@ export function killTree(pid: number): void {
       // already gone
     }
   }
-}
-
-/** Strips runc's `time=... level=error msg=` wrapping so the user sees the reason. */
-export function cleanRuntimeMessage(message: string): string {
-  const m = /msg="((?:[^"\\]|\\.)*)"/.exec(message);
-  const text = m?.[1] !== undefined ? m[1].replace(/\\"/g, '"') : message;
-  return text.trim();
 }
