@@ -10,7 +10,7 @@ import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { CarapaceError } from '../model/errors.js';
-import { pidAlive } from '../proc/pids.js';
+import { acquireFileLock, FileLockTimeoutError } from '../proc/file-lock.js';
 import { CommandError, runOrThrow } from '../proc/run.js';
 import {
   allocateIp,
@@ -173,6 +173,9 @@ const BRIDGE_PATTERN = /^[a-z][a-z0-9]{0,14}$/;
  * our bridge's traffic would open the same door, hence a high, rarely used bit.
  */
 const PUBLISHED_MARK = '0x01000000';
+
+/** How long an operation waits for another manager's operation on the same stateDir. */
+const LOCK_TIMEOUT_MS = 30_000;
 
 /**
  * Makes a network manager for one bridge. Cheap: nothing touches the kernel until the first
@@ -690,42 +693,24 @@ add rule bridge ${t} forward drop
   }
 
   /**
-   * Runs `fn` with this instance's operations serialised and the stateDir lock held. The
-   * lock file holds the owner's pid; a lock whose owner is dead (an agent killed with -9)
-   * is taken over.
+   * Runs `fn` with this instance's operations serialised and the stateDir lock held. The lock
+   * is an flock (src/proc/file-lock.ts): the kernel releases it when its holder dies, so an
+   * agent killed with -9 at any moment, even while taking it, never leaves it stuck.
    */
   private exclusive<T>(fn: () => Promise<T>): Promise<T> {
     const next = this.queue.then(async () => {
       await fs.mkdir(this.opts.stateDir, { recursive: true });
-      await this.acquireLock();
+      const lock = await acquireFileLock(this.lockFile, { timeoutMs: LOCK_TIMEOUT_MS }).catch((e: unknown) => {
+        throw e instanceof FileLockTimeoutError ? new NetworkError('CARAPACE_E_NETWORK_FAILED', e.message) : e;
+      });
       try {
         return await fn();
       } finally {
-        await fs.rm(this.lockFile, { force: true });
+        await lock.release();
       }
     });
     this.queue = next.catch(() => undefined);
     return next;
-  }
-
-  private async acquireLock(): Promise<void> {
-    const deadline = Date.now() + 30_000;
-    for (;;) {
-      try {
-        await fs.writeFile(this.lockFile, String(process.pid), { flag: 'wx' });
-        return;
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e; // safe: fs errors are ErrnoExceptions
-      }
-      const owner = Number((await fs.readFile(this.lockFile, 'utf8').catch(() => '')).trim());
-      if (owner > 0 && owner !== process.pid && !pidAlive(owner)) {
-        this.log.warn({ owner }, 'taking over network lock of a dead process');
-        await fs.rm(this.lockFile, { force: true });
-        continue;
-      }
-      if (Date.now() > deadline) throw new NetworkError('CARAPACE_E_NETWORK_FAILED', `timed out waiting for ${this.lockFile} (held by pid ${owner || 'unknown'})`);
-      await new Promise((r) => setTimeout(r, 10));
-    }
   }
 }
 

@@ -202,7 +202,10 @@ describe('bridge network', () => {
     serve(a.id);
     expect(await httpGetEventually('127.0.0.1', hostPort)).toBe(`hello from ${tag}\n`);
 
-    // The "restarted agent": a fresh instance with nothing in memory.
+    // The "restarted agent": a fresh instance with nothing in memory. The old one may have been
+    // killed -9 while taking the lock, leaving its file without a readable owner (the soak's
+    // crash rounds): that must not stop the new one (src/proc/file-lock.test.ts kills holders).
+    await fs.writeFile(path.join(stateDir, 'network.lock'), '');
     const mgr2 = createNetworkManager({ stateDir, logger: testLogger, bridge, subnet });
     expect(await mgr2.recover()).toEqual([a.id]);
     expect(await mgr2.inspect(a.id)).toEqual(a);
