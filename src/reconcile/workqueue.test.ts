@@ -15,11 +15,16 @@ describe('WorkQueue', () => {
     });
     const ac = new AbortController();
     const done = q.start(ac.signal, 4);
+    const count = (k: string): number => runs.filter((r) => r === k).length;
+    // Idle: nothing queued and no reconcile in flight (checked between timer ticks, where the
+    // queue's own microtask hand-offs are complete).
+    const idle = (): boolean => q.pending === 0 && running.size === 0;
     for (let i = 0; i < 20; i++) q.add('a');
     q.add('b');
-    await new Promise((r) => setTimeout(r, 30));
+    await expect.poll(() => count('a') > 0 && count('b') > 0 && idle(), { timeout: 10_000, interval: 5 }).toBe(true);
+    const before = count('a');
     q.add('a'); // added after its run: runs again
-    await new Promise((r) => setTimeout(r, 30));
+    await expect.poll(() => count('a') === before + 1 && idle(), { timeout: 10_000, interval: 5 }).toBe(true);
     ac.abort();
     await done;
     expect(overlaps).toBe(0);
@@ -41,7 +46,7 @@ describe('WorkQueue', () => {
     const ac = new AbortController();
     const done = q.start(ac.signal, 1);
     q.add('k');
-    await new Promise((r) => setTimeout(r, 100));
+    await expect.poll(() => calls === 3 && q.pending === 0, { timeout: 10_000, interval: 5 }).toBe(true);
     ac.abort();
     await done;
     expect(calls).toBe(3);
@@ -49,19 +54,19 @@ describe('WorkQueue', () => {
   });
 
   it('honours requeueAfter', async () => {
-    let calls = 0;
+    const at: number[] = [];
     const q = new WorkQueue(async () => {
-      calls++;
-      return calls === 1 ? { requeueAfterMs: 20 } : undefined;
+      at.push(performance.now());
+      return at.length === 1 ? { requeueAfterMs: 20 } : undefined;
     });
     const ac = new AbortController();
     const done = q.start(ac.signal, 1);
     q.add('k');
-    await new Promise((r) => setTimeout(r, 10));
-    expect(calls).toBe(1);
-    await new Promise((r) => setTimeout(r, 40));
+    await expect.poll(() => at.length, { timeout: 10_000, interval: 5 }).toBe(2);
     ac.abort();
     await done;
-    expect(calls).toBe(2);
+    expect(at).toHaveLength(2);
+    // Not before the delay (a timer may fire up to a millisecond early by the clock's rounding).
+    expect(at[1]! - at[0]!).toBeGreaterThanOrEqual(19);
   });
 });

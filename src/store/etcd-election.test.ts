@@ -173,13 +173,19 @@ describe('etcd leader election', () => {
   const fresh = (): void => {
     ns = `election-test-${process.pid}-${++nsCounter}/`;
   };
+  /** Waits until `n` candidates have a key in the election: they are campaigning (not still starting up). */
+  async function campaigning(n: number): Promise<void> {
+    const s = await store();
+    await expect.poll(async () => (await s.list('election/control/')).items.length, { timeout: 10_000, interval: 20 }).toBe(n);
+  }
 
   it('elects exactly one of two candidates; when the leader resigns the other takes over at once', async () => {
     fresh();
     const a = candidate(await store(), 'a');
     await until('a leads', () => a.leading);
     const b = candidate(await store(), 'b');
-    await new Promise((r) => setTimeout(r, 3_000)); // several TTLs: b must keep waiting behind a live leader
+    await campaigning(2);
+    await new Promise((r) => setTimeout(r, 3_000)); // several TTLs: b must keep waiting behind a live leader, all along
     expect(b.terms).toHaveLength(0);
     expect(a.terms).toHaveLength(1);
     const resignedAt = performance.now();
@@ -197,7 +203,7 @@ describe('etcd leader election', () => {
     const a = candidate(sa, 'a');
     await until('a leads', () => a.leading);
     const b = candidate(await store(), 'b');
-    await new Promise((r) => setTimeout(r, 500));
+    await campaigning(2);
     expect(b.leading).toBe(false);
 
     const cutAt = performance.now();
@@ -215,7 +221,7 @@ describe('etcd leader election', () => {
 
     // The network heals: a campaigns again and waits behind b, and leads again when b resigns.
     proxy.heal();
-    await new Promise((r) => setTimeout(r, 3_000));
+    await campaigning(2); // a's expired key is gone; it has a new one
     expect(a.leading).toBe(false);
     expect(b.leading).toBe(true);
     await b.stop();
@@ -228,7 +234,7 @@ describe('etcd leader election', () => {
     const a = candidate(await store(), 'a');
     await until('a leads', () => a.leading);
     const b = candidate(await store(), 'b');
-    await new Promise((r) => setTimeout(r, 300));
+    await campaigning(2);
     const stoppedAt = performance.now();
     process.kill(etcd.pid, 'SIGSTOP');
     try {
@@ -255,7 +261,7 @@ describe('etcd leader election', () => {
     });
     await until('a leads', () => a.leading);
     const b = candidate(await store(), 'b');
-    await new Promise((r) => setTimeout(r, 300)); // b waits behind a
+    await campaigning(2); // b waits behind a
     crash();
     await expect(a.done).rejects.toBe(boom);
     const failedAt = performance.now();
@@ -288,8 +294,7 @@ describe('sole leader (a store one process owns)', () => {
       term = t.term;
       await new Promise<void>((resolve) => t.signal.addEventListener('abort', () => resolve()));
     });
-    await new Promise((r) => setTimeout(r, 10));
-    expect(term).toBe(1);
+    await expect.poll(() => term, { timeout: 5_000, interval: 5 }).toBe(1);
     ac.abort();
     await done;
     expect(events).toEqual(['elected', 'resigned']);

@@ -5,16 +5,21 @@ import { parseProc, sampleProcess } from './proc-sampler.js';
 
 describe('sampleProcess', () => {
   it('reads CPU time and RSS of a busy child, with a stable source', async () => {
-    // Busy for 400 ms, then idle until killed.
-    const child = spawn(process.execPath, ['-e', 'const end = Date.now() + 400; while (Date.now() < end); setInterval(() => {}, 1000);'], { stdio: 'ignore' });
+    // Busy until it has used 400 ms of CPU (however long a loaded machine takes to give it that), then idle until killed.
+    const child = spawn(process.execPath, ['-e', 'while (process.cpuUsage().user < 400_000); setInterval(() => {}, 1000);'], { stdio: 'ignore' });
     try {
       const pid = child.pid;
       if (pid === undefined) throw new Error('child did not start');
       const first = await sampleProcess(pid);
-      await new Promise((r) => setTimeout(r, 600));
-      const second = await sampleProcess(pid);
       expect(first).toBeDefined();
-      expect(second!.cpuSecondsTotal - first!.cpuSecondsTotal).toBeGreaterThan(0.1);
+      // The busy child gains CPU time: wait for it (with a deadline) rather than for a fixed time.
+      let second = first;
+      await expect
+        .poll(async () => {
+          second = await sampleProcess(pid);
+          return second!.cpuSecondsTotal - first!.cpuSecondsTotal;
+        }, { timeout: 30_000, interval: 50 })
+        .toBeGreaterThan(0.1);
       expect(second!.rssBytes).toBeGreaterThan(10 * 1024 * 1024);
       expect(second!.source).toBe(first!.source);
       expect(second!.source).toMatch(new RegExp(`^${pid}:\\d+$`));

@@ -58,6 +58,15 @@ async function until<T>(what: string, f: () => Promise<T | undefined>, ms = 30_0
   }
 }
 
+/**
+ * Runs `command` in an instance's container (as an exec check does), so the test decides when
+ * what its probes see changes, instead of a timer in the container racing a loaded machine.
+ */
+async function execIn(i: Instance, command: string[]): Promise<void> {
+  const driver = i.spec.container.isolation === 'sandbox' ? createRunscDriver({ stateDir: join(stateDir, 'runtime', 'runsc'), logger }) : createRuncDriver({ stateDir: join(stateDir, 'runtime', 'runc'), logger });
+  expect(await driver.check(i.status.containerId ?? '', { exec: { command } }, 10_000)).toMatchObject({ ok: true });
+}
+
 async function deleteService(name: string): Promise<void> {
   await api('DELETE', `/v1/tenants/acme/services/${name}`);
   await until(`${name} gone`, async () => ((await api<{ items: Instance[] }>('GET', '/v1/tenants/acme/instances')).items.some((i) => i.spec.owner.name === name) ? undefined : true));
@@ -108,9 +117,9 @@ afterAll(async () => {
 
 describe('probes on real containers', () => {
   it('a failing httpGet liveness probe restarts a runc container, with the reason in its status', async () => {
-    // The container breaks its own health endpoint after 1.5 s (every run: each starts from the image).
+    // The test breaks the container's health endpoint (each run starts healthy, from the image).
     await applyService('live', {
-      command: ['sh', '-c', "trap 'exit 0' TERM; httpd -p 8080 -h /www; sleep 1.5; rm /www/healthz; while true; do sleep 0.1; done"],
+      command: ['sh', '-c', "trap 'exit 0' TERM; httpd -p 8080 -h /www; while true; do sleep 0.1; done"],
       livenessProbe: { httpGet: { path: '/healthz', port: 8080 }, periodSeconds: 1, failureThreshold: 2 },
     });
     const first = await until('live-0 running', async () => {
@@ -119,6 +128,7 @@ describe('probes on real containers', () => {
     });
     expect(first.status.ready).toBe(true); // no readiness probe: ready once running
     await until('service ready 1/1', async () => ((await service('live')).status.ready === 1 ? true : undefined));
+    await execIn(first, ['rm', '/www/healthz']);
     const unhealthy = await until('Unhealthy backoff', async () => {
       const i = await instance('live-0');
       return i.status.reason === 'Unhealthy' ? i : undefined;
@@ -139,18 +149,19 @@ describe('probes on real containers', () => {
     });
     expect(second.status.containerId).toMatch(/-r1$/);
     expect(second.status.containerId).not.toBe(first.status.containerId);
+    await execIn(second, ['rm', '/www/healthz']);
     await until('second restart', async () => ((await instance('live-0')).status.restarts >= 2 ? true : undefined));
     await deleteService('live');
   });
 
   it('a failing readiness probe keeps an instance not ready and out of the service ready count; it never restarts it', async () => {
-    // ready-0 serves /ready at once; ready-1 only after 3 s.
+    // ready-0 serves /ready at once; ready-1 once the test writes the page.
     await applyService('ready', {
       replicas: 2,
       command: [
         'sh',
         '-c',
-        `trap 'exit 0' TERM; httpd -p 8080 -h /www; if [ "$(hostname)" = ready-0 ]; then echo ok > /www/ready; else (sleep 3; echo ok > /www/ready) & fi; while true; do sleep 0.1; done`,
+        `trap 'exit 0' TERM; httpd -p 8080 -h /www; if [ "$(hostname)" = ready-0 ]; then echo ok > /www/ready; fi; while true; do sleep 0.1; done`,
       ],
       readinessProbe: { httpGet: { path: '/ready', port: 8080 }, periodSeconds: 1, failureThreshold: 2 },
     });
@@ -168,6 +179,7 @@ describe('probes on real containers', () => {
     });
     expect(formatTable('Service', [svc])).toMatch(/ready\s+1\/2\s+host/);
     // The page appears in ready-1: it becomes ready, the failure message goes, the service counts 2.
+    await execIn(notReady, ['sh', '-c', 'echo ok > /www/ready']);
     const ready = await until('ready-1 ready', async () => {
       const i = await instance('ready-1');
       return i.status.ready ? i : undefined;
@@ -180,9 +192,9 @@ describe('probes on real containers', () => {
 
   it('after an agent restart, adopted containers keep their readiness and are probed again', async () => {
     await deleteService('ready');
-    // Ready at once; the page goes away 8 s after the container started.
+    // Ready at once; the page stays until the test takes it away (after the restart, whenever that ends).
     await applyService('adopt', {
-      command: ['sh', '-c', "trap 'exit 0' TERM; httpd -p 8080 -h /www; echo ok > /www/ready; sleep 8; rm /www/ready; while true; do sleep 0.1; done"],
+      command: ['sh', '-c', "trap 'exit 0' TERM; httpd -p 8080 -h /www; echo ok > /www/ready; while true; do sleep 0.1; done"],
       readinessProbe: { httpGet: { path: '/ready', port: 8080 }, periodSeconds: 1, failureThreshold: 2 },
     });
     const before = await until('adopt-0 ready', async () => {
@@ -193,17 +205,19 @@ describe('probes on real containers', () => {
     aio = await startAio();
     const after = await instance('adopt-0');
     expect(after.status).toMatchObject({ phase: 'Running', ready: true, containerId: before.status.containerId });
-    const t0 = Date.now();
-    await new Promise((r) => setTimeout(r, 1_000));
-    // Readiness was carried over, not reset to false by the new agent.
-    expect((await instance('adopt-0')).status.ready).toBe(true);
+    // Readiness was carried over, not reset to false by the new agent: sampled ten times over
+    // the new agent's checks (one per 100 ms) of a page that is there, it is true every time.
+    for (let i = 0; i < 10; i++) {
+      expect((await instance('adopt-0')).status.ready).toBe(true);
+      await new Promise((r) => setTimeout(r, 100));
+    }
     expect((await service('adopt')).status.ready).toBe(1);
     // The new agent's prober probes the adopted container: it notices the page going away.
+    await execIn(before, ['rm', '/www/ready']);
     const gone = await until('adopt-0 NotReady', async () => {
       const i = await instance('adopt-0');
       return i.status.reason === 'NotReady' ? i : undefined;
     });
-    expect(Date.now() - t0).toBeGreaterThan(1_000);
     expect(gone.status).toMatchObject({ phase: 'Running', ready: false, restarts: 0, containerId: before.status.containerId });
     expect(gone.status.message).toMatch(/^readiness probe failed 2 times: HTTP GET http:\/\/10\.213\.\d+\.\d+:8080\/ready: 404 Not Found$/);
     await until('service ready 0', async () => ((await service('adopt')).status.ready === 0 ? true : undefined));
@@ -213,12 +227,16 @@ describe('probes on real containers', () => {
   it('exec liveness and tcpSocket readiness probes on a gVisor (runsc) sandbox', async () => {
     await applyService('sand', {
       isolation: 'sandbox',
-      command: ['sh', '-c', "trap 'exit 0' TERM; echo yes > /tmp/alive; httpd -p 8080 -h /www; sleep 2; rm /tmp/alive; while true; do sleep 0.1; done"],
+      command: ['sh', '-c', "trap 'exit 0' TERM; echo yes > /tmp/alive; httpd -p 8080 -h /www; while true; do sleep 0.1; done"],
       livenessProbe: { exec: { command: ['cat', '/tmp/alive'] }, periodSeconds: 1, failureThreshold: 2, timeoutSeconds: 5 },
       readinessProbe: { tcpSocket: { port: 8080 }, periodSeconds: 1 },
     });
-    await until('sand-0 ready', async () => ((await instance('sand-0')).status.ready ? true : undefined));
-    expect((await instance('sand-0')).status).toMatchObject({ phase: 'Running', reason: 'Ready' });
+    const ready = await until('sand-0 ready', async () => {
+      const i = await instance('sand-0');
+      return i.status.ready ? i : undefined;
+    });
+    expect(ready.status).toMatchObject({ phase: 'Running', reason: 'Ready' });
+    await execIn(ready, ['rm', '/tmp/alive']);
     const unhealthy = await until('sand-0 Unhealthy', async () => {
       const i = await instance('sand-0');
       return i.status.reason === 'Unhealthy' ? i : undefined;
@@ -243,12 +261,17 @@ describe('probes on real containers', () => {
       readinessProbe: { tcpSocket: { port: 8080 }, periodSeconds: 1 },
     });
     await until('lat ready', async () => ((await instance('lat-0')).status.ready && (await instance('lat-tcp-0')).status.ready ? true : undefined));
-    await new Promise((r) => setTimeout(r, 3_000)); // ~30 checks of each
-    const text = await (await fetch(`${aio.url}/metrics`, { headers: { authorization: `Bearer ${aio.adminToken}` } })).text();
-    const series = (name: 'sum' | 'count', labels: string): number =>
+    const series = (text: string, name: 'sum' | 'count', labels: string): number =>
       [...text.matchAll(new RegExp(`^carapace_probe_duration_seconds_${name}\\{([^}]*)\\} (\\S+)$`, 'gm'))]
         .filter((m) => labels.split(',').every((l) => (m[1] ?? '').includes(l)))
         .reduce((s, m) => s + Number(m[2]), 0);
+    const labelsOf = (handler: string, isolation: string): string => `handler="${handler}",isolation="${isolation}",result="success"`;
+    // More than 10 successful checks of each host handler (every 100 ms: about a second on an
+    // idle machine): waited for, not assumed after a fixed time.
+    const text = await until('more than 10 successful checks of each host handler', async () => {
+      const t = await (await fetch(`${aio.url}/metrics`, { headers: { authorization: `Bearer ${aio.adminToken}` } })).text();
+      return ['exec', 'httpGet', 'tcpSocket'].every((h) => series(t, 'count', labelsOf(h, 'host')) > 10) ? t : undefined;
+    }, 60_000);
     const rows: string[] = [];
     for (const [handler, isolation] of [
       ['exec', 'host'],
@@ -257,10 +280,10 @@ describe('probes on real containers', () => {
       ['exec', 'sandbox'],
       ['tcpSocket', 'sandbox'],
     ] as const) {
-      const labels = `handler="${handler}",isolation="${isolation}",result="success"`;
-      const n = series('count', labels);
+      const labels = labelsOf(handler, isolation);
+      const n = series(text, 'count', labels);
       if (isolation === 'host') expect(n).toBeGreaterThan(10);
-      if (n > 0) rows.push(`${handler}/${isolation}: ${((series('sum', labels) / n) * 1000).toFixed(1)} ms mean over ${n}`);
+      if (n > 0) rows.push(`${handler}/${isolation}: ${((series(text, 'sum', labels) / n) * 1000).toFixed(1)} ms mean over ${n}`);
     }
     console.log(`probe check latency: ${rows.join('; ')}`);
     await deleteService('lat');

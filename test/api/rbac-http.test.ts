@@ -179,10 +179,14 @@ function bodyFor(r: RouteDef, tenant: string, name: string): unknown {
   }
 }
 
-/** Reads a response; streams (SSE, follow) are read for a moment and then cut. */
+/**
+ * Reads a response; streams (SSE, follow) are read for a moment after their headers and then
+ * cut. The answer itself is waited for however long a loaded machine takes (the test's timeout
+ * bounds it): only the reading of a body that never ends is cut.
+ */
 async function send(method: RouteDef['method'], url: string, token: string, body?: unknown): Promise<{ status: number; text: string }> {
   const ac = new AbortController();
-  const timer = setTimeout(() => ac.abort(), 500);
+  let timer: NodeJS.Timeout | undefined;
   try {
     const r = await request(url, {
       method,
@@ -190,6 +194,7 @@ async function send(method: RouteDef['method'], url: string, token: string, body
       headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
       ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
     });
+    timer = setTimeout(() => ac.abort(), 500);
     let text = '';
     try {
       for await (const chunk of r.body) text += String(chunk);
