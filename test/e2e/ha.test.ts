@@ -327,10 +327,13 @@ describe('several servers over one etcd', () => {
     const records = (await cli(survivors[0]!.url, ['audit', 'export'])).stdout.trim().split('\n').map((l) => JSON.parse(l) as { action: string; target: { kind: string }; outcome: string });
     expect(records.filter((r) => r.target.kind === 'Service' && r.outcome === 'success' && (r.action === 'create' || r.action === 'update')).length).toBeGreaterThanOrEqual(APPLIES);
 
-    // The killed server comes back as a follower; still exactly one leader.
+    // The killed server comes back (start waits until it answers) as a follower; still exactly
+    // one leader, sampled over several lease TTLs while it campaigns.
     await leader.start();
-    await new Promise((r) => setTimeout(r, 3_000));
-    expect((await leaders()).map((s) => s.url)).toEqual([newLeader.url]);
-    expect(await health(leader)).toEqual({ ok: true, leader: false });
+    for (let i = 0; i < 15; i++) {
+      expect((await leaders()).map((s) => s.url)).toEqual([newLeader.url]);
+      expect(await health(leader)).toEqual({ ok: true, leader: false });
+      await new Promise((r) => setTimeout(r, 200));
+    }
   }, 240_000);
 });
