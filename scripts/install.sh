@@ -10,6 +10,7 @@ DEBIAN_PACKAGES=(
   skopeo umoci docker-registry           # OCI images: copy, unpack, a local registry
   busybox-static                         # userland for example images and guests
   iproute2 nftables iptables             # container networking
+  util-linux                             # flock: the network lock (src/proc/file-lock.ts)
   qemu-system-x86 qemu-utils linux-image-amd64   # VMs (cells, machines)
   etcd-server                            # the HA store
   chromium                               # the dashboard's end-to-end tests (headless, via playwright-core)

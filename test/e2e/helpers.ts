@@ -13,6 +13,7 @@ import { freePort } from '../../src/image/testing/registry.js';
 import { createRuncDriver, createRunscDriver } from '../../src/runtime/index.js';
 import { recordedNetworkManager } from '../../src/network/network-manager.js';
 import { createVmManager } from '../../src/vm/qemu.js';
+import { CommandError, run } from '../../src/proc/run.js';
 import type { ContainerInfo } from '../../src/runtime/driver.js';
 
 /**
@@ -34,25 +35,18 @@ export interface CliResult {
 /** Admin tokens of the servers started by this process, by URL (read from STATE_DIR/admin-token). */
 export const tokens = new Map<string, string>();
 
-/** Runs the real CLI against `server`, with that server's admin token. */
-export function cli(server: string, args: string[], input?: string, timeoutMs = 120_000): Promise<CliResult> {
-  return new Promise((resolve, reject) => {
-    const env: NodeJS.ProcessEnv = { ...process.env, CARAPACE_SERVER: server, CARAPACE_CONFIG: '/nonexistent/carapace-config.json' };
-    const token = tokens.get(server);
-    if (token) env['CARAPACE_TOKEN'] = token;
-    const p = spawn(process.execPath, [CLI, ...args], { env, stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const t = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
-    p.on('error', reject);
-    p.on('close', (code) => {
-      clearTimeout(t);
-      resolve({ code: code ?? -1, stdout, stderr });
-    });
-    p.stdin.end(input ?? '');
-  });
+/** Runs the real CLI against `server`, with that server's admin token. A CLI still running at `timeoutMs` is killed and reported as exit -1. */
+export async function cli(server: string, args: string[], input?: string, timeoutMs = 120_000): Promise<CliResult> {
+  const token = tokens.get(server);
+  const env = { CARAPACE_SERVER: server, CARAPACE_CONFIG: '/nonexistent/carapace-config.json', ...(token ? { CARAPACE_TOKEN: token } : {}) };
+  try {
+    // Exports of a long run can be large: the cap is far above anything a test prints.
+    const r = await run(process.execPath, [CLI, ...args], { env, input: input ?? '', timeoutMs, maxOutputBytes: 256 * 1024 * 1024 });
+    return { code: r.code ?? -1, stdout: r.stdout, stderr: r.stderr };
+  } catch (e) {
+    if (e instanceof CommandError && e.timedOut) return { code: -1, stdout: '', stderr: e.stderr };
+    throw e;
+  }
 }
 
 /** A Carapace child process (so it can be SIGKILLed), with its output kept for diagnosis. */

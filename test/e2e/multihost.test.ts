@@ -5,10 +5,8 @@
  * zones; cutting a host off (its link down) moves its work to the other host; healing the
  * link makes the returning agent destroy its stale copies, so nothing runs twice.
  */
-import { execFile } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildBusyboxImage, startRegistry, type RunningRegistry } from '../../src/image/testing/index.js';
@@ -16,9 +14,9 @@ import { startEtcd, type EtcdProcess } from '../../src/store/testing/etcd.js';
 import type { Cell, Host, Instance } from '../../src/model/objects.js';
 import { LABELS } from '../../src/agent/container-id.js';
 import { createVmManager } from '../../src/vm/qemu.js';
+import { runOrThrow } from '../../src/proc/run.js';
 import { Agent, cli, containers, destroyAll, eventually, freePort, Server, tempDir } from './helpers.js';
 
-const run = promisify(execFile);
 const BRIDGE = 'cmh0';
 const GW = '10.70.0.1';
 const HOSTS = [
@@ -34,7 +32,7 @@ let agentPort = 0;
 const agents: Record<string, Agent> = {};
 
 async function ip(...args: string[]): Promise<void> {
-  await run('ip', args);
+  await runOrThrow('ip', args);
 }
 
 async function list<T>(what: string): Promise<T[]> {

@@ -3,15 +3,13 @@
  * HTTP probes from the host and from inside a namespace, and a kernel-state dump used to
  * prove that teardown leaves nothing behind.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
-import { promisify } from 'node:util';
 import pino from 'pino';
-
-export const execFileP = promisify(execFile);
+import { runOrThrow } from '../../src/proc/run.js';
 
 /** A quiet logger: the tests assert on behaviour, not on log lines. */
 export const testLogger = pino({ level: process.env.CARAPACE_TEST_LOG ?? 'silent' });
@@ -105,7 +103,7 @@ export async function httpGetEventually(host: string, port: number, totalMs = 50
 export async function httpGetFromNetns(netns: string, url: string, timeoutS = 2): Promise<string | undefined> {
   const script = `require('http').get(process.argv[1], {timeout: ${timeoutS * 1000}}, (r) => { r.pipe(process.stdout); }).on('timeout', () => process.exit(3)).on('error', () => process.exit(2));`;
   try {
-    const { stdout } = await execFileP('ip', ['netns', 'exec', netns, process.execPath, '-e', script, url], { timeout: (timeoutS + 5) * 1000 });
+    const { stdout } = await runOrThrow('ip', ['netns', 'exec', netns, process.execPath, '-e', script, url], { timeoutMs: (timeoutS + 5) * 1000 });
     return stdout;
   } catch {
     return undefined;
@@ -115,9 +113,9 @@ export async function httpGetFromNetns(netns: string, url: string, timeoutS = 2)
 /** Everything the kernel shows that teardown must remove, as text to search. */
 export async function kernelState(): Promise<{ netns: string; links: string; nft: string }> {
   const [netns, links, nft] = await Promise.all([
-    execFileP('ip', ['netns', 'list']).then((r) => r.stdout),
-    execFileP('ip', ['-o', 'link']).then((r) => r.stdout),
-    execFileP('nft', ['list', 'ruleset']).then((r) => r.stdout),
+    runOrThrow('ip', ['netns', 'list']).then((r) => r.stdout),
+    runOrThrow('ip', ['-o', 'link']).then((r) => r.stdout),
+    runOrThrow('nft', ['list', 'ruleset']).then((r) => r.stdout),
   ]);
   return { netns, links, nft };
 }

@@ -12,7 +12,6 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createNetworkManager, NetworkError, type NetworkManager } from '../../src/network/network-manager.js';
 import { CarapaceError } from '../../src/model/errors.js';
 import {
-  execFileP,
   freeHostPort,
   freeSubnet,
   httpdIn,
@@ -25,6 +24,7 @@ import {
   testLogger,
   uniqueTag,
 } from './helpers.js';
+import { runOrThrow } from '../../src/proc/run.js';
 
 const tag = uniqueTag();
 const bridge = `cpt${tag}`;
@@ -83,13 +83,13 @@ describe('bridge network', () => {
     expect(a.netnsPath).toBe(`/var/run/netns/${ns(id('basic'))}`);
     expect(existsSync(a.netnsPath)).toBe(true);
     expect(a.gateway).toBe(subnet.replace(/0\/24$/, '1'));
-    const addr = (await execFileP('ip', ['-n', ns(id('basic')), '-4', '-o', 'addr'])).stdout;
+    const addr = (await runOrThrow('ip', ['-n', ns(id('basic')), '-4', '-o', 'addr'])).stdout;
     expect(addr).toMatch(/lo\s+inet 127\.0\.0\.1/);
     expect(addr).toContain(`eth0    inet ${a.ip}/24`);
-    const route = (await execFileP('ip', ['-n', ns(id('basic')), 'route', 'show', 'default'])).stdout;
+    const route = (await runOrThrow('ip', ['-n', ns(id('basic')), 'route', 'show', 'default'])).stdout;
     expect(route).toContain(`default via ${a.gateway} dev eth0`);
     // The gateway answers from inside: the bridge is up and the veth is on it.
-    await execFileP('ip', ['netns', 'exec', ns(id('basic')), 'busybox', 'ping', '-c', '1', '-W', '2', a.gateway]);
+    await runOrThrow('ip', ['netns', 'exec', ns(id('basic')), 'busybox', 'ping', '-c', '1', '-W', '2', a.gateway]);
     // The host reaches the container directly over the bridge.
     serve(id('basic'));
     expect(await httpGetEventually(a.ip, 8080)).toBe(`hello from ${tag}\n`);
@@ -120,7 +120,7 @@ describe('bridge network', () => {
     expect(await httpGetFromNetns(ns(a.id), `http://${n.ip}:8080/`, 1)).toBeUndefined();
     // Everyone still reaches the gateway (the host).
     for (const c of [a, b, n]) {
-      await execFileP('ip', ['netns', 'exec', ns(c.id), 'busybox', 'ping', '-c', '1', '-W', '2', c.gateway]);
+      await runOrThrow('ip', ['netns', 'exec', ns(c.id), 'busybox', 'ping', '-c', '1', '-W', '2', c.gateway]);
     }
     for (const c of [a, a2, b, n]) await timedTeardown(mgr, c.id);
   });
@@ -222,8 +222,8 @@ describe('bridge network', () => {
     expect(await mgr2.setup(a.id, { ports: [{ containerPort: 8080, hostPort, protocol: 'tcp' }], isolationKey: 'tenant-a' })).toEqual(a);
 
     // gc keeps what the agent still runs and removes the rest, including strays no record explains.
-    await execFileP('ip', ['link', 'add', 'cvstray0', 'type', 'veth', 'peer', 'name', 'cvstray1']);
-    await execFileP('ip', ['link', 'set', 'cvstray0', 'master', bridge]);
+    await runOrThrow('ip', ['link', 'add', 'cvstray0', 'type', 'veth', 'peer', 'name', 'cvstray1']);
+    await runOrThrow('ip', ['link', 'set', 'cvstray0', 'master', bridge]);
     expect(await mgr2.gc(new Set([a.id]))).toEqual([b.id]);
     const k = await kernelState();
     expect(k.netns).not.toContain(ns(b.id));
@@ -252,7 +252,7 @@ describe('bridge network', () => {
       expect(await httpGet('127.0.0.1', oldPort).catch(() => 'refused')).toBe('refused');
       await timedTeardown(fresh, c.id);
     } finally {
-      await execFileP('ip', ['netns', 'del', ns(old.id)]).catch(() => undefined);
+      await runOrThrow('ip', ['netns', 'del', ns(old.id)]).catch(() => undefined);
       await fs.rm(lostState, { recursive: true, force: true });
     }
   });
@@ -260,7 +260,7 @@ describe('bridge network', () => {
   it('rebuilds a setup cut short by a crash', async () => {
     const c = await timedSetup(mgr, id('crash'), { ports: [] });
     // Simulate a crash between reserving and building: the link is gone, the record stays.
-    await execFileP('ip', ['link', 'del', c.hostInterface]);
+    await runOrThrow('ip', ['link', 'del', c.hostInterface]);
     const again = await timedSetup(mgr, id('crash'), { ports: [] });
     expect(existsSync(`/sys/class/net/${again.hostInterface}`)).toBe(true);
     serve(again.id);

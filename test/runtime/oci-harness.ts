@@ -4,19 +4,16 @@
  * bridge and subnet of the test's own, and what the host shows of a container (its cgroup,
  * mounts, the runtime's state, the driver's files).
  */
-import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { createNetworkManager } from '../../src/network/network-manager.js';
+import { runOrThrow } from '../../src/proc/run.js';
 import type { OciDriver, OciDriverOptions } from '../../src/runtime/index.js';
 import { freeHostPort, freeSubnet, uniqueTag } from '../network/helpers.js';
 import type { DriverHarness } from './contract.js';
 import { buildRootfs, logger, mountsContaining } from './helpers.js';
-
-const execFileP = promisify(execFile);
 
 /** The cgroup v1 controllers whose directories a container gets. */
 const CONTROLLERS = ['memory', 'cpu', 'cpuacct', 'pids'];
@@ -63,7 +60,7 @@ export async function ociHarness(
       const out: string[] = [];
       for (const m of await mountsContaining(id)) out.push(`mount ${m}`);
       for (const ctl of CONTROLLERS) if (existsSync(join('/sys/fs/cgroup', ctl, 'carapace', id))) out.push(`cgroup ${ctl}`);
-      const state = await execFileP(driver.runtimePath, ['--root', driver.runtimeRoot, 'state', id]).then(
+      const state = await runOrThrow(driver.runtimePath, ['--root', driver.runtimeRoot, 'state', id]).then(
         () => true,
         () => false,
       );
