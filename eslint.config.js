@@ -19,7 +19,7 @@ const LAYERS = {
   // Child processes, pids, the file lock: the one runner every effectful layer uses.
   proc: [],
   scheduler: [],
-  store: [],
+  store: ['proc'],
   runtime: ['proc'],
   network: ['proc'],
   usage: ['store'],

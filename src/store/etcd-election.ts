@@ -31,6 +31,7 @@ import type { Etcd3, IDuplexStream, ILeaseKeepAliveRequest, ILeaseKeepAliveRespo
 import type { ElectorOptions, LeaderElector, LeaderTerm } from './election.js';
 import type { Store } from './store.js';
 import { ELECTION_PREFIX } from '../model/keys.js';
+import { sleep } from '../proc/sleep.js';
 
 /** How long before the earliest possible lease expiry the leader ends its term. */
 export const FENCE_MARGIN_MS = 300;
@@ -54,18 +55,6 @@ export interface EtcdElectionDeps {
 /** The value of a candidate's key. */
 interface CandidateValue {
   candidate: string;
-}
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const done = (): void => {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal?.addEventListener('abort', done);
-  });
 }
 
 /** The key suffix of a lease: its id as 16 hex digits (fixed width, so a key is also an exact prefix). */

@@ -15,6 +15,7 @@
 import { noop, isBrokenCircuitError } from 'cockatiel';
 import { castGrpcError, Etcd3, isRecoverableError, type ICompare, type IKeyValue, type IRequestOp, type IWatchResponse } from 'etcd3';
 import type { Logger } from 'pino';
+import { sleep } from '../proc/sleep.js';
 import type { ElectorOptions, LeaderElector } from './election.js';
 import { EtcdElector } from './etcd-election.js';
 import {
@@ -125,18 +126,6 @@ function transient(e: unknown): boolean {
 /** A transport failure as the contract's StoreUnavailableError (the library's error is its cause). */
 function unavailable(e: unknown): StoreUnavailableError {
   return new StoreUnavailableError(`etcd is unavailable: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
-}
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const done = (): void => {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal?.addEventListener('abort', done);
-  });
 }
 
 class EtcdStoreImpl implements EtcdStore {
