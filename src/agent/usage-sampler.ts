@@ -20,7 +20,7 @@ import { sampleProcess } from '../usage/proc-sampler.js';
 import { subjectOf } from '../usage/intervals.js';
 import type { UsageSample } from '../usage/types.js';
 import type { SampleBatch } from '../usage/samples.js';
-import { sampleBatchKey, sampleDayPrefixes } from '../model/keys.js';
+import { isSampleBatchOf, sampleBatchKey, sampleDayPrefixes } from '../model/keys.js';
 import type { RuntimeDriver } from '../runtime/driver.js';
 
 /** What the sampler needs from the agent: the containers it runs now. */
@@ -93,6 +93,6 @@ export class UsageSampler {
     if (prefix === undefined || prefix === this.lastPrunedDay) return;
     this.lastPrunedDay = prefix;
     const old = await this.o.resources.store.list(prefix);
-    for (const e of old.items) if (e.key.endsWith(`-${this.o.hostName}`)) await this.o.resources.store.delete(e.key);
+    for (const e of old.items) if (isSampleBatchOf(e.key, this.o.hostName)) await this.o.resources.store.delete(e.key);
   }
 }

@@ -50,5 +50,10 @@ describe('agent scope', () => {
     expect(mayRead('h1', objectKey('Instance', 'web-0', 'acme'), inst('h1'))).toBe(true);
     expect(mayRead('h1', objectKey('Service', 'web', 'acme'), {})).toBe(false);
     for (const prefix of sampleDayPrefixes(t, t)) expect(mayListPrefix('h1', prefix)).toBe(true);
+    // Host names may contain dashes: host `b` gets neither the batches of host `a-b` nor of `b-c`.
+    expect(mayRead('b', sampleBatchKey(t, 'a-b'), {})).toBe(false);
+    expect(writeProblem('b', { op: 'put', key: sampleBatchKey(t, 'a-b'), value: {}, current: undefined })).toMatch(/own usage samples/);
+    expect(mayRead('b', sampleBatchKey(t, 'b'), {})).toBe(true);
+    expect(mayRead('a-b', sampleBatchKey(t, 'a-b'), {})).toBe(true);
   });
 });

@@ -161,9 +161,15 @@ export function sampleBatchKey(time: number, host: string): string {
   return `${SAMPLES_PREFIX}${new Date(time).toISOString().slice(0, 10)}/${String(time).padStart(13, '0')}-${host}`;
 }
 
-/** True when `key` is a sample batch written by `host` (see sampleBatchKey). */
+/**
+ * True when `key` is a sample batch of `host` (see sampleBatchKey): its last segment is the
+ * 13-digit time, a dash, and exactly `host`. (A suffix test would give host `b` the batches of
+ * host `a-b`.)
+ */
 export function isSampleBatchOf(key: string, host: string): boolean {
-  return key.startsWith(SAMPLES_PREFIX) && key.endsWith(`-${host}`);
+  if (!key.startsWith(SAMPLES_PREFIX)) return false;
+  const last = key.slice(key.lastIndexOf('/') + 1);
+  return /^\d{13}-/.test(last) && last.slice(14) === host;
 }
 
 /** The day prefixes (`usage/samples/YYYY-MM-DD/`) that can hold samples taken in [from, to]. */
