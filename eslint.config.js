@@ -37,7 +37,7 @@ const LAYERS = {
   reconcile: ['store', 'metrics'],
   control: ['store', 'scheduler', 'audit', 'core', 'metrics', 'reconcile'],
   agentapi: ['store', 'runtime', 'pki', 'core'],
-  agent: ['store', 'runtime', 'network', 'usage', 'image', 'vm', 'guest', 'core', 'metrics', 'reconcile', 'control', 'proc'],
+  agent: ['store', 'runtime', 'network', 'usage', 'image', 'vm', 'guest', 'core', 'metrics', 'reconcile', 'proc'],
   api: ['store', 'runtime', 'usage', 'audit', 'auth', 'pki', 'core', 'metrics'],
   server: ['store', 'runtime', 'audit', 'auth', 'pki', 'core', 'metrics', 'control', 'agentapi', 'agent', 'api'],
   allinone: ['store', 'vm', 'core', 'agent', 'server'],

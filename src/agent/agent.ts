@@ -11,7 +11,7 @@ import type { Logger } from 'pino';
 import type { Env } from '../core/actions.js';
 import type { Resources } from '../core/resources.js';
 import { ImagePullError, type ImageStore, type PulledImage } from '../image/image-store.js';
-import { TERMINAL_PHASES, type Host, type Instance, type InstanceStatus } from '../model/objects.js';
+import { TERMINAL_PHASES, type Host, type HostLease, type Instance, type InstanceStatus } from '../model/objects.js';
 import { hostLeaseKey, kindPrefix } from '../model/keys.js';
 import type { Isolation } from '../model/schemas.js';
 import type { ContainerInfo, LogLine, LogOptions, RuntimeDriver } from '../runtime/driver.js';
@@ -21,7 +21,6 @@ import { decideAfterExit } from './restart-policy.js';
 import { containerIdFor, LABELS } from './container-id.js';
 import type { CellManager } from './cells.js';
 import type { MachineRunner } from './machines.js';
-import type { HostLease } from '../control/host-monitor.js';
 import { Prober } from './prober.js';
 
 /** What the agent needs from host networking (implemented by network/). */

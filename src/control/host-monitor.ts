@@ -15,15 +15,7 @@ import type { Env } from '../core/actions.js';
 import type { Resources } from '../core/resources.js';
 import type { AuditEntry } from '../audit/record.js';
 import { HOST_LEASE_PREFIX } from '../model/keys.js';
-
-
-/** What an agent writes into its lease. `renewedAt` is informative only (the agent's clock). */
-export interface HostLease {
-  host: string;
-  renewedAt: string;
-  /** The agent's process id and start time, to tell a restarted agent from a renewing one. */
-  holder: string;
-}
+import type { HostLease } from '../model/objects.js';
 
 export interface HostMonitorOptions {
   resources: Resources;

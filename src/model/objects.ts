@@ -296,3 +296,15 @@ export type ObjectOfKind<K extends Kind> = Extract<AnyObject, { kind: K }>;
 export function instanceName(owner: string, index: number): string {
   return `${owner}-${index}`;
 }
+
+/**
+ * What a host's agent writes into its lease (`hostLeaseKey(host)`) about every second; the
+ * control plane's host monitor judges a host by the lease's version moving, so `renewedAt` is
+ * informative only (the agent's clock).
+ */
+export interface HostLease {
+  host: string;
+  renewedAt: string;
+  /** The agent's process id and start time, to tell a restarted agent from a renewing one. */
+  holder: string;
+}
