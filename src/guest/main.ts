@@ -25,11 +25,16 @@ import { runOrThrow } from '../proc/run.js';
 async function configureEth0(cfg: WireNetwork): Promise<void> {
   const ip = (...args: string[]): Promise<unknown> => runOrThrow('ip', args);
   await ip('addr', 'flush', 'dev', 'eth0');
+  if (cfg.mac !== undefined) {
+    await ip('link', 'set', 'eth0', 'down');
+    await ip('link', 'set', 'eth0', 'address', cfg.mac);
+  }
   if (cfg.mtu !== undefined) await ip('link', 'set', 'eth0', 'mtu', String(cfg.mtu));
   await ip('addr', 'add', cfg.address, 'dev', 'eth0');
   await ip('link', 'set', 'eth0', 'up');
   await ip('route', 'replace', 'default', 'via', cfg.gateway);
-  await writeFile('/etc/resolv.conf', cfg.dns.map((d) => `nameserver ${d}\n`).join(''));
+  const search = cfg.search && cfg.search.length > 0 ? `search ${cfg.search.join(' ')}\n` : '';
+  await writeFile('/etc/resolv.conf', `${search}${cfg.dns.map((d) => `nameserver ${d}\n`).join('')}options ndots:1\n`);
 }
 
 /** Parses argv and env into the link and flag values; throws a usage error. */

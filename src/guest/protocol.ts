@@ -138,6 +138,13 @@ export const NetworkSchema = z.strictObject({
   gateway: z.string().regex(/^(\d{1,3}\.){3}\d{1,3}$/),
   dns: z.array(z.string().regex(/^(\d{1,3}\.){3}\d{1,3}$/)).max(3),
   mtu: z.number().int().min(576).max(9000).optional(),
+  /** Search domains for the resolver (`<tenant>.<cluster domain>`), so short names resolve. */
+  search: z.array(z.string().regex(/^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/)).max(6).optional(),
+  /**
+   * The MAC the tenant network expects of this VM (its anti-spoofing filter drops any other).
+   * A warm cell booted before it had one; the guest sets it on eth0 before the address.
+   */
+  mac: z.string().regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/).optional(),
 });
 /** A network request's configuration. */
 export type WireNetwork = Omit<z.infer<typeof NetworkSchema>, 'type' | 'requestId'>;
