@@ -89,6 +89,8 @@ export interface VmInfo {
   dir: string;
   /** Ports currently published (launch-time plus run-time `hostfwdAdd`). */
   ports: VmPort[];
+  /** The tap the VM's network card is on (VmSpec.nic), when it has one. */
+  nic?: { tap: string; mac: string };
 }
 
 /** How a VM ended, as far as the host can tell. */
@@ -205,6 +207,7 @@ export function createVmManager(opts: VmManagerOptions): VmManager {
       accel: meta.accel,
       dir,
       ports: meta.ports,
+      ...(meta.spec.nic ? { nic: meta.spec.nic } : {}),
     };
   }
 
