@@ -423,7 +423,8 @@ export class WorkloadController {
         return;
       case 'serviceStatus':
         await r.mutate('Service', ownerName, tenant, (s) => {
-          s.status = { ready: c.ready, observedGeneration: c.observedGeneration };
+          // Merged, not replaced: the service's address is the control plane's, not the controller's.
+          s.status = { ...s.status, ready: c.ready, observedGeneration: c.observedGeneration };
           return s;
         });
         return;
