@@ -11,7 +11,7 @@
  * transaction: the level-based repair used after a crash and when segments come and go.
  */
 import { chainNames } from './names.js';
-import { parseCidr, subnetText } from './ipam.js';
+import { parseCidr, subnetText, within } from './ipam.js';
 import type { EgressPolicy, PublishedPort } from './types.js';
 
 /** The VXLAN port (IANA). */
@@ -62,8 +62,8 @@ export function baseScript(t: string): string {
   return `
 table inet ${t} {
   set segments { type ifname; }
-  set workload_nets { type ipv4_addr; flags interval; auto-merge; }
-  set infra { type ipv4_addr; flags interval; auto-merge; }
+  set workload_nets { type ipv4_addr; flags interval; }
+  set infra { type ipv4_addr; flags interval; }
   set dns { type ifname . ipv4_addr . inet_proto . inet_service; }
   map segment_fwd { type ifname : verdict; }
   map segment_nat { type ifname : verdict; }
@@ -258,9 +258,37 @@ export function endpointRemovalScript(t: string, e: FwEndpoint): string {
   return [...endpointElements('add', t, e), ...endpointElements('delete', t, e)].join('\n') + '\n';
 }
 
+/**
+ * Moves an endpoint's published ports from `before` to `after` in one transaction: the old
+ * mappings are removed whether or not they exist (add then delete), then the new ones added.
+ */
+export function publishedChangeScript(t: string, before: FwEndpoint, after: FwEndpoint): string {
+  const lines: string[] = [];
+  for (const p of before.ports) {
+    const el = `{ ${p.protocol} . ${p.hostPort} : ${before.ip} . ${p.containerPort} }`;
+    lines.push(`add element inet ${t} published ${el}`, `delete element inet ${t} published { ${p.protocol} . ${p.hostPort} }`);
+  }
+  for (const p of after.ports) lines.push(`add element inet ${t} published { ${p.protocol} . ${p.hostPort} : ${after.ip} . ${p.containerPort} }`);
+  return lines.join('\n') + '\n';
+}
+
+/**
+ * The CIDRs of `list` that no other one of the list contains, deduplicated and sorted: what an
+ * interval set takes without `auto-merge`. (auto-merge is not used: it joins adjacent intervals,
+ * e.g. two neighbouring hosts' addresses, and a later flush-and-add of one of them in the same
+ * transaction then fails in nft 1.0.6.)
+ */
+export function outermostCidrs(list: readonly string[]): string[] {
+  const parsed = [...new Set(list.map((a) => subnetText(parseCidr(a))))].map(parseCidr);
+  return parsed
+    .filter((c, i) => !parsed.some((o, j) => j !== i && o.prefixLength < c.prefixLength && within(c, o)))
+    .map(subnetText)
+    .sort();
+}
+
 /** Replaces the infrastructure set (link-local always included) in one transaction. */
 export function infrastructureScript(t: string, addresses: readonly string[]): string {
-  const all = [...new Set([...ALWAYS_INFRASTRUCTURE, ...addresses].map((a) => subnetText(parseCidr(a))))].sort();
+  const all = outermostCidrs([...ALWAYS_INFRASTRUCTURE, ...addresses]);
   return `flush set inet ${t} infra\nadd element inet ${t} infra { ${all.join(', ')} }\n`;
 }
 

@@ -31,6 +31,7 @@ import {
   endpointRemovalScript,
   fullSyncScript,
   infrastructureScript,
+  publishedChangeScript,
   segmentChainsScript,
   segmentElements,
   servicesScript,
@@ -405,7 +406,10 @@ class TenantDataPlane implements TenantNetworking {
     const dhcp = req.dhcp ?? false;
     const existing = state.endpoints[req.id];
     if (existing) {
-      if (sameRequest(existing, req, ports, dhcp) && (await this.isComplete(state, req.id, existing))) return this.describe(state, req.id, existing);
+      if (sameEndpoint(existing, req, dhcp) && (await this.isComplete(state, req.id, existing))) {
+        if (samePorts(existing.ports, ports)) return this.describe(state, req.id, existing);
+        return this.republish(state, req.id, existing, ports);
+      }
       // A different request, or an attach cut short by a crash: start over from a clean slate.
       await this.detachLocked(state, req.id);
     }
@@ -444,6 +448,23 @@ class TenantDataPlane implements TenantNetworking {
     }
     this.log.info({ id: req.id, tenant: req.tenant, kind: req.kind, ip, ifname, ports, ms: Math.round(performance.now() - started) }, 'endpoint attached');
     return this.describe(state, req.id, rec);
+  }
+
+  /**
+   * Changes only the published ports of an attached endpoint, in one nft transaction: a running
+   * VM holds the tap and a cell's ports change as instances land in it and leave, so the link,
+   * address and MAC stay. The record is written first; should we die before the transaction,
+   * the next instance's first operation (fullSync) programs what the record says.
+   */
+  private async republish(state: TenantState, id: string, e: EndpointRecord, ports: PublishedPort[]): Promise<Endpoint> {
+    await this.checkPorts(state, id, ports);
+    const before = fwEndpoint(e);
+    e.ports = ports;
+    await saveState(this.stateDir, state);
+    await this.ensureBase(state);
+    await this.nft(publishedChangeScript(this.table, before, fwEndpoint(e)));
+    this.log.info({ id, ports }, 'endpoint ports changed');
+    return this.describe(state, id, e);
   }
 
   /** The kernel side of an endpoint: namespace and veth with address and route, or the tap. */
@@ -680,9 +701,14 @@ function fwEndpoint(e: EndpointRecord): FwEndpoint {
   return { ifname: e.ifname, mac: e.mac, ip: e.ip, dhcp: e.dhcp, ports: e.ports };
 }
 
-function sameRequest(e: EndpointRecord, req: EndpointRequest, ports: readonly PublishedPort[], dhcp: boolean): boolean {
+/** Whether a recorded endpoint is the link the request asks for (published ports aside). */
+function sameEndpoint(e: EndpointRecord, req: EndpointRequest, dhcp: boolean): boolean {
+  return e.tenant === req.tenant && e.kind === req.kind && e.dhcp === dhcp;
+}
+
+function samePorts(a: readonly PublishedPort[], b: readonly PublishedPort[]): boolean {
   const norm = (ps: readonly PublishedPort[]): string => ps.map((p) => `${p.protocol}/${p.hostPort}/${p.containerPort}`).sort().join(',');
-  return e.tenant === req.tenant && e.kind === req.kind && e.dhcp === dhcp && norm(e.ports) === norm(ports);
+  return norm(a) === norm(b);
 }
 
 /** Writes a world-readable file (dnsmasq reads it as `nobody`) when its content differs; true when written. */
