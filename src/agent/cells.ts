@@ -203,7 +203,7 @@ export class CellManager extends EventEmitter<CellManagerEvents> {
         ],
         exec: `/usr/bin/node ${GUEST_APP}/dist/src/guest/main.js --images ${GUEST_IMAGES}`,
         ports: [],
-        ...(endpoint?.tap ? { nic: { tap: endpoint.tap, mac: endpoint.mac }, append: `carapace.net=${endpoint.ip}/${endpoint.prefixLength},${endpoint.gateway},${endpoint.dns},,${search}` } : {}),
+        ...(endpoint?.tap ? { nic: { tap: endpoint.tap, mac: endpoint.mac }, append: `carapace.net=${endpoint.ip}/${endpoint.prefixLength},${endpoint.gateway},${endpoint.dns},${endpoint.mtu},${search}` } : {}),
         channel: true,
         labels: { 'carapace.cell': name, 'carapace.tenant': cell.spec.tenant },
       });
@@ -237,7 +237,7 @@ export class CellManager extends EventEmitter<CellManagerEvents> {
     if (!n || !channel?.connected) return; // the guest answers later; its `connected` event queues the cell again
     const { search } = await n.controller.ensureTenant(cell.spec.tenant);
     const ep = await n.net.attach({ id: cellEndpointId(cell.metadata.name), tenant: cell.spec.tenant, kind: 'tap', ports: [] });
-    await channel.configureNetwork({ address: `${ep.ip}/${ep.prefixLength}`, gateway: ep.gateway, dns: [ep.dns], search: [search], mac: ep.mac });
+    await channel.configureNetwork({ address: `${ep.ip}/${ep.prefixLength}`, gateway: ep.gateway, dns: [ep.dns], mtu: ep.mtu, search: [search], mac: ep.mac });
     await this.o.resources.mutate('Cell', cell.metadata.name, undefined, (c) => {
       if (c.spec.tenant !== cell.spec.tenant) return undefined;
       c.status = { ...c.status, address: ep.ip };

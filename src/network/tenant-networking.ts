@@ -293,6 +293,21 @@ class TenantDataPlane implements TenantNetworking {
     });
   }
 
+  removeAll(): Promise<void> {
+    return this.exclusive(async (state) => {
+      for (const id of Object.keys(state.endpoints)) await this.detachLocked(state, id);
+      for (const tenant of Object.keys(state.segments)) {
+        delete state.segments[tenant];
+        await saveState(this.stateDir, state);
+        await this.removeSegmentKernel(state, tenant);
+      }
+      await this.removeStrays(state);
+      for (const family of ['inet', 'bridge']) await this.exec.run('nft', ['delete', 'table', family, this.table]).catch(() => undefined); // absent already: fine
+      this.baseReady = false;
+      this.log.info('tenant networks removed');
+    });
+  }
+
   // ---- segments --------------------------------------------------------------------------
 
   private segmentOf(state: TenantState, tenant: string): SegmentRecord {
@@ -318,10 +333,15 @@ class TenantDataPlane implements TenantNetworking {
     await this.exec.run('ip', ['link', 'add', br, 'type', 'bridge']).catch(ignoreExisting);
     // A bridge takes the lowest MAC of its ports unless given one: set it, so the gateway's MAC
     // in the workloads' ARP caches does not change as ports come and go.
+    // The gateway has the host block's prefix, the rest of the tenant network a route of lower
+    // preference through the bridge (its other blocks are on other hosts, reached over VXLAN):
+    // so two agents sharing one network namespace (tests) each route their own block to their
+    // own bridge, while workloads keep the whole tenant network on-link.
     await this.exec.run('ip', ['-batch', '-'], [
       `link set ${br} address ${macFor(gw)} mtu ${mtu}`,
-      `addr replace ${gw}/${parseSubnet(rec.spec.cidr).prefixLength} dev ${br}`,
+      `addr replace ${gw}/${parseSubnet(rec.spec.block).prefixLength} dev ${br}`,
       `link set ${br} up`,
+      `route replace ${rec.spec.cidr} dev ${br} src ${gw} metric 1024`,
       '',
     ].join('\n'));
     await this.exec.run('sysctl', [
@@ -551,10 +571,11 @@ class TenantDataPlane implements TenantNetworking {
     }
   }
 
-  private describe(state: TenantState, id: string, e: EndpointRecord): Endpoint {
+  private async describe(state: TenantState, id: string, e: EndpointRecord): Promise<Endpoint> {
     const seg = this.segmentOf(state, e.tenant);
     const gw = gatewayAddress(seg.spec);
     const out: Endpoint = {
+      mtu: (await this.underlayMtu(seg.spec.underlay)) - VXLAN_OVERHEAD,
       id,
       tenant: e.tenant,
       kind: e.kind,
