@@ -416,6 +416,16 @@ export class HostAgent {
       return;
     }
     const { driver } = lookup;
+    if (inst.spec.cell && this.o.network) {
+      // A claimed warm cell joins its tenant network after it was claimed: its containers copy
+      // the VM's resolver when they start, so they start once it has.
+      const cell = await this.o.resources.get('Cell', inst.spec.cell);
+      if (cell && !cell.status.address) {
+        const msg = `waiting for cell ${inst.spec.cell} to join the tenant network`;
+        if (inst.status.message !== msg) await this.setStatus(inst, { phase: 'Pending', reason: 'WaitingForCell', message: msg });
+        return { requeueAfterMs: 1_000 };
+      }
+    }
     // `namespace` drivers get a network namespace from the agent; `vm` drivers share their VM's network.
     const hostNetwork = driver.capabilities.network === 'namespace' ? this.o.network : undefined;
     const id = containerIdFor(inst);

@@ -182,12 +182,16 @@ export class CellManager extends EventEmitter<CellManagerEvents> {
     const bootStartedAt = this.o.env.now();
     let vm: VmInfo;
     let endpoint: Endpoint | undefined;
+    let reserved: { tap: string; mac: string } | undefined;
     let search = '';
     try {
-      // A tenant's cell boots on its tenant network, its address on the kernel command line.
+      // A tenant's cell boots on its tenant network, its address on the kernel command line; a
+      // warm cell on a tap of no network, joined to its tenant's when claimed (joinClaimed).
       if (this.o.network && cell.spec.tenant) {
         search = (await this.o.network.controller.ensureTenant(cell.spec.tenant)).search;
         endpoint = await this.o.network.net.attach({ id: cellEndpointId(name), tenant: cell.spec.tenant, kind: 'tap', ports: [] });
+      } else if (this.o.network) {
+        reserved = await this.o.network.net.reserveTap(cellEndpointId(name));
       }
       // The image cache may not have unpacked anything yet; the share must exist to be mounted.
       await mkdir(this.o.hostImagesRoot, { recursive: true });
@@ -204,6 +208,7 @@ export class CellManager extends EventEmitter<CellManagerEvents> {
         exec: `/usr/bin/node ${GUEST_APP}/dist/src/guest/main.js --images ${GUEST_IMAGES}`,
         ports: [],
         ...(endpoint?.tap ? { nic: { tap: endpoint.tap, mac: endpoint.mac }, append: `carapace.net=${endpoint.ip}/${endpoint.prefixLength},${endpoint.gateway},${endpoint.dns},${endpoint.mtu},${search}` } : {}),
+        ...(reserved ? { nic: reserved, append: 'carapace.net=none' } : {}),
         channel: true,
         labels: { 'carapace.cell': name, 'carapace.tenant': cell.spec.tenant },
       });

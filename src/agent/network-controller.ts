@@ -21,6 +21,7 @@ import { egressOf } from '../model/schemas.js';
 import { blockGateway, DEFAULT_NETWORK_POOLS, type TenantNetwork } from '../model/tenant-network.js';
 import type { DnsName, EgressPolicy, SegmentSpec, ServiceEntry, TenantNetworking } from '../network/types.js';
 import { Reconciler, watchOf } from '../reconcile/reconciler.js';
+import { metrics } from '../metrics/metrics.js';
 import type { ReconcileResult } from '../reconcile/workqueue.js';
 
 export interface NetworkControllerOptions {
@@ -63,6 +64,8 @@ export class NetworkController {
   private readonly log: Logger;
   private readonly queue: Reconciler;
   private readonly domain: string;
+  /** The hosts and addresses the infrastructure set and the peers were last made from. */
+  private lastHosts = '';
 
   constructor(private readonly o: NetworkControllerOptions) {
     this.log = o.logger.child({ component: 'network', host: o.hostName });
@@ -146,9 +149,14 @@ export class NetworkController {
   private async reconcileInfrastructure(): Promise<ReconcileResult> {
     const hosts = (await this.o.resources.list('Host')).items;
     const addresses = [...new Set([...hosts.flatMap((h) => (h.status.address ? [h.status.address] : [])), ...this.o.controlPlane])].sort();
-    await this.o.net.setInfrastructure(addresses);
-    for (const t of await this.o.net.segments()) this.queue.add(t); // peers follow the hosts' addresses
-    return;
+    const hostsKey = JSON.stringify(hosts.map((h) => [h.metadata.name, h.status.address ?? '']).sort());
+    if (hostsKey !== this.lastHosts) {
+      await this.o.net.setInfrastructure(addresses);
+      for (const t of await this.o.net.segments()) this.queue.add(t); // peers follow the hosts' addresses
+      this.lastHosts = hostsKey;
+    }
+    for (const [tenant, packets] of Object.entries(await this.o.net.egressDenied())) metrics.egressDenied.set({ tenant, host: this.o.hostName }, packets);
+    return { requeueAfterMs: 5_000 }; // the denied-packet counters, read every 5 s
   }
 
   /** One level-based pass over one tenant's segment on this host. */
