@@ -41,6 +41,8 @@ export interface AllInOneOptions {
   cellGraceMs?: number;
   /** CPU overcommit ratio of this host when it first registers (default 4: vCPUs and cpu quotas are time-shared). */
   cpuOvercommit?: number;
+  /** The underlay address this host reports (default: the default route's source address). */
+  advertiseAddress?: string;
   /** The bridge and its subnet (default `carapace0`, 10.88.0.0/16); tests use their own. */
   bridge?: { name: string; subnet: string };
   /** Multiplies probes' initialDelaySeconds and periodSeconds (default 1; env CARAPACE_PROBE_TIME_SCALE). For tests. */
@@ -88,6 +90,7 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
     ...(o.bridge ? { bridge: o.bridge.name, subnet: o.bridge.subnet } : {}),
     ...(o.probeTimeScale !== undefined ? { probeTimeScale: o.probeTimeScale } : {}),
     ...(o.stopGraceMs !== undefined ? { stopGraceMs: o.stopGraceMs } : {}),
+    ...(o.advertiseAddress !== undefined ? { advertiseAddress: o.advertiseAddress } : {}),
   });
   const server = await startControlServer({
     store,
