@@ -183,7 +183,7 @@ program
   .argument('<kind>', 'kind to list')
   .argument('[name]', 'one object (TENANT/NAME for per-tenant kinds)')
   .option('-t, --tenant <tenant>', 'only this tenant')
-  .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'json', 'yaml']).default('table'))
+  .addOption(new Option('-o, --output <format>', 'output format (wide: the table with addresses and where things run)').choices(['table', 'wide', 'json', 'yaml']).default('table'))
   .action(async (word: string, name: string | undefined, o: { tenant?: string; output: string }) => {
     const kind = parseKind(word);
     const c = client();
