@@ -10,6 +10,7 @@ DEBIAN_PACKAGES=(
   skopeo umoci docker-registry           # OCI images: copy, unpack, a local registry
   busybox-static                         # userland for example images and guests
   iproute2 nftables iptables             # container networking
+  dnsmasq-base                           # tenant networks: DNS names and static DHCP leases per segment
   util-linux                             # flock: the network lock (src/proc/file-lock.ts)
   qemu-system-x86 qemu-utils linux-image-amd64   # VMs (cells, machines)
   etcd-server                            # the HA store

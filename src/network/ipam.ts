@@ -48,6 +48,56 @@ export function parseSubnet(cidr: string): Subnet {
   return { network, prefixLength };
 }
 
+/**
+ * Parses an IPv4 address or CIDR with any prefix (0-32), as firewall rules take them (egress
+ * allow lists, infrastructure addresses): a bare address is a /32, host bits must be zero.
+ */
+export function parseCidr(text: string): Subnet {
+  const m = /^([0-9.]+)(?:\/(\d{1,2}))?$/.exec(text);
+  const prefixLength = m?.[2] === undefined ? 32 : Number(m[2]);
+  if (!m || !(prefixLength >= 0 && prefixLength <= 32)) throw new Error(`not an IPv4 address or CIDR: ${JSON.stringify(text)}`);
+  const network = ipToInt(m[1] as string); // safe: group 1 is mandatory in the regex
+  if ((network & hostMask(prefixLength)) !== 0) {
+    throw new Error(`${text} has host bits set; did you mean ${intToIp((network & ~hostMask(prefixLength)) >>> 0)}/${prefixLength}?`);
+  }
+  return { network, prefixLength };
+}
+
+/** Whether `text` is a dotted IPv4 address. */
+export function isIpv4(text: string): boolean {
+  try {
+    ipToInt(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** `a.b.c.d/len` of a parsed subnet, as nft and ip take it. */
+export function subnetText(s: Subnet): string {
+  return `${intToIp(s.network)}/${s.prefixLength}`;
+}
+
+/** Whether subnet `inner` lies entirely inside `outer`. */
+export function within(inner: Subnet, outer: Subnet): boolean {
+  return inner.prefixLength >= outer.prefixLength && contains(outer, inner.network);
+}
+
+/** The dotted netmask of a prefix length (`18` → `255.255.192.0`), as DHCP ranges take it. */
+export function netmaskOf(prefixLength: number): string {
+  return intToIp((0xffffffff - hostMask(prefixLength)) >>> 0);
+}
+
+/**
+ * The fixed MAC of the endpoint with address `ip`: locally administered `02:ca:` then the four
+ * address bytes. Addresses are unique across tenants and hosts, so MACs are too, and an address
+ * handed out again gets the MAC peers' ARP caches already hold for it.
+ */
+export function macFor(ip: string): string {
+  const n = ipToInt(ip);
+  return ['02', 'ca', ...[n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].map((b) => b.toString(16).padStart(2, '0'))].join(':');
+}
+
 function hostMask(prefixLength: number): number {
   return 2 ** (32 - prefixLength) - 1;
 }

@@ -12,6 +12,10 @@ import type { Logger } from 'pino';
 import { CarapaceError } from '../model/errors.js';
 import { acquireFileLock, FileLockTimeoutError } from '../proc/file-lock.js';
 import { CommandError, runOrThrow } from '../proc/run.js';
+import { writeFileAtomic } from './atomic-file.js';
+import { NetworkError } from './errors.js';
+import { NETNS_DIR } from './host-exec.js';
+import { addBoundPorts, PROC_NET_FILES, type BoundPorts } from './host-ports.js';
 import {
   allocateIp,
   allocateMark,
@@ -26,11 +30,12 @@ import {
   type PortRequest,
   type Subnet,
 } from './ipam.js';
+import type { PublishedPort } from './types.js';
 
 export type { PortRequest } from './ipam.js';
-
+export type { PublishedPort } from './types.js';
 /** Where `ip netns add` keeps its namespaces; a netnsPath handed to the runtime is below it. */
-export const NETNS_DIR = '/var/run/netns';
+export { NETNS_DIR } from './host-exec.js';
 
 /** How a network manager is set up; one per bridge per host. */
 export interface NetworkManagerOptions {
@@ -69,13 +74,6 @@ export interface SetupOptions {
   isolationKey?: string;
 }
 
-/** A port reachable on every host address (loopback included) and forwarded to the container. */
-export interface PublishedPort {
-  containerPort: number;
-  hostPort: number;
-  protocol: 'tcp' | 'udp';
-}
-
 /** The network a container got; hand `netnsPath` to the runtime driver (StartRequest.netnsPath). */
 export interface NetworkSetup {
   id: string;
@@ -91,25 +89,7 @@ export interface NetworkSetup {
   isolationKey?: string;
 }
 
-/** Stable reasons a network operation fails; the lead may add them to model/errors.ts's catalogue. */
-export type NetworkErrorCode =
-  | 'CARAPACE_E_PORT_IN_USE'
-  | 'CARAPACE_E_ADDRESS_POOL_EXHAUSTED'
-  | 'CARAPACE_E_NETWORK_CONFLICT'
-  | 'CARAPACE_E_NETWORK_FAILED';
-
-/** A network operation failed for a reason a caller can act on; `code` is stable. */
-export class NetworkError extends Error {
-  constructor(
-    readonly code: NetworkErrorCode,
-    message: string,
-    /** The host port concerned, for CARAPACE_E_PORT_IN_USE. */
-    readonly port?: { hostPort: number; protocol: 'tcp' | 'udp' },
-  ) {
-    super(message);
-    this.name = 'NetworkError';
-  }
-}
+export { NetworkError, type NetworkErrorCode } from './errors.js';
 
 /** The contract the agent uses; see createNetworkManager. */
 export interface NetworkManager {
@@ -673,23 +653,9 @@ add rule bridge ${t} forward drop
     return s;
   }
 
-  /** Writes the file atomically (temp file, fsync, rename, fsync of the directory). */
+  /** Writes the file atomically (atomic-file.ts), so a crash leaves the old or the new state. */
   private async save(s: StateFile): Promise<void> {
-    const tmp = `${this.stateFile}.${process.pid}.tmp`;
-    const fh = await fs.open(tmp, 'w', 0o600);
-    try {
-      await fh.writeFile(JSON.stringify(s, null, 2) + '\n');
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await fs.rename(tmp, this.stateFile);
-    const dir = await fs.open(this.opts.stateDir, 'r');
-    try {
-      await dir.sync();
-    } finally {
-      await dir.close();
-    }
+    await writeFileAtomic(this.stateFile, JSON.stringify(s, null, 2) + '\n');
   }
 
   /**
@@ -737,24 +703,16 @@ function sameSetup(a: Allocation, ports: readonly PublishedPort[], key: string |
  * namespace: listening TCP sockets and every bound UDP socket. DNAT of `fib daddr type local`
  * would shadow such a socket on every address, so any of them is a conflict.
  */
-export async function hostBoundPorts(): Promise<{ tcp: Set<number>; udp: Set<number> }> {
-  const result = { tcp: new Set<number>(), udp: new Set<number>() };
-  for (const [file, proto, listenOnly] of [['tcp', 'tcp', true], ['tcp6', 'tcp', true], ['udp', 'udp', false], ['udp6', 'udp', false]] as const) {
+export async function hostBoundPorts(): Promise<BoundPorts> {
+  const result: BoundPorts = { tcp: new Set<number>(), udp: new Set<number>() };
+  for (const f of PROC_NET_FILES) {
     let text: string;
     try {
-      text = await fs.readFile(`/proc/net/${file}`, 'utf8');
+      text = await fs.readFile(`/proc/net/${f.file}`, 'utf8');
     } catch {
       continue; // e.g. IPv6 disabled: no tcp6 file
     }
-    for (const line of text.split('\n').slice(1)) {
-      const cols = line.trim().split(/\s+/);
-      const local = cols[1];
-      const st = cols[3];
-      if (!local || !st) continue;
-      if (listenOnly && st !== '0A') continue; // 0A = TCP_LISTEN
-      const port = parseInt(local.slice(local.lastIndexOf(':') + 1), 16);
-      if (port > 0) result[proto].add(port);
-    }
+    addBoundPorts(result, f.protocol, f.listenOnly, text);
   }
   return result;
 }
