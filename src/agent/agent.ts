@@ -51,6 +51,8 @@ export interface AgentOptions {
   leaseRenewMs?: number;
   /** Multiplies probes' initialDelaySeconds and periodSeconds (tests; env CARAPACE_PROBE_TIME_SCALE). Default 1. */
   probeTimeScale?: number;
+  /** The host's underlay address, asked at each registration (agent/host-address.ts); absent: none reported. */
+  hostAddress?: () => Promise<string | undefined>;
 }
 
 /** What the agent knows about the container currently serving an instance. */
@@ -165,6 +167,8 @@ export class HostAgent {
     const capacity = this.o.capacity ?? { cpu: os.cpus().length, memoryMiB: Math.floor(os.totalmem() / 1024 / 1024) };
     const status: Host['status'] = { state: 'Ready', lastHeartbeatAt: now, isolation: tiers.sort(), capacity, agentVersion: VERSION };
     if (problems.length > 0) status.message = problems.join('; ');
+    const address = await this.o.hostAddress?.();
+    if (address !== undefined) status.address = address;
     const r = this.o.resources;
     const overcommit = this.o.overcommit ?? { cpu: 4, memory: 1 };
     const existing = await r.mutate('Host', this.o.hostName, undefined, (h) => {

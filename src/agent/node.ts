@@ -26,6 +26,7 @@ import { CellManager } from './cells.js';
 import { MachineRunner } from './machines.js';
 import { NetworkController } from './network-controller.js';
 import { UsageSampler } from './usage-sampler.js';
+import { hostAddressSource } from './host-address.js';
 
 export interface HostNodeOptions {
   resources: Resources;
@@ -50,6 +51,8 @@ export interface HostNodeOptions {
   probeTimeScale?: number;
   /** Grace between SIGTERM and SIGKILL when the agent stops a container (default 10 s). */
   stopGraceMs?: number;
+  /** The underlay address other hosts reach this one at (`--advertise-address`); default: the default route's source address. */
+  advertiseAddress?: string;
 }
 
 export interface RunningHostNode {
@@ -125,6 +128,7 @@ export async function createHostNode(o: HostNodeOptions): Promise<RunningHostNod
     machines,
     vmProbe,
     overcommit: { cpu: o.cpuOvercommit ?? 4, memory: 1 },
+    hostAddress: hostAddressSource(o.advertiseAddress),
     ...(o.labels ? { labels: o.labels } : {}),
     ...(network ? { network } : {}),
     ...(leaseRenewMs ? { leaseRenewMs } : {}),

@@ -43,6 +43,8 @@ export interface AllInOneOptions {
   cpuOvercommit?: number;
   /** Prefix of the host's kernel network objects (default `c`); tests use their own. */
   netPrefix?: string;
+  /** The underlay address this host reports (default: the default route's source address). */
+  advertiseAddress?: string;
   /** Multiplies probes' initialDelaySeconds and periodSeconds (default 1; env CARAPACE_PROBE_TIME_SCALE). For tests. */
   probeTimeScale?: number;
   /** Grace between SIGTERM and SIGKILL when the agent stops a container (default 10 s). */
@@ -88,6 +90,7 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
     ...(o.netPrefix ? { netPrefix: o.netPrefix } : {}),
     ...(o.probeTimeScale !== undefined ? { probeTimeScale: o.probeTimeScale } : {}),
     ...(o.stopGraceMs !== undefined ? { stopGraceMs: o.stopGraceMs } : {}),
+    ...(o.advertiseAddress !== undefined ? { advertiseAddress: o.advertiseAddress } : {}),
   });
   const server = await startControlServer({
     store,

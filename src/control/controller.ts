@@ -165,7 +165,15 @@ export class WorkloadController {
    * fails this pass; the next one retries.
    */
   private async addressService(s: Service): Promise<void> {
-    const claim = await claimServiceAddress(this.o.resources.store, this.o.pools ?? DEFAULT_NETWORK_POOLS, s);
+    let claim: Awaited<ReturnType<typeof claimServiceAddress>>;
+    try {
+      claim = await claimServiceAddress(this.o.resources.store, this.o.pools ?? DEFAULT_NETWORK_POOLS, s);
+    } catch (e) {
+      // No address left: the service still gets its instances; the next pass tries again.
+      if (!isCarapaceError(e, 'CARAPACE_E_NETWORK_POOL_EXHAUSTED')) throw e;
+      this.log.warn({ tenant: s.metadata.tenant, service: s.metadata.name, err: e.message }, 'service has no address');
+      return;
+    }
     const addressed: Service = { ...s, status: { ...s.status, address: claim.address } };
     const entry = systemEntry(this.o.env.now(), 'service.addressed', 'Service', s.metadata.name, s.metadata.tenant ?? '', { address: claim.address });
     await this.o.resources.writeAll([{ obj: addressed, expectVersion: s.metadata.resourceVersion }], [entry], [claim.op]);

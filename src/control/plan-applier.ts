@@ -196,7 +196,9 @@ export async function applyPlan(plan: Plan, ctx: ApplyContext): Promise<AppliedP
   const written: Unit[] = [];
   for (const unit of units) {
     const where = unit.where;
-    const r = where && where.tenant !== '' ? ctx.networks.ensure(where.tenant, where.host) : { ok: true as const };
+    // Work of a tenant that is gone (deleted since the view was read) gets no network: the
+    // record would outlive its tenant. Its instances are being removed anyway.
+    const r = where && ctx.tenants.has(where.tenant) ? ctx.networks.ensure(where.tenant, where.host) : { ok: true as const };
     if (!r.ok) {
       for (const s of subjectsOf.get(unit) ?? []) {
         const u = refuse(s, NETWORK_POOL_EXHAUSTED, r.message);
@@ -271,8 +273,10 @@ export async function applyPlan(plan: Plan, ctx: ApplyContext): Promise<AppliedP
     if (batch.length + unit.writes.length + extra > MAX_WRITES_PER_TXN) await flush();
     // A unit larger than a transaction (a cell filled by many instances) goes in slices, the
     // cell (and the network it needs) in the first: what is placed into it never lands before it.
-    for (let i = 0; i < unit.writes.length; i += MAX_WRITES_PER_TXN) {
-      add(unit.writes.slice(i, i + MAX_WRITES_PER_TXN), i === 0 ? unit.network : undefined);
+    for (let i = 0; i < unit.writes.length; ) {
+      const room = MAX_WRITES_PER_TXN - (i === 0 ? extra : 0);
+      add(unit.writes.slice(i, i + room), i === 0 ? unit.network : undefined);
+      i += room;
       if (batch.length >= MAX_WRITES_PER_TXN) await flush();
     }
   }

@@ -364,15 +364,29 @@ export class ControlPlane {
           };
     }
     const entry = this.entry(cur ? 'update' : 'create', obj.kind, name, tenant, { generation: obj.metadata.generation });
-    if (obj.kind === 'Service' && !cur) {
-      // A new service gets its address in its own creation's transaction (with the claim).
-      const claim = await claimServiceAddress(this.resources.store, this.pools, obj);
-      obj.status = { ...obj.status, address: claim.address };
-      const [created] = await this.resources.writeAll([{ obj, expectVersion: this.expected(m, cur, createOnly) }], [entry], [claim.op]);
-      return { type: 'object', object: created ?? obj, created: true, changed: true };
-    }
+    if (obj.kind === 'Service' && !cur) return this.createService(obj, this.expected(m, cur, createOnly), entry);
     const written = await this.resources.write(obj, this.expected(m, cur, createOnly), entry);
     return { type: 'object', object: written, created: !cur, changed: true };
+  }
+
+  /**
+   * Creates a service with its address: the claim lands in the creation's transaction. When a
+   * service created at the same moment took the address first, another one is picked (the
+   * claim is the only thing two creations of different services race for).
+   */
+  private async createService(obj: Service, expectVersion: number, entry: AuditEntry): Promise<ActionResult> {
+    for (let attempt = 1; ; attempt++) {
+      const claim = await claimServiceAddress(this.resources.store, this.pools, obj);
+      const withAddress: Service = { ...obj, status: { ...obj.status, address: claim.address } };
+      try {
+        const [created] = await this.resources.writeAll([{ obj: withAddress, expectVersion }], [entry], [claim.op]);
+        return { type: 'object', object: created ?? withAddress, created: true, changed: true };
+      } catch (e) {
+        // Only a lost claim is retried: the service's own precondition failing is the caller's answer.
+        const lostClaim = isCarapaceError(e, 'CARAPACE_E_CONFLICT') && (await this.resources.store.get(claim.op.key)) !== undefined;
+        if (!lostClaim || attempt >= UNCONDITIONAL_ATTEMPTS) throw e;
+      }
+    }
   }
 
   /**

@@ -100,4 +100,24 @@ describe('service addresses', () => {
     expect((await store.get(vipClaimKey('10.112.0.1')))?.value).toMatchObject({ service: 'old' });
     expect((await records()).filter((r) => r.action === 'service.addressed').map((r) => [r.target.name, r.detail])).toEqual([['old', { address: '10.112.0.1' }]]);
   });
+
+  it('two services created at once get two addresses (the one that lost the claim picks another)', async () => {
+    const cp = new ControlPlane(resources, env, small);
+    await Promise.all(['a', 'b'].map((name) => cp.handle({ type: 'apply', manifest: svc(name), createOnly: true })));
+    const addresses = (await resources.list('Service', 'acme')).items.map((s) => s.status.address).sort();
+    expect(addresses).toEqual(['10.112.0.1', '10.112.0.2']);
+  });
+
+  it('a service without an address and none left still gets its instances', async () => {
+    const cp = new ControlPlane(resources, env, small);
+    await cp.handle({ type: 'apply', manifest: svc('a') });
+    await cp.handle({ type: 'apply', manifest: svc('b') });
+    await cp.handle({ type: 'delete', kind: 'Service', name: 'b', tenant: 'acme' });
+    // An old service without an address, and the last address taken by someone else.
+    await store.put(objectKey('Service', 'old', 'acme'), { ...(await resources.mustGet('Service', 'a', 'acme')), metadata: { ...(await resources.mustGet('Service', 'a', 'acme')).metadata, name: 'old', uid: 'old' }, status: { ready: 0, observedGeneration: 0 } } satisfies Service);
+    await cp.handle({ type: 'apply', manifest: svc('c') });
+    await new WorkloadController({ resources, env, logger, pools: small }).reconcile('Service/acme/old');
+    expect((await resources.mustGet('Service', 'old', 'acme')).status.address).toBeUndefined();
+    expect((await resources.mustGet('Instance', 'old-0', 'acme')).spec.owner.name).toBe('old');
+  });
 });

@@ -188,8 +188,6 @@ export const ELECTION_PREFIX = 'election/';
 
 // ---- tenant networks ------------------------------------------------------------------------
 
-/** Every network record (tenant networks, claims) lives under this prefix. */
-export const NETWORKS_PREFIX = 'networks/';
 /** Where tenant networks (`TenantNetwork`, model/tenant-network.ts) live. */
 export const TENANT_NETWORK_PREFIX = 'networks/tenants/';
 /**
@@ -213,9 +211,4 @@ export function cidrClaimKey(index: number): string {
 /** The store key of the claim on service address `ip` (`a.b.c.d`). */
 export function vipClaimKey(ip: string): string {
   return `${VIP_CLAIM_PREFIX}${ip}`;
-}
-
-/** True for the keys of network records and claims (a conflict there means another allocation won a race: read again). */
-export function isNetworkKey(key: string): boolean {
-  return key.startsWith(NETWORKS_PREFIX);
 }

@@ -86,12 +86,6 @@ export interface TenantNetwork {
   createdAt: string;
 }
 
-/** A TenantNetwork as read from the store, with the version its compare-and-set needs. */
-export interface StoredTenantNetwork {
-  network: TenantNetwork;
-  version: number;
-}
-
 /** What a cluster-wide CIDR claim (`cidrClaimKey(index)`) holds: which tenant owns that index. */
 export interface CidrClaim {
   tenant: string;
