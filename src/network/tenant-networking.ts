@@ -515,7 +515,8 @@ class TenantDataPlane implements TenantNetworking {
     const br = this.names.bridge(e.tenant);
     const mtu = (await this.underlayMtu(seg.spec.underlay)) - VXLAN_OVERHEAD;
     if (e.kind === 'tap') {
-      await this.exec.run('ip', ['tuntap', 'add', 'dev', e.ifname, 'mode', 'tap']).catch(ignoreExisting);
+      // A reserved tap is open in its VM already: `tuntap add` on it fails busy, not exists.
+      if (!(await this.linkInfo(e.ifname))) await this.exec.run('ip', ['tuntap', 'add', 'dev', e.ifname, 'mode', 'tap']).catch(ignoreExisting);
       await this.exec.run('ip', ['link', 'set', e.ifname, 'mtu', String(mtu), 'master', br, 'up']);
       return;
     }
