@@ -194,9 +194,10 @@ export class NetworkController {
     const names: DnsName[] = (view?.names ?? []).map((n) => ({ name: n.name, ip: n.ip }));
     await this.o.net.setNames(tenant, names);
 
-    const entry = await r.store.get<TenantNetwork>(tenantNetworkKey(tenant));
+    // Peers: the other hosts running the tenant's work now (a host it left drops out).
     const hosts = (await r.list('Host')).items;
-    const peers = hosts.flatMap((h) => (h.metadata.name !== here && h.status.address && entry?.value.blocks[h.metadata.name] !== undefined && h.status.address !== spec.underlay ? [h.status.address] : []));
+    const running = new Set(view?.hosts ?? []);
+    const peers = hosts.flatMap((h) => (h.metadata.name !== here && running.has(h.metadata.name) && h.status.address && h.status.address !== spec.underlay ? [h.status.address] : []));
     await this.o.net.setPeers(tenant, [...new Set(peers)].sort());
     return;
   }

@@ -44,7 +44,12 @@ export function networkViewOf(tenant: Tenant, services: readonly Service[], inst
   ].filter((n) => !taken.has(n.name) && taken.add(n.name));
   names.sort((a, b) => a.name.localeCompare(b.name));
   const egress = egressOf(tenant.spec);
-  return { tenant: name, egress: { default: egress.default, allow: egress.allow }, services: views, names };
+  const hosts = [
+    ...instances.map((i) => i.spec.host),
+    ...cells.filter((c) => c.spec.tenant === name).map((c) => c.spec.host),
+    ...machines.map((m) => m.status.host ?? ''),
+  ].filter((h) => h !== '');
+  return { tenant: name, egress: { default: egress.default, allow: egress.allow }, services: views, names, hosts: [...new Set(hosts)].sort() };
 }
 
 export interface NetworkViewControllerOptions {

@@ -193,4 +193,6 @@ export interface TenantNetworkView {
   services: ServiceView[];
   /** Other names: machines and instances by their own names (sorted by name). */
   names: { name: string; ip: string }[];
+  /** The hosts running any of the tenant's work now (sorted): each one's VXLAN peers are the others. */
+  hosts: string[];
 }

@@ -14,7 +14,7 @@ import { startEtcd, type EtcdProcess } from '../../src/store/testing/etcd.js';
 import type { Cell, Host, Instance } from '../../src/model/objects.js';
 import { LABELS } from '../../src/agent/container-id.js';
 import { createVmManager } from '../../src/vm/qemu.js';
-import { runOrThrow } from '../../src/proc/run.js';
+import { run, runOrThrow } from '../../src/proc/run.js';
 import { Agent, cli, containers, destroyAll, eventually, freePort, Server, tempDir } from './helpers.js';
 
 const BRIDGE = 'cmh0';
@@ -53,6 +53,44 @@ function agentFor(h: (typeof HOSTS)[number], token?: string): Agent {
     '--insecure-registry', registry.address,
     '--accel', 'tcg',
   ], {}, ['nsenter', `--net=/run/netns/${h.ns}`, '--']);
+}
+
+/** Serves its hostname on 8080 and tries each of $TARGETS every 2 s (`@name`: a lookup only), printing `R target yes|no`. */
+const PROBE = `mkdir -p /www && hostname > /www/index.html; httpd -p 8080 -h /www; while true; do for t in $TARGETS; do case $t in @*) if timeout 5 nslookup \${t#@} >/dev/null 2>&1; then echo "R $t yes"; else echo "R $t no"; fi ;; *) if timeout 5 wget -q -O /dev/null http://$t/ 2>/dev/null; then echo "R $t yes"; else echo "R $t no"; fi ;; esac; done; echo ROUND; sleep 2; done`;
+
+/** The latest `R target yes|no` per target in an instance's log, from complete rounds. */
+async function probeResults(instance: string): Promise<Map<string, string>> {
+  const lines = (await cli(server.url, ['logs', instance, '--tail', '200'])).stdout.split('\n');
+  const last = lines.map((l) => l.endsWith('ROUND')).lastIndexOf(true);
+  const out = new Map<string, string>();
+  for (const l of lines.slice(0, Math.max(0, last))) {
+    const m = /R (\S+) (yes|no)$/.exec(l);
+    if (m) out.set(m[1] as string, m[2] as string); // both groups always match
+  }
+  return out;
+}
+
+/** Waits until `instance` reaches every `yes` target, then checks every `no` target is refused. */
+async function probed(instance: string, yes: string[], no: string[]): Promise<void> {
+  const r = await eventually(async () => {
+    const got = await probeResults(instance);
+    return yes.every((t) => got.get(t) === 'yes') && no.every((t) => got.has(t)) ? got : undefined;
+  }, 180_000, `${instance} reaches ${yes.join(', ')}`).catch(async (e: unknown) => {
+    throw new Error(`${(e as Error).message}: ${JSON.stringify([...(await probeResults(instance))])}`, { cause: e });
+  });
+  for (const t of no) expect(`${instance} -> ${t}: ${r.get(t) ?? '?'}`).toBe(`${instance} -> ${t}: no`);
+}
+
+/** From inside `instance`'s network namespace (a host-tier container), TCP to each address fails. */
+async function checkUnreachable(instance: string, targets: string[]): Promise<void> {
+  const [tenant, name] = instance.split('/') as [string, string];
+  const i = (await list<Instance>('instances')).find((x) => x.metadata.tenant === tenant && x.metadata.name === name);
+  const ns = `/var/run/netns/carapace-${i?.status.containerId ?? '?'}`;
+  for (const t of targets) {
+    const [addr, port] = t.split(':') as [string, string];
+    const r = await run('nsenter', [`--net=${ns}`, 'timeout', '4', 'bash', '-c', `exec 3<>/dev/tcp/${addr}/${port}`]);
+    expect(`${instance} -> ${t}: ${r.code === 0 ? 'connected' : 'refused'}`).toBe(`${instance} -> ${t}: refused`);
+  }
 }
 
 /** What really runs: instance uid -> hosts running it (containers), and live VMs per host. */
@@ -123,7 +161,10 @@ describe('many hosts in network namespaces', () => {
       file,
       [
         { apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name: 'acme' } },
-        { apiVersion: 'carapace/v1', kind: 'Service', metadata: { name: 'web', tenant: 'acme' }, spec: { image, isolation: 'host', replicas: 2, command: ['sh', '-c', 'echo hello from $(hostname); sleep 3600'] } },
+        { apiVersion: 'carapace/v1', kind: 'Service', metadata: { name: 'web', tenant: 'acme' }, spec: { image, isolation: 'host', replicas: 2, command: ['sh', '-c', `echo hello from $(hostname); ${PROBE}`], env: { TARGETS: 'web-0:8080 web-1:8080 web:8080' } } },
+        { apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name: 'globex' } },
+        // globex on both hosts: its own replicas by name (the control), acme's names never.
+        { apiVersion: 'carapace/v1', kind: 'Service', metadata: { name: 'gx', tenant: 'globex' }, spec: { image, isolation: 'host', replicas: 2, command: ['sh', '-c', PROBE], env: { TARGETS: `gx-0:8080 gx-1:8080 @web-0.acme.${'carapace.internal'} @web-1.acme.carapace.internal` } } },
         { apiVersion: 'carapace/v1', kind: 'Service', metadata: { name: 'db', tenant: 'acme' }, spec: { image, isolation: 'dedicated', replicas: 2, cpu: 0.25, memory: '64Mi', command: ['sleep', '3600'] } },
       ]
         .map((d) => JSON.stringify(d))
@@ -136,6 +177,14 @@ describe('many hosts in network namespaces', () => {
     // Replicas and the cells of the dedicated service spread across the two zones' hosts.
     expect(before.filter((i) => i.spec.owner.name === 'web').map((i) => i.spec.host).sort()).toEqual(['h1', 'h2']);
     expect(cells.filter((c) => c.spec.tenant === 'acme').map((c) => c.spec.host).sort()).toEqual(['h1', 'h2']);
+
+    // acme's replicas on the two hosts reach each other by name over the tenant's VXLAN; so do
+    // globex's, on their own network; globex cannot resolve acme's names; nor reach its addresses.
+    for (const name of ['web-0', 'web-1']) await probed(`acme/${name}`, ['web-0:8080', 'web-1:8080', 'web:8080'], []);
+    const acmeAddrs = before.filter((i) => i.spec.owner.name === 'web').map((i) => `${i.status.address ?? '?'}:8080`);
+    for (const name of ['gx-0', 'gx-1']) await probed(`globex/${name}`, ['gx-0:8080', 'gx-1:8080'], ['@web-0.acme.carapace.internal', '@web-1.acme.carapace.internal']);
+    expect(new Set((await list<Instance>('instances')).filter((i) => i.metadata.tenant === 'globex').map((i) => i.spec.host))).toEqual(new Set(['h1', 'h2']));
+    await checkUnreachable('globex/gx-0', acmeAddrs);
 
     // Logs of instances on the joined hosts come through the agent API.
     for (const i of before.filter((x) => x.spec.owner.name === 'web')) {
@@ -151,9 +200,9 @@ describe('many hosts in network namespaces', () => {
     await eventually(async () => (await list<Host>('hosts')).find((x) => x.metadata.name === 'h1' && x.status.state === 'NotReady'), 30_000, 'h1 NotReady');
     const moved = await eventually(async () => {
       const l = await list<Instance>('instances');
-      return l.length === 4 && l.every((i) => i.spec.host === 'h2' && i.status.phase === 'Running') ? l : undefined;
+      return l.length === 6 && l.every((i) => i.spec.host === 'h2' && i.status.phase === 'Running') ? l : undefined;
     }, 300_000, 'all work running on h2');
-    expect(moved).toHaveLength(4);
+    expect(moved).toHaveLength(6);
     // h1 still runs its stale copies: it cannot hear that they moved.
     const during = await reality();
     const stale = before.filter((i) => i.spec.host === 'h1');
@@ -170,6 +219,16 @@ describe('many hosts in network namespaces', () => {
     }, 90_000, 'stale copies fenced');
     const now = await list<Instance>('instances');
     for (const i of now.filter((x) => !x.spec.cell)) expect(healed.containers.get(i.metadata.uid), i.metadata.name).toEqual(['h2']);
+    // h1 runs nothing of acme or globex any more: no segment, endpoint or DNS server of theirs is
+    // left on it, and h2's VXLANs no longer flood to it (no stale routes, addresses or peers).
+    await eventually(async () => {
+      const links = (await runOrThrow('ip', ['-n', 'cmh-h1', '-br', 'link'])).stdout;
+      return !/^c[bxet][0-9a-f]/m.test(links) ? true : undefined;
+    }, 90_000, "h1's tenant segments removed");
+    await eventually(async () => {
+      const fdb = (await runOrThrow('ip', ['netns', 'exec', 'cmh-h2', 'bridge', 'fdb', 'show'])).stdout;
+      return !fdb.includes('dst 10.70.0.11') ? true : undefined;
+    }, 60_000, "h2's VXLANs stop flooding to h1");
     const liveCells = (await list<Cell>('cells')).filter((c) => c.spec.tenant === 'acme');
     expect([...healed.vms.keys()].filter((id) => id.startsWith('cell-')).sort()).toEqual(liveCells.map((c) => c.metadata.name).sort());
   }, 900_000);
