@@ -5,7 +5,7 @@
  * are busybox httpd inside the endpoints' namespaces; probes are node and busybox run inside
  * namespaces. Everything is made per run (unique names) and removed at the end.
  */
-import type { ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -38,6 +38,18 @@ const specB = (block: string, underlay: string): SegmentSpec => ({
   egress: { default: 'deny', allow: [{ cidr: `${out.ip}/32`, protocol: 'tcp', ports: [8081] }] },
   underlay,
 });
+
+/** The compiled library (npm run build), for a child process that is killed mid-attach. */
+const ROOT = path.join(import.meta.dirname, '..', '..');
+const DIST_MODULE = path.join(ROOT, 'dist', 'src', 'network', 'tenant-networking.js');
+if (!existsSync(DIST_MODULE)) throw new Error(`${DIST_MODULE} is missing: run npm run build first`);
+const CRASH_CHILD = `
+const [mod, stateDir, runDir, netns, id, tenant] = process.argv.slice(1);
+const { createTenantNetworking } = await import(mod);
+const { pino } = await import('pino');
+const net = createTenantNetworking({ stateDir, runDir, netns, logger: pino({ level: 'silent' }) });
+await net.attach({ id, tenant, kind: 'netns', ports: [{ containerPort: 80, hostPort: 18083, protocol: 'tcp' }] });
+`;
 
 let root: string;
 const dirs = { state1: '', state2: '', run1: '', run2: '', www: '' };
@@ -87,6 +99,7 @@ beforeAll(async () => {
     await fs.mkdir(dirs[k], { mode: 0o755 });
   }
   await makeLan(lan, [h1, h2, out]);
+  for (const h of [h1, h2]) await ipIn(h.ns, 'route', 'add', 'default', 'via', out.ip);
   m1 = createTenantNetworking({ stateDir: dirs.state1, runDir: dirs.run1, netns: h1.ns, logger: testLogger });
   m2 = createTenantNetworking({ stateDir: dirs.state2, runDir: dirs.run2, netns: h2.ns, logger: testLogger });
   await m1.ensureSegment(specA('10.128.1.0/24', h1.ip));
@@ -101,7 +114,7 @@ afterAll(async () => {
     for (const t of await m.segments().catch(() => [])) await m.removeSegment(t).catch(() => undefined);
   }
   await removeLan(lan, [h1, h2, out]);
-  for (const name of ['a1', 'a2', 'a3', 'a4', 'b1', 'a5', 'b5', 'd1', 'ghost']) await run('ip', ['netns', 'del', ns(name)]);
+  for (const name of ['a1', 'a2', 'a3', 'a4', 'b1', 'a5', 'b5', 'd1', 'ghost', 'crash']) await run('ip', ['netns', 'del', ns(name)]);
   if (root) await fs.rm(root, { recursive: true, force: true });
 });
 
@@ -185,6 +198,8 @@ describe('tenant data plane, one host', () => {
     const seen = (): Set<string | undefined> => new Set(loop.samples.filter((s) => s.ok).map((s) => s.body));
     expect(await until(() => ['a1', 'a3', 'a4'].every((b) => seen().has(b)), 30_000), JSON.stringify([...seen()])).toBe(true);
     expect(loop.samples.every((s) => s.ok)).toBe(true);
+    // The host reaches every tenant's services too.
+    expect(await reach(h1.ns, VIP)).toMatch(/^a[134]$/);
 
     // a4 dies: its share of the requests fails until it leaves the service.
     const a4httpd = children.find((c) => c.spawnargs.includes(ns('a4')));
@@ -297,7 +312,7 @@ describe('tenant data plane, two hosts over VXLAN', () => {
 });
 
 describe('tenant data plane, crash and recovery', () => {
-  it('recovers after the manager is dropped mid-way and leaves nothing stray', async () => {
+  it('recovers after a manager is killed mid-attach or dropped mid-way, and leaves nothing stray', async () => {
     const ghost = await m1.attach({ id: id('ghost'), tenant: A, kind: 'netns', ports: [{ containerPort: 80, hostPort: 18082, protocol: 'tcp' }] });
     // kill -9 between the reservation and the kernel: the record exists, the link and namespace do not.
     const state = JSON.parse(await fs.readFile(path.join(dirs.state1, 'tenant-network.json'), 'utf8')) as { endpoints: Record<string, { ifname: string }> }; // safe: the state file's shape
@@ -309,8 +324,18 @@ describe('tenant data plane, crash and recovery', () => {
     await inNs(h1.ns, 'nft', ['add chain inet ccarapace seg-0badf00d']);
     const dnsPid = (await fs.readFile(path.join(dirs.run1, tenantHash(A), 'dnsmasq.pid'), 'utf8')).trim();
 
+    // A real kill -9 of another process between its reservation and the kernel objects: the
+    // child attaches, and is killed as soon as its reservation is in the state file.
+    const stateFile = path.join(dirs.state1, 'tenant-network.json');
+    const child = spawn(process.execPath, ['--input-type=module', '-e', CRASH_CHILD, DIST_MODULE, dirs.state1, dirs.run1, h1.ns, id('crash'), A], { cwd: ROOT, stdio: 'ignore' });
+    const exited = new Promise<void>((r) => child.once('exit', () => r()));
+    expect(await until(async () => (await fs.readFile(stateFile, 'utf8')).includes(`"${id('crash')}"`), 30_000)).toBe(true);
+    child.kill('SIGKILL');
+    await exited;
+
     const fresh = createTenantNetworking({ stateDir: dirs.state1, runDir: dirs.run1, netns: h1.ns, logger: testLogger });
     const ids = await fresh.recover();
+    expect(ids).toContain(id('crash'));
     expect(ids).toContain(id('ghost'));
     expect(ids).toContain(id('a1'));
     expect(await ourLinks(h1.ns)).not.toContain('ce0123456789');
@@ -319,7 +344,13 @@ describe('tenant data plane, crash and recovery', () => {
     expect((await fs.readFile(path.join(dirs.run1, tenantHash(A), 'dnsmasq.pid'), 'utf8')).trim()).toBe(dnsPid); // adopted, not restarted
 
     const keep = new Set(['a1', 'a2', 'a3', 'a4', 'b1'].map(id));
-    expect(await fresh.gc(keep)).toEqual([id('ghost')]);
+    const crashed = JSON.parse(await fs.readFile(stateFile, 'utf8')) as { endpoints: Record<string, { ip: string; ifname: string }> }; // safe: the state file's shape
+    const crash = crashed.endpoints[id('crash')] as { ip: string; ifname: string }; // safe: recover kept its record
+    expect((await fresh.gc(keep)).sort()).toEqual([id('crash'), id('ghost')].sort());
+    expect(await ourLinks(h1.ns)).not.toContain(crash.ifname);
+    expect(existsSync(`/var/run/netns/${ns('crash')}`)).toBe(false);
+    expect(await inNs(h1.ns, 'nft', ['list', 'ruleset'])).not.toMatch(new RegExp(`${crash.ip.replace(/\./g, '\\.')}(?!\\d)`));
+    expect(await inNs(h1.ns, 'nft', ['list', 'map', 'inet', 'ccarapace', 'published'])).not.toContain('18083');
     expect(await inNs(h1.ns, 'nft', ['list', 'ruleset'])).not.toMatch(new RegExp(`${ghost.ip.replace(/\./g, '\\.')}(?!\\d)`));
     expect(await inNs(h1.ns, 'nft', ['list', 'map', 'inet', 'ccarapace', 'published'])).not.toContain('18082');
     // The endpoints kept still work.
