@@ -248,6 +248,12 @@ describe('tenant data plane, one host', () => {
     expect(await reach(ns('b1'), out.ip, 8082)).toBeUndefined();
     expect((await m1.egressDenied())[B]).toBeGreaterThan(before);
 
+    // A changed policy applies to the running segment, and back.
+    await m1.ensureSegment({ ...specB('10.128.65.0/24', h1.ip), egress: { default: 'allow' } });
+    expect(await reach(ns('b1'), out.ip, 8082)).toBe('out2');
+    await m1.ensureSegment(specB('10.128.65.0/24', h1.ip));
+    expect(await reach(ns('b1'), out.ip, 8082)).toBeUndefined();
+
     expect(await reach(ns('a1'), h2.ip, 9000)).toBe('h2');
     await m1.setInfrastructure([h2.ip]);
     expect(await reach(ns('a1'), h2.ip, 9000)).toBeUndefined();
@@ -308,6 +314,11 @@ describe('tenant data plane, two hosts over VXLAN', () => {
     expect(await getEventually(ns('b5'), `http://${b1.ip}:8080/`)).toBe('b1\n');
     expect(await reach(ns('b5'), a1.ip)).toBeUndefined();
     expect(await reach(ns('a5'), b1.ip)).toBeUndefined();
+
+    // A service is balanced on the client's host, to endpoints on any host.
+    await m2.setServices(A, [{ name: 'web', vip: VIP, ports: [{ port: 8080, protocol: 'tcp' }], endpoints: [a1.ip] }]);
+    expect(await reach(ns('a5'), VIP)).toBe('a1');
+    expect(await resolveFrom(ns('a5'), '10.128.2.1', `web.${A}.${DOMAIN}`)).toBe(VIP);
   });
 });
 
