@@ -44,11 +44,11 @@ const ROOT = path.join(import.meta.dirname, '..', '..');
 const DIST_MODULE = path.join(ROOT, 'dist', 'src', 'network', 'tenant-networking.js');
 if (!existsSync(DIST_MODULE)) throw new Error(`${DIST_MODULE} is missing: run npm run build first`);
 const CRASH_CHILD = `
-const [mod, stateDir, runDir, netns, id, tenant] = process.argv.slice(1);
+const [mod, stateDir, runDir, netns, id, tenant, hostPort] = process.argv.slice(1);
 const { createTenantNetworking } = await import(mod);
 const { pino } = await import('pino');
 const net = createTenantNetworking({ stateDir, runDir, netns, logger: pino({ level: 'silent' }) });
-await net.attach({ id, tenant, kind: 'netns', ports: [{ containerPort: 80, hostPort: 18083, protocol: 'tcp' }] });
+await net.attach({ id, tenant, kind: 'netns', ports: [{ containerPort: 80, hostPort: Number(hostPort), protocol: 'tcp' }] });
 `;
 
 let root: string;
@@ -114,7 +114,7 @@ afterAll(async () => {
     for (const t of await m.segments().catch(() => [])) await m.removeSegment(t).catch(() => undefined);
   }
   await removeLan(lan, [h1, h2, out]);
-  for (const name of ['a1', 'a2', 'a3', 'a4', 'b1', 'a5', 'b5', 'd1', 'ghost', 'crash']) await run('ip', ['netns', 'del', ns(name)]);
+  for (const name of ['a1', 'a2', 'a3', 'a4', 'b1', 'a5', 'b5', 'd1', 'ghost', 'crash0', 'crash1', 'crash2', 'crash3']) await run('ip', ['netns', 'del', ns(name)]);
   if (root) await fs.rm(root, { recursive: true, force: true });
 });
 
@@ -182,7 +182,8 @@ describe('tenant data plane, one host', () => {
     expect(taken).toBeInstanceOf(NetworkError);
     expect(taken).toMatchObject({ code: 'CARAPACE_E_PORT_IN_USE', port: { hostPort: port, protocol: 'tcp' } });
     await expect(m1.attach({ id: id('a2'), tenant: A, kind: 'netns', ports: [{ containerPort: 8080, hostPort: 9000, protocol: 'tcp' }] })).rejects.toMatchObject({ code: 'CARAPACE_E_PORT_IN_USE' });
-    expect(await reach(ns('a1'), (eps.a2 as Endpoint).ip)).toBe('a2'); // the refused change left a2 as it was
+    const a2 = eps.a2 as Endpoint; // safe: attached by the first test
+    expect(await reach(ns('a1'), a2.ip)).toBe('a2'); // the refused change left a2 as it was
 
     await m1.attach({ id: id('a1'), tenant: A, kind: 'netns', ports: [] });
     expect(await reach(out.ns, h1.ip, port)).toBeUndefined();
@@ -335,18 +336,22 @@ describe('tenant data plane, crash and recovery', () => {
     await inNs(h1.ns, 'nft', ['add chain inet ccarapace seg-0badf00d']);
     const dnsPid = (await fs.readFile(path.join(dirs.run1, tenantHash(A), 'dnsmasq.pid'), 'utf8')).trim();
 
-    // A real kill -9 of another process between its reservation and the kernel objects: the
-    // child attaches, and is killed as soon as its reservation is in the state file.
+    // A real kill -9 of another process after its reservation, at several points of the
+    // kernel work that follows (whatever it had done by then, the assertions below hold).
     const stateFile = path.join(dirs.state1, 'tenant-network.json');
-    const child = spawn(process.execPath, ['--input-type=module', '-e', CRASH_CHILD, DIST_MODULE, dirs.state1, dirs.run1, h1.ns, id('crash'), A], { cwd: ROOT, stdio: 'ignore' });
-    const exited = new Promise<void>((r) => child.once('exit', () => r()));
-    expect(await until(async () => (await fs.readFile(stateFile, 'utf8')).includes(`"${id('crash')}"`), 30_000)).toBe(true);
-    child.kill('SIGKILL');
-    await exited;
+    const crashes = [0, 10, 30, 60].map((delayMs, i) => ({ name: `crash${i}`, port: 18083 + i, delayMs }));
+    for (const c of crashes) {
+      const child = spawn(process.execPath, ['--input-type=module', '-e', CRASH_CHILD, DIST_MODULE, dirs.state1, dirs.run1, h1.ns, id(c.name), A, String(c.port)], { cwd: ROOT, stdio: 'ignore' });
+      const exited = new Promise<void>((r) => child.once('exit', () => r()));
+      expect(await until(async () => (await fs.readFile(stateFile, 'utf8')).includes(`"${id(c.name)}"`), 30_000)).toBe(true);
+      if (c.delayMs > 0) await new Promise((r) => setTimeout(r, c.delayMs));
+      child.kill('SIGKILL');
+      await exited;
+    }
 
     const fresh = createTenantNetworking({ stateDir: dirs.state1, runDir: dirs.run1, netns: h1.ns, logger: testLogger });
     const ids = await fresh.recover();
-    expect(ids).toContain(id('crash'));
+    for (const c of crashes) expect(ids).toContain(id(c.name));
     expect(ids).toContain(id('ghost'));
     expect(ids).toContain(id('a1'));
     expect(await ourLinks(h1.ns)).not.toContain('ce0123456789');
@@ -356,16 +361,21 @@ describe('tenant data plane, crash and recovery', () => {
 
     const keep = new Set(['a1', 'a2', 'a3', 'a4', 'b1'].map(id));
     const crashed = JSON.parse(await fs.readFile(stateFile, 'utf8')) as { endpoints: Record<string, { ip: string; ifname: string }> }; // safe: the state file's shape
-    const crash = crashed.endpoints[id('crash')] as { ip: string; ifname: string }; // safe: recover kept its record
-    expect((await fresh.gc(keep)).sort()).toEqual([id('crash'), id('ghost')].sort());
-    expect(await ourLinks(h1.ns)).not.toContain(crash.ifname);
-    expect(existsSync(`/var/run/netns/${ns('crash')}`)).toBe(false);
-    expect(await inNs(h1.ns, 'nft', ['list', 'ruleset'])).not.toMatch(new RegExp(`${crash.ip.replace(/\./g, '\\.')}(?!\\d)`));
-    expect(await inNs(h1.ns, 'nft', ['list', 'map', 'inet', 'ccarapace', 'published'])).not.toContain('18083');
+    expect((await fresh.gc(keep)).sort()).toEqual([id('ghost'), ...crashes.map((c) => id(c.name))].sort());
+    const ruleset = await inNs(h1.ns, 'nft', ['list', 'ruleset']);
+    const published = await inNs(h1.ns, 'nft', ['list', 'map', 'inet', 'ccarapace', 'published']);
+    for (const c of crashes) {
+      const rec = crashed.endpoints[id(c.name)] as { ip: string; ifname: string }; // safe: recover kept its record
+      expect(await ourLinks(h1.ns)).not.toContain(rec.ifname);
+      expect(existsSync(`/var/run/netns/${ns(c.name)}`)).toBe(false);
+      expect(ruleset).not.toMatch(new RegExp(`${rec.ip.replace(/\./g, '\\.')}(?!\\d)`));
+      expect(published).not.toContain(String(c.port));
+    }
     expect(await inNs(h1.ns, 'nft', ['list', 'ruleset'])).not.toMatch(new RegExp(`${ghost.ip.replace(/\./g, '\\.')}(?!\\d)`));
     expect(await inNs(h1.ns, 'nft', ['list', 'map', 'inet', 'ccarapace', 'published'])).not.toContain('18082');
     // The endpoints kept still work.
-    expect(await reach(ns('a2'), (eps.a1 as Endpoint).ip)).toBe('a1');
+    const a1 = eps.a1 as Endpoint; // safe: attached by the first test
+    expect(await reach(ns('a2'), a1.ip)).toBe('a1');
   });
 
   it('removes segments and endpoints, leaving no link, namespace, chain or dnsmasq behind', async () => {
