@@ -320,6 +320,16 @@ describe('tenant data plane, two hosts over VXLAN', () => {
     await m2.setServices(A, [{ name: 'web', vip: VIP, ports: [{ port: 8080, protocol: 'tcp' }], endpoints: [a1.ip] }]);
     expect(await reach(ns('a5'), VIP)).toBe('a1');
     expect(await resolveFrom(ns('a5'), '10.128.2.1', `web.${A}.${DOMAIN}`)).toBe(VIP);
+
+    // A host's underlay address changes (a second address on its uplink): the VXLAN device is
+    // remade on it, its peers are told, the endpoints on it keep their link and address.
+    await ipIn(h2.ns, 'addr', 'add', '192.168.77.22/24', 'dev', 'eth0');
+    await m2.ensureSegment(specA('10.128.2.0/24', '192.168.77.22'));
+    await m1.setPeers(A, ['192.168.77.22']);
+    const vx = JSON.parse(await ipIn(h2.ns, '-j', '-d', 'link', 'show', 'dev', `cx${tenantHash(A)}`)) as { linkinfo: { info_data: { local: string; id: number } } }[]; // safe: `ip -j -d link` of one vxlan device
+    expect(vx[0]?.linkinfo.info_data).toMatchObject({ local: '192.168.77.22', id: 1000 });
+    expect(await m2.inspect(id('a5'))).toEqual(a5);
+    expect(await getEventually(ns('a5'), `http://${a1.ip}:8080/`)).toBe('a1\n');
   });
 });
 
