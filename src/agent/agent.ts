@@ -22,19 +22,10 @@ import { containerIdFor, LABELS } from './container-id.js';
 import type { CellManager } from './cells.js';
 import type { MachineRunner } from './machines.js';
 import { Prober } from './prober.js';
+import type { HostNetworking } from './network-controller.js';
+import type { Endpoint } from '../network/types.js';
+import type { ResolverConfig } from '../runtime/driver.js';
 
-/** What the agent needs from host networking (implemented by network/). */
-export interface InstanceNetwork {
-  setup(
-    id: string,
-    opts: { ports: { containerPort: number; hostPort?: number; protocol: 'tcp' | 'udp' }[]; isolationKey: string },
-  ): Promise<{ netnsPath: string; ip: string; hostPorts: { containerPort: number; hostPort: number; protocol: 'tcp' | 'udp' }[] }>;
-  teardown(id: string): Promise<void>;
-  /** Ids of every network this manager holds, so stale ones can be removed. */
-  recover(): Promise<string[]>;
-  /** The recorded setup of one container (its address, for probes of adopted containers). */
-  inspect(id: string): Promise<{ ip: string } | undefined>;
-}
 
 export interface AgentOptions {
   hostName: string;
@@ -43,7 +34,7 @@ export interface AgentOptions {
   logger: Logger;
   drivers: Partial<Record<Isolation, RuntimeDriver>>;
   images: ImageStore;
-  network?: InstanceNetwork;
+  network?: HostNetworking;
   labels?: Record<string, string>;
   /** Seconds between SIGTERM and SIGKILL when stopping a container. */
   stopGraceMs?: number;
@@ -60,6 +51,8 @@ export interface AgentOptions {
   leaseRenewMs?: number;
   /** Multiplies probes' initialDelaySeconds and periodSeconds (tests; env CARAPACE_PROBE_TIME_SCALE). Default 1. */
   probeTimeScale?: number;
+  /** The host's underlay address, asked at each registration (agent/host-address.ts); absent: none reported. */
+  hostAddress?: () => Promise<string | undefined>;
 }
 
 /** What the agent knows about the container currently serving an instance. */
@@ -145,7 +138,7 @@ export class HostAgent {
     leaseTimer.unref();
     signal.addEventListener('abort', () => clearInterval(leaseTimer), { once: true });
     signal.addEventListener('abort', () => this.probes.stopAll(), { once: true });
-    await Promise.all([this.queue.start(signal), ...(this.o.cells ? [this.o.cells.start(signal)] : []), ...(this.o.machines ? [this.o.machines.start(signal)] : [])]);
+    await Promise.all([this.queue.start(signal), ...(this.o.network ? [this.o.network.controller.start(signal)] : []), ...(this.o.cells ? [this.o.cells.start(signal)] : []), ...(this.o.machines ? [this.o.machines.start(signal)] : [])]);
   }
 
   /** The containers this agent runs now (for the usage sampler). */
@@ -174,6 +167,8 @@ export class HostAgent {
     const capacity = this.o.capacity ?? { cpu: os.cpus().length, memoryMiB: Math.floor(os.totalmem() / 1024 / 1024) };
     const status: Host['status'] = { state: 'Ready', lastHeartbeatAt: now, isolation: tiers.sort(), capacity, agentVersion: VERSION };
     if (problems.length > 0) status.message = problems.join('; ');
+    const address = await this.o.hostAddress?.();
+    if (address !== undefined) status.address = address;
     const r = this.o.resources;
     const overcommit = this.o.overcommit ?? { cpu: 4, memory: 1 };
     const existing = await r.mutate('Host', this.o.hostName, undefined, (h) => {
@@ -245,8 +240,12 @@ export class HostAgent {
       }
     }
     if (this.o.network) {
-      for (const id of await this.o.network.recover()) {
-        if (!keep.has(id)) await this.o.network.teardown(id).catch((err: unknown) => this.log.warn({ id, err }, 'network teardown failed'));
+      // Endpoints of containers (namespaces); a VM's tap belongs to its cell or machine.
+      const net = this.o.network.net;
+      for (const id of await net.recover()) {
+        const ep = await net.inspect(id);
+        if (ep?.kind !== 'netns' || keep.has(id)) continue;
+        await net.detach(id).catch((err: unknown) => this.log.warn({ id, err }, 'network teardown failed'));
       }
     }
   }
@@ -310,7 +309,7 @@ export class HostAgent {
   /** The address network checks of a container use: its namespace's address on the bridge, when the agent made one. */
   private async addressOf(id: string, driver: RuntimeDriver): Promise<string | undefined> {
     if (driver.capabilities.network !== 'namespace' || !this.o.network) return undefined;
-    return (await this.o.network.inspect(id).catch(() => undefined))?.ip;
+    return (await this.o.network.net.inspect(id).catch(() => undefined))?.ip;
   }
 
   private async setStatus(inst: Instance, patch: Partial<InstanceStatus>, clear: (keyof InstanceStatus)[] = []): Promise<Instance | undefined> {
@@ -331,7 +330,10 @@ export class HostAgent {
     cur.tearingDown = true;
     await cur.driver.stop(cur.id, graceMs).catch((err: unknown) => this.log.warn({ container: cur.id, err }, 'stop failed'));
     await cur.driver.destroy(cur.id);
-    if (cur.driver.capabilities.network === 'namespace') await this.o.network?.teardown(cur.id);
+    if (cur.driver.capabilities.network === 'namespace' && this.o.network) {
+      await this.o.network.net.detach(cur.id);
+      this.o.network.controller.touch(key.slice(0, key.indexOf('/'))); // its segment may have no work left
+    }
     this.local.delete(key);
   }
 
@@ -418,6 +420,16 @@ export class HostAgent {
       return;
     }
     const { driver } = lookup;
+    if (inst.spec.cell && this.o.network) {
+      // A claimed warm cell joins its tenant network after it was claimed: its containers copy
+      // the VM's resolver when they start, so they start once it has.
+      const cell = await this.o.resources.get('Cell', inst.spec.cell);
+      if (cell && !cell.status.address) {
+        const msg = `waiting for cell ${inst.spec.cell} to join the tenant network`;
+        if (inst.status.message !== msg) await this.setStatus(inst, { phase: 'Pending', reason: 'WaitingForCell', message: msg });
+        return { requeueAfterMs: 1_000 };
+      }
+    }
     // `namespace` drivers get a network namespace from the agent; `vm` drivers share their VM's network.
     const hostNetwork = driver.capabilities.network === 'namespace' ? this.o.network : undefined;
     const id = containerIdFor(inst);
@@ -442,14 +454,14 @@ export class HostAgent {
     clearTimeout(showPulling);
     this.pullFailures.delete(key);
     try {
-      const net = hostNetwork ? await hostNetwork.setup(id, { ports: c.ports, isolationKey: inst.metadata.tenant ?? '' }) : undefined;
+      const net = hostNetwork ? await this.attach(hostNetwork, inst, id) : undefined;
       const labels = {
         [LABELS.uid]: inst.metadata.uid,
         [LABELS.tenant]: inst.metadata.tenant ?? '',
         [LABELS.instance]: inst.metadata.name,
         [LABELS.generation]: String(inst.metadata.generation),
       };
-      const info = await driver.start({ id, rootfs: image.rootfs, image: image.config, container: c, hostname: inst.metadata.name, labels, ...(net ? { netnsPath: net.netnsPath } : {}) });
+      const info = await driver.start({ id, rootfs: image.rootfs, image: image.config, container: c, hostname: inst.metadata.name, labels, ...(net ? { netnsPath: net.endpoint.netnsPath, dns: net.dns } : {}) });
       const startedAtMs = Date.now();
       this.local.set(key, { uid: inst.metadata.uid, id, driver, generation: inst.metadata.generation, startedAtMs, exited: false });
       const status: Partial<InstanceStatus> = {
@@ -462,9 +474,12 @@ export class HostAgent {
         ready: c.readinessProbe === undefined,
       };
       if (info.state.status === 'running') status.pid = info.state.pid;
+      // Its address on the tenant network: its endpoint's, or (`vm` drivers) its VM's.
+      const address = net ? net.endpoint.ip : inst.spec.cell ? (await this.o.resources.get('Cell', inst.spec.cell))?.status.address : undefined;
+      if (address !== undefined) status.address = address;
       // Published by the agent's network, or (`vm` drivers) by the driver: every port with a host port.
       const published = net
-        ? net.hostPorts
+        ? net.endpoint.hostPorts
         : driver.capabilities.network === 'vm'
           ? c.ports.flatMap((p) => (p.hostPort !== undefined ? [{ containerPort: p.containerPort, hostPort: p.hostPort, protocol: p.protocol }] : []))
           : [];
@@ -472,17 +487,25 @@ export class HostAgent {
       await this.setStatus(inst, status, ['message', 'exitCode', 'finishedAt', 'nextRestartAt']);
       this.log.info({ instance: key, container: id }, 'container running');
       this.watchExit(key, id, driver);
-      this.probes.watch({ key, inst, containerId: id, driver, startedAtMs, initialReady: false, ...(net ? { address: net.ip } : {}) });
+      this.probes.watch({ key, inst, containerId: id, driver, startedAtMs, initialReady: false, ...(net ? { address: net.endpoint.ip } : {}) });
     } catch (err) {
       // A start failure (e.g. the command does not exist) counts as an exit with an error.
       const message = err instanceof Error ? err.message : String(err);
       this.log.warn({ instance: key, container: id, err: message }, 'container start failed');
       await driver.destroy(id).catch(() => undefined);
-      await hostNetwork?.teardown(id).catch(() => undefined);
+      await hostNetwork?.net.detach(id).catch(() => undefined);
       this.local.delete(key);
       return this.afterExit(key, inst, 128, Date.now(), message);
     }
     return;
+  }
+
+  /** Puts container `id` of `inst` on its tenant's segment (made first if this host has none yet). */
+  private async attach(n: HostNetworking, inst: Instance, id: string): Promise<{ endpoint: Endpoint; dns: ResolverConfig }> {
+    const tenant = inst.metadata.tenant ?? '';
+    const segment = await n.controller.ensureTenant(tenant);
+    const endpoint = await n.net.attach({ id, tenant, kind: 'netns', ports: inst.spec.container.ports });
+    return { endpoint, dns: { nameservers: [endpoint.dns], search: [segment.search] } };
   }
 
   private watchExit(key: string, id: string, driver: RuntimeDriver): void {

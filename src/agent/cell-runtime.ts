@@ -3,8 +3,9 @@
  * agent over the virtio-serial channel. The host agent uses it exactly like the runc driver,
  * so restart policy, status and logs work the same for every tier. Everything the guest says
  * reaches here through HostChannel, which validates and rate-limits it; the only host
- * resources derived from a container here are QEMU port forwards, and those come from the
- * instance spec (host side), never from guest messages.
+ * resources derived from a container here are its published ports (the tenant network's DNAT
+ * to the VM's tap, or QEMU forwards for a VM without one), and those come from the instance
+ * spec (host side), never from guest messages.
  */
 import { relative, isAbsolute } from 'node:path';
 import type { Logger } from 'pino';
@@ -22,6 +23,19 @@ export interface CellRuntimeOptions {
   hostImagesRoot: string;
   guestImagesRoot: string;
   logger: Logger;
+  /**
+   * Publishes the containers' host ports on the cell's tap endpoint (its tenant network).
+   * Absent (a VM on QEMU's user networking): they are QEMU forwards.
+   */
+  ports?: CellPorts;
+}
+
+/** How a cell's containers' published ports reach the host (the cell manager implements it). */
+export interface CellPorts {
+  /** After `containerId` started: publish what the instances in the cell publish, its ports included. */
+  publish(containerId: string): Promise<void>;
+  /** `containerId` is being removed: publish what the others publish. */
+  unpublish(containerId: string): Promise<void>;
 }
 
 type Exited = Extract<ContainerState, { status: 'exited' }>;
@@ -91,7 +105,11 @@ export class CellRuntime implements RuntimeDriver {
     if (guestStartMs !== undefined) this.guestStartMs.set(req.id, guestStartMs);
     // Containers of a cell share the VM's network: a published port is a QEMU forward to the guest.
     const fwd = req.container.ports.filter((p) => p.hostPort !== undefined).map((p) => ({ hostPort: p.hostPort as number, guestPort: p.containerPort, protocol: p.protocol, hostAddress: '0.0.0.0' })); // filtered to defined hostPort
-    for (const p of fwd) await this.o.vms.hostfwdAdd(this.o.cellId, p);
+    if (this.o.ports) {
+      if (fwd.length > 0) await this.o.ports.publish(req.id);
+    } else {
+      for (const p of fwd) await this.o.vms.hostfwdAdd(this.o.cellId, p);
+    }
     this.ports.set(req.id, fwd);
     // The guest reports the container running before it acks the run; one that has exited
     // since still started (its exit is `wait`'s to report, as with the host drivers).
@@ -116,7 +134,12 @@ export class CellRuntime implements RuntimeDriver {
 
   async destroy(id: string): Promise<void> {
     if (this.closed) return;
-    for (const p of this.ports.get(id) ?? []) await this.o.vms.hostfwdRemove(this.o.cellId, p).catch(() => undefined);
+    if (this.o.ports) {
+      // Also for a container adopted after an agent restart (its ports are not known here).
+      await this.o.ports.unpublish(id).catch((err: unknown) => this.o.logger.warn({ cell: this.o.cellId, container: id, err }, 'cannot withdraw published ports'));
+    } else {
+      for (const p of this.ports.get(id) ?? []) await this.o.vms.hostfwdRemove(this.o.cellId, p).catch(() => undefined);
+    }
     this.ports.delete(id);
     await this.o.channel.destroy(id).catch((e: unknown) => {
       if ((e as { code?: string }).code !== 'GUEST_E_NOT_FOUND') throw e; // GuestError carries a code; gone is fine

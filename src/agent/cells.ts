@@ -19,7 +19,10 @@ import { kindPrefix } from '../model/keys.js';
 import type { ReconcileResult } from '../reconcile/workqueue.js';
 import { Reconciler, watchOf } from '../reconcile/reconciler.js';
 import type { VmInfo, VmManager } from '../vm/qemu.js';
-import { CellRuntime } from './cell-runtime.js';
+import { CellRuntime, type CellPorts } from './cell-runtime.js';
+import { containerIdFor } from './container-id.js';
+import { cellEndpointId, type HostNetworking } from './network-controller.js';
+import type { Endpoint } from '../network/types.js';
 import { metrics } from '../metrics/metrics.js';
 
 export interface CellManagerOptions {
@@ -49,6 +52,8 @@ export interface CellManagerOptions {
    * VM is killed and the cell Failed (default 60 s with KVM, 300 s under software emulation).
    */
   bootTimeoutMs?: number;
+  /** The host's tenant networks: a cell's VM gets a tap on its tenant's segment. Absent: QEMU's restricted user networking. */
+  network?: HostNetworking;
 }
 
 const GUEST_IMAGES = '/carapace/images';
@@ -141,6 +146,7 @@ export class CellManager extends EventEmitter<CellManagerEvents> {
         await this.o.vms.destroy(name, 5_000);
         this.log.info({ cell: name }, 'cell VM destroyed');
       }
+      await this.releaseTap(name, cell?.spec.tenant);
       if (cell?.metadata.deletionRequestedAt && cell.spec.host === this.o.hostName) await r.remove('Cell', name);
       this.emit('cellChanged', name);
       return;
@@ -152,11 +158,14 @@ export class CellManager extends EventEmitter<CellManagerEvents> {
         await this.o.vms.destroy(name, 0);
         this.log.warn({ cell: name }, 'fenced a lost cell: its VM was still running');
       }
+      await this.releaseTap(name, cell.spec.tenant);
       return;
     }
     const vm = this.vm(name);
     if (vm?.state === 'running') {
       this.attach(cell, vm);
+      // A warm cell claimed by a tenant: its tap joins the tenant's segment, then its guest takes the address.
+      if (cell.spec.tenant && !cell.status.address && this.o.network && vm.nic) await this.joinClaimed(cell, vm);
       return;
     }
     if (vm?.state === 'exited') {
@@ -172,7 +181,18 @@ export class CellManager extends EventEmitter<CellManagerEvents> {
     if (!isAbsolute(this.o.installDir)) throw new Error('installDir must be absolute');
     const bootStartedAt = this.o.env.now();
     let vm: VmInfo;
+    let endpoint: Endpoint | undefined;
+    let reserved: { tap: string; mac: string } | undefined;
+    let search = '';
     try {
+      // A tenant's cell boots on its tenant network, its address on the kernel command line; a
+      // warm cell on a tap of no network, joined to its tenant's when claimed (joinClaimed).
+      if (this.o.network && cell.spec.tenant) {
+        search = (await this.o.network.controller.ensureTenant(cell.spec.tenant)).search;
+        endpoint = await this.o.network.net.attach({ id: cellEndpointId(name), tenant: cell.spec.tenant, kind: 'tap', ports: [] });
+      } else if (this.o.network) {
+        reserved = await this.o.network.net.reserveTap(cellEndpointId(name));
+      }
       // The image cache may not have unpacked anything yet; the share must exist to be mounted.
       await mkdir(this.o.hostImagesRoot, { recursive: true });
       vm = await this.o.vms.launch({
@@ -187,19 +207,65 @@ export class CellManager extends EventEmitter<CellManagerEvents> {
         ],
         exec: `/usr/bin/node ${GUEST_APP}/dist/src/guest/main.js --images ${GUEST_IMAGES}`,
         ports: [],
+        ...(endpoint?.tap ? { nic: { tap: endpoint.tap, mac: endpoint.mac }, append: `carapace.net=${endpoint.ip}/${endpoint.prefixLength},${endpoint.gateway},${endpoint.dns},${endpoint.mtu},${search}` } : {}),
+        ...(reserved ? { nic: reserved, append: 'carapace.net=none' } : {}),
         channel: true,
         labels: { 'carapace.cell': name, 'carapace.tenant': cell.spec.tenant },
       });
     } catch (e) {
+      await this.releaseTap(name, cell.spec.tenant);
       await this.fail(cell, `QEMU did not start: ${(e as Error).message}`); // launch rejects with Error
       return;
     }
     await this.o.resources.mutate('Cell', name, undefined, (c) => {
-      c.status = { ...c.status, phase: 'Booting', pid: vm.pid, accel: vm.accel, bootStartedAt, message: 'booting' };
+      c.status = { ...c.status, phase: 'Booting', pid: vm.pid, accel: vm.accel, bootStartedAt, message: 'booting', ...(endpoint ? { address: endpoint.ip } : {}) };
       return c;
     });
     this.log.info({ cell: name, pid: vm.pid, accel: vm.accel, tenant: cell.spec.tenant || '(warm)' }, 'cell VM launched');
     this.attach(cell, vm);
+  }
+
+  /** Removes a cell's tap from its tenant's segment (the VM is gone); idempotent. */
+  private async releaseTap(name: string, tenant: string | undefined): Promise<void> {
+    if (!this.o.network) return;
+    await this.o.network.net.detach(cellEndpointId(name));
+    if (tenant) this.o.network.controller.touch(tenant);
+  }
+
+  /**
+   * A warm cell was claimed: its tap (booted off any segment) joins the tenant's segment and
+   * the guest agent puts the address on eth0, with the MAC the segment's filter expects.
+   */
+  private async joinClaimed(cell: Cell, vm: VmInfo): Promise<void> {
+    const n = this.o.network;
+    const channel = this.attached.get(cell.metadata.name)?.channel;
+    if (!n || !channel?.connected) return; // the guest answers later; its `connected` event queues the cell again
+    const { search } = await n.controller.ensureTenant(cell.spec.tenant);
+    const ep = await n.net.attach({ id: cellEndpointId(cell.metadata.name), tenant: cell.spec.tenant, kind: 'tap', ports: [] });
+    await channel.configureNetwork({ address: `${ep.ip}/${ep.prefixLength}`, gateway: ep.gateway, dns: [ep.dns], mtu: ep.mtu, search: [search], mac: ep.mac });
+    await this.o.resources.mutate('Cell', cell.metadata.name, undefined, (c) => {
+      if (c.spec.tenant !== cell.spec.tenant) return undefined;
+      c.status = { ...c.status, address: ep.ip };
+      return c;
+    });
+    this.log.info({ cell: cell.metadata.name, tenant: cell.spec.tenant, address: ep.ip, pid: vm.pid }, 'claimed warm cell joined its tenant network');
+  }
+
+  /**
+   * The published ports of one cell's containers: what its tap endpoint publishes (kernel DNAT
+   * to the VM's address, like every tier) is the union over the instances placed in the cell,
+   * read from the store each time, so it survives an agent restart and needs no bookkeeping.
+   */
+  private portsOf(name: string): CellPorts {
+    const apply = async (leaving?: string): Promise<void> => {
+      const n = this.o.network;
+      const cell = await this.o.resources.get('Cell', name);
+      if (!n || !cell?.spec.tenant) return;
+      const here = (await this.o.resources.list('Instance', cell.spec.tenant)).items.filter((i) => i.spec.cell === name && !i.metadata.deletionRequestedAt && containerIdFor(i) !== leaving);
+      const ports = here.flatMap((i) => i.spec.container.ports.flatMap((p) => (p.hostPort !== undefined ? [{ containerPort: p.containerPort, hostPort: p.hostPort, protocol: p.protocol }] : [])));
+      await n.net.attach({ id: cellEndpointId(name), tenant: cell.spec.tenant, kind: 'tap', ports });
+    };
+    return { publish: () => apply(), unpublish: (containerId) => apply(containerId) };
   }
 
   /**
@@ -280,6 +346,8 @@ export class CellManager extends EventEmitter<CellManagerEvents> {
       hostImagesRoot: this.o.hostImagesRoot,
       guestImagesRoot: GUEST_IMAGES,
       logger: this.log,
+      // With a tap, published ports are the tenant network's; without, QEMU's forwards.
+      ...(vm.nic && this.o.network ? { ports: this.portsOf(name) } : {}),
     });
     this.attached.set(name, { channel, runtime, ac });
     channel.on('connected', () => {

@@ -21,6 +21,8 @@ import { findKernel } from '../vm/initramfs.js';
 import type { VmInfo, VmManager, VmSpec } from '../vm/qemu.js';
 import { run } from '../proc/run.js';
 import { decideAfterExit } from './restart-policy.js';
+import type { HostNetworking } from './network-controller.js';
+import type { Endpoint } from '../network/types.js';
 
 export interface MachineRunnerOptions {
   hostName: string;
@@ -32,6 +34,12 @@ export interface MachineRunnerOptions {
   imagesDir: string;
   /** Per-machine persistent state (disk overlays, console logs of earlier boots). */
   stateDir: string;
+  /**
+   * The host's tenant networks: a machine's VM gets a tap on its tenant's segment and its
+   * own OS asks DHCP for its address (a fixed lease), as on any network. Absent: QEMU's
+   * restricted user networking with its port forwards.
+   */
+  network?: HostNetworking;
 }
 
 function key(m: Machine): string {
@@ -98,6 +106,10 @@ export class MachineRunner {
     const machineDir = join(this.o.stateDir, id);
     if (m.metadata.deletionRequestedAt) {
       if (vm) await this.o.vms.destroy(id, 20_000);
+      if (this.o.network) {
+        await this.o.network.net.detach(id);
+        this.o.network.controller.touch(tenant);
+      }
       await rm(machineDir, { recursive: true, force: true });
       await this.o.resources.remove('Machine', name, tenant);
       this.log.info({ machine: k }, 'machine removed');
@@ -174,6 +186,25 @@ export class MachineRunner {
     if (m.spec.kernel) spec.kernel = m.spec.kernel === 'host' ? findKernel().path : this.file(m.spec.kernel);
     if (m.spec.initrd) spec.initrd = this.file(m.spec.initrd);
     if (m.spec.cmdline) spec.append = m.spec.cmdline;
+    if (this.o.network) {
+      // Its address stays the same across power cycles and restarts: the endpoint lives until the machine is deleted.
+      const tenant = m.metadata.tenant ?? '';
+      await this.o.network.controller.ensureTenant(tenant);
+      const ports = m.spec.ports.map((p) => ({ containerPort: p.guestPort, hostPort: p.hostPort, protocol: p.protocol }));
+      let ep: Endpoint;
+      try {
+        ep = await this.o.network.net.attach({ id, tenant, kind: 'tap', ports, dhcp: true });
+      } catch (e) {
+        // A host port in use, an exhausted block: the user must change something; say what.
+        await this.setStatus(m, { phase: 'Failed', reason: 'NetworkFailed', message: (e as Error).message, runningGeneration: m.metadata.generation }); // the data plane rejects with Error subclasses
+        return;
+      }
+      spec.ports = [];
+      if (ep.tap) spec.nic = { tap: ep.tap, mac: ep.mac };
+      // The Carapace initramfs (no initrd or disk of the machine's own) asks DHCP when told to; an OS of its own does by itself.
+      if (!m.spec.initrd && !m.spec.disk) spec.append = ['carapace.net=dhcp', spec.append].filter(Boolean).join(' ');
+      await this.setStatus(m, { address: ep.ip, mac: ep.mac });
+    }
     if (m.spec.disk) {
       // The machine's own copy-on-write layer: made once, kept across restarts.
       const overlay = join(machineDir, 'disk.qcow2');

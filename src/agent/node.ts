@@ -4,7 +4,7 @@
  * over the cluster's Store: the control plane's own (the all-in-one, `carapace agent --store`) or
  * the agent API's RemoteStore (`carapace agent --join`). `carapace up` runs one beside the server in
  * the same process; `carapace agent` runs one on its own (several per machine in tests, each
- * with its own state directory, bridge and subnet). Its workloads outlive it: containers are
+ * with its own state directory and network prefix). Its workloads outlive it: containers are
  * supervised by conmon and VMs are daemonised QEMU processes, adopted again on the next start.
  */
 import { existsSync } from 'node:fs';
@@ -17,14 +17,16 @@ import type { Logger } from 'pino';
 import type { Env } from '../core/actions.js';
 import type { Resources } from '../core/resources.js';
 import { createImageStore } from '../image/local-store.js';
-import { createNetworkManager } from '../network/network-manager.js';
+import { createTenantNetworking } from '../network/tenant-networking.js';
 import { createRuncDriver, createRunscDriver } from '../runtime/index.js';
 import { createVmManager, type VmManager } from '../vm/qemu.js';
 import { findKernel } from '../vm/initramfs.js';
 import { HostAgent } from './agent.js';
 import { CellManager } from './cells.js';
 import { MachineRunner } from './machines.js';
+import { NetworkController } from './network-controller.js';
 import { UsageSampler } from './usage-sampler.js';
+import { hostAddressSource } from './host-address.js';
 
 export interface HostNodeOptions {
   resources: Resources;
@@ -35,11 +37,12 @@ export interface HostNodeOptions {
   hostName?: string;
   labels?: Record<string, string>;
   insecureRegistries?: string[];
-  /** Give containers a bridge network (default true). */
+  /** Put workloads on their tenant networks (default true; false: containers get loopback only, tests of other parts). */
   network?: boolean;
-  /** Bridge device and subnet (default carapace0, 10.88.0.0/16): two agents on one machine need their own. */
-  bridge?: string;
-  subnet?: string;
+  /** Prefix of this agent's kernel network objects (default `c`): two agents in one network namespace need their own. */
+  netPrefix?: string;
+  /** Addresses of the control plane and the store, which no workload may reach (every host's own addresses are refused anyway). */
+  infrastructure?: string[];
   warmCells?: number;
   accel?: 'auto' | 'kvm' | 'tcg';
   machineImagesDir?: string;
@@ -48,6 +51,8 @@ export interface HostNodeOptions {
   probeTimeScale?: number;
   /** Grace between SIGTERM and SIGKILL when the agent stops a container (default 10 s). */
   stopGraceMs?: number;
+  /** The underlay address other hosts reach this one at (`--advertise-address`); default: the default route's source address. */
+  advertiseAddress?: string;
 }
 
 export interface RunningHostNode {
@@ -77,10 +82,8 @@ export async function createHostNode(o: HostNodeOptions): Promise<RunningHostNod
   const runc = createRuncDriver({ stateDir: join(runtimeDir, 'runc'), logger });
   const runsc = createRunscDriver({ stateDir: join(runtimeDir, 'runsc'), logger });
   const images = createImageStore({ cacheDir: join(o.stateDir, 'images'), logger, ...(o.insecureRegistries ? { insecureRegistries: o.insecureRegistries } : {}) });
-  const network =
-    o.network === false
-      ? undefined
-      : createNetworkManager({ stateDir: join(o.stateDir, 'network'), logger, ...(o.bridge ? { bridge: o.bridge } : {}), ...(o.subnet ? { subnet: o.subnet } : {}) });
+  const net = o.network === false ? undefined : createTenantNetworking({ stateDir: join(o.stateDir, 'network'), logger, ...(o.netPrefix ? { prefix: o.netPrefix } : {}) });
+  const network = net ? { net, controller: new NetworkController({ hostName, resources, logger, net, controlPlane: o.infrastructure ?? [] }) } : undefined;
   const vms = createVmManager({ stateDir: join(o.stateDir, 'vms'), logger, accel: o.accel ?? 'auto' });
   // The Carapace install (dist/ and node_modules/) is shared read-only into cells: the guest agent runs from it.
   const installDir = fileURLToPath(new URL('../../..', import.meta.url));
@@ -98,6 +101,7 @@ export async function createHostNode(o: HostNodeOptions): Promise<RunningHostNod
     warmSize: { cpu: 2, memoryMiB: 2048 },
     ...(heartbeatTimeoutMs ? { heartbeatTimeoutMs } : {}),
     ...(bootTimeoutMs ? { bootTimeoutMs } : {}),
+    ...(network ? { network } : {}),
   });
   const vmProbe = async (): Promise<{ ok: true } | { ok: false; message: string }> => {
     if (!existsSync('/usr/bin/qemu-system-x86_64')) return { ok: false, message: 'qemu-system-x86_64 is not installed' };
@@ -110,7 +114,7 @@ export async function createHostNode(o: HostNodeOptions): Promise<RunningHostNod
   };
   const machineImagesDir = o.machineImagesDir ?? join(o.stateDir, 'machine-images');
   await mkdir(machineImagesDir, { recursive: true });
-  const machines = new MachineRunner({ hostName, resources, env, logger, vms, imagesDir: machineImagesDir, stateDir: join(o.stateDir, 'machines') });
+  const machines = new MachineRunner({ hostName, resources, env, logger, vms, imagesDir: machineImagesDir, stateDir: join(o.stateDir, 'machines'), ...(network ? { network } : {}) });
   const leaseRenewMs = envNumber('CARAPACE_LEASE_RENEW_MS');
   const probeScale = o.probeTimeScale ?? envNumber('CARAPACE_PROBE_TIME_SCALE');
   const agent = new HostAgent({
@@ -124,6 +128,7 @@ export async function createHostNode(o: HostNodeOptions): Promise<RunningHostNod
     machines,
     vmProbe,
     overcommit: { cpu: o.cpuOvercommit ?? 4, memory: 1 },
+    hostAddress: hostAddressSource(o.advertiseAddress),
     ...(o.labels ? { labels: o.labels } : {}),
     ...(network ? { network } : {}),
     ...(leaseRenewMs ? { leaseRenewMs } : {}),

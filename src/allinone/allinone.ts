@@ -41,8 +41,10 @@ export interface AllInOneOptions {
   cellGraceMs?: number;
   /** CPU overcommit ratio of this host when it first registers (default 4: vCPUs and cpu quotas are time-shared). */
   cpuOvercommit?: number;
-  /** The bridge and its subnet (default `carapace0`, 10.88.0.0/16); tests use their own. */
-  bridge?: { name: string; subnet: string };
+  /** Prefix of the host's kernel network objects (default `c`); tests use their own. */
+  netPrefix?: string;
+  /** The underlay address this host reports (default: the default route's source address). */
+  advertiseAddress?: string;
   /** Multiplies probes' initialDelaySeconds and periodSeconds (default 1; env CARAPACE_PROBE_TIME_SCALE). For tests. */
   probeTimeScale?: number;
   /** Grace between SIGTERM and SIGKILL when the agent stops a container (default 10 s). */
@@ -85,9 +87,10 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
     ...(o.accel ? { accel: o.accel } : {}),
     ...(o.machineImagesDir ? { machineImagesDir: o.machineImagesDir } : {}),
     ...(o.cpuOvercommit !== undefined ? { cpuOvercommit: o.cpuOvercommit } : {}),
-    ...(o.bridge ? { bridge: o.bridge.name, subnet: o.bridge.subnet } : {}),
+    ...(o.netPrefix ? { netPrefix: o.netPrefix } : {}),
     ...(o.probeTimeScale !== undefined ? { probeTimeScale: o.probeTimeScale } : {}),
     ...(o.stopGraceMs !== undefined ? { stopGraceMs: o.stopGraceMs } : {}),
+    ...(o.advertiseAddress !== undefined ? { advertiseAddress: o.advertiseAddress } : {}),
   });
   const server = await startControlServer({
     store,

@@ -9,6 +9,24 @@ import { ROUTES } from '../model/routes.js';
 
 let cached: unknown;
 
+const IPV4 = { type: 'string', format: 'ipv4' };
+
+/**
+ * What a read of an object says about its network (the rest of an object is its manifest
+ * plus fields documented in model/objects.ts): one schema per kind that has addresses.
+ */
+const NETWORK_STATUS: Record<string, unknown> = {
+  Tenant: {
+    type: 'object',
+    properties: { status: { type: 'object', properties: { network: { type: 'object', description: "The tenant network, once its first work was placed", properties: { cidr: { type: 'string', description: 'e.g. 10.128.0.0/18' }, vni: { type: 'integer', description: 'VXLAN network identifier' } } } } } },
+  },
+  Service: { type: 'object', properties: { status: { type: 'object', properties: { address: { ...IPV4, description: "The service address (VIP), claimed at creation, released at deletion" } } } } },
+  Instance: { type: 'object', properties: { status: { type: 'object', properties: { address: { ...IPV4, description: "Its address on the tenant network (an instance in a cell has the cell's)" } } } } },
+  Cell: { type: 'object', properties: { status: { type: 'object', properties: { address: { ...IPV4, description: "The VM's address on its tenant network" } } } } },
+  Machine: { type: 'object', properties: { status: { type: 'object', properties: { address: { ...IPV4, description: "The VM's address on its tenant network" }, mac: { type: 'string', description: "Its NIC's MAC address" } } } } },
+  Host: { type: 'object', properties: { status: { type: 'object', properties: { address: { ...IPV4, description: "The host's underlay address (where other hosts' VXLAN reaches it)" } } } } },
+};
+
 function schemaOf(s: z.ZodType): unknown {
   const { $schema: _drop, ...rest } = z.toJSONSchema(s, { io: 'input', unrepresentable: 'any' }) as Record<string, unknown>;
   return rest;
@@ -30,6 +48,9 @@ export function openApiDocument(): unknown {
         default: { description: 'Error', content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } },
       },
     };
+    if (r.action === 'get' && r.objectKind !== undefined && NETWORK_STATUS[r.objectKind] !== undefined) {
+      op['responses'] = { ...(op['responses'] as Record<string, unknown>), '200': { description: 'OK', content: { 'application/json': { schema: { $ref: `#/components/schemas/${r.objectKind}Network` } } } } };
+    }
     if (r.action === 'apply' || r.action === 'create') {
       op['requestBody'] = { required: true, content: { 'application/json': { schema: { $ref: `#/components/schemas/${r.objectKind}Manifest` } } } };
     }
@@ -44,6 +65,7 @@ export function openApiDocument(): unknown {
         TenantManifest: schemaOf(TenantManifestSchema),
         ServiceManifest: schemaOf(ServiceManifestSchema),
         JobManifest: schemaOf(JobManifestSchema),
+        ...Object.fromEntries(Object.entries(NETWORK_STATUS).map(([kind, schema]) => [`${kind}Network`, schema])),
         Error: {
           type: 'object',
           properties: {

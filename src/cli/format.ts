@@ -5,7 +5,7 @@
 import YAML from 'yaml';
 import { formatMemory } from '../model/quantity.js';
 import { instanceReady, type AnyObject, type Cell, type Host, type Instance, type Job, type Kind, type Machine, type Service, type Tenant } from '../model/objects.js';
-import type { Probe } from '../model/schemas.js';
+import { egressOf, type Egress, type Probe } from '../model/schemas.js';
 
 /** `5s`, `3m`, `2h`, `4d` since an RFC 3339 time. */
 export function age(since: string | undefined, now = Date.now()): string {
@@ -95,17 +95,35 @@ const COLUMNS: { [K in Kind]: Columns<Extract<AnyObject, { kind: K }>> } = {
   },
 };
 
-/** The `get` table for a list of objects of one kind. */
-export function formatTable(kind: Kind, items: AnyObject[]): string {
-  if (items.length === 0) return `No ${kind.toLowerCase()}s found.`;
-  const cols = COLUMNS[kind] as Columns<AnyObject>; // items are all of `kind`
-  return table(cols.header, items.map((o) => cols.row(o)));
+/** The ports a service's instances listen on, as `containerPort/protocol` (published ones as `hostPort->containerPort/protocol`). */
+function servicePorts(s: Service): string {
+  return s.spec.ports.map((p) => `${p.hostPort !== undefined ? `${p.hostPort}->` : ''}${p.containerPort}/${p.protocol}`).join(',') || '-';
 }
 
+/** The columns `-o wide` adds after the usual ones (addresses, and where things run). */
+const WIDE: { [K in Kind]?: Columns<Extract<AnyObject, { kind: K }>> } = {
+  Tenant: { header: ['CIDR', 'EGRESS'], row: (t: Tenant) => [t.status?.network?.cidr ?? '-', egressOf(t.spec).default] },
+  Service: { header: ['ADDRESS', 'PORTS'], row: (s: Service) => [s.status.address ?? '-', servicePorts(s)] },
+  Instance: { header: ['ADDRESS', 'CELL', 'IMAGE'], row: (i: Instance) => [i.status.address ?? '-', i.spec.cell ?? '-', i.spec.container.image] },
+  Machine: { header: ['ADDRESS'], row: (m: Machine) => [m.status.address ?? '-'] },
+  Cell: { header: ['ADDRESS'], row: (c: Cell) => [c.status.address ?? '-'] },
+  Host: { header: ['ADDRESS'], row: (h: Host) => [h.status.address ?? '-'] },
+};
+
+/** The `get` table for a list of objects of one kind; `wide` adds the WIDE columns. */
+export function formatTable(kind: Kind, items: AnyObject[], wide = false): string {
+  if (items.length === 0) return `No ${kind.toLowerCase()}s found.`;
+  const cols = COLUMNS[kind] as Columns<AnyObject>; // items are all of `kind`
+  const extra = wide ? (WIDE[kind] as Columns<AnyObject> | undefined) : undefined; // likewise
+  if (!extra) return table(cols.header, items.map((o) => cols.row(o)));
+  return table([...cols.header, ...extra.header], items.map((o) => [...cols.row(o), ...extra.row(o)]));
+}
+
+/** `get`'s output: json, yaml, the table, or the wide table. */
 export function formatOutput(kind: Kind, items: AnyObject[], output: string, single: boolean): string {
   if (output === 'json') return JSON.stringify(single ? items[0] : { items }, null, 2);
   if (output === 'yaml') return YAML.stringify(single ? items[0] : { items }).trimEnd();
-  return formatTable(kind, items);
+  return formatTable(kind, items, output === 'wide');
 }
 
 function kv(pairs: [string, string | number | undefined][], indent = ''): string {
@@ -127,6 +145,13 @@ function containerLines(c: Service['spec'] | Job['spec'] | Instance['spec']['con
     ['Liveness', c.livenessProbe ? describeProbe(c.livenessProbe) : undefined],
     ['Readiness', c.readinessProbe ? describeProbe(c.readinessProbe) : undefined],
   ];
+}
+
+/** A tenant's egress policy on one line: `allow (everything but the infrastructure)` or `deny, except 192.0.2.0/24 tcp 443; …`. */
+export function describeEgress(e: Egress): string {
+  if (e.default === 'allow') return 'allow (everything but the infrastructure)';
+  if (e.allow.length === 0) return 'deny (only the tenant network)';
+  return `deny, except ${e.allow.map((r) => [r.cidr, r.protocol, r.ports?.join(',')].filter((x) => x !== undefined).join(' ')).join('; ')}`;
 }
 
 /** A probe on one line, as kubectl describes it: `http-get :8080/healthz delay=0s timeout=1s period=10s #success=1 #failure=3`. */
@@ -152,10 +177,17 @@ export function formatDescribe(o: AnyObject, instances: Instance[] = []): string
   const parts = [kv(head)];
   switch (o.kind) {
     case 'Tenant':
-      parts.push(kv([['Display name', o.spec.displayName], ['Contact', o.spec.contact]]));
+      parts.push(
+        kv([
+          ['Display name', o.spec.displayName],
+          ['Contact', o.spec.contact],
+          ['Network', o.status?.network ? `${o.status.network.cidr} (VNI ${o.status.network.vni})` : '(none yet: made with its first placed work)'],
+          ['Egress', describeEgress(egressOf(o.spec))],
+        ]),
+      );
       break;
     case 'Service':
-      parts.push(kv([...containerLines(o.spec), ['Replicas', `${o.spec.replicas} desired, ${o.status.ready} ready`], ['Restart policy', o.spec.restartPolicy]]));
+      parts.push(kv([['Address', o.status.address ?? '(none yet)'], ...containerLines(o.spec), ['Replicas', `${o.spec.replicas} desired, ${o.status.ready} ready`], ['Restart policy', o.spec.restartPolicy]]));
       break;
     case 'Job':
       parts.push(
@@ -175,6 +207,7 @@ export function formatDescribe(o: AnyObject, instances: Instance[] = []): string
           ['Owner', `${o.spec.owner.kind.toLowerCase()}/${o.spec.owner.name}`],
           ['Host', o.spec.host || '(not placed)'],
           ['Cell', o.spec.cell || undefined],
+          ['Address', s.address],
           ['Phase', s.phase],
           ['Ready', instanceReady(o) ? 'true' : 'false'],
           ['Reason', s.reason],
@@ -198,6 +231,8 @@ export function formatDescribe(o: AnyObject, instances: Instance[] = []): string
       parts.push(
         kv([
           ['Host', o.status.host || '(not placed)'],
+          ['Address', o.status.address],
+          ['MAC', o.status.mac],
           ['Phase', o.status.phase],
           ['Reason', o.status.reason],
           ['Message', o.status.message],
@@ -222,6 +257,7 @@ export function formatDescribe(o: AnyObject, instances: Instance[] = []): string
           ['Tenant', o.spec.tenant || '(warm, unassigned)'],
           ['Group', o.spec.tenant ? o.spec.group : undefined],
           ['Host', o.spec.host],
+          ['Address', o.status.address],
           ['Size', `cpu ${o.spec.cpu}, memory ${formatMemory(o.spec.memoryMiB)}${o.spec.dedicated ? ' (dedicated: one instance)' : ''}`],
           ['Phase', o.status.phase],
           ['Message', o.status.message],
@@ -239,6 +275,7 @@ export function formatDescribe(o: AnyObject, instances: Instance[] = []): string
       parts.push(
         kv([
           ['State', o.status.state],
+          ['Address', o.status.address ?? '(none reported: joins no overlay)'],
           ['Schedulable', o.spec.unschedulable ? 'no (cordoned)' : 'yes'],
           ['Isolation', o.status.isolation.join(', ') || 'none'],
           ['Capacity', `cpu ${o.status.capacity.cpu}, memory ${formatMemory(o.status.capacity.memoryMiB)}`],

@@ -8,6 +8,7 @@
 import { CarapaceError } from '../model/errors.js';
 import { Command, Option } from 'commander';
 import { kindFromWord, KINDS, type AnyObject, type Instance, type Kind } from '../model/objects.js';
+import { parseIpv4 } from '../model/netaddr.js';
 import { applyAll, readManifests, waitFor, manifestPath } from './apply.js';
 import { ApiClient, CliError } from './client.js';
 import { formatDescribe, formatOutput, table } from './format.js';
@@ -47,6 +48,13 @@ function itemPath(kind: Kind, n: { tenant?: string; name: string }): string {
   return n.tenant !== undefined ? `/v1/tenants/${n.tenant}/${plural}/${n.name}` : `/v1/${plural}/${n.name}`;
 }
 
+/** Refuses an `--advertise-address` that is not an IPv4 address, before anything starts. */
+function checkAdvertiseAddress(a: string | undefined): void {
+  if (a !== undefined && parseIpv4(a) === undefined) {
+    throw new CliError('CARAPACE_E_BAD_QUERY', `--advertise-address must be an IPv4 address such as 192.0.2.10, got "${a}"`, [{ path: '--advertise-address', message: 'not an IPv4 address' }]);
+  }
+}
+
 program
   .command('up')
   .description('Run an all-in-one Carapace (API server, host agent, embedded SQLite store) in the foreground')
@@ -58,10 +66,10 @@ program
   .option('--warm-cells <n>', 'pre-booted, unassigned cells to keep on this host', '0')
   .option('--cpu-overcommit <ratio>', 'cpu requests this host accepts per core (vCPUs are time-shared)', '4')
   .option('--machine-images <dir>', 'where machine kernels, initrds and disks are looked up (default STATE_DIR/machine-images)')
-  .option('--bridge <name>', 'container bridge device (default carapace0; two all-in-ones on one machine need two; with --subnet)')
-  .option('--subnet <cidr>', 'container subnet of that bridge (default 10.88.0.0/16)')
+  .option('--net-prefix <p>', 'prefix of the kernel network objects (bridges, taps, nft tables) of this host, [a-z][a-z0-9]{0,3} (default c; two on one machine need two)')
+  .option('--advertise-address <ipv4>', "this host's underlay address, where other hosts reach it (default: the source address of the default route)")
   .addOption(new Option('--accel <mode>', 'VM acceleration (auto: a timed probe boot decides)').choices(['auto', 'kvm', 'tcg']).default('auto'))
-  .action(async (o: { stateDir: string; port: string; listen: string; hostName?: string; apply?: string[]; warmCells: string; accel: 'auto' | 'kvm' | 'tcg'; machineImages?: string; cpuOvercommit: string; bridge?: string; subnet?: string }) => {
+  .action(async (o: { stateDir: string; port: string; listen: string; hostName?: string; apply?: string[]; warmCells: string; accel: 'auto' | 'kvm' | 'tcg'; machineImages?: string; cpuOvercommit: string; netPrefix?: string; advertiseAddress?: string }) => {
     const { runAllInOne } = await import('../allinone/allinone.js');
     const port = Number(o.port);
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CliError('CARAPACE_E_BAD_QUERY', `--port must be a port number, got "${o.port}"`);
@@ -69,12 +77,13 @@ program
     if (!Number.isInteger(warmCells) || warmCells < 0 || warmCells > 64) throw new CliError('CARAPACE_E_BAD_QUERY', `--warm-cells must be a whole number from 0 to 64, got "${o.warmCells}"`);
     const cpuOvercommit = Number(o.cpuOvercommit);
     if (!Number.isFinite(cpuOvercommit) || cpuOvercommit < 1 || cpuOvercommit > 64) throw new CliError('CARAPACE_E_BAD_QUERY', `--cpu-overcommit must be a number from 1 to 64, got "${o.cpuOvercommit}"`);
-    if ((o.bridge === undefined) !== (o.subnet === undefined)) throw new CliError('CARAPACE_E_BAD_QUERY', '--bridge and --subnet go together (another bridge needs its own subnet)', [{ path: o.bridge ? '--subnet' : '--bridge', message: 'give both or neither' }]);
+    checkAdvertiseAddress(o.advertiseAddress);
     // Read and validated before anything starts: a bad file is refused, not found after boot.
     const apply = o.apply ? await readManifests(o.apply) : [];
     await runAllInOne({
       cpuOvercommit, stateDir: o.stateDir, port, listen: o.listen, ...(o.hostName ? { hostName: o.hostName } : {}), apply, warmCells, accel: o.accel, ...(o.machineImages ? { machineImagesDir: o.machineImages } : {}),
-      ...(o.bridge && o.subnet ? { bridge: { name: o.bridge, subnet: o.subnet } } : {}) });
+      ...(o.netPrefix ? { netPrefix: o.netPrefix } : {}),
+      ...(o.advertiseAddress ? { advertiseAddress: o.advertiseAddress } : {}) });
   });
 
 program
@@ -112,18 +121,19 @@ program
   .option('--state-dir <dir>', 'where containers, images and VMs of this host live', '/var/lib/carapace')
   .option('--host-name <name>', 'name of this host (default: the machine hostname)')
   .option('--label <key=value...>', 'host labels, e.g. zone=a')
-  .option('--bridge <name>', 'container bridge device (default carapace0; two agents on one machine need two)')
-  .option('--subnet <cidr>', 'container subnet (default 10.88.0.0/16)')
+  .option('--net-prefix <p>', 'prefix of the kernel network objects (bridges, taps, nft tables) of this host, [a-z][a-z0-9]{0,3} (default c; two agents in one network namespace need two)')
+  .option('--advertise-address <ipv4>', "this host's underlay address, where other hosts reach it (default: the source address of the default route)")
   .option('--insecure-registry <host:port...>', 'registries reached over plain HTTP besides loopback ones')
   .option('--warm-cells <n>', 'pre-booted, unassigned cells to keep on this host', '0')
   .option('--cpu-overcommit <ratio>', 'cpu requests this host accepts per core', '4')
   .addOption(new Option('--accel <mode>', 'VM acceleration').choices(['auto', 'kvm', 'tcg']).default('auto'))
-  .action(async (o: { insecureRegistry?: string[]; store?: string; join?: string; joinToken?: string; stateDir: string; hostName?: string; label?: string[]; bridge?: string; subnet?: string; warmCells: string; cpuOvercommit: string; accel: 'auto' | 'kvm' | 'tcg' }) => {
+  .action(async (o: { insecureRegistry?: string[]; store?: string; join?: string; joinToken?: string; stateDir: string; hostName?: string; label?: string[]; netPrefix?: string; warmCells: string; cpuOvercommit: string; accel: 'auto' | 'kvm' | 'tcg'; advertiseAddress?: string }) => {
     const { runAgent } = await import('../server/run.js');
     const warmCells = Number(o.warmCells);
     if (!Number.isInteger(warmCells) || warmCells < 0 || warmCells > 64) throw new CliError('CARAPACE_E_BAD_QUERY', `--warm-cells must be a whole number from 0 to 64, got "${o.warmCells}"`);
     const cpuOvercommit = Number(o.cpuOvercommit);
     if (!Number.isFinite(cpuOvercommit) || cpuOvercommit < 1 || cpuOvercommit > 64) throw new CliError('CARAPACE_E_BAD_QUERY', `--cpu-overcommit must be a number from 1 to 64, got "${o.cpuOvercommit}"`);
+    checkAdvertiseAddress(o.advertiseAddress);
     const labels: Record<string, string> = {};
     for (const l of o.label ?? []) {
       const m = /^([a-z0-9][a-z0-9._/-]{0,62})=([A-Za-z0-9._-]{0,63})$/.exec(l);
@@ -140,9 +150,9 @@ program
       accel: o.accel,
       labels,
       ...(o.hostName ? { hostName: o.hostName } : {}),
-      ...(o.bridge ? { bridge: o.bridge } : {}),
-      ...(o.subnet ? { subnet: o.subnet } : {}),
+      ...(o.netPrefix ? { netPrefix: o.netPrefix } : {}),
       ...(o.insecureRegistry ? { insecureRegistries: o.insecureRegistry } : {}),
+      ...(o.advertiseAddress ? { advertiseAddress: o.advertiseAddress } : {}),
     });
   });
 
@@ -169,7 +179,7 @@ program
   .argument('<kind>', 'kind to list')
   .argument('[name]', 'one object (TENANT/NAME for per-tenant kinds)')
   .option('-t, --tenant <tenant>', 'only this tenant')
-  .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'json', 'yaml']).default('table'))
+  .addOption(new Option('-o, --output <format>', 'output format (wide: the table with addresses and where things run)').choices(['table', 'wide', 'json', 'yaml']).default('table'))
   .action(async (word: string, name: string | undefined, o: { tenant?: string; output: string }) => {
     const kind = parseKind(word);
     const c = client();

@@ -11,6 +11,8 @@ import type { Resources } from '../core/resources.js';
 import { isCarapaceError } from '../model/errors.js';
 import { DEAD_CELL_PHASES, instanceReady, TERMINAL_PHASES, type Cell, type Host, type Instance, type Job, type Machine, type Service, type Tenant } from '../model/objects.js';
 import { kindPrefix } from '../model/keys.js';
+import { DEFAULT_NETWORK_POOLS, type NetworkPools } from '../model/tenant-network.js';
+import { claimServiceAddress } from '../core/network-records.js';
 import type { ModelView } from '../scheduler/model-adapter.js';
 import { planJob, planService, type Change } from './workload-plan.js';
 import { Placement } from './placement.js';
@@ -26,6 +28,8 @@ export interface ControllerOptions {
   resyncMs?: number;
   /** How long an assigned cell may stay empty before it is retired (default 60 s). */
   cellGraceMs?: number;
+  /** The cluster's network pools (tenant networks, service addresses); default DEFAULT_NETWORK_POOLS. */
+  pools?: NetworkPools;
 }
 
 /** The key of the pass that retires cells left empty past their grace period. */
@@ -56,7 +60,7 @@ export class WorkloadController {
 
   constructor(private readonly o: ControllerOptions) {
     this.log = o.logger.child({ component: 'controller' });
-    this.placement = new Placement({ resources: o.resources, env: o.env, logger: o.logger });
+    this.placement = new Placement({ resources: o.resources, env: o.env, logger: o.logger, ...(o.pools ? { pools: o.pools } : {}) });
     const r = o.resources;
     this.loop = new Reconciler({
       name: 'controller',
@@ -125,6 +129,7 @@ export class WorkloadController {
     const { kind, tenant, name } = parseKey(key);
     const r = this.o.resources;
     const [owner, view] = await Promise.all([kind === 'Service' ? r.get('Service', name, tenant) : r.get('Job', name, tenant), this.placement.view()]);
+    if (owner?.kind === 'Service' && owner.status.address === undefined) await this.addressService(owner);
     const owned = (i: Instance): boolean => i.metadata.tenant === tenant && i.spec.owner.kind === kind && i.spec.owner.name === name;
     const evicted = await this.evictLost(tenant, view.instances.filter(owned), view.hosts, view.cells);
     if (evicted.size > 0) view.instances = view.instances.filter((i) => !(i.metadata.tenant === tenant && evicted.has(i.metadata.name)));
@@ -151,6 +156,28 @@ export class WorkloadController {
       for (const i of created) this.evicted.delete(`${tenant}/${i.metadata.name}`);
     }
     for (const c of changes) if (c.op === 'serviceStatus' || c.op === 'jobStatus') await this.apply(kind, tenant, name, c, view);
+  }
+
+  /**
+   * Gives a service stored before service addresses existed its address (an upgraded store;
+   * new services get theirs at creation), with its claim in the same transaction, audited
+   * `service.addressed`. A lost race (the service changed, or the address was just taken)
+   * fails this pass; the next one retries.
+   */
+  private async addressService(s: Service): Promise<void> {
+    let claim: Awaited<ReturnType<typeof claimServiceAddress>>;
+    try {
+      claim = await claimServiceAddress(this.o.resources.store, this.o.pools ?? DEFAULT_NETWORK_POOLS, s);
+    } catch (e) {
+      // No address left: the service still gets its instances; the next pass tries again.
+      if (!isCarapaceError(e, 'CARAPACE_E_NETWORK_POOL_EXHAUSTED')) throw e;
+      this.log.warn({ tenant: s.metadata.tenant, service: s.metadata.name, err: e.message }, 'service has no address');
+      return;
+    }
+    const addressed: Service = { ...s, status: { ...s.status, address: claim.address } };
+    const entry = systemEntry(this.o.env.now(), 'service.addressed', 'Service', s.metadata.name, s.metadata.tenant ?? '', { address: claim.address });
+    await this.o.resources.writeAll([{ obj: addressed, expectVersion: s.metadata.resourceVersion }], [entry], [claim.op]);
+    this.log.info({ tenant: s.metadata.tenant, service: s.metadata.name, address: claim.address }, 'service address assigned');
   }
 
   /** Places whatever waits for a host (instances of every owner, machines). */
@@ -423,7 +450,8 @@ export class WorkloadController {
         return;
       case 'serviceStatus':
         await r.mutate('Service', ownerName, tenant, (s) => {
-          s.status = { ready: c.ready, observedGeneration: c.observedGeneration };
+          // Merged, not replaced: the service's address is the control plane's, not the controller's.
+          s.status = { ...s.status, ready: c.ready, observedGeneration: c.observedGeneration };
           return s;
         });
         return;

@@ -17,16 +17,21 @@ import type { Logger } from 'pino';
 import type { Env } from '../core/actions.js';
 import type { Resources } from '../core/resources.js';
 import { metrics } from '../metrics/metrics.js';
+import { CIDR_CLAIM_PREFIX, TENANT_NETWORK_PREFIX } from '../model/keys.js';
 import { TERMINAL_PHASES, type Instance } from '../model/objects.js';
+import { DEFAULT_NETWORK_POOLS, type NetworkPools, type TenantNetwork } from '../model/tenant-network.js';
 import { applyPlan as applyToSnapshot, ClusterState } from '../scheduler/index.js';
 import { instanceRequestFromModel, machineRequestFromModel, machineSchedulerId, schedulerId, snapshotFromModel, type ModelView } from '../scheduler/model-adapter.js';
 import type { CellInfo, HostInfo, InstanceRequest, Placement as SnapshotPlacement, Snapshot, TenantQuota } from '../scheduler/types.js';
+import { NetworkLedger } from './network-ledger.js';
 import { applyPlan, type PlanSubject } from './plan-applier.js';
 
 export interface PlacementOptions {
   resources: Resources;
   env: Env;
   logger: Logger;
+  /** The cluster's network pools (tenant networks are handed out from them); default DEFAULT_NETWORK_POOLS. */
+  pools?: NetworkPools;
 }
 
 /** What one pass did. */
@@ -127,6 +132,17 @@ export class Placement {
     return { hosts: hosts.items, instances: instances.items, cells: cells.items, machines: machines.items, tenants: tenants.items };
   }
 
+  /** The stored tenant networks (by tenant, with their versions) and the pool indexes claimed. */
+  private async networks(): Promise<{ records: Map<string, TenantNetwork>; versions: Map<string, number>; claimed: number[] }> {
+    const store = this.o.resources.store;
+    const [nets, claims] = await Promise.all([store.list<TenantNetwork>(TENANT_NETWORK_PREFIX), store.list<unknown>(CIDR_CLAIM_PREFIX)]);
+    return {
+      records: new Map(nets.items.map((e) => [e.value.tenant, e.value])),
+      versions: new Map(nets.items.map((e) => [e.value.tenant, e.version])),
+      claimed: claims.items.map((e) => Number(e.key.slice(CIDR_CLAIM_PREFIX.length))).filter(Number.isInteger),
+    };
+  }
+
   /**
    * One pass: places `created` (instances an owner's reconcile just made, not stored yet: each
    * is written with its placement or its refusal) together with everything in `view` that
@@ -162,12 +178,17 @@ export class Placement {
     // Assume the plan applied; on any failure below the state is dropped and rebuilt next pass.
     this.state = undefined;
     this.kept = undefined;
+    // Read after the plan: the records' versions are what the compare-and-set checks.
+    const nets = await this.networks();
     const applied = await applyPlan(plan, {
       resources: this.o.resources,
       now,
       newUid: () => this.o.env.newId(),
       subjects,
       cells: new Map(view.cells.map((c) => [c.metadata.name, c])),
+      networks: new NetworkLedger(this.o.pools ?? DEFAULT_NETWORK_POOLS, nets.records, nets.claimed, now),
+      networkVersions: nets.versions,
+      tenants: new Map(view.tenants.map((t) => [t.metadata.name, t])),
     });
     const next = applyToSnapshot(kept, plan);
     this.state = state;

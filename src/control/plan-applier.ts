@@ -12,8 +12,12 @@
  */
 import type { AuditEntry } from '../audit/record.js';
 import type { Resources } from '../core/resources.js';
-import type { AnyObject, Cell, Instance, Machine } from '../model/objects.js';
+import { cidrClaimKey, tenantNetworkKey } from '../model/keys.js';
+import type { AnyObject, Cell, Instance, Machine, Tenant } from '../model/objects.js';
+import type { CidrClaim } from '../model/tenant-network.js';
 import type { Plan, PlannedCell } from '../scheduler/types.js';
+import type { TxnOp } from '../store/store.js';
+import type { NetworkChange, NetworkLedger } from './network-ledger.js';
 
 /** Most objects written by one transaction (with their audit and allocation records: about 5 ops each). */
 export const MAX_WRITES_PER_TXN = 16;
@@ -36,6 +40,14 @@ export interface ApplyContext {
   subjects: ReadonlyMap<string, PlanSubject>;
   /** Stored cells by name (the warm cells a plan claims are read from here, with their version). */
   cells: ReadonlyMap<string, Cell>;
+  /**
+   * Hands out the tenant networks and host blocks the placements need (built from the stored
+   * records); `networkVersions` holds the stored records' versions (absent: not stored), for
+   * their compare-and-set; `tenants` the stored tenants, whose status names their network.
+   */
+  networks: NetworkLedger;
+  networkVersions: ReadonlyMap<string, number>;
+  tenants: ReadonlyMap<string, Tenant>;
 }
 
 /** What a plan changed, for logs and metrics. */
@@ -53,6 +65,18 @@ interface Write {
   audit?: AuditEntry;
 }
 
+/**
+ * What lands together: a cell with what is placed into it, or one placement, or one refusal;
+ * `network` is the tenant network change the unit's placements need (written with its first
+ * slice).
+ */
+interface Unit {
+  writes: Write[];
+  network?: NetworkChange;
+  /** Tenant and host of its placements (undefined for a refusal). */
+  where?: { tenant: string; host: string };
+}
+
 /** An audit entry for an action the control plane takes on its own. */
 export function systemEntry(time: string, action: string, kind: string, name: string, tenant: string, detail: Record<string, unknown>): AuditEntry {
   return { time, actor: { kind: 'system', id: 'controller' }, action, target: { kind, name, ...(tenant ? { tenant } : {}) }, outcome: 'success', detail };
@@ -61,6 +85,20 @@ export function systemEntry(time: string, action: string, kind: string, name: st
 /** The audit record of the scheduler refusing to place an instance past its tenant's quota. */
 export function quotaRefusal(time: string, kind: string, name: string, tenant: string, message: string): AuditEntry {
   return { ...systemEntry(time, 'quota.refused', kind, name, tenant, { code: 'QuotaExceeded', message: message.slice(0, 500) }), outcome: 'failure' };
+}
+
+/** The refusal code of a placement whose tenant got no network or no host block (see NetworkLedger). */
+export const NETWORK_POOL_EXHAUSTED = 'CARAPACE_E_NETWORK_POOL_EXHAUSTED';
+
+/** The audit record of a placement refused because the network pools are used up. */
+export function networkRefusal(time: string, kind: string, name: string, tenant: string, message: string): AuditEntry {
+  return { ...systemEntry(time, 'network.refused', kind, name, tenant, { code: NETWORK_POOL_EXHAUSTED, message: message.slice(0, 500) }), outcome: 'failure' };
+}
+
+/** The audit record of a tenant network created, or of a host block added to one. */
+function networkEntry(time: string, c: NetworkChange): AuditEntry {
+  const detail = { ...(c.createdIndex !== undefined ? { cidr: c.network.cidr, vni: c.network.vni } : {}), ...(c.addedBlock ? { host: c.addedBlock.host, block: c.addedBlock.block } : {}) };
+  return systemEntry(time, 'network.allocated', 'TenantNetwork', c.tenant, c.tenant, detail);
 }
 
 function cellWrite(c: PlannedCell, ctx: ApplyContext): Write {
@@ -98,7 +136,8 @@ function placementWrite(s: PlanSubject, host: string, cell: string | undefined, 
 /** The write recording why a subject waits, or undefined when its status already says so. */
 function refusalWrite(s: PlanSubject, code: string, reason: string, now: string): Write | undefined {
   const tenant = s.obj.metadata.tenant ?? '';
-  const quota = code === 'QuotaExceeded' ? quotaRefusal(now, s.kind === 'machine' ? 'Machine' : 'Instance', s.obj.metadata.name, tenant, reason) : undefined;
+  const kind = s.kind === 'machine' ? 'Machine' : 'Instance';
+  const quota = code === 'QuotaExceeded' ? quotaRefusal(now, kind, s.obj.metadata.name, tenant, reason) : code === NETWORK_POOL_EXHAUSTED ? networkRefusal(now, kind, s.obj.metadata.name, tenant, reason) : undefined;
   if (s.kind === 'machine') {
     if (s.obj.status.message === reason) return undefined;
     return { obj: { ...s.obj, status: { ...s.obj.status, reason: 'Unschedulable', message: reason } }, expectVersion: s.obj.metadata.resourceVersion, ...(quota ? { audit: quota } : {}) };
@@ -111,19 +150,23 @@ function refusalWrite(s: PlanSubject, code: string, reason: string, now: string)
 /**
  * Writes `plan` (its cells, placements and refusals; `retireCells` and `moves` are not applied
  * here: empty and dead cells are retired by the Cells reconcile after its grace period, and
- * consolidation is not enabled). Throws CARAPACE_E_CONFLICT / CARAPACE_E_ALREADY_EXISTS when a
- * precondition fails (the view was stale): units before the failing transaction stay applied.
+ * consolidation is not enabled). The first unit placing a tenant's work creates its network
+ * (record, CIDR claim, the tenant's status), the first on a host adds the host's block, both
+ * in that unit's transaction (compare-and-set on the record); when the pools are used up the
+ * unit's placements are refused instead (CARAPACE_E_NETWORK_POOL_EXHAUSTED, audited).
+ * Throws CARAPACE_E_CONFLICT / CARAPACE_E_ALREADY_EXISTS when a precondition fails (the view
+ * was stale): units before the failing transaction stay applied.
  */
 export async function applyPlan(plan: Plan, ctx: ApplyContext): Promise<AppliedPlan> {
   const out: AppliedPlan = { placed: 0, refusedByTenant: new Map(), cellsCreated: 0, cellsClaimed: 0 };
-  const units: Write[][] = [];
-  const intoCell = new Map<string, Write[]>();
+  const units: Unit[] = [];
+  const intoCell = new Map<string, Unit>();
+  const subjectsOf = new Map<Unit, PlanSubject[]>();
   for (const c of plan.createCells) {
-    const unit = [cellWrite(c, ctx)];
+    const unit: Unit = { writes: [cellWrite(c, ctx)], where: { tenant: c.tenant, host: c.host } };
     units.push(unit);
     intoCell.set(c.id, unit);
-    if (c.fromWarmPool === true) out.cellsClaimed++;
-    else out.cellsCreated++;
+    subjectsOf.set(unit, []);
   }
   for (const p of plan.placements) {
     const s = ctx.subjects.get(p.instance.id);
@@ -132,35 +175,108 @@ export async function applyPlan(plan: Plan, ctx: ApplyContext): Promise<AppliedP
     if (!s) continue;
     const w = placementWrite(s, p.host, p.cell, ctx.now);
     const unit = p.cell !== undefined ? intoCell.get(p.cell) : undefined;
-    if (unit) unit.push(w);
-    else units.push([w]);
-    out.placed++;
+    if (unit) {
+      unit.writes.push(w);
+      subjectsOf.get(unit)?.push(s);
+    } else {
+      const u: Unit = { writes: [w], where: { tenant: s.obj.metadata.tenant ?? '', host: p.host } };
+      units.push(u);
+      subjectsOf.set(u, [s]);
+    }
+  }
+  const refuse = (s: PlanSubject, code: string, reason: string): Unit | undefined => {
+    const w = refusalWrite(s, code, reason, ctx.now);
+    if (!w) return undefined;
+    const t = s.obj.metadata.tenant ?? '';
+    out.refusedByTenant.set(t, (out.refusedByTenant.get(t) ?? 0) + 1);
+    return { writes: [w] };
+  };
+  // Networks, in plan order: a unit whose tenant gets no network (or no block on its host)
+  // becomes refusals of what it placed; its cell is not made.
+  const written: Unit[] = [];
+  for (const unit of units) {
+    const where = unit.where;
+    // Work of a tenant that is gone (deleted since the view was read) gets no network: the
+    // record would outlive its tenant. Its instances are being removed anyway.
+    const r = where && ctx.tenants.has(where.tenant) ? ctx.networks.ensure(where.tenant, where.host) : { ok: true as const };
+    if (!r.ok) {
+      for (const s of subjectsOf.get(unit) ?? []) {
+        const u = refuse(s, NETWORK_POOL_EXHAUSTED, r.message);
+        if (u) written.push(u);
+      }
+      continue;
+    }
+    if (r.change) unit.network = r.change;
+    written.push(unit);
+    const cell = plan.createCells.find((c) => intoCell.get(c.id) === unit);
+    if (cell) {
+      if (cell.fromWarmPool === true) out.cellsClaimed++;
+      else out.cellsCreated++;
+    }
+    out.placed += subjectsOf.get(unit)?.length ?? 0;
   }
   for (const u of plan.unplaced) {
     const s = ctx.subjects.get(u.instance.id);
     if (!s) continue;
-    const w = refusalWrite(s, u.code, u.reason, ctx.now);
-    if (!w) continue;
-    units.push([w]);
-    const t = s.obj.metadata.tenant ?? '';
-    out.refusedByTenant.set(t, (out.refusedByTenant.get(t) ?? 0) + 1);
+    const unit = refuse(s, u.code, u.reason);
+    if (unit) written.push(unit);
   }
+
+  // Versions of the network records as the transactions leave them (absent: not stored yet).
+  const versions = new Map(ctx.networkVersions);
   let batch: Write[] = [];
+  let audits: AuditEntry[] = [];
+  /** The network records this batch writes, by tenant: the newest record and the version it expects (0: absent). */
+  let records = new Map<string, { change: NetworkChange; expect: number; claim?: number }>();
   const flush = async (): Promise<void> => {
     if (batch.length === 0) return;
     const writes = batch;
+    const entries = audits;
+    const recs = records;
     batch = [];
-    await ctx.resources.writeAll(
+    audits = [];
+    records = new Map();
+    const ops: TxnOp[] = [];
+    for (const [tenant, r] of recs) {
+      ops.push({ op: 'put', key: tenantNetworkKey(tenant), value: r.change.network, expect: r.expect === 0 ? { absent: true } : { version: r.expect } });
+      if (r.claim !== undefined) ops.push({ op: 'put', key: cidrClaimKey(r.claim), value: { tenant } satisfies CidrClaim, expect: { absent: true } });
+    }
+    const done = await ctx.resources.writeAll(
       writes.map(({ obj, expectVersion }) => ({ obj, expectVersion })),
-      writes.flatMap((w) => (w.audit ? [w.audit] : [])),
+      entries,
+      ops,
     );
+    // Every object of one transaction carries its revision, which is also the records' version.
+    const revision = done[0]?.metadata.resourceVersion ?? 0;
+    for (const tenant of recs.keys()) versions.set(tenant, revision);
   };
-  for (const unit of units) {
-    if (batch.length + unit.length > MAX_WRITES_PER_TXN) await flush();
+  const add = (ws: Write[], network: NetworkChange | undefined): void => {
+    if (network) {
+      const prev = records.get(network.tenant);
+      // One transaction names a key once: a second change of the same record in this batch
+      // replaces the first (it contains it), keeping the first's precondition and claim.
+      const claim = prev?.claim ?? network.createdIndex;
+      records.set(network.tenant, { change: network, expect: prev?.expect ?? versions.get(network.tenant) ?? 0, ...(claim !== undefined ? { claim } : {}) });
+      audits.push(networkEntry(ctx.now, network));
+      const t = ctx.tenants.get(network.tenant);
+      if (network.createdIndex !== undefined && t) {
+        // The tenant's status names its network (for display), in the same transaction.
+        const shown: Tenant = { ...t, status: { ...t.status, network: { cidr: network.network.cidr, vni: network.network.vni } } };
+        batch.push({ obj: shown, expectVersion: t.metadata.resourceVersion });
+      }
+    }
+    batch.push(...ws);
+    for (const w of ws) if (w.audit) audits.push(w.audit);
+  };
+  for (const unit of written) {
+    const extra = unit.network?.createdIndex !== undefined ? 1 : 0;
+    if (batch.length + unit.writes.length + extra > MAX_WRITES_PER_TXN) await flush();
     // A unit larger than a transaction (a cell filled by many instances) goes in slices, the
-    // cell in the first: what is placed into it never lands before it.
-    for (let i = 0; i < unit.length; i += MAX_WRITES_PER_TXN) {
-      batch.push(...unit.slice(i, i + MAX_WRITES_PER_TXN));
+    // cell (and the network it needs) in the first: what is placed into it never lands before it.
+    for (let i = 0; i < unit.writes.length; ) {
+      const room = MAX_WRITES_PER_TXN - (i === 0 ? extra : 0);
+      add(unit.writes.slice(i, i + room), i === 0 ? unit.network : undefined);
+      i += room;
       if (batch.length >= MAX_WRITES_PER_TXN) await flush();
     }
   }

@@ -18,6 +18,10 @@ import { ensureClusterCa } from '../pki/x509.js';
 import { auditEntry, SYSTEM, type AuditContext } from './audit-context.js';
 import { issueToken, newTokenId, revokeToken } from './api-tokens.js';
 import { createJoinToken, forgetAgentCert, recordAgentCert, revokeAgentCert } from './agent-trust.js';
+import { objectKey } from '../model/keys.js';
+import { DEFAULT_NETWORK_POOLS, type NetworkPools } from '../model/tenant-network.js';
+import { ConflictError, type TxnOp } from '../store/store.js';
+import { claimServiceAddress, releaseServiceAddressOps, tenantNetworkRemovalOps } from './network-records.js';
 
 /** The result of an action: one object, a list, the outcome of a delete, or a credential. */
 export type ActionResult =
@@ -38,9 +42,11 @@ export type ActionResult =
 const UNCONDITIONAL_ATTEMPTS = 20;
 
 export class ControlPlane {
+  /** `pools`: where service addresses come from (default DEFAULT_NETWORK_POOLS). */
   constructor(
     private readonly resources: Resources,
     private readonly env: Env,
+    private readonly pools: NetworkPools = DEFAULT_NETWORK_POOLS,
   ) {}
 
   /** A view of this control plane that records `ctx` as the actor of its mutations. */
@@ -357,8 +363,54 @@ export class ControlPlane {
             status: { phase: 'Pending', succeeded: 0, failed: 0, observedGeneration: 0 },
           };
     }
-    const written = await this.resources.write(obj, this.expected(m, cur, createOnly), this.entry(cur ? 'update' : 'create', obj.kind, name, tenant, { generation: obj.metadata.generation }));
+    const entry = this.entry(cur ? 'update' : 'create', obj.kind, name, tenant, { generation: obj.metadata.generation });
+    if (obj.kind === 'Service' && !cur) return this.createService(obj, this.expected(m, cur, createOnly), entry);
+    const written = await this.resources.write(obj, this.expected(m, cur, createOnly), entry);
     return { type: 'object', object: written, created: !cur, changed: true };
+  }
+
+  /**
+   * Creates a service with its address: the claim lands in the creation's transaction. When a
+   * service created at the same moment took the address first, another one is picked (the
+   * claim is the only thing two creations of different services race for).
+   */
+  private async createService(obj: Service, expectVersion: number, entry: AuditEntry): Promise<ActionResult> {
+    for (let attempt = 1; ; attempt++) {
+      const claim = await claimServiceAddress(this.resources.store, this.pools, obj);
+      const withAddress: Service = { ...obj, status: { ...obj.status, address: claim.address } };
+      try {
+        const [created] = await this.resources.writeAll([{ obj: withAddress, expectVersion }], [entry], [claim.op]);
+        return { type: 'object', object: created ?? withAddress, created: true, changed: true };
+      } catch (e) {
+        // Only a lost claim is retried: the service's own precondition failing is the caller's answer.
+        const lostClaim = isCarapaceError(e, 'CARAPACE_E_CONFLICT') && (await this.resources.store.get(claim.op.key)) !== undefined;
+        if (!lostClaim || attempt >= UNCONDITIONAL_ATTEMPTS) throw e;
+      }
+    }
+  }
+
+  /**
+   * Deletes a service or a tenant with the network records that go with it (the service's
+   * address claim; the tenant's network and CIDR claim) in one transaction with its audit
+   * record. False when the object is absent.
+   */
+  private async removeWithRecords(a: Extract<Action, { type: 'delete' }> & { kind: 'Service' | 'Tenant' }, tenant: string | undefined, what: string): Promise<boolean> {
+    const cur = a.kind === 'Service' ? await this.resources.get('Service', a.name, tenant) : await this.resources.get('Tenant', a.name);
+    if (!cur) return false;
+    if (a.resourceVersion !== undefined && a.resourceVersion !== cur.metadata.resourceVersion) {
+      throw new CarapaceError('CARAPACE_E_CONFLICT', `${what} is at resourceVersion ${cur.metadata.resourceVersion}, not ${a.resourceVersion}`);
+    }
+    const store = this.resources.store;
+    const records = cur.kind === 'Service' ? await releaseServiceAddressOps(store, cur) : await tenantNetworkRemovalOps(store, a.name);
+    const ops: TxnOp[] = [{ op: 'delete', key: objectKey(a.kind, a.name, tenant), expect: { version: cur.metadata.resourceVersion } }, ...records];
+    try {
+      await this.resources.commitRecords(ops, this.entry('delete', a.kind, a.name, a.kind === 'Tenant' ? a.name : tenant));
+    } catch (e) {
+      // Changed between the read and the delete (or its records were): the caller re-reads.
+      if (e instanceof ConflictError) throw new CarapaceError('CARAPACE_E_CONFLICT', `${what} was changed by someone else while it was being deleted; re-read and retry`);
+      throw e;
+    }
+    return true;
   }
 
   private async delete(a: Extract<Action, { type: 'delete' }>): Promise<ActionResult> {
@@ -410,7 +462,10 @@ export class ControlPlane {
       if (!updated) throw new CarapaceError('CARAPACE_E_NOT_FOUND', `${what} not found`);
       return { type: 'deleted', kind: a.kind, name: a.name, tenant: a.tenant };
     }
-    const removed = await this.resources.remove(a.kind, a.name, tenant, a.resourceVersion, this.entry('delete', a.kind, a.name, a.kind === 'Tenant' ? a.name : tenant));
+    const removed =
+      a.kind === 'Service' || a.kind === 'Tenant'
+        ? await this.removeWithRecords({ ...a, kind: a.kind }, tenant, what)
+        : await this.resources.remove(a.kind, a.name, tenant, a.resourceVersion, this.entry('delete', a.kind, a.name, tenant));
     if (!removed) throw new CarapaceError('CARAPACE_E_NOT_FOUND', `${what} not found`);
     return { type: 'deleted', kind: a.kind, name: a.name, tenant: a.tenant };
   }

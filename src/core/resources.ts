@@ -128,16 +128,22 @@ export class Resources {
    * resourceVersion. A failed precondition is CARAPACE_E_CONFLICT naming the object (or
    * CARAPACE_E_ALREADY_EXISTS for a create-only write); nothing was written then. Keep a call
    * well under the store's transaction limit (etcd: 128 operations, counting these records).
+   * `records`: writes of records that are not objects (a tenant network and its claim) that
+   * must land with these objects; a failed precondition on one is CARAPACE_E_CONFLICT naming
+   * its key.
    */
-  async writeAll(writes: readonly { obj: AnyObject; expectVersion?: number }[], audits: readonly AuditEntry[] = []): Promise<AnyObject[]> {
+  async writeAll(writes: readonly { obj: AnyObject; expectVersion?: number }[], audits: readonly AuditEntry[] = [], records: readonly TxnOp[] = []): Promise<AnyObject[]> {
     if (writes.length === 0) return [];
     const env = this.env;
-    const puts: TxnOp[] = writes.map(({ obj, expectVersion }) => ({
-      op: 'put',
-      key: keyOf(obj),
-      value: obj,
-      ...(expectVersion === undefined ? {} : { expect: expectVersion === 0 ? { absent: true as const } : { version: expectVersion } }),
-    }));
+    const puts: TxnOp[] = [
+      ...writes.map(({ obj, expectVersion }): TxnOp => ({
+        op: 'put',
+        key: keyOf(obj),
+        value: obj,
+        ...(expectVersion === undefined ? {} : { expect: expectVersion === 0 ? { absent: true as const } : { version: expectVersion } }),
+      })),
+      ...records,
+    ];
     // Recomputed on every attempt of the audit commit: open allocation records may have moved.
     const ops = async (): Promise<TxnOp[]> => {
       if (!env) return puts;

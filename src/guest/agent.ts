@@ -18,6 +18,7 @@ import {
   TokenBucket,
   type GuestMessage,
   type HostMessage,
+  type WireNetwork,
 } from './protocol.js';
 import { cellUsage, Supervisor, SupervisorError, type SupervisorOptions } from './supervisor.js';
 
@@ -35,6 +36,8 @@ export interface GuestAgentOptions extends Omit<SupervisorOptions, 'logger'> {
   outboxMaxBytes?: number;
   /** performance.now() at which agentStartMs starts counting. Default 0: the process's start (performance.timeOrigin). */
   processStartMs?: number;
+  /** Puts the VM on its tenant network (a `network` request). Default: refuse (no network to configure). */
+  configureNetwork?: (cfg: WireNetwork) => Promise<void>;
 }
 
 /** Counters of the agent. */
@@ -199,6 +202,13 @@ export class GuestAgent {
           const r = await this.supervisor.check(msg.containerId, msg.action, msg.timeoutMs);
           this.send({ type: 'checkResult', requestId, ok: r.ok, message: r.message.slice(0, MAX_CHECK_MESSAGE_CHARS) });
           return;
+        }
+        case 'network': {
+          if (!this.opts.configureNetwork) throw new SupervisorError('GUEST_E_BAD_REQUEST', 'this guest agent configures no network');
+          const { type: _t, requestId: _r, ...cfg } = msg;
+          await this.opts.configureNetwork(cfg);
+          this.log.info({ address: cfg.address, gateway: cfg.gateway }, 'network configured');
+          break;
         }
         case 'logs':
           for (const l of this.supervisor.tail(msg.containerId, msg.tail)) {

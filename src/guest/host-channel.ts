@@ -27,6 +27,7 @@ import {
   type GuestMessage,
   type HostMessage,
   type WireCheckAction,
+  type WireNetwork,
   type WireContainerState,
 } from './protocol.js';
 
@@ -593,6 +594,11 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
   listAll(): Promise<GuestContainer[]> {
     this.nextId += 1;
     return this.request<GuestContainer[]>((requestId) => ({ type: 'list', requestId }), { key: `all:${this.nextId}`, expects: 'containers' });
+  }
+
+  /** Puts the VM on its tenant network (a claimed warm cell): eth0's address, default route and resolver. */
+  async configureNetwork(cfg: WireNetwork): Promise<void> {
+    await this.request((requestId) => ({ type: 'network', requestId, ...cfg }));
   }
 
   /** Round trip time of a ping, ms. */

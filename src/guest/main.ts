@@ -13,10 +13,29 @@
  *   --no-pivot auto|yes|no  runc --no-pivot (default auto: yes when / is the initramfs)
  * Exits 0 after a `shutdown` request or SIGTERM, having stopped every container.
  */
+import { writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import pino from 'pino';
 import { GuestAgent } from './agent.js';
 import { PortLink, SocketConnectLink, SocketListenLink, type Link } from './link.js';
+import type { WireNetwork } from './protocol.js';
+import { runOrThrow } from '../proc/run.js';
+
+/** eth0 on the tenant network (busybox `ip` in the VM's initramfs), and the resolver for containers started after. */
+async function configureEth0(cfg: WireNetwork): Promise<void> {
+  const ip = (...args: string[]): Promise<unknown> => runOrThrow('ip', args);
+  await ip('addr', 'flush', 'dev', 'eth0');
+  if (cfg.mac !== undefined) {
+    await ip('link', 'set', 'eth0', 'down');
+    await ip('link', 'set', 'eth0', 'address', cfg.mac);
+  }
+  if (cfg.mtu !== undefined) await ip('link', 'set', 'eth0', 'mtu', String(cfg.mtu));
+  await ip('addr', 'add', cfg.address, 'dev', 'eth0');
+  await ip('link', 'set', 'eth0', 'up');
+  await ip('route', 'replace', 'default', 'via', cfg.gateway);
+  const search = cfg.search && cfg.search.length > 0 ? `search ${cfg.search.join(' ')}\n` : '';
+  await writeFile('/etc/resolv.conf', `${search}${cfg.dns.map((d) => `nameserver ${d}\n`).join('')}options ndots:1\n`);
+}
 
 /** Parses argv and env into the link and flag values; throws a usage error. */
 function linkFromArgs(argv: string[], env: NodeJS.ProcessEnv): { link: Link; values: Record<string, string | undefined> } {
@@ -60,6 +79,7 @@ async function main(): Promise<void> {
     seccompProfilePath: values.seccomp === 'none' ? false : (values.seccomp ?? '/usr/share/containers/seccomp.json'),
     noPivot: np === 'auto' ? 'auto' : np === 'yes',
     logTailLines: 1000,
+    configureNetwork: configureEth0,
   });
   const ac = new AbortController();
   process.once('SIGTERM', () => ac.abort());

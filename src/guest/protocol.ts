@@ -126,13 +126,36 @@ export const CheckSchema = z.strictObject({
 /** A check request's action (what the guest runs). */
 export type WireCheckAction = z.infer<typeof CheckSchema>['action'];
 
+/**
+ * The VM's address on its tenant network, for a cell whose address was not known when it
+ * booted (a warm cell, claimed later): the guest puts it on eth0 with a default route and
+ * the resolver, then acks. Containers started after it see the tenant's DNS.
+ */
+export const NetworkSchema = z.strictObject({
+  type: z.literal('network'),
+  requestId: RequestId,
+  address: z.string().regex(/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/),
+  gateway: z.string().regex(/^(\d{1,3}\.){3}\d{1,3}$/),
+  dns: z.array(z.string().regex(/^(\d{1,3}\.){3}\d{1,3}$/)).max(3),
+  mtu: z.number().int().min(576).max(9000).optional(),
+  /** Search domains for the resolver (`<tenant>.<cluster domain>`), so short names resolve. */
+  search: z.array(z.string().regex(/^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/)).max(6).optional(),
+  /**
+   * The MAC the tenant network expects of this VM (its anti-spoofing filter drops any other).
+   * A warm cell booted before it had one; the guest sets it on eth0 before the address.
+   */
+  mac: z.string().regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/).optional(),
+});
+/** A network request's configuration. */
+export type WireNetwork = Omit<z.infer<typeof NetworkSchema>, 'type' | 'requestId'>;
+
 /** Liveness probe. */
 export const PingSchema = z.strictObject({ type: z.literal('ping'), seq: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER) });
 /** Stop every container and end the agent (the VM then powers off). */
 export const ShutdownSchema = z.strictObject({ type: z.literal('shutdown'), requestId: RequestId, graceMs: z.number().int().min(0).max(3_600_000).optional() });
 
 /** Any message the host sends. */
-export const HostMessageSchema = z.discriminatedUnion('type', [HelloSchema, RunSchema, StopSchema, DestroySchema, ListSchema, LogsSchema, CheckSchema, PingSchema, ShutdownSchema]);
+export const HostMessageSchema = z.discriminatedUnion('type', [HelloSchema, RunSchema, StopSchema, DestroySchema, ListSchema, LogsSchema, CheckSchema, NetworkSchema, PingSchema, ShutdownSchema]);
 /** Any message the host sends. */
 export type HostMessage = z.infer<typeof HostMessageSchema>;
 

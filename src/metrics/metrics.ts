@@ -50,6 +50,14 @@ export const metrics = {
     buckets: seconds,
     registers: [registry],
   }),
+  egressDenied: new Gauge({
+    // The kernel's counters (nftables, one per tenant segment) are the running totals; a gauge
+    // carries them as read, per host (prom-client counters cannot be set to a value).
+    name: 'carapace_egress_denied_packets',
+    help: "Packets of new connections the tenant network's firewall refused (egress policy, infrastructure, other tenants), per tenant and host",
+    labelNames: ['tenant', 'host'] as const,
+    registers: [registry],
+  }),
   leader: new Gauge({
     name: 'carapace_leader',
     help: '1 while this server is the control-plane leader (runs the scheduler, reconcilers and host monitor), else 0',

@@ -53,6 +53,10 @@ export const ERROR_CATALOGUE = {
   CARAPACE_E_ADDRESS_POOL_EXHAUSTED: { status: 503, description: "The host's container subnet has no free address; reported in the instance status." },
   CARAPACE_E_NETWORK_CONFLICT: { status: 409, description: 'Network state for a container exists with different settings; reported in the instance status.' },
   CARAPACE_E_NETWORK_FAILED: { status: 503, description: 'Setting up a container network failed on the host; reported in the instance status.' },
+  CARAPACE_E_NETWORK_POOL_EXHAUSTED: {
+    status: 503,
+    description: "The cluster's network pools are used up: no tenant network (one /18 per tenant) or no service address is left, or a tenant's network has no host block left; delete unused tenants or services. A placement refused for it waits, with the reason in its status.",
+  },
   CARAPACE_E_SERVER_UNREACHABLE: { status: 0, description: 'CLI only: the API server could not be reached at the configured address.' },
   CARAPACE_E_MANIFEST_FILE: { status: 0, description: 'CLI only: the manifest file cannot be read.' },
   CARAPACE_E_BAD_STORE_URL: { status: 0, description: 'CLI only: the store URL is not `sqlite:PATH` or `etcd://HOST:PORT[,HOST:PORT...]`.' },

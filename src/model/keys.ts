@@ -14,6 +14,8 @@
  * | `audit/<seq>`, `audit/head`, `audit/checkpoints/<seq>`, `audit/keys/<keyId>` | the hash-chained audit log |
  * | `usage/open/<object key>`, `usage/intervals/<id>`, `usage/samples/<day>/<ms>-<host>` | allocation records and measured samples |
  * | `election/<name>/<lease>` | etcd leader-election candidates |
+ * | `networks/tenants/<tenant>` | a tenant's network (TenantNetwork: cidr, vni, host blocks) |
+ * | `networks/claims/cidr/<index>`, `networks/claims/vip/<ip>` | cluster-wide claims: a tenant network's pool index, a service address |
  */
 import { KINDS, type AnyObject, type Kind } from './objects.js';
 
@@ -183,3 +185,30 @@ export function sampleDayPrefixes(from: number, to: number): string[] {
 
 /** Where election candidates' keys live (etcd only), under the store's namespace. */
 export const ELECTION_PREFIX = 'election/';
+
+// ---- tenant networks ------------------------------------------------------------------------
+
+/** Where tenant networks (`TenantNetwork`, model/tenant-network.ts) live. */
+export const TENANT_NETWORK_PREFIX = 'networks/tenants/';
+/**
+ * Where claims of tenant-network pool indexes live: created with `expect absent` in the
+ * transaction that creates the network, so two tenants never get one CIDR or one VNI.
+ */
+export const CIDR_CLAIM_PREFIX = 'networks/claims/cidr/';
+/** Where claims of service addresses live: created with the service, deleted with it. */
+export const VIP_CLAIM_PREFIX = 'networks/claims/vip/';
+
+/** The store key of `tenant`'s network. */
+export function tenantNetworkKey(tenant: string): string {
+  return `${TENANT_NETWORK_PREFIX}${tenant}`;
+}
+
+/** The store key of the claim on the tenant pool's block number `index`. */
+export function cidrClaimKey(index: number): string {
+  return `${CIDR_CLAIM_PREFIX}${index}`;
+}
+
+/** The store key of the claim on service address `ip` (`a.b.c.d`). */
+export function vipClaimKey(ip: string): string {
+  return `${VIP_CLAIM_PREFIX}${ip}`;
+}

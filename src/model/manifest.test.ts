@@ -163,3 +163,44 @@ describe('liveness and readiness probes', () => {
     expect(() => parseManifest(svc({ livenessProbe: {} }))).toThrow('manifest: Service "web" is invalid: spec.livenessProbe: must set exactly one of exec, httpGet, tcpSocket');
   });
 });
+
+describe('tenant network policy', () => {
+  const details = (doc: unknown): { path: string; message: string }[] => {
+    try {
+      parseManifest(doc);
+    } catch (e) {
+      if (e instanceof CarapaceError) return e.details;
+      throw e;
+    }
+    return [];
+  };
+  const tenant = (network: unknown): unknown => ({ apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name: 'acme' }, spec: { network } });
+
+  it('defaults egress to allow, and leaves a tenant without network settings as it was', () => {
+    const m = parseManifest(tenant({}));
+    expect(m.kind === 'Tenant' && m.spec.network).toEqual({ egress: { default: 'allow', allow: [] } });
+    const plain = parseManifest({ apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name: 'acme' } });
+    expect(plain.kind === 'Tenant' && 'network' in plain.spec).toBe(false);
+    const deny = parseManifest(tenant({ egress: { default: 'deny', allow: [{ cidr: '192.0.2.0/24', protocol: 'tcp', ports: [443] }, { cidr: '198.51.100.7/32' }] } }));
+    expect(deny.kind === 'Tenant' && deny.spec.network?.egress.allow).toHaveLength(2);
+  });
+
+  it('refuses bad egress rules at their exact field paths', () => {
+    const rules = (allow: unknown[]): unknown => tenant({ egress: { default: 'deny', allow } });
+    expect(details(rules([{ cidr: '192.0.2.0/33' }]))).toEqual([{ path: 'spec.network.egress.allow[0].cidr', message: 'must be an IPv4 CIDR such as 192.0.2.0/24' }]);
+    expect(details(rules([{ cidr: '192.0.2.0/24' }, { cidr: '10.1.2.3/16' }]))).toEqual([{ path: 'spec.network.egress.allow[1].cidr', message: 'has host bits set; did you mean 10.1.0.0/16?' }]);
+    expect(details(rules([{ cidr: '192.0.2.0/24', protocol: 'tcp', ports: [443, 0, 70000] }])).map((d) => d.path)).toEqual(['spec.network.egress.allow[0].ports[1]', 'spec.network.egress.allow[0].ports[2]']);
+    expect(details(rules([{ cidr: '192.0.2.0/24', ports: [53] }]))).toEqual([{ path: 'spec.network.egress.allow[0].protocol', message: 'is required when ports are given (tcp or udp)' }]);
+    expect(issues(rules([{ cidr: '192.0.2.0/24', protocol: 'icmp' }])).paths).toEqual(['spec.network.egress.allow[0].protocol']);
+    expect(issues(rules([{ cidr: '192.0.2.0/24', port: 80 }])).paths).toEqual(['spec.network.egress.allow[0].port']);
+    expect(issues(tenant({ egress: { default: 'block' } })).paths).toEqual(['spec.network.egress.default']);
+    expect(issues(tenant({ egress: { allow: [{ cidr: '192.0.2.0/24' }] } })).paths).toEqual(['spec.network.egress.allow']);
+    expect(issues(tenant({ ingress: {} })).paths).toEqual(['spec.network.ingress']);
+  });
+
+  it('refuses a service name that is not a DNS label, at metadata.name', () => {
+    for (const name of ['Web', 'web_1', '-web', 'web.api', 'a'.repeat(64)]) {
+      expect(issues(svc({}, { metadata: { name, tenant: 'acme' } })), name).toEqual({ code: 'CARAPACE_E_VALIDATION', paths: ['metadata.name'] });
+    }
+  });
+});

@@ -48,6 +48,14 @@ export interface Tenant {
   kind: 'Tenant';
   metadata: Metadata;
   spec: TenantSpec;
+  /**
+   * Written by the plan applier, in the transaction that creates the tenant's network (the
+   * first placement of its work); absent before. For display: agents read the network record.
+   */
+  status?: {
+    /** The tenant network's CIDR and VXLAN network identifier (see TenantNetwork). */
+    network?: { cidr: string; vni: number };
+  };
 }
 
 export interface ServiceStatus {
@@ -55,6 +63,12 @@ export interface ServiceStatus {
   ready: number;
   /** The generation the controller last acted on. */
   observedGeneration: number;
+  /**
+   * The service address (VIP): claimed when the service is created (a service stored before
+   * addresses existed gets one from the controller's next pass), kept by every status write,
+   * released when the service is deleted.
+   */
+  address?: string;
 }
 
 export interface Service {
@@ -151,6 +165,11 @@ export interface InstanceStatus {
    * `instanceReady`, which also reads records written before this field existed.
    */
   ready: boolean;
+  /**
+   * Its address on the tenant network, written by the agent once the endpoint is attached
+   * (an instance in a cell has its cell's address).
+   */
+  address?: string;
 }
 
 export interface Instance {
@@ -185,6 +204,12 @@ export interface HostStatus {
   reason?: string;
   /** When the control plane declared it NotReady. */
   lostAt?: string;
+  /**
+   * The host's underlay address, where other hosts' VXLAN reaches it: the agent's
+   * `--advertise-address`, else the source address of its default route. Absent when the
+   * agent found neither (the host then joins no overlay).
+   */
+  address?: string;
 }
 
 export interface Host {
@@ -255,6 +280,8 @@ export interface Cell {
     lostAt?: string;
     /** Container ids the guest agent reports running (from its usage reports; written when they change). */
     containers?: string[];
+    /** The VM's address on its tenant network, written by the agent once its tap is attached. */
+    address?: string;
   };
 }
 
@@ -286,6 +313,10 @@ export interface Machine {
     nextRestartAt?: string;
     /** The spec generation the running VM was started from. */
     runningGeneration?: number;
+    /** The VM's address on its tenant network (its DHCP lease), written by the agent once its tap is attached. */
+    address?: string;
+    /** The MAC of the VM's network card, fixed per endpoint so anti-spoofing and DHCP know it. */
+    mac?: string;
   };
 }
 

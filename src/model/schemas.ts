@@ -5,6 +5,7 @@
  * memory in MiB) and fills defaults, so stored specs are canonical. Pure.
  */
 import { z } from 'zod';
+import { parseCidr } from './netaddr.js';
 import { parseCpu, parseMemoryMiB } from './quantity.js';
 
 export const API_VERSION = 'carapace/v1';
@@ -217,6 +218,47 @@ export function isolationAtLeast(tier: Isolation, min: Isolation): boolean {
   return ISOLATION_ORDER.indexOf(tier) >= ISOLATION_ORDER.indexOf(min);
 }
 
+/** An IPv4 CIDR (`192.0.2.0/24`, host bits zero); the message says what is wrong, or which block was meant. */
+export const Ipv4CidrSchema = z.string().superRefine((v, ctx) => {
+  const r = parseCidr(v);
+  if (!r.ok) ctx.addIssue({ code: 'custom', message: r.message });
+});
+
+/** One destination a tenant's workloads may reach when its egress default is `deny`. */
+export const EgressRuleSchema = z
+  .strictObject({
+    cidr: Ipv4CidrSchema,
+    /** Required when `ports` are given; without both, every protocol and port of `cidr` is allowed. */
+    protocol: z.enum(['tcp', 'udp']).optional(),
+    ports: z.array(z.number().int().min(1, 'must be a port from 1 to 65535').max(65535, 'must be a port from 1 to 65535')).min(1, 'must name at least one port (or leave ports out)').max(64).optional(),
+  })
+  .superRefine((r, ctx) => {
+    if (r.ports !== undefined && r.protocol === undefined) ctx.addIssue({ code: 'custom', path: ['protocol'], message: 'is required when ports are given (tcp or udp)' });
+  });
+
+/**
+ * Where a tenant's workloads may connect outside the tenant network. `allow` (the default):
+ * anywhere but the infrastructure; `deny`: only the `allow` list. Whatever the policy, the
+ * infrastructure (every host address, the control plane, the store) and other tenants stay
+ * unreachable except through published ports.
+ */
+export const EgressSchema = z
+  .strictObject({
+    default: z.enum(['allow', 'deny']).default('allow'),
+    allow: z.array(EgressRuleSchema).max(256).default([]),
+  })
+  .superRefine((e, ctx) => {
+    // A list that would change nothing is a mistake the user should hear about.
+    if (e.default === 'allow' && e.allow.length > 0) ctx.addIssue({ code: 'custom', path: ['allow'], message: 'is only used with default: deny (with default: allow everything but the infrastructure is reachable)' });
+  });
+/** A validated, defaulted egress policy. */
+export type Egress = z.infer<typeof EgressSchema>;
+
+/** The egress policy a tenant spec means: its own, or `allow` when it names none. */
+export function egressOf(spec: { network?: { egress: Egress } | undefined }): Egress {
+  return spec.network?.egress ?? { default: 'allow', allow: [] };
+}
+
 export const TenantSpecSchema = z.strictObject({
   displayName: z.string().max(200).optional(),
   /** Free-form contact for the operators. */
@@ -247,6 +289,11 @@ export const TenantSpecSchema = z.strictObject({
    * omitted means any.
    */
   allowedRegistries: z.array(z.string().min(1).max(255).regex(/^[a-zA-Z0-9.-]+(:\d{1,5})?$/, 'must be a registry host[:port]')).max(64).optional(),
+  /**
+   * The tenant network's policy. Omitted: egress `allow`. (Not defaulted here, so a tenant
+   * stored before it existed compares equal to its unchanged manifest.)
+   */
+  network: z.strictObject({ egress: EgressSchema.default({ default: 'allow', allow: [] }) }).optional(),
 });
 export type TenantSpec = z.infer<typeof TenantSpecSchema>;
 

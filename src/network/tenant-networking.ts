@@ -23,7 +23,7 @@ import { ensureDnsmasq, reloadDnsmasq, stopDnsmasq } from './dnsmasq.js';
 import { NetworkError } from './errors.js';
 import { hostExec, ignoreExisting, ignoreMissing, NETNS_DIR, type HostExec } from './host-exec.js';
 import { addBoundPorts, PROC_NET_FILES, type BoundPorts } from './host-ports.js';
-import { allocateIp, gatewayOf, intToIp, ipToInt, macFor, netnsName, parseSubnet, type Issue } from './ipam.js';
+import { allocateIp, gatewayOf, intToIp, ipToInt, macFor, netnsName, parseSubnet, validateSetup, type Issue } from './ipam.js';
 import { chainNames, namesFor, PREFIX_PATTERN, tenantHash, type Names } from './names.js';
 import {
   dispatchScript,
@@ -293,6 +293,40 @@ class TenantDataPlane implements TenantNetworking {
     });
   }
 
+  reserveTap(id: string): Promise<{ tap: string; mac: string }> {
+    const issues = validateSetup(id, []);
+    if (issues.length > 0) return Promise.reject(invalid(`tap ${JSON.stringify(id)}`, issues));
+    return this.exclusive(async (state) => {
+      const e = state.endpoints[id];
+      if (e) {
+        if (e.kind !== 'tap') throw new NetworkError('CARAPACE_E_NETWORK_CONFLICT', `endpoint ${id} is not a tap`);
+        return { tap: e.ifname, mac: e.mac };
+      }
+      const r = state.reserved?.[id] ?? { ifname: this.names.endpointIf(id, 'tap'), mac: reservedMac(id) };
+      // Recorded first, as every endpoint: a crash leaves a record that detach/gc can undo.
+      state.reserved = { ...state.reserved, [id]: r };
+      await saveState(this.stateDir, state);
+      await this.exec.run('ip', ['tuntap', 'add', 'dev', r.ifname, 'mode', 'tap']).catch(ignoreExisting);
+      return { tap: r.ifname, mac: r.mac };
+    });
+  }
+
+  removeAll(): Promise<void> {
+    return this.exclusive(async (state) => {
+      for (const id of Object.keys(state.reserved ?? {})) await this.detachLocked(state, id);
+      for (const id of Object.keys(state.endpoints)) await this.detachLocked(state, id);
+      for (const tenant of Object.keys(state.segments)) {
+        delete state.segments[tenant];
+        await saveState(this.stateDir, state);
+        await this.removeSegmentKernel(state, tenant);
+      }
+      await this.removeStrays(state);
+      for (const family of ['inet', 'bridge']) await this.exec.run('nft', ['delete', 'table', family, this.table]).catch(() => undefined); // absent already: fine
+      this.baseReady = false;
+      this.log.info('tenant networks removed');
+    });
+  }
+
   // ---- segments --------------------------------------------------------------------------
 
   private segmentOf(state: TenantState, tenant: string): SegmentRecord {
@@ -318,10 +352,15 @@ class TenantDataPlane implements TenantNetworking {
     await this.exec.run('ip', ['link', 'add', br, 'type', 'bridge']).catch(ignoreExisting);
     // A bridge takes the lowest MAC of its ports unless given one: set it, so the gateway's MAC
     // in the workloads' ARP caches does not change as ports come and go.
+    // The gateway has the host block's prefix, the rest of the tenant network a route of lower
+    // preference through the bridge (its other blocks are on other hosts, reached over VXLAN):
+    // so two agents sharing one network namespace (tests) each route their own block to their
+    // own bridge, while workloads keep the whole tenant network on-link.
     await this.exec.run('ip', ['-batch', '-'], [
       `link set ${br} address ${macFor(gw)} mtu ${mtu}`,
-      `addr replace ${gw}/${parseSubnet(rec.spec.cidr).prefixLength} dev ${br}`,
+      `addr replace ${gw}/${parseSubnet(rec.spec.block).prefixLength} dev ${br}`,
       `link set ${br} up`,
+      `route replace ${rec.spec.cidr} dev ${br} src ${gw} metric 1024`,
       '',
     ].join('\n'));
     await this.exec.run('sysctl', [
@@ -427,7 +466,10 @@ class TenantDataPlane implements TenantNetworking {
     const ipNum = allocateIp(block, used, seg.cursor ? ipToInt(seg.cursor) : undefined);
     if (ipNum === undefined) throw new NetworkError('CARAPACE_E_ADDRESS_POOL_EXHAUSTED', `no free address left in block ${seg.spec.block} of ${req.tenant}`);
     const ip = intToIp(ipNum);
-    const rec: EndpointRecord = { tenant: req.tenant, kind: req.kind, ip, mac: macFor(ip), ifname, dhcp, ports };
+    // A reserved tap keeps the MAC its VM was started with.
+    const reservation = req.kind === 'tap' ? state.reserved?.[req.id] : undefined;
+    const rec: EndpointRecord = { tenant: req.tenant, kind: req.kind, ip, mac: reservation?.mac ?? macFor(ip), ifname, dhcp, ports };
+    if (reservation) delete state.reserved?.[req.id];
 
     // Reserve first, then build: a crash mid-way leaves a record that recover/gc/attach can
     // finish or undo, never a namespace, link or rule nobody knows about.
@@ -492,6 +534,12 @@ class TenantDataPlane implements TenantNetworking {
   }
 
   private async detachLocked(state: TenantState, id: string): Promise<void> {
+    const reservation = state.reserved?.[id];
+    if (reservation) {
+      await this.exec.run('ip', ['link', 'del', reservation.ifname]).catch(ignoreMissing);
+      delete state.reserved?.[id];
+      await saveState(this.stateDir, state);
+    }
     const e = state.endpoints[id];
     if (!e) return;
     const started = performance.now();
@@ -551,10 +599,11 @@ class TenantDataPlane implements TenantNetworking {
     }
   }
 
-  private describe(state: TenantState, id: string, e: EndpointRecord): Endpoint {
+  private async describe(state: TenantState, id: string, e: EndpointRecord): Promise<Endpoint> {
     const seg = this.segmentOf(state, e.tenant);
     const gw = gatewayAddress(seg.spec);
     const out: Endpoint = {
+      mtu: (await this.underlayMtu(seg.spec.underlay)) - VXLAN_OVERHEAD,
       id,
       tenant: e.tenant,
       kind: e.kind,
@@ -611,7 +660,7 @@ class TenantDataPlane implements TenantNetworking {
 
   /** Removes links of ours no record explains and dnsmasq directories of segments no record has, then syncs the tables. */
   private async removeStrays(state: TenantState): Promise<void> {
-    const explained = new Set<string>(Object.values(state.endpoints).map((e) => e.ifname));
+    const explained = new Set<string>([...Object.values(state.endpoints).map((e) => e.ifname), ...Object.values(state.reserved ?? {}).map((r) => r.ifname)]);
     for (const [t, rec] of Object.entries(state.segments)) {
       explained.add(this.names.bridge(t));
       if (rec.spec.underlay !== undefined) explained.add(this.names.vxlan(t));
@@ -690,6 +739,15 @@ class TenantDataPlane implements TenantNetworking {
     this.queue = next.catch(() => undefined);
     return next;
   }
+}
+
+/**
+ * The MAC of a reserved tap's VM, before it has an address: locally administered, from the
+ * endpoint id (a collision only matters on one segment, where addresses' MACs are 02:ca:…).
+ */
+function reservedMac(id: string): string {
+  const h = createHash('sha256').update(id).digest();
+  return ['02', 'cb', ...[...h.subarray(0, 4)].map((b) => b.toString(16).padStart(2, '0'))].join(':');
 }
 
 /** The segment's gateway: the first host address of the host's block. */

@@ -39,6 +39,12 @@ export interface TenantState {
   segments: Record<string, SegmentRecord>;
   endpoints: Record<string, EndpointRecord>;
   infrastructure: string[];
+  /**
+   * Taps made before their tenant is known (a warm cell's VM boots on one): on no bridge, so
+   * nothing passes, until `attach` puts them on a segment with the MAC the VM already has.
+   * Absent in files written before reservations existed.
+   */
+  reserved?: Record<string, { ifname: string; mac: string }>;
 }
 
 /** The state file's name in the state directory. */

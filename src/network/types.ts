@@ -72,6 +72,8 @@ export interface Endpoint {
   gateway: string;
   /** The DNS server: the segment's dnsmasq, on the gateway address. */
   dns: string;
+  /** The segment's MTU (the underlay's less VXLAN's headers): a VM must set it on its NIC. */
+  mtu: number;
   /** Fixed per endpoint (02:ca:<address>): anti-spoofing and DHCP expect exactly this one. */
   mac: string;
   /** `netns`: /var/run/netns/carapace-<id>, for the runtime (StartRequest.netnsPath). */
@@ -138,4 +140,12 @@ export interface TenantNetworking {
   setInfrastructure(addresses: string[]): Promise<void>;
   /** Packets of new connections refused by the firewall, per tenant with a segment here (for metrics). */
   egressDenied(): Promise<Record<string, number>>;
+  /**
+   * A tap for a VM whose tenant is not known yet (a warm cell): on no bridge, nothing passes.
+   * `attach` of the same id later puts it on the tenant's segment, keeping this MAC; `detach`
+   * removes it. Idempotent.
+   */
+  reserveTap(id: string): Promise<{ tap: string; mac: string }>;
+  /** Detaches every endpoint, removes every segment and this prefix's tables (uninstall, tests). */
+  removeAll(): Promise<void>;
 }

@@ -15,8 +15,8 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { ContainerSpec } from '../model/schemas.js';
-import type { ImageConfig } from './driver.js';
-import { buildOciSpec, DEFAULT_CAPABILITIES, hostsFile, resolvConfFile, resolveUser, type OciSpec, type SpecNetwork } from './oci-spec.js';
+import type { ImageConfig, ResolverConfig } from './driver.js';
+import { buildOciSpec, DEFAULT_CAPABILITIES, hostsFile, resolvConfFile, tenantResolvConf, resolveUser, type OciSpec, type SpecNetwork } from './oci-spec.js';
 import { run } from '../proc/run.js';
 import { convertSeccompProfile, goArchOf, type DockerSeccompProfile, type OciSeccomp } from './seccomp.js';
 
@@ -70,6 +70,8 @@ export interface BundleRequest {
   hostname: string;
   labels: Record<string, string>;
   network: SpecNetwork;
+  /** The container's resolver (its tenant network's); absent: the host's, loopback ones dropped. */
+  dns?: ResolverConfig;
   /** The container's cgroup, relative to each hierarchy root. */
   cgroupsPath: string;
   /** Tasks the runtime keeps in the container's cgroup itself (see OciSpecInput). */
@@ -131,7 +133,7 @@ export async function prepareBundle(req: BundleRequest): Promise<PreparedBundle>
     writeFile(etcFiles.hostname, `${req.hostname}\n`),
     // Loopback nameservers are dropped: the host's own resolver is not reachable from the
     // container's namespace (in a cell, the VM's resolver is QEMU's 10.0.2.3).
-    writeFile(etcFiles.resolvConf, resolvConfFile(hostResolv ?? '')),
+    writeFile(etcFiles.resolvConf, req.dns ? tenantResolvConf(req.dns) : resolvConfFile(hostResolv ?? '')),
   ]);
   const m = await run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${req.rootfs},upperdir=${join(dir, 'upper')},workdir=${join(dir, 'work')}`, merged]);
   if (m.code === 0) return { spec, merged, overlay: true };

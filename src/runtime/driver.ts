@@ -29,6 +29,12 @@ export interface ImageConfig {
   user: string;
 }
 
+/** What a container's /etc/resolv.conf says. */
+export interface ResolverConfig {
+  nameservers: string[];
+  search: string[];
+}
+
 export interface StartRequest {
   /**
    * Runtime container id, unique per start attempt, `[a-z0-9][a-z0-9_.-]*`, at most 64.
@@ -43,6 +49,12 @@ export interface StartRequest {
   netnsPath?: string;
   /** Hostname inside the container. */
   hostname: string;
+  /**
+   * The container's resolver: its tenant network's DNS server and search domains. Absent: the
+   * host's resolvers (loopback ones dropped). Cells ignore it: their containers use the VM's,
+   * which the cell was given on its tenant network.
+   */
+  dns?: ResolverConfig;
   /** Opaque labels kept with the container (tenant, instance, attempt) and returned by recover/inspect. */
   labels: Record<string, string>;
 }

@@ -289,6 +289,7 @@ export class OciDriver implements RuntimeDriver {
         container: req.container,
         hostname: req.hostname,
         labels: req.labels,
+        ...(req.dns ? { dns: req.dns } : {}),
         // A launcher-wrapped runtime (runsc) is already inside the namespace: the spec must
         // neither name it nor ask for a new one (with a new one it would get loopback only).
         network: req.netnsPath === undefined ? { kind: 'private' } : this.flavor.createLauncher ? { kind: 'shared' } : { kind: 'join', path: req.netnsPath },

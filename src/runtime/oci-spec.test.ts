@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { ContainerSpec } from '../model/schemas.js';
 import type { ImageConfig } from './driver.js';
-import { buildOciSpec, DEFAULT_CAPABILITIES, labelsFromAnnotations, resolvConfFile, resolveArgs, resolveEnv, resolveUser, type OciSpecInput } from './oci-spec.js';
+import { buildOciSpec, DEFAULT_CAPABILITIES, labelsFromAnnotations, resolvConfFile, tenantResolvConf, resolveArgs, resolveEnv, resolveUser, type OciSpecInput } from './oci-spec.js';
 
 const image: ImageConfig = { entrypoint: ['/entry'], cmd: ['--serve'], env: ['PATH=/usr/bin', 'A=1'], workingDir: '/app', user: '' };
 const container: ContainerSpec = {
@@ -87,6 +87,13 @@ describe('buildOciSpec', () => {
   });
   it('gives a tiny cpu request at least the kernel minimum quota', () => {
     expect(buildOciSpec(input({ container: { ...container, cpu: 0.001 } })).linux.resources.cpu.quota).toBe(1000);
+  });
+});
+
+describe('tenantResolvConf', () => {
+  it('names the tenant resolver and search domains, so short and full service names resolve', () => {
+    expect(tenantResolvConf({ nameservers: ['10.128.0.1'], search: ['acme.carapace.internal'] })).toBe('search acme.carapace.internal\nnameserver 10.128.0.1\noptions ndots:1\n');
+    expect(tenantResolvConf({ nameservers: ['10.128.0.1'], search: [] })).toBe('nameserver 10.128.0.1\noptions ndots:1\n');
   });
 });
 

@@ -251,6 +251,14 @@ export function resolvConfFile(hostResolvConf: string): string {
   return lines.length > 0 ? `${lines.join('\n')}\n` : '';
 }
 
+/**
+ * A resolv.conf naming the tenant network's resolver and search domains, so `redis` and
+ * `redis.<tenant>.<domain>` both resolve. `ndots:1`: a name with a dot is tried as given first.
+ */
+export function tenantResolvConf(dns: { nameservers: readonly string[]; search: readonly string[] }): string {
+  return [...(dns.search.length > 0 ? [`search ${dns.search.join(' ')}`] : []), ...dns.nameservers.map((n) => `nameserver ${n}`), 'options ndots:1', ''].join('\n');
+}
+
 /** Builds the complete config.json object for one container. */
 export function buildOciSpec(input: OciSpecInput): OciSpec {
   const { container, image } = input;

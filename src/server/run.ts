@@ -5,6 +5,7 @@
  * or opens the same store (`--store`). Both run until SIGTERM or SIGINT and then stop
  * gracefully; workloads keep running.
  */
+import { lookup } from 'node:dns/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import { setMaxListeners } from 'node:events';
 import { join } from 'node:path';
@@ -96,6 +97,17 @@ export interface AgentCommandOptions extends Omit<HostNodeOptions, 'resources' |
   token?: string;
 }
 
+/**
+ * The IPv4 addresses of the hosts named in store and server URLs (`etcd://h1:2379,h2:2379`,
+ * `https://server:7443`), looked up once at start. A name that does not resolve is skipped:
+ * the agent then cannot reach it either.
+ */
+async function controlPlaneAddresses(urls: string[]): Promise<string[]> {
+  const hosts = urls.flatMap((u) => u.replace(/^[a-z0-9+]+:\/\//i, '').split('/')[0]?.split(',') ?? []).map((hp) => hp.replace(/:\d+$/, '').replace(/^\[|\]$/g, ''));
+  const found = await Promise.all(hosts.map((h) => lookup(h, { family: 4, all: true }).then((r) => r.map((a) => a.address)).catch(() => [] as string[])));
+  return [...new Set(found.flat())].filter((a) => !a.startsWith('127.'));
+}
+
 /** `carapace agent`: this host's agent, cells and machines, over the cluster's store or agent API. */
 export async function runAgent(o: AgentCommandOptions): Promise<void> {
   const logger = pino({ level: process.env['CARAPACE_LOG_LEVEL'] ?? 'info' });
@@ -118,7 +130,9 @@ export async function runAgent(o: AgentCommandOptions): Promise<void> {
   } else {
     throw new CarapaceError('CARAPACE_E_BAD_QUERY', 'carapace agent needs --join https://SERVER:PORT (with --join-token the first time) or --store URL');
   }
-  const node = await createHostNode({ ...nodeOptions, hostName, resources: new Resources(store, undefined, systemEnv), env: systemEnv, logger });
+  // The store's and the server's addresses are infrastructure: no workload may reach them.
+  const infrastructure = [...(nodeOptions.infrastructure ?? []), ...(await controlPlaneAddresses([...(url ? [url] : []), ...(joinUrl ? [joinUrl] : [])]))];
+  const node = await createHostNode({ ...nodeOptions, infrastructure, hostName, resources: new Resources(store, undefined, systemEnv), env: systemEnv, logger });
   const ac = new AbortController();
   setMaxListeners(100, ac.signal);
   const pki = join(o.stateDir, 'pki');

@@ -42,16 +42,24 @@ param() {
   echo "$v"
 }
 
-# Network: static config for QEMU user-mode networking unless carapace.net=ADDR/LEN,GW,DNS or =none.
+# Network: carapace.net=ADDR/LEN,GW,DNS[,MTU[,SEARCH]] (a tenant network's static address), =dhcp (ask
+# the tenant network's DHCP server, as a machine's own OS would), =none, or by default the
+# static config of QEMU's user-mode networking.
 ip link set lo up
 NET=$(param net)
 [ -n "$NET" ] || NET=10.0.2.15/24,10.0.2.2,10.0.2.3
-if [ "$NET" != none ] && [ -e /sys/class/net/eth0 ]; then
-  IFS=, read -r ADDR GW DNS <<EOF
+if [ "$NET" = dhcp ] && [ -e /sys/class/net/eth0 ]; then
+  ip link set eth0 up
+  printf '#!/bin/sh\\ncase "$1" in bound|renew) ip addr flush dev "$interface"; ip addr add "$ip/$mask" dev "$interface"; [ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"; for r in $router; do ip route add default via "$r"; break; done; : > /etc/resolv.conf; for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done;; esac\\n' > /etc/udhcpc.script
+  chmod 755 /etc/udhcpc.script
+  if udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 10 -O mtu >/dev/null 2>&1; then log "dhcp: $(ip -4 -o addr show dev eth0)"; else log "dhcp failed"; fi
+elif [ "$NET" != none ] && [ -e /sys/class/net/eth0 ]; then
+  IFS=, read -r ADDR GW DNS MTU SEARCH <<EOF
 $NET
 EOF
+  [ -n "$MTU" ] && ip link set eth0 mtu "$MTU"
   ip addr add "$ADDR" dev eth0 && ip link set eth0 up && ip route add default via "$GW"
-  echo "nameserver $DNS" > /etc/resolv.conf
+  { [ -n "$SEARCH" ] && echo "search $SEARCH"; echo "nameserver $DNS"; echo "options ndots:1"; } > /etc/resolv.conf
 fi
 
 # 9p shares: carapace.shares=TAG:MOUNTPOINT[:ro|rw],... (ro by default).

@@ -59,7 +59,14 @@ export interface VmSpec {
    */
   disk?: { base: string; format: 'qcow2' | 'raw'; overlay?: boolean };
   shares: VmShare[];
+  /** Ports forwarded by QEMU's user networking (only without `nic`). */
   ports: VmPort[];
+  /**
+   * The VM's network card on a tap device the caller made (a tenant network's endpoint):
+   * `-netdev tap` with this MAC. Without it the VM gets QEMU's user networking, restricted
+   * (nothing leaves the VM; `ports` come in).
+   */
+  nic?: { tap: string; mac: string };
   /** Attach the virtio-serial port `carapace.0` backed by a unix socket (the guest agent channel). */
   channel: boolean;
   labels: Record<string, string>;
@@ -82,6 +89,8 @@ export interface VmInfo {
   dir: string;
   /** Ports currently published (launch-time plus run-time `hostfwdAdd`). */
   ports: VmPort[];
+  /** The tap the VM's network card is on (VmSpec.nic), when it has one. */
+  nic?: { tap: string; mac: string };
 }
 
 /** How a VM ended, as far as the host can tell. */
@@ -198,6 +207,7 @@ export function createVmManager(opts: VmManagerOptions): VmManager {
       accel: meta.accel,
       dir,
       ports: meta.ports,
+      ...(meta.spec.nic ? { nic: meta.spec.nic } : {}),
     };
   }
 
@@ -357,13 +367,19 @@ export function createVmManager(opts: VmManagerOptions): VmManager {
         '-device', `virtio-9p-device,fsdev=fs${i},mount_tag=${s.tag}`,
       );
     });
-    const fwd = spec.ports.map((p) => `,hostfwd=${hostfwdRule(p)}`).join('');
-    // restrict=on: the guest cannot open connections to the host or, through the host, anywhere
-    // else. Without it QEMU's user networking turns a guest's connection into one made by the
-    // host: a tenant's VM reached the host's loopback-only services (10.0.2.2 is the host's
-    // 127.0.0.1: the API, a local registry, an etcd) and other tenants' bridge containers past
-    // their isolation rules. Published ports (hostfwd) still come in.
-    args.push('-netdev', `user,id=${NETDEV},restrict=on${fwd}`, '-device', `virtio-net-device,netdev=${NETDEV}`);
+    if (spec.nic) {
+      // A persistent tap made (and filtered) by the host's tenant network: QEMU only opens it.
+      if (spec.ports.length > 0) throw new Error(`VM ${spec.id}: ports are forwarded by QEMU's user networking only; with a tap they are the tenant network's`);
+      args.push('-netdev', `tap,id=${NETDEV},ifname=${qemuOpt(spec.nic.tap)},script=no,downscript=no`, '-device', `virtio-net-device,netdev=${NETDEV},mac=${spec.nic.mac}`);
+    } else {
+      const fwd = spec.ports.map((p) => `,hostfwd=${hostfwdRule(p)}`).join('');
+      // restrict=on: the guest cannot open connections to the host or, through the host, anywhere
+      // else. Without it QEMU's user networking turns a guest's connection into one made by the
+      // host: a tenant's VM reached the host's loopback-only services (10.0.2.2 is the host's
+      // 127.0.0.1: the API, a local registry, an etcd) and other tenants' bridge containers past
+      // their isolation rules. Published ports (hostfwd) still come in.
+      args.push('-netdev', `user,id=${NETDEV},restrict=on${fwd}`, '-device', `virtio-net-device,netdev=${NETDEV}`);
+    }
     if (spec.disk?.overlay === false) {
       args.push('-drive', `id=d0,file=${qemuOpt(resolvePath(spec.disk.base))},format=${spec.disk.format},if=none`, '-device', 'virtio-blk-device,drive=d0');
     } else if (spec.disk) {

@@ -1,7 +1,7 @@
 /**
  * Liveness and readiness probes end to end on real containers: the all-in-one in this
  * process (API, controller, host agent, SQLite), a real registry with a busybox httpd image,
- * real runc and runsc containers on a bridge of the test's own, driven through the REST API.
+ * real runc and runsc containers on their tenant network, driven through the REST API.
  * Probe periods run 10x faster (probeTimeScale 0.1): a `periodSeconds: 1` checks every 100 ms.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -13,12 +13,11 @@ import { startAllInOne, type RunningAllInOne } from '../../src/allinone/allinone
 import { formatDescribe, formatTable } from '../../src/cli/format.js';
 import { buildBusyboxImage, freePort, startRegistry, type RunningRegistry } from '../../src/image/testing/index.js';
 import type { Instance, Service } from '../../src/model/objects.js';
-import { createNetworkManager } from '../../src/network/network-manager.js';
+import { createTenantNetworking } from '../../src/network/tenant-networking.js';
 import { createRuncDriver, createRunscDriver } from '../../src/runtime/index.js';
-import { freeSubnet, uniqueTag } from '../network/helpers.js';
 
 const logger = pino({ level: process.env['CARAPACE_TEST_LOG'] ?? 'silent' });
-const bridge = { name: `cpb${uniqueTag()}`, subnet: freeSubnet() };
+const netPrefix = 'cpb';
 let dir: string;
 let stateDir: string;
 let registry: RunningRegistry;
@@ -73,7 +72,7 @@ async function deleteService(name: string): Promise<void> {
 }
 
 async function startAio(): Promise<RunningAllInOne> {
-  return startAllInOne({ stateDir, port: await freePort(), logger, hostName: 'probes', bridge, probeTimeScale: 0.1, stopGraceMs: 2_000 });
+  return startAllInOne({ stateDir, port: await freePort(), logger, hostName: 'probes', netPrefix, probeTimeScale: 0.1, stopGraceMs: 2_000 });
 }
 
 beforeAll(async () => {
@@ -106,9 +105,7 @@ afterAll(async () => {
       await d.destroy(c.id).catch(() => undefined);
     }
   }
-  const net = createNetworkManager({ stateDir: join(stateDir, 'network'), logger, bridge: bridge.name, subnet: bridge.subnet });
-  await net.gc(new Set()).catch(() => undefined);
-  await net.removeBridge().catch(() => undefined);
+  await createTenantNetworking({ stateDir: join(stateDir, 'network'), logger, prefix: netPrefix }).removeAll().catch(() => undefined);
   await registry?.stop();
   await rm(dir, { recursive: true, force: true });
   if (savedConfigEnv === undefined) delete process.env['CARAPACE_CONFIG'];
@@ -137,7 +134,7 @@ describe('probes on real containers', () => {
     expect(unhealthy.status.ready).toBe(false);
     expect(unhealthy.status.restarts).toBe(1);
     expect(unhealthy.status.exitCode).toBe(0); // it exited cleanly on SIGTERM: still a failure
-    expect(unhealthy.status.message).toMatch(/^liveness probe failed 2 times: HTTP GET http:\/\/10\.213\.\d+\.\d+:8080\/healthz: 404 Not Found; restarting in 1s$/);
+    expect(unhealthy.status.message).toMatch(/^liveness probe failed 2 times: HTTP GET http:\/\/10\.128\.\d+\.\d+:8080\/healthz: 404 Not Found; restarting in 1s$/);
     // What a user sees: the table's REASON column and describe's Reason and Message.
     expect(formatTable('Instance', [unhealthy])).toMatch(/live-0\s+service\/live\s+probes\s+host\s+Backoff\s+no\s+1\s+\S+\s+Unhealthy/);
     expect(formatDescribe(unhealthy)).toMatch(/Reason:\s+Unhealthy\nMessage:\s+liveness probe failed 2 times: HTTP GET/);
@@ -170,9 +167,11 @@ describe('probes on real containers', () => {
       return i.status.reason === 'NotReady' && i.status.message?.endsWith('404 Not Found') ? i : undefined;
     });
     expect(notReady.status).toMatchObject({ phase: 'Running', ready: false, restarts: 0 });
-    expect(notReady.status.message).toMatch(/^readiness probe failed \d+ times: HTTP GET http:\/\/10\.213\.\d+\.\d+:8080\/ready: 404 Not Found$/);
+    expect(notReady.status.message).toMatch(/^readiness probe failed \d+ times: HTTP GET http:\/\/10\.128\.\d+\.\d+:8080\/ready: 404 Not Found$/);
     expect(formatTable('Instance', [notReady])).toMatch(/ready-1\s+service\/ready\s+probes\s+host\s+Running\s+no\s+0\s+\S+\s+NotReady/);
-    expect((await instance('ready-0')).status).toMatchObject({ phase: 'Running', ready: true, reason: 'Ready' });
+    // ready-0's first check may still be due (the two start independently): wait for it, then look.
+    const ready0 = await until('ready-0 ready', async () => ((await instance('ready-0')).status.ready ? instance('ready-0') : undefined));
+    expect(ready0.status).toMatchObject({ phase: 'Running', ready: true, reason: 'Ready' });
     const svc = await until('service ready 1', async () => {
       const s = await service('ready');
       return s.status.ready === 1 ? s : undefined;
@@ -219,7 +218,7 @@ describe('probes on real containers', () => {
       return i.status.reason === 'NotReady' ? i : undefined;
     });
     expect(gone.status).toMatchObject({ phase: 'Running', ready: false, restarts: 0, containerId: before.status.containerId });
-    expect(gone.status.message).toMatch(/^readiness probe failed 2 times: HTTP GET http:\/\/10\.213\.\d+\.\d+:8080\/ready: 404 Not Found$/);
+    expect(gone.status.message).toMatch(/^readiness probe failed 2 times: HTTP GET http:\/\/10\.128\.\d+\.\d+:8080\/ready: 404 Not Found$/);
     await until('service ready 0', async () => ((await service('adopt')).status.ready === 0 ? true : undefined));
     await deleteService('adopt');
   });

@@ -11,7 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { pino } from 'pino';
 import { freePort } from '../../src/image/testing/registry.js';
 import { createRuncDriver, createRunscDriver } from '../../src/runtime/index.js';
-import { recordedNetworkManager } from '../../src/network/network-manager.js';
+import { createTenantNetworking } from '../../src/network/tenant-networking.js';
 import { createVmManager } from '../../src/vm/qemu.js';
 import { CommandError, run } from '../../src/proc/run.js';
 import type { ContainerInfo } from '../../src/runtime/driver.js';
@@ -164,7 +164,7 @@ export async function containers(stateDir: string): Promise<(ContainerInfo & { r
 }
 
 /** Removes every container and network the all-in-one left behind (test cleanup). */
-export async function destroyAll(stateDir: string, bridge?: string): Promise<void> {
+export async function destroyAll(stateDir: string, net: { prefix?: string; netns?: string } = {}): Promise<void> {
   const logger = pino({ level: 'silent' });
   for (const [runtime, make] of [
     ['runc', createRuncDriver],
@@ -180,15 +180,9 @@ export async function destroyAll(stateDir: string, bridge?: string): Promise<voi
     const vms = createVmManager({ stateDir: join(stateDir, 'vms'), logger, accel: 'tcg' });
     for (const vm of vms.recover()) await vms.destroy(vm.id, 0).catch(() => undefined);
   }
-  // The manager must be configured as the agent was (bridge and subnet): one configured
-  // otherwise refuses the recorded state, which used to leave every container's namespace
-  // and veth behind (and a later run on that bridge met their addresses).
-  const net = await recordedNetworkManager(join(stateDir, 'network'), logger);
-  if (net) {
-    if (bridge && net.bridge !== bridge) throw new Error(`${stateDir}: network state is for bridge ${net.bridge}, not ${bridge}`);
-    await net.gc(new Set());
-    if (bridge) await net.removeBridge(); // a bridge of the test's own (the default one may serve a local carapace up)
-  }
+  // The data plane must use the prefix the agent used: another one refuses the recorded state
+  // (and would leave every segment, namespace and tap behind for the next test to meet).
+  if (existsSync(join(stateDir, 'network'))) await createTenantNetworking({ stateDir: join(stateDir, 'network'), logger, ...net }).removeAll();
 }
 
 export async function tempDir(prefix: string): Promise<{ dir: string; cleanup: () => Promise<void> }> {

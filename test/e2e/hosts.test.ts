@@ -1,6 +1,6 @@
 /**
  * Host failure with real processes: a real etcd, `carapace server` and two `carapace agent`
- * processes (each its own state directory, bridge and subnet: two hosts on one machine), real
+ * processes (each its own state directory and network prefix: two hosts on one machine), real
  * runc containers. Killing an agent with SIGKILL stops its lease: the host is declared
  * NotReady, its instances run again on the other host, and when it comes back the copies it
  * still ran are destroyed (fenced), so no instance runs twice. Every step is audited.
@@ -19,7 +19,8 @@ let registry: RunningRegistry;
 let etcd: EtcdProcess;
 let server: Server;
 const agents: Record<string, Agent> = {};
-const BRIDGES: Record<string, [string, string]> = { h1: ['cbr1', '10.91.0.0/16'], h2: ['cbr2', '10.92.0.0/16'] };
+/** Each agent's network prefix: two agents share this machine's network namespace. */
+const NET_PREFIXES: Record<string, string> = { h1: 'hh1', h2: 'hh2' };
 let image = '';
 
 async function list<T>(what: string): Promise<T[]> {
@@ -31,7 +32,7 @@ async function list<T>(what: string): Promise<T[]> {
 /** Running containers per instance uid, over both hosts' runtimes (what really runs). */
 async function running(): Promise<Map<string, string[]>> {
   const out = new Map<string, string[]>();
-  for (const h of Object.keys(BRIDGES)) {
+  for (const h of Object.keys(NET_PREFIXES)) {
     for (const c of await containers(join(tmp.dir, h))) {
       if (c.state.status !== 'running') continue;
       const uid = c.labels[LABELS.uid] ?? '?';
@@ -42,8 +43,8 @@ async function running(): Promise<Map<string, string[]>> {
 }
 
 function agentFor(h: string): Agent {
-  const [bridge, subnet] = BRIDGES[h]!; // h is one of BRIDGES' keys
-  return new Agent(join(tmp.dir, h), ['--store', `etcd://${etcd.endpoint.replace(/^http:\/\//, '')}`, '--host-name', h, '--bridge', bridge, '--subnet', subnet, '--label', `zone=${h === 'h1' ? 'a' : 'b'}`]);
+  const prefix = NET_PREFIXES[h]!; // h is one of NET_PREFIXES' keys
+  return new Agent(join(tmp.dir, h), ['--store', `etcd://${etcd.endpoint.replace(/^http:\/\//, '')}`, '--host-name', h, '--net-prefix', prefix, '--label', `zone=${h === 'h1' ? 'a' : 'b'}`]);
 }
 
 beforeAll(async () => {
@@ -53,7 +54,7 @@ beforeAll(async () => {
   etcd = await startEtcd();
   server = new Server(join(tmp.dir, 'server'), await freePort(), ['--store', `etcd://${etcd.endpoint.replace(/^http:\/\//, '')}`], {}, 'server');
   await server.start();
-  for (const h of Object.keys(BRIDGES)) {
+  for (const h of Object.keys(NET_PREFIXES)) {
     agents[h] = agentFor(h);
     await agents[h].start();
   }
@@ -63,7 +64,7 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const a of Object.values(agents)) await a.stop();
   await server?.stop();
-  for (const [h, [bridge]] of Object.entries(BRIDGES)) await destroyAll(join(tmp.dir, h), bridge);
+  for (const [h, prefix] of Object.entries(NET_PREFIXES)) await destroyAll(join(tmp.dir, h), { prefix });
   await etcd?.stop();
   await registry?.stop();
   await tmp?.cleanup();

@@ -20,8 +20,8 @@ import { Agent, cli, containers, destroyAll, eventually, freePort, Server, tempD
 const BRIDGE = 'cmh0';
 const GW = '10.70.0.1';
 const HOSTS = [
-  { name: 'h1', ns: 'cmh-h1', veth: 'cmhv1', ip: '10.70.0.11', zone: 'a', bridge: 'cbr1', subnet: '10.96.0.0/16' },
-  { name: 'h2', ns: 'cmh-h2', veth: 'cmhv2', ip: '10.70.0.12', zone: 'b', bridge: 'cbr2', subnet: '10.97.0.0/16' },
+  { name: 'h1', ns: 'cmh-h1', veth: 'cmhv1', ip: '10.70.0.11', zone: 'a' },
+  { name: 'h2', ns: 'cmh-h2', veth: 'cmhv2', ip: '10.70.0.12', zone: 'b' },
 ];
 
 let tmp: { dir: string; cleanup: () => Promise<void> };
@@ -50,8 +50,6 @@ function agentFor(h: (typeof HOSTS)[number], token?: string): Agent {
     ...(token ? ['--join-token', token] : []),
     '--host-name', h.name,
     '--label', `zone=${h.zone}`,
-    '--bridge', h.bridge,
-    '--subnet', h.subnet,
     '--insecure-registry', registry.address,
     '--accel', 'tcg',
   ], {}, ['nsenter', `--net=/run/netns/${h.ns}`, '--']);
@@ -109,7 +107,7 @@ afterAll(async () => {
   await eventually(async () => (await list<Instance>('instances')).length === 0, 60_000, 'instances removed').catch(() => undefined);
   for (const a of Object.values(agents)) await a.stop();
   await server?.stop();
-  for (const h of HOSTS) await destroyAll(join(tmp.dir, h.name), h.bridge).catch(() => undefined);
+  for (const h of HOSTS) await destroyAll(join(tmp.dir, h.name), { netns: h.ns }).catch(() => undefined);
   for (const h of HOSTS) await ip('netns', 'del', h.ns).catch(() => undefined);
   await ip('link', 'del', BRIDGE).catch(() => undefined);
   await etcd?.stop();

@@ -17,6 +17,7 @@ import type { ImageConfig } from '../../src/runtime/driver.js';
 import { GuestAgent } from '../../src/guest/agent.js';
 import { HostChannel, type LogEvent, type StateEvent } from '../../src/guest/host-channel.js';
 import { SocketListenLink } from '../../src/guest/link.js';
+import type { WireNetwork } from '../../src/guest/protocol.js';
 import { CellRuntime } from '../../src/agent/cell-runtime.js';
 import { Prober } from '../../src/agent/prober.js';
 import { Resources } from '../../src/core/resources.js';
@@ -58,6 +59,7 @@ let chan: HostChannel;
 let chanAc: AbortController;
 let chanDone: Promise<void>;
 const states: StateEvent[] = [];
+const networkConfigs: WireNetwork[] = [];
 const logs: LogEvent[] = [];
 let seq = 0;
 const newId = (p: string): string => `${p}-${process.pid}-${++seq}`;
@@ -119,6 +121,11 @@ beforeAll(async () => {
     noPivot: 'auto',
     logTailLines: 100,
     usageIntervalMs: 500,
+    // The test's "VM" is this host: record what would be put on eth0 instead of doing it.
+    configureNetwork: async (cfg) => {
+      if (cfg.address === '10.9.9.9/18') throw new Error('address already in use');
+      networkConfigs.push(cfg);
+    },
   });
   agentDone = agent.start(agentAc.signal);
   await waitFor('agent socket', () => undefined as undefined | true, 0).catch(() => undefined);
@@ -287,6 +294,14 @@ describe('guest agent with real runc', () => {
     } finally {
       await store.close();
     }
+  });
+
+  it('puts a claimed cell on its tenant network when asked, and reports a failure as an error', async () => {
+    const cfg = { address: '10.128.3.7/18', gateway: '10.128.3.1', dns: ['10.128.3.1'], mtu: 1450 };
+    await chan.configureNetwork(cfg);
+    expect(networkConfigs).toEqual([cfg]);
+    await expect(chan.configureNetwork({ ...cfg, address: '10.9.9.9/18' })).rejects.toMatchObject({ code: 'GUEST_E_INTERNAL' });
+    await expect(chan.configureNetwork({ ...cfg, address: 'not-an-address' })).rejects.toThrow();
   });
 
   it('refuses a rootfs outside the images share and a duplicate id, with stable codes', async () => {

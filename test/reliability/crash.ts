@@ -114,20 +114,19 @@ export async function runCrashConsistency(o: CrashOptions): Promise<CrashResult>
   let etcd: EtcdProcess | undefined;
   let server: Server | undefined;
   let agent: Agent | undefined;
-  const bridge = o.store === 'sqlite' ? 'crel1' : 'crel2';
-  const subnet = o.store === 'sqlite' ? '10.97.0.0/16' : '10.98.0.0/16';
+  const prefix = o.store === 'sqlite' ? 'cr1' : 'cr2';
   const hostDir = join(tmp.dir, o.store === 'sqlite' ? 'up' : 'agent');
   const env = { CARAPACE_LOG_LEVEL: 'warn' };
   try {
     registry = await startRegistry({ dir: join(tmp.dir, 'registry') });
     const image = (await buildBusyboxImage({ registry: registry.address, repository: 'crash/busybox', tag: '1' })).reference;
     if (o.store === 'sqlite') {
-      server = new Server(hostDir, await freePort(), ['--bridge', bridge, '--subnet', subnet], env, 'up');
+      server = new Server(hostDir, await freePort(), ['--net-prefix', prefix], env, 'up');
     } else {
       etcd = await startEtcd();
       const url = `etcd://${etcd.endpoint.replace(/^http:\/\//, '')}`;
       server = new Server(join(tmp.dir, 'server'), await freePort(), ['--store', url, '--no-agent-api'], env, 'server');
-      agent = new Agent(hostDir, ['--store', url, '--host-name', 'crash', '--bridge', bridge, '--subnet', subnet]); // info: its start is read from the log
+      agent = new Agent(hostDir, ['--store', url, '--host-name', 'crash', '--net-prefix', prefix]); // info: its start is read from the log
     }
     await server.start();
     await agent?.start();
@@ -313,7 +312,7 @@ export async function runCrashConsistency(o: CrashOptions): Promise<CrashResult>
   } finally {
     await agent?.stop();
     await server?.stop();
-    await destroyAll(hostDir, bridge);
+    await destroyAll(hostDir, { prefix });
     await etcd?.stop();
     await registry?.stop();
     await tmp.cleanup();

@@ -11,10 +11,13 @@
  * - cgroup limits equal to the spec (cpu quota, memory, pids);
  * - it sees only its own processes, not the host's nor another tenant's;
  * - it sees neither a file on the host nor another tenant's files;
- * - it cannot open a TCP connection to another tenant's containers, nor to the host's
- *   loopback-only services (the API, the registry); it can connect to its own listener (the
- *   control that the probe can connect at all) and, from host-run tiers, to a published port
- *   (public by design); a cell cannot leave its VM at all.
+ * - it cannot open a TCP connection to another tenant's containers, nor to the host's services
+ *   on any host address (the API, listening on every address here; the registry; through its
+ *   gateway, the host's own address and loopback); it can connect to its own listener (the
+ *   control that the probe can connect at all) and, from every tier, to a published port
+ *   (public by design);
+ * - its own service's name resolves (the tenant's DNS works), another tenant's does not, and
+ *   another tenant's DNS server does not answer it.
  *
  * Connections are tried with busybox `nc` (exit 0 once connected): busybox-static's `wget`
  * crashes (SIGSEGV in glibc's static resolver) in an image without NSS libraries, which would
@@ -23,6 +26,7 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync, readdirSync } from 'node:fs';
 import { rm, writeFile } from 'node:fs/promises';
+import { networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import { buildBusyboxImage, startRegistry, type RunningRegistry } from '../../src/image/testing/index.js';
 import type { Instance } from '../../src/model/objects.js';
@@ -76,7 +80,10 @@ echo "pid1 $(cat /proc/1/comm)"
 echo "foreignfiles $(find / -xdev -name 'beta-secret-*' 2>/dev/null | wc -l)"
 nc -l -p 9999 >/dev/null 2>&1 &
 sleep 1
-for t in $TARGETS; do nc -w 4 \${t%:*} \${t#*:} </dev/null >/dev/null 2>&1 && echo "reach/$t yes" || echo "reach/$t no"; done
+GW=$(ip route | awk '/^default/ {print $3}')
+echo "gateway $GW"
+for t in $TARGETS; do a=\${t%:*}; [ "$a" = GW ] && a=$GW; nc -w 4 $a \${t#*:} </dev/null >/dev/null 2>&1 && echo "reach/$t yes" || echo "reach/$t no"; done
+for n in $NAMES; do case $n in *@*) q="\${n%@*} \${n#*@}";; *) q=$n;; esac; nslookup $q >/dev/null 2>&1 && echo "dns/$n yes" || echo "dns/$n no"; done
 echo END
 `;
 
@@ -107,7 +114,7 @@ export async function runProbes(o: ProbeOptions = {}): Promise<ProbeResult> {
   const tiers = o.tiers ?? TIERS;
   const tmp = await tempDir('carapace-probes-');
   const stateDir = join(tmp.dir, 'up');
-  const bridge = 'crel3';
+  const prefix = 'cr3';
   let registry: RunningRegistry | undefined;
   let server: Server | undefined;
   const marker = `/tmp/carapace-probe-host-${randomBytes(6).toString('hex')}`;
@@ -115,7 +122,7 @@ export async function runProbes(o: ProbeOptions = {}): Promise<ProbeResult> {
     await writeFile(marker, 'the host\n');
     registry = await startRegistry({ dir: join(tmp.dir, 'registry') });
     const image = (await buildBusyboxImage({ registry: registry.address, repository: 'probes/busybox', tag: '1' })).reference;
-    server = new Server(stateDir, await freePort(), ['--bridge', bridge, '--subnet', '10.99.0.0/16', '--accel', 'tcg'], { CARAPACE_LOG_LEVEL: 'warn' }, 'up');
+    server = new Server(stateDir, await freePort(), ['--net-prefix', prefix, '--listen', '0.0.0.0', '--accel', 'tcg'], { CARAPACE_LOG_LEVEL: 'warn' }, 'up');
     await server.start();
     const srv = server;
     const token = readFileSync(join(stateDir, 'admin-token'), 'utf8').trim();
@@ -153,6 +160,7 @@ export async function runProbes(o: ProbeOptions = {}): Promise<ProbeResult> {
 
     // Beta's targets on the host-run tiers; their addresses come from their own output.
     const targets: string[] = [];
+    const betaAddrs: string[] = [];
     // Beta publishes its host target's port: published ports are public by design, so every
     // probe must reach it (the control that shows the probe's network works at all).
     const published = await freePort();
@@ -162,7 +170,12 @@ export async function runProbes(o: ProbeOptions = {}): Promise<ProbeResult> {
     for (const tier of ['host', 'sandbox'] as const) {
       const addr = await waitFor(`beta's ${tier} target`, async () => /ADDR (\d+\.\d+\.\d+\.\d+)/.exec(await logsOf('beta', `target-${tier}`))?.[1], 120_000);
       targets.push(`${addr}:8080`);
+      betaAddrs.push(addr);
     }
+    // Beta's DNS server: its segment's gateway, the first address of its block (a /24).
+    const betaDns = `${betaAddrs[0]?.split('.').slice(0, 3).join('.') ?? ''}.1`;
+    // A host address that is not loopback (the API listens on every address here).
+    const hostIp = Object.values(networkInterfaces()).flat().find((i) => i && i.family === 'IPv4' && !i.internal)?.address ?? '127.0.0.1';
     log(`probes: beta serves on ${targets.join(', ')}`);
     // The published port is the control that the probes' network works at all: wait until the
     // agent has programmed it (it answers from the host) so a "no" can only mean the probe's side.
@@ -171,15 +184,18 @@ export async function runProbes(o: ProbeOptions = {}): Promise<ProbeResult> {
 
     const reports: TierReport[] = [];
     for (const tier of tiers) {
-      // From a cell, the host's loopback is 10.0.2.2 (QEMU user networking); from the bridge, the gateway.
-      const hostAddr = tier === 'cell' ? '10.0.2.2' : '10.99.0.1';
-      const tierTargets = ['127.0.0.1:9999', ...targets, `${hostAddr}:${apiPort}`, `${hostAddr}:${registry.port}`, `${hostAddr}:${published}`];
+      // Every tier reaches the host through its segment's gateway (GW, read by the probe).
+      const hostAddr = 'GW';
+      const tierTargets = ['127.0.0.1:9999', ...targets, `${hostAddr}:${apiPort}`, `${hostAddr}:${registry.port}`, `${hostAddr}:${published}`, `${hostIp}:${apiPort}`, `${hostIp}:22`];
+      // Its own service by short and full name (the control), another tenant's by its full
+      // name from its own resolver, and (name@server) another tenant's resolver asked directly.
+      const names = [`probe-${tier}`, `probe-${tier}.alpha.carapace.internal`, 'target-host.beta.carapace.internal', `target-host@${betaDns}`, `target-host.beta.carapace.internal@${betaDns}`];
       await apply('alpha', `probe-${tier}`, {
         isolation: tier,
         cpu: CPU,
         memory: `${MEMORY_MIB}Mi`,
         pids: PIDS,
-        env: { HOST_MARKER: marker, TARGETS: tierTargets.join(' ') },
+        env: { HOST_MARKER: marker, TARGETS: tierTargets.join(' '), NAMES: names.join(' ') },
         command: ['sh', '-c', `${PROBE}\nexec sleep 3600`],
       });
       let seen = '';
@@ -189,6 +205,7 @@ export async function runProbes(o: ProbeOptions = {}): Promise<ProbeResult> {
       });
       const inst = (await api('GET', `/v1/tenants/alpha/instances/probe-${tier}-0`)).json as Instance;
       const report = check(tier, facts, tierTargets, targets, `${hostAddr}:${apiPort}`, `${hostAddr}:${registry.port}`, `${hostAddr}:${published}`);
+      checkNames(report, facts, tier, betaDns);
       if (tier === 'sandbox') checkSandboxHost(report, containerIdFor(inst));
       log(`probes: ${tier}: ${report.checks} checks, ${report.failures.length} failed${report.failures.length ? `: ${report.failures.join('; ')}` : ''}`);
       reports.push(report);
@@ -196,7 +213,7 @@ export async function runProbes(o: ProbeOptions = {}): Promise<ProbeResult> {
     return { tiers: reports, failures: reports.reduce((a, r) => a + r.failures.length, 0), checks: reports.reduce((a, r) => a + r.checks, 0) };
   } finally {
     await server?.stop();
-    await destroyAll(stateDir, bridge);
+    await destroyAll(stateDir, { prefix });
     await registry?.stop();
     await rm(marker, { force: true });
     await tmp.cleanup();
@@ -250,16 +267,28 @@ function check(tier: Tier, f: Record<string, string>, targets: string[], foreign
       continue;
     }
     if (t === publicAddr) {
-      // Published ports are public by design: reached through the bridge's gateway from host-run
-      // tiers. A cell has no way out of its VM at all (QEMU restrict=on), published ports included.
-      if (tier === 'cell') expect(`cannot leave its VM, not even for a published port at ${t}`, f[`reach/${t}`] === 'no', f[`reach/${t}`]);
-      else expect(`reaches another tenant's published port at ${t} (public by design: the bridge route works)`, f[`reach/${t}`] === 'yes', f[`reach/${t}`]);
+      // Published ports are public by design: reached through the segment's gateway from every tier.
+      expect(`reaches another tenant's published port at ${t} (public by design: the route out works)`, f[`reach/${t}`] === 'yes', f[`reach/${t}`]);
       continue;
     }
-    const what = foreign.includes(t) ? `cannot reach another tenant's container at ${t}` : t === apiAddr ? `cannot reach the control plane's loopback API at ${t}` : t === registryAddr ? `cannot reach the host's loopback registry at ${t}` : `cannot reach ${t}`;
+    const what = foreign.includes(t) ? `cannot reach another tenant's container at ${t}` : t === apiAddr ? `cannot reach the control plane's API through its gateway at ${t}` : t === registryAddr ? `cannot reach the host's registry through its gateway at ${t}` : `cannot reach the host's service at ${t}`;
     expect(what, f[`reach/${t}`] === 'no', f[`reach/${t}`]);
   }
   return { tier, facts: f, failures, checks };
+}
+
+/** DNS: its own names resolve, another tenant's do not, another tenant's server does not answer. */
+function checkNames(report: TierReport, f: Record<string, string>, tier: Tier, betaDns: string): void {
+  const expect = (what: string, ok: boolean, got: unknown): void => {
+    report.checks++;
+    if (!ok) report.failures.push(`${what} (got ${JSON.stringify(got)})`);
+  };
+  const own = [`probe-${tier}`, `probe-${tier}.alpha.carapace.internal`];
+  for (const n of own) expect(`resolves its own service's name ${n}`, f[`dns/${n}`] === 'yes', f[`dns/${n}`]);
+  expect("cannot resolve another tenant's service by its full name", f['dns/target-host.beta.carapace.internal'] === 'no', f['dns/target-host.beta.carapace.internal']);
+  for (const n of [`target-host@${betaDns}`, `target-host.beta.carapace.internal@${betaDns}`]) {
+    expect(`another tenant's DNS server at ${betaDns} does not answer (${n})`, f[`dns/${n}`] === 'no', f[`dns/${n}`]);
+  }
 }
 
 /**

@@ -2,7 +2,7 @@
  * The web dashboard end to end, in a real browser: Debian's Chromium (headless, a fresh
  * profile per user) driven by playwright-core against a real all-in-one in this process (API,
  * controller, host agent, SQLite) with real runc and runsc containers from a real local
- * registry, on a bridge of the test's own. It signs in, reads the topology, applies a manifest
+ * registry, with network objects of the test's own prefix. It signs in, reads the topology, applies a manifest
  * whose errors the API reports and the editor shows at their fields, fixes it and watches the
  * new instance appear without a reload, scales, reads tenants and the audit log, and checks a
  * tenant viewer sees nothing of another tenant and is offered no actions. A second server
@@ -24,7 +24,6 @@ import type { FastifyInstance } from 'fastify';
 import { startAllInOne, type RunningAllInOne } from '../../src/allinone/allinone.js';
 import { buildBusyboxImage, freePort, startRegistry, type RunningRegistry } from '../../src/image/testing/index.js';
 import type { Instance } from '../../src/model/objects.js';
-import { createNetworkManager } from '../../src/network/network-manager.js';
 import { createRuncDriver, createRunscDriver } from '../../src/runtime/index.js';
 import { buildApi } from '../../src/api/server.js';
 import { ControlPlane } from '../../src/core/control-plane.js';
@@ -34,7 +33,7 @@ import { AuditLog } from '../../src/audit/log.js';
 import { authenticate } from '../../src/auth/tokens.js';
 import { bootstrapToken } from '../../src/core/api-tokens.js';
 import type { Store } from '../../src/store/store.js';
-import { freeSubnet, uniqueTag } from '../network/helpers.js';
+import { createTenantNetworking } from '../../src/network/tenant-networking.js';
 import { seedEstate } from './estate.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -49,7 +48,7 @@ if (!existsSync(join(ROOT, 'dist', 'ui', 'index.html'))) throw new Error('dist/u
 if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install chromium (scripts/install.sh does)`);
 
 const logger = pino({ level: process.env['CARAPACE_TEST_LOG'] ?? 'silent' });
-const bridge = { name: `cui${uniqueTag()}`, subnet: freeSubnet() };
+const netPrefix = 'cui';
 let dir: string;
 let stateDir: string;
 let registry: RunningRegistry;
@@ -132,7 +131,7 @@ beforeAll(async () => {
   process.env['CARAPACE_CONFIG'] = join(dir, 'cli-config.json'); // the first start saves the admin token there
   registry = await startRegistry({ dir: join(dir, 'registry') });
   image = (await buildBusyboxImage({ registry: registry.address, repository: 'ui/busybox', tag: '1' })).reference;
-  aio = await startAllInOne({ stateDir, port: await freePort(), logger, hostName: 'node-1', bridge, stopGraceMs: 2_000 });
+  aio = await startAllInOne({ stateDir, port: await freePort(), logger, hostName: 'node-1', netPrefix, stopGraceMs: 2_000 });
   await api('PUT', '/v1/tenants/acme', { apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name: 'acme' }, spec: { displayName: 'Acme Corporation', quota: { cpu: 2, memory: '1Gi', instances: 10 } } });
   await api('PUT', '/v1/tenants/globex', { apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name: 'globex' }, spec: { displayName: 'Globex', minIsolation: 'sandbox' } });
   await api('PUT', '/v1/tenants/acme/services/web', svc('acme', 'web', { isolation: 'host', replicas: 2 }));
@@ -162,9 +161,7 @@ afterAll(async () => {
       await d.destroy(c.id).catch(() => undefined);
     }
   }
-  const net = createNetworkManager({ stateDir: join(stateDir, 'network'), logger, bridge: bridge.name, subnet: bridge.subnet });
-  await net.gc(new Set()).catch(() => undefined);
-  await net.removeBridge().catch(() => undefined);
+  await createTenantNetworking({ stateDir: join(stateDir, 'network'), logger, prefix: netPrefix }).removeAll().catch(() => undefined);
   await registry?.stop();
   await rm(dir, { recursive: true, force: true });
   if (savedConfigEnv === undefined) delete process.env['CARAPACE_CONFIG'];

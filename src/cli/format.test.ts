@@ -1,0 +1,51 @@
+import { describe, expect, it } from 'vitest';
+import { parseManifest } from '../model/manifest.js';
+import type { Host, Instance, Machine, Service, Tenant } from '../model/objects.js';
+import { describeEgress, formatDescribe, formatOutput } from './format.js';
+
+const md = { uid: 'u', labels: {}, resourceVersion: 3, generation: 1, createdAt: '2026-01-01T00:00:00.000Z', updatedAt: '2026-01-01T00:00:00.000Z' };
+
+function service(address?: string): Service {
+  const m = parseManifest({ apiVersion: 'carapace/v1', kind: 'Service', metadata: { name: 'web', tenant: 'acme' }, spec: { image: 'r/web:1', ports: [{ containerPort: 80 }, { containerPort: 443, hostPort: 8443 }] } });
+  if (m.kind !== 'Service') throw new Error('parsed a Service');
+  return { kind: 'Service', metadata: { ...md, name: 'web', tenant: 'acme' }, spec: m.spec, status: { ready: 1, observedGeneration: 1, ...(address ? { address } : {}) } };
+}
+
+describe('addresses in get -o wide and describe', () => {
+  it('services: ADDRESS (the VIP) and PORTS, only with -o wide', () => {
+    const wide = formatOutput('Service', [service('10.112.0.1'), { ...service(), metadata: { ...md, name: 'new', tenant: 'acme' } }], 'wide', false).split('\n');
+    expect(wide[0]).toMatch(/AGE\s+ADDRESS\s+PORTS$/);
+    expect(wide[1]).toMatch(/web\s.*10\.112\.0\.1\s+80\/tcp,8443->443\/tcp$/);
+    expect(wide[2]).toMatch(/new\s.*\s-\s+80\/tcp,8443->443\/tcp$/);
+    expect(formatOutput('Service', [service('10.112.0.1')], 'table', false)).not.toMatch(/ADDRESS|10\.112/);
+    expect(formatDescribe(service('10.112.0.1'))).toMatch(/\nAddress:\s+10\.112\.0\.1\n/);
+  });
+
+  it('instances: ADDRESS, CELL, IMAGE; machines, cells and hosts: ADDRESS', () => {
+    const inst = {
+      kind: 'Instance',
+      metadata: { ...md, name: 'web-0', tenant: 'acme' },
+      spec: { owner: { kind: 'Service', name: 'web' }, host: 'h1', cell: 'cell-1', container: { ...service().spec }, restartPolicy: 'Always' },
+      status: { phase: 'Running', restarts: 0, ready: true, address: '10.128.0.5' },
+    } as unknown as Instance; // only the fields the table reads are filled in
+    const rows = formatOutput('Instance', [inst], 'wide', false).split('\n');
+    expect(rows[0]).toMatch(/REASON\s+ADDRESS\s+CELL\s+IMAGE$/);
+    expect(rows[1]).toMatch(/10\.128\.0\.5\s+cell-1\s+r\/web:1$/);
+    expect(formatDescribe(inst)).toMatch(/\nAddress:\s+10\.128\.0\.5\n/);
+    const machine = { kind: 'Machine', metadata: { ...md, name: 'vm', tenant: 'acme' }, spec: { cpu: 1, memory: 512, ports: [], running: true, restartPolicy: 'Always' }, status: { phase: 'Running', host: 'h1', restarts: 0, address: '10.128.0.9', mac: '02:0a:80:00:00:09' } } as unknown as Machine; // likewise
+    expect(formatOutput('Machine', [machine], 'wide', false)).toMatch(/ADDRESS\n.*10\.128\.0\.9$/);
+    expect(formatDescribe(machine)).toMatch(/Address:\s+10\.128\.0\.9\nMAC:\s+02:0a:80:00:00:09\n/);
+    const host = { kind: 'Host', metadata: { ...md, name: 'h1' }, spec: { labels: {}, unschedulable: false }, status: { state: 'Ready', lastHeartbeatAt: md.createdAt, isolation: ['host'], capacity: { cpu: 2, memoryMiB: 1024 }, agentVersion: 't', address: '192.0.2.2' } } as Host;
+    expect(formatOutput('Host', [host], 'wide', false)).toMatch(/ADDRESS\n.*192\.0\.2\.2$/);
+  });
+
+  it("tenants: the network and the egress policy", () => {
+    const m = parseManifest({ apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name: 'acme' }, spec: { network: { egress: { default: 'deny', allow: [{ cidr: '192.0.2.0/24', protocol: 'tcp', ports: [443, 8443] }, { cidr: '198.51.100.7/32' }] } } } });
+    if (m.kind !== 'Tenant') throw new Error('parsed a Tenant');
+    const t: Tenant = { kind: 'Tenant', metadata: { ...md, name: 'acme' }, spec: m.spec, status: { network: { cidr: '10.128.64.0/18', vni: 1001 } } };
+    expect(formatDescribe(t)).toMatch(/\nNetwork:\s+10\.128\.64\.0\/18 \(VNI 1001\)\nEgress:\s+deny, except 192\.0\.2\.0\/24 tcp 443,8443; 198\.51\.100\.7\/32$/);
+    expect(formatOutput('Tenant', [t], 'wide', false)).toMatch(/CIDR\s+EGRESS\n.*10\.128\.64\.0\/18\s+deny$/);
+    expect(describeEgress({ default: 'allow', allow: [] })).toBe('allow (everything but the infrastructure)');
+    expect(formatDescribe({ ...t, spec: {}, status: {} })).toMatch(/Network:\s+\(none yet: made with its first placed work\)\nEgress:\s+allow/);
+  });
+});
