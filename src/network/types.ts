@@ -128,7 +128,7 @@ export interface TenantNetworking {
    * `attach` rebuilds it, `gc` removes it.
    */
   recover(): Promise<string[]>;
-  /** Detaches every endpoint not in `keep` and removes stray kernel objects; returns the ids detached. */
+  /** Detaches every endpoint and reserved tap not in `keep` and removes stray kernel objects; returns the ids detached. */
   gc(keep: ReadonlySet<string>): Promise<string[]>;
   /** The tenant's services, all of them: VIP balancing chains and DNS names. */
   setServices(tenant: string, services: ServiceEntry[]): Promise<void>;

@@ -114,7 +114,7 @@ afterAll(async () => {
     for (const t of await m.segments().catch(() => [])) await m.removeSegment(t).catch(() => undefined);
   }
   await removeLan(lan, [h1, h2, out]);
-  for (const name of ['a1', 'a2', 'a3', 'a4', 'b1', 'a5', 'b5', 'd1', 'ghost', 'crash0', 'crash1', 'crash2', 'crash3']) await run('ip', ['netns', 'del', ns(name)]);
+  for (const name of ['a1', 'a2', 'a3', 'a4', 'b1', 'a5', 'b5', 'd1', 'ghost', 'crash0', 'crash1', 'crash2', 'crash3', 'warm', 'warm2']) await run('ip', ['netns', 'del', ns(name)]);
   if (root) await fs.rm(root, { recursive: true, force: true });
 });
 
@@ -298,6 +298,38 @@ describe('tenant data plane, one host', () => {
   });
 });
 
+describe('tenant data plane, reserved taps', () => {
+  it('reserves a tap before its tenant is known, on no bridge, and attaches it keeping its MAC; gc removes a stale reservation', async () => {
+    type LinkJson = { ifindex: number; master?: string; linkinfo?: { info_kind?: string; info_data?: { type?: string } } };
+    const show = async (dev: string): Promise<LinkJson | undefined> => {
+      const r = await run('ip', ['-n', h1.ns, '-j', '-d', 'link', 'show', 'dev', dev]);
+      return r.code === 0 ? (JSON.parse(r.stdout) as LinkJson[])[0] : undefined; // safe: `ip -j link` prints an array of links
+    };
+    const r = await m1.reserveTap(id('warm'));
+    expect(r.tap).toMatch(/^ct[0-9a-f]{10}$/);
+    expect(r.mac).toMatch(/^02:cb:/);
+    expect(await m1.reserveTap(id('warm'))).toEqual(r);
+    const reserved = await show(r.tap);
+    expect(reserved?.linkinfo?.info_data?.type).toBe('tap');
+    expect(reserved?.master).toBeUndefined();
+    expect(await m1.inspect(id('warm'))).toBeUndefined();
+
+    const ep = await m1.attach({ id: id('warm'), tenant: A, kind: 'tap', ports: [] });
+    expect(ep).toMatchObject({ tap: r.tap, mac: r.mac });
+    const attached = await show(r.tap);
+    expect(attached?.ifindex).toBe(reserved?.ifindex);
+    expect(attached?.master).toBe(`cb${tenantHash(A)}`);
+    expect(await inNs(h1.ns, 'nft', ['list', 'set', 'bridge', 'ccarapace', 'ep_src'])).toContain(`"${r.tap}" . ${r.mac} . ${ep.ip}`);
+    await m1.detach(id('warm'));
+    expect(await show(r.tap)).toBeUndefined();
+
+    const stale = await m1.reserveTap(id('warm2'));
+    expect(await m1.gc(new Set(['a1', 'a2', 'a3', 'a4', 'b1'].map(id)))).toEqual([id('warm2')]);
+    expect(await show(stale.tap)).toBeUndefined();
+    expect(await reach(ns('a2'), (await m1.inspect(id('a1')))?.ip ?? '')).toBe('a1');
+  });
+});
+
 describe('tenant data plane, two hosts over VXLAN', () => {
   it('connects a tenant\'s endpoints across hosts, and not another tenant\'s', async () => {
     await m2.ensureSegment(specA('10.128.2.0/24', h2.ip));
@@ -395,11 +427,14 @@ describe('tenant data plane, crash and recovery', () => {
       pids.push(Number((await fs.readFile(path.join(dir, th, 'dnsmasq.pid'), 'utf8')).trim()));
     }
     expect(pids.every((p) => pidAlive(p))).toBe(true);
-    for (const m of [m1, m2]) {
-      await m.gc(new Set());
-      for (const t of await m.segments()) await m.removeSegment(t);
-      expect(await m.segments()).toEqual([]);
-    }
+    // One host the agent's way (gc, then each segment), the other at once (removeAll).
+    await m1.gc(new Set());
+    for (const t of await m1.segments()) await m1.removeSegment(t);
+    expect(await m1.segments()).toEqual([]);
+    await m2.removeAll();
+    expect(await m2.segments()).toEqual([]);
+    expect((await run('ip', ['netns', 'exec', h2.ns, 'nft', 'list', 'table', 'inet', 'ccarapace'])).code).not.toBe(0);
+    expect((await run('ip', ['netns', 'exec', h2.ns, 'nft', 'list', 'table', 'bridge', 'ccarapace'])).code).not.toBe(0);
     expect(pids.filter((p) => pidAlive(p))).toEqual([]);
     for (const h of [h1, h2]) {
       expect(await ourLinks(h.ns)).toEqual([]);
