@@ -1,7 +1,7 @@
 /**
  * This host's side of the tenant networks: from what the store says (the tenants' network
- * records, their services, instances, cells, machines, and the hosts) it makes the host's data
- * plane (network/, `TenantNetworking`) match, one tenant per pass:
+ * records and views, this host's own instances, cells and machines, and the hosts) it makes
+ * the host's data plane (network/, `TenantNetworking`) match, one tenant per pass:
  * - a segment (bridge, gateway, VXLAN, DNS server, firewall) for every tenant with work on this
  *   host and a block here; removed when the tenant's last workload left the host;
  * - the tenant's services (VIP → ready endpoints anywhere in the cluster) and names (services,
@@ -9,16 +9,16 @@
  * - the tenant's VXLAN peers: the other hosts with a block of it;
  * - once for all tenants: the infrastructure no workload may reach (every host's address, the
  *   control plane's and the store's).
- * A replica that fails its readiness probe or dies is written by its agent; the watch brings
- * that write here and the service's balancing is regenerated at once (the 2 s bound of the
- * issue is this path: a store write, a watch event, one `nft -f`).
+ * A replica that fails its readiness probe or dies is written by its agent; the control plane
+ * rewrites its tenant's view (control/network-view.ts), whose watch brings it here, and the
+ * service's balancing is regenerated at once: two store writes, two watch events, one `nft -f`
+ * (the issue's 2 s bound).
  */
 import type { Logger } from 'pino';
 import type { Resources } from '../core/resources.js';
-import { kindPrefix, tenantNetworkKey, TENANT_NETWORK_PREFIX } from '../model/keys.js';
-import { instanceReady, type Cell, type Host, type Instance, type Machine, type Service } from '../model/objects.js';
-import { egressOf } from '../model/schemas.js';
-import { blockGateway, DEFAULT_NETWORK_POOLS, type TenantNetwork } from '../model/tenant-network.js';
+import { kindPrefix, tenantNetworkKey, tenantNetworkViewKey, TENANT_NETWORK_PREFIX, TENANT_NETWORK_VIEW_PREFIX } from '../model/keys.js';
+import type { Cell, Host, Instance, Machine } from '../model/objects.js';
+import { blockGateway, DEFAULT_NETWORK_POOLS, type TenantNetwork, type TenantNetworkView } from '../model/tenant-network.js';
 import type { DnsName, EgressPolicy, SegmentSpec, ServiceEntry, TenantNetworking } from '../network/types.js';
 import { Reconciler, watchOf } from '../reconcile/reconciler.js';
 import { metrics } from '../metrics/metrics.js';
@@ -83,8 +83,7 @@ export class NetworkController {
       },
       watches: [
         watchOf<TenantNetwork>(TENANT_NETWORK_PREFIX, (e) => [e.value.tenant]),
-        watchOf<{ metadata: { name: string } }>(kindPrefix('Tenant'), (e) => [e.value.metadata.name]),
-        watchOf<Service>(kindPrefix('Service'), (e) => tenantOf(e.value)),
+        watchOf<TenantNetworkView>(TENANT_NETWORK_VIEW_PREFIX, (e) => [e.value.tenant]),
         watchOf<Instance>(kindPrefix('Instance'), (e) => tenantOf(e.value)),
         watchOf<Machine>(kindPrefix('Machine'), (e) => tenantOf(e.value)),
         watchOf<Cell>(kindPrefix('Cell'), (e) => (e.value.spec.tenant ? [e.value.spec.tenant] : [])),
@@ -122,18 +121,21 @@ export class NetworkController {
   }
 
   private async segmentSpec(tenant: string): Promise<SegmentSpec | undefined> {
-    const [entry, t, host] = await Promise.all([
+    const [entry, view, host, hosts] = await Promise.all([
       this.o.resources.store.get<TenantNetwork>(tenantNetworkKey(tenant)),
-      this.o.resources.get('Tenant', tenant),
+      this.o.resources.store.get<TenantNetworkView>(tenantNetworkViewKey(tenant)),
       this.o.resources.get('Host', this.o.hostName),
+      this.o.resources.list('Host'),
     ]);
     const block = entry?.value.blocks[this.o.hostName];
     if (!entry || !block) return undefined;
     // Two hosts claiming one address share a network namespace (several agents on one test
     // machine): one VXLAN device per network identifier fits there, so neither gets an overlay.
     const address = host?.status.address;
-    const shared = address !== undefined && (await this.o.resources.list('Host')).items.some((h) => h.metadata.name !== this.o.hostName && h.status.address === address);
-    const egress = t ? egressOf(t.spec) : { default: 'allow' as const, allow: [] };
+    const shared = address !== undefined && hosts.items.some((h) => h.metadata.name !== this.o.hostName && h.status.address === address);
+    // Until the control plane has written the tenant's view, nothing leaves: safe for a tenant
+    // whose policy is deny, and a view follows the tenant's creation within moments.
+    const egress = view?.value.egress ?? { default: 'deny' as const, allow: [] };
     const policy: EgressPolicy = egress.default === 'allow' ? { default: 'allow' } : { default: 'deny', allow: egress.allow };
     return {
       tenant,
@@ -163,6 +165,7 @@ export class NetworkController {
   private async reconcile(tenant: string): Promise<ReconcileResult> {
     const r = this.o.resources;
     const here = this.o.hostName;
+    // What this host runs of the tenant (the agent API shows an agent its own objects only).
     const [instances, cells, machines] = await Promise.all([r.list('Instance', tenant), r.list('Cell'), r.list('Machine', tenant)]);
     const work =
       instances.items.some((i) => i.spec.host === here) ||
@@ -183,29 +186,12 @@ export class NetworkController {
       return;
     }
     await this.o.net.ensureSegment(spec);
-
-    const cellAddress = new Map(cells.items.flatMap((c) => (c.spec.tenant === tenant && c.status.address ? [[c.metadata.name, c.status.address] as const] : [])));
-    const addressOf = (i: Instance): string | undefined => i.status.address ?? (i.spec.cell ? cellAddress.get(i.spec.cell) : undefined);
-    const services = (await r.list('Service', tenant)).items;
-    const entries: ServiceEntry[] = services.flatMap((s) => {
-      const vip = s.status?.address;
-      if (!vip || s.metadata.deletionRequestedAt) return [];
-      const ready = instances.items.filter((i) => i.spec.owner.kind === 'Service' && i.spec.owner.uid === s.metadata.uid && instanceReady(i));
-      const endpoints = [...new Set(ready.flatMap((i) => addressOf(i) ?? []))].sort();
-      const ports = uniquePorts(s.spec.ports.map((p) => ({ port: p.containerPort, protocol: p.protocol })));
-      return [{ name: s.metadata.name, vip, ports, endpoints }];
-    });
+    // Services and names come from the tenant's view (control/network-view.ts): this agent
+    // reads no other host's objects of the tenant.
+    const view = (await r.store.get<TenantNetworkView>(tenantNetworkViewKey(tenant)))?.value;
+    const entries: ServiceEntry[] = (view?.services ?? []).map((v) => ({ name: v.name, vip: v.vip, ports: v.ports, endpoints: v.endpoints }));
     await this.o.net.setServices(tenant, entries);
-
-    const serviceNames = new Set(entries.map((e) => e.name));
-    const names: DnsName[] = [
-      ...machines.items.flatMap((m) => (m.status.address && !serviceNames.has(m.metadata.name) ? [{ name: m.metadata.name, ip: m.status.address }] : [])),
-      // Each instance by its own name too (`web-0`), for peers that must reach one replica.
-      ...instances.items.flatMap((i) => {
-        const a = addressOf(i);
-        return a && !serviceNames.has(i.metadata.name) && i.status.phase === 'Running' ? [{ name: i.metadata.name, ip: a }] : [];
-      }),
-    ];
+    const names: DnsName[] = (view?.names ?? []).map((n) => ({ name: n.name, ip: n.ip }));
     await this.o.net.setNames(tenant, names);
 
     const entry = await r.store.get<TenantNetwork>(tenantNetworkKey(tenant));
@@ -214,14 +200,4 @@ export class NetworkController {
     await this.o.net.setPeers(tenant, [...new Set(peers)].sort());
     return;
   }
-}
-
-function uniquePorts(ports: { port: number; protocol: 'tcp' | 'udp' }[]): { port: number; protocol: 'tcp' | 'udp' }[] {
-  const seen = new Set<string>();
-  return ports.filter((p) => {
-    const k = `${p.protocol}/${p.port}`;
-    if (seen.has(k)) return false;
-    seen.add(k);
-    return true;
-  });
 }

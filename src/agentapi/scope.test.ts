@@ -5,9 +5,15 @@ import { mayListPrefix, mayRead, writeProblem } from './scope.js';
 const inst = (host: string, extra: Record<string, unknown> = {}): Record<string, unknown> => ({ kind: 'Instance', metadata: { name: 'web-0', uid: 'u1', ...extra }, spec: { host, container: { cpu: 0.1 } }, status: { phase: 'Pending' } });
 
 describe('agent scope', () => {
-  it('reads only its own host, lease, placed objects, their open allocations and its samples', () => {
+  it('reads only its own lease, placed objects, their open allocations and samples, and what tenant networks need', () => {
     expect(mayRead('h1', 'hosts/h1', {})).toBe(true);
-    expect(mayRead('h1', 'hosts/h2', {})).toBe(false);
+    // Other hosts' records (their addresses: VXLAN peers, infrastructure) and the tenant
+    // network records and views the control plane derives; never another lease.
+    expect(mayRead('h1', 'hosts/h2', {})).toBe(true);
+    expect(mayRead('h1', 'leases/hosts/h2', {})).toBe(false);
+    expect(mayRead('h1', 'networks/tenants/acme', {})).toBe(true);
+    expect(mayRead('h1', 'networks/views/acme', {})).toBe(true);
+    expect(mayRead('h1', 'networks/claims/cidr/0', {})).toBe(false);
     expect(mayRead('h1', 'instances/acme/web-0', inst('h1'))).toBe(true);
     expect(mayRead('h1', 'instances/acme/web-0', inst('h2'))).toBe(false);
     expect(mayRead('h1', 'machines/acme/m', { status: { host: 'h1' } })).toBe(true);
@@ -18,7 +24,10 @@ describe('agent scope', () => {
     for (const k of ['tokens/x', 'audit/head', 'pki/ca', 'tenants/acme', 'services/acme/web']) expect(mayRead('h1', k, {})).toBe(false);
     expect(mayListPrefix('h1', 'instances/')).toBe(true);
     expect(mayListPrefix('h1', '')).toBe(false);
-    expect(mayListPrefix('h1', 'hosts/')).toBe(false);
+    expect(mayListPrefix('h1', 'hosts/')).toBe(true);
+    expect(mayListPrefix('h1', 'networks/views/')).toBe(true);
+    expect(mayListPrefix('h1', 'networks/')).toBe(false);
+    expect(mayListPrefix('h1', 'leases/')).toBe(false);
   });
 
   it('writes status but never spec, placement, identity or undeletion', () => {

@@ -4,7 +4,13 @@
  * stored values; the server calls them on every operation and on every watch event.
  *
  * Reads: its Host and lease; instances and cells placed on it; machines placed on it; the
- * open allocation records of those objects.
+ * open allocation records of those objects; and what its tenant networks need: every Host
+ * record (their addresses are its VXLAN peers and the infrastructure no workload may reach)
+ * and every tenant's network record and view (CIDR, blocks, service addresses and ready
+ * endpoint addresses, names, egress policy: derived by the control plane, so no tenant's
+ * specs, env or images). An agent cannot tell which tenants it will serve before their work
+ * arrives, so it may read all of them: a compromised agent learns other tenants' addresses
+ * and service names, nothing of their data.
  * Writes: its Host (status only, once it exists) and lease; the status of its instances,
  * cells and machines (their spec and placement never change through an agent); deletion of
  * its instances, cells and machines once the control plane asked for it; new warm cells on
@@ -14,12 +20,14 @@
 import { isDeepStrictEqual } from 'node:util';
 import {
   hostLeaseKey, INTERVALS_PREFIX, isPlacedKey, isSampleBatchOf, kindPrefix, objectKey, OPEN_PREFIX, ownerOfOpenAllocation, PLACED_PREFIXES, SAMPLES_PREFIX,
+  TENANT_NETWORK_PREFIX, TENANT_NETWORK_VIEW_PREFIX,
 } from '../model/keys.js';
 
 // Key prefixes of the kinds whose placement is read differently (see placedOn).
 const INSTANCES = kindPrefix('Instance');
 const CELLS = kindPrefix('Cell');
 const MACHINES = kindPrefix('Machine');
+const HOSTS = kindPrefix('Host');
 
 type Obj = { kind?: unknown; metadata?: { name?: unknown; uid?: unknown; deletionRequestedAt?: unknown }; spec?: Record<string, unknown>; status?: Record<string, unknown> };
 
@@ -47,6 +55,7 @@ export function isWorkloadKey(key: string): boolean {
  */
 export function mayRead(host: string, key: string, value: unknown, ownerOf?: unknown): boolean {
   if (key === objectKey('Host', host) || key === hostLeaseKey(host)) return true;
+  if (key.startsWith(HOSTS) || key.startsWith(TENANT_NETWORK_PREFIX) || key.startsWith(TENANT_NETWORK_VIEW_PREFIX)) return true;
   if (isWorkloadKey(key)) return placedOn(key, value) === host;
   if (key.startsWith(OPEN_PREFIX)) return ownerOf !== undefined && placedOn(ownerOfOpenAllocation(key), ownerOf) === host;
   if (key.startsWith(SAMPLES_PREFIX)) return isSampleBatchOf(key, host);
@@ -55,7 +64,7 @@ export function mayRead(host: string, key: string, value: unknown, ownerOf?: unk
 
 /** The prefixes an agent may list or watch (results are then filtered per entry with mayRead). */
 export function mayListPrefix(host: string, prefix: string): boolean {
-  if ([...PLACED_PREFIXES, SAMPLES_PREFIX].some((p) => prefix.startsWith(p))) return true;
+  if ([...PLACED_PREFIXES, SAMPLES_PREFIX, HOSTS, TENANT_NETWORK_PREFIX, TENANT_NETWORK_VIEW_PREFIX].some((p) => prefix.startsWith(p))) return true;
   return prefix === objectKey('Host', host) || prefix === hostLeaseKey(host);
 }
 

@@ -191,6 +191,17 @@ export const ELECTION_PREFIX = 'election/';
 /** Where tenant networks (`TenantNetwork`, model/tenant-network.ts) live. */
 export const TENANT_NETWORK_PREFIX = 'networks/tenants/';
 /**
+ * Where each tenant's network view lives (model/tenant-network.ts `TenantNetworkView`): what
+ * every agent with a segment of the tenant programs (services, names, egress), derived by the
+ * control plane so agents read no other tenant's objects, only this.
+ */
+export const TENANT_NETWORK_VIEW_PREFIX = 'networks/views/';
+
+/** The store key of `tenant`'s network view. */
+export function tenantNetworkViewKey(tenant: string): string {
+  return `${TENANT_NETWORK_VIEW_PREFIX}${tenant}`;
+}
+/**
  * Where claims of tenant-network pool indexes live: created with `expect absent` in the
  * transaction that creates the network, so two tenants never get one CIDR or one VNI.
  */

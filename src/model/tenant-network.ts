@@ -169,3 +169,28 @@ export function freeServiceAddress(p: NetworkPools, used: ReadonlySet<number>): 
 export function serviceAddressCount(p: NetworkPools): number {
   return blockSize(p.servicePool.prefix) - 2;
 }
+
+/** One service as every host with a segment of its tenant balances it. */
+export interface ServiceView {
+  name: string;
+  /** The service address (VIP). */
+  vip: string;
+  /** Ports balanced from the VIP to the same port of each endpoint. */
+  ports: { port: number; protocol: 'tcp' | 'udp' }[];
+  /** Addresses of the ready replicas, anywhere in the cluster (sorted). */
+  endpoints: string[];
+}
+
+/**
+ * What the hosts of a tenant program for it, stored at `tenantNetworkViewKey(tenant)`: derived
+ * by the control plane from the tenant's services, instances, cells, machines and spec, and
+ * rewritten when any of it changes. Agents read this instead of the objects themselves, so an
+ * agent reads no other tenant's specs (a service's ready addresses, not its replicas).
+ */
+export interface TenantNetworkView {
+  tenant: string;
+  egress: { default: 'allow' | 'deny'; allow: { cidr: string; protocol?: 'tcp' | 'udp'; ports?: number[] }[] };
+  services: ServiceView[];
+  /** Other names: machines and instances by their own names (sorted by name). */
+  names: { name: string; ip: string }[];
+}

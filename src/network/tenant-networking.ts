@@ -516,7 +516,7 @@ class TenantDataPlane implements TenantNetworking {
     const br = this.names.bridge(e.tenant);
     const mtu = (await this.underlayMtu(seg.spec.underlay)) - VXLAN_OVERHEAD;
     if (e.kind === 'tap') {
-      await this.ensureTap(e.ifname);
+      await this.ensureTap(e.ifname); // a reserved tap may be open in its VM already: reused as it is
       await this.exec.run('ip', ['link', 'set', e.ifname, 'mtu', String(mtu), 'master', br, 'up']);
       return;
     }

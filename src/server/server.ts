@@ -7,6 +7,7 @@
  * leader alone runs the loops (leader.ts). It mints the first cluster-admin token once per
  * store.
  */
+import { NetworkViewController } from '../control/network-view.js';
 import { randomUUID } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -138,6 +139,7 @@ export async function startControlServer(o: ControlServerOptions): Promise<Runni
   /** What the leader runs, fresh for each term (a stopped controller's work queue stays stopped). */
   const leaderLoops = [
     (signal: AbortSignal) => new WorkloadController({ resources, env, logger, ...(cellGraceMs !== undefined ? { cellGraceMs } : {}) }).start(signal),
+    (signal: AbortSignal) => new NetworkViewController({ resources, logger }).start(signal),
     (signal: AbortSignal) => new HostMonitor({ resources, env, logger, ...(ttlMs !== undefined ? { ttlMs } : {}) }).start(signal),
     (signal: AbortSignal) => audit.runCheckpoints(signal, checkpointMs, env.now),
     ...(o.leaderLoops ?? []),
