@@ -17,6 +17,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { CarapaceError } from '../model/errors.js';
 import { acquireFileLock, FileLockTimeoutError } from '../proc/file-lock.js';
+import { CommandError } from '../proc/run.js';
 import { readFileIfExists, writeFileAtomic } from './atomic-file.js';
 import { dhcpHostsText, dnsmasqArgs, hostsFileText, upstreamsFromResolvConf, type DnsFiles } from './dns-config.js';
 import { ensureDnsmasq, reloadDnsmasq, stopDnsmasq } from './dnsmasq.js';
@@ -382,7 +383,14 @@ class TenantDataPlane implements TenantNetworking {
     if (current && (want === undefined || !matches)) await this.exec.run('ip', ['link', 'del', vx]).catch(ignoreMissing);
     if (want === undefined) return;
     if (!current || !matches) {
-      await this.exec.run('ip', ['link', 'add', vx, 'type', 'vxlan', 'id', String(rec.spec.vni), 'local', want, 'dstport', String(VXLAN_PORT)]);
+      await this.exec.run('ip', ['link', 'add', vx, 'type', 'vxlan', 'id', String(rec.spec.vni), 'local', want, 'dstport', String(VXLAN_PORT)]).catch((e: unknown) => {
+        // The kernel allows one device per VNI and port in a namespace, whatever its name: two
+        // agents (prefixes) sharing a namespace collide here, as tenants of two clusters would.
+        if (e instanceof CommandError && /VNI already exists/.test(e.stderr)) {
+          throw new NetworkError('CARAPACE_E_NETWORK_CONFLICT', `VNI ${rec.spec.vni} of ${tenant} is used by another VXLAN device on port ${VXLAN_PORT} in this network namespace (another agent's?)`);
+        }
+        throw e;
+      });
     }
     await this.exec.run('ip', ['link', 'set', vx, 'mtu', String(mtu), 'master', br, 'up']);
     await this.syncFlood(vx, rec.peers);

@@ -353,6 +353,14 @@ describe('tenant data plane, two hosts over VXLAN', () => {
     expect(await reach(ns('a5'), VIP)).toBe('a1');
     expect(await resolveFrom(ns('a5'), '10.128.2.1', `web.${A}.${DOMAIN}`)).toBe(VIP);
 
+    // A VNI another device of the namespace holds (another agent's) is a clear conflict.
+    const C = `c${tag}`;
+    await ipIn(h1.ns, 'link', 'add', 'zzvx', 'type', 'vxlan', 'id', '1234', 'local', h1.ip, 'dstport', '4789');
+    await expect(m1.ensureSegment({ ...specA('10.128.129.0/24', h1.ip), tenant: C, cidr: '10.128.128.0/18', vni: 1234 })).rejects.toMatchObject({ code: 'CARAPACE_E_NETWORK_CONFLICT', message: expect.stringContaining('VNI 1234') as unknown });
+    await m1.removeSegment(C);
+    await ipIn(h1.ns, 'link', 'del', 'zzvx');
+    expect(await m1.segments()).toEqual([A, B].sort());
+
     // A host's underlay address changes (a second address on its uplink): the VXLAN device is
     // remade on it, its peers are told, the endpoints on it keep their link and address.
     await ipIn(h2.ns, 'addr', 'add', '192.168.77.22/24', 'dev', 'eth0');
