@@ -34,6 +34,7 @@ import type { PublishedPort } from './types.js';
 
 export type { PortRequest } from './ipam.js';
 export type { PublishedPort } from './types.js';
+
 /** Where `ip netns add` keeps its namespaces; a netnsPath handed to the runtime is below it. */
 export { NETNS_DIR } from './host-exec.js';
 

@@ -17,6 +17,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { CarapaceError } from '../model/errors.js';
 import { acquireFileLock, FileLockTimeoutError } from '../proc/file-lock.js';
+import { CommandError } from '../proc/run.js';
 import { readFileIfExists, writeFileAtomic } from './atomic-file.js';
 import { dhcpHostsText, dnsmasqArgs, hostsFileText, upstreamsFromResolvConf, type DnsFiles } from './dns-config.js';
 import { ensureDnsmasq, reloadDnsmasq, stopDnsmasq } from './dnsmasq.js';
@@ -214,7 +215,8 @@ class TenantDataPlane implements TenantNetworking {
   gc(keep: ReadonlySet<string>): Promise<string[]> {
     return this.exclusive(async (state) => {
       const removed: string[] = [];
-      for (const id of Object.keys(state.endpoints)) {
+      // Reserved taps (reserveTap) are endpoints too: one whose VM is gone would stay forever.
+      for (const id of [...new Set([...Object.keys(state.endpoints), ...Object.keys(state.reserved ?? {})])]) {
         if (!keep.has(id)) {
           await this.detachLocked(state, id);
           removed.push(id);
@@ -306,7 +308,7 @@ class TenantDataPlane implements TenantNetworking {
       // Recorded first, as every endpoint: a crash leaves a record that detach/gc can undo.
       state.reserved = { ...state.reserved, [id]: r };
       await saveState(this.stateDir, state);
-      await this.exec.run('ip', ['tuntap', 'add', 'dev', r.ifname, 'mode', 'tap']).catch(ignoreExisting);
+      await this.ensureTap(r.ifname);
       return { tap: r.ifname, mac: r.mac };
     });
   }
@@ -381,7 +383,14 @@ class TenantDataPlane implements TenantNetworking {
     if (current && (want === undefined || !matches)) await this.exec.run('ip', ['link', 'del', vx]).catch(ignoreMissing);
     if (want === undefined) return;
     if (!current || !matches) {
-      await this.exec.run('ip', ['link', 'add', vx, 'type', 'vxlan', 'id', String(rec.spec.vni), 'local', want, 'dstport', String(VXLAN_PORT)]);
+      await this.exec.run('ip', ['link', 'add', vx, 'type', 'vxlan', 'id', String(rec.spec.vni), 'local', want, 'dstport', String(VXLAN_PORT)]).catch((e: unknown) => {
+        // The kernel allows one device per VNI and port in a namespace, whatever its name: two
+        // agents (prefixes) sharing a namespace collide here, as tenants of two clusters would.
+        if (e instanceof CommandError && /VNI already exists/.test(e.stderr)) {
+          throw new NetworkError('CARAPACE_E_NETWORK_CONFLICT', `VNI ${rec.spec.vni} of ${tenant} is used by another VXLAN device on port ${VXLAN_PORT} in this network namespace (another agent's?)`);
+        }
+        throw e;
+      });
     }
     await this.exec.run('ip', ['link', 'set', vx, 'mtu', String(mtu), 'master', br, 'up']);
     await this.syncFlood(vx, rec.peers);
@@ -515,8 +524,7 @@ class TenantDataPlane implements TenantNetworking {
     const br = this.names.bridge(e.tenant);
     const mtu = (await this.underlayMtu(seg.spec.underlay)) - VXLAN_OVERHEAD;
     if (e.kind === 'tap') {
-      // A reserved tap is open in its VM already: `tuntap add` on it fails busy, not exists.
-      if (!(await this.linkInfo(e.ifname))) await this.exec.run('ip', ['tuntap', 'add', 'dev', e.ifname, 'mode', 'tap']).catch(ignoreExisting);
+      await this.ensureTap(e.ifname); // a reserved tap may be open in its VM already: reused as it is
       await this.exec.run('ip', ['link', 'set', e.ifname, 'mtu', String(mtu), 'master', br, 'up']);
       return;
     }
@@ -563,6 +571,19 @@ class TenantDataPlane implements TenantNetworking {
       // An element changed under us (e.g. a published port now mapped elsewhere): delete each on its own.
       for (const line of endpointElements('delete', this.table, fwEndpoint(e))) await this.nft(line + '\n').catch(() => undefined);
     }
+  }
+
+  /**
+   * Makes the persistent tap `ifname` (root-owned, single queue) unless it exists: `ip tuntap
+   * add` refuses an existing one with EBUSY (it asks for IFF_TUN_EXCL), which is not "File
+   * exists", so the link is looked up first. A reserved tap, or one a crash left, is reused as it
+   * is (a running VM may hold it).
+   */
+  private async ensureTap(ifname: string): Promise<void> {
+    const link = await this.linkInfo(ifname);
+    if (link?.linkinfo?.info_kind === 'tun') return;
+    if (link) await this.exec.run('ip', ['link', 'del', ifname]).catch(ignoreMissing); // ours by name, but not a tap
+    await this.exec.run('ip', ['tuntap', 'add', 'dev', ifname, 'mode', 'tap']);
   }
 
   /** Whether the kernel still has every piece of a recorded endpoint. */

@@ -122,11 +122,13 @@ export interface TenantNetworking {
   inspect(id: string): Promise<Endpoint | undefined>;
   /**
    * After an agent (re)start: re-ensures every recorded segment (bridge, VXLAN, dnsmasq adopted
-   * or restarted, rules) and endpoint, removes kernel objects no record explains, and returns the
-   * recorded endpoint ids.
+   * or restarted, rules) and every endpoint's firewall elements, removes kernel objects no record
+   * explains, and returns the recorded endpoint ids. An endpoint whose link or namespace is gone
+   * (its workload went with it, e.g. a reboot) is logged as incomplete and stays recorded:
+   * `attach` rebuilds it, `gc` removes it.
    */
   recover(): Promise<string[]>;
-  /** Detaches every endpoint not in `keep` and removes stray kernel objects; returns the ids detached. */
+  /** Detaches every endpoint and reserved tap not in `keep` and removes stray kernel objects; returns the ids detached. */
   gc(keep: ReadonlySet<string>): Promise<string[]>;
   /** The tenant's services, all of them: VIP balancing chains and DNS names. */
   setServices(tenant: string, services: ServiceEntry[]): Promise<void>;

@@ -5,7 +5,7 @@
  * are busybox httpd inside the endpoints' namespaces; probes are node and busybox run inside
  * namespaces. Everything is made per run (unique names) and removed at the end.
  */
-import type { ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -38,6 +38,18 @@ const specB = (block: string, underlay: string): SegmentSpec => ({
   egress: { default: 'deny', allow: [{ cidr: `${out.ip}/32`, protocol: 'tcp', ports: [8081] }] },
   underlay,
 });
+
+/** The compiled library (npm run build), for a child process that is killed mid-attach. */
+const ROOT = path.join(import.meta.dirname, '..', '..');
+const DIST_MODULE = path.join(ROOT, 'dist', 'src', 'network', 'tenant-networking.js');
+if (!existsSync(DIST_MODULE)) throw new Error(`${DIST_MODULE} is missing: run npm run build first`);
+const CRASH_CHILD = `
+const [mod, stateDir, runDir, netns, id, tenant, hostPort] = process.argv.slice(1);
+const { createTenantNetworking } = await import(mod);
+const { pino } = await import('pino');
+const net = createTenantNetworking({ stateDir, runDir, netns, logger: pino({ level: 'silent' }) });
+await net.attach({ id, tenant, kind: 'netns', ports: [{ containerPort: 80, hostPort: Number(hostPort), protocol: 'tcp' }] });
+`;
 
 let root: string;
 const dirs = { state1: '', state2: '', run1: '', run2: '', www: '' };
@@ -87,6 +99,7 @@ beforeAll(async () => {
     await fs.mkdir(dirs[k], { mode: 0o755 });
   }
   await makeLan(lan, [h1, h2, out]);
+  for (const h of [h1, h2]) await ipIn(h.ns, 'route', 'add', 'default', 'via', out.ip);
   m1 = createTenantNetworking({ stateDir: dirs.state1, runDir: dirs.run1, netns: h1.ns, logger: testLogger });
   m2 = createTenantNetworking({ stateDir: dirs.state2, runDir: dirs.run2, netns: h2.ns, logger: testLogger });
   await m1.ensureSegment(specA('10.128.1.0/24', h1.ip));
@@ -101,7 +114,7 @@ afterAll(async () => {
     for (const t of await m.segments().catch(() => [])) await m.removeSegment(t).catch(() => undefined);
   }
   await removeLan(lan, [h1, h2, out]);
-  for (const name of ['a1', 'a2', 'a3', 'a4', 'b1', 'a5', 'b5', 'd1', 'ghost']) await run('ip', ['netns', 'del', ns(name)]);
+  for (const name of ['a1', 'a2', 'a3', 'a4', 'b1', 'a5', 'b5', 'd1', 'ghost', 'crash0', 'crash1', 'crash2', 'crash3', 'warm', 'warm2']) await run('ip', ['netns', 'del', ns(name)]);
   if (root) await fs.rm(root, { recursive: true, force: true });
 });
 
@@ -169,7 +182,8 @@ describe('tenant data plane, one host', () => {
     expect(taken).toBeInstanceOf(NetworkError);
     expect(taken).toMatchObject({ code: 'CARAPACE_E_PORT_IN_USE', port: { hostPort: port, protocol: 'tcp' } });
     await expect(m1.attach({ id: id('a2'), tenant: A, kind: 'netns', ports: [{ containerPort: 8080, hostPort: 9000, protocol: 'tcp' }] })).rejects.toMatchObject({ code: 'CARAPACE_E_PORT_IN_USE' });
-    expect(await reach(ns('a1'), (eps.a2 as Endpoint).ip)).toBe('a2'); // the refused change left a2 as it was
+    const a2 = eps.a2 as Endpoint; // safe: attached by the first test
+    expect(await reach(ns('a1'), a2.ip)).toBe('a2'); // the refused change left a2 as it was
 
     await m1.attach({ id: id('a1'), tenant: A, kind: 'netns', ports: [] });
     expect(await reach(out.ns, h1.ip, port)).toBeUndefined();
@@ -185,6 +199,8 @@ describe('tenant data plane, one host', () => {
     const seen = (): Set<string | undefined> => new Set(loop.samples.filter((s) => s.ok).map((s) => s.body));
     expect(await until(() => ['a1', 'a3', 'a4'].every((b) => seen().has(b)), 30_000), JSON.stringify([...seen()])).toBe(true);
     expect(loop.samples.every((s) => s.ok)).toBe(true);
+    // The host reaches every tenant's services too.
+    expect(await reach(h1.ns, VIP)).toMatch(/^a[134]$/);
 
     // a4 dies: its share of the requests fails until it leaves the service.
     const a4httpd = children.find((c) => c.spawnargs.includes(ns('a4')));
@@ -233,6 +249,12 @@ describe('tenant data plane, one host', () => {
     expect(await reach(ns('b1'), out.ip, 8082)).toBeUndefined();
     expect((await m1.egressDenied())[B]).toBeGreaterThan(before);
 
+    // A changed policy applies to the running segment, and back.
+    await m1.ensureSegment({ ...specB('10.128.65.0/24', h1.ip), egress: { default: 'allow' } });
+    expect(await reach(ns('b1'), out.ip, 8082)).toBe('out2');
+    await m1.ensureSegment(specB('10.128.65.0/24', h1.ip));
+    expect(await reach(ns('b1'), out.ip, 8082)).toBeUndefined();
+
     expect(await reach(ns('a1'), h2.ip, 9000)).toBe('h2');
     await m1.setInfrastructure([h2.ip]);
     expect(await reach(ns('a1'), h2.ip, 9000)).toBeUndefined();
@@ -276,6 +298,38 @@ describe('tenant data plane, one host', () => {
   });
 });
 
+describe('tenant data plane, reserved taps', () => {
+  it('reserves a tap before its tenant is known, on no bridge, and attaches it keeping its MAC; gc removes a stale reservation', async () => {
+    type LinkJson = { ifindex: number; master?: string; linkinfo?: { info_kind?: string; info_data?: { type?: string } } };
+    const show = async (dev: string): Promise<LinkJson | undefined> => {
+      const r = await run('ip', ['-n', h1.ns, '-j', '-d', 'link', 'show', 'dev', dev]);
+      return r.code === 0 ? (JSON.parse(r.stdout) as LinkJson[])[0] : undefined; // safe: `ip -j link` prints an array of links
+    };
+    const r = await m1.reserveTap(id('warm'));
+    expect(r.tap).toMatch(/^ct[0-9a-f]{10}$/);
+    expect(r.mac).toMatch(/^02:cb:/);
+    expect(await m1.reserveTap(id('warm'))).toEqual(r);
+    const reserved = await show(r.tap);
+    expect(reserved?.linkinfo?.info_data?.type).toBe('tap');
+    expect(reserved?.master).toBeUndefined();
+    expect(await m1.inspect(id('warm'))).toBeUndefined();
+
+    const ep = await m1.attach({ id: id('warm'), tenant: A, kind: 'tap', ports: [] });
+    expect(ep).toMatchObject({ tap: r.tap, mac: r.mac });
+    const attached = await show(r.tap);
+    expect(attached?.ifindex).toBe(reserved?.ifindex);
+    expect(attached?.master).toBe(`cb${tenantHash(A)}`);
+    expect(await inNs(h1.ns, 'nft', ['list', 'set', 'bridge', 'ccarapace', 'ep_src'])).toContain(`"${r.tap}" . ${r.mac} . ${ep.ip}`);
+    await m1.detach(id('warm'));
+    expect(await show(r.tap)).toBeUndefined();
+
+    const stale = await m1.reserveTap(id('warm2'));
+    expect(await m1.gc(new Set(['a1', 'a2', 'a3', 'a4', 'b1'].map(id)))).toEqual([id('warm2')]);
+    expect(await show(stale.tap)).toBeUndefined();
+    expect(await reach(ns('a2'), (await m1.inspect(id('a1')))?.ip ?? '')).toBe('a1');
+  });
+});
+
 describe('tenant data plane, two hosts over VXLAN', () => {
   it('connects a tenant\'s endpoints across hosts, and not another tenant\'s', async () => {
     await m2.ensureSegment(specA('10.128.2.0/24', h2.ip));
@@ -293,11 +347,34 @@ describe('tenant data plane, two hosts over VXLAN', () => {
     expect(await getEventually(ns('b5'), `http://${b1.ip}:8080/`)).toBe('b1\n');
     expect(await reach(ns('b5'), a1.ip)).toBeUndefined();
     expect(await reach(ns('a5'), b1.ip)).toBeUndefined();
+
+    // A service is balanced on the client's host, to endpoints on any host.
+    await m2.setServices(A, [{ name: 'web', vip: VIP, ports: [{ port: 8080, protocol: 'tcp' }], endpoints: [a1.ip] }]);
+    expect(await reach(ns('a5'), VIP)).toBe('a1');
+    expect(await resolveFrom(ns('a5'), '10.128.2.1', `web.${A}.${DOMAIN}`)).toBe(VIP);
+
+    // A VNI another device of the namespace holds (another agent's) is a clear conflict.
+    const C = `c${tag}`;
+    await ipIn(h1.ns, 'link', 'add', 'zzvx', 'type', 'vxlan', 'id', '1234', 'local', h1.ip, 'dstport', '4789');
+    await expect(m1.ensureSegment({ ...specA('10.128.129.0/24', h1.ip), tenant: C, cidr: '10.128.128.0/18', vni: 1234 })).rejects.toMatchObject({ code: 'CARAPACE_E_NETWORK_CONFLICT', message: expect.stringContaining('VNI 1234') as unknown });
+    await m1.removeSegment(C);
+    await ipIn(h1.ns, 'link', 'del', 'zzvx');
+    expect(await m1.segments()).toEqual([A, B].sort());
+
+    // A host's underlay address changes (a second address on its uplink): the VXLAN device is
+    // remade on it, its peers are told, the endpoints on it keep their link and address.
+    await ipIn(h2.ns, 'addr', 'add', '192.168.77.22/24', 'dev', 'eth0');
+    await m2.ensureSegment(specA('10.128.2.0/24', '192.168.77.22'));
+    await m1.setPeers(A, ['192.168.77.22']);
+    const vx = JSON.parse(await ipIn(h2.ns, '-j', '-d', 'link', 'show', 'dev', `cx${tenantHash(A)}`)) as { linkinfo: { info_data: { local: string; id: number } } }[]; // safe: `ip -j -d link` of one vxlan device
+    expect(vx[0]?.linkinfo.info_data).toMatchObject({ local: '192.168.77.22', id: 1000 });
+    expect(await m2.inspect(id('a5'))).toEqual(a5);
+    expect(await getEventually(ns('a5'), `http://${a1.ip}:8080/`)).toBe('a1\n');
   });
 });
 
 describe('tenant data plane, crash and recovery', () => {
-  it('recovers after the manager is dropped mid-way and leaves nothing stray', async () => {
+  it('recovers after a manager is killed mid-attach or dropped mid-way, and leaves nothing stray', async () => {
     const ghost = await m1.attach({ id: id('ghost'), tenant: A, kind: 'netns', ports: [{ containerPort: 80, hostPort: 18082, protocol: 'tcp' }] });
     // kill -9 between the reservation and the kernel: the record exists, the link and namespace do not.
     const state = JSON.parse(await fs.readFile(path.join(dirs.state1, 'tenant-network.json'), 'utf8')) as { endpoints: Record<string, { ifname: string }> }; // safe: the state file's shape
@@ -309,8 +386,22 @@ describe('tenant data plane, crash and recovery', () => {
     await inNs(h1.ns, 'nft', ['add chain inet ccarapace seg-0badf00d']);
     const dnsPid = (await fs.readFile(path.join(dirs.run1, tenantHash(A), 'dnsmasq.pid'), 'utf8')).trim();
 
+    // A real kill -9 of another process after its reservation, at several points of the
+    // kernel work that follows (whatever it had done by then, the assertions below hold).
+    const stateFile = path.join(dirs.state1, 'tenant-network.json');
+    const crashes = [0, 10, 30, 60].map((delayMs, i) => ({ name: `crash${i}`, port: 18083 + i, delayMs }));
+    for (const c of crashes) {
+      const child = spawn(process.execPath, ['--input-type=module', '-e', CRASH_CHILD, DIST_MODULE, dirs.state1, dirs.run1, h1.ns, id(c.name), A, String(c.port)], { cwd: ROOT, stdio: 'ignore' });
+      const exited = new Promise<void>((r) => child.once('exit', () => r()));
+      expect(await until(async () => (await fs.readFile(stateFile, 'utf8')).includes(`"${id(c.name)}"`), 30_000)).toBe(true);
+      if (c.delayMs > 0) await new Promise((r) => setTimeout(r, c.delayMs));
+      child.kill('SIGKILL');
+      await exited;
+    }
+
     const fresh = createTenantNetworking({ stateDir: dirs.state1, runDir: dirs.run1, netns: h1.ns, logger: testLogger });
     const ids = await fresh.recover();
+    for (const c of crashes) expect(ids).toContain(id(c.name));
     expect(ids).toContain(id('ghost'));
     expect(ids).toContain(id('a1'));
     expect(await ourLinks(h1.ns)).not.toContain('ce0123456789');
@@ -319,11 +410,22 @@ describe('tenant data plane, crash and recovery', () => {
     expect((await fs.readFile(path.join(dirs.run1, tenantHash(A), 'dnsmasq.pid'), 'utf8')).trim()).toBe(dnsPid); // adopted, not restarted
 
     const keep = new Set(['a1', 'a2', 'a3', 'a4', 'b1'].map(id));
-    expect(await fresh.gc(keep)).toEqual([id('ghost')]);
+    const crashed = JSON.parse(await fs.readFile(stateFile, 'utf8')) as { endpoints: Record<string, { ip: string; ifname: string }> }; // safe: the state file's shape
+    expect((await fresh.gc(keep)).sort()).toEqual([id('ghost'), ...crashes.map((c) => id(c.name))].sort());
+    const ruleset = await inNs(h1.ns, 'nft', ['list', 'ruleset']);
+    const published = await inNs(h1.ns, 'nft', ['list', 'map', 'inet', 'ccarapace', 'published']);
+    for (const c of crashes) {
+      const rec = crashed.endpoints[id(c.name)] as { ip: string; ifname: string }; // safe: recover kept its record
+      expect(await ourLinks(h1.ns)).not.toContain(rec.ifname);
+      expect(existsSync(`/var/run/netns/${ns(c.name)}`)).toBe(false);
+      expect(ruleset).not.toMatch(new RegExp(`${rec.ip.replace(/\./g, '\\.')}(?!\\d)`));
+      expect(published).not.toContain(String(c.port));
+    }
     expect(await inNs(h1.ns, 'nft', ['list', 'ruleset'])).not.toMatch(new RegExp(`${ghost.ip.replace(/\./g, '\\.')}(?!\\d)`));
     expect(await inNs(h1.ns, 'nft', ['list', 'map', 'inet', 'ccarapace', 'published'])).not.toContain('18082');
     // The endpoints kept still work.
-    expect(await reach(ns('a2'), (eps.a1 as Endpoint).ip)).toBe('a1');
+    const a1 = eps.a1 as Endpoint; // safe: attached by the first test
+    expect(await reach(ns('a2'), a1.ip)).toBe('a1');
   });
 
   it('removes segments and endpoints, leaving no link, namespace, chain or dnsmasq behind', async () => {
@@ -333,11 +435,14 @@ describe('tenant data plane, crash and recovery', () => {
       pids.push(Number((await fs.readFile(path.join(dir, th, 'dnsmasq.pid'), 'utf8')).trim()));
     }
     expect(pids.every((p) => pidAlive(p))).toBe(true);
-    for (const m of [m1, m2]) {
-      await m.gc(new Set());
-      for (const t of await m.segments()) await m.removeSegment(t);
-      expect(await m.segments()).toEqual([]);
-    }
+    // One host the agent's way (gc, then each segment), the other at once (removeAll).
+    await m1.gc(new Set());
+    for (const t of await m1.segments()) await m1.removeSegment(t);
+    expect(await m1.segments()).toEqual([]);
+    await m2.removeAll();
+    expect(await m2.segments()).toEqual([]);
+    expect((await run('ip', ['netns', 'exec', h2.ns, 'nft', 'list', 'table', 'inet', 'ccarapace'])).code).not.toBe(0);
+    expect((await run('ip', ['netns', 'exec', h2.ns, 'nft', 'list', 'table', 'bridge', 'ccarapace'])).code).not.toBe(0);
     expect(pids.filter((p) => pidAlive(p))).toEqual([]);
     for (const h of [h1, h2]) {
       expect(await ourLinks(h.ns)).toEqual([]);
