@@ -526,6 +526,7 @@ class TenantDataPlane implements TenantNetworking {
     if (e.kind === 'tap') {
       await this.ensureTap(e.ifname); // a reserved tap may be open in its VM already: reused as it is
       await this.exec.run('ip', ['link', 'set', e.ifname, 'mtu', String(mtu), 'master', br, 'up']);
+      await this.exec.run('ip', ['link', 'set', e.ifname, 'type', 'bridge_slave', 'hairpin', 'on']);
       return;
     }
     const ns = netnsName(id);
@@ -533,6 +534,9 @@ class TenantDataPlane implements TenantNetworking {
       `netns add ${ns}`,
       `link add ${e.ifname} mtu ${mtu} type veth peer name eth0 mtu ${mtu} address ${e.mac} netns ${ns}`,
       `link set ${e.ifname} master ${br} up`,
+      // A workload reaching its own service address: with br_netfilter, the DNATed frame is
+      // bridged back out of the port it came in by, which a bridge port refuses unless hairpin.
+      `link set ${e.ifname} type bridge_slave hairpin on`,
       '',
     ].join('\n'));
     const inside = ['link set lo up', 'link set eth0 up'];
