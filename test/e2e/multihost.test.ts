@@ -56,7 +56,7 @@ function agentFor(h: (typeof HOSTS)[number], token?: string): Agent {
 }
 
 /** Serves its hostname on 8080 and tries each of $TARGETS every 2 s (`@name`: a lookup only), printing `R target yes|no`. */
-const PROBE = `mkdir -p /www && hostname > /www/index.html; httpd -p 8080 -h /www; while true; do for t in $TARGETS; do case $t in @*) if timeout 5 nslookup \${t#@} >/dev/null 2>&1; then echo "R $t yes"; else echo "R $t no"; fi ;; *) if timeout 5 wget -q -O /dev/null http://$t/ 2>/dev/null; then echo "R $t yes"; else echo "R $t no"; fi ;; esac; done; echo ROUND; sleep 2; done`;
+const PROBE = `mkdir -p /www && hostname > /www/index.html; httpd -p 8080 -h /www; while true; do for t in $TARGETS; do case $t in @*) if timeout 5 nslookup \${t#@} >/dev/null 2>&1; then echo "R $t yes"; else echo "R $t no"; fi ;; *) if timeout 5 nc -w 3 \${t%:*} \${t#*:} </dev/null >/dev/null 2>&1; then echo "R $t yes"; else echo "R $t no"; fi ;; esac; done; echo ROUND; sleep 2; done`;
 
 /** The latest `R target yes|no` per target in an instance's log, from complete rounds. */
 async function probeResults(instance: string): Promise<Map<string, string>> {

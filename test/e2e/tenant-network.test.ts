@@ -6,9 +6,10 @@
  * address leaves the rotation within 2 s while a client loops.
  *
  * Every workload runs the same busybox script: it serves its name over HTTP on 8080 and, every
- * 2 s, tries each of its TARGETS and prints `R <target> yes|no` (nslookup, busybox's own
- * resolver, then an HTTP GET). Busybox's wget with -T crashes in this image (glibc's static
- * resolver without NSS libraries), so time limits come from busybox `timeout`.
+ * 2 s, tries each of its TARGETS and prints `R <target> yes|no`: a lookup (`@name`, busybox's
+ * own resolver) or a TCP connection (busybox nc, names through the container's resolv.conf).
+ * A connection, not an HTTP exchange: gVisor's host network mode (what Debian's runsc can run
+ * here) makes busybox's wget fail reads with EAGAIN now and then, which is not the network's.
  */
 import { join } from 'node:path';
 import { writeFile } from 'node:fs/promises';
@@ -18,6 +19,7 @@ import type { Cell, Instance, Machine, Service } from '../../src/model/objects.j
 import { buildHelloMachine, HELLO_MACHINE_FILE } from '../../src/vm/testing/hello-machine.js';
 import { netnsName } from '../../src/network/ipam.js';
 import { clientLoop } from '../network/tenant-helpers.js';
+import { runOrThrow } from '../../src/proc/run.js';
 import { cli, destroyAll, eventually, freePort, Server, tempDir } from './helpers.js';
 
 const PREFIX = 'ctn';
@@ -36,7 +38,7 @@ while true; do
   for t in $TARGETS; do
     case $t in
       @*) n=\${t#@}; if timeout 5 nslookup $n >/dev/null 2>&1; then echo "R $t yes"; else echo "R $t no"; fi ;;
-      *) if timeout 5 wget -q -O /dev/null http://$t/ 2>/dev/null; then echo "R $t yes"; else echo "R $t no"; fi ;;
+      *) if timeout 5 nc -w 3 \${t%:*} \${t#*:} </dev/null >/dev/null 2>&1; then echo "R $t yes"; else echo "R $t no"; fi ;;
     esac
   done
   echo ROUND
@@ -66,6 +68,12 @@ function prober(tenant: string, name: string, spec: object, targets: string[]): 
     metadata: { name, tenant },
     spec: { image, cpu: 0.2, memory: '48Mi', command: ['sh', '-c', PROBE], env: { TARGETS: targets.join(' ') }, ports: [{ containerPort: 8080 }], ...spec },
   };
+}
+
+/** This host's tenant-network rules, counters' values left out and lines sorted (a rewrite may reorder elements). */
+async function ruleset(): Promise<string[]> {
+  const text = (await runOrThrow('nft', ['list', 'table', 'inet', `${PREFIX}carapace`])).stdout;
+  return text.replace(/packets \d+ bytes \d+/g, '').split('\n').map((l) => l.trim()).filter(Boolean).sort();
 }
 
 /** The latest `R target yes|no` of each target in one instance's log, from complete rounds only. */
@@ -179,6 +187,40 @@ describe('tenant networks', () => {
       const leftMs = lastFailure ? lastFailure.t - killedAt : 0;
       expect(leftMs, `failures until ${leftMs} ms after the kill`).toBeLessThanOrEqual(2_000);
       expect(after.filter((s) => s.t > killedAt + 2_000).every((s) => s.ok)).toBe(true);
+    } finally {
+      loop.child.kill('SIGKILL');
+    }
+  }, 300_000);
+  it('kill -9 of carapace (agent and control plane): connections through service addresses go on, nothing is re-addressed, rules are recovered', async () => {
+    const before = (await list<Instance>('instances')).filter((i) => i.metadata.tenant === 'acme' && i.spec.container.isolation === 'host');
+    const client = before.find((i) => i.metadata.name === 'hostsvc-0');
+    const svc = (await list<Service>('services')).find((s) => s.metadata.name === 'rep');
+    const loop = clientLoop(netnsName(client?.status.containerId ?? ''), `http://${svc?.status.address ?? ''}:8080/`);
+    try {
+      await eventually(async () => loop.samples.filter((s) => s.ok).length > 10, 30_000, 'the client loop answered');
+      const rules = await ruleset();
+      const killedAt = Date.now();
+      await server.kill9();
+      // With nothing of Carapace running, the kernel keeps serving the address.
+      await eventually(async () => loop.samples.some((s) => s.t > killedAt + 3_000), 30_000, 'the loop ran on');
+      const whileDown = loop.samples.filter((s) => s.t > killedAt);
+      expect(whileDown.length).toBeGreaterThan(0);
+      expect(whileDown.every((s) => s.ok)).toBe(true);
+      await server.start();
+      // The restarted agent adopted everything: same containers, same addresses, the same rules.
+      await eventually(async () => {
+        const now = (await list<Instance>('instances')).filter((i) => i.metadata.tenant === 'acme' && i.spec.container.isolation === 'host');
+        return now.length === before.length && now.every((i) => i.status.phase === 'Running') ? now : undefined;
+      }, 60_000, 'instances running after the restart');
+      const after = (await list<Instance>('instances')).filter((i) => i.metadata.tenant === 'acme' && i.spec.container.isolation === 'host');
+      for (const i of before) {
+        const a = after.find((x) => x.metadata.name === i.metadata.name);
+        expect([a?.status.containerId, a?.status.address], i.metadata.name).toEqual([i.status.containerId, i.status.address]);
+      }
+      const restartedAt = Date.now();
+      await eventually(async () => loop.samples.some((s) => s.t > restartedAt + 3_000), 30_000, 'the loop ran on after the restart');
+      expect(loop.samples.filter((s) => s.t > killedAt).every((s) => s.ok)).toBe(true);
+      expect(await ruleset()).toEqual(rules);
     } finally {
       loop.child.kill('SIGKILL');
     }
