@@ -59,9 +59,9 @@ echo "==> carapace get hosts";     carapace get hosts
 echo
 echo "==> carapace get tenants";   carapace get tenants
 echo
-echo "==> carapace get services";  carapace get services
+echo "==> carapace get services -o wide   (each with its service address)";  carapace get services -o wide
 echo
-echo "==> carapace get instances"; carapace get instances
+echo "==> carapace get instances -o wide   (each with its address on its tenant's network)"; carapace get instances -o wide
 echo
 echo "==> carapace get cells";     carapace get cells
 echo
@@ -76,7 +76,7 @@ echo
 echo "==> carapace logs globex/worker-0 --tail 3"
 sleep 2; carapace logs globex/worker-0 --tail 3
 echo
-echo "==> carapace logs acme/poller-0 --tail 2   (the poller reaches the api inside their cell)"
+echo "==> carapace logs acme/poller-0 --tail 2   (the poller reaches the api inside their cell, and acme/web on the host by name)"
 sleep 3; carapace logs acme/poller-0 --tail 2
 echo
 echo "==> carapace logs machine/acme/legacy --tail 3"
