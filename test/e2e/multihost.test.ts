@@ -161,10 +161,10 @@ describe('many hosts in network namespaces', () => {
       file,
       [
         { apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name: 'acme' } },
-        { apiVersion: 'carapace/v1', kind: 'Service', metadata: { name: 'web', tenant: 'acme' }, spec: { image, isolation: 'host', replicas: 2, command: ['sh', '-c', `echo hello from $(hostname); ${PROBE}`], env: { TARGETS: 'web-0:8080 web-1:8080 web:8080' } } },
+        { apiVersion: 'carapace/v1', kind: 'Service', metadata: { name: 'web', tenant: 'acme' }, spec: { image, isolation: 'host', replicas: 2, ports: [{ containerPort: 8080 }], command: ['sh', '-c', `echo hello from $(hostname); ${PROBE}`], env: { TARGETS: 'web-0:8080 web-1:8080 web:8080' } } },
         { apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name: 'globex' } },
         // globex on both hosts: its own replicas by name (the control), acme's names never.
-        { apiVersion: 'carapace/v1', kind: 'Service', metadata: { name: 'gx', tenant: 'globex' }, spec: { image, isolation: 'host', replicas: 2, command: ['sh', '-c', PROBE], env: { TARGETS: `gx-0:8080 gx-1:8080 @web-0.acme.${'carapace.internal'} @web-1.acme.carapace.internal` } } },
+        { apiVersion: 'carapace/v1', kind: 'Service', metadata: { name: 'gx', tenant: 'globex' }, spec: { image, isolation: 'host', replicas: 2, ports: [{ containerPort: 8080 }], command: ['sh', '-c', PROBE], env: { TARGETS: `gx-0:8080 gx-1:8080 @web-0.acme.${'carapace.internal'} @web-1.acme.carapace.internal` } } },
         { apiVersion: 'carapace/v1', kind: 'Service', metadata: { name: 'db', tenant: 'acme' }, spec: { image, isolation: 'dedicated', replicas: 2, cpu: 0.25, memory: '64Mi', command: ['sleep', '3600'] } },
       ]
         .map((d) => JSON.stringify(d))
