@@ -35,6 +35,17 @@ async function ip(...args: string[]): Promise<void> {
   await runOrThrow('ip', args);
 }
 
+/**
+ * Removes a host namespace and its veth: processes still in it (a DNS server of a tenant
+ * segment, a workload) keep a namespace alive after `ip netns del`, and its veth with it.
+ */
+async function removeHostNs(h: (typeof HOSTS)[number]): Promise<void> {
+  const pids = (await run('ip', ['netns', 'pids', h.ns])).stdout.split('\n').filter(Boolean);
+  if (pids.length > 0) await run('kill', ['-9', ...pids]);
+  await ip('netns', 'del', h.ns).catch(() => undefined);
+  await ip('link', 'del', h.veth).catch(() => undefined);
+}
+
 async function list<T>(what: string): Promise<T[]> {
   const r = await cli(server.url, ['get', what, '-o', 'json']);
   if (r.code !== 0) throw new Error(r.stderr);
@@ -114,7 +125,7 @@ beforeAll(async () => {
   await ip('addr', 'replace', `${GW}/24`, 'dev', BRIDGE);
   await ip('link', 'set', BRIDGE, 'up');
   for (const h of HOSTS) {
-    await ip('netns', 'del', h.ns).catch(() => undefined);
+    await removeHostNs(h); // left by a run that was cut short
     await ip('netns', 'add', h.ns);
     await ip('link', 'add', h.veth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', h.ns);
     await ip('link', 'set', h.veth, 'master', BRIDGE);
@@ -146,7 +157,7 @@ afterAll(async () => {
   for (const a of Object.values(agents)) await a.stop();
   await server?.stop();
   for (const h of HOSTS) await destroyAll(join(tmp.dir, h.name), { netns: h.ns }).catch(() => undefined);
-  for (const h of HOSTS) await ip('netns', 'del', h.ns).catch(() => undefined);
+  for (const h of HOSTS) await removeHostNs(h);
   await ip('link', 'del', BRIDGE).catch(() => undefined);
   await etcd?.stop();
   await registry?.stop();
