@@ -18,7 +18,8 @@ import type { Logger } from 'pino';
 import type { Resources } from '../core/resources.js';
 import { kindPrefix, tenantNetworkKey, tenantNetworkViewKey, TENANT_NETWORK_PREFIX, TENANT_NETWORK_VIEW_PREFIX } from '../model/keys.js';
 import type { Cell, Host, Instance, Machine } from '../model/objects.js';
-import { blockGateway, DEFAULT_NETWORK_POOLS, type TenantNetwork, type TenantNetworkView } from '../model/tenant-network.js';
+import { blockGateway, DEFAULT_NETWORK_POOLS, type NetworkPools, type TenantNetwork, type TenantNetworkView } from '../model/tenant-network.js';
+import { formatCidr } from '../model/netaddr.js';
 import type { DnsName, EgressPolicy, SegmentSpec, ServiceEntry, TenantNetworking } from '../network/types.js';
 import { Reconciler, watchOf } from '../reconcile/reconciler.js';
 import { metrics } from '../metrics/metrics.js';
@@ -64,12 +65,15 @@ export class NetworkController {
   private readonly log: Logger;
   private readonly queue: Reconciler;
   private readonly domain: string;
+  /** The cluster's pools (model/tenant-network.ts); the defaults until they become server options. */
+  private readonly pools: NetworkPools;
   /** The hosts and addresses the infrastructure set and the peers were last made from. */
   private lastHosts = '';
 
   constructor(private readonly o: NetworkControllerOptions) {
     this.log = o.logger.child({ component: 'network', host: o.hostName });
     this.domain = o.clusterDomain ?? DEFAULT_NETWORK_POOLS.clusterDomain;
+    this.pools = DEFAULT_NETWORK_POOLS;
     const tenantOf = (v: { metadata: { tenant?: string } }): string[] => (v.metadata.tenant ? [v.metadata.tenant] : []);
     this.queue = new Reconciler({
       name: 'agent-network',
@@ -150,7 +154,11 @@ export class NetworkController {
 
   private async reconcileInfrastructure(): Promise<ReconcileResult> {
     const hosts = (await this.o.resources.list('Host')).items;
-    const addresses = [...new Set([...hosts.flatMap((h) => (h.status.address ? [h.status.address] : [])), ...this.o.controlPlane])].sort();
+    // Also the tenant and service pools: what a segment sends there that its own routes and
+    // service addresses do not take (another tenant's address on another host, another tenant's
+    // service address) must be dropped here, not routed out to the world.
+    const pools = [formatCidr(this.pools.tenantPool), formatCidr(this.pools.servicePool)];
+    const addresses = [...new Set([...hosts.flatMap((h) => (h.status.address ? [h.status.address] : [])), ...this.o.controlPlane, ...pools])].sort();
     const hostsKey = JSON.stringify(hosts.map((h) => [h.metadata.name, h.status.address ?? '']).sort());
     if (hostsKey !== this.lastHosts) {
       await this.o.net.setInfrastructure(addresses);

@@ -168,7 +168,7 @@ describe('tenant networks', () => {
       [
         prober('acme', 'rep', { isolation: 'host', replicas: 3, readinessProbe: { httpGet: { path: '/', port: 8080 }, periodSeconds: 1 } }, []),
       ],
-      ['--wait', '--timeout', '120'],
+      ['--wait', '--timeout', '300'],
     );
     const client = (await list<Instance>('instances')).find((i) => i.metadata.name === 'hostsvc-0');
     const svc = (await list<Service>('services')).find((s) => s.metadata.name === 'rep');
@@ -192,7 +192,11 @@ describe('tenant networks', () => {
     }
   }, 300_000);
   it('kill -9 of carapace (agent and control plane): connections through service addresses go on, nothing is re-addressed, rules are recovered', async () => {
-    const before = (await list<Instance>('instances')).filter((i) => i.metadata.tenant === 'acme' && i.spec.container.isolation === 'host');
+    // Every host-tier replica of acme running now (the previous test restarted a killed one).
+    const before = await eventually(async () => {
+      const l = (await list<Instance>('instances')).filter((i) => i.metadata.tenant === 'acme' && i.spec.container.isolation === 'host');
+      return l.every((i) => i.status.phase === 'Running' && i.status.ready) ? l : undefined;
+    }, 120_000, "acme's host-tier replicas running and ready");
     const client = before.find((i) => i.metadata.name === 'hostsvc-0');
     const svc = (await list<Service>('services')).find((s) => s.metadata.name === 'rep');
     const loop = clientLoop(netnsName(client?.status.containerId ?? ''), `http://${svc?.status.address ?? ''}:8080/`);
@@ -211,7 +215,7 @@ describe('tenant networks', () => {
       await eventually(async () => {
         const now = (await list<Instance>('instances')).filter((i) => i.metadata.tenant === 'acme' && i.spec.container.isolation === 'host');
         return now.length === before.length && now.every((i) => i.status.phase === 'Running') ? now : undefined;
-      }, 60_000, 'instances running after the restart');
+      }, 180_000, 'instances running after the restart');
       const after = (await list<Instance>('instances')).filter((i) => i.metadata.tenant === 'acme' && i.spec.container.isolation === 'host');
       for (const i of before) {
         const a = after.find((x) => x.metadata.name === i.metadata.name);
