@@ -325,6 +325,7 @@ class TenantDataPlane implements TenantNetworking {
       await this.removeStrays(state);
       for (const family of ['inet', 'bridge']) await this.exec.run('nft', ['delete', 'table', family, this.table]).catch(() => undefined); // absent already: fine
       this.baseReady = false;
+      await fs.rm(this.runDir, { recursive: true, force: true });
       this.log.info('tenant networks removed');
     });
   }
