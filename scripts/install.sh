@@ -14,6 +14,7 @@ DEBIAN_PACKAGES=(
   util-linux                             # flock: the network lock (src/proc/file-lock.ts)
   qemu-system-x86 qemu-utils linux-image-amd64   # VMs (cells, machines)
   etcd-server                            # the HA store
+  iperf3 gcc libc6-dev                   # npm run bench -- net: throughput, and its static round-trip tool
   chromium                               # the dashboard's end-to-end tests (headless, via playwright-core)
   curl ca-certificates
 )
