@@ -39,9 +39,12 @@ describe('networkViewOf', () => {
     expect(view.hosts).toEqual(['h1']);
   });
 
-  it('a tenant without a policy allows egress; a name taken by a service is not given to a replica or machine', () => {
-    const view = networkViewOf(tenant(), [service('vm1', '10.112.0.5', [80])], [], [], [{ kind: 'Machine', metadata: meta('vm1', 'acme'), spec: {}, status: { address: '10.128.0.20' } } as unknown as Machine]); // only the fields the view reads
+  it('a tenant without a policy allows egress; a name taken by a service is not given to a replica or machine; a lost cell is nowhere', () => {
+    const lost = { kind: 'Cell', metadata: meta('c9'), spec: { tenant: 'acme', host: 'h9' }, status: { phase: 'Lost', address: '10.128.0.30' } } as unknown as Cell; // only the fields the view reads
+    const view = networkViewOf(tenant(), [service('vm1', '10.112.0.5', [80])], [], [lost], [{ kind: 'Machine', metadata: meta('vm1', 'acme'), spec: {}, status: { address: '10.128.0.20', host: 'h1' } } as unknown as Machine]); // only the fields the view reads
     expect(view.egress).toEqual({ default: 'allow', allow: [] });
     expect(view.names).toEqual([]);
+    // A lost cell's host does not count: its VM was fenced.
+    expect(view.hosts).toEqual(['h1']);
   });
 });

@@ -21,7 +21,9 @@ import type { ReconcileResult } from '../reconcile/workqueue.js';
 /** The view of one tenant from its objects (pure). */
 export function networkViewOf(tenant: Tenant, services: readonly Service[], instances: readonly Instance[], cells: readonly Cell[], machines: readonly Machine[]): TenantNetworkView {
   const name = tenant.metadata.name;
-  const cellAddress = new Map(cells.flatMap((c) => (c.spec.tenant === name && c.status.address ? [[c.metadata.name, c.status.address] as const] : [])));
+  // A lost or failed cell's VM is gone (fenced): nothing of it is reachable or counts as here.
+  const live = cells.filter((c) => c.spec.tenant === name && c.status.phase !== 'Lost' && c.status.phase !== 'Failed');
+  const cellAddress = new Map(live.flatMap((c) => (c.status.address ? [[c.metadata.name, c.status.address] as const] : [])));
   // An instance in a cell has its cell's address (it shares the VM's network).
   const addressOf = (i: Instance): string | undefined => i.status.address ?? (i.spec.cell ? cellAddress.get(i.spec.cell) : undefined);
   const views: ServiceView[] = services.flatMap((s) => {
@@ -46,7 +48,7 @@ export function networkViewOf(tenant: Tenant, services: readonly Service[], inst
   const egress = egressOf(tenant.spec);
   const hosts = [
     ...instances.map((i) => i.spec.host),
-    ...cells.filter((c) => c.spec.tenant === name).map((c) => c.spec.host),
+    ...live.map((c) => c.spec.host),
     ...machines.map((m) => m.status.host ?? ''),
   ].filter((h) => h !== '');
   return { tenant: name, egress: { default: egress.default, allow: egress.allow }, services: views, names, hosts: [...new Set(hosts)].sort() };

@@ -124,11 +124,11 @@ describe('all-in-one through the CLI', () => {
     const r = await applyText(manifest([service('unready', 'acme', { image: images.web, command, readinessProbe: probe })]), ['--wait', '--timeout', '8']);
     expect(r.code, r.stdout + r.stderr).not.toBe(0);
     // The reason follows the check: `connection refused` while httpd starts, then `404 Not Found`.
-    expect(r.stdout).toMatch(/instance\/acme\/unready-0: running on e2e, not ready: readiness probe failed \d+ times?: HTTP GET http:\/\/10\.88\.\d+\.\d+:8080\/ready: 404 Not Found\n/);
+    expect(r.stdout).toMatch(/instance\/acme\/unready-0: running on e2e, not ready: readiness probe failed \d+ times?: HTTP GET http:\/\/10\.128\.\d+\.\d+:8080\/ready: 404 Not Found\n/);
     const table = await cli(server.url, ['get', 'instances', '-t', 'acme']);
     expect(table.stdout).toMatch(/acme\s+unready-0\s+service\/unready\s+e2e\s+host\s+Running\s+no\s+0\s+\S+\s+NotReady\n/);
     const desc = await cli(server.url, ['describe', 'instance', 'acme/unready-0']);
-    expect(desc.stdout).toMatch(/Phase:\s+Running\nReady:\s+false\nReason:\s+NotReady\nMessage:\s+readiness probe failed \d+ times?: HTTP GET http:\/\/10\.88\.\d+\.\d+:8080\/ready: 404 Not Found\n/);
+    expect(desc.stdout).toMatch(/Phase:\s+Running\nReady:\s+false\nReason:\s+NotReady\nMessage:\s+readiness probe failed \d+ times?: HTTP GET http:\/\/10\.128\.\d+\.\d+:8080\/ready: 404 Not Found\n/);
     expect(desc.stdout).toMatch(/Readiness:\s+http-get :8080\/ready delay=0s timeout=1s period=1s #success=1 #failure=1\n/);
     expect((await cli(server.url, ['get', 'services', '-t', 'acme'])).stdout).toMatch(/unready\s+0\/1\s+host/);
     // The same probe on a page that exists: --wait succeeds once the replica is ready.
