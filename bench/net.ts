@@ -148,7 +148,8 @@ async function main(): Promise<void> {
     if (r.status >= 300) throw new Error(`${method} ${path}: ${r.status} ${await r.text()}`);
     return (await r.json()) as T;
   };
-  const serve = `/usr/local/bin/tcprtt -s ${RTT_PORT} & /usr/local/bin/iperf3 -s -D -p ${IPERF_PORT}; hostname > /www/index.html; exec httpd -f -p 8080 -h /www`;
+  // Each replica answers with its address: a restarted replica (a new container) is told apart.
+  const serve = `/usr/local/bin/tcprtt -s ${RTT_PORT} & /usr/local/bin/iperf3 -s -D -p ${IPERF_PORT}; ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1 > /www/index.html; exec httpd -f -p 8080 -h /www`;
   const svc = (name: string, spec: object): object => ({ apiVersion: 'carapace/v1', kind: 'Service', metadata: { name, tenant: TENANT }, spec: { image, cpu: 1, memory: '256Mi', ports: [{ containerPort: 8080 }, { containerPort: RTT_PORT }, { containerPort: IPERF_PORT }], ...spec } });
   const instance = (name: string): Promise<Instance> => api<Instance>('GET', `/v1/tenants/${TENANT}/instances/${name}`);
   const running = (name: string, ms: number): Promise<Instance> => until(`${name} running`, async () => { const i = await instance(name); return i.status.phase === 'Running' && i.status.address ? i : undefined; }, ms);
@@ -183,14 +184,16 @@ async function main(): Promise<void> {
       await until('answers through the address', async () => (loop.samples.some((s) => s.ok) ? true : undefined), 30_000);
       await api('PUT', `/v1/tenants/${TENANT}/services/rep`, svc('rep', { isolation: 'host', replicas: 2, cpu: 0.2, memory: '64Mi', command: ['sh', '-c', serve], ...probe }));
       const readyAt = await until('rep-1 ready', async () => ((await instance('rep-1').catch(() => undefined))?.status.ready ? Date.now() : undefined), 120_000);
-      const joinedAt = await until('rep-1 answering', async () => loop.samples.find((s) => s.ok && s.body === 'rep-1' && s.t >= readyAt - 1_000)?.t, 30_000);
+      const rep1 = (await instance('rep-1')).status.address;
+      const joinedAt = await until('rep-1 answering', async () => loop.samples.find((s) => s.ok && s.body === rep1 && s.t >= readyAt - 1_000)?.t, 30_000);
       joinMs = Math.max(0, joinedAt - readyAt);
       log(`join: rep-1 answered ${joinMs} ms after it was reported ready (status polled every 50 ms)`);
       const victim = await instance('rep-1');
       const killedAt = Date.now();
       process.kill(victim.status.pid ?? 0, 'SIGKILL');
       await until('the loop ran on', async () => (loop.samples.some((s) => s.t > killedAt + 5_000) ? true : undefined), 30_000);
-      const bad = loop.samples.filter((s) => s.t >= killedAt && (!s.ok || s.body === 'rep-1'));
+      // Failures, or answers from the killed container's address (its restart gets another).
+      const bad = loop.samples.filter((s) => s.t >= killedAt && (!s.ok || s.body === rep1));
       leaveMs = bad.length > 0 ? Math.max(0, (bad[bad.length - 1]?.t ?? killedAt) - killedAt) : 0;
       log(`leave: the last request that reached the killed replica (or failed) started ${leaveMs} ms after the kill`);
     } finally {
