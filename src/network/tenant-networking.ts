@@ -401,11 +401,16 @@ class TenantDataPlane implements TenantNetworking {
   private async syncFlood(vx: string, peers: readonly string[]): Promise<void> {
     const entries = JSON.parse(await this.exec.run('bridge', ['-j', 'fdb', 'show', 'dev', vx])) as { mac: string; dst?: string }[]; // safe: `bridge -j fdb` prints an array of entries
     const have = new Set(entries.filter((e) => e.mac === FLOOD_MAC && e.dst !== undefined).map((e) => e.dst as string)); // safe: filtered on dst defined
+    // Entries the VXLAN device learned (a remote workload's MAC -> its host) go with their host
+    // too: left to age out (5 min), they would keep sending to a host the tenant has left.
+    const learned = entries.filter((e) => e.mac !== FLOOD_MAC && e.dst !== undefined && !peers.includes(e.dst));
     const cmds = [
       ...[...have].filter((d) => !peers.includes(d)).map((d) => `fdb del ${FLOOD_MAC} dev ${vx} dst ${d}`),
+      ...learned.map((e) => `fdb del ${e.mac} dev ${vx} dst ${e.dst ?? ''}`),
       ...peers.filter((p) => !have.has(p)).map((p) => `fdb append ${FLOOD_MAC} dev ${vx} dst ${p}`),
     ];
-    if (cmds.length > 0) await this.exec.run('bridge', ['-batch', '-'], cmds.join('\n') + '\n');
+    // -force: an entry that aged out meanwhile must not stop the others.
+    if (cmds.length > 0) await this.exec.run('bridge', ['-force', '-batch', '-'], cmds.join('\n') + '\n');
   }
 
   /** Everything of a segment in the kernel and its dnsmasq, whether or not a record is left. */

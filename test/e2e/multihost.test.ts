@@ -238,7 +238,7 @@ describe('many hosts in network namespaces', () => {
     }, 90_000, "h1's tenant segments removed");
     await eventually(async () => {
       const fdb = (await runOrThrow('ip', ['netns', 'exec', 'cmh-h2', 'bridge', 'fdb', 'show'])).stdout;
-      return !fdb.includes('dst 10.70.0.11') ? true : undefined;
+      return !fdb.includes('dst 10.70.0.11') ? true : undefined; // neither flood entries nor learned ones
     }, 60_000, "h2's VXLANs stop flooding to h1");
     const liveCells = (await list<Cell>('cells')).filter((c) => c.spec.tenant === 'acme');
     expect([...healed.vms.keys()].filter((id) => id.startsWith('cell-')).sort()).toEqual(liveCells.map((c) => c.metadata.name).sort());
