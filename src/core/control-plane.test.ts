@@ -107,6 +107,20 @@ describe('writes without a resourceVersion', () => {
     await store.close();
   });
 
+  it('a delete that names the version it read, raced by another delete, is not found (not a conflict)', async () => {
+    // Found by the checked history under faults: a conflict here is explained by no order of
+    // the two deletes (the one that lost found nothing to delete).
+    const { store, cp, arm } = await setup();
+    await cp.handle({ type: 'apply', manifest: tenant });
+    const created = await cp.handle({ type: 'apply', manifest: service(1) });
+    const rv = created.type === 'object' ? created.object.metadata.resourceVersion : 0;
+    const other = new ControlPlane(new Resources(store), env);
+    arm(async () => void (await other.handle({ type: 'delete', kind: 'Service', tenant: 'acme', name: 'web' })));
+    const del = await cp.handle({ type: 'delete', kind: 'Service', tenant: 'acme', name: 'web', resourceVersion: rv }).catch((e: unknown) => e);
+    expect(isCarapaceError(del, 'CARAPACE_E_NOT_FOUND')).toBe(true);
+    await store.close();
+  });
+
   it('writes that name a resourceVersion still conflict', async () => {
     const { store, cp, arm } = await setup();
     await cp.handle({ type: 'apply', manifest: tenant });

@@ -395,22 +395,29 @@ export class ControlPlane {
    * record. False when the object is absent.
    */
   private async removeWithRecords(a: Extract<Action, { type: 'delete' }> & { kind: 'Service' | 'Tenant' }, tenant: string | undefined, what: string): Promise<boolean> {
-    const cur = a.kind === 'Service' ? await this.resources.get('Service', a.name, tenant) : await this.resources.get('Tenant', a.name);
-    if (!cur) return false;
-    if (a.resourceVersion !== undefined && a.resourceVersion !== cur.metadata.resourceVersion) {
-      throw new CarapaceError('CARAPACE_E_CONFLICT', `${what} is at resourceVersion ${cur.metadata.resourceVersion}, not ${a.resourceVersion}`);
+    const key = objectKey(a.kind, a.name, tenant);
+    for (let attempt = 1; ; attempt++) {
+      const cur = a.kind === 'Service' ? await this.resources.get('Service', a.name, tenant) : await this.resources.get('Tenant', a.name);
+      if (!cur) return false;
+      if (a.resourceVersion !== undefined && a.resourceVersion !== cur.metadata.resourceVersion) {
+        throw new CarapaceError('CARAPACE_E_CONFLICT', `${what} is at resourceVersion ${cur.metadata.resourceVersion}, not ${a.resourceVersion}`);
+      }
+      const store = this.resources.store;
+      const records = cur.kind === 'Service' ? await releaseServiceAddressOps(store, cur) : await tenantNetworkRemovalOps(store, a.name);
+      const ops: TxnOp[] = [{ op: 'delete', key, expect: { version: cur.metadata.resourceVersion } }, ...records];
+      try {
+        await this.resources.commitRecords(ops, this.entry('delete', a.kind, a.name, a.kind === 'Tenant' ? a.name : tenant));
+        return true;
+      } catch (e) {
+        if (!(e instanceof ConflictError)) throw e;
+        // Deleted by someone else between the read and the commit: it is not found, as if the
+        // read had come after (a conflict would be an answer no order of the two explains).
+        if (e.key === key && e.actualVersion === 0) return false;
+        // Changed meanwhile (the object or its records): read again; the version check above
+        // answers a caller who named one.
+        if (attempt >= UNCONDITIONAL_ATTEMPTS) throw new CarapaceError('CARAPACE_E_CONFLICT', `${what} kept changing while it was being deleted; re-read and retry`);
+      }
     }
-    const store = this.resources.store;
-    const records = cur.kind === 'Service' ? await releaseServiceAddressOps(store, cur) : await tenantNetworkRemovalOps(store, a.name);
-    const ops: TxnOp[] = [{ op: 'delete', key: objectKey(a.kind, a.name, tenant), expect: { version: cur.metadata.resourceVersion } }, ...records];
-    try {
-      await this.resources.commitRecords(ops, this.entry('delete', a.kind, a.name, a.kind === 'Tenant' ? a.name : tenant));
-    } catch (e) {
-      // Changed between the read and the delete (or its records were): the caller re-reads.
-      if (e instanceof ConflictError) throw new CarapaceError('CARAPACE_E_CONFLICT', `${what} was changed by someone else while it was being deleted; re-read and retry`);
-      throw e;
-    }
-    return true;
   }
 
   private async delete(a: Extract<Action, { type: 'delete' }>): Promise<ActionResult> {

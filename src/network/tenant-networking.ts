@@ -260,7 +260,7 @@ class TenantDataPlane implements TenantNetworking {
       const rec = this.segmentOf(state, tenant);
       rec.peers = [...new Set(peers)].filter((p) => p !== rec.spec.underlay).sort();
       await saveState(this.stateDir, state);
-      if (rec.spec.underlay !== undefined) await this.syncFlood(this.names.vxlan(tenant), rec.peers);
+      await this.ensureOverlay(tenant, rec);
     });
   }
 
@@ -346,10 +346,9 @@ class TenantDataPlane implements TenantNetworking {
     return { th: tenantHash(tenant), bridge: this.names.bridge(tenant), gateway: gatewayAddress(rec.spec), cidr: rec.spec.cidr, egress: rec.spec.egress };
   }
 
-  /** The bridge (gateway address, fixed MAC, MTU, sysctls) and the VXLAN device with its flood list. */
+  /** The bridge (gateway address, fixed MAC, MTU, sysctls) and, with peers, the VXLAN device with its flood list. */
   private async ensureSegmentLinks(tenant: string, rec: SegmentRecord): Promise<void> {
     const br = this.names.bridge(tenant);
-    const vx = this.names.vxlan(tenant);
     const gw = gatewayAddress(rec.spec);
     const mtu = (await this.underlayMtu(rec.spec.underlay)) - VXLAN_OVERHEAD;
     await this.exec.run('ip', ['link', 'add', br, 'type', 'bridge']).catch(ignoreExisting);
@@ -378,8 +377,19 @@ class TenantDataPlane implements TenantNetworking {
       `net.ipv4.conf.${br}.send_redirects=0`,
       `net.ipv6.conf.${br}.disable_ipv6=1`,
     ]);
+    await this.ensureOverlay(tenant, rec, br, mtu);
+  }
+
+  /**
+   * The VXLAN device, there only while the segment has an underlay address and peers: a host
+   * running all of a tenant's work has no use for one, and a device per network identifier and
+   * port is all a network namespace can hold (a second cluster, or an agent left from a test,
+   * would collide with it for nothing).
+   */
+  private async ensureOverlay(tenant: string, rec: SegmentRecord, br = this.names.bridge(tenant), mtu?: number): Promise<void> {
+    const vx = this.names.vxlan(tenant);
     const current = await this.linkInfo(vx);
-    const want = rec.spec.underlay;
+    const want = overlayWanted(rec) ? rec.spec.underlay : undefined;
     const matches = current?.linkinfo?.info_data?.id === rec.spec.vni && current.linkinfo.info_data.local === want && current.linkinfo.info_data.port === VXLAN_PORT;
     if (current && (want === undefined || !matches)) await this.exec.run('ip', ['link', 'del', vx]).catch(ignoreMissing);
     if (want === undefined) return;
@@ -393,7 +403,8 @@ class TenantDataPlane implements TenantNetworking {
         throw e;
       });
     }
-    await this.exec.run('ip', ['link', 'set', vx, 'mtu', String(mtu), 'master', br, 'up']);
+    const linkMtu = mtu ?? (await this.underlayMtu(rec.spec.underlay)) - VXLAN_OVERHEAD;
+    await this.exec.run('ip', ['link', 'set', vx, 'mtu', String(linkMtu), 'master', br, 'up']);
     await this.syncFlood(vx, rec.peers);
   }
 
@@ -695,7 +706,7 @@ class TenantDataPlane implements TenantNetworking {
     const explained = new Set<string>([...Object.values(state.endpoints).map((e) => e.ifname), ...Object.values(state.reserved ?? {}).map((r) => r.ifname)]);
     for (const [t, rec] of Object.entries(state.segments)) {
       explained.add(this.names.bridge(t));
-      if (rec.spec.underlay !== undefined) explained.add(this.names.vxlan(t));
+      if (overlayWanted(rec)) explained.add(this.names.vxlan(t));
     }
     const links = JSON.parse(await this.exec.run('ip', ['-j', 'link', 'show'])) as LinkJson[]; // safe: `ip -j link` prints an array of link objects
     for (const l of links) {
@@ -806,4 +817,9 @@ async function writeIfChanged(file: string, text: string): Promise<boolean> {
   if ((await readFileIfExists(file)) === text) return false;
   await writeFileAtomic(file, text, 0o644);
   return true;
+}
+
+/** A segment needs its VXLAN device when it has an underlay address and other hosts to reach. */
+function overlayWanted(rec: SegmentRecord): boolean {
+  return rec.spec.underlay !== undefined && rec.peers.length > 0;
 }

@@ -356,7 +356,12 @@ describe('tenant data plane, two hosts over VXLAN', () => {
     // A VNI another device of the namespace holds (another agent's) is a clear conflict.
     const C = `c${tag}`;
     await ipIn(h1.ns, 'link', 'add', 'zzvx', 'type', 'vxlan', 'id', '1234', 'local', h1.ip, 'dstport', '4789');
-    await expect(m1.ensureSegment({ ...specA('10.128.129.0/24', h1.ip), tenant: C, cidr: '10.128.128.0/18', vni: 1234 })).rejects.toMatchObject({ code: 'CARAPACE_E_NETWORK_CONFLICT', message: expect.stringContaining('VNI 1234') as unknown });
+    // Without peers a segment needs no VXLAN device, so the local segment is made regardless;
+    // the conflict shows when the overlay is needed.
+    await m1.ensureSegment({ ...specA('10.128.129.0/24', h1.ip), tenant: C, cidr: '10.128.128.0/18', vni: 1234 });
+    expect(await ourLinks(h1.ns)).not.toContain(`cx${tenantHash(C)}`);
+    await expect(m1.setPeers(C, [h2.ip])).rejects.toMatchObject({ code: 'CARAPACE_E_NETWORK_CONFLICT', message: expect.stringContaining('VNI 1234') as unknown });
+    await m1.setPeers(C, []);
     await m1.removeSegment(C);
     await ipIn(h1.ns, 'link', 'del', 'zzvx');
     expect(await m1.segments()).toEqual([A, B].sort());
