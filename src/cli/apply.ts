@@ -98,6 +98,9 @@ export async function applyAll(client: ApiClient, manifests: Manifest[], print: 
 
 type Progress = { state: 'waiting' | 'done' | 'failed'; text: string };
 
+/** How long a service replica must stay ready before `apply --wait` counts it (Kubernetes' minReadySeconds, in spirit). */
+export const WAIT_SETTLE_MS = 2_000;
+
 /** What one instance's status means for `apply --wait`. */
 export function instanceProgress(i: Instance, wantsCompletion: boolean): Progress {
   const s = i.status;
@@ -133,7 +136,11 @@ export function instanceProgress(i: Instance, wantsCompletion: boolean): Progres
  * generation) and every job has finished, or something failed, or the timeout passes.
  * Returns true when everything is running/complete.
  */
-export async function waitFor(client: ApiClient, applied: Applied[], timeoutMs: number, out: NodeJS.WriteStream): Promise<boolean> {
+export async function waitFor(client: ApiClient, applied: Applied[], timeoutMs: number, out: NodeJS.WriteStream, settleMs = WAIT_SETTLE_MS): Promise<boolean> {
+  // When each replica's current container was first seen ready (this process's clock, so the
+  // server's does not matter): a replica counts once it has stayed ready for `settleMs`, so a
+  // container that crashes right after it started is not taken for a success.
+  const readySince = new Map<string, number>();
   const workloads = applied.filter((a) => a.manifest.kind === 'Service' || a.manifest.kind === 'Job' || a.manifest.kind === 'Machine');
   if (workloads.length === 0) return true;
   const tty = out.isTTY === true;
@@ -184,7 +191,13 @@ export async function waitFor(client: ApiClient, applied: Applied[], timeoutMs: 
       const current = mine.filter((i) => i.spec.ownerGeneration === owner.metadata.generation);
       if (current.length < want) allDone = false;
       for (const i of mine) {
-        const p = i.spec.ownerGeneration === owner.metadata.generation ? instanceProgress(i, false) : { state: 'waiting' as const, text: 'being replaced' };
+        let p = i.spec.ownerGeneration === owner.metadata.generation ? instanceProgress(i, false) : { state: 'waiting' as const, text: 'being replaced' };
+        if (p.state === 'done') {
+          const seen = `${i.metadata.name}/${i.status.containerId ?? ''}`;
+          const since = readySince.get(seen) ?? Date.now();
+          readySince.set(seen, since);
+          if (Date.now() - since < settleMs) p = { state: 'waiting', text: `${p.text}, settling` };
+        }
         rows.push({ key: `instance/${tenant}/${i.metadata.name}`, p });
         if (p.state !== 'done') allDone = false;
         if (p.state === 'failed') anyFailed = true;
