@@ -120,14 +120,10 @@ export class HostAgent {
 
   /** Runs until `signal` aborts. Containers keep running after the agent stops. */
   async start(signal: AbortSignal): Promise<void> {
-    await this.register();
-    await this.recover();
-    const heartbeat = setInterval(() => {
-      this.register().catch((err: unknown) => this.log.warn({ err }, 'heartbeat failed'));
-    }, 30_000);
-    heartbeat.unref();
-    signal.addEventListener('abort', () => clearInterval(heartbeat), { once: true });
-    // The lease: the control plane declares this host lost when it stops moving.
+    // The lease first: the control plane declares this host lost when it stops moving, and a
+    // restarted agent is alive while it probes its runtimes and recovers its containers (seconds
+    // on a loaded host). Renewing only afterwards had the control plane fail over the very
+    // containers being adopted.
     const holder = `${process.pid}:${Date.now()}`;
     const renew = (): void => {
       const lease: HostLease = { host: this.o.hostName, renewedAt: this.o.env.now(), holder };
@@ -137,6 +133,13 @@ export class HostAgent {
     const leaseTimer = setInterval(renew, this.o.leaseRenewMs ?? 1_000);
     leaseTimer.unref();
     signal.addEventListener('abort', () => clearInterval(leaseTimer), { once: true });
+    await this.register();
+    await this.recover();
+    const heartbeat = setInterval(() => {
+      this.register().catch((err: unknown) => this.log.warn({ err }, 'heartbeat failed'));
+    }, 30_000);
+    heartbeat.unref();
+    signal.addEventListener('abort', () => clearInterval(heartbeat), { once: true });
     signal.addEventListener('abort', () => this.probes.stopAll(), { once: true });
     await Promise.all([this.queue.start(signal), ...(this.o.network ? [this.o.network.controller.start(signal)] : []), ...(this.o.cells ? [this.o.cells.start(signal)] : []), ...(this.o.machines ? [this.o.machines.start(signal)] : [])]);
   }
