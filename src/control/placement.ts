@@ -21,7 +21,7 @@ import { CIDR_CLAIM_PREFIX, TENANT_NETWORK_PREFIX } from '../model/keys.js';
 import { TERMINAL_PHASES, type Instance } from '../model/objects.js';
 import { DEFAULT_NETWORK_POOLS, type NetworkPools, type TenantNetwork } from '../model/tenant-network.js';
 import { applyPlan as applyToSnapshot, ClusterState } from '../scheduler/index.js';
-import { instanceRequestWithVolumes, machineRequestFromModel, machineSchedulerId, schedulerId, snapshotFromModel, volumeIndex, type ModelView } from '../scheduler/model-adapter.js';
+import { blockingVolumeConstraint, instanceRequestWithVolumes, machineRequestFromModel, machineSchedulerId, schedulerId, snapshotFromModel, volumeIndex, type ModelView } from '../scheduler/model-adapter.js';
 import type { Unplaced } from '../scheduler/types.js';
 import type { CellInfo, HostInfo, InstanceRequest, Placement as SnapshotPlacement, Snapshot, TenantQuota } from '../scheduler/types.js';
 import { NetworkLedger } from './network-ledger.js';
@@ -191,7 +191,8 @@ export class Placement {
     }
     const vols = volumeIndex(view.volumes ?? [], view.hosts);
     const requests: InstanceRequest[] = [];
-    // Instances whose volume another live instance holds wait (VolumeInUse) without a plan.
+    // Instances whose volume another live instance holds (VolumeInUse), or whose volume's host
+    // cannot take work (VolumeHostNotReady, VolumeHostCordoned, VolumeNotFound), wait without a plan.
     const inUse: Unplaced[] = [];
     for (const s of subjects.values()) {
       if (s.kind === 'machine') {
@@ -199,9 +200,11 @@ export class Placement {
         continue;
       }
       const req = instanceRequestWithVolumes(s.obj, vols);
+      const blocked = blockingVolumeConstraint(req, vols.hosts);
       const held = volumeInUse(s.obj, view.instances);
-      if (held === undefined) requests.push(req);
-      else inUse.push({ instance: req, code: 'VolumeInUse', reason: held });
+      if (blocked) inUse.push({ instance: req, code: blocked.code, reason: blocked.reason });
+      else if (held !== undefined) inUse.push({ instance: req, code: 'VolumeInUse', reason: held });
+      else requests.push(req);
     }
     // Empty cells stay: the Cells reconcile retires them after their grace period, and until
     // then their VMs hold their hosts' capacity.

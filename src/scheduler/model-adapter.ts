@@ -91,6 +91,19 @@ export function volumeConstraints(i: Instance, idx: VolumeIndex): HostConstraint
   return out;
 }
 
+/**
+ * The volume constraint of `r` that no usable host (registered, Ready, schedulable) admits, if
+ * any: the request then waits with that constraint's code and sentence without being offered to
+ * the scheduler (which would answer a cluster-wide reason, e.g. `NoReadyHost` on a one-host
+ * cluster, instead of naming the volume's host).
+ */
+export function blockingVolumeConstraint(r: InstanceRequest, hosts: ReadonlyMap<string, Host>): HostConstraint | undefined {
+  return (r.constraints ?? []).find((c) => c.code.startsWith('Volume') && !c.hosts.some((n) => {
+    const h = hosts.get(n);
+    return h !== undefined && h.status.state === 'Ready' && !h.spec.unschedulable;
+  }));
+}
+
 /** The request for an instance (instanceRequestFromModel) with the host constraints of its volumes. */
 export function instanceRequestWithVolumes(i: Instance, volumes: VolumeIndex): InstanceRequest {
   const r = instanceRequestFromModel(i);
