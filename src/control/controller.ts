@@ -351,13 +351,17 @@ export class WorkloadController {
    * time per service while its unavailable replicas (not ready, or being deleted) stay
    * below its `maxUnavailable` (default 1); the owner then re-creates each elsewhere (the
    * host is cordoned). Job runs are moved without a budget. Machines stay (their disks live
-   * on the host). The host's status message says what is left and what waits for a budget.
+   * on the host), and so do instances that mount a volume bound to it (their data lives there:
+   * moved, they could only wait for the host). The host's status message says what is left
+   * and what waits for a budget.
    */
   async reconcileDrain(): Promise<ReconcileResult> {
     const r = this.o.resources;
     const hosts = (await r.list('Host')).items.filter((h) => h.spec.draining);
     if (hosts.length === 0) return;
-    const [instances, services, machines] = await Promise.all([r.list('Instance'), r.list('Service'), r.list('Machine')]);
+    const [instances, services, machines, volumes] = await Promise.all([r.list('Instance'), r.list('Service'), r.list('Machine'), r.list('Volume')]);
+    const boundTo = new Map(volumes.items.filter((v) => v.status.phase === 'Bound').map((v) => [`${v.metadata.tenant ?? ''}/${v.metadata.name}`, v.status.host ?? '']));
+    const pinned = (i: Instance, host: string): boolean => (i.spec.mounts ?? []).some((m) => boundTo.get(`${i.metadata.tenant ?? ''}/${m.volume}`) === host);
     const svcOf = new Map(services.items.map((s) => [`${s.metadata.tenant ?? ''}/${s.metadata.name}`, s]));
     const unavailable = new Map<string, number>();
     for (const i of instances.items) {
@@ -368,7 +372,9 @@ export class WorkloadController {
     let left = 0;
     for (const h of hosts) {
       const name = h.metadata.name;
-      const on = instances.items.filter((i) => i.spec.host === name && !TERMINAL_PHASES.includes(i.status.phase)).sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
+      const here = instances.items.filter((i) => i.spec.host === name && !TERMINAL_PHASES.includes(i.status.phase));
+      const withData = here.filter((i) => pinned(i, name)).length;
+      const on = here.filter((i) => !pinned(i, name)).sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
       let waiting = 0;
       for (const i of on) {
         if (i.metadata.deletionRequestedAt) continue;
@@ -398,7 +404,8 @@ export class WorkloadController {
         this.log.info({ host: name, tenant, instance: i.metadata.name }, 'evicted for drain');
       }
       const stay = machines.items.filter((m) => m.status.host === name).length;
-      const message = on.length === 0 ? `drained${stay ? ` (${stay} machine(s) stay: their disks live here)` : ''}` : `draining: ${on.length} instance(s) left${waiting ? `, ${waiting} waiting for their service's disruption budget` : ''}`;
+      const stays = [stay ? `${stay} machine(s) stay: their disks live here` : '', withData ? `${withData} instance(s) stay: their volumes live here` : ''].filter((x) => x !== '').join('; ');
+      const message = on.length === 0 ? `drained${stays ? ` (${stays})` : ''}` : `draining: ${on.length} instance(s) left${waiting ? `, ${waiting} waiting for their service's disruption budget` : ''}`;
       left += on.length;
       if (h.status.message !== message) {
         await r.mutate('Host', name, undefined, (x) => {

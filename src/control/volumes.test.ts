@@ -92,6 +92,24 @@ describe('volume placement', () => {
     expect((await h.resources.mustGet('Volume', 'pgdata', 'acme')).status).toMatchObject({ phase: 'Bound', host: 'h2' });
   });
 
+  it('leaves instances with a volume bound to a draining host where they are (their data is there)', async () => {
+    await h.addHost('h1');
+    await h.apply({ kind: 'Volume', metadata: { name: 'pgdata', tenant: 'acme' }, spec: { size: '1Gi' } });
+    await h.apply(pg());
+    await h.apply({ kind: 'Service', metadata: { name: 'web', tenant: 'acme' }, spec: { image: 'reg/web:1', isolation: 'host' } });
+    await h.controller.reconcile('Service/acme/pg');
+    await h.controller.reconcile('Service/acme/web');
+    // Running and ready, so the drain's disruption budget lets web-0 go.
+    await h.resources.mutate('Instance', 'web-0', 'acme', (x) => ((x.status = { ...x.status, phase: 'Running', ready: true }), x));
+    await h.cp.handle({ type: 'hostOp', op: 'drain', name: 'h1' });
+    await h.controller.reconcileDrain();
+    expect((await instance('web-0')).metadata.deletionRequestedAt).toBeDefined();
+    expect((await instance('pg-0')).metadata.deletionRequestedAt).toBeUndefined();
+    await h.resources.remove('Instance', 'web-0', 'acme');
+    await h.controller.reconcileDrain();
+    expect((await h.resources.mustGet('Host', 'h1')).status.message).toBe('drained (1 instance(s) stay: their volumes live here)');
+  });
+
   it('keeps an instance Pending with VolumeInUse while another live instance holds its volume read-write', async () => {
     await h.addHost('h1');
     await h.apply({ kind: 'Volume', metadata: { name: 'pgdata', tenant: 'acme' }, spec: { size: '1Gi' } });
