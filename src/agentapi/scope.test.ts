@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { hostLeaseKey, intervalKey, objectKey, openAllocationKey, sampleBatchKey, sampleDayPrefixes } from '../model/keys.js';
+import { hostLeaseKey, intervalKey, objectKey, openAllocationKey, sampleBatchKey, sampleDayPrefixes, volumeKey } from '../model/keys.js';
 import { mayListPrefix, mayRead, writeProblem } from './scope.js';
 
 const inst = (host: string, extra: Record<string, unknown> = {}): Record<string, unknown> => ({ kind: 'Instance', metadata: { name: 'web-0', uid: 'u1', ...extra }, spec: { host, container: { cpu: 0.1 } }, status: { phase: 'Pending' } });
@@ -73,7 +73,7 @@ describe('agent scope', () => {
       spec: { size: '1Gi', filesystem: 'ext4' },
       status: { phase: host ? 'Bound' : 'Pending', ...(host ? { host } : {}), attachedTo: ['pg-0'], ...status },
     });
-    const key = objectKey('Volume', 'pgdata', 'acme');
+    const key = volumeKey('acme', 'pgdata');
     expect(mayRead('h1', key, vol('h1'))).toBe(true);
     expect(mayRead('h1', key, vol('h2'))).toBe(false);
     expect(mayRead('h1', key, vol(undefined))).toBe(false);

@@ -23,7 +23,7 @@
 import { isDeepStrictEqual } from 'node:util';
 import {
   hostLeaseKey, INTERVALS_PREFIX, isPlacedKey, isSampleBatchOf, kindPrefix, objectKey, OPEN_PREFIX, ownerOfOpenAllocation, PLACED_PREFIXES, SAMPLES_PREFIX,
-  TENANT_NETWORK_PREFIX, TENANT_NETWORK_VIEW_PREFIX,
+  TENANT_NETWORK_PREFIX, TENANT_NETWORK_VIEW_PREFIX, VOLUME_PREFIX,
 } from '../model/keys.js';
 
 // Key prefixes of the kinds whose placement is read differently (see placedOn).
@@ -31,7 +31,7 @@ const INSTANCES = kindPrefix('Instance');
 const CELLS = kindPrefix('Cell');
 const MACHINES = kindPrefix('Machine');
 const HOSTS = kindPrefix('Host');
-const VOLUMES = kindPrefix('Volume');
+const VOLUMES = VOLUME_PREFIX;
 
 /** The host a volume value is bound to ('' when unbound or malformed). */
 function volumeHost(value: unknown): string {

@@ -14,11 +14,11 @@ import type { AnyObject } from '../model/objects.js';
 import type { Entry, Store, TxnOp } from '../store/store.js';
 import { allocationOf, closeInterval, openInterval, type Allocation } from '../usage/intervals.js';
 import type { AllocationInterval } from '../usage/types.js';
-import { intervalKey, isPlacedKey, kindPrefix, openAllocationKey } from '../model/keys.js';
+import { intervalKey, isPlacedKey, openAllocationKey, VOLUME_PREFIX } from '../model/keys.js';
 
 /** True when writes to `key` must carry allocation records (instances, cells and machines hold capacity; volumes storage). */
 export function holdsResources(key: string): boolean {
-  return isPlacedKey(key) || key.startsWith(kindPrefix('Volume'));
+  return isPlacedKey(key) || key.startsWith(VOLUME_PREFIX);
 }
 
 function same(r: AllocationInterval, a: Allocation): boolean {
