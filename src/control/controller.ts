@@ -113,8 +113,10 @@ export class WorkloadController {
         watchOf<Instance>(kindPrefix('Instance'), (e) => [
           this.ownerKey(e.value),
           ...(e.value.spec.cell ? [CELLS_KEY] : []),
-          // Its volumes' attachedTo follows it; a volume it held may free a waiting instance.
-          ...((e.value.spec.mounts ?? []).length > 0 ? [VOLUMES_KEY, PLACEMENT_KEY] : []),
+          // Its volumes' attachedTo follows it: when it is placed, finishes or goes (status
+          // writes in between change nothing there; the resync catches anything else). A
+          // volume it held frees waiting instances through the Placement key above.
+          ...((e.value.spec.mounts ?? []).length > 0 && (e.type === 'delete' || TERMINAL_PHASES.includes(e.value.status.phase) || (e.value.spec.host !== '' && e.value.status.phase === 'Pending')) ? [VOLUMES_KEY] : []),
           // Capacity freed (an instance gone or finished): waiting work may fit now.
           ...(e.type === 'delete' || TERMINAL_PHASES.includes(e.value.status.phase) ? [PLACEMENT_KEY] : []),
         ]),

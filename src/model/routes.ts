@@ -20,7 +20,7 @@ export interface RouteDef {
   action?: 'apply' | 'create' | 'get' | 'list' | 'listAll' | 'delete';
 }
 
-const APPLYABLE: readonly Kind[] = ['Tenant', 'Service', 'Job', 'Machine'];
+const APPLYABLE: readonly Kind[] = ['Tenant', 'Service', 'Job', 'Machine', 'Volume'];
 
 function objectRoutes(): RouteDef[] {
   const out: RouteDef[] = [];
