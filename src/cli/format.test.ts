@@ -53,7 +53,7 @@ describe('addresses in get -o wide and describe', () => {
 describe('volumes in get and describe', () => {
   it('shows TENANT NAME SIZE PHASE HOST ATTACHED, used space with -o wide, and the binding in describe', () => {
     const v = (name: string, status: Record<string, unknown>, host?: string): AnyObject =>
-      ({ kind: 'Volume', metadata: { ...md, name, tenant: 'acme' }, spec: { size: '1Gi', filesystem: 'ext4', ...(host ? { host } : {}) }, status: { attachedTo: [], ...status } }) as AnyObject; // a stored Volume's fields
+      ({ kind: 'Volume', metadata: { ...md, name, tenant: 'acme' }, spec: { size: '1Gi', filesystem: 'ext4', ...(host ? { host } : {}) }, status: { attachedTo: [], ...status } }) as unknown as AnyObject; // a stored Volume's fields (phase given by each call)
     const rows = formatOutput('Volume', [v('pgdata', { phase: 'Bound', host: 'h1', attachedTo: ['pg-0'], usedBytes: 50 * 1048576 }), v('spare', { phase: 'Pending' }, 'h2')], 'wide', false).split('\n');
     expect(rows[0]).toMatch(/^TENANT\s+NAME\s+SIZE\s+PHASE\s+HOST\s+ATTACHED\s+USED\s+FILESYSTEM\s+AGE$/);
     expect(rows[1]).toMatch(/^acme\s+pgdata\s+1Gi\s+Bound\s+h1\s+pg-0\s+50Mi\s+ext4\s/);
