@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { hostLeaseKey, intervalKey, objectKey, openAllocationKey, sampleBatchKey, sampleDayPrefixes } from '../model/keys.js';
+import { hostLeaseKey, intervalKey, objectKey, openAllocationKey, sampleBatchKey, sampleDayPrefixes, volumeKey } from '../model/keys.js';
 import { mayListPrefix, mayRead, writeProblem } from './scope.js';
 
 const inst = (host: string, extra: Record<string, unknown> = {}): Record<string, unknown> => ({ kind: 'Instance', metadata: { name: 'web-0', uid: 'u1', ...extra }, spec: { host, container: { cpu: 0.1 } }, status: { phase: 'Pending' } });
@@ -64,5 +64,30 @@ describe('agent scope', () => {
     expect(writeProblem('b', { op: 'put', key: sampleBatchKey(t, 'a-b'), value: {}, current: undefined })).toMatch(/own usage samples/);
     expect(mayRead('b', sampleBatchKey(t, 'b'), {})).toBe(true);
     expect(mayRead('a-b', sampleBatchKey(t, 'a-b'), {})).toBe(true);
+  });
+
+  it("reads the volumes bound to it and writes only their usedBytes and message", () => {
+    const vol = (host: string | undefined, status: Record<string, unknown> = {}): Record<string, unknown> => ({
+      kind: 'Volume',
+      metadata: { name: 'pgdata', tenant: 'acme', uid: 'v1', labels: {}, resourceVersion: 7 },
+      spec: { size: '1Gi', filesystem: 'ext4' },
+      status: { phase: host ? 'Bound' : 'Pending', ...(host ? { host } : {}), attachedTo: ['pg-0'], ...status },
+    });
+    const key = volumeKey('acme', 'pgdata');
+    expect(mayRead('h1', key, vol('h1'))).toBe(true);
+    expect(mayRead('h1', key, vol('h2'))).toBe(false);
+    expect(mayRead('h1', key, vol(undefined))).toBe(false);
+    expect(mayListPrefix('h1', 'volumes/')).toBe(true);
+    const cur = vol('h1');
+    const withStatus = (st: Record<string, unknown>): Record<string, unknown> => ({ ...cur, metadata: { ...(cur['metadata'] as object), resourceVersion: 8 }, status: { ...(cur['status'] as object), ...st } });
+    expect(writeProblem('h1', { op: 'put', key, value: withStatus({ usedBytes: 4096, message: 'ext4 on loop3' }), current: cur })).toBeUndefined();
+    expect(writeProblem('h1', { op: 'put', key, value: withStatus({ attachedTo: [] }), current: cur })).toMatch(/only a volume's status.usedBytes/);
+    expect(writeProblem('h1', { op: 'put', key, value: withStatus({ host: 'h2' }), current: cur })).toMatch(/only a volume's status.usedBytes/);
+    expect(writeProblem('h1', { op: 'put', key, value: withStatus({ usedBytes: -1 }), current: cur })).toMatch(/whole number/);
+    expect(writeProblem('h1', { op: 'put', key, value: { ...cur, spec: { size: '2Gi', filesystem: 'ext4' } }, current: cur })).toMatch(/spec/);
+    expect(writeProblem('h1', { op: 'put', key, value: { ...cur, metadata: { name: 'pgdata', tenant: 'acme', uid: 'v1', labels: { x: 'y' } } }, current: cur })).toMatch(/labels/);
+    expect(writeProblem('h2', { op: 'put', key, value: withStatus({ usedBytes: 1 }), current: cur })).toMatch(/not bound to this host/);
+    expect(writeProblem('h1', { op: 'put', key, value: cur, current: undefined })).toMatch(/cannot create/);
+    expect(writeProblem('h1', { op: 'delete', key, current: cur })).toMatch(/cannot delete/);
   });
 });

@@ -16,11 +16,14 @@
  * its instances, cells and machines once the control plane asked for it; new warm cells on
  * itself; allocation records of its own objects (open ones) and new closed ones; its own
  * usage sample batches. Never the audit log, tokens, tenants, services, other hosts' anything.
+ * Volumes: it reads the Volume objects bound to it (`status.host`), and writes only their
+ * `status.usedBytes` and `status.message`; never their spec, binding, attachedTo, labels, nor
+ * creates or deletes one (a volume's storage whose object is gone is reclaimed on the host).
  */
 import { isDeepStrictEqual } from 'node:util';
 import {
   hostLeaseKey, INTERVALS_PREFIX, isPlacedKey, isSampleBatchOf, kindPrefix, objectKey, OPEN_PREFIX, ownerOfOpenAllocation, PLACED_PREFIXES, SAMPLES_PREFIX,
-  TENANT_NETWORK_PREFIX, TENANT_NETWORK_VIEW_PREFIX,
+  TENANT_NETWORK_PREFIX, TENANT_NETWORK_VIEW_PREFIX, VOLUME_PREFIX,
 } from '../model/keys.js';
 
 // Key prefixes of the kinds whose placement is read differently (see placedOn).
@@ -28,6 +31,36 @@ const INSTANCES = kindPrefix('Instance');
 const CELLS = kindPrefix('Cell');
 const MACHINES = kindPrefix('Machine');
 const HOSTS = kindPrefix('Host');
+const VOLUMES = VOLUME_PREFIX;
+
+/** The host a volume value is bound to ('' when unbound or malformed). */
+function volumeHost(value: unknown): string {
+  const o = asObj(value);
+  return typeof o?.status?.['host'] === 'string' && o.status['phase'] === 'Bound' ? o.status['host'] : '';
+}
+
+/** Why an agent's write of a volume bound to `host` is refused: anything but usedBytes and message. */
+function volumeWriteProblem(host: string, w: ScopedWrite): string | undefined {
+  if (w.op === 'delete') return 'an agent cannot delete a volume';
+  const cur = asObj(w.current);
+  if (!cur) return 'an agent cannot create a volume';
+  if (volumeHost(cur) !== host) return 'the volume is not bound to this host';
+  const next = asObj(w.value);
+  if (!next) return 'not an object';
+  const { resourceVersion: _a, ...curMd } = (cur.metadata ?? {}) as Record<string, unknown>; // the version is the store's, not the writer's
+  const { resourceVersion: _b, ...nextMd } = (next.metadata ?? {}) as Record<string, unknown>; // likewise
+  if (next.kind !== cur.kind || !isDeepStrictEqual(nextMd, curMd) || !isDeepStrictEqual(next.spec, cur.spec)) return "an agent cannot change a volume's identity, labels or spec";
+  const keep = (st: Record<string, unknown> | undefined): Record<string, unknown> => {
+    const { usedBytes: _u, message: _m, ...rest } = st ?? {};
+    return rest;
+  };
+  if (!isDeepStrictEqual(keep(next.status), keep(cur.status))) return "an agent writes only a volume's status.usedBytes and status.message";
+  const used = next.status?.['usedBytes'];
+  if (used !== undefined && (typeof used !== 'number' || !Number.isSafeInteger(used) || used < 0)) return 'usedBytes must be a whole number of bytes';
+  const msg = next.status?.['message'];
+  if (msg !== undefined && (typeof msg !== 'string' || msg.length > 1024)) return 'message must be a string of at most 1024 characters';
+  return undefined;
+}
 
 type Obj = { kind?: unknown; metadata?: { name?: unknown; uid?: unknown; deletionRequestedAt?: unknown }; spec?: Record<string, unknown>; status?: Record<string, unknown> };
 
@@ -35,12 +68,14 @@ function asObj(v: unknown): Obj | undefined {
   return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Obj) : undefined; // shape checked field by field below
 }
 
-/** The host an instance, cell or machine value is placed on ('' when none or malformed). */
+/** The host an instance, cell or machine value is placed on, or a volume bound to ('' when none or malformed). */
 export function placedOn(key: string, value: unknown): string {
   const o = asObj(value);
   if (!o) return '';
   if (key.startsWith(INSTANCES) || key.startsWith(CELLS)) return typeof o.spec?.['host'] === 'string' ? o.spec['host'] : '';
   if (key.startsWith(MACHINES)) return typeof o.status?.['host'] === 'string' ? o.status['host'] : '';
+  // A volume is "placed" where it is bound: its agent's status writes carry its allocation records.
+  if (key.startsWith(VOLUMES)) return volumeHost(value);
   return '';
 }
 
@@ -59,12 +94,13 @@ export function mayRead(host: string, key: string, value: unknown, ownerOf?: unk
   if (isWorkloadKey(key)) return placedOn(key, value) === host;
   if (key.startsWith(OPEN_PREFIX)) return ownerOf !== undefined && placedOn(ownerOfOpenAllocation(key), ownerOf) === host;
   if (key.startsWith(SAMPLES_PREFIX)) return isSampleBatchOf(key, host);
+  if (key.startsWith(VOLUMES)) return volumeHost(value) === host;
   return false;
 }
 
 /** The prefixes an agent may list or watch (results are then filtered per entry with mayRead). */
 export function mayListPrefix(host: string, prefix: string): boolean {
-  if ([...PLACED_PREFIXES, SAMPLES_PREFIX, HOSTS, TENANT_NETWORK_PREFIX, TENANT_NETWORK_VIEW_PREFIX].some((p) => prefix.startsWith(p))) return true;
+  if ([...PLACED_PREFIXES, SAMPLES_PREFIX, HOSTS, TENANT_NETWORK_PREFIX, TENANT_NETWORK_VIEW_PREFIX, VOLUMES].some((p) => prefix.startsWith(p))) return true;
   return prefix === objectKey('Host', host) || prefix === hostLeaseKey(host);
 }
 
@@ -117,5 +153,6 @@ export function writeProblem(host: string, w: ScopedWrite): string | undefined {
   if (key.startsWith(OPEN_PREFIX)) return placedOn(ownerOfOpenAllocation(key), w.owner) === host ? undefined : 'the allocation belongs to no object on this host';
   if (key.startsWith(INTERVALS_PREFIX)) return w.op === 'put' && w.current === undefined ? undefined : 'closed allocation records are written once';
   if (key.startsWith(SAMPLES_PREFIX)) return isSampleBatchOf(key, host) ? undefined : 'an agent writes only its own usage samples';
+  if (key.startsWith(VOLUMES)) return volumeWriteProblem(host, w);
   return `agents cannot write ${key.split('/')[0] ?? key}`;
 }

@@ -558,7 +558,7 @@ function timeParam(q: Query, name: string): number | undefined {
 /** The usage report (default: the last 24 hours by tenant, as JSON), narrowed for tenant tokens. */
 async function handleUsage(o: ApiOptions, q: Query, reply: FastifyReply, principal: Principal | undefined): Promise<unknown> {
   const by = q['by'] ?? 'tenant';
-  if (by !== 'tenant' && by !== 'group' && by !== 'cell') throw new CarapaceError('CARAPACE_E_BAD_QUERY', 'by must be tenant, group or cell', [{ path: 'query.by', message: 'must be tenant, group or cell' }]);
+  if (by !== 'tenant' && by !== 'group' && by !== 'cell' && by !== 'volume') throw new CarapaceError('CARAPACE_E_BAD_QUERY', 'by must be tenant, group, cell or volume', [{ path: 'query.by', message: 'must be tenant, group, cell or volume' }]);
   const format = q['format'] ?? 'json';
   if (format !== 'json' && format !== 'csv' && format !== 'table') throw new CarapaceError('CARAPACE_E_BAD_QUERY', 'format must be json, csv or table', [{ path: 'query.format', message: 'must be json, csv or table' }]);
   const now = Date.parse(o.env.now());

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parseManifest } from '../model/manifest.js';
-import type { Host, Instance, Machine, Service, Tenant } from '../model/objects.js';
+import type { AnyObject, Host, Instance, Machine, Service, Tenant } from '../model/objects.js';
 import { describeEgress, formatDescribe, formatOutput } from './format.js';
 
 const md = { uid: 'u', labels: {}, resourceVersion: 3, generation: 1, createdAt: '2026-01-01T00:00:00.000Z', updatedAt: '2026-01-01T00:00:00.000Z' };
@@ -47,5 +47,17 @@ describe('addresses in get -o wide and describe', () => {
     expect(formatOutput('Tenant', [t], 'wide', false)).toMatch(/CIDR\s+EGRESS\n.*10\.128\.64\.0\/18\s+deny$/);
     expect(describeEgress({ default: 'allow', allow: [] })).toBe('allow (everything but the infrastructure)');
     expect(formatDescribe({ ...t, spec: {}, status: {} })).toMatch(/Network:\s+\(none yet: made with its first placed work\)\nEgress:\s+allow/);
+  });
+});
+
+describe('volumes in get and describe', () => {
+  it('shows TENANT NAME SIZE PHASE HOST ATTACHED, used space with -o wide, and the binding in describe', () => {
+    const v = (name: string, status: Record<string, unknown>, host?: string): AnyObject =>
+      ({ kind: 'Volume', metadata: { ...md, name, tenant: 'acme' }, spec: { size: '1Gi', filesystem: 'ext4', ...(host ? { host } : {}) }, status: { attachedTo: [], ...status } }) as unknown as AnyObject; // a stored Volume's fields (phase given by each call)
+    const rows = formatOutput('Volume', [v('pgdata', { phase: 'Bound', host: 'h1', attachedTo: ['pg-0'], usedBytes: 50 * 1048576 }), v('spare', { phase: 'Pending' }, 'h2')], 'wide', false).split('\n');
+    expect(rows[0]).toMatch(/^TENANT\s+NAME\s+SIZE\s+PHASE\s+HOST\s+ATTACHED\s+USED\s+FILESYSTEM\s+AGE$/);
+    expect(rows[1]).toMatch(/^acme\s+pgdata\s+1Gi\s+Bound\s+h1\s+pg-0\s+50Mi\s+ext4\s/);
+    expect(rows[2]).toMatch(/^acme\s+spare\s+1Gi\s+Pending\s+h2\s+-\s+-\s+ext4\s/);
+    expect(formatDescribe(v('spare', { phase: 'Pending' }, 'h2'))).toMatch(/\nHost:\s+h2 \(pinned, not bound yet\)\n/);
   });
 });

@@ -6,6 +6,7 @@ import YAML from 'yaml';
 import { formatMemory } from '../model/quantity.js';
 import { instanceReady, type AnyObject, type Cell, type Host, type Instance, type Job, type Kind, type Machine, type Service, type Tenant } from '../model/objects.js';
 import { egressOf, type Egress, type Probe } from '../model/schemas.js';
+import type { Volume } from '../model/volumes.js';
 
 /** `5s`, `3m`, `2h`, `4d` since an RFC 3339 time. */
 export function age(since: string | undefined, now = Date.now()): string {
@@ -80,6 +81,10 @@ const COLUMNS: { [K in Kind]: Columns<Extract<AnyObject, { kind: K }>> } = {
       m.status.phase === 'Running' ? '' : (m.status.reason ?? ''),
     ],
   },
+  Volume: {
+    header: ['TENANT', 'NAME', 'SIZE', 'PHASE', 'HOST', 'ATTACHED'],
+    row: (v: Volume) => [v.metadata.tenant ?? '', v.metadata.name, v.spec.size, v.status.phase, v.status.host ?? v.spec.host ?? '-', v.status.attachedTo.join(',') || '-'],
+  },
   Cell: {
     header: ['NAME', 'TENANT', 'GROUP', 'HOST', 'SIZE', 'PHASE', 'BOOT', 'AGE'],
     row: (c: Cell) => [
@@ -108,7 +113,13 @@ const WIDE: { [K in Kind]?: Columns<Extract<AnyObject, { kind: K }>> } = {
   Machine: { header: ['ADDRESS'], row: (m: Machine) => [m.status.address ?? '-'] },
   Cell: { header: ['ADDRESS'], row: (c: Cell) => [c.status.address ?? '-'] },
   Host: { header: ['ADDRESS'], row: (h: Host) => [h.status.address ?? '-'] },
+  Volume: { header: ['USED', 'FILESYSTEM', 'AGE'], row: (v: Volume) => [usedOf(v), v.spec.filesystem, age(v.metadata.createdAt)] },
 };
+
+/** A volume's used space as `formatMemory` writes sizes (`-` until its agent reported it). */
+function usedOf(v: Volume): string {
+  return v.status.usedBytes !== undefined ? formatMemory(Math.ceil(v.status.usedBytes / (1024 * 1024))) : '-';
+}
 
 /** The `get` table for a list of objects of one kind; `wide` adds the WIDE columns. */
 export function formatTable(kind: Kind, items: AnyObject[], wide = false): string {
@@ -142,6 +153,7 @@ function containerLines(c: Service['spec'] | Job['spec'] | Instance['spec']['con
     ['Resources', `cpu ${c.cpu}, memory ${formatMemory(c.memory)}, pids ${c.pids}${c.readOnlyRootfs ? ', read-only rootfs' : ''}`],
     ['Ports', c.ports.length ? c.ports.map((p) => `${p.hostPort ?? '-'}->${p.containerPort}/${p.protocol}`).join(', ') : undefined],
     ['Env', Object.keys(c.env).length ? Object.entries(c.env).map(([k, v]) => `${k}=${v}`).join(' ') : undefined],
+    ['Volumes', (c.volumes ?? []).length ? (c.volumes ?? []).map((v) => `${v.volume} at ${v.mountPath}${v.readOnly ? ' (read-only)' : ''}`).join(', ') : undefined],
     ['Liveness', c.livenessProbe ? describeProbe(c.livenessProbe) : undefined],
     ['Readiness', c.readinessProbe ? describeProbe(c.readinessProbe) : undefined],
   ];
@@ -187,7 +199,27 @@ export function formatDescribe(o: AnyObject, instances: Instance[] = []): string
       );
       break;
     case 'Service':
-      parts.push(kv([['Address', o.status.address ?? '(none yet)'], ...containerLines(o.spec), ['Replicas', `${o.spec.replicas} desired, ${o.status.ready} ready`], ['Restart policy', o.spec.restartPolicy]]));
+      parts.push(
+        kv([
+          ['Address', o.status.address ?? '(none yet)'],
+          ...containerLines(o.spec),
+          ['Volume templates', o.spec.volumeTemplates?.length ? o.spec.volumeTemplates.map((t) => `${t.name}-<ordinal> (${t.size}) at ${t.mountPath}`).join(', ') : undefined],
+          ['Replicas', `${o.spec.replicas} desired, ${o.status.ready} ready`],
+          ['Restart policy', o.spec.restartPolicy],
+        ]),
+      );
+      break;
+    case 'Volume':
+      parts.push(
+        kv([
+          ['Size', `${o.spec.size} (${o.spec.filesystem})`],
+          ['Used', o.status.usedBytes !== undefined ? usedOf(o) : undefined],
+          ['Phase', o.status.phase],
+          ['Host', o.status.host ?? (o.spec.host ? `${o.spec.host} (pinned, not bound yet)` : '(not bound: the first placement of a user binds it)')],
+          ['Attached to', o.status.attachedTo.join(', ') || '(none)'],
+          ['Message', o.status.message],
+        ]),
+      );
       break;
     case 'Job':
       parts.push(
@@ -222,6 +254,7 @@ export function formatDescribe(o: AnyObject, instances: Instance[] = []): string
           ['Next restart', s.nextRestartAt],
           ['Published', s.hostPorts?.map((p) => `${p.hostPort}->${p.containerPort}/${p.protocol}`).join(', ')],
           ...containerLines(o.spec.container),
+          ['Mounts', (o.spec.mounts ?? []).length ? (o.spec.mounts ?? []).map((m) => `${m.volume} at ${m.mountPath}${m.readOnly ? ' (read-only)' : ''}`).join(', ') : undefined],
           ['Restart policy', o.spec.restartPolicy],
         ]),
       );

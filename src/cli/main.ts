@@ -356,7 +356,7 @@ reportCmd
   .description('Reserved and measured usage per tenant, group or cell (exact sums; a tenant token gets only its tenant)')
   .option('--since <time>', `window start: ISO 8601, a duration ago (${DURATION_EXAMPLES}), or now`, '24h')
   .option('--until <time>', 'window end (exclusive): ISO 8601, a duration ago, or now', 'now')
-  .addOption(new Option('--by <grouping>', 'one row per').choices(['tenant', 'group', 'cell']).default('tenant'))
+  .addOption(new Option('--by <grouping>', 'one row per').choices(['tenant', 'group', 'cell', 'volume']).default('tenant'))
   .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'csv', 'json']).default('table'))
   .option('-t, --tenant <tenant>', 'only this tenant (cluster-admin)')
   .action(async (o: { since: string; until: string; by: string; output: string; tenant?: string }) => {

@@ -12,6 +12,7 @@ import { isCarapaceError } from '../model/errors.js';
 import { DEAD_CELL_PHASES, instanceReady, TERMINAL_PHASES, type Cell, type Host, type Instance, type Job, type Machine, type Service, type Tenant } from '../model/objects.js';
 import { kindPrefix } from '../model/keys.js';
 import { DEFAULT_NETWORK_POOLS, type NetworkPools } from '../model/tenant-network.js';
+import type { Volume } from '../model/volumes.js';
 import { claimServiceAddress } from '../core/network-records.js';
 import type { ModelView } from '../scheduler/model-adapter.js';
 import { planJob, planService, type Change } from './workload-plan.js';
@@ -38,6 +39,8 @@ const CELLS_KEY = 'Cells';
 const DRAIN_KEY = 'Drain';
 /** The key of the pass that places whatever waits for a host (instances, machines). */
 const PLACEMENT_KEY = 'Placement';
+/** The key of the pass that keeps every volume's `status.attachedTo`. */
+const VOLUMES_KEY = 'Volumes';
 
 type OwnerKey = `Service/${string}/${string}` | `Job/${string}/${string}`;
 
@@ -70,8 +73,17 @@ export class WorkloadController {
       // reconciles at once could each fill the same cell from the same stale snapshot.
       concurrency: 1,
       reconcile: (key) =>
-        key === CELLS_KEY ? this.reconcileCells() : key === DRAIN_KEY ? this.reconcileDrain() : key === PLACEMENT_KEY ? this.reconcilePlacement() : this.reconcile(key),
-      loopOf: (key) => (key === CELLS_KEY ? 'cells' : key === DRAIN_KEY ? 'drain' : key === PLACEMENT_KEY ? 'placement' : key.startsWith('Job/') ? 'job' : 'service'),
+        key === CELLS_KEY
+          ? this.reconcileCells()
+          : key === DRAIN_KEY
+            ? this.reconcileDrain()
+            : key === PLACEMENT_KEY
+              ? this.reconcilePlacement()
+              : key === VOLUMES_KEY
+                ? this.reconcileVolumes()
+                : this.reconcile(key),
+      loopOf: (key) =>
+        key === CELLS_KEY ? 'cells' : key === DRAIN_KEY ? 'drain' : key === PLACEMENT_KEY ? 'placement' : key === VOLUMES_KEY ? 'volumes' : key.startsWith('Job/') ? 'job' : 'service',
       resync: {
         everyMs: o.resyncMs ?? 30_000,
         keys: async () => {
@@ -83,6 +95,7 @@ export class WorkloadController {
             CELLS_KEY,
             DRAIN_KEY,
             PLACEMENT_KEY,
+            VOLUMES_KEY,
           ];
         },
       },
@@ -93,11 +106,17 @@ export class WorkloadController {
         watchOf<Machine>(kindPrefix('Machine'), () => [PLACEMENT_KEY]),
         // A quota raised may let waiting work in.
         watchOf<Tenant>(kindPrefix('Tenant'), () => [PLACEMENT_KEY]),
+        // A volume applied or bound changes where its users may go.
+        watchOf<Volume>(kindPrefix('Volume'), () => [PLACEMENT_KEY, VOLUMES_KEY]),
         watchOf<Service>(kindPrefix('Service'), (e) => [`Service/${e.value.metadata.tenant}/${e.value.metadata.name}`]),
         watchOf<Job>(kindPrefix('Job'), (e) => [`Job/${e.value.metadata.tenant}/${e.value.metadata.name}`]),
         watchOf<Instance>(kindPrefix('Instance'), (e) => [
           this.ownerKey(e.value),
           ...(e.value.spec.cell ? [CELLS_KEY] : []),
+          // Its volumes' attachedTo follows it: when it is placed, finishes or goes (status
+          // writes in between change nothing there; the resync catches anything else). A
+          // volume it held frees waiting instances through the Placement key above.
+          ...((e.value.spec.mounts ?? []).length > 0 && (e.type === 'delete' || TERMINAL_PHASES.includes(e.value.status.phase) || (e.value.spec.host !== '' && e.value.status.phase === 'Pending')) ? [VOLUMES_KEY] : []),
           // Capacity freed (an instance gone or finished): waiting work may fit now.
           ...(e.type === 'delete' || TERMINAL_PHASES.includes(e.value.status.phase) ? [PLACEMENT_KEY] : []),
         ]),
@@ -178,6 +197,35 @@ export class WorkloadController {
     const entry = systemEntry(this.o.env.now(), 'service.addressed', 'Service', s.metadata.name, s.metadata.tenant ?? '', { address: claim.address });
     await this.o.resources.writeAll([{ obj: addressed, expectVersion: s.metadata.resourceVersion }], [entry], [claim.op]);
     this.log.info({ tenant: s.metadata.tenant, service: s.metadata.name, address: claim.address }, 'service address assigned');
+  }
+
+  /**
+   * Keeps each volume's `status.attachedTo`: the live instances (placed, not finished) that
+   * mount it, by name, sorted. Level-based: recomputed from every instance on each pass,
+   * written only when it changed (merged: the agent owns usedBytes and message, the
+   * placement phase and host).
+   */
+  async reconcileVolumes(): Promise<void> {
+    const r = this.o.resources;
+    const [volumes, instances] = await Promise.all([r.list('Volume'), r.list('Instance')]);
+    const users = new Map<string, string[]>();
+    for (const i of instances.items) {
+      if (i.spec.host === '' || TERMINAL_PHASES.includes(i.status.phase)) continue;
+      for (const m of i.spec.mounts ?? []) {
+        const key = `${i.metadata.tenant ?? ''}/${m.volume}`;
+        users.set(key, [...(users.get(key) ?? []), i.metadata.name]);
+      }
+    }
+    for (const v of volumes.items) {
+      const tenant = v.metadata.tenant ?? '';
+      const want = [...new Set(users.get(`${tenant}/${v.metadata.name}`) ?? [])].sort();
+      if (want.join(',') === (v.status.attachedTo ?? []).join(',')) continue;
+      await r.mutate('Volume', v.metadata.name, tenant, (x) => {
+        if (x.metadata.uid !== v.metadata.uid) return undefined;
+        x.status = { ...x.status, attachedTo: want };
+        return x;
+      });
+    }
   }
 
   /** Places whatever waits for a host (instances of every owner, machines). */
@@ -305,13 +353,17 @@ export class WorkloadController {
    * time per service while its unavailable replicas (not ready, or being deleted) stay
    * below its `maxUnavailable` (default 1); the owner then re-creates each elsewhere (the
    * host is cordoned). Job runs are moved without a budget. Machines stay (their disks live
-   * on the host). The host's status message says what is left and what waits for a budget.
+   * on the host), and so do instances that mount a volume bound to it (their data lives there:
+   * moved, they could only wait for the host). The host's status message says what is left
+   * and what waits for a budget.
    */
   async reconcileDrain(): Promise<ReconcileResult> {
     const r = this.o.resources;
     const hosts = (await r.list('Host')).items.filter((h) => h.spec.draining);
     if (hosts.length === 0) return;
-    const [instances, services, machines] = await Promise.all([r.list('Instance'), r.list('Service'), r.list('Machine')]);
+    const [instances, services, machines, volumes] = await Promise.all([r.list('Instance'), r.list('Service'), r.list('Machine'), r.list('Volume')]);
+    const boundTo = new Map(volumes.items.filter((v) => v.status.phase === 'Bound').map((v) => [`${v.metadata.tenant ?? ''}/${v.metadata.name}`, v.status.host ?? '']));
+    const pinned = (i: Instance, host: string): boolean => (i.spec.mounts ?? []).some((m) => boundTo.get(`${i.metadata.tenant ?? ''}/${m.volume}`) === host);
     const svcOf = new Map(services.items.map((s) => [`${s.metadata.tenant ?? ''}/${s.metadata.name}`, s]));
     const unavailable = new Map<string, number>();
     for (const i of instances.items) {
@@ -322,7 +374,9 @@ export class WorkloadController {
     let left = 0;
     for (const h of hosts) {
       const name = h.metadata.name;
-      const on = instances.items.filter((i) => i.spec.host === name && !TERMINAL_PHASES.includes(i.status.phase)).sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
+      const here = instances.items.filter((i) => i.spec.host === name && !TERMINAL_PHASES.includes(i.status.phase));
+      const withData = here.filter((i) => pinned(i, name)).length;
+      const on = here.filter((i) => !pinned(i, name)).sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
       let waiting = 0;
       for (const i of on) {
         if (i.metadata.deletionRequestedAt) continue;
@@ -352,7 +406,8 @@ export class WorkloadController {
         this.log.info({ host: name, tenant, instance: i.metadata.name }, 'evicted for drain');
       }
       const stay = machines.items.filter((m) => m.status.host === name).length;
-      const message = on.length === 0 ? `drained${stay ? ` (${stay} machine(s) stay: their disks live here)` : ''}` : `draining: ${on.length} instance(s) left${waiting ? `, ${waiting} waiting for their service's disruption budget` : ''}`;
+      const stays = [stay ? `${stay} machine(s) stay: their disks live here` : '', withData ? `${withData} instance(s) stay: their volumes live here` : ''].filter((x) => x !== '').join('; ');
+      const message = on.length === 0 ? `drained${stays ? ` (${stays})` : ''}` : `draining: ${on.length} instance(s) left${waiting ? `, ${waiting} waiting for their service's disruption budget` : ''}`;
       left += on.length;
       if (h.status.message !== message) {
         await r.mutate('Host', name, undefined, (x) => {

@@ -7,7 +7,9 @@
  * A freshly started monitor gives every host a full TTL before judging it.
  *
  * Declaring a host NotReady is what triggers failover: the controller evicts and replaces its
- * instances and cells. The decision is audited (`host.lost`, `host.recovered`).
+ * instances and cells. The decision is audited (`host.lost`, `host.recovered`). A replacement
+ * that mounts a volume bound to the lost host is not moved elsewhere: it waits (Pending,
+ * `VolumeHostNotReady`) until this monitor declares the host Ready again (its data is there).
  */
 import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from 'pino';

@@ -21,7 +21,8 @@ import { CIDR_CLAIM_PREFIX, TENANT_NETWORK_PREFIX } from '../model/keys.js';
 import { TERMINAL_PHASES, type Instance } from '../model/objects.js';
 import { DEFAULT_NETWORK_POOLS, type NetworkPools, type TenantNetwork } from '../model/tenant-network.js';
 import { applyPlan as applyToSnapshot, ClusterState } from '../scheduler/index.js';
-import { instanceRequestFromModel, machineRequestFromModel, machineSchedulerId, schedulerId, snapshotFromModel, type ModelView } from '../scheduler/model-adapter.js';
+import { blockingVolumeConstraint, instanceRequestWithVolumes, machineRequestFromModel, machineSchedulerId, schedulerId, snapshotFromModel, volumeIndex, type ModelView } from '../scheduler/model-adapter.js';
+import type { Unplaced } from '../scheduler/types.js';
 import type { CellInfo, HostInfo, InstanceRequest, Placement as SnapshotPlacement, Snapshot, TenantQuota } from '../scheduler/types.js';
 import { NetworkLedger } from './network-ledger.js';
 import { applyPlan, type PlanSubject } from './plan-applier.js';
@@ -107,6 +108,24 @@ function difference(kept: Rows, fresh: Rows): { rebuild: boolean; removed: strin
   return { rebuild: false, removed };
 }
 
+/**
+ * Why `i` cannot run now because a volume it mounts is held by another live instance (placed,
+ * not finished, of the same tenant): a read-write mount on either side is exclusive. The
+ * holder keeps it until its record is gone (a deleted instance holds it while it stops).
+ */
+export function volumeInUse(i: Instance, instances: readonly Instance[]): string | undefined {
+  const tenant = i.metadata.tenant ?? '';
+  for (const m of i.spec.mounts ?? []) {
+    for (const o of instances) {
+      if (o.metadata.tenant !== tenant || o.metadata.name === i.metadata.name || o.spec.host === '' || TERMINAL_PHASES.includes(o.status.phase)) continue;
+      const theirs = (o.spec.mounts ?? []).find((x) => x.volume === m.volume);
+      if (!theirs || (theirs.readOnly && m.readOnly)) continue;
+      return `volume ${tenant}/${m.volume} is in use ${theirs.readOnly ? 'read-only' : 'read-write'} by instance ${o.metadata.name} on host ${o.spec.host}; waiting for it to stop`;
+    }
+  }
+  return undefined;
+}
+
 /** Everything waiting for a host in `view`: instances not being deleted nor finished, machines not being deleted. */
 function waiting(view: ModelView): PlanSubject[] {
   const out: PlanSubject[] = [];
@@ -128,8 +147,8 @@ export class Placement {
   /** The objects a pass reads, fresh from the store. */
   async view(): Promise<ModelView> {
     const r = this.o.resources;
-    const [hosts, instances, cells, machines, tenants] = await Promise.all([r.list('Host'), r.list('Instance'), r.list('Cell'), r.list('Machine'), r.list('Tenant')]);
-    return { hosts: hosts.items, instances: instances.items, cells: cells.items, machines: machines.items, tenants: tenants.items };
+    const [hosts, instances, cells, machines, tenants, volumes] = await Promise.all([r.list('Host'), r.list('Instance'), r.list('Cell'), r.list('Machine'), r.list('Tenant'), r.list('Volume')]);
+    return { hosts: hosts.items, instances: instances.items, cells: cells.items, machines: machines.items, tenants: tenants.items, volumes: volumes.items };
   }
 
   /** The stored tenant networks (by tenant, with their versions) and the pool indexes claimed. */
@@ -170,10 +189,27 @@ export class Placement {
     } else if (diff.removed.length > 0) {
       kept = applyToSnapshot(kept, state.schedule({ place: [], remove: diff.removed, keepEmptyCells: true }, { now: nowMs, newId }));
     }
-    const requests: InstanceRequest[] = [...subjects.values()].map((s) => (s.kind === 'machine' ? machineRequestFromModel(s.obj) : instanceRequestFromModel(s.obj)));
+    const vols = volumeIndex(view.volumes ?? [], view.hosts);
+    const requests: InstanceRequest[] = [];
+    // Instances whose volume another live instance holds (VolumeInUse), or whose volume's host
+    // cannot take work (VolumeHostNotReady, VolumeHostCordoned, VolumeNotFound), wait without a plan.
+    const inUse: Unplaced[] = [];
+    for (const s of subjects.values()) {
+      if (s.kind === 'machine') {
+        requests.push(machineRequestFromModel(s.obj));
+        continue;
+      }
+      const req = instanceRequestWithVolumes(s.obj, vols);
+      const blocked = blockingVolumeConstraint(req, vols.hosts);
+      const held = volumeInUse(s.obj, view.instances);
+      if (blocked) inUse.push({ instance: req, code: blocked.code, reason: blocked.reason });
+      else if (held !== undefined) inUse.push({ instance: req, code: 'VolumeInUse', reason: held });
+      else requests.push(req);
+    }
     // Empty cells stay: the Cells reconcile retires them after their grace period, and until
     // then their VMs hold their hosts' capacity.
     const plan = state.schedule({ place: requests, keepEmptyCells: true }, { now: nowMs, newId });
+    plan.unplaced.push(...inUse);
     endTimer();
     // Assume the plan applied; on any failure below the state is dropped and rebuilt next pass.
     this.state = undefined;
@@ -189,6 +225,7 @@ export class Placement {
       networks: new NetworkLedger(this.o.pools ?? DEFAULT_NETWORK_POOLS, nets.records, nets.claimed, now),
       networkVersions: nets.versions,
       tenants: new Map(view.tenants.map((t) => [t.metadata.name, t])),
+      volumes: vols.volumes,
     });
     const next = applyToSnapshot(kept, plan);
     this.state = state;

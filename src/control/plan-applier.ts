@@ -18,6 +18,7 @@ import type { CidrClaim } from '../model/tenant-network.js';
 import type { Plan, PlannedCell } from '../scheduler/types.js';
 import type { TxnOp } from '../store/store.js';
 import type { NetworkChange, NetworkLedger } from './network-ledger.js';
+import type { Volume } from '../model/volumes.js';
 
 /** Most objects written by one transaction (with their audit and allocation records: about 5 ops each). */
 export const MAX_WRITES_PER_TXN = 16;
@@ -48,6 +49,12 @@ export interface ApplyContext {
   networks: NetworkLedger;
   networkVersions: ReadonlyMap<string, number>;
   tenants: ReadonlyMap<string, Tenant>;
+  /**
+   * Stored volumes by `tenant/name` (absent: none): a placement of an instance that mounts an
+   * unbound volume binds it to the chosen host in the placement's transaction (compare-and-set
+   * on the volume's version, so two passes never bind one volume to two hosts).
+   */
+  volumes?: ReadonlyMap<string, Volume>;
 }
 
 /** What a plan changed, for logs and metrics. */
@@ -133,6 +140,19 @@ function placementWrite(s: PlanSubject, host: string, cell: string | undefined, 
   return { obj: i, expectVersion: s.kind === 'newInstance' ? 0 : s.obj.metadata.resourceVersion, audit: systemEntry(now, 'instance.placed', 'Instance', i.metadata.name, tenant, { host, ...(cell !== undefined ? { cell } : {}) }) };
 }
 
+/**
+ * Stable `status.reason` of an instance waiting for its volumes (the scheduler's constraint
+ * codes, VolumeInUse from the placement pipeline, VolumeBinding from here); any other refusal
+ * is `Unschedulable` with the code's sentence in the message.
+ */
+export const VOLUME_WAIT_REASONS: readonly string[] = ['VolumeHostNotReady', 'VolumeHostCordoned', 'VolumeNotFound', 'VolumeInUse', 'VolumeBinding'];
+
+/** The audit record of a volume bound to the host its first user was placed on. */
+function volumeBound(now: string, v: Volume, host: string, by: string): Write {
+  const bound: Volume = { ...v, status: { ...v.status, phase: 'Bound', host }, metadata: { ...v.metadata, updatedAt: now } };
+  return { obj: bound, expectVersion: v.metadata.resourceVersion, audit: systemEntry(now, 'volume.bound', 'Volume', v.metadata.name, v.metadata.tenant ?? '', { host, instance: by }) };
+}
+
 /** The write recording why a subject waits, or undefined when its status already says so. */
 function refusalWrite(s: PlanSubject, code: string, reason: string, now: string): Write | undefined {
   const tenant = s.obj.metadata.tenant ?? '';
@@ -142,8 +162,8 @@ function refusalWrite(s: PlanSubject, code: string, reason: string, now: string)
     if (s.obj.status.message === reason) return undefined;
     return { obj: { ...s.obj, status: { ...s.obj.status, reason: 'Unschedulable', message: reason } }, expectVersion: s.obj.metadata.resourceVersion, ...(quota ? { audit: quota } : {}) };
   }
-  if (s.kind === 'instance' && s.obj.status.message === reason) return undefined;
-  const i: Instance = { ...s.obj, status: { ...s.obj.status, phase: 'Pending', reason: 'Unschedulable', message: reason } };
+  if (s.kind === 'instance' && s.obj.status.message === reason && s.obj.status.reason === (VOLUME_WAIT_REASONS.includes(code) ? code : 'Unschedulable')) return undefined;
+  const i: Instance = { ...s.obj, status: { ...s.obj.status, phase: 'Pending', reason: VOLUME_WAIT_REASONS.includes(code) ? code : 'Unschedulable', message: reason } };
   return { obj: i, expectVersion: s.kind === 'newInstance' ? 0 : s.obj.metadata.resourceVersion, ...(quota ? { audit: quota } : {}) };
 }
 
@@ -162,6 +182,10 @@ export async function applyPlan(plan: Plan, ctx: ApplyContext): Promise<AppliedP
   const units: Unit[] = [];
   const intoCell = new Map<string, Unit>();
   const subjectsOf = new Map<Unit, PlanSubject[]>();
+  /** Volumes this plan binds, by `tenant/name`: the host. */
+  const binding = new Map<string, string>();
+  /** Placements turned into refusals: their volume was just bound to another host by this plan. */
+  const rebind: { s: PlanSubject; reason: string }[] = [];
   for (const c of plan.createCells) {
     const unit: Unit = { writes: [cellWrite(c, ctx)], where: { tenant: c.tenant, host: c.host } };
     units.push(unit);
@@ -173,13 +197,37 @@ export async function applyPlan(plan: Plan, ctx: ApplyContext): Promise<AppliedP
     // A placement of something not asked for (a displaced instance re-placed): the controller
     // fails such instances over by itself; nothing to write.
     if (!s) continue;
+    // Unbound volumes it mounts are bound to this host with the placement (first use wins).
+    const binds: Write[] = [];
+    let clash: string | undefined;
+    if (s.kind !== 'machine') {
+      const tenant = s.obj.metadata.tenant ?? '';
+      for (const m of s.obj.spec.mounts ?? []) {
+        const key = `${tenant}/${m.volume}`;
+        const v = ctx.volumes?.get(key);
+        if (!v || v.status.phase === 'Bound') continue;
+        const already = binding.get(key);
+        if (already === undefined) {
+          binding.set(key, p.host);
+          binds.push(volumeBound(ctx.now, v, p.host, s.obj.metadata.name));
+        } else if (already !== p.host) {
+          clash = `volume ${key} is being bound to host ${already} for another instance; this one is placed there next`;
+        }
+      }
+    }
+    if (clash !== undefined) {
+      rebind.push({ s, reason: clash });
+      continue;
+    }
     const w = placementWrite(s, p.host, p.cell, ctx.now);
     const unit = p.cell !== undefined ? intoCell.get(p.cell) : undefined;
     if (unit) {
+      // Right after the cell: a unit split into slices still binds with or before the placement.
+      unit.writes.splice(1, 0, ...binds);
       unit.writes.push(w);
       subjectsOf.get(unit)?.push(s);
     } else {
-      const u: Unit = { writes: [w], where: { tenant: s.obj.metadata.tenant ?? '', host: p.host } };
+      const u: Unit = { writes: [...binds, w], where: { tenant: s.obj.metadata.tenant ?? '', host: p.host } };
       units.push(u);
       subjectsOf.set(u, [s]);
     }
@@ -219,6 +267,10 @@ export async function applyPlan(plan: Plan, ctx: ApplyContext): Promise<AppliedP
     const s = ctx.subjects.get(u.instance.id);
     if (!s) continue;
     const unit = refuse(s, u.code, u.reason);
+    if (unit) written.push(unit);
+  }
+  for (const r of rebind) {
+    const unit = refuse(r.s, 'VolumeBinding', r.reason);
     if (unit) written.push(unit);
   }
 

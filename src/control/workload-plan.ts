@@ -6,6 +6,8 @@
  */
 import { instanceName, instanceReady, TERMINAL_PHASES, type Instance, type InstanceSpec, type Job, type JobStatus, type Service } from '../model/objects.js';
 import { containerSpecOf } from '../model/schemas.js';
+import { mountsOf, type InstanceMount } from '../model/volumes.js';
+import { isDeepStrictEqual } from 'node:util';
 
 export type Change =
   /** A new instance, not placed yet: the placement pipeline writes it with its host or why it waits. */
@@ -34,6 +36,8 @@ function newInstance(owner: Service | Job, index: number, ctx: PlanContext, rest
     ...restart,
     host: '',
     ownerGeneration: owner.metadata.generation,
+    // Templates resolved here (`data-2` for replica 2), so agents never resolve them.
+    mounts: mountsOf(owner.spec, index),
   };
   return {
     kind: 'Instance',
@@ -69,6 +73,11 @@ function removals(stale: Instance[]): Change[] {
   return out;
 }
 
+/** True when two mount lists are the same (absent: none, as on instances stored before volumes). */
+function sameMounts(a: InstanceMount[] | undefined, b: InstanceMount[]): boolean {
+  return isDeepStrictEqual(a ?? [], b);
+}
+
 /**
  * A service keeps `replicas` instances, one per ordinal. `tenant`'s instances are passed in;
  * `service` undefined means it was deleted: all its instances go.
@@ -90,6 +99,12 @@ export function planService(serviceName: string, service: Service | undefined, i
       continue;
     }
     if (existing.metadata.deletionRequestedAt) continue; // its agent is removing it; recreated once gone
+    if (existing.spec.ownerGeneration !== service.metadata.generation && !sameMounts(existing.spec.mounts, mountsOf(service.spec, index))) {
+      // Other volumes may live on another host: the instance is re-created (and placed where
+      // its volumes are) instead of being changed in place.
+      changes.push(existing.spec.host === '' ? { op: 'forget', name: existing.metadata.name } : { op: 'requestDeletion', name: existing.metadata.name });
+      continue;
+    }
     if (existing.spec.ownerGeneration !== service.metadata.generation) {
       changes.push({
         op: 'updateSpec',

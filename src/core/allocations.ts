@@ -14,17 +14,17 @@ import type { AnyObject } from '../model/objects.js';
 import type { Entry, Store, TxnOp } from '../store/store.js';
 import { allocationOf, closeInterval, openInterval, type Allocation } from '../usage/intervals.js';
 import type { AllocationInterval } from '../usage/types.js';
-import { intervalKey, isPlacedKey, openAllocationKey } from '../model/keys.js';
+import { intervalKey, isPlacedKey, openAllocationKey, VOLUME_PREFIX } from '../model/keys.js';
 
-/** True when writes to `key` must carry allocation records (instances, cells and machines hold capacity). */
+/** True when writes to `key` must carry allocation records (instances, cells and machines hold capacity; volumes storage). */
 export function holdsResources(key: string): boolean {
-  return isPlacedKey(key);
+  return isPlacedKey(key) || key.startsWith(VOLUME_PREFIX);
 }
 
 function same(r: AllocationInterval, a: Allocation): boolean {
   const s = r.subject;
   const t = a.subject;
-  return r.cpu === a.cpu && r.memoryMiB === a.memoryMiB && s.kind === t.kind && s.uid === t.uid && s.tenant === t.tenant && s.group === t.group && s.cell === t.cell && s.name === t.name;
+  return r.cpu === a.cpu && r.memoryMiB === a.memoryMiB && (r.storageMiB ?? 0) === (a.storageMiB ?? 0) && s.kind === t.kind && s.uid === t.uid && s.tenant === t.tenant && s.group === t.group && s.cell === t.cell && s.name === t.name;
 }
 
 /**
@@ -36,7 +36,7 @@ function same(r: AllocationInterval, a: Allocation): boolean {
  */
 export async function allocationOps(store: Store, key: string, after: AnyObject | undefined, now: string, newId: () => string): Promise<TxnOp[]> {
   if (!holdsResources(key)) return [];
-  const want = after && (after.kind === 'Instance' || after.kind === 'Cell' || after.kind === 'Machine') ? allocationOf(after) : undefined;
+  const want = after && (after.kind === 'Instance' || after.kind === 'Cell' || after.kind === 'Machine' || after.kind === 'Volume') ? allocationOf(after) : undefined;
   const openKey = openAllocationKey(key);
   const open: Entry<AllocationInterval> | undefined = await store.get<AllocationInterval>(openKey);
   if (open && want && same(open.value, want)) return [];

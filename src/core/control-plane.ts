@@ -7,7 +7,9 @@
 import { isDeepStrictEqual } from 'node:util';
 import { CarapaceError, isCarapaceError } from '../model/errors.js';
 import { KINDS, type AnyObject, type Job, type Machine, type Metadata, type Service, type Tenant } from '../model/objects.js';
-import { AVAILABLE_ISOLATION, ISOLATION_ORDER, isolationAtLeast, type JobManifest, type MachineManifest, type Manifest, type ServiceManifest, type TenantManifest } from '../model/schemas.js';
+import { AVAILABLE_ISOLATION, ISOLATION_ORDER, isolationAtLeast, type JobManifest, type MachineManifest, type Manifest, type ServiceManifest, type TenantManifest, type VolumeManifest } from '../model/schemas.js';
+import { VOLUME_SERVICE_LABEL, VOLUME_TEMPLATE_LABEL, volumeSizeMiB, type Volume } from '../model/volumes.js';
+import { checkStorageQuota, checkVolumeDeletable, checkVolumeUpdate, checkWorkloadVolumes, storageOf, type TemplateVolume } from './volumes.js';
 import type { Action, Env } from './actions.js';
 import type { Resources } from './resources.js';
 import { overQuota, quotaProblems, registryOf, requestedBy, type TenantUsage } from './quota.js';
@@ -180,7 +182,68 @@ export class ControlPlane {
         return this.applyWorkload(m, createOnly);
       case 'Machine':
         return this.applyMachine(m, createOnly);
+      case 'Volume':
+        return this.applyVolume(m, createOnly);
     }
+  }
+
+  /**
+   * Creates or updates a Volume. A new one is Pending (on no host) until the placement of its
+   * first user binds it; a bound one keeps its size, filesystem and host (checkVolumeUpdate).
+   * Labels a template volume carries (its service and template) survive a manual apply.
+   */
+  private async applyVolume(m: VolumeManifest, createOnly: boolean): Promise<ActionResult> {
+    const { name, tenant } = m.metadata;
+    const owner = await this.ownerTenant(tenant);
+    const cur = await this.resources.get('Volume', name, tenant);
+    if (cur && createOnly) throw new CarapaceError('CARAPACE_E_ALREADY_EXISTS', `volume "${name}" already exists in tenant "${tenant}"`);
+    const kept: Record<string, string> = {};
+    for (const k of [VOLUME_SERVICE_LABEL, VOLUME_TEMPLATE_LABEL]) {
+      const v = cur?.metadata.labels[k];
+      if (v !== undefined && m.metadata.labels[k] === undefined) kept[k] = v;
+    }
+    const labels = { ...m.metadata.labels, ...kept };
+    if (cur && isDeepStrictEqual(cur.spec, m.spec) && isDeepStrictEqual(cur.metadata.labels, labels)) {
+      this.checkVersion(m, cur);
+      return { type: 'object', object: cur, changed: false };
+    }
+    if (cur) checkVolumeUpdate(cur, m.spec);
+    const volumes = (await this.resources.list('Volume', tenant)).items;
+    const before = storageOf(volumes);
+    checkStorageQuota(owner.spec.quota, tenant, before, before - (cur ? volumeSizeMiB(cur.spec.size) : 0) + volumeSizeMiB(m.spec.size), 'spec.size', `volume "${name}"`);
+    const obj: Volume = cur
+      ? {
+          ...cur,
+          spec: m.spec,
+          metadata: { ...cur.metadata, labels, generation: isDeepStrictEqual(cur.spec, m.spec) ? cur.metadata.generation : cur.metadata.generation + 1, updatedAt: this.env.now() },
+        }
+      : { kind: 'Volume', metadata: this.newMetadata(name, labels, tenant), spec: m.spec, status: { phase: 'Pending', attachedTo: [] } };
+    const written = await this.resources.write(obj, this.expected(m, cur, createOnly), this.entry(cur ? 'update' : 'create', 'Volume', name, tenant, { generation: obj.metadata.generation, size: obj.spec.size }));
+    return { type: 'object', object: written, created: !cur, changed: true };
+  }
+
+  /**
+   * The writes (with their audit records) that create or resize a service's template volumes,
+   * for the transaction that writes the service: a replica's volume exists before its
+   * instance can be placed.
+   */
+  private templateWrites(service: string, tenant: string, tvs: readonly TemplateVolume[]): { writes: { obj: AnyObject; expectVersion: number }[]; audits: AuditEntry[] } {
+    const writes: { obj: AnyObject; expectVersion: number }[] = [];
+    const audits: AuditEntry[] = [];
+    for (const t of tvs) {
+      const detail = { service, template: t.template, size: t.size };
+      if (t.existing) {
+        const e = t.existing;
+        writes.push({ obj: { ...e, spec: { ...e.spec, size: t.size }, metadata: { ...e.metadata, generation: e.metadata.generation + 1, updatedAt: this.env.now() } }, expectVersion: e.metadata.resourceVersion });
+        audits.push(this.entry('update', 'Volume', t.name, tenant, detail));
+        continue;
+      }
+      const labels = { [VOLUME_SERVICE_LABEL]: service, [VOLUME_TEMPLATE_LABEL]: t.template };
+      const v: Volume = { kind: 'Volume', metadata: this.newMetadata(t.name, labels, tenant), spec: { size: t.size, filesystem: 'ext4' }, status: { phase: 'Pending', attachedTo: [] } };
+      writes.push({ obj: v, expectVersion: 0 });
+      audits.push(this.entry('create', 'Volume', t.name, tenant, detail));
+    }
+    return { writes, audits };
   }
 
   private async applyMachine(m: MachineManifest, createOnly: boolean): Promise<ActionResult> {
@@ -337,6 +400,14 @@ export class ControlPlane {
         { path: 'spec', message: 'immutable after creation' },
       ]);
     }
+    // Volumes: what is mounted exists and is not written by two workloads; the service's
+    // template volumes are made (or resized while unbound) in the service's own transaction.
+    const [vols, svcs, jobsNow] = await Promise.all([this.resources.list('Volume', tenant), this.resources.list('Service', tenant), this.resources.list('Job', tenant)]);
+    const templates = checkWorkloadVolumes(m.kind, name, m.spec, { volumes: vols.items, services: svcs.items, jobs: jobsNow.items });
+    const storageBefore = storageOf(vols.items);
+    const storageAfter = storageBefore + templates.reduce((n, t) => n + volumeSizeMiB(t.size) - (t.existing ? volumeSizeMiB(t.existing.spec.size) : 0), 0);
+    checkStorageQuota(owner.spec.quota, tenant, storageBefore, storageAfter, 'spec.volumeTemplates', `${m.kind} "${name}"`);
+    const extra = this.templateWrites(name, tenant, templates);
     let obj: Service | Job;
     if (m.kind === 'Service') {
       const prev = cur as Service | undefined; // cur was read with kind Service above
@@ -364,7 +435,11 @@ export class ControlPlane {
           };
     }
     const entry = this.entry(cur ? 'update' : 'create', obj.kind, name, tenant, { generation: obj.metadata.generation });
-    if (obj.kind === 'Service' && !cur) return this.createService(obj, this.expected(m, cur, createOnly), entry);
+    if (obj.kind === 'Service' && !cur) return this.createService(obj, this.expected(m, cur, createOnly), entry, extra);
+    if (extra.writes.length > 0) {
+      const [written] = await this.resources.writeAll([{ obj, expectVersion: this.expected(m, cur, createOnly) }, ...extra.writes], [entry, ...extra.audits]);
+      return { type: 'object', object: written ?? obj, created: !cur, changed: true };
+    }
     const written = await this.resources.write(obj, this.expected(m, cur, createOnly), entry);
     return { type: 'object', object: written, created: !cur, changed: true };
   }
@@ -374,12 +449,12 @@ export class ControlPlane {
    * service created at the same moment took the address first, another one is picked (the
    * claim is the only thing two creations of different services race for).
    */
-  private async createService(obj: Service, expectVersion: number, entry: AuditEntry): Promise<ActionResult> {
+  private async createService(obj: Service, expectVersion: number, entry: AuditEntry, extra: ReturnType<ControlPlane['templateWrites']>): Promise<ActionResult> {
     for (let attempt = 1; ; attempt++) {
       const claim = await claimServiceAddress(this.resources.store, this.pools, obj);
       const withAddress: Service = { ...obj, status: { ...obj.status, address: claim.address } };
       try {
-        const [created] = await this.resources.writeAll([{ obj: withAddress, expectVersion }], [entry], [claim.op]);
+        const [created] = await this.resources.writeAll([{ obj: withAddress, expectVersion }, ...extra.writes], [entry, ...extra.audits], [claim.op]);
         return { type: 'object', object: created ?? withAddress, created: true, changed: true };
       } catch (e) {
         // Only a lost claim is retried: the service's own precondition failing is the caller's answer.
@@ -426,12 +501,12 @@ export class ControlPlane {
     if (a.kind === 'Host') throw new CarapaceError('CARAPACE_E_METHOD_NOT_ALLOWED', 'hosts are registered by their agents and cannot be deleted through the API yet');
     if (a.kind === 'Cell') throw new CarapaceError('CARAPACE_E_METHOD_NOT_ALLOWED', 'cells are created and retired by the scheduler; delete or scale the workloads instead');
     if (a.kind === 'Tenant') {
-      const [svcs, jobs, machines] = await Promise.all([this.resources.list('Service', a.name), this.resources.list('Job', a.name), this.resources.list('Machine', a.name)]);
-      const owned = svcs.items.length + jobs.items.length + machines.items.length;
+      const [svcs, jobs, machines, vols] = await Promise.all([this.resources.list('Service', a.name), this.resources.list('Job', a.name), this.resources.list('Machine', a.name), this.resources.list('Volume', a.name)]);
+      const owned = svcs.items.length + jobs.items.length + machines.items.length + vols.items.length;
       if (owned > 0) {
         throw new CarapaceError(
           'CARAPACE_E_TENANT_NOT_EMPTY',
-          `tenant "${a.name}" still owns ${svcs.items.length} service(s), ${jobs.items.length} job(s) and ${machines.items.length} machine(s); delete them first`,
+          `tenant "${a.name}" still owns ${svcs.items.length} service(s), ${jobs.items.length} job(s), ${machines.items.length} machine(s) and ${vols.items.length} volume(s); delete them first`,
         );
       }
     }
@@ -468,6 +543,11 @@ export class ControlPlane {
       }, this.entry('delete', 'Instance', a.name, tenant));
       if (!updated) throw new CarapaceError('CARAPACE_E_NOT_FOUND', `${what} not found`);
       return { type: 'deleted', kind: a.kind, name: a.name, tenant: a.tenant };
+    }
+    if (a.kind === 'Volume') {
+      // Refused while in use; the host's agent reclaims the storage of a volume whose object is gone.
+      const [insts, svcs, jobs] = await Promise.all([this.resources.list('Instance', tenant), this.resources.list('Service', tenant), this.resources.list('Job', tenant)]);
+      if (await this.resources.get('Volume', a.name, tenant)) checkVolumeDeletable(tenant ?? '', a.name, { instances: insts.items, services: svcs.items, jobs: jobs.items });
     }
     const removed =
       a.kind === 'Service' || a.kind === 'Tenant'

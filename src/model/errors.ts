@@ -43,7 +43,7 @@ export const ERROR_CATALOGUE = {
   CARAPACE_E_TENANT_NOT_EMPTY: { status: 409, description: 'A tenant cannot be deleted while it still owns services or jobs.' },
   CARAPACE_E_IMMUTABLE_FIELD: { status: 422, description: 'The update changes a field that cannot change after creation.' },
   CARAPACE_E_ISOLATION_UNAVAILABLE: { status: 422, description: 'The requested isolation tier is not available on this control plane yet.' },
-  CARAPACE_E_QUOTA_EXCEEDED: { status: 403, description: "Applying this would take the tenant over its quota (cpu, memory, instances or machines); `details` names the limit." },
+  CARAPACE_E_QUOTA_EXCEEDED: { status: 403, description: "Applying this would take the tenant over its quota (cpu, memory, instances, machines, cells or storage); `details` names the limit." },
   CARAPACE_E_POLICY_VIOLATION: { status: 403, description: "The object breaks its tenant's policy (e.g. an isolation weaker than the tenant's minIsolation)." },
   CARAPACE_E_UNSUPPORTED_MEDIA_TYPE: { status: 415, description: 'The request body has a content type other than JSON.' },
   CARAPACE_E_BODY_TOO_LARGE: { status: 413, description: 'The request body exceeds the size limit.' },
@@ -62,6 +62,14 @@ export const ERROR_CATALOGUE = {
   CARAPACE_E_BAD_STORE_URL: { status: 0, description: 'CLI only: the store URL is not `sqlite:PATH` or `etcd://HOST:PORT[,HOST:PORT...]`.' },
   CARAPACE_E_BAD_JOIN_TOKEN: { status: 401, description: 'An agent presented a join token that is malformed, unknown or expired.' },
   CARAPACE_E_TIMEOUT: { status: 0, description: 'CLI only: what the command waited for (e.g. `drain --wait`) did not happen in time.' },
+  CARAPACE_E_VOLUME_NOT_FOUND: {
+    status: 422,
+    description: "A service or job mounts a volume its tenant does not have (volume names are per tenant: another tenant's volume is not found); `details` names the field, e.g. `spec.volumes[0].volume`. Apply the Volume first.",
+  },
+  CARAPACE_E_VOLUME_IN_USE: {
+    status: 409,
+    description: 'The volume is used by someone else: deleting a volume a live instance mounts or a service/job spec references, mounting read-write a volume another service or job uses (or read-only one it uses read-write), or a volume template whose `<name>-<ordinal>` volume belongs to another service. The message names the user.',
+  },
 } as const satisfies Record<string, CatalogueEntry>;
 
 export type ErrorCode = keyof typeof ERROR_CATALOGUE;

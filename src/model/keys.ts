@@ -7,7 +7,7 @@
  *
  * | key | holds |
  * |---|---|
- * | `<plural>/<name>`, `<plural>/<tenant>/<name>` | objects (tenants, services, jobs, instances, hosts, cells, machines) |
+ * | `<plural>/<name>`, `<plural>/<tenant>/<name>` | objects (tenants, services, jobs, instances, hosts, cells, machines, volumes) |
  * | `leases/hosts/<host>` | a host agent's liveness lease |
  * | `tokens/<id>`, `auth/bootstrap` | API token records; marker of the first admin token |
  * | `pki/ca`, `pki/join-tokens/<id>`, `pki/agents/<host>` | the cluster CA, join tokens, agent certificates on record |
@@ -47,6 +47,16 @@ export const PLACED_PREFIXES: readonly string[] = [kindPrefix('Instance'), kindP
 /** True for keys of instances, cells and machines (see PLACED_PREFIXES). */
 export function isPlacedKey(key: string): boolean {
   return PLACED_PREFIXES.some((p) => key.startsWith(p));
+}
+
+// ---- volumes --------------------------------------------------------------------------------
+
+/** Where volumes live (`volumes/<tenant>/<name>`); their writes carry allocation records (storage). */
+export const VOLUME_PREFIX = kindPrefix('Volume');
+
+/** The store key of `tenant`'s volume `name`. */
+export function volumeKey(tenant: string, name: string): string {
+  return objectKey('Volume', name, tenant);
 }
 
 // ---- hosts ----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
  * the caller (deterministic writes). Pure types and helpers.
  */
 import type { ContainerSpec, JobSpec, MachineSpec, ServiceSpec, TenantSpec } from './schemas.js';
+import type { InstanceMount, Volume } from './volumes.js';
 
 /** Kinds stored by the control plane, with their URL/collection names. */
 export const KINDS = {
@@ -15,6 +16,7 @@ export const KINDS = {
   Host: { plural: 'hosts', scoped: false },
   Cell: { plural: 'cells', scoped: false },
   Machine: { plural: 'machines', scoped: true },
+  Volume: { plural: 'volumes', scoped: true },
 } as const;
 export type Kind = keyof typeof KINDS;
 export type Plural = (typeof KINDS)[Kind]['plural'];
@@ -131,6 +133,12 @@ export interface InstanceSpec {
   cell?: string;
   /** The generation of the owner's spec this instance was made from. */
   ownerGeneration: number;
+  /**
+   * The volumes it mounts, templates resolved (`data-2` for replica 2), filled by the
+   * controller from the owner's spec so agents never resolve templates. Absent on instances
+   * stored before volumes existed (read as none).
+   */
+  mounts?: InstanceMount[];
 }
 
 /** What the agent reports (written only by the agent, or by the controller for placement). */
@@ -320,7 +328,7 @@ export interface Machine {
   };
 }
 
-export type AnyObject = Tenant | Service | Job | Instance | Host | Cell | Machine;
+export type AnyObject = Tenant | Service | Job | Instance | Host | Cell | Machine | Volume;
 export type ObjectOfKind<K extends Kind> = Extract<AnyObject, { kind: K }>;
 
 /** Deterministic instance name for a service replica or a job completion index. */

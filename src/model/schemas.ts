@@ -10,12 +10,10 @@ import { parseCpu, parseMemoryMiB } from './quantity.js';
 
 export const API_VERSION = 'carapace/v1';
 
-/** A DNS-label name: lower-case letters, digits and '-', at most 63 characters. */
-export const NameSchema = z
-  .string()
-  .min(1, 'must not be empty')
-  .max(63, 'must be at most 63 characters')
-  .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, "must be lower-case letters, digits and '-', starting and ending with a letter or digit");
+// In name.ts so kind files (volumes.ts) that this file imports can use it without an import cycle.
+export { NameSchema } from './name.js';
+import { NameSchema } from './name.js';
+import { refineVolumes, StorageQuotaSchema, VolumeMountSchema, VolumeSpecSchema, VolumeTemplateSchema } from './volumes.js';
 
 const LabelsSchema = z.record(
   z.string().regex(/^[a-zA-Z0-9][-a-zA-Z0-9_./]{0,62}$/, 'label keys are at most 63 of [-a-zA-Z0-9_./]'),
@@ -171,6 +169,8 @@ export const ContainerSpecSchema = z.strictObject({
   livenessProbe: LivenessProbeSchema.optional(),
   /** Count the instance as ready only while this check passes. */
   readinessProbe: ReadinessProbeSchema.optional(),
+  /** Volumes of the tenant mounted into the container (model/volumes.ts); absent: none (specs stored before volumes existed have none). */
+  volumes: z.array(VolumeMountSchema).max(32).optional(),
 });
 /** A validated, defaulted container spec (see ContainerSpecSchema). */
 export type ContainerSpec = z.infer<typeof ContainerSpecSchema>;
@@ -184,6 +184,8 @@ export const ServiceSpecSchema = ContainerSpecSchema.extend({
    * counting those already not running (absent: 1). Failures are not held back by it.
    */
   maxUnavailable: z.number().int().min(0).max(10_000).optional(),
+  /** One Volume `<name>-<ordinal>` per replica, made and kept by the control plane (model/volumes.ts). */
+  volumeTemplates: z.array(VolumeTemplateSchema).max(16).optional(),
 });
 export type ServiceSpec = z.infer<typeof ServiceSpecSchema>;
 
@@ -282,6 +284,8 @@ export const TenantSpecSchema = z.strictObject({
       machines: z.number().int().min(0).max(10_000).optional(),
       /** Cells (VMs) the tenant's cell and dedicated instances may occupy. */
       cells: z.number().int().min(0).max(100_000).optional(),
+      /** Total size of the tenant's volumes, in MiB (`"100Gi"`); templates count once per replica. */
+      storage: StorageQuotaSchema.optional(),
     })
     .optional(),
   /**
@@ -319,14 +323,14 @@ export const ServiceManifestSchema = z.strictObject({
   apiVersion: z.literal(API_VERSION),
   kind: z.literal('Service'),
   metadata: TenantScopedMetadataSchema,
-  spec: ServiceSpecSchema,
+  spec: ServiceSpecSchema.superRefine(refineVolumes),
 });
 
 export const JobManifestSchema = z.strictObject({
   apiVersion: z.literal(API_VERSION),
   kind: z.literal('Job'),
   metadata: TenantScopedMetadataSchema,
-  spec: JobSpecSchema,
+  spec: JobSpecSchema.superRefine(refineVolumes),
 });
 
 /**
@@ -374,10 +378,18 @@ export const MachineManifestSchema = z.strictObject({
 });
 export type MachineManifest = z.infer<typeof MachineManifestSchema>;
 
+export const VolumeManifestSchema = z.strictObject({
+  apiVersion: z.literal(API_VERSION),
+  kind: z.literal('Volume'),
+  metadata: TenantScopedMetadataSchema,
+  spec: VolumeSpecSchema,
+});
+export type VolumeManifest = z.infer<typeof VolumeManifestSchema>;
+
 export type TenantManifest = z.infer<typeof TenantManifestSchema>;
 export type ServiceManifest = z.infer<typeof ServiceManifestSchema>;
 export type JobManifest = z.infer<typeof JobManifestSchema>;
-export type Manifest = TenantManifest | ServiceManifest | JobManifest | MachineManifest;
+export type Manifest = TenantManifest | ServiceManifest | JobManifest | MachineManifest | VolumeManifest;
 
 /** Kinds a user may apply, with their schemas. */
 export const MANIFEST_SCHEMAS = {
@@ -385,5 +397,6 @@ export const MANIFEST_SCHEMAS = {
   Service: ServiceManifestSchema,
   Job: JobManifestSchema,
   Machine: MachineManifestSchema,
+  Volume: VolumeManifestSchema,
 } as const;
 export type ApplyKind = keyof typeof MANIFEST_SCHEMAS;

@@ -5,7 +5,8 @@
  * (the controller fails it over; nothing new goes there).
  */
 import { TERMINAL_PHASES, type Cell, type Host, type Instance, type Machine, type Tenant } from '../model/objects.js';
-import type { CellInfo, HostInfo, InstanceRequest, Isolation, Placement, Snapshot, TenantQuota } from './types.js';
+import type { Volume } from '../model/volumes.js';
+import type { CellInfo, HostConstraint, HostInfo, InstanceRequest, Isolation, Placement, Snapshot, TenantQuota } from './types.js';
 
 const TIERS = new Set<string>(['cell', 'dedicated', 'host', 'sandbox', 'machine']);
 
@@ -45,6 +46,69 @@ export function schedulerId(i: Instance): string {
 /** The scheduler's id of a machine: `m:tenant/name` (`:` is in no object name, so never an instance's id). */
 export function machineSchedulerId(m: Machine): string {
   return `m:${m.metadata.tenant ?? ''}/${m.metadata.name}`;
+}
+
+/** What volume constraints are computed from: volumes by `tenant/name`, hosts by name. */
+export interface VolumeIndex {
+  volumes: ReadonlyMap<string, Volume>;
+  hosts: ReadonlyMap<string, Host>;
+}
+
+/** Indexes a view's volumes and hosts for volumeConstraints. */
+export function volumeIndex(volumes: readonly Volume[], hosts: readonly Host[]): VolumeIndex {
+  return { volumes: new Map(volumes.map((v) => [`${v.metadata.tenant ?? ''}/${v.metadata.name}`, v])), hosts: new Map(hosts.map((h) => [h.metadata.name, h])) };
+}
+
+/**
+ * The host constraints an instance's volumes put on it: a bound volume admits only the host it
+ * lives on, a pinned one (`spec.host`) only that host; an unbound, unpinned one admits any (the
+ * placement binds it where the instance goes). When that host cannot take work the instance
+ * waits with `VolumeHostNotReady` (the host is NotReady or gone: it is never moved elsewhere,
+ * its data is there) or `VolumeHostCordoned`; a volume that does not exist admits no host
+ * (`VolumeNotFound`).
+ */
+export function volumeConstraints(i: Instance, idx: VolumeIndex): HostConstraint[] {
+  const tenant = i.metadata.tenant ?? '';
+  const out: HostConstraint[] = [];
+  for (const m of i.spec.mounts ?? []) {
+    const name = `volume ${tenant}/${m.volume}`;
+    const v = idx.volumes.get(`${tenant}/${m.volume}`);
+    if (!v) {
+      out.push({ name, hosts: [], code: 'VolumeNotFound', reason: `${name} does not exist` });
+      continue;
+    }
+    const host = v.status.phase === 'Bound' ? v.status.host : v.spec.host;
+    if (host === undefined) continue;
+    const h = idx.hosts.get(host);
+    const how = v.status.phase === 'Bound' ? 'lives on' : 'is pinned to';
+    if (h && h.status.state === 'Ready' && h.spec.unschedulable) {
+      out.push({ name, hosts: [host], code: 'VolumeHostCordoned', reason: `${name} ${how} host ${host}, which is cordoned; the instance waits for it (its data is there)` });
+    } else {
+      const state = !h ? 'not registered' : h.status.state === 'Ready' ? 'Ready' : 'NotReady';
+      out.push({ name, hosts: [host], code: 'VolumeHostNotReady', reason: `${name} ${how} host ${host}, which is ${state}; the instance waits for it (its data is there)` });
+    }
+  }
+  return out;
+}
+
+/**
+ * The volume constraint of `r` that no usable host (registered, Ready, schedulable) admits, if
+ * any: the request then waits with that constraint's code and sentence without being offered to
+ * the scheduler (which would answer a cluster-wide reason, e.g. `NoReadyHost` on a one-host
+ * cluster, instead of naming the volume's host).
+ */
+export function blockingVolumeConstraint(r: InstanceRequest, hosts: ReadonlyMap<string, Host>): HostConstraint | undefined {
+  return (r.constraints ?? []).find((c) => c.code.startsWith('Volume') && !c.hosts.some((n) => {
+    const h = hosts.get(n);
+    return h !== undefined && h.status.state === 'Ready' && !h.spec.unschedulable;
+  }));
+}
+
+/** The request for an instance (instanceRequestFromModel) with the host constraints of its volumes. */
+export function instanceRequestWithVolumes(i: Instance, volumes: VolumeIndex): InstanceRequest {
+  const r = instanceRequestFromModel(i);
+  const constraints = (i.spec.mounts ?? []).length > 0 ? volumeConstraints(i, volumes) : [];
+  return constraints.length > 0 ? { ...r, constraints } : r;
 }
 
 /**
@@ -97,6 +161,8 @@ export interface ModelView {
   cells: Cell[];
   machines: Machine[];
   tenants: Tenant[];
+  /** The tenants' volumes (absent: none), for the host constraints of instances that mount some. */
+  volumes?: Volume[];
 }
 
 /**
@@ -111,10 +177,11 @@ export function snapshotFromModel(v: ModelView): Snapshot {
   const cells = v.cells.filter((c) => ready.has(c.spec.host)).map(cellInfoFromModel);
   const known = new Set(cells.map((c) => c.id));
   const placements: Placement[] = [];
+  const vols = volumeIndex(v.volumes ?? [], v.hosts);
   for (const i of v.instances) {
     if (i.spec.host === '' || !ready.has(i.spec.host) || TERMINAL_PHASES.includes(i.status.phase)) continue;
     if (i.spec.cell && !known.has(i.spec.cell)) continue; // its cell is gone: the controller replaces it
-    placements.push({ instance: instanceRequestFromModel(i), host: i.spec.host, ...(i.spec.cell ? { cell: i.spec.cell } : {}) });
+    placements.push({ instance: instanceRequestWithVolumes(i, vols), host: i.spec.host, ...(i.spec.cell ? { cell: i.spec.cell } : {}) });
   }
   for (const m of v.machines) {
     if (m.status.host === '' || !ready.has(m.status.host)) continue;

@@ -5,7 +5,7 @@
  * Rounding happens here only, never in the sums. Pure.
  */
 import { CATEGORIES, type Category, type ReportRow } from './report.js';
-import { formatCpuSeconds, formatMiBSeconds, type Amount } from './types.js';
+import { formatCpuSeconds, formatGiBHours, formatMiBSeconds, type Amount } from './types.js';
 
 /** Output formats of `formatReport`. */
 export type ReportFormat = 'table' | 'csv' | 'json';
@@ -37,6 +37,9 @@ const COLUMNS: Column[] = [
   ...amountColumns('used', (r) => r.used, 'USED CPU-S', 'USED MIB-S'),
   ...CATEGORIES.flatMap((c) => amountColumns(`reserved_${CATEGORY_COLUMN[c]}`, (r) => r.reserved[c], TABLE_LABEL[c] && `${TABLE_LABEL[c]} CPU-S`, TABLE_LABEL[c] && `${TABLE_LABEL[c]} MIB-S`)),
   ...CATEGORIES.flatMap((c) => amountColumns(`measured_${CATEGORY_COLUMN[c]}`, (r) => r.measured[c])),
+  // Added after the others, so CSV columns keep their positions for existing readers.
+  { name: 'storage_gib_h', table: 'STORAGE GIB-H', value: (r, d) => formatGiBHours(r.storageByteMs, d.mem + 2) },
+  { name: 'volume', table: 'VOLUME', value: (r) => r.volume ?? '' },
 ];
 
 function csvField(s: string): string {
@@ -53,7 +56,7 @@ function categoriesJson(x: Record<Category, Amount>): Record<Category, { cpuUs: 
 
 /**
  * Renders rows. The table shows only the columns its grouping has (no GROUP/CELL when by
- * tenant) and '-' for an empty key (warm cells: tenant ''; machines: group ''; host-run: cell '').
+ * tenant, VOLUME only by volume, STORAGE GIB-H when volumes held storage) and '-' for an empty key (warm cells: tenant ''; machines: group ''; host-run: cell '').
  */
 export function formatReport(rows: readonly ReportRow[], format: ReportFormat): string {
   if (format === 'json') {
@@ -61,12 +64,14 @@ export function formatReport(rows: readonly ReportRow[], format: ReportFormat): 
       tenant: r.tenant,
       ...(r.group !== undefined ? { group: r.group } : {}),
       ...(r.cell !== undefined ? { cell: r.cell } : {}),
+      ...(r.volume !== undefined ? { volume: r.volume } : {}),
       charged: amountJson(r.charged),
       used: amountJson(r.used),
       reserved: categoriesJson(r.reserved),
       measured: categoriesJson(r.measured),
+      storageByteMs: r.storageByteMs.toString(),
     }));
-    return `${JSON.stringify({ units: { cpu: 'cpuUs: CPU-microseconds (= millicore-milliseconds)', memory: 'memByteMs: byte-milliseconds' }, rows: out }, null, 2)}\n`;
+    return `${JSON.stringify({ units: { cpu: 'cpuUs: CPU-microseconds (= millicore-milliseconds)', memory: 'memByteMs: byte-milliseconds', storage: 'storageByteMs: byte-milliseconds of volume size' }, rows: out }, null, 2)}\n`;
   }
   if (format === 'csv') {
     const lines = [COLUMNS.map((c) => c.name).join(',')];
@@ -75,8 +80,15 @@ export function formatReport(rows: readonly ReportRow[], format: ReportFormat): 
   }
   const hasGroup = rows.some((r) => r.group !== undefined);
   const hasCell = rows.some((r) => r.cell !== undefined);
-  const cols = COLUMNS.filter((c) => c.table !== undefined && (c.name !== 'group' || hasGroup) && (c.name !== 'cell' || hasCell));
-  const keyCols = new Set(['tenant', 'group', 'cell']);
+  const hasVolume = rows.some((r) => r.volume !== undefined);
+  // Storage only when some row holds any (a cluster without volumes keeps its table).
+  const hasStorage = hasVolume || rows.some((r) => r.storageByteMs > 0n);
+  const cols = COLUMNS.filter(
+    (c) => c.table !== undefined && (c.name !== 'group' || hasGroup) && (c.name !== 'cell' || hasCell) && (c.name !== 'volume' || hasVolume) && (c.name !== 'storage_gib_h' || hasStorage),
+  );
+  const keyCols = new Set(['tenant', 'group', 'cell', 'volume']);
+  // Key columns first in a table (VOLUME is last in CSV order).
+  cols.sort((a, b) => Number(keyCols.has(b.name)) - Number(keyCols.has(a.name)));
   // Every column here has a table header by the filter above.
   const grid = [cols.map((c) => c.table as string), ...rows.map((r) => cols.map((c) => {
     const v = c.value(r, { cpu: 3, mem: 1 });

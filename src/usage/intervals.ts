@@ -8,6 +8,7 @@
  */
 import { z } from 'zod';
 import { TERMINAL_PHASES, type Cell, type Instance, type Machine } from '../model/objects.js';
+import { volumeSizeMiB, type Volume } from '../model/volumes.js';
 import { intervalKey } from '../model/keys.js';
 import type { Entry, TxnOp } from '../store/store.js';
 import type { AllocationInterval, UsageSubject } from './types.js';
@@ -16,7 +17,7 @@ const IsoTime = z.string().refine((s) => Number.isFinite(Date.parse(s)), 'must b
 
 /** Schema of a stored subject (strict: unknown fields are a bug in the writer). */
 export const UsageSubjectSchema = z.strictObject({
-  kind: z.enum(['instance', 'cell', 'machine']),
+  kind: z.enum(['instance', 'cell', 'machine', 'volume']),
   tenant: z.string(),
   group: z.string().optional(),
   cell: z.string().optional(),
@@ -31,6 +32,7 @@ export const AllocationIntervalSchema = z
     subject: UsageSubjectSchema,
     cpu: z.number().min(0).max(1_000_000),
     memoryMiB: z.number().int().min(0).max(1 << 30),
+    storageMiB: z.number().int().min(0).optional(),
     start: IsoTime,
     end: IsoTime.optional(),
   })
@@ -46,6 +48,8 @@ export interface Allocation {
   subject: UsageSubject;
   cpu: number;
   memoryMiB: number;
+  /** Storage held (volumes), whole MiB. */
+  storageMiB?: number;
 }
 
 /**
@@ -60,8 +64,12 @@ export interface Allocation {
  * Call with the object as it will be after the write being made. A deleted object holds
  * nothing: call `planIntervalChange` with `want` undefined instead.
  */
-export function allocationOf(o: Instance | Cell | Machine): Allocation | undefined {
+export function allocationOf(o: Instance | Cell | Machine | Volume): Allocation | undefined {
   switch (o.kind) {
+    case 'Volume':
+      // A volume holds its size from its creation to its deletion: the quota counts it so,
+      // and once bound its host keeps the space whether or not anything mounts it.
+      return { subject: subjectOf(o), cpu: 0, memoryMiB: 0, storageMiB: volumeSizeMiB(o.spec.size) };
     case 'Instance':
       if (o.spec.host === '' || TERMINAL_PHASES.includes(o.status.phase)) return undefined;
       return { subject: subjectOf(o), cpu: o.spec.container.cpu, memoryMiB: o.spec.container.memory };
@@ -78,8 +86,10 @@ export function allocationOf(o: Instance | Cell | Machine): Allocation | undefin
  * The usage subject of an instance, cell or machine, with the keys reports group by. The
  * same for reserved and measured usage, so both land in the same report rows.
  */
-export function subjectOf(o: Instance | Cell | Machine): UsageSubject {
+export function subjectOf(o: Instance | Cell | Machine | Volume): UsageSubject {
   switch (o.kind) {
+    case 'Volume':
+      return { kind: 'volume', tenant: o.metadata.tenant ?? '', name: o.metadata.name, uid: o.metadata.uid };
     case 'Instance': {
       const subject: UsageSubject = { kind: 'instance', tenant: o.metadata.tenant ?? '', group: o.spec.container.group, name: o.metadata.name, uid: o.metadata.uid };
       if (o.spec.cell) subject.cell = o.spec.cell;
@@ -95,7 +105,7 @@ export function subjectOf(o: Instance | Cell | Machine): UsageSubject {
 
 /** A new open interval record. */
 export function openInterval(id: string, a: Allocation, start: string): AllocationInterval {
-  return { id, subject: { ...a.subject }, cpu: a.cpu, memoryMiB: a.memoryMiB, start };
+  return { id, subject: { ...a.subject }, cpu: a.cpu, memoryMiB: a.memoryMiB, ...(a.storageMiB !== undefined ? { storageMiB: a.storageMiB } : {}), start };
 }
 
 /**
@@ -111,7 +121,7 @@ export function closeInterval(r: AllocationInterval, end: string): AllocationInt
 function sameAllocation(r: AllocationInterval, a: Allocation): boolean {
   const s = r.subject;
   const t = a.subject;
-  return r.cpu === a.cpu && r.memoryMiB === a.memoryMiB && s.kind === t.kind && s.uid === t.uid && s.tenant === t.tenant && s.group === t.group && s.cell === t.cell && s.name === t.name;
+  return r.cpu === a.cpu && r.memoryMiB === a.memoryMiB && (r.storageMiB ?? 0) === (a.storageMiB ?? 0) && s.kind === t.kind && s.uid === t.uid && s.tenant === t.tenant && s.group === t.group && s.cell === t.cell && s.name === t.name;
 }
 
 /**

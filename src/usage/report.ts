@@ -13,11 +13,11 @@
  * so rows of a finer grouping add up exactly to the coarser ones. Pure.
  */
 import { measuredUsage } from './measured.js';
-import { reservedUsage } from './reserved.js';
+import { reservedStorage, reservedUsage } from './reserved.js';
 import { addInto, zeroAmount, type Amount, type AllocationInterval, type SubjectAmount, type UsageSample, type UsageSubject } from './types.js';
 
-/** How a report groups rows. */
-export type ReportBy = 'tenant' | 'group' | 'cell';
+/** How a report groups rows (`volume`: one row per volume, the rest of the tenant under volume ''). */
+export type ReportBy = 'tenant' | 'group' | 'cell' | 'volume';
 
 /** The four non-overlapping categories of usage (see the file comment). */
 export type Category = 'cells' | 'cellInstances' | 'hostInstances' | 'machines';
@@ -33,12 +33,16 @@ export interface ReportRow {
   tenant: string;
   group?: string;
   cell?: string;
+  /** Set when grouping by volume ('' for usage that is not a volume's). */
+  volume?: string;
   reserved: Record<Category, Amount>;
   measured: Record<Category, Amount>;
   /** reserved cells + hostInstances + machines: what is held on hosts for this row. */
   charged: Amount;
   /** measured cells + hostInstances + machines: what hosts actually spent for this row. */
   used: Amount;
+  /** Storage held by volumes (their size from creation to deletion), byte-milliseconds. */
+  storageByteMs: bigint;
 }
 
 /** Inputs of `report`. */
@@ -65,17 +69,18 @@ export function categoryOf(s: UsageSubject): Category {
 }
 
 /** The row key fields of a subject under a grouping. */
-function rowKeyOf(s: UsageSubject, by: ReportBy): { tenant: string; group?: string; cell?: string } {
+function rowKeyOf(s: UsageSubject, by: ReportBy): { tenant: string; group?: string; cell?: string; volume?: string } {
   if (by === 'tenant') return { tenant: s.tenant };
+  if (by === 'volume') return { tenant: s.tenant, volume: s.kind === 'volume' ? s.name : '' };
   const group = s.group ?? '';
   if (by === 'group') return { tenant: s.tenant, group };
   const cell = s.kind === 'cell' ? s.name : (s.cell ?? '');
   return { tenant: s.tenant, group, cell };
 }
 
-function emptyRow(k: { tenant: string; group?: string; cell?: string }): ReportRow {
+function emptyRow(k: { tenant: string; group?: string; cell?: string; volume?: string }): ReportRow {
   const byCat = (): Record<Category, Amount> => ({ cells: zeroAmount(), cellInstances: zeroAmount(), hostInstances: zeroAmount(), machines: zeroAmount() });
-  return { ...k, reserved: byCat(), measured: byCat(), charged: zeroAmount(), used: zeroAmount() };
+  return { ...k, reserved: byCat(), measured: byCat(), charged: zeroAmount(), used: zeroAmount(), storageByteMs: 0n };
 }
 
 /**
@@ -90,7 +95,7 @@ export function report(input: ReportInput): ReportRow[] {
   const rows = new Map<string, ReportRow>();
   const rowFor = (s: UsageSubject): ReportRow => {
     const k = rowKeyOf(s, input.by);
-    const id = JSON.stringify([k.tenant, k.group ?? null, k.cell ?? null]);
+    const id = JSON.stringify([k.tenant, k.group ?? null, k.cell ?? null, k.volume ?? null]);
     let row = rows.get(id);
     if (!row) {
       row = emptyRow(k);
@@ -100,6 +105,7 @@ export function report(input: ReportInput): ReportRow[] {
   };
   const add = (list: SubjectAmount[], pick: (r: ReportRow) => Record<Category, Amount>, total: (r: ReportRow) => Amount): void => {
     for (const a of list) {
+      if (a.subject.kind === 'volume') continue; // storage only: counted below
       const row = rowFor(a.subject);
       const cat = categoryOf(a.subject);
       addInto(pick(row)[cat], a);
@@ -108,11 +114,12 @@ export function report(input: ReportInput): ReportRow[] {
   };
   add(reserved, (r) => r.reserved, (r) => r.charged);
   add(measured, (r) => r.measured, (r) => r.used);
+  for (const s of reservedStorage(mine(input.intervals), w)) rowFor(s.subject).storageByteMs += s.storageByteMs;
   return [...rows.values()].sort(compareRows);
 }
 
 function compareRows(a: ReportRow, b: ReportRow): number {
-  for (const [x, y] of [[a.tenant, b.tenant], [a.group ?? '', b.group ?? ''], [a.cell ?? '', b.cell ?? '']] as const) {
+  for (const [x, y] of [[a.tenant, b.tenant], [a.group ?? '', b.group ?? ''], [a.cell ?? '', b.cell ?? ''], [a.volume ?? '', b.volume ?? '']] as const) {
     if (x !== y) return x < y ? -1 : 1;
   }
   return 0;
@@ -131,6 +138,7 @@ export function totalRow(rows: readonly ReportRow[]): ReportRow {
     }
     addInto(t.charged, r.charged);
     addInto(t.used, r.used);
+    t.storageByteMs += r.storageByteMs;
   }
   return t;
 }

@@ -4,7 +4,7 @@
  * with [since, min(until, now)), millicores x ms CPU-microseconds and MiB x 2^20 x ms
  * byte-milliseconds. Integer-exact, so windows add up: r[a,b) + r[b,c) = r[a,c). Pure.
  */
-import { BYTES_PER_MIB, toMillicores, type AllocationInterval, type SubjectAmount, type UsageSubject, type UsageWindow } from './types.js';
+import { BYTES_PER_MIB, type StorageAmount, toMillicores, type AllocationInterval, type SubjectAmount, type UsageSubject, type UsageWindow } from './types.js';
 
 /** Checks a window; throws a RangeError describing what is wrong. Call before any computation. */
 export function checkWindow(w: UsageWindow): void {
@@ -53,6 +53,29 @@ export function reservedUsage(intervals: readonly AllocationInterval[], w: Usage
     }
     acc.cpuUs += toMillicores(r.cpu) * ms;
     acc.memByteMs += BigInt(r.memoryMiB) * BYTES_PER_MIB * ms;
+  }
+  return [...out.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, v]) => v);
+}
+
+/**
+ * Reserved storage (volumes) per subject within the window, in byte-milliseconds, with the same
+ * window rules as reservedUsage. Only intervals holding storage take part.
+ */
+export function reservedStorage(intervals: readonly AllocationInterval[], w: UsageWindow): StorageAmount[] {
+  checkWindow(w);
+  const hi = Math.min(w.until, w.now);
+  const out = new Map<string, StorageAmount>();
+  for (const r of intervals) {
+    if (!r.storageMiB) continue;
+    const start = parseTime(r.start, `interval ${r.id} start`);
+    const end = r.end === undefined ? w.now : parseTime(r.end, `interval ${r.id} end`);
+    const from = Math.max(start, w.since);
+    const to = Math.min(end, hi);
+    if (to <= from) continue;
+    const key = subjectKey(r.subject);
+    const acc = out.get(key) ?? { subject: r.subject, storageByteMs: 0n };
+    acc.storageByteMs += BigInt(r.storageMiB) * BYTES_PER_MIB * BigInt(to - from);
+    out.set(key, acc);
   }
   return [...out.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, v]) => v);
 }

@@ -10,7 +10,7 @@
  */
 
 /** What a figure is about. */
-export type SubjectKind = 'instance' | 'cell' | 'machine';
+export type SubjectKind = 'instance' | 'cell' | 'machine' | 'volume';
 
 /**
  * The thing that held or used resources, with the keys reports group by. `tenant` is '' for
@@ -40,6 +40,8 @@ export interface AllocationInterval {
   cpu: number;
   /** Whole MiB. */
   memoryMiB: number;
+  /** Whole MiB of storage (volumes; absent: none). */
+  storageMiB?: number;
   start: string;
   end?: string;
 }
@@ -65,6 +67,12 @@ export interface Amount {
   cpuUs: bigint;
   /** Byte-milliseconds. */
   memByteMs: bigint;
+}
+
+/** A subject's reserved storage within a window, in byte-milliseconds (exact). */
+export interface StorageAmount {
+  subject: UsageSubject;
+  storageByteMs: bigint;
 }
 
 /** A subject and its exact amount within a window. */
@@ -125,6 +133,14 @@ export function formatScaled(n: bigint, scale: bigint, digits: number): string {
 /** CPU-microseconds as core-seconds text (6 digits is exact). */
 export function formatCpuSeconds(cpuUs: bigint, digits = 6): string {
   return formatScaled(cpuUs, 1_000_000n, digits);
+}
+
+/** Bytes in a GiB, as a BigInt scale factor. */
+export const BYTES_PER_GIB = 1_073_741_824n;
+
+/** Byte-milliseconds of storage as GiB-hours text (rounded to `digits`). */
+export function formatGiBHours(storageByteMs: bigint, digits = 3): string {
+  return formatScaled(storageByteMs, BYTES_PER_GIB * 3_600_000n, digits);
 }
 
 /** Byte-milliseconds as MiB-seconds text (rounded to `digits`). */

@@ -58,6 +58,7 @@ const SPECS: Record<string, Record<string, unknown>> = {
   Service: { image: IMG, isolation: 'host' },
   Job: { image: IMG, isolation: 'host' },
   Machine: { kernel: 'host', running: false },
+  Volume: { size: '64Mi' },
 };
 
 function host(name: string, cordoned = false): Host {
@@ -107,7 +108,7 @@ async function tenantFixture(name: string): Promise<void> {
 /** The recipes, keyed `METHOD url` as in ROUTES. */
 function recipes(): Map<string, Recipe> {
   const m = new Map<string, Recipe>();
-  for (const kind of ['Tenant', 'Service', 'Job', 'Machine'] as const) {
+  for (const kind of ['Tenant', 'Service', 'Job', 'Machine', 'Volume'] as const) {
     const scoped = kind !== 'Tenant';
     const plural = `${kind.toLowerCase()}s`;
     for (const method of ['PUT', 'POST'] as const) {
@@ -123,7 +124,7 @@ function recipes(): Map<string, Recipe> {
       });
     }
   }
-  for (const kind of ['Tenant', 'Service', 'Job', 'Machine', 'Instance'] as const) {
+  for (const kind of ['Tenant', 'Service', 'Job', 'Machine', 'Volume', 'Instance'] as const) {
     const t = `t-del-${kind.toLowerCase()}`;
     const item = kind === 'Tenant' ? `/v1/tenants/${t}` : `/v1/tenants/${t}/${kind.toLowerCase()}s/obj`;
     m.set(`DELETE ${kind === 'Tenant' ? '/v1/tenants/:name' : `/v1/tenants/:tenant/${kind.toLowerCase()}s/:name`}`, {

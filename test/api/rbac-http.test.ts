@@ -93,6 +93,7 @@ beforeAll(async () => {
       ['Service', 'web', { image: IMG, isolation: 'cell' }],
       ['Job', 'batch', { image: IMG, isolation: 'host' }],
       ['Machine', 'vm', { kernel: 'host', running: false }],
+      ['Volume', 'data', { size: '64Mi' }],
     ] as const) {
       const r = await request(`${base}/v1/tenants/${t}/${kind.toLowerCase()}s/${name}`, { method: 'PUT', headers: { authorization: `Bearer ${tokens['cluster-admin']}`, 'content-type': 'application/json' }, body: JSON.stringify(manifest(kind, name, t, spec)) });
       expect(r.statusCode, await r.body.text()).toBe(201);
@@ -123,6 +124,8 @@ function nameFor(r: RouteDef, tenant: string): string {
       return 'batch';
     case 'Machine':
       return 'vm';
+    case 'Volume':
+      return 'data';
     case 'Instance':
       return 'web-0';
     case 'Cell':
@@ -174,6 +177,8 @@ function bodyFor(r: RouteDef, tenant: string, name: string): unknown {
       return manifest('Job', nm, tenant, { image: IMG, isolation: 'host' });
     case 'Machine':
       return manifest('Machine', nm, tenant, { kernel: 'host', running: false, cpu: 1 });
+    case 'Volume':
+      return manifest('Volume', nm, tenant, { size: '64Mi' });
     default:
       return {};
   }

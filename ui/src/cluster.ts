@@ -2,13 +2,15 @@
  * The live picture of the estate the signed-in token may see. Lists each kind once, then
  * follows the API's watch streams (instances, cells, services) from the list's revision and
  * the event stream (audit + lifecycle) for the activity feed; kinds without a stream of their
- * own here (tenants, jobs, machines, hosts) are listed again when an event concerns them.
+ * own here (tenants, jobs, machines, volumes, hosts) are listed again when an event concerns them
+ * (volumes also when an instance that mounts one changes: its attachedTo follows).
  * Everything is narrowed by the server (a tenant token only ever receives its tenant's
  * objects); this class only keeps what arrives. Views read snapshots through `useCluster`.
  *
  * At most four streams stay open (browsers allow six HTTP/1.1 connections per server).
  */
 import type { Cell, Host, Instance, Job, Machine, Service, Tenant } from '../../src/model/objects.js';
+import type { Volume } from '../../src/model/volumes.js';
 import { ApiError, type Api, type WhoAmI } from './api';
 
 /** A line of the activity feed: an audit record or a lifecycle change, as the API sent it. */
@@ -57,6 +59,7 @@ export interface Snapshot {
   services: ReadonlyMap<string, Service>;
   jobs: ReadonlyMap<string, Job>;
   machines: ReadonlyMap<string, Machine>;
+  volumes: ReadonlyMap<string, Volume>;
   tenants: ReadonlyMap<string, Tenant>;
   hosts: ReadonlyMap<string, Host>;
   feed: readonly FeedEvent[];
@@ -64,7 +67,7 @@ export interface Snapshot {
   tokenNames: ReadonlyMap<string, string>;
 }
 
-type Listed = 'instances' | 'cells' | 'services' | 'jobs' | 'machines' | 'tenants' | 'hosts';
+type Listed = 'instances' | 'cells' | 'services' | 'jobs' | 'machines' | 'volumes' | 'tenants' | 'hosts';
 type AnyObj = { metadata: { name: string; tenant?: string } };
 
 /** Map key of an object: `tenant/name` for tenant-scoped kinds, `name` otherwise. */
@@ -82,6 +85,7 @@ export class Cluster {
     services: new Map(),
     jobs: new Map(),
     machines: new Map(),
+    volumes: new Map(),
     tenants: new Map(),
     hosts: new Map(),
   };
@@ -110,7 +114,7 @@ export class Cluster {
 
   /** Lists everything, then follows the streams until `stop`. */
   async start(): Promise<void> {
-    const kinds: Listed[] = ['instances', 'cells', 'services', 'jobs', 'machines', 'tenants', ...(this.isAdmin ? (['hosts'] as const) : [])];
+    const kinds: Listed[] = ['instances', 'cells', 'services', 'jobs', 'machines', 'volumes', 'tenants', ...(this.isAdmin ? (['hosts'] as const) : [])];
     try {
       const revs = await Promise.all(kinds.map((k) => this.list(k)));
       this.loaded = true;
@@ -187,6 +191,7 @@ export class Cluster {
             if (ev.event === 'put') this.maps[kind].set(keyOf(o), o);
             else this.maps[kind].delete(keyOf(o));
             if (kind === 'instances' && (o as Instance).spec?.owner?.kind === 'Job') this.scheduleRelist('jobs');
+            if (kind === 'instances' && ((o as Instance).spec?.mounts ?? []).length > 0) this.scheduleRelist('volumes');
             delay = 500;
             this.changed();
           },
@@ -221,6 +226,7 @@ export class Cluster {
               if (k === 'Tenant' || k.includes('tenants') || k === 'Host' || k.includes('hosts')) this.scheduleRelist(k.toLowerCase().includes('host') ? 'hosts' : 'tenants');
               if (k === 'Job' || k.includes('/jobs')) this.scheduleRelist('jobs');
               if (k === 'Machine' || k.includes('/machines')) this.scheduleRelist('machines');
+              if (k === 'Volume' || k.includes('/volumes')) this.scheduleRelist('volumes');
             } else if (ev.event === 'lifecycle') {
               const change = { ...(JSON.parse(ev.data) as Omit<LifecycleChange, 'receivedAt'>), receivedAt: new Date().toISOString() }; // the lifecycle event shape
               this.push({ type: 'lifecycle', id: ev.id ?? '', change });
@@ -295,6 +301,7 @@ export class Cluster {
       services: new Map(this.maps.services) as Map<string, Service>,
       jobs: new Map(this.maps.jobs) as Map<string, Job>,
       machines: new Map(this.maps.machines) as Map<string, Machine>,
+      volumes: new Map(this.maps.volumes) as Map<string, Volume>,
       tenants: new Map(this.maps.tenants) as Map<string, Tenant>,
       hosts: new Map(this.maps.hosts) as Map<string, Host>,
       feed: this.feed,

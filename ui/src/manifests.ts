@@ -12,6 +12,7 @@ export const APPLY_KINDS: Record<string, { plural: string; scoped: boolean }> = 
   Service: { plural: 'services', scoped: true },
   Job: { plural: 'jobs', scoped: true },
   Machine: { plural: 'machines', scoped: true },
+  Volume: { plural: 'volumes', scoped: true },
 };
 
 /** One document of the pasted text. */

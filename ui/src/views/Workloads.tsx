@@ -1,10 +1,11 @@
 /**
- * Services, jobs and machines with everyday actions for tenant-admins and cluster-admins:
+ * Services, jobs, machines and volumes with everyday actions for tenant-admins and cluster-admins:
  * scale a service (an apply of its stored manifest with new replicas, guarded by its
  * resourceVersion) and delete. Viewers see the same tables without the actions.
  */
 import { useMemo, useState } from 'react';
 import type { Job, Machine, Service } from '../../../src/model/objects.js';
+import type { Volume } from '../../../src/model/volumes.js';
 import { ApiError, seg } from '../api';
 import { State } from '../components/State';
 import { age, cores, mib } from '../format';
@@ -44,6 +45,7 @@ export function Workloads(): React.JSX.Element {
   const services = useMemo(() => filterSorted(snap.services, q), [snap.services, q]);
   const jobs = useMemo(() => filterSorted(snap.jobs, q), [snap.jobs, q]);
   const machines = useMemo(() => filterSorted(snap.machines, q), [snap.machines, q]);
+  const volumes = useMemo(() => filterSorted(snap.volumes, q), [snap.volumes, q]);
 
   return (
     <section className="workloads" aria-label="Workloads">
@@ -169,6 +171,46 @@ export function Workloads(): React.JSX.Element {
           )}
         </tbody>
       </table>
+      <h2>
+        Volumes <span className="muted">{volumes.length}</span>
+      </h2>
+      <table className="table" data-table="volumes">
+        <thead>
+          <tr>
+            <th>Volume</th>
+            <th>Size</th>
+            <th>Used</th>
+            <th>Host</th>
+            <th>Attached to</th>
+            <th>Age</th>
+            {write && <th className="actions-col">Actions</th>}
+          </tr>
+        </thead>
+        <tbody>
+          {volumes.map((v) => (
+            <tr key={keyOf(v)} data-volume={keyOf(v)}>
+              <td className="mono strong">{keyOf(v)}</td>
+              <td>{v.spec.size}</td>
+              <td>{v.status.usedBytes !== undefined ? mib(Math.ceil(v.status.usedBytes / 1_048_576)) : '-'}</td>
+              <td title={v.status.message}>{v.status.host ?? (v.spec.host ? `${v.spec.host} (pinned)` : 'not bound')}</td>
+              <td className="mono">{v.status.attachedTo.join(', ') || '-'}</td>
+              <td>{age(v.metadata.createdAt)}</td>
+              {write && (
+                <td className="actions-col">
+                  <DeleteButton o={v} />
+                </td>
+              )}
+            </tr>
+          ))}
+          {volumes.length === 0 && (
+            <tr>
+              <td colSpan={7} className="muted">
+                No volumes.
+              </td>
+            </tr>
+          )}
+        </tbody>
+      </table>
     </section>
   );
 }
@@ -238,16 +280,16 @@ function ServiceRow({ s, write }: { s: Service; write: boolean }): React.JSX.Ele
   );
 }
 
-function DeleteButton({ o }: { o: Service | Job | Machine }): React.JSX.Element {
+function DeleteButton({ o }: { o: Service | Job | Machine | Volume }): React.JSX.Element {
   const { api, cluster } = useSession();
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string | undefined>(undefined);
   const del = (): void => {
-    if (!window.confirm(`Delete ${o.kind.toLowerCase()} ${keyOf(o)}? Its instances are stopped.`)) return;
+    if (!window.confirm(o.kind === 'Volume' ? `Delete volume ${keyOf(o)} and its data?` : `Delete ${o.kind.toLowerCase()} ${keyOf(o)}? Its instances are stopped.`)) return;
     setBusy(true);
     api
       .request(`${pathOf(o)}?resourceVersion=${o.metadata.resourceVersion}`, { method: 'DELETE' })
-      .then(() => cluster.refresh(o.kind === 'Service' ? 'services' : o.kind === 'Job' ? 'jobs' : 'machines'))
+      .then(() => cluster.refresh(o.kind === 'Service' ? 'services' : o.kind === 'Job' ? 'jobs' : o.kind === 'Volume' ? 'volumes' : 'machines'))
       .catch((err: unknown) => setError(errorText(err)))
       .finally(() => setBusy(false));
   };

@@ -1,0 +1,195 @@
+/**
+ * The rules about volumes that need state, checked when a Volume, a service or a job is
+ * applied and when a Volume is deleted. Pure functions over the tenant's objects as read by
+ * the control plane (core/control-plane.ts reads them and writes the result): they throw the
+ * CarapaceError the caller answers with, or say which template volumes to create or resize.
+ *
+ * Rules: a workload mounts only volumes of its own tenant (names are per tenant, so another
+ * tenant's volume is simply not found); a volume mounted read-write by one workload is
+ * mounted by no other (read-only sharing is fine); a template's `<name>-<ordinal>` volumes
+ * belong to one service; a bound volume keeps its size, filesystem and host; a volume in use
+ * (a live instance mounts it, a spec references it) is not deleted; the tenant's volumes
+ * (templates count once per replica) stay within `spec.quota.storage`.
+ */
+import { CarapaceError, type FieldIssue } from '../model/errors.js';
+import { TERMINAL_PHASES, type Instance, type Job, type Service } from '../model/objects.js';
+import type { JobSpec, ServiceSpec, TenantSpec } from '../model/schemas.js';
+import { formatMemory } from '../model/quantity.js';
+import { templateVolumeName, VOLUME_SERVICE_LABEL, VOLUME_TEMPLATE_LABEL, volumeSizeMiB, type Volume, type VolumeSpec } from '../model/volumes.js';
+
+/** One workload's use of a volume by its spec. */
+export interface SpecUse {
+  /** `service web`, `job backup`. */
+  who: string;
+  kind: 'Service' | 'Job';
+  name: string;
+  readOnly: boolean;
+  /** Where in that workload's spec, e.g. `spec.volumes[0]`. */
+  field: string;
+}
+
+/** The volumes a workload spec uses, with how (templates resolved for replicas 0..replicas-1). */
+export function specUses(kind: 'Service' | 'Job', name: string, spec: ServiceSpec | JobSpec): Map<string, SpecUse> {
+  const out = new Map<string, SpecUse>();
+  const who = `${kind.toLowerCase()} ${name}`;
+  (spec.volumes ?? []).forEach((v, i) => out.set(v.volume, { who, kind, name, readOnly: v.readOnly, field: `spec.volumes[${i}]` }));
+  if ('replicas' in spec) {
+    (spec.volumeTemplates ?? []).forEach((t, i) => {
+      for (let k = 0; k < spec.replicas; k++) out.set(templateVolumeName(t.name, k), { who, kind, name, readOnly: false, field: `spec.volumeTemplates[${i}]` });
+    });
+  }
+  return out;
+}
+
+/** Every use of `volume` by the specs of `services` and `jobs`, except `self`'s. */
+export function usersOf(volume: string, services: readonly Service[], jobs: readonly Job[], self?: { kind: 'Service' | 'Job'; name: string }): SpecUse[] {
+  const out: SpecUse[] = [];
+  for (const w of [...services, ...jobs]) {
+    if (self && w.kind === self.kind && w.metadata.name === self.name) continue;
+    const u = specUses(w.kind, w.metadata.name, w.spec).get(volume);
+    if (u) out.push(u);
+  }
+  return out;
+}
+
+/** Live instances (not finished) that mount `volume`. */
+export function liveMounters(volume: string, instances: readonly Instance[]): Instance[] {
+  return instances.filter((i) => !TERMINAL_PHASES.includes(i.status.phase) && (i.spec.mounts ?? []).some((m) => m.volume === volume));
+}
+
+/** What the tenant's volumes hold in total, in MiB. */
+export function storageOf(volumes: readonly Volume[]): number {
+  return volumes.reduce((n, v) => n + volumeSizeMiB(v.spec.size), 0);
+}
+
+/** Refuses taking the tenant's storage from `before` to `after` MiB past its quota (only when it grows). */
+export function checkStorageQuota(quota: TenantSpec['quota'], tenant: string, before: number, after: number, path: string, what: string): void {
+  const limit = quota?.storage;
+  if (limit === undefined || after <= limit || after <= before) return;
+  const issue: FieldIssue = { path, message: `tenant quota for storage is ${formatMemory(limit)}; this would bring the total to ${formatMemory(after)} (now ${formatMemory(before)})` };
+  throw new CarapaceError('CARAPACE_E_QUOTA_EXCEEDED', `${what}: tenant "${tenant}" ${issue.message}`, [issue]);
+}
+
+/**
+ * Refuses a Volume update that a bound volume cannot take: its size (shrinking would lose
+ * data; growing is not supported yet: the host would have to grow a mounted filesystem),
+ * its filesystem, or a pin to another host than the one it lives on. An unbound volume holds
+ * no data yet and may change freely.
+ */
+export function checkVolumeUpdate(cur: Volume, next: VolumeSpec): void {
+  if (cur.status.phase !== 'Bound') return;
+  const name = cur.metadata.name;
+  const host = cur.status.host ?? '';
+  const was = volumeSizeMiB(cur.spec.size);
+  const now = volumeSizeMiB(next.size);
+  if (now < was) {
+    throw new CarapaceError('CARAPACE_E_IMMUTABLE_FIELD', `volume "${name}": cannot shrink a bound volume from ${cur.spec.size} to ${next.size} (its data would not fit)`, [
+      { path: 'spec.size', message: `cannot shrink a bound volume (now ${cur.spec.size})` },
+    ]);
+  }
+  if (now > was) {
+    throw new CarapaceError('CARAPACE_E_IMMUTABLE_FIELD', `volume "${name}": growing a bound volume (${cur.spec.size} to ${next.size}) is not supported yet; make a new volume and copy the data`, [
+      { path: 'spec.size', message: `cannot grow a bound volume yet (now ${cur.spec.size})` },
+    ]);
+  }
+  if (next.filesystem !== cur.spec.filesystem) {
+    throw new CarapaceError('CARAPACE_E_IMMUTABLE_FIELD', `volume "${name}": the filesystem of a bound volume cannot change`, [{ path: 'spec.filesystem', message: `is ${cur.spec.filesystem} on host ${host}` }]);
+  }
+  if (next.host !== undefined && next.host !== host) {
+    throw new CarapaceError('CARAPACE_E_IMMUTABLE_FIELD', `volume "${name}" lives on host ${host}; it cannot be pinned to ${next.host}`, [{ path: 'spec.host', message: `the volume is bound to host ${host}` }]);
+  }
+}
+
+/** A template volume to create (absent) or to resize (present, not bound yet). */
+export interface TemplateVolume {
+  name: string;
+  template: string;
+  size: string;
+  /** The stored volume when it exists (it is resized). */
+  existing?: Volume;
+}
+
+/**
+ * Checks the volumes of a service or job being applied against the tenant's state and returns
+ * the template volumes to create or resize in the same transaction. Throws
+ * CARAPACE_E_VOLUME_NOT_FOUND (a mounted volume does not exist), CARAPACE_E_VOLUME_IN_USE
+ * (read-write use shared with another workload; a template volume of another service or made
+ * by hand), CARAPACE_E_IMMUTABLE_FIELD (a template's size changed for a bound volume).
+ */
+export function checkWorkloadVolumes(
+  kind: 'Service' | 'Job',
+  name: string,
+  spec: ServiceSpec | JobSpec,
+  state: { volumes: readonly Volume[]; services: readonly Service[]; jobs: readonly Job[] },
+): TemplateVolume[] {
+  const byName = new Map(state.volumes.map((v) => [v.metadata.name, v]));
+  const what = `${kind.toLowerCase()} "${name}"`;
+  (spec.volumes ?? []).forEach((v, i) => {
+    if (!byName.has(v.volume)) {
+      throw new CarapaceError('CARAPACE_E_VOLUME_NOT_FOUND', `${what}: volume "${v.volume}" does not exist in this tenant; apply the Volume first`, [
+        { path: `spec.volumes[${i}].volume`, message: `volume "${v.volume}" not found` },
+      ]);
+    }
+  });
+  const out: TemplateVolume[] = [];
+  if ('replicas' in spec) {
+    (spec.volumeTemplates ?? []).forEach((t, i) => {
+      for (let k = 0; k < spec.replicas; k++) {
+        const vname = templateVolumeName(t.name, k);
+        const cur = byName.get(vname);
+        if (!cur) {
+          out.push({ name: vname, template: t.name, size: t.size });
+          continue;
+        }
+        if (cur.metadata.labels[VOLUME_SERVICE_LABEL] !== name || cur.metadata.labels[VOLUME_TEMPLATE_LABEL] !== t.name) {
+          const owner = cur.metadata.labels[VOLUME_SERVICE_LABEL];
+          throw new CarapaceError('CARAPACE_E_VOLUME_IN_USE', `${what}: template "${t.name}" needs volume "${vname}", which ${owner !== undefined ? `belongs to service "${owner}"` : 'exists and was not made from this template'}; rename the template`, [
+            { path: `spec.volumeTemplates[${i}].name`, message: `volume "${vname}" ${owner !== undefined ? `belongs to service "${owner}"` : 'already exists'}` },
+          ]);
+        }
+        if (cur.spec.size === t.size) continue;
+        if (cur.status.phase === 'Bound') {
+          throw new CarapaceError('CARAPACE_E_IMMUTABLE_FIELD', `${what}: volume "${vname}" is bound at ${cur.spec.size}; a template's size cannot change once its volumes hold data (shrinking would lose it, growing is not supported yet)`, [
+            { path: `spec.volumeTemplates[${i}].size`, message: `volume "${vname}" is bound at ${cur.spec.size}` },
+          ]);
+        }
+        out.push({ name: vname, template: t.name, size: t.size, existing: cur });
+      }
+    });
+  }
+  // Read-write use is exclusive: no other workload may mount what this one writes, nor may
+  // this one write what another mounts.
+  for (const [vname, mine] of specUses(kind, name, spec)) {
+    for (const other of usersOf(vname, state.services, state.jobs, { kind, name })) {
+      if (mine.readOnly && other.readOnly) continue;
+      const how = other.readOnly ? 'read-only' : 'read-write';
+      throw new CarapaceError('CARAPACE_E_VOLUME_IN_USE', `${what}: volume "${vname}" is used ${how} by ${other.who} (${other.field}); a volume mounted read-write has one user`, [
+        { path: mine.field.startsWith('spec.volumes') ? `${mine.field}.volume` : `${mine.field}.name`, message: `volume "${vname}" is used ${how} by ${other.who}` },
+      ]);
+    }
+  }
+  return out;
+}
+
+/**
+ * Refuses deleting a volume that a live instance mounts or that a service's or job's spec
+ * references (CARAPACE_E_VOLUME_IN_USE naming the user). A template volume of a replica past
+ * the service's `replicas` (kept after a scale down) is no longer referenced and may go.
+ */
+export function checkVolumeDeletable(tenant: string, volume: string, state: { instances: readonly Instance[]; services: readonly Service[]; jobs: readonly Job[] }): void {
+  const live = liveMounters(volume, state.instances);
+  const first = live[0];
+  if (first) {
+    const where = first.spec.host ? ` on host ${first.spec.host}` : '';
+    throw new CarapaceError('CARAPACE_E_VOLUME_IN_USE', `volume "${volume}" in tenant "${tenant}" is mounted by instance "${first.metadata.name}"${where}${live.length > 1 ? ` and ${live.length - 1} more` : ''}; stop its users first`, [
+      { path: 'metadata.name', message: `mounted by instance ${first.metadata.name}` },
+    ]);
+  }
+  const users = usersOf(volume, state.services, state.jobs);
+  const u = users[0];
+  if (u) {
+    throw new CarapaceError('CARAPACE_E_VOLUME_IN_USE', `volume "${volume}" in tenant "${tenant}" is referenced by ${u.who} (${u.field}); change or delete it first`, [
+      { path: 'metadata.name', message: `referenced by ${u.who}` },
+    ]);
+  }
+}
