@@ -664,7 +664,12 @@ export class VolumeStore {
     const mnt = this.mountDir(id);
     const mounted = (await mountTable()).find((m) => m.target === mnt);
     if (mounted) {
-      await runOrThrow('resize2fs', [mounted.source], { timeoutMs: 600_000 });
+      // Online growth is the kernel's (EXT4_IOC_RESIZE_FS), which wants CAP_SYS_RESOURCE.
+      const r = await run('resize2fs', [mounted.source], { timeoutMs: 600_000 });
+      if (r.code !== 0) {
+        const why = r.stderr.trim().split('\n').pop() ?? `exit ${r.code}`;
+        throw new CarapaceError('CARAPACE_E_VOLUME_BUSY', `volume ${id} cannot grow while mounted here (${why}); unmount it and ensure the size again`);
+      }
     } else {
       await this.fsck(img);
       await runOrThrow('resize2fs', [img], { timeoutMs: 600_000 });
