@@ -271,7 +271,14 @@ export class VolumeStore {
       const state = await this.readState();
       const e = state.volumes[id];
       if (!e || e.attachment === 'block') return;
-      await this.unmountNow(id);
+      try {
+        await this.unmountNow(id);
+      } catch (err) {
+        // Still held (by a container): put the host's mount back, so the kernel keeps
+        // matching the state (`host`, mounted once) and the volume stays usable here.
+        await this.mountNow(state, id, e).catch((m: unknown) => this.log.warn({ volume: id, err: String(m) }, 'remounting a busy volume failed'));
+        throw err;
+      }
       e.attachment = 'none';
       await this.writeState(state);
     });

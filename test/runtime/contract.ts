@@ -445,6 +445,25 @@ export function describeDriverContract(name: string, o: DriverContractOptions): 
         await volumes.remove(vol);
       });
 
+      it('host mounts: a volume a running container holds cannot be unmounted or handed to a VM until the container is gone', async () => {
+        const { volumes } = storage();
+        const vol = newId('held');
+        await volumes.ensure({ id: vol, tenant: 'acme', name: 'held', sizeBytes: 16 * 1024 * 1024 });
+        const src = await volumes.mount(vol);
+        const id = newId('holder');
+        await h.driver.start({ ...req(id, 'echo in > /data/f; echo started; sleep 60'), mounts: [bind(src, '/data', false)] });
+        await waitForLine(id, 'started');
+        await expect(volumes.unmount(vol)).rejects.toMatchObject({ code: 'CARAPACE_E_VOLUME_BUSY' });
+        await expect(volumes.imagePath(vol)).rejects.toMatchObject({ code: 'CARAPACE_E_VOLUME_BUSY' });
+        // Still mounted on the host, with what the container wrote.
+        expect(existsSync(`${src}/f`)).toBe(true);
+        await h.driver.destroy(id);
+        await volumes.unmount(vol);
+        await volumes.imagePath(vol);
+        await volumes.releaseImage(vol);
+        await volumes.remove(vol);
+      });
+
       it('host mounts: a container filling its volume gets ENOSPC; the volume keeps its size and stays usable', async () => {
         const { volumes } = storage();
         const vol = newId('full');
