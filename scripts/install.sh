@@ -11,7 +11,8 @@ DEBIAN_PACKAGES=(
   busybox-static                         # userland for example images and guests
   iproute2 nftables iptables             # container networking
   dnsmasq-base                           # tenant networks: DNS names and static DHCP leases per segment
-  util-linux                             # flock: the network lock (src/proc/file-lock.ts)
+  util-linux                             # flock (src/proc/file-lock.ts); fsfreeze, fallocate, mountpoint (src/storage/)
+  mount e2fsprogs                        # volumes: losetup, mount; mkfs.ext4, e2fsck, resize2fs, dumpe2fs (src/storage/)
   qemu-system-x86 qemu-utils linux-image-amd64   # VMs (cells, machines)
   etcd-server                            # the HA store
   iperf3 gcc libc6-dev                   # npm run bench -- net: throughput, and its static round-trip tool

@@ -61,6 +61,10 @@ export const ERROR_CATALOGUE = {
   CARAPACE_E_MANIFEST_FILE: { status: 0, description: 'CLI only: the manifest file cannot be read.' },
   CARAPACE_E_BAD_STORE_URL: { status: 0, description: 'CLI only: the store URL is not `sqlite:PATH` or `etcd://HOST:PORT[,HOST:PORT...]`.' },
   CARAPACE_E_BAD_JOIN_TOKEN: { status: 401, description: 'An agent presented a join token that is malformed, unknown or expired.' },
+  CARAPACE_E_VOLUME_BUSY: {
+    status: 409,
+    description: 'The volume is in use in a way that excludes the operation: mounted on its host (or still held by a container) when it is to be handed to a VM, restored or removed, or attached to a VM when it is to be mounted on the host. Unmount or detach it first.',
+  },
   CARAPACE_E_TIMEOUT: { status: 0, description: 'CLI only: what the command waited for (e.g. `drain --wait`) did not happen in time.' },
   CARAPACE_E_VOLUME_NOT_FOUND: {
     status: 422,

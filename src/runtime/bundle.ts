@@ -15,7 +15,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { ContainerSpec } from '../model/schemas.js';
-import type { ImageConfig, ResolverConfig } from './driver.js';
+import type { HostMount, ImageConfig, ResolverConfig } from './driver.js';
 import { buildOciSpec, DEFAULT_CAPABILITIES, hostsFile, resolvConfFile, tenantResolvConf, resolveUser, type OciSpec, type SpecNetwork } from './oci-spec.js';
 import { run } from '../proc/run.js';
 import { convertSeccompProfile, goArchOf, type DockerSeccompProfile, type OciSeccomp } from './seccomp.js';
@@ -74,6 +74,8 @@ export interface BundleRequest {
   dns?: ResolverConfig;
   /** The container's cgroup, relative to each hierarchy root. */
   cgroupsPath: string;
+  /** Host directories bind-mounted into the container (volumes, secret files); see HostMount. */
+  mounts?: readonly HostMount[];
   /** Tasks the runtime keeps in the container's cgroup itself (see OciSpecInput). */
   runtimeOwnPids?: number;
   /** From `loadSeccompProfile`; undefined means no filter. */
@@ -123,6 +125,7 @@ export async function prepareBundle(req: BundleRequest): Promise<PreparedBundle>
     cgroupsPath: req.cgroupsPath,
     ...(req.runtimeOwnPids ? { runtimeOwnPids: req.runtimeOwnPids } : {}),
     nofileLimit: req.nofileLimit,
+    ...(req.mounts ? { mounts: req.mounts } : {}),
   });
   await Promise.all([
     mkdir(join(dir, 'upper')),

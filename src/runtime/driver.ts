@@ -35,6 +35,14 @@ export interface ResolverConfig {
   search: string[];
 }
 
+/**
+ * A host directory given to a container at `destination` (a mounted volume, or an instance's
+ * secret/config files). Bind-mounted with nosuid and nodev (and ro when `readOnly`): whatever
+ * a tenant writes there (a setuid binary, a device node) stays inert. Cells do not take host
+ * paths: their volumes reach the VM as block devices.
+ */
+export type HostMount = { kind: 'bind'; source: string; destination: string; readOnly: boolean };
+
 export interface StartRequest {
   /**
    * Runtime container id, unique per start attempt, `[a-z0-9][a-z0-9_.-]*`, at most 64.
@@ -57,6 +65,11 @@ export interface StartRequest {
   dns?: ResolverConfig;
   /** Opaque labels kept with the container (tenant, instance, attempt) and returned by recover/inspect. */
   labels: Record<string, string>;
+  /**
+   * Host directories mounted into the container (see HostMount), in order; destinations are
+   * checked by the spec builder (absolute, no `..`, not under /proc, /sys or /dev, not twice).
+   */
+  mounts?: HostMount[];
 }
 
 export type ContainerState =

@@ -23,7 +23,7 @@ import type { Isolation } from '../model/schemas.js';
 import { CONTAINER_ID_PATTERN, validateContainerId, type CheckAction, type CheckResult, type ContainerInfo, type DriverCapabilities, type ContainerState, type ContainerUsage, type LogLine, type LogOptions, type RuntimeDriver, type StartRequest } from './driver.js';
 import { K8sLogParser } from './k8s-log.js';
 import { containerNofileLimit, loadSeccompProfile, prepareBundle } from './bundle.js';
-import { labelsFromAnnotations, type OciSpec } from './oci-spec.js';
+import { checkHostMounts, labelsFromAnnotations, type OciSpec } from './oci-spec.js';
 import { pidAlive } from '../proc/pids.js';
 import { run } from '../proc/run.js';
 import { sleep } from '../proc/sleep.js';
@@ -269,6 +269,8 @@ export class OciDriver implements RuntimeDriver {
     if (!req.rootfs.startsWith('/') || /[,:\n]/.test(req.rootfs)) {
       throw new Error(`rootfs ${JSON.stringify(req.rootfs)} must be an absolute path without ',' or ':' (overlayfs option syntax)`);
     }
+    // Bad mounts are the caller's input: refused (CARAPACE_E_VALIDATION) before anything exists.
+    if (req.mounts) checkHostMounts(req.mounts);
     await this.ensureDirs();
     const dir = this.bundle(id);
     try {
@@ -294,6 +296,7 @@ export class OciDriver implements RuntimeDriver {
         // neither name it nor ask for a new one (with a new one it would get loopback only).
         network: req.netnsPath === undefined ? { kind: 'private' } : this.flavor.createLauncher ? { kind: 'shared' } : { kind: 'join', path: req.netnsPath },
         cgroupsPath: this.cgroupPath(id),
+        ...(req.mounts ? { mounts: req.mounts } : {}),
         ...(this.flavor.ownPids ? { runtimeOwnPids: this.flavor.ownPids } : {}),
         seccomp,
         nofileLimit,

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
+import { CarapaceError } from '../model/errors.js';
 import type { ContainerSpec } from '../model/schemas.js';
 import type { ImageConfig } from './driver.js';
-import { buildOciSpec, DEFAULT_CAPABILITIES, labelsFromAnnotations, resolvConfFile, tenantResolvConf, resolveArgs, resolveEnv, resolveUser, type OciSpecInput } from './oci-spec.js';
+import { buildOciSpec, checkHostMounts, DEFAULT_CAPABILITIES, labelsFromAnnotations, resolvConfFile, tenantResolvConf, resolveArgs, resolveEnv, resolveUser, type OciSpecInput } from './oci-spec.js';
 
 const image: ImageConfig = { entrypoint: ['/entry'], cmd: ['--serve'], env: ['PATH=/usr/bin', 'A=1'], workingDir: '/app', user: '' };
 const container: ContainerSpec = {
@@ -100,5 +101,60 @@ describe('tenantResolvConf', () => {
 describe('resolvConfFile', () => {
   it('drops loopback nameservers', () => {
     expect(resolvConfFile('nameserver 127.0.0.53\nnameserver 10.0.0.2\nsearch x\n')).toBe('nameserver 10.0.0.2\nsearch x\n');
+  });
+});
+
+describe('host mounts', () => {
+  const bind = (destination: string, readOnly = false, source = '/var/lib/carapace/volumes/mnt/v1') => ({ kind: 'bind' as const, source, destination, readOnly });
+
+  it('adds bind mounts without suid or devices, read-only when asked, after the runtime mounts', () => {
+    const s = buildOciSpec(input({ mounts: [bind('/data'), bind('/run/secrets/db', true, '/run/carapace/secrets/i1/db')] }));
+    expect(s.mounts.slice(-2)).toEqual([
+      { destination: '/data', type: 'bind', source: '/var/lib/carapace/volumes/mnt/v1', options: ['bind', 'nosuid', 'nodev', 'rw'] },
+      { destination: '/run/secrets/db', type: 'bind', source: '/run/carapace/secrets/i1/db', options: ['bind', 'nosuid', 'nodev', 'ro'] },
+    ]);
+    expect(buildOciSpec(input()).mounts.some((m) => m.destination === '/data')).toBe(false);
+  });
+
+  it('cleans destinations and puts parents before children', () => {
+    expect(checkHostMounts([bind('/data/logs/'), bind('//data')]).map((m) => m.destination)).toEqual(['/data', '/data/logs']);
+  });
+
+  it.each([
+    ['data', 'mounts[0].destination', 'absolute'],
+    ['/data/../etc', 'mounts[0].destination', "'..'"],
+    ['/./data', 'mounts[0].destination', "'.'"],
+    ['/', 'mounts[0].destination', 'root directory'],
+    ['/proc', 'mounts[0].destination', '/proc'],
+    ['/proc/sys/kernel', 'mounts[0].destination', '/proc'],
+    ['/sys/fs/cgroup', 'mounts[0].destination', '/sys'],
+    ['/dev', 'mounts[0].destination', '/dev'],
+    ['/dev/shm/x', 'mounts[0].destination', '/dev'],
+    ['/etc/resolv.conf', 'mounts[0].destination', 'runtime'],
+  ])('refuses destination %s (%s)', (destination, path, why) => {
+    let err: unknown;
+    try {
+      checkHostMounts([bind(destination)]);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(CarapaceError);
+    expect((err as CarapaceError).code).toBe('CARAPACE_E_VALIDATION'); // `as`: checked just above
+    expect((err as CarapaceError).details).toEqual([{ path, message: expect.stringContaining(why) }]); // `as`: checked above
+  });
+
+  it('allows look-alikes of reserved paths', () => {
+    expect(checkHostMounts([bind('/devdata'), bind('/system'), bind('/procs')]).length).toBe(3);
+  });
+
+  it('refuses relative or dotted sources and a destination mounted twice, naming every field', () => {
+    let err: CarapaceError | undefined;
+    try {
+      checkHostMounts([bind('/a', false, 'rel/dir'), bind('/b', false, '/x/../y'), bind('/a/'), bind('/ok')]);
+    } catch (e) {
+      err = e as CarapaceError; // `as`: checkHostMounts throws only CarapaceError
+    }
+    expect(err?.details.map((d) => d.path)).toEqual(['mounts[0].source', 'mounts[1].source', 'mounts[2].destination']);
+    expect(() => buildOciSpec(input({ mounts: [bind('/proc/x')] }))).toThrow(CarapaceError);
   });
 });

@@ -5,8 +5,9 @@
  * capabilities, no new privileges, the containers-common seccomp profile, masked and
  * read-only /proc and /sys paths, private namespaces and cgroup limits from the spec.
  */
+import { CarapaceError, type FieldIssue } from '../model/errors.js';
 import type { ContainerSpec } from '../model/schemas.js';
-import type { ImageConfig } from './driver.js';
+import type { HostMount, ImageConfig } from './driver.js';
 import type { OciSeccomp } from './seccomp.js';
 
 /** Podman's default capability set; the only capabilities a container ever gets. */
@@ -125,6 +126,72 @@ export interface OciSpecInput {
    * agent's own hard limit, since an unprivileged-by-limits host refuses a higher one.
    */
   nofileLimit: number;
+  /** Host directories bind-mounted into the container (checked by `checkHostMounts`). */
+  mounts?: readonly HostMount[];
+}
+
+/**
+ * Container paths a host mount may not cover: the kernel's interfaces (a bind over /proc,
+ * /sys or /dev would hide or replace what the masked and read-only paths protect) and the
+ * files the runtime itself binds.
+ */
+export const RESERVED_MOUNT_DESTINATIONS: readonly string[] = ['/proc', '/sys', '/dev'];
+const RUNTIME_BOUND_FILES: readonly string[] = ['/etc/hosts', '/etc/hostname', '/etc/resolv.conf'];
+
+/** Why `p` is not a usable absolute path, or undefined when it is. */
+function pathProblem(p: string): string | undefined {
+  if (!p.startsWith('/')) return 'must be an absolute path';
+  if (p.includes('\0')) return 'must not contain NUL';
+  const parts = p.split('/');
+  if (parts.includes('..')) return "must not contain '..'";
+  if (parts.includes('.')) return "must not contain '.' segments";
+  return undefined;
+}
+
+/** `p` without repeated and trailing slashes (`//data/` -> `/data`). */
+function cleanPath(p: string): string {
+  return `/${p.split('/').filter((s) => s !== '').join('/')}`;
+}
+
+/**
+ * Checks host mounts before anything is made: sources and destinations absolute without
+ * `..`, destinations not `/`, not under /proc, /sys or /dev, not over the runtime's own
+ * /etc files, and no destination twice. Throws CARAPACE_E_VALIDATION naming every bad field
+ * (`mounts[1].destination`). Returns the mounts with cleaned destinations, parents before
+ * children (the runtime applies them in order, so `/data` given after `/data/logs` would
+ * hide it).
+ */
+export function checkHostMounts(mounts: readonly HostMount[]): HostMount[] {
+  const issues: FieldIssue[] = [];
+  const seen = new Set<string>();
+  const out: HostMount[] = [];
+  mounts.forEach((m, i) => {
+    const srcProblem = pathProblem(m.source);
+    if (srcProblem) issues.push({ path: `mounts[${i}].source`, message: srcProblem });
+    const dstProblem = pathProblem(m.destination);
+    if (dstProblem) {
+      issues.push({ path: `mounts[${i}].destination`, message: dstProblem });
+      return;
+    }
+    const dst = cleanPath(m.destination);
+    const under = (root: string): boolean => dst === root || dst.startsWith(`${root}/`);
+    const reserved = RESERVED_MOUNT_DESTINATIONS.find(under);
+    if (dst === '/') issues.push({ path: `mounts[${i}].destination`, message: 'must not be the root directory' });
+    else if (reserved) issues.push({ path: `mounts[${i}].destination`, message: `must not be under ${reserved}` });
+    else if (RUNTIME_BOUND_FILES.includes(dst)) issues.push({ path: `mounts[${i}].destination`, message: `${dst} is provided by the runtime` });
+    else if (seen.has(dst)) issues.push({ path: `mounts[${i}].destination`, message: `${dst} is mounted twice` });
+    seen.add(dst);
+    out.push({ ...m, destination: dst });
+  });
+  if (issues.length > 0) throw new CarapaceError('CARAPACE_E_VALIDATION', `invalid container mounts: ${issues.map((x) => `${x.path} ${x.message}`).join('; ')}`, issues);
+  const depth = (p: string): number => p.split('/').length;
+  // Array.prototype.sort is stable: mounts of equal depth keep their given order.
+  return out.sort((a, b) => depth(a.destination) - depth(b.destination));
+}
+
+/** The OCI mount of one host mount: a bind without suid or device files, read-only when asked. */
+export function hostBindMount(m: HostMount): OciSpec['mounts'][number] {
+  return { destination: m.destination, type: 'bind', source: m.source, options: ['bind', 'nosuid', 'nodev', m.readOnly ? 'ro' : 'rw'] };
 }
 
 /**
@@ -301,6 +368,7 @@ export function buildOciSpec(input: OciSpecInput): OciSpec {
       { destination: '/etc/hosts', type: 'bind', source: input.etcFiles.hosts, options: ['rbind', 'ro', 'nosuid', 'nodev', 'noexec'] },
       { destination: '/etc/hostname', type: 'bind', source: input.etcFiles.hostname, options: ['rbind', 'ro', 'nosuid', 'nodev', 'noexec'] },
       { destination: '/etc/resolv.conf', type: 'bind', source: input.etcFiles.resolvConf, options: ['rbind', 'ro', 'nosuid', 'nodev', 'noexec'] },
+      ...checkHostMounts(input.mounts ?? []).map(hostBindMount),
     ],
     annotations: Object.fromEntries(Object.entries(input.labels).map(([k, v]) => [LABEL_ANNOTATION_PREFIX + k, v])),
     linux: {

@@ -13,7 +13,9 @@
  */
 import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { DriverCapabilities, LogLine, RuntimeDriver, StartRequest } from '../../src/runtime/driver.js';
+import type { DriverCapabilities, HostMount, LogLine, RuntimeDriver, StartRequest } from '../../src/runtime/driver.js';
+import type { SecretFiles } from '../../src/storage/secret-files.js';
+import type { VolumeStore } from '../../src/storage/volume-store.js';
 import { httpGet, httpGetEventually } from '../network/helpers.js';
 import { IMAGE, allLogs, newId, shSpec, stdoutOf } from './helpers.js';
 
@@ -46,6 +48,8 @@ export interface DriverHarness {
   processes(id: string): Promise<number>;
   /** The limits enforced on the container, read where they are enforced. */
   limits(id: string): Promise<{ memoryBytes: number; pids: number; cpuQuotaUs: number }>;
+  /** The host's volume store and secret files, for drivers that take host mounts (`hostMounts`). */
+  readonly hostMounts?: { volumes: VolumeStore; files: SecretFiles };
   /** What a destroyed container left behind (mounts, cgroups, runtime state, files), described; [] when nothing. */
   leftovers(id: string): Promise<string[]>;
   cleanup(): Promise<void>;
@@ -59,6 +63,12 @@ export interface DriverContractOptions {
   kernel: 'linux' | 'gvisor';
   /** Tasks the runtime keeps in the container's cgroup itself, on top of the spec's pids. */
   runtimeOwnPids: number;
+  /**
+   * Whether the driver takes host directories (`StartRequest.mounts`: volumes mounted on the
+   * host, secret files): the host drivers do; a cell's runtime gets its volumes as block
+   * devices instead. When true the harness provides `hostMounts`.
+   */
+  hostMounts?: boolean;
   /** Builds the harness (once for the file). */
   setup(): Promise<DriverHarness>;
 }
@@ -396,6 +406,104 @@ export function describeDriverContract(name: string, o: DriverContractOptions): 
         expect((await h.driver.wait(id)).exitCode).toBe(0);
         expect(await stdoutOf(h.driver, id)).toBe('from outside');
         await expect(h.driver.start({ ...req(newId('relative'), 'true'), rootfs: 'rootfs' })).rejects.toThrow(/must be an absolute path/);
+      });
+    }
+
+    if (o.hostMounts) {
+      /** The harness's host storage (present when the suite is told the driver takes host mounts). */
+      const storage = (): NonNullable<DriverHarness['hostMounts']> => {
+        if (!h.hostMounts) throw new Error('the harness of a driver with hostMounts must provide them');
+        return h.hostMounts;
+      };
+      const bind = (source: string, destination: string, readOnly: boolean): HostMount => ({ kind: 'bind', source, destination, readOnly });
+      /** Runs `script` with `mounts` to its end; its exit code, stdout and stderr. */
+      async function runWith(prefix: string, script: string, mounts: HostMount[]): Promise<{ code: number; stdout: string; stderr: string[] }> {
+        const id = newId(prefix);
+        await h.driver.start({ ...req(id, script), mounts });
+        const code = (await h.driver.wait(id)).exitCode;
+        const lines = await allLogs(h.driver, id);
+        await h.driver.destroy(id);
+        return { code, stdout: lines.filter((l) => l.stream === 'stdout').map((l) => l.text).join('\n'), stderr: lines.filter((l) => l.stream === 'stderr').map((l) => l.text) };
+      }
+
+      it('host mounts: a volume written by one container is there for the next once the first is destroyed; read-only refuses writes (EROFS)', async () => {
+        const { volumes } = storage();
+        const vol = newId('vol');
+        await volumes.ensure({ id: vol, tenant: 'acme', name: 'db', sizeBytes: 32 * 1024 * 1024 });
+        const src = await volumes.mount(vol);
+        const first = await runWith('writer', 'echo persisted > /data/f && mkdir /data/sub && echo deep > /data/sub/g && sync', [bind(src, '/data', false)]);
+        expect(first).toMatchObject({ code: 0 });
+        expect(existsSync(`${src}/sub/g`)).toBe(true);
+        const second = await runWith('reader', 'cat /data/f /data/sub/g', [bind(src, '/data', false)]);
+        expect(second).toMatchObject({ code: 0, stdout: 'persisted\ndeep' });
+        const ro = await runWith('ro', 'cat /data/f; if echo x > /data/h; then echo wrote; else echo refused; fi', [bind(src, '/data', true)]);
+        expect(ro.stdout).toBe('persisted\nrefused');
+        expect(ro.stderr.join('\n')).toMatch(/read-only file system/i);
+        expect(existsSync(`${src}/h`)).toBe(false);
+        // Every container is gone: the volume unmounts (nothing holds it).
+        await volumes.unmount(vol);
+        await volumes.remove(vol);
+      });
+
+      it('host mounts: a volume a running container holds cannot be unmounted or handed to a VM until the container is gone', async () => {
+        const { volumes } = storage();
+        const vol = newId('held');
+        await volumes.ensure({ id: vol, tenant: 'acme', name: 'held', sizeBytes: 16 * 1024 * 1024 });
+        const src = await volumes.mount(vol);
+        const id = newId('holder');
+        await h.driver.start({ ...req(id, 'echo in > /data/f; echo started; sleep 60'), mounts: [bind(src, '/data', false)] });
+        await waitForLine(id, 'started');
+        await expect(volumes.unmount(vol)).rejects.toMatchObject({ code: 'CARAPACE_E_VOLUME_BUSY' });
+        await expect(volumes.imagePath(vol)).rejects.toMatchObject({ code: 'CARAPACE_E_VOLUME_BUSY' });
+        // Still mounted on the host, with what the container wrote.
+        expect(existsSync(`${src}/f`)).toBe(true);
+        await h.driver.destroy(id);
+        await volumes.unmount(vol);
+        await volumes.imagePath(vol);
+        await volumes.releaseImage(vol);
+        await volumes.remove(vol);
+      });
+
+      it('host mounts: a container filling its volume gets ENOSPC; the volume keeps its size and stays usable', async () => {
+        const { volumes } = storage();
+        const vol = newId('full');
+        const v = await volumes.ensure({ id: vol, tenant: 'acme', name: 'full', sizeBytes: 16 * 1024 * 1024 });
+        const src = await volumes.mount(vol);
+        const r = await runWith('fill', 'dd if=/dev/zero of=/data/big bs=1M count=64; echo exit=$?; rm /data/big; echo ok > /data/after && cat /data/after', [bind(src, '/data', false)]);
+        expect(r.stderr.join('\n')).toMatch(/no space left on device/i);
+        expect(r.stdout).toMatch(/^exit=[1-9]\d*\nok$/);
+        const u = await volumes.usage(vol);
+        expect(u.totalBytes).toBeLessThanOrEqual(v.sizeBytes);
+        expect(u.allocatedBytes).toBeLessThanOrEqual(v.sizeBytes);
+        await volumes.unmount(vol);
+        await volumes.remove(vol);
+      });
+
+      it('host mounts: secret files are read-only in the container, and an update reaches a running container', async () => {
+        const { files } = storage();
+        const instance = newId('sec');
+        const src = await files.write(instance, 'db', { password: 'one' });
+        const id = newId('secrets');
+        const script = [
+          'cat /run/secrets/db/password; echo',
+          'if echo x > /run/secrets/db/password; then echo wrote; else echo refused; fi',
+          'i=0; while [ "$(cat /run/secrets/db/password)" != two ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done',
+          'cat /run/secrets/db/password; echo',
+        ].join('\n');
+        await h.driver.start({ ...req(id, script), mounts: [bind(src, '/run/secrets/db', true)] });
+        await waitForLine(id, 'refused');
+        await files.write(instance, 'db', { password: 'two' });
+        expect((await h.driver.wait(id)).exitCode).toBe(0);
+        expect(await stdoutOf(h.driver, id)).toBe('one\nrefused\ntwo');
+        await h.driver.destroy(id);
+        await files.remove(instance);
+      });
+
+      it('host mounts: a destination under /proc, /sys or /dev, or not absolute, is refused before anything starts', async () => {
+        const id = newId('badmount');
+        await expect(h.driver.start({ ...req(id, 'true'), mounts: [bind('/tmp', '/proc/x', false)] })).rejects.toMatchObject({ code: 'CARAPACE_E_VALIDATION' });
+        await expect(h.driver.start({ ...req(id, 'true'), mounts: [bind('/tmp', 'data', false)] })).rejects.toMatchObject({ code: 'CARAPACE_E_VALIDATION' });
+        expect(await h.driver.inspect(id)).toBeUndefined();
       });
     }
 

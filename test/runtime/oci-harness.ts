@@ -11,6 +11,8 @@ import { join } from 'node:path';
 import { createNetworkManager } from '../../src/network/network-manager.js';
 import { runOrThrow } from '../../src/proc/run.js';
 import type { OciDriver, OciDriverOptions } from '../../src/runtime/index.js';
+import { SecretFiles } from '../../src/storage/secret-files.js';
+import { VolumeStore } from '../../src/storage/volume-store.js';
 import { freeHostPort, freeSubnet, uniqueTag } from '../network/helpers.js';
 import type { DriverHarness } from './contract.js';
 import { buildRootfs, logger, mountsContaining } from './helpers.js';
@@ -36,6 +38,10 @@ export async function ociHarness(
   await buildRootfs(outsideShare);
   const net = createNetworkManager({ stateDir: join(dir, 'net'), logger, bridge: `cct${uniqueTag()}`, subnet: freeSubnet() });
   let driver = create({ stateDir, logger });
+  const volumes = new VolumeStore({ stateDir, logger });
+  await volumes.recover();
+  const files = new SecretFiles({ runDir: join(dir, 'files'), logger });
+  await files.init();
   return {
     get driver() {
       return driver;
@@ -49,6 +55,7 @@ export async function ociHarness(
       freeHostPort,
     },
     freePort: freeHostPort,
+    hostMounts: { volumes, files },
     async restart() {
       driver = create({ stateDir, logger });
     },
@@ -69,6 +76,8 @@ export async function ociHarness(
       return out;
     },
     async cleanup() {
+      await volumes.gc(new Set()).catch(() => undefined);
+      await files.teardown().catch(() => undefined);
       await net.gc(new Set()).catch(() => undefined);
       await net.removeBridge().catch(() => undefined);
       await rm(dir, { recursive: true, force: true });

@@ -22,6 +22,7 @@ describeDriverContract('runc', {
   capabilities: { network: 'namespace', images: 'host-path' },
   kernel: 'linux',
   runtimeOwnPids: 0,
+  hostMounts: true,
   setup: () => ociHarness(createRuncDriver, cgroupProcs),
 });
 

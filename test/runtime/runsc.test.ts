@@ -19,6 +19,7 @@ describeDriverContract('runsc', {
   capabilities: { network: 'namespace', images: 'host-path' },
   kernel: 'gvisor',
   runtimeOwnPids: 128,
+  hostMounts: true,
   setup: () => ociHarness(createRunscDriver, sandboxProcs),
 });
 
