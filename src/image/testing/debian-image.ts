@@ -16,7 +16,7 @@
  *
  * Libraries loaded with dlopen (not in ldd's output) must be listed in `paths`.
  */
-import { chmod, chown, copyFile, lstat, mkdir, open, readdir, readlink, symlink } from 'node:fs/promises';
+import { chmod, chown, copyFile, lstat, mkdir, open, readdir, readlink, rm, symlink } from 'node:fs/promises';
 import { dirname, join, posix } from 'node:path';
 import { runOrThrow } from '../../proc/run.js';
 import { busyboxBaseLayer } from './busybox-image.js';
@@ -81,7 +81,7 @@ export interface DebianImageOptions {
 }
 
 /** Paths of a package that a container never needs. */
-const ALWAYS_DROPPED = [/^\/usr\/share\/(doc|doc-base|man|info|lintian|bug)\//, /^\/usr\/share\/locale\//, /^\/etc\/init\.d\//, /^\/lib\/systemd\//, /^\/usr\/lib\/systemd\//];
+const ALWAYS_DROPPED = [/^\/usr\/share\/(doc|doc-base|man|info|lintian|bug|bash-completion)\//, /^\/usr\/share\/locale\//, /^\/etc\/init\.d\//, /^\/lib\/systemd\//, /^\/usr\/lib\/systemd\//];
 const TOOL_TIMEOUT_MS = 60_000;
 /** ldd is given this many files per call; calls run in parallel. */
 const LDD_BATCH = 16;
@@ -191,7 +191,12 @@ class HostCopier {
           continue;
         }
         const target = await readlink(next);
-        if (there === undefined) {
+        const same = there?.isSymbolicLink() === true && (await readlink(inImage)) === target;
+        if (there !== undefined && !same) {
+          if (there.isDirectory()) throw new Error(`host path ${path}: ${next} is a symlink on the host but a directory in the image`);
+          await rm(inImage); // a lower layer's file or link (a busybox applet): the package's wins
+        }
+        if (!same) {
           await mkdir(dirname(inImage), { recursive: true, mode: 0o755 });
           await symlink(target, inImage);
         }
@@ -216,11 +221,12 @@ class HostCopier {
       }
       if (!last) throw new Error(`host path ${path}: ${next} is not a directory`);
       if (st.isFile()) {
-        if (there === undefined) {
-          await copyFile(next, inImage);
-          await chmod(inImage, st.mode & 0o7777);
-          if (await isElf(next)) this.elfs.push(next);
-        }
+        // What is there comes from a lower layer (a busybox applet link such as
+        // /usr/bin/setpriv): the package's real program replaces it.
+        if (there !== undefined) await rm(inImage, { recursive: true });
+        await copyFile(next, inImage);
+        await chmod(inImage, st.mode & 0o7777);
+        if (await isElf(next)) this.elfs.push(next);
       }
       // Sockets, fifos and devices from a package are not copied: nothing should need them.
     }

@@ -40,8 +40,8 @@ const PG_PROGRAMS = ['postgres', 'initdb', 'pg_ctl', 'pg_isready', 'psql', 'pg_d
  * postgres is the container's pid 1 and gets its signals). Started as a non-root user
  * instead, it skips the ownership step and needs a PGDATA that user can write.
  *
- * Authentication: with a password file, initdb sets the `postgres` password from it (read by
- * root and piped, so a 0400 root-owned secret file works), listens on every address and
+ * Authentication: with a password file, initdb sets the `postgres` password from it (root
+ * copies it for initdb to a 0600 file on /dev/shm, so a 0400 root-owned secret works), listens on every address and
  * requires scram-sha-256 for every TCP connection; without one, it listens on localhost only
  * with trust auth (nothing outside the container can connect). The Unix socket is trusted in
  * both cases: only processes inside the container reach it (exec checks, psql via exec).
@@ -52,7 +52,7 @@ export PGDATA="\${PGDATA:-${POSTGRES_PGDATA}}"
 pwfile="\${POSTGRES_PASSWORD_FILE:-${POSTGRES_PASSWORD_FILE}}"
 as_postgres() {
   if [ "$(id -u)" = 0 ]; then
-    setpriv --reuid=postgres --regid=postgres --init-groups "$@"
+    /usr/bin/setpriv --reuid=postgres --regid=postgres --init-groups "$@"
   else
     "$@"
   fi
@@ -68,7 +68,16 @@ fi
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
   if [ -s "$pwfile" ]; then
     echo "entrypoint: initdb $PGDATA (password from $pwfile, scram-sha-256 on every address)"
-    cat "$pwfile" | as_postgres initdb --username=postgres --pwfile=/dev/stdin --auth-local=trust --auth-host=scram-sha-256 --locale=C --encoding=UTF8 >/dev/null
+    pw="$pwfile"
+    if [ "$(id -u)" = 0 ]; then
+      # The secret may be root's and 0400, and a pipe cannot be reopened as /dev/stdin by
+      # another uid: hand initdb a copy of its own on tmpfs (never on disk), removed at once.
+      pw=$(mktemp /dev/shm/pgpass.XXXXXX)
+      cat "$pwfile" > "$pw"
+      chown postgres:postgres "$pw"
+    fi
+    as_postgres initdb --username=postgres --pwfile="$pw" --auth-local=trust --auth-host=scram-sha-256 --locale=C --encoding=UTF8 >/dev/null || { [ "$pw" = "$pwfile" ] || rm -f "$pw"; exit 1; }
+    [ "$pw" = "$pwfile" ] || rm -f "$pw"
     printf "listen_addresses = '*'\\n" >> "$PGDATA/postgresql.conf"
     printf 'host all all all scram-sha-256\\n' >> "$PGDATA/pg_hba.conf"
   else
@@ -78,7 +87,7 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   fi
 fi
 if [ "$(id -u)" = 0 ]; then
-  exec setpriv --reuid=postgres --regid=postgres --init-groups postgres "$@"
+  exec /usr/bin/setpriv --reuid=postgres --regid=postgres --init-groups postgres "$@"
 fi
 exec postgres "$@"
 `;
@@ -103,7 +112,7 @@ export async function buildPostgresImage(registry: string, tag = '15'): Promise<
         exclude: [/\/(llvmjit|sepgsql)\.so$/, /^\/usr\/share\/postgresql\/15\/man\//],
       },
       { name: 'postgresql-client-15', include: [new RegExp(`^${PG_BIN}/(${PG_PROGRAMS.join('|')})$`), /^\/usr\/share\/postgresql\/15\//], exclude: [/^\/usr\/share\/postgresql\/15\/man\//] },
-      { name: 'util-linux', include: [/\/setpriv$/] },
+      { name: 'util-linux', include: [/^\/usr\/bin\/setpriv$/] },
     ],
     paths: ['/usr/share/zoneinfo/UTC', '/usr/share/zoneinfo/Etc/UTC'],
     users: [{ name: 'postgres', uid: POSTGRES_UID, gid: POSTGRES_UID, home: '/var/lib/postgresql' }],
