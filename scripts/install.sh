@@ -16,6 +16,8 @@ DEBIAN_PACKAGES=(
   qemu-system-x86 qemu-utils linux-image-amd64   # VMs (cells, machines)
   etcd-server                            # the HA store
   iperf3 gcc libc6-dev                   # npm run bench -- net: throughput, and its static round-trip tool
+  fio                                    # npm run bench -- volume, and the fio test image
+  postgresql-15 postgresql-client-15     # the PostgreSQL test image (src/image/testing/debian-images.ts); no system cluster, see below
   chromium                               # the dashboard's end-to-end tests (headless, via playwright-core)
   curl ca-certificates
 )
@@ -27,6 +29,22 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "==> installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # postgresql-15 is here for its files (copied into a test image), not to run a server. Its
+  # postinst creates and starts a cluster "15/main" on :5432 unless postgresql-common's
+  # createcluster.conf says `create_main_cluster = false` (maintscripts-functions,
+  # configure_version). Say so before installing: postgresql-common's postinst installs that
+  # file with ucf, which keeps an existing file (UCF_FORCE_CONFFOLD makes it explicit). Only a
+  # first install of a version creates a cluster, and existing clusters are left alone.
+  if [[ " ${missing[*]} " == *" postgresql-15 "* ]] && [ ! -d /etc/postgresql/15/main ]; then
+    cc=/etc/postgresql-common/createcluster.conf
+    mkdir -p /etc/postgresql-common
+    if [ ! -e "$cc" ]; then
+      printf '# Written by Carapace scripts/install.sh: packages must not create a running cluster.\ncreate_main_cluster = false\n' > "$cc"
+    elif ! grep -Eq '^[[:space:]]*create_main_cluster[[:space:]]*=[[:space:]]*(false|off)' "$cc"; then
+      printf '\n# Added by Carapace scripts/install.sh: packages must not create a running cluster.\ncreate_main_cluster = false\n' >> "$cc"
+    fi
+    export UCF_FORCE_CONFFOLD=1
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

@@ -1,0 +1,176 @@
+/**
+ * Images of real third-party software built from this host's Debian packages with
+ * buildDebianImage, for the volume tests, the bundled examples and the volume benchmark.
+ * Usable as a library or as a CLI:
+ *
+ *   node dist/src/image/testing/debian-images.js 127.0.0.1:5000
+ *
+ * prints one `name=reference` line per image (and exits non-zero with a message on failure).
+ * Needs the Debian packages postgresql-15 (with postgresql-client-15), fio and util-linux
+ * (scripts/install.sh installs them).
+ */
+import { pathToFileURL } from 'node:url';
+import { buildDebianImage, packageVersion } from './debian-image.js';
+import type { BuiltImage } from './oci-build.js';
+
+/** Repository names of the Debian-built images, for manifests that hard-code them. */
+export const DEBIAN_REPOSITORIES = {
+  postgres: 'carapace-examples/postgres',
+  fio: 'carapace-examples/fio',
+} as const;
+
+/** The uid and gid of `postgres` in the image (Debian's system-user range; the official image's too). */
+export const POSTGRES_UID = 999;
+/** Where the image expects its volume: the cluster lives in `pgdata` under it (see the entrypoint). */
+export const POSTGRES_VOLUME = '/var/lib/postgresql/data';
+/** The default `PGDATA`: a subdirectory of the volume, because a fresh ext4 volume's root holds lost+found. */
+export const POSTGRES_PGDATA = `${POSTGRES_VOLUME}/pgdata`;
+/** Default file the entrypoint reads the superuser password from (a secret `db` with key `password`). */
+export const POSTGRES_PASSWORD_FILE = '/run/secrets/db/password';
+
+const PG_BIN = '/usr/lib/postgresql/15/bin';
+/** Programs of postgresql-15 and postgresql-client-15 in the image (the rest: upgrade, replication and maintenance tools). */
+const PG_PROGRAMS = ['postgres', 'initdb', 'pg_ctl', 'pg_isready', 'psql', 'pg_dump', 'pg_dumpall', 'pg_restore', 'pg_controldata'];
+
+/**
+ * The entrypoint. Runs as root first (the image's default user) only to make PGDATA and the
+ * socket directory postgres's: a volume's root is root's, and postgres refuses to run as root.
+ * It then runs initdb and postgres as `postgres` with util-linux `setpriv` (a plain
+ * setresgid/setgroups/setresuid then exec: no setuid binary, no PAM, no extra process, so
+ * postgres is the container's pid 1 and gets its signals). Started as a non-root user
+ * instead, it skips the ownership step and needs a PGDATA that user can write.
+ *
+ * Authentication: with a password file, initdb sets the `postgres` password from it (root
+ * copies it for initdb to a 0600 file on /dev/shm, so a 0400 root-owned secret works), listens on every address and
+ * requires scram-sha-256 for every TCP connection; without one, it listens on localhost only
+ * with trust auth (nothing outside the container can connect). The Unix socket is trusted in
+ * both cases: only processes inside the container reach it (exec checks, psql via exec).
+ */
+const ENTRYPOINT = `#!/bin/sh
+set -eu
+export PGDATA="\${PGDATA:-${POSTGRES_PGDATA}}"
+pwfile="\${POSTGRES_PASSWORD_FILE:-${POSTGRES_PASSWORD_FILE}}"
+as_postgres() {
+  if [ "$(id -u)" = 0 ]; then
+    /usr/bin/setpriv --reuid=postgres --regid=postgres --init-groups "$@"
+  else
+    "$@"
+  fi
+}
+if [ "$(id -u)" = 0 ]; then
+  mkdir -p "$PGDATA" /var/run/postgresql
+  # A data directory from elsewhere (another uid) is taken over whole; ours is left alone.
+  if [ "$(stat -c %u "$PGDATA")" != ${POSTGRES_UID} ]; then chown -R postgres:postgres "$PGDATA"; fi
+  chmod 0700 "$PGDATA"
+  chown postgres:postgres /var/run/postgresql
+  chmod 2775 /var/run/postgresql
+fi
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+  if [ -s "$pwfile" ]; then
+    echo "entrypoint: initdb $PGDATA (password from $pwfile, scram-sha-256 on every address)"
+    pw="$pwfile"
+    if [ "$(id -u)" = 0 ]; then
+      # The secret may be root's and 0400, and a pipe cannot be reopened as /dev/stdin by
+      # another uid: hand initdb a copy of its own on tmpfs (never on disk), removed at once.
+      pw=$(mktemp /dev/shm/pgpass.XXXXXX)
+      cat "$pwfile" > "$pw"
+      chown postgres:postgres "$pw"
+    fi
+    as_postgres initdb --username=postgres --pwfile="$pw" --auth-local=trust --auth-host=scram-sha-256 --locale=C --encoding=UTF8 >/dev/null || { [ "$pw" = "$pwfile" ] || rm -f "$pw"; exit 1; }
+    [ "$pw" = "$pwfile" ] || rm -f "$pw"
+    printf "listen_addresses = '*'\\n" >> "$PGDATA/postgresql.conf"
+    printf 'host all all all scram-sha-256\\n' >> "$PGDATA/pg_hba.conf"
+  else
+    echo "entrypoint: initdb $PGDATA (no password file: trust auth, localhost only)"
+    as_postgres initdb --username=postgres --auth-local=trust --auth-host=trust --locale=C --encoding=UTF8 >/dev/null
+    printf "listen_addresses = 'localhost'\\n" >> "$PGDATA/postgresql.conf"
+  fi
+fi
+if [ "$(id -u)" = 0 ]; then
+  exec /usr/bin/setpriv --reuid=postgres --regid=postgres --init-groups postgres "$@"
+fi
+exec postgres "$@"
+`;
+
+/**
+ * PostgreSQL 15 from Debian's postgresql-15 and postgresql-client-15, as `postgres` (uid 999).
+ * Left out: JIT (llvmjit.so and its bitcode would bring LLVM, ~100 MB: postgres runs without
+ * JIT when the provider is missing), sepgsql, the replication/upgrade/maintenance programs,
+ * locales (clusters are initialised with `--locale=C --encoding=UTF8`, built into glibc) and
+ * every time zone but UTC (`TZ=UTC`; `SET timezone` to another zone fails).
+ */
+export async function buildPostgresImage(registry: string, tag = '15'): Promise<BuiltImage> {
+  const version = await packageVersion('postgresql-15');
+  return buildDebianImage({
+    registry,
+    repository: DEBIAN_REPOSITORIES.postgres,
+    tag,
+    packages: [
+      {
+        name: 'postgresql-15',
+        include: [new RegExp(`^${PG_BIN}/(${PG_PROGRAMS.join('|')})$`), /^\/usr\/lib\/postgresql\/15\/lib\/[^/]+\.so$/, /^\/usr\/share\/postgresql\/15\//],
+        exclude: [/\/(llvmjit|sepgsql)\.so$/, /^\/usr\/share\/postgresql\/15\/man\//],
+      },
+      { name: 'postgresql-client-15', include: [new RegExp(`^${PG_BIN}/(${PG_PROGRAMS.join('|')})$`), /^\/usr\/share\/postgresql\/15\//], exclude: [/^\/usr\/share\/postgresql\/15\/man\//] },
+      { name: 'util-linux', include: [/^\/usr\/bin\/setpriv$/] },
+    ],
+    paths: ['/usr/share/zoneinfo/UTC', '/usr/share/zoneinfo/Etc/UTC'],
+    users: [{ name: 'postgres', uid: POSTGRES_UID, gid: POSTGRES_UID, home: '/var/lib/postgresql' }],
+    dirs: [
+      { path: '/var/lib/postgresql', uid: POSTGRES_UID, gid: POSTGRES_UID, mode: 0o755 },
+      { path: POSTGRES_VOLUME, uid: POSTGRES_UID, gid: POSTGRES_UID, mode: 0o700 },
+      { path: '/var/run/postgresql', uid: POSTGRES_UID, gid: POSTGRES_UID, mode: 0o2775 },
+    ],
+    files: { '/usr/local/bin/postgres-entrypoint': { content: ENTRYPOINT, mode: 0o755 } },
+    entrypoint: ['/usr/local/bin/postgres-entrypoint'],
+    cmd: [],
+    env: [`PATH=${PG_BIN}:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`, `PGDATA=${POSTGRES_PGDATA}`, 'TZ=UTC', 'LANG=C'],
+    volumes: [POSTGRES_VOLUME],
+    labels: { 'org.opencontainers.image.description': `PostgreSQL 15 (Debian ${version}) on :5432`, 'org.opencontainers.image.version': version },
+  });
+}
+
+/** fio from Debian's fio package (with every ioengine library it links: libaio, rbd, gluster, …). Default cmd `fio --version`. */
+export async function buildFioImage(registry: string, tag = '3'): Promise<BuiltImage> {
+  const version = await packageVersion('fio');
+  return buildDebianImage({
+    registry,
+    repository: DEBIAN_REPOSITORIES.fio,
+    tag,
+    packages: [{ name: 'fio', include: [/^\/usr\/bin\/fio$/] }],
+    cmd: ['fio', '--version'],
+    labels: { 'org.opencontainers.image.description': `fio (Debian ${version})`, 'org.opencontainers.image.version': version },
+  });
+}
+
+/** References of the Debian-built images, keyed by short name. */
+export interface DebianImages {
+  postgres: string;
+  fio: string;
+}
+
+/** Builds and pushes both images to `registry` (plain HTTP). Reproducible digests. */
+export async function buildDebianImages(registry: string): Promise<DebianImages> {
+  const postgres = await buildPostgresImage(registry);
+  const fio = await buildFioImage(registry);
+  return { postgres: postgres.reference, fio: fio.reference };
+}
+
+async function main(argv: string[]): Promise<void> {
+  const registry = argv[0];
+  if (registry === undefined || registry.startsWith('-')) {
+    process.stderr.write('usage: debian-images REGISTRY (e.g. 127.0.0.1:5000)\n');
+    process.exitCode = 2;
+    return;
+  }
+  const images = await buildDebianImages(registry);
+  for (const [name, ref] of Object.entries(images)) process.stdout.write(`${name}=${ref}\n`);
+}
+
+// Run as a CLI only when executed directly, not when imported.
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main(process.argv.slice(2)).catch((e: unknown) => {
+    process.stderr.write(`debian-images: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.exitCode = 1;
+  });
+}
