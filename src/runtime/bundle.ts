@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { ContainerSpec } from '../model/schemas.js';
 import type { ImageConfig, ResolverConfig } from './driver.js';
-import { buildOciSpec, DEFAULT_CAPABILITIES, hostsFile, resolvConfFile, tenantResolvConf, resolveUser, type OciSpec, type SpecNetwork } from './oci-spec.js';
+import { buildOciSpec, DEFAULT_CAPABILITIES, hostsFile, resolvConfFile, tenantResolvConf, resolveUser, type BindMount, type OciSpec, type SpecNetwork } from './oci-spec.js';
 import { run } from '../proc/run.js';
 import { convertSeccompProfile, goArchOf, type DockerSeccompProfile, type OciSeccomp } from './seccomp.js';
 
@@ -86,6 +86,8 @@ export interface BundleRequest {
    * bundle (a cell: its images come over 9p, which some kernels refuse as a lower layer).
    */
   ifOverlayRefused: 'fail' | 'copy';
+  /** Extra bind mounts into the container (see OciSpecInput.mounts). */
+  mounts?: readonly BindMount[];
   log: Logger;
 }
 
@@ -123,6 +125,7 @@ export async function prepareBundle(req: BundleRequest): Promise<PreparedBundle>
     cgroupsPath: req.cgroupsPath,
     ...(req.runtimeOwnPids ? { runtimeOwnPids: req.runtimeOwnPids } : {}),
     nofileLimit: req.nofileLimit,
+    ...(req.mounts && req.mounts.length > 0 ? { mounts: req.mounts } : {}),
   });
   await Promise.all([
     mkdir(join(dir, 'upper')),

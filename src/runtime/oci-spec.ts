@@ -125,6 +125,21 @@ export interface OciSpecInput {
    * agent's own hard limit, since an unprivileged-by-limits host refuses a higher one.
    */
   nofileLimit: number;
+  /** Extra bind mounts (volumes, secret/config files), after the defaults; see `bindMountEntry`. */
+  mounts?: readonly BindMount[];
+}
+
+/** A path of the runtime's side bind-mounted into the container (same shape as the drivers' HostMount). */
+export interface BindMount {
+  kind: 'bind';
+  source: string;
+  destination: string;
+  readOnly: boolean;
+}
+
+/** The OCI mount of a bind mount: nosuid and nodev always (a volume cannot bring setuid binaries or devices). */
+export function bindMountEntry(m: BindMount): OciSpec['mounts'][number] {
+  return { destination: m.destination, type: 'bind', source: m.source, options: ['bind', 'nosuid', 'nodev', m.readOnly ? 'ro' : 'rw'] };
 }
 
 /**
@@ -301,6 +316,7 @@ export function buildOciSpec(input: OciSpecInput): OciSpec {
       { destination: '/etc/hosts', type: 'bind', source: input.etcFiles.hosts, options: ['rbind', 'ro', 'nosuid', 'nodev', 'noexec'] },
       { destination: '/etc/hostname', type: 'bind', source: input.etcFiles.hostname, options: ['rbind', 'ro', 'nosuid', 'nodev', 'noexec'] },
       { destination: '/etc/resolv.conf', type: 'bind', source: input.etcFiles.resolvConf, options: ['rbind', 'ro', 'nosuid', 'nodev', 'noexec'] },
+      ...(input.mounts ?? []).map(bindMountEntry),
     ],
     annotations: Object.fromEntries(Object.entries(input.labels).map(([k, v]) => [LABEL_ANNOTATION_PREFIX + k, v])),
     linux: {
