@@ -10,7 +10,8 @@
  * a mismatch is an error (`GUEST_E_VERSION`), never a silent guess.
  *
  * Requests carry a `requestId` chosen by the host; the guest answers each with exactly one
- * `ack`, `err`, (for `list`) `containers` or (for `check`) `checkResult`. `ping` is answered by `pong` with the same seq.
+ * `ack`, `err`, (for `list`) `containers`, (for `check`) `checkResult` or (for `volumes`) `volumeList`.
+ * `ping` is answered by `pong` with the same seq. Volumes and file sets: README.md.
  * Events (`state`, `log`, `usage`, `dropped`) are unsolicited.
  *
  * Trust: the host trusts nothing from the guest (the guest runs tenant code as root in the

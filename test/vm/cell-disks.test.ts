@@ -75,7 +75,7 @@ describe('volumes in a cell VM', () => {
     const t1 = Date.now();
     await runtime.start(
       { id: 'writer', rootfs, image: IMAGE, container: shSpec('cat /run/secrets/cfg/greeting > /data/out.txt && echo written-in-cell >> /data/out.txt && ! touch /run/secrets/cfg/x 2>/dev/null && sync'), hostname: 'writer', labels: {} },
-      { volumes: [{ id: 'acme.data', image, mountPath: '/data', readOnly: false }], files: [{ set: 'cfg', mountPath: '/run/secrets/cfg', files: [{ path: 'greeting', data: Buffer.from('hello-volume') }] }] },
+      { volumes: [{ id: 'acme.data', image, mountPath: '/data', readOnly: false }], files: [{ set: 'cfg', mountPath: '/run/secrets/cfg', files: [{ path: 'greeting', data: Buffer.from('hello-volume\n') }] }] },
     );
     const attachAndRunMs = Date.now() - t1;
     const exited = await runtime.wait('writer', AbortSignal.timeout(120_000));
