@@ -355,16 +355,19 @@ export function createVmManager(opts: VmManagerOptions): VmManager {
         await withQmp(id, async (q) => {
           const device = diskNames(serial).device;
           const t0 = Date.now();
-          let asked = false;
+          let askedAt: number | undefined;
           for (;;) {
             const occ = portOccupancy(await q.execute('query-pci'));
             if (![...occ.values()].includes(device)) break;
             // The guest agent powers the slot off itself after unmounting (immediate); only a
             // guest that did not gets the attention button (Linux waits 5 s before it acts).
-            if (!asked && Date.now() - t0 >= guestGraceMs) {
-              asked = true;
+            // Pressed again every 6 s: a press while the guest is still bringing the slot up
+            // (a detach right after an attach) is refused ("guest is busy") or ignored by
+            // Linux, and QEMU accepts a new request 5 s after the last.
+            if (Date.now() - t0 >= guestGraceMs && (askedAt === undefined || Date.now() - askedAt >= 6_000)) {
+              askedAt = Date.now();
               await q.execute('device_del', { id: device }).catch((e: unknown) => {
-                if (!(e instanceof QmpError)) throw e; // already being removed, or just gone
+                if (!(e instanceof QmpError)) throw e; // busy guest, unplug in progress, or just gone
               });
             }
             if (Date.now() - t0 > timeoutMs) throw new Error(`VM ${id}: disk ${diskId} (${serial}) still plugged in after ${timeoutMs} ms; the guest did not release it`);
