@@ -13,6 +13,34 @@ import { GuestError, type HostChannel, type StateEvent } from '../guest/host-cha
 import type { Isolation } from '../model/schemas.js';
 import { validateContainerId, type CheckAction, type CheckResult, type ContainerInfo, type DriverCapabilities, ContainerState, ContainerUsage, LogLine, LogOptions, RuntimeDriver, StartRequest } from '../runtime/driver.js';
 import type { VmManager } from '../vm/qemu.js';
+import { diskSerial } from '../vm/disks.js';
+import { GUEST_VOLUME_ID_PATTERN, type WireMount } from '../guest/protocol.js';
+
+/** A volume a container of the cell needs: its image is hot-plugged, mounted in the guest and bound in. */
+export interface CellVolume {
+  /** Volume id, unique per cell (`GUEST_VOLUME_ID_PATTERN`, e.g. `<tenant>.<volume>`); names the disk and its guest mount. */
+  id: string;
+  /** Raw ext4 image on the host (VolumeStore.imagePath), not mounted on the host meanwhile. */
+  image: string;
+  /** Where the container sees it. */
+  mountPath: string;
+  readOnly: boolean;
+}
+
+/** Small files (a secret's or config's keys) delivered into the guest and bound read-only into the container. */
+export interface CellFileSet {
+  /** Name of the set (`FILE_KEY_PATTERN`), e.g. the secret's name. */
+  set: string;
+  /** Directory where the container sees one file per key. */
+  mountPath: string;
+  files: { path: string; data: Buffer; mode?: number }[];
+}
+
+/** What a cell container needs besides the StartRequest (passed to `CellRuntime.start`). */
+export interface CellStartExtras {
+  volumes?: CellVolume[];
+  files?: CellFileSet[];
+}
 
 export interface CellRuntimeOptions {
   cellId: string;
@@ -23,6 +51,8 @@ export interface CellRuntimeOptions {
   hostImagesRoot: string;
   guestImagesRoot: string;
   logger: Logger;
+  /** The guest agent's state directory (`--state-dir`; default /run/carapace): where volumes and file sets live. */
+  guestStateDir?: string;
   /**
    * Publishes the containers' host ports on the cell's tap endpoint (its tenant network).
    * Absent (a VM on QEMU's user networking): they are QEMU forwards.
@@ -66,6 +96,12 @@ export class CellRuntime implements RuntimeDriver {
   readonly guestStartMs = new Map<string, number>();
   /** Set when the cell is detached (retired or lost): its containers went with the VM. */
   private closed = false;
+  /**
+   * Serialises volume changes of the cell: a start that needs volumes holds it from attach to
+   * the guest's run (which records the container as a user), so a release running meanwhile
+   * cannot take a volume that is about to be used.
+   */
+  private volumeChain: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly o: CellRuntimeOptions) {
     this.name = `cell:${o.cellId}`;
@@ -96,11 +132,95 @@ export class CellRuntime implements RuntimeDriver {
     return `${this.o.guestImagesRoot}/${rel}`;
   }
 
-  async start(req: StartRequest): Promise<ContainerInfo> {
+  private withVolumes<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.volumeChain.then(fn, fn);
+    this.volumeChain = p.catch(() => undefined);
+    return p;
+  }
+
+  private get guestState(): string {
+    return this.o.guestStateDir ?? '/run/carapace';
+  }
+
+  /**
+   * Hot-plugs (if not yet attached) and mounts in the guest each volume, delivers the file sets,
+   * and returns the bind mounts of the container. A volume already attached read-write serves
+   * a read-only user too (its bind mount is read-only); one attached read-only cannot serve a
+   * writer until its readers are gone.
+   */
+  private async prepareMounts(id: string, extras: CellStartExtras): Promise<WireMount[]> {
+    const mounts: WireMount[] = [];
+    const vols = extras.volumes ?? [];
+    const attached = vols.length > 0 ? new Map((await this.o.vms.listDisks(this.o.cellId)).map((d) => [d.serial, d])) : new Map();
+    for (const v of vols) {
+      if (!GUEST_VOLUME_ID_PATTERN.test(v.id)) throw new Error(`volume id ${JSON.stringify(v.id)} is not a valid cell volume id`);
+      const serial = diskSerial(v.id);
+      const have = attached.get(serial);
+      const readOnly = have ? have.readOnly : v.readOnly;
+      if (readOnly && !v.readOnly) throw new Error(`volume ${v.id} is attached read-only to cell ${this.o.cellId}; it cannot be mounted read-write until its readers are gone`);
+      const t0 = Date.now();
+      const d = await this.o.vms.attachDisk(this.o.cellId, { id: v.id, path: v.image, readOnly });
+      await this.o.channel.mountVolume(v.id, d.serial, readOnly);
+      this.o.logger.info({ cell: this.o.cellId, container: id, volume: v.id, serial: d.serial, ms: Date.now() - t0 }, 'volume ready in cell');
+      mounts.push({ source: `${this.guestState}/volumes/${v.id}`, destination: v.mountPath, readOnly: v.readOnly });
+    }
+    for (const f of extras.files ?? []) {
+      await this.o.channel.writeFiles(id, f.set, f.files);
+      mounts.push({ source: `${this.guestState}/files/${id}/${f.set}`, destination: f.mountPath, readOnly: true });
+    }
+    return mounts;
+  }
+
+  /**
+   * Unmounts (ejecting the hot-plug slot) and detaches every volume no container of the cell
+   * uses any more, and detaches hot-plugged disks the guest has not mounted (left by a start
+   * cut short). Asks the guest and QEMU each time, so it needs no bookkeeping and also works
+   * after an agent restart. A volume whose guest refuses stays attached (logged); the rest go.
+   */
+  releaseVolumes(): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    return this.withVolumes(async () => {
+      const disks = await this.o.vms.listDisks(this.o.cellId);
+      if (!disks.some((d) => d.port !== undefined)) return; // nothing hot-plugged: nothing to ask the guest
+      const inGuest = await this.o.channel.volumes();
+      const inUse = new Set(inGuest.filter((v) => v.users.length > 0).map((v) => v.serial));
+      for (const v of inGuest.filter((x) => x.users.length === 0)) {
+        try {
+          await this.o.channel.unmountVolume(v.volumeId, true);
+        } catch (err) {
+          this.o.logger.warn({ cell: this.o.cellId, volume: v.volumeId, err }, 'guest did not unmount an unused volume');
+          inUse.add(v.serial);
+        }
+      }
+      for (const d of disks) {
+        if (d.port === undefined || inUse.has(d.serial)) continue; // boot disks are the VM's own
+        await this.o.vms.detachSerial(this.o.cellId, d.serial).catch((err: unknown) => this.o.logger.warn({ cell: this.o.cellId, serial: d.serial, err }, 'cannot detach a volume'));
+      }
+    });
+  }
+
+  /**
+   * @inheritdoc
+   * `extras`: volumes hot-plugged into the cell and file sets delivered to the guest, bound
+   * into this container (see CellStartExtras).
+   */
+  async start(req: StartRequest, extras: CellStartExtras = {}): Promise<ContainerInfo> {
     validateContainerId(req.id); // refused here: the guest cannot answer a request it cannot parse
     const rootfs = this.guestRootfs(req.rootfs);
     const startedAt = new Date().toISOString();
-    const guestStartMs = await this.o.channel.run({ containerId: req.id, rootfs, image: req.image, container: req.container, hostname: req.hostname, labels: req.labels });
+    const runIt = async (mounts: WireMount[]): Promise<number | undefined> =>
+      this.o.channel.run({ containerId: req.id, rootfs, image: req.image, container: req.container, hostname: req.hostname, labels: req.labels, ...(mounts.length > 0 ? { mounts } : {}) });
+    let guestStartMs: number | undefined;
+    if ((extras.volumes ?? []).length > 0) {
+      try {
+        guestStartMs = await this.withVolumes(async () => runIt(await this.prepareMounts(req.id, extras)));
+      } catch (e) {
+        await this.releaseVolumes().catch((err: unknown) => this.o.logger.warn({ cell: this.o.cellId, err }, 'cannot release volumes after a failed start'));
+        throw e;
+      }
+    } else {
+      guestStartMs = await runIt(await this.prepareMounts(req.id, extras));
+    }
     this.labels.set(req.id, req.labels); // only now: a refused start (a duplicate id) must not touch the running one's
     if (guestStartMs !== undefined) this.guestStartMs.set(req.id, guestStartMs);
     // Containers of a cell share the VM's network: a published port is a QEMU forward to the guest.
@@ -144,6 +264,8 @@ export class CellRuntime implements RuntimeDriver {
     await this.o.channel.destroy(id).catch((e: unknown) => {
       if ((e as { code?: string }).code !== 'GUEST_E_NOT_FOUND') throw e; // GuestError carries a code; gone is fine
     });
+    // The last user of a volume is gone: unmount and detach it (the guest knows who uses what).
+    await this.releaseVolumes().catch((err: unknown) => this.o.logger.warn({ cell: this.o.cellId, container: id, err }, 'cannot release the cell\'s unused volumes'));
     this.states.delete(id);
     this.runningStates.delete(id);
     this.labels.delete(id);

@@ -40,6 +40,16 @@ export interface MachineRunnerOptions {
    * restricted user networking with its port forwards.
    */
   network?: HostNetworking;
+  /**
+   * The image file of a tenant's volume (the host storage library's `VolumeStore.imagePath`,
+   * the volume not mounted on the host), for `spec.disks`. Absent: machines with disks fail to start.
+   */
+  volumeImage?: (tenant: string, volume: string) => Promise<string>;
+}
+
+/** The disk id (and so the guest-visible serial, `diskSerial`) of a machine's volume disk. */
+export function machineVolumeDiskId(tenant: string, volume: string): string {
+  return `${tenant}.${volume}`;
 }
 
 function key(m: Machine): string {
@@ -210,6 +220,18 @@ export class MachineRunner {
       const overlay = join(machineDir, 'disk.qcow2');
       if (!existsSync(overlay)) await qemuImgCreate(this.file(m.spec.disk.image), m.spec.disk.format, overlay);
       spec.disk = { base: overlay, format: 'qcow2', overlay: false };
+    }
+    if ((m.spec.disks ?? []).length > 0) {
+      // Volumes as extra virtio disks at boot (/dev/vdb...; serial = diskSerial of `<tenant>.<volume>`).
+      const tenant = m.metadata.tenant ?? '';
+      try {
+        if (!this.o.volumeImage) throw new Error('this host cannot attach volumes to machines');
+        spec.disks = [];
+        for (const d of m.spec.disks ?? []) spec.disks.push({ id: machineVolumeDiskId(tenant, d.volume), path: await this.o.volumeImage(tenant, d.volume), readOnly: d.readOnly });
+      } catch (e) {
+        await this.setStatus(m, { phase: 'Failed', reason: 'StartFailed', message: `volumes: ${(e as Error).message}`, runningGeneration: m.metadata.generation }); // volumeImage rejects with Error
+        return;
+      }
     }
     await this.setStatus(m, { phase: 'Starting', reason, message: 'launching QEMU' });
     let vm: VmInfo;

@@ -210,6 +210,22 @@ export class GuestAgent {
           this.log.info({ address: cfg.address, gateway: cfg.gateway }, 'network configured');
           break;
         }
+        case 'mountVolume':
+          await this.supervisor.volumes.mount(msg.volumeId, msg.serial, msg.readOnly);
+          this.log.info({ volume: msg.volumeId, serial: msg.serial, readOnly: msg.readOnly }, 'volume mounted');
+          break;
+        case 'unmountVolume':
+          await this.supervisor.volumes.unmount(msg.volumeId, msg.eject);
+          this.log.info({ volume: msg.volumeId, eject: msg.eject }, 'volume unmounted');
+          break;
+        case 'volumes':
+          this.send({ type: 'volumeList', requestId, volumes: this.supervisor.volumes.list().slice(0, 64) });
+          return;
+        case 'writeFiles':
+          // Only names and sizes are logged: the contents may be secrets.
+          await this.supervisor.volumes.writeFiles(msg.containerId, msg.set, msg.files);
+          this.log.info({ containerId: msg.containerId, set: msg.set, files: msg.files.length }, 'file set written');
+          break;
         case 'logs':
           for (const l of this.supervisor.tail(msg.containerId, msg.tail)) {
             this.send({ type: 'log', containerId: msg.containerId, stream: l.stream, time: l.time, text: l.text, seq: l.seq, requestId });

@@ -29,6 +29,8 @@ import {
   type WireCheckAction,
   type WireNetwork,
   type WireContainerState,
+  type WireMount,
+  type WireVolume,
 } from './protocol.js';
 
 /** Options of a HostChannel. */
@@ -166,10 +168,12 @@ export interface GuestRunRequest {
   container: ContainerSpec;
   hostname: string;
   labels: Record<string, string>;
+  /** Guest paths (mounted volumes, file sets) bind-mounted into the container. */
+  mounts?: WireMount[];
 }
 
 /** Reply types that complete a request (besides `err`, which any request may get). */
-type ReplyType = 'ack' | 'containers' | 'checkResult' | 'pong';
+type ReplyType = 'ack' | 'containers' | 'checkResult' | 'pong' | 'volumeList';
 
 interface Pending {
   resolve: (v: unknown) => void;
@@ -410,7 +414,8 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
       case 'ack':
       case 'err':
       case 'containers':
-      case 'checkResult': {
+      case 'checkResult':
+      case 'volumeList': {
         const p = this.pending.get(msg.requestId);
         // Only an answer to a request this host made, of the type that request expects.
         if (!p || (msg.type !== 'err' && msg.type !== p.expects)) {
@@ -426,6 +431,8 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
           p.resolve(msg.requestId.startsWith('all:') ? msg.containers : msg.containers.filter((c) => this.knownId(c.containerId)));
         } else if (msg.type === 'checkResult') {
           p.resolve({ ok: msg.ok, message: msg.message });
+        } else if (msg.type === 'volumeList') {
+          p.resolve(msg.volumes);
         } else p.resolve(p.replay?.lines ?? msg.startMs);
         return;
       }
@@ -554,7 +561,9 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
   /** Resolves with how long the guest's `runc run` took to start the process (ms), when it says. */
   async run(req: GuestRunRequest): Promise<number | undefined> {
     this.expectContainer(req.containerId);
-    return this.request<number | undefined>((requestId) => ({ type: 'run', requestId, ...req }));
+    const { mounts, ...rest } = req;
+    // `mounts` only when there are some: a guest agent that predates them refuses the field.
+    return this.request<number | undefined>((requestId) => ({ type: 'run', requestId, ...rest, ...(mounts && mounts.length > 0 ? { mounts } : {}) }));
   }
 
   /** SIGTERM, SIGKILL after graceMs; resolves once the container exited. */
@@ -599,6 +608,26 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
   /** Puts the VM on its tenant network (a claimed warm cell): eth0's address, default route and resolver. */
   async configureNetwork(cfg: WireNetwork): Promise<void> {
     await this.request((requestId) => ({ type: 'network', requestId, ...cfg }));
+  }
+
+  /** Mounts the hot-plugged disk with `serial` in the guest at `<state>/volumes/<volumeId>`. Idempotent. */
+  async mountVolume(volumeId: string, serial: string, readOnly: boolean, timeoutMs = 60_000): Promise<void> {
+    await this.request((requestId) => ({ type: 'mountVolume', requestId, volumeId, serial, readOnly }), { timeoutMs });
+  }
+
+  /** Unmounts a volume (GuestError GUEST_E_BUSY while a container uses it); `eject` powers its slot off. Idempotent. */
+  async unmountVolume(volumeId: string, eject: boolean): Promise<void> {
+    await this.request((requestId) => ({ type: 'unmountVolume', requestId, volumeId, eject }));
+  }
+
+  /** The volumes the guest has mounted and their users (guest data: act on this cell only). */
+  volumes(): Promise<WireVolume[]> {
+    return this.request<WireVolume[]>((requestId) => ({ type: 'volumes', requestId }), { expects: 'volumeList' });
+  }
+
+  /** Replaces one file set of a container in the guest (at most 64 KiB); the contents never reach a log. */
+  async writeFiles(containerId: string, set: string, files: { path: string; data: Buffer; mode?: number }[]): Promise<void> {
+    await this.request((requestId) => ({ type: 'writeFiles', requestId, containerId, set, files: files.map((f) => ({ path: f.path, data: f.data.toString('base64'), ...(f.mode !== undefined ? { mode: f.mode } : {}) })) }));
   }
 
   /** Round trip time of a ping, ms. */

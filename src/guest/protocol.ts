@@ -10,7 +10,8 @@
  * a mismatch is an error (`GUEST_E_VERSION`), never a silent guess.
  *
  * Requests carry a `requestId` chosen by the host; the guest answers each with exactly one
- * `ack`, `err`, (for `list`) `containers` or (for `check`) `checkResult`. `ping` is answered by `pong` with the same seq.
+ * `ack`, `err`, (for `list`) `containers`, (for `check`) `checkResult` or (for `volumes`) `volumeList`.
+ * `ping` is answered by `pong` with the same seq. Volumes and file sets: README.md.
  * Events (`state`, `log`, `usage`, `dropped`) are unsolicited.
  *
  * Trust: the host trusts nothing from the guest (the guest runs tenant code as root in the
@@ -47,6 +48,8 @@ export const GUEST_ERROR_CODES = [
   'GUEST_E_STOP_FAILED',
   'GUEST_E_INTERNAL',
   'GUEST_E_SHUTTING_DOWN',
+  /** A volume still used by a container cannot be unmounted. */
+  'GUEST_E_BUSY',
 ] as const;
 /** One guest error code. */
 export type GuestErrorCode = (typeof GUEST_ERROR_CODES)[number];
@@ -68,6 +71,27 @@ export const WireImageConfigSchema = z.strictObject({
 
 const LabelsSchema = z.record(z.string().max(128), z.string().max(256));
 
+/** Volume ids on the wire (the host's choice, e.g. `<tenant>.<volume>`): a directory name in the guest. */
+export const GUEST_VOLUME_ID_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,127}$/;
+const VolumeId = z.string().regex(GUEST_VOLUME_ID_PATTERN);
+/** A virtio-blk serial (`src/vm/disks.ts` diskSerial: `cv` + 18 hex digits). */
+const Serial = z.string().regex(/^cv[0-9a-f]{18}$/);
+/** An absolute, normalised path (no `.`/`..` segments, no empty segment), not `/`. */
+const AbsPath = z.string().max(4096).regex(/^(\/(?!\.{1,2}(\/|$))[^/\0\n]+)+$/, 'an absolute normalised path');
+/** A file name in a delivered file set: a secret/config key; names starting `..` are the set's own. */
+export const FILE_KEY_PATTERN = /^(?!\.\.)(?!\.$)[A-Za-z0-9._-]{1,253}$/;
+/** Most bytes of one file set (decoded), the Secret/Config data limit. */
+export const MAX_FILE_SET_BYTES = 64 * 1024;
+
+/**
+ * A guest path bind-mounted into a container (nosuid, nodev): a mounted volume
+ * (`<state>/volumes/<id>`) or a file set of this container (`<state>/files/<containerId>/<set>`).
+ * The guest checks the source is one of those.
+ */
+export const WireMountSchema = z.strictObject({ source: AbsPath, destination: AbsPath, readOnly: z.boolean() });
+/** A bind mount of a run request. */
+export type WireMount = z.infer<typeof WireMountSchema>;
+
 // ---------------------------------------------------------------- host -> guest
 
 /** First message on every connection. */
@@ -83,6 +107,8 @@ export const RunSchema = z.strictObject({
   container: ContainerSpecSchema,
   hostname: z.string().min(1).max(63),
   labels: LabelsSchema,
+  /** Guest paths bind-mounted into the container; added without a version bump (sent only when not empty). */
+  mounts: z.array(WireMountSchema).max(64).optional(),
 });
 /** SIGTERM, then SIGKILL after graceMs; acked once the container has exited. */
 export const StopSchema = z.strictObject({ type: z.literal('stop'), requestId: RequestId, containerId: ContainerId, graceMs: z.number().int().min(0).max(3_600_000) });
@@ -149,13 +175,46 @@ export const NetworkSchema = z.strictObject({
 /** A network request's configuration. */
 export type WireNetwork = Omit<z.infer<typeof NetworkSchema>, 'type' | 'requestId'>;
 
+/**
+ * Mount the hot-plugged disk with this virtio serial (ext4, nosuid, nodev, ro when asked) at
+ * `<state>/volumes/<volumeId>`; the guest waits a while for the device to appear. Idempotent.
+ */
+export const MountVolumeSchema = z.strictObject({ type: z.literal('mountVolume'), requestId: RequestId, volumeId: VolumeId, serial: Serial, readOnly: z.boolean() });
+/**
+ * Unmount a volume (refused with GUEST_E_BUSY while a container, running or not, uses it) and,
+ * with `eject`, power its hot-plug slot off so QEMU unplugs the device at once. Idempotent.
+ */
+export const UnmountVolumeSchema = z.strictObject({ type: z.literal('unmountVolume'), requestId: RequestId, volumeId: VolumeId, eject: z.boolean() });
+/** The volumes the guest has mounted and who uses them; answered by `volumeList`. */
+export const VolumesSchema = z.strictObject({ type: z.literal('volumes'), requestId: RequestId });
+/**
+ * Replace a container's file set (secret or config files) at `<state>/files/<containerId>/<set>`
+ * atomically: readers see the old set or the new one, never a mix (a `..data` symlink swap).
+ * `data` is base64; at most MAX_FILE_SET_BYTES decoded per set.
+ */
+export const WriteFilesSchema = z
+  .strictObject({
+    type: z.literal('writeFiles'),
+    requestId: RequestId,
+    containerId: ContainerId,
+    set: z.string().regex(FILE_KEY_PATTERN),
+    files: z
+      .array(z.strictObject({ path: z.string().regex(FILE_KEY_PATTERN), data: z.string().max(Math.ceil(MAX_FILE_SET_BYTES / 3) * 4).regex(/^[A-Za-z0-9+/]*={0,2}$/), mode: z.number().int().min(0).max(0o777).optional() }))
+      .max(256),
+  })
+  .superRefine((m, ctx) => {
+    const bytes = m.files.reduce((n, f) => n + Buffer.byteLength(f.data, 'base64'), 0);
+    if (bytes > MAX_FILE_SET_BYTES) ctx.addIssue({ code: 'custom', path: ['files'], message: `file set of ${bytes} bytes exceeds ${MAX_FILE_SET_BYTES}` });
+    if (new Set(m.files.map((f) => f.path)).size !== m.files.length) ctx.addIssue({ code: 'custom', path: ['files'], message: 'duplicate file path' });
+  });
+
 /** Liveness probe. */
 export const PingSchema = z.strictObject({ type: z.literal('ping'), seq: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER) });
 /** Stop every container and end the agent (the VM then powers off). */
 export const ShutdownSchema = z.strictObject({ type: z.literal('shutdown'), requestId: RequestId, graceMs: z.number().int().min(0).max(3_600_000).optional() });
 
 /** Any message the host sends. */
-export const HostMessageSchema = z.discriminatedUnion('type', [HelloSchema, RunSchema, StopSchema, DestroySchema, ListSchema, LogsSchema, CheckSchema, NetworkSchema, PingSchema, ShutdownSchema]);
+export const HostMessageSchema = z.discriminatedUnion('type', [HelloSchema, RunSchema, StopSchema, DestroySchema, ListSchema, LogsSchema, CheckSchema, NetworkSchema, MountVolumeSchema, UnmountVolumeSchema, VolumesSchema, WriteFilesSchema, PingSchema, ShutdownSchema]);
 /** Any message the host sends. */
 export type HostMessage = z.infer<typeof HostMessageSchema>;
 
@@ -226,8 +285,17 @@ export const CheckResultSchema = z.strictObject({
   message: z.string().max(MAX_CHECK_MESSAGE_CHARS),
 });
 
+/** Answer to volumes: each mounted volume, its serial and the containers using it. */
+export const VolumeListSchema = z.strictObject({
+  type: z.literal('volumeList'),
+  requestId: RequestId,
+  volumes: z.array(z.strictObject({ volumeId: VolumeId, serial: Serial, readOnly: z.boolean(), users: z.array(ContainerId).max(512) })).max(64),
+});
+/** One mounted volume as the guest reports it. */
+export type WireVolume = z.infer<typeof VolumeListSchema>['volumes'][number];
+
 /** Any message the guest sends. */
-export const GuestMessageSchema = z.discriminatedUnion('type', [ReadySchema, AckSchema, ErrSchema, StateSchema, LogSchema, UsageSchema, PongSchema, DroppedSchema, ContainersSchema, CheckResultSchema]);
+export const GuestMessageSchema = z.discriminatedUnion('type', [ReadySchema, AckSchema, ErrSchema, StateSchema, LogSchema, UsageSchema, PongSchema, DroppedSchema, ContainersSchema, CheckResultSchema, VolumeListSchema]);
 /** Any message the guest sends. */
 export type GuestMessage = z.infer<typeof GuestMessageSchema>;
 

@@ -19,6 +19,7 @@ import { execCheck, httpGetCheck, tcpSocketCheck } from '../runtime/probe-check.
 import { killTree, pidInCgroup } from '../proc/pids.js';
 import { run as runCmd } from '../proc/run.js';
 import type { OciSeccomp } from '../runtime/seccomp.js';
+import { GuestVolumes } from './volumes.js';
 import { MAX_LOG_TEXT_CHARS, type GuestErrorCode, type HostMessage, type WireCheckAction, type WireContainerState } from './protocol.js';
 
 /** Options of the supervisor; the defaults are the in-VM layout, tests override them. */
@@ -109,12 +110,15 @@ export class Supervisor {
   /** Numbers the pid files of exec checks. */
   private execSeq = 0;
   private readonly cgroupV2: Promise<boolean>;
+  /** Mounted volumes and delivered file sets (bind-mounted into containers by `run`). */
+  readonly volumes: GuestVolumes;
 
   constructor(
     private readonly opts: SupervisorOptions,
     private readonly events: SupervisorEvents,
   ) {
     this.log = opts.logger.child({ component: 'supervisor' });
+    this.volumes = new GuestVolumes(opts.stateDir);
     this.cgroupV2 = readOptional('/sys/fs/cgroup/cgroup.controllers').then((t) => t !== undefined);
   }
 
@@ -186,6 +190,7 @@ export class Supervisor {
     this.ctrs.set(id, ctr);
     const log = this.log.child({ containerId: id });
     try {
+      this.volumes.claim(id, req.mounts ?? []);
       await mkdir(this.runcRoot, { recursive: true, mode: 0o700 });
       await mkdir(bundle, { recursive: true, mode: 0o700 });
       const [seccomp, nofileLimit, noPivot] = await Promise.all([this.loadSeccomp(), this.nofileLimit(), this.usePivot()]);
@@ -203,6 +208,7 @@ export class Supervisor {
         seccomp,
         nofileLimit,
         ifOverlayRefused: 'copy',
+        mounts: (req.mounts ?? []).map((m) => ({ kind: 'bind' as const, source: m.source, destination: m.destination, readOnly: m.readOnly })),
         log,
       });
       ctr.overlay = made.overlay;
@@ -341,6 +347,7 @@ export class Supervisor {
       if (u.code !== 0) await runCmd('umount', ['-l', merged]);
     }
     await rm(bundle, { recursive: true, force: true });
+    await this.volumes.release(id);
     this.ctrs.delete(id);
   }
 

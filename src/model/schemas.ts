@@ -362,11 +362,14 @@ export const MachineSpecSchema = z
     running: z.boolean().default(true),
     /** Changing it restarts the machine (`carapace machine restart` sets it to the current time). */
     restartedAt: z.string().max(64).optional(),
+    /** The tenant's volumes as extra virtio disks at boot (/dev/vdb... in order; serial: src/vm/disks.ts diskSerial). */
+    disks: z.array(z.strictObject({ volume: NameSchema, readOnly: z.boolean().default(false) })).max(16).optional(),
   })
   .superRefine((spec, ctx) => {
     if (!spec.kernel && !spec.disk) ctx.addIssue({ code: 'custom', path: ['kernel'], message: 'a machine needs a kernel (direct boot) or a disk' });
     if (spec.initrd && !spec.kernel) ctx.addIssue({ code: 'custom', path: ['initrd'], message: 'an initrd needs a kernel' });
     if (spec.cmdline && !spec.kernel) ctx.addIssue({ code: 'custom', path: ['cmdline'], message: 'a kernel command line needs a kernel' });
+    if (spec.disks && new Set(spec.disks.map((d) => d.volume)).size !== spec.disks.length) ctx.addIssue({ code: 'custom', path: ['disks'], message: 'a volume is given twice' });
   });
 export type MachineSpec = z.infer<typeof MachineSpecSchema>;
 

@@ -15,10 +15,11 @@ import { run } from '../proc/run.js';
 /**
  * Modules loaded at boot, in order (dependencies found in modules.dep are added before each).
  * The virtio set comes from ARCHITECTURE.md; button+evdev let `system_powerdown` reach acpid;
- * virtio_blk+ext4 serve machines with disks; overlay serves container root filesystems.
+ * virtio_blk+ext4 serve machines with disks and volumes (virtio_pci: the hot-plugged ones); overlay
+ * serves container root filesystems.
  */
 export const DEFAULT_MODULES: readonly string[] = [
-  'virtio_ring', 'virtio', 'virtio_mmio', 'virtio_console', 'netfs', 'fscache', '9pnet', '9pnet_virtio', '9p',
+  'virtio_ring', 'virtio', 'virtio_mmio', 'virtio_pci', 'virtio_console', 'netfs', 'fscache', '9pnet', '9pnet_virtio', '9p',
   'failover', 'net_failover', 'virtio_net', 'virtio_blk', 'crc16', 'mbcache', 'jbd2', 'crc32c_generic', 'ext4',
   'overlay', 'button', 'evdev',
 ];

@@ -10,7 +10,8 @@ import { constants, accessSync, existsSync, mkdirSync, openSync, closeSync, read
 import { join, resolve as resolvePath } from 'node:path';
 import type { Logger } from 'pino';
 import { buildInitramfs, findKernel } from './initramfs.js';
-import { QmpClient } from './qmp.js';
+import { QmpClient, QmpError } from './qmp.js';
+import { blockdevAddCommands, blockdevDelCommands, bootDiskArgs, deviceAddCommand, diskNames, diskNodes, diskSerial, portOccupancy, rootPortArgs, rootPortIds, type AttachedDisk, type DiskAttachment } from './disks.js';
 import { pidAlive, startTicks } from '../proc/pids.js';
 import { run } from '../proc/run.js';
 import { sleep } from '../proc/sleep.js';
@@ -70,6 +71,13 @@ export interface VmSpec {
   /** Attach the virtio-serial port `carapace.0` backed by a unix socket (the guest agent channel). */
   channel: boolean;
   labels: Record<string, string>;
+  /**
+   * PCIe root ports made at boot for disks hot-plugged later (`attachDisk`); 0 or absent: none,
+   * and the VM has no PCI bus at all (plain microvm). See README.md for the cost (none measurable).
+   */
+  hotplugSlots?: number;
+  /** Extra disks given at boot (virtio-mmio, after `disk`), found in the guest by `diskSerial(id)`. */
+  disks?: DiskAttachment[];
 }
 
 /** A VM as the manager sees it. */
@@ -154,6 +162,25 @@ export interface VmManager {
   withQmp<T>(id: string, fn: (qmp: QmpClient) => Promise<T>): Promise<T>;
   /** The acceleration in use (probing once when `auto`). */
   accel(): Promise<Accel>;
+  /**
+   * Hot-plugs a raw image into a running VM (a free root port of `hotplugSlots`) and returns
+   * how the guest sees it. Idempotent: a disk already attached under this id is returned as is
+   * (the same id with another image is an error). Resolves once QEMU has added the device; the
+   * guest notices it a fraction of a second later (wait for its serial in /sys/block).
+   */
+  attachDisk(id: string, disk: DiskAttachment): Promise<AttachedDisk>;
+  /**
+   * Unplugs a hot-plugged disk and closes its image. The guest should have unmounted it (and may
+   * have powered its slot off already: see README.md); otherwise QEMU asks it through the PCIe
+   * attention button, which Linux honours after 5 s. Idempotent, also on a VM that is gone.
+   * Rejects when the device is still there after `timeoutMs` (default 20 s): a guest that
+   * holds its device keeps it until the VM stops.
+   */
+  detachDisk(id: string, diskId: string, opts?: { timeoutMs?: number; guestGraceMs?: number }): Promise<void>;
+  /** `detachDisk` by the disk's serial (a disk found by `listDisks` whose id the caller no longer knows). */
+  detachSerial(id: string, serial: string, opts?: { timeoutMs?: number; guestGraceMs?: number }): Promise<void>;
+  /** The disks QEMU has open (boot-time and hot-plugged), by serial, read from QEMU itself. */
+  listDisks(id: string): Promise<AttachedDisk[]>;
 }
 
 const ID_RE = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
@@ -170,6 +197,28 @@ export function createVmManager(opts: VmManagerOptions): VmManager {
   const vmsDir = join(stateDir, 'vms');
   mkdirSync(vmsDir, { recursive: true });
   let accelP: Promise<Accel> | undefined;
+  /** Per-VM chain serialising disk changes (two attaches must not pick the same free port). */
+  const diskLocks = new Map<string, Promise<unknown>>();
+  const withDiskLock = <T>(id: string, fn: () => Promise<T>): Promise<T> => {
+    const prev = diskLocks.get(id) ?? Promise.resolve();
+    const p = prev.then(fn, fn);
+    const tail = p.catch(() => undefined);
+    diskLocks.set(id, tail);
+    void tail.then(() => {
+      if (diskLocks.get(id) === tail) diskLocks.delete(id);
+    });
+    return p;
+  };
+  const readDisks = async (q: QmpClient): Promise<AttachedDisk[]> => {
+    const [pci, named] = await Promise.all([q.execute('query-pci'), q.execute('query-named-block-nodes')]);
+    const occ = portOccupancy(pci);
+    const portOf = new Map<string, string>();
+    for (const [port, dev] of occ) if (dev !== undefined) portOf.set(dev, port);
+    return [...diskNodes(named)].map(([serial, n]) => {
+      const port = portOf.get(diskNames(serial).device);
+      return { serial, path: n.path, readOnly: n.readOnly, ...(port !== undefined ? { port } : {}) };
+    });
+  };
   let initrdP: Promise<string> | undefined;
   const kernel = (): string => opts.kernelPath ?? findKernel().path;
   const defaultInitrd = (): Promise<string> =>
@@ -244,6 +293,107 @@ export function createVmManager(opts: VmManagerOptions): VmManager {
   const manager: VmManager = {
     accel,
     withQmp,
+
+    listDisks(id) {
+      return withQmp(id, readDisks);
+    },
+
+    attachDisk(id, disk) {
+      const serial = diskSerial(disk.id);
+      const path = resolvePath(disk.path);
+      return withDiskLock(id, () =>
+        withQmp(id, async (q) => {
+          const meta = readMeta(id);
+          const ports = rootPortIds(meta.spec.hotplugSlots ?? 0);
+          const occ = portOccupancy(await q.execute('query-pci'));
+          const nodes = diskNodes(await q.execute('query-named-block-nodes'));
+          const have = nodes.get(serial);
+          const device = diskNames(serial).device;
+          const pluggedAt = [...occ].find(([, dev]) => dev === device)?.[0];
+          if (have && (have.path !== path || have.readOnly !== disk.readOnly)) {
+            if (pluggedAt !== undefined) throw new Error(`VM ${id}: disk ${disk.id} is attached with another image or mode (${have.path}${have.readOnly ? ', read-only' : ''})`);
+            // Left by an attach cut short (the agent died between blockdev-add and device_add).
+            for (const c of blockdevDelCommands(serial)) await q.execute(c.command, c.args).catch(() => undefined);
+          } else if (have && pluggedAt !== undefined) {
+            return { serial, path, readOnly: disk.readOnly, port: pluggedAt };
+          }
+          const port = ports.find((p) => occ.has(p) && occ.get(p) === undefined);
+          if (port === undefined) throw new Error(`VM ${id}: no free disk slot (${ports.length} hot-plug slots, all used)`);
+          if (!(have && have.path === path && have.readOnly === disk.readOnly)) {
+            for (const c of blockdevAddCommands(serial, path, disk.readOnly)) await q.execute(c.command, c.args);
+          }
+          const add = deviceAddCommand(serial, port);
+          try {
+            await q.execute(add.command, add.args);
+          } catch (e) {
+            for (const c of blockdevDelCommands(serial)) await q.execute(c.command, c.args).catch(() => undefined);
+            throw e;
+          }
+          log.info({ vm: id, disk: disk.id, serial, port, readOnly: disk.readOnly }, 'disk attached');
+          return { serial, path, readOnly: disk.readOnly, port };
+        }),
+      );
+    },
+
+    detachDisk(id, diskId, o = {}) {
+      return manager.detachSerial(id, diskSerial(diskId), o);
+    },
+
+    detachSerial(id, serial, o = {}) {
+      if (!/^cv[0-9a-f]{18}$/.test(serial)) throw new Error(`invalid disk serial ${JSON.stringify(serial)}`);
+      const diskId = serial;
+      const timeoutMs = o.timeoutMs ?? 20_000;
+      const guestGraceMs = o.guestGraceMs ?? 2_000;
+      return withDiskLock(id, async () => {
+        let meta: Meta;
+        try {
+          meta = readMeta(id);
+        } catch {
+          return; // unknown VM: nothing holds the image
+        }
+        if (!isRunning(meta)) return; // QEMU is gone and with it its open images
+        await withQmp(id, async (q) => {
+          const device = diskNames(serial).device;
+          const t0 = Date.now();
+          let askedAt: number | undefined;
+          for (;;) {
+            const occ = portOccupancy(await q.execute('query-pci'));
+            if (![...occ.values()].includes(device)) break;
+            // The guest agent powers the slot off itself after unmounting (immediate); only a
+            // guest that did not gets the attention button (Linux waits 5 s before it acts).
+            // Pressed again every 6 s: a press while the guest is still bringing the slot up
+            // (a detach right after an attach) is refused ("guest is busy") or ignored by
+            // Linux, and QEMU accepts a new request 5 s after the last.
+            if (Date.now() - t0 >= guestGraceMs && (askedAt === undefined || Date.now() - askedAt >= 6_000)) {
+              askedAt = Date.now();
+              await q.execute('device_del', { id: device }).catch((e: unknown) => {
+                if (!(e instanceof QmpError)) throw e; // busy guest, unplug in progress, or just gone
+              });
+            }
+            if (Date.now() - t0 > timeoutMs) throw new Error(`VM ${id}: disk ${diskId} (${serial}) still plugged in after ${timeoutMs} ms; the guest did not release it`);
+            await sleep(100);
+          }
+          const nodes = diskNodes(await q.execute('query-named-block-nodes'));
+          if (!nodes.has(serial)) return;
+          for (;;) {
+            try {
+              for (const c of blockdevDelCommands(serial)) {
+                await q.execute(c.command, c.args).catch((e: unknown) => {
+                  // Already deleted (an earlier, interrupted detach) is fine; "in use" is retried.
+                  if (e instanceof QmpError && /find|not found/i.test(e.message)) return;
+                  throw e;
+                });
+              }
+              break;
+            } catch (e) {
+              if (Date.now() - t0 > timeoutMs) throw e;
+              await sleep(100); // the device's backend is released just after the device goes
+            }
+          }
+          log.info({ vm: id, disk: diskId, serial, ms: Date.now() - t0 }, 'disk detached');
+        });
+      });
+    },
 
     async launch(spec) {
       const dir = dirOf(spec.id);
@@ -340,8 +490,11 @@ export function createVmManager(opts: VmManagerOptions): VmManager {
   };
 
   async function qemuArgs(spec: VmSpec, dir: string, acc: Accel): Promise<string[]> {
+    const slots = spec.hotplugSlots ?? 0;
+    if (!Number.isInteger(slots) || slots < 0 || slots > 32) throw new Error(`VM ${spec.id}: hotplugSlots must be 0..32`);
     const args = [
-      '-M', 'microvm,pit=on,pic=on,rtc=on',
+      // pcie=on gives microvm a PCIe host bridge (ECAM) for the hot-plug root ports.
+      '-M', `microvm,pit=on,pic=on,rtc=on${slots > 0 ? ',pcie=on' : ''}`,
       '-accel', acc,
       ...(acc === 'kvm' ? ['-cpu', 'host'] : []),
       '-smp', String(spec.cpus),
@@ -353,6 +506,7 @@ export function createVmManager(opts: VmManagerOptions): VmManager {
       '-kernel', spec.kernel ?? kernel(),
       '-initrd', spec.initrd ?? (await defaultInitrd()),
       '-append', kernelCmdline(spec, acc),
+      ...rootPortArgs(slots),
     ];
     if (spec.channel) {
       args.push(
@@ -388,6 +542,7 @@ export function createVmManager(opts: VmManagerOptions): VmManager {
       if (r.code !== 0) throw new Error(`qemu-img create: ${r.stderr.trim()}`);
       args.push('-drive', `id=d0,file=${qemuOpt(overlay)},format=qcow2,if=none`, '-device', 'virtio-blk-device,drive=d0');
     }
+    for (const d of spec.disks ?? []) args.push(...bootDiskArgs(diskSerial(d.id), resolvePath(d.path), d.readOnly));
     return args;
   }
 
@@ -398,8 +553,12 @@ export function createVmManager(opts: VmManagerOptions): VmManager {
  * The kernel command line for `spec`: serial console, reboot-on-panic (QEMU then exits because
  * of -no-reboot), and the `carapace.*` parameters our init reads. Exported for tests and docs.
  */
-export function kernelCmdline(spec: Pick<VmSpec, 'shares' | 'channel' | 'exec' | 'append'>, acc: Accel): string {
+export function kernelCmdline(spec: Pick<VmSpec, 'shares' | 'channel' | 'exec' | 'append' | 'hotplugSlots'>, acc: Accel): string {
   const parts = ['console=ttyS0', 'panic=-1', 'quiet', ...timerParams(acc)];
+  // microvm's ACPI tables let the kernel find ECAM only after _OSC is negotiated, so Linux does
+  // not ask for (or get) native PCIe hot-plug control; without it pciehp never binds and a
+  // hot-plugged disk is not seen. Force the port services (measured: README.md).
+  if ((spec.hotplugSlots ?? 0) > 0) parts.push('pcie_ports=native');
   const mounted = spec.shares.filter((s) => s.mountPoint !== undefined);
   if (mounted.length > 0) {
     parts.push(`carapace.shares=${mounted.map((s) => `${s.tag}:${s.mountPoint ?? ''}:${s.readonly ? 'ro' : 'rw'}`).join(',')}`);
