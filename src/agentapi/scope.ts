@@ -16,6 +16,9 @@
  * its instances, cells and machines once the control plane asked for it; new warm cells on
  * itself; allocation records of its own objects (open ones) and new closed ones; its own
  * usage sample batches. Never the audit log, tokens, tenants, services, other hosts' anything.
+ * Never Secrets, Configs or sealed secret records through the store calls either (not even
+ * their keys): an agent gets the decrypted data of exactly the instances placed on it from the
+ * material endpoint (server.ts), which checks the placement itself.
  */
 import { isDeepStrictEqual } from 'node:util';
 import {

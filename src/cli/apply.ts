@@ -72,7 +72,8 @@ function label(m: Manifest): string {
   return m.kind === 'Tenant' ? `tenant/${m.metadata.name}` : `${m.kind.toLowerCase()}/${m.metadata.tenant}/${m.metadata.name}`;
 }
 
-const ORDER = { Tenant: 0, Service: 1, Job: 2, Machine: 3 } as const;
+// Secrets and Configs before the workloads that reference them (apply checks they exist).
+const ORDER = { Tenant: 0, Secret: 1, Config: 1, Service: 2, Job: 3, Machine: 4 } as const;
 
 export interface Applied {
   manifest: Manifest;

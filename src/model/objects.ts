@@ -5,6 +5,7 @@
  * the caller (deterministic writes). Pure types and helpers.
  */
 import type { ContainerSpec, JobSpec, MachineSpec, ServiceSpec, TenantSpec } from './schemas.js';
+import type { Config, Secret } from './secrets.js';
 
 /** Kinds stored by the control plane, with their URL/collection names. */
 export const KINDS = {
@@ -15,6 +16,8 @@ export const KINDS = {
   Host: { plural: 'hosts', scoped: false },
   Cell: { plural: 'cells', scoped: false },
   Machine: { plural: 'machines', scoped: true },
+  Secret: { plural: 'secrets', scoped: true },
+  Config: { plural: 'configs', scoped: true },
 } as const;
 export type Kind = keyof typeof KINDS;
 export type Plural = (typeof KINDS)[Kind]['plural'];
@@ -131,6 +134,13 @@ export interface InstanceSpec {
   cell?: string;
   /** The generation of the owner's spec this instance was made from. */
   ownerGeneration: number;
+  /**
+   * The content versions (`contentVersion`) of the Secrets and Configs with `onChange:
+   * restart` that the container uses, by `secret/<name>` and `config/<name>`: the controller
+   * updates it when one changes, which (like any spec change) makes the agent restart the
+   * container. Absent when the container uses none.
+   */
+  restartOn?: Record<string, string>;
 }
 
 /** What the agent reports (written only by the agent, or by the controller for placement). */
@@ -320,7 +330,7 @@ export interface Machine {
   };
 }
 
-export type AnyObject = Tenant | Service | Job | Instance | Host | Cell | Machine;
+export type AnyObject = Tenant | Service | Job | Instance | Host | Cell | Machine | Secret | Config;
 export type ObjectOfKind<K extends Kind> = Extract<AnyObject, { kind: K }>;
 
 /** Deterministic instance name for a service replica or a job completion index. */
