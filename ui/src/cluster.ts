@@ -9,6 +9,7 @@
  * At most four streams stay open (browsers allow six HTTP/1.1 connections per server).
  */
 import type { Cell, Host, Instance, Job, Machine, Service, Tenant } from '../../src/model/objects.js';
+import type { Config, Secret } from '../../src/model/secrets.js';
 import { ApiError, type Api, type WhoAmI } from './api';
 
 /** A line of the activity feed: an audit record or a lifecycle change, as the API sent it. */
@@ -57,6 +58,9 @@ export interface Snapshot {
   services: ReadonlyMap<string, Service>;
   jobs: ReadonlyMap<string, Job>;
   machines: ReadonlyMap<string, Machine>;
+  /** Secrets as the API shows them: names, keys and sizes, never values. */
+  secrets: ReadonlyMap<string, Secret>;
+  configs: ReadonlyMap<string, Config>;
   tenants: ReadonlyMap<string, Tenant>;
   hosts: ReadonlyMap<string, Host>;
   feed: readonly FeedEvent[];
@@ -64,7 +68,7 @@ export interface Snapshot {
   tokenNames: ReadonlyMap<string, string>;
 }
 
-type Listed = 'instances' | 'cells' | 'services' | 'jobs' | 'machines' | 'tenants' | 'hosts';
+type Listed = 'instances' | 'cells' | 'services' | 'jobs' | 'machines' | 'secrets' | 'configs' | 'tenants' | 'hosts';
 type AnyObj = { metadata: { name: string; tenant?: string } };
 
 /** Map key of an object: `tenant/name` for tenant-scoped kinds, `name` otherwise. */
@@ -82,6 +86,8 @@ export class Cluster {
     services: new Map(),
     jobs: new Map(),
     machines: new Map(),
+    secrets: new Map(),
+    configs: new Map(),
     tenants: new Map(),
     hosts: new Map(),
   };
@@ -110,7 +116,7 @@ export class Cluster {
 
   /** Lists everything, then follows the streams until `stop`. */
   async start(): Promise<void> {
-    const kinds: Listed[] = ['instances', 'cells', 'services', 'jobs', 'machines', 'tenants', ...(this.isAdmin ? (['hosts'] as const) : [])];
+    const kinds: Listed[] = ['instances', 'cells', 'services', 'jobs', 'machines', 'secrets', 'configs', 'tenants', ...(this.isAdmin ? (['hosts'] as const) : [])];
     try {
       const revs = await Promise.all(kinds.map((k) => this.list(k)));
       this.loaded = true;
@@ -221,6 +227,8 @@ export class Cluster {
               if (k === 'Tenant' || k.includes('tenants') || k === 'Host' || k.includes('hosts')) this.scheduleRelist(k.toLowerCase().includes('host') ? 'hosts' : 'tenants');
               if (k === 'Job' || k.includes('/jobs')) this.scheduleRelist('jobs');
               if (k === 'Machine' || k.includes('/machines')) this.scheduleRelist('machines');
+              if (k === 'Secret' || k.includes('/secrets')) this.scheduleRelist('secrets');
+              if (k === 'Config' || k.includes('/configs')) this.scheduleRelist('configs');
             } else if (ev.event === 'lifecycle') {
               const change = { ...(JSON.parse(ev.data) as Omit<LifecycleChange, 'receivedAt'>), receivedAt: new Date().toISOString() }; // the lifecycle event shape
               this.push({ type: 'lifecycle', id: ev.id ?? '', change });
@@ -295,6 +303,8 @@ export class Cluster {
       services: new Map(this.maps.services) as Map<string, Service>,
       jobs: new Map(this.maps.jobs) as Map<string, Job>,
       machines: new Map(this.maps.machines) as Map<string, Machine>,
+      secrets: new Map(this.maps.secrets) as Map<string, Secret>,
+      configs: new Map(this.maps.configs) as Map<string, Config>,
       tenants: new Map(this.maps.tenants) as Map<string, Tenant>,
       hosts: new Map(this.maps.hosts) as Map<string, Host>,
       feed: this.feed,
