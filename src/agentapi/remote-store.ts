@@ -9,6 +9,7 @@
 import { Agent, request, type Dispatcher } from 'undici';
 import { CompactedError, ConflictError, type Entry, type Expectation, type ListResult, type Store, type TxnOp, type TxnResult, type WatchEvent } from '../store/store.js';
 import { ndjsonLines } from './ndjson.js';
+import type { InstanceMaterial } from '../core/secrets.js';
 
 export interface RemoteStoreOptions {
   /** `https://HOST:PORT` of a server's agent API. */
@@ -52,9 +53,10 @@ export class RemoteStore implements Store {
     void old.close().catch(() => undefined);
   }
 
-  private async call<T>(path: string, body: unknown): Promise<T> {
+  /** POSTs to `/agent/v1/<area>/<path>` (area `store` unless said). */
+  private async call<T>(path: string, body: unknown, area = 'store'): Promise<T> {
     if (this.closed) throw new Error('the store is closed');
-    const res = await request(`${this.o.server}/agent/v1/store/${path}`, {
+    const res = await request(`${this.o.server}/agent/v1/${area}/${path}`, {
       method: 'POST',
       dispatcher: this.dispatcher,
       headers: { 'content-type': 'application/json' },
@@ -88,6 +90,15 @@ export class RemoteStore implements Store {
 
   async txn(ops: TxnOp[]): Promise<TxnResult> {
     return this.call<TxnResult>('txn', { ops });
+  }
+
+  /**
+   * The decrypted Secret and Config data of one instance placed on this host (its mounts'
+   * files and its envFrom values, with content versions): the agent API refuses any other
+   * instance. Never log what it returns.
+   */
+  async instanceMaterial(tenant: string, name: string): Promise<InstanceMaterial> {
+    return this.call<InstanceMaterial>('material', { tenant, name }, 'instances');
   }
 
   async revision(): Promise<number> {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { hostLeaseKey, intervalKey, objectKey, openAllocationKey, sampleBatchKey, sampleDayPrefixes, volumeKey } from '../model/keys.js';
+import { hostLeaseKey, intervalKey, objectKey, openAllocationKey, sampleBatchKey, sampleDayPrefixes, SEALED_SECRET_PREFIX, sealedSecretKey, volumeKey } from '../model/keys.js';
 import { mayListPrefix, mayRead, writeProblem } from './scope.js';
 
 const inst = (host: string, extra: Record<string, unknown> = {}): Record<string, unknown> => ({ kind: 'Instance', metadata: { name: 'web-0', uid: 'u1', ...extra }, spec: { host, container: { cpu: 0.1 } }, status: { phase: 'Pending' } });
@@ -22,12 +22,23 @@ describe('agent scope', () => {
     expect(mayRead('h1', 'usage/samples/2026-01-01/0000000000001-h1', {})).toBe(true);
     expect(mayRead('h1', 'usage/samples/2026-01-01/0000000000001-h2', {})).toBe(false);
     for (const k of ['tokens/x', 'audit/head', 'pki/ca', 'tenants/acme', 'services/acme/web']) expect(mayRead('h1', k, {})).toBe(false);
+    // Secrets (objects and sealed values) and configs: never through the store calls, even
+    // for a host running an instance that uses them (the material endpoint serves those).
+    for (const k of [objectKey('Secret', 'db', 'acme'), sealedSecretKey('acme', 'db'), objectKey('Config', 'app', 'acme')]) expect(mayRead('h1', k, { spec: { host: 'h1' }, status: { host: 'h1' } })).toBe(false);
+    for (const p of ['secrets/', 'secrets/acme/', 'sealed/', SEALED_SECRET_PREFIX, 'configs/']) expect(mayListPrefix('h1', p)).toBe(false);
     expect(mayListPrefix('h1', 'instances/')).toBe(true);
     expect(mayListPrefix('h1', '')).toBe(false);
     expect(mayListPrefix('h1', 'hosts/')).toBe(true);
     expect(mayListPrefix('h1', 'networks/views/')).toBe(true);
     expect(mayListPrefix('h1', 'networks/')).toBe(false);
     expect(mayListPrefix('h1', 'leases/')).toBe(false);
+  });
+
+  it('never writes secrets, sealed records or configs', () => {
+    for (const key of [objectKey('Secret', 'db', 'acme'), sealedSecretKey('acme', 'db'), objectKey('Config', 'app', 'acme')]) {
+      expect(writeProblem('h1', { op: 'put', key, value: { v: 1 }, current: undefined })).toMatch(/agents cannot write/);
+      expect(writeProblem('h1', { op: 'delete', key, current: { v: 1 } })).toMatch(/agents cannot write/);
+    }
   });
 
   it('writes status but never spec, placement, identity or undeletion', () => {

@@ -19,6 +19,9 @@
  * Volumes: it reads the Volume objects bound to it (`status.host`), and writes only their
  * `status.usedBytes` and `status.message`; never their spec, binding, attachedTo, labels, nor
  * creates or deletes one (a volume's storage whose object is gone is reclaimed on the host).
+ * Never Secrets, Configs or sealed secret records through the store calls either (not even
+ * their keys): an agent gets the decrypted data of exactly the instances placed on it from the
+ * material endpoint (server.ts), which checks the placement itself.
  */
 import { isDeepStrictEqual } from 'node:util';
 import {

@@ -28,6 +28,10 @@ import { agentCertKey, INTERVALS_PREFIX, OPEN_PREFIX, ownerOfOpenAllocation } fr
 import { finished } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
 import type { LogHub } from './logs.js';
+import { Resources } from '../core/resources.js';
+import { instanceMaterial } from '../core/secrets.js';
+import type { Keyring } from '../core/secret-box.js';
+import { NameSchema } from '../model/schemas.js';
 
 export interface AgentApiOptions {
   store: Store;
@@ -40,6 +44,8 @@ export interface AgentApiOptions {
   tls: { certPem: string; keyPem: string };
   logger: Logger;
   now?: () => Date;
+  /** The cluster's secret keys, to decrypt the secrets of instances for their agents (absent: instances using secrets are answered CARAPACE_E_SECRETS_KEYRING_MISSING). */
+  keyring?: Keyring;
 }
 
 const HostName = z.string().regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, 'a host name: lower-case letters, digits and dashes');
@@ -229,6 +235,24 @@ export function buildAgentApi(o: AgentApiOptions): FastifyInstance<HttpsServer> 
     const pinned: TxnOp[] = [];
     for (const op of ops) pinned.push(await checked(host, op, ops));
     return o.store.txn(pinned);
+  });
+
+  /**
+   * The decrypted secrets and configs of one instance, for the agent of the host it is placed
+   * on and nobody else: 404 when the instance does not exist, 403 when it is placed on
+   * another host (or on none). The answer is not logged (fastify logs no bodies here, and
+   * nothing below logs it); it carries the content versions an agent compares to refresh
+   * the files of `onChange: update` objects.
+   */
+  const objects = new Resources(o.store);
+  app.post('/agent/v1/instances/material', async (req, reply) => {
+    const b = parse(z.strictObject({ tenant: NameSchema, name: NameSchema }), req.body);
+    const host = hostOf(req);
+    const inst = await objects.get('Instance', b.name, b.tenant);
+    if (!inst) throw new CarapaceError('CARAPACE_E_NOT_FOUND', `instance "${b.name}" in tenant "${b.tenant}" not found`);
+    if (inst.spec.host !== host) throw new CarapaceError('CARAPACE_E_FORBIDDEN', `instance "${b.name}" in tenant "${b.tenant}" is not placed on host "${host}"`);
+    void reply.header('cache-control', 'no-store');
+    return instanceMaterial(objects, o.keyring, inst);
   });
 
   // Logs: agents keep a request stream open and upload what is asked for (see logs.ts).

@@ -5,6 +5,7 @@
  * returned handle. Containers are supervised by conmon and outlive this process: stopping
  * (or killing) it leaves them running, and the next start adopts them.
  */
+import { ensureKeyring } from '../core/secret-box.js';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setMaxListeners } from 'node:events';
@@ -71,6 +72,8 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
   const logger = o.logger ?? pino({ level: process.env['CARAPACE_LOG_LEVEL'] ?? 'info' });
   await mkdir(o.stateDir, { recursive: true, mode: 0o700 });
   const store = await openSqliteStore({ path: join(o.stateDir, 'store.db'), logger });
+  // The secrets keyring lives beside the store, never in it: made on first start (0600).
+  const keyring = await ensureKeyring(join(o.stateDir, 'secrets.keyring'));
   const env = systemEnv;
   // The host node is built first: the server serves its logs.
   // The agent's writes (status, cells) carry usage records but no audit entries of their own.
@@ -102,6 +105,7 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
     logs: node.agent,
     localHost: node.hostName,
     ...(o.cellGraceMs !== undefined ? { cellGraceMs: o.cellGraceMs } : {}),
+    keyring,
   });
 
   const ac = new AbortController();

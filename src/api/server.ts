@@ -172,6 +172,8 @@ function render(result: ActionResult): unknown {
       return { token: result.token, id: result.id, expiresAt: result.expiresAt };
     case 'agentCert':
       return result.record;
+    case 'reencrypted':
+      return { keyId: result.keyId, reencrypted: result.reencrypted, current: result.current };
   }
 }
 
@@ -314,6 +316,12 @@ async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply
   if (route.kind === 'audit') return handleAudit(o, route, q, reply, who.principal);
   if (route.kind === 'usage') return handleUsage(o, q, reply, who.principal);
   if (route.kind === 'pki') return handlePki(o, route, req, reply, q);
+  if (route.kind === 'secrets') {
+    const parsed = ReencryptSchema.safeParse(req.body ?? {});
+    if (!parsed.success) throw new CarapaceError('CARAPACE_E_VALIDATION', 'invalid re-encryption request', zodIssues(parsed.error));
+    const t = parsed.data.tenant;
+    return render(await o.controlPlane.handle({ type: 'reencryptSecrets', ...(t !== undefined ? { tenant: t } : {}) }, auditContext(req)));
+  }
   if (route.kind === 'hostOp') {
     const op = route.url.slice(route.url.lastIndexOf('/') + 1) as 'cordon' | 'uncordon' | 'drain'; // the route table lists exactly these three
     return render(await o.controlPlane.handle({ type: 'hostOp', op, name: p.name ?? '' }, auditContext(req)));
@@ -392,6 +400,9 @@ async function streamLogs(o: ApiOptions, kind: 'Instance' | 'Machine', p: Params
   release();
   reply.raw.end();
 }
+
+/** `POST /v1/secrets/reencrypt`: every tenant's secrets, or one tenant's. */
+const ReencryptSchema = z.strictObject({ tenant: z.string().min(1).max(63).optional() });
 
 const NewTokenSchema = z.strictObject({
   name: z.string().min(1).max(100),

@@ -72,8 +72,9 @@ function label(m: Manifest): string {
   return m.kind === 'Tenant' ? `tenant/${m.metadata.name}` : `${m.kind.toLowerCase()}/${m.metadata.tenant}/${m.metadata.name}`;
 }
 
-// Volumes before the services and jobs that mount them.
-const ORDER = { Tenant: 0, Volume: 1, Service: 2, Job: 3, Machine: 4 } as const;
+// Volumes, Secrets and Configs before the services and jobs that mount or reference them
+// (apply checks they exist).
+const ORDER = { Tenant: 0, Volume: 1, Secret: 1, Config: 1, Service: 2, Job: 3, Machine: 4 } as const;
 
 export interface Applied {
   manifest: Manifest;

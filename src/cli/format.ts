@@ -5,6 +5,7 @@
 import YAML from 'yaml';
 import { formatMemory } from '../model/quantity.js';
 import { instanceReady, type AnyObject, type Cell, type Host, type Instance, type Job, type Kind, type Machine, type Service, type Tenant } from '../model/objects.js';
+import type { Config, Secret } from '../model/secrets.js';
 import { egressOf, type Egress, type Probe } from '../model/schemas.js';
 import type { Volume } from '../model/volumes.js';
 
@@ -97,6 +98,15 @@ const COLUMNS: { [K in Kind]: Columns<Extract<AnyObject, { kind: K }>> } = {
       c.status.bootMs !== undefined ? `${(c.status.bootMs / 1000).toFixed(1)}s` : '-',
       age(c.metadata.createdAt),
     ],
+  },
+  // Secrets show keys only: the API never returns their values.
+  Secret: {
+    header: ['TENANT', 'NAME', 'KEYS', 'ON CHANGE', 'AGE'],
+    row: (x: Secret) => [x.metadata.tenant ?? '', x.metadata.name, x.spec.keys.map((k) => k.key).join(',') || '-', x.spec.onChange, age(x.metadata.createdAt)],
+  },
+  Config: {
+    header: ['TENANT', 'NAME', 'KEYS', 'ON CHANGE', 'AGE'],
+    row: (x: Config) => [x.metadata.tenant ?? '', x.metadata.name, Object.keys(x.spec.data).sort().join(',') || '-', x.spec.onChange, age(x.metadata.createdAt)],
   },
 };
 
@@ -283,6 +293,13 @@ export function formatDescribe(o: AnyObject, instances: Instance[] = []): string
           ['Restart policy', o.spec.restartPolicy],
         ]),
       );
+      break;
+    case 'Secret':
+      // Keys and sizes only: the API never returns a secret's values.
+      parts.push(kv([['On change', o.spec.onChange], ['Keys', o.spec.keys.map((k) => `${k.key} (${k.size} bytes)`).join(', ') || '(none)']]));
+      break;
+    case 'Config':
+      parts.push(kv([['On change', o.spec.onChange], ['Keys', Object.keys(o.spec.data).sort().map((k) => `${k} (${new TextEncoder().encode(o.spec.data[k] ?? '').length} bytes)`).join(', ') || '(none)']]));
       break;
     case 'Cell':
       parts.push(

@@ -97,7 +97,8 @@ program
   .option('--no-agent-api', 'do not serve the agent API')
   .option('--agent-listen <addr>', 'agent API listen address', '0.0.0.0')
   .option('--advertise <addr...>', 'addresses agents use to reach this server (added to its certificate)')
-  .action(async (o: { store?: string; stateDir: string; port: string; listen: string; agentPort: string; agentApi: boolean; agentListen: string; advertise?: string[] }) => {
+  .option('--secrets-keyring <file>', 'the secrets keyring: one keyId:base64key per line, the first the primary, mode 0600 (carapace secrets new-key writes one); without it Secrets are refused')
+  .action(async (o: { store?: string; stateDir: string; port: string; listen: string; agentPort: string; agentApi: boolean; agentListen: string; advertise?: string[]; secretsKeyring?: string }) => {
     const { runServer } = await import('../server/run.js');
     const port = Number(o.port);
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CliError('CARAPACE_E_BAD_QUERY', `--port must be a port number, got "${o.port}"`);
@@ -109,6 +110,7 @@ program
       listen: o.listen,
       ...(o.store ? { store: o.store } : {}),
       ...(o.agentApi ? { agentApi: { port: agentPort, listen: o.agentListen, ...(o.advertise ? { advertise: o.advertise } : {}) } } : {}),
+      ...(o.secretsKeyring !== undefined ? { secretsKeyring: o.secretsKeyring } : {}),
     });
   });
 
@@ -401,6 +403,25 @@ for (const [op, what] of [
     }
   });
 }
+
+const secretsCmd = program.command('secrets').description('Secret encryption keys: rotation (see the README, operations)');
+secretsCmd
+  .command('new-key')
+  .description("Add a new key as the keyring's primary (first line), keeping the others; creates the file (0600) when absent. Then restart the servers and run `carapace secrets reencrypt`")
+  .requiredOption('--keyring <file>', 'the keyring file the servers are given (--secrets-keyring)')
+  .action(async (o: { keyring: string }) => {
+    const { addPrimaryKey } = await import('../server/run.js');
+    const id = await addPrimaryKey(o.keyring);
+    console.log(`key ${id} added to ${o.keyring} as the primary key; restart the servers with it, then run: carapace secrets reencrypt`);
+  });
+secretsCmd
+  .command('reencrypt')
+  .description("Re-encrypt every secret under the servers' primary key (cluster-admin); afterwards older keys can be removed from the keyring")
+  .option('-t, --tenant <tenant>', "only this tenant's secrets")
+  .action(async (o: { tenant?: string }) => {
+    const r = await client().call<{ keyId: string; reencrypted: number; current: number }>('POST', '/v1/secrets/reencrypt', o.tenant !== undefined ? { tenant: o.tenant } : {});
+    console.log(`${r.reencrypted} secret(s) re-encrypted under key ${r.keyId}; ${r.current} already under it`);
+  });
 
 const joinCmd = program.command('join-token').description('Tokens that let new hosts join (cluster-admin)');
 joinCmd

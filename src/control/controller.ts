@@ -14,6 +14,8 @@ import { kindPrefix } from '../model/keys.js';
 import { DEFAULT_NETWORK_POOLS, type NetworkPools } from '../model/tenant-network.js';
 import type { Volume } from '../model/volumes.js';
 import { claimServiceAddress } from '../core/network-records.js';
+import { restartVersions } from '../core/secrets.js';
+import { referencesOf } from '../model/secrets.js';
 import type { ModelView } from '../scheduler/model-adapter.js';
 import { planJob, planService, type Change } from './workload-plan.js';
 import { Placement } from './placement.js';
@@ -110,6 +112,9 @@ export class WorkloadController {
         watchOf<Volume>(kindPrefix('Volume'), () => [PLACEMENT_KEY, VOLUMES_KEY]),
         watchOf<Service>(kindPrefix('Service'), (e) => [`Service/${e.value.metadata.tenant}/${e.value.metadata.name}`]),
         watchOf<Job>(kindPrefix('Job'), (e) => [`Job/${e.value.metadata.tenant}/${e.value.metadata.name}`]),
+        // A Secret or Config changed: the services that use it look again (onChange: restart).
+        watchOf<unknown>(kindPrefix('Secret'), (e) => this.usersOf('secret', e.key)),
+        watchOf<unknown>(kindPrefix('Config'), (e) => this.usersOf('config', e.key)),
         watchOf<Instance>(kindPrefix('Instance'), (e) => [
           this.ownerKey(e.value),
           ...(e.value.spec.cell ? [CELLS_KEY] : []),
@@ -135,6 +140,25 @@ export class WorkloadController {
     await this.loop.start(signal);
   }
 
+  /**
+   * Queues the services of a changed Secret's or Config's tenant that use it (found by a
+   * list, so the watch callback itself returns nothing). Jobs are not restarted: a run
+   * keeps the data it started with.
+   */
+  private usersOf(what: 'secret' | 'config', key: string): string[] {
+    const [, tenant = '', name = ''] = key.split('/');
+    void this.o.resources
+      .list('Service', tenant)
+      .then((svcs) => {
+        for (const s of svcs.items) {
+          const refs = referencesOf(s.spec);
+          if ((what === 'secret' ? refs.secrets : refs.configs).includes(name)) this.loop.add(`Service/${tenant}/${s.metadata.name}`);
+        }
+      })
+      .catch((err: unknown) => this.log.warn({ err, key }, 'could not find the users of a changed secret or config; the resync will'));
+    return [];
+  }
+
   private ownerKey(i: Instance): OwnerKey {
     return `${i.spec.owner.kind}/${i.metadata.tenant ?? ''}/${i.spec.owner.name}`;
   }
@@ -155,9 +179,11 @@ export class WorkloadController {
     const tenantInstances = view.instances.filter((i) => i.metadata.tenant === tenant);
     await this.auditRecoveries(tenant, tenantInstances);
     const ctx = { now: this.o.env.now(), newId: () => this.o.env.newId() };
+    // onChange: restart Secrets and Configs: their versions go into the instances' specs.
+    const restartOn = owner?.kind === 'Service' ? await restartVersions(r, tenant, owner.spec) : {};
     const changes =
       kind === 'Service'
-        ? planService(name, owner as Service | undefined, tenantInstances, ctx) // fetched by kind above
+        ? planService(name, owner as Service | undefined, tenantInstances, ctx, restartOn) // fetched by kind above
         : planJob(name, owner as Job | undefined, tenantInstances, ctx); // fetched by kind above
     if (changes.length > 0) this.log.debug({ key, changes: changes.map((c) => c.op) }, 'applying changes');
     const created: Instance[] = [];

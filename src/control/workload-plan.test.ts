@@ -70,6 +70,24 @@ describe('planService', () => {
     expect(upd && upd.op === 'updateSpec' && upd.spec.container.image).toBe('r/web:2');
   });
 
+  it('onChange restart: new instances carry the versions; a changed version updates the spec (restarting the container), the same ones change nothing', () => {
+    const s = service({ replicas: 2, secrets: [{ secret: 'db' }] });
+    const v1 = { 'secret/db': 'u1:1' };
+    const first = planService('web', s, [], ctx(), v1);
+    expect(created(first).map((i) => i.spec.restartOn)).toEqual([v1, v1]);
+    const insts = materialise(first);
+    expect(planService('web', s, insts, ctx(), v1).filter((c) => c.op === 'updateSpec')).toEqual([]);
+    const v2 = { 'secret/db': 'u1:2' };
+    const upd = planService('web', s, insts, ctx(), v2).flatMap((c) => (c.op === 'updateSpec' ? [c] : []));
+    expect(upd.map((c) => [c.name, c.spec.restartOn])).toEqual([['web-0', v2], ['web-1', v2]]);
+    // No restart object any more (onChange switched to update): the field goes, once.
+    const none = planService('web', s, insts, ctx(), {}).flatMap((c) => (c.op === 'updateSpec' ? [c] : []));
+    expect(none.map((c) => 'restartOn' in c.spec)).toEqual([false, false]);
+    // Instances without restart objects keep specs without the field (stored specs compare equal).
+    const plain = materialise(planService('web', service({ replicas: 1 }), [], ctx()));
+    expect('restartOn' in (plain[0]?.spec ?? {})).toBe(false);
+  });
+
   it('removes every instance when the service is gone', () => {
     const insts = materialise(planService('web', service({ replicas: 2 }), [], ctx()));
     expect(planService('web', undefined, insts, ctx()).map((c) => c.op)).toEqual(['requestDeletion', 'requestDeletion']);

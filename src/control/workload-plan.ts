@@ -26,7 +26,7 @@ export interface PlanContext {
 }
 
 /** A new, not yet placed instance; the placement pipeline then gives it a host or a reason. */
-function newInstance(owner: Service | Job, index: number, ctx: PlanContext, restart: Pick<InstanceSpec, 'restartPolicy' | 'maxRestarts'>): Instance {
+function newInstance(owner: Service | Job, index: number, ctx: PlanContext, restart: Pick<InstanceSpec, 'restartPolicy' | 'maxRestarts'>, restartOn: Record<string, string> = {}): Instance {
   const tenant = owner.metadata.tenant ?? '';
   const spec: InstanceSpec = {
     owner: { kind: owner.kind, name: owner.metadata.name, uid: owner.metadata.uid },
@@ -38,6 +38,7 @@ function newInstance(owner: Service | Job, index: number, ctx: PlanContext, rest
     ownerGeneration: owner.metadata.generation,
     // Templates resolved here (`data-2` for replica 2), so agents never resolve them.
     mounts: mountsOf(owner.spec, index),
+    ...(Object.keys(restartOn).length > 0 ? { restartOn } : {}),
   };
   return {
     kind: 'Instance',
@@ -78,11 +79,20 @@ function sameMounts(a: InstanceMount[] | undefined, b: InstanceMount[]): boolean
   return isDeepStrictEqual(a ?? [], b);
 }
 
+/** True when two `restartOn` maps (absent: empty) name the same versions. */
+function sameVersions(a: Record<string, string> | undefined, b: Record<string, string>): boolean {
+  const ka = Object.keys(a ?? {});
+  return ka.length === Object.keys(b).length && ka.every((k) => a?.[k] === b[k]);
+}
+
 /**
  * A service keeps `replicas` instances, one per ordinal. `tenant`'s instances are passed in;
- * `service` undefined means it was deleted: all its instances go.
+ * `service` undefined means it was deleted: all its instances go. `restartOn`: the current
+ * content versions of the `onChange: restart` Secrets and Configs the service uses
+ * (core/secrets.ts restartVersions); an instance made with other versions gets its spec
+ * updated, which restarts its container (the same path as a change of the service's spec).
  */
-export function planService(serviceName: string, service: Service | undefined, instances: Instance[], ctx: PlanContext): Change[] {
+export function planService(serviceName: string, service: Service | undefined, instances: Instance[], ctx: PlanContext, restartOn: Record<string, string> = {}): Change[] {
   const mine = instances.filter((i) => i.spec.owner.kind === 'Service' && i.spec.owner.name === serviceName);
   if (!service) return removals(mine);
   const changes: Change[] = [];
@@ -95,7 +105,7 @@ export function planService(serviceName: string, service: Service | undefined, i
   for (let index = 0; index < service.spec.replicas; index++) {
     const existing = byIndex.get(index);
     if (!existing) {
-      planned.push(newInstance(service, index, ctx, restart));
+      planned.push(newInstance(service, index, ctx, restart, restartOn));
       continue;
     }
     if (existing.metadata.deletionRequestedAt) continue; // its agent is removing it; recreated once gone
@@ -105,11 +115,12 @@ export function planService(serviceName: string, service: Service | undefined, i
       changes.push(existing.spec.host === '' ? { op: 'forget', name: existing.metadata.name } : { op: 'requestDeletion', name: existing.metadata.name });
       continue;
     }
-    if (existing.spec.ownerGeneration !== service.metadata.generation) {
+    if (existing.spec.ownerGeneration !== service.metadata.generation || !sameVersions(existing.spec.restartOn, restartOn)) {
+      const { restartOn: _old, ...rest } = existing.spec;
       changes.push({
         op: 'updateSpec',
         name: existing.metadata.name,
-        spec: { ...existing.spec, container, ...restart, ownerGeneration: service.metadata.generation },
+        spec: { ...rest, container, ...restart, ownerGeneration: service.metadata.generation, ...(Object.keys(restartOn).length > 0 ? { restartOn } : {}) },
       });
     }
   }

@@ -25,7 +25,9 @@ export type Action =
   /** Record the certificate just issued to a host's agent, which joined with a join token or renewed. */
   | { type: 'recordAgentCert'; host: string; serial: string; notAfter: string; via: 'join' | 'renew' }
   /** Revoke a host's agent certificate (refused at once), or forget it (the host may join again). */
-  | { type: 'revokeAgentCert' | 'forgetAgentCert'; host: string };
+  | { type: 'revokeAgentCert' | 'forgetAgentCert'; host: string }
+  /** Re-encrypt every Secret (or one tenant's) not sealed under the keyring's primary key (key rotation). */
+  | { type: 'reencryptSecrets'; tenant?: string };
 
 /** Source of time and identity for deterministic writes (tests pass fixed ones). */
 export interface Env {

@@ -7,9 +7,12 @@
 import { isDeepStrictEqual } from 'node:util';
 import { CarapaceError, isCarapaceError } from '../model/errors.js';
 import { KINDS, type AnyObject, type Job, type Machine, type Metadata, type Service, type Tenant } from '../model/objects.js';
-import { AVAILABLE_ISOLATION, ISOLATION_ORDER, isolationAtLeast, type JobManifest, type MachineManifest, type Manifest, type ServiceManifest, type TenantManifest, type VolumeManifest } from '../model/schemas.js';
+import { AVAILABLE_ISOLATION, ISOLATION_ORDER, isolationAtLeast, type ConfigManifest, type JobManifest, type MachineManifest, type Manifest, type ServiceManifest, type TenantManifest, type VolumeManifest } from '../model/schemas.js';
 import { VOLUME_SERVICE_LABEL, VOLUME_TEMPLATE_LABEL, volumeSizeMiB, type Volume } from '../model/volumes.js';
 import { checkStorageQuota, checkVolumeDeletable, checkVolumeUpdate, checkWorkloadVolumes, storageOf, type TemplateVolume } from './volumes.js';
+import { checkContainerRefs, type Config } from '../model/secrets.js';
+import { applySecret, checkReferences, deleteSecret, reencryptSecrets } from './secrets.js';
+import type { Keyring } from './secret-box.js';
 import type { Action, Env } from './actions.js';
 import type { Resources } from './resources.js';
 import { overQuota, quotaProblems, registryOf, requestedBy, type TenantUsage } from './quota.js';
@@ -35,7 +38,9 @@ export type ActionResult =
   | { type: 'token'; info: TokenInfo; secret?: string }
   /** A join token just created: the token (shown once), its id and expiry. */
   | { type: 'joinToken'; token: string; id: string; expiresAt: string }
-  | { type: 'agentCert'; record: AgentCertRecord };
+  | { type: 'agentCert'; record: AgentCertRecord }
+  /** Secrets re-encrypted under the keyring's primary key (`keyId`), and those already under it. */
+  | { type: 'reencrypted'; keyId: string; reencrypted: number; current: number };
 
 /**
  * How often a write that names no resourceVersion is re-run on fresh state after losing a
@@ -49,6 +54,8 @@ export class ControlPlane {
     private readonly resources: Resources,
     private readonly env: Env,
     private readonly pools: NetworkPools = DEFAULT_NETWORK_POOLS,
+    /** The cluster's secret keys (never in the store); without it Secret writes are refused. */
+    private readonly keyring?: Keyring,
   ) {}
 
   /** A view of this control plane that records `ctx` as the actor of its mutations. */
@@ -122,6 +129,11 @@ export class ControlPlane {
       case 'forgetAgentCert':
         await forgetAgentCert(this.resources, this.ctx, action.host, new Date(this.env.now()));
         return { type: 'deleted', kind: 'AgentCert', name: action.host };
+      case 'reencryptSecrets': {
+        if (action.tenant !== undefined) await this.ownerTenant(action.tenant, 'tenant');
+        const r = await reencryptSecrets(this.resources, this.keyring, (tenant, name, detail) => this.entry('secret.reencrypted', 'Secret', name, tenant, detail), action.tenant);
+        return { type: 'reencrypted', ...r };
+      }
     }
   }
 
@@ -184,6 +196,25 @@ export class ControlPlane {
         return this.applyMachine(m, createOnly);
       case 'Volume':
         return this.applyVolume(m, createOnly);
+      case 'Secret': {
+        await this.ownerTenant(m.metadata.tenant);
+        const r = await applySecret(
+          {
+            resources: this.resources,
+            keyring: this.keyring,
+            now: this.env.now(),
+            newMetadata: (name, labels, tenant) => this.newMetadata(name, labels, tenant),
+            entry: (action, detail) => this.entry(action, 'Secret', m.metadata.name, m.metadata.tenant, detail),
+            checkVersion: (cur) => this.checkVersion(m, cur),
+            expected: (cur) => this.expected(m, cur, createOnly),
+          },
+          m,
+          createOnly,
+        );
+        return { type: 'object', ...r };
+      }
+      case 'Config':
+        return this.applyConfig(m, createOnly);
     }
   }
 
@@ -246,6 +277,24 @@ export class ControlPlane {
     return { writes, audits };
   }
 
+  /** A Config is stored as applied (its data is not secret); like a machine, without quota. */
+  private async applyConfig(m: ConfigManifest, createOnly: boolean): Promise<ActionResult> {
+    const { name, tenant } = m.metadata;
+    await this.ownerTenant(tenant);
+    const cur = await this.resources.get('Config', name, tenant);
+    if (cur && createOnly) throw new CarapaceError('CARAPACE_E_ALREADY_EXISTS', `config "${name}" already exists in tenant "${tenant}"`);
+    if (cur && isDeepStrictEqual(cur.spec, m.spec) && isDeepStrictEqual(cur.metadata.labels, m.metadata.labels)) {
+      this.checkVersion(m, cur);
+      return { type: 'object', object: cur, changed: false };
+    }
+    const obj: Config = cur
+      ? { ...cur, spec: m.spec, metadata: { ...cur.metadata, labels: m.metadata.labels, generation: isDeepStrictEqual(cur.spec, m.spec) ? cur.metadata.generation : cur.metadata.generation + 1, updatedAt: this.env.now() } }
+      : { kind: 'Config', metadata: this.newMetadata(name, m.metadata.labels, tenant), spec: m.spec };
+    // The audit record names the keys, not the values (a config may still be sensitive to some).
+    const written = await this.resources.write(obj, this.expected(m, cur, createOnly), this.entry(cur ? 'update' : 'create', 'Config', name, tenant, { generation: obj.metadata.generation, keys: Object.keys(m.spec.data).sort() }));
+    return { type: 'object', object: written, created: !cur, changed: true };
+  }
+
   private async applyMachine(m: MachineManifest, createOnly: boolean): Promise<ActionResult> {
     const { name, tenant } = m.metadata;
     const owner = await this.ownerTenant(tenant);
@@ -301,12 +350,12 @@ export class ControlPlane {
     return { type: 'object', object: written, created: !cur, changed: true, ...(warnings.length ? { warnings } : {}) };
   }
 
-  /** The tenant a workload names, or CARAPACE_E_TENANT_NOT_FOUND at metadata.tenant. */
-  private async ownerTenant(tenant: string): Promise<Tenant> {
+  /** The tenant a workload names, or CARAPACE_E_TENANT_NOT_FOUND at `path` (default metadata.tenant). */
+  private async ownerTenant(tenant: string, path = 'metadata.tenant'): Promise<Tenant> {
     const owner = await this.resources.get('Tenant', tenant);
     if (!owner) {
       throw new CarapaceError('CARAPACE_E_TENANT_NOT_FOUND', `tenant "${tenant}" does not exist; apply a Tenant named "${tenant}" first`, [
-        { path: 'metadata.tenant', message: `tenant "${tenant}" does not exist` },
+        { path, message: `tenant "${tenant}" does not exist` },
       ]);
     }
     return owner;
@@ -388,6 +437,9 @@ export class ControlPlane {
         { path: 'spec.image', message: `registry "${registryOf(m.spec.image)}" is not in the tenant's allowedRegistries` },
       ]);
     }
+    // Secrets and configs: mount paths and env names first (no state), then that they exist.
+    checkContainerRefs(m.spec);
+    await checkReferences(this.resources, tenant, m.spec, `${m.kind} "${name}"`);
     const cur = m.kind === 'Service' ? await this.resources.get('Service', name, tenant) : await this.resources.get('Job', name, tenant);
     await this.checkQuota(owner, m.kind, name, m.spec);
     if (cur && createOnly) throw new CarapaceError('CARAPACE_E_ALREADY_EXISTS', `${m.kind.toLowerCase()} "${name}" already exists in tenant "${tenant}"`);
@@ -509,6 +561,15 @@ export class ControlPlane {
           `tenant "${a.name}" still owns ${svcs.items.length} service(s), ${jobs.items.length} job(s), ${machines.items.length} machine(s) and ${vols.items.length} volume(s); delete them first`,
         );
       }
+      // Secrets and configs too: a secret's sealed record must go with it, through its own delete.
+      const [secrets, configs] = await Promise.all([this.resources.list('Secret', a.name), this.resources.list('Config', a.name)]);
+      if (secrets.items.length + configs.items.length > 0) {
+        throw new CarapaceError('CARAPACE_E_TENANT_NOT_EMPTY', `tenant "${a.name}" still owns ${secrets.items.length} secret(s) and ${configs.items.length} config(s); delete them first`);
+      }
+    }
+    if (a.kind === 'Secret') {
+      if (!(await deleteSecret(this.resources, tenant ?? '', a.name, a.resourceVersion, this.entry('delete', 'Secret', a.name, tenant)))) throw new CarapaceError('CARAPACE_E_NOT_FOUND', `${what} not found`);
+      return { type: 'deleted', kind: a.kind, name: a.name, tenant: a.tenant };
     }
     if (a.kind === 'Machine') {
       // A placed machine is removed by its agent once the VM is stopped and its disk overlay

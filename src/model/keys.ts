@@ -16,6 +16,7 @@
  * | `election/<name>/<lease>` | etcd leader-election candidates |
  * | `networks/tenants/<tenant>` | a tenant's network (TenantNetwork: cidr, vni, host blocks) |
  * | `networks/claims/cidr/<index>`, `networks/claims/vip/<ip>` | cluster-wide claims: a tenant network's pool index, a service address |
+ * | `sealed/secrets/<tenant>/<name>` | a Secret's values, encrypted (AES-256-GCM, key id named); written with the Secret, read only by the core |
  */
 import { KINDS, type AnyObject, type Kind } from './objects.js';
 
@@ -232,4 +233,18 @@ export function cidrClaimKey(index: number): string {
 /** The store key of the claim on service address `ip` (`a.b.c.d`). */
 export function vipClaimKey(ip: string): string {
   return `${VIP_CLAIM_PREFIX}${ip}`;
+}
+
+// ---- secrets ----------------------------------------------------------------------------------
+
+/**
+ * Where Secrets' encrypted values live, apart from the Secret objects (so no object read path
+ * can carry them). Nothing but the core reads them: not the public API's object routes, not
+ * agents' store calls (scope.ts), not the event stream.
+ */
+export const SEALED_SECRET_PREFIX = 'sealed/secrets/';
+
+/** The store key of a Secret's sealed values. */
+export function sealedSecretKey(tenant: string, name: string): string {
+  return `${SEALED_SECRET_PREFIX}${tenant}/${name}`;
 }

@@ -6,6 +6,7 @@
  */
 import type { ContainerSpec, JobSpec, MachineSpec, ServiceSpec, TenantSpec } from './schemas.js';
 import type { InstanceMount, Volume } from './volumes.js';
+import type { Config, Secret } from './secrets.js';
 
 /** Kinds stored by the control plane, with their URL/collection names. */
 export const KINDS = {
@@ -17,6 +18,8 @@ export const KINDS = {
   Cell: { plural: 'cells', scoped: false },
   Machine: { plural: 'machines', scoped: true },
   Volume: { plural: 'volumes', scoped: true },
+  Secret: { plural: 'secrets', scoped: true },
+  Config: { plural: 'configs', scoped: true },
 } as const;
 export type Kind = keyof typeof KINDS;
 export type Plural = (typeof KINDS)[Kind]['plural'];
@@ -139,6 +142,13 @@ export interface InstanceSpec {
    * stored before volumes existed (read as none).
    */
   mounts?: InstanceMount[];
+  /**
+   * The content versions (`contentVersion`) of the Secrets and Configs with `onChange:
+   * restart` that the container uses, by `secret/<name>` and `config/<name>`: the controller
+   * updates it when one changes, which (like any spec change) makes the agent restart the
+   * container. Absent when the container uses none.
+   */
+  restartOn?: Record<string, string>;
 }
 
 /** What the agent reports (written only by the agent, or by the controller for placement). */
@@ -328,7 +338,7 @@ export interface Machine {
   };
 }
 
-export type AnyObject = Tenant | Service | Job | Instance | Host | Cell | Machine | Volume;
+export type AnyObject = Tenant | Service | Job | Instance | Host | Cell | Machine | Volume | Secret | Config;
 export type ObjectOfKind<K extends Kind> = Extract<AnyObject, { kind: K }>;
 
 /** Deterministic instance name for a service replica or a job completion index. */

@@ -138,6 +138,45 @@ export const ReadinessProbeSchema = probeSchema('readiness');
 /** A validated, defaulted probe (liveness or readiness). */
 export type Probe = z.infer<typeof ReadinessProbeSchema>;
 
+/** A key of a Secret's or Config's data: the file name it is mounted as, and what `envFrom` names. */
+export const DataKeySchema = z.string().regex(/^[A-Za-z0-9._-]{1,253}$/, 'data keys are 1 to 253 of [A-Za-z0-9._-]').refine((k) => k !== '.' && k !== '..', 'a data key cannot be "." or ".." (keys become file names)');
+
+/**
+ * Where a secret or config is mounted in a container: an absolute, normalised path (no `.`
+ * or `..` segments, no trailing `/`), not `/` and not under the kernel's own filesystems.
+ */
+export const MountPathSchema = z
+  .string()
+  .max(1024)
+  .regex(/^(\/[^/\s\p{Cc}]+)+$/u, 'must be an absolute path such as /etc/app (no trailing "/", no empty segments, no spaces or control characters)')
+  .refine((p) => !p.split('/').some((seg) => seg === '.' || seg === '..'), 'must not contain "." or ".." segments')
+  .refine((p) => !/^\/(proc|sys|dev)(\/|$)/.test(p), 'must not be under /proc, /sys or /dev');
+
+/** A Secret mounted as files, one per key, in a tmpfs directory (default `/run/secrets/<secret>`). */
+export const SecretMountSchema = z
+  .strictObject({
+    secret: NameSchema,
+    mountPath: MountPathSchema.optional(),
+  })
+  // The default is filled in so stored specs (and agents) never compute it.
+  .transform((m) => ({ secret: m.secret, mountPath: m.mountPath ?? `/run/secrets/${m.secret}` }));
+
+/** A Config mounted as files, one per key, at `mountPath`. */
+export const ConfigMountSchema = z.strictObject({ config: NameSchema, mountPath: MountPathSchema });
+
+/** One environment variable taken from a key of a Secret or a Config (exactly one of the two). */
+export const EnvFromSchema = z
+  .strictObject({
+    name: EnvNameSchema,
+    secret: NameSchema.optional(),
+    config: NameSchema.optional(),
+    key: DataKeySchema,
+  })
+  .superRefine((e, ctx) => {
+    if (e.secret === undefined && e.config === undefined) ctx.addIssue({ code: 'custom', path: ['secret'], message: 'set one of secret or config' });
+    if (e.secret !== undefined && e.config !== undefined) ctx.addIssue({ code: 'custom', path: ['config'], message: 'set only one of secret or config (also set: secret)' });
+  });
+
 /**
  * The container part of a service or job: what one instance runs. The one definition from
  * the manifest to the guest: services and jobs extend it, `containerSpecOf` takes it back out
@@ -171,6 +210,12 @@ export const ContainerSpecSchema = z.strictObject({
   readinessProbe: ReadinessProbeSchema.optional(),
   /** Volumes of the tenant mounted into the container (model/volumes.ts); absent: none (specs stored before volumes existed have none). */
   volumes: z.array(VolumeMountSchema).max(32).optional(),
+  /** Secrets mounted as files (tmpfs; never on the host's disk in clear). Not defaulted: specs stored before it compare equal. */
+  secrets: z.array(SecretMountSchema).max(64).optional(),
+  /** Configs mounted as files. */
+  configs: z.array(ConfigMountSchema).max(64).optional(),
+  /** Environment variables taken from keys of Secrets and Configs. */
+  envFrom: z.array(EnvFromSchema).max(256).optional(),
 });
 /** A validated, defaulted container spec (see ContainerSpecSchema). */
 export type ContainerSpec = z.infer<typeof ContainerSpecSchema>;
@@ -392,7 +437,55 @@ export type VolumeManifest = z.infer<typeof VolumeManifestSchema>;
 export type TenantManifest = z.infer<typeof TenantManifestSchema>;
 export type ServiceManifest = z.infer<typeof ServiceManifestSchema>;
 export type JobManifest = z.infer<typeof JobManifestSchema>;
-export type Manifest = TenantManifest | ServiceManifest | JobManifest | MachineManifest | VolumeManifest;
+export type Manifest = TenantManifest | ServiceManifest | JobManifest | MachineManifest | VolumeManifest | SecretManifest | ConfigManifest;
+
+/** Most bytes a Secret's or Config's data may hold in total (keys and values, UTF-8). */
+export const DATA_LIMIT_BYTES = 64 * 1024;
+
+/** Bytes of `data` as counted against DATA_LIMIT_BYTES: every key and value, UTF-8. */
+export function dataBytes(data: Record<string, string>): number {
+  const enc = new TextEncoder();
+  let n = 0;
+  for (const [k, v] of Object.entries(data)) n += enc.encode(k).length + enc.encode(v).length;
+  return n;
+}
+
+/** Key/value data of a Secret or Config, at most DATA_LIMIT_BYTES in total. */
+export const DataSchema = z
+  .record(DataKeySchema, z.string())
+  .superRefine((d, ctx) => {
+    const n = dataBytes(d);
+    if (n > DATA_LIMIT_BYTES) ctx.addIssue({ code: 'custom', message: `holds ${n} bytes; at most ${DATA_LIMIT_BYTES} (64 KiB) of keys and values in total` });
+  });
+
+/**
+ * What happens to running instances when the data changes: `update` (default) rewrites the
+ * mounted files in place (agents poll the content version); `restart` replaces the
+ * instances of the services that use it.
+ */
+export const OnChangeSchema = z.enum(['update', 'restart']);
+export type OnChange = z.infer<typeof OnChangeSchema>;
+
+export const SecretSpecSchema = z.strictObject({ data: DataSchema.default({}), onChange: OnChangeSchema.default('update') });
+export const ConfigSpecSchema = z.strictObject({ data: DataSchema.default({}), onChange: OnChangeSchema.default('update') });
+
+/** A Secret as applied: its values are encrypted before they reach the store and never read back through the API. */
+export const SecretManifestSchema = z.strictObject({
+  apiVersion: z.literal(API_VERSION),
+  kind: z.literal('Secret'),
+  metadata: TenantScopedMetadataSchema,
+  spec: SecretSpecSchema,
+});
+export type SecretManifest = z.infer<typeof SecretManifestSchema>;
+
+/** A Config: key/value data mounted as files or env; not secret (tenant viewers read it). */
+export const ConfigManifestSchema = z.strictObject({
+  apiVersion: z.literal(API_VERSION),
+  kind: z.literal('Config'),
+  metadata: TenantScopedMetadataSchema,
+  spec: ConfigSpecSchema,
+});
+export type ConfigManifest = z.infer<typeof ConfigManifestSchema>;
 
 /** Kinds a user may apply, with their schemas. */
 export const MANIFEST_SCHEMAS = {
@@ -401,5 +494,7 @@ export const MANIFEST_SCHEMAS = {
   Job: JobManifestSchema,
   Machine: MachineManifestSchema,
   Volume: VolumeManifestSchema,
+  Secret: SecretManifestSchema,
+  Config: ConfigManifestSchema,
 } as const;
 export type ApplyKind = keyof typeof MANIFEST_SCHEMAS;

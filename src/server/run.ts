@@ -5,6 +5,10 @@
  * or opens the same store (`--store`). Both run until SIGTERM or SIGINT and then stop
  * gracefully; workloads keep running.
  */
+import { loadKeyring } from '../core/secret-box.js';
+
+/** For `carapace secrets new-key` (the CLI reaches the core through the server layer). */
+export { addPrimaryKey } from '../core/secret-box.js';
 import { lookup } from 'node:dns/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import { setMaxListeners } from 'node:events';
@@ -63,6 +67,8 @@ export interface ServerCommandOptions {
   listen: string;
   /** The agent API (mutual TLS); absent: off. */
   agentApi?: { port: number; listen?: string; advertise?: string[] };
+  /** The secrets keyring file (`keyId:base64key` lines, mode 0600); absent: Secrets are refused. */
+  secretsKeyring?: string;
 }
 
 /** `carapace server`: the API, controller and host monitor; no containers on this host. */
@@ -72,7 +78,9 @@ export async function runServer(o: ServerCommandOptions): Promise<void> {
   const store = await openStoreUrl(url, logger);
   // Compaction is cluster-wide: only the leader runs it (etcd; SQLite compacts by itself).
   const leaderLoops = 'compact' in store ? [(signal: AbortSignal) => compactLoop(store as EtcdStore, signal, logger)] : []; // only the etcd store has compact()
-  const server = await startControlServer({ store, stateDir: o.stateDir, port: o.port, listen: o.listen, logger, leaderLoops, ...(o.agentApi ? { agentApi: o.agentApi } : {}) });
+  // Loaded before anything listens: a bad keyring stops the start with its reason.
+  const keyring = o.secretsKeyring !== undefined ? await loadKeyring(o.secretsKeyring) : undefined;
+  const server = await startControlServer({ store, stateDir: o.stateDir, port: o.port, listen: o.listen, logger, leaderLoops, ...(o.agentApi ? { agentApi: o.agentApi } : {}), ...(keyring ? { keyring } : {}) });
   const ac = new AbortController();
   setMaxListeners(100, ac.signal);
   logger.info({ url: server.url, store: url.replace(/\/\/.*@/, '//'), stateDir: o.stateDir }, 'carapace server is up');

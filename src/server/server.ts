@@ -32,6 +32,7 @@ import type { LogLine, LogOptions } from '../runtime/driver.js';
 import { JOIN_TOKEN_PREFIX } from '../model/keys.js';
 import { ensureClusterCa, issueServerCertificate, type ClusterCa } from '../pki/x509.js';
 import { Leadership } from './leader.js';
+import type { Keyring } from '../core/secret-box.js';
 
 /** The real clock and random ids: the only place the running system makes them. */
 export const systemEnv: Env = {
@@ -66,6 +67,8 @@ export interface ControlServerOptions {
   serverId?: string;
   /** More loops only the leader runs, besides the controller, host monitor and audit checkpoints (e.g. etcd compaction). */
   leaderLoops?: ((signal: AbortSignal) => Promise<void>)[];
+  /** The cluster's secret keys (`--secrets-keyring FILE`, never in the store); absent: Secret writes are refused (CARAPACE_E_SECRETS_KEYRING_MISSING). */
+  keyring?: Keyring;
 }
 
 export interface RunningControlServer {
@@ -132,7 +135,8 @@ export async function startControlServer(o: ControlServerOptions): Promise<Runni
   const audit = await AuditLog.open({ store, keyDir: join(o.stateDir, 'audit-keys'), logger });
   // With env: every instance, cell and machine write carries its usage allocation records.
   const resources = new Resources(store, audit, env);
-  const controlPlane = new ControlPlane(resources, env);
+  const controlPlane = new ControlPlane(resources, env, undefined, o.keyring);
+  if (!o.keyring) logger.warn('no secrets keyring (--secrets-keyring FILE): Secrets cannot be written or read by agents');
   const cellGraceMs = o.cellGraceMs ?? envNumber('CARAPACE_CELL_GRACE_MS');
   const ttlMs = o.hostLeaseTtlMs ?? envNumber('CARAPACE_HOST_LEASE_TTL_MS');
   const checkpointMs = envNumber('CARAPACE_AUDIT_CHECKPOINT_MS') || 60_000;
@@ -155,7 +159,7 @@ export async function startControlServer(o: ControlServerOptions): Promise<Runni
   // API answers, so whoever waits for /healthz finds the join token written.
   const ca = await ensureClusterCa(store);
   let agentApi: Awaited<ReturnType<typeof startAgentApi>> | undefined;
-  if (o.agentApi) agentApi = await startAgentApi(resources, controlPlane, env, ca, o.agentApi, o.stateDir, logger, hub);
+  if (o.agentApi) agentApi = await startAgentApi(resources, controlPlane, env, ca, o.agentApi, o.stateDir, logger, hub, o.keyring);
   const address = await api.listen({ port: o.port, host: o.listen ?? '127.0.0.1' });
   const port = Number(new URL(address).port);
   const url = `http://127.0.0.1:${port}`;
@@ -208,13 +212,14 @@ async function startAgentApi(
   stateDir: string,
   logger: Logger,
   logs: LogHub,
+  keyring: Keyring | undefined,
 ): Promise<{ app: ReturnType<typeof buildAgentApi>; url: string }> {
   const store = resources.store;
   const advertise = o.advertise ?? [];
   const ips = [...localAddresses(), ...advertise.filter((a) => /^\d{1,3}(\.\d{1,3}){3}$/.test(a))];
   const names = ['localhost', os.hostname(), ...advertise.filter((a) => !/^\d{1,3}(\.\d{1,3}){3}$/.test(a))];
   const tls = await issueServerCertificate(ca, { commonName: 'carapace-server', dnsNames: names, ipAddresses: ips });
-  const app = buildAgentApi({ store, controlPlane, ca, tls, logger, logs });
+  const app = buildAgentApi({ store, controlPlane, ca, tls, logger, logs, ...(keyring ? { keyring } : {}) });
   const address = await app.listen({ port: o.port, host: o.listen ?? '0.0.0.0' });
   const port = Number(new URL(address.replace('https://', 'http://')).port);
   const url = `https://127.0.0.1:${port}`;

@@ -27,6 +27,7 @@ import { bootstrapToken } from '../../src/core/api-tokens.js';
 import { SYSTEM } from '../../src/core/audit-context.js';
 import { ControlPlane } from '../../src/core/control-plane.js';
 import { Resources } from '../../src/core/resources.js';
+import { newKeyLine, parseKeyring } from '../../src/core/secret-box.js';
 import type { Host, Instance } from '../../src/model/objects.js';
 import { ROUTES, type RouteDef } from '../../src/model/routes.js';
 import { parseJoinToken, type JoinTokenRecord } from '../../src/pki/agents.js';
@@ -47,6 +48,10 @@ const env = { now: () => new Date().toISOString(), newId: () => `id${++n}` };
 const secrets: string[] = [];
 
 const IMG = '127.0.0.1:5000/x/web:1';
+/** The servers' keyring: a new primary in front of the old key (a rotation under way). */
+const OLD_LINE = newKeyLine();
+const OLD_RING = parseKeyring(OLD_LINE);
+const RING = parseKeyring(`${newKeyLine()}\n${OLD_LINE}`);
 const manifest = (kind: string, name: string, tenant: string | undefined, spec: Record<string, unknown>): Record<string, unknown> => ({
   apiVersion: 'carapace/v1',
   kind,
@@ -59,6 +64,8 @@ const SPECS: Record<string, Record<string, unknown>> = {
   Job: { image: IMG, isolation: 'host' },
   Machine: { kernel: 'host', running: false },
   Volume: { size: '64Mi' },
+  Secret: { data: { password: 'mutation-audit-secret-value' } },
+  Config: { data: { 'app.yaml': 'a: 1' } },
 };
 
 function host(name: string, cordoned = false): Host {
@@ -108,7 +115,7 @@ async function tenantFixture(name: string): Promise<void> {
 /** The recipes, keyed `METHOD url` as in ROUTES. */
 function recipes(): Map<string, Recipe> {
   const m = new Map<string, Recipe>();
-  for (const kind of ['Tenant', 'Service', 'Job', 'Machine', 'Volume'] as const) {
+  for (const kind of ['Tenant', 'Service', 'Job', 'Machine', 'Volume', 'Secret', 'Config'] as const) {
     const scoped = kind !== 'Tenant';
     const plural = `${kind.toLowerCase()}s`;
     for (const method of ['PUT', 'POST'] as const) {
@@ -124,7 +131,7 @@ function recipes(): Map<string, Recipe> {
       });
     }
   }
-  for (const kind of ['Tenant', 'Service', 'Job', 'Machine', 'Volume', 'Instance'] as const) {
+  for (const kind of ['Tenant', 'Service', 'Job', 'Machine', 'Volume', 'Instance', 'Secret', 'Config'] as const) {
     const t = `t-del-${kind.toLowerCase()}`;
     const item = kind === 'Tenant' ? `/v1/tenants/${t}` : `/v1/tenants/${t}/${kind.toLowerCase()}s/obj`;
     m.set(`DELETE ${kind === 'Tenant' ? '/v1/tenants/:name' : `/v1/tenants/:tenant/${kind.toLowerCase()}s/:name`}`, {
@@ -146,6 +153,15 @@ function recipes(): Map<string, Recipe> {
       refusal: { path: `/v1/hosts/${h}-missing/${op}` },
     });
   }
+  m.set('POST /v1/secrets/reencrypt', {
+    // A secret sealed under the old key (the control plane's keyring has a newer primary).
+    setup: async () => {
+      await tenantFixture('t-reencrypt');
+      await new ControlPlane(fixtures, env, undefined, OLD_RING).handle({ type: 'apply', manifest: manifest('Secret', 'rotated', 't-reencrypt', SPECS['Secret'] ?? {}) as never });
+    },
+    success: { path: '/v1/secrets/reencrypt', body: { tenant: 't-reencrypt' } },
+    refusal: { path: '/v1/secrets/reencrypt', body: { tenant: 't-reencrypt', extra: 1 } },
+  });
   m.set('POST /v1/tokens', {
     success: { path: '/v1/tokens', body: { name: 'ci deploy', role: 'tenant-viewer', tenant: 'acme' } },
     refusal: { path: '/v1/tokens', body: { name: 'ci deploy', role: 'emperor' } },
@@ -179,7 +195,7 @@ function recipes(): Map<string, Recipe> {
 
 /** A control plane over the unaudited fixtures' Resources, for setting up objects. */
 function cp(): ControlPlane {
-  return new ControlPlane(fixtures, env);
+  return new ControlPlane(fixtures, env, undefined, RING);
 }
 
 async function call(c: Call, method: string): Promise<{ status: number; json: any }> {
@@ -212,7 +228,7 @@ beforeAll(async () => {
   audit = await AuditLog.open({ store, keyDir: join(dir, 'keys') });
   const resources = new Resources(store, audit, env);
   fixtures = new Resources(store);
-  app = buildApi({ controlPlane: new ControlPlane(resources, env), store, logs: { logs: async function* () {} }, logger: pino({ level: 'silent' }), auth: { authenticate: (t) => authenticate(store, t) }, env, audit });
+  app = buildApi({ controlPlane: new ControlPlane(resources, env, undefined, RING), store, logs: { logs: async function* () {} }, logger: pino({ level: 'silent' }), auth: { authenticate: (t) => authenticate(store, t) }, env, audit });
   base = (await app.listen({ port: 0, host: '127.0.0.1' })).replace('localhost', '127.0.0.1');
   admin = (await bootstrapToken(resources, { id: 'root', name: 'root', now: env.now() }))!.token; // a fresh store
   secrets.push(admin);
@@ -266,7 +282,8 @@ describe('every mutating route of the route table', () => {
     expect(secrets.filter((s) => s.startsWith('cpt_')).length).toBeGreaterThanOrEqual(3); // root, the created token, the one revoked
     expect(hashes.length).toBeGreaterThanOrEqual(4);
     const log = JSON.stringify(await audit.read());
-    const parts = [...secrets, ...secrets.map((s) => (s.startsWith('K1') ? parseJoinToken(s).secret : s.split('.')[1] ?? s)), ...hashes];
+    // Secret values applied through the Secret routes too.
+    const parts = [...secrets, ...secrets.map((s) => (s.startsWith('K1') ? parseJoinToken(s).secret : s.split('.')[1] ?? s)), ...hashes, 'mutation-audit-secret-value'];
     for (const p of parts) expect(log.includes(p), `audit log holds ${p.slice(0, 12)}…`).toBe(false);
     expect((await audit.verify()).ok).toBe(true);
   });

@@ -16,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FastifyInstance } from 'fastify';
 import { buildApi } from '../../src/api/server.js';
 import { ROUTES, type RouteDef } from '../../src/model/routes.js';
+import { newKeyLine, parseKeyring } from '../../src/core/secret-box.js';
 import { ControlPlane } from '../../src/core/control-plane.js';
 import { Resources } from '../../src/core/resources.js';
 import { WorkloadController } from '../../src/control/controller.js';
@@ -67,7 +68,7 @@ beforeAll(async () => {
       yield { time: env.now(), stream: 'stdout', text: `console of ${tenant}/${name}` };
     },
   };
-  app = buildApi({ controlPlane: new ControlPlane(resources, env), store, logs, logger, auth: { authenticate: (t) => authenticate(store, t) }, env, audit });
+  app = buildApi({ controlPlane: new ControlPlane(resources, env, undefined, parseKeyring(newKeyLine())), store, logs, logger, auth: { authenticate: (t) => authenticate(store, t) }, env, audit });
   base = await app.listen({ port: 0, host: '127.0.0.1' });
   tokens['cluster-admin'] = (await bootstrapToken(resources, { id: 'root', name: 'root', now: env.now() }))!.token; // fresh store
   const root = { tokenId: 'root', name: 'root', role: 'cluster-admin' as const };
@@ -85,7 +86,7 @@ beforeAll(async () => {
     status: { state: 'Ready', lastHeartbeatAt: env.now(), isolation: ['cell', 'dedicated', 'host', 'machine', 'sandbox'], capacity: { cpu: 8, memoryMiB: 16384 }, agentVersion: 'test' },
   };
   await resources.write(host, 0);
-  const cp = new ControlPlane(resources, env);
+  const cp = new ControlPlane(resources, env, undefined, parseKeyring(newKeyLine()));
   const controller = new WorkloadController({ resources, env, logger });
   for (const t of [OWN, OTHER]) {
     await cp.handle({ type: 'apply', manifest: manifest('Tenant', t, undefined, {}) as never }); // parsed by the API normally; the shape is a valid manifest
@@ -152,6 +153,7 @@ function oracle(r: RouteDef, who: Who, target: string | undefined): Verdict {
   if (who === 'cluster-admin') return 'allow';
   if (r.url === '/metrics' || r.url === '/v1/audit/verify' || r.objectKind === 'Host') return 'forbidden';
   if (r.url.startsWith('/v1/join-tokens') || r.url.startsWith('/v1/agent-certs')) return 'forbidden'; // the cluster's trust
+  if (r.url === '/v1/secrets/reencrypt') return 'forbidden'; // key rotation covers every tenant
   if (r.kind === 'tokens') {
     if (r.method === 'GET') return 'allow';
     if (who === 'tenant-viewer') return 'forbidden'; // cannot mint, nor revoke others' tokens

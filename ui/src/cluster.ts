@@ -2,8 +2,9 @@
  * The live picture of the estate the signed-in token may see. Lists each kind once, then
  * follows the API's watch streams (instances, cells, services) from the list's revision and
  * the event stream (audit + lifecycle) for the activity feed; kinds without a stream of their
- * own here (tenants, jobs, machines, volumes, hosts) are listed again when an event concerns them
- * (volumes also when an instance that mounts one changes: its attachedTo follows).
+ * own here (tenants, jobs, machines, volumes, secrets, configs, hosts) are listed again when
+ * an event concerns them (volumes also when an instance that mounts one changes: its
+ * attachedTo follows).
  * Everything is narrowed by the server (a tenant token only ever receives its tenant's
  * objects); this class only keeps what arrives. Views read snapshots through `useCluster`.
  *
@@ -11,6 +12,7 @@
  */
 import type { Cell, Host, Instance, Job, Machine, Service, Tenant } from '../../src/model/objects.js';
 import type { Volume } from '../../src/model/volumes.js';
+import type { Config, Secret } from '../../src/model/secrets.js';
 import { ApiError, type Api, type WhoAmI } from './api';
 
 /** A line of the activity feed: an audit record or a lifecycle change, as the API sent it. */
@@ -60,6 +62,9 @@ export interface Snapshot {
   jobs: ReadonlyMap<string, Job>;
   machines: ReadonlyMap<string, Machine>;
   volumes: ReadonlyMap<string, Volume>;
+  /** Secrets as the API shows them: names, keys and sizes, never values. */
+  secrets: ReadonlyMap<string, Secret>;
+  configs: ReadonlyMap<string, Config>;
   tenants: ReadonlyMap<string, Tenant>;
   hosts: ReadonlyMap<string, Host>;
   feed: readonly FeedEvent[];
@@ -67,7 +72,7 @@ export interface Snapshot {
   tokenNames: ReadonlyMap<string, string>;
 }
 
-type Listed = 'instances' | 'cells' | 'services' | 'jobs' | 'machines' | 'volumes' | 'tenants' | 'hosts';
+type Listed = 'instances' | 'cells' | 'services' | 'jobs' | 'machines' | 'volumes' | 'secrets' | 'configs' | 'tenants' | 'hosts';
 type AnyObj = { metadata: { name: string; tenant?: string } };
 
 /** Map key of an object: `tenant/name` for tenant-scoped kinds, `name` otherwise. */
@@ -86,6 +91,8 @@ export class Cluster {
     jobs: new Map(),
     machines: new Map(),
     volumes: new Map(),
+    secrets: new Map(),
+    configs: new Map(),
     tenants: new Map(),
     hosts: new Map(),
   };
@@ -114,7 +121,7 @@ export class Cluster {
 
   /** Lists everything, then follows the streams until `stop`. */
   async start(): Promise<void> {
-    const kinds: Listed[] = ['instances', 'cells', 'services', 'jobs', 'machines', 'volumes', 'tenants', ...(this.isAdmin ? (['hosts'] as const) : [])];
+    const kinds: Listed[] = ['instances', 'cells', 'services', 'jobs', 'machines', 'volumes', 'secrets', 'configs', 'tenants', ...(this.isAdmin ? (['hosts'] as const) : [])];
     try {
       const revs = await Promise.all(kinds.map((k) => this.list(k)));
       this.loaded = true;
@@ -227,6 +234,8 @@ export class Cluster {
               if (k === 'Job' || k.includes('/jobs')) this.scheduleRelist('jobs');
               if (k === 'Machine' || k.includes('/machines')) this.scheduleRelist('machines');
               if (k === 'Volume' || k.includes('/volumes')) this.scheduleRelist('volumes');
+              if (k === 'Secret' || k.includes('/secrets')) this.scheduleRelist('secrets');
+              if (k === 'Config' || k.includes('/configs')) this.scheduleRelist('configs');
             } else if (ev.event === 'lifecycle') {
               const change = { ...(JSON.parse(ev.data) as Omit<LifecycleChange, 'receivedAt'>), receivedAt: new Date().toISOString() }; // the lifecycle event shape
               this.push({ type: 'lifecycle', id: ev.id ?? '', change });
@@ -302,6 +311,8 @@ export class Cluster {
       jobs: new Map(this.maps.jobs) as Map<string, Job>,
       machines: new Map(this.maps.machines) as Map<string, Machine>,
       volumes: new Map(this.maps.volumes) as Map<string, Volume>,
+      secrets: new Map(this.maps.secrets) as Map<string, Secret>,
+      configs: new Map(this.maps.configs) as Map<string, Config>,
       tenants: new Map(this.maps.tenants) as Map<string, Tenant>,
       hosts: new Map(this.maps.hosts) as Map<string, Host>,
       feed: this.feed,

@@ -46,6 +46,8 @@ export function Workloads(): React.JSX.Element {
   const jobs = useMemo(() => filterSorted(snap.jobs, q), [snap.jobs, q]);
   const machines = useMemo(() => filterSorted(snap.machines, q), [snap.machines, q]);
   const volumes = useMemo(() => filterSorted(snap.volumes, q), [snap.volumes, q]);
+  const secrets = useMemo(() => filterSorted(snap.secrets, q), [snap.secrets, q]);
+  const configs = useMemo(() => filterSorted(snap.configs, q), [snap.configs, q]);
 
   return (
     <section className="workloads" aria-label="Workloads">
@@ -211,6 +213,8 @@ export function Workloads(): React.JSX.Element {
           )}
         </tbody>
       </table>
+      <DataTable title="Secrets" rows={secrets.map((x) => ({ key: keyOf(x), keys: x.spec.keys.map((k) => `${k.key} (${k.size} B)`), onChange: x.spec.onChange, created: x.metadata.createdAt }))} />
+      <DataTable title="Configs" rows={configs.map((x) => ({ key: keyOf(x), keys: Object.keys(x.spec.data).sort(), onChange: x.spec.onChange, created: x.metadata.createdAt }))} />
     </section>
   );
 }
@@ -303,6 +307,47 @@ function DeleteButton({ o }: { o: Service | Job | Machine | Volume }): React.JSX
           {error}
         </span>
       )}
+    </>
+  );
+}
+
+/**
+ * Secrets and configs by name and keys only: the API never returns a secret's values, and
+ * the dashboard shows no config values either (they are one `get` away for who may read them).
+ */
+function DataTable({ title, rows }: { title: string; rows: { key: string; keys: string[]; onChange: string; created: string }[] }): React.JSX.Element {
+  return (
+    <>
+      <h2>
+        {title} <span className="muted">{rows.length}</span>
+      </h2>
+      <table className="table" aria-label={title}>
+        <thead>
+          <tr>
+            <th>{title.slice(0, -1)}</th>
+            <th>Keys</th>
+            <th>On change</th>
+            <th>Age</th>
+          </tr>
+        </thead>
+        <tbody>
+          {rows.map((r) => (
+            <tr key={r.key}>
+              <td className="mono">{r.key}</td>
+              <td>{r.keys.join(', ') || <span className="muted">none</span>}</td>
+              <td>{r.onChange}</td>
+              <td>{age(r.created)}</td>
+            </tr>
+          ))}
+          {rows.length === 0 && (
+            <tr>
+              <td colSpan={4} className="muted">
+                No {title.toLowerCase()}.
+              </td>
+            </tr>
+          )}
+        </tbody>
+      </table>
     </>
   );
 }
