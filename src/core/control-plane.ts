@@ -437,7 +437,7 @@ export class ControlPlane {
         { path: 'spec.image', message: `registry "${registryOf(m.spec.image)}" is not in the tenant's allowedRegistries` },
       ]);
     }
-    // Secrets and configs: mount paths and env names first (no state), then that they exist.
+    // Secrets and configs: mount paths (also against the volumes') and env names first (no state), then that they exist.
     checkContainerRefs(m.spec);
     await checkReferences(this.resources, tenant, m.spec, `${m.kind} "${name}"`);
     const cur = m.kind === 'Service' ? await this.resources.get('Service', name, tenant) : await this.resources.get('Job', name, tenant);

@@ -77,7 +77,10 @@ export const ERROR_CATALOGUE = {
   CARAPACE_E_SECRET_NOT_FOUND: { status: 422, description: "A service or job references a Secret its tenant does not have (`details` names the field, e.g. `spec.secrets[0].secret`); apply the Secret first." },
   CARAPACE_E_CONFIG_NOT_FOUND: { status: 422, description: "A service or job references a Config its tenant does not have (`details` names the field, e.g. `spec.configs[0].config`); apply the Config first." },
   CARAPACE_E_DATA_KEY_NOT_FOUND: { status: 422, description: 'An `envFrom` entry names a key its Secret or Config does not hold (`details` names the field and lists the keys it has).' },
-  CARAPACE_E_MOUNT_PATH_CONFLICT: { status: 422, description: 'Two mounts of a container (secrets, configs) use the same path, or one lies inside another; `details` names both fields.' },
+  CARAPACE_E_MOUNT_PATH_CONFLICT: {
+    status: 422,
+    description: 'A secret or config mount of a container uses the same path as another of its mounts (secret, config, volume or volume template), or one lies inside the other; `details` names both fields. (Two volumes on one path are a `CARAPACE_E_VALIDATION` of the manifest.)',
+  },
   CARAPACE_E_ENV_CONFLICT: { status: 422, description: 'An environment variable is set twice (in `env` and `envFrom`, or twice in `envFrom`); `details` names the field.' },
   CARAPACE_E_SECRETS_KEYRING_MISSING: { status: 503, description: 'This server was started without a secrets keyring (`--secrets-keyring FILE`), so it cannot encrypt or decrypt Secrets; Secret writes and reads of secret values are refused.' },
   CARAPACE_E_SECRET_UNDECRYPTABLE: { status: 500, description: "A stored Secret cannot be decrypted: its key id is not in the server's keyring (removed too early in a rotation) or the stored blob was altered or moved. The message names the key id; restore the key to the keyring." },

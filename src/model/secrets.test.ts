@@ -71,6 +71,15 @@ describe('container references', () => {
     expect(refsProblem({ configs: [{ config: 'a', mountPath: '/etc/app' }, { config: 'b', mountPath: '/etc/application' }] }).code).toBe('ok');
   });
 
+  it('refuse a secret or config mount path that collides with a volume or volume template mount', () => {
+    expect(refsProblem({ volumes: [{ volume: 'data', mountPath: '/data' }], configs: [{ config: 'c', mountPath: '/data/conf' }] })).toEqual({ code: 'CARAPACE_E_MOUNT_PATH_CONFLICT', paths: ['spec.configs[0].mountPath'] });
+    expect(refsProblem({ volumeTemplates: [{ name: 'd', size: '64Mi', mountPath: '/run/secrets' }], secrets: [{ secret: 'db' }] })).toEqual({ code: 'CARAPACE_E_MOUNT_PATH_CONFLICT', paths: ['spec.secrets[0].mountPath'] });
+    expect(refsProblem({ volumes: [{ volume: 'data', mountPath: '/etc/app' }], configs: [{ config: 'c', mountPath: '/etc/app' }] })).toEqual({ code: 'CARAPACE_E_MOUNT_PATH_CONFLICT', paths: ['spec.configs[0].mountPath'] });
+    expect(refsProblem({ volumes: [{ volume: 'data', mountPath: '/data' }], configs: [{ config: 'c', mountPath: '/database' }] }).code).toBe('ok');
+    // Volumes among themselves keep the schema's rule: one inside another is allowed.
+    expect(refsProblem({ volumes: [{ volume: 'a', mountPath: '/data' }, { volume: 'b', mountPath: '/data/cache' }] }).code).toBe('ok');
+  });
+
   it('refuse env names set twice (env and envFrom, or envFrom twice) with CARAPACE_E_ENV_CONFLICT', () => {
     expect(refsProblem({ env: { PW: 'x' }, envFrom: [{ name: 'PW', secret: 'db', key: 'k' }] })).toEqual({ code: 'CARAPACE_E_ENV_CONFLICT', paths: ['spec.envFrom[0].name'] });
     expect(refsProblem({ envFrom: [{ name: 'A', secret: 'db', key: 'k' }, { name: 'A', config: 'c', key: 'k' }] })).toEqual({ code: 'CARAPACE_E_ENV_CONFLICT', paths: ['spec.envFrom[1].name'] });

@@ -73,14 +73,22 @@ function within(inner: string, outer: string): boolean {
 
 /**
  * The stateless problems of a container's secret and config use, thrown as one
- * CarapaceError: mount paths that collide (equal, or one inside another) among secrets and
- * configs (CARAPACE_E_MOUNT_PATH_CONFLICT), and env names set twice, in `env` and `envFrom`
- * or twice in `envFrom` (CARAPACE_E_ENV_CONFLICT). `prefix` is the spec's path (`spec`).
+ * CarapaceError: a secret or config mount path that collides (equal, or one inside the
+ * other) with another mount of the container, whether a secret, a config, a volume or a
+ * volume template (CARAPACE_E_MOUNT_PATH_CONFLICT; volumes among themselves are checked by
+ * the manifest schema, model/volumes.ts), and env names set twice, in `env` and `envFrom` or
+ * twice in `envFrom` (CARAPACE_E_ENV_CONFLICT). `prefix` is the spec's path (`spec`).
  */
-export function checkContainerRefs(c: Pick<ContainerSpec, 'secrets' | 'configs' | 'envFrom' | 'env'>, prefix = 'spec'): void {
-  const mounts: { path: string; field: string }[] = [
-    ...(c.secrets ?? []).map((s, i) => ({ path: s.mountPath, field: `${prefix}.secrets[${i}].mountPath` })),
-    ...(c.configs ?? []).map((x, i) => ({ path: x.mountPath, field: `${prefix}.configs[${i}].mountPath` })),
+export function checkContainerRefs(
+  c: Pick<ContainerSpec, 'secrets' | 'configs' | 'envFrom' | 'env' | 'volumes'> & { volumeTemplates?: readonly { mountPath: string }[] | undefined },
+  prefix = 'spec',
+): void {
+  // Volumes first, so a collision names the secret's or config's field (the later one).
+  const mounts: { path: string; field: string; volume: boolean }[] = [
+    ...(c.volumes ?? []).map((v, i) => ({ path: v.mountPath, field: `${prefix}.volumes[${i}].mountPath`, volume: true })),
+    ...(c.volumeTemplates ?? []).map((t, i) => ({ path: t.mountPath, field: `${prefix}.volumeTemplates[${i}].mountPath`, volume: true })),
+    ...(c.secrets ?? []).map((s, i) => ({ path: s.mountPath, field: `${prefix}.secrets[${i}].mountPath`, volume: false })),
+    ...(c.configs ?? []).map((x, i) => ({ path: x.mountPath, field: `${prefix}.configs[${i}].mountPath`, volume: false })),
   ];
   const mountIssues: FieldIssue[] = [];
   for (let i = 0; i < mounts.length; i++) {
@@ -88,6 +96,7 @@ export function checkContainerRefs(c: Pick<ContainerSpec, 'secrets' | 'configs' 
       const a = mounts[j];
       const b = mounts[i];
       if (!a || !b) continue;
+      if (a.volume && b.volume) continue; // the schema's rule (equal paths refused, nesting allowed)
       if (within(a.path, b.path) || within(b.path, a.path)) {
         mountIssues.push({ path: b.field, message: a.path === b.path ? `"${b.path}" is also the mount path of ${a.field}` : `"${b.path}" and "${a.path}" (${a.field}) lie one inside the other` });
       }
