@@ -225,7 +225,11 @@ describe('tenant networks', () => {
       const restartedAt = Date.now();
       await eventually(async () => loop.samples.some((s) => s.t > restartedAt + 3_000), 30_000, 'the loop ran on after the restart');
       expect(loop.samples.filter((s) => s.t > killedAt).every((s) => s.ok)).toBe(true);
-      expect(await ruleset()).toEqual(rules);
+      const recovered = await ruleset();
+      // The lines that differ, so a failure says which rule was lost or added.
+      const lost = rules.filter((l) => !recovered.includes(l));
+      const added = recovered.filter((l) => !rules.includes(l));
+      expect(recovered, `rules lost: ${JSON.stringify(lost)}; rules added: ${JSON.stringify(added)}`).toEqual(rules);
     } finally {
       loop.child.kill('SIGKILL');
     }
