@@ -454,7 +454,10 @@ export class ControlPlane {
     }
     // Volumes: what is mounted exists and is not written by two workloads; the service's
     // template volumes are made (or resized while unbound) in the service's own transaction.
-    const [vols, svcs, jobsNow] = await Promise.all([this.resources.list('Volume', tenant), this.resources.list('Service', tenant), this.resources.list('Job', tenant)]);
+    // Nothing to check for a workload that mounts no volume (the common apply): skip the lists.
+    const mountsVolumes = (m.spec.volumes?.length ?? 0) > 0 || (m.kind === 'Service' && (m.spec.volumeTemplates?.length ?? 0) > 0);
+    const empty = { items: [] as never[] };
+    const [vols, svcs, jobsNow] = mountsVolumes ? await Promise.all([this.resources.list('Volume', tenant), this.resources.list('Service', tenant), this.resources.list('Job', tenant)]) : [empty, empty, empty];
     const templates = checkWorkloadVolumes(m.kind, name, m.spec, { volumes: vols.items, services: svcs.items, jobs: jobsNow.items });
     const storageBefore = storageOf(vols.items);
     const storageAfter = storageBefore + templates.reduce((n, t) => n + volumeSizeMiB(t.size) - (t.existing ? volumeSizeMiB(t.existing.spec.size) : 0), 0);
