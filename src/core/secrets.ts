@@ -11,7 +11,7 @@ import { createHash } from 'node:crypto';
 import { CarapaceError, isCarapaceError, type FieldIssue } from '../model/errors.js';
 import type { Instance, Metadata } from '../model/objects.js';
 import { objectKey, SEALED_SECRET_PREFIX, sealedSecretKey } from '../model/keys.js';
-import { contentVersion, keyInfos, referencesOf, type Config, type Secret } from '../model/secrets.js';
+import { contentVersion, referencesOf, storedSecretSpec, type Config, type Secret } from '../model/secrets.js';
 import type { ContainerSpec, SecretManifest } from '../model/schemas.js';
 import { ConflictError, type Store, type TxnOp } from '../store/store.js';
 import type { AuditEntry } from '../audit/record.js';
@@ -77,7 +77,7 @@ export async function applySecret(c: SecretWriteContext, m: SecretManifest, crea
     c.checkVersion(cur);
     return { object: cur, created: false, changed: false };
   }
-  const spec: Secret['spec'] = { onChange: m.spec.onChange, keys: keyInfos(m.spec.data) };
+  const spec = storedSecretSpec(m.spec);
   const obj: Secret = cur
     ? { ...cur, spec, metadata: { ...cur.metadata, labels: m.metadata.labels, generation: sameSpec ? cur.metadata.generation : cur.metadata.generation + 1, updatedAt: c.now } }
     : { kind: 'Secret', metadata: c.newMetadata(name, m.metadata.labels, tenant), spec };

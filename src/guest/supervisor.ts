@@ -38,6 +38,8 @@ export interface SupervisorOptions {
   /** Lines kept per container for `logs`. */
   logTailLines: number;
   logger: Logger;
+  /** Where volumes' disks are found (default /sys/block) and how long one may take to appear: tests and the fuzzer point them at an empty directory. */
+  volumeDevices?: { sysBlock?: string; deviceTimeoutMs?: number };
 }
 
 /** A supervisor failure with the protocol error code to report. */
@@ -118,7 +120,7 @@ export class Supervisor {
     private readonly events: SupervisorEvents,
   ) {
     this.log = opts.logger.child({ component: 'supervisor' });
-    this.volumes = new GuestVolumes(opts.stateDir);
+    this.volumes = new GuestVolumes(opts.stateDir, opts.volumeDevices);
     this.cgroupV2 = readOptional('/sys/fs/cgroup/cgroup.controllers').then((t) => t !== undefined);
   }
 

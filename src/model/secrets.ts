@@ -53,6 +53,11 @@ export function keyInfos(data: Record<string, string>): SecretKeyInfo[] {
     .map((key) => ({ key, size: enc.encode(data[key] ?? '').length }));
 }
 
+/** The stored (and answered) spec of a Secret applied with `spec`: its values never leave the sealed record. */
+export function storedSecretSpec(spec: { data: Record<string, string>; onChange: OnChange }): Secret['spec'] {
+  return { onChange: spec.onChange, keys: keyInfos(spec.data) };
+}
+
 /** What a container references, by kind, each name once (in order of first use). */
 export function referencesOf(c: Pick<ContainerSpec, 'secrets' | 'configs' | 'envFrom'>): { secrets: string[]; configs: string[] } {
   const secrets = new Set<string>();

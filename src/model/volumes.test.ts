@@ -111,4 +111,20 @@ describe('volumes in service and job specs', () => {
     const t = parseManifest({ apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name: 'acme' }, spec: { quota: { storage: '10Gi' } } });
     expect(t.kind === 'Tenant' && t.spec.quota?.storage).toBe(10240);
   });
+
+  it('a negative storage quota is refused with its path; -0.5 is stored as 0, not -0 (found by the fuzzer)', () => {
+    const tenant = (storage: unknown): unknown => ({ apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name: 'acme' }, spec: { quota: { storage } } });
+    const e = (() => {
+      try {
+        parseManifest(tenant(-5));
+      } catch (x) {
+        return x as CarapaceError;
+      }
+      throw new Error('accepted');
+    })();
+    expect(isCarapaceError(e) && e.code).toBe('CARAPACE_E_VALIDATION');
+    expect(e.details.map((d) => d.path)).toEqual(['spec.quota.storage']);
+    const t = parseManifest(tenant(-0.5));
+    expect(Object.is(t.kind === 'Tenant' && t.spec.quota?.storage, 0)).toBe(true);
+  });
 });

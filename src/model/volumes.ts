@@ -52,15 +52,15 @@ export const VolumeSizeSchema = z.union([z.number(), z.string()], { error: quant
 /** A tenant's storage quota: like a volume size, stored as whole MiB (like `quota.memory`). */
 export const StorageQuotaSchema = z.union([z.number(), z.string()], { error: quantityError }).transform((v, ctx) => {
   const mib = parseMemoryMiB(v);
-  if (mib === undefined) {
-    ctx.addIssue({ code: 'custom', message: 'must be a quantity such as "100Gi" (a bare number is MiB)' });
+  if (mib === undefined || mib < 0) {
+    ctx.addIssue({ code: 'custom', message: 'must be a quantity such as "100Gi" (a bare number is MiB), not negative' });
     return z.NEVER;
   }
   if (mib > 1024 * MAX_VOLUME_MIB) {
     ctx.addIssue({ code: 'custom', message: `must be at most ${formatMemory(1024 * MAX_VOLUME_MIB)}` });
     return z.NEVER;
   }
-  return mib;
+  return mib === 0 ? 0 : mib; // -0.5 rounds up to -0, which would not compare equal to the 0 it prints as
 });
 
 /** MiB of a stored (canonical) volume size; 0 for a malformed one. */

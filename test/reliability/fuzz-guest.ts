@@ -208,6 +208,9 @@ export async function fuzzGuestAgent(n: number, seed: number, log: Log = quiet):
     noPivot: false,
     logTailLines: 10,
     usageIntervalMs: 3_600_000,
+    // This runs on the host: a generated mountVolume or unmountVolume must find no disk of
+    // the host's (nor wait 30 s for one), so the guest looks at an empty directory.
+    volumeDevices: { sysBlock: join(dir, 'no-disks'), deviceTimeoutMs: 50 },
   });
   const ac = new AbortController();
   const running = agent.start(ac.signal);
@@ -264,7 +267,7 @@ export async function fuzzGuestAgent(n: number, seed: number, log: Log = quiet):
           if (!g.ok) continue;
           const m = g.msg;
           if (m.type === 'pong') ponged.add(m.seq);
-          if ((m.type === 'ack' || m.type === 'err' || m.type === 'containers' || m.type === 'checkResult') && want.has(m.requestId)) answered.set(m.requestId, [...(answered.get(m.requestId) ?? []), m.type]);
+          if ((m.type === 'ack' || m.type === 'err' || m.type === 'containers' || m.type === 'checkResult' || m.type === 'volumeList') && want.has(m.requestId)) answered.set(m.requestId, [...(answered.get(m.requestId) ?? []), m.type]);
         }
         if (answered.size === want.size && ponged.size === pongs.size) break;
         answered.clear();

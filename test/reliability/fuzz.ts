@@ -25,6 +25,8 @@ import { pino } from 'pino';
 import YAML from 'yaml';
 import type { FastifyInstance } from 'fastify';
 import { buildApi } from '../../src/api/server.js';
+import { newKeyLine, parseKeyring } from '../../src/core/secret-box.js';
+import { storedSecretSpec } from '../../src/model/secrets.js';
 import { ROUTES } from '../../src/model/routes.js';
 import { AuditLog } from '../../src/audit/log.js';
 import { authenticate } from '../../src/auth/tokens.js';
@@ -141,11 +143,12 @@ export const documentArb: fc.Arbitrary<{ kind: ApplyKind; m: Mutated }> = fc
     ),
   );
 
-/** What the parser says about a document: its normalised manifest, or its code and paths. */
+/** What the parser says about a document: the spec it would be stored with, or its code and paths. */
 function parserVerdict(doc: unknown): { ok: true; spec: unknown } | { ok: false; code: string; paths: string[] } {
   try {
     const m = parseManifest(doc, 'request body');
-    return { ok: true, spec: m.spec };
+    // A Secret's values are sealed: it is stored and answered with its keys and sizes only.
+    return { ok: true, spec: m.kind === 'Secret' ? storedSecretSpec(m.spec) : m.spec };
   } catch (e) {
     if (e instanceof CarapaceError) return { ok: false, code: e.code, paths: e.details.map((d) => d.path) };
     throw e;
@@ -220,7 +223,8 @@ export async function fuzzableApi(): Promise<{ app: FastifyInstance; store: Stor
   const audit = await AuditLog.open({ store, keyDir: join(dir, 'keys') });
   const resources = new Resources(store, audit, env);
   const app = buildApi({
-    controlPlane: new ControlPlane(resources, env),
+    // With a keyring, as `carapace up` runs: Secrets are stored, not refused (503) for want of one.
+    controlPlane: new ControlPlane(resources, env, undefined, parseKeyring(newKeyLine())),
     store,
     // No containers here: logs of instances and machine consoles are empty (the server reads real ones).
     logs: { logs: async function* () {}, machineLogs: async function* () {} },
