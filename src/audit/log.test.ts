@@ -141,12 +141,20 @@ describe('AuditLog on a SQLite store', () => {
         const rival = await AuditLog.open({ store, keyDir: tempDir() });
         let steals = 0;
         const racy = Object.create(store) as SqliteStore; // delegates every other method to the real store
-        racy.txn = async (ops) => {
+        const steal = async (): Promise<void> => {
           if (steals < 2) {
             steals++;
             await rival.append(entry(100 + steals));
           }
+        };
+        racy.txn = async (ops) => {
+          await steal();
           return store.txn(ops);
+        };
+        // The log writes through txnApplied where the store has it (SQLite does).
+        racy.txnApplied = async (ops) => {
+          await steal();
+          return store.txnApplied(ops);
         };
         const mine = await AuditLog.open({ store: racy, keyDir: tempDir() });
         let attempts = 0;
@@ -175,6 +183,10 @@ describe('AuditLog on a SQLite store', () => {
         sneaky.txn = async (ops) => {
           await rival.append(entry(500));
           return store.txn(ops);
+        };
+        sneaky.txnApplied = async (ops) => {
+          await rival.append(entry(500));
+          return store.txnApplied(ops);
         };
         const victim = await AuditLog.open({ store: sneaky, keyDir: join(dir, 'keys'), maxAttempts: 3 });
         const err = await victim.commit(entry(1), [{ op: 'put', key: 'jobs/acme/j', value: 1 }]).catch((e: unknown) => e);

@@ -188,7 +188,9 @@ export class AuditLog {
    * txn, all or nothing.
    */
   async commitBatch(entries: readonly AuditEntry[], mutation: MutationOps = []): Promise<{ records: AuditRecord[]; revision: number }> {
-    return this.serial(async () => {
+    // The chain is extended one write at a time, but a write's disk sync is waited for
+    // outside the chain: the next write is applied while this one syncs (see Store.txnApplied).
+    const { durable, ...r } = await this.serial(async () => {
       for (let attempt = 1; ; attempt++) {
         const ops = typeof mutation === 'function' ? await mutation() : mutation;
         for (const op of ops) {
@@ -196,9 +198,9 @@ export class AuditLog {
         }
         const p = await this.prepareBatch(entries);
         try {
-          const { revision } = await this.store.txn([...ops, ...p.ops]);
+          const { revision, durable } = await this.txnApplied([...ops, ...p.ops]);
           for (const cp of p.checkpoints) this.logger?.debug({ seq: cp.seq }, 'audit checkpoint written');
-          return { records: p.records, revision };
+          return { records: p.records, revision, durable };
         } catch (e) {
           if (!isAuditConflict(e)) throw e;
           if (attempt >= this.maxAttempts) {
@@ -209,6 +211,14 @@ export class AuditLog {
         }
       }
     });
+    await durable;
+    return r;
+  }
+
+  /** The store's txnApplied, or its txn (then durable once it resolves). */
+  private async txnApplied(ops: TxnOp[]): Promise<{ revision: number; durable: Promise<void> }> {
+    if (this.store.txnApplied) return this.store.txnApplied(ops);
+    return { ...(await this.store.txn(ops)), durable: Promise.resolve() };
   }
 
   /** Append one record on its own (control-plane events with no mutation of their own). */
@@ -218,18 +228,20 @@ export class AuditLog {
 
   /** Append several records in one txn (consecutive seqs), retrying like commit. */
   async appendBatch(entries: readonly AuditEntry[]): Promise<AuditRecord[]> {
-    return this.serial(async () => {
+    const { records, durable } = await this.serial(async () => {
       for (let attempt = 1; ; attempt++) {
         const p = await this.prepareBatch(entries);
         try {
-          await this.store.txn(p.ops);
-          return p.records;
+          const { durable } = await this.txnApplied(p.ops);
+          return { records: p.records, durable };
         } catch (e) {
           if (!isAuditConflict(e) || attempt >= this.maxAttempts) throw e;
           await backoff(attempt);
         }
       }
     });
+    await durable;
+    return records;
   }
 
   /**

@@ -20,7 +20,7 @@ import type { ModelView } from '../scheduler/model-adapter.js';
 import { planJob, planService, type Change } from './workload-plan.js';
 import { Placement } from './placement.js';
 import { systemEntry } from './plan-applier.js';
-import { Reconciler, watchOf } from '../reconcile/reconciler.js';
+import { Reconciler, watchChangesOf, watchOf } from '../reconcile/reconciler.js';
 import type { ReconcileResult } from '../reconcile/workqueue.js';
 
 export interface ControllerOptions {
@@ -43,6 +43,20 @@ const DRAIN_KEY = 'Drain';
 const PLACEMENT_KEY = 'Placement';
 /** The key of the pass that keeps every volume's `status.attachedTo`. */
 const VOLUMES_KEY = 'Volumes';
+
+/**
+ * What of an instance its owner's pass (and the cells, volumes and placement passes) depend
+ * on: all but the fields a spec update by the owner's pass itself changes.
+ */
+function instanceAsReconciled(i: Instance): string {
+  const { container: _c, ownerGeneration: _g, restartOn: _r, ...spec } = i.spec;
+  return JSON.stringify([i.metadata.uid, i.metadata.deletionRequestedAt, spec, i.status]);
+}
+
+/** What of a service its pass depends on: all but the status fields the pass itself writes. */
+function serviceAsReconciled(s: Service): string {
+  return JSON.stringify([s.metadata.uid, s.metadata.generation, s.metadata.deletionRequestedAt, s.spec, s.status.address]);
+}
 
 type OwnerKey = `Service/${string}/${string}` | `Job/${string}/${string}`;
 
@@ -110,12 +124,16 @@ export class WorkloadController {
         watchOf<Tenant>(kindPrefix('Tenant'), () => [PLACEMENT_KEY]),
         // A volume applied or bound changes where its users may go.
         watchOf<Volume>(kindPrefix('Volume'), () => [PLACEMENT_KEY, VOLUMES_KEY]),
-        watchOf<Service>(kindPrefix('Service'), (e) => [`Service/${e.value.metadata.tenant}/${e.value.metadata.name}`]),
+        // Its status written by its own pass (ready, observedGeneration) queues nothing more.
+        watchChangesOf<Service>(kindPrefix('Service'), serviceAsReconciled, (e) => [`Service/${e.value.metadata.tenant}/${e.value.metadata.name}`]),
         watchOf<Job>(kindPrefix('Job'), (e) => [`Job/${e.value.metadata.tenant}/${e.value.metadata.name}`]),
         // A Secret or Config changed: the services that use it look again (onChange: restart).
         watchOf<unknown>(kindPrefix('Secret'), (e) => this.usersOf('secret', e.key)),
         watchOf<unknown>(kindPrefix('Config'), (e) => this.usersOf('config', e.key)),
-        watchOf<Instance>(kindPrefix('Instance'), (e) => [
+        // An instance's spec rewritten by this loop (a new generation of its owner) queues
+        // nothing by itself: the pass that wrote it already planned with it, and the agent's
+        // status writes that follow do queue. (A pass per own write doubled the passes.)
+        watchChangesOf<Instance>(kindPrefix('Instance'), instanceAsReconciled, (e) => [
           this.ownerKey(e.value),
           ...(e.value.spec.cell ? [CELLS_KEY] : []),
           // Its volumes' attachedTo follows it: when it is placed, finishes or goes (status

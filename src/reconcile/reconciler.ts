@@ -27,6 +27,28 @@ export function watchOf<T>(prefix: string, keys: (e: WatchEvent<T>) => Iterable<
   return { prefix, keys };
 }
 
+/**
+ * A watch of `prefix` that queues keys only when what the loop reads of a value changes:
+ * `project` maps a value to a string of exactly the fields the loop depends on, and a put
+ * whose projection equals the last one seen for its key queues nothing (a spec field the loop
+ * does not read, a heartbeat, an audit-only change). A new key and a delete always queue. The
+ * projections are remembered in memory per key; a loop started afresh has none, so it reacts
+ * to each key's first event, and its resync still queues everything periodically.
+ */
+export function watchChangesOf<T>(prefix: string, project: (v: T) => string, keys: (e: WatchEvent<T>) => Iterable<string>): WatchSpec<never> {
+  const seen = new Map<string, string>();
+  return watchOf<T>(prefix, (e) => {
+    if (e.type === 'delete') {
+      seen.delete(e.key);
+      return keys(e);
+    }
+    const now = project(e.value);
+    if (seen.get(e.key) === now) return [];
+    seen.set(e.key, now);
+    return keys(e);
+  });
+}
+
 export interface ReconcilerOptions {
   /** The loop's name, for logs and the `loop` label of `carapace_reconcile_duration_seconds`. */
   name: string;

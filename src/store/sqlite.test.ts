@@ -203,7 +203,31 @@ describe('sqlite store specifics', () => {
     }
   });
 
-  it('measures put throughput with synchronous=FULL (single puts and txns of 100)', async () => {
+  it('txnApplied: the write is readable at once; its watchers and durable follow the WAL sync, in commit order', async () => {
+    const { store } = await fresh();
+    const from = await store.revision();
+    const ac = new AbortController();
+    const seen: number[] = [];
+    const watching = (async () => {
+      for await (const e of store.watch('p/', from, ac.signal)) {
+        seen.push(e.revision);
+        if (seen.length === 3) return;
+      }
+    })();
+    const a = await store.txnApplied([{ op: 'put', key: 'p/a', value: 1 }]);
+    expect((await store.get('p/a'))?.version).toBe(a.revision);
+    // The sync runs on the thread pool: nothing can have completed it within these microtasks.
+    expect(seen).toEqual([]);
+    // Commits made while a sync runs share the next one; all are answered in order.
+    const [b, c] = await Promise.all([store.put('p/b', 1), store.txnApplied([{ op: 'put', key: 'p/c', value: 1 }]).then(async (r) => (await r.durable, r.revision))]);
+    await a.durable;
+    await watching;
+    ac.abort();
+    expect([b, c]).toEqual([a.revision + 1, a.revision + 2]);
+    expect(seen).toEqual([a.revision, a.revision + 1, a.revision + 2]);
+  });
+
+  it('measures put throughput, each write synced (single puts and txns of 100)', async () => {
     const { store } = await fresh();
     const singles = 300;
     let t = performance.now();

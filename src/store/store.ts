@@ -167,6 +167,15 @@ export interface Store {
   /** Atomic multi-key write. */
   txn(ops: TxnOp[]): Promise<TxnResult>;
   /**
+   * Optional (stores whose durability step can overlap the next write): like txn, but
+   * resolves once the write is applied (ordered after every earlier write, visible to reads),
+   * with `durable` resolving once it is on disk, when txn would have resolved. Lets a writer
+   * that serializes its writes (the audit log's hash chain) start the next one while this one
+   * is being synced, so one disk sync covers several writes. Watchers see the write when it
+   * is durable. Nothing may be acknowledged to a client before `durable`.
+   */
+  txnApplied?(ops: TxnOp[]): Promise<TxnResult & { durable: Promise<void> }>;
+  /**
    * Changes under `prefix` with revision > `afterRevision`, until `signal` aborts.
    * Throws CompactedError when `afterRevision` is older than the retained history.
    */
