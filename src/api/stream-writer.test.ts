@@ -1,5 +1,5 @@
 /**
- * StreamWriter over a real HTTP connection: chunks written in one turn leave as one socket
+ * StreamWriter over a real HTTP connection: chunks written together leave as one socket
  * write, and a client that stops reading is cut off once its backlog passes the bound (so it
  * cannot grow the server's memory) instead of being buffered without end.
  */
@@ -19,7 +19,7 @@ async function serve(handler: (res: ServerResponse) => void): Promise<{ port: nu
 }
 
 describe('StreamWriter', () => {
-  it('writes the chunks of one turn as one write', async () => {
+  it('writes the chunks written together as one write', async () => {
     let writes = 0;
     const done = new Promise<void>((resolve) => {
       void serve((res) => {
@@ -27,10 +27,13 @@ describe('StreamWriter', () => {
         res.write = ((chunk: string) => (writes++, orig(chunk))) as typeof res.write;
         const w = new StreamWriter(res, () => undefined);
         for (let i = 0; i < 100; i++) w.write(`data: ${i}\n\n`);
-        setImmediate(() => {
+        // Ended once the first socket write happened: the client must then have all 100.
+        const ended = setInterval(() => {
+          if (writes === 0) return;
+          clearInterval(ended);
           res.end();
           resolve();
-        });
+        }, 1);
       }).then(async (s) => {
         const r = await fetch(`http://127.0.0.1:${s.port}/`);
         expect((await r.text()).split('\n\n').filter(Boolean)).toHaveLength(100);

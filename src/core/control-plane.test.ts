@@ -36,6 +36,9 @@ function racing(store: Store, key: string, before: () => Promise<void>): Store {
   wrapped.put = async (k: string, v: unknown, e?: Expectation) => (await fire([k], [e]), store.put(k, v, e));
   wrapped.delete = async (k: string, e?: Expectation) => (await fire([k], [e]), store.delete(k, e));
   wrapped.txn = async (ops: TxnOp[]) => (await fire(ops.map((o) => o.key), ops.map((o) => o.expect)), store.txn(ops));
+  // The audit log writes through txnApplied where the store has it (SQLite does).
+  const applied = store.txnApplied?.bind(store);
+  if (applied) wrapped.txnApplied = async (ops: TxnOp[]) => (await fire(ops.map((o) => o.key), ops.map((o) => o.expect)), applied(ops));
   return Object.assign(wrapped, { arm: () => (armed = true) });
 }
 
