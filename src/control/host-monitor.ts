@@ -4,7 +4,11 @@
  * not changed for `ttlMs`, and Ready again when it moves. "Changed" is judged by the lease's
  * store version as observed on this process's own clock, never by the time the agent wrote
  * into it: clocks of different machines may disagree (Kubernetes' node lease works the same).
- * A freshly started monitor gives every host a full TTL before judging it.
+ * A freshly started monitor gives every host a full TTL before judging it, and so does a
+ * monitor that could not read the store for a while: a lease that did not move while the
+ * monitor was blind (etcd restarting, say) proves nothing, and the agents' renewals, cut off
+ * by the same outage, come back a moment after the monitor's reads do. Judging at once turned
+ * every store outage longer than the TTL into a failover of every host.
  *
  * Declaring a host NotReady is what triggers failover: the controller evicts and replaces its
  * instances and cells. The decision is audited (`host.lost`, `host.recovered`). A replacement
@@ -40,6 +44,8 @@ export class HostMonitor {
   private readonly startedAt = Date.now();
   /** Hosts this monitor declared lost, until it sees them back (for the host.recovered record). */
   private readonly lost = new Set<string>();
+  /** The last pass could not read the leases: the next one restarts every host's clock. */
+  private blind = false;
 
   constructor(private readonly o: HostMonitorOptions) {
     this.log = o.logger.child({ component: 'host-monitor' });
@@ -58,9 +64,19 @@ export class HostMonitor {
   async check(): Promise<void> {
     const ttl = this.o.ttlMs ?? 3_000;
     const r = this.o.resources;
-    const [hosts, leases] = await Promise.all([r.list('Host'), r.store.list<HostLease>(HOST_LEASE_PREFIX)]);
+    let hosts, leases;
+    try {
+      [hosts, leases] = await Promise.all([r.list('Host'), r.store.list<HostLease>(HOST_LEASE_PREFIX)]);
+    } catch (e) {
+      this.blind = true;
+      throw e;
+    }
     const leaseOf = new Map(leases.items.map((e) => [e.key.slice(HOST_LEASE_PREFIX.length), e]));
     const now = Date.now();
+    if (this.blind) {
+      for (const s of this.seen.values()) s.at = now;
+      this.blind = false;
+    }
     for (const h of hosts.items) {
       const name = h.metadata.name;
       const lease = leaseOf.get(name);

@@ -12,7 +12,7 @@
  * compare-and-set would report a conflict against its own first attempt. Reads are retried a
  * few times. Watches reconnect by themselves, resuming after the last revision they delivered.
  */
-import { noop, isBrokenCircuitError } from 'cockatiel';
+import { circuitBreaker, ConsecutiveBreaker, handleWhen, isBrokenCircuitError, noop } from 'cockatiel';
 import { castGrpcError, Etcd3, isRecoverableError, type ICompare, type IKeyValue, type IRequestOp, type IWatchResponse } from 'etcd3';
 import type { Logger } from 'pino';
 import { sleep } from '../proc/sleep.js';
@@ -56,6 +56,8 @@ export interface EtcdStore extends Store {
   compact(revision: number): Promise<void>;
 }
 
+/** How long an endpoint whose calls kept failing is skipped before one call tries it again. */
+const ENDPOINT_RETRY_AFTER_MS = 1_000;
 /** Read attempts on a transient error (each may go to another endpoint). */
 const READ_ATTEMPTS = 3;
 /** Bounds of the backoff between watch reconnects, in ms. */
@@ -73,9 +75,13 @@ export async function openEtcdStore(opts: EtcdStoreOptions): Promise<EtcdStore> 
   const timeout = opts.callTimeoutMs ?? 10_000;
   const client = new Etcd3({
     hosts: opts.endpoints,
-    // No client-wide retries: they would repeat writes (see the module comment). The default
-    // per-host circuit breaker stays, so calls skip an endpoint that keeps failing.
-    faultHandling: { global: noop },
+    // No client-wide retries: they would repeat writes (see the module comment). A per-host
+    // circuit breaker stays, so calls skip an endpoint that keeps failing, but it tries the
+    // endpoint again after 1 s, not the client's default 5 s: with one endpoint (or all of
+    // them restarting) the breaker is all that stands between etcd being back and the calls
+    // reaching it, and an agent whose lease renewals are held back 5 s past an etcd restart
+    // looks lost to a control plane whose breaker happened to close sooner.
+    faultHandling: { global: noop, host: () => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: ENDPOINT_RETRY_AFTER_MS, breaker: new ConsecutiveBreaker(3) }) },
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeout }),
     grpcOptions: {
       // gRPC's 4 MiB default is too small for a large list or a watch catching up (etcd

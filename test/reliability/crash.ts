@@ -290,7 +290,13 @@ export async function runCrashConsistency(o: CrashOptions): Promise<CrashResult>
     const verified = await api('GET', '/v1/audit/verify');
     if (verified.json?.ok !== true) unexpected.push(`audit log does not verify: ${JSON.stringify(verified.json).slice(0, 500)}`);
     const runningAtEnd = (await containers(hostDir)).filter((c) => c.state.status === 'running').length;
-    if (last.other.length > 0) unexpected.push(...last.other.map((p) => `not converged after ${Math.round(convergeMs / 1000)} s: ${p}`));
+    if (last.other.length > 0) {
+      unexpected.push(...last.other.map((p) => `not converged after ${Math.round(convergeMs / 1000)} s: ${p}`));
+      // What the processes said, for the diagnosis (this run is hard to repeat).
+      const hosts = await api('GET', '/v1/hosts');
+      log(`crash(${o.store}): not converged; hosts: ${JSON.stringify(hosts.json).slice(0, 2000)}`);
+      for (const [name, p] of [['server', server], ['agent', agent]] as const) if (p) log(`crash(${o.store}): ${name}'s last warnings:\n${warnings(p.log).slice(-60).join('\n')}`);
+    }
     const sorted = [...latencies].sort((a, b) => a - b);
     log(`crash(${o.store}): converged in ${(convergeMs / 1000).toFixed(1)} s (${runningAtEnd} containers running): ${last.duplicates.length} duplicates, ${last.orphans.length} orphans, ${last.other.length} other problems; audit log ${verified.json?.ok === true ? 'verifies' : 'does NOT verify'}`);
     return {
@@ -317,6 +323,26 @@ export async function runCrashConsistency(o: CrashOptions): Promise<CrashResult>
     await registry?.stop();
     await tmp.cleanup();
   }
+}
+
+/** The warning and error lines of a process's JSON log, shortened, repeats folded. */
+function warnings(log: string): string[] {
+  const out: string[] = [];
+  let previous = '';
+  for (const line of log.split('\n')) {
+    let j: { level?: number; time?: number; msg?: string; loop?: string; key?: string; err?: { message?: string } };
+    try {
+      j = JSON.parse(line) as typeof j;
+    } catch {
+      if (line.trim() !== '') out.push(line.slice(0, 300));
+      continue;
+    }
+    if ((j.level ?? 0) < 40) continue;
+    const text = `${j.loop ?? ''} ${j.key ?? ''} ${j.msg ?? ''} ${(j.err?.message ?? '').slice(0, 160)}`;
+    if (text !== previous) out.push(`${new Date(j.time ?? 0).toISOString().slice(11, 23)} ${text}`);
+    previous = text;
+  }
+  return out;
 }
 
 /** What is wrong now (all empty once converged). */
@@ -347,7 +373,8 @@ async function convergence(api: (method: string, path: string) => Promise<Reply>
     if (JSON.stringify(have) !== JSON.stringify(want)) other.push(`${svc.metadata.tenant}/${svc.metadata.name}: instances ${have.join(',') || 'none'}, want ${want.join(',') || 'none'}`);
     for (const x of mine) {
       if (x.spec.owner.uid !== svc.metadata.uid) other.push(`${x.metadata.name} belongs to an earlier ${svc.metadata.name} (uid ${x.spec.owner.uid})`);
-      else if (x.status.phase !== 'Running' || x.spec.ownerGeneration !== svc.metadata.generation) other.push(`${x.metadata.name}: ${x.status.phase}, generation ${x.spec.ownerGeneration} of ${svc.metadata.generation}`);
+      else if (x.status.phase !== 'Running' || x.spec.ownerGeneration !== svc.metadata.generation)
+        other.push(`${x.metadata.name}: ${x.status.phase} on ${x.spec.host || 'no host'} (${x.status.reason ?? ''}: ${x.status.message ?? ''}), generation ${x.spec.ownerGeneration} of ${svc.metadata.generation}`);
     }
   }
   for (const x of instances) {
