@@ -66,6 +66,20 @@ interface LocalContainer {
   exited: boolean;
   /** Being stopped on purpose (deleted, replaced, moved): its exit is not a crash to restart. */
   tearingDown?: boolean;
+  /**
+   * Started, but its Running status is not written yet (the store did not answer): the next
+   * pass writes it, then follows the container's exit and probes. The container is kept: a
+   * status write that failed is no reason to kill what runs.
+   */
+  unrecorded?: StartedContainer;
+}
+
+/** What a start learnt that goes into the instance's Running status. */
+interface StartedContainer {
+  imageDigest: string;
+  pid?: number;
+  /** Its endpoint on the tenant network (namespace drivers). */
+  endpoint?: Endpoint;
 }
 
 const VERSION = '0.1.0';
@@ -370,6 +384,7 @@ export class HostAgent {
       if (fresh) return this.startAttempt(key, fresh);
       return;
     }
+    if (cur?.unrecorded && !cur.exited) return this.recordStart(key, inst, cur, cur.unrecorded);
     if (cur && !cur.exited) {
       if (inst.status.phase !== 'Running' || inst.status.containerId !== cur.id) {
         await this.setStatus(inst, { phase: 'Running', reason: 'Started', containerId: cur.id }, ['message']);
@@ -456,6 +471,7 @@ export class HostAgent {
     }
     clearTimeout(showPulling);
     this.pullFailures.delete(key);
+    let started: StartedContainer;
     try {
       const net = hostNetwork ? await this.attach(hostNetwork, inst, id) : undefined;
       const labels = {
@@ -465,32 +481,7 @@ export class HostAgent {
         [LABELS.generation]: String(inst.metadata.generation),
       };
       const info = await driver.start({ id, rootfs: image.rootfs, image: image.config, container: c, hostname: inst.metadata.name, labels, ...(net ? { netnsPath: net.endpoint.netnsPath, dns: net.dns } : {}) });
-      const startedAtMs = Date.now();
-      this.local.set(key, { uid: inst.metadata.uid, id, driver, generation: inst.metadata.generation, startedAtMs, exited: false });
-      const status: Partial<InstanceStatus> = {
-        phase: 'Running',
-        reason: 'Started',
-        containerId: id,
-        imageDigest: image.digest,
-        startedAt: new Date(startedAtMs).toISOString(),
-        // Not ready until the readiness probe passed once (prober.ts writes it).
-        ready: c.readinessProbe === undefined,
-      };
-      if (info.state.status === 'running') status.pid = info.state.pid;
-      // Its address on the tenant network: its endpoint's, or (`vm` drivers) its VM's.
-      const address = net ? net.endpoint.ip : inst.spec.cell ? (await this.o.resources.get('Cell', inst.spec.cell))?.status.address : undefined;
-      if (address !== undefined) status.address = address;
-      // Published by the agent's network, or (`vm` drivers) by the driver: every port with a host port.
-      const published = net
-        ? net.endpoint.hostPorts
-        : driver.capabilities.network === 'vm'
-          ? c.ports.flatMap((p) => (p.hostPort !== undefined ? [{ containerPort: p.containerPort, hostPort: p.hostPort, protocol: p.protocol }] : []))
-          : [];
-      if (published.length > 0) status.hostPorts = published;
-      await this.setStatus(inst, status, ['message', 'exitCode', 'finishedAt', 'nextRestartAt']);
-      this.log.info({ instance: key, container: id }, 'container running');
-      this.watchExit(key, id, driver);
-      this.probes.watch({ key, inst, containerId: id, driver, startedAtMs, initialReady: false, ...(net ? { address: net.endpoint.ip } : {}) });
+      started = { imageDigest: image.digest, ...(info.state.status === 'running' ? { pid: info.state.pid } : {}), ...(net ? { endpoint: net.endpoint } : {}) };
     } catch (err) {
       // A start failure (e.g. the command does not exist) counts as an exit with an error.
       const message = err instanceof Error ? err.message : String(err);
@@ -500,6 +491,48 @@ export class HostAgent {
       this.local.delete(key);
       return this.afterExit(key, inst, 128, Date.now(), message);
     }
+    const cur: LocalContainer = { uid: inst.metadata.uid, id, driver, generation: inst.metadata.generation, startedAtMs: Date.now(), exited: false, unrecorded: started };
+    this.local.set(key, cur);
+    return this.recordStart(key, inst, cur, started);
+  }
+
+  /**
+   * Writes a started container's Running status, then follows its exit and runs its probes
+   * (in that order: an exit is recorded against the status that names the container). When
+   * the write fails the container keeps running and the key is retried.
+   */
+  private async recordStart(key: string, inst: Instance, cur: LocalContainer, started: StartedContainer): Promise<ReconcileResult> {
+    const c = inst.spec.container;
+    try {
+      const status: Partial<InstanceStatus> = {
+        phase: 'Running',
+        reason: 'Started',
+        containerId: cur.id,
+        imageDigest: started.imageDigest,
+        startedAt: new Date(cur.startedAtMs).toISOString(),
+        // Not ready until the readiness probe passed once (prober.ts writes it).
+        ready: c.readinessProbe === undefined,
+      };
+      if (started.pid !== undefined) status.pid = started.pid;
+      // Its address on the tenant network: its endpoint's, or (`vm` drivers) its VM's.
+      const address = started.endpoint ? started.endpoint.ip : inst.spec.cell ? (await this.o.resources.get('Cell', inst.spec.cell))?.status.address : undefined;
+      if (address !== undefined) status.address = address;
+      // Published by the agent's network, or (`vm` drivers) by the driver: every port with a host port.
+      const published = started.endpoint
+        ? started.endpoint.hostPorts
+        : cur.driver.capabilities.network === 'vm'
+          ? c.ports.flatMap((p) => (p.hostPort !== undefined ? [{ containerPort: p.containerPort, hostPort: p.hostPort, protocol: p.protocol }] : []))
+          : [];
+      if (published.length > 0) status.hostPorts = published;
+      await this.setStatus(inst, status, ['message', 'exitCode', 'finishedAt', 'nextRestartAt']);
+    } catch (err) {
+      this.log.warn({ instance: key, container: cur.id, err }, 'container running, but its status could not be written; retrying');
+      return { requeueAfterMs: 1_000 };
+    }
+    delete cur.unrecorded;
+    this.log.info({ instance: key, container: cur.id }, 'container running');
+    this.watchExit(key, cur.id, cur.driver);
+    this.probes.watch({ key, inst, containerId: cur.id, driver: cur.driver, startedAtMs: cur.startedAtMs, initialReady: false, ...(started.endpoint ? { address: started.endpoint.ip } : {}) });
     return;
   }
 
