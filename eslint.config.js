@@ -22,6 +22,8 @@ const LAYERS = {
   store: ['proc'],
   runtime: ['proc'],
   network: ['proc'],
+  // Host storage: volumes on loop devices, secret files on a tmpfs.
+  storage: ['network', 'proc'],
   usage: ['store'],
   image: ['runtime', 'proc'],
   vm: ['runtime', 'proc'],
@@ -37,7 +39,7 @@ const LAYERS = {
   reconcile: ['store', 'metrics'],
   control: ['store', 'scheduler', 'audit', 'core', 'metrics', 'reconcile'],
   agentapi: ['store', 'runtime', 'pki', 'core'],
-  agent: ['store', 'runtime', 'network', 'usage', 'image', 'vm', 'guest', 'core', 'metrics', 'reconcile', 'proc'],
+  agent: ['store', 'runtime', 'network', 'storage', 'usage', 'image', 'vm', 'guest', 'core', 'metrics', 'reconcile', 'proc'],
   api: ['store', 'runtime', 'usage', 'audit', 'auth', 'pki', 'core', 'metrics'],
   server: ['store', 'runtime', 'audit', 'auth', 'pki', 'core', 'metrics', 'control', 'agentapi', 'agent', 'api'],
   allinone: ['store', 'vm', 'core', 'agent', 'server'],

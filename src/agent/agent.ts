@@ -11,7 +11,9 @@ import type { Logger } from 'pino';
 import type { Env } from '../core/actions.js';
 import type { Resources } from '../core/resources.js';
 import { ImagePullError, type ImageStore, type PulledImage } from '../image/image-store.js';
+import { CarapaceError } from '../model/errors.js';
 import { TERMINAL_PHASES, type Host, type HostLease, type Instance, type InstanceStatus } from '../model/objects.js';
+import { referencesOf } from '../model/secrets.js';
 import { hostLeaseKey, kindPrefix } from '../model/keys.js';
 import type { Isolation } from '../model/schemas.js';
 import type { ContainerInfo, LogLine, LogOptions, RuntimeDriver } from '../runtime/driver.js';
@@ -21,6 +23,8 @@ import { decideAfterExit } from './restart-policy.js';
 import { containerIdFor, LABELS } from './container-id.js';
 import type { CellManager } from './cells.js';
 import type { MachineRunner } from './machines.js';
+import type { CellRuntime } from './cell-runtime.js';
+import type { CellExtras, HostExtras, InstanceExtras } from './instance-extras.js';
 import { Prober } from './prober.js';
 import type { HostNetworking } from './network-controller.js';
 import type { Endpoint } from '../network/types.js';
@@ -53,6 +57,12 @@ export interface AgentOptions {
   probeTimeScale?: number;
   /** The host's underlay address, asked at each registration (agent/host-address.ts); absent: none reported. */
   hostAddress?: () => Promise<string | undefined>;
+  /** Volumes, secret and config files and envFrom values of containers; absent: such instances cannot start here. */
+  extras?: InstanceExtras;
+  /** How often volumes' used bytes are reported and deleted volumes' storage removed (default 30 s). */
+  volumeSweepMs?: number;
+  /** How often running containers' `update` Secret and Config files are brought up to date (default FILES_REFRESH_MS). */
+  filesRefreshMs?: number;
 }
 
 /** What the agent knows about the container currently serving an instance. */
@@ -72,7 +82,16 @@ interface LocalContainer {
    * status write that failed is no reason to kill what runs.
    */
   unrecorded?: StartedContainer;
+  /** The volumes it mounts (VolumeStore ids), given back when it goes. */
+  volumeIds?: string[];
+  /** The cell it runs in (its volumes are the VM's disks). */
+  cell?: string;
+  /** The content version of the Secrets and Configs its files hold ('' after an adoption: rewritten at the next refresh). */
+  materialVersion?: string;
 }
+
+/** What a start gets besides its image (see InstanceExtras). */
+type StartExtras = ({ kind: 'host' } & HostExtras) | ({ kind: 'cell'; runtime: CellRuntime; cell: string } & CellExtras);
 
 /** What a start learnt that goes into the instance's Running status. */
 interface StartedContainer {
@@ -83,6 +102,9 @@ interface StartedContainer {
 }
 
 const VERSION = '0.1.0';
+
+/** The bound on how long a changed `update` Secret or Config takes to reach running containers' files. */
+export const FILES_REFRESH_MS = 10_000;
 
 /**
  * Where an instance's driver is: found; in a cell whose guest agent is not connected (yet, or
@@ -148,7 +170,22 @@ export class HostAgent {
     leaseTimer.unref();
     signal.addEventListener('abort', () => clearInterval(leaseTimer), { once: true });
     await this.register();
+    await this.o.extras?.recover().catch((err: unknown) => this.log.warn({ err }, 'volume recovery failed'));
     await this.recover();
+    if (this.o.extras) {
+      const extras = this.o.extras;
+      const sweep = setInterval(() => void extras.sweep().catch((err: unknown) => this.log.warn({ err }, 'volume sweep failed')), this.o.volumeSweepMs ?? 30_000);
+      sweep.unref();
+      // Changed `update` Secrets and Configs reach running containers within this period.
+      let refreshing = false;
+      const refresh = setInterval(() => {
+        if (refreshing) return;
+        refreshing = true;
+        void this.refreshFiles().finally(() => (refreshing = false));
+      }, this.o.filesRefreshMs ?? FILES_REFRESH_MS);
+      refresh.unref();
+      signal.addEventListener('abort', () => (clearInterval(sweep), clearInterval(refresh)), { once: true });
+    }
     const heartbeat = setInterval(() => {
       this.register().catch((err: unknown) => this.log.warn({ err }, 'heartbeat failed'));
     }, 30_000);
@@ -352,6 +389,7 @@ export class HostAgent {
       this.o.network.controller.touch(key.slice(0, key.indexOf('/'))); // its segment may have no work left
     }
     this.local.delete(key);
+    await this.o.extras?.release(cur.uid, cur.volumeIds ?? [], this.volumesInUse(), cur.cell);
   }
 
   /** One level-based pass over one instance. */
@@ -402,7 +440,19 @@ export class HostAgent {
       const found = driver ? await driver.inspect(containerIdFor(inst)).catch(() => undefined) : undefined;
       if (driver && found && found.state.status !== 'exited') {
         const startedAtMs = found.state.status === 'running' ? Date.parse(found.state.startedAt) : Date.now();
-        this.local.set(key, { uid: inst.metadata.uid, id: found.id, driver, generation: inst.metadata.generation, startedAtMs, exited: false });
+        const volumeIds = await this.volumeIdsOf(inst);
+        const refs = referencesOf(inst.spec.container);
+        this.local.set(key, {
+          uid: inst.metadata.uid,
+          id: found.id,
+          driver,
+          generation: inst.metadata.generation,
+          startedAtMs,
+          exited: false,
+          ...(volumeIds.length > 0 ? { volumeIds } : {}),
+          ...(refs.secrets.length + refs.configs.length > 0 ? { materialVersion: '' } : {}),
+          ...(inst.spec.cell ? { cell: inst.spec.cell } : {}),
+        });
         this.watchExit(key, found.id, driver);
         const ip = await this.addressOf(found.id, driver);
         this.probes.watch({ key, inst, containerId: found.id, driver, startedAtMs, initialReady: inst.status.ready, ...(ip !== undefined ? { address: ip } : {}) });
@@ -472,7 +522,9 @@ export class HostAgent {
     clearTimeout(showPulling);
     this.pullFailures.delete(key);
     let started: StartedContainer;
+    let extras: StartExtras | undefined;
     try {
+      extras = await this.extrasFor(inst);
       const net = hostNetwork ? await this.attach(hostNetwork, inst, id) : undefined;
       const labels = {
         [LABELS.uid]: inst.metadata.uid,
@@ -480,7 +532,12 @@ export class HostAgent {
         [LABELS.instance]: inst.metadata.name,
         [LABELS.generation]: String(inst.metadata.generation),
       };
-      const info = await driver.start({ id, rootfs: image.rootfs, image: image.config, container: c, hostname: inst.metadata.name, labels, ...(net ? { netnsPath: net.endpoint.netnsPath, dns: net.dns } : {}) });
+      const container = extras && Object.keys(extras.env).length > 0 ? { ...c, env: { ...c.env, ...extras.env } } : c;
+      const req = { id, rootfs: image.rootfs, image: image.config, container, hostname: inst.metadata.name, labels, ...(net ? { netnsPath: net.endpoint.netnsPath, dns: net.dns } : {}) };
+      const info =
+        extras?.kind === 'cell'
+          ? await extras.runtime.start(req, extras.extras)
+          : await driver.start({ ...req, ...(extras && extras.mounts.length > 0 ? { mounts: extras.mounts } : {}) });
       started = { imageDigest: image.digest, ...(info.state.status === 'running' ? { pid: info.state.pid } : {}), ...(net ? { endpoint: net.endpoint } : {}) };
     } catch (err) {
       // A start failure (e.g. the command does not exist) counts as an exit with an error.
@@ -489,9 +546,10 @@ export class HostAgent {
       await driver.destroy(id).catch(() => undefined);
       await hostNetwork?.net.detach(id).catch(() => undefined);
       this.local.delete(key);
+      if (extras) await this.o.extras?.release(inst.metadata.uid, extras.volumeIds, this.volumesInUse(), extras.kind === 'cell' ? extras.cell : undefined);
       return this.afterExit(key, inst, 128, Date.now(), message);
     }
-    const cur: LocalContainer = { uid: inst.metadata.uid, id, driver, generation: inst.metadata.generation, startedAtMs: Date.now(), exited: false, unrecorded: started };
+    const cur: LocalContainer = { uid: inst.metadata.uid, id, driver, generation: inst.metadata.generation, startedAtMs: Date.now(), exited: false, unrecorded: started, ...(extras ? { volumeIds: extras.volumeIds } : {}), ...(extras?.materialVersion !== undefined ? { materialVersion: extras.materialVersion } : {}), ...(inst.spec.cell ? { cell: inst.spec.cell } : {}) };
     this.local.set(key, cur);
     return this.recordStart(key, inst, cur, started);
   }
@@ -534,6 +592,57 @@ export class HostAgent {
     this.watchExit(key, cur.id, cur.driver);
     this.probes.watch({ key, inst, containerId: cur.id, driver: cur.driver, startedAtMs: cur.startedAtMs, initialReady: false, ...(started.endpoint ? { address: started.endpoint.ip } : {}) });
     return;
+  }
+
+  /**
+   * The volumes, files and envFrom values of a container (undefined when it uses none): bind
+   * mounts for a host-run one, hot-plugged disks and guest files for one in a cell.
+   */
+  private async extrasFor(inst: Instance): Promise<StartExtras | undefined> {
+    const refs = referencesOf(inst.spec.container);
+    if ((inst.spec.mounts ?? []).length === 0 && refs.secrets.length + refs.configs.length === 0) return undefined;
+    if (!this.o.extras) throw new CarapaceError('CARAPACE_E_VALIDATION', `host ${this.o.hostName} cannot give containers volumes, secrets or configs`);
+    if (inst.spec.cell) {
+      const runtime = this.o.cells?.runtimeFor(inst.spec.cell);
+      if (!runtime) throw new Error(`cell ${inst.spec.cell} is not connected`);
+      return { kind: 'cell', runtime, cell: inst.spec.cell, ...(await this.o.extras.forCell(inst)) };
+    }
+    return { kind: 'host', ...(await this.o.extras.forHost(inst)) };
+  }
+
+  /** Rewrites the files of running containers whose `update` Secrets or Configs changed. */
+  private async refreshFiles(): Promise<void> {
+    const extras = this.o.extras;
+    if (!extras) return;
+    for (const [key, cur] of this.local) {
+      if (cur.materialVersion === undefined || cur.exited || cur.unrecorded || cur.tearingDown) continue;
+      const [tenant, name] = key.split('/') as [string, string]; // keys are built by instanceKey
+      try {
+        const inst = await this.o.resources.get('Instance', name, tenant);
+        if (!inst || inst.metadata.uid !== cur.uid) continue;
+        const runtime = cur.cell ? this.o.cells?.runtimeFor(cur.cell) : undefined;
+        if (cur.cell && !runtime) continue; // its cell is not connected: next time
+        const v = await extras.refresh(inst, cur.materialVersion, runtime ? { runtime, containerId: cur.id } : undefined);
+        if (v !== undefined) cur.materialVersion = v;
+      } catch (err) {
+        this.log.warn({ instance: key, err }, 'cannot update the secret and config files of a container; retrying');
+      }
+    }
+  }
+
+  /** The VolumeStore ids of an instance's volumes (an adopted container's, to give back when it goes). */
+  private async volumeIdsOf(inst: Instance): Promise<string[]> {
+    const ids: string[] = [];
+    for (const m of inst.spec.mounts ?? []) {
+      const v = await this.o.resources.get('Volume', m.volume, inst.metadata.tenant);
+      if (v?.status.host === this.o.hostName) ids.push(v.metadata.uid);
+    }
+    return ids;
+  }
+
+  /** The volumes the local containers mount. */
+  private volumesInUse(): Set<string> {
+    return new Set([...this.local.values()].flatMap((c) => c.volumeIds ?? []));
   }
 
   /** Puts container `id` of `inst` on its tenant's segment (made first if this host has none yet). */

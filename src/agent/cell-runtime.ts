@@ -199,6 +199,11 @@ export class CellRuntime implements RuntimeDriver {
     });
   }
 
+  /** Replaces file sets of a running container (an `update` Secret or Config changed): the guest swaps each whole set atomically. */
+  async updateFiles(id: string, sets: readonly CellFileSet[]): Promise<void> {
+    for (const f of sets) await this.o.channel.writeFiles(id, f.set, f.files);
+  }
+
   /**
    * @inheritdoc
    * `extras`: volumes hot-plugged into the cell and file sets delivered to the guest, bound

@@ -8,7 +8,7 @@
  * at the instances placed in a cell.
  */
 import { EventEmitter } from 'node:events';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { isAbsolute } from 'node:path';
 import type { Logger } from 'pino';
 import type { Env } from '../core/actions.js';
@@ -396,6 +396,10 @@ export class CellManager extends EventEmitter<CellManagerEvents> {
         if (ac.signal.aborted) return;
         const at = this.o.env.now();
         runtime.lost(at);
+        // Why it exited is on its serial console (a guest panic, an init that ended): the
+        // end of it goes into the log, since the VM's directory goes with the cell.
+        const consoleTail = await readFile(vm.consoleLog, 'utf8').then((t) => t.split('\n').slice(-40).join('\n')).catch(() => undefined);
+        this.log.warn({ cell: name, pid: vm.pid, console: consoleTail }, 'cell VM exited; the end of its console');
         const cur = await this.o.resources.get('Cell', name);
         if (cur && !cur.metadata.deletionRequestedAt) await this.fail(cur, `the VM exited (QEMU pid ${vm.pid})`, at);
       })

@@ -19,10 +19,13 @@ import type { Resources } from '../core/resources.js';
 import { createImageStore } from '../image/local-store.js';
 import { createTenantNetworking } from '../network/tenant-networking.js';
 import { createRuncDriver, createRunscDriver } from '../runtime/index.js';
+import { SecretFiles } from '../storage/secret-files.js';
+import { VolumeStore } from '../storage/volume-store.js';
 import { createVmManager, type VmManager } from '../vm/qemu.js';
 import { findKernel } from '../vm/initramfs.js';
 import { HostAgent } from './agent.js';
 import { CellManager } from './cells.js';
+import { InstanceExtras, type MaterialSource } from './instance-extras.js';
 import { MachineRunner } from './machines.js';
 import { NetworkController } from './network-controller.js';
 import { UsageSampler } from './usage-sampler.js';
@@ -53,6 +56,8 @@ export interface HostNodeOptions {
   stopGraceMs?: number;
   /** The underlay address other hosts reach this one at (`--advertise-address`); default: the default route's source address. */
   advertiseAddress?: string;
+  /** Where the decrypted Secret and Config data of an instance placed here comes from; absent: instances using them cannot start. */
+  material?: MaterialSource;
 }
 
 export interface RunningHostNode {
@@ -112,14 +117,40 @@ export async function createHostNode(o: HostNodeOptions): Promise<RunningHostNod
     }
     return { ok: true };
   };
+  // Volumes (ext4 images: loop-mounted for host-run containers, disks of cells and machines)
+  // and secret files (a tmpfs; cells get theirs in the guest).
+  const extras = new InstanceExtras({
+    hostName,
+    resources,
+    logger,
+    volumes: new VolumeStore({ stateDir: o.stateDir, logger }),
+    files: new SecretFiles({ runDir: join(o.stateDir, 'files'), logger }),
+    vms,
+    ...(o.material ? { material: o.material } : {}),
+  });
   const machineImagesDir = o.machineImagesDir ?? join(o.stateDir, 'machine-images');
   await mkdir(machineImagesDir, { recursive: true });
-  const machines = new MachineRunner({ hostName, resources, env, logger, vms, imagesDir: machineImagesDir, stateDir: join(o.stateDir, 'machines'), ...(network ? { network } : {}) });
+  const machines = new MachineRunner({
+    hostName,
+    resources,
+    env,
+    logger,
+    vms,
+    imagesDir: machineImagesDir,
+    stateDir: join(o.stateDir, 'machines'),
+    volumeImage: (tenant, volume) => extras.machineImage(tenant, volume),
+    ...(network ? { network } : {}),
+  });
   const leaseRenewMs = envNumber('CARAPACE_LEASE_RENEW_MS');
   const probeScale = o.probeTimeScale ?? envNumber('CARAPACE_PROBE_TIME_SCALE');
+  const volumeSweepMs = envNumber('CARAPACE_VOLUME_SWEEP_MS');
+  const filesRefreshMs = envNumber('CARAPACE_FILES_REFRESH_MS');
   const agent = new HostAgent({
     hostName,
     resources,
+    extras,
+    ...(volumeSweepMs ? { volumeSweepMs } : {}),
+    ...(filesRefreshMs ? { filesRefreshMs } : {}),
     env,
     logger,
     drivers: { host: runc, sandbox: runsc },

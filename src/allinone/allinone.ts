@@ -13,6 +13,7 @@ import { pino, type Logger } from 'pino';
 import type { HostAgent } from '../agent/agent.js';
 import type { CellManager } from '../agent/cells.js';
 import { createHostNode } from '../agent/node.js';
+import { instanceMaterial } from '../core/secrets.js';
 import { Resources } from '../core/resources.js';
 import { openSqliteStore } from '../store/sqlite.js';
 import { startControlServer, systemEnv } from '../server/server.js';
@@ -94,6 +95,8 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
     ...(o.probeTimeScale !== undefined ? { probeTimeScale: o.probeTimeScale } : {}),
     ...(o.stopGraceMs !== undefined ? { stopGraceMs: o.stopGraceMs } : {}),
     ...(o.advertiseAddress !== undefined ? { advertiseAddress: o.advertiseAddress } : {}),
+    // The agent of the all-in-one reads its instances' secrets as the control plane does.
+    material: (inst) => instanceMaterial(nodeResources, keyring, inst),
   });
   const server = await startControlServer({
     store,

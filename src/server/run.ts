@@ -15,6 +15,8 @@ import { setMaxListeners } from 'node:events';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { createHostNode, defaultHostName, type HostNodeOptions } from '../agent/node.js';
+import type { MaterialSource } from '../agent/instance-extras.js';
+import { instanceMaterial } from '../core/secrets.js';
 import { joinCluster, keepCertificateFresh, loadCredentials, type AgentCredentials } from '../agentapi/enroll.js';
 import { RemoteStore } from '../agentapi/remote-store.js';
 import { serveLogRequests } from '../agentapi/log-uploader.js';
@@ -140,7 +142,12 @@ export async function runAgent(o: AgentCommandOptions): Promise<void> {
   }
   // The store's and the server's addresses are infrastructure: no workload may reach them.
   const infrastructure = [...(nodeOptions.infrastructure ?? []), ...(await controlPlaneAddresses([...(url ? [url] : []), ...(joinUrl ? [joinUrl] : [])]))];
-  const node = await createHostNode({ ...nodeOptions, infrastructure, hostName, resources: new Resources(store, undefined, systemEnv), env: systemEnv, logger });
+  const resources = new Resources(store, undefined, systemEnv);
+  // A joined agent gets its instances' secrets from the agent API (which checks they are
+  // placed here); one on the store directly has no keyring: configs only.
+  const rs = remote?.store;
+  const material: MaterialSource = rs ? (inst) => rs.instanceMaterial(inst.metadata.tenant ?? '', inst.metadata.name) : (inst) => instanceMaterial(resources, undefined, inst);
+  const node = await createHostNode({ ...nodeOptions, infrastructure, hostName, resources, env: systemEnv, logger, material });
   const ac = new AbortController();
   setMaxListeners(100, ac.signal);
   const pki = join(o.stateDir, 'pki');

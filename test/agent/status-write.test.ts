@@ -121,7 +121,7 @@ describe('host agent', () => {
     expect(running.status).toMatchObject({ reason: 'Started', restarts: 0, imageDigest: expect.stringMatching(/^sha256:/) });
     // The one container started is the one recorded, still running, with the recorded pid.
     const info = await driver.inspect(id);
-    expect(info.state).toMatchObject({ status: 'running', pid: running.status.pid });
+    expect(info?.state).toMatchObject({ status: 'running', pid: running.status.pid });
     expect((await driver.recover()).map((c) => c.id)).toEqual([id]);
 
     // Its exit is followed: a crash is restarted and counted once.
@@ -130,6 +130,6 @@ describe('host agent', () => {
       const i = await resources.get('Instance', 'web-0', 'acme');
       return i?.status.phase === 'Running' && i.status.restarts === 1 && i.status.pid !== running.status.pid ? i : undefined;
     });
-    expect((await driver.inspect(restarted.status.containerId ?? '')).state.status).toBe('running');
+    expect((await driver.inspect(restarted.status.containerId ?? ''))?.state.status).toBe('running');
   });
 });

@@ -3,11 +3,14 @@
  * inside each VM running runc, images from a real registry, all through `carapace up` and the
  * CLI. VM boots are slow under TCG, so this file boots few VMs and checks much with each.
  */
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildBusyboxImage, startRegistry, type RunningRegistry } from '../../src/image/testing/index.js';
 import type { Cell, Instance, Machine } from '../../src/model/objects.js';
+import type { Volume } from '../../src/model/volumes.js';
+import { VolumeStore } from '../../src/storage/volume-store.js';
 import { buildHelloMachine } from '../../src/vm/testing/hello-machine.js';
 import { authed, cli, destroyAll, eventually, freePort, Server, tempDir } from './helpers.js';
 
@@ -102,6 +105,58 @@ describe('cells', () => {
     const cellRow = byCell.find((x) => x.cell === cellName)!; // found above
     expect(BigInt(cellRow.reserved['cells']!.cpuUs)).toBeGreaterThan(BigInt(cellRow.reserved['cellInstances']!.cpuUs));
     expect(byCell.every((x) => x.tenant === 'acme')).toBe(true);
+  }, 300_000);
+
+  it('gives a container in a cell its volume (hot-plugged), secret, config and env; the data outlives the container and goes back to the host', async () => {
+    const doc = (kind: string, name: string, spec: object): object => ({ apiVersion: 'carapace/v1', kind, metadata: { name, tenant: 'acme' }, spec });
+    // What the container sees, without printing the secret: whether the file and the env
+    // value agree, and the password's length.
+    const script = [
+      'echo "$GEN" >> /data/starts',
+      'if [ "$(cat /run/secrets/db/password)" = "$DB_PASSWORD" ]; then echo "secret: file and env agree, $(printf %s "$DB_PASSWORD" | wc -c) bytes"; fi',
+      'echo "config: $(cat /etc/app/mode) $MODE"',
+      'echo "starts: $(cat /data/starts | tr "\\n" " ")"',
+      'exec sleep 3600',
+    ].join('; ');
+    const keeper = (gen: string): object =>
+      service('keeper', 'acme', {
+        image: images.busybox,
+        isolation: 'cell',
+        command: ['sh', '-c', script],
+        env: { GEN: gen },
+        volumes: [{ volume: 'celldata', mountPath: '/data' }],
+        secrets: [{ secret: 'db' }],
+        configs: [{ config: 'app', mountPath: '/etc/app' }],
+        envFrom: [
+          { name: 'DB_PASSWORD', secret: 'db', key: 'password' },
+          { name: 'MODE', config: 'app', key: 'mode' },
+        ],
+      });
+    const docs = [doc('Volume', 'celldata', { size: '16Mi' }), doc('Secret', 'db', { data: { password: 'cell-pw-42' } }), doc('Config', 'app', { data: { mode: 'production' } })];
+    const r = await apply([...docs, keeper('1')], ['--wait', '--timeout', '240']);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    const logs = async (): Promise<string> => (await cli(server.url, ['logs', 'acme/keeper-0'])).stdout;
+    const first = await eventually(async () => ((await logs()).includes('starts:') ? logs() : undefined), 60_000, 'keeper log');
+    expect(first).toContain('secret: file and env agree, 10 bytes');
+    expect(first).toContain('config: production production');
+    expect(first).toContain('starts: 1 ');
+    expect(first).not.toContain('cell-pw-42');
+    // A spec change re-creates the container in the cell: the volume comes back with its data.
+    expect((await apply([keeper('2')], ['--wait', '--timeout', '240'])).code).toBe(0);
+    await eventually(async () => ((await logs()).includes('starts: 1 2 ') ? true : undefined), 60_000, 'the re-created container on the same data');
+    // Deleting the service detaches the volume from the cell and gives it back to the host,
+    // where it can be mounted: its data is there.
+    expect((await cli(server.url, ['delete', 'service', 'keeper', '-t', 'acme'])).code).toBe(0);
+    await eventually(async () => ((await list<Instance>('instances')).some((i) => i.metadata.name === 'keeper-0') ? undefined : true), 60_000, 'keeper gone');
+    const vol = (await list<Volume>('volumes')).find((v) => v.metadata.name === 'celldata');
+    expect(vol?.status).toMatchObject({ phase: 'Bound', host: 'e2e' });
+    const store = new VolumeStore({ stateDir: join(tmp.dir, 'state'), logger: pino({ level: 'silent' }) });
+    const dir = await eventually(async () => store.mount(vol?.metadata.uid ?? ''), 30_000, 'the volume given back to the host');
+    try {
+      expect(await readFile(join(dir, 'starts'), 'utf8')).toBe('1\n2\n');
+    } finally {
+      await store.unmount(vol?.metadata.uid ?? '');
+    }
   }, 300_000);
 
   it('never puts two tenants in one cell, and gives a dedicated instance its own VM', async () => {

@@ -10,6 +10,8 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pino } from 'pino';
 import { freePort } from '../../src/image/testing/registry.js';
+import { SecretFiles } from '../../src/storage/secret-files.js';
+import { VolumeStore } from '../../src/storage/volume-store.js';
 import { createRuncDriver, createRunscDriver } from '../../src/runtime/index.js';
 import { createTenantNetworking } from '../../src/network/tenant-networking.js';
 import { createVmManager } from '../../src/vm/qemu.js';
@@ -183,6 +185,12 @@ export async function destroyAll(stateDir: string, net: { prefix?: string; netns
   // The data plane must use the prefix the agent used: another one refuses the recorded state
   // (and would leave every segment, namespace and tap behind for the next test to meet).
   if (existsSync(join(stateDir, 'network'))) await createTenantNetworking({ stateDir: join(stateDir, 'network'), logger, ...net }).removeAll();
+  // Volumes left mounted (loop devices) and the secret files' tmpfs.
+  if (existsSync(join(stateDir, 'volumes'))) {
+    const volumes = new VolumeStore({ stateDir, logger });
+    for (const v of await volumes.list().catch(() => [])) await volumes.unmount(v.id).catch(() => undefined);
+  }
+  if (existsSync(join(stateDir, 'files'))) await new SecretFiles({ runDir: join(stateDir, 'files'), logger }).teardown().catch(() => undefined);
 }
 
 export async function tempDir(prefix: string): Promise<{ dir: string; cleanup: () => Promise<void> }> {
