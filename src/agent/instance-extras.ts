@@ -67,7 +67,12 @@ function cellFileSet(m: MaterialMount): CellFileSet {
   return { set: setName(m.kind, m.name), mountPath: m.mountPath, files: Object.entries(m.files).map(([path, data]) => ({ path, data: Buffer.from(data) })) };
 }
 
-/** A volume's used bytes are written again when they moved by this much. */
+/**
+ * A volume's used bytes are written again when they enter another step of this size: the
+ * stored value is never off by a step or more (a threshold on the difference instead could
+ * leave it just under the truth forever), and a volume whose use moves by a few blocks costs
+ * no write.
+ */
 const USED_BYTES_STEP = 1024 * 1024;
 
 /** The set name of a Secret's or Config's files (one directory per instance and object). */
@@ -230,7 +235,7 @@ export class InstanceExtras {
 
   /**
    * One pass over this host's volumes: writes each one's used bytes into its Volume's status
-   * (when it moved by a MiB or more: a write per change, not per pass), and removes the storage
+   * (when it entered another MiB: a write per change, not per pass), and removes the storage
    * of volumes whose object is gone (deleted: a re-created volume of the same name has another
    * uid, so it never sees old data). Nothing is removed unless the list of volumes was read.
    */
@@ -241,7 +246,8 @@ export class InstanceExtras {
     for (const v of listed) {
       if (v.status.host !== this.o.hostName || !here.has(v.metadata.uid)) continue;
       const used = (await this.o.volumes.usage(v.metadata.uid).catch(() => undefined))?.usedBytes;
-      if (used === undefined || (v.status.usedBytes !== undefined && Math.abs(v.status.usedBytes - used) < USED_BYTES_STEP)) continue;
+      const step = (n: number): number => Math.floor(n / USED_BYTES_STEP);
+      if (used === undefined || (v.status.usedBytes !== undefined && step(v.status.usedBytes) === step(used))) continue;
       await this.o.resources.mutate('Volume', v.metadata.name, v.metadata.tenant, (x) => {
         if (x.metadata.uid !== v.metadata.uid) return undefined;
         x.status = { ...x.status, usedBytes: used };

@@ -121,7 +121,8 @@ describe('volumes, secrets and configs in host-run containers', () => {
       const script = [
         'set -e',
         'echo "$GEN" >> /data/starts',
-        'head -c 3145728 /dev/zero > /data/blob',
+        // gVisor may keep writes in its own cache: sync puts them on the volume, where the host sees them.
+        'head -c 3145728 /dev/zero > /data/blob && sync',
         'cat /run/secrets/db/password > /data/secret-file',
         'printf %s "$DB_PASSWORD" > /data/secret-env',
         'printf %s "$MODE" > /data/config-env',
