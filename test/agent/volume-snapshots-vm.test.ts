@@ -75,7 +75,8 @@ beforeAll(async () => {
     disks: [{ id: 'acme.data', path: image, readOnly: false }],
     exec: 'mkdir -p /m && mount -t ext4 /dev/vda /m && echo guest-v1 > /m/g && sync && echo READY && i=0; while true; do i=$((i+1)); echo "$i" >> /m/log; echo tick; sleep 0.2; done',
   });
-  await until('the guest to mount its disk and write', async () => ((await readFile(vms.inspect(VM).consoleLog, 'utf8')).includes('READY') ? true : undefined), 180_000);
+  // A line of its own (init logs the whole command, which contains the word, before running it).
+  await until('the guest to mount its disk and write', async () => ((await readFile(vms.inspect(VM).consoleLog, 'utf8')).split('\n').some((l) => l.trim() === 'READY') ? true : undefined), 180_000);
 }, 240_000);
 
 afterAll(async () => {

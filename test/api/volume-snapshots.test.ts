@@ -68,7 +68,8 @@ describe('volume snapshots API', () => {
     expect(await refused('DELETE', '/v1/tenants/acme/volumes/pgdata')).toMatchObject({ status: 409, code: 'CARAPACE_E_VOLUME_IN_USE', details: [{ path: 'metadata.name', message: 'has snapshots: nightly' }] });
 
     const audit = (await w.call('GET', '/v1/audit/records?format=jsonl')).text.trim().split('\n').map((l) => JSON.parse(l));
-    const mine = audit.filter((r: any) => r.target.kind === 'VolumeSnapshot');
+    // Successes name the kind; refusals the route they came by.
+    const mine = audit.filter((r: any) => r.target.kind === 'VolumeSnapshot' || r.target.kind.includes('/volumesnapshots'));
     expect(mine.filter((r: any) => r.outcome === 'success').map((r: any) => [r.action, r.target.name, r.detail])).toEqual([['create', 'nightly', { volume: 'pgdata', host: 'h1', phase: 'Pending' }]]);
     expect(mine.filter((r: any) => r.outcome === 'failure').map((r: any) => r.detail.code)).toEqual(['CARAPACE_E_ALREADY_EXISTS', 'CARAPACE_E_VOLUME_NOT_FOUND', 'CARAPACE_E_VALIDATION', 'CARAPACE_E_IMMUTABLE_FIELD', 'CARAPACE_E_VOLUME_NOT_FOUND']);
   });
