@@ -12,7 +12,7 @@
  * (templates count once per replica) stay within `spec.quota.storage`.
  */
 import { CarapaceError, type FieldIssue } from '../model/errors.js';
-import { TERMINAL_PHASES, type Instance, type Job, type Service } from '../model/objects.js';
+import { TERMINAL_PHASES, type Instance, type Job, type Machine, type Service } from '../model/objects.js';
 import type { JobSpec, ServiceSpec, TenantSpec } from '../model/schemas.js';
 import { formatMemory } from '../model/quantity.js';
 import { templateVolumeName, VOLUME_SERVICE_LABEL, VOLUME_TEMPLATE_LABEL, volumeSizeMiB, type Volume, type VolumeSpec } from '../model/volumes.js';
@@ -176,7 +176,13 @@ export function checkWorkloadVolumes(
  * references (CARAPACE_E_VOLUME_IN_USE naming the user). A template volume of a replica past
  * the service's `replicas` (kept after a scale down) is no longer referenced and may go.
  */
-export function checkVolumeDeletable(tenant: string, volume: string, state: { instances: readonly Instance[]; services: readonly Service[]; jobs: readonly Job[] }): void {
+export function checkVolumeDeletable(tenant: string, volume: string, state: { instances: readonly Instance[]; services: readonly Service[]; jobs: readonly Job[]; machines?: readonly Machine[] }): void {
+  const machine = (state.machines ?? []).find((m) => (m.spec.disks ?? []).some((d) => d.volume === volume));
+  if (machine) {
+    throw new CarapaceError('CARAPACE_E_VOLUME_IN_USE', `volume "${volume}" in tenant "${tenant}" is a disk of machine "${machine.metadata.name}" (spec.disks); change or delete the machine first`, [
+      { path: 'metadata.name', message: `a disk of machine ${machine.metadata.name}` },
+    ]);
+  }
   const live = liveMounters(volume, state.instances);
   const first = live[0];
   if (first) {
@@ -192,4 +198,14 @@ export function checkVolumeDeletable(tenant: string, volume: string, state: { in
       { path: 'metadata.name', message: `referenced by ${u.who}` },
     ]);
   }
+}
+
+/**
+ * A machine's disks (`spec.disks`) must be volumes of its tenant (CARAPACE_E_VOLUME_NOT_FOUND
+ * with the field path): another tenant's volume of the same name is not found.
+ */
+export function checkMachineDisks(machine: string, tenant: string, disks: readonly { volume: string }[], volumes: readonly Volume[]): void {
+  const have = new Set(volumes.map((v) => v.metadata.name));
+  const issues = disks.flatMap((d, i) => (have.has(d.volume) ? [] : [{ path: `spec.disks[${i}].volume`, message: `tenant "${tenant}" has no volume "${d.volume}"` }]));
+  if (issues.length > 0) throw new CarapaceError('CARAPACE_E_VOLUME_NOT_FOUND', `machine "${machine}": ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues);
 }

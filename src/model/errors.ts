@@ -75,6 +75,8 @@ export const ERROR_CATALOGUE = {
     description: 'The volume is used by someone else: deleting a volume a live instance mounts or a service/job spec references, mounting read-write a volume another service or job uses (or read-only one it uses read-write), or a volume template whose `<name>-<ordinal>` volume belongs to another service. The message names the user.',
   },
   CARAPACE_E_SECRET_NOT_FOUND: { status: 422, description: "A service or job references a Secret its tenant does not have (`details` names the field, e.g. `spec.secrets[0].secret`); apply the Secret first." },
+  CARAPACE_E_SECRET_IN_USE: { status: 409, description: 'Deleting a Secret that a service or job of its tenant references, or that a live instance still uses: change or delete its users first (the message names one; `details` lists them).' },
+  CARAPACE_E_CONFIG_IN_USE: { status: 409, description: 'Deleting a Config that a service or job of its tenant references, or that a live instance still uses: change or delete its users first (the message names one; `details` lists them).' },
   CARAPACE_E_CONFIG_NOT_FOUND: { status: 422, description: "A service or job references a Config its tenant does not have (`details` names the field, e.g. `spec.configs[0].config`); apply the Config first." },
   CARAPACE_E_DATA_KEY_NOT_FOUND: { status: 422, description: 'An `envFrom` entry names a key its Secret or Config does not hold (`details` names the field and lists the keys it has).' },
   CARAPACE_E_MOUNT_PATH_CONFLICT: {
