@@ -37,7 +37,7 @@ node dist/src/image/testing/example-images.js "$REGISTRY"
 echo "==> building the example machine image into ${STATE_DIR}/machine-images"
 node dist/src/vm/testing/hello-machine.js "$STATE_DIR/machine-images"
 echo "==> building the guestbook's images into ${REGISTRY}: PostgreSQL 15, its api and web tiers, from Debian's packages"
-echo "    (the PostgreSQL image takes a minute or two the first time: most of it is compressing its layers)"
+echo "    (the PostgreSQL image takes from a few seconds to a minute on a busy machine: most of it is compressing its layers)"
 t0=$SECONDS
 node dist/src/image/testing/guestbook-images.js "$REGISTRY"
 echo "    built in $((SECONDS - t0)) s"
@@ -133,7 +133,7 @@ Every API call needs a token: the first cluster-admin token is in ${STATE_DIR}/a
 ${CARAPACE_CONFIG:-$HOME/.config/carapace/config.json} (0600), where the CLI finds it.
 Try:
   alias carapace="node $(pwd)/dist/src/cli/main.js"
-  curl ${GUESTBOOK}/                         # the guestbook (or open it in a browser and sign it)
+  curl http://127.0.0.1:8090/                # the guestbook (or open it in a browser and sign it)
   carapace delete instance initech/db-0      # PostgreSQL re-created in its cell: the count and notes survive (volume pgdata)
   sed 's/guestbook-example-password/a-new-password/' examples/guestbook.yaml | carapace apply -f -
                                              # rotate the db password: db and api restart with it (onChange: restart), the page keeps working
