@@ -36,7 +36,7 @@ echo "==> removing what it ran (containers, VMs, networks, volume mounts)"
 node --input-type=module -e '
   const { teardownHost } = await import(process.argv[1]);
   const r = await teardownHost(process.argv[2]);
-  console.log(`    ${r.containers} containers, ${r.vms} VMs, ${r.volumes} volumes`);
+  console.log(`    ${r.containers} containers, ${r.vms} VMs, ${r.unmounted} volumes unmounted from the host`);
 ' "$PWD/dist/src/agent/teardown.js" "$STATE_DIR"
 stop_pid "$STATE_DIR/registry/pid" "docker-registry"
 if $PURGE; then

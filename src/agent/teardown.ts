@@ -33,13 +33,14 @@ export interface TeardownOptions {
 export interface TeardownReport {
   containers: number;
   vms: number;
-  volumes: number;
+  /** Volumes that were mounted on the host (a cell's were on its VM's disks). */
+  unmounted: number;
 }
 
 /** See the module comment. Idempotent: a second call finds nothing. Run as root. */
 export async function teardownHost(stateDir: string, o: TeardownOptions = {}): Promise<TeardownReport> {
   const logger = o.logger ?? pino({ level: 'silent' });
-  const report: TeardownReport = { containers: 0, vms: 0, volumes: 0 };
+  const report: TeardownReport = { containers: 0, vms: 0, unmounted: 0 };
   for (const [runtime, make] of [
     ['runc', createRuncDriver],
     ['runsc', createRunscDriver],
@@ -69,8 +70,9 @@ export async function teardownHost(stateDir: string, o: TeardownOptions = {}): P
   if (existsSync(join(stateDir, 'volumes'))) {
     const volumes = new VolumeStore({ stateDir, logger });
     for (const v of await volumes.list().catch(() => [])) {
+      // Every one, not only those recorded as mounted: unmount checks the kernel's mount table.
       await volumes.unmount(v.id).catch(() => undefined);
-      report.volumes++;
+      if (v.attachment === 'host') report.unmounted++;
     }
   }
   if (existsSync(join(stateDir, 'files'))) await new SecretFiles({ runDir: join(stateDir, 'files'), logger }).teardown().catch(() => undefined);
