@@ -86,8 +86,14 @@ async function expectRows(port: number, sql: string, want: string, timeoutMs: nu
     },
     timeoutMs,
     `${what} (last answer: ${last})`,
-  ).catch((e: unknown) => {
-    throw new Error(`${String(e)}; last answer: ${last}\n--- server warnings ---\n${warnings()}`);
+  ).catch(async (e: unknown) => {
+    // What the database's instance and container say, to tell a dead server from an unreachable one.
+    const insts = (await cli(server.url, ['get', 'instances', '-o', 'wide'])).stdout;
+    const logs = await Promise.all(['pghost-0', 'pgcell-0'].map(async (n) => {
+      const l = await cli(server.url, ['logs', `acme/${n}`, '--tail', '15']);
+      return `${n}: ${l.stdout}${l.stderr}`;
+    }));
+    throw new Error(`${String(e)}; last answer: ${last}\n--- instances ---\n${insts}\n--- logs ---\n${logs.join('\n')}\n--- server warnings ---\n${warnings()}`);
   });
 }
 
@@ -228,7 +234,7 @@ describe('PostgreSQL on volumes', () => {
     expect(audit.stdout).not.toContain(PASSWORD);
     for (const n of ['pghost-0', 'pgcell-0', 'pgclient-0']) {
       const l = await cli(server.url, ['logs', `acme/${n}`]);
-      expect(l.stdout.length, n).toBeGreaterThan(0);
+      expect(l.stdout.length, `${n}: ${l.stderr}`).toBeGreaterThan(0);
       expect(l.stdout + l.stderr, n).not.toContain(PASSWORD);
     }
     const yaml = await cli(server.url, ['get', 'secrets', 'acme/db', '-o', 'yaml']);
