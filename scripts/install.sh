@@ -17,7 +17,7 @@ DEBIAN_PACKAGES=(
   etcd-server                            # the HA store
   iperf3 gcc libc6-dev                   # npm run bench -- net: throughput, and its static round-trip tool
   fio                                    # npm run bench -- volume, and the fio test image
-  postgresql-15 postgresql-client-15     # the PostgreSQL test image (src/image/testing/debian-images.ts); no system cluster, see below
+  postgresql-15 postgresql-client-15     # the PostgreSQL image and the guestbook example's api (psql) (src/image/testing/); no system cluster, see below
   chromium                               # the dashboard's end-to-end tests (headless, via playwright-core)
   curl ca-certificates
 )

@@ -174,7 +174,7 @@ export class HostAgent {
     await this.recover();
     if (this.o.extras) {
       const extras = this.o.extras;
-      const sweep = setInterval(() => void extras.sweep().catch((err: unknown) => this.log.warn({ err }, 'volume sweep failed')), this.o.volumeSweepMs ?? 30_000);
+      const sweep = setInterval(() => void extras.sweep(this.volumesInUse()).catch((err: unknown) => this.log.warn({ err }, 'volume sweep failed')), this.o.volumeSweepMs ?? 30_000);
       sweep.unref();
       // Changed `update` Secrets and Configs reach running containers within this period.
       let refreshing = false;

@@ -64,8 +64,8 @@ export interface CellManagerOptions {
 const GUEST_IMAGES = '/carapace/images';
 const GUEST_APP = '/opt/carapace';
 const WARM_KEY = '#warm';
-/** Volumes attachable to a running cell at once (PCIe root ports made at boot). */
-const DEFAULT_DISK_SLOTS = 8;
+/** Volumes attachable to a running cell at once (PCIe root ports made at boot); bench/volume.ts gives its raw VM the same. */
+export const DEFAULT_DISK_SLOTS = 8;
 
 /** What the cell manager tells others (the host agent listens). */
 export interface CellManagerEvents {

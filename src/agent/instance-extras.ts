@@ -12,7 +12,7 @@
  * none of it gets none.
  */
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import type { Resources } from '../core/resources.js';
 import type { InstanceMaterial, MaterialMount } from '../core/secrets.js';
@@ -41,6 +41,8 @@ export interface InstanceExtrasOptions {
   material?: MaterialSource;
   /** The host's VMs: a volume handed to a cell is given back to the host only once no VM has it attached. */
   vms?: VmManager;
+  /** See HANDOUT_GRACE_MS (the default). */
+  handOutGraceMs?: number;
 }
 
 /** What a start of a host-run container gets, and what its teardown gives back. */
@@ -80,9 +82,18 @@ function setName(kind: 'secret' | 'config', name: string): string {
   return `${kind}.${name}`;
 }
 
+/**
+ * How long a volume handed to a VM counts as claimed without the VM having it open: the time a
+ * start may take between the hand-out and QEMU's attach (a cell still booting, a machine's
+ * launch). Past it, a volume no VM has open and no container uses is given back by the sweep.
+ */
+const HANDOUT_GRACE_MS = 5 * 60_000;
+
 export class InstanceExtras {
   private readonly log: Logger;
   private filesReady: Promise<unknown> | undefined;
+  /** When each volume was last handed to a VM by this process (see HANDOUT_GRACE_MS). */
+  private readonly handedAt = new Map<string, number>();
 
   constructor(private readonly o: InstanceExtrasOptions) {
     this.log = o.logger.child({ component: 'instance-extras' });
@@ -98,7 +109,7 @@ export class InstanceExtras {
     const volumeIds: string[] = [];
     for (const { id, mount } of await this.volumesOf(inst)) {
       const dir = await this.o.volumes.mount(id);
-      mounts.push({ kind: 'bind', source: dir, destination: mount.mountPath, readOnly: mount.readOnly });
+      mounts.push({ kind: 'bind', source: dir, destination: mount.mountPath, readOnly: mount.readOnly, volume: true });
       volumeIds.push(id);
     }
     const material = await this.materialOf(inst);
@@ -129,7 +140,7 @@ export class InstanceExtras {
     const volumes: NonNullable<CellStartExtras['volumes']> = [];
     const volumeIds: string[] = [];
     for (const { id, mount } of await this.volumesOf(inst)) {
-      volumes.push({ id, image: await this.o.volumes.imagePath(id), mountPath: mount.mountPath, readOnly: mount.readOnly });
+      volumes.push({ id, image: await this.handOut(id), mountPath: mount.mountPath, readOnly: mount.readOnly });
       volumeIds.push(id);
     }
     const material = await this.materialOf(inst);
@@ -158,7 +169,14 @@ export class InstanceExtras {
   async machineImage(tenant: string, volume: string): Promise<string> {
     const vol = await this.boundVolume(tenant, volume, `a machine`);
     await this.o.volumes.ensure(volumeRequest(vol));
-    return this.o.volumes.imagePath(vol.metadata.uid);
+    return this.handOut(vol.metadata.uid);
+  }
+
+  /** Hands a volume's image to a VM (the host will not mount it until it is given back). */
+  private async handOut(id: string): Promise<string> {
+    const image = await this.o.volumes.imagePath(id);
+    this.handedAt.set(id, Date.now());
+    return image;
   }
 
   /** The instance's volumes, each bound to this host and made on it if new (its uid is its id here). */
@@ -217,13 +235,59 @@ export class InstanceExtras {
   private async releaseFromCell(cell: string, volumeIds: readonly string[], stillUsed: ReadonlySet<string>): Promise<void> {
     const pending = volumeIds.filter((id) => !stillUsed.has(id));
     if (pending.length === 0) return;
-    const attached = new Set((await this.o.vms?.listDisks(cell).catch(() => undefined))?.map((d) => d.serial) ?? []);
+    const vms = this.o.vms;
+    const disks = vms ? await vms.listDisks(cell).catch(() => undefined) : [];
+    if (disks === undefined && vms && this.running(vms, cell)) {
+      // QEMU did not answer but runs: the disks may still be open. They stay handed out;
+      // the sweep gives them back once no VM has them open.
+      this.log.warn({ cell, volumes: pending }, 'cannot read the disks of a running cell; its volumes stay handed out');
+      return;
+    }
+    const attached = new Set((disks ?? []).map((d) => d.serial));
     for (const id of pending) {
       if (attached.has(diskSerial(id))) {
         this.log.warn({ volume: id, cell }, 'volume still attached to its cell; it stays handed out');
         continue;
       }
       await this.o.volumes.releaseImage(id).catch((err: unknown) => this.log.warn({ volume: id, err }, 'cannot give a volume back to the host'));
+    }
+  }
+
+  private running(vms: VmManager, id: string): boolean {
+    try {
+      return vms.inspect(id).state === 'running';
+    } catch {
+      return false; // unknown: destroyed
+    }
+  }
+
+  /**
+   * Gives back to the host every volume handed to a VM that no VM of this host has open any
+   * more and that no local container (`inUse`) holds: a machine that was deleted or powered
+   * off, a cell that died or whose release could not read its disks. Volumes handed out in the
+   * last HANDOUT_GRACE_MS (handOutGraceMs) are left (their VM may not have attached them yet), and nothing is
+   * given back when a running VM's disks cannot be read.
+   */
+  private async reclaimHandedOut(inUse: ReadonlySet<string>): Promise<void> {
+    const vms = this.o.vms;
+    const now = Date.now();
+    const candidates = (await this.o.volumes.list()).filter((v) => v.attachment === 'block' && !inUse.has(v.id) && now - (this.handedAt.get(v.id) ?? 0) >= (this.o.handOutGraceMs ?? HANDOUT_GRACE_MS));
+    if (candidates.length === 0) return;
+    const open = new Set<string>();
+    for (const vm of vms?.recover() ?? []) {
+      if (vm.state !== 'running') continue;
+      const disks = await vms?.listDisks(vm.id).catch(() => undefined);
+      if (disks === undefined) {
+        if (vms && this.running(vms, vm.id)) return; // unknown: try again next pass
+        continue;
+      }
+      for (const d of disks) open.add(resolve(d.path));
+    }
+    for (const v of candidates) {
+      if (open.has(resolve(v.image))) continue;
+      await this.o.volumes.releaseImage(v.id);
+      this.handedAt.delete(v.id);
+      this.log.info({ volume: v.id, name: `${v.tenant}/${v.name}` }, 'volume no VM has open given back to the host');
     }
   }
 
@@ -239,9 +303,11 @@ export class InstanceExtras {
    * (when it entered another MiB: a write per change, not per pass), and removes the storage
    * of volumes whose object is gone (deleted: a re-created volume of the same name has another
    * uid, so it never sees old data). Nothing is removed unless the list of volumes was read.
+   * Volumes handed to VMs that no longer have them are given back first (reclaimHandedOut).
    */
-  async sweep(): Promise<void> {
+  async sweep(inUse: ReadonlySet<string> = new Set()): Promise<void> {
     if (!existsSync(join(this.o.volumes.root, 'state.json'))) return;
+    await this.reclaimHandedOut(inUse);
     const listed = (await this.o.resources.list('Volume')).items;
     const here = new Set((await this.o.volumes.list()).map((v) => v.id));
     for (const v of listed) {

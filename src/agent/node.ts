@@ -121,8 +121,10 @@ export async function createHostNode(o: HostNodeOptions): Promise<RunningHostNod
   // Volumes (ext4 images: loop-mounted for host-run containers, disks of cells and machines)
   // and secret files (a tmpfs; cells get theirs in the guest).
   const volumes = new VolumeStore({ stateDir: o.stateDir, logger });
+  const handOutGraceMs = envNumber('CARAPACE_VOLUME_HANDOUT_GRACE_MS');
   const extras = new InstanceExtras({
     hostName,
+    ...(handOutGraceMs !== undefined ? { handOutGraceMs } : {}),
     resources,
     logger,
     volumes,

@@ -123,6 +123,7 @@ program
   .option('--join <url>', "a server's agent API, https://HOST:PORT (mutual TLS; the normal way)")
   .option('--join-token <token>', 'join token (carapace join-token create); needed only the first time')
   .option('--store <url>', 'or reach the store directly: etcd://HOST:PORT[,HOST:PORT...] (trusted networks, tests)')
+  .option('--secrets-keyring <file>', "with --store: the servers' secrets keyring, to decrypt the Secrets of this host's instances (a joined agent gets them from its server)")
   .option('--state-dir <dir>', 'where containers, images and VMs of this host live', '/var/lib/carapace')
   .option('--host-name <name>', 'name of this host (default: the machine hostname)')
   .option('--label <key=value...>', 'host labels, e.g. zone=a')
@@ -132,13 +133,14 @@ program
   .option('--warm-cells <n>', 'pre-booted, unassigned cells to keep on this host', '0')
   .option('--cpu-overcommit <ratio>', 'cpu requests this host accepts per core', '4')
   .addOption(new Option('--accel <mode>', 'VM acceleration').choices(['auto', 'kvm', 'tcg']).default('auto'))
-  .action(async (o: { insecureRegistry?: string[]; store?: string; join?: string; joinToken?: string; stateDir: string; hostName?: string; label?: string[]; netPrefix?: string; warmCells: string; cpuOvercommit: string; accel: 'auto' | 'kvm' | 'tcg'; advertiseAddress?: string }) => {
+  .action(async (o: { insecureRegistry?: string[]; store?: string; secretsKeyring?: string; join?: string; joinToken?: string; stateDir: string; hostName?: string; label?: string[]; netPrefix?: string; warmCells: string; cpuOvercommit: string; accel: 'auto' | 'kvm' | 'tcg'; advertiseAddress?: string }) => {
     const { runAgent } = await import('../server/run.js');
     const warmCells = Number(o.warmCells);
     if (!Number.isInteger(warmCells) || warmCells < 0 || warmCells > 64) throw new CliError('CARAPACE_E_BAD_QUERY', `--warm-cells must be a whole number from 0 to 64, got "${o.warmCells}"`);
     const cpuOvercommit = Number(o.cpuOvercommit);
     if (!Number.isFinite(cpuOvercommit) || cpuOvercommit < 1 || cpuOvercommit > 64) throw new CliError('CARAPACE_E_BAD_QUERY', `--cpu-overcommit must be a number from 1 to 64, got "${o.cpuOvercommit}"`);
     checkAdvertiseAddress(o.advertiseAddress);
+    if (o.secretsKeyring !== undefined && !o.store) throw new CliError('CARAPACE_E_BAD_QUERY', '--secrets-keyring is for an agent on the store (--store); a joined agent gets secret values from its server', [{ path: '--secrets-keyring', message: 'needs --store' }]);
     const labels: Record<string, string> = {};
     for (const l of o.label ?? []) {
       const m = /^([a-z0-9][a-z0-9._/-]{0,62})=([A-Za-z0-9._-]{0,63})$/.exec(l);
@@ -147,6 +149,7 @@ program
     }
     await runAgent({
       ...(o.store ? { store: o.store } : {}),
+      ...(o.secretsKeyring !== undefined ? { secretsKeyring: o.secretsKeyring } : {}),
       ...(o.join ? { join: o.join } : {}),
       ...(o.joinToken ? { token: o.joinToken } : {}),
       stateDir: o.stateDir,

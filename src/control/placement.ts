@@ -196,7 +196,11 @@ export class Placement {
     const inUse: Unplaced[] = [];
     for (const s of subjects.values()) {
       if (s.kind === 'machine') {
-        requests.push(machineRequestFromModel(s.obj));
+        // A machine's disks (spec.disks) are volumes: placed where they live, bound with it.
+        const req = machineRequestFromModel(s.obj, vols);
+        const blocked = blockingVolumeConstraint(req, vols.hosts);
+        if (blocked) inUse.push({ instance: req, code: blocked.code, reason: blocked.reason });
+        else requests.push(req);
         continue;
       }
       const req = instanceRequestWithVolumes(s.obj, vols);

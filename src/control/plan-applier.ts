@@ -200,10 +200,11 @@ export async function applyPlan(plan: Plan, ctx: ApplyContext): Promise<AppliedP
     // Unbound volumes it mounts are bound to this host with the placement (first use wins).
     const binds: Write[] = [];
     let clash: string | undefined;
-    if (s.kind !== 'machine') {
+    {
       const tenant = s.obj.metadata.tenant ?? '';
-      for (const m of s.obj.spec.mounts ?? []) {
-        const key = `${tenant}/${m.volume}`;
+      const names = s.kind === 'machine' ? (s.obj.spec.disks ?? []).map((d) => d.volume) : (s.obj.spec.mounts ?? []).map((m) => m.volume);
+      for (const volume of names) {
+        const key = `${tenant}/${volume}`;
         const v = ctx.volumes?.get(key);
         if (!v || v.status.phase === 'Bound') continue;
         const already = binding.get(key);

@@ -110,6 +110,25 @@ describe('volume placement', () => {
     expect((await h.resources.mustGet('Host', 'h1')).status.message).toBe('drained (1 instance(s) stay: their volumes live here)');
   });
 
+  it("places a machine where its disks' volumes live and binds an unbound one with it; refuses a missing one and deleting one in use", async () => {
+    await h.addHost('h1');
+    await h.addHost('h2');
+    await h.apply({ kind: 'Volume', metadata: { name: 'pinned', tenant: 'acme' }, spec: { size: '1Gi', host: 'h2' } });
+    await h.apply({ kind: 'Volume', metadata: { name: 'fresh', tenant: 'acme' }, spec: { size: '1Gi' } });
+    const machine = (disks: { volume: string }[]): Record<string, unknown> => ({ kind: 'Machine', metadata: { name: 'legacy', tenant: 'acme' }, spec: { kernel: 'host', initrd: 'x.cpio.gz', disks } });
+    const missing = await refusal(h.apply(machine([{ volume: 'pinned' }, { volume: 'nope' }])));
+    expect(missing).toMatchObject({ code: 'CARAPACE_E_VOLUME_NOT_FOUND', details: [{ path: 'spec.disks[1].volume', message: 'tenant "acme" has no volume "nope"' }] });
+    await h.apply(machine([{ volume: 'pinned' }, { volume: 'fresh' }]));
+    await h.controller.reconcilePlacement();
+    const m = await h.resources.mustGet('Machine', 'legacy', 'acme');
+    expect(m.status.host).toBe('h2');
+    const fresh = await h.resources.mustGet('Volume', 'fresh', 'acme');
+    expect(fresh.status).toMatchObject({ phase: 'Bound', host: 'h2' });
+    expect(fresh.metadata.resourceVersion).toBe(m.metadata.resourceVersion); // one transaction
+    const del = await refusal(h.cp.handle({ type: 'delete', kind: 'Volume', name: 'fresh', tenant: 'acme' }));
+    expect(del).toMatchObject({ code: 'CARAPACE_E_VOLUME_IN_USE', message: 'volume "fresh" in tenant "acme" is a disk of machine "legacy" (spec.disks); change or delete the machine first' });
+  });
+
   it('keeps an instance Pending with VolumeInUse while another live instance holds its volume read-write', async () => {
     await h.addHost('h1');
     await h.apply({ kind: 'Volume', metadata: { name: 'pgdata', tenant: 'acme' }, spec: { size: '1Gi' } });

@@ -10,9 +10,9 @@ import { KINDS, type AnyObject, type Job, type Machine, type Metadata, type Serv
 import { AVAILABLE_ISOLATION, ISOLATION_ORDER, isolationAtLeast, type ConfigManifest, type JobManifest, type MachineManifest, type Manifest, type ServiceManifest, type TenantManifest, type VolumeManifest, type VolumeSnapshotManifest } from '../model/schemas.js';
 import { VOLUME_SERVICE_LABEL, VOLUME_TEMPLATE_LABEL, volumeSizeMiB, type Volume } from '../model/volumes.js';
 import type { VolumeSnapshot } from '../model/volume-snapshots.js';
-import { checkSnapshotSpec, checkStorageQuota, checkVolumeDeletable, checkVolumeUpdate, checkWorkloadVolumes, newSnapshotStatus, restoredVolume, storageOf, type TemplateVolume } from './volumes.js';
+import { checkMachineDisks, checkSnapshotSpec, checkStorageQuota, checkVolumeDeletable, checkVolumeUpdate, checkWorkloadVolumes, newSnapshotStatus, restoredVolume, storageOf, type TemplateVolume } from './volumes.js';
 import { checkContainerRefs, type Config } from '../model/secrets.js';
-import { applySecret, checkReferences, deleteSecret, reencryptSecrets } from './secrets.js';
+import { applySecret, checkMaterialDeletable, checkReferences, deleteSecret, reencryptSecrets } from './secrets.js';
 import type { Keyring } from './secret-box.js';
 import type { Action, Env } from './actions.js';
 import type { Resources } from './resources.js';
@@ -333,6 +333,7 @@ export class ControlPlane {
     const cur = await this.resources.get('Machine', name, tenant);
     if (cur && createOnly) throw new CarapaceError('CARAPACE_E_ALREADY_EXISTS', `machine "${name}" already exists in tenant "${tenant}"`);
     await this.checkQuota(owner, 'Machine', name, m.spec);
+    if ((m.spec.disks ?? []).length > 0) checkMachineDisks(name, tenant, m.spec.disks ?? [], (await this.resources.list('Volume', tenant)).items);
     if (cur && isDeepStrictEqual(cur.spec, m.spec) && isDeepStrictEqual(cur.metadata.labels, m.metadata.labels)) {
       this.checkVersion(m, cur);
       return { type: 'object', object: cur, changed: false };
@@ -602,6 +603,10 @@ export class ControlPlane {
         throw new CarapaceError('CARAPACE_E_TENANT_NOT_EMPTY', `tenant "${a.name}" still owns ${secrets.items.length} secret(s), ${configs.items.length} config(s) and ${snaps.items.length} volume snapshot(s); delete them first`);
       }
     }
+    if (a.kind === 'Secret' || a.kind === 'Config') {
+      const [insts, svcs, jobs] = await Promise.all([this.resources.list('Instance', tenant), this.resources.list('Service', tenant), this.resources.list('Job', tenant)]);
+      checkMaterialDeletable(a.kind, tenant ?? '', a.name, { instances: insts.items, services: svcs.items, jobs: jobs.items });
+    }
     if (a.kind === 'Secret') {
       if (!(await deleteSecret(this.resources, tenant ?? '', a.name, a.resourceVersion, this.entry('delete', 'Secret', a.name, tenant)))) throw new CarapaceError('CARAPACE_E_NOT_FOUND', `${what} not found`);
       return { type: 'deleted', kind: a.kind, name: a.name, tenant: a.tenant };
@@ -642,8 +647,14 @@ export class ControlPlane {
     }
     if (a.kind === 'Volume') {
       // Refused while in use; the host's agent reclaims the storage of a volume whose object is gone.
-      const [insts, svcs, jobs, snaps] = await Promise.all([this.resources.list('Instance', tenant), this.resources.list('Service', tenant), this.resources.list('Job', tenant), this.resources.list('VolumeSnapshot', tenant)]);
-      if (await this.resources.get('Volume', a.name, tenant)) checkVolumeDeletable(tenant ?? '', a.name, { instances: insts.items, services: svcs.items, jobs: jobs.items, snapshots: snaps.items });
+      const [insts, svcs, jobs, machines, snaps] = await Promise.all([
+        this.resources.list('Instance', tenant),
+        this.resources.list('Service', tenant),
+        this.resources.list('Job', tenant),
+        this.resources.list('Machine', tenant),
+        this.resources.list('VolumeSnapshot', tenant),
+      ]);
+      if (await this.resources.get('Volume', a.name, tenant)) checkVolumeDeletable(tenant ?? '', a.name, { instances: insts.items, services: svcs.items, jobs: jobs.items, machines: machines.items, snapshots: snaps.items });
     }
     const removed =
       a.kind === 'Service' || a.kind === 'Tenant'

@@ -9,7 +9,7 @@
 import { isDeepStrictEqual } from 'node:util';
 import { createHash } from 'node:crypto';
 import { CarapaceError, isCarapaceError, type FieldIssue } from '../model/errors.js';
-import type { Instance, Metadata } from '../model/objects.js';
+import { TERMINAL_PHASES, type Instance, type Job, type Metadata, type Service } from '../model/objects.js';
 import { objectKey, SEALED_SECRET_PREFIX, sealedSecretKey } from '../model/keys.js';
 import { contentVersion, referencesOf, storedSecretSpec, type Config, type Secret } from '../model/secrets.js';
 import type { ContainerSpec, SecretManifest } from '../model/schemas.js';
@@ -108,6 +108,26 @@ export async function deleteSecret(r: Resources, tenant: string, name: string, r
       if (attempt >= 20) throw new CarapaceError('CARAPACE_E_CONFLICT', `secret "${name}" kept changing while it was being deleted; re-read and retry`);
     }
   }
+}
+
+/**
+ * Refuses deleting a Secret or Config that a service or job of its tenant references, or that
+ * a live instance's container still uses (CARAPACE_E_SECRET_IN_USE / CARAPACE_E_CONFIG_IN_USE
+ * naming the user): its users' next start would fail, and a replica re-created by a failover
+ * would not come back. Change or delete the users first.
+ */
+export function checkMaterialDeletable(kind: 'Secret' | 'Config', tenant: string, name: string, state: { instances: readonly Instance[]; services: readonly Service[]; jobs: readonly Job[] }): void {
+  const uses = (c: Pick<ContainerSpec, 'secrets' | 'configs' | 'envFrom'>): boolean => (kind === 'Secret' ? referencesOf(c).secrets : referencesOf(c).configs).includes(name);
+  const users = [
+    ...state.services.filter((w) => uses(w.spec)).map((w) => `service "${w.metadata.name}"`),
+    ...state.jobs.filter((w) => uses(w.spec)).map((w) => `job "${w.metadata.name}"`),
+    ...state.instances.filter((i) => !TERMINAL_PHASES.includes(i.status.phase) && !i.metadata.deletionRequestedAt && uses(i.spec.container)).map((i) => `instance "${i.metadata.name}"`),
+  ];
+  if (users.length === 0) return;
+  const what = kind === 'Secret' ? 'secret' : 'config';
+  throw new CarapaceError(kind === 'Secret' ? 'CARAPACE_E_SECRET_IN_USE' : 'CARAPACE_E_CONFIG_IN_USE', `${what} "${name}" in tenant "${tenant}" is used by ${users[0]}${users.length > 1 ? ` and ${users.length - 1} more` : ''}; change or delete its users first`, [
+    { path: 'metadata.name', message: `used by ${users.join(', ')}` },
+  ]);
 }
 
 /**

@@ -15,7 +15,7 @@
  */
 import { isDeepStrictEqual } from 'node:util';
 import { CarapaceError, type FieldIssue } from '../model/errors.js';
-import { TERMINAL_PHASES, type Instance, type Job, type Service } from '../model/objects.js';
+import { TERMINAL_PHASES, type Instance, type Job, type Machine, type Service } from '../model/objects.js';
 import type { JobSpec, ServiceSpec, TenantSpec } from '../model/schemas.js';
 import { formatMemory } from '../model/quantity.js';
 import { templateVolumeName, VOLUME_SERVICE_LABEL, VOLUME_TEMPLATE_LABEL, volumeSizeBytes, volumeSizeMiB, type Volume, type VolumeSpec, type VolumeStatus } from '../model/volumes.js';
@@ -188,7 +188,17 @@ export function checkWorkloadVolumes(
  * references (CARAPACE_E_VOLUME_IN_USE naming the user). A template volume of a replica past
  * the service's `replicas` (kept after a scale down) is no longer referenced and may go.
  */
-export function checkVolumeDeletable(tenant: string, volume: string, state: { instances: readonly Instance[]; services: readonly Service[]; jobs: readonly Job[]; snapshots?: readonly VolumeSnapshot[] }): void {
+export function checkVolumeDeletable(
+  tenant: string,
+  volume: string,
+  state: { instances: readonly Instance[]; services: readonly Service[]; jobs: readonly Job[]; machines?: readonly Machine[]; snapshots?: readonly VolumeSnapshot[] },
+): void {
+  const machine = (state.machines ?? []).find((m) => (m.spec.disks ?? []).some((d) => d.volume === volume));
+  if (machine) {
+    throw new CarapaceError('CARAPACE_E_VOLUME_IN_USE', `volume "${volume}" in tenant "${tenant}" is a disk of machine "${machine.metadata.name}" (spec.disks); change or delete the machine first`, [
+      { path: 'metadata.name', message: `a disk of machine ${machine.metadata.name}` },
+    ]);
+  }
   const live = liveMounters(volume, state.instances);
   const first = live[0];
   if (first) {
@@ -297,4 +307,14 @@ export function restoredVolume(name: string, spec: VolumeSpec, snap: VolumeSnaps
     spec: { ...spec, host: st.host },
     status: { phase: 'Bound', host: st.host, attachedTo: [], restoredFrom: { snapshot: snap.metadata.name, snapshotUid: snap.metadata.uid, volumeUid: st.volumeUid } },
   };
+}
+
+/**
+ * A machine's disks (`spec.disks`) must be volumes of its tenant (CARAPACE_E_VOLUME_NOT_FOUND
+ * with the field path): another tenant's volume of the same name is not found.
+ */
+export function checkMachineDisks(machine: string, tenant: string, disks: readonly { volume: string }[], volumes: readonly Volume[]): void {
+  const have = new Set(volumes.map((v) => v.metadata.name));
+  const issues = disks.flatMap((d, i) => (have.has(d.volume) ? [] : [{ path: `spec.disks[${i}].volume`, message: `tenant "${tenant}" has no volume "${d.volume}"` }]));
+  if (issues.length > 0) throw new CarapaceError('CARAPACE_E_VOLUME_NOT_FOUND', `machine "${machine}": ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues);
 }

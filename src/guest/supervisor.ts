@@ -210,7 +210,7 @@ export class Supervisor {
         seccomp,
         nofileLimit,
         ifOverlayRefused: 'copy',
-        mounts: (req.mounts ?? []).map((m) => ({ kind: 'bind' as const, source: m.source, destination: m.destination, readOnly: m.readOnly })),
+        mounts: (req.mounts ?? []).map((m) => ({ kind: 'bind' as const, source: m.source, destination: m.destination, readOnly: m.readOnly, volume: this.volumes.isVolume(m.source) })),
         log,
       });
       ctr.overlay = made.overlay;

@@ -146,6 +146,11 @@ export class GuestVolumes {
    * Checks a run request's mounts and records which volumes the container uses. Sources must
    * be a mounted volume (or a path inside one) or one of this container's own file sets.
    */
+  /** True when `source` lies in a mounted volume (not a file set). */
+  isVolume(source: string): boolean {
+    return source.startsWith(`${this.volumesDir}/`);
+  }
+
   claim(containerId: string, mounts: readonly WireMount[]): void {
     const vols = new Set<string>();
     const files = this.filesDir(containerId);

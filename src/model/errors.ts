@@ -78,6 +78,8 @@ export const ERROR_CATALOGUE = {
   CARAPACE_E_SNAPSHOT_NOT_READY: { status: 409, description: "A volume's `spec.source.snapshot` names a VolumeSnapshot that is not Ready (still Pending: retry once it is; Failed: its status says why)." },
   CARAPACE_E_VOLUME_TOO_SMALL: { status: 422, description: 'A volume restored from a snapshot asks for less than the size of the volume the snapshot was taken of (`details` names `spec.size` and the smallest size).' },
   CARAPACE_E_SECRET_NOT_FOUND: { status: 422, description: "A service or job references a Secret its tenant does not have (`details` names the field, e.g. `spec.secrets[0].secret`); apply the Secret first." },
+  CARAPACE_E_SECRET_IN_USE: { status: 409, description: 'Deleting a Secret that a service or job of its tenant references, or that a live instance still uses: change or delete its users first (the message names one; `details` lists them).' },
+  CARAPACE_E_CONFIG_IN_USE: { status: 409, description: 'Deleting a Config that a service or job of its tenant references, or that a live instance still uses: change or delete its users first (the message names one; `details` lists them).' },
   CARAPACE_E_CONFIG_NOT_FOUND: { status: 422, description: "A service or job references a Config its tenant does not have (`details` names the field, e.g. `spec.configs[0].config`); apply the Config first." },
   CARAPACE_E_DATA_KEY_NOT_FOUND: { status: 422, description: 'An `envFrom` entry names a key its Secret or Config does not hold (`details` names the field and lists the keys it has).' },
   CARAPACE_E_MOUNT_PATH_CONFLICT: {

@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { ContainerSpec } from '../model/schemas.js';
 import type { HostMount, ImageConfig, ResolverConfig } from './driver.js';
+import { initVolumeRoot } from './volume-owner.js';
 import { buildOciSpec, DEFAULT_CAPABILITIES, hostsFile, resolvConfFile, tenantResolvConf, resolveUser, type OciSpec, type SpecNetwork } from './oci-spec.js';
 import { run } from '../proc/run.js';
 import { convertSeccompProfile, goArchOf, type DockerSeccompProfile, type OciSeccomp } from './seccomp.js';
@@ -127,6 +128,11 @@ export async function prepareBundle(req: BundleRequest): Promise<PreparedBundle>
     nofileLimit: req.nofileLimit,
     ...(req.mounts ? { mounts: req.mounts } : {}),
   });
+  for (const m of req.mounts ?? []) {
+    if (!m.volume || m.readOnly) continue;
+    const init = await initVolumeRoot(m.source, req.rootfs, m.destination);
+    if (init.changed) req.log.info({ volume: m.source, destination: m.destination, uid: init.uid, gid: init.gid, mode: init.mode.toString(8) }, "fresh volume given the image directory's owner");
+  }
   await Promise.all([
     mkdir(join(dir, 'upper')),
     mkdir(join(dir, 'work')),

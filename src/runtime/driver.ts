@@ -41,7 +41,17 @@ export interface ResolverConfig {
  * a tenant writes there (a setuid binary, a device node) stays inert. Cells do not take host
  * paths: their volumes reach the VM as block devices.
  */
-export type HostMount = { kind: 'bind'; source: string; destination: string; readOnly: boolean };
+export type HostMount = {
+  kind: 'bind';
+  source: string;
+  destination: string;
+  readOnly: boolean;
+  /**
+   * `source` is a volume's filesystem root: a fresh one, mounted read-write, first takes the
+   * owner and mode of the image's directory at `destination` (see volume-owner.ts).
+   */
+  volume?: boolean;
+};
 
 export interface StartRequest {
   /**

@@ -68,9 +68,13 @@ export function volumeIndex(volumes: readonly Volume[], hosts: readonly Host[]):
  * (`VolumeNotFound`).
  */
 export function volumeConstraints(i: Instance, idx: VolumeIndex): HostConstraint[] {
-  const tenant = i.metadata.tenant ?? '';
+  return volumeNameConstraints(i.metadata.tenant ?? '', (i.spec.mounts ?? []).map((m) => m.volume), idx, 'instance');
+}
+
+/** volumeConstraints for any user of a tenant's volumes by name (an instance's mounts, a machine's disks). */
+function volumeNameConstraints(tenant: string, volumes: readonly string[], idx: VolumeIndex, user: 'instance' | 'machine'): HostConstraint[] {
   const out: HostConstraint[] = [];
-  for (const m of i.spec.mounts ?? []) {
+  for (const m of volumes.map((volume) => ({ volume }))) {
     const name = `volume ${tenant}/${m.volume}`;
     const v = idx.volumes.get(`${tenant}/${m.volume}`);
     if (!v) {
@@ -82,10 +86,10 @@ export function volumeConstraints(i: Instance, idx: VolumeIndex): HostConstraint
     const h = idx.hosts.get(host);
     const how = v.status.phase === 'Bound' ? 'lives on' : 'is pinned to';
     if (h && h.status.state === 'Ready' && h.spec.unschedulable) {
-      out.push({ name, hosts: [host], code: 'VolumeHostCordoned', reason: `${name} ${how} host ${host}, which is cordoned; the instance waits for it (its data is there)` });
+      out.push({ name, hosts: [host], code: 'VolumeHostCordoned', reason: `${name} ${how} host ${host}, which is cordoned; the ${user} waits for it (its data is there)` });
     } else {
       const state = !h ? 'not registered' : h.status.state === 'Ready' ? 'Ready' : 'NotReady';
-      out.push({ name, hosts: [host], code: 'VolumeHostNotReady', reason: `${name} ${how} host ${host}, which is ${state}; the instance waits for it (its data is there)` });
+      out.push({ name, hosts: [host], code: 'VolumeHostNotReady', reason: `${name} ${how} host ${host}, which is ${state}; the ${user} waits for it (its data is there)` });
     }
   }
   return out;
@@ -130,8 +134,11 @@ export function instanceRequestFromModel(i: Instance): InstanceRequest {
 }
 
 /** The request for one machine: its vCPUs and memory on a host that runs VMs (tier `machine`). */
-export function machineRequestFromModel(m: Machine): InstanceRequest {
+export function machineRequestFromModel(m: Machine, volumes?: VolumeIndex): InstanceRequest {
+  const disks = (m.spec.disks ?? []).map((d) => d.volume);
+  const constraints = volumes && disks.length > 0 ? volumeNameConstraints(m.metadata.tenant ?? '', disks, volumes, 'machine') : [];
   return {
+    ...(constraints.length > 0 ? { constraints } : {}),
     id: machineSchedulerId(m),
     tenant: m.metadata.tenant ?? '',
     group: '',

@@ -105,6 +105,8 @@ export interface AgentCommandOptions extends Omit<HostNodeOptions, 'resources' |
   /** …or join a server's agent API (`https://HOST:PORT`) with a join token (the normal way). */
   join?: string;
   token?: string;
+  /** With `store`: the servers' secrets keyring file, so Secrets of this host's instances can be decrypted here. */
+  secretsKeyring?: string;
 }
 
 /**
@@ -121,7 +123,9 @@ async function controlPlaneAddresses(urls: string[]): Promise<string[]> {
 /** `carapace agent`: this host's agent, cells and machines, over the cluster's store or agent API. */
 export async function runAgent(o: AgentCommandOptions): Promise<void> {
   const logger = pino({ level: process.env['CARAPACE_LOG_LEVEL'] ?? 'info' });
-  const { store: url, join: joinUrl, token, ...nodeOptions } = o;
+  const { store: url, join: joinUrl, token, secretsKeyring, ...nodeOptions } = o;
+  // Loaded before anything starts: a bad keyring stops the agent with its reason.
+  const keyring = secretsKeyring !== undefined ? await loadKeyring(secretsKeyring) : undefined;
   const hostName = o.hostName ?? defaultHostName();
   let store: Store;
   let remote: { store: RemoteStore; creds: AgentCredentials } | undefined;
@@ -144,9 +148,10 @@ export async function runAgent(o: AgentCommandOptions): Promise<void> {
   const infrastructure = [...(nodeOptions.infrastructure ?? []), ...(await controlPlaneAddresses([...(url ? [url] : []), ...(joinUrl ? [joinUrl] : [])]))];
   const resources = new Resources(store, undefined, systemEnv);
   // A joined agent gets its instances' secrets from the agent API (which checks they are
-  // placed here); one on the store directly has no keyring: configs only.
+  // placed here); one on the store directly decrypts them with the keyring it was given
+  // (without one: configs only, and a clear error for instances that use secrets).
   const rs = remote?.store;
-  const material: MaterialSource = rs ? (inst) => rs.instanceMaterial(inst.metadata.tenant ?? '', inst.metadata.name) : (inst) => instanceMaterial(resources, undefined, inst);
+  const material: MaterialSource = rs ? (inst) => rs.instanceMaterial(inst.metadata.tenant ?? '', inst.metadata.name) : (inst) => instanceMaterial(resources, keyring, inst);
   const node = await createHostNode({ ...nodeOptions, infrastructure, hostName, resources, env: systemEnv, logger, material });
   const ac = new AbortController();
   setMaxListeners(100, ac.signal);

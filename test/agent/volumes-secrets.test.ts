@@ -11,7 +11,7 @@
  * appears in no log line of the process.
  */
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -19,6 +19,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startAllInOne, type RunningAllInOne } from '../../src/allinone/allinone.js';
 import { buildBusyboxImage, freePort, startRegistry, type RunningRegistry } from '../../src/image/testing/index.js';
+import { buildDebianImage } from '../../src/image/testing/debian-image.js';
 import type { Instance } from '../../src/model/objects.js';
 import type { Volume } from '../../src/model/volumes.js';
 import { run } from '../../src/proc/run.js';
@@ -35,6 +36,8 @@ let dir: string;
 let stateDir: string;
 let registry: RunningRegistry;
 let image: string;
+/** An image that runs as uid 1001 and declares /srv/data as its (1001-owned, 0750) data directory. */
+let nonRootImage: string;
 let aio: RunningAllInOne;
 const savedConfigEnv = process.env['CARAPACE_CONFIG'];
 
@@ -80,6 +83,16 @@ beforeAll(async () => {
   process.env['CARAPACE_CONFIG'] = join(dir, 'cli-config.json');
   registry = await startRegistry({ dir: join(dir, 'registry') });
   image = (await buildBusyboxImage({ registry: registry.address, repository: 'volsec/busybox', tag: '1' })).reference;
+  nonRootImage = (
+    await buildDebianImage({
+      registry: registry.address,
+      repository: 'volsec/nonroot',
+      tag: '1',
+      users: [{ name: 'app', uid: 1001, gid: 1001, home: '/srv' }],
+      dirs: [{ path: '/srv/data', uid: 1001, gid: 1001, mode: 0o750 }],
+      user: 'app',
+    })
+  ).reference;
   process.env['CARAPACE_VOLUME_SWEEP_MS'] = '300';
   process.env['CARAPACE_FILES_REFRESH_MS'] = '300';
   aio = await startAllInOne({ stateDir, port: await freePort(), logger, hostName: 'volsec', network: false, stopGraceMs: 1_000 });
@@ -215,5 +228,22 @@ describe('volumes, secrets and configs in host-run containers', () => {
       expect(logText.includes(PASSWORD)).toBe(false);
       expect(logText.includes(PASSWORD2)).toBe(false);
     }, 180_000);
+
+    it(`${isolation}: an image that runs as a non-root user writes to a fresh volume (it takes the image directory's owner)`, async () => {
+      const svc = `nonroot-${isolation}`;
+      await put('Volume', `own-${isolation}`, { size: '16Mi' });
+      await put('Service', svc, { image: nonRootImage, isolation, cpu: 0.1, memory: 32, command: ['sh', '-c', 'id -u > /srv/data/who && sync; exec sleep 100000'], volumes: [{ volume: `own-${isolation}`, mountPath: '/srv/data' }] });
+      const vol = await until('the volume bound', async () => {
+        const v = await api<Volume>('GET', `/v1/tenants/acme/volumes/own-${isolation}`);
+        return v.status.phase === 'Bound' ? v : undefined;
+      });
+      const dataDir = volumes().mountDir(vol.metadata.uid);
+      expect(await until('the container to write as uid 1001', async () => readFile(join(dataDir, 'who'), 'utf8').catch(() => undefined))).toBe('1001\n');
+      const root = await stat(dataDir);
+      expect([root.uid, root.gid, (root.mode & 0o7777).toString(8)]).toEqual([1001, 1001, '750']);
+      await api('DELETE', `/v1/tenants/acme/services/${svc}`);
+      await until('the volume unmounted from the host', async () => ((await mounted(dataDir)) ? undefined : true));
+      await until('the volume deleted', async () => (await api('DELETE', `/v1/tenants/acme/volumes/own-${isolation}`), true));
+    }, 120_000);
   }
 });

@@ -262,7 +262,15 @@ describe('secrets through the API', () => {
     }
   });
 
-  it('deletes a secret with its sealed record; a server without a keyring refuses Secret writes', async () => {
+  it('deletes a secret with its sealed record once nothing uses it; a server without a keyring refuses Secret writes', async () => {
+    // In use by service web: refused, naming the user; nothing is deleted.
+    const inUse = await call('DELETE', '/v1/tenants/acme/secrets/db');
+    expect([inUse.status, inUse.json.error.code]).toEqual([409, 'CARAPACE_E_SECRET_IN_USE']);
+    expect(inUse.json.error.message).toMatch(/secret "db" in tenant "acme" is used by service "web"/);
+    expect(inUse.json.error.details).toEqual([{ path: 'metadata.name', message: 'used by service "web"' }]);
+    expect(await store.get(sealedSecretKey('acme', 'db'))).toBeDefined();
+    const configInUse = await call('DELETE', '/v1/tenants/acme/configs/app');
+    expect([configInUse.status, configInUse.json.error.code]).toEqual([409, 'CARAPACE_E_CONFIG_IN_USE']);
     expect((await call('DELETE', '/v1/tenants/acme/services/web')).status).toBe(200);
     expect((await call('DELETE', '/v1/tenants/acme/secrets/db')).status).toBe(200);
     expect(await store.get(sealedSecretKey('acme', 'db'))).toBeUndefined();

@@ -45,7 +45,7 @@ beforeAll(async () => {
   const stateDir = join(tmp.dir, 'state');
   await buildHelloMachine(join(stateDir, 'machine-images'));
   // One warm cell: the first tenant's cell is taken from the pool instead of booting.
-  server = new Server(stateDir, await freePort(), ['--warm-cells', '1', '--accel', 'tcg'], { CARAPACE_CELL_GRACE_MS: '3000', CARAPACE_USAGE_SAMPLE_MS: '2000' });
+  server = new Server(stateDir, await freePort(), ['--warm-cells', '1', '--accel', 'tcg'], { CARAPACE_CELL_GRACE_MS: '3000', CARAPACE_USAGE_SAMPLE_MS: '2000', CARAPACE_VOLUME_SWEEP_MS: '1000', CARAPACE_VOLUME_HANDOUT_GRACE_MS: '20000' });
   await server.start();
   await eventually(async () => (await list<Cell>('cells')).some((c) => c.spec.tenant === '' && c.status.phase === 'Ready'), 150_000, 'a warm cell');
   expect((await apply([tenant('acme'), tenant('globex', { minIsolation: 'cell' })])).code).toBe(0);
@@ -254,9 +254,10 @@ describe('cells', () => {
 });
 
 describe('machines', () => {
-  it('boots a plain VM whose console log shows it, and stops it', async () => {
-    const m = { apiVersion: 'carapace/v1', kind: 'Machine', metadata: { name: 'legacy', tenant: 'acme' }, spec: { kernel: 'host', initrd: 'hello-machine.cpio.gz', memory: '128Mi' } };
-    const r = await apply([m], ['--wait', '--timeout', '120']);
+  it('boots a plain VM with a volume as its extra disk, whose console log shows it; stops it; a deleted machine gives its volume back', async () => {
+    const m = { apiVersion: 'carapace/v1', kind: 'Machine', metadata: { name: 'legacy', tenant: 'acme' }, spec: { kernel: 'host', initrd: 'hello-machine.cpio.gz', memory: '128Mi', disks: [{ volume: 'legacydisk' }] } };
+    const disk = { apiVersion: 'carapace/v1', kind: 'Volume', metadata: { name: 'legacydisk', tenant: 'acme' }, spec: { size: '16Mi' } };
+    const r = await apply([disk, m], ['--wait', '--timeout', '120']);
     expect(r.code, r.stdout + r.stderr).toBe(0);
     const log = await eventually(async () => {
       const l = await cli(server.url, ['logs', 'machine/acme/legacy']);
@@ -271,5 +272,10 @@ describe('machines', () => {
     await cli(server.url, ['delete', 'machine', 'acme/legacy']);
     await cli(server.url, ['delete', 'machine', 'acme/broken']);
     await eventually(async () => (await list<Machine>('machines')).length === 0, 60_000, 'machines removed');
+    // The volume was handed to the machine's VM (QEMU opened its image); with the VM gone the
+    // agent's sweep gives it back to the host, where it can be mounted again.
+    const vol = (await list<Volume>('volumes')).find((v) => v.metadata.name === 'legacydisk');
+    const store = new VolumeStore({ stateDir: join(tmp.dir, 'state'), logger: pino({ level: 'silent' }) });
+    await eventually(async () => ((await store.list()).find((v) => v.id === vol?.metadata.uid)?.attachment === 'none' ? true : undefined), 60_000, 'the volume given back to the host');
   }, 300_000);
 });

@@ -10,11 +10,8 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pino } from 'pino';
 import { freePort } from '../../src/image/testing/registry.js';
-import { SecretFiles } from '../../src/storage/secret-files.js';
-import { VolumeStore } from '../../src/storage/volume-store.js';
+import { teardownHost } from '../../src/agent/teardown.js';
 import { createRuncDriver, createRunscDriver } from '../../src/runtime/index.js';
-import { createTenantNetworking } from '../../src/network/tenant-networking.js';
-import { createVmManager } from '../../src/vm/qemu.js';
 import { CommandError, run } from '../../src/proc/run.js';
 import type { ContainerInfo } from '../../src/runtime/driver.js';
 
@@ -165,32 +162,9 @@ export async function containers(stateDir: string): Promise<(ContainerInfo & { r
   return out;
 }
 
-/** Removes every container and network the all-in-one left behind (test cleanup). */
+/** Removes every container, VM, network, volume mount and secret tmpfs the all-in-one left behind (test cleanup; see agent/teardown.ts). */
 export async function destroyAll(stateDir: string, net: { prefix?: string; netns?: string } = {}): Promise<void> {
-  const logger = pino({ level: 'silent' });
-  for (const [runtime, make] of [
-    ['runc', createRuncDriver],
-    ['runsc', createRunscDriver],
-  ] as const) {
-    const d = make({ stateDir: join(stateDir, 'runtime', runtime), logger });
-    for (const c of await d.recover().catch(() => [])) {
-      await d.stop(c.id, 0).catch(() => undefined);
-      await d.destroy(c.id).catch(() => undefined);
-    }
-  }
-  if (existsSync(join(stateDir, 'vms'))) {
-    const vms = createVmManager({ stateDir: join(stateDir, 'vms'), logger, accel: 'tcg' });
-    for (const vm of vms.recover()) await vms.destroy(vm.id, 0).catch(() => undefined);
-  }
-  // The data plane must use the prefix the agent used: another one refuses the recorded state
-  // (and would leave every segment, namespace and tap behind for the next test to meet).
-  if (existsSync(join(stateDir, 'network'))) await createTenantNetworking({ stateDir: join(stateDir, 'network'), logger, ...net }).removeAll();
-  // Volumes left mounted (loop devices) and the secret files' tmpfs.
-  if (existsSync(join(stateDir, 'volumes'))) {
-    const volumes = new VolumeStore({ stateDir, logger });
-    for (const v of await volumes.list().catch(() => [])) await volumes.unmount(v.id).catch(() => undefined);
-  }
-  if (existsSync(join(stateDir, 'files'))) await new SecretFiles({ runDir: join(stateDir, 'files'), logger }).teardown().catch(() => undefined);
+  await teardownHost(stateDir, net);
 }
 
 export async function tempDir(prefix: string): Promise<{ dir: string; cleanup: () => Promise<void> }> {

@@ -3,7 +3,8 @@
  * processes (each its own state directory and network prefix: two hosts on one machine), real
  * runc containers. Killing an agent with SIGKILL stops its lease: the host is declared
  * NotReady, its instances run again on the other host, and when it comes back the copies it
- * still ran are destroyed (fenced), so no instance runs twice. Every step is audited.
+ * still ran are destroyed (fenced), so no instance runs twice. Every step is audited. The
+ * agents, on the store directly, decrypt their instances' Secrets with the servers' keyring.
  */
 import { join } from 'node:path';
 import { writeFile } from 'node:fs/promises';
@@ -12,6 +13,8 @@ import { buildBusyboxImage, startRegistry, type RunningRegistry } from '../../sr
 import { startEtcd, type EtcdProcess } from '../../src/store/testing/etcd.js';
 import type { Host, Instance } from '../../src/model/objects.js';
 import { LABELS } from '../../src/agent/container-id.js';
+import { createRuncDriver } from '../../src/runtime/index.js';
+import { pino } from 'pino';
 import { Agent, cli, containers, destroyAll, eventually, freePort, Server, tempDir } from './helpers.js';
 
 let tmp: { dir: string; cleanup: () => Promise<void> };
@@ -22,6 +25,8 @@ const agents: Record<string, Agent> = {};
 /** Each agent's network prefix: two agents share this machine's network namespace. */
 const NET_PREFIXES: Record<string, string> = { h1: 'hh1', h2: 'hh2' };
 let image = '';
+/** The servers' secrets keyring, given to the agents on the store too (`--secrets-keyring`). */
+let keyring = '';
 
 async function list<T>(what: string): Promise<T[]> {
   const r = await cli(server.url, ['get', what, '-o', 'json']);
@@ -44,7 +49,7 @@ async function running(): Promise<Map<string, string[]>> {
 
 function agentFor(h: string): Agent {
   const prefix = NET_PREFIXES[h]!; // h is one of NET_PREFIXES' keys
-  return new Agent(join(tmp.dir, h), ['--store', `etcd://${etcd.endpoint.replace(/^http:\/\//, '')}`, '--host-name', h, '--net-prefix', prefix, '--label', `zone=${h === 'h1' ? 'a' : 'b'}`]);
+  return new Agent(join(tmp.dir, h), ['--store', `etcd://${etcd.endpoint.replace(/^http:\/\//, '')}`, '--secrets-keyring', keyring, '--host-name', h, '--net-prefix', prefix, '--label', `zone=${h === 'h1' ? 'a' : 'b'}`]);
 }
 
 beforeAll(async () => {
@@ -52,7 +57,10 @@ beforeAll(async () => {
   registry = await startRegistry({ dir: join(tmp.dir, 'registry') });
   image = (await buildBusyboxImage({ registry: registry.address, repository: 'hosts/busybox', tag: '1' })).reference;
   etcd = await startEtcd();
-  server = new Server(join(tmp.dir, 'server'), await freePort(), ['--store', `etcd://${etcd.endpoint.replace(/^http:\/\//, '')}`], {}, 'server');
+  keyring = join(tmp.dir, 'secrets.keyring');
+  const made = await cli('http://127.0.0.1:1', ['secrets', 'new-key', '--keyring', keyring]);
+  expect(made.code, made.stderr).toBe(0);
+  server = new Server(join(tmp.dir, 'server'), await freePort(), ['--store', `etcd://${etcd.endpoint.replace(/^http:\/\//, '')}`, '--secrets-keyring', keyring], {}, 'server');
   await server.start();
   for (const h of Object.keys(NET_PREFIXES)) {
     agents[h] = agentFor(h);
@@ -161,4 +169,36 @@ describe('host failure', () => {
     expect(records).toContain('"action":"instance.evicted"');
     expect(records).toContain('"action":"host.drain"');
   }, 180_000);
+
+  it("gives an instance its Secret on an agent that reaches the store directly (the servers' keyring)", async () => {
+    const file = join(tmp.dir, 'reader.yaml');
+    const token = 'tok-3e9a71c0';
+    await writeFile(
+      file,
+      [
+        { apiVersion: 'carapace/v1', kind: 'Secret', metadata: { name: 'api', tenant: 'acme' }, spec: { data: { token } } },
+        {
+          apiVersion: 'carapace/v1',
+          kind: 'Service',
+          metadata: { name: 'reader', tenant: 'acme' },
+          spec: { image, isolation: 'host', command: ['sh', '-c', 'echo "file=$(wc -c < /run/secrets/api/token) env=${#TOKEN}"; exec sleep 3600'], secrets: [{ secret: 'api' }], envFrom: [{ name: 'TOKEN', secret: 'api', key: 'token' }] },
+        },
+      ]
+        .map((d) => JSON.stringify(d))
+        .join('\n---\n'),
+    );
+    const applied = await cli(server.url, ['apply', '-f', file, '--wait', '--timeout', '120']);
+    expect(applied.code, applied.stdout + applied.stderr).toBe(0);
+    // Agents on the store directly serve no logs to the API: read the container's log on its host.
+    const inst = (await list<Instance>('instances')).find((i) => i.metadata.name === 'reader-0');
+    const driver = createRuncDriver({ stateDir: join(tmp.dir, inst?.spec.host ?? '', 'runtime', 'runc'), logger: pino({ level: 'silent' }) });
+    const log = await eventually(async () => {
+      let l = '';
+      for await (const line of driver.logs(inst?.status.containerId ?? '', { follow: false })) l += `${line.text}\n`;
+      return l.includes('file=') ? l : undefined;
+    }, 30_000, 'reader log');
+    expect(log).toContain(`file=${token.length} env=${token.length}`);
+    for (const a of Object.values(agents)) expect(a.log).not.toContain(token);
+    expect(server.log).not.toContain(token);
+  }, 120_000);
 });

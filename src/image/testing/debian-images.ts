@@ -45,6 +45,12 @@ const PG_PROGRAMS = ['postgres', 'initdb', 'pg_ctl', 'pg_isready', 'psql', 'pg_d
  * requires scram-sha-256 for every TCP connection; without one, it listens on localhost only
  * with trust auth (nothing outside the container can connect). The Unix socket is trusted in
  * both cases: only processes inside the container reach it (exec checks, psql via exec).
+ *
+ * On every later start with a password file (the cluster exists), the `postgres` role's
+ * password is set from the file again before the server starts (postgres in single-user mode,
+ * the SQL on a pipe, never in argv or on disk; statements are kept out of its log), so a
+ * rotated secret (`onChange: restart`) rotates the database's password. The official image
+ * reads POSTGRES_PASSWORD at initdb only, and a rotated secret then locks every client out.
  */
 const ENTRYPOINT = `#!/bin/sh
 set -eu
@@ -85,6 +91,13 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     as_postgres initdb --username=postgres --auth-local=trust --auth-host=trust --locale=C --encoding=UTF8 >/dev/null
     printf "listen_addresses = 'localhost'\\n" >> "$PGDATA/postgresql.conf"
   fi
+elif [ -s "$pwfile" ]; then
+  # The password may have changed since initdb (a rotated secret). Quotes are doubled for the
+  # SQL literal; -j ends a statement at ";" and an empty line, so a newline in it is kept.
+  { printf "ALTER ROLE postgres PASSWORD '"; sed "s/'/''/g" "$pwfile"; printf "';\\n\\n"; } |
+    as_postgres postgres --single -j -c log_min_error_statement=panic -c log_statement=none postgres >/dev/null ||
+    { echo "entrypoint: could not set the postgres password from $pwfile" >&2; exit 1; }
+  echo "entrypoint: postgres password set from $pwfile"
 fi
 if [ "$(id -u)" = 0 ]; then
   exec /usr/bin/setpriv --reuid=postgres --regid=postgres --init-groups postgres "$@"

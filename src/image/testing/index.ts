@@ -11,3 +11,4 @@ export {
   buildDebianImages, buildPostgresImage, buildFioImage, DEBIAN_REPOSITORIES, POSTGRES_UID, POSTGRES_VOLUME, POSTGRES_PGDATA, POSTGRES_PASSWORD_FILE,
   type DebianImages,
 } from './debian-images.js';
+export { buildGuestbookImages, buildGuestbookApiImage, buildGuestbookWebImage, GUESTBOOK_REPOSITORIES, type GuestbookImages } from './guestbook-images.js';
