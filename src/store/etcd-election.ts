@@ -296,10 +296,12 @@ export class EtcdElector implements LeaderElector {
     end(failure ? 'the leader loops failed' : 'the leader loops ended');
     lease.lost.signal.removeEventListener('abort', onLost);
     signal.removeEventListener('abort', onStop);
-    await watching;
+    // The term is over and its reason fixed (the first abort's): say so now. Closing the key's
+    // watch may wait on a connection that is gone (a partitioned leader), long after a rival leads.
     const reason = String(ac.signal.reason);
     if (reason === 'resigned') this.opts.onEvent?.({ type: 'resigned', term });
     else this.opts.onEvent?.({ type: 'lost', term, reason });
+    await watching;
     return failure;
   }
 

@@ -232,13 +232,15 @@ describe('volumes, secrets and configs in host-run containers', () => {
     it(`${isolation}: an image that runs as a non-root user writes to a fresh volume (it takes the image directory's owner)`, async () => {
       const svc = `nonroot-${isolation}`;
       await put('Volume', `own-${isolation}`, { size: '16Mi' });
-      await put('Service', svc, { image: nonRootImage, isolation, cpu: 0.1, memory: 32, command: ['sh', '-c', 'id -u > /srv/data/who && sync; exec sleep 100000'], volumes: [{ volume: `own-${isolation}`, mountPath: '/srv/data' }] });
+      await put('Service', svc, { image: nonRootImage, isolation, cpu: 0.1, memory: 32, command: ['sh', '-c', 'id -u > /srv/data/who.tmp && sync && mv /srv/data/who.tmp /srv/data/who; exec sleep 100000'], volumes: [{ volume: `own-${isolation}`, mountPath: '/srv/data' }] });
       const vol = await until('the volume bound', async () => {
         const v = await api<Volume>('GET', `/v1/tenants/acme/volumes/own-${isolation}`);
         return v.status.phase === 'Bound' ? v : undefined;
       });
       const dataDir = volumes().mountDir(vol.metadata.uid);
-      expect(await until('the container to write as uid 1001', async () => readFile(join(dataDir, 'who'), 'utf8').catch(() => undefined))).toBe('1001\n');
+      // Written to a temporary name, synced, then renamed: the host sees the file only whole
+      // (a sandbox's writes reach the host file after its creation, so '' was seen once).
+      expect(await until('the container to write as uid 1001', async () => readFile(join(dataDir, 'who'), 'utf8').then((s) => s || undefined, () => undefined))).toBe('1001\n');
       const root = await stat(dataDir);
       expect([root.uid, root.gid, (root.mode & 0o7777).toString(8)]).toEqual([1001, 1001, '750']);
       await api('DELETE', `/v1/tenants/acme/services/${svc}`);

@@ -91,6 +91,10 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     as_postgres initdb --username=postgres --auth-local=trust --auth-host=trust --locale=C --encoding=UTF8 >/dev/null
     printf "listen_addresses = 'localhost'\\n" >> "$PGDATA/postgresql.conf"
   fi
+  # initdb fsyncs what it writes; these appends are ours. Without a sync, a power cut (a
+  # cell's VM killed) can leave the files' new size on disk with the appended bytes unwritten
+  # (zeros), and postgres then refuses its configuration (found by the cell failover test).
+  sync
 elif [ -s "$pwfile" ]; then
   # The password may have changed since initdb (a rotated secret). Quotes are doubled for the
   # SQL literal; -j ends a statement at ";" and an empty line, so a newline in it is kept.
