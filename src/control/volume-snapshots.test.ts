@@ -52,6 +52,25 @@ async function agentTakes(name: string, sizeBytes = 1024 * 1024 * 1024): Promise
 }
 
 describe('volume snapshots', () => {
+  it('counts snapshots in the tenant\'s storage quota at their volume\'s size (Failed ones hold nothing)', async () => {
+    await h.apply({ kind: 'Tenant', metadata: { name: 'acme' }, spec: { quota: { storage: '2560Mi' } } });
+    await boundVolume();
+    await snapshot('s1', 'pgdata');
+    await volume('spare', { size: '64Mi' });
+    await snapshot('never', 'spare'); // Failed at once (never used): counts nothing
+    // 1Gi volume + 1Gi snapshot + 64Mi: another 1Gi snapshot would be 3136Mi > 2560Mi.
+    const over = await refusal(snapshot('s2', 'pgdata'));
+    expect(over).toMatchObject({ code: 'CARAPACE_E_QUOTA_EXCEEDED', details: [{ path: 'spec.volume', message: expect.stringContaining('2560Mi') }] });
+    expect(await h.resources.get('VolumeSnapshot', 's2', 'acme')).toBeUndefined();
+    // Nor may a volume take the room the snapshot holds.
+    const vol = await refusal(volume('big', { size: '512Mi' }));
+    expect(vol).toMatchObject({ code: 'CARAPACE_E_QUOTA_EXCEEDED', details: [{ path: 'spec.size' }] });
+    // Deleting the snapshot gives the room back.
+    await h.cp.handle({ type: 'delete', kind: 'VolumeSnapshot', name: 's1', tenant: 'acme' });
+    await snapshot('s2', 'pgdata');
+    expect((await snap('s2')).status.phase).toBe('Pending');
+  });
+
   it('refuses a snapshot of a volume the tenant does not have (another tenant\'s included), with the field path', async () => {
     await boundVolume();
     const unknown = await refusal(snapshot('s1', 'nope'));
@@ -66,7 +85,7 @@ describe('volume snapshots', () => {
     await boundVolume();
     const pgdata = await h.resources.mustGet('Volume', 'pgdata', 'acme');
     await snapshot('s1', 'pgdata');
-    expect((await snap('s1')).status).toEqual({ phase: 'Pending', host: 'h2', volumeUid: pgdata.metadata.uid });
+    expect((await snap('s1')).status).toEqual({ phase: 'Pending', host: 'h2', volumeUid: pgdata.metadata.uid, sizeBytes: 1024 * 1024 * 1024 });
     await volume('spare', { size: '64Mi' });
     await snapshot('s2', 'spare');
     expect((await snap('s2')).status).toMatchObject({ phase: 'Failed', reason: 'VolumeNotBound', message: expect.stringContaining('never used') });
@@ -153,8 +172,8 @@ describe('restoring a snapshot into a new volume', () => {
     await h.apply({ kind: 'Service', metadata: { name: 'check', tenant: 'acme' }, spec: { image: 'reg/pg:16', isolation: 'host', volumes: [{ volume: 'back', mountPath: '/data' }] } });
     await h.controller.reconcile('Service/acme/check');
     expect((await h.resources.mustGet('Instance', 'check-0', 'acme')).spec.host).toBe('h2');
-    // Counted in the storage quota like any volume.
-    await h.apply({ kind: 'Tenant', metadata: { name: 'acme' }, spec: { quota: { storage: '3Gi' } } });
+    // Counted in the storage quota like any volume (1Gi pgdata + 2Gi back + 1Gi snapshot s3).
+    await h.apply({ kind: 'Tenant', metadata: { name: 'acme' }, spec: { quota: { storage: '4Gi' } } });
     await snapshot('s3', 'pgdata');
     await agentTakes('s3');
     const over = await refusal(volume('back2', { size: '1Gi', source: { snapshot: 's3' } }));

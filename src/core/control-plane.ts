@@ -10,7 +10,7 @@ import { KINDS, type AnyObject, type Job, type Machine, type Metadata, type Serv
 import { AVAILABLE_ISOLATION, ISOLATION_ORDER, isolationAtLeast, type ConfigManifest, type JobManifest, type MachineManifest, type Manifest, type ServiceManifest, type TenantManifest, type VolumeManifest, type VolumeSnapshotManifest } from '../model/schemas.js';
 import { VOLUME_SERVICE_LABEL, VOLUME_TEMPLATE_LABEL, volumeSizeMiB, type Volume } from '../model/volumes.js';
 import type { VolumeSnapshot } from '../model/volume-snapshots.js';
-import { checkMachineDisks, checkSnapshotSpec, checkStorageQuota, checkVolumeDeletable, checkVolumeUpdate, checkWorkloadVolumes, newSnapshotStatus, restoredVolume, storageOf, type TemplateVolume } from './volumes.js';
+import { checkMachineDisks, checkSnapshotSpec, checkStorageQuota, checkVolumeDeletable, checkVolumeUpdate, checkWorkloadVolumes, newSnapshotStatus, restoredVolume, snapshotStorageMiB, storageOf, type TemplateVolume } from './volumes.js';
 import { checkContainerRefs, type Config } from '../model/secrets.js';
 import { applySecret, checkMaterialDeletable, checkReferences, deleteSecret, reencryptSecrets } from './secrets.js';
 import type { Keyring } from './secret-box.js';
@@ -228,7 +228,7 @@ export class ControlPlane {
    */
   private async applyVolumeSnapshot(m: VolumeSnapshotManifest, createOnly: boolean): Promise<ActionResult> {
     const { name, tenant } = m.metadata;
-    await this.ownerTenant(tenant);
+    const owner = await this.ownerTenant(tenant);
     const cur = await this.resources.get('VolumeSnapshot', name, tenant);
     if (cur && createOnly) throw new CarapaceError('CARAPACE_E_ALREADY_EXISTS', `volume snapshot "${name}" already exists in tenant "${tenant}"`);
     const volume = checkSnapshotSpec(name, tenant, m.spec, cur, cur ? undefined : await this.resources.get('Volume', m.spec.volume, tenant));
@@ -239,6 +239,12 @@ export class ControlPlane {
     const obj: VolumeSnapshot = cur
       ? { ...cur, metadata: { ...cur.metadata, labels: m.metadata.labels, updatedAt: this.env.now() } }
       : { kind: 'VolumeSnapshot', metadata: this.newMetadata(name, m.metadata.labels, tenant), spec: m.spec, status: newSnapshotStatus(volume as Volume) }; // checkSnapshotSpec returns the volume for a new snapshot
+    if (!cur) {
+      // A copy takes its volume's size of the host's disk: counted in the tenant's storage quota.
+      const [vols, snaps] = await Promise.all([this.resources.list('Volume', tenant), this.resources.list('VolumeSnapshot', tenant)]);
+      const before = storageOf(vols.items, snaps.items);
+      checkStorageQuota(owner.spec.quota, tenant, before, before + snapshotStorageMiB(obj), 'spec.volume', `volume snapshot "${name}"`);
+    }
     const detail = { volume: m.spec.volume, ...(obj.status.host ? { host: obj.status.host } : {}), phase: obj.status.phase };
     const written = await this.resources.write(obj, this.expected(m, cur, createOnly), this.entry(cur ? 'update' : 'create', 'VolumeSnapshot', name, tenant, detail));
     return { type: 'object', object: written, created: !cur, changed: true };
@@ -270,8 +276,8 @@ export class ControlPlane {
     if (cur) checkVolumeUpdate(cur, spec);
     // A new volume from a snapshot is checked against it and bound to its host at once.
     const made = cur ? undefined : restoredVolume(name, spec, spec.source ? await this.resources.get('VolumeSnapshot', spec.source.snapshot, tenant) : undefined);
-    const volumes = (await this.resources.list('Volume', tenant)).items;
-    const before = storageOf(volumes);
+    const [volumes, snapshots] = await Promise.all([this.resources.list('Volume', tenant), this.resources.list('VolumeSnapshot', tenant)]);
+    const before = storageOf(volumes.items, snapshots.items);
     checkStorageQuota(owner.spec.quota, tenant, before, before - (cur ? volumeSizeMiB(cur.spec.size) : 0) + volumeSizeMiB(spec.size), 'spec.size', `volume "${name}"`);
     const obj: Volume = cur
       ? {
@@ -490,9 +496,11 @@ export class ControlPlane {
     // Nothing to check for a workload that mounts no volume (the common apply): skip the lists.
     const mountsVolumes = (m.spec.volumes?.length ?? 0) > 0 || (m.kind === 'Service' && (m.spec.volumeTemplates?.length ?? 0) > 0);
     const empty = { items: [] as never[] };
-    const [vols, svcs, jobsNow] = mountsVolumes ? await Promise.all([this.resources.list('Volume', tenant), this.resources.list('Service', tenant), this.resources.list('Job', tenant)]) : [empty, empty, empty];
+    const [vols, svcs, jobsNow, snapsNow] = mountsVolumes
+      ? await Promise.all([this.resources.list('Volume', tenant), this.resources.list('Service', tenant), this.resources.list('Job', tenant), this.resources.list('VolumeSnapshot', tenant)])
+      : [empty, empty, empty, empty];
     const templates = checkWorkloadVolumes(m.kind, name, m.spec, { volumes: vols.items, services: svcs.items, jobs: jobsNow.items });
-    const storageBefore = storageOf(vols.items);
+    const storageBefore = storageOf(vols.items, snapsNow.items);
     const storageAfter = storageBefore + templates.reduce((n, t) => n + volumeSizeMiB(t.size) - (t.existing ? volumeSizeMiB(t.existing.spec.size) : 0), 0);
     checkStorageQuota(owner.spec.quota, tenant, storageBefore, storageAfter, 'spec.volumeTemplates', `${m.kind} "${name}"`);
     const extra = this.templateWrites(name, tenant, templates);

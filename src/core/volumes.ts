@@ -61,9 +61,18 @@ export function liveMounters(volume: string, instances: readonly Instance[]): In
   return instances.filter((i) => !TERMINAL_PHASES.includes(i.status.phase) && (i.spec.mounts ?? []).some((m) => m.volume === volume));
 }
 
-/** What the tenant's volumes hold in total, in MiB. */
-export function storageOf(volumes: readonly Volume[]): number {
-  return volumes.reduce((n, v) => n + volumeSizeMiB(v.spec.size), 0);
+/** What one snapshot holds against its tenant's storage quota, in MiB (a Failed one holds nothing). */
+export function snapshotStorageMiB(s: VolumeSnapshot): number {
+  return s.status.phase === 'Failed' ? 0 : Math.ceil((s.status.sizeBytes ?? 0) / (1024 * 1024));
+}
+
+/**
+ * What the tenant's volumes and volume snapshots hold in total, in MiB. Snapshots count at
+ * their volume's size: a copy takes that much of the host's disk where the host cannot share
+ * blocks (ext4), and a tenant must not fill a host's disk with snapshots past its quota.
+ */
+export function storageOf(volumes: readonly Volume[], snapshots: readonly VolumeSnapshot[] = []): number {
+  return volumes.reduce((n, v) => n + volumeSizeMiB(v.spec.size), 0) + snapshots.reduce((n, s) => n + snapshotStorageMiB(s), 0);
 }
 
 /** Refuses taking the tenant's storage from `before` to `after` MiB past its quota (only when it grows). */
@@ -239,7 +248,8 @@ export function newSnapshotStatus(volume: Volume): VolumeSnapshotStatus {
       message: `volume "${volume.metadata.name}" was never used, so it lives on no host and holds no data; snapshot it once a workload has mounted it`,
     };
   }
-  return { phase: 'Pending', host: volume.status.host, volumeUid: volume.metadata.uid };
+  // Its size is known now (the volume's): it counts against the storage quota from creation.
+  return { phase: 'Pending', host: volume.status.host, volumeUid: volume.metadata.uid, sizeBytes: volumeSizeBytes(volume.spec.size) };
 }
 
 /**
