@@ -180,9 +180,10 @@ describe('volume snapshots through the CLI, on a host-run (runc) service', () =>
     expect(restored.status.restoredFrom).toEqual({ snapshot: 'before', snapshotUid: before.metadata.uid, volumeUid: data.metadata.uid });
 
     // Another service mounts it and finds the data as it was when the snapshot was taken.
-    await put('Service', 'reader', service('data-restored', 'cat /data/f > /data/seen'));
+    await put('Service', 'reader', service('data-restored', 'cat /data/f > /data/seen.tmp\nsync\nmv /data/seen.tmp /data/seen'));
     await running('reader-0');
     const restoredDir = volumes().mountDir(restored.metadata.uid);
+    // Renamed into place once whole: a file seen is the reader's whole copy.
     expect(await until('the reader to copy what it sees', async () => readFile(join(restoredDir, 'seen'), 'utf8').catch(() => undefined))).toBe('v1\n');
     // The original volume was not touched.
     expect(await readFile(join(dataDir, 'f'), 'utf8')).toBe('v2\n');
