@@ -20,13 +20,13 @@ import { CarapaceError } from '../model/errors.js';
 import type { Instance } from '../model/objects.js';
 import type { InstanceMount, Volume } from '../model/volumes.js';
 import { referencesOf } from '../model/secrets.js';
-import { volumeSizeBytes } from '../model/volumes.js';
 import type { HostMount } from '../runtime/driver.js';
 import { diskSerial } from '../vm/disks.js';
 import type { VmManager } from '../vm/qemu.js';
 import type { CellFileSet, CellRuntime, CellStartExtras } from './cell-runtime.js';
 import type { SecretFiles } from '../storage/secret-files.js';
 import type { VolumeStore } from '../storage/volume-store.js';
+import { volumeRequest } from './volume-snapshots.js';
 
 /** Where an instance's decrypted Secret and Config data comes from. */
 export type MaterialSource = (inst: Instance) => Promise<InstanceMaterial>;
@@ -168,7 +168,7 @@ export class InstanceExtras {
   /** The image of a machine's volume (`spec.disks`): bound to this host, handed out to the VM. */
   async machineImage(tenant: string, volume: string): Promise<string> {
     const vol = await this.boundVolume(tenant, volume, `a machine`);
-    await this.o.volumes.ensure({ id: vol.metadata.uid, tenant, name: vol.metadata.name, sizeBytes: volumeSizeBytes(vol.spec.size) });
+    await this.o.volumes.ensure(volumeRequest(vol));
     return this.handOut(vol.metadata.uid);
   }
 
@@ -185,7 +185,8 @@ export class InstanceExtras {
     const out: { id: string; mount: InstanceMount }[] = [];
     for (const m of inst.spec.mounts ?? []) {
       const vol = await this.boundVolume(tenant, m.volume, `instance "${inst.metadata.name}"`);
-      await this.o.volumes.ensure({ id: vol.metadata.uid, tenant, name: vol.metadata.name, sizeBytes: volumeSizeBytes(vol.spec.size) });
+      // A volume restored from a snapshot is made as its copy (volumeRequest), never empty.
+      await this.o.volumes.ensure(volumeRequest(vol));
       out.push({ id: vol.metadata.uid, mount: m });
     }
     return out;

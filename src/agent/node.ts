@@ -29,6 +29,7 @@ import { InstanceExtras, type MaterialSource } from './instance-extras.js';
 import { MachineRunner } from './machines.js';
 import { NetworkController } from './network-controller.js';
 import { UsageSampler } from './usage-sampler.js';
+import { VolumeSnapshotter } from './volume-snapshots.js';
 import { hostAddressSource } from './host-address.js';
 
 export interface HostNodeOptions {
@@ -119,13 +120,14 @@ export async function createHostNode(o: HostNodeOptions): Promise<RunningHostNod
   };
   // Volumes (ext4 images: loop-mounted for host-run containers, disks of cells and machines)
   // and secret files (a tmpfs; cells get theirs in the guest).
+  const volumes = new VolumeStore({ stateDir: o.stateDir, logger });
   const handOutGraceMs = envNumber('CARAPACE_VOLUME_HANDOUT_GRACE_MS');
   const extras = new InstanceExtras({
     hostName,
     ...(handOutGraceMs !== undefined ? { handOutGraceMs } : {}),
     resources,
     logger,
-    volumes: new VolumeStore({ stateDir: o.stateDir, logger }),
+    volumes,
     files: new SecretFiles({ runDir: join(o.stateDir, 'files'), logger }),
     vms,
     ...(o.material ? { material: o.material } : {}),
@@ -168,6 +170,9 @@ export async function createHostNode(o: HostNodeOptions): Promise<RunningHostNod
     ...(probeScale ? { probeTimeScale: probeScale } : {}),
     ...(o.stopGraceMs !== undefined ? { stopGraceMs: o.stopGraceMs } : {}),
   });
+  // Volume snapshots and restored volumes: their own loop over the same VolumeStore (a slow
+  // copy never holds an instance's start); VMs holding a volume are paused for its copy.
+  const snapshots = new VolumeSnapshotter({ hostName, resources, logger, volumes, vms, stateDir: o.stateDir, ...(volumeSweepMs ? { resyncMs: volumeSweepMs } : {}) });
   const sampleMs = envNumber('CARAPACE_USAGE_SAMPLE_MS');
   const sampler = new UsageSampler({ hostName, resources, env, logger, agent, ...(sampleMs ? { intervalMs: sampleMs } : {}) });
   return {
@@ -188,7 +193,7 @@ export async function createHostNode(o: HostNodeOptions): Promise<RunningHostNod
         }
       }
       if (signal.aborted) return;
-      await Promise.all([agent.start(signal), sampler.start(signal)]);
+      await Promise.all([agent.start(signal), sampler.start(signal), snapshots.start(signal)]);
     },
   };
 }

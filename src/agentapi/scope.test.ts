@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { hostLeaseKey, intervalKey, objectKey, openAllocationKey, sampleBatchKey, sampleDayPrefixes, SEALED_SECRET_PREFIX, sealedSecretKey, volumeKey } from '../model/keys.js';
+import { hostLeaseKey, intervalKey, objectKey, openAllocationKey, sampleBatchKey, sampleDayPrefixes, SEALED_SECRET_PREFIX, sealedSecretKey, VOLUME_SNAPSHOT_PREFIX, volumeKey } from '../model/keys.js';
 import { mayListPrefix, mayRead, writeProblem } from './scope.js';
 
 const inst = (host: string, extra: Record<string, unknown> = {}): Record<string, unknown> => ({ kind: 'Instance', metadata: { name: 'web-0', uid: 'u1', ...extra }, spec: { host, container: { cpu: 0.1 } }, status: { phase: 'Pending' } });
@@ -98,6 +98,38 @@ describe('agent scope', () => {
     expect(writeProblem('h1', { op: 'put', key, value: { ...cur, spec: { size: '2Gi', filesystem: 'ext4' } }, current: cur })).toMatch(/spec/);
     expect(writeProblem('h1', { op: 'put', key, value: { ...cur, metadata: { name: 'pgdata', tenant: 'acme', uid: 'v1', labels: { x: 'y' } } }, current: cur })).toMatch(/labels/);
     expect(writeProblem('h2', { op: 'put', key, value: withStatus({ usedBytes: 1 }), current: cur })).toMatch(/not bound to this host/);
+    expect(writeProblem('h1', { op: 'put', key, value: cur, current: undefined })).toMatch(/cannot create/);
+    expect(writeProblem('h1', { op: 'delete', key, current: cur })).toMatch(/cannot delete/);
+  });
+
+  it('reads the volume snapshots kept on it and writes only the status of a Pending one', () => {
+    const snap = (host: string | undefined, status: Record<string, unknown> = {}): Record<string, unknown> => ({
+      kind: 'VolumeSnapshot',
+      metadata: { name: 's1', tenant: 'acme', uid: 's-uid', labels: {}, resourceVersion: 3 },
+      spec: { volume: 'pgdata' },
+      status: { phase: host ? 'Pending' : 'Failed', ...(host ? { host, volumeUid: 'v1' } : { reason: 'VolumeNotBound' }), ...status },
+    });
+    const key = objectKey('VolumeSnapshot', 's1', 'acme');
+    expect(key.startsWith(VOLUME_SNAPSHOT_PREFIX)).toBe(true);
+    expect(mayListPrefix('h1', VOLUME_SNAPSHOT_PREFIX)).toBe(true);
+    expect(mayRead('h1', key, snap('h1'))).toBe(true);
+    expect(mayRead('h1', key, snap('h2'))).toBe(false);
+    expect(mayRead('h1', key, snap(undefined))).toBe(false);
+    const cur = snap('h1');
+    const next = (st: Record<string, unknown>, from = cur): Record<string, unknown> => ({ ...from, metadata: { ...(from['metadata'] as object), resourceVersion: 4 }, status: { ...(from['status'] as object), ...st } });
+    const ready = next({ phase: 'Ready', sizeBytes: 64 * 1048576, takenAt: '2026-03-01T00:00:00.000Z', reason: 'Taken' });
+    expect(writeProblem('h1', { op: 'put', key, value: ready, current: cur })).toBeUndefined();
+    expect(writeProblem('h1', { op: 'put', key, value: next({ phase: 'Failed', reason: 'PauseTooLong', message: 'the copy took longer than 2000 ms' }), current: cur })).toBeUndefined();
+    // Never the host or the volume it is of, nor its spec or labels; nothing for another host.
+    expect(writeProblem('h1', { op: 'put', key, value: next({ host: 'h2' }), current: cur })).toMatch(/never its host or volume/);
+    expect(writeProblem('h1', { op: 'put', key, value: next({ volumeUid: 'v2' }), current: cur })).toMatch(/never its host or volume/);
+    expect(writeProblem('h1', { op: 'put', key, value: { ...cur, spec: { volume: 'other' } }, current: cur })).toMatch(/spec/);
+    expect(writeProblem('h1', { op: 'put', key, value: { ...cur, metadata: { ...(cur['metadata'] as object), labels: { x: 'y' } } }, current: cur })).toMatch(/labels/);
+    expect(writeProblem('h2', { op: 'put', key, value: ready, current: cur })).toMatch(/not kept on this host/);
+    expect(writeProblem('h1', { op: 'put', key, value: next({ phase: 'Gone' }), current: cur })).toMatch(/Pending, Ready or Failed/);
+    expect(writeProblem('h1', { op: 'put', key, value: next({ sizeBytes: 1.5 }), current: cur })).toMatch(/whole number/);
+    // A Ready or Failed snapshot is final; an agent neither creates nor deletes one.
+    expect(writeProblem('h1', { op: 'put', key, value: next({ phase: 'Failed' }, ready), current: ready })).toMatch(/final/);
     expect(writeProblem('h1', { op: 'put', key, value: cur, current: undefined })).toMatch(/cannot create/);
     expect(writeProblem('h1', { op: 'delete', key, current: cur })).toMatch(/cannot delete/);
   });

@@ -19,6 +19,11 @@
  * Volumes: it reads the Volume objects bound to it (`status.host`), and writes only their
  * `status.usedBytes` and `status.message`; never their spec, binding, attachedTo, labels, nor
  * creates or deletes one (a volume's storage whose object is gone is reclaimed on the host).
+ * Volume snapshots: it reads those kept on it (`status.host`, copied from the volume's binding
+ * by the control plane at creation and never changed), and writes only the status of a
+ * Pending one (phase Ready or Failed, sizeBytes, takenAt, reason, message); never its spec,
+ * host or volume uid, nor creates or deletes one (a deleted snapshot's copy is removed on the
+ * host).
  * Never Secrets, Configs or sealed secret records through the store calls either (not even
  * their keys): an agent gets the decrypted data of exactly the instances placed on it from the
  * material endpoint (server.ts), which checks the placement itself.
@@ -26,7 +31,7 @@
 import { isDeepStrictEqual } from 'node:util';
 import {
   hostLeaseKey, INTERVALS_PREFIX, isPlacedKey, isSampleBatchOf, kindPrefix, objectKey, OPEN_PREFIX, ownerOfOpenAllocation, PLACED_PREFIXES, SAMPLES_PREFIX,
-  TENANT_NETWORK_PREFIX, TENANT_NETWORK_VIEW_PREFIX, VOLUME_PREFIX,
+  TENANT_NETWORK_PREFIX, TENANT_NETWORK_VIEW_PREFIX, VOLUME_PREFIX, VOLUME_SNAPSHOT_PREFIX,
 } from '../model/keys.js';
 
 // Key prefixes of the kinds whose placement is read differently (see placedOn).
@@ -65,6 +70,40 @@ function volumeWriteProblem(host: string, w: ScopedWrite): string | undefined {
   return undefined;
 }
 
+/** The host a volume snapshot value is kept on ('' when none or malformed). */
+function snapshotHost(value: unknown): string {
+  const o = asObj(value);
+  return typeof o?.status?.['host'] === 'string' ? o.status['host'] : '';
+}
+
+/** The status fields an agent writes of a snapshot kept on it. */
+const SNAPSHOT_AGENT_FIELDS = ['phase', 'sizeBytes', 'takenAt', 'reason', 'message'];
+
+/** Why an agent's write of a volume snapshot is refused: anything but the status of a Pending one kept on its host. */
+function snapshotWriteProblem(host: string, w: ScopedWrite): string | undefined {
+  if (w.op === 'delete') return 'an agent cannot delete a volume snapshot';
+  const cur = asObj(w.current);
+  if (!cur) return 'an agent cannot create a volume snapshot';
+  if (snapshotHost(cur) !== host) return 'the snapshot is not kept on this host';
+  if (cur.status?.['phase'] !== 'Pending') return 'an agent writes only a Pending snapshot (a Ready or Failed one is final)';
+  const next = asObj(w.value);
+  if (!next) return 'not an object';
+  const { resourceVersion: _a, ...curMd } = (cur.metadata ?? {}) as Record<string, unknown>; // the version is the store's, not the writer's
+  const { resourceVersion: _b, ...nextMd } = (next.metadata ?? {}) as Record<string, unknown>; // likewise
+  if (next.kind !== cur.kind || !isDeepStrictEqual(nextMd, curMd) || !isDeepStrictEqual(next.spec, cur.spec)) return "an agent cannot change a snapshot's identity, labels or spec";
+  const rest = (st: Record<string, unknown> | undefined): Record<string, unknown> => Object.fromEntries(Object.entries(st ?? {}).filter(([k]) => !SNAPSHOT_AGENT_FIELDS.includes(k)));
+  if (!isDeepStrictEqual(rest(next.status), rest(cur.status))) return "an agent writes only a snapshot's status.phase, sizeBytes, takenAt, reason and message (never its host or volume)";
+  const st = next.status ?? {};
+  if (!['Pending', 'Ready', 'Failed'].includes(st['phase'] as string)) return 'phase must be Pending, Ready or Failed';
+  const size = st['sizeBytes'];
+  if (size !== undefined && (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0)) return 'sizeBytes must be a whole number of bytes';
+  for (const f of ['takenAt', 'reason', 'message']) {
+    const v = st[f];
+    if (v !== undefined && (typeof v !== 'string' || v.length > 1024)) return `${f} must be a string of at most 1024 characters`;
+  }
+  return undefined;
+}
+
 type Obj = { kind?: unknown; metadata?: { name?: unknown; uid?: unknown; deletionRequestedAt?: unknown }; spec?: Record<string, unknown>; status?: Record<string, unknown> };
 
 function asObj(v: unknown): Obj | undefined {
@@ -98,12 +137,13 @@ export function mayRead(host: string, key: string, value: unknown, ownerOf?: unk
   if (key.startsWith(OPEN_PREFIX)) return ownerOf !== undefined && placedOn(ownerOfOpenAllocation(key), ownerOf) === host;
   if (key.startsWith(SAMPLES_PREFIX)) return isSampleBatchOf(key, host);
   if (key.startsWith(VOLUMES)) return volumeHost(value) === host;
+  if (key.startsWith(VOLUME_SNAPSHOT_PREFIX)) return snapshotHost(value) === host;
   return false;
 }
 
 /** The prefixes an agent may list or watch (results are then filtered per entry with mayRead). */
 export function mayListPrefix(host: string, prefix: string): boolean {
-  if ([...PLACED_PREFIXES, SAMPLES_PREFIX, HOSTS, TENANT_NETWORK_PREFIX, TENANT_NETWORK_VIEW_PREFIX, VOLUMES].some((p) => prefix.startsWith(p))) return true;
+  if ([...PLACED_PREFIXES, SAMPLES_PREFIX, HOSTS, TENANT_NETWORK_PREFIX, TENANT_NETWORK_VIEW_PREFIX, VOLUMES, VOLUME_SNAPSHOT_PREFIX].some((p) => prefix.startsWith(p))) return true;
   return prefix === objectKey('Host', host) || prefix === hostLeaseKey(host);
 }
 
@@ -157,5 +197,6 @@ export function writeProblem(host: string, w: ScopedWrite): string | undefined {
   if (key.startsWith(INTERVALS_PREFIX)) return w.op === 'put' && w.current === undefined ? undefined : 'closed allocation records are written once';
   if (key.startsWith(SAMPLES_PREFIX)) return isSampleBatchOf(key, host) ? undefined : 'an agent writes only its own usage samples';
   if (key.startsWith(VOLUMES)) return volumeWriteProblem(host, w);
+  if (key.startsWith(VOLUME_SNAPSHOT_PREFIX)) return snapshotWriteProblem(host, w);
   return `agents cannot write ${key.split('/')[0] ?? key}`;
 }

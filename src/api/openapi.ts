@@ -4,7 +4,7 @@
  */
 import { z } from 'zod';
 import { ERROR_CATALOGUE } from '../model/errors.js';
-import { JobManifestSchema, ServiceManifestSchema, TenantManifestSchema } from '../model/schemas.js';
+import { MANIFEST_SCHEMAS } from '../model/schemas.js';
 import { ROUTES } from '../model/routes.js';
 
 let cached: unknown;
@@ -62,9 +62,8 @@ export function openApiDocument(): unknown {
     paths,
     components: {
       schemas: {
-        TenantManifest: schemaOf(TenantManifestSchema),
-        ServiceManifest: schemaOf(ServiceManifestSchema),
-        JobManifest: schemaOf(JobManifestSchema),
+        // Every kind that can be applied (the request bodies of its PUT and POST routes).
+        ...Object.fromEntries(Object.entries(MANIFEST_SCHEMAS).map(([kind, schema]) => [`${kind}Manifest`, schemaOf(schema)])),
         ...Object.fromEntries(Object.entries(NETWORK_STATUS).map(([kind, schema]) => [`${kind}Network`, schema])),
         Error: {
           type: 'object',

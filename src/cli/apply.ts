@@ -73,8 +73,8 @@ function label(m: Manifest): string {
 }
 
 // Volumes, Secrets and Configs before the services and jobs that mount or reference them
-// (apply checks they exist).
-const ORDER = { Tenant: 0, Volume: 1, Secret: 1, Config: 1, Service: 2, Job: 3, Machine: 4 } as const;
+// (apply checks they exist); snapshots after the volumes they are taken of.
+const ORDER = { Tenant: 0, Volume: 1, Secret: 1, Config: 1, VolumeSnapshot: 2, Service: 3, Job: 4, Machine: 5 } as const;
 
 export interface Applied {
   manifest: Manifest;

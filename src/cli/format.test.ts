@@ -55,9 +55,30 @@ describe('volumes in get and describe', () => {
     const v = (name: string, status: Record<string, unknown>, host?: string): AnyObject =>
       ({ kind: 'Volume', metadata: { ...md, name, tenant: 'acme' }, spec: { size: '1Gi', filesystem: 'ext4', ...(host ? { host } : {}) }, status: { attachedTo: [], ...status } }) as unknown as AnyObject; // a stored Volume's fields (phase given by each call)
     const rows = formatOutput('Volume', [v('pgdata', { phase: 'Bound', host: 'h1', attachedTo: ['pg-0'], usedBytes: 50 * 1048576 }), v('spare', { phase: 'Pending' }, 'h2')], 'wide', false).split('\n');
-    expect(rows[0]).toMatch(/^TENANT\s+NAME\s+SIZE\s+PHASE\s+HOST\s+ATTACHED\s+USED\s+FILESYSTEM\s+AGE$/);
-    expect(rows[1]).toMatch(/^acme\s+pgdata\s+1Gi\s+Bound\s+h1\s+pg-0\s+50Mi\s+ext4\s/);
+    expect(rows[0]).toMatch(/^TENANT\s+NAME\s+SIZE\s+PHASE\s+HOST\s+ATTACHED\s+USED\s+FILESYSTEM\s+AGE\s+SOURCE$/);
+    expect(rows[1]).toMatch(/^acme\s+pgdata\s+1Gi\s+Bound\s+h1\s+pg-0\s+50Mi\s+ext4\s+\S+\s+-$/);
     expect(rows[2]).toMatch(/^acme\s+spare\s+1Gi\s+Pending\s+h2\s+-\s+-\s+ext4\s/);
     expect(formatDescribe(v('spare', { phase: 'Pending' }, 'h2'))).toMatch(/\nHost:\s+h2 \(pinned, not bound yet\)\n/);
+    const restored = { ...(v('back', { phase: 'Bound', host: 'h1', restoredFrom: { snapshot: 's1', snapshotUid: 'su', volumeUid: 'vu' } }, 'h1') as object), spec: { size: '1Gi', filesystem: 'ext4', host: 'h1', source: { snapshot: 's1' } } } as unknown as AnyObject; // a restored Volume
+    expect(formatOutput('Volume', [restored], 'wide', false).split('\n')[1]).toMatch(/\ssnapshot\/s1$/);
+    expect(formatDescribe(restored)).toMatch(/\nSource:\s+snapshot s1 \(uid su, of volume uid vu\)$/);
+  });
+});
+
+describe('volume snapshots in get and describe', () => {
+  const s = (name: string, status: Record<string, unknown>): AnyObject =>
+    ({ kind: 'VolumeSnapshot', metadata: { ...md, name, tenant: 'acme' }, spec: { volume: 'pgdata' }, status }) as unknown as AnyObject; // a stored VolumeSnapshot (status given by each call)
+  it('shows TENANT NAME VOLUME PHASE SIZE AGE, host and reason with -o wide, and the outcome in describe', () => {
+    const ready = s('nightly', { phase: 'Ready', host: 'h1', volumeUid: 'vu', sizeBytes: 1024 * 1048576, takenAt: '2026-03-01T00:00:00.000Z', reason: 'Taken' });
+    const failed = s('early', { phase: 'Failed', reason: 'VolumeNotBound', message: 'volume "pgdata" was never used' });
+    const rows = formatOutput('VolumeSnapshot', [ready, failed], 'table', false).split('\n');
+    expect(rows[0]).toMatch(/^TENANT\s+NAME\s+VOLUME\s+PHASE\s+SIZE\s+AGE$/);
+    expect(rows[1]).toMatch(/^acme\s+nightly\s+pgdata\s+Ready\s+1Gi\s+\S+$/);
+    expect(rows[2]).toMatch(/^acme\s+early\s+pgdata\s+Failed\s+-\s+\S+$/);
+    const wide = formatOutput('VolumeSnapshot', [ready, failed], 'wide', false).split('\n');
+    expect(wide[0]).toMatch(/AGE\s+HOST\s+TAKEN\s+REASON$/);
+    expect(wide[2]).toMatch(/\s-\s+-\s+VolumeNotBound$/);
+    expect(formatDescribe(ready)).toMatch(/\nVolume:\s+pgdata\nPhase:\s+Ready\nHost:\s+h1\nSize:\s+1Gi \(restores into a volume at least this large\)\nTaken:\s+2026-03-01T00:00:00.000Z\n/);
+    expect(formatDescribe(failed)).toMatch(/\nHost:\s+\(none: the volume was bound to no host\)\nReason:\s+VolumeNotBound\nMessage:\s+volume "pgdata" was never used$/);
   });
 });

@@ -8,6 +8,7 @@ import { instanceReady, type AnyObject, type Cell, type Host, type Instance, typ
 import type { Config, Secret } from '../model/secrets.js';
 import { egressOf, type Egress, type Probe } from '../model/schemas.js';
 import type { Volume } from '../model/volumes.js';
+import type { VolumeSnapshot } from '../model/volume-snapshots.js';
 
 /** `5s`, `3m`, `2h`, `4d` since an RFC 3339 time. */
 export function age(since: string | undefined, now = Date.now()): string {
@@ -108,7 +109,16 @@ const COLUMNS: { [K in Kind]: Columns<Extract<AnyObject, { kind: K }>> } = {
     header: ['TENANT', 'NAME', 'KEYS', 'ON CHANGE', 'AGE'],
     row: (x: Config) => [x.metadata.tenant ?? '', x.metadata.name, Object.keys(x.spec.data).sort().join(',') || '-', x.spec.onChange, age(x.metadata.createdAt)],
   },
+  VolumeSnapshot: {
+    header: ['TENANT', 'NAME', 'VOLUME', 'PHASE', 'SIZE', 'AGE'],
+    row: (x: VolumeSnapshot) => [x.metadata.tenant ?? '', x.metadata.name, x.spec.volume, x.status.phase, snapshotSize(x), age(x.metadata.createdAt)],
+  },
 };
+
+/** The size of the volume a snapshot was taken of (what it restores into at least), `-` until taken. */
+function snapshotSize(x: VolumeSnapshot): string {
+  return x.status.sizeBytes !== undefined ? formatMemory(Math.ceil(x.status.sizeBytes / (1024 * 1024))) : '-';
+}
 
 /** The ports a service's instances listen on, as `containerPort/protocol` (published ones as `hostPort->containerPort/protocol`). */
 function servicePorts(s: Service): string {
@@ -123,7 +133,8 @@ const WIDE: { [K in Kind]?: Columns<Extract<AnyObject, { kind: K }>> } = {
   Machine: { header: ['ADDRESS'], row: (m: Machine) => [m.status.address ?? '-'] },
   Cell: { header: ['ADDRESS'], row: (c: Cell) => [c.status.address ?? '-'] },
   Host: { header: ['ADDRESS'], row: (h: Host) => [h.status.address ?? '-'] },
-  Volume: { header: ['USED', 'FILESYSTEM', 'AGE'], row: (v: Volume) => [usedOf(v), v.spec.filesystem, age(v.metadata.createdAt)] },
+  Volume: { header: ['USED', 'FILESYSTEM', 'AGE', 'SOURCE'], row: (v: Volume) => [usedOf(v), v.spec.filesystem, age(v.metadata.createdAt), v.spec.source ? `snapshot/${v.spec.source.snapshot}` : '-'] },
+  VolumeSnapshot: { header: ['HOST', 'TAKEN', 'REASON'], row: (x: VolumeSnapshot) => [x.status.host ?? '-', x.status.takenAt ?? '-', x.status.phase === 'Ready' ? '' : (x.status.reason ?? '')] },
 };
 
 /** A volume's used space as `formatMemory` writes sizes (`-` until its agent reported it). */
@@ -227,6 +238,21 @@ export function formatDescribe(o: AnyObject, instances: Instance[] = []): string
           ['Phase', o.status.phase],
           ['Host', o.status.host ?? (o.spec.host ? `${o.spec.host} (pinned, not bound yet)` : '(not bound: the first placement of a user binds it)')],
           ['Attached to', o.status.attachedTo.join(', ') || '(none)'],
+          ['Source', o.spec.source ? `snapshot ${o.spec.source.snapshot}${o.status.restoredFrom ? ` (uid ${o.status.restoredFrom.snapshotUid}, of volume uid ${o.status.restoredFrom.volumeUid})` : ''}` : undefined],
+          ['Message', o.status.message],
+        ]),
+      );
+      break;
+    case 'VolumeSnapshot':
+      parts.push(
+        kv([
+          ['Volume', o.spec.volume],
+          ['Phase', o.status.phase],
+          ['Host', o.status.host ?? '(none: the volume was bound to no host)'],
+          ['Size', o.status.sizeBytes !== undefined ? `${snapshotSize(o)} (restores into a volume at least this large)` : undefined],
+          ['Taken', o.status.takenAt],
+          ['Volume uid', o.status.volumeUid],
+          ['Reason', o.status.reason],
           ['Message', o.status.message],
         ]),
       );

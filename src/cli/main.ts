@@ -9,6 +9,9 @@ import { CarapaceError } from '../model/errors.js';
 import { Command, Option } from 'commander';
 import { kindFromWord, KINDS, type AnyObject, type Instance, type Kind } from '../model/objects.js';
 import { parseIpv4 } from '../model/netaddr.js';
+import { formatMemory } from '../model/quantity.js';
+import { defaultSnapshotName, type VolumeSnapshot } from '../model/volume-snapshots.js';
+import { MIN_VOLUME_MIB, type Volume } from '../model/volumes.js';
 import { applyAll, readManifests, waitFor, manifestPath } from './apply.js';
 import { ApiClient, CliError } from './client.js';
 import { formatDescribe, formatOutput, table } from './format.js';
@@ -180,7 +183,7 @@ program
 
 program
   .command('get')
-  .description('List objects: tenants, services, jobs, instances, hosts')
+  .description('List objects: tenants, services, jobs, instances, hosts, machines, volumes, volumesnapshots (snapshots), secrets, configs, cells')
   .argument('<kind>', 'kind to list')
   .argument('[name]', 'one object (TENANT/NAME for per-tenant kinds)')
   .option('-t, --tenant <tenant>', 'only this tenant')
@@ -493,6 +496,97 @@ for (const [verb, what] of [
       console.log(`machine/${n.tenant ?? ''}/${n.name} ${verb === 'stop' ? 'stopping' : verb === 'start' ? 'starting' : 'restarting'}`);
     });
 }
+
+/**
+ * Polls `read` every 500 ms until `done` says finished (true) or failed (a message), printing
+ * each new `progress` line; CARAPACE_E_TIMEOUT after `timeoutMs`. Returns false on failure.
+ */
+async function pollUntil<T>(read: () => Promise<T>, judge: (x: T) => { done: boolean; failed?: string; progress: string }, what: string, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  let last = '';
+  for (;;) {
+    const j = judge(await read());
+    if (j.progress !== last) console.log(`${what}: ${j.progress}`);
+    last = j.progress;
+    if (j.failed !== undefined) {
+      console.error(`${what} failed: ${j.failed}`);
+      return false;
+    }
+    if (j.done) return true;
+    if (Date.now() > deadline) throw new CliError('CARAPACE_E_TIMEOUT', `${what} is not done after ${timeoutMs / 1000} s: ${j.progress}`);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
+const volumeCmd = program.command('volume').description('Point-in-time snapshots of volumes, and new volumes restored from them');
+volumeCmd
+  .command('snapshot')
+  .description("Take a point-in-time copy of a volume on its host (creates a VolumeSnapshot; a volume in a running VM is paused for the copy)")
+  .argument('<volume>', 'TENANT/VOLUME, or VOLUME with --tenant')
+  .option('-t, --tenant <tenant>')
+  .option('--name <snapshot>', "the snapshot's name (default: <volume>-<UTC yyyymmddhhmmss>)")
+  .option('-w, --wait', 'wait until the copy is taken (exit 1 if it fails)')
+  .option('--timeout <duration>', `how long --wait waits (${DURATION_FORMS})`, '300')
+  .action(async (ref: string, o: { tenant?: string; name?: string; wait?: boolean; timeout: string }) => {
+    const timeoutMs = durationMs(o.timeout, '--timeout');
+    const n = resolveName('Volume', ref.replace(/^volumes?\//, ''), o.tenant);
+    const tenant = n.tenant ?? '';
+    const name = o.name ?? defaultSnapshotName(n.name, new Date());
+    const c = client();
+    // POST: create only; a snapshot of that name already there is refused, never replaced.
+    const created = await c.call<VolumeSnapshot>('POST', `/v1/tenants/${tenant}/volumesnapshots`, { apiVersion: 'carapace/v1', kind: 'VolumeSnapshot', metadata: { name, tenant }, spec: { volume: n.name } });
+    const what = `volumesnapshot/${tenant}/${name}`;
+    console.log(`${what} created (volume ${n.name}${created.status.host ? ` on host ${created.status.host}` : ''})`);
+    const judge = (x: VolumeSnapshot): { done: boolean; failed?: string; progress: string } => {
+      const st = x.status;
+      if (st.phase === 'Failed') return { done: true, failed: `${st.reason ?? 'Failed'}: ${st.message ?? ''}`, progress: 'failed' };
+      if (st.phase === 'Ready') return { done: true, progress: `ready (${st.sizeBytes !== undefined ? formatMemory(Math.ceil(st.sizeBytes / 1048576)) : '?'} taken at ${st.takenAt ?? '?'})` };
+      return { done: false, progress: st.message ? `pending: ${st.message}` : 'pending' };
+    };
+    if (!o.wait) {
+      // An unbound volume's snapshot fails at once: say so even without --wait.
+      if (created.status.phase === 'Failed') {
+        console.error(`${what} failed: ${created.status.reason ?? ''}: ${created.status.message ?? ''}`);
+        process.exitCode = 1;
+      }
+      return;
+    }
+    if (!(await pollUntil(() => c.call<VolumeSnapshot>('GET', `/v1/tenants/${tenant}/volumesnapshots/${name}`), judge, what, timeoutMs))) process.exitCode = 1;
+  });
+volumeCmd
+  .command('restore')
+  .description('Make a new volume from a snapshot, on the snapshot\'s host (the volume it was taken of is left as it is; point a service at the new one through its spec.volumes)')
+  .argument('<snapshot>', 'TENANT/SNAPSHOT, or SNAPSHOT with --tenant')
+  .requiredOption('--to <volume>', 'the name of the new volume (must not exist)')
+  .option('-t, --tenant <tenant>')
+  .option('--size <quantity>', "the new volume's size (default: the size of the snapshot's volume; never less)")
+  .option('-w, --wait', 'wait until the host has made the volume (exit 1 if it cannot)')
+  .option('--timeout <duration>', `how long --wait waits (${DURATION_FORMS})`, '300')
+  .action(async (ref: string, o: { to: string; tenant?: string; size?: string; wait?: boolean; timeout: string }) => {
+    const timeoutMs = durationMs(o.timeout, '--timeout');
+    const n = resolveName('VolumeSnapshot', ref.replace(/^(volumesnapshots?|snapshots?)\//, ''), o.tenant);
+    const tenant = n.tenant ?? '';
+    const c = client();
+    const snap = await c.call<VolumeSnapshot>('GET', `/v1/tenants/${tenant}/volumesnapshots/${n.name}`).catch((e: unknown) => {
+      if (e instanceof CliError && e.code === 'CARAPACE_E_NOT_FOUND') return undefined;
+      throw e;
+    });
+    // Without --size: the snapshot's. A snapshot that is missing or not taken yet has none: the
+    // smallest size is sent, and the server answers with why the snapshot cannot be restored.
+    const size = o.size ?? (snap?.status.sizeBytes !== undefined ? formatMemory(Math.ceil(snap.status.sizeBytes / 1048576)) : formatMemory(MIN_VOLUME_MIB));
+    // POST: create only; restoring never overwrites a volume.
+    const vol = await c.call<Volume>('POST', `/v1/tenants/${tenant}/volumes`, { apiVersion: 'carapace/v1', kind: 'Volume', metadata: { name: o.to, tenant }, spec: { size, source: { snapshot: n.name } } });
+    const what = `volume/${tenant}/${o.to}`;
+    console.log(`${what} created from snapshot ${n.name} (${vol.spec.size}, host ${vol.status.host ?? '?'})`);
+    if (!o.wait) return;
+    const judge = (v: Volume): { done: boolean; failed?: string; progress: string } => {
+      // The host's agent reports the used bytes once it made the volume, or why it could not.
+      if (v.status.usedBytes !== undefined) return { done: true, progress: `restored (${formatMemory(Math.ceil(v.status.usedBytes / 1048576))} used)` };
+      if (v.status.message) return { done: true, failed: v.status.message, progress: 'failed' };
+      return { done: false, progress: `being made on host ${v.status.host ?? '?'}` };
+    };
+    if (!(await pollUntil(() => c.call<Volume>('GET', `/v1/tenants/${tenant}/volumes/${o.to}`), judge, what, timeoutMs))) process.exitCode = 1;
+  });
 
 function printError(e: unknown): void {
   if (e instanceof CliError || e instanceof CarapaceError) {

@@ -7,9 +7,10 @@
 import { isDeepStrictEqual } from 'node:util';
 import { CarapaceError, isCarapaceError } from '../model/errors.js';
 import { KINDS, type AnyObject, type Job, type Machine, type Metadata, type Service, type Tenant } from '../model/objects.js';
-import { AVAILABLE_ISOLATION, ISOLATION_ORDER, isolationAtLeast, type ConfigManifest, type JobManifest, type MachineManifest, type Manifest, type ServiceManifest, type TenantManifest, type VolumeManifest } from '../model/schemas.js';
+import { AVAILABLE_ISOLATION, ISOLATION_ORDER, isolationAtLeast, type ConfigManifest, type JobManifest, type MachineManifest, type Manifest, type ServiceManifest, type TenantManifest, type VolumeManifest, type VolumeSnapshotManifest } from '../model/schemas.js';
 import { VOLUME_SERVICE_LABEL, VOLUME_TEMPLATE_LABEL, volumeSizeMiB, type Volume } from '../model/volumes.js';
-import { checkMachineDisks, checkStorageQuota, checkVolumeDeletable, checkVolumeUpdate, checkWorkloadVolumes, storageOf, type TemplateVolume } from './volumes.js';
+import type { VolumeSnapshot } from '../model/volume-snapshots.js';
+import { checkMachineDisks, checkSnapshotSpec, checkStorageQuota, checkVolumeDeletable, checkVolumeUpdate, checkWorkloadVolumes, newSnapshotStatus, restoredVolume, snapshotStorageMiB, storageOf, type TemplateVolume } from './volumes.js';
 import { checkContainerRefs, type Config } from '../model/secrets.js';
 import { applySecret, checkMaterialDeletable, checkReferences, deleteSecret, reencryptSecrets } from './secrets.js';
 import type { Keyring } from './secret-box.js';
@@ -215,7 +216,38 @@ export class ControlPlane {
       }
       case 'Config':
         return this.applyConfig(m, createOnly);
+      case 'VolumeSnapshot':
+        return this.applyVolumeSnapshot(m, createOnly);
     }
+  }
+
+  /**
+   * Creates a VolumeSnapshot (or changes its labels: its spec is immutable). A new one copies
+   * its volume's host and uid into its status (Pending, for that host's agent to take), or is
+   * Failed at once when the volume was never used (see newSnapshotStatus).
+   */
+  private async applyVolumeSnapshot(m: VolumeSnapshotManifest, createOnly: boolean): Promise<ActionResult> {
+    const { name, tenant } = m.metadata;
+    const owner = await this.ownerTenant(tenant);
+    const cur = await this.resources.get('VolumeSnapshot', name, tenant);
+    if (cur && createOnly) throw new CarapaceError('CARAPACE_E_ALREADY_EXISTS', `volume snapshot "${name}" already exists in tenant "${tenant}"`);
+    const volume = checkSnapshotSpec(name, tenant, m.spec, cur, cur ? undefined : await this.resources.get('Volume', m.spec.volume, tenant));
+    if (cur && isDeepStrictEqual(cur.metadata.labels, m.metadata.labels)) {
+      this.checkVersion(m, cur);
+      return { type: 'object', object: cur, changed: false };
+    }
+    const obj: VolumeSnapshot = cur
+      ? { ...cur, metadata: { ...cur.metadata, labels: m.metadata.labels, updatedAt: this.env.now() } }
+      : { kind: 'VolumeSnapshot', metadata: this.newMetadata(name, m.metadata.labels, tenant), spec: m.spec, status: newSnapshotStatus(volume as Volume) }; // checkSnapshotSpec returns the volume for a new snapshot
+    if (!cur) {
+      // A copy takes its volume's size of the host's disk: counted in the tenant's storage quota.
+      const [vols, snaps] = await Promise.all([this.resources.list('Volume', tenant), this.resources.list('VolumeSnapshot', tenant)]);
+      const before = storageOf(vols.items, snaps.items);
+      checkStorageQuota(owner.spec.quota, tenant, before, before + snapshotStorageMiB(obj), 'spec.volume', `volume snapshot "${name}"`);
+    }
+    const detail = { volume: m.spec.volume, ...(obj.status.host ? { host: obj.status.host } : {}), phase: obj.status.phase };
+    const written = await this.resources.write(obj, this.expected(m, cur, createOnly), this.entry(cur ? 'update' : 'create', 'VolumeSnapshot', name, tenant, detail));
+    return { type: 'object', object: written, created: !cur, changed: true };
   }
 
   /**
@@ -234,22 +266,28 @@ export class ControlPlane {
       if (v !== undefined && m.metadata.labels[k] === undefined) kept[k] = v;
     }
     const labels = { ...m.metadata.labels, ...kept };
-    if (cur && isDeepStrictEqual(cur.spec, m.spec) && isDeepStrictEqual(cur.metadata.labels, labels)) {
+    // A restored volume's host was filled in from its snapshot: a manifest that leaves it out
+    // (as the user wrote it) means the same volume.
+    const spec = cur?.spec.source && m.spec.host === undefined && cur.spec.host !== undefined ? { ...m.spec, host: cur.spec.host } : m.spec;
+    if (cur && isDeepStrictEqual(cur.spec, spec) && isDeepStrictEqual(cur.metadata.labels, labels)) {
       this.checkVersion(m, cur);
       return { type: 'object', object: cur, changed: false };
     }
-    if (cur) checkVolumeUpdate(cur, m.spec);
-    const volumes = (await this.resources.list('Volume', tenant)).items;
-    const before = storageOf(volumes);
-    checkStorageQuota(owner.spec.quota, tenant, before, before - (cur ? volumeSizeMiB(cur.spec.size) : 0) + volumeSizeMiB(m.spec.size), 'spec.size', `volume "${name}"`);
+    if (cur) checkVolumeUpdate(cur, spec);
+    // A new volume from a snapshot is checked against it and bound to its host at once.
+    const made = cur ? undefined : restoredVolume(name, spec, spec.source ? await this.resources.get('VolumeSnapshot', spec.source.snapshot, tenant) : undefined);
+    const [volumes, snapshots] = await Promise.all([this.resources.list('Volume', tenant), this.resources.list('VolumeSnapshot', tenant)]);
+    const before = storageOf(volumes.items, snapshots.items);
+    checkStorageQuota(owner.spec.quota, tenant, before, before - (cur ? volumeSizeMiB(cur.spec.size) : 0) + volumeSizeMiB(spec.size), 'spec.size', `volume "${name}"`);
     const obj: Volume = cur
       ? {
           ...cur,
-          spec: m.spec,
-          metadata: { ...cur.metadata, labels, generation: isDeepStrictEqual(cur.spec, m.spec) ? cur.metadata.generation : cur.metadata.generation + 1, updatedAt: this.env.now() },
+          spec,
+          metadata: { ...cur.metadata, labels, generation: isDeepStrictEqual(cur.spec, spec) ? cur.metadata.generation : cur.metadata.generation + 1, updatedAt: this.env.now() },
         }
-      : { kind: 'Volume', metadata: this.newMetadata(name, labels, tenant), spec: m.spec, status: { phase: 'Pending', attachedTo: [] } };
-    const written = await this.resources.write(obj, this.expected(m, cur, createOnly), this.entry(cur ? 'update' : 'create', 'Volume', name, tenant, { generation: obj.metadata.generation, size: obj.spec.size }));
+      : { kind: 'Volume', metadata: this.newMetadata(name, labels, tenant), spec: made?.spec ?? spec, status: made?.status ?? { phase: 'Pending', attachedTo: [] } };
+    const detail = { generation: obj.metadata.generation, size: obj.spec.size, ...(obj.spec.source && !cur ? { source: obj.spec.source.snapshot, host: obj.status.host } : {}) };
+    const written = await this.resources.write(obj, this.expected(m, cur, createOnly), this.entry(cur ? 'update' : 'create', 'Volume', name, tenant, detail));
     return { type: 'object', object: written, created: !cur, changed: true };
   }
 
@@ -458,9 +496,11 @@ export class ControlPlane {
     // Nothing to check for a workload that mounts no volume (the common apply): skip the lists.
     const mountsVolumes = (m.spec.volumes?.length ?? 0) > 0 || (m.kind === 'Service' && (m.spec.volumeTemplates?.length ?? 0) > 0);
     const empty = { items: [] as never[] };
-    const [vols, svcs, jobsNow] = mountsVolumes ? await Promise.all([this.resources.list('Volume', tenant), this.resources.list('Service', tenant), this.resources.list('Job', tenant)]) : [empty, empty, empty];
+    const [vols, svcs, jobsNow, snapsNow] = mountsVolumes
+      ? await Promise.all([this.resources.list('Volume', tenant), this.resources.list('Service', tenant), this.resources.list('Job', tenant), this.resources.list('VolumeSnapshot', tenant)])
+      : [empty, empty, empty, empty];
     const templates = checkWorkloadVolumes(m.kind, name, m.spec, { volumes: vols.items, services: svcs.items, jobs: jobsNow.items });
-    const storageBefore = storageOf(vols.items);
+    const storageBefore = storageOf(vols.items, snapsNow.items);
     const storageAfter = storageBefore + templates.reduce((n, t) => n + volumeSizeMiB(t.size) - (t.existing ? volumeSizeMiB(t.existing.spec.size) : 0), 0);
     checkStorageQuota(owner.spec.quota, tenant, storageBefore, storageAfter, 'spec.volumeTemplates', `${m.kind} "${name}"`);
     const extra = this.templateWrites(name, tenant, templates);
@@ -566,9 +606,9 @@ export class ControlPlane {
         );
       }
       // Secrets and configs too: a secret's sealed record must go with it, through its own delete.
-      const [secrets, configs] = await Promise.all([this.resources.list('Secret', a.name), this.resources.list('Config', a.name)]);
-      if (secrets.items.length + configs.items.length > 0) {
-        throw new CarapaceError('CARAPACE_E_TENANT_NOT_EMPTY', `tenant "${a.name}" still owns ${secrets.items.length} secret(s) and ${configs.items.length} config(s); delete them first`);
+      const [secrets, configs, snaps] = await Promise.all([this.resources.list('Secret', a.name), this.resources.list('Config', a.name), this.resources.list('VolumeSnapshot', a.name)]);
+      if (secrets.items.length + configs.items.length + snaps.items.length > 0) {
+        throw new CarapaceError('CARAPACE_E_TENANT_NOT_EMPTY', `tenant "${a.name}" still owns ${secrets.items.length} secret(s), ${configs.items.length} config(s) and ${snaps.items.length} volume snapshot(s); delete them first`);
       }
     }
     if (a.kind === 'Secret' || a.kind === 'Config') {
@@ -615,8 +655,14 @@ export class ControlPlane {
     }
     if (a.kind === 'Volume') {
       // Refused while in use; the host's agent reclaims the storage of a volume whose object is gone.
-      const [insts, svcs, jobs, machines] = await Promise.all([this.resources.list('Instance', tenant), this.resources.list('Service', tenant), this.resources.list('Job', tenant), this.resources.list('Machine', tenant)]);
-      if (await this.resources.get('Volume', a.name, tenant)) checkVolumeDeletable(tenant ?? '', a.name, { instances: insts.items, services: svcs.items, jobs: jobs.items, machines: machines.items });
+      const [insts, svcs, jobs, machines, snaps] = await Promise.all([
+        this.resources.list('Instance', tenant),
+        this.resources.list('Service', tenant),
+        this.resources.list('Job', tenant),
+        this.resources.list('Machine', tenant),
+        this.resources.list('VolumeSnapshot', tenant),
+      ]);
+      if (await this.resources.get('Volume', a.name, tenant)) checkVolumeDeletable(tenant ?? '', a.name, { instances: insts.items, services: svcs.items, jobs: jobs.items, machines: machines.items, snapshots: snaps.items });
     }
     const removed =
       a.kind === 'Service' || a.kind === 'Tenant'

@@ -8,14 +8,18 @@
  * tenant's volume is simply not found); a volume mounted read-write by one workload is
  * mounted by no other (read-only sharing is fine); a template's `<name>-<ordinal>` volumes
  * belong to one service; a bound volume keeps its size, filesystem and host; a volume in use
- * (a live instance mounts it, a spec references it) is not deleted; the tenant's volumes
- * (templates count once per replica) stay within `spec.quota.storage`.
+ * (a live instance mounts it, a spec references it, a snapshot of it is Pending or Ready) is
+ * not deleted; the tenant's volumes (templates count once per replica) stay within
+ * `spec.quota.storage`. Snapshots: one is taken of a volume of its own tenant, on the volume's
+ * host; a volume restored from one is new, at least as large, on the snapshot's host.
  */
+import { isDeepStrictEqual } from 'node:util';
 import { CarapaceError, type FieldIssue } from '../model/errors.js';
 import { TERMINAL_PHASES, type Instance, type Job, type Machine, type Service } from '../model/objects.js';
 import type { JobSpec, ServiceSpec, TenantSpec } from '../model/schemas.js';
 import { formatMemory } from '../model/quantity.js';
-import { templateVolumeName, VOLUME_SERVICE_LABEL, VOLUME_TEMPLATE_LABEL, volumeSizeMiB, type Volume, type VolumeSpec } from '../model/volumes.js';
+import { templateVolumeName, VOLUME_SERVICE_LABEL, VOLUME_TEMPLATE_LABEL, volumeSizeBytes, volumeSizeMiB, type Volume, type VolumeSpec, type VolumeStatus } from '../model/volumes.js';
+import type { VolumeSnapshot, VolumeSnapshotSpec, VolumeSnapshotStatus } from '../model/volume-snapshots.js';
 
 /** One workload's use of a volume by its spec. */
 export interface SpecUse {
@@ -57,9 +61,18 @@ export function liveMounters(volume: string, instances: readonly Instance[]): In
   return instances.filter((i) => !TERMINAL_PHASES.includes(i.status.phase) && (i.spec.mounts ?? []).some((m) => m.volume === volume));
 }
 
-/** What the tenant's volumes hold in total, in MiB. */
-export function storageOf(volumes: readonly Volume[]): number {
-  return volumes.reduce((n, v) => n + volumeSizeMiB(v.spec.size), 0);
+/** What one snapshot holds against its tenant's storage quota, in MiB (a Failed one holds nothing). */
+export function snapshotStorageMiB(s: VolumeSnapshot): number {
+  return s.status.phase === 'Failed' ? 0 : Math.ceil((s.status.sizeBytes ?? 0) / (1024 * 1024));
+}
+
+/**
+ * What the tenant's volumes and volume snapshots hold in total, in MiB. Snapshots count at
+ * their volume's size: a copy takes that much of the host's disk where the host cannot share
+ * blocks (ext4), and a tenant must not fill a host's disk with snapshots past its quota.
+ */
+export function storageOf(volumes: readonly Volume[], snapshots: readonly VolumeSnapshot[] = []): number {
+  return volumes.reduce((n, v) => n + volumeSizeMiB(v.spec.size), 0) + snapshots.reduce((n, s) => n + snapshotStorageMiB(s), 0);
 }
 
 /** Refuses taking the tenant's storage from `before` to `after` MiB past its quota (only when it grows). */
@@ -77,6 +90,14 @@ export function checkStorageQuota(quota: TenantSpec['quota'], tenant: string, be
  * no data yet and may change freely.
  */
 export function checkVolumeUpdate(cur: Volume, next: VolumeSpec): void {
+  // Restoring always makes a new volume: a source is given at creation and never changes.
+  if (!isDeepStrictEqual(cur.spec.source, next.source)) {
+    throw new CarapaceError(
+      'CARAPACE_E_IMMUTABLE_FIELD',
+      `volume "${cur.metadata.name}": spec.source is set when a volume is created and never changes (restoring a snapshot makes a new volume; apply one under another name)`,
+      [{ path: next.source ? 'spec.source.snapshot' : 'spec.source', message: cur.spec.source ? `was made from snapshot "${cur.spec.source.snapshot}"` : 'the volume exists; restore into a new volume' }],
+    );
+  }
   if (cur.status.phase !== 'Bound') return;
   const name = cur.metadata.name;
   const host = cur.status.host ?? '';
@@ -176,7 +197,11 @@ export function checkWorkloadVolumes(
  * references (CARAPACE_E_VOLUME_IN_USE naming the user). A template volume of a replica past
  * the service's `replicas` (kept after a scale down) is no longer referenced and may go.
  */
-export function checkVolumeDeletable(tenant: string, volume: string, state: { instances: readonly Instance[]; services: readonly Service[]; jobs: readonly Job[]; machines?: readonly Machine[] }): void {
+export function checkVolumeDeletable(
+  tenant: string,
+  volume: string,
+  state: { instances: readonly Instance[]; services: readonly Service[]; jobs: readonly Job[]; machines?: readonly Machine[]; snapshots?: readonly VolumeSnapshot[] },
+): void {
   const machine = (state.machines ?? []).find((m) => (m.spec.disks ?? []).some((d) => d.volume === volume));
   if (machine) {
     throw new CarapaceError('CARAPACE_E_VOLUME_IN_USE', `volume "${volume}" in tenant "${tenant}" is a disk of machine "${machine.metadata.name}" (spec.disks); change or delete the machine first`, [
@@ -198,6 +223,100 @@ export function checkVolumeDeletable(tenant: string, volume: string, state: { in
       { path: 'metadata.name', message: `referenced by ${u.who}` },
     ]);
   }
+  // A snapshot's copy lives in its volume's storage on the host and goes with it: deleting
+  // the volume first would lose snapshots the user still has (Failed ones hold nothing).
+  const snaps = (state.snapshots ?? []).filter((x) => x.spec.volume === volume && x.status.phase !== 'Failed').map((x) => x.metadata.name).sort();
+  if (snaps.length > 0) {
+    throw new CarapaceError('CARAPACE_E_VOLUME_IN_USE', `volume "${volume}" in tenant "${tenant}" has snapshot(s) ${snaps.map((n) => `"${n}"`).join(', ')}, kept with its storage; delete them first (a volume restored from a snapshot does not need it any more)`, [
+      { path: 'metadata.name', message: `has snapshots: ${snaps.join(', ')}` },
+    ]);
+  }
+}
+
+/**
+ * The status a new VolumeSnapshot of `volume` starts with: Pending on the volume's host (whose
+ * agent takes the copy), with the volume's uid, so the copy belongs to this volume even if a
+ * volume of the same name is made later; Failed when the volume is bound to no host: never
+ * used, it holds no data (an empty snapshot would restore into what a new empty volume is, and
+ * has no host to be restored on).
+ */
+export function newSnapshotStatus(volume: Volume): VolumeSnapshotStatus {
+  if (volume.status.phase !== 'Bound' || !volume.status.host) {
+    return {
+      phase: 'Failed',
+      reason: 'VolumeNotBound',
+      message: `volume "${volume.metadata.name}" was never used, so it lives on no host and holds no data; snapshot it once a workload has mounted it`,
+    };
+  }
+  // Its size is known now (the volume's): it counts against the storage quota from creation.
+  return { phase: 'Pending', host: volume.status.host, volumeUid: volume.metadata.uid, sizeBytes: volumeSizeBytes(volume.spec.size) };
+}
+
+/**
+ * Checks a new VolumeSnapshot against its tenant's volumes: the volume must exist
+ * (CARAPACE_E_VOLUME_NOT_FOUND at spec.volume; another tenant's is not found: names are per
+ * tenant). An existing snapshot's spec never changes (CARAPACE_E_IMMUTABLE_FIELD): a
+ * snapshot is of one volume at one time.
+ */
+export function checkSnapshotSpec(name: string, tenant: string, spec: VolumeSnapshotSpec, cur: VolumeSnapshot | undefined, volume: Volume | undefined): Volume | undefined {
+  if (cur) {
+    if (cur.spec.volume !== spec.volume) {
+      throw new CarapaceError('CARAPACE_E_IMMUTABLE_FIELD', `volume snapshot "${name}": it is a snapshot of volume "${cur.spec.volume}" and cannot become one of another; make a new snapshot`, [
+        { path: 'spec.volume', message: `is "${cur.spec.volume}" (immutable)` },
+      ]);
+    }
+    return undefined;
+  }
+  if (!volume) {
+    throw new CarapaceError('CARAPACE_E_VOLUME_NOT_FOUND', `volume snapshot "${name}": volume "${spec.volume}" does not exist in tenant "${tenant}"`, [
+      { path: 'spec.volume', message: `volume "${spec.volume}" not found` },
+    ]);
+  }
+  return volume;
+}
+
+/**
+ * A new volume restored from snapshot `snap` (`spec.source.snapshot`): the snapshot must be
+ * of this tenant (CARAPACE_E_SNAPSHOT_NOT_FOUND) and Ready (CARAPACE_E_SNAPSHOT_NOT_READY), the
+ * volume at least as large as the one the snapshot was taken of (CARAPACE_E_VOLUME_TOO_SMALL),
+ * and on the snapshot's host (a pin to another is CARAPACE_E_IMMUTABLE_FIELD). Returns the
+ * spec to store (pinned to that host) and its status: Bound there at once, with the
+ * snapshot's ids, so the host's agent makes it (a copy of the snapshot) without waiting for a
+ * user and without reading the snapshot again.
+ *
+ * Why a new volume and not the old one rewritten (as Kubernetes restores): the volume being
+ * restored is often under a running database, which must never see its files change beneath
+ * it; and the current data stays until the user has checked the restored copy. The user
+ * re-points a service at the new volume (its `spec.volumes`), which re-creates its
+ * containers on it, and deletes the old volume when satisfied.
+ */
+export function restoredVolume(name: string, spec: VolumeSpec, snap: VolumeSnapshot | undefined): { spec: VolumeSpec; status: VolumeStatus } {
+  const source = spec.source;
+  if (!source) return { spec, status: { phase: 'Pending', attachedTo: [] } };
+  const path = 'spec.source.snapshot';
+  if (!snap) {
+    throw new CarapaceError('CARAPACE_E_SNAPSHOT_NOT_FOUND', `volume "${name}": volume snapshot "${source.snapshot}" does not exist in this tenant`, [{ path, message: `volume snapshot "${source.snapshot}" not found` }]);
+  }
+  const st = snap.status;
+  if (st.phase !== 'Ready' || !st.host || !st.volumeUid || st.sizeBytes === undefined) {
+    const why = st.phase === 'Failed' ? `failed (${st.reason ?? 'unknown'}${st.message ? `: ${st.message}` : ''})` : 'not taken yet (Pending); retry once it is Ready';
+    throw new CarapaceError('CARAPACE_E_SNAPSHOT_NOT_READY', `volume "${name}": volume snapshot "${source.snapshot}" is ${why}`, [{ path, message: `volume snapshot "${source.snapshot}" is ${st.phase}` }]);
+  }
+  if (volumeSizeBytes(spec.size) < st.sizeBytes) {
+    const least = formatMemory(Math.ceil(st.sizeBytes / (1024 * 1024)));
+    throw new CarapaceError('CARAPACE_E_VOLUME_TOO_SMALL', `volume "${name}": ${spec.size} is smaller than the ${least} volume snapshot "${source.snapshot}" was taken of; ask for at least ${least}`, [
+      { path: 'spec.size', message: `must be at least ${least} (the size of the snapshot's volume)` },
+    ]);
+  }
+  if (spec.host !== undefined && spec.host !== st.host) {
+    throw new CarapaceError('CARAPACE_E_IMMUTABLE_FIELD', `volume "${name}": volume snapshot "${source.snapshot}" is kept on host ${st.host}, where the restored volume is made; it cannot be pinned to ${spec.host}`, [
+      { path: 'spec.host', message: `must be ${st.host} (the snapshot's host) or left out` },
+    ]);
+  }
+  return {
+    spec: { ...spec, host: st.host },
+    status: { phase: 'Bound', host: st.host, attachedTo: [], restoredFrom: { snapshot: snap.metadata.name, snapshotUid: snap.metadata.uid, volumeUid: st.volumeUid } },
+  };
 }
 
 /**

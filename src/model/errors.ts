@@ -72,8 +72,11 @@ export const ERROR_CATALOGUE = {
   },
   CARAPACE_E_VOLUME_IN_USE: {
     status: 409,
-    description: 'The volume is used by someone else: deleting a volume a live instance mounts or a service/job spec references, mounting read-write a volume another service or job uses (or read-only one it uses read-write), or a volume template whose `<name>-<ordinal>` volume belongs to another service. The message names the user.',
+    description: 'The volume is used by someone else: deleting a volume a live instance mounts, a service/job spec references or a VolumeSnapshot (Pending or Ready) was taken of, mounting read-write a volume another service or job uses (or read-only one it uses read-write), or a volume template whose `<name>-<ordinal>` volume belongs to another service. The message names the user.',
   },
+  CARAPACE_E_SNAPSHOT_NOT_FOUND: { status: 422, description: "A volume's `spec.source.snapshot` names a VolumeSnapshot its tenant does not have (snapshot names are per tenant: another tenant's snapshot is not found); `details` names the field." },
+  CARAPACE_E_SNAPSHOT_NOT_READY: { status: 409, description: "A volume's `spec.source.snapshot` names a VolumeSnapshot that is not Ready (still Pending: retry once it is; Failed: its status says why)." },
+  CARAPACE_E_VOLUME_TOO_SMALL: { status: 422, description: 'A volume restored from a snapshot asks for less than the size of the volume the snapshot was taken of (`details` names `spec.size` and the smallest size).' },
   CARAPACE_E_SECRET_NOT_FOUND: { status: 422, description: "A service or job references a Secret its tenant does not have (`details` names the field, e.g. `spec.secrets[0].secret`); apply the Secret first." },
   CARAPACE_E_SECRET_IN_USE: { status: 409, description: 'Deleting a Secret that a service or job of its tenant references, or that a live instance still uses: change or delete its users first (the message names one; `details` lists them).' },
   CARAPACE_E_CONFIG_IN_USE: { status: 409, description: 'Deleting a Config that a service or job of its tenant references, or that a live instance still uses: change or delete its users first (the message names one; `details` lists them).' },

@@ -7,7 +7,7 @@
  *
  * | key | holds |
  * |---|---|
- * | `<plural>/<name>`, `<plural>/<tenant>/<name>` | objects (tenants, services, jobs, instances, hosts, cells, machines, volumes) |
+ * | `<plural>/<name>`, `<plural>/<tenant>/<name>` | objects (tenants, services, jobs, instances, hosts, cells, machines, volumes, volumesnapshots, secrets, configs) |
  * | `leases/hosts/<host>` | a host agent's liveness lease |
  * | `tokens/<id>`, `auth/bootstrap` | API token records; marker of the first admin token |
  * | `pki/ca`, `pki/join-tokens/<id>`, `pki/agents/<host>` | the cluster CA, join tokens, agent certificates on record |
@@ -59,6 +59,9 @@ export const VOLUME_PREFIX = kindPrefix('Volume');
 export function volumeKey(tenant: string, name: string): string {
   return objectKey('Volume', name, tenant);
 }
+
+/** Where volume snapshots live (`volumesnapshots/<tenant>/<name>`); agents read and write those on their host (agentapi/scope.ts). */
+export const VOLUME_SNAPSHOT_PREFIX = kindPrefix('VolumeSnapshot');
 
 // ---- hosts ----------------------------------------------------------------------------------
 

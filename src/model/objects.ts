@@ -7,6 +7,7 @@
 import type { ContainerSpec, JobSpec, MachineSpec, ServiceSpec, TenantSpec } from './schemas.js';
 import type { InstanceMount, Volume } from './volumes.js';
 import type { Config, Secret } from './secrets.js';
+import type { VolumeSnapshot } from './volume-snapshots.js';
 
 /** Kinds stored by the control plane, with their URL/collection names. */
 export const KINDS = {
@@ -20,13 +21,18 @@ export const KINDS = {
   Volume: { plural: 'volumes', scoped: true },
   Secret: { plural: 'secrets', scoped: true },
   Config: { plural: 'configs', scoped: true },
+  VolumeSnapshot: { plural: 'volumesnapshots', scoped: true },
 } as const;
 export type Kind = keyof typeof KINDS;
 export type Plural = (typeof KINDS)[Kind]['plural'];
 
-/** Maps a plural or singular, any case ("services", "service", "Service") to a Kind. */
+/** Short words for kinds, as kubectl has (`get snapshots`). */
+const KIND_ALIASES: Readonly<Record<string, Kind>> = { snapshot: 'VolumeSnapshot', snapshots: 'VolumeSnapshot' };
+
+/** Maps a plural or singular, any case ("services", "service", "Service"), or an alias ("snapshots"), to a Kind. */
 export function kindFromWord(word: string): Kind | undefined {
   const w = word.toLowerCase();
+  if (Object.hasOwn(KIND_ALIASES, w)) return KIND_ALIASES[w];
   for (const [kind, info] of Object.entries(KINDS) as [Kind, (typeof KINDS)[Kind]][]) {
     if (w === kind.toLowerCase() || w === info.plural) return kind;
   }
@@ -338,7 +344,7 @@ export interface Machine {
   };
 }
 
-export type AnyObject = Tenant | Service | Job | Instance | Host | Cell | Machine | Volume | Secret | Config;
+export type AnyObject = Tenant | Service | Job | Instance | Host | Cell | Machine | Volume | Secret | Config | VolumeSnapshot;
 export type ObjectOfKind<K extends Kind> = Extract<AnyObject, { kind: K }>;
 
 /** Deterministic instance name for a service replica or a job completion index. */

@@ -20,7 +20,7 @@ export interface RouteDef {
   action?: 'apply' | 'create' | 'get' | 'list' | 'listAll' | 'delete';
 }
 
-const APPLYABLE: readonly Kind[] = ['Tenant', 'Service', 'Job', 'Machine', 'Volume', 'Secret', 'Config'];
+const APPLYABLE: readonly Kind[] = ['Tenant', 'Service', 'Job', 'Machine', 'Volume', 'Secret', 'Config', 'VolumeSnapshot'];
 
 function objectRoutes(): RouteDef[] {
   const out: RouteDef[] = [];

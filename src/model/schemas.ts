@@ -14,6 +14,7 @@ export const API_VERSION = 'carapace/v1';
 export { NameSchema } from './name.js';
 import { NameSchema } from './name.js';
 import { refineVolumes, StorageQuotaSchema, VolumeMountSchema, VolumeSpecSchema, VolumeTemplateSchema } from './volumes.js';
+import { VolumeSnapshotSpecSchema } from './volume-snapshots.js';
 
 const LabelsSchema = z.record(
   z.string().regex(/^[a-zA-Z0-9][-a-zA-Z0-9_./]{0,62}$/, 'label keys are at most 63 of [-a-zA-Z0-9_./]'),
@@ -434,10 +435,19 @@ export const VolumeManifestSchema = z.strictObject({
 });
 export type VolumeManifest = z.infer<typeof VolumeManifestSchema>;
 
+/** A point-in-time copy of one of the tenant's volumes, taken by the volume's host (model/volume-snapshots.ts). */
+export const VolumeSnapshotManifestSchema = z.strictObject({
+  apiVersion: z.literal(API_VERSION),
+  kind: z.literal('VolumeSnapshot'),
+  metadata: TenantScopedMetadataSchema,
+  spec: VolumeSnapshotSpecSchema,
+});
+export type VolumeSnapshotManifest = z.infer<typeof VolumeSnapshotManifestSchema>;
+
 export type TenantManifest = z.infer<typeof TenantManifestSchema>;
 export type ServiceManifest = z.infer<typeof ServiceManifestSchema>;
 export type JobManifest = z.infer<typeof JobManifestSchema>;
-export type Manifest = TenantManifest | ServiceManifest | JobManifest | MachineManifest | VolumeManifest | SecretManifest | ConfigManifest;
+export type Manifest = TenantManifest | ServiceManifest | JobManifest | MachineManifest | VolumeManifest | SecretManifest | ConfigManifest | VolumeSnapshotManifest;
 
 /** Most bytes a Secret's or Config's data may hold in total (keys and values, UTF-8). */
 export const DATA_LIMIT_BYTES = 64 * 1024;
@@ -496,5 +506,6 @@ export const MANIFEST_SCHEMAS = {
   Volume: VolumeManifestSchema,
   Secret: SecretManifestSchema,
   Config: ConfigManifestSchema,
+  VolumeSnapshot: VolumeSnapshotManifestSchema,
 } as const;
 export type ApplyKind = keyof typeof MANIFEST_SCHEMAS;

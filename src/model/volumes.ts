@@ -84,14 +84,30 @@ export const MountPathSchema = z
   .refine((p) => p !== '/', 'cannot be / (the container root)')
   .refine((p) => !p.endsWith('/') && !p.split('/').slice(1).some((s) => s === '' || s === '.' || s === '..'), 'must be a normalised path (no "//", ".", ".." or trailing "/")');
 
+/**
+ * Where a new volume's data comes from: a VolumeSnapshot of the same tenant, Ready. Restoring
+ * makes a new volume (Kubernetes' `dataSource`), never overwrites one in place: see
+ * core/volumes.ts `restoredVolumeStatus` for why.
+ */
+export const VolumeSourceSchema = z.strictObject({
+  /** The VolumeSnapshot's name (per tenant, like volumes). */
+  snapshot: NameSchema,
+});
+export type VolumeSource = z.infer<typeof VolumeSourceSchema>;
+
 /** The spec of a Volume: how large, which filesystem, and optionally the host it must live on. */
 export const VolumeSpecSchema = z.strictObject({
   /** Hard size limit (the host makes a filesystem of exactly this size). */
   size: VolumeSizeSchema,
   /** The filesystem made on it; only ext4 for now. */
   filesystem: z.enum(['ext4']).default('ext4'),
-  /** Pins the volume to this host; omitted: bound to the host of its first user's placement. */
+  /**
+   * Pins the volume to this host; omitted: bound to the host of its first user's placement
+   * (a volume restored from a snapshot: the snapshot's host, filled in by the control plane).
+   */
   host: NameSchema.optional(),
+  /** Made as a copy of this snapshot instead of an empty filesystem; set at creation only. */
+  source: VolumeSourceSchema.optional(),
 });
 export type VolumeSpec = z.infer<typeof VolumeSpecSchema>;
 
@@ -138,6 +154,21 @@ export interface VolumeStatus {
   attachedTo: string[];
   /** What its host's agent last said about it (e.g. why it could not be made). */
   message?: string;
+  /**
+   * For a volume made from a snapshot (`spec.source`): the snapshot and its copy on the host,
+   * resolved by the control plane when the volume was created, so the host's agent finds the
+   * copy without reading the snapshot (which may be deleted meanwhile).
+   */
+  restoredFrom?: RestoredFrom;
+}
+
+/** The snapshot a volume was restored from, as its host's storage names it. */
+export interface RestoredFrom {
+  /** The VolumeSnapshot's name and uid. */
+  snapshot: string;
+  snapshotUid: string;
+  /** The uid of the volume the snapshot was taken of (its copy lives under that volume's id on the host). */
+  volumeUid: string;
 }
 
 /** A stored Volume. */

@@ -19,7 +19,9 @@
  *
  * Decisions (see README.md for the reasons): sparse images by default (`allocate: 'full'`
  * preallocates with fallocate); mounted nosuid,nodev but not noexec; loop devices with
- * direct I/O; snapshots are `cp --reflink=auto --sparse=always` of the image under fsfreeze.
+ * direct I/O; snapshots are `cp --reflink=auto --sparse=always` of the image under fsfreeze,
+ * or, for a volume in a VM, while the caller holds the VM paused; a volume made from a
+ * snapshot is such a copy, made like a fresh volume (temporary file, rename).
  */
 import { constants } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, rmdir, stat, statfs } from 'node:fs/promises';
@@ -53,6 +55,42 @@ export interface VolumeRequest {
   sizeBytes: number;
   /** `sparse` (default): blocks are taken from the host as written; `full`: reserved now (fallocate). */
   allocate?: 'sparse' | 'full';
+  /**
+   * Made as a copy of this snapshot (of volume `volume`, possibly gone since) instead of an
+   * empty filesystem, then grown to `sizeBytes` when that is larger. Used only when the volume
+   * is created: an existing volume is never rewritten from it.
+   */
+  source?: { volume: string; snapshot: string };
+}
+
+/**
+ * How `snapshot` stops the writer of a volume handed to a VM: `pause` stops the VM holding it
+ * (its vCPUs and, once QEMU has drained them, its disk requests), `resume` lets it go on. The
+ * copy is then crash-consistent: what a power cut at that instant would leave (ext4's journal
+ * makes it a clean filesystem once replayed), not a torn mix of two moments. `resume` is called
+ * after every `pause` that returned, whether the copy worked or not; a `resume` that throws
+ * makes the copy count as failed (it is not kept).
+ */
+export interface WriterPause {
+  /**
+   * Pauses the VM holding the image; resolves with the longest it may stay paused (a copy that
+   * takes longer is abandoned: SnapshotPauseExceeded), or with undefined when no VM holds it
+   * open (nothing to pause; `resume` then checks that none opened it meanwhile).
+   */
+  pause(): Promise<number | undefined>;
+  resume(): Promise<void>;
+}
+
+/**
+ * A snapshot of a volume in a VM abandoned because the copy took longer than the VM may be
+ * paused (the host's filesystem could not reflink, and the data was too large to copy in
+ * time). The VM was resumed and the partial copy removed.
+ */
+export class SnapshotPauseExceeded extends CarapaceError {
+  constructor(id: string, maxPauseMs: number) {
+    super('CARAPACE_E_VOLUME_BUSY', `volume ${id} is attached to a running VM, which may be paused for at most ${maxPauseMs} ms, and copying its image took longer (this host's filesystem cannot make instant reflink copies); stop the workload using it (the volume goes back to the host) and snapshot again, or keep volumes on XFS or btrfs`);
+    this.name = 'SnapshotPauseExceeded';
+  }
 }
 
 /** One volume as the store knows it. */
@@ -82,6 +120,11 @@ export interface SnapshotInfo {
   /** The volume's size when it was taken. */
   sizeBytes: number;
   createdAt: string;
+}
+
+/** A snapshot found on the host, with the volume id it belongs to. */
+export interface StoredSnapshot extends SnapshotInfo {
+  volume: string;
 }
 
 /** What `recover` found and did. */
@@ -205,6 +248,10 @@ export class VolumeStore {
    */
   async ensure(req: VolumeRequest): Promise<VolumeInfo> {
     validateVolumeId(req.id);
+    if (req.source) {
+      validateVolumeId(req.source.volume, 'source.volume');
+      validateVolumeId(req.source.snapshot, 'source.snapshot');
+    }
     if (!Number.isSafeInteger(req.sizeBytes) || req.sizeBytes < MIN_VOLUME_BYTES) {
       throw new CarapaceError('CARAPACE_E_VALIDATION', `volume size must be a whole number of bytes, at least ${MIN_VOLUME_BYTES}`, [{ path: 'sizeBytes', message: `must be at least ${MIN_VOLUME_BYTES}` }]);
     }
@@ -346,17 +393,20 @@ export class VolumeStore {
   /**
    * Takes point-in-time copy `snap` of volume `id`. A mounted volume is frozen (fsfreeze)
    * for the copy, so the copy is a clean filesystem: writers block for that long (a reflink
-   * copy on XFS/btrfs is instant; elsewhere a sparse copy of the data written). Idempotent: an
-   * existing snapshot of that name is kept as it is. Refused while the volume is in a VM
-   * (CARAPACE_E_VOLUME_BUSY): only the guest can quiesce its filesystem.
+   * copy on XFS/btrfs is instant; elsewhere a sparse copy of the data written). A volume
+   * handed to a VM is copied while `opts.whileAttached` holds the VM paused (crash-consistent:
+   * only the guest could flush its own cache), for at most the time its `pause` allows
+   * (SnapshotPauseExceeded past it); without it, refused (CARAPACE_E_VOLUME_BUSY). Idempotent:
+   * an existing snapshot of that name is kept as it is.
    */
-  async snapshot(id: string, snap: string): Promise<SnapshotInfo> {
+  async snapshot(id: string, snap: string, opts: { whileAttached?: WriterPause } = {}): Promise<SnapshotInfo> {
     validateVolumeId(id);
     validateVolumeId(snap, 'snapshot');
     return this.locked(async () => {
       const state = await this.readState();
       const e = this.entry(state, id);
-      if (e.attachment === 'block') throw new CarapaceError('CARAPACE_E_VOLUME_BUSY', `volume ${id} is attached to a VM; snapshot it from the guest`);
+      const vm = opts.whileAttached;
+      if (e.attachment === 'block' && !vm) throw new CarapaceError('CARAPACE_E_VOLUME_BUSY', `volume ${id} is attached to a VM; only a paused VM's volume can be copied`);
       const dir = this.snapshotDir(id);
       const file = join(dir, `${snap}.img`);
       const done = await this.snapshotInfo(file, snap);
@@ -365,14 +415,32 @@ export class VolumeStore {
       const tmp = `${file}.tmp`;
       const mnt = this.mountDir(id);
       const mounted = (await mountTable()).some((m) => m.target === mnt);
-      if (mounted) await runOrThrow('fsfreeze', ['--freeze', mnt]);
-      try {
-        await this.copyImage(this.imageFile(id), tmp);
-      } finally {
-        if (mounted) await runOrThrow('fsfreeze', ['--unfreeze', mnt]);
+      if (e.attachment === 'block' && vm) {
+        // The lock is held: nothing of this store hands the image out or takes it back meanwhile.
+        const budget = await vm.pause();
+        try {
+          await this.copyImage(this.imageFile(id), tmp, budget);
+        } catch (err) {
+          await rm(tmp, { force: true });
+          if (budget !== undefined && err instanceof CommandError && err.timedOut) throw new SnapshotPauseExceeded(id, budget);
+          throw err;
+        } finally {
+          // A failed resume leaves nothing half-made behind (the copy is not kept).
+          await vm.resume().catch(async (err: unknown) => {
+            await rm(tmp, { force: true });
+            throw err;
+          });
+        }
+      } else {
+        if (mounted) await runOrThrow('fsfreeze', ['--freeze', mnt]);
+        try {
+          await this.copyImage(this.imageFile(id), tmp);
+        } finally {
+          if (mounted) await runOrThrow('fsfreeze', ['--unfreeze', mnt]);
+        }
       }
       await this.commitFile(tmp, file);
-      this.log.info({ volume: id, snapshot: snap, frozen: mounted }, 'snapshot taken');
+      this.log.info({ volume: id, snapshot: snap, frozen: mounted, paused: e.attachment === 'block' }, 'snapshot taken');
       const info = await this.snapshotInfo(file, snap);
       if (!info) throw new Error(`snapshot ${snap} of volume ${id} vanished after it was made`);
       return info;
@@ -416,6 +484,25 @@ export class VolumeStore {
       for (const n of names) {
         const i = await this.snapshotInfo(join(this.snapshotDir(id), `${n}.img`), n);
         if (i) out.push(i);
+      }
+      return out;
+    });
+  }
+
+  /**
+   * Every snapshot on this host, of any volume (also of one whose entry is gone: its snapshot
+   * directory outlives it until `gc`), sorted by volume and name.
+   */
+  async allSnapshots(): Promise<StoredSnapshot[]> {
+    return this.locked(async () => {
+      const out: StoredSnapshot[] = [];
+      for (const volume of (await this.listDir(join(this.root, 'snapshots'))).sort()) {
+        if (!VOLUME_ID_PATTERN.test(volume)) continue;
+        for (const f of (await this.listDir(this.snapshotDir(volume))).sort()) {
+          if (!f.endsWith('.img')) continue;
+          const i = await this.snapshotInfo(join(this.snapshotDir(volume), f), f.slice(0, -4));
+          if (i) out.push({ ...i, volume });
+        }
       }
       return out;
     });
@@ -625,13 +712,43 @@ export class VolumeStore {
 
   private async create(state: StateFile, req: VolumeRequest, size: number): Promise<void> {
     const { id } = req;
-    state.volumes[id] = { tenant: req.tenant, name: req.name, sizeBytes: size, phase: 'creating', attachment: 'none', guestWritten: false, createdAt: new Date().toISOString() };
+    // From a snapshot: checked before anything is recorded, so a missing one leaves nothing.
+    const from = req.source ? join(this.snapshotDir(req.source.volume), `${req.source.snapshot}.img`) : undefined;
+    const snap = from && req.source ? await this.snapshotInfo(from, req.source.snapshot) : undefined;
+    if (req.source && !snap) throw new CarapaceError('CARAPACE_E_NOT_FOUND', `snapshot ${req.source.snapshot} of volume ${req.source.volume} is not on this host (deleted?); volume ${id} cannot be made from it`);
+    if (snap && snap.sizeBytes > size) {
+      throw new CarapaceError('CARAPACE_E_VALIDATION', `volume ${id} (${size} bytes) is smaller than snapshot ${snap.name} (${snap.sizeBytes} bytes)`, [{ path: 'sizeBytes', message: `must be at least ${snap.sizeBytes}` }]);
+    }
+    // A copy may come from a VM's image (crash-consistent, its journal to replay) and holds
+    // whatever a guest wrote: checked with e2fsck before the host's kernel first mounts it.
+    state.volumes[id] = { tenant: req.tenant, name: req.name, sizeBytes: size, phase: 'creating', attachment: 'none', guestWritten: snap !== undefined, createdAt: new Date().toISOString() };
     await this.writeState(state);
     await mkdir(join(this.root, 'images'), { recursive: true, mode: 0o700 });
     await this.unmountNow(id).catch(() => undefined); // a previous attempt's leftovers, if any
     const img = this.imageFile(id);
     const tmp = `${img}.tmp`;
     await rm(tmp, { force: true });
+    if (from && snap) {
+      // Crash-safe like a fresh one: the copy is made as IMAGE.tmp and renamed when whole;
+      // `recover` rolls back a creation that was cut short.
+      await this.copyImage(from, tmp);
+      if (size > snap.sizeBytes) {
+        const fh = await open(tmp, 'r+');
+        try {
+          await fh.truncate(size);
+        } finally {
+          await fh.close();
+        }
+        await this.fsck(tmp);
+        await runOrThrow('resize2fs', [tmp], { timeoutMs: 600_000 });
+      }
+      await this.commitFile(tmp, img);
+      const e = state.volumes[id];
+      if (e) e.phase = 'ready';
+      await this.writeState(state);
+      this.log.info({ volume: id, tenant: req.tenant, name: req.name, sizeBytes: size, fromVolume: req.source?.volume, fromSnapshot: snap.name }, 'volume created from a snapshot');
+      return;
+    }
     const fh = await open(tmp, 'w', 0o600);
     try {
       await fh.truncate(size);
@@ -766,9 +883,9 @@ export class VolumeStore {
    * Copies an image, keeping it sparse: a reflink (shared extents, instant, on XFS and
    * btrfs) when the host filesystem can, else a copy of the allocated extents only.
    */
-  private async copyImage(from: string, to: string): Promise<void> {
+  private async copyImage(from: string, to: string, timeoutMs?: number): Promise<void> {
     await rm(to, { force: true });
-    await runOrThrow('cp', ['--reflink=auto', '--sparse=always', from, to], { timeoutMs: 3_600_000 });
+    await runOrThrow('cp', ['--reflink=auto', '--sparse=always', from, to], { timeoutMs: timeoutMs ?? 3_600_000 });
   }
 
   /** fsync `tmp`, rename it to `file`, fsync the directory: the file is whole or absent, and durable. */

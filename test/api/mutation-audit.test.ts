@@ -66,7 +66,14 @@ const SPECS: Record<string, Record<string, unknown>> = {
   Volume: { size: '64Mi' },
   Secret: { data: { password: 'mutation-audit-secret-value' } },
   Config: { data: { 'app.yaml': 'a: 1' } },
+  // Of the volume `v` the recipes make first (a snapshot of an unbound volume: created, Failed).
+  VolumeSnapshot: { volume: 'v' },
 };
+
+/** A volume `v` for a VolumeSnapshot recipe to name (unaudited fixture). */
+async function volumeFixture(tenant: string): Promise<void> {
+  await cp().handle({ type: 'apply', manifest: manifest('Volume', 'v', tenant, SPECS['Volume'] ?? {}) as never });
+}
 
 function host(name: string, cordoned = false): Host {
   const now = env.now();
@@ -115,7 +122,7 @@ async function tenantFixture(name: string): Promise<void> {
 /** The recipes, keyed `METHOD url` as in ROUTES. */
 function recipes(): Map<string, Recipe> {
   const m = new Map<string, Recipe>();
-  for (const kind of ['Tenant', 'Service', 'Job', 'Machine', 'Volume', 'Secret', 'Config'] as const) {
+  for (const kind of ['Tenant', 'Service', 'Job', 'Machine', 'Volume', 'Secret', 'Config', 'VolumeSnapshot'] as const) {
     const scoped = kind !== 'Tenant';
     const plural = `${kind.toLowerCase()}s`;
     for (const method of ['PUT', 'POST'] as const) {
@@ -124,19 +131,20 @@ function recipes(): Map<string, Recipe> {
       const collection = scoped ? `/v1/tenants/${t}/${plural}` : `/v1/${plural}`;
       const url = scoped ? `/v1/tenants/:tenant/${plural}` : `/v1/${plural}`;
       m.set(`${method} ${method === 'PUT' ? `${url}/:name` : url}`, {
-        ...(scoped ? { setup: () => tenantFixture(t) } : {}),
+        ...(scoped ? { setup: () => tenantFixture(t).then(() => (kind === 'VolumeSnapshot' ? volumeFixture(t) : undefined)) } : {}),
         success: { path: method === 'PUT' ? `${collection}/${name}` : collection, body: manifest(kind, name, scoped ? t : undefined, SPECS[kind] ?? {}) },
         // The body is not a manifest: refused by the edge's parser.
         refusal: { path: method === 'PUT' ? `${collection}/${name}` : collection, body: {} },
       });
     }
   }
-  for (const kind of ['Tenant', 'Service', 'Job', 'Machine', 'Volume', 'Instance', 'Secret', 'Config'] as const) {
+  for (const kind of ['Tenant', 'Service', 'Job', 'Machine', 'Volume', 'Instance', 'Secret', 'Config', 'VolumeSnapshot'] as const) {
     const t = `t-del-${kind.toLowerCase()}`;
     const item = kind === 'Tenant' ? `/v1/tenants/${t}` : `/v1/tenants/${t}/${kind.toLowerCase()}s/obj`;
     m.set(`DELETE ${kind === 'Tenant' ? '/v1/tenants/:name' : `/v1/tenants/:tenant/${kind.toLowerCase()}s/:name`}`, {
       setup: async () => {
         await tenantFixture(t);
+        if (kind === 'VolumeSnapshot') await volumeFixture(t);
         if (kind === 'Instance') await fixtures.write(instance(t, 'obj'), 0);
         else if (kind !== 'Tenant') await cp().handle({ type: 'apply', manifest: manifest(kind, 'obj', t, SPECS[kind] ?? {}) as never }); // a valid manifest, applied unaudited below
       },

@@ -95,6 +95,7 @@ beforeAll(async () => {
       ['Job', 'batch', { image: IMG, isolation: 'host' }],
       ['Machine', 'vm', { kernel: 'host', running: false }],
       ['Volume', 'data', { size: '64Mi' }],
+      ['VolumeSnapshot', 'snap', { volume: 'data' }],
     ] as const) {
       const r = await request(`${base}/v1/tenants/${t}/${kind.toLowerCase()}s/${name}`, { method: 'PUT', headers: { authorization: `Bearer ${tokens['cluster-admin']}`, 'content-type': 'application/json' }, body: JSON.stringify(manifest(kind, name, t, spec)) });
       expect(r.statusCode, await r.body.text()).toBe(201);
@@ -127,6 +128,8 @@ function nameFor(r: RouteDef, tenant: string): string {
       return 'vm';
     case 'Volume':
       return 'data';
+    case 'VolumeSnapshot':
+      return 'snap';
     case 'Instance':
       return 'web-0';
     case 'Cell':
@@ -181,6 +184,8 @@ function bodyFor(r: RouteDef, tenant: string, name: string): unknown {
       return manifest('Machine', nm, tenant, { kernel: 'host', running: false, cpu: 1 });
     case 'Volume':
       return manifest('Volume', nm, tenant, { size: '64Mi' });
+    case 'VolumeSnapshot':
+      return manifest('VolumeSnapshot', nm, tenant, { volume: 'data' });
     default:
       return {};
   }

@@ -13,7 +13,7 @@ import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CarapaceError } from '../../src/model/errors.js';
 import { runOrThrow } from '../../src/proc/run.js';
-import { MIN_VOLUME_BYTES, VolumeStore } from '../../src/storage/volume-store.js';
+import { MIN_VOLUME_BYTES, SnapshotPauseExceeded, VolumeStore } from '../../src/storage/volume-store.js';
 import { loopsUnder, mountsUnder } from './helpers.js';
 
 const logger = pino({ level: process.env.CARAPACE_TEST_LOG ?? 'silent' });
@@ -162,6 +162,80 @@ describe('VolumeStore (real loop devices and ext4)', () => {
     await store.remove('snap');
   });
 
+  it('makes a new volume as a copy of a snapshot (grown when larger), never from a missing one, never rewriting an existing one', async () => {
+    await store.ensure({ id: 'orig', tenant: 'acme', name: 'orig', sizeBytes: 32 * MiB });
+    const mnt = await store.mount('orig');
+    await writeFile(join(mnt, 'f'), 'before');
+    await store.snapshot('orig', 's1');
+    await writeFile(join(mnt, 'f'), 'after');
+    await store.unmount('orig');
+    expect((await store.allSnapshots()).map((x) => [x.volume, x.name, x.sizeBytes])).toEqual([['orig', 's1', 32 * MiB]]);
+
+    const same = await store.ensure({ id: 'copy', tenant: 'acme', name: 'copy', sizeBytes: 32 * MiB, source: { volume: 'orig', snapshot: 's1' } });
+    expect(same).toMatchObject({ id: 'copy', sizeBytes: 32 * MiB, attachment: 'none' });
+    const copyMnt = await store.mount('copy');
+    expect(await readFile(join(copyMnt, 'f'), 'utf8')).toBe('before');
+    await writeFile(join(copyMnt, 'mine'), 'x');
+    await store.unmount('copy');
+    // Ensured again (the agent does on every start): the volume exists, the source is not used again.
+    await store.ensure({ id: 'copy', tenant: 'acme', name: 'copy', sizeBytes: 32 * MiB, source: { volume: 'orig', snapshot: 's1' } });
+    expect(await readFile(join(await store.mount('copy'), 'mine'), 'utf8')).toBe('x');
+    await store.unmount('copy');
+
+    await store.ensure({ id: 'bigger', tenant: 'acme', name: 'bigger', sizeBytes: 64 * MiB, source: { volume: 'orig', snapshot: 's1' } });
+    const bigMnt = await store.mount('bigger');
+    expect(await readFile(join(bigMnt, 'f'), 'utf8')).toBe('before');
+    expect((await store.usage('bigger')).totalBytes).toBeGreaterThan(56 * MiB);
+    await store.unmount('bigger');
+
+    // Too small for the snapshot, or the snapshot gone: refused, and nothing is left of it.
+    expect(await codeOf(store.ensure({ id: 'tiny', tenant: 'acme', name: 'tiny', sizeBytes: 16 * MiB, source: { volume: 'orig', snapshot: 's1' } }))).toBe('CARAPACE_E_VALIDATION');
+    expect(await codeOf(store.ensure({ id: 'lost', tenant: 'acme', name: 'lost', sizeBytes: 32 * MiB, source: { volume: 'orig', snapshot: 'nosuch' } }))).toBe('CARAPACE_E_NOT_FOUND');
+    expect((await store.list()).map((v) => v.id)).not.toContain('tiny');
+    expect((await store.list()).map((v) => v.id)).not.toContain('lost');
+    expect((await readdir(join(dir, 'volumes', 'images'))).filter((f) => f.startsWith('tiny') || f.startsWith('lost'))).toEqual([]);
+    for (const id of ['copy', 'bigger', 'orig']) await store.remove(id);
+    expect(await store.allSnapshots()).toEqual([]);
+  });
+
+  it('copies a volume handed to a VM only while its writer is paused, for at most the pause allowed', async () => {
+    await store.ensure({ id: 'invm', tenant: 'acme', name: 'invm', sizeBytes: 64 * MiB });
+    const mnt = await store.mount('invm');
+    // Data that takes a while to copy on a filesystem without reflink (this host's ext4).
+    await writeFile(join(mnt, 'data'), Buffer.alloc(40 * MiB, 1));
+    await store.unmount('invm');
+    await store.imagePath('invm');
+    expect(await codeOf(store.snapshot('invm', 's'))).toBe('CARAPACE_E_VOLUME_BUSY');
+    const events: string[] = [];
+    const pause = (budget: number | undefined, failResume = false) => ({
+      pause: async () => (events.push('pause'), budget),
+      resume: async () => {
+        events.push('resume');
+        if (failResume) throw new Error('a VM opened it meanwhile');
+      },
+    });
+    // A budget far below what copying 40 MiB takes: abandoned, the writer resumed, nothing kept.
+    await expect(store.snapshot('invm', 'slow', { whileAttached: pause(1) })).rejects.toBeInstanceOf(SnapshotPauseExceeded);
+    expect(events).toEqual(['pause', 'resume']);
+    // A resume that fails (the copy may be torn): not kept either.
+    events.length = 0;
+    await expect(store.snapshot('invm', 'torn', { whileAttached: pause(undefined, true) })).rejects.toThrow(/opened it meanwhile/);
+    expect(events).toEqual(['pause', 'resume']);
+    expect(await readdir(join(dir, 'volumes', 'snapshots', 'invm'))).toEqual([]);
+    // Enough time: taken between the pause and the resume.
+    events.length = 0;
+    const ok = await store.snapshot('invm', 'ok', { whileAttached: pause(60_000) });
+    expect(events).toEqual(['pause', 'resume']);
+    expect(ok).toMatchObject({ name: 'ok', sizeBytes: 64 * MiB });
+    expect((await store.allSnapshots()).map((x) => x.name)).toEqual(['ok']);
+    // Idempotent: taken already, the writer is not paused again.
+    events.length = 0;
+    expect(await store.snapshot('invm', 'ok', { whileAttached: pause(60_000) })).toEqual(ok);
+    expect(events).toEqual([]);
+    await store.releaseImage('invm');
+    await store.remove('invm');
+  });
+
   it('a volume is mounted on the host or handed out as a block device, never both', async () => {
     await store.ensure({ id: 'blk', tenant: 'acme', name: 'blk', sizeBytes: 32 * MiB });
     const mnt = await store.mount('blk');
@@ -204,7 +278,7 @@ describe('VolumeStore (real loop devices and ext4)', () => {
     await store.remove('frozen');
   });
 
-  it('a process killed -9 at any point of ensure, mount, write, snapshot, unmount: recover leaves one consistent state, and the work can be redone', async () => {
+  it('a process killed -9 at any point of ensure, mount, write, snapshot, unmount, ensure from the snapshot: recover leaves one consistent state, and the work can be redone', async () => {
     // The child does a whole volume life; it says `ready` once loaded so kill times count from the work itself.
     const script = `
       import pino from 'pino';
@@ -218,6 +292,8 @@ describe('VolumeStore (real loop devices and ext4)', () => {
       await s.snapshot(id, 'snap');
       await s.unmount(id);
       await s.mount(id);
+      // A larger volume made from the snapshot (copy, grow, rename).
+      await s.ensure({ id: id + '-r', tenant: 'acme', name: id + '-r', sizeBytes: 64 * 1024 * 1024, source: { volume: id, snapshot: 'snap' } });
       process.stdout.write('done\\n');
     `;
     /** Runs the child for `id` in its own process group; kills the group -9 `killAfterMs` after `ready` (never, when undefined). */
@@ -268,6 +344,7 @@ describe('VolumeStore (real loop devices and ext4)', () => {
     expect(base.finished).toBe(true);
     await store.unmount('crash-base');
     await store.remove('crash-base');
+    await store.remove('crash-base-r');
     // Kill points spread over the whole run (and past its start), several per step.
     const points = Array.from({ length: 12 }, (_, i) => Math.round((base.ms * i) / 11));
     let killed = 0;
@@ -277,6 +354,7 @@ describe('VolumeStore (real loop devices and ext4)', () => {
       if (!(await child(id, at)).finished) killed += 1;
       repairs += (await store.recover()).repaired.length;
       await consistent(id);
+      await consistent(`${id}-r`);
       // Recover twice changes nothing more.
       expect((await store.recover()).repaired).toEqual([]);
       // The same work again completes.
@@ -284,6 +362,12 @@ describe('VolumeStore (real loop devices and ext4)', () => {
       const mnt = await store.mount(id);
       await writeFile(join(mnt, 'data'), 'y');
       await store.unmount(id);
+      // The restored volume, when its creation finished, holds the snapshot's data.
+      if ((await store.list()).some((v) => v.id === `${id}-r`)) {
+        expect(await readFile(join(await store.mount(`${id}-r`), 'data'), 'utf8')).toBe('x');
+        await store.unmount(`${id}-r`);
+        await store.remove(`${id}-r`);
+      }
       await store.remove(id);
       expect(await kernel(id)).toEqual({ mounts: 0, loops: 0 });
     }

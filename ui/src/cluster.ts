@@ -2,9 +2,10 @@
  * The live picture of the estate the signed-in token may see. Lists each kind once, then
  * follows the API's watch streams (instances, cells, services) from the list's revision and
  * the event stream (audit + lifecycle) for the activity feed; kinds without a stream of their
- * own here (tenants, jobs, machines, volumes, secrets, configs, hosts) are listed again when
- * an event concerns them (volumes also when an instance that mounts one changes: its
- * attachedTo follows).
+ * own here (tenants, jobs, machines, volumes, volume snapshots, secrets, configs, hosts) are
+ * listed again when an event concerns them (volumes also when an instance that mounts one
+ * changes: its attachedTo follows; snapshots also every 2 s while one is Pending: its agent's
+ * status write makes no event).
  * Everything is narrowed by the server (a tenant token only ever receives its tenant's
  * objects); this class only keeps what arrives. Views read snapshots through `useCluster`.
  *
@@ -12,6 +13,7 @@
  */
 import type { Cell, Host, Instance, Job, Machine, Service, Tenant } from '../../src/model/objects.js';
 import type { Volume } from '../../src/model/volumes.js';
+import type { VolumeSnapshot } from '../../src/model/volume-snapshots.js';
 import type { Config, Secret } from '../../src/model/secrets.js';
 import { ApiError, type Api, type WhoAmI } from './api';
 
@@ -62,6 +64,7 @@ export interface Snapshot {
   jobs: ReadonlyMap<string, Job>;
   machines: ReadonlyMap<string, Machine>;
   volumes: ReadonlyMap<string, Volume>;
+  volumesnapshots: ReadonlyMap<string, VolumeSnapshot>;
   /** Secrets as the API shows them: names, keys and sizes, never values. */
   secrets: ReadonlyMap<string, Secret>;
   configs: ReadonlyMap<string, Config>;
@@ -72,7 +75,7 @@ export interface Snapshot {
   tokenNames: ReadonlyMap<string, string>;
 }
 
-type Listed = 'instances' | 'cells' | 'services' | 'jobs' | 'machines' | 'volumes' | 'secrets' | 'configs' | 'tenants' | 'hosts';
+type Listed = 'instances' | 'cells' | 'services' | 'jobs' | 'machines' | 'volumes' | 'volumesnapshots' | 'secrets' | 'configs' | 'tenants' | 'hosts';
 type AnyObj = { metadata: { name: string; tenant?: string } };
 
 /** Map key of an object: `tenant/name` for tenant-scoped kinds, `name` otherwise. */
@@ -91,6 +94,7 @@ export class Cluster {
     jobs: new Map(),
     machines: new Map(),
     volumes: new Map(),
+    volumesnapshots: new Map(),
     secrets: new Map(),
     configs: new Map(),
     tenants: new Map(),
@@ -121,7 +125,7 @@ export class Cluster {
 
   /** Lists everything, then follows the streams until `stop`. */
   async start(): Promise<void> {
-    const kinds: Listed[] = ['instances', 'cells', 'services', 'jobs', 'machines', 'volumes', 'secrets', 'configs', 'tenants', ...(this.isAdmin ? (['hosts'] as const) : [])];
+    const kinds: Listed[] = ['instances', 'cells', 'services', 'jobs', 'machines', 'volumes', 'volumesnapshots', 'secrets', 'configs', 'tenants', ...(this.isAdmin ? (['hosts'] as const) : [])];
     try {
       const revs = await Promise.all(kinds.map((k) => this.list(k)));
       this.loaded = true;
@@ -161,6 +165,8 @@ export class Cluster {
     const m = this.maps[kind];
     m.clear();
     for (const o of r.items) m.set(keyOf(o), o);
+    // A snapshot becomes Ready by its agent's status write, which no event announces: look again soon.
+    if (kind === 'volumesnapshots' && r.items.some((o) => (o as VolumeSnapshot).status?.phase === 'Pending')) this.scheduleRelist('volumesnapshots', 2_000);
     return r.resourceVersion;
   }
 
@@ -234,6 +240,7 @@ export class Cluster {
               if (k === 'Job' || k.includes('/jobs')) this.scheduleRelist('jobs');
               if (k === 'Machine' || k.includes('/machines')) this.scheduleRelist('machines');
               if (k === 'Volume' || k.includes('/volumes')) this.scheduleRelist('volumes');
+              if (k === 'VolumeSnapshot' || k.includes('/volumesnapshots')) this.scheduleRelist('volumesnapshots');
               if (k === 'Secret' || k.includes('/secrets')) this.scheduleRelist('secrets');
               if (k === 'Config' || k.includes('/configs')) this.scheduleRelist('configs');
             } else if (ev.event === 'lifecycle') {
@@ -311,6 +318,7 @@ export class Cluster {
       jobs: new Map(this.maps.jobs) as Map<string, Job>,
       machines: new Map(this.maps.machines) as Map<string, Machine>,
       volumes: new Map(this.maps.volumes) as Map<string, Volume>,
+      volumesnapshots: new Map(this.maps.volumesnapshots) as Map<string, VolumeSnapshot>,
       secrets: new Map(this.maps.secrets) as Map<string, Secret>,
       configs: new Map(this.maps.configs) as Map<string, Config>,
       tenants: new Map(this.maps.tenants) as Map<string, Tenant>,

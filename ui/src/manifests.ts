@@ -13,6 +13,7 @@ export const APPLY_KINDS: Record<string, { plural: string; scoped: boolean }> = 
   Job: { plural: 'jobs', scoped: true },
   Machine: { plural: 'machines', scoped: true },
   Volume: { plural: 'volumes', scoped: true },
+  VolumeSnapshot: { plural: 'volumesnapshots', scoped: true },
 };
 
 /** One document of the pasted text. */

@@ -107,7 +107,7 @@ export function Apply(): React.JSX.Element {
     setIssues(found);
     setOutcomes(out);
     setBusy(false);
-    for (const k of ['tenants', 'volumes', 'services', 'jobs', 'machines'] as const) cluster.refresh(k);
+    for (const k of ['tenants', 'volumes', 'volumesnapshots', 'services', 'jobs', 'machines'] as const) cluster.refresh(k);
   };
 
   const goToLine = (line: number): void => {

@@ -1,11 +1,12 @@
 /**
- * Services, jobs, machines and volumes with everyday actions for tenant-admins and cluster-admins:
+ * Services, jobs, machines, volumes and their snapshots with everyday actions for tenant-admins and cluster-admins:
  * scale a service (an apply of its stored manifest with new replicas, guarded by its
  * resourceVersion) and delete. Viewers see the same tables without the actions.
  */
 import { useMemo, useState } from 'react';
 import type { Job, Machine, Service } from '../../../src/model/objects.js';
 import type { Volume } from '../../../src/model/volumes.js';
+import type { VolumeSnapshot } from '../../../src/model/volume-snapshots.js';
 import { ApiError, seg } from '../api';
 import { State } from '../components/State';
 import { age, cores, mib } from '../format';
@@ -46,6 +47,7 @@ export function Workloads(): React.JSX.Element {
   const jobs = useMemo(() => filterSorted(snap.jobs, q), [snap.jobs, q]);
   const machines = useMemo(() => filterSorted(snap.machines, q), [snap.machines, q]);
   const volumes = useMemo(() => filterSorted(snap.volumes, q), [snap.volumes, q]);
+  const snapshots = useMemo(() => filterSorted(snap.volumesnapshots, q), [snap.volumesnapshots, q]);
   const secrets = useMemo(() => filterSorted(snap.secrets, q), [snap.secrets, q]);
   const configs = useMemo(() => filterSorted(snap.configs, q), [snap.configs, q]);
 
@@ -213,6 +215,46 @@ export function Workloads(): React.JSX.Element {
           )}
         </tbody>
       </table>
+      <h2>
+        Volume snapshots <span className="muted">{snapshots.length}</span>
+      </h2>
+      <table className="table" data-table="volumesnapshots">
+        <thead>
+          <tr>
+            <th>Snapshot</th>
+            <th>Volume</th>
+            <th>Phase</th>
+            <th>Size</th>
+            <th>Host</th>
+            <th>Age</th>
+            {write && <th className="actions-col">Actions</th>}
+          </tr>
+        </thead>
+        <tbody>
+          {snapshots.map((x) => (
+            <tr key={keyOf(x)} data-volumesnapshot={keyOf(x)}>
+              <td className="mono strong">{keyOf(x)}</td>
+              <td className="mono">{x.spec.volume}</td>
+              <td title={x.status.message}>{x.status.phase === 'Failed' ? `Failed (${x.status.reason ?? ''})` : x.status.phase}</td>
+              <td>{x.status.sizeBytes !== undefined ? mib(Math.ceil(x.status.sizeBytes / 1_048_576)) : '-'}</td>
+              <td>{x.status.host ?? '-'}</td>
+              <td>{age(x.metadata.createdAt)}</td>
+              {write && (
+                <td className="actions-col">
+                  <DeleteButton o={x} />
+                </td>
+              )}
+            </tr>
+          ))}
+          {snapshots.length === 0 && (
+            <tr>
+              <td colSpan={7} className="muted">
+                No volume snapshots.
+              </td>
+            </tr>
+          )}
+        </tbody>
+      </table>
       <DataTable title="Secrets" rows={secrets.map((x) => ({ key: keyOf(x), keys: x.spec.keys.map((k) => `${k.key} (${k.size} B)`), onChange: x.spec.onChange, created: x.metadata.createdAt }))} />
       <DataTable title="Configs" rows={configs.map((x) => ({ key: keyOf(x), keys: Object.keys(x.spec.data).sort(), onChange: x.spec.onChange, created: x.metadata.createdAt }))} />
     </section>
@@ -284,16 +326,17 @@ function ServiceRow({ s, write }: { s: Service; write: boolean }): React.JSX.Ele
   );
 }
 
-function DeleteButton({ o }: { o: Service | Job | Machine | Volume }): React.JSX.Element {
+function DeleteButton({ o }: { o: Service | Job | Machine | Volume | VolumeSnapshot }): React.JSX.Element {
   const { api, cluster } = useSession();
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string | undefined>(undefined);
   const del = (): void => {
-    if (!window.confirm(o.kind === 'Volume' ? `Delete volume ${keyOf(o)} and its data?` : `Delete ${o.kind.toLowerCase()} ${keyOf(o)}? Its instances are stopped.`)) return;
+    const question = o.kind === 'Volume' ? `Delete volume ${keyOf(o)} and its data?` : o.kind === 'VolumeSnapshot' ? `Delete volume snapshot ${keyOf(o)} and its copy?` : `Delete ${o.kind.toLowerCase()} ${keyOf(o)}? Its instances are stopped.`;
+    if (!window.confirm(question)) return;
     setBusy(true);
     api
       .request(`${pathOf(o)}?resourceVersion=${o.metadata.resourceVersion}`, { method: 'DELETE' })
-      .then(() => cluster.refresh(o.kind === 'Service' ? 'services' : o.kind === 'Job' ? 'jobs' : o.kind === 'Volume' ? 'volumes' : 'machines'))
+      .then(() => cluster.refresh(o.kind === 'Service' ? 'services' : o.kind === 'Job' ? 'jobs' : o.kind === 'Volume' ? 'volumes' : o.kind === 'VolumeSnapshot' ? 'volumesnapshots' : 'machines'))
       .catch((err: unknown) => setError(errorText(err)))
       .finally(() => setBusy(false));
   };
