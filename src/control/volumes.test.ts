@@ -3,7 +3,8 @@
  * and audit log (no agents): binding at first placement in the placement's transaction,
  * placement only on a bound volume's host (VolumeHostNotReady while it is down, also after a
  * failover), VolumeInUse, template volumes made with the service and kept on scale down and
- * deletion, attachedTo, and deletion refused while in use.
+ * deletion, attachedTo, deletion refused while in use, and machines' disks (placed with their
+ * volumes; another tenant's volume is not found).
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { isCarapaceError } from '../model/errors.js';
@@ -127,6 +128,11 @@ describe('volume placement', () => {
     expect(fresh.metadata.resourceVersion).toBe(m.metadata.resourceVersion); // one transaction
     const del = await refusal(h.cp.handle({ type: 'delete', kind: 'Volume', name: 'fresh', tenant: 'acme' }));
     expect(del).toMatchObject({ code: 'CARAPACE_E_VOLUME_IN_USE', message: 'volume "fresh" in tenant "acme" is a disk of machine "legacy" (spec.disks); change or delete the machine first' });
+    // Another tenant's machine cannot name acme's volume: names are per tenant, so it is not found.
+    await h.apply({ kind: 'Tenant', metadata: { name: 'globex' }, spec: {} });
+    const theirs = await refusal(h.apply({ kind: 'Machine', metadata: { name: 'thief', tenant: 'globex' }, spec: { kernel: 'host', initrd: 'x.cpio.gz', disks: [{ volume: 'pinned' }] } }));
+    expect(theirs).toMatchObject({ code: 'CARAPACE_E_VOLUME_NOT_FOUND', details: [{ path: 'spec.disks[0].volume', message: 'tenant "globex" has no volume "pinned"' }] });
+    expect(await h.resources.get('Machine', 'thief', 'globex')).toBeUndefined();
   });
 
   it('keeps an instance Pending with VolumeInUse while another live instance holds its volume read-write', async () => {
