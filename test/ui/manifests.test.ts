@@ -6,10 +6,12 @@
  */
 import { describe, expect, it } from 'vitest';
 import YAML from 'yaml';
-import { issuesAtLines, lineOfPath, parsePath, splitManifests, targetOf } from '../../ui/src/manifests.js';
+import { APPLY_KINDS, issuesAtLines, lineOfPath, parsePath, splitManifests, targetOf } from '../../ui/src/manifests.js';
 import { SseParser } from '../../ui/src/sse.js';
 import { parseManifest } from '../../src/model/manifest.js';
 import { CarapaceError } from '../../src/model/errors.js';
+import { KINDS } from '../../src/model/objects.js';
+import { MANIFEST_SCHEMAS } from '../../src/model/schemas.js';
 
 const TEXT = `# two documents
 apiVersion: carapace/v1
@@ -56,6 +58,12 @@ describe('manifests in the dashboard', () => {
     const [noName] = splitManifests('kind: Job\nmetadata: {tenant: t}\n').docs;
     expect(targetOf(noName!, 'x')).toEqual({ method: 'POST', path: '/v1/tenants/t/jobs' });
     expect(targetOf(splitManifests('a: 1\n').docs[0]!, 'x')).toEqual({ error: 'kind is required' });
+  });
+
+  it('routes every kind the API applies, to the collection the server keeps it in', () => {
+    // A kind missing here could not be applied from the dashboard (the guestbook's Secret was).
+    expect(Object.keys(APPLY_KINDS).sort()).toEqual(Object.keys(MANIFEST_SCHEMAS).sort());
+    for (const [kind, k] of Object.entries(APPLY_KINDS)) expect(k, kind).toEqual(KINDS[kind as keyof typeof KINDS]);
   });
 
   it("maps the API's field paths to the lines of their fields (and missing fields to their parent)", () => {

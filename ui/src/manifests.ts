@@ -14,6 +14,8 @@ export const APPLY_KINDS: Record<string, { plural: string; scoped: boolean }> = 
   Machine: { plural: 'machines', scoped: true },
   Volume: { plural: 'volumes', scoped: true },
   VolumeSnapshot: { plural: 'volumesnapshots', scoped: true },
+  Secret: { plural: 'secrets', scoped: true },
+  Config: { plural: 'configs', scoped: true },
 };
 
 /** One document of the pasted text. */
