@@ -30,22 +30,13 @@ import { netnsName } from '../src/network/ipam.js';
 import { createTenantNetworking } from '../src/network/tenant-networking.js';
 import { run, runOrThrow } from '../src/proc/run.js';
 import { buildTools, IPERF_PORT, IPERF_SECONDS, measureFromNamespace, rawBridgePair, rawVmPair, rawVxlanPair, RTT_PORT, RTT_ROUNDS, toolImageFiles, waitForPort, type PathFigures, type Tools } from './net-raw.js';
+import { until } from '../src/proc/until.js';
 
 const log = (s: string): boolean => process.stderr.write(`${s}\n`);
 const PREFIX = 'cbn';
 const TENANT = 'bench';
 const round = (x: number, d = 3): number => Math.round(x * 10 ** d) / 10 ** d;
 const show = (what: string, f: PathFigures): boolean => log(`${what}: rtt p50 ${f.rttP50Us} us, p99 ${f.rttP99Us} us, mean ${f.rttMeanUs} us, ${(f.bitsPerSecond / 1e9).toFixed(2)} Gbit/s`);
-
-async function until<T>(what: string, f: () => Promise<T | undefined>, ms: number): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await f().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 /** (xhost, Carapace) Two namespace hosts whose segments of one tenant the data plane makes, joined by its VXLAN. */
 async function dataPlaneXhost(tools: Tools, dir: string): Promise<PathFigures> {

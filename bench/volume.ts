@@ -38,6 +38,7 @@ import { run, runOrThrow } from '../src/proc/run.js';
 import { createRuncDriver } from '../src/runtime/index.js';
 import { VolumeStore } from '../src/storage/volume-store.js';
 import { cpuSeconds, fioArgs, loopDevicesOf, makeExt4Image, parseFioTerse, rawHostVolume, rawVm, showFigures, VOLUME_BYTES, type FioFigures, type RawHostVolume, type RawVm } from './volume-raw.js';
+import { until } from '../src/proc/until.js';
 
 /**
  * Pairs per tier. The host tier's raw disk (this VM's virtual disk) swings between states run
@@ -55,21 +56,6 @@ const median = (xs: number[]): number => {
 const round = (x: number, d = 3): number => Math.round(x * 10 ** d) / 10 ** d;
 /** The 1-minute load average, printed with each measurement: the machine is shared. */
 const load = (): string => `load ${readFileSync('/proc/loadavg', 'utf8').split(' ')[0] ?? '?'}`;
-
-async function until<T>(what: string, f: () => Promise<T | undefined>, ms: number, pollMs = 100): Promise<T> {
-  const deadline = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await f();
-      if (v !== undefined) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-    await new Promise((r) => setTimeout(r, pollMs));
-  }
-}
 
 /** Carapace / raw of one pair: the mixed job's total IOPS, and the geometric mean of the sequential read and write ratios. */
 function ratios(raw: FioFigures, car: FioFigures): { randrw: number; seq: number; seqRead: number; seqWrite: number } {

@@ -15,6 +15,8 @@ import { buildBusyboxImage, freePort, startRegistry, type RunningRegistry } from
 import type { Instance, Service } from '../../src/model/objects.js';
 import { createTenantNetworking } from '../../src/network/tenant-networking.js';
 import { createRuncDriver, createRunscDriver } from '../../src/runtime/index.js';
+import { until } from '../../src/proc/until.js';
+import { apiClient } from '../api-client.js';
 
 const logger = pino({ level: process.env['CARAPACE_TEST_LOG'] ?? 'silent' });
 const netPrefix = 'cpb';
@@ -25,37 +27,12 @@ let image: string;
 let aio: RunningAllInOne;
 const savedConfigEnv = process.env['CARAPACE_CONFIG'];
 
-async function api<T>(method: string, path: string, body?: unknown): Promise<T> {
-  const r = await fetch(`${aio.url}${path}`, {
-    method,
-    headers: { authorization: `Bearer ${aio.adminToken}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-  });
-  const text = await r.text();
-  if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${text}`);
-  return (text ? JSON.parse(text) : undefined) as T; // `as`: the API's documented response shapes
-}
+const { api } = apiClient(() => aio);
 
 const applyService = (name: string, spec: object): Promise<Service> =>
   api('PUT', `/v1/tenants/acme/services/${name}`, { apiVersion: 'carapace/v1', kind: 'Service', metadata: { name, tenant: 'acme' }, spec: { image, isolation: 'host', cpu: 0.1, memory: 32, ...spec } });
 const instance = (name: string): Promise<Instance> => api('GET', `/v1/tenants/acme/instances/${name}`);
 const service = (name: string): Promise<Service> => api('GET', `/v1/tenants/acme/services/${name}`);
-
-/** Polls `f` every 50 ms until it returns something other than undefined. */
-async function until<T>(what: string, f: () => Promise<T | undefined>, ms = 30_000): Promise<T> {
-  const end = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await f();
-      if (v !== undefined) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 /**
  * Runs `command` in an instance's container (as an exec check does), so the test decides when

@@ -18,6 +18,7 @@ import { openSqliteStore, type SqliteStore } from '../../src/store/sqlite.js';
 import { SnapshotPauseExceeded, VolumeStore } from '../../src/storage/volume-store.js';
 import { createVmManager, type VmManager } from '../../src/vm/qemu.js';
 import { loopsUnder, mountsUnder } from '../storage/helpers.js';
+import { until } from '../../src/proc/until.js';
 
 const logger = pino({ level: process.env.CARAPACE_TEST_LOG ?? 'silent' });
 const MiB = 1024 * 1024;
@@ -27,16 +28,6 @@ let store: SqliteStore;
 let volumes: VolumeStore;
 let vms: VmManager;
 let image: string;
-
-async function until<T>(what: string, f: () => Promise<T | undefined>, ms = 120_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await f().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
 
 /** QEMU's run state of the VM (`running`, `paused`). */
 async function vmStatus(): Promise<string> {

@@ -25,6 +25,8 @@ import { run } from '../../src/proc/run.js';
 import { createRuncDriver } from '../../src/runtime/index.js';
 import { VolumeStore } from '../../src/storage/volume-store.js';
 import { loopsUnder, mountsUnder } from '../storage/helpers.js';
+import { until } from '../../src/proc/until.js';
+import { apiClient } from '../api-client.js';
 
 const CLI = fileURLToPath(new URL('../../dist/src/cli/main.js', import.meta.url));
 const logger = pino({ level: process.env.CARAPACE_TEST_LOG ?? 'silent' });
@@ -35,40 +37,12 @@ let image: string;
 let aio: RunningAllInOne;
 const savedConfigEnv = process.env['CARAPACE_CONFIG'];
 
-async function api<T>(method: string, path: string, body?: unknown): Promise<T> {
-  const r = await fetch(`${aio.url}${path}`, {
-    method,
-    headers: { authorization: `Bearer ${aio.adminToken}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-  });
-  const text = await r.text();
-  if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${text}`);
-  return (text ? JSON.parse(text) : undefined) as T; // `as`: the API's documented response shapes
-}
-
-const put = (kind: string, name: string, spec: object): Promise<unknown> =>
-  api('PUT', `/v1/tenants/acme/${kind.toLowerCase()}s/${name}`, { apiVersion: 'carapace/v1', kind, metadata: { name, tenant: 'acme' }, spec });
+const { api, put } = apiClient(() => aio);
 
 /** The real CLI against the all-in-one, with its admin token. */
 async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   const r = await run(process.execPath, [CLI, ...args], { env: { CARAPACE_SERVER: aio.url, CARAPACE_TOKEN: aio.adminToken, CARAPACE_CONFIG: join(dir, 'no-config.json') }, timeoutMs: 120_000 });
   return { code: r.code ?? -1, stdout: r.stdout, stderr: r.stderr };
-}
-
-/** Polls `f` every 100 ms until it returns something other than undefined. */
-async function until<T>(what: string, f: () => Promise<T | undefined>, ms = 60_000): Promise<T> {
-  const end = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await f();
-      if (v !== undefined) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 const volumes = (): VolumeStore => new VolumeStore({ stateDir, logger: pino({ level: 'silent' }) });

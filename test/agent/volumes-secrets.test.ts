@@ -26,6 +26,8 @@ import { run } from '../../src/proc/run.js';
 import { createRuncDriver, createRunscDriver } from '../../src/runtime/index.js';
 import { SecretFiles } from '../../src/storage/secret-files.js';
 import { VolumeStore } from '../../src/storage/volume-store.js';
+import { until } from '../../src/proc/until.js';
+import { apiClient } from '../api-client.js';
 
 const PASSWORD = 'pw-7f3c9a1e-never-in-a-log';
 const PASSWORD2 = 'pw-2b8d0c44-rotated';
@@ -41,35 +43,7 @@ let nonRootImage: string;
 let aio: RunningAllInOne;
 const savedConfigEnv = process.env['CARAPACE_CONFIG'];
 
-async function api<T>(method: string, path: string, body?: unknown): Promise<T> {
-  const r = await fetch(`${aio.url}${path}`, {
-    method,
-    headers: { authorization: `Bearer ${aio.adminToken}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-  });
-  const text = await r.text();
-  if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${text}`);
-  return (text ? JSON.parse(text) : undefined) as T; // `as`: the API's documented response shapes
-}
-
-const put = (kind: string, name: string, spec: object): Promise<unknown> =>
-  api('PUT', `/v1/tenants/acme/${kind.toLowerCase()}s/${name}`, { apiVersion: 'carapace/v1', kind, metadata: { name, tenant: 'acme' }, spec });
-
-/** Polls `f` every 100 ms until it returns something other than undefined. */
-async function until<T>(what: string, f: () => Promise<T | undefined>, ms = 60_000): Promise<T> {
-  const end = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await f();
-      if (v !== undefined) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+const { api, put } = apiClient(() => aio);
 
 const volumes = (): VolumeStore => new VolumeStore({ stateDir, logger: pino({ level: 'silent' }) });
 

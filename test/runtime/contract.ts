@@ -18,6 +18,7 @@ import type { SecretFiles } from '../../src/storage/secret-files.js';
 import type { VolumeStore } from '../../src/storage/volume-store.js';
 import { httpGet, httpGetEventually } from '../network/helpers.js';
 import { IMAGE, allLogs, newId, shSpec, stdoutOf } from './helpers.js';
+import { until } from '../../src/proc/until.js';
 
 /** CapEff of exactly Podman's 11 default capabilities. */
 export const CAP_MASK_11 = '00000000800405fb';
@@ -71,22 +72,6 @@ export interface DriverContractOptions {
   hostMounts?: boolean;
   /** Builds the harness (once for the file). */
   setup(): Promise<DriverHarness>;
-}
-
-/** Polls `f` every 50 ms until it returns something other than undefined, or fails after `ms`. */
-async function until<T>(what: string, f: () => Promise<T | undefined>, ms = 20_000): Promise<T> {
-  const end = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await f();
-      if (v !== undefined) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 /** Registers the contract tests for one driver. */

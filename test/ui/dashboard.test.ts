@@ -35,6 +35,8 @@ import { bootstrapToken } from '../../src/core/api-tokens.js';
 import type { Store } from '../../src/store/store.js';
 import { createTenantNetworking } from '../../src/network/tenant-networking.js';
 import { seedEstate } from './estate.js';
+import { until } from '../../src/proc/until.js';
+import { apiClient } from '../api-client.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 // The README's screenshots are refreshed on request (CARAPACE_UPDATE_SCREENSHOTS=1); other runs
@@ -58,16 +60,7 @@ const browsers: BrowserContext[] = [];
 const savedConfigEnv = process.env['CARAPACE_CONFIG'];
 const pageErrors: string[] = [];
 
-async function api<T>(method: string, path: string, body?: unknown, token = aio.adminToken): Promise<T> {
-  const r = await fetch(`${aio.url}${path}`, {
-    method,
-    headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-  });
-  const text = await r.text();
-  if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${text}`);
-  return (text ? JSON.parse(text) : undefined) as T;
-}
+const { api } = apiClient(() => aio);
 
 const svc = (tenant: string, name: string, spec: object): object => ({
   apiVersion: 'carapace/v1',
@@ -75,22 +68,6 @@ const svc = (tenant: string, name: string, spec: object): object => ({
   metadata: { name, tenant },
   spec: { image, cpu: 0.1, memory: '32Mi', command: ['sh', '-c', `echo hello from ${name}; while true; do sleep 1; done`], ...spec },
 });
-
-/** Polls until `f` returns a value (not undefined). */
-async function until<T>(what: string, f: () => Promise<T | undefined>, ms = 60_000): Promise<T> {
-  const end = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await f();
-      if (v !== undefined) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
 
 async function running(tenant: string, name: string): Promise<void> {
   await until(`${tenant}/${name} Running`, async () => {
