@@ -135,6 +135,27 @@ describe('volume placement', () => {
     expect(await h.resources.get('Machine', 'thief', 'globex')).toBeUndefined();
   });
 
+  it("never lets a machine's disk be written by anything else: containers never, other machines read-only only", async () => {
+    await h.apply({ kind: 'Volume', metadata: { name: 'shared', tenant: 'acme' }, spec: { size: '1Gi' } });
+    await h.apply({ kind: 'Volume', metadata: { name: 'pgdata', tenant: 'acme' }, spec: { size: '1Gi' } });
+    const machine = (name: string, disks: { volume: string; readOnly?: boolean }[]): Record<string, unknown> => ({ kind: 'Machine', metadata: { name, tenant: 'acme' }, spec: { kernel: 'host', initrd: 'x.cpio.gz', disks } });
+    await h.apply(pg());
+    // A machine cannot take a volume a service mounts (read-only or not).
+    const taken = await refusal(h.apply(machine('m1', [{ volume: 'shared' }, { volume: 'pgdata', readOnly: true }])));
+    expect(taken).toMatchObject({ code: 'CARAPACE_E_VOLUME_IN_USE', details: [{ path: 'spec.disks[1].volume', message: 'volume "pgdata" is used by service pg (spec.volumes[0])' }] });
+    await h.apply(machine('m1', [{ volume: 'shared' }]));
+    // Nor a service a machine's disk.
+    const svc = await refusal(h.apply({ kind: 'Service', metadata: { name: 'reader', tenant: 'acme' }, spec: { image: 'reg/x:1', isolation: 'host', volumes: [{ volume: 'shared', mountPath: '/d', readOnly: true }] } }));
+    expect(svc).toMatchObject({ code: 'CARAPACE_E_VOLUME_IN_USE', details: [{ path: 'spec.volumes[0].volume', message: 'volume "shared" is a disk of machine m1' }] });
+    // Another machine: only when both read it only.
+    const rw = await refusal(h.apply(machine('m2', [{ volume: 'shared', readOnly: true }])));
+    expect(rw).toMatchObject({ code: 'CARAPACE_E_VOLUME_IN_USE', details: [{ path: 'spec.disks[0].volume', message: 'volume "shared" is used by machine m1 (spec.disks[0])' }] });
+    await h.apply(machine('m1', [{ volume: 'shared', readOnly: true }]));
+    await h.apply(machine('m2', [{ volume: 'shared', readOnly: true }]));
+    const back = await refusal(h.apply(machine('m1', [{ volume: 'shared' }])));
+    expect(back).toMatchObject({ code: 'CARAPACE_E_VOLUME_IN_USE', details: [{ path: 'spec.disks[0].volume', message: 'volume "shared" is used by machine m2 (spec.disks[0], read-only)' }] });
+  });
+
   it('keeps an instance Pending with VolumeInUse while another live instance holds its volume read-write', async () => {
     await h.addHost('h1');
     await h.apply({ kind: 'Volume', metadata: { name: 'pgdata', tenant: 'acme' }, spec: { size: '1Gi' } });

@@ -339,7 +339,10 @@ export class ControlPlane {
     const cur = await this.resources.get('Machine', name, tenant);
     if (cur && createOnly) throw new CarapaceError('CARAPACE_E_ALREADY_EXISTS', `machine "${name}" already exists in tenant "${tenant}"`);
     await this.checkQuota(owner, 'Machine', name, m.spec);
-    if ((m.spec.disks ?? []).length > 0) checkMachineDisks(name, tenant, m.spec.disks ?? [], (await this.resources.list('Volume', tenant)).items);
+    if ((m.spec.disks ?? []).length > 0) {
+      const [volumes, services, jobs, machines] = await Promise.all([this.resources.list('Volume', tenant), this.resources.list('Service', tenant), this.resources.list('Job', tenant), this.resources.list('Machine', tenant)]);
+      checkMachineDisks(name, tenant, m.spec.disks ?? [], { volumes: volumes.items, services: services.items, jobs: jobs.items, machines: machines.items });
+    }
     if (cur && isDeepStrictEqual(cur.spec, m.spec) && isDeepStrictEqual(cur.metadata.labels, m.metadata.labels)) {
       this.checkVersion(m, cur);
       return { type: 'object', object: cur, changed: false };
@@ -496,10 +499,10 @@ export class ControlPlane {
     // Nothing to check for a workload that mounts no volume (the common apply): skip the lists.
     const mountsVolumes = (m.spec.volumes?.length ?? 0) > 0 || (m.kind === 'Service' && (m.spec.volumeTemplates?.length ?? 0) > 0);
     const empty = { items: [] as never[] };
-    const [vols, svcs, jobsNow, snapsNow] = mountsVolumes
-      ? await Promise.all([this.resources.list('Volume', tenant), this.resources.list('Service', tenant), this.resources.list('Job', tenant), this.resources.list('VolumeSnapshot', tenant)])
-      : [empty, empty, empty, empty];
-    const templates = checkWorkloadVolumes(m.kind, name, m.spec, { volumes: vols.items, services: svcs.items, jobs: jobsNow.items });
+    const [vols, svcs, jobsNow, snapsNow, machinesNow] = mountsVolumes
+      ? await Promise.all([this.resources.list('Volume', tenant), this.resources.list('Service', tenant), this.resources.list('Job', tenant), this.resources.list('VolumeSnapshot', tenant), this.resources.list('Machine', tenant)])
+      : [empty, empty, empty, empty, empty];
+    const templates = checkWorkloadVolumes(m.kind, name, m.spec, { volumes: vols.items, services: svcs.items, jobs: jobsNow.items, machines: machinesNow.items });
     const storageBefore = storageOf(vols.items, snapsNow.items);
     const storageAfter = storageBefore + templates.reduce((n, t) => n + volumeSizeMiB(t.size) - (t.existing ? volumeSizeMiB(t.existing.spec.size) : 0), 0);
     checkStorageQuota(owner.spec.quota, tenant, storageBefore, storageAfter, 'spec.volumeTemplates', `${m.kind} "${name}"`);

@@ -141,7 +141,7 @@ export function checkWorkloadVolumes(
   kind: 'Service' | 'Job',
   name: string,
   spec: ServiceSpec | JobSpec,
-  state: { volumes: readonly Volume[]; services: readonly Service[]; jobs: readonly Job[] },
+  state: { volumes: readonly Volume[]; services: readonly Service[]; jobs: readonly Job[]; machines: readonly Machine[] },
 ): TemplateVolume[] {
   const byName = new Map(state.volumes.map((v) => [v.metadata.name, v]));
   const what = `${kind.toLowerCase()} "${name}"`;
@@ -181,6 +181,12 @@ export function checkWorkloadVolumes(
   // Read-write use is exclusive: no other workload may mount what this one writes, nor may
   // this one write what another mounts.
   for (const [vname, mine] of specUses(kind, name, spec)) {
+    const machine = machineUsers(vname, state.machines)[0];
+    if (machine) {
+      throw new CarapaceError('CARAPACE_E_VOLUME_IN_USE', `${what}: volume "${vname}" is a disk of machine "${machine.name}" (${machine.field}); a machine's disk is never mounted by containers`, [
+        { path: mine.field.startsWith('spec.volumes') ? `${mine.field}.volume` : `${mine.field}.name`, message: `volume "${vname}" is a disk of machine ${machine.name}` },
+      ]);
+    }
     for (const other of usersOf(vname, state.services, state.jobs, { kind, name })) {
       if (mine.readOnly && other.readOnly) continue;
       const how = other.readOnly ? 'read-only' : 'read-write';
@@ -321,10 +327,37 @@ export function restoredVolume(name: string, spec: VolumeSpec, snap: VolumeSnaps
 
 /**
  * A machine's disks (`spec.disks`) must be volumes of its tenant (CARAPACE_E_VOLUME_NOT_FOUND
- * with the field path): another tenant's volume of the same name is not found.
+ * with the field path): another tenant's volume of the same name is not found. A disk is used
+ * by no service or job, and by another machine only when both read it only
+ * (CARAPACE_E_VOLUME_IN_USE): two writers of one ext4 image corrupt it.
  */
-export function checkMachineDisks(machine: string, tenant: string, disks: readonly { volume: string }[], volumes: readonly Volume[]): void {
-  const have = new Set(volumes.map((v) => v.metadata.name));
+export function checkMachineDisks(
+  machine: string,
+  tenant: string,
+  disks: readonly { volume: string; readOnly?: boolean }[],
+  state: { volumes: readonly Volume[]; services: readonly Service[]; jobs: readonly Job[]; machines: readonly Machine[] },
+): void {
+  const have = new Set(state.volumes.map((v) => v.metadata.name));
   const issues = disks.flatMap((d, i) => (have.has(d.volume) ? [] : [{ path: `spec.disks[${i}].volume`, message: `tenant "${tenant}" has no volume "${d.volume}"` }]));
   if (issues.length > 0) throw new CarapaceError('CARAPACE_E_VOLUME_NOT_FOUND', `machine "${machine}": ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues);
+  disks.forEach((d, i) => {
+    // A machine's disk is a block device of its VM: a container's mount of it (on the host, or
+    // another VM's disk for a cell) is a second filesystem driver on the same blocks.
+    const user = usersOf(d.volume, state.services, state.jobs)[0];
+    const other = machineUsers(d.volume, state.machines, machine).find((u) => !(u.readOnly && d.readOnly === true));
+    const who = user ? `${user.who} (${user.field})` : other ? `machine ${other.name} (${other.field}${other.readOnly ? ', read-only' : ''})` : undefined;
+    if (who === undefined) return;
+    throw new CarapaceError('CARAPACE_E_VOLUME_IN_USE', `machine "${machine}": volume "${d.volume}" is used by ${who}; a machine's disk is shared only read-only with other machines, never with containers`, [
+      { path: `spec.disks[${i}].volume`, message: `volume "${d.volume}" is used by ${who}` },
+    ]);
+  });
+}
+
+/** The machines (but `self`) whose `spec.disks` name `volume`, with the field and how. */
+export function machineUsers(volume: string, machines: readonly Machine[], self?: string): { name: string; field: string; readOnly: boolean }[] {
+  return machines.flatMap((m) => {
+    if (m.metadata.name === self) return [];
+    const i = (m.spec.disks ?? []).findIndex((d) => d.volume === volume);
+    return i < 0 ? [] : [{ name: m.metadata.name, field: `spec.disks[${i}]`, readOnly: m.spec.disks?.[i]?.readOnly === true }];
+  });
 }
