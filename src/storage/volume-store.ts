@@ -532,13 +532,17 @@ export class VolumeStore {
     });
   }
 
-  /** Every volume this store holds. */
+  /**
+   * Every volume this store holds, made and not being removed (a creation or removal cut
+   * short by a crash is `recover`'s to finish; it is not listed meanwhile).
+   */
   async list(): Promise<VolumeInfo[]> {
     return this.locked(async () => {
       const state = await this.readState();
-      return Object.keys(state.volumes)
-        .sort()
-        .map((id) => this.info(id, this.entry(state, id)));
+      return Object.entries(state.volumes)
+        .filter(([, e]) => e.phase === 'ready')
+        .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+        .map(([id, e]) => this.info(id, e));
     });
   }
 

@@ -5,6 +5,7 @@
  * Needs the compiled store (`npm run build`): the killed processes run dist/.
  */
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -352,6 +353,9 @@ describe('VolumeStore (real loop devices and ext4)', () => {
     for (const [i, at] of points.entries()) {
       const id = `crash-${i}`;
       if (!(await child(id, at)).finished) killed += 1;
+      // Before recover, whatever was cut short, the store still lists what it has made (a
+      // creation cut short is not listed): the agent's sweep and usage reports run meanwhile.
+      for (const v of await store.list()) expect(existsSync(v.image), v.id).toBe(true);
       repairs += (await store.recover()).repaired.length;
       await consistent(id);
       await consistent(`${id}-r`);
