@@ -143,7 +143,7 @@ describe('probes on real containers', () => {
       const i = await instance('ready-1');
       return i.status.reason === 'NotReady' && i.status.message?.endsWith('404 Not Found') ? i : undefined;
     });
-    expect(notReady.status).toMatchObject({ phase: 'Running', ready: false, restarts: 0 });
+    expect(notReady.status, JSON.stringify(notReady.status)).toMatchObject({ phase: 'Running', ready: false, restarts: 0 });
     expect(notReady.status.message).toMatch(/^readiness probe failed \d+ times: HTTP GET http:\/\/10\.128\.\d+\.\d+:8080\/ready: 404 Not Found$/);
     expect(formatTable('Instance', [notReady])).toMatch(/ready-1\s+service\/ready\s+probes\s+host\s+Running\s+no\s+0\s+\S+\s+NotReady/);
     // ready-0's first check may still be due (the two start independently): wait for it, then look.
