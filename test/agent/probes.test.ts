@@ -7,7 +7,6 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startAllInOne, type RunningAllInOne } from '../../src/allinone/allinone.js';
 import { formatDescribe, formatTable } from '../../src/cli/format.js';
@@ -17,8 +16,9 @@ import { createTenantNetworking } from '../../src/network/tenant-networking.js';
 import { createRuncDriver, createRunscDriver } from '../../src/runtime/index.js';
 import { until } from '../../src/proc/until.js';
 import { apiClient } from '../api-client.js';
+import { failureLogger } from '../failure-log.js';
 
-const logger = pino({ level: process.env['CARAPACE_TEST_LOG'] ?? 'silent' });
+const logger = failureLogger();
 const netPrefix = 'cpb';
 let dir: string;
 let stateDir: string;
