@@ -59,6 +59,7 @@ let aio: RunningAllInOne;
 const browsers: BrowserContext[] = [];
 const savedConfigEnv = process.env['CARAPACE_CONFIG'];
 const pageErrors: string[] = [];
+const network: string[] = [];
 
 const { api } = apiClient(() => aio);
 
@@ -84,6 +85,11 @@ async function openBrowser(): Promise<Page> {
   const page = ctx.pages()[0] ?? (await ctx.newPage());
   // Any script error in the page fails the test that caused it (checked after each test).
   page.on('pageerror', (e) => pageErrors.push(e.message));
+  // What the page asked for and did not get, for the message of a wait that times out.
+  page.on('requestfailed', (r) => network.push(`${r.method()} ${r.url()}: ${r.failure()?.errorText ?? 'failed'}`));
+  page.on('response', (r) => {
+    if (r.status() >= 400) network.push(`${r.request().method()} ${r.url()}: ${r.status()}`);
+  });
   return page;
 }
 
@@ -125,8 +131,13 @@ afterEach(() => {
   expect(pageErrors.splice(0)).toEqual([]);
 });
 
+/** Closes the browsers opened so far (their pages keep event streams open and keep rendering live changes). */
+async function closeBrowsers(): Promise<void> {
+  for (const b of browsers.splice(0)) await b.close().catch(() => undefined);
+}
+
 afterAll(async () => {
-  for (const b of browsers) await b.close().catch(() => undefined);
+  await closeBrowsers();
   await aio?.stop();
   for (const [runtime, make] of [
     ['runc', createRuncDriver],
@@ -147,6 +158,8 @@ afterAll(async () => {
 
 describe('dashboard in a real browser against real workloads', () => {
   let admin: Page;
+  // The scale test below measures one page alone on the machine: these pages go first.
+  afterAll(closeBrowsers);
 
   it('serves the bundled app at /ui with a strict CSP, and refuses a bad token at sign-in', async () => {
     const res = await fetch(`${aio.url}/ui/`);
@@ -337,7 +350,9 @@ describe('dashboard at 1,000 instances', () => {
     const page = await openBrowser();
     const t0 = Date.now();
     await signIn(page, base, token);
-    await page.waitForSelector('[data-count="instances"]');
+    await page.waitForSelector('[data-count="instances"]').catch(async (e: unknown) => {
+      throw new Error(`${String(e)}\n--- the page shows ---\n${(await bodyText(page)).slice(0, 2000)}\n--- requests that failed ---\n${network.join('\n')}`);
+    });
     await expect.poll(() => page.textContent('[data-count="instances"]'), { timeout: 30_000 }).toContain('1000 instances');
     const topologyMs = Date.now() - t0;
     expect(await page.locator('[data-instance]').count()).toBe(1000);
