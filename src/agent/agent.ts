@@ -119,6 +119,12 @@ function instanceKey(tenant: string, name: string): string {
 export class HostAgent {
   private readonly log: Logger;
   private readonly local = new Map<string, LocalContainer>();
+  /**
+   * The agent's run, aborted when it stops: the waits on its containers' exits end with it
+   * (each holds a file watch and a poll timer, which kept the process alive after a graceful
+   * stop for as long as any container ran, i.e. for ever: containers outlive the agent).
+   */
+  private readonly running = new AbortController();
   private readonly queue: Reconciler;
   /** Consecutive image pull failures per instance key, for pull backoff. */
   private readonly pullFailures = new Map<string, number>();
@@ -156,6 +162,8 @@ export class HostAgent {
 
   /** Runs until `signal` aborts. Containers keep running after the agent stops. */
   async start(signal: AbortSignal): Promise<void> {
+    if (signal.aborted) this.running.abort();
+    else signal.addEventListener('abort', () => this.running.abort(), { once: true });
     // The lease first: the control plane declares this host lost when it stops moving, and a
     // restarted agent is alive while it probes its runtimes and recovers its containers (seconds
     // on a loaded host). Renewing only afterwards had the control plane fail over the very
@@ -654,10 +662,12 @@ export class HostAgent {
   }
 
   private watchExit(key: string, id: string, driver: RuntimeDriver): void {
+    const signal = this.running.signal;
     driver
-      .wait(id)
+      .wait(id, signal)
       .then((exit) => this.recordExit(key, id, exit.exitCode, exit.finishedAt))
       .catch((err: unknown) => {
+        if (signal.aborted) return; // the agent stopped; its next run adopts the container
         this.log.warn({ instance: key, container: id, err }, 'wait failed');
         this.queue.addAfter(key, 1_000);
       });

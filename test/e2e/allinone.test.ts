@@ -251,4 +251,20 @@ describe('all-in-one through the CLI', () => {
     for (const c of running) perInstance.set(c.labels['carapace.instance.uid'] ?? '', (perInstance.get(c.labels['carapace.instance.uid'] ?? '') ?? 0) + 1);
     expect([...perInstance.values()].every((n) => n === 1)).toBe(true);
   });
+
+  it('stops on SIGTERM while its containers run on, and adopts them at the next start', async () => {
+    const before = (await instances('globex')).filter((i) => i.spec.owner.name === 'steady' && i.status.phase === 'Running');
+    expect(before.length).toBe(2);
+    // Exits by itself (the waits on its containers' exits end with it), well before the SIGKILL.
+    expect(await server.stop()).toBe('exited');
+    expect(server.log).toContain('carapace all-in-one stopped (containers keep running)');
+    const alive = (await containers(server.stateDir)).filter((c) => c.state.status === 'running').map((c) => c.id);
+    for (const b of before) expect(alive).toContain(b.status.containerId);
+    await server.start();
+    const after = await eventually(async () => {
+      const l = (await instances('globex')).filter((i) => i.spec.owner.name === 'steady');
+      return l.length === 2 && l.every((i) => i.status.phase === 'Running') ? l : undefined;
+    }, 60_000, 'steady adopted after the restart');
+    expect(after.map((i) => i.status.containerId).sort()).toEqual(before.map((i) => i.status.containerId).sort());
+  });
 });

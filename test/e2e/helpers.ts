@@ -76,12 +76,14 @@ class Child {
     await gone;
   }
 
-  async stop(): Promise<void> {
+  /** SIGTERM; SIGKILL if it is still there 15 s later. Says which ended it. */
+  async stop(): Promise<'exited' | 'killed' | 'not running'> {
     const p = this.proc;
-    if (!p || p.exitCode !== null || p.signalCode !== null) return;
-    const gone = new Promise((r) => p.once('exit', r));
+    if (!p || p.exitCode !== null || p.signalCode !== null) return 'not running';
+    const gone = new Promise<'exited'>((r) => p.once('exit', () => r('exited')));
     p.kill('SIGTERM');
-    await Promise.race([gone, sleep(15_000).then(() => p.kill('SIGKILL'))]);
+    const killed = sleep(15_000).then(() => (p.kill('SIGKILL'), 'killed' as const));
+    return Promise.race([gone, killed]);
   }
 }
 
