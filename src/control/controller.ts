@@ -527,7 +527,8 @@ export class WorkloadController {
           c.name,
           await r.mutate('Instance', c.name, tenant, (i) => {
             i.spec = c.spec;
-            i.metadata.generation += 1;
+            // The agent replaces a container whose instance's generation moved: only when what it runs changed.
+            if (c.replace) i.metadata.generation += 1;
             i.metadata.updatedAt = now;
             return i;
           }),

@@ -68,6 +68,18 @@ describe('planService', () => {
     const changes = planService('web', service({ replicas: 1, image: 'r/web:2' }, 2), insts, ctx());
     const upd = changes.find((c) => c.op === 'updateSpec');
     expect(upd && upd.op === 'updateSpec' && upd.spec.container.image).toBe('r/web:2');
+    expect(upd && upd.op === 'updateSpec' && upd.replace).toBe(true);
+  });
+
+  it('scaling records the new generation on the replicas that stay without replacing their containers', () => {
+    const insts = materialise(planService('web', service({ replicas: 2 }), [], ctx()));
+    const up = planService('web', service({ replicas: 3 }, 2), insts, ctx());
+    const upd = up.flatMap((c) => (c.op === 'updateSpec' ? [c] : []));
+    expect(upd.map((c) => [c.name, c.spec.ownerGeneration, c.replace])).toEqual([
+      ['web-0', 2, false],
+      ['web-1', 2, false],
+    ]);
+    expect(created(up).map((i) => i.metadata.name)).toEqual(['web-2']);
   });
 
   it('onChange restart: new instances carry the versions; a changed version updates the spec (restarting the container), the same ones change nothing', () => {

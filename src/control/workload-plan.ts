@@ -12,8 +12,12 @@ import { isDeepStrictEqual } from 'node:util';
 export type Change =
   /** A new instance, not placed yet: the placement pipeline writes it with its host or why it waits. */
   | { op: 'create'; instance: Instance }
-  /** Replace the instance's spec (the owner changed); the agent restarts the container. */
-  | { op: 'updateSpec'; name: string; spec: InstanceSpec }
+  /**
+   * Replace the instance's spec (the owner changed). `replace`: what the container runs
+   * changed, so its generation moves and the agent replaces the container; otherwise only the
+   * owner's generation is recorded (e.g. the service was scaled: its other replicas run on).
+   */
+  | { op: 'updateSpec'; name: string; spec: InstanceSpec; replace: boolean }
   | { op: 'requestDeletion'; name: string }
   /** Drop an instance record that no agent holds (never placed). */
   | { op: 'forget'; name: string }
@@ -117,11 +121,10 @@ export function planService(serviceName: string, service: Service | undefined, i
     }
     if (existing.spec.ownerGeneration !== service.metadata.generation || !sameVersions(existing.spec.restartOn, restartOn)) {
       const { restartOn: _old, ...rest } = existing.spec;
-      changes.push({
-        op: 'updateSpec',
-        name: existing.metadata.name,
-        spec: { ...rest, container, ...restart, ownerGeneration: service.metadata.generation, ...(Object.keys(restartOn).length > 0 ? { restartOn } : {}) },
-      });
+      const spec: InstanceSpec = { ...rest, container, ...restart, ownerGeneration: service.metadata.generation, ...(Object.keys(restartOn).length > 0 ? { restartOn } : {}) };
+      const { ownerGeneration: _was, ...before } = existing.spec;
+      const { ownerGeneration: _now, ...after } = spec;
+      changes.push({ op: 'updateSpec', name: existing.metadata.name, spec, replace: !isDeepStrictEqual(before, after) });
     }
   }
   changes.push(...planned.map((instance) => ({ op: 'create' as const, instance })));

@@ -267,4 +267,17 @@ describe('all-in-one through the CLI', () => {
     }, 60_000, 'steady adopted after the restart');
     expect(after.map((i) => i.status.containerId).sort()).toEqual(before.map((i) => i.status.containerId).sort());
   });
+
+  it('scaling a service up leaves the replicas that stay running as they are (same containers)', async () => {
+    const before = (await instances('globex')).filter((i) => i.spec.owner.name === 'steady');
+    expect(before.map((i) => i.status.phase)).toEqual(['Running', 'Running']);
+    const r = await applyText(manifest([service('steady', 'globex', { image: images.busybox, replicas: 3, command: ['sleep', '3600'] })]), ['--wait', '--timeout', '90']);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    const after = (await instances('globex')).filter((i) => i.spec.owner.name === 'steady');
+    expect(after.map((i) => i.metadata.name).sort()).toEqual(['steady-0', 'steady-1', 'steady-2']);
+    for (const b of before) {
+      const a = after.find((i) => i.metadata.name === b.metadata.name);
+      expect([a?.status.containerId, a?.status.pid, a?.metadata.generation], b.metadata.name).toEqual([b.status.containerId, b.status.pid, b.metadata.generation]);
+    }
+  });
 });
