@@ -80,10 +80,16 @@ class Child {
   async stop(): Promise<'exited' | 'killed' | 'not running'> {
     const p = this.proc;
     if (!p || p.exitCode !== null || p.signalCode !== null) return 'not running';
-    const gone = new Promise<'exited'>((r) => p.once('exit', () => r('exited')));
-    p.kill('SIGTERM');
-    const killed = sleep(15_000).then(() => (p.kill('SIGKILL'), 'killed' as const));
-    return Promise.race([gone, killed]);
+    // A deadline, not a pause: resolves the moment the process exits; SIGKILL only past 15 s.
+    return new Promise((resolve) => {
+      let killed = false;
+      const deadline = setTimeout(() => ((killed = true), p.kill('SIGKILL')), 15_000);
+      p.once('exit', () => {
+        clearTimeout(deadline);
+        resolve(killed ? 'killed' : 'exited');
+      });
+      p.kill('SIGTERM');
+    });
   }
 }
 
