@@ -29,6 +29,7 @@ import { Prober } from './prober.js';
 import type { HostNetworking } from './network-controller.js';
 import type { Endpoint } from '../network/types.js';
 import type { ResolverConfig } from '../runtime/driver.js';
+import { CARAPACE_VERSION } from '../model/version.js';
 
 
 export interface AgentOptions {
@@ -101,7 +102,8 @@ interface StartedContainer {
   endpoint?: Endpoint;
 }
 
-const VERSION = '0.1.0';
+/** What the host reports as `status.agentVersion`: the release this agent was built from. */
+const VERSION = CARAPACE_VERSION;
 
 /** The bound on how long a changed `update` Secret or Config takes to reach running containers' files. */
 export const FILES_REFRESH_MS = 10_000;

@@ -18,6 +18,7 @@ import { StreamWriter } from './stream-writer.js';
 import { FrameCache, WatchHubs } from './watch-hub.js';
 import type { LogLine, LogOptions } from '../runtime/driver.js';
 import { ROUTES, type RouteDef } from '../model/routes.js';
+import { versionInfo } from '../model/version.js';
 import { openApiDocument } from './openapi.js';
 import { metrics } from '../metrics/metrics.js';
 import { admit, type Authenticator } from '../auth/admit.js';
@@ -312,6 +313,7 @@ async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply
   const who = admissions.get(req) ?? {};
   if (route.kind === 'tokens') return handleTokens(o, route, req, reply);
   if (route.kind === 'whoami') return whoami(who.principal);
+  if (route.kind === 'version') return versionInfo();
   if (route.kind === 'audit' && route.url === '/v1/events') return streamEvents(o, q, req, reply, who.principal);
   if (route.kind === 'audit') return handleAudit(o, route, q, reply, who.principal);
   if (route.kind === 'usage') return handleUsage(o, q, reply, who.principal);

@@ -138,6 +138,8 @@ export function classifyRoute(route: AuthzRequest['route']): RouteClass | undefi
   if (route.kind === 'tokens') return route.url === '/v1/tokens' || route.url === '/v1/tokens/:name' ? { type: 'self' } : undefined;
   // Who am I: any valid token reads its own principal, nothing else.
   if (route.kind === 'whoami') return route.method === 'GET' && route.url === '/v1/whoami' ? { type: 'self' } : undefined;
+  // The server's version: any valid token (not public: an anonymous scanner learns no release to match exploits to).
+  if (route.kind === 'version') return route.method === 'GET' && route.url === '/v1/version' ? { type: 'self' } : undefined;
   if (route.kind === 'meta') {
     const id = `${route.method} ${route.url}`;
     if (PUBLIC_ROUTES.includes(id)) return { type: 'public' };

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { parseManifest } from '../model/manifest.js';
 import type { AnyObject, Host, Instance, Machine, Service, Tenant } from '../model/objects.js';
-import { describeEgress, formatDescribe, formatOutput } from './format.js';
+import { describeEgress, formatDescribe, formatOutput, objectRef, WatchPrinter } from './format.js';
 
 const md = { uid: 'u', labels: {}, resourceVersion: 3, generation: 1, createdAt: '2026-01-01T00:00:00.000Z', updatedAt: '2026-01-01T00:00:00.000Z' };
 
@@ -80,5 +80,54 @@ describe('volume snapshots in get and describe', () => {
     expect(wide[2]).toMatch(/\s-\s+-\s+VolumeNotBound$/);
     expect(formatDescribe(ready)).toMatch(/\nVolume:\s+pgdata\nPhase:\s+Ready\nHost:\s+h1\nSize:\s+1Gi \(restores into a volume at least this large\)\nTaken:\s+2026-03-01T00:00:00.000Z\n/);
     expect(formatDescribe(failed)).toMatch(/\nHost:\s+\(none: the volume was bound to no host\)\nReason:\s+VolumeNotBound\nMessage:\s+volume "pgdata" was never used$/);
+  });
+});
+
+describe('get -o name', () => {
+  it('prints kind/TENANT/NAME for per-tenant kinds and kind/NAME for cluster kinds, one per line, nothing for none', () => {
+    const tenant = { kind: 'Tenant', metadata: { ...md, name: 'acme' }, spec: {} } as unknown as Tenant; // only the name is read
+    expect(formatOutput('Service', [service(), { ...service(), metadata: { ...md, name: 'api', tenant: 'acme' } }], 'name', false)).toBe('service/acme/web\nservice/acme/api');
+    expect(formatOutput('Tenant', [tenant], 'name', true)).toBe('tenant/acme');
+    expect(formatOutput('Service', [], 'name', false)).toBe('');
+    const snap = { kind: 'VolumeSnapshot', metadata: { ...md, name: 's1', tenant: 'acme' } } as unknown as AnyObject; // likewise
+    expect(objectRef(snap)).toBe('volumesnapshot/acme/s1');
+  });
+});
+
+describe('get --watch output', () => {
+  const web = (ready: number, name = 'web'): Service => ({ ...service(), metadata: { ...md, name, tenant: 'acme' }, status: { ready, observedGeneration: 1 } });
+
+  it('tables: an EVENT column, a line per visible change, none for a write that changes nothing shown', () => {
+    const p = new WatchPrinter('Service', 'table');
+    const first = p.start([web(0)]);
+    expect(first[0]).toMatch(/^EVENT\s+TENANT\s+NAME\s+READY\s+ISOLATION\s+IMAGE\s+AGE$/);
+    expect(first[1]).toMatch(/^ADDED\s+acme\s+web\s+0\/1\s/);
+    expect(p.change('put', web(0))).toEqual([]); // same row: e.g. a status write that changed nothing shown
+    const [modified] = p.change('put', web(1));
+    expect(modified).toMatch(/^MODIFIED\s+acme\s+web\s+1\/1\s/);
+    // The columns stay where the first listing put them.
+    expect(modified?.indexOf('acme')).toBe(first[1]?.indexOf('acme'));
+    expect(p.change('put', web(0, 'api'))[0]).toMatch(/^ADDED\s+acme\s+api\s/);
+    expect(p.change('delete', web(1))[0]).toMatch(/^DELETED\s+acme\s+web\s+1\/1/);
+    // Created again after its deletion: ADDED, even with the row it had.
+    expect(p.change('put', web(1))[0]).toMatch(/^ADDED\s+acme\s+web\s/);
+  });
+
+  it('starts with the header alone when nothing exists yet; wide adds its columns', () => {
+    const p = new WatchPrinter('Service', 'wide');
+    expect(p.start([])).toEqual([expect.stringMatching(/^EVENT\s+TENANT\s.*AGE\s+ADDRESS\s+PORTS$/)]);
+    expect(p.change('put', web(0))[0]).toMatch(/^ADDED\s+acme\s+web\s.*80\/tcp,8443->443\/tcp$/);
+  });
+
+  it('name, json and yaml: every change, for programs', () => {
+    const names = new WatchPrinter('Service', 'name');
+    expect(names.start([web(0)])).toEqual(['service/acme/web']);
+    expect(names.change('put', web(0))).toEqual(['service/acme/web']);
+    const json = new WatchPrinter('Service', 'json');
+    expect(json.start([web(0)]).map((l) => JSON.parse(l))).toEqual([{ type: 'ADDED', object: web(0) }]);
+    expect(JSON.parse(json.change('put', web(1))[0] ?? '')).toEqual({ type: 'MODIFIED', object: web(1) });
+    expect(JSON.parse(json.change('delete', web(1))[0] ?? '')).toMatchObject({ type: 'DELETED' });
+    const yaml = new WatchPrinter('Service', 'yaml');
+    expect(yaml.start([web(0)])[0]).toMatch(/^---\ntype: ADDED\nobject:\n {2}kind: Service\n/);
   });
 });

@@ -4,7 +4,7 @@
  */
 import YAML from 'yaml';
 import { formatMemory } from '../model/quantity.js';
-import { instanceReady, type AnyObject, type Cell, type Host, type Instance, type Job, type Kind, type Machine, type Service, type Tenant } from '../model/objects.js';
+import { instanceReady, KINDS, type AnyObject, type Cell, type Host, type Instance, type Job, type Kind, type Machine, type Service, type Tenant } from '../model/objects.js';
 import type { Config, Secret } from '../model/secrets.js';
 import { egressOf, type Egress, type Probe } from '../model/schemas.js';
 import type { Volume } from '../model/volumes.js';
@@ -151,11 +151,104 @@ export function formatTable(kind: Kind, items: AnyObject[], wide = false): strin
   return table([...cols.header, ...extra.header], items.map((o) => [...cols.row(o), ...extra.row(o)]));
 }
 
-/** `get`'s output: json, yaml, the table, or the wide table. */
+/** `get -o`'s formats. */
+export const OUTPUT_FORMATS = ['table', 'wide', 'json', 'yaml', 'name'] as const;
+
+/**
+ * An object as `-o name` prints it: `kind/NAME` for cluster kinds, `kind/TENANT/NAME` for
+ * per-tenant ones (kubectl's `-o name`, with the tenant). `get`, `describe` and `delete` take
+ * it back as their argument, so `-o name` output can be piped into them.
+ */
+export function objectRef(o: AnyObject): string {
+  const tenant = KINDS[o.kind].scoped ? `${o.metadata.tenant ?? ''}/` : '';
+  return `${o.kind.toLowerCase()}/${tenant}${o.metadata.name}`;
+}
+
+/** `get`'s output: json, yaml, name lines (nothing for none), the table, or the wide table. */
 export function formatOutput(kind: Kind, items: AnyObject[], output: string, single: boolean): string {
   if (output === 'json') return JSON.stringify(single ? items[0] : { items }, null, 2);
   if (output === 'yaml') return YAML.stringify(single ? items[0] : { items }).trimEnd();
+  if (output === 'name') return items.map(objectRef).join('\n');
   return formatTable(kind, items, output === 'wide');
+}
+
+/** What happened to an object, as `get --watch` says it (kubectl's watch event types). */
+export type WatchChange = 'ADDED' | 'MODIFIED' | 'DELETED';
+
+/**
+ * `get --watch`'s output, one object change at a time. Tables get an EVENT column and keep
+ * the widths of the first listing (growing when a value is wider), and print a change only
+ * when its row differs from the one last printed for that object: a host's heartbeat rewrites
+ * the host every few seconds without changing anything a table shows. `name`, `json` and
+ * `yaml` are for programs: every change is printed (json: one `{"type","object"}` per line,
+ * yaml: one such document per change). Pure: lines in, lines out.
+ */
+export class WatchPrinter {
+  private readonly cols: Columns<AnyObject>;
+  private widths: number[] = [];
+  /** The row last printed per object (tables), and the objects that exist as far as we know. */
+  private readonly shown = new Map<string, string>();
+  private readonly known = new Set<string>();
+
+  constructor(
+    kind: Kind,
+    private readonly output: (typeof OUTPUT_FORMATS)[number],
+  ) {
+    const base = COLUMNS[kind] as Columns<AnyObject>; // objects of `kind` only are printed
+    const extra = output === 'wide' ? (WIDE[kind] as Columns<AnyObject> | undefined) : undefined; // likewise
+    this.cols = extra ? { header: [...base.header, ...extra.header], row: (o) => [...base.row(o), ...extra.row(o)] } : base;
+  }
+
+  /** The first listing: the table's header and a row per object (ADDED), or one line per object. */
+  start(items: AnyObject[]): string[] {
+    if (!this.isTable()) return items.flatMap((o) => this.change('put', o));
+    const header = ['EVENT', ...this.cols.header];
+    const rows = items.map((o) => ['ADDED', ...this.cols.row(o)]);
+    // EVENT is as wide as its widest word (MODIFIED) from the start, so later rows line up.
+    this.widths = header.map((h, i) => Math.max(i === 0 ? 'MODIFIED'.length : h.length, ...rows.map((r) => (r[i] ?? '').length)));
+    items.forEach((o, i) => this.remember(o, rows[i] ?? []));
+    return [this.line(header), ...rows.map((r) => this.line(r))];
+  }
+
+  /** One event of the watch stream (`put` or `delete`, with the object's new or last value). */
+  change(type: 'put' | 'delete', o: AnyObject): string[] {
+    const key = `${o.metadata.tenant ?? ''}/${o.metadata.name}`;
+    const change: WatchChange = type === 'delete' ? 'DELETED' : this.known.has(key) ? 'MODIFIED' : 'ADDED';
+    if (type === 'delete') this.known.delete(key);
+    else this.known.add(key);
+    switch (this.output) {
+      case 'name':
+        return [objectRef(o)];
+      case 'json':
+        return [JSON.stringify({ type: change, object: o })];
+      case 'yaml':
+        return [`---\n${YAML.stringify({ type: change, object: o }).trimEnd()}`];
+      default: {
+        const row = [change, ...this.cols.row(o)];
+        const same = this.shown.get(key) === row.slice(1).join('\u0000');
+        if (type === 'delete') this.shown.delete(key);
+        else this.remember(o, row);
+        if (same && change === 'MODIFIED') return [];
+        this.widths = row.map((c, i) => Math.max(this.widths[i] ?? 0, c.length));
+        return [this.line(row)];
+      }
+    }
+  }
+
+  private isTable(): boolean {
+    return this.output === 'table' || this.output === 'wide';
+  }
+
+  private remember(o: AnyObject, row: string[]): void {
+    const key = `${o.metadata.tenant ?? ''}/${o.metadata.name}`;
+    this.known.add(key);
+    this.shown.set(key, row.slice(1).join('\u0000'));
+  }
+
+  /** Columns padded to the widths so far, three spaces apart, like `table`. */
+  private line(cells: string[]): string {
+    return cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(this.widths[i] ?? 0))).join('   ').trimEnd();
+  }
 }
 
 function kv(pairs: [string, string | number | undefined][], indent = ''): string {

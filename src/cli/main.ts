@@ -6,15 +6,18 @@
  * Errors are one line on stderr (`error CODE: message`, plus field paths) and exit 1.
  */
 import { CarapaceError } from '../model/errors.js';
-import { Command, Option } from 'commander';
-import { kindFromWord, KINDS, type AnyObject, type Instance, type Kind } from '../model/objects.js';
+import { Argument, Command, Option } from 'commander';
+import { KIND_ALIASES, kindFromWord, KINDS, type AnyObject, type Instance, type Kind } from '../model/objects.js';
 import { parseIpv4 } from '../model/netaddr.js';
 import { formatMemory } from '../model/quantity.js';
 import { defaultSnapshotName, type VolumeSnapshot } from '../model/volume-snapshots.js';
 import { MIN_VOLUME_MIB, type Volume } from '../model/volumes.js';
 import { applyAll, readManifests, waitFor, manifestPath } from './apply.js';
 import { ApiClient, CliError } from './client.js';
-import { formatDescribe, formatOutput, table } from './format.js';
+import { bashCompletion, completionSpec, zshCompletion } from './completion.js';
+import { formatDescribe, formatOutput, OUTPUT_FORMATS, table } from './format.js';
+import { watchObjects } from './watch.js';
+import { versionInfo, type VersionInfo } from '../model/version.js';
 import { DURATION_EXAMPLES, DURATION_FORMS, durationMs, timeArg } from './time.js';
 import type { LogLine } from '../runtime/driver.js';
 
@@ -24,6 +27,10 @@ program
   .description('Containers and VMs under one control plane.')
   .option('-s, --server <url>', 'API server address (default: $CARAPACE_SERVER, the config file, or http://127.0.0.1:7070)')
   .option('--token <token>', 'API token (default: $CARAPACE_TOKEN, or the config file written by `carapace up`)')
+  // Commander's own refusals (unknown command or option, missing argument, a value outside
+  // the choices) carry a stable code like every other error; set before the commands are
+  // added, which copy it.
+  .configureOutput({ outputError: (text, write) => write(text.replace(/^error: /, 'error CARAPACE_E_USAGE: ')) })
   .showHelpAfterError();
 
 function client(): ApiClient {
@@ -31,9 +38,34 @@ function client(): ApiClient {
   return new ApiClient(o.server, o.token);
 }
 
+/** The kinds as `get --help` lists them: plural, other words for it, and how names are given. Read from the model's KINDS. */
+function kindsHelp(): string {
+  const rows = (Object.keys(KINDS) as Kind[]).map((k) => { // KINDS' keys are exactly the kinds
+    const { plural, scoped } = KINDS[k];
+    const aliases = Object.entries(KIND_ALIASES).filter(([, kind]) => kind === k).map(([w]) => w);
+    return [`  ${plural}`, [k.toLowerCase(), ...aliases].join(', '), scoped ? 'per tenant: TENANT/NAME, or NAME with -t' : 'cluster-wide: NAME'];
+  });
+  return `\nKinds:\n${table(['  KIND', 'ALSO', 'NAMES'], rows)}\n\nAn object may also be named KIND/[TENANT/]NAME, as \`-o name\` prints it (\`get service/acme/web\`).`;
+}
+
+/**
+ * A command's KIND and NAME arguments, also given as one `KIND/[TENANT/]NAME` word (what
+ * `-o name` prints) when no NAME follows.
+ */
+function splitRef(word: string, name: string | undefined): { word: string; name: string | undefined } {
+  const slash = word.indexOf('/');
+  if (slash < 0) return { word, name };
+  if (name !== undefined) {
+    throw new CliError('CARAPACE_E_USAGE', `give KIND NAME or KIND/NAME, not both ("${word}" and "${name}")`, [{ path: 'name', message: 'not allowed after KIND/NAME' }]);
+  }
+  const rest = word.slice(slash + 1);
+  if (rest === '') throw new CliError('CARAPACE_E_USAGE', `"${word}" names no object: write KIND/[TENANT/]NAME`, [{ path: 'kind', message: 'no name after the slash' }]);
+  return { word: word.slice(0, slash), name: rest };
+}
+
 function parseKind(word: string): Kind {
   const k = kindFromWord(word);
-  if (!k) throw new CliError('CARAPACE_E_UNKNOWN_KIND', `unknown kind "${word}" (known: ${Object.values(KINDS).map((k) => k.plural).join(', ')})`);
+  if (!k) throw new CliError('CARAPACE_E_UNKNOWN_KIND', `unknown kind "${word}" (known: ${Object.values(KINDS).map((k) => k.plural).join(', ')})`, [{ path: 'kind', message: 'not a kind: `carapace get --help` lists them' }]);
   return k;
 }
 
@@ -183,32 +215,53 @@ program
 
 program
   .command('get')
-  .description('List objects: tenants, services, jobs, instances, hosts, machines, volumes, volumesnapshots (snapshots), secrets, configs, cells')
-  .argument('<kind>', 'kind to list')
+  .description(`List objects, or read one: ${Object.values(KINDS).map((k) => k.plural).join(', ')}`)
+  .argument('<kind>', 'kind to list (below), or KIND/[TENANT/]NAME')
   .argument('[name]', 'one object (TENANT/NAME for per-tenant kinds)')
   .option('-t, --tenant <tenant>', 'only this tenant')
-  .addOption(new Option('-o, --output <format>', 'output format (wide: the table with addresses and where things run)').choices(['table', 'wide', 'json', 'yaml']).default('table'))
-  .action(async (word: string, name: string | undefined, o: { tenant?: string; output: string }) => {
+  .addOption(new Option('-o, --output <format>', 'output format (wide: the table with addresses and where things run; name: KIND/[TENANT/]NAME lines)').choices(OUTPUT_FORMATS).default('table'))
+  .option('-w, --watch', 'after the list, print a line per change as it happens (tables: an EVENT column), until Ctrl-C')
+  .addHelpText('after', kindsHelp())
+  .action(async (kindArg: string, nameArg: string | undefined, o: { tenant?: string; output: (typeof OUTPUT_FORMATS)[number]; watch?: boolean }) => {
+    const { word, name } = splitRef(kindArg, nameArg);
     const kind = parseKind(word);
     const c = client();
+    const print = (text: string): void => {
+      if (text !== '') console.log(text); // -o name of nothing prints nothing, not an empty line
+    };
+    if (o.watch) {
+      const scope = name ? resolveName(kind, name, o.tenant) : o.tenant !== undefined ? { tenant: o.tenant } : {};
+      // Ctrl-C (or a TERM) ends the watch: a normal end, exit 0.
+      const ac = new AbortController();
+      const stop = (): void => ac.abort();
+      process.once('SIGINT', stop).once('SIGTERM', stop);
+      try {
+        await watchObjects(c, kind, scope, o.output, (line) => console.log(line), ac.signal);
+      } finally {
+        process.off('SIGINT', stop).off('SIGTERM', stop);
+      }
+      return;
+    }
     if (name) {
       const obj = await c.call<AnyObject>('GET', itemPath(kind, resolveName(kind, name, o.tenant)));
-      console.log(formatOutput(kind, [obj], o.output, true));
+      print(formatOutput(kind, [obj], o.output, true));
       return;
     }
     const plural = KINDS[kind].plural;
     const path = KINDS[kind].scoped && o.tenant ? `/v1/tenants/${o.tenant}/${plural}` : `/v1/${plural}`;
     const list = await c.call<{ items: AnyObject[] }>('GET', path);
-    console.log(formatOutput(kind, list.items, o.output, false));
+    print(formatOutput(kind, list.items, o.output, false));
   });
 
 program
   .command('describe')
   .description('Show one object in detail, with its instances and their status')
-  .argument('<kind>')
-  .argument('<name>', 'NAME, or TENANT/NAME for per-tenant kinds')
+  .argument('<kind>', 'the kind (as `get --help` lists them), or KIND/[TENANT/]NAME')
+  .argument('[name]', 'NAME, or TENANT/NAME for per-tenant kinds')
   .option('-t, --tenant <tenant>')
-  .action(async (word: string, name: string, o: { tenant?: string }) => {
+  .action(async (kindArg: string, nameArg: string | undefined, o: { tenant?: string }) => {
+    const { word, name } = splitRef(kindArg, nameArg);
+    if (name === undefined) throw new CliError('CARAPACE_E_USAGE', 'describe needs KIND NAME (or KIND/NAME)', [{ path: 'name', message: 'missing' }]);
     const kind = parseKind(word);
     const n = resolveName(kind, name, o.tenant);
     const c = client();
@@ -230,11 +283,12 @@ program
 program
   .command('delete')
   .description('Delete an object (KIND NAME), or everything in manifest files (-f)')
-  .argument('[kind]')
+  .argument('[kind]', 'the kind (as `get --help` lists them), or KIND/[TENANT/]NAME')
   .argument('[name]', 'NAME, or TENANT/NAME for per-tenant kinds')
   .option('-t, --tenant <tenant>')
   .option('-f, --filename <file...>', 'delete the objects these manifests describe')
-  .action(async (word: string | undefined, name: string | undefined, o: { tenant?: string; filename?: string[] }) => {
+  .action(async (kindArg: string | undefined, nameArg: string | undefined, o: { tenant?: string; filename?: string[] }) => {
+    const { word, name } = kindArg !== undefined ? splitRef(kindArg, nameArg) : { word: undefined, name: nameArg };
     const c = client();
     if (o.filename) {
       const manifests = (await readManifests(o.filename)).sort((a, b) => (a.kind === 'Tenant' ? 1 : 0) - (b.kind === 'Tenant' ? 1 : 0));
@@ -249,11 +303,51 @@ program
       }
       return;
     }
-    if (!word || !name) throw new CliError('CARAPACE_E_BAD_QUERY', 'delete needs KIND NAME, or -f FILE');
+    if (!word || !name) throw new CliError('CARAPACE_E_USAGE', 'delete needs KIND NAME (or KIND/NAME), or -f FILE');
     const kind = parseKind(word);
     const n = resolveName(kind, name, o.tenant);
     await c.call('DELETE', itemPath(kind, n));
     console.log(`${kind.toLowerCase()}/${n.tenant ? `${n.tenant}/` : ''}${n.name} deleted`);
+  });
+
+program
+  .command('version')
+  .description("Show this client's version, and the server's with the API version it serves (exit 1 when the server cannot be asked)")
+  .option('--client', 'only the client version (no server needed)')
+  .addOption(new Option('-o, --output <format>', 'output format').choices(['text', 'json']).default('text'))
+  .action(async (o: { client?: boolean; output: 'text' | 'json' }) => {
+    const mine = versionInfo();
+    let server: VersionInfo | undefined;
+    let failure: unknown;
+    if (!o.client) {
+      try {
+        server = await client().call<VersionInfo>('GET', '/v1/version');
+      } catch (e) {
+        failure = e;
+      }
+    }
+    if (o.output === 'json') {
+      console.log(JSON.stringify({ clientVersion: mine, ...(server ? { serverVersion: server } : {}) }, null, 2));
+    } else {
+      console.log(`Client Version: ${mine.version}`);
+      if (server) {
+        console.log(`Server Version: ${server.version}`);
+        console.log(`API Version: ${server.apiVersion}${server.apiVersion !== mine.apiVersion ? ` (this client speaks ${mine.apiVersion})` : ''}`);
+      } else if (o.client) console.log(`API Version: ${mine.apiVersion}`);
+    }
+    if (server && server.apiVersion !== mine.apiVersion) console.error(`warning: the server serves ${server.apiVersion}, this client speaks ${mine.apiVersion}: use a client of the server's release`);
+    // As kubectl: the client's side is printed, then why the server's is missing, exit 1.
+    if (failure !== undefined) throw failure;
+  });
+
+program
+  .command('completion')
+  .description('Print a shell completion script (commands, flags, kinds, and object names from the server): source <(carapace completion bash)')
+  .addArgument(new Argument('<shell>', 'bash or zsh').choices(['bash', 'zsh']))
+  .addHelpText('after', '\nbash: add `source <(carapace completion bash)` to ~/.bashrc\nzsh:  add `source <(carapace completion zsh)` to ~/.zshrc')
+  .action((shell: 'bash' | 'zsh') => {
+    const spec = completionSpec(program, Object.values(KINDS).map((k) => k.plural));
+    process.stdout.write(shell === 'bash' ? bashCompletion(spec) : zshCompletion(spec));
   });
 
 program

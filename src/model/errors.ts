@@ -59,6 +59,7 @@ export const ERROR_CATALOGUE = {
   },
   CARAPACE_E_SERVER_UNREACHABLE: { status: 0, description: 'CLI only: the API server could not be reached at the configured address.' },
   CARAPACE_E_MANIFEST_FILE: { status: 0, description: 'CLI only: the manifest file cannot be read.' },
+  CARAPACE_E_USAGE: { status: 0, description: 'CLI only: the command line is not valid (an unknown command or option, a missing argument, a value outside the allowed choices); the message says which, `--help` shows the usage.' },
   CARAPACE_E_BAD_STORE_URL: { status: 0, description: 'CLI only: the store URL is not `sqlite:PATH` or `etcd://HOST:PORT[,HOST:PORT...]`.' },
   CARAPACE_E_BAD_JOIN_TOKEN: { status: 401, description: 'An agent presented a join token that is malformed, unknown or expired.' },
   CARAPACE_E_VOLUME_BUSY: {

@@ -27,7 +27,7 @@ export type Kind = keyof typeof KINDS;
 export type Plural = (typeof KINDS)[Kind]['plural'];
 
 /** Short words for kinds, as kubectl has (`get snapshots`). */
-const KIND_ALIASES: Readonly<Record<string, Kind>> = { snapshot: 'VolumeSnapshot', snapshots: 'VolumeSnapshot' };
+export const KIND_ALIASES: Readonly<Record<string, Kind>> = { snapshot: 'VolumeSnapshot', snapshots: 'VolumeSnapshot' };
 
 /** Maps a plural or singular, any case ("services", "service", "Service"), or an alias ("snapshots"), to a Kind. */
 export function kindFromWord(word: string): Kind | undefined {

@@ -7,7 +7,7 @@
  */
 import { KINDS, type Kind } from './objects.js';
 
-export type RouteKind = 'action' | 'logs' | 'watch' | 'meta' | 'tokens' | 'audit' | 'usage' | 'hostOp' | 'pki' | 'whoami' | 'secrets';
+export type RouteKind = 'action' | 'logs' | 'watch' | 'meta' | 'tokens' | 'audit' | 'usage' | 'hostOp' | 'pki' | 'whoami' | 'secrets' | 'version';
 
 export interface RouteDef {
   method: 'GET' | 'PUT' | 'POST' | 'DELETE';
@@ -72,6 +72,7 @@ function objectRoutes(): RouteDef[] {
   out.push({ method: 'GET', url: '/v1/usage', summary: 'Usage report (?since, ?until, ?by=tenant|group|cell|volume, ?format=json|csv|table, ?tenant); reserved and measured, exact; a tenant token gets only its tenant', kind: 'usage' });
   out.push({ method: 'GET', url: '/v1/tenants/:tenant/machines/:name/logs', summary: "Read or follow a machine's serial console (NDJSON)", kind: 'logs', objectKind: 'Machine' });
   out.push({ method: 'POST', url: '/v1/secrets/reencrypt', summary: "Re-encrypt every Secret (or one tenant's, body {tenant}) under the keyring's primary key, for key rotation (cluster-admin)", kind: 'secrets' });
+  out.push({ method: 'GET', url: '/v1/version', summary: "The server's release and the API version it serves (`carapace version`); any valid token", kind: 'version' });
   out.push({ method: 'GET', url: '/v1/whoami', summary: "The caller's token: its id, name, role and tenant (what the dashboard shows and offers)", kind: 'whoami' });
   return out;
 }
