@@ -12,10 +12,11 @@
  * arrives, so it may read all of them: a compromised agent learns other tenants' addresses
  * and service names, nothing of their data.
  * Writes: its Host (status only, once it exists) and lease; the status of its instances
- * (an instance's `status.lastState` checked: known reason, bounded strings), cells and machines (their spec and placement never change through an agent); deletion of
- * its instances, cells and machines once the control plane asked for it; new warm cells on
- * itself; allocation records of its own objects (open ones) and new closed ones; its own
- * usage sample batches. Never the audit log, tokens, tenants, services, other hosts' anything.
+ * (`status.lastState` checked: a known reason, bounded strings), cells and machines (their
+ * spec and placement never change through an agent); deletion of its instances, cells and
+ * machines once the control plane asked for it; new warm cells on itself; allocation records
+ * of its own objects (open ones) and new closed ones; its own usage sample batches. Never
+ * the audit log, tokens, tenants, services, other hosts' anything.
  * Volumes: it reads the Volume objects bound to it (`status.host`), and writes only their
  * `status.usedBytes` and `status.message`; never their spec, binding, attachedTo, labels, nor
  * creates or deletes one (a volume's storage whose object is gone is reclaimed on the host).
