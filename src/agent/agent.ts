@@ -16,10 +16,10 @@ import { TERMINAL_PHASES, type Host, type HostLease, type Instance, type Instanc
 import { referencesOf } from '../model/secrets.js';
 import { hostLeaseKey, kindPrefix } from '../model/keys.js';
 import type { Isolation } from '../model/schemas.js';
-import type { ContainerInfo, LogLine, LogOptions, RuntimeDriver } from '../runtime/driver.js';
+import type { ContainerInfo, ContainerState, LogLine, LogOptions, RuntimeDriver } from '../runtime/driver.js';
 import type { ReconcileResult } from '../reconcile/workqueue.js';
 import { Reconciler, watchOf } from '../reconcile/reconciler.js';
-import { decideAfterExit } from './restart-policy.js';
+import { decideAfterExit, lastStateOf, stopGraceMsOf } from './restart-policy.js';
 import { containerIdFor, LABELS } from './container-id.js';
 import type { CellManager } from './cells.js';
 import type { MachineRunner } from './machines.js';
@@ -41,7 +41,7 @@ export interface AgentOptions {
   images: ImageStore;
   network?: HostNetworking;
   labels?: Record<string, string>;
-  /** Seconds between SIGTERM and SIGKILL when stopping a container. */
+  /** Milliseconds between SIGTERM and SIGKILL when stopping a container whose instance sets no `stopGracePeriodSeconds` (default 10 s). */
   stopGraceMs?: number;
   capacity?: { cpu: number; memoryMiB: number };
   /** Cells (VMs) on this host; absent when the host cannot run VMs. */
@@ -89,6 +89,28 @@ interface LocalContainer {
   cell?: string;
   /** The content version of the Secrets and Configs its files hold ('' after an adoption: rewritten at the next refresh). */
   materialVersion?: string;
+  /**
+   * SIGTERM-to-SIGKILL grace of the spec it was started (or adopted) from: used when it is
+   * stopped without its instance at hand (the instance was deleted from the store or replaced).
+   */
+  stopGraceMs: number;
+}
+
+/** A container's final state, as the drivers report it. */
+type ExitedState = Extract<ContainerState, { status: 'exited' }>;
+
+/** How a container ended, as afterExit records it. */
+interface ExitFacts {
+  exitCode: number;
+  finishedAtMs: number;
+  /** When it started (absent for a start that failed). */
+  startedAt?: string;
+  containerId?: string;
+  /** The start failed with this message: there was no container. */
+  startError?: string;
+  oomKilled?: boolean;
+  /** How long it ran (backoff resets after a long run). */
+  ranMs?: number;
 }
 
 /** What a start gets besides its image (see InstanceExtras). */
@@ -287,14 +309,14 @@ export class HostAgent {
         keep.add(c.id);
         const key = instanceKey(inst.metadata.tenant ?? '', inst.metadata.name);
         const startedAtMs = c.state.status === 'running' ? Date.parse(c.state.startedAt) : Date.now();
-        this.local.set(key, { uid: inst.metadata.uid, id: c.id, driver, generation: inst.metadata.generation, startedAtMs, exited: c.state.status === 'exited' });
+        this.local.set(key, { uid: inst.metadata.uid, id: c.id, driver, generation: inst.metadata.generation, startedAtMs, exited: c.state.status === 'exited', stopGraceMs: this.graceFor(inst) });
         this.log.info({ instance: key, container: c.id, state: c.state.status }, 'adopted container');
         if (c.state.status === 'running') {
           this.watchExit(key, c.id, driver);
           const ip = await this.addressOf(c.id, driver);
           this.probes.watch({ key, inst, containerId: c.id, driver, startedAtMs, initialReady: inst.status.ready, ...(ip !== undefined ? { address: ip } : {}) });
         } else if (c.state.status === 'exited' && inst.status.phase === 'Running' && inst.status.containerId === c.id) {
-          await this.recordExit(key, c.id, c.state.exitCode, c.state.finishedAt);
+          await this.recordExit(key, c.id, c.state);
         } else if (c.state.status === 'created') {
           // Died between create and start: start it over cleanly.
           await driver.destroy(c.id);
@@ -386,13 +408,21 @@ export class HostAgent {
     });
   }
 
-  /** Stops and removes the instance's container and network; idempotent. */
-  private async teardown(key: string, graceMs: number): Promise<void> {
+  /** The SIGTERM-to-SIGKILL grace for the container of `inst`: its spec's, else this agent's default. */
+  private graceFor(inst: Instance): number {
+    return stopGraceMsOf(inst.spec, this.o.stopGraceMs ?? 10_000);
+  }
+
+  /**
+   * Stops and removes the instance's container and network; idempotent. `graceMs`: SIGTERM to
+   * SIGKILL; absent: the grace of the spec the container was started from.
+   */
+  private async teardown(key: string, graceMs?: number): Promise<void> {
     this.probes.forget(key);
     const cur = this.local.get(key);
     if (!cur) return;
     cur.tearingDown = true;
-    await cur.driver.stop(cur.id, graceMs).catch((err: unknown) => this.log.warn({ container: cur.id, err }, 'stop failed'));
+    await cur.driver.stop(cur.id, graceMs ?? cur.stopGraceMs).catch((err: unknown) => this.log.warn({ container: cur.id, err }, 'stop failed'));
     await cur.driver.destroy(cur.id);
     if (cur.driver.capabilities.network === 'namespace' && this.o.network) {
       await this.o.network.net.detach(cur.id);
@@ -408,12 +438,12 @@ export class HostAgent {
     const inst = await this.o.resources.get('Instance', name, tenant);
     const cur = this.local.get(key);
     if (!inst || inst.spec.host !== this.o.hostName) {
-      await this.teardown(key, this.o.stopGraceMs ?? 10_000);
+      await this.teardown(key);
       return;
     }
     if (inst.metadata.deletionRequestedAt) {
       if (inst.status.phase !== 'Stopping' && cur && !cur.exited) await this.setStatus(inst, { phase: 'Stopping', reason: 'Deleted', message: 'stopping: instance deleted' });
-      await this.teardown(key, this.o.stopGraceMs ?? 10_000);
+      await this.teardown(key); // with the grace of the spec the container was started from
       await this.o.resources.remove('Instance', name, tenant, undefined);
       this.pullFailures.delete(key);
       this.log.info({ instance: key }, 'instance removed');
@@ -422,13 +452,15 @@ export class HostAgent {
     if (cur && cur.uid !== inst.metadata.uid) {
       // The instance was replaced under the same name (e.g. failover moved it here or away):
       // whatever ran for the old one must not serve the new one.
-      await this.teardown(key, this.o.stopGraceMs ?? 10_000);
+      await this.teardown(key);
       return { requeueAfterMs: 0 };
     }
     if (cur && cur.generation !== inst.metadata.generation) {
-      // The spec changed: replace the container (a destructive update).
-      await this.teardown(key, this.o.stopGraceMs ?? 10_000);
-      const fresh = await this.setStatus(inst, { phase: 'Pending', reason: 'Updated', message: 'spec changed; replacing container', restarts: 0, ready: false }, ['exitCode', 'finishedAt', 'nextRestartAt']);
+      // The spec changed: replace the container (a destructive update), stopped with the grace
+      // it was started under. Its restart count and last state belonged to the old spec: both
+      // start over, so `describe` never blames the new version for the old one's crashes.
+      await this.teardown(key);
+      const fresh = await this.setStatus(inst, { phase: 'Pending', reason: 'Updated', message: 'spec changed; replacing container', restarts: 0, ready: false }, ['exitCode', 'finishedAt', 'nextRestartAt', 'lastState']);
       if (fresh) return this.startAttempt(key, fresh);
       return;
     }
@@ -459,6 +491,7 @@ export class HostAgent {
           generation: inst.metadata.generation,
           startedAtMs,
           exited: false,
+          stopGraceMs: this.graceFor(inst),
           ...(volumeIds.length > 0 ? { volumeIds } : {}),
           ...(refs.secrets.length + refs.configs.length > 0 ? { materialVersion: '' } : {}),
           ...(inst.spec.cell ? { cell: inst.spec.cell } : {}),
@@ -470,8 +503,8 @@ export class HostAgent {
         return;
       }
       if (driver && found?.state.status === 'exited') {
-        this.local.set(key, { uid: inst.metadata.uid, id: found.id, driver, generation: inst.metadata.generation, startedAtMs: Date.now(), exited: true });
-        await this.recordExit(key, found.id, found.state.exitCode, found.state.finishedAt);
+        this.local.set(key, { uid: inst.metadata.uid, id: found.id, driver, generation: inst.metadata.generation, startedAtMs: Date.parse(found.state.startedAt ?? '') || Date.now(), exited: true, stopGraceMs: this.graceFor(inst) });
+        await this.recordExit(key, found.id, found.state);
         return;
       }
     }
@@ -557,9 +590,9 @@ export class HostAgent {
       await hostNetwork?.net.detach(id).catch(() => undefined);
       this.local.delete(key);
       if (extras) await this.o.extras?.release(inst.metadata.uid, extras.volumeIds, this.volumesInUse(), extras.kind === 'cell' ? extras.cell : undefined);
-      return this.afterExit(key, inst, 128, Date.now(), message);
+      return this.afterExit(key, inst, { exitCode: 128, finishedAtMs: Date.now(), startError: message, containerId: id });
     }
-    const cur: LocalContainer = { uid: inst.metadata.uid, id, driver, generation: inst.metadata.generation, startedAtMs: Date.now(), exited: false, unrecorded: started, ...(extras ? { volumeIds: extras.volumeIds } : {}), ...(extras?.materialVersion !== undefined ? { materialVersion: extras.materialVersion } : {}), ...(inst.spec.cell ? { cell: inst.spec.cell } : {}) };
+    const cur: LocalContainer = { uid: inst.metadata.uid, id, driver, generation: inst.metadata.generation, startedAtMs: Date.now(), exited: false, unrecorded: started, stopGraceMs: this.graceFor(inst), ...(extras ? { volumeIds: extras.volumeIds } : {}), ...(extras?.materialVersion !== undefined ? { materialVersion: extras.materialVersion } : {}), ...(inst.spec.cell ? { cell: inst.spec.cell } : {}) };
     this.local.set(key, cur);
     return this.recordStart(key, inst, cur, started);
   }
@@ -667,7 +700,7 @@ export class HostAgent {
     const signal = this.running.signal;
     driver
       .wait(id, signal)
-      .then((exit) => this.recordExit(key, id, exit.exitCode, exit.finishedAt))
+      .then((exit) => this.recordExit(key, id, exit))
       .catch((err: unknown) => {
         if (signal.aborted) return; // the agent stopped; its next run adopts the container
         this.log.warn({ instance: key, container: id, err }, 'wait failed');
@@ -675,7 +708,7 @@ export class HostAgent {
       });
   }
 
-  private async recordExit(key: string, id: string, exitCode: number, finishedAt: string): Promise<void> {
+  private async recordExit(key: string, id: string, exit: ExitedState): Promise<void> {
     const cur = this.local.get(key);
     if (!cur || cur.id !== id || cur.tearingDown) return; // a replaced attempt, or one being removed
     cur.exited = true;
@@ -686,23 +719,38 @@ export class HostAgent {
       this.queue.add(key);
       return;
     }
-    const r = await this.afterExit(key, inst, exitCode, Date.parse(finishedAt) || Date.now(), undefined, Date.parse(finishedAt) - cur.startedAtMs);
+    const finishedAtMs = Date.parse(exit.finishedAt) || Date.now();
+    const r = await this.afterExit(key, inst, {
+      exitCode: exit.exitCode,
+      finishedAtMs,
+      startedAt: exit.startedAt ?? new Date(cur.startedAtMs).toISOString(),
+      containerId: id,
+      ranMs: finishedAtMs - cur.startedAtMs,
+      ...(exit.oomKilled ? { oomKilled: true } : {}),
+    });
     if (r) this.queue.addAfter(key, r.requeueAfterMs);
     else this.queue.add(key);
   }
 
-  private async afterExit(key: string, inst: Instance, exitCode: number, finishedAtMs: number, startError?: string, ranMs = 0): Promise<ReconcileResult> {
+  /**
+   * Records how a container ended (status and `lastState`) and applies the restart policy:
+   * Backoff with a restart time, or a terminal phase.
+   */
+  private async afterExit(key: string, inst: Instance, e: ExitFacts): Promise<ReconcileResult> {
+    const { exitCode, startError } = e;
     if (inst.metadata.deletionRequestedAt) {
       this.queue.add(key);
       return;
     }
     // Stopped by the prober because its liveness probe failed: that is the reason users see.
     const unhealthy = !startError && inst.status.containerId ? this.probes.takeUnhealthy(inst.status.containerId) : undefined;
-    const d = decideAfterExit(inst.spec, exitCode, inst.status.restarts, ranMs, unhealthy !== undefined);
-    const finishedAt = new Date(finishedAtMs).toISOString();
-    const what = startError ?? unhealthy ?? `exited with code ${exitCode}`;
+    const oomKilled = e.oomKilled === true && !startError;
+    const d = decideAfterExit(inst.spec, exitCode, inst.status.restarts, e.ranMs ?? 0, unhealthy !== undefined, oomKilled);
+    const finishedAt = new Date(e.finishedAtMs).toISOString();
+    const what = startError ?? unhealthy ?? `exited with code ${exitCode}${oomKilled ? ' (OOM-killed: it used more than its memory limit)' : ''}`;
+    const lastState = lastStateOf({ exitCode, finishedAt, startedAt: e.startedAt, containerId: e.containerId, message: what, cause: { unhealthy: unhealthy !== undefined, oomKilled, startFailed: startError !== undefined } });
     if (d.action === 'stop') {
-      await this.setStatus(inst, { phase: d.phase, reason: startError ? 'StartFailed' : d.reason, message: what, exitCode, finishedAt, ready: false }, ['pid', 'nextRestartAt']);
+      await this.setStatus(inst, { phase: d.phase, reason: startError ? 'StartFailed' : d.reason, message: what, exitCode, finishedAt, ready: false, lastState }, ['pid', 'nextRestartAt']);
       this.log.info({ instance: key, exitCode, phase: d.phase }, 'container finished');
       return;
     }
@@ -718,6 +766,7 @@ export class HostAgent {
         nextRestartAt: next,
         restarts: inst.status.restarts + 1,
         ready: false,
+        lastState,
       },
       ['pid'],
     );

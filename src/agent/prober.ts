@@ -24,6 +24,7 @@ import type { Instance, InstanceStatus } from '../model/objects.js';
 import type { Probe } from '../model/schemas.js';
 import type { CheckResult, RuntimeDriver } from '../runtime/driver.js';
 import { sleep } from '../proc/sleep.js';
+import { stopGraceMsOf } from './restart-policy.js';
 import {
   checkActionOf,
   firstCheckDelay,
@@ -41,7 +42,7 @@ import {
 export interface ProberOptions {
   resources: Resources;
   logger: Logger;
-  /** Grace between SIGTERM and SIGKILL for a container whose liveness probe failed. */
+  /** Grace between SIGTERM and SIGKILL for a container whose liveness probe failed and whose instance sets no `stopGracePeriodSeconds`. */
   stopGraceMs: number;
   /** Multiplies initialDelaySeconds and periodSeconds (tests: CARAPACE_PROBE_TIME_SCALE). Default 1. */
   timeScale?: number;
@@ -199,7 +200,7 @@ export class Prober {
     log.warn({ message }, 'liveness probe failed; restarting container');
     this.unhealthy.set(t.containerId, { key: t.key, message });
     try {
-      await t.driver.stop(t.containerId, this.o.stopGraceMs);
+      await t.driver.stop(t.containerId, stopGraceMsOf(t.inst.spec, this.o.stopGraceMs));
     } catch (err) {
       // Still running (e.g. a cell's channel is down): probe again from scratch, try again later.
       log.warn({ err }, 'cannot stop unhealthy container; probing it again');

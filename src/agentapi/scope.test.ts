@@ -58,6 +58,23 @@ describe('agent scope', () => {
     expect(writeProblem('h1', { op: 'put', key: 'usage/samples/d/1-h2', value: {}, current: undefined })).toMatch(/own usage samples/);
   });
 
+  it("writes an instance's status.lastState only with a known reason, an exit code and bounded strings", () => {
+    const cur = inst('h1');
+    const key = 'instances/acme/web-0';
+    const put = (lastState: unknown): string | undefined => writeProblem('h1', { op: 'put', key, value: { ...cur, status: { phase: 'Backoff', lastState } }, current: cur });
+    const good = { exitCode: 3, reason: 'Error', message: 'exited with code 3', containerId: 'acme-web-0-u1', startedAt: '2026-01-01T00:00:00.000Z', finishedAt: '2026-01-01T00:00:05.000Z' };
+    expect(put(good)).toBeUndefined();
+    expect(put({ exitCode: 128, reason: 'StartFailed', finishedAt: '2026-01-01T00:00:05.000Z' })).toBeUndefined();
+    expect(put('Error')).toMatch(/must be an object/);
+    expect(put({ ...good, reason: 'Hacked' })).toMatch(/reason must be one of Completed, Error, OOMKilled, Unhealthy, StartFailed/);
+    expect(put({ ...good, exitCode: 256 })).toMatch(/exitCode/);
+    expect(put({ ...good, exitCode: '3' })).toMatch(/exitCode/);
+    expect(put({ ...good, message: 'x'.repeat(1025) })).toMatch(/message must be a string of at most 1024/);
+    expect(put({ ...good, finishedAt: undefined })).toMatch(/finishedAt is required/);
+    expect(put({ ...good, startedAt: 5 })).toMatch(/startedAt must be a string/);
+    expect(put({ ...good, env: { SECRET: 'x' } })).toMatch(/lastState.env is not a field/);
+  });
+
   it('lets an agent use the keys its own writers build (one key layout, model/keys.ts)', () => {
     const t = Date.UTC(2026, 0, 2, 3, 4, 5);
     const machine = { kind: 'Machine', metadata: { name: 'm', uid: 'u' }, spec: {}, status: { host: 'h1' } };

@@ -11,11 +11,12 @@
  * specs, env or images). An agent cannot tell which tenants it will serve before their work
  * arrives, so it may read all of them: a compromised agent learns other tenants' addresses
  * and service names, nothing of their data.
- * Writes: its Host (status only, once it exists) and lease; the status of its instances,
- * cells and machines (their spec and placement never change through an agent); deletion of
- * its instances, cells and machines once the control plane asked for it; new warm cells on
- * itself; allocation records of its own objects (open ones) and new closed ones; its own
- * usage sample batches. Never the audit log, tokens, tenants, services, other hosts' anything.
+ * Writes: its Host (status only, once it exists) and lease; the status of its instances
+ * (`status.lastState` checked: a known reason, bounded strings), cells and machines (their
+ * spec and placement never change through an agent); deletion of its instances, cells and
+ * machines once the control plane asked for it; new warm cells on itself; allocation records
+ * of its own objects (open ones) and new closed ones; its own usage sample batches. Never
+ * the audit log, tokens, tenants, services, other hosts' anything.
  * Volumes: it reads the Volume objects bound to it (`status.host`), and writes only their
  * `status.usedBytes` and `status.message`; never their spec, binding, attachedTo, labels, nor
  * creates or deletes one (a volume's storage whose object is gone is reclaimed on the host).
@@ -33,6 +34,7 @@ import {
   hostLeaseKey, INTERVALS_PREFIX, isPlacedKey, isSampleBatchOf, kindPrefix, objectKey, OPEN_PREFIX, ownerOfOpenAllocation, PLACED_PREFIXES, SAMPLES_PREFIX,
   TENANT_NETWORK_PREFIX, TENANT_NETWORK_VIEW_PREFIX, VOLUME_PREFIX, VOLUME_SNAPSHOT_PREFIX,
 } from '../model/keys.js';
+import { LAST_STATE_REASONS } from '../model/objects.js';
 
 // Key prefixes of the kinds whose placement is read differently (see placedOn).
 const INSTANCES = kindPrefix('Instance');
@@ -100,6 +102,30 @@ function snapshotWriteProblem(host: string, w: ScopedWrite): string | undefined 
   for (const f of ['takenAt', 'reason', 'message']) {
     const v = st[f];
     if (v !== undefined && (typeof v !== 'string' || v.length > 1024)) return `${f} must be a string of at most 1024 characters`;
+  }
+  return undefined;
+}
+
+/** The fields of an instance's `status.lastState` (model/objects.ts InstanceLastState). */
+const LAST_STATE_FIELDS = ['exitCode', 'reason', 'message', 'containerId', 'startedAt', 'finishedAt'];
+
+/**
+ * Why an instance's `status.lastState` written by an agent is refused: it is shown to the
+ * tenant's users (describe, the dashboard), so its shape and sizes are checked here like
+ * the other agent-written fields, not trusted.
+ */
+export function lastStateProblem(v: unknown): string | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return 'status.lastState must be an object';
+  const o = v as Record<string, unknown>; // `as`: a non-null, non-array object; checked field by field below
+  const extra = Object.keys(o).find((k) => !LAST_STATE_FIELDS.includes(k));
+  if (extra !== undefined) return `status.lastState.${extra.slice(0, 64)} is not a field of lastState`;
+  if (typeof o['exitCode'] !== 'number' || !Number.isInteger(o['exitCode']) || o['exitCode'] < 0 || o['exitCode'] > 255) return 'status.lastState.exitCode must be a whole number from 0 to 255';
+  if (typeof o['reason'] !== 'string' || !(LAST_STATE_REASONS as readonly string[]).includes(o['reason'])) return `status.lastState.reason must be one of ${LAST_STATE_REASONS.join(', ')}`;
+  for (const [f, max] of [['message', 1024], ['containerId', 128], ['startedAt', 64], ['finishedAt', 64]] as const) {
+    const x = o[f];
+    if (f === 'finishedAt' && x === undefined) return 'status.lastState.finishedAt is required';
+    if (x !== undefined && (typeof x !== 'string' || x.length > max)) return `status.lastState.${f} must be a string of at most ${max} characters`;
   }
   return undefined;
 }
@@ -190,6 +216,7 @@ export function writeProblem(host: string, w: ScopedWrite): string | undefined {
     if (!isDeepStrictEqual(next.spec, cur.spec)) return 'an agent cannot change the spec (placement, tenant, size) of what it runs';
     if (placedOn(key, next) !== host) return 'an agent cannot move what it runs to another host';
     if (cur.metadata?.deletionRequestedAt && !next.metadata?.deletionRequestedAt) return 'an agent cannot undo a deletion';
+    if (key.startsWith(INSTANCES)) return lastStateProblem(next.status?.['lastState']);
     return undefined;
   }
   // Open allocation records follow the object they account for (as stored before this write).

@@ -131,3 +131,28 @@ describe('get --watch output', () => {
     expect(yaml.start([web(0)])[0]).toMatch(/^---\ntype: ADDED\nobject:\n {2}kind: Service\n/);
   });
 });
+
+describe('last state and stop grace in describe', () => {
+  const inst = (status: Record<string, unknown>, spec: Record<string, unknown> = {}): Instance =>
+    ({
+      kind: 'Instance',
+      metadata: { ...md, name: 'web-0', tenant: 'acme' },
+      spec: { owner: { kind: 'Service', name: 'web' }, host: 'h1', container: { ...service().spec }, restartPolicy: 'Always', ...spec },
+      status: { phase: 'Running', restarts: 2, ready: true, ...status },
+    }) as unknown as Instance; // only the fields describe reads are filled in
+
+  it('shows how the previous container ended: reason, exit code, times, message', () => {
+    const out = formatDescribe(inst({ lastState: { exitCode: 137, reason: 'OOMKilled', message: 'exited with code 137 (OOM-killed)', startedAt: '2026-01-01T00:00:00.000Z', finishedAt: '2026-01-01T00:00:12.000Z' } }, { stopGracePeriodSeconds: 1 }));
+    expect(out).toMatch(/\nLast state:\s+Terminated \(OOMKilled\), exit code 137, started 2026-01-01T00:00:00\.000Z, finished 2026-01-01T00:00:12\.000Z \(ran 12s\)\n/);
+    expect(out).toMatch(/\nLast message:\s+exited with code 137 \(OOM-killed\)\n/);
+    expect(out).toMatch(/\nStop grace:\s+1s$/);
+  });
+
+  it('a failed start never started; no last state, no line; no grace set: the agent default', () => {
+    expect(formatDescribe(inst({ lastState: { exitCode: 128, reason: 'StartFailed', finishedAt: '2026-01-01T00:00:01.000Z' } }))).toMatch(/Last state:\s+Terminated \(StartFailed\), exit code 128, never started, failed at 2026-01-01T00:00:01\.000Z\n/);
+    const plain = formatDescribe(inst({}));
+    expect(plain).not.toMatch(/Last state|Last message/);
+    expect(plain).toMatch(/Stop grace:\s+the agent's default/);
+    expect(formatDescribe(service())).toMatch(/Stop grace:\s+the agent's default/);
+  });
+});

@@ -4,7 +4,7 @@
  */
 import YAML from 'yaml';
 import { formatMemory } from '../model/quantity.js';
-import { instanceReady, KINDS, type AnyObject, type Cell, type Host, type Instance, type Job, type Kind, type Machine, type Service, type Tenant } from '../model/objects.js';
+import { instanceReady, KINDS, type AnyObject, type Cell, type Host, type Instance, type InstanceLastState, type Job, type Kind, type Machine, type Service, type Tenant } from '../model/objects.js';
 import type { Config, Secret } from '../model/secrets.js';
 import { egressOf, type Egress, type Probe } from '../model/schemas.js';
 import type { Volume } from '../model/volumes.js';
@@ -286,6 +286,21 @@ export function describeProbe(p: Probe): string {
   return `${what} delay=${p.initialDelaySeconds}s timeout=${p.timeoutSeconds}s period=${p.periodSeconds}s #success=${p.successThreshold} #failure=${p.failureThreshold}`;
 }
 
+/** A spec's stop grace as describe shows it (absent: the agent's default). */
+function stopGraceOf(seconds: number | undefined): string {
+  return seconds === undefined ? "the agent's default (10s unless set otherwise)" : `${seconds}s`;
+}
+
+/**
+ * How an instance's previous container ended, on one line:
+ * `Terminated (OOMKilled), exit code 137, started …, finished … (ran 12s)`.
+ */
+export function describeLastState(l: InstanceLastState): string {
+  const ran = l.startedAt !== undefined ? (Date.parse(l.finishedAt) - Date.parse(l.startedAt)) / 1000 : NaN;
+  const times = l.startedAt !== undefined ? `started ${l.startedAt}, finished ${l.finishedAt}${Number.isFinite(ran) && ran >= 0 ? ` (ran ${ran.toFixed(ran < 10 ? 1 : 0)}s)` : ''}` : `never started, failed at ${l.finishedAt}`;
+  return `Terminated (${l.reason}), exit code ${l.exitCode}, ${times}`;
+}
+
 /** The `describe` view of one object, with its instances when it owns some. */
 export function formatDescribe(o: AnyObject, instances: Instance[] = []): string {
   const md = o.metadata;
@@ -320,6 +335,7 @@ export function formatDescribe(o: AnyObject, instances: Instance[] = []): string
           ['Volume templates', o.spec.volumeTemplates?.length ? o.spec.volumeTemplates.map((t) => `${t.name}-<ordinal> (${t.size}) at ${t.mountPath}`).join(', ') : undefined],
           ['Replicas', `${o.spec.replicas} desired, ${o.status.ready} ready`],
           ['Restart policy', o.spec.restartPolicy],
+          ['Stop grace', stopGraceOf(o.spec.stopGracePeriodSeconds)],
         ]),
       );
       break;
@@ -358,6 +374,7 @@ export function formatDescribe(o: AnyObject, instances: Instance[] = []): string
           ['Completions', `${o.status.succeeded}/${o.spec.completions} (parallelism ${o.spec.parallelism})`],
           ['Failures', `${o.status.failed} (backoffLimit ${o.spec.backoffLimit} per index)`],
           ['Reason', o.status.reason],
+          ['Stop grace', stopGraceOf(o.spec.stopGracePeriodSeconds)],
         ]),
       );
       break;
@@ -380,11 +397,14 @@ export function formatDescribe(o: AnyObject, instances: Instance[] = []): string
           ['Finished', s.finishedAt],
           ['Exit code', s.exitCode],
           ['Restarts', s.restarts],
+          ['Last state', s.lastState ? describeLastState(s.lastState) : undefined],
+          ['Last message', s.lastState?.message],
           ['Next restart', s.nextRestartAt],
           ['Published', s.hostPorts?.map((p) => `${p.hostPort}->${p.containerPort}/${p.protocol}`).join(', ')],
           ...containerLines(o.spec.container),
           ['Mounts', (o.spec.mounts ?? []).length ? (o.spec.mounts ?? []).map((m) => `${m.volume} at ${m.mountPath}${m.readOnly ? ' (read-only)' : ''}`).join(', ') : undefined],
           ['Restart policy', o.spec.restartPolicy],
+          ['Stop grace', stopGraceOf(o.spec.stopGracePeriodSeconds)],
         ]),
       );
       break;

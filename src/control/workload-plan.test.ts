@@ -100,6 +100,19 @@ describe('planService', () => {
     expect('restartOn' in (plain[0]?.spec ?? {})).toBe(false);
   });
 
+  it('copies stopGracePeriodSeconds into each instance; a change updates it, a removal drops it; absent stays absent', () => {
+    const insts = materialise(planService('web', service({ replicas: 1, stopGracePeriodSeconds: 1 }), [], ctx()));
+    expect(insts[0]?.spec.stopGracePeriodSeconds).toBe(1);
+    const upd = planService('web', service({ replicas: 1, stopGracePeriodSeconds: 30 }, 2), insts, ctx()).flatMap((c) => (c.op === 'updateSpec' ? [c] : []));
+    expect(upd.map((c) => c.spec.stopGracePeriodSeconds)).toEqual([30]);
+    const dropped = planService('web', service({ replicas: 1 }, 3), insts, ctx()).flatMap((c) => (c.op === 'updateSpec' ? [c] : []));
+    expect(dropped.map((c) => 'stopGracePeriodSeconds' in c.spec)).toEqual([false]);
+    const plain = materialise(planService('web', service({ replicas: 1 }), [], ctx()));
+    expect('stopGracePeriodSeconds' in (plain[0]?.spec ?? {})).toBe(false);
+    const [j] = created(planJob('batch', job({ stopGracePeriodSeconds: 0 }), [], ctx()));
+    expect(j?.spec.stopGracePeriodSeconds).toBe(0);
+  });
+
   it('removes every instance when the service is gone', () => {
     const insts = materialise(planService('web', service({ replicas: 2 }), [], ctx()));
     expect(planService('web', undefined, insts, ctx()).map((c) => c.op)).toEqual(['requestDeletion', 'requestDeletion']);

@@ -29,8 +29,16 @@ export interface PlanContext {
   newId: () => string;
 }
 
+/** The instance fields that say how the agent restarts and stops its container, from the owner's spec. */
+type RestartFields = Pick<InstanceSpec, 'restartPolicy' | 'maxRestarts' | 'stopGracePeriodSeconds'>;
+
+/** The stop grace of the owner's spec, as an instance carries it (absent when the owner sets none). */
+function stopGraceOf(spec: { stopGracePeriodSeconds?: number | undefined }): Pick<InstanceSpec, 'stopGracePeriodSeconds'> {
+  return spec.stopGracePeriodSeconds !== undefined ? { stopGracePeriodSeconds: spec.stopGracePeriodSeconds } : {};
+}
+
 /** A new, not yet placed instance; the placement pipeline then gives it a host or a reason. */
-function newInstance(owner: Service | Job, index: number, ctx: PlanContext, restart: Pick<InstanceSpec, 'restartPolicy' | 'maxRestarts'>, restartOn: Record<string, string> = {}): Instance {
+function newInstance(owner: Service | Job, index: number, ctx: PlanContext, restart: RestartFields, restartOn: Record<string, string> = {}): Instance {
   const tenant = owner.metadata.tenant ?? '';
   const spec: InstanceSpec = {
     owner: { kind: owner.kind, name: owner.metadata.name, uid: owner.metadata.uid },
@@ -105,7 +113,7 @@ export function planService(serviceName: string, service: Service | undefined, i
   const planned: Instance[] = [];
   const byIndex = new Map(current.map((i) => [i.spec.index, i]));
   const container = containerSpecOf(service.spec);
-  const restart = { restartPolicy: service.spec.restartPolicy, maxRestarts: -1 };
+  const restart: RestartFields = { restartPolicy: service.spec.restartPolicy, maxRestarts: -1, ...stopGraceOf(service.spec) };
   for (let index = 0; index < service.spec.replicas; index++) {
     const existing = byIndex.get(index);
     if (!existing) {
@@ -120,10 +128,13 @@ export function planService(serviceName: string, service: Service | undefined, i
       continue;
     }
     if (existing.spec.ownerGeneration !== service.metadata.generation || !sameVersions(existing.spec.restartOn, restartOn)) {
-      const { restartOn: _old, ...rest } = existing.spec;
+      // The owner's current restartOn and stop grace replace the old ones (absent ones included).
+      const { restartOn: _old, stopGracePeriodSeconds: _oldGrace, ...rest } = existing.spec;
       const spec: InstanceSpec = { ...rest, container, ...restart, ownerGeneration: service.metadata.generation, ...(Object.keys(restartOn).length > 0 ? { restartOn } : {}) };
-      const { ownerGeneration: _was, ...before } = existing.spec;
-      const { ownerGeneration: _now, ...after } = spec;
+      // The container is replaced only when what it runs changed: a new owner generation or a
+      // new stop grace alone is recorded on the instance and leaves its container running.
+      const { ownerGeneration: _was, stopGracePeriodSeconds: _graceWas, ...before } = existing.spec;
+      const { ownerGeneration: _now, stopGracePeriodSeconds: _graceNow, ...after } = spec;
       changes.push({ op: 'updateSpec', name: existing.metadata.name, spec, replace: !isDeepStrictEqual(before, after) });
     }
   }
@@ -167,7 +178,7 @@ export function planJob(jobName: string, job: Job | undefined, instances: Instan
   } else {
     const used = new Set(current.map((i) => i.spec.index));
     let running = active.length;
-    const restart = { restartPolicy: 'OnFailure' as const, maxRestarts: job.spec.backoffLimit };
+    const restart: RestartFields = { restartPolicy: 'OnFailure', maxRestarts: job.spec.backoffLimit, ...stopGraceOf(job.spec) };
     for (let index = 0; index < job.spec.completions && running < job.spec.parallelism; index++) {
       if (used.has(index)) continue;
       planned.push(newInstance(job, index, ctx, restart));

@@ -186,6 +186,17 @@ describe('HostChannel against a hostile guest', () => {
     expect(Date.now() - t0).toBeLessThan(1_000);
   });
 
+  it("waits for a stop's answer as long as its grace plus the request timeout (a long grace is not a dead guest)", async () => {
+    hostRequests.length = 0;
+    // Grace 1 s; the guest answers after the 5 s request timeout, as one whose container used its grace would.
+    const stopped = chan.stop('known', 1_000);
+    for (let i = 0; i < 100 && hostRequests.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    const req = hostRequests[0] as { type: string; requestId: string; graceMs: number };
+    expect(req).toMatchObject({ type: 'stop', containerId: 'known', graceMs: 1_000 });
+    setTimeout(() => send(`${JSON.stringify({ type: 'ack', requestId: req.requestId })}\n`), 5_300);
+    await expect(stopped).resolves.toBeUndefined();
+  }, 15_000);
+
   it('a version mismatch is a clear error, not a silent guess', async () => {
     const path = join(dir, 'old.sock');
     const old = createServer((s) => {

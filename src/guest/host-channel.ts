@@ -568,7 +568,9 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
 
   /** SIGTERM, SIGKILL after graceMs; resolves once the container exited. */
   async stop(containerId: string, graceMs: number): Promise<void> {
-    await this.request((requestId) => ({ type: 'stop', requestId, containerId, graceMs }));
+    // The guest answers once the container exited: up to graceMs, then its SIGKILL; the
+    // usual request timeout would give up on a long grace that is going as asked.
+    await this.request((requestId) => ({ type: 'stop', requestId, containerId, graceMs }), { timeoutMs: graceMs + this.opts.requestTimeoutMs });
   }
 
   /** Removes the container from the cell (idempotent) and stops accepting messages about it. */

@@ -60,6 +60,18 @@ describe('parseManifest', () => {
     );
   });
 
+  it('bounds stopGracePeriodSeconds to whole seconds from 0 to 3600 on services and jobs, and leaves it absent by default', () => {
+    const m = parseManifest(svc({}));
+    expect(m.kind === 'Service' && 'stopGracePeriodSeconds' in m.spec).toBe(false);
+    const ok = parseManifest(svc({ stopGracePeriodSeconds: 0 }));
+    expect(ok.kind === 'Service' && ok.spec.stopGracePeriodSeconds).toBe(0);
+    for (const bad of [-1, 3601, 1.5, '10']) expect(issues(svc({ stopGracePeriodSeconds: bad }))).toEqual({ code: 'CARAPACE_E_VALIDATION', paths: ['spec.stopGracePeriodSeconds'] });
+    const job = { apiVersion: 'carapace/v1', kind: 'Job', metadata: { name: 'j', tenant: 'acme' }, spec: { image: 'reg.example/j:1', isolation: 'host' } };
+    const j = parseManifest({ ...job, spec: { ...job.spec, stopGracePeriodSeconds: 3600 } });
+    expect(j.kind === 'Job' && j.spec.stopGracePeriodSeconds).toBe(3600);
+    expect(issues({ ...job, spec: { ...job.spec, stopGracePeriodSeconds: 4000 } }).paths).toEqual(['spec.stopGracePeriodSeconds']);
+  });
+
   it('gives stable codes for unknown kinds and api versions', () => {
     expect(issues({ apiVersion: 'carapace/v1', kind: 'Pod' }).code).toBe('CARAPACE_E_UNKNOWN_KIND');
     expect(issues({ apiVersion: 'v2', kind: 'Tenant', metadata: { name: 'a' } }).code).toBe('CARAPACE_E_UNSUPPORTED_API_VERSION');

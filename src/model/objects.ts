@@ -155,7 +155,35 @@ export interface InstanceSpec {
    * container. Absent when the container uses none.
    */
   restartOn?: Record<string, string>;
+  /**
+   * Seconds between SIGTERM and SIGKILL when the agent stops the container (deleted,
+   * replaced, liveness failure), copied from the owner's `stopGracePeriodSeconds`. Absent:
+   * the agent's default (10 s unless the agent was started with another).
+   */
+  stopGracePeriodSeconds?: number;
 }
+
+/**
+ * How the most recent container of an instance ended (Kubernetes' `lastState.terminated`):
+ * written by the agent at each exit or failed start, kept across restarts (overwritten by
+ * the next one), cleared with the restart count when a spec change replaces the container.
+ */
+export interface InstanceLastState {
+  exitCode: number;
+  /** `Completed`, `Error`, `OOMKilled`, `Unhealthy` or `StartFailed` (LAST_STATE_REASONS). */
+  reason: LastStateReason;
+  /** What happened, for people (`exited with code 3`, the liveness probe's failure, the start error). */
+  message?: string;
+  /** The runtime id of that container. */
+  containerId?: string;
+  /** When it started; absent when it never started (`StartFailed`). */
+  startedAt?: string;
+  finishedAt: string;
+}
+
+/** Why a container ended, as `lastState.reason` says it. */
+export const LAST_STATE_REASONS = ['Completed', 'Error', 'OOMKilled', 'Unhealthy', 'StartFailed'] as const;
+export type LastStateReason = (typeof LAST_STATE_REASONS)[number];
 
 /** What the agent reports (written only by the agent, or by the controller for placement). */
 export interface InstanceStatus {
@@ -194,6 +222,8 @@ export interface InstanceStatus {
    * (an instance in a cell has its cell's address).
    */
   address?: string;
+  /** How the previous (most recent ended) container ended; see InstanceLastState. */
+  lastState?: InstanceLastState;
 }
 
 export interface Instance {

@@ -221,6 +221,13 @@ export const ContainerSpecSchema = z.strictObject({
 /** A validated, defaulted container spec (see ContainerSpecSchema). */
 export type ContainerSpec = z.infer<typeof ContainerSpecSchema>;
 
+/**
+ * Seconds between SIGTERM and SIGKILL when a container is stopped (deleted, replaced, its
+ * liveness probe failed), 0 to 3600; 0 kills at once. Absent: the agent's default (10 s).
+ * Not defaulted, so specs stored before it existed compare equal (no restart on upgrade).
+ */
+export const StopGracePeriodSchema = z.number().int().min(0).max(3600);
+
 export const ServiceSpecSchema = ContainerSpecSchema.extend({
   replicas: z.number().int().min(0).max(10_000).default(1),
   /** `Always`: restart on any exit; `OnFailure`: only on a non-zero exit; `Never`. */
@@ -232,6 +239,7 @@ export const ServiceSpecSchema = ContainerSpecSchema.extend({
   maxUnavailable: z.number().int().min(0).max(10_000).optional(),
   /** One Volume `<name>-<ordinal>` per replica, made and kept by the control plane (model/volumes.ts). */
   volumeTemplates: z.array(VolumeTemplateSchema).max(16).optional(),
+  stopGracePeriodSeconds: StopGracePeriodSchema.optional(),
 });
 export type ServiceSpec = z.infer<typeof ServiceSpecSchema>;
 
@@ -242,6 +250,7 @@ export const JobSpecSchema = ContainerSpecSchema.extend({
   parallelism: z.number().int().min(1).max(1_000).default(1),
   /** Failed runs retried (with exponential backoff) before the job is Failed. */
   backoffLimit: z.number().int().min(0).max(100).default(3),
+  stopGracePeriodSeconds: StopGracePeriodSchema.optional(),
 });
 export type JobSpec = z.infer<typeof JobSpecSchema>;
 

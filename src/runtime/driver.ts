@@ -84,7 +84,11 @@ export interface StartRequest {
 
 export type ContainerState =
   | { status: 'running'; pid: number; startedAt: string }
-  | { status: 'exited'; exitCode: number; startedAt?: string; finishedAt: string }
+  /**
+   * `oomKilled`: the kernel's OOM killer killed a process in the container's cgroup (set when
+   * the driver can tell; absent when it cannot or nothing was killed).
+   */
+  | { status: 'exited'; exitCode: number; startedAt?: string; finishedAt: string; oomKilled?: boolean }
   /** Created by the runtime but never started (agent died between create and start). */
   | { status: 'created' };
 

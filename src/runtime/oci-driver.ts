@@ -478,7 +478,20 @@ export class OciDriver implements RuntimeDriver {
     const code = parseInt(text.trim(), 10);
     if (!Number.isFinite(code)) return undefined; // written but not yet flushed; caller retries
     const meta = await this.readMeta(id);
-    return { status: 'exited', exitCode: code, ...(meta?.startedAt ? { startedAt: meta.startedAt } : {}), finishedAt: mtime.toISOString() };
+    const oom = await this.oomKills(id);
+    return { status: 'exited', exitCode: code, ...(meta?.startedAt ? { startedAt: meta.startedAt } : {}), finishedAt: mtime.toISOString(), ...(oom > 0 ? { oomKilled: true } : {}) };
+  }
+
+  /**
+   * How many processes the kernel's OOM killer killed in the container's cgroup: the
+   * `oom_kill` line of memory.oom_control (cgroup v1, kernel 4.13+) or memory.events (v2).
+   * The cgroup outlives the container's processes until `destroy` (runtime delete), so an
+   * exit read before that still finds it; 0 when it is gone or the kernel does not count.
+   */
+  private async oomKills(id: string): Promise<number> {
+    const cg = this.cgroupPath(id);
+    const text = (await readOptional(join('/sys/fs/cgroup/memory', cg, 'memory.oom_control'))) ?? (await readOptional(join('/sys/fs/cgroup', cg, 'memory.events')));
+    return oomKillCount(text);
   }
 
   private async runtimeState(id: string, meta: ContainerMeta | undefined): Promise<RuntimeStateJson | undefined> {
@@ -764,6 +777,12 @@ export class OciDriver implements RuntimeDriver {
     const usec = /usage_usec (\d+)/.exec(stat2)?.[1];
     return { cpuSeconds: Number(usec ?? 0) / 1e6, memoryBytes: Number(mem2.trim()) };
   }
+}
+
+/** The `oom_kill N` count of a memory.oom_control (v1) or memory.events (v2) text; 0 when absent. */
+export function oomKillCount(text: string | undefined): number {
+  const m = /^oom_kill (\d+)$/m.exec(text ?? '');
+  return m?.[1] !== undefined ? Number(m[1]) : 0;
 }
 
 /** Strips runc's `time=... level=error msg=` wrapping so the user sees the reason. */

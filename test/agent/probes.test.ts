@@ -3,6 +3,8 @@
  * process (API, controller, host agent, SQLite), a real registry with a busybox httpd image,
  * real runc and runsc containers on their tenant network, driven through the REST API.
  * Probe periods run 10x faster (probeTimeScale 0.1): a `periodSeconds: 1` checks every 100 ms.
+ * Also how containers end: `status.lastState` across restarts, and `stopGracePeriodSeconds`
+ * (the agent's own default grace here is 2 s).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -14,6 +16,7 @@ import { buildBusyboxImage, freePort, startRegistry, type RunningRegistry } from
 import type { Instance, Service } from '../../src/model/objects.js';
 import { createTenantNetworking } from '../../src/network/tenant-networking.js';
 import { createRuncDriver, createRunscDriver } from '../../src/runtime/index.js';
+import { sleep } from '../../src/proc/sleep.js';
 import { until } from '../../src/proc/until.js';
 import { apiClient } from '../api-client.js';
 import { failureLogger } from '../failure-log.js';
@@ -116,6 +119,8 @@ describe('probes on real containers', () => {
     expect(formatTable('Instance', [unhealthy])).toMatch(/live-0\s+service\/live\s+probes\s+host\s+Backoff\s+no\s+1\s+\S+\s+Unhealthy/);
     expect(formatDescribe(unhealthy)).toMatch(/Reason:\s+Unhealthy\nMessage:\s+liveness probe failed 2 times: HTTP GET/);
     expect(formatDescribe(unhealthy)).toMatch(/Liveness:\s+http-get :8080\/healthz delay=0s timeout=1s period=1s #success=1 #failure=2\n/);
+    // The stopped container's end, as lastState keeps it: the agent's cause, not its exit 0.
+    expect(unhealthy.status.lastState).toMatchObject({ reason: 'Unhealthy', exitCode: 0, containerId: first.status.containerId });
     // Restarted after the backoff as a new container; the counter keeps growing while it stays unhealthy.
     const second = await until('restarted', async () => {
       const i = await instance('live-0');
@@ -267,5 +272,83 @@ describe('probes on real containers', () => {
     console.log(`probe check latency: ${rows.join('; ')}`);
     await deleteService('lat');
     await deleteService('lat-tcp');
+  });
+});
+
+describe('how containers end, on real runc containers', () => {
+  it('lastState keeps the exit code, reason and times of the previous container across its restart', async () => {
+    // Runs 2 s, then fails: long enough for the restarted container to be seen running.
+    await applyService('crash', { command: ['sh', '-c', 'sleep 2; exit 3'] });
+    const first = await until('crash-0 running', async () => {
+      const i = await instance('crash-0');
+      return i.status.phase === 'Running' ? i : undefined;
+    });
+    // A new instance has no last state (unless a loaded machine let its first container end before the poll saw it run).
+    if (first.status.restarts === 0) expect(first.status.lastState).toBeUndefined();
+    const again = await until('crash-0 restarted and running, with the first exit in lastState', async () => {
+      const i = await instance('crash-0');
+      return i.status.phase === 'Running' && i.status.restarts >= 1 && i.status.lastState ? i : undefined;
+    }, 60_000);
+    const last = again.status.lastState;
+    expect(last).toMatchObject({ exitCode: 3, reason: 'Error', message: 'exited with code 3' });
+    expect(again.status.containerId).not.toBe(last?.containerId);
+    // Times of the container that ended: it started when the instance said, ran its 2 s, and ended before the new one started.
+    const started = Date.parse(last?.startedAt ?? '');
+    const finished = Date.parse(last?.finishedAt ?? '');
+    expect(finished - started).toBeGreaterThanOrEqual(1_900);
+    expect(finished).toBeLessThanOrEqual(Date.parse(again.status.startedAt ?? ''));
+    expect(formatDescribe(again)).toMatch(/\nLast state:\s+Terminated \(Error\), exit code 3, started \S+, finished \S+ \(ran \d/);
+    // The next exit replaces it: the second container's end, not the first's.
+    const next = await until('crash-0 ended again', async () => {
+      const i = await instance('crash-0');
+      return i.status.lastState && i.status.lastState.containerId === again.status.containerId ? i : undefined;
+    }, 60_000);
+    expect(next.status.lastState).toMatchObject({ exitCode: 3, reason: 'Error' });
+    await deleteService('crash');
+  });
+
+  it('a container killed by the OOM killer ends with reason OOMKilled (read from its memory cgroup)', async () => {
+    // The shell reads 200 MB into a variable under a 32 MiB limit (no swap: memory+swap = limit).
+    await applyService('hog', { memory: 32, command: ['sh', '-c', 'x=$(yes | head -c 200000000); echo survived; sleep 1000'] });
+    const oom = await until('hog-0 OOM-killed and waiting to restart', async () => {
+      const i = await instance('hog-0');
+      return i.status.lastState && i.status.phase === 'Backoff' ? i : undefined;
+    }, 60_000);
+    expect(oom.status.lastState).toMatchObject({ reason: 'OOMKilled', exitCode: 137 });
+    expect(oom.status.reason).toBe('OOMKilled');
+    expect(oom.status.message).toMatch(/^exited with code 137 \(OOM-killed: it used more than its memory limit\); restarting in \d+s$/);
+    expect(formatDescribe(oom)).toMatch(/\nLast state:\s+Terminated \(OOMKilled\), exit code 137, /);
+    await deleteService('hog');
+  });
+
+  it('stopGracePeriodSeconds: a container that ignores SIGTERM is killed after its own grace, not the agent\'s', async () => {
+    const runc = createRuncDriver({ stateDir: join(stateDir, 'runtime', 'runc'), logger });
+    const ignoring = ['sh', '-c', "trap '' TERM; while true; do sleep 0.1; done"];
+    await applyService('quick', { command: ignoring, stopGracePeriodSeconds: 1 });
+    await applyService('patient', { command: ignoring, stopGracePeriodSeconds: 12 });
+    const running = async (name: string): Promise<Instance> =>
+      until(`${name}-0 running`, async () => {
+        const i = await instance(`${name}-0`);
+        return i.status.phase === 'Running' ? i : undefined;
+      });
+    const quick = await running('quick');
+    const patient = await running('patient');
+    expect(quick.spec.stopGracePeriodSeconds).toBe(1);
+    expect(formatDescribe(patient)).toMatch(/\nStop grace:\s+12s/);
+    // 1 s: SIGTERM is ignored, SIGKILL follows; the instance is gone within a generous deadline.
+    await api('DELETE', '/v1/tenants/acme/services/quick');
+    await until('quick gone', async () => ((await api<{ items: Instance[] }>('GET', '/v1/tenants/acme/instances')).items.some((i) => i.spec.owner.name === 'quick') ? undefined : true), 30_000);
+    expect(await runc.inspect(quick.status.containerId ?? '')).toBeUndefined();
+    // 12 s: well past the agent's own 2 s the container still runs while its instance is Stopping.
+    await api('DELETE', '/v1/tenants/acme/services/patient');
+    await until('patient-0 Stopping', async () => ((await instance('patient-0')).status.phase === 'Stopping' ? true : undefined), 30_000);
+    // Throughout 5 s from then (more than twice the agent's default), it keeps running.
+    const stoppingSeen = Date.now();
+    while (Date.now() - stoppingSeen < 5_000) {
+      expect((await runc.inspect(patient.status.containerId ?? ''))?.state.status).toBe('running');
+      await sleep(250);
+    }
+    await until('patient gone', async () => ((await api<{ items: Instance[] }>('GET', '/v1/tenants/acme/instances')).items.some((i) => i.spec.owner.name === 'patient') ? undefined : true), 60_000);
+    expect(await runc.inspect(patient.status.containerId ?? '')).toBeUndefined();
   });
 });
