@@ -51,6 +51,10 @@ export function openApiDocument(): unknown {
     if (r.action === 'get' && r.objectKind !== undefined && NETWORK_STATUS[r.objectKind] !== undefined) {
       op['responses'] = { ...(op['responses'] as Record<string, unknown>), '200': { description: 'OK', content: { 'application/json': { schema: { $ref: `#/components/schemas/${r.objectKind}Network` } } } } };
     }
+    if (r.kind === 'exec') {
+      // A WebSocket handshake: 101 then binary frames (src/exec/frames.ts); refusals are ordinary errors.
+      op['responses'] = { '101': { description: 'Switching Protocols: a WebSocket of exec frames (channel byte 0 stdin, 1 stdout, 2 stderr, 3 exit status JSON, 4 resize JSON, 5 stdin EOF)' }, default: (op['responses'] as Record<string, unknown>)['default'] };
+    }
     if (r.action === 'apply' || r.action === 'create') {
       op['requestBody'] = { required: true, content: { 'application/json': { schema: { $ref: `#/components/schemas/${r.objectKind}Manifest` } } } };
     }
