@@ -420,7 +420,12 @@ async function runExec(o: ApiOptions, req: FastifyRequest, reply: FastifyReply):
   const name = p.name ?? '';
   resultOf(await o.controlPlane.handle({ type: 'exec', tenant, name, command: opts.command, tty: opts.tty, stdin: opts.stdin }, auditContext(req)), 'exec');
   const ws = await upgrades.accept(req, reply);
-  await run(tenant, name, opts, wsPort(ws));
+  const port = wsPort(ws);
+  // The reply is hijacked: nothing may reach fastify's error handler from here on.
+  await run(tenant, name, opts, port).catch((err: unknown) => {
+    req.log.error({ err }, 'exec session failed');
+    port.close();
+  });
 }
 
 async function streamLogs(o: ApiOptions, kind: 'Instance' | 'Machine', p: Params, q: Query, reply: FastifyReply): Promise<void> {
