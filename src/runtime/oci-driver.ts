@@ -69,6 +69,12 @@ export interface RuntimeFlavor {
   createLauncher?(runtimePath: string, netnsPath: string): string[];
   /** A trivial real check that the runtime works here; a reason when it does not. */
   probe(driver: OciDriver): Promise<{ ok: true } | { ok: false; message: string }>;
+  /**
+   * The `exec` flags that give the exec'd process a terminal, when our side of the runtime
+   * client is one (a pty of ours: exec/process.ts). runc: `--tty`; runsc has no such flag: it
+   * sees that its stdin is a terminal and hands it to the sandbox as the process's tty.
+   */
+  execTtyFlags: string[];
   /** The `exec` flag that writes the exec'd process's pid to a file (the pid `killExec` gets). */
   execPidFileFlag: string;
   /**
@@ -770,7 +776,7 @@ export class OciDriver implements RuntimeDriver {
     if (!meta || info?.state.status !== 'running') throw new CarapaceError('CARAPACE_E_INSTANCE_NOT_RUNNING', `container ${id} is not running`);
     this.execSeq += 1;
     const pidFile = join(this.bundle(id), `exec-${process.pid}-${this.execSeq}.pid`);
-    const argv = this.runtimeArgv(['exec', this.flavor.execPidFileFlag, pidFile, ...(await this.execUserArgs(id)), ...(opts.tty ? ['--tty'] : []), id, ...opts.command], meta);
+    const argv = this.runtimeArgv(['exec', this.flavor.execPidFileFlag, pidFile, ...(await this.execUserArgs(id)), ...(opts.tty ? this.flavor.execTtyFlags : []), id, ...opts.command], meta);
     const proc = spawnExec(argv, opts);
     void proc.exited.finally(() => rm(pidFile, { force: true }).catch(() => undefined));
     return {
