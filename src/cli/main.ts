@@ -309,7 +309,10 @@ program
     const tty = (o.tty ?? false) && process.stdin.isTTY;
     if (o.tty && !tty) process.stderr.write('warning: -t needs a terminal on stdin; running without one\n');
     const size = tty && process.stdout.columns ? { cols: process.stdout.columns, rows: process.stdout.rows } : {};
-    process.exitCode = await runExec(client(), itemPath('Instance', n), { command, tty, stdin: o.stdin ?? false, ...size });
+    const code = await runExec(client(), itemPath('Instance', n), { command, tty, stdin: o.stdin ?? false, ...size });
+    // Exit now, once our output is flushed: a terminal stdin that was read keeps Node alive.
+    await Promise.all([process.stdout, process.stderr].map((s) => new Promise<void>((r) => s.write('', () => r()))));
+    process.exit(code);
   });
 
 const tokenCmd = program.command('token').description('Manage API tokens (a role can only grant what it has)');
