@@ -58,18 +58,32 @@ export async function serveExec(proc: ExecProcess, port: ExecPort, abandon: () =
   return first;
 }
 
-/** A WebSocket as a port (binary messages are frames; text messages are ignored). */
+/**
+ * A WebSocket as a port (binary messages are frames; text messages are ignored). Frames that
+ * arrive before anyone listens are kept and handed to the first listener: a client types
+ * (or pipes) as soon as the socket opens, while its far end (a relay waiting for the agent,
+ * a driver starting the process) is not there yet.
+ */
 export function wsPort(ws: WebSocket): ExecPort {
+  let early: Uint8Array[] | undefined = [];
+  const listeners: ((frame: Uint8Array) => void)[] = [];
+  ws.on('message', (data, isBinary) => {
+    if (!isBinary) return;
+    // ws hands a Buffer, or Buffer[] / ArrayBuffer when configured so; we use the default.
+    const frame = Array.isArray(data) ? Buffer.concat(data) : data instanceof ArrayBuffer ? new Uint8Array(data) : data;
+    if (early) early.push(frame);
+    else for (const l of listeners) l(frame);
+  });
   return {
     send: (frame) => {
       if (ws.readyState === ws.OPEN) ws.send(frame, { binary: true });
     },
-    onFrame: (l) =>
-      void ws.on('message', (data, isBinary) => {
-        if (!isBinary) return;
-        // ws hands a Buffer, or Buffer[] / ArrayBuffer when configured so; we use the default.
-        l(Array.isArray(data) ? Buffer.concat(data) : data instanceof ArrayBuffer ? new Uint8Array(data) : data);
-      }),
+    onFrame: (l) => {
+      listeners.push(l);
+      const kept = early ?? [];
+      early = undefined;
+      for (const f of kept) l(f);
+    },
     onClose: (l) => {
       if (ws.readyState === ws.CLOSED) l();
       else ws.once('close', () => l());
