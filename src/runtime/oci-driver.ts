@@ -70,11 +70,14 @@ export interface RuntimeFlavor {
   /** A trivial real check that the runtime works here; a reason when it does not. */
   probe(driver: OciDriver): Promise<{ ok: true } | { ok: false; message: string }>;
   /**
-   * The `exec` flags that give the exec'd process a terminal, when our side of the runtime
-   * client is one (a pty of ours: exec/process.ts). runc: `--tty`; runsc has no such flag: it
-   * sees that its stdin is a terminal and hands it to the sandbox as the process's tty.
+   * How `exec` is told to give the process a terminal (our side of the runtime client is a
+   * pty of ours: exec/process.ts). `flag`: `--tty` (runc). `process-file`: a process.json
+   * (the container's own process, with the command and `terminal: true`) passed with
+   * `--process`: this runsc has no tty flag, and only a process spec's `terminal` makes it
+   * hand its stdin to the sandbox as the process's tty (seen here: without it, `stty` in the
+   * session fails with ENOTTY).
    */
-  execTtyFlags: string[];
+  execTty: 'flag' | 'process-file';
   /** The `exec` flag that writes the exec'd process's pid to a file (the pid `killExec` gets). */
   execPidFileFlag: string;
   /**
@@ -776,9 +779,18 @@ export class OciDriver implements RuntimeDriver {
     if (!meta || info?.state.status !== 'running') throw new CarapaceError('CARAPACE_E_INSTANCE_NOT_RUNNING', `container ${id} is not running`);
     this.execSeq += 1;
     const pidFile = join(this.bundle(id), `exec-${process.pid}-${this.execSeq}.pid`);
-    const argv = this.runtimeArgv(['exec', this.flavor.execPidFileFlag, pidFile, ...(await this.execUserArgs(id)), ...(opts.tty ? this.flavor.execTtyFlags : []), id, ...opts.command], meta);
+    const processFile = join(this.bundle(id), `exec-${process.pid}-${this.execSeq}.json`);
+    let how: string[];
+    if (opts.tty && this.flavor.execTty === 'process-file') {
+      const spec = JSON.parse(await readFile(join(this.bundle(id), 'config.json'), 'utf8')) as OciSpec; // `as`: written by prepareBundle
+      await writeFile(processFile, JSON.stringify({ ...spec.process, args: opts.command, terminal: true }), { mode: 0o600 });
+      how = ['--process', processFile, id];
+    } else {
+      how = [...(await this.execUserArgs(id)), ...(opts.tty ? ['--tty'] : []), id, ...opts.command];
+    }
+    const argv = this.runtimeArgv(['exec', this.flavor.execPidFileFlag, pidFile, ...how], meta);
     const proc = spawnExec(argv, opts);
-    void proc.exited.finally(() => rm(pidFile, { force: true }).catch(() => undefined));
+    void proc.exited.finally(() => Promise.all([rm(pidFile, { force: true }), rm(processFile, { force: true })]).catch(() => undefined));
     return {
       process: proc,
       kill: async () => {
