@@ -18,16 +18,18 @@ const LAYERS = {
   model: [],
   // Child processes, pids, the file lock: the one runner every effectful layer uses.
   proc: [],
+  // Exec sessions: the frame protocol, the pty or pipe process, the WebSocket ends (every hop).
+  exec: [],
   scheduler: [],
   store: ['proc'],
-  runtime: ['proc'],
+  runtime: ['proc', 'exec'],
   network: ['proc'],
   // Host storage: volumes on loop devices, secret files on a tmpfs.
   storage: ['network', 'proc'],
   usage: ['store'],
   image: ['runtime', 'proc'],
   vm: ['runtime', 'proc'],
-  guest: ['runtime', 'proc'],
+  guest: ['runtime', 'proc', 'exec'],
   // Only audit's test fixtures use sim's seeded PRNG.
   sim: ['scheduler'],
   audit: ['store', 'sim'],
@@ -38,12 +40,12 @@ const LAYERS = {
   // The one reconcile-loop runtime, shared by the control plane and the host agent.
   reconcile: ['store', 'metrics'],
   control: ['store', 'scheduler', 'audit', 'core', 'metrics', 'reconcile'],
-  agentapi: ['store', 'runtime', 'pki', 'core'],
-  agent: ['store', 'runtime', 'network', 'storage', 'usage', 'image', 'vm', 'guest', 'core', 'metrics', 'reconcile', 'proc'],
-  api: ['store', 'runtime', 'usage', 'audit', 'auth', 'pki', 'core', 'metrics'],
-  server: ['store', 'runtime', 'audit', 'auth', 'pki', 'core', 'metrics', 'control', 'agentapi', 'agent', 'api'],
+  agentapi: ['store', 'runtime', 'pki', 'core', 'exec'],
+  agent: ['store', 'runtime', 'network', 'storage', 'usage', 'image', 'vm', 'guest', 'core', 'metrics', 'reconcile', 'proc', 'exec'],
+  api: ['store', 'runtime', 'usage', 'audit', 'auth', 'pki', 'core', 'metrics', 'exec'],
+  server: ['store', 'runtime', 'audit', 'auth', 'pki', 'core', 'metrics', 'control', 'agentapi', 'agent', 'api', 'exec'],
   allinone: ['store', 'vm', 'core', 'agent', 'server'],
-  cli: ['runtime', 'server', 'allinone'],
+  cli: ['runtime', 'server', 'allinone', 'exec'],
 };
 
 // Each folder may only depend on folders listed before it: the map is a layering, not a graph

@@ -30,6 +30,8 @@ import type { HostNetworking } from './network-controller.js';
 import type { Endpoint } from '../network/types.js';
 import type { ResolverConfig } from '../runtime/driver.js';
 import { CARAPACE_VERSION } from '../model/version.js';
+import type { ExecOptions } from '../exec/frames.js';
+import { endSession, serveExec, type ExecPort } from '../exec/session.js';
 
 
 export interface AgentOptions {
@@ -343,6 +345,32 @@ export class HostAgent {
     const found = this.driverFor(inst);
     if (!id || !('driver' in found)) return;
     yield* found.driver.logs(id, opts);
+  }
+
+  /**
+   * Runs an exec session in an instance's container (for the API's exec endpoint, here or
+   * relayed from another host): the frames on `port` drive it, the last frame is the exit
+   * code or why it could not run. Never throws: every failure is a status frame. The session's
+   * bytes are never logged; its start and end are, with the command's program name only.
+   */
+  async exec(tenant: string, name: string, opts: ExecOptions, port: ExecPort): Promise<void> {
+    const log = this.log.child({ instance: `${tenant}/${name}`, program: opts.command[0], tty: opts.tty });
+    try {
+      const inst = await this.o.resources.mustGet('Instance', name, tenant);
+      const id = inst.status.containerId;
+      const found = this.driverFor(inst);
+      if (inst.status.phase !== 'Running' || !id || !('driver' in found)) throw new CarapaceError('CARAPACE_E_INSTANCE_NOT_RUNNING', `instance ${tenant}/${name} is not running (phase ${inst.status.phase})`);
+      const driver = found.driver;
+      if (!driver.exec) throw new CarapaceError('CARAPACE_E_EXEC_UNSUPPORTED', `exec is not supported for ${inst.spec.container.isolation} isolation yet`);
+      const run = await driver.exec(id, opts);
+      log.info('exec session started');
+      const code = await serveExec(run.process, port, () => run.kill());
+      log.info({ exitCode: code ?? 'abandoned' }, 'exec session ended');
+    } catch (err) {
+      const e = err instanceof CarapaceError ? err : new CarapaceError('CARAPACE_E_INTERNAL', 'the exec session failed; see the agent log');
+      if (e.code === 'CARAPACE_E_INTERNAL') log.warn({ err }, 'exec session failed');
+      endSession(port, { error: { code: e.code, message: e.message } });
+    }
   }
 
   /** A machine's serial console (for the API's machine logs endpoint). */

@@ -8,12 +8,16 @@ import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { Agent, request } from 'undici';
 import type { LogLine, LogOptions } from '../runtime/driver.js';
-import type { LogRequest } from './logs.js';
+import type { ExecRequest, LogRequest } from './logs.js';
+import { WebSocket } from 'ws';
+import { parseExecQuery, execQuery, type ExecOptions } from '../exec/frames.js';
+import { endSession, wsPort, type ExecPort } from '../exec/session.js';
 
-/** Where the lines come from (the HostAgent). */
+/** Where the lines come from, and where exec sessions run (the HostAgent). */
 export interface LocalLogs {
   logs(tenant: string, name: string, opts: LogOptions): AsyncIterable<LogLine>;
   machineLogs?(tenant: string, name: string, opts: LogOptions): AsyncIterable<LogLine>;
+  exec?(tenant: string, name: string, opts: ExecOptions, port: ExecPort): Promise<void>;
 }
 
 export interface LogUploaderOptions {
@@ -40,8 +44,10 @@ export async function serveLogRequests(o: LogUploaderOptions, signal: AbortSigna
         while ((nl = buf.indexOf('\n')) >= 0) {
           const line = buf.slice(0, nl);
           buf = buf.slice(nl + 1);
-          const r = JSON.parse(line || '{}') as Partial<LogRequest>;
-          if (typeof r.id === 'string' && typeof r.tenant === 'string' && typeof r.name === 'string') void upload(o, dispatcher, r as LogRequest, log);
+          const r = JSON.parse(line || '{}') as Partial<LogRequest> | Partial<ExecRequest>; // checked field by field
+          if (typeof r.id !== 'string' || typeof r.tenant !== 'string' || typeof r.name !== 'string') continue;
+          if (r.kind === 'exec') void execSession(o, r as ExecRequest, log);
+          else void upload(o, dispatcher, r as LogRequest, log);
         }
       }
     } catch (err) {
@@ -68,4 +74,33 @@ async function upload(o: LogUploaderOptions, dispatcher: Agent, r: LogRequest, l
   } finally {
     ac.abort();
   }
+}
+
+/**
+ * Answers an exec request: opens this session's WebSocket to the server (mutual TLS, like
+ * every agent call) and runs the session there. The options are checked again here as the
+ * API checked them (the agent trusts the server, but not a malformed message).
+ */
+async function execSession(o: LogUploaderOptions, r: ExecRequest, log: Logger): Promise<void> {
+  const tls = o.tls();
+  const ws = new WebSocket(`${o.server.replace(/^http/, 'ws')}/agent/v1/exec-sessions/${encodeURIComponent(r.id)}`, { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: true, maxPayload: 1024 * 1024 });
+  ws.on('error', (err) => log.debug({ err, request: r.id }, 'exec session connection failed'));
+  const opened = await new Promise<boolean>((resolve) => {
+    ws.once('open', () => resolve(true));
+    ws.once('close', () => resolve(false));
+  });
+  if (!opened) return;
+  const port = wsPort(ws);
+  let opts: ExecOptions;
+  try {
+    opts = parseExecQuery(new URLSearchParams(execQuery(r.exec)));
+  } catch (err) {
+    endSession(port, { error: { code: 'CARAPACE_E_BAD_QUERY', message: (err as Error).message } });
+    return;
+  }
+  if (!o.local.exec) {
+    endSession(port, { error: { code: 'CARAPACE_E_EXEC_UNSUPPORTED', message: 'this agent cannot run exec sessions' } });
+    return;
+  }
+  await o.local.exec(r.tenant, r.name, opts, port);
 }

@@ -12,6 +12,8 @@ import type { Readable } from 'node:stream';
 import type { LogLine, LogOptions } from '../runtime/driver.js';
 import { CarapaceError } from '../model/errors.js';
 import { ndjsonLines } from './ndjson.js';
+import type { ExecOptions } from '../exec/frames.js';
+import { endSession, relayPorts, type ExecPort } from '../exec/session.js';
 
 /** What a host is asked to stream. */
 export interface LogRequest {
@@ -23,6 +25,24 @@ export interface LogRequest {
   tail?: number;
 }
 
+/**
+ * What a host is asked to run: an exec session in one of its instances. It answers by
+ * opening a WebSocket to `GET /agent/v1/exec-sessions/<id>` (the server never dials agents),
+ * which the hub joins to the API client's; frames pass through unread (exec/frames.ts).
+ * Sent down the same request stream as log requests: one stream per agent, one reconnect
+ * logic.
+ */
+export interface ExecRequest {
+  id: string;
+  kind: 'exec';
+  tenant: string;
+  name: string;
+  exec: ExecOptions;
+}
+
+/** Everything an agent's request stream carries. */
+export type AgentRequest = LogRequest | ExecRequest;
+
 interface Waiting {
   host: string;
   resolve: (body: Readable) => void;
@@ -32,11 +52,12 @@ interface Waiting {
 /** Server side: connects API readers with agents' uploads. */
 export class LogHub {
   /** Per host, the open request streams of its agent (usually one). */
-  private readonly agents = new Map<string, Set<(r: LogRequest) => void>>();
+  private readonly agents = new Map<string, Set<(r: AgentRequest) => void>>();
   private readonly waiting = new Map<string, Waiting>();
+  private readonly waitingExec = new Map<string, { host: string; resolve: (port: ExecPort) => void }>();
 
   /** An agent's request stream opened; returns the function that closes it. */
-  attach(host: string, send: (r: LogRequest) => void): () => void {
+  attach(host: string, send: (r: AgentRequest) => void): () => void {
     const set = this.agents.get(host) ?? new Set();
     set.add(send);
     this.agents.set(host, set);
@@ -53,6 +74,48 @@ export class LogHub {
     this.waiting.delete(id);
     w.resolve(body);
     return true;
+  }
+
+  /** True when an exec session `id` of `host` waits for its agent's connection. */
+  awaitsExec(host: string, id: string): boolean {
+    return this.waitingExec.get(id)?.host === host;
+  }
+
+  /** The agent's end of exec session `id` arrived; false when nobody waits for it (timed out, or another host's). */
+  deliverExec(host: string, id: string, port: ExecPort): boolean {
+    const w = this.waitingExec.get(id);
+    if (!w || w.host !== host) return false;
+    this.waitingExec.delete(id);
+    w.resolve(port);
+    return true;
+  }
+
+  /**
+   * Runs an exec session on `host` for the client at `client`: asks its agent, waits (10 s)
+   * for the agent's end, then relays frames both ways until either end closes. Never throws:
+   * a host that is not connected or does not answer ends the session with an error status.
+   */
+  async exec(host: string, req: Omit<ExecRequest, 'id' | 'kind'>, client: ExecPort): Promise<void> {
+    const senders = this.agents.get(host);
+    const send = senders ? [...senders].pop() : undefined;
+    if (!send) {
+      endSession(client, { error: { code: 'CARAPACE_E_UNAVAILABLE', message: `host ${host} is not connected to this server: exec cannot reach it now` } });
+      return;
+    }
+    const id = randomBytes(12).toString('hex');
+    const agent = await new Promise<ExecPort | undefined>((resolve) => {
+      const timer = setTimeout(() => {
+        this.waitingExec.delete(id);
+        resolve(undefined);
+      }, 10_000);
+      this.waitingExec.set(id, { host, resolve: (p) => (clearTimeout(timer), resolve(p)) });
+      send({ ...req, id, kind: 'exec' });
+    });
+    if (!agent) {
+      endSession(client, { error: { code: 'CARAPACE_E_UNAVAILABLE', message: `host ${host} did not answer an exec request within 10 s` } });
+      return;
+    }
+    await relayPorts(client, agent);
   }
 
   /** The lines of `kind tenant/name` on `host`, streamed by its agent. */

@@ -28,6 +28,8 @@ import { agentCertKey, INTERVALS_PREFIX, OPEN_PREFIX, ownerOfOpenAllocation } fr
 import { finished } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
 import type { LogHub } from './logs.js';
+import { WsUpgrades } from '../exec/ws-upgrade.js';
+import { wsPort } from '../exec/session.js';
 import { Resources } from '../core/resources.js';
 import { instanceMaterial } from '../core/secrets.js';
 import type { Keyring } from '../core/secret-box.js';
@@ -268,6 +270,18 @@ export function buildAgentApi(o: AgentApiOptions): FastifyInstance<HttpsServer> 
     await new Promise<void>((resolve) => reply.raw.on('close', resolve));
     clearInterval(beat);
     detach();
+  });
+  // Exec sessions on this agent's host: the agent answers an exec request (logs.ts) here.
+  const upgrades = new WsUpgrades(app);
+  app.get('/agent/v1/exec-sessions/:id', async (req: FastifyRequest, reply: FastifyReply) => {
+    const id = (req.params as { id?: string }).id ?? ''; // fastify fills :id
+    const host = hostOf(req);
+    if (!upgrades.wants(req)) throw new CarapaceError('CARAPACE_E_UPGRADE_REQUIRED', 'exec sessions are WebSockets');
+    if (!o.logs?.awaitsExec(host, id)) throw new CarapaceError('CARAPACE_E_NOT_FOUND', 'nobody is waiting for this exec session');
+    const ws = await upgrades.accept(req, reply);
+    const port = wsPort(ws);
+    // Timed out between the check and the handshake: the agent's end closes (it kills the process).
+    if (!o.logs.deliverExec(host, id, port)) port.close();
   });
   app.post('/agent/v1/log-streams/:id', async (req: FastifyRequest, reply: FastifyReply) => {
     const id = (req.params as { id?: string }).id ?? ''; // fastify fills :id

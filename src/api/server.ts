@@ -33,12 +33,23 @@ import { usageReport } from '../core/usage-report.js';
 import type { AgentCertRecord, JoinTokenRecord } from '../pki/agents.js';
 import { formatReport } from '../usage/format.js';
 import { registerUi } from './ui.js';
+import { parseExecQuery, type ExecOptions } from '../exec/frames.js';
+import { wsPort, type ExecPort } from '../exec/session.js';
+import { WsUpgrades } from '../exec/ws-upgrade.js';
 
-/** Where instance logs come from (server/server.ts: the local agent for its own host, other hosts' agents through the agent API). */
+/**
+ * Where instance logs come from, and where exec sessions run (server/server.ts: the local
+ * agent for its own host, other hosts' agents through the agent API).
+ */
 export interface LogSource {
   logs(tenant: string, name: string, opts: LogOptions): AsyncIterable<LogLine>;
   /** A machine's serial console, one line per LogLine (stream `stdout`). */
   machineLogs?(tenant: string, name: string, opts: LogOptions): AsyncIterable<LogLine>;
+  /**
+   * Runs an exec session in an instance (already checked and audited by the core) over
+   * `port`; resolves when it ended. Every failure is the session's last (status) frame.
+   */
+  exec?(tenant: string, name: string, opts: ExecOptions, port: ExecPort): Promise<void>;
 }
 
 export interface ApiOptions {
@@ -173,6 +184,8 @@ function render(result: ActionResult): unknown {
       return { token: result.token, id: result.id, expiresAt: result.expiresAt };
     case 'agentCert':
       return result.record;
+    case 'exec':
+      return result.instance;
     case 'reencrypted':
       return { keyId: result.keyId, reencrypted: result.reencrypted, current: result.current };
   }
@@ -234,6 +247,7 @@ export function buildApi(o: ApiOptions): FastifyInstance {
   });
   const streams = new Set<AbortController>();
   openStreams.set(o, streams);
+  upgradesOf.set(o, new WsUpgrades(app));
   app.addHook('preClose', async () => {
     for (const ac of streams) ac.abort();
   });
@@ -251,13 +265,15 @@ export function buildApi(o: ApiOptions): FastifyInstance {
   app.setErrorHandler(async (err, req, reply) => {
     const ce = toCarapaceError(err);
     if (ce.code === 'CARAPACE_E_INTERNAL') req.log.error({ err, url: req.url, method: req.method }, 'internal error');
-    if (req.method !== 'GET') {
-      // Refused mutations are audited too (who tried what, and why it failed); best effort:
-      // nothing was changed, so a failing audit write must not turn the refusal into a 500.
+    const exec = EXEC_URLS.has(req.routeOptions.url ?? '');
+    if (req.method !== 'GET' || exec) {
+      // Refused mutations (and exec sessions: a GET that runs code) are audited too (who tried
+      // what, and why it failed); best effort: nothing was changed, so a failing audit write
+      // must not turn the refusal into a 500.
       const p = req.params as Params; // filled by routing (may be empty for unmatched routes)
       const target = { kind: req.routeOptions.url ?? req.url.split('?')[0] ?? '', name: refusedName(p, req.body), ...(p?.tenant ? { tenant: p.tenant } : {}) };
       await o.controlPlane
-        .recordRefusal(auditContext(req), req.method === 'DELETE' ? 'delete' : 'apply', target, ce)
+        .recordRefusal(auditContext(req), exec ? 'instance.exec' : req.method === 'DELETE' ? 'delete' : 'apply', target, ce)
         .catch((e: unknown) => req.log.warn({ err: e }, 'could not audit a refused request'));
     }
     return reply.status(ce.status).send(ce.toJSON());
@@ -330,6 +346,7 @@ async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply
   }
   const kind = route.objectKind as Kind; // every non-meta route names its kind
   if (route.kind === 'logs') return streamLogs(o, kind === 'Machine' ? 'Machine' : 'Instance', p, q, reply);
+  if (route.kind === 'exec') return runExec(o, req, reply);
   if (route.kind === 'watch') return streamWatch(o, kind, q, req, reply, who);
   const cp = o.controlPlane;
   const narrow = (r: ActionResult): ActionResult => {
@@ -378,6 +395,39 @@ async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply
     default:
       throw new CarapaceError('CARAPACE_E_INTERNAL', 'route without an action');
   }
+}
+
+/** Routes that open exec sessions (their refusals are audited although they are GETs). */
+const EXEC_URLS = new Set(ROUTES.filter((r) => r.kind === 'exec').map((r) => r.url));
+
+/** WebSocket upgrades of one app. */
+const upgradesOf = new WeakMap<ApiOptions, WsUpgrades>();
+
+/**
+ * `GET /v1/tenants/:tenant/instances/:name/exec`: a WebSocket carrying exec frames
+ * (exec/frames.ts). Everything that can refuse runs before the handshake, so a refusal is an
+ * ordinary HTTP error with its code: RBAC (onRequest: tenant-admin and up, own tenant), the
+ * query (command, tty, stdin, size), the upgrade itself, and the core's exec action (the
+ * instance runs; the audit record with the command line is written, or no session). The
+ * session runs on the instance's host (LogSource.exec: here, or relayed to its agent).
+ */
+async function runExec(o: ApiOptions, req: FastifyRequest, reply: FastifyReply): Promise<void> {
+  const p = req.params as Params; // fastify fills :tenant and :name
+  const opts = parseExecQuery(new URLSearchParams(req.url.split('?')[1] ?? ''));
+  const upgrades = upgradesOf.get(o);
+  if (!upgrades?.wants(req)) throw new CarapaceError('CARAPACE_E_UPGRADE_REQUIRED', 'exec is a WebSocket endpoint: send an upgrade request (carapace exec does)');
+  const run = o.logs.exec?.bind(o.logs);
+  if (!run) throw new CarapaceError('CARAPACE_E_UNAVAILABLE', 'this server cannot run exec sessions');
+  const tenant = p.tenant ?? '';
+  const name = p.name ?? '';
+  resultOf(await o.controlPlane.handle({ type: 'exec', tenant, name, command: opts.command, tty: opts.tty, stdin: opts.stdin }, auditContext(req)), 'exec');
+  const ws = await upgrades.accept(req, reply);
+  const port = wsPort(ws);
+  // The reply is hijacked: nothing may reach fastify's error handler from here on.
+  await run(tenant, name, opts, port).catch((err: unknown) => {
+    req.log.error({ err }, 'exec session failed');
+    port.close();
+  });
 }
 
 async function streamLogs(o: ApiOptions, kind: 'Instance' | 'Machine', p: Params, q: Query, reply: FastifyReply): Promise<void> {

@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
+import { WebSocket } from 'ws';
 import { CarapaceError, type ErrorBody } from '../model/errors.js';
 
 export const DEFAULT_SERVER = 'http://127.0.0.1:7070';
@@ -70,6 +71,15 @@ export class ApiClient {
       throw new CliError(e?.code ?? 'CARAPACE_E_INTERNAL', e?.message ?? `server answered ${res.statusCode}`, e?.details ?? []);
     }
     return parsed as T; // the server's documented response shape for this path
+  }
+
+  /** Opens a WebSocket to `path` (exec), authenticated like every request. */
+  websocket(path: string): WebSocket {
+    return new WebSocket(`${this.base.replace(/^http/, 'ws')}${path}`, {
+      headers: this.token ? { authorization: `Bearer ${this.token}` } : {},
+      maxPayload: 1024 * 1024,
+      handshakeTimeout: 30_000,
+    });
   }
 
   /** Sends a request and returns the raw response (for streams). */

@@ -388,6 +388,27 @@ program
     }
   });
 
+program
+  .command('exec')
+  .description("Run a command in an instance's container (audited with its command line); exits with the command's exit code")
+  .argument('<instance>', 'TENANT/INSTANCE, or INSTANCE with --tenant')
+  .argument('<command...>', 'the command and its arguments, after --')
+  .option('-i, --stdin', 'pass stdin to the command')
+  .option('-t, --tty', 'run it under a terminal (resize, Ctrl-C and job control reach the remote process); needs a terminal on stdin')
+  .option('--tenant <tenant>')
+  .action(async (name: string, command: string[], o: { stdin?: boolean; tty?: boolean; tenant?: string }) => {
+    const { runExec } = await import('./exec.js');
+    const n = resolveName('Instance', name.replace(/^instances?\//, ''), o.tenant);
+    // As kubectl: -t without a terminal on stdin falls back to plain pipes (output would be mangled otherwise).
+    const tty = (o.tty ?? false) && process.stdin.isTTY;
+    if (o.tty && !tty) process.stderr.write('warning: -t needs a terminal on stdin; running without one\n');
+    const size = tty && process.stdout.columns ? { cols: process.stdout.columns, rows: process.stdout.rows } : {};
+    const code = await runExec(client(), itemPath('Instance', n), { command, tty, stdin: o.stdin ?? false, ...size });
+    // Exit now, once our output is flushed: a terminal stdin that was read keeps Node alive.
+    await Promise.all([process.stdout, process.stderr].map((s) => new Promise<void>((r) => s.write('', () => r()))));
+    process.exit(code);
+  });
+
 const tokenCmd = program.command('token').description('Manage API tokens (a role can only grant what it has)');
 tokenCmd
   .command('create')

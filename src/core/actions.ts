@@ -27,7 +27,12 @@ export type Action =
   /** Revoke a host's agent certificate (refused at once), or forget it (the host may join again). */
   | { type: 'revokeAgentCert' | 'forgetAgentCert'; host: string }
   /** Re-encrypt every Secret (or one tenant's) not sealed under the keyring's primary key (key rotation). */
-  | { type: 'reencryptSecrets'; tenant?: string };
+  | { type: 'reencryptSecrets'; tenant?: string }
+  /**
+   * Open an exec session in a running instance: checked and audited (with the command line,
+   * never the session's bytes) before the session starts; the edge then runs the session.
+   */
+  | { type: 'exec'; tenant: string; name: string; command: string[]; tty: boolean; stdin: boolean };
 
 /** Source of time and identity for deterministic writes (tests pass fixed ones). */
 export interface Env {

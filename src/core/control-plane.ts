@@ -6,7 +6,7 @@
  */
 import { isDeepStrictEqual } from 'node:util';
 import { CarapaceError, isCarapaceError } from '../model/errors.js';
-import { KINDS, type AnyObject, type Job, type Machine, type Metadata, type Service, type Tenant } from '../model/objects.js';
+import { KINDS, type AnyObject, type Instance, type Job, type Machine, type Metadata, type Service, type Tenant } from '../model/objects.js';
 import { AVAILABLE_ISOLATION, ISOLATION_ORDER, isolationAtLeast, type ConfigManifest, type JobManifest, type MachineManifest, type Manifest, type ServiceManifest, type TenantManifest, type VolumeManifest, type VolumeSnapshotManifest } from '../model/schemas.js';
 import { VOLUME_SERVICE_LABEL, VOLUME_TEMPLATE_LABEL, volumeSizeMiB, type Volume } from '../model/volumes.js';
 import type { VolumeSnapshot } from '../model/volume-snapshots.js';
@@ -41,7 +41,9 @@ export type ActionResult =
   | { type: 'joinToken'; token: string; id: string; expiresAt: string }
   | { type: 'agentCert'; record: AgentCertRecord }
   /** Secrets re-encrypted under the keyring's primary key (`keyId`), and those already under it. */
-  | { type: 'reencrypted'; keyId: string; reencrypted: number; current: number };
+  | { type: 'reencrypted'; keyId: string; reencrypted: number; current: number }
+  /** An exec session may start in `instance` (running; its start is in the audit log). */
+  | { type: 'exec'; instance: Instance };
 
 /**
  * How often a write that names no resourceVersion is re-run on fresh state after losing a
@@ -130,6 +132,8 @@ export class ControlPlane {
       case 'forgetAgentCert':
         await forgetAgentCert(this.resources, this.ctx, action.host, new Date(this.env.now()));
         return { type: 'deleted', kind: 'AgentCert', name: action.host };
+      case 'exec':
+        return this.exec(action);
       case 'reencryptSecrets': {
         if (action.tenant !== undefined) await this.ownerTenant(action.tenant, 'tenant');
         const r = await reencryptSecrets(this.resources, this.keyring, (tenant, name, detail) => this.entry('secret.reencrypted', 'Secret', name, tenant, detail), action.tenant);
@@ -160,6 +164,22 @@ export class ControlPlane {
    * away within each service's maxUnavailable) and uncordon (both undone). Level-based: the
    * host's spec says what is wanted; the controller does the moving.
    */
+  /**
+   * Checks an exec may start (the instance exists and runs) and records it: `instance.exec`
+   * with the command line, the terminal and the host, committed before the session starts
+   * (if the record cannot be written, there is no session). The session itself changes no
+   * object: its bytes are never recorded.
+   */
+  private async exec(a: Extract<Action, { type: 'exec' }>): Promise<ActionResult> {
+    const inst = await this.resources.mustGet('Instance', a.name, a.tenant);
+    if (inst.status.phase !== 'Running' || !inst.status.containerId) {
+      throw new CarapaceError('CARAPACE_E_INSTANCE_NOT_RUNNING', `instance ${a.tenant}/${a.name} is not running (phase ${inst.status.phase}); exec needs a running container`);
+    }
+    const where = { host: inst.spec.host, ...(inst.spec.cell ? { cell: inst.spec.cell } : {}) };
+    await this.resources.commitRecords([], this.entry('instance.exec', 'Instance', a.name, a.tenant, { command: a.command, tty: a.tty, stdin: a.stdin, ...where }));
+    return { type: 'exec', instance: inst };
+  }
+
   private async hostOp(op: 'cordon' | 'uncordon' | 'drain', name: string): Promise<ActionResult> {
     const updated = await this.resources.mutate(
       'Host',

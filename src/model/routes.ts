@@ -7,7 +7,7 @@
  */
 import { KINDS, type Kind } from './objects.js';
 
-export type RouteKind = 'action' | 'logs' | 'watch' | 'meta' | 'tokens' | 'audit' | 'usage' | 'hostOp' | 'pki' | 'whoami' | 'secrets' | 'version';
+export type RouteKind = 'action' | 'logs' | 'exec' | 'watch' | 'meta' | 'tokens' | 'audit' | 'usage' | 'hostOp' | 'pki' | 'whoami' | 'secrets' | 'version';
 
 export interface RouteDef {
   method: 'GET' | 'PUT' | 'POST' | 'DELETE';
@@ -49,6 +49,14 @@ function objectRoutes(): RouteDef[] {
     out.push({ method: 'GET', url: `/v1/watch/${plural}`, summary: `Follow changes to ${plural} (Server-Sent Events)`, kind: 'watch', objectKind: kind });
   }
   out.push({ method: 'GET', url: '/v1/tenants/:tenant/instances/:name/logs', summary: "Read or follow an instance's container output (NDJSON)", kind: 'logs', objectKind: 'Instance' });
+  // A WebSocket (RFC 6455 handshakes are GETs); ?command= (repeated), tty, stdin, cols, rows.
+  out.push({
+    method: 'GET',
+    url: '/v1/tenants/:tenant/instances/:name/exec',
+    summary: "Run a command in an instance's container (WebSocket; ?command= once per argument, &tty=true, &stdin=true, &cols, &rows); audited with the command line (tenant-admin and up)",
+    kind: 'exec',
+    objectKind: 'Instance',
+  });
   // Tokens: any authenticated caller reaches these; the handlers decide (a role can only
   // grant or revoke what it could create, and only sees the tokens it could manage).
   out.push({ method: 'GET', url: '/v1/tokens', summary: 'List the API tokens the caller may manage (never their secrets)', kind: 'tokens' });

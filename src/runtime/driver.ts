@@ -10,6 +10,8 @@
  * against every driver.
  */
 import type { ContainerSpec, Isolation } from '../model/schemas.js';
+import type { ExecOptions } from '../exec/frames.js';
+import type { ExecProcess } from '../exec/process.js';
 
 /** Container ids every driver accepts (`StartRequest.id`); drivers derive paths from them. */
 export const CONTAINER_ID_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,63}$/;
@@ -160,6 +162,13 @@ export interface DriverCapabilities {
   readonly images: 'host-path' | 'shared-into-vm';
 }
 
+/** A process `exec` started in a container: its I/O, and how to end it from outside. */
+export interface ExecRun {
+  process: ExecProcess;
+  /** Kills what the exec started in the container (the client went away before it ended). */
+  kill(): Promise<void>;
+}
+
 export interface RuntimeDriver {
   /** Names the driver in logs and metrics (`runc`, `runsc`, `cell:NAME`); never branched on. */
   readonly name: string;
@@ -188,4 +197,11 @@ export interface RuntimeDriver {
    * when it could not be attempted at all (e.g. an invalid id).
    */
   check(id: string, action: CheckAction, timeoutMs: number): Promise<CheckResult>;
+  /**
+   * Starts `opts.command` in the running container `id` for an interactive session, with a
+   * terminal or with pipes (`opts.tty`), as the container's own user and settings. Rejects
+   * with CARAPACE_E_INSTANCE_NOT_RUNNING when the container does not run. Optional: a driver
+   * without it (cells, until the guest agent runs exec) is answered CARAPACE_E_EXEC_UNSUPPORTED.
+   */
+  exec?(id: string, opts: ExecOptions): Promise<ExecRun>;
 }

@@ -29,6 +29,7 @@ const RUNC: RuntimeFlavor = {
     return r.code === 0 ? { ok: true } : { ok: false, message: `runc list failed: ${r.stderr.trim()}` };
   },
   // runc writes the host pid; the process and anything it forked die, if still in the container's cgroup.
+  execTty: 'flag',
   execPidFileFlag: '--pid-file',
   async killExec(driver, id, _meta, pid) {
     if (pidInCgroup(pid, driver.cgroupPath(id))) killTree(pid);
@@ -71,6 +72,7 @@ const RUNSC: RuntimeFlavor = {
     }
   },
   // runsc's host pids are the sandbox's; the exec'd process is named by its pid inside the sandbox.
+  execTty: 'process-file',
   execPidFileFlag: '--internal-pid-file',
   execAsUserFlags: true,
   // The sandbox's own host tasks share its cgroup: about 30 idle here (sentry and gofer

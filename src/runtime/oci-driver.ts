@@ -20,7 +20,7 @@ import { access, mkdir, open, readFile, readdir, rename, rm, rmdir, stat, writeF
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Isolation } from '../model/schemas.js';
-import { CONTAINER_ID_PATTERN, validateContainerId, type CheckAction, type CheckResult, type ContainerInfo, type DriverCapabilities, type ContainerState, type ContainerUsage, type LogLine, type LogOptions, type RuntimeDriver, type StartRequest } from './driver.js';
+import { CONTAINER_ID_PATTERN, validateContainerId, type CheckAction, type CheckResult, type ContainerInfo, type DriverCapabilities, type ContainerState, type ExecRun, type ContainerUsage, type LogLine, type LogOptions, type RuntimeDriver, type StartRequest } from './driver.js';
 import { K8sLogParser } from './k8s-log.js';
 import { containerNofileLimit, loadSeccompProfile, prepareBundle } from './bundle.js';
 import { checkHostMounts, labelsFromAnnotations, type OciSpec } from './oci-spec.js';
@@ -29,6 +29,9 @@ import { run } from '../proc/run.js';
 import { sleep } from '../proc/sleep.js';
 import { execCheck, httpGetCheck, tcpSocketCheck } from './probe-check.js';
 import type { OciSeccomp } from './seccomp.js';
+import { CarapaceError } from '../model/errors.js';
+import type { ExecOptions } from '../exec/frames.js';
+import { spawnExec } from '../exec/process.js';
 
 /** Exit code reported when a container is gone and nothing recorded its real exit code. */
 export const UNKNOWN_EXIT_CODE = 137;
@@ -66,6 +69,15 @@ export interface RuntimeFlavor {
   createLauncher?(runtimePath: string, netnsPath: string): string[];
   /** A trivial real check that the runtime works here; a reason when it does not. */
   probe(driver: OciDriver): Promise<{ ok: true } | { ok: false; message: string }>;
+  /**
+   * How `exec` is told to give the process a terminal (our side of the runtime client is a
+   * pty of ours: exec/process.ts). `flag`: `--tty` (runc). `process-file`: a process.json
+   * (the container's own process, with the command and `terminal: true`) passed with
+   * `--process`: this runsc has no tty flag, and only a process spec's `terminal` makes it
+   * hand its stdin to the sandbox as the process's tty (seen here: without it, `stty` in the
+   * session fails with ENOTTY).
+   */
+  execTty: 'flag' | 'process-file';
   /** The `exec` flag that writes the exec'd process's pid to a file (the pid `killExec` gets). */
   execPidFileFlag: string;
   /**
@@ -744,11 +756,7 @@ export class OciDriver implements RuntimeDriver {
     this.execSeq += 1;
     const pidFile = join(this.bundle(id), `probe-${process.pid}-${this.execSeq}.pid`);
     try {
-      const userArgs: string[] = [];
-      if (this.flavor.execAsUserFlags) {
-        const { user } = (JSON.parse(await readFile(join(this.bundle(id), 'config.json'), 'utf8')) as OciSpec).process; // `as`: written by prepareBundle
-        userArgs.push('--user', `${user.uid}:${user.gid}`, ...(user.additionalGids ?? []).flatMap((g) => ['--additional-gids', String(g)]));
-      }
+      const userArgs = await this.execUserArgs(id);
       return await execCheck({
         argv: this.runtimeArgv(['exec', this.flavor.execPidFileFlag, pidFile, ...userArgs, id, ...action.exec.command], meta),
         command: action.exec.command,
@@ -761,6 +769,48 @@ export class OciDriver implements RuntimeDriver {
     } finally {
       await rm(pidFile, { force: true });
     }
+  }
+
+  /** The flags that make `exec` run as the container's user, for runtimes that need them (runsc). */
+  private async execUserArgs(id: string): Promise<string[]> {
+    if (!this.flavor.execAsUserFlags) return [];
+    const { user } = (JSON.parse(await readFile(join(this.bundle(id), 'config.json'), 'utf8')) as OciSpec).process; // `as`: written by prepareBundle
+    return ['--user', `${user.uid}:${user.gid}`, ...(user.additionalGids ?? []).flatMap((g) => ['--additional-gids', String(g)])];
+  }
+
+  /**
+   * @inheritdoc
+   * `runtime exec [--tty]` in the foreground, with the container's own process settings (as
+   * `check`), under a pty of ours for a terminal (exec/process.ts says why). The exec'd
+   * process's pid goes to a file in the bundle, so `kill` can end it in the container when
+   * the client goes away: killing the runtime client alone would leave it running there.
+   */
+  async exec(id: string, opts: ExecOptions): Promise<ExecRun> {
+    validateContainerId(id);
+    const meta = await this.readMeta(id);
+    const info = meta ? await this.inspect(id) : undefined;
+    if (!meta || info?.state.status !== 'running') throw new CarapaceError('CARAPACE_E_INSTANCE_NOT_RUNNING', `container ${id} is not running`);
+    this.execSeq += 1;
+    const pidFile = join(this.bundle(id), `exec-${process.pid}-${this.execSeq}.pid`);
+    const processFile = join(this.bundle(id), `exec-${process.pid}-${this.execSeq}.json`);
+    let how: string[];
+    if (opts.tty && this.flavor.execTty === 'process-file') {
+      const spec = JSON.parse(await readFile(join(this.bundle(id), 'config.json'), 'utf8')) as OciSpec; // `as`: written by prepareBundle
+      await writeFile(processFile, JSON.stringify({ ...spec.process, args: opts.command, terminal: true }), { mode: 0o600 });
+      how = ['--process', processFile, id];
+    } else {
+      how = [...(await this.execUserArgs(id)), ...(opts.tty ? ['--tty'] : []), id, ...opts.command];
+    }
+    const argv = this.runtimeArgv(['exec', this.flavor.execPidFileFlag, pidFile, ...how], meta);
+    const proc = spawnExec(argv, opts);
+    void proc.exited.finally(() => Promise.all([rm(pidFile, { force: true }), rm(processFile, { force: true })]).catch(() => undefined));
+    return {
+      process: proc,
+      kill: async () => {
+        const pid = Number((await readOptional(pidFile))?.trim());
+        if (Number.isInteger(pid) && pid > 0) await this.flavor.killExec(this, id, meta, pid);
+      },
+    };
   }
 
   /** @inheritdoc */

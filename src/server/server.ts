@@ -28,6 +28,7 @@ import { registerStateGauges } from '../metrics/metrics.js';
 import type { Store } from '../store/store.js';
 import { buildAgentApi } from '../agentapi/server.js';
 import { LogHub } from '../agentapi/logs.js';
+import { endSession } from '../exec/session.js';
 import type { LogLine, LogOptions } from '../runtime/driver.js';
 import { JOIN_TOKEN_PREFIX } from '../model/keys.js';
 import { ensureClusterCa, issueServerCertificate, type ClusterCa } from '../pki/x509.js';
@@ -121,6 +122,13 @@ function logSource(resources: Resources, hub: LogHub, local: LogSource | undefin
       const m = await resources.mustGet('Machine', name, tenant);
       if (local?.machineLogs && (localHost === undefined || m.status.host === localHost)) yield* local.machineLogs(tenant, name, opts);
       else if (m.status.host !== '') yield* remote(m.status.host, 'machine', tenant, name, opts);
+    },
+    // Exec sessions go where the instance runs, as its logs do.
+    async exec(tenant, name, opts, port) {
+      const inst = await resources.get('Instance', name, tenant).catch(() => undefined);
+      if (!inst || inst.spec.host === '') endSession(port, { error: { code: 'CARAPACE_E_INSTANCE_NOT_RUNNING', message: `instance ${tenant}/${name} is not placed on a host` } });
+      else if (local?.exec && (localHost === undefined || inst.spec.host === localHost)) await local.exec(tenant, name, opts, port);
+      else await hub.exec(inst.spec.host, { tenant, name, exec: opts }, port);
     },
   };
 }

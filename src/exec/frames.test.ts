@@ -1,0 +1,58 @@
+import { describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import { isCarapaceError } from '../model/errors.js';
+import { CHANNEL, decodeFrame, encodeFrame, execQuery, parseExecQuery, parseResize, parseStatus, MAX_COMMAND_ARGS } from './frames.js';
+
+const q = (s: string): URLSearchParams => new URLSearchParams(s);
+
+function issuesOf(f: () => unknown): string[] {
+  try {
+    f();
+  } catch (e) {
+    if (isCarapaceError(e, 'CARAPACE_E_BAD_QUERY')) return e.details.map((d) => d.path);
+    throw e;
+  }
+  return [];
+}
+
+describe('exec query', () => {
+  it('round-trips any options through the URL', () => {
+    const arg = fc.string({ minLength: 1, maxLength: 20 }).filter((s) => !s.includes('\0'));
+    fc.assert(
+      fc.property(fc.array(arg, { minLength: 1, maxLength: 8 }), fc.boolean(), fc.boolean(), fc.option(fc.integer({ min: 1, max: 4096 }), { nil: undefined }), (command, tty, stdin, cols) => {
+        const o = { command, tty, stdin, ...(cols !== undefined ? { cols, rows: cols } : {}) };
+        expect(parseExecQuery(q(execQuery(o)))).toEqual(o);
+      }),
+    );
+  });
+  it('names each bad parameter', () => {
+    expect(issuesOf(() => parseExecQuery(q('tty=true')))).toEqual(['query.command']);
+    expect(issuesOf(() => parseExecQuery(q('command=&command=x')))).toEqual(['query.command[0]']);
+    expect(issuesOf(() => parseExecQuery(q('command=sh&tty=yes&cols=0&rows=99999')))).toEqual(['query.tty', 'query.cols', 'query.rows']);
+    expect(issuesOf(() => parseExecQuery(q(`command=a%00b`)))).toEqual(['query.command[0]']);
+    expect(issuesOf(() => parseExecQuery(q(Array.from({ length: MAX_COMMAND_ARGS + 1 }, () => 'command=x').join('&'))))).toEqual(['query.command']);
+  });
+});
+
+describe('exec frames', () => {
+  it('round-trips every channel and payload', () => {
+    fc.assert(
+      fc.property(fc.constantFrom(...Object.values(CHANNEL)), fc.uint8Array({ maxLength: 64 }), (c, p) => {
+        expect(decodeFrame(encodeFrame(c, p))).toEqual({ channel: c, payload: p });
+      }),
+    );
+  });
+  it('ignores empty frames and unknown channels', () => {
+    expect(decodeFrame(new Uint8Array(0))).toBeUndefined();
+    expect(decodeFrame(Uint8Array.of(6, 1))).toBeUndefined();
+  });
+  it('reads resize and status payloads, refusing malformed ones', () => {
+    const enc = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v));
+    expect(parseResize(enc({ cols: 100, rows: 40 }))).toEqual({ cols: 100, rows: 40 });
+    expect(parseResize(enc({ cols: 0, rows: 40 }))).toBeUndefined();
+    expect(parseResize(new TextEncoder().encode('{'))).toBeUndefined();
+    expect(parseStatus(enc({ exitCode: 3 }))).toEqual({ exitCode: 3 });
+    expect(parseStatus(enc({ error: { code: 'CARAPACE_E_X', message: 'm' } }))).toEqual({ error: { code: 'CARAPACE_E_X', message: 'm' } });
+    expect(parseStatus(enc({ exitCode: 'x' }))).toMatchObject({ error: { code: 'CARAPACE_E_INTERNAL' } });
+  });
+});

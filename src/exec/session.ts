@@ -1,0 +1,112 @@
+/**
+ * The ends of an exec session. An `ExecPort` is a frame stream (frames.ts) in both directions;
+ * `serveExec` connects one to a running process (the agent's side), `wsPort` makes one of a
+ * WebSocket (every hop), `relayPorts` joins two (the API between a client and a remote agent).
+ * Nothing here reads or logs a session's bytes.
+ */
+import type { WebSocket } from 'ws';
+import { CHANNEL, decodeFrame, encodeFrame, parseResize, type ExecStatus } from './frames.js';
+import type { ExecProcess } from './process.js';
+
+/** One end of a frame stream. */
+export interface ExecPort {
+  send(frame: Uint8Array): void;
+  onFrame(listener: (frame: Uint8Array) => void): void;
+  /** Called once, when the other side went away (or close() was called). */
+  onClose(listener: () => void): void;
+  /** Ends the stream after what was sent is flushed. */
+  close(): void;
+}
+
+/** Sends the last frame (status) and closes. */
+export function endSession(port: ExecPort, status: ExecStatus): void {
+  port.send(encodeFrame(CHANNEL.status, JSON.stringify(status)));
+  port.close();
+}
+
+/**
+ * Runs a session: input frames to the process, its output to the port, its exit code as the
+ * status frame. When the port closes first (the client went away), `abandon` runs (the
+ * driver kills what it started in the container). Resolves with the exit code, or undefined
+ * when abandoned.
+ */
+export async function serveExec(proc: ExecProcess, port: ExecPort, abandon: () => Promise<void>): Promise<number | undefined> {
+  let open = true;
+  proc.onOutput((stream, data) => {
+    if (open) port.send(encodeFrame(stream === 'stderr' ? CHANNEL.stderr : CHANNEL.stdout, data));
+  });
+  port.onFrame((raw) => {
+    const f = decodeFrame(raw);
+    if (!f) return;
+    if (f.channel === CHANNEL.stdin) proc.write(f.payload);
+    else if (f.channel === CHANNEL.eof) proc.endInput();
+    else if (f.channel === CHANNEL.resize) {
+      const s = parseResize(f.payload);
+      if (s) proc.resize(s.cols, s.rows);
+    }
+  });
+  const gone = new Promise<'gone'>((resolve) => port.onClose(() => resolve('gone')));
+  const first = await Promise.race([proc.exited, gone]);
+  if (first === 'gone') {
+    open = false;
+    await abandon().catch(() => undefined);
+    proc.kill();
+    return undefined;
+  }
+  open = false;
+  endSession(port, { exitCode: first });
+  return first;
+}
+
+/**
+ * A WebSocket as a port (binary messages are frames; text messages are ignored). Frames that
+ * arrive before anyone listens are kept and handed to the first listener: a client types
+ * (or pipes) as soon as the socket opens, while its far end (a relay waiting for the agent,
+ * a driver starting the process) is not there yet.
+ */
+export function wsPort(ws: WebSocket): ExecPort {
+  let early: Uint8Array[] | undefined = [];
+  const listeners: ((frame: Uint8Array) => void)[] = [];
+  ws.on('message', (data, isBinary) => {
+    if (!isBinary) return;
+    // ws hands a Buffer, or Buffer[] / ArrayBuffer when configured so; we use the default.
+    const frame = Array.isArray(data) ? Buffer.concat(data) : data instanceof ArrayBuffer ? new Uint8Array(data) : data;
+    if (early) early.push(frame);
+    else for (const l of listeners) l(frame);
+  });
+  return {
+    send: (frame) => {
+      if (ws.readyState === ws.OPEN) ws.send(frame, { binary: true });
+    },
+    onFrame: (l) => {
+      listeners.push(l);
+      const kept = early ?? [];
+      early = undefined;
+      for (const f of kept) l(f);
+    },
+    onClose: (l) => {
+      if (ws.readyState === ws.CLOSED) l();
+      else ws.once('close', () => l());
+    },
+    close: () => {
+      if (ws.readyState === ws.OPEN || ws.readyState === ws.CONNECTING) ws.close(1000);
+    },
+  };
+}
+
+/** Forwards frames both ways between two ports until either closes; then closes the other. */
+export function relayPorts(a: ExecPort, b: ExecPort): Promise<void> {
+  a.onFrame((f) => b.send(f));
+  b.onFrame((f) => a.send(f));
+  return new Promise((resolve) => {
+    let done = false;
+    const end = (other: ExecPort) => (): void => {
+      if (done) return;
+      done = true;
+      other.close();
+      resolve();
+    };
+    a.onClose(end(b));
+    b.onClose(end(a));
+  });
+}
