@@ -12,7 +12,8 @@ import { classifyRoute } from '../auth/rbac.js';
 import { ERROR_CATALOGUE } from '../model/errors.js';
 import { KINDS, type Kind } from '../model/objects.js';
 import { MANIFEST_SCHEMAS, type ApplyKind } from '../model/schemas.js';
-import { ROUTES, type RouteDef } from '../model/routes.js';
+import { ROUTES, type QueryParam, type RouteDef } from '../model/routes.js';
+import { REQUEST_BODIES } from './bodies.js';
 
 let cached: unknown;
 
@@ -121,6 +122,12 @@ function successResponses(r: RouteDef): Record<string, unknown> {
   return ok('OK', json({ type: 'object' }));
 }
 
+/** A declared query parameter (model/routes.ts) as an OpenAPI parameter. */
+function queryParameter(q: QueryParam): Record<string, unknown> {
+  const scalar: Record<string, unknown> = q.type === 'date-time' ? { type: 'string', format: 'date-time' } : { type: q.type, ...(q.enum ? { enum: [...q.enum] } : {}) };
+  return { name: q.name, in: 'query', required: false, description: q.description, schema: q.repeated ? { type: 'array', items: scalar } : scalar, ...(q.repeated ? { style: 'form', explode: true } : {}) };
+}
+
 /** The read schema of one kind: what GET, PUT and POST return. */
 function objectSchema(kind: Kind): Record<string, unknown> {
   const network = NETWORK_STATUS[kind];
@@ -144,7 +151,7 @@ export function openApiDocument(): unknown {
   const paths: Record<string, Record<string, unknown>> = {};
   for (const r of ROUTES) {
     const path = r.url.replace(/:(\w+)/g, '{$1}');
-    const params = [...r.url.matchAll(/:(\w+)/g)].map((m) => ({ name: m[1], in: 'path', required: true, schema: { type: 'string' } }));
+    const params = [...[...r.url.matchAll(/:(\w+)/g)].map((m) => ({ name: m[1], in: 'path', required: true, schema: { type: 'string' } })), ...(r.query ?? []).map(queryParameter)];
     const isPublic = classifyRoute(r)?.type === 'public';
     const op: Record<string, unknown> = {
       summary: r.summary,
@@ -158,6 +165,8 @@ export function openApiDocument(): unknown {
         default: { $ref: '#/components/responses/Error' },
       },
     };
+    const body = REQUEST_BODIES[`${r.method} ${r.url}`];
+    if (body) op['requestBody'] = { required: body.required, content: { 'application/json': { schema: ref(body.name) } } };
     if (r.action === 'apply' || r.action === 'create') {
       op['requestBody'] = {
         required: true,
@@ -213,6 +222,7 @@ export function openApiDocument(): unknown {
         // What reads return: the parsed spec (defaults filled in), per kind that stores it so.
         ...Object.fromEntries(SPEC_AS_PARSED.map((kind) => [`${kind}Spec`, schemaOf(MANIFEST_SCHEMAS[kind].shape.spec, 'output')])),
         ...Object.fromEntries((Object.keys(KINDS) as Kind[]).map((kind) => [kind, objectSchema(kind)])),
+        ...Object.fromEntries(Object.values(REQUEST_BODIES).map((b) => [b.name, schemaOf(b.schema, 'input')])),
         ...Object.fromEntries(
           (Object.keys(KINDS) as Kind[]).map((kind) => [
             `${kind}List`,

@@ -22,11 +22,11 @@ import { versionInfo } from '../model/version.js';
 import { openApiDocument } from './openapi.js';
 import { metrics } from '../metrics/metrics.js';
 import { admit, type Authenticator } from '../auth/admit.js';
-import { canSee, filterList, owningTenant, ROLES, type Principal } from '../auth/rbac.js';
+import { canSee, filterList, owningTenant, type Principal } from '../auth/rbac.js';
 import { listTokens } from '../auth/tokens.js';
 import type { Env } from '../core/actions.js';
-import { z } from 'zod';
 import { zodIssues } from '../model/manifest.js';
+import { NewTokenSchema, ReencryptSchema } from './bodies.js';
 import type { AuditLog } from '../audit/log.js';
 import { contextFor, type AuditContext } from '../core/audit-context.js';
 import { usageReport } from '../core/usage-report.js';
@@ -452,15 +452,6 @@ async function streamLogs(o: ApiOptions, kind: 'Instance' | 'Machine', p: Params
   release();
   reply.raw.end();
 }
-
-/** `POST /v1/secrets/reencrypt`: every tenant's secrets, or one tenant's. */
-const ReencryptSchema = z.strictObject({ tenant: z.string().min(1).max(63).optional() });
-
-const NewTokenSchema = z.strictObject({
-  name: z.string().min(1).max(100),
-  role: z.enum(ROLES),
-  tenant: z.string().min(1).max(63).optional(),
-});
 
 /** Object kinds whose phase changes are lifecycle events, by store key prefix. */
 const LIFECYCLE_PREFIXES: readonly [string, Kind][] = (['Instance', 'Cell', 'Machine', 'Host'] as const).map((k) => [kindPrefix(k), k]);

@@ -185,6 +185,26 @@ describe('the OpenAPI document', () => {
     expect(deleted.json.deleted).toMatchObject({ kind: 'Service', name: 'web', tenant: 'acme' });
   });
 
+  it('declares the query parameters the server reads: a bad value of each typed one is refused with its field path', async () => {
+    const checked: string[] = [];
+    for (const r of ROUTES) {
+      for (const q of r.query ?? []) {
+        if (q.type === 'string' && !q.enum) continue; // any text is a valid value
+        const url = r.url.replace(':tenant', 'acme').replace(':name', 'web');
+        const extra = r.kind === 'exec' ? 'command=sh&' : '';
+        const res = await w.call(r.method, `${url}?${extra}${q.name}=not-a-${q.type}`);
+        expect([res.status, res.json?.error?.code, res.json?.error?.details?.[0]?.path], `${r.method} ${r.url} ?${q.name}`).toEqual([400, 'CARAPACE_E_BAD_QUERY', `query.${q.name}`]);
+        const param = op(r.method, r.url).parameters.find((p: Json) => p.in === 'query' && p.name === q.name);
+        expect(param?.schema, `${r.method} ${r.url} declares ?${q.name}`).toBeDefined();
+        checked.push(`${r.method} ${r.url} ${q.name}`);
+      }
+    }
+    // Watches, deletes, logs, exec, audit export, usage and join tokens at least.
+    expect(checked.length).toBeGreaterThan(30);
+    expect(op('GET', '/v1/tenants/:tenant/instances/:name/exec').parameters.find((p: Json) => p.name === 'command')).toMatchObject({ in: 'query', schema: { type: 'array' }, explode: true });
+    expect(doc.components.schemas.NewToken.required).toEqual(['name', 'role']);
+  });
+
   it("passes Redocly's recommended lint rules with no error", async () => {
     const cli = join(ROOT, 'node_modules/@redocly/cli/bin/cli.js');
     // No telemetry and no update check: the run needs (and gets) no network.
@@ -256,6 +276,12 @@ export async function calls(): Promise<void> {
   console.log(list.data?.items.map((s) => s.metadata.tenant));
   const health = await client.GET('/healthz');
   console.log(health.data?.ok);
+  // Query parameters and the non-manifest bodies are typed too.
+  const usage = await client.GET('/v1/usage', { params: { query: { by: 'cell', format: 'json', since: '2026-01-01T00:00:00Z' } } });
+  const logs = await client.GET('/v1/tenants/{tenant}/instances/{name}/logs', { params: { path: { tenant: 'acme', name: 'web-0' }, query: { follow: false, tail: 20 } } });
+  const minted = await client.POST('/v1/tokens', { body: { name: 'ci', role: 'tenant-viewer', tenant: 'acme' } });
+  const rotated = await client.POST('/v1/secrets/reencrypt', { body: { tenant: 'acme' } });
+  console.log(usage.response.status, logs.response.status, minted.response.status, rotated.response.status);
 
   // What the types refuse (each line must fail, or tsc reports the unused directive):
   // @ts-expect-error a Service manifest needs a spec
@@ -268,6 +294,10 @@ export async function calls(): Promise<void> {
   await client.GET('/v1/tenants/{tenant}/services/{name}', { params: { path: { name: 'web' } } });
   // @ts-expect-error a Job manifest is not a Service's body
   await client.PUT('/v1/tenants/{tenant}/services/{name}', { ...at, body: { ...body, kind: 'Job' } });
+  // @ts-expect-error usage has no such grouping
+  await client.GET('/v1/usage', { params: { query: { by: 'planet' } } });
+  // @ts-expect-error a token needs a role
+  await client.POST('/v1/tokens', { body: { name: 'ci' } });
   // @ts-expect-error no such error code
   const badCode: Schemas['Error']['error']['code'] = 'CARAPACE_E_NOPE';
   console.log(noSpec, badReplicas, badCode);
