@@ -719,9 +719,10 @@ export class HostAgent {
   /** Puts container `id` of `inst` on its tenant's segment (made first if this host has none yet). */
   private async attach(n: HostNetworking, inst: Instance, id: string): Promise<{ endpoint: Endpoint; dns: ResolverConfig }> {
     const tenant = inst.metadata.tenant ?? '';
-    const segment = await n.controller.ensureTenant(tenant);
-    const endpoint = await n.net.attach({ id, tenant, kind: 'netns', ports: inst.spec.container.ports });
-    return { endpoint, dns: { nameservers: [endpoint.dns], search: [segment.search] } };
+    return n.controller.attachToTenant(tenant, async (segment) => {
+      const endpoint = await n.net.attach({ id, tenant, kind: 'netns', ports: inst.spec.container.ports });
+      return { endpoint, dns: { nameservers: [endpoint.dns], search: [segment.search] } };
+    });
   }
 
   private watchExit(key: string, id: string, driver: RuntimeDriver): void {

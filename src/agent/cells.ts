@@ -195,8 +195,11 @@ export class CellManager extends EventEmitter<CellManagerEvents> {
       // A tenant's cell boots on its tenant network, its address on the kernel command line; a
       // warm cell on a tap of no network, joined to its tenant's when claimed (joinClaimed).
       if (this.o.network && cell.spec.tenant) {
-        search = (await this.o.network.controller.ensureTenant(cell.spec.tenant)).search;
-        endpoint = await this.o.network.net.attach({ id: cellEndpointId(name), tenant: cell.spec.tenant, kind: 'tap', ports: [] });
+        const n = this.o.network;
+        ({ search, endpoint } = await n.controller.attachToTenant(cell.spec.tenant, async (segment) => ({
+          search: segment.search,
+          endpoint: await n.net.attach({ id: cellEndpointId(name), tenant: cell.spec.tenant, kind: 'tap', ports: [] }),
+        })));
       } else if (this.o.network) {
         reserved = await this.o.network.net.reserveTap(cellEndpointId(name));
       }
@@ -248,8 +251,10 @@ export class CellManager extends EventEmitter<CellManagerEvents> {
     const n = this.o.network;
     const channel = this.attached.get(cell.metadata.name)?.channel;
     if (!n || !channel?.connected) return; // the guest answers later; its `connected` event queues the cell again
-    const { search } = await n.controller.ensureTenant(cell.spec.tenant);
-    const ep = await n.net.attach({ id: cellEndpointId(cell.metadata.name), tenant: cell.spec.tenant, kind: 'tap', ports: [] });
+    const { search, ep } = await n.controller.attachToTenant(cell.spec.tenant, async (segment) => ({
+      search: segment.search,
+      ep: await n.net.attach({ id: cellEndpointId(cell.metadata.name), tenant: cell.spec.tenant, kind: 'tap', ports: [] }),
+    }));
     await channel.configureNetwork({ address: `${ep.ip}/${ep.prefixLength}`, gateway: ep.gateway, dns: [ep.dns], mtu: ep.mtu, search: [search], mac: ep.mac });
     await this.o.resources.mutate('Cell', cell.metadata.name, undefined, (c) => {
       if (c.spec.tenant !== cell.spec.tenant) return undefined;

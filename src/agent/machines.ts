@@ -199,16 +199,18 @@ export class MachineRunner {
     if (this.o.network) {
       // Its address stays the same across power cycles and restarts: the endpoint lives until the machine is deleted.
       const tenant = m.metadata.tenant ?? '';
-      await this.o.network.controller.ensureTenant(tenant);
+      const n = this.o.network;
       const ports = m.spec.ports.map((p) => ({ containerPort: p.guestPort, hostPort: p.hostPort, protocol: p.protocol }));
-      let ep: Endpoint;
-      try {
-        ep = await this.o.network.net.attach({ id, tenant, kind: 'tap', ports, dhcp: true });
-      } catch (e) {
+      // A segment that cannot be made yet throws (retried); an attachment the user must fix fails the machine.
+      const attached = await n.controller.attachToTenant(tenant, (): Promise<Endpoint | Error> =>
+        n.net.attach({ id, tenant, kind: 'tap', ports, dhcp: true }).catch((e: unknown) => e as Error), // the data plane rejects with Error subclasses
+      );
+      if (attached instanceof Error) {
         // A host port in use, an exhausted block: the user must change something; say what.
-        await this.setStatus(m, { phase: 'Failed', reason: 'NetworkFailed', message: (e as Error).message, runningGeneration: m.metadata.generation }); // the data plane rejects with Error subclasses
+        await this.setStatus(m, { phase: 'Failed', reason: 'NetworkFailed', message: attached.message, runningGeneration: m.metadata.generation });
         return;
       }
+      const ep = attached;
       spec.ports = [];
       if (ep.tap) spec.nic = { tap: ep.tap, mac: ep.mac };
       // The Carapace initramfs (no initrd or disk of the machine's own) asks DHCP when told to; an OS of its own does by itself.

@@ -14,6 +14,7 @@
  * service's balancing is regenerated at once: two store writes, two watch events, one `nft -f`
  * (the issue's 2 s bound).
  */
+import { KeyedMutex } from '../proc/keyed-mutex.js';
 import type { Logger } from 'pino';
 import type { Resources } from '../core/resources.js';
 import { kindPrefix, tenantNetworkKey, tenantNetworkViewKey, TENANT_NETWORK_PREFIX, TENANT_NETWORK_VIEW_PREFIX } from '../model/keys.js';
@@ -69,6 +70,8 @@ export class NetworkController {
   private readonly pools: NetworkPools;
   /** The hosts and addresses the infrastructure set and the peers were last made from. */
   private lastHosts = '';
+  /** Per tenant: a segment's removal and a workload's attachment to it never interleave. */
+  private readonly segmentLocks = new KeyedMutex();
 
   constructor(private readonly o: NetworkControllerOptions) {
     this.log = o.logger.child({ component: 'network', host: o.hostName });
@@ -103,15 +106,20 @@ export class NetworkController {
   }
 
   /**
-   * Makes sure `tenant`'s segment exists on this host now (before a workload is attached to
-   * it) and returns what the workload needs. Throws when the tenant has no block here: the
+   * Makes sure `tenant`'s segment exists on this host now and runs `attach` (which puts a
+   * workload's endpoint on it) while no pass of this controller can remove the segment: a pass
+   * that read the tenant's work just before the workload was placed here would otherwise take
+   * the segment away between its making and the attachment (seen as a container whose restart
+   * failed with "no segment on this host"). Throws when the tenant has no block here: the
    * placement that brought the workload here allocated one in its own transaction.
    */
-  async ensureTenant(tenant: string): Promise<TenantSegment> {
-    const spec = await this.segmentSpec(tenant);
-    if (!spec) throw new Error(`tenant ${tenant} has no network block on host ${this.o.hostName} yet`);
-    await this.o.net.ensureSegment(spec);
-    return { gateway: blockGateway(spec.block) ?? '', search: `${tenant}.${this.domain}` };
+  async attachToTenant<T>(tenant: string, attach: (segment: TenantSegment) => Promise<T>): Promise<T> {
+    return this.segmentLocks.run(tenant, async () => {
+      const spec = await this.segmentSpec(tenant);
+      if (!spec) throw new Error(`tenant ${tenant} has no network block on host ${this.o.hostName} yet`);
+      await this.o.net.ensureSegment(spec);
+      return attach({ gateway: blockGateway(spec.block) ?? '', search: `${tenant}.${this.domain}` });
+    });
   }
 
   /** Queues a pass over `tenant` (e.g. after one of its endpoints was detached). */
@@ -171,6 +179,12 @@ export class NetworkController {
 
   /** One level-based pass over one tenant's segment on this host. */
   private async reconcile(tenant: string): Promise<ReconcileResult> {
+    // Read and acted on under the tenant's lock: an attachment that started after this read
+    // would see its segment removed (attachToTenant).
+    return this.segmentLocks.run(tenant, () => this.reconcileSegment(tenant));
+  }
+
+  private async reconcileSegment(tenant: string): Promise<ReconcileResult> {
     const r = this.o.resources;
     const here = this.o.hostName;
     // What this host runs of the tenant (the agent API shows an agent its own objects only).
