@@ -176,7 +176,9 @@ describe('PostgreSQL on volumes', () => {
 
     // A client in a gVisor sandbox on the host, with the password from the same Secret, finds
     // the database by its service name on the tenant's network.
-    const query = 'psql -h pgcell -U postgres -d postgres -At -c "SELECT count(*) FROM t" 2>&1 | sed "s/^/count: /"';
+    // Under `timeout`: a query in flight when the VM dies waits forever on a peer that can send
+    // no reset (psql sets no TCP timeout), and the loop would print nothing more.
+    const query = 'timeout 10 psql -h pgcell -U postgres -d postgres -At -c "SELECT count(*) FROM t" 2>&1 | sed "s/^/count: /"';
     await apply([
       doc('Service', 'pgclient', {
         image: images.postgres,
