@@ -308,6 +308,7 @@ export class InstanceExtras {
   async sweep(inUse: ReadonlySet<string> = new Set()): Promise<void> {
     if (!existsSync(join(this.o.volumes.root, 'state.json'))) return;
     await this.reclaimHandedOut(inUse);
+    const listedAt = new Date(); // before the read: storage made after it is not the list's to judge
     const listed = (await this.o.resources.list('Volume')).items;
     const here = new Set((await this.o.volumes.list()).map((v) => v.id));
     for (const v of listed) {
@@ -321,7 +322,7 @@ export class InstanceExtras {
         return x;
       });
     }
-    const { removed } = await this.o.volumes.gc(new Set(listed.map((v) => v.metadata.uid)));
+    const { removed } = await this.o.volumes.gc(new Set(listed.map((v) => v.metadata.uid)), listedAt);
     if (removed.length > 0) this.log.info({ removed }, 'storage of deleted volumes removed');
   }
 }

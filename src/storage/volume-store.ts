@@ -635,14 +635,17 @@ export class VolumeStore {
   /**
    * Removes every volume (and orphan image) not in `keep`: unmounted first when mounted on
    * the host. Volumes handed to a VM, or still held by a container, are left and returned
-   * as `busy` (the caller releases them first).
+   * as `busy` (the caller releases them first). `listedAt`: when the caller started reading
+   * the list `keep` comes from; a volume made since then (its object created after the read
+   * began, e.g. restored from a snapshot meanwhile) is not in it and is kept too.
    */
-  async gc(keep: ReadonlySet<string>): Promise<{ removed: string[]; busy: string[] }> {
+  async gc(keep: ReadonlySet<string>, listedAt?: Date): Promise<{ removed: string[]; busy: string[] }> {
     return this.locked(async () => {
       const out = { removed: [] as string[], busy: [] as string[] };
       const state = await this.readState();
       for (const [id, e] of Object.entries(state.volumes)) {
         if (keep.has(id)) continue;
+        if (listedAt && Date.parse(e.createdAt) >= listedAt.getTime()) continue;
         if (e.attachment === 'block') {
           out.busy.push(id);
           continue;

@@ -110,10 +110,11 @@ describe.each(['host', 'sandbox'])('exec in the %s tier', (tier) => {
     t.pty.write("echo sl''eeping; sleep 600; echo sl''ept\r");
     at = await shows(t, 'sleeping', at);
     const interrupted = Date.now();
-    t.pty.write('\x03');
-    // The interrupt flushes the terminal's pending input (POSIX, unless NOFLSH): what was typed
-    // with it may be gone, so the next line is typed again until it shows.
-    await askUntil(t, 'after', () => t.pty.write("echo af''ter\r"), at);
+    // Ctrl-C and the next line, again until it shows: 'sleeping' shows before the shell has
+    // made sleep the terminal's foreground process (an interrupt then reaches the shell
+    // alone), and an interrupt flushes the terminal's pending input (POSIX, unless NOFLSH), so
+    // a line typed with it may be gone. 'after' shows only once sleep 600 was interrupted.
+    await askUntil(t, 'after', () => t.pty.write("\x03echo af''ter\r"), at);
     expect(Date.now() - interrupted).toBeLessThan(60_000);
     expect(t.out()).not.toContain('slept');
     t.pty.write('exit 3\r');

@@ -63,6 +63,17 @@ describe('VolumeStore (real loop devices and ext4)', () => {
     expect(await codeOf(store.mount('nosuch'))).toBe('CARAPACE_E_NOT_FOUND');
   });
 
+  it('gc keeps a volume made after the list it was given was read (a volume created or restored meanwhile)', async () => {
+    const listedAt = new Date(Date.now() - 1); // the caller began reading its list of volumes...
+    await store.ensure({ id: 'newer', tenant: 'acme', name: 'fresh', sizeBytes: MIN_VOLUME_BYTES }); // ...and this one was made since
+    const others = new Set((await store.list()).map((v) => v.id).filter((id) => id !== 'newer')); // other tests' volumes stay
+    expect((await store.gc(others, listedAt)).removed).not.toContain('newer');
+    expect((await store.list()).map((v) => v.id)).toContain('newer');
+    // A list read after its making, without it: the volume's object is gone; its storage goes.
+    expect((await store.gc(others, new Date())).removed).toEqual(['newer']);
+    expect((await store.list()).map((v) => v.id)).not.toContain('newer');
+  });
+
   it('ensure, mount, write, unmount, mount again: the data is kept; every step is idempotent', async () => {
     const v = await store.ensure({ id: 'keep', tenant: 'acme', name: 'db', sizeBytes: 32 * MiB });
     expect(v).toMatchObject({ id: 'keep', attachment: 'none', sizeBytes: 32 * MiB });
