@@ -11,7 +11,7 @@ import type { Logger } from 'pino';
 import type { Env } from '../core/actions.js';
 import type { Resources } from '../core/resources.js';
 import { ImagePullError, type ImageStore, type PulledImage } from '../image/image-store.js';
-import { CarapaceError } from '../model/errors.js';
+import { CarapaceError, isCarapaceError } from '../model/errors.js';
 import { TERMINAL_PHASES, type Host, type HostLease, type Instance, type InstanceStatus } from '../model/objects.js';
 import { referencesOf } from '../model/secrets.js';
 import { hostLeaseKey, kindPrefix } from '../model/keys.js';
@@ -110,6 +110,8 @@ interface ExitFacts {
   containerId?: string;
   /** The start failed with this message: there was no container. */
   startError?: string;
+  /** ...because the runtime did not answer (a cell's guest under load): it may well start on the next try. */
+  startUnavailable?: boolean;
   oomKilled?: boolean;
   /** How long it ran (backoff resets after a long run). */
   ranMs?: number;
@@ -618,7 +620,7 @@ export class HostAgent {
       await hostNetwork?.net.detach(id).catch(() => undefined);
       this.local.delete(key);
       if (extras) await this.o.extras?.release(inst.metadata.uid, extras.volumeIds, this.volumesInUse(), extras.kind === 'cell' ? extras.cell : undefined);
-      return this.afterExit(key, inst, { exitCode: 128, finishedAtMs: Date.now(), startError: message, containerId: id });
+      return this.afterExit(key, inst, { exitCode: 128, finishedAtMs: Date.now(), startError: message, containerId: id, startUnavailable: isCarapaceError(err, 'CARAPACE_E_UNAVAILABLE') });
     }
     const cur: LocalContainer = { uid: inst.metadata.uid, id, driver, generation: inst.metadata.generation, startedAtMs: Date.now(), exited: false, unrecorded: started, stopGraceMs: this.graceFor(inst), ...(extras ? { volumeIds: extras.volumeIds } : {}), ...(extras?.materialVersion !== undefined ? { materialVersion: extras.materialVersion } : {}), ...(inst.spec.cell ? { cell: inst.spec.cell } : {}) };
     this.local.set(key, cur);
@@ -788,7 +790,8 @@ export class HostAgent {
       inst,
       {
         phase: 'Backoff',
-        reason: startError ? 'StartFailed' : d.reason,
+        // RuntimeUnavailable: not the workload's fault, and `apply --wait` waits through it.
+        reason: startError ? (e.startUnavailable ? 'RuntimeUnavailable' : 'StartFailed') : d.reason,
         message: `${what}; restarting in ${(d.delayMs / 1000).toFixed(0)}s`,
         exitCode,
         finishedAt,

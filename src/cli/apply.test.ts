@@ -4,7 +4,8 @@
  * never an uncaught exception.
  */
 import { describe, expect, it } from 'vitest';
-import { parseManifestText } from './apply.js';
+import { instanceProgress, parseManifestText } from './apply.js';
+import type { Instance } from '../model/objects.js';
 import { CliError } from './client.js';
 
 function refusal(text: string): CliError {
@@ -34,5 +35,15 @@ describe('parseManifestText', () => {
     const e = refusal(bomb);
     expect(e.code).toBe('CARAPACE_E_MALFORMED_BODY');
     expect(e.message).toMatch(/document 1/);
+  });
+});
+
+describe('apply --wait reading an instance', () => {
+  const inst = (status: Record<string, unknown>): Instance =>
+    ({ kind: 'Instance', metadata: { name: 'web-0', tenant: 'acme' }, spec: { host: 'h1', container: { image: 'x' } }, status: { restarts: 1, ...status } }) as unknown as Instance; // only what instanceProgress reads
+
+  it('gives up on a start that failed, waits through a runtime that did not answer', () => {
+    expect(instanceProgress(inst({ phase: 'Backoff', reason: 'StartFailed', message: 'exec: "nope": not found' }), false).state).toBe('failed');
+    expect(instanceProgress(inst({ phase: 'Backoff', reason: 'RuntimeUnavailable', message: 'cell guest did not answer run within 30000 ms' }), false)).toEqual({ state: 'waiting', text: 'retrying: RuntimeUnavailable: cell guest did not answer run within 30000 ms' });
   });
 });

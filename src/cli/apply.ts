@@ -117,6 +117,8 @@ export function instanceProgress(i: Instance, wantsCompletion: boolean): Progres
     case 'Failed':
       return { state: 'failed', text: `failed: ${why}` };
     case 'Backoff':
+      // The runtime did not answer (a cell's guest under load): the next try may well start it.
+      if (s.reason === 'RuntimeUnavailable') return { state: 'waiting', text: `retrying: ${why}` };
       // An image that cannot be pulled or a command that cannot start will not fix itself.
       if (['ImageNotFound', 'ImageInvalid', 'StartFailed', 'RegistryUnreachable', 'ImagePullFailed'].includes(s.reason ?? '') || !wantsCompletion) {
         return { state: 'failed', text: `failing: ${why}` };

@@ -13,6 +13,7 @@
 import { EventEmitter } from 'node:events';
 import { createConnection, type Socket } from 'node:net';
 import type { Logger } from 'pino';
+import { CarapaceError } from '../model/errors.js';
 import type { ContainerSpec } from '../model/schemas.js';
 import type { ImageConfig, LogLine } from '../runtime/driver.js';
 import {
@@ -349,7 +350,7 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
     const was = this.handshaken;
     this.handshaken = false;
     this.socket = undefined;
-    const err = new Error(`cell channel disconnected: ${reason}`);
+    const err = new CarapaceError('CARAPACE_E_UNAVAILABLE', `cell channel disconnected: ${reason}`);
     for (const [id, p] of this.pending) {
       clearTimeout(p.timer);
       p.reject(err);
@@ -361,7 +362,7 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
 
   private writeMsg(msg: HostMessage): void {
     const sock = this.socket;
-    if (!sock || sock.destroyed) throw new Error('cell channel is not connected');
+    if (!sock || sock.destroyed) throw new CarapaceError('CARAPACE_E_UNAVAILABLE', 'cell channel is not connected');
     sock.write(encodeLine(msg, MAX_HOST_LINE_BYTES));
   }
 
@@ -523,7 +524,7 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
       };
       const t = setTimeout(() => {
         this.readyWaiters.delete(w);
-        reject(new Error(`cell channel not connected within ${timeoutMs} ms`));
+        reject(new CarapaceError('CARAPACE_E_UNAVAILABLE', `cell channel not connected within ${timeoutMs} ms`));
       }, timeoutMs);
       this.readyWaiters.add(w);
     });
@@ -543,7 +544,7 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
       const left = Math.max(1, timeoutMs - (Date.now() - started));
       const timer = setTimeout(() => {
         this.pending.delete(requestId);
-        reject(new Error(`cell guest did not answer ${msg.type} within ${timeoutMs} ms`));
+        reject(new CarapaceError('CARAPACE_E_UNAVAILABLE', `cell guest did not answer ${msg.type} within ${timeoutMs} ms`));
       }, left);
       // `as`: each caller knows the reply type of the message it built.
       this.pending.set(requestId, { resolve: resolve as (v: unknown) => void, reject, timer, expects: o.expects ?? 'ack', ...(o.replay ? { replay: o.replay } : {}) });
