@@ -10,5 +10,8 @@ export default defineConfig({
     hookTimeout: 120_000,
     pool: 'forks',
     fileParallelism: false,
+    // Fails an integration file that leaves links, nftables tables, namespaces or VMs behind,
+    // and removes them before the next file runs (test/leak-guard.ts says why).
+    setupFiles: ['test/leak-guard.ts'],
   },
 });

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { allocateIp, allocateMark, containerRange, contains, gatewayOf, hostIfName, intToIp, ipToInt, parseSubnet, validateSetup } from './ipam.js';
+import { allocateIp, allocateMark, containerRange, contains, gatewayOf, hostIfName, intToIp, ipToInt, parseSubnet, shadows, validateSetup } from './ipam.js';
 
 describe('ipam', () => {
   it('round-trips addresses', () => {
@@ -59,5 +59,16 @@ describe('ipam', () => {
       { containerPort: 1.5, protocol: 'tcp' },
       { containerPort: 1, protocol: 'sctp' as 'tcp' }, // deliberately invalid input from an untyped caller
     ]).map((i) => i.path)).toEqual(['ports[1].hostPort', 'ports[2].containerPort', 'ports[3].protocol']);
+  });
+
+  it('an interface address shadows a block when its route is inside the block and at least as specific', () => {
+    const block = parseSubnet('10.128.0.0/24');
+    // A leftover bridge with the block's gateway: the same /24 route, which may win the tie.
+    expect(shadows({ address: ipToInt('10.128.0.1'), prefixLength: 24 }, block)).toBe(true);
+    expect(shadows({ address: ipToInt('10.128.0.77'), prefixLength: 28 }, block)).toBe(true);
+    // An uplink on a /8 loses to the block's /24; other blocks are not concerned.
+    expect(shadows({ address: ipToInt('10.0.0.5'), prefixLength: 8 }, block)).toBe(false);
+    expect(shadows({ address: ipToInt('10.128.1.1'), prefixLength: 24 }, block)).toBe(false);
+    expect(shadows({ address: ipToInt('192.0.2.2'), prefixLength: 24 }, block)).toBe(false);
   });
 });

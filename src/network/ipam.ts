@@ -83,6 +83,14 @@ export function within(inner: Subnet, outer: Subnet): boolean {
   return inner.prefixLength >= outer.prefixLength && contains(outer, inner.network);
 }
 
+/**
+ * Whether an interface address (`address`/`prefixLength`, host bits kept) has a route to
+ * `block` at least as specific as the block's own: the same or a longer prefix inside it.
+ */
+export function shadows(iface: { address: number; prefixLength: number }, block: Subnet): boolean {
+  return iface.prefixLength >= block.prefixLength && contains(block, iface.address);
+}
+
 /** The dotted netmask of a prefix length (`18` → `255.255.192.0`), as DHCP ranges take it. */
 export function netmaskOf(prefixLength: number): string {
   return intToIp((0xffffffff - hostMask(prefixLength)) >>> 0);

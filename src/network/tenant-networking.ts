@@ -24,7 +24,7 @@ import { ensureDnsmasq, reloadDnsmasq, stopDnsmasq } from './dnsmasq.js';
 import { NetworkError } from './errors.js';
 import { hostExec, ignoreExisting, ignoreMissing, NETNS_DIR, type HostExec } from './host-exec.js';
 import { addBoundPorts, PROC_NET_FILES, type BoundPorts } from './host-ports.js';
-import { allocateIp, gatewayOf, intToIp, ipToInt, macFor, netnsName, parseSubnet, validateSetup, type Issue } from './ipam.js';
+import { allocateIp, gatewayOf, intToIp, ipToInt, macFor, netnsName, parseSubnet, shadows, validateSetup, type Issue } from './ipam.js';
 import { chainNames, namesFor, PREFIX_PATTERN, tenantHash, type Names } from './names.js';
 import {
   dispatchScript,
@@ -131,6 +131,7 @@ class TenantDataPlane implements TenantNetworking {
       const th = tenantHash(s.tenant);
       const clash = Object.keys(state.segments).find((t) => t !== s.tenant && tenantHash(t) === th);
       if (clash !== undefined) throw new NetworkError('CARAPACE_E_NETWORK_CONFLICT', `tenants ${s.tenant} and ${clash} hash to the same name ${th}`);
+      await this.refuseShadowedBlock(s.tenant, s.block, this.names.bridge(s.tenant));
       const old = state.segments[s.tenant];
       const moved = old !== undefined && (old.spec.cidr !== s.cidr || old.spec.block !== s.block);
       if (old && moved) {
@@ -378,6 +379,28 @@ class TenantDataPlane implements TenantNetworking {
       `net.ipv6.conf.${br}.disable_ipv6=1`,
     ]);
     await this.ensureOverlay(tenant, rec, br, mtu);
+  }
+
+  /**
+   * Another interface holding an address in the block with a prefix as long as the block's (a
+   * bridge left by an agent of another prefix, a second cluster in one namespace, a LAN on the
+   * same addresses) has a route that ties with or beats the bridge's: the host's replies to the
+   * block (DNS, published ports, the gateway) would leave through it and the workloads reach
+   * nothing, with no error anywhere. Refused here, naming the interface, instead. A shorter
+   * prefix (a /8 on the uplink) loses to the bridge's route and is left alone.
+   */
+  private async refuseShadowedBlock(tenant: string, block: string, br: string): Promise<void> {
+    const mine = parseSubnet(block);
+    const links = JSON.parse(await this.exec.run('ip', ['-j', '-4', 'addr', 'show'])) as { ifname: string; addr_info?: { local?: string; prefixlen?: number }[] }[]; // safe: `ip -j addr` prints an array of links with their addresses
+    for (const l of links) {
+      if (l.ifname === br) continue;
+      for (const a of l.addr_info ?? []) {
+        if (a.local === undefined || a.prefixlen === undefined) continue;
+        if (shadows({ address: ipToInt(a.local), prefixLength: a.prefixlen }, mine)) {
+          throw new NetworkError('CARAPACE_E_NETWORK_CONFLICT', `block ${block} of tenant ${tenant} is already on interface ${l.ifname} (${a.local}/${a.prefixlen}), which is not this agent's bridge ${br}: the host would route the block's traffic there. Remove that interface or give this cluster another network pool`);
+        }
+      }
+    }
   }
 
   /**

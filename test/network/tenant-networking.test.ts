@@ -138,6 +138,19 @@ describe('tenant data plane, one host', () => {
     await expect(m1.removeSegment(A)).rejects.toMatchObject({ code: 'CARAPACE_E_NETWORK_CONFLICT' });
   });
 
+  it('refuses a segment whose block another interface already holds (a leftover of another agent), naming it, and records nothing', async () => {
+    await ipIn(h1.ns, 'link', 'add', `lo${tag}`, 'type', 'bridge');
+    try {
+      await ipIn(h1.ns, 'addr', 'add', '10.128.2.1/24', 'dev', `lo${tag}`);
+      const C = `c${tag}`;
+      await expect(m1.ensureSegment({ ...specA('10.128.2.0/24', h1.ip), tenant: C, vni: 1002 })).rejects.toMatchObject({ code: 'CARAPACE_E_NETWORK_CONFLICT', message: expect.stringContaining(`interface lo${tag} (10.128.2.1/24)`) });
+      expect(await m1.segments()).toEqual([A, B].sort());
+      expect(await ourLinks(h1.ns)).not.toContain(`cb${tenantHash(C)}`);
+    } finally {
+      await ipIn(h1.ns, 'link', 'del', `lo${tag}`);
+    }
+  });
+
   it('drops frames with a spoofed source address or MAC', async () => {
     const a1 = eps.a1 as Endpoint; // safe: attached by the first test
     const a2 = eps.a2 as Endpoint; // safe: attached by the first test
