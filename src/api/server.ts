@@ -298,7 +298,7 @@ export function buildApi(o: ApiOptions): FastifyInstance {
       url: route.url,
       // Before the body is parsed: an unauthenticated caller learns nothing from validation.
       onRequest: async (req: FastifyRequest) => {
-        const a = await admit(o.auth, route, authorizationOf(req, upgrades), req.params as Params, req.query as Query); // fastify fills params/query
+        const a = await admit(o.auth, route, authorizationOf(req, route, upgrades), req.params as Params, req.query as Query); // fastify fills params/query
         // Recorded before the decision so a refused request is audited with who tried it.
         admissions.set(req, { ...(a.principal ? { principal: a.principal } : {}), ...(a.decision.allowed && a.decision.postFilter ? { postFilter: a.decision.postFilter } : {}) });
         if (!a.decision.allowed) throw new CarapaceError(a.decision.code, a.decision.message);
@@ -400,13 +400,13 @@ async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply
 }
 
 /**
- * The request's Authorization header; for a WebSocket upgrade without one, the bearer token
- * a browser sends as a subprotocol (exec/frames.ts `bearerProtocol`): browsers cannot set
- * headers on a WebSocket, and a token in the URL would be written to logs. The header wins
- * when both are there.
+ * The request's Authorization header; for a WebSocket upgrade of an exec route without one,
+ * the bearer token a browser sends as a subprotocol (exec/frames.ts `bearerProtocol`):
+ * browsers cannot set headers on a WebSocket, and a token in the URL would be written to
+ * logs. The header wins when both are there; other routes read the header only.
  */
-function authorizationOf(req: FastifyRequest, upgrades: WsUpgrades): string | undefined {
-  if (req.headers.authorization !== undefined || !upgrades.wants(req)) return req.headers.authorization;
+function authorizationOf(req: FastifyRequest, route: RouteDef, upgrades: WsUpgrades): string | undefined {
+  if (req.headers.authorization !== undefined || route.kind !== 'exec' || !upgrades.wants(req)) return req.headers.authorization;
   const token = bearerFromProtocols(req.headers['sec-websocket-protocol']);
   return token === undefined ? undefined : `Bearer ${token}`;
 }

@@ -113,4 +113,15 @@ describe('exec with the token as a WebSocket subprotocol', () => {
     expect(lone).toMatchObject({ refused: 403 });
     expect(await session([], {})).toMatchObject({ refused: 401 });
   });
+
+  it('reads a subprotocol token on exec routes only', async () => {
+    // Any route may be asked with an Upgrade header; only exec takes a token from it.
+    const r = await new Promise<number>((resolve, reject) => {
+      const ws = new WebSocket(`${base}/v1/tenants/acme/services`, [EXEC_PROTOCOL, bearerProtocol(admin)]);
+      ws.on('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
+      ws.on('open', () => reject(new Error('a list route completed a WebSocket handshake')));
+      ws.on('error', reject);
+    });
+    expect(r).toBe(401);
+  });
 });

@@ -205,7 +205,8 @@ describe('the terminal in the dashboard', () => {
     await page.keyboard.press('Enter');
     await page.waitForSelector('[data-terminal-status="ended"]', { timeout: 15_000 });
     expect(await page.textContent('[data-terminal-status]')).toBe('exited with code 3');
-    expect(await screen(page)).toContain('[exited with code 3]');
+    // xterm.js renders writes at the next animation frame: the status may show first.
+    await until('the exit code on the terminal', async () => ((await screen(page)).includes('[exited with code 3]') ? true : undefined), 10_000);
     await mkdir(SHOTS, { recursive: true });
     await page.screenshot({ path: join(SHOTS, 'terminal.png') });
 
@@ -226,7 +227,7 @@ describe('the terminal in the dashboard', () => {
     await page.fill('input[aria-label="Command to run"]', Array.from({ length: 300 }, () => 'x').join(' '));
     await page.click('.terminal-command button[type=submit]');
     await until('the refusal in the terminal', async () => ((await page.textContent('[data-terminal-status]'))?.startsWith('CARAPACE_E_BAD_QUERY') ? true : undefined), 15_000);
-    expect((await screen(page)).join('\n')).toContain('CARAPACE_E_BAD_QUERY');
+    await until('the refusal on the terminal', async () => ((await screen(page)).join('\n').includes('CARAPACE_E_BAD_QUERY') ? true : undefined), 10_000);
     await page.click('button[aria-label="Close the terminal"]');
     await page.waitForSelector('[data-terminal]', { state: 'detached' });
   }, 180_000);
