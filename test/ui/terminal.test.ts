@@ -96,6 +96,12 @@ async function openBrowser(): Promise<Page> {
   const profile = await mkdtemp(join(dir, 'chromium-profile-'));
   const ctx = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true, viewport: { width: 1280, height: 800 } });
   browsers.push(ctx);
+  // Every CSP violation the page reports (the console may word them differently).
+  await ctx.addInitScript(() => {
+    const seen: string[] = [];
+    (window as unknown as { cspViolations: string[] }).cspViolations = seen; // read back by cspViolations()
+    document.addEventListener('securitypolicyviolation', (e) => seen.push(`${e.effectiveDirective} ${e.blockedURI}`));
+  });
   const page = ctx.pages()[0] ?? (await ctx.newPage());
   page.on('pageerror', (e) => pageErrors.push(e.message));
   // Chromium reports a blocked style or script on the console.
@@ -138,6 +144,9 @@ async function askUntil(page: Page, line: string, expected: string, before?: () 
     if (Date.now() > deadline) throw new Error(`the terminal never showed a line ${JSON.stringify(expected)}; it showed:\n${(await screen(page)).join('\n')}`);
   }
 }
+
+/** The CSP violations the page reported so far. */
+const cspViolations = (page: Page): Promise<string[]> => page.evaluate(() => [...(window as unknown as { cspViolations: string[] }).cspViolations]);
 
 const size = async (page: Page): Promise<{ cols: number; rows: number }> => {
   const s = (await page.getAttribute('[data-terminal]', 'data-size')) ?? '';
@@ -209,6 +218,18 @@ describe('the terminal in the dashboard', () => {
     await until('the exit code on the terminal', async () => ((await screen(page)).includes('[exited with code 3]') ? true : undefined), 10_000);
     await mkdir(SHOTS, { recursive: true });
     await page.screenshot({ path: join(SHOTS, 'terminal.png') });
+
+    // The policy held through the session; and it is enforced: a style element without the
+    // nonce (made past the page's createElement) is refused and reported.
+    expect(await cspViolations(page)).toEqual([]);
+    await page.evaluate(() => {
+      const el = document.createElementNS('http://www.w3.org/1999/xhtml', 'style');
+      el.textContent = 'body { outline: 1px solid red; }';
+      document.head.appendChild(el);
+    });
+    await until('the control violation to be reported', async () => ((await cspViolations(page)).length > 0 ? true : undefined), 5_000);
+    expect(await cspViolations(page)).toEqual([expect.stringMatching(/^style-src-elem inline$/)]);
+    pageErrors.splice(0); // the control's console line
 
     // The token went as a subprotocol, never in the URL.
     expect(socketUrls.length).toBeGreaterThan(0);
