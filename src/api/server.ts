@@ -33,7 +33,7 @@ import { usageReport } from '../core/usage-report.js';
 import type { AgentCertRecord, JoinTokenRecord } from '../pki/agents.js';
 import { formatReport } from '../usage/format.js';
 import { registerUi } from './ui.js';
-import { parseExecQuery, type ExecOptions } from '../exec/frames.js';
+import { bearerFromProtocols, CHANNEL, encodeFrame, EXEC_PROTOCOL, offersProtocol, parseExecQuery, type ExecOptions } from '../exec/frames.js';
 import { wsPort, type ExecPort } from '../exec/session.js';
 import { WsUpgrades } from '../exec/ws-upgrade.js';
 
@@ -247,7 +247,8 @@ export function buildApi(o: ApiOptions): FastifyInstance {
   });
   const streams = new Set<AbortController>();
   openStreams.set(o, streams);
-  upgradesOf.set(o, new WsUpgrades(app));
+  const upgrades = new WsUpgrades(app, [EXEC_PROTOCOL]);
+  upgradesOf.set(o, upgrades);
   app.addHook('preClose', async () => {
     for (const ac of streams) ac.abort();
   });
@@ -276,6 +277,7 @@ export function buildApi(o: ApiOptions): FastifyInstance {
         .recordRefusal(auditContext(req), exec ? 'instance.exec' : req.method === 'DELETE' ? 'delete' : 'apply', target, ce)
         .catch((e: unknown) => req.log.warn({ err: e }, 'could not audit a refused request'));
     }
+    if (exec && upgrades.wants(req) && offersProtocol(req.headers['sec-websocket-protocol'], EXEC_PROTOCOL)) return refuseInSession(upgrades, req, reply, ce);
     return reply.status(ce.status).send(ce.toJSON());
   });
   app.setNotFoundHandler((req, reply) => {
@@ -296,7 +298,7 @@ export function buildApi(o: ApiOptions): FastifyInstance {
       url: route.url,
       // Before the body is parsed: an unauthenticated caller learns nothing from validation.
       onRequest: async (req: FastifyRequest) => {
-        const a = await admit(o.auth, route, req.headers.authorization, req.params as Params, req.query as Query); // fastify fills params/query
+        const a = await admit(o.auth, route, authorizationOf(req, route, upgrades), req.params as Params, req.query as Query); // fastify fills params/query
         // Recorded before the decision so a refused request is audited with who tried it.
         admissions.set(req, { ...(a.principal ? { principal: a.principal } : {}), ...(a.decision.allowed && a.decision.postFilter ? { postFilter: a.decision.postFilter } : {}) });
         if (!a.decision.allowed) throw new CarapaceError(a.decision.code, a.decision.message);
@@ -395,6 +397,31 @@ async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply
     default:
       throw new CarapaceError('CARAPACE_E_INTERNAL', 'route without an action');
   }
+}
+
+/**
+ * The request's Authorization header; for a WebSocket upgrade of an exec route without one,
+ * the bearer token a browser sends as a subprotocol (exec/frames.ts `bearerProtocol`):
+ * browsers cannot set headers on a WebSocket, and a token in the URL would be written to
+ * logs. The header wins when both are there; other routes read the header only.
+ */
+function authorizationOf(req: FastifyRequest, route: RouteDef, upgrades: WsUpgrades): string | undefined {
+  if (req.headers.authorization !== undefined || route.kind !== 'exec' || !upgrades.wants(req)) return req.headers.authorization;
+  const token = bearerFromProtocols(req.headers['sec-websocket-protocol']);
+  return token === undefined ? undefined : `Bearer ${token}`;
+}
+
+/**
+ * A refused exec request of a client that speaks EXEC_PROTOCOL (a browser): the handshake
+ * completes and the refusal is the session's status frame, `{error: {code, message}}`, then
+ * the session closes. A browser's WebSocket sees no status or body of a refused handshake,
+ * so its terminal could not say why. Nothing runs: the refusal was decided (and audited)
+ * before this.
+ */
+async function refuseInSession(upgrades: WsUpgrades, req: FastifyRequest, reply: FastifyReply, ce: CarapaceError): Promise<void> {
+  const ws = await upgrades.accept(req, reply).catch(() => undefined);
+  if (!ws) return;
+  ws.send(encodeFrame(CHANNEL.status, JSON.stringify({ error: { code: ce.code, message: ce.message } })), { binary: true }, () => ws.close(1000));
 }
 
 /** Routes that open exec sessions (their refusals are audited although they are GETs). */

@@ -8,6 +8,7 @@ import { existsSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, extname, join, resolve, sep } from 'node:path';
 import { gzipSync } from 'node:zlib';
+import { randomBytes } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { CarapaceError } from '../model/errors.js';
 
@@ -25,20 +26,31 @@ const TYPES: Record<string, string> = {
 };
 
 /**
- * Same-origin only, no inline scripts or styles, nothing from other hosts: the bundle is
+ * Same-origin only, no inline scripts, nothing from other hosts: the bundle is
  * self-contained. (React sets styles through the CSSOM, which `style-src 'self'` allows.)
+ * The page itself (index.html) also allows the `<style>` elements that carry its
+ * per-response nonce (`uiCsp(nonce)`): the terminal (xterm.js) writes its theme and cell
+ * sizes into style elements, and the page gives them the nonce (ui/src/terminal.ts).
  */
-export const UI_CSP = [
-  "default-src 'none'",
-  "script-src 'self'",
-  "style-src 'self'",
-  "img-src 'self' data:",
-  "font-src 'self'",
-  "connect-src 'self'",
-  "base-uri 'none'",
-  "form-action 'none'",
-  "frame-ancestors 'none'",
-].join('; ');
+export const UI_CSP = uiCsp();
+
+/** The policy, with `nonce` allowed for style elements when given (a fresh one per response of index.html). */
+export function uiCsp(nonce?: string): string {
+  return [
+    "default-src 'none'",
+    "script-src 'self'",
+    nonce === undefined ? "style-src 'self'" : `style-src 'self' 'nonce-${nonce}'`,
+    "img-src 'self' data:",
+    "font-src 'self'",
+    "connect-src 'self'",
+    "base-uri 'none'",
+    "form-action 'none'",
+    "frame-ancestors 'none'",
+  ].join('; ');
+}
+
+/** The placeholder in ui/index.html that each response of it replaces with its nonce. */
+export const NONCE_PLACEHOLDER = '__CARAPACE_STYLE_NONCE__';
 
 /** The built dashboard next to this install: `<package root>/dist/ui`, found from this file (src/api or dist/src/api). */
 export function defaultUiDir(): string | undefined {
@@ -63,13 +75,18 @@ async function sendFile(req: FastifyRequest, reply: FastifyReply, root: string, 
     throw new CarapaceError('CARAPACE_E_ROUTE_NOT_FOUND', `no file ${req.url.split('?')[0] ?? ''}${hint}`);
   }
   const type = TYPES[extname(file)] ?? 'application/octet-stream';
+  const page = file === resolve(root, 'index.html');
+  // 128 random bits per response (CSP 3 asks for at least 128), base64 (nonce-source syntax).
+  const nonce = page ? randomBytes(16).toString('base64') : undefined;
   void reply
     .header('content-type', type)
     .header('x-content-type-options', 'nosniff')
     .header('referrer-policy', 'no-referrer')
-    .header('content-security-policy', UI_CSP)
+    .header('content-security-policy', uiCsp(nonce))
     // Assets carry a content hash in their names; index.html must be fetched again to see a new build.
     .header('cache-control', rel.startsWith(`assets${sep}`) || rel.startsWith('assets/') ? 'public, max-age=31536000, immutable' : 'no-cache');
+  // The page is small and differs per response (its nonce): sent as is.
+  if (nonce !== undefined) return reply.send((await readFile(file, 'utf8')).replaceAll(NONCE_PLACEHOLDER, nonce));
   const accepts = String(req.headers['accept-encoding'] ?? '').includes('gzip');
   if (accepts && /^(text\/|application\/json|image\/svg)/.test(type) && st.size > 1024) {
     let z = gzipped.get(file);

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { isCarapaceError } from '../model/errors.js';
-import { CHANNEL, decodeFrame, encodeFrame, execQuery, parseExecQuery, parseResize, parseStatus, MAX_COMMAND_ARGS } from './frames.js';
+import { BEARER_PROTOCOL_PREFIX, bearerFromProtocols, bearerProtocol, CHANNEL, decodeFrame, encodeFrame, EXEC_PROTOCOL, execQuery, offersProtocol, parseExecQuery, parseResize, parseStatus, MAX_COMMAND_ARGS } from './frames.js';
 
 const q = (s: string): URLSearchParams => new URLSearchParams(s);
 
@@ -54,5 +54,35 @@ describe('exec frames', () => {
     expect(parseStatus(enc({ exitCode: 3 }))).toEqual({ exitCode: 3 });
     expect(parseStatus(enc({ error: { code: 'CARAPACE_E_X', message: 'm' } }))).toEqual({ error: { code: 'CARAPACE_E_X', message: 'm' } });
     expect(parseStatus(enc({ exitCode: 'x' }))).toMatchObject({ error: { code: 'CARAPACE_E_INTERNAL' } });
+  });
+});
+
+describe('the token as a WebSocket subprotocol', () => {
+  it('round-trips any token through a header list, in subprotocol characters only', () => {
+    fc.assert(
+      fc.property(fc.string({ minLength: 1, maxLength: 200, unit: 'grapheme' }).filter((s) => /^\S+$/.test(s)), (token) => {
+        const p = bearerProtocol(token);
+        // RFC 6455: a subprotocol is a token of RFC 2616 (no '=', '/', '+').
+        expect(p).toMatch(/^[A-Za-z0-9._-]+$/);
+        expect(bearerFromProtocols(`${EXEC_PROTOCOL}, ${p}`)).toBe(token);
+      }),
+    );
+    expect(bearerFromProtocols(bearerProtocol('cpt_abc.def'))).toBe('cpt_abc.def');
+  });
+
+  it('reads a missing or malformed token as none', () => {
+    expect(bearerFromProtocols(undefined)).toBeUndefined();
+    expect(bearerFromProtocols(EXEC_PROTOCOL)).toBeUndefined();
+    expect(bearerFromProtocols(`${BEARER_PROTOCOL_PREFIX}`)).toBeUndefined();
+    expect(bearerFromProtocols(`${BEARER_PROTOCOL_PREFIX}a+b/c=`)).toBeUndefined();
+    expect(bearerFromProtocols(`${BEARER_PROTOCOL_PREFIX}${'A'.repeat(3000)}`)).toBeUndefined();
+    expect(bearerFromProtocols(bearerProtocol('a b'))).toBeUndefined();
+    expect(bearerFromProtocols(`${BEARER_PROTOCOL_PREFIX}_-8`)).toBeUndefined(); // not UTF-8
+  });
+
+  it('says whether a list offers a protocol', () => {
+    expect(offersProtocol(`x, ${EXEC_PROTOCOL}`, EXEC_PROTOCOL)).toBe(true);
+    expect(offersProtocol(`${EXEC_PROTOCOL}x`, EXEC_PROTOCOL)).toBe(false);
+    expect(offersProtocol(undefined, EXEC_PROTOCOL)).toBe(false);
   });
 });

@@ -88,7 +88,7 @@ export function execQuery(o: ExecOptions): string {
 }
 
 /** One frame: the channel byte, then the payload. */
-export function encodeFrame(channel: Channel, payload: Uint8Array | string = new Uint8Array(0)): Uint8Array {
+export function encodeFrame(channel: Channel, payload: Uint8Array | string = new Uint8Array(0)): Uint8Array<ArrayBuffer> {
   const body = typeof payload === 'string' ? new TextEncoder().encode(payload) : payload;
   const f = new Uint8Array(body.length + 1);
   f[0] = channel;
@@ -124,4 +124,54 @@ export function parseStatus(payload: Uint8Array): ExecStatus {
     // falls through to the generic error
   }
   return { error: { code: 'CARAPACE_E_INTERNAL', message: 'the exec session ended with a malformed status' } };
+}
+
+/**
+ * The WebSocket subprotocol of exec sessions. A client that offers it gets it back in the
+ * handshake, and gets a refusal (unauthenticated, forbidden, not running...) as a status
+ * frame after the handshake instead of an HTTP error: a browser's WebSocket cannot read the
+ * body of a refused handshake, so its terminal could not say why.
+ */
+export const EXEC_PROTOCOL = 'v1.exec.carapace.dev';
+
+/**
+ * Prefix of the subprotocol that carries a bearer token (then the token, base64url without
+ * padding), as Kubernetes' `base64url.bearer.authorization.k8s.io.`: a browser cannot set an
+ * Authorization header on a WebSocket, and a token in the URL would end up in logs. Offered
+ * beside {@link EXEC_PROTOCOL}; the server never answers with it.
+ */
+export const BEARER_PROTOCOL_PREFIX = 'base64url.bearer.authorization.carapace.dev.';
+
+/** The subprotocol carrying `token` (pure: TextEncoder and btoa exist in browsers and Node). */
+export function bearerProtocol(token: string): string {
+  let bin = '';
+  for (const b of new TextEncoder().encode(token)) bin += String.fromCharCode(b);
+  return BEARER_PROTOCOL_PREFIX + btoa(bin).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+}
+
+/**
+ * The token in a `Sec-WebSocket-Protocol` header's list, or undefined when none is there or
+ * it is malformed (then the request counts as one without a token: 401).
+ */
+export function bearerFromProtocols(header: string | undefined): string | undefined {
+  if (header === undefined || header.length > 2048) return undefined;
+  for (const p of header.split(',')) {
+    const s = p.trim();
+    if (!s.startsWith(BEARER_PROTOCOL_PREFIX)) continue;
+    const b64 = s.slice(BEARER_PROTOCOL_PREFIX.length);
+    if (!/^[A-Za-z0-9_-]{1,700}$/.test(b64)) return undefined;
+    try {
+      const bin = atob(b64.replace(/-/g, '+').replace(/_/g, '/') + '='.repeat((4 - (b64.length % 4)) % 4));
+      const token = new TextDecoder('utf-8', { fatal: true }).decode(Uint8Array.from(bin, (c) => c.charCodeAt(0)));
+      return /^\S+$/.test(token) ? token : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+  return undefined;
+}
+
+/** True when a `Sec-WebSocket-Protocol` header offers `protocol`. */
+export function offersProtocol(header: string | undefined, protocol: string): boolean {
+  return header !== undefined && header.split(',').some((p) => p.trim() === protocol);
 }

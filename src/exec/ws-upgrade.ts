@@ -26,10 +26,20 @@ interface Pending {
 export class WsUpgrades {
   private readonly pending = new WeakMap<IncomingMessage, Pending>();
   private readonly open = new Set<WebSocket>();
-  private readonly wss = new WebSocketServer({ noServer: true, maxPayload: MAX_PAYLOAD });
+  private readonly wss: WebSocketServer;
 
-  /** Routes `app`'s upgrade requests through its routes; open sessions end when the app closes. */
-  constructor(app: FastifyInstance) {
+  /**
+   * Routes `app`'s upgrade requests through its routes; open sessions end when the app closes.
+   * `protocols`: the subprotocols this server speaks; the handshake answers with the first
+   * of them the client offered, never with another one the client offered (ws's default
+   * would echo the client's first, which may carry its token).
+   */
+  constructor(app: FastifyInstance, protocols: readonly string[] = []) {
+    this.wss = new WebSocketServer({
+      noServer: true,
+      maxPayload: MAX_PAYLOAD,
+      handleProtocols: (offered: Set<string>) => protocols.find((p) => offered.has(p)) ?? false,
+    });
     app.server.on('upgrade', (raw: IncomingMessage, socket: Duplex, head: Buffer) => {
       // Node takes its own error listener off an upgraded socket: a reset must not crash us.
       socket.on('error', () => socket.destroy());

@@ -35,7 +35,7 @@ beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'carapace-ui-static-'));
   const ui = join(dir, 'ui');
   await mkdir(join(ui, 'assets'), { recursive: true });
-  await writeFile(join(ui, 'index.html'), '<!doctype html><script type="module" src="/ui/assets/app-1.js"></script>');
+  await writeFile(join(ui, 'index.html'), '<!doctype html><meta name="carapace-style-nonce" content="__CARAPACE_STYLE_NONCE__"><script type="module" src="/ui/assets/app-1.js"></script>');
   await writeFile(join(ui, 'assets', 'app-1.js'), BIG);
   await writeFile(join(dir, 'secret.txt'), 'outside the UI directory');
   store = await openSqliteStore({ path: join(dir, 'store.db') });
@@ -64,6 +64,17 @@ describe('the dashboard files at /ui', () => {
     expect(r.headers['x-content-type-options']).toBe('nosniff');
     expect(r.headers['cache-control']).toBe('no-cache');
     expect(r.body).toContain('/ui/assets/app-1.js');
+    // Style elements need the page's nonce (the terminal's xterm.js writes some); scripts never
+    // run inline. A fresh nonce per response, in the policy and in the page.
+    const csp = String(r.headers['content-security-policy']);
+    expect(csp).not.toContain('unsafe-inline');
+    const nonce = /style-src 'self' 'nonce-([A-Za-z0-9+/=]{24})'/.exec(csp)?.[1];
+    expect(nonce).toBeDefined();
+    expect(r.body).toContain(`content="${nonce ?? '-'}"`);
+    const again = await app.inject({ url: '/ui/' });
+    expect(again.headers['content-security-policy']).not.toContain(nonce ?? '-');
+    const asset = await app.inject({ url: '/ui/assets/app-1.js' });
+    expect(asset.headers['content-security-policy']).toMatch(/style-src 'self';/);
     const redirect = await app.inject({ url: '/ui' });
     expect([redirect.statusCode, redirect.headers['location']]).toEqual([302, '/ui/']);
   });

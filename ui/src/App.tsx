@@ -144,10 +144,12 @@ function Shell({ token, who, onSignOut }: { token: string; who: WhoAmI; onSignOu
   const tabs = useMemo(() => TABS.filter((t) => !t.when || t.when(who)), [who]);
   const view = route.split('/')[0] ?? 'topology';
 
-  // Keyboard: 1-6 switch views, / focuses the view's filter, Esc closes the drawer.
+  // Keyboard: 1-6 switch views, / focuses the view's filter, Esc closes the drawer (outside a terminal).
   useEffect(() => {
     const on = (e: KeyboardEvent): void => {
       const el = e.target as HTMLElement | null; // key events target elements
+      // Every key typed in a terminal is the remote program's (Esc included: vi needs it).
+      if (el?.closest('[data-terminal]')) return;
       const typing = el !== null && (el.tagName === 'INPUT' || el.tagName === 'TEXTAREA' || el.tagName === 'SELECT' || el.isContentEditable);
       if (e.key === 'Escape') {
         setSelection(undefined);

@@ -10,7 +10,8 @@ import type { AuditRecord } from '../cluster';
 import { keyOf } from '../cluster';
 import { State } from '../components/State';
 import { age, compact, cores, cpuSeconds, mib, mibSeconds, time } from '../format';
-import { useCluster, useSession, type Selection } from '../session';
+import { canWrite, useCluster, useSession, type Selection } from '../session';
+import { TerminalPanel } from './Terminal';
 import type { UsageRow } from './Tenants';
 
 export function Details({ selection, onClose }: { selection: Selection; onClose: () => void }): React.JSX.Element {
@@ -145,6 +146,9 @@ function InstanceDetails({ i }: { i: Instance }): React.JSX.Element {
   const placed = audit?.find((r) => r.action === 'instance.placed');
   const moved = audit?.filter((r) => r.action === 'instance.failover' || r.action === 'instance.evicted' || r.action === 'instance.recovered') ?? [];
   const c = i.spec.container;
+  const [terminal, setTerminal] = useState(false);
+  // Exec needs a running container; the server checks again (and refuses viewers).
+  const execAllowed = canWrite(who);
   // The scheduler's own words when it has any (reason Scheduled/Unschedulable), else the audit record of the placement.
   const placement =
     i.status.reason === 'Unschedulable'
@@ -160,7 +164,20 @@ function InstanceDetails({ i }: { i: Instance }): React.JSX.Element {
         <State phase={i.status.phase} />
         {i.status.reason && <span className="tag">{i.status.reason}</span>}
         {i.status.message && <span className="muted">{i.status.message}</span>}
+        {execAllowed && (
+          <button
+            type="button"
+            className="primary small push-right"
+            data-open-terminal
+            disabled={i.status.phase !== 'Running'}
+            title={i.status.phase === 'Running' ? 'Open a shell in this container (exec with a terminal)' : 'The container is not running'}
+            onClick={() => setTerminal(true)}
+          >
+            Terminal
+          </button>
+        )}
       </div>
+      {terminal && <TerminalPanel tenant={tenant} name={i.metadata.name} onClose={() => setTerminal(false)} />}
       <Facts
         rows={[
           ['owner', `${i.spec.owner.kind.toLowerCase()}/${tenant}/${i.spec.owner.name}`],
