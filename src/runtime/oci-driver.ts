@@ -803,12 +803,26 @@ export class OciDriver implements RuntimeDriver {
     }
     const argv = this.runtimeArgv(['exec', this.flavor.execPidFileFlag, pidFile, ...how], meta);
     const proc = spawnExec(argv, opts);
-    void proc.exited.finally(() => Promise.all([rm(pidFile, { force: true }), rm(processFile, { force: true })]).catch(() => undefined));
+    // The pid is read once and kept: the runtime client may exit (and its files be removed)
+    // just before a client that went away asks for the kill, while what it started still runs
+    // in the container (runsc leaves it there).
+    let pid: number | undefined;
+    const execPid = async (): Promise<number | undefined> => {
+      if (pid === undefined) {
+        const n = Number((await readOptional(pidFile))?.trim());
+        if (Number.isInteger(n) && n > 0) pid = n;
+      }
+      return pid;
+    };
+    void proc.exited.finally(async () => {
+      await execPid().catch(() => undefined);
+      await Promise.all([rm(pidFile, { force: true }), rm(processFile, { force: true })]).catch(() => undefined);
+    });
     return {
       process: proc,
       kill: async () => {
-        const pid = Number((await readOptional(pidFile))?.trim());
-        if (Number.isInteger(pid) && pid > 0) await this.flavor.killExec(this, id, meta, pid);
+        const p = await execPid();
+        if (p !== undefined) await this.flavor.killExec(this, id, meta, p);
       },
     };
   }
