@@ -114,6 +114,7 @@ function successResponses(r: RouteDef): Record<string, unknown> {
   if (r.kind === 'watch' || r.url === '/v1/events') return ok('Server-Sent Events, until the client disconnects', text('text/event-stream'));
   // A WebSocket handshake: 101 then binary frames (src/exec/frames.ts); refusals before it are ordinary errors.
   if (r.kind === 'exec') return { '101': { description: 'Switching Protocols: a WebSocket of exec frames (channel byte 0 stdin, 1 stdout, 2 stderr, 3 exit status JSON, 4 resize JSON, 5 stdin EOF)' } };
+  if (r.kind === 'portforward') return { '101': { description: 'Switching Protocols: a WebSocket carrying one TCP connection to the port (binary frames, channel byte 0 data, 1 end of data (half-close), 2 status JSON); refused ports answer 502 CARAPACE_E_PORT_UNREACHABLE before it' } };
   if (r.kind === 'logs') return ok('NDJSON lines, one per log line', text('application/x-ndjson'));
   if (r.url === '/v1/audit/records') return ok('Audit records, JSON lines or CSV (?format)', text('application/x-ndjson', 'text/csv'));
   if (r.url === '/v1/usage') return ok('The usage report (?format)', { content: { 'application/json': { schema: { type: 'object' } }, 'text/csv': { schema: { type: 'string' } }, 'text/plain': { schema: { type: 'string' } } } });
