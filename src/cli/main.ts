@@ -441,6 +441,8 @@ program
     await runPortForward(c, path, specs, o.address, ac.signal, (bound) => {
       for (const b of bound) process.stdout.write(`Forwarding from ${o.address}:${b.local} -> ${n.tenant}/${name}:${b.remote}\n`);
     });
+    // Connections still open (a WebSocket in its handshake) must not keep the command alive.
+    process.exit(0);
   });
 
 const tokenCmd = program.command('token').description('Manage API tokens (a role can only grant what it has)');
