@@ -127,7 +127,7 @@ function forward(c: ApiClient, path: string, local: Socket, failed: (e: CliError
     });
   });
   ws.once('error', (e: Error & { code?: string }) => refuse(new CliError('CARAPACE_E_SERVER_UNREACHABLE', `cannot reach the Carapace server at ${c.base} (${e.code === 'ECONNREFUSED' ? 'connection refused' : e.message})`)));
-  local.once('error', () => ws.terminate());
+  local.on('error', () => ws.terminate()); // `on`: a second error must not go unhandled
   ws.once('open', () => relay(ws, local, refuse));
   local.once('close', () => {
     if (ws.readyState === ws.CONNECTING) ws.terminate();

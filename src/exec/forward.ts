@@ -89,6 +89,9 @@ export function dialWorkload(address: string, port: number, what: string, timeou
     sock.once('connect', () => {
       clearTimeout(timer);
       sock.off('error', fail);
+      // Kept until socketPort listens (and after: it adds its own): an error meanwhile must
+      // not be an unhandled 'error' event, which would end the process.
+      sock.on('error', () => undefined);
       sock.setNoDelay(true);
       resolve(sock);
     });
