@@ -10,6 +10,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import { decodeFwdFrame, FWD, fwdFrame, parseForwardStatus } from '../exec/forward.js';
+import { HIGH_WATER, LOW_WATER } from '../exec/session.js';
 import { CliError, type ApiClient } from './client.js';
 
 /** One forwarded port: `local` 0 means any free port. */
@@ -134,16 +135,41 @@ function forward(c: ApiClient, path: string, local: Socket, failed: (e: CliError
   });
 }
 
+/**
+ * Joins a local connection and its WebSocket. Flow control both ways: the WebSocket stops
+ * being read while the local socket cannot take more, and the local socket while the
+ * WebSocket's backlog is above HIGH_WATER (as relayPorts does on the other hops).
+ */
 function relay(ws: WebSocket, local: Socket, refuse: (e: CliError) => void): void {
+  let localPaused = false;
+  let wsPaused = false;
   const send = (f: Uint8Array): void => {
-    if (ws.readyState === ws.OPEN) ws.send(f, { binary: true });
+    if (ws.readyState !== ws.OPEN) return;
+    ws.send(f, { binary: true }, () => {
+      if (localPaused && ws.bufferedAmount < LOW_WATER) {
+        localPaused = false;
+        local.resume();
+      }
+    });
+    if (!localPaused && ws.bufferedAmount > HIGH_WATER) {
+      localPaused = true;
+      local.pause();
+    }
   };
   ws.on('message', (data, isBinary) => {
     if (!isBinary) return;
     const f = decodeFwdFrame(data as Buffer); // ws's default binary type is Buffer
     if (!f) return;
-    if (f.channel === FWD.data) local.write(f.payload);
-    else if (f.channel === FWD.eof) local.end();
+    if (f.channel === FWD.data) {
+      if (!local.write(f.payload) && !wsPaused) {
+        wsPaused = true;
+        ws.pause();
+        local.once('drain', () => {
+          wsPaused = false;
+          ws.resume();
+        });
+      }
+    } else if (f.channel === FWD.eof) local.end();
     else {
       const s = parseForwardStatus(f.payload);
       if ('error' in s) refuse(new CliError(s.error.code, s.error.message));

@@ -7,7 +7,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CarapaceError } from '../model/errors.js';
 import { afterStatus, decodeFwdFrame, dialWorkload, FWD, fwdFrame, parseForwardStatus, parsePortQuery, socketPort, statusFrame } from './forward.js';
-import type { ExecPort } from './session.js';
+import { relayPorts, type ExecPort } from './session.js';
 
 const servers: Server[] = [];
 afterEach(() => {
@@ -139,5 +139,44 @@ describe('a relayed stream starts with a status', () => {
     const g = afterStatus(gone, 1_000);
     gone.close();
     await expect(g).rejects.toMatchObject({ code: 'CARAPACE_E_UNAVAILABLE' });
+  });
+});
+
+describe('flow control through a relay', () => {
+  it('pauses a sender while the connection cannot take more, resumes it once drained, loses nothing', async () => {
+    let received = 0;
+    let reader: Socket | undefined;
+    const port = await listen((s) => {
+      reader = s;
+      s.pause(); // a slow reader: nothing read until the test says so
+      s.on('data', (d) => (received += d.length));
+    });
+    const to = socketPort(await dialWorkload('127.0.0.1', port, 'a test server'));
+    let paused = 0;
+    let resumed = 0;
+    let isPaused = false;
+    const from: ExecPort & { push: (f: Uint8Array) => void } = {
+      ...memoryPort(),
+      pause: () => ((isPaused = true), paused++),
+      resume: () => ((isPaused = false), resumed++),
+    };
+    const listeners: ((f: Uint8Array) => void)[] = [];
+    from.onFrame = (l) => listeners.push(l);
+    from.push = (f) => listeners.forEach((l) => l(f));
+    void relayPorts(from, to);
+    const chunk = fwdFrame(FWD.data, Buffer.alloc(64 * 1024, 7));
+    const total = 64 * 1024 * 1024;
+    let sent = 0;
+    // A well-behaved source (a WebSocket, a socket): sends only while not paused.
+    while (!isPaused && sent < total) {
+      from.push(chunk);
+      sent += chunk.length - 1;
+      if (sent % (1024 * 1024) === 0) await new Promise((r) => setImmediate(r));
+    }
+    expect(paused).toBe(1);
+    expect(sent).toBeLessThan(total); // held back long before everything was buffered
+    reader?.resume();
+    await until('the sender resumed', () => resumed >= 1, 10_000);
+    await until('every byte received', () => received === sent, 10_000);
   });
 });

@@ -15,7 +15,7 @@
  */
 import { connect, type Socket } from 'node:net';
 import { CarapaceError, ERROR_CATALOGUE, type ErrorCode, type FieldIssue } from '../model/errors.js';
-import type { ExecPort } from './session.js';
+import { LOW_WATER, type ExecPort } from './session.js';
 
 export const FWD = { data: 0, eof: 1, status: 2 } as const;
 export type FwdChannel = (typeof FWD)[keyof typeof FWD];
@@ -138,6 +138,22 @@ export function socketPort(sock: Socket): ExecPort {
     close: () => {
       if (!sock.destroyed) sock.end(() => sock.destroy());
     },
+    pause: () => sock.pause(),
+    resume: () => sock.resume(),
+    backlog: () => sock.writableLength,
+    onDrained: (l) => {
+      if (sock.writableLength < LOW_WATER || sock.destroyed) l();
+      else {
+        // 'drain' comes once the buffer emptied; a connection that ends first must not keep the other side paused.
+        const fire = (): void => {
+          sock.off('drain', fire);
+          sock.off('close', fire);
+          l();
+        };
+        sock.on('drain', fire);
+        sock.on('close', fire);
+      }
+    },
   };
 }
 
@@ -181,6 +197,8 @@ export function afterStatus(port: ExecPort, timeoutMs: number): Promise<ExecPort
         },
         onClose: (l) => port.onClose(l),
         close: () => port.close(),
+        ...(port.pause && port.resume ? { pause: () => port.pause?.(), resume: () => port.resume?.() } : {}),
+        ...(port.backlog && port.onDrained ? { backlog: () => port.backlog?.() ?? 0, onDrained: (l: () => void) => port.onDrained?.(l) } : {}),
       });
     });
     port.onClose(() => {

@@ -161,8 +161,11 @@ describe('port-forward to an unpublished port', () => {
         const r = await get(web, '/cgi-bin/page');
         return 'status' in r && r.status === 200;
       }, 30_000, 'the first request through the forward');
-      const [x, y] = await Promise.all([get(web, '/cgi-bin/page'), get(web, '/cgi-bin/page')]);
-      expect([x, y]).toEqual([{ status: 200, body: PAGE }, { status: 200, body: PAGE }]);
+      // One at a time: busybox httpd's CGI under gVisor (ptrace platform) sometimes drops or
+      // stalls one of two concurrent requests here (seen: a close without an answer, or none
+      // in 20 s, with nothing failing on the forward's side); concurrency through the forward
+      // is the host tier's case above and the relay test's.
+      for (let i = 0; i < 3; i++) expect(await get(web, '/cgi-bin/page')).toEqual({ status: 200, body: PAGE });
     } finally {
       expect(await f.stop()).toBe(0);
     }
