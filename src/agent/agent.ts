@@ -32,6 +32,7 @@ import type { ResolverConfig } from '../runtime/driver.js';
 import { CARAPACE_VERSION } from '../model/version.js';
 import type { ExecOptions } from '../exec/frames.js';
 import { endSession, serveExec, type ExecPort } from '../exec/session.js';
+import { dialWorkload, socketPort } from '../exec/forward.js';
 
 
 export interface AgentOptions {
@@ -373,6 +374,32 @@ export class HostAgent {
       if (e.code === 'CARAPACE_E_INTERNAL') log.warn({ err }, 'exec session failed');
       endSession(port, { error: { code: e.code, message: e.message } });
     }
+  }
+
+  /**
+   * Connects to `port` of an instance's workload (for the API's port-forward endpoint, here
+   * or relayed from another host); resolves once the workload accepted the connection, with
+   * the connection as a port of forward frames (exec/forward.ts).
+   * The address dialled is the instance's on its tenant network: its namespace endpoint's
+   * (runc, runsc) or its cell's (a cell's containers share the VM's address). The dial is
+   * made from the agent's own network namespace, where the tenant's bridge has its gateway
+   * address: the segment's rules drop what workloads send to the host, but not the host's own
+   * connections to them nor their answers (established), which is how the probes' httpGet
+   * and tcpSocket checks reach them too. So no entering of the container's namespace
+   * (nsenter, setns from a helper process) is needed, and the connection is an ordinary
+   * socket of this process. Never logs the bytes; logs the start with the port.
+   * Throws CarapaceError: NOT_FOUND, INSTANCE_NOT_RUNNING, PORT_FORWARD_UNSUPPORTED, PORT_UNREACHABLE.
+   */
+  async portForward(tenant: string, name: string, port: number): Promise<ExecPort> {
+    const inst = await this.o.resources.mustGet('Instance', name, tenant);
+    const id = inst.status.containerId;
+    const found = this.driverFor(inst);
+    if (inst.status.phase !== 'Running' || !id || !('driver' in found)) throw new CarapaceError('CARAPACE_E_INSTANCE_NOT_RUNNING', `instance ${tenant}/${name} is not running (phase ${inst.status.phase})`);
+    const address = found.driver.capabilities.network === 'namespace' ? await this.addressOf(id, found.driver) : inst.spec.cell ? (await this.o.resources.get('Cell', inst.spec.cell))?.status.address : undefined;
+    if (address === undefined) throw new CarapaceError('CARAPACE_E_PORT_FORWARD_UNSUPPORTED', `instance ${tenant}/${name} has no address on its tenant network that its host can reach`);
+    const sock = await dialWorkload(address, port, `instance ${tenant}/${name}`);
+    this.log.info({ instance: `${tenant}/${name}`, port }, 'port-forward connection opened');
+    return socketPort(sock);
   }
 
   /** A machine's serial console (for the API's machine logs endpoint). */

@@ -8,16 +8,20 @@ import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { Agent, request } from 'undici';
 import type { LogLine, LogOptions } from '../runtime/driver.js';
-import type { ExecRequest, LogRequest } from './logs.js';
+import type { ExecRequest, LogRequest, PortForwardRequest } from './logs.js';
 import { WebSocket } from 'ws';
 import { parseExecQuery, execQuery, type ExecOptions } from '../exec/frames.js';
-import { endSession, wsPort, type ExecPort } from '../exec/session.js';
+import { endSession, relayPorts, wsPort, type ExecPort } from '../exec/session.js';
+import { statusFrame } from '../exec/forward.js';
+import { CarapaceError } from '../model/errors.js';
 
 /** Where the lines come from, and where exec sessions run (the HostAgent). */
 export interface LocalLogs {
   logs(tenant: string, name: string, opts: LogOptions): AsyncIterable<LogLine>;
   machineLogs?(tenant: string, name: string, opts: LogOptions): AsyncIterable<LogLine>;
   exec?(tenant: string, name: string, opts: ExecOptions, port: ExecPort): Promise<void>;
+  /** Connects to a port of a local instance's workload (HostAgent.portForward). */
+  portForward?(tenant: string, name: string, port: number): Promise<ExecPort>;
 }
 
 export interface LogUploaderOptions {
@@ -44,9 +48,10 @@ export async function serveLogRequests(o: LogUploaderOptions, signal: AbortSigna
         while ((nl = buf.indexOf('\n')) >= 0) {
           const line = buf.slice(0, nl);
           buf = buf.slice(nl + 1);
-          const r = JSON.parse(line || '{}') as Partial<LogRequest> | Partial<ExecRequest>; // checked field by field
+          const r = JSON.parse(line || '{}') as Partial<LogRequest> | Partial<ExecRequest> | Partial<PortForwardRequest>; // checked field by field
           if (typeof r.id !== 'string' || typeof r.tenant !== 'string' || typeof r.name !== 'string') continue;
           if (r.kind === 'exec') void execSession(o, r as ExecRequest, log);
+          else if (r.kind === 'portforward') void forwardSession(o, r as PortForwardRequest, log);
           else void upload(o, dispatcher, r as LogRequest, log);
         }
       }
@@ -103,4 +108,35 @@ async function execSession(o: LogUploaderOptions, r: ExecRequest, log: Logger): 
     return;
   }
   await o.local.exec(r.tenant, r.name, opts, port);
+}
+
+/**
+ * Answers a port-forward request: opens the session's WebSocket to the server first (the hub
+ * waits 10 s for it), then dials the workload and sends the status frame (ok, or the dial's
+ * error), then relays the connection's frames until either end closes.
+ */
+async function forwardSession(o: LogUploaderOptions, r: PortForwardRequest, log: Logger): Promise<void> {
+  const tls = o.tls();
+  const ws = new WebSocket(`${o.server.replace(/^http/, 'ws')}/agent/v1/exec-sessions/${encodeURIComponent(r.id)}`, { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: true, maxPayload: 1024 * 1024 });
+  ws.on('error', (err) => log.debug({ err, request: r.id }, 'port-forward connection to the server failed'));
+  const opened = await new Promise<boolean>((resolve) => {
+    ws.once('open', () => resolve(true));
+    ws.once('close', () => resolve(false));
+  });
+  if (!opened) return;
+  const server = wsPort(ws);
+  let conn: ExecPort;
+  try {
+    if (typeof r.port !== 'number' || !Number.isInteger(r.port) || r.port < 1 || r.port > 65535) throw new CarapaceError('CARAPACE_E_BAD_QUERY', 'the port-forward request names no valid port');
+    if (!o.local.portForward) throw new CarapaceError('CARAPACE_E_PORT_FORWARD_UNSUPPORTED', 'this agent cannot forward ports');
+    conn = await o.local.portForward(r.tenant, r.name, r.port);
+  } catch (err) {
+    const e = err instanceof CarapaceError ? err : new CarapaceError('CARAPACE_E_INTERNAL', 'the port-forward failed; see the agent log');
+    if (e.code === 'CARAPACE_E_INTERNAL') log.warn({ err }, 'port-forward failed');
+    server.send(statusFrame({ error: { code: e.code, message: e.message } }));
+    server.close();
+    return;
+  }
+  server.send(statusFrame({ ok: true }));
+  await relayPorts(server, conn);
 }

@@ -14,6 +14,7 @@ import { CarapaceError } from '../model/errors.js';
 import { ndjsonLines } from './ndjson.js';
 import type { ExecOptions } from '../exec/frames.js';
 import { endSession, relayPorts, type ExecPort } from '../exec/session.js';
+import { afterStatus, DIAL_TIMEOUT_MS } from '../exec/forward.js';
 
 /** What a host is asked to stream. */
 export interface LogRequest {
@@ -40,8 +41,22 @@ export interface ExecRequest {
   exec: ExecOptions;
 }
 
+/**
+ * What a host is asked to connect: one TCP connection to `port` of one of its instances
+ * (port-forward). It answers as for exec, on the same `GET /agent/v1/exec-sessions/<id>`
+ * (a session of either kind is a frame stream the hub relays unread), then dials the
+ * workload and sends a status frame first (exec/forward.ts): ok, or why not.
+ */
+export interface PortForwardRequest {
+  id: string;
+  kind: 'portforward';
+  tenant: string;
+  name: string;
+  port: number;
+}
+
 /** Everything an agent's request stream carries. */
-export type AgentRequest = LogRequest | ExecRequest;
+export type AgentRequest = LogRequest | ExecRequest | PortForwardRequest;
 
 interface Waiting {
   host: string;
@@ -116,6 +131,30 @@ export class LogHub {
       return;
     }
     await relayPorts(client, agent);
+  }
+
+  /**
+   * Connects to a port of an instance on `host` through its agent: asks it, waits (10 s) for
+   * its stream, then for its status frame (the agent's dial, up to its own 10 s timeout).
+   * Resolves with the connection's frames after the status; throws the agent's error
+   * (CARAPACE_E_PORT_UNREACHABLE, …) or CARAPACE_E_UNAVAILABLE for a host that is not
+   * connected or does not answer.
+   */
+  async portForward(host: string, req: Omit<PortForwardRequest, 'id' | 'kind'>): Promise<ExecPort> {
+    const senders = this.agents.get(host);
+    const send = senders ? [...senders].pop() : undefined;
+    if (!send) throw new CarapaceError('CARAPACE_E_UNAVAILABLE', `host ${host} is not connected to this server: port-forward cannot reach it now`);
+    const id = randomBytes(12).toString('hex');
+    const agent = await new Promise<ExecPort | undefined>((resolve) => {
+      const timer = setTimeout(() => {
+        this.waitingExec.delete(id);
+        resolve(undefined);
+      }, 10_000);
+      this.waitingExec.set(id, { host, resolve: (p) => (clearTimeout(timer), resolve(p)) });
+      send({ ...req, id, kind: 'portforward' });
+    });
+    if (!agent) throw new CarapaceError('CARAPACE_E_UNAVAILABLE', `host ${host} did not answer a port-forward request within 10 s`);
+    return afterStatus(agent, DIAL_TIMEOUT_MS + 5_000);
   }
 
   /** The lines of `kind tenant/name` on `host`, streamed by its agent. */

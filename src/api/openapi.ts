@@ -122,6 +122,7 @@ function successResponses(r: RouteDef): Record<string, unknown> {
           'the server answers with `v1.exec.carapace.dev` and sends a refusal to such a client as the status frame `{"error": {code, message}}` after the handshake.',
       },
     };
+  if (r.kind === 'portforward') return { '101': { description: 'Switching Protocols: a WebSocket carrying one TCP connection to the port (binary frames, channel byte 0 data, 1 end of data (half-close), 2 status JSON); refused ports answer 502 CARAPACE_E_PORT_UNREACHABLE before it' } };
   if (r.kind === 'logs') return ok('NDJSON lines, one per log line', text('application/x-ndjson'));
   if (r.url === '/v1/audit/records') return ok('Audit records, JSON lines or CSV (?format)', text('application/x-ndjson', 'text/csv'));
   if (r.url === '/v1/usage') return ok('The usage report (?format)', { content: { 'application/json': { schema: { type: 'object' } }, 'text/csv': { schema: { type: 'string' } }, 'text/plain': { schema: { type: 'string' } } } });

@@ -34,7 +34,8 @@ import type { AgentCertRecord, JoinTokenRecord } from '../pki/agents.js';
 import { formatReport } from '../usage/format.js';
 import { registerUi } from './ui.js';
 import { bearerFromProtocols, CHANNEL, encodeFrame, EXEC_PROTOCOL, offersProtocol, parseExecQuery, type ExecOptions } from '../exec/frames.js';
-import { wsPort, type ExecPort } from '../exec/session.js';
+import { relayPorts, wsPort, type ExecPort } from '../exec/session.js';
+import { parsePortQuery } from '../exec/forward.js';
 import { WsUpgrades } from '../exec/ws-upgrade.js';
 
 /**
@@ -50,6 +51,14 @@ export interface LogSource {
    * `port`; resolves when it ended. Every failure is the session's last (status) frame.
    */
   exec?(tenant: string, name: string, opts: ExecOptions, port: ExecPort): Promise<void>;
+  /**
+   * Connects to `port` of an instance's workload (on its host: here, or through its agent)
+   * and resolves with the connection as a port of forward frames (exec/forward.ts), once the
+   * workload accepted it. Throws CarapaceError: CARAPACE_E_NOT_FOUND,
+   * CARAPACE_E_INSTANCE_NOT_RUNNING, CARAPACE_E_PORT_FORWARD_UNSUPPORTED,
+   * CARAPACE_E_PORT_UNREACHABLE, CARAPACE_E_UNAVAILABLE (its host cannot be reached).
+   */
+  portForward?(tenant: string, name: string, port: number): Promise<ExecPort>;
 }
 
 export interface ApiOptions {
@@ -185,6 +194,7 @@ function render(result: ActionResult): unknown {
     case 'agentCert':
       return result.record;
     case 'exec':
+    case 'portForward':
       return result.instance;
     case 'reencrypted':
       return { keyId: result.keyId, reencrypted: result.reencrypted, current: result.current };
@@ -266,18 +276,19 @@ export function buildApi(o: ApiOptions): FastifyInstance {
   app.setErrorHandler(async (err, req, reply) => {
     const ce = toCarapaceError(err);
     if (ce.code === 'CARAPACE_E_INTERNAL') req.log.error({ err, url: req.url, method: req.method }, 'internal error');
-    const exec = EXEC_URLS.has(req.routeOptions.url ?? '');
-    if (req.method !== 'GET' || exec) {
-      // Refused mutations (and exec sessions: a GET that runs code) are audited too (who tried
+    const session = SESSION_URLS.get(req.routeOptions.url ?? '');
+    if (req.method !== 'GET' || session) {
+      // Refused mutations (and exec sessions and port-forwards: GETs that run code or reach
+      // into a workload) are audited too (who tried
       // what, and why it failed); best effort: nothing was changed, so a failing audit write
       // must not turn the refusal into a 500.
       const p = req.params as Params; // filled by routing (may be empty for unmatched routes)
       const target = { kind: req.routeOptions.url ?? req.url.split('?')[0] ?? '', name: refusedName(p, req.body), ...(p?.tenant ? { tenant: p.tenant } : {}) };
       await o.controlPlane
-        .recordRefusal(auditContext(req), exec ? 'instance.exec' : req.method === 'DELETE' ? 'delete' : 'apply', target, ce)
+        .recordRefusal(auditContext(req), session ?? (req.method === 'DELETE' ? 'delete' : 'apply'), target, ce)
         .catch((e: unknown) => req.log.warn({ err: e }, 'could not audit a refused request'));
     }
-    if (exec && upgrades.wants(req) && offersProtocol(req.headers['sec-websocket-protocol'], EXEC_PROTOCOL)) return refuseInSession(upgrades, req, reply, ce);
+    if (session === 'instance.exec' && upgrades.wants(req) && offersProtocol(req.headers['sec-websocket-protocol'], EXEC_PROTOCOL)) return refuseInSession(upgrades, req, reply, ce);
     return reply.status(ce.status).send(ce.toJSON());
   });
   app.setNotFoundHandler((req, reply) => {
@@ -349,6 +360,7 @@ async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply
   const kind = route.objectKind as Kind; // every non-meta route names its kind
   if (route.kind === 'logs') return streamLogs(o, kind === 'Machine' ? 'Machine' : 'Instance', p, q, reply);
   if (route.kind === 'exec') return runExec(o, req, reply);
+  if (route.kind === 'portforward') return runPortForward(o, req, reply);
   if (route.kind === 'watch') return streamWatch(o, kind, q, req, reply, who);
   const cp = o.controlPlane;
   const narrow = (r: ActionResult): ActionResult => {
@@ -424,8 +436,13 @@ async function refuseInSession(upgrades: WsUpgrades, req: FastifyRequest, reply:
   ws.send(encodeFrame(CHANNEL.status, JSON.stringify({ error: { code: ce.code, message: ce.message } })), { binary: true }, () => ws.close(1000));
 }
 
-/** Routes that open exec sessions (their refusals are audited although they are GETs). */
-const EXEC_URLS = new Set(ROUTES.filter((r) => r.kind === 'exec').map((r) => r.url));
+/**
+ * Routes that open exec sessions or forwarded connections, with the audit action of their
+ * refusals (audited although they are GETs).
+ */
+const SESSION_URLS = new Map<string, string>(
+  ROUTES.flatMap((r): [string, string][] => (r.kind === 'exec' ? [[r.url, 'instance.exec']] : r.kind === 'portforward' ? [[r.url, 'instance.portforward']] : [])),
+);
 
 /** WebSocket upgrades of one app. */
 const upgradesOf = new WeakMap<ApiOptions, WsUpgrades>();
@@ -455,6 +472,42 @@ async function runExec(o: ApiOptions, req: FastifyRequest, reply: FastifyReply):
     req.log.error({ err }, 'exec session failed');
     port.close();
   });
+}
+
+/**
+ * `GET /v1/tenants/:tenant/instances/:name/portforward?port=N`: a WebSocket carrying one TCP
+ * connection to the instance's port (exec/forward.ts frames). As with exec, every refusal
+ * comes before the handshake as an ordinary HTTP error: RBAC (onRequest: tenant-admin and
+ * up, own tenant), the port (400 at `query.port`), the upgrade (426), then the connection
+ * itself: it is made on the instance's host first (LogSource.portForward: here, or through its
+ * agent), so a refused port is 502 CARAPACE_E_PORT_UNREACHABLE rather than a socket that
+ * opens and dies; then the core's action checks the instance again and writes the
+ * `instance.portforward` record (no record, no bytes: the connection is closed unused), and
+ * only then the handshake and the relay.
+ */
+async function runPortForward(o: ApiOptions, req: FastifyRequest, reply: FastifyReply): Promise<void> {
+  const p = req.params as Params; // fastify fills :tenant and :name
+  const port = parsePortQuery(new URLSearchParams(req.url.split('?')[1] ?? ''));
+  const upgrades = upgradesOf.get(o);
+  if (!upgrades?.wants(req)) throw new CarapaceError('CARAPACE_E_UPGRADE_REQUIRED', 'port-forward is a WebSocket endpoint: send an upgrade request (carapace port-forward does)');
+  const dial = o.logs.portForward?.bind(o.logs);
+  if (!dial) throw new CarapaceError('CARAPACE_E_UNAVAILABLE', 'this server cannot forward ports');
+  const tenant = p.tenant ?? '';
+  const name = p.name ?? '';
+  const conn = await dial(tenant, name, port);
+  try {
+    resultOf(await o.controlPlane.handle({ type: 'portForward', tenant, name, port }, auditContext(req)), 'portForward');
+  } catch (err) {
+    conn.close();
+    throw err;
+  }
+  // The reply is hijacked from here on: nothing may reach fastify's error handler.
+  const ws = await upgrades.accept(req, reply).catch(() => undefined);
+  if (!ws) {
+    conn.close();
+    return;
+  }
+  await relayPorts(wsPort(ws), conn);
 }
 
 async function streamLogs(o: ApiOptions, kind: 'Instance' | 'Machine', p: Params, q: Query, reply: FastifyReply): Promise<void> {

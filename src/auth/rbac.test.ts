@@ -83,8 +83,8 @@ function expected(c: Cell): 'allow' | 'unauthenticated' | 'forbidden' {
   if (c.route.kind === 'tokens') return 'allow'; // the token handlers check grants themselves (tokens.test.ts)
   const kind = c.route.objectKind;
   if (kind === 'Host') return 'forbidden';
-  // exec's handshake is a GET, but it runs code in a workload: a write.
-  const write = c.route.method !== 'GET' || c.route.kind === 'exec';
+  // exec's and port-forward's handshakes are GETs, but they run code in / reach into a workload: writes.
+  const write = c.route.method !== 'GET' || c.route.kind === 'exec' || c.route.kind === 'portforward';
   if (write && c.who === 'tenant-viewer') return 'forbidden';
   if (write && (kind === 'Tenant' || kind === 'Cell')) return 'forbidden';
   const named = namedTenant(c.route, c.params, c.queryTenant);
@@ -112,11 +112,11 @@ describe('RBAC matrix generated from ROUTES', () => {
     expect(wrong).toEqual([]);
   });
 
-  it('refuses every non-GET route and exec to viewers, and every host route to tenant roles', () => {
+  it('refuses every non-GET route, exec and port-forward to viewers, and every host route to tenant roles', () => {
     for (const c of matrix) {
       const d = authorize(principals[c.who], requestFor(c.route, c.params, c.queryTenant !== undefined ? { tenant: c.queryTenant } : {}));
       // Token routes are admitted for any valid token; their handlers enforce grants (tokens.test.ts).
-      if (c.who === 'tenant-viewer' && (c.route.method !== 'GET' || c.route.kind === 'exec') && c.route.kind !== 'tokens') expect(d.allowed).toBe(false);
+      if (c.who === 'tenant-viewer' && (c.route.method !== 'GET' || c.route.kind === 'exec' || c.route.kind === 'portforward') && c.route.kind !== 'tokens') expect(d.allowed).toBe(false);
       if ((c.who === 'tenant-viewer' || c.who === 'tenant-admin') && c.route.objectKind === 'Host') expect(d.allowed).toBe(false);
       if (c.who === 'cluster-admin') expect(d).toMatchObject({ allowed: true });
     }
@@ -168,7 +168,7 @@ describe('RBAC matrix generated from ROUTES', () => {
         method: fc.constantFrom('GET', 'PUT', 'POST', 'DELETE') as fc.Arbitrary<RouteDef['method']>,
         url: fc.constantFrom(...ROUTES.map((r) => r.url), '/v1/x/:tenant', '/other'),
         summary: fc.constant(''),
-        kind: fc.constantFrom('action', 'logs', 'exec', 'watch', 'meta') as fc.Arbitrary<RouteDef['kind']>,
+        kind: fc.constantFrom('action', 'logs', 'exec', 'portforward', 'watch', 'meta') as fc.Arbitrary<RouteDef['kind']>,
         objectKind: fc.option(fc.constantFrom(...(Object.keys(KINDS) as Kind[])), { nil: undefined }),
         action: fc.option(fc.constantFrom('apply', 'create', 'get', 'list', 'listAll', 'delete') as fc.Arbitrary<NonNullable<RouteDef['action']>>, { nil: undefined }),
       }),
@@ -187,6 +187,7 @@ describe('RBAC matrix generated from ROUTES', () => {
         expect(r.objectKind).not.toBe('Host');
         if (p.role === 'tenant-viewer') expect(r.method).toBe('GET');
         if (p.role === 'tenant-viewer') expect(r.kind).not.toBe('exec');
+        if (p.role === 'tenant-viewer') expect(r.kind).not.toBe('portforward');
         if (r.method !== 'GET') expect(['Tenant', 'Cell', 'Host']).not.toContain(r.objectKind);
         const named = namedTenant(r, { ...(t !== undefined ? { tenant: t } : {}), ...(n !== undefined ? { name: n } : {}) }, q);
         if (named !== undefined) expect(named).toBe(p.tenant);

@@ -9,7 +9,8 @@
  *   (quotas and policy are the operator's, or a tenant could raise its own quota); sees only
  *   its own cells (read-only); never sees hosts; cannot create or delete tenants.
  * - `tenant-viewer` is `tenant-admin` restricted to reads: GET (incl. logs and watch), but
- *   not exec (a GET handshake that runs code in a workload).
+ *   not exec (a GET handshake that runs code in a workload) nor port-forward (one that
+ *   reaches an unpublished port of a workload).
  * - Routes that do not name a tenant (`GET /v1/services`, `GET /v1/cells`, watches) are
  *   allowed for tenant roles, but the result says `postFilter`: the caller MUST drop what
  *   {@link canSee} refuses (see {@link filterList}).
@@ -161,9 +162,10 @@ export function classifyRoute(route: AuthzRequest['route']): RouteClass | undefi
     if (route.method !== 'GET' || !scoped || !pathTenant || !pathName) return undefined;
     return { type: 'object', verb: 'read', objectKind: kind, tenantFrom: 'path-tenant' };
   }
-  if (route.kind === 'exec') {
-    // The handshake is a GET (WebSocket), but an exec runs code in a tenant's workload: a
-    // write, so tenant-admin and up, never a viewer.
+  if (route.kind === 'exec' || route.kind === 'portforward') {
+    // The handshake is a GET (WebSocket), but an exec runs code in a tenant's workload, and a
+    // port-forward reaches a port the tenant did not publish: a write, so tenant-admin and
+    // up, never a viewer.
     if (route.method !== 'GET' || kind !== 'Instance' || !pathTenant || !pathName) return undefined;
     return { type: 'object', verb: 'write', objectKind: kind, tenantFrom: 'path-tenant' };
   }

@@ -409,6 +409,42 @@ program
     process.exit(code);
   });
 
+program
+  .command('port-forward')
+  .description("Reach ports of an instance (or of one ready instance of a service) from local ports, without publishing them; each connection is audited with its port. Runs until Ctrl-C")
+  .argument('<target>', 'TENANT/INSTANCE or TENANT/service/NAME (or without TENANT/ with --tenant)')
+  .argument('<ports...>', '[LOCAL:]REMOTE, e.g. 8080:80; 80 listens on 80; :80 on any free local port')
+  .option('--address <address>', 'local address to listen on', '127.0.0.1')
+  .option('--tenant <tenant>')
+  .action(async (target: string, ports: string[], o: { address: string; tenant?: string }) => {
+    const { parseForwardTarget, parsePortSpecs, runPortForward } = await import('./port-forward.js');
+    const specs = parsePortSpecs(ports);
+    const t = parseForwardTarget(target, o.tenant);
+    const c = client();
+    let name = t.name;
+    if (t.kind === 'service') {
+      // One ready instance of the service, chosen once for the session (as kubectl does).
+      const list = await c.call<{ items: Instance[] }>('GET', `/v1/tenants/${t.tenant}/instances`);
+      const ready = list.items.filter((i) => i.spec.owner.kind === 'Service' && i.spec.owner.name === t.name && i.status.phase === 'Running' && i.status.ready && !i.metadata.deletionRequestedAt).sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
+      const pick = ready[0];
+      if (!pick) throw new CliError('CARAPACE_E_PORT_FORWARD_UNSUPPORTED', `service ${t.tenant}/${t.name} has no ready instance to forward to`);
+      name = pick.metadata.name;
+    }
+    const n = { tenant: t.tenant, name };
+    const path = itemPath('Instance', n);
+    // Fails fast on an instance that is not there (or not the token's tenant's) or not running.
+    const inst = await c.call<Instance>('GET', path);
+    if (inst.status.phase !== 'Running') throw new CliError('CARAPACE_E_INSTANCE_NOT_RUNNING', `instance ${n.tenant}/${name} is not running (phase ${inst.status.phase}); port-forward needs a running container`);
+    const ac = new AbortController();
+    process.once('SIGINT', () => ac.abort());
+    process.once('SIGTERM', () => ac.abort());
+    await runPortForward(c, path, specs, o.address, ac.signal, (bound) => {
+      for (const b of bound) process.stdout.write(`Forwarding from ${o.address}:${b.local} -> ${n.tenant}/${name}:${b.remote}\n`);
+    });
+    // Connections still open (a WebSocket in its handshake) must not keep the command alive.
+    process.exit(0);
+  });
+
 const tokenCmd = program.command('token').description('Manage API tokens (a role can only grant what it has)');
 tokenCmd
   .command('create')

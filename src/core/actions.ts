@@ -32,7 +32,12 @@ export type Action =
    * Open an exec session in a running instance: checked and audited (with the command line,
    * never the session's bytes) before the session starts; the edge then runs the session.
    */
-  | { type: 'exec'; tenant: string; name: string; command: string[]; tty: boolean; stdin: boolean };
+  | { type: 'exec'; tenant: string; name: string; command: string[]; tty: boolean; stdin: boolean }
+  /**
+   * Forward one TCP connection to `port` of a running instance: checked and audited (the
+   * port, never the bytes) before the connection's bytes flow; the edge then relays them.
+   */
+  | { type: 'portForward'; tenant: string; name: string; port: number };
 
 /** Source of time and identity for deterministic writes (tests pass fixed ones). */
 export interface Env {

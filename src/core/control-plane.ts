@@ -43,7 +43,9 @@ export type ActionResult =
   /** Secrets re-encrypted under the keyring's primary key (`keyId`), and those already under it. */
   | { type: 'reencrypted'; keyId: string; reencrypted: number; current: number }
   /** An exec session may start in `instance` (running; its start is in the audit log). */
-  | { type: 'exec'; instance: Instance };
+  | { type: 'exec'; instance: Instance }
+  /** A forwarded connection may start to `instance` (running; its start is in the audit log). */
+  | { type: 'portForward'; instance: Instance };
 
 /**
  * How often a write that names no resourceVersion is re-run on fresh state after losing a
@@ -134,6 +136,8 @@ export class ControlPlane {
         return { type: 'deleted', kind: 'AgentCert', name: action.host };
       case 'exec':
         return this.exec(action);
+      case 'portForward':
+        return this.portForward(action);
       case 'reencryptSecrets': {
         if (action.tenant !== undefined) await this.ownerTenant(action.tenant, 'tenant');
         const r = await reencryptSecrets(this.resources, this.keyring, (tenant, name, detail) => this.entry('secret.reencrypted', 'Secret', name, tenant, detail), action.tenant);
@@ -178,6 +182,22 @@ export class ControlPlane {
     const where = { host: inst.spec.host, ...(inst.spec.cell ? { cell: inst.spec.cell } : {}) };
     await this.resources.commitRecords([], this.entry('instance.exec', 'Instance', a.name, a.tenant, { command: a.command, tty: a.tty, stdin: a.stdin, ...where }));
     return { type: 'exec', instance: inst };
+  }
+
+  /**
+   * Checks a forwarded connection may start (the instance exists and runs) and records it:
+   * `instance.portforward` with the port and the host, committed before any byte is relayed
+   * (if the record cannot be written, the connection is closed unused). One record per
+   * forwarded TCP connection: each is its own authenticated request.
+   */
+  private async portForward(a: Extract<Action, { type: 'portForward' }>): Promise<ActionResult> {
+    const inst = await this.resources.mustGet('Instance', a.name, a.tenant);
+    if (inst.status.phase !== 'Running' || !inst.status.containerId) {
+      throw new CarapaceError('CARAPACE_E_INSTANCE_NOT_RUNNING', `instance ${a.tenant}/${a.name} is not running (phase ${inst.status.phase}); port-forward needs a running container`);
+    }
+    const where = { host: inst.spec.host, ...(inst.spec.cell ? { cell: inst.spec.cell } : {}) };
+    await this.resources.commitRecords([], this.entry('instance.portforward', 'Instance', a.name, a.tenant, { port: a.port, ...where }));
+    return { type: 'portForward', instance: inst };
   }
 
   private async hostOp(op: 'cordon' | 'uncordon' | 'drain', name: string): Promise<ActionResult> {

@@ -16,7 +16,22 @@ export interface ExecPort {
   onClose(listener: () => void): void;
   /** Ends the stream after what was sent is flushed. */
   close(): void;
+  /**
+   * Flow control, for ports that have it (WebSockets, TCP connections): `pause`/`resume`
+   * stop and restart the delivery of frames to onFrame listeners (the peer is then held back
+   * by TCP); `backlog` is how many bytes were sent but not yet written out; `onDrained` calls
+   * back once the backlog is below LOW_WATER (at once if it already is). relayPorts uses them
+   * so that a fast sender and a slow reader do not pile bytes up in the relaying process.
+   */
+  pause?(): void;
+  resume?(): void;
+  backlog?(): number;
+  onDrained?(listener: () => void): void;
 }
+
+/** A relay stops reading a side while the other's backlog is above HIGH_WATER, until it is below LOW_WATER. */
+export const HIGH_WATER = 1024 * 1024;
+export const LOW_WATER = 256 * 1024;
 
 /** Sends the last frame (status) and closes. */
 export function endSession(port: ExecPort, status: ExecStatus): void {
@@ -67,6 +82,14 @@ export async function serveExec(proc: ExecProcess, port: ExecPort, abandon: () =
 export function wsPort(ws: WebSocket): ExecPort {
   let early: Uint8Array[] | undefined = [];
   const listeners: ((frame: Uint8Array) => void)[] = [];
+  let drained: (() => void)[] = [];
+  const checkDrained = (): void => {
+    if (drained.length === 0 || (ws.bufferedAmount >= LOW_WATER && ws.readyState === ws.OPEN)) return;
+    const fire = drained;
+    drained = [];
+    for (const l of fire) l();
+  };
+  ws.once('close', () => checkDrained());
   ws.on('message', (data, isBinary) => {
     if (!isBinary) return;
     // ws hands a Buffer, or Buffer[] / ArrayBuffer when configured so; we use the default.
@@ -76,7 +99,8 @@ export function wsPort(ws: WebSocket): ExecPort {
   });
   return {
     send: (frame) => {
-      if (ws.readyState === ws.OPEN) ws.send(frame, { binary: true });
+      // The callback runs once the frame is written out: the backlog may have fallen.
+      if (ws.readyState === ws.OPEN) ws.send(frame, { binary: true }, () => checkDrained());
     },
     onFrame: (l) => {
       listeners.push(l);
@@ -91,13 +115,38 @@ export function wsPort(ws: WebSocket): ExecPort {
     close: () => {
       if (ws.readyState === ws.OPEN || ws.readyState === ws.CONNECTING) ws.close(1000);
     },
+    pause: () => ws.pause(),
+    resume: () => ws.resume(),
+    backlog: () => ws.bufferedAmount,
+    onDrained: (l) => {
+      drained.push(l);
+      checkDrained();
+    },
   };
 }
 
-/** Forwards frames both ways between two ports until either closes; then closes the other. */
+/**
+ * Forwards frames both ways between two ports until either closes; then closes the other.
+ * When both ends of a direction have flow control, the sending side is paused while the
+ * receiving side's backlog is above HIGH_WATER.
+ */
 export function relayPorts(a: ExecPort, b: ExecPort): Promise<void> {
-  a.onFrame((f) => b.send(f));
-  b.onFrame((f) => a.send(f));
+  const pipe = (from: ExecPort, to: ExecPort): void => {
+    let paused = false;
+    from.onFrame((f) => {
+      to.send(f);
+      if (paused || !from.pause || !from.resume || !to.backlog || !to.onDrained || to.backlog() <= HIGH_WATER) return;
+      paused = true;
+      from.pause();
+      const resume = from.resume.bind(from);
+      to.onDrained(() => {
+        paused = false;
+        resume();
+      });
+    });
+  };
+  pipe(a, b);
+  pipe(b, a);
   return new Promise((resolve) => {
     let done = false;
     const end = (other: ExecPort) => (): void => {

@@ -90,9 +90,11 @@ export const ERROR_CATALOGUE = {
   CARAPACE_E_ENV_CONFLICT: { status: 422, description: 'An environment variable is set twice (in `env` and `envFrom`, or twice in `envFrom`); `details` names the field.' },
   CARAPACE_E_SECRETS_KEYRING_MISSING: { status: 503, description: 'This server was started without a secrets keyring (`--secrets-keyring FILE`), so it cannot encrypt or decrypt Secrets; Secret writes and reads of secret values are refused.' },
   CARAPACE_E_SECRET_UNDECRYPTABLE: { status: 500, description: "A stored Secret cannot be decrypted: its key id is not in the server's keyring (removed too early in a rotation) or the stored blob was altered or moved. The message names the key id; restore the key to the keyring." },
-  CARAPACE_E_INSTANCE_NOT_RUNNING: { status: 409, description: 'An exec into an instance whose container is not running (Pending, Succeeded, Failed, or not started yet on its host): wait for `Running`, or look at `status.message`.' },
+  CARAPACE_E_INSTANCE_NOT_RUNNING: { status: 409, description: 'An exec or port-forward into an instance whose container is not running (Pending, Succeeded, Failed, or not started yet on its host): wait for `Running`, or look at `status.message`.' },
   CARAPACE_E_EXEC_UNSUPPORTED: { status: 422, description: "The instance's runtime cannot run exec sessions yet (today: `host` and `sandbox` isolation; cells come next)." },
-  CARAPACE_E_UPGRADE_REQUIRED: { status: 426, description: 'The exec endpoint speaks WebSocket only: send a WebSocket upgrade (`carapace exec` does).' },
+  CARAPACE_E_UPGRADE_REQUIRED: { status: 426, description: 'The exec and port-forward endpoints speak WebSocket only: send a WebSocket upgrade (`carapace exec` and `carapace port-forward` do).' },
+  CARAPACE_E_PORT_UNREACHABLE: { status: 502, description: "A port-forward could not connect to the workload's port (refused: nothing listens there; or no answer within 10 s), or the connection broke; the message names the address and port tried." },
+  CARAPACE_E_PORT_FORWARD_UNSUPPORTED: { status: 422, description: "The instance cannot be port-forwarded: it has no address on its tenant network that its host can reach (e.g. its runtime gives it none), or the service named has no ready instance to pick." },
   CARAPACE_E_BAD_KEYRING: { status: 0, description: 'Server start or CLI only: the secrets keyring file is malformed (one `keyId:base64key` per line, 32-byte keys), unreadable, or readable by group or others (it must be mode 0600).' },
 } as const satisfies Record<string, CatalogueEntry>;
 

@@ -7,7 +7,7 @@
  */
 import { KINDS, type Kind } from './objects.js';
 
-export type RouteKind = 'action' | 'logs' | 'exec' | 'watch' | 'meta' | 'tokens' | 'audit' | 'usage' | 'hostOp' | 'pki' | 'whoami' | 'secrets' | 'version';
+export type RouteKind = 'action' | 'logs' | 'exec' | 'portforward' | 'watch' | 'meta' | 'tokens' | 'audit' | 'usage' | 'hostOp' | 'pki' | 'whoami' | 'secrets' | 'version';
 
 /**
  * A query parameter a route reads (the handler parses it; this is what the OpenAPI document
@@ -95,6 +95,15 @@ function objectRoutes(): RouteDef[] {
       { name: 'cols', type: 'integer', description: "The terminal's width (1-4096)" },
       { name: 'rows', type: 'integer', description: "The terminal's height (1-4096)" },
     ],
+  });
+  // A WebSocket per forwarded TCP connection (exec/forward.ts frames); ?port=.
+  out.push({
+    method: 'GET',
+    url: '/v1/tenants/:tenant/instances/:name/portforward',
+    summary: "Connect to a port of an instance's workload without publishing it (WebSocket, one per TCP connection; ?port=); audited with the port (tenant-admin and up)",
+    kind: 'portforward',
+    objectKind: 'Instance',
+    query: [{ name: 'port', type: 'integer', description: "The workload's port to connect to (1-65535)" }],
   });
   // Tokens: any authenticated caller reaches these; the handlers decide (a role can only
   // grant or revoke what it could create, and only sees the tokens it could manage).

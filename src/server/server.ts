@@ -29,6 +29,7 @@ import type { Store } from '../store/store.js';
 import { buildAgentApi } from '../agentapi/server.js';
 import { LogHub } from '../agentapi/logs.js';
 import { endSession } from '../exec/session.js';
+import { CarapaceError } from '../model/errors.js';
 import type { LogLine, LogOptions } from '../runtime/driver.js';
 import { JOIN_TOKEN_PREFIX } from '../model/keys.js';
 import { ensureClusterCa, issueServerCertificate, type ClusterCa } from '../pki/x509.js';
@@ -129,6 +130,13 @@ function logSource(resources: Resources, hub: LogHub, local: LogSource | undefin
       if (!inst || inst.spec.host === '') endSession(port, { error: { code: 'CARAPACE_E_INSTANCE_NOT_RUNNING', message: `instance ${tenant}/${name} is not placed on a host` } });
       else if (local?.exec && (localHost === undefined || inst.spec.host === localHost)) await local.exec(tenant, name, opts, port);
       else await hub.exec(inst.spec.host, { tenant, name, exec: opts }, port);
+    },
+    // Forwarded connections too: the agent of the instance's host dials the workload.
+    async portForward(tenant, name, port) {
+      const inst = await resources.mustGet('Instance', name, tenant);
+      if (inst.spec.host === '') throw new CarapaceError('CARAPACE_E_INSTANCE_NOT_RUNNING', `instance ${tenant}/${name} is not placed on a host`);
+      if (local?.portForward && (localHost === undefined || inst.spec.host === localHost)) return local.portForward(tenant, name, port);
+      return hub.portForward(inst.spec.host, { tenant, name, port });
     },
   };
 }

@@ -162,7 +162,8 @@ function oracle(r: RouteDef, who: Who, target: string | undefined): Verdict {
     if (who === 'tenant-viewer') return 'forbidden'; // cannot mint, nor revoke others' tokens
     return target === OTHER ? 'forbidden' : 'allow';
   }
-  const write = r.method !== 'GET' || r.kind === 'exec'; // exec: a GET handshake that runs code in a workload
+  // exec and port-forward: GET handshakes that run code in / reach into a workload
+  const write = r.method !== 'GET' || r.kind === 'exec' || r.kind === 'portforward';
   if (write && who === 'tenant-viewer') return 'forbidden';
   if (write && (r.objectKind === 'Tenant' || r.objectKind === 'Cell')) return 'forbidden';
   if (target === OTHER) return r.objectKind === 'Cell' ? 'hidden' : 'forbidden';
