@@ -91,7 +91,7 @@ export const ERROR_CATALOGUE = {
   CARAPACE_E_SECRETS_KEYRING_MISSING: { status: 503, description: 'This server was started without a secrets keyring (`--secrets-keyring FILE`), so it cannot encrypt or decrypt Secrets; Secret writes and reads of secret values are refused.' },
   CARAPACE_E_SECRET_UNDECRYPTABLE: { status: 500, description: "A stored Secret cannot be decrypted: its key id is not in the server's keyring (removed too early in a rotation) or the stored blob was altered or moved. The message names the key id; restore the key to the keyring." },
   CARAPACE_E_INSTANCE_NOT_RUNNING: { status: 409, description: 'An exec into an instance whose container is not running (Pending, Succeeded, Failed, or not started yet on its host): wait for `Running`, or look at `status.message`.' },
-  CARAPACE_E_EXEC_UNSUPPORTED: { status: 422, description: "The instance's runtime cannot run exec sessions yet (today: `host` and `sandbox` isolation; cells come next)." },
+  CARAPACE_E_EXEC_UNSUPPORTED: { status: 422, description: "The instance's runtime cannot run exec sessions (a runtime without exec, or a cell whose guest agent predates it: an older cell image)." },
   CARAPACE_E_UPGRADE_REQUIRED: { status: 426, description: 'The exec endpoint speaks WebSocket only: send a WebSocket upgrade (`carapace exec` does).' },
   CARAPACE_E_BAD_KEYRING: { status: 0, description: 'Server start or CLI only: the secrets keyring file is malformed (one `keyId:base64key` per line, 32-byte keys), unreadable, or readable by group or others (it must be mode 0600).' },
 } as const satisfies Record<string, CatalogueEntry>;
