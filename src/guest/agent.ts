@@ -257,7 +257,7 @@ export class GuestAgent {
           this.log.info({ containerId: msg.containerId, set: msg.set, files: msg.files.length }, 'file set written');
           break;
         case 'exec':
-          this.execs.start(msg);
+          await this.execs.start(msg);
           break;
         case 'execKill':
           await this.execs.kill(msg.sessionId);

@@ -15,6 +15,10 @@
  * receive); util-linux `script` (another terminal layer with its own handling of input, and a
  * host package the guest would depend on; busybox in the initramfs has none).
  *
+ * exec/process.ts (and node-pty with it) is loaded on the first session, not with the agent: a
+ * guest where the native module cannot load still runs its containers, and its exec sessions
+ * fail with that error.
+ *
  * Flow control: at most EXEC_WINDOW_BYTES of a session's output are unacknowledged by the
  * host; past that the process's output is no longer read (it blocks when its buffer fills)
  * until the host acks. Output is sent in frames of at most MAX_EXEC_CHUNK_BYTES.
@@ -22,7 +26,7 @@
 import { readFile, rm } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { CHANNEL, decodeFrame, encodeFrame, parseResize } from '../exec/frames.js';
-import { spawnExec, type ExecProcess } from '../exec/process.js';
+import type { ExecProcess } from '../exec/process.js';
 import { killTree, pidInCgroup } from '../proc/pids.js';
 import { EXEC_WINDOW_BYTES, MAX_EXEC_CHUNK_BYTES, MAX_EXEC_SESSIONS, type GuestMessage, type HostMessage } from './protocol.js';
 import { SupervisorError, type Supervisor } from './supervisor.js';
@@ -60,7 +64,8 @@ export class GuestExecSessions {
   }
 
   /** Starts a session (throws SupervisorError: GUEST_E_NOT_FOUND when the container does not run, GUEST_E_BUSY when full or the id is in use). */
-  start(req: ExecRequest): void {
+  async start(req: ExecRequest): Promise<void> {
+    const { spawnExec } = await import('../exec/process.js');
     if (this.sessions.has(req.sessionId)) throw new SupervisorError('GUEST_E_BUSY', `exec session ${req.sessionId} already exists`);
     if (this.sessions.size >= MAX_EXEC_SESSIONS) throw new SupervisorError('GUEST_E_BUSY', `this cell already runs ${MAX_EXEC_SESSIONS} exec sessions`);
     const cmd = this.supervisor.execCommand(req.containerId, req.command, req.tty);
@@ -70,7 +75,7 @@ export class GuestExecSessions {
     proc.onOutput((stream, data) => {
       if (s.over) return;
       const channel = stream === 'stderr' ? CHANNEL.stderr : CHANNEL.stdout;
-      const buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+      const buf = Buffer.from(data); // a copy: it may wait in `pending` while the source's memory is reused
       for (let off = 0; off < buf.length; off += MAX_EXEC_CHUNK_BYTES) s.pending.push({ channel, data: buf.subarray(off, off + MAX_EXEC_CHUNK_BYTES) });
       this.flush(s);
     });
@@ -104,10 +109,11 @@ export class GuestExecSessions {
     }
   }
 
-  private end(s: Session): void {
+  /** The session is over: nothing more is sent for it; its pid file goes unless `kill` still needs it. */
+  private end(s: Session, keepPidFile = false): void {
     s.over = true;
     this.sessions.delete(s.id);
-    void rm(s.pidFile, { force: true }).catch(() => undefined);
+    if (!keepPidFile) void rm(s.pidFile, { force: true }).catch(() => undefined);
   }
 
   /** Input from the host: stdin bytes, a resize, or the end of input. A frame of an unknown session is ignored (it just ended). */
@@ -140,10 +146,21 @@ export class GuestExecSessions {
   async kill(sessionId: string): Promise<void> {
     const s = this.sessions.get(sessionId);
     if (!s) return;
-    this.end(s);
-    const pid = Number((await readFile(s.pidFile, 'utf8').catch(() => '')).trim());
+    this.end(s, true);
+    // runc writes the pid file once the process runs; a session killed right after its start
+    // waits for it a little (killing only the runc client then could leave the process running).
+    let ended = false;
+    void s.proc.exited.then(() => (ended = true), () => (ended = true));
+    const deadline = Date.now() + 2_000;
+    let pid: number;
+    for (;;) {
+      pid = Number((await readFile(s.pidFile, 'utf8').catch(() => '')).trim());
+      if ((Number.isInteger(pid) && pid > 0) || ended || Date.now() > deadline) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
     if (pidInCgroup(pid, s.cgroupPath)) killTree(pid);
     s.proc.kill();
+    await rm(s.pidFile, { force: true }).catch(() => undefined);
     this.log.info({ sessionId }, 'exec session killed');
   }
 

@@ -148,7 +148,8 @@ describe('exec in a cell VM', () => {
   }, 300_000);
 
   it('a client that goes away: the exec\'d process is killed in the guest', async () => {
-    const run = await runtime.exec(CTR, { command: ['sh', '-c', "echo st''arted; exec sleep 997"], tty: true, stdin: true });
+    // With pipes: no terminal hangup would end it when the runc client dies; only the guest's kill does.
+    const run = await runtime.exec(CTR, { command: ['sh', '-c', "echo st''arted; exec sleep 997"], tty: false, stdin: true });
     // The host agent's path: serveExec on the client's port; the client goes away.
     let closeListener: (() => void) | undefined;
     const frames: Uint8Array[] = [];
