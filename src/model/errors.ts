@@ -51,7 +51,7 @@ export const ERROR_CATALOGUE = {
   CARAPACE_E_INTERNAL: { status: 500, description: 'A bug: an unexpected error. The server logs it with a request id.' },
   CARAPACE_E_PORT_IN_USE: { status: 409, description: 'A published hostPort is already used by another container or a host socket; reported in the instance status.' },
   CARAPACE_E_ADDRESS_POOL_EXHAUSTED: { status: 503, description: "The host's container subnet has no free address; reported in the instance status." },
-  CARAPACE_E_NETWORK_CONFLICT: { status: 409, description: 'Network state for a container exists with different settings; reported in the instance status.' },
+  CARAPACE_E_NETWORK_CONFLICT: { status: 409, description: "Network state for a container exists with different settings, or the tenant's address block is already on another interface of the host (named in the message); reported in the instance status." },
   CARAPACE_E_NETWORK_FAILED: { status: 503, description: 'Setting up a container network failed on the host; reported in the instance status.' },
   CARAPACE_E_NETWORK_POOL_EXHAUSTED: {
     status: 503,
