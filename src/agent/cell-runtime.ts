@@ -11,7 +11,9 @@ import { relative, isAbsolute } from 'node:path';
 import type { Logger } from 'pino';
 import { GuestError, type HostChannel, type StateEvent } from '../guest/host-channel.js';
 import type { Isolation } from '../model/schemas.js';
-import { validateContainerId, type CheckAction, type CheckResult, type ContainerInfo, type DriverCapabilities, ContainerState, ContainerUsage, LogLine, LogOptions, RuntimeDriver, StartRequest } from '../runtime/driver.js';
+import { validateContainerId, type CheckAction, type CheckResult, type ContainerInfo, type DriverCapabilities, type ExecRun, ContainerState, ContainerUsage, LogLine, LogOptions, RuntimeDriver, StartRequest } from '../runtime/driver.js';
+import type { ExecOptions } from '../exec/frames.js';
+import { CarapaceError } from '../model/errors.js';
 import type { VmManager } from '../vm/qemu.js';
 import { diskSerial } from '../vm/disks.js';
 import { GUEST_VOLUME_ID_PATTERN, type WireMount } from '../guest/protocol.js';
@@ -371,6 +373,28 @@ export class CellRuntime implements RuntimeDriver {
     } catch (e) {
       const why = e instanceof GuestError && e.code === 'GUEST_E_BAD_REQUEST' ? `the cell's guest agent cannot run checks (${e.message})` : (e as Error).message; // `as`: the channel rejects with Errors
       return { ok: false, message: `check in cell ${this.o.cellId} failed: ${why}` };
+    }
+  }
+
+  /**
+   * @inheritdoc
+   * The guest agent runs `runc exec` in the VM (under a terminal of its own for `tty`) and the
+   * session's frames travel over the cell's channel (HostChannel.exec). A lost channel ends
+   * the session with CARAPACE_E_UNAVAILABLE; `kill` has the guest kill the exec'd process.
+   */
+  async exec(id: string, opts: ExecOptions): Promise<ExecRun> {
+    validateContainerId(id);
+    if (this.closed) throw new CarapaceError('CARAPACE_E_UNAVAILABLE', `cell ${this.o.cellId} is gone`);
+    this.o.channel.expectContainer(id);
+    try {
+      return await this.o.channel.exec(id, opts);
+    } catch (e) {
+      if (!(e instanceof GuestError)) throw e;
+      if (e.code === 'GUEST_E_NOT_FOUND') throw new CarapaceError('CARAPACE_E_INSTANCE_NOT_RUNNING', `container ${id} is not running in cell ${this.o.cellId}`);
+      if (e.code === 'GUEST_E_BUSY') throw new CarapaceError('CARAPACE_E_UNAVAILABLE', `cell ${this.o.cellId} runs as many exec sessions as it may; retry once one has ended`);
+      // A guest agent that predates exec refuses the request as one it cannot parse.
+      if (e.code === 'GUEST_E_BAD_REQUEST') throw new CarapaceError('CARAPACE_E_EXEC_UNSUPPORTED', `the guest agent of cell ${this.o.cellId} cannot run exec sessions (an older cell image)`);
+      throw new CarapaceError('CARAPACE_E_INTERNAL', `exec in cell ${this.o.cellId} failed: ${withoutControlChars(e.message).slice(0, 500)}`);
     }
   }
 

@@ -1,8 +1,9 @@
 /**
  * The exec session protocol, as pure data: what a client asks for (`ExecOptions`, parsed from
  * the exec URL's query with field paths) and the frames both ends exchange. One frame format
- * on every hop (CLI <-> API, API <-> an agent on another host, and next: host agent <-> guest
- * agent in a cell), so a relay forwards frames without reading them.
+ * on every hop (CLI <-> API, API <-> an agent on another host, host agent <-> guest agent in
+ * a cell, there base64 in the channel's JSON lines), so a relay forwards frames without
+ * reading them.
  *
  * A frame is one binary WebSocket message: its first byte is the channel (as Kubernetes'
  * channel.k8s.io protocol), the rest the payload. Control frames carry JSON.

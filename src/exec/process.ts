@@ -25,7 +25,18 @@ export interface ExecProcess {
   onOutput(listener: (stream: 'stdout' | 'stderr', data: Uint8Array) => void): void;
   /** Kills the local process (the runtime's exec client); the driver kills what it started in the container. */
   kill(): void;
-  /** Resolves with the exit code once the process ended and its output was delivered (128+n for a signal). */
+  /**
+   * Stops reading the process's output until `resume` (flow control: the process blocks once
+   * its pipe or terminal buffer is full). Used by the cell guest agent when the host has not
+   * yet taken what it sent.
+   */
+  pause(): void;
+  resume(): void;
+  /**
+   * Resolves with the exit code once the process ended and its output was delivered (128+n for
+   * a signal). Rejects with a CarapaceError when its end cannot be known (a cell's channel to
+   * its guest was lost: CARAPACE_E_UNAVAILABLE); the session's status is then that error.
+   */
   readonly exited: Promise<number>;
 }
 
@@ -73,6 +84,8 @@ function spawnPty(bin: string, args: string[], o: SpawnExecOptions): ExecProcess
     kill: () => {
       if (!ended) p.kill('SIGKILL');
     },
+    pause: () => p.pause(),
+    resume: () => p.resume(),
     exited,
   };
 }
@@ -96,6 +109,14 @@ function spawnPipes(bin: string, args: string[], o: SpawnExecOptions): ExecProce
     resize: () => undefined,
     onOutput: (l) => void listeners.push(l),
     kill: () => void child.kill('SIGKILL'),
+    pause: () => {
+      child.stdout?.pause();
+      child.stderr?.pause();
+    },
+    resume: () => {
+      child.stdout?.resume();
+      child.stderr?.resume();
+    },
     exited,
   };
 }

@@ -20,6 +20,7 @@ import {
   type HostMessage,
   type WireNetwork,
 } from './protocol.js';
+import { GuestExecSessions } from './exec.js';
 import { cellUsage, Supervisor, SupervisorError, type SupervisorOptions } from './supervisor.js';
 
 /** Options of the guest agent. */
@@ -57,6 +58,8 @@ async function bootMs(): Promise<number> {
 /** The in-VM agent. Create, then `start(signal)`; resolves after `shutdown` or the signal. */
 export class GuestAgent {
   readonly supervisor: Supervisor;
+  /** Exec sessions; all are killed when the host connection ends (a new host cannot take them over). */
+  readonly execs: GuestExecSessions;
   private readonly log: Logger;
   private splitter = new LineSplitter(MAX_HOST_LINE_BYTES);
   private hostReady = false;
@@ -90,6 +93,7 @@ export class GuestAgent {
         this.send({ type: 'log', containerId, stream: line.stream, time: line.time, text: line.text, seq: line.seq });
       },
     });
+    this.execs = new GuestExecSessions(this.supervisor, (m) => this.send(m), this.log);
   }
 
   /** Counters since start. */
@@ -112,9 +116,11 @@ export class GuestAgent {
         up: () => {
           this.splitter = new LineSplitter(MAX_HOST_LINE_BYTES);
           this.hostReady = false;
+          this.endExecs();
         },
         down: () => {
           this.hostReady = false;
+          this.endExecs();
           this.log.info('host disconnected; buffering');
         },
         data: (chunk) => {
@@ -125,6 +131,7 @@ export class GuestAgent {
       clearInterval(usageTimer);
       clearInterval(dropTimer);
       signal.removeEventListener('abort', stopAll);
+      await this.execs.killAll();
       await this.supervisor.destroyAll(2000);
     }
   }
@@ -158,8 +165,23 @@ export class GuestAgent {
     void this.serve(msg);
   }
 
+  /**
+   * The host connection ended (or a new one began): its exec sessions are killed, and their
+   * output still queued is dropped, never sent to the next host (whose session ids may repeat).
+   */
+  private endExecs(): void {
+    if (this.execs.size > 0) void this.execs.killAll().catch((err: unknown) => this.log.warn({ err }, 'killing exec sessions failed'));
+    const keep = this.outbox.filter((b) => !b.subarray(0, 20).toString('latin1').startsWith('{"type":"execFrame"'));
+    if (keep.length !== this.outbox.length) {
+      this.outbox = keep;
+      this.outboxBytes = keep.reduce((n, b) => n + b.length, 0);
+    }
+  }
+
   private onHello(msg: Extract<HostMessage, { type: 'hello' }>): void {
     this.counters.hellos += 1;
+    // A hello is a new host connection (a port has no up/down of its own while the host is away).
+    this.endExecs();
     this.cellId = msg.cellId;
     this.versionOk = msg.version === PROTOCOL_VERSION;
     if (!this.versionOk) this.log.error({ hostVersion: msg.version, guestVersion: PROTOCOL_VERSION }, 'host speaks another protocol version');
@@ -176,6 +198,14 @@ export class GuestAgent {
   private async serve(msg: Exclude<HostMessage, { type: 'hello' }>): Promise<void> {
     if (msg.type === 'ping') {
       this.send({ type: 'pong', seq: msg.seq });
+      return;
+    }
+    if (msg.type === 'execFrame') {
+      this.execs.frame(msg.sessionId, msg.frame);
+      return;
+    }
+    if (msg.type === 'execAck') {
+      this.execs.ack(msg.sessionId, msg.bytes);
       return;
     }
     const requestId = msg.requestId;
@@ -225,6 +255,12 @@ export class GuestAgent {
           // Only names and sizes are logged: the contents may be secrets.
           await this.supervisor.volumes.writeFiles(msg.containerId, msg.set, msg.files);
           this.log.info({ containerId: msg.containerId, set: msg.set, files: msg.files.length }, 'file set written');
+          break;
+        case 'exec':
+          await this.execs.start(msg);
+          break;
+        case 'execKill':
+          await this.execs.kill(msg.sessionId);
           break;
         case 'logs':
           for (const l of this.supervisor.tail(msg.containerId, msg.tail)) {

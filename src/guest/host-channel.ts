@@ -15,9 +15,12 @@ import { createConnection, type Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { CarapaceError } from '../model/errors.js';
 import type { ContainerSpec } from '../model/schemas.js';
-import type { ImageConfig, LogLine } from '../runtime/driver.js';
+import type { ExecRun, ImageConfig, LogLine } from '../runtime/driver.js';
+import { CHANNEL, decodeFrame, encodeFrame, parseStatus, type ExecOptions } from '../exec/frames.js';
 import {
   encodeLine,
+  EXEC_WINDOW_BYTES,
+  MAX_EXEC_CHUNK_BYTES,
   LineSplitter,
   MAX_GUEST_LINE_BYTES,
   MAX_HOST_LINE_BYTES,
@@ -134,6 +137,8 @@ export interface HostChannelStats {
   guestDroppedLogs: number;
   /** Follower queue overflows. */
   droppedFollow: number;
+  /** Exec sessions cut off because the guest sent more output than the flow-control window, or a malformed status. */
+  execViolations: number;
   /** Bytes held in the partial-line buffer right now (at most maxLineBytes). */
   bufferedBytes: number;
 }
@@ -188,6 +193,16 @@ interface Pending {
 
 type WaitReady = { resolve: () => void; reject: (e: Error) => void };
 
+/** The host's side of one exec session (see `HostChannel.exec`). */
+interface HostExec {
+  /** Delivers output to the session's listeners (held until the first one comes). */
+  output(channel: 'stdout' | 'stderr', data: Buffer): void;
+  /** Output bytes received and not yet acknowledged to the guest. */
+  unacked: number;
+  /** Ends the session: its exit code, or why its end cannot be known. */
+  finish(r: { exitCode: number } | { error: Error }): void;
+}
+
 /**
  * One cell's channel. Call `start(signal)` once; it connects, reconnects, and resolves when
  * the signal aborts. Requests may be made any time: they wait (within their timeout) for the
@@ -220,7 +235,10 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
     droppedLogs: 0,
     guestDroppedLogs: 0,
     droppedFollow: 0,
+    execViolations: 0,
   };
+  private readonly execs = new Map<string, HostExec>();
+  private nextExec = 0;
 
   constructor(opts: HostChannelOptions) {
     super();
@@ -356,6 +374,8 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
       p.reject(err);
       this.pending.delete(id);
     }
+    // The guest kills its sessions when the connection ends; what they did since is unknown.
+    for (const x of [...this.execs.values()]) x.finish({ error: err });
     if (was) this.log.info({ reason }, 'cell channel disconnected');
     this.emit('disconnected', reason);
   }
@@ -482,6 +502,35 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
         this.counters.guestDroppedLogs += msg.count;
         this.safeEmit('dropped', { containerId: msg.containerId, count: msg.count });
         return;
+      case 'execFrame': {
+        const x = this.execs.get(msg.sessionId);
+        const f = decodeFrame(Buffer.from(msg.frame, 'base64'));
+        if (!x || !f) {
+          this.counters.unmatched += 1;
+          return;
+        }
+        this.counters.accepted += 1;
+        if (f.channel === CHANNEL.status) {
+          const st = parseStatus(f.payload);
+          if ('exitCode' in st && st.exitCode >= 0 && st.exitCode <= 255) x.finish({ exitCode: st.exitCode });
+          else {
+            // Only an exit code is the guest's to say; an error it made up never reaches the user.
+            this.counters.execViolations += 1;
+            x.finish({ error: new CarapaceError('CARAPACE_E_INTERNAL', `the cell's guest agent ended the exec session with a malformed status`) });
+          }
+          return;
+        }
+        x.unacked += f.payload.length;
+        if (x.unacked > EXEC_WINDOW_BYTES) {
+          this.counters.execViolations += 1;
+          this.log.warn({ sessionId: msg.sessionId }, 'cell guest ignored exec flow control; session ended');
+          this.killExec(msg.sessionId);
+          x.finish({ error: new CarapaceError('CARAPACE_E_INTERNAL', `the cell's guest agent sent more exec output than the flow-control window allows`) });
+          return;
+        }
+        x.output(f.channel === CHANNEL.stderr ? 'stderr' : 'stdout', Buffer.from(f.payload));
+        return;
+      }
       case 'pong': {
         const p = this.pending.get(`ping:${msg.seq}`);
         if (!p) {
@@ -631,6 +680,125 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
   /** Replaces one file set of a container in the guest (at most 64 KiB); the contents never reach a log. */
   async writeFiles(containerId: string, set: string, files: { path: string; data: Buffer; mode?: number }[]): Promise<void> {
     await this.request((requestId) => ({ type: 'writeFiles', requestId, containerId, set, files: files.map((f) => ({ path: f.path, data: f.data.toString('base64'), ...(f.mode !== undefined ? { mode: f.mode } : {}) })) }));
+  }
+
+  /** Exec sessions open now. */
+  get execSessions(): number {
+    return this.execs.size;
+  }
+
+  /** Asks the guest to kill a session, not waiting for its answer (the session is over here already). */
+  private killExec(sessionId: string): void {
+    this.execs.delete(sessionId);
+    this.request((requestId) => ({ type: 'execKill', requestId, sessionId }), { timeoutMs: 10_000 }).catch(() => undefined);
+  }
+
+  /** Sends a message if connected; a lost connection ends every session anyway. */
+  private trySend(msg: HostMessage): void {
+    try {
+      this.writeMsg(msg);
+    } catch {
+      // not connected: onClosed ends the session
+    }
+  }
+
+  /**
+   * Starts `opts.command` in a running container of the cell for an exec session: the guest
+   * runs it with `runc exec` (under a terminal of its own with `tty`), and the session's
+   * frames (exec/frames.ts) travel over this channel tagged with its id. The process side
+   * looks like a local one: input, resize, output, exit code. Output is acknowledged to the
+   * guest as it is handed to the listeners (the guest sends at most EXEC_WINDOW_BYTES ahead;
+   * more ends the session). `exited` rejects with CARAPACE_E_UNAVAILABLE when the channel
+   * goes down first. `kill` (the client went away) asks the guest to kill what the session
+   * runs. Rejects with GuestError GUEST_E_NOT_FOUND when the container does not run.
+   */
+  async exec(containerId: string, opts: ExecOptions): Promise<ExecRun> {
+    this.nextExec += 1;
+    const sessionId = `x${this.nextExec}`;
+    const listeners: ((stream: 'stdout' | 'stderr', data: Uint8Array) => void)[] = [];
+    let early: { channel: 'stdout' | 'stderr'; data: Buffer }[] | undefined = [];
+    let toAck = 0;
+    let paused = false;
+    let settle!: (r: { exitCode: number } | { error: Error }) => void; // `!`: assigned synchronously by the Promise executor below
+    const exited = new Promise<number>((resolve, reject) => {
+      settle = (r) => ('exitCode' in r ? resolve(r.exitCode) : reject(r.error));
+    });
+    exited.catch(() => undefined); // the session's owner awaits it; this keeps an unawaited end quiet
+    const ack = (): void => {
+      if (paused || toAck === 0 || this.execs.get(sessionId) !== x) return;
+      x.unacked -= toAck;
+      this.trySend({ type: 'execAck', sessionId, bytes: toAck });
+      toAck = 0;
+    };
+    const deliver = (channel: 'stdout' | 'stderr', data: Buffer): void => {
+      for (const l of listeners) l(channel, data);
+      toAck += data.length;
+      if (toAck >= EXEC_WINDOW_BYTES / 4) ack();
+    };
+    const x: HostExec = {
+      unacked: 0,
+      output: (channel, data) => {
+        if (early) early.push({ channel, data });
+        else deliver(channel, data);
+      },
+      finish: (r) => {
+        if (this.execs.get(sessionId) === x) this.execs.delete(sessionId);
+        settle(r);
+      },
+    };
+    this.execs.set(sessionId, x);
+    const input = (channel: 0 | 4 | 5, payload: Uint8Array | string = new Uint8Array(0)): void => {
+      if (this.execs.get(sessionId) !== x) return;
+      this.trySend({ type: 'execFrame', sessionId, frame: Buffer.from(encodeFrame(channel, payload)).toString('base64') });
+    };
+    try {
+      await this.request((requestId) => ({
+        type: 'exec',
+        requestId,
+        sessionId,
+        containerId,
+        command: opts.command,
+        tty: opts.tty,
+        stdin: opts.stdin,
+        ...(opts.cols !== undefined ? { cols: opts.cols } : {}),
+        ...(opts.rows !== undefined ? { rows: opts.rows } : {}),
+      }));
+    } catch (e) {
+      this.execs.delete(sessionId);
+      throw e;
+    }
+    return {
+      process: {
+        write: (data) => {
+          if (!opts.stdin) return;
+          for (let off = 0; off < data.length; off += MAX_EXEC_CHUNK_BYTES) input(CHANNEL.stdin, data.subarray(off, off + MAX_EXEC_CHUNK_BYTES));
+        },
+        endInput: () => input(CHANNEL.eof),
+        resize: (cols, rows) => {
+          if (opts.tty) input(CHANNEL.resize, JSON.stringify({ cols, rows }));
+        },
+        onOutput: (l) => {
+          listeners.push(l);
+          const held = early ?? [];
+          early = undefined;
+          for (const o of held) deliver(o.channel, o.data);
+        },
+        // The local end only: `kill` below is what reaches the guest.
+        kill: () => x.finish({ exitCode: 137 }),
+        // Holding back acknowledgements stops the guest reading the process's output.
+        pause: () => void (paused = true),
+        resume: () => {
+          paused = false;
+          ack();
+        },
+        exited,
+      },
+      kill: async () => {
+        if (this.execs.get(sessionId) !== x) return;
+        this.execs.delete(sessionId);
+        await this.request((requestId) => ({ type: 'execKill', requestId, sessionId }), { timeoutMs: 10_000 });
+      },
+    };
   }
 
   /** Round trip time of a ping, ms. */

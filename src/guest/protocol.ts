@@ -14,6 +14,16 @@
  * `ping` is answered by `pong` with the same seq. Volumes and file sets: README.md.
  * Events (`state`, `log`, `usage`, `dropped`) are unsolicited.
  *
+ * Exec sessions (`carapace exec` into a cell's container): `exec` (acked once the guest's
+ * `runc exec` is spawned) opens a session named by the host's `sessionId`; then both sides
+ * send `execFrame {sessionId, frame}`, `frame` being one exec frame of `exec/frames.ts`
+ * (base64): host to guest stdin, resize and eof; guest to host stdout, stderr and, last, the
+ * status `{"exitCode": n}`. Flow control: the guest has at most EXEC_WINDOW_BYTES of output of
+ * a session unacknowledged (`execAck {sessionId, bytes}` from the host) and stops reading the
+ * process meanwhile; a guest that sends more is cut off (its session ends in error). `execKill`
+ * (the client went away) kills the exec'd process in the container; sessions also end when
+ * the connection does (the guest kills them, the host ends them CARAPACE_E_UNAVAILABLE).
+ *
  * Trust: the host trusts nothing from the guest (the guest runs tenant code as root in the
  * VM). Guest-to-host lines are limited to `MAX_GUEST_LINE_BYTES` and every field is bounded
  * here, so a validated message is small. Host-to-guest lines may be larger (a run request
@@ -208,13 +218,64 @@ export const WriteFilesSchema = z
     if (new Set(m.files.map((f) => f.path)).size !== m.files.length) ctx.addIssue({ code: 'custom', path: ['files'], message: 'duplicate file path' });
   });
 
+/** Most exec sessions a guest runs at once; more are refused (GUEST_E_BUSY). */
+export const MAX_EXEC_SESSIONS = 16;
+/** Largest payload of one exec frame on the channel (raw bytes; base64 on the wire keeps a line well under MAX_GUEST_LINE_BYTES). */
+export const MAX_EXEC_CHUNK_BYTES = 16 * 1024;
+/** Output bytes of one session the guest may send before the host acknowledges them. */
+export const EXEC_WINDOW_BYTES = 128 * 1024;
+/** Session ids on the wire: the host's choice. */
+export const EXEC_SESSION_ID_PATTERN = /^x[0-9]{1,15}$/;
+const SessionId = z.string().regex(EXEC_SESSION_ID_PATTERN);
+/** exec/frames.ts channels each side may send (stdin 0, stdout 1, stderr 2, status 3, resize 4, eof 5). */
+export const HOST_EXEC_CHANNELS: readonly number[] = [0, 4, 5];
+export const GUEST_EXEC_CHANNELS: readonly number[] = [1, 2, 3];
+/** Longest base64 text of one frame: the channel byte plus a full chunk. */
+const MAX_FRAME_B64 = Math.ceil((MAX_EXEC_CHUNK_BYTES + 1) / 3) * 4;
+
+/** One exec frame (channel byte + payload) in base64, of a channel in `allowed`, payload at most MAX_EXEC_CHUNK_BYTES. */
+function execFrameSchema(allowed: readonly number[]): z.ZodType<string> {
+  return z
+    .string()
+    .min(2)
+    .max(MAX_FRAME_B64)
+    .regex(/^[A-Za-z0-9+/]*={0,2}$/)
+    .superRefine((b64, ctx) => {
+      const head = Buffer.from(b64.slice(0, 4), 'base64')[0];
+      if (head === undefined || !allowed.includes(head)) ctx.addIssue({ code: 'custom', message: `exec frame channel ${String(head)} not allowed in this direction` });
+    });
+}
+
+/**
+ * Start an exec session in a running container: `runc exec` in the guest, under a terminal
+ * (`tty`) or with pipes. Acked once spawned; GUEST_E_NOT_FOUND for a container that is not
+ * there or not running, GUEST_E_BUSY past MAX_EXEC_SESSIONS or for a session id in use.
+ */
+export const ExecSchema = z.strictObject({
+  type: z.literal('exec'),
+  requestId: RequestId,
+  sessionId: SessionId,
+  containerId: ContainerId,
+  command: z.array(z.string().max(4096).regex(/^[^\0]*$/)).min(1).max(256),
+  tty: z.boolean(),
+  stdin: z.boolean(),
+  cols: z.number().int().min(1).max(4096).optional(),
+  rows: z.number().int().min(1).max(4096).optional(),
+});
+/** Host to guest: stdin bytes, a resize or the end of input of a session. Unknown sessions are ignored. */
+export const HostExecFrameSchema = z.strictObject({ type: z.literal('execFrame'), sessionId: SessionId, frame: execFrameSchema(HOST_EXEC_CHANNELS) });
+/** The host has taken `bytes` more output of a session: the guest may send that much more. */
+export const ExecAckSchema = z.strictObject({ type: z.literal('execAck'), sessionId: SessionId, bytes: z.number().int().min(1).max(EXEC_WINDOW_BYTES) });
+/** The client went away: kill what the session runs in the container; acked (also for a session already over). */
+export const ExecKillSchema = z.strictObject({ type: z.literal('execKill'), requestId: RequestId, sessionId: SessionId });
+
 /** Liveness probe. */
 export const PingSchema = z.strictObject({ type: z.literal('ping'), seq: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER) });
 /** Stop every container and end the agent (the VM then powers off). */
 export const ShutdownSchema = z.strictObject({ type: z.literal('shutdown'), requestId: RequestId, graceMs: z.number().int().min(0).max(3_600_000).optional() });
 
 /** Any message the host sends. */
-export const HostMessageSchema = z.discriminatedUnion('type', [HelloSchema, RunSchema, StopSchema, DestroySchema, ListSchema, LogsSchema, CheckSchema, NetworkSchema, MountVolumeSchema, UnmountVolumeSchema, VolumesSchema, WriteFilesSchema, PingSchema, ShutdownSchema]);
+export const HostMessageSchema = z.discriminatedUnion('type', [HelloSchema, RunSchema, StopSchema, DestroySchema, ListSchema, LogsSchema, CheckSchema, NetworkSchema, MountVolumeSchema, UnmountVolumeSchema, VolumesSchema, WriteFilesSchema, ExecSchema, HostExecFrameSchema, ExecAckSchema, ExecKillSchema, PingSchema, ShutdownSchema]);
 /** Any message the host sends. */
 export type HostMessage = z.infer<typeof HostMessageSchema>;
 
@@ -294,8 +355,11 @@ export const VolumeListSchema = z.strictObject({
 /** One mounted volume as the guest reports it. */
 export type WireVolume = z.infer<typeof VolumeListSchema>['volumes'][number];
 
+/** Guest to host: a session's output, or its status (the last frame). The host checks the status is `{"exitCode": 0..255}`. */
+export const GuestExecFrameSchema = z.strictObject({ type: z.literal('execFrame'), sessionId: SessionId, frame: execFrameSchema(GUEST_EXEC_CHANNELS) });
+
 /** Any message the guest sends. */
-export const GuestMessageSchema = z.discriminatedUnion('type', [ReadySchema, AckSchema, ErrSchema, StateSchema, LogSchema, UsageSchema, PongSchema, DroppedSchema, ContainersSchema, CheckResultSchema, VolumeListSchema]);
+export const GuestMessageSchema = z.discriminatedUnion('type', [ReadySchema, AckSchema, ErrSchema, StateSchema, LogSchema, UsageSchema, PongSchema, DroppedSchema, ContainersSchema, CheckResultSchema, VolumeListSchema, GuestExecFrameSchema]);
 /** Any message the guest sends. */
 export type GuestMessage = z.infer<typeof GuestMessageSchema>;
 

@@ -383,6 +383,21 @@ export class Supervisor {
     }
   }
 
+  /**
+   * The `runc exec` command line of an exec session in a running container (the container's
+   * own process settings come from its bundle), where runc writes the exec'd process's pid,
+   * and the container's cgroup (a pid is killed only if it is still in it).
+   * GUEST_E_NOT_FOUND when the container is unknown or not running.
+   */
+  execCommand(id: string, command: string[], tty: boolean): { argv: string[]; pidFile: string; cgroupPath: string } {
+    const c = this.ctrs.get(id);
+    if (!c) throw new SupervisorError('GUEST_E_NOT_FOUND', `no container ${id} in this cell`);
+    if (c.state.status !== 'running') throw new SupervisorError('GUEST_E_NOT_FOUND', `container ${id} is not running`);
+    this.execSeq += 1;
+    const pidFile = join(c.bundle, `exec-${this.execSeq}.pid`);
+    return { argv: [this.opts.runcPath, '--root', this.runcRoot, 'exec', '--pid-file', pidFile, ...(tty ? ['--tty'] : []), id, ...command], pidFile, cgroupPath: this.cgroupPath(id) };
+  }
+
   /** CPU and memory of one container from its cgroup; undefined when it has none (not running). */
   async usage(id: string): Promise<{ cpuSeconds: number; memoryBytes: number } | undefined> {
     const cg = this.cgroupPath(id);

@@ -200,8 +200,9 @@ export interface RuntimeDriver {
   /**
    * Starts `opts.command` in the running container `id` for an interactive session, with a
    * terminal or with pipes (`opts.tty`), as the container's own user and settings. Rejects
-   * with CARAPACE_E_INSTANCE_NOT_RUNNING when the container does not run. Optional: a driver
-   * without it (cells, until the guest agent runs exec) is answered CARAPACE_E_EXEC_UNSUPPORTED.
+   * with CARAPACE_E_INSTANCE_NOT_RUNNING when the container does not run. Optional: the agent
+   * answers CARAPACE_E_EXEC_UNSUPPORTED for a driver without it (every driver has it today:
+   * runc, runsc, and cells through their guest agent).
    */
   exec?(id: string, opts: ExecOptions): Promise<ExecRun>;
 }

@@ -1,6 +1,7 @@
 /**
  * `carapace exec` as a user runs it: `carapace up` (a child process) with real runc and runsc
- * containers, the real CLI, and for interactive sessions a real pseudo-terminal on the test's
+ * containers and one in a real cell VM (emulated, `--accel tcg`), the real CLI, and for
+ * interactive sessions a real pseudo-terminal on the test's
  * side (node-pty) standing for the user's terminal: `stty size` follows a resize, Ctrl-C
  * interrupts a running command in the container, `exit 3` becomes the CLI's exit code. Without
  * a terminal: output and exit code, stdin piped with -i. Refusals (viewer, another tenant, an
@@ -74,7 +75,7 @@ beforeAll(async () => {
   tmp = await tempDir('carapace-e2e-exec-');
   registry = await startRegistry({ dir: join(tmp.dir, 'registry') });
   const busybox = await buildBusyboxImage({ registry: registry.address, repository: 'e2e/busybox', tag: '1' });
-  server = new Server(join(tmp.dir, 'state'), await freePort());
+  server = new Server(join(tmp.dir, 'state'), await freePort(), ['--accel', 'tcg', '--warm-cells', '0']);
   await server.start();
   const svc = (name: string, tenant: string, isolation: string): object => ({ apiVersion: 'carapace/v1', kind: 'Service', metadata: { name, tenant }, spec: { image: busybox.reference, isolation, command: ['sleep', '3600'] } });
   await apply([
@@ -82,9 +83,10 @@ beforeAll(async () => {
     { apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name: 'globex' } },
     svc('sh-host', 'acme', 'host'),
     svc('sh-sandbox', 'acme', 'sandbox'),
+    svc('sh-cell', 'acme', 'cell'),
     { apiVersion: 'carapace/v1', kind: 'Job', metadata: { name: 'done', tenant: 'acme' }, spec: { image: busybox.reference, isolation: 'host', command: ['true'] } },
-  ], ['--wait', '--timeout', '150']);
-}, 240_000);
+  ], ['--wait', '--timeout', '280']);
+}, 330_000);
 
 afterAll(async () => {
   await server?.stop();
@@ -93,7 +95,7 @@ afterAll(async () => {
   await tmp?.cleanup();
 }, 120_000);
 
-describe.each(['host', 'sandbox'])('exec in the %s tier', (tier) => {
+describe.each(['host', 'sandbox', 'cell'])('exec in the %s tier', (tier) => {
   const inst = `acme/sh-${tier}-0`;
 
   it('with a terminal: stty size follows a resize, Ctrl-C interrupts sleep, exit 3 is the exit code', async () => {
