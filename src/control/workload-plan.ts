@@ -173,7 +173,7 @@ export function planService(serviceName: string, service: Service | undefined, i
       status: {
         ...statusCounts(service, updated, ready),
         revision: back.revision,
-        history: back.history,
+        history: back.history.map((h) => (h.revision === back.revision ? { ...h, message } : h)),
         stableRevision: stableEntry.revision,
         progress: { revision: back.revision, at: ctx.now, ready: 0 },
         conditions: [condition(service, 'True', 'RolledBack', message, ctx.now)],
@@ -244,13 +244,14 @@ export function planService(serviceName: string, service: Service | undefined, i
   }
   changes.push(...planned.map((instance) => ({ op: 'create' as const, instance })));
 
+  const why = entry?.cause === 'rollback' && entry.message ? `${entry.message}; ` : '';
   const [reason, status, message]: [ProgressingReason, ProgressingCondition['status'], string] = settings.paused
     ? ['Paused', 'Unknown', `paused at revision ${rev.revision}: ${updated} of ${R} replicas updated`]
     : exceeded
       ? ['ProgressDeadlineExceeded', 'False', `revision ${rev.revision} made no progress for ${settings.progressDeadlineSeconds}s (${updated} of ${R} replicas updated, ${newReady} ready)${settings.autoRollback ? (stableEntry ? '' : '; no complete revision to roll back to') : '; autoRollback is off'}`]
       : complete
-        ? [entry?.cause === 'rollback' ? 'RolledBack' : 'RolloutComplete', 'True', `revision ${rev.revision} is rolled out: ${R} of ${R} replicas updated and ready`]
-        : [entry?.cause === 'rollback' ? 'RolledBack' : 'NewReplicasRolling', 'True', `revision ${rev.revision}: ${updated} of ${R} replicas updated, ${ready} ready`];
+        ? [entry?.cause === 'rollback' ? 'RolledBack' : 'RolloutComplete', 'True', `${why}revision ${rev.revision} is rolled out: ${R} of ${R} replicas updated and ready`]
+        : [entry?.cause === 'rollback' ? 'RolledBack' : 'NewReplicasRolling', 'True', `${why}revision ${rev.revision}: ${updated} of ${R} replicas updated, ${ready} ready`];
   const history = complete && entry && !entry.completedAt ? rev.history.map((h) => (h === entry ? { ...h, completedAt: ctx.now } : h)) : rev.history;
   const next: ServiceStatusUpdate = {
     ...statusCounts(service, updated, ready),

@@ -93,6 +93,7 @@ export const ERROR_CATALOGUE = {
   CARAPACE_E_INSTANCE_NOT_RUNNING: { status: 409, description: 'An exec into an instance whose container is not running (Pending, Succeeded, Failed, or not started yet on its host): wait for `Running`, or look at `status.message`.' },
   CARAPACE_E_EXEC_UNSUPPORTED: { status: 422, description: "The instance's runtime cannot run exec sessions yet (today: `host` and `sandbox` isolation; cells come next)." },
   CARAPACE_E_UPGRADE_REQUIRED: { status: 426, description: 'The exec endpoint speaks WebSocket only: send a WebSocket upgrade (`carapace exec` does).' },
+  CARAPACE_E_REVISION_NOT_FOUND: { status: 404, description: "A `rollout undo` to a revision the service's history does not hold (10 are kept; `rollout history` lists them), or an undo with no earlier revision to return to." },
   CARAPACE_E_BAD_KEYRING: { status: 0, description: 'Server start or CLI only: the secrets keyring file is malformed (one `keyId:base64key` per line, 32-byte keys), unreadable, or readable by group or others (it must be mode 0600).' },
 } as const satisfies Record<string, CatalogueEntry>;
 

@@ -145,6 +145,8 @@ export interface ServiceRevision {
   replaces?: number[];
   /** When all of its replicas were first ready (the rollout completed). */
   completedAt?: string;
+  /** For a rollback: why (which revision missed its deadline), kept in the condition's message while it rolls and after. */
+  message?: string;
 }
 
 /** Reasons of the `Progressing` condition. */
@@ -192,7 +194,8 @@ export function nextRevision(
     template,
     createdAt: at.now,
     generation: at.generation,
-    cause: at.cause === 'update' && same ? 'undo' : at.cause,
+    // What an update was, from what changed: an earlier template (undo), or only `restartedAt` (restart).
+    cause: at.cause !== 'update' ? at.cause : same ? 'undo' : current && sameJson({ ...current.template, restartedAt: undefined }, { ...template, restartedAt: undefined }) ? 'restart' : 'update',
     ...(same ? { replaces: [...(same.replaces ?? []), same.revision] } : {}),
   };
   const kept = [...history.filter((h) => h !== same), entry];
@@ -203,6 +206,44 @@ export function nextRevision(
 export function isOfRevision(made: number | undefined, entry: Pick<ServiceRevision, 'revision' | 'replaces'> | undefined, revision: number): boolean {
   const m = made ?? 1;
   return m === revision || (entry?.replaces ?? []).includes(m);
+}
+
+/** One revision as `rollout history` lists it. */
+export interface RevisionReport {
+  revision: number;
+  cause: RevisionCause;
+  /** One line: image, command, args, env, restart time. */
+  summary: string;
+  template: ServiceTemplate;
+  /** The service generation that made it; the audit record of that generation says who. */
+  generation: number;
+  createdAt: string;
+  completedAt?: string;
+  /** Who made it (the audit record's actor: a user id, or `controller` for a rollback); absent when the log has no record of it. */
+  changedBy?: string;
+  /** When that record was written. */
+  changedAt?: string;
+  /** The audit action (`update`, `create`, `service.rollout.undo`, `service.rolledBack`…). */
+  action?: string;
+  current: boolean;
+}
+
+/** A service's rollout, as the API answers `GET …/services/NAME/rollout` (built by core/rollout-report.ts). */
+export interface RolloutReport {
+  tenant: string;
+  name: string;
+  generation: number;
+  observedGeneration: number;
+  replicas: number;
+  revision: number | undefined;
+  updatedReplicas: number;
+  readyReplicas: number;
+  availableReplicas: number;
+  settings: RolloutSettings;
+  condition?: ProgressingCondition;
+  /** True when the controller has seen the current spec and the rollout of its revision is complete. */
+  complete: boolean;
+  history: RevisionReport[];
 }
 
 /** One line saying what a template runs, for `rollout history`. */
