@@ -194,7 +194,12 @@ describe('rolling updates', () => {
     if (!l) throw new Error('the first case starts the client loop');
     const from = l.samples.length;
     // Same image and env, a readiness probe on a page that does not exist: never ready.
-    await apply([web({ VERSION: 'v1' }, { readinessProbe: { httpGet: { path: '/nope', port: 8080 }, periodSeconds: 1 }, rollout: { progressDeadlineSeconds: 8 } })]);
+    const file = join(tmp.dir, 'broken.yaml');
+    await writeFile(file, manifest([web({ VERSION: 'v1' }, { readinessProbe: { httpGet: { path: '/nope', port: 8080 }, periodSeconds: 1 }, rollout: { progressDeadlineSeconds: 8 } })]));
+    // apply --wait says the applied template was rolled back, and exits 1.
+    const applied = await cli(server.url, ['apply', '-f', file, '--wait', '--timeout', '120'], undefined, 200_000);
+    expect(applied.code, applied.stdout + applied.stderr).toBe(1);
+    expect(applied.stdout).toMatch(/service\/acme\/web: rolled back: revision 4 made no progress for 8s; rolled back to revision 3's template as revision 5/);
     const r = await watch();
     expect(r.code, r.out).toBe(1);
     expect(r.out).toMatch(/revision 4 made no progress for 8s; rolled back to revision 3's template as revision 5/);
