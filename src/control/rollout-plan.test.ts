@@ -304,6 +304,23 @@ describe('rolling updates (planService)', () => {
 });
 
 describe('rolling updates of replicas that cannot run side by side', () => {
+  it('a volume mounted read-write (one replica): replaced in place of the old one, no surge; read-only: with a surge', () => {
+    const rw = { volumes: [{ volume: 'shared', mountPath: '/data' }] };
+    const sim = new Sim({ replicas: 1, ...rw });
+    sim.settle();
+    sim.update({ replicas: 1, image: 'r/web:2', ...rw });
+    sim.plan();
+    expect(sim.list.map((i) => [i.metadata.name, i.metadata.deletionRequestedAt !== undefined])).toEqual([['web-0', true]]);
+    sim.settle();
+    expect(sim.images()).toEqual(['web-0:r/web:2:r2']);
+    const ro = { volumes: [{ volume: 'shared', mountPath: '/data', readOnly: true }] };
+    const sim2 = new Sim({ replicas: 2, ...ro });
+    sim2.settle();
+    sim2.update({ replicas: 2, image: 'r/web:2', ...ro });
+    sim2.plan();
+    expect(sim2.list.map((i) => i.metadata.name).sort()).toEqual(['web-0', 'web-1', 'web-2']);
+  });
+
   it('a published host port or per-replica volumes: no surge, one ordinal at a time', () => {
     for (const extra of [{ ports: [{ containerPort: 80, hostPort: 8080 }] }, { volumeTemplates: [{ name: 'data', size: '64Mi', mountPath: '/data' }] }]) {
       const sim = new Sim({ replicas: 2, ...extra });

@@ -131,9 +131,11 @@ export function planService(serviceName: string, service: Service | undefined, i
   const settings = rolloutOf(service.spec);
   const bounds = rolloutBounds(settings, R);
   // Replicas that cannot run twice side by side: a published host port (a second container
-  // on the host could not bind it) or per-replica volumes (`data-<ordinal>`; a surge ordinal
-  // has none). They are replaced one ordinal at a time, without a surge (as a StatefulSet is).
-  const exclusive = service.spec.ports.some((p) => p.hostPort !== undefined) || (service.spec.volumeTemplates?.length ?? 0) > 0;
+  // on the host could not bind it), per-replica volumes (`data-<ordinal>`; a surge ordinal
+  // has none) or a volume mounted read-write (one replica may: a block device in a cell is
+  // attached to one VM at a time).
+  // They are replaced one ordinal at a time, without a surge (as a StatefulSet is).
+  const exclusive = service.spec.ports.some((p) => p.hostPort !== undefined) || (service.spec.volumeTemplates?.length ?? 0) > 0 || (service.spec.volumes ?? []).some((v) => v.readOnly !== true);
   const { surge, unavailable } = exclusive ? { surge: 0, unavailable: Math.max(1, bounds.unavailable) } : bounds;
   const rev = nextRevision(service.status, templateOf(service.spec), { now: ctx.now, generation: service.metadata.generation, cause: 'update' });
   const entry = rev.history.find((h) => h.revision === rev.revision);
