@@ -91,6 +91,46 @@ function errorStatuses(r: RouteDef, isPublic: boolean): number[] {
   return [...s].sort((a, b) => a - b);
 }
 
+/** The body of `GET …/services/NAME/rollout` (core/rollout-report.ts RolloutReport). */
+const ROLLOUT_REPORT_SCHEMA = {
+  type: 'object',
+  required: ['tenant', 'name', 'generation', 'observedGeneration', 'replicas', 'updatedReplicas', 'readyReplicas', 'availableReplicas', 'settings', 'complete', 'history'],
+  properties: {
+    tenant: { type: 'string' },
+    name: { type: 'string' },
+    generation: { type: 'integer' },
+    observedGeneration: { type: 'integer' },
+    replicas: { type: 'integer' },
+    revision: { type: 'integer', description: 'The current revision (absent until the controller has seen the service)' },
+    updatedReplicas: { type: 'integer' },
+    readyReplicas: { type: 'integer' },
+    availableReplicas: { type: 'integer' },
+    settings: { type: 'object', description: 'spec.rollout with its defaults filled in' },
+    condition: { type: 'object', description: 'The Progressing condition: status, reason, message, lastTransitionTime' },
+    complete: { type: 'boolean', description: 'The current spec is observed and rolled out' },
+    history: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['revision', 'cause', 'summary', 'template', 'generation', 'createdAt', 'current'],
+        properties: {
+          revision: { type: 'integer' },
+          cause: { type: 'string', enum: ['update', 'undo', 'rollback', 'restart'] },
+          summary: { type: 'string' },
+          template: { type: 'object' },
+          generation: { type: 'integer' },
+          createdAt: { type: 'string', format: 'date-time' },
+          completedAt: { type: 'string', format: 'date-time' },
+          changedBy: { type: 'string', description: "The audit record's actor id (`controller` for a rollback)" },
+          changedAt: { type: 'string', format: 'date-time' },
+          action: { type: 'string' },
+          current: { type: 'boolean' },
+        },
+      },
+    },
+  },
+} as const;
+
 /** The success responses of a route: what `handle` in server.ts renders for it. */
 function successResponses(r: RouteDef): Record<string, unknown> {
   const id = `${r.method} ${r.url}`;
@@ -124,6 +164,8 @@ function successResponses(r: RouteDef): Record<string, unknown> {
     };
   if (r.kind === 'portforward') return { '101': { description: 'Switching Protocols: a WebSocket carrying one TCP connection to the port (binary frames, channel byte 0 data, 1 end of data (half-close), 2 status JSON); refused ports answer 502 CARAPACE_E_PORT_UNREACHABLE before it' } };
   if (r.kind === 'logs') return ok('NDJSON lines, one per log line', text('application/x-ndjson'));
+  // A rollout operation answers the service as written; the report is its own shape (core/rollout-report.ts).
+  if (r.kind === 'rollout') return r.method === 'POST' ? ok('The service, its spec changed (or unchanged when already so)', json(ref('Service'))) : ok('The rollout report: revision, counts, condition, history with who and when', json(ROLLOUT_REPORT_SCHEMA));
   if (r.url === '/v1/audit/records') return ok('Audit records, JSON lines or CSV (?format)', text('application/x-ndjson', 'text/csv'));
   if (r.url === '/v1/usage') return ok('The usage report (?format)', { content: { 'application/json': { schema: { type: 'object' } }, 'text/csv': { schema: { type: 'string' } }, 'text/plain': { schema: { type: 'string' } } } });
   if (r.url === '/metrics') return ok('Prometheus text exposition', text('text/plain'));

@@ -24,7 +24,9 @@ import { metrics } from '../metrics/metrics.js';
 import { admit, type Authenticator } from '../auth/admit.js';
 import { canSee, filterList, owningTenant, type Principal } from '../auth/rbac.js';
 import { listTokens } from '../auth/tokens.js';
-import type { Env } from '../core/actions.js';
+import type { Env, RolloutOp } from '../core/actions.js';
+import { rolloutReport } from '../core/rollout-report.js';
+import type { AuditEntry } from '../audit/record.js';
 import { zodIssues } from '../model/manifest.js';
 import { NewTokenSchema, ReencryptSchema } from './bodies.js';
 import type { AuditLog } from '../audit/log.js';
@@ -353,6 +355,7 @@ async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply
     const t = parsed.data.tenant;
     return render(await o.controlPlane.handle({ type: 'reencryptSecrets', ...(t !== undefined ? { tenant: t } : {}) }, auditContext(req)));
   }
+  if (route.kind === 'rollout') return handleRollout(o, route, req, q);
   if (route.kind === 'hostOp') {
     const op = route.url.slice(route.url.lastIndexOf('/') + 1) as 'cordon' | 'uncordon' | 'drain'; // the route table lists exactly these three
     return render(await o.controlPlane.handle({ type: 'hostOp', op, name: p.name ?? '' }, auditContext(req)));
@@ -657,6 +660,32 @@ async function handleAudit(o: ApiOptions, route: RouteDef, q: Query, reply: Fast
   const text = await o.audit.export({ format, ...(q['since'] ? { since: q['since'] } : {}), ...(q['until'] ? { until: q['until'] } : {}), ...(tenant ? { tenant } : {}) });
   void reply.header('content-type', format === 'csv' ? 'text/csv; charset=utf-8' : 'application/x-ndjson');
   return text;
+}
+
+/**
+ * A service's rollout: the report (its status joined with the audit log's records of who
+ * made each revision), or an operation (undo, restart, pause, resume), a core action.
+ */
+async function handleRollout(o: ApiOptions, route: RouteDef, req: FastifyRequest, q: Query): Promise<unknown> {
+  const p = req.params as Params;
+  const tenant = p.tenant ?? '';
+  const name = p.name ?? '';
+  if (route.method === 'POST') {
+    const op = route.url.slice(route.url.lastIndexOf('/') + 1) as RolloutOp; // the route table lists exactly ROLLOUT_OPS
+    const to = op === 'undo' ? intParam(q, 'toRevision') : undefined;
+    return render(await o.controlPlane.handle({ type: 'rollout', op, tenant, name, ...(to !== undefined ? { toRevision: to } : {}) }, auditContext(req)));
+  }
+  const s = resultOf(await o.controlPlane.handle({ type: 'get', kind: 'Service', name, tenant }), 'object').object;
+  if (s.kind !== 'Service') throw new CarapaceError('CARAPACE_E_INTERNAL', 'a service read answered another kind');
+  const oldest = (s.status.history ?? []).reduce<string | undefined>((m, h) => (m === undefined || h.createdAt < m ? h.createdAt : m), undefined);
+  let records: AuditEntry[] = [];
+  if (o.audit && oldest) {
+    // The update record precedes the controller's noticing it: look an hour further back.
+    const since = new Date(Date.parse(oldest) - 3_600_000).toISOString();
+    const text = await o.audit.export({ format: 'jsonl', tenant, since });
+    records = text.split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as AuditEntry); // the export writes one record per line
+  }
+  return rolloutReport(s, records);
 }
 
 /** Join tokens and agent certificates (cluster-admin; the route table says which). Writes are the core's actions. */

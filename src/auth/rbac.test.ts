@@ -311,3 +311,35 @@ describe('canCreateToken / canRevokeToken: a role cannot grant more than it has'
     );
   });
 });
+
+describe('rollout routes', () => {
+  const rollout = ROUTES.filter((r) => r.kind === 'rollout');
+
+  it('are the report (a read of the service) and the four operations (writes of the service)', () => {
+    expect(rollout.map((r) => `${r.method} ${r.url}`)).toEqual([
+      'GET /v1/tenants/:tenant/services/:name/rollout',
+      'POST /v1/tenants/:tenant/services/:name/rollout/undo',
+      'POST /v1/tenants/:tenant/services/:name/rollout/restart',
+      'POST /v1/tenants/:tenant/services/:name/rollout/pause',
+      'POST /v1/tenants/:tenant/services/:name/rollout/resume',
+    ]);
+    for (const r of rollout) expect(classifyRoute(r)).toEqual({ type: 'object', verb: r.method === 'GET' ? 'read' : 'write', objectKind: 'Service', tenantFrom: 'path-tenant' });
+  });
+
+  it('a viewer reads its own tenant rollouts only; a tenant-admin operates on its own only', () => {
+    for (const r of rollout) {
+      const own = requestFor(r, { tenant: OWN, name: 'web' }, {});
+      const other = requestFor(r, { tenant: OTHER, name: 'web' }, {});
+      expect(authorize(principals['tenant-viewer'], own).allowed).toBe(r.method === 'GET');
+      expect(authorize(principals['tenant-admin'], own).allowed).toBe(true);
+      expect(authorize(principals['tenant-admin'], other).allowed).toBe(false);
+      expect(authorize(principals['tenant-viewer'], other).allowed).toBe(false);
+    }
+  });
+
+  it('an unknown rollout operation is denied to everyone', () => {
+    const bogus: RouteDef = { method: 'POST', url: '/v1/tenants/:tenant/services/:name/rollout/scale', summary: '', kind: 'rollout', objectKind: 'Service' };
+    expect(classifyRoute(bogus)).toBeUndefined();
+    expect(classifyRoute({ ...bogus, objectKind: 'Job', url: '/v1/tenants/:tenant/jobs/:name/rollout/undo' })).toBeUndefined();
+  });
+});

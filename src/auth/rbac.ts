@@ -162,6 +162,13 @@ export function classifyRoute(route: AuthzRequest['route']): RouteClass | undefi
     if (route.method !== 'GET' || !scoped || !pathTenant || !pathName) return undefined;
     return { type: 'object', verb: 'read', objectKind: kind, tenantFrom: 'path-tenant' };
   }
+  if (route.kind === 'rollout') {
+    // A service's rollout: reading it is reading the service; its operations change its spec.
+    if (kind !== 'Service' || !pathTenant || !pathName) return undefined;
+    if (route.method === 'GET' && route.url === '/v1/tenants/:tenant/services/:name/rollout') return { type: 'object', verb: 'read', objectKind: kind, tenantFrom: 'path-tenant' };
+    if (route.method === 'POST' && /^\/v1\/tenants\/:tenant\/services\/:name\/rollout\/(undo|restart|pause|resume)$/.test(route.url)) return { type: 'object', verb: 'write', objectKind: kind, tenantFrom: 'path-tenant' };
+    return undefined;
+  }
   if (route.kind === 'exec' || route.kind === 'portforward') {
     // The handshake is a GET (WebSocket), but an exec runs code in a tenant's workload, and a
     // port-forward reaches a port the tenant did not publish: a write, so tenant-admin and

@@ -192,6 +192,16 @@ export async function waitFor(client: ApiClient, applied: Applied[], timeoutMs: 
         continue;
       }
       const want = owner.spec.replicas;
+      // The rollout of what was applied failed: past its deadline, or rolled back by the
+      // controller (which wrote a later generation: the applied template is no longer wanted).
+      const cond = owner.status.conditions?.[0];
+      const rolledBack = cond?.reason === 'RolledBack' && owner.metadata.generation > a.object.metadata.generation;
+      if ((cond?.reason === 'ProgressDeadlineExceeded' && owner.status.observedGeneration === owner.metadata.generation) || rolledBack) {
+        rows.push({ key: `service/${tenant}/${owner.metadata.name}`, p: { state: 'failed', text: `${rolledBack ? 'rolled back' : 'rollout stopped'}: ${cond.message}` } });
+        anyFailed = true;
+        allDone = false;
+        continue;
+      }
       const current = mine.filter((i) => i.spec.ownerGeneration === owner.metadata.generation);
       if (current.length < want) allDone = false;
       for (const i of mine) {

@@ -20,6 +20,7 @@ import { watchObjects } from './watch.js';
 import { versionInfo, type VersionInfo } from '../model/version.js';
 import { DURATION_EXAMPLES, DURATION_FORMS, durationMs, timeArg } from './time.js';
 import type { LogLine } from '../runtime/driver.js';
+import type { RolloutReport } from '../model/rollout.js';
 
 const program = new Command();
 program
@@ -645,6 +646,88 @@ for (const [verb, what] of [
       const spec = { ...m.spec, running: verb !== 'stop', ...(verb === 'restart' ? { restartedAt: new Date().toISOString() } : {}) };
       await c.call('PUT', path, { apiVersion: 'carapace/v1', kind: 'Machine', metadata: { name: m.metadata.name, tenant: m.metadata.tenant, labels: m.metadata.labels, resourceVersion: m.metadata.resourceVersion }, spec });
       console.log(`machine/${n.tenant ?? ''}/${n.name} ${verb === 'stop' ? 'stopping' : verb === 'start' ? 'starting' : 'restarting'}`);
+    });
+}
+
+const rolloutCmd = program.command('rollout').description("Rolling updates of a service: status, history, undo, restart, pause, resume");
+/** The API path of a service's rollout, from TENANT/NAME (or service/TENANT/NAME), or NAME with --tenant. */
+function rolloutPath(ref: string, tenant: string | undefined): { path: string; what: string } {
+  const n = resolveName('Service', ref.replace(/^services?\//, ''), tenant);
+  return { path: `${itemPath('Service', n)}/rollout`, what: `service/${n.tenant ?? ''}/${n.name}` };
+}
+/** What `rollout status` says of a report: done, failed (with why) or the progress line. */
+function judgeRollout(r: RolloutReport): { done: boolean; failed?: string; progress: string } {
+  const c = r.condition;
+  if (r.observedGeneration !== r.generation || r.revision === undefined) return { done: false, progress: 'waiting for the controller to see the change' };
+  const counts = `${r.updatedReplicas} of ${r.replicas} updated, ${r.readyReplicas} ready`;
+  if (c?.reason === 'ProgressDeadlineExceeded') return { done: true, failed: c.message, progress: `revision ${r.revision}: ${counts}: deadline exceeded` };
+  if (r.complete) return { done: true, ...(c?.reason === 'RolledBack' ? { failed: c.message } : {}), progress: `revision ${r.revision} rolled out (${r.replicas} of ${r.replicas} updated and ready)` };
+  if (c?.reason === 'Paused') return { done: true, progress: `revision ${r.revision}: paused (${counts})` };
+  return { done: false, progress: `revision ${r.revision}: ${counts}${c?.reason === 'RolledBack' ? ' (rolling back)' : ''}` };
+}
+rolloutCmd
+  .command('status')
+  .description('Where the rollout of a service is; --watch follows it until done (exit 1 if it missed its deadline or was rolled back)')
+  .argument('<service>', 'TENANT/NAME, or NAME with --tenant')
+  .option('-t, --tenant <tenant>')
+  .option('-w, --watch', 'follow until the rollout is complete, failed or paused')
+  .option('--timeout <duration>', `how long --watch waits (${DURATION_FORMS})`, '600')
+  .action(async (ref: string, o: { tenant?: string; watch?: boolean; timeout: string }) => {
+    const { path, what } = rolloutPath(ref, o.tenant);
+    const c = client();
+    const read = (): Promise<RolloutReport> => c.call<RolloutReport>('GET', path);
+    if (!o.watch) {
+      const j = judgeRollout(await read());
+      console.log(`${what}: ${j.progress}`);
+      if (j.failed !== undefined) {
+        console.error(`${what}: ${j.failed}`);
+        process.exitCode = 1;
+      }
+      return;
+    }
+    if (!(await pollUntil(read, judgeRollout, what, durationMs(o.timeout, '--timeout')))) process.exitCode = 1;
+  });
+rolloutCmd
+  .command('history')
+  .description('The revisions kept (10): what each ran, who made it and when (from the audit log)')
+  .argument('<service>', 'TENANT/NAME, or NAME with --tenant')
+  .option('-t, --tenant <tenant>')
+  .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'json']).default('table'))
+  .action(async (ref: string, o: { tenant?: string; output: string }) => {
+    const r = await client().call<RolloutReport>('GET', rolloutPath(ref, o.tenant).path);
+    if (o.output === 'json') {
+      console.log(JSON.stringify(r.history, null, 2));
+      return;
+    }
+    const rows = r.history.map((h) => [`${h.revision}${h.current ? '*' : ''}`, h.cause, h.changedBy ?? '-', h.changedAt ?? h.createdAt, h.summary]);
+    console.log(table(['REVISION', 'CAUSE', 'CHANGED-BY', 'WHEN', 'TEMPLATE'], rows));
+  });
+rolloutCmd
+  .command('undo')
+  .description("Return to an earlier revision's template (default: the one before the current), rolled out in waves as a new revision")
+  .argument('<service>', 'TENANT/NAME, or NAME with --tenant')
+  .option('-t, --tenant <tenant>')
+  .option('--to-revision <n>', 'the revision to return to (`rollout history` lists them)')
+  .action(async (ref: string, o: { tenant?: string; toRevision?: string }) => {
+    const { path, what } = rolloutPath(ref, o.tenant);
+    if (o.toRevision !== undefined && !/^\d{1,9}$/.test(o.toRevision)) throw new CliError('CARAPACE_E_USAGE', `--to-revision must be a revision number, got "${o.toRevision}"`, [{ path: '--to-revision', message: 'not a number' }]);
+    await client().call('POST', `${path}/undo${o.toRevision !== undefined ? `?toRevision=${o.toRevision}` : ''}`);
+    console.log(`${what} rolling back${o.toRevision !== undefined ? ` to revision ${o.toRevision}'s template` : ''}`);
+  });
+for (const [op, what, said] of [
+  ['restart', 'Replace every replica in waves (a new revision with the same template)', 'restarting'],
+  ['pause', 'Stop replacing replicas (scaling still happens)', 'paused'],
+  ['resume', 'Go on replacing replicas', 'resumed'],
+] as const) {
+  rolloutCmd
+    .command(op)
+    .description(what)
+    .argument('<service>', 'TENANT/NAME, or NAME with --tenant')
+    .option('-t, --tenant <tenant>')
+    .action(async (ref: string, o: { tenant?: string }) => {
+      const { path, what: name } = rolloutPath(ref, o.tenant);
+      await client().call('POST', `${path}/${op}`);
+      console.log(`${name} ${said}`);
     });
 }
 

@@ -186,7 +186,7 @@ export class WorkloadController {
    * (pure), write the removals and spec updates, hand the instances it creates to the
    * placement pipeline (which writes each with its host or its reason), then its status.
    */
-  async reconcile(key: string): Promise<void> {
+  async reconcile(key: string): Promise<ReconcileResult> {
     const { kind, tenant, name } = parseKey(key);
     const r = this.o.resources;
     const [owner, view] = await Promise.all([kind === 'Service' ? r.get('Service', name, tenant) : r.get('Job', name, tenant), this.placement.view()]);
@@ -207,7 +207,7 @@ export class WorkloadController {
     const created: Instance[] = [];
     for (const c of changes) {
       if (c.op === 'create') created.push(c.instance);
-      else if (c.op !== 'serviceStatus' && c.op !== 'jobStatus') await this.apply(kind, tenant, name, c, view);
+      else if (c.op !== 'serviceStatus' && c.op !== 'jobStatus' && c.op !== 'rollback' && c.op !== 'requeue') await this.apply(kind, tenant, name, c, view);
     }
     for (const i of created) {
       const lost = this.evicted.get(`${tenant}/${i.metadata.name}`);
@@ -218,7 +218,9 @@ export class WorkloadController {
       await this.placement.place(view, created, tenant);
       for (const i of created) this.evicted.delete(`${tenant}/${i.metadata.name}`);
     }
-    for (const c of changes) if (c.op === 'serviceStatus' || c.op === 'jobStatus') await this.apply(kind, tenant, name, c, view);
+    for (const c of changes) if (c.op === 'serviceStatus' || c.op === 'jobStatus' || c.op === 'rollback') await this.apply(kind, tenant, name, c, view);
+    const requeue = changes.flatMap((c) => (c.op === 'requeue' ? [c.afterMs] : []));
+    return requeue.length > 0 ? { requeueAfterMs: Math.min(...requeue) } : undefined;
   }
 
   /**
@@ -551,9 +553,31 @@ export class WorkloadController {
       case 'serviceStatus':
         await r.mutate('Service', ownerName, tenant, (s) => {
           // Merged, not replaced: the service's address is the control plane's, not the controller's.
-          s.status = { ...s.status, ready: c.ready, observedGeneration: c.observedGeneration };
+          s.status = { ...s.status, ...c.status };
           return s;
         });
+        return;
+      case 'rollback': {
+        const entry = systemEntry(now, 'service.rolledBack', 'Service', ownerName, tenant, { from: c.from, to: c.to, revision: c.status.revision, generation: c.generation + 1, message: c.message });
+        const done = await r.mutate(
+          'Service',
+          ownerName,
+          tenant,
+          (s) => {
+            // Planned from this generation: a change made since wins (the next pass plans again).
+            if (s.metadata.generation !== c.generation) return undefined;
+            s.spec = c.spec;
+            s.metadata.generation += 1;
+            s.metadata.updatedAt = now;
+            s.status = { ...s.status, ...c.status };
+            return s;
+          },
+          entry,
+        );
+        this.log.warn({ service: ownerName, tenant, from: c.from, to: c.to, written: done?.metadata.generation === c.generation + 1 }, 'rollout rolled back');
+        return;
+      }
+      case 'requeue':
         return;
       case 'jobStatus':
         if (kind !== 'Job') return;

@@ -63,7 +63,7 @@ describe('planService', () => {
     expect(down.filter((c) => c.op === 'requestDeletion').map((c) => (c.op === 'requestDeletion' ? c.name : ''))).toEqual(['web-1', 'web-2']);
   });
 
-  it('updates instance specs when the service generation changes', () => {
+  it('a service without revision history (stored before rollouts) adopts its instances as revision 1: a difference is updated in place', () => {
     const insts = materialise(planService('web', service({ replicas: 1 }), [], ctx()));
     const changes = planService('web', service({ replicas: 1, image: 'r/web:2' }, 2), insts, ctx());
     const upd = changes.find((c) => c.op === 'updateSpec');
@@ -127,7 +127,7 @@ describe('planService', () => {
 
 
 
-  it("copies the service's probes into each instance's container spec, and a probe change updates the instances", () => {
+  it("copies the service's probes into each instance's container spec (a probe change without revision history updates in place)", () => {
     const probes = { livenessProbe: { httpGet: { path: '/healthz', port: 8080 } }, readinessProbe: { tcpSocket: { port: 8080 }, periodSeconds: 2 } };
     const [inst] = created(planService('web', service({ ...probes }), [], ctx()));
     expect(inst?.spec.container.livenessProbe).toEqual({ httpGet: { path: '/healthz', port: 8080 }, initialDelaySeconds: 0, periodSeconds: 10, timeoutSeconds: 1, failureThreshold: 3, successThreshold: 1 });
@@ -146,7 +146,7 @@ describe('planService', () => {
     if (!a || !b || !c || !d) throw new Error('expected four');
     const mixed = [run(a, true), run(b, false), run(c, true, 'Backoff'), { ...run(d, true), metadata: { ...d.metadata, deletionRequestedAt: NOW } }];
     const st = planService('web', withProbe, mixed, ctx()).find((ch) => ch.op === 'serviceStatus');
-    expect(st?.op === 'serviceStatus' && st.ready).toBe(1);
+    expect(st?.op === 'serviceStatus' && st.status.ready).toBe(1);
     // Records written before `status.ready` existed: Running without a readiness probe is ready, with one it is not.
     const legacy = (i: Instance): Instance => {
       const { ready: _ready, ...status } = { ...i.status, phase: 'Running' as const };
@@ -155,10 +155,10 @@ describe('planService', () => {
     const plain = service({ replicas: 1 });
     const old = materialise(planService('web', plain, [], ctx())).map(legacy);
     const st2 = planService('web', plain, old, ctx()).find((ch) => ch.op === 'serviceStatus');
-    expect(st2?.op === 'serviceStatus' && st2.ready).toBe(1);
+    expect(st2?.op === 'serviceStatus' && st2.status.ready).toBe(1);
     const oldProbed = [legacy(a)];
     const st3 = planService('web', withProbe, oldProbed, ctx()).find((ch) => ch.op === 'serviceStatus');
-    expect(st3?.op === 'serviceStatus' && st3.ready).toBe(0);
+    expect(st3?.op === 'serviceStatus' && st3.status.ready).toBe(0);
   });
 
 });

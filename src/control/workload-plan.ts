@@ -4,9 +4,10 @@
  * writes it. Deterministic instance names (`web-0`, `web-1`…) make every step idempotent:
  * running the plan twice creates nothing twice.
  */
-import { instanceName, instanceReady, TERMINAL_PHASES, type Instance, type InstanceSpec, type Job, type JobStatus, type Service } from '../model/objects.js';
-import { containerSpecOf } from '../model/schemas.js';
-import { mountsOf, type InstanceMount } from '../model/volumes.js';
+import { instanceName, instanceReady, TERMINAL_PHASES, type Instance, type InstanceSpec, type Job, type JobStatus, type Service, type ServiceStatus } from '../model/objects.js';
+import { containerSpecOf, type ServiceSpec } from '../model/schemas.js';
+import { isOfRevision, nextRevision, rolloutBounds, rolloutOf, sameJson, specWithTemplate, templateOf, type ProgressingCondition, type ProgressingReason, type RolloutProgress } from '../model/rollout.js';
+import { mountsOf } from '../model/volumes.js';
 import { isDeepStrictEqual } from 'node:util';
 
 export type Change =
@@ -21,7 +22,15 @@ export type Change =
   | { op: 'requestDeletion'; name: string }
   /** Drop an instance record that no agent holds (never placed). */
   | { op: 'forget'; name: string }
-  | { op: 'serviceStatus'; ready: number; observedGeneration: number }
+  /** The service's status (merged: the address stays). */
+  | { op: 'serviceStatus'; status: ServiceStatusUpdate }
+  /**
+   * The rollout missed its deadline: write `spec` (the last complete revision's template) and
+   * `status` (that template as a new revision) together, audited `service.rolledBack`.
+   */
+  | { op: 'rollback'; from: number; to: number; generation: number; spec: ServiceSpec; status: ServiceStatusUpdate; message: string }
+  /** Plan this owner again after `afterMs` even if nothing changes (the progress deadline). */
+  | { op: 'requeue'; afterMs: number }
   | { op: 'jobStatus'; status: JobStatus };
 
 export interface PlanContext {
@@ -38,7 +47,7 @@ function stopGraceOf(spec: { stopGracePeriodSeconds?: number | undefined }): Pic
 }
 
 /** A new, not yet placed instance; the placement pipeline then gives it a host or a reason. */
-function newInstance(owner: Service | Job, index: number, ctx: PlanContext, restart: RestartFields, restartOn: Record<string, string> = {}): Instance {
+function newInstance(owner: Service | Job, index: number, ctx: PlanContext, restart: RestartFields, restartOn: Record<string, string> = {}, revision?: number): Instance {
   const tenant = owner.metadata.tenant ?? '';
   const spec: InstanceSpec = {
     owner: { kind: owner.kind, name: owner.metadata.name, uid: owner.metadata.uid },
@@ -51,6 +60,7 @@ function newInstance(owner: Service | Job, index: number, ctx: PlanContext, rest
     // Templates resolved here (`data-2` for replica 2), so agents never resolve them.
     mounts: mountsOf(owner.spec, index),
     ...(Object.keys(restartOn).length > 0 ? { restartOn } : {}),
+    ...(revision !== undefined ? { revision } : {}),
   };
   return {
     kind: 'Instance',
@@ -86,16 +96,14 @@ function removals(stale: Instance[]): Change[] {
   return out;
 }
 
-/** True when two mount lists are the same (absent: none, as on instances stored before volumes). */
-function sameMounts(a: InstanceMount[] | undefined, b: InstanceMount[]): boolean {
-  return isDeepStrictEqual(a ?? [], b);
-}
-
 /** True when two `restartOn` maps (absent: empty) name the same versions. */
 function sameVersions(a: Record<string, string> | undefined, b: Record<string, string>): boolean {
   const ka = Object.keys(a ?? {});
   return ka.length === Object.keys(b).length && ka.every((k) => a?.[k] === b[k]);
 }
+
+/** The service status fields a pass writes (merged into the stored status; the address is not the controller's). */
+export type ServiceStatusUpdate = Omit<ServiceStatus, 'address'>;
 
 /**
  * A service keeps `replicas` instances, one per ordinal. `tenant`'s instances are passed in;
@@ -103,47 +111,174 @@ function sameVersions(a: Record<string, string> | undefined, b: Record<string, s
  * content versions of the `onChange: restart` Secrets and Configs the service uses
  * (core/secrets.ts restartVersions); an instance made with other versions gets its spec
  * updated, which restarts its container (the same path as a change of the service's spec).
+ *
+ * A change of the template (model/rollout.ts `templateOf`) is a new revision, rolled out in
+ * waves: an instance of an older revision is removed (and re-created under its name, from the
+ * new revision, wherever the scheduler then places it) only while the ready instances left
+ * stay at least `replicas - unavailable`; while old ones remain, up to `surge` extra
+ * instances of the new revision (ordinals `replicas`…) hold the capacity, and go once every
+ * ordinal is new and ready. Never more than `replicas + surge` instances exist. A rollout
+ * whose new replicas make no progress for `progressDeadlineSeconds` stops and (autoRollback)
+ * returns to the last complete revision's template: a `rollback` change.
  */
 export function planService(serviceName: string, service: Service | undefined, instances: Instance[], ctx: PlanContext, restartOn: Record<string, string> = {}): Change[] {
   const mine = instances.filter((i) => i.spec.owner.kind === 'Service' && i.spec.owner.name === serviceName);
   if (!service) return removals(mine);
   const changes: Change[] = [];
   const current = mine.filter((i) => i.spec.owner.uid === service.metadata.uid);
-  changes.push(...removals(mine.filter((i) => i.spec.owner.uid !== service.metadata.uid || i.spec.index >= service.spec.replicas)));
-  const planned: Instance[] = [];
-  const byIndex = new Map(current.map((i) => [i.spec.index, i]));
+  changes.push(...removals(mine.filter((i) => i.spec.owner.uid !== service.metadata.uid)));
+  const R = service.spec.replicas;
+  const settings = rolloutOf(service.spec);
+  const bounds = rolloutBounds(settings, R);
+  // Replicas that cannot run twice side by side: a published host port (a second container
+  // on the host could not bind it), per-replica volumes (`data-<ordinal>`; a surge ordinal
+  // has none) or a volume mounted read-write (one replica may: a block device in a cell is
+  // attached to one VM at a time).
+  // They are replaced one ordinal at a time, without a surge (as a StatefulSet is).
+  const exclusive = service.spec.ports.some((p) => p.hostPort !== undefined) || (service.spec.volumeTemplates?.length ?? 0) > 0 || (service.spec.volumes ?? []).some((v) => v.readOnly !== true);
+  const { surge, unavailable } = exclusive ? { surge: 0, unavailable: Math.max(1, bounds.unavailable) } : bounds;
+  const rev = nextRevision(service.status, templateOf(service.spec), { now: ctx.now, generation: service.metadata.generation, cause: 'update' });
+  const entry = rev.history.find((h) => h.revision === rev.revision);
+  const isNew = (i: Instance): boolean => isOfRevision(i.spec.revision, entry, rev.revision);
   const container = containerSpecOf(service.spec);
   const restart: RestartFields = { restartPolicy: service.spec.restartPolicy, maxRestarts: -1, ...stopGraceOf(service.spec) };
-  for (let index = 0; index < service.spec.replicas; index++) {
+  const live = current.filter((i) => !i.metadata.deletionRequestedAt);
+  const byIndex = new Map(current.map((i) => [i.spec.index, i]));
+  const old = live.filter((i) => i.spec.index < R && !isNew(i));
+
+  // The progress deadline: progress is a new replica becoming ready; the clock starts with
+  // the revision, and again when the rollout is resumed.
+  const newReady = live.filter((i) => isNew(i) && instanceReady(i)).length;
+  const was = service.status.progress;
+  const wasPaused = service.status.conditions?.[0]?.reason === 'Paused';
+  const resumed = wasPaused && !settings.paused;
+  const progress: RolloutProgress = !was || was.revision !== rev.revision || newReady > was.ready || resumed || settings.paused ? { revision: rev.revision, at: ctx.now, ready: newReady } : was;
+  const updated = live.filter((i) => i.spec.index < R && isNew(i)).length;
+  const ready = current.filter(instanceReady).length;
+  const complete = old.length === 0 && updated === R && live.every((i) => i.spec.index < R && instanceReady(i));
+  const deadlineAt = Date.parse(progress.at) + settings.progressDeadlineSeconds * 1000;
+  const exceeded = !complete && !settings.paused && Date.parse(ctx.now) > deadlineAt;
+  const stable = service.status.stableRevision;
+  const stableEntry = rev.history.find((h) => h.revision === stable);
+
+  if (exceeded && settings.autoRollback && stableEntry && stable !== rev.revision) {
+    // Back to the last complete revision's template, as a new revision that takes it over
+    // (its instances, still there, count as new); the next pass rolls the rest back.
+    const back = nextRevision({ revision: rev.revision, history: rev.history }, stableEntry.template, { now: ctx.now, generation: service.metadata.generation + 1, cause: 'rollback' });
+    const message = `revision ${rev.revision} made no progress for ${settings.progressDeadlineSeconds}s; rolled back to revision ${stableEntry.revision}'s template as revision ${back.revision}`;
+    changes.push({
+      op: 'rollback',
+      from: rev.revision,
+      to: stableEntry.revision,
+      generation: service.metadata.generation,
+      spec: specWithTemplate(service.spec, stableEntry.template),
+      status: {
+        ...statusCounts(service, updated, ready),
+        revision: back.revision,
+        history: back.history.map((h) => (h.revision === back.revision ? { ...h, message } : h)),
+        stableRevision: stableEntry.revision,
+        progress: { revision: back.revision, at: ctx.now, ready: 0 },
+        conditions: [condition(service, 'True', 'RolledBack', message, ctx.now)],
+      },
+      message,
+    });
+    return changes;
+  }
+
+  // Replacing: not while paused or past the deadline (which then waits for a new revision,
+  // or for the new replicas to become ready after all).
+  const rolling = !settings.paused && !exceeded;
+  const minReady = Math.max(0, R - unavailable);
+  let budget = ready - minReady;
+  let total = current.length;
+  const replace = rolling ? [...old].sort((a, b) => Number(instanceReady(a)) - Number(instanceReady(b)) || a.spec.index - b.spec.index) : [];
+  const removeNow = new Set<string>();
+  for (const i of replace) {
+    if (instanceReady(i)) {
+      if (budget <= 0) break;
+      budget--;
+    }
+    removeNow.add(i.metadata.name);
+  }
+  const planned: Instance[] = [];
+  for (let index = 0; index < R; index++) {
     const existing = byIndex.get(index);
     if (!existing) {
-      planned.push(newInstance(service, index, ctx, restart, restartOn));
+      planned.push(newInstance(service, index, ctx, restart, restartOn, rev.revision));
+      total++;
       continue;
     }
     if (existing.metadata.deletionRequestedAt) continue; // its agent is removing it; recreated once gone
-    if (existing.spec.ownerGeneration !== service.metadata.generation && !sameMounts(existing.spec.mounts, mountsOf(service.spec, index))) {
-      // Other volumes may live on another host: the instance is re-created (and placed where
-      // its volumes are) instead of being changed in place.
+    if (removeNow.has(existing.metadata.name)) {
       changes.push(existing.spec.host === '' ? { op: 'forget', name: existing.metadata.name } : { op: 'requestDeletion', name: existing.metadata.name });
       continue;
     }
-    if (existing.spec.ownerGeneration !== service.metadata.generation || !sameVersions(existing.spec.restartOn, restartOn)) {
-      // The owner's current restartOn and stop grace replace the old ones (absent ones included).
+    if (!isNew(existing)) continue; // an old replica waiting for its turn
+    if (existing.spec.ownerGeneration !== service.metadata.generation || !sameVersions(existing.spec.restartOn, restartOn) || existing.spec.revision !== rev.revision) {
+      // Same template (scaled, rollout settings changed, a restart object changed, a revision
+      // renumbered by an undo): the owner's current restartOn and stop grace replace the old ones.
       const { restartOn: _old, stopGracePeriodSeconds: _oldGrace, ...rest } = existing.spec;
-      const spec: InstanceSpec = { ...rest, container, ...restart, ownerGeneration: service.metadata.generation, ...(Object.keys(restartOn).length > 0 ? { restartOn } : {}) };
-      // The container is replaced only when what it runs changed: a new owner generation or a
-      // new stop grace alone is recorded on the instance and leaves its container running.
-      const { ownerGeneration: _was, stopGracePeriodSeconds: _graceWas, ...before } = existing.spec;
-      const { ownerGeneration: _now, stopGracePeriodSeconds: _graceNow, ...after } = spec;
+      const spec: InstanceSpec = { ...rest, container, ...restart, ownerGeneration: service.metadata.generation, revision: rev.revision, ...(Object.keys(restartOn).length > 0 ? { restartOn } : {}) };
+      // The container is replaced only when what it runs changed: a new owner generation, a
+      // renumbered revision or a new stop grace alone is recorded and leaves it running.
+      const { ownerGeneration: _was, stopGracePeriodSeconds: _graceWas, revision: _revWas, ...before } = existing.spec;
+      const { ownerGeneration: _now, stopGracePeriodSeconds: _graceNow, revision: _revNow, ...after } = spec;
       changes.push({ op: 'updateSpec', name: existing.metadata.name, spec, replace: !isDeepStrictEqual(before, after) });
     }
   }
-  changes.push(...planned.map((instance) => ({ op: 'create' as const, instance })));
-  const ready = current.filter(instanceReady).length;
-  if (ready !== service.status.ready || service.status.observedGeneration !== service.metadata.generation) {
-    changes.push({ op: 'serviceStatus', ready, observedGeneration: service.metadata.generation });
+  // Ordinals at and above `replicas`: the surge while old replicas remain, else removed
+  // (scaled down; the surge once the rollout is done, without going below the bound).
+  const surgeWanted = rolling ? Math.min(surge, old.length) : 0;
+  for (const i of live.filter((x) => x.spec.index >= R).sort((a, b) => a.spec.index - b.spec.index)) {
+    const inSurge = i.spec.index < R + surge;
+    if (inSurge && isNew(i) && old.length > 0) continue;
+    // A ready one in the surge's ordinals goes only within the bound; beyond them it is a scale-down.
+    if (inSurge && instanceReady(i)) {
+      if (budget <= 0) continue;
+      budget--;
+    }
+    changes.push(i.spec.host === '' ? { op: 'forget', name: i.metadata.name } : { op: 'requestDeletion', name: i.metadata.name });
   }
+  for (let index = R; index < R + surgeWanted; index++) {
+    if (byIndex.has(index) || total >= R + surge) continue;
+    planned.push(newInstance(service, index, ctx, restart, restartOn, rev.revision));
+    total++;
+  }
+  changes.push(...planned.map((instance) => ({ op: 'create' as const, instance })));
+
+  const why = entry?.cause === 'rollback' && entry.message ? `${entry.message}; ` : '';
+  const [reason, status, message]: [ProgressingReason, ProgressingCondition['status'], string] = settings.paused
+    ? ['Paused', 'Unknown', `paused at revision ${rev.revision}: ${updated} of ${R} replicas updated`]
+    : exceeded
+      ? ['ProgressDeadlineExceeded', 'False', `revision ${rev.revision} made no progress for ${settings.progressDeadlineSeconds}s (${updated} of ${R} replicas updated, ${newReady} ready)${settings.autoRollback ? (stableEntry ? '' : '; no complete revision to roll back to') : '; autoRollback is off'}`]
+      : complete
+        ? [entry?.cause === 'rollback' ? 'RolledBack' : 'RolloutComplete', 'True', `${why}revision ${rev.revision} is rolled out: ${R} of ${R} replicas updated and ready`]
+        : [entry?.cause === 'rollback' ? 'RolledBack' : 'NewReplicasRolling', 'True', `${why}revision ${rev.revision}: ${updated} of ${R} replicas updated, ${ready} ready`];
+  const history = complete && entry && !entry.completedAt ? rev.history.map((h) => (h === entry ? { ...h, completedAt: ctx.now } : h)) : rev.history;
+  const next: ServiceStatusUpdate = {
+    ...statusCounts(service, updated, ready),
+    revision: rev.revision,
+    history,
+    ...(complete ? { stableRevision: rev.revision } : stable !== undefined ? { stableRevision: stable } : {}),
+    progress,
+    conditions: [condition(service, status, reason, message, ctx.now)],
+  };
+  const { address: _a, ...before } = service.status;
+  if (!sameJson(before, next)) changes.push({ op: 'serviceStatus', status: next });
+  // Come back at the deadline (nothing else may happen by then).
+  if (!complete && !settings.paused && !exceeded) changes.push({ op: 'requeue', afterMs: Math.max(0, deadlineAt - Date.parse(ctx.now)) + 10 });
   return changes;
+}
+
+function statusCounts(service: Service, updated: number, ready: number): Pick<ServiceStatusUpdate, 'ready' | 'observedGeneration' | 'updatedReplicas' | 'readyReplicas' | 'availableReplicas'> {
+  return { ready, observedGeneration: service.metadata.generation, updatedReplicas: updated, readyReplicas: ready, availableReplicas: ready };
+}
+
+/** The Progressing condition, its transition time kept while its status and reason stay. */
+function condition(service: Service, status: ProgressingCondition['status'], reason: ProgressingReason, message: string, now: string): ProgressingCondition {
+  const was = service.status.conditions?.find((c) => c.type === 'Progressing');
+  const lastTransitionTime = was && was.status === status && was.reason === reason ? was.lastTransitionTime : now;
+  return { type: 'Progressing', status, reason, message, lastTransitionTime };
 }
 
 /**

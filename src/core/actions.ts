@@ -37,7 +37,18 @@ export type Action =
    * Forward one TCP connection to `port` of a running instance: checked and audited (the
    * port, never the bytes) before the connection's bytes flow; the edge then relays them.
    */
-  | { type: 'portForward'; tenant: string; name: string; port: number };
+  | { type: 'portForward'; tenant: string; name: string; port: number }
+  /**
+   * Rolling updates of a service (model/rollout.ts): `undo` writes an earlier revision's
+   * template back (`toRevision`, default the one before the current), `restart` makes a new
+   * revision of the same template, `pause`/`resume` set `spec.rollout.paused`. Each is a
+   * spec change, audited `service.rollout.<op>`; the controller rolls it out.
+   */
+  | { type: 'rollout'; op: RolloutOp; tenant: string; name: string; toRevision?: number };
+
+/** The rollout operations a client may ask for. */
+export const ROLLOUT_OPS = ['undo', 'restart', 'pause', 'resume'] as const;
+export type RolloutOp = (typeof ROLLOUT_OPS)[number];
 
 /** Source of time and identity for deterministic writes (tests pass fixed ones). */
 export interface Env {

@@ -25,6 +25,7 @@ import { auditEntry, SYSTEM, type AuditContext } from './audit-context.js';
 import { issueToken, newTokenId, revokeToken } from './api-tokens.js';
 import { createJoinToken, forgetAgentCert, recordAgentCert, revokeAgentCert } from './agent-trust.js';
 import { objectKey } from '../model/keys.js';
+import { specWithTemplate } from '../model/rollout.js';
 import { DEFAULT_NETWORK_POOLS, type NetworkPools } from '../model/tenant-network.js';
 import { ConflictError, type TxnOp } from '../store/store.js';
 import { claimServiceAddress, releaseServiceAddressOps, tenantNetworkRemovalOps } from './network-records.js';
@@ -138,6 +139,8 @@ export class ControlPlane {
         return this.exec(action);
       case 'portForward':
         return this.portForward(action);
+      case 'rollout':
+        return this.rollout(action);
       case 'reencryptSecrets': {
         if (action.tenant !== undefined) await this.ownerTenant(action.tenant, 'tenant');
         const r = await reencryptSecrets(this.resources, this.keyring, (tenant, name, detail) => this.entry('secret.reencrypted', 'Secret', name, tenant, detail), action.tenant);
@@ -198,6 +201,56 @@ export class ControlPlane {
     const where = { host: inst.spec.host, ...(inst.spec.cell ? { cell: inst.spec.cell } : {}) };
     await this.resources.commitRecords([], this.entry('instance.portforward', 'Instance', a.name, a.tenant, { port: a.port, ...where }));
     return { type: 'portForward', instance: inst };
+  }
+
+  /**
+   * A rollout operation on a service: a spec change like an apply (generation moves), with
+   * its audit record `service.rollout.<op>` (detail: the new generation, the revision undone
+   * to) in the same write; the controller then rolls the new template out in waves.
+   */
+  private async rollout(a: Extract<Action, { type: 'rollout' }>): Promise<ActionResult> {
+    for (let attempt = 1; ; attempt++) {
+      const cur = await this.resources.mustGet('Service', a.name, a.tenant);
+      const now = this.env.now();
+      const next = structuredClone(cur);
+      let detail: Record<string, unknown> = {};
+      switch (a.op) {
+        case 'undo': {
+          const history = cur.status.history ?? [];
+          const current = cur.status.revision;
+          const target = a.toRevision !== undefined ? history.find((h) => h.revision === a.toRevision) : [...history].reverse().find((h) => h.revision !== current);
+          if (!target) {
+            const held = history.map((h) => h.revision).join(', ') || 'none';
+            throw new CarapaceError(
+              'CARAPACE_E_REVISION_NOT_FOUND',
+              a.toRevision !== undefined ? `service ${a.tenant}/${a.name} has no revision ${a.toRevision} (revisions kept: ${held})` : `service ${a.tenant}/${a.name} has no earlier revision to return to (revisions kept: ${held})`,
+              [{ path: a.toRevision !== undefined ? 'query.toRevision' : 'name', message: `revisions kept: ${held}` }],
+            );
+          }
+          next.spec = specWithTemplate(cur.spec, target.template);
+          detail = { toRevision: target.revision };
+          break;
+        }
+        case 'restart':
+          next.spec = { ...cur.spec, restartedAt: now };
+          break;
+        case 'pause':
+        case 'resume':
+          next.spec = { ...cur.spec, rollout: { ...cur.spec.rollout, paused: a.op === 'pause' } };
+          break;
+      }
+      const changed = !isDeepStrictEqual(cur.spec, next.spec);
+      if (!changed) return { type: 'object', object: cur, changed: false };
+      next.metadata.generation += 1;
+      next.metadata.updatedAt = now;
+      try {
+        const written = await this.resources.write(next, cur.metadata.resourceVersion, this.entry(`service.rollout.${a.op}`, 'Service', a.name, a.tenant, { generation: next.metadata.generation, ...detail }));
+        return { type: 'object', object: written, changed: true };
+      } catch (e) {
+        // The controller's status write landed in between: read again and redo.
+        if (!isCarapaceError(e, 'CARAPACE_E_CONFLICT') || attempt >= UNCONDITIONAL_ATTEMPTS) throw e;
+      }
+    }
   }
 
   private async hostOp(op: 'cordon' | 'uncordon' | 'drain', name: string): Promise<ActionResult> {

@@ -95,6 +95,7 @@ export const ERROR_CATALOGUE = {
   CARAPACE_E_UPGRADE_REQUIRED: { status: 426, description: 'The exec and port-forward endpoints speak WebSocket only: send a WebSocket upgrade (`carapace exec` and `carapace port-forward` do).' },
   CARAPACE_E_PORT_UNREACHABLE: { status: 502, description: "A port-forward could not connect to the workload's port (refused: nothing listens there; or no answer within 10 s), or the connection broke; the message names the address and port tried." },
   CARAPACE_E_PORT_FORWARD_UNSUPPORTED: { status: 422, description: "The instance cannot be port-forwarded: it has no address on its tenant network that its host can reach (e.g. its runtime gives it none), or the service named has no ready instance to pick." },
+  CARAPACE_E_REVISION_NOT_FOUND: { status: 404, description: "A `rollout undo` to a revision the service's history does not hold (10 are kept; `rollout history` lists them), or an undo with no earlier revision to return to." },
   CARAPACE_E_BAD_KEYRING: { status: 0, description: 'Server start or CLI only: the secrets keyring file is malformed (one `keyId:base64key` per line, 32-byte keys), unreadable, or readable by group or others (it must be mode 0600).' },
 } as const satisfies Record<string, CatalogueEntry>;
 

@@ -8,6 +8,7 @@ import type { ContainerSpec, JobSpec, MachineSpec, ServiceSpec, TenantSpec } fro
 import type { InstanceMount, Volume } from './volumes.js';
 import type { Config, Secret } from './secrets.js';
 import type { VolumeSnapshot } from './volume-snapshots.js';
+import type { ProgressingCondition, RolloutProgress, ServiceRevision } from './rollout.js';
 
 /** Kinds stored by the control plane, with their URL/collection names. */
 export const KINDS = {
@@ -80,6 +81,26 @@ export interface ServiceStatus {
    * released when the service is deleted.
    */
   address?: string;
+  /**
+   * Rolling updates (model/rollout.ts), written by the controller; absent on services no
+   * pass has looked at since rollouts existed. `revision`: the revision of the current
+   * template (moved by each template change, an undo, a rollback, a restart).
+   */
+  revision?: number;
+  /** Replicas (ordinals below `replicas`) made from the current revision, not being removed. */
+  updatedReplicas?: number;
+  /** Replicas ready now, of any revision (the surge included). */
+  readyReplicas?: number;
+  /** Replicas available to serve: ready ones (there is no minReadySeconds yet, so equal to readyReplicas). */
+  availableReplicas?: number;
+  /** The `Progressing` condition (the only one so far). */
+  conditions?: ProgressingCondition[];
+  /** The last REVISION_HISTORY_LIMIT revisions, oldest first: templates for undo and rollback. */
+  history?: ServiceRevision[];
+  /** The revision that last completed: where an automatic rollback returns. */
+  stableRevision?: number;
+  /** For the progress deadline (see RolloutProgress). */
+  progress?: RolloutProgress;
 }
 
 export interface Service {
@@ -161,6 +182,11 @@ export interface InstanceSpec {
    * the agent's default (10 s unless the agent was started with another).
    */
   stopGracePeriodSeconds?: number;
+  /**
+   * For service replicas: the revision of the service's template it was made from
+   * (`Service.status.revision`); absent on instances made before rollouts existed (read as 1).
+   */
+  revision?: number;
 }
 
 /**

@@ -7,7 +7,7 @@
  */
 import { KINDS, type Kind } from './objects.js';
 
-export type RouteKind = 'action' | 'logs' | 'exec' | 'portforward' | 'watch' | 'meta' | 'tokens' | 'audit' | 'usage' | 'hostOp' | 'pki' | 'whoami' | 'secrets' | 'version';
+export type RouteKind = 'action' | 'logs' | 'exec' | 'portforward' | 'watch' | 'meta' | 'tokens' | 'audit' | 'usage' | 'hostOp' | 'pki' | 'whoami' | 'secrets' | 'version' | 'rollout';
 
 /**
  * A query parameter a route reads (the handler parses it; this is what the OpenAPI document
@@ -132,6 +132,23 @@ function objectRoutes(): RouteDef[] {
     { name: 'format', type: 'string', enum: ['json', 'csv', 'table'], description: 'json (default), csv or table' },
     TENANT_FILTER,
   ] });
+  // Rolling updates of a service (model/rollout.ts): its state and history, and the operations.
+  out.push({ method: 'GET', url: '/v1/tenants/:tenant/services/:name/rollout', summary: "A service's rollout: revision, replica counts, the Progressing condition, and its revisions with who made each and when (from the audit log)", kind: 'rollout', objectKind: 'Service' });
+  for (const [op, what] of [
+    ['undo', "Return to an earlier revision's template (?toRevision=N; default the one before the current), as a new revision rolled out in waves"],
+    ['restart', 'Replace every replica in waves: a new revision with the same template (sets spec.restartedAt)'],
+    ['pause', 'Stop replacing replicas (spec.rollout.paused); scaling still happens'],
+    ['resume', 'Go on replacing replicas (spec.rollout.paused false)'],
+  ] as const) {
+    out.push({
+      method: 'POST',
+      url: `/v1/tenants/:tenant/services/:name/rollout/${op}`,
+      summary: what,
+      kind: 'rollout',
+      objectKind: 'Service',
+      ...(op === 'undo' ? { query: [{ name: 'toRevision', type: 'integer', description: 'The revision to return to (`rollout history` lists them)' } as const] } : {}),
+    });
+  }
   out.push({ method: 'GET', url: '/v1/tenants/:tenant/machines/:name/logs', summary: "Read or follow a machine's serial console (NDJSON)", kind: 'logs', objectKind: 'Machine', query: LOG_QUERY });
   out.push({ method: 'POST', url: '/v1/secrets/reencrypt', summary: "Re-encrypt every Secret (or one tenant's, body {tenant}) under the keyring's primary key, for key rotation (cluster-admin)", kind: 'secrets' });
   out.push({ method: 'GET', url: '/v1/version', summary: "The server's release and the API version it serves (`carapace version`); any valid token", kind: 'version' });

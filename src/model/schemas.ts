@@ -5,6 +5,7 @@
  * memory in MiB) and fills defaults, so stored specs are canonical. Pure.
  */
 import { z } from 'zod';
+import { RolloutSchema } from './rollout.js';
 import { parseCidr } from './netaddr.js';
 import { parseCpu, parseMemoryMiB } from './quantity.js';
 
@@ -240,6 +241,13 @@ export const ServiceSpecSchema = ContainerSpecSchema.extend({
   /** One Volume `<name>-<ordinal>` per replica, made and kept by the control plane (model/volumes.ts). */
   volumeTemplates: z.array(VolumeTemplateSchema).max(16).optional(),
   stopGracePeriodSeconds: StopGracePeriodSchema.optional(),
+  /** How a change of the template replaces the replicas (model/rollout.ts); absent: ROLLOUT_DEFAULTS. */
+  rollout: RolloutSchema.optional(),
+  /**
+   * Set by `rollout restart` (the time it was asked): part of the template, so a new value is
+   * a new revision and every replica is replaced in waves, the rest of the template unchanged.
+   */
+  restartedAt: z.string().datetime({ message: 'must be an ISO 8601 time such as 2026-01-01T00:00:00.000Z' }).optional(),
 });
 export type ServiceSpec = z.infer<typeof ServiceSpecSchema>;
 

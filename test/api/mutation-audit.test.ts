@@ -161,6 +161,23 @@ function recipes(): Map<string, Recipe> {
       refusal: { path: `/v1/hosts/${h}-missing/${op}` },
     });
   }
+  for (const op of ['undo', 'restart', 'pause', 'resume'] as const) {
+    const t = `t-rollout-${op}`;
+    m.set(`POST /v1/tenants/:tenant/services/:name/rollout/${op}`, {
+      // A service with two revisions (image 1, then 2), as the controller records them; paused for resume.
+      setup: async () => {
+        await tenantFixture(t);
+        await cp().handle({ type: 'apply', manifest: manifest('Service', 'web', t, { ...SPECS['Service'], image: IMG.replace(':1', ':2'), ...(op === 'resume' ? { rollout: { paused: true } } : {}) }) as never });
+        await fixtures.mutate('Service', 'web', t, (s) => {
+          const template = (image: string) => ({ ...s.spec, image, rollout: undefined, replicas: undefined, maxUnavailable: undefined }) as never; // a template as templateOf makes it
+          s.status = { ...s.status, revision: 2, history: [1, 2].map((r) => ({ revision: r, template: template(IMG.replace(':1', `:${r}`)), createdAt: env.now(), generation: r, cause: 'update' as const })) };
+          return s;
+        });
+      },
+      success: { path: `/v1/tenants/${t}/services/web/rollout/${op}` },
+      refusal: { path: op === 'undo' ? `/v1/tenants/${t}/services/web/rollout/undo?toRevision=9` : `/v1/tenants/${t}/services/missing/rollout/${op}` },
+    });
+  }
   m.set('POST /v1/secrets/reencrypt', {
     // A secret sealed under the old key (the control plane's keyring has a newer primary).
     setup: async () => {

@@ -1,0 +1,229 @@
+/**
+ * Rolling updates for real, through `carapace up` and the CLI: a 4-replica host-tier service
+ * with a readiness probe is changed while a client (in another container of the tenant)
+ * requests its service address in a loop: no request fails, and at no sampled moment are
+ * fewer than 4 replicas ready (maxSurge 1 / maxUnavailable 0, the defaults). `rollout history`
+ * lists both revisions with who made them; `rollout undo` returns to revision 1's env; a new
+ * template whose readiness never passes misses a short progressDeadlineSeconds and is rolled
+ * back by itself, the client never noticing.
+ *
+ * The replicas' script keeps serving for 2 s after SIGTERM before it stops httpd (what a
+ * Kubernetes preStop sleep does): a replica asked to stop leaves the service's endpoints at
+ * once (it is no longer ready), and its open requests finish in that time.
+ */
+import { join } from 'node:path';
+import { writeFile } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildBusyboxImage, startRegistry, type RunningRegistry } from '../../src/image/testing/index.js';
+import { instanceReady, type Instance, type Service } from '../../src/model/objects.js';
+import type { RolloutReport } from '../../src/model/rollout.js';
+import { netnsName } from '../../src/network/ipam.js';
+import { clientLoop } from '../network/tenant-helpers.js';
+import { cli, destroyAll, eventually, freePort, Server, tempDir } from './helpers.js';
+
+const PREFIX = 'crl';
+
+let tmp: { dir: string; cleanup: () => Promise<void> };
+let registry: RunningRegistry;
+let server: Server;
+let image: string;
+
+/** Serves `$VERSION $(hostname)`; on SIGTERM serves 2 s more, then stops. */
+const WEB = `
+mkdir -p /www && echo "$VERSION $(hostname)" > /www/index.html
+httpd -f -p 8080 -h /www &
+pid=$!
+trap 'sleep 2; kill $pid; exit 0' TERM
+while true; do sleep 0.2; done
+`;
+
+const manifest = (docs: object[]): string => docs.map((d) => JSON.stringify(d)).join('\n---\n');
+
+async function apply(docs: object[], extra: string[] = []): Promise<void> {
+  const file = join(tmp.dir, `m-${Math.random().toString(36).slice(2)}.yaml`);
+  await writeFile(file, manifest(docs));
+  const r = await cli(server.url, ['apply', '-f', file, ...extra], undefined, 300_000);
+  expect(r.code, r.stdout + r.stderr).toBe(0);
+}
+
+async function list<T>(kind: string): Promise<T[]> {
+  const r = await cli(server.url, ['get', kind, '-o', 'json', '-t', 'acme']);
+  expect(r.code, r.stderr).toBe(0);
+  return (JSON.parse(r.stdout) as { items: T[] }).items;
+}
+
+/** `rollout history -o json`: the revisions with who made them. */
+async function history(): Promise<RolloutReport['history']> {
+  const h = await cli(server.url, ['rollout', 'history', 'acme/web', '-o', 'json']);
+  expect(h.code, h.stderr).toBe(0);
+  return JSON.parse(h.stdout) as RolloutReport['history']; // the CLI prints the report's history as JSON
+}
+
+function web(env: Record<string, string>, extra: object = {}): object {
+  return {
+    apiVersion: 'carapace/v1',
+    kind: 'Service',
+    metadata: { name: 'web', tenant: 'acme' },
+    spec: {
+      image,
+      isolation: 'host',
+      replicas: 4,
+      cpu: 0.05,
+      memory: '32Mi',
+      command: ['sh', '-c', WEB],
+      env,
+      ports: [{ containerPort: 8080 }],
+      readinessProbe: { httpGet: { path: '/', port: 8080 }, periodSeconds: 1 },
+      ...extra,
+    },
+  };
+}
+
+/** Samples how many replicas of web are ready (and how many exist) until stopped. */
+function readySampler(): { samples: { ready: number; total: number }[]; stop: () => Promise<void> } {
+  const samples: { ready: number; total: number }[] = [];
+  let running = true;
+  const done = (async () => {
+    while (running) {
+      const insts = (await list<Instance>('instances')).filter((i) => i.spec.owner.name === 'web');
+      samples.push({ ready: insts.filter(instanceReady).length, total: insts.length });
+    }
+  })();
+  return {
+    samples,
+    stop: async () => {
+      running = false;
+      await done;
+    },
+  };
+}
+
+/** Rolls to completion through `rollout status --watch`; returns its exit code and output. */
+async function watch(): Promise<{ code: number; out: string }> {
+  const r = await cli(server.url, ['rollout', 'status', 'acme/web', '--watch', '--timeout', '240'], undefined, 300_000);
+  return { code: r.code, out: r.stdout + r.stderr };
+}
+
+beforeAll(async () => {
+  tmp = await tempDir('carapace-rollout-');
+  registry = await startRegistry({ dir: join(tmp.dir, 'registry') });
+  image = (await buildBusyboxImage({ registry: registry.address, repository: 'rollout/busybox', tag: '1' })).reference;
+  server = new Server(join(tmp.dir, 'state'), await freePort(), ['--net-prefix', PREFIX], { CARAPACE_LOG_LEVEL: 'warn' }, 'up');
+  await server.start();
+  await apply([
+    { apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name: 'acme' }, spec: {} },
+    { apiVersion: 'carapace/v1', kind: 'Service', metadata: { name: 'client', tenant: 'acme' }, spec: { image, isolation: 'host', cpu: 0.05, memory: '32Mi', command: ['sh', '-c', 'while true; do sleep 1; done'] } },
+    web({ VERSION: 'v1' }),
+  ], ['--wait', '--timeout', '240']);
+}, 300_000);
+
+afterAll(async () => {
+  await server?.stop();
+  await destroyAll(join(tmp.dir, 'state'), { prefix: PREFIX });
+  await registry?.stop();
+  await tmp?.cleanup();
+}, 180_000);
+
+describe('rolling updates', () => {
+  let loop: ReturnType<typeof clientLoop> | undefined;
+
+  afterAll(() => {
+    loop?.child.kill('SIGKILL');
+  });
+
+  it('a change of the template rolls through the replicas while a client loops: no failed request, never fewer than 4 ready; history has 2 revisions; undo returns to revision 1', async () => {
+    const client = (await list<Instance>('instances')).find((i) => i.metadata.name === 'client-0');
+    const svc = (await list<Service>('services')).find((s) => s.metadata.name === 'web');
+    expect(client?.status.containerId && svc?.status.address).toBeTruthy();
+    loop = clientLoop(netnsName(client?.status.containerId ?? ''), `http://${svc?.status.address ?? ''}:8080/`);
+    const l = loop;
+    await eventually(async () => new Set(l.samples.filter((s) => s.ok).map((s) => s.body)).size === 4, 60_000, 'four v1 replicas answering');
+    const from = l.samples.length;
+
+    const sampler = readySampler();
+    await apply([web({ VERSION: 'v2' })]);
+    const rolled = await watch();
+    await sampler.stop();
+    expect(rolled.code, rolled.out).toBe(0);
+    expect(rolled.out).toMatch(/service\/acme\/web: revision 2 rolled out \(4 of 4 updated and ready\)/);
+    // Every replica now answers v2; nothing failed on the way.
+    await eventually(async () => new Set(l.samples.slice(-40).filter((s) => s.ok && (s.body ?? '').startsWith('v2 ')).map((s) => s.body)).size === 4, 30_000, 'four v2 replicas answering');
+    const during = l.samples.slice(from);
+    expect(during.filter((s) => !s.ok).length, `failed requests out of ${during.length}`).toBe(0);
+    expect(during.some((s) => (s.body ?? '').startsWith('v1 ')) && during.some((s) => (s.body ?? '').startsWith('v2 '))).toBe(true);
+    expect(sampler.samples.length).toBeGreaterThan(3);
+    expect(Math.min(...sampler.samples.map((s) => s.ready)), JSON.stringify(sampler.samples)).toBeGreaterThanOrEqual(4);
+    expect(Math.max(...sampler.samples.map((s) => s.total)), JSON.stringify(sampler.samples)).toBeLessThanOrEqual(5);
+
+    // History: two revisions, the second made by the admin's update (from the audit log).
+    const h = await history();
+    expect(h.map((r) => [r.revision, r.cause, r.template.env['VERSION'], r.current])).toEqual([
+      [1, 'update', 'v1', false],
+      [2, 'update', 'v2', true],
+    ]);
+    expect(h[1]?.changedBy).toBeTruthy();
+    expect(h[1]?.action).toBe('update');
+    const table = await cli(server.url, ['rollout', 'history', 'acme/web']);
+    expect(table.stdout).toMatch(/^REVISION\s+CAUSE\s+CHANGED-BY\s+WHEN\s+TEMPLATE\n1\s+update\s+token:\S+\s+\S+\s+\S+\/rollout\/busybox:1 command=.* env=VERSION=v1\n2\*\s+update\s+token:\S+ .* env=VERSION=v2\n$/);
+
+    // Undo: back to revision 1's template, as revision 3; the client still sees no failure.
+    const before = l.samples.length;
+    const undo = await cli(server.url, ['rollout', 'undo', 'acme/web', '--to-revision', '1']);
+    expect(undo.code, undo.stderr).toBe(0);
+    const back = await watch();
+    expect(back.code, back.out).toBe(0);
+    const insts = (await list<Instance>('instances')).filter((i) => i.spec.owner.name === 'web' && !i.metadata.deletionRequestedAt);
+    expect(insts.map((i) => [i.metadata.name, i.spec.container.env['VERSION'], i.spec.revision]).sort()).toEqual([0, 1, 2, 3].map((n) => [`web-${n}`, 'v1', 3]));
+    const h2 = await history();
+    expect(h2.map((r) => [r.revision, r.cause, r.template.env['VERSION']])).toEqual([
+      [2, 'update', 'v2'],
+      [3, 'undo', 'v1'],
+    ]);
+    expect(h2[1]?.action).toBe('service.rollout.undo');
+    await eventually(async () => new Set(l.samples.slice(-40).filter((s) => s.ok && (s.body ?? '').startsWith('v1 ')).map((s) => s.body)).size === 4, 30_000, 'four v1 replicas answering again');
+    expect(l.samples.slice(before).filter((s) => !s.ok).length).toBe(0);
+
+    // Bad input: an undo to a revision the history does not hold.
+    const missing = await cli(server.url, ['rollout', 'undo', 'acme/web', '--to-revision', '1']);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/CARAPACE_E_REVISION_NOT_FOUND: service acme\/web has no revision 1 \(revisions kept: 2, 3\)/);
+  }, 600_000);
+
+  it('a template whose readiness never passes misses its deadline and is rolled back by itself; the client never notices', async () => {
+    const l = loop;
+    if (!l) throw new Error('the first case starts the client loop');
+    const from = l.samples.length;
+    // Same image and env, a readiness probe on a page that does not exist: never ready.
+    const file = join(tmp.dir, 'broken.yaml');
+    await writeFile(file, manifest([web({ VERSION: 'v1' }, { readinessProbe: { httpGet: { path: '/nope', port: 8080 }, periodSeconds: 1 }, rollout: { progressDeadlineSeconds: 8 } })]));
+    // apply --wait says the applied template was rolled back, and exits 1.
+    const applied = await cli(server.url, ['apply', '-f', file, '--wait', '--timeout', '120'], undefined, 200_000);
+    expect(applied.code, applied.stdout + applied.stderr).toBe(1);
+    expect(applied.stdout).toMatch(/service\/acme\/web: rolled back: revision 4 made no progress for 8s; rolled back to revision 3's template as revision 5/);
+    const r = await watch();
+    expect(r.code, r.out).toBe(1);
+    expect(r.out).toMatch(/revision 4 made no progress for 8s; rolled back to revision 3's template as revision 5/);
+    const svc = await eventually(async () => {
+      const s = (await list<Service>('services')).find((x) => x.metadata.name === 'web');
+      return s?.status.revision === 5 && s.status.conditions?.[0]?.message.includes('is rolled out') ? s : undefined;
+    }, 60_000, 'the rollback rolled out');
+    expect(svc.spec.readinessProbe?.httpGet?.path).toBe('/');
+    expect(svc.status.conditions?.[0]).toMatchObject({ type: 'Progressing', status: 'True', reason: 'RolledBack' });
+    // The replicas of revision 3 ran on (taken over by revision 5); the broken surge is gone.
+    const insts = await eventually(async () => {
+      const all = (await list<Instance>('instances')).filter((i) => i.spec.owner.name === 'web');
+      return all.length === 4 ? all : undefined;
+    }, 60_000, 'four replicas');
+    expect(insts.every((i) => i.spec.container.readinessProbe?.httpGet?.path === '/' && instanceReady(i))).toBe(true);
+    const h = await history();
+    expect(h.map((x) => [x.revision, x.cause])).toEqual([
+      [2, 'update'],
+      [4, 'update'],
+      [5, 'rollback'],
+    ]);
+    expect(h[2]).toMatchObject({ changedBy: 'controller', action: 'service.rolledBack' });
+    const during = l.samples.slice(from);
+    expect(during.length).toBeGreaterThan(10);
+    expect(during.filter((s) => !s.ok).length, `failed requests out of ${during.length}`).toBe(0);
+  }, 400_000);
+});
