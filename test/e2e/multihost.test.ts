@@ -3,8 +3,10 @@
  * an address the test assigns) running its own `carapace agent`, which joins the server over
  * mutual TLS with a join token. The server runs on etcd. A service's cells spread across
  * zones; cutting a host off (its link down) moves its work to the other host; healing the
- * link makes the returning agent destroy its stale copies, so nothing runs twice.
+ * link makes the returning agent destroy its stale copies, so nothing runs twice. Logs, exec
+ * sessions and port-forwards of instances on the joined hosts are relayed through their agents.
  */
+import { spawn } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -15,7 +17,7 @@ import type { Cell, Host, Instance } from '../../src/model/objects.js';
 import { LABELS } from '../../src/agent/container-id.js';
 import { createVmManager } from '../../src/vm/qemu.js';
 import { run, runOrThrow } from '../../src/proc/run.js';
-import { Agent, cli, containers, destroyAll, eventually, freePort, Server, tempDir } from './helpers.js';
+import { Agent, CLI, cli, containers, destroyAll, eventually, freePort, Server, tempDir, tokens } from './helpers.js';
 
 const BRIDGE = 'cmh0';
 const GW = '10.70.0.1';
@@ -204,6 +206,31 @@ describe('many hosts in network namespaces', () => {
         return l.stdout.includes(`hello from ${i.metadata.name}`) ? l : undefined;
       }, 20_000, `logs of ${i.metadata.name} on ${i.spec.host}`);
       expect(logs.code).toBe(0);
+    }
+    // So do exec sessions (the server runs no agent: every session is relayed to the instance's host).
+    for (const i of before.filter((x) => x.spec.owner.name === 'web')) {
+      const r = await cli(server.url, ['exec', `acme/${i.metadata.name}`, '--', 'sh', '-c', 'hostname; echo err >&2; exit 3']);
+      expect({ code: r.code, stdout: r.stdout.trim(), stderr: r.stderr.trim() }, `exec on ${i.spec.host}`).toEqual({ code: 3, stdout: i.metadata.name, stderr: 'err' });
+      // And forwarded connections: its unpublished httpd answers its name on a local port.
+      const fwd = spawn(process.execPath, [CLI, 'port-forward', `acme/${i.metadata.name}`, ':8080'], {
+        env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', CARAPACE_SERVER: server.url, CARAPACE_TOKEN: tokens.get(server.url) ?? '', CARAPACE_CONFIG: '/nonexistent/carapace-config.json' },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let said = '';
+      fwd.stdout.on('data', (d: Buffer) => (said += d.toString()));
+      fwd.stderr.on('data', (d: Buffer) => (said += d.toString()));
+      try {
+        const port = await eventually(async () => /^Forwarding from 127\.0\.0\.1:(\d+) -> /m.exec(said)?.[1], 30_000, `port-forward to ${i.metadata.name} listening`);
+        const page = await eventually(async () => {
+          const res = await fetch(`http://127.0.0.1:${port}/`, { signal: AbortSignal.timeout(20_000) }).catch(() => undefined);
+          return res?.ok ? res.text() : undefined;
+        }, 60_000, `${i.metadata.name}'s page through the forward`).catch((e: unknown) => {
+          throw new Error(`${(e as Error).message}; port-forward said: ${said}`, { cause: e });
+        });
+        expect(page.trim()).toBe(i.metadata.name);
+      } finally {
+        fwd.kill('SIGINT');
+      }
     }
 
     // Cut h1 off the network: its agent can reach neither the server nor anything else.
