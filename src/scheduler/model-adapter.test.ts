@@ -47,6 +47,18 @@ const newId = (): (() => string) => {
 };
 
 describe('snapshotFromModel and the scheduler', () => {
+  it("puts replicas of a cell service with ports in cells of their own (they share a cell's network), and packs those without", () => {
+    const hosts = [host('h1', 16, ['cell'], 'Ready', 16384)];
+    const replicas = (ports: ContainerSpec['ports']): Instance[] => [0, 1, 2].map((n) => ({ ...instance(`web-${n}`, '', { isolation: 'cell', cpu: 0.1, memory: 64, ports }), spec: { ...instance(`web-${n}`, '', { isolation: 'cell', cpu: 0.1, memory: 64, ports }).spec, index: n } }));
+    const cellsOf = (pending: Instance[]): number => {
+      const plan = schedule(snapshotFromModel(view({ hosts, instances: pending })), { place: pending.map(instanceRequestFromModel) }, { now: 1, newId: newId() });
+      expect(plan.placements).toHaveLength(3);
+      return new Set(plan.placements.map((p) => p.cell)).size;
+    };
+    expect(cellsOf(replicas([{ containerPort: 8080, protocol: 'tcp' }]))).toBe(3);
+    expect(cellsOf(replicas([]))).toBe(1);
+  });
+
   it('places onto hosts that support the tier, counts running instances, and explains the rest', () => {
     const hosts = [host('a', 1, ['host', 'sandbox']), host('b', 1, ['host']), host('c', 8, ['host', 'sandbox'], 'NotReady')];
     const running = [instance('web-0', 'a')];

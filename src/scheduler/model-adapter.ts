@@ -117,7 +117,10 @@ export function instanceRequestWithVolumes(i: Instance, volumes: VolumeIndex): I
 
 /**
  * The request for one instance object. Service replicas are spread across hosts when they can
- * be (`preferred`); job runs are packed (`none`).
+ * be (`preferred`); job runs are packed (`none`). Replicas of a cell-tier service that declares
+ * ports never share a cell (`required`): a cell's containers share the VM's network, so a
+ * second replica would find its ports taken (it would crash-loop, and a rolling update's new
+ * replica placed beside an old one would never become ready).
  */
 export function instanceRequestFromModel(i: Instance): InstanceRequest {
   const c = i.spec.container;
@@ -129,7 +132,7 @@ export function instanceRequestFromModel(i: Instance): InstanceRequest {
     isolation: c.isolation,
     cpu: c.cpu,
     memoryMiB: c.memory,
-    spread: i.spec.owner.kind === 'Service' ? 'preferred' : 'none',
+    spread: i.spec.owner.kind !== 'Service' ? 'none' : c.isolation === 'cell' && c.ports.length > 0 ? 'required' : 'preferred',
   };
 }
 
