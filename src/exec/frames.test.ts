@@ -52,6 +52,10 @@ describe('exec frames', () => {
     expect(parseResize(enc({ cols: 0, rows: 40 }))).toBeUndefined();
     expect(parseResize(new TextEncoder().encode('{'))).toBeUndefined();
     expect(parseStatus(enc({ exitCode: 3 }))).toEqual({ exitCode: 3 });
+    // A cell's guest timing passes through; a nonsensical one is dropped, the exit code kept.
+    expect(parseStatus(enc({ exitCode: 0, guestMs: 12.5 }))).toEqual({ exitCode: 0, guestMs: 12.5 });
+    expect(parseStatus(enc({ exitCode: 0, guestMs: -1 }))).toEqual({ exitCode: 0 });
+    expect(parseStatus(enc({ exitCode: 0, guestMs: 'soon' }))).toEqual({ exitCode: 0 });
     expect(parseStatus(enc({ error: { code: 'CARAPACE_E_X', message: 'm' } }))).toEqual({ error: { code: 'CARAPACE_E_X', message: 'm' } });
     expect(parseStatus(enc({ exitCode: 'x' }))).toMatchObject({ error: { code: 'CARAPACE_E_INTERNAL' } });
   });

@@ -32,8 +32,12 @@ export interface ExecOptions {
   rows?: number;
 }
 
-/** How the process ended, or why the session could not run it (the last frame). */
-export type ExecStatus = { exitCode: number } | { error: { code: string; message: string } };
+/**
+ * How the process ended, or why the session could not run it (the last frame). `guestMs`
+ * (cells): how long the command took inside the VM, its `runc exec` from spawn to exit as the
+ * guest's clock measured it: what the session's round trip compares with (bench/rollout.ts).
+ */
+export type ExecStatus = { exitCode: number; guestMs?: number } | { error: { code: string; message: string } };
 
 /** Limits on a command: it travels in the URL and in the audit record. */
 export const MAX_COMMAND_ARGS = 256;
@@ -118,8 +122,11 @@ export function parseResize(payload: Uint8Array): { cols: number; rows: number }
 /** A status frame's content; a malformed one reads as an error (the session ended without a clear status). */
 export function parseStatus(payload: Uint8Array): ExecStatus {
   try {
-    const v = JSON.parse(new TextDecoder().decode(payload)) as { exitCode?: unknown; error?: { code?: unknown; message?: unknown } }; // fields checked below
-    if (typeof v.exitCode === 'number' && Number.isInteger(v.exitCode)) return { exitCode: v.exitCode };
+    const v = JSON.parse(new TextDecoder().decode(payload)) as { exitCode?: unknown; guestMs?: unknown; error?: { code?: unknown; message?: unknown } }; // fields checked below
+    if (typeof v.exitCode === 'number' && Number.isInteger(v.exitCode)) {
+      const timed = typeof v.guestMs === 'number' && Number.isFinite(v.guestMs) && v.guestMs >= 0 && v.guestMs < 86_400_000;
+      return timed ? { exitCode: v.exitCode, guestMs: v.guestMs as number } : { exitCode: v.exitCode }; // `as`: checked just above
+    }
     if (typeof v.error?.code === 'string' && typeof v.error.message === 'string') return { error: { code: v.error.code, message: v.error.message } };
   } catch {
     // falls through to the generic error

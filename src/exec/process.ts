@@ -38,6 +38,8 @@ export interface ExecProcess {
    * its guest was lost: CARAPACE_E_UNAVAILABLE); the session's status is then that error.
    */
   readonly exited: Promise<number>;
+  /** Cells: how long the command took in the guest (its status's `guestMs`), once it exited. */
+  guestMs?(): number | undefined;
 }
 
 export interface SpawnExecOptions {

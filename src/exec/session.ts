@@ -69,7 +69,8 @@ export async function serveExec(proc: ExecProcess, port: ExecPort, abandon: () =
     return undefined;
   }
   open = false;
-  endSession(port, { exitCode: first });
+  const guestMs = proc.guestMs?.();
+  endSession(port, { exitCode: first, ...(guestMs !== undefined ? { guestMs } : {}) });
   return first;
 }
 

@@ -45,6 +45,8 @@ interface Session {
   paused: boolean;
   /** The exit code, once the process ended; sent after the pending output. */
   exitCode?: number;
+  /** The runc exec's time from spawn to exit, in ms (this guest's clock). */
+  guestMs?: number;
   over: boolean;
 }
 
@@ -69,6 +71,7 @@ export class GuestExecSessions {
     if (this.sessions.has(req.sessionId)) throw new SupervisorError('GUEST_E_BUSY', `exec session ${req.sessionId} already exists`);
     if (this.sessions.size >= MAX_EXEC_SESSIONS) throw new SupervisorError('GUEST_E_BUSY', `this cell already runs ${MAX_EXEC_SESSIONS} exec sessions`);
     const cmd = this.supervisor.execCommand(req.containerId, req.command, req.tty);
+    const startedAt = performance.now();
     const proc = spawnExec(cmd.argv, { tty: req.tty, stdin: req.stdin, ...(req.cols !== undefined ? { cols: req.cols } : {}), ...(req.rows !== undefined ? { rows: req.rows } : {}) });
     const s: Session = { id: req.sessionId, proc, pidFile: cmd.pidFile, cgroupPath: cmd.cgroupPath, inflight: 0, pending: [], paused: false, over: false };
     this.sessions.set(s.id, s);
@@ -80,6 +83,7 @@ export class GuestExecSessions {
       this.flush(s);
     });
     void proc.exited.then((code) => {
+      s.guestMs = Math.round((performance.now() - startedAt) * 100) / 100;
       s.exitCode = code;
       this.flush(s);
     });
@@ -104,7 +108,7 @@ export class GuestExecSessions {
       s.proc.resume();
     }
     if (s.pending.length === 0 && s.exitCode !== undefined && !s.over) {
-      this.send({ type: 'execFrame', sessionId: s.id, frame: Buffer.from(encodeFrame(CHANNEL.status, JSON.stringify({ exitCode: Math.min(255, Math.max(0, s.exitCode)) }))).toString('base64') });
+      this.send({ type: 'execFrame', sessionId: s.id, frame: Buffer.from(encodeFrame(CHANNEL.status, JSON.stringify({ exitCode: Math.min(255, Math.max(0, s.exitCode)), ...(s.guestMs !== undefined ? { guestMs: s.guestMs } : {}) }))).toString('base64') });
       this.end(s);
     }
   }

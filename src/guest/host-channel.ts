@@ -200,7 +200,7 @@ interface HostExec {
   /** Output bytes received and not yet acknowledged to the guest. */
   unacked: number;
   /** Ends the session: its exit code, or why its end cannot be known. */
-  finish(r: { exitCode: number } | { error: Error }): void;
+  finish(r: { exitCode: number; guestMs?: number } | { error: Error }): void;
 }
 
 /**
@@ -512,7 +512,7 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
         this.counters.accepted += 1;
         if (f.channel === CHANNEL.status) {
           const st = parseStatus(f.payload);
-          if ('exitCode' in st && st.exitCode >= 0 && st.exitCode <= 255) x.finish({ exitCode: st.exitCode });
+          if ('exitCode' in st && st.exitCode >= 0 && st.exitCode <= 255) x.finish({ exitCode: st.exitCode, ...(st.guestMs !== undefined ? { guestMs: st.guestMs } : {}) });
           else {
             // Only an exit code is the guest's to say; an error it made up never reaches the user.
             this.counters.execViolations += 1;
@@ -719,9 +719,15 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
     let early: { channel: 'stdout' | 'stderr'; data: Buffer }[] | undefined = [];
     let toAck = 0;
     let paused = false;
-    let settle!: (r: { exitCode: number } | { error: Error }) => void; // `!`: assigned synchronously by the Promise executor below
+    let settle!: (r: { exitCode: number; guestMs?: number } | { error: Error }) => void; // `!`: assigned synchronously by the Promise executor below
+    let guestMs: number | undefined;
     const exited = new Promise<number>((resolve, reject) => {
-      settle = (r) => ('exitCode' in r ? resolve(r.exitCode) : reject(r.error));
+      settle = (r) => {
+        if ('exitCode' in r) {
+          guestMs ??= r.guestMs;
+          resolve(r.exitCode);
+        } else reject(r.error);
+      };
     });
     exited.catch(() => undefined); // the session's owner awaits it; this keeps an unawaited end quiet
     const ack = (): void => {
@@ -792,6 +798,7 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
           ack();
         },
         exited,
+        guestMs: () => guestMs,
       },
       kill: async () => {
         if (this.execs.get(sessionId) !== x) return;

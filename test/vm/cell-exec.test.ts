@@ -114,6 +114,10 @@ describe('exec in a cell VM', () => {
     expect(await run.process.exited).toBe(3);
     expect([c.out(), c.err()]).toEqual(['hi\n', 'oops\n']);
     timings.execEchoMs = Date.now() - t0;
+    // The guest timed its runc exec; it cannot have taken longer than the whole round trip.
+    const guestMs = run.process.guestMs?.();
+    expect(guestMs).toBeGreaterThan(0);
+    expect(guestMs).toBeLessThanOrEqual(timings.execEchoMs);
 
     const cat = await runtime.exec(CTR, { command: ['cat'], tty: false, stdin: true });
     const cc = collect(cat);
