@@ -7,6 +7,7 @@
  * what still matches an instance and destroys what does not (no orphans, no duplicates).
  */
 import os from 'node:os';
+import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { Env } from '../core/actions.js';
 import type { Resources } from '../core/resources.js';
@@ -14,7 +15,8 @@ import { ImagePullError, type ImageStore, type PulledImage } from '../image/imag
 import { CarapaceError, isCarapaceError } from '../model/errors.js';
 import { TERMINAL_PHASES, type Host, type HostLease, type Instance, type InstanceStatus } from '../model/objects.js';
 import { referencesOf } from '../model/secrets.js';
-import { hostLeaseKey, kindPrefix } from '../model/keys.js';
+import { hostLeaseKey, kindPrefix, tenantNetworkViewKey } from '../model/keys.js';
+import type { TenantNetworkView } from '../model/tenant-network.js';
 import type { Isolation } from '../model/schemas.js';
 import type { ContainerInfo, ContainerState, LogLine, LogOptions, RuntimeDriver } from '../runtime/driver.js';
 import type { ReconcileResult } from '../reconcile/workqueue.js';
@@ -134,6 +136,11 @@ const VERSION = CARAPACE_VERSION;
 
 /** The bound on how long a changed `update` Secret or Config takes to reach running containers' files. */
 export const FILES_REFRESH_MS = 10_000;
+
+/** A deleted serving replica: the longest wait for its address to leave its service's endpoints (see `drain`). */
+const DRAIN_TIMEOUT_MS = 5_000;
+/** Then: time for every host's rules to follow the tenant's view (a watch event and an `nft -f` each: well under this). */
+const DRAIN_SETTLE_MS = 1_000;
 
 /**
  * Where an instance's driver is: found; in a cell whose guest agent is not connected (yet, or
@@ -499,7 +506,10 @@ export class HostAgent {
       return;
     }
     if (inst.metadata.deletionRequestedAt) {
-      if (inst.status.phase !== 'Stopping' && cur && !cur.exited) await this.setStatus(inst, { phase: 'Stopping', reason: 'Deleted', message: 'stopping: instance deleted' });
+      if (inst.status.phase !== 'Stopping' && cur && !cur.exited) {
+        await this.setStatus(inst, { phase: 'Stopping', reason: 'Deleted', message: 'stopping: instance deleted' });
+        await this.drain(inst);
+      }
       await this.teardown(key); // with the grace of the spec the container was started from
       await this.o.resources.remove('Instance', name, tenant, undefined);
       this.pullFailures.delete(key);
@@ -743,6 +753,30 @@ export class HostAgent {
   /** The volumes the local containers mount. */
   private volumesInUse(): Set<string> {
     return new Set([...this.local.values()].flatMap((c) => c.volumeIds ?? []));
+  }
+
+  /**
+   * Before a service's replica that was serving is stopped: waits until its address is out of
+   * its service's endpoints in the tenant's network view (deleting it made it not ready; the
+   * controller rewrites the view), then DRAIN_SETTLE_MS for every host's rules to follow the
+   * view. New connections then go to other replicas, and a SIGTERM that ends the process at
+   * once (nginx, busybox httpd) cuts no request a client just opened: what a rolling update or
+   * a scale-down would otherwise cost (cf. a load balancer's deregistration delay). Bounded by
+   * DRAIN_TIMEOUT_MS: a controller that is down must not hold a deletion forever.
+   */
+  private async drain(inst: Instance): Promise<void> {
+    const address = inst.status.address;
+    const tenant = inst.metadata.tenant;
+    if (!this.o.network || inst.spec.owner.kind !== 'Service' || inst.status.phase !== 'Running' || inst.status.ready !== true || !address || !tenant) return;
+    const store = this.o.resources.store;
+    const deadline = Date.now() + DRAIN_TIMEOUT_MS;
+    for (;;) {
+      const view = (await store.get<TenantNetworkView>(tenantNetworkViewKey(tenant)).catch(() => undefined))?.value;
+      const listed = view?.services.some((sv) => sv.name === inst.spec.owner.name && sv.endpoints.includes(address)) ?? false;
+      if (!listed || Date.now() > deadline) break;
+      await delay(50);
+    }
+    await delay(DRAIN_SETTLE_MS);
   }
 
   /** Puts container `id` of `inst` on its tenant's segment (made first if this host has none yet). */
