@@ -12,7 +12,8 @@ export type Selection =
   | { kind: 'instance'; key: string }
   | { kind: 'cell'; key: string }
   | { kind: 'host'; key: string }
-  | { kind: 'machine'; key: string };
+  | { kind: 'machine'; key: string }
+  | { kind: 'service'; key: string };
 
 export interface SessionValue {
   api: Api;

@@ -1,5 +1,5 @@
 /**
- * The details drawer: one instance, cell, host or machine, live from the cluster snapshot,
+ * The details drawer: one instance, cell, host, machine or service (its rollout: views/Rollout.tsx), live from the cluster snapshot,
  * with its events (lifecycle changes seen by this page plus its audit records), its logs
  * tail, its usage and, for instances, why it was placed where it is.
  */
@@ -11,6 +11,7 @@ import { keyOf } from '../cluster';
 import { State } from '../components/State';
 import { age, compact, cores, cpuSeconds, mib, mibSeconds, time } from '../format';
 import { canWrite, useCluster, useSession, type Selection } from '../session';
+import { ServiceDetails } from './Rollout';
 import { TerminalPanel } from './Terminal';
 import type { UsageRow } from './Tenants';
 
@@ -42,6 +43,12 @@ export function Details({ selection, onClose }: { selection: Selection; onClose:
       const m = snap.machines.get(selection.key);
       title = `machine ${selection.key}`;
       body = m ? <MachineDetails m={m} /> : <Gone what="machine" />;
+      break;
+    }
+    case 'service': {
+      const s = snap.services.get(selection.key);
+      title = `service ${selection.key}`;
+      body = s ? <ServiceDetails s={s} /> : <Gone what="service" />;
       break;
     }
   }

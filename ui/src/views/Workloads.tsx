@@ -1,6 +1,6 @@
 /**
  * Services, jobs, machines, volumes and their snapshots with everyday actions for tenant-admins and cluster-admins:
- * scale a service (an apply of its stored manifest with new replicas, guarded by its
+ * a service's name opens its details and rollout (views/Rollout.tsx); scale a service (an apply of its stored manifest with new replicas, guarded by its
  * resourceVersion) and delete. Viewers see the same tables without the actions.
  */
 import { useMemo, useState } from 'react';
@@ -65,6 +65,7 @@ export function Workloads(): React.JSX.Element {
           <tr>
             <th>Service</th>
             <th>Ready</th>
+            <th>Rollout</th>
             <th>Isolation</th>
             <th>Group</th>
             <th>Image</th>
@@ -79,7 +80,7 @@ export function Workloads(): React.JSX.Element {
           ))}
           {services.length === 0 && (
             <tr>
-              <td colSpan={8} className="muted">
+              <td colSpan={9} className="muted">
                 No services.
               </td>
             </tr>
@@ -262,7 +263,7 @@ export function Workloads(): React.JSX.Element {
 }
 
 function ServiceRow({ s, write }: { s: Service; write: boolean }): React.JSX.Element {
-  const { api, cluster } = useSession();
+  const { api, cluster, select } = useSession();
   const [replicas, setReplicas] = useState(String(s.spec.replicas));
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string | undefined>(undefined);
@@ -286,13 +287,22 @@ function ServiceRow({ s, write }: { s: Service; write: boolean }): React.JSX.Ele
       .finally(() => setBusy(false));
   };
   const k = keyOf(s);
+  const progressing = s.status.conditions?.find((c) => c.type === 'Progressing');
   return (
     <tr data-service={k}>
-      <td className="mono strong">{k}</td>
+      <td className="mono strong">
+        <button type="button" className="link mono strong" data-open-service={k} title="Details and rollout" onClick={() => select({ kind: 'service', key: k })}>
+          {k}
+        </button>
+      </td>
       <td>
         <span className={s.status.ready >= s.spec.replicas ? 'ok-text' : 'warn-text'}>
           {s.status.ready}/{s.spec.replicas}
         </span>
+      </td>
+      <td className="small" title={progressing?.message}>
+        {s.status.revision !== undefined ? `rev ${s.status.revision}` : '-'}
+        {progressing && progressing.reason !== 'RolloutComplete' ? <span className="muted"> · {progressing.reason}</span> : null}
       </td>
       <td>{s.spec.isolation}</td>
       <td>{s.spec.group}</td>
