@@ -14,6 +14,7 @@
  */
 import { afterAll, beforeAll } from 'vitest';
 import { run } from '../src/proc/run.js';
+import { until } from '../src/proc/until.js';
 
 interface HostObjects {
   links: Set<string>;
@@ -66,13 +67,10 @@ afterAll(async () => {
   if (!before) return;
   const start = before;
   before = undefined;
-  // A QEMU or a dnsmasq told to stop may take a moment to go: a deadline, not a pause.
-  const deadline = Date.now() + 15_000;
-  let left = added(start, await snapshot(start));
-  while (!empty(left) && Date.now() < deadline) {
-    await new Promise((r) => setTimeout(r, 500));
-    left = added(start, await snapshot(start));
-  }
+  // A QEMU or a dnsmasq told to stop may take a moment to go: waited for, with a deadline.
+  const clean = await until('the file\'s kernel objects to go', async () => (empty(added(start, await snapshot(start))) ? true : undefined), 15_000, 500).catch(() => false);
+  if (clean) return;
+  const left = added(start, await snapshot(start));
   if (empty(left)) return;
   await remove(left);
   throw new Error(`this file left kernel objects behind (removed now, so later files run on a clean host): ${JSON.stringify(left)}`);
