@@ -8,32 +8,27 @@
  * instance that is not running) and the audit record (the command line, never the bytes).
  * Requires `npm run build`.
  */
-import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { spawn as ptySpawn, type IPty } from 'node-pty';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildBusyboxImage, startRegistry, type RunningRegistry } from '../../src/image/testing/index.js';
 import type { Instance } from '../../src/model/objects.js';
-import { CLI, cli, destroyAll, eventually, freePort, Server, tempDir, tokens } from './helpers.js';
+import { applyDocs, CLI, cli, destroyAll, eventually, freePort, mintToken, Server, tempDir, tokens } from './helpers.js';
 
 let tmp: { dir: string; cleanup: () => Promise<void> };
 let registry: RunningRegistry;
 let server: Server;
 
-const manifest = (docs: object[]): string => docs.map((d) => JSON.stringify(d)).join('\n---\n');
-
 async function apply(docs: object[], extra: string[] = []): Promise<void> {
-  const file = join(tmp.dir, `m-${Math.random().toString(36).slice(2)}.yaml`);
-  await writeFile(file, manifest(docs));
-  const r = await cli(server.url, ['apply', '-f', file, ...extra]);
+  const r = await applyDocs(server.url, tmp.dir, docs, extra);
   expect(r.code, r.stdout + r.stderr).toBe(0);
 }
 
 /** A token of `role` for `tenant`, minted through the CLI. */
 async function token(role: string, tenant: string): Promise<string> {
-  const r = await cli(server.url, ['token', 'create', '--name', `${role}-${tenant}`, '--role', role, '--tenant', tenant]);
-  expect(r.code, r.stderr).toBe(0);
-  return r.stdout.trim().split('\n').at(-1) ?? '';
+  const { token: t, result } = await mintToken(server.url, role, tenant);
+  expect(result.code, result.stderr).toBe(0);
+  return t;
 }
 
 /** The CLI under a real pseudo-terminal, as a user's shell runs it; `out()` is everything the terminal showed. */

@@ -3,7 +3,7 @@
  * SIGKILLed), and the real CLI. Requires `npm run build` (scripts/test.sh does it).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -46,6 +46,22 @@ export async function cli(server: string, args: string[], input?: string, timeou
     if (e instanceof CommandError && e.timedOut) return { code: -1, stdout: '', stderr: e.stderr };
     throw e;
   }
+}
+
+/** Manifest documents as one multi-document YAML stream (JSON is YAML). */
+export const manifest = (docs: object[]): string => docs.map((d) => JSON.stringify(d)).join('\n---\n');
+
+/** `carapace apply -f FILE EXTRA…` of `docs`, written to a new file in `dir`; the CLI's result. */
+export async function applyDocs(server: string, dir: string, docs: object[], extra: string[] = [], timeoutMs?: number): Promise<CliResult> {
+  const file = join(dir, `m-${Math.random().toString(36).slice(2)}.yaml`);
+  await writeFile(file, manifest(docs));
+  return cli(server, ['apply', '-f', file, ...extra], undefined, timeoutMs);
+}
+
+/** A token of `role` for `tenant`, minted through the CLI (its last output line); the CLI's result when it failed. */
+export async function mintToken(server: string, role: string, tenant: string): Promise<{ token: string; result: CliResult }> {
+  const result = await cli(server, ['token', 'create', '--name', `${role}-${tenant}`, '--role', role, '--tenant', tenant]);
+  return { token: result.stdout.trim().split('\n').at(-1) ?? '', result };
 }
 
 /** A Carapace child process (so it can be SIGKILLed), with its output kept for diagnosis. */

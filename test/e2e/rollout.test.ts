@@ -19,7 +19,7 @@ import { instanceReady, type Instance, type Service } from '../../src/model/obje
 import type { RolloutReport } from '../../src/model/rollout.js';
 import { netnsName } from '../../src/network/ipam.js';
 import { clientLoop } from '../network/tenant-helpers.js';
-import { cli, destroyAll, eventually, freePort, Server, tempDir } from './helpers.js';
+import { applyDocs, cli, destroyAll, eventually, freePort, manifest, Server, tempDir } from './helpers.js';
 
 const PREFIX = 'crl';
 
@@ -37,12 +37,8 @@ trap 'sleep 2; kill $pid; exit 0' TERM
 while true; do sleep 0.2; done
 `;
 
-const manifest = (docs: object[]): string => docs.map((d) => JSON.stringify(d)).join('\n---\n');
-
 async function apply(docs: object[], extra: string[] = []): Promise<void> {
-  const file = join(tmp.dir, `m-${Math.random().toString(36).slice(2)}.yaml`);
-  await writeFile(file, manifest(docs));
-  const r = await cli(server.url, ['apply', '-f', file, ...extra], undefined, 300_000);
+  const r = await applyDocs(server.url, tmp.dir, docs, extra, 300_000);
   expect(r.code, r.stdout + r.stderr).toBe(0);
 }
 
