@@ -3,7 +3,8 @@
  * calls `watch` when a container starts (or is adopted after an agent restart) and `stop`
  * when it exits or is torn down; everything else happens here:
  *
- *   watch(target) -> one loop per probe: wait initialDelay, then every period
+ *   watch(target) -> one loop per probe: wait initialDelay, then every period (a readiness
+ *                    probe not passed yet: 100 ms, doubling up to the period; probes.ts)
  *     driver.check(containerId, action, timeout)     (runc/runsc: exec or host -> container IP;
  *                                                     cells: the guest agent, inside the VM)
  *     observe(state, ok) (probes.ts, pure)
@@ -35,6 +36,7 @@ import {
   probeFailureMessage,
   probeTiming,
   readinessToWrite,
+  startCheckDelay,
   type ProbeKind,
   type ReadinessRecord,
 } from './probes.js';
@@ -144,6 +146,9 @@ export class Prober {
     let state = initialProbeState(kind, kind === 'readiness' ? t.initialReady : undefined);
     // What the status says now; a write that failed leaves it as is, so the next check retries.
     let reported: ReadinessRecord = { ready: t.initialReady };
+    // Readiness of a container not ready yet: checked in a start phase until it first passes.
+    let starting = kind === 'readiness' && !t.initialReady;
+    let failedStarting = 0;
     await sleep(firstCheckDelay(timing, t.startedAtMs, Date.now()), signal);
     while (!signal.aborted) {
       const started = Date.now();
@@ -168,7 +173,8 @@ export class Prober {
         log.info({ ready: write.ready, message }, 'readiness changed');
         if (await this.writeReadiness(t, write.ready, write.ready ? undefined : message, log)) reported = write;
       }
-      await sleep(nextCheckDelay(timing, started, Date.now()), signal);
+      if (starting && r.ok) starting = false;
+      await sleep(starting ? startCheckDelay(timing, failedStarting++, started, Date.now()) : nextCheckDelay(timing, started, Date.now()), signal);
     }
   }
 

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { checkActionOf, firstCheckDelay, initialProbeState, nextCheckDelay, observe, probeFailureMessage, probeTiming, readinessToWrite, type ProbeEvent, type ProbeKind, type ProbeState, type ReadinessRecord } from './probes.js';
+import { checkActionOf, firstCheckDelay, initialProbeState, nextCheckDelay, observe, probeFailureMessage, probeTiming, readinessToWrite, startCheckDelay, type ProbeEvent, type ProbeKind, type ProbeState, type ReadinessRecord } from './probes.js';
 
 const T = (failureThreshold: number, successThreshold = 1) => ({ failureThreshold, successThreshold });
 
@@ -146,6 +146,10 @@ describe('probe timing', () => {
     expect(firstCheckDelay(t, 1_000, 60_000)).toBe(0); // adopted long after it started
     expect(nextCheckDelay(t, 10_000, 10_050)).toBe(9_950);
     expect(nextCheckDelay(t, 10_000, 25_000)).toBe(0); // a check longer than the period: the next starts at once
+    // Readiness not passed yet: 100 ms after the first check, doubling, never beyond the period.
+    expect([0, 1, 2, 3, 6, 7, 50].map((n) => startCheckDelay(t, n, 10_000, 10_000))).toEqual([100, 200, 400, 800, 6_400, 10_000, 10_000]);
+    expect(startCheckDelay(t, 0, 10_000, 10_030)).toBe(70);
+    expect(startCheckDelay(probeTiming({ initialDelaySeconds: 0, periodSeconds: 0.05, timeoutSeconds: 1 }), 3, 0, 0)).toBe(50);
   });
 });
 

@@ -102,6 +102,18 @@ class Sim {
     throw new Error('did not settle');
   }
 
+  /** The instances not being deleted. */
+  live(): Instance[] {
+    return this.list.filter((i) => !i.metadata.deletionRequestedAt).sort((a, b) => a.spec.index - b.spec.index);
+  }
+
+  /** What the live instances run, without their names: `image:rN`, sorted. */
+  revisions(): string[] {
+    return this.live()
+      .map((i) => `${i.spec.container.image}:r${i.spec.revision ?? '-'}`)
+      .sort();
+  }
+
   readyCount(): number {
     return this.list.filter(instanceReady).length;
   }
@@ -137,14 +149,22 @@ describe('rolling updates (planService)', () => {
     expect(sim.service.status.conditions?.[0]?.reason).toBe('NewReplicasRolling');
     sim.ready('web-4');
     sim.plan();
+    // web-4 ready: web-0 goes and, in the same pass, its replacement is made under the lowest
+    // ordinal no record holds (web-0 still drains): the deleting one does not count.
     expect(sim.list.filter((i) => i.metadata.deletionRequestedAt).map((i) => i.metadata.name)).toEqual(['web-0']);
-    sim.plan(); // nothing more until web-0 is gone
+    expect(sim.instances.get('web-5')?.spec.container.image).toBe('r/web:2');
+    expect(sim.live().length).toBe(5);
+    sim.plan(); // nothing more until web-5 is ready
     expect(sim.list.filter((i) => i.metadata.deletionRequestedAt).map((i) => i.metadata.name)).toEqual(['web-0']);
+    expect(sim.live().length).toBe(5);
     sim.gone('web-0');
+    sim.ready('web-5');
     sim.plan();
+    // Then web-1 goes and web-0, free again, is the next replacement.
+    expect(sim.list.filter((i) => i.metadata.deletionRequestedAt).map((i) => i.metadata.name)).toEqual(['web-1']);
     expect(sim.instances.get('web-0')?.spec.container.image).toBe('r/web:2');
     sim.settle();
-    expect(sim.images()).toEqual(['web-0:r/web:2:r2', 'web-1:r/web:2:r2', 'web-2:r/web:2:r2', 'web-3:r/web:2:r2']);
+    expect(sim.images()).toEqual(['web-0:r/web:2:r2', 'web-1:r/web:2:r2', 'web-4:r/web:2:r2', 'web-5:r/web:2:r2']);
     expect(sim.service.status.conditions?.[0]?.reason).toBe('RolloutComplete');
     expect(sim.service.status.stableRevision).toBe(2);
     expect(sim.service.status.history?.map((h) => h.revision)).toEqual([1, 2]);
@@ -156,7 +176,8 @@ describe('rolling updates (planService)', () => {
     sim.update({ replicas: 4, image: 'r/web:2', rollout: { maxSurge: 0, maxUnavailable: 2 } });
     sim.plan();
     expect(sim.list.filter((i) => i.metadata.deletionRequestedAt).map((i) => i.metadata.name)).toEqual(['web-0', 'web-1']);
-    expect(sim.list.length).toBe(4);
+    // Their replacements start at once, under ordinals no record holds; never more than 4 alive.
+    expect(sim.live().map((i) => i.metadata.name)).toEqual(['web-2', 'web-3', 'web-4', 'web-5']);
   });
 
   it('scaling and rollout settings make no new revision; a restart (restartedAt) does', () => {
@@ -169,7 +190,7 @@ describe('rolling updates (planService)', () => {
     sim.update({ replicas: 3, rollout: { maxSurge: '50%' }, restartedAt: '2026-01-01T00:00:00.000Z' });
     sim.settle();
     expect(sim.service.status.revision).toBe(2);
-    expect(sim.images()).toEqual(['web-0:r/web:1:r2', 'web-1:r/web:1:r2', 'web-2:r/web:1:r2']);
+    expect(sim.revisions()).toEqual(['r/web:1:r2', 'r/web:1:r2', 'r/web:1:r2']);
   });
 
   it('paused: no replacement, condition Paused; resumed: rolls on', () => {
@@ -181,7 +202,7 @@ describe('rolling updates (planService)', () => {
     expect(sim.service.status.conditions?.[0]).toMatchObject({ status: 'Unknown', reason: 'Paused' });
     sim.update({ replicas: 2, image: 'r/web:2' });
     sim.settle();
-    expect(sim.images()).toEqual(['web-0:r/web:2:r2', 'web-1:r/web:2:r2']);
+    expect(sim.revisions()).toEqual(['r/web:2:r2', 'r/web:2:r2']);
   });
 
   it('undo to an earlier template renumbers it (history keeps one entry per template) and replaces what runs', () => {
@@ -281,7 +302,8 @@ describe('rolling updates (planService)', () => {
           sim.update({ replicas, rollout, image: `r/web:${version}` });
           for (let step = 0; step < 200; step++) {
             sim.plan();
-            if (sim.list.length > replicas + surge) return false;
+            // Replicas being deleted do not count (they are on their way out, as in Kubernetes).
+            if (sim.live().length > replicas + surge) return false;
             if (sim.readyCount() < replicas - unavailable) return false;
             // Random event: one not-ready instance becomes ready, or one deleted one goes.
             const movable = sim.list.filter((i) => i.metadata.deletionRequestedAt || !instanceReady(i));

@@ -113,13 +113,15 @@ export type ServiceStatusUpdate = Omit<ServiceStatus, 'address'>;
  * updated, which restarts its container (the same path as a change of the service's spec).
  *
  * A change of the template (model/rollout.ts `templateOf`) is a new revision, rolled out in
- * waves: an instance of an older revision is removed (and re-created under its name, from the
- * new revision, wherever the scheduler then places it) only while the ready instances left
- * stay at least `replicas - unavailable`; while old ones remain, up to `surge` extra
- * instances of the new revision (ordinals `replicas`…) hold the capacity, and go once every
- * ordinal is new and ready. Never more than `replicas + surge` instances exist. A rollout
- * whose new replicas make no progress for `progressDeadlineSeconds` stops and (autoRollback)
- * returns to the last complete revision's template: a `rollback` change.
+ * waves: an instance of an older revision is removed only while the ready instances left stay
+ * at least `replicas - unavailable`, and new ones are made (up to `replicas`) while no more
+ * than `replicas + surge` are alive. Instances being deleted are not alive (as terminating pods
+ * in Kubernetes): a replacement starts while its predecessor drains, so waves overlap stops.
+ * A new instance takes the lowest ordinal no record holds; after a rollout the names may skip
+ * numbers. Replicas that cannot run side by side take only ordinals below `replicas` (their
+ * ordinal's volumes and ports) and wait for their predecessor to be gone. A rollout whose new
+ * replicas make no progress for `progressDeadlineSeconds` stops and (autoRollback) returns to
+ * the last complete revision's template: a `rollback` change.
  */
 export function planService(serviceName: string, service: Service | undefined, instances: Instance[], ctx: PlanContext, restartOn: Record<string, string> = {}): Change[] {
   const mine = instances.filter((i) => i.spec.owner.kind === 'Service' && i.spec.owner.name === serviceName);
@@ -143,8 +145,7 @@ export function planService(serviceName: string, service: Service | undefined, i
   const container = containerSpecOf(service.spec);
   const restart: RestartFields = { restartPolicy: service.spec.restartPolicy, maxRestarts: -1, ...stopGraceOf(service.spec) };
   const live = current.filter((i) => !i.metadata.deletionRequestedAt);
-  const byIndex = new Map(current.map((i) => [i.spec.index, i]));
-  const old = live.filter((i) => i.spec.index < R && !isNew(i));
+  const old = live.filter((i) => !isNew(i));
 
   // The progress deadline: progress is a new replica becoming ready; the clock starts with
   // the revision, and again when the rollout is resumed.
@@ -153,9 +154,9 @@ export function planService(serviceName: string, service: Service | undefined, i
   const wasPaused = service.status.conditions?.[0]?.reason === 'Paused';
   const resumed = wasPaused && !settings.paused;
   const progress: RolloutProgress = !was || was.revision !== rev.revision || newReady > was.ready || resumed || settings.paused ? { revision: rev.revision, at: ctx.now, ready: newReady } : was;
-  const updated = live.filter((i) => i.spec.index < R && isNew(i)).length;
+  const updated = Math.min(R, live.filter(isNew).length);
   const ready = current.filter(instanceReady).length;
-  const complete = old.length === 0 && updated === R && live.every((i) => i.spec.index < R && instanceReady(i));
+  const complete = old.length === 0 && live.length === R && live.every(instanceReady);
   const deadlineAt = Date.parse(progress.at) + settings.progressDeadlineSeconds * 1000;
   const exceeded = !complete && !settings.paused && Date.parse(ctx.now) > deadlineAt;
   const stable = service.status.stableRevision;
@@ -190,59 +191,61 @@ export function planService(serviceName: string, service: Service | undefined, i
   const rolling = !settings.paused && !exceeded;
   const minReady = Math.max(0, R - unavailable);
   let budget = ready - minReady;
-  let total = current.length;
-  const replace = rolling ? [...old].sort((a, b) => Number(instanceReady(a)) - Number(instanceReady(b)) || a.spec.index - b.spec.index) : [];
+  const fresh = live.filter(isNew);
   const removeNow = new Set<string>();
-  for (const i of replace) {
-    if (instanceReady(i)) {
-      if (budget <= 0) break;
-      budget--;
-    }
+  const remove = (i: Instance): void => {
     removeNow.add(i.metadata.name);
+    changes.push(i.spec.host === '' ? { op: 'forget', name: i.metadata.name } : { op: 'requestDeletion', name: i.metadata.name });
+  };
+  // Not-ready first (they serve nothing), then the highest ordinals.
+  const removalOrder = (xs: Instance[]): Instance[] => [...xs].sort((a, b) => Number(instanceReady(a)) - Number(instanceReady(b)) || b.spec.index - a.spec.index);
+  // Old replicas: the not-ready ones at once, the ready ones while enough stay ready (lowest ordinals first).
+  if (rolling) {
+    for (const i of [...old].sort((a, b) => Number(instanceReady(a)) - Number(instanceReady(b)) || a.spec.index - b.spec.index)) {
+      if (instanceReady(i)) {
+        if (budget <= 0) break;
+        budget--;
+      }
+      remove(i);
+    }
   }
-  const planned: Instance[] = [];
-  for (let index = 0; index < R; index++) {
-    const existing = byIndex.get(index);
-    if (!existing) {
-      planned.push(newInstance(service, index, ctx, restart, restartOn, rev.revision));
-      total++;
-      continue;
-    }
-    if (existing.metadata.deletionRequestedAt) continue; // its agent is removing it; recreated once gone
-    if (removeNow.has(existing.metadata.name)) {
-      changes.push(existing.spec.host === '' ? { op: 'forget', name: existing.metadata.name } : { op: 'requestDeletion', name: existing.metadata.name });
-      continue;
-    }
-    if (!isNew(existing)) continue; // an old replica waiting for its turn
+  // Scaled down: new replicas beyond `replicas`, then anything beyond the rollout's bound (a
+  // scale-down is not bounded by maxUnavailable; it lowers the bound itself).
+  for (const i of removalOrder(fresh).slice(0, Math.max(0, fresh.length - R))) remove(i);
+  const oldLeft = old.filter((i) => !removeNow.has(i.metadata.name));
+  const cap = R + (oldLeft.length > 0 ? surge : 0);
+  const kept = live.filter((i) => !removeNow.has(i.metadata.name));
+  for (const i of [...removalOrder(oldLeft), ...removalOrder(kept.filter(isNew))].slice(0, Math.max(0, kept.length - cap))) remove(i);
+  const freshLeft = fresh.filter((i) => !removeNow.has(i.metadata.name));
+
+  // The same template with other settings (scaled, rollout settings changed, a restart object
+  // changed, a revision renumbered by an undo): the owner's current restartOn and stop grace
+  // replace the old ones; the container is replaced only when what it runs changed.
+  for (const existing of freshLeft) {
     if (existing.spec.ownerGeneration !== service.metadata.generation || !sameVersions(existing.spec.restartOn, restartOn) || existing.spec.revision !== rev.revision) {
-      // Same template (scaled, rollout settings changed, a restart object changed, a revision
-      // renumbered by an undo): the owner's current restartOn and stop grace replace the old ones.
       const { restartOn: _old, stopGracePeriodSeconds: _oldGrace, ...rest } = existing.spec;
       const spec: InstanceSpec = { ...rest, container, ...restart, ownerGeneration: service.metadata.generation, revision: rev.revision, ...(Object.keys(restartOn).length > 0 ? { restartOn } : {}) };
-      // The container is replaced only when what it runs changed: a new owner generation, a
-      // renumbered revision or a new stop grace alone is recorded and leaves it running.
       const { ownerGeneration: _was, stopGracePeriodSeconds: _graceWas, revision: _revWas, ...before } = existing.spec;
       const { ownerGeneration: _now, stopGracePeriodSeconds: _graceNow, revision: _revNow, ...after } = spec;
       changes.push({ op: 'updateSpec', name: existing.metadata.name, spec, replace: !isDeepStrictEqual(before, after) });
     }
   }
-  // Ordinals at and above `replicas`: the surge while old replicas remain, else removed
-  // (scaled down; the surge once the rollout is done, without going below the bound).
-  const surgeWanted = rolling ? Math.min(surge, old.length) : 0;
-  for (const i of live.filter((x) => x.spec.index >= R).sort((a, b) => a.spec.index - b.spec.index)) {
-    const inSurge = i.spec.index < R + surge;
-    if (inSurge && isNew(i) && old.length > 0) continue;
-    // A ready one in the surge's ordinals goes only within the bound; beyond them it is a scale-down.
-    if (inSurge && instanceReady(i)) {
-      if (budget <= 0) continue;
-      budget--;
-    }
-    changes.push(i.spec.host === '' ? { op: 'forget', name: i.metadata.name } : { op: 'requestDeletion', name: i.metadata.name });
-  }
-  for (let index = R; index < R + surgeWanted; index++) {
-    if (byIndex.has(index) || total >= R + surge) continue;
+
+  // New replicas from the new revision: up to `replicas` of them, never more than the bound
+  // alive at once (replicas being deleted do not count: they are on their way out, as in
+  // Kubernetes, so a replacement starts while its predecessor drains). Paused or past the
+  // deadline: only what is missing below `replicas` (a replica lost meanwhile).
+  const alive = live.filter((i) => !removeNow.has(i.metadata.name)).length;
+  const room = rolling ? Math.min(R + surge - alive, R - freshLeft.length) : R - alive;
+  // Each takes the lowest ordinal no record holds. Replicas that cannot run side by side take
+  // only ordinals below `replicas` (their volumes and ports are the ordinal's): a replacement
+  // waits until its predecessor is gone.
+  const held = new Set(current.filter((i) => !removeNow.has(i.metadata.name) || i.spec.host !== '').map((i) => i.spec.index));
+  const limit = exclusive ? R : Number.POSITIVE_INFINITY;
+  const planned: Instance[] = [];
+  for (let index = 0; planned.length < room && index < limit; index++) {
+    if (held.has(index)) continue;
     planned.push(newInstance(service, index, ctx, restart, restartOn, rev.revision));
-    total++;
   }
   changes.push(...planned.map((instance) => ({ op: 'create' as const, instance })));
 
