@@ -4,7 +4,8 @@
  *
  * - Rollout: a 10-replica host-tier service (busybox httpd, readiness probe on its port) rolled
  *   to a new template with maxSurge 1 / maxUnavailable 0: the time from the API call to the
- *   service reporting every replica updated and ready, against 10 × the median time from
+ *   service reporting every replica updated and ready (RolloutComplete, what `carapace rollout
+ *   status --watch` waits for; the last old replicas may still be draining), against 10 × the median time from
  *   creating a one-replica service of the same template to its replica ready (STARTS of them,
  *   measured in the same run). A client on the host requests the service address in a loop
  *   during the rollout (a new connection each time); `failed_requests` is what failed.
@@ -28,7 +29,7 @@ import { buildBusyboxImage, freePort, startRegistry } from '../src/image/testing
 import type { Instance, Service } from '../src/model/objects.js';
 import { until } from '../src/proc/until.js';
 
-const STARTS = Number(process.argv[2] ?? 5);
+const STARTS = Number(process.argv[2] ?? 9);
 const EXECS = Number(process.argv[3] ?? 20);
 const REPLICAS = 10;
 
@@ -145,17 +146,21 @@ async function main(): Promise<void> {
     const before = { ...outcomes };
 
     const t0 = performance.now();
-    await api('PUT', '/v1/tenants/bench/services/web', web('web', REPLICAS, 'v2'));
+    const updated = await api<Service>('PUT', '/v1/tenants/bench/services/web', web('web', REPLICAS, 'v2'));
+    // Complete as `carapace rollout status` says it: every replica updated and ready, no old one
+    // left alive (the last old ones may still be draining: out of the endpoints, on their way out).
     const done = await until(
       'the rollout complete',
       async () => {
         const s = await api<Service>('GET', '/v1/tenants/bench/services/web');
-        const complete = s.status.updatedReplicas === REPLICAS && s.status.readyReplicas === REPLICAS && s.status.conditions?.some((c) => c.reason === 'RolloutComplete');
-        return complete && (await instances()).filter((i) => i.spec.owner.name === 'web').length === REPLICAS ? performance.now() : undefined;
+        const complete = s.status.observedGeneration === updated.metadata.generation && s.status.updatedReplicas === REPLICAS && s.status.readyReplicas === REPLICAS && s.status.conditions?.some((c) => c.reason === 'RolloutComplete');
+        return complete ? performance.now() : undefined;
       },
       900_000,
       50,
     );
+    const gone = await until('the old replicas gone', async () => ((await instances()).filter((i) => i.spec.owner.name === 'web').length === REPLICAS ? performance.now() : undefined), 120_000, 50);
+    log(`old replicas all gone ${(gone - t0).toFixed(0)} ms after the update`);
     const rolloutMs = done - t0;
     looping = false;
     await loop;
@@ -163,14 +168,14 @@ async function main(): Promise<void> {
     log(`rollout of ${REPLICAS} replicas: ${rolloutMs.toFixed(0)} ms; 10 x median start ${(10 * median(starts)).toFixed(0)} ms; requests during it: ${outcomes.ok - before.ok} ok, ${failed} failed ${JSON.stringify([...outcomes.errors])}`);
 
     // Exec, host tier: the API round trip against raw runc exec of the same container.
-    const target = (await instances()).find((i) => i.metadata.name === 'web-0');
+    const target = (await instances()).find((i) => i.spec.owner.name === 'web');
     const cid = target?.status.containerId ?? '';
     const runcRoot = join(stateDir, 'runtime', 'runc', 'runtime'); // the runc driver's --root (runtime/oci-driver.ts)
     const viaApi: number[] = [];
     const raw: number[] = [];
     for (let i = 0; i < EXECS; i++) {
       let t = performance.now();
-      const s = await execOnce(aio.url, aio.adminToken, '/v1/tenants/bench/instances/web-0', ['true']);
+      const s = await execOnce(aio.url, aio.adminToken, `/v1/tenants/bench/instances/${target?.metadata.name ?? 'web-0'}`, ['true']);
       if (!('exitCode' in s) || s.exitCode !== 0) throw new Error(`exec -- true: ${JSON.stringify(s)}`);
       viaApi.push(performance.now() - t);
       t = performance.now();
