@@ -89,4 +89,33 @@ describe('rollout operations', () => {
     expect(await refused(7)).toEqual(['service acme/web has no revision 7 (revisions kept: 1)', [{ path: 'query.toRevision', message: 'revisions kept: 1' }]]);
     await expect(h.cp.handle({ type: 'rollout', op: 'restart', tenant: 'acme', name: 'nope' })).rejects.toMatchObject({ code: 'CARAPACE_E_NOT_FOUND' });
   });
+
+  it('undo and restart pass the same admission as an apply, against the tenant as it is now: a template its policy or quota no longer allows is refused and nothing is written', async () => {
+    await h.apply({ kind: 'Tenant', metadata: { name: 'acme' }, spec: { allowedRegistries: ['reg.a', 'reg.b'], quota: { cpu: 4 } } });
+    const at = (image: string, cpu: number): Record<string, unknown> => ({ kind: 'Service', metadata: { name: 'web', tenant: 'acme' }, spec: { image, isolation: 'host', replicas: 2, cpu } });
+    await h.apply(at('reg.a/web:1', 1));
+    await pass();
+    await h.apply(at('reg.b/web:2', 1));
+    await pass();
+    await h.apply({ kind: 'Tenant', metadata: { name: 'acme' }, spec: { allowedRegistries: ['reg.b'], quota: { cpu: 4 } } });
+    const before = await svc();
+    const audited = (await h.records()).length;
+    await expect(h.cp.handle({ type: 'rollout', op: 'undo', tenant: 'acme', name: 'web' })).rejects.toMatchObject({
+      code: 'CARAPACE_E_POLICY_VIOLATION',
+      details: [{ path: 'spec.image', message: 'registry "reg.a" is not in the tenant\'s allowedRegistries' }],
+    });
+    // Quota: revision 3 asks 1.5 CPU a replica; the tenant then allows 2 CPUs. Undo to it is refused; restart of the current one (2 x 0.5) passes.
+    await h.apply({ kind: 'Tenant', metadata: { name: 'acme' }, spec: { allowedRegistries: ['reg.b'], quota: { cpu: 4 } } });
+    await h.apply(at('reg.b/web:3', 1.5));
+    await pass();
+    await h.apply(at('reg.b/web:4', 0.5));
+    await pass();
+    await h.apply({ kind: 'Tenant', metadata: { name: 'acme' }, spec: { allowedRegistries: ['reg.b'], quota: { cpu: 2 } } });
+    await expect(h.cp.handle({ type: 'rollout', op: 'undo', tenant: 'acme', name: 'web', toRevision: 3 })).rejects.toMatchObject({ code: 'CARAPACE_E_QUOTA_EXCEEDED' });
+    expect((await svc()).spec.image).toBe('reg.b/web:4');
+    expect((await svc()).metadata.generation).toBe(before.metadata.generation + 2);
+    expect((await h.records()).slice(audited).map((r) => r.action)).not.toContain('service.rollout.undo');
+    await h.cp.handle({ type: 'rollout', op: 'restart', tenant: 'acme', name: 'web' });
+    expect((await h.records()).at(-1)).toMatchObject({ action: 'service.rollout.restart', detail: { generation: before.metadata.generation + 3 } });
+  });
 });

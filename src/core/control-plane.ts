@@ -241,9 +241,16 @@ export class ControlPlane {
       }
       const changed = !isDeepStrictEqual(cur.spec, next.spec);
       if (!changed) return { type: 'object', object: cur, changed: false };
-      next.metadata.generation += 1;
-      next.metadata.updatedAt = now;
       try {
+        if (a.op === 'undo' || a.op === 'restart') {
+          // A template that runs again is a request like an apply: the same admission (the
+          // tenant's policy and quota as they are now, secrets and volumes that still exist),
+          // through the same write path, audited as the operation.
+          const m: ServiceManifest = { apiVersion: 'carapace/v1', kind: 'Service', metadata: { name: a.name, tenant: a.tenant, labels: cur.metadata.labels, resourceVersion: cur.metadata.resourceVersion }, spec: next.spec };
+          return await this.applyWorkload(m, false, { action: `service.rollout.${a.op}`, detail });
+        }
+        next.metadata.generation += 1;
+        next.metadata.updatedAt = now;
         const written = await this.resources.write(next, cur.metadata.resourceVersion, this.entry(`service.rollout.${a.op}`, 'Service', a.name, a.tenant, { generation: next.metadata.generation, ...detail }));
         return { type: 'object', object: written, changed: true };
       } catch (e) {
@@ -548,7 +555,8 @@ export class ControlPlane {
     }
   }
 
-  private async applyWorkload(m: ServiceManifest | JobManifest, createOnly: boolean): Promise<ActionResult> {
+  /** `as`: the audit action and detail when the apply is another operation's (a rollout undo or restart). */
+  private async applyWorkload(m: ServiceManifest | JobManifest, createOnly: boolean, as?: { action: string; detail: Record<string, unknown> }): Promise<ActionResult> {
     const { name, tenant } = m.metadata;
     const owner = await this.ownerTenant(tenant);
     const min = owner.spec.minIsolation;
@@ -626,7 +634,7 @@ export class ControlPlane {
             status: { phase: 'Pending', succeeded: 0, failed: 0, observedGeneration: 0 },
           };
     }
-    const entry = this.entry(cur ? 'update' : 'create', obj.kind, name, tenant, { generation: obj.metadata.generation });
+    const entry = this.entry(as?.action ?? (cur ? 'update' : 'create'), obj.kind, name, tenant, { generation: obj.metadata.generation, ...as?.detail });
     if (obj.kind === 'Service' && !cur) return this.createService(obj, this.expected(m, cur, createOnly), entry, extra);
     if (extra.writes.length > 0) {
       const [written] = await this.resources.writeAll([{ obj, expectVersion: this.expected(m, cur, createOnly) }, ...extra.writes], [entry, ...extra.audits]);
