@@ -15,8 +15,14 @@ import { spawn as ptySpawn } from 'node-pty';
 
 /** One running exec process. */
 export interface ExecProcess {
-  /** Bytes for the process's stdin (ignored once it ended or without stdin). */
-  write(data: Uint8Array): void;
+  /**
+   * Bytes for the process's stdin (ignored once it ended or without stdin). False: they were
+   * taken but wait in this process's memory (the process is not reading): send no more until
+   * `onInputDrained` calls back (Node's stream backpressure).
+   */
+  write(data: Uint8Array): boolean;
+  /** Once the input buffered by `write` was handed to the process (processes whose write never returns false may omit it). */
+  onInputDrained?(listener: () => void): void;
   /** Closes the process's stdin (pipes) or sends the terminal's end-of-file character (tty). */
   endInput(): void;
   /** New terminal size (tty only; ignored otherwise). */
@@ -72,8 +78,10 @@ function spawnPty(bin: string, args: string[], o: SpawnExecOptions): ExecProcess
     });
   });
   return {
+    // A terminal's input is typed (or pasted) by a person: node-pty gives no backlog to watch.
     write: (data) => {
       if (!ended && o.stdin) p.write(Buffer.from(data) as unknown as string); // with encoding null the pty writes bytes as given (typed string only)
+      return true;
     },
     // ^D: the terminal's EOF character (a pty has no half-close).
     endInput: () => {
@@ -104,8 +112,18 @@ function spawnPipes(bin: string, args: string[], o: SpawnExecOptions): ExecProce
     child.on('close', (code, signal) => resolve(code ?? (signal ? 128 + (osSignal(signal) ?? 9) : 1)));
   });
   return {
-    write: (data) => {
-      if (child.stdin && !child.stdin.writableEnded) child.stdin.write(data);
+    write: (data) => (child.stdin && !child.stdin.writableEnded && !child.stdin.destroyed ? child.stdin.write(data) : true),
+    onInputDrained: (l) => {
+      const stdin = child.stdin;
+      if (!stdin || stdin.writableLength === 0 || stdin.destroyed) return l();
+      // 'close' too: a process that exits without reading never drains its pipe.
+      const once = (): void => {
+        stdin.off('drain', once);
+        stdin.off('close', once);
+        l();
+      };
+      stdin.on('drain', once);
+      stdin.on('close', once);
     },
     endInput: () => child.stdin?.end(),
     resize: () => undefined,

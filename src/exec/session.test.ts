@@ -5,6 +5,9 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import Fastify, { type FastifyInstance } from 'fastify';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { WebSocket } from 'ws';
 import { CHANNEL, decodeFrame, encodeFrame, parseStatus, type ExecStatus } from './frames.js';
 import { spawnExec } from './process.js';
@@ -48,6 +51,21 @@ async function session(url: string, drive: (send: (c: number, p?: string) => voi
   await drive((c, p) => ws.send(encodeFrame(c as 0, p), { binary: true }), () => out);
   await closed;
   return { out, err, ...(status ? { status } : {}) };
+}
+
+/** Reads `value` until it stays the same over 4 reads 300 ms apart (at most 30 s); returns it. */
+async function stalled(value: () => Promise<number>): Promise<number> {
+  const end = Date.now() + 30_000;
+  let last = await value();
+  let same = 0;
+  while (same < 3) {
+    if (Date.now() > end) throw new Error(`still moving after 30 s (at ${last})`);
+    await new Promise((r) => setTimeout(r, 300));
+    const now = await value();
+    same = now === last ? same + 1 : 0;
+    last = now;
+  }
+  return last;
 }
 
 async function until(what: string, cond: () => boolean, ms = 10_000): Promise<void> {
@@ -98,6 +116,54 @@ describe('exec sessions', () => {
     ws.close();
     await until('abandon', () => abandoned.length === 1);
   });
+
+  it('flow control, output: a client that does not read holds the process back (it blocks on its pipe), and gets every byte once it reads', async () => {
+    // 256 x 512 KiB, the count of chunks written so far in a file. Without flow control the
+    // session would take all 128 MiB into its own memory at once, however slow the client.
+    const dir = await mkdtemp(join(tmpdir(), 'exec-flow-'));
+    const progress = join(dir, 'n');
+    try {
+      const url = await serve(['/bin/sh', '-c', `i=0; while [ $i -lt 256 ]; do head -c 524288 /dev/zero; i=$((i+1)); echo $i > ${progress}; done`], { tty: false, stdin: false });
+      const ws = new WebSocket(`${url}/x`);
+      let bytes = 0;
+      let status: ExecStatus | undefined;
+      ws.on('message', (d: Buffer) => {
+        const f = decodeFrame(d);
+        if (f?.channel === CHANNEL.stdout) bytes += f.payload.length;
+        if (f?.channel === CHANNEL.status) status = parseStatus(f.payload);
+      });
+      await new Promise((r) => ws.once('open', r));
+      ws.pause();
+      const held = await stalled(async () => Number((await readFile(progress, 'utf8').catch(() => '0')).trim() || 0));
+      // Held back: what is in flight is the buffers' (pipe, the session's HIGH_WATER, the two
+      // sockets' up to 36 MiB here), far from the 256 chunks.
+      expect(held).toBeLessThan(128);
+      const closed = new Promise((r) => ws.once('close', r));
+      ws.resume();
+      await closed;
+      expect(bytes).toBe(256 * 524288);
+      expect(status).toEqual({ exitCode: 0 });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+
+  it('flow control, input: a process that does not read its stdin holds the client back instead of the session taking it all', async () => {
+    const abandoned: string[] = [];
+    const url = await serve(['/bin/sleep', '60'], { tty: false, stdin: true }, abandoned);
+    const ws = new WebSocket(`${url}/x`);
+    await new Promise((r) => ws.once('open', r));
+    const chunk = encodeFrame(CHANNEL.stdin, new Uint8Array(64 * 1024));
+    for (let i = 0; i < 1536; i++) ws.send(chunk, { binary: true }); // 96 MiB
+    // Without flow control the session would read it all into the process's stdin buffer and
+    // the client's backlog would fall to 0; held back, most of it stays with the client.
+    const left = await stalled(async () => ws.bufferedAmount);
+    expect(left).toBeGreaterThan(48 * 1024 * 1024);
+    // The client goes away while its input is held (no close handshake can pass the backlog):
+    // the session still notices and ends the process.
+    ws.terminate();
+    await until('abandon', () => abandoned.length === 1);
+  }, 60_000);
 
   it('refusals before the handshake are HTTP answers with their code', async () => {
     const url = await serve(['/bin/true'], { tty: false, stdin: false });

@@ -27,7 +27,15 @@ export interface ExecPort {
   resume?(): void;
   backlog?(): number;
   onDrained?(listener: () => void): void;
+  /**
+   * A keepalive to the peer (a WebSocket ping). A paused port reads nothing, so it would not
+   * notice its peer going away; a write does (the peer's end answers it with a reset).
+   */
+  ping?(): void;
 }
+
+/** While a port is paused for its input, it is pinged this often to notice a peer that went away. */
+export const HELD_PING_MS = 2_000;
 
 /** A relay stops reading a side while the other's backlog is above HIGH_WATER, until it is below LOW_WATER. */
 export const HIGH_WATER = 1024 * 1024;
@@ -47,14 +55,40 @@ export function endSession(port: ExecPort, status: ExecStatus): void {
  */
 export async function serveExec(proc: ExecProcess, port: ExecPort, abandon: () => Promise<void>): Promise<number | undefined> {
   let open = true;
+  // Flow control both ways, so that a client that does not read (or a process that does not)
+  // cannot make this process hold an unbounded amount of a session's bytes: the process's
+  // output is no longer read while the port's backlog is above HIGH_WATER (the process then
+  // blocks on its full pipe or terminal), and the port is no longer read while the process's
+  // stdin holds input it has not taken (the client is then held back by TCP).
+  let outputHeld = false;
   proc.onOutput((stream, data) => {
-    if (open) port.send(encodeFrame(stream === 'stderr' ? CHANNEL.stderr : CHANNEL.stdout, data));
+    if (!open) return;
+    port.send(encodeFrame(stream === 'stderr' ? CHANNEL.stderr : CHANNEL.stdout, data));
+    if (outputHeld || !port.backlog || !port.onDrained || port.backlog() <= HIGH_WATER) return;
+    outputHeld = true;
+    proc.pause();
+    port.onDrained(() => {
+      outputHeld = false;
+      if (open) proc.resume();
+    });
   });
+  let inputHeld = false;
   port.onFrame((raw) => {
     const f = decodeFrame(raw);
     if (!f) return;
-    if (f.channel === CHANNEL.stdin) proc.write(f.payload);
-    else if (f.channel === CHANNEL.eof) proc.endInput();
+    if (f.channel === CHANNEL.stdin) {
+      if (proc.write(f.payload) || inputHeld || !proc.onInputDrained || !port.pause || !port.resume) return;
+      inputHeld = true;
+      port.pause();
+      const resume = port.resume.bind(port);
+      const pinging = port.ping ? setInterval(() => port.ping?.(), HELD_PING_MS) : undefined;
+      proc.onInputDrained(() => {
+        inputHeld = false;
+        clearInterval(pinging);
+        resume();
+      });
+      port.onClose(() => clearInterval(pinging));
+    } else if (f.channel === CHANNEL.eof) proc.endInput();
     else if (f.channel === CHANNEL.resize) {
       const s = parseResize(f.payload);
       if (s) proc.resize(s.cols, s.rows);
@@ -118,6 +152,9 @@ export function wsPort(ws: WebSocket): ExecPort {
     },
     pause: () => ws.pause(),
     resume: () => ws.resume(),
+    ping: () => {
+      if (ws.readyState === ws.OPEN) ws.ping();
+    },
     backlog: () => ws.bufferedAmount,
     onDrained: (l) => {
       drained.push(l);

@@ -17,6 +17,7 @@ import { CarapaceError } from '../model/errors.js';
 import type { ContainerSpec } from '../model/schemas.js';
 import type { ExecRun, ImageConfig, LogLine } from '../runtime/driver.js';
 import { CHANNEL, decodeFrame, encodeFrame, parseStatus, type ExecOptions } from '../exec/frames.js';
+import { HIGH_WATER } from '../exec/session.js';
 import {
   encodeLine,
   EXEC_WINDOW_BYTES,
@@ -775,9 +776,25 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
     }
     return {
       process: {
+        // Input waits in the channel's socket when the guest reads slowly: past HIGH_WATER
+        // the session stops taking more (serveExec pauses its client) until the socket drains,
+        // so one session's input cannot pile up in the agent. (In the guest, input goes to the
+        // runc exec's pipe as it comes: that memory is the tenant's own VM's.)
         write: (data) => {
-          if (!opts.stdin) return;
+          if (!opts.stdin) return true;
           for (let off = 0; off < data.length; off += MAX_EXEC_CHUNK_BYTES) input(CHANNEL.stdin, data.subarray(off, off + MAX_EXEC_CHUNK_BYTES));
+          return (this.socket?.writableLength ?? 0) <= HIGH_WATER;
+        },
+        onInputDrained: (l) => {
+          const sock = this.socket;
+          if (!sock || sock.destroyed || sock.writableLength === 0) return l();
+          const once = (): void => {
+            sock.off('drain', once);
+            sock.off('close', once);
+            l();
+          };
+          sock.on('drain', once);
+          sock.on('close', once);
         },
         endInput: () => input(CHANNEL.eof),
         resize: (cols, rows) => {
