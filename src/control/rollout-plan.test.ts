@@ -170,6 +170,28 @@ describe('rolling updates (planService)', () => {
     expect(sim.service.status.history?.map((h) => h.revision)).toEqual([1, 2]);
   });
 
+  it('an old replica that stopped being ready (a flap under load) is not removed while the new ones are not ready yet: it may serve again', () => {
+    const sim = new Sim({ replicas: 3 });
+    sim.settle();
+    sim.update({ replicas: 3, image: 'r/web:2' });
+    sim.plan(); // the surge, web-3, not ready yet
+    const flap = (name: string, ready: boolean): void => {
+      const i = sim.instances.get(name);
+      if (i) sim.instances.set(name, { ...i, status: { ...i.status, ready } });
+    };
+    flap('web-1', false);
+    flap('web-2', false);
+    sim.plan();
+    expect(sim.list.filter((i) => i.metadata.deletionRequestedAt)).toEqual([]);
+    // web-3 ready: 4 alive, 1 not ready old may go (3 stay alive), and with it its replacement comes.
+    sim.ready('web-3');
+    sim.plan();
+    expect(sim.list.filter((i) => i.metadata.deletionRequestedAt).map((i) => i.metadata.name)).toEqual(['web-1']);
+    flap('web-2', true);
+    sim.settle();
+    expect(sim.revisions()).toEqual(['r/web:2:r2', 'r/web:2:r2', 'r/web:2:r2']);
+  });
+
   it('maxSurge 0 / maxUnavailable 2: two old replicas at a time, never a surge', () => {
     const sim = new Sim({ replicas: 4, rollout: { maxSurge: 0, maxUnavailable: 2 } });
     sim.settle();
