@@ -14,6 +14,7 @@ import type { Logger } from 'pino';
 import type { Env } from '../core/actions.js';
 import type { Resources } from '../core/resources.js';
 import { HostChannel } from '../guest/host-channel.js';
+import { MAX_CHECK_TIMEOUT_MS } from '../guest/protocol.js';
 import type { Cell } from '../model/objects.js';
 import { kindPrefix } from '../model/keys.js';
 import type { ReconcileResult } from '../reconcile/workqueue.js';
@@ -64,6 +65,26 @@ export interface CellManagerOptions {
 const GUEST_IMAGES = '/carapace/images';
 const GUEST_APP = '/opt/carapace';
 const WARM_KEY = '#warm';
+/**
+ * How much longer a probe check may take in a cell under software emulation (TCG) than its
+ * `timeoutSeconds`: the check runs in the guest (its agent's HTTP GET, TCP connect or `runc
+ * exec`), where emulation stretches every wall-clock second, and more so while the host's
+ * cores also run other VMs booting or starting containers. Seen on a 2-core host: busybox
+ * httpd in a Ready cell taking over 1 s to answer its probe while a neighbour cell booted, so
+ * a service's replicas flapped out of its endpoints during a rolling update (and the update
+ * replaced the flapping ones at once). The same stretch as the heartbeat's (5 s -> 30 s);
+ * with KVM a check has exactly its timeout.
+ */
+export const EMULATED_CHECK_TIMEOUT_SCALE = 5;
+
+/**
+ * The time a cell's probe check of `timeoutMs` gets, for a VM running with `accel`: stretched
+ * under emulation, but never past the longest check the guest accepts (MAX_CHECK_TIMEOUT_MS).
+ */
+export function cellCheckTimeoutMs(timeoutMs: number, accel: string): number {
+  return accel === 'kvm' ? timeoutMs : Math.max(timeoutMs, Math.min(timeoutMs * EMULATED_CHECK_TIMEOUT_SCALE, MAX_CHECK_TIMEOUT_MS));
+}
+
 /** Volumes attachable to a running cell at once (PCIe root ports made at boot); bench/volume.ts gives its raw VM the same. */
 export const DEFAULT_DISK_SLOTS = 8;
 
@@ -359,6 +380,7 @@ export class CellManager extends EventEmitter<CellManagerEvents> {
       hostImagesRoot: this.o.hostImagesRoot,
       guestImagesRoot: GUEST_IMAGES,
       logger: this.log,
+      checkTimeoutMs: (ms) => cellCheckTimeoutMs(ms, vm.accel),
       // With a tap, published ports are the tenant network's; without, QEMU's forwards.
       ...(vm.nic && this.o.network ? { ports: this.portsOf(name) } : {}),
     });
