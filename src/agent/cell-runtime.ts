@@ -55,6 +55,8 @@ export interface CellRuntimeOptions {
   logger: Logger;
   /** The guest agent's state directory (`--state-dir`; default /run/carapace): where volumes and file sets live. */
   guestStateDir?: string;
+  /** The time a probe check of a timeout gets in this VM (cells.ts cellCheckTimeoutMs: stretched under emulation). Default: the timeout. */
+  checkTimeoutMs?: (timeoutMs: number) => number;
   /**
    * Publishes the containers' host ports on the cell's tap endpoint (its tenant network).
    * Absent (a VM on QEMU's user networking): they are QEMU forwards.
@@ -362,13 +364,14 @@ export class CellRuntime implements RuntimeDriver {
    * 127.0.0.1, since a cell's containers share its network: `host` is ignored). Its verdict is
    * guest data: schema-checked by the channel, and control characters are removed before the
    * message can reach a status. No answer in time, a refusal or a lost channel fail the check.
+   * The time it gets is `checkTimeoutMs(timeoutMs)` (longer under software emulation).
    */
   async check(id: string, action: CheckAction, timeoutMs: number): Promise<CheckResult> {
     if (this.closed) return { ok: false, message: `cell ${this.o.cellId} is gone` };
     this.o.channel.expectContainer(id);
     const wire = 'exec' in action ? { exec: { command: action.exec.command } } : 'httpGet' in action ? { httpGet: { path: action.httpGet.path, port: action.httpGet.port } } : { tcpSocket: { port: action.tcpSocket.port } };
     try {
-      const r = await this.o.channel.check(id, wire, timeoutMs);
+      const r = await this.o.channel.check(id, wire, this.o.checkTimeoutMs?.(timeoutMs) ?? timeoutMs);
       return { ok: r.ok, message: withoutControlChars(r.message) };
     } catch (e) {
       const why = e instanceof GuestError && e.code === 'GUEST_E_BAD_REQUEST' ? `the cell's guest agent cannot run checks (${e.message})` : (e as Error).message; // `as`: the channel rejects with Errors

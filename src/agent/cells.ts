@@ -8,12 +8,14 @@
  * at the instances placed in a cell.
  */
 import { EventEmitter } from 'node:events';
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile } from 'node:fs/promises';
+import { setPriority } from 'node:os';
 import { isAbsolute } from 'node:path';
 import type { Logger } from 'pino';
 import type { Env } from '../core/actions.js';
 import type { Resources } from '../core/resources.js';
 import { HostChannel } from '../guest/host-channel.js';
+import { MAX_CHECK_TIMEOUT_MS } from '../guest/protocol.js';
 import type { Cell } from '../model/objects.js';
 import { kindPrefix } from '../model/keys.js';
 import type { ReconcileResult } from '../reconcile/workqueue.js';
@@ -64,6 +66,47 @@ export interface CellManagerOptions {
 const GUEST_IMAGES = '/carapace/images';
 const GUEST_APP = '/opt/carapace';
 const WARM_KEY = '#warm';
+/**
+ * How much longer a probe check may take in a cell under software emulation (TCG) than its
+ * `timeoutSeconds`: the check runs in the guest (its agent's HTTP GET, TCP connect or `runc
+ * exec`), where emulation stretches every wall-clock second, and more so while the host's
+ * cores also run other VMs booting or starting containers. Seen on a 2-core host: busybox
+ * httpd in a Ready cell taking over 1 s to answer its probe while a neighbour cell booted, so
+ * a service's replicas flapped out of its endpoints during a rolling update (and the update
+ * replaced the flapping ones at once). The same stretch as the heartbeat's (5 s -> 30 s);
+ * with KVM a check has exactly its timeout.
+ */
+export const EMULATED_CHECK_TIMEOUT_SCALE = 5;
+
+/**
+ * The time a cell's probe check of `timeoutMs` gets, for a VM running with `accel`: stretched
+ * under emulation, but never past the longest check the guest accepts (MAX_CHECK_TIMEOUT_MS).
+ */
+export function cellCheckTimeoutMs(timeoutMs: number, accel: string): number {
+  return accel === 'kvm' ? timeoutMs : Math.max(timeoutMs, Math.min(timeoutMs * EMULATED_CHECK_TIMEOUT_SCALE, MAX_CHECK_TIMEOUT_MS));
+}
+
+/**
+ * The nice value of a cell VM's threads from its launch until its guest agent answers, under
+ * software emulation. A TCG boot keeps a host core busy for 15-45 s; on a small host that
+ * starves the VMs already serving (seen on 2 cores: a request to httpd in a Ready cell took
+ * over 1 s while a rolling update's surge cell booted). At nice 10 a boot takes what the
+ * serving VMs leave (and all of an idle host). With KVM a boot takes about a second: unchanged.
+ */
+export const EMULATED_BOOT_NICE = 10;
+
+/** Sets the nice value of every thread of process `pid` (QEMU's vCPUs are threads); a thread or process gone meanwhile is skipped. */
+export async function setProcessNice(pid: number, nice: number): Promise<void> {
+  const tids = await readdir(`/proc/${pid}/task`).catch(() => [] as string[]);
+  for (const tid of tids) {
+    try {
+      setPriority(Number(tid), nice);
+    } catch {
+      // the thread ended, or the process did: nothing to lower or restore
+    }
+  }
+}
+
 /** Volumes attachable to a running cell at once (PCIe root ports made at boot); bench/volume.ts gives its raw VM the same. */
 export const DEFAULT_DISK_SLOTS = 8;
 
@@ -228,6 +271,10 @@ export class CellManager extends EventEmitter<CellManagerEvents> {
       await this.fail(cell, `QEMU did not start: ${(e as Error).message}`); // launch rejects with Error
       return;
     }
+    // Under emulation the boot yields to the VMs already serving; the guest's first answer restores it (attach).
+    if (vm.accel !== 'kvm') {
+      await setProcessNice(vm.pid, EMULATED_BOOT_NICE);
+    }
     await this.o.resources.mutate('Cell', name, undefined, (c) => {
       c.status = { ...c.status, phase: 'Booting', pid: vm.pid, accel: vm.accel, bootStartedAt, message: 'booting', ...(endpoint ? { address: endpoint.ip } : {}) };
       return c;
@@ -359,11 +406,13 @@ export class CellManager extends EventEmitter<CellManagerEvents> {
       hostImagesRoot: this.o.hostImagesRoot,
       guestImagesRoot: GUEST_IMAGES,
       logger: this.log,
+      checkTimeoutMs: (ms) => cellCheckTimeoutMs(ms, vm.accel),
       // With a tap, published ports are the tenant network's; without, QEMU's forwards.
       ...(vm.nic && this.o.network ? { ports: this.portsOf(name) } : {}),
     });
     this.attached.set(name, { channel, runtime, ac });
     channel.on('connected', () => {
+      if (vm.accel !== 'kvm') void setProcessNice(vm.pid, 0);
       const now = this.o.env.now();
       this.o.resources
         .mutate('Cell', name, undefined, (c) => {

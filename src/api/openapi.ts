@@ -108,6 +108,11 @@ const ROLLOUT_REPORT_SCHEMA = {
     settings: { type: 'object', description: 'spec.rollout with its defaults filled in' },
     condition: { type: 'object', description: 'The Progressing condition: status, reason, message, lastTransitionTime' },
     complete: { type: 'boolean', description: 'The current spec is observed and rolled out' },
+    waiting: {
+      type: 'array',
+      description: 'Replicas the placement pipeline could not place, with why (absent when none waits): what a rollout that stands still waits for',
+      items: { type: 'object', required: ['name', 'reason', 'message'], properties: { name: { type: 'string' }, reason: { type: 'string', description: '`Unschedulable` or a volume wait reason' }, message: { type: 'string' } } },
+    },
     history: {
       type: 'array',
       items: {

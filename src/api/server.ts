@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import YAML from 'yaml';
 import { CarapaceError } from '../model/errors.js';
 import { parseManifest } from '../model/manifest.js';
-import { KINDS, type Kind } from '../model/objects.js';
+import { KINDS, type Instance, type Kind } from '../model/objects.js';
 import { AGENT_CERT_PREFIX, JOIN_TOKEN_PREFIX, kindPrefix, seqOfRecordKey } from '../model/keys.js';
 import type { ControlPlane, ActionResult } from '../core/control-plane.js';
 import type { Store } from '../store/store.js';
@@ -685,7 +685,9 @@ async function handleRollout(o: ApiOptions, route: RouteDef, req: FastifyRequest
     const text = await o.audit.export({ format: 'jsonl', tenant, since });
     records = text.split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as AuditEntry); // the export writes one record per line
   }
-  return rolloutReport(s, records);
+  // The tenant's instances: the report names the service's replicas that wait for a place.
+  const instances = resultOf(await o.controlPlane.handle({ type: 'list', kind: 'Instance', tenant }), 'list').items.filter((i): i is Instance => i.kind === 'Instance');
+  return rolloutReport(s, records, instances);
 }
 
 /** Join tokens and agent certificates (cluster-admin; the route table says which). Writes are the core's actions. */

@@ -663,7 +663,9 @@ function judgeRollout(r: RolloutReport): { done: boolean; failed?: string; progr
   if (c?.reason === 'ProgressDeadlineExceeded') return { done: true, failed: c.message, progress: `revision ${r.revision}: ${counts}: deadline exceeded` };
   if (r.complete) return { done: true, ...(c?.reason === 'RolledBack' ? { failed: c.message } : {}), progress: `revision ${r.revision} rolled out (${r.replicas} of ${r.replicas} updated and ready)` };
   if (c?.reason === 'Paused') return { done: true, progress: `revision ${r.revision}: paused (${counts})` };
-  return { done: false, progress: `revision ${r.revision}: ${counts}${c?.reason === 'RolledBack' ? ' (rolling back)' : ''}` };
+  // What holds the rollout, when replicas wait for a place (e.g. a surge replica with no room).
+  const waits = (r.waiting ?? []).map((w) => `; ${w.name} waits: ${w.reason}: ${w.message}`).join('');
+  return { done: false, progress: `revision ${r.revision}: ${counts}${c?.reason === 'RolledBack' ? ' (rolling back)' : ''}${waits}` };
 }
 rolloutCmd
   .command('status')

@@ -1,15 +1,33 @@
 /**
  * What `rollout status` and `rollout history` show of a service (model/rollout.ts RolloutReport), read from its status and
  * joined with the audit log (who made each revision and when). Pure: the caller reads the
- * records (the HTTP edge exports the tenant's audit records since the oldest revision).
+ * records (the HTTP edge exports the tenant's audit records since the oldest revision) and the
+ * tenant's instances (for the replicas that wait for a place).
  */
-import type { Service } from '../model/objects.js';
-import { rolloutOf, templateSummary, type RolloutReport } from '../model/rollout.js';
+import type { Instance, Service } from '../model/objects.js';
+import { rolloutOf, templateSummary, type RolloutReport, type WaitingReplica } from '../model/rollout.js';
 import type { AuditEntry } from '../audit/record.js';
 
-/** Builds the report; `records`: audit records of the service's tenant (any; others are ignored). */
-export function rolloutReport(s: Service, records: readonly AuditEntry[]): RolloutReport {
+/**
+ * The service's replicas (this incarnation's, not being deleted) that the placement pipeline
+ * refused (`status.reason` other than `Scheduling`, which a new instance has until its first
+ * placement pass), by name.
+ */
+export function waitingReplicas(s: Service, instances: readonly Instance[]): WaitingReplica[] {
+  return instances
+    .filter((i) => i.spec.owner.kind === 'Service' && i.spec.owner.uid === s.metadata.uid && (i.metadata.tenant ?? '') === (s.metadata.tenant ?? ''))
+    .filter((i) => i.spec.host === '' && !i.metadata.deletionRequestedAt && i.status.phase === 'Pending' && i.status.reason !== undefined && i.status.reason !== 'Scheduling')
+    .sort((a, b) => a.spec.index - b.spec.index)
+    .map((i) => ({ name: i.metadata.name, reason: i.status.reason ?? '', message: i.status.message ?? '' }));
+}
+
+/**
+ * Builds the report; `records`: audit records of the service's tenant (any; others are
+ * ignored); `instances`: the tenant's instances (any; the service's own are picked out).
+ */
+export function rolloutReport(s: Service, records: readonly AuditEntry[], instances: readonly Instance[] = []): RolloutReport {
   const tenant = s.metadata.tenant ?? '';
+  const waiting = waitingReplicas(s, instances);
   const mine = records.filter((r) => r.outcome === 'success' && r.target.kind === 'Service' && r.target.name === s.metadata.name && (r.target.tenant ?? '') === tenant && typeof r.detail?.['generation'] === 'number');
   const condition = s.status.conditions?.find((c) => c.type === 'Progressing');
   return {
@@ -25,6 +43,7 @@ export function rolloutReport(s: Service, records: readonly AuditEntry[]): Rollo
     settings: rolloutOf(s.spec),
     ...(condition ? { condition } : {}),
     complete: s.status.observedGeneration === s.metadata.generation && (condition?.reason === 'RolloutComplete' || (condition?.reason === 'RolledBack' && condition.message.includes('is rolled out'))),
+    ...(waiting.length > 0 ? { waiting } : {}),
     history: (s.status.history ?? []).map((h) => {
       // The latest record of the generation that made the revision (a rollback's is the controller's).
       const by = [...mine].reverse().find((r) => r.detail?.['generation'] === h.generation);

@@ -243,7 +243,22 @@ export interface RolloutReport {
   condition?: ProgressingCondition;
   /** True when the controller has seen the current spec and the rollout of its revision is complete. */
   complete: boolean;
+  /**
+   * Replicas that wait for a place (no host or cell has room, a quota or a volume holds them),
+   * with why: what a rollout that stands still waits for (a surge replica that cannot be placed
+   * holds a rollout with maxUnavailable 0 until its deadline). Absent when none waits.
+   */
+  waiting?: WaitingReplica[];
   history: RevisionReport[];
+}
+
+/** A replica of a service that the placement pipeline could not place, as its status says. */
+export interface WaitingReplica {
+  name: string;
+  /** `Unschedulable`, or a volume's wait reason (`VolumeInUse`, `VolumeHostNotReady`…). */
+  reason: string;
+  /** The scheduler's sentence (e.g. `no host has room for a cell of 2 cpu / 2048 MiB: …`). */
+  message: string;
 }
 
 /** One line saying what a template runs, for `rollout history`. */

@@ -99,29 +99,38 @@ export interface LoopSample {
   t: number;
   ok: boolean;
   body?: string;
+  /** How long the request took (ms). */
+  ms?: number;
+  /** Why a failed request failed: the error's code (ECONNRESET, ECONNREFUSED…) or `timeout`. */
+  err?: string;
+  /** For a failed request: whether its connection had been established (false: no answer to the SYN). */
+  connected?: boolean;
 }
 
 const LOOP_SCRIPT = `
 const http = require('http');
 const url = process.argv[1];
+const pauseMs = Number(process.argv[2]);
 function once() {
   const t = Date.now();
-  const next = (s) => { console.log(JSON.stringify(s)); setTimeout(once, 20); };
+  let connected = false;
+  const next = (s) => { console.log(JSON.stringify({ ...s, ms: Date.now() - t })); setTimeout(once, pauseMs); };
   const req = http.get(url, { timeout: 1000, agent: false }, (r) => {
     let b = '';
     r.on('data', (c) => (b += c));
     r.on('end', () => next({ t, ok: true, body: b.trim() }));
   });
-  req.on('timeout', () => req.destroy(new Error('timeout')));
-  req.on('error', () => next({ t, ok: false }));
+  req.on('socket', (s) => s.on('connect', () => (connected = true)));
+  req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'timeout' })));
+  req.on('error', (e) => next({ t, ok: false, err: e.code || e.message, connected }));
 }
 once();
 `;
 
-/** A client in `ns` requesting `url` in a loop; `samples` grows as answers come. */
-export function clientLoop(ns: string, url: string): { child: ChildProcess; samples: LoopSample[] } {
+/** A client in `ns` requesting `url` in a loop, `pauseMs` between requests; `samples` grows as answers come. */
+export function clientLoop(ns: string, url: string, pauseMs = 20): { child: ChildProcess; samples: LoopSample[] } {
   const samples: LoopSample[] = [];
-  const child = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', LOOP_SCRIPT, url], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const child = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', LOOP_SCRIPT, url, String(pauseMs)], { stdio: ['ignore', 'pipe', 'ignore'] });
   child.on('error', () => undefined);
   let buf = '';
   child.stdout?.setEncoding('utf8');
