@@ -101,6 +101,32 @@ describe('a socket as a port', () => {
     expect(frames.at(-1)).toEqual({ channel: FWD.eof, text: '' });
   });
 
+  it("the workload's end (or reset) before anyone listens is passed on, not lost", async () => {
+    // A server that closes at once: its FIN comes while the API still audits and upgrades.
+    const port = await listen((s) => s.end());
+    const p = socketPort(await dialWorkload('127.0.0.1', port, 'a test server'));
+    await new Promise((r) => setTimeout(r, 100)); // the gap under test: the FIN arrives before anyone listens
+    const channels: number[] = [];
+    p.onFrame((raw) => channels.push(decodeFwdFrame(raw)?.channel ?? -1));
+    await until('the eof frame', () => channels.length > 0);
+    expect(channels).toEqual([FWD.eof]);
+    // One that resets the connection before anyone listens: the error status, then the end.
+    let held: Socket | undefined;
+    const resetting = await listen((s) => (held = s));
+    const r = socketPort(await dialWorkload('127.0.0.1', resetting, 'a test server'));
+    await until('the connection accepted', () => held !== undefined);
+    held?.resetAndDestroy();
+    let closed = false;
+    r.onClose(() => (closed = true));
+    await until('the reset seen', () => closed);
+    const frames: { channel: number; text: string }[] = [];
+    r.onFrame((raw) => {
+      const f = decodeFwdFrame(raw);
+      if (f) frames.push({ channel: f.channel, text: Buffer.from(f.payload).toString() });
+    });
+    expect(frames).toEqual([{ channel: FWD.status, text: expect.stringContaining('CARAPACE_E_PORT_UNREACHABLE') }]);
+  });
+
   it('a closed port is CARAPACE_E_PORT_UNREACHABLE naming the address', async () => {
     const port = await listen(() => undefined);
     servers.splice(0).forEach((s) => s.close());

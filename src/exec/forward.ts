@@ -108,8 +108,16 @@ export function socketPort(sock: Socket): ExecPort {
   const listeners: ((frame: Uint8Array) => void)[] = [];
   const closers: (() => void)[] = [];
   let closed = false;
+  // Frames from before anyone listens, kept for the first listener. pause() holds bytes, not
+  // the workload's end nor a reset: a FIN with nothing unread is 'end' at once, paused or not
+  // (Node reads 0 bytes on EOF), and the connection is made before the API writes its audit
+  // record and completes the handshake. Dropped, the eof left the client waiting for ever on
+  // a connection the workload had closed (a later reset goes unseen on a socket that reads no
+  // more and has nothing to write).
+  let early: Uint8Array[] | undefined = [];
   const emit = (f: Uint8Array): void => {
-    for (const l of listeners) l(f);
+    if (early) early.push(f);
+    else for (const l of listeners) l(f);
   };
   // Paused until someone listens: no byte is read before it has somewhere to go.
   sock.pause();
@@ -129,6 +137,9 @@ export function socketPort(sock: Socket): ExecPort {
     },
     onFrame: (l) => {
       listeners.push(l);
+      const kept = early ?? [];
+      early = undefined;
+      for (const f of kept) l(f);
       sock.resume();
     },
     onClose: (l) => {

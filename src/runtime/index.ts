@@ -39,23 +39,42 @@ const RUNC: RuntimeFlavor = {
 /**
  * gVisor's runsc: the container runs on gVisor's user-space kernel (isolation `sandbox`).
  * The ptrace platform works without KVM (nested virtualisation is unusable on many hosts).
- * Without a netns path, `--network=none` gives a loopback-only stack. With one, runsc is
- * launched inside that namespace (`nsenter --net=PATH runsc --network=host create`): Debian's
- * runsc 2022-12 refuses `--network=sandbox` on current kernels ("cannot run with network
- * enabled in root network namespace": it mistakes every namespace for the root one because
- * /proc/sys/net/core/rmem_default is visible in all of them on kernels >= 6.x). The cost:
- * networking goes through the host kernel's stack inside the container's own namespace
- * (still separated per tenant by the bridge rules) instead of gVisor's netstack. `ip netns
- * exec` is not used because it remounts /sys, where runsc looks for cgroups.
- * The flags are derived from the stored metadata so every call on a container agrees.
+ * Without a netns path, `--network=none` gives a loopback-only stack. With one, the sandbox
+ * joins the agent's namespace by path (the spec names it) and serves it with gVisor's own
+ * network stack (`--network=sandbox`, netstack): runsc moves the namespace's addresses from
+ * `eth0` into the sandbox and speaks to the link with a packet socket, so the workload's TCP
+ * is gVisor's, not the host kernel's.
+ *
+ * Why not `--network=host` (the host kernel's stack in the namespace, which containers made
+ * before recorded `netstack` still use): this runsc (Debian 2022-12) returns EAGAIN from a
+ * blocking `read()` on such a socket when no byte is queued yet, instead of waiting. A server
+ * that reads before its client's bytes arrived (busybox httpd's child, a second request on a
+ * kept-alive connection, any protocol where the server speaks first) takes it for an error
+ * and closes: the client gets no answer, or a reset when its bytes land on the closed socket.
+ * Through `carapace port-forward` (whose connection is made before the handshake) that was
+ * one request in three to ten; straight clients a few percent. Static files failed outright
+ * (sendfile's EAGAIN). Seen with `runsc --strace`: `read(0x0 socket:[17], …) = 0 errno=11`
+ * in a process that never set O_NONBLOCK.
+ *
+ * Why the launcher: this runsc refuses `--network=sandbox` ("cannot run with network enabled
+ * in root network namespace") on kernels >= 6.x, where /proc/sys/net/core/rmem_default, its
+ * test for the root namespace, is visible in every namespace. The namespace is never the
+ * root one here (the agent made it for the container), so runsc runs in a mount namespace of
+ * its own where /proc/sys/net is an empty tmpfs (`unshare --mount`, private propagation: the
+ * host's mounts are untouched); the sandbox mounts its own /proc.
+ * The flags and launcher are derived from the stored metadata so every call on a container agrees.
  */
 const RUNSC: RuntimeFlavor = {
   name: 'runsc',
   isolation: 'sandbox',
   capabilities: { network: 'namespace', images: 'host-path' },
   defaultPath: '/usr/bin/runsc',
-  globalArgs: (root, meta) => ['--root', root, '--platform=ptrace', meta?.netnsPath !== undefined ? '--network=host' : '--network=none'],
-  createLauncher: (runtimePath, netnsPath) => ['/usr/bin/nsenter', `--net=${netnsPath}`, runtimePath],
+  globalArgs: (root, meta) => ['--root', root, '--platform=ptrace', meta?.netnsPath === undefined ? '--network=none' : meta.netstack ? '--network=sandbox' : '--network=host'],
+  netstack: true,
+  launcher: (runtimePath, meta) =>
+    meta.netstack
+      ? { argv: ['/usr/bin/unshare', '--mount', '--propagation', 'private', '/bin/sh', '-c', 'mount -t tmpfs -o size=4k,mode=0555 carapace-no-sysnet /proc/sys/net && exec "$@"', 'runsc', runtimePath], entersNamespace: false }
+      : { argv: ['/usr/bin/nsenter', `--net=${meta.netnsPath}`, runtimePath], entersNamespace: true },
   async probe(driver) {
     const bins = await driver.probeBinaries();
     if (!bins.ok) return bins;

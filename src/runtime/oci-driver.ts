@@ -59,14 +59,21 @@ export interface RuntimeFlavor {
   capabilities: DriverCapabilities;
   defaultPath: string;
   /** Global flags (before the subcommand) for a container; must be identical for every call on it. */
-  globalArgs(root: string, meta: Pick<ContainerMeta, 'netnsPath'> | undefined): string[];
+  globalArgs(root: string, meta: NetMeta | undefined): string[];
+  /**
+   * Whether a new container in a network namespace is recorded with `netstack: true` (the
+   * runtime serves the namespace with its own network stack: runsc's `--network=sandbox`).
+   * Containers recorded without it keep the way they were made (globalArgs and launcher read it).
+   */
+  netstack?: boolean;
   /**
    * How the runtime is launched (conmon's `create` and every later call) when the container
-   * joins a network namespace: a wrapper
-   * command (e.g. nsenter) placed before the runtime. Undefined: the runtime itself, with the
-   * namespace path in the OCI spec.
+   * joins a network namespace: a wrapper command placed before the runtime (`argv`, ending
+   * with the runtime's path), and whether that wrapper puts the runtime inside the namespace
+   * (`entersNamespace`: the spec then names none) or the spec joins it by path. Undefined: the
+   * runtime itself, with the namespace path in the OCI spec.
    */
-  createLauncher?(runtimePath: string, netnsPath: string): string[];
+  launcher?(runtimePath: string, meta: NetMeta & { netnsPath: string }): { argv: string[]; entersNamespace: boolean };
   /** A trivial real check that the runtime works here; a reason when it does not. */
   probe(driver: OciDriver): Promise<{ ok: true } | { ok: false; message: string }>;
   /**
@@ -87,7 +94,7 @@ export interface RuntimeFlavor {
    */
   execAsUserFlags?: boolean;
   /** Kills a process started by `exec` in the container (a health check that timed out); runc: with its children, runsc: itself only. */
-  killExec(driver: OciDriver, id: string, meta: Pick<ContainerMeta, 'netnsPath'>, pid: number): Promise<void>;
+  killExec(driver: OciDriver, id: string, meta: NetMeta, pid: number): Promise<void>;
   /**
    * Host tasks the runtime itself keeps in the container's cgroup, added to the pids limit
    * so the limit counts the container's own processes (gVisor: sentry, gofer, ptrace stubs).
@@ -100,9 +107,18 @@ export interface ContainerMeta {
   id: string;
   labels: Record<string, string>;
   netnsPath?: string;
+  /**
+   * The runtime's own network stack serves the namespace (runsc `--network=sandbox`, see
+   * RuntimeFlavor.netstack); absent on containers made before it was (runsc on the host
+   * kernel's stack), which every later call must keep treating that way.
+   */
+  netstack?: boolean;
   createdAt: string;
   startedAt?: string;
 }
+
+/** What of a container's record decides how its runtime is called (global flags, launcher). */
+export type NetMeta = Pick<ContainerMeta, 'netnsPath' | 'netstack'>;
 
 interface RuntimeStateJson {
   id: string;
@@ -210,16 +226,23 @@ export class OciDriver implements RuntimeDriver {
   }
 
   /** The full command line (binary first) of a runtime call on a container: launcher, global flags, `args`. */
-  runtimeArgv(args: string[], meta?: Pick<ContainerMeta, 'netnsPath'>): string[] {
-    // A launcher-wrapped runtime (runsc in a netns) must be called inside the namespace every
-    // time: its control socket is an abstract unix socket, which is per network namespace.
-    const netns = meta?.netnsPath;
-    const launch = netns !== undefined && this.flavor.createLauncher ? this.flavor.createLauncher(this.runtimePath, netns) : [this.runtimePath];
-    return [...launch, ...this.flavor.globalArgs(this.runtimeRoot, meta), ...args];
+  runtimeArgv(args: string[], meta?: NetMeta): string[] {
+    return [...this.launch(meta).argv, ...this.flavor.globalArgs(this.runtimeRoot, meta), ...args];
+  }
+
+  /**
+   * The launcher of every runtime call on a container (the same each time: a runtime launched
+   * inside a namespace, runsc on the host stack, must be called inside it every time, as its
+   * control socket is an abstract unix socket, which is per network namespace).
+   */
+  private launch(meta: NetMeta | undefined): { argv: string[]; entersNamespace: boolean } {
+    const netnsPath = meta?.netnsPath;
+    if (netnsPath === undefined || !this.flavor.launcher) return { argv: [this.runtimePath], entersNamespace: false };
+    return this.flavor.launcher(this.runtimePath, { ...meta, netnsPath });
   }
 
   /** Runs the runtime with the container's global flags. */
-  runtime(args: string[], meta?: Pick<ContainerMeta, 'netnsPath'>, timeoutMs?: number): ReturnType<typeof run> {
+  runtime(args: string[], meta?: NetMeta, timeoutMs?: number): ReturnType<typeof run> {
     const [bin, ...rest] = this.runtimeArgv(args, meta);
     return run(bin ?? this.runtimePath, rest, { timeoutMs });
   }
@@ -293,7 +316,7 @@ export class OciDriver implements RuntimeDriver {
     }
     const log = this.log.child({ containerId: id });
     try {
-      const meta: ContainerMeta = { id, labels: req.labels, createdAt: new Date().toISOString(), ...(req.netnsPath !== undefined ? { netnsPath: req.netnsPath } : {}) };
+      const meta: ContainerMeta = { id, labels: req.labels, createdAt: new Date().toISOString(), ...(req.netnsPath !== undefined ? { netnsPath: req.netnsPath, ...(this.flavor.netstack ? { netstack: true } : {}) } : {}) };
       const [seccomp, nofileLimit] = await Promise.all([this.loadSeccomp(), this.nofileLimit(), this.writeMeta(meta)]);
       await prepareBundle({
         dir,
@@ -304,9 +327,9 @@ export class OciDriver implements RuntimeDriver {
         hostname: req.hostname,
         labels: req.labels,
         ...(req.dns ? { dns: req.dns } : {}),
-        // A launcher-wrapped runtime (runsc) is already inside the namespace: the spec must
-        // neither name it nor ask for a new one (with a new one it would get loopback only).
-        network: req.netnsPath === undefined ? { kind: 'private' } : this.flavor.createLauncher ? { kind: 'shared' } : { kind: 'join', path: req.netnsPath },
+        // A runtime launched inside the namespace (runsc on the host stack) must find the spec
+        // neither naming it nor asking for a new one (with a new one it would get loopback only).
+        network: req.netnsPath === undefined ? { kind: 'private' } : this.launch(meta).entersNamespace ? { kind: 'shared' } : { kind: 'join', path: req.netnsPath },
         cgroupsPath: this.cgroupPath(id),
         ...(req.mounts ? { mounts: req.mounts } : {}),
         ...(this.flavor.ownPids ? { runtimeOwnPids: this.flavor.ownPids } : {}),
@@ -338,8 +361,7 @@ export class OciDriver implements RuntimeDriver {
    */
   private conmonCreate(id: string, meta: ContainerMeta): Promise<number> {
     const dir = this.bundle(id);
-    const launcher = meta.netnsPath !== undefined && this.flavor.createLauncher ? this.flavor.createLauncher(this.runtimePath, meta.netnsPath) : [this.runtimePath];
-    const [launchPath, ...launchArgs] = launcher;
+    const [launchPath, ...launchArgs] = this.launch(meta).argv;
     const args = [
       '--api-version', '1',
       '-c', id,

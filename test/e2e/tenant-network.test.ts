@@ -8,8 +8,9 @@
  * Every workload runs the same busybox script: it serves its name over HTTP on 8080 and, every
  * 2 s, tries each of its TARGETS and prints `R <target> yes|no`: a lookup (`@name`, busybox's
  * own resolver) or a TCP connection (busybox nc, names through the container's resolv.conf).
- * A connection, not an HTTP exchange: gVisor's host network mode (what Debian's runsc can run
- * here) makes busybox's wget fail reads with EAGAIN now and then, which is not the network's.
+ * A connection, not an HTTP exchange: reach is what is under test (on gVisor's host-stack
+ * mode, which sandboxes used before netstack, busybox's wget failed reads with EAGAIN now and
+ * then; see runtime/index.ts).
  */
 import { join } from 'node:path';
 import { writeFile } from 'node:fs/promises';

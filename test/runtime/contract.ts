@@ -327,7 +327,7 @@ export function describeDriverContract(name: string, o: DriverContractOptions): 
         const n = await net.setup(id, [{ containerPort: 8080, hostPort, protocol: 'tcp' }]);
         try {
           await h.driver.start({ ...req(id, `echo 'served by ${name}' > /www/index.html; exec httpd -f -p 8080 -h /www`), netnsPath: n.netnsPath });
-          // Retried: busybox httpd under gVisor's hostinet resets some connections (runc does not).
+          // Retried until httpd listens (start returns before it does).
           expect(await httpGetEventually('127.0.0.1', hostPort, 10_000)).toBe(`served by ${name}\n`);
           expect(await httpGetEventually(n.ip, 8080, 5_000)).toBe(`served by ${name}\n`);
           const http = async (): Promise<string> => (await h.driver.check(id, { httpGet: { path: '/index.html', port: 8080, host: n.ip } }, 1_000)).message;
