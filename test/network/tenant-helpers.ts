@@ -111,11 +111,12 @@ const LOOP_SCRIPT = `
 const http = require('http');
 const url = process.argv[1];
 const pauseMs = Number(process.argv[2]);
+const timeoutMs = Number(process.argv[3]);
 function once() {
   const t = Date.now();
   let connected = false;
   const next = (s) => { console.log(JSON.stringify({ ...s, ms: Date.now() - t })); setTimeout(once, pauseMs); };
-  const req = http.get(url, { timeout: 1000, agent: false }, (r) => {
+  const req = http.get(url, { timeout: timeoutMs, agent: false }, (r) => {
     let b = '';
     r.on('data', (c) => (b += c));
     r.on('end', () => next({ t, ok: true, body: b.trim() }));
@@ -127,10 +128,13 @@ function once() {
 once();
 `;
 
-/** A client in `ns` requesting `url` in a loop, `pauseMs` between requests; `samples` grows as answers come. */
-export function clientLoop(ns: string, url: string, pauseMs = 20): { child: ChildProcess; samples: LoopSample[] } {
+/**
+ * A client in `ns` requesting `url` in a loop, `pauseMs` between requests, each failed after
+ * `timeoutMs` without an answer; `samples` grows as answers come.
+ */
+export function clientLoop(ns: string, url: string, pauseMs = 20, timeoutMs = 1000): { child: ChildProcess; samples: LoopSample[] } {
   const samples: LoopSample[] = [];
-  const child = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', LOOP_SCRIPT, url, String(pauseMs)], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const child = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', LOOP_SCRIPT, url, String(pauseMs), String(timeoutMs)], { stdio: ['ignore', 'pipe', 'ignore'] });
   child.on('error', () => undefined);
   let buf = '';
   child.stdout?.setEncoding('utf8');
