@@ -192,6 +192,18 @@ describe('rolling updates (planService)', () => {
     expect(sim.revisions()).toEqual(['r/web:2:r2', 'r/web:2:r2', 'r/web:2:r2']);
   });
 
+  it('a replica the placement pipeline refused is named in the Progressing condition while the rollout waits for it', () => {
+    const sim = new Sim({ replicas: 2 });
+    sim.settle();
+    sim.update({ replicas: 2, image: 'r/web:2' });
+    sim.plan();
+    const surge = sim.instances.get('web-2');
+    if (!surge) throw new Error('no surge');
+    sim.instances.set('web-2', { ...surge, spec: { ...surge.spec, host: '' }, status: { ...surge.status, phase: 'Pending', reason: 'Unschedulable', message: 'no host has room for 1 cpu' } });
+    sim.plan();
+    expect(sim.service.status.conditions?.[0]?.message).toBe('revision 2: 1 of 2 replicas updated, 2 ready; web-2 waits: Unschedulable: no host has room for 1 cpu');
+  });
+
   it('maxSurge 0 / maxUnavailable 2: two old replicas at a time, never a surge', () => {
     const sim = new Sim({ replicas: 4, rollout: { maxSurge: 0, maxUnavailable: 2 } });
     sim.settle();

@@ -6,7 +6,7 @@
  */
 import { instanceName, instanceReady, TERMINAL_PHASES, type Instance, type InstanceSpec, type Job, type JobStatus, type Service, type ServiceStatus } from '../model/objects.js';
 import { containerSpecOf, type ServiceSpec } from '../model/schemas.js';
-import { isOfRevision, nextRevision, rolloutBounds, rolloutOf, sameJson, specWithTemplate, templateOf, type ProgressingCondition, type ProgressingReason, type RolloutProgress } from '../model/rollout.js';
+import { isOfRevision, nextRevision, rolloutBounds, rolloutOf, sameJson, specWithTemplate, templateOf, waitingReplicas, type ProgressingCondition, type ProgressingReason, type RolloutProgress } from '../model/rollout.js';
 import { mountsOf } from '../model/volumes.js';
 import { isDeepStrictEqual } from 'node:util';
 
@@ -258,13 +258,17 @@ export function planService(serviceName: string, service: Service | undefined, i
   changes.push(...planned.map((instance) => ({ op: 'create' as const, instance })));
 
   const why = entry?.cause === 'rollback' && entry.message ? `${entry.message}; ` : '';
+  // Replicas the placement pipeline refused (no room, no host of the tier…): the rollout waits for them, and says so.
+  const waitingNote = waitingReplicas(service, current)
+    .map((w) => `; ${w.name} waits: ${w.reason}${w.message ? `: ${w.message}` : ''}`)
+    .join('');
   const [reason, status, message]: [ProgressingReason, ProgressingCondition['status'], string] = settings.paused
     ? ['Paused', 'Unknown', `paused at revision ${rev.revision}: ${updated} of ${R} replicas updated`]
     : exceeded
       ? ['ProgressDeadlineExceeded', 'False', `revision ${rev.revision} made no progress for ${settings.progressDeadlineSeconds}s (${updated} of ${R} replicas updated, ${newReady} ready)${settings.autoRollback ? (stableEntry ? '' : '; no complete revision to roll back to') : '; autoRollback is off'}`]
       : complete
         ? [entry?.cause === 'rollback' ? 'RolledBack' : 'RolloutComplete', 'True', `${why}revision ${rev.revision} is rolled out: ${R} of ${R} replicas updated and ready`]
-        : [entry?.cause === 'rollback' ? 'RolledBack' : 'NewReplicasRolling', 'True', `${why}revision ${rev.revision}: ${updated} of ${R} replicas updated, ${ready} ready`];
+        : [entry?.cause === 'rollback' ? 'RolledBack' : 'NewReplicasRolling', 'True', `${why}revision ${rev.revision}: ${updated} of ${R} replicas updated, ${ready} ready${waitingNote}`];
   const history = complete && entry && !entry.completedAt ? rev.history.map((h) => (h === entry ? { ...h, completedAt: ctx.now } : h)) : rev.history;
   const next: ServiceStatusUpdate = {
     ...statusCounts(service, updated, ready),

@@ -5,21 +5,10 @@
  * tenant's instances (for the replicas that wait for a place).
  */
 import type { Instance, Service } from '../model/objects.js';
-import { rolloutOf, templateSummary, type RolloutReport, type WaitingReplica } from '../model/rollout.js';
-import type { AuditEntry } from '../audit/record.js';
+import { rolloutOf, templateSummary, waitingReplicas, type RolloutReport } from '../model/rollout.js';
 
-/**
- * The service's replicas (this incarnation's, not being deleted) that the placement pipeline
- * refused (`status.reason` other than `Scheduling`, which a new instance has until its first
- * placement pass), by name.
- */
-export function waitingReplicas(s: Service, instances: readonly Instance[]): WaitingReplica[] {
-  return instances
-    .filter((i) => i.spec.owner.kind === 'Service' && i.spec.owner.uid === s.metadata.uid && (i.metadata.tenant ?? '') === (s.metadata.tenant ?? ''))
-    .filter((i) => i.spec.host === '' && !i.metadata.deletionRequestedAt && i.status.phase === 'Pending' && i.status.reason !== undefined && i.status.reason !== 'Scheduling')
-    .sort((a, b) => a.spec.index - b.spec.index)
-    .map((i) => ({ name: i.metadata.name, reason: i.status.reason ?? '', message: i.status.message ?? '' }));
-}
+export { waitingReplicas };
+import type { AuditEntry } from '../audit/record.js';
 
 /**
  * Builds the report; `records`: audit records of the service's tenant (any; others are

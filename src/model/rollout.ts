@@ -5,6 +5,7 @@
  * planner (control/workload-plan.ts) decides the waves from these; nothing here does I/O.
  */
 import { z } from 'zod';
+import type { Instance, Service } from './objects.js';
 import type { ServiceSpec } from './schemas.js';
 
 /** An absolute count (0-10000) or a percentage of the replicas ("25%", 0-100%), as Kubernetes takes them. */
@@ -270,4 +271,17 @@ export function templateSummary(t: ServiceTemplate): string {
   if (env.length > 0) parts.push(`env=${env.map(([k, v]) => `${k}=${v.length > 24 ? `${v.slice(0, 21)}...` : v}`).join(',')}`);
   if (t.restartedAt) parts.push(`restartedAt=${t.restartedAt}`);
   return parts.join(' ');
+}
+
+/**
+ * The service's replicas (this incarnation's, not being deleted) that the placement pipeline
+ * refused (`status.reason` other than `Scheduling`, which a new instance has until its first
+ * placement pass), by name.
+ */
+export function waitingReplicas(s: Service, instances: readonly Instance[]): WaitingReplica[] {
+  return instances
+    .filter((i) => i.spec.owner.kind === 'Service' && i.spec.owner.uid === s.metadata.uid && (i.metadata.tenant ?? '') === (s.metadata.tenant ?? ''))
+    .filter((i) => i.spec.host === '' && !i.metadata.deletionRequestedAt && i.status.phase === 'Pending' && i.status.reason !== undefined && i.status.reason !== 'Scheduling')
+    .sort((a, b) => a.spec.index - b.spec.index)
+    .map((i) => ({ name: i.metadata.name, reason: i.status.reason ?? '', message: i.status.message ?? '' }));
 }
