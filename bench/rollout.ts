@@ -73,6 +73,23 @@ async function main(): Promise<void> {
   const image = await buildBusyboxImage({ registry: registry.address, repository: 'bench/busybox', tag: '1' });
   const stateDir = join(dir, 'state');
   const aio = await startAllInOne({ stateDir, port: await freePort(), logger: pino({ level: 'warn' }), warmCells: 0, accel: 'auto' });
+  // Everything the run made goes, also when it is interrupted (Ctrl-C, kill): its containers,
+  // cells, networks and dnsmasq would otherwise outlive it and hold the tenant's addresses.
+  let cleaning: Promise<void> | undefined;
+  const cleanup = (): Promise<void> =>
+    (cleaning ??= (async () => {
+      await aio.stop();
+      const { teardownHost } = await import('../src/agent/teardown.js');
+      await teardownHost(stateDir, {});
+      await registry.stop();
+      await rm(dir, { recursive: true, force: true });
+    })());
+  const interrupted = (): void => {
+    log('interrupted: removing what the run made');
+    void cleanup().finally(() => process.exit(130));
+  };
+  process.once('SIGINT', interrupted);
+  process.once('SIGTERM', interrupted);
   const api = async <T>(method: string, path: string, body?: unknown): Promise<T> => {
     const r = await fetch(`${aio.url}${path}`, { method, headers: { authorization: `Bearer ${aio.adminToken}`, ...(body ? { 'content-type': 'application/json' } : {}) }, body: body ? JSON.stringify(body) : null });
     const j = (await r.json()) as T;
@@ -204,11 +221,9 @@ async function main(): Promise<void> {
     const round = (x: number): number => Math.round(x * 1000) / 1000;
     console.log(JSON.stringify({ bench: 'rollout', rollout_ratio: round(rolloutMs / (10 * median(starts))), failed_requests: failed, exec_host_ratio: round(execHost), exec_cell_ratio: round(execCell) }));
   } finally {
-    await aio.stop();
-    const { teardownHost } = await import('../src/agent/teardown.js');
-    await teardownHost(stateDir, {});
-    await registry.stop();
-    await rm(dir, { recursive: true, force: true });
+    process.off('SIGINT', interrupted);
+    process.off('SIGTERM', interrupted);
+    await cleanup();
   }
 }
 
