@@ -200,17 +200,18 @@ export function planService(serviceName: string, service: Service | undefined, i
   // Not-ready first (they serve nothing), then the highest ordinals.
   const removalOrder = (xs: Instance[]): Instance[] => [...xs].sort((a, b) => Number(instanceReady(a)) - Number(instanceReady(b)) || b.spec.index - a.spec.index);
   // Old replicas: the ready ones while enough stay ready (lowest ordinals first); the not-ready
-  // ones first, but only while the replicas left alive still cover `replicas - unavailable`
-  // plus the new ones not ready yet (Kubernetes' cleanup bound): a replica that missed a few
-  // checks under load may be ready again in a moment, and removing every one that flapped at
-  // once would empty the service.
+  // ones first: those not running (pending, crash-looping, failed) at once, running ones only
+  // while the replicas left alive still cover `replicas - unavailable` plus the new ones not
+  // ready yet (Kubernetes' cleanup bound): a running replica that missed a few checks under
+  // load may be ready again in a moment, and removing every one that flapped at once would
+  // empty the service.
   if (rolling) {
     let cleanup = live.length - minReady - live.filter((i) => isNew(i) && !instanceReady(i)).length;
     for (const i of [...old].sort((a, b) => Number(instanceReady(a)) - Number(instanceReady(b)) || a.spec.index - b.spec.index)) {
       if (instanceReady(i)) {
         if (budget <= 0) break;
         budget--;
-      } else {
+      } else if (i.status.phase === 'Running') {
         if (cleanup <= 0) continue;
         cleanup--;
       }

@@ -368,9 +368,11 @@ async function convergence(api: (method: string, path: string) => Promise<Reply>
     const byIndex = new Map<number, number>();
     for (const x of mine) byIndex.set(x.spec.index, (byIndex.get(x.spec.index) ?? 0) + 1);
     for (const [index, n] of byIndex) if (n > 1) duplicates.push(`${svc.metadata.name}: ${n} instances for replica ${index}`);
-    const want = Array.from({ length: svc.spec.replicas }, (_, k) => `${svc.metadata.name}-${k}`);
+    // Replica names are the service's with an ordinal; a rolling update's replacement takes the
+    // lowest free one, so they may skip numbers (duplicates of an ordinal are caught above).
     const have = mine.map((x) => x.metadata.name).sort();
-    if (JSON.stringify(have) !== JSON.stringify(want)) other.push(`${svc.metadata.tenant}/${svc.metadata.name}: instances ${have.join(',') || 'none'}, want ${want.join(',') || 'none'}`);
+    const named = have.every((n) => n.startsWith(`${svc.metadata.name}-`) && /^\d+$/.test(n.slice(svc.metadata.name.length + 1)));
+    if (have.length !== svc.spec.replicas || !named) other.push(`${svc.metadata.tenant}/${svc.metadata.name}: instances ${have.join(',') || 'none'}, want ${svc.spec.replicas} named ${svc.metadata.name}-N`);
     for (const x of mine) {
       if (x.spec.owner.uid !== svc.metadata.uid) other.push(`${x.metadata.name} belongs to an earlier ${svc.metadata.name} (uid ${x.spec.owner.uid})`);
       else if (x.status.phase !== 'Running' || x.spec.ownerGeneration !== svc.metadata.generation)
