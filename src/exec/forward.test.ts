@@ -104,8 +104,10 @@ describe('a socket as a port', () => {
   it("the workload's end (or reset) before anyone listens is passed on, not lost", async () => {
     // A server that closes at once: its FIN comes while the API still audits and upgrades.
     const port = await listen((s) => s.end());
-    const p = socketPort(await dialWorkload('127.0.0.1', port, 'a test server'));
-    await new Promise((r) => setTimeout(r, 100)); // the gap under test: the FIN arrives before anyone listens
+    const sock = await dialWorkload('127.0.0.1', port, 'a test server');
+    const p = socketPort(sock);
+    // The gap under test: the FIN has arrived (and been read) before anyone listens.
+    await until('the FIN read', () => sock.readableEnded);
     const channels: number[] = [];
     p.onFrame((raw) => channels.push(decodeFwdFrame(raw)?.channel ?? -1));
     await until('the eof frame', () => channels.length > 0);
