@@ -15,7 +15,7 @@
  */
 import { connect, type Socket } from 'node:net';
 import { CarapaceError, ERROR_CATALOGUE, type ErrorCode, type FieldIssue } from '../model/errors.js';
-import { LOW_WATER, type ExecPort } from './session.js';
+import { LOW_WATER, onDrainOrClose, type ExecPort } from './session.js';
 
 export const FWD = { data: 0, eof: 1, status: 2 } as const;
 export type FwdChannel = (typeof FWD)[keyof typeof FWD];
@@ -154,16 +154,7 @@ export function socketPort(sock: Socket): ExecPort {
     backlog: () => sock.writableLength,
     onDrained: (l) => {
       if (sock.writableLength < LOW_WATER || sock.destroyed) l();
-      else {
-        // 'drain' comes once the buffer emptied; a connection that ends first must not keep the other side paused.
-        const fire = (): void => {
-          sock.off('drain', fire);
-          sock.off('close', fire);
-          l();
-        };
-        sock.on('drain', fire);
-        sock.on('close', fire);
-      }
+      else onDrainOrClose(sock, l); // 'drain' comes once the buffer emptied
     },
   };
 }

@@ -12,6 +12,7 @@
  */
 import { spawn } from 'node:child_process';
 import { spawn as ptySpawn } from 'node-pty';
+import { onDrainOrClose } from './session.js';
 
 /** One running exec process. */
 export interface ExecProcess {
@@ -116,14 +117,7 @@ function spawnPipes(bin: string, args: string[], o: SpawnExecOptions): ExecProce
     onInputDrained: (l) => {
       const stdin = child.stdin;
       if (!stdin || stdin.writableLength === 0 || stdin.destroyed) return l();
-      // 'close' too: a process that exits without reading never drains its pipe.
-      const once = (): void => {
-        stdin.off('drain', once);
-        stdin.off('close', once);
-        l();
-      };
-      stdin.on('drain', once);
-      stdin.on('close', once);
+      onDrainOrClose(stdin, l); // 'close' too: a process that exits without reading never drains its pipe
     },
     endInput: () => child.stdin?.end(),
     resize: () => undefined,

@@ -41,6 +41,20 @@ export const HELD_PING_MS = 2_000;
 export const HIGH_WATER = 1024 * 1024;
 export const LOW_WATER = 256 * 1024;
 
+/**
+ * Calls `listener` once `stream` emits 'drain' or 'close', whichever comes first: a stream
+ * that ends before it drains must not keep the side waiting on it paused.
+ */
+export function onDrainOrClose(stream: { on(e: 'drain' | 'close', l: () => void): unknown; off(e: 'drain' | 'close', l: () => void): unknown }, listener: () => void): void {
+  const fire = (): void => {
+    stream.off('drain', fire);
+    stream.off('close', fire);
+    listener();
+  };
+  stream.on('drain', fire);
+  stream.on('close', fire);
+}
+
 /** Sends the last frame (status) and closes. */
 export function endSession(port: ExecPort, status: ExecStatus): void {
   port.send(encodeFrame(CHANNEL.status, JSON.stringify(status)));

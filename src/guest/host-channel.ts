@@ -17,7 +17,7 @@ import { CarapaceError } from '../model/errors.js';
 import type { ContainerSpec } from '../model/schemas.js';
 import type { ExecRun, ImageConfig, LogLine } from '../runtime/driver.js';
 import { CHANNEL, decodeFrame, encodeFrame, parseStatus, type ExecOptions } from '../exec/frames.js';
-import { HIGH_WATER } from '../exec/session.js';
+import { HIGH_WATER, onDrainOrClose } from '../exec/session.js';
 import {
   encodeLine,
   EXEC_WINDOW_BYTES,
@@ -788,13 +788,7 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
         onInputDrained: (l) => {
           const sock = this.socket;
           if (!sock || sock.destroyed || sock.writableLength === 0) return l();
-          const once = (): void => {
-            sock.off('drain', once);
-            sock.off('close', once);
-            l();
-          };
-          sock.on('drain', once);
-          sock.on('close', once);
+          onDrainOrClose(sock, l);
         },
         endInput: () => input(CHANNEL.eof),
         resize: (cols, rows) => {
