@@ -33,6 +33,8 @@ export interface RouteDef {
   objectKind?: Kind;
   /** For action routes: which action the request becomes. */
   action?: 'apply' | 'create' | 'get' | 'list' | 'listAll' | 'delete';
+  /** A POST that changes nothing (its input is too big for a query string): a success leaves no audit record; a refusal still does. */
+  readOnly?: true;
 }
 
 const RESOURCE_VERSION: QueryParam = { name: 'resourceVersion', type: 'integer', description: "Resume after this store revision (a list's resourceVersion, or the last event's id)" };
@@ -113,7 +115,7 @@ function objectRoutes(): RouteDef[] {
   out.push({ method: 'GET', url: '/v1/audit/records', summary: 'Export audit records (?since, ?until, ?format=jsonl|csv); a tenant token gets only its tenant\'s records', kind: 'audit', query: [SINCE, UNTIL, { name: 'format', type: 'string', enum: ['jsonl', 'csv'], description: 'jsonl (default) or csv' }, TENANT_FILTER] });
   out.push({ method: 'GET', url: '/v1/events', summary: 'Follow audit and lifecycle events (Server-Sent Events); a tenant token sees only its tenant\'s', kind: 'audit', query: [RESOURCE_VERSION, TENANT_FILTER] });
   out.push({ method: 'GET', url: '/v1/audit/verify', summary: 'Verify the audit hash chain and signed checkpoints (cluster-admin)', kind: 'audit' });
-  out.push({ method: 'POST', url: '/v1/audit/verify', summary: 'Verify the audit log against checkpoints kept off the store (an `--audit-copy` file: `carapace audit verify --against FILE`) and the keys that signed them (cluster-admin)', kind: 'audit' });
+  out.push({ method: 'POST', url: '/v1/audit/verify', summary: 'Verify the audit log against checkpoints kept off the store (an `--audit-copy` file: `carapace audit verify --against FILE`) and the keys that signed them (cluster-admin)', kind: 'audit', readOnly: true });
   for (const [op, what] of [
     ['cordon', 'Cordon a host: nothing new is placed on it (cluster-admin)'],
     ['uncordon', 'Undo cordon and drain (cluster-admin)'],
