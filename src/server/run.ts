@@ -29,9 +29,10 @@ import { openSqliteStore } from '../store/sqlite.js';
 import type { Store } from '../store/store.js';
 import { loadEtcdClientTls } from '../store/etcd-tls.js';
 import { checkStoreFlags, parseStoreUrl, type StoreFlags } from '../store/url.js';
-
-export type { StoreFlags };
 import { startControlServer, systemEnv } from './server.js';
+
+/** The store flags of `server` and `agent` (the CLI reaches the store layer through this one). */
+export type { StoreFlags };
 
 /**
  * Opens the store a URL names, with the store flags beside it (`--etcd-ca/--etcd-cert/

@@ -67,7 +67,7 @@ describe('etcd with mutual TLS', () => {
     const other = await newTestCa('an attacker CA');
     const foreign = await newTestClientCert(other, 'carapace');
     expect(await readError(etcdTls.endpoint, { rootCertificate: ca, certChain: Buffer.from(foreign.certPem), privateKey: Buffer.from(foreign.keyPem) })).toMatch(/UNAVAILABLE.*bad certificate/s);
-    await expect(openEtcdStore({ endpoints: [etcdTls.endpoint], tls: { ca, cert: foreign.certPem, key: foreign.keyPem }, callTimeoutMs: 5_000 })).rejects.toThrow(/cannot reach etcd at https:\/\/127\.0\.0\.1:\d+: .*bad certificate/s);
+    await expect(openEtcdStore({ endpoints: [etcdTls.endpoint], tls: { ca, cert: foreign.certPem, key: foreign.keyPem }, callTimeoutMs: 5_000 })).rejects.toThrow(/cannot reach etcd at https:\/\/127\.0\.0\.1:\d+: .*bad certificate.*\(etcd refused this client's certificate: it must be signed by a CA in etcd's --trusted-ca-file/s);
     // Plain text to the TLS port.
     expect(await readError(etcdTls.endpoint.replace(/^https:/, 'http:'))).toMatch(/UNAVAILABLE/);
     // The HTTP gateway too: no certificate, no answer.
@@ -82,7 +82,7 @@ describe('etcd with mutual TLS', () => {
   it('a client refuses a member whose certificate its CA did not sign', async () => {
     const tls = etcdTls.clientTls!; // started with tls: true
     const other = await newTestCa('not the etcd CA');
-    await expect(openEtcdStore({ endpoints: [etcdTls.endpoint], tls: { ...tls, ca: other.certPem }, callTimeoutMs: 5_000 })).rejects.toThrow(/cannot reach etcd.*unable to verify the first certificate/s);
+    await expect(openEtcdStore({ endpoints: [etcdTls.endpoint], tls: { ...tls, ca: other.certPem }, callTimeoutMs: 5_000 })).rejects.toThrow(/cannot reach etcd.*unable to verify the first certificate.*\(etcd's certificate did not verify: it must be signed by the CA given as --etcd-ca/s);
   });
 
   it('openEtcdStore refuses endpoints whose scheme does not match the TLS options', async () => {

@@ -112,9 +112,24 @@ export async function openEtcdStore(opts: EtcdStoreOptions): Promise<EtcdStore> 
     await store.revision();
   } catch (e) {
     await store.close();
-    throw new Error(`cannot reach etcd at ${opts.endpoints.join(', ')}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    const why = e instanceof Error ? e.message : String(e);
+    throw new Error(`cannot reach etcd at ${opts.endpoints.join(', ')}: ${why}${opts.tls ? tlsHint(why) : ''}`, { cause: e });
   }
   return store;
+}
+
+/**
+ * What a TLS failure in a gRPC error message means for the operator: gRPC reports a refused
+ * handshake as a plain UNAVAILABLE, with OpenSSL's words inside.
+ */
+function tlsHint(message: string): string {
+  if (/alert (bad certificate|certificate required|unknown ca|certificate unknown)/i.test(message)) {
+    return " (etcd refused this client's certificate: it must be signed by a CA in etcd's --trusted-ca-file and have extended key usage clientAuth)";
+  }
+  if (/unable to verify|self[- ]signed|certificate has expired|does not match certificate's altnames|not in the cert's list/i.test(message)) {
+    return " (etcd's certificate did not verify: it must be signed by the CA given as --etcd-ca, be valid now, and name the endpoint's host)";
+  }
+  return '';
 }
 
 /** etcd's range end for "every key starting with `start`": its last byte below 0xff plus one. */
