@@ -51,6 +51,8 @@ export interface AllInOneOptions {
   probeTimeScale?: number;
   /** Grace between SIGTERM and SIGKILL when the agent stops a container (default 10 s). */
   stopGraceMs?: number;
+  /** Off-store copies of the audit checkpoints (`--audit-copy FILE`). */
+  auditCopies?: string[];
 }
 
 export interface RunningAllInOne {
@@ -108,6 +110,7 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
     logs: node.agent,
     localHost: node.hostName,
     ...(o.cellGraceMs !== undefined ? { cellGraceMs: o.cellGraceMs } : {}),
+    ...(o.auditCopies ? { auditCopies: o.auditCopies } : {}),
     keyring,
   });
 

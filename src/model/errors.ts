@@ -110,6 +110,10 @@ export const ERROR_CATALOGUE = {
   CARAPACE_E_PORT_FORWARD_UNSUPPORTED: { status: 422, description: "The instance cannot be port-forwarded: it has no address on its tenant network that its host can reach (e.g. its runtime gives it none), or the service named has no ready instance to pick." },
   CARAPACE_E_REVISION_NOT_FOUND: { status: 404, description: "A `rollout undo` to a revision the service's history does not hold (10 are kept; `rollout history` lists them), or an undo with no earlier revision to return to." },
   CARAPACE_E_BAD_KEYRING: { status: 0, description: 'Server start or CLI only: the secrets keyring file is malformed (one `keyId:base64key` per line, 32-byte keys), unreadable, or readable by group or others (it must be mode 0600).' },
+  CARAPACE_E_AUDIT_COPY_TRUNCATED: { status: 0, description: 'CLI or server start only: an off-store audit copy (`--audit-copy`, `audit verify --against`) is empty or ends inside a line (it was cut short); `details` names the file and line. A copy cut at a line boundary is only older, and still checked.' },
+  CARAPACE_E_AUDIT_COPY_TAMPERED: { status: 0, description: 'CLI or server start only: a line of an off-store audit copy was changed, removed or inserted (it does not link to the line before), is not a copy line, or holds a checkpoint whose signature does not verify; `details` names the file and line.' },
+  CARAPACE_E_AUDIT_COPY_UNREADABLE: { status: 0, description: 'CLI only: the off-store audit copy given to `audit verify --against` cannot be read.' },
+  CARAPACE_E_AUDIT_COPY_UNWRITABLE: { status: 0, description: 'Server start only: the off-store audit copy (`--audit-copy FILE`) cannot be opened for appending (missing directory, permissions).' },
 } as const satisfies Record<string, CatalogueEntry>;
 
 export type ErrorCode = keyof typeof ERROR_CATALOGUE;

@@ -9,6 +9,8 @@ import { loadKeyring } from '../core/secret-box.js';
 
 /** For `carapace secrets new-key` (the CLI reaches the core through the server layer). */
 export { addPrimaryKey } from '../core/secret-box.js';
+/** For `carapace audit verify --against FILE` (the CLI reaches the audit code through the server layer). */
+export { readAuditCopy } from '../audit/copy.js';
 import { lookup } from 'node:dns/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import { setMaxListeners } from 'node:events';
@@ -92,6 +94,8 @@ export interface ServerCommandOptions {
   agentApi?: { port: number; listen?: string; advertise?: string[] };
   /** The secrets keyring file (`keyId:base64key` lines, mode 0600); absent: Secrets are refused. */
   secretsKeyring?: string;
+  /** Off-store copies of the audit checkpoints (`--audit-copy FILE`). */
+  auditCopies?: string[];
 }
 
 /** `carapace server`: the API, controller and host monitor; no containers on this host. */
@@ -103,7 +107,7 @@ export async function runServer(o: ServerCommandOptions): Promise<void> {
   const leaderLoops = 'compact' in store ? [(signal: AbortSignal) => compactLoop(store as EtcdStore, signal, logger)] : []; // only the etcd store has compact()
   // Loaded before anything listens: a bad keyring stops the start with its reason.
   const keyring = o.secretsKeyring !== undefined ? await loadKeyring(o.secretsKeyring) : undefined;
-  const server = await startControlServer({ store, stateDir: o.stateDir, port: o.port, listen: o.listen, logger, leaderLoops, ...(o.agentApi ? { agentApi: o.agentApi } : {}), ...(keyring ? { keyring } : {}) });
+  const server = await startControlServer({ store, stateDir: o.stateDir, port: o.port, listen: o.listen, logger, leaderLoops, ...(o.auditCopies ? { auditCopies: o.auditCopies } : {}), ...(o.agentApi ? { agentApi: o.agentApi } : {}), ...(keyring ? { keyring } : {}) });
   const ac = new AbortController();
   setMaxListeners(100, ac.signal);
   logger.info({ url: server.url, store: url.replace(/\/\/.*@/, '//'), stateDir: o.stateDir }, 'carapace server is up');

@@ -69,6 +69,8 @@ export interface ControlServerOptions {
   serverId?: string;
   /** More loops only the leader runs, besides the controller, host monitor and audit checkpoints (e.g. etcd compaction). */
   leaderLoops?: ((signal: AbortSignal) => Promise<void>)[];
+  /** Files every audit checkpoint this server signs is also appended to (`--audit-copy FILE`, off the store: audit/copy.ts). */
+  auditCopies?: readonly string[];
   /** The cluster's secret keys (`--secrets-keyring FILE`, never in the store); absent: Secret writes are refused (CARAPACE_E_SECRETS_KEYRING_MISSING). */
   keyring?: Keyring;
 }
@@ -148,7 +150,8 @@ export async function startControlServer(o: ControlServerOptions): Promise<Runni
   await mkdir(o.stateDir, { recursive: true, mode: 0o700 });
   // Mutations and the control plane's own actions are recorded in a hash-chained log whose
   // checkpoints are signed with a key generated at first start.
-  const audit = await AuditLog.open({ store, keyDir: join(o.stateDir, 'audit-keys'), logger });
+  const audit = await AuditLog.open({ store, keyDir: join(o.stateDir, 'audit-keys'), logger, copies: o.auditCopies ?? [], now: env.now });
+  if (audit.copyPaths.length > 0) logger.info({ copies: audit.copyPaths }, 'audit checkpoints are also appended to off-store copies');
   // With env: every instance, cell and machine write carries its usage allocation records.
   const resources = new Resources(store, audit, env);
   const controlPlane = new ControlPlane(resources, env, undefined, o.keyring);
@@ -203,6 +206,7 @@ export async function startControlServer(o: ControlServerOptions): Promise<Runni
     close: async () => {
       await api.close();
       await agentApi?.app.close();
+      await audit.close();
     },
   };
 }
