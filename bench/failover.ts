@@ -20,7 +20,7 @@ import { startAllInOne } from '../src/allinone/allinone.js';
 import { buildBusyboxImage, freePort, startRegistry } from '../src/image/testing/index.js';
 import type { Cell, Host, Instance } from '../src/model/objects.js';
 import { createRuncDriver } from '../src/runtime/index.js';
-import { startEtcd } from '../src/store/testing/etcd.js';
+import { startTlsEtcd } from '../src/pki/testing/etcd-pki.js';
 import { createNetworkManager } from '../src/network/network-manager.js';
 
 const N = Number(process.argv[2] ?? 3);
@@ -125,10 +125,10 @@ function start(args: string[]): { proc: ChildProcess; log: () => string } {
 }
 
 async function hostPart(dir: string, image: string): Promise<{ detect: number; recover: number }> {
-  const etcd = await startEtcd();
-  const store = `etcd://${etcd.endpoint.replace(/^http:\/\//, '')}`;
+  const etcd = await startTlsEtcd(); // TLS with client certificates, as on a network
+  const store = etcd.storeArgs;
   const port = await freePort();
-  const server = start(['server', '--store', store, '--state-dir', join(dir, 'server'), '--port', String(port), '--agent-port', '0']);
+  const server = start(['server', ...store, '--state-dir', join(dir, 'server'), '--port', String(port), '--agent-port', '0']);
   const hosts = { b1: ['fob1', '10.93.0.0/16'], b2: ['fob2', '10.94.0.0/16'] } as const;
   const agents = new Map<string, ChildProcess>();
   const url = `http://127.0.0.1:${port}`;
@@ -136,7 +136,7 @@ async function hostPart(dir: string, image: string): Promise<{ detect: number; r
     await poll(async () => (await fetch(`${url}/healthz`)).ok, 'server up', 30_000, 100);
     const api = apiFor(url, (await readFile(join(dir, 'server', 'admin-token'), 'utf8')).trim());
     for (const [h, [bridge, subnet]] of Object.entries(hosts)) {
-      agents.set(h, start(['agent', '--store', store, '--state-dir', join(dir, h), '--host-name', h, '--bridge', bridge, '--subnet', subnet]).proc);
+      agents.set(h, start(['agent', ...store, '--state-dir', join(dir, h), '--host-name', h, '--bridge', bridge, '--subnet', subnet]).proc);
     }
     await poll(async () => (await api<{ items: Host[] }>('GET', '/v1/hosts')).items.filter((x) => x.status.state === 'Ready').length === 2, 'two hosts', 60_000, 100);
     await api('PUT', '/v1/tenants/ho', { apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name: 'ho' } });

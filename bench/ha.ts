@@ -26,7 +26,7 @@ import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freePort } from '../src/image/testing/index.js';
-import { startEtcd } from '../src/store/testing/etcd.js';
+import { startTlsEtcd } from '../src/pki/testing/etcd-pki.js';
 
 const ROUNDS = Number(process.argv[2] ?? 5);
 const SECONDS = Number(process.argv[3] ?? 30);
@@ -42,7 +42,7 @@ class ServerProc {
   constructor(
     readonly stateDir: string,
     readonly port: number,
-    readonly store: string,
+    readonly storeArgs: string[],
   ) {}
 
   get url(): string {
@@ -50,7 +50,7 @@ class ServerProc {
   }
 
   async start(): Promise<void> {
-    this.proc = spawn(process.execPath, [CLI, 'server', '--store', this.store, '--state-dir', this.stateDir, '--port', String(this.port), '--agent-port', '0'], {
+    this.proc = spawn(process.execPath, [CLI, 'server', ...this.storeArgs, '--state-dir', this.stateDir, '--port', String(this.port), '--agent-port', '0'], {
       env: { ...process.env, CARAPACE_LOG_LEVEL: 'warn', CARAPACE_CONFIG: join(this.stateDir, 'cli-config.json') },
       stdio: ['ignore', 'ignore', 'inherit'],
     });
@@ -101,9 +101,8 @@ function pct(sorted: number[], p: number): number {
 
 async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'carapace-bench-ha-'));
-  const etcd = await startEtcd();
-  const storeUrl = `etcd://${etcd.endpoint.replace(/^http:\/\//, '')}`;
-  const servers = [new ServerProc(join(dir, 'a'), await freePort(), storeUrl), new ServerProc(join(dir, 'b'), await freePort(), storeUrl)];
+  const etcd = await startTlsEtcd(); // TLS with client certificates, as on a network
+  const servers = [new ServerProc(join(dir, 'a'), await freePort(), etcd.storeArgs), new ServerProc(join(dir, 'b'), await freePort(), etcd.storeArgs)];
   try {
     for (const s of servers) await s.start();
     const call = api((await readFile(join(servers[0]!.stateDir, 'admin-token'), 'utf8')).trim());

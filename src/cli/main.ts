@@ -21,6 +21,7 @@ import { versionInfo, type VersionInfo } from '../model/version.js';
 import { DURATION_EXAMPLES, DURATION_FORMS, durationMs, timeArg } from './time.js';
 import type { LogLine } from '../runtime/driver.js';
 import type { RolloutReport } from '../model/rollout.js';
+import type { StoreFlags } from '../server/run.js';
 
 const program = new Command();
 program
@@ -84,6 +85,25 @@ function itemPath(kind: Kind, n: { tenant?: string; name: string }): string {
   return n.tenant !== undefined ? `/v1/tenants/${n.tenant}/${plural}/${n.name}` : `/v1/${plural}/${n.name}`;
 }
 
+/** The store flags of `server` and `agent` as commander gives them. */
+interface StoreFlagOptions {
+  etcdCa?: string;
+  etcdCert?: string;
+  etcdKey?: string;
+  insecureStore?: boolean;
+}
+
+/** The store flags given, for `openStoreUrl` (which checks them against the URL). */
+function storeFlags(o: StoreFlagOptions): StoreFlags {
+  return { ...(o.etcdCa !== undefined ? { etcdCa: o.etcdCa } : {}), ...(o.etcdCert !== undefined ? { etcdCert: o.etcdCert } : {}), ...(o.etcdKey !== undefined ? { etcdKey: o.etcdKey } : {}), ...(o.insecureStore ? { insecureStore: true } : {}) };
+}
+
+/** The store flags given, by their names on the command line. */
+function storeFlagsGiven(o: StoreFlagOptions): string[] {
+  const given: [string, unknown][] = [['--etcd-ca', o.etcdCa], ['--etcd-cert', o.etcdCert], ['--etcd-key', o.etcdKey], ['--insecure-store', o.insecureStore]];
+  return given.filter(([, v]) => v !== undefined && v !== false).map(([flag]) => flag);
+}
+
 /** Refuses an `--advertise-address` that is not an IPv4 address, before anything starts. */
 function checkAdvertiseAddress(a: string | undefined): void {
   if (a !== undefined && parseIpv4(a) === undefined) {
@@ -127,7 +147,11 @@ program
 program
   .command('server')
   .description('Run the control plane (API, controller, host monitor) without a host agent; agents join through its agent API')
-  .option('--store <url>', 'sqlite:PATH (default STATE_DIR/store.db) or etcd://HOST:PORT[,HOST:PORT...]')
+  .option('--store <url>', 'sqlite:PATH (default STATE_DIR/store.db), etcds://HOST:PORT[,HOST:PORT...] (etcd over TLS with client certificates) or etcd://HOST:PORT[,...] (plain: loopback, or with --insecure-store)')
+  .option('--etcd-ca <file>', 'with etcds://: the CA certificate (PEM) that signed the etcd members\' certificates')
+  .option('--etcd-cert <file>', 'with etcds://: this server\'s etcd client certificate (PEM, clientAuth)')
+  .option('--etcd-key <file>', 'with etcds://: its private key (PEM, mode 0600)')
+  .option('--insecure-store', 'accept a plain etcd:// on a non-loopback address (anyone who reaches it can read and change the whole store)')
   .option('--state-dir <dir>', 'audit keys and the admin token live here', '/var/lib/carapace-server')
   .option('--port <n>', 'API port', '7070')
   .option('--listen <addr>', 'API listen address', '127.0.0.1')
@@ -137,7 +161,7 @@ program
   .option('--advertise <addr...>', 'addresses agents use to reach this server (added to its certificate)')
   .option('--secrets-keyring <file>', 'the secrets keyring: one keyId:base64key per line, the first the primary, mode 0600 (carapace secrets new-key writes one); without it Secrets are refused')
   .option('--audit-copy <file...>', 'also append every audit checkpoint this server signs to FILE, kept off the store (append-only storage, another machine); check with carapace audit verify --against FILE')
-  .action(async (o: { store?: string; stateDir: string; port: string; listen: string; agentPort: string; agentApi: boolean; agentListen: string; advertise?: string[]; secretsKeyring?: string; auditCopy?: string[] }) => {
+  .action(async (o: { store?: string; stateDir: string; port: string; listen: string; agentPort: string; agentApi: boolean; agentListen: string; advertise?: string[]; secretsKeyring?: string; auditCopy?: string[] } & StoreFlagOptions) => {
     const { runServer } = await import('../server/run.js');
     const port = Number(o.port);
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CliError('CARAPACE_E_BAD_QUERY', `--port must be a port number, got "${o.port}"`);
@@ -148,6 +172,7 @@ program
       port,
       listen: o.listen,
       ...(o.store ? { store: o.store } : {}),
+      storeFlags: storeFlags(o),
       ...(o.agentApi ? { agentApi: { port: agentPort, listen: o.agentListen, ...(o.advertise ? { advertise: o.advertise } : {}) } } : {}),
       ...(o.secretsKeyring !== undefined ? { secretsKeyring: o.secretsKeyring } : {}),
       ...(o.auditCopy ? { auditCopies: o.auditCopy } : {}),
@@ -159,7 +184,11 @@ program
   .description("Run this host's agent (containers, cells, machines) against the cluster's store")
   .option('--join <url>', "a server's agent API, https://HOST:PORT (mutual TLS; the normal way)")
   .option('--join-token <token>', 'join token (carapace join-token create); needed only the first time')
-  .option('--store <url>', 'or reach the store directly: etcd://HOST:PORT[,HOST:PORT...] (trusted networks, tests)')
+  .option('--store <url>', 'or reach the store directly: etcds://HOST:PORT[,HOST:PORT...] with --etcd-ca/--etcd-cert/--etcd-key, or plain etcd://HOST:PORT[,...] (loopback, or with --insecure-store)')
+  .option('--etcd-ca <file>', 'with --store etcds://: the CA certificate (PEM) that signed the etcd members\' certificates')
+  .option('--etcd-cert <file>', 'with --store etcds://: this agent\'s etcd client certificate (PEM, clientAuth)')
+  .option('--etcd-key <file>', 'with --store etcds://: its private key (PEM, mode 0600)')
+  .option('--insecure-store', 'with --store: accept a plain etcd:// on a non-loopback address')
   .option('--secrets-keyring <file>', "with --store: the servers' secrets keyring, to decrypt the Secrets of this host's instances (a joined agent gets them from its server)")
   .option('--state-dir <dir>', 'where containers, images and VMs of this host live', '/var/lib/carapace')
   .option('--host-name <name>', 'name of this host (default: the machine hostname)')
@@ -170,7 +199,7 @@ program
   .option('--warm-cells <n>', 'pre-booted, unassigned cells to keep on this host', '0')
   .option('--cpu-overcommit <ratio>', 'cpu requests this host accepts per core', '4')
   .addOption(new Option('--accel <mode>', 'VM acceleration').choices(['auto', 'kvm', 'tcg']).default('auto'))
-  .action(async (o: { insecureRegistry?: string[]; store?: string; secretsKeyring?: string; join?: string; joinToken?: string; stateDir: string; hostName?: string; label?: string[]; netPrefix?: string; warmCells: string; cpuOvercommit: string; accel: 'auto' | 'kvm' | 'tcg'; advertiseAddress?: string }) => {
+  .action(async (o: { insecureRegistry?: string[]; store?: string; secretsKeyring?: string; join?: string; joinToken?: string; stateDir: string; hostName?: string; label?: string[]; netPrefix?: string; warmCells: string; cpuOvercommit: string; accel: 'auto' | 'kvm' | 'tcg'; advertiseAddress?: string } & StoreFlagOptions) => {
     const { runAgent } = await import('../server/run.js');
     const warmCells = Number(o.warmCells);
     if (!Number.isInteger(warmCells) || warmCells < 0 || warmCells > 64) throw new CliError('CARAPACE_E_BAD_QUERY', `--warm-cells must be a whole number from 0 to 64, got "${o.warmCells}"`);
@@ -178,6 +207,10 @@ program
     if (!Number.isFinite(cpuOvercommit) || cpuOvercommit < 1 || cpuOvercommit > 64) throw new CliError('CARAPACE_E_BAD_QUERY', `--cpu-overcommit must be a number from 1 to 64, got "${o.cpuOvercommit}"`);
     checkAdvertiseAddress(o.advertiseAddress);
     if (o.secretsKeyring !== undefined && !o.store) throw new CliError('CARAPACE_E_BAD_QUERY', '--secrets-keyring is for an agent on the store (--store); a joined agent gets secret values from its server', [{ path: '--secrets-keyring', message: 'needs --store' }]);
+    const flagsWithoutStore = storeFlagsGiven(o);
+    if (flagsWithoutStore.length > 0 && !o.store) {
+      throw new CliError('CARAPACE_E_STORE_FLAGS', `${flagsWithoutStore.join(', ')} ${flagsWithoutStore.length > 1 ? 'are' : 'is'} for an agent on the store (--store); a joined agent reaches no store`, flagsWithoutStore.map((path) => ({ path, message: 'needs --store' })));
+    }
     const labels: Record<string, string> = {};
     for (const l of o.label ?? []) {
       const m = /^([a-z0-9][a-z0-9._/-]{0,62})=([A-Za-z0-9._-]{0,63})$/.exec(l);
@@ -185,7 +218,7 @@ program
       labels[m[1] as string] = m[2] as string; // both groups always match
     }
     await runAgent({
-      ...(o.store ? { store: o.store } : {}),
+      ...(o.store ? { store: o.store, storeFlags: storeFlags(o) } : {}),
       ...(o.secretsKeyring !== undefined ? { secretsKeyring: o.secretsKeyring } : {}),
       ...(o.join ? { join: o.join } : {}),
       ...(o.joinToken ? { token: o.joinToken } : {}),

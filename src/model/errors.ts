@@ -60,7 +60,20 @@ export const ERROR_CATALOGUE = {
   CARAPACE_E_SERVER_UNREACHABLE: { status: 0, description: 'CLI only: the API server could not be reached at the configured address.' },
   CARAPACE_E_MANIFEST_FILE: { status: 0, description: 'CLI only: the manifest file cannot be read.' },
   CARAPACE_E_USAGE: { status: 0, description: 'CLI only: the command line is not valid (an unknown command or option, a missing argument, a value outside the allowed choices); the message says which, `--help` shows the usage.' },
-  CARAPACE_E_BAD_STORE_URL: { status: 0, description: 'CLI only: the store URL is not `sqlite:PATH` or `etcd://HOST:PORT[,HOST:PORT...]`.' },
+  CARAPACE_E_BAD_STORE_URL: { status: 0, description: 'CLI only: the store URL is not `sqlite:PATH`, `etcds://HOST:PORT[,HOST:PORT...]` or `etcd://HOST:PORT[,HOST:PORT...]`.' },
+  CARAPACE_E_STORE_FLAGS: {
+    status: 0,
+    description: 'Server or agent start only: the store flags do not fit the store URL. An `etcds://` store needs all of `--etcd-ca`, `--etcd-cert` and `--etcd-key`; those flags are refused with a plain `etcd://` or `sqlite:` store, `--insecure-store` with anything but a plain `etcd://`, and both with an agent that joins instead of opening the store. `details` names the flags.',
+  },
+  CARAPACE_E_INSECURE_STORE: {
+    status: 0,
+    description: "Server or agent start only: a plain `etcd://` store on an address that is not loopback, without `--insecure-store`. The store holds the cluster CA's key, token hashes and every tenant's objects; plain etcd lets anyone who reaches its port read and change them. Use `etcds://` with client certificates.",
+  },
+  CARAPACE_E_BAD_ETCD_TLS_FILE: {
+    status: 0,
+    description: 'Server or agent start only: an `--etcd-ca`, `--etcd-cert` or `--etcd-key` file cannot be read, is not PEM of the right kind (a CA certificate, a certificate, an unencrypted private key), the key is not the certificate\'s, or the key file is readable by group or others (`chmod 600` it). `details` names the flag.',
+  },
+  CARAPACE_E_ETCD_CERT_EXPIRED: { status: 0, description: 'Server or agent start only: the etcd client certificate (`--etcd-cert`) has expired or is not valid yet; the message says when. Issue a new one from the etcd CA (or check the clock).' },
   CARAPACE_E_BAD_JOIN_TOKEN: { status: 401, description: 'An agent presented a join token that is malformed, unknown or expired.' },
   CARAPACE_E_VOLUME_BUSY: {
     status: 409,

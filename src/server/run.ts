@@ -29,13 +29,32 @@ import { Resources } from '../core/resources.js';
 import { openEtcdStore, type EtcdStore } from '../store/etcd.js';
 import { openSqliteStore } from '../store/sqlite.js';
 import type { Store } from '../store/store.js';
-import { parseStoreUrl } from '../store/url.js';
+import { loadEtcdClientTls } from '../store/etcd-tls.js';
+import { checkStoreFlags, parseStoreUrl, type StoreFlags } from '../store/url.js';
 import { startControlServer, systemEnv } from './server.js';
 
-/** Opens the store a URL names. */
-export async function openStoreUrl(url: string, logger: Logger): Promise<Store> {
+/** The store flags of `server` and `agent` (the CLI reaches the store layer through this one). */
+export type { StoreFlags };
+
+/**
+ * Opens the store a URL names, with the store flags beside it (`--etcd-ca/--etcd-cert/
+ * --etcd-key` for `etcds://`, `--insecure-store`). Everything that can be refused is refused
+ * before connecting: flags that do not fit the URL, plain etcd on a network address without
+ * `--insecure-store`, unreadable or wrong certificate files, an expired client certificate.
+ */
+export async function openStoreUrl(url: string, logger: Logger, flags: StoreFlags = {}): Promise<Store> {
   const u = parseStoreUrl(url);
+  const security = checkStoreFlags(u, flags);
   if (u.kind === 'sqlite') return openSqliteStore({ path: u.path, logger });
+  if (security.kind === 'etcd-tls') {
+    const tls = await loadEtcdClientTls(security);
+    return openEtcdStore({ endpoints: u.endpoints, tls, logger });
+  }
+  if (security.kind === 'etcd-plain' && security.loopback) {
+    logger.warn({ endpoints: u.endpoints }, 'plain etcd on loopback: no TLS, no client authentication; fine for development and tests, use etcds:// with client certificates on a network');
+  } else {
+    logger.warn({ endpoints: u.endpoints }, 'plain etcd on a network address (--insecure-store): anyone who reaches its port can read and change the whole store; use etcds:// with client certificates');
+  }
   return openEtcdStore({ endpoints: u.endpoints, logger });
 }
 
@@ -66,6 +85,8 @@ function untilSignal(ac: AbortController): Promise<void> {
 
 export interface ServerCommandOptions {
   store?: string;
+  /** `--etcd-ca/--etcd-cert/--etcd-key` and `--insecure-store`, checked against `store`. */
+  storeFlags?: StoreFlags;
   stateDir: string;
   port: number;
   listen: string;
@@ -81,7 +102,7 @@ export interface ServerCommandOptions {
 export async function runServer(o: ServerCommandOptions): Promise<void> {
   const logger = pino({ level: process.env['CARAPACE_LOG_LEVEL'] ?? 'info' });
   const url = o.store ?? `sqlite:${join(o.stateDir, 'store.db')}`;
-  const store = await openStoreUrl(url, logger);
+  const store = await openStoreUrl(url, logger, o.storeFlags);
   // Compaction is cluster-wide: only the leader runs it (etcd; SQLite compacts by itself).
   const leaderLoops = 'compact' in store ? [(signal: AbortSignal) => compactLoop(store as EtcdStore, signal, logger)] : []; // only the etcd store has compact()
   // Loaded before anything listens: a bad keyring stops the start with its reason.
@@ -104,8 +125,10 @@ export async function runServer(o: ServerCommandOptions): Promise<void> {
 }
 
 export interface AgentCommandOptions extends Omit<HostNodeOptions, 'resources' | 'env' | 'logger'> {
-  /** Reach the store directly (`etcd://…`; trusted networks and tests)… */
+  /** Reach the store directly (`etcds://…` with client certificates, or `etcd://…` on loopback or with `--insecure-store`)… */
   store?: string;
+  /** With `store`: `--etcd-ca/--etcd-cert/--etcd-key` and `--insecure-store`. */
+  storeFlags?: StoreFlags;
   /** …or join a server's agent API (`https://HOST:PORT`) with a join token (the normal way). */
   join?: string;
   token?: string;
@@ -127,7 +150,7 @@ async function controlPlaneAddresses(urls: string[]): Promise<string[]> {
 /** `carapace agent`: this host's agent, cells and machines, over the cluster's store or agent API. */
 export async function runAgent(o: AgentCommandOptions): Promise<void> {
   const logger = pino({ level: process.env['CARAPACE_LOG_LEVEL'] ?? 'info' });
-  const { store: url, join: joinUrl, token, secretsKeyring, ...nodeOptions } = o;
+  const { store: url, storeFlags, join: joinUrl, token, secretsKeyring, ...nodeOptions } = o;
   // Loaded before anything starts: a bad keyring stops the agent with its reason.
   const keyring = secretsKeyring !== undefined ? await loadKeyring(secretsKeyring) : undefined;
   const hostName = o.hostName ?? defaultHostName();
@@ -144,7 +167,7 @@ export async function runAgent(o: AgentCommandOptions): Promise<void> {
     remote = { store: rs, creds: c };
     store = rs;
   } else if (url !== undefined) {
-    store = await openStoreUrl(url, logger);
+    store = await openStoreUrl(url, logger, storeFlags);
   } else {
     throw new CarapaceError('CARAPACE_E_BAD_QUERY', 'carapace agent needs --join https://SERVER:PORT (with --join-token the first time) or --store URL');
   }

@@ -3,14 +3,20 @@ import { describeStoreContract } from './contract.js';
 import { openEtcdStore, type EtcdStore } from './etcd.js';
 import { CompactedError, StoreClosedError, StoreUnavailableError, type WatchEvent } from './store.js';
 import { EtcdNotInstalledError, startEtcd, type EtcdProcess } from './testing/etcd.js';
+import { newTestCa, newTestClientCert, startTlsEtcd } from '../pki/testing/etcd-pki.js';
+import { Etcd3 } from 'etcd3';
+import { request } from 'node:https';
 
-// One real etcd for the file; every store gets its own namespace, as clusters sharing an etcd would.
+// Real etcd members for the file, one in plain text on loopback and one serving TLS with
+// client-certificate authentication; every store gets its own namespace, as clusters sharing
+// an etcd would.
 let etcd: EtcdProcess;
+let etcdTls: EtcdProcess;
 beforeAll(async () => {
-  etcd = await startEtcd();
+  [etcd, etcdTls] = await Promise.all([startEtcd(), startTlsEtcd()]);
 });
 afterAll(async () => {
-  await etcd?.stop();
+  await Promise.all([etcd?.stop(), etcdTls?.stop()]);
 });
 
 let nsCounter = 0;
@@ -21,6 +27,68 @@ function namespace(): string {
 describeStoreContract('etcd', async () => {
   const store = await openEtcdStore({ endpoints: [etcd.endpoint], prefix: namespace() });
   return { store, compact: (revision) => store.compact(revision), cleanup: () => store.close() };
+});
+
+describeStoreContract('etcd over TLS with client certificates', async () => {
+  const store = await openEtcdStore({ ...etcdTls.storeOptions, prefix: namespace() });
+  return { store, compact: (revision) => store.compact(revision), cleanup: () => store.close() };
+});
+
+describe('etcd with mutual TLS', () => {
+  /** The error an etcd3 client with these credentials (or none) gets for one read, within 5 s. */
+  async function readError(endpoint: string, credentials?: { rootCertificate: Buffer; certChain?: Buffer; privateKey?: Buffer }): Promise<string> {
+    const client = new Etcd3({ hosts: [endpoint], ...(credentials ? { credentials } : {}), defaultCallOptions: () => ({ deadline: Date.now() + 5_000 }) });
+    try {
+      await client.get('any').string();
+      return 'read succeeded';
+    } catch (e) {
+      return e instanceof Error ? e.message : String(e);
+    } finally {
+      client.close();
+    }
+  }
+
+  it('serves a client with a certificate from its CA', async () => {
+    const store = await openEtcdStore({ ...etcdTls.storeOptions, prefix: namespace() });
+    try {
+      const v = await store.put('k', 'v');
+      expect(await store.get('k')).toMatchObject({ value: 'v', version: v });
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('refuses a client without a certificate, with one from another CA, and in plain text', async () => {
+    const tls = etcdTls.clientTls!; // started with tls: true
+    const ca = Buffer.from(tls.ca);
+    // No certificate: the handshake fails (etcd asks for one, --client-cert-auth).
+    expect(await readError(etcdTls.endpoint, { rootCertificate: ca })).toMatch(/UNAVAILABLE.*(bad certificate|certificate required|handshake)/s);
+    // A certificate etcd's CA did not sign.
+    const other = await newTestCa('an attacker CA');
+    const foreign = await newTestClientCert(other, 'carapace');
+    expect(await readError(etcdTls.endpoint, { rootCertificate: ca, certChain: Buffer.from(foreign.certPem), privateKey: Buffer.from(foreign.keyPem) })).toMatch(/UNAVAILABLE.*bad certificate/s);
+    await expect(openEtcdStore({ endpoints: [etcdTls.endpoint], tls: { ca, cert: foreign.certPem, key: foreign.keyPem }, callTimeoutMs: 5_000 })).rejects.toThrow(/cannot reach etcd at https:\/\/127\.0\.0\.1:\d+: .*bad certificate.*\(etcd refused this client's certificate: it must be signed by a CA in etcd's --trusted-ca-file/s);
+    // Plain text to the TLS port.
+    expect(await readError(etcdTls.endpoint.replace(/^https:/, 'http:'))).toMatch(/UNAVAILABLE/);
+    // The HTTP gateway too: no certificate, no answer.
+    const gateway = await new Promise<string>((resolve) => {
+      const req = request(`${etcdTls.endpoint}/v3/kv/range`, { method: 'POST', ca: tls.ca, timeout: 5_000 }, (res) => resolve(`answered ${res.statusCode}`));
+      req.on('error', (e) => resolve(e.message));
+      req.end(JSON.stringify({ key: Buffer.from('carapace/').toString('base64') }));
+    });
+    expect(gateway).toMatch(/certificate required|bad certificate|socket hang up|ECONNRESET/);
+  });
+
+  it('a client refuses a member whose certificate its CA did not sign', async () => {
+    const tls = etcdTls.clientTls!; // started with tls: true
+    const other = await newTestCa('not the etcd CA');
+    await expect(openEtcdStore({ endpoints: [etcdTls.endpoint], tls: { ...tls, ca: other.certPem }, callTimeoutMs: 5_000 })).rejects.toThrow(/cannot reach etcd.*unable to verify the first certificate.*\(etcd's certificate did not verify: it must be signed by the CA given as --etcd-ca/s);
+  });
+
+  it('openEtcdStore refuses endpoints whose scheme does not match the TLS options', async () => {
+    await expect(openEtcdStore({ endpoints: [etcdTls.endpoint] })).rejects.toThrow(/does not start with http:\/\//);
+    await expect(openEtcdStore({ endpoints: [etcd.endpoint], tls: etcdTls.clientTls! })).rejects.toThrow(/does not start with https:\/\//); // started with tls: true
+  });
 });
 
 /** Read `n` events from a watch, then stop it; fails after 10 s. */

@@ -37,8 +37,17 @@ import {
 
 /** Options for {@link openEtcdStore}. */
 export interface EtcdStoreOptions {
-  /** Client URLs of the etcd members, e.g. `['http://10.0.0.1:2379', 'http://10.0.0.2:2379']`. */
+  /**
+   * Client URLs of the etcd members, e.g. `['https://10.0.0.1:2379', 'https://10.0.0.2:2379']`:
+   * all `https://` with `tls`, all `http://` without.
+   */
   endpoints: string[];
+  /**
+   * Mutual TLS: the CA that signed the members' certificates, and this client's certificate
+   * and key (PEM), e.g. from `loadEtcdClientTls`. The members' certificates must name the
+   * host of each endpoint (SAN).
+   */
+  tls?: { ca: Buffer | string; cert: Buffer | string; key: Buffer | string };
   /** Namespace every key is stored under. Default `carapace/`. */
   prefix?: string;
   logger?: Logger;
@@ -73,8 +82,14 @@ export async function openEtcdStore(opts: EtcdStoreOptions): Promise<EtcdStore> 
   const prefix = opts.prefix ?? 'carapace/';
   checkPrefix(prefix);
   const timeout = opts.callTimeoutMs ?? 10_000;
+  const scheme = opts.tls ? 'https://' : 'http://';
+  const odd = opts.endpoints.find((e) => !e.startsWith(scheme));
+  // The client would otherwise speak TLS (or plain text) to every endpoint by the options alone.
+  if (odd !== undefined) throw new TypeError(`etcd endpoint ${odd} does not start with ${scheme} (${opts.tls ? 'TLS options given' : 'no TLS options'})`);
+  const tls = opts.tls;
   const client = new Etcd3({
     hosts: opts.endpoints,
+    ...(tls ? { credentials: { rootCertificate: Buffer.from(tls.ca), certChain: Buffer.from(tls.cert), privateKey: Buffer.from(tls.key) } } : {}),
     // No client-wide retries: they would repeat writes (see the module comment). A per-host
     // circuit breaker stays, so calls skip an endpoint that keeps failing, but it tries the
     // endpoint again after 1 s, not the client's default 5 s: with one endpoint (or all of
@@ -97,9 +112,24 @@ export async function openEtcdStore(opts: EtcdStoreOptions): Promise<EtcdStore> 
     await store.revision();
   } catch (e) {
     await store.close();
-    throw new Error(`cannot reach etcd at ${opts.endpoints.join(', ')}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    const why = e instanceof Error ? e.message : String(e);
+    throw new Error(`cannot reach etcd at ${opts.endpoints.join(', ')}: ${why}${opts.tls ? tlsHint(why) : ''}`, { cause: e });
   }
   return store;
+}
+
+/**
+ * What a TLS failure in a gRPC error message means for the operator: gRPC reports a refused
+ * handshake as a plain UNAVAILABLE, with OpenSSL's words inside.
+ */
+function tlsHint(message: string): string {
+  if (/alert (bad certificate|certificate required|unknown ca|certificate unknown)/i.test(message)) {
+    return " (etcd refused this client's certificate: it must be signed by a CA in etcd's --trusted-ca-file and have extended key usage clientAuth)";
+  }
+  if (/unable to verify|self[- ]signed|certificate has expired|does not match certificate's altnames|not in the cert's list/i.test(message)) {
+    return " (etcd's certificate did not verify: it must be signed by the CA given as --etcd-ca, be valid now, and name the endpoint's host)";
+  }
+  return '';
 }
 
 /** etcd's range end for "every key starting with `start`": its last byte below 0xff plus one. */

@@ -14,7 +14,8 @@ import { ControlPlane } from '../../src/core/control-plane.js';
 import { Resources } from '../../src/core/resources.js';
 import { AuditLog } from '../../src/audit/log.js';
 import { openEtcdStore, type EtcdStore } from '../../src/store/etcd.js';
-import { startEtcd, type EtcdProcess } from '../../src/store/testing/etcd.js';
+import { startTlsEtcd } from '../../src/pki/testing/etcd-pki.js';
+import type { EtcdProcess } from '../../src/store/testing/etcd.js';
 import type { Principal } from '../../src/auth/rbac.js';
 
 let dir: string;
@@ -26,8 +27,8 @@ const admin: Principal = { tokenId: 't', name: 'admin', role: 'cluster-admin' };
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'carapace-unavail-'));
-  etcd = await startEtcd();
-  store = await openEtcdStore({ endpoints: [etcd.endpoint], callTimeoutMs: 2_000 });
+  etcd = await startTlsEtcd();
+  store = await openEtcdStore({ ...etcd.storeOptions, callTimeoutMs: 2_000 });
   const audit = await AuditLog.open({ store, keyDir: join(dir, 'keys') });
   const resources = new Resources(store, audit, env);
   // Authentication is not what this test is about: every caller is an admin.

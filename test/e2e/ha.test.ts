@@ -1,5 +1,5 @@
 /**
- * Several control-plane servers over one etcd (issue 7): three real `carapace server`
+ * Several control-plane servers over one etcd (issue 7; TLS with client certificates, issue 18): three real `carapace server`
  * processes, each with its own state directory (so its own audit signing key), no agents.
  * All serve the API; exactly one leads (runs the scheduler and reconcilers). A stream of
  * applies goes round-robin to all three while the leader is killed with SIGKILL: another
@@ -16,7 +16,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Instance, Service } from '../../src/model/objects.js';
 import { kindPrefix } from '../../src/model/keys.js';
 import { openEtcdStore, type EtcdStore } from '../../src/store/etcd.js';
-import { startEtcd, type EtcdProcess } from '../../src/store/testing/etcd.js';
+import { startTlsEtcd } from '../../src/pki/testing/etcd-pki.js';
+import type { EtcdProcess } from '../../src/store/testing/etcd.js';
 import { cli, eventually, freePort, Server, tempDir, tokens } from './helpers.js';
 
 let tmp: { dir: string; cleanup: () => Promise<void> };
@@ -41,7 +42,7 @@ const PACE_MS = 200;
 const replicasOf = (i: number): number => 1 + (i % 3);
 
 function newServer(name: string, port: number): Server {
-  return new Server(join(tmp.dir, name), port, ['--store', `etcd://${etcd.endpoint.replace(/^http:\/\//, '')}`], { CARAPACE_AUDIT_CHECKPOINT_MS: '500' }, 'server');
+  return new Server(join(tmp.dir, name), port, etcd.storeArgs, { CARAPACE_AUDIT_CHECKPOINT_MS: '500' }, 'server');
 }
 
 async function call(server: Server, method: string, path: string, body?: unknown): Promise<{ status: number; json: any }> {
@@ -109,8 +110,8 @@ function termsOf(log: string, openUntil: number): Term[] {
 
 beforeAll(async () => {
   tmp = await tempDir('carapace-ha-');
-  etcd = await startEtcd();
-  store = await openEtcdStore({ endpoints: [etcd.endpoint] });
+  etcd = await startTlsEtcd(); // TLS with client certificates, as on a network
+  store = await openEtcdStore(etcd.storeOptions);
   for (const name of ['a', 'b', 'c']) {
     const s = newServer(name, await freePort());
     await s.start();

@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import { writeFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildBusyboxImage, startRegistry, type RunningRegistry } from '../../src/image/testing/index.js';
-import { startEtcd, type EtcdProcess } from '../../src/store/testing/etcd.js';
+import { startTlsEtcd } from '../../src/pki/testing/etcd-pki.js';
+import type { EtcdProcess } from '../../src/store/testing/etcd.js';
 import type { Host, Instance } from '../../src/model/objects.js';
 import { LABELS } from '../../src/agent/container-id.js';
 import { createRuncDriver } from '../../src/runtime/index.js';
@@ -49,18 +50,18 @@ async function running(): Promise<Map<string, string[]>> {
 
 function agentFor(h: string): Agent {
   const prefix = NET_PREFIXES[h]!; // h is one of NET_PREFIXES' keys
-  return new Agent(join(tmp.dir, h), ['--store', `etcd://${etcd.endpoint.replace(/^http:\/\//, '')}`, '--secrets-keyring', keyring, '--host-name', h, '--net-prefix', prefix, '--label', `zone=${h === 'h1' ? 'a' : 'b'}`]);
+  return new Agent(join(tmp.dir, h), [...etcd.storeArgs, '--secrets-keyring', keyring, '--host-name', h, '--net-prefix', prefix, '--label', `zone=${h === 'h1' ? 'a' : 'b'}`]);
 }
 
 beforeAll(async () => {
   tmp = await tempDir('carapace-hosts-');
   registry = await startRegistry({ dir: join(tmp.dir, 'registry') });
   image = (await buildBusyboxImage({ registry: registry.address, repository: 'hosts/busybox', tag: '1' })).reference;
-  etcd = await startEtcd();
+  etcd = await startTlsEtcd();
   keyring = join(tmp.dir, 'secrets.keyring');
   const made = await cli('http://127.0.0.1:1', ['secrets', 'new-key', '--keyring', keyring]);
   expect(made.code, made.stderr).toBe(0);
-  server = new Server(join(tmp.dir, 'server'), await freePort(), ['--store', `etcd://${etcd.endpoint.replace(/^http:\/\//, '')}`, '--secrets-keyring', keyring], {}, 'server');
+  server = new Server(join(tmp.dir, 'server'), await freePort(), [...etcd.storeArgs, '--secrets-keyring', keyring], {}, 'server');
   await server.start();
   for (const h of Object.keys(NET_PREFIXES)) {
     agents[h] = agentFor(h);

@@ -12,7 +12,8 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildBusyboxImage, startRegistry, type RunningRegistry } from '../../src/image/testing/index.js';
-import { startEtcd, type EtcdProcess } from '../../src/store/testing/etcd.js';
+import { startTlsEtcd } from '../../src/pki/testing/etcd-pki.js';
+import type { EtcdProcess } from '../../src/store/testing/etcd.js';
 import type { Cell, Host, Instance } from '../../src/model/objects.js';
 import { LABELS } from '../../src/agent/container-id.js';
 import { createVmManager } from '../../src/vm/qemu.js';
@@ -138,9 +139,9 @@ beforeAll(async () => {
     await ip('-n', h.ns, 'route', 'add', 'default', 'via', GW);
   }
   registry = await startRegistry({ dir: join(tmp.dir, 'registry'), host: GW });
-  etcd = await startEtcd();
+  etcd = await startTlsEtcd();
   agentPort = await freePort();
-  server = new Server(join(tmp.dir, 'server'), await freePort(), ['--store', `etcd://${etcd.endpoint.replace(/^http:\/\//, '')}`, '--agent-port', String(agentPort), '--agent-listen', GW, '--advertise', GW], {}, 'server');
+  server = new Server(join(tmp.dir, 'server'), await freePort(), [...etcd.storeArgs, '--agent-port', String(agentPort), '--agent-listen', GW, '--advertise', GW], {}, 'server');
   await server.start();
   const token = (await readFile(join(tmp.dir, 'server', 'join-token'), 'utf8')).trim();
   for (const h of HOSTS) {

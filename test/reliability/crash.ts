@@ -3,8 +3,9 @@
  * deletes, then restart and check that nothing acknowledged was lost.
  *
  * - sqlite: the real `carapace up` (API, controller and host agent in one process).
- * - etcd: a real etcd, `carapace server --store etcd://…` and `carapace agent --store
- *   etcd://…`; each round's victim is the server, sometimes the agent or the etcd member.
+ * - etcd: a real etcd serving TLS with client certificates, `carapace server --store
+ *   etcds://… --etcd-ca … --etcd-cert … --etcd-key …` and `carapace agent` with the same store
+ *   flags; each round's victim is the server, sometimes the agent or the etcd member.
  *
  * Services run `host` containers (runc) from a busybox image in a local registry, so real
  * containers start and stop without VM boots. Workers each own some services (so writes to
@@ -22,7 +23,8 @@ import { join } from 'node:path';
 import { LABELS } from '../../src/agent/container-id.js';
 import { buildBusyboxImage, startRegistry, type RunningRegistry } from '../../src/image/testing/index.js';
 import type { Instance, Service } from '../../src/model/objects.js';
-import { startEtcd, type EtcdProcess } from '../../src/store/testing/etcd.js';
+import { startTlsEtcd } from '../../src/pki/testing/etcd-pki.js';
+import type { EtcdProcess } from '../../src/store/testing/etcd.js';
 import { Agent, containers, destroyAll, freePort, Server, tempDir } from '../e2e/helpers.js';
 import { call, percentile, quiet, Random, sleep, Unsent, type Log, type Reply } from './harness.js';
 
@@ -123,10 +125,9 @@ export async function runCrashConsistency(o: CrashOptions): Promise<CrashResult>
     if (o.store === 'sqlite') {
       server = new Server(hostDir, await freePort(), ['--net-prefix', prefix], env, 'up');
     } else {
-      etcd = await startEtcd();
-      const url = `etcd://${etcd.endpoint.replace(/^http:\/\//, '')}`;
-      server = new Server(join(tmp.dir, 'server'), await freePort(), ['--store', url, '--no-agent-api'], env, 'server');
-      agent = new Agent(hostDir, ['--store', url, '--host-name', 'crash', '--net-prefix', prefix]); // info: its start is read from the log
+      etcd = await startTlsEtcd();
+      server = new Server(join(tmp.dir, 'server'), await freePort(), [...etcd.storeArgs, '--no-agent-api'], env, 'server');
+      agent = new Agent(hostDir, [...etcd.storeArgs, '--host-name', 'crash', '--net-prefix', prefix]); // info: its start is read from the log
     }
     await server.start();
     await agent?.start();

@@ -11,10 +11,11 @@
  * collide often, and per-key histories stay small enough to check exhaustively.
  *
  * - sqlite: one `carapace server --store sqlite:…` (a single process owns the file).
- * - etcd: two `carapace server` processes over one etcd; each call goes to either server.
+ * - etcd: two `carapace server` processes over one etcd (TLS with client certificates); each call goes to either server.
  */
 import { join } from 'node:path';
-import { startEtcd, type EtcdProcess } from '../../src/store/testing/etcd.js';
+import { startTlsEtcd } from '../../src/pki/testing/etcd-pki.js';
+import type { EtcdProcess } from '../../src/store/testing/etcd.js';
 import { freePort, Server, tempDir } from '../e2e/helpers.js';
 import { call, quiet, Random, sleep, Unsent, type Log, type Reply } from './harness.js';
 import { checkHistory, type Call, type Operation, type Outcome } from './linearizability.js';
@@ -83,9 +84,8 @@ export async function runCheckedHistory(o: HistoryOptions): Promise<HistoryResul
   const started = performance.now();
   try {
     if (o.store === 'etcd') {
-      etcd = await startEtcd();
-      const url = `etcd://${etcd.endpoint.replace(/^http:\/\//, '')}`;
-      for (const name of ['a', 'b']) servers.push(new Server(join(tmp.dir, name), await freePort(), ['--store', url, '--no-agent-api'], { CARAPACE_LOG_LEVEL: 'warn' }, 'server'));
+      etcd = await startTlsEtcd();
+      for (const name of ['a', 'b']) servers.push(new Server(join(tmp.dir, name), await freePort(), [...etcd.storeArgs, '--no-agent-api'], { CARAPACE_LOG_LEVEL: 'warn' }, 'server'));
     } else {
       servers.push(new Server(join(tmp.dir, 'a'), await freePort(), ['--store', `sqlite:${join(tmp.dir, 'store.db')}`, '--no-agent-api'], { CARAPACE_LOG_LEVEL: 'warn' }, 'server'));
     }
