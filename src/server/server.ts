@@ -34,7 +34,7 @@ import { endSession } from '../exec/session.js';
 import { CarapaceError } from '../model/errors.js';
 import type { LogLine, LogOptions } from '../runtime/driver.js';
 import { JOIN_TOKEN_PREFIX } from '../model/keys.js';
-import { ensureClusterCa, issueServerCertificate, type ClusterCa } from '../pki/x509.js';
+import { ensureClusterCa, issueServerCertificate, type ClusterCa, type ReadCa } from '../pki/x509.js';
 import { Leadership } from './leader.js';
 import type { Keyring } from '../keyring/keyring.js';
 
@@ -153,15 +153,17 @@ export async function startControlServer(o: ControlServerOptions): Promise<Runni
   const { store, logger } = o;
   await mkdir(o.stateDir, { recursive: true, mode: 0o700 });
   const keyring = o.keyring ?? (await serverKeyring({ stateDir: o.stateDir, logger }));
+  // The cluster CA (made once per store, its key sealed with the keyring), before anything is
+  // written or listens: a server whose keyring lacks the key it is sealed with (servers of one
+  // store given different keyrings) stops here, naming it.
+  const caRead = await ensureClusterCa(store, keyring, new Date(env.now()));
   // Mutations and the control plane's own actions are recorded in a hash-chained log whose
   // checkpoints are signed with a key generated at first start (its file sealed with the keyring).
   const audit = await AuditLog.open({ store, keyDir: join(o.stateDir, 'audit-keys'), logger, keyring });
   // With env: every instance, cell and machine write carries its usage allocation records.
   const resources = new Resources(store, audit, env);
   const controlPlane = new ControlPlane(resources, env, undefined, keyring);
-  // The cluster CA (made once per store, its key sealed with the keyring), before anything
-  // listens: a server whose keyring lacks the key it is sealed with stops here, naming it.
-  const ca = await clusterCa(resources, keyring, env, logger);
+  const ca = await sealedCa(caRead, resources, keyring, env, logger);
   const cellGraceMs = o.cellGraceMs ?? envNumber('CARAPACE_CELL_GRACE_MS');
   const ttlMs = o.hostLeaseTtlMs ?? envNumber('CARAPACE_HOST_LEASE_TTL_MS');
   const checkpointMs = envNumber('CARAPACE_AUDIT_CHECKPOINT_MS') || 60_000;
@@ -216,12 +218,10 @@ export async function startControlServer(o: ControlServerOptions): Promise<Runni
 }
 
 /**
- * The cluster CA with its private key opened: made on the first start of a store, read on
- * the others. A CA from before keys were sealed (its key in clear in the store) is sealed now,
- * with its audit record (`pki.ca.sealed`).
+ * The cluster CA as read at start; one from before keys were sealed (its key in clear in the
+ * store) is sealed now, with its audit record (`pki.ca.sealed`).
  */
-async function clusterCa(resources: Resources, keyring: Keyring, env: Env, logger: Logger): Promise<ClusterCa> {
-  const read = await ensureClusterCa(resources.store, keyring, new Date(env.now()));
+async function sealedCa(read: ReadCa, resources: Resources, keyring: Keyring, env: Env, logger: Logger): Promise<ClusterCa> {
   if (read.sealedWith === 'clear') {
     const done = await sealClusterCa(resources, keyring, (action, detail) => auditEntry(SYSTEM, env.now(), action, CLUSTER_CA_TARGET, 'success', detail));
     // Older revisions of pki/ca keep the clear key until the store's history is compacted.
