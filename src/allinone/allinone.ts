@@ -51,6 +51,8 @@ export interface AllInOneOptions {
   probeTimeScale?: number;
   /** Grace between SIGTERM and SIGKILL when the agent stops a container (default 10 s). */
   stopGraceMs?: number;
+  /** The keyring file (`--keyring`); default CARAPACE_KEYRING, else STATE_DIR/keyring made on first start. */
+  keyring?: string;
 }
 
 export interface RunningAllInOne {
@@ -73,9 +75,9 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
   const logger = o.logger ?? pino({ level: process.env['CARAPACE_LOG_LEVEL'] ?? 'info' });
   await mkdir(o.stateDir, { recursive: true, mode: 0o700 });
   const store = await openSqliteStore({ path: join(o.stateDir, 'store.db'), logger });
-  // The keyring lives beside the store, never in it: CARAPACE_KEYRING, or STATE_DIR/keyring
+  // The keyring is never in the store: --keyring FILE, CARAPACE_KEYRING, or STATE_DIR/keyring
   // made on first start (0600; an older state dir keeps its secrets.keyring).
-  const keyring = await serverKeyring({ stateDir: o.stateDir, logger });
+  const keyring = await serverKeyring({ ...(o.keyring !== undefined ? { keyring: o.keyring } : {}), stateDir: o.stateDir, logger });
   const env = systemEnv;
   // The host node is built first: the server serves its logs.
   // The agent's writes (status, cells) carry usage records but no audit entries of their own.

@@ -105,7 +105,8 @@ program
   .option('--net-prefix <p>', 'prefix of the kernel network objects (bridges, taps, nft tables) of this host, [a-z][a-z0-9]{0,3} (default c; two on one machine need two)')
   .option('--advertise-address <ipv4>', "this host's underlay address, where other hosts reach it (default: the source address of the default route)")
   .addOption(new Option('--accel <mode>', 'VM acceleration (auto: a timed probe boot decides)').choices(['auto', 'kvm', 'tcg']).default('auto'))
-  .action(async (o: { stateDir: string; port: string; listen: string; hostName?: string; apply?: string[]; warmCells: string; accel: 'auto' | 'kvm' | 'tcg'; machineImages?: string; cpuOvercommit: string; netPrefix?: string; advertiseAddress?: string }) => {
+  .option('--keyring <file>', 'the cluster keyring (keyId:base64key lines, mode 0600; or its text in CARAPACE_KEYRING); default STATE_DIR/keyring, made on first start')
+  .action(async (o: { keyring?: string; stateDir: string; port: string; listen: string; hostName?: string; apply?: string[]; warmCells: string; accel: 'auto' | 'kvm' | 'tcg'; machineImages?: string; cpuOvercommit: string; netPrefix?: string; advertiseAddress?: string }) => {
     const { runAllInOne } = await import('../allinone/allinone.js');
     const port = Number(o.port);
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CliError('CARAPACE_E_BAD_QUERY', `--port must be a port number, got "${o.port}"`);
@@ -119,6 +120,7 @@ program
     await runAllInOne({
       cpuOvercommit, stateDir: o.stateDir, port, listen: o.listen, ...(o.hostName ? { hostName: o.hostName } : {}), apply, warmCells, accel: o.accel, ...(o.machineImages ? { machineImagesDir: o.machineImages } : {}),
       ...(o.netPrefix ? { netPrefix: o.netPrefix } : {}),
+      ...(o.keyring !== undefined ? { keyring: o.keyring } : {}),
       ...(o.advertiseAddress ? { advertiseAddress: o.advertiseAddress } : {}) });
   });
 
