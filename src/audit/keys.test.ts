@@ -56,6 +56,15 @@ describe('audit signing key sealed with the keyring', () => {
     expect(sealed.keyId).toBe(clear.keyId);
     expect((await readdir(d)).sort()).toEqual([SEALED_KEY_FILE, 'audit-ed25519.pub']);
     expect(await bytesOf(d)).not.toContain('PRIVATE KEY');
+    // A clear copy of the same key (a crash between sealing and removing) goes at the next open; another key is left alone.
+    const pem = clear.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+    await writeFile(join(d, PRIVATE_KEY_FILE), pem, { mode: 0o600 });
+    await loadOrCreateKeyPair(d, undefined, parseKeyring(oldLine));
+    expect((await readdir(d)).sort()).toEqual([SEALED_KEY_FILE, 'audit-ed25519.pub']);
+    const other = generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+    await writeFile(join(d, PRIVATE_KEY_FILE), other, { mode: 0o600 });
+    expect((await loadOrCreateKeyPair(d, undefined, parseKeyring(oldLine))).keyId).toBe(clear.keyId);
+    expect(await readFile(join(d, PRIVATE_KEY_FILE), 'utf8')).toBe(other);
   });
 
   it('is re-sealed under a new primary key at the next open; then the old key is not needed', async () => {

@@ -137,8 +137,20 @@ async function sealedPrivateKey(dir: string, keyring: Keyring, logger?: Logger):
   }
   const blob = parseSealed(text, sealedPath);
   const pem = openKey(keyring, AUDIT_KEY_PURPOSE, blob, what);
-  // Left by an older start (or a crash between sealing and removing it): the sealed file is the key.
-  if ((await readIfAny(clearPath)) !== undefined) await shred(clearPath);
+  // Left by an older start (or a crash between sealing and removing it): the sealed file holds
+  // the same key, so the clear one goes. A different clear key is someone's: left, with a warning.
+  const leftover = await readIfAny(clearPath);
+  if (leftover !== undefined) {
+    const same = (() => {
+      try {
+        return createPrivateKey(leftover).export({ type: 'pkcs8', format: 'der' }).equals(createPrivateKey(pem).export({ type: 'pkcs8', format: 'der' }));
+      } catch {
+        return false;
+      }
+    })();
+    if (same) await shred(clearPath);
+    else logger?.warn({ path: clearPath }, 'a clear private key file that is not the sealed audit key is left in the key directory; remove it if it is not needed');
+  }
   const sealedWith = (blob as SealedBlob).keyId; // openKey refused anything but a SealedBlob
   if (sealedWith !== keyring.primary) {
     const tmp = await writeTemp(sealedPath, `${JSON.stringify(sealKey(keyring, AUDIT_KEY_PURPOSE, pem))}\n`);
