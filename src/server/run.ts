@@ -11,6 +11,7 @@ import { serverKeyring } from './keyring.js';
 /** For `carapace keys rotate` (the CLI reaches the keyring through the server layer). */
 export { addPrimaryKey } from '../keyring/keyring.js';
 import { lookup } from 'node:dns/promises';
+import { mkdir } from 'node:fs/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import { setMaxListeners } from 'node:events';
 import { join } from 'node:path';
@@ -80,11 +81,12 @@ export interface ServerCommandOptions {
 export async function runServer(o: ServerCommandOptions): Promise<void> {
   const logger = pino({ level: process.env['CARAPACE_LOG_LEVEL'] ?? 'info' });
   const url = o.store ?? `sqlite:${join(o.stateDir, 'store.db')}`;
+  // Loaded before anything opens or listens: a bad keyring stops the start with its reason.
+  await mkdir(o.stateDir, { recursive: true, mode: 0o700 }); // the default store and keyring live here
+  const keyring = await serverKeyring({ ...(o.keyring !== undefined ? { keyring: o.keyring } : {}), ...(o.secretsKeyring !== undefined ? { secretsKeyring: o.secretsKeyring } : {}), stateDir: o.stateDir, logger });
   const store = await openStoreUrl(url, logger);
   // Compaction is cluster-wide: only the leader runs it (etcd; SQLite compacts by itself).
   const leaderLoops = 'compact' in store ? [(signal: AbortSignal) => compactLoop(store as EtcdStore, signal, logger)] : []; // only the etcd store has compact()
-  // Loaded before anything listens: a bad keyring stops the start with its reason.
-  const keyring = await serverKeyring({ ...(o.keyring !== undefined ? { keyring: o.keyring } : {}), ...(o.secretsKeyring !== undefined ? { secretsKeyring: o.secretsKeyring } : {}), stateDir: o.stateDir, logger });
   const server = await startControlServer({ store, stateDir: o.stateDir, port: o.port, listen: o.listen, logger, leaderLoops, ...(o.agentApi ? { agentApi: o.agentApi } : {}), keyring });
   const ac = new AbortController();
   setMaxListeners(100, ac.signal);
