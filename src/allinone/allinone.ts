@@ -53,6 +53,8 @@ export interface AllInOneOptions {
   stopGraceMs?: number;
   /** The keyring file (`--keyring`); default CARAPACE_KEYRING, else STATE_DIR/keyring made on first start. */
   keyring?: string;
+  /** Off-store copies of the audit checkpoints (`--audit-copy FILE`). */
+  auditCopies?: string[];
 }
 
 export interface RunningAllInOne {
@@ -111,6 +113,7 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
     logs: node.agent,
     localHost: node.hostName,
     ...(o.cellGraceMs !== undefined ? { cellGraceMs: o.cellGraceMs } : {}),
+    ...(o.auditCopies ? { auditCopies: o.auditCopies } : {}),
     keyring,
   });
 

@@ -28,8 +28,9 @@ import type { Env, RolloutOp } from '../core/actions.js';
 import { rolloutReport } from '../core/rollout-report.js';
 import type { AuditEntry } from '../audit/record.js';
 import { zodIssues } from '../model/manifest.js';
-import { NewTokenSchema, ReencryptKeysSchema, ReencryptSchema } from './bodies.js';
+import { NewTokenSchema, ReencryptKeysSchema, ReencryptSchema, VerifyAgainstSchema } from './bodies.js';
 import type { AuditLog } from '../audit/log.js';
+import { toPublicKey } from '../audit/keys.js';
 import { contextFor, type AuditContext } from '../core/audit-context.js';
 import { usageReport } from '../core/usage-report.js';
 import type { AgentCertRecord, JoinTokenRecord } from '../pki/agents.js';
@@ -311,6 +312,8 @@ export function buildApi(o: ApiOptions): FastifyInstance {
     app.route({
       method: route.method,
       url: route.url,
+      // An off-store audit copy holds a checkpoint per minute or per 100 records: years of them.
+      ...(route.method === 'POST' && route.url === '/v1/audit/verify' ? { bodyLimit: 256 * 1024 * 1024 } : {}),
       // Before the body is parsed: an unauthenticated caller learns nothing from validation.
       onRequest: async (req: FastifyRequest) => {
         const a = await admit(o.auth, route, authorizationOf(req, route, upgrades), req.params as Params, req.query as Query); // fastify fills params/query
@@ -348,7 +351,7 @@ async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply
   if (route.kind === 'whoami') return whoami(who.principal);
   if (route.kind === 'version') return versionInfo();
   if (route.kind === 'audit' && route.url === '/v1/events') return streamEvents(o, q, req, reply, who.principal);
-  if (route.kind === 'audit') return handleAudit(o, route, q, reply, who.principal);
+  if (route.kind === 'audit') return handleAudit(o, route, req, q, reply, who.principal);
   if (route.kind === 'usage') return handleUsage(o, q, reply, who.principal);
   if (route.kind === 'pki') return handlePki(o, route, req, reply, q);
   if (route.kind === 'secrets' && route.url === '/v1/keys/reencrypt') {
@@ -653,9 +656,21 @@ function lifecycleChange(store: Store, kind: Kind, e: { key: string; revision: n
 }
 
 /** Audit export (narrowed to the caller's tenant for tenant tokens) and verification. */
-async function handleAudit(o: ApiOptions, route: RouteDef, q: Query, reply: FastifyReply, principal: Principal | undefined): Promise<unknown> {
+async function handleAudit(o: ApiOptions, route: RouteDef, req: FastifyRequest, q: Query, reply: FastifyReply, principal: Principal | undefined): Promise<unknown> {
   if (!o.audit) throw new CarapaceError('CARAPACE_E_UNAVAILABLE', 'this server keeps no audit log');
-  if (route.url === '/v1/audit/verify') return o.audit.verify();
+  if (route.url === '/v1/audit/verify' && route.method === 'GET') return o.audit.verify();
+  if (route.url === '/v1/audit/verify') {
+    const parsed = VerifyAgainstSchema.safeParse(req.body ?? null);
+    if (!parsed.success) throw new CarapaceError('CARAPACE_E_VALIDATION', 'invalid verification request', zodIssues(parsed.error));
+    for (const [i, pem] of parsed.data.publicKeys.entries()) {
+      try {
+        toPublicKey(pem);
+      } catch {
+        throw new CarapaceError('CARAPACE_E_VALIDATION', 'invalid verification request', [{ path: `publicKeys.${i}`, message: 'not an Ed25519 public key (SPKI PEM)' }]);
+      }
+    }
+    return o.audit.verify({ extraCheckpoints: parsed.data.checkpoints, extraKeys: parsed.data.publicKeys });
+  }
   const format = q['format'] ?? 'jsonl';
   if (format !== 'jsonl' && format !== 'csv') throw new CarapaceError('CARAPACE_E_BAD_QUERY', 'format must be jsonl or csv', [{ path: 'query.format', message: 'must be jsonl or csv' }]);
   for (const t of ['since', 'until'] as const) {

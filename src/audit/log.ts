@@ -18,6 +18,7 @@ import type { Keyring } from '../keyring/keyring.js';
 import { type AuditEntry, type AuditHead, type AuditRecord, buildRecord } from './record.js';
 import { AUDIT_PREFIX, CHECKPOINT_PREFIX, HEAD_KEY, SIGNING_KEYS_PREFIX, checkpointKey, recordKey, seqOfRecordKey, signingKeyKey } from '../model/keys.js';
 import { type AuditCheckpoint, type VerifyResult, isAuditRecord, signCheckpoint, verifyLog } from './verify.js';
+import { AuditCopyWriter } from './copy.js';
 
 /** Options for AuditLog.open. */
 export interface AuditLogOptions {
@@ -34,6 +35,10 @@ export interface AuditLogOptions {
    * it the key is kept in clear (tests and tools).
    */
   keyring?: Keyring;
+  /** Files every checkpoint this log signs is also appended to (off-store copies, copy.ts). */
+  copies?: readonly string[];
+  /** The time written on a copy's key line when a copy is begun (default: now). */
+  now?: () => string;
 }
 
 /** The ops to add to the caller's txn, and what they will write. */
@@ -95,8 +100,10 @@ export class AuditLog {
   private readonly logger: Logger | undefined;
   /** Serializes this instance's own commits so they do not race each other for the head. */
   private tail: Promise<unknown> = Promise.resolve();
+  private readonly copies: readonly AuditCopyWriter[];
 
-  private constructor(opts: AuditLogOptions, keys: AuditKeyPair) {
+  private constructor(opts: AuditLogOptions, keys: AuditKeyPair, copies: readonly AuditCopyWriter[]) {
+    this.copies = copies;
     this.store = opts.store;
     this.keys = keys;
     this.every = Math.max(0, Math.floor(opts.checkpointEvery ?? 100));
@@ -112,7 +119,36 @@ export class AuditLog {
   static async open(opts: AuditLogOptions): Promise<AuditLog> {
     const keys = await loadOrCreateKeyPair(opts.keyDir, opts.logger, opts.keyring);
     await registerKey(opts.store, keys, opts.logger);
-    return new AuditLog(opts, keys);
+    const now = opts.now?.() ?? new Date().toISOString();
+    const copies: AuditCopyWriter[] = [];
+    try {
+      for (const path of opts.copies ?? []) copies.push(await AuditCopyWriter.open(path, keys, now));
+    } catch (e) {
+      await Promise.all(copies.map((c) => c.close()));
+      throw e;
+    }
+    return new AuditLog(opts, keys, copies);
+  }
+
+  /** The off-store copy files this log appends to. */
+  get copyPaths(): string[] {
+    return this.copies.map((c) => c.path);
+  }
+
+  /** Closes the copy files (after the last checkpoint was appended). */
+  async close(): Promise<void> {
+    await Promise.all(this.copies.map((c) => c.close()));
+  }
+
+  /**
+   * Appends checkpoints this log signed to every copy. A copy that cannot be written does not
+   * undo or fail the mutation (it is in the store, audited): the failure is logged as an error
+   * and the next checkpoint is tried again; the copy's chain stays intact.
+   */
+  private async copyOut(cps: readonly AuditCheckpoint[]): Promise<void> {
+    for (const cp of cps) {
+      for (const c of this.copies) await c.append(cp).catch((err: unknown) => this.logger?.error({ err, path: c.path, seq: cp.seq }, 'audit checkpoint could not be appended to the off-store copy'));
+    }
   }
 
   /** The public key verifiers need, as SPKI PEM; publish it (or copy it off the host). */
@@ -196,7 +232,7 @@ export class AuditLog {
   async commitBatch(entries: readonly AuditEntry[], mutation: MutationOps = []): Promise<{ records: AuditRecord[]; revision: number }> {
     // The chain is extended one write at a time, but a write's disk sync is waited for
     // outside the chain: the next write is applied while this one syncs (see Store.txnApplied).
-    const { durable, ...r } = await this.serial(async () => {
+    const { durable, checkpoints, ...r } = await this.serial(async () => {
       for (let attempt = 1; ; attempt++) {
         const ops = typeof mutation === 'function' ? await mutation() : mutation;
         for (const op of ops) {
@@ -206,7 +242,7 @@ export class AuditLog {
         try {
           const { revision, durable } = await this.txnApplied([...ops, ...p.ops]);
           for (const cp of p.checkpoints) this.logger?.debug({ seq: cp.seq }, 'audit checkpoint written');
-          return { records: p.records, revision, durable };
+          return { records: p.records, revision, durable, checkpoints: p.checkpoints };
         } catch (e) {
           if (!isAuditConflict(e)) throw e;
           if (attempt >= this.maxAttempts) {
@@ -218,6 +254,7 @@ export class AuditLog {
       }
     });
     await durable;
+    if (checkpoints.length > 0 && this.copies.length > 0) await this.copyOut(checkpoints);
     return r;
   }
 
@@ -234,12 +271,12 @@ export class AuditLog {
 
   /** Append several records in one txn (consecutive seqs), retrying like commit. */
   async appendBatch(entries: readonly AuditEntry[]): Promise<AuditRecord[]> {
-    const { records, durable } = await this.serial(async () => {
+    const { records, durable, checkpoints } = await this.serial(async () => {
       for (let attempt = 1; ; attempt++) {
         const p = await this.prepareBatch(entries);
         try {
           const { durable } = await this.txnApplied(p.ops);
-          return { records: p.records, durable };
+          return { records: p.records, durable, checkpoints: p.checkpoints };
         } catch (e) {
           if (!isAuditConflict(e) || attempt >= this.maxAttempts) throw e;
           await backoff(attempt);
@@ -247,6 +284,7 @@ export class AuditLog {
       }
     });
     await durable;
+    if (checkpoints.length > 0 && this.copies.length > 0) await this.copyOut(checkpoints);
     return records;
   }
 
@@ -278,6 +316,7 @@ export class AuditLog {
     const cp = signCheckpoint(head, time, this.keys.privateKey, this.keys.publicKey);
     try {
       await this.store.put(key, cp, { absent: true });
+      await this.copyOut([cp]);
       return cp;
     } catch (e) {
       if (!(e instanceof ConflictError)) throw e;
@@ -311,14 +350,17 @@ export class AuditLog {
    * catch a tail cut together with its head and checkpoints). Never throws for tampering;
    * reports problems.
    */
-  async verify(opts: { publicKey?: KeyObject | string | readonly (KeyObject | string)[]; extraCheckpoints?: readonly unknown[] } = {}): Promise<VerifyResult> {
+  async verify(opts: { publicKey?: KeyObject | string | readonly (KeyObject | string)[]; extraCheckpoints?: readonly unknown[]; extraKeys?: readonly (KeyObject | string)[] } = {}): Promise<VerifyResult> {
     const snap = await this.read();
+    const trusted = opts.publicKey ?? [this.keys.publicKey, ...registeredKeys(snap.keys).filter((k) => keyIdOf(k) !== this.keys.keyId)];
     const result = verifyLog({
       records: snap.records,
       recordKeys: snap.recordKeys,
       checkpoints: [...snap.checkpoints, ...(opts.extraCheckpoints ?? [])],
       head: snap.head,
-      publicKey: opts.publicKey ?? [this.keys.publicKey, ...registeredKeys(snap.keys).filter((k) => keyIdOf(k) !== this.keys.keyId)],
+      // Keys an off-store copy names are trusted too: a store writer may have removed the
+      // registration of the key that signed the checkpoints the copy holds.
+      publicKey: [...(Array.isArray(trusted) ? (trusted as readonly (KeyObject | string)[]) : [trusted as KeyObject | string]), ...(opts.extraKeys ?? [])],
     });
     if (!result.ok) this.logger?.error({ problems: result.problems.length, first: result.problems[0] }, 'audit log verification failed');
     return result;

@@ -124,8 +124,10 @@ function hasParam(url: string, name: string): boolean {
  */
 export function classifyRoute(route: AuthzRequest['route']): RouteClass | undefined {
   if (route.kind === 'audit') {
+    // Verification (POST: against checkpoints the caller kept off the store) changes nothing,
+    // but reads the whole log: cluster-admins only.
+    if (route.url === '/v1/audit/verify') return route.method === 'GET' || route.method === 'POST' ? { type: 'admin' } : undefined;
     if (route.method !== 'GET') return undefined;
-    if (route.url === '/v1/audit/verify') return { type: 'admin' };
     // Records: the handler forces a tenant token's export to its own tenant.
     return route.url === '/v1/audit/records' || route.url === '/v1/events' ? { type: 'self' } : undefined;
   }

@@ -106,7 +106,8 @@ program
   .option('--advertise-address <ipv4>', "this host's underlay address, where other hosts reach it (default: the source address of the default route)")
   .addOption(new Option('--accel <mode>', 'VM acceleration (auto: a timed probe boot decides)').choices(['auto', 'kvm', 'tcg']).default('auto'))
   .option('--keyring <file>', 'the cluster keyring (keyId:base64key lines, mode 0600; or its text in CARAPACE_KEYRING); default STATE_DIR/keyring, made on first start')
-  .action(async (o: { keyring?: string; stateDir: string; port: string; listen: string; hostName?: string; apply?: string[]; warmCells: string; accel: 'auto' | 'kvm' | 'tcg'; machineImages?: string; cpuOvercommit: string; netPrefix?: string; advertiseAddress?: string }) => {
+  .option('--audit-copy <file...>', 'also append every audit checkpoint to FILE, kept off the store; check with carapace audit verify --against FILE')
+  .action(async (o: { keyring?: string; stateDir: string; port: string; listen: string; hostName?: string; apply?: string[]; warmCells: string; accel: 'auto' | 'kvm' | 'tcg'; machineImages?: string; cpuOvercommit: string; netPrefix?: string; advertiseAddress?: string; auditCopy?: string[] }) => {
     const { runAllInOne } = await import('../allinone/allinone.js');
     const port = Number(o.port);
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CliError('CARAPACE_E_BAD_QUERY', `--port must be a port number, got "${o.port}"`);
@@ -121,7 +122,8 @@ program
       cpuOvercommit, stateDir: o.stateDir, port, listen: o.listen, ...(o.hostName ? { hostName: o.hostName } : {}), apply, warmCells, accel: o.accel, ...(o.machineImages ? { machineImagesDir: o.machineImages } : {}),
       ...(o.netPrefix ? { netPrefix: o.netPrefix } : {}),
       ...(o.keyring !== undefined ? { keyring: o.keyring } : {}),
-      ...(o.advertiseAddress ? { advertiseAddress: o.advertiseAddress } : {}) });
+      ...(o.advertiseAddress ? { advertiseAddress: o.advertiseAddress } : {}),
+      ...(o.auditCopy ? { auditCopies: o.auditCopy } : {}) });
   });
 
 program
@@ -137,7 +139,8 @@ program
   .option('--advertise <addr...>', 'addresses agents use to reach this server (added to its certificate)')
   .option('--keyring <file>', 'the cluster keyring (same file on every server of the store): one keyId:base64key per line, the first the primary, mode 0600; it seals the CA key, audit signing keys and secrets. Or its text in CARAPACE_KEYRING. Default: STATE_DIR/keyring, made on first start')
   .option('--secrets-keyring <file>', 'older name of --keyring')
-  .action(async (o: { store?: string; stateDir: string; port: string; listen: string; agentPort: string; agentApi: boolean; agentListen: string; advertise?: string[]; keyring?: string; secretsKeyring?: string }) => {
+  .option('--audit-copy <file...>', 'also append every audit checkpoint this server signs to FILE, kept off the store (append-only storage, another machine); check with carapace audit verify --against FILE')
+  .action(async (o: { store?: string; stateDir: string; port: string; listen: string; agentPort: string; agentApi: boolean; agentListen: string; advertise?: string[]; keyring?: string; secretsKeyring?: string; auditCopy?: string[] }) => {
     const { runServer } = await import('../server/run.js');
     const port = Number(o.port);
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CliError('CARAPACE_E_BAD_QUERY', `--port must be a port number, got "${o.port}"`);
@@ -151,6 +154,7 @@ program
       ...(o.agentApi ? { agentApi: { port: agentPort, listen: o.agentListen, ...(o.advertise ? { advertise: o.advertise } : {}) } } : {}),
       ...(o.keyring !== undefined ? { keyring: o.keyring } : {}),
       ...(o.secretsKeyring !== undefined ? { secretsKeyring: o.secretsKeyring } : {}),
+      ...(o.auditCopy ? { auditCopies: o.auditCopy } : {}),
     });
   });
 
@@ -488,11 +492,26 @@ const auditCmd = program.command('audit').description('The tamper-evident audit 
 auditCmd
   .command('verify')
   .description('Check the hash chain and the signed checkpoints (cluster-admin); exits 1 if anything was tampered with')
-  .action(async () => {
-    const r = await client().call<{ ok: boolean; records: number; lastSeq: number; checkpointedSeq: number; problems: { seq: number; kind: string; message: string }[] }>('GET', '/v1/audit/verify');
-    if (r.ok) console.log(`audit log OK: ${r.records} records, last seq ${r.lastSeq}, signed checkpoints up to seq ${r.checkpointedSeq}`);
+  .option('--against <file...>', 'also check the store against off-store copies of the checkpoints (the servers\' --audit-copy files): catches a tail cut with its checkpoints, or a rewrite re-signed with a key of the writer\'s own')
+  .action(async (o: { against?: string[] }) => {
+    type Verdict = { ok: boolean; records: number; lastSeq: number; checkpointedSeq: number; problems: { seq: number; kind: string; message: string }[] };
+    let r: Verdict;
+    let against = '';
+    if (o.against) {
+      // Each copy is checked on its own first (its line chain and signatures): a damaged copy
+      // is refused with its file and line, not silently used.
+      const { readAuditCopy } = await import('../server/run.js');
+      const copies = await Promise.all(o.against.map((f) => readAuditCopy(f)));
+      const checkpoints = copies.flatMap((c) => c.checkpoints);
+      const publicKeys = [...new Set(copies.flatMap((c) => c.publicKeys))];
+      r = await client().call<Verdict>('POST', '/v1/audit/verify', { checkpoints, publicKeys });
+      against = `; against ${checkpoints.length} off-store checkpoint(s) up to seq ${Math.max(0, ...copies.map((c) => c.lastSeq))} in ${o.against.join(', ')}`;
+    } else {
+      r = await client().call<Verdict>('GET', '/v1/audit/verify');
+    }
+    if (r.ok) console.log(`audit log OK: ${r.records} records, last seq ${r.lastSeq}, signed checkpoints up to seq ${r.checkpointedSeq}${against}`);
     else {
-      console.log(`audit log FAILED verification: ${r.problems.length} problem(s) in ${r.records} records`);
+      console.log(`audit log FAILED verification: ${r.problems.length} problem(s) in ${r.records} records${against}`);
       for (const p of r.problems.slice(0, 50)) console.log(`  seq ${p.seq}: ${p.kind}: ${p.message}`);
       process.exitCode = 1;
     }

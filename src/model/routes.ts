@@ -113,6 +113,7 @@ function objectRoutes(): RouteDef[] {
   out.push({ method: 'GET', url: '/v1/audit/records', summary: 'Export audit records (?since, ?until, ?format=jsonl|csv); a tenant token gets only its tenant\'s records', kind: 'audit', query: [SINCE, UNTIL, { name: 'format', type: 'string', enum: ['jsonl', 'csv'], description: 'jsonl (default) or csv' }, TENANT_FILTER] });
   out.push({ method: 'GET', url: '/v1/events', summary: 'Follow audit and lifecycle events (Server-Sent Events); a tenant token sees only its tenant\'s', kind: 'audit', query: [RESOURCE_VERSION, TENANT_FILTER] });
   out.push({ method: 'GET', url: '/v1/audit/verify', summary: 'Verify the audit hash chain and signed checkpoints (cluster-admin)', kind: 'audit' });
+  out.push({ method: 'POST', url: '/v1/audit/verify', summary: 'Verify the audit log against checkpoints kept off the store (an `--audit-copy` file: `carapace audit verify --against FILE`) and the keys that signed them (cluster-admin)', kind: 'audit' });
   for (const [op, what] of [
     ['cordon', 'Cordon a host: nothing new is placed on it (cluster-admin)'],
     ['uncordon', 'Undo cordon and drain (cluster-admin)'],

@@ -10,6 +10,8 @@ import { serverKeyring } from './keyring.js';
 
 /** For `carapace keys rotate` (the CLI reaches the keyring through the server layer). */
 export { addPrimaryKey } from '../keyring/keyring.js';
+/** For `carapace audit verify --against FILE` (the CLI reaches the audit code through the server layer). */
+export { readAuditCopy } from '../audit/copy.js';
 import { lookup } from 'node:dns/promises';
 import { mkdir } from 'node:fs/promises';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -75,6 +77,8 @@ export interface ServerCommandOptions {
   keyring?: string;
   /** The same under its older name (`--secrets-keyring`). */
   secretsKeyring?: string;
+  /** Off-store copies of the audit checkpoints (`--audit-copy FILE`). */
+  auditCopies?: string[];
 }
 
 /** `carapace server`: the API, controller and host monitor; no containers on this host. */
@@ -87,7 +91,7 @@ export async function runServer(o: ServerCommandOptions): Promise<void> {
   const store = await openStoreUrl(url, logger);
   // Compaction is cluster-wide: only the leader runs it (etcd; SQLite compacts by itself).
   const leaderLoops = 'compact' in store ? [(signal: AbortSignal) => compactLoop(store as EtcdStore, signal, logger)] : []; // only the etcd store has compact()
-  const server = await startControlServer({ store, stateDir: o.stateDir, port: o.port, listen: o.listen, logger, leaderLoops, ...(o.agentApi ? { agentApi: o.agentApi } : {}), keyring });
+  const server = await startControlServer({ store, stateDir: o.stateDir, port: o.port, listen: o.listen, logger, leaderLoops, ...(o.auditCopies ? { auditCopies: o.auditCopies } : {}), ...(o.agentApi ? { agentApi: o.agentApi } : {}), keyring });
   const ac = new AbortController();
   setMaxListeners(100, ac.signal);
   logger.info({ url: server.url, store: url.replace(/\/\/.*@/, '//'), stateDir: o.stateDir }, 'carapace server is up');

@@ -71,6 +71,8 @@ export interface ControlServerOptions {
   serverId?: string;
   /** More loops only the leader runs, besides the controller, host monitor and audit checkpoints (e.g. etcd compaction). */
   leaderLoops?: ((signal: AbortSignal) => Promise<void>)[];
+  /** Files every audit checkpoint this server signs is also appended to (`--audit-copy FILE`, off the store: audit/copy.ts). */
+  auditCopies?: readonly string[];
   /**
    * The cluster keyring (never in the store): it seals the CA's private key in the store, the
    * audit signing key file and the Secrets. Absent: the one of `serverKeyring` for this state
@@ -159,7 +161,8 @@ export async function startControlServer(o: ControlServerOptions): Promise<Runni
   const caRead = await ensureClusterCa(store, keyring, new Date(env.now()));
   // Mutations and the control plane's own actions are recorded in a hash-chained log whose
   // checkpoints are signed with a key generated at first start (its file sealed with the keyring).
-  const audit = await AuditLog.open({ store, keyDir: join(o.stateDir, 'audit-keys'), logger, keyring });
+  const audit = await AuditLog.open({ store, keyDir: join(o.stateDir, 'audit-keys'), logger, keyring, copies: o.auditCopies ?? [], now: env.now });
+  if (audit.copyPaths.length > 0) logger.info({ copies: audit.copyPaths }, 'audit checkpoints are also appended to off-store copies');
   // With env: every instance, cell and machine write carries its usage allocation records.
   const resources = new Resources(store, audit, env);
   const controlPlane = new ControlPlane(resources, env, undefined, keyring);
@@ -213,6 +216,7 @@ export async function startControlServer(o: ControlServerOptions): Promise<Runni
     close: async () => {
       await api.close();
       await agentApi?.app.close();
+      await audit.close();
     },
   };
 }
