@@ -20,6 +20,8 @@ const LAYERS = {
   proc: [],
   // Exec sessions: the frame protocol, the pty or pipe process, the WebSocket ends (every hop).
   exec: [],
+  // The cluster keyring (key-encryption keys outside the store) and what it seals.
+  keyring: [],
   scheduler: [],
   store: ['proc'],
   runtime: ['proc', 'exec'],
@@ -32,19 +34,19 @@ const LAYERS = {
   guest: ['runtime', 'proc', 'exec'],
   // Only audit's test fixtures use sim's seeded PRNG.
   sim: ['scheduler'],
-  audit: ['store', 'sim'],
+  audit: ['store', 'sim', 'keyring'],
   auth: ['store'],
-  pki: ['store'],
-  core: ['store', 'scheduler', 'usage', 'audit', 'auth', 'pki'],
+  pki: ['store', 'keyring'],
+  core: ['store', 'scheduler', 'usage', 'audit', 'auth', 'pki', 'keyring'],
   metrics: ['core'],
   // The one reconcile-loop runtime, shared by the control plane and the host agent.
   reconcile: ['store', 'metrics'],
   control: ['store', 'scheduler', 'audit', 'core', 'metrics', 'reconcile'],
-  agentapi: ['store', 'runtime', 'pki', 'core', 'exec'],
+  agentapi: ['store', 'runtime', 'pki', 'core', 'exec', 'keyring'],
   agent: ['store', 'runtime', 'network', 'storage', 'usage', 'image', 'vm', 'guest', 'core', 'metrics', 'reconcile', 'proc', 'exec'],
   api: ['store', 'runtime', 'usage', 'audit', 'auth', 'pki', 'core', 'metrics', 'exec'],
-  server: ['store', 'runtime', 'audit', 'auth', 'pki', 'core', 'metrics', 'control', 'agentapi', 'agent', 'api', 'exec'],
-  allinone: ['store', 'vm', 'core', 'agent', 'server'],
+  server: ['store', 'runtime', 'audit', 'auth', 'pki', 'core', 'metrics', 'control', 'agentapi', 'agent', 'api', 'exec', 'keyring'],
+  allinone: ['store', 'vm', 'core', 'agent', 'server', 'keyring'],
   cli: ['runtime', 'server', 'allinone', 'exec'],
 };
 

@@ -27,6 +27,10 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freePort } from '../src/image/testing/index.js';
 import { startTlsEtcd } from '../src/pki/testing/etcd-pki.js';
+import { newKeyLine } from '../src/keyring/keyring.js';
+
+/** The one keyring all servers of the run share (the CA key in etcd is sealed with it). */
+const KEYRING = newKeyLine();
 
 const ROUNDS = Number(process.argv[2] ?? 5);
 const SECONDS = Number(process.argv[3] ?? 30);
@@ -51,7 +55,7 @@ class ServerProc {
 
   async start(): Promise<void> {
     this.proc = spawn(process.execPath, [CLI, 'server', ...this.storeArgs, '--state-dir', this.stateDir, '--port', String(this.port), '--agent-port', '0'], {
-      env: { ...process.env, CARAPACE_LOG_LEVEL: 'warn', CARAPACE_CONFIG: join(this.stateDir, 'cli-config.json') },
+      env: { ...process.env, CARAPACE_LOG_LEVEL: 'warn', CARAPACE_CONFIG: join(this.stateDir, 'cli-config.json'), CARAPACE_KEYRING: KEYRING },
       stdio: ['ignore', 'ignore', 'inherit'],
     });
     for (let i = 0; i < 300 && !(await this.health()); i++) await sleep(100);

@@ -32,7 +32,7 @@ import { WsUpgrades } from '../exec/ws-upgrade.js';
 import { wsPort } from '../exec/session.js';
 import { Resources } from '../core/resources.js';
 import { instanceMaterial } from '../core/secrets.js';
-import type { Keyring } from '../core/secret-box.js';
+import type { Keyring } from '../keyring/keyring.js';
 import { NameSchema } from '../model/schemas.js';
 
 export interface AgentApiOptions {

@@ -5,7 +5,6 @@
  * returned handle. Containers are supervised by conmon and outlive this process: stopping
  * (or killing) it leaves them running, and the next start adopts them.
  */
-import { ensureKeyring } from '../core/secret-box.js';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setMaxListeners } from 'node:events';
@@ -17,6 +16,7 @@ import { instanceMaterial } from '../core/secrets.js';
 import { Resources } from '../core/resources.js';
 import { openSqliteStore } from '../store/sqlite.js';
 import { startControlServer, systemEnv } from '../server/server.js';
+import { serverKeyring } from '../server/keyring.js';
 import type { VmManager } from '../vm/qemu.js';
 import { CarapaceError } from '../model/errors.js';
 import type { Manifest } from '../model/schemas.js';
@@ -51,6 +51,8 @@ export interface AllInOneOptions {
   probeTimeScale?: number;
   /** Grace between SIGTERM and SIGKILL when the agent stops a container (default 10 s). */
   stopGraceMs?: number;
+  /** The keyring file (`--keyring`); default CARAPACE_KEYRING, else STATE_DIR/keyring made on first start. */
+  keyring?: string;
   /** Off-store copies of the audit checkpoints (`--audit-copy FILE`). */
   auditCopies?: string[];
 }
@@ -75,8 +77,9 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
   const logger = o.logger ?? pino({ level: process.env['CARAPACE_LOG_LEVEL'] ?? 'info' });
   await mkdir(o.stateDir, { recursive: true, mode: 0o700 });
   const store = await openSqliteStore({ path: join(o.stateDir, 'store.db'), logger });
-  // The secrets keyring lives beside the store, never in it: made on first start (0600).
-  const keyring = await ensureKeyring(join(o.stateDir, 'secrets.keyring'));
+  // The keyring is never in the store: --keyring FILE, CARAPACE_KEYRING, or STATE_DIR/keyring
+  // made on first start (0600; an older state dir keeps its secrets.keyring).
+  const keyring = await serverKeyring({ ...(o.keyring !== undefined ? { keyring: o.keyring } : {}), stateDir: o.stateDir, logger });
   const env = systemEnv;
   // The host node is built first: the server serves its logs.
   // The agent's writes (status, cells) carry usage records but no audit entries of their own.

@@ -8,6 +8,9 @@ import { ROLES } from '../auth/rbac.js';
 /** `POST /v1/secrets/reencrypt`: every tenant's secrets, or one tenant's. */
 export const ReencryptSchema = z.strictObject({ tenant: z.string().min(1).max(63).optional() });
 
+/** `POST /v1/keys/reencrypt`: no options (everything the store holds sealed moves to the primary key). */
+export const ReencryptKeysSchema = z.strictObject({});
+
 /** `POST /v1/tokens`: a new API token (a tenant role needs its tenant). */
 export const NewTokenSchema = z.strictObject({
   name: z.string().min(1).max(100),
@@ -29,5 +32,6 @@ export const VerifyAgainstSchema = z.strictObject({
 export const REQUEST_BODIES: Readonly<Record<string, { name: string; schema: z.ZodType; required: boolean }>> = {
   'POST /v1/tokens': { name: 'NewToken', schema: NewTokenSchema, required: true },
   'POST /v1/secrets/reencrypt': { name: 'Reencrypt', schema: ReencryptSchema, required: false },
+  'POST /v1/keys/reencrypt': { name: 'ReencryptKeys', schema: ReencryptKeysSchema, required: false },
   'POST /v1/audit/verify': { name: 'VerifyAgainst', schema: VerifyAgainstSchema, required: true },
 };

@@ -28,7 +28,7 @@ import type { Env, RolloutOp } from '../core/actions.js';
 import { rolloutReport } from '../core/rollout-report.js';
 import type { AuditEntry } from '../audit/record.js';
 import { zodIssues } from '../model/manifest.js';
-import { NewTokenSchema, ReencryptSchema, VerifyAgainstSchema } from './bodies.js';
+import { NewTokenSchema, ReencryptKeysSchema, ReencryptSchema, VerifyAgainstSchema } from './bodies.js';
 import type { AuditLog } from '../audit/log.js';
 import { toPublicKey } from '../audit/keys.js';
 import { contextFor, type AuditContext } from '../core/audit-context.js';
@@ -201,6 +201,8 @@ function render(result: ActionResult): unknown {
       return result.instance;
     case 'reencrypted':
       return { keyId: result.keyId, reencrypted: result.reencrypted, current: result.current };
+    case 'keysReencrypted':
+      return result.result;
   }
 }
 
@@ -352,6 +354,11 @@ async function handle(o: ApiOptions, route: RouteDef, req: FastifyRequest, reply
   if (route.kind === 'audit') return handleAudit(o, route, req, q, reply, who.principal);
   if (route.kind === 'usage') return handleUsage(o, q, reply, who.principal);
   if (route.kind === 'pki') return handlePki(o, route, req, reply, q);
+  if (route.kind === 'secrets' && route.url === '/v1/keys/reencrypt') {
+    const parsed = ReencryptKeysSchema.safeParse(req.body ?? {});
+    if (!parsed.success) throw new CarapaceError('CARAPACE_E_VALIDATION', 'invalid re-encryption request', zodIssues(parsed.error));
+    return render(await o.controlPlane.handle({ type: 'reencryptKeys' }, auditContext(req)));
+  }
   if (route.kind === 'secrets') {
     const parsed = ReencryptSchema.safeParse(req.body ?? {});
     if (!parsed.success) throw new CarapaceError('CARAPACE_E_VALIDATION', 'invalid re-encryption request', zodIssues(parsed.error));

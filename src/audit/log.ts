@@ -14,6 +14,7 @@ import { CarapaceError } from '../model/errors.js';
 import { ConflictError, type Store, type TxnOp } from '../store/store.js';
 import { type ExportOptions, exportLines as formatLines, formatExport } from './export.js';
 import { type AuditKeyPair, keyIdOf, loadOrCreateKeyPair, toPublicKey } from './keys.js';
+import type { Keyring } from '../keyring/keyring.js';
 import { type AuditEntry, type AuditHead, type AuditRecord, buildRecord } from './record.js';
 import { AUDIT_PREFIX, CHECKPOINT_PREFIX, HEAD_KEY, SIGNING_KEYS_PREFIX, checkpointKey, recordKey, seqOfRecordKey, signingKeyKey } from '../model/keys.js';
 import { type AuditCheckpoint, type VerifyResult, isAuditRecord, signCheckpoint, verifyLog } from './verify.js';
@@ -29,6 +30,11 @@ export interface AuditLogOptions {
   /** How many times commit/append retry after losing a race for the head. Default 50. */
   maxAttempts?: number;
   logger?: Logger;
+  /**
+   * The cluster keyring: the private key file is sealed with it (servers always give it). Without
+   * it the key is kept in clear (tests and tools).
+   */
+  keyring?: Keyring;
   /** Files every checkpoint this log signs is also appended to (off-store copies, copy.ts). */
   copies?: readonly string[];
   /** The time written on a copy's key line when a copy is begun (default: now). */
@@ -111,7 +117,7 @@ export class AuditLog {
    * and bind the log to `store`. Call at startup.
    */
   static async open(opts: AuditLogOptions): Promise<AuditLog> {
-    const keys = await loadOrCreateKeyPair(opts.keyDir, opts.logger);
+    const keys = await loadOrCreateKeyPair(opts.keyDir, opts.logger, opts.keyring);
     await registerKey(opts.store, keys, opts.logger);
     const now = opts.now?.() ?? new Date().toISOString();
     const copies: AuditCopyWriter[] = [];

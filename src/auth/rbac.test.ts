@@ -78,7 +78,7 @@ function expected(c: Cell): 'allow' | 'unauthenticated' | 'forbidden' {
   if (c.who === 'cluster-admin') return 'allow';
   if (c.route.url === '/metrics' || c.route.url === '/v1/audit/verify') return 'forbidden'; // every tenant's data: operators only
   if (c.route.url.startsWith('/v1/join-tokens') || c.route.url.startsWith('/v1/agent-certs')) return 'forbidden'; // the cluster's trust: operators only
-  if (c.route.url === '/v1/secrets/reencrypt') return 'forbidden'; // key rotation covers every tenant: operators only
+  if (c.route.url === '/v1/secrets/reencrypt' || c.route.url === '/v1/keys/reencrypt') return 'forbidden'; // key rotation covers every tenant: operators only
   if (c.route.url === '/v1/audit/records' || c.route.url === '/v1/events' || c.route.url === '/v1/usage') return 'allow'; // the handler narrows to the caller's tenant
   if (c.route.kind === 'tokens') return 'allow'; // the token handlers check grants themselves (tokens.test.ts)
   const kind = c.route.objectKind;

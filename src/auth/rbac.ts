@@ -135,8 +135,8 @@ export function classifyRoute(route: AuthzRequest['route']): RouteClass | undefi
   if (route.kind === 'pki') return /^\/v1\/(join-tokens|agent-certs)(\/:name(\/revoke)?)?$/.test(route.url) ? { type: 'admin' } : undefined;
   // Operator actions on hosts (cordon, drain): infrastructure, cluster-admins only.
   if (route.kind === 'hostOp') return route.method === 'POST' && /^\/v1\/hosts\/:name\/(cordon|uncordon|drain)$/.test(route.url) ? { type: 'admin' } : undefined;
-  // Secret key rotation re-encrypts every tenant's secrets: the operator's, cluster-admins only.
-  if (route.kind === 'secrets') return route.method === 'POST' && route.url === '/v1/secrets/reencrypt' ? { type: 'admin' } : undefined;
+  // Key rotation re-encrypts every tenant's secrets (and the CA key): the operator's, cluster-admins only.
+  if (route.kind === 'secrets') return route.method === 'POST' && (route.url === '/v1/secrets/reencrypt' || route.url === '/v1/keys/reencrypt') ? { type: 'admin' } : undefined;
   // The usage report: the handler forces a tenant token's report to its own tenant.
   if (route.kind === 'usage') return route.method === 'GET' && route.url === '/v1/usage' ? { type: 'self' } : undefined;
   if (route.kind === 'tokens') return route.url === '/v1/tokens' || route.url === '/v1/tokens/:name' ? { type: 'self' } : undefined;

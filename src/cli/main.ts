@@ -125,8 +125,9 @@ program
   .option('--net-prefix <p>', 'prefix of the kernel network objects (bridges, taps, nft tables) of this host, [a-z][a-z0-9]{0,3} (default c; two on one machine need two)')
   .option('--advertise-address <ipv4>', "this host's underlay address, where other hosts reach it (default: the source address of the default route)")
   .addOption(new Option('--accel <mode>', 'VM acceleration (auto: a timed probe boot decides)').choices(['auto', 'kvm', 'tcg']).default('auto'))
+  .option('--keyring <file>', 'the cluster keyring (keyId:base64key lines, mode 0600; or its text in CARAPACE_KEYRING); default STATE_DIR/keyring, made on first start')
   .option('--audit-copy <file...>', 'also append every audit checkpoint to FILE, kept off the store; check with carapace audit verify --against FILE')
-  .action(async (o: { stateDir: string; port: string; listen: string; hostName?: string; apply?: string[]; warmCells: string; accel: 'auto' | 'kvm' | 'tcg'; machineImages?: string; cpuOvercommit: string; netPrefix?: string; advertiseAddress?: string; auditCopy?: string[] }) => {
+  .action(async (o: { keyring?: string; stateDir: string; port: string; listen: string; hostName?: string; apply?: string[]; warmCells: string; accel: 'auto' | 'kvm' | 'tcg'; machineImages?: string; cpuOvercommit: string; netPrefix?: string; advertiseAddress?: string; auditCopy?: string[] }) => {
     const { runAllInOne } = await import('../allinone/allinone.js');
     const port = Number(o.port);
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CliError('CARAPACE_E_BAD_QUERY', `--port must be a port number, got "${o.port}"`);
@@ -140,6 +141,7 @@ program
     await runAllInOne({
       cpuOvercommit, stateDir: o.stateDir, port, listen: o.listen, ...(o.hostName ? { hostName: o.hostName } : {}), apply, warmCells, accel: o.accel, ...(o.machineImages ? { machineImagesDir: o.machineImages } : {}),
       ...(o.netPrefix ? { netPrefix: o.netPrefix } : {}),
+      ...(o.keyring !== undefined ? { keyring: o.keyring } : {}),
       ...(o.advertiseAddress ? { advertiseAddress: o.advertiseAddress } : {}),
       ...(o.auditCopy ? { auditCopies: o.auditCopy } : {}) });
   });
@@ -159,9 +161,10 @@ program
   .option('--no-agent-api', 'do not serve the agent API')
   .option('--agent-listen <addr>', 'agent API listen address', '0.0.0.0')
   .option('--advertise <addr...>', 'addresses agents use to reach this server (added to its certificate)')
-  .option('--secrets-keyring <file>', 'the secrets keyring: one keyId:base64key per line, the first the primary, mode 0600 (carapace secrets new-key writes one); without it Secrets are refused')
+  .option('--keyring <file>', 'the cluster keyring (same file on every server of the store): one keyId:base64key per line, the first the primary, mode 0600; it seals the CA key, audit signing keys and secrets. Or its text in CARAPACE_KEYRING. Default: STATE_DIR/keyring, made on first start')
+  .option('--secrets-keyring <file>', 'older name of --keyring')
   .option('--audit-copy <file...>', 'also append every audit checkpoint this server signs to FILE, kept off the store (append-only storage, another machine); check with carapace audit verify --against FILE')
-  .action(async (o: { store?: string; stateDir: string; port: string; listen: string; agentPort: string; agentApi: boolean; agentListen: string; advertise?: string[]; secretsKeyring?: string; auditCopy?: string[] } & StoreFlagOptions) => {
+  .action(async (o: { store?: string; stateDir: string; port: string; listen: string; agentPort: string; agentApi: boolean; agentListen: string; advertise?: string[]; keyring?: string; secretsKeyring?: string; auditCopy?: string[] } & StoreFlagOptions) => {
     const { runServer } = await import('../server/run.js');
     const port = Number(o.port);
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CliError('CARAPACE_E_BAD_QUERY', `--port must be a port number, got "${o.port}"`);
@@ -174,6 +177,7 @@ program
       ...(o.store ? { store: o.store } : {}),
       storeFlags: storeFlags(o),
       ...(o.agentApi ? { agentApi: { port: agentPort, listen: o.agentListen, ...(o.advertise ? { advertise: o.advertise } : {}) } } : {}),
+      ...(o.keyring !== undefined ? { keyring: o.keyring } : {}),
       ...(o.secretsKeyring !== undefined ? { secretsKeyring: o.secretsKeyring } : {}),
       ...(o.auditCopy ? { auditCopies: o.auditCopy } : {}),
     });
@@ -189,7 +193,8 @@ program
   .option('--etcd-cert <file>', 'with --store etcds://: this agent\'s etcd client certificate (PEM, clientAuth)')
   .option('--etcd-key <file>', 'with --store etcds://: its private key (PEM, mode 0600)')
   .option('--insecure-store', 'with --store: accept a plain etcd:// on a non-loopback address')
-  .option('--secrets-keyring <file>', "with --store: the servers' secrets keyring, to decrypt the Secrets of this host's instances (a joined agent gets them from its server)")
+  .option('--keyring <file>', "with --store: the servers' keyring, to decrypt the Secrets of this host's instances (a joined agent gets them from its server)")
+  .option('--secrets-keyring <file>', 'older name of --keyring')
   .option('--state-dir <dir>', 'where containers, images and VMs of this host live', '/var/lib/carapace')
   .option('--host-name <name>', 'name of this host (default: the machine hostname)')
   .option('--label <key=value...>', 'host labels, e.g. zone=a')
@@ -199,14 +204,17 @@ program
   .option('--warm-cells <n>', 'pre-booted, unassigned cells to keep on this host', '0')
   .option('--cpu-overcommit <ratio>', 'cpu requests this host accepts per core', '4')
   .addOption(new Option('--accel <mode>', 'VM acceleration').choices(['auto', 'kvm', 'tcg']).default('auto'))
-  .action(async (o: { insecureRegistry?: string[]; store?: string; secretsKeyring?: string; join?: string; joinToken?: string; stateDir: string; hostName?: string; label?: string[]; netPrefix?: string; warmCells: string; cpuOvercommit: string; accel: 'auto' | 'kvm' | 'tcg'; advertiseAddress?: string } & StoreFlagOptions) => {
+  .action(async (o: { insecureRegistry?: string[]; store?: string; keyring?: string; secretsKeyring?: string; join?: string; joinToken?: string; stateDir: string; hostName?: string; label?: string[]; netPrefix?: string; warmCells: string; cpuOvercommit: string; accel: 'auto' | 'kvm' | 'tcg'; advertiseAddress?: string } & StoreFlagOptions) => {
     const { runAgent } = await import('../server/run.js');
     const warmCells = Number(o.warmCells);
     if (!Number.isInteger(warmCells) || warmCells < 0 || warmCells > 64) throw new CliError('CARAPACE_E_BAD_QUERY', `--warm-cells must be a whole number from 0 to 64, got "${o.warmCells}"`);
     const cpuOvercommit = Number(o.cpuOvercommit);
     if (!Number.isFinite(cpuOvercommit) || cpuOvercommit < 1 || cpuOvercommit > 64) throw new CliError('CARAPACE_E_BAD_QUERY', `--cpu-overcommit must be a number from 1 to 64, got "${o.cpuOvercommit}"`);
     checkAdvertiseAddress(o.advertiseAddress);
-    if (o.secretsKeyring !== undefined && !o.store) throw new CliError('CARAPACE_E_BAD_QUERY', '--secrets-keyring is for an agent on the store (--store); a joined agent gets secret values from its server', [{ path: '--secrets-keyring', message: 'needs --store' }]);
+    if (o.keyring !== undefined && o.secretsKeyring !== undefined) throw new CliError('CARAPACE_E_BAD_KEYRING', 'give the keyring once: --keyring and --secrets-keyring are both set', [{ path: '--secrets-keyring', message: 'with --keyring' }]);
+    const keyringFlag = o.keyring !== undefined ? '--keyring' : '--secrets-keyring';
+    const keyringFile = o.keyring ?? o.secretsKeyring;
+    if (keyringFile !== undefined && !o.store) throw new CliError('CARAPACE_E_BAD_QUERY', `${keyringFlag} is for an agent on the store (--store); a joined agent gets secret values from its server`, [{ path: keyringFlag, message: 'needs --store' }]);
     const flagsWithoutStore = storeFlagsGiven(o);
     if (flagsWithoutStore.length > 0 && !o.store) {
       throw new CliError('CARAPACE_E_STORE_FLAGS', `${flagsWithoutStore.join(', ')} ${flagsWithoutStore.length > 1 ? 'are' : 'is'} for an agent on the store (--store); a joined agent reaches no store`, flagsWithoutStore.map((path) => ({ path, message: 'needs --store' })));
@@ -219,7 +227,7 @@ program
     }
     await runAgent({
       ...(o.store ? { store: o.store, storeFlags: storeFlags(o) } : {}),
-      ...(o.secretsKeyring !== undefined ? { secretsKeyring: o.secretsKeyring } : {}),
+      ...(keyringFile !== undefined ? { keyring: { file: keyringFile, flag: keyringFlag } } : {}),
       ...(o.join ? { join: o.join } : {}),
       ...(o.joinToken ? { token: o.joinToken } : {}),
       stateDir: o.stateDir,
@@ -614,22 +622,49 @@ for (const [op, what] of [
   });
 }
 
-const secretsCmd = program.command('secrets').description('Secret encryption keys: rotation (see the README, operations)');
+/** `keys rotate` and its older name `secrets new-key`: a new primary key in the keyring file. */
+async function rotateKeyring(o: { keyring: string }): Promise<void> {
+  const { addPrimaryKey } = await import('../server/run.js');
+  const id = await addPrimaryKey(o.keyring);
+  console.log(`key ${id} added to ${o.keyring} as the primary key. Next:
+  1. give this file to every server of the store and restart them (each re-seals its audit signing key);
+  2. carapace keys reencrypt   (re-seals the CA key and every secret under ${id});
+  3. then remove the older lines from the file and restart the servers again.`);
+}
+
+/** `keys reencrypt` and its older name `secrets reencrypt` (without --tenant). */
+async function reencryptAll(): Promise<void> {
+  const r = await client().call<{ keyId: string; ca: string; secrets: { reencrypted: number; current: number } }>('POST', '/v1/keys/reencrypt', {});
+  const ca = { none: 'no cluster CA yet', current: 'the CA key was already under it', sealed: 'the CA key sealed', resealed: 'the CA key re-sealed' }[r.ca] ?? r.ca;
+  console.log(`under key ${r.keyId}: ${ca}; ${r.secrets.reencrypted} secret(s) re-encrypted, ${r.secrets.current} already under it`);
+  console.log('older keys may leave the keyring once every server has been restarted with this one (each re-seals its audit signing key at start)');
+}
+
+const KEYRING_OPTION = ['--keyring <file>', 'the keyring file the servers are given (--keyring)'] as const;
+const keysCmd = program.command('keys').description('The cluster keyring: key-encryption keys for the CA key, audit signing keys and secrets (see the README, operations)');
+keysCmd
+  .command('rotate')
+  .description("Add a new key as the keyring's primary (first line), keeping the others; creates the file (0600) when absent. Then restart the servers with it and run `carapace keys reencrypt`")
+  .requiredOption(...KEYRING_OPTION)
+  .action(rotateKeyring);
+keysCmd
+  .command('reencrypt')
+  .description("Re-seal the cluster CA's key and re-encrypt every secret under the servers' primary key (cluster-admin, audited); afterwards older keys can leave the keyring")
+  .action(reencryptAll);
+
+const secretsCmd = program.command('secrets').description('Older names of `carapace keys` (key rotation)');
 secretsCmd
   .command('new-key')
-  .description("Add a new key as the keyring's primary (first line), keeping the others; creates the file (0600) when absent. Then restart the servers and run `carapace secrets reencrypt`")
-  .requiredOption('--keyring <file>', 'the keyring file the servers are given (--secrets-keyring)')
-  .action(async (o: { keyring: string }) => {
-    const { addPrimaryKey } = await import('../server/run.js');
-    const id = await addPrimaryKey(o.keyring);
-    console.log(`key ${id} added to ${o.keyring} as the primary key; restart the servers with it, then run: carapace secrets reencrypt`);
-  });
+  .description('Same as `carapace keys rotate`')
+  .requiredOption(...KEYRING_OPTION)
+  .action(rotateKeyring);
 secretsCmd
   .command('reencrypt')
-  .description("Re-encrypt every secret under the servers' primary key (cluster-admin); afterwards older keys can be removed from the keyring")
+  .description('Same as `carapace keys reencrypt`; with --tenant, only that tenant\'s secrets (the CA key is left as it is)')
   .option('-t, --tenant <tenant>', "only this tenant's secrets")
   .action(async (o: { tenant?: string }) => {
-    const r = await client().call<{ keyId: string; reencrypted: number; current: number }>('POST', '/v1/secrets/reencrypt', o.tenant !== undefined ? { tenant: o.tenant } : {});
+    if (o.tenant === undefined) return reencryptAll();
+    const r = await client().call<{ keyId: string; reencrypted: number; current: number }>('POST', '/v1/secrets/reencrypt', { tenant: o.tenant });
     console.log(`${r.reencrypted} secret(s) re-encrypted under key ${r.keyId}; ${r.current} already under it`);
   });
 

@@ -28,6 +28,7 @@ export type Action =
   | { type: 'revokeAgentCert' | 'forgetAgentCert'; host: string }
   /** Re-encrypt every Secret (or one tenant's) not sealed under the keyring's primary key (key rotation). */
   | { type: 'reencryptSecrets'; tenant?: string }
+  | { type: 'reencryptKeys' }
   /**
    * Open an exec session in a running instance: checked and audited (with the command line,
    * never the session's bytes) before the session starts; the edge then runs the session.

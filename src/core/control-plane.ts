@@ -12,15 +12,16 @@ import { VOLUME_SERVICE_LABEL, VOLUME_TEMPLATE_LABEL, volumeSizeMiB, type Volume
 import type { VolumeSnapshot } from '../model/volume-snapshots.js';
 import { checkMachineDisks, checkSnapshotSpec, checkStorageQuota, checkVolumeDeletable, checkVolumeUpdate, checkWorkloadVolumes, newSnapshotStatus, restoredVolume, snapshotStorageMiB, storageOf, type TemplateVolume } from './volumes.js';
 import { checkContainerRefs, type Config } from '../model/secrets.js';
-import { applySecret, checkMaterialDeletable, checkReferences, deleteSecret, reencryptSecrets } from './secrets.js';
-import type { Keyring } from './secret-box.js';
+import { applySecret, checkMaterialDeletable, checkReferences, deleteSecret, needKeyring, reencryptSecrets } from './secrets.js';
+import type { Keyring } from '../keyring/keyring.js';
 import type { Action, Env } from './actions.js';
 import type { Resources } from './resources.js';
 import { overQuota, quotaProblems, registryOf, requestedBy, type TenantUsage } from './quota.js';
 import type { AuditEntry, AuditTarget } from '../audit/record.js';
 import { tokenInfo, type TokenInfo } from '../auth/tokens.js';
 import type { AgentCertRecord } from '../pki/agents.js';
-import { ensureClusterCa } from '../pki/x509.js';
+import { clusterCaFingerprint, ensureClusterCa } from '../pki/x509.js';
+import { CLUSTER_CA_TARGET, reencryptKeys, type KeysReencryptResult } from './keys.js';
 import { auditEntry, SYSTEM, type AuditContext } from './audit-context.js';
 import { issueToken, newTokenId, revokeToken } from './api-tokens.js';
 import { createJoinToken, forgetAgentCert, recordAgentCert, revokeAgentCert } from './agent-trust.js';
@@ -43,6 +44,7 @@ export type ActionResult =
   | { type: 'agentCert'; record: AgentCertRecord }
   /** Secrets re-encrypted under the keyring's primary key (`keyId`), and those already under it. */
   | { type: 'reencrypted'; keyId: string; reencrypted: number; current: number }
+  | { type: 'keysReencrypted'; result: KeysReencryptResult }
   /** An exec session may start in `instance` (running; its start is in the audit log). */
   | { type: 'exec'; instance: Instance }
   /** A forwarded connection may start to `instance` (running; its start is in the audit log). */
@@ -123,9 +125,10 @@ export class ControlPlane {
       case 'revokeToken':
         return { type: 'token', info: await revokeToken(this.resources, this.ctx, action.token, this.env.now()) };
       case 'createJoinToken': {
-        // The CA is made at server start; made here only on a store that has none yet.
-        const ca = await ensureClusterCa(this.resources.store);
-        const { token, record } = await createJoinToken(this.resources, this.ctx, { caFingerprint: ca.fingerprint, now: new Date(this.env.now()), ttlMs: action.ttlSeconds * 1000, description: action.description });
+        // The CA is made at server start; made here only on a store that has none yet. Its
+        // fingerprint is public: no keyring needed to read it.
+        const caFingerprint = (await clusterCaFingerprint(this.resources.store)) ?? (await ensureClusterCa(this.resources.store, needKeyring(this.keyring, 'create a join token'))).fingerprint;
+        const { token, record } = await createJoinToken(this.resources, this.ctx, { caFingerprint, now: new Date(this.env.now()), ttlMs: action.ttlSeconds * 1000, description: action.description });
         return { type: 'joinToken', token, id: record.id, expiresAt: record.expiresAt };
       }
       case 'recordAgentCert':
@@ -145,6 +148,15 @@ export class ControlPlane {
         if (action.tenant !== undefined) await this.ownerTenant(action.tenant, 'tenant');
         const r = await reencryptSecrets(this.resources, this.keyring, (tenant, name, detail) => this.entry('secret.reencrypted', 'Secret', name, tenant, detail), action.tenant);
         return { type: 'reencrypted', ...r };
+      }
+      case 'reencryptKeys': {
+        const result = await reencryptKeys(
+          this.resources,
+          this.keyring,
+          (act, detail) => auditEntry(this.ctx, this.env.now(), act, CLUSTER_CA_TARGET, 'success', detail),
+          (tenant, name, detail) => this.entry('secret.reencrypted', 'Secret', name, tenant, detail),
+        );
+        return { type: 'keysReencrypted', result };
       }
     }
   }

@@ -16,11 +16,11 @@ import type { ContainerSpec, SecretManifest } from '../model/schemas.js';
 import { ConflictError, type Store, type TxnOp } from '../store/store.js';
 import type { AuditEntry } from '../audit/record.js';
 import type { Resources } from './resources.js';
-import { isSealedBlob, openSecret, sealSecret, secretFingerprint, type Keyring, type SealedBlob } from './secret-box.js';
+import { isSealedBlob, openSecret, sealSecret, secretFingerprint, type Keyring, type SealedBlob } from '../keyring/keyring.js';
 
 /** The keyring, or CARAPACE_E_SECRETS_KEYRING_MISSING naming what could not be done. */
 export function needKeyring(keyring: Keyring | undefined, what: string): Keyring {
-  if (!keyring) throw new CarapaceError('CARAPACE_E_SECRETS_KEYRING_MISSING', `${what}: this server has no secrets keyring; start it with --secrets-keyring FILE (carapace up makes one in its state dir)`);
+  if (!keyring) throw new CarapaceError('CARAPACE_E_SECRETS_KEYRING_MISSING', `${what}: this process has no keyring; give it --keyring FILE (servers make STATE_DIR/keyring when given none)`);
   return keyring;
 }
 

@@ -10,7 +10,7 @@
  * | `<plural>/<name>`, `<plural>/<tenant>/<name>` | objects (tenants, services, jobs, instances, hosts, cells, machines, volumes, volumesnapshots, secrets, configs) |
  * | `leases/hosts/<host>` | a host agent's liveness lease |
  * | `tokens/<id>`, `auth/bootstrap` | API token records; marker of the first admin token |
- * | `pki/ca`, `pki/join-tokens/<id>`, `pki/agents/<host>` | the cluster CA, join tokens, agent certificates on record |
+ * | `pki/ca`, `pki/join-tokens/<id>`, `pki/agents/<host>` | the cluster CA (its private key sealed with the keyring), join tokens, agent certificates on record |
  * | `audit/<seq>`, `audit/head`, `audit/checkpoints/<seq>`, `audit/keys/<keyId>` | the hash-chained audit log |
  * | `usage/open/<object key>`, `usage/intervals/<id>`, `usage/samples/<day>/<ms>-<host>` | allocation records and measured samples |
  * | `election/<name>/<lease>` | etcd leader-election candidates |

@@ -153,7 +153,8 @@ function objectRoutes(): RouteDef[] {
     });
   }
   out.push({ method: 'GET', url: '/v1/tenants/:tenant/machines/:name/logs', summary: "Read or follow a machine's serial console (NDJSON)", kind: 'logs', objectKind: 'Machine', query: LOG_QUERY });
-  out.push({ method: 'POST', url: '/v1/secrets/reencrypt', summary: "Re-encrypt every Secret (or one tenant's, body {tenant}) under the keyring's primary key, for key rotation (cluster-admin)", kind: 'secrets' });
+  out.push({ method: 'POST', url: '/v1/secrets/reencrypt', summary: "Re-encrypt every Secret (or one tenant's, body {tenant}) under the keyring's primary key (cluster-admin); `/v1/keys/reencrypt` also re-seals the CA key", kind: 'secrets' });
+  out.push({ method: 'POST', url: '/v1/keys/reencrypt', summary: "Key rotation: re-seal the cluster CA's private key and re-encrypt every Secret under the keyring's primary key (cluster-admin); then older keys can leave the keyring", kind: 'secrets' });
   out.push({ method: 'GET', url: '/v1/version', summary: "The server's release and the API version it serves (`carapace version`); any valid token", kind: 'version' });
   out.push({ method: 'GET', url: '/v1/whoami', summary: "The caller's token: its id, name, role and tenant (what the dashboard shows and offers)", kind: 'whoami' });
   return out;

@@ -4,7 +4,7 @@
  * Checks that need the store (the objects exist, a key is there) are core/'s. Pure.
  *
  * A stored Secret never holds its values, not even encrypted: they live in a separate sealed
- * record (`sealedSecretKey`, written in the same transaction, encrypted by core/secret-box.ts),
+ * record (`sealedSecretKey`, written in the same transaction, encrypted by keyring/keyring.ts),
  * so every read path of objects (GET, list, watch, events, the dashboard) shows keys and
  * sizes only, by construction.
  */

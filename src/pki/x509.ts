@@ -1,6 +1,7 @@
 /**
  * The cluster's own certificate authority: an ECDSA P-256 CA created once per store (kept in
- * the store, which only control-plane servers can read), server certificates for the agent
+ * the store, which only control-plane servers can read, its private key sealed with the
+ * cluster keyring, which is not in the store), server certificates for the agent
  * API, and client certificates for agents, issued from a CSR at join time. Built on
  * @peculiar/x509 over WebCrypto because Node can verify certificates but cannot make them
  * (and shelling out to openssl would put key material on command lines and temp files).
@@ -10,6 +11,8 @@ import { createHash, randomBytes, webcrypto, X509Certificate } from 'node:crypto
 import * as x509 from '@peculiar/x509';
 import { ConflictError, type Store } from '../store/store.js';
 import { CA_KEY } from '../model/keys.js';
+import { CarapaceError } from '../model/errors.js';
+import { openKey, sealKey, type Keyring, type SealedBlob } from '../keyring/keyring.js';
 
 x509.cryptoProvider.set(x509.CryptoProvider.DEFAULT, webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[1]); // Node's webcrypto is the standard Crypto the library expects (the two-argument overload names the type in every lib setting)
 
@@ -23,9 +26,59 @@ export interface KeyedCert {
   keyPem: string;
 }
 
-/** The CA as stored. `fingerprint` is sha256 of the certificate's DER, hex: what join tokens pin. */
+/** The CA in memory (private key in clear). `fingerprint` is sha256 of the certificate's DER, hex: what join tokens pin. */
 export interface ClusterCa extends KeyedCert {
   fingerprint: string;
+}
+
+/**
+ * The CA as stored at `pki/ca`: the certificate, its fingerprint and the private key sealed
+ * with the keyring's primary key (additional data `pki/ca`), never the PEM.
+ */
+export interface StoredCa {
+  certPem: string;
+  fingerprint: string;
+  sealedKey: SealedBlob;
+}
+
+/** What `sealKey` binds the CA's private key to. */
+export const CA_KEY_PURPOSE = 'pki/ca';
+
+/** The stored CA as read: opened, with what it is sealed with (`clear`: a record from before keys were sealed, key in clear). */
+export interface ReadCa extends ClusterCa {
+  /** The key id it is sealed with, or `clear`. */
+  sealedWith: string;
+  version: number;
+}
+
+/** The record `pki/ca` holds for `ca`, sealed with the keyring's primary key. */
+export function storedCaOf(ca: ClusterCa, keyring: Keyring): StoredCa {
+  // Only these three fields: a ReadCa's others (its key in clear among them) never go to the store.
+  return { certPem: ca.certPem, fingerprint: ca.fingerprint, sealedKey: sealKey(keyring, CA_KEY_PURPOSE, ca.keyPem) };
+}
+
+/**
+ * Reads and opens the CA at `pki/ca`, or undefined when the store has none. A record from
+ * before keys were sealed (`keyPem` in clear) is returned with `sealedWith: 'clear'` (the
+ * server seals it at start). CARAPACE_E_KEYRING_KEY_MISSING when the keyring lacks the key it
+ * is sealed with (servers of one store given different keyrings), CARAPACE_E_SEALED_KEY_INVALID
+ * when the record is malformed or altered.
+ */
+export async function readClusterCa(store: Store, keyring: Keyring): Promise<ReadCa | undefined> {
+  const e = await store.get<Partial<StoredCa> & { keyPem?: unknown }>(CA_KEY);
+  if (!e) return undefined;
+  const v = e.value;
+  if (typeof v.certPem !== 'string' || typeof v.fingerprint !== 'string') throw new CarapaceError('CARAPACE_E_SEALED_KEY_INVALID', `the cluster CA at ${CA_KEY} is malformed (no certificate or fingerprint)`);
+  if (fingerprintOf(v.certPem) !== v.fingerprint) throw new CarapaceError('CARAPACE_E_SEALED_KEY_INVALID', `the cluster CA at ${CA_KEY} is altered: its fingerprint does not match its certificate`);
+  if (typeof v.keyPem === 'string' && v.sealedKey === undefined) return { certPem: v.certPem, keyPem: v.keyPem, fingerprint: v.fingerprint, sealedWith: 'clear', version: e.version };
+  const keyPem = openKey(keyring, CA_KEY_PURPOSE, v.sealedKey, `the cluster CA's private key (${CA_KEY})`);
+  return { certPem: v.certPem, keyPem, fingerprint: v.fingerprint, sealedWith: (v.sealedKey as SealedBlob).keyId, version: e.version }; // openKey refused anything but a SealedBlob
+}
+
+/** The CA's fingerprint as stored (no keyring needed: the certificate is public), or undefined when the store has no CA. */
+export async function clusterCaFingerprint(store: Store): Promise<string | undefined> {
+  const e = await store.get<{ fingerprint?: unknown }>(CA_KEY);
+  return typeof e?.value.fingerprint === 'string' ? e.value.fingerprint : undefined;
 }
 
 function pem(label: string, der: ArrayBuffer): string {
@@ -59,10 +112,15 @@ function serial(): string {
   return b.toString('hex');
 }
 
-/** The cluster CA: created on first use (compare-and-set, so concurrent servers agree on one). */
-export async function ensureClusterCa(store: Store, now: Date = new Date()): Promise<ClusterCa> {
-  const existing = await store.get<ClusterCa>(CA_KEY);
-  if (existing) return existing.value;
+/**
+ * The cluster CA: created on first use (compare-and-set, so concurrent servers agree on one),
+ * its private key sealed with `keyring`; otherwise read and opened (readClusterCa, with its
+ * errors). A CA from before keys were sealed comes back with `sealedWith: 'clear'`: sealing
+ * it is the core's (`sealClusterCa`, with its audit record).
+ */
+export async function ensureClusterCa(store: Store, keyring: Keyring, now: Date = new Date()): Promise<ReadCa> {
+  const existing = await readClusterCa(store, keyring);
+  if (existing) return existing;
   const { keys, keyPem } = await newKeyPair();
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: serial(),
@@ -76,13 +134,13 @@ export async function ensureClusterCa(store: Store, now: Date = new Date()): Pro
   const certPem = cert.toString('pem');
   const ca: ClusterCa = { certPem, keyPem, fingerprint: fingerprintOf(certPem) };
   try {
-    await store.put(CA_KEY, ca, { absent: true });
-    return ca;
+    const version = await store.put(CA_KEY, storedCaOf(ca, keyring), { absent: true });
+    return { ...ca, sealedWith: keyring.primary, version };
   } catch (e) {
     if (!(e instanceof ConflictError)) throw e;
-    const won = await store.get<ClusterCa>(CA_KEY); // another server created it first: use theirs
+    const won = await readClusterCa(store, keyring); // another server created it first: use theirs
     if (!won) throw e;
-    return won.value;
+    return won;
   }
 }
 

@@ -5,13 +5,15 @@
  * or opens the same store (`--store`). Both run until SIGTERM or SIGINT and then stop
  * gracefully; workloads keep running.
  */
-import { loadKeyring } from '../core/secret-box.js';
+import { loadKeyring } from '../keyring/keyring.js';
+import { serverKeyring } from './keyring.js';
 
-/** For `carapace secrets new-key` (the CLI reaches the core through the server layer). */
-export { addPrimaryKey } from '../core/secret-box.js';
+/** For `carapace keys rotate` (the CLI reaches the keyring through the server layer). */
+export { addPrimaryKey } from '../keyring/keyring.js';
 /** For `carapace audit verify --against FILE` (the CLI reaches the audit code through the server layer). */
 export { readAuditCopy } from '../audit/copy.js';
 import { lookup } from 'node:dns/promises';
+import { mkdir } from 'node:fs/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import { setMaxListeners } from 'node:events';
 import { join } from 'node:path';
@@ -92,7 +94,9 @@ export interface ServerCommandOptions {
   listen: string;
   /** The agent API (mutual TLS); absent: off. */
   agentApi?: { port: number; listen?: string; advertise?: string[] };
-  /** The secrets keyring file (`keyId:base64key` lines, mode 0600); absent: Secrets are refused. */
+  /** The keyring file (`keyId:base64key` lines, mode 0600); absent: CARAPACE_KEYRING, else STATE_DIR/keyring (server/keyring.ts). */
+  keyring?: string;
+  /** The same under its older name (`--secrets-keyring`). */
   secretsKeyring?: string;
   /** Off-store copies of the audit checkpoints (`--audit-copy FILE`). */
   auditCopies?: string[];
@@ -102,12 +106,13 @@ export interface ServerCommandOptions {
 export async function runServer(o: ServerCommandOptions): Promise<void> {
   const logger = pino({ level: process.env['CARAPACE_LOG_LEVEL'] ?? 'info' });
   const url = o.store ?? `sqlite:${join(o.stateDir, 'store.db')}`;
+  // Loaded before anything opens or listens: a bad keyring stops the start with its reason.
+  await mkdir(o.stateDir, { recursive: true, mode: 0o700 }); // the default store and keyring live here
+  const keyring = await serverKeyring({ ...(o.keyring !== undefined ? { keyring: o.keyring } : {}), ...(o.secretsKeyring !== undefined ? { secretsKeyring: o.secretsKeyring } : {}), stateDir: o.stateDir, logger });
   const store = await openStoreUrl(url, logger, o.storeFlags);
   // Compaction is cluster-wide: only the leader runs it (etcd; SQLite compacts by itself).
   const leaderLoops = 'compact' in store ? [(signal: AbortSignal) => compactLoop(store as EtcdStore, signal, logger)] : []; // only the etcd store has compact()
-  // Loaded before anything listens: a bad keyring stops the start with its reason.
-  const keyring = o.secretsKeyring !== undefined ? await loadKeyring(o.secretsKeyring) : undefined;
-  const server = await startControlServer({ store, stateDir: o.stateDir, port: o.port, listen: o.listen, logger, leaderLoops, ...(o.auditCopies ? { auditCopies: o.auditCopies } : {}), ...(o.agentApi ? { agentApi: o.agentApi } : {}), ...(keyring ? { keyring } : {}) });
+  const server = await startControlServer({ store, stateDir: o.stateDir, port: o.port, listen: o.listen, logger, leaderLoops, ...(o.auditCopies ? { auditCopies: o.auditCopies } : {}), ...(o.agentApi ? { agentApi: o.agentApi } : {}), keyring });
   const ac = new AbortController();
   setMaxListeners(100, ac.signal);
   logger.info({ url: server.url, store: url.replace(/\/\/.*@/, '//'), stateDir: o.stateDir }, 'carapace server is up');
@@ -132,8 +137,8 @@ export interface AgentCommandOptions extends Omit<HostNodeOptions, 'resources' |
   /** …or join a server's agent API (`https://HOST:PORT`) with a join token (the normal way). */
   join?: string;
   token?: string;
-  /** With `store`: the servers' secrets keyring file, so Secrets of this host's instances can be decrypted here. */
-  secretsKeyring?: string;
+  /** With `store`: the servers' keyring file, so Secrets of this host's instances can be decrypted here (`--keyring`, or `--secrets-keyring`: the flag named in errors). */
+  keyring?: { file: string; flag: string };
 }
 
 /**
@@ -150,9 +155,9 @@ async function controlPlaneAddresses(urls: string[]): Promise<string[]> {
 /** `carapace agent`: this host's agent, cells and machines, over the cluster's store or agent API. */
 export async function runAgent(o: AgentCommandOptions): Promise<void> {
   const logger = pino({ level: process.env['CARAPACE_LOG_LEVEL'] ?? 'info' });
-  const { store: url, storeFlags, join: joinUrl, token, secretsKeyring, ...nodeOptions } = o;
+  const { store: url, storeFlags, join: joinUrl, token, keyring: keyringFile, ...nodeOptions } = o;
   // Loaded before anything starts: a bad keyring stops the agent with its reason.
-  const keyring = secretsKeyring !== undefined ? await loadKeyring(secretsKeyring) : undefined;
+  const keyring = keyringFile !== undefined ? await loadKeyring(keyringFile.file, keyringFile.flag) : undefined;
   const hostName = o.hostName ?? defaultHostName();
   let store: Store;
   let remote: { store: RemoteStore; creds: AgentCredentials } | undefined;

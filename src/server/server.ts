@@ -20,7 +20,9 @@ import type { Env } from '../core/actions.js';
 import { ControlPlane } from '../core/control-plane.js';
 import { bootstrapToken, newTokenId } from '../core/api-tokens.js';
 import { createJoinToken } from '../core/agent-trust.js';
-import { SYSTEM } from '../core/audit-context.js';
+import { auditEntry, SYSTEM } from '../core/audit-context.js';
+import { CLUSTER_CA_TARGET, sealClusterCa } from '../core/keys.js';
+import { serverKeyring } from './keyring.js';
 import { Resources } from '../core/resources.js';
 import { WorkloadController } from '../control/controller.js';
 import { HostMonitor } from '../control/host-monitor.js';
@@ -32,9 +34,9 @@ import { endSession } from '../exec/session.js';
 import { CarapaceError } from '../model/errors.js';
 import type { LogLine, LogOptions } from '../runtime/driver.js';
 import { JOIN_TOKEN_PREFIX } from '../model/keys.js';
-import { ensureClusterCa, issueServerCertificate, type ClusterCa } from '../pki/x509.js';
+import { ensureClusterCa, issueServerCertificate, type ClusterCa, type ReadCa } from '../pki/x509.js';
 import { Leadership } from './leader.js';
-import type { Keyring } from '../core/secret-box.js';
+import type { Keyring } from '../keyring/keyring.js';
 
 /** The real clock and random ids: the only place the running system makes them. */
 export const systemEnv: Env = {
@@ -71,7 +73,11 @@ export interface ControlServerOptions {
   leaderLoops?: ((signal: AbortSignal) => Promise<void>)[];
   /** Files every audit checkpoint this server signs is also appended to (`--audit-copy FILE`, off the store: audit/copy.ts). */
   auditCopies?: readonly string[];
-  /** The cluster's secret keys (`--secrets-keyring FILE`, never in the store); absent: Secret writes are refused (CARAPACE_E_SECRETS_KEYRING_MISSING). */
+  /**
+   * The cluster keyring (never in the store): it seals the CA's private key in the store, the
+   * audit signing key file and the Secrets. Absent: the one of `serverKeyring` for this state
+   * dir (CARAPACE_KEYRING, else STATE_DIR/keyring, made on first start).
+   */
   keyring?: Keyring;
 }
 
@@ -148,14 +154,19 @@ export async function startControlServer(o: ControlServerOptions): Promise<Runni
   const env = o.env ?? systemEnv;
   const { store, logger } = o;
   await mkdir(o.stateDir, { recursive: true, mode: 0o700 });
+  const keyring = o.keyring ?? (await serverKeyring({ stateDir: o.stateDir, logger }));
+  // The cluster CA (made once per store, its key sealed with the keyring), before anything is
+  // written or listens: a server whose keyring lacks the key it is sealed with (servers of one
+  // store given different keyrings) stops here, naming it.
+  const caRead = await ensureClusterCa(store, keyring, new Date(env.now()));
   // Mutations and the control plane's own actions are recorded in a hash-chained log whose
-  // checkpoints are signed with a key generated at first start.
-  const audit = await AuditLog.open({ store, keyDir: join(o.stateDir, 'audit-keys'), logger, copies: o.auditCopies ?? [], now: env.now });
+  // checkpoints are signed with a key generated at first start (its file sealed with the keyring).
+  const audit = await AuditLog.open({ store, keyDir: join(o.stateDir, 'audit-keys'), logger, keyring, copies: o.auditCopies ?? [], now: env.now });
   if (audit.copyPaths.length > 0) logger.info({ copies: audit.copyPaths }, 'audit checkpoints are also appended to off-store copies');
   // With env: every instance, cell and machine write carries its usage allocation records.
   const resources = new Resources(store, audit, env);
-  const controlPlane = new ControlPlane(resources, env, undefined, o.keyring);
-  if (!o.keyring) logger.warn('no secrets keyring (--secrets-keyring FILE): Secrets cannot be written or read by agents');
+  const controlPlane = new ControlPlane(resources, env, undefined, keyring);
+  const ca = await sealedCa(caRead, resources, keyring, env, logger);
   const cellGraceMs = o.cellGraceMs ?? envNumber('CARAPACE_CELL_GRACE_MS');
   const ttlMs = o.hostLeaseTtlMs ?? envNumber('CARAPACE_HOST_LEASE_TTL_MS');
   const checkpointMs = envNumber('CARAPACE_AUDIT_CHECKPOINT_MS') || 60_000;
@@ -174,11 +185,10 @@ export async function startControlServer(o: ControlServerOptions): Promise<Runni
   const hub = new LogHub();
   const api = buildApi({ controlPlane, store, logs: logSource(resources, hub, o.logs, o.localHost), logger, auth: tokens, env, audit, health: () => ({ leader: leading() }) });
   const adminToken = await firstAdminToken(resources, env, o.stateDir);
-  // The cluster CA (made once per store) and, when asked for, the agent API: up before the
-  // API answers, so whoever waits for /healthz finds the join token written.
-  const ca = await ensureClusterCa(store);
+  // The agent API, when asked for: up before the API answers, so whoever waits for /healthz
+  // finds the join token written.
   let agentApi: Awaited<ReturnType<typeof startAgentApi>> | undefined;
-  if (o.agentApi) agentApi = await startAgentApi(resources, controlPlane, env, ca, o.agentApi, o.stateDir, logger, hub, o.keyring);
+  if (o.agentApi) agentApi = await startAgentApi(resources, controlPlane, env, ca, o.agentApi, o.stateDir, logger, hub, keyring);
   const address = await api.listen({ port: o.port, host: o.listen ?? '127.0.0.1' });
   const port = Number(new URL(address).port);
   const url = `http://127.0.0.1:${port}`;
@@ -211,6 +221,19 @@ export async function startControlServer(o: ControlServerOptions): Promise<Runni
   };
 }
 
+/**
+ * The cluster CA as read at start; one from before keys were sealed (its key in clear in the
+ * store) is sealed now, with its audit record (`pki.ca.sealed`).
+ */
+async function sealedCa(read: ReadCa, resources: Resources, keyring: Keyring, env: Env, logger: Logger): Promise<ClusterCa> {
+  if (read.sealedWith === 'clear') {
+    const done = await sealClusterCa(resources, keyring, (action, detail) => auditEntry(SYSTEM, env.now(), action, CLUSTER_CA_TARGET, 'success', detail));
+    // Older revisions of pki/ca keep the clear key until the store's history is compacted.
+    logger.warn({ keyId: keyring.primary, done }, 'the cluster CA key was in clear in the store: sealed with the keyring (older store revisions and copies still hold it in clear until compacted)');
+  }
+  return read;
+}
+
 /** Every address of this machine agents might use, for the server certificate. */
 function localAddresses(): string[] {
   const out = new Set<string>(['127.0.0.1']);
@@ -232,14 +255,14 @@ async function startAgentApi(
   stateDir: string,
   logger: Logger,
   logs: LogHub,
-  keyring: Keyring | undefined,
+  keyring: Keyring,
 ): Promise<{ app: ReturnType<typeof buildAgentApi>; url: string }> {
   const store = resources.store;
   const advertise = o.advertise ?? [];
   const ips = [...localAddresses(), ...advertise.filter((a) => /^\d{1,3}(\.\d{1,3}){3}$/.test(a))];
   const names = ['localhost', os.hostname(), ...advertise.filter((a) => !/^\d{1,3}(\.\d{1,3}){3}$/.test(a))];
   const tls = await issueServerCertificate(ca, { commonName: 'carapace-server', dnsNames: names, ipAddresses: ips });
-  const app = buildAgentApi({ store, controlPlane, ca, tls, logger, logs, ...(keyring ? { keyring } : {}) });
+  const app = buildAgentApi({ store, controlPlane, ca, tls, logger, logs, keyring });
   const address = await app.listen({ port: o.port, host: o.listen ?? '0.0.0.0' });
   const port = Number(new URL(address.replace('https://', 'http://')).port);
   const url = `https://127.0.0.1:${port}`;

@@ -23,6 +23,7 @@ import { SYSTEM } from '../../src/core/audit-context.js';
 import { parseJoinToken } from '../../src/pki/agents.js';
 import { ensureClusterCa, newCsr, issueCertificate } from '../../src/pki/x509.js';
 import { Resources } from '../../src/core/resources.js';
+import { newKeyLine, parseKeyring } from '../../src/keyring/keyring.js';
 import type { Host, Instance } from '../../src/model/objects.js';
 
 let dir: string;
@@ -69,14 +70,13 @@ describe('joining', () => {
     await expect(joinCluster({ server: server.agentApiUrl ?? '', token: 'nonsense', host: 'x1', stateDir: join(dir, 'x1') })).rejects.toMatchObject({ code: 'CARAPACE_E_BAD_JOIN_TOKEN' });
     // A token of another cluster (another CA fingerprint): the agent refuses before sending the secret.
     const other = await openSqliteStore({ path: ':memory:' });
-    const otherCa = await ensureClusterCa(other);
+    const otherCa = await ensureClusterCa(other, parseKeyring(newKeyLine()));
     const foreign = await createJoinToken(new Resources(other), SYSTEM, { caFingerprint: otherCa.fingerprint, now: new Date(), ttlMs: 60_000 });
     await expect(joinCluster({ server: server.agentApiUrl ?? '', token: foreign.token, host: 'x1', stateDir: join(dir, 'x1') })).rejects.toThrow(/does not present this cluster's CA/);
     await other.close();
     await expect(joinCluster({ server: (server.agentApiUrl ?? '').replace('https', 'http'), token, host: 'x1', stateDir: join(dir, 'x1') })).rejects.toThrow(/https/);
     // An expired token.
-    const ca = await ensureClusterCa(store);
-    const old = await createJoinToken(new Resources(store), SYSTEM, { caFingerprint: ca.fingerprint, now: new Date(Date.now() - 3_600_000), ttlMs: 60_000 });
+    const old = await createJoinToken(new Resources(store), SYSTEM, { caFingerprint: server.caFingerprint, now: new Date(Date.now() - 3_600_000), ttlMs: 60_000 });
     await expect(joinCluster({ server: server.agentApiUrl ?? '', token: old.token, host: 'x1', stateDir: join(dir, 'x1') })).rejects.toThrow(/expired/);
   });
 });
@@ -150,7 +150,7 @@ describe('a joined agent', () => {
     expect(await call(new Agent({ connect: { ca: h1.ca } }))).toBe(401);
     // A certificate for host:h1 from another CA.
     const other = await openSqliteStore({ path: ':memory:' });
-    const otherCa = await ensureClusterCa(other);
+    const otherCa = await ensureClusterCa(other, parseKeyring(newKeyLine()));
     const { keyPem, csrPem } = await newCsr('host:h1');
     const forged = await issueCertificate(otherCa, { csrPem, commonName: 'host:h1', usage: 'client', validityDays: 1 });
     expect(await call(new Agent({ connect: { ca: h1.ca, cert: forged.certPem, key: keyPem } }))).toBe(403);

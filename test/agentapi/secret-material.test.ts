@@ -15,7 +15,7 @@ import type { Store } from '../../src/store/store.js';
 import { joinCluster } from '../../src/agentapi/enroll.js';
 import { RemoteStore } from '../../src/agentapi/remote-store.js';
 import { Resources } from '../../src/core/resources.js';
-import { newKeyLine, parseKeyring } from '../../src/core/secret-box.js';
+import { newKeyLine, parseKeyring } from '../../src/keyring/keyring.js';
 import { objectKey, sealedSecretKey } from '../../src/model/keys.js';
 import type { Instance } from '../../src/model/objects.js';
 

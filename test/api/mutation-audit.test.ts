@@ -21,13 +21,14 @@ import { buildApi } from '../../src/api/server.js';
 import { AuditLog } from '../../src/audit/log.js';
 import type { AuditRecord } from '../../src/audit/record.js';
 import { authenticate, type TokenRecord } from '../../src/auth/tokens.js';
-import { JOIN_TOKEN_PREFIX, TOKENS_KEY_PREFIX } from '../../src/model/keys.js';
+import { CA_KEY, JOIN_TOKEN_PREFIX, TOKENS_KEY_PREFIX } from '../../src/model/keys.js';
+import { ensureClusterCa } from '../../src/pki/x509.js';
 import { recordAgentCert } from '../../src/core/agent-trust.js';
 import { bootstrapToken } from '../../src/core/api-tokens.js';
 import { SYSTEM } from '../../src/core/audit-context.js';
 import { ControlPlane } from '../../src/core/control-plane.js';
 import { Resources } from '../../src/core/resources.js';
-import { newKeyLine, parseKeyring } from '../../src/core/secret-box.js';
+import { newKeyLine, parseKeyring } from '../../src/keyring/keyring.js';
 import type { Host, Instance } from '../../src/model/objects.js';
 import { ROUTES, type RouteDef } from '../../src/model/routes.js';
 import { parseJoinToken, type JoinTokenRecord } from '../../src/pki/agents.js';
@@ -186,6 +187,15 @@ function recipes(): Map<string, Recipe> {
     },
     success: { path: '/v1/secrets/reencrypt', body: { tenant: 't-reencrypt' } },
     refusal: { path: '/v1/secrets/reencrypt', body: { tenant: 't-reencrypt', extra: 1 } },
+  });
+  m.set('POST /v1/keys/reencrypt', {
+    // The CA sealed under the old key (every secret is already under the primary: the route above ran first).
+    setup: async () => {
+      await fixtures.store.delete(CA_KEY);
+      await ensureClusterCa(fixtures.store, OLD_RING);
+    },
+    success: { path: '/v1/keys/reencrypt', body: {} },
+    refusal: { path: '/v1/keys/reencrypt', body: { tenant: 'acme' } },
   });
   m.set('POST /v1/tokens', {
     success: { path: '/v1/tokens', body: { name: 'ci deploy', role: 'tenant-viewer', tenant: 'acme' } },

@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FastifyInstance } from 'fastify';
 import { buildApi } from '../../src/api/server.js';
 import { ROUTES, type RouteDef } from '../../src/model/routes.js';
-import { newKeyLine, parseKeyring } from '../../src/core/secret-box.js';
+import { newKeyLine, parseKeyring } from '../../src/keyring/keyring.js';
 import { ControlPlane } from '../../src/core/control-plane.js';
 import { Resources } from '../../src/core/resources.js';
 import { WorkloadController } from '../../src/control/controller.js';
@@ -156,7 +156,7 @@ function oracle(r: RouteDef, who: Who, target: string | undefined): Verdict {
   if (who === 'cluster-admin') return 'allow';
   if (r.url === '/metrics' || r.url === '/v1/audit/verify' || r.objectKind === 'Host') return 'forbidden';
   if (r.url.startsWith('/v1/join-tokens') || r.url.startsWith('/v1/agent-certs')) return 'forbidden'; // the cluster's trust
-  if (r.url === '/v1/secrets/reencrypt') return 'forbidden'; // key rotation covers every tenant
+  if (r.url === '/v1/secrets/reencrypt' || r.url === '/v1/keys/reencrypt') return 'forbidden'; // key rotation covers every tenant
   if (r.kind === 'tokens') {
     if (r.method === 'GET') return 'allow';
     if (who === 'tenant-viewer') return 'forbidden'; // cannot mint, nor revoke others' tokens

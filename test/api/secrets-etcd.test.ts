@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AuditLog } from '../../src/audit/log.js';
 import { ControlPlane } from '../../src/core/control-plane.js';
 import { Resources } from '../../src/core/resources.js';
-import { newKeyLine, parseKeyring } from '../../src/core/secret-box.js';
+import { newKeyLine, parseKeyring } from '../../src/keyring/keyring.js';
 import { secretData } from '../../src/core/secrets.js';
 import { openEtcdStore, type EtcdStore } from '../../src/store/etcd.js';
 import { startEtcd, type EtcdProcess } from '../../src/store/testing/etcd.js';

@@ -21,7 +21,7 @@ import { authenticate } from '../../src/auth/tokens.js';
 import { bootstrapToken } from '../../src/core/api-tokens.js';
 import { ControlPlane } from '../../src/core/control-plane.js';
 import { Resources } from '../../src/core/resources.js';
-import { newKeyLine, parseKeyring, type Keyring, type SealedBlob } from '../../src/core/secret-box.js';
+import { newKeyLine, parseKeyring, type Keyring, type SealedBlob } from '../../src/keyring/keyring.js';
 import { instanceMaterial, secretData } from '../../src/core/secrets.js';
 import { sealedSecretKey } from '../../src/model/keys.js';
 import type { Instance } from '../../src/model/objects.js';

@@ -19,6 +19,10 @@ import { openEtcdStore, type EtcdStore } from '../../src/store/etcd.js';
 import { startTlsEtcd } from '../../src/pki/testing/etcd-pki.js';
 import type { EtcdProcess } from '../../src/store/testing/etcd.js';
 import { cli, eventually, freePort, Server, tempDir, tokens } from './helpers.js';
+import { newKeyLine } from '../../src/keyring/keyring.js';
+
+/** The one keyring every server of the store is given (CARAPACE_KEYRING): the CA key in etcd is sealed with it. */
+const KEYRING = newKeyLine();
 
 let tmp: { dir: string; cleanup: () => Promise<void> };
 let etcd: EtcdProcess;
@@ -42,7 +46,7 @@ const PACE_MS = 200;
 const replicasOf = (i: number): number => 1 + (i % 3);
 
 function newServer(name: string, port: number): Server {
-  return new Server(join(tmp.dir, name), port, etcd.storeArgs, { CARAPACE_AUDIT_CHECKPOINT_MS: '500' }, 'server');
+  return new Server(join(tmp.dir, name), port, etcd.storeArgs, { CARAPACE_AUDIT_CHECKPOINT_MS: '500', CARAPACE_KEYRING: KEYRING }, 'server');
 }
 
 async function call(server: Server, method: string, path: string, body?: unknown): Promise<{ status: number; json: any }> {

@@ -28,6 +28,7 @@ import { SYSTEM } from '../../src/core/audit-context.js';
 import { ControlPlane } from '../../src/core/control-plane.js';
 import { Resources } from '../../src/core/resources.js';
 import { parseJoinToken } from '../../src/pki/agents.js';
+import { newKeyLine, parseKeyring } from '../../src/keyring/keyring.js';
 import { certIdentity, ensureClusterCa, issueCertificate, issueServerCertificate, newCsr } from '../../src/pki/x509.js';
 import { openSqliteStore } from '../../src/store/sqlite.js';
 import type { Entry } from '../../src/store/store.js';
@@ -126,7 +127,7 @@ export async function fuzzJoinPath(n: JoinFuzzSizes, seed: number, log: Log = qu
   const t = new Tally();
   const dir = await mkdtemp(join(tmpdir(), 'carapace-fz-join-'));
   const store = await openSqliteStore({ path: join(dir, 'store.db') });
-  const ca = await ensureClusterCa(store);
+  const ca = await ensureClusterCa(store, parseKeyring(newKeyLine()));
   const tls = await issueServerCertificate(ca, { commonName: 'carapace-server', dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'] });
   // Certificate records are written with their audit records, as the server does.
   const resources = new Resources(store, await AuditLog.open({ store, keyDir: join(dir, 'audit-keys') }));
@@ -178,7 +179,7 @@ export async function fuzzJoinPath(n: JoinFuzzSizes, seed: number, log: Log = qu
 
     // 2. Client certificates: only the current certificate of a joined host gets in.
     const other = await openSqliteStore({ path: ':memory:' });
-    const otherCa = await ensureClusterCa(other);
+    const otherCa = await ensureClusterCa(other, parseKeyring(newKeyLine()));
     await other.close();
     const h1 = await newCsr('host:h1');
     const joined = JSON.parse((await post(anonymous, `${base}/agent/v1/join`, JSON.stringify({ tokenId: token.id, secret: token.secret, host: 'h1', csr: h1.csrPem }))).text) as { certificate: string };

@@ -25,7 +25,7 @@ import { pino } from 'pino';
 import YAML from 'yaml';
 import type { FastifyInstance } from 'fastify';
 import { buildApi } from '../../src/api/server.js';
-import { newKeyLine, parseKeyring } from '../../src/core/secret-box.js';
+import { newKeyLine, parseKeyring } from '../../src/keyring/keyring.js';
 import { storedSecretSpec } from '../../src/model/secrets.js';
 import { ROUTES } from '../../src/model/routes.js';
 import { AuditLog } from '../../src/audit/log.js';

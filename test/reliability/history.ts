@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import { startTlsEtcd } from '../../src/pki/testing/etcd-pki.js';
 import type { EtcdProcess } from '../../src/store/testing/etcd.js';
 import { freePort, Server, tempDir } from '../e2e/helpers.js';
+import { newKeyLine } from '../../src/keyring/keyring.js';
 import { call, quiet, Random, sleep, Unsent, type Log, type Reply } from './harness.js';
 import { checkHistory, type Call, type Operation, type Outcome } from './linearizability.js';
 
@@ -85,7 +86,9 @@ export async function runCheckedHistory(o: HistoryOptions): Promise<HistoryResul
   try {
     if (o.store === 'etcd') {
       etcd = await startTlsEtcd();
-      for (const name of ['a', 'b']) servers.push(new Server(join(tmp.dir, name), await freePort(), [...etcd.storeArgs, '--no-agent-api'], { CARAPACE_LOG_LEVEL: 'warn' }, 'server'));
+      // Servers of one store share one keyring (the CA key in etcd is sealed with it).
+      const keyring = newKeyLine();
+      for (const name of ['a', 'b']) servers.push(new Server(join(tmp.dir, name), await freePort(), [...etcd.storeArgs, '--no-agent-api'], { CARAPACE_LOG_LEVEL: 'warn', CARAPACE_KEYRING: keyring }, 'server'));
     } else {
       servers.push(new Server(join(tmp.dir, 'a'), await freePort(), ['--store', `sqlite:${join(tmp.dir, 'store.db')}`, '--no-agent-api'], { CARAPACE_LOG_LEVEL: 'warn' }, 'server'));
     }

@@ -3,14 +3,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isCarapaceError } from '../model/errors.js';
-import { addPrimaryKey, ensureKeyring, loadKeyring, newKeyLine, openSecret, parseKeyring, sealSecret, secretFingerprint, type Keyring } from './secret-box.js';
+import { addPrimaryKey, ensureKeyring, ensureKeyringFile, keyringFromText, loadKeyring, newKeyLine, openKey, openSecret, parseKeyring, sealKey, sealSecret, secretFingerprint, type Keyring } from './keyring.js';
 
 const ringOf = (...lines: string[]): Keyring => parseKeyring(lines.join('\n'));
 const data = { password: 'hunter2-very-secret', 'tls.key': '-----BEGIN KEY-----\nabc\n' };
 
 let dir: string;
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'carapace-secret-box-'));
+  dir = await mkdtemp(join(tmpdir(), 'carapace-keyring-'));
 });
 afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
@@ -108,12 +108,65 @@ describe('keyring files', () => {
     expect(after.primary).toBe(id);
     expect([...after.keys.keys()]).toEqual([id, first.primary]);
     await chmod(file, 0o644);
-    await expect(loadKeyring(file)).rejects.toMatchObject({ code: 'CARAPACE_E_BAD_KEYRING' });
+    await expect(loadKeyring(file)).rejects.toMatchObject({ code: 'CARAPACE_E_BAD_KEYRING', details: [{ path: '--keyring' }] });
+    await expect(loadKeyring(file, '--secrets-keyring')).rejects.toMatchObject({ code: 'CARAPACE_E_BAD_KEYRING', message: expect.stringMatching(/readable by group or others \(mode 644\)/), details: [{ path: '--secrets-keyring' }] });
+    await chmod(file, 0o640);
+    await expect(loadKeyring(file)).rejects.toMatchObject({ code: 'CARAPACE_E_BAD_KEYRING', message: expect.stringMatching(/mode 640/) });
+    await expect(ensureKeyringFile(file)).rejects.toMatchObject({ code: 'CARAPACE_E_BAD_KEYRING' });
+    await chmod(file, 0o600);
+    expect((await ensureKeyringFile(file)).created).toBe(false);
     const fresh = join(dir, 'fresh');
     const made = await addPrimaryKey(fresh);
     expect((await readFile(fresh, 'utf8')).startsWith(`${made}:`)).toBe(true);
     await writeFile(join(dir, 'junk'), 'junk\n', { mode: 0o600 });
     await expect(loadKeyring(join(dir, 'junk'))).rejects.toMatchObject({ code: 'CARAPACE_E_BAD_KEYRING' });
     await expect(loadKeyring(join(dir, 'missing'))).rejects.toMatchObject({ code: 'CARAPACE_E_BAD_KEYRING' });
+  });
+});
+
+describe('sealed keys', () => {
+  const a = newKeyLine();
+  const b = newKeyLine();
+  const pem = '-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIExample\n-----END PRIVATE KEY-----\n';
+
+  it('seals a key under the primary, bound to its purpose; opens with any key of the ring', () => {
+    const blob = sealKey(ringOf(a), 'pki/ca', pem);
+    expect(blob.keyId).toBe(a.split(':')[0]);
+    expect(JSON.stringify(blob)).not.toContain('PRIVATE KEY');
+    expect(openKey(ringOf(b, a), 'pki/ca', blob, 'the CA key')).toBe(pem);
+    // Another purpose (a CA blob put in an audit key file) does not open.
+    expect(() => openKey(ringOf(a), 'audit-signing-key', blob, 'the audit key')).toThrow(expect.objectContaining({ code: 'CARAPACE_E_SEALED_KEY_INVALID' }));
+  });
+
+  it('names the missing key id when the keyring lacks it, and refuses altered or malformed blobs', () => {
+    const blob = sealKey(ringOf(a), 'pki/ca', pem);
+    const id = a.split(':')[0] ?? '';
+    let err: unknown;
+    try {
+      openKey(ringOf(b), 'pki/ca', blob, 'the CA key');
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toMatchObject({ code: 'CARAPACE_E_KEYRING_KEY_MISSING', details: [{ path: 'keyring' }] });
+    expect((err as Error).message).toContain(`sealed with key "${id}"`);
+    const body = Buffer.from(blob.data, 'base64');
+    body[0] = (body[0] ?? 0) ^ 1;
+    expect(codeOf(() => openKey(ringOf(a), 'pki/ca', { ...blob, data: body.toString('base64') }, 'x'))).toBe('CARAPACE_E_SEALED_KEY_INVALID');
+    expect(codeOf(() => openKey(ringOf(a), 'pki/ca', { ...blob, iv: 'AAAA' }, 'x'))).toBe('CARAPACE_E_SEALED_KEY_INVALID');
+    for (const bad of [undefined, null, 'text', { v: 2, keyId: id, iv: blob.iv, data: blob.data }, { v: 1, keyId: id }]) expect(codeOf(() => openKey(ringOf(a), 'pki/ca', bad, 'x'))).toBe('CARAPACE_E_SEALED_KEY_INVALID');
+  });
+
+  it('reads a keyring from a variable, lines separated by newlines, commas or spaces; refuses a malformed one naming the variable', () => {
+    const ring = keyringFromText(`${a}, ${b}`, 'CARAPACE_KEYRING');
+    expect([...ring.keys.keys()]).toEqual([a.split(':')[0], b.split(':')[0]]);
+    expect(keyringFromText(`${a}\n${b}\n`, 'CARAPACE_KEYRING').primary).toBe(a.split(':')[0]);
+    let err: unknown;
+    try {
+      keyringFromText('k1:short', 'CARAPACE_KEYRING');
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toMatchObject({ code: 'CARAPACE_E_BAD_KEYRING', details: [{ path: 'CARAPACE_KEYRING' }] });
+    expect((err as Error).message).toMatch(/^CARAPACE_KEYRING line 1: key "k1" must be 32 bytes/);
   });
 });
