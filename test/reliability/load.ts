@@ -82,10 +82,13 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
   const report = join(tmp.dir, 'memory.json');
   await writeFile(preload, GC_PRELOAD);
   const server = new Server(join(tmp.dir, 'server'), await freePort(), ['--store', `sqlite:${join(tmp.dir, 'store.db')}`, '--no-agent-api'], { CARAPACE_LOG_LEVEL: 'warn', NODE_OPTIONS: `--require ${preload}`, CARAPACE_TEST_MEMORY_REPORT: report }, 'server');
-  const writePool = new Agent({ connections: 64, pipelining: 1 });
+  // The server's API is HTTPS: the pool verifies it against the CA it wrote at start.
+  let writePool = new Agent({ connections: 64, pipelining: 1 });
   const ac = new AbortController();
   try {
     await server.start();
+    await writePool.close();
+    writePool = new Agent({ connections: 64, pipelining: 1, connect: { ca: await readFile(join(server.stateDir, 'api-ca.crt'), 'utf8') } });
     const pid = server.proc?.pid ?? 0;
     const token = (await readFile(join(server.stateDir, 'admin-token'), 'utf8')).trim();
     const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
