@@ -110,9 +110,9 @@ describe('the dashboard over HTTPS', () => {
     expect(ws.opened).toBe(true);
 
     // No cookie at all (the token lives in sessionStorage), so none needs the Secure flag; and
-    // every request of the page went over HTTPS (or is a same-page data URL).
+    // every request of the page went over HTTPS (or is a data: or blob: URL of the page itself).
     expect(await ctx.cookies()).toEqual([]);
-    expect(requested.filter((u) => !u.startsWith('https://') && !u.startsWith('wss://') && !u.startsWith('data:'))).toEqual([]);
+    expect(requested.filter((u) => !/^(https|wss|data|blob):/.test(u))).toEqual([]);
     expect(requested.some((u) => u.startsWith(`${server.url}/v1/`))).toBe(true);
     expect(errors.filter((e) => !/ERR_ABORTED/.test(e))).toEqual([]);
   }, 120_000);
