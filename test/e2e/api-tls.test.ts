@@ -7,7 +7,9 @@
  * server logs a failed handshake and nothing it would have written exists. Certificates the
  * operator gives are checked at start (expired, key readable by others, key of another
  * certificate); a self-signed one and one for another host name start, and the CLI refuses
- * them, saying which check failed. Certificates are made with the project's PKI code.
+ * them, saying which check failed. `carapace up` stays plain HTTP on loopback and says so, and
+ * serves HTTPS (pinned in the config it writes) on any other address. Certificates are made
+ * with the project's PKI code.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer as createHttpsServer } from 'node:https';
@@ -21,7 +23,7 @@ import { startControlServer, type RunningControlServer } from '../../src/server/
 import { openSqliteStore } from '../../src/store/sqlite.js';
 import type { Store } from '../../src/store/store.js';
 import { run } from '../../src/proc/run.js';
-import { CLI, eventually, freePort, Server, tempDir, tokens, cli } from './helpers.js';
+import { CLI, destroyAll, eventually, freePort, Server, tempDir, tokens, cli } from './helpers.js';
 
 let tmp: { dir: string; cleanup: () => Promise<void> };
 let server: Server;
@@ -271,4 +273,37 @@ describe('the user API over HTTPS', () => {
       }
     }, 120_000);
   });
+
+  it('carapace up: plain HTTP on loopback (and says so), HTTPS with the CA pinned in its config on any other address', async () => {
+    for (const [name, listen] of [
+      ['up-loopback', '127.0.0.1'],
+      ['up-any', '0.0.0.0'],
+    ] as const) {
+      const up = new Server(join(tmp.dir, name), await freePort(), ['--listen', listen, '--net-prefix', 'ctl'], {}, 'up');
+      extra.push(up);
+      const p = up.launch();
+      try {
+        await eventually(async () => up.log.includes('carapace all-in-one is up') || p.exitCode !== null, 60_000, `${name} up`);
+        expect(p.exitCode, up.log).toBeNull();
+        const cfg = JSON.parse(await readFile(join(up.stateDir, 'cli-config.json'), 'utf8')) as { server: string; ca?: string; caFingerprint?: string };
+        const env = { CARAPACE_CONFIG: join(up.stateDir, 'cli-config.json') };
+        if (listen === '127.0.0.1') {
+          expect(up.log).toContain('API on plain HTTP: loopback only');
+          expect(cfg.server).toBe(`http://127.0.0.1:${up.port}`);
+          expect(cfg.ca).toBeUndefined();
+        } else {
+          expect(up.log).toContain('API on HTTPS (not loopback)');
+          expect(cfg.server).toBe(`https://127.0.0.1:${up.port}`);
+          expect(cfg.caFingerprint).toMatch(/^[0-9a-f]{64}$/);
+        }
+        // The CLI on this machine works with what the config holds, either way.
+        const hosts = await carapace(['get', 'hosts', '-o', 'name'], env);
+        expect(hosts.code, hosts.stderr).toBe(0);
+        expect(hosts.stdout).toContain('host/e2e');
+      } finally {
+        await up.stop();
+        await destroyAll(up.stateDir, { prefix: 'ctl' });
+      }
+    }
+  }, 240_000);
 });
