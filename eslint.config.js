@@ -47,7 +47,7 @@ const LAYERS = {
   api: ['store', 'runtime', 'usage', 'audit', 'auth', 'pki', 'core', 'metrics', 'exec'],
   server: ['store', 'runtime', 'audit', 'auth', 'pki', 'core', 'metrics', 'control', 'agentapi', 'agent', 'api', 'exec', 'keyring'],
   allinone: ['store', 'vm', 'core', 'agent', 'server', 'keyring'],
-  cli: ['runtime', 'server', 'allinone', 'exec'],
+  cli: ['runtime', 'pki', 'server', 'allinone', 'exec'],
 };
 
 // Each folder may only depend on folders listed before it: the map is a layering, not a graph

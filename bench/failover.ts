@@ -21,6 +21,7 @@ import { buildBusyboxImage, freePort, startRegistry } from '../src/image/testing
 import type { Cell, Host, Instance } from '../src/model/objects.js';
 import { createRuncDriver } from '../src/runtime/index.js';
 import { startTlsEtcd } from '../src/pki/testing/etcd-pki.js';
+import { apiFetch, trustStateDir } from '../test/api-fetch.js';
 import { createNetworkManager } from '../src/network/network-manager.js';
 
 const N = Number(process.argv[2] ?? 3);
@@ -32,7 +33,7 @@ type Api = <T>(method: string, path: string, body?: unknown) => Promise<T>;
 
 function apiFor(url: string, token: string): Api {
   return async <T>(method: string, path: string, body?: unknown): Promise<T> => {
-    const r = await fetch(`${url}${path}`, { method, headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) }, body: body ? JSON.stringify(body) : null });
+    const r = await apiFetch(`${url}${path}`, { method, headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) }, body: body ? JSON.stringify(body) : null });
     const text = await r.text();
     if (r.status >= 400) throw new Error(`${method} ${path}: ${text}`);
     return ((r.headers.get('content-type') ?? '').startsWith('application/json') ? JSON.parse(text) : text) as T;
@@ -131,9 +132,9 @@ async function hostPart(dir: string, image: string): Promise<{ detect: number; r
   const server = start(['server', ...store, '--state-dir', join(dir, 'server'), '--port', String(port), '--agent-port', '0']);
   const hosts = { b1: ['fob1', '10.93.0.0/16'], b2: ['fob2', '10.94.0.0/16'] } as const;
   const agents = new Map<string, ChildProcess>();
-  const url = `http://127.0.0.1:${port}`;
+  const url = `https://127.0.0.1:${port}`; // `carapace server`'s API is HTTPS
   try {
-    await poll(async () => (await fetch(`${url}/healthz`)).ok, 'server up', 30_000, 100);
+    await poll(async () => (await trustStateDir(url, join(dir, 'server'))) && (await apiFetch(`${url}/healthz`)).ok, 'server up', 30_000, 100);
     const api = apiFor(url, (await readFile(join(dir, 'server', 'admin-token'), 'utf8')).trim());
     for (const [h, [bridge, subnet]] of Object.entries(hosts)) {
       agents.set(h, start(['agent', ...store, '--state-dir', join(dir, h), '--host-name', h, '--bridge', bridge, '--subnet', subnet]).proc);

@@ -28,6 +28,7 @@ import { fileURLToPath } from 'node:url';
 import { freePort } from '../src/image/testing/index.js';
 import { startTlsEtcd } from '../src/pki/testing/etcd-pki.js';
 import { newKeyLine } from '../src/keyring/keyring.js';
+import { apiFetch, trustStateDir } from '../test/api-fetch.js';
 
 /** The one keyring all servers of the run share (the CA key in etcd is sealed with it). */
 const KEYRING = newKeyLine();
@@ -50,7 +51,7 @@ class ServerProc {
   ) {}
 
   get url(): string {
-    return `http://127.0.0.1:${this.port}`;
+    return `https://127.0.0.1:${this.port}`; // the API is HTTPS, verified against STATE_DIR/api-ca.crt
   }
 
   async start(): Promise<void> {
@@ -64,7 +65,8 @@ class ServerProc {
 
   async health(): Promise<{ ok: boolean; leader: boolean } | undefined> {
     try {
-      return (await (await fetch(`${this.url}/healthz`, { signal: AbortSignal.timeout(1_000) })).json()) as { ok: boolean; leader: boolean };
+      if (!(await trustStateDir(this.url, this.stateDir))) return undefined; // written before the API listens
+      return (await (await apiFetch(`${this.url}/healthz`, { signal: AbortSignal.timeout(1_000) })).json()) as { ok: boolean; leader: boolean };
     } catch {
       return undefined;
     }
@@ -81,7 +83,7 @@ class ServerProc {
 
 function api(token: string) {
   return async (url: string, method: string, path: string, body?: unknown): Promise<{ status: number; json: unknown }> => {
-    const r = await fetch(`${url}${path}`, {
+    const r = await apiFetch(`${url}${path}`, {
       method,
       headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
       body: body !== undefined ? JSON.stringify(body) : null,

@@ -17,6 +17,7 @@ DEBIAN_PACKAGES=(
   etcd-server                            # the HA store
   iperf3 gcc libc6-dev                   # npm run bench -- net: throughput, and its static round-trip tool
   fio                                    # npm run bench -- volume, and the fio test image
+  tcpdump                                # test/e2e/api-tls.test.ts: a capture of the CLI's traffic shows no token in clear
   postgresql-15 postgresql-client-15     # the PostgreSQL image and the guestbook example's api (psql) (src/image/testing/); no system cluster, see below
   chromium                               # the dashboard's end-to-end tests (headless, via playwright-core)
   curl ca-certificates

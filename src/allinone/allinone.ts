@@ -19,6 +19,7 @@ import { startControlServer, systemEnv } from '../server/server.js';
 import { serverKeyring } from '../server/keyring.js';
 import type { VmManager } from '../vm/qemu.js';
 import { CarapaceError } from '../model/errors.js';
+import { isLoopbackHost } from '../model/netaddr.js';
 import type { Manifest } from '../model/schemas.js';
 
 export interface AllInOneOptions {
@@ -58,7 +59,7 @@ export interface AllInOneOptions {
 }
 
 export interface RunningAllInOne {
-  /** `http://127.0.0.1:PORT` */
+  /** `http://127.0.0.1:PORT` on loopback, `https://127.0.0.1:PORT` otherwise */
   url: string;
   port: number;
   agent: HostAgent;
@@ -103,11 +104,15 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
     // The agent of the all-in-one reads its instances' secrets as the control plane does.
     material: (inst) => instanceMaterial(nodeResources, keyring, inst),
   });
+  // Plain HTTP only while nothing but this machine can connect; on any other address the API
+  // is HTTPS with a certificate from the cluster CA, as `carapace server`'s.
+  const loopback = isLoopbackHost(o.listen ?? '127.0.0.1');
   const server = await startControlServer({
     store,
     stateDir: o.stateDir,
     port: o.port,
     ...(o.listen ? { listen: o.listen } : {}),
+    ...(loopback ? {} : { tls: { advertise: o.listen && o.listen !== '0.0.0.0' && o.listen !== '::' ? [o.listen] : [] } }),
     logger,
     env,
     logs: node.agent,
@@ -126,6 +131,8 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
     logger.fatal({ err }, 'control loop crashed');
     ac.abort();
   });
+  if (loopback) logger.info({ url: server.url }, 'API on plain HTTP: loopback only');
+  else logger.info({ url: server.url, caFingerprint: server.apiCa?.fingerprint }, 'API on HTTPS (not loopback): certificate from the cluster CA');
   logger.info({ url: server.url, stateDir: o.stateDir, host: node.hostName }, 'carapace all-in-one is up');
 
   if (o.apply && o.apply.length > 0) {

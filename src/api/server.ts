@@ -81,6 +81,8 @@ export interface ApiOptions {
   uiDir?: string;
   /** Extra fields of `/healthz` (e.g. `{leader: true}` on the control-plane leader); called per request. */
   health?: () => Record<string, unknown>;
+  /** Serve HTTPS with this key and certificate chain (PEM, leaf first); absent: plain HTTP. */
+  https?: { key: string; cert: string };
 }
 
 type Params = { tenant?: string; name?: string };
@@ -246,6 +248,7 @@ export function buildApi(o: ApiOptions): FastifyInstance {
   const app = Fastify({
     loggerInstance: o.logger.child({ component: 'api' }) as FastifyBaseLogger,
     bodyLimit: o.bodyLimit ?? 1024 * 1024,
+    ...(o.https ? { https: { key: o.https.key, cert: o.https.cert, minVersion: 'TLSv1.2' as const } } : {}),
     // No per-request lines: the API logs what it does (and errors), not every GET.
     logController: new LogController({ disableRequestLogging: true }),
     // Errors fastify raises before routing (e.g. a malformed %-escape in the URL).

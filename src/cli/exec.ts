@@ -14,7 +14,7 @@ export async function runExec(c: ApiClient, instancePath: string, opts: ExecOpti
   const stdout = process.stdout;
   const raw = opts.tty && stdin.isTTY;
   const ws = c.websocket(`${instancePath}/exec?${execQuery(opts)}`);
-  await opened(ws, c.base);
+  await opened(ws, c);
   const send = (channel: (typeof CHANNEL)[keyof typeof CHANNEL], payload?: Uint8Array | string): void => {
     if (ws.readyState === ws.OPEN) ws.send(encodeFrame(channel, payload), { binary: true });
   };
@@ -56,7 +56,8 @@ export async function runExec(c: ApiClient, instancePath: string, opts: ExecOpti
 }
 
 /** Waits for the handshake; a refusal is the API's error body (its code and message). */
-function opened(ws: WebSocket, base: string): Promise<void> {
+function opened(ws: WebSocket, c: ApiClient): Promise<void> {
+  const base = c.base;
   return new Promise((resolve, reject) => {
     ws.once('open', () => resolve());
     ws.once('unexpected-response', (_req, res) => {
@@ -71,8 +72,7 @@ function opened(ws: WebSocket, base: string): Promise<void> {
         }
       });
     });
-    ws.once('error', (e: Error & { code?: string }) =>
-      reject(new CliError('CARAPACE_E_SERVER_UNREACHABLE', `cannot reach the Carapace server at ${base} (${e.code === 'ECONNREFUSED' ? 'connection refused' : e.message}); is \`carapace up\` running? Set --server or CARAPACE_SERVER`)),
-    );
+    // A failed TLS check is a refusal (nothing was sent); anything else: unreachable.
+    ws.once('error', (e: Error) => void c.transportError(e).then(reject));
   });
 }

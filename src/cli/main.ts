@@ -29,6 +29,7 @@ program
   .description('Containers and VMs under one control plane.')
   .option('-s, --server <url>', 'API server address (default: $CARAPACE_SERVER, the config file, or http://127.0.0.1:7070)')
   .option('--token <token>', 'API token (default: $CARAPACE_TOKEN, or the config file written by `carapace up`)')
+  .option('--ca-file <file>', "the CA (PEM) an https server's certificate must chain to (default: $CARAPACE_CA_FILE, or the CA pinned in the config file by `carapace up`, `carapace server` or `carapace login`)")
   // Commander's own refusals (unknown command or option, missing argument, a value outside
   // the choices) carry a stable code like every other error; set before the commands are
   // added, which copy it.
@@ -36,8 +37,8 @@ program
   .showHelpAfterError();
 
 function client(): ApiClient {
-  const o = program.opts<{ server?: string; token?: string }>();
-  return new ApiClient(o.server, o.token);
+  const o = program.opts<{ server?: string; token?: string; caFile?: string }>();
+  return new ApiClient(o.server, o.token, o.caFile);
 }
 
 /** The kinds as `get --help` lists them: plural, other words for it, and how names are given. Read from the model's KINDS. */
@@ -160,16 +161,22 @@ program
   .option('--agent-port <n>', 'agent API port (HTTPS with client certificates; 0 picks one; off with --no-agent-api)', '7443')
   .option('--no-agent-api', 'do not serve the agent API')
   .option('--agent-listen <addr>', 'agent API listen address', '0.0.0.0')
-  .option('--advertise <addr...>', 'addresses agents use to reach this server (added to its certificate)')
+  .option('--advertise <addr...>', 'addresses clients and agents use to reach this server (added to its certificates)')
+  .option('--tls-cert <file>', "the API's certificate chain (PEM, leaf first) instead of one from the cluster CA; with --tls-key")
+  .option('--tls-key <file>', "the API certificate's private key (PEM, mode 0600); with --tls-cert")
   .option('--keyring <file>', 'the cluster keyring (same file on every server of the store): one keyId:base64key per line, the first the primary, mode 0600; it seals the CA key, audit signing keys and secrets. Or its text in CARAPACE_KEYRING. Default: STATE_DIR/keyring, made on first start')
   .option('--secrets-keyring <file>', 'older name of --keyring')
   .option('--audit-copy <file...>', 'also append every audit checkpoint this server signs to FILE, kept off the store (append-only storage, another machine); check with carapace audit verify --against FILE')
-  .action(async (o: { store?: string; stateDir: string; port: string; listen: string; agentPort: string; agentApi: boolean; agentListen: string; advertise?: string[]; keyring?: string; secretsKeyring?: string; auditCopy?: string[] } & StoreFlagOptions) => {
+  .action(async (o: { store?: string; stateDir: string; port: string; listen: string; agentPort: string; agentApi: boolean; agentListen: string; advertise?: string[]; keyring?: string; secretsKeyring?: string; auditCopy?: string[]; tlsCert?: string; tlsKey?: string } & StoreFlagOptions) => {
     const { runServer } = await import('../server/run.js');
     const port = Number(o.port);
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CliError('CARAPACE_E_BAD_QUERY', `--port must be a port number, got "${o.port}"`);
     const agentPort = Number(o.agentPort);
     if (!Number.isInteger(agentPort) || agentPort < 0 || agentPort > 65535) throw new CliError('CARAPACE_E_BAD_QUERY', `--agent-port must be a port number, got "${o.agentPort}"`);
+    if ((o.tlsCert === undefined) !== (o.tlsKey === undefined)) {
+      const missing = o.tlsCert === undefined ? '--tls-cert' : '--tls-key';
+      throw new CliError('CARAPACE_E_USAGE', '--tls-cert and --tls-key go together: give both, or neither for a certificate from the cluster CA', [{ path: missing, message: 'missing' }]);
+    }
     await runServer({
       stateDir: o.stateDir,
       port,
@@ -180,6 +187,8 @@ program
       ...(o.keyring !== undefined ? { keyring: o.keyring } : {}),
       ...(o.secretsKeyring !== undefined ? { secretsKeyring: o.secretsKeyring } : {}),
       ...(o.auditCopy ? { auditCopies: o.auditCopy } : {}),
+      ...(o.tlsCert !== undefined && o.tlsKey !== undefined ? { tlsCert: o.tlsCert, tlsKey: o.tlsKey } : {}),
+      ...(o.advertise ? { advertise: o.advertise } : {}),
     });
   });
 
@@ -384,6 +393,26 @@ program
     if (server && server.apiVersion !== mine.apiVersion) console.error(`warning: the server serves ${server.apiVersion}, this client speaks ${mine.apiVersion}: use a client of the server's release`);
     // As kubectl: the client's side is printed, then why the server's is missing, exit 1.
     if (failure !== undefined) throw failure;
+  });
+
+program
+  .command('login')
+  .description('Pin an https server\'s CA (by the fingerprint `carapace server` printed, or --ca-file) and save it with the server and token in the config file')
+  .argument('<server>', 'the API address, https://HOST:PORT (https:// is assumed when no scheme is given)')
+  .option('--ca-fingerprint <sha256>', "the CA's sha256 fingerprint as `carapace server` printed it (hex; colons and upper case accepted)")
+  .action(async (server: string, o: { caFingerprint?: string }) => {
+    const { login } = await import('./login.js');
+    const g = program.opts<{ token?: string; caFile?: string }>();
+    const caFile = g.caFile ?? process.env['CARAPACE_CA_FILE'];
+    const token = g.token ?? process.env['CARAPACE_TOKEN'];
+    const r = await login({
+      server,
+      ...(o.caFingerprint !== undefined ? { caFingerprint: o.caFingerprint } : {}),
+      ...(caFile !== undefined && caFile !== '' ? { caFile: { file: caFile, source: g.caFile !== undefined ? '--ca-file' : 'CARAPACE_CA_FILE' } } : {}),
+      ...(token !== undefined ? { token } : {}),
+    });
+    const who = r.who ? ` as ${r.who.name} (${r.who.role}${r.who.tenant !== undefined ? ` of ${r.who.tenant}` : ''})` : ' (no token: give --token to save one)';
+    console.log(`Logged in to ${r.server}${who}; ${r.caFingerprint !== undefined ? `CA sha256 ${r.caFingerprint} pinned` : 'plain HTTP, nothing pinned'}; saved to ${r.path}`);
   });
 
 program

@@ -20,7 +20,7 @@ export interface PortSpec {
 }
 
 /** Codes after which no connection can succeed: the command ends. */
-const FATAL = new Set(['CARAPACE_E_UNAUTHENTICATED', 'CARAPACE_E_FORBIDDEN', 'CARAPACE_E_NOT_FOUND', 'CARAPACE_E_INSTANCE_NOT_RUNNING', 'CARAPACE_E_PORT_FORWARD_UNSUPPORTED', 'CARAPACE_E_SERVER_UNREACHABLE']);
+const FATAL = new Set(['CARAPACE_E_UNAUTHENTICATED', 'CARAPACE_E_FORBIDDEN', 'CARAPACE_E_NOT_FOUND', 'CARAPACE_E_INSTANCE_NOT_RUNNING', 'CARAPACE_E_PORT_FORWARD_UNSUPPORTED', 'CARAPACE_E_SERVER_UNREACHABLE', 'CARAPACE_E_TLS_UNVERIFIED', 'CARAPACE_E_TLS_NOT_PINNED']);
 
 /**
  * Parses `[LOCAL:]REMOTE` words (`8080:80`, `80` for the same port locally, `:80` for any
@@ -127,7 +127,7 @@ function forward(c: ApiClient, path: string, local: Socket, failed: (e: CliError
       }
     });
   });
-  ws.once('error', (e: Error & { code?: string }) => refuse(new CliError('CARAPACE_E_SERVER_UNREACHABLE', `cannot reach the Carapace server at ${c.base} (${e.code === 'ECONNREFUSED' ? 'connection refused' : e.message})`)));
+  ws.once('error', (e: Error) => void c.transportError(e).then(refuse));
   local.on('error', () => ws.terminate()); // `on`: a second error must not go unhandled
   ws.once('open', () => relay(ws, local, refuse));
   local.once('close', () => {

@@ -116,6 +116,14 @@ export const ERROR_CATALOGUE = {
   CARAPACE_E_AUDIT_COPY_TAMPERED: { status: 0, description: 'CLI or server start only: a line of an off-store audit copy was changed, removed or inserted (it does not link to the line before), is not a copy line, or holds a checkpoint whose signature does not verify; `details` names the file and line.' },
   CARAPACE_E_AUDIT_COPY_UNREADABLE: { status: 0, description: 'CLI only: the off-store audit copy given to `audit verify --against` cannot be read.' },
   CARAPACE_E_AUDIT_COPY_UNWRITABLE: { status: 0, description: 'Server start only: the off-store audit copy (`--audit-copy FILE`) cannot be opened for appending (missing directory, permissions).' },
+  CARAPACE_E_TLS_CERT_INVALID: { status: 0, description: 'Server start only: the API certificate or key given (`--tls-cert`, `--tls-key`) cannot be read, is not PEM, or the key does not belong to the certificate; the field path names the flag.' },
+  CARAPACE_E_TLS_CERT_EXPIRED: { status: 0, description: 'Server start only: the API certificate given (`--tls-cert`) has expired or is not valid yet; the message says since or until when.' },
+  CARAPACE_E_TLS_KEY_PERMISSIONS: { status: 0, description: 'Server start only: the API private key file (`--tls-key`) is readable by group or others; `chmod 600` it.' },
+  CARAPACE_E_TLS_UNVERIFIED: {
+    status: 0,
+    description: "CLI only: the server's certificate could not be verified against the pinned CA, so nothing (no token) was sent: the message says which check failed (the CA's fingerprint differs from the pinned one, a CA the CLI does not know, a host name the certificate does not cover, an expired or not yet valid certificate, a server that does not speak TLS).",
+  },
+  CARAPACE_E_TLS_NOT_PINNED: { status: 0, description: 'CLI only: the server speaks HTTPS but no CA is pinned for it: run `carapace login SERVER --ca-fingerprint SHA256` (the fingerprint `carapace server` prints) or give `--ca-file` / `CARAPACE_CA_FILE`. The CLI never trusts a server it cannot verify.' },
 } as const satisfies Record<string, CatalogueEntry>;
 
 export type ErrorCode = keyof typeof ERROR_CATALOGUE;

@@ -85,3 +85,9 @@ export function subnetIndex(pool: Cidr, c: Cidr, prefix: number): number | undef
   const offset = c.network - pool.network;
   return offset % blockSize(prefix) === 0 ? offset / blockSize(prefix) : undefined;
 }
+
+/** True for 127.0.0.0/8, ::1 and `localhost`: addresses whose traffic never leaves the machine. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '').toLowerCase();
+  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+}

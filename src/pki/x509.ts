@@ -209,3 +209,31 @@ export function certIdentity(cert: string | Buffer): { commonName: string; seria
 export function normalSerial(s: string): string {
   return s.toLowerCase().replace(/^0+/, '');
 }
+
+/**
+ * A self-signed certificate with a fresh key: a CA (`ca: true`, may sign others with
+ * `issueCertificate`) or a server certificate for the given names. For operators' own CAs and
+ * the tests of certificates the cluster did not make; the cluster CA is `ensureClusterCa`'s.
+ */
+export async function selfSignedCertificate(o: { commonName: string; ca?: boolean; dnsNames?: string[]; ipAddresses?: string[]; notBefore?: Date; notAfter?: Date }): Promise<KeyedCert> {
+  const { keys, keyPem } = await newKeyPair();
+  const now = new Date();
+  const names = [...(o.dnsNames ?? []).map((value) => ({ type: 'dns' as const, value })), ...(o.ipAddresses ?? []).map((value) => ({ type: 'ip' as const, value }))];
+  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: serial(),
+    name: `CN=${o.commonName.replace(/[,=+<>#;"\\]/g, '')}`,
+    notBefore: o.notBefore ?? new Date(now.getTime() - 60_000),
+    notAfter: o.notAfter ?? new Date(now.getTime() + 365 * 86_400_000),
+    signingAlgorithm: ALG,
+    keys,
+    extensions: o.ca
+      ? [new x509.BasicConstraintsExtension(true, 0, true), new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true)]
+      : [
+          new x509.BasicConstraintsExtension(false, undefined, true),
+          new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+          new x509.ExtendedKeyUsageExtension([SERVER_AUTH]),
+          ...(names.length ? [new x509.SubjectAlternativeNameExtension(names)] : []),
+        ],
+  });
+  return { certPem: cert.toString('pem'), keyPem };
+}

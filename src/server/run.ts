@@ -26,6 +26,7 @@ import { RemoteStore } from '../agentapi/remote-store.js';
 import { serveLogRequests } from '../agentapi/log-uploader.js';
 import { readFileSync } from 'node:fs';
 import { certIdentity } from '../pki/x509.js';
+import { loadServingCert } from '../pki/serving.js';
 import { CarapaceError } from '../model/errors.js';
 import { Resources } from '../core/resources.js';
 import { openEtcdStore, type EtcdStore } from '../store/etcd.js';
@@ -100,6 +101,11 @@ export interface ServerCommandOptions {
   secretsKeyring?: string;
   /** Off-store copies of the audit checkpoints (`--audit-copy FILE`). */
   auditCopies?: string[];
+  /** The operator's certificate chain and key for the API (PEM files); absent: one from the cluster CA. */
+  tlsCert?: string;
+  tlsKey?: string;
+  /** Names and addresses clients and agents use to reach this server (added to the certificates). */
+  advertise?: string[];
 }
 
 /** `carapace server`: the API, controller and host monitor; no containers on this host. */
@@ -112,7 +118,16 @@ export async function runServer(o: ServerCommandOptions): Promise<void> {
   const store = await openStoreUrl(url, logger, o.storeFlags);
   // Compaction is cluster-wide: only the leader runs it (etcd; SQLite compacts by itself).
   const leaderLoops = 'compact' in store ? [(signal: AbortSignal) => compactLoop(store as EtcdStore, signal, logger)] : []; // only the etcd store has compact()
-  const server = await startControlServer({ store, stateDir: o.stateDir, port: o.port, listen: o.listen, logger, leaderLoops, ...(o.auditCopies ? { auditCopies: o.auditCopies } : {}), ...(o.agentApi ? { agentApi: o.agentApi } : {}), keyring });
+  // The API is always HTTPS: the operator's certificate (checked now, before anything
+  // listens) or one from the cluster CA.
+  const cert = o.tlsCert !== undefined || o.tlsKey !== undefined ? await loadServingCert({ certFile: o.tlsCert ?? '', keyFile: o.tlsKey ?? '' }) : undefined;
+  const tls = { ...(cert ? { cert } : {}), advertise: o.advertise ?? [] };
+  const server = await startControlServer({ store, stateDir: o.stateDir, port: o.port, listen: o.listen, logger, leaderLoops, tls, ...(o.auditCopies ? { auditCopies: o.auditCopies } : {}), ...(o.agentApi ? { agentApi: o.agentApi } : {}), keyring });
+  const caNote = server.apiCa
+    ? `API CA fingerprint (sha256): ${server.apiCa.fingerprint}\n  (saved to ${join(o.stateDir, 'api-ca.crt')}); from another machine:\n  carapace login https://<this-server>:${server.port} --ca-fingerprint ${server.apiCa.fingerprint} --token TOKEN`
+    : 'the API certificate (--tls-cert) carries no CA certificate: clients need --ca-file with the CA that signed it';
+  process.stderr.write(`\nAPI on ${server.url} (HTTPS, ${cert ? 'the certificate of --tls-cert' : 'a certificate from the cluster CA'}).\n${caNote}\n\n`);
+  logger.info({ url: server.url, certificate: cert ? 'operator' : 'cluster CA', ...(server.apiCa ? { caFingerprint: server.apiCa.fingerprint } : {}) }, 'API listening (HTTPS)');
   const ac = new AbortController();
   setMaxListeners(100, ac.signal);
   logger.info({ url: server.url, store: url.replace(/\/\/.*@/, '//'), stateDir: o.stateDir }, 'carapace server is up');

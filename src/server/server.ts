@@ -11,7 +11,8 @@ import { NetworkViewController } from '../control/network-view.js';
 import { randomUUID } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
+import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { buildApi, type LogSource } from '../api/server.js';
 import { AuditLog } from '../audit/log.js';
@@ -34,7 +35,9 @@ import { endSession } from '../exec/session.js';
 import { CarapaceError } from '../model/errors.js';
 import type { LogLine, LogOptions } from '../runtime/driver.js';
 import { JOIN_TOKEN_PREFIX } from '../model/keys.js';
-import { ensureClusterCa, issueServerCertificate, type ClusterCa, type ReadCa } from '../pki/x509.js';
+import { ensureClusterCa, fingerprintOf, issueServerCertificate, type ClusterCa, type KeyedCert, type ReadCa } from '../pki/x509.js';
+import { pemCertificates, type ServingCert } from '../pki/serving.js';
+import { writeCliConfig } from './cli-config.js';
 import { Leadership } from './leader.js';
 import type { Keyring } from '../keyring/keyring.js';
 
@@ -59,8 +62,15 @@ export interface ControlServerOptions {
   cellGraceMs?: number;
   /** Host lease TTL: a host whose lease stands still this long is lost (default 3 s; env CARAPACE_HOST_LEASE_TTL_MS). */
   hostLeaseTtlMs?: number;
-  /** Write the admin token to the CLI config of this machine when it is minted (default true). */
+  /** Write the admin token (and the pinned CA) to the CLI config of this machine when it is minted (default true). */
   saveCliConfig?: boolean;
+  /**
+   * HTTPS for the API: `cert`, the operator's (`--tls-cert/--tls-key`, checked by
+   * `loadServingCert`), or else a certificate from the cluster CA for this machine's addresses
+   * and the `advertise` names, made at each start; the chain (leaf, then CA) is sent so clients
+   * can pin the CA. Absent: plain HTTP (the all-in-one on loopback, in-process tests).
+   */
+  tls?: { cert?: ServingCert; advertise?: string[] };
   /**
    * The agent API (HTTPS, client certificates from the cluster CA): where agents on other hosts
    * join and reach the control plane. Off when absent. `advertise`: extra addresses (IPs or
@@ -98,6 +108,12 @@ export interface RunningControlServer {
   agentApiUrl?: string;
   /** sha256 of the cluster CA certificate (what join tokens pin). */
   caFingerprint: string;
+  /**
+   * With TLS: the CA the API's certificate chains to, as clients pin it (PEM and sha256 hex;
+   * the cluster CA, or the CA in the operator's chain; absent when that chain has none). Also
+   * saved to STATE_DIR/api-ca.crt.
+   */
+  apiCa?: { pem: string; fingerprint: string };
   /** Leadership among the servers of this store: whether this one runs the loops now. */
   leadership: Leadership;
   /**
@@ -183,20 +199,45 @@ export async function startControlServer(o: ControlServerOptions): Promise<Runni
   // Not leading until the leadership exists, once the port is known (it names this server).
   let leading = (): boolean => false;
   const hub = new LogHub();
-  const api = buildApi({ controlPlane, store, logs: logSource(resources, hub, o.logs, o.localHost), logger, auth: tokens, env, audit, health: () => ({ leader: leading() }) });
   const adminToken = await firstAdminToken(resources, env, o.stateDir);
-  // The agent API, when asked for: up before the API answers, so whoever waits for /healthz
-  // finds the join token written.
+  // The API's certificate (from the cluster CA read above, or the operator's) and, when asked
+  // for, the agent API: up before the API answers, so whoever waits for /healthz finds the
+  // join token and the CA file written.
+  const serving = o.tls ? (o.tls.cert ?? (await serverCertificate(ca, o.tls.advertise ?? []))) : undefined;
+  const apiCaPem = o.tls ? (o.tls.cert ? o.tls.cert.caPem : ca.certPem) : undefined;
+  const apiCa = apiCaPem !== undefined ? { pem: apiCaPem, fingerprint: fingerprintOf(apiCaPem) } : undefined;
+  // Written before the API answers: whoever waits for /healthz finds it (`--ca-file`).
+  if (apiCa) await writeFile(join(o.stateDir, 'api-ca.crt'), apiCa.pem);
+  const api = buildApi({
+    controlPlane,
+    store,
+    logs: logSource(resources, hub, o.logs, o.localHost),
+    logger,
+    auth: tokens,
+    env,
+    audit,
+    health: () => ({ leader: leading() }),
+    // The chain: leaf then CA (the cluster's; the operator's file as given).
+    ...(serving ? { https: { key: serving.keyPem, cert: o.tls?.cert ? serving.certPem : [...pemCertificates(serving.certPem), ...pemCertificates(ca.certPem)].join('') } } : {}),
+  });
+  if (serving) {
+    // A client that refuses our certificate (wrong pin, unknown CA, wrong name) shows up here,
+    // with nothing sent: no request, no token.
+    api.server.on('tlsClientError', (err: Error, sock: TLSSocket) => logger.warn({ reason: err.message, remote: sock.remoteAddress }, 'API: TLS handshake failed'));
+  }
   let agentApi: Awaited<ReturnType<typeof startAgentApi>> | undefined;
   if (o.agentApi) agentApi = await startAgentApi(resources, controlPlane, env, ca, o.agentApi, o.stateDir, logger, hub, keyring);
   const address = await api.listen({ port: o.port, host: o.listen ?? '127.0.0.1' });
   const port = Number(new URL(address).port);
-  const url = `http://127.0.0.1:${port}`;
+  const url = `${serving ? 'https' : 'http'}://127.0.0.1:${port}`;
   const leadership = new Leadership({ store, serverId: o.serverId ?? `${os.hostname()}:${port}`, logger, loops: leaderLoops });
   leading = () => leadership.leading;
   if (adminToken.created) {
     // Shown once, like every token secret; also saved 0600 for the CLI on this machine.
-    const saved = o.saveCliConfig === false ? 'nowhere else' : await saveCliConfig(url, adminToken.token).catch((e: unknown) => `not saved: ${(e as Error).message}`); // fs errors are Errors
+    const saved =
+      o.saveCliConfig === false
+        ? 'nowhere else'
+        : await writeCliConfig({ server: url, token: adminToken.token, ...(apiCa ? { caFingerprint: apiCa.fingerprint, ca: apiCa.pem } : {}) }).catch((e: unknown) => `not saved: ${(e as Error).message}`); // fs errors are Errors
     process.stderr.write(`\nFirst cluster-admin token (shown once; saved to ${saved} and ${join(o.stateDir, 'admin-token')}):\n  ${adminToken.token}\n\n`);
   }
   return {
@@ -208,6 +249,7 @@ export async function startControlServer(o: ControlServerOptions): Promise<Runni
     adminToken: adminToken.token,
     adminTokenCreated: adminToken.created,
     caFingerprint: ca.fingerprint,
+    ...(apiCa ? { apiCa } : {}),
     ...(agentApi ? { agentApiUrl: agentApi.url } : {}),
     leadership,
     async run(signal) {
@@ -241,6 +283,19 @@ function localAddresses(): string[] {
   return [...out];
 }
 
+const IPV4 = /^\d{1,3}(\.\d{1,3}){3}$/;
+
+/**
+ * A fresh server certificate from the cluster CA for this machine's IPv4 addresses,
+ * `localhost`, its host name and the `advertise` names and addresses (the agent API's and the
+ * API's, made at each start).
+ */
+async function serverCertificate(ca: ClusterCa, advertise: string[]): Promise<KeyedCert> {
+  const ips = [...new Set([...localAddresses(), ...advertise.filter((a) => IPV4.test(a))])];
+  const names = [...new Set(['localhost', os.hostname(), ...advertise.filter((a) => !IPV4.test(a))])];
+  return issueServerCertificate(ca, { commonName: 'carapace-server', dnsNames: names, ipAddresses: ips });
+}
+
 /**
  * Starts the agent API with a fresh server certificate for this machine's addresses, and
  * makes a first join token when the cluster has none (printed once, saved 0600 to
@@ -258,10 +313,7 @@ async function startAgentApi(
   keyring: Keyring,
 ): Promise<{ app: ReturnType<typeof buildAgentApi>; url: string }> {
   const store = resources.store;
-  const advertise = o.advertise ?? [];
-  const ips = [...localAddresses(), ...advertise.filter((a) => /^\d{1,3}(\.\d{1,3}){3}$/.test(a))];
-  const names = ['localhost', os.hostname(), ...advertise.filter((a) => !/^\d{1,3}(\.\d{1,3}){3}$/.test(a))];
-  const tls = await issueServerCertificate(ca, { commonName: 'carapace-server', dnsNames: names, ipAddresses: ips });
+  const tls = await serverCertificate(ca, o.advertise ?? []);
   const app = buildAgentApi({ store, controlPlane, ca, tls, logger, logs, keyring });
   const address = await app.listen({ port: o.port, host: o.listen ?? '0.0.0.0' });
   const port = Number(new URL(address.replace('https://', 'http://')).port);
@@ -289,16 +341,4 @@ async function firstAdminToken(resources: Resources, env: Env, stateDir: string)
     return { token: minted.token, created: true };
   }
   return { token: (await readFile(file, 'utf8').catch(() => '')).trim(), created: false };
-}
-
-/** The CLI's config file: $CARAPACE_CONFIG or ~/.config/carapace/config.json. */
-export function cliConfigPath(): string {
-  return process.env['CARAPACE_CONFIG'] ?? join(os.homedir(), '.config', 'carapace', 'config.json');
-}
-
-async function saveCliConfig(server: string, token: string): Promise<string> {
-  const path = cliConfigPath();
-  await mkdir(dirname(path), { recursive: true, mode: 0o700 });
-  await writeFile(path, `${JSON.stringify({ server, token }, null, 2)}\n`, { mode: 0o600 });
-  return path;
 }

@@ -18,7 +18,7 @@ import { kindPrefix } from '../../src/model/keys.js';
 import { openEtcdStore, type EtcdStore } from '../../src/store/etcd.js';
 import { startTlsEtcd } from '../../src/pki/testing/etcd-pki.js';
 import type { EtcdProcess } from '../../src/store/testing/etcd.js';
-import { cli, eventually, freePort, Server, tempDir, tokens } from './helpers.js';
+import { apiFetch, cli, eventually, freePort, Server, tempDir, tokens } from './helpers.js';
 import { newKeyLine } from '../../src/keyring/keyring.js';
 
 /** The one keyring every server of the store is given (CARAPACE_KEYRING): the CA key in etcd is sealed with it. */
@@ -50,7 +50,7 @@ function newServer(name: string, port: number): Server {
 }
 
 async function call(server: Server, method: string, path: string, body?: unknown): Promise<{ status: number; json: any }> {
-  const r = await fetch(`${server.url}${path}`, {
+  const r = await apiFetch(`${server.url}${path}`, {
     method,
     headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
     body: body !== undefined ? JSON.stringify(body) : null,
@@ -62,7 +62,7 @@ async function call(server: Server, method: string, path: string, body?: unknown
 
 async function health(s: Server): Promise<{ ok: boolean; leader: boolean } | undefined> {
   try {
-    const r = await fetch(`${s.url}/healthz`, { signal: AbortSignal.timeout(2_000) });
+    const r = await apiFetch(`${s.url}/healthz`, { signal: AbortSignal.timeout(2_000) });
     return (await r.json()) as { ok: boolean; leader: boolean };
   } catch {
     return undefined; // down

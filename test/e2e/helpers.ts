@@ -14,6 +14,9 @@ import { teardownHost } from '../../src/agent/teardown.js';
 import { createRuncDriver, createRunscDriver } from '../../src/runtime/index.js';
 import { CommandError, run } from '../../src/proc/run.js';
 import type { ContainerInfo } from '../../src/runtime/driver.js';
+import { apiCaFile, apiFetch, trustStateDir } from '../api-fetch.js';
+
+export { apiCaFile, apiDispatcher, apiFetch, trustStateDir } from '../api-fetch.js';
 
 /**
  * The repository root: two levels up when this file runs as test/e2e/helpers.ts (vitest),
@@ -34,10 +37,15 @@ export interface CliResult {
 /** Admin tokens of the servers started by this process, by URL (read from STATE_DIR/admin-token). */
 export const tokens = new Map<string, string>();
 
-/** Runs the real CLI against `server`, with that server's admin token. A CLI still running at `timeoutMs` is killed and reported as exit -1. */
+/**
+ * Runs the real CLI against `server`, with that server's admin token and, for an https server,
+ * the CA it is verified against (CARAPACE_CA_FILE). A CLI still running at `timeoutMs` is
+ * killed and reported as exit -1.
+ */
 export async function cli(server: string, args: string[], input?: string, timeoutMs = 120_000): Promise<CliResult> {
   const token = tokens.get(server);
-  const env = { CARAPACE_SERVER: server, CARAPACE_CONFIG: '/nonexistent/carapace-config.json', ...(token ? { CARAPACE_TOKEN: token } : {}) };
+  const caFile = apiCaFile(server);
+  const env = { CARAPACE_SERVER: server, CARAPACE_CONFIG: '/nonexistent/carapace-config.json', ...(token ? { CARAPACE_TOKEN: token } : {}), ...(caFile ? { CARAPACE_CA_FILE: caFile } : {}) };
   try {
     // Exports of a long run can be large: the cap is far above anything a test prints.
     const r = await run(process.execPath, [CLI, ...args], { env, input: input ?? '', timeoutMs, maxOutputBytes: 256 * 1024 * 1024 });
@@ -109,7 +117,11 @@ class Child {
   }
 }
 
-/** `carapace up` (all-in-one) or `carapace server` (control plane only, `mode: 'server'`). */
+/**
+ * `carapace up` (all-in-one, plain HTTP on loopback) or `carapace server` (control plane only,
+ * `mode: 'server'`: HTTPS, verified against the CA it writes to STATE_DIR/api-ca.crt, which
+ * `start` trusts for `apiFetch`, `authed` and `cli`).
+ */
 export class Server extends Child {
   constructor(
     readonly stateDir: string,
@@ -122,17 +134,24 @@ export class Server extends Child {
   }
 
   get url(): string {
-    return `http://127.0.0.1:${this.port}`;
+    return `${this.mode === 'server' ? 'https' : 'http'}://127.0.0.1:${this.port}`;
+  }
+
+  /** Starts the process without waiting for it to serve (for a test that waits for its own condition, e.g. a refusal at start). */
+  launch(): ChildProcess {
+    // Servers of a test pick a free agent API port unless told one (several may run at once).
+    const agentPort = this.extraArgs.includes('--agent-port') || this.extraArgs.includes('--no-agent-api') ? [] : ['--agent-port', '0'];
+    const base = this.mode === 'up' ? ['up', '--state-dir', this.stateDir, '--port', String(this.port), '--host-name', 'e2e'] : ['server', '--state-dir', this.stateDir, '--port', String(this.port), ...agentPort];
+    return this.spawnCli([...base, ...this.extraArgs], { CARAPACE_CONFIG: join(this.stateDir, 'cli-config.json'), ...this.extraEnv });
   }
 
   async start(): Promise<void> {
-    // Servers of a test pick a free agent API port unless told one (several may run at once).
-    const agentPort = this.extraArgs.includes('--agent-port') ? [] : ['--agent-port', '0'];
-    const base = this.mode === 'up' ? ['up', '--state-dir', this.stateDir, '--port', String(this.port), '--host-name', 'e2e'] : ['server', '--state-dir', this.stateDir, '--port', String(this.port), ...agentPort];
-    const proc = this.spawnCli([...base, ...this.extraArgs], { CARAPACE_CONFIG: join(this.stateDir, 'cli-config.json'), ...this.extraEnv });
+    const proc = this.launch();
     for (let i = 0; i < 200; i++) {
       try {
-        const r = await fetch(`${this.url}/healthz`);
+        // The CA file is written before the API listens (and kept across restarts).
+        if (this.mode === 'server' && !(await trustStateDir(this.url, this.stateDir))) throw new Error('no api-ca.crt yet');
+        const r = await apiFetch(`${this.url}/healthz`);
         if (r.ok) {
           // Only the server that minted the first admin token has the file (it is written
           // before the API listens); other servers of the same store get theirs from the test.
@@ -214,7 +233,7 @@ export async function eventually<T>(fn: () => Promise<T | undefined | false>, ti
 
 export { freePort };
 
-/** fetch with the server's admin token. */
+/** fetch with the server's admin token (verified against its CA when it is https). */
 export function authed(server: string, path: string): Promise<Response> {
-  return fetch(`${server}${path}`, { headers: { authorization: `Bearer ${tokens.get(server) ?? ''}` } });
+  return apiFetch(`${server}${path}`, { headers: { authorization: `Bearer ${tokens.get(server) ?? ''}` } });
 }

@@ -18,7 +18,7 @@ import type { Cell, Host, Instance } from '../../src/model/objects.js';
 import { LABELS } from '../../src/agent/container-id.js';
 import { createVmManager } from '../../src/vm/qemu.js';
 import { run, runOrThrow } from '../../src/proc/run.js';
-import { Agent, CLI, cli, containers, destroyAll, eventually, freePort, Server, tempDir, tokens } from './helpers.js';
+import { Agent, apiCaFile, CLI, cli, containers, destroyAll, eventually, freePort, Server, tempDir, tokens } from './helpers.js';
 
 const BRIDGE = 'cmh0';
 const GW = '10.70.0.1';
@@ -214,7 +214,7 @@ describe('many hosts in network namespaces', () => {
       expect({ code: r.code, stdout: r.stdout.trim(), stderr: r.stderr.trim() }, `exec on ${i.spec.host}`).toEqual({ code: 3, stdout: i.metadata.name, stderr: 'err' });
       // And forwarded connections: its unpublished httpd answers its name on a local port.
       const fwd = spawn(process.execPath, [CLI, 'port-forward', `acme/${i.metadata.name}`, ':8080'], {
-        env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', CARAPACE_SERVER: server.url, CARAPACE_TOKEN: tokens.get(server.url) ?? '', CARAPACE_CONFIG: '/nonexistent/carapace-config.json' },
+        env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', CARAPACE_SERVER: server.url, CARAPACE_TOKEN: tokens.get(server.url) ?? '', CARAPACE_CONFIG: '/nonexistent/carapace-config.json', CARAPACE_CA_FILE: apiCaFile(server.url) ?? '' },
         stdio: ['ignore', 'pipe', 'pipe'],
       });
       let said = '';

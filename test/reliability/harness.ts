@@ -5,6 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { rng } from '../../src/sim/sim.js';
+import { apiFetch } from '../api-fetch.js';
 
 /** Seeded randomness (mulberry32 from src/sim): the same seed gives the same run plan. */
 export class Random {
@@ -54,7 +55,7 @@ export interface Reply {
 export async function call(base: string, token: string, method: string, path: string, body?: unknown, timeoutMs = 10_000): Promise<Reply> {
   let r: Response;
   try {
-    r = await fetch(`${base}${path}`, {
+    r = await apiFetch(`${base}${path}`, {
       method,
       headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
       body: body !== undefined ? JSON.stringify(body) : null,

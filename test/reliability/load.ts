@@ -17,7 +17,8 @@
  * samples still give the peak.
  */
 import { readFile, rm, writeFile } from 'node:fs/promises';
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
+import { connect } from 'node:tls';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { Agent, request } from 'undici';
@@ -82,10 +83,14 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
   const report = join(tmp.dir, 'memory.json');
   await writeFile(preload, GC_PRELOAD);
   const server = new Server(join(tmp.dir, 'server'), await freePort(), ['--store', `sqlite:${join(tmp.dir, 'store.db')}`, '--no-agent-api'], { CARAPACE_LOG_LEVEL: 'warn', NODE_OPTIONS: `--require ${preload}`, CARAPACE_TEST_MEMORY_REPORT: report }, 'server');
-  const writePool = new Agent({ connections: 64, pipelining: 1 });
+  // The server's API is HTTPS: the pool verifies it against the CA it wrote at start.
+  let writePool = new Agent({ connections: 64, pipelining: 1 });
   const ac = new AbortController();
   try {
     await server.start();
+    await writePool.close();
+    const ca = await readFile(join(server.stateDir, 'api-ca.crt'), 'utf8');
+    writePool = new Agent({ connections: 64, pipelining: 1, connect: { ca } });
     const pid = server.proc?.pid ?? 0;
     const token = (await readFile(join(server.stateDir, 'admin-token'), 'utf8')).trim();
     const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
@@ -97,7 +102,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
     if ((await put('/v1/tenants/load', { apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name: 'load' } })) >= 300) throw new Error('cannot create the tenant');
     for (let i = 0; i < o.services; i++) await put(`/v1/tenants/load/services/w${i}`, service(i, 0));
 
-    // Watchers: each a long-lived SSE stream on its own plain socket (the cheapest client, so
+    // Watchers: each a long-lived SSE stream on its own bare TLS socket (the cheapest client, so
     // the measurement is the server's cost, not the client's); events counted by `id:` lines.
     let events = 0;
     let counting = false;
@@ -108,11 +113,11 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
     const NEEDLE = Buffer.from('\nid: ');
     for (let w = 0; w < o.watchers; w++) {
       const path = w % 2 === 0 ? '/v1/events' : '/v1/watch/instances';
-      const sock = connect({ host: '127.0.0.1', port });
+      const sock = connect({ host: '127.0.0.1', port, ca });
       sockets.push(sock);
       let first = true;
       let open = false;
-      sock.on('connect', () => sock.write(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: ${headers.authorization}\r\nAccept: text/event-stream\r\n\r\n`));
+      sock.on('secureConnect', () => sock.write(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: ${headers.authorization}\r\nAccept: text/event-stream\r\n\r\n`));
       sock.on('data', (chunk: Buffer) => {
         if (first) {
           first = false;
