@@ -146,6 +146,8 @@ export async function createHostNode(o: HostNodeOptions): Promise<RunningHostNod
     ...(network ? { network } : {}),
   });
   const leaseRenewMs = envNumber('CARAPACE_LEASE_RENEW_MS');
+  // The fence grace until the control plane's published lease settings are read (model/fencing.ts).
+  const leaseTtlMs = envNumber('CARAPACE_HOST_LEASE_TTL_MS');
   const probeScale = o.probeTimeScale ?? envNumber('CARAPACE_PROBE_TIME_SCALE');
   const volumeSweepMs = envNumber('CARAPACE_VOLUME_SWEEP_MS');
   const filesRefreshMs = envNumber('CARAPACE_FILES_REFRESH_MS');
@@ -167,6 +169,7 @@ export async function createHostNode(o: HostNodeOptions): Promise<RunningHostNod
     ...(o.labels ? { labels: o.labels } : {}),
     ...(network ? { network } : {}),
     ...(leaseRenewMs ? { leaseRenewMs } : {}),
+    ...(leaseTtlMs ? { leaseTtlMs } : {}),
     ...(probeScale ? { probeTimeScale: probeScale } : {}),
     ...(o.stopGraceMs !== undefined ? { stopGraceMs: o.stopGraceMs } : {}),
   });
