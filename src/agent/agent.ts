@@ -68,6 +68,12 @@ export interface AgentOptions {
    * G is derived from it (model/fencing.ts).
    */
   leaseTtlMs?: number;
+  /**
+   * Stop `fencing: stop` containers when the lease goes stale (default true). False only where
+   * no partition can separate this agent from the control plane that judges its lease: the
+   * all-in-one, one process over its embedded store.
+   */
+  selfFencing?: boolean;
   /** Multiplies probes' initialDelaySeconds and periodSeconds (tests; env CARAPACE_PROBE_TIME_SCALE). Default 1. */
   probeTimeScale?: number;
   /** The host's underlay address, asked at each registration (agent/host-address.ts); absent: none reported. */
@@ -237,8 +243,8 @@ export class HostAgent {
     const leaseTimer = setInterval(renew, this.o.leaseRenewMs ?? 1_000);
     leaseTimer.unref();
     // Self-fencing: a lease not renewed for G stops the `fencing: stop` containers (fence()).
-    const fenceTimer = setInterval(() => this.checkFence(), fenceTimings(this.fenceGraceMs).checkMs);
-    fenceTimer.unref();
+    const fenceTimer = this.o.selfFencing === false ? undefined : setInterval(() => this.checkFence(), fenceTimings(this.fenceGraceMs).checkMs);
+    fenceTimer?.unref();
     signal.addEventListener('abort', () => (clearInterval(leaseTimer), clearInterval(fenceTimer)), { once: true });
     await this.register();
     await this.o.extras?.recover().catch((err: unknown) => this.log.warn({ err }, 'volume recovery failed'));
@@ -507,7 +513,7 @@ export class HostAgent {
 
   /** True when no lease renewal sent in the last G succeeded. */
   private leaseStale(): boolean {
-    return this.lease.stale(performance.now(), this.fenceGraceMs);
+    return this.o.selfFencing !== false && this.lease.stale(performance.now(), this.fenceGraceMs);
   }
 
   /** The fence grace G from the control plane's published settings (kept when they cannot be read). */
@@ -730,6 +736,8 @@ export class HostAgent {
         [LABELS.generation]: String(inst.metadata.generation),
       };
       const container = extras && Object.keys(extras.env).length > 0 ? { ...c, env: { ...c.env, ...extras.env } } : c;
+      // Logged before the runtime is asked: no process of it exists before this line's time (the partition test orders fences by it).
+      this.log.info({ instance: key, container: id }, 'starting container');
       const req = { id, rootfs: image.rootfs, image: image.config, container, hostname: inst.metadata.name, labels, ...(net ? { netnsPath: net.endpoint.netnsPath, dns: net.dns } : {}) };
       const info =
         extras?.kind === 'cell'

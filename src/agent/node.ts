@@ -59,6 +59,8 @@ export interface HostNodeOptions {
   advertiseAddress?: string;
   /** Where the decrypted Secret and Config data of an instance placed here comes from; absent: instances using them cannot start. */
   material?: MaterialSource;
+  /** Self-fencing (AgentOptions.selfFencing; default true): off only for the all-in-one's embedded agent. */
+  selfFencing?: boolean;
 }
 
 export interface RunningHostNode {
@@ -170,6 +172,7 @@ export async function createHostNode(o: HostNodeOptions): Promise<RunningHostNod
     ...(network ? { network } : {}),
     ...(leaseRenewMs ? { leaseRenewMs } : {}),
     ...(leaseTtlMs ? { leaseTtlMs } : {}),
+    ...(o.selfFencing === false ? { selfFencing: false } : {}),
     ...(probeScale ? { probeTimeScale: probeScale } : {}),
     ...(o.stopGraceMs !== undefined ? { stopGraceMs: o.stopGraceMs } : {}),
   });

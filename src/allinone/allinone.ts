@@ -97,6 +97,10 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
     ...(o.advertiseAddress !== undefined ? { advertiseAddress: o.advertiseAddress } : {}),
     // The agent of the all-in-one reads its instances' secrets as the control plane does.
     material: (inst) => instanceMaterial(nodeResources, keyring, inst),
+    // One process over its embedded store: no partition can separate the agent from the host
+    // monitor judging its lease, so nothing to fence against; a stalled event loop (a loaded
+    // 2-core host booting VMs) must not stop its volume users.
+    selfFencing: false,
   });
   const server = await startControlServer({
     store,
