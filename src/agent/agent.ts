@@ -183,8 +183,12 @@ export class HostAgent {
   private readonly pullFailures = new Map<string, number>();
   /** Liveness and readiness probes of the running containers (prober.ts). */
   private readonly probes: Prober;
-  /** When the last successful lease renewal was sent (monotonic clock): the fence's evidence. */
-  private readonly lease = new LeaseClock(performance.now());
+  /**
+   * When the last successful lease renewal was sent (monotonic clock): the fence's evidence.
+   * Started again by `start`: until its first renewal an agent has a full grace, and it holds
+   * no container before then that it did not adopt through the store (`recover`).
+   */
+  private lease = new LeaseClock(performance.now());
   /** G: no successful renewal for this long and `fencing: stop` containers are stopped (model/fencing.ts). */
   private fenceGraceMs: number;
   /** Instances this agent fenced while its lease was stale, with when and which container (logged, requeued when it is fresh again). */
@@ -231,6 +235,7 @@ export class HostAgent {
     // on a loaded host). Renewing only afterwards had the control plane fail over the very
     // containers being adopted.
     const holder = `${process.pid}:${Date.now()}`;
+    this.lease = new LeaseClock(performance.now());
     const renew = (): void => {
       const lease: HostLease = { host: this.o.hostName, renewedAt: this.o.env.now(), holder };
       const sentAt = performance.now();
