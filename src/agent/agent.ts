@@ -35,6 +35,9 @@ import { CARAPACE_VERSION } from '../model/version.js';
 import type { ExecOptions } from '../exec/frames.js';
 import { endSession, serveExec, type ExecPort } from '../exec/session.js';
 import { dialWorkload, socketPort } from '../exec/forward.js';
+import { DEFAULT_HOST_LEASE_TTL_MS, fenceTimings, instanceFencing, type Fencing, type HostLeaseSettings } from '../model/fencing.js';
+import { HOST_LEASE_SETTINGS_KEY } from '../model/keys.js';
+import { LeaseClock, mayStart, toFence } from './fence.js';
 
 
 export interface AgentOptions {
@@ -59,6 +62,18 @@ export interface AgentOptions {
   vmProbe?: () => Promise<{ ok: true } | { ok: false; message: string }>;
   /** How often the host lease is renewed (default 1 s); the control plane's TTL is a few times this. */
   leaseRenewMs?: number;
+  /**
+   * The host lease TTL assumed until the control plane's published settings are read
+   * (`HOST_LEASE_SETTINGS_KEY`; env CARAPACE_HOST_LEASE_TTL_MS, default 3 s): the fence grace
+   * G is derived from it (model/fencing.ts).
+   */
+  leaseTtlMs?: number;
+  /**
+   * Stop `fencing: stop` containers when the lease goes stale (default true). False only where
+   * no partition can separate this agent from the control plane that judges its lease: the
+   * all-in-one, one process over its embedded store.
+   */
+  selfFencing?: boolean;
   /** Multiplies probes' initialDelaySeconds and periodSeconds (tests; env CARAPACE_PROBE_TIME_SCALE). Default 1. */
   probeTimeScale?: number;
   /** The host's underlay address, asked at each registration (agent/host-address.ts); absent: none reported. */
@@ -99,6 +114,8 @@ interface LocalContainer {
    * stopped without its instance at hand (the instance was deleted from the store or replaced).
    */
   stopGraceMs: number;
+  /** Its instance's fencing (kept up to date by each pass): `stop` ones are stopped when the lease goes stale, without the store. */
+  fencing: Fencing;
 }
 
 /** A container's final state, as the drivers report it. */
@@ -166,9 +183,22 @@ export class HostAgent {
   private readonly pullFailures = new Map<string, number>();
   /** Liveness and readiness probes of the running containers (prober.ts). */
   private readonly probes: Prober;
+  /**
+   * When the last successful lease renewal was sent (monotonic clock): the fence's evidence.
+   * Started again by `start`: until its first renewal an agent has a full grace, and it holds
+   * no container before then that it did not adopt through the store (`recover`).
+   */
+  private lease = new LeaseClock(performance.now());
+  /** G: no successful renewal for this long and `fencing: stop` containers are stopped (model/fencing.ts). */
+  private fenceGraceMs: number;
+  /** Instances this agent fenced while its lease was stale, with when and which container (logged, requeued when it is fresh again). */
+  private readonly fenced = new Map<string, { container: string; at: string }>();
+  /** The lease is stale now (as of the last fence check). */
+  private fencing = false;
 
   constructor(private readonly o: AgentOptions) {
     this.log = o.logger.child({ component: 'agent', host: o.hostName });
+    this.fenceGraceMs = fenceTimings(o.leaseTtlMs ?? DEFAULT_HOST_LEASE_TTL_MS).graceMs;
     this.probes = new Prober({ resources: o.resources, logger: this.log, stopGraceMs: o.stopGraceMs ?? 10_000, ...(o.probeTimeScale !== undefined ? { timeScale: o.probeTimeScale } : {}) });
     this.queue = new Reconciler({
       name: 'agent-instance',
@@ -205,14 +235,22 @@ export class HostAgent {
     // on a loaded host). Renewing only afterwards had the control plane fail over the very
     // containers being adopted.
     const holder = `${process.pid}:${Date.now()}`;
+    this.lease = new LeaseClock(performance.now());
     const renew = (): void => {
       const lease: HostLease = { host: this.o.hostName, renewedAt: this.o.env.now(), holder };
-      this.o.resources.store.put(hostLeaseKey(this.o.hostName), lease).catch((err: unknown) => this.log.warn({ err }, 'lease renewal failed'));
+      const sentAt = performance.now();
+      this.o.resources.store
+        .put(hostLeaseKey(this.o.hostName), lease)
+        .then(() => this.lease.renewed(sentAt))
+        .catch((err: unknown) => this.log.warn({ err }, 'lease renewal failed'));
     };
     renew();
     const leaseTimer = setInterval(renew, this.o.leaseRenewMs ?? 1_000);
     leaseTimer.unref();
-    signal.addEventListener('abort', () => clearInterval(leaseTimer), { once: true });
+    // Self-fencing: a lease not renewed for G stops the `fencing: stop` containers (fence()).
+    const fenceTimer = this.o.selfFencing === false ? undefined : setInterval(() => this.checkFence(), fenceTimings(this.fenceGraceMs).checkMs);
+    fenceTimer?.unref();
+    signal.addEventListener('abort', () => (clearInterval(leaseTimer), clearInterval(fenceTimer)), { once: true });
     await this.register();
     await this.o.extras?.recover().catch((err: unknown) => this.log.warn({ err }, 'volume recovery failed'));
     await this.recover();
@@ -247,8 +285,9 @@ export class HostAgent {
     });
   }
 
-  /** Probes the drivers and writes this host's record (capacity, tiers, heartbeat). */
+  /** Probes the drivers and writes this host's record (capacity, tiers, heartbeat); reads the control plane's lease settings. */
   async register(): Promise<Host> {
+    await this.readLeaseSettings();
     const tiers: string[] = [];
     const problems: string[] = [];
     for (const [tier, d] of Object.entries(this.o.drivers)) {
@@ -321,7 +360,7 @@ export class HostAgent {
         keep.add(c.id);
         const key = instanceKey(inst.metadata.tenant ?? '', inst.metadata.name);
         const startedAtMs = c.state.status === 'running' ? Date.parse(c.state.startedAt) : Date.now();
-        this.local.set(key, { uid: inst.metadata.uid, id: c.id, driver, generation: inst.metadata.generation, startedAtMs, exited: c.state.status === 'exited', stopGraceMs: this.graceFor(inst) });
+        this.local.set(key, { uid: inst.metadata.uid, id: c.id, driver, generation: inst.metadata.generation, startedAtMs, exited: c.state.status === 'exited', stopGraceMs: this.graceFor(inst), fencing: instanceFencing(inst.spec) });
         this.log.info({ instance: key, container: c.id, state: c.state.status }, 'adopted container');
         if (c.state.status === 'running') {
           this.watchExit(key, c.id, driver);
@@ -477,6 +516,59 @@ export class HostAgent {
     return stopGraceMsOf(inst.spec, this.o.stopGraceMs ?? 10_000);
   }
 
+  /** True when no lease renewal sent in the last G succeeded. */
+  private leaseStale(): boolean {
+    return this.o.selfFencing !== false && this.lease.stale(performance.now(), this.fenceGraceMs);
+  }
+
+  /** The fence grace G from the control plane's published settings (kept when they cannot be read). */
+  private async readLeaseSettings(): Promise<void> {
+    const settings = (await this.o.resources.store.get<HostLeaseSettings>(HOST_LEASE_SETTINGS_KEY).catch(() => undefined))?.value;
+    if (!settings || !(settings.graceMs > 0) || settings.graceMs === this.fenceGraceMs) return;
+    this.log.info({ fenceGraceMs: settings.graceMs, leaseTtlMs: settings.ttlMs, fenceWaitMs: settings.waitMs }, 'fence grace from the control plane');
+    this.fenceGraceMs = settings.graceMs;
+  }
+
+  /**
+   * One fence check (every FENCE_CHECK_MS): while the lease is stale, stops each local
+   * container whose instance says `fencing: stop`; once it is fresh again, requeues the
+   * fenced instances, which the usual pass starts again if they are still placed here (the
+   * control plane may have replaced them elsewhere meanwhile: then they are simply gone).
+   * Needs nothing from the store: what to stop is in `local`.
+   */
+  private checkFence(): void {
+    const stale = this.leaseStale();
+    if (stale && !this.fencing) this.log.warn({ leaseAgeMs: Math.round(this.lease.ageMs(performance.now())), fenceGraceMs: this.fenceGraceMs }, 'lease stale: fencing the fencing=stop instances of this host');
+    if (!stale && this.fencing) {
+      this.log.info({ fenced: [...this.fenced.keys()] }, 'lease renewed: fence lifted');
+      for (const key of this.fenced.keys()) this.queue.add(key);
+      this.fenced.clear();
+    }
+    this.fencing = stale;
+    if (!stale) return;
+    const candidates = [...this.local].map(([key, c]) => ({ key, fencing: c.fencing, exited: c.exited, stopping: c.tearingDown === true }));
+    for (const key of toFence(candidates)) void this.fence(key);
+  }
+
+  /**
+   * Stops one container for the fence: SIGTERM, SIGKILL after FENCE_KILL_GRACE_MS (not the
+   * workload's own grace: the control plane's wait counts on the stop budget), logs
+   * `fenced: stopped` with the instance once it is down, then removes it as a teardown does.
+   */
+  private async fence(key: string): Promise<void> {
+    const cur = this.local.get(key);
+    if (!cur) return;
+    cur.tearingDown = true; // its exit is no crash to restart
+    this.probes.forget(key);
+    const killGraceMs = fenceTimings(this.fenceGraceMs).killGraceMs;
+    const t0 = performance.now();
+    await cur.driver.stop(cur.id, killGraceMs).catch((err: unknown) => this.log.warn({ instance: key, container: cur.id, err }, 'fence: stop failed'));
+    const at = new Date().toISOString();
+    this.fenced.set(key, { container: cur.id, at });
+    this.log.warn({ instance: key, container: cur.id, stopMs: Math.round(performance.now() - t0), leaseAgeMs: Math.round(this.lease.ageMs(performance.now())) }, `fenced: stopped ${key}`);
+    await this.teardown(key, 0).catch((err: unknown) => this.log.warn({ instance: key, container: cur.id, err }, 'fence: removal failed'));
+  }
+
   /**
    * Stops and removes the instance's container and network; idempotent. `graceMs`: SIGTERM to
    * SIGKILL; absent: the grace of the spec the container was started from.
@@ -516,6 +608,7 @@ export class HostAgent {
       this.log.info({ instance: key }, 'instance removed');
       return;
     }
+    if (cur && cur.uid === inst.metadata.uid) cur.fencing = instanceFencing(inst.spec);
     if (cur && cur.uid !== inst.metadata.uid) {
       // The instance was replaced under the same name (e.g. failover moved it here or away):
       // whatever ran for the old one must not serve the new one.
@@ -559,6 +652,7 @@ export class HostAgent {
           startedAtMs,
           exited: false,
           stopGraceMs: this.graceFor(inst),
+          fencing: instanceFencing(inst.spec),
           ...(volumeIds.length > 0 ? { volumeIds } : {}),
           ...(refs.secrets.length + refs.configs.length > 0 ? { materialVersion: '' } : {}),
           ...(inst.spec.cell ? { cell: inst.spec.cell } : {}),
@@ -570,7 +664,7 @@ export class HostAgent {
         return;
       }
       if (driver && found?.state.status === 'exited') {
-        this.local.set(key, { uid: inst.metadata.uid, id: found.id, driver, generation: inst.metadata.generation, startedAtMs: Date.parse(found.state.startedAt ?? '') || Date.now(), exited: true, stopGraceMs: this.graceFor(inst) });
+        this.local.set(key, { uid: inst.metadata.uid, id: found.id, driver, generation: inst.metadata.generation, startedAtMs: Date.parse(found.state.startedAt ?? '') || Date.now(), exited: true, stopGraceMs: this.graceFor(inst), fencing: instanceFencing(inst.spec) });
         await this.recordExit(key, found.id, found.state);
         return;
       }
@@ -584,6 +678,8 @@ export class HostAgent {
   }
 
   private async startAttempt(key: string, inst: Instance): Promise<ReconcileResult> {
+    // Fenced: not while the lease is stale (the control plane may be starting it elsewhere).
+    if (!mayStart(instanceFencing(inst.spec), this.leaseStale())) return { requeueAfterMs: 1_000 };
     const lookup = this.driverFor(inst);
     const c = inst.spec.container;
     if ('waitingForCell' in lookup) {
@@ -631,6 +727,8 @@ export class HostAgent {
     }
     clearTimeout(showPulling);
     this.pullFailures.delete(key);
+    // The pull may have taken long: the lease may have gone stale meanwhile.
+    if (!mayStart(instanceFencing(inst.spec), this.leaseStale())) return { requeueAfterMs: 1_000 };
     let started: StartedContainer;
     let extras: StartExtras | undefined;
     try {
@@ -643,6 +741,8 @@ export class HostAgent {
         [LABELS.generation]: String(inst.metadata.generation),
       };
       const container = extras && Object.keys(extras.env).length > 0 ? { ...c, env: { ...c.env, ...extras.env } } : c;
+      // Logged before the runtime is asked: no process of it exists before this line's time (the partition test orders fences by it).
+      this.log.info({ instance: key, container: id }, 'starting container');
       const req = { id, rootfs: image.rootfs, image: image.config, container, hostname: inst.metadata.name, labels, ...(net ? { netnsPath: net.endpoint.netnsPath, dns: net.dns } : {}) };
       const info =
         extras?.kind === 'cell'
@@ -659,7 +759,7 @@ export class HostAgent {
       if (extras) await this.o.extras?.release(inst.metadata.uid, extras.volumeIds, this.volumesInUse(), extras.kind === 'cell' ? extras.cell : undefined);
       return this.afterExit(key, inst, { exitCode: 128, finishedAtMs: Date.now(), startError: message, containerId: id, startUnavailable: isCarapaceError(err, 'CARAPACE_E_UNAVAILABLE') });
     }
-    const cur: LocalContainer = { uid: inst.metadata.uid, id, driver, generation: inst.metadata.generation, startedAtMs: Date.now(), exited: false, unrecorded: started, stopGraceMs: this.graceFor(inst), ...(extras ? { volumeIds: extras.volumeIds } : {}), ...(extras?.materialVersion !== undefined ? { materialVersion: extras.materialVersion } : {}), ...(inst.spec.cell ? { cell: inst.spec.cell } : {}) };
+    const cur: LocalContainer = { uid: inst.metadata.uid, id, driver, generation: inst.metadata.generation, startedAtMs: Date.now(), exited: false, unrecorded: started, stopGraceMs: this.graceFor(inst), fencing: instanceFencing(inst.spec), ...(extras ? { volumeIds: extras.volumeIds } : {}), ...(extras?.materialVersion !== undefined ? { materialVersion: extras.materialVersion } : {}), ...(inst.spec.cell ? { cell: inst.spec.cell } : {}) };
     this.local.set(key, cur);
     return this.recordStart(key, inst, cur, started);
   }

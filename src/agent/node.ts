@@ -59,6 +59,8 @@ export interface HostNodeOptions {
   advertiseAddress?: string;
   /** Where the decrypted Secret and Config data of an instance placed here comes from; absent: instances using them cannot start. */
   material?: MaterialSource;
+  /** Self-fencing (AgentOptions.selfFencing; default true): off only for the all-in-one's embedded agent. */
+  selfFencing?: boolean;
 }
 
 export interface RunningHostNode {
@@ -146,6 +148,8 @@ export async function createHostNode(o: HostNodeOptions): Promise<RunningHostNod
     ...(network ? { network } : {}),
   });
   const leaseRenewMs = envNumber('CARAPACE_LEASE_RENEW_MS');
+  // The fence grace until the control plane's published lease settings are read (model/fencing.ts).
+  const leaseTtlMs = envNumber('CARAPACE_HOST_LEASE_TTL_MS');
   const probeScale = o.probeTimeScale ?? envNumber('CARAPACE_PROBE_TIME_SCALE');
   const volumeSweepMs = envNumber('CARAPACE_VOLUME_SWEEP_MS');
   const filesRefreshMs = envNumber('CARAPACE_FILES_REFRESH_MS');
@@ -167,6 +171,8 @@ export async function createHostNode(o: HostNodeOptions): Promise<RunningHostNod
     ...(o.labels ? { labels: o.labels } : {}),
     ...(network ? { network } : {}),
     ...(leaseRenewMs ? { leaseRenewMs } : {}),
+    ...(leaseTtlMs ? { leaseTtlMs } : {}),
+    ...(o.selfFencing === false ? { selfFencing: false } : {}),
     ...(probeScale ? { probeTimeScale: probeScale } : {}),
     ...(o.stopGraceMs !== undefined ? { stopGraceMs: o.stopGraceMs } : {}),
   });

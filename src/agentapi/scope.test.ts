@@ -34,6 +34,11 @@ describe('agent scope', () => {
     expect(mayListPrefix('h1', 'leases/')).toBe(false);
   });
 
+  it('reads the lease settings the control plane publishes (fence grace), and never writes them', () => {
+    expect(mayRead('h1', 'leases/settings', { ttlMs: 3000, graceMs: 3000, waitMs: 9000 })).toBe(true);
+    expect(writeProblem('h1', { op: 'put', key: 'leases/settings', value: { ttlMs: 3000, graceMs: 60_000, waitMs: 9000 }, current: undefined })).toBeDefined();
+  });
+
   it('never writes secrets, sealed records or configs', () => {
     for (const key of [objectKey('Secret', 'db', 'acme'), sealedSecretKey('acme', 'db'), objectKey('Config', 'app', 'acme')]) {
       expect(writeProblem('h1', { op: 'put', key, value: { v: 1 }, current: undefined })).toMatch(/agents cannot write/);

@@ -3,7 +3,7 @@
  * nothing else (Kubernetes' NodeRestriction, for Carapace). Pure functions over keys and
  * stored values; the server calls them on every operation and on every watch event.
  *
- * Reads: its Host and lease; instances and cells placed on it; machines placed on it; the
+ * Reads: its Host and lease, the lease settings (TTL, fence grace); instances and cells placed on it; machines placed on it; the
  * open allocation records of those objects; and what its tenant networks need: every Host
  * record (their addresses are its VXLAN peers and the infrastructure no workload may reach)
  * and every tenant's network record and view (CIDR, blocks, service addresses and ready
@@ -31,7 +31,7 @@
  */
 import { isDeepStrictEqual } from 'node:util';
 import {
-  hostLeaseKey, INTERVALS_PREFIX, isPlacedKey, isSampleBatchOf, kindPrefix, objectKey, OPEN_PREFIX, ownerOfOpenAllocation, PLACED_PREFIXES, SAMPLES_PREFIX,
+  HOST_LEASE_SETTINGS_KEY, hostLeaseKey, INTERVALS_PREFIX, isPlacedKey, isSampleBatchOf, kindPrefix, objectKey, OPEN_PREFIX, ownerOfOpenAllocation, PLACED_PREFIXES, SAMPLES_PREFIX,
   TENANT_NETWORK_PREFIX, TENANT_NETWORK_VIEW_PREFIX, VOLUME_PREFIX, VOLUME_SNAPSHOT_PREFIX,
 } from '../model/keys.js';
 import { LAST_STATE_REASONS } from '../model/objects.js';
@@ -157,7 +157,7 @@ export function isWorkloadKey(key: string): boolean {
  * keys: the value of the object the record belongs to (the key after the prefix).
  */
 export function mayRead(host: string, key: string, value: unknown, ownerOf?: unknown): boolean {
-  if (key === objectKey('Host', host) || key === hostLeaseKey(host)) return true;
+  if (key === objectKey('Host', host) || key === hostLeaseKey(host) || key === HOST_LEASE_SETTINGS_KEY) return true;
   if (key.startsWith(HOSTS) || key.startsWith(TENANT_NETWORK_PREFIX) || key.startsWith(TENANT_NETWORK_VIEW_PREFIX)) return true;
   if (isWorkloadKey(key)) return placedOn(key, value) === host;
   if (key.startsWith(OPEN_PREFIX)) return ownerOf !== undefined && placedOn(ownerOfOpenAllocation(key), ownerOf) === host;

@@ -103,6 +103,10 @@ export async function startAllInOne(o: AllInOneOptions): Promise<RunningAllInOne
     ...(o.advertiseAddress !== undefined ? { advertiseAddress: o.advertiseAddress } : {}),
     // The agent of the all-in-one reads its instances' secrets as the control plane does.
     material: (inst) => instanceMaterial(nodeResources, keyring, inst),
+    // One process over its embedded store: no partition can separate the agent from the host
+    // monitor judging its lease, so nothing to fence against; a stalled event loop (a loaded
+    // 2-core host booting VMs) must not stop its volume users.
+    selfFencing: false,
   });
   // Plain HTTP only while nothing but this machine can connect; on any other address the API
   // is HTTPS with a certificate from the cluster CA, as `carapace server`'s.

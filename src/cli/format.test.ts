@@ -145,7 +145,7 @@ describe('last state and stop grace in describe', () => {
     const out = formatDescribe(inst({ lastState: { exitCode: 137, reason: 'OOMKilled', message: 'exited with code 137 (OOM-killed)', startedAt: '2026-01-01T00:00:00.000Z', finishedAt: '2026-01-01T00:00:12.000Z' } }, { stopGracePeriodSeconds: 1 }));
     expect(out).toMatch(/\nLast state:\s+Terminated \(OOMKilled\), exit code 137, started 2026-01-01T00:00:00\.000Z, finished 2026-01-01T00:00:12\.000Z \(ran 12s\)\n/);
     expect(out).toMatch(/\nLast message:\s+exited with code 137 \(OOM-killed\)\n/);
-    expect(out).toMatch(/\nStop grace:\s+1s$/);
+    expect(out).toMatch(/\nStop grace:\s+1s\nFencing:\s+keep$/);
   });
 
   it('a failed start never started; no last state, no line; no grace set: the agent default', () => {
@@ -154,5 +154,10 @@ describe('last state and stop grace in describe', () => {
     expect(plain).not.toMatch(/Last state|Last message/);
     expect(plain).toMatch(/Stop grace:\s+the agent's default/);
     expect(formatDescribe(service())).toMatch(/Stop grace:\s+the agent's default/);
+  });
+
+  it('shows the effective fencing: the default says why', () => {
+    expect(formatDescribe(service())).toMatch(/\nFencing:\s+keep \(default: no volume\)/);
+    expect(formatDescribe(inst({}, { mounts: [{ volume: 'data', mountPath: '/data', readOnly: false }] }))).toMatch(/\nFencing:\s+stop$/);
   });
 });

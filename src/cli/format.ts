@@ -8,6 +8,7 @@ import { instanceReady, KINDS, type AnyObject, type Cell, type Host, type Instan
 import type { Config, Secret } from '../model/secrets.js';
 import { egressOf, type Egress, type Probe } from '../model/schemas.js';
 import type { Volume } from '../model/volumes.js';
+import { fencingSummary, instanceFencing } from '../model/fencing.js';
 import type { VolumeSnapshot } from '../model/volume-snapshots.js';
 
 /** `5s`, `3m`, `2h`, `4d` since an RFC 3339 time. */
@@ -336,6 +337,7 @@ export function formatDescribe(o: AnyObject, instances: Instance[] = []): string
           ['Replicas', `${o.spec.replicas} desired, ${o.status.ready} ready`],
           ['Restart policy', o.spec.restartPolicy],
           ['Stop grace', stopGraceOf(o.spec.stopGracePeriodSeconds)],
+          ['Fencing', fencingSummary(o.spec)],
         ]),
       );
       break;
@@ -375,6 +377,7 @@ export function formatDescribe(o: AnyObject, instances: Instance[] = []): string
           ['Failures', `${o.status.failed} (backoffLimit ${o.spec.backoffLimit} per index)`],
           ['Reason', o.status.reason],
           ['Stop grace', stopGraceOf(o.spec.stopGracePeriodSeconds)],
+          ['Fencing', fencingSummary(o.spec)],
         ]),
       );
       break;
@@ -405,6 +408,7 @@ export function formatDescribe(o: AnyObject, instances: Instance[] = []): string
           ['Mounts', (o.spec.mounts ?? []).length ? (o.spec.mounts ?? []).map((m) => `${m.volume} at ${m.mountPath}${m.readOnly ? ' (read-only)' : ''}`).join(', ') : undefined],
           ['Restart policy', o.spec.restartPolicy],
           ['Stop grace', stopGraceOf(o.spec.stopGracePeriodSeconds)],
+          ['Fencing', instanceFencing(o.spec)],
         ]),
       );
       break;
@@ -472,6 +476,8 @@ export function formatDescribe(o: AnyObject, instances: Instance[] = []): string
           ['Heartbeat', `${o.status.lastHeartbeatAt} (${age(o.status.lastHeartbeatAt)} ago)`],
           ['Agent', o.status.agentVersion],
           ['Message', o.status.message],
+          ['Lost', o.status.lostAt],
+          ['Fenced', o.status.fencedAt ? `${o.status.fencedAt} (lease silent past the fence wait: its fencing=stop instances may be replaced)` : undefined],
         ]),
       );
       break;

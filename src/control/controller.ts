@@ -16,6 +16,7 @@ import type { Volume } from '../model/volumes.js';
 import { claimServiceAddress } from '../core/network-records.js';
 import { restartVersions } from '../core/secrets.js';
 import { referencesOf } from '../model/secrets.js';
+import { instanceFencing } from '../model/fencing.js';
 import type { ModelView } from '../scheduler/model-adapter.js';
 import { planJob, planService, type Change } from './workload-plan.js';
 import { Placement } from './placement.js';
@@ -285,6 +286,12 @@ export class WorkloadController {
    * its agent; a lost host's agent destroys, when it returns, every container no instance
    * wants), so the plan that follows creates replacements at once, under the same names.
    * Each eviction is audited. Returns the names evicted.
+   *
+   * Except an instance with `fencing: stop` on a host that is NotReady but not yet fenced
+   * (`status.fencedAt`, the host monitor's fence wait W): its agent may be alive behind a
+   * partition and still run it until its own grace G and stop budget have passed (bound in
+   * model/fencing.ts). It stays, and so does its cell's record (`retireDeadCells`), until W:
+   * a host back sooner simply runs it again; a host record deleted by an operator is not waited for.
    */
   private async evictLost(tenant: string, owned: Instance[], hosts: Host[], cells: Cell[]): Promise<Set<string>> {
     const out = new Set<string>();
@@ -295,6 +302,7 @@ export class WorkloadController {
       const host = hostBy.get(i.spec.host);
       const cell = i.spec.cell ? cellBy.get(i.spec.cell) : undefined;
       let why: { from: string; reason: string; lostAt: string } | undefined;
+      if (host && host.status.state !== 'Ready' && host.status.fencedAt === undefined && instanceFencing(i.spec) === 'stop') continue; // not before W
       if (!host || host.status.state !== 'Ready') {
         why = { from: `host ${i.spec.host}`, reason: host ? `host ${i.spec.host} is NotReady${host.status.message ? `: ${host.status.message}` : ''}` : `host ${i.spec.host} is gone`, lostAt: host?.status.lostAt ?? this.o.env.now() };
       } else if (i.spec.cell && (!cell || DEAD_CELL_PHASES.includes(cell.status.phase))) {
@@ -362,6 +370,9 @@ export class WorkloadController {
       if (!dead && !hostLost) continue;
       for (const i of instances) if (i.spec.cell === name) this.loop.add(this.ownerKey(i));
       const nowIso = this.o.env.now();
+      // A cut-off host's cell still holding `fencing: stop` instances stays until the host is
+      // fenced (W): those instances are not replaced before, and a host back sooner runs them on in it.
+      if (hostLost && host && host.status.fencedAt === undefined && instances.some((i) => i.spec.cell === name && !TERMINAL_PHASES.includes(i.status.phase) && instanceFencing(i.spec) === 'stop')) continue;
       if (hostLost) {
         const lostAt = c.status.lostAt ?? host?.status.lostAt ?? nowIso;
         await r.remove('Cell', name, undefined, undefined, systemEntry(nowIso, 'cell.lost', 'Cell', name, c.spec.tenant, {

@@ -10,7 +10,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Resources } from '../core/resources.js';
-import { hostLeaseKey } from '../model/keys.js';
+import { HOST_LEASE_SETTINGS_KEY, hostLeaseKey } from '../model/keys.js';
+import type { HostLeaseSettings } from '../model/fencing.js';
 import type { Host, HostLease } from '../model/objects.js';
 import { openSqliteStore, type SqliteStore } from '../store/sqlite.js';
 import { StoreUnavailableError } from '../store/store.js';
@@ -97,5 +98,47 @@ describe('host monitor', () => {
     await pastTtl(t1);
     await m.check();
     expect(await state()).toBe('NotReady');
+  });
+
+  it('marks a lost host fenced once its lease was silent for the fence wait W, and clears it when the lease moves', async () => {
+    const waitMs = 3 * TTL_MS;
+    const m = new HostMonitor({ resources, env, logger: pino({ level: 'silent' }), ttlMs: TTL_MS, fenceWaitMs: waitMs });
+    await m.check();
+    // The agents learn the TTL and the fence timings from the store.
+    expect((await store.get<HostLeaseSettings>(HOST_LEASE_SETTINGS_KEY))?.value).toEqual({ ttlMs: TTL_MS, graceMs: TTL_MS, waitMs });
+    const t0 = Date.now();
+    await pastTtl(t0);
+    await m.check();
+    const lost = await resources.mustGet('Host', 'h1');
+    expect(lost.status).toMatchObject({ state: 'NotReady', reason: 'LeaseExpired' });
+    expect(lost.status.fencedAt).toBeUndefined();
+    while (Date.now() - t0 <= waitMs + 20) await sleep(10);
+    await m.check();
+    expect((await resources.mustGet('Host', 'h1')).status.fencedAt).toBeDefined();
+    await renew();
+    await m.check();
+    const back = await resources.mustGet('Host', 'h1');
+    expect(back.status.state).toBe('Ready');
+    expect(back.status.fencedAt).toBeUndefined();
+  });
+
+  it('counts the fence wait again from the end of a blind period', async () => {
+    const waitMs = 3 * TTL_MS;
+    const m = new HostMonitor({ resources, env, logger: pino({ level: 'silent' }), ttlMs: TTL_MS, fenceWaitMs: waitMs });
+    await m.check();
+    await pastTtl(Date.now());
+    await m.check();
+    expect(await state()).toBe('NotReady');
+    storeDown = true;
+    await expect(m.check()).rejects.toThrow(StoreUnavailableError);
+    const blindFor = Date.now();
+    while (Date.now() - blindFor <= waitMs + 20) await sleep(10);
+    storeDown = false;
+    const t1 = Date.now();
+    await m.check();
+    expect((await resources.mustGet('Host', 'h1')).status.fencedAt).toBeUndefined();
+    while (Date.now() - t1 <= waitMs + 20) await sleep(10);
+    await m.check();
+    expect((await resources.mustGet('Host', 'h1')).status.fencedAt).toBeDefined();
   });
 });

@@ -26,8 +26,8 @@ async function instance(name: string): Promise<Instance> {
   return h.resources.mustGet('Instance', name, 'acme');
 }
 
-async function setHostState(name: string, state: 'Ready' | 'NotReady'): Promise<void> {
-  await h.resources.mutate('Host', name, undefined, (x) => ((x.status = { ...x.status, state, ...(state === 'NotReady' ? { lostAt: h.env.now() } : {}) }), x));
+async function setHostState(name: string, state: 'Ready' | 'NotReady', fenced = false): Promise<void> {
+  await h.resources.mutate('Host', name, undefined, (x) => ((x.status = { ...x.status, state, ...(state === 'NotReady' ? { lostAt: h.env.now(), ...(fenced ? { fencedAt: h.env.now() } : {}) } : {}) }), x));
 }
 
 async function refusal(p: Promise<unknown>): Promise<{ code: string; message: string; details: { path: string; message: string }[] }> {
@@ -69,6 +69,10 @@ describe('volume placement', () => {
     // (its data is there) instead of going to the other, ready host.
     const first = i.spec.host;
     await setHostState(first, 'NotReady');
+    // Not before the host is fenced (its fencing is `stop`, the default with a volume).
+    await h.controller.reconcile('Service/acme/pg');
+    expect((await instance('pg-0')).metadata.uid).toBe(i.metadata.uid);
+    await setHostState(first, 'NotReady', true);
     await h.controller.reconcile('Service/acme/pg');
     const waiting = await instance('pg-0');
     expect(waiting.metadata.uid).not.toBe(i.metadata.uid);

@@ -8,6 +8,7 @@ import { instanceName, instanceReady, TERMINAL_PHASES, type Instance, type Insta
 import { containerSpecOf, type ServiceSpec } from '../model/schemas.js';
 import { isOfRevision, nextRevision, rolloutBounds, rolloutOf, sameJson, specWithTemplate, templateOf, waitingReplicas, type ProgressingCondition, type ProgressingReason, type RolloutProgress } from '../model/rollout.js';
 import { mountsOf } from '../model/volumes.js';
+import { fencingOf } from '../model/fencing.js';
 import { isDeepStrictEqual } from 'node:util';
 
 export type Change =
@@ -39,7 +40,7 @@ export interface PlanContext {
 }
 
 /** The instance fields that say how the agent restarts and stops its container, from the owner's spec. */
-type RestartFields = Pick<InstanceSpec, 'restartPolicy' | 'maxRestarts' | 'stopGracePeriodSeconds'>;
+type RestartFields = Pick<InstanceSpec, 'restartPolicy' | 'maxRestarts' | 'stopGracePeriodSeconds' | 'fencing'>;
 
 /** The stop grace of the owner's spec, as an instance carries it (absent when the owner sets none). */
 function stopGraceOf(spec: { stopGracePeriodSeconds?: number | undefined }): Pick<InstanceSpec, 'stopGracePeriodSeconds'> {
@@ -143,7 +144,7 @@ export function planService(serviceName: string, service: Service | undefined, i
   const entry = rev.history.find((h) => h.revision === rev.revision);
   const isNew = (i: Instance): boolean => isOfRevision(i.spec.revision, entry, rev.revision);
   const container = containerSpecOf(service.spec);
-  const restart: RestartFields = { restartPolicy: service.spec.restartPolicy, maxRestarts: -1, ...stopGraceOf(service.spec) };
+  const restart: RestartFields = { restartPolicy: service.spec.restartPolicy, maxRestarts: -1, ...stopGraceOf(service.spec), fencing: fencingOf(service.spec) };
   const live = current.filter((i) => !i.metadata.deletionRequestedAt);
   const old = live.filter((i) => !isNew(i));
 
@@ -231,11 +232,12 @@ export function planService(serviceName: string, service: Service | undefined, i
   // changed, a revision renumbered by an undo): the owner's current restartOn and stop grace
   // replace the old ones; the container is replaced only when what it runs changed.
   for (const existing of freshLeft) {
-    if (existing.spec.ownerGeneration !== service.metadata.generation || !sameVersions(existing.spec.restartOn, restartOn) || existing.spec.revision !== rev.revision) {
+    if (existing.spec.ownerGeneration !== service.metadata.generation || !sameVersions(existing.spec.restartOn, restartOn) || existing.spec.revision !== rev.revision || existing.spec.fencing !== restart.fencing) {
       const { restartOn: _old, stopGracePeriodSeconds: _oldGrace, ...rest } = existing.spec;
       const spec: InstanceSpec = { ...rest, container, ...restart, ownerGeneration: service.metadata.generation, revision: rev.revision, ...(Object.keys(restartOn).length > 0 ? { restartOn } : {}) };
-      const { ownerGeneration: _was, stopGracePeriodSeconds: _graceWas, revision: _revWas, ...before } = existing.spec;
-      const { ownerGeneration: _now, stopGracePeriodSeconds: _graceNow, revision: _revNow, ...after } = spec;
+      // The fencing goes to the agent with the spec; it changes nothing the container runs.
+      const { ownerGeneration: _was, stopGracePeriodSeconds: _graceWas, revision: _revWas, fencing: _fenceWas, ...before } = existing.spec;
+      const { ownerGeneration: _now, stopGracePeriodSeconds: _graceNow, revision: _revNow, fencing: _fenceNow, ...after } = spec;
       changes.push({ op: 'updateSpec', name: existing.metadata.name, spec, replace: !isDeepStrictEqual(before, after) });
     }
   }
@@ -329,7 +331,7 @@ export function planJob(jobName: string, job: Job | undefined, instances: Instan
   } else {
     const used = new Set(current.map((i) => i.spec.index));
     let running = active.length;
-    const restart: RestartFields = { restartPolicy: 'OnFailure', maxRestarts: job.spec.backoffLimit, ...stopGraceOf(job.spec) };
+    const restart: RestartFields = { restartPolicy: 'OnFailure', maxRestarts: job.spec.backoffLimit, ...stopGraceOf(job.spec), fencing: fencingOf(job.spec) };
     for (let index = 0; index < job.spec.completions && running < job.spec.parallelism; index++) {
       if (used.has(index)) continue;
       planned.push(newInstance(job, index, ctx, restart));

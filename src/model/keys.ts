@@ -73,6 +73,12 @@ export function hostLeaseKey(host: string): string {
   return `${HOST_LEASE_PREFIX}${host}`;
 }
 
+/**
+ * Where the control plane publishes the lease TTL and fence timings (model/fencing.ts
+ * `HostLeaseSettings`) for the agents: outside `HOST_LEASE_PREFIX`, which holds leases only.
+ */
+export const HOST_LEASE_SETTINGS_KEY = 'leases/settings';
+
 // ---- API tokens -----------------------------------------------------------------------------
 
 /** The Store prefix holding token records. */

@@ -9,6 +9,7 @@ import type { InstanceMount, Volume } from './volumes.js';
 import type { Config, Secret } from './secrets.js';
 import type { VolumeSnapshot } from './volume-snapshots.js';
 import type { ProgressingCondition, RolloutProgress, ServiceRevision } from './rollout.js';
+import type { Fencing } from './fencing.js';
 
 /** Kinds stored by the control plane, with their URL/collection names. */
 export const KINDS = {
@@ -183,6 +184,13 @@ export interface InstanceSpec {
    */
   stopGracePeriodSeconds?: number;
   /**
+   * What the agent does when its host lease goes stale (model/fencing.ts): `stop` the
+   * container before the control plane may replace it elsewhere, or `keep` it. Copied from
+   * the owner's effective fencing (`fencingOf`); absent on instances stored before it
+   * existed (`instanceFencing`: `stop` when it mounts a volume).
+   */
+  fencing?: Fencing;
+  /**
    * For service replicas: the revision of the service's template it was made from
    * (`Service.status.revision`); absent on instances made before rollouts existed (read as 1).
    */
@@ -284,6 +292,12 @@ export interface HostStatus {
   reason?: string;
   /** When the control plane declared it NotReady. */
   lostAt?: string;
+  /**
+   * When its lease had been silent for the fence wait W (model/fencing.ts): its agent, if
+   * alive, has stopped every `fencing: stop` instance by then, so the controller may replace
+   * them. Set by the host monitor, cleared when the host is Ready again.
+   */
+  fencedAt?: string;
   /**
    * The host's underlay address, where other hosts' VXLAN reaches it: the agent's
    * `--advertise-address`, else the source address of its default route. Absent when the

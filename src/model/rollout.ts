@@ -96,21 +96,22 @@ export function rolloutBounds(r: RolloutSettings, replicas: number): { surge: nu
  * many (`replicas`), how to roll (`rollout`) and the drain budget (`maxUnavailable`), whose
  * changes make no new revision.
  */
-export type ServiceTemplate = Omit<ServiceSpec, 'replicas' | 'rollout' | 'maxUnavailable'>;
+export type ServiceTemplate = Omit<ServiceSpec, 'replicas' | 'rollout' | 'maxUnavailable' | 'fencing'>;
 
 /** The template of a service spec (see ServiceTemplate). */
 export function templateOf(spec: ServiceSpec): ServiceTemplate {
-  const { replicas: _r, rollout: _ro, maxUnavailable: _mu, ...template } = spec;
+  const { replicas: _r, rollout: _ro, maxUnavailable: _mu, fencing: _f, ...template } = spec;
   return template;
 }
 
-/** The spec with `template` as its template and `spec`'s own replicas, rollout and drain budget (undo, rollback). */
+/** The spec with `template` as its template and `spec`'s own replicas, rollout, drain budget and fencing (undo, rollback). */
 export function specWithTemplate(spec: ServiceSpec, template: ServiceTemplate): ServiceSpec {
   return {
     ...template,
     replicas: spec.replicas,
     ...(spec.rollout !== undefined ? { rollout: spec.rollout } : {}),
     ...(spec.maxUnavailable !== undefined ? { maxUnavailable: spec.maxUnavailable } : {}),
+    ...(spec.fencing !== undefined ? { fencing: spec.fencing } : {}),
   };
 }
 

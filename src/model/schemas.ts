@@ -14,6 +14,7 @@ export const API_VERSION = 'carapace/v1';
 // In name.ts so kind files (volumes.ts) that this file imports can use it without an import cycle.
 export { NameSchema } from './name.js';
 import { NameSchema } from './name.js';
+import { FencingSchema } from './fencing.js';
 import { refineVolumes, StorageQuotaSchema, VolumeMountSchema, VolumeSpecSchema, VolumeTemplateSchema } from './volumes.js';
 import { VolumeSnapshotSpecSchema } from './volume-snapshots.js';
 
@@ -241,6 +242,13 @@ export const ServiceSpecSchema = ContainerSpecSchema.extend({
   /** One Volume `<name>-<ordinal>` per replica, made and kept by the control plane (model/volumes.ts). */
   volumeTemplates: z.array(VolumeTemplateSchema).max(16).optional(),
   stopGracePeriodSeconds: StopGracePeriodSchema.optional(),
+  /**
+   * What a host cut off from the control plane does with the replicas (model/fencing.ts):
+   * `stop` them before they are replaced elsewhere, or `keep` them running. Absent: `stop`
+   * when the service mounts a volume (`volumes`, `volumeTemplates`), else `keep`
+   * (`fencingOf`). Not part of the template: a change reaches the replicas without a restart.
+   */
+  fencing: FencingSchema.optional(),
   /** How a change of the template replaces the replicas (model/rollout.ts); absent: ROLLOUT_DEFAULTS. */
   rollout: RolloutSchema.optional(),
   /**
@@ -259,6 +267,8 @@ export const JobSpecSchema = ContainerSpecSchema.extend({
   /** Failed runs retried (with exponential backoff) before the job is Failed. */
   backoffLimit: z.number().int().min(0).max(100).default(3),
   stopGracePeriodSeconds: StopGracePeriodSchema.optional(),
+  /** As a service's `fencing` (model/fencing.ts): absent, `stop` when the job mounts a volume, else `keep`. */
+  fencing: FencingSchema.optional(),
 });
 export type JobSpec = z.infer<typeof JobSpecSchema>;
 

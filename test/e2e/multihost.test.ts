@@ -19,13 +19,14 @@ import { LABELS } from '../../src/agent/container-id.js';
 import { createVmManager } from '../../src/vm/qemu.js';
 import { run, runOrThrow } from '../../src/proc/run.js';
 import { Agent, apiCaFile, CLI, cli, containers, destroyAll, eventually, freePort, Server, tempDir, tokens } from './helpers.js';
+import { ip, makeLan, netnsAgent, removeLan, type NetnsHost, type NetnsLan } from './netns-hosts.js';
 
-const BRIDGE = 'cmh0';
 const GW = '10.70.0.1';
-const HOSTS = [
+const HOSTS: NetnsHost[] = [
   { name: 'h1', ns: 'cmh-h1', veth: 'cmhv1', ip: '10.70.0.11', zone: 'a' },
   { name: 'h2', ns: 'cmh-h2', veth: 'cmhv2', ip: '10.70.0.12', zone: 'b' },
 ];
+const LAN: NetnsLan = { bridge: 'cmh0', gw: GW, hosts: HOSTS };
 
 let tmp: { dir: string; cleanup: () => Promise<void> };
 let registry: RunningRegistry;
@@ -34,39 +35,14 @@ let server: Server;
 let agentPort = 0;
 const agents: Record<string, Agent> = {};
 
-async function ip(...args: string[]): Promise<void> {
-  await runOrThrow('ip', args);
-}
-
-/**
- * Removes a host namespace and its veth: processes still in it (a DNS server of a tenant
- * segment, a workload) keep a namespace alive after `ip netns del`, and its veth with it.
- */
-async function removeHostNs(h: (typeof HOSTS)[number]): Promise<void> {
-  const pids = (await run('ip', ['netns', 'pids', h.ns])).stdout.split('\n').filter(Boolean);
-  if (pids.length > 0) await run('kill', ['-9', ...pids]);
-  await ip('netns', 'del', h.ns).catch(() => undefined);
-  await ip('link', 'del', h.veth).catch(() => undefined);
-}
-
 async function list<T>(what: string): Promise<T[]> {
   const r = await cli(server.url, ['get', what, '-o', 'json']);
   if (r.code !== 0) throw new Error(r.stderr);
   return (JSON.parse(r.stdout) as { items: T[] }).items;
 }
 
-function agentFor(h: (typeof HOSTS)[number], token?: string): Agent {
-  // nsenter joins only the host's network namespace and execs the agent (the process handle
-  // is the agent's). `ip netns exec` would also remount /sys, hiding the cgroup hierarchy
-  // runc needs.
-  return new Agent(join(tmp.dir, h.name), [
-    '--join', `https://${GW}:${agentPort}`,
-    ...(token ? ['--join-token', token] : []),
-    '--host-name', h.name,
-    '--label', `zone=${h.zone}`,
-    '--insecure-registry', registry.address,
-    '--accel', 'tcg',
-  ], {}, ['nsenter', `--net=/run/netns/${h.ns}`, '--']);
+function agentFor(h: NetnsHost, token?: string): Agent {
+  return netnsAgent(LAN, h, { dir: tmp.dir, agentPort, registry: registry.address, ...(token ? { token } : {}), args: ['--accel', 'tcg'] });
 }
 
 /** Serves its hostname on 8080 and tries each of $TARGETS every 2 s (`@name`: a lookup only), printing `R target yes|no`. */
@@ -124,20 +100,7 @@ async function reality(): Promise<{ containers: Map<string, string[]>; vms: Map<
 
 beforeAll(async () => {
   tmp = await tempDir('carapace-multihost-');
-  await ip('link', 'add', BRIDGE, 'type', 'bridge').catch(() => undefined);
-  await ip('addr', 'replace', `${GW}/24`, 'dev', BRIDGE);
-  await ip('link', 'set', BRIDGE, 'up');
-  for (const h of HOSTS) {
-    await removeHostNs(h); // left by a run that was cut short
-    await ip('netns', 'add', h.ns);
-    await ip('link', 'add', h.veth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', h.ns);
-    await ip('link', 'set', h.veth, 'master', BRIDGE);
-    await ip('link', 'set', h.veth, 'up');
-    await ip('-n', h.ns, 'addr', 'add', `${h.ip}/24`, 'dev', 'eth0');
-    await ip('-n', h.ns, 'link', 'set', 'eth0', 'up');
-    await ip('-n', h.ns, 'link', 'set', 'lo', 'up');
-    await ip('-n', h.ns, 'route', 'add', 'default', 'via', GW);
-  }
+  await makeLan(LAN);
   registry = await startRegistry({ dir: join(tmp.dir, 'registry'), host: GW });
   etcd = await startTlsEtcd();
   agentPort = await freePort();
@@ -160,8 +123,7 @@ afterAll(async () => {
   for (const a of Object.values(agents)) await a.stop();
   await server?.stop();
   for (const h of HOSTS) await destroyAll(join(tmp.dir, h.name), { netns: h.ns }).catch(() => undefined);
-  for (const h of HOSTS) await removeHostNs(h);
-  await ip('link', 'del', BRIDGE).catch(() => undefined);
+  await removeLan(LAN);
   await etcd?.stop();
   await registry?.stop();
   await tmp?.cleanup();
