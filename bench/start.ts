@@ -4,7 +4,13 @@
  * the same run with raw `runc run -d` of an equivalent bundle (Carapace's own config.json for
  * such a container, hardened the same way: caps, seccomp, masked paths, cgroup limits).
  * Runs alternate (carapace, raw, carapace, raw…) so machine noise hits both alike.
- * Prints one line per run to stderr and a final JSON line to stdout.
+ *
+ * The API is reached both ways an all-in-one serves it: plain HTTP (listening on loopback) and
+ * HTTPS (listening on every address, certificate from the cluster CA, verified by the client
+ * against it). One all-in-one over one state dir is restarted between blocks of BLOCK runs,
+ * plain and TLS in turn, so both see the same store, the same growing number of containers and
+ * the same machine noise; after each start one unmeasured create warms the new process up.
+ * RUNS runs of each mode. Prints one line per run to stderr and a final JSON line to stdout.
  */
 import { spawn } from 'node:child_process';
 import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -12,12 +18,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { pino } from 'pino';
-import { startAllInOne } from '../src/allinone/allinone.js';
+import { startAllInOne, type RunningAllInOne } from '../src/allinone/allinone.js';
 import { buildBusyboxImage, freePort, startRegistry } from '../src/image/testing/index.js';
 import { createImageStore } from '../src/image/local-store.js';
 import type { Instance } from '../src/model/objects.js';
+import { apiFetch, trustStateDir } from '../test/api-fetch.js';
 
 const RUNS = Number(process.argv[2] ?? 30);
+const BLOCK = 5;
+type Mode = 'plain' | 'tls';
 
 function run(cmd: string, args: string[]): Promise<{ code: number; stderr: string }> {
   return new Promise((resolve, reject) => {
@@ -39,7 +48,7 @@ class RunningWatcher {
   private readonly ac = new AbortController();
 
   async start(url: string, token: string): Promise<void> {
-    const res = await fetch(`${url}/v1/watch/instances?tenant=bench`, { signal: this.ac.signal, headers: { authorization: `Bearer ${token}` } });
+    const res = await apiFetch(`${url}/v1/watch/instances?tenant=bench`, { signal: this.ac.signal, headers: { authorization: `Bearer ${token}` } });
     const reader = res.body!.getReader(); // a streaming response always has a body
     const dec = new TextDecoder();
     let buf = '';
@@ -80,43 +89,64 @@ class RunningWatcher {
 
 async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'carapace-bench-start-'));
+  // The first admin token's CLI config goes here, not over the user's.
+  process.env['CARAPACE_CONFIG'] = join(dir, 'cli-config.json');
   const log = (s: string): boolean => process.stderr.write(`${s}\n`);
   const registry = await startRegistry({ dir: join(dir, 'registry') });
   const image = await buildBusyboxImage({ registry: registry.address, repository: 'bench/busybox', tag: '1' });
   const stateDir = join(dir, 'state');
-  const aio = await startAllInOne({ stateDir, port: await freePort(), logger: pino({ level: 'warn' }) });
+  const ports: Record<Mode, number> = { plain: await freePort(), tls: await freePort() };
+  let aio: RunningAllInOne | undefined;
+  let watcher = new RunningWatcher();
+  let warmups = 0;
   const api = async (method: string, path: string, body?: unknown): Promise<unknown> => {
-    const r = await fetch(`${aio.url}${path}`, { method, headers: { authorization: `Bearer ${aio.adminToken}`, ...(body ? { 'content-type': 'application/json' } : {}) }, body: body ? JSON.stringify(body) : null });
+    if (!aio) throw new Error('no all-in-one running');
+    const r = await apiFetch(`${aio.url}${path}`, { method, headers: { authorization: `Bearer ${aio.adminToken}`, ...(body ? { 'content-type': 'application/json' } : {}) }, body: body ? JSON.stringify(body) : null });
     const j = (await r.json()) as unknown;
     if (r.status >= 400) throw new Error(`${method} ${path}: ${JSON.stringify(j)}`);
     return j;
   };
-  const watcher = new RunningWatcher();
+  const svc = (name: string): unknown => ({
+    apiVersion: 'carapace/v1',
+    kind: 'Service',
+    metadata: { name, tenant: 'bench' },
+    spec: { image: image.reference, isolation: 'host', command: ['sleep', '3600'], cpu: 0.05, memory: '32Mi' },
+  });
+  const created: string[] = [];
+  const createAndWait = async (name: string): Promise<number> => {
+    const seen = watcher.running(`${name}-0`);
+    const t0 = performance.now();
+    created.push(name);
+    await api('PUT', `/v1/tenants/bench/services/${name}`, svc(name));
+    return (await seen) - t0;
+  };
+  /** (Re)starts the all-in-one over the one state dir, serving `mode`, and warms it up. */
+  const startIn = async (mode: Mode): Promise<void> => {
+    watcher.stop();
+    await aio?.stop();
+    const t0 = performance.now();
+    aio = await startAllInOne({ stateDir, port: ports[mode], listen: mode === 'plain' ? '127.0.0.1' : '0.0.0.0', logger: pino({ level: 'warn' }) });
+    const scheme = new URL(aio.url).protocol;
+    if (scheme !== (mode === 'plain' ? 'http:' : 'https:')) throw new Error(`a ${mode} all-in-one serves ${scheme}`);
+    // The client verifies the server against the CA the all-in-one wrote, as the CLI does.
+    if (mode === 'tls' && !(await trustStateDir(aio.url, stateDir))) throw new Error('the TLS all-in-one wrote no api-ca.crt');
+    watcher = new RunningWatcher();
+    await watcher.start(aio.url, aio.adminToken);
+    const warm = await createAndWait(`warm${warmups++}`);
+    log(`${mode} all-in-one up in ${(performance.now() - t0).toFixed(0)} ms; warm-up create ${warm.toFixed(1)} ms`);
+  };
   const rawIds: string[] = [];
   const runcRoot = join(dir, 'raw-runc-root');
   try {
+    await startIn('plain');
     await api('PUT', '/v1/tenants/bench', { apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name: 'bench' } });
-    await watcher.start(aio.url, aio.adminToken);
-    const svc = (name: string): unknown => ({
-      apiVersion: 'carapace/v1',
-      kind: 'Service',
-      metadata: { name, tenant: 'bench' },
-      spec: { image: image.reference, isolation: 'host', command: ['sleep', '3600'], cpu: 0.05, memory: '32Mi' },
-    });
-    const createAndWait = async (name: string): Promise<number> => {
-      const seen = watcher.running(`${name}-0`);
-      const t0 = performance.now();
-      await api('PUT', `/v1/tenants/bench/services/${name}`, svc(name));
-      return (await seen) - t0;
-    };
-    // Warm-up: pulls the image into the cache (not measured: the benchmark is about start).
-    log(`warm-up (image pull): ${(await createAndWait('warm')).toFixed(1)} ms`);
+    // The first warm-up also pulled the image into the cache (the benchmark is about start).
 
     // The equivalent raw bundle: Carapace's own config for the warm-up container, with the
     // image rootfs (read-only) instead of the per-container overlay and no network namespace
     // path (runc makes a fresh one).
     const insts = (await api('GET', '/v1/tenants/bench/instances')) as { items: Instance[] };
-    const warm = insts.items.find((i) => i.metadata.name === 'warm-0');
+    const warm = insts.items.find((i) => i.metadata.name === 'warm0-0');
     const cid = warm?.status.containerId ?? '';
     const bundleDir = join(stateDir, 'runtime', 'runc', 'containers', cid);
     const config = JSON.parse(await readFile(join(bundleDir, 'config.json'), 'utf8')) as {
@@ -146,37 +176,46 @@ async function main(): Promise<void> {
       return ms;
     };
 
-    const carapace: number[] = [];
+    const carapace: Record<Mode, number[]> = { plain: [], tls: [] };
     const raw: number[] = [];
-    for (let i = 0; i < RUNS; i++) {
-      const a = await createAndWait(`s${i}`);
-      const b = await rawRun(i);
-      carapace.push(a);
-      raw.push(b);
-      log(`run ${i + 1}/${RUNS}: carapace ${a.toFixed(1)} ms, raw runc ${b.toFixed(1)} ms`);
+    let i = 0;
+    for (let block = 0; carapace.plain.length < RUNS || carapace.tls.length < RUNS; block++) {
+      const mode: Mode = block % 2 === 0 ? 'plain' : 'tls';
+      if (block > 0) await startIn(mode);
+      for (let k = 0; k < BLOCK && carapace[mode].length < RUNS; k++, i++) {
+        const a = await createAndWait(`s${i}`);
+        const b = await rawRun(i);
+        carapace[mode].push(a);
+        raw.push(b);
+        log(`run ${i + 1}/${2 * RUNS} (${mode}): carapace ${a.toFixed(1)} ms, raw runc ${b.toFixed(1)} ms`);
+      }
     }
+    const ratio = (xs: number[]): number => pct(xs, 50) / pct(raw, 50);
     const result = {
       bench: 'start',
       runs: RUNS,
-      carapace_p50_ms: Number(pct(carapace, 50).toFixed(1)),
-      carapace_p90_ms: Number(pct(carapace, 90).toFixed(1)),
+      carapace_p50_ms: Number(pct(carapace.plain, 50).toFixed(1)),
+      carapace_p90_ms: Number(pct(carapace.plain, 90).toFixed(1)),
+      carapace_tls_p50_ms: Number(pct(carapace.tls, 50).toFixed(1)),
+      carapace_tls_p90_ms: Number(pct(carapace.tls, 90).toFixed(1)),
       runc_p50_ms: Number(pct(raw, 50).toFixed(1)),
       runc_p90_ms: Number(pct(raw, 90).toFixed(1)),
-      ratio_p50: Number((pct(carapace, 50) / pct(raw, 50)).toFixed(2)),
+      ratio_p50: Number(ratio(carapace.plain).toFixed(2)),
+      ratio_p50_tls: Number(ratio(carapace.tls).toFixed(2)),
+      tls_ratio_delta: Number((ratio(carapace.tls) - ratio(carapace.plain)).toFixed(3)),
     };
     process.stdout.write(`${JSON.stringify(result)}\n`);
   } finally {
     watcher.stop();
     log('cleaning up');
     for (const id of rawIds) await run('runc', ['--root', runcRoot, 'delete', '--force', id]);
-    const names = ['warm', ...Array.from({ length: RUNS }, (_v, i) => `s${i}`)];
-    for (const n of names) await api('DELETE', `/v1/tenants/bench/services/${n}`).catch(() => undefined);
-    for (let i = 0; i < 600; i++) {
-      const left = (await api('GET', '/v1/tenants/bench/instances')) as { items: unknown[] };
+    for (const n of created) await api('DELETE', `/v1/tenants/bench/services/${n}`).catch(() => undefined);
+    for (let k = 0; k < 600 && aio; k++) {
+      const left = (await api('GET', '/v1/tenants/bench/instances').catch(() => ({ items: [] }))) as { items: unknown[] };
       if (left.items.length === 0) break;
       await new Promise((r) => setTimeout(r, 100));
     }
-    await aio.stop();
+    await aio?.stop();
     await registry.stop();
     await rm(dir, { recursive: true, force: true });
   }

@@ -112,6 +112,8 @@ export interface ServerCommandOptions {
 export async function runServer(o: ServerCommandOptions): Promise<void> {
   const logger = pino({ level: process.env['CARAPACE_LOG_LEVEL'] ?? 'info' });
   const url = o.store ?? `sqlite:${join(o.stateDir, 'store.db')}`;
+  // A store URL or flags that will be refused are refused before anything is made on disk.
+  checkStoreFlags(parseStoreUrl(url), o.storeFlags ?? {});
   // Loaded before anything opens or listens: a bad keyring stops the start with its reason.
   await mkdir(o.stateDir, { recursive: true, mode: 0o700 }); // the default store and keyring live here
   const keyring = await serverKeyring({ ...(o.keyring !== undefined ? { keyring: o.keyring } : {}), ...(o.secretsKeyring !== undefined ? { secretsKeyring: o.secretsKeyring } : {}), stateDir: o.stateDir, logger });

@@ -16,7 +16,7 @@ import { objectKey } from '../../src/model/keys.js';
 import { run } from '../../src/proc/run.js';
 import { openEtcdStore } from '../../src/store/etcd.js';
 import { startEtcd, type EtcdProcess } from '../../src/store/testing/etcd.js';
-import { CLI, freePort, Server, tempDir, tokens } from './helpers.js';
+import { apiFetch, CLI, freePort, Server, tempDir, tokens } from './helpers.js';
 
 let tmp: Awaited<ReturnType<typeof tempDir>>;
 let pki: EtcdPki;
@@ -94,7 +94,7 @@ describe('servers on real etcd members', () => {
     servers.push(server);
     await server.start();
     expect(server.log).not.toContain('plain etcd');
-    const r = await fetch(`${server.url}/v1/tenants/acme`, {
+    const r = await apiFetch(`${server.url}/v1/tenants/acme`, {
       method: 'PUT',
       headers: { authorization: `Bearer ${tokens.get(server.url) ?? ''}`, 'content-type': 'application/json' },
       body: JSON.stringify({ apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name: 'acme' } }),
