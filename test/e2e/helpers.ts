@@ -15,6 +15,7 @@ import { createRuncDriver, createRunscDriver } from '../../src/runtime/index.js'
 import { CommandError, run } from '../../src/proc/run.js';
 import type { ContainerInfo } from '../../src/runtime/driver.js';
 import { apiCaFile, apiFetch, trustStateDir } from '../api-fetch.js';
+import { isLoopbackHost } from '../../src/model/netaddr.js';
 
 export { apiCaFile, apiDispatcher, apiFetch, trustStateDir } from '../api-fetch.js';
 
@@ -133,8 +134,15 @@ export class Server extends Child {
     super();
   }
 
+  /** `carapace server` always serves HTTPS; `carapace up` only when it listens beyond loopback. */
+  get https(): boolean {
+    if (this.mode === 'server') return true;
+    const i = this.extraArgs.indexOf('--listen');
+    return i >= 0 && !isLoopbackHost(this.extraArgs[i + 1] ?? '127.0.0.1');
+  }
+
   get url(): string {
-    return `${this.mode === 'server' ? 'https' : 'http'}://127.0.0.1:${this.port}`;
+    return `${this.https ? 'https' : 'http'}://127.0.0.1:${this.port}`;
   }
 
   /** Starts the process without waiting for it to serve (for a test that waits for its own condition, e.g. a refusal at start). */
@@ -150,7 +158,7 @@ export class Server extends Child {
     for (let i = 0; i < 200; i++) {
       try {
         // The CA file is written before the API listens (and kept across restarts).
-        if (this.mode === 'server' && !(await trustStateDir(this.url, this.stateDir))) throw new Error('no api-ca.crt yet');
+        if (this.https && !(await trustStateDir(this.url, this.stateDir))) throw new Error('no api-ca.crt yet');
         const r = await apiFetch(`${this.url}/healthz`);
         if (r.ok) {
           // Only the server that minted the first admin token has the file (it is written

@@ -200,6 +200,25 @@ describe('dashboard in a real browser against real workloads', () => {
     await admin.waitForSelector('.drawer', { state: 'detached' });
   });
 
+  it('tries the first load again when the server cannot be reached, and says so meanwhile', async () => {
+    const page = await openBrowser();
+    // The first two lists of cells fail as a dropped connection would; the third goes through.
+    let aborted = 0;
+    await page.route('**/v1/cells', async (route) => {
+      if (aborted < 2) {
+        aborted++;
+        await route.abort('connectionreset');
+      } else {
+        await route.continue();
+      }
+    });
+    await signIn(page, aio.url, aio.adminToken);
+    await page.waitForSelector('text=/Could not load the cluster: cannot reach the server: .* \\(trying again\\)/');
+    await page.waitForSelector('[data-lane="host"] [data-instance="acme/web-0"]');
+    expect(aborted).toBe(2);
+    expect(await bodyText(page)).not.toContain('Could not load the cluster');
+  });
+
   it("applies a manifest: the API's errors show at their fields; the fix makes a new instance appear live", async () => {
     // Marks this document: a reload would lose it.
     await admin.evaluate(() => Object.assign(window, { sameDocument: true }));

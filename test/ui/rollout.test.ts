@@ -51,6 +51,7 @@ const browsers: BrowserContext[] = [];
 const pageErrors: string[] = [];
 let adminToken = '';
 let viewerToken = '';
+const failedRequests: string[] = [];
 /** How the dashboard names the tenant-admin in the history: its token's name when the viewer of the page may list it, else the audit actor id. */
 let adminActor = '';
 const savedConfigEnv = process.env['CARAPACE_CONFIG'];
@@ -141,6 +142,8 @@ async function openBrowser(dialogs: string[] = []): Promise<Page> {
   });
   const page = ctx.pages()[0] ?? (await ctx.newPage());
   page.on('pageerror', (e) => pageErrors.push(e.message));
+  // What the page asked for and did not get, for the message of a wait that times out.
+  page.on('requestfailed', (r) => failedRequests.push(`${r.method()} ${r.url()}: ${r.failure()?.errorText ?? 'failed'}`));
   page.on('console', (m) => {
     if (/Content Security Policy/i.test(m.text())) pageErrors.push(m.text());
   });
@@ -160,7 +163,7 @@ async function openService(page: Page, token: string): Promise<void> {
   await page.click('button[type=submit]');
   await page.waitForSelector('header.top', { timeout: 15_000 });
   await page.click('[data-open-service="acme/web"]', { timeout: 30_000 }).catch(async (e: unknown) => {
-    throw new Error(`${String(e)}\nthe page showed:\n${await page.innerText('body').catch(() => '?')}`);
+    throw new Error(`${String(e)}\nthe page showed:\n${await page.innerText('body').catch(() => '?')}\nrequests that failed:\n${failedRequests.join('\n')}`);
   });
   await page.waitForSelector('[data-details="acme/web"] [data-rollout="acme/web"]');
 }

@@ -123,22 +123,36 @@ export class Cluster {
     return this.who.role === 'cluster-admin';
   }
 
-  /** Lists everything, then follows the streams until `stop`. */
+  /**
+   * Lists everything, then follows the streams until `stop`. A list that cannot reach the
+   * server (a dropped connection, a server restarting) is tried again with backoff while the
+   * page says so; a refusal (an HTTP error) is final.
+   */
   async start(): Promise<void> {
     const kinds: Listed[] = ['instances', 'cells', 'services', 'jobs', 'machines', 'volumes', 'volumesnapshots', 'secrets', 'configs', 'tenants', ...(this.isAdmin ? (['hosts'] as const) : [])];
-    try {
-      const revs = await Promise.all(kinds.map((k) => this.list(k)));
-      this.loaded = true;
-      this.changed();
-      const rev = new Map(kinds.map((k, i) => [k, revs[i] ?? 0]));
-      for (const k of WATCHED) void this.follow(k, rev.get(k) ?? 0);
-      void this.followEvents(Math.min(...revs));
-      void this.recentAudit();
-      void this.loadTokenNames();
-    } catch (e) {
-      if (this.ac.signal.aborted) return;
-      this.error = (e as Error).message;
-      this.changed();
+    let delay = 500;
+    for (;;) {
+      try {
+        const revs = await Promise.all(kinds.map((k) => this.list(k)));
+        this.loaded = true;
+        this.error = undefined;
+        this.changed();
+        const rev = new Map(kinds.map((k, i) => [k, revs[i] ?? 0]));
+        for (const k of WATCHED) void this.follow(k, rev.get(k) ?? 0);
+        void this.followEvents(Math.min(...revs));
+        void this.recentAudit();
+        void this.loadTokenNames();
+        return;
+      } catch (e) {
+        if (this.ac.signal.aborted) return;
+        const unreachable = e instanceof ApiError && e.status === 0;
+        this.error = unreachable ? `${(e as Error).message} (trying again)` : (e as Error).message;
+        this.changed();
+        if (!unreachable) return;
+        await new Promise((r) => setTimeout(r, delay));
+        if (this.ac.signal.aborted) return;
+        delay = Math.min(delay * 2, 10_000);
+      }
     }
   }
 
