@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(
   runc runsc conmon                      # container runtimes and the conmon supervisor
+  crun                                   # the runtime inside cells (the guest's cgroup v2; C, fast under emulation)
   golang-github-containers-common        # the default seccomp profile (seccomp.json)
   skopeo umoci docker-registry           # OCI images: copy, unpack, a local registry
   busybox-static                         # userland for example images and guests

@@ -8,11 +8,14 @@
  *   --state-dir DIR       tmpfs dir for bundles and runc state (default /run/carapace)
  *   --images DIR          where the images share is mounted (default $CARAPACE_IMAGES or /carapace/images)
  *   --cgroup-parent P     cgroup parent of the containers (default /carapace)
- *   --runc PATH           runc binary (default /usr/sbin/runc, from the shared /usr)
+ *   --runc PATH           the OCI runtime (default /usr/bin/crun when the shared /usr has it, else
+ *                         /usr/sbin/runc: same CLI, same bundle; crun starts a container in ~0.7 s
+ *                         under emulation where runc's Go runtime and seccomp compile took ~3 s)
  *   --seccomp PATH|none   seccomp profile (default /usr/share/containers/seccomp.json)
  *   --no-pivot auto|yes|no  runc --no-pivot (default auto: yes when / is the initramfs)
  * Exits 0 after a `shutdown` request or SIGTERM, having stopped every container.
  */
+import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import pino from 'pino';
@@ -75,7 +78,7 @@ async function main(): Promise<void> {
     stateDir: values['state-dir'] ?? '/run/carapace',
     imagesRoot: values.images ?? process.env.CARAPACE_IMAGES ?? '/carapace/images',
     cgroupParent: values['cgroup-parent'] ?? '/carapace',
-    runcPath: values.runc ?? '/usr/sbin/runc',
+    runcPath: values.runc ?? (existsSync('/usr/bin/crun') ? '/usr/bin/crun' : '/usr/sbin/runc'),
     seccompProfilePath: values.seccomp === 'none' ? false : (values.seccomp ?? '/usr/share/containers/seccomp.json'),
     noPivot: np === 'auto' ? 'auto' : np === 'yes',
     logTailLines: 1000,

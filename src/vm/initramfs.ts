@@ -21,7 +21,7 @@ import { run } from '../proc/run.js';
 export const DEFAULT_MODULES: readonly string[] = [
   'virtio_ring', 'virtio', 'virtio_mmio', 'virtio_pci', 'virtio_console', 'netfs', 'fscache', '9pnet', '9pnet_virtio', '9p',
   'failover', 'net_failover', 'virtio_net', 'virtio_blk', 'crc16', 'mbcache', 'jbd2', 'crc32c_generic', 'ext4',
-  'overlay', 'button', 'evdev',
+  'overlay', 'button', 'evdev', 'virtio_balloon',
 ];
 
 /** Options of `buildInitramfs`. */
