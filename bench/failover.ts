@@ -23,6 +23,7 @@ import { createRuncDriver } from '../src/runtime/index.js';
 import { startTlsEtcd } from '../src/pki/testing/etcd-pki.js';
 import { apiFetch, trustStateDir } from '../test/api-fetch.js';
 import { createNetworkManager } from '../src/network/network-manager.js';
+import { teardownHost } from '../src/agent/teardown.js';
 
 const N = Number(process.argv[2] ?? 3);
 const log = (s: string): boolean => process.stderr.write(`${s}\n`);
@@ -108,9 +109,9 @@ async function cellPart(dir: string, image: string): Promise<{ detect: number; w
   } finally {
     for (const t of ['fo', 'sink']) await api('DELETE', `/v1/tenants/${t}/services/s`).catch(() => undefined);
     await aio.stop();
-    for (const vm of aio.vms.recover()) await aio.vms.destroy(vm.id, 0);
-    const runc = createRuncDriver({ stateDir: join(dir, 'aio', 'runtime', 'runc'), logger: pino({ level: 'silent' }) });
-    for (const c of await runc.recover()) await runc.destroy(c.id).catch(() => undefined);
+    // Containers, cells, and the tenant networks' bridges and dnsmasq: a dnsmasq left behind
+    // holds the first tenant block's gateway address and no later all-in-one can serve it.
+    await teardownHost(join(dir, 'aio'));
   }
 }
 

@@ -18,6 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { pino } from 'pino';
+import { teardownHost } from '../src/agent/teardown.js';
 import { startAllInOne, type RunningAllInOne } from '../src/allinone/allinone.js';
 import { buildBusyboxImage, freePort, startRegistry } from '../src/image/testing/index.js';
 import { createImageStore } from '../src/image/local-store.js';
@@ -218,6 +219,8 @@ async function main(): Promise<void> {
       await new Promise((r) => setTimeout(r, 100));
     }
     await aio?.stop();
+    // The tenant network's bridge and dnsmasq too (a dnsmasq left behind blocks the next all-in-one).
+    await teardownHost(stateDir);
     await registry.stop();
     await rm(dir, { recursive: true, force: true });
   }

@@ -30,6 +30,7 @@ import { performance } from 'node:perf_hooks';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { DEFAULT_DISK_SLOTS } from '../src/agent/cells.js';
+import { teardownHost } from '../src/agent/teardown.js';
 import { startAllInOne, type RunningAllInOne } from '../src/allinone/allinone.js';
 import { buildFioImage, freePort, startRegistry, type RunningRegistry } from '../src/image/testing/index.js';
 import type { Cell, Instance, Job } from '../src/model/objects.js';
@@ -123,6 +124,8 @@ async function main(): Promise<void> {
         await until('cells retired', async () => ((await api<{ items: Cell[] }>('GET', '/v1/cells')).items.length === 0 ? true : undefined), 120_000).catch(() => log('cells left behind (destroyed below)'));
         await a.stop();
         for (const v of a.vms.recover()) await a.vms.destroy(v.id, 0).catch(() => undefined);
+        // The tenant network's bridge and dnsmasq (a dnsmasq left behind blocks the next all-in-one).
+        await teardownHost(stateDir).catch((e: unknown) => log(`teardown: ${String(e)}`));
       }
       const runc = createRuncDriver({ stateDir: join(stateDir, 'runtime', 'runc'), logger: pino({ level: 'silent' }) });
       for (const c of await runc.recover().catch(() => [])) await runc.destroy(c.id).catch(() => undefined);

@@ -39,6 +39,12 @@ export interface GuestAgentOptions extends Omit<SupervisorOptions, 'logger'> {
   processStartMs?: number;
   /** Puts the VM on its tenant network (a `network` request). Default: refuse (no network to configure). */
   configureNetwork?: (cfg: WireNetwork) => Promise<void>;
+  /**
+   * Runs the supervisor's prewarm container when the cell has had no container this long after
+   * the host's first hello (an idle cell: warm, or waiting). Default: never (the agent on a
+   * host, in tests). A cell that gets work at once warms up with that work instead.
+   */
+  prewarmAfterMs?: number;
 }
 
 /** Counters of the agent. */
@@ -72,6 +78,7 @@ export class GuestAgent {
   private readonly drops = new Map<string, number>();
   private readyAtMs = 0;
   private bootMs = 0;
+  private prewarmArmed = false;
   private shutdownRequested: (() => void) | undefined;
   private readonly counters: GuestAgentStats = { hellos: 0, invalidHostLines: 0, outboxDropped: 0, rateDropped: 0 };
 
@@ -193,6 +200,18 @@ export class GuestAgent {
     for (const c of this.supervisor.list()) this.send({ type: 'state', containerId: c.containerId, state: c.state });
     this.reportDrops();
     this.pump();
+    this.armPrewarm();
+  }
+
+  /** Once per agent: the prewarm container, if no container came after the first hello (see prewarmAfterMs). */
+  private armPrewarm(): void {
+    const after = this.opts.prewarmAfterMs;
+    if (after === undefined || this.prewarmArmed) return;
+    this.prewarmArmed = true;
+    const t = setTimeout(() => {
+      if (this.supervisor.list().length === 0) void this.supervisor.prewarm();
+    }, after);
+    t.unref();
   }
 
   private async serve(msg: Exclude<HostMessage, { type: 'hello' }>): Promise<void> {

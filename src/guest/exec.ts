@@ -28,6 +28,7 @@ import type { Logger } from 'pino';
 import { CHANNEL, decodeFrame, encodeFrame, parseResize } from '../exec/frames.js';
 import type { ExecProcess } from '../exec/process.js';
 import { killTree, pidInCgroup } from '../proc/pids.js';
+import { run } from '../proc/run.js';
 import { EXEC_WINDOW_BYTES, MAX_EXEC_CHUNK_BYTES, MAX_EXEC_SESSIONS, type GuestMessage, type HostMessage } from './protocol.js';
 import { SupervisorError, type Supervisor } from './supervisor.js';
 
@@ -38,6 +39,7 @@ interface Session {
   proc: ExecProcess;
   pidFile: string;
   cgroupPath: string;
+  tty: boolean;
   /** Output bytes sent and not yet acknowledged by the host. */
   inflight: number;
   /** Output read while the window was full, sent as acks come (bounded: reading stops at once). */
@@ -73,7 +75,7 @@ export class GuestExecSessions {
     const cmd = this.supervisor.execCommand(req.containerId, req.command, req.tty);
     const startedAt = performance.now();
     const proc = spawnExec(cmd.argv, { tty: req.tty, stdin: req.stdin, ...(req.cols !== undefined ? { cols: req.cols } : {}), ...(req.rows !== undefined ? { rows: req.rows } : {}) });
-    const s: Session = { id: req.sessionId, proc, pidFile: cmd.pidFile, cgroupPath: cmd.cgroupPath, inflight: 0, pending: [], paused: false, over: false };
+    const s: Session = { id: req.sessionId, proc, pidFile: cmd.pidFile, cgroupPath: cmd.cgroupPath, tty: req.tty, inflight: 0, pending: [], paused: false, over: false };
     this.sessions.set(s.id, s);
     proc.onOutput((stream, data) => {
       if (s.over) return;
@@ -130,8 +132,26 @@ export class GuestExecSessions {
     else if (f.channel === CHANNEL.eof) s.proc.endInput();
     else if (f.channel === CHANNEL.resize) {
       const size = parseResize(f.payload);
-      if (size) s.proc.resize(size.cols, size.rows);
+      if (size) {
+        s.proc.resize(size.cols, size.rows);
+        if (s.tty) void this.resizeInner(s, size.cols, size.rows);
+      }
     }
+  }
+
+  /**
+   * Sets the size of the container's own terminal too. `runc exec --tty` copies a resize of
+   * ours to it on SIGWINCH; crun 1.8 copies the size once, at the start, and never again. The
+   * exec'd process's stdin is that terminal: `stty -F /proc/PID/fd/0` (busybox, the guest's
+   * root) sets its size, which signals the container's foreground processes as a resize does.
+   * Harmless with runc (the same size twice). A session whose process is not known yet, or gone,
+   * keeps the size it had.
+   */
+  private async resizeInner(s: Session, cols: number, rows: number): Promise<void> {
+    const pid = Number((await readFile(s.pidFile, 'utf8').catch(() => '')).trim());
+    if (!Number.isInteger(pid) || pid <= 0 || !pidInCgroup(pid, s.cgroupPath)) return;
+    const r = await run('stty', ['-F', `/proc/${pid}/fd/0`, 'rows', String(rows), 'cols', String(cols)]).catch((e: unknown) => ({ code: -1, stderr: String(e) }));
+    if (r.code !== 0) this.log.debug({ sessionId: s.id, err: r.stderr }, 'could not resize the container terminal');
   }
 
   /** The host took `bytes` of a session's output. */

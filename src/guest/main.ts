@@ -83,6 +83,7 @@ async function main(): Promise<void> {
     noPivot: np === 'auto' ? 'auto' : np === 'yes',
     logTailLines: 1000,
     configureNetwork: configureEth0,
+    prewarmAfterMs: 2_000,
   });
   const ac = new AbortController();
   process.once('SIGTERM', () => ac.abort());
