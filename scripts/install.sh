@@ -21,6 +21,7 @@ DEBIAN_PACKAGES=(
   tcpdump                                # test/e2e/api-tls.test.ts: a capture of the CLI's traffic shows no token in clear
   postgresql-15 postgresql-client-15     # the PostgreSQL image and the guestbook example's api (psql) (src/image/testing/); no system cluster, see below
   chromium                               # the dashboard's end-to-end tests (headless, via playwright-core)
+  nginx                                  # the nginx image of npm run bench -- cell (src/image/testing/debian-images.ts); no system server, see below
   curl ca-certificates
 )
 
@@ -47,8 +48,23 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
     export UCF_FORCE_CONFFOLD=1
   fi
+  # nginx is here for its files too, but its postinst starts a system nginx on :80 (invoke-rc.d),
+  # a port tests and examples use. A policy-rc.d exiting 101 tells invoke-rc.d to start
+  # nothing during this install; one already there (a container image's) is left as it is.
+  policy=/usr/sbin/policy-rc.d
+  made_policy=
+  if [[ " ${missing[*]} " == *" nginx "* ]] && [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# Written by Carapace scripts/install.sh for one apt-get run: start no service.\nexit 101\n' > "$policy"
+    chmod 0755 "$policy"
+    made_policy=1
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$made_policy" ]; then
+    rm -f "$policy"
+    trap - EXIT
+  fi
 fi
 
 # Debian's docker-registry package may start a system registry on :5000; Carapace runs its
@@ -56,6 +72,18 @@ fi
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet docker-registry 2>/dev/null; then
   systemctl stop docker-registry || true
   systemctl disable docker-registry >/dev/null 2>&1 || true
+fi
+# The same for nginx (:80) when this run installed it, also when its unit is only enabled:
+# policy-rc.d stops the start at install, not the enabling, so it would start at the next
+# boot. Without systemd (a container), an nginx the install started anyway is stopped. An
+# nginx installed before this run is the machine owner's and is left alone.
+if [[ " ${missing[*]} " == *" nginx "* ]]; then
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl stop nginx 2>/dev/null || true
+    systemctl disable nginx >/dev/null 2>&1 || true
+  elif [ -s /run/nginx.pid ] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; then
+    /etc/init.d/nginx stop >/dev/null || true
+  fi
 fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then

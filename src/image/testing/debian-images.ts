@@ -6,8 +6,8 @@
  *   node dist/src/image/testing/debian-images.js 127.0.0.1:5000
  *
  * prints one `name=reference` line per image (and exits non-zero with a message on failure).
- * Needs the Debian packages postgresql-15 (with postgresql-client-15), fio and util-linux
- * (scripts/install.sh installs them).
+ * Needs the Debian packages postgresql-15 (with postgresql-client-15), fio and util-linux, and
+ * nginx for buildNginxImage (scripts/install.sh installs them all).
  */
 import { pathToFileURL } from 'node:url';
 import { buildDebianImage, packageVersion } from './debian-image.js';
@@ -17,6 +17,7 @@ import type { BuiltImage } from './oci-build.js';
 export const DEBIAN_REPOSITORIES = {
   postgres: 'carapace-examples/postgres',
   fio: 'carapace-examples/fio',
+  nginx: 'carapace-examples/nginx',
 } as const;
 
 /** The uid and gid of `postgres` in the image (Debian's system-user range; the official image's too). */
@@ -157,6 +158,69 @@ export async function buildFioImage(registry: string, tag = '3'): Promise<BuiltI
     packages: [{ name: 'fio', include: [/^\/usr\/bin\/fio$/] }],
     cmd: ['fio', '--version'],
     labels: { 'org.opencontainers.image.description': `fio (Debian ${version})`, 'org.opencontainers.image.version': version },
+  });
+}
+
+/** The uid and gid of `www-data` in the image (Debian's fixed id), the user of nginx's workers. */
+export const NGINX_WORKER_UID = 33;
+
+/**
+ * The whole nginx configuration: one worker (an idle server's footprint, not a tuned one),
+ * errors to stderr (the container log), no access log, a static page on :80. The pid file goes
+ * to /run/nginx, a directory of the image (a runtime may give the container no /run).
+ */
+const NGINX_CONF = `user www-data;
+worker_processes 1;
+pid /run/nginx/nginx.pid;
+error_log stderr notice;
+events {
+  worker_connections 256;
+}
+http {
+  include /etc/nginx/mime.types;
+  default_type application/octet-stream;
+  access_log off;
+  server {
+    listen 80 default_server;
+    root /usr/share/nginx/html;
+    index index.html;
+  }
+}
+`;
+
+/** The page nginx serves at `/`; the benchmark checks for this text. */
+export const NGINX_PAGE = '<!doctype html>\n<title>carapace nginx</title>\n<p>served by nginx in a carapace container</p>\n';
+
+/**
+ * nginx from Debian's nginx package (with nginx-common's mime.types), serving {@link NGINX_PAGE}
+ * on :80 in the foreground as the container's pid 1 (`nginx -g 'daemon off;'`). The master
+ * runs as root (it binds :80 and switches its worker to `www-data`, uid 33: CAP_NET_BIND_SERVICE,
+ * CAP_SETUID, CAP_SETGID and CAP_CHOWN, all in the default capability set) and makes its temp
+ * directories under /var/lib/nginx. Debian's own configuration (sites-enabled, modules) is not
+ * copied: the image's nginx.conf is the whole configuration.
+ */
+export async function buildNginxImage(registry: string, tag = '1'): Promise<BuiltImage> {
+  const version = await packageVersion('nginx');
+  return buildDebianImage({
+    registry,
+    repository: DEBIAN_REPOSITORIES.nginx,
+    tag,
+    packages: [
+      { name: 'nginx', include: [/^\/usr\/sbin\/nginx$/] },
+      { name: 'nginx-common', include: [/^\/etc\/nginx\/mime\.types$/] },
+    ],
+    users: [{ name: 'www-data', uid: NGINX_WORKER_UID, gid: NGINX_WORKER_UID, home: '/var/www', shell: '/bin/false' }],
+    dirs: [
+      { path: '/var/lib/nginx', uid: 0, gid: 0, mode: 0o755 },
+      { path: '/var/log/nginx', uid: 0, gid: 0, mode: 0o755 },
+      { path: '/run/nginx', uid: 0, gid: 0, mode: 0o755 },
+    ],
+    files: {
+      '/etc/nginx/nginx.conf': { content: NGINX_CONF, mode: 0o644 },
+      '/usr/share/nginx/html/index.html': { content: NGINX_PAGE, mode: 0o644 },
+    },
+    cmd: ['nginx', '-g', 'daemon off;'],
+    labels: { 'org.opencontainers.image.description': `nginx (Debian ${version}) serving a static page on :80`, 'org.opencontainers.image.version': version },
   });
 }
 
