@@ -22,7 +22,6 @@ import type { Cell, Host, Instance } from '../src/model/objects.js';
 import { createRuncDriver } from '../src/runtime/index.js';
 import { startTlsEtcd } from '../src/pki/testing/etcd-pki.js';
 import { apiFetch, trustStateDir } from '../test/api-fetch.js';
-import { createNetworkManager } from '../src/network/network-manager.js';
 import { teardownHost } from '../src/agent/teardown.js';
 
 const N = Number(process.argv[2] ?? 3);
@@ -131,14 +130,16 @@ async function hostPart(dir: string, image: string): Promise<{ detect: number; r
   const store = etcd.storeArgs;
   const port = await freePort();
   const server = start(['server', ...store, '--state-dir', join(dir, 'server'), '--port', String(port), '--agent-port', '0']);
-  const hosts = { b1: ['fob1', '10.93.0.0/16'], b2: ['fob2', '10.94.0.0/16'] } as const;
+  /** Each agent's prefix for its kernel network objects (two agents on one machine must not share one). */
+  const hosts = { b1: 'fob1', b2: 'fob2' } as const;
   const agents = new Map<string, ChildProcess>();
   const url = `https://127.0.0.1:${port}`; // `carapace server`'s API is HTTPS
   try {
     await poll(async () => (await trustStateDir(url, join(dir, 'server'))) && (await apiFetch(`${url}/healthz`)).ok, 'server up', 30_000, 100);
     const api = apiFor(url, (await readFile(join(dir, 'server', 'admin-token'), 'utf8')).trim());
-    for (const [h, [bridge, subnet]] of Object.entries(hosts)) {
-      agents.set(h, start(['agent', ...store, '--state-dir', join(dir, h), '--host-name', h, '--bridge', bridge, '--subnet', subnet]).proc);
+    for (const [h, prefix] of Object.entries(hosts)) {
+      // Agents on the store are given the servers' keyring (issue 18), as an operator would.
+      agents.set(h, start(['agent', ...store, '--keyring', join(dir, 'server', 'keyring'), '--state-dir', join(dir, h), '--host-name', h, '--net-prefix', prefix]).proc);
     }
     await poll(async () => (await api<{ items: Host[] }>('GET', '/v1/hosts')).items.filter((x) => x.status.state === 'Ready').length === 2, 'two hosts', 60_000, 100);
     await api('PUT', '/v1/tenants/ho', { apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name: 'ho' } });
@@ -168,15 +169,7 @@ async function hostPart(dir: string, image: string): Promise<{ detect: number; r
     for (const a of agents.values()) a.kill('SIGTERM');
     server.proc.kill('SIGTERM');
     await sleep(1000);
-    for (const [h, [bridge, subnet]] of Object.entries(hosts)) {
-      const runc = createRuncDriver({ stateDir: join(dir, h, 'runtime', 'runc'), logger: pino({ level: 'silent' }) });
-      for (const c of await runc.recover().catch(() => [])) {
-        await runc.stop(c.id, 0).catch(() => undefined);
-        await runc.destroy(c.id).catch(() => undefined);
-      }
-      const net = createNetworkManager({ stateDir: join(dir, h, 'network'), logger: pino({ level: 'silent' }), bridge, subnet });
-      await net.gc(new Set()).catch((e: unknown) => log(`cleanup of ${bridge} failed: ${String(e)}`));
-    }
+    for (const [h, prefix] of Object.entries(hosts)) await teardownHost(join(dir, h), { prefix }).catch((e: unknown) => log(`cleanup of ${h} failed: ${String(e)}`));
     await etcd.stop();
   }
 }
