@@ -17,6 +17,9 @@
  * With CARAPACE_WRITE_CODE_CACHE=PATH (the build), it runs the bundle's top level (every
  * module's initialisation: the functions that ran are compiled, so they are in the cache),
  * writes the cache to PATH and exits without starting the agent.
+ *
+ * tsc also emits dist/src/guest/loader.js, which nothing runs: only the build's copy has the
+ * names defined.
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
