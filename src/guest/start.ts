@@ -1,7 +1,7 @@
 /**
  * The guest agent's command line: `startGuestAgent(argv)` parses the flags, builds the agent
  * and serves until shutdown. Two entry points call it: in a cell, the bundle's loader
- * (`dist/guest/agent.cjs`, see scripts/build-guest.mjs and loader.cts), started by the
+ * (`dist/guest/agent.cjs`, see scripts/build-guest.mjs and loader.ts), started by the
  * initramfs /init with CARAPACE_PORT=/dev/vportNpM and CARAPACE_INIT_DONE; on a host (tests,
  * development), `dist/src/guest/main.js`. Flags:
  *   --port PATH           the virtio-serial port device (default $CARAPACE_PORT)
@@ -18,8 +18,7 @@
  * Exits 0 after a `shutdown` request or SIGTERM, having stopped every container.
  */
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import pino from 'pino';
 import { GuestAgent } from './agent.js';
