@@ -19,7 +19,6 @@ import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import { pino } from 'pino';
 import { GUEST_AGENT_LAUNCH } from '../src/agent/cells.js';
-import { teardownHost } from '../src/agent/teardown.js';
 import { startAllInOne } from '../src/allinone/allinone.js';
 import { buildBusyboxImage, freePort, startRegistry } from '../src/image/testing/index.js';
 import type { Cell, Instance } from '../src/model/objects.js';
@@ -179,8 +178,6 @@ async function main(): Promise<void> {
     await poll(async () => ((await api<{ items: unknown[] }>('GET', '/v1/cells')).items.length === 0 ? true : undefined), 'cells retired').catch(() => undefined);
     await aio.stop();
     for (const vm of aio.vms.recover()) await aio.vms.destroy(vm.id, 0);
-    // The tenant networks' bridges and dnsmasq: one left behind blocks the next run's tenant of that name.
-    await teardownHost(stateDir);
     await registry.stop();
     await rm(dir, { recursive: true, force: true });
   }
