@@ -65,6 +65,16 @@ export interface CellManagerOptions {
 
 const GUEST_IMAGES = '/carapace/images';
 const GUEST_APP = '/opt/carapace';
+/**
+ * How a cell's VM runs its guest agent (bench/cell.ts and the VM tests boot the same): the
+ * host's node (the shared /usr) on the agent's bundle and code cache from the shared install
+ * (scripts/build-guest.mjs), started as soon as the shares and the channel are up, while init
+ * loads the rest (the agent waits for that before containers, volumes and the network).
+ */
+export const GUEST_AGENT_LAUNCH = {
+  exec: `/usr/bin/node ${GUEST_APP}/dist/guest/agent.cjs --images ${GUEST_IMAGES}`,
+  earlyExec: true,
+} as const;
 const WARM_KEY = '#warm';
 /**
  * How much longer a probe check may take in a cell under software emulation (TCG) than its
@@ -258,7 +268,7 @@ export class CellManager extends EventEmitter<CellManagerEvents> {
           { tag: 'carapace', path: this.o.installDir, readonly: true, mountPoint: GUEST_APP },
           { tag: 'images', path: this.o.hostImagesRoot, readonly: true, mountPoint: GUEST_IMAGES },
         ],
-        exec: `/usr/bin/node ${GUEST_APP}/dist/src/guest/main.js --images ${GUEST_IMAGES}`,
+        ...GUEST_AGENT_LAUNCH,
         ports: [],
         ...(endpoint?.tap ? { nic: { tap: endpoint.tap, mac: endpoint.mac }, append: `carapace.net=${endpoint.ip}/${endpoint.prefixLength},${endpoint.gateway},${endpoint.dns},${endpoint.mtu},${search}` } : {}),
         ...(reserved ? { nic: reserved, append: 'carapace.net=none' } : {}),

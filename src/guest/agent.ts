@@ -45,6 +45,13 @@ export interface GuestAgentOptions extends Omit<SupervisorOptions, 'logger'> {
    * host, in tests). A cell that gets work at once warms up with that work instead.
    */
   prewarmAfterMs?: number;
+  /**
+   * Resolves once the VM is fully set up: in a cell, /init starts the agent before it loads the
+   * modules for the network, disks and overlay and before eth0 has its address (see
+   * init-script.ts), so the handshake does not wait for them. Work that needs them (`run`,
+   * `network`, `mountVolume`, the prewarm container) waits for this first. Default: ready.
+   */
+  initDone?: () => Promise<void>;
 }
 
 /** Counters of the agent. */
@@ -78,6 +85,8 @@ export class GuestAgent {
   private readonly drops = new Map<string, number>();
   private readyAtMs = 0;
   private bootMs = 0;
+  /** performance.now() when bootMs was read. */
+  private startedAt = 0;
   private prewarmArmed = false;
   private shutdownRequested: (() => void) | undefined;
   private readonly counters: GuestAgentStats = { hellos: 0, invalidHostLines: 0, outboxDropped: 0, rateDropped: 0 };
@@ -111,6 +120,7 @@ export class GuestAgent {
   /** Serves until `signal` aborts or the host asks for shutdown; stops every container before resolving. */
   async start(signal: AbortSignal): Promise<void> {
     this.bootMs = await bootMs();
+    this.startedAt = performance.now();
     const inner = new AbortController();
     const stopAll = (): void => inner.abort();
     signal.addEventListener('abort', stopAll, { once: true });
@@ -191,6 +201,7 @@ export class GuestAgent {
     this.endExecs();
     this.cellId = msg.cellId;
     this.versionOk = msg.version === PROTOCOL_VERSION;
+    this.log.info({ cellId: msg.cellId, uptimeMs: this.bootMs + Math.round(performance.now() - this.startedAt) }, 'host said hello');
     if (!this.versionOk) this.log.error({ hostVersion: msg.version, guestVersion: PROTOCOL_VERSION }, 'host speaks another protocol version');
     const ready = encodeLine({ type: 'ready', version: PROTOCOL_VERSION, bootMs: this.bootMs, agentStartMs: Math.round(this.readyAtMs), cellId: this.cellId }, MAX_GUEST_LINE_BYTES);
     // ready first, then what waited while the host was away, then the current truth.
@@ -209,12 +220,16 @@ export class GuestAgent {
     if (after === undefined || this.prewarmArmed) return;
     this.prewarmArmed = true;
     const t = setTimeout(() => {
-      if (this.supervisor.list().length === 0) void this.supervisor.prewarm();
+      void (async () => {
+        await this.opts.initDone?.();
+        if (this.supervisor.list().length === 0) await this.supervisor.prewarm();
+      })();
     }, after);
     t.unref();
   }
 
   private async serve(msg: Exclude<HostMessage, { type: 'hello' }>): Promise<void> {
+    if (msg.type === 'run' || msg.type === 'network' || msg.type === 'mountVolume') await this.opts.initDone?.();
     if (msg.type === 'ping') {
       this.send({ type: 'pong', seq: msg.seq });
       return;

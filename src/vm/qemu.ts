@@ -54,6 +54,12 @@ export interface VmSpec {
   /** Command the Carapace init runs (sh syntax; passed base64-encoded as `carapace.exec64`). */
   exec?: string;
   /**
+   * Start `exec` as soon as the shares and the channel's port are up (`carapace.early=1`), before
+   * init loads the network, disk and overlay modules and configures eth0; the command must wait
+   * for the file $CARAPACE_INIT_DONE before it uses those. The guest agent does (init-script.ts).
+   */
+  earlyExec?: boolean;
+  /**
    * Boot disk: a copy-on-write qcow2 overlay over `base` in the VM's own directory is attached
    * as /dev/vda; base is never written. `overlay: false` attaches `base` itself (the caller
    * owns a persistent overlay, e.g. a machine's disk that must survive restarts).
@@ -555,7 +561,7 @@ export function createVmManager(opts: VmManagerOptions): VmManager {
  * The kernel command line for `spec`: serial console, reboot-on-panic (QEMU then exits because
  * of -no-reboot), and the `carapace.*` parameters our init reads. Exported for tests and docs.
  */
-export function kernelCmdline(spec: Pick<VmSpec, 'shares' | 'channel' | 'exec' | 'append' | 'hotplugSlots'>, acc: Accel): string {
+export function kernelCmdline(spec: Pick<VmSpec, 'shares' | 'channel' | 'exec' | 'earlyExec' | 'append' | 'hotplugSlots'>, acc: Accel): string {
   const parts = ['console=ttyS0', 'panic=-1', 'quiet', ...timerParams(acc)];
   // microvm's ACPI tables let the kernel find ECAM only after _OSC is negotiated, so Linux does
   // not ask for (or get) native PCIe hot-plug control; without it pciehp never binds and a
@@ -567,6 +573,7 @@ export function kernelCmdline(spec: Pick<VmSpec, 'shares' | 'channel' | 'exec' |
   }
   if (spec.channel) parts.push('carapace.port=carapace.0');
   if (spec.exec !== undefined) parts.push(`carapace.exec64=${Buffer.from(spec.exec).toString('base64')}`);
+  if (spec.exec !== undefined && spec.earlyExec === true) parts.push('carapace.early=1');
   if (spec.append) parts.push(spec.append);
   return parts.join(' ');
 }

@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CellRuntime } from '../../src/agent/cell-runtime.js';
+import { GUEST_AGENT_LAUNCH } from '../../src/agent/cells.js';
 import { GuestError, HostChannel } from '../../src/guest/host-channel.js';
 import { diskSerial } from '../../src/vm/disks.js';
 import { createVmManager, type VmShare } from '../../src/vm/qemu.js';
@@ -61,7 +62,7 @@ describe('volumes in a cell VM', () => {
     const t0 = Date.now();
     const vm = await vms.launch({
       id: CELL, cpus: 1, memoryMiB: 512, channel: true, labels: {}, ports: [], shares, hotplugSlots: 2,
-      exec: '/usr/bin/node /opt/carapace/dist/src/guest/main.js --images /carapace/images',
+      ...GUEST_AGENT_LAUNCH,
     });
     const ac = new AbortController();
     aborts.push(ac);

@@ -1,0 +1,79 @@
+/**
+ * The guest agent's loader in a cell: `/usr/bin/node /opt/carapace/dist/guest/agent.cjs [flags]`
+ * (flags in start.ts). scripts/build-guest.mjs bundles the agent into one file beside this one
+ * and makes a V8 code cache of it with the same /usr/bin/node the guest runs (the host's, shared
+ * over 9p); this loader compiles the bundle with that cache and starts the agent.
+ *
+ * Why: under software emulation a cell's node spends most of its start compiling JavaScript.
+ * Loading ~150 modules over 9p took 2.3 s; the bundle 0.85 s; the bundle with its code cache
+ * 0.65 s. Hand-written because Node 20 has no module.enableCompileCache (Node 22.1 added it),
+ * and vm.Script's cachedData is the API under it.
+ *
+ * The bundle and cache names carry the bundle's sha256 (baked into this file by the build), so
+ * a cache is only ever offered with the exact bytes it was made from (V8 itself checks only its
+ * version, flags and the source's length). V8 rejects a cache made by another node (e.g. one
+ * upgraded after the build): the agent then starts uncached, slower, and says so once.
+ *
+ * With CARAPACE_WRITE_CODE_CACHE=PATH (the build), it runs the bundle's top level (every
+ * module's initialisation: the functions that ran are compiled, so they are in the cache),
+ * writes the cache to PATH and exits without starting the agent.
+ *
+ * tsc also emits dist/src/guest/loader.js, which nothing runs: only the build's copy has the
+ * names defined.
+ */
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { Script } from 'node:vm';
+
+/** The bundle's file name, `agent-<sha256 prefix>.cjs`: defined by scripts/build-guest.mjs. */
+declare const __CARAPACE_GUEST_BUNDLE__: string;
+/** Its code cache's file name, `agent-<sha256 prefix>.cache`: defined by scripts/build-guest.mjs. */
+declare const __CARAPACE_GUEST_CACHE__: string;
+
+interface GuestBundle {
+  startGuestAgent(argv: string[]): Promise<void>;
+}
+
+type ModuleFunction = (exports: object, require: NodeJS.Require, module: { exports: object }, filename: string, dirname: string) => void;
+
+/** One line in the shape of the agent's pino lines, so the console reads the same. */
+function say(level: 30 | 40, msg: string, fields: Record<string, unknown> = {}): void {
+  process.stderr.write(`${JSON.stringify({ level, time: Date.now(), pid: process.pid, component: 'guest-loader', ...fields, msg })}\n`);
+}
+
+function load(): void {
+  const t0 = performance.now();
+  const writeCache = process.env.CARAPACE_WRITE_CODE_CACHE;
+  // process.argv[1] is this file: node was started with it.
+  const dir = dirname(process.argv[1] ?? '.');
+  const bundlePath = join(dir, __CARAPACE_GUEST_BUNDLE__);
+  const cachePath = join(dir, __CARAPACE_GUEST_CACHE__);
+  const source = readFileSync(bundlePath, 'utf8');
+  const cachedData = writeCache === undefined && existsSync(cachePath) ? readFileSync(cachePath) : undefined;
+  // The CommonJS wrapper, as node's own loader adds it: the bundle is a CommonJS module.
+  // The bundle has no import(): a function deserialised from a code cache cannot run one (no
+  // host options survive the cache in Node 20), so the build turns them into require().
+  const script = new Script(`(function (exports, require, module, __filename, __dirname) { ${source}\n})`, { filename: bundlePath, ...(cachedData ? { cachedData } : {}) });
+  // `as`: the wrapper above evaluates to exactly this function.
+  const fn = script.runInThisContext() as ModuleFunction;
+  const mod = { exports: {} };
+  // node-pty (external, native, loaded at the first exec session) resolves from the bundle's own
+  // directory: the install's node_modules, mounted in the guest with the rest of it.
+  fn.call(mod.exports, mod.exports, createRequire(bundlePath), mod, bundlePath, dir);
+  if (writeCache !== undefined) {
+    writeFileSync(writeCache, script.createCachedData());
+    return;
+  }
+  const ms = Math.round(performance.now() - t0);
+  if (cachedData === undefined) say(40, 'no code cache for the guest agent bundle; starting uncached', { cache: cachePath, loadMs: ms });
+  else if (script.cachedDataRejected === true) say(40, 'V8 rejected the guest agent code cache (node changed since the build?); starting uncached', { cache: cachePath, loadMs: ms });
+  else say(30, 'guest agent bundle loaded', { loadMs: ms, processMs: Math.round(performance.now()) });
+  // `as`: the bundle's entry is start.ts, whose exports are GuestBundle.
+  (mod.exports as GuestBundle).startGuestAgent(process.argv.slice(2)).catch((err: unknown) => {
+    process.stderr.write(`carapace guest agent: ${(err as Error).message}\n`); // `as`: anything thrown here is an Error
+    process.exit(1);
+  });
+}
+
+load();

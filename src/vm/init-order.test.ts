@@ -1,0 +1,38 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { buildInitramfs } from './initramfs.js';
+import { kernelCmdline } from './qemu.js';
+
+const base = (f: string): string => f.slice(f.lastIndexOf('/') + 1).replace(/\.ko.*$/, '');
+
+describe('an early workload (the guest agent) starts before the rest of the VM is set up', () => {
+  const dirs: string[] = [];
+  afterAll(async () => {
+    for (const d of dirs) await rm(d, { recursive: true, force: true });
+  });
+
+  it('the kernel command line asks init for it only with exec and earlyExec', () => {
+    const spec = { shares: [], channel: true, exec: 'agent' };
+    expect(kernelCmdline({ ...spec, earlyExec: true }, 'tcg').split(' ')).toContain('carapace.early=1');
+    expect(kernelCmdline(spec, 'tcg').split(' ')).not.toContain('carapace.early=1');
+    expect(kernelCmdline({ shares: [], channel: false, earlyExec: true }, 'tcg').split(' ')).not.toContain('carapace.early=1');
+  });
+
+  it('the initramfs loads the share and port modules first, the network, disk and overlay ones after', async () => {
+    const out = await mkdtemp(join(tmpdir(), 'carapace-initramfs-'));
+    dirs.push(out);
+    const r = await buildInitramfs({ out });
+    const early = r.modules.slice(0, r.earlyModules).map(base);
+    const late = r.modules.slice(r.earlyModules).map(base);
+    for (const m of ['virtio_mmio', 'virtio_console', '9pnet_virtio', '9p']) expect(early).toContain(m);
+    for (const m of ['virtio_net', 'virtio_blk', 'ext4', 'overlay', 'virtio_pci', 'evdev']) {
+      expect(late).toContain(m);
+      expect(early).not.toContain(m);
+    }
+    // Every dependency of an early module is early (modules.dep order within the list).
+    expect(early.indexOf('virtio')).toBeLessThan(early.indexOf('virtio_mmio'));
+    expect(early.indexOf('9pnet')).toBeLessThan(early.indexOf('9p'));
+  }, 60_000);
+});
