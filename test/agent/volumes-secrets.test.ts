@@ -115,6 +115,8 @@ describe('volumes, secrets and configs in host-run containers', () => {
         'printf %s "$MODE" > /data/config-env',
         'cat /etc/app/app.ini > /data/config-file',
         'if touch /seed/x 2>/dev/null; then echo writable > /data/seed; else echo read-only > /data/seed; fi',
+        // And again for what came after the blob (seen in CI: the host read /data/seed empty).
+        'sync',
         'exec sleep 100000',
       ].join('\n');
       const spec = (gen: string): object => ({
@@ -144,7 +146,8 @@ describe('volumes, secrets and configs in host-run containers', () => {
       expect(vol.status).toMatchObject({ phase: 'Bound', host: 'volsec' });
       const dataDir = volumes().mountDir(vol.metadata.uid);
       const seen = async (f: string): Promise<string | undefined> => readFile(join(dataDir, f), 'utf8').catch(() => undefined);
-      await until('the container to write what it sees', async () => ((await seen('seed')) !== undefined ? true : undefined));
+      // `echo … > seed` creates the file before it writes the line: wait for the whole line.
+      await until('the container to write what it sees', async () => ((await seen('seed'))?.endsWith('\n') ? true : undefined));
       expect(await seen('secret-file')).toBe(PASSWORD);
       expect(await seen('secret-env')).toBe(PASSWORD);
       expect(await seen('config-env')).toBe('production');
