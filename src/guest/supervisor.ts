@@ -95,6 +95,13 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
+/** Unmounts `target` when something is mounted there (lazily if a plain umount is refused). */
+async function unmountIfMounted(target: string): Promise<void> {
+  if (!(await readOptional('/proc/self/mounts'))?.split('\n').some((l) => l.split(' ')[1] === target)) return;
+  const u = await runCmd('umount', [target]);
+  if (u.code !== 0) await runCmd('umount', ['-l', target]);
+}
+
 /** True when `/` is the initramfs (rootfs), where pivot_root fails and runc needs --no-pivot. */
 export async function rootIsInitramfs(): Promise<boolean> {
   const mounts = (await readOptional('/proc/self/mounts')) ?? '';
@@ -274,11 +281,7 @@ export class Supervisor {
       log.warn({ err }, 'prewarm failed');
     } finally {
       await this.runc(['delete', '--force', id]).catch(() => undefined);
-      const merged = join(bundle, 'merged');
-      if ((await readOptional('/proc/self/mounts'))?.split('\n').some((l) => l.split(' ')[1] === merged)) {
-        const u = await runCmd('umount', [merged]);
-        if (u.code !== 0) await runCmd('umount', ['-l', merged]);
-      }
+      await unmountIfMounted(join(bundle, 'merged'));
       await rm(dir, { recursive: true, force: true }).catch(() => undefined);
       await rmdir(join('/sys/fs/cgroup', this.cgroupPath(id))).catch(() => undefined);
     }
@@ -406,10 +409,7 @@ export class Supervisor {
     const bundle = c?.bundle ?? join(this.opts.stateDir, 'containers', id);
     const merged = join(bundle, 'merged');
     // Unmount whatever is there (overlay, or nothing after a copy fallback).
-    if ((await readOptional('/proc/self/mounts'))?.split('\n').some((l) => l.split(' ')[1] === merged)) {
-      const u = await runCmd('umount', [merged]);
-      if (u.code !== 0) await runCmd('umount', ['-l', merged]);
-    }
+    await unmountIfMounted(merged);
     await rm(bundle, { recursive: true, force: true });
     await this.volumes.release(id);
     this.ctrs.delete(id);
