@@ -27,7 +27,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import { pino } from 'pino';
-import { GUEST_AGENT_LAUNCH } from '../src/agent/cells.js';
+import { guestAgentLaunch } from '../src/agent/cells.js';
 import { startAllInOne } from '../src/allinone/allinone.js';
 import { buildNginxImage, NGINX_PAGE } from '../src/image/testing/debian-images.js';
 import { buildBusyboxImage, freePort, startRegistry } from '../src/image/testing/index.js';
@@ -200,7 +200,7 @@ async function main(): Promise<void> {
           { tag: 'carapace', path: installDir, readonly: true, mountPoint: '/opt/carapace' },
           { tag: 'images', path: join(stateDir, 'images', 'rootfs'), readonly: true, mountPoint: '/carapace/images' },
         ],
-        ...GUEST_AGENT_LAUNCH,
+        ...guestAgentLaunch(accel, installDir),
         ports: [],
         channel: true,
         labels: {},

@@ -15,6 +15,7 @@ DEBIAN_PACKAGES=(
   util-linux                             # flock (src/proc/file-lock.ts); fsfreeze, fallocate, mountpoint (src/storage/)
   mount e2fsprogs                        # volumes: losetup, mount; mkfs.ext4, e2fsck, resize2fs, dumpe2fs (src/storage/)
   qemu-system-x86 qemu-utils linux-image-amd64   # VMs (cells, machines)
+  qemu-user                              # builds the guest agent's startup snapshot on the CPU model of emulated cells (scripts/build-guest.mjs)
   etcd-server                            # the HA store
   iperf3 gcc libc6-dev                   # npm run bench -- net: throughput, and its static round-trip tool
   fio                                    # npm run bench -- volume, and the fio test image

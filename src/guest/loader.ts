@@ -25,6 +25,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { Script } from 'node:vm';
+import { bootLine } from './boot-line.js';
 
 /** The bundle's file name, `agent-<sha256 prefix>.cjs`: defined by scripts/build-guest.mjs. */
 declare const __CARAPACE_GUEST_BUNDLE__: string;
@@ -37,10 +38,7 @@ interface GuestBundle {
 
 type ModuleFunction = (exports: object, require: NodeJS.Require, module: { exports: object }, filename: string, dirname: string) => void;
 
-/** One line in the shape of the agent's pino lines, so the console reads the same. */
-function say(level: 30 | 40, msg: string, fields: Record<string, unknown> = {}): void {
-  process.stderr.write(`${JSON.stringify({ level, time: Date.now(), pid: process.pid, component: 'guest-loader', ...fields, msg })}\n`);
-}
+const say = (level: 30 | 40, msg: string, fields: Record<string, unknown> = {}): void => bootLine(level, 'guest-loader', msg, fields);
 
 function load(): void {
   const t0 = performance.now();

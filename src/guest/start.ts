@@ -20,6 +20,7 @@
 import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
+import { hostname } from 'node:os';
 import pino from 'pino';
 import { GuestAgent } from './agent.js';
 import { PortLink, SocketConnectLink, SocketListenLink, type Link } from './link.js';
@@ -114,7 +115,9 @@ async function uptimeMs(): Promise<number> {
  * holds work that needs the rest (containers, volumes, the network). Call once per process.
  */
 export async function startGuestAgent(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<void> {
-  const logger = pino({ level: env.CARAPACE_LOG_LEVEL ?? 'info' }, pino.destination(2));
+  // pid and hostname given, not pino's defaults: those are read when pino loads, which for a
+  // cell started from the startup snapshot was at the build (snapshot-entry.ts).
+  const logger = pino({ level: env.CARAPACE_LOG_LEVEL ?? 'info', base: { pid: process.pid, hostname: hostname() } }, pino.destination(2));
   const { link, values } = linkFromArgs(argv, env);
   const initDone = env.CARAPACE_INIT_DONE;
   let initWait: Promise<void> | undefined;

@@ -202,6 +202,7 @@ export class Supervisor {
     };
     this.ctrs.set(id, ctr);
     const log = this.log.child({ containerId: id });
+    const t0 = performance.now();
     try {
       this.volumes.claim(id, req.mounts ?? []);
       await mkdir(this.runcRoot, { recursive: true, mode: 0o700 });
@@ -225,8 +226,10 @@ export class Supervisor {
         log,
       });
       ctr.overlay = made.overlay;
+      const bundleMs = performance.now() - t0;
       await this.spawnRunc(ctr, noPivot, exitedResolve);
-      log.info({ pid: ctr.state.status === 'running' ? ctr.state.pid : undefined }, 'container started');
+      // Where a start's time went (the bundle: rootfs overlay, config, files; the runtime: `run` until the pid file).
+      log.info({ pid: ctr.state.status === 'running' ? ctr.state.pid : undefined, bundleMs: Math.round(bundleMs), runtimeMs: Math.round(performance.now() - t0 - bundleMs) }, 'container started');
     } catch (e) {
       const message = (e as Error).message; // `as`: everything thrown above is an Error
       log.warn({ err: message }, 'container start failed; cleaning up');

@@ -20,6 +20,13 @@ describe('an early workload (the guest agent) starts before the rest of the VM i
     expect(kernelCmdline({ shares: [], channel: false, earlyExec: true }, 'tcg').split(' ')).not.toContain('carapace.early=1');
   });
 
+  it('passes the fallback command (run when the workload exits 14) base64-encoded, only with exec', () => {
+    const fallback = '/usr/bin/node /opt/carapace/dist/guest/agent.cjs --images /carapace/images';
+    const line = kernelCmdline({ shares: [], channel: true, exec: 'agent', fallbackExec: fallback }, 'tcg').split(' ');
+    expect(line).toContain(`carapace.fallback64=${Buffer.from(fallback).toString('base64')}`);
+    expect(kernelCmdline({ shares: [], channel: true, fallbackExec: fallback }, 'tcg')).not.toContain('carapace.fallback64=');
+  });
+
   it('the initramfs loads the share and port modules first, the network, disk and overlay ones after', async () => {
     const out = await mkdtemp(join(tmpdir(), 'carapace-initramfs-'));
     dirs.push(out);

@@ -174,6 +174,18 @@ if [ -n "$EXEC" ]; then
   fi
   wait $PID
   STATUS=$?
+  param fallback64
+  if [ "$STATUS" = 14 ] && [ -n "$V" ]; then
+    # 14: node refused a startup snapshot made for another node or CPU; the same workload
+    # without it (see VmSpec.fallbackExec).
+    EXEC=$(echo "$V" | base64 -d)
+    log "exit=14 (startup snapshot refused); exec $EXEC"
+    /bin/sh -c "$EXEC" </dev/null &
+    PID=$!
+    echo $PID > /run/carapace.pid
+    wait $PID
+    STATUS=$?
+  fi
 else
   [ -n "$RESTED" ] || rest
 fi

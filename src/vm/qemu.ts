@@ -60,6 +60,12 @@ export interface VmSpec {
    */
   earlyExec?: boolean;
   /**
+   * Run instead when `exec` exits with status 14, once (`carapace.fallback64`): node's status
+   * when it refuses a startup snapshot made for another node or CPU (the guest agent's, see
+   * src/agent/guest-launch.ts).
+   */
+  fallbackExec?: string;
+  /**
    * Boot disk: a copy-on-write qcow2 overlay over `base` in the VM's own directory is attached
    * as /dev/vda; base is never written. `overlay: false` attaches `base` itself (the caller
    * owns a persistent overlay, e.g. a machine's disk that must survive restarts).
@@ -561,7 +567,7 @@ export function createVmManager(opts: VmManagerOptions): VmManager {
  * The kernel command line for `spec`: serial console, reboot-on-panic (QEMU then exits because
  * of -no-reboot), and the `carapace.*` parameters our init reads. Exported for tests and docs.
  */
-export function kernelCmdline(spec: Pick<VmSpec, 'shares' | 'channel' | 'exec' | 'earlyExec' | 'append' | 'hotplugSlots'>, acc: Accel): string {
+export function kernelCmdline(spec: Pick<VmSpec, 'shares' | 'channel' | 'exec' | 'earlyExec' | 'fallbackExec' | 'append' | 'hotplugSlots'>, acc: Accel): string {
   const parts = ['console=ttyS0', 'panic=-1', 'quiet', ...timerParams(acc)];
   // microvm's ACPI tables let the kernel find ECAM only after _OSC is negotiated, so Linux does
   // not ask for (or get) native PCIe hot-plug control; without it pciehp never binds and a
@@ -574,6 +580,7 @@ export function kernelCmdline(spec: Pick<VmSpec, 'shares' | 'channel' | 'exec' |
   if (spec.channel) parts.push('carapace.port=carapace.0');
   if (spec.exec !== undefined) parts.push(`carapace.exec64=${Buffer.from(spec.exec).toString('base64')}`);
   if (spec.exec !== undefined && spec.earlyExec === true) parts.push('carapace.early=1');
+  if (spec.exec !== undefined && spec.fallbackExec !== undefined) parts.push(`carapace.fallback64=${Buffer.from(spec.fallbackExec).toString('base64')}`);
   if (spec.append) parts.push(spec.append);
   return parts.join(' ');
 }
@@ -610,8 +617,15 @@ function timerParams(acc: Accel): string[] {
 export function accelArgs(acc: Accel): string[] {
   if (acc === 'kvm') return ['-accel', 'kvm', '-cpu', 'host'];
   const tb = Number(process.env.CARAPACE_TCG_TB_MIB ?? TCG_TB_SIZE_MIB);
-  return ['-accel', `tcg,tb-size=${Number.isInteger(tb) && tb >= 16 ? tb : TCG_TB_SIZE_MIB}`, '-cpu', 'qemu64,+arat'];
+  return ['-accel', `tcg,tb-size=${Number.isInteger(tb) && tb >= 16 ? tb : TCG_TB_SIZE_MIB}`, '-cpu', TCG_CPU];
 }
+
+/**
+ * The guest CPU model under TCG. scripts/build-guest.mjs builds the guest agent's startup
+ * snapshot under `qemu-x86_64 -cpu` this same model: V8 accepts a snapshot only on the CPU
+ * features it was made with.
+ */
+export const TCG_CPU = 'qemu64,+arat';
 
 /**
  * Size of TCG's translated-code cache per VM, MiB (see accelArgs); the agent's environment

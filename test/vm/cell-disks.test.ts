@@ -8,13 +8,13 @@
  * in QEMU and detaches it idempotently. One boot in total: emulated boots are slow.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, realpathSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CellRuntime } from '../../src/agent/cell-runtime.js';
-import { GUEST_AGENT_LAUNCH } from '../../src/agent/cells.js';
+import { guestAgentLaunch } from '../../src/agent/cells.js';
 import { GuestError, HostChannel } from '../../src/guest/host-channel.js';
 import { diskSerial } from '../../src/vm/disks.js';
 import { createVmManager, type VmShare } from '../../src/vm/qemu.js';
@@ -62,7 +62,12 @@ describe('volumes in a cell VM', () => {
     const t0 = Date.now();
     const vm = await vms.launch({
       id: CELL, cpus: 1, memoryMiB: 512, channel: true, labels: {}, ports: [], shares, hotplugSlots: 2,
-      ...GUEST_AGENT_LAUNCH,
+      // The guest agent as a cell under emulation starts it, but through init's fallback: the
+      // first command exits 14, node's status for a startup snapshot it refuses (another node
+      // or CPU than the build's), and init then runs the loader (VmSpec.fallbackExec).
+      ...guestAgentLaunch('tcg', repo),
+      exec: 'exit 14',
+      fallbackExec: guestAgentLaunch('tcg', repo).fallbackExec ?? guestAgentLaunch('tcg', repo).exec,
     });
     const ac = new AbortController();
     aborts.push(ac);
@@ -70,6 +75,7 @@ describe('volumes in a cell VM', () => {
     void channel.start(ac.signal);
     await channel.waitReady(300_000);
     const bootMs = Date.now() - t0;
+    expect(readFileSync(vm.consoleLog, 'utf8')).toContain('exit=14 (startup snapshot refused); exec');
     const runtime = new CellRuntime({ cellId: CELL, isolation: 'cell', channel, vms, hostImagesRoot: images, guestImagesRoot: '/carapace/images', logger });
 
     // 1. A container writes to the hot-plugged volume and reads a delivered file.

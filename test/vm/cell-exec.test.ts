@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CellRuntime } from '../../src/agent/cell-runtime.js';
-import { GUEST_AGENT_LAUNCH } from '../../src/agent/cells.js';
+import { guestAgentLaunch } from '../../src/agent/cells.js';
 import { serveExec, type ExecPort } from '../../src/exec/session.js';
 import { HostChannel } from '../../src/guest/host-channel.js';
 import { CarapaceError } from '../../src/model/errors.js';
@@ -51,7 +51,7 @@ beforeAll(async () => {
   if (nm !== join(repo, 'node_modules')) shares.push({ tag: 'nodemods', path: nm, readonly: true, mountPoint: nm });
   mkdirSync(stateDir, { recursive: true });
   const t0 = Date.now();
-  const vm = await vms.launch({ id: CELL, cpus: 1, memoryMiB: 512, channel: true, labels: {}, ports: [], shares, ...GUEST_AGENT_LAUNCH });
+  const vm = await vms.launch({ id: CELL, cpus: 1, memoryMiB: 512, channel: true, labels: {}, ports: [], shares, ...guestAgentLaunch(await vms.accel(), repo) });
   channel = new HostChannel({ socketPath: vm.channelSocket ?? '', cellId: CELL, logger, requestTimeoutMs: 180_000, reconnectMaxMs: 500 });
   void channel.start(ac.signal);
   await channel.waitReady(300_000);
