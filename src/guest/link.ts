@@ -43,6 +43,9 @@ function abortable(ms: number, signal: AbortSignal): Promise<void> {
 }
 
 /** The virtio-serial port device (`/dev/vportNpM`). */
+/** How long a port without its host is read every 100 ms before every second (PortLink). */
+const PORT_QUICK_RETRY_MS = 10_000;
+
 export class PortLink implements Link {
   private fh: FileHandle | undefined;
 
@@ -53,6 +56,7 @@ export class PortLink implements Link {
     const fh = await open(this.path, 'r+');
     this.fh = fh;
     let up = false;
+    let noHostSince: number | undefined;
     const buf = Buffer.alloc(64 * 1024);
     try {
       while (!signal.aborted) {
@@ -63,9 +67,15 @@ export class PortLink implements Link {
             up = false;
             h.down();
           }
-          await abortable(100, signal);
+          // No host on the port: a read returns at once, and the port has no event to wait on.
+          // Every 100 ms while the host is likely to come soon (a boot, an agent restart), then
+          // every second: at 10 reads a second an idle cell used 4.9% of a core under
+          // emulation (0.55% without its agent).
+          noHostSince ??= performance.now();
+          await abortable(performance.now() - noHostSince < PORT_QUICK_RETRY_MS ? 100 : 1_000, signal);
           continue;
         }
+        noHostSince = undefined;
         if (!up) {
           up = true;
           h.up();
