@@ -62,6 +62,8 @@ export interface CellRuntimeOptions {
    * Absent (a VM on QEMU's user networking): they are QEMU forwards.
    */
   ports?: CellPorts;
+  /** Told when a container start into this cell begins and ends (the warm pool's refill waits for quiet: warm-refill.ts). */
+  starts?: { began(): void; ended(): void };
 }
 
 /** How a cell's containers' published ports reach the host (the cell manager implements it). */
@@ -214,6 +216,15 @@ export class CellRuntime implements RuntimeDriver {
    * into this container (see CellStartExtras).
    */
   async start(req: StartRequest, extras: CellStartExtras = {}): Promise<ContainerInfo> {
+    this.o.starts?.began();
+    try {
+      return await this.startInCell(req, extras);
+    } finally {
+      this.o.starts?.ended();
+    }
+  }
+
+  private async startInCell(req: StartRequest, extras: CellStartExtras): Promise<ContainerInfo> {
     validateContainerId(req.id); // refused here: the guest cannot answer a request it cannot parse
     const rootfs = this.guestRootfs(req.rootfs);
     const startedAt = new Date().toISOString();

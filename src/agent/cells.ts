@@ -23,6 +23,7 @@ import type { ReconcileResult } from '../reconcile/workqueue.js';
 import { Reconciler, watchOf } from '../reconcile/reconciler.js';
 import type { Accel, VmInfo, VmManager, VmSpec } from '../vm/qemu.js';
 import { CellRuntime, type CellPorts } from './cell-runtime.js';
+import { WarmRefillGate } from './warm-refill.js';
 import { containerIdFor } from './container-id.js';
 import { cellEndpointId, type HostNetworking } from './network-controller.js';
 import type { Endpoint } from '../network/types.js';
@@ -146,6 +147,8 @@ interface Attached {
 export class CellManager extends EventEmitter<CellManagerEvents> {
   private readonly log: Logger;
   private readonly attached = new Map<string, Attached>();
+  /** When the warm pool may boot a replacement (warm-refill.ts). */
+  private readonly refillGate = new WarmRefillGate();
   private readonly queue: Reconciler;
 
   constructor(private readonly o: CellManagerOptions) {
@@ -430,6 +433,7 @@ export class CellManager extends EventEmitter<CellManagerEvents> {
       guestImagesRoot: GUEST_IMAGES,
       logger: this.log,
       checkTimeoutMs: (ms) => cellCheckTimeoutMs(ms, vm.accel),
+      starts: { began: () => this.refillGate.startBegan(), ended: () => this.refillGate.startEnded(performance.now()) },
       // With a tap, published ports are the tenant network's; without, QEMU's forwards.
       ...(vm.nic && this.o.network ? { ports: this.portsOf(name) } : {}),
     });
@@ -491,11 +495,19 @@ export class CellManager extends EventEmitter<CellManagerEvents> {
     this.attached.delete(name);
   }
 
-  /** Keeps `warmCells` unassigned, not retiring cells on this host. */
-  private async reconcileWarm(): Promise<void> {
+  /** Keeps `warmCells` unassigned, not retiring cells on this host; a replacement waits for the host to be quiet (WarmRefillGate). */
+  private async reconcileWarm(): Promise<ReconcileResult> {
     if (this.o.warmCells <= 0) return;
     const cells = (await this.o.resources.list('Cell')).items;
     const warm = cells.filter((c) => c.spec.host === this.o.hostName && c.spec.tenant === '' && !c.metadata.deletionRequestedAt && c.status.phase !== 'Failed' && c.status.phase !== 'Lost');
+    const claimed = cells.filter((c) => c.spec.host === this.o.hostName && c.spec.warm === true && c.spec.tenant !== '').map((c) => c.metadata.name);
+    const now = performance.now();
+    if (warm.length >= this.o.warmCells) {
+      this.refillGate.full(claimed, now);
+      return;
+    }
+    const wait = this.refillGate.deferMs(claimed, now);
+    if (wait > 0) return { requeueAfterMs: wait };
     for (let i = warm.length; i < this.o.warmCells; i++) {
       const now = this.o.env.now();
       const name = `warm-${this.o.env.newId().replace(/[^a-z0-9]/g, '').slice(0, 12)}`;

@@ -47,7 +47,8 @@ export interface GuestAgentOptions extends Omit<SupervisorOptions, 'logger'> {
   /**
    * Runs the supervisor's prewarm container when the cell has had no container this long after
    * the host's first hello (an idle cell: warm, or waiting). Default: never (the agent on a
-   * host, in tests). A cell that gets work at once warms up with that work instead.
+   * host, in tests). A cell that gets work at once, or its tenant's network (a warm cell just
+   * claimed: its containers follow), warms up with that work instead.
    */
   prewarmAfterMs?: number;
   /**
@@ -95,6 +96,8 @@ export class GuestAgent {
   /** performance.now() when bootMs was read. */
   private startedAt = 0;
   private prewarmArmed = false;
+  /** A `network` request came: the cell is (or was just made) a tenant's. */
+  private networkRequested = false;
   private shutdownRequested: (() => void) | undefined;
   private readonly counters: GuestAgentStats = { hellos: 0, invalidHostLines: 0, outboxDropped: 0, rateDropped: 0 };
 
@@ -232,7 +235,10 @@ export class GuestAgent {
     const t = setTimeout(() => {
       void (async () => {
         await this.opts.initDone?.();
-        if (this.supervisor.list().length === 0) await this.supervisor.prewarm();
+        // Not in a cell that already has its tenant's network: a warm cell claimed meanwhile
+        // (its network comes first, then its containers, which the prewarm would slow down).
+        if (this.supervisor.list().length === 0 && !this.networkRequested) await this.supervisor.prewarm();
+        else this.log.info({ containers: this.supervisor.list().length, network: this.networkRequested }, 'prewarm skipped: the cell has work');
       })();
     }, after);
     t.unref();
@@ -280,6 +286,7 @@ export class GuestAgent {
         case 'network': {
           if (!this.opts.configureNetwork) throw new SupervisorError('GUEST_E_BAD_REQUEST', 'this guest agent configures no network');
           const { type: _t, requestId: _r, ...cfg } = msg;
+          this.networkRequested = true;
           await this.opts.configureNetwork(cfg);
           this.log.info({ address: cfg.address, gateway: cfg.gateway }, 'network configured');
           break;
