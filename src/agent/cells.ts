@@ -377,9 +377,10 @@ export class CellManager extends EventEmitter<CellManagerEvents> {
    */
   private heartbeat(name: string, channel: HostChannel, signal: AbortSignal, accel: string, wasReady: boolean): void {
     const timeout = this.o.heartbeatTimeoutMs ?? (accel === 'kvm' ? 5_000 : 30_000);
-    // Five pings or more per timeout: 1 s with KVM; under emulation every wake-up of the guest
-    // costs host CPU (a ping a second was ~0.4% of a core per idle cell), and 30 s allows 6 s.
-    const every = this.o.heartbeatMs ?? Math.min(Math.max(1_000, Math.floor(timeout / 5)), 6_000);
+    // Three pings or more per timeout, 1 s to 10 s apart: 1.7 s with KVM; under emulation every
+    // wake-up of the guest costs host CPU (a ping a second was ~0.4% of a core per idle cell; an
+    // idle cell's agent, all its wake-ups together, ~0.5%), and 30 s allows 10 s.
+    const every = this.o.heartbeatMs ?? Math.min(Math.max(1_000, Math.floor(timeout / 3)), 10_000);
     const bootTimeout = this.o.bootTimeoutMs ?? (accel === 'kvm' ? 60_000 : 300_000);
     const attachedAt = Date.now();
     // Silence is judged once the guest agent has answered (booting is not silence), or at once
