@@ -502,12 +502,12 @@ export class CellManager extends EventEmitter<CellManagerEvents> {
     const cells = (await this.o.resources.list('Cell')).items;
     const warm = cells.filter((c) => c.spec.host === this.o.hostName && c.spec.tenant === '' && !c.metadata.deletionRequestedAt && c.status.phase !== 'Failed' && c.status.phase !== 'Lost');
     const claimed = cells.filter((c) => c.spec.host === this.o.hostName && c.spec.warm === true && c.spec.tenant !== '').map((c) => c.metadata.name);
-    const now = performance.now();
+    const nowMs = performance.now();
     if (warm.length >= this.o.warmCells) {
-      this.refillGate.full(claimed, now);
+      this.refillGate.full(claimed, nowMs);
       return;
     }
-    const wait = this.refillGate.deferMs(claimed, now);
+    const wait = this.refillGate.deferMs(claimed, nowMs);
     if (wait > 0) return { requeueAfterMs: wait };
     for (let i = warm.length; i < this.o.warmCells; i++) {
       const now = this.o.env.now();

@@ -29,9 +29,9 @@ export interface GuestAgentOptions extends Omit<SupervisorOptions, 'logger'> {
   logger: Logger;
   /**
    * Usage report period. Default 10 s, the host's own sampling period: reading every
-   * container's cgroup files more often only costs an idle cell CPU (under emulation, ~0.3% of
-   * a core per report per 5 s). A container's state change also brings a report 1 s later, so
-   * the host's view of what runs does not wait for the period.
+   * container's cgroup files more often only costs an idle cell CPU (under emulation all of an
+   * idle agent's wake-ups together were ~0.5% of a core). A container's state change also
+   * brings a report 1 s later, so the host's view of what runs does not wait for the period.
    */
   usageIntervalMs?: number;
   /** Log lines per container per second before the guest drops (and counts) them. Default 1000/s, burst 1000. */
