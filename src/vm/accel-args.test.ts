@@ -7,12 +7,27 @@ describe('QEMU accelerator arguments', () => {
     expect(kernelCmdline({ shares: [], channel: false }, 'kvm')).not.toMatch(/tsc=reliable|no_timer_check/);
   });
 
-  it('TCG: a bounded translation cache, a CPU whose APIC timer runs in idle, a TSC the guest trusts', () => {
+  it('TCG: the translation cache size, a CPU whose APIC timer runs in idle, a TSC the guest trusts', () => {
     const args = accelArgs('tcg');
     expect(args).toEqual(['-accel', `tcg,tb-size=${TCG_TB_SIZE_MIB}`, '-cpu', 'qemu64,+arat']);
-    expect(TCG_TB_SIZE_MIB).toBeLessThanOrEqual(128);
+    expect(TCG_TB_SIZE_MIB).toBe(1024);
     const cmdline = kernelCmdline({ shares: [], channel: false }, 'tcg').split(' ');
     expect(cmdline).toContain('tsc=reliable');
     expect(cmdline).toContain('no_timer_check');
+  });
+
+  it('TCG: CARAPACE_TCG_TB_MIB overrides the cache size; a value below 16 or not an integer is ignored', () => {
+    const saved = process.env.CARAPACE_TCG_TB_MIB;
+    try {
+      process.env.CARAPACE_TCG_TB_MIB = '64';
+      expect(accelArgs('tcg')[1]).toBe('tcg,tb-size=64');
+      for (const bad of ['8', '64.5', 'lots']) {
+        process.env.CARAPACE_TCG_TB_MIB = bad;
+        expect(accelArgs('tcg')[1]).toBe(`tcg,tb-size=${TCG_TB_SIZE_MIB}`);
+      }
+    } finally {
+      if (saved === undefined) delete process.env.CARAPACE_TCG_TB_MIB;
+      else process.env.CARAPACE_TCG_TB_MIB = saved;
+    }
   });
 });

@@ -607,9 +607,8 @@ function timerParams(acc: Accel): string[] {
 
 /**
  * QEMU's accelerator and CPU model. KVM: the host's CPU. TCG (software emulation):
- *  - tb-size: the translated-code cache, 1 GiB by default and filled as code runs, was
- *    ~120 MiB of each idle cell's RSS; a full cache is flushed and refilled, not grown, which
- *    costs time when a cell's working set is larger (TCG_TB_SIZE_MIB);
+ *  - tb-size: the translated-code cache, filled as code runs; a full cache is flushed and
+ *    refilled, not grown, which costs time when a cell's working set is larger (TCG_TB_SIZE_MIB);
  *  - qemu64 with ARAT (the local APIC timer keeps running in deep idle): without it the guest
  *    needs a broadcast timer to stop its tick, microvm has none, and an idle guest took
  *    250 timer interrupts a second per vCPU, 5% of a host core doing nothing (0.5% with it).
@@ -628,11 +627,15 @@ export function accelArgs(acc: Accel): string[] {
 export const TCG_CPU = 'qemu64,+arat';
 
 /**
- * Size of TCG's translated-code cache per VM, MiB (see accelArgs); the agent's environment
- * variable CARAPACE_TCG_TB_MIB (16 or more) overrides it. A trade: in the cell bench, 64 gave
- * an idle nginx cell 364 MiB of RSS and warm starts of 1.8 s (p50); 512 gave 437 MiB and 1.3 s.
+ * Size of TCG's translated-code cache per VM, MiB (see accelArgs): QEMU's own default, 1 GiB.
+ * The agent's environment variable CARAPACE_TCG_TB_MIB (16 or more) overrides it. A trade, in
+ * the cell bench (one run each, guest agent from its startup snapshot): 1024 gave warm starts
+ * of 0.9 s (p50), Ready at 1.42x init and an idle nginx cell of 443 MiB RSS; 256 gave 1.8 s,
+ * 1.63x and 441 MiB; 64 gave 1.4-2.0 s, 1.52-1.71x and 364 MiB. A cell's working set (node and
+ * its JIT, crun, the kernel) does not fit a smaller cache, which is then flushed and refilled
+ * again and again. Set 64 for density where starts matter less (79 MiB less per idle cell).
  */
-export const TCG_TB_SIZE_MIB = 64;
+export const TCG_TB_SIZE_MIB = 1024;
 
 function hostfwdRule(p: VmPort): string {
   return `${p.protocol}:${p.hostAddress ?? '127.0.0.1'}:${p.hostPort}-:${p.guestPort}`;
