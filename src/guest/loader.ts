@@ -24,19 +24,12 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import { Script } from 'node:vm';
-import { bootLine } from './boot-line.js';
+import { bootLine, evaluateBundle, runGuestAgent } from './bundle-boot.js';
 
 /** The bundle's file name, `agent-<sha256 prefix>.cjs`: defined by scripts/build-guest.mjs. */
 declare const __CARAPACE_GUEST_BUNDLE__: string;
 /** Its code cache's file name, `agent-<sha256 prefix>.cache`: defined by scripts/build-guest.mjs. */
 declare const __CARAPACE_GUEST_CACHE__: string;
-
-interface GuestBundle {
-  startGuestAgent(argv: string[]): Promise<void>;
-}
-
-type ModuleFunction = (exports: object, require: NodeJS.Require, module: { exports: object }, filename: string, dirname: string) => void;
 
 const say = (level: 30 | 40, msg: string, fields: Record<string, unknown> = {}): void => bootLine(level, 'guest-loader', msg, fields);
 
@@ -49,16 +42,9 @@ function load(): void {
   const cachePath = join(dir, __CARAPACE_GUEST_CACHE__);
   const source = readFileSync(bundlePath, 'utf8');
   const cachedData = writeCache === undefined && existsSync(cachePath) ? readFileSync(cachePath) : undefined;
-  // The CommonJS wrapper, as node's own loader adds it: the bundle is a CommonJS module.
-  // The bundle has no import(): a function deserialised from a code cache cannot run one (no
-  // host options survive the cache in Node 20), so the build turns them into require().
-  const script = new Script(`(function (exports, require, module, __filename, __dirname) { ${source}\n})`, { filename: bundlePath, ...(cachedData ? { cachedData } : {}) });
-  // `as`: the wrapper above evaluates to exactly this function.
-  const fn = script.runInThisContext() as ModuleFunction;
-  const mod = { exports: {} };
   // node-pty (external, native, loaded at the first exec session) resolves from the bundle's own
   // directory: the install's node_modules, mounted in the guest with the rest of it.
-  fn.call(mod.exports, mod.exports, createRequire(bundlePath), mod, bundlePath, dir);
+  const { bundle, script } = evaluateBundle(bundlePath, source, createRequire(bundlePath), cachedData);
   if (writeCache !== undefined) {
     writeFileSync(writeCache, script.createCachedData());
     return;
@@ -67,11 +53,7 @@ function load(): void {
   if (cachedData === undefined) say(40, 'no code cache for the guest agent bundle; starting uncached', { cache: cachePath, loadMs: ms });
   else if (script.cachedDataRejected === true) say(40, 'V8 rejected the guest agent code cache (node changed since the build?); starting uncached', { cache: cachePath, loadMs: ms });
   else say(30, 'guest agent bundle loaded', { loadMs: ms, processMs: Math.round(performance.now()) });
-  // `as`: the bundle's entry is start.ts, whose exports are GuestBundle.
-  (mod.exports as GuestBundle).startGuestAgent(process.argv.slice(2)).catch((err: unknown) => {
-    process.stderr.write(`carapace guest agent: ${(err as Error).message}\n`); // `as`: anything thrown here is an Error
-    process.exit(1);
-  });
+  runGuestAgent(bundle);
 }
 
 load();

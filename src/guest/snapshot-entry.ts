@@ -28,8 +28,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { startupSnapshot } from 'node:v8';
-import { Script } from 'node:vm';
-import { bootLine } from './boot-line.js';
+import { bootLine, evaluateBundle, runGuestAgent } from './bundle-boot.js';
 
 /** The bundle's file name, `agent-<sha256 prefix>.cjs`: defined by scripts/build-guest.mjs. */
 declare const __CARAPACE_GUEST_BUNDLE__: string;
@@ -38,11 +37,6 @@ declare const __CARAPACE_GUEST_BUNDLE__: string;
  * 'f' a function, 'o' another object (read through a getter), or a primitive value (copied).
  */
 declare const __CARAPACE_LAZY_BUILTINS__: Record<string, Record<string, 'f' | 'o' | { v: string | number | boolean | null }>>;
-
-interface GuestBundle {
-  startGuestAgent(argv: string[]): Promise<void>;
-}
-type ModuleFunction = (exports: object, require: (id: string) => unknown, module: { exports: object }, filename: string, dirname: string) => void;
 
 /** After deserialisation: a require resolving from the install's bundle (node-pty, built-ins). */
 let runtimeRequire: NodeJS.Require | undefined;
@@ -91,11 +85,7 @@ function build(): void {
     return s;
   };
   const source = readFileSync(bundlePath, 'utf8');
-  // The CommonJS wrapper, as in loader.ts. `as`: the wrapper evaluates to exactly this function.
-  const fn = new Script(`(function (exports, require, module, __filename, __dirname) { ${source}\n})`, { filename: bundlePath }).runInThisContext() as ModuleFunction;
-  const mod = { exports: {} };
-  fn.call(mod.exports, mod.exports, requireForBundle, mod, bundlePath, dirname(bundlePath));
-  const bundle = mod.exports as GuestBundle; // `as`: the bundle's entry is start.ts
+  const { bundle } = evaluateBundle(bundlePath, source, requireForBundle);
   startupSnapshot.setDeserializeMainFunction(() => {
     // process.argv[1]: the loader, named on node's command line for this: the install's dist/guest.
     runtimeRequire = createRequire(join(dirname(process.argv[1] ?? '.'), __CARAPACE_GUEST_BUNDLE__));
@@ -105,10 +95,7 @@ function build(): void {
       return;
     }
     bootLine(30, 'guest-snapshot', 'guest agent started from its startup snapshot', { processMs: Math.round(performance.now()) });
-    bundle.startGuestAgent(process.argv.slice(2)).catch((err: unknown) => {
-      process.stderr.write(`carapace guest agent: ${(err as Error).message}\n`); // `as`: anything thrown here is an Error
-      process.exit(1);
-    });
+    runGuestAgent(bundle);
   });
 }
 
