@@ -45,17 +45,10 @@ export interface GuestAgentOptions extends Omit<SupervisorOptions, 'logger'> {
   /** Puts the VM on its tenant network (a `network` request). Default: refuse (no network to configure). */
   configureNetwork?: (cfg: WireNetwork) => Promise<void>;
   /**
-   * Runs the supervisor's prewarm container when the cell has had no container this long after
-   * the host's first hello (an idle cell: warm, or waiting). Default: never (the agent on a
-   * host, in tests). A cell that gets work at once, or its tenant's network (a warm cell just
-   * claimed: its containers follow), warms up with that work instead.
-   */
-  prewarmAfterMs?: number;
-  /**
    * Resolves once the VM is fully set up: in a cell, /init starts the agent before it loads the
    * modules for the network, disks and overlay and before eth0 has its address (see
    * init-script.ts), so the handshake does not wait for them. Work that needs them (`run`,
-   * `network`, `mountVolume`, the prewarm container) waits for this first. Default: ready.
+   * `network`, `mountVolume`, `prewarm`) waits for this first. Default: ready.
    */
   initDone?: () => Promise<void>;
 }
@@ -95,7 +88,8 @@ export class GuestAgent {
   private bootMs = 0;
   /** performance.now() when bootMs was read. */
   private startedAt = 0;
-  private prewarmArmed = false;
+  /** The one prewarm of this agent (a `prewarm` request runs it; later ones wait for the same). */
+  private prewarming: Promise<void> | undefined;
   /** A `network` request came: the cell is (or was just made) a tenant's. */
   private networkRequested = false;
   private shutdownRequested: (() => void) | undefined;
@@ -224,28 +218,24 @@ export class GuestAgent {
     for (const c of this.supervisor.list()) this.send({ type: 'state', containerId: c.containerId, state: c.state });
     this.reportDrops();
     this.pump();
-    this.armPrewarm();
   }
 
-  /** Once per agent: the prewarm container, if no container came after the first hello (see prewarmAfterMs). */
-  private armPrewarm(): void {
-    const after = this.opts.prewarmAfterMs;
-    if (after === undefined || this.prewarmArmed) return;
-    this.prewarmArmed = true;
-    const t = setTimeout(() => {
-      void (async () => {
-        await this.opts.initDone?.();
-        // Not in a cell that already has its tenant's network: a warm cell claimed meanwhile
-        // (its network comes first, then its containers, which the prewarm would slow down).
-        if (this.supervisor.list().length === 0 && !this.networkRequested) await this.supervisor.prewarm();
-        else this.log.info({ containers: this.supervisor.list().length, network: this.networkRequested }, 'prewarm skipped: the cell has work');
-      })();
-    }, after);
-    t.unref();
+  /**
+   * Once per agent: the prewarm container, unless the cell already has work. A warm cell
+   * claimed meanwhile gets its tenant's network first and then its containers, which warm the
+   * cell up themselves and which a prewarm beside them would only slow down.
+   */
+  private prewarm(): Promise<void> {
+    this.prewarming ??= (async () => {
+      const containers = this.supervisor.list().length;
+      if (containers === 0 && !this.networkRequested) await this.supervisor.prewarm();
+      else this.log.info({ containers, network: this.networkRequested }, 'prewarm skipped: the cell has work');
+    })();
+    return this.prewarming;
   }
 
   private async serve(msg: Exclude<HostMessage, { type: 'hello' }>): Promise<void> {
-    if (msg.type === 'run' || msg.type === 'network' || msg.type === 'mountVolume') await this.opts.initDone?.();
+    if (msg.type === 'run' || msg.type === 'network' || msg.type === 'mountVolume' || msg.type === 'prewarm') await this.opts.initDone?.();
     if (msg.type === 'ping') {
       this.send({ type: 'pong', seq: msg.seq });
       return;
@@ -291,6 +281,9 @@ export class GuestAgent {
           this.log.info({ address: cfg.address, gateway: cfg.gateway }, 'network configured');
           break;
         }
+        case 'prewarm':
+          await this.prewarm();
+          break;
         case 'mountVolume':
           await this.supervisor.volumes.mount(msg.volumeId, msg.serial, msg.readOnly);
           this.log.info({ volume: msg.volumeId, serial: msg.serial, readOnly: msg.readOnly }, 'volume mounted');

@@ -663,6 +663,11 @@ export class HostChannel extends EventEmitter<HostChannelEvents> {
     await this.request((requestId) => ({ type: 'network', requestId, ...cfg }));
   }
 
+  /** Runs the guest's prewarm container (a warm pool cell, before it is offered); resolves once the guest acks. */
+  async prewarm(timeoutMs = 180_000): Promise<void> {
+    await this.request((requestId) => ({ type: 'prewarm', requestId }), { timeoutMs });
+  }
+
   /** Mounts the hot-plugged disk with `serial` in the guest at `<state>/volumes/<volumeId>`. Idempotent. */
   async mountVolume(volumeId: string, serial: string, readOnly: boolean, timeoutMs = 60_000): Promise<void> {
     await this.request((requestId) => ({ type: 'mountVolume', requestId, volumeId, serial, readOnly }), { timeoutMs });

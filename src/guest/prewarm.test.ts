@@ -26,7 +26,6 @@ async function agentWithPrewarm(dirs: string[]): Promise<{ link: MemoryLink; log
     noPivot: false,
     logTailLines: 10,
     configureNetwork: () => Promise.resolve(),
-    prewarmAfterMs: 300,
   });
   const ac = new AbortController();
   const serving = agent.start(ac.signal);
@@ -34,26 +33,44 @@ async function agentWithPrewarm(dirs: string[]): Promise<{ link: MemoryLink; log
   return { link, logs, stop: async () => (ac.abort(), await serving) };
 }
 
-describe('the idle-cell prewarm', () => {
+describe('the prewarm a warm cell is asked for', () => {
   const dirs: string[] = [];
   afterAll(async () => {
     for (const d of dirs) await rm(d, { recursive: true, force: true });
   });
+  const acked = (a: { link: MemoryLink }, id: string): Promise<true> => until(`the ack of ${id}`, () => Promise.resolve(a.link.has((m) => m.type === 'ack' && m.requestId === id) || undefined), 10_000, 10);
+  const count = (logs: string[], msg: string): number => logs.filter((l) => l.includes(`"msg":"${msg}"`)).length;
 
-  it('runs in a cell that got nothing after the hello', async () => {
+  it('runs when the host asks, once per agent, and is acked after it ran', async () => {
     const a = await agentWithPrewarm(dirs);
     a.link.send({ type: 'hello', version: 1, cellId: 'c' });
-    await until('the prewarm ran', () => Promise.resolve(a.logs.some((l) => l.includes('"prewarm done"')) || undefined), 10_000, 20);
+    a.link.send({ type: 'prewarm', requestId: 'p1' });
+    await acked(a, 'p1');
+    expect(count(a.logs, 'prewarm done')).toBe(1); // logged before the ack
+    a.link.send({ type: 'prewarm', requestId: 'p2' });
+    await acked(a, 'p2');
+    expect(count(a.logs, 'prewarm done')).toBe(1);
     await a.stop();
   });
 
-  it('does not run in a warm cell claimed meanwhile (its network request came first)', async () => {
+  it('never runs unasked (a cell created for a tenant warms up with its own first container)', async () => {
+    const a = await agentWithPrewarm(dirs);
+    a.link.send({ type: 'hello', version: 1, cellId: 'c' });
+    a.link.send({ type: 'list', requestId: 'l1' });
+    await until('the list', () => Promise.resolve(a.link.has((m) => m.type === 'containers' && m.requestId === 'l1') || undefined), 5_000, 10);
+    expect(a.logs.some((l) => l.includes('prewarm'))).toBe(false);
+    await a.stop();
+  });
+
+  it('is skipped in a warm cell claimed meanwhile (its network request came first)', async () => {
     const a = await agentWithPrewarm(dirs);
     a.link.send({ type: 'hello', version: 1, cellId: 'c' });
     a.link.send({ type: 'network', requestId: 'n1', address: '10.0.0.2/24', gateway: '10.0.0.1', dns: ['10.0.0.1'] });
-    await until('the network ack', () => Promise.resolve(a.link.has((m) => m.type === 'ack' && m.requestId === 'n1') || undefined), 5_000, 10);
-    await until('the prewarm decided', () => Promise.resolve(a.logs.some((l) => l.includes('"prewarm skipped: the cell has work"')) || undefined), 10_000, 20);
-    expect(a.logs.some((l) => l.includes('"prewarm done"'))).toBe(false);
+    await acked(a, 'n1');
+    a.link.send({ type: 'prewarm', requestId: 'p1' });
+    await acked(a, 'p1');
+    expect(count(a.logs, 'prewarm skipped: the cell has work')).toBe(1);
+    expect(count(a.logs, 'prewarm done')).toBe(0);
     await a.stop();
   });
 });

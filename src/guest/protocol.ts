@@ -269,13 +269,22 @@ export const ExecAckSchema = z.strictObject({ type: z.literal('execAck'), sessio
 /** The client went away: kill what the session runs in the container; acked (also for a session already over). */
 export const ExecKillSchema = z.strictObject({ type: z.literal('execKill'), requestId: RequestId, sessionId: SessionId });
 
+/**
+ * Warm the cell up: run the supervisor's throwaway container once (see Supervisor.prewarm), so
+ * the runtime's, libseccomp's and the kernel's code paths are translated before real work
+ * comes. The host asks it of a warm pool cell before it reports the cell Ready: a cell the
+ * pool offers is then warm in fact, and a failover into it does not pay the first start's
+ * cost. Acked once it ran, or at once when the cell already has work (containers or its
+ * tenant's network); at most once per guest agent.
+ */
+export const PrewarmSchema = z.strictObject({ type: z.literal('prewarm'), requestId: RequestId });
 /** Liveness probe. */
 export const PingSchema = z.strictObject({ type: z.literal('ping'), seq: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER) });
 /** Stop every container and end the agent (the VM then powers off). */
 export const ShutdownSchema = z.strictObject({ type: z.literal('shutdown'), requestId: RequestId, graceMs: z.number().int().min(0).max(3_600_000).optional() });
 
 /** Any message the host sends. */
-export const HostMessageSchema = z.discriminatedUnion('type', [HelloSchema, RunSchema, StopSchema, DestroySchema, ListSchema, LogsSchema, CheckSchema, NetworkSchema, MountVolumeSchema, UnmountVolumeSchema, VolumesSchema, WriteFilesSchema, ExecSchema, HostExecFrameSchema, ExecAckSchema, ExecKillSchema, PingSchema, ShutdownSchema]);
+export const HostMessageSchema = z.discriminatedUnion('type', [HelloSchema, RunSchema, StopSchema, DestroySchema, ListSchema, LogsSchema, CheckSchema, NetworkSchema, MountVolumeSchema, UnmountVolumeSchema, VolumesSchema, WriteFilesSchema, ExecSchema, HostExecFrameSchema, ExecAckSchema, ExecKillSchema, PrewarmSchema, PingSchema, ShutdownSchema]);
 /** Any message the host sends. */
 export type HostMessage = z.infer<typeof HostMessageSchema>;
 

@@ -133,7 +133,6 @@ export async function startGuestAgent(argv: string[], env: NodeJS.ProcessEnv = p
     noPivot: np === 'auto' ? 'auto' : np === 'yes',
     logTailLines: 1000,
     configureNetwork: configureEth0,
-    prewarmAfterMs: 2_000,
     ...(initDone ? { initDone: () => (initWait ??= waitForFile(initDone, logger)) } : {}),
   });
   const ac = new AbortController();

@@ -47,7 +47,9 @@ beforeAll(async () => {
   // One warm cell: the first tenant's cell is taken from the pool instead of booting.
   server = new Server(stateDir, await freePort(), ['--warm-cells', '1', '--accel', 'tcg'], { CARAPACE_CELL_GRACE_MS: '3000', CARAPACE_USAGE_SAMPLE_MS: '2000', CARAPACE_VOLUME_SWEEP_MS: '1000', CARAPACE_VOLUME_HANDOUT_GRACE_MS: '20000' });
   await server.start();
-  await eventually(async () => (await list<Cell>('cells')).some((c) => c.spec.tenant === '' && c.status.phase === 'Ready'), 150_000, 'a warm cell');
+  const warm = await eventually(async () => (await list<Cell>('cells')).find((c) => c.spec.tenant === '' && c.status.phase === 'Ready'), 150_000, 'a warm cell');
+  // The pool offers a cell only once it has run its prewarm container (its first start is warm).
+  expect(warm.status.message).toMatch(/^guest agent ready, prewarmed in \d+ ms$/);
   expect((await apply([tenant('acme'), tenant('globex', { minIsolation: 'cell' })])).code).toBe(0);
 }, 240_000);
 
