@@ -109,12 +109,25 @@ async function uptimeMs(): Promise<number> {
 }
 
 /**
+ * A cell's VM has no time zone of its own (no /etc/localtime, no TZ). Without one, ICU looks
+ * for the system's zone by comparing every file under /usr/share/zoneinfo (the host's /usr,
+ * over 9p) with /etc/localtime the first time a date is broken down: measured in a cell under
+ * emulation, the first `Date#toISOString()` blocked the agent's event loop for 2.5-3.5 s (36 ms
+ * with TZ=UTC), in the middle of the cell's first container start. The guest's clock is UTC;
+ * a TZ given to the agent is kept. Node applies a change of process.env.TZ at once.
+ */
+export function useUtcWithoutZone(env: NodeJS.ProcessEnv): void {
+  if (env.TZ === undefined || env.TZ === '') process.env.TZ = 'UTC';
+}
+
+/**
  * Runs the guest agent with these flags (see above) until a `shutdown` request, SIGTERM or
  * SIGINT. `env.CARAPACE_INIT_DONE`, when set, is the file /init writes once the rest of the
  * VM is set up (see init-script.ts): until it exists the agent answers hello and pings but
  * holds work that needs the rest (containers, volumes, the network). Call once per process.
  */
 export async function startGuestAgent(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<void> {
+  useUtcWithoutZone(env);
   // pid and hostname given, not pino's defaults: those are read when pino loads, which for a
   // cell started from the startup snapshot was at the build (snapshot-entry.ts).
   const logger = pino({ level: env.CARAPACE_LOG_LEVEL ?? 'info', base: { pid: process.pid, hostname: hostname() } }, pino.destination(2));
