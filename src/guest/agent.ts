@@ -32,6 +32,9 @@ export interface GuestAgentOptions extends Omit<SupervisorOptions, 'logger'> {
    * container's cgroup files more often only costs an idle cell CPU (under emulation all of an
    * idle agent's wake-ups together were ~0.5% of a core). A container's state change also
    * brings a report 1 s later, so the host's view of what runs does not wait for the period.
+   * A host ping more than half a period after the last report brings the next one at once
+   * (and restarts the period): an idle cell then wakes once per ping, not once per ping and
+   * once per report.
    */
   usageIntervalMs?: number;
   /** Log lines per container per second before the guest drops (and counts) them. Default 1000/s, burst 1000. */
@@ -84,6 +87,10 @@ export class GuestAgent {
   private readonly drops = new Map<string, number>();
   private dropTimer: NodeJS.Timeout | undefined;
   private usageSoonTimer: NodeJS.Timeout | undefined;
+  /** The periodic usage report's timer (re-armed by each report; see usageIntervalMs). */
+  private usageTimer: NodeJS.Timeout | undefined;
+  private lastUsageAt = -Infinity;
+  private stopped = false;
   private readyAtMs = 0;
   private bootMs = 0;
   /** performance.now() when bootMs was read. */
@@ -132,7 +139,7 @@ export class GuestAgent {
     const stopAll = (): void => inner.abort();
     signal.addEventListener('abort', stopAll, { once: true });
     this.shutdownRequested = stopAll;
-    const usageTimer = setInterval(() => void this.reportUsage(), this.opts.usageIntervalMs ?? 10_000);
+    this.armUsage();
     this.readyAtMs = performance.now() - (this.opts.processStartMs ?? 0);
     try {
       await this.opts.link.start(inner.signal, {
@@ -151,7 +158,8 @@ export class GuestAgent {
         },
       });
     } finally {
-      clearInterval(usageTimer);
+      this.stopped = true;
+      clearTimeout(this.usageTimer);
       clearTimeout(this.dropTimer);
       clearTimeout(this.usageSoonTimer);
       signal.removeEventListener('abort', stopAll);
@@ -238,6 +246,8 @@ export class GuestAgent {
     if (msg.type === 'run' || msg.type === 'network' || msg.type === 'mountVolume' || msg.type === 'prewarm') await this.opts.initDone?.();
     if (msg.type === 'ping') {
       this.send({ type: 'pong', seq: msg.seq });
+      // The report that is due soon rides on this wake-up (see usageIntervalMs).
+      if (performance.now() - this.lastUsageAt >= this.usageIntervalMs / 2) void this.reportUsage();
       return;
     }
     if (msg.type === 'execFrame') {
@@ -378,7 +388,20 @@ export class GuestAgent {
     }
   }
 
+  private get usageIntervalMs(): number {
+    return this.opts.usageIntervalMs ?? 10_000;
+  }
+
+  /** (Re)starts the usage period: the next periodic report is a full period from now. */
+  private armUsage(): void {
+    clearTimeout(this.usageTimer);
+    if (this.stopped) return;
+    this.usageTimer = setTimeout(() => void this.reportUsage(), this.usageIntervalMs);
+  }
+
   private async reportUsage(): Promise<void> {
+    this.lastUsageAt = performance.now();
+    this.armUsage();
     try {
       const [cell, containers] = await Promise.all([cellUsage(), this.supervisor.usageAll()]);
       this.send({ type: 'usage', cell, containers: containers.slice(0, 512) });
