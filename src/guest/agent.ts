@@ -33,8 +33,8 @@ export interface GuestAgentOptions extends Omit<SupervisorOptions, 'logger'> {
    * idle agent's wake-ups together were ~0.5% of a core). A container's state change also
    * brings a report 1 s later, so the host's view of what runs does not wait for the period.
    * A host ping more than half a period after the last report brings the next one at once
-   * (and restarts the period): an idle cell then wakes once per ping, not once per ping and
-   * once per report.
+   * (the timer then waits one and a half periods): while the host pings, an idle cell wakes
+   * once per ping, not once per ping and once per report.
    */
   usageIntervalMs?: number;
   /** Log lines per container per second before the guest drops (and counts) them. Default 1000/s, burst 1000. */
@@ -247,7 +247,7 @@ export class GuestAgent {
     if (msg.type === 'ping') {
       this.send({ type: 'pong', seq: msg.seq });
       // The report that is due soon rides on this wake-up (see usageIntervalMs).
-      if (performance.now() - this.lastUsageAt >= this.usageIntervalMs / 2) void this.reportUsage();
+      if (performance.now() - this.lastUsageAt >= this.usageIntervalMs / 2) void this.reportUsage(true);
       return;
     }
     if (msg.type === 'execFrame') {
@@ -392,16 +392,20 @@ export class GuestAgent {
     return this.opts.usageIntervalMs ?? 10_000;
   }
 
-  /** (Re)starts the usage period: the next periodic report is a full period from now. */
-  private armUsage(): void {
+  /**
+   * (Re)starts the usage period. After a report that rode on a ping the timer waits one and a
+   * half periods: the next ping comes about a period later and takes the next report, and a
+   * timer due at the same moment would wake the guest a second time.
+   */
+  private armUsage(afterPing = false): void {
     clearTimeout(this.usageTimer);
     if (this.stopped) return;
-    this.usageTimer = setTimeout(() => void this.reportUsage(), this.usageIntervalMs);
+    this.usageTimer = setTimeout(() => void this.reportUsage(), afterPing ? this.usageIntervalMs * 1.5 : this.usageIntervalMs);
   }
 
-  private async reportUsage(): Promise<void> {
+  private async reportUsage(afterPing = false): Promise<void> {
     this.lastUsageAt = performance.now();
-    this.armUsage();
+    this.armUsage(afterPing);
     try {
       const [cell, containers] = await Promise.all([cellUsage(), this.supervisor.usageAll()]);
       this.send({ type: 'usage', cell, containers: containers.slice(0, 512) });
