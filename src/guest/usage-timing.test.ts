@@ -1,27 +1,11 @@
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import pino from 'pino';
-import { afterAll, describe, expect, it } from 'vitest';
-import { GuestAgent } from './agent.js';
-import { MemoryLink } from './testing/memory-link.js';
+import { describe, expect, it } from 'vitest';
+import { startAgentOnMemoryLink } from './testing/agent-on-memory-link.js';
 import { until } from '../proc/until.js';
 
 describe('usage reports', () => {
-  const dirs: string[] = [];
-  afterAll(async () => {
-    for (const d of dirs) await rm(d, { recursive: true, force: true });
-  });
-
   it('ride on a host ping once half a period has passed, so an idle cell wakes once per ping', async () => {
-    const state = await mkdtemp(join(tmpdir(), 'guest-usage-'));
-    dirs.push(state);
-    const link = new MemoryLink();
     // A period far longer than the test: every report seen here came with a ping.
-    const agent = new GuestAgent({ link, logger: pino({ level: 'silent' }), stateDir: state, imagesRoot: join(state, 'images'), runcPath: '/nonexistent/crun', cgroupParent: '/carapace-test', seccompProfilePath: false, noPivot: false, logTailLines: 10, usageIntervalMs: 600_000 });
-    const ac = new AbortController();
-    const serving = agent.start(ac.signal);
-    await until('the link started', () => Promise.resolve(link.handlers), 5_000, 10);
+    const { link, stop } = await startAgentOnMemoryLink({ usageIntervalMs: 600_000 });
     const usages = (): number => link.lines.filter((l) => (JSON.parse(l) as { type: string }).type === 'usage').length; // `as`: the agent writes JSON objects with a type
     link.send({ type: 'hello', version: 1, cellId: 'c' });
     link.send({ type: 'ping', seq: 1 });
@@ -34,7 +18,6 @@ describe('usage reports', () => {
     // within milliseconds of the pong; a second is ample, and a correct agent never writes one.
     await expect(until('no second report', () => Promise.resolve(usages() > 1 || undefined), 1_000, 10)).rejects.toThrow(/no second report/);
     expect(usages()).toBe(1);
-    ac.abort();
-    await serving;
+    await stop();
   });
 });
