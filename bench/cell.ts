@@ -15,7 +15,9 @@
  *  (d) idle: a new tenant's cell running one nginx (`web`, built from the host's Debian nginx
  *      package); once nginx answers a GET on the cell's tenant-network address, QEMU's VmRSS
  *      60 s later (`idle_rss_mib`), then the share of one core QEMU used over the next 30 s
- *      with no requests (`idle_cpu_pct`).
+ *      with no requests (`idle_cpu_pct`). Beside it over the same windows, the floor: a VM of
+ *      the cell's shape running only `sleep` (logged, not in the JSON: what the kernel and the
+ *      hypervisor cost; under TCG alone it is above the issue's 160 MiB).
  * Final JSON line: {"bench":"cell","raw_boot_p50_ms","cell_ready_p50_ms","boot_ratio",
  * "warm_start_p50_ms","guest_runc_p50_ms","qemu_overhead_mib","init_p50_ms",
  * "ready_over_init_ratio","idle_rss_mib","idle_cpu_pct","accel"}.
@@ -29,12 +31,12 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import { pino } from 'pino';
-import { guestAgentLaunch } from '../src/agent/cells.js';
+import { DEFAULT_DISK_SLOTS, guestAgentLaunch } from '../src/agent/cells.js';
 import { startAllInOne } from '../src/allinone/allinone.js';
 import { buildNginxImage, NGINX_PAGE } from '../src/image/testing/debian-images.js';
 import { buildBusyboxImage, freePort, startRegistry } from '../src/image/testing/index.js';
 import type { Cell, Instance } from '../src/model/objects.js';
-import { createVmManager } from '../src/vm/qemu.js';
+import { createVmManager, type VmSpec } from '../src/vm/qemu.js';
 
 const BOOTS = Number(process.argv[2] ?? 3);
 const STARTS = Number(process.argv[3] ?? 10);
@@ -180,11 +182,27 @@ async function main(): Promise<void> {
   const warm: number[] = [];
   const guest: number[] = [];
   let overhead = NaN;
+  const installDir = fileURLToPath(new URL('../..', import.meta.url));
+  const rawVms = createVmManager({ stateDir: join(dir, 'raw-vms'), logger: pino({ level: 'warn' }), accel });
+  /** A VM with a cell's flags, size, kernel, initramfs, shares and root ports (CellManager.boot), running `run`; no NIC. */
+  const cellShaped = (id: string, run: Pick<VmSpec, 'exec' | 'earlyExec' | 'fallbackExec'>): VmSpec => ({
+    id,
+    cpus: 2,
+    memoryMiB: 2048,
+    shares: [
+      { tag: 'usr', path: '/usr', readonly: true, mountPoint: '/usr' },
+      { tag: 'carapace', path: installDir, readonly: true, mountPoint: '/opt/carapace' },
+      { tag: 'images', path: join(stateDir, 'images', 'rootfs'), readonly: true, mountPoint: '/carapace/images' },
+    ],
+    ...run,
+    ports: [],
+    channel: true,
+    hotplugSlots: DEFAULT_DISK_SLOTS,
+    labels: {},
+  });
   try {
     // Pull the image once, outside any timing.
     await (await import('../src/image/local-store.js')).createImageStore({ cacheDir: join(stateDir, 'images'), logger: pino({ level: 'silent' }) }).ensure(image.reference);
-    const installDir = fileURLToPath(new URL('../..', import.meta.url));
-    const rawVms = createVmManager({ stateDir: join(dir, 'raw-vms'), logger: pino({ level: 'warn' }), accel });
     for (let i = 0; i < BOOTS; i++) {
       // (a) the VM layer alone, same spec as CellManager.boot; the console is polled from
       // just before the launch call for /init's first line.
@@ -193,20 +211,7 @@ async function main(): Promise<void> {
       const t0 = performance.now();
       const initLine = firstInitLine(join(dir, 'raw-vms', 'vms', id, 'console.log'), 180_000, stopPoll.signal);
       initLine.catch(() => undefined); // awaited below; a launch failure must not leave it unhandled
-      const vm = await rawVms.launch({
-        id,
-        cpus: 2,
-        memoryMiB: 2048,
-        shares: [
-          { tag: 'usr', path: '/usr', readonly: true, mountPoint: '/usr' },
-          { tag: 'carapace', path: installDir, readonly: true, mountPoint: '/opt/carapace' },
-          { tag: 'images', path: join(stateDir, 'images', 'rootfs'), readonly: true, mountPoint: '/carapace/images' },
-        ],
-        ...guestAgentLaunch(accel, installDir),
-        ports: [],
-        channel: true,
-        labels: {},
-      });
+      const vm = await rawVms.launch(cellShaped(id, guestAgentLaunch(accel, installDir)));
       try {
         await handshake(vm.channelSocket ?? '', 180_000);
         raw.push(performance.now() - t0);
@@ -303,19 +308,41 @@ async function main(): Promise<void> {
       60_000,
       250,
     );
-    log(`idle: nginx in cell ${cell.metadata.name} (QEMU pid ${pid}) answered ${url} (${page.length} bytes); waiting ${IDLE_RSS_AFTER_MS / 1000} s`);
+    // The floor, beside it over the same windows: a VM of the cell's shape running only
+    // `sleep`, nothing of Carapace. What the kernel and the hypervisor cost (under TCG with the
+    // translation cache of the kernel's own boot); the cell's own cost is what it adds.
+    const floorUp = new AbortController();
+    const floorInit = firstInitLine(join(dir, 'raw-vms', 'vms', 'floor', 'console.log'), 180_000, floorUp.signal);
+    floorInit.catch(() => undefined); // awaited below
+    const floor = await rawVms.launch(cellShaped('floor', { exec: 'exec /bin/sleep infinity' }));
+    try {
+      await floorInit;
+    } finally {
+      floorUp.abort();
+    }
+    log(`idle: nginx in cell ${cell.metadata.name} (QEMU pid ${pid}) answered ${url} (${page.length} bytes); the floor VM (QEMU pid ${floor.pid}) is up; waiting ${IDLE_RSS_AFTER_MS / 1000} s`);
     await sleep(IDLE_RSS_AFTER_MS);
     const idleRss = vmRssMiB(pid);
+    const floorRss = vmRssMiB(floor.pid);
     const hz = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
     const c0 = cpuTicks(pid);
+    const f0 = cpuTicks(floor.pid);
     const w0 = performance.now();
     await sleep(IDLE_CPU_WINDOW_MS);
     const c1 = cpuTicks(pid);
-    const idleCpu = ((c1 - c0) / hz / ((performance.now() - w0) / 1000)) * 100;
+    const f1 = cpuTicks(floor.pid);
+    const windowS = (performance.now() - w0) / 1000;
+    const idleCpu = ((c1 - c0) / hz / windowS) * 100;
+    const floorCpu = ((f1 - f0) / hz / windowS) * 100;
+    await rawVms.destroy(floor.id, 100);
     // The figures are the same cell's only if it stayed Ready with the same QEMU throughout.
     const after = (await api<{ items: Cell[] }>('GET', '/v1/cells')).items.find((x) => x.metadata.name === cell.metadata.name);
     if (after?.status.phase !== 'Ready' || after.status.pid !== pid) throw new Error(`the nginx cell changed during the idle window: ${JSON.stringify(after?.status)}`);
     log(`idle: QEMU VmRSS ${idleRss.toFixed(1)} MiB, CPU ${idleCpu.toFixed(2)} % of one core over ${IDLE_CPU_WINDOW_MS / 1000} s (${c1 - c0} ticks at ${hz} Hz)`);
+    log(
+      `idle floor (a VM of the cell's shape running only sleep, same windows): VmRSS ${floorRss.toFixed(1)} MiB, CPU ${floorCpu.toFixed(2)} %; ` +
+        `the cell's own: ${(idleRss - floorRss).toFixed(1)} MiB (cell/floor ${(idleRss / floorRss).toFixed(2)}), ${(idleCpu - floorCpu).toFixed(2)} % of a core`,
+    );
     const result = {
       bench: 'cell',
       boots: BOOTS,
