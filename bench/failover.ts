@@ -176,6 +176,8 @@ async function hostPart(dir: string, image: string): Promise<{ detect: number; r
 
 async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'carapace-bench-failover-'));
+  // The all-in-one saves its admin token for the CLI: into this run's directory, not the user's config.
+  process.env['CARAPACE_CONFIG'] = join(dir, 'cli-config.json');
   const registry = await startRegistry({ dir: join(dir, 'registry') });
   try {
     const image = (await buildBusyboxImage({ registry: registry.address, repository: 'bench/busybox', tag: '1' })).reference;

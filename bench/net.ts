@@ -118,6 +118,8 @@ function clientLoop(ns: string, url: string): { stop: () => void; samples: { t: 
 
 async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'carapace-bench-net-'));
+  // The all-in-one saves its admin token for the CLI: into this run's directory, not the user's config.
+  process.env['CARAPACE_CONFIG'] = join(dir, 'cli-config.json');
   const tools = await buildTools(join(dir, 'tools'));
   log(`tools: tcprtt ${RTT_ROUNDS} round trips, iperf3 ${IPERF_SECONDS} s`);
 
