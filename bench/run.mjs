@@ -1,6 +1,9 @@
 #!/usr/bin/env node
 // `npm run bench -- NAME [args…]`: runs the compiled benchmark dist/bench/NAME.js (build first
 // with `npm run build`). Each benchmark prints its figures and ends with one JSON line.
+// It runs holding the machine-wide lock the integration test files take turns on
+// (src/proc/host-tests-lock.ts): a benchmark beside a test file would skew its figures and
+// have its bridges and VMs taken for the file's leaks. The kernel drops the lock at exit.
 import { existsSync, readdirSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { dirname, join } from 'node:path';
@@ -19,4 +22,11 @@ if (!existsSync(file)) {
   process.exit(2);
 }
 process.argv.splice(2, 1);
+const { acquireHostTestsLock, HOST_TESTS_LOCK } = await import(pathToFileURL(join(root, 'dist', 'src', 'proc', 'host-tests-lock.js')).href);
+// Kept referenced for the whole run: a lock's file handle collected as garbage would be closed.
+globalThis.carapaceBenchLock = await acquireHostTestsLock(0).catch(async (e) => {
+  if (e?.name !== 'FileLockTimeoutError') throw e;
+  console.error(`waiting for ${HOST_TESTS_LOCK}: an integration test file or another benchmark holds it${e.holder ? ` (last taken by pid ${e.holder})` : ''}`);
+  return acquireHostTestsLock(6 * 3600_000);
+});
 await import(pathToFileURL(file).href);

@@ -11,8 +11,15 @@
  * Before/after snapshots of the host, so objects that were there before the file (a
  * Carapace started by the quick start, another user's VMs) are never touched. Registered as a
  * setup file in vitest.config.ts; unit files (src/**) are skipped (they make no such objects).
+ *
+ * A diff cannot tell this file's objects from those another run made meanwhile, so each
+ * integration file holds the machine-wide HOST_TESTS_LOCK from its first snapshot to its last
+ * check: two runs of the suite on one machine (CI beside a developer's run, two checkouts),
+ * or a benchmark beside them, take turns file by file instead of removing each other's VMs.
  */
 import { afterAll, beforeAll } from 'vitest';
+import type { FileLock } from '../src/proc/file-lock.js';
+import { acquireHostTestsLock } from '../src/proc/host-tests-lock.js';
 import { run } from '../src/proc/run.js';
 import { until } from '../src/proc/until.js';
 
@@ -55,15 +62,30 @@ async function remove(l: Record<keyof HostObjects, string[]>): Promise<void> {
   for (const ns of l.netns) await run('ip', ['netns', 'del', ns]).catch(() => undefined);
 }
 
+/** How long a file waits for another run's file or benchmark (the longest take minutes under emulation). */
+const LOCK_WAIT_MS = 30 * 60_000;
+
 let before: HostObjects | undefined;
+let lock: FileLock | undefined;
 
 beforeAll(async (suite) => {
   const file = 'filepath' in suite ? String(suite.filepath) : '';
   if (!file.includes('/test/')) return;
+  lock = await acquireHostTestsLock(LOCK_WAIT_MS);
   before = await snapshot();
-});
+}, LOCK_WAIT_MS + 60_000);
 
 afterAll(async () => {
+  const held = lock;
+  lock = undefined;
+  try {
+    await checkLeaks();
+  } finally {
+    await held?.release();
+  }
+}, 60_000);
+
+async function checkLeaks(): Promise<void> {
   if (!before) return;
   const start = before;
   before = undefined;
@@ -74,4 +96,4 @@ afterAll(async () => {
   if (empty(left)) return;
   await remove(left);
   throw new Error(`this file left kernel objects behind (removed now, so later files run on a clean host): ${JSON.stringify(left)}`);
-}, 60_000);
+}
