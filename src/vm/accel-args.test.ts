@@ -7,13 +7,14 @@ describe('QEMU accelerator arguments', () => {
     expect(kernelCmdline({ shares: [], channel: false }, 'kvm')).not.toMatch(/tsc=reliable|no_timer_check/);
   });
 
-  it('TCG: the translation cache size, a CPU whose APIC timer runs in idle, a TSC the guest trusts', () => {
+  it('TCG: the translation cache size, a CPU whose APIC timer runs in idle and with RDRAND, a TSC and RDRAND the guest trusts', () => {
     const args = accelArgs('tcg');
-    expect(args).toEqual(['-accel', `tcg,tb-size=${TCG_TB_SIZE_MIB}`, '-cpu', 'qemu64,+arat']);
+    expect(args).toEqual(['-accel', `tcg,tb-size=${TCG_TB_SIZE_MIB}`, '-cpu', 'qemu64,+arat,+rdrand']);
     expect(TCG_TB_SIZE_MIB).toBe(1024);
     const cmdline = kernelCmdline({ shares: [], channel: false }, 'tcg').split(' ');
     expect(cmdline).toContain('tsc=reliable');
     expect(cmdline).toContain('no_timer_check');
+    expect(cmdline).toContain('random.trust_cpu=on');
   });
 
   it('TCG: CARAPACE_TCG_TB_MIB overrides the cache size; a value below 16 or not an integer is ignored', () => {
