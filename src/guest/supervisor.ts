@@ -9,11 +9,13 @@
  * boundary.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmod, copyFile, mkdir, readFile, rm, rmdir } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { join, resolve as resolvePath } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import type { Logger } from 'pino';
 import { containerNofileLimit, loadSeccompProfile, prepareBundle } from '../runtime/bundle.js';
+import { cpuQuota } from '../runtime/oci-spec.js';
 import type { CheckResult } from '../runtime/driver.js';
 import { execCheck, httpGetCheck, tcpSocketCheck } from '../runtime/probe-check.js';
 import { killTree, pidInCgroup } from '../proc/pids.js';
@@ -114,6 +116,17 @@ export async function rootIsInitramfs(): Promise<boolean> {
 export const PREWARM_ID = 'carapace_prewarm';
 
 /** Supervises the containers of one cell. Create one per agent. */
+/**
+ * The CPU quota of a container's cgroup while its runtime sets it up, in CPUs: all of the
+ * cell's. That setup (mounts, pivot_root, masked paths, the seccomp filter, capabilities) runs
+ * inside the container's cgroup; under emulation it takes tens of ms of CPU, so under a
+ * container's own small quota it was throttled for most of a start (cell bench: warm starts of
+ * 1.1 s with `cpu: 0.05`, 0.45 s with `cpu: 0.5`). The container's own quota is set the moment
+ * its pid is known and before it is reported running (narrowCpu); memory and pids limits
+ * hold from the start. The same reasoning as startup CPU boosts for Kubernetes pods.
+ */
+const STARTUP_CPU = availableParallelism();
+
 export class Supervisor {
   private readonly ctrs = new Map<string, Ctr>();
   private readonly log: Logger;
@@ -219,6 +232,7 @@ export class Supervisor {
         // The cell is the isolation boundary: its containers share the VM's network namespace.
         network: { kind: 'shared' },
         cgroupsPath: this.cgroupPath(id),
+        startupCpu: STARTUP_CPU,
         seccomp,
         nofileLimit,
         ifOverlayRefused: 'copy',
@@ -227,7 +241,7 @@ export class Supervisor {
       });
       ctr.overlay = made.overlay;
       const bundleMs = performance.now() - t0;
-      await this.spawnRunc(ctr, noPivot, exitedResolve);
+      await this.spawnRunc(ctr, noPivot, exitedResolve, () => this.narrowCpu(id, req.container.cpu));
       // Where a start's time went (the bundle: rootfs overlay, config, files; the runtime: `run` until the pid file).
       log.info({ pid: ctr.state.status === 'running' ? ctr.state.pid : undefined, bundleMs: Math.round(bundleMs), runtimeMs: Math.round(performance.now() - t0 - bundleMs) }, 'container started');
     } catch (e) {
@@ -273,6 +287,7 @@ export class Supervisor {
         labels: {},
         network: { kind: 'shared' },
         cgroupsPath: this.cgroupPath(id),
+        startupCpu: STARTUP_CPU, // it only ever sets up and ends: never narrowed
         seccomp,
         nofileLimit,
         ifOverlayRefused: 'copy',
@@ -293,8 +308,30 @@ export class Supervisor {
     return ms;
   }
 
-  /** Spawns `runc run` and resolves once the container process runs (or rejects if it never did). */
-  private spawnRunc(ctr: Ctr, noPivot: boolean, exitedResolve: () => void): Promise<void> {
+  /**
+   * Sets a started container's CPU quota to its own `cpu` (run() starts it with STARTUP_CPU).
+   * A cgroup already gone (ENOENT) is a container that has already ended.
+   */
+  private async narrowCpu(id: string, cpu: number): Promise<void> {
+    const { quota, period } = cpuQuota(cpu);
+    const cg = this.cgroupPath(id);
+    try {
+      if (await this.cgroupV2) await writeFile(join('/sys/fs/cgroup', cg, 'cpu.max'), `${quota} ${period}`);
+      else {
+        await writeFile(join('/sys/fs/cgroup/cpu', cg, 'cpu.cfs_period_us'), String(period));
+        await writeFile(join('/sys/fs/cgroup/cpu', cg, 'cpu.cfs_quota_us'), String(quota));
+      }
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; // fs errors are ErrnoExceptions
+    }
+  }
+
+  /**
+   * Spawns `runc run` and resolves once the container process runs (or rejects if it never
+   * did); `started`, once its pid is known and before it is reported running, must succeed or
+   * the container is failed (run() then destroys it).
+   */
+  private spawnRunc(ctr: Ctr, noPivot: boolean, exitedResolve: () => void, started: () => Promise<void>): Promise<void> {
     const pidFile = join(ctr.bundle, 'pid');
     const args = ['--root', this.runcRoot, 'run', '--bundle', ctr.bundle, '--pid-file', pidFile, ...(noPivot ? ['--no-pivot'] : []), ctr.id];
     const child = spawn(this.opts.runcPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -331,6 +368,13 @@ export class Supervisor {
         exitedResolve();
         const why = spawnError ? spawnError.message : ctr.stderrTail.slice(-3).join(' | ') || `runc exited with ${exitCode}`;
         throw new Error(why);
+      }
+      try {
+        await started();
+      } catch (e) {
+        // run() destroys it; its runtime's exit then needs no state of its own.
+        void closed.then(() => exitedResolve());
+        throw e;
       }
       this.setState(ctr, { status: 'running', pid, startedAt });
       void closed.then(() => {

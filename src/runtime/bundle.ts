@@ -79,6 +79,8 @@ export interface BundleRequest {
   mounts?: readonly HostMount[];
   /** Tasks the runtime keeps in the container's cgroup itself (see OciSpecInput). */
   runtimeOwnPids?: number;
+  /** The CPU quota while the runtime sets the container up (see OciSpecInput). */
+  startupCpu?: number;
   /** From `loadSeccompProfile`; undefined means no filter. */
   seccomp: OciSeccomp | undefined;
   /** From `containerNofileLimit`. */
@@ -125,6 +127,7 @@ export async function prepareBundle(req: BundleRequest): Promise<PreparedBundle>
     ...(req.seccomp ? { seccomp: req.seccomp } : {}),
     cgroupsPath: req.cgroupsPath,
     ...(req.runtimeOwnPids ? { runtimeOwnPids: req.runtimeOwnPids } : {}),
+    ...(req.startupCpu !== undefined ? { startupCpu: req.startupCpu } : {}),
     nofileLimit: req.nofileLimit,
     ...(req.mounts ? { mounts: req.mounts } : {}),
   });

@@ -89,6 +89,12 @@ describe('buildOciSpec', () => {
   it('gives a tiny cpu request at least the kernel minimum quota', () => {
     expect(buildOciSpec(input({ container: { ...container, cpu: 0.001 } })).linux.resources.cpu.quota).toBe(1000);
   });
+  it('a startup quota replaces the cpu one (its caller narrows it later); memory and pids stay the container\'s', () => {
+    const s = buildOciSpec(input({ container: { ...container, cpu: 0.05 }, startupCpu: 2 }));
+    expect(s.linux.resources.cpu).toEqual({ quota: 200000, period: 100000 });
+    expect(s.linux.resources.memory).toEqual(buildOciSpec(input({ container: { ...container, cpu: 0.05 } })).linux.resources.memory);
+    expect(buildOciSpec(input({ container: { ...container, cpu: 0.05 } })).linux.resources.cpu).toEqual({ quota: 5000, period: 100000 });
+  });
 });
 
 describe('tenantResolvConf', () => {

@@ -50,6 +50,11 @@ export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
 /** CFS period used for cpu quotas (the kernel default, 100 ms). */
 export const CPU_PERIOD_US = 100_000;
 
+/** The CFS quota of `cpu` CPUs per CPU_PERIOD_US; at least 1 ms, the smallest the kernel takes. */
+export function cpuQuota(cpu: number): { quota: number; period: number } {
+  return { quota: Math.max(1000, Math.round(cpu * CPU_PERIOD_US)), period: CPU_PERIOD_US };
+}
+
 /** Annotation prefix under which labels are kept in config.json. */
 export const LABEL_ANNOTATION_PREFIX = 'io.carapace.label.';
 
@@ -121,6 +126,12 @@ export interface OciSpecInput {
    * ptrace stubs), added to the pids limit so the limit counts the container's own processes.
    */
   runtimeOwnPids?: number;
+  /**
+   * The cgroup's CPU quota, in CPUs, while the runtime sets the container up; its caller then
+   * narrows it to the container's own `cpu` once the process runs (the guest supervisor does,
+   * see GuestSupervisor.run). Absent: the container's own from the start.
+   */
+  startupCpu?: number;
   /**
    * RLIMIT_NOFILE for the process (soft = hard). Podman uses 1048576 but falls back to the
    * agent's own hard limit, since an unprivileged-by-limits host refuses a higher one.
@@ -376,8 +387,7 @@ export function buildOciSpec(input: OciSpecInput): OciSpec {
       resources: {
         devices: [{ allow: false, access: 'rwm' }],
         memory: { limit: memBytes, swap: memBytes },
-        // At least 1 ms per period: the kernel refuses smaller quotas.
-        cpu: { quota: Math.max(1000, Math.round(container.cpu * CPU_PERIOD_US)), period: CPU_PERIOD_US },
+        cpu: cpuQuota(input.startupCpu ?? container.cpu),
         pids: { limit: container.pids + (input.runtimeOwnPids ?? 0) },
       },
       namespaces,

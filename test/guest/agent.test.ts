@@ -8,7 +8,7 @@
  */
 import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -222,6 +222,19 @@ describe('guest agent with real runc', () => {
     await expect(chan.check(newId('nobody'), { tcpSocket: { port } }, 1_000)).rejects.toMatchObject({ code: 'GUEST_E_NOT_FOUND' });
     await chan.stop(id, 0);
     expect(await chan.check(id, { exec: { command: ['true'] } }, 1_000)).toEqual({ ok: false, message: `container ${id} is not running` });
+    await chan.destroy(id);
+  });
+
+  it("sets a container up under the cell's CPU quota and holds it to its own once it runs", async () => {
+    const id = newId('quota');
+    await chan.run({ containerId: id, rootfs, image: IMAGE, container: { ...shSpec('sleep 30'), cpu: 0.05 }, hostname: 'q', labels: {} });
+    // The bundle gave the runtime's setup all of the cell's CPUs…
+    const spec = JSON.parse(await readFile(join(stateDir, 'containers', id, 'config.json'), 'utf8')) as { linux: { resources: { cpu: { quota: number; period: number } } } }; // the bundle's config.json
+    expect(spec.linux.resources.cpu).toEqual({ quota: availableParallelism() * 100_000, period: 100_000 });
+    // …and the container reported running holds its own 5% (cgroup v1 on this host; v2 in a cell: test/reliability/probes.ts).
+    expect((await readFile(join('/sys/fs/cgroup/cpu', CG_PARENT, id, 'cpu.cfs_quota_us'), 'utf8')).trim()).toBe('5000');
+    expect((await readFile(join('/sys/fs/cgroup/cpu', CG_PARENT, id, 'cpu.cfs_period_us'), 'utf8')).trim()).toBe('100000');
+    await chan.stop(id, 0);
     await chan.destroy(id);
   });
 
