@@ -310,7 +310,8 @@ export class Supervisor {
 
   /**
    * Sets a started container's CPU quota to its own `cpu` (run() starts it with STARTUP_CPU).
-   * A cgroup already gone (ENOENT) is a container that has already ended.
+   * A cgroup already gone is a container that has already ended (and its runtime removed the
+   * cgroup): ENOENT for its directory, ENODEV for a file of one being removed.
    */
   private async narrowCpu(id: string, cpu: number): Promise<void> {
     const { quota, period } = cpuQuota(cpu);
@@ -322,7 +323,8 @@ export class Supervisor {
         await writeFile(join('/sys/fs/cgroup/cpu', cg, 'cpu.cfs_quota_us'), String(quota));
       }
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; // fs errors are ErrnoExceptions
+      const code = (e as NodeJS.ErrnoException).code; // fs errors are ErrnoExceptions
+      if (code !== 'ENOENT' && code !== 'ENODEV') throw e;
     }
   }
 
