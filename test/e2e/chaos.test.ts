@@ -78,7 +78,16 @@ async function converged(what: string): Promise<void> {
       return last.length === 0;
     }, 240_000, what);
   } catch (e) {
-    throw new Error(`${(e as Error).message}\n${last.join('\n')}\n--- server log ---\n${server.log.split('\n').filter((l) => /"level":(40|50|60)/.test(l)).slice(-30).join('\n')}`, { cause: e });
+    // What a failure seen once in CI needs to be explained: every cell's state and what each
+    // instance is placed on, and the server's own account (all levels) of the last minutes.
+    const cells = await list<Cell>('cells').catch(() => []);
+    const insts = await list<Instance>('instances').catch(() => []);
+    const state = [
+      ...cells.map((c) => `cell ${c.metadata.name} tenant=${c.spec.tenant || '(warm)'} ${c.status.phase}: ${c.status.message ?? ''}`),
+      ...insts.map((i) => `instance ${i.metadata.tenant}/${i.metadata.name} ${i.status.phase} on ${i.spec.host || '-'}/${i.spec.cell ?? '-'}: ${i.status.message ?? ''}`),
+    ];
+    process.stdout.write(`--- last 300 server log lines before "${what}" failed ---\n${server.log.split('\n').slice(-300).join('\n')}\n`);
+    throw new Error(`${(e as Error).message}\n${last.join('\n')}\n--- cluster ---\n${state.join('\n')}\n--- server warnings ---\n${server.log.split('\n').filter((l) => /"level":(40|50|60)/.test(l)).slice(-30).join('\n')}`, { cause: e });
   }
 }
 
