@@ -115,7 +115,6 @@ export async function rootIsInitramfs(): Promise<boolean> {
 /** The runtime id of the prewarm container: `_` never appears in the host's container ids (agent/container-id.ts). */
 export const PREWARM_ID = 'carapace_prewarm';
 
-/** Supervises the containers of one cell. Create one per agent. */
 /**
  * The CPU quota of a container's cgroup while its runtime sets it up, in CPUs: all of the
  * cell's. That setup (mounts, pivot_root, masked paths, the seccomp filter, capabilities) runs
@@ -127,6 +126,7 @@ export const PREWARM_ID = 'carapace_prewarm';
  */
 const STARTUP_CPU = availableParallelism();
 
+/** Supervises the containers of one cell. Create one per agent. */
 export class Supervisor {
   private readonly ctrs = new Map<string, Ctr>();
   private readonly log: Logger;
