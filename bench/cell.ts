@@ -36,7 +36,7 @@ import { startAllInOne } from '../src/allinone/allinone.js';
 import { buildNginxImage, NGINX_PAGE } from '../src/image/testing/debian-images.js';
 import { buildBusyboxImage, freePort, startRegistry } from '../src/image/testing/index.js';
 import type { Cell, Instance } from '../src/model/objects.js';
-import { createVmManager, type VmSpec } from '../src/vm/qemu.js';
+import { createVmManager, type VmInfo, type VmSpec } from '../src/vm/qemu.js';
 
 const BOOTS = Number(process.argv[2] ?? 3);
 const STARTS = Number(process.argv[3] ?? 10);
@@ -200,18 +200,29 @@ async function main(): Promise<void> {
     hotplugSlots: DEFAULT_DISK_SLOTS,
     labels: {},
   });
+  /**
+   * Launches a cell-shaped VM, its console polled for /init's first line from just before the
+   * launch (firstInitLine); the caller awaits `initLine` and then aborts `stopPoll`.
+   */
+  const launchWatched = async (id: string, run: Pick<VmSpec, 'exec' | 'earlyExec' | 'fallbackExec'>): Promise<{ vm: VmInfo; initLine: Promise<number>; stopPoll: AbortController }> => {
+    const stopPoll = new AbortController();
+    const initLine = firstInitLine(join(dir, 'raw-vms', 'vms', id, 'console.log'), 180_000, stopPoll.signal);
+    initLine.catch(() => undefined); // awaited by the caller; a launch failure must not leave it unhandled
+    try {
+      return { vm: await rawVms.launch(cellShaped(id, run)), initLine, stopPoll };
+    } catch (e) {
+      stopPoll.abort();
+      throw e;
+    }
+  };
   try {
     // Pull the image once, outside any timing.
     await (await import('../src/image/local-store.js')).createImageStore({ cacheDir: join(stateDir, 'images'), logger: pino({ level: 'silent' }) }).ensure(image.reference);
     for (let i = 0; i < BOOTS; i++) {
       // (a) the VM layer alone, same spec as CellManager.boot; the console is polled from
       // just before the launch call for /init's first line.
-      const id = `raw-${i}`;
-      const stopPoll = new AbortController();
       const t0 = performance.now();
-      const initLine = firstInitLine(join(dir, 'raw-vms', 'vms', id, 'console.log'), 180_000, stopPoll.signal);
-      initLine.catch(() => undefined); // awaited below; a launch failure must not leave it unhandled
-      const vm = await rawVms.launch(cellShaped(id, guestAgentLaunch(accel, installDir)));
+      const { vm, initLine, stopPoll } = await launchWatched(`raw-${i}`, guestAgentLaunch(accel, installDir));
       try {
         await handshake(vm.channelSocket ?? '', 180_000);
         raw.push(performance.now() - t0);
@@ -262,7 +273,9 @@ async function main(): Promise<void> {
         return i2?.status.phase === 'Running' ? i2 : undefined;
       }, 'instance running');
       warm.push(performance.now() - t0);
-      const g = aio.cells.runtimeFor(cellName)?.guestStartMs.get(inst.status.containerId ?? '');
+      // The guest's own time rides on its answer to `run`, which can come a moment after the
+      // running state the API already shows (seen: "?" for both starts of a short run).
+      const g = await until('the guest runtime time', async () => aio.cells.runtimeFor(cellName)?.guestStartMs.get(inst.status.containerId ?? ''), 5_000, 20).catch(() => undefined);
       if (g !== undefined) guest.push(g);
       log(`warm start ${i + 1}/${STARTS}: carapace ${warm[i]?.toFixed(0)} ms, guest runc ${g?.toFixed(0) ?? '?'} ms (cell ${cellName})`);
     }
@@ -311,14 +324,11 @@ async function main(): Promise<void> {
     // The floor, beside it over the same windows: a VM of the cell's shape running only
     // `sleep`, nothing of Carapace. What the kernel and the hypervisor cost (under TCG with the
     // translation cache of the kernel's own boot); the cell's own cost is what it adds.
-    const floorUp = new AbortController();
-    const floorInit = firstInitLine(join(dir, 'raw-vms', 'vms', 'floor', 'console.log'), 180_000, floorUp.signal);
-    floorInit.catch(() => undefined); // awaited below
-    const floor = await rawVms.launch(cellShaped('floor', { exec: 'exec /bin/sleep infinity' }));
+    const { vm: floor, initLine: floorInit, stopPoll: floorPoll } = await launchWatched('floor', { exec: 'exec /bin/sleep infinity' });
     try {
       await floorInit;
     } finally {
-      floorUp.abort();
+      floorPoll.abort();
     }
     log(`idle: nginx in cell ${cell.metadata.name} (QEMU pid ${pid}) answered ${url} (${page.length} bytes); the floor VM (QEMU pid ${floor.pid}) is up; waiting ${IDLE_RSS_AFTER_MS / 1000} s`);
     await sleep(IDLE_RSS_AFTER_MS);

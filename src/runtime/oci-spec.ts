@@ -128,8 +128,8 @@ export interface OciSpecInput {
   runtimeOwnPids?: number;
   /**
    * The cgroup's CPU quota, in CPUs, while the runtime sets the container up; its caller then
-   * narrows it to the container's own `cpu` once the process runs (the guest supervisor does,
-   * see GuestSupervisor.run). Absent: the container's own from the start.
+   * narrows it to the container's own `cpu` once the process runs (the guest supervisor does:
+   * Supervisor.run in src/guest/supervisor.ts). Absent: the container's own from the start.
    */
   startupCpu?: number;
   /**
