@@ -53,7 +53,10 @@ export interface CellManagerOptions {
   heartbeatTimeoutMs?: number;
   /**
    * How long a booting cell's guest agent may take to answer for the first time before the
-   * VM is killed and the cell Failed (default 60 s with KVM, 300 s under software emulation).
+   * VM is killed and the cell Failed (default 60 s with KVM, 120 s under software emulation:
+   * a TCG cell answers 7-15 s after launch on a 2-core host, ~25 s with three booting at once;
+   * a guest that never answers, seen once in ~40 chaos recoveries, holds its instances for
+   * this long before they are placed again).
    */
   bootTimeoutMs?: number;
   /**
@@ -383,7 +386,7 @@ export class CellManager extends EventEmitter<CellManagerEvents> {
     // wake-up of the guest costs host CPU (a ping a second was ~0.4% of a core per idle cell; an
     // idle cell's agent, all its wake-ups together, ~0.5%), and 30 s allows 10 s.
     const every = this.o.heartbeatMs ?? Math.min(Math.max(1_000, Math.floor(timeout / 3)), 10_000);
-    const bootTimeout = this.o.bootTimeoutMs ?? (accel === 'kvm' ? 60_000 : 300_000);
+    const bootTimeout = this.o.bootTimeoutMs ?? (accel === 'kvm' ? 60_000 : 120_000);
     const attachedAt = Date.now();
     // Silence is judged once the guest agent has answered (booting is not silence), or at once
     // for a cell adopted Ready after an agent restart: its guest answered before, and one that

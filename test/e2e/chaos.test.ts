@@ -1,11 +1,12 @@
 /**
  * Chaos with real processes, bounded in count and time: a seeded sequence of SIGKILLs and a
  * hang against a running all-in-one (QEMU of a cell, a container process on the host, the
- * host agent itself, a guest that stops answering, one that froze while the agent was down). After each fault Carapace must restore
+ * host agent itself, a guest that stops answering, one that never answers while it boots, one
+ * that froze while the agent was down). After each fault Carapace must restore
  * the desired state, with no instance running twice (checked on the host's runtime and in
  * every cell, from what the guests report) and no cell holding two tenants.
  */
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -87,6 +88,11 @@ async function converged(what: string): Promise<void> {
       ...insts.map((i) => `instance ${i.metadata.tenant}/${i.metadata.name} ${i.status.phase} on ${i.spec.host || '-'}/${i.spec.cell ?? '-'}: ${i.status.message ?? ''}`),
     ];
     process.stdout.write(`--- last 300 server log lines before "${what}" failed ---\n${server.log.split('\n').slice(-300).join('\n')}\n`);
+    // A cell that is not Ready: what its guest printed (a boot that hangs says where).
+    for (const c of cells.filter((x) => x.status.phase !== 'Ready')) {
+      const text = await readFile(join(stateDir, 'vms', 'vms', c.metadata.name, 'console.log'), 'utf8').catch((err: unknown) => `(no console: ${(err as Error).message})`);
+      process.stdout.write(`--- console of cell ${c.metadata.name} (${c.status.phase}) ---\n${text.split('\n').slice(-60).join('\n')}\n`);
+    }
     throw new Error(`${(e as Error).message}\n${last.join('\n')}\n--- cluster ---\n${state.join('\n')}\n--- server warnings ---\n${server.log.split('\n').filter((l) => /"level":(40|50|60)/.test(l)).slice(-30).join('\n')}`, { cause: e });
   }
 }
@@ -96,8 +102,9 @@ beforeAll(async () => {
   stateDir = join(tmp.dir, 'state');
   registry = await startRegistry({ dir: join(tmp.dir, 'registry') });
   const image = (await buildBusyboxImage({ registry: registry.address, repository: 'chaos/busybox', tag: '1' })).reference;
-  // A guest that stops answering is declared lost after 15 s (30 s is the TCG default).
-  server = new Server(stateDir, await freePort(), ['--warm-cells', '1', '--accel', 'tcg'], { CARAPACE_CELL_GRACE_MS: '3000', CARAPACE_CELL_HEARTBEAT_TIMEOUT_MS: '15000' });
+  // A guest that stops answering is declared lost after 15 s (30 s is the TCG default), one
+  // that never answers while it boots after 60 s (120 s).
+  server = new Server(stateDir, await freePort(), ['--warm-cells', '1', '--accel', 'tcg'], { CARAPACE_CELL_GRACE_MS: '3000', CARAPACE_CELL_HEARTBEAT_TIMEOUT_MS: '15000', CARAPACE_CELL_BOOT_TIMEOUT_MS: '60000' });
   await server.start();
   const docs = [
     { apiVersion: 'carapace/v1', kind: 'Tenant', metadata: { name: 'acme' } },
@@ -124,7 +131,7 @@ describe('chaos', () => {
   it('restores the desired state after each fault, never running anything twice', async () => {
     const random = rng(20261130);
     const pick = <T>(xs: T[]): T => xs[Math.floor(random() * xs.length)]!; // xs is never empty where used
-    const faults = ['qemu', 'container', 'agent', 'guest-hang', 'hang-while-agent-down', 'qemu'] as const;
+    const faults = ['qemu', 'container', 'boot-hang', 'agent', 'guest-hang', 'hang-while-agent-down', 'qemu'] as const;
     const log: string[] = [];
     for (const fault of faults) {
       const cells = (await list<Cell>('cells')).filter((c) => c.spec.tenant !== '' && c.status.phase === 'Ready' && c.status.pid);
@@ -146,6 +153,23 @@ describe('chaos', () => {
           log.push(`kill -9 container process of ${c.labels[LABELS.instance] ?? c.id}`);
           const uid = c.labels[LABELS.uid];
           await eventually(async () => ((await list<Instance>('instances')).find((i) => i.metadata.uid === uid)?.status.restarts ?? 0) > 0, 60_000, 'the crash noticed');
+          break;
+        }
+        case 'boot-hang': {
+          // A cell whose guest never answers while it boots: its VM is killed and the cell
+          // Failed after the boot timeout, and the instances that waited for it go elsewhere.
+          // With no Ready warm cell (its QEMU killed first), acme's replacement cell boots cold.
+          const warm = (await list<Cell>('cells')).find((c) => c.spec.tenant === '' && c.status.phase === 'Ready' && c.status.pid);
+          if (warm) {
+            process.kill(warm.status.pid!, 'SIGKILL'); // filtered on pid above
+            await eventually(async () => !(await list<Cell>('cells')).some((x) => x.metadata.name === warm.metadata.name && x.status.phase === 'Ready'), 60_000, `warm cell ${warm.metadata.name} noticed lost`);
+          }
+          const c = pick(cells.filter((x) => x.spec.tenant === 'acme'));
+          process.kill(c.status.pid!, 'SIGKILL'); // Ready cells have a pid (filtered above)
+          const booting = await eventually(async () => (await list<Cell>('cells')).find((x) => x.spec.tenant === 'acme' && x.status.phase === 'Booting' && x.status.pid), 60_000, "acme's replacement cell booting");
+          process.kill(booting.status.pid!, 'SIGSTOP'); // found by its pid
+          log.push(`kill -9 QEMU of the warm cell and of acme's cell ${c.metadata.name}, SIGSTOP QEMU of acme's booting cell ${booting.metadata.name}`);
+          await eventually(async () => !(await list<Cell>('cells')).some((x) => x.metadata.name === booting.metadata.name && x.status.phase === 'Booting'), 120_000, `cell ${booting.metadata.name} failed at its boot timeout`);
           break;
         }
         case 'agent':
