@@ -567,6 +567,11 @@ export class OciDriver implements RuntimeDriver {
       }
       const e = await this.readExit(id);
       if (e) return { id, labels, state: e };
+      // conmon lives as long as the container's process: the runtime could not say (a `state`
+      // that failed, e.g. runsc busy right after an agent restart), not that it ended. Seen in
+      // CI: a running sandbox reported exited, and restarted, after kill -9 of the agent.
+      const pid = Number((await readOptional(join(this.bundle(id), 'pidfile')))?.trim());
+      if ((await this.conmonAlive(id)) && pidAlive(pid)) return { id, labels, state: { status: 'running', pid, startedAt } };
     }
     // conmon may have finished writing the exit file while we asked the runtime.
     const late = bundleExists ? await this.readExit(id) : undefined;

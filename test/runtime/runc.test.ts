@@ -50,6 +50,21 @@ describe('runc driver: conmon', () => {
     expect(pidAlive(conmonPid)).toBe(false); // gone or a zombie awaiting pid 1
   });
 
+  it("a runtime that cannot answer `state` while conmon lives: the container is reported running, not exited", async () => {
+    const id = newId('nostate');
+    await h.driver.start(req(id, 'sleep 60'));
+    // runc's own record of the container moved aside: `runc state` fails as if it were busy.
+    const record = join(h.driver.runtimeRoot, id);
+    execFileSync('mv', [record, `${record}.aside`]);
+    try {
+      const info = await h.driver.inspect(id);
+      expect(info?.state.status).toBe('running');
+    } finally {
+      execFileSync('mv', [`${record}.aside`, record]);
+    }
+    await h.driver.destroy(id);
+  });
+
   it('conmon killed -9: the container keeps running; once it is gone the exit is reported as unknown (137)', async () => {
     const id = newId('orphan');
     await h.driver.start(req(id, 'sleep 60'));
