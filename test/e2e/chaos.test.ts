@@ -71,6 +71,11 @@ async function problems(): Promise<string[]> {
   return out;
 }
 
+/** Waits until cell `name` is no longer in `phase` (or gone): a loss noticed, a boot given up. */
+async function leftPhase(name: string, phase: Cell['status']['phase'], timeoutMs: number, what: string): Promise<void> {
+  await eventually(async () => !(await list<Cell>('cells')).some((x) => x.metadata.name === name && x.status.phase === phase), timeoutMs, what);
+}
+
 async function converged(what: string): Promise<void> {
   let last: string[] = [];
   try {
@@ -143,7 +148,7 @@ describe('chaos', () => {
           process.kill(c.status.pid!, fault === 'qemu' ? 'SIGKILL' : 'SIGSTOP'); // Ready cells have a pid (filtered above)
           log.push(`${fault === 'qemu' ? 'kill -9' : 'SIGSTOP'} QEMU of ${c.spec.tenant}'s cell ${c.metadata.name}`);
           // First the loss must be noticed (a hang only after the heartbeat timeout).
-          await eventually(async () => !(await list<Cell>('cells')).some((x) => x.metadata.name === c.metadata.name && x.status.phase === 'Ready'), 60_000, `cell ${c.metadata.name} noticed lost`);
+          await leftPhase(c.metadata.name, 'Ready', 60_000, `cell ${c.metadata.name} noticed lost`);
           break;
         }
         case 'container': {
@@ -162,14 +167,14 @@ describe('chaos', () => {
           const warm = (await list<Cell>('cells')).find((c) => c.spec.tenant === '' && c.status.phase === 'Ready' && c.status.pid);
           if (warm) {
             process.kill(warm.status.pid!, 'SIGKILL'); // filtered on pid above
-            await eventually(async () => !(await list<Cell>('cells')).some((x) => x.metadata.name === warm.metadata.name && x.status.phase === 'Ready'), 60_000, `warm cell ${warm.metadata.name} noticed lost`);
+            await leftPhase(warm.metadata.name, 'Ready', 60_000, `warm cell ${warm.metadata.name} noticed lost`);
           }
           const c = pick(cells.filter((x) => x.spec.tenant === 'acme'));
           process.kill(c.status.pid!, 'SIGKILL'); // Ready cells have a pid (filtered above)
           const booting = await eventually(async () => (await list<Cell>('cells')).find((x) => x.spec.tenant === 'acme' && x.status.phase === 'Booting' && x.status.pid), 60_000, "acme's replacement cell booting");
           process.kill(booting.status.pid!, 'SIGSTOP'); // found by its pid
           log.push(`kill -9 QEMU of the warm cell and of acme's cell ${c.metadata.name}, SIGSTOP QEMU of acme's booting cell ${booting.metadata.name}`);
-          await eventually(async () => !(await list<Cell>('cells')).some((x) => x.metadata.name === booting.metadata.name && x.status.phase === 'Booting'), 120_000, `cell ${booting.metadata.name} failed at its boot timeout`);
+          await leftPhase(booting.metadata.name, 'Booting', 120_000, `cell ${booting.metadata.name} failed at its boot timeout`);
           break;
         }
         case 'agent':
@@ -185,7 +190,7 @@ describe('chaos', () => {
           process.kill(c.status.pid!, 'SIGSTOP'); // Ready cells have a pid (filtered above)
           await server.start();
           log.push(`kill -9 the host agent, SIGSTOP QEMU of ${c.spec.tenant}'s cell ${c.metadata.name}, start the agent again`);
-          await eventually(async () => !(await list<Cell>('cells')).some((x) => x.metadata.name === c.metadata.name && x.status.phase === 'Ready'), 60_000, `cell ${c.metadata.name} noticed lost after adoption`);
+          await leftPhase(c.metadata.name, 'Ready', 60_000, `cell ${c.metadata.name} noticed lost after adoption`);
           break;
         }
       }
